@@ -1,0 +1,132 @@
+"""The contract between the iptables front end and its match and target extensions.
+
+Like libxtables, the argv/restore parser knows only the core options (-s -d -i -o -p -f -j -g -m);
+everything after ``-m NAME`` or ``-j NAME`` is handed to that extension as a list of ``Opt``.
+Each extension class registers itself by name, parses its options, prints itself exactly as
+``iptables-save`` and ``iptables -L`` do, and evaluates itself against a packet.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.netfilter.hooks import HookState
+    from kproxy.packet import Packet
+
+# Target results besides NF_ACCEPT (1) and NF_DROP (0): continue with the next rule, or return
+# from the current chain (xt_standard verdicts XT_CONTINUE / XT_RETURN).
+XT_CONTINUE = -1
+XT_RETURN = -2
+
+
+class ExtensionError(ValueError):
+    """A bad option or value for an extension; the message is the real tool's one-line reason."""
+
+
+@dataclass(slots=True)
+class Opt:
+    """One option given to an extension: ``! --dport 80`` is ``Opt("dport", ["80"], True)``."""
+
+    name: str
+    values: list[str]
+    invert: bool = False
+
+
+@dataclass(slots=True)
+class RuleContext:
+    """Where a rule is being evaluated: table, chain, and the hook state (which holds the node)."""
+
+    state: HookState
+    table: str
+    chain: str
+    family: int = 4
+
+    @property
+    def node(self) -> Any:
+        return self.state.node
+
+    @property
+    def hook(self) -> str:
+        return self.state.hook
+
+    @property
+    def now(self) -> float:
+        return self.state.now
+
+
+class Match(ABC):
+    """A match extension (``-m NAME``).
+
+    ``OPTIONS`` maps each long option (without ``--``) to how many values it takes. ``ALIASES``
+    maps ``-p`` protocol names that load the match implicitly (``-p tcp --dport 80`` loads tcp).
+    """
+
+    name: ClassVar[str]
+    OPTIONS: ClassVar[dict[str, int]] = {}
+    REVISION: ClassVar[int] = 0
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> Match:
+        """Build from parsed options; ``rule`` is the rule being built (for -p checks). Raise ExtensionError."""
+
+    @abstractmethod
+    def save(self) -> str:
+        """The canonical ``iptables-save`` fragment, including ``-m NAME`` (e.g. ``-m tcp --dport 80``)."""
+
+    @abstractmethod
+    def listing(self, numeric: bool = True) -> str:
+        """What ``iptables -L`` appends in the options column (e.g. ``tcp dpt:80``)."""
+
+    @abstractmethod
+    def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
+        """Whether the packet matches, as the kernel's xt match function decides."""
+
+    def index_key(self) -> tuple[str, Any] | None:
+        """An exact, non-inverted field this match requires (e.g. ``("dport", 80)``), for compiled lookups."""
+        return None
+
+
+class Target(ABC):
+    """A target extension (``-j NAME`` for anything but ACCEPT/DROP/RETURN/QUEUE and user chains)."""
+
+    name: ClassVar[str]
+    OPTIONS: ClassVar[dict[str, int]] = {}
+    REVISION: ClassVar[int] = 0
+    # Tables and hooks where the target is allowed (None: anywhere), like xt_target.table/hooks.
+    TABLES: ClassVar[tuple[str, ...] | None] = None
+    HOOKS: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> Target:
+        """Build from parsed options. Raise ExtensionError."""
+
+    @abstractmethod
+    def save(self) -> str:
+        """The canonical ``iptables-save`` fragment, including ``-j NAME``."""
+
+    @abstractmethod
+    def listing(self, numeric: bool = True) -> str:
+        """What ``iptables -L`` appends in the options column (e.g. ``to:10.0.0.1:80``)."""
+
+    @abstractmethod
+    def execute(self, pkt: Packet, ctx: RuleContext) -> int:
+        """Apply the target: NF_ACCEPT, NF_DROP, XT_CONTINUE or XT_RETURN."""
+
+
+MATCHES: dict[str, type[Match]] = {}
+TARGETS: dict[str, type[Target]] = {}
+
+
+def register_match(cls: type[Match]) -> type[Match]:
+    MATCHES[cls.name] = cls
+    return cls
+
+
+def register_target(cls: type[Target]) -> type[Target]:
+    TARGETS[cls.name] = cls
+    return cls

@@ -1,0 +1,1 @@
+"""The netfilter engine: hooks, priorities, conntrack, NAT and trace events."""

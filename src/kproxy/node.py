@@ -1,0 +1,365 @@
+"""The emulated node: interfaces, addresses, routes and sysctls, and the subsystems hooked into it.
+
+A node is what one network namespace is to the kernel. Its description (interfaces, routes,
+sysctls) loads from YAML or JSON; its full state (plus rules, conntrack, sets, IPVS) persists to a
+JSON file so that CLI calls compose like commands on a real host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kproxy.netfilter.hooks import HookRegistry
+from kproxy.packet import format_addr
+
+DEFAULT_NODE_FILE = "kproxy-node.json"
+
+
+class NodeError(ValueError):
+    """A node description that cannot be loaded: the message names the field."""
+
+
+@dataclass
+class Address:
+    family: int
+    addr: int
+    prefixlen: int
+
+    @property
+    def network(self) -> int:
+        bits = 32 if self.family == 4 else 128
+        mask = ((1 << bits) - 1) ^ ((1 << (bits - self.prefixlen)) - 1)
+        return self.addr & mask
+
+    @property
+    def broadcast(self) -> int | None:
+        if self.family != 4 or self.prefixlen >= 31:
+            return None
+        return self.network | ((1 << (32 - self.prefixlen)) - 1)
+
+    def __str__(self) -> str:
+        return f"{format_addr(self.addr, self.family)}/{self.prefixlen}"
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        iface = ipaddress.ip_interface(text)
+        return cls(iface.version, int(iface.ip), iface.network.prefixlen)
+
+
+@dataclass
+class Interface:
+    name: str
+    addresses: list[Address] = field(default_factory=list)
+    mac: str = ""
+    up: bool = True
+    mtu: int = 1500
+
+    def primary(self, family: int = 4) -> Address | None:
+        for a in self.addresses:
+            if a.family == family:
+                return a
+        return None
+
+
+@dataclass
+class Route:
+    """A route in the main table; ``type`` is unicast, local, blackhole, unreachable or prohibit."""
+
+    family: int
+    dst: int
+    prefixlen: int
+    dev: str = ""
+    via: int | None = None
+    src: int | None = None
+    metric: int = 0
+    type: str = "unicast"
+
+    def contains(self, addr: int) -> bool:
+        bits = 32 if self.family == 4 else 128
+        return (addr >> (bits - self.prefixlen)) == (self.dst >> (bits - self.prefixlen)) if self.prefixlen else True
+
+    def __str__(self) -> str:
+        dst = "default" if self.prefixlen == 0 else f"{format_addr(self.dst, self.family)}/{self.prefixlen}"
+        text = dst if self.type == "unicast" else f"{self.type} {dst}"
+        if self.via is not None:
+            text += f" via {format_addr(self.via, self.family)}"
+        if self.dev:
+            text += f" dev {self.dev}"
+        if self.src is not None:
+            text += f" src {format_addr(self.src, self.family)}"
+        return text
+
+
+@dataclass
+class RouteResult:
+    """The routing decision: ``local`` delivery, ``unicast`` out of ``dev``, or a failure type."""
+
+    type: str
+    dev: str = ""
+    gateway: int | None = None
+    prefsrc: int | None = None
+
+
+DEFAULT_SYSCTLS: dict[str, str] = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv4.conf.all.route_localnet": "0",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.netfilter.nf_conntrack_max": "262144",
+    "net.netfilter.nf_conntrack_tcp_be_liberal": "0",
+    "net.netfilter.nf_conntrack_tcp_loose": "1",
+    "net.netfilter.nf_conntrack_acct": "0",
+}
+
+
+class Node:
+    """One emulated host (a network namespace): its devices, routing, and netfilter state."""
+
+    def __init__(self, name: str = "node") -> None:
+        self.name = name
+        self.interfaces: dict[str, Interface] = {}
+        self.routes: list[Route] = []
+        self.sysctls: dict[str, str] = dict(DEFAULT_SYSCTLS)
+        self.hooks = HookRegistry()
+        self._local: dict[int, set[int]] = {4: set(), 6: set()}
+        self._broadcast: dict[int, set[int]] = {4: set(), 6: set()}
+        self.subsystems: dict[str, Any] = {}
+        self.clock: float | None = None  # fixed time for reproducible runs; None = wall clock
+        self.log_lines: list[str] = []
+        self.add_interface(Interface("lo", [Address.parse("127.0.0.1/8"), Address.parse("::1/128")]))
+
+    # ---- time -------------------------------------------------------------------------------
+    def now(self) -> float:
+        import time
+
+        return self.clock if self.clock is not None else time.time()
+
+    # ---- devices and addresses --------------------------------------------------------------
+    def add_interface(self, iface: Interface) -> Interface:
+        self.interfaces[iface.name] = iface
+        self._reindex()
+        return iface
+
+    def _reindex(self) -> None:
+        self._local = {4: set(), 6: set()}
+        self._broadcast = {4: set(), 6: set()}
+        for iface in self.interfaces.values():
+            for a in iface.addresses:
+                self._local[a.family].add(a.addr)
+                b = a.broadcast
+                if b is not None:
+                    self._broadcast[4].add(b)
+                    self._broadcast[4].add(a.network)
+        self._broadcast[4].add(0xFFFFFFFF)
+
+    def is_local(self, family: int, addr: int) -> bool:
+        """True when ``addr`` is one of this node's addresses (or loopback range), as the local table says."""
+        if addr in self._local[family]:
+            return True
+        if family == 4:
+            return (addr >> 24) == 127
+        return False
+
+    def addr_type(self, family: int, addr: int, dev: str | None = None) -> str:
+        """The route type of ``addr`` as ``addrtype`` sees it: LOCAL, BROADCAST, MULTICAST, UNICAST, ...
+
+        With ``dev``, only routes through that device count (``--limit-iface-in/out``).
+        """
+        if family == 4:
+            if addr == 0:
+                return "UNSPEC"
+            if (addr >> 28) == 0xE:
+                return "MULTICAST"
+            if dev is not None:
+                iface = self.interfaces.get(dev)
+                if iface is None:
+                    return "UNICAST"
+                if any(a.addr == addr for a in iface.addresses) or (dev == "lo" and (addr >> 24) == 127):
+                    return "LOCAL"
+                if any(a.broadcast == addr for a in iface.addresses) or addr == 0xFFFFFFFF:
+                    return "BROADCAST"
+                return "UNICAST"
+            if self.is_local(4, addr):
+                return "LOCAL"
+            if addr in self._broadcast[4]:
+                return "BROADCAST"
+        else:
+            if addr == 0:
+                return "UNSPEC"
+            if (addr >> 120) == 0xFF:
+                return "MULTICAST"
+            if self.is_local(6, addr) and (dev is None or any(a.addr == addr for a in self.interfaces.get(dev, Interface("")).addresses)):
+                return "LOCAL"
+        res = self.route(family, addr)
+        if res.type in ("blackhole", "unreachable", "prohibit"):
+            return res.type.upper()
+        return "UNICAST"
+
+    def primary_address(self, dev: str, family: int = 4) -> int | None:
+        """The address MASQUERADE/REDIRECT pick on ``dev`` (its first address of the family)."""
+        iface = self.interfaces.get(dev)
+        if iface is None:
+            return None
+        a = iface.primary(family)
+        return a.addr if a else None
+
+    def source_address_for(self, family: int, dev: str, dst: int) -> int | None:
+        """inet_select_addr: an address of ``dev`` on the destination's subnet, else its first one."""
+        iface = self.interfaces.get(dev)
+        if iface is None:
+            return None
+        for a in iface.addresses:
+            if a.family == family and Route(family, a.network, a.prefixlen).contains(dst):
+                return a.addr
+        a0 = iface.primary(family)
+        if a0 is not None:
+            return a0.addr
+        for other in self.interfaces.values():
+            a1 = other.primary(family)
+            if a1 is not None and other.name != "lo":
+                return a1.addr
+        return None
+
+    # ---- routing ----------------------------------------------------------------------------
+    def connected_routes(self) -> list[Route]:
+        out = []
+        for iface in self.interfaces.values():
+            if not iface.up or iface.name == "lo":
+                continue
+            for a in iface.addresses:
+                out.append(Route(a.family, a.network, a.prefixlen, dev=iface.name, src=a.addr, type="unicast"))
+        return out
+
+    def route(self, family: int, dst: int, src: int | None = None, oif: str | None = None) -> RouteResult:
+        """Longest-prefix match: the local table first, then the main table (connected + configured)."""
+        if self.is_local(family, dst):
+            return RouteResult("local", dev="lo", prefsrc=dst)
+        best: Route | None = None
+        for r in self.connected_routes() + self.routes:
+            if r.family != family or not r.contains(dst):
+                continue
+            if oif and r.dev and r.dev != oif:
+                continue
+            if best is None or r.prefixlen > best.prefixlen or (r.prefixlen == best.prefixlen and r.metric < best.metric):
+                best = r
+        if best is None:
+            return RouteResult("unreachable")
+        if best.type != "unicast":
+            return RouteResult(best.type, dev=best.dev)
+        prefsrc = best.src if best.src is not None else self.source_address_for(family, best.dev, dst)
+        return RouteResult("unicast", dev=best.dev, gateway=best.via, prefsrc=prefsrc)
+
+    @property
+    def ip_forward(self) -> bool:
+        return self.sysctls.get("net.ipv4.ip_forward", "0") == "1"
+
+    # ---- description ------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "interfaces": [
+                {"name": i.name, "addresses": [str(a) for a in i.addresses], "mac": i.mac, "up": i.up, "mtu": i.mtu}
+                for i in self.interfaces.values()
+            ],
+            "routes": [str(r) for r in self.routes],
+            "sysctls": dict(self.sysctls),
+        }
+
+    @classmethod
+    def from_description(cls, desc: dict[str, Any], source: str = "<node>") -> Node:
+        """Build a node from ``{name, interfaces: [{name, addresses, mac}], routes: [...], sysctls}``."""
+        if not isinstance(desc, dict):
+            raise NodeError(f"{source}: a node description must be a mapping")
+        node = cls(str(desc.get("name", "node")))
+        for i, item in enumerate(desc.get("interfaces") or []):
+            where = f"{source}: interfaces[{i}]"
+            if not isinstance(item, dict) or "name" not in item:
+                raise NodeError(f"{where}: needs a name")
+            try:
+                addrs = [Address.parse(str(a)) for a in item.get("addresses") or []]
+            except ValueError as exc:
+                raise NodeError(f"{where}.addresses: {exc}") from None
+            if item["name"] == "lo":
+                node.interfaces["lo"].addresses = addrs or node.interfaces["lo"].addresses
+                continue
+            node.add_interface(Interface(str(item["name"]), addrs, str(item.get("mac", "")),
+                                         bool(item.get("up", True)), int(item.get("mtu", 1500))))
+        for i, text in enumerate(desc.get("routes") or []):
+            try:
+                node.routes.append(parse_route(str(text)))
+            except ValueError as exc:
+                raise NodeError(f"{source}: routes[{i}]: {exc}") from None
+        for k, v in (desc.get("sysctls") or {}).items():
+            node.sysctls[str(k)] = str(v)
+        node._reindex()
+        for r in node.routes:
+            if r.dev and r.dev not in node.interfaces:
+                raise NodeError(f"{source}: route \"{r}\": no interface {r.dev}")
+        return node
+
+    @classmethod
+    def default(cls) -> Node:
+        """lo, and eth0 with 192.168.1.10/24 and a default route via 192.168.1.1."""
+        return cls.from_description({
+            "name": "node",
+            "interfaces": [{"name": "eth0", "addresses": ["192.168.1.10/24"], "mac": "52:54:00:12:34:56"}],
+            "routes": ["default via 192.168.1.1 dev eth0"],
+        })
+
+    @classmethod
+    def load_description(cls, path: str | os.PathLike[str]) -> Node:
+        text = Path(path).read_text()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise NodeError(f"{where}: {getattr(exc, 'problem', exc)}") from None
+        return cls.from_description(data, str(path))
+
+
+def parse_route(text: str) -> Route:
+    """``default via 192.168.1.1 dev eth0``, ``10.244.1.0/24 dev cbr0 src 10.244.1.1``, ``blackhole 10.0.0.0/8``."""
+    words = text.split()
+    rtype = "unicast"
+    if words and words[0] in ("blackhole", "unreachable", "prohibit", "local", "unicast"):
+        rtype = words.pop(0)
+    if not words:
+        raise ValueError("no destination")
+    dst = words.pop(0)
+    if dst == "default":
+        net = ipaddress.ip_network("0.0.0.0/0")
+    else:
+        net = ipaddress.ip_network(dst, strict=False)
+    r = Route(net.version, int(net.network_address), net.prefixlen, type=rtype)
+    while words:
+        key = words.pop(0)
+        if not words:
+            raise ValueError(f"\"{key}\" needs a value")
+        val = words.pop(0)
+        if key == "via":
+            r.via = int(ipaddress.ip_address(val))
+        elif key == "dev":
+            r.dev = val
+        elif key == "src":
+            r.src = int(ipaddress.ip_address(val))
+        elif key == "metric":
+            r.metric = int(val)
+        else:
+            raise ValueError(f"unknown route keyword \"{key}\"")
+    return r
+
+
+def node_file(path: str | None = None) -> Path:
+    """Where the CLI keeps node state: ``--node``, else ``$KPROXY_NODE``, else ./kproxy-node.json."""
+    return Path(path or os.environ.get("KPROXY_NODE") or DEFAULT_NODE_FILE)
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, indent=1, sort_keys=False)
