@@ -85,6 +85,9 @@ class Match(ABC):
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         """Whether the packet matches, as the kernel's xt match function decides."""
 
+    def check(self, node: Any) -> None:
+        """Validate against the node when the table is committed (e.g. a named set exists); raise ExtensionError."""
+
     def index_key(self) -> tuple[str, Any] | None:
         """An exact, non-inverted field this match requires (e.g. ``("dport", 80)``), for compiled lookups."""
         return None
@@ -112,6 +115,9 @@ class Target(ABC):
     @abstractmethod
     def listing(self, numeric: bool = True) -> str:
         """What ``iptables -L`` appends in the options column (e.g. ``to:10.0.0.1:80``)."""
+
+    def check(self, node: Any) -> None:
+        """Validate against the node when the table is committed; raise ExtensionError."""
 
     @abstractmethod
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:

@@ -1,0 +1,100 @@
+"""The iptables data model: tables of chains of rules, with the kernel's counters.
+
+This is what ``iptables-restore`` builds, ``iptables-save`` prints, the argv commands edit, and the
+evaluator compiles into the engine's executable form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kproxy.iptables.extension import Match, Target
+from kproxy.netfilter.hooks import TABLE_HOOKS
+
+STANDARD_VERDICTS = ("ACCEPT", "DROP", "RETURN", "QUEUE")
+
+
+@dataclass(frozen=True, slots=True)
+class Net:
+    """An address with prefix length (``-s 10.0.0.0/8``); matching is ``addr & mask == net``."""
+
+    family: int
+    addr: int
+    prefixlen: int
+
+    @property
+    def bits(self) -> int:
+        return 32 if self.family == 4 else 128
+
+    @property
+    def mask(self) -> int:
+        return ((1 << self.bits) - 1) ^ ((1 << (self.bits - self.prefixlen)) - 1)
+
+    def contains(self, addr: int) -> bool:
+        return (addr & self.mask) == self.addr
+
+
+@dataclass(eq=False, slots=True)
+class Rule:
+    """One rule: the ip header part, the extension matches in order, and a verdict or target.
+
+    ``jump`` holds a standard verdict (ACCEPT, DROP, RETURN, QUEUE) or a user chain's name;
+    ``goto`` marks ``-g``. ``target`` holds an extension target (DNAT, MARK, ...). At most one
+    of ``jump`` and ``target`` is set; neither means the rule only counts.
+    """
+
+    src: Net | None = None
+    src_inv: bool = False
+    dst: Net | None = None
+    dst_inv: bool = False
+    iif: str | None = None
+    iif_inv: bool = False
+    oif: str | None = None
+    oif_inv: bool = False
+    proto: int = 0            # 0 = all
+    proto_inv: bool = False
+    fragment: bool | None = None   # -f (True), ! -f (False), absent (None)
+    matches: list[Match] = field(default_factory=list)
+    jump: str | None = None
+    goto: bool = False
+    target: Target | None = None
+    packets: int = 0
+    bytes: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class Chain:
+    """A chain; built-in chains have a ``policy`` (ACCEPT or DROP) and counters for it."""
+
+    name: str
+    policy: str | None = None
+    rules: list[Rule] = field(default_factory=list)
+    packets: int = 0
+    bytes: int = 0
+
+    @property
+    def builtin(self) -> bool:
+        return self.policy is not None
+
+
+@dataclass(eq=False, slots=True)
+class Table:
+    """One table of one family (``filter``, ``nat``, ...) with its chains in creation order."""
+
+    name: str
+    family: int = 4
+    chains: dict[str, Chain] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, name: str, family: int = 4) -> Table:
+        """A fresh table with its built-in chains, policies ACCEPT, as the kernel registers it."""
+        if name not in TABLE_HOOKS:
+            raise ValueError(f"can't initialize iptables table `{name}': Table does not exist (do you need to insmod?)")
+        t = cls(name, family)
+        for hook in TABLE_HOOKS[name]:
+            t.chains[hook] = Chain(hook, "ACCEPT")
+        return t
+
+    def references(self, chain: str) -> int:
+        """How many rules jump or go to ``chain`` (what ``-L`` prints as references)."""
+        return sum(1 for c in self.chains.values() for r in c.rules if r.jump == chain)
