@@ -129,6 +129,13 @@ class Node:
         self.hooks = HookRegistry()
         self._local: dict[int, set[int]] = {4: set(), 6: set()}
         self._broadcast: dict[int, set[int]] = {4: set(), 6: set()}
+        # Subsystems, wired by kproxy.netfilter.path.attach(): conntrack, nat, iptables (per family),
+        # ipsets, ipvs. Typed as Any here to keep node.py free of import cycles.
+        self.conntrack: Any = None
+        self.nat: Any = None
+        self.iptables: dict[int, Any] = {}
+        self.ipsets: Any = None
+        self.ipvs: Any = None
         self.subsystems: dict[str, Any] = {}
         self.clock: float | None = None  # fixed time for reproducible runs; None = wall clock
         self.log_lines: list[str] = []
