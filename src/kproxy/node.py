@@ -140,6 +140,9 @@ class Node:
         self.clock: float | None = None  # fixed time for reproducible runs; None = wall clock
         self.log_lines: list[str] = []
         self.add_interface(Interface("lo", [Address.parse("127.0.0.1/8"), Address.parse("::1/128")]))
+        from kproxy.netfilter.stack import attach
+
+        attach(self)
 
     # ---- time -------------------------------------------------------------------------------
     def now(self) -> float:
@@ -265,6 +268,38 @@ class Node:
     @property
     def ip_forward(self) -> bool:
         return self.sysctls.get("net.ipv4.ip_forward", "0") == "1"
+
+    # ---- the library API: rules in, packets through ---------------------------------------
+    def receive(self, pkt: Any, iif: str, trace: bool = False) -> Any:
+        """Inject ``pkt`` as if it arrived on ``iif``; returns a ``path.Result`` (with a trace if asked)."""
+        from kproxy.netfilter.path import receive
+        from kproxy.netfilter.trace import Trace
+
+        return receive(self, pkt, iif, Trace() if trace else None)
+
+    def send(self, pkt: Any, trace: bool = False) -> Any:
+        """Send ``pkt`` from a local process (the OUTPUT path); returns a ``path.Result``."""
+        from kproxy.netfilter.path import output
+        from kproxy.netfilter.trace import Trace
+
+        return output(self, pkt, Trace() if trace else None)
+
+    def iptables_restore(self, text: str, family: int = 4, noflush: bool = False, counters: bool = False) -> None:
+        """Load ``iptables-restore`` input atomically (raises RestoreError and changes nothing on error)."""
+        from kproxy.iptables.restore import restore
+
+        restore(text, self.iptables[family], noflush=noflush, counters=counters, node=self)
+
+    def iptables_save(self, family: int = 4, counters: bool = False, tables: list[str] | None = None) -> str:
+        from kproxy.iptables.save import save
+
+        return save(self.iptables[family], tables=tables, counters=counters)
+
+    def iptables_cmd(self, argv: list[str], family: int = 4) -> tuple[int, str, str]:
+        """Run one ``iptables`` command line (without the program name): (exit code, stdout, stderr)."""
+        from kproxy.iptables.commands import run_iptables
+
+        return run_iptables(argv, self.iptables[family], family, node=self)
 
     # ---- description ------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

@@ -41,3 +41,33 @@ class Trace:
 
     def of_kind(self, kind: str) -> list[TraceEvent]:
         return [e for e in self.events if e.kind == kind]
+
+
+def render_text(trace: Trace) -> str:
+    """A readable, indented account of the events, one line each, in the order they happened."""
+    lines: list[str] = []
+    for e in trace.events:
+        k = e.kind
+        if k == "packet":
+            lines.append(f"packet    {e.text}")
+        elif k == "hook":
+            where = ", ".join(f"{d} {v}" for d, v in e.detail.items() if v)
+            lines.append(f"{e.hook}" + (f" ({where})" if where else "") + f": {e.text}")
+        elif k == "chain":
+            lines.append(f"  {e.table:<8} {e.chain}")
+        elif k == "rule":
+            verdict = f"  => {e.verdict}" if e.verdict and e.verdict != "continue" else ""
+            lines.append(f"  {e.table:<8} {e.chain} #{e.rule}: {e.text}{verdict}")
+        elif k == "policy":
+            lines.append(f"  {e.table:<8} {e.chain} policy {e.verdict}")
+        elif k == "return":
+            lines.append(f"  {e.table:<8} {e.chain} {e.text or 'RETURN'}")
+        elif k in ("nat", "conntrack", "ipvs", "log", "note"):
+            lines.append(f"  {k:<8} {e.text}")
+        elif k == "route":
+            lines.append(f"routing   {e.text}")
+        elif k == "fate":
+            lines.append(f"fate      {e.verdict}: {e.text}")
+        else:
+            lines.append(f"  {k:<8} {e.text}")
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""The IPv4/IPv6 packet path: hooks, routing decisions and the packet's fate.
+
+Received packets: PREROUTING -> routing -> INPUT (local) or FORWARD -> POSTROUTING (forwarded).
+Locally generated packets: routing -> OUTPUT -> re-route if NAT or the mark changed the
+destination -> POSTROUTING -> out of a device, or over ``lo`` back into PREROUTING -> INPUT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kproxy.netfilter.hooks import FORWARD, INPUT, OUTPUT, POSTROUTING, PREROUTING, HookState
+from kproxy.netfilter.trace import Trace
+from kproxy.packet import ICMP, NF_ACCEPT, NF_STOLEN, TCP, Packet, format_addr
+
+DELIVERED, FORWARDED, DROPPED, REJECTED, STOLEN = "delivered", "forwarded", "dropped", "rejected", "stolen"
+
+
+@dataclass
+class Result:
+    """Where a packet ended up, with the headers it had there and the steps that took it there."""
+
+    fate: str
+    packet: Packet
+    hook: str = ""                 # the hook where it was dropped/rejected/stolen
+    out_dev: str = ""              # forwarded/sent out of this device
+    gateway: str = ""              # next hop when forwarded via a gateway
+    reason: str = ""
+    reject_with: str = ""
+    trace: Trace | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ctstate(self) -> str:
+        return self.packet.ctstate
+
+    def summary(self) -> str:
+        p = self.packet
+        if self.fate == DELIVERED:
+            return f"delivered locally to {p.dst_str}" + (f":{p.dport}" if p.dport else "")
+        if self.fate == FORWARDED:
+            via = f" via {self.gateway}" if self.gateway else ""
+            return f"forwarded out of {self.out_dev}{via} as {p.describe()}"
+        if self.fate == REJECTED:
+            return f"rejected in {self.hook} with {self.reject_with}"
+        if self.fate == STOLEN:
+            return f"taken by {self.reason} in {self.hook}"
+        return f"dropped in {self.hook}" + (f" ({self.reason})" if self.reason else "")
+
+
+def _state(node: Any, hook: str, in_dev: str, out_dev: str, trace: Trace | None) -> HookState:
+    return HookState(hook, in_dev, out_dev, node, trace, node.now())
+
+
+def _run(node: Any, pkt: Packet, hook: str, in_dev: str, out_dev: str, trace: Trace | None) -> tuple[int, HookState]:
+    state = _state(node, hook, in_dev, out_dev, trace)
+    if trace is not None:
+        trace.add("hook", hook=hook, text=pkt.describe(), detail={"in": in_dev, "out": out_dev})
+    return node.hooks.run(pkt.family, hook, pkt, state), state
+
+
+def _stopped(verdict: int, state: HookState, pkt: Packet, trace: Trace | None) -> Result:
+    if verdict == NF_STOLEN:
+        res = Result(STOLEN, pkt, state.hook, reason=str(pkt.meta.get("stolen_by", "a hook")), trace=trace)
+    elif state.rejected_with:
+        res = Result(REJECTED, pkt, state.hook, reject_with=state.rejected_with, trace=trace)
+    else:
+        res = Result(DROPPED, pkt, state.hook, trace=trace)
+    _fate(trace, res)
+    return res
+
+
+def _fate(trace: Trace | None, res: Result) -> Result:
+    if trace is not None:
+        trace.add("fate", hook=res.hook, verdict=res.fate, text=res.summary())
+    return res
+
+
+def _martian(node: Any, pkt: Packet, iif: str) -> str:
+    """ip_route_input_slow's martian checks that matter for Services (route_localnet)."""
+    if pkt.family != 4 or iif == "lo":
+        return ""
+    localnet = node.sysctls.get("net.ipv4.conf.all.route_localnet", "0") == "1" or \
+        node.sysctls.get(f"net.ipv4.conf.{iif}.route_localnet", "0") == "1"
+    if (pkt.src >> 24) == 127 and not localnet:
+        return "martian source"
+    if (pkt.dst >> 24) == 127 and not localnet:
+        return "martian destination"
+    return ""
+
+
+def receive(node: Any, pkt: Packet, iif: str, trace: Trace | None = None) -> Result:
+    """A packet arriving on ``iif``: the whole inbound path."""
+    if iif not in node.interfaces:
+        raise ValueError(f"no interface {iif!r} on node {node.name}")
+    pkt.iif = iif
+    if trace is not None:
+        trace.add("packet", text=f"{pkt.describe()} in {iif}")
+    verdict, state = _run(node, pkt, PREROUTING, iif, "", trace)
+    if verdict != NF_ACCEPT:
+        return _stopped(verdict, state, pkt, trace)
+    return _route_input(node, pkt, iif, trace)
+
+
+def _route_input(node: Any, pkt: Packet, iif: str, trace: Trace | None) -> Result:
+    bad = _martian(node, pkt, iif)
+    if bad:
+        return _fate(trace, Result(DROPPED, pkt, "routing", reason=bad, trace=trace))
+    route = node.route(pkt.family, pkt.dst)
+    if trace is not None:
+        trace.add("route", text=_route_text(route, pkt))
+    if route.type == "local":
+        verdict, state = _run(node, pkt, INPUT, iif, "", trace)
+        if verdict != NF_ACCEPT:
+            return _stopped(verdict, state, pkt, trace)
+        return _fate(trace, Result(DELIVERED, pkt, INPUT, trace=trace))
+    if route.type != "unicast":
+        return _fate(trace, Result(DROPPED, pkt, "routing", reason=f"route {route.type}", trace=trace))
+    if not node.ip_forward:
+        return _fate(trace, Result(DROPPED, pkt, "routing", reason="forwarding disabled (net.ipv4.ip_forward=0)", trace=trace))
+    pkt.oif = route.dev
+    verdict, state = _run(node, pkt, FORWARD, iif, route.dev, trace)
+    if verdict != NF_ACCEPT:
+        return _stopped(verdict, state, pkt, trace)
+    return _postrouting(node, pkt, iif, route, trace)
+
+
+def _postrouting(node: Any, pkt: Packet, iif: str, route: Any, trace: Trace | None) -> Result:
+    verdict, state = _run(node, pkt, POSTROUTING, "", route.dev, trace)
+    if verdict != NF_ACCEPT:
+        return _stopped(verdict, state, pkt, trace)
+    gw = format_addr(route.gateway, pkt.family) if route.gateway is not None else ""
+    return _fate(trace, Result(FORWARDED, pkt, POSTROUTING, out_dev=route.dev, gateway=gw, trace=trace))
+
+
+def output(node: Any, pkt: Packet, trace: Trace | None = None) -> Result:
+    """A packet generated by a local process: routing, OUTPUT, re-route, POSTROUTING, out or loopback."""
+    pkt.local = True
+    route = node.route(pkt.family, pkt.dst)
+    if route.type not in ("unicast", "local"):
+        return _fate(trace, Result(DROPPED, pkt, "routing", reason=f"no route to host ({route.type})", trace=trace))
+    if pkt.src == 0 and route.prefsrc is not None:
+        pkt.src = route.prefsrc
+    if trace is not None:
+        trace.add("packet", text=f"{pkt.describe()} from a local process")
+        trace.add("route", text=_route_text(route, pkt))
+    pkt.oif = route.dev
+    dst_before, mark_before = pkt.dst, pkt.mark
+    verdict, state = _run(node, pkt, OUTPUT, "", route.dev, trace)
+    if verdict != NF_ACCEPT:
+        return _stopped(verdict, state, pkt, trace)
+    if pkt.dst != dst_before or pkt.mark != mark_before:
+        # ip_route_me_harder: NAT or a mark changed where the packet goes.
+        route = node.route(pkt.family, pkt.dst)
+        if trace is not None:
+            trace.add("route", text="re-route: " + _route_text(route, pkt))
+        if route.type not in ("unicast", "local"):
+            return _fate(trace, Result(DROPPED, pkt, "routing", reason=f"no route after re-route ({route.type})", trace=trace))
+        pkt.oif = route.dev
+    if route.type == "local":
+        verdict, state = _run(node, pkt, POSTROUTING, "", "lo", trace)
+        if verdict != NF_ACCEPT:
+            return _stopped(verdict, state, pkt, trace)
+        # Over loopback: back in through PREROUTING (conntrack is already attached) and INPUT.
+        pkt.iif = "lo"
+        verdict, state = _run(node, pkt, PREROUTING, "lo", "", trace)
+        if verdict != NF_ACCEPT:
+            return _stopped(verdict, state, pkt, trace)
+        return _route_input(node, pkt, "lo", trace)
+    return _postrouting(node, pkt, "", route, trace)
+
+
+def _route_text(route: Any, pkt: Packet) -> str:
+    if route.type == "local":
+        return f"{pkt.dst_str} is local"
+    if route.type != "unicast":
+        return f"{pkt.dst_str}: {route.type}"
+    via = f" via {format_addr(route.gateway, pkt.family)}" if route.gateway is not None else ""
+    return f"{pkt.dst_str}{via} dev {route.dev}"
+
+
+def reject_reply(pkt: Packet, kind: str) -> Packet:
+    """The packet REJECT sends back: a TCP RST for tcp-reset, else an ICMP error quoting ``pkt``."""
+    if kind == "tcp-reset" and pkt.proto == TCP:
+        return Packet(src=pkt.dst, dst=pkt.src, proto=TCP, sport=pkt.dport, dport=pkt.sport, family=pkt.family,
+                      tcp_flags=0x14, length=40)
+    codes = {"icmp-net-unreachable": 0, "icmp-host-unreachable": 1, "icmp-proto-unreachable": 2,
+             "icmp-port-unreachable": 3, "icmp-net-prohibited": 9, "icmp-host-prohibited": 10,
+             "icmp-admin-prohibited": 13}
+    return Packet(src=pkt.dst, dst=pkt.src, proto=ICMP, family=pkt.family, icmp_type=3,
+                  icmp_code=codes.get(kind, 3), inner=pkt.copy(), length=56)

@@ -1,0 +1,56 @@
+"""Wiring: the subsystems of an emulated node, registered on its hooks at the kernel's priorities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kproxy.netfilter.hooks import (
+    INPUT,
+    OUTPUT,
+    POSTROUTING,
+    PREROUTING,
+    PRI_CONNTRACK,
+    PRI_CONNTRACK_CONFIRM,
+)
+
+FAMILIES = (4, 6)
+
+
+def attach(node: Any) -> None:
+    """Give ``node`` conntrack, NAT, iptables (both families), ipsets and IPVS, hooked in."""
+    from kproxy.iptables.evaluator import IptablesEngine
+    from kproxy.iptables.state import IptablesState
+    from kproxy.netfilter.conntrack import Conntrack
+    from kproxy.netfilter.nat import Nat
+
+    node.conntrack = Conntrack(node)
+    node.nat = Nat(node)
+    for fam in FAMILIES:
+        for hook in (PREROUTING, OUTPUT):
+            node.hooks.register(fam, hook, PRI_CONNTRACK, "conntrack:in", node.conntrack.in_hook)
+        for hook in (INPUT, POSTROUTING):
+            node.hooks.register(fam, hook, PRI_CONNTRACK_CONFIRM, "conntrack:confirm", node.conntrack.confirm_hook)
+    node.iptables = {}
+    node.subsystems["iptables_engines"] = {}
+    for fam in FAMILIES:
+        state = IptablesState(fam)
+        node.iptables[fam] = state
+        engine = IptablesEngine(node, state, fam)
+        engine.register()
+        node.subsystems["iptables_engines"][fam] = engine
+    _attach_optional(node)
+
+
+def _attach_optional(node: Any) -> None:
+    try:
+        from kproxy.ipset.registry import IpsetRegistry
+    except ImportError:  # pragma: no cover - during bring-up
+        node.ipsets = None
+    else:
+        node.ipsets = IpsetRegistry()
+    try:
+        from kproxy.ipvs.ipvs import Ipvs
+    except ImportError:  # pragma: no cover - during bring-up
+        node.ipvs = None
+    else:
+        node.ipvs = Ipvs()
