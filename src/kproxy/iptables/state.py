@@ -1,0 +1,44 @@
+"""One family's iptables tables as the kernel holds them, replaced atomically per commit.
+
+Every change (a restore's COMMIT, one ``iptables -A``) builds new ``Table`` objects and swaps
+them in with ``commit``; the generation number tells the evaluator to recompile. Until a
+table is first used it does not exist, as with iptables-nft, so ``iptables-save`` of a fresh
+node prints nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from kproxy.iptables.model import Table
+
+
+class IptablesState:
+    """The tables of one family (4 for iptables, 6 for ip6tables)."""
+
+    def __init__(self, family: int = 4) -> None:
+        self.family = family
+        self.tables: dict[str, Table] = {}
+        self.generation = 0
+
+    def get(self, name: str) -> Table:
+        """The committed table ``name``, or a fresh one with its built-in chains (not yet committed)."""
+        t = self.tables.get(name)
+        return t if t is not None else Table.new(name, self.family)
+
+    def working_copy(self, name: str) -> Table:
+        """A deep copy of table ``name`` to edit; nothing changes until ``commit``."""
+        t = self.tables.get(name)
+        if t is None:
+            return Table.new(name, self.family)
+        return copy_table(t)
+
+    def commit(self, tables: dict[str, Table]) -> None:
+        """Swap in new versions of the given tables at once."""
+        self.tables.update(tables)
+        self.generation += 1
+
+
+def copy_table(t: Table) -> Table:
+    """A copy whose chains and rule lists are new; matches and targets are shared only when stateless."""
+    return copy.deepcopy(t)
