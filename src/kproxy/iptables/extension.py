@@ -87,6 +87,7 @@ class Match(ABC):
 
     def check(self, node: Any) -> None:
         """Validate against the node when the table is committed (e.g. a named set exists); raise ExtensionError."""
+        return None
 
     def index_key(self) -> tuple[str, Any] | None:
         """An exact, non-inverted field this match requires (e.g. ``("dport", 80)``), for compiled lookups."""
@@ -118,6 +119,7 @@ class Target(ABC):
 
     def check(self, node: Any) -> None:
         """Validate against the node when the table is committed; raise ExtensionError."""
+        return None
 
     @abstractmethod
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:

@@ -8,9 +8,7 @@ node prints nothing.
 
 from __future__ import annotations
 
-import copy
-
-from kproxy.iptables.model import Table
+from kproxy.iptables.model import Chain, Table
 
 
 class IptablesState:
@@ -40,5 +38,10 @@ class IptablesState:
 
 
 def copy_table(t: Table) -> Table:
-    """A copy whose chains and rule lists are new; matches and targets are shared only when stateless."""
-    return copy.deepcopy(t)
+    """A copy with new chains and rule lists sharing the rule objects.
+
+    Commands never mutate a shared rule in place (they replace it with a clone), so a failed
+    change leaves the committed table untouched, and a partial sync of a huge table stays cheap.
+    """
+    chains = {name: Chain(c.name, c.policy, list(c.rules), c.packets, c.bytes) for name, c in t.chains.items()}
+    return Table(t.name, t.family, chains)

@@ -93,7 +93,7 @@ def run_iptables_restore(argv: list[str], state: Any, stdin: str | None, node: A
         restore(text, state, noflush="noflush" in opts, counters="counters" in opts, test="test" in opts,
                 tables=tables, source=source, node=node)
     except RestoreError as exc:
-        return 1, "", f"{exc}\n"
+        return exc.rc, "", f"{exc}\n"
     return 0, "", ""
 
 

@@ -1,0 +1,269 @@
+"""The ``iptables`` commands (-A -I -D -R -C -N -X -F -Z -P -E -L -S) applied to a table.
+
+``apply`` edits a working copy of one table, so both ``iptables`` (one command, then commit)
+and ``iptables-restore`` (many commands, then COMMIT) get the kernel's all-or-nothing behaviour.
+Errors carry the real tool's text and exit status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kproxy.iptables.model import Chain, Rule, Table
+from kproxy.iptables.parser import Command, ParameterProblem, clone_rule, parse_command
+from kproxy.iptables.save import rule_spec
+
+VERSION = "v1.8.9 (nf_tables)"
+NO_INPUT_DEV = ("OUTPUT", "POSTROUTING")
+NO_OUTPUT_DEV = ("PREROUTING", "INPUT")
+
+
+class CommandError(Exception):
+    """A command the kernel (or the tool after parsing) refuses; ``rc`` is the tool's exit status."""
+
+    def __init__(self, message: str, rc: int = 1, kind: str = "other") -> None:
+        super().__init__(message)
+        self.rc = rc
+        self.kind = kind   # "other": "iptables: MSG"; "param": prefixed + usage hint; "resource": prefixed
+
+
+def _no_chain() -> CommandError:
+    return CommandError("No chain/target/match by that name.")
+
+
+def _chain(table: Table, name: str) -> Chain:
+    c = table.chains.get(name)
+    if c is None:
+        raise _no_chain()
+    return c
+
+
+def check_devices(chain: str, rule: Rule) -> None:
+    """The interface restrictions of built-in chains (``Can't use -o with INPUT``)."""
+    if rule.oif is not None and chain in NO_OUTPUT_DEV:
+        raise ParameterProblem(f"Can't use -o with {chain}\n")
+    if rule.iif is not None and chain in NO_INPUT_DEV:
+        raise ParameterProblem(f"Can't use -i with {chain}\n")
+
+
+def check_target_allowed(table: Table, chain: str, rule: Rule) -> None:
+    """Targets restricted to tables or hooks (DNAT only in nat PREROUTING/OUTPUT...) fail like the kernel."""
+    t = rule.target
+    if t is None:
+        return
+    bad_table = t.TABLES is not None and table.name not in t.TABLES
+    bad_hook = t.HOOKS is not None and chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING") \
+        and chain not in t.HOOKS
+    if bad_table or bad_hook:
+        raise CommandError(f" RULE_APPEND failed (Invalid argument): rule in chain {chain}", rc=4, kind="resource")
+
+
+def find_rule(chain: Chain, rule: Rule) -> int:
+    """The index of the first rule equal to ``rule`` (compared in canonical form), or -1."""
+    want = rule_spec(rule)
+    for i, r in enumerate(chain.rules):
+        if rule_spec(r) == want:
+            return i
+    return -1
+
+
+def apply(table: Table, c: Command) -> None:
+    """Apply one modifying command to ``table`` (a working copy); raise CommandError/ParameterProblem."""
+    handler = _HANDLERS.get(c.cmd)
+    if handler is None:
+        raise ParameterProblem(f"unsupported command -{c.cmd}")
+    handler(table, c)
+
+
+def _append(table: Table, c: Command) -> None:
+    chain = _chain(table, c.chain)
+    for r in c.rules:
+        check_devices(c.chain, r)
+        check_target_allowed(table, c.chain, r)
+        chain.rules.append(r)
+
+
+def _insert(table: Table, c: Command) -> None:
+    chain = _chain(table, c.chain)
+    pos = (c.rulenum or 1) - 1
+    if pos > len(chain.rules):
+        raise CommandError("Index of insertion too big.")
+    for k, r in enumerate(c.rules):
+        check_devices(c.chain, r)
+        check_target_allowed(table, c.chain, r)
+        chain.rules.insert(pos + k, r)
+
+
+def _replace(table: Table, c: Command) -> None:
+    chain = _chain(table, c.chain)
+    if len(c.rules) != 1:
+        raise ParameterProblem("-R requires a single source and destination")
+    if c.rulenum > len(chain.rules):
+        raise CommandError("Index of replacement too big.")
+    r = c.rules[0]
+    check_devices(c.chain, r)
+    check_target_allowed(table, c.chain, r)
+    chain.rules[c.rulenum - 1] = r
+
+
+def _delete(table: Table, c: Command) -> None:
+    chain = _chain(table, c.chain)
+    if c.rulenum and not c.has_rule:
+        if c.rulenum > len(chain.rules):
+            raise CommandError("Index of deletion too big.")
+        del chain.rules[c.rulenum - 1]
+        return
+    for r in c.rules:
+        i = find_rule(chain, r)
+        if i < 0:
+            raise CommandError("Bad rule (does a matching rule exist in that chain?).")
+        del chain.rules[i]
+
+
+def _new_chain(table: Table, c: Command) -> None:
+    if c.chain in table.chains:
+        raise CommandError("Chain already exists.")
+    table.chains[c.chain] = Chain(c.chain)
+
+
+def _busy(name: str) -> CommandError:
+    return CommandError(f" CHAIN_DEL failed (Device or resource busy): chain {name}", rc=4, kind="resource")
+
+
+def _delete_chain(table: Table, c: Command) -> None:
+    names = [c.chain] if c.chain else [n for n, ch in table.chains.items() if not ch.builtin]
+    for name in names:
+        chain = _chain(table, name)
+        if chain.builtin or (c.chain and (chain.rules or table.references(name))):
+            raise _busy(name)
+    if not c.chain:
+        # Deleting all user chains: their rules go with them, but jumps from built-in chains block it.
+        for ch in table.chains.values():
+            for r in ch.rules:
+                if ch.builtin and r.jump in names:
+                    raise _busy(r.jump)
+    for name in names:
+        del table.chains[name]
+
+
+def _flush(table: Table, c: Command) -> None:
+    chains = [_chain(table, c.chain)] if c.chain else list(table.chains.values())
+    for ch in chains:
+        ch.rules = []
+
+
+def _zero(table: Table, c: Command) -> None:
+    chains = [_chain(table, c.chain)] if c.chain else list(table.chains.values())
+    for ch in chains:
+        if c.rulenum:
+            if c.rulenum > len(ch.rules):
+                raise CommandError("Index of zeroing too big.")
+            positions = [c.rulenum - 1]
+        else:
+            positions = list(range(len(ch.rules)))
+            ch.packets = ch.bytes = 0
+        for i in positions:
+            r = clone_rule(ch.rules[i])
+            r.packets = r.bytes = 0
+            ch.rules[i] = r
+
+
+def _policy(table: Table, c: Command) -> None:
+    chain = table.chains.get(c.chain)
+    if chain is None or not chain.builtin:
+        raise CommandError("Bad built-in chain name.")
+    if c.arg not in ("ACCEPT", "DROP"):
+        raise CommandError("Bad policy name. Run `dmesg' for more information.")
+    chain.policy = c.arg
+
+
+def _rename(table: Table, c: Command) -> None:
+    chain = _chain(table, c.chain)
+    if chain.builtin:
+        raise CommandError("Bad built-in chain name.")
+    if c.arg in table.chains:
+        raise CommandError("File exists.")
+    table.chains = {(c.arg if k == c.chain else k): v for k, v in table.chains.items()}
+    table.chains[c.arg] = Chain(c.arg, None, chain.rules)
+    for ch in table.chains.values():
+        for i, r in enumerate(ch.rules):
+            if r.jump == c.chain:
+                ch.rules[i] = clone_rule(r)
+                ch.rules[i].jump = c.arg
+
+
+_HANDLERS = {"A": _append, "I": _insert, "R": _replace, "D": _delete, "N": _new_chain, "X": _delete_chain,
+             "F": _flush, "Z": _zero, "P": _policy, "E": _rename}
+
+
+def validate(table: Table, node: Any = None) -> None:
+    """What the kernel checks when a table is committed: jump targets exist; extensions agree."""
+    from kproxy.iptables.extension import ExtensionError
+
+    for ch in table.chains.values():
+        for r in ch.rules:
+            if r.jump is not None and r.jump not in ("ACCEPT", "DROP", "RETURN", "QUEUE") \
+                    and r.jump not in table.chains:
+                raise ParameterProblem(f"Chain '{r.jump}' does not exist")
+            if node is not None:
+                try:
+                    for m in r.matches:
+                        m.check(node)
+                    if r.target is not None:
+                        r.target.check(node)
+                except ExtensionError as exc:
+                    raise ParameterProblem(str(exc)) from None
+
+
+def prog_name(family: int) -> str:
+    return "iptables" if family == 4 else "ip6tables"
+
+
+def format_error(exc: Exception, prog: str) -> tuple[int, str]:
+    """Exit status and stderr text for an error, worded as the real tool words it."""
+    if isinstance(exc, ParameterProblem):
+        if not exc.prefixed:
+            return 2, f"{exc}\nTry `{prog} -h' or '{prog} --help' for more information.\n"
+        hint = f"Try `{prog} -h' or '{prog} --help' for more information.\n" if exc.usage_hint else ""
+        return 2, f"{prog} {VERSION}: {exc}\n{hint}"
+    assert isinstance(exc, CommandError)
+    if exc.kind == "resource":
+        return exc.rc, f"{prog} {VERSION}: {exc}\n"
+    return exc.rc, f"{prog}: {exc}\n"
+
+
+def run_iptables(argv: list[str], state: Any, family: int = 4, node: Any = None) -> tuple[int, str, str]:
+    """One ``iptables`` invocation: (exit status, stdout, stderr). The state changes only on success."""
+    from kproxy.iptables.listing import list_rules, list_table
+
+    prog = prog_name(family)
+    try:
+        c = parse_command(argv, family)
+        if c.cmd == "V":
+            return 0, f"{prog} {VERSION}\n", ""
+        if c.cmd == "h":
+            return 0, f"{prog} {VERSION}\n\nUsage: {prog} -[ACD] chain rule-specification [options]\n", ""
+        if c.cmd in ("L", "S"):
+            table = state.get(c.table)
+            if c.chain and c.chain not in table.chains:
+                raise _no_chain()
+            out = list_table(table, c) if c.cmd == "L" else list_rules(table, c)
+            if c.zero:
+                work = state.working_copy(c.table)
+                _zero(work, Command(cmd="Z", chain=c.chain))
+                state.commit({c.table: work})
+            return 0, out, ""
+        work = state.working_copy(c.table)
+        if c.cmd == "C":
+            chain = _chain(work, c.chain)
+            for r in c.rules:
+                if find_rule(chain, r) < 0:
+                    raise CommandError("Bad rule (does a matching rule exist in that chain?).")
+            return 0, "", ""
+        apply(work, c)
+        validate(work, node)
+        state.commit({c.table: work})
+        return 0, "", ""
+    except (ParameterProblem, CommandError) as exc:
+        rc, err = format_error(exc, prog)
+        return rc, "", err

@@ -1,0 +1,429 @@
+"""The iptables command line: options, rule specifications and their errors, as iptables 1.8.9 parses them.
+
+Both ``iptables ARGS`` and each line of ``iptables-restore`` input go through ``parse_command``.
+Like libxtables, only the core options are known here; options after ``-m NAME`` or ``-j NAME``
+belong to that extension, and an unknown option after ``-p tcp`` loads the protocol's match
+implicitly (``-p tcp --dport 80`` saves as ``-p tcp -m tcp --dport 80``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+
+from kproxy.iptables import ext as _ext  # noqa: F401  (registers every extension)
+from kproxy.iptables.extension import MATCHES, TARGETS, ExtensionError, Match, Opt, Target
+from kproxy.iptables.model import STANDARD_VERDICTS, Net, Rule
+from kproxy.packet import PROTO_NUMBERS
+
+XT_CHAIN_MAXNAMELEN = 29
+IFNAMSIZ = 16
+TABLES = ("filter", "nat", "mangle", "raw", "security")
+
+
+class ParameterProblem(ValueError):
+    """A bad command line (xtables PARAMETER_PROBLEM, exit status 2)."""
+
+    def __init__(self, message: str, usage_hint: bool = True, prefixed: bool = True) -> None:
+        super().__init__(message)
+        self.usage_hint = usage_hint
+        self.prefixed = prefixed
+
+
+COMMANDS = {
+    "-A": "A", "--append": "A", "-C": "C", "--check": "C", "-D": "D", "--delete": "D",
+    "-I": "I", "--insert": "I", "-R": "R", "--replace": "R", "-L": "L", "--list": "L",
+    "-S": "S", "--list-rules": "S", "-F": "F", "--flush": "F", "-Z": "Z", "--zero": "Z",
+    "-N": "N", "--new-chain": "N", "--new": "N", "-X": "X", "--delete-chain": "X",
+    "-P": "P", "--policy": "P", "-E": "E", "--rename-chain": "E", "-h": "h", "--help": "h",
+    "-V": "V", "--version": "V",
+}
+# Commands whose chain argument is optional, and which take a rule number.
+OPTIONAL_CHAIN = {"L", "S", "F", "Z", "X"}
+
+
+@dataclass
+class Command:
+    """One parsed iptables invocation."""
+
+    cmd: str = ""
+    chain: str = ""
+    rulenum: int = 0
+    arg: str = ""                 # the policy for -P, the new name for -E
+    table: str = "filter"
+    rules: list[Rule] = field(default_factory=list)
+    numeric: bool = False
+    verbose: bool = False
+    exact: bool = False
+    line_numbers: bool = False
+    zero: bool = False            # -L -Z together
+    has_rule: bool = False        # a rule specification was given (-D/-C by spec)
+
+
+def valid_chain_name(name: str) -> None:
+    if len(name) >= XT_CHAIN_MAXNAMELEN:
+        raise ParameterProblem(f"chain name `{name}' too long (must be under {XT_CHAIN_MAXNAMELEN} chars)")
+    if name.startswith("-"):
+        raise ParameterProblem("chain name not allowed to start with `-'")
+    if name.startswith("!"):
+        raise ParameterProblem("chain name not allowed to start with `!'")
+    if not name:
+        raise ParameterProblem("empty chain name is not allowed")
+
+
+def parse_nets(text: str, family: int) -> list[Net]:
+    """``-s``/``-d`` values: comma-separated addresses, each with an optional prefix or dotted mask."""
+    return [parse_net(part, family) for part in text.split(",")]
+
+
+def parse_net(text: str, family: int) -> Net:
+    addr, slash, mask = text.partition("/")
+    bits = 32 if family == 4 else 128
+    ip = _inet_addr(addr, family)
+    if not slash:
+        prefix = bits
+    elif mask.isdigit():
+        prefix = int(mask)
+        if prefix > bits:
+            raise ParameterProblem(f"invalid mask `{mask}' specified")
+    else:
+        try:
+            m = int(ipaddress.ip_address(mask))
+        except ValueError:
+            raise ParameterProblem(f"invalid mask `{mask}' specified") from None
+        prefix = bin(m).count("1")
+    mask_int = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
+    return Net(family, ip & mask_int, prefix)
+
+
+def _inet_addr(text: str, family: int) -> int:
+    """An address as the tool's resolver takes it (inet_aton forms like ``0`` or ``10.1`` included)."""
+    try:
+        ip = ipaddress.ip_address(text)
+        if ip.version == family:
+            return int(ip)
+    except ValueError:
+        if family == 4 and text and all(ch.isdigit() or ch == "." for ch in text):
+            try:
+                return int.from_bytes(socket.inet_aton(text), "big")
+            except OSError:
+                pass
+    raise ParameterProblem(f"host/network `{text}' not found")
+
+
+def parse_protocol(text: str, family: int) -> int:
+    key = text.lower()
+    if key in PROTO_NUMBERS:
+        return PROTO_NUMBERS[key]
+    if key.isdigit() and int(key) <= 255:
+        return int(key)
+    raise ParameterProblem(f"unknown protocol \"{text}\" specified")
+
+
+# Core options: name -> (canonical, takes a value).
+CORE = {
+    "-s": ("s", True), "--source": ("s", True), "--src": ("s", True),
+    "-d": ("d", True), "--destination": ("d", True), "--dst": ("d", True),
+    "-i": ("i", True), "--in-interface": ("i", True), "-o": ("o", True), "--out-interface": ("o", True),
+    "-p": ("p", True), "--protocol": ("p", True), "-f": ("f", False), "--fragment": ("f", False),
+    "-j": ("j", True), "--jump": ("j", True), "-g": ("g", True), "--goto": ("g", True),
+    "-m": ("m", True), "--match": ("m", True), "-t": ("t", True), "--table": ("t", True),
+    "-n": ("n", False), "--numeric": ("n", False), "-v": ("v", False), "--verbose": ("v", False),
+    "-x": ("x", False), "--exact": ("x", False), "--line-numbers": ("line", False),
+    "-c": ("c", True), "--set-counters": ("c", True), "-w": ("w", False), "--wait": ("w", False),
+    "-W": ("W", True), "--wait-interval": ("W", True), "--modprobe": ("M", True),
+    "-4": ("4", False), "--ipv4": ("4", False), "-6": ("6", False), "--ipv6": ("6", False),
+}
+PROTO_MATCH = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp", 136: "udplite"}
+
+
+class _ExtSlot:
+    """An extension being parsed: its class and the options given to it so far."""
+
+    __slots__ = ("cls", "opts")
+
+    def __init__(self, cls: type[Match] | type[Target]) -> None:
+        self.cls = cls
+        self.opts: list[Opt] = []
+
+    def knows(self, name: str) -> bool:
+        return name in self.cls.OPTIONS
+
+
+def _long_name(tok: str) -> str:
+    return tok[2:] if tok.startswith("--") else tok[1:]
+
+
+def parse_command(argv: list[str], family: int = 4, restore: bool = False,
+                  default_table: str = "filter") -> Command:
+    """Parse one iptables invocation (without the program name); raise ParameterProblem."""
+    c = Command(table=default_table)
+    rule = Rule()
+    matches: list[_ExtSlot] = []
+    target: _ExtSlot | None = None
+    counters: tuple[int, int] | None = None
+    invert = False
+    seen: set[str] = set()
+    addrs: dict[str, list[Net]] = {}
+    i = 0
+    n = len(argv)
+
+    def value(opt: str) -> str:
+        nonlocal i
+        i += 1
+        if i >= n:
+            raise ParameterProblem(f"option \"{opt}\" requires an argument")
+        return argv[i]
+
+    def once(key: str, flag: str) -> None:
+        if key in seen:
+            raise ParameterProblem(f"multiple {flag} flags not allowed")
+        seen.add(key)
+
+    while i < n:
+        tok = argv[i]
+        if tok == "!":
+            if invert:
+                raise ParameterProblem("multiple consecutive ! not allowed")
+            invert = True
+            i += 1
+            continue
+        cmd = COMMANDS.get(tok)
+        if cmd is not None:
+            if c.cmd and not (c.cmd == "L" and cmd == "Z") and not (c.cmd == "Z" and cmd == "L"):
+                raise ParameterProblem(f"Cannot use -{cmd} with -{c.cmd}")
+            if c.cmd in ("L", "Z") and cmd in ("L", "Z"):
+                c.zero = True
+                c.cmd = "L"
+            else:
+                c.cmd = cmd
+            i = _command_args(c, cmd, argv, i)
+            continue
+        core = CORE.get(tok)
+        if core is not None:
+            key, takes = core
+            val = value(tok) if takes else ""
+            if key in ("s", "d"):
+                once(key, "-" + key)
+                nets = parse_nets(val, family)
+                if not (len(nets) == 1 and nets[0].prefixlen == 0 and not invert):
+                    addrs[key] = nets
+                setattr(rule, f"{'src' if key == 's' else 'dst'}_inv", invert)
+            elif key in ("i", "o"):
+                once(key, "-" + key)
+                if len(val) >= IFNAMSIZ:
+                    raise ParameterProblem(f"interface name `{val}' must be shorter than {IFNAMSIZ} characters")
+                if key == "i":
+                    rule.iif, rule.iif_inv = val, invert
+                else:
+                    rule.oif, rule.oif_inv = val, invert
+            elif key == "p":
+                once(key, "-p")
+                rule.proto = parse_protocol(val, family)
+                rule.proto_inv = invert
+                if rule.proto == 0 and invert:
+                    raise ParameterProblem("rule would never match protocol")
+            elif key == "f":
+                once(key, "-f")
+                rule.fragment = not invert
+            elif key in ("j", "g"):
+                if "j" in seen or "g" in seen:
+                    raise ParameterProblem("multiple -j flags not allowed")
+                seen.add(key)
+                target = _set_target(rule, val, key == "g")
+            elif key == "m":
+                if invert:
+                    raise ParameterProblem("unexpected ! flag before --match")
+                cls = MATCHES.get(val.lower() if val.lower() in PROTO_MATCH.values() else val)
+                if cls is None:
+                    raise ParameterProblem(f"Couldn't load match `{val}':No such file or directory\n")
+                matches.append(_ExtSlot(cls))
+            elif key == "t":
+                if restore:
+                    raise ParameterProblem("The -t option cannot be used in iptables-restore.\n")
+                if val not in TABLES:
+                    raise ParameterProblem(f"can't initialize iptables table `{val}': Table does not exist "
+                                           "(do you need to insmod?)", usage_hint=False)
+                c.table = val
+            elif key == "n":
+                c.numeric = True
+            elif key == "v":
+                c.verbose = True
+            elif key == "x":
+                c.exact = True
+            elif key == "line":
+                c.line_numbers = True
+            elif key == "c":
+                i += 1
+                if i >= n:
+                    raise ParameterProblem("-c requires packet and byte counter")
+                try:
+                    counters = (int(val), int(argv[i]))
+                except ValueError:
+                    raise ParameterProblem("-c packet counter not numeric") from None
+            elif key == "w" and i + 1 < n and argv[i + 1].isdigit():
+                i += 1
+            invert = False
+            i += 1
+            continue
+        if tok.startswith("-") and len(tok) > 1:
+            slot = _owner(tok, target, matches, rule)
+            if slot is None:
+                raise ParameterProblem(f"unknown option \"{tok}\"")
+            name = _long_name(tok)
+            count = slot.cls.OPTIONS[name]
+            vals = argv[i + 1:i + 1 + count]
+            if len(vals) < count:
+                raise ParameterProblem(f"option \"{tok}\" requires an argument")
+            slot.opts.append(Opt(name, vals, invert))
+            invert = False
+            i += 1 + count
+            continue
+        raise ParameterProblem(f"Bad argument `{tok}'", prefixed=False)
+    if invert:
+        raise ParameterProblem("Bad argument `!'", prefixed=False)
+    if not c.cmd:
+        raise ParameterProblem("no command specified")
+    c.has_rule = bool(seen & {"s", "d", "i", "o", "p", "f", "j", "g"}) or bool(matches)
+    if c.cmd in ("A", "I", "D", "R", "C") and (c.cmd != "D" or not c.rulenum or c.has_rule):
+        base = _build_rule(rule, matches, target, family)
+        if counters is not None:
+            base.packets, base.bytes = counters
+        c.rules = _expand(base, addrs)
+    return c
+
+
+def _command_args(c: Command, cmd: str, argv: list[str], i: int) -> int:
+    """Consume the chain and positional arguments of a command; return the next index."""
+    i += 1
+    nxt = argv[i] if i < len(argv) else None
+    if cmd in ("h", "V"):
+        return i
+    positional = nxt is not None and not nxt.startswith("-") and nxt != "!"
+    if cmd in OPTIONAL_CHAIN and not positional:
+        return i
+    if nxt is None:
+        raise ParameterProblem(f"option \"-{cmd}\" requires an argument")
+    c.chain = nxt  # type: ignore[assignment]
+    i += 1
+    if cmd == "N":
+        valid_chain_name(c.chain)
+    if cmd in ("I", "R", "D", "L", "S", "Z") and i < len(argv) and argv[i].isdigit():
+        c.rulenum = int(argv[i])
+        if c.rulenum < 1 and cmd in ("I", "R", "D"):
+            raise ParameterProblem("Invalid rule number `0'")
+        i += 1
+    elif cmd in ("R",):
+        raise ParameterProblem("-R requires a rule number")
+    if cmd in ("P", "E"):
+        if i >= len(argv):
+            raise ParameterProblem(f"-{cmd} requires a {'policy' if cmd == 'P' else 'new chain name'}")
+        c.arg = argv[i]
+        if cmd == "E":
+            valid_chain_name(c.arg)
+        i += 1
+    return i
+
+
+def _set_target(rule: Rule, name: str, goto: bool) -> _ExtSlot | None:
+    if goto:
+        valid_chain_name(name)
+        rule.jump, rule.goto = name, True
+        return None
+    if name in STANDARD_VERDICTS:
+        rule.jump = name
+        return None
+    cls = TARGETS.get(name)
+    if cls is None:
+        if name.startswith("-") or name.startswith("!"):
+            valid_chain_name(name)
+        rule.jump = name
+        return None
+    return _ExtSlot(cls)
+
+
+def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot], rule: Rule) -> _ExtSlot | None:
+    """The extension an option belongs to: the target, the latest match knowing it, or the implicit proto match."""
+    name = _long_name(tok)
+    if not tok.startswith("--"):
+        return None
+    if target is not None and target.knows(name):
+        return target
+    for slot in reversed(matches):
+        if slot.knows(name):
+            return slot
+    pname = PROTO_MATCH.get(rule.proto)
+    if pname is not None and not rule.proto_inv:
+        cls = MATCHES.get(pname)
+        if cls is not None and name in cls.OPTIONS and not any(s.cls is cls for s in matches):
+            slot = _ExtSlot(cls)
+            matches.append(slot)
+            return slot
+    return None
+
+
+def _build_rule(rule: Rule, matches: list[_ExtSlot], target: _ExtSlot | None, family: int) -> Rule:
+    built: list[Match] = []
+    try:
+        for slot in matches:
+            built.append(slot.cls.from_options(slot.opts, family, rule))  # type: ignore[arg-type]
+        rule.matches = built
+        if target is not None:
+            rule.target = target.cls.from_options(target.opts, family, rule)  # type: ignore[assignment]
+    except ExtensionError as exc:
+        raise ParameterProblem(str(exc)) from None
+    return rule
+
+
+def _expand(base: Rule, addrs: dict[str, list[Net]]) -> list[Rule]:
+    """One rule per source x destination address, as ``-s a,b`` adds several rules."""
+    srcs = addrs.get("s") or [None]
+    dsts = addrs.get("d") or [None]
+    out = []
+    for s in srcs:
+        for d in dsts:
+            r = base if len(srcs) * len(dsts) == 1 else clone_rule(base)
+            r.src, r.dst = s, d
+            out.append(r)
+    return out
+
+
+def clone_rule(r: Rule) -> Rule:
+    return Rule(r.src, r.src_inv, r.dst, r.dst_inv, r.iif, r.iif_inv, r.oif, r.oif_inv, r.proto, r.proto_inv,
+                r.fragment, list(r.matches), r.jump, r.goto, r.target, r.packets, r.bytes)
+
+
+def tokenize(line: str) -> list[str]:
+    """Split a restore line like iptables-restore: whitespace, with double quotes grouping (``\\"`` escapes)."""
+    if '"' not in line:
+        return line.split()
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    have = False
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quoted:
+            if ch == "\\" and i + 1 < len(line) and line[i + 1] == '"':
+                cur.append('"')
+                i += 2
+                continue
+            if ch == '"':
+                quoted = False
+            else:
+                cur.append(ch)
+        elif ch == '"':
+            quoted = True
+            have = True
+        elif ch in " \t\n":
+            if cur or have:
+                out.append("".join(cur))
+                cur, have = [], False
+        else:
+            cur.append(ch)
+        i += 1
+    if cur or have:
+        out.append("".join(cur))
+    return out
