@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kproxy.iptables.model import Chain, Net, Rule, Table
 from kproxy.iptables.parser import Command
-from kproxy.iptables.save import format_rule, ordered_chains, proto_name
+from kproxy.iptables.save import format_rule, ordered_chains, proto_name, rule_parts
 from kproxy.packet import format_addr
 
 
@@ -49,7 +49,7 @@ def header(c: Command) -> str:
     if c.line_numbers:
         parts.append(f"{'num':<4} ")
     if c.verbose:
-        parts.append(f"{'pkts':>8} {'bytes':>8} " if c.exact else f"{'pkts':>5} {'bytes':>5} ")
+        parts.append(f"{'pkts':>8} {'bytes':>10} " if c.exact else f"{'pkts':>5} {'bytes':>5} ")
     parts.append(f"{'target':<9} ")
     parts.append(" prot opt")
     if c.verbose:
@@ -127,7 +127,7 @@ def list_rules(table: Table, c: Command) -> str:
     """``iptables -S [chain]`` output: policies, -N lines, then rules (with ``-c`` counters under -v)."""
     chains = [table.chains[c.chain]] if c.chain else ordered_chains(table)
     lines = []
-    for chain in chains:
+    for chain in chains if not c.rulenum else []:
         if chain.builtin:
             line = f"-P {chain.name} {chain.policy}"
             if c.verbose:
@@ -139,8 +139,10 @@ def list_rules(table: Table, c: Command) -> str:
         for i, r in enumerate(chain.rules, 1):
             if c.rulenum and i != c.rulenum:
                 continue
-            text = format_rule(chain.name, r)
             if c.verbose:
-                text += f" -c {r.packets} {r.bytes}"
+                body, verdict = rule_parts(r)
+                text = " ".join(p for p in (f"-A {chain.name}", body, f"-c {r.packets} {r.bytes}", verdict) if p)
+            else:
+                text = format_rule(chain.name, r)
             lines.append(text)
     return "\n".join(lines) + "\n"

@@ -27,6 +27,12 @@ def proto_name(proto: int) -> str:
 
 def rule_spec(rule: Rule) -> str:
     """The rule without ``-A CHAIN``: what follows the chain name in ``iptables-save``."""
+    body, verdict = rule_parts(rule)
+    return f"{body} {verdict}" if body and verdict else body or verdict
+
+
+def rule_parts(rule: Rule) -> tuple[str, str]:
+    """The match part and the verdict part (``-j ...``/``-g ...``) of a rule, as save prints them."""
     parts: list[str] = []
     if rule.src is not None:
         parts.append(("! -s " if rule.src_inv else "-s ") + format_net(rule.src))
@@ -42,11 +48,12 @@ def rule_spec(rule: Rule) -> str:
         parts.append("-f" if rule.fragment else "! -f")
     for m in rule.matches:
         parts.append(m.save())
+    verdict = ""
     if rule.jump is not None:
-        parts.append(("-g " if rule.goto else "-j ") + rule.jump)
+        verdict = ("-g " if rule.goto else "-j ") + rule.jump
     elif rule.target is not None:
-        parts.append(rule.target.save())
-    return " ".join(p for p in parts if p)
+        verdict = rule.target.save()
+    return " ".join(p for p in parts if p), verdict
 
 
 def format_rule(chain: str, rule: Rule, counters: bool = False) -> str:
