@@ -183,9 +183,19 @@ def node_show(obj: Ctx) -> None:
         click.echo(f"sysctl     {k} = {v}")
 
 
-def main(argv: list[str] | None = None) -> Any:
-    from kproxy.cli import commands  # noqa: F401  (registers trace, demo and the other subcommands)
+# Modules that register further subcommands on ``cli`` when imported.
+COMMAND_MODULES = ("kproxy.cli.commands", "kproxy.cli.proxy_cmd", "kproxy.cli.lab_cmd", "kproxy.cli.verify_cmd")
 
+
+def main(argv: list[str] | None = None) -> Any:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
     return cli.main(args=argv, prog_name="kproxy")
 
 

@@ -132,11 +132,19 @@ class CompiledChain:
 
 
 class CompiledTable:
-    """All chains of one committed table."""
+    """All chains of one committed table; chains whose rules did not change reuse their compiled form."""
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, previous: CompiledTable | None = None) -> None:
         self.table = table
-        self.chains = {name: CompiledChain(c) for name, c in table.chains.items()}
+        self.chains: dict[str, CompiledChain] = {}
+        old = previous.chains if previous is not None else {}
+        for name, c in table.chains.items():
+            cc = old.get(name)
+            if cc is not None and len(cc.rules) == len(c.rules) and all(a is b for a, b in zip(cc.rules, c.rules)):
+                cc.chain, cc.rules = c, c.rules
+            else:
+                cc = CompiledChain(c)
+            self.chains[name] = cc
 
 
 class TableRunner:
@@ -267,7 +275,7 @@ class IptablesEngine:
         hit = self._compiled.get(table)
         if hit is not None and hit[0] == gen and hit[1] is t:
             return hit[2]
-        ct = CompiledTable(t)
+        ct = CompiledTable(t, hit[2] if hit is not None else None)
         self._compiled[table] = (gen, t, ct)
         return ct
 

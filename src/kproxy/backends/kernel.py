@@ -1,0 +1,126 @@
+"""The real kernel as a proxier backend: iptables-restore, iptables -C/-I/-D in the current namespace.
+
+kproxy owns only its own chains (``KUBE-*``) and the jump rules it inserts into built-in chains:
+restores always use ``--noflush`` and name only kproxy's chains, and ``cleanup`` removes exactly
+those, so a user's rules in any table survive. ``netns`` runs every command inside that network
+namespace (``ip netns exec``), which is how tests and the lab use it without touching the host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from kproxy.backends import BackendError
+
+TABLES = ("filter", "nat", "mangle", "raw")
+
+
+class KernelBackend:
+    def __init__(self, family: int = 4, legacy: bool = False, netns: str | None = None) -> None:
+        self.family = family
+        self.legacy = legacy
+        self.netns = netns
+        base = "iptables" if family == 4 else "ip6tables"
+        suffix = "-legacy" if legacy else "-nft"
+        self.iptables = self._tool(base + suffix, base)
+        self.iptables_restore = self._tool(f"{base}{suffix}-restore", f"{base}-restore")
+        self.iptables_save = self._tool(f"{base}{suffix}-save", f"{base}-save")
+
+    @staticmethod
+    def _tool(preferred: str, fallback: str) -> str:
+        return shutil.which(preferred) or shutil.which(fallback) or fallback
+
+    def _run(self, argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return subprocess.run([*prefix, *argv], input=input, text=True, capture_output=True, timeout=120)
+
+    def restore(self, text: str, noflush: bool = True, counters: bool = False) -> None:
+        args = [self.iptables_restore, "-w"]
+        if noflush:
+            args.append("--noflush")
+        if counters:
+            args.append("--counters")
+        proc = self._run(args, input=text)
+        if proc.returncode != 0:
+            raise BackendError(proc.stderr.strip() or f"iptables-restore failed ({proc.returncode})")
+
+    def save(self, table: str) -> str:
+        proc = self._run([self.iptables_save, "-t", table])
+        if proc.returncode != 0:
+            raise BackendError(proc.stderr.strip())
+        return proc.stdout
+
+    def _ipt(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run([self.iptables, "-w", *args])
+
+    def ensure_chain(self, table: str, chain: str) -> bool:
+        proc = self._ipt("-t", table, "-N", chain)
+        if proc.returncode == 0:
+            return False
+        if "exists" in proc.stderr:
+            return True
+        raise BackendError(proc.stderr.strip())
+
+    def ensure_rule(self, table: str, chain: str, args: list[str], prepend: bool = True) -> bool:
+        if self._ipt("-t", table, "-C", chain, *args).returncode == 0:
+            return True
+        proc = self._ipt("-t", table, "-I" if prepend else "-A", chain, *args)
+        if proc.returncode != 0:
+            raise BackendError(proc.stderr.strip())
+        return False
+
+    def delete_rule(self, table: str, chain: str, args: list[str]) -> bool:
+        return self._ipt("-t", table, "-D", chain, *args).returncode == 0
+
+    def delete_chain(self, table: str, chain: str) -> bool:
+        self._ipt("-t", table, "-F", chain)
+        return self._ipt("-t", table, "-X", chain).returncode == 0
+
+    def save_all(self) -> str:
+        proc = self._run([self.iptables_save])
+        if proc.returncode != 0:
+            raise BackendError(proc.stderr.strip())
+        return proc.stdout
+
+    def cleanup(self, prefix: str = "KUBE-") -> int:
+        """Remove kproxy's chains and jump rules, nothing else; returns how many lines that took."""
+        text = owned_cleanup_input(self.save_all(), prefix)
+        if text:
+            self.restore(text, noflush=True)
+        return text.count("\n")
+
+
+def owned_cleanup_input(save_text: str, prefix: str = "KUBE-") -> str:
+    """A ``--noflush`` restore input that removes every ``prefix`` chain and every rule jumping to one.
+
+    Built from ``iptables-save`` output so that nothing else in the tables is touched.
+    """
+    out: list[str] = []
+    table: str | None = None
+    chains: list[str] = []
+    deletes: list[str] = []
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            table, chains, deletes = line[1:], [], []
+        elif line.startswith(":") and table:
+            name = line[1:].split()[0]
+            if name.startswith(prefix):
+                chains.append(name)
+        elif line.startswith("-A ") and table:
+            words = line.split()
+            chain = words[1]
+            target = words[words.index("-j") + 1] if "-j" in words else words[words.index("-g") + 1] \
+                if "-g" in words else ""
+            if not chain.startswith(prefix) and target.startswith(prefix):
+                deletes.append("-D" + line[2:])
+        elif line == "COMMIT" and table:
+            if chains or deletes:
+                out.append(f"*{table}")
+                out.extend(deletes)
+                out.extend(f":{c} - [0:0]" for c in chains)
+                out.extend(f"-X {c}" for c in chains)
+                out.append("COMMIT")
+            table = None
+    return "\n".join(out) + "\n" if out else ""

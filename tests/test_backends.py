@@ -1,0 +1,96 @@
+"""Backends own only kproxy's chains: a user's rules survive syncs and cleanup, in the kernel and emulated."""
+
+from __future__ import annotations
+
+import pytest
+
+from kproxy.backends.kernel import KernelBackend, owned_cleanup_input
+from kproxy.iptables.restore import restore
+from kproxy.iptables.save import save
+from kproxy.iptables.state import IptablesState
+
+USER = """*filter
+:USER-CHAIN - [0:0]
+-A INPUT -s 10.9.9.9/32 -j USER-CHAIN
+-A USER-CHAIN -p icmp -j ACCEPT
+COMMIT
+*nat
+-A POSTROUTING -o eth0 -j ACCEPT
+COMMIT
+"""
+KPROXY = """*filter
+:KUBE-SERVICES - [0:0]
+:KUBE-FORWARD - [0:0]
+-A KUBE-SERVICES -d 10.96.0.9/32 -p tcp -m comment --comment "ns/svc has no endpoints" -j REJECT
+-A KUBE-FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT
+COMMIT
+*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-X - [0:0]
+-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-X
+-A KUBE-SVC-X -p tcp -j DNAT --to-destination 10.244.1.2:80
+COMMIT
+"""
+JUMPS = [("filter", "INPUT", ["-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"]),
+         ("filter", "FORWARD", ["-j", "KUBE-FORWARD"]),
+         ("nat", "PREROUTING", ["-j", "KUBE-SERVICES"])]
+
+
+def test_cleanup_input_removes_only_owned_chains_and_their_jumps():
+    text = owned_cleanup_input(USER.replace("COMMIT", "-A INPUT -j KUBE-X\nCOMMIT", 1).replace(
+        "*filter\n", "*filter\n:KUBE-X - [0:0]\n"))
+    assert text.splitlines() == ["*filter", "-D INPUT -j KUBE-X", ":KUBE-X - [0:0]", "-X KUBE-X", "COMMIT"]
+
+
+@pytest.mark.kernel
+def test_kernel_backend_sync_and_cleanup_leave_user_rules(kernel_ns):
+    for table in ("filter", "nat"):
+        kernel_ns.run(["iptables", "-t", table, "-L", "-n"])
+    kernel_ns.run(["iptables-restore"], input=USER)
+    before = kernel_ns.run(["iptables-save"]).stdout
+    be = KernelBackend(netns=kernel_ns.name)
+    if "KUBE" in before:  # pragma: no cover - a fresh namespace has none
+        pytest.fail("fresh namespace already has KUBE chains")
+    be.restore(KPROXY)
+    for table, chain, args in JUMPS:
+        assert be.ensure_rule(table, chain, args) is False
+        assert be.ensure_rule(table, chain, args) is True
+    synced = be.save_all()
+    assert "-A USER-CHAIN -p icmp -j ACCEPT" in synced and "KUBE-SVC-X" in synced
+    be.cleanup()
+    after = kernel_ns.run(["iptables-save"]).stdout
+
+    def body(t: str) -> list[str]:
+        return [ln for ln in t.splitlines() if not ln.startswith("#")]
+
+    assert body(after) == body(before)
+
+
+def test_emulated_cleanup_leaves_the_same_as_the_kernel_would():
+    from kproxy.backends.emulated import EmulatedBackend
+
+    class FakeNode:
+        def __init__(self) -> None:
+            self.iptables = {4: IptablesState(4)}
+
+        def iptables_restore(self, text, family=4, noflush=False, counters=False):
+            restore(text, self.iptables[family], noflush=noflush, counters=counters)
+
+        def iptables_save(self, family=4, counters=False, tables=None):
+            return save(self.iptables[family], tables=tables, counters=counters)
+
+        def iptables_cmd(self, argv, family=4):
+            from kproxy.iptables.commands import run_iptables
+
+            return run_iptables(argv, self.iptables[family], family)
+
+    node = FakeNode()
+    node.iptables_restore(USER)
+    before = save(node.iptables[4], header=False)
+    be = EmulatedBackend(node)
+    be.restore(KPROXY)
+    for table, chain, args in JUMPS:
+        be.ensure_rule(table, chain, args)
+    assert "KUBE-SVC-X" in save(node.iptables[4], header=False)
+    be.cleanup()
+    assert save(node.iptables[4], header=False) == before
