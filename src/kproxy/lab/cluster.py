@@ -1,0 +1,276 @@
+"""A Kubernetes cluster of network namespaces on one machine, with real traffic.
+
+Topology (every namespace named ``kp-<lab>-<role>``, all removed by ``down``):
+
+    client (192.168.50.100) ─┐
+                             ├─ fabric (bridge br0)
+    node-1 eth0 .11 ─────────┤        each node: ip_forward, routes to the other nodes' pod CIDRs
+    node-2 eth0 .12 ─────────┘        each pod:  eth0 10.244.N.K/32, default via 10.244.N.1 onlink
+                                      node side: veth with 10.244.N.1/32 and a /32 route per pod
+
+Pods are routed, not bridged (as Calico does), so every pod packet crosses the node's netfilter
+path: kube-proxy's rules see it without br_netfilter. Each pod runs ``kproxy.lab.server``; each
+node can run one kproxy process syncing its own namespace (a DaemonSet of one per node).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kproxy.lab.netns import Netns
+
+
+class LabError(ValueError):
+    """A bad lab description (the message names the field) or a failed lab operation."""
+
+
+@dataclass
+class DeploymentSpec:
+    name: str
+    namespace: str = "default"
+    replicas: int = 1
+    labels: dict[str, str] = field(default_factory=dict)
+    tcp: list[int] = field(default_factory=lambda: [8080])
+    udp: list[int] = field(default_factory=lambda: [5353])
+    nodes: list[str] = field(default_factory=list)   # placement; empty = round robin over all nodes
+
+
+@dataclass
+class LabSpec:
+    name: str
+    nodes: list[str]
+    services: list[dict[str, Any]]
+    deployments: list[DeploymentSpec]
+    network: str = "192.168.50.0/24"
+    cluster_cidr: str = "10.244.0.0/16"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LabSpec:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise LabError(f"{where}: {getattr(exc, 'problem', exc)}") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<lab>") -> LabSpec:
+        if not isinstance(data, dict):
+            raise LabError(f"{source}: a lab description must be a mapping")
+        nodes = data.get("nodes")
+        if not isinstance(nodes, list) or not nodes or len(nodes) > 9:
+            raise LabError(f"{source}: nodes: a list of 1 to 9 node names")
+        names = [str(n["name"] if isinstance(n, dict) else n) for n in nodes]
+        deps = []
+        for i, d in enumerate(data.get("deployments") or []):
+            if not isinstance(d, dict) or "name" not in d:
+                raise LabError(f"{source}: deployments[{i}]: needs a name")
+            dep = DeploymentSpec(str(d["name"]), str(d.get("namespace", "default")), int(d.get("replicas", 1)),
+                                 {str(k): str(v) for k, v in (d.get("labels") or {"app": d["name"]}).items()},
+                                 [int(p) for p in d.get("tcp", [8080])], [int(p) for p in d.get("udp", [5353])],
+                                 [str(n) for n in d.get("nodes", [])])
+            for n in dep.nodes:
+                if n not in names:
+                    raise LabError(f"{source}: deployments[{i}].nodes: no node {n}")
+            deps.append(dep)
+        services = list(data.get("services") or [])
+        for i, s in enumerate(services):
+            if not isinstance(s, dict) or "name" not in s or "clusterIP" not in s:
+                raise LabError(f"{source}: services[{i}]: needs name and clusterIP")
+        return cls(str(data.get("name", "lab")), names, services, deps, str(data.get("network", "192.168.50.0/24")),
+                   str(data.get("clusterCIDR", "10.244.0.0/16")))
+
+    def node_ip(self, index: int) -> str:
+        return str(ipaddress.ip_network(self.network)[11 + index])
+
+    def client_ip(self) -> str:
+        return str(ipaddress.ip_network(self.network)[100])
+
+    def pod_cidr(self, index: int) -> str:
+        base = ipaddress.ip_network(self.cluster_cidr)
+        return str(list(base.subnets(new_prefix=24))[index + 1])
+
+
+@dataclass
+class Pod:
+    name: str
+    namespace: str
+    deployment: str
+    node: str
+    ip: str
+    labels: dict[str, str]
+    netns: str = ""
+    host_if: str = ""
+    pid: int = 0
+
+
+@dataclass
+class LabState:
+    """What ``up`` made, persisted so that ``status``, ``exec`` and ``down`` find it."""
+
+    name: str
+    dir: str
+    fabric: str = ""
+    client: str = ""
+    nodes: dict[str, str] = field(default_factory=dict)       # node name -> namespace
+    pods: list[Pod] = field(default_factory=list)
+    proxies: dict[str, int] = field(default_factory=dict)      # node name -> kproxy pid
+
+    def save(self) -> None:
+        Path(self.dir, "state.json").write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> LabState:
+        p = Path(directory, "state.json")
+        if not p.exists():
+            raise LabError(f"no lab in {directory} (run `kproxy lab up` first)")
+        data = json.loads(p.read_text())
+        data["pods"] = [Pod(**pd) for pd in data.get("pods", [])]
+        return cls(**data)
+
+    def namespaces(self) -> list[str]:
+        return [n for n in [self.client, *self.nodes.values(), *(p.netns for p in self.pods), self.fabric] if n]
+
+
+def _ip(*argv: str, ns: str | None = None) -> None:
+    cmd = ["ip", *(["-n", ns] if ns else []), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+
+
+def _sysctl(ns: str, key: str, value: str) -> None:
+    Netns(ns).run(["sysctl", "-qw", f"{key}={value}"])
+
+
+class Lab:
+    """Builds, inspects and tears down a lab; every namespace it makes is recorded before use."""
+
+    def __init__(self, spec: LabSpec, directory: str | os.PathLike[str]) -> None:
+        self.spec = spec
+        self.dir = Path(directory)
+        self.id = secrets.token_hex(2)
+        self.state = LabState(spec.name, str(self.dir))
+
+    def _ns(self, role: str) -> str:
+        name = f"kp-{self.id}-{role}"
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        _ip("link", "set", "lo", "up", ns=name)
+        return name
+
+    def up(self) -> LabState:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._build()
+        except BaseException:
+            down(self.state)
+            raise
+        self.state.save()
+        return self.state
+
+    def _build(self) -> None:
+        s, st = self.spec, self.state
+        st.fabric = self._ns("fab")
+        st.save()
+        _ip("link", "add", "br0", "type", "bridge", ns=st.fabric)
+        _ip("link", "set", "br0", "up", ns=st.fabric)
+        st.client = self._ns("client")
+        st.save()
+        self._attach(st.client, "cl", s.client_ip())
+        prefix = ipaddress.ip_network(s.network).prefixlen
+        for i, node in enumerate(s.nodes):
+            ns = self._ns(f"n{i + 1}")
+            st.nodes[node] = ns
+            st.save()
+            self._attach(ns, f"n{i + 1}", s.node_ip(i), prefix)
+            _sysctl(ns, "net.ipv4.ip_forward", "1")
+            for j, _other in enumerate(s.nodes):
+                if j != i:
+                    _ip("route", "add", s.pod_cidr(j), "via", s.node_ip(j), ns=ns)
+        self._place_pods()
+        st.save()
+
+    def _attach(self, ns: str, tag: str, addr: str, prefix: int = 24) -> None:
+        fab = self.state.fabric
+        _ip("link", "add", f"v-{tag}", "type", "veth", "peer", "name", "eth0", "netns", ns, ns=fab)
+        _ip("link", "set", f"v-{tag}", "master", "br0", "up", ns=fab)
+        _ip("addr", "add", f"{addr}/{prefix}", "dev", "eth0", ns=ns)
+        _ip("link", "set", "eth0", "up", ns=ns)
+
+    def _place_pods(self) -> None:
+        per_node = {n: 0 for n in self.spec.nodes}
+        rr = 0
+        for dep in self.spec.deployments:
+            for k in range(dep.replicas):
+                targets = dep.nodes or self.spec.nodes
+                node = targets[rr % len(targets)] if not dep.nodes else targets[k % len(targets)]
+                rr += 1
+                self.add_pod(dep, k, node, per_node)
+
+    def add_pod(self, dep: DeploymentSpec, k: int, node: str, per_node: dict[str, int] | None = None) -> Pod:
+        st = self.state
+        idx = self.spec.nodes.index(node)
+        used = {p.ip for p in st.pods}
+        cidr = ipaddress.ip_network(self.spec.pod_cidr(idx))
+        host = next(h for h in list(cidr.hosts())[9:] if str(h) not in used)
+        gw = str(cidr[1])
+        pod = Pod(f"{dep.name}-{k}", dep.namespace, dep.name, node, str(host), dict(dep.labels))
+        pod.netns = self._ns(f"p{len(st.pods) + 1}")
+        pod.host_if = f"vp{len(st.pods) + 1}"
+        st.pods.append(pod)
+        st.save()
+        node_ns = st.nodes[node]
+        _ip("link", "add", pod.host_if, "type", "veth", "peer", "name", "eth0", "netns", pod.netns, ns=node_ns)
+        _ip("addr", "add", f"{gw}/32", "dev", pod.host_if, ns=node_ns)
+        _ip("link", "set", pod.host_if, "up", ns=node_ns)
+        _ip("route", "add", f"{pod.ip}/32", "dev", pod.host_if, ns=node_ns)
+        _ip("addr", "add", f"{pod.ip}/32", "dev", "eth0", ns=pod.netns)
+        _ip("link", "set", "eth0", "up", ns=pod.netns)
+        _ip("route", "add", gw, "dev", "eth0", ns=pod.netns)
+        _ip("route", "add", "default", "via", gw, "dev", "eth0", ns=pod.netns)
+        argv = [sys.executable, "-m", "kproxy.lab.server", "--name", pod.name]
+        for p in dep.tcp:
+            argv += ["--tcp", str(p)]
+        for p in dep.udp:
+            argv += ["--udp", str(p)]
+        proc = subprocess.Popen(["ip", "netns", "exec", pod.netns, *argv], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        pod.pid = proc.pid
+        st.save()
+        return pod
+
+
+def down(state: LabState) -> list[str]:
+    """Stop every process the lab started and delete its namespaces; returns the namespaces removed."""
+    for pid in [*(p.pid for p in state.pods), *state.proxies.values()]:
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+    removed = []
+    for ns in state.namespaces():
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        if subprocess.run(["ip", "netns", "del", ns], capture_output=True).returncode == 0:
+            removed.append(ns)
+    state_file = Path(state.dir, "state.json")
+    if state_file.exists():
+        state_file.unlink()
+    return removed
