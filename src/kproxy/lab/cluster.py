@@ -227,8 +227,9 @@ class Lab:
         host = next(h for h in list(cidr.hosts())[9:] if str(h) not in used)
         gw = str(cidr[1])
         pod = Pod(f"{dep.name}-{k}", dep.namespace, dep.name, node, str(host), dict(dep.labels))
-        pod.netns = self._ns(f"p{len(st.pods) + 1}")
-        pod.host_if = f"vp{len(st.pods) + 1}"
+        n = max([int(p.host_if[2:]) for p in st.pods if p.host_if[2:].isdigit()] + [0]) + 1
+        pod.netns = self._ns(f"p{n}")
+        pod.host_if = f"vp{n}"
         st.pods.append(pod)
         st.save()
         node_ns = st.nodes[node]
@@ -274,3 +275,116 @@ def down(state: LabState) -> list[str]:
     if state_file.exists():
         state_file.unlink()
     return removed
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def manifests(spec: LabSpec, state: LabState) -> list[dict[str, Any]]:
+    """Services as described and the EndpointSlices the endpoint controller would make for the pods."""
+    objs: list[dict[str, Any]] = []
+    for svc in spec.services:
+        ns = str(svc.get("namespace", "default"))
+        ports = []
+        for p in svc.get("ports") or []:
+            port = {"name": p.get("name", ""), "port": int(p["port"]), "protocol": p.get("protocol", "TCP"),
+                    "targetPort": p.get("targetPort", p["port"])}
+            if "nodePort" in p:
+                port["nodePort"] = int(p["nodePort"])
+            ports.append(port)
+        body: dict[str, Any] = {"type": svc.get("type", "ClusterIP"), "clusterIP": svc["clusterIP"],
+                                "clusterIPs": [svc["clusterIP"]], "ipFamilies": ["IPv4"], "ports": ports,
+                                "selector": dict(svc.get("selector") or {})}
+        for key in ("externalTrafficPolicy", "internalTrafficPolicy", "sessionAffinity", "externalIPs",
+                    "healthCheckNodePort", "sessionAffinityConfig", "loadBalancerSourceRanges"):
+            if key in svc:
+                body[key] = svc[key]
+        obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Service",
+                               "metadata": {"name": svc["name"], "namespace": ns}, "spec": body}
+        if "loadBalancerIP" in svc:
+            obj["status"] = {"loadBalancer": {"ingress": [{"ip": svc["loadBalancerIP"]}]}}
+        objs.append(obj)
+        pods = [p for p in state.pods if p.namespace == ns and _matches(body["selector"], p.labels)]
+        eps = [{"addresses": [p.ip], "conditions": {"ready": True, "serving": True, "terminating": False},
+                "nodeName": p.node, "targetRef": {"kind": "Pod", "name": p.name, "namespace": ns}} for p in pods]
+        slice_ports = [{"name": p["name"], "port": int(p["targetPort"]), "protocol": p["protocol"]} for p in ports]
+        objs.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                     "metadata": {"name": f"{svc['name']}-lab", "namespace": ns,
+                                  "labels": {"kubernetes.io/service-name": svc["name"]}},
+                     "addressType": "IPv4", "endpoints": eps, "ports": slice_ports})
+    for i, node in enumerate(spec.nodes):
+        objs.append({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+                     "spec": {"podCIDR": spec.pod_cidr(i), "podCIDRs": [spec.pod_cidr(i)]},
+                     "status": {"addresses": [{"type": "InternalIP", "address": spec.node_ip(i)}]}})
+    return objs
+
+
+def write_manifests(spec: LabSpec, state: LabState) -> Path:
+    """Write the cluster's objects where every node's kproxy watches them (atomically)."""
+    path = Path(state.dir, "manifests.yaml")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": manifests(spec, state)},
+                                  sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def proxy_config(spec: LabSpec, node: str) -> str:
+    """The KubeProxyConfiguration each node's kproxy runs with."""
+    return yaml.safe_dump({"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+                           "mode": "iptables", "clusterCIDR": spec.cluster_cidr, "hostnameOverride": node,
+                           "syncPeriod": "30s", "minSyncPeriod": "200ms",
+                           "metricsBindAddress": "127.0.0.1:10249", "healthzBindAddress": "127.0.0.1:10256"},
+                          sort_keys=False)
+
+
+def start_proxies(spec: LabSpec, state: LabState) -> None:
+    """One kproxy per node, in the node's namespace, syncing the kernel there from the shared manifests."""
+    manifests_path = write_manifests(spec, state)
+    for node, ns in state.nodes.items():
+        cfg = Path(state.dir, f"{node}-config.yaml")
+        cfg.write_text(proxy_config(spec, node))
+        log = open(Path(state.dir, f"{node}-kproxy.log"), "w")  # noqa: SIM115 - handed to the child
+        argv = [sys.executable, "-m", "kproxy", "--node", str(Path(state.dir, f"{node}-state.json")), "proxy",
+                "--backend", "kernel", "--config", str(cfg), "--manifests", str(manifests_path)]
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        state.proxies[node] = proc.pid
+    state.save()
+
+
+def scale(state: LabState, deployment: str, replicas: int) -> None:
+    """Add or remove pods of a deployment and rewrite the manifests the node kproxies watch."""
+    spec = LabSpec.load(Path(state.dir, "description.yaml"))
+    dep = next((d for d in spec.deployments if d.name == deployment), None)
+    if dep is None:
+        raise LabError(f"no deployment {deployment}")
+    if replicas < 0:
+        raise LabError("replicas must be 0 or more")
+    lab = Lab(spec, state.dir)
+    lab.state = state
+    lab.id = state.fabric.split("-")[1]
+    mine = [p for p in state.pods if p.deployment == deployment]
+    for pod in mine[replicas:]:
+        _stop_pod(pod)
+        state.pods.remove(pod)
+    existing = {p.name for p in state.pods}
+    k = 0
+    while len([p for p in state.pods if p.deployment == deployment]) < replicas:
+        if f"{dep.name}-{k}" not in existing:
+            targets = dep.nodes or spec.nodes
+            lab.add_pod(dep, k, targets[k % len(targets)])
+        k += 1
+    state.save()
+    if state.proxies:
+        write_manifests(spec, state)
+
+
+def _stop_pod(pod: Pod) -> None:
+    if pod.pid:
+        try:
+            os.killpg(pod.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True)

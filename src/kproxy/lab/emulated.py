@@ -1,0 +1,163 @@
+"""The lab's emulated twin: the same cluster description on emulated nodes, with packets walked between them.
+
+Each node is a ``Node`` shaped like its kernel counterpart in ``kproxy.lab.cluster`` (eth0 on the
+node network, one routed veth per pod), synced by the iptables proxier from the same manifests. A
+request leaves a pod or the external client, crosses every node's packet path it meets (forwarded
+out of eth0 to the next node, or out of a pod's veth to that pod), and the pod that receives it
+answers with what it saw, exactly as ``kproxy.lab.server`` does on the kernel lab. The reply walks
+back through the same nodes, so conntrack un-NATs it as the kernel would.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from kproxy.lab.cluster import LabSpec, LabState, Pod, manifests
+from kproxy.node import Node
+from kproxy.packet import ACK, SYN, TCP, UDP, Packet, format_addr, parse_addr
+
+MAX_HOPS = 8
+
+
+@dataclass
+class Answer:
+    """What the client observed: the pod that answered and the peer it saw, or why nothing came back."""
+
+    ok: bool
+    pod: str = ""
+    peer: str = ""
+    error: str = ""
+
+    def line(self) -> str:
+        return f"pod={self.pod} peer={self.peer}" if self.ok else self.error
+
+
+class EmulatedLab:
+    def __init__(self, spec: LabSpec) -> None:
+        self.spec = spec
+        self.state = LabState(spec.name, "")
+        self.nodes: dict[str, Node] = {}
+        self.node_by_ip: dict[int, str] = {}
+        self._sport = 40000
+        for i, name in enumerate(spec.nodes):
+            self.nodes[name] = self._node(i, name)
+            self.node_by_ip[parse_addr(spec.node_ip(i))[1]] = name
+        self._place_pods()
+
+    def _node(self, i: int, name: str) -> Node:
+        prefix = ipaddress.ip_network(self.spec.network).prefixlen
+        routes = [f"{self.spec.pod_cidr(j)} via {self.spec.node_ip(j)} dev eth0"
+                  for j in range(len(self.spec.nodes)) if j != i]
+        node = Node.from_description({"name": name,
+                                      "interfaces": [{"name": "eth0", "addresses": [f"{self.spec.node_ip(i)}/{prefix}"]}],
+                                      "routes": routes, "sysctls": {"net.ipv4.ip_forward": "1"}})
+        node.clock = 1_000_000.0
+        return node
+
+    def _place_pods(self) -> None:
+        from kproxy.node import Address, Interface, parse_route
+
+        rr = 0
+        for dep in self.spec.deployments:
+            for k in range(dep.replicas):
+                targets = dep.nodes or self.spec.nodes
+                node = targets[rr % len(targets)] if not dep.nodes else targets[k % len(targets)]
+                rr += 1
+                idx = self.spec.nodes.index(node)
+                cidr = ipaddress.ip_network(self.spec.pod_cidr(idx))
+                used = {p.ip for p in self.state.pods}
+                host = next(h for h in list(cidr.hosts())[9:] if str(h) not in used)
+                pod = Pod(f"{dep.name}-{k}", dep.namespace, dep.name, node, str(host), dict(dep.labels),
+                          host_if=f"vp{len(self.state.pods) + 1}")
+                self.state.pods.append(pod)
+                n = self.nodes[node]
+                n.add_interface(Interface(pod.host_if, [Address.parse(f"{cidr[1]}/32")]))
+                n.routes.append(parse_route(f"{pod.ip}/32 dev {pod.host_if}"))
+
+    # ---- control plane ----------------------------------------------------------------------
+    def sync(self) -> None:
+        """Run each node's iptables proxier over the lab's objects (as the per-node kproxy does)."""
+        from kproxy.proxy.lab_sync import sync_node  # type: ignore[import-not-found]
+
+        objs = manifests(self.spec, self.state)
+        for i, (name, node) in enumerate(self.nodes.items()):
+            sync_node(node, objs, name, self.spec.cluster_cidr, self.spec.node_ip(i))
+
+    # ---- data plane -------------------------------------------------------------------------
+    def pod(self, name: str) -> Pod:
+        for p in self.state.pods:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def request(self, src: str, dst: str, dport: int, proto: str = "tcp") -> Answer:
+        """A request from a pod (by name) or ``client`` to ``dst:dport``, and the answer it gets."""
+        self._sport += 1
+        pnum = TCP if proto == "tcp" else UDP
+        if src == "client":
+            src_ip = self.spec.client_ip()
+        else:
+            src_ip = self.pod(src).ip
+        pkt = Packet.make(src_ip, dst, pnum, self._sport, dport, tcp_flags=SYN if pnum == TCP else 0)
+        where = self._entry(src, pkt)
+        if where is None:
+            return Answer(False, error="no route from client")
+        got = self._walk(pkt, where)
+        if isinstance(got, Answer):
+            return got
+        pod, seen = got
+        reply = Packet(src=seen.dst, dst=seen.src, proto=pnum, sport=seen.dport, dport=seen.sport,
+                       tcp_flags=(SYN | ACK) if pnum == TCP else 0)
+        back = self._walk(reply, (pod.node, pod.host_if))
+        peer = f"{format_addr(seen.src)}:{seen.sport}"
+        if isinstance(back, Answer):
+            return Answer(False, pod.name, peer, error=f"reply lost: {back.error}")
+        _, final = back
+        if final.src != pkt.dst or final.sport != dport:
+            return Answer(False, pod.name, peer, error="reply not un-NATed")
+        return Answer(True, pod.name, peer)
+
+    def _entry(self, src: str, pkt: Packet) -> tuple[str, str] | None:
+        if src == "client":
+            node = self.node_by_ip.get(pkt.dst)
+            if node is None:
+                return None
+            return node, "eth0"
+        pod = self.pod(src)
+        return pod.node, pod.host_if
+
+    def _walk(self, pkt: Packet, where: tuple[str, str]) -> Answer | tuple[Any, Packet]:
+        """Carry ``pkt`` node to node until a pod or the client receives it."""
+        node_name, iif = where
+        for _ in range(MAX_HOPS):
+            node = self.nodes[node_name]
+            res = node.receive(pkt, iif)
+            if res.fate in ("dropped", "rejected"):
+                return Answer(False, error=f"{res.fate} on {node_name} in {res.hook}"
+                              + (f" ({res.reject_with})" if res.reject_with else ""))
+            if res.fate != "forwarded":
+                return Answer(False, error=f"{res.fate} on {node_name}")
+            out = res.packet
+            if res.out_dev != "eth0":
+                pod = next((p for p in self.state.pods if p.node == node_name and p.host_if == res.out_dev), None)
+                if pod is None or parse_addr(pod.ip)[1] != out.dst:
+                    return Answer(False, error=f"no pod behind {res.out_dev}")
+                return pod, out
+            if format_addr(out.dst) == self.spec.client_ip():
+                return "client", out
+            hop = parse_addr(res.gateway)[1] if res.gateway else out.dst
+            nxt = self.node_by_ip.get(hop)
+            if nxt is None:
+                return Answer(False, error=f"left {node_name} towards {format_addr(hop)}")
+            pkt = _fresh(out)
+            node_name, iif = nxt, "eth0"
+        return Answer(False, error="routing loop")
+
+
+def _fresh(p: Packet) -> Packet:
+    """The packet as the next node receives it: headers kept, this node's skb state gone."""
+    return Packet(src=p.src, dst=p.dst, proto=p.proto, sport=p.sport, dport=p.dport, family=p.family,
+                  tcp_flags=p.tcp_flags, icmp_type=p.icmp_type, icmp_code=p.icmp_code, icmp_id=p.icmp_id,
+                  length=p.length, ttl=p.ttl - 1)
