@@ -1,0 +1,402 @@
+"""Connection tracking as nf_conntrack does it: tuples, directions, states, timeouts, confirmation.
+
+A packet's first sight of a flow makes an unconfirmed entry (state NEW) that NAT may bind; the
+entry enters the table only when the packet survives to the last hook (``confirm_hook`` at
+INPUT/POSTROUTING, priority INT_MAX), so a dropped first packet leaves nothing behind. Later
+packets find the entry by either tuple: ESTABLISHED once a reply was seen (and for replies),
+NEW in the original direction before that, RELATED for ICMP errors about a tracked flow, INVALID
+when the TCP state machine refuses the packet. State belongs to the flow, not the packet.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from kproxy.netfilter.hooks import HookState
+from kproxy.packet import ACK, FIN, ICMP, ICMPV6, NF_ACCEPT, NF_DROP, RST, SYN, TCP, UDP, Packet, format_addr
+
+# include/uapi/linux/netfilter/nf_conntrack_common.h: enum ip_conntrack_status bits.
+IPS_EXPECTED = 1 << 0
+IPS_SEEN_REPLY = 1 << 1
+IPS_ASSURED = 1 << 2
+IPS_CONFIRMED = 1 << 3
+IPS_SRC_NAT = 1 << 4
+IPS_DST_NAT = 1 << 5
+IPS_NAT_MASK = IPS_SRC_NAT | IPS_DST_NAT
+IPS_SEQ_ADJUST = 1 << 6
+IPS_SRC_NAT_DONE = 1 << 7
+IPS_DST_NAT_DONE = 1 << 8
+IPS_DYING = 1 << 9
+IPS_FIXED_TIMEOUT = 1 << 10
+IPS_UNTRACKED = 1 << 12
+
+ORIGINAL, REPLY = 0, 1
+
+# Default timeouts (seconds) of a 6.x kernel.
+TCP_TIMEOUTS = {"SYN_SENT": 120, "SYN_RECV": 60, "ESTABLISHED": 432000, "FIN_WAIT": 120, "CLOSE_WAIT": 60,
+                "LAST_ACK": 30, "TIME_WAIT": 120, "CLOSE": 10, "SYN_SENT2": 120}
+UDP_UNREPLIED, UDP_REPLIED, UDP_STREAM_AFTER = 30, 120, 2.0
+ICMP_TIMEOUT = 30
+GENERIC_TIMEOUT = 600
+
+# ICMP types whose reply type makes the reply tuple; errors that carry an inner header.
+ICMP_REPLY_TYPE = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17}
+ICMP_NEW_TYPES = {8, 13, 15, 17}
+ICMP_ERRORS = {3, 4, 5, 11, 12}
+ICMPV6_REPLY_TYPE = {128: 129, 129: 128}
+ICMPV6_ERRORS = {1, 2, 3, 4}
+
+# The TCP state table (nf_conntrack_proto_tcp.c tcp_conntracks): [dir][packet kind][state] -> state.
+_S = ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT",
+      "CLOSE", "SYN_SENT2"]
+_KINDS = ["SYN", "SYNACK", "FIN", "ACK", "RST", "NONE"]
+_TABLE_TEXT = {
+    ORIGINAL: {
+        "SYN":    "sSS sSS sIG sIG sIG sIG sIG sSS sSS sS2",
+        "SYNACK": "sIV sIV sSR sIV sIV sIV sIV sIV sIV sSR",
+        "FIN":    "sIV sIV sFW sFW sLA sLA sLA sTW sCL sIV",
+        "ACK":    "sES sIV sES sES sCW sCW sTW sTW sCL sIV",
+        "RST":    "sIV sCL sCL sCL sCL sCL sCL sCL sCL sCL",
+        "NONE":   "sIV sIV sIV sIV sIV sIV sIV sIV sIV sIV",
+    },
+    REPLY: {
+        "SYN":    "sIV sS2 sIV sIV sIV sIV sIV sSS sIV sS2",
+        "SYNACK": "sIV sSR sIG sIG sIG sIG sIG sIG sIG sSR",
+        "FIN":    "sIV sIV sFW sFW sLA sLA sLA sTW sCL sIV",
+        "ACK":    "sIV sIG sSR sES sCW sCW sTW sTW sCL sIG",
+        "RST":    "sIV sCL sCL sCL sCL sCL sCL sCL sCL sCL",
+        "NONE":   "sIV sIV sIV sIV sIV sIV sIV sIV sIV sIV",
+    },
+}
+_ABBREV = {"sNO": "NONE", "sSS": "SYN_SENT", "sSR": "SYN_RECV", "sES": "ESTABLISHED", "sFW": "FIN_WAIT",
+           "sCW": "CLOSE_WAIT", "sLA": "LAST_ACK", "sTW": "TIME_WAIT", "sCL": "CLOSE", "sS2": "SYN_SENT2",
+           "sIV": "INVALID", "sIG": "IGNORE"}
+TCP_STATES: dict[int, dict[str, dict[str, str]]] = {
+    d: {k: dict(zip(_S, (_ABBREV[w] for w in row.split()), strict=True)) for k, row in rows.items()}
+    for d, rows in _TABLE_TEXT.items()
+}
+
+
+def tcp_kind(flags: int) -> str:
+    """get_conntrack_index: which row of the state table a segment uses."""
+    if flags & RST:
+        return "RST"
+    if flags & SYN:
+        return "SYNACK" if flags & ACK else "SYN"
+    if flags & FIN:
+        return "FIN"
+    if flags & ACK:
+        return "ACK"
+    return "NONE"
+
+
+@dataclass(frozen=True, slots=True)
+class Tuple:
+    """A conntrack tuple. For ICMP, ``sport`` is the echo id and ``dport`` is ``type << 8 | code``."""
+
+    family: int
+    proto: int
+    src: int
+    dst: int
+    sport: int
+    dport: int
+
+    @classmethod
+    def of(cls, pkt: Packet) -> Tuple:
+        if pkt.proto in (ICMP, ICMPV6):
+            return cls(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.icmp_id, pkt.icmp_type << 8 | pkt.icmp_code)
+        if pkt.proto in (TCP, UDP, 132, 136, 33):
+            return cls(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
+        return cls(pkt.family, pkt.proto, pkt.src, pkt.dst, 0, 0)
+
+    def inverse(self) -> Tuple:
+        if self.proto in (ICMP, ICMPV6):
+            replies = ICMP_REPLY_TYPE if self.proto == ICMP else ICMPV6_REPLY_TYPE
+            itype = replies.get(self.dport >> 8, self.dport >> 8)
+            return Tuple(self.family, self.proto, self.dst, self.src, self.sport, itype << 8 | (self.dport & 0xFF))
+        return Tuple(self.family, self.proto, self.dst, self.src, self.dport, self.sport)
+
+    def with_src(self, addr: int, port: int) -> Tuple:
+        return Tuple(self.family, self.proto, addr, self.dst, port, self.dport)
+
+    def with_dst(self, addr: int, port: int) -> Tuple:
+        return Tuple(self.family, self.proto, self.src, addr, self.sport, port)
+
+    @property
+    def has_ports(self) -> bool:
+        return self.proto in (TCP, UDP, 132, 136, 33)
+
+    def text(self) -> str:
+        """``src=.. dst=.. sport=.. dport=..`` (or ``type= code= id=`` for ICMP) as conntrack -L prints."""
+        s, d = format_addr(self.src, self.family), format_addr(self.dst, self.family)
+        if self.proto in (ICMP, ICMPV6):
+            return f"src={s} dst={d} type={self.dport >> 8} code={self.dport & 0xFF} id={self.sport}"
+        if self.has_ports:
+            return f"src={s} dst={d} sport={self.sport} dport={self.dport}"
+        return f"src={s} dst={d}"
+
+    def as_list(self) -> list[int]:
+        return [self.family, self.proto, self.src, self.dst, self.sport, self.dport]
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False, slots=True)
+class Conn:
+    """One tracked connection (struct nf_conn)."""
+
+    orig: Tuple
+    reply: Tuple
+    status: int = 0
+    mark: int = 0
+    tcp_state: str = ""
+    expires: float = 0.0
+    created: float = 0.0
+    id: int = field(default_factory=lambda: next(_ids))
+    packets: list[int] = field(default_factory=lambda: [0, 0])
+    bytes: list[int] = field(default_factory=lambda: [0, 0])
+    zone: int = 0
+    helper: str | None = None
+    secmark: int = 0
+    labels: int = 0
+
+    @property
+    def proto(self) -> int:
+        return self.orig.proto
+
+    @property
+    def confirmed(self) -> bool:
+        return bool(self.status & IPS_CONFIRMED)
+
+    def timeout_at(self, now: float) -> int:
+        """Seconds left, as conntrack -L prints them."""
+        return max(0, int(self.expires - now))
+
+    def nat_done(self, manip: str) -> bool:
+        return bool(self.status & (IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"orig": self.orig.as_list(), "reply": self.reply.as_list(), "status": self.status,
+                "mark": self.mark, "tcp_state": self.tcp_state, "expires": self.expires, "created": self.created,
+                "id": self.id, "packets": self.packets, "bytes": self.bytes}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Conn:
+        return cls(Tuple(*d["orig"]), Tuple(*d["reply"]), d["status"], d["mark"], d["tcp_state"], d["expires"],
+                   d.get("created", 0.0), d["id"], list(d["packets"]), list(d["bytes"]))
+
+
+class TableFull(Exception):
+    pass
+
+
+class Conntrack:
+    """One network namespace's connection table."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self._hash: dict[Tuple, tuple[Conn, int]] = {}
+        self.drops = 0
+        self._next_id = 1
+
+    # ---- the table ------------------------------------------------------------------------
+    @property
+    def max_entries(self) -> int:
+        return int(self.node.sysctls.get("net.netfilter.nf_conntrack_max", "262144"))
+
+    def lookup(self, t: Tuple, now: float | None = None) -> tuple[Conn, int] | None:
+        hit = self._hash.get(t)
+        if hit is None:
+            return None
+        conn = hit[0]
+        if conn.expires <= (self.node.now() if now is None else now):
+            self.delete(conn)
+            return None
+        return hit
+
+    def entries(self, now: float | None = None) -> list[Conn]:
+        """Live confirmed entries, oldest first; expired ones are reaped on the way."""
+        now = self.node.now() if now is None else now
+        seen: dict[int, Conn] = {}
+        for conn, d in list(self._hash.values()):
+            if d == ORIGINAL:
+                if conn.expires <= now:
+                    self.delete(conn)
+                else:
+                    seen[conn.id] = conn
+        return sorted(seen.values(), key=lambda c: c.id)
+
+    def __len__(self) -> int:
+        return sum(1 for _, d in self._hash.values() if d == ORIGINAL)
+
+    def insert(self, conn: Conn) -> None:
+        self._hash[conn.orig] = (conn, ORIGINAL)
+        self._hash[conn.reply] = (conn, REPLY)
+        conn.status |= IPS_CONFIRMED
+
+    def delete(self, conn: Conn) -> None:
+        for t in (conn.orig, conn.reply):
+            hit = self._hash.get(t)
+            if hit is not None and hit[0] is conn:
+                del self._hash[t]
+
+    def flush(self) -> int:
+        n = len(self)
+        self._hash.clear()
+        return n
+
+    def taken(self, t: Tuple, ignore: Conn | None = None) -> bool:
+        """nf_conntrack_tuple_taken: is ``t`` already some other confirmed connection's tuple?"""
+        hit = self._hash.get(t)
+        return hit is not None and hit[0] is not ignore and hit[0].expires > self.node.now()
+
+    # ---- hooks ----------------------------------------------------------------------------
+    def in_hook(self, pkt: Packet, state: HookState) -> int:
+        """nf_conntrack_in (PREROUTING and OUTPUT, priority -200)."""
+        if pkt.ct is not None:
+            return NF_ACCEPT            # looped back: already attached on the way out
+        if pkt.notrack:
+            pkt.ctstate = "UNTRACKED"
+            return NF_ACCEPT
+        now = state.now
+        if pkt.proto in (ICMP, ICMPV6) and pkt.icmp_type in (ICMP_ERRORS if pkt.proto == ICMP else ICMPV6_ERRORS):
+            return self._related(pkt, state)
+        t = Tuple.of(pkt)
+        hit = self.lookup(t, now)
+        if hit is None:
+            return self._new(pkt, t, state)
+        conn, d = hit
+        pkt.ct, pkt.ctdir = conn, d
+        if not self._update(conn, d, pkt, now):
+            pkt.ct = None
+            pkt.ctstate = "INVALID"
+            self._trace(state, f"INVALID {t.text()} (tcp state {conn.tcp_state})")
+            return NF_ACCEPT
+        if d == REPLY:
+            conn.status |= IPS_SEEN_REPLY
+            pkt.ctstate = "ESTABLISHED"
+        else:
+            pkt.ctstate = "ESTABLISHED" if conn.status & IPS_SEEN_REPLY else "NEW"
+        conn.packets[d] += 1
+        conn.bytes[d] += pkt.length
+        self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}")
+        return NF_ACCEPT
+
+    def _new(self, pkt: Packet, t: Tuple, state: HookState) -> int:
+        conn = Conn(t, t.inverse(), created=state.now, mark=0, id=self._next_id)
+        self._next_id += 1
+        if pkt.proto == TCP:
+            new_state = TCP_STATES[ORIGINAL][tcp_kind(pkt.tcp_flags)]["NONE"]
+            loose = self.node.sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
+            if new_state != "SYN_SENT" and not (new_state == "ESTABLISHED" and loose):
+                pkt.ctstate = "INVALID"
+                self._trace(state, f"INVALID {t.text()} (cannot start a connection)")
+                return NF_ACCEPT
+            conn.tcp_state = new_state
+            conn.expires = state.now + TCP_TIMEOUTS[new_state]
+        elif pkt.proto == UDP:
+            conn.expires = state.now + UDP_UNREPLIED
+        elif pkt.proto in (ICMP, ICMPV6):
+            ok = ICMP_NEW_TYPES if pkt.proto == ICMP else {128}
+            if pkt.icmp_type not in ok:
+                pkt.ctstate = "INVALID"
+                return NF_ACCEPT
+            conn.expires = state.now + ICMP_TIMEOUT
+        else:
+            conn.expires = state.now + GENERIC_TIMEOUT
+        conn.packets[0] += 1
+        conn.bytes[0] += pkt.length
+        pkt.ct, pkt.ctdir, pkt.ctstate = conn, ORIGINAL, "NEW"
+        self._trace(state, f"NEW {t.text()}")
+        return NF_ACCEPT
+
+    def _update(self, conn: Conn, d: int, pkt: Packet, now: float) -> bool:
+        """The protocol's packet() callback: state machine and timeout refresh; False = invalid."""
+        if conn.proto == TCP:
+            kind = tcp_kind(pkt.tcp_flags)
+            old = conn.tcp_state or "NONE"
+            new = TCP_STATES[d][kind][old]
+            if new == "INVALID":
+                return False
+            if new == "IGNORE":
+                return True
+            conn.tcp_state = new
+            if not conn.status & IPS_ASSURED and old in ("SYN_RECV", "ESTABLISHED") and new == "ESTABLISHED":
+                conn.status |= IPS_ASSURED
+            timeout = TCP_TIMEOUTS["CLOSE"] if kind == "RST" else TCP_TIMEOUTS[new]
+            if not conn.status & IPS_FIXED_TIMEOUT:
+                conn.expires = now + timeout
+            return True
+        if conn.proto == UDP:
+            seen_reply = conn.status & IPS_SEEN_REPLY or d == REPLY
+            if seen_reply:
+                if now > conn.created + UDP_STREAM_AFTER:
+                    conn.expires = now + UDP_REPLIED
+                    conn.status |= IPS_ASSURED
+                else:
+                    conn.expires = now + UDP_UNREPLIED
+            else:
+                conn.expires = now + UDP_UNREPLIED
+            return True
+        if conn.proto in (ICMP, ICMPV6):
+            conn.expires = now + ICMP_TIMEOUT
+            return True
+        conn.expires = now + GENERIC_TIMEOUT
+        return True
+
+    def _related(self, pkt: Packet, state: HookState) -> int:
+        """An ICMP error: RELATED to the connection its quoted header belongs to, else INVALID."""
+        inner = pkt.inner
+        if inner is None:
+            pkt.ctstate = "INVALID"
+            return NF_ACCEPT
+        hit = self.lookup(Tuple.of(inner), state.now)
+        if hit is None:
+            pkt.ctstate = "INVALID"
+            return NF_ACCEPT
+        conn, d = hit
+        pkt.ct, pkt.ctdir, pkt.ctstate = conn, 1 - d, "RELATED"
+        self._trace(state, f"RELATED to {conn.orig.text()}")
+        return NF_ACCEPT
+
+    def confirm_hook(self, pkt: Packet, state: HookState) -> int:
+        """__nf_conntrack_confirm (INPUT and POSTROUTING, last): a new entry joins the table."""
+        conn = pkt.ct
+        if conn is None or conn.confirmed or pkt.ctstate == "RELATED":
+            return NF_ACCEPT
+        if len(self) >= self.max_entries and not self._early_drop(state.now):
+            self.drops += 1
+            self.node.log_lines.append("nf_conntrack: nf_conntrack: table full, dropping packet")
+            self._trace(state, "table full, dropping packet")
+            return NF_DROP
+        if self.taken(conn.reply, conn) or self.taken(conn.orig, conn):
+            self._trace(state, "clash with an existing entry: dropping packet")
+            return NF_DROP
+        self.insert(conn)
+        return NF_ACCEPT
+
+    def _early_drop(self, now: float) -> bool:
+        """Make room by evicting the oldest entry that is not ASSURED, as early_drop does."""
+        for conn in self.entries(now):
+            if not conn.status & IPS_ASSURED:
+                self.delete(conn)
+                return True
+        return False
+
+    def _trace(self, state: HookState, text: str) -> None:
+        if state.trace is not None:
+            state.trace.add("conntrack", hook=state.hook, text=text)
+
+    # ---- persistence ----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"entries": [c.to_json() for c in self.entries()]}
+
+    def from_json(self, data: dict[str, Any]) -> None:
+        self._hash.clear()
+        for d in data.get("entries") or []:
+            conn = Conn.from_json(d)
+            self.insert(conn)
+            self._next_id = max(self._next_id, conn.id + 1)
