@@ -63,7 +63,7 @@ def _target_name(rule: Rule) -> str:
     if rule.jump is not None:
         return rule.jump
     if rule.target is not None:
-        return rule.target.name
+        return getattr(rule.target, "LIST_NAME", None) or rule.target.name
     return ""
 
 

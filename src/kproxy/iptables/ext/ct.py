@@ -1,0 +1,55 @@
+"""The CT target (--notrack, --zone, --helper not modelled beyond notrack) and the old NOTRACK target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
+from kproxy.packet import Packet
+
+
+@register_target
+class CtTarget(Target):
+    name = "CT"
+    TABLES = ("raw",)
+    OPTIONS = {"notrack": 0, "zone": 1, "helper": 1, "ctevents": 1, "expevents": 1, "timeout": 1}
+
+    def __init__(self, notrack: bool, zone: int = 0) -> None:
+        self.notrack, self.zone = notrack, zone
+
+    @classmethod
+    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> CtTarget:
+        names = {o.name for o in opts}
+        if names - {"notrack", "zone"}:
+            raise ExtensionError("CT: only --notrack and --zone are supported by kproxy")
+        zone = int(next(o.values[0] for o in opts if o.name == "zone")) if "zone" in names else 0
+        return cls("notrack" in names, zone)
+
+    def save(self) -> str:
+        return "-j CT --notrack" if self.notrack else f"-j CT --zone {self.zone}"
+
+    def listing(self, numeric: bool = True) -> str:
+        return "CT notrack" if self.notrack else f"CT zone {self.zone}"
+
+    def execute(self, pkt: Packet, ctx: RuleContext) -> int:
+        if self.notrack:
+            pkt.notrack = True
+        return XT_CONTINUE
+
+
+@register_target
+class NotrackTarget(CtTarget):
+    name = "NOTRACK"
+    OPTIONS = {}
+
+    @classmethod
+    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> NotrackTarget:
+        return cls(True)
+
+    LIST_NAME = "CT"
+
+    def save(self) -> str:
+        return "-j NOTRACK"
+
+    def listing(self, numeric: bool = True) -> str:
+        return "NOTRACK"
