@@ -122,12 +122,12 @@ class Nat:
             conn.status |= IPS_SRC_NAT if manip == "SRC" else IPS_DST_NAT
         conn.status |= IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE
         if state is not None and state.trace is not None and (new != curr or not null):
-            before, after = (curr.src, curr.sport, new.src, new.sport) if manip == "SRC" else \
-                (curr.dst, curr.dport, new.dst, new.dport)
-            fam = curr.family
-            state.trace.add("nat", hook=state.hook, text=f"{'SNAT' if manip == 'SRC' else 'DNAT'} "
-                            f"{_hp(before, curr.sport if manip == 'SRC' else curr.dport, fam, curr)} -> "
-                            f"{_hp(after, new.sport if manip == 'SRC' else new.dport, fam, curr)}"
+            if manip == "SRC":
+                before, after = _hp(curr.src, curr.sport, curr), _hp(new.src, new.sport, curr)
+            else:
+                before, after = _hp(curr.dst, curr.dport, curr), _hp(new.dst, new.dport, curr)
+            kind = "SNAT" if manip == "SRC" else "DNAT"
+            state.trace.add("nat", hook=state.hook, text=f"{kind} {before} -> {after}"
                             + (" (null binding)" if null else ""))
         return NF_ACCEPT
 
@@ -237,8 +237,8 @@ def _rewrite(pkt: Packet, target: Tuple, manip: str) -> None:
             pkt.dport = target.dport
 
 
-def _hp(addr: int, port: int, family: int, t: Tuple) -> str:
-    a = format_addr(addr, family)
+def _hp(addr: int, port: int, t: Tuple) -> str:
+    a = format_addr(addr, t.family)
     if not t.has_ports:
         return a
-    return f"[{a}]:{port}" if family == 6 else f"{a}:{port}"
+    return f"[{a}]:{port}" if t.family == 6 else f"{a}:{port}"

@@ -30,7 +30,7 @@ class StatisticMatch(Match):
     def __init__(self, mode: str, probability: int = 0, every: int = 0, packet: int = 0,
                  invert: bool = False) -> None:
         self.mode, self.probability, self.every, self.packet, self.invert = mode, probability, every, packet, invert
-        self.count = packet
+        self.count = every - packet   # libxt_statistic starts the counter so packet p of each n matches
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> StatisticMatch:
