@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -145,6 +146,8 @@ def demo_cmd(examples: str | None) -> None:
     """Load examples/ (a node and a kube-proxy-style ruleset) into a fresh node and trace its packets."""
     base = Path(examples) if examples else kproxy_home() / "examples"
     node = Node.load_description(base / "node.yaml")
+    node.clock = 1_700_000_000.0
+    node.subsystems["rng"] = random.Random(7)   # the same load-balancing choices on every run
     rules = (base / "iptables.rules").read_text()
     node.iptables_restore(rules)
     specs = parse_packet_file((base / DEMO_PACKETS).read_text(), str(base / DEMO_PACKETS))

@@ -223,9 +223,12 @@ def run_chain(ct: CompiledTable, hook: str, pkt: Packet, state: HookState, famil
             if trace is not None:
                 _trace_rule(trace, state, tname, cc.chain.name, i, rule, "")
             continue
-        verdict = target.execute(pkt, ctx)
         if trace is not None:
-            _trace_rule(trace, state, tname, cc.chain.name, i, rule, _verdict_name(verdict))
+            event = _trace_rule(trace, state, tname, cc.chain.name, i, rule, "")
+            verdict = target.execute(pkt, ctx)
+            event.verdict = _verdict_name(verdict) if not state.rejected_with else f"REJECT ({state.rejected_with})"
+        else:
+            verdict = target.execute(pkt, ctx)
         if verdict == XT_CONTINUE:
             continue
         if verdict == XT_RETURN:
@@ -250,10 +253,10 @@ def _verdict_name(v: int) -> str:
             NF_QUEUE: "QUEUE"}.get(v, str(v))
 
 
-def _trace_rule(trace: Any, state: HookState, table: str, chain: str, i: int, rule: Rule, verdict: str) -> None:
+def _trace_rule(trace: Any, state: HookState, table: str, chain: str, i: int, rule: Rule, verdict: str) -> Any:
     from kproxy.iptables.save import format_rule
 
-    trace.add("rule", hook=state.hook, table=table, chain=chain, rule=i + 1,
+    return trace.add("rule", hook=state.hook, table=table, chain=chain, rule=i + 1,
               text=format_rule(chain, rule), verdict=verdict)
 
 

@@ -1,0 +1,1 @@
+"""Kubernetes objects and where they come from (manifest files; the API)."""

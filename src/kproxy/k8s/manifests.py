@@ -1,0 +1,83 @@
+"""Objects from manifest files: single objects, ``List`` documents and multi-document YAML.
+
+``kubectl get svc,endpointslices,nodes -A -o yaml`` output loads as is. A YAML syntax error stops
+the load with ``file:line:col``; an invalid object is reported (namespace/name and field) and
+skipped, so the others still load.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kproxy.k8s.objects import EndpointSlice, Node, ObjectError, Service
+
+
+class ManifestError(ValueError):
+    """A manifest file that cannot be read or parsed at all."""
+
+
+@dataclass
+class Objects:
+    services: dict[str, Service] = field(default_factory=dict)
+    slices: dict[str, EndpointSlice] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, obj: Any, where: str) -> None:
+        if not isinstance(obj, dict):
+            self.warnings.append(f"{where}: not an object")
+            return
+        kind = obj.get("kind")
+        try:
+            if kind == "List" or (isinstance(kind, str) and kind.endswith("List") and "items" in obj):
+                for i, item in enumerate(obj.get("items") or []):
+                    self.add(item, f"{where}: items[{i}]")
+            elif kind == "Service":
+                svc = Service.from_dict(obj)
+                self.services[svc.key] = svc
+            elif kind == "EndpointSlice":
+                es = EndpointSlice.from_dict(obj)
+                self.slices[es.key] = es
+            elif kind == "Node":
+                node = Node.from_dict(obj)
+                self.nodes[node.name] = node
+        except ObjectError as exc:
+            self.warnings.append(f"{where}: {exc}")
+
+
+def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
+    p = Path(path)
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.suffix in (".yaml", ".yml", ".json") and f.is_file())
+    if not p.exists():
+        raise ManifestError(f"{p}: no such file or directory")
+    return [p]
+
+
+def load(path: str | os.PathLike[str], objects: Objects | None = None) -> Objects:
+    """Load every object under ``path`` (a file or a directory of .yaml/.yml/.json files)."""
+    out = objects or Objects()
+    for f in manifest_files(path):
+        try:
+            docs = list(yaml.safe_load_all(f.read_text()))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{f}:{mark.line + 1}:{mark.column + 1}" if mark else str(f)
+            raise ManifestError(f"{where}: {getattr(exc, 'problem', None) or exc}") from None
+        for i, doc in enumerate(docs):
+            if doc is not None:
+                out.add(doc, f"{f}" + (f" (document {i + 1})" if len(docs) > 1 else ""))
+    return out
+
+
+def fingerprint(path: str | os.PathLike[str]) -> tuple[tuple[str, float, int], ...]:
+    """What changes when a manifest changes (names, mtimes, sizes): the watcher polls this."""
+    try:
+        return tuple((str(f), f.stat().st_mtime, f.stat().st_size) for f in manifest_files(path))
+    except (ManifestError, OSError):
+        return ()

@@ -1,0 +1,222 @@
+"""The Kubernetes objects kube-proxy reads: Service, EndpointSlice (discovery.k8s.io/v1) and Node.
+
+Parsing validates the fields kube-proxy relies on and raises ``ObjectError`` naming the object
+(``namespace/name``) and the field, so one bad object can be reported and skipped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+class ObjectError(ValueError):
+    """A Kubernetes object kproxy cannot use: ``ns/name: field: reason``."""
+
+
+def _req(d: dict[str, Any], key: str, where: str) -> Any:
+    if key not in d or d[key] in (None, ""):
+        raise ObjectError(f"{where}: {key}: required")
+    return d[key]
+
+
+def _ip(value: Any, where: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ObjectError(f"{where}: invalid IP address {value!r}") from None
+
+
+def _cidr(value: Any, where: str) -> str:
+    try:
+        return str(ipaddress.ip_network(str(value).strip(), strict=False))
+    except ValueError:
+        raise ObjectError(f"{where}: invalid CIDR {value!r}") from None
+
+
+def _port(value: Any, where: str, allow_zero: bool = False) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ObjectError(f"{where}: must be a port number, not {value!r}") from None
+    if not (0 if allow_zero else 1) <= n <= 65535:
+        raise ObjectError(f"{where}: {n} is out of range")
+    return n
+
+
+@dataclass
+class ServicePort:
+    name: str
+    port: int
+    protocol: str = "TCP"
+    target_port: int | str = 0
+    node_port: int = 0
+
+
+@dataclass
+class Service:
+    namespace: str
+    name: str
+    type: str = "ClusterIP"
+    cluster_ips: list[str] = field(default_factory=list)
+    ports: list[ServicePort] = field(default_factory=list)
+    external_ips: list[str] = field(default_factory=list)
+    lb_ingress: list[str] = field(default_factory=list)
+    lb_source_ranges: list[str] = field(default_factory=list)
+    session_affinity: str = "None"
+    affinity_timeout: int = 10800
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    health_check_node_port: int = 0
+    ip_families: list[str] = field(default_factory=list)
+    selector: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def headless(self) -> bool:
+        return not self.cluster_ips or self.cluster_ips[0] == "None"
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Service:
+        meta = obj.get("metadata") or {}
+        ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        where = f"Service {ns}/{name}"
+        if not name:
+            raise ObjectError(f"Service {ns}/?: metadata.name: required")
+        spec = obj.get("spec") or {}
+        if not isinstance(spec, dict):
+            raise ObjectError(f"{where}: spec: must be a mapping")
+        svc = cls(ns, name, str(spec.get("type") or "ClusterIP"))
+        if svc.type not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+            raise ObjectError(f"{where}: spec.type: unsupported value {svc.type!r}")
+        ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+        svc.cluster_ips = [ip if ip == "None" else _ip(ip, f"{where}: spec.clusterIPs") for ip in ips]
+        for i, p in enumerate(spec.get("ports") or []):
+            pw = f"{where}: spec.ports[{i}]"
+            if not isinstance(p, dict):
+                raise ObjectError(f"{pw}: must be a mapping")
+            proto = str(p.get("protocol") or "TCP")
+            if proto not in PROTOCOLS:
+                raise ObjectError(f"{pw}.protocol: unsupported value {proto!r}")
+            svc.ports.append(ServicePort(str(p.get("name") or ""), _port(_req(p, "port", pw), f"{pw}.port"), proto,
+                                         p.get("targetPort", p.get("port")),
+                                         _port(p.get("nodePort") or 0, f"{pw}.nodePort", allow_zero=True)))
+        svc.external_ips = [_ip(ip, f"{where}: spec.externalIPs") for ip in spec.get("externalIPs") or []]
+        status = (obj.get("status") or {}).get("loadBalancer") or {}
+        svc.lb_ingress = [_ip(i["ip"], f"{where}: status.loadBalancer.ingress") for i in status.get("ingress") or []
+                          if isinstance(i, dict) and i.get("ip")]
+        svc.lb_source_ranges = [_cidr(c, f"{where}: spec.loadBalancerSourceRanges")
+                                for c in spec.get("loadBalancerSourceRanges") or []]
+        svc.session_affinity = str(spec.get("sessionAffinity") or "None")
+        if svc.session_affinity not in ("None", "ClientIP"):
+            raise ObjectError(f"{where}: spec.sessionAffinity: unsupported value {svc.session_affinity!r}")
+        cfg = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
+        svc.affinity_timeout = int(cfg.get("timeoutSeconds") or 10800)
+        svc.external_traffic_policy = str(spec.get("externalTrafficPolicy") or "Cluster")
+        svc.internal_traffic_policy = str(spec.get("internalTrafficPolicy") or "Cluster")
+        for key, val in (("externalTrafficPolicy", svc.external_traffic_policy),
+                         ("internalTrafficPolicy", svc.internal_traffic_policy)):
+            if val not in ("Cluster", "Local"):
+                raise ObjectError(f"{where}: spec.{key}: unsupported value {val!r}")
+        svc.health_check_node_port = _port(spec.get("healthCheckNodePort") or 0, f"{where}: spec.healthCheckNodePort",
+                                           allow_zero=True)
+        svc.ip_families = [str(f) for f in spec.get("ipFamilies") or []]
+        svc.selector = {str(k): str(v) for k, v in (spec.get("selector") or {}).items()}
+        return svc
+
+
+@dataclass
+class Endpoint:
+    addresses: list[str]
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str = ""
+    zone: str = ""
+    hint_zones: list[str] | None = None
+
+
+@dataclass
+class EndpointPort:
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclass
+class EndpointSlice:
+    namespace: str
+    name: str
+    service: str
+    address_type: str = "IPv4"
+    endpoints: list[Endpoint] = field(default_factory=list)
+    ports: list[EndpointPort] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> EndpointSlice:
+        meta = obj.get("metadata") or {}
+        ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        where = f"EndpointSlice {ns}/{name}"
+        if not name:
+            raise ObjectError(f"EndpointSlice {ns}/?: metadata.name: required")
+        labels = meta.get("labels") or {}
+        service = labels.get("kubernetes.io/service-name")
+        if not service:
+            raise ObjectError(f"{where}: metadata.labels: kubernetes.io/service-name: required")
+        addr_type = str(obj.get("addressType") or "IPv4")
+        if addr_type not in ("IPv4", "IPv6", "FQDN"):
+            raise ObjectError(f"{where}: addressType: unsupported value {addr_type!r}")
+        es = cls(ns, name, str(service), addr_type)
+        for i, e in enumerate(obj.get("endpoints") or []):
+            ew = f"{where}: endpoints[{i}]"
+            if not isinstance(e, dict):
+                raise ObjectError(f"{ew}: must be a mapping")
+            addrs = e.get("addresses") or []
+            if addr_type != "FQDN":
+                addrs = [_ip(a, f"{ew}.addresses") for a in addrs]
+            cond = e.get("conditions") or {}
+            ready = cond.get("ready")
+            serving = cond.get("serving")
+            hints = e.get("hints") or {}
+            zones = [str(z.get("name")) for z in hints.get("forZones") or []] if hints.get("forZones") else None
+            es.endpoints.append(Endpoint(list(addrs), ready is None or bool(ready),
+                                         serving is None or bool(serving), bool(cond.get("terminating")),
+                                         str(e.get("nodeName") or ""), str(e.get("zone") or ""), zones))
+        for i, p in enumerate(obj.get("ports") or []):
+            pw = f"{where}: ports[{i}]"
+            if not isinstance(p, dict) or p.get("port") is None:
+                raise ObjectError(f"{pw}.port: required")
+            es.ports.append(EndpointPort(str(p.get("name") or ""), _port(p["port"], f"{pw}.port"),
+                                         str(p.get("protocol") or "TCP")))
+        return es
+
+
+@dataclass
+class Node:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    addresses: list[str] = field(default_factory=list)
+    pod_cidrs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Node:
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        if not name:
+            raise ObjectError("Node ?: metadata.name: required")
+        spec = obj.get("spec") or {}
+        addrs = [str(a.get("address")) for a in (obj.get("status") or {}).get("addresses") or []
+                 if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP")]
+        cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+        return cls(name, {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}, addrs,
+                   [_cidr(c, f"Node {name}: spec.podCIDRs") for c in cidrs])

@@ -1,0 +1,1 @@
+"""kube-proxy: configuration, change tracking, proxiers and the sync loop."""

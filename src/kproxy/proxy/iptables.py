@@ -1,0 +1,443 @@
+"""The iptables proxier: Services and EndpointSlices into upstream kube-proxy's exact iptables rules.
+
+The rules, comments, chain names and their layout follow upstream's ``syncProxyRules``: KUBE-SERVICES
+captures cluster IPs, external IPs and load-balancer IPs, KUBE-NODEPORTS node ports; per service port
+KUBE-SVC (Cluster policy), KUBE-SVL (Local policy), KUBE-EXT (external traffic), KUBE-FW (source
+ranges) and one KUBE-SEP per endpoint; the filter table rejects or drops what has no endpoints.
+
+Syncs are applied with ``iptables-restore --noflush``. A partial sync writes the per-service chains
+only for Services whose spec or endpoints changed, and a top-level chain only when its content
+changed, so a one-endpoint change costs the same at 10 Services as at 10,000. Any failure makes
+the next sync a full one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kproxy.k8s.manifests import Objects
+from kproxy.proxy.config import ProxyConfig
+from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, Snapshot, categorize, snapshot
+
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+KUBE_FORWARD = "KUBE-FORWARD"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
+KUBE_FIREWALL = "KUBE-FIREWALL"
+KUBE_POSTROUTING = "KUBE-POSTROUTING"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+KUBE_PROXY_CANARY = "KUBE-PROXY-CANARY"
+FILTER_TOP = (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL)
+NAT_TOP = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
+
+# (table, chain, from built-in chain, comment, extra args): ensured with -I (prepend), in this order.
+JUMPS = [
+    ("filter", KUBE_EXTERNAL_SERVICES, "INPUT", "kubernetes externally-visible service portals",
+     ["-m", "conntrack", "--ctstate", "NEW"]),
+    ("filter", KUBE_EXTERNAL_SERVICES, "FORWARD", "kubernetes externally-visible service portals",
+     ["-m", "conntrack", "--ctstate", "NEW"]),
+    ("filter", KUBE_NODEPORTS, "INPUT", "kubernetes health check service ports", []),
+    ("filter", KUBE_SERVICES, "FORWARD", "kubernetes service portals", ["-m", "conntrack", "--ctstate", "NEW"]),
+    ("filter", KUBE_SERVICES, "OUTPUT", "kubernetes service portals", ["-m", "conntrack", "--ctstate", "NEW"]),
+    ("filter", KUBE_FORWARD, "FORWARD", "kubernetes forwarding rules", []),
+    ("filter", KUBE_PROXY_FIREWALL, "INPUT", "kubernetes load balancer firewall", ["-m", "conntrack", "--ctstate", "NEW"]),
+    ("filter", KUBE_PROXY_FIREWALL, "OUTPUT", "kubernetes load balancer firewall", ["-m", "conntrack", "--ctstate", "NEW"]),
+    ("filter", KUBE_PROXY_FIREWALL, "FORWARD", "kubernetes load balancer firewall", ["-m", "conntrack", "--ctstate", "NEW"]),
+    ("nat", KUBE_SERVICES, "OUTPUT", "kubernetes service portals", []),
+    ("nat", KUBE_SERVICES, "PREROUTING", "kubernetes service portals", []),
+    ("nat", KUBE_POSTROUTING, "POSTROUTING", "kubernetes postrouting rules", []),
+]
+
+
+def is_service_chain(name: str) -> bool:
+    return name.startswith(SERVICE_CHAIN_PREFIXES)
+
+
+def q(text: str) -> str:
+    """A comment argument as upstream writes it into the restore input: always double-quoted."""
+    return f'"{text}"'
+
+
+class LocalDetector:
+    """How 'traffic from a local pod' is recognised (detectLocalMode)."""
+
+    def __init__(self, cfg: ProxyConfig, family: int, pod_cidr: str = "") -> None:
+        self.if_local: list[str] = []
+        self.if_not_local: list[str] = []
+        mode = cfg.detect_local_mode
+        if mode == "ClusterCIDR":
+            cidrs = [c.strip() for c in cfg.cluster_cidr.split(",") if c.strip()
+                     and ipaddress.ip_network(c.strip(), strict=False).version == family]
+            if cidrs:
+                self.if_local, self.if_not_local = ["-s", cidrs[0]], ["!", "-s", cidrs[0]]
+        elif mode == "NodeCIDR" and pod_cidr:
+            self.if_local, self.if_not_local = ["-s", pod_cidr], ["!", "-s", pod_cidr]
+        elif mode == "BridgeInterface" and cfg.bridge_interface:
+            self.if_local, self.if_not_local = ["-i", cfg.bridge_interface], ["!", "-i", cfg.bridge_interface]
+        elif mode == "InterfaceNamePrefix" and cfg.interface_name_prefix:
+            p = cfg.interface_name_prefix + "+"
+            self.if_local, self.if_not_local = ["-i", p], ["!", "-i", p]
+
+    @property
+    def implemented(self) -> bool:
+        return bool(self.if_local)
+
+
+@dataclass
+class ServiceRules:
+    """What one service port contributes: rules in top-level chains, and its own nat chains."""
+
+    top: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    chains: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    no_local_internal: int = 0
+    no_local_external: int = 0
+
+    def add_top(self, table: str, chain: str, *args: str) -> None:
+        self.top.setdefault((table, chain), []).append(" ".join(["-A", chain, *args]))
+
+    def add(self, chain: str, *args: str) -> None:
+        self.rules.append(" ".join(["-A", chain, *args]))
+
+
+@dataclass
+class SyncResult:
+    full: bool
+    text: str
+    lines: int
+    duration: float
+    nat_rules: int
+    filter_rules: int
+    error: str = ""
+    changed_services: set[str] = field(default_factory=set)
+
+
+class IptablesProxier:
+    """Upstream's iptables proxier over a backend (emulated node or real kernel)."""
+
+    def __init__(self, cfg: ProxyConfig, backend: Any, node_ips: list[str] | None = None, family: int = 4,
+                 zone: str = "", pod_cidr: str = "", metrics: Any = None, conntrack: Any = None) -> None:
+        self.cfg = cfg
+        self.backend = backend
+        self.family = family
+        self.node_ips = node_ips or []
+        self.zone = zone
+        self.detector = LocalDetector(cfg, family, pod_cidr)
+        self.metrics = metrics
+        self.conntrack = conntrack
+        self.mark = cfg.masquerade_mark
+        self.need_full = True
+        self.last_fp: dict[str, tuple[object, ...]] = {}
+        self.last_top: dict[tuple[str, str], list[str]] = {}
+        self.last_service_chains: dict[str, list[str]] = {}
+        self.last_snapshot: Snapshot | None = None
+        self.last_sync_time: float | None = None
+
+    # ---- per service port --------------------------------------------------------------------
+    def service_rules(self, info: ServicePortInfo, eps: list[EndpointInfo]) -> ServiceRules:
+        out = ServiceRules()
+        proto = info.protocol
+        name = info.name_string
+        cat = categorize(info, eps, self.zone)
+        has_endpoints = cat.has_any
+        svc_chain, svl_chain = info.svc_chain, info.svl_chain
+        uses_cluster = bool(cat.cluster) and info.uses_cluster_endpoints
+        uses_local = bool(cat.local) and info.uses_local_endpoints
+        internal_chain = svc_chain
+        has_internal = has_endpoints
+        if info.internal_local:
+            internal_chain = svl_chain
+            has_internal = bool(cat.local)
+        external_policy_chain = svc_chain
+        has_external = has_endpoints
+        if info.external_policy_local:
+            external_policy_chain = svl_chain
+            has_external = bool(cat.local)
+        ext_chain = info.ext_chain
+        uses_ext = has_endpoints and info.externally_accessible
+        lb_chain = ext_chain
+        uses_fw = has_endpoints and bool(info.lb_vips) and bool(info.lb_source_ranges)
+        if uses_fw:
+            lb_chain = info.fw_chain
+        int_target = ext_target = int_comment = ext_comment = ""
+        if not has_endpoints:
+            int_target = ext_target = "REJECT"
+            int_comment = ext_comment = q(f"{name} has no endpoints")
+        else:
+            if not has_internal:
+                int_target, int_comment = "DROP", q(f"{name} has no local endpoints")
+                out.no_local_internal = 1
+            if not has_external:
+                ext_target, ext_comment = "DROP", q(f"{name} has no local endpoints")
+                out.no_local_external = 1
+        match = ["-m", proto, "-p", proto]
+        port = str(info.port)
+
+        if has_internal:
+            out.add_top("nat", KUBE_SERVICES, "-m", "comment", "--comment", q(f"{name} cluster IP"), *match,
+                        "-d", info.cluster_ip, "--dport", port, "-j", internal_chain)
+        else:
+            out.add_top("filter", KUBE_SERVICES, "-m", "comment", "--comment", int_comment, *match,
+                        "-d", info.cluster_ip, "--dport", port, "-j", int_target)
+        for eip in info.external_ips:
+            if has_endpoints:
+                out.add_top("nat", KUBE_SERVICES, "-m", "comment", "--comment", q(f"{name} external IP"), *match,
+                            "-d", eip, "--dport", port, "-j", ext_chain)
+            if not has_external:
+                out.add_top("filter", KUBE_EXTERNAL_SERVICES, "-m", "comment", "--comment", ext_comment, *match,
+                            "-d", eip, "--dport", port, "-j", ext_target)
+        for lbip in info.lb_vips:
+            if has_endpoints:
+                out.add_top("nat", KUBE_SERVICES, "-m", "comment", "--comment", q(f"{name} loadbalancer IP"), *match,
+                            "-d", lbip, "--dport", port, "-j", lb_chain)
+            if uses_fw:
+                out.add_top("filter", KUBE_PROXY_FIREWALL, "-m", "comment", "--comment",
+                            q(f"{name} traffic not accepted by {info.fw_chain}"), *match, "-d", lbip,
+                            "--dport", port, "-j", "DROP")
+        if not has_external:
+            for lbip in info.lb_vips:
+                out.add_top("filter", KUBE_EXTERNAL_SERVICES, "-m", "comment", "--comment", ext_comment, *match,
+                            "-d", lbip, "--dport", port, "-j", ext_target)
+        if info.node_port:
+            if has_endpoints:
+                out.add_top("nat", KUBE_NODEPORTS, "-m", "comment", "--comment", name, *match,
+                            "--dport", str(info.node_port), "-j", ext_chain)
+            if not has_external:
+                out.add_top("filter", KUBE_EXTERNAL_SERVICES, "-m", "comment", "--comment", ext_comment,
+                            "-m", "addrtype", "--dst-type", "LOCAL", *match, "--dport", str(info.node_port),
+                            "-j", ext_target)
+        if info.health_check_node_port:
+            out.add_top("filter", KUBE_NODEPORTS, "-m", "comment", "--comment", q(f"{name} health check node port"),
+                        "-m", "tcp", "-p", "tcp", "--dport", str(info.health_check_node_port), "-j", "ACCEPT")
+
+        # The service's own nat chains.
+        if has_internal:
+            args = ["-m", "comment", "--comment", q(f"{name} cluster IP"), *match, "-d", info.cluster_ip,
+                    "--dport", port]
+            if self.cfg.masquerade_all:
+                out.add(internal_chain, *args, "-j", KUBE_MARK_MASQ)
+            elif self.detector.implemented:
+                out.add(internal_chain, *args, *self.detector.if_not_local, "-j", KUBE_MARK_MASQ)
+        if uses_ext:
+            out.chains.append(ext_chain)
+            if not info.external_policy_local:
+                out.add(ext_chain, "-m", "comment", "--comment", q(f"masquerade traffic for {name} external destinations"),
+                        "-j", KUBE_MARK_MASQ)
+            else:
+                if self.detector.implemented:
+                    out.add(ext_chain, "-m", "comment", "--comment", q(f"pod traffic for {name} external destinations"),
+                            *self.detector.if_local, "-j", svc_chain)
+                out.add(ext_chain, "-m", "comment", "--comment",
+                        q(f"masquerade LOCAL traffic for {name} external destinations"),
+                        "-m", "addrtype", "--src-type", "LOCAL", "-j", KUBE_MARK_MASQ)
+                out.add(ext_chain, "-m", "comment", "--comment",
+                        q(f"route LOCAL traffic for {name} external destinations"),
+                        "-m", "addrtype", "--src-type", "LOCAL", "-j", svc_chain)
+            if has_external:
+                out.add(ext_chain, "-j", external_policy_chain)
+        if uses_fw:
+            fw = info.fw_chain
+            out.chains.append(fw)
+            args = ["-m", "comment", "--comment", q(f"{name} loadbalancer IP")]
+            allow_from_node = False
+            for cidr in info.lb_source_ranges:
+                out.add(fw, *args, "-s", cidr, "-j", ext_chain)
+                net = ipaddress.ip_network(cidr)
+                if any(ipaddress.ip_address(ip) in net for ip in self.node_ips
+                       if ipaddress.ip_address(ip).version == net.version):
+                    allow_from_node = True
+            if allow_from_node:
+                for lbip in info.lb_vips:
+                    out.add(fw, *args, "-s", lbip, "-j", ext_chain)
+            out.add(fw, "-m", "comment", "--comment", q(f"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"))
+        if uses_cluster:
+            out.chains.append(svc_chain)
+            self._to_endpoints(out, name, info, svc_chain, cat.cluster)
+        if uses_local:
+            out.chains.append(svl_chain)
+            self._to_endpoints(out, name, info, svl_chain, cat.local)
+        for ep in sorted(cat.reachable, key=lambda e: e.chain):
+            out.chains.append(ep.chain)
+            out.add(ep.chain, "-m", "comment", "--comment", name, "-s", ep.ip, "-j", KUBE_MARK_MASQ)
+            affinity = ["-m", "recent", "--name", ep.chain, "--set"] if info.affinity_client_ip else []
+            out.add(ep.chain, "-m", "comment", "--comment", name, *affinity, *match, "-j", "DNAT",
+                    "--to-destination", ep.text)
+        return out
+
+    def _to_endpoints(self, out: ServiceRules, name: str, info: ServicePortInfo, chain: str,
+                      eps: list[EndpointInfo]) -> None:
+        if info.affinity_client_ip:
+            for ep in eps:
+                out.add(chain, "-m", "comment", "--comment", q(f"{name} -> {ep.text}"), "-m", "recent",
+                        "--name", ep.chain, "--rcheck", "--seconds", str(info.affinity_timeout), "--reap",
+                        "-j", ep.chain)
+        n = len(eps)
+        for i, ep in enumerate(eps):
+            stat = ["-m", "statistic", "--mode", "random", "--probability", f"{1.0 / (n - i):0.10f}"] \
+                if i < n - 1 else []
+            out.add(chain, "-m", "comment", "--comment", q(f"{name} -> {ep.text}"), *stat, "-j", ep.chain)
+
+    # ---- the whole ruleset ------------------------------------------------------------------
+    def fixed_rules(self) -> dict[tuple[str, str], list[str]]:
+        """The rules every sync writes regardless of Services (postrouting, mark, forward, nodeports jump)."""
+        m = self.mark
+        top: dict[tuple[str, str], list[str]] = {}
+
+        def add(table: str, chain: str, *args: str) -> None:
+            top.setdefault((table, chain), []).append(" ".join(["-A", chain, *args]))
+
+        add("nat", KUBE_POSTROUTING, "-m", "mark", "!", "--mark", f"{m}/{m}", "-j", "RETURN")
+        add("nat", KUBE_POSTROUTING, "-j", "MARK", "--xor-mark", m)
+        add("nat", KUBE_POSTROUTING, "-m", "comment", "--comment", q("kubernetes service traffic requiring SNAT"),
+            "-j", "MASQUERADE", "--random-fully")
+        add("nat", KUBE_MARK_MASQ, "-j", "MARK", "--or-mark", m)
+        if self.family == 4 and self.cfg.localhost_node_ports:
+            add("filter", KUBE_FIREWALL, "-m", "comment", "--comment", q("block incoming localnet connections"),
+                "-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate",
+                "RELATED,ESTABLISHED,DNAT", "-j", "DROP")
+        if not self.cfg.conntrack_tcp_be_liberal:
+            add("filter", KUBE_FORWARD, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+        add("filter", KUBE_FORWARD, "-m", "comment", "--comment", q("kubernetes forwarding rules"),
+            "-m", "mark", "--mark", f"{m}/{m}", "-j", "ACCEPT")
+        add("filter", KUBE_FORWARD, "-m", "comment", "--comment", q("kubernetes forwarding conntrack rule"),
+            "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+        return top
+
+    def nodeport_jumps(self) -> list[str]:
+        comment = q("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+        addrs = self.cfg.node_port_addresses
+        if not addrs:
+            dest = ["-m", "addrtype", "--dst-type", "LOCAL"]
+            if self.family == 6:
+                dest += ["!", "-d", "::1/128"]
+            elif not self.cfg.localhost_node_ports:
+                dest += ["!", "-d", "127.0.0.0/8"]
+            return [" ".join(["-A", KUBE_SERVICES, "-m", "comment", "--comment", comment, *dest, "-j", KUBE_NODEPORTS])]
+        out = []
+        nets = [ipaddress.ip_network(a, strict=False) for a in addrs if a != "primary"]
+        for ip in self.node_ips:
+            addr = ipaddress.ip_address(ip)
+            if addr.version != self.family or not (any(addr in n for n in nets) or "primary" in addrs):
+                continue
+            if addr.is_loopback and (self.family == 6 or not self.cfg.localhost_node_ports):
+                continue
+            out.append(" ".join(["-A", KUBE_SERVICES, "-m", "comment", "--comment", comment, "-d", ip,
+                                 "-j", KUBE_NODEPORTS]))
+        return out
+
+    def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
+        """One sync: compute the rules, write what changed, apply; a failure schedules a full sync."""
+        t0 = time.perf_counter()
+        snap = snapshot(objs, self.cfg.hostname, self.family)
+        full = self.need_full or force_full
+        fps = {svc: snap.fingerprint(svc) for svc in {k[0] for k in snap.ports}}
+        changed = {s for s, fp in fps.items() if self.last_fp.get(s) != fp} | (set(self.last_fp) - set(fps))
+
+        top: dict[tuple[str, str], list[str]] = {(t, c): [] for t, c in
+                                                  [("filter", c) for c in FILTER_TOP] + [("nat", c) for c in NAT_TOP]}
+        if self.family == 4 and self.cfg.localhost_node_ports:
+            top[("filter", KUBE_FIREWALL)] = []
+        for key, rules in self.fixed_rules().items():
+            top[key].extend(rules)
+        service_chains: dict[str, list[str]] = {}
+        service_rules: dict[str, list[str]] = {}
+        no_local = {"internal": 0, "external": 0}
+        nat_count = 0
+        order = sorted(snap.ports, key=lambda k: (snap.ports[k].name_string, snap.ports[k].protocol))
+        for key in order:
+            info = snap.ports[key]
+            sr = self.service_rules(info, snap.endpoints.get(key, []))
+            for tc, rules in sr.top.items():
+                top[tc].extend(rules)
+            service_chains.setdefault(info.key, []).extend(sr.chains)
+            service_rules.setdefault(info.key, []).extend(sr.rules)
+            no_local["internal"] += sr.no_local_internal
+            no_local["external"] += sr.no_local_external
+            nat_count += len(sr.rules)
+        top[("nat", KUBE_SERVICES)].extend(self.nodeport_jumps())
+
+        text = self._render(full, top, service_chains, service_rules, changed)
+        filter_count = sum(len(v) for (t, _), v in top.items() if t == "filter")
+        nat_count += sum(len(v) for (t, _), v in top.items() if t == "nat")
+        result = SyncResult(full, text, text.count("\n"), 0.0, nat_count, filter_count, changed_services=changed)
+        try:
+            if full:
+                self._ensure_jumps()
+            if text:
+                self.backend.restore(text, noflush=True, counters=False)
+        except Exception as exc:  # the backend's error: count it, and do a full sync next time
+            result.error = str(exc)
+            self.need_full = True
+            result.duration = time.perf_counter() - t0
+            if self.metrics is not None:
+                self.metrics.restore_failed(partial=not full)
+            return result
+        old_snapshot = self.last_snapshot
+        self.need_full = False
+        self.last_fp = fps
+        self.last_top = {k: list(v) for k, v in top.items()}
+        self.last_service_chains = service_chains
+        self.last_snapshot = snap
+        self.last_sync_time = time.time()
+        if self.conntrack is not None and old_snapshot is not None:
+            self.conntrack.clean_stale(old_snapshot, snap, self)
+        result.duration = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.synced(result, no_local)
+        return result
+
+    def _render(self, full: bool, top: dict[tuple[str, str], list[str]], service_chains: dict[str, list[str]],
+                service_rules: dict[str, list[str]], changed: set[str]) -> str:
+        out: list[str] = []
+        for table in ("filter", "nat"):
+            chains: list[str] = []
+            rules: list[str] = []
+            for (t, chain), lines in top.items():
+                if t != table:
+                    continue
+                if full or self.last_top.get((t, chain)) != lines:
+                    chains.append(f":{chain} - [0:0]")
+                    rules.extend(lines)
+            if table == "nat":
+                active = {c for cs in service_chains.values() for c in cs}
+                for svc in sorted(service_chains):
+                    if full or svc in changed:
+                        chains.extend(f":{c} - [0:0]" for c in service_chains[svc])
+                        rules.extend(service_rules[svc])
+                stale = {c for svc, cs in self.last_service_chains.items() for c in cs
+                         if (full or svc in changed)} - active
+                if full:
+                    stale |= self._existing_service_chains() - active
+                for c in sorted(stale):
+                    chains.append(f":{c} - [0:0]")
+                    rules.append(f"-X {c}")
+            if chains or rules:
+                out.append(f"*{table}")
+                out.extend(chains)
+                out.extend(rules)
+                out.append("COMMIT")
+        return "\n".join(out) + "\n" if out else ""
+
+    def _existing_service_chains(self) -> set[str]:
+        try:
+            text = self.backend.save("nat")
+        except Exception:  # noqa: BLE001 - a missing table just means nothing to clean
+            return set()
+        return {line[1:].split()[0] for line in text.splitlines()
+                if line.startswith(":") and is_service_chain(line[1:].split()[0])}
+
+    def _ensure_jumps(self) -> None:
+        for table in ("mangle", "nat", "filter"):
+            self.backend.ensure_chain(table, KUBE_PROXY_CANARY)
+        for table, chain, src, comment, extra in JUMPS:
+            self.backend.ensure_chain(table, chain)
+            self.backend.ensure_rule(table, src, [*extra, "-m", "comment", "--comment", comment, "-j", chain])
+        if self.family == 4 and self.cfg.localhost_node_ports:
+            self.backend.ensure_chain("filter", KUBE_FIREWALL)
+            for src in ("INPUT", "OUTPUT"):
+                self.backend.ensure_rule("filter", src, ["-j", KUBE_FIREWALL], prepend=False)

@@ -1,0 +1,64 @@
+"""kube-proxy's Prometheus metrics under upstream's names, on a registry of the proxier's own."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192,
+           16.384, 32.768, 65.536, 131.072, 262.144)
+
+
+class ProxyMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sync_duration = Histogram("kubeproxy_sync_proxy_rules_duration_seconds",
+                                       "SyncProxyRules latency in seconds", buckets=BUCKETS, registry=r)
+        self.full_duration = Histogram("kubeproxy_sync_full_proxy_rules_duration_seconds",
+                                       "SyncProxyRules latency in seconds for full resyncs", buckets=BUCKETS,
+                                       registry=r)
+        self.partial_duration = Histogram("kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                                          "SyncProxyRules latency in seconds for partial resyncs", buckets=BUCKETS,
+                                          registry=r)
+        self.last_timestamp = Gauge("kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                                    "The last time proxy rules were successfully synced", registry=r)
+        self.last_queued = Gauge("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                                 "The last time a sync of proxy rules was queued", registry=r)
+        self.rules_total = Gauge("kubeproxy_sync_proxy_rules_iptables_total",
+                                 "Total number of iptables rules owned by kube-proxy", ["table"], registry=r)
+        self.restore_failures = Counter("kubeproxy_sync_proxy_rules_iptables_restore_failures",
+                                        "Cumulative proxy iptables restore failures", registry=r)
+        self.partial_failures = Counter("kubeproxy_sync_proxy_rules_iptables_partial_restore_failures",
+                                        "Cumulative proxy iptables partial restore failures", registry=r)
+        self.no_local = Gauge("kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                              "Number of services with a Local traffic policy and no endpoints", ["traffic_policy"],
+                              registry=r)
+        self.service_changes = Counter("kubeproxy_sync_proxy_rules_service_changes",
+                                       "Cumulative proxy rules Service changes", registry=r)
+        self.endpoint_changes = Counter("kubeproxy_sync_proxy_rules_endpoint_changes",
+                                        "Cumulative proxy rules Endpoint changes", registry=r)
+
+    def queued(self) -> None:
+        self.last_queued.set(time.time())
+
+    def synced(self, result: Any, no_local: dict[str, int]) -> None:
+        self.sync_duration.observe(result.duration)
+        (self.full_duration if result.full else self.partial_duration).observe(result.duration)
+        self.last_timestamp.set(time.time())
+        self.rules_total.labels(table="filter").set(result.filter_rules)
+        self.rules_total.labels(table="nat").set(result.nat_rules)
+        self.no_local.labels(traffic_policy="internal").set(no_local["internal"])
+        self.no_local.labels(traffic_policy="external").set(no_local["external"])
+        if result.changed_services:
+            self.service_changes.inc(len(result.changed_services))
+
+    def restore_failed(self, partial: bool) -> None:
+        self.restore_failures.inc()
+        if partial:
+            self.partial_failures.inc()
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,81 @@
+"""The sync loop: load objects, sync, watch the manifests, honour minSyncPeriod and syncPeriod.
+
+Changes are noticed by polling the manifest files' names, sizes and mtimes. A change schedules a
+sync no sooner than minSyncPeriod after the previous one; without changes a sync still runs every
+syncPeriod, and a full one at least every hour (upstream's FullSyncPeriod) or after any failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kproxy.k8s.manifests import ManifestError, Objects, fingerprint, load
+
+FULL_SYNC_PERIOD = 3600.0
+POLL = 0.1
+log = logging.getLogger("kproxy.proxy")
+
+
+class ProxyRunner:
+    def __init__(self, proxier: Any, manifests: str, health: Any = None, after_sync: Callable[[Any], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.proxier = proxier
+        self.manifests = manifests
+        self.health = health
+        self.after_sync = after_sync
+        self.clock = clock
+        self.objects = Objects()
+        self.last_sync = -1e18
+        self.last_full = -1e18
+        self.syncs = 0
+        self._seen: tuple[Any, ...] | None = None
+
+    def load(self) -> Objects:
+        objs = load(self.manifests)
+        for w in objs.warnings:
+            log.warning("skipping invalid object: %s", w)
+        self.objects = objs
+        return objs
+
+    def sync_once(self) -> Any:
+        self._seen = fingerprint(self.manifests)
+        try:
+            self.load()
+        except ManifestError as exc:
+            log.error("cannot read manifests, keeping the previous objects: %s", exc)
+        now = self.clock()
+        full = now - self.last_full > FULL_SYNC_PERIOD
+        result = self.proxier.sync(self.objects, force_full=full)
+        self.syncs += 1
+        self.last_sync = now
+        if result.full and not result.error:
+            self.last_full = now
+        if result.error:
+            log.error("sync failed (a full sync follows): %s", result.error.splitlines()[0] if result.error else "")
+        elif self.health is not None:
+            self.health.updated(time.time())
+        if self.after_sync is not None:
+            self.after_sync(result)
+        return result
+
+    def loop(self, stop: threading.Event) -> None:
+        cfg = self.proxier.cfg
+        self.sync_once()
+        pending = False
+        while not stop.wait(POLL):
+            fp = fingerprint(self.manifests)
+            if fp != self._seen:
+                self._seen = fp
+                if not pending and self.health is not None:
+                    self.health.queued(time.time())
+                pending = True
+            now = self.clock()
+            due = pending and now - self.last_sync >= cfg.min_sync_period
+            periodic = now - self.last_sync >= cfg.sync_period
+            if due or periodic or self.proxier.need_full and now - self.last_sync >= cfg.min_sync_period:
+                pending = False
+                self.sync_once()

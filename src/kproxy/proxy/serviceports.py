@@ -1,0 +1,214 @@
+"""Service ports and their endpoints as kube-proxy sees them, and which of them changed since the last sync.
+
+One ``ServicePortInfo`` per (Service, port, IP family) with upstream's chain names (a base32 of
+sha256 of ``ns/name:port`` + protocol); endpoints come from the EndpointSlices labelled with the
+Service's name, matched by port name and protocol, deduplicated and sorted as upstream sorts them.
+``categorize`` is upstream's CategorizeEndpoints: ready endpoints, terminating fallback, topology
+hints, and the Local policy's node-local subset.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+
+from kproxy.k8s.manifests import Objects
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+def port_proto_hash(name: str, protocol: str) -> str:
+    return base64.b32encode(hashlib.sha256((name + protocol).encode()).digest()).decode()[:16]
+
+
+def endpoint_chain(name: str, protocol: str, endpoint: str) -> str:
+    return "KUBE-SEP-" + base64.b32encode(hashlib.sha256((name + protocol + endpoint).encode()).digest()).decode()[:16]
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    ip: str
+    port: int
+    ready: bool
+    serving: bool
+    terminating: bool
+    is_local: bool
+    zone_hints: tuple[str, ...] | None
+    chain: str
+
+    @property
+    def text(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServicePortInfo:
+    namespace: str
+    name: str
+    port_name: str
+    protocol: str                 # lower case, as used in rules
+    cluster_ip: str
+    port: int
+    node_port: int
+    external_ips: tuple[str, ...]
+    lb_vips: tuple[str, ...]
+    lb_source_ranges: tuple[str, ...]
+    affinity_client_ip: bool
+    affinity_timeout: int
+    external_local: bool
+    internal_local: bool
+    health_check_node_port: int
+    target_port: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def name_string(self) -> str:
+        return f"{self.namespace}/{self.name}" + (f":{self.port_name}" if self.port_name else "")
+
+    def _chain(self, prefix: str) -> str:
+        return prefix + port_proto_hash(self.name_string, self.protocol)
+
+    @property
+    def svc_chain(self) -> str:
+        return self._chain("KUBE-SVC-")
+
+    @property
+    def svl_chain(self) -> str:
+        return self._chain("KUBE-SVL-")
+
+    @property
+    def ext_chain(self) -> str:
+        return self._chain("KUBE-EXT-")
+
+    @property
+    def fw_chain(self) -> str:
+        return self._chain("KUBE-FW-")
+
+    @property
+    def externally_accessible(self) -> bool:
+        return bool(self.node_port or self.lb_vips or self.external_ips)
+
+    @property
+    def external_policy_local(self) -> bool:
+        return self.externally_accessible and self.external_local
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        return not self.internal_local or (self.externally_accessible and not self.external_local)
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        return self.internal_local or self.external_policy_local
+
+
+@dataclass
+class Snapshot:
+    """All service ports of one IP family and their endpoints, at one moment."""
+
+    ports: dict[tuple[str, str, str], ServicePortInfo] = field(default_factory=dict)
+    endpoints: dict[tuple[str, str, str], list[EndpointInfo]] = field(default_factory=dict)
+
+    def by_service(self) -> dict[str, list[tuple[str, str, str]]]:
+        out: dict[str, list[tuple[str, str, str]]] = {}
+        for key in self.ports:
+            out.setdefault(f"{key[0]}", []).append(key)
+        return out
+
+    def fingerprint(self, service: str) -> tuple[object, ...]:
+        keys = sorted(k for k in self.ports if k[0] == service)
+        return tuple((self.ports[k], tuple(self.endpoints.get(k, ()))) for k in keys)
+
+
+def _family_of(ip: str) -> int:
+    return ipaddress.ip_address(ip).version
+
+
+def snapshot(objs: Objects, hostname: str, family: int = 4) -> Snapshot:
+    """The service ports and endpoints of ``family`` that kube-proxy on ``hostname`` would program."""
+    snap = Snapshot()
+    slices_by_svc: dict[str, list] = {}
+    for es in objs.slices.values():
+        if es.address_type == ("IPv4" if family == 4 else "IPv6"):
+            slices_by_svc.setdefault(f"{es.namespace}/{es.service}", []).append(es)
+    for svc in objs.services.values():
+        if svc.type == "ExternalName" or svc.headless:
+            continue
+        ips = [ip for ip in svc.cluster_ips if _family_of(ip) == family]
+        if not ips:
+            continue
+        for p in svc.ports:
+            info = ServicePortInfo(
+                svc.namespace, svc.name, p.name, p.protocol.lower(), ips[0], p.port,
+                p.node_port if svc.type in ("NodePort", "LoadBalancer") else 0,
+                tuple(ip for ip in svc.external_ips if _family_of(ip) == family),
+                tuple(ip for ip in svc.lb_ingress if _family_of(ip) == family) if svc.type == "LoadBalancer" else (),
+                tuple(c for c in svc.lb_source_ranges if ipaddress.ip_network(c).version == family)
+                if svc.type == "LoadBalancer" else (),
+                svc.session_affinity == "ClientIP", svc.affinity_timeout,
+                svc.external_traffic_policy == "Local", svc.internal_traffic_policy == "Local",
+                svc.health_check_node_port if svc.external_traffic_policy == "Local" else 0, str(p.target_port))
+            key = (svc.key, p.name, p.protocol)
+            snap.ports[key] = info
+            snap.endpoints[key] = _endpoints(info, slices_by_svc.get(svc.key, []), hostname)
+    return snap
+
+
+def _endpoints(info: ServicePortInfo, slices: list, hostname: str) -> list[EndpointInfo]:
+    seen: dict[str, EndpointInfo] = {}
+    for es in sorted(slices, key=lambda s: s.name):
+        for ep_port in es.ports:
+            if ep_port.name != info.port_name or ep_port.protocol.lower() != info.protocol:
+                continue
+            for ep in es.endpoints:
+                for ip in ep.addresses[:1]:
+                    text = f"[{ip}]:{ep_port.port}" if ":" in ip else f"{ip}:{ep_port.port}"
+                    if text in seen:
+                        continue
+                    seen[text] = EndpointInfo(ip, ep_port.port, ep.ready, ep.serving, ep.terminating,
+                                              ep.node_name == hostname,
+                                              tuple(ep.hint_zones) if ep.hint_zones is not None else None,
+                                              endpoint_chain(info.name_string, info.protocol, text))
+    return [seen[k] for k in sorted(seen)]
+
+
+@dataclass
+class Categorized:
+    cluster: list[EndpointInfo]
+    local: list[EndpointInfo]
+    reachable: list[EndpointInfo]
+    has_any: bool
+
+
+def categorize(info: ServicePortInfo, endpoints: list[EndpointInfo], zone: str = "") -> Categorized:
+    """Which endpoints Cluster and Local policies use (upstream's CategorizeEndpoints)."""
+    cluster: list[EndpointInfo] = []
+    local: list[EndpointInfo] = []
+    has_any = False
+    if info.uses_cluster_endpoints:
+        topo = bool(zone) and bool(endpoints) and all(e.zone_hints is not None for e in endpoints if e.ready) and \
+            any(zone in (e.zone_hints or ()) for e in endpoints if e.ready)
+        cluster = [e for e in endpoints if e.ready and (not topo or zone in (e.zone_hints or ()))]
+        if not cluster:
+            cluster = [e for e in endpoints if e.serving and e.terminating]
+        has_any = bool(cluster)
+    if not info.uses_local_endpoints:
+        return Categorized(cluster, [], cluster, has_any)
+    local_ready = any(e.ready and e.is_local for e in endpoints)
+    local_st = any(e.serving and e.terminating and e.is_local and not e.ready for e in endpoints)
+    has_any = has_any or any(e.ready or (e.serving and e.terminating) for e in endpoints)
+    if local_ready:
+        local = [e for e in endpoints if e.is_local and e.ready]
+    elif local_st:
+        local = [e for e in endpoints if e.is_local and e.serving and e.terminating]
+    if not info.uses_cluster_endpoints:
+        return Categorized([], local, local, has_any)
+    if not local:
+        return Categorized(cluster, local, cluster, has_any)
+    merged = {e.text: e for e in cluster}
+    merged.update({e.text: e for e in local})
+    return Categorized(cluster, local, [merged[k] for k in sorted(merged)], has_any)
