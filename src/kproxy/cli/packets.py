@@ -49,7 +49,8 @@ class PacketSpec:
             kw["length"] = self.length
         else:
             kw["length"] = {6: 60, 17: 29, 1: 84}.get(proto, 60)
-        return Packet.make(self.src, self.dst, proto, sport_value, dport, **kw)  # type: ignore[arg-type]
+        src = self.src or ("::" if ":" in self.dst else "0.0.0.0")
+        return Packet.make(src, self.dst, proto, sport_value, dport, **kw)  # type: ignore[arg-type]
 
 
 def _parser() -> argparse.ArgumentParser:

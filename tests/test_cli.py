@@ -1,0 +1,76 @@
+"""The kproxy command: tool-compatible subcommands that compose through the node state file."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from kproxy.cli.main import cli, main
+
+
+def run(node: str, *args: str, stdin: str | None = None):
+    import kproxy.cli.commands  # noqa: F401
+    import kproxy.cli.proxy_cmd  # noqa: F401
+
+    return CliRunner().invoke(cli, ["--node", node, *args], input=stdin)
+
+
+def test_commands_compose_like_a_host(tmp_path):
+    node = str(tmp_path / "n.json")
+    assert run(node, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "10.96.0.1", "--dport", "443",
+               "-j", "DNAT", "--to-destination", "192.168.1.5:6443").exit_code == 0
+    out = run(node, "iptables-save", "-t", "nat").output
+    assert "-A OUTPUT -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j DNAT --to-destination 192.168.1.5:6443" in out
+    res = run(node, "trace", "--local", "--dst", "10.96.0.1", "-p", "tcp", "--dport", "443", "--json")
+    data = json.loads(res.output)
+    assert data[0]["fate"] == "forwarded" and data[0]["packet"]["dst"] == "192.168.1.5"
+    listing = run(node, "conntrack", "-L")
+    assert "dport=443" in listing.output and "1 flow entries have been shown" in listing.output
+    assert run(node, "conntrack", "-F").exit_code == 0
+    assert "0 flow entries" in run(node, "conntrack", "-L").output
+
+
+def test_a_failed_command_changes_nothing(tmp_path):
+    node = str(tmp_path / "n.json")
+    run(node, "iptables", "-N", "FOO")
+    before = (tmp_path / "n.json").read_text()
+    bad = run(node, "iptables-restore", "-n", stdin="*filter\n-A FOO -j ACCEPT\n-A INPUT -j NOPE\nCOMMIT\n")
+    assert bad.exit_code == 2
+    assert "Chain 'NOPE' does not exist" in bad.output
+    assert (tmp_path / "n.json").read_text() == before
+
+
+def test_trace_summary_for_many_packets(tmp_path):
+    node = str(tmp_path / "n.json")
+    run(node, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-m", "statistic", "--mode", "nth",
+        "--every", "2", "--packet", "0", "-j", "DNAT", "--to-destination", "192.168.1.7")
+    res = run(node, "trace", "--local", "--dst", "192.168.1.50", "-p", "udp", "--dport", "53", "--count", "10")
+    lines = res.output.splitlines()
+    assert lines[0] == "10 packets"
+    assert any("50.00%" in ln and "192.168.1.7:53" in ln for ln in lines)
+
+
+def test_proxy_once_and_services(tmp_path):
+    from pathlib import Path
+
+    ex = Path(__file__).resolve().parents[1] / "examples"
+    node = str(tmp_path / "n.json")
+    assert run(node, "node", "init", "--from", str(ex / "node.yaml")).exit_code == 0
+    res = run(node, "proxy", "--config", str(ex / "kube-proxy.yaml"), "--manifests", str(ex / "manifests.yaml"),
+              "--once")
+    assert res.exit_code == 0, res.output
+    saved = run(node, "iptables-save").output
+    body = [ln for ln in saved.splitlines() if not ln.startswith("#")]
+    assert body == [ln for ln in (ex / "iptables.rules").read_text().splitlines() if not ln.startswith("#")]
+    svc = run(node, "services", "--config", str(ex / "kube-proxy.yaml"), "--manifests", str(ex / "manifests.yaml"))
+    assert "kube-system/kube-dns:dns udp 10.96.0.10:53" in svc.output
+    assert "10.244.1.3:53 (local)" in svc.output
+
+
+def test_main_entry_point_runs(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    assert "version" in capsys.readouterr().out
