@@ -119,6 +119,7 @@ def test_command_sequence_matches_the_real_tool(kernel_ns):
     "*filter\n-A INPUT --foo\nCOMMIT\n", "*filter\n-D INPUT -j ACCEPT\nCOMMIT\n",
 ])
 def test_restore_errors_match_the_real_tool(kernel_ns, text):
+    # (a chain still referenced cannot be deleted: see test_deleting_a_referenced_chain_fails_like_the_kernel)
     theirs = kernel_ns.run(["iptables-restore"], input=text, check=False)
     state = IptablesState(4)
     with pytest.raises(RestoreError) as err:
@@ -161,3 +162,15 @@ def test_extension_errors_match_the_real_tool(kernel_ns, argv):
     theirs = kernel_ns.run(["iptables", *argv], check=False)
     state = IptablesState(4)
     assert run_iptables(argv, state) == (theirs.returncode, theirs.stdout, theirs.stderr)
+
+
+def test_deleting_a_referenced_chain_fails_like_the_kernel(kernel_ns):
+    base = "*filter\n:A - [0:0]\n-A INPUT -j A\nCOMMIT\n"
+    change = "*filter\n-X A\nCOMMIT\n"
+    kernel_ns.run(["iptables-restore"], input=base)
+    theirs = kernel_ns.run(["iptables-restore", "-n"], input=change, check=False)
+    state = IptablesState(4)
+    restore(base, state)
+    with pytest.raises(RestoreError) as err:
+        restore(change, state, noflush=True)
+    assert (err.value.rc, str(err.value) + "\n") == (theirs.returncode, theirs.stderr)

@@ -105,6 +105,7 @@ class RouteResult:
     dev: str = ""
     gateway: int | None = None
     prefsrc: int | None = None
+    gateway_text: str = ""
 
 
 DEFAULT_SYSCTLS: dict[str, str] = {
@@ -118,13 +119,57 @@ DEFAULT_SYSCTLS: dict[str, str] = {
 }
 
 
+class RouteList(list):  # type: ignore[type-arg]
+    """The main routing table; every change bumps ``version`` so cached routing decisions are dropped."""
+
+    version = 0
+
+    def _bump(self) -> None:
+        self.version += 1
+
+    def append(self, item: Route) -> None:  # type: ignore[override]
+        super().append(item)
+        self._bump()
+
+    def extend(self, items: Any) -> None:
+        super().extend(items)
+        self._bump()
+
+    def insert(self, i: Any, item: Route) -> None:  # type: ignore[override]
+        super().insert(i, item)
+        self._bump()
+
+    def remove(self, item: Route) -> None:  # type: ignore[override]
+        super().remove(item)
+        self._bump()
+
+    def pop(self, i: Any = -1) -> Route:  # type: ignore[override]
+        self._bump()
+        return super().pop(i)
+
+    def clear(self) -> None:
+        super().clear()
+        self._bump()
+
+    def __setitem__(self, i: Any, v: Any) -> None:
+        super().__setitem__(i, v)
+        self._bump()
+
+    def __delitem__(self, i: Any) -> None:
+        super().__delitem__(i)
+        self._bump()
+
+
 class Node:
     """One emulated host (a network namespace): its devices, routing, and netfilter state."""
 
     def __init__(self, name: str = "node") -> None:
         self.name = name
         self.interfaces: dict[str, Interface] = {}
-        self.routes: list[Route] = []
+        self.routes: RouteList = RouteList()
+        self._route_cache: dict[tuple[int, int], RouteResult] = {}
+        self._route_key: tuple[int, int, int] = (-1, -1, -1)
+        self._iface_version = 0
         self.sysctls: dict[str, str] = dict(DEFAULT_SYSCTLS)
         self.hooks = HookRegistry()
         self._local: dict[int, set[int]] = {4: set(), 6: set()}
@@ -157,6 +202,7 @@ class Node:
         return iface
 
     def _reindex(self) -> None:
+        self._iface_version = getattr(self, "_iface_version", 0) + 1
         self._local = {4: set(), 6: set()}
         self._broadcast = {4: set(), 6: set()}
         for iface in self.interfaces.values():
@@ -247,23 +293,50 @@ class Node:
         return out
 
     def route(self, family: int, dst: int, src: int | None = None, oif: str | None = None) -> RouteResult:
+        """Longest-prefix match, cached until the routes, interfaces or addresses change."""
+        if oif is not None:
+            return self._route(family, dst, oif)
+        key = (self.routes.version, self._iface_version, len(self.interfaces))
+        if key != self._route_key:
+            self._route_cache = {}
+            self._route_key = key
+        hit = self._route_cache.get((family, dst))
+        if hit is None:
+            if len(self._route_cache) > 65536:
+                self._route_cache.clear()
+            hit = self._route_cache[(family, dst)] = self._route(family, dst, None)
+        return hit
+
+    def _fib(self) -> list[tuple[int, int, int, Route]]:
+        """The main table as (family, mask, network, route), most specific (then lowest metric) first."""
+        key = (self.routes.version, self._iface_version, len(self.interfaces))
+        if getattr(self, "_fib_key", None) != key:
+            entries = []
+            for r in self.connected_routes() + list(self.routes):
+                bits = 32 if r.family == 4 else 128
+                mask = ((1 << bits) - 1) ^ ((1 << (bits - r.prefixlen)) - 1)
+                entries.append((r.prefixlen, r.metric, r.family, mask, r.dst & mask, r))
+            entries.sort(key=lambda e: (-e[0], e[1]))
+            self._fib_cache = [(fam, mask, net, r) for _, _, fam, mask, net, r in entries]
+            self._fib_key = key
+        return self._fib_cache
+
+    def _route(self, family: int, dst: int, oif: str | None = None) -> RouteResult:
         """Longest-prefix match: the local table first, then the main table (connected + configured)."""
         if self.is_local(family, dst):
             return RouteResult("local", dev="lo", prefsrc=dst)
         best: Route | None = None
-        for r in self.connected_routes() + self.routes:
-            if r.family != family or not r.contains(dst):
-                continue
-            if oif and r.dev and r.dev != oif:
-                continue
-            if best is None or r.prefixlen > best.prefixlen or (r.prefixlen == best.prefixlen and r.metric < best.metric):
+        for fam, mask, net, r in self._fib():
+            if fam == family and dst & mask == net and not (oif and r.dev and r.dev != oif):
                 best = r
+                break
         if best is None:
             return RouteResult("unreachable")
         if best.type != "unicast":
             return RouteResult(best.type, dev=best.dev)
         prefsrc = best.src if best.src is not None else self.source_address_for(family, best.dev, dst)
-        return RouteResult("unicast", dev=best.dev, gateway=best.via, prefsrc=prefsrc)
+        gw_text = format_addr(best.via, family) if best.via is not None else ""
+        return RouteResult("unicast", dev=best.dev, gateway=best.via, prefsrc=prefsrc, gateway_text=gw_text)
 
     @property
     def ip_forward(self) -> bool:

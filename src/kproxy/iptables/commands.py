@@ -32,10 +32,10 @@ def _no_chain() -> CommandError:
 
 
 def _chain(table: Table, name: str) -> Chain:
-    c = table.chains.get(name)
-    if c is None:
+    """The chain to change (made private to the working copy); a missing chain is the tool's error."""
+    if name not in table.chains:
         raise _no_chain()
-    return c
+    return table.writable(name)
 
 
 def check_devices(chain: str, rule: Rule) -> None:
@@ -123,7 +123,7 @@ def _delete(table: Table, c: Command) -> None:
 def _new_chain(table: Table, c: Command) -> None:
     if c.chain in table.chains:
         raise CommandError("Chain already exists.")
-    table.chains[c.chain] = Chain(c.chain)
+    table.add_chain(Chain(c.chain))
 
 
 def _busy(name: str) -> CommandError:
@@ -131,19 +131,16 @@ def _busy(name: str) -> CommandError:
 
 
 def _delete_chain(table: Table, c: Command) -> None:
+    """-X: references left behind are found when the table is validated (at COMMIT for a restore)."""
     names = [c.chain] if c.chain else [n for n, ch in table.chains.items() if not ch.builtin]
     for name in names:
-        chain = _chain(table, name)
-        if chain.builtin or (c.chain and (chain.rules or table.references(name))):
+        chain = table.chains.get(name)
+        if chain is None:
+            raise _no_chain()
+        if chain.builtin or (c.chain and chain.rules):
             raise _busy(name)
-    if not c.chain:
-        # Deleting all user chains: their rules go with them, but jumps from built-in chains block it.
-        for ch in table.chains.values():
-            for r in ch.rules:
-                if ch.builtin and r.jump in names:
-                    raise _busy(r.jump)
     for name in names:
-        del table.chains[name]
+        table.remove_chain(name)
 
 
 def _flush(table: Table, c: Command) -> None:
@@ -174,7 +171,7 @@ def _policy(table: Table, c: Command) -> None:
         raise CommandError("Bad built-in chain name.")
     if c.arg not in ("ACCEPT", "DROP"):
         raise CommandError("Bad policy name. Run `dmesg' for more information.")
-    chain.policy = c.arg
+    table.writable(c.chain).policy = c.arg
 
 
 def _rename(table: Table, c: Command) -> None:
@@ -183,9 +180,10 @@ def _rename(table: Table, c: Command) -> None:
         raise CommandError("Bad built-in chain name.")
     if c.arg in table.chains:
         raise CommandError("File exists.")
-    table.chains = {(c.arg if k == c.chain else k): v for k, v in table.chains.items()}
-    table.chains[c.arg] = Chain(c.arg, None, chain.rules)
-    for ch in table.chains.values():
+    table.remove_chain(c.chain)
+    table.add_chain(Chain(c.arg, None, chain.rules))
+    for name in [n for n, ch in table.chains.items() if any(r.jump == c.chain for r in ch.rules)]:
+        ch = table.writable(name)
         for i, r in enumerate(ch.rules):
             if r.jump == c.chain:
                 ch.rules[i] = clone_rule(r)
@@ -200,12 +198,18 @@ def validate(table: Table, node: Any = None) -> None:
     """What the kernel checks when a table is committed: jump targets exist; extensions agree."""
     from kproxy.iptables.extension import ExtensionError
 
-    for ch in table.chains.values():
+    if table.deleted:
+        refs = table.jump_counts()
+        for name in sorted(table.deleted):
+            if refs.get(name, 0) > 0 and name not in table.chains:
+                raise _busy(name)
+    changed = table.chains.values() if table.owned is None else [table.chains[n] for n in table.owned]
+    for ch in changed:
         for r in ch.rules:
             if r.jump is not None and r.jump not in ("ACCEPT", "DROP", "RETURN", "QUEUE") \
                     and r.jump not in table.chains:
                 raise ParameterProblem(f"Chain '{r.jump}' does not exist")
-            if node is not None:
+            if node is not None and (r.matches or r.target is not None):
                 try:
                     for m in r.matches:
                         m.check(node)

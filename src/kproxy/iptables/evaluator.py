@@ -96,7 +96,7 @@ class CompiledChain:
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
         self.rules = chain.rules
-        self.tests = [compile_rule(r) for r in chain.rules]
+        self.tests: list[RuleTest | None] = [None] * len(chain.rules)   # compiled on first use
         self.all_positions = list(range(len(chain.rules)))
         self.field: str | None = None
         self.buckets: dict[Any, list[int]] = {}
@@ -132,19 +132,35 @@ class CompiledChain:
 
 
 class CompiledTable:
-    """All chains of one committed table; chains whose rules did not change reuse their compiled form."""
+    """All chains of one committed table, each compiled on first use; unchanged chains are reused."""
 
     def __init__(self, table: Table, previous: CompiledTable | None = None) -> None:
         self.table = table
-        self.chains: dict[str, CompiledChain] = {}
-        old = previous.chains if previous is not None else {}
-        for name, c in table.chains.items():
-            cc = old.get(name)
-            if cc is not None and len(cc.rules) == len(c.rules) and all(a is b for a, b in zip(cc.rules, c.rules)):
-                cc.chain, cc.rules = c, c.rules
-            else:
-                cc = CompiledChain(c)
-            self.chains[name] = cc
+        self.chains = _LazyChains(table, previous.chains if previous is not None else None)
+
+
+class _LazyChains(dict):  # type: ignore[type-arg]
+    """name -> CompiledChain, compiling a chain the first time a packet reaches it."""
+
+    def __init__(self, table: Table, old: _LazyChains | None) -> None:
+        super().__init__()
+        self.table = table
+        self.old = old
+
+    def __missing__(self, name: str) -> CompiledChain:
+        c = self.table.chains[name]
+        cc = dict.get(self.old, name) if self.old is not None else None
+        if cc is not None and len(cc.rules) == len(c.rules) and all(a is b for a, b in zip(cc.rules, c.rules)):
+            cc.chain, cc.rules = c, c.rules
+        else:
+            cc = CompiledChain(c)
+        self[name] = cc
+        return cc
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        if name in self.table.chains:
+            return self[name]
+        return default
 
 
 class TableRunner:
@@ -189,7 +205,10 @@ def run_chain(ct: CompiledTable, hook: str, pkt: Packet, state: HookState, famil
             return apply_policy(cc.chain, pkt, state, tname)
         i = positions[pos]
         pos += 1
-        if not cc.tests[i](pkt, ctx):
+        test = cc.tests[i]
+        if test is None:
+            test = cc.tests[i] = compile_rule(cc.rules[i])
+        if not test(pkt, ctx):
             continue
         rule = cc.rules[i]
         rule.packets += 1
@@ -281,6 +300,21 @@ class IptablesEngine:
         ct = CompiledTable(t, hit[2] if hit is not None else None)
         self._compiled[table] = (gen, t, ct)
         return ct
+
+    def precompile(self) -> int:
+        """Compile every chain and rule of every table now (they otherwise compile on first use)."""
+        n = 0
+        for name in list(self.state.tables):
+            ct = self.compiled(name)
+            if ct is None:
+                continue
+            for chain_name in ct.table.chains:
+                cc = ct.chains[chain_name]
+                for i, test in enumerate(cc.tests):
+                    if test is None:
+                        cc.tests[i] = compile_rule(cc.rules[i])
+                        n += 1
+        return n
 
     def register(self) -> None:
         """Hook every table in at its kernel priority; nat goes through the NAT core's lookup list."""

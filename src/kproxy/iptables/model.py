@@ -84,6 +84,54 @@ class Table:
     name: str
     family: int = 4
     chains: dict[str, Chain] = field(default_factory=dict)
+    # Copy-on-write working copies: chains already private to this copy (None: all of them), and the
+    # chains deleted since the copy was made (checked for remaining references at commit).
+    owned: set[str] | None = None
+    deleted: set[str] = field(default_factory=set)
+    base: Table | None = None              # the committed table a working copy was made from
+    refs: dict[str, int] | None = None     # jumps and gotos per target chain, kept incrementally
+
+    def jump_counts(self) -> dict[str, int]:
+        """How many rules target each chain; derived from the base table's counts for copy-on-write copies."""
+        if self.refs is not None:
+            return self.refs
+        if self.owned is None or self.base is None:
+            refs: dict[str, int] = {}
+            for c in self.chains.values():
+                for r in c.rules:
+                    if r.jump is not None:
+                        refs[r.jump] = refs.get(r.jump, 0) + 1
+        else:
+            refs = dict(self.base.jump_counts())
+            for name in self.owned | self.deleted:
+                for chain, sign in ((self.base.chains.get(name), -1), (self.chains.get(name), 1)):
+                    for r in chain.rules if chain is not None else ():
+                        if r.jump is not None:
+                            refs[r.jump] = refs.get(r.jump, 0) + sign
+        self.refs = refs
+        return refs
+
+    def writable(self, name: str) -> Chain:
+        """The chain ``name`` ready to be changed: cloned first when it is still shared with the committed table."""
+        c = self.chains[name]
+        if self.owned is None or name in self.owned:
+            return c
+        c = Chain(c.name, c.policy, list(c.rules), c.packets, c.bytes)
+        self.chains[name] = c
+        self.owned.add(name)
+        return c
+
+    def add_chain(self, chain: Chain) -> None:
+        self.chains[chain.name] = chain
+        if self.owned is not None:
+            self.owned.add(chain.name)
+        self.deleted.discard(chain.name)
+
+    def remove_chain(self, name: str) -> None:
+        del self.chains[name]
+        self.deleted.add(name)
+        if self.owned is not None:
+            self.owned.discard(name)
 
     @classmethod
     def new(cls, name: str, family: int = 4) -> Table:
@@ -97,4 +145,4 @@ class Table:
 
     def references(self, chain: str) -> int:
         """How many rules jump or go to ``chain`` (what ``-L`` prints as references)."""
-        return sum(1 for c in self.chains.values() for r in c.rules if r.jump == chain)
+        return self.jump_counts().get(chain, 0)

@@ -9,6 +9,7 @@ implicitly (``-p tcp --dport 80`` saves as ``-p tcp -m tcp --dport 80``).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass, field
 
@@ -99,6 +100,11 @@ def parse_net(text: str, family: int) -> Net:
 
 def _inet_addr(text: str, family: int) -> int:
     """An address as the tool's resolver takes it (inet_aton forms like ``0`` or ``10.1`` included)."""
+    if family == 4:
+        parts = text.split(".")
+        if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
+            a, b, c, d = (int(p) for p in parts)
+            return a << 24 | b << 16 | c << 8 | d
     try:
         ip = ipaddress.ip_address(text)
         if ip.version == family:
@@ -394,36 +400,18 @@ def clone_rule(r: Rule) -> Rule:
                 r.fragment, list(r.matches), r.jump, r.goto, r.target, r.packets, r.bytes)
 
 
+_TOKEN = re.compile(r'(?:"(?:[^"\\]|\\.)*"?|[^\s"])+')
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"?')
+
+
 def tokenize(line: str) -> list[str]:
     """Split a restore line like iptables-restore: whitespace, with double quotes grouping (``\\"`` escapes)."""
     if '"' not in line:
         return line.split()
-    out: list[str] = []
-    cur: list[str] = []
-    quoted = False
-    have = False
-    i = 0
-    while i < len(line):
-        ch = line[i]
-        if quoted:
-            if ch == "\\" and i + 1 < len(line) and line[i + 1] == '"':
-                cur.append('"')
-                i += 2
-                continue
-            if ch == '"':
-                quoted = False
-            else:
-                cur.append(ch)
-        elif ch == '"':
-            quoted = True
-            have = True
-        elif ch in " \t\n":
-            if cur or have:
-                out.append("".join(cur))
-                cur, have = [], False
-        else:
-            cur.append(ch)
-        i += 1
-    if cur or have:
-        out.append("".join(cur))
+    out = []
+    for m in _TOKEN.finditer(line):
+        tok = m.group()
+        if '"' in tok:
+            tok = _QUOTED.sub(lambda q: q.group(1).replace('\\"', '"'), tok)
+        out.append(tok)
     return out

@@ -8,6 +8,7 @@ leaves the node exactly as it was, which is what kube-proxy and the project's us
 
 from __future__ import annotations
 
+import gc
 import re
 from typing import Any
 
@@ -41,6 +42,7 @@ class _Restorer:
         self.staged: dict[str, Table] = {}
         self.table: Table | None = None
         self.skip = False
+        self.delete_lines: dict[str, int] = {}
 
     def param_error(self, msg: str, line: int, prefixed: bool = True) -> RestoreError:
         head = f"{self.prog} {VERSION}: {msg}" if prefixed else msg
@@ -57,12 +59,10 @@ class _Restorer:
         elif self.noflush:
             t = copy_table(base)
         else:
-            t = copy_table(base)
-            for c in list(t.chains.values()):
+            t = Table(name, self.state.family)
+            for c in base.chains.values():
                 if c.builtin:
-                    c.rules = []
-                else:
-                    del t.chains[c.name]
+                    t.chains[c.name] = Chain(c.name, c.policy, [], c.packets, c.bytes)
         self.table = t
 
     def chain_line(self, line: str, lineno: int) -> None:
@@ -73,6 +73,7 @@ class _Restorer:
         name, policy = m.group(1), m.group(2)
         chain = self.table.chains.get(name)
         if chain is not None and chain.builtin:
+            chain = self.table.writable(name)
             if policy != "-":
                 if policy not in ("ACCEPT", "DROP"):
                     raise RestoreError(f"{self.prog}: line {lineno} failed: Bad policy name.")
@@ -85,9 +86,9 @@ class _Restorer:
         if len(name) >= 29:
             raise self.param_error(f"Invalid chain name `{name}'", lineno)
         if chain is None:
-            self.table.chains[name] = Chain(name)
+            self.table.add_chain(Chain(name))
         else:
-            chain.rules = []   # an existing user chain is flushed, as --noflush restores rely on
+            self.table.writable(name).rules = []   # an existing user chain is flushed, as --noflush restores rely on
 
     def command_line(self, line: str, lineno: int) -> None:
         assert self.table is not None
@@ -107,6 +108,8 @@ class _Restorer:
             elif not self.counters:
                 for r in c.rules:
                     r.packets = r.bytes = 0
+            if c.cmd == "X" and c.chain:
+                self.delete_lines[c.chain] = lineno
             apply(self.table, c)
         except ParameterProblem as exc:
             raise self.param_error(str(exc), lineno, exc.prefixed) from None
@@ -119,6 +122,10 @@ class _Restorer:
             validate(self.table, self.node)
         except ParameterProblem as exc:
             raise self.param_error(str(exc), lineno) from None
+        except CommandError as exc:
+            chain = str(exc).rsplit(" ", 1)[-1]
+            where = self.delete_lines.get(chain, lineno)
+            raise RestoreError(f"{self.prog} {VERSION}: \nline {where}: {str(exc).strip()}", exc.rc) from None
         if not self.skip:
             self.staged[self.table.name] = self.table
         self.table = None
@@ -126,7 +133,22 @@ class _Restorer:
 
 def restore(text: str, state: Any, noflush: bool = False, counters: bool = False, test: bool = False,
             tables: list[str] | None = None, source: str = "<stdin>", node: Any = None) -> None:
-    """Apply ``iptables-restore`` input to ``state`` (an IptablesState), all or nothing."""
+    """Apply ``iptables-restore`` input to ``state`` (an IptablesState), all or nothing.
+
+    The cyclic garbage collector is paused meanwhile: a large ruleset allocates hundreds of
+    thousands of long-lived objects, and rescanning them on every collection costs more than the parse.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _restore(text, state, noflush, counters, test, tables, node)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, tables: list[str] | None,
+             node: Any) -> None:
     prog = "iptables-restore" if state.family == 4 else "ip6tables-restore"
     r = _Restorer(state, noflush, counters, tables, node, prog)
     lineno = 0

@@ -8,7 +8,7 @@ node prints nothing.
 
 from __future__ import annotations
 
-from kproxy.iptables.model import Chain, Table
+from kproxy.iptables.model import Table
 
 
 class IptablesState:
@@ -33,15 +33,17 @@ class IptablesState:
 
     def commit(self, tables: dict[str, Table]) -> None:
         """Swap in new versions of the given tables at once."""
+        for t in tables.values():
+            t.jump_counts()   # incremental from the base for copy-on-write copies; kept for the next commit
+            t.owned, t.deleted, t.base = None, set(), None
         self.tables.update(tables)
         self.generation += 1
 
 
 def copy_table(t: Table) -> Table:
-    """A copy with new chains and rule lists sharing the rule objects.
+    """A copy-on-write copy: chains are shared until ``Table.writable`` clones the ones a change touches.
 
-    Commands never mutate a shared rule in place (they replace it with a clone), so a failed
-    change leaves the committed table untouched, and a partial sync of a huge table stays cheap.
+    Commands never mutate a shared chain or rule in place, so a failed change leaves the committed
+    table untouched, and a partial sync of a huge table costs what it changes, not the table's size.
     """
-    chains = {name: Chain(c.name, c.policy, list(c.rules), c.packets, c.bytes) for name, c in t.chains.items()}
-    return Table(t.name, t.family, chains)
+    return Table(t.name, t.family, dict(t.chains), owned=set(), base=t)

@@ -23,10 +23,55 @@ class ManifestError(ValueError):
 
 @dataclass
 class Objects:
+    """The objects a proxier works from, indexed by Service, with the Services changed since the last sync.
+
+    ``dirty`` holds the keys (``ns/name``) of Services whose spec or EndpointSlices changed since a
+    proxier last took them (``None``: unknown, treat everything as changed), like the change
+    trackers upstream kube-proxy feeds from its informers.
+    """
+
     services: dict[str, Service] = field(default_factory=dict)
     slices: dict[str, EndpointSlice] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    dirty: set[str] | None = None
+    _by_service: dict[str, dict[str, EndpointSlice]] = field(default_factory=dict, repr=False)
+
+    def slices_for(self, service_key: str) -> list[EndpointSlice]:
+        return list(self._by_service.get(service_key, {}).values())
+
+    def _mark(self, service_key: str) -> None:
+        if self.dirty is not None:
+            self.dirty.add(service_key)
+
+    def update_service(self, svc: Service) -> None:
+        self.services[svc.key] = svc
+        self._mark(svc.key)
+
+    def delete_service(self, key: str) -> None:
+        self.services.pop(key, None)
+        self._mark(key)
+
+    def update_slice(self, es: EndpointSlice) -> None:
+        old = self.slices.get(es.key)
+        if old is not None:
+            self._by_service.get(f"{old.namespace}/{old.service}", {}).pop(es.key, None)
+            self._mark(f"{old.namespace}/{old.service}")
+        self.slices[es.key] = es
+        self._by_service.setdefault(f"{es.namespace}/{es.service}", {})[es.key] = es
+        self._mark(f"{es.namespace}/{es.service}")
+
+    def delete_slice(self, key: str) -> None:
+        old = self.slices.pop(key, None)
+        if old is not None:
+            self._by_service.get(f"{old.namespace}/{old.service}", {}).pop(key, None)
+            self._mark(f"{old.namespace}/{old.service}")
+
+    def changes_since(self, old: Objects) -> set[str]:
+        """Service keys whose Service or EndpointSlices differ between ``old`` and this snapshot."""
+        keys = set(self.services) | set(old.services) | set(self._by_service) | set(old._by_service)
+        return {k for k in keys if self.services.get(k) != old.services.get(k)
+                or self._by_service.get(k, {}) != old._by_service.get(k, {})}
 
     def add(self, obj: Any, where: str) -> None:
         if not isinstance(obj, dict):
@@ -38,11 +83,9 @@ class Objects:
                 for i, item in enumerate(obj.get("items") or []):
                     self.add(item, f"{where}: items[{i}]")
             elif kind == "Service":
-                svc = Service.from_dict(obj)
-                self.services[svc.key] = svc
+                self.update_service(Service.from_dict(obj))
             elif kind == "EndpointSlice":
-                es = EndpointSlice.from_dict(obj)
-                self.slices[es.key] = es
+                self.update_slice(EndpointSlice.from_dict(obj))
             elif kind == "Node":
                 node = Node.from_dict(obj)
                 self.nodes[node.name] = node

@@ -201,6 +201,7 @@ class Conntrack:
         self._hash: dict[Tuple, tuple[Conn, int]] = {}
         self.drops = 0
         self._next_id = 1
+        self._count = 0
 
     # ---- the table ------------------------------------------------------------------------
     @property
@@ -230,22 +231,27 @@ class Conntrack:
         return sorted(seen.values(), key=lambda c: c.id)
 
     def __len__(self) -> int:
-        return sum(1 for _, d in self._hash.values() if d == ORIGINAL)
+        return self._count
 
     def insert(self, conn: Conn) -> None:
         self._hash[conn.orig] = (conn, ORIGINAL)
         self._hash[conn.reply] = (conn, REPLY)
         conn.status |= IPS_CONFIRMED
+        self._count += 1
 
     def delete(self, conn: Conn) -> None:
-        for t in (conn.orig, conn.reply):
-            hit = self._hash.get(t)
-            if hit is not None and hit[0] is conn:
-                del self._hash[t]
+        hit = self._hash.get(conn.orig)
+        if hit is not None and hit[0] is conn:
+            del self._hash[conn.orig]
+            self._count -= 1
+        hit = self._hash.get(conn.reply)
+        if hit is not None and hit[0] is conn:
+            del self._hash[conn.reply]
 
     def flush(self) -> int:
-        n = len(self)
+        n = self._count
         self._hash.clear()
+        self._count = 0
         return n
 
     def taken(self, t: Tuple, ignore: Conn | None = None) -> bool:
@@ -273,7 +279,8 @@ class Conntrack:
         if not self._update(conn, d, pkt, now):
             pkt.ct = None
             pkt.ctstate = "INVALID"
-            self._trace(state, f"INVALID {t.text()} (tcp state {conn.tcp_state})")
+            if state.trace is not None:
+                self._trace(state, f"INVALID {t.text()} (tcp state {conn.tcp_state})")
             return NF_ACCEPT
         if d == REPLY:
             conn.status |= IPS_SEEN_REPLY
@@ -282,7 +289,8 @@ class Conntrack:
             pkt.ctstate = "ESTABLISHED" if conn.status & IPS_SEEN_REPLY else "NEW"
         conn.packets[d] += 1
         conn.bytes[d] += pkt.length
-        self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}")
+        if state.trace is not None:
+            self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}")
         return NF_ACCEPT
 
     def _new(self, pkt: Packet, t: Tuple, state: HookState) -> int:
@@ -293,7 +301,8 @@ class Conntrack:
             loose = self.node.sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
             if new_state != "SYN_SENT" and not (new_state == "ESTABLISHED" and loose):
                 pkt.ctstate = "INVALID"
-                self._trace(state, f"INVALID {t.text()} (cannot start a connection)")
+                if state.trace is not None:
+                    self._trace(state, f"INVALID {t.text()} (cannot start a connection)")
                 return NF_ACCEPT
             conn.tcp_state = new_state
             conn.expires = state.now + TCP_TIMEOUTS[new_state]
@@ -310,7 +319,8 @@ class Conntrack:
         conn.packets[0] += 1
         conn.bytes[0] += pkt.length
         pkt.ct, pkt.ctdir, pkt.ctstate = conn, ORIGINAL, "NEW"
-        self._trace(state, f"NEW {t.text()}")
+        if state.trace is not None:
+            self._trace(state, f"NEW {t.text()}")
         return NF_ACCEPT
 
     def _update(self, conn: Conn, d: int, pkt: Packet, now: float) -> bool:
@@ -359,7 +369,8 @@ class Conntrack:
             return NF_ACCEPT
         conn, d = hit
         pkt.ct, pkt.ctdir, pkt.ctstate = conn, 1 - d, "RELATED"
-        self._trace(state, f"RELATED to {conn.orig.text()}")
+        if state.trace is not None:
+            self._trace(state, f"RELATED to {conn.orig.text()}")
         return NF_ACCEPT
 
     def confirm_hook(self, pkt: Packet, state: HookState) -> int:
@@ -396,6 +407,7 @@ class Conntrack:
 
     def from_json(self, data: dict[str, Any]) -> None:
         self._hash.clear()
+        self._count = 0
         for d in data.get("entries") or []:
             conn = Conn.from_json(d)
             self.insert(conn)

@@ -54,7 +54,7 @@ def _state(node: Any, hook: str, in_dev: str, out_dev: str, trace: Trace | None)
 
 
 def _run(node: Any, pkt: Packet, hook: str, in_dev: str, out_dev: str, trace: Trace | None) -> tuple[int, HookState]:
-    state = _state(node, hook, in_dev, out_dev, trace)
+    state = HookState(hook, in_dev, out_dev, node, trace, node.clock if node.clock is not None else node.now())
     if trace is not None:
         trace.add("hook", hook=hook, text=pkt.describe(), detail={"in": in_dev, "out": out_dev})
     return node.hooks.run(pkt.family, hook, pkt, state), state
@@ -130,7 +130,7 @@ def _postrouting(node: Any, pkt: Packet, iif: str, route: Any, trace: Trace | No
     verdict, state = _run(node, pkt, POSTROUTING, "", route.dev, trace)
     if verdict != NF_ACCEPT:
         return _stopped(verdict, state, pkt, trace)
-    gw = format_addr(route.gateway, pkt.family) if route.gateway is not None else ""
+    gw = route.gateway_text
     return _fate(trace, Result(FORWARDED, pkt, POSTROUTING, out_dev=route.dev, gateway=gw, trace=trace))
 
 

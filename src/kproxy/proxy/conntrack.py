@@ -35,7 +35,7 @@ def stale_targets(old: Snapshot, new: Snapshot) -> tuple[dict[tuple[str, int], s
         info = new.ports.get(key) or old.ports[key]
         if info.protocol != "udp":
             continue
-        before = {e.ip for e in old.endpoints.get(key, [])}
+        before = {e.ip for e in old.endpoints.get(key, []) if e.ready or (e.serving and e.terminating)}
         after = {e.ip for e in new.endpoints.get(key, []) if e.ready or (e.serving and e.terminating)}
         if before == after and key in old.ports and key in new.ports:
             continue

@@ -13,6 +13,7 @@ the next sync a full one.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 from kproxy.k8s.manifests import Objects
 from kproxy.proxy.config import ProxyConfig
-from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, Snapshot, categorize, snapshot
+from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, Snapshot, categorize, service_ports
 
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
@@ -135,7 +136,9 @@ class IptablesProxier:
         self.last_fp: dict[str, tuple[object, ...]] = {}
         self.last_top: dict[tuple[str, str], list[str]] = {}
         self.last_service_chains: dict[str, list[str]] = {}
-        self.last_snapshot: Snapshot | None = None
+        self._ports: dict[str, dict[tuple[str, str, str], tuple[ServicePortInfo, list[EndpointInfo]]]] = {}
+        self._rules: dict[str, list[tuple[tuple[str, str], ServiceRules]]] = {}
+        self._order: list[tuple[tuple[str, str], str, int]] | None = None
         self.last_sync_time: float | None = None
 
     # ---- per service port --------------------------------------------------------------------
@@ -330,13 +333,59 @@ class IptablesProxier:
                                  "-j", KUBE_NODEPORTS]))
         return out
 
+    def _refresh(self, objs: Objects, full: bool) -> tuple[set[str], Snapshot, Snapshot]:
+        """Recompute the Services that may have changed; return those that did, with before/after views."""
+        dirty = None if full or objs.dirty is None else set(objs.dirty)
+        keys = set(objs.services) | set(self._ports) if dirty is None else dirty
+        changed: set[str] = set()
+        before, after = Snapshot(), Snapshot()
+        for key in keys:
+            svc = objs.services.get(key)
+            ports = service_ports(svc, objs.slices_for(key), self.cfg.hostname, self.family) if svc else {}
+            fp = tuple((k, info, tuple(eps)) for k, (info, eps) in sorted(ports.items()))
+            old = self._ports.get(key)
+            if self.last_fp.get(key) == fp and not full and key in self._rules:
+                continue
+            if self.last_fp.get(key) != fp:
+                changed.add(key)
+                for k, (info, eps) in (old or {}).items():
+                    before.ports[k], before.endpoints[k] = info, eps
+                for k, (info, eps) in ports.items():
+                    after.ports[k], after.endpoints[k] = info, eps
+            if set(ports) != set(old or {}):
+                self._order = None
+            if ports:
+                self._ports[key] = ports
+                self._rules[key] = [((info.name_string, info.protocol), self.service_rules(info, eps))
+                                    for info, eps in ports.values()]
+                self.last_fp[key] = fp
+            else:
+                self._ports.pop(key, None)
+                self._rules.pop(key, None)
+                self.last_fp.pop(key, None)
+        if objs.dirty is not None:
+            objs.dirty.clear()
+        return changed, before, after
+
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
-        """One sync: compute the rules, write what changed, apply; a failure schedules a full sync."""
+        """One sync: compute the rules, write what changed, apply; a failure schedules a full sync.
+
+        The cyclic GC is paused during the sync: the rule caches are large and long-lived, and a
+        collection triggered mid-sync would rescan all of them.
+        """
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._sync(objs, force_full)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _sync(self, objs: Objects, force_full: bool) -> SyncResult:
         t0 = time.perf_counter()
-        snap = snapshot(objs, self.cfg.hostname, self.family)
         full = self.need_full or force_full
-        fps = {svc: snap.fingerprint(svc) for svc in {k[0] for k in snap.ports}}
-        changed = {s for s, fp in fps.items() if self.last_fp.get(s) != fp} | (set(self.last_fp) - set(fps))
+        saved = (dict(self.last_fp), dict(self._ports), dict(self._rules))
+        changed, before, after = self._refresh(objs, full)
 
         top: dict[tuple[str, str], list[str]] = {(t, c): [] for t, c in
                                                   [("filter", c) for c in FILTER_TOP] + [("nat", c) for c in NAT_TOP]}
@@ -345,23 +394,23 @@ class IptablesProxier:
         for key, rules in self.fixed_rules().items():
             top[key].extend(rules)
         service_chains: dict[str, list[str]] = {}
-        service_rules: dict[str, list[str]] = {}
         no_local = {"internal": 0, "external": 0}
         nat_count = 0
-        order = sorted(snap.ports, key=lambda k: (snap.ports[k].name_string, snap.ports[k].protocol))
-        for key in order:
-            info = snap.ports[key]
-            sr = self.service_rules(info, snap.endpoints.get(key, []))
+        if self._order is None:
+            self._order = sorted((sk, svc_key, i) for svc_key, lst in self._rules.items()
+                                 for i, (sk, _) in enumerate(lst))
+        rules_by_svc = self._rules
+        for _, svc_key, i in self._order:
+            sr = rules_by_svc[svc_key][i][1]
             for tc, rules in sr.top.items():
                 top[tc].extend(rules)
-            service_chains.setdefault(info.key, []).extend(sr.chains)
-            service_rules.setdefault(info.key, []).extend(sr.rules)
+            service_chains.setdefault(svc_key, []).extend(sr.chains)
             no_local["internal"] += sr.no_local_internal
             no_local["external"] += sr.no_local_external
             nat_count += len(sr.rules)
         top[("nat", KUBE_SERVICES)].extend(self.nodeport_jumps())
 
-        text = self._render(full, top, service_chains, service_rules, changed)
+        text = self._render(full, top, service_chains, changed)
         filter_count = sum(len(v) for (t, _), v in top.items() if t == "filter")
         nat_count += sum(len(v) for (t, _), v in top.items() if t == "nat")
         result = SyncResult(full, text, text.count("\n"), 0.0, nat_count, filter_count, changed_services=changed)
@@ -373,26 +422,25 @@ class IptablesProxier:
         except Exception as exc:  # the backend's error: count it, and do a full sync next time
             result.error = str(exc)
             self.need_full = True
+            self.last_fp, self._ports, self._rules = saved
+            self._order = None
             result.duration = time.perf_counter() - t0
             if self.metrics is not None:
                 self.metrics.restore_failed(partial=not full)
             return result
-        old_snapshot = self.last_snapshot
         self.need_full = False
-        self.last_fp = fps
-        self.last_top = {k: list(v) for k, v in top.items()}
+        self.last_top = top
         self.last_service_chains = service_chains
-        self.last_snapshot = snap
         self.last_sync_time = time.time()
-        if self.conntrack is not None and old_snapshot is not None:
-            self.conntrack.clean_stale(old_snapshot, snap, self)
+        if self.conntrack is not None and (before.ports or after.ports):
+            self.conntrack.clean_stale(before, after, self)
         result.duration = time.perf_counter() - t0
         if self.metrics is not None:
             self.metrics.synced(result, no_local)
         return result
 
     def _render(self, full: bool, top: dict[tuple[str, str], list[str]], service_chains: dict[str, list[str]],
-                service_rules: dict[str, list[str]], changed: set[str]) -> str:
+                changed: set[str]) -> str:
         out: list[str] = []
         for table in ("filter", "nat"):
             chains: list[str] = []
@@ -404,15 +452,19 @@ class IptablesProxier:
                     chains.append(f":{chain} - [0:0]")
                     rules.extend(lines)
             if table == "nat":
-                active = {c for cs in service_chains.values() for c in cs}
                 for svc in sorted(service_chains):
                     if full or svc in changed:
                         chains.extend(f":{c} - [0:0]" for c in service_chains[svc])
-                        rules.extend(service_rules[svc])
-                stale = {c for svc, cs in self.last_service_chains.items() for c in cs
-                         if (full or svc in changed)} - active
+                        for _, sr in sorted(self._rules[svc], key=lambda e: e[0]):
+                            rules.extend(sr.rules)
                 if full:
+                    active = {c for cs in service_chains.values() for c in cs}
+                    stale = {c for cs in self.last_service_chains.values() for c in cs} - active
                     stale |= self._existing_service_chains() - active
+                else:
+                    # Chain names hash the service's name, so a chain never moves between Services.
+                    stale = {c for svc in changed for c in self.last_service_chains.get(svc, ())} - \
+                        {c for svc in changed for c in service_chains.get(svc, ())}
                 for c in sorted(stale):
                     chains.append(f":{c} - [0:0]")
                     rules.append(f"-X {c}")

@@ -35,9 +35,12 @@ class ProxyRunner:
         self._seen: tuple[Any, ...] | None = None
 
     def load(self) -> Objects:
+        """Reload the manifests; after the first sync, mark only the Services that differ as changed."""
         objs = load(self.manifests)
         for w in objs.warnings:
             log.warning("skipping invalid object: %s", w)
+        if self.syncs:
+            objs.dirty = objs.changes_since(self.objects)
         self.objects = objs
         return objs
 

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 from kproxy.k8s.manifests import Objects
 
@@ -131,31 +132,37 @@ def _family_of(ip: str) -> int:
 def snapshot(objs: Objects, hostname: str, family: int = 4) -> Snapshot:
     """The service ports and endpoints of ``family`` that kube-proxy on ``hostname`` would program."""
     snap = Snapshot()
-    slices_by_svc: dict[str, list] = {}
-    for es in objs.slices.values():
-        if es.address_type == ("IPv4" if family == 4 else "IPv6"):
-            slices_by_svc.setdefault(f"{es.namespace}/{es.service}", []).append(es)
     for svc in objs.services.values():
-        if svc.type == "ExternalName" or svc.headless:
-            continue
-        ips = [ip for ip in svc.cluster_ips if _family_of(ip) == family]
-        if not ips:
-            continue
-        for p in svc.ports:
-            info = ServicePortInfo(
-                svc.namespace, svc.name, p.name, p.protocol.lower(), ips[0], p.port,
-                p.node_port if svc.type in ("NodePort", "LoadBalancer") else 0,
-                tuple(ip for ip in svc.external_ips if _family_of(ip) == family),
-                tuple(ip for ip in svc.lb_ingress if _family_of(ip) == family) if svc.type == "LoadBalancer" else (),
-                tuple(c for c in svc.lb_source_ranges if ipaddress.ip_network(c).version == family)
-                if svc.type == "LoadBalancer" else (),
-                svc.session_affinity == "ClientIP", svc.affinity_timeout,
-                svc.external_traffic_policy == "Local", svc.internal_traffic_policy == "Local",
-                svc.health_check_node_port if svc.external_traffic_policy == "Local" else 0, str(p.target_port))
-            key = (svc.key, p.name, p.protocol)
+        for key, (info, eps) in service_ports(svc, objs.slices_for(svc.key), hostname, family).items():
             snap.ports[key] = info
-            snap.endpoints[key] = _endpoints(info, slices_by_svc.get(svc.key, []), hostname)
+            snap.endpoints[key] = eps
     return snap
+
+
+def service_ports(svc: Any, slices: list[Any], hostname: str,
+                  family: int = 4) -> dict[tuple[str, str, str], tuple[ServicePortInfo, list[EndpointInfo]]]:
+    """One Service's ports of ``family`` with their endpoints (empty for ExternalName and headless)."""
+    out: dict[tuple[str, str, str], tuple[ServicePortInfo, list[EndpointInfo]]] = {}
+    if svc.type == "ExternalName" or svc.headless:
+        return out
+    ips = [ip for ip in svc.cluster_ips if _family_of(ip) == family]
+    if not ips:
+        return out
+    want = "IPv4" if family == 4 else "IPv6"
+    slices = [es for es in slices if es.address_type == want]
+    for p in svc.ports:
+        info = ServicePortInfo(
+            svc.namespace, svc.name, p.name, p.protocol.lower(), ips[0], p.port,
+            p.node_port if svc.type in ("NodePort", "LoadBalancer") else 0,
+            tuple(ip for ip in svc.external_ips if _family_of(ip) == family),
+            tuple(ip for ip in svc.lb_ingress if _family_of(ip) == family) if svc.type == "LoadBalancer" else (),
+            tuple(c for c in svc.lb_source_ranges if ipaddress.ip_network(c).version == family)
+            if svc.type == "LoadBalancer" else (),
+            svc.session_affinity == "ClientIP", svc.affinity_timeout,
+            svc.external_traffic_policy == "Local", svc.internal_traffic_policy == "Local",
+            svc.health_check_node_port if svc.external_traffic_policy == "Local" else 0, str(p.target_port))
+        out[(svc.key, p.name, p.protocol)] = (info, _endpoints(info, slices, hostname))
+    return out
 
 
 def _endpoints(info: ServicePortInfo, slices: list, hostname: str) -> list[EndpointInfo]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
@@ -39,11 +38,13 @@ def parse_range(text: str, family: int, rule: Any, what: str) -> NatRange:
         raise ExtensionError("Need TCP, UDP, SCTP or DCCP with port specification")
     lo_a = hi_a = None
     if addr_part:
+        from kproxy.iptables.parser import ParameterProblem, _inet_addr
+
         a, _, b = addr_part.partition("-")
         try:
-            lo_a = int(ipaddress.ip_address(a))
-            hi_a = int(ipaddress.ip_address(b)) if b else lo_a
-        except ValueError:
+            lo_a = _inet_addr(a, family)
+            hi_a = _inet_addr(b, family) if b else lo_a
+        except ParameterProblem:
             raise ExtensionError(f"Bad IP address \"{addr_part}\"") from None
     return NatRange(lo_a, hi_a, ports[0] if ports else None, ports[1] if ports else None)
 

@@ -1,0 +1,84 @@
+"""kube-proxy iptables mode at scale: full sync and a one-endpoint partial sync, on the emulated node.
+
+For N Services with E endpoints each: the full sync (objects in, restore input out, applied to the
+emulated node) and then a change of one endpoint of one Service (a partial sync). Prints the times,
+the restore input sizes, and the ratio of partial-sync cost at the largest size to the smallest.
+
+    .venv/bin/python bench/bench_proxier.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import time
+
+from kproxy.backends.emulated import EmulatedBackend
+from kproxy.k8s.manifests import Objects
+from kproxy.node import Node
+from kproxy.proxy.config import ProxyConfig
+from kproxy.proxy.iptables import IptablesProxier
+
+
+def build(services: int, endpoints: int) -> Objects:
+    objs = Objects()
+    for i in range(services):
+        name = f"svc{i}"
+        objs.add({"kind": "Service", "metadata": {"name": name, "namespace": f"ns{i % 50}"},
+                  "spec": {"clusterIP": f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}",
+                           "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}}, "bench")
+        objs.add({"kind": "EndpointSlice",
+                  "metadata": {"name": f"{name}-a", "namespace": f"ns{i % 50}",
+                               "labels": {"kubernetes.io/service-name": name}},
+                  "addressType": "IPv4",
+                  "endpoints": [{"addresses": [f"10.{128 + (i * endpoints + j) // 65536}."
+                                               f"{(i * endpoints + j) // 256 % 256}.{(i * endpoints + j) % 256}"],
+                                 "nodeName": "node-a" if j == 0 else "node-b", "conditions": {"ready": True}}
+                                for j in range(endpoints)],
+                  "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}, "bench")
+    return objs
+
+
+def measure(services: int, endpoints: int) -> dict[str, float]:
+    node = Node.from_description({"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}]})
+    cfg = ProxyConfig.from_dict({"clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a"})
+    proxier = IptablesProxier(cfg, EmulatedBackend(node), ["192.168.0.2"])
+    objs = build(services, endpoints)
+    gc.collect()
+    t0 = time.perf_counter()
+    full = proxier.sync(objs)
+    full_secs = time.perf_counter() - t0
+    assert not full.error, full.error
+    objs.dirty = set()                           # from now on, changes are tracked as informers report them
+    es = copy.deepcopy(objs.slices["ns0/svc0-a"])
+    es.endpoints[0].addresses = ["10.255.255.1"]  # one endpoint replaced
+    t0 = time.perf_counter()
+    objs.update_slice(es)
+    part = proxier.sync(objs)
+    part_secs = time.perf_counter() - t0
+    assert not part.error and not part.full, part.error
+    return {"full_s": full_secs, "full_lines": full.lines, "rules": full.nat_rules + full.filter_rules,
+            "partial_s": part_secs, "partial_lines": part.lines}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100,1000,10000")
+    ap.add_argument("--endpoints", type=int, default=10)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = {}
+    print(f"{'services':>9} {'rules':>9} {'full sync':>10} {'restore lines':>14} {'1-endpoint sync':>16} {'lines':>6}")
+    for n in sizes:
+        r = measure(n, args.endpoints)
+        rows[n] = r
+        print(f"{n:>9} {r['rules']:>9,.0f} {r['full_s']:>9.2f}s {r['full_lines']:>14,.0f} "
+              f"{r['partial_s'] * 1000:>14.1f}ms {r['partial_lines']:>6.0f}")
+    lo, hi = sizes[0], sizes[-1]
+    print(f"partial-sync cost ratio {hi} / {lo}: {rows[hi]['partial_s'] / rows[lo]['partial_s']:.2f}; "
+          f"restore lines {rows[hi]['partial_lines']:.0f} vs {rows[lo]['partial_lines']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
