@@ -339,6 +339,11 @@ class Conntrack:
             timeout = TCP_TIMEOUTS["CLOSE"] if kind == "RST" else TCP_TIMEOUTS[new]
             if not conn.status & IPS_FIXED_TIMEOUT:
                 conn.expires = now + timeout
+            if kind == "RST" and not conn.status & IPS_SEEN_REPLY and not (d == REPLY and old == "NONE"):
+                # "If only reply is a RST, we can consider ourselves not to have an established
+                # connection": the kernel kills the entry at once (the packet still passes).
+                self.delete(conn)
+                conn.expires = now
             return True
         if conn.proto == UDP:
             seen_reply = conn.status & IPS_SEEN_REPLY or d == REPLY
