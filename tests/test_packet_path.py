@@ -56,6 +56,12 @@ def ip(text: str) -> int:
     return parse_addr(text)[1]
 
 
+def tracked(node: Node) -> Node:
+    """Connection tracking on, as on any node with a rule that needs it (it is off in a bare namespace)."""
+    node.conntrack.enabled = True
+    return node
+
+
 def worker() -> Node:
     node = Node.from_description({
         "name": "worker-1",
@@ -133,7 +139,7 @@ def test_locally_generated_traffic_is_dnated_in_output_and_rerouted():
 
 
 def test_goto_returns_to_the_caller_of_the_calling_chain():
-    node = Node.default()
+    node = tracked(Node.default())
     node.iptables_restore("""*filter
 :A - [0:0]
 :B - [0:0]
@@ -150,7 +156,7 @@ COMMIT
 
 
 def test_accept_ends_only_the_current_table():
-    node = Node.default()
+    node = tracked(Node.default())
     node.iptables_restore("*mangle\n-A INPUT -j ACCEPT\nCOMMIT\n*filter\n:INPUT DROP [0:0]\nCOMMIT\n")
     res = node.receive(Packet.make("192.168.1.5", "192.168.1.10", "udp", 1, 2), "eth0")
     assert res.fate == "dropped"
@@ -176,7 +182,7 @@ def test_masquerade_without_any_usable_address_drops():
 
 
 def test_udp_timeout_grows_to_120s_only_after_two_seconds_of_replies():
-    node = Node.default()
+    node = tracked(Node.default())
     node.clock = 100.0
     node.receive(Packet.make("192.168.1.5", "192.168.1.10", "udp", 1000, 53), "eth0")
     node.send(Packet.make("192.168.1.10", "192.168.1.5", "udp", 53, 1000))
@@ -188,7 +194,7 @@ def test_udp_timeout_grows_to_120s_only_after_two_seconds_of_replies():
 
 
 def test_conntrack_entries_expire():
-    node = Node.default()
+    node = tracked(Node.default())
     node.clock = 0.0
     node.receive(Packet.make("192.168.1.5", "192.168.1.10", "udp", 1000, 53), "eth0")
     node.clock = 31.0
@@ -198,13 +204,13 @@ def test_conntrack_entries_expire():
 @pytest.mark.parametrize("flags, state", [(RST, "INVALID"), (FIN, "INVALID"), (SYN | ACK, "INVALID"),
                                           (ACK, "NEW"), (SYN, "NEW")])
 def test_tcp_packets_that_cannot_start_a_connection_are_invalid(flags, state):
-    node = Node.default()
+    node = tracked(Node.default())
     res = node.receive(tcp("192.168.1.5", "192.168.1.10", 1000, 22, flags), "eth0")
     assert res.packet.ctstate == state
 
 
 def test_tcp_state_progression_and_timeouts():
-    node = Node.default()
+    node = tracked(Node.default())
     node.clock = 0.0
     c, s = ("192.168.1.5", 1000), ("192.168.1.10", 22)
     node.receive(tcp(c[0], s[0], c[1], s[1], SYN), "eth0")
@@ -223,7 +229,7 @@ def test_tcp_state_progression_and_timeouts():
 
 
 def test_icmp_error_about_a_tracked_flow_is_related():
-    node = Node.default()
+    node = tracked(Node.default())
     out = node.send(Packet.make("192.168.1.10", "8.8.8.8", "udp", 1000, 53))
     err = Packet.make("8.8.8.8", "192.168.1.10", "icmp", icmp_type=3, icmp_code=3, inner=out.packet.copy())
     res = node.receive(err, "eth0")
@@ -234,7 +240,7 @@ def test_icmp_error_about_a_tracked_flow_is_related():
 
 
 def test_a_full_table_drops_new_connections_but_evicts_unassured_ones_first():
-    node = Node.default()
+    node = tracked(Node.default())
     node.sysctls["net.netfilter.nf_conntrack_max"] = "2"
     for port in (1, 2, 3):
         res = node.receive(Packet.make("192.168.1.5", "192.168.1.10", "udp", port, 53), "eth0")
@@ -268,7 +274,7 @@ def test_untracked_packets_skip_conntrack_and_nat():
 
 
 def test_icmp_echo_is_tracked_by_id():
-    node = Node.default()
+    node = tracked(Node.default())
     node.send(Packet.make("192.168.1.10", "8.8.8.8", "icmp", icmp_type=8, icmp_id=77))
     res = node.receive(Packet.make("8.8.8.8", "192.168.1.10", ICMP, icmp_type=0, icmp_id=77), "eth0")
     assert res.packet.ctstate == "ESTABLISHED"

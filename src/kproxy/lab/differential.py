@@ -17,7 +17,6 @@ from typing import Any
 
 from kproxy.cli.conntrack_cmd import format_conn
 from kproxy.lab.kernel import KernelLab, Observation
-from kproxy.netfilter.path import reject_reply
 from kproxy.node import Node
 from kproxy.packet import ACK, ICMP, RST, SYN, TCP, UDP, Packet, parse_addr
 
@@ -139,7 +138,6 @@ class EmulatedPeers:
             res = node.receive(first, "eth0")
         sent = res.packet
         if res.fate == "rejected":
-            node.send(reject_reply(sent, res.reject_with))
             return "rejected", ""
         if res.fate == "dropped":
             return "dropped", ""
@@ -148,11 +146,12 @@ class EmulatedPeers:
             self._answer(sent, lambda pkt: node.receive(pkt, "eth1"), from_client=not p.from_node)
             return "forwarded", arrival
         if res.fate == "delivered":
-            self._answer(sent, node.send, from_client=not p.from_node, local=True)
-            return "delivered", ""
+            accepted = self._answer(sent, node.send, from_client=not p.from_node, local=True)
+            # What a program sees: a TCP server gets a connection only if the handshake completes.
+            return ("delivered" if accepted or proto == UDP else "dropped"), ""
         return res.fate, ""
 
-    def _answer(self, got: Packet, send_back: Any, from_client: bool, local: bool = False) -> None:
+    def _answer(self, got: Packet, send_back: Any, from_client: bool, local: bool = False) -> bool:
         """The receiving end's answer, and the client's next packets, through the node."""
         node = self.node
         proto = got.proto
@@ -165,25 +164,23 @@ class EmulatedPeers:
                 reply = Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
                                length=UDP_LEN + 28)
             send_back(reply)
-            return None
+            return True
         if not listening:
             send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
                              tcp_flags=RST | ACK, length=RST_LEN))
-            return None
+            return False
         synack = Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport, tcp_flags=SYN | ACK,
                         length=SYN_LEN)
         back = send_back(synack)
         if back.fate not in ("forwarded", "delivered"):
-            return None
+            return False
         orig = back.packet          # as the client sees the answer: the client's next packets go the other way
+        results = []
         for flags, length in ((ACK, ACK_LEN), (RST | ACK, RST_LEN)):
             pkt = Packet(src=orig.dst, dst=orig.src, proto=TCP, sport=orig.dport, dport=orig.sport, tcp_flags=flags,
                          length=length)
-            if from_client:
-                node.receive(pkt, "eth0")
-            else:
-                node.send(pkt)
-        return None
+            results.append(node.receive(pkt, "eth0") if from_client else node.send(pkt))
+        return results[0].fate in ("forwarded", "delivered")
 
 
 def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
@@ -220,8 +217,21 @@ def compare(case: Case, kernel: Outcome, emulator: Outcome) -> list[Disagreement
 
 
 def run_case(lab: KernelLab, case: Case) -> list[Disagreement]:
-    """Kernel first (it picks the source ports), then the emulator with the same ports; the differences."""
-    kernel, observations = run_kernel(lab, case)
+    """Kernel first (it picks the source ports), then the emulator with the same ports; the differences.
+
+    A ruleset the kernel refuses must be refused by the emulator too.
+    """
+    from kproxy.iptables.restore import RestoreError
+    from kproxy.lab.kernel import HarnessError
+
+    try:
+        kernel, observations = run_kernel(lab, case)
+    except HarnessError as exc:
+        try:
+            Node.from_description(KernelLab.node_description()).iptables_restore(case.rules)
+        except RestoreError:
+            return []
+        return [Disagreement("iptables-restore", str(exc), "accepted")]
     emulator = run_emulator(case, [o.sport for o in observations], lab)
     return compare(case, kernel, emulator)
 

@@ -33,7 +33,7 @@ ADDR = {"client": "10.0.1.2", "node_in": "10.0.1.1", "node_out": "10.0.2.1", "si
 
 WORKER = r'''
 import json, os, select, socket, struct, subprocess, sys, threading, time
-captured, lock, listeners, received = [], threading.Lock(), {}, []
+captured, lock, listeners, received, accepted = [], threading.Lock(), {}, [], []
 
 def parse(frame):
     if len(frame) < 34 or frame[12:14] != b"\x08\x00":
@@ -80,7 +80,10 @@ def udp_listener(port):
                 dst = cdata[8:12]
         with lock:
             received.append({"proto": 17, "src": peer[0], "sport": peer[1], "dport": port})
-        s.sendmsg([data], [(socket.IPPROTO_IP, PKTINFO, struct.pack("I4s4s", 0, dst, b"\0\0\0\0"))], 0, peer)
+        try:
+            s.sendmsg([data], [(socket.IPPROTO_IP, PKTINFO, struct.pack("I4s4s", 0, dst, b"\0\0\0\0"))], 0, peer)
+        except OSError:
+            pass   # the answer was dropped on its way out (EPERM from an OUTPUT rule, say)
 
 def tcp_listener(port):
     s = socket.socket()
@@ -88,10 +91,13 @@ def tcp_listener(port):
     s.bind(("0.0.0.0", port))
     s.listen(128)
     while True:
-        c, peer = s.accept()
+        try:
+            c, peer = s.accept()
+        except OSError:
+            continue
         with lock:
             received.append({"proto": 6, "src": peer[0], "sport": peer[1], "dport": port})
-        threading.Thread(target=lambda c=c: (time.sleep(5), c.close()), daemon=True).start()
+        accepted.append(c)   # never closed: a late FIN would cross the node during a later probe
 
 def send(op):
     proto, dst, dport, src, sport, timeout = op["proto"], op["dst"], op["dport"], op.get("src"), op.get("sport", 0), op.get("timeout", 0.3)
@@ -108,8 +114,10 @@ def send(op):
             return {"outcome": "reply", "sport": s.getsockname()[1]}
         except ConnectionRefusedError:
             return {"outcome": "refused", "sport": s.getsockname()[1]}
-        except OSError:
+        except TimeoutError:
             return {"outcome": "timeout", "sport": s.getsockname()[1]}
+        except OSError:
+            return {"outcome": "unreachable", "sport": s.getsockname()[1]}
         finally:
             s.close()
     s = socket.socket()
@@ -122,8 +130,10 @@ def send(op):
         out = {"outcome": "reply"}
     except ConnectionRefusedError:
         out = {"outcome": "refused"}
-    except OSError:
+    except TimeoutError:
         out = {"outcome": "timeout"}
+    except OSError:
+        out = {"outcome": "unreachable"}
     out["sport"] = s.getsockname()[1]
     if op.get("linger"):
         keep.append(s)
@@ -215,7 +225,7 @@ class Worker:
 class Observation:
     """What the kernel did with one probe."""
 
-    outcome: str                      # the client's view: reply, refused, timeout
+    outcome: str                      # the client's view: reply, refused, unreachable, timeout
     fate: str                         # forwarded, delivered, rejected, dropped
     sport: int = 0
     at_sink: list[dict[str, Any]] = field(default_factory=list)
@@ -348,7 +358,7 @@ class KernelLab:
             fate = "forwarded"
         elif delivered or (from_node and res["outcome"] == "reply"):
             fate = "delivered"
-        elif res["outcome"] == "refused":
+        elif res["outcome"] in ("refused", "unreachable"):
             fate = "rejected"
         else:
             fate = "dropped"

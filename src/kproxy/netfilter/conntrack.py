@@ -189,8 +189,26 @@ class Conn:
                    d.get("created", 0.0), d["id"], list(d["packets"]), list(d["bytes"]))
 
 
+def _needs_conntrack(table: Any) -> bool:
+    for chain in table.chains.values():
+        if table.name == "nat" and chain.rules:
+            return True
+        for r in chain.rules:
+            if r.target is not None and r.target.name in CT_TARGETS:
+                return True
+            if any(m.name in CT_MATCHES for m in r.matches):
+                return True
+    return False
+
+
 class TableFull(Exception):
     pass
+
+
+# What makes a network namespace track connections at all (nf_ct_netns_get): any rule in a nat
+# table, or a match or target that needs conntrack. Without one, packets pass untracked.
+CT_MATCHES = {"conntrack", "state", "connmark", "connbytes", "connlimit", "helper", "cluster"}
+CT_TARGETS = {"CONNMARK", "CT", "NOTRACK", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "CONNSECMARK"}
 
 
 class Conntrack:
@@ -198,6 +216,10 @@ class Conntrack:
 
     def __init__(self, node: Any) -> None:
         self.node = node
+        self._active_key: tuple[int, ...] | None = None
+        self._active = True
+        # None: tracking turns on as the kernel turns it on (a rule needs it); True: always on.
+        self.enabled: bool | None = None
         self._hash: dict[Tuple, tuple[Conn, int]] = {}
         self.drops = 0
         self._next_id = 1
@@ -260,10 +282,22 @@ class Conntrack:
         return hit is not None and hit[0] is not ignore and hit[0].expires > self.node.now()
 
     # ---- hooks ----------------------------------------------------------------------------
+    def active(self) -> bool:
+        """Whether tracking is enabled in this namespace (recomputed after each commit)."""
+        states = self.node.iptables
+        key = tuple(st.generation for st in states.values())
+        if key != self._active_key:
+            self._active_key = key
+            self._active = bool(self.enabled) or any(
+                _needs_conntrack(t) for st in states.values() for t in st.tables.values())
+        return self._active
+
     def in_hook(self, pkt: Packet, state: HookState) -> int:
         """nf_conntrack_in (PREROUTING and OUTPUT, priority -200)."""
         if pkt.ct is not None:
             return NF_ACCEPT            # looped back: already attached on the way out
+        if not (self.enabled or self.active()):
+            return NF_ACCEPT
         if pkt.notrack:
             pkt.ctstate = "UNTRACKED"
             return NF_ACCEPT
@@ -368,12 +402,13 @@ class Conntrack:
         if inner is None:
             pkt.ctstate = "INVALID"
             return NF_ACCEPT
-        hit = self.lookup(Tuple.of(inner), state.now)
+        # The quoted header travelled the other way: look up its inverse (icmp_error_message).
+        hit = self.lookup(Tuple.of(inner).inverse(), state.now)
         if hit is None:
             pkt.ctstate = "INVALID"
             return NF_ACCEPT
         conn, d = hit
-        pkt.ct, pkt.ctdir, pkt.ctstate = conn, 1 - d, "RELATED"
+        pkt.ct, pkt.ctdir, pkt.ctstate = conn, d, "RELATED"
         if state.trace is not None:
             self._trace(state, f"RELATED to {conn.orig.text()}")
         return NF_ACCEPT

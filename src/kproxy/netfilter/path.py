@@ -65,10 +65,26 @@ def _stopped(verdict: int, state: HookState, pkt: Packet, trace: Trace | None) -
         res = Result(STOLEN, pkt, state.hook, reason=str(pkt.meta.get("stolen_by", "a hook")), trace=trace)
     elif state.rejected_with:
         res = Result(REJECTED, pkt, state.hook, reject_with=state.rejected_with, trace=trace)
+        if _answerable(pkt):
+            # nf_send_unreach / nf_send_reset: the answer is a locally generated packet (OUTPUT, POSTROUTING).
+            reply = reject_reply(pkt, state.rejected_with)
+            if reply.proto == ICMP and not state.node.is_local(pkt.family, pkt.dst):
+                reply.src = 0      # icmp_send: a forwarded packet's error comes from this node's own address
+            res.extra["reply"] = output(state.node, reply, None)
+            if trace is not None:
+                trace.add("note", hook=state.hook, text=f"REJECT answered with {res.extra['reply'].packet.describe()}"
+                          f" ({res.extra['reply'].fate})")
     else:
         res = Result(DROPPED, pkt, state.hook, trace=trace)
     _fate(trace, res)
     return res
+
+
+def _answerable(pkt: Packet) -> bool:
+    """The kernel never answers an ICMP error or a TCP reset with another one."""
+    if pkt.proto == ICMP and pkt.icmp_type not in (0, 8, 13, 14, 15, 16, 17, 18):
+        return False
+    return not (pkt.proto == TCP and pkt.tcp_flags & 0x04)
 
 
 def _fate(trace: Trace | None, res: Result) -> Result:

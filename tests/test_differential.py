@@ -1,0 +1,178 @@
+"""Differential tests: the same rulesets and packets through the Linux kernel and the emulated node.
+
+Each regression test is named after a disagreement the random cases found and the emulator fixed.
+The random test runs 1,000 cases with a fixed seed and some with a fresh seed it prints; its figures
+go to docs/fidelity.md (``KPROXY_FIDELITY_OUT`` names a file to write them to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, seed, settings
+
+from kproxy.lab.differential import Case, Probe, run_case, run_emulator, run_kernel
+from kproxy.lab.kernel import KernelLab, kernel_lab_reason
+from kproxy.lab.randomcases import cases
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[KernelLab]:
+    reason = kernel_lab_reason()
+    if reason:
+        pytest.skip(reason)
+    with KernelLab() as lab:
+        yield lab
+
+
+def agree(lab: KernelLab, rules: str, probes: list[Probe]) -> None:
+    diffs = run_case(lab, Case(rules, probes))
+    assert not diffs, "\n".join(d.text() for d in diffs)
+
+
+HAND = """*raw
+-A PREROUTING -d 10.96.0.99/32 -p udp -j CT --notrack
+COMMIT
+*mangle
+-A PREROUTING -p tcp -m tcp --dport 8080 -j MARK --set-xmark 0x1/0xffffffff
+-A FORWARD -m mark --mark 0x1 -j CONNMARK --save-mark
+COMMIT
+*nat
+:KUBE-SVC - [0:0]
+:KUBE-SEP - [0:0]
+-A PREROUTING -d 10.96.0.10/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.244.1.3:5353
+-A PREROUTING -d 10.96.0.11/32 -p tcp -m multiport --dports 80,443 -j KUBE-SVC
+-A PREROUTING -d 10.96.0.12/32 -p tcp -j REDIRECT --to-ports 8080
+-A KUBE-SVC -m statistic --mode nth --every 2 --packet 0 -j KUBE-SEP
+-A KUBE-SVC -p tcp -j DNAT --to-destination 10.244.1.5:8080
+-A KUBE-SEP -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-SEP -p tcp -j DNAT --to-destination 10.244.1.4:8080
+-A OUTPUT -d 10.96.0.11/32 -p tcp -j KUBE-SVC
+-A POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE
+-A POSTROUTING -s 10.0.2.1/32 -o eth1 -p udp -j SNAT --to-source 10.0.2.1
+COMMIT
+*filter
+:KUBE-FW - [0:0]
+-A INPUT -m conntrack --ctstate INVALID -j DROP
+-A INPUT -p tcp -m tcp --dport 9999 -j REJECT --reject-with tcp-reset
+-A FORWARD -m state --state RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -d 10.96.0.98/32 -j DROP
+-A FORWARD -d 10.96.0.97/32 -j REJECT
+-A FORWARD -s 10.0.1.0/24 -i eth0 -o eth1 -g KUBE-FW
+-A KUBE-FW -m addrtype --dst-type LOCAL -j DROP
+-A KUBE-FW -m iprange --dst-range 10.244.9.0-10.244.9.255 -j REJECT --reject-with icmp-host-prohibited
+-A KUBE-FW -m connmark --mark 0x1 -j ACCEPT
+-A KUBE-FW -m length --length 0:40 -j DROP
+-A KUBE-FW -j RETURN
+COMMIT
+"""
+HAND_PROBES = [Probe("udp", "10.96.0.10", 53), Probe("tcp", "10.96.0.11", 80), Probe("tcp", "10.96.0.11", 443),
+               Probe("tcp", "10.96.0.11", 80), Probe("tcp", "10.96.0.12", 80), Probe("udp", "10.96.0.99", 53),
+               Probe("udp", "10.96.0.98", 53), Probe("tcp", "10.96.0.97", 80), Probe("tcp", "10.244.9.9", 80),
+               Probe("tcp", "10.0.1.1", 9999), Probe("tcp", "10.0.1.1", 80), Probe("udp", "10.0.2.1", 53),
+               Probe("tcp", "10.244.7.7", 8080), Probe("udp", "10.244.7.7", 9999),
+               Probe("tcp", "10.96.0.11", 80, from_node=True), Probe("udp", "10.244.1.3", 53, from_node=True)]
+
+
+def test_hand_written_ruleset_with_every_common_match_and_target_agrees(lab):
+    agree(lab, HAND, HAND_PROBES)
+
+
+def test_a_bare_namespace_does_not_track_connections(lab):
+    """Regression: conntrack is on only when a rule needs it (a nat rule, a conntrack match, ...)."""
+    agree(lab, "*filter\n-A FORWARD -p tcp\nCOMMIT\n", [Probe("tcp", "10.244.1.3", 80), Probe("udp", "10.0.1.1", 53)])
+
+
+def test_icmp_error_about_a_masqueraded_flow_is_related_and_un_nated(lab):
+    """Regression: the quoted header of an ICMP error is looked up by its inverse tuple."""
+    agree(lab, "*nat\n-A POSTROUTING -o eth1 -j MASQUERADE\nCOMMIT\n*filter\n"
+               "-A FORWARD -m conntrack --ctstate RELATED -j ACCEPT\n-A INPUT -m conntrack --ctstate INVALID\n"
+               "COMMIT\n", [Probe("udp", "10.244.7.7", 9999)])
+
+
+def test_reject_answers_are_sent_through_output(lab):
+    """Regression: REJECT's ICMP error or reset is a locally generated packet that OUTPUT rules count."""
+    agree(lab, "*filter\n-A FORWARD -d 10.96.0.97/32 -j REJECT\n-A OUTPUT\nCOMMIT\n",
+          [Probe("tcp", "10.96.0.97", 80), Probe("udp", "10.96.0.97", 53)])
+
+
+def test_an_entry_whose_only_reply_is_a_reset_is_deleted(lab):
+    """Regression: a SYN answered by RST leaves no conntrack entry."""
+    agree(lab, "*filter\n-A FORWARD -m conntrack --ctstate NEW\nCOMMIT\n", [Probe("tcp", "10.244.7.7", 9999)])
+
+
+def test_untracked_packets_skip_nat(lab):
+    agree(lab, "*raw\n-A PREROUTING -p udp -j CT --notrack\nCOMMIT\n*nat\n-A PREROUTING -p udp -j DNAT "
+               "--to-destination 10.244.1.3\nCOMMIT\n", [Probe("udp", "10.96.0.10", 53)])
+
+
+def test_statistic_random_has_the_same_distribution_in_both(lab):
+    """statistic random is not reproducible packet by packet, so compare the distributions (chi-square)."""
+    rules = ("*nat\n-A PREROUTING -p udp -m statistic --mode random --probability 0.25 -j DNAT --to-destination "
+             "10.244.1.3:53\n-A PREROUTING -p udp -j DNAT --to-destination 10.244.1.4:53\nCOMMIT\n")
+    n = 200
+    case = Case(rules, [Probe("udp", "10.96.0.10", 53)] * n)
+    kernel, obs = run_kernel(lab, case)
+    emulated = run_emulator(case, [o.sport for o in obs], lab)
+    for side in (kernel, emulated):
+        hits = sum(1 for a in side.arrivals if "10.244.1.3" in a)
+        expected = n * 0.25
+        chi2 = (hits - expected) ** 2 / expected + (hits - expected) ** 2 / (n - expected)
+        assert chi2 < 10.83, (hits, n)       # p = 0.001 for one degree of freedom
+
+
+def _random_run(lab: KernelLab, examples: int, seed_value: int | None) -> dict[str, object]:
+    outcomes: list[list[str]] = []
+    started = time.time()
+
+    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
+              derandomize=seed_value is None, suppress_health_check=list(HealthCheck))
+    @given(cases())
+    def run(case: Case) -> None:
+        outcomes.append([d.what.split(" (")[0].split(":")[0] for d in run_case(lab, case)])
+
+    if seed_value is not None:
+        run = seed(seed_value)(run)
+    run()
+    kinds = Counter(k.split(" by ")[0] for o in outcomes for k in set(o))
+    agreeing = sum(1 for o in outcomes if not o)
+    return {"cases": len(outcomes), "agreeing": agreeing, "rate": agreeing / max(1, len(outcomes)),
+            "disagreement_kinds": dict(kinds), "seconds": round(time.time() - started, 1)}
+
+
+def _record(name: str, result: dict[str, object]) -> None:
+    out = os.environ.get("KPROXY_FIDELITY_OUT")
+    if out:
+        data = json.loads(open(out).read()) if os.path.exists(out) else {}
+        data[name] = result
+        with open(out, "w") as fh:
+            json.dump(data, fh, indent=1)
+
+
+# The emulator agrees with the kernel on this share of random cases; the rest are listed in
+# docs/fidelity.md as open disagreements (the goal is 1.0). Raise the bar as they are fixed.
+AGREEMENT_FLOOR = 0.9
+
+
+def test_random_cases_fixed_seed(lab):
+    result = _random_run(lab, 1000, None)
+    _record("fixed_seed", result)
+    print(f"random differential cases (fixed seed): {result}")
+    assert result["cases"] >= 1000
+    assert result["rate"] >= AGREEMENT_FLOOR, result
+
+
+def test_random_cases_fresh_seed(lab):
+    fresh = random.SystemRandom().randrange(2**32)
+    print(f"fresh seed: {fresh}  (replay: hypothesis seed({fresh}) in _random_run)")
+    result = _random_run(lab, 60, fresh)
+    _record(f"fresh_seed_{fresh}", result)
+    assert result["rate"] >= AGREEMENT_FLOOR, (fresh, result)
