@@ -176,3 +176,38 @@ def test_random_cases_fresh_seed(lab):
     result = _random_run(lab, 60, fresh)
     _record(f"fresh_seed_{fresh}", result)
     assert result["rate"] >= AGREEMENT_FLOOR, (fresh, result)
+
+
+def test_verify_command_reports_agreement(tmp_path, lab):
+    from click.testing import CliRunner
+
+    import kproxy.cli.verify_cmd  # noqa: F401
+    from kproxy.cli.main import cli
+
+    rules = tmp_path / "r.rules"
+    rules.write_text("*nat\n-A PREROUTING -d 10.96.0.10/32 -p udp -m udp --dport 53 -j DNAT --to-destination "
+                     "10.244.1.3:53\nCOMMIT\n")
+    packets = tmp_path / "p.txt"
+    packets.write_text("udp 10.96.0.10 53\ntcp 10.0.1.1 80\n")
+    res = CliRunner().invoke(cli, ["verify", str(rules), "--packets", str(packets)])
+    assert res.exit_code == 0, res.output
+    assert "forwarded 10.244.1.3:53" in res.output and "agreement: 2 probes" in res.output
+    bad = tmp_path / "bad.txt"
+    bad.write_text("icmp 1.2.3.4\n")
+    res = CliRunner().invoke(cli, ["verify", str(rules), "--packets", str(bad)])
+    assert res.exit_code == 2 and "bad.txt:1: expected" in res.output
+
+
+def test_verify_refuses_clearly_without_root(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import kproxy.cli.verify_cmd  # noqa: F401
+    import kproxy.lab.kernel
+    from kproxy.cli.main import cli
+
+    monkeypatch.setattr(kproxy.lab.kernel, "kernel_lab_reason", lambda: "needs root to create network namespaces")
+    rules = tmp_path / "r.rules"
+    rules.write_text("*filter\n-A INPUT -j ACCEPT\nCOMMIT\n")
+    res = CliRunner().invoke(cli, ["verify", str(rules)])
+    assert res.exit_code == 2
+    assert "cannot use the kernel here: needs root" in res.output

@@ -127,6 +127,8 @@ class LabState:
     nodes: dict[str, str] = field(default_factory=dict)       # node name -> namespace
     pods: list[Pod] = field(default_factory=list)
     proxies: dict[str, int] = field(default_factory=dict)      # node name -> kproxy pid
+    next_pod: int = 1                                            # pod namespace/veth numbers are never reused
+    used_ips: list[str] = field(default_factory=list)            # nor are pod addresses (a new pod is a new IP)
 
     def save(self) -> None:
         Path(self.dir, "state.json").write_text(json.dumps(asdict(self), indent=1))
@@ -199,6 +201,8 @@ class Lab:
             for j, _other in enumerate(s.nodes):
                 if j != i:
                     _ip("route", "add", s.pod_cidr(j), "via", s.node_ip(j), ns=ns)
+            # Everything else (Service IPs without endpoints, the outside world) leaves towards the client.
+            _ip("route", "add", "default", "via", s.client_ip(), ns=ns)
         self._place_pods()
         st.save()
 
@@ -222,12 +226,14 @@ class Lab:
     def add_pod(self, dep: DeploymentSpec, k: int, node: str, per_node: dict[str, int] | None = None) -> Pod:
         st = self.state
         idx = self.spec.nodes.index(node)
-        used = {p.ip for p in st.pods}
+        used = {p.ip for p in st.pods} | set(st.used_ips)
         cidr = ipaddress.ip_network(self.spec.pod_cidr(idx))
         host = next(h for h in list(cidr.hosts())[9:] if str(h) not in used)
         gw = str(cidr[1])
         pod = Pod(f"{dep.name}-{k}", dep.namespace, dep.name, node, str(host), dict(dep.labels))
-        n = max([int(p.host_if[2:]) for p in st.pods if p.host_if[2:].isdigit()] + [0]) + 1
+        st.used_ips.append(str(host))
+        n = st.next_pod
+        st.next_pod += 1
         pod.netns = self._ns(f"p{n}")
         pod.host_if = f"vp{n}"
         st.pods.append(pod)
@@ -367,7 +373,7 @@ def scale(state: LabState, deployment: str, replicas: int) -> None:
     lab.id = state.fabric.split("-")[1]
     mine = [p for p in state.pods if p.deployment == deployment]
     for pod in mine[replicas:]:
-        _stop_pod(pod)
+        _stop_pod(pod, state)
         state.pods.remove(pod)
     existing = {p.name for p in state.pods}
     k = 0
@@ -381,10 +387,36 @@ def scale(state: LabState, deployment: str, replicas: int) -> None:
         write_manifests(spec, state)
 
 
-def _stop_pod(pod: Pod) -> None:
+def _stop_pod(pod: Pod, state: LabState) -> None:
+    node_ns = state.nodes.get(pod.node)
+    if node_ns and pod.host_if:
+        subprocess.run(["ip", "-n", node_ns, "link", "del", pod.host_if], capture_output=True)
     if pod.pid:
         try:
             os.killpg(pod.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
     subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True)
+
+
+def replace_pod(state: LabState, name: str) -> Pod:
+    """Delete a pod and start its replacement (a new name and address), as a Deployment does."""
+    spec = LabSpec.load(Path(state.dir, "description.yaml"))
+    pod = next((p for p in state.pods if p.name == name), None)
+    if pod is None:
+        raise LabError(f"no pod {name}")
+    dep = next(d for d in spec.deployments if d.name == pod.deployment)
+    lab = Lab(spec, state.dir)
+    lab.state = state
+    lab.id = state.fabric.split("-")[1]
+    _stop_pod(pod, state)
+    state.pods.remove(pod)
+    existing = {p.name for p in state.pods} | {name}
+    k = 0
+    while f"{dep.name}-{k}" in existing:
+        k += 1
+    new = lab.add_pod(dep, k, pod.node)
+    state.save()
+    if state.proxies:
+        write_manifests(spec, state)
+    return new

@@ -31,7 +31,14 @@ class Answer:
     error: str = ""
 
     def line(self) -> str:
-        return f"pod={self.pod} peer={self.peer}" if self.ok else self.error
+        """The same one-line answer ``kproxy.lab.probe`` gives on the kernel lab."""
+        if self.ok:
+            return f"pod={self.pod} peer={self.peer}"
+        if self.error.startswith("rejected"):
+            return "refused"
+        if self.error.startswith("dropped"):
+            return "timeout"
+        return f"error: {self.error}"
 
 
 class EmulatedLab:
@@ -40,6 +47,7 @@ class EmulatedLab:
         self.state = LabState(spec.name, "")
         self.nodes: dict[str, Node] = {}
         self.node_by_ip: dict[int, str] = {}
+        self.proxiers: dict[str, Any] = {}
         self._sport = 40000
         for i, name in enumerate(spec.nodes):
             self.nodes[name] = self._node(i, name)
@@ -49,7 +57,7 @@ class EmulatedLab:
     def _node(self, i: int, name: str) -> Node:
         prefix = ipaddress.ip_network(self.spec.network).prefixlen
         routes = [f"{self.spec.pod_cidr(j)} via {self.spec.node_ip(j)} dev eth0"
-                  for j in range(len(self.spec.nodes)) if j != i]
+                  for j in range(len(self.spec.nodes)) if j != i] + [f"default via {self.spec.client_ip()} dev eth0"]
         node = Node.from_description({"name": name,
                                       "interfaces": [{"name": "eth0", "addresses": [f"{self.spec.node_ip(i)}/{prefix}"]}],
                                       "routes": routes, "sysctls": {"net.ipv4.ip_forward": "1"}})
@@ -79,11 +87,24 @@ class EmulatedLab:
     # ---- control plane ----------------------------------------------------------------------
     def sync(self) -> None:
         """Run each node's iptables proxier over the lab's objects (as the per-node kproxy does)."""
-        from kproxy.proxy.lab_sync import sync_node  # type: ignore[import-not-found]
+        from kproxy.backends.emulated import EmulatedBackend
+        from kproxy.k8s.manifests import Objects
+        from kproxy.lab.cluster import proxy_config
+        from kproxy.proxy.config import ProxyConfig
+        from kproxy.proxy.iptables import IptablesProxier
 
-        objs = manifests(self.spec, self.state)
+        objs = Objects()
+        for obj in manifests(self.spec, self.state):
+            objs.add(obj, "lab")
         for i, (name, node) in enumerate(self.nodes.items()):
-            sync_node(node, objs, name, self.spec.cluster_cidr, self.spec.node_ip(i))
+            import yaml
+
+            cfg = ProxyConfig.from_dict(yaml.safe_load(proxy_config(self.spec, name)))
+            ips = [self.spec.node_ip(i)] + [str(ipaddress.ip_network(self.spec.pod_cidr(i))[1])]
+            self.proxiers[name] = IptablesProxier(cfg, EmulatedBackend(node), ips)
+            result = self.proxiers[name].sync(objs)
+            if result.error:
+                raise RuntimeError(f"sync of {name} failed: {result.error}")
 
     # ---- data plane -------------------------------------------------------------------------
     def pod(self, name: str) -> Pod:
@@ -92,15 +113,20 @@ class EmulatedLab:
                 return p
         raise KeyError(name)
 
-    def request(self, src: str, dst: str, dport: int, proto: str = "tcp") -> Answer:
+    def request(self, src: str, dst: str, dport: int, proto: str = "tcp", sport: int = 0) -> Answer:
         """A request from a pod (by name) or ``client`` to ``dst:dport``, and the answer it gets."""
         self._sport += 1
+        if sport:
+            self._sport, keep = sport, self._sport
         pnum = TCP if proto == "tcp" else UDP
         if src == "client":
             src_ip = self.spec.client_ip()
         else:
             src_ip = self.pod(src).ip
         pkt = Packet.make(src_ip, dst, pnum, self._sport, dport, tcp_flags=SYN if pnum == TCP else 0)
+        if sport:
+            self._sport = keep
+        orig_dst, orig_dport = pkt.dst, pkt.dport
         where = self._entry(src, pkt)
         if where is None:
             return Answer(False, error="no route from client")
@@ -115,7 +141,7 @@ class EmulatedLab:
         if isinstance(back, Answer):
             return Answer(False, pod.name, peer, error=f"reply lost: {back.error}")
         _, final = back
-        if final.src != pkt.dst or final.sport != dport:
+        if final.src != orig_dst or final.sport != orig_dport:
             return Answer(False, pod.name, peer, error="reply not un-NATed")
         return Answer(True, pod.name, peer)
 
