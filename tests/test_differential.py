@@ -13,6 +13,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -151,10 +152,9 @@ def _random_run(lab: KernelLab, examples: int, seed_value: int | None) -> dict[s
 def _record(name: str, result: dict[str, object]) -> None:
     out = os.environ.get("KPROXY_FIDELITY_OUT")
     if out:
-        data = json.loads(open(out).read()) if os.path.exists(out) else {}
+        data = json.loads(Path(out).read_text()) if os.path.exists(out) else {}
         data[name] = result
-        with open(out, "w") as fh:
-            json.dump(data, fh, indent=1)
+        Path(out).write_text(json.dumps(data, indent=1))
 
 
 # The emulator agrees with the kernel on this share of random cases; the rest are listed in
@@ -211,3 +211,9 @@ def test_verify_refuses_clearly_without_root(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["verify", str(rules)])
     assert res.exit_code == 2
     assert "cannot use the kernel here: needs root" in res.output
+
+
+def test_falling_off_a_goto_chain_applies_the_builtin_policy(lab):
+    """Regression: a -g chain that ends (or RETURNs) with no caller left falls to the built-in chain's policy."""
+    agree(lab, "*filter\n:FORWARD DROP [0:0]\n:U - [0:0]\n-A FORWARD -j U\n-A FORWARD -i eth+ -g U\nCOMMIT\n",
+          [Probe("udp", "10.244.1.3", 53)])

@@ -185,6 +185,7 @@ def run_chain(ct: CompiledTable, hook: str, pkt: Packet, state: HookState, famil
     if cc is None:
         return NF_ACCEPT
     trace = state.trace
+    base = cc.chain          # falling off (or RETURN from) a chain reached by -g applies the built-in's policy
     ctx = RuleContext(state, tname, hook, family)
     stack: list[tuple[CompiledChain, list[int], int]] = []
     positions = cc.positions(pkt)
@@ -202,7 +203,7 @@ def run_chain(ct: CompiledTable, hook: str, pkt: Packet, state: HookState, famil
                 cc, positions, pos = stack.pop()
                 ctx.chain = cc.chain.name
                 continue
-            return apply_policy(cc.chain, pkt, state, tname)
+            return apply_policy(base, pkt, state, tname)
         i = positions[pos]
         pos += 1
         test = cc.tests[i]
@@ -226,7 +227,7 @@ def run_chain(ct: CompiledTable, hook: str, pkt: Packet, state: HookState, famil
                     cc, positions, pos = stack.pop()
                     ctx.chain = cc.chain.name
                     continue
-                return apply_policy(cc.chain, pkt, state, tname)
+                return apply_policy(base, pkt, state, tname)
             if jump == "QUEUE":
                 return NF_QUEUE
             nxt = chains[jump]
@@ -255,7 +256,7 @@ def run_chain(ct: CompiledTable, hook: str, pkt: Packet, state: HookState, famil
                 cc, positions, pos = stack.pop()
                 ctx.chain = cc.chain.name
                 continue
-            return apply_policy(cc.chain, pkt, state, tname)
+            return apply_policy(base, pkt, state, tname)
         return verdict
 
 

@@ -138,7 +138,11 @@ class EmulatedPeers:
             res = node.receive(first, "eth0")
         sent = res.packet
         if res.fate == "rejected":
-            return "rejected", ""
+            # Seen from the sender: rejected only if the ICMP error or reset reaches it.
+            answer = res.extra.get("reply")
+            reached = answer is not None and (answer.fate == "delivered" if p.from_node else
+                                              answer.fate == "forwarded" and answer.out_dev == "eth0")
+            return ("rejected" if reached else "dropped"), ""
         if res.fate == "dropped":
             return "dropped", ""
         if res.fate == "forwarded" and res.out_dev == "eth1":

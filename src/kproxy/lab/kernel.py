@@ -114,7 +114,8 @@ def send(op):
             return {"outcome": "reply", "sport": s.getsockname()[1]}
         except ConnectionRefusedError:
             return {"outcome": "refused", "sport": s.getsockname()[1]}
-        except TimeoutError:
+        except (TimeoutError, PermissionError):
+            # EPERM: an OUTPUT rule dropped the datagram on its way out; nothing was sent.
             return {"outcome": "timeout", "sport": s.getsockname()[1]}
         except OSError:
             return {"outcome": "unreachable", "sport": s.getsockname()[1]}
@@ -130,7 +131,7 @@ def send(op):
         out = {"outcome": "reply"}
     except ConnectionRefusedError:
         out = {"outcome": "refused"}
-    except TimeoutError:
+    except (TimeoutError, PermissionError):
         out = {"outcome": "timeout"}
     except OSError:
         out = {"outcome": "unreachable"}
