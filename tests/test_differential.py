@@ -217,3 +217,10 @@ def test_falling_off_a_goto_chain_applies_the_builtin_policy(lab):
     """Regression: a -g chain that ends (or RETURNs) with no caller left falls to the built-in chain's policy."""
     agree(lab, "*filter\n:FORWARD DROP [0:0]\n:U - [0:0]\n-A FORWARD -j U\n-A FORWARD -i eth+ -g U\nCOMMIT\n",
           [Probe("udp", "10.244.1.3", 53)])
+
+
+def test_reject_answers_are_related_to_the_rejected_connection(lab):
+    """Regression: REJECT's answer carries the rejected packet's conntrack entry (RELATED), so a
+    "! --ctstate RELATED -j REJECT" rule does not reject its own answer."""
+    agree(lab, "*filter\n-A OUTPUT -m conntrack ! --ctstate RELATED -j REJECT\nCOMMIT\n",
+          [Probe("tcp", "10.0.1.1", 53, from_node=True)])

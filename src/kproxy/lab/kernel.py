@@ -292,6 +292,10 @@ class KernelLab:
         self._sysctl(n, "net.ipv4.ip_forward", "1")
         for ns in (c, s):
             self._sysctl(ns, "net.ipv4.conf.all.rp_filter", "0")
+        for ns in (c, n, s):
+            # No retransmissions: a half-open connection of one probe must not send packets during the next.
+            self._sysctl(ns, "net.ipv4.tcp_synack_retries", "0")
+            self._sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
         for role in (CLIENT, NODE, SINK):
             self.workers[role] = Worker(self.names[role])
         self.workers[SINK].call(op="sniff", dev="eth0")

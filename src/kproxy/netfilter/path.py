@@ -70,6 +70,9 @@ def _stopped(verdict: int, state: HookState, pkt: Packet, trace: Trace | None) -
             reply = reject_reply(pkt, state.rejected_with)
             if reply.proto == ICMP and not state.node.is_local(pkt.family, pkt.dst):
                 reply.src = 0      # icmp_send: a forwarded packet's error comes from this node's own address
+            if pkt.ct is not None:
+                # nf_ct_attach: the answer is RELATED to the rejected packet's connection, other direction.
+                reply.ct, reply.ctstate, reply.ctdir = pkt.ct, "RELATED", 1 - pkt.ctdir
             res.extra["reply"] = output(state.node, reply, None)
             if trace is not None:
                 trace.add("note", hook=state.hook, text=f"REJECT answered with {res.extra['reply'].packet.describe()}"
