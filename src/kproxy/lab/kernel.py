@@ -296,6 +296,10 @@ class KernelLab:
             # No retransmissions: a half-open connection of one probe must not send packets during the next.
             self._sysctl(ns, "net.ipv4.tcp_synack_retries", "0")
             self._sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
+            # ICMP errors are rate limited by default; the emulator answers every packet, so must the lab.
+            for key, value in (("net.ipv4.icmp_ratelimit", "0"), ("net.ipv4.icmp_msgs_per_sec", "100000"),
+                               ("net.ipv4.icmp_msgs_burst", "100000")):
+                subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"], capture_output=True)
         for role in (CLIENT, NODE, SINK):
             self.workers[role] = Worker(self.names[role])
         self.workers[SINK].call(op="sniff", dev="eth0")
