@@ -60,7 +60,8 @@ def compile_rule(rule: Rule) -> RuleTest:
         # We model unfragmented packets only: -f never matches, ! -f always does.
         checks.append(lambda p, c: not want)
     for m in rule.matches:
-        checks.append(m.matches)
+        if not m.redundant(rule):
+            checks.append(m.matches)
     if not checks:
         return lambda p, c: True
     if len(checks) == 1:
@@ -318,12 +319,26 @@ class IptablesEngine:
         return n
 
     def register(self) -> None:
-        """Hook every table in at its kernel priority; nat goes through the NAT core's lookup list."""
-        for name, hooks in TABLE_HOOKS.items():
-            for hook in hooks:
-                prio = table_priority(name, hook)
-                opname = f"iptables{'' if self.family == 4 else '6'}:{name}"
-                if name == "nat":
-                    self.node.nat.register_lookup(self.family, hook, prio, opname, self.runners[name])
-                else:
-                    self.node.hooks.register(self.family, hook, prio, opname, self.runners[name])
+        """Hook in, at their kernel priorities, the tables that exist; follow every commit.
+
+        A table is registered on its hooks only once it exists (as iptables-nft creates base chains
+        only when a table is used), so a packet pays nothing for tables nobody configured.
+        """
+        self._registered: set[str] = set()
+        self.state.listeners.append(self.sync_registration)
+        self.sync_registration()
+
+    def sync_registration(self) -> None:
+        for name in TABLE_HOOKS:
+            if name in self.state.tables and name not in self._registered:
+                self._hook_in(name)
+                self._registered.add(name)
+
+    def _hook_in(self, name: str) -> None:
+        opname = f"iptables{'' if self.family == 4 else '6'}:{name}"
+        for hook in TABLE_HOOKS[name]:
+            prio = table_priority(name, hook)
+            if name == "nat":
+                self.node.nat.register_lookup(self.family, hook, prio, opname, self.runners[name])
+            else:
+                self.node.hooks.register(self.family, hook, prio, opname, self.runners[name])

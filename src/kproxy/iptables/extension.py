@@ -93,6 +93,11 @@ class Match(ABC):
         """An exact, non-inverted field this match requires (e.g. ``("dport", 80)``), for compiled lookups."""
         return None
 
+    def redundant(self, rule: Any) -> bool:
+        """True when the match can never fail for a packet that passed the rule's ip header checks
+        (a comment; ``-p tcp -m tcp`` with no options), so the compiled rule may skip it."""
+        return False
+
 
 class Target(ABC):
     """A target extension (``-j NAME`` for anything but ACCEPT/DROP/RETURN/QUEUE and user chains)."""

@@ -8,6 +8,8 @@ node prints nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kproxy.iptables.model import Table
 
 
@@ -18,6 +20,7 @@ class IptablesState:
         self.family = family
         self.tables: dict[str, Table] = {}
         self.generation = 0
+        self.listeners: list[Callable[[], None]] = []   # told after every commit (the evaluator)
 
     def get(self, name: str) -> Table:
         """The committed table ``name``, or a fresh one with its built-in chains (not yet committed)."""
@@ -38,6 +41,8 @@ class IptablesState:
             t.owned, t.deleted, t.base = None, set(), None
         self.tables.update(tables)
         self.generation += 1
+        for listener in self.listeners:
+            listener()
 
 
 def copy_table(t: Table) -> Table:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kproxy.netfilter.hooks import HookState
 from kproxy.packet import ACK, FIN, ICMP, ICMPV6, NF_ACCEPT, NF_DROP, RST, SYN, TCP, UDP, Packet, format_addr
@@ -92,9 +92,11 @@ def tcp_kind(flags: int) -> str:
     return "NONE"
 
 
-@dataclass(frozen=True, slots=True)
-class Tuple:
-    """A conntrack tuple. For ICMP, ``sport`` is the echo id and ``dport`` is ``type << 8 | code``."""
+class Tuple(NamedTuple):
+    """A conntrack tuple. For ICMP, ``sport`` is the echo id and ``dport`` is ``type << 8 | code``.
+
+    A named tuple: it is created several times per new connection, hashed on every lookup.
+    """
 
     family: int
     proto: int
@@ -138,7 +140,7 @@ class Tuple:
         return f"src={s} dst={d}"
 
     def as_list(self) -> list[int]:
-        return [self.family, self.proto, self.src, self.dst, self.sport, self.dport]
+        return list(self)
 
 
 _ids = itertools.count(1)
@@ -285,7 +287,8 @@ class Conntrack:
     def active(self) -> bool:
         """Whether tracking is enabled in this namespace (recomputed after each commit)."""
         states = self.node.iptables
-        key = tuple(st.generation for st in states.values())
+        key = (states[4].generation, states[6].generation) if len(states) == 2 else \
+            tuple(st.generation for st in states.values())
         if key != self._active_key:
             self._active_key = key
             self._active = bool(self.enabled) or any(

@@ -113,7 +113,7 @@ class Nat:
             return NF_ACCEPT
         if conn.nat_done(manip):
             return NF_ACCEPT
-        curr = conn.reply.inverse()
+        curr = conn.orig if not conn.status & IPS_NAT_MASK else conn.reply.inverse()
         new = self._unique_tuple(curr, rng, manip, conn)
         if new is None:
             return NF_DROP

@@ -54,10 +54,15 @@ def _state(node: Any, hook: str, in_dev: str, out_dev: str, trace: Trace | None)
 
 
 def _run(node: Any, pkt: Packet, hook: str, in_dev: str, out_dev: str, trace: Trace | None) -> tuple[int, HookState]:
+    if trace is None and not node.hooks.ops(pkt.family, hook):
+        return NF_ACCEPT, _NO_STATE       # nothing registered at this hook: nothing to do
     state = HookState(hook, in_dev, out_dev, node, trace, node.clock if node.clock is not None else node.now())
     if trace is not None:
         trace.add("hook", hook=hook, text=pkt.describe(), detail={"in": in_dev, "out": out_dev})
     return node.hooks.run(pkt.family, hook, pkt, state), state
+
+
+_NO_STATE = HookState("", "", "", None)
 
 
 def _stopped(verdict: int, state: HookState, pkt: Packet, trace: Trace | None) -> Result:

@@ -36,3 +36,6 @@ class CommentMatch(Match):
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         return True
+
+    def redundant(self, rule: Any) -> bool:
+        return True

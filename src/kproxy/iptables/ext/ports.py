@@ -100,6 +100,10 @@ class PortMatch(Match):
             return ("dport", self.dport[0])
         return None
 
+    def redundant(self, rule: Any) -> bool:
+        return self.sport is None and self.dport is None and rule.proto == self.PROTO and not rule.proto_inv \
+            and getattr(self, "flags", None) is None and getattr(self, "option", None) is None
+
 
 @register_match
 class TcpMatch(PortMatch):
