@@ -19,10 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rulesets import nat_ruleset, service_ip  # noqa: E402
-
 from kproxy.node import Node  # noqa: E402
 from kproxy.packet import ACK, SYN, Packet, parse_addr  # noqa: E402
+from rulesets import nat_ruleset, service_ip  # noqa: E402
 
 
 def worker() -> Node:

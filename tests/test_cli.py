@@ -74,3 +74,22 @@ def test_main_entry_point_runs(capsys):
     except SystemExit as exc:
         assert exc.code == 0
     assert "version" in capsys.readouterr().out
+
+
+def test_trace_shorthands_and_cleanup(tmp_path):
+    from pathlib import Path
+
+    ex = Path(__file__).resolve().parents[1] / "examples"
+    node = str(tmp_path / "n.json")
+    run(node, "node", "init", "--from", str(ex / "node.yaml"))
+    run(node, "proxy", "--config", str(ex / "kube-proxy.yaml"), "--manifests", str(ex / "manifests.yaml"), "--once")
+    run(node, "iptables", "-A", "INPUT", "-s", "10.9.9.9", "-j", "DROP")          # a user's own rule
+    res = run(node, "trace", "--from-pod", "default/client", "--to-service", "kube-system/kube-dns:dns",
+              "--manifests", str(ex / "manifests.yaml"), "--json")
+    data = json.loads(res.output)
+    assert data[0]["packet"]["dst"] in ("10.244.1.3", "10.244.2.4") and data[0]["packet"]["dport"] == 53
+    bad = run(node, "trace", "--from-pod", "default/nobody", "--manifests", str(ex / "manifests.yaml"), "--dst", "1.1.1.1")
+    assert bad.exit_code == 2 and "no pod default/nobody" in bad.output
+    assert run(node, "cleanup").exit_code == 0
+    saved = run(node, "iptables-save").output
+    assert "KUBE-" not in saved and "-A INPUT -s 10.9.9.9/32 -j DROP" in saved

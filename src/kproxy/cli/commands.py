@@ -83,11 +83,17 @@ def result_json(res: Result) -> dict[str, Any]:
               help="A file of packet specs, one per line; 'reply' answers the previous packet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the traces as JSON.")
 @click.option("--dry-run", is_flag=True, help="Do not save conntrack and counter changes to the node file.")
+@click.option("--from-pod", help="NS/NAME: the packet comes from this pod (its address and the interface to it).")
+@click.option("--to-service", help="NS/NAME:PORT: the packet goes to this Service port's cluster IP.")
+@click.option("--manifests", type=click.Path(exists=True), help="Where --from-pod and --to-service are looked up.")
 @click.pass_obj
 def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str | None, proto: str,
               sport: int | None, dport: int, tcp_flags: str | None, mark: str, count: int,
-              packet_file: str | None, as_json: bool, dry_run: bool) -> None:
+              packet_file: str | None, as_json: bool, dry_run: bool, from_pod: str | None,
+              to_service: str | None, manifests: str | None) -> None:
     """Inject packets and print every hook, table, chain and rule they meet, and their fate."""
+    if from_pod or to_service:
+        src, iif, dst, dport, proto = _shorthands(obj, from_pod, to_service, manifests, src, iif, dst, dport, proto)
     try:
         if packet_file:
             specs = parse_packet_file(Path(packet_file).read_text(), packet_file)
@@ -111,6 +117,72 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
         click.echo(render_summary(results))
     if not dry_run:
         obj.save()
+
+
+def _shorthands(obj: Ctx, from_pod: str | None, to_service: str | None, manifests: str | None, src: str | None,
+                iif: str | None, dst: str | None, dport: int, proto: str) -> tuple[Any, Any, Any, int, str]:
+    """Resolve --from-pod (an EndpointSlice endpoint's targetRef, or a Pod object) and --to-service."""
+    from kproxy.k8s.manifests import ManifestError, load
+
+    if not manifests:
+        raise click.UsageError("--from-pod and --to-service need --manifests")
+    try:
+        objs = load(manifests)
+    except ManifestError as exc:
+        raise click.ClickException(str(exc)) from None
+    if to_service:
+        key, _, port_name = to_service.partition(":")
+        svc = objs.services.get(key)
+        if svc is None or svc.headless:
+            raise click.UsageError(f"--to-service: no Service {key} with a cluster IP")
+        port = next((p for p in svc.ports if port_name in (p.name, str(p.port))), None)
+        if port is None:
+            raise click.UsageError(f"--to-service: Service {key} has no port {port_name!r}")
+        dst, dport, proto = svc.cluster_ips[0], port.port, port.protocol.lower()
+    if from_pod:
+        ip = pod_address(manifests, from_pod)
+        if ip is None:
+            raise click.UsageError(f"--from-pod: no pod {from_pod} in {manifests}")
+        src = ip
+        from kproxy.packet import parse_addr
+
+        route = obj.node.route(*parse_addr(ip))
+        iif = route.dev if route.type == "unicast" else iif
+    return src, iif, dst, dport, proto
+
+
+def pod_address(manifests: str, pod: str) -> str | None:
+    """A pod's IP from a Pod object (status.podIP) or an EndpointSlice endpoint whose targetRef names it."""
+    import yaml
+
+    from kproxy.k8s.manifests import manifest_files
+
+    ns, _, name = pod.partition("/")
+
+    def walk(obj: Any) -> str | None:
+        if isinstance(obj, dict):
+            kind = obj.get("kind")
+            if kind and kind.endswith("List"):
+                for item in obj.get("items") or []:
+                    found = walk(item)
+                    if found:
+                        return found
+            meta = obj.get("metadata") or {}
+            if kind == "Pod" and meta.get("name") == name and meta.get("namespace", "default") == ns:
+                return (obj.get("status") or {}).get("podIP")
+            if kind == "EndpointSlice":
+                for ep in obj.get("endpoints") or []:
+                    ref = ep.get("targetRef") or {}
+                    if ref.get("name") == name and ref.get("namespace", meta.get("namespace")) == ns:
+                        return (ep.get("addresses") or [None])[0]
+        return None
+
+    for f in manifest_files(manifests):
+        for doc in yaml.safe_load_all(f.read_text()):
+            found = walk(doc)
+            if found:
+                return str(found)
+    return None
 
 
 def _spec_argv(iif: str | None, local: bool, src: str | None, dst: str | None, proto: str, sport: int | None,

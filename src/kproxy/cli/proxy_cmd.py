@@ -147,3 +147,22 @@ def services_cmd(config_path: str | None, manifests: str, hostname_override: str
         click.echo(f"{r['service']} {r['protocol']} {r['clusterIP']}:{r['port']}{np}  ({r['rules']} rules)")
         click.echo(f"  chains:    {' '.join(r['chains']) or '-'}")
         click.echo(f"  endpoints: {', '.join(r['endpoints']) or 'none'}")
+
+
+@cli.command("cleanup")
+@click.option("--backend", "backend_name", type=click.Choice(["emulated", "kernel"]), default="emulated",
+              show_default=True)
+@click.option("--legacy", is_flag=True, help="With --backend kernel: iptables-legacy instead of iptables-nft.")
+@click.pass_obj
+def cleanup_cmd(obj: Ctx, backend_name: str, legacy: bool) -> None:
+    """Remove every chain and jump rule kproxy made (KUBE-*), and nothing else."""
+    from kproxy.backends import BackendError, get_backend
+
+    backend = get_backend(backend_name, node=obj.node if backend_name == "emulated" else None, legacy=legacy)
+    try:
+        lines = backend.cleanup()  # type: ignore[attr-defined]
+    except BackendError as exc:
+        raise click.ClickException(str(exc)) from None
+    if backend_name == "emulated":
+        obj.save()
+    click.echo(f"cleanup: {lines} restore lines")

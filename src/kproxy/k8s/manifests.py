@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kproxy.k8s.objects import EndpointSlice, Node, ObjectError, Service
+from kproxy.yamlfile import load_yaml
 
 
 class ManifestError(ValueError):
@@ -106,12 +105,7 @@ def load(path: str | os.PathLike[str], objects: Objects | None = None) -> Object
     """Load every object under ``path`` (a file or a directory of .yaml/.yml/.json files)."""
     out = objects or Objects()
     for f in manifest_files(path):
-        try:
-            docs = list(yaml.safe_load_all(f.read_text()))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{f}:{mark.line + 1}:{mark.column + 1}" if mark else str(f)
-            raise ManifestError(f"{where}: {getattr(exc, 'problem', None) or exc}") from None
+        docs = load_yaml(f, ManifestError, all_documents=True)
         for i, doc in enumerate(docs):
             if doc is not None:
                 out.add(doc, f"{f}" + (f" (document {i + 1})" if len(docs) > 1 else ""))

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from kproxy.lab.netns import Netns
+from kproxy.yamlfile import load_yaml
 
 
 class LabError(ValueError):
@@ -57,13 +58,7 @@ class LabSpec:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LabSpec:
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            raise LabError(f"{where}: {getattr(exc, 'problem', exc)}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(load_yaml(path, LabError), str(path))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<lab>") -> LabSpec:
@@ -146,6 +141,18 @@ class LabState:
         return [n for n in [self.client, *self.nodes.values(), *(p.netns for p in self.pods), self.fabric] if n]
 
 
+def placements(spec: LabSpec) -> list[tuple[DeploymentSpec, int, str]]:
+    """Which node each replica runs on: the deployment's nodes in turn, else round robin over all nodes."""
+    out = []
+    rr = 0
+    for dep in spec.deployments:
+        for k in range(dep.replicas):
+            node = dep.nodes[k % len(dep.nodes)] if dep.nodes else spec.nodes[rr % len(spec.nodes)]
+            rr += 1
+            out.append((dep, k, node))
+    return out
+
+
 def _ip(*argv: str, ns: str | None = None) -> None:
     cmd = ["ip", *(["-n", ns] if ns else []), *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -214,16 +221,10 @@ class Lab:
         _ip("link", "set", "eth0", "up", ns=ns)
 
     def _place_pods(self) -> None:
-        per_node = {n: 0 for n in self.spec.nodes}
-        rr = 0
-        for dep in self.spec.deployments:
-            for k in range(dep.replicas):
-                targets = dep.nodes or self.spec.nodes
-                node = targets[rr % len(targets)] if not dep.nodes else targets[k % len(targets)]
-                rr += 1
-                self.add_pod(dep, k, node, per_node)
+        for dep, k, node in placements(self.spec):
+            self.add_pod(dep, k, node)
 
-    def add_pod(self, dep: DeploymentSpec, k: int, node: str, per_node: dict[str, int] | None = None) -> Pod:
+    def add_pod(self, dep: DeploymentSpec, k: int, node: str) -> Pod:
         st = self.state
         idx = self.spec.nodes.index(node)
         used = {p.ip for p in st.pods} | set(st.used_ips)

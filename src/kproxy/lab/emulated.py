@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from kproxy.lab.cluster import LabSpec, LabState, Pod, manifests
+from kproxy.lab.cluster import LabSpec, LabState, Pod, manifests, placements
 from kproxy.node import Node
 from kproxy.packet import ACK, SYN, TCP, UDP, Packet, format_addr, parse_addr
 
@@ -67,22 +67,17 @@ class EmulatedLab:
     def _place_pods(self) -> None:
         from kproxy.node import Address, Interface, parse_route
 
-        rr = 0
-        for dep in self.spec.deployments:
-            for k in range(dep.replicas):
-                targets = dep.nodes or self.spec.nodes
-                node = targets[rr % len(targets)] if not dep.nodes else targets[k % len(targets)]
-                rr += 1
-                idx = self.spec.nodes.index(node)
-                cidr = ipaddress.ip_network(self.spec.pod_cidr(idx))
-                used = {p.ip for p in self.state.pods}
-                host = next(h for h in list(cidr.hosts())[9:] if str(h) not in used)
-                pod = Pod(f"{dep.name}-{k}", dep.namespace, dep.name, node, str(host), dict(dep.labels),
-                          host_if=f"vp{len(self.state.pods) + 1}")
-                self.state.pods.append(pod)
-                n = self.nodes[node]
-                n.add_interface(Interface(pod.host_if, [Address.parse(f"{cidr[1]}/32")]))
-                n.routes.append(parse_route(f"{pod.ip}/32 dev {pod.host_if}"))
+        for dep, k, node in placements(self.spec):
+            idx = self.spec.nodes.index(node)
+            cidr = ipaddress.ip_network(self.spec.pod_cidr(idx))
+            used = {p.ip for p in self.state.pods}
+            host = next(h for h in list(cidr.hosts())[9:] if str(h) not in used)
+            pod = Pod(f"{dep.name}-{k}", dep.namespace, dep.name, node, str(host), dict(dep.labels),
+                      host_if=f"vp{len(self.state.pods) + 1}")
+            self.state.pods.append(pod)
+            n = self.nodes[node]
+            n.add_interface(Interface(pod.host_if, [Address.parse(f"{cidr[1]}/32")]))
+            n.routes.append(parse_route(f"{pod.ip}/32 dev {pod.host_if}"))
 
     # ---- control plane ----------------------------------------------------------------------
     def sync(self) -> None:

@@ -6,10 +6,9 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from kproxy.yamlfile import load_yaml
 
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
 MODES = ("", "iptables", "ipvs", "nftables")
@@ -60,14 +59,7 @@ class ProxyConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ProxyConfig:
-        text = Path(path).read_text()
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            raise ConfigError(f"{where}: {getattr(exc, 'problem', None) or exc}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(load_yaml(path, ConfigError) or {}, str(path))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<config>") -> ProxyConfig:

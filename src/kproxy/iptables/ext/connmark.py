@@ -4,35 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from kproxy.iptables.ext.mark import FULL, mark_text, xmark_from, xmark_listing
+from kproxy.iptables.ext.mark import FULL, MarkMatch, mark_text, xmark_from, xmark_listing
 from kproxy.iptables.extension import (
     XT_CONTINUE,
     ExtensionError,
-    Match,
     Opt,
     RuleContext,
     Target,
     register_match,
     register_target,
 )
-from kproxy.iptables.xtutil import parse_mark_mask, parse_uint
+from kproxy.iptables.xtutil import parse_uint
 from kproxy.packet import Packet
 
 
 @register_match
-class ConnmarkMatch(Match):
+class ConnmarkMatch(MarkMatch):
+    """``-m connmark --mark``: the mark match, read from the packet's connection instead of the packet."""
+
     name = "connmark"
-    OPTIONS = {"mark": 1}
-
-    def __init__(self, value: int, mask: int, invert: bool) -> None:
-        self.value, self.mask, self.invert = value, mask, invert
-
-    @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> ConnmarkMatch:
-        if not opts:
-            raise ExtensionError("connmark: option \"--mark\" must be specified")
-        v, m = parse_mark_mask(opts[-1].values[0])
-        return cls(v, FULL if m is None else m, opts[-1].invert)
 
     def save(self) -> str:
         return f"-m connmark {'! ' if self.invert else ''}--mark {mark_text(self.value, self.mask)}"

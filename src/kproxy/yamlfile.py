@@ -1,0 +1,20 @@
+"""YAML files read with errors that name the file, line and column, as every kproxy input reports them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def load_yaml(path: str | os.PathLike[str], error: type[Exception] = ValueError, all_documents: bool = False) -> Any:
+    """The parsed document (or documents); a syntax error raises ``error("file:line:col: problem")``."""
+    text = Path(path).read_text()
+    try:
+        return list(yaml.safe_load_all(text)) if all_documents else yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise error(f"{where}: {getattr(exc, 'problem', None) or exc}") from None
