@@ -34,7 +34,7 @@ class KernelBackend:
 
     def _run(self, argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        return subprocess.run([*prefix, *argv], input=input, text=True, capture_output=True, timeout=120)
+        return subprocess.run([*prefix, *argv], input=input, text=True, capture_output=True, timeout=1800)
 
     def restore(self, text: str, noflush: bool = True, counters: bool = False) -> None:
         args = [self.iptables_restore, "-w"]

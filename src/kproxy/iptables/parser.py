@@ -12,6 +12,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from kproxy.iptables import ext as _ext  # noqa: F401  (registers every extension)
 from kproxy.iptables.extension import MATCHES, TARGETS, ExtensionError, Match, Opt, Target
@@ -369,14 +370,29 @@ def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot], rule: Rul
     return None
 
 
+# Stateless extensions with the same options are one object shared by every rule that uses them
+# (a kube-proxy dump repeats "-m tcp --dport 80" and its comments thousands of times).
+_SHARED: dict[tuple[Any, ...], Any] = {}
+_SHARED_MAX = 200_000
+
+
+def _extension(slot: _ExtSlot, family: int, rule: Rule) -> Any:
+    if not getattr(slot.cls, "SHAREABLE", False):
+        return slot.cls.from_options(slot.opts, family, rule)
+    key = (slot.cls, family, rule.proto, rule.proto_inv, tuple((o.name, tuple(o.values), o.invert) for o in slot.opts))
+    ext = _SHARED.get(key)
+    if ext is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        ext = _SHARED[key] = slot.cls.from_options(slot.opts, family, rule)
+    return ext
+
+
 def _build_rule(rule: Rule, matches: list[_ExtSlot], target: _ExtSlot | None, family: int) -> Rule:
-    built: list[Match] = []
     try:
-        for slot in matches:
-            built.append(slot.cls.from_options(slot.opts, family, rule))  # type: ignore[arg-type]
-        rule.matches = built
+        rule.matches = [_extension(slot, family, rule) for slot in matches]
         if target is not None:
-            rule.target = target.cls.from_options(target.opts, family, rule)  # type: ignore[assignment]
+            rule.target = _extension(target, family, rule)
     except ExtensionError as exc:
         raise ParameterProblem(str(exc)) from None
     return rule
@@ -408,6 +424,12 @@ def tokenize(line: str) -> list[str]:
     """Split a restore line like iptables-restore: whitespace, with double quotes grouping (``\\"`` escapes)."""
     if '"' not in line:
         return line.split()
+    if line.count('"') == 2 and "\\" not in line:
+        # The common case (one quoted comment), without the regular expression.
+        pre, _, rest = line.partition('"')
+        inner, _, post = rest.partition('"')
+        if (not pre or pre[-1] in " \t") and (not post or post[0] in " \t"):
+            return [*pre.split(), inner, *post.split()]
     out = []
     for m in _TOKEN.finditer(line):
         tok = m.group()

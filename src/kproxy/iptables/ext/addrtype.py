@@ -22,6 +22,7 @@ def parse_types(text: str) -> list[str]:
 
 @register_match
 class AddrtypeMatch(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "addrtype"
     OPTIONS = {"src-type": 1, "dst-type": 1, "limit-iface-in": 0, "limit-iface-out": 0}
 

@@ -13,6 +13,7 @@ MAX_COMMENT = 256
 
 @register_match
 class CommentMatch(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "comment"
     OPTIONS = {"comment": 1}
 

@@ -38,6 +38,7 @@ class ConnmarkMatch(MarkMatch):
 
 @register_target
 class ConnmarkTarget(Target):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "CONNMARK"
     OPTIONS = {"set-xmark": 1, "set-mark": 1, "and-mark": 1, "or-mark": 1, "xor-mark": 1, "save-mark": 0,
                "restore-mark": 0, "nfmask": 1, "ctmask": 1, "mask": 1}

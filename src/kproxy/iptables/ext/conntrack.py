@@ -51,6 +51,7 @@ def _net_text(net: Net) -> str:
 
 @register_match
 class ConntrackMatch(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "conntrack"
     OPTIONS = {"ctstate": 1, "ctproto": 1, "ctstatus": 1, "ctexpire": 1, "ctdir": 1,
                **{k: 1 for k in ADDR_OPTS}, **{k: 1 for k in PORT_OPTS}}
@@ -149,6 +150,7 @@ class ConntrackMatch(Match):
 
 @register_match
 class StateMatch(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "state"
     OPTIONS = {"state": 1}
 

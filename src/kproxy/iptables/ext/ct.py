@@ -10,6 +10,7 @@ from kproxy.packet import Packet
 
 @register_target
 class CtTarget(Target):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "CT"
     TABLES = ("raw",)
     OPTIONS = {"notrack": 0, "zone": 1, "helper": 1, "ctevents": 1, "expevents": 1, "timeout": 1}

@@ -56,6 +56,7 @@ def parse_icmp_type(text: str, table: list[tuple[str, int, int, int]], what: str
 
 
 class IcmpBase(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     PROTO = ICMP
     TABLE = ICMP_TYPES
     OPT = "icmp-type"

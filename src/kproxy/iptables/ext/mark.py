@@ -26,6 +26,7 @@ def mark_text(value: int, mask: int) -> str:
 
 @register_match
 class MarkMatch(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "mark"
     OPTIONS = {"mark": 1}
 
@@ -82,6 +83,7 @@ def xmark_listing(label: str, value: int, mask: int) -> str:
 
 @register_target
 class MarkTarget(Target):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "MARK"
     OPTIONS = {"set-xmark": 1, "set-mark": 1, "and-mark": 1, "or-mark": 1, "xor-mark": 1}
 

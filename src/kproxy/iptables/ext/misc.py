@@ -11,6 +11,7 @@ from kproxy.packet import Packet, format_addr
 
 @register_match
 class IprangeMatch(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "iprange"
     OPTIONS = {"src-range": 1, "dst-range": 1}
 
@@ -65,6 +66,7 @@ class IprangeMatch(Match):
 
 @register_match
 class MacMatch(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "mac"
     OPTIONS = {"mac-source": 1}
 
@@ -94,6 +96,7 @@ class MacMatch(Match):
 
 @register_match
 class PkttypeMatch(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "pkttype"
     OPTIONS = {"pkt-type": 1}
     TYPES = ("unicast", "broadcast", "multicast", "host", "otherhost", "outgoing", "loopback")
@@ -128,6 +131,7 @@ class PkttypeMatch(Match):
 
 @register_match
 class LengthMatch(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "length"
     OPTIONS = {"length": 1}
 

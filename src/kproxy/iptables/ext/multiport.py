@@ -15,6 +15,7 @@ FLAGS = {"sports": "sports", "source-ports": "sports", "dports": "dports", "dest
 
 @register_match
 class MultiportMatch(Match):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "multiport"
     OPTIONS = {k: 1 for k in FLAGS}
 

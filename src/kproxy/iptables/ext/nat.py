@@ -80,6 +80,7 @@ def _with_flags(r: NatRange, opts: list[Opt]) -> NatRange:
 
 
 class _Nat(Target):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     TABLES = ("nat",)
     KIND = "DST"
     OPT = "to-destination"
@@ -127,6 +128,7 @@ class SnatTarget(_Nat):
 @register_target
 class MasqueradeTarget(Target):
     """Source NAT to the outgoing device's address for the next hop; no address means drop."""
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
 
     name = "MASQUERADE"
     TABLES = ("nat",)
@@ -177,6 +179,7 @@ def _ports(r: NatRange) -> str:
 @register_target
 class RedirectTarget(Target):
     """Destination NAT to this node: the incoming device's first address, or loopback for local traffic."""
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
 
     name = "REDIRECT"
     TABLES = ("nat",)

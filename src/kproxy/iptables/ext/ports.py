@@ -21,6 +21,7 @@ def flags_text(bits: int) -> str:
 
 class PortMatch(Match):
     """Shared by tcp, udp and sctp: optional source and destination port ranges."""
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
 
     PROTO: ClassVar[int] = TCP
     OPTIONS: ClassVar[dict[str, int]] = {"sport": 1, "source-port": 1, "dport": 1, "destination-port": 1}

@@ -25,6 +25,7 @@ KINDS6 = {"icmp6-no-route": "icmp6-no-route", "no-route": "icmp6-no-route",
 
 @register_target
 class RejectTarget(Target):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "REJECT"
     OPTIONS = {"reject-with": 1}
     HOOKS = ("INPUT", "FORWARD", "OUTPUT")
