@@ -48,9 +48,22 @@ def _attach_optional(node: Any) -> None:
         node.ipsets = None
     else:
         node.ipsets = IpsetRegistry()
+        node.ipsets.rule_refs = lambda name: _set_rule_refs(node, name)
     try:
         from kproxy.ipvs.ipvs import Ipvs
     except ImportError:  # pragma: no cover - during bring-up
         node.ipvs = None
     else:
         node.ipvs = Ipvs()
+
+
+def _set_rule_refs(node: Any, name: str) -> int:
+    """How many iptables rules use the set ``name`` (a set match or a SET target)."""
+    n = 0
+    for st in node.iptables.values():
+        for t in st.tables.values():
+            for c in t.chains.values():
+                for r in c.rules:
+                    exts = [*r.matches, r.target] if r.target is not None else r.matches
+                    n += sum(1 for e in exts if getattr(e, "set_name", None) == name)
+    return n

@@ -1,0 +1,220 @@
+"""``ipset`` (7.17): create, add, del, test, list, save, restore, flush, destroy, swap, rename.
+
+Output and error texts are the tool's; a restore applies all of its lines or none (the real tool
+stops at the failing line and keeps what came before it).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from kproxy.ipset.registry import IpsetRegistry
+from kproxy.ipset.sets import TYPES, IpSet, IpsetError
+
+PROG = "ipset v7.17"
+COMMANDS = {"create": "create", "n": "create", "add": "add", "a": "add", "del": "del", "d": "del",
+            "test": "test", "t": "test", "destroy": "destroy", "x": "destroy", "list": "list", "l": "list",
+            "save": "save", "s": "save", "restore": "restore", "r": "restore", "flush": "flush", "f": "flush",
+            "rename": "rename", "e": "rename", "swap": "swap", "w": "swap", "version": "version", "v": "version"}
+GLOBAL_FLAGS = {"-exist": "exist", "-!": "exist", "-quiet": "quiet", "-q": "quiet", "-name": "name", "-n": "name",
+                "-terse": "terse", "-t": "terse", "-sorted": "sorted", "-s": "sorted"}
+
+
+class Usage(IpsetError):
+    pass
+
+
+def _create(reg: IpsetRegistry, args: list[str], exist: bool) -> None:
+    if len(args) < 2:
+        raise Usage("Missing mandatory argument: typename" if args else "Missing mandatory argument: setname")
+    name, typ, opts = args[0], args[1], args[2:]
+    if typ not in TYPES:
+        raise IpsetError(f"Syntax error: typename '{typ}' is unknown")
+    s = IpSet(name, typ)
+    i = 0
+    while i < len(opts):
+        key = opts[i]
+        val = opts[i + 1] if i + 1 < len(opts) else None
+        if key in ("counters", "comment"):
+            setattr(s, key, True)
+            i += 1
+            continue
+        if val is None:
+            raise IpsetError(f"Syntax error: option '{key}' requires an argument")
+        if key == "family":
+            if val not in ("inet", "inet6"):
+                raise IpsetError(f"Syntax error: unknown family {val}")
+            s.family = val
+        elif key in ("hashsize", "maxelem", "timeout", "size"):
+            setattr(s, key, int(val))
+        elif key == "range" and typ == "bitmap:port":
+            lo, _, hi = val.partition("-")
+            s.range = (int(lo), int(hi or lo))
+        elif key in ("bucketsize", "initval"):
+            if key == "initval":
+                s.initval = int(val, 0)
+        else:
+            raise IpsetError(f"Syntax error: Unknown argument: '{key}'")
+        i += 2
+    if typ == "bitmap:port" and s.range is None:
+        raise IpsetError("Syntax error: Missing mandatory argument: range")
+    reg.create(s, exist)
+
+
+def _element_opts(s: IpSet, opts: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(opts):
+        key = opts[i]
+        if key == "nomatch":
+            out["nomatch"] = True
+            i += 1
+            continue
+        if i + 1 >= len(opts):
+            raise IpsetError(f"Syntax error: option '{key}' requires an argument")
+        val = opts[i + 1]
+        if key == "timeout":
+            if s.timeout is None:
+                raise IpsetError("Kernel error received: ipset protocol error")
+            out["timeout"] = int(val)
+        elif key == "comment":
+            out["comment"] = val
+        elif key in ("packets", "bytes"):
+            out[key] = int(val)
+        else:
+            raise IpsetError(f"Syntax error: Unknown argument: '{key}'")
+        i += 2
+    return out
+
+
+def list_set(s: IpSet, reg: IpsetRegistry, now: float, terse: bool = False) -> str:
+    lines = [f"Name: {s.name}", f"Type: {s.type}", f"Revision: {s.revision}", f"Header: {s.header()}",
+             f"Size in memory: {s.memory()}", f"References: {reg.references(s.name)}",
+             f"Number of entries: {len(s.live(now))}"]
+    if not terse:
+        lines.append("Members:")
+        lines += [s.element_text(k, e, now) for k, e in s.live(now)]
+    return "\n".join(lines) + "\n"
+
+
+def save_set(s: IpSet, now: float) -> str:
+    lines = [f"create {s.name} {s.type} {s.header()}"]
+    lines += [f"add {s.name} {s.element_text(k, e, now)}" for k, e in s.live(now)]
+    return "\n".join(lines) + "\n"
+
+
+def execute(reg: IpsetRegistry, cmd: str, args: list[str], flags: set[str], now: float, out: list[str]) -> int:
+    """One command on ``reg``; returns the exit status (test's 'not in set' is 1, not an error)."""
+    exist = "exist" in flags
+    if cmd == "create":
+        _create(reg, args, exist)
+    elif cmd in ("add", "del", "test"):
+        if len(args) < 2:
+            raise Usage("Missing mandatory argument: setname" if not args else "Missing second mandatory argument to command " + cmd)
+        s = reg.need(args[0])
+        key = s.parse(args[1])
+        opts = _element_opts(s, args[2:])
+        if cmd == "add":
+            if s.type == "list:set":
+                reg.need(args[1])
+            s.add(key, now, opts.get("timeout"), opts.get("comment"), opts.get("nomatch", False), exist)
+        elif cmd == "del":
+            s.delete(key, now, exist)
+        elif s.contains(key, now, reg):
+            out.append(f"Warning: {args[1]} is in set {s.name}.\n")
+        else:
+            out.append(f"{args[1]} is NOT in set {s.name}.\n")
+            return 1
+    elif cmd in ("list", "save"):
+        sets = [reg.need(args[0])] if args else reg.ordered()
+        if cmd == "save" or flags & {"output_save"}:
+            out.append("".join(save_set(s, now) for s in sets))
+        elif "name" in flags:
+            out.append("".join(f"{s.name}\n" for s in sets))
+        else:
+            out.append("\n".join(list_set(s, reg, now, "terse" in flags) for s in sets))
+    elif cmd == "flush":
+        for s in ([reg.need(args[0])] if args else list(reg.sets.values())):
+            s.members.clear()
+    elif cmd == "destroy":
+        reg.destroy(args[0] if args else None)
+    elif cmd == "swap":
+        if len(args) != 2:
+            raise Usage("Missing second mandatory argument to command swap")
+        reg.swap(args[0], args[1])
+    elif cmd == "rename":
+        if len(args) != 2:
+            raise Usage("Missing second mandatory argument to command rename")
+        reg.rename(args[0], args[1])
+    elif cmd == "version":
+        out.append(f"{PROG}, protocol version: 7\n")
+    return 0
+
+
+def _split(argv: list[str]) -> tuple[str, list[str], set[str]]:
+    flags: set[str] = set()
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in GLOBAL_FLAGS:
+            flags.add(GLOBAL_FLAGS[a])
+        elif a in ("-o", "-output"):
+            i += 1
+            if i < len(argv) and argv[i] == "save":
+                flags.add("output_save")
+        elif a in ("-f", "-file"):
+            i += 1
+            if i < len(argv):
+                flags.add("file:" + argv[i])
+        else:
+            rest.append(a)
+        i += 1
+    if not rest:
+        raise Usage("No command specified: unknown argument")
+    cmd = COMMANDS.get(rest[0])
+    if cmd is None:
+        raise Usage(f"No command specified: unknown argument {rest[0]}")
+    return cmd, rest[1:], flags
+
+
+def run_ipset(argv: list[str], registry: IpsetRegistry, now: float, stdin: str | None = None) -> tuple[int, str, str]:
+    out: list[str] = []
+    try:
+        cmd, args, flags = _split(argv)
+        if cmd == "restore":
+            text = stdin or ""
+            for f in flags:
+                if f.startswith("file:"):
+                    with open(f[5:]) as fh:
+                        text = fh.read()
+            return _restore(registry, text, flags, now)
+        rc = execute(registry, cmd, args, flags, now, out)
+    except IpsetError as exc:
+        hint = "\nTry `ipset help' for more information." if isinstance(exc, Usage) else ""
+        return 1, "", f"{PROG}: {exc}{hint}\n"
+    text = "".join(out)
+    if cmd == "test":
+        return rc, "", ("" if "quiet" in flags else text)
+    return rc, text, ""
+
+
+def _restore(registry: IpsetRegistry, text: str, flags: set[str], now: float) -> tuple[int, str, str]:
+    import copy
+
+    work = copy.deepcopy(registry)
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#") or line == "COMMIT":
+            continue
+        try:
+            words = shlex.split(line)
+            cmd = COMMANDS.get(words[0])
+            if cmd is None or cmd in ("restore", "list", "save"):
+                raise IpsetError(f"Syntax error: unknown command {words[0]}")
+            execute(work, cmd, words[1:], flags, now, [])
+        except (IpsetError, ValueError) as exc:
+            return 1, "", f"{PROG}: Error in line {n}: {exc}\n"
+    registry.sets = work.sets
+    return 0, "", ""

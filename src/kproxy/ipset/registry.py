@@ -1,0 +1,72 @@
+"""The sets of one network namespace, in creation order (list:set sets listed last, as the kernel dumps them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kproxy.ipset.sets import IpSet, IpsetError
+
+
+class IpsetRegistry:
+    def __init__(self) -> None:
+        self.sets: dict[str, IpSet] = {}
+        # Counts the iptables rules naming a set (wired by the node): part of "References".
+        self.rule_refs: Any = None
+
+    def get(self, name: str) -> IpSet | None:
+        return self.sets.get(name)
+
+    def need(self, name: str) -> IpSet:
+        s = self.sets.get(name)
+        if s is None:
+            raise IpsetError("The set with the given name does not exist")
+        return s
+
+    def create(self, s: IpSet, exist: bool = False) -> None:
+        old = self.sets.get(s.name)
+        if old is not None:
+            if exist and old.type == s.type:
+                return
+            raise IpsetError("Set cannot be created: set with the same name already exists")
+        self.sets[s.name] = s
+
+    def ordered(self) -> list[IpSet]:
+        return [s for s in self.sets.values() if s.type != "list:set"] + \
+            [s for s in self.sets.values() if s.type == "list:set"]
+
+    def references(self, name: str) -> int:
+        s = self.sets[name]
+        rules = self.rule_refs(name) if self.rule_refs is not None else 0
+        return s.references + rules + sum(1 for o in self.sets.values() if o.type == "list:set" and (name,) in o.members)
+
+    def destroy(self, name: str | None) -> None:
+        names = [name] if name else list(self.sets)
+        for n in names:
+            self.need(n)
+            if self.references(n):
+                raise IpsetError("Set cannot be destroyed: it is in use by a kernel component")
+        for n in names:
+            del self.sets[n]
+
+    def swap(self, a: str, b: str) -> None:
+        sa, sb = self.need(a), self.need(b)
+        if sa.type != sb.type or sa.family != sb.family:
+            raise IpsetError("The sets cannot be swapped: their type does not match")
+        sa.name, sb.name = b, a
+        self.sets[a], self.sets[b] = sb, sa
+
+    def rename(self, a: str, b: str) -> None:
+        s = self.need(a)
+        if b in self.sets:
+            raise IpsetError("Set cannot be renamed: a set with the new name already exists")
+        if self.references(a):
+            raise IpsetError("Set cannot be renamed: it is in use by another system")
+        del self.sets[a]
+        s.name = b
+        self.sets[b] = s
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.sets.values()]
+
+    def from_json(self, data: list[dict[str, Any]]) -> None:
+        self.sets = {d["name"]: IpSet.from_json(d) for d in data}
