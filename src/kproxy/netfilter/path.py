@@ -66,6 +66,8 @@ _NO_STATE = HookState("", "", "", None)
 
 
 def _stopped(verdict: int, state: HookState, pkt: Packet, trace: Trace | None) -> Result:
+    if verdict == NF_STOLEN and "reinjected" in pkt.meta:
+        return pkt.meta.pop("reinjected")          # IPVS sent it on: its own fate
     if verdict == NF_STOLEN:
         res = Result(STOLEN, pkt, state.hook, reason=str(pkt.meta.get("stolen_by", "a hook")), trace=trace)
     elif state.rejected_with:
@@ -214,3 +216,17 @@ def reject_reply(pkt: Packet, kind: str) -> Packet:
              "icmp-admin-prohibited": 13}
     return Packet(src=pkt.dst, dst=pkt.src, proto=ICMP, family=pkt.family, icmp_type=3,
                   icmp_code=codes.get(kind, 3), inner=pkt.copy(), length=56)
+
+
+def reinject_local_out(node: Any, pkt: Packet, trace: Trace | None) -> Result:
+    """IPVS's transmit: a rewritten packet re-routed and sent through LOCAL_OUT and POSTROUTING."""
+    route = node.route(pkt.family, pkt.dst)
+    if route.type != "unicast":
+        return _fate(trace, Result(DROPPED, pkt, "routing", reason=f"IPVS: no route to {pkt.dst_str}", trace=trace))
+    if trace is not None:
+        trace.add("route", text="IPVS re-route: " + _route_text(route, pkt))
+    pkt.oif = route.dev
+    verdict, state = _run(node, pkt, OUTPUT, "", route.dev, trace)
+    if verdict != NF_ACCEPT:
+        return _stopped(verdict, state, pkt, trace)
+    return _postrouting(node, pkt, "", route, trace)

@@ -55,6 +55,7 @@ def _attach_optional(node: Any) -> None:
         node.ipvs = None
     else:
         node.ipvs = Ipvs()
+        node.ipvs.attach(node)
 
 
 def _set_rule_refs(node: Any, name: str) -> int:

@@ -1,0 +1,1 @@
+"""IPVS: virtual services, schedulers, the connection table and the ipvsadm command."""

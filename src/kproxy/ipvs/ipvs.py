@@ -1,0 +1,334 @@
+"""IPVS: virtual services, real servers, the connection table, and its place in the packet path.
+
+Hooked where the kernel hooks it (ip_vs_core.c): new connections to a virtual service are
+scheduled at LOCAL_IN (priority 99, after the filter table, so INPUT rules see the virtual IP);
+a masqueraded packet is rewritten and re-sent through LOCAL_OUT and POSTROUTING (the INPUT hook
+steals it), and replies from the real server are rewritten back in FORWARD (priority 100). The
+conntrack entry's reply tuple is altered to the real server, as with net.ipv4.vs.conntrack=1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from kproxy.ipvs.schedulers import SCHEDULERS, Scheduler
+from kproxy.netfilter.hooks import FORWARD, INPUT, PRI_IPVS_FORWARD_REPLY, PRI_IPVS_LOCAL_IN, HookState
+from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, UDP, Packet, format_addr
+
+PROTOS = {"tcp": TCP, "udp": UDP, "sctp": 132}
+PROTO_NAMES = {TCP: "TCP", UDP: "UDP", 132: "SCTP"}
+FWD = {"masq": "Masq", "droute": "Route", "tunnel": "Tunnel", "local": "Local"}
+TCP_TIMEOUTS = {"NONE": 2, "ESTABLISHED": 900, "SYN_SENT": 120, "SYN_RECV": 30, "FIN_WAIT": 120, "TIME_WAIT": 120,
+                "CLOSE": 10, "CLOSE_WAIT": 60, "LAST_ACK": 30, "LISTEN": 120, "SYNACK": 120}
+UDP_TIMEOUT = 300
+TABLE_SIZE = 4096
+
+
+class IpvsError(ValueError):
+    """The ipvsadm error text for a refused operation."""
+
+
+@dataclass(eq=False)
+class Dest:
+    addr: int
+    port: int
+    family: int = 4
+    weight: int = 1
+    fwd: str = "masq"
+    u_threshold: int = 0
+    l_threshold: int = 0
+    activeconns: int = 0
+    inactconns: int = 0
+    persistconns: int = 0
+    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes",
+                                                                           "outbytes"), 0))
+    overloaded: bool = False
+
+    def update_overload(self) -> None:
+        """IP_VS_DEST_F_OVERLOAD: set at the upper threshold, cleared below the lower one (3/4 upper by default)."""
+        conns = self.activeconns + self.inactconns
+        if self.u_threshold and conns >= self.u_threshold:
+            self.overloaded = True
+        elif self.overloaded:
+            low = self.l_threshold or (self.u_threshold * 3 // 4)
+            if conns < low or not self.u_threshold:
+                self.overloaded = False
+
+    def text(self) -> str:
+        a = format_addr(self.addr, self.family)
+        return f"[{a}]:{self.port}" if self.family == 6 else f"{a}:{self.port}"
+
+
+@dataclass(eq=False)
+class VirtualService:
+    proto: int            # 0 for a firewall-mark service
+    addr: int
+    port: int
+    fwmark: int = 0
+    family: int = 4
+    scheduler_name: str = "wlc"
+    persistent: int | None = None
+    netmask: int = 0xFFFFFFFF
+    flags: set[str] = field(default_factory=set)
+    dests: list[Dest] = field(default_factory=list)
+    scheduler: Scheduler | None = None
+    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes",
+                                                                           "outbytes"), 0))
+
+    def __post_init__(self) -> None:
+        self.set_scheduler(self.scheduler_name)
+
+    def set_scheduler(self, name: str) -> None:
+        if name not in SCHEDULERS:
+            raise IpvsError("Scheduler not found")
+        self.scheduler_name = name
+        self.scheduler = SCHEDULERS[name](self)
+
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.fwmark, self.proto, self.addr, self.port) if not self.fwmark else (self.fwmark, 0, 0, 0)
+
+    def find(self, addr: int, port: int) -> Dest | None:
+        return next((d for d in self.dests if d.addr == addr and d.port == port), None)
+
+    def text(self) -> str:
+        if self.fwmark:
+            return f"FWM  {self.fwmark}"
+        a = format_addr(self.addr, self.family)
+        a = f"[{a}]" if self.family == 6 else a
+        return f"{PROTO_NAMES[self.proto]:<4} {a}:{self.port}"
+
+
+@dataclass(eq=False)
+class IpvsConn:
+    proto: int
+    caddr: int
+    cport: int
+    vaddr: int
+    vport: int
+    dest: Dest
+    svc: VirtualService
+    state: str
+    expires: float
+    template: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.proto == TCP and self.state == "ESTABLISHED"
+
+
+class Ipvs:
+    """The IPVS state of one node."""
+
+    def __init__(self) -> None:
+        self.services: dict[tuple[int, int, int, int], VirtualService] = {}
+        self.conns_in: dict[tuple[int, int, int, int, int], IpvsConn] = {}
+        self.conns_out: dict[tuple[int, int, int, int, int], IpvsConn] = {}
+        self.templates: dict[tuple[int, int, int], IpvsConn] = {}
+        self.timeouts = {"tcp": 900, "tcpfin": 120, "udp": 300}
+        self.node: Any = None
+
+    # ---- configuration --------------------------------------------------------------------------
+    def add_service(self, svc: VirtualService) -> None:
+        if svc.key() in self.services:
+            raise IpvsError("Service already exists")
+        self.services[svc.key()] = svc
+
+    def get_service(self, key: tuple[int, int, int, int]) -> VirtualService:
+        svc = self.services.get(key)
+        if svc is None:
+            raise IpvsError("No such service")
+        return svc
+
+    def del_service(self, key: tuple[int, int, int, int]) -> None:
+        self.get_service(key)
+        del self.services[key]
+
+    def clear(self) -> None:
+        self.services.clear()
+
+    def add_dest(self, svc: VirtualService, dest: Dest) -> None:
+        if svc.find(dest.addr, dest.port):
+            raise IpvsError("Destination already exists")
+        svc.dests.append(dest)
+        assert svc.scheduler is not None
+        svc.scheduler.update()
+
+    def del_dest(self, svc: VirtualService, addr: int, port: int) -> None:
+        d = svc.find(addr, port)
+        if d is None:
+            raise IpvsError("No such destination")
+        svc.dests.remove(d)
+        assert svc.scheduler is not None
+        svc.scheduler.update()
+
+    # ---- the packet path ------------------------------------------------------------------------
+    def attach(self, node: Any) -> None:
+        self.node = node
+        for fam in (4, 6):
+            node.hooks.register(fam, INPUT, PRI_IPVS_LOCAL_IN, "ipvs:request", self.local_in)
+            node.hooks.register(fam, FORWARD, PRI_IPVS_FORWARD_REPLY, "ipvs:reply", self.forward_reply)
+
+    def _service_for(self, pkt: Packet) -> VirtualService | None:
+        if pkt.mark and (pkt.mark, 0, 0, 0) in self.services:
+            return self.services[(pkt.mark, 0, 0, 0)]
+        return self.services.get((0, pkt.proto, pkt.dst, pkt.dport))
+
+    def _expire(self, now: float) -> None:
+        for c in list(self.conns_in.values()):
+            if c.expires <= now:
+                self._drop_conn(c)
+
+    def _drop_conn(self, c: IpvsConn) -> None:
+        self.conns_in.pop((c.proto, c.caddr, c.cport, c.vaddr, c.vport), None)
+        self.conns_out.pop((c.proto, c.dest.addr, c.dest.port, c.caddr, c.cport), None)
+        if c.active:
+            c.dest.activeconns -= 1
+        else:
+            c.dest.inactconns -= 1
+        c.dest.update_overload()
+
+    def _set_state(self, c: IpvsConn, pkt: Packet, now: float) -> None:
+        was_active = c.active
+        if pkt.proto == TCP:
+            f = pkt.tcp_flags
+            if f & 0x04:
+                c.state = "CLOSE"
+            elif f & 0x01:
+                c.state = "FIN_WAIT"
+            elif f & 0x02 and not f & 0x10:
+                c.state = "SYN_RECV"
+            elif f & 0x10:
+                c.state = "ESTABLISHED"
+            c.expires = now + {"ESTABLISHED": self.timeouts["tcp"], "FIN_WAIT": self.timeouts["tcpfin"]}.get(
+                c.state, TCP_TIMEOUTS.get(c.state, 60))
+        else:
+            c.state = "UDP"
+            c.expires = now + self.timeouts["udp"]
+        if was_active != c.active:
+            c.dest.activeconns += 1 if c.active else -1
+            c.dest.inactconns += -1 if c.active else 1
+
+    def local_in(self, pkt: Packet, state: HookState) -> int:
+        """ip_vs_remote_request4: schedule (or find) the connection, rewrite, send it on."""
+        if not self.services or pkt.proto not in (TCP, UDP, 132):
+            return NF_ACCEPT
+        now = state.now
+        self._expire(now)
+        key = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        c = self.conns_in.get(key)
+        if c is None:
+            svc = self._service_for(pkt)
+            if svc is None:
+                return NF_ACCEPT
+            if pkt.proto == TCP and not pkt.tcp_flags & 0x02:
+                return NF_ACCEPT          # only a SYN starts a TCP connection
+            dest = self._pick(svc, pkt, now)
+            if dest is None:
+                if state.trace is not None:
+                    state.trace.add("ipvs", hook=state.hook, text=f"IPVS: {svc.text()}: no destination available")
+                return NF_DROP
+            c = IpvsConn(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, dest, svc, "NONE", now)
+            dest.inactconns += 1
+            dest.stats["conns"] += 1
+            svc.stats["conns"] += 1
+            self.conns_in[key] = c
+            self.conns_out[(pkt.proto, dest.addr, dest.port, pkt.src, pkt.sport)] = c
+            dest.update_overload()
+            if state.trace is not None:
+                state.trace.add("ipvs", hook=state.hook, text=f"IPVS: {svc.text().replace('  ', ' ')} -> "
+                                f"{dest.text()} ({svc.scheduler_name}, {FWD[dest.fwd]})")
+        self._set_state(c, pkt, now)
+        c.dest.stats["inpkts"] += 1
+        c.dest.stats["inbytes"] += pkt.length
+        c.svc.stats["inpkts"] += 1
+        c.svc.stats["inbytes"] += pkt.length
+        if c.dest.fwd == "local":
+            return NF_ACCEPT
+        if c.dest.fwd == "masq":
+            if pkt.ct is not None and pkt.ct.reply.src != c.dest.addr:
+                from kproxy.netfilter.conntrack import Tuple
+
+                pkt.ct.reply = Tuple(pkt.family, pkt.proto, c.dest.addr, pkt.src, c.dest.port, pkt.sport)
+            pkt.dst, pkt.dport = c.dest.addr, c.dest.port
+        from kproxy.netfilter.path import reinject_local_out
+
+        pkt.meta["reinjected"] = reinject_local_out(state.node, pkt, state.trace)
+        pkt.meta["stolen_by"] = "IPVS"
+        return NF_STOLEN
+
+    def _pick(self, svc: VirtualService, pkt: Packet, now: float) -> Dest | None:
+        if svc.persistent:
+            tkey = (id(svc), pkt.src & svc.netmask, 0)
+            t = self.templates.get(tkey)
+            if t is not None and t.expires > now and t.dest in svc.dests and t.dest.weight > 0:
+                t.expires = now + svc.persistent
+                return t.dest
+        assert svc.scheduler is not None
+        dest = svc.scheduler.schedule(pkt)
+        if dest is not None and svc.persistent:
+            self.templates[(id(svc), pkt.src & svc.netmask, 0)] = IpvsConn(
+                pkt.proto, pkt.src & svc.netmask, 0, pkt.dst, pkt.dport, dest, svc, "NONE", now + svc.persistent, True)
+        return dest
+
+    def forward_reply(self, pkt: Packet, state: HookState) -> int:
+        """ip_vs_reply4: a real server's answer leaves with the virtual service's address."""
+        if not self.conns_out:
+            return NF_ACCEPT
+        c = self.conns_out.get((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport))
+        if c is None or c.dest.fwd != "masq":
+            return NF_ACCEPT
+        if pkt.proto == TCP and pkt.tcp_flags & 0x05:
+            self._set_state(c, pkt, state.now)
+        c.dest.stats["outpkts"] += 1
+        c.dest.stats["outbytes"] += pkt.length
+        pkt.src, pkt.sport = c.vaddr, c.vport
+        if state.trace is not None:
+            state.trace.add("ipvs", hook=state.hook, text=f"IPVS: reply from {c.dest.text()} as "
+                            f"{format_addr(c.vaddr, pkt.family)}:{c.vport}")
+        return NF_ACCEPT
+
+    def connections(self, now: float) -> list[IpvsConn]:
+        self._expire(now)
+        return list(self.conns_in.values())
+
+    # ---- persistence --------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"services": [{"proto": s.proto, "addr": s.addr, "port": s.port, "fwmark": s.fwmark, "family": s.family,
+                              "scheduler": s.scheduler_name, "persistent": s.persistent, "netmask": s.netmask,
+                              "flags": sorted(s.flags),
+                              "dests": [{"addr": d.addr, "port": d.port, "weight": d.weight, "fwd": d.fwd,
+                                         "u": d.u_threshold, "l": d.l_threshold} for d in s.dests]}
+                             for s in self.services.values()],
+                "timeouts": self.timeouts}
+
+    def from_json(self, data: dict[str, Any]) -> None:
+        self.services.clear()
+        for s in data.get("services", []):
+            svc = VirtualService(s["proto"], s["addr"], s["port"], s["fwmark"], s["family"], s["scheduler"],
+                                 s["persistent"], s["netmask"], set(s["flags"]))
+            for d in s["dests"]:
+                svc.dests.append(Dest(d["addr"], d["port"], s["family"], d["weight"], d["fwd"], d["u"], d["l"]))
+            assert svc.scheduler is not None
+            svc.scheduler.update()
+            self.services[svc.key()] = svc
+        self.timeouts.update(data.get("timeouts", {}))
+
+
+def parse_hostport(text: str) -> tuple[int, int, int]:
+    """``10.0.0.1:80`` or ``[fd00::1]:80`` (port optional) into (family, address, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "0"
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, "0"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise IpvsError("Illegal virtual server address") from None
+    if not port.isdigit() or int(port) > 65535:
+        raise IpvsError("Illegal port number")
+    return ip.version, int(ip), int(port)
