@@ -307,17 +307,27 @@ class Node:
             hit = self._route_cache[(family, dst)] = self._route(family, dst, None)
         return hit
 
-    def _fib(self) -> list[tuple[int, int, int, Route]]:
-        """The main table as (family, mask, network, route), most specific (then lowest metric) first."""
+    def _fib(self) -> dict[int, list[tuple[int, dict[int, Route]]]]:
+        """The main table per family: (mask, {network: route}) by prefix length, longest first.
+
+        Longest-prefix match is then one dict lookup per distinct prefix length, however many
+        routes there are (a node with thousands of pod or Service routes).
+        """
         key = (self.routes.version, self._iface_version, len(self.interfaces))
         if getattr(self, "_fib_key", None) != key:
-            entries = []
+            by_len: dict[tuple[int, int], dict[int, Route]] = {}
             for r in self.connected_routes() + list(self.routes):
                 bits = 32 if r.family == 4 else 128
                 mask = ((1 << bits) - 1) ^ ((1 << (bits - r.prefixlen)) - 1)
-                entries.append((r.prefixlen, r.metric, r.family, mask, r.dst & mask, r))
-            entries.sort(key=lambda e: (-e[0], e[1]))
-            self._fib_cache = [(fam, mask, net, r) for _, _, fam, mask, net, r in entries]
+                table = by_len.setdefault((r.family, r.prefixlen), {})
+                net = r.dst & mask
+                if net not in table or r.metric < table[net].metric:
+                    table[net] = r
+            fib: dict[int, list[tuple[int, dict[int, Route]]]] = {4: [], 6: []}
+            for (fam, plen), table in sorted(by_len.items(), key=lambda kv: -kv[0][1]):
+                bits = 32 if fam == 4 else 128
+                fib[fam].append((((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1), table))
+            self._fib_cache = fib
             self._fib_key = key
         return self._fib_cache
 
@@ -326,8 +336,9 @@ class Node:
         if self.is_local(family, dst):
             return RouteResult("local", dev="lo", prefsrc=dst)
         best: Route | None = None
-        for fam, mask, net, r in self._fib():
-            if fam == family and dst & mask == net and not (oif and r.dev and r.dev != oif):
+        for mask, table in self._fib()[family]:
+            r = table.get(dst & mask)
+            if r is not None and not (oif and r.dev and r.dev != oif):
                 best = r
                 break
         if best is None:

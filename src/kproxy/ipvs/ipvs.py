@@ -215,9 +215,11 @@ class Ipvs:
         if not self.services or pkt.proto not in (TCP, UDP, 132):
             return NF_ACCEPT
         now = state.now
-        self._expire(now)
         key = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         c = self.conns_in.get(key)
+        if c is not None and c.expires <= now:
+            self._drop_conn(c)            # expired: the next packet starts over (entries expire lazily)
+            c = None
         if c is None:
             svc = self._service_for(pkt)
             if svc is None:

@@ -1,0 +1,82 @@
+"""Packets per second through IPVS with 100, 1,000 and 10,000 virtual services (3 real servers each).
+
+New connections are SYNs from a pod to random virtual services (lookup, scheduling, masquerade,
+re-injection through LOCAL_OUT/POSTROUTING); established packets are ACKs of existing
+connections. Prints the cost ratio of the largest size to the smallest, measured in one run.
+
+    .venv/bin/python bench/bench_ipvs.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import time
+
+from kproxy.ipvs.ipvs import Dest, VirtualService
+from kproxy.node import Address, Interface, Node
+from kproxy.packet import ACK, SYN, Packet, parse_addr
+
+
+def vip(i: int) -> str:
+    return f"10.96.{i // 250}.{i % 250 + 1}"
+
+
+def build(services: int) -> Node:
+    node = Node.from_description({"name": "bench", "interfaces": [{"name": "eth0", "addresses": ["192.168.1.10/24"]},
+                                                                 {"name": "cni0", "addresses": ["10.244.0.1/16"]}],
+                                  "sysctls": {"net.netfilter.nf_conntrack_max": "2000000"}})
+    node.clock = 1000.0
+    node.conntrack.enabled = True
+    node.add_interface(Interface("kube-ipvs0", [Address.parse(f"{vip(i)}/32") for i in range(services)]))
+    for i in range(services):
+        svc = VirtualService(6, parse_addr(vip(i))[1], 80, scheduler_name="rr")
+        node.ipvs.add_service(svc)
+        for j in range(3):
+            node.ipvs.add_dest(svc, Dest(parse_addr(f"10.244.{1 + j}.{i % 250 + 1}")[1], 8080))
+    return node
+
+
+def measure(services: int, new: int, est: int) -> tuple[float, float]:
+    node = build(services)
+    rng = random.Random(1)
+    pod = parse_addr("10.244.9.5")[1]
+    targets = [parse_addr(vip(rng.randrange(services)))[1] for _ in range(new)]
+    pkts = [Packet(src=pod + i // 60000, dst=targets[i], proto=6, sport=1024 + i % 60000, dport=80, tcp_flags=SYN)
+            for i in range(new)]
+    gc.collect()
+    gc.freeze()
+    t0 = time.perf_counter()
+    for p in pkts:
+        node.receive(p, "cni0")
+    new_rate = new / (time.perf_counter() - t0)
+    flows = [(pod + i // 60000, targets[i], 1024 + i % 60000) for i in range(min(new, 1000))]
+    acks = [Packet(src=s, dst=d, proto=6, sport=sp, dport=80, tcp_flags=ACK) for k in range(est)
+            for (s, d, sp) in (flows[k % len(flows)],)]
+    t0 = time.perf_counter()
+    for p in acks:
+        node.receive(p, "cni0")
+    est_rate = est / (time.perf_counter() - t0)
+    gc.unfreeze()
+    return new_rate, est_rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100,1000,10000")
+    ap.add_argument("--new", type=int, default=10000)
+    ap.add_argument("--est", type=int, default=30000)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rates = {}
+    print(f"{'services':>9} {'new conn/s':>12} {'established pkt/s':>18}")
+    for n in sizes:
+        rates[n] = measure(n, args.new, args.est)
+        print(f"{n:>9} {rates[n][0]:>12,.0f} {rates[n][1]:>18,.0f}")
+    lo, hi = sizes[0], sizes[-1]
+    print(f"cost ratio {hi} / {lo}: new {rates[lo][0] / rates[hi][0]:.2f}, established {rates[lo][1] / rates[hi][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
