@@ -158,3 +158,47 @@ def test_ipvsadm_formats_save_restore_and_errors():
     assert run_ipvsadm(["-A", "-t", "10.96.0.2:80", "-s", "nope"], ipvs, 0)[0] == 1
     bad = run_ipvsadm(["-R"], other, 0, stdin="-A -t 10.9.9.9:1 -s rr\n-a -t 10.9.9.8:1 -r 1.1.1.1\n")
     assert bad[0] == 1 and run_ipvsadm(["-S", "-n"], other, 0)[1] == saved      # restore is all or nothing
+
+
+def test_lblc_keeps_a_destination_address_on_its_server_until_overloaded():
+    svc = service("lblc", ("10.0.0.1", 1), ("10.0.0.2", 1))
+    to_a = Packet.make("10.0.9.9", "192.0.2.10", "tcp", 1, 80)
+    first = picks(svc, 1, to_a)[0]
+    svc.dests[int(first) - 1].activeconns = 5          # now busier than its weight
+    other = "2" if first == "1" else "1"
+    # the other server is idle (0 * 2 < 1), so the cached one counts as overloaded and a new one is chosen
+    assert picks(svc, 1, to_a) == [other]
+
+
+def test_lblcr_grows_the_set_of_a_destination_when_overloaded():
+    svc = service("lblcr", ("10.0.0.1", 1), ("10.0.0.2", 1))
+    pkt = Packet.make("10.0.9.9", "192.0.2.10", "tcp", 1, 80)
+    first = picks(svc, 1, pkt)[0]
+    assert picks(svc, 1, pkt) == [first]
+    svc.dests[int(first) - 1].activeconns = 5
+    assert picks(svc, 1, pkt) != [first]
+    assert len(svc.scheduler.sets[pkt.dst]) == 2
+
+
+def test_mh_fills_by_weight_and_moves_little_when_a_server_goes():
+    svc = service("mh", ("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 2))
+    table = svc.scheduler.table
+    counts = {d.addr: sum(1 for x in table if x is d) for d in svc.dests}
+    assert sorted(counts.values()) == [1023, 1024, 2046]          # M = 4093 entries, in the weights' proportion
+    before = list(table)
+    gone = svc.dests.pop()
+    svc.scheduler.update()
+    moved = sum(1 for a, b in zip(before, svc.scheduler.table) if a is not gone and a is not b)
+    assert moved < 50                                              # only the removed server's entries move
+
+
+def test_twos_prefers_the_less_loaded_of_two_draws():
+    svc = service("twos", ("10.0.0.1", 1), ("10.0.0.2", 1), **{"10_0_0_1": (9, 0)})
+    chosen = picks(svc, 50)
+    assert chosen.count("2") > chosen.count("1")
+
+
+def test_set_timeouts():
+    ipvs = Ipvs()
+    assert run_ipvsadm(["--set", "100", "0", "30"], ipvs, 0)[0] == 0
+    assert run_ipvsadm(["-L", "--timeout"], ipvs, 0)[1] == "Timeout (tcp tcpfin udp): 100 120 30\n"

@@ -20,7 +20,7 @@ from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, UDP, Packet, forma
 PROTOS = {"tcp": TCP, "udp": UDP, "sctp": 132}
 PROTO_NAMES = {TCP: "TCP", UDP: "UDP", 132: "SCTP"}
 FWD = {"masq": "Masq", "droute": "Route", "tunnel": "Tunnel", "local": "Local"}
-TCP_TIMEOUTS = {"NONE": 2, "ESTABLISHED": 900, "SYN_SENT": 120, "SYN_RECV": 30, "FIN_WAIT": 120, "TIME_WAIT": 120,
+TCP_TIMEOUTS = {"NONE": 2, "ESTABLISHED": 900, "SYN_SENT": 120, "SYN_RECV": 60, "FIN_WAIT": 120, "TIME_WAIT": 120,
                 "CLOSE": 10, "CLOSE_WAIT": 60, "LAST_ACK": 30, "LISTEN": 120, "SYNACK": 120}
 UDP_TIMEOUT = 300
 TABLE_SIZE = 4096

@@ -242,6 +242,8 @@ def run_ipvsadm(argv: list[str], ipvs: Ipvs | None, now: float, stdin: str | Non
         return 1, "", "Can't initialize ipvs: Protocol not available\nAre you sure that IP Virtual Server is built in the kernel or as module?\n"
     try:
         cmd, opts, rest = _parse(argv)
+        if cmd == "set":
+            return _set_timeouts(ipvs, rest)
         if rest:
             raise Usage(f"Illegal argument: {rest[0]}")
         if not cmd:
@@ -255,6 +257,16 @@ def run_ipvsadm(argv: list[str], ipvs: Ipvs | None, now: float, stdin: str | Non
         if isinstance(exc, Usage):
             return 2, "", f"{exc}\n"
         return 1, "", f"{exc}\n"
+
+
+def _set_timeouts(ipvs: Ipvs, values: list[str]) -> tuple[int, str, str]:
+    """``--set tcp tcpfin udp``: 0 leaves a timeout unchanged."""
+    if len(values) != 3 or not all(v.isdigit() for v in values):
+        return 2, "", "--set requires 3 timeout values\n"
+    for key, v in zip(("tcp", "tcpfin", "udp"), values, strict=True):
+        if int(v):
+            ipvs.timeouts[key] = int(v)
+    return 0, "", ""
 
 
 def _restore(ipvs: Ipvs, text: str, now: float) -> tuple[int, str, str]:

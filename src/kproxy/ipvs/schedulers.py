@@ -248,8 +248,157 @@ class DestinationHashing(Scheduler):
         return d if d is not None and available(d) else None
 
 
+def _wlc_pick(dests: list[Any]) -> Any:
+    """The weighted least-connection choice the locality schedulers fall back on."""
+    least, loh = None, 0
+    for d in dests:
+        if not available(d):
+            continue
+        doh = overhead(d)
+        if least is None or loh * d.weight > doh * least.weight:
+            least, loh = d, doh
+    return least
+
+
+def _is_overloaded(d: Any, dests: list[Any]) -> bool:
+    """lblc/lblcr: busier than its weight while some other server is under half of its own."""
+    return d.activeconns > d.weight and any(o.activeconns * 2 < o.weight for o in dests)
+
+
+class LocalityLeastConnection(Scheduler):
+    """ip_vs_lblc: the server last used for this destination address, unless it is gone or overloaded."""
+
+    name = "lblc"
+
+    def update(self) -> None:
+        self.table: dict[int, Any] = {}
+
+    def schedule(self, pkt: Any) -> Any:
+        dests = self.svc.dests
+        d = self.table.get(pkt.dst)
+        if d is not None and d in dests and d.weight > 0 and not d.overloaded and not _is_overloaded(d, dests):
+            return d
+        d = _wlc_pick(dests)
+        if d is not None:
+            self.table[pkt.dst] = d
+        return d
+
+
+class LocalityLeastConnectionReplicated(Scheduler):
+    """ip_vs_lblcr: a set of servers per destination address; the least loaded of the set, grown when overloaded."""
+
+    name = "lblcr"
+
+    def update(self) -> None:
+        self.sets: dict[int, list[Any]] = {}
+
+    def schedule(self, pkt: Any) -> Any:
+        dests = self.svc.dests
+        members = [d for d in self.sets.get(pkt.dst, []) if d in dests]
+        d = _wlc_pick(members) if members else None
+        if d is None or _is_overloaded(d, dests):
+            d = _wlc_pick(dests)
+            if d is None:
+                return None
+            if d not in members:
+                members.append(d)
+        self.sets[pkt.dst] = members
+        return d
+
+
+class MaglevHashing(Scheduler):
+    """ip_vs_mh: a Maglev lookup table of M = 4093 entries, filled by each server's (offset, skip) permutation
+    in turns proportional to its weight. The kernel keys its hashes with random siphash keys chosen at boot,
+    so its exact table cannot be reproduced; here the keys are fixed, and the algorithm is the kernel's."""
+
+    name = "mh"
+    M = 4093
+
+    @staticmethod
+    def _hash(value: bytes, key: bytes) -> int:
+        import hashlib
+
+        return int.from_bytes(hashlib.blake2b(value, digest_size=8, key=key).digest(), "big")
+
+    def update(self) -> None:
+        dests = [d for d in self.svc.dests if d.weight > 0]
+        self.table: list[Any] = [None] * self.M
+        if not dests:
+            return
+        g = 0
+        for d in dests:
+            g = gcd(g, d.weight)
+        perm = []
+        for d in dests:
+            ident = f"{d.addr}:{d.port}".encode()
+            offset = self._hash(ident, b"mh-offset") % self.M
+            skip = self._hash(ident, b"mh-skip") % (self.M - 1) + 1
+            perm.append([offset, skip, 0, d.weight // g])
+        filled, turns = 0, [0] * len(dests)
+        while filled < self.M:
+            for i, (offset, skip, nxt, turn) in enumerate(perm):
+                turns[i] += 1
+                if turns[i] > turn:
+                    continue
+                while True:
+                    c = (offset + nxt * skip) % self.M
+                    nxt += 1
+                    if self.table[c] is None:
+                        break
+                perm[i][2] = nxt
+                self.table[c] = dests[i]
+                filled += 1
+                if filled == self.M:
+                    break
+            if all(t >= p[3] for t, p in zip(turns, perm)):
+                turns = [0] * len(dests)
+
+    def schedule(self, pkt: Any) -> Any:
+        port = pkt.sport if "mh-port" in self.svc.flags else 0
+        d = self.table[self._hash(f"{pkt.src}:{port}".encode(), b"mh-lookup") % self.M]
+        if d is not None and available(d):
+            return d
+        if "mh-fallback" in self.svc.flags:
+            for offset in range(1, self.M):
+                d = self.table[(self._hash(f"{pkt.src}:{port}".encode(), b"mh-lookup") + offset) % self.M]
+                if d is not None and available(d):
+                    return d
+        return None
+
+
+class TwoRandomChoices(Scheduler):
+    """ip_vs_twos: two servers drawn at random in proportion to weight; the less loaded per weight wins."""
+
+    name = "twos"
+
+    def update(self) -> None:
+        import random
+
+        self.rng = getattr(self, "rng", None) or random.Random(0)
+
+    def schedule(self, pkt: Any) -> Any:
+        dests = [d for d in self.svc.dests if available(d)]
+        total = sum(d.weight for d in dests)
+        if not total:
+            return None
+
+        def draw() -> Any:
+            r = self.rng.randrange(total)
+            for d in dests:
+                if r < d.weight:
+                    return d
+                r -= d.weight
+            return dests[-1]
+
+        c1, c2 = draw(), draw()
+        if c2.weight * overhead(c1) > c1.weight * overhead(c2):
+            c1 = c2
+        return c1
+
+
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.name: cls for cls in (RoundRobin, WeightedRoundRobin, LeastConnection, WeightedLeastConnection,
                               ShortestExpectedDelay, NeverQueue, WeightedFailover, WeightedOverflow, SourceHashing,
-                              DestinationHashing)
+                              DestinationHashing, LocalityLeastConnection, LocalityLeastConnectionReplicated,
+                              MaglevHashing, TwoRandomChoices)
 }
