@@ -55,17 +55,23 @@ def measure(services: int, new_count: int, est_count: int) -> tuple[float, float
     gc.collect()
     gc.freeze()
     t0 = time.perf_counter()
-    for p in packets:
-        receive(p, "cni0")
+    results = [receive(p, "cni0") for p in packets]
     new_rate = new_count / (time.perf_counter() - t0)
-    # Established: the same flows again (ACKs), cycling through the first 1,000 connections.
-    flows = [(p.src, vips[i], 1024 + i % 60000) for i, p in enumerate(packets[:1000])]
-    est = [Packet(src=s, dst=d, proto=6, sport=sp, dport=80, tcp_flags=ACK, length=60)
+    # Established: complete the handshake of the first 1,000 flows (SYN-ACK from the chosen endpoint,
+    # un-NATed on the way back), then their ACKs: conntrack ESTABLISHED and the DNAT binding, no nat walk.
+    flows = []
+    for i, res in enumerate(results[:1000]):
+        ep = res.packet
+        receive(Packet(src=ep.dst, dst=ep.src, proto=6, sport=ep.dport, dport=ep.sport, tcp_flags=SYN | ACK,
+                       length=60), res.out_dev)
+        flows.append((packets[i].src, vips[i], 1024 + i % 60000))
+    est = [Packet(src=s, dst=d, proto=6, sport=sp, dport=80, tcp_flags=ACK, length=52)
            for k in range(est_count) for (s, d, sp) in (flows[k % len(flows)],)]
     t0 = time.perf_counter()
     for p in est:
         receive(p, "cni0")
     est_rate = est_count / (time.perf_counter() - t0)
+    assert est[-1].ctstate == "ESTABLISHED" and est[-1].dport == 8080, "established packets must use their binding"
     gc.unfreeze()
     return new_rate, est_rate
 

@@ -167,8 +167,7 @@ class Node:
         self.name = name
         self.interfaces: dict[str, Interface] = {}
         self.routes: RouteList = RouteList()
-        self._route_cache: dict[tuple[int, int], RouteResult] = {}
-        self._route_key: tuple[int, int, int] = (-1, -1, -1)
+        self._result_cache: dict[int, tuple[Route, RouteResult]] = {}
         self._iface_version = 0
         self.sysctls: dict[str, str] = dict(DEFAULT_SYSCTLS)
         self.hooks = HookRegistry()
@@ -293,19 +292,29 @@ class Node:
         return out
 
     def route(self, family: int, dst: int, src: int | None = None, oif: str | None = None) -> RouteResult:
-        """Longest-prefix match, cached until the routes, interfaces or addresses change."""
-        if oif is not None:
-            return self._route(family, dst, oif)
-        key = (self.routes.version, self._iface_version, len(self.interfaces))
-        if key != self._route_key:
-            self._route_cache = {}
-            self._route_key = key
-        hit = self._route_cache.get((family, dst))
-        if hit is None:
-            if len(self._route_cache) > 65536:
-                self._route_cache.clear()
-            hit = self._route_cache[(family, dst)] = self._route(family, dst, None)
-        return hit
+        """Longest-prefix match: the local table first, then the main table (connected + configured)."""
+        return self._route(family, dst, oif)
+
+    def routing_version(self) -> tuple[int, int, int]:
+        """Changes whenever a routing decision could change (routes, interfaces, addresses)."""
+        return (self.routes.version, self._iface_version, len(self.interfaces))
+
+    def route_for_flow(self, pkt: Any) -> RouteResult:
+        """``route`` for a packet, remembered on its conntrack entry for the flow's later packets."""
+        ct = pkt.ct
+        if ct is None:
+            return self._route(pkt.family, pkt.dst)
+        cache = ct.routes
+        version = self.routing_version()
+        if cache is not None:
+            hit = cache.get(pkt.dst)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+        else:
+            cache = ct.routes = {}
+        res = self._route(pkt.family, pkt.dst)
+        cache[pkt.dst] = (version, res)
+        return res
 
     def _fib(self) -> dict[int, list[tuple[int, dict[int, Route]]]]:
         """The main table per family: (mask, {network: route}) by prefix length, longest first.
@@ -329,6 +338,7 @@ class Node:
                 fib[fam].append((((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1), table))
             self._fib_cache = fib
             self._fib_key = key
+            self._result_cache = {}
         return self._fib_cache
 
     def _route(self, family: int, dst: int, oif: str | None = None) -> RouteResult:
@@ -345,9 +355,18 @@ class Node:
             return RouteResult("unreachable")
         if best.type != "unicast":
             return RouteResult(best.type, dev=best.dev)
+        # The decision depends on the route alone unless the source address has to be chosen among
+        # several on the device: then it is computed for this destination.
+        hit = self._result_cache.get(id(best))
+        if hit is not None and hit[0] is best:
+            return hit[1]
         prefsrc = best.src if best.src is not None else self.source_address_for(family, best.dev, dst)
         gw_text = format_addr(best.via, family) if best.via is not None else ""
-        return RouteResult("unicast", dev=best.dev, gateway=best.via, prefsrc=prefsrc, gateway_text=gw_text)
+        res = RouteResult("unicast", dev=best.dev, gateway=best.via, prefsrc=prefsrc, gateway_text=gw_text)
+        iface = self.interfaces.get(best.dev)
+        if best.src is not None or iface is None or sum(1 for a in iface.addresses if a.family == family) <= 1:
+            self._result_cache[id(best)] = (best, res)
+        return res
 
     @property
     def ip_forward(self) -> bool:

@@ -164,6 +164,10 @@ class Conn:
     helper: str | None = None
     secmark: int = 0
     labels: int = 0
+    # Routing decisions for this flow's destinations (like the dst cache a socket keeps), valid while
+    # the node's routes and addresses do not change.
+    routes: dict[int, tuple[Any, Any]] | None = None
+    nat_targets: tuple[Any, Any] | None = None
 
     @property
     def proto(self) -> int:

@@ -200,8 +200,12 @@ class Nat:
             bit ^= IPS_NAT_MASK
         if not conn.status & bit:
             return NF_ACCEPT
-        target = (conn.orig if direction == REPLY else conn.reply).inverse()
-        _rewrite(pkt, target, manip)
+        # The target tuple only changes when a binding is made: remember it on the connection.
+        cached = conn.nat_targets
+        key = (direction, conn.reply)
+        if cached is None or cached[0] != key:
+            cached = conn.nat_targets = (key, (conn.orig if direction == REPLY else conn.reply).inverse())
+        _rewrite(pkt, cached[1], manip)
         return NF_ACCEPT
 
     def _related(self, pkt: Packet, conn: Conn, manip: str) -> int:

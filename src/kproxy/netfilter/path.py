@@ -54,12 +54,18 @@ def _state(node: Any, hook: str, in_dev: str, out_dev: str, trace: Trace | None)
 
 
 def _run(node: Any, pkt: Packet, hook: str, in_dev: str, out_dev: str, trace: Trace | None) -> tuple[int, HookState]:
-    if trace is None and not node.hooks.ops(pkt.family, hook):
+    """Run a hook's functions in priority order (nf_hook_slow): the first verdict other than ACCEPT ends it."""
+    ops = node.hooks._ops.get((pkt.family, hook))
+    if not ops and trace is None:
         return NF_ACCEPT, _NO_STATE       # nothing registered at this hook: nothing to do
     state = HookState(hook, in_dev, out_dev, node, trace, node.clock if node.clock is not None else node.now())
     if trace is not None:
         trace.add("hook", hook=hook, text=pkt.describe(), detail={"in": in_dev, "out": out_dev})
-    return node.hooks.run(pkt.family, hook, pkt, state), state
+    for op in ops or ():
+        verdict = op.fn(pkt, state)
+        if verdict != NF_ACCEPT:
+            return verdict, state
+    return NF_ACCEPT, state
 
 
 _NO_STATE = HookState("", "", "", None)
@@ -133,7 +139,7 @@ def _route_input(node: Any, pkt: Packet, iif: str, trace: Trace | None) -> Resul
     bad = _martian(node, pkt, iif)
     if bad:
         return _fate(trace, Result(DROPPED, pkt, "routing", reason=bad, trace=trace))
-    route = node.route(pkt.family, pkt.dst)
+    route = node.route_for_flow(pkt)
     if trace is not None:
         trace.add("route", text=_route_text(route, pkt))
     if route.type == "local":
