@@ -54,7 +54,7 @@ def scenarios(request: Request) -> dict[str, object]:
     seen["clusterip_pods"] = sorted({pod_of(request("web-0", "10.96.0.50", 80)) for _ in range(40)})
     same = request("client", NODE1, 30080)
     seen["nodeport_cluster_peer_is_client"] = peer_of(same) == CLIENT
-    local = [request("client", NODE1, 30081) for _ in range(6)]
+    local = [request("client", NODE1, 30081) for _ in range(16)]    # 2 local endpoints: all 16 alike has p = 3e-5
     seen["nodeport_local_pods"] = sorted({pod_of(x) for x in local})
     seen["nodeport_local_peer"] = sorted({peer_of(x) for x in local})
     seen["local_without_endpoint"] = request("client", NODE1, 30082)

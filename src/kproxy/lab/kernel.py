@@ -357,7 +357,7 @@ class KernelLab:
         who = NODE if from_node else CLIENT
         res = self.workers[who].call(op="send", proto=proto, dst=dst, dport=dport, sport=sport, timeout=timeout,
                                      linger=linger)
-        sink = self.workers[SINK].call(op="drain", wait=0.02)
+        sink = self.workers[SINK].call(op="drain", wait=0.03)
         node = self.workers[NODE].call(op="drain")
         pnum = 6 if proto == "tcp" else 17
         first = [p for p in sink["captured"] if p["proto"] == pnum and p["sport"] != 0 and
