@@ -202,3 +202,12 @@ def test_set_timeouts():
     ipvs = Ipvs()
     assert run_ipvsadm(["--set", "100", "0", "30"], ipvs, 0)[0] == 0
     assert run_ipvsadm(["-L", "--timeout"], ipvs, 0)[1] == "Timeout (tcp tcpfin udp): 100 120 30\n"
+
+
+def test_direct_routing_sends_the_unchanged_packet_to_the_real_server():
+    node = node_with_vip()
+    run_ipvsadm(["-A", "-t", "10.96.0.1:80", "-s", "rr"], node.ipvs, 0)
+    run_ipvsadm(["-a", "-t", "10.96.0.1:80", "-r", "10.244.1.7:80", "-g"], node.ipvs, 0)
+    res = node.receive(Packet.make("10.244.1.9", "10.96.0.1", "tcp", 3000, 80), "cni0")
+    assert res.fate == "forwarded" and res.out_dev == "cni0"
+    assert (res.packet.dst_str, res.packet.dport) == ("10.96.0.1", 80)       # not rewritten

@@ -256,7 +256,10 @@ class Ipvs:
             pkt.dst, pkt.dport = c.dest.addr, c.dest.port
         from kproxy.netfilter.path import reinject_local_out
 
-        pkt.meta["reinjected"] = reinject_local_out(state.node, pkt, state.trace)
+        # Masquerading re-routes by the rewritten destination; direct routing and tunnelling send the
+        # unchanged packet towards the real server (its MAC, or inside an IPIP header).
+        via = None if c.dest.fwd == "masq" else c.dest.addr
+        pkt.meta["reinjected"] = reinject_local_out(state.node, pkt, state.trace, via)
         pkt.meta["stolen_by"] = "IPVS"
         return NF_STOLEN
 

@@ -224,9 +224,10 @@ def reject_reply(pkt: Packet, kind: str) -> Packet:
                   icmp_code=codes.get(kind, 3), inner=pkt.copy(), length=56)
 
 
-def reinject_local_out(node: Any, pkt: Packet, trace: Trace | None) -> Result:
-    """IPVS's transmit: a rewritten packet re-routed and sent through LOCAL_OUT and POSTROUTING."""
-    route = node.route(pkt.family, pkt.dst)
+def reinject_local_out(node: Any, pkt: Packet, trace: Trace | None, via: int | None = None) -> Result:
+    """IPVS's transmit: a rewritten packet re-routed (towards ``via`` when given) and sent through
+    LOCAL_OUT and POSTROUTING."""
+    route = node.route(pkt.family, pkt.dst if via is None else via)
     if route.type != "unicast":
         return _fate(trace, Result(DROPPED, pkt, "routing", reason=f"IPVS: no route to {pkt.dst_str}", trace=trace))
     if trace is not None:
