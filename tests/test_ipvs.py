@@ -211,3 +211,22 @@ def test_direct_routing_sends_the_unchanged_packet_to_the_real_server():
     res = node.receive(Packet.make("10.244.1.9", "10.96.0.1", "tcp", 3000, 80), "cni0")
     assert res.fate == "forwarded" and res.out_dev == "cni0"
     assert (res.packet.dst_str, res.packet.dport) == ("10.96.0.1", 80)       # not rewritten
+
+
+def test_rates_follow_the_kernel_estimator():
+    from kproxy.ipvs.ipvs import RateEstimator
+
+    est = RateEstimator(0.0)
+    stats = dict.fromkeys(RateEstimator.KEYS, 0)
+    for second in range(2, 41, 2):          # 10 new connections and 100 packets of 100 bytes every 2 s
+        stats["conns"] += 10
+        stats["inpkts"] += 100
+        stats["inbytes"] += 10000
+        est.sample(stats, float(second))
+    cps, inpps, _, inbps, _ = est.rates()
+    # ip_vs_est.c arithmetic, step by step: avg += ((delta << shift) - avg) >> 2, read with rounding.
+    avg_b = 0
+    for _ in range(20):
+        avg_b += ((10000 << 4) - avg_b) >> 2
+    assert (cps, inpps, inbps) == (5, 50, (avg_b + 0xF) >> 5)
+    assert 4900 < inbps <= 5000

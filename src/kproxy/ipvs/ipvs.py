@@ -26,6 +26,35 @@ UDP_TIMEOUT = 300
 TABLE_SIZE = 4096
 
 
+class RateEstimator:
+    """ip_vs_est: every 2 s, an average of the per-second rates with weight 1/4 (fixed point as the kernel).
+
+    Counters are sampled when asked (listing), so changes since the last sample count in the first
+    2-s interval that elapsed and later intervals see none, where the kernel samples on a timer.
+    """
+
+    KEYS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.last = dict.fromkeys(self.KEYS, 0)
+        self.avg = dict.fromkeys(self.KEYS, 0)
+        self.stamp = now
+
+    def sample(self, stats: dict[str, int], now: float) -> None:
+        while now - self.stamp >= 2.0:
+            self.stamp += 2.0
+            for k in self.KEYS:
+                shift = 4 if k.endswith("bytes") else 9
+                rate = (stats[k] - self.last[k]) << shift
+                self.last[k] = stats[k]
+                self.avg[k] += (rate - self.avg[k]) >> 2
+
+    def rates(self) -> tuple[int, int, int, int, int]:
+        a = self.avg
+        return ((a["conns"] + 0x1FF) >> 10, (a["inpkts"] + 0x1FF) >> 10, (a["outpkts"] + 0x1FF) >> 10,
+                (a["inbytes"] + 0xF) >> 5, (a["outbytes"] + 0xF) >> 5)
+
+
 class IpvsError(ValueError):
     """The ipvsadm error text for a refused operation."""
 
@@ -45,6 +74,7 @@ class Dest:
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes",
                                                                            "outbytes"), 0))
     overloaded: bool = False
+    estimator: RateEstimator = field(default_factory=RateEstimator)
 
     def update_overload(self) -> None:
         """IP_VS_DEST_F_OVERLOAD: set at the upper threshold, cleared below the lower one (3/4 upper by default)."""
@@ -76,6 +106,7 @@ class VirtualService:
     scheduler: Scheduler | None = None
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes",
                                                                            "outbytes"), 0))
+    estimator: RateEstimator = field(default_factory=RateEstimator)
 
     def __post_init__(self) -> None:
         self.set_scheduler(self.scheduler_name)

@@ -205,8 +205,10 @@ def list_services(ipvs: Ipvs, opts: dict[str, Any], now: float) -> str:
                 out.append(f"  -> {d.text():<28} {s['conns']:>8}{s['inpkts']:>9}{s['outpkts']:>9}{s['inbytes']:>9}"
                            f"{s['outbytes']:>9}")
         elif opts.get("rate"):
-            out.append(f"{svc.text():<33} {0:>8}{0:>9}{0:>9}{0:>9}{0:>9}")
-            out += [f"  -> {d.text():<28} {0:>8}{0:>9}{0:>9}{0:>9}{0:>9}" for d in svc.dests]
+            for owner, label in [(svc, f"{svc.text():<33}"), *((d, f"  -> {d.text():<28}") for d in svc.dests)]:
+                owner.estimator.sample(owner.stats, now)
+                cps, inpps, outpps, inbps, outbps = owner.estimator.rates()
+                out.append(f"{label} {cps:>8}{inpps:>9}{outpps:>9}{inbps:>9}{outbps:>9}")
         else:
             out.append(_svc_line(svc))
             out += [f"  -> {d.text():<28} {FWD[d.fwd]:<7} {d.weight:<6} {d.activeconns:<10} {d.inactconns:<10}"
