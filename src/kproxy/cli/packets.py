@@ -117,7 +117,7 @@ def parse_spec_args(argv: list[str], where: str = "arguments") -> PacketSpec:
 
 
 def parse_packet_file(text: str, source: str) -> list[PacketSpec]:
-    specs = []
+    specs: list[PacketSpec] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.split("#", 1)[0].strip()
         if not stripped:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import click
 
@@ -129,7 +130,7 @@ def services_cmd(config_path: str | None, manifests: str, hostname_override: str
         click.echo(f"warning: {w}", err=True)
     snap = snapshot(objs, cfg.hostname)
     proxier = IptablesProxier(cfg, backend=None)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key in sorted(snap.ports, key=lambda k: snap.ports[k].name_string):
         info = snap.ports[key]
         eps = snap.endpoints.get(key, [])

@@ -137,7 +137,7 @@ class CompiledTable:
 
     def __init__(self, table: Table, previous: CompiledTable | None = None) -> None:
         self.table = table
-        self.chains = _LazyChains(table, previous.chains if previous is not None else None)
+        self.chains: _LazyChains = _LazyChains(table, previous.chains if previous is not None else None)
 
 
 class _LazyChains(dict):  # type: ignore[type-arg]

@@ -400,8 +400,8 @@ def _build_rule(rule: Rule, matches: list[_ExtSlot], target: _ExtSlot | None, fa
 
 def _expand(base: Rule, addrs: dict[str, list[Net]]) -> list[Rule]:
     """One rule per source x destination address, as ``-s a,b`` adds several rules."""
-    srcs = addrs.get("s") or [None]
-    dsts = addrs.get("d") or [None]
+    srcs: list[Net | None] = [*addrs["s"]] if "s" in addrs else [None]
+    dsts: list[Net | None] = [*addrs["d"]] if "d" in addrs else [None]
     out = []
     for s in srcs:
         for d in dsts:

@@ -26,9 +26,10 @@ def _getopt(prog: str, argv: list[str], short: dict[str, str], with_arg: set[str
     while i < len(argv):
         a = argv[i]
         if a.startswith("--") and len(a) > 2:
-            name, eq, val = a[2:].partition("=")
+            name, eq, text = a[2:].partition("=")
+            val: str | None = text
             cands = [n for n in longs if n.startswith(name)]
-            exact = name if name in longs else (cands[0] if len(cands) == 1 else None)
+            exact: str | None = name if name in longs else (cands[0] if len(cands) == 1 else None)
             if exact is None:
                 raise _Usage(f"{prog}: unrecognized option '{a}'")
             if exact in with_arg and not eq:
@@ -88,7 +89,7 @@ def run_iptables_restore(argv: list[str], state: Any, stdin: str | None, node: A
         source = rest[0]
     else:
         text, source = stdin or "", "<stdin>"
-    tables = [opts["table"]] if opts.get("table") else None
+    tables = [str(opts["table"])] if opts.get("table") else None
     try:
         restore(text, state, noflush="noflush" in opts, counters="counters" in opts, test="test" in opts,
                 tables=tables, source=source, node=node)

@@ -205,7 +205,8 @@ def list_services(ipvs: Ipvs, opts: dict[str, Any], now: float) -> str:
                 out.append(f"  -> {d.text():<28} {s['conns']:>8}{s['inpkts']:>9}{s['outpkts']:>9}{s['inbytes']:>9}"
                            f"{s['outbytes']:>9}")
         elif opts.get("rate"):
-            for owner, label in [(svc, f"{svc.text():<33}"), *((d, f"  -> {d.text():<28}") for d in svc.dests)]:
+            owners: list[tuple[Any, str]] = [(svc, f"{svc.text():<33}"), *((d, f"  -> {d.text():<28}") for d in svc.dests)]
+            for owner, label in owners:
                 owner.estimator.sample(owner.stats, now)
                 cps, inpps, outpps, inbps, outbps = owner.estimator.rates()
                 out.append(f"{label} {cps:>8}{inpps:>9}{outpps:>9}{inbps:>9}{outbps:>9}")

@@ -105,7 +105,7 @@ class Service:
             if proto not in PROTOCOLS:
                 raise ObjectError(f"{pw}.protocol: unsupported value {proto!r}")
             svc.ports.append(ServicePort(str(p.get("name") or ""), _port(_req(p, "port", pw), f"{pw}.port"), proto,
-                                         p.get("targetPort", p.get("port")),
+                                         p.get("targetPort") or p["port"],
                                          _port(p.get("nodePort") or 0, f"{pw}.nodePort", allow_zero=True)))
         svc.external_ips = [_ip(ip, f"{where}: spec.externalIPs") for ip in spec.get("externalIPs") or []]
         status = (obj.get("status") or {}).get("loadBalancer") or {}

@@ -271,9 +271,9 @@ def down(state: LabState) -> list[str]:
     removed = []
     for ns in state.namespaces():
         pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-        for pid in pids:
+        for pid_text in pids:
             try:
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(int(pid_text), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
         if subprocess.run(["ip", "netns", "del", ns], capture_output=True).returncode == 0:
