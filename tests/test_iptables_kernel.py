@@ -117,6 +117,8 @@ def test_command_sequence_matches_the_real_tool(kernel_ns):
     "*filter\n-A NOCHAIN -j ACCEPT\nCOMMIT\n", "*filter\n-A INPUT -j ACCEPT extra\nCOMMIT\n",
     "*filter\n-A INPUT -i\nCOMMIT\n", "*filter\n-A INPUT -j NOPE\nCOMMIT\n",
     "*filter\n-A INPUT --foo\nCOMMIT\n", "*filter\n-D INPUT -j ACCEPT\nCOMMIT\n",
+    "*filter\n-A INPUT -p udp -j REJECT --reject-with tcp-rst\nCOMMIT\n",      # refused by the kernel
+    "*mangle\n-A INPUT -j REJECT\nCOMMIT\n",
 ])
 def test_restore_errors_match_the_real_tool(kernel_ns, text):
     # (a chain still referenced cannot be deleted: see test_deleting_a_referenced_chain_fails_like_the_kernel)
@@ -157,6 +159,13 @@ def test_every_extension_lists_like_the_real_tool(kernel_ns, table, flags):
     ["-A", "INPUT", "-p", "tcp", "--dport", "99999"], ["-A", "INPUT", "-p", "tcp", "--dport", "80", "--dport", "81"],
     ["-A", "INPUT", "-p", "udp", "-m", "tcp", "--dport", "80"], ["-A", "INPUT", "-m", "tcp", "--dport", "80"],
     ["-A", "INPUT", "-p", "udp", "-j", "DNAT", "--to-destination", "1.2.3.4"],
+    # refused by the kernel's checkentry (EINVAL on append)
+    ["-A", "INPUT", "-p", "udp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+    ["-A", "INPUT", "!", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+    ["-A", "OUTPUT", "-m", "mac", "--mac-source", "00:11:22:33:44:55"],
+    ["-A", "INPUT", "-m", "recent", "--set", "--seconds", "5"],
+    ["-A", "OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "--limit-iface-in"],
+    ["-A", "INPUT", "-j", "LOG", "--log-level", "9"], ["-A", "INPUT", "-j", "REJECT", "--reject-with", "icmp-net"],
 ])
 def test_extension_errors_match_the_real_tool(kernel_ns, argv):
     theirs = kernel_ns.run(["iptables", *argv], check=False)

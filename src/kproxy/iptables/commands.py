@@ -48,13 +48,13 @@ def check_devices(chain: str, rule: Rule) -> None:
 
 def check_target_allowed(table: Table, chain: str, rule: Rule) -> None:
     """Targets restricted to tables or hooks (DNAT only in nat PREROUTING/OUTPUT...) fail like the kernel."""
+    refused = any(m.kernel_refuses(rule, chain) for m in rule.matches)
     t = rule.target
-    if t is None:
-        return
-    bad_table = t.TABLES is not None and table.name not in t.TABLES
-    bad_hook = t.HOOKS is not None and chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING") \
-        and chain not in t.HOOKS
-    if bad_table or bad_hook:
+    if t is not None:
+        refused = refused or (t.TABLES is not None and table.name not in t.TABLES) or t.kernel_refuses(rule, chain)
+        refused = refused or (t.HOOKS is not None and chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT",
+                                                                  "POSTROUTING") and chain not in t.HOOKS)
+    if refused:
         raise CommandError(f" RULE_APPEND failed (Invalid argument): rule in chain {chain}", rc=4, kind="resource")
 
 

@@ -93,6 +93,10 @@ class Match(ABC):
         """An exact, non-inverted field this match requires (e.g. ``("dport", 80)``), for compiled lookups."""
         return None
 
+    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+        """True when the kernel's checkentry would refuse the rule in ``chain`` (EINVAL on append)."""
+        return False
+
     def redundant(self, rule: Any) -> bool:
         """True when the match can never fail for a packet that passed the rule's ip header checks
         (a comment; ``-p tcp -m tcp`` with no options), so the compiled rule may skip it."""
@@ -125,6 +129,10 @@ class Target(ABC):
     def check(self, node: Any) -> None:
         """Validate against the node when the table is committed; raise ExtensionError."""
         return None
+
+    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+        """True when the kernel's checkentry would refuse the rule in ``chain`` (EINVAL on append)."""
+        return False
 
     @abstractmethod
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:

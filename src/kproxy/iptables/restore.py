@@ -114,6 +114,8 @@ class _Restorer:
         except ParameterProblem as exc:
             raise self.param_error(str(exc), lineno, exc.prefixed) from None
         except CommandError as exc:
+            if exc.kind == "resource":      # the kernel refused the rule when the batch was sent
+                raise RestoreError(f"{self.prog} {VERSION}: \nline {lineno}: {str(exc).strip()}", exc.rc) from None
             raise RestoreError(f"{self.prog}: line {lineno} failed: {exc}".rstrip(), exc.rc) from None
 
     def commit(self, lineno: int) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from kproxy.iptables.extension import ExtensionError, Opt
 
@@ -10,18 +12,59 @@ PROTO_FOR_SERVICES = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp", 136: "udplit
 NO_QUOTE = set("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
+C_SPACE = " \t\n\v\f\r"
+
+
+def c_strtoul(text: str, base: int = 0) -> tuple[int, str] | None:
+    """C ``strtoumax`` as xtables_strtoul_base calls it: (value, unparsed rest), or None for no number.
+
+    Leading blanks and a ``+`` are allowed, a ``-`` is refused (xtables checks for it); base 0 takes
+    ``0x`` hex and leading-zero octal, so ``0x50`` is 80 and ``080`` is not a number at all.
+    """
+    s = text.lstrip(C_SPACE)
+    if s.startswith("-"):
+        return None
+    if s.startswith("+"):
+        s = s[1:]
+    if base in (0, 16) and s[:2].lower() == "0x" and len(s) > 2 and s[2] in "0123456789abcdefABCDEF":
+        s, base = s[2:], 16
+    elif base == 0:
+        base = 8 if s.startswith("0") else 10
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"[:base]
+    n = 0
+    while n < len(s) and s[n].lower() in digits:
+        n += 1
+    if n == 0:
+        return None
+    return int(s[:n], base), s[n:]
+
+
+def c_strtoui(text: str, minimum: int, maximum: int, base: int = 0) -> int | None:
+    """xtables_strtoui with no end pointer: the whole string is one number within [minimum, maximum]."""
+    got = c_strtoul(text, base)
+    if got is None or got[1] or not minimum <= got[0] <= maximum:
+        return None
+    return got[0]
+
+
+def service_port(name: str, proto: str | None) -> int | None:
+    """getservbyname: the port of a service name for ``proto`` (any protocol when None)."""
+    if not name or name[0] in C_SPACE:
+        return None
+    try:
+        return socket.getservbyname(name, proto) if proto else socket.getservbyname(name)
+    except OSError:
+        return None
+
+
 def parse_port(text: str, proto: int = 6) -> int:
-    """A port number or service name, as xtables_parse_port takes it."""
-    if text.isdigit():
-        n = int(text)
-        if n <= 65535:
-            return n
-    else:
-        try:
-            return socket.getservbyname(text, PROTO_FOR_SERVICES.get(proto, "tcp"))
-        except OSError:
-            pass
-    raise ExtensionError(f"invalid port/service `{text}' specified")
+    """A service name or number, as xtables_parse_port takes it: the service first, then base-0 digits."""
+    port = service_port(text, PROTO_FOR_SERVICES.get(proto, "tcp"))
+    if port is None:
+        port = c_strtoui(text, 0, 65535)
+    if port is None:
+        raise ExtensionError(f"invalid port/service `{text}' specified")
+    return port
 
 
 def parse_port_range(text: str, proto: int = 6) -> tuple[int, int]:
@@ -89,3 +132,151 @@ def inv(opt: Opt | None) -> str:
 def no_invert(opt: Opt, ext: str) -> None:
     if opt.invert:
         raise ExtensionError(f"{ext}: unexpected `!' with --{opt.name}")
+
+
+# ---- libxtables' guided option parser (xtopt), for extensions that use it ---------------------------
+@dataclass(frozen=True)
+class OptSpec:
+    """One xt_option_entry: the printed long name, aliases, and the checks xtopt makes."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    invert: bool = False          # XTOPT_INVERT
+    mand: bool = False            # XTOPT_MAND
+    excl: tuple[str, ...] = ()    # names of options it cannot be used with
+    also: tuple[str, ...] = ()    # names of options it requires
+
+
+def xtopt_parse(ext: str, specs: list[OptSpec], opts: list[Opt],
+                parse: Callable[[OptSpec, Opt], None]) -> set[str]:
+    """The per-option checks (once, invertible) and then the extension's parse; returns the names seen."""
+    lookup = {alias: s for s in specs for alias in (s.name, *s.aliases)}
+    seen: set[str] = set()
+    for o in opts:
+        spec = lookup[o.name]
+        if spec.name in seen:
+            raise ExtensionError(f"{ext}: option \"--{spec.name}\" can only be used once.\n")
+        if o.invert and not spec.invert:
+            raise ExtensionError(f"{ext}: option \"--{spec.name}\" cannot be inverted.\n")
+        seen.add(spec.name)
+        parse(spec, o)
+    return seen
+
+
+def xtopt_fcheck(ext: str, specs: list[OptSpec], seen: set[str]) -> None:
+    """xtables_options_fcheck, after the extension's own final check: mandatory, also, excl, in table order."""
+    for spec in specs:
+        if spec.mand and spec.name not in seen:
+            raise ExtensionError(f"{ext}: option \"--{spec.name}\" must be specified\n")
+        if spec.name not in seen:
+            continue
+        for other in spec.also:
+            if other not in seen:
+                raise ExtensionError(f"{ext}: option \"--{spec.name}\" also requires \"--{other}\".\n")
+        for other in spec.excl:
+            if other in seen:
+                raise ExtensionError(f"{ext}: option \"--{spec.name}\" cannot be used together with \"--{other}\".\n")
+
+
+def xtopt_uint(text: str, ext: str, opt: str, minimum: int = 0, maximum: int = 0xFFFFFFFF) -> int:
+    """XTTYPE_UINT8/16/32: one base-0 number in range."""
+    n = c_strtoui(text, minimum, maximum)
+    if n is None:
+        raise ExtensionError(f"{ext}: bad value for option \"--{opt}\", or out of range ({minimum}-{maximum}).\n")
+    return n
+
+
+def xtopt_uint_range(text: str, ext: str, opt: str, maximum: int = 0xFFFF) -> tuple[int, int]:
+    """XTTYPE_UINT16RC/UINT32RC: ``a``, ``a:b``, ``a:``, ``:b`` (empty sides are 0 and max; no order check)."""
+    values: list[int] = []
+    rest = text
+    while True:
+        if len(values) == 2:
+            raise ExtensionError(f"{ext}: Too many components for option \"--{opt}\" (max: 2)\n")
+        if rest == "" or rest.startswith(":"):
+            value, tail = (maximum if len(values) == 1 else 0), rest
+        else:
+            got = c_strtoul(rest)
+            if got is None or got[0] > maximum:
+                raise ExtensionError(f"{ext}: bad value for option \"--{opt}\" near \"{rest}\", "
+                                     f"or out of range (0-{maximum}).\n")
+            value, tail = got
+            if tail and not tail.startswith(":"):
+                raise ExtensionError(f"{ext}: Argument to \"--{opt}\" has unexpected characters near \"{tail}\".\n")
+        values.append(value)
+        if not tail:
+            break
+        rest = tail[1:]
+    return values[0], values[-1]
+
+
+def xtopt_markmask(text: str, ext: str, opt: str) -> tuple[int, int | None]:
+    """XTTYPE_MARKMASK32: ``value[/mask]``, base-0 numbers."""
+    bad = ExtensionError(f"{ext}: bad integer value for option \"--{opt}\", or out of range.\n")
+    got = c_strtoul(text)
+    if got is None or got[0] > 0xFFFFFFFF:
+        raise bad
+    value, rest = got
+    mask = None
+    if rest.startswith("/"):
+        got = c_strtoul(rest[1:])
+        if got is None or got[0] > 0xFFFFFFFF:
+            raise bad
+        mask, rest = got
+    if rest:
+        raise ExtensionError(f"{ext}: trailing garbage after value for option \"--{opt}\".\n")
+    return value, mask
+
+
+def numeric_to_ipaddr(text: str) -> int | None:
+    """xtables_numeric_to_ipaddr: up to four base-0 bytes, missing trailing ones zero (``10.1`` is 10.1.0.0)."""
+    parts = text[:19].split(".")
+    if len(parts) > 4:
+        return None
+    value = 0
+    for part in parts:
+        byte = c_strtoui(part, 0, 255)
+        if byte is None:
+            return None
+        value = value << 8 | byte
+    return value << 8 * (4 - len(parts))
+
+
+def numeric_to_ip6addr(text: str) -> int | None:
+    """xtables_numeric_to_ip6addr: inet_pton(AF_INET6)."""
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except (OSError, ValueError):
+        return None
+
+
+def c_strtoul16(text: str) -> tuple[int, int]:
+    """strtoul(text, &end, 16) for one MAC byte: (value, characters consumed); nothing parsed is (0, 0)."""
+    s = text.lstrip(C_SPACE)
+    i = len(text) - len(s)
+    neg = s.startswith("-")
+    if s[:1] in "+-" and s:
+        s, i = s[1:], i + 1
+    if s[:2].lower() == "0x" and len(s) > 2 and s[2] in "0123456789abcdefABCDEF":
+        s, i = s[2:], i + 2
+    n = 0
+    while n < len(s) and s[n] in "0123456789abcdefABCDEF":
+        n += 1
+    if n == 0:
+        return 0, 0
+    v = int(s[:n], 16)
+    return (-v if neg else v), i + n
+
+
+def parse_ethermac(text: str) -> str | None:
+    """XTTYPE_ETHERMAC: six hex bytes split by ``:``, each at most two characters (empty ones are 0)."""
+    out = []
+    rest = text
+    for i in range(6):
+        v, used = c_strtoul16(rest)
+        end = rest[used:]
+        if used > 2 or (i < 5 and not end.startswith(":")) or (i == 5 and end):
+            return None
+        out.append(v & 0xFF)
+        rest = end[1:]
+    return ":".join(f"{b:02x}" for b in out)

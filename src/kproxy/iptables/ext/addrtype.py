@@ -5,19 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_parse
 from kproxy.packet import Packet
 
 TYPES = ["UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE", "UNREACHABLE",
          "PROHIBIT", "THROW", "NAT", "XRESOLVE"]
 
 
+OPTS = [OptSpec("src-type", invert=True), OptSpec("dst-type", invert=True),
+        OptSpec("limit-iface-in", excl=("limit-iface-out",)), OptSpec("limit-iface-out", excl=("limit-iface-in",))]
+IN_HOOKS = ("PREROUTING", "INPUT", "FORWARD")
+OUT_HOOKS = ("OUTPUT", "POSTROUTING", "FORWARD")
+
+
+def _type(word: str) -> str | None:
+    """The first type whose name starts with ``word`` (libxt_addrtype compares only the given length)."""
+    for name in TYPES:
+        if word and name.startswith(word.upper()):
+            return name
+    return None
+
+
 def parse_types(text: str) -> list[str]:
-    out = []
-    for word in text.split(","):
-        if word.upper() not in TYPES:
-            raise ExtensionError(f"addrtype: unknown type \"{word}\"")
-        out.append(word.upper())
-    return sorted(set(out), key=TYPES.index)
+    """A comma list of types, printed back in the kernel's bit order without duplicates."""
+    found: set[str] = set()
+    rest = text
+    while "," in rest:
+        word, _, tail = rest.partition(",")
+        t = _type(word)
+        if t is None:
+            raise ExtensionError(f"addrtype: bad type `{rest}'")
+        found.add(t)
+        rest = tail
+    t = _type(rest)
+    if t is None:
+        raise ExtensionError(f"addrtype: bad type \"{rest}\"")
+    found.add(t)
+    return sorted(found, key=TYPES.index)
 
 
 @register_match
@@ -35,20 +59,27 @@ class AddrtypeMatch(Match):
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> AddrtypeMatch:
         m = cls()
-        for o in opts:
-            if o.name == "src-type":
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            if spec.name == "src-type":
                 m.src, m.src_inv = parse_types(o.values[0]), o.invert
-            elif o.name == "dst-type":
+            elif spec.name == "dst-type":
                 m.dst, m.dst_inv = parse_types(o.values[0]), o.invert
-            elif o.name == "limit-iface-in":
+            elif spec.name == "limit-iface-in":
                 m.iface_in = True
             else:
                 m.iface_out = True
+
+        seen = xtopt_parse("addrtype", OPTS, opts, parse)
         if m.src is None and m.dst is None:
             raise ExtensionError("addrtype: you must specify --src-type or --dst-type")
-        if m.iface_in and m.iface_out:
-            raise ExtensionError("addrtype: you can't specify both --limit-iface-in and --limit-iface-out")
+        xtopt_fcheck("addrtype", OPTS, seen)
         return m
+
+    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+        """addrtype_mt_checkentry_v1: an interface limit only where that interface exists."""
+        builtin = chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+        return builtin and ((self.iface_in and chain not in IN_HOOKS) or (self.iface_out and chain not in OUT_HOOKS))
 
     def save(self) -> str:
         text = "-m addrtype"
@@ -73,10 +104,6 @@ class AddrtypeMatch(Match):
         if self.iface_out:
             text += " limit-out"
         return text
-
-    def check_hook(self, hook: str) -> None:
-        if self.iface_in and hook in ("OUTPUT", "POSTROUTING"):
-            raise ExtensionError("addrtype: --limit-iface-in cannot be used in this chain")
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         node = ctx.node

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtutil import save_string
+from kproxy.iptables.extension import Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtutil import OptSpec, save_string, xtopt_fcheck, xtopt_parse
 from kproxy.packet import Packet
 
-MAX_COMMENT = 256
+MAX_COMMENT = 256           # XT_MAX_COMMENT_LEN, including the terminating NUL
+OPTS = [OptSpec("comment", mand=True)]
 
 
 @register_match
@@ -22,12 +23,10 @@ class CommentMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> CommentMatch:
-        if not opts:
-            raise ExtensionError("comment: option \"--comment\" must be specified")
-        text = opts[-1].values[0]
-        if len(text) >= MAX_COMMENT:
-            raise ExtensionError(f"comment: option \"--comment\" value is too long (maximum {MAX_COMMENT - 1})")
-        return cls(text)
+        texts: list[str] = []
+        seen = xtopt_parse("comment", OPTS, opts, lambda spec, o: texts.append(o.values[0]))
+        xtopt_fcheck("comment", OPTS, seen)
+        return cls(truncate(texts[0], MAX_COMMENT - 1))
 
     def save(self) -> str:
         return f"-m comment --comment {save_string(self.text)}"
@@ -40,3 +39,11 @@ class CommentMatch(Match):
 
     def redundant(self, rule: Any) -> bool:
         return True
+
+
+def truncate(text: str, limit: int) -> str:
+    """XTTYPE_STRING copies at most ``limit`` bytes (the kernel field is a fixed char array)."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode(errors="ignore")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kproxy.iptables.ext.mark import FULL, MarkMatch, mark_text, xmark_from, xmark_listing
+from kproxy.iptables.ext.mark import FULL, MarkMatch, mark_text, xmark_listing
 from kproxy.iptables.extension import (
     XT_CONTINUE,
     ExtensionError,
@@ -14,7 +14,7 @@ from kproxy.iptables.extension import (
     register_match,
     register_target,
 )
-from kproxy.iptables.xtutil import parse_uint
+from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_markmask, xtopt_parse, xtopt_uint
 from kproxy.packet import Packet
 
 
@@ -36,6 +36,13 @@ class ConnmarkMatch(MarkMatch):
         return ((pkt.ct.mark & self.mask) == self.value) != self.invert
 
 
+OPERATIONS = ("set-xmark", "set-mark", "and-mark", "or-mark", "xor-mark", "save-mark", "restore-mark")
+CONNMARK_SPECS = [
+    *(OptSpec(n, excl=tuple(o for o in OPERATIONS if o != n)) for n in OPERATIONS),
+    OptSpec("ctmask", excl=("mask",)), OptSpec("nfmask", excl=("mask",)), OptSpec("mask", excl=("ctmask", "nfmask")),
+]
+
+
 @register_target
 class ConnmarkTarget(Target):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
@@ -48,17 +55,35 @@ class ConnmarkTarget(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> ConnmarkTarget:
-        masks = {o.name: parse_uint(o.values[0], o.name) for o in opts if o.name in ("nfmask", "ctmask", "mask")}
-        modes = [o for o in opts if o.name not in ("nfmask", "ctmask", "mask")]
-        if len(modes) != 1:
-            raise ExtensionError("CONNMARK target: No operation specified" if not modes
-                                 else "CONNMARK target: Only one operation allowed")
-        kind = modes[0].name
-        if kind in ("save-mark", "restore-mark"):
-            both = masks.get("mask", FULL)
-            return cls(kind, nfmask=masks.get("nfmask", both), ctmask=masks.get("ctmask", both))
-        v, m = xmark_from(modes, "CONNMARK")
-        return cls("set", v, m)
+        """Options fill one xt_connmark_tginfo in order: the set operations write (ctmark, ctmask), so a
+        later --mask overrides a set operation's mask and an earlier one is overridden by it."""
+        info: dict[str, Any] = {"mode": "", "ctmark": 0, "ctmask": FULL, "nfmask": FULL}
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            name, text = spec.name, (o.values[0] if o.values else "")
+            if name in ("set-xmark", "set-mark"):
+                v, m = xtopt_markmask(text, "CONNMARK", name)
+                mask = FULL if m is None else m
+                info.update(mode="set", ctmark=v, ctmask=mask if name == "set-xmark" else mask | v)
+            elif name in ("and-mark", "or-mark", "xor-mark"):
+                n = xtopt_uint(text, "CONNMARK", name)
+                ctmark, ctmask = {"and-mark": (0, ~n & FULL), "or-mark": (n, n), "xor-mark": (n, 0)}[name]
+                info.update(mode="set", ctmark=ctmark, ctmask=ctmask)
+            elif name in ("save-mark", "restore-mark"):
+                info["mode"] = name
+            else:
+                n = xtopt_uint(text, "CONNMARK", name)
+                for key in ("ctmask", "nfmask") if name == "mask" else (name,):
+                    info[key] = n
+
+        seen = xtopt_parse("CONNMARK", CONNMARK_SPECS, opts, parse)
+        if not seen & set(OPERATIONS):
+            raise ExtensionError("CONNMARK target: No operation specified")
+        xtopt_fcheck("CONNMARK", CONNMARK_SPECS, seen)
+        mode = str(info["mode"])
+        if mode == "set":
+            return cls("set", int(info["ctmark"]), int(info["ctmask"]))
+        return cls(mode, nfmask=int(info["nfmask"]), ctmask=int(info["ctmask"]))
 
     def save(self) -> str:
         if self.mode == "set":
@@ -68,11 +93,14 @@ class ConnmarkTarget(Target):
     def listing(self, numeric: bool = True) -> str:
         if self.mode == "set":
             return xmark_listing("CONNMARK", self.value, self.mask)
-        word = "save" if self.mode == "save-mark" else "restore"
         if self.nfmask == FULL and self.ctmask == FULL:
-            return f"CONNMARK {word}"
-        return f"CONNMARK {word} mask 0x{self.nfmask:x}" if self.nfmask == self.ctmask else \
-            f"CONNMARK {word} nfmask 0x{self.nfmask:x} ctmask ~0x{self.ctmask:x}"
+            return "CONNMARK save" if self.mode == "save-mark" else "CONNMARK restore"
+        if self.nfmask == self.ctmask:
+            word = "save" if self.mode == "save-mark" else "restore"
+            return f"CONNMARK {word} mask 0x{self.nfmask:x}"
+        if self.mode == "save-mark":
+            return f"CONNMARK save nfmask 0x{self.nfmask:x} ctmask ~0x{self.ctmask:x}"
+        return f"CONNMARK restore ctmask 0x{self.ctmask:x} nfmask ~0x{self.nfmask:x}"
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         ct = pkt.ct

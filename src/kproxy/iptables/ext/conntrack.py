@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.model import Net
-from kproxy.iptables.xtutil import parse_port_range
+from kproxy.iptables.xtutil import (
+    OptSpec,
+    c_strtoul,
+    service_port,
+    xtopt_fcheck,
+    xtopt_parse,
+    xtopt_uint_range,
+)
 from kproxy.netfilter.conntrack import (
     IPS_ASSURED,
     IPS_CONFIRMED,
@@ -22,15 +30,63 @@ STATUSES = [("EXPECTED", IPS_EXPECTED), ("SEEN_REPLY", IPS_SEEN_REPLY), ("ASSURE
             ("CONFIRMED", IPS_CONFIRMED)]
 ADDR_OPTS = ("ctorigsrc", "ctorigdst", "ctreplsrc", "ctrepldst")
 PORT_OPTS = ("ctorigsrcport", "ctorigdstport", "ctreplsrcport", "ctrepldstport")
+STATE_SPECS = [OptSpec("state", invert=True, mand=True)]
+SPECS = [OptSpec(n, invert=n != "ctdir") for n in ("ctstate", "ctproto", *ADDR_OPTS, *PORT_OPTS, "ctstatus",
+                                                    "ctexpire", "ctdir")]
 
 
-def parse_states(text: str, allowed: list[str]) -> list[str]:
+def parse_states(text: str, allowed: list[str], what: str = "ctstate") -> list[str]:
     out = []
     for word in text.split(","):
         if word.upper() not in allowed:
-            raise ExtensionError(f"Bad ctstate \"{word}\"")
+            raise ExtensionError(f"Bad {what} \"{word}\"")
         out.append(word.upper())
     return sorted(set(out), key=allowed.index)
+
+
+def parse_portrc(text: str) -> tuple[int, int]:
+    """XTTYPE_PORTRC: ``a``, ``a:b``, ``a:``, ``:b``; numbers wrap to 16 bits, names are services."""
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise ExtensionError("conntrack: Too many components for option \"--{opt}\" (max: 2)\n")
+    values = []
+    for i, part in enumerate(parts):
+        if part == "":
+            values.append(0 if i == 0 else 0xFFFF)
+            continue
+        got = c_strtoul(part)
+        if got is not None and not got[1]:
+            values.append(got[0] & 0xFFFF)
+            continue
+        port = service_port(part, None)
+        if port is None:
+            raise ExtensionError(f"Port \"{part}\" does not resolve to anything.\n")
+        values.append(port)
+    return values[0], values[-1]
+
+
+def parse_hostmask(text: str, family: int) -> Net:
+    """XTTYPE_HOSTMASK: an address (getaddrinfo) and an optional prefix length or mask."""
+    addr, slash, mask = text.partition("/")
+    bits = 32 if family == 4 else 128
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        raise ExtensionError("getaddrinfo: Name or service not known\n") from None
+    if ip.version != family:
+        raise ExtensionError("getaddrinfo: Address family for hostname not supported\n")
+    prefix = bits
+    if slash:
+        got = c_strtoul(mask, 10)
+        if got is not None and not got[1]:
+            prefix = min(got[0], bits)
+        else:
+            try:
+                prefix = bin(int(ipaddress.ip_address(mask))).count("1")
+            except ValueError:
+                raise ExtensionError(f"conntrack: bad value for option \"{{opt}}\" near \"{mask}\"\n") from None
+    m = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
+    return Net(family, int(ip) & m, prefix)
 
 
 def packet_states(pkt: Packet) -> set[str]:
@@ -61,40 +117,47 @@ class ConntrackMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> ConntrackMatch:
-        from kproxy.iptables.parser import ParameterProblem, parse_net, parse_protocol
+        from kproxy.iptables.parser import ParameterProblem, parse_protocol
 
         m = cls()
-        for o in opts:
-            v = o.values[0]
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            v, name = o.values[0], spec.name
+            val: Any
             try:
-                if o.name == "ctstate":
-                    val: Any = parse_states(v, STATES)
-                elif o.name == "ctstatus":
-                    names = dict(STATUSES)
-                    val = [w.upper() for w in v.split(",")]
-                    if any(w not in names for w in val):
-                        raise ExtensionError(f"Bad ctstatus \"{v}\"")
-                elif o.name == "ctproto":
+                if name == "ctstate":
+                    val = parse_states(v, STATES)
+                elif name == "ctstatus":
+                    val = parse_states(v, [n for n, _ in STATUSES] + ["NONE"], "ctstatus")
+                    val = [w for w in val if w != "NONE"]
+                elif name == "ctproto":
                     val = parse_protocol(v, family)
-                elif o.name in ADDR_OPTS:
-                    val = parse_net(v, family)
-                elif o.name in PORT_OPTS:
-                    val = parse_port_range(v)
-                elif o.name == "ctdir":
+                elif name in ADDR_OPTS:
+                    val = parse_hostmask(v, family)
+                elif name in PORT_OPTS:
+                    val = parse_portrc(v)
+                elif name == "ctdir":
                     if v.upper() not in ("ORIGINAL", "REPLY"):
-                        raise ExtensionError(f"Unknown --ctdir value \"{v}\"")
+                        raise ExtensionError(f"conntrack: Bad value for \"--ctdir\" option: \"{v}\"")
                     val = v.upper()
                 else:
-                    lo, _, hi = v.partition(":")
-                    val = (int(lo), int(hi or lo))
+                    val = xtopt_uint_range(v, "conntrack", name, 0xFFFFFFFF)
             except ParameterProblem as exc:
                 raise ExtensionError(str(exc)) from None
-            m.opts[o.name] = (val, o.invert)
+            except ExtensionError as exc:
+                raise ExtensionError(str(exc).replace("{opt}", name)) from None
+            m.opts[name] = (val, o.invert)
+
+        seen = xtopt_parse("conntrack", SPECS, opts, parse)
+        if not seen:
+            raise ExtensionError("conntrack: At least one option is required")
         return m
 
     def _fmt(self, name: str, val: Any, save: bool) -> str:
-        if name in ("ctstate", "ctstatus"):
+        if name == "ctstate":
             return ",".join(val)
+        if name == "ctstatus":
+            return ",".join(val) or "NONE"
         if name in ADDR_OPTS:
             return _net_text(val)
         if name in PORT_OPTS or name == "ctexpire":
@@ -121,13 +184,18 @@ class ConntrackMatch(Match):
         return " ".join(parts)
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
+        """conntrack_mt: the state test first; without a connection nothing else can match."""
         ct = pkt.ct
+        if "ctstate" in self.opts:
+            states, invert = self.opts["ctstate"]
+            if bool(packet_states(pkt) & set(states)) == invert:
+                return False
+        if ct is None:
+            return "ctstate" in self.opts
         for name, (val, invert) in self.opts.items():
             if name == "ctstate":
-                ok = bool(packet_states(pkt) & set(val))
-            elif ct is None:
-                ok = False
-            elif name == "ctstatus":
+                continue
+            if name == "ctstatus":
                 ok = any(ct.status & dict(STATUSES)[s] for s in val)
             elif name == "ctproto":
                 ok = ct.orig.proto == val
@@ -141,7 +209,7 @@ class ConntrackMatch(Match):
             elif name == "ctdir":
                 ok = (pkt.ctdir == 1) == (val == "REPLY")
             else:
-                left = ct.expires - ctx.now
+                left = max(0, int(ct.expires - ctx.now))
                 ok = val[0] <= left <= val[1]
             if ok == invert:
                 return False
@@ -159,10 +227,17 @@ class StateMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> StateMatch:
-        if not opts:
-            raise ExtensionError("state: option \"--state\" must be specified")
-        o = opts[-1]
-        return cls(parse_states(o.values[0], STATES[:5]), o.invert)
+        got: list[tuple[list[str], bool]] = []
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            words = o.values[0].split(",")
+            if "" in words:
+                raise ExtensionError("\"--state\" requires a list of states with no spaces, e.g. ESTABLISHED,RELATED")
+            got.append((parse_states(o.values[0], STATES[:5], "state"), o.invert))
+
+        seen = xtopt_parse("state", STATE_SPECS, opts, parse)
+        xtopt_fcheck("state", STATE_SPECS, seen)
+        return cls(*got[0])
 
     def save(self) -> str:
         return f"-m state {'! ' if self.invert else ''}--state {','.join(self.states)}"

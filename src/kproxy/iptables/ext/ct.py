@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
+from kproxy.iptables.xtutil import c_strtoui
 from kproxy.packet import Packet
 
 
@@ -23,14 +24,20 @@ class CtTarget(Target):
         names = {o.name for o in opts}
         if names - {"notrack", "zone"}:
             raise ExtensionError("CT: only --notrack and --zone are supported by kproxy")
-        zone = int(next(o.values[0] for o in opts if o.name == "zone")) if "zone" in names else 0
+        zone = 0
+        for o in opts:
+            if o.name == "zone":
+                got = c_strtoui(o.values[0], 0, 0xFFFF)
+                if got is None:
+                    raise ExtensionError(f"Cannot parse {o.values[0]} as a zone ID")
+                zone = got
         return cls("notrack" in names, zone)
 
     def save(self) -> str:
-        return "-j CT --notrack" if self.notrack else f"-j CT --zone {self.zone}"
+        return "-j CT" + (" --notrack" if self.notrack else "") + (f" --zone {self.zone}" if self.zone else "")
 
     def listing(self, numeric: bool = True) -> str:
-        return "CT notrack" if self.notrack else f"CT zone {self.zone}"
+        return "CT" + (" notrack" if self.notrack else "") + (f" zone {self.zone}" if self.zone else "")
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         if self.notrack:

@@ -1,14 +1,19 @@
-"""The icmp and icmp6 matches (--icmp-type / --icmpv6-type, by name or number, with a code)."""
+"""The icmp and icmp6 matches (--icmp-type / --icmpv6-type, by name, number, number/code or number/lo:hi).
+
+Both stay xt matches under iptables-nft 1.8.9, so the kernel checks -p (kernel_proto) and
+``icmp_type_code_match`` decides: type 255 is ``any`` for IPv4 only.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtutil import c_strtoul
 from kproxy.packet import ICMP, ICMPV6, Packet
 
-# (name, type, code_min, code_max), as libxt_icmp's table.
-ICMP_TYPES = [
+Entry = tuple[str, int, int, int]   # name, type, code_min, code_max (libxtables' tables, in their order)
+ICMP_TYPES: list[Entry] = [
     ("any", 0xFF, 0, 0xFF), ("echo-reply", 0, 0, 0xFF), ("destination-unreachable", 3, 0, 0xFF),
     ("network-unreachable", 3, 0, 0), ("host-unreachable", 3, 1, 1), ("protocol-unreachable", 3, 2, 2),
     ("port-unreachable", 3, 3, 3), ("fragmentation-needed", 3, 4, 4), ("source-route-failed", 3, 5, 5),
@@ -23,35 +28,55 @@ ICMP_TYPES = [
     ("required-option-missing", 12, 1, 1), ("timestamp-request", 13, 0, 0xFF), ("timestamp-reply", 14, 0, 0xFF),
     ("address-mask-request", 17, 0, 0xFF), ("address-mask-reply", 18, 0, 0xFF),
 ]
-ICMP6_TYPES = [
+ICMP6_TYPES: list[Entry] = [
     ("destination-unreachable", 1, 0, 0xFF), ("no-route", 1, 0, 0), ("communication-prohibited", 1, 1, 1),
-    ("address-unreachable", 1, 3, 3), ("port-unreachable", 1, 4, 4), ("packet-too-big", 2, 0, 0xFF),
-    ("time-exceeded", 3, 0, 0xFF), ("parameter-problem", 4, 0, 0xFF), ("echo-request", 128, 0, 0xFF),
-    ("echo-reply", 129, 0, 0xFF), ("router-solicitation", 133, 0, 0xFF), ("router-advertisement", 134, 0, 0xFF),
-    ("neighbour-solicitation", 135, 0, 0xFF), ("neighbour-advertisement", 136, 0, 0xFF),
+    ("beyond-scope", 1, 2, 2), ("address-unreachable", 1, 3, 3), ("port-unreachable", 1, 4, 4),
+    ("failed-policy", 1, 5, 5), ("reject-route", 1, 6, 6), ("packet-too-big", 2, 0, 0xFF),
+    ("time-exceeded", 3, 0, 0xFF), ("ttl-zero-during-transit", 3, 0, 0), ("ttl-zero-during-reassembly", 3, 1, 1),
+    ("parameter-problem", 4, 0, 0xFF), ("bad-header", 4, 0, 0), ("unknown-header-type", 4, 1, 1),
+    ("unknown-option", 4, 2, 2), ("echo-request", 128, 0, 0xFF), ("echo-reply", 129, 0, 0xFF),
+    ("router-solicitation", 133, 0, 0xFF), ("router-advertisement", 134, 0, 0xFF),
+    ("neighbour-solicitation", 135, 0, 0xFF), ("neighbor-solicitation", 135, 0, 0xFF),
+    ("neighbour-advertisement", 136, 0, 0xFF), ("neighbor-advertisement", 136, 0, 0xFF),
     ("redirect", 137, 0, 0xFF),
 ]
 
 
-def parse_icmp_type(text: str, table: list[tuple[str, int, int, int]], what: str) -> tuple[int, int, int]:
-    for name, t, lo, hi in table:
-        if name == text:
-            return t, lo, hi
-    matches = [e for e in table if e[0].startswith(text)]
-    if len(matches) == 1:
-        return matches[0][1], matches[0][2], matches[0][3]
-    if len(matches) > 1:
-        raise ExtensionError(f"Ambiguous {what} type `{text}': `{matches[0][0]}' or `{matches[1][0]}'?")
-    t_s, slash, c_s = text.partition("/")
-    try:
-        t = int(t_s)
-        lo = hi = int(c_s) if slash else 0
-        if not slash:
-            lo, hi = 0, 0xFF
-    except ValueError:
-        raise ExtensionError(f"Invalid {what} type `{text}'") from None
-    if not 0 <= t <= 255:
-        raise ExtensionError(f"Invalid {what} type `{t_s}'")
+def _byte(text: str) -> tuple[int, str] | None:
+    got = c_strtoul(text, 0)
+    return got if got is not None and got[0] <= 0xFF else None
+
+
+def parse_icmp_type(text: str, table: list[Entry], what: str) -> tuple[int, int, int]:
+    """A type name (any unambiguous case-insensitive prefix) or ``type[/code[:code]]``."""
+    found: Entry | None = None
+    for entry in table:
+        if entry[0].lower().startswith(text.lower()):
+            if found is not None:
+                raise ExtensionError(f"Ambiguous {what} type `{text}': `{found[0]}' or `{entry[0]}'?")
+            found = entry
+    if found is not None:
+        return found[1], found[2], found[3]
+    got = _byte(text)
+    if got is None:
+        raise ExtensionError(f"Unknown {what} type `{text}'")
+    t, rest = got
+    lo, hi = 0, 0xFF
+    if rest.startswith(":"):
+        raise ExtensionError(f"{what} type range not supported")
+    if rest.startswith("/"):
+        code = _byte(rest[1:])
+        if code is None:
+            raise ExtensionError(f"Unknown {what} code `{text}'")
+        lo, rest = code
+        hi = lo
+        if rest.startswith(":"):
+            code = _byte(rest[1:])
+            if code is None:
+                raise ExtensionError(f"Unknown {what} code `{text}'")
+            hi, rest = code
+    if rest:
+        raise ExtensionError(f"unknown character {rest[0]}")
     return t, lo, hi
 
 
@@ -61,20 +86,26 @@ class IcmpBase(Match):
     TABLE = ICMP_TYPES
     OPT = "icmp-type"
     WHAT = "ICMP"
+    WORD = "icmp"
+    WORD_EXT = "icmp"     # the extension's own name (``-m icmpv6`` is an alias of icmp6)
 
     def __init__(self, t: int, lo: int, hi: int, invert: bool) -> None:
         self.type, self.code_min, self.code_max, self.invert = t, lo, hi, invert
+        self.kernel_proto = self.PROTO   # an xt match: the kernel refuses another (or inverted) -p
+        self.any = t == 0xFF and self.PROTO == ICMP
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> IcmpBase:
         if not opts:
-            return cls(0xFF, 0, 0xFF, False) if cls.PROTO == ICMP else cls(0, 0, 0xFF, False)
-        o = opts[-1]
+            raise ExtensionError(f"{cls.WORD_EXT}: option \"--{cls.OPT}\" must be specified\n")
+        if len(opts) > 1:
+            raise ExtensionError(f"{cls.WORD_EXT}: option \"--{cls.OPT}\" can only be used once.\n")
+        o = opts[0]
         t, lo, hi = parse_icmp_type(o.values[0], cls.TABLE, cls.WHAT)
         return cls(t, lo, hi, o.invert)
 
     def _type_text(self) -> str:
-        if self.type == 0xFF and self.PROTO == ICMP:
+        if self.any:
             return "any"
         text = str(self.type)
         if (self.code_min, self.code_max) != (0, 0xFF):
@@ -82,26 +113,22 @@ class IcmpBase(Match):
         return text
 
     def save(self) -> str:
-        return f"-m {self.name} {'! ' if self.invert else ''}--{self.OPT} {self._type_text()}"
+        return f"-m {self.WORD_EXT} {'! ' if self.invert else ''}--{self.OPT} {self._type_text()}"
 
     def listing(self, numeric: bool = True) -> str:
         bang = "!" if self.invert else ""
         if not numeric:
             for name, t, lo, hi in self.TABLE:
                 if (t, lo, hi) == (self.type, self.code_min, self.code_max):
-                    return f"{self.name} {bang}{name}"
-        word = "icmp" if self.PROTO == ICMP else "ipv6-icmp"
-        text = f"{word}{' !' if self.invert else ''}type {self.type}"
+                    return f"{self.WORD} {bang}{name}"
+        text = f"{self.WORD}{' !' if self.invert else ''}type {self.type}"
         if (self.code_min, self.code_max) != (0, 0xFF):
             text += f" code {self.code_min}" if self.code_min == self.code_max else \
                 f" codes {self.code_min}-{self.code_max}"
         return text
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
-        if pkt.proto != self.PROTO:
-            return False
-        hit = (self.type == 0xFF and self.PROTO == ICMP) or (
-            pkt.icmp_type == self.type and self.code_min <= pkt.icmp_code <= self.code_max)
+        hit = self.any or (pkt.icmp_type == self.type and self.code_min <= pkt.icmp_code <= self.code_max)
         return hit != self.invert
 
 
@@ -118,4 +145,13 @@ class Icmp6Match(IcmpBase):
     TABLE = ICMP6_TYPES
     OPT = "icmpv6-type"
     WHAT = "ICMPv6"
+    WORD = "ipv6-icmp"
+    WORD_EXT = "icmp6"
     OPTIONS = {"icmpv6-type": 1}
+
+
+@register_match
+class Icmpv6Alias(Icmp6Match):
+    """``-m icmpv6``: the same match, saved as ``-m icmp6``."""
+
+    name = "icmpv6"

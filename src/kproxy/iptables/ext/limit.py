@@ -1,39 +1,75 @@
-"""The limit match (xt_limit): a token bucket in the kernel's credit units, shared by all packets of the rule."""
+"""The limit match: a token bucket per rule, shared by every packet that reaches the rule.
+
+iptables-nft 1.8.9 does not load xt_limit: it turns ``--limit``/``--limit-burst`` into an nft
+``limit rate N/unit burst B packets`` expression (add_nft_limit) and reads it back when listing.
+So the rule is what survives that round trip (``60/min`` becomes ``1/sec``, burst 0 becomes the
+kernel's default 5), and packets are counted as ``nft_limit`` counts them: a bucket of
+``burst * cost`` nanoseconds of tokens, refilled one token per nanosecond, where ``cost`` is
+``unit * 1e9 // rate`` and a packet passes while it can pay its cost.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_parse, xtopt_uint
 from kproxy.packet import Packet
 
 XT_LIMIT_SCALE = 10000
-HZ = 1000
-CREDITS_PER_JIFFY = 128          # POW2_BELOW32(MAX_CPJ) for HZ=1000
-UNITS = {"sec": 1, "second": 1, "s": 1, "min": 60, "minute": 60, "m": 60, "hour": 3600, "h": 3600,
-         "day": 86400, "d": 86400}
+NSEC_PER_SEC = 1_000_000_000
+DEFAULT_AVG = XT_LIMIT_SCALE * 3600 // 3        # 3/hour
+DEFAULT_BURST = 5                                # XT_LIMIT_BURST, and nft's NFT_LIMIT_PKT_BURST_DEFAULT
+UNIT_WORDS = (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400))
+RATES = [("day", XT_LIMIT_SCALE * 86400), ("hour", XT_LIMIT_SCALE * 3600), ("min", XT_LIMIT_SCALE * 60),
+         ("sec", XT_LIMIT_SCALE)]
+OPTS = [OptSpec("limit"), OptSpec("limit-burst")]
+
+
+def c_atoi(text: str) -> int:
+    """C atoi: leading blanks, a sign, then digits up to the first other character (0 if none)."""
+    s = text.lstrip(" \t\n\v\f\r")
+    sign = -1 if s.startswith("-") else 1
+    s = s[1:] if s[:1] in "+-" else s
+    n = 0
+    while n < len(s) and s[n].isdigit():
+        n += 1
+    return sign * int(s[:n]) if n else 0
 
 
 def parse_rate(text: str) -> int:
     """``3/min`` into the average interval in 1/10000 s (XT_LIMIT_SCALE), as libxt_limit does."""
-    num, _, unit = text.partition("/")
-    try:
-        n = int(num)
-    except ValueError:
-        raise ExtensionError(f"bad rate \"{text}\"'") from None
+    bad = ExtensionError(f"bad rate \"{text}\"'")
+    _, slash, unit = text.partition("/")
     mult = 1
-    if unit:
-        key = next((k for k in UNITS if k.startswith(unit) and len(unit) >= 1 and unit == k[:len(unit)]), None)
-        if key is None:
-            raise ExtensionError(f"bad rate \"{text}\"'")
-        mult = UNITS[key]
-    if n == 0 or XT_LIMIT_SCALE * mult // n == 0:
+    if slash:
+        if not unit:
+            raise bad
+        for word, secs in UNIT_WORDS:
+            if word.startswith(unit.lower()):
+                mult = secs
+                break
+        else:
+            raise bad
+    r = c_atoi(text) & 0xFFFFFFFF
+    if r == 0:
+        raise bad
+    avg = XT_LIMIT_SCALE * mult // r
+    if avg == 0:
         raise ExtensionError(f"Rate too fast \"{text}\"")
-    return XT_LIMIT_SCALE * mult // n
+    return avg
 
 
-RATES = [("day", XT_LIMIT_SCALE * 86400), ("hour", XT_LIMIT_SCALE * 3600), ("min", XT_LIMIT_SCALE * 60),
-         ("sec", XT_LIMIT_SCALE)]
+def nft_rate(avg: int) -> tuple[int, int]:
+    """add_nft_limit: the (rate, unit in seconds) an average interval becomes in the nft expression."""
+    i = 1
+    while i < len(RATES):
+        mult = RATES[i][1]
+        if avg > mult or mult // avg < mult % avg:
+            break
+        i += 1
+    mult = RATES[i - 1][1]
+    return mult // avg, mult // XT_LIMIT_SCALE
 
 
 def rate_text(period: int) -> str:
@@ -53,41 +89,44 @@ class LimitMatch(Match):
     name = "limit"
     OPTIONS = {"limit": 1, "limit-burst": 1}
 
-    def __init__(self, avg: int, burst: int, invert: bool = False) -> None:
-        self.avg, self.burst, self.invert = avg, burst, invert
-        self.cost = avg * HZ * CREDITS_PER_JIFFY // XT_LIMIT_SCALE
-        self.credit_cap = self.cost * burst
-        self.credit = self.credit_cap
-        self.prev: float | None = None
+    def __init__(self, avg: int = DEFAULT_AVG, burst: int = DEFAULT_BURST) -> None:
+        self.rate, self.unit = nft_rate(avg)
+        self.avg = XT_LIMIT_SCALE * self.unit // self.rate      # what is read back from the kernel
+        self.burst = burst or DEFAULT_BURST
+        self.cost = self.unit * NSEC_PER_SEC // self.rate
+        self.tokens_max = self.cost * self.burst
+        self.tokens = self.tokens_max
+        self.last: int | None = None
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> LimitMatch:
-        avg, burst, invert = XT_LIMIT_SCALE * 3600 // 3, 5, False
-        for o in opts:
-            if o.name == "limit":
-                avg, invert = parse_rate(o.values[0]), o.invert
+        got = {"limit": DEFAULT_AVG, "limit-burst": DEFAULT_BURST}
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            if spec.name == "limit":
+                got["limit"] = parse_rate(o.values[0])
             else:
-                burst = int(o.values[0])
-                if not 0 < burst <= 10000:
-                    raise ExtensionError(f"bad --limit-burst `{o.values[0]}'")
-        return cls(avg, burst, invert)
+                got["limit-burst"] = xtopt_uint(o.values[0], "limit", "limit-burst", 0, 10000)
+
+        seen = xtopt_parse("limit", OPTS, opts, parse)
+        xtopt_fcheck("limit", OPTS, seen)
+        return cls(got["limit"], got["limit-burst"])
 
     def save(self) -> str:
-        burst = f" --limit-burst {self.burst}" if self.burst != 5 else ""
-        return f"-m limit {'! ' if self.invert else ''}--limit {rate_text(self.avg)}{burst}"
+        burst = f" --limit-burst {self.burst}" if self.burst != DEFAULT_BURST else ""
+        return f"-m limit --limit {rate_text(self.avg)}{burst}"
 
     def listing(self, numeric: bool = True) -> str:
-        return f"limit: {'! ' if self.invert else ''}avg {rate_text(self.avg)} burst {self.burst}"
+        return f"limit: avg {rate_text(self.avg)} burst {self.burst}"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
-        now = ctx.now
-        if self.prev is None:
-            self.prev = now
-        jiffies = int((now - self.prev) * HZ)
-        if jiffies > 0:
-            self.credit = min(self.credit + jiffies * CREDITS_PER_JIFFY, self.credit_cap)
-            self.prev = now
-        if self.credit >= self.cost:
-            self.credit -= self.cost
-            return not self.invert
-        return self.invert
+        """nft_limit_eval: refill by the nanoseconds since the last packet, then try to pay the cost."""
+        now = int(ctx.now * NSEC_PER_SEC)
+        last = now if self.last is None else self.last
+        tokens = min(self.tokens + max(now - last, 0), self.tokens_max)
+        self.last = now
+        if tokens >= self.cost:
+            self.tokens = tokens - self.cost
+            return True
+        self.tokens = tokens
+        return False

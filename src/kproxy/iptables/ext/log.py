@@ -1,41 +1,114 @@
-"""The LOG and TRACE targets: kernel log lines, and marking a packet for tracing."""
+"""The LOG and TRACE targets: kernel log lines, and marking a packet for tracing.
+
+LOG writes the line nf_log_syslog would (``dump_ipv4_packet``/``dump_ipv6_packet``) to
+``node.log_lines``, without the trailing blank the kernel leaves. Header fields the Packet model
+does not carry come from ``pkt.meta`` when a caller supplies them (``ip_id``, ``tos``, ``df``,
+``window``, ``seq``, ``ack_seq``, ``urgp``, ``icmp_seq``, ``uid``, ``gid``, ``dst_mac``) and are
+otherwise 0. TRACE sets the packet's nftrace bit; iptables-nft accepts it in any table.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
-from kproxy.iptables.xtutil import save_string
-from kproxy.packet import ICMP, SCTP, TCP, UDP, Packet, tcp_flags_str
+from kproxy.iptables.xtutil import OptSpec, c_strtoui, save_string, xtopt_fcheck, xtopt_parse
+from kproxy.packet import ICMP, ICMPV6, TCP, UDP, Packet
 
-LEVELS = ["emerg", "alert", "crit", "error", "warning", "notice", "info", "debug"]
+LEVEL_NAMES = {"emerg": 0, "alert": 1, "crit": 2, "error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7,
+               "panic": 0}
 LIST_LEVELS = ["emerg", "alert", "crit", "err", "warn", "notice", "info", "debug"]
-LEVEL_ALIASES = {"err": 3, "warn": 4, "panic": 0}
 FLAG_BITS = {"log-tcp-sequence": 1, "log-tcp-options": 2, "log-ip-options": 4, "log-uid": 8,
              "log-macdecode": 32}
+PREFIX_MAX = 29
+DEFAULT_LEVEL = 4
+OPTS = [OptSpec("log-level"), OptSpec("log-prefix"), *(OptSpec(f) for f in FLAG_BITS)]
+TCP_FLAG_WORDS = [("CWR", 0x80), ("ECE", 0x40), ("URG", 0x20), ("ACK", 0x10), ("PSH", 0x08), ("RST", 0x04),
+                  ("SYN", 0x02), ("FIN", 0x01)]
+ICMP_DEST_UNREACH, ICMP_SOURCE_QUENCH, ICMP_REDIRECT, ICMP_TIME_EXCEEDED, ICMP_PARAMETERPROB = 3, 4, 5, 11, 12
 
 
-def log_line(prefix: str, pkt: Packet, in_dev: str, out_dev: str, flags: int = 0) -> str:
-    """The line nf_log_syslog writes for a packet (without the kernel timestamp)."""
-    parts = [f"{prefix}IN={in_dev} OUT={out_dev}"]
-    if in_dev and pkt.src_mac:
-        parts.append(f"MAC={pkt.src_mac}")
-    parts.append(f"SRC={pkt.src_str} DST={pkt.dst_str} LEN={pkt.length} TOS=0x00 PREC=0x00 TTL={pkt.ttl} ID=0")
+def parse_level(text: str) -> int:
+    """XTTYPE_SYSLOGLEVEL: 0..7 (base-0 number) or a syslog level name."""
+    n = c_strtoui(text, 0, 7)
+    if n is None:
+        n = LEVEL_NAMES.get(text)
+    if n is None:
+        raise ExtensionError(f"log level \"{text}\" unknown\n")
+    return n
+
+
+def mac_header(pkt: Packet, ctx: RuleContext) -> str:
+    """dump_mac_header: the Ethernet header as received, ``dst:src:ethertype`` in hex bytes."""
+    iface = ctx.node.interfaces.get(ctx.state.in_dev)
+    dst = pkt.meta.get("dst_mac") or (iface.mac if iface is not None else "")
+    if not pkt.src_mac or not dst:
+        return "MAC="
+    ethertype = "08:00" if pkt.family == 4 else "86:dd"
+    return f"MAC={dst.lower()}:{pkt.src_mac.lower()}:{ethertype}"
+
+
+def l4_fields(pkt: Packet, flags: int) -> list[str]:
+    """The transport part of a line (nf_log_dump_tcp_header, nf_log_dump_udp_header, the ICMP cases)."""
+    meta = pkt.meta
     if pkt.proto == TCP:
-        flags_txt = " ".join(tcp_flags_str(pkt.tcp_flags).split(","))
-        parts.append(f"PROTO=TCP SPT={pkt.sport} DPT={pkt.dport} WINDOW=0 RES=0x00 {flags_txt} URGP=0")
-    elif pkt.proto in (UDP, SCTP):
-        parts.append(f"PROTO={'UDP' if pkt.proto == UDP else 'SCTP'} SPT={pkt.sport} DPT={pkt.dport}"
-                     + (f" LEN={pkt.length - 20}" if pkt.proto == UDP else ""))
-    elif pkt.proto == ICMP:
-        parts.append(f"PROTO=ICMP TYPE={pkt.icmp_type} CODE={pkt.icmp_code}")
+        out = ["PROTO=TCP", f"SPT={pkt.sport} DPT={pkt.dport}"]
+        if flags & FLAG_BITS["log-tcp-sequence"]:
+            out.append(f"SEQ={meta.get('seq', 0)} ACK={meta.get('ack_seq', 0)}")
+        out.append(f"WINDOW={meta.get('window', 0)} RES=0x00")
+        out.extend(name for name, bit in TCP_FLAG_WORDS if pkt.tcp_flags & bit)
+        out.append(f"URGP={meta.get('urgp', 0)}")
+        return out
+    if pkt.proto == UDP:
+        header = 20 if pkt.family == 4 else 40
+        return ["PROTO=UDP", f"SPT={pkt.sport} DPT={pkt.dport} LEN={pkt.length - header}"]
+    if pkt.proto == ICMP and pkt.family == 4:
+        out = ["PROTO=ICMP", f"TYPE={pkt.icmp_type} CODE={pkt.icmp_code}"]
+        if pkt.icmp_type in (0, 8):
+            out.append(f"ID={pkt.icmp_id} SEQ={meta.get('icmp_seq', 0)}")
+        elif pkt.icmp_type in (ICMP_DEST_UNREACH, ICMP_SOURCE_QUENCH, ICMP_TIME_EXCEEDED) and pkt.inner is not None:
+            out.append("[" + " ".join(ip_fields(pkt.inner, flags)) + "]")
+        return out
+    if pkt.proto == ICMPV6 and pkt.family == 6:
+        out = ["PROTO=ICMPv6", f"TYPE={pkt.icmp_type} CODE={pkt.icmp_code}"]
+        if pkt.icmp_type in (128, 129):
+            out.append(f"ID={pkt.icmp_id} SEQ={meta.get('icmp_seq', 0)}")
+        return out
+    return [f"PROTO={pkt.proto}"]
+
+
+def ip_fields(pkt: Packet, flags: int) -> list[str]:
+    """dump_ipv4_packet / dump_ipv6_packet: addresses, header fields, then the transport part."""
+    meta = pkt.meta
+    if pkt.family == 4:
+        tos = meta.get("tos", 0)
+        out = [f"SRC={pkt.src_str} DST={pkt.dst_str}",
+               f"LEN={pkt.length} TOS=0x{tos & 0x1E:02X} PREC=0x{tos & 0xE0:02X} TTL={pkt.ttl} ID={meta.get('ip_id', 0)}"]
+        if meta.get("df"):
+            out.append("DF")
     else:
-        parts.append(f"PROTO={pkt.proto}")
+        out = [f"SRC={pkt.src_str} DST={pkt.dst_str}",
+               f"LEN={pkt.length} TC={meta.get('tc', 0)} HOPLIMIT={pkt.ttl} FLOWLBL={meta.get('flowlabel', 0)}"]
+    return out + l4_fields(pkt, flags)
+
+
+def log_line(prefix: str, pkt: Packet, ctx: RuleContext, flags: int = 0) -> str:
+    """The line nf_log_syslog writes for a packet (without the kernel timestamp and the trailing blank)."""
+    in_dev, out_dev = ctx.state.in_dev, ctx.state.out_dev
+    parts = [f"{prefix}IN={in_dev} OUT={out_dev}"]
+    if in_dev:
+        parts.append(mac_header(pkt, ctx))
+    parts.extend(ip_fields(pkt, flags))
+    if flags & FLAG_BITS["log-uid"] and "uid" in pkt.meta:
+        parts.append(f"UID={pkt.meta['uid']} GID={pkt.meta.get('gid', 0)}")
+    if pkt.mark:
+        parts.append(f"MARK=0x{pkt.mark:x}")
     return " ".join(parts)
 
 
 @register_target
 class LogTarget(Target):
+    SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "LOG"
     OPTIONS = {"log-level": 1, "log-prefix": 1, **{k: 0 for k in FLAG_BITS}}
 
@@ -44,31 +117,27 @@ class LogTarget(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> LogTarget:
-        level, prefix, flags = 4, "", 0
-        for o in opts:
-            if o.name == "log-level":
-                word = o.values[0]
-                if word.isdigit() and int(word) < 8:
-                    level = int(word)
-                elif word in LEVELS:
-                    level = LEVELS.index(word)
-                elif word in LEVEL_ALIASES:
-                    level = LEVEL_ALIASES[word]
-                else:
-                    raise ExtensionError(f"log-level `{word}' unknown")
-            elif o.name == "log-prefix":
-                prefix = o.values[0]
-                if len(prefix) > 29:
-                    raise ExtensionError("Maximum prefix length 29 for --log-prefix")
+        t = cls(DEFAULT_LEVEL, "", 0)
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            if spec.name == "log-level":
+                t.level = parse_level(o.values[0])
+            elif spec.name == "log-prefix":
+                if not o.values[0]:
+                    raise ExtensionError("Argument must have a minimum length of 1 characters\n")
+                t.prefix = o.values[0].encode()[:PREFIX_MAX].decode(errors="ignore")
             else:
-                flags |= FLAG_BITS[o.name]
-        return cls(level, prefix, flags)
+                t.flags |= FLAG_BITS[spec.name]
+
+        seen = xtopt_parse("LOG", OPTS, opts, parse)
+        xtopt_fcheck("LOG", OPTS, seen)
+        return t
 
     def save(self) -> str:
         text = "-j LOG"
         if self.prefix:
             text += f" --log-prefix {save_string(self.prefix)}"
-        if self.level != 4:
+        if self.level != DEFAULT_LEVEL:
             text += f" --log-level {self.level}"
         for name, bit in FLAG_BITS.items():
             if self.flags & bit:
@@ -88,17 +157,18 @@ class LogTarget(Target):
         return text
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
-        line = log_line(self.prefix, pkt, ctx.state.in_dev, ctx.state.out_dev, self.flags)
+        line = log_line(self.prefix, pkt, ctx, self.flags)
         ctx.node.log_lines.append(line)
         if ctx.state.trace is not None:
-            ctx.state.trace.add("log", hook=ctx.hook, table=ctx.table, chain=ctx.chain, text=line)
+            ctx.state.trace.add("log", hook=ctx.hook, table=ctx.table, chain=ctx.chain, text=line,
+                                detail={"level": self.level, "prefix": self.prefix})
         return XT_CONTINUE
 
 
 @register_target
 class TraceTarget(Target):
+    SHAREABLE = True
     name = "TRACE"
-    TABLES = ("raw",)
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> TraceTarget:

@@ -14,14 +14,19 @@ from kproxy.iptables.extension import (
     register_match,
     register_target,
 )
-from kproxy.iptables.xtutil import parse_mark_mask
+from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_markmask, xtopt_parse, xtopt_uint
 from kproxy.packet import Packet
 
 FULL = 0xFFFFFFFF
+XMARK_NAMES = ("set-xmark", "set-mark", "and-mark", "or-mark", "xor-mark")
 
 
 def mark_text(value: int, mask: int) -> str:
     return f"0x{value:x}" if mask == FULL else f"0x{value:x}/0x{mask:x}"
+
+
+MATCH_OPTS = [OptSpec("mark", invert=True, mand=True)]
+TARGET_OPTS = [OptSpec(n, excl=tuple(o for o in XMARK_NAMES if o != n)) for n in XMARK_NAMES]
 
 
 @register_match
@@ -35,11 +40,12 @@ class MarkMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MarkMatch:
-        if not opts:
-            raise ExtensionError("mark: option \"--mark\" must be specified")
-        o = opts[-1]
-        v, m = parse_mark_mask(o.values[0])
-        return cls(v, FULL if m is None else m, o.invert)
+        got: list[tuple[int, int | None, bool]] = []
+        seen = xtopt_parse(cls.name, MATCH_OPTS, opts,
+                           lambda spec, o: got.append((*xtopt_markmask(o.values[0], cls.name, "mark"), o.invert)))
+        xtopt_fcheck(cls.name, MATCH_OPTS, seen)
+        v, m, invert = got[0]
+        return cls(v, FULL if m is None else m, invert)
 
     def save(self) -> str:
         return f"-m mark {'! ' if self.invert else ''}--mark {mark_text(self.value, self.mask)}"
@@ -53,31 +59,35 @@ class MarkMatch(Match):
 
 def xmark_from(opts: list[Opt], what: str = "MARK") -> tuple[int, int]:
     """The (value, mask) of --set-xmark/--set-mark/--and-mark/--or-mark/--xor-mark: mark = (mark & ~mask) ^ value."""
-    if len(opts) != 1:
-        raise ExtensionError(f"{what} target: Parameter --set/and/or/xor-mark is required" if not opts
-                             else f"{what}: --set-xmark/--set-mark/--and-mark/--or-mark/--xor-mark are exclusive")
-    o = opts[0]
-    v, m = parse_mark_mask(o.values[0])
-    if o.name == "set-xmark":
-        return v, FULL if m is None else m
-    if o.name == "set-mark":
-        return v, (FULL if m is None else m | v)
-    if o.name == "and-mark":
-        return 0, (~v) & FULL
-    if o.name == "or-mark":
-        return v, v
-    return v, 0   # xor-mark
+    result: list[tuple[int, int]] = []
+
+    def parse(spec: OptSpec, o: Opt) -> None:
+        text = o.values[0]
+        if spec.name in ("set-xmark", "set-mark"):
+            v, m = xtopt_markmask(text, what, spec.name)
+            mask = FULL if m is None else m
+            result.append((v, mask if spec.name == "set-xmark" else mask | v))
+            return
+        n = xtopt_uint(text, what, spec.name)
+        result.append({"and-mark": (0, (~n) & FULL), "or-mark": (n, n), "xor-mark": (n, 0)}[spec.name])
+
+    seen = xtopt_parse(what, TARGET_OPTS, opts, parse)
+    if not seen:
+        raise ExtensionError(f"{what}: One of the --set-xmark, --{{and,or,xor,set}}-mark options is required")
+    xtopt_fcheck(what, TARGET_OPTS, seen)
+    return result[0]
 
 
 def xmark_listing(label: str, value: int, mask: int) -> str:
-    if mask == FULL:
-        return f"{label} set 0x{value:x}"
+    """mark_tg_print: the simplest operation that the (value, mask) pair amounts to."""
     if value == 0:
         return f"{label} and 0x{(~mask) & FULL:x}"
     if value == mask:
         return f"{label} or 0x{value:x}"
     if mask == 0:
         return f"{label} xor 0x{value:x}"
+    if mask == FULL:
+        return f"{label} set 0x{value:x}"
     return f"{label} xset 0x{value:x}/0x{mask:x}"
 
 
@@ -85,7 +95,7 @@ def xmark_listing(label: str, value: int, mask: int) -> str:
 class MarkTarget(Target):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "MARK"
-    OPTIONS = {"set-xmark": 1, "set-mark": 1, "and-mark": 1, "or-mark": 1, "xor-mark": 1}
+    OPTIONS = {n: 1 for n in XMARK_NAMES}
 
     def __init__(self, value: int, mask: int) -> None:
         self.value, self.mask = value, mask

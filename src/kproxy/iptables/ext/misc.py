@@ -1,12 +1,47 @@
-"""Small header matches: iprange, mac, pkttype and length."""
+"""Small header matches: iprange, mac, pkttype and length.
+
+iprange, mac and pkttype stay xt matches under iptables-nft; mac is refused by the kernel outside
+PREROUTING, INPUT and FORWARD (``kernel_refuses``).
+"""
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtutil import (
+    OptSpec,
+    numeric_to_ip6addr,
+    numeric_to_ipaddr,
+    parse_ethermac,
+    xtopt_fcheck,
+    xtopt_parse,
+    xtopt_uint_range,
+)
 from kproxy.packet import Packet, format_addr
+
+IPRANGE_OPTS = [OptSpec("src-range", invert=True), OptSpec("dst-range", invert=True)]
+MAC_OPTS = [OptSpec("mac-source", invert=True, mand=True)]
+PKTTYPE_OPTS = [OptSpec("pkt-type", invert=True, mand=True)]
+MAC_HOOKS = ("PREROUTING", "INPUT", "FORWARD")
+
+
+def builtin_chain_outside(chain: str, hooks: tuple[str, ...]) -> bool:
+    """A built-in chain whose hook the match is not valid at (user chains are checked by reachability)."""
+    return chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING") and chain not in hooks
+
+
+def parse_iprange(text: str, family: int, option: str) -> tuple[int, int]:
+    """``a-b`` or ``a`` (meaning a-a); each side a numeric address of the family (no order check)."""
+    lo_s, dash, hi_s = text.partition("-")
+    parse = numeric_to_ipaddr if family == 4 else numeric_to_ip6addr
+    out = []
+    for spec in (lo_s, hi_s if dash else lo_s):
+        addr = parse(spec)
+        if addr is None:
+            raise ExtensionError(f"iprange: Bad value for \"--{option}\" option: \"{spec}\"")
+        out.append(addr)
+    return out[0], out[1]
 
 
 @register_match
@@ -24,17 +59,15 @@ class IprangeMatch(Match):
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> IprangeMatch:
         m = cls(family)
-        for o in opts:
-            a, _, b = o.values[0].partition("-")
-            try:
-                lo = int(ipaddress.ip_address(a))
-                hi = int(ipaddress.ip_address(b)) if b else lo
-            except ValueError:
-                raise ExtensionError(f"iprange: Bad IP address \"{o.values[0]}\"") from None
-            if o.name == "src-range":
-                m.src, m.src_inv = (lo, hi), o.invert
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            rng = parse_iprange(o.values[0], family, spec.name)
+            if spec.name == "src-range":
+                m.src, m.src_inv = rng, o.invert
             else:
-                m.dst, m.dst_inv = (lo, hi), o.invert
+                m.dst, m.dst_inv = rng, o.invert
+
+        xtopt_parse("iprange", IPRANGE_OPTS, opts, parse)
         if m.src is None and m.dst is None:
             raise ExtensionError("iprange match: You must specify `--src-range' or `--dst-range'")
         return m
@@ -75,14 +108,20 @@ class MacMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MacMatch:
-        if not opts:
-            raise ExtensionError("mac: option \"--mac-source\" must be specified")
-        text = opts[-1].values[0]
-        parts = text.split(":")
-        if len(parts) != 6 or not all(len(p) in (1, 2) and all(c in "0123456789abcdefABCDEF" for c in p)
-                                      for p in parts):
-            raise ExtensionError(f"Bad mac address \"{text}\"")
-        return cls(":".join(f"{int(p, 16):02x}" for p in parts), opts[-1].invert)
+        got: list[MacMatch] = []
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            mac = parse_ethermac(o.values[0])
+            if mac is None:
+                raise ExtensionError("Invalid MAC address specified.")
+            got.append(cls(mac, o.invert))
+
+        seen = xtopt_parse("mac", MAC_OPTS, opts, parse)
+        xtopt_fcheck("mac", MAC_OPTS, seen)
+        return got[0]
+
+    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+        return builtin_chain_outside(chain, MAC_HOOKS)
 
     def save(self) -> str:
         return f"-m mac {'! ' if self.invert else ''}--mac-source {self.mac}"
@@ -91,6 +130,9 @@ class MacMatch(Match):
         return f"MAC {'! ' if self.invert else ''}{self.mac}"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
+        # mac_mt: no Ethernet header (no source MAC known) never matches, inverted or not.
+        if not pkt.src_mac:
+            return False
         return (pkt.src_mac.lower() == self.mac) != self.invert
 
 
@@ -99,19 +141,24 @@ class PkttypeMatch(Match):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "pkttype"
     OPTIONS = {"pkt-type": 1}
-    TYPES = ("unicast", "broadcast", "multicast", "host", "otherhost", "outgoing", "loopback")
+    TYPES = ("unicast", "broadcast", "multicast", "otherhost", "host")
 
     def __init__(self, kind: str, invert: bool) -> None:
         self.kind, self.invert = kind, invert
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> PkttypeMatch:
-        if not opts:
-            raise ExtensionError("pkttype: option \"--pkt-type\" must be specified")
-        word = opts[-1].values[0].lower()
-        if word not in cls.TYPES:
-            raise ExtensionError(f"Bad packet type '{word}'")
-        return cls({"host": "unicast"}.get(word, word), opts[-1].invert)
+        got: list[PkttypeMatch] = []
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            word = o.values[0]
+            if word.lower() not in cls.TYPES:
+                raise ExtensionError(f"Bad packet type '{word}'")
+            got.append(cls({"host": "unicast"}.get(word.lower(), word.lower()), o.invert))
+
+        seen = xtopt_parse("pkttype", PKTTYPE_OPTS, opts, parse)
+        xtopt_fcheck("pkttype", PKTTYPE_OPTS, seen)
+        return got[0]
 
     def save(self) -> str:
         return f"-m pkttype {'! ' if self.invert else ''}--pkt-type {self.kind}"
@@ -120,13 +167,21 @@ class PkttypeMatch(Match):
         return f"PKTTYPE {'!' if self.invert else ''}= {self.kind}"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
+        # skb->pkt_type comes from the link layer; a packet left "unicast" by its sender is classified
+        # by its destination address, as its Ethernet destination would be.
         kind = pkt.pkttype
-        if pkt.family == 4 and kind == "unicast":
-            if pkt.dst == 0xFFFFFFFF or ctx.node.addr_type(4, pkt.dst) == "BROADCAST":
-                kind = "broadcast"
-            elif (pkt.dst >> 28) == 0xE:
+        if kind == "unicast":
+            if pkt.family == 4:
+                if (pkt.dst >> 28) == 0xE:
+                    kind = "multicast"
+                elif pkt.dst == 0xFFFFFFFF or ctx.node.addr_type(4, pkt.dst) == "BROADCAST":
+                    kind = "broadcast"
+            elif (pkt.dst >> 120) == 0xFF:
                 kind = "multicast"
         return (kind == self.kind) != self.invert
+
+
+LENGTH_OPTS = [OptSpec("length", invert=True, mand=True)]
 
 
 @register_match
@@ -140,18 +195,11 @@ class LengthMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> LengthMatch:
-        if not opts:
-            raise ExtensionError("length: option \"--length\" must be specified")
-        text = opts[-1].values[0]
-        lo_s, colon, hi_s = text.partition(":")
-        try:
-            lo = int(lo_s) if lo_s else 0
-            hi = int(hi_s) if colon and hi_s else (65535 if colon else lo)
-        except ValueError:
-            raise ExtensionError(f"length: Bad value for option \"--length\": \"{text}\"") from None
-        if not (0 <= lo <= hi <= 65535):
-            raise ExtensionError(f"length: Bad value for option \"--length\": \"{text}\"")
-        return cls(lo, hi, opts[-1].invert)
+        got: list[tuple[int, int, bool]] = []
+        seen = xtopt_parse("length", LENGTH_OPTS, opts, lambda spec, o: got.append(
+            (*xtopt_uint_range(o.values[0], "length", "length"), o.invert)))
+        xtopt_fcheck("length", LENGTH_OPTS, seen)
+        return cls(*got[0])
 
     def _text(self) -> str:
         return str(self.lo) if self.lo == self.hi else f"{self.lo}:{self.hi}"

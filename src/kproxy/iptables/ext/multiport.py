@@ -1,16 +1,47 @@
-"""The multiport match: up to 15 ports or ranges, source, destination or either."""
+"""The multiport match (revision 1): up to 15 port slots (a range takes two), source, destination or either."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtutil import parse_port_range, port_name
+from kproxy.iptables.xtutil import parse_port, port_name
 from kproxy.packet import Packet
 
 PROTOS_WITH_PORTS = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp", 136: "udplite"}
 FLAGS = {"sports": "sports", "source-ports": "sports", "dports": "dports", "destination-ports": "dports",
          "ports": "ports"}
+LONG = {"sports": "source-ports", "dports": "destination-ports", "ports": "ports"}
+MAX_SLOTS = 15   # XT_MULTI_PORTS
+
+
+def check_proto(rule: Any) -> None:
+    """libxt_multiport's check, made when an option is parsed."""
+    if rule.proto == 0:
+        raise ExtensionError("multiport needs `-p tcp', `-p udp', `-p udplite', `-p sctp' or `-p dccp'")
+    if rule.proto_inv or rule.proto not in PROTOS_WITH_PORTS:
+        raise ExtensionError("multiport only works with TCP, UDP, UDPLITE, SCTP and DCCP")
+
+
+def parse_ports(text: str, proto: int) -> list[tuple[int, int]]:
+    """Comma-separated ports and ``lo:hi`` ranges (lo < hi), refusing more than 15 slots."""
+    out: list[tuple[int, int]] = []
+    slots = 0
+    for item in text.split(","):
+        lo_s, colon, hi_s = item.partition(":")
+        if slots >= MAX_SLOTS or (colon and slots == MAX_SLOTS - 1):
+            raise ExtensionError("too many ports specified")
+        lo = parse_port(lo_s, proto)
+        if not colon:
+            out.append((lo, lo))
+            slots += 1
+            continue
+        hi = parse_port(hi_s, proto)
+        if lo >= hi:
+            raise ExtensionError("invalid portrange specified")
+        out.append((lo, hi))
+        slots += 2
+    return out
 
 
 @register_match
@@ -24,16 +55,20 @@ class MultiportMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MultiportMatch:
-        if rule.proto not in PROTOS_WITH_PORTS or rule.proto_inv:
-            raise ExtensionError("multiport needs `-p tcp', `-p udp', `-p udplite', `-p sctp' or `-p dccp'")
-        if len(opts) != 1:
-            raise ExtensionError("multiport: exactly one of --sports, --dports or --ports is required" if not opts
-                                 else "multiport can only have one option")
+        seen: str | None = None
+        for o in opts:
+            kind = FLAGS[o.name]
+            if seen is not None:
+                if seen == kind:
+                    raise ExtensionError(f"multiport: option \"--{LONG[kind]}\" can only be used once.\n")
+                raise ExtensionError(f"multiport: option \"--{LONG[kind]}\" cannot be used together with "
+                                     f"\"--{LONG[seen]}\".\n")
+            seen = kind
+            check_proto(rule)
+        if not opts:
+            raise ExtensionError("multiport expection an option")
         o = opts[0]
-        ports = [parse_port_range(p, rule.proto) for p in o.values[0].split(",")]
-        if sum(1 if lo == hi else 2 for lo, hi in ports) > 15:
-            raise ExtensionError("too many ports specified")
-        return cls(FLAGS[o.name], ports, o.invert, rule.proto)
+        return cls(FLAGS[o.name], parse_ports(o.values[0], rule.proto), o.invert, rule.proto)
 
     def _ports_text(self, numeric: bool = True) -> str:
         def one(lo: int, hi: int) -> str:
@@ -49,8 +84,15 @@ class MultiportMatch(Match):
         return f"multiport {self.kind} {' !' if self.invert else ''}{self._ports_text(numeric)}"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
-        if pkt.proto != self.proto:
-            return False
-        values = {"sports": (pkt.sport,), "dports": (pkt.dport,), "ports": (pkt.sport, pkt.dport)}[self.kind]
-        hit = any(lo <= v <= hi for v in values for lo, hi in self.ports)
+        # xt_multiport relies on the rule's -p (checked when the rule is added) and reads the ports.
+        ports = self.ports
+        if self.kind == "dports":
+            v = pkt.dport
+            hit = any(lo <= v <= hi for lo, hi in ports)
+        elif self.kind == "sports":
+            v = pkt.sport
+            hit = any(lo <= v <= hi for lo, hi in ports)
+        else:
+            s, d = pkt.sport, pkt.dport
+            hit = any(lo <= s <= hi or lo <= d <= hi for lo, hi in ports)
         return hit != self.invert

@@ -2,51 +2,114 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
+from kproxy.iptables.xtutil import OptSpec, c_strtoul, service_port, xtopt_fcheck, xtopt_parse
 from kproxy.netfilter.nat import NatRange
 from kproxy.packet import NF_ACCEPT, NF_DROP, Packet, format_addr
 
 PORT_PROTOS = (6, 17, 132, 33, 136)
 
 
-def _parse_ports(text: str, what: str) -> tuple[int, int]:
-    lo_s, _, hi_s = text.partition("-")
+class _Ports:
+    """A parsed port part: ``lo[-hi[/base]]``."""
+
+    def __init__(self, lo: int, hi: int, base: int | None = None) -> None:
+        self.lo, self.hi, self.base = lo, hi, base
+
+
+def _port_number(text: str, services: bool) -> tuple[int, str]:
+    """One port: a base-0 number (its unparsed rest returned), else a service name when allowed."""
+    got = c_strtoul(text)
+    if got is not None and got[0] <= 65535:
+        return got
+    if got is None and services:
+        name = text.split("-")[0].split("/")[0]
+        port = service_port(name, None)
+        if port is not None:
+            return port, text[len(name):]
+    raise ExtensionError(f"Port `{text}' not valid")
+
+
+def _parse_ports(text: str, with_base: bool) -> _Ports:
+    """The port part of --to-destination/--to-source (``with_base``) or of --to-ports."""
+    lo, rest = _port_number(text, True)
+    if not rest:
+        return _Ports(lo, lo)
+    if not rest.startswith("-"):
+        raise ExtensionError(f"Garbage after port value: `{rest}'")
+    hi_text, slash, base_text = rest[1:].partition("/")
+    if not hi_text or not hi_text.isdigit():
+        raise ExtensionError(f"Port `{hi_text}' not valid")
+    hi = int(hi_text)
+    if hi > 65535:
+        raise ExtensionError(f"Port `{hi_text}' not valid")
+    if hi < lo:
+        raise ExtensionError(f"Port range `{hi_text}' funky")
+    base = None
+    if slash and with_base:
+        if not base_text.isdigit() or int(base_text) > 65535:
+            raise ExtensionError(f"Port `{base_text}' not valid")
+        base = int(base_text)
+    elif slash:
+        raise ExtensionError(f"Garbage after port value: `/{base_text}'")
+    return _Ports(lo, hi, base)
+
+
+def _need_ports(rule: Any) -> None:
+    if rule.proto not in PORT_PROTOS or rule.proto_inv:
+        raise ExtensionError("Need TCP, UDP, SCTP or DCCP with port specification")
+
+
+def _ipv4(text: str) -> int:
     try:
-        lo = int(lo_s)
-        hi = int(hi_s) if hi_s else lo
+        return int(ipaddress.IPv4Address(text))
     except ValueError:
-        raise ExtensionError(f"Port \"{text}\" not valid") from None
-    if not (0 < lo <= 65535 and 0 < hi <= 65535) or hi < lo:
-        raise ExtensionError(f"Port \"{text}\" not valid")
-    return lo, hi
+        raise ExtensionError(f"Bad IP address \"{text}\"") from None
 
 
 def parse_range(text: str, family: int, rule: Any, what: str) -> NatRange:
-    """``addr[-addr][:port[-port]]`` (``[v6]:port`` for IPv6)."""
-    ports: tuple[int, int] | None = None
+    """``addr[-addr][:port[-port[/base]]]`` (``[v6]:port`` for IPv6), as libxt_DNAT/SNAT parse it."""
+    ports: _Ports | None = None
     addr_part = text
     if family == 6 and text.startswith("["):
         addr_part, _, rest = text[1:].partition("]")
         if rest.startswith(":"):
-            ports = _parse_ports(rest[1:], what)
-    elif family == 4 and ":" in text:
+            _need_ports(rule)
+            ports = _parse_ports(rest[1:], True)
+    elif family == 4 and text.count(":") == 1:
         addr_part, _, port_text = text.partition(":")
-        ports = _parse_ports(port_text, what)
-    if ports is not None and (rule.proto not in PORT_PROTOS or rule.proto_inv):
-        raise ExtensionError("Need TCP, UDP, SCTP or DCCP with port specification")
+        _need_ports(rule)
+        ports = _parse_ports(port_text, True)
     lo_a = hi_a = None
     if addr_part:
-        from kproxy.iptables.parser import ParameterProblem, _inet_addr
+        a, dash, b = addr_part.partition("-")
+        if family == 4:
+            lo_a = _ipv4(a)
+            hi_a = _ipv4(b) if dash else lo_a
+        else:
+            from kproxy.iptables.parser import ParameterProblem, _inet_addr
 
-        a, _, b = addr_part.partition("-")
-        try:
-            lo_a = _inet_addr(a, family)
-            hi_a = _inet_addr(b, family) if b else lo_a
-        except ParameterProblem:
-            raise ExtensionError(f"Bad IP address \"{addr_part}\"") from None
-    return NatRange(lo_a, hi_a, ports[0] if ports else None, ports[1] if ports else None)
+            try:
+                lo_a = _inet_addr(a, family)
+                hi_a = _inet_addr(b, family) if dash else lo_a
+            except ParameterProblem:
+                raise ExtensionError(f"Bad IP address \"{addr_part}\"") from None
+    base = None
+    if ports is not None and ports.base is not None:
+        base = ports.base if what == "DNAT" else 0
+    return NatRange(lo_a, hi_a, ports.lo if ports else None, ports.hi if ports else None, base_port=base)
+
+
+def parse_to_ports(text: str, rule: Any) -> tuple[int, int]:
+    """--to-ports of MASQUERADE and REDIRECT: ``port[-port]``."""
+    _need_ports(rule)
+    if ":" in text:
+        raise ExtensionError("Invalid port:port syntax - use dash")
+    ports = _parse_ports(text, False)
+    return ports.lo, ports.hi
 
 
 def range_text(r: NatRange, family: int) -> str:
@@ -59,6 +122,8 @@ def range_text(r: NatRange, family: int) -> str:
             text = f"[{text}]"
     if r.min_port is not None:
         text += f":{r.min_port}" + (f"-{r.max_port}" if r.max_port != r.min_port else "")
+        if r.base_port is not None:
+            text += f"/{r.base_port}"
     return text
 
 
@@ -76,7 +141,7 @@ def _flags(r: NatRange, save: bool) -> str:
 def _with_flags(r: NatRange, opts: list[Opt]) -> NatRange:
     names = {o.name for o in opts}
     return NatRange(r.min_addr, r.max_addr, r.min_port, r.max_port, "random" in names, "random-fully" in names,
-                    "persistent" in names)
+                    "persistent" in names, r.base_port)
 
 
 class _Nat(Target):
@@ -90,14 +155,16 @@ class _Nat(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> _Nat:
-        to = [o for o in opts if o.name == cls.OPT]
-        if not to:
-            raise ExtensionError(f"{cls.name}: option \"--{cls.OPT}\" must be specified" if cls.name != "DNAT"
-                                 else "DNAT: option \"--to-destination\" must be specified")
-        if len(to) > 1:
-            raise ExtensionError("Multiple --to-destination not supported" if cls.KIND == "DST"
-                                 else "Multiple --to-source not supported")
-        return cls(_with_flags(parse_range(to[0].values[0], family, rule, cls.name), opts), family)
+        specs = [OptSpec(cls.OPT, mand=True), *(OptSpec(n) for n in cls.OPTIONS if n != cls.OPT)]
+        ranges: list[NatRange] = []
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            if spec.name == cls.OPT:
+                ranges.append(parse_range(o.values[0], family, rule, cls.name))
+
+        seen = xtopt_parse(cls.name, specs, opts, parse)
+        xtopt_fcheck(cls.name, specs, seen)
+        return cls(_with_flags(ranges[0], opts), family)
 
     def save(self) -> str:
         return f"-j {self.name} --{self.OPT} {range_text(self.range, self.family)}" + _flags(self.range, True)
@@ -140,13 +207,15 @@ class MasqueradeTarget(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MasqueradeTarget:
-        ports = None
-        for o in opts:
-            if o.name == "to-ports":
-                if rule.proto not in PORT_PROTOS or rule.proto_inv:
-                    raise ExtensionError("Need TCP, UDP, SCTP or DCCP with port specification")
-                ports = _parse_ports(o.values[0], cls.name)
-        return cls(_with_flags(NatRange(None, None, ports[0] if ports else None, ports[1] if ports else None), opts))
+        ports: list[tuple[int, int]] = []
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            if spec.name == "to-ports":
+                ports.append(parse_to_ports(o.values[0], rule))
+
+        xtopt_parse(cls.name, [OptSpec(n) for n in cls.OPTIONS], opts, parse)
+        lo, hi = ports[0] if ports else (None, None)
+        return cls(_with_flags(NatRange(None, None, lo, hi), opts))
 
     def save(self) -> str:
         text = "-j MASQUERADE"

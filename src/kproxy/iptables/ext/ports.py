@@ -1,22 +1,84 @@
-"""The tcp, udp and sctp matches: port ranges, TCP flags and options (xt_tcpudp, xt_sctp)."""
+"""The tcp, udp and sctp matches: port ranges, TCP flags and options (xt_tcpudp, xt_sctp).
+
+iptables-nft 1.8.9 does not hand tcp and udp to the kernel as xt matches: it translates them to
+nft payload comparisons and rebuilds the match from those when listing. That round trip is part of
+the rule's identity, so it is reproduced here: a full port range (``0:65535``, even inverted) and a
+flag test with an empty mask produce no comparison and vanish from the rule, and a match left with
+nothing vanishes entirely (``! --dport 0:65535`` saves as just ``-p tcp``). Only a match with
+nothing in it (``-m tcp``) or with ``--tcp-option`` stays an xt match. The payload comparisons read
+the transport header whatever the protocol, so ``! -p tcp --dport 80`` matches UDP to port 80.
+sctp always stays an xt match and prints what was given.
+"""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtutil import parse_port_range, port_name
-from kproxy.packet import SCTP, TCP, UDP, Packet, parse_tcp_flags
+from kproxy.iptables.xtutil import C_SPACE, c_strtoui, parse_port, port_name, service_port
+from kproxy.packet import SCTP, TCP, UDP, Packet
 
 FLAG_ORDER = [("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10), ("URG", 0x20)]
+FLAG_WORDS = {**dict(FLAG_ORDER), "ALL": 0x3F, "NONE": 0}
 CANONICAL = {"source-port": "sport", "sport": "sport", "destination-port": "dport", "dport": "dport"}
 LONG = {"sport": "source-port", "dport": "destination-port"}
+FULL = (0, 0xFFFF)
+Range = tuple[int, int]
 
 
 def flags_text(bits: int) -> str:
     if bits == 0:
         return "NONE"
     return ",".join(name for name, b in FLAG_ORDER if bits & b)
+
+
+def parse_flags(text: str) -> int:
+    """libxt_tcp's flag list: comma-separated, case-insensitive, empty items skipped; no ECE/CWR."""
+    bits = 0
+    for word in text.split(","):
+        if not word:
+            continue
+        bit = FLAG_WORDS.get(word.upper())
+        if bit is None:
+            raise ExtensionError(f"Unknown TCP flag `{word}'")
+        bits |= bit
+    return bits
+
+
+def parse_xt_ports(text: str, proto: int) -> Range:
+    """tcp/sctp ``a``, ``a:b``, ``a:``, ``:b`` (xtables_parse_port for each side; min must not exceed max)."""
+    if ":" not in text:
+        p = parse_port(text, proto)
+        return p, p
+    lo_s, hi_s = text.split(":", 1)
+    lo = parse_port(lo_s, proto) if lo_s else 0
+    hi = parse_port(hi_s, proto) if hi_s else 0xFFFF
+    if lo > hi:
+        raise ExtensionError("invalid portrange (min > max)")
+    return lo, hi
+
+
+def parse_opt_port(text: str) -> int:
+    """One component of an xtopt port range: a service name, else decimal digits kept to 16 bits."""
+    port = service_port(text, None)
+    if port is not None:
+        return port
+    s = text.lstrip(C_SPACE)
+    s = s[1:] if s.startswith("+") else s
+    if s.isascii() and s.isdigit():
+        return int(s) & 0xFFFF
+    raise ExtensionError(f"Port \"{text}\" does not resolve to anything.\n")
+
+
+def parse_opt_ports(text: str, ext: str, option: str) -> Range:
+    """xtopt's port range (udp): at most two components, empty ones meaning 0 and 65535; no order check."""
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise ExtensionError(f"{ext}: Too many components for option \"--{option}\" (max: 2)\n")
+    lo = parse_opt_port(parts[0]) if parts[0] else 0
+    if len(parts) == 1:
+        return lo, lo
+    return lo, parse_opt_port(parts[1]) if parts[1] else 0xFFFF
 
 
 class PortMatch(Match):
@@ -27,74 +89,115 @@ class PortMatch(Match):
     OPTIONS: ClassVar[dict[str, int]] = {"sport": 1, "source-port": 1, "dport": 1, "destination-port": 1}
 
     def __init__(self) -> None:
-        self.sport: tuple[int, int] | None = None
-        self.dport: tuple[int, int] | None = None
+        self.sport: Range | None = None
+        self.dport: Range | None = None
         self.sinv = self.dinv = False
+        self.vanished = False     # translated to no comparison at all: prints nothing, matches everything
+        # Set while this stays an xt match: the kernel then refuses a rule whose -p is not this
+        # protocol, or is inverted (x_tables: "RULE_APPEND failed (Invalid argument)").
+        self.kernel_proto: int | None = None
 
     @classmethod
     def _check_proto(cls, rule: Any) -> None:
-        if rule.proto != cls.PROTO or rule.proto_inv:
+        if rule.proto != cls.PROTO:
             raise ExtensionError(f"{cls.name.upper()} match requires '-p {cls.name}'")
+
+    def _parse_ports(self, o: Opt) -> Range:
+        return parse_xt_ports(o.values[0], self.PROTO)
+
+    def _duplicate(self, key: str) -> ExtensionError:
+        return ExtensionError(f"Only one `--{LONG[key]}' allowed")
 
     def _port_opt(self, o: Opt) -> bool:
         key = CANONICAL.get(o.name)
         if key is None:
             return False
         if getattr(self, key) is not None:
-            raise ExtensionError(f"Only one `--{LONG[key]}' allowed")
-        setattr(self, key, parse_port_range(o.values[0], self.PROTO))
+            raise self._duplicate(key)
+        setattr(self, key, self._parse_ports(o))
         setattr(self, key[0] + "inv", o.invert)
         return True
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> PortMatch:
-        cls._check_proto(rule)
         m = cls()
         for o in opts:
             if not m._port_opt(o):
                 m._extra(o)
+        m._translate(rule)
         return m
 
     def _extra(self, o: Opt) -> None:
         raise ExtensionError(f"unknown option \"--{o.name}\"")
 
-    @staticmethod
-    def _save_ports(flag: str, rng: tuple[int, int] | None, invert: bool) -> str:
-        if rng is None:
+    # ---- the nft round trip ------------------------------------------------------------------
+    def _all_zero(self) -> bool:
+        return self.sport in (None, FULL) and not self.sinv and self.dport in (None, FULL) and not self.dinv
+
+    def _compat(self) -> bool:
+        """Whether iptables-nft keeps this as an xt match instead of translating it."""
+        return self._all_zero()
+
+    def _translate(self, rule: Any) -> None:
+        if self._compat():
+            if self._all_zero():
+                self.sport = self.dport = None
+            self.kernel_proto = self.PROTO
+            return
+        self._check_proto(rule)
+        if self.sport == FULL:
+            self.sport, self.sinv = None, False
+        if self.dport == FULL:
+            self.dport, self.dinv = None, False
+        self._translate_extra()
+        self.vanished = self._all_zero() and self._nothing_extra()
+
+    def _translate_extra(self) -> None:
+        return None
+
+    def _nothing_extra(self) -> bool:
+        return True
+
+    # ---- printing ----------------------------------------------------------------------------
+    def _save_ports(self, flag: str, rng: Range | None, invert: bool) -> str:
+        if rng is None or rng == FULL:
             return ""
         text = str(rng[0]) if rng[0] == rng[1] else f"{rng[0]}:{rng[1]}"
         return f" {'! ' if invert else ''}--{flag} {text}"
 
     def save(self) -> str:
+        if self.vanished:
+            return ""
         return f"-m {self.name}" + self._save_ports("sport", self.sport, self.sinv) + \
             self._save_ports("dport", self.dport, self.dinv) + self._save_extra()
 
     def _save_extra(self) -> str:
         return ""
 
-    def _list_ports(self, label: str, rng: tuple[int, int] | None, invert: bool, numeric: bool) -> str:
-        if rng is None:
+    def _list_ports(self, label: str, rng: Range | None, invert: bool, numeric: bool) -> str:
+        if rng is None or (rng == FULL and not invert):
             return ""
         bang = "!" if invert else ""
         if rng[0] == rng[1]:
             return f" {label}t:{bang}{port_name(rng[0], self.PROTO, numeric)}"
-        if rng == (0, 65535) and not invert:
-            return ""
         return f" {label}ts:{bang}{port_name(rng[0], self.PROTO, numeric)}:{port_name(rng[1], self.PROTO, numeric)}"
 
     def listing(self, numeric: bool = True) -> str:
+        if self.vanished:
+            return ""
         return self.name + self._list_ports("sp", self.sport, self.sinv, numeric) + \
             self._list_ports("dp", self.dport, self.dinv, numeric) + self._list_extra(numeric)
 
     def _list_extra(self, numeric: bool) -> str:
         return ""
 
+    # ---- evaluation --------------------------------------------------------------------------
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
-        if pkt.proto != self.PROTO:
+        # The rule's -p does the protocol test (the translated comparisons read any transport header).
+        sport, dport = self.sport, self.dport
+        if sport is not None and ((sport[0] <= pkt.sport <= sport[1]) == self.sinv):
             return False
-        if self.sport is not None and ((self.sport[0] <= pkt.sport <= self.sport[1]) == self.sinv):
-            return False
-        return not (self.dport is not None and ((self.dport[0] <= pkt.dport <= self.dport[1]) == self.dinv))
+        return not (dport is not None and ((dport[0] <= pkt.dport <= dport[1]) == self.dinv))
 
     def index_key(self) -> tuple[str, Any] | None:
         if self.dport is not None and not self.dinv and self.dport[0] == self.dport[1]:
@@ -102,8 +205,10 @@ class PortMatch(Match):
         return None
 
     def redundant(self, rule: Any) -> bool:
+        if self.vanished:
+            return True
         return self.sport is None and self.dport is None and rule.proto == self.PROTO and not rule.proto_inv \
-            and getattr(self, "flags", None) is None and getattr(self, "option", None) is None
+            and self._nothing_extra()
 
 
 @register_match
@@ -123,17 +228,41 @@ class TcpMatch(PortMatch):
         if o.name in ("tcp-flags", "syn"):
             if self.flags is not None:
                 raise ExtensionError("Only one of `--syn' or `--tcp-flags'  allowed")
-            try:
-                self.flags = (0x17, 0x02) if o.name == "syn" else \
-                    (parse_tcp_flags(o.values[0]), parse_tcp_flags(o.values[1]))
-            except ValueError as exc:
-                raise ExtensionError(str(exc)) from None
+            if o.name == "syn":
+                self.flags = (0x17, 0x02)
+            else:
+                if o.values[1][:1] in ("-", "!"):
+                    raise ExtensionError("--tcp-flags requires two args.")
+                self.flags = (parse_flags(o.values[0]), parse_flags(o.values[1]))
             self.finv = o.invert
         elif o.name == "tcp-option":
-            self.option = int(o.values[0])
+            if self.option is not None:
+                raise ExtensionError("Only one `--tcp-option' allowed")
+            self.option = c_strtoui(o.values[0], 1, 255)
+            if self.option is None:
+                raise ExtensionError(f"Bad TCP option \"{o.values[0]}\"")
             self.oinv = o.invert
         else:
             super()._extra(o)
+
+    def _all_zero(self) -> bool:
+        return super()._all_zero() and self.option is None and (self.flags is None or self.flags == (0, 0)) \
+            and not self.finv
+
+    def _compat(self) -> bool:
+        return self.option is not None or self._all_zero()
+
+    def _translate(self, rule: Any) -> None:
+        if self._all_zero():
+            self.flags = None
+        super()._translate(rule)
+
+    def _translate_extra(self) -> None:
+        if self.flags is not None and self.flags[0] == 0:
+            self.flags, self.finv = None, False
+
+    def _nothing_extra(self) -> bool:
+        return self.flags is None and self.option is None
 
     def _save_extra(self) -> str:
         text = ""
@@ -172,8 +301,25 @@ class UdpMatch(PortMatch):
     name = "udp"
     PROTO = UDP
 
+    def _parse_ports(self, o: Opt) -> Range:
+        return parse_opt_ports(o.values[0], self.name, LONG[CANONICAL[o.name]])
+
+    def _duplicate(self, key: str) -> ExtensionError:
+        return ExtensionError(f"{self.name}: option \"--{LONG[key]}\" can only be used once.\n")
+
 
 @register_match
 class SctpMatch(PortMatch):
+    """sctp stays an xt match: it prints the ranges as given (``0:65535`` too) and -p is the kernel's check."""
+
     name = "sctp"
     PROTO = SCTP
+
+    def _translate(self, rule: Any) -> None:
+        self.kernel_proto = SCTP
+
+    def _save_ports(self, flag: str, rng: Range | None, invert: bool) -> str:
+        if rng is None:
+            return ""
+        text = str(rng[0]) if rng[0] == rng[1] else f"{rng[0]}:{rng[1]}"
+        return f" {'! ' if invert else ''}--{flag} {text}"

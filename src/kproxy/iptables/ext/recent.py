@@ -1,38 +1,112 @@
-"""The recent match (xt_recent): named lists of recently seen addresses, shared per node.
+"""The recent match (xt_recent, revision 1): named lists of recently seen addresses, shared per node.
 
 Lists live in ``node.subsystems["recent"]`` so that every rule naming a list sees the same entries,
 as kube-proxy's ClientIP session affinity relies on (``--set`` in one chain, ``--rcheck`` in another).
+The arithmetic is ``recent_mt``'s: at most 200 entries per list with the least recently updated one
+evicted, a ring of time stamps per entry (32 by default, more when a rule's --hitcount needs them),
+``--reap`` dropping only the least recently updated entry, and ``--rttl`` comparing the TTL seen
+before forwarding.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_parse, xtopt_uint
 from kproxy.packet import Packet, format_addr
 
-MAX_ENTRIES = 200      # ip_list_tot
-MAX_HITS = 20          # ip_pkt_list_tot
+IP_LIST_TOT = 200          # module parameter ip_list_tot: entries per list
+IP_PKT_LIST_TOT = 20       # module parameter ip_pkt_list_tot
+MAX_NSTAMPS = 1 << 16      # XT_RECENT_MAX_NSTAMPS: a larger --hitcount is refused
+NAME_LEN = 200             # XT_RECENT_NAME_LEN, with the NUL
+MODES = ("set", "rcheck", "update", "remove")
+OPTS = [
+    *(OptSpec(m, invert=True, excl=tuple(x for x in MODES if x != m)) for m in MODES),
+    OptSpec("seconds"), OptSpec("reap", also=("seconds",)), OptSpec("hitcount"),
+    OptSpec("rttl", excl=("set", "remove")), OptSpec("name"), OptSpec("rsource"), OptSpec("rdest"),
+    OptSpec("mask"),
+]
+
+
+def roundup_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+def stamp_capacity(hitcount: int) -> int:
+    """nstamps_max_mask + 1 for a rule, as recent_mt_check sizes a list."""
+    if IP_PKT_LIST_TOT and hitcount < IP_PKT_LIST_TOT:
+        return roundup_pow2(IP_PKT_LIST_TOT)
+    if hitcount:
+        return roundup_pow2(hitcount)
+    return 32
+
+
+class RecentEntry:
+    """One address in a list: its time stamps (oldest first, at most the list's capacity) and TTL."""
+
+    __slots__ = ("stamps", "ttl")
+
+    def __init__(self, stamps: list[float], ttl: int) -> None:
+        self.stamps, self.ttl = stamps, ttl
+
+
+class RecentTable:
+    """One named list; ``entries`` is kept in least-recently-updated-first order (the kernel's LRU list)."""
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self.entries: dict[tuple[int, int], RecentEntry] = {}
+
+    def grow(self, capacity: int) -> None:
+        """A rule needing more stamps than the list keeps flushes it (recent_mt_check)."""
+        if capacity > self.capacity:
+            self.entries.clear()
+            self.capacity = capacity
+
+    def touch(self, key: tuple[int, int], entry: RecentEntry, now: float) -> None:
+        """recent_entry_update: a new stamp, and the entry moves to the end of the LRU order."""
+        entry.stamps.append(now)
+        del entry.stamps[:-self.capacity]
+        self.entries.pop(key, None)
+        self.entries[key] = entry
+
+    def create(self, key: tuple[int, int], now: float, ttl: int) -> None:
+        """recent_entry_init: evict the least recently updated entry when the list is full."""
+        if len(self.entries) >= IP_LIST_TOT:
+            del self.entries[next(iter(self.entries))]
+        self.entries[key] = RecentEntry([now], ttl)
 
 
 class RecentTables:
-    """All recent lists of a node: name -> {address: [timestamps]}."""
+    """All recent lists of a node, by name."""
 
     def __init__(self) -> None:
-        self.lists: dict[str, dict[tuple[int, int], list[float]]] = {}
+        self.lists: dict[str, RecentTable] = {}
 
-    def table(self, name: str) -> dict[tuple[int, int], list[float]]:
-        return self.lists.setdefault(name, {})
+    def table(self, name: str, capacity: int = 32) -> RecentTable:
+        t = self.lists.get(name)
+        if t is None:
+            t = self.lists[name] = RecentTable(capacity)
+        else:
+            t.grow(capacity)
+        return t
 
     def to_json(self) -> dict[str, Any]:
-        return {name: [[fam, addr, stamps] for (fam, addr), stamps in t.items()] for name, t in self.lists.items()}
+        return {name: {"capacity": t.capacity,
+                       "entries": [[fam, addr, e.ttl, e.stamps] for (fam, addr), e in t.entries.items()]}
+                for name, t in self.lists.items()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RecentTables:
         rt = cls()
-        for name, rows in data.items():
-            rt.lists[name] = {(fam, addr): list(stamps) for fam, addr, stamps in rows}
+        for name, body in data.items():
+            if isinstance(body, list):   # the first format: [[family, addr, stamps], ...]
+                body = {"capacity": 32, "entries": [[f, a, 0, s] for f, a, s in body]}
+            t = rt.lists[name] = RecentTable(int(body.get("capacity", 32)))
+            for fam, addr, ttl, stamps in body.get("entries", []):
+                t.entries[(fam, addr)] = RecentEntry([float(s) for s in stamps], ttl)
         return rt
 
 
@@ -43,7 +117,24 @@ def tables_of(node: Any) -> RecentTables:
     return rt
 
 
-MODES = ("set", "rcheck", "update", "remove")
+def parse_host(text: str, family: int) -> int:
+    """XTTYPE_HOST (--mask): getaddrinfo, so ``24`` is 0.0.0.24 and a name is looked up."""
+    fam = socket.AF_INET if family == 4 else socket.AF_INET6
+    if not text:
+        raise ExtensionError("getaddrinfo: Name or service not known\n")
+    try:
+        info = socket.getaddrinfo(text, None, fam, 0, 0, socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        try:
+            info = socket.getaddrinfo(text, None, fam)
+        except socket.gaierror as exc:
+            raise ExtensionError(f"getaddrinfo: {exc.strerror}\n") from None
+    return int.from_bytes(socket.inet_pton(fam, str(info[0][4][0])), "big")
+
+
+def s32(n: int) -> int:
+    """How the tool prints the unsigned fields (``%d``)."""
+    return n - (1 << 32) if n >= 1 << 31 else n
 
 
 @register_match
@@ -69,44 +160,49 @@ class RecentMatch(Match):
         m.family = family
         if family == 6:
             m.mask = (1 << 128) - 1
-        for o in opts:
-            if o.name in MODES:
-                if m.mode:
-                    raise ExtensionError("recent: only one of `--set', `--rcheck' `--update' or `--remove' may be set")
-                m.mode, m.invert = o.name, o.invert
-            elif o.name == "seconds":
-                m.seconds = int(o.values[0])
-            elif o.name == "hitcount":
-                m.hitcount = int(o.values[0])
-            elif o.name == "reap":
-                m.reap = True
-            elif o.name == "rttl":
-                m.rttl = True
-            elif o.name == "name":
-                m.list_name = o.values[0]
-            elif o.name == "mask":
-                try:
-                    m.mask = int(ipaddress.ip_address(o.values[0]))
-                except ValueError:
-                    raise ExtensionError(f"recent: bad mask \"{o.values[0]}\"") from None
-            else:
-                m.side = "source" if o.name == "rsource" else "dest"
+        seen = xtopt_parse("recent", OPTS, opts, lambda spec, o: m._parse(spec.name, o))
         if not m.mode:
             raise ExtensionError("recent: you must specify one of `--set', `--rcheck' `--update' or `--remove'")
-        if m.reap and not m.seconds:
-            raise ExtensionError("recent: --reap is only valid with --seconds")
-        if m.mode in ("set", "remove") and (m.seconds or m.hitcount):
-            raise ExtensionError("recent: --seconds and --hitcount are only valid with --rcheck or --update")
+        xtopt_fcheck("recent", OPTS, seen)
         return m
+
+    def _parse(self, name: str, o: Opt) -> None:
+        if name in MODES:
+            self.mode, self.invert = name, o.invert
+        elif name == "seconds":
+            self.seconds = xtopt_uint(o.values[0], "recent", "seconds", 1)
+        elif name == "hitcount":
+            self.hitcount = xtopt_uint(o.values[0], "recent", "hitcount")
+        elif name == "reap":
+            self.reap = True
+        elif name == "rttl":
+            self.rttl = True
+        elif name == "name":
+            self.list_name = o.values[0].encode()[:NAME_LEN - 1].decode(errors="ignore")
+        elif name == "mask":
+            self.mask = parse_host(o.values[0], self.family)
+        else:
+            self.side = "source" if name == "rsource" else "dest"
+
+    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+        """recent_mt_check's refusals (the tool then fails with ``RULE_APPEND failed (Invalid argument)``)."""
+        if self.mode in ("set", "remove") and (self.seconds or self.hitcount or self.rttl or self.reap):
+            return True
+        name = self.list_name
+        return self.hitcount >= MAX_NSTAMPS or name in ("", ".", "..") or "/" in name
+
+    def check(self, node: Any) -> None:
+        """The kernel creates (or resizes) the list when the rule is added."""
+        tables_of(node).table(self.list_name, stamp_capacity(self.hitcount))
 
     def save(self) -> str:
         parts = ["-m recent", f"{'! ' if self.invert else ''}--{self.mode}"]
         if self.seconds:
-            parts.append(f"--seconds {self.seconds}")
+            parts.append(f"--seconds {s32(self.seconds)}")
         if self.reap:
             parts.append("--reap")
         if self.hitcount:
-            parts.append(f"--hitcount {self.hitcount}")
+            parts.append(f"--hitcount {s32(self.hitcount)}")
         if self.rttl:
             parts.append("--rttl")
         parts.append(f"--name {self.list_name}")
@@ -118,11 +214,11 @@ class RecentMatch(Match):
         words = {"set": "SET", "rcheck": "CHECK", "update": "UPDATE", "remove": "REMOVE"}
         parts = [f"{'! ' if self.invert else ''}recent: {words[self.mode]}"]
         if self.seconds:
-            parts.append(f"seconds: {self.seconds}")
+            parts.append(f"seconds: {s32(self.seconds)}")
         if self.reap:
             parts.append("reap")
         if self.hitcount:
-            parts.append(f"hit_count: {self.hitcount}")
+            parts.append(f"hit_count: {s32(self.hitcount)}")
         if self.rttl:
             parts.append("TTL-Match")
         parts.append(f"name: {self.list_name}")
@@ -132,32 +228,46 @@ class RecentMatch(Match):
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         now = ctx.now
-        table = tables_of(ctx.node).table(self.list_name)
-        addr = (pkt.src if self.side == "source" else pkt.dst) & self.mask
-        key = (pkt.family, addr)
-        stamps = table.get(key)
+        table = tables_of(ctx.node).table(self.list_name, stamp_capacity(self.hitcount))
+        key = (pkt.family, (pkt.src if self.side == "source" else pkt.dst) & self.mask)
+        ttl = pkt.ttl + 1 if ctx.state.out_dev and not pkt.local else pkt.ttl   # the TTL before forwarding
+        ret = self.invert
+        entry = table.entries.get(key)
+        if entry is not None and self.rttl and entry.ttl and ttl != entry.ttl:
+            entry = None
+        if entry is None:
+            if self.mode == "set":
+                table.create(key, now, ttl)
+                ret = not ret
+            return ret
         if self.mode == "set":
-            if stamps is None:
-                if len(table) >= MAX_ENTRIES:
-                    table.pop(next(iter(table)))
-                stamps = table[key] = []
-            stamps.append(now)
-            del stamps[:-MAX_HITS]
-            return not self.invert
-        if stamps is None:
-            return self.invert
-        if self.mode == "remove":
-            del table[key]
-            return not self.invert
-        hit = True
-        if self.seconds or self.hitcount:
-            recent = [t for t in stamps if not self.seconds or now - t <= self.seconds]
-            hit = len(recent) >= max(self.hitcount, 1)
+            ret = not ret
+        elif self.mode == "remove":
+            del table.entries[key]
+            return not ret
+        else:
+            oldest = now - self.seconds
+            hits = 0
+            for stamp in entry.stamps:
+                if self.seconds and stamp < oldest:
+                    continue
+                hits += 1
+                if not self.hitcount or hits >= self.hitcount:
+                    ret = not ret
+                    break
             if self.reap:
-                stamps[:] = [t for t in stamps if now - t <= self.seconds]
-        if self.mode == "update":
-            stamps.append(now)
-            del stamps[:-MAX_HITS]
-        if not stamps:
-            del table[key]
-        return hit != self.invert
+                self._reap(table, entry, oldest, self.mode == "update" and ret)
+        if self.mode == "set" or (self.mode == "update" and ret):
+            table.touch(key, entry, now)
+            entry.ttl = ttl
+        return ret
+
+    @staticmethod
+    def _reap(table: RecentTable, working: RecentEntry, oldest: float, updating: bool) -> None:
+        """recent_entry_reap: drop the least recently updated entry if its newest stamp is too old."""
+        key = next(iter(table.entries))
+        head = table.entries[key]
+        if head is working and updating:
+            return
+        if head.stamps[-1] < oldest:
+            del table.entries[key]

@@ -1,26 +1,37 @@
-"""The REJECT target: drop the packet and answer with an ICMP error or a TCP reset."""
+"""The REJECT target: drop the packet and answer with an ICMP error or a TCP reset.
+
+The reject type is looked up as libxt_REJECT does: the first entry whose name or alias starts with
+the given text, case-insensitively (so ``icmp-net`` is icmp-net-unreachable). The kernel's target
+is filter-only, at INPUT, FORWARD and OUTPUT (and user chains), and refuses ``tcp-reset`` unless
+the rule says ``-p tcp``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
-from kproxy.packet import NF_DROP, Packet
+from kproxy.iptables.xtutil import OptSpec, xtopt_parse
+from kproxy.packet import NF_DROP, TCP, Packet
 
-KINDS4 = {"icmp-net-unreachable": "icmp-net-unreachable", "net-unreach": "icmp-net-unreachable",
-          "icmp-host-unreachable": "icmp-host-unreachable", "host-unreach": "icmp-host-unreachable",
-          "icmp-proto-unreachable": "icmp-proto-unreachable", "proto-unreach": "icmp-proto-unreachable",
-          "icmp-port-unreachable": "icmp-port-unreachable", "port-unreach": "icmp-port-unreachable",
-          "icmp-net-prohibited": "icmp-net-prohibited", "net-prohib": "icmp-net-prohibited",
-          "icmp-host-prohibited": "icmp-host-prohibited", "host-prohib": "icmp-host-prohibited",
-          "icmp-admin-prohibited": "icmp-admin-prohibited", "admin-prohib": "icmp-admin-prohibited",
-          "tcp-reset": "tcp-reset"}
-KINDS6 = {"icmp6-no-route": "icmp6-no-route", "no-route": "icmp6-no-route",
-          "icmp6-adm-prohibited": "icmp6-adm-prohibited", "adm-prohibited": "icmp6-adm-prohibited",
-          "icmp6-addr-unreachable": "icmp6-addr-unreachable", "addr-unreach": "icmp6-addr-unreachable",
-          "icmp6-port-unreachable": "icmp6-port-unreachable", "port-unreach": "icmp6-port-unreachable",
-          "icmp6-policy-fail": "icmp6-policy-fail", "icmp6-reject-route": "icmp6-reject-route",
-          "tcp-reset": "tcp-reset"}
+# (name, alias), in libxt_REJECT's table order.
+KINDS4 = [("icmp-net-unreachable", "net-unreach"), ("icmp-host-unreachable", "host-unreach"),
+          ("icmp-proto-unreachable", "proto-unreach"), ("icmp-port-unreachable", "port-unreach"),
+          ("icmp-net-prohibited", "net-prohib"), ("icmp-host-prohibited", "host-prohib"),
+          ("tcp-reset", "tcp-rst"), ("icmp-admin-prohibited", "admin-prohib")]
+KINDS6 = [("icmp6-no-route", "no-route"), ("icmp6-adm-prohibited", "adm-prohibited"),
+          ("icmp6-addr-unreachable", "addr-unreach"), ("icmp6-port-unreachable", "port-unreach"),
+          ("tcp-reset", "tcp-reset"), ("icmp6-policy-fail", "policy-fail"),
+          ("icmp6-reject-route", "reject-route")]
+OPTS = [OptSpec("reject-with")]
+
+
+def reject_kind(text: str, family: int) -> str:
+    word = text.lower()
+    for name, alias in KINDS4 if family == 4 else KINDS6:
+        if name.startswith(word) or alias.startswith(word):
+            return name
+    raise ExtensionError(f"unknown reject type \"{text}\"")
 
 
 @register_target
@@ -29,23 +40,20 @@ class RejectTarget(Target):
     name = "REJECT"
     OPTIONS = {"reject-with": 1}
     HOOKS = ("INPUT", "FORWARD", "OUTPUT")
-    TABLES = ("filter", "mangle", "raw", "security")
+    TABLES = ("filter",)
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> RejectTarget:
-        kinds = KINDS4 if family == 4 else KINDS6
-        kind = "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"
-        if opts:
-            word = opts[-1].values[0]
-            if word not in kinds:
-                raise ExtensionError(f"unknown reject type \"{word}\"")
-            kind = kinds[word]
-        if kind == "tcp-reset" and (rule.proto != 6 or rule.proto_inv):
-            raise ExtensionError("TCP_RESET invalid for non-tcp")
-        return cls(kind)
+        got = ["icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"]
+        xtopt_parse("REJECT", OPTS, opts, lambda spec, o: got.append(reject_kind(o.values[0], family)))
+        return cls(got[-1])
+
+    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+        """reject_tg_check: a TCP reset only for rules that match TCP (and not ``! -p tcp``)."""
+        return self.kind == "tcp-reset" and (rule.proto != TCP or rule.proto_inv)
 
     def save(self) -> str:
         return f"-j REJECT --reject-with {self.kind}"

@@ -9,10 +9,32 @@ seeded node is reproducible.
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_parse, xtopt_uint
 from kproxy.packet import Packet
+
+OPTS = [
+    OptSpec("mode", mand=True),
+    OptSpec("probability", invert=True, excl=("every", "packet")),
+    OptSpec("every", invert=True, also=("packet",)),
+    OptSpec("packet", also=("every",)),
+]
+_FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)", re.IGNORECASE)
+_HEXFLOAT = re.compile(r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?")
+
+
+def c_strtod(text: str) -> float | None:
+    """C strtod over the whole string (after leading blanks): decimal, hex, inf and nan forms."""
+    s = text.lstrip(" \t\n\v\f\r")
+    if _HEXFLOAT.fullmatch(s):
+        body = s if "p" in s.lower() else s + "p0"
+        return float.fromhex(body)
+    if _FLOAT.fullmatch(s):
+        return float(s)
+    return None
 
 
 def node_rng(node: Any) -> random.Random:
@@ -34,32 +56,37 @@ class StatisticMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> StatisticMatch:
-        vals = {o.name: o for o in opts}
-        mode = vals.get("mode")
-        if mode is None:
-            raise ExtensionError("statistic: option \"--mode\" must be specified")
-        invert = any(o.invert for o in opts)
-        if mode.values[0] == "random":
-            if "probability" not in vals:
-                raise ExtensionError("--probability must be specified when using random mode")
-            try:
-                p = float(vals["probability"].values[0])
-            except ValueError:
-                raise ExtensionError("statistic: Bad value for option \"--probability\", "
-                                     "or out of range (0.000000-1.000000).") from None
-            if not 0.0 <= p <= 1.0:
-                raise ExtensionError("statistic: Bad value for option \"--probability\", "
-                                     "or out of range (0.000000-1.000000).")
-            return cls("random", probability=int(p * 0x80000000 + 0.5), invert=invert)
-        if mode.values[0] == "nth":
-            if "every" not in vals:
-                raise ExtensionError("--every must be specified when using nth mode")
-            every = int(vals["every"].values[0])
-            packet = int(vals["packet"].values[0]) if "packet" in vals else 0
-            if every < 1 or packet > every - 1:
-                raise ExtensionError("the --packet p must be 0 <= p <= n-1")
-            return cls("nth", every=every - 1, packet=packet, invert=invert)
-        raise ExtensionError(f"Bad mode \"{mode.values[0]}\"")
+        m = cls("random")
+        m.every = 0
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            text = o.values[0]
+            if spec.name == "mode":
+                if text not in ("random", "nth"):
+                    raise ExtensionError(f"Bad mode \"{text}\"")
+                m.mode = text
+            elif spec.name == "probability":
+                p = c_strtod(text)
+                if p is None or p < 0.0 or p > 1.0:   # (nan passes these checks, as in C)
+                    raise ExtensionError("statistic: bad value for option \"--probability\", or out of range (0-1).\n")
+                m.probability = 0 if p != p else int(p * 0x80000000 + 0.5)
+            elif spec.name == "every":
+                m.every = xtopt_uint(text, "statistic", "every", 1) - 1
+            else:
+                m.packet = xtopt_uint(text, "statistic", "packet")
+            if o.invert:
+                m.invert = True
+
+        seen = xtopt_parse("statistic", OPTS, opts, parse)
+        if m.mode == "random" and "probability" not in seen:
+            raise ExtensionError("--probability must be specified when using random mode")
+        if m.mode == "nth" and not seen & {"every", "packet"}:
+            raise ExtensionError("--every and --packet must be specified when using nth mode")
+        if m.packet > m.every:
+            raise ExtensionError("the --packet p must be 0 <= p <= n-1")
+        xtopt_fcheck("statistic", OPTS, seen)
+        m.count = m.every - m.packet   # as the kernel starts the shared counter (xt_statistic checkentry)
+        return m
 
     def save(self) -> str:
         bang = "! " if self.invert else ""
