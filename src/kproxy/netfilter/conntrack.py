@@ -37,6 +37,7 @@ ORIGINAL, REPLY = 0, 1
 # Default timeouts (seconds) of a 6.x kernel.
 TCP_TIMEOUTS = {"SYN_SENT": 120, "SYN_RECV": 60, "ESTABLISHED": 432000, "FIN_WAIT": 120, "CLOSE_WAIT": 60,
                 "LAST_ACK": 30, "TIME_WAIT": 120, "CLOSE": 10, "SYN_SENT2": 120}
+TCP_TIMEOUT_UNACK = 300      # caps a picked-up connection until its first reply
 UDP_UNREPLIED, UDP_REPLIED, UDP_STREAM_AFTER = 30, 120, 2.0
 ICMP_TIMEOUT = 30
 GENERIC_TIMEOUT = 600
@@ -77,6 +78,16 @@ TCP_STATES: dict[int, dict[str, dict[str, str]]] = {
     d: {k: dict(zip(_S, (_ABBREV[w] for w in row.split()), strict=True)) for k, row in rows.items()}
     for d, rows in _TABLE_TEXT.items()
 }
+
+
+# tcp_valid_flags: the FIN/SYN/RST/ACK/URG combinations a segment may carry (PSH, ECE, CWR ignored);
+# any other combination is an error and the packet is INVALID, whatever the connection.
+TCP_VALID_FLAGS = frozenset({SYN, SYN | 0x20, SYN | ACK, RST, RST | ACK, FIN | ACK, FIN | ACK | 0x20, ACK, ACK | 0x20})
+TCP_FLAG_MASK = FIN | SYN | RST | ACK | 0x20
+
+
+def tcp_flags_valid(flags: int) -> bool:
+    return flags & TCP_FLAG_MASK in TCP_VALID_FLAGS
 
 
 def tcp_kind(flags: int) -> str:
@@ -168,6 +179,10 @@ class Conn:
     # the node's routes and addresses do not change.
     routes: dict[int, tuple[Any, Any]] | None = None
     nat_targets: tuple[Any, Any] | None = None
+    # TCP tracker memory (ip_ct_tcp): a FIN was seen (IP_CT_TCP_FLAG_CLOSE_INIT), and the direction and
+    # kind of the last segment, which decide whether a SYN may reopen a closed connection.
+    tcp_close_init: bool = False
+    tcp_last: tuple[int, str] = (0, "NONE")
 
     @property
     def proto(self) -> int:
@@ -185,14 +200,21 @@ class Conn:
         return bool(self.status & (IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE))
 
     def to_json(self) -> dict[str, Any]:
-        return {"orig": self.orig.as_list(), "reply": self.reply.as_list(), "status": self.status,
-                "mark": self.mark, "tcp_state": self.tcp_state, "expires": self.expires, "created": self.created,
-                "id": self.id, "packets": self.packets, "bytes": self.bytes}
+        d = {"orig": self.orig.as_list(), "reply": self.reply.as_list(), "status": self.status,
+             "mark": self.mark, "tcp_state": self.tcp_state, "expires": self.expires, "created": self.created,
+             "id": self.id, "packets": self.packets, "bytes": self.bytes}
+        if self.orig.proto == TCP:
+            d["tcp_close_init"], d["tcp_last"] = self.tcp_close_init, list(self.tcp_last)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Conn:
-        return cls(Tuple(*d["orig"]), Tuple(*d["reply"]), d["status"], d["mark"], d["tcp_state"], d["expires"],
+        conn = cls(Tuple(*d["orig"]), Tuple(*d["reply"]), d["status"], d["mark"], d["tcp_state"], d["expires"],
                    d.get("created", 0.0), d["id"], list(d["packets"]), list(d["bytes"]))
+        conn.tcp_close_init = bool(d.get("tcp_close_init", False))
+        last = d.get("tcp_last") or (0, "NONE")
+        conn.tcp_last = (int(last[0]), str(last[1]))
+        return conn
 
 
 def _needs_conntrack(table: Any) -> bool:
@@ -230,6 +252,9 @@ class Conntrack:
         self.drops = 0
         self._next_id = 1
         self._count = 0
+        # nf_nat_bysource: source-NATed connections by their original source (family, proto, addr, port),
+        # newest last, so a source keeps its mapping across destinations (find_appropriate_src).
+        self.bysource: dict[tuple[int, int, int, int], list[Conn]] = {}
 
     # ---- the table ------------------------------------------------------------------------
     @property
@@ -266,6 +291,9 @@ class Conntrack:
         self._hash[conn.reply] = (conn, REPLY)
         conn.status |= IPS_CONFIRMED
         self._count += 1
+        if conn.status & IPS_SRC_NAT:
+            o = conn.orig
+            self.bysource.setdefault((o.family, o.proto, o.src, o.sport), []).append(conn)
 
     def delete(self, conn: Conn) -> None:
         hit = self._hash.get(conn.orig)
@@ -275,10 +303,19 @@ class Conntrack:
         hit = self._hash.get(conn.reply)
         if hit is not None and hit[0] is conn:
             del self._hash[conn.reply]
+        if conn.status & IPS_SRC_NAT:
+            o = conn.orig
+            key = (o.family, o.proto, o.src, o.sport)
+            same = self.bysource.get(key)
+            if same is not None:
+                same[:] = [c for c in same if c is not conn]
+                if not same:
+                    del self.bysource[key]
 
     def flush(self) -> int:
         n = self._count
         self._hash.clear()
+        self.bysource.clear()
         self._count = 0
         return n
 
@@ -311,18 +348,24 @@ class Conntrack:
         now = state.now
         if pkt.proto in (ICMP, ICMPV6) and pkt.icmp_type in (ICMP_ERRORS if pkt.proto == ICMP else ICMPV6_ERRORS):
             return self._related(pkt, state)
+        if pkt.proto == TCP and not tcp_flags_valid(pkt.tcp_flags):
+            return self._invalid(pkt, state, "invalid tcp flag combination")
         t = Tuple.of(pkt)
         hit = self.lookup(t, now)
+        if hit is not None and self._reopens(hit[0], hit[1], pkt):
+            # "Attempt to reopen a closed/aborted connection": kill it and look up again (-NF_REPEAT).
+            self.delete(hit[0])
+            hit[0].expires = now
+            if state.trace is not None:
+                self._trace(state, f"reopened: old entry {hit[0].orig.text()} destroyed")
+            hit = None
         if hit is None:
             return self._new(pkt, t, state)
         conn, d = hit
         pkt.ct, pkt.ctdir = conn, d
         if not self._update(conn, d, pkt, now):
             pkt.ct = None
-            pkt.ctstate = "INVALID"
-            if state.trace is not None:
-                self._trace(state, f"INVALID {t.text()} (tcp state {conn.tcp_state})")
-            return NF_ACCEPT
+            return self._invalid(pkt, state, f"tcp state {conn.tcp_state}")
         if d == REPLY:
             conn.status |= IPS_SEEN_REPLY
             pkt.ctstate = "ESTABLISHED"
@@ -334,29 +377,48 @@ class Conntrack:
             self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}")
         return NF_ACCEPT
 
+    def _invalid(self, pkt: Packet, state: HookState, why: str) -> int:
+        """The packet passes without a connection: ctstate INVALID (the hook returns -NF_ACCEPT)."""
+        pkt.ctstate = "INVALID"
+        if state.trace is not None:
+            self._trace(state, f"INVALID {Tuple.of(pkt).text()} ({why})")
+        return NF_ACCEPT
+
+    @staticmethod
+    def _reopens(conn: Conn, d: int, pkt: Packet) -> bool:
+        """A SYN that moves a TIME_WAIT/CLOSE connection back to SYN_SENT after a FIN, or after a RST
+        from the same side, replaces the old entry with a new connection."""
+        if conn.proto != TCP or conn.tcp_state not in ("TIME_WAIT", "CLOSE"):
+            return False
+        kind = tcp_kind(pkt.tcp_flags)
+        if TCP_STATES[d][kind][conn.tcp_state] != "SYN_SENT":
+            return False
+        return conn.tcp_close_init or conn.tcp_last == (d, "RST")
+
     def _new(self, pkt: Packet, t: Tuple, state: HookState) -> int:
-        conn = Conn(t, t.inverse(), created=state.now, mark=0, id=self._next_id)
-        self._next_id += 1
+        """init_conntrack: allocate (the table limit applies here), then the protocol's new() check."""
+        now = state.now
+        limit = self.max_entries
+        if limit and self._count >= limit and not self._early_drop(now):
+            self.drops += 1
+            self.node.log_lines.append("nf_conntrack: nf_conntrack: table full, dropping packet")
+            self._trace(state, "table full, dropping packet")
+            return NF_DROP
+        conn = Conn(t, t.inverse(), created=now, mark=0, id=self._next_id)
         if pkt.proto == TCP:
-            new_state = TCP_STATES[ORIGINAL][tcp_kind(pkt.tcp_flags)]["NONE"]
+            first = TCP_STATES[ORIGINAL][tcp_kind(pkt.tcp_flags)]["NONE"]
             loose = self.node.sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
-            if new_state != "SYN_SENT" and not (new_state == "ESTABLISHED" and loose):
-                pkt.ctstate = "INVALID"
-                if state.trace is not None:
-                    self._trace(state, f"INVALID {t.text()} (cannot start a connection)")
-                return NF_ACCEPT
-            conn.tcp_state = new_state
-            conn.expires = state.now + TCP_TIMEOUTS[new_state]
-        elif pkt.proto == UDP:
-            conn.expires = state.now + UDP_UNREPLIED
+            if first != "SYN_SENT" and not (first == "ESTABLISHED" and loose):
+                return self._invalid(pkt, state, "cannot start a connection")
+            self._update(conn, ORIGINAL, pkt, now)
         elif pkt.proto in (ICMP, ICMPV6):
             ok = ICMP_NEW_TYPES if pkt.proto == ICMP else {128}
             if pkt.icmp_type not in ok:
-                pkt.ctstate = "INVALID"
-                return NF_ACCEPT
-            conn.expires = state.now + ICMP_TIMEOUT
+                return self._invalid(pkt, state, "icmp type cannot start a connection")
+            self._update(conn, ORIGINAL, pkt, now)
         else:
-            conn.expires = state.now + GENERIC_TIMEOUT
+            self._update(conn, ORIGINAL, pkt, now)
+        self._next_id += 1
         conn.packets[0] += 1
         conn.bytes[0] += pkt.length
         pkt.ct, pkt.ctdir, pkt.ctstate = conn, ORIGINAL, "NEW"
@@ -367,40 +429,54 @@ class Conntrack:
     def _update(self, conn: Conn, d: int, pkt: Packet, now: float) -> bool:
         """The protocol's packet() callback: state machine and timeout refresh; False = invalid."""
         if conn.proto == TCP:
-            kind = tcp_kind(pkt.tcp_flags)
-            old = conn.tcp_state or "NONE"
-            new = TCP_STATES[d][kind][old]
-            if new == "INVALID":
-                return False
-            if new == "IGNORE":
-                return True
-            conn.tcp_state = new
-            if not conn.status & IPS_ASSURED and old in ("SYN_RECV", "ESTABLISHED") and new == "ESTABLISHED":
+            return self._tcp_packet(conn, d, pkt.tcp_flags, now)
+        if conn.proto == UDP:
+            # nf_conntrack_udp_packet: SEEN_REPLY is the status before this packet (the first reply
+            # still gets the unreplied timeout); a flow still active 2 s after it began is a stream.
+            timeout = UDP_UNREPLIED
+            if conn.status & IPS_SEEN_REPLY and now > conn.created + UDP_STREAM_AFTER:
+                timeout = UDP_REPLIED
                 conn.status |= IPS_ASSURED
-            timeout = TCP_TIMEOUTS["CLOSE"] if kind == "RST" else TCP_TIMEOUTS[new]
-            if not conn.status & IPS_FIXED_TIMEOUT:
-                conn.expires = now + timeout
-            if kind == "RST" and not conn.status & IPS_SEEN_REPLY and not (d == REPLY and old == "NONE"):
+            self._refresh(conn, now, timeout)
+            return True
+        self._refresh(conn, now, ICMP_TIMEOUT if conn.proto in (ICMP, ICMPV6) else GENERIC_TIMEOUT)
+        return True
+
+    @staticmethod
+    def _refresh(conn: Conn, now: float, timeout: float) -> None:
+        if not conn.status & IPS_FIXED_TIMEOUT:
+            conn.expires = now + timeout
+
+    def _tcp_packet(self, conn: Conn, d: int, flags: int, now: float) -> bool:
+        """nf_conntrack_tcp_packet without sequence tracking: the state table, then the timeout rules."""
+        kind = tcp_kind(flags)
+        old = conn.tcp_state or "NONE"
+        new = TCP_STATES[d][kind][old]
+        if new == "SYN_SENT" and old in ("TIME_WAIT", "CLOSE"):
+            new = "IGNORE"          # not a reopen (see _reopens): treated as an ignored segment
+        if new == "INVALID":
+            return False
+        conn.tcp_last = (d, kind)
+        if new == "IGNORE":
+            return True             # accepted, state and timeout untouched
+        conn.tcp_state = new
+        if new == "FIN_WAIT" and old != new:
+            conn.tcp_close_init = True
+        timeout = TCP_TIMEOUTS["CLOSE"] if kind == "RST" else TCP_TIMEOUTS[new]
+        if not conn.status & IPS_SEEN_REPLY:
+            if kind == "RST":
                 # "If only reply is a RST, we can consider ourselves not to have an established
-                # connection": the kernel kills the entry at once (the packet still passes).
+                # connection": the entry dies at once (the packet still passes).
                 self.delete(conn)
                 conn.expires = now
-            return True
-        if conn.proto == UDP:
-            seen_reply = conn.status & IPS_SEEN_REPLY or d == REPLY
-            if seen_reply:
-                if now > conn.created + UDP_STREAM_AFTER:
-                    conn.expires = now + UDP_REPLIED
-                    conn.status |= IPS_ASSURED
-                else:
-                    conn.expires = now + UDP_UNREPLIED
-            else:
-                conn.expires = now + UDP_UNREPLIED
-            return True
-        if conn.proto in (ICMP, ICMPV6):
-            conn.expires = now + ICMP_TIMEOUT
-            return True
-        conn.expires = now + GENERIC_TIMEOUT
+                return True
+            if kind == "SYN" and old == "SYN_SENT":
+                return True         # a retransmitted SYN does not renew the timeout
+            if new == "ESTABLISHED":
+                timeout = min(timeout, TCP_TIMEOUT_UNACK)   # picked up mid-stream, unanswered
+        elif not conn.status & IPS_ASSURED and old in ("SYN_RECV", "ESTABLISHED") and new == "ESTABLISHED":
+            conn.status |= IPS_ASSURED
+        self._refresh(conn, now, timeout)
         return True
 
     def _related(self, pkt: Packet, state: HookState) -> int:
@@ -425,11 +501,6 @@ class Conntrack:
         conn = pkt.ct
         if conn is None or conn.confirmed or pkt.ctstate == "RELATED":
             return NF_ACCEPT
-        if len(self) >= self.max_entries and not self._early_drop(state.now):
-            self.drops += 1
-            self.node.log_lines.append("nf_conntrack: nf_conntrack: table full, dropping packet")
-            self._trace(state, "table full, dropping packet")
-            return NF_DROP
         if self.taken(conn.reply, conn) or self.taken(conn.orig, conn):
             self._trace(state, "clash with an existing entry: dropping packet")
             return NF_DROP
@@ -454,6 +525,7 @@ class Conntrack:
 
     def from_json(self, data: dict[str, Any]) -> None:
         self._hash.clear()
+        self.bysource.clear()
         self._count = 0
         for d in data.get("entries") or []:
             conn = Conn.from_json(d)

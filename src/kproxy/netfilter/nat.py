@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import random
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from kproxy.netfilter.conntrack import (
     Tuple,
 )
 from kproxy.netfilter.hooks import OUTPUT, PREROUTING, PRI_NAT_DST, PRI_NAT_SRC, HookState
-from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, NF_DROP, Packet, format_addr
+from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, Packet, format_addr
 
 Lookup = Callable[[Packet, HookState], int]
 MAX_ATTEMPTS = 128
@@ -45,6 +44,7 @@ class NatRange:
     random: bool = False
     random_fully: bool = False
     persistent: bool = False
+    base_port: int | None = None     # NF_NAT_RANGE_PROTO_OFFSET (DNAT ...:lo-hi/base): port = lo + (p - base)
 
     @property
     def map_ips(self) -> bool:
@@ -91,7 +91,9 @@ class Nat:
                 return NF_ACCEPT
             if pkt.ctstate == "RELATED":
                 return self._related(pkt, conn, manip)
-            if not conn.nat_done(manip) and pkt.ctdir == 0 and not conn.confirmed:
+            # IP_CT_NEW without a binding of this kind: run the chains (a confirmed flow that began
+            # before any NAT rule existed runs them on every NEW packet, but can no longer be bound).
+            if pkt.ctstate == "NEW" and not conn.nat_done(manip):
                 for _, _, _, fn in self._lookups.get(key, ()):
                     verdict = fn(pkt, state)
                     if verdict != NF_ACCEPT:
@@ -99,7 +101,9 @@ class Nat:
                     if conn.nat_done(manip):
                         break
                 if not conn.nat_done(manip):
-                    self.setup(pkt, NatRange(), manip, state, null=True)
+                    # nf_nat_alloc_null_binding: the flow's own current address, any port that is free.
+                    addr = conn.reply.dst if manip == "SRC" else conn.reply.src
+                    self.setup(pkt, NatRange(addr, addr), manip, state, null=True)
             return self.manip_packet(pkt, conn, manip, pkt.ctdir)
 
         return nat_hook
@@ -109,14 +113,12 @@ class Nat:
               null: bool = False) -> int:
         """nf_nat_setup_info: choose the connection's new tuple for ``manip`` and record the binding."""
         conn = pkt.ct
-        if conn is None:
-            return NF_ACCEPT
+        if conn is None or conn.confirmed:
+            return NF_ACCEPT        # "Can't setup nat info for confirmed ct": the flow keeps its binding
         if conn.nat_done(manip):
             return NF_ACCEPT
         curr = conn.orig if not conn.status & IPS_NAT_MASK else conn.reply.inverse()
         new = self._unique_tuple(curr, rng, manip, conn)
-        if new is None:
-            return NF_DROP
         if new != curr:
             conn.reply = new.inverse()
             conn.status |= IPS_SRC_NAT if manip == "SRC" else IPS_DST_NAT
@@ -131,59 +133,77 @@ class Nat:
                             + (" (null binding)" if null else ""))
         return NF_ACCEPT
 
-    def _unique_tuple(self, orig: Tuple, rng: NatRange, manip: str, conn: Conn) -> Tuple | None:
-        """get_unique_tuple: pick the address, then keep or search the port so the reply tuple is free."""
-        tup = orig
-        if rng.map_ips:
-            addr = self._pick_addr(orig, rng, manip)
-            tup = orig.with_src(addr, orig.sport) if manip == "SRC" else orig.with_dst(addr, orig.dport)
-        key_port = tup.sport if manip == "SRC" else tup.dport
-        in_range = not rng.proto_specified or (rng.min_port or 0) <= key_port <= (rng.max_port or 0)
-        if not rng.random and not rng.random_fully and in_range and not self._used(tup, conn):
-            return tup
-        if not tup.has_ports and tup.proto not in (ICMP, ICMPV6):
-            return tup
-        return self._search_port(tup, rng, manip, conn)
+    def _unique_tuple(self, orig: Tuple, rng: NatRange, manip: str, conn: Conn) -> Tuple:
+        """get_unique_tuple: keep what is free, else reuse the source's mapping, else hash an address
+        into the range and search a port so that the reply tuple is unique."""
+        random_all = rng.random or rng.random_fully
+        if manip == "SRC" and not random_all:
+            if _in_range(orig, rng):
+                if not self._used(orig, conn):
+                    return orig
+            else:
+                found = self._appropriate_src(orig, rng)
+                if found is not None and not self._used(found, conn):
+                    return found
+        tup = _best_ips(orig, rng, manip)
+        if not random_all:
+            if rng.proto_specified:
+                if rng.base_port is None and _port_in_range(tup, rng, manip) and (
+                        rng.min_port == rng.max_port or not self._used(tup, conn)):
+                    return tup
+            elif not self._used(tup, conn):
+                return tup
+        return self._unique_port(tup, rng, manip, conn)
 
-    def _pick_addr(self, t: Tuple, rng: NatRange, manip: str) -> int:
-        lo, hi = rng.min_addr or 0, rng.max_addr if rng.max_addr is not None else rng.min_addr or 0
-        if lo == hi:
-            return lo
-        # find_best_ips_proto: a hash of the addresses the mapping keeps, scaled into the range.
-        other = t.dst if manip == "SRC" else t.src
-        seed = f"{t.src if manip == 'SRC' else t.dst}|{0 if rng.persistent else other}".encode()
-        return lo + zlib.crc32(seed) % (hi - lo + 1)
+    def _appropriate_src(self, t: Tuple, rng: NatRange) -> Tuple | None:
+        """find_appropriate_src: the newest mapping of the same source (address, port, protocol) in range."""
+        ct = self.node.conntrack
+        for other in reversed(ct.bysource.get((t.family, t.proto, t.src, t.sport), ())):
+            if other.expires <= self.node.now():
+                continue
+            mapped = other.reply.inverse()
+            cand = Tuple(t.family, t.proto, mapped.src, t.dst, mapped.sport, t.dport)
+            if _in_range(cand, rng):
+                return cand
+        return None
 
-    def _search_port(self, t: Tuple, rng: NatRange, manip: str, conn: Conn) -> Tuple | None:
-        """nf_nat_l4proto_unique_tuple: walk the port range from an offset until the tuple is unused."""
-        port = t.sport if manip == "SRC" else t.dport
-        if rng.proto_specified:
-            lo, hi = rng.min_port or 0, rng.max_port or 0
-        elif manip == "DST":
-            return t            # DNAT without a port range never moves the port
-        elif t.proto in (ICMP, ICMPV6):
-            lo, hi = 0, 65535
-        elif port < 1024:
-            lo, hi = (1, 511) if port < 512 else (600, 1023)
+    def _unique_port(self, t: Tuple, rng: NatRange, manip: str, conn: Conn) -> Tuple:
+        """nf_nat_l4proto_unique_tuple: walk the port (or ICMP id) range from an offset until the tuple
+        is unused; the offset is random for source NAT and with --random/--random-fully, else 0."""
+        if t.proto in (ICMP, ICMPV6):
+            key_src = True                      # the echo id, whichever side is mapped
+            lo, hi = (rng.min_port or 0, rng.max_port or 0) if rng.proto_specified else (0, 65535)
+        elif t.has_ports:
+            key_src = manip == "SRC"
+            port = t.sport if key_src else t.dport
+            if rng.proto_specified:
+                lo, hi = sorted((rng.min_port or 0, rng.max_port or 0))
+            elif manip == "DST":
+                return t                        # destination NAT without a port range keeps the port
+            elif port < 1024:
+                lo, hi = (1, 511) if port < 512 else (600, 1023)
+            else:
+                lo, hi = 1024, 65535
         else:
-            lo, hi = 1024, 65535
+            return t
         size = hi - lo + 1
-        if rng.random_fully:
+        if rng.base_port is not None:
+            off = ((t.sport if key_src else t.dport) - rng.base_port) & 0xFFFF
+        elif rng.random or rng.random_fully or manip != "DST":
             off = self.rng.randrange(65536)
-        elif rng.random:
-            off = zlib.crc32(f"{t.src}|{t.dst}|{t.dport}".encode()) & 0xFFFF
         else:
             off = 0
         attempts = min(size, MAX_ATTEMPTS)
+        cand = t
         while True:
             for _ in range(attempts):
                 p = lo + off % size
-                cand = t.with_src(t.src, p) if manip == "SRC" else t.with_dst(t.dst, p)
+                cand = t._replace(sport=p) if key_src else t._replace(dport=p)
                 if not self._used(cand, conn):
                     return cand
                 off += 1
             if attempts >= size or attempts < 16:
-                return None
+                return cand                     # none free: the last one tried (confirm will clash)
             attempts //= 2
             off = self.rng.randrange(65536)
 
@@ -229,16 +249,123 @@ class Nat:
 
 
 def _rewrite(pkt: Packet, target: Tuple, manip: str) -> None:
+    if pkt.proto in (ICMP, ICMPV6):
+        pkt.icmp_id = target.sport              # icmp_manip_pkt: the id, for either manip
     if manip == "SRC":
         pkt.src = target.src
-        if pkt.proto in (ICMP, ICMPV6):
-            pkt.icmp_id = target.sport
-        elif target.has_ports:
+        if target.has_ports:
             pkt.sport = target.sport
     else:
         pkt.dst = target.dst
         if target.has_ports:
             pkt.dport = target.dport
+
+
+def _in_range(t: Tuple, rng: NatRange) -> bool:
+    """nf_in_range: the source address (when mapping addresses) and source port or id are in the range."""
+    if rng.map_ips and not (rng.min_addr or 0) <= t.src <= _max_addr(rng):
+        return False
+    return not rng.proto_specified or _port_in_range(t, rng, "SRC")
+
+
+def _port_in_range(t: Tuple, rng: NatRange, manip: str) -> bool:
+    """l4proto_in_range: protocols without ports are always in range."""
+    if t.proto in (ICMP, ICMPV6):
+        key = t.sport
+    elif t.has_ports:
+        key = t.sport if manip == "SRC" else t.dport
+    else:
+        return True
+    return (rng.min_port or 0) <= key <= (rng.max_port or 0)
+
+
+def _max_addr(rng: NatRange) -> int:
+    return rng.max_addr if rng.max_addr is not None else rng.min_addr or 0
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _rol(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _M32
+
+
+def jhash2(words: list[int], initval: int) -> int:
+    """The kernel's jhash2 (Bob Jenkins' lookup3 over 32-bit words), used to spread NAT addresses."""
+    n = len(words)
+    a = b = c = (0xDEADBEEF + (n << 2) + initval) & _M32
+    i = 0
+    while n > 3:
+        a, b, c = (a + words[i]) & _M32, (b + words[i + 1]) & _M32, (c + words[i + 2]) & _M32
+        a = ((a - c) & _M32) ^ _rol(c, 4)
+        c = (c + b) & _M32
+        b = ((b - a) & _M32) ^ _rol(a, 6)
+        a = (a + c) & _M32
+        c = ((c - b) & _M32) ^ _rol(b, 8)
+        b = (b + a) & _M32
+        a = ((a - c) & _M32) ^ _rol(c, 16)
+        c = (c + b) & _M32
+        b = ((b - a) & _M32) ^ _rol(a, 19)
+        a = (a + c) & _M32
+        c = ((c - b) & _M32) ^ _rol(b, 4)
+        b = (b + a) & _M32
+        n -= 3
+        i += 3
+    if n == 0:
+        return c
+    if n == 3:
+        c = (c + words[i + 2]) & _M32
+    if n >= 2:
+        b = (b + words[i + 1]) & _M32
+    a = (a + words[i]) & _M32
+    c = ((c ^ b) - _rol(b, 14)) & _M32
+    a = ((a ^ c) - _rol(c, 11)) & _M32
+    b = ((b ^ a) - _rol(a, 25)) & _M32
+    c = ((c ^ b) - _rol(b, 16)) & _M32
+    a = ((a ^ c) - _rol(c, 4)) & _M32
+    b = ((b ^ a) - _rol(a, 14)) & _M32
+    c = ((c ^ b) - _rol(b, 24)) & _M32
+    return c
+
+
+def _chunks(addr: int, family: int) -> list[int]:
+    """An address as the four 32-bit words of union nf_inet_addr, most significant first (IPv4: one)."""
+    if family == 4:
+        return [addr, 0, 0, 0]
+    return [(addr >> (96 - 32 * i)) & _M32 for i in range(4)]
+
+
+def _word(chunk: int) -> int:
+    """A big-endian 32-bit word as a little-endian CPU loads it (what jhash2 and the XORs see)."""
+    return int.from_bytes(chunk.to_bytes(4, "big"), "little")
+
+
+def _best_ips(t: Tuple, rng: NatRange, manip: str) -> Tuple:
+    """find_best_ips_proto: the same address the kernel picks from a range, by jhash2 of the source
+    address seeded with the destination (only the source with --persistent)."""
+    if not rng.map_ips:
+        return t
+    lo, hi = rng.min_addr or 0, _max_addr(rng)
+    if lo == hi:
+        return t._replace(src=lo) if manip == "SRC" else t._replace(dst=lo)
+    last = 0 if t.family == 4 else 3
+    src, dst = _chunks(t.src, t.family), _chunks(t.dst, t.family)
+    var = src if manip == "SRC" else dst
+    j = jhash2([_word(w) for w in src], 0 if rng.persistent else _word(dst[last]))
+    lo_c, hi_c = _chunks(lo, t.family), _chunks(hi, t.family)
+    full = False
+    for i in range(last + 1):
+        if not full:
+            base, dist = lo_c[i], (hi_c[i] - lo_c[i] + 1) & _M32
+        else:
+            base, dist = 0, _M32
+        var[i] = (base + ((j * dist) >> 32)) & _M32
+        if var[i] != hi_c[i]:
+            full = True
+        if not rng.persistent:
+            j ^= _word(dst[i])
+    addr = var[0] if t.family == 4 else (var[0] << 96) | (var[1] << 64) | (var[2] << 32) | var[3]
+    return t._replace(src=addr) if manip == "SRC" else t._replace(dst=addr)
 
 
 def _hp(addr: int, port: int, t: Tuple) -> str:
