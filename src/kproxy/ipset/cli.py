@@ -88,19 +88,25 @@ def _element_opts(s: IpSet, opts: list[str]) -> dict[str, Any]:
     return out
 
 
-def list_set(s: IpSet, reg: IpsetRegistry, now: float, terse: bool = False) -> str:
+def _members(s: IpSet, now: float, sort: bool) -> list[tuple[Any, Any]]:
+    """Hash order is the kernel's bucket order (not reproducible); ``-sorted`` orders by element value."""
+    live = s.live(now)
+    return sorted(live, key=lambda ke: ke[0]) if sort else live
+
+
+def list_set(s: IpSet, reg: IpsetRegistry, now: float, terse: bool = False, sort: bool = False) -> str:
     lines = [f"Name: {s.name}", f"Type: {s.type}", f"Revision: {s.revision}", f"Header: {s.header()}",
              f"Size in memory: {s.memory()}", f"References: {reg.references(s.name)}",
              f"Number of entries: {len(s.live(now))}"]
     if not terse:
         lines.append("Members:")
-        lines += [s.element_text(k, e, now) for k, e in s.live(now)]
+        lines += [s.element_text(k, e, now) for k, e in _members(s, now, sort)]
     return "\n".join(lines) + "\n"
 
 
-def save_set(s: IpSet, now: float) -> str:
+def save_set(s: IpSet, now: float, sort: bool = False) -> str:
     lines = [f"create {s.name} {s.type} {s.header()}"]
-    lines += [f"add {s.name} {s.element_text(k, e, now)}" for k, e in s.live(now)]
+    lines += [f"add {s.name} {s.element_text(k, e, now)}" for k, e in _members(s, now, sort)]
     return "\n".join(lines) + "\n"
 
 
@@ -129,11 +135,11 @@ def execute(reg: IpsetRegistry, cmd: str, args: list[str], flags: set[str], now:
     elif cmd in ("list", "save"):
         sets = [reg.need(args[0])] if args else reg.ordered()
         if cmd == "save" or flags & {"output_save"}:
-            out.append("".join(save_set(s, now) for s in sets))
+            out.append("".join(save_set(s, now, "sorted" in flags) for s in sets))
         elif "name" in flags:
             out.append("".join(f"{s.name}\n" for s in sets))
         else:
-            out.append("\n".join(list_set(s, reg, now, "terse" in flags) for s in sets))
+            out.append("\n".join(list_set(s, reg, now, "terse" in flags, "sorted" in flags) for s in sets))
     elif cmd == "flush":
         for s in ([reg.need(args[0])] if args else list(reg.sets.values())):
             s.members.clear()

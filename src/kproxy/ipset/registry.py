@@ -57,10 +57,10 @@ class IpsetRegistry:
 
     def rename(self, a: str, b: str) -> None:
         s = self.need(a)
+        if self.references(a):     # the kernel checks this before the name clash
+            raise IpsetError("Set cannot be renamed: it is in use by another system")
         if b in self.sets:
             raise IpsetError("Set cannot be renamed: a set with the new name already exists")
-        if self.references(a):
-            raise IpsetError("Set cannot be renamed: it is in use by another system")
         del self.sets[a]
         s.name = b
         self.sets[b] = s

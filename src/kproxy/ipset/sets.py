@@ -211,15 +211,16 @@ class IpSet:
         return text
 
     def element_text(self, key: tuple[Any, ...], e: Entry, now: float) -> str:
+        """The tool's order: element, timeout (0 = permanent in a timeout set), nomatch, counters, comment."""
         text = self.format(key)
-        if e.expires is not None:
-            text += f" timeout {max(0, int(e.expires - now))}"
+        if self.timeout is not None:
+            text += f" timeout {max(0, int(e.expires - now)) if e.expires is not None else 0}"
+        if e.nomatch:
+            text += " nomatch"
         if self.counters:
             text += f" packets {e.packets} bytes {e.bytes}"
         if e.comment is not None:
             text += f' comment "{e.comment}"'
-        if e.nomatch:
-            text += " nomatch"
         return text
 
     def memory(self) -> int:
