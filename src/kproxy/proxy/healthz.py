@@ -79,7 +79,7 @@ def serve(health: HealthState, metrics: Any, healthz_addr: str, metrics_addr: st
     servers = []
     seen: set[tuple[str, int]] = set()
     for addr, port in (parse_bind(healthz_addr, 10256), parse_bind(metrics_addr, 10249)):
-        if (addr, port) in seen:
+        if port and (addr, port) in seen:        # port 0: each bind gets its own free port
             continue
         seen.add((addr, port))
         srv = ThreadingHTTPServer((addr, port), Handler)
