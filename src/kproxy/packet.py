@@ -101,6 +101,9 @@ class Packet:
     src_mac: str = ""
     pkttype: str = "unicast"
     inner: Packet | None = None
+    # TCP sequence numbers, acknowledgement, window and options (a TcpSeg), for conntrack's window
+    # checks; None when unknown (then only the state table applies).
+    seg: Any = None
     # Conntrack attachment (skb->_nfct): the connection, and this packet's state and direction.
     ct: Conn | None = None
     ctstate: str = ""          # NEW, ESTABLISHED, RELATED, INVALID, UNTRACKED or "" (none yet)
@@ -142,7 +145,7 @@ class Packet:
             family=self.family, tcp_flags=self.tcp_flags, icmp_type=self.icmp_type,
             icmp_code=self.icmp_code, icmp_id=self.icmp_id, length=self.length, ttl=self.ttl,
             iif=self.iif, oif=self.oif, mark=self.mark, src_mac=self.src_mac, pkttype=self.pkttype,
-            inner=self.inner, local=self.local,
+            inner=self.inner, local=self.local, seg=self.seg,
         )
 
     def describe(self) -> str:

@@ -15,7 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kproxy.netfilter.hooks import HookState
-from kproxy.packet import ACK, FIN, ICMP, ICMPV6, NF_ACCEPT, NF_DROP, RST, SYN, TCP, UDP, Packet, format_addr
+from kproxy.netfilter.tcp import (  # noqa: F401 - re-exported: conntrack's public names
+    TCP_FLAG_MASK,
+    TCP_STATES,
+    TCP_TIMEOUT_UNACK,
+    TCP_TIMEOUTS,
+    TCP_VALID_FLAGS,
+    TcpTrack,
+    TcpTracker,
+    tcp_flags_valid,
+    tcp_kind,
+    tcp_new,
+)
+from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, NF_DROP, RST, TCP, UDP, Packet, format_addr
 
 # include/uapi/linux/netfilter/nf_conntrack_common.h: enum ip_conntrack_status bits.
 IPS_EXPECTED = 1 << 0
@@ -34,10 +46,6 @@ IPS_UNTRACKED = 1 << 12
 
 ORIGINAL, REPLY = 0, 1
 
-# Default timeouts (seconds) of a 6.x kernel.
-TCP_TIMEOUTS = {"SYN_SENT": 120, "SYN_RECV": 60, "ESTABLISHED": 432000, "FIN_WAIT": 120, "CLOSE_WAIT": 60,
-                "LAST_ACK": 30, "TIME_WAIT": 120, "CLOSE": 10, "SYN_SENT2": 120}
-TCP_TIMEOUT_UNACK = 300      # caps a picked-up connection until its first reply
 UDP_UNREPLIED, UDP_REPLIED, UDP_STREAM_AFTER = 30, 120, 2.0
 ICMP_TIMEOUT = 30
 GENERIC_TIMEOUT = 600
@@ -48,60 +56,6 @@ ICMP_NEW_TYPES = {8, 13, 15, 17}
 ICMP_ERRORS = {3, 4, 5, 11, 12}
 ICMPV6_REPLY_TYPE = {128: 129, 129: 128}
 ICMPV6_ERRORS = {1, 2, 3, 4}
-
-# The TCP state table (nf_conntrack_proto_tcp.c tcp_conntracks): [dir][packet kind][state] -> state.
-_S = ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT",
-      "CLOSE", "SYN_SENT2"]
-_KINDS = ["SYN", "SYNACK", "FIN", "ACK", "RST", "NONE"]
-_TABLE_TEXT = {
-    ORIGINAL: {
-        "SYN":    "sSS sSS sIG sIG sIG sIG sIG sSS sSS sS2",
-        "SYNACK": "sIV sIV sSR sIV sIV sIV sIV sIV sIV sSR",
-        "FIN":    "sIV sIV sFW sFW sLA sLA sLA sTW sCL sIV",
-        "ACK":    "sES sIV sES sES sCW sCW sTW sTW sCL sIV",
-        "RST":    "sIV sCL sCL sCL sCL sCL sCL sCL sCL sCL",
-        "NONE":   "sIV sIV sIV sIV sIV sIV sIV sIV sIV sIV",
-    },
-    REPLY: {
-        "SYN":    "sIV sS2 sIV sIV sIV sIV sIV sSS sIV sS2",
-        "SYNACK": "sIV sSR sIG sIG sIG sIG sIG sIG sIG sSR",
-        "FIN":    "sIV sIV sFW sFW sLA sLA sLA sTW sCL sIV",
-        "ACK":    "sIV sIG sSR sES sCW sCW sTW sTW sCL sIG",
-        "RST":    "sIV sCL sCL sCL sCL sCL sCL sCL sCL sCL",
-        "NONE":   "sIV sIV sIV sIV sIV sIV sIV sIV sIV sIV",
-    },
-}
-_ABBREV = {"sNO": "NONE", "sSS": "SYN_SENT", "sSR": "SYN_RECV", "sES": "ESTABLISHED", "sFW": "FIN_WAIT",
-           "sCW": "CLOSE_WAIT", "sLA": "LAST_ACK", "sTW": "TIME_WAIT", "sCL": "CLOSE", "sS2": "SYN_SENT2",
-           "sIV": "INVALID", "sIG": "IGNORE"}
-TCP_STATES: dict[int, dict[str, dict[str, str]]] = {
-    d: {k: dict(zip(_S, (_ABBREV[w] for w in row.split()), strict=True)) for k, row in rows.items()}
-    for d, rows in _TABLE_TEXT.items()
-}
-
-
-# tcp_valid_flags: the FIN/SYN/RST/ACK/URG combinations a segment may carry (PSH, ECE, CWR ignored);
-# any other combination is an error and the packet is INVALID, whatever the connection.
-TCP_VALID_FLAGS = frozenset({SYN, SYN | 0x20, SYN | ACK, RST, RST | ACK, FIN | ACK, FIN | ACK | 0x20, ACK, ACK | 0x20})
-TCP_FLAG_MASK = FIN | SYN | RST | ACK | 0x20
-
-
-def tcp_flags_valid(flags: int) -> bool:
-    return flags & TCP_FLAG_MASK in TCP_VALID_FLAGS
-
-
-def tcp_kind(flags: int) -> str:
-    """get_conntrack_index: which row of the state table a segment uses."""
-    if flags & RST:
-        return "RST"
-    if flags & SYN:
-        return "SYNACK" if flags & ACK else "SYN"
-    if flags & FIN:
-        return "FIN"
-    if flags & ACK:
-        return "ACK"
-    return "NONE"
-
 
 class Tuple(NamedTuple):
     """A conntrack tuple. For ICMP, ``sport`` is the echo id and ``dport`` is ``type << 8 | code``.
@@ -179,10 +133,7 @@ class Conn:
     # the node's routes and addresses do not change.
     routes: dict[int, tuple[Any, Any]] | None = None
     nat_targets: tuple[Any, Any] | None = None
-    # TCP tracker memory (ip_ct_tcp): a FIN was seen (IP_CT_TCP_FLAG_CLOSE_INIT), and the direction and
-    # kind of the last segment, which decide whether a SYN may reopen a closed connection.
-    tcp_close_init: bool = False
-    tcp_last: tuple[int, str] = (0, "NONE")
+    tcp: TcpTrack | None = None      # the TCP tracker's memory (ip_ct_tcp)
 
     @property
     def proto(self) -> int:
@@ -203,17 +154,18 @@ class Conn:
         d = {"orig": self.orig.as_list(), "reply": self.reply.as_list(), "status": self.status,
              "mark": self.mark, "tcp_state": self.tcp_state, "expires": self.expires, "created": self.created,
              "id": self.id, "packets": self.packets, "bytes": self.bytes}
-        if self.orig.proto == TCP:
-            d["tcp_close_init"], d["tcp_last"] = self.tcp_close_init, list(self.tcp_last)
+        if self.tcp is not None:
+            d["tcp"] = self.tcp.to_json()
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Conn:
         conn = cls(Tuple(*d["orig"]), Tuple(*d["reply"]), d["status"], d["mark"], d["tcp_state"], d["expires"],
                    d.get("created", 0.0), d["id"], list(d["packets"]), list(d["bytes"]))
-        conn.tcp_close_init = bool(d.get("tcp_close_init", False))
-        last = d.get("tcp_last") or (0, "NONE")
-        conn.tcp_last = (int(last[0]), str(last[1]))
+        if d.get("tcp"):
+            conn.tcp = TcpTrack.from_json(d["tcp"])
+        elif conn.orig.proto == TCP:
+            conn.tcp = TcpTrack(windowed=False)
         return conn
 
 
@@ -352,29 +304,31 @@ class Conntrack:
             return self._invalid(pkt, state, "invalid tcp flag combination")
         t = Tuple.of(pkt)
         hit = self.lookup(t, now)
-        if hit is not None and self._reopens(hit[0], hit[1], pkt):
-            # "Attempt to reopen a closed/aborted connection": kill it and look up again (-NF_REPEAT).
-            self.delete(hit[0])
-            hit[0].expires = now
-            if state.trace is not None:
-                self._trace(state, f"reopened: old entry {hit[0].orig.text()} destroyed")
-            hit = None
         if hit is None:
             return self._new(pkt, t, state)
         conn, d = hit
-        pkt.ct, pkt.ctdir = conn, d
-        if not self._update(conn, d, pkt, now):
-            pkt.ct = None
+        verdict = self._update(conn, d, pkt, now)
+        if verdict == "reopen":
+            # "Attempt to reopen a closed/aborted connection": kill it and look up again (-NF_REPEAT).
+            self.delete(conn)
+            conn.expires = now
+            if state.trace is not None:
+                self._trace(state, f"reopened: old entry {conn.orig.text()} destroyed")
+            return self._new(pkt, t, state)
+        if verdict == "invalid":
             return self._invalid(pkt, state, f"tcp state {conn.tcp_state}")
+        pkt.ct, pkt.ctdir = conn, d
         if d == REPLY:
             conn.status |= IPS_SEEN_REPLY
             pkt.ctstate = "ESTABLISHED"
         else:
             pkt.ctstate = "ESTABLISHED" if conn.status & IPS_SEEN_REPLY else "NEW"
-        conn.packets[d] += 1
-        conn.bytes[d] += pkt.length
+        if verdict == "ok":
+            conn.packets[d] += 1
+            conn.bytes[d] += pkt.length
         if state.trace is not None:
-            self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}")
+            self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}"
+                        + (" (segment ignored)" if verdict == "ignore" else ""))
         return NF_ACCEPT
 
     def _invalid(self, pkt: Packet, state: HookState, why: str) -> int:
@@ -383,17 +337,6 @@ class Conntrack:
         if state.trace is not None:
             self._trace(state, f"INVALID {Tuple.of(pkt).text()} ({why})")
         return NF_ACCEPT
-
-    @staticmethod
-    def _reopens(conn: Conn, d: int, pkt: Packet) -> bool:
-        """A SYN that moves a TIME_WAIT/CLOSE connection back to SYN_SENT after a FIN, or after a RST
-        from the same side, replaces the old entry with a new connection."""
-        if conn.proto != TCP or conn.tcp_state not in ("TIME_WAIT", "CLOSE"):
-            return False
-        kind = tcp_kind(pkt.tcp_flags)
-        if TCP_STATES[d][kind][conn.tcp_state] != "SYN_SENT":
-            return False
-        return conn.tcp_close_init or conn.tcp_last == (d, "RST")
 
     def _new(self, pkt: Packet, t: Tuple, state: HookState) -> int:
         """init_conntrack: allocate (the table limit applies here), then the protocol's new() check."""
@@ -406,11 +349,12 @@ class Conntrack:
             return NF_DROP
         conn = Conn(t, t.inverse(), created=now, mark=0, id=self._next_id)
         if pkt.proto == TCP:
-            first = TCP_STATES[ORIGINAL][tcp_kind(pkt.tcp_flags)]["NONE"]
             loose = self.node.sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
-            if first != "SYN_SENT" and not (first == "ESTABLISHED" and loose):
+            conn.tcp = tcp_new(pkt.tcp_flags, pkt.seg, loose)
+            if conn.tcp is None:
                 return self._invalid(pkt, state, "cannot start a connection")
-            self._update(conn, ORIGINAL, pkt, now)
+            if self._update(conn, ORIGINAL, pkt, now) == "invalid":
+                return self._invalid(pkt, state, "out of window")
         elif pkt.proto in (ICMP, ICMPV6):
             ok = ICMP_NEW_TYPES if pkt.proto == ICMP else {128}
             if pkt.icmp_type not in ok:
@@ -426,10 +370,11 @@ class Conntrack:
             self._trace(state, f"NEW {t.text()}")
         return NF_ACCEPT
 
-    def _update(self, conn: Conn, d: int, pkt: Packet, now: float) -> bool:
-        """The protocol's packet() callback: state machine and timeout refresh; False = invalid."""
+    def _update(self, conn: Conn, d: int, pkt: Packet, now: float) -> str:
+        """The protocol's packet() callback: ``ok``, ``ignore`` (passes, nothing changes), ``invalid``
+        or ``reopen`` (a SYN replaces a closed connection)."""
         if conn.proto == TCP:
-            return self._tcp_packet(conn, d, pkt.tcp_flags, now)
+            return self._tcp_packet(conn, d, pkt, now)
         if conn.proto == UDP:
             # nf_conntrack_udp_packet: SEEN_REPLY is the status before this packet (the first reply
             # still gets the unreplied timeout); a flow still active 2 s after it began is a stream.
@@ -438,46 +383,59 @@ class Conntrack:
                 timeout = UDP_REPLIED
                 conn.status |= IPS_ASSURED
             self._refresh(conn, now, timeout)
-            return True
+            return "ok"
         self._refresh(conn, now, ICMP_TIMEOUT if conn.proto in (ICMP, ICMPV6) else GENERIC_TIMEOUT)
-        return True
+        return "ok"
 
     @staticmethod
     def _refresh(conn: Conn, now: float, timeout: float) -> None:
         if not conn.status & IPS_FIXED_TIMEOUT:
             conn.expires = now + timeout
 
-    def _tcp_packet(self, conn: Conn, d: int, flags: int, now: float) -> bool:
-        """nf_conntrack_tcp_packet without sequence tracking: the state table, then the timeout rules."""
-        kind = tcp_kind(flags)
+    def tracker(self) -> TcpTracker:
+        sysctls = self.node.sysctls
+        return TcpTracker(sysctls.get("net.netfilter.nf_conntrack_tcp_be_liberal", "0") != "0",
+                          sysctls.get("net.netfilter.nf_conntrack_tcp_ignore_invalid_rst", "0") != "0")
+
+    def _tcp_packet(self, conn: Conn, d: int, pkt: Packet, now: float) -> str:
+        """nf_conntrack_tcp_packet: the tracker's verdict, then the timeout and the kernel's special cases."""
+        if conn.tcp is None:
+            conn.tcp = TcpTrack(windowed=False)
+        seen_reply = bool(conn.status & IPS_SEEN_REPLY)
+        verdict, new = self.tracker().packet(conn.tcp, conn.tcp_state, d, pkt.tcp_flags, pkt.seg, seen_reply,
+                                             bool(conn.status & IPS_ASSURED))
+        if verdict.action == "invalid" and verdict.timeout and not conn.status & IPS_FIXED_TIMEOUT:
+            left = conn.expires - now
+            if left >= 120 and left > verdict.timeout:
+                conn.expires = now + verdict.timeout
+        if verdict.action != "accept":
+            return verdict.action
         old = conn.tcp_state or "NONE"
-        new = TCP_STATES[d][kind][old]
-        if new == "SYN_SENT" and old in ("TIME_WAIT", "CLOSE"):
-            new = "IGNORE"          # not a reopen (see _reopens): treated as an ignored segment
-        if new == "INVALID":
-            return False
-        conn.tcp_last = (d, kind)
-        if new == "IGNORE":
-            return True             # accepted, state and timeout untouched
         conn.tcp_state = new
-        if new == "FIN_WAIT" and old != new:
-            conn.tcp_close_init = True
-        timeout = TCP_TIMEOUTS["CLOSE"] if kind == "RST" else TCP_TIMEOUTS[new]
-        if not conn.status & IPS_SEEN_REPLY:
-            if kind == "RST":
+        timeout = verdict.timeout
+        if not seen_reply:
+            if pkt.tcp_flags & RST:
                 # "If only reply is a RST, we can consider ourselves not to have an established
                 # connection": the entry dies at once (the packet still passes).
                 self.delete(conn)
                 conn.expires = now
-                return True
-            if kind == "SYN" and old == "SYN_SENT":
-                return True         # a retransmitted SYN does not renew the timeout
+                return "ok"
+            if tcp_kind(pkt.tcp_flags) == "SYN" and old == "SYN_SENT":
+                return "ok"         # a retransmitted SYN does not renew the timeout
             if new == "ESTABLISHED":
                 timeout = min(timeout, TCP_TIMEOUT_UNACK)   # picked up mid-stream, unanswered
         elif not conn.status & IPS_ASSURED and old in ("SYN_RECV", "ESTABLISHED") and new == "ESTABLISHED":
             conn.status |= IPS_ASSURED
         self._refresh(conn, now, timeout)
-        return True
+        return "ok"
+
+    def set_closing(self, conn: Conn | None, now: float) -> None:
+        """nf_conntrack_tcp_set_closing: a TCP reset sent for this flow (REJECT) moves it to CLOSE."""
+        if conn is None or conn.proto != TCP or not conn.confirmed:
+            return
+        old, conn.tcp_state = conn.tcp_state, "CLOSE"
+        if old != "CLOSE" and not conn.status & IPS_FIXED_TIMEOUT:
+            conn.expires = now + TCP_TIMEOUTS["CLOSE"]
 
     def _related(self, pkt: Packet, state: HookState) -> int:
         """An ICMP error: RELATED to the connection its quoted header belongs to, else INVALID."""

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kproxy.netfilter.hooks import FORWARD, INPUT, OUTPUT, POSTROUTING, PREROUTING, HookState
+from kproxy.netfilter.tcp import TcpSeg
 from kproxy.netfilter.trace import Trace
-from kproxy.packet import ICMP, NF_ACCEPT, NF_STOLEN, TCP, Packet, format_addr
+from kproxy.packet import ACK, ICMP, NF_ACCEPT, NF_STOLEN, RST, TCP, Packet, format_addr
 
 DELIVERED, FORWARDED, DROPPED, REJECTED, STOLEN = "delivered", "forwarded", "dropped", "rejected", "stolen"
 
@@ -78,7 +79,7 @@ def _stopped(verdict: int, state: HookState, pkt: Packet, trace: Trace | None) -
         res = Result(STOLEN, pkt, state.hook, reason=str(pkt.meta.get("stolen_by", "a hook")), trace=trace)
     elif state.rejected_with:
         res = Result(REJECTED, pkt, state.hook, reject_with=state.rejected_with, trace=trace)
-        if _answerable(pkt):
+        if _answerable(pkt, state.rejected_with):
             # nf_send_unreach / nf_send_reset: the answer is a locally generated packet (OUTPUT, POSTROUTING).
             reply = reject_reply(pkt, state.rejected_with)
             if reply.proto == ICMP and not state.node.is_local(pkt.family, pkt.dst):
@@ -86,6 +87,8 @@ def _stopped(verdict: int, state: HookState, pkt: Packet, trace: Trace | None) -
             if pkt.ct is not None:
                 # nf_ct_attach: the answer is RELATED to the rejected packet's connection, other direction.
                 reply.ct, reply.ctstate, reply.ctdir = pkt.ct, "RELATED", 1 - pkt.ctdir
+                if reply.proto == TCP:
+                    state.node.conntrack.set_closing(pkt.ct, state.now)    # nf_ct_set_closing
             res.extra["reply"] = output(state.node, reply, None)
             if trace is not None:
                 trace.add("note", hook=state.hook, text=f"REJECT answered with {res.extra['reply'].packet.describe()}"
@@ -96,11 +99,12 @@ def _stopped(verdict: int, state: HookState, pkt: Packet, trace: Trace | None) -
     return res
 
 
-def _answerable(pkt: Packet) -> bool:
-    """The kernel never answers an ICMP error or a TCP reset with another one."""
+def _answerable(pkt: Packet, kind: str) -> bool:
+    """icmp_send never answers an ICMP error; nf_send_reset never answers a reset (an ICMP error
+    about a reset is sent, though)."""
     if pkt.proto == ICMP and pkt.icmp_type not in (0, 8, 13, 14, 15, 16, 17, 18):
         return False
-    return not (pkt.proto == TCP and pkt.tcp_flags & 0x04)
+    return not (kind == "tcp-reset" and pkt.proto == TCP and pkt.tcp_flags & RST)
 
 
 def _fate(trace: Trace | None, res: Result) -> Result:
@@ -215,8 +219,14 @@ def _route_text(route: Any, pkt: Packet) -> str:
 def reject_reply(pkt: Packet, kind: str) -> Packet:
     """The packet REJECT sends back: a TCP RST for tcp-reset, else an ICMP error quoting ``pkt``."""
     if kind == "tcp-reset" and pkt.proto == TCP:
+        # nf_reject_ip_tcphdr_put: acknowledge what the segment used, or take its acknowledgement as ours.
+        acked = bool(pkt.tcp_flags & ACK)
+        flags = RST if acked else RST | ACK
+        seg = None
+        if pkt.seg is not None:
+            seg = TcpSeg(pkt.seg.ack) if acked else TcpSeg(0, pkt.seg.end(pkt.tcp_flags))
         return Packet(src=pkt.dst, dst=pkt.src, proto=TCP, sport=pkt.dport, dport=pkt.sport, family=pkt.family,
-                      tcp_flags=0x14, length=40)
+                      tcp_flags=flags, length=40, seg=seg)
     codes = {"icmp-net-unreachable": 0, "icmp-host-unreachable": 1, "icmp-proto-unreachable": 2,
              "icmp-port-unreachable": 3, "icmp-net-prohibited": 9, "icmp-host-prohibited": 10,
              "icmp-admin-prohibited": 13}
