@@ -17,13 +17,65 @@ from typing import Any
 
 from kproxy.cli.conntrack_cmd import format_conn
 from kproxy.lab.kernel import KernelLab, Observation
+from kproxy.netfilter.tcp import M32, TcpSeg
 from kproxy.node import Node
-from kproxy.packet import ACK, ICMP, RST, SYN, TCP, UDP, Packet, parse_addr
+from kproxy.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet, parse_addr
 
 CLIENT_IP = "10.0.1.2"
 TABLES = ("raw", "mangle", "nat", "filter")
 SYN_LEN, ACK_LEN, RST_LEN, UDP_LEN = 60, 52, 40, 34
 _COUNTED = re.compile(r"^\[(\d+):(\d+)\] (-A .*)$")
+
+
+class Segments:
+    """The sequence numbers, windows and options of one probe's TCP segments, as the kernel lab's
+    sniffers saw them, so the emulator replays the very same numbers (conntrack checks them).
+
+    Without a captured SYN there is nothing to anchor on: the replay then carries no sequence
+    numbers and conntrack tracks the flow by its state table only.
+    """
+
+    def __init__(self, seen: list[dict[str, Any]] | None) -> None:
+        self.seen = seen or []
+        syn = self._find(lambda d: d["flags"] & (SYN | ACK | RST) == SYN)
+        synack = self._find(lambda d: d["flags"] & (SYN | ACK) == SYN | ACK)
+        self.isn_c = None if syn is None else syn["seq"]
+        self.isn_s = None if synack is None else synack["seq"]
+        self.syn, self.synack = syn, synack
+
+    def _find(self, test: Any) -> dict[str, Any] | None:
+        return next((d for d in self.seen if test(d)), None)
+
+    @staticmethod
+    def _seg(d: dict[str, Any]) -> TcpSeg:
+        return TcpSeg(d["seq"], d["ack"] if d["flags"] & ACK else 0, d["win"], d.get("wscale", -1),
+                      bool(d.get("sackperm")), max(0, d.get("payload", 0)))
+
+    def for_syn(self) -> TcpSeg | None:
+        return None if self.syn is None else self._seg(self.syn)
+
+    def for_synack(self) -> TcpSeg | None:
+        if self.isn_c is None:
+            return None
+        if self.synack is not None:
+            return self._seg(self.synack)
+        return TcpSeg(0x5EED0000, (self.isn_c + 1) & M32, 65160, 7, True)   # never seen: any answer
+
+    def for_reset_to_syn(self) -> TcpSeg | None:
+        """tcp_v4_send_reset answering a SYN: sequence 0, acknowledging the SYN, window 0."""
+        return None if self.isn_c is None else TcpSeg(0, (self.isn_c + 1) & M32, 0)
+
+    def for_client(self, flags: int) -> TcpSeg | None:
+        """The initiator's ACK or abortive RST after the handshake."""
+        if self.isn_c is None:
+            return None
+        nxt = (self.isn_c + 1) & M32
+        want = flags & (SYN | FIN | RST | ACK)
+        got = self._find(lambda d: d["flags"] & (SYN | FIN | RST | ACK) == want and d["seq"] == nxt)
+        if got is not None:
+            return self._seg(got)
+        ack = ((self.isn_s if self.isn_s is not None else 0x5EED0000) + 1) & M32
+        return TcpSeg(nxt, ack, 502)
 
 
 @dataclass(frozen=True)
@@ -123,14 +175,18 @@ class EmulatedPeers:
         self.tcp_ports = set(lab.listen_tcp) if lab else {80, 8080, 443, 53}
         self.udp_ports = set(lab.listen_udp) if lab else {53, 5353, 8080}
         self.node_ports = set(lab.node_ports) if lab else {53, 80, 443, 5353, 8080, 9999}
+        self.segs = Segments(None)
 
-    def probe(self, p: Probe, sport: int) -> tuple[str, str]:
+    def probe(self, p: Probe, sport: int, segments: Segments | None = None) -> tuple[str, str]:
         """Play one probe; return (fate, arrival at the sink)."""
         node = self.node
+        self.segs = segments or Segments(None)
         proto = TCP if p.proto == "tcp" else UDP
         src = "0.0.0.0" if p.from_node else CLIENT_IP
         first = Packet.make(src, p.dst, proto, sport, p.dport, tcp_flags=SYN if proto == TCP else 0,
                             length=SYN_LEN if proto == TCP else UDP_LEN)
+        if proto == TCP:
+            first.seg = self.segs.for_syn()
         if p.from_node:
             first.src = 0
             res = node.send(first)
@@ -171,10 +227,10 @@ class EmulatedPeers:
             return True
         if not listening:
             send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
-                             tcp_flags=RST | ACK, length=RST_LEN))
+                             tcp_flags=RST | ACK, length=RST_LEN, seg=self.segs.for_reset_to_syn()))
             return False
         synack = Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport, tcp_flags=SYN | ACK,
-                        length=SYN_LEN)
+                        length=SYN_LEN, seg=self.segs.for_synack())
         back = send_back(synack)
         if back.fate not in ("forwarded", "delivered"):
             return False
@@ -182,19 +238,23 @@ class EmulatedPeers:
         results = []
         for flags, length in ((ACK, ACK_LEN), (RST | ACK, RST_LEN)):
             pkt = Packet(src=orig.dst, dst=orig.src, proto=TCP, sport=orig.dport, dport=orig.sport, tcp_flags=flags,
-                         length=length)
+                         length=length, seg=self.segs.for_client(flags))
             results.append(node.receive(pkt, "eth0") if from_client else node.send(pkt))
         return results[0].fate in ("forwarded", "delivered")
 
 
 def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
-                 description: dict[str, Any] | None = None) -> Outcome:
+                 description: dict[str, Any] | None = None,
+                 segments: list[list[dict[str, Any]]] | None = None) -> Outcome:
+    """The case on an emulated node; ``segments`` (per probe, from the kernel's observations) gives
+    the TCP sequence numbers and windows to replay."""
     desc = description or KernelLab.node_description()
     peers = EmulatedPeers(lab, desc)
     peers.node.iptables_restore(case.rules)
     out = Outcome()
-    for p, sport in zip(case.probes, sports, strict=True):
-        fate, arrival = peers.probe(p, sport)
+    per_probe = segments or [[] for _ in sports]
+    for p, sport, segs in zip(case.probes, sports, per_probe, strict=True):
+        fate, arrival = peers.probe(p, sport, Segments(segs))
         out.fates.append(fate)
         out.arrivals.append(arrival)
     out.counters = rule_counters(peers.node.iptables_save(counters=True))
@@ -236,7 +296,8 @@ def run_case(lab: KernelLab, case: Case) -> list[Disagreement]:
         except RestoreError:
             return []
         return [Disagreement("iptables-restore", str(exc), "accepted")]
-    emulator = run_emulator(case, [o.sport for o in observations], lab)
+    emulator = run_emulator(case, [o.sport for o in observations], lab,
+                            segments=[o.segments for o in observations])
     return compare(case, kernel, emulator)
 
 

@@ -49,7 +49,7 @@ ADDR = {"client": "10.0.1.2", "node_in": "10.0.1.1", "node_out": "10.0.2.1", "si
 
 WORKER = r'''
 import json, os, select, socket, struct, subprocess, sys, threading, time
-captured, lock, listeners, received, accepted = [], threading.Lock(), {}, [], []
+captured, lock, listeners, received, accepted, segments = [], threading.Lock(), {}, [], [], []
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 def ports(proto, l4):
@@ -68,8 +68,28 @@ def parse_ip(ip):
          "ttl": ip[8], "len": struct.unpack("!H", ip[2:4])[0]}
     l4 = ip[ihl:]
     d.update(ports(proto, l4))
-    if proto == 6 and len(l4) >= 14:
+    if proto == 6 and len(l4) >= 20:
         d["flags"] = l4[13]
+        d["seq"], d["ack"] = struct.unpack("!II", l4[4:12])
+        d["win"] = struct.unpack("!H", l4[14:16])[0]
+        doff = (l4[12] >> 4) * 4
+        d["payload"] = d["len"] - ihl - doff
+        d["wscale"], d["sackperm"] = -1, False
+        opts, i = l4[20:doff], 0
+        while i < len(opts):
+            kind = opts[i]
+            if kind == 0:
+                break
+            if kind == 1:
+                i += 1
+                continue
+            if i + 1 >= len(opts) or opts[i + 1] < 2:
+                break
+            if kind == 3 and opts[i + 1] == 3:
+                d["wscale"] = opts[i + 2]
+            elif kind == 4 and opts[i + 1] == 2:
+                d["sackperm"] = True
+            i += opts[i + 1]
     if proto == 1 and d.get("type") in (3, 4, 5, 11, 12) and len(l4) >= 28:
         d["inner"] = parse_ip(l4[8:])
     return d
@@ -80,15 +100,20 @@ def parse(frame):
     return parse_ip(frame[14:])
 
 def sniff(dev):
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))   # ETH_P_ALL: both directions
     s.bind((dev, 0))
     while True:
         frame, addr = s.recvfrom(65535)
-        if addr[2] == socket.PACKET_OUTGOING:
-            continue
+        out = addr[2] == socket.PACKET_OUTGOING
+        if out and dev == "lo":
+            continue            # looped back: seen again as it comes in
         d = parse(frame)
-        if d is not None:
-            with lock:
+        if d is None:
+            continue
+        with lock:
+            if d["proto"] == 6:
+                segments.append(dict(d, out=out, dev=dev))   # every TCP segment, both ways
+            if not out:
                 captured.append(d)
 
 PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -233,8 +258,8 @@ for line in sys.stdin:
     elif kind == "drain":
         time.sleep(op.get("wait", 0))
         with lock:
-            res = {"captured": captured[:], "received": received[:]}
-            captured.clear(); received.clear()
+            res = {"captured": captured[:], "received": received[:], "segments": segments[:]}
+            captured.clear(); received.clear(); segments.clear()
     elif kind == "send":
         res = send(op)
     elif kind == "close":
@@ -556,6 +581,7 @@ class Observation:
     elapsed: float = 0.0              # seconds for the probe (without conntrack and counters)
     conntrack: list[CtEntry] | None = None
     counters: Counters | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)  # every TCP segment the sniffers saw
 
     @property
     def seen(self) -> dict[str, Any] | None:
@@ -783,6 +809,7 @@ class KernelLab:
         node = self.workers[NODE].call(op="drain")
         client = self.workers[CLIENT].call(op="drain")
         obs = self._judge(proto, res, sink, node, client, from_node)
+        obs.segments = [*client.get("segments", ()), *sink.get("segments", ()), *node.get("segments", ())]
         obs.elapsed = time.monotonic() - began
         if details:
             obs.conntrack = self.conntrack_entries()
