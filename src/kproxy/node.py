@@ -68,6 +68,22 @@ class Interface:
         return None
 
 
+def _selectable(iface: Interface, family: int) -> list[Address]:
+    """A device's primary addresses of universe scope, in order (the first of each subnet; no loopback)."""
+    out: list[Address] = []
+    for a in iface.addresses:
+        if a.family != family or _host_scope(a):
+            continue
+        if any(b.prefixlen == a.prefixlen and b.network == a.network for b in out):
+            continue        # IFA_F_SECONDARY: a second address in a subnet already present
+        out.append(a)
+    return out
+
+
+def _host_scope(a: Address) -> bool:
+    return a.addr >> 24 == 127 if a.family == 4 else a.addr == 1
+
+
 @dataclass
 class Route:
     """A route in the main table; ``type`` is unicast, local, blackhole, unreachable or prohibit."""
@@ -264,21 +280,21 @@ class Node:
         a = iface.primary(family)
         return a.addr if a else None
 
-    def source_address_for(self, family: int, dev: str, dst: int) -> int | None:
-        """inet_select_addr: an address of ``dev`` on the destination's subnet, else its first one."""
+    def source_address_for(self, family: int, dev: str, dst: int | None) -> int | None:
+        """inet_select_addr: a primary address of ``dev`` on the destination's subnet, else its first
+        one, else the first primary address of any device (loopback first). Host-scope addresses
+        (127.0.0.0/8, ::1) never qualify, so traffic leaving through lo borrows another device's."""
         iface = self.interfaces.get(dev)
-        if iface is None:
-            return None
-        for a in iface.addresses:
-            if a.family == family and Route(family, a.network, a.prefixlen).contains(dst):
+        first = None
+        for a in _selectable(iface, family) if iface is not None else ():
+            if dst is None or Route(family, a.network, a.prefixlen).contains(dst):
                 return a.addr
-        a0 = iface.primary(family)
-        if a0 is not None:
-            return a0.addr
+            first = a.addr if first is None else first
+        if first is not None:
+            return first
         for other in self.interfaces.values():
-            a1 = other.primary(family)
-            if a1 is not None and other.name != "lo":
-                return a1.addr
+            for a in _selectable(other, family):
+                return a.addr
         return None
 
     # ---- routing ----------------------------------------------------------------------------

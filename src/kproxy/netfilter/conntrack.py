@@ -171,8 +171,6 @@ class Conn:
 
 def _needs_conntrack(table: Any) -> bool:
     for chain in table.chains.values():
-        if table.name == "nat" and chain.rules:
-            return True
         for r in chain.rules:
             if r.target is not None and r.target.name in CT_TARGETS:
                 return True
@@ -185,8 +183,9 @@ class TableFull(Exception):
     pass
 
 
-# What makes a network namespace track connections at all (nf_ct_netns_get): any rule in a nat
-# table, or a match or target that needs conntrack. Without one, packets pass untracked.
+# What makes a network namespace track connections at all (nf_ct_netns_get): a match or target that
+# needs conntrack (the NAT targets among them). A nat table alone does not: its chains see only
+# packets with a conntrack entry, so without one of these they are never traversed.
 CT_MATCHES = {"conntrack", "state", "connmark", "connbytes", "connlimit", "helper", "cluster"}
 CT_TARGETS = {"CONNMARK", "CT", "NOTRACK", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "CONNSECMARK"}
 
@@ -207,6 +206,7 @@ class Conntrack:
         # nf_nat_bysource: source-NATed connections by their original source (family, proto, addr, port),
         # newest last, so a source keeps its mapping across destinations (find_appropriate_src).
         self.bysource: dict[tuple[int, int, int, int], list[Conn]] = {}
+        self._tcp_tracker = TcpTracker()
 
     # ---- the table ------------------------------------------------------------------------
     @property
@@ -393,9 +393,11 @@ class Conntrack:
             conn.expires = now + timeout
 
     def tracker(self) -> TcpTracker:
-        sysctls = self.node.sysctls
-        return TcpTracker(sysctls.get("net.netfilter.nf_conntrack_tcp_be_liberal", "0") != "0",
-                          sysctls.get("net.netfilter.nf_conntrack_tcp_ignore_invalid_rst", "0") != "0")
+        """The TCP tracker with this namespace's tcp_be_liberal and tcp_ignore_invalid_rst sysctls."""
+        sysctls, tracker = self.node.sysctls, self._tcp_tracker
+        tracker.liberal = sysctls.get("net.netfilter.nf_conntrack_tcp_be_liberal", "0") != "0"
+        tracker.ignore_invalid_rst = sysctls.get("net.netfilter.nf_conntrack_tcp_ignore_invalid_rst", "0") != "0"
+        return tracker
 
     def _tcp_packet(self, conn: Conn, d: int, pkt: Packet, now: float) -> str:
         """nf_conntrack_tcp_packet: the tracker's verdict, then the timeout and the kernel's special cases."""
