@@ -163,9 +163,10 @@ def _record(name: str, result: dict[str, object]) -> None:
         Path(out).write_text(json.dumps(data, indent=1))
 
 
-# The emulator agrees with the kernel on this share of random cases; the rest are listed in
-# docs/fidelity.md as open disagreements (the goal is 1.0). Raise the bar as they are fixed.
-AGREEMENT_FLOOR = 0.95
+# The emulator agreed with the kernel on every fixed-seed case when this was last raised
+# (docs/fidelity.md). The floor leaves room for at most five cases disturbed by a loaded machine
+# (a probe's 80 ms deadline missed); a real regression shows in the recorded examples.
+AGREEMENT_FLOOR = 0.995
 
 
 def test_random_cases_fixed_seed(lab):
@@ -181,8 +182,8 @@ def test_random_cases_fresh_seed(lab):
     print(f"fresh seed: {fresh}  (replay: hypothesis seed({fresh}) in _random_run)")
     result = _random_run(lab, 60, fresh)
     _record(f"fresh_seed_{fresh}", result)
-    # 60 cases: at the fixed-seed rate, 3 or more disagreements happen by chance; allow for that.
-    assert result["rate"] >= AGREEMENT_FLOOR - 0.1, (fresh, result)
+    # 60 new cases: allow two (a rare construct the fixed seed never drew, or a disturbed probe).
+    assert result["agreeing"] >= result["cases"] - 2, (fresh, result)
 
 
 def test_verify_command_reports_agreement(tmp_path, lab):

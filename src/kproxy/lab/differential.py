@@ -223,7 +223,9 @@ class EmulatedPeers:
             else:
                 reply = Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
                                length=UDP_LEN + 28)
-            send_back(reply)
+            back = send_back(reply)
+            if from_client:             # (a node's own probe is answered to its open socket)
+                self._closed_local_port(back)
             return True
         if not listening:
             send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
@@ -241,6 +243,16 @@ class EmulatedPeers:
                          length=length, seg=self.segs.for_client(flags))
             results.append(node.receive(pkt, "eth0") if from_client else node.send(pkt))
         return results[0].fate in ("forwarded", "delivered")
+
+
+    def _closed_local_port(self, res: Any) -> None:
+        """A datagram the node's rules turned back to the node itself (REDIRECT, DNAT to a local
+        address) finds no socket there: the node's UDP answers with a port unreachable, as Linux does."""
+        got = res.packet
+        if res.fate != "delivered" or got.proto != UDP or got.dport in self.node_ports:
+            return
+        self.node.send(Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
+                              length=UDP_LEN + 28))
 
 
 def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
