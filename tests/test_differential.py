@@ -268,3 +268,11 @@ def test_masquerade_out_through_loopback_takes_another_devices_address(lab):
     and masqueraded gets the first global address of the node (10.0.1.1 on eth0)."""
     agree(lab, "*nat\n-A OUTPUT -d 10.244.1.3/32 -j REDIRECT\n-A POSTROUTING -s 10.0.2.1/32 -j MASQUERADE\nCOMMIT\n",
           [Probe("tcp", "10.244.1.3", 8080, from_node=True)])
+
+
+def test_a_reply_redirected_to_the_node_itself_meets_a_closed_port(lab):
+    """Regression: the request skipped conntrack, so the node's reply is a NEW flow that nat OUTPUT
+    redirects back to the node, where no socket waits: Linux answers with a port unreachable
+    (RELATED, counted by the mangle rule)."""
+    agree(lab, "*raw\n-A PREROUTING -p udp -j CT --notrack\nCOMMIT\n*nat\n-A OUTPUT -p udp -j REDIRECT\nCOMMIT\n"
+               "*mangle\n-A OUTPUT -m conntrack --ctstate RELATED\nCOMMIT\n", [Probe("udp", "10.0.2.1", 53)])
