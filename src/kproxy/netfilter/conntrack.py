@@ -27,7 +27,7 @@ from kproxy.netfilter.tcp import (  # noqa: F401 - re-exported: conntrack's publ
     tcp_kind,
     tcp_new,
 )
-from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, NF_DROP, RST, TCP, UDP, Packet, format_addr
+from kproxy.packet import ACK, FIN, ICMP, ICMPV6, NF_ACCEPT, NF_DROP, RST, SYN, TCP, UDP, Packet, format_addr
 
 # include/uapi/linux/netfilter/nf_conntrack_common.h: enum ip_conntrack_status bits.
 IPS_EXPECTED = 1 << 0
@@ -57,6 +57,10 @@ ICMP_ERRORS = {3, 4, 5, 11, 12}
 ICMPV6_REPLY_TYPE = {128: 129, 129: 128}
 ICMPV6_ERRORS = {1, 2, 3, 4}
 
+_new_tuple = tuple.__new__
+_PORT_PROTOS = frozenset({TCP, UDP, 132, 136, 33})
+
+
 class Tuple(NamedTuple):
     """A conntrack tuple. For ICMP, ``sport`` is the echo id and ``dport`` is ``type << 8 | code``.
 
@@ -70,26 +74,31 @@ class Tuple(NamedTuple):
     sport: int
     dport: int
 
+    # Built with tuple.__new__ directly: the named tuple's own __new__ is a Python function, and
+    # these are made several times for every new connection.
     @classmethod
     def of(cls, pkt: Packet) -> Tuple:
-        if pkt.proto in (ICMP, ICMPV6):
-            return cls(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.icmp_id, pkt.icmp_type << 8 | pkt.icmp_code)
-        if pkt.proto in (TCP, UDP, 132, 136, 33):
-            return cls(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
-        return cls(pkt.family, pkt.proto, pkt.src, pkt.dst, 0, 0)
+        proto = pkt.proto
+        if proto in _PORT_PROTOS:
+            return _new_tuple(Tuple, (pkt.family, proto, pkt.src, pkt.dst, pkt.sport, pkt.dport))
+        if proto in (ICMP, ICMPV6):
+            return _new_tuple(Tuple, (pkt.family, proto, pkt.src, pkt.dst, pkt.icmp_id,
+                                      pkt.icmp_type << 8 | pkt.icmp_code))
+        return _new_tuple(Tuple, (pkt.family, proto, pkt.src, pkt.dst, 0, 0))
 
     def inverse(self) -> Tuple:
-        if self.proto in (ICMP, ICMPV6):
-            replies = ICMP_REPLY_TYPE if self.proto == ICMP else ICMPV6_REPLY_TYPE
-            itype = replies.get(self.dport >> 8, self.dport >> 8)
-            return Tuple(self.family, self.proto, self.dst, self.src, self.sport, itype << 8 | (self.dport & 0xFF))
-        return Tuple(self.family, self.proto, self.dst, self.src, self.dport, self.sport)
+        family, proto, src, dst, sport, dport = self
+        if proto in (ICMP, ICMPV6):
+            replies = ICMP_REPLY_TYPE if proto == ICMP else ICMPV6_REPLY_TYPE
+            itype = replies.get(dport >> 8, dport >> 8)
+            return _new_tuple(Tuple, (family, proto, dst, src, sport, itype << 8 | (dport & 0xFF)))
+        return _new_tuple(Tuple, (family, proto, dst, src, dport, sport))
 
     def with_src(self, addr: int, port: int) -> Tuple:
-        return Tuple(self.family, self.proto, addr, self.dst, port, self.dport)
+        return _new_tuple(Tuple, (self[0], self[1], addr, self[3], port, self[5]))
 
     def with_dst(self, addr: int, port: int) -> Tuple:
-        return Tuple(self.family, self.proto, self.src, addr, self.sport, port)
+        return _new_tuple(Tuple, (self[0], self[1], self[2], addr, self[4], port))
 
     @property
     def has_ports(self) -> bool:
@@ -177,6 +186,10 @@ def _needs_conntrack(table: Any) -> bool:
             if any(m.name in CT_MATCHES for m in r.matches):
                 return True
     return False
+
+
+_KIND_BITS = SYN | FIN | RST | ACK
+_ESTABLISHED_TIMEOUT = TCP_TIMEOUTS["ESTABLISHED"]
 
 
 class TableFull(Exception):
@@ -401,10 +414,18 @@ class Conntrack:
 
     def _tcp_packet(self, conn: Conn, d: int, pkt: Packet, now: float) -> str:
         """nf_conntrack_tcp_packet: the tracker's verdict, then the timeout and the kernel's special cases."""
-        if conn.tcp is None:
-            conn.tcp = TcpTrack(windowed=False)
+        track = conn.tcp
+        if track is None:
+            track = conn.tcp = TcpTrack(windowed=False)
+        if not track.windowed and conn.tcp_state == "ESTABLISHED" and pkt.tcp_flags & _KIND_BITS == ACK \
+                and conn.status & IPS_ASSURED:
+            # The steady state without window tracking: ESTABLISHED stays ESTABLISHED, the timeout renews.
+            track.last_index, track.last_dir = "ACK", d
+            if not conn.status & IPS_FIXED_TIMEOUT:
+                conn.expires = now + _ESTABLISHED_TIMEOUT
+            return "ok"
         seen_reply = bool(conn.status & IPS_SEEN_REPLY)
-        verdict, new = self.tracker().packet(conn.tcp, conn.tcp_state, d, pkt.tcp_flags, pkt.seg, seen_reply,
+        verdict, new = self.tracker().packet(track, conn.tcp_state, d, pkt.tcp_flags, pkt.seg, seen_reply,
                                              bool(conn.status & IPS_ASSURED))
         if verdict.action == "invalid" and verdict.timeout and not conn.status & IPS_FIXED_TIMEOUT:
             left = conn.expires - now

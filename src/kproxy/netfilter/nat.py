@@ -198,7 +198,7 @@ class Nat:
         while True:
             for _ in range(attempts):
                 p = lo + off % size
-                cand = t._replace(sport=p) if key_src else t._replace(dport=p)
+                cand = t.with_src(t.src, p) if key_src else t.with_dst(t.dst, p)
                 if not self._used(cand, conn):
                     return cand
                 off += 1
@@ -347,7 +347,7 @@ def _best_ips(t: Tuple, rng: NatRange, manip: str) -> Tuple:
         return t
     lo, hi = rng.min_addr or 0, _max_addr(rng)
     if lo == hi:
-        return t._replace(src=lo) if manip == "SRC" else t._replace(dst=lo)
+        return t.with_src(lo, t.sport) if manip == "SRC" else t.with_dst(lo, t.dport)
     last = 0 if t.family == 4 else 3
     src, dst = _chunks(t.src, t.family), _chunks(t.dst, t.family)
     var = src if manip == "SRC" else dst
@@ -365,7 +365,7 @@ def _best_ips(t: Tuple, rng: NatRange, manip: str) -> Tuple:
         if not rng.persistent:
             j ^= _word(dst[i])
     addr = var[0] if t.family == 4 else (var[0] << 96) | (var[1] << 64) | (var[2] << 32) | var[3]
-    return t._replace(src=addr) if manip == "SRC" else t._replace(dst=addr)
+    return t.with_src(addr, t.sport) if manip == "SRC" else t.with_dst(addr, t.dport)
 
 
 def _hp(addr: int, port: int, t: Tuple) -> str:
