@@ -220,6 +220,33 @@ def test_partial_sync_input_does_not_grow_with_other_services(size):
         fresh.backend.node.iptables_save(tables=["nat"]).split("\n", 1)[1]
 
 
+def test_partial_syncs_reuse_the_gathered_rules_and_end_like_a_full_sync():
+    """Endpoint changes touch only the changed Services' entries of the gathered rules; a change of a
+    Service's top-level rules (losing its last endpoint: a REJECT in KUBE-SERVICES of filter) gathers
+    them again. After each step the node holds what a full sync of the same objects writes."""
+    node, proxier = setup()
+    docs = many(6)
+    proxier.sync(objects(*docs))
+    steps = [
+        (1, endpoints("s0", ("10.0.1.1", "node-a"), ("10.0.9.9", "node-b")), True),
+        (3, endpoints("s1", ("10.0.1.7", "node-a")), True),
+        (1, endpoints("s0"), False),                                   # no endpoints left: top-level rules change
+        (1, endpoints("s0", ("10.0.1.2", "node-a")), False),
+    ]
+    for index, doc, reused in steps:
+        gathered = proxier._agg
+        docs[index] = doc
+        result = proxier.sync(objects(*docs))
+        assert not result.full and not result.error
+        assert (proxier._agg.top is gathered.top) == reused
+        _, fresh = setup()
+        expected = fresh.sync(objects(*docs))
+        for table in ("nat", "filter"):
+            assert node.iptables_save(tables=[table]).split("\n", 1)[1] == \
+                fresh.backend.node.iptables_save(tables=[table]).split("\n", 1)[1], (index, table)
+        assert (result.nat_rules, result.filter_rules) == (expected.nat_rules, expected.filter_rules)
+
+
 def test_removed_service_chains_are_deleted():
     node, proxier = setup()
     docs = many(3)

@@ -118,6 +118,24 @@ class SyncResult:
     changed_services: set[str] = field(default_factory=set)
 
 
+@dataclass
+class Aggregate:
+    """All Services' rules gathered for a sync (cached between syncs; never mutated once built)."""
+
+    top: dict[tuple[str, str], list[str]]
+    chains: dict[str, list[str]]
+    no_local: dict[str, int]
+    nat_count: int
+
+
+def _same_top(old: list[tuple[tuple[str, str], ServiceRules]] | None,
+              new: list[tuple[tuple[str, str], ServiceRules]] | None) -> bool:
+    """Whether a Service's ports contribute the same rules to the top-level chains as before."""
+    if not old or not new or len(old) != len(new):
+        return False
+    return all(ko == kn and so.top == sn.top for (ko, so), (kn, sn) in zip(old, new, strict=True))
+
+
 class IptablesProxier:
     """Upstream's iptables proxier over a backend (emulated node or real kernel)."""
 
@@ -139,6 +157,8 @@ class IptablesProxier:
         self._ports: dict[str, dict[tuple[str, str, str], tuple[ServicePortInfo, list[EndpointInfo]]]] = {}
         self._rules: dict[str, list[tuple[tuple[str, str], ServiceRules]]] = {}
         self._order: list[tuple[tuple[str, str], str, int]] | None = None
+        self._agg: Aggregate | None = None
+        self._recomputed: set[str] = set()     # Services whose rules the last refresh rebuilt
         self.last_sync_time: float | None = None
 
     # ---- per service port --------------------------------------------------------------------
@@ -338,6 +358,7 @@ class IptablesProxier:
         dirty = None if full or objs.dirty is None else set(objs.dirty)
         keys = set(objs.services) | set(self._ports) if dirty is None else dirty
         changed: set[str] = set()
+        self._recomputed = set()
         before, after = Snapshot(), Snapshot()
         for key in keys:
             svc = objs.services.get(key)
@@ -354,6 +375,7 @@ class IptablesProxier:
                     after.ports[k], after.endpoints[k] = info, eps
             if set(ports) != set(old or {}):
                 self._order = None
+            self._recomputed.add(key)
             if ports:
                 self._ports[key] = ports
                 self._rules[key] = [((info.name_string, info.protocol), self.service_rules(info, eps))
@@ -393,21 +415,12 @@ class IptablesProxier:
             top[("filter", KUBE_FIREWALL)] = []
         for key, rules in self.fixed_rules().items():
             top[key].extend(rules)
-        service_chains: dict[str, list[str]] = {}
-        no_local = {"internal": 0, "external": 0}
-        nat_count = 0
-        if self._order is None:
-            self._order = sorted((sk, svc_key, i) for svc_key, lst in self._rules.items()
-                                 for i, (sk, _) in enumerate(lst))
-        rules_by_svc = self._rules
-        for _, svc_key, i in self._order:
-            sr = rules_by_svc[svc_key][i][1]
-            for tc, rules in sr.top.items():
-                top[tc].extend(rules)
-            service_chains.setdefault(svc_key, []).extend(sr.chains)
-            no_local["internal"] += sr.no_local_internal
-            no_local["external"] += sr.no_local_external
-            nat_count += len(sr.rules)
+        agg = self._aggregate(full, self._recomputed, saved[2])
+        for tc, rules in agg.top.items():
+            top[tc].extend(rules)
+        service_chains = dict(agg.chains)
+        no_local = dict(agg.no_local)
+        nat_count = agg.nat_count
         top[("nat", KUBE_SERVICES)].extend(self.nodeport_jumps())
 
         text = self._render(full, top, service_chains, changed)
@@ -424,6 +437,7 @@ class IptablesProxier:
             self.need_full = True
             self.last_fp, self._ports, self._rules = saved
             self._order = None
+            self._agg = None
             result.duration = time.perf_counter() - t0
             if self.metrics is not None:
                 self.metrics.restore_failed(partial=not full)
@@ -438,6 +452,52 @@ class IptablesProxier:
         if self.metrics is not None:
             self.metrics.synced(result, no_local)
         return result
+
+    def _aggregate(self, full: bool, recomputed: set[str],
+                   old_rules: dict[str, list[tuple[tuple[str, str], ServiceRules]]]) -> Aggregate:
+        """Every Service's contribution to the top-level chains, its own chains and the counts, in
+        Service order. A partial sync whose changed Services contribute the same top-level rules
+        as before (an endpoint change) updates only their entries: O(changed), not O(Services)."""
+        agg = self._agg
+        if agg is not None and not full and self._order is not None and \
+                all(_same_top(old_rules.get(k), self._rules.get(k)) for k in recomputed):
+            svc_chains = dict(agg.chains)
+            no_local = dict(agg.no_local)
+            nat_count = agg.nat_count
+            for key in recomputed:
+                for _, sr in old_rules.get(key, ()):
+                    no_local["internal"] -= sr.no_local_internal
+                    no_local["external"] -= sr.no_local_external
+                    nat_count -= len(sr.rules)
+                svc_chains.pop(key, None)
+                for _, sr in sorted(self._rules.get(key, ()), key=lambda e: e[0]):
+                    no_local["internal"] += sr.no_local_internal
+                    no_local["external"] += sr.no_local_external
+                    nat_count += len(sr.rules)
+                    svc_chains.setdefault(key, []).extend(sr.chains)
+            self._agg = Aggregate(agg.top, svc_chains, no_local, nat_count)
+            return self._agg
+        if self._order is None:
+            self._order = sorted((sk, svc_key, i) for svc_key, lst in self._rules.items()
+                                 for i, (sk, _) in enumerate(lst))
+        top: dict[tuple[str, str], list[str]] = {}
+        chains: dict[str, list[str]] = {}
+        no_local = {"internal": 0, "external": 0}
+        nat_count = 0
+        rules_by_svc = self._rules
+        for _, svc_key, i in self._order:
+            sr = rules_by_svc[svc_key][i][1]
+            for tc, rules in sr.top.items():
+                if tc in top:
+                    top[tc].extend(rules)
+                else:
+                    top[tc] = list(rules)
+            chains.setdefault(svc_key, []).extend(sr.chains)
+            no_local["internal"] += sr.no_local_internal
+            no_local["external"] += sr.no_local_external
+            nat_count += len(sr.rules)
+        self._agg = Aggregate(top, chains, no_local, nat_count)
+        return self._agg
 
     def _render(self, full: bool, top: dict[tuple[str, str], list[str]], service_chains: dict[str, list[str]],
                 changed: set[str]) -> str:
