@@ -81,8 +81,9 @@ def restore_time(rules: int) -> tuple[float, int, float]:
     """Seconds to restore a dump of about ``rules`` rules, its rule count, and seconds to compile all of it."""
     from kproxy.iptables.evaluator import compile_rule
 
-    services = rules // 9 + 1
-    text = nat_ruleset(services)
+    per_service = nat_ruleset(2).count("\n-A ") - nat_ruleset(1).count("\n-A ")
+    fixed = nat_ruleset(1).count("\n-A ") - per_service
+    text = nat_ruleset(max(1, round((rules - fixed) / per_service)))
     node = worker()
     t0 = time.perf_counter()
     node.iptables_restore(text)
