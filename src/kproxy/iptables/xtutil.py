@@ -67,19 +67,6 @@ def parse_port(text: str, proto: int = 6) -> int:
     return port
 
 
-def parse_port_range(text: str, proto: int = 6) -> tuple[int, int]:
-    """``80``, ``1:1024``, ``1024:`` or ``:1024``."""
-    if ":" not in text:
-        p = parse_port(text, proto)
-        return p, p
-    lo_s, hi_s = text.split(":", 1)
-    lo = parse_port(lo_s, proto) if lo_s else 0
-    hi = parse_port(hi_s, proto) if hi_s else 65535
-    if lo > hi:
-        raise ExtensionError("invalid portrange (min > max) specified")
-    return lo, hi
-
-
 def port_name(port: int, proto: int, numeric: bool) -> str:
     if numeric:
         return str(port)
