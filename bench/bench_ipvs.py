@@ -2,8 +2,9 @@
 
 New connections are SYNs from a pod to random virtual services (lookup, scheduling, masquerade,
 re-injection through LOCAL_OUT/POSTROUTING); established packets are ACKs of existing
-connections. Each rate is the best of --rounds batches (fresh connections every batch), as timeit
-takes the fastest run; prints the cost ratio of the largest size to the smallest, measured in one run.
+connections. Each size is measured in a fresh interpreter (no size inherits another's heap), each
+rate is the best of --rounds batches (fresh connections every batch), as timeit takes the fastest
+run; prints the cost ratio of the largest size to the smallest, measured in one run.
 
     .venv/bin/python bench/bench_ipvs.py
 """
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import random
+import subprocess
+import sys
 import time
 
 from kproxy.ipvs.ipvs import Dest, VirtualService
@@ -39,7 +43,7 @@ def build(services: int) -> Node:
     return node
 
 
-def measure(services: int, new: int, est: int, rounds: int) -> tuple[float, float]:
+def measure(services: int, new: int, est: int, rounds: int, active: int = 0) -> tuple[float, float]:
     """Best of ``rounds`` batches for each kind of packet (timeit's rule: the fastest batch is the one
     least disturbed by the rest of the machine); every batch opens ``new`` fresh connections."""
     node = build(services)
@@ -48,7 +52,10 @@ def measure(services: int, new: int, est: int, rounds: int) -> tuple[float, floa
     new_rates, est_rates = [], []
     for r in range(rounds):
         pod = parse_addr(f"10.244.{9 + r}.5")[1]
-        targets = [parse_addr(vip(rng.randrange(services)))[1] for _ in range(new)]
+        # New connections go to any of the services; the first 1,000 (the established flows) go to
+        # ``active`` services, so every size can carry the same established traffic.
+        spread = [services if i >= 1000 or not active else min(active, services) for i in range(new)]
+        targets = [parse_addr(vip(rng.randrange(spread[i])))[1] for i in range(new)]
         pkts = [Packet(src=pod + i // 60000, dst=targets[i], proto=6, sport=1024 + i % 60000, dport=80,
                        tcp_flags=SYN) for i in range(new)]
         gc.collect()
@@ -77,14 +84,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--new", type=int, default=10000)
-    ap.add_argument("--est", type=int, default=30000)
+    ap.add_argument("--est", type=int, default=60000)
     ap.add_argument("--rounds", type=int, default=5, help="batches per size; the best one counts")
+    ap.add_argument("--active", type=int, default=0,
+                    help="established flows go to this many services at every size (0: to any service)")
+    ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)   # a child: measure one size
     args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.new, args.est, args.rounds, args.active)))
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     rates = {}
     print(f"{'services':>9} {'new conn/s':>12} {'established pkt/s':>18}")
     for n in sizes:
-        rates[n] = measure(n, args.new, args.est, args.rounds)
+        # Each size in a fresh interpreter, so no size inherits the heap another one left behind.
+        child = subprocess.run([sys.executable, __file__, "--one", str(n), "--new", str(args.new), "--est",
+                                str(args.est), "--rounds", str(args.rounds), "--active", str(args.active)],
+                               capture_output=True, text=True, check=True)
+        rates[n] = tuple(json.loads(child.stdout))
         print(f"{n:>9} {rates[n][0]:>12,.0f} {rates[n][1]:>18,.0f}")
     lo, hi = sizes[0], sizes[-1]
     print(f"cost ratio {hi} / {lo}: new {rates[lo][0] / rates[hi][0]:.2f}, established {rates[lo][1] / rates[hi][1]:.2f}")
