@@ -78,7 +78,8 @@ def verify_cmd(ruleset: str, packets_file: str | None, legacy: bool) -> None:
         except HarnessError as exc:
             click.echo(f"kproxy verify: this kernel refuses the ruleset (a missing feature?): {exc}", err=True)
             sys.exit(2)
-        emulated = run_emulator(case, [o.sport for o in observations], lab)
+        emulated = run_emulator(case, [o.sport for o in observations], lab,
+                                segments=[o.segments for o in observations])
     diffs = compare(case, kernel, emulated)
     click.echo(f"{'probe':<40} {'kernel':<28} {'emulator':<28}")
     for i, p in enumerate(probes):
