@@ -26,12 +26,12 @@ def format_count(n: int, exact: bool) -> str:
     return f"{n:4d}T "  # pragma: no cover
 
 
-def _addr(net: Net | None, inv: bool, numeric: bool) -> str:
+def _addr(net: Net | None, inv: bool, numeric: bool, family: int = 4) -> str:
     if net is None or net.prefixlen == 0:
         if not numeric:
             text = "anywhere"
         else:
-            text = "0.0.0.0/0" if (net is None or net.family == 4) else "::/0"
+            text = "0.0.0.0/0" if (net.family if net is not None else family) == 4 else "::/0"
     else:
         text = format_addr(net.addr, net.family)
         if net.prefixlen != net.bits:
@@ -67,7 +67,7 @@ def _target_name(rule: Rule) -> str:
     return ""
 
 
-def rule_line(rule: Rule, num: int, c: Command) -> str:
+def rule_line(rule: Rule, num: int, c: Command, family: int = 4) -> str:
     parts = []
     if c.line_numbers:
         parts.append(f"{num:<4} ")
@@ -81,8 +81,8 @@ def rule_line(rule: Rule, num: int, c: Command) -> str:
     if c.verbose:
         parts.append(f" {_iface(rule.iif, rule.iif_inv, c.numeric):<6} ")
         parts.append(f"{_iface(rule.oif, rule.oif_inv, c.numeric):<6} ")
-    parts.append(_addr(rule.src, rule.src_inv, c.numeric))
-    parts.append(_addr(rule.dst, rule.dst_inv, c.numeric))
+    parts.append(_addr(rule.src, rule.src_inv, c.numeric, family))
+    parts.append(_addr(rule.dst, rule.dst_inv, c.numeric, family))
     if rule.goto:
         parts.append("[goto] ")
     for m in rule.matches:
@@ -116,9 +116,10 @@ def list_table(table: Table, c: Command) -> str:
         for i, r in enumerate(chain.rules, 1):
             if c.rulenum and i != c.rulenum:
                 continue
-            lines.append(rule_line(r, i, c))
+            lines.append(rule_line(r, i, c, table.family))
         if c.rulenum:
-            return rule_line(chain.rules[c.rulenum - 1], c.rulenum, c) + "\n" if c.rulenum <= len(chain.rules) else ""
+            return rule_line(chain.rules[c.rulenum - 1], c.rulenum, c, table.family) + "\n" \
+                if c.rulenum <= len(chain.rules) else ""
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
 
