@@ -276,3 +276,26 @@ def test_a_reply_redirected_to_the_node_itself_meets_a_closed_port(lab):
     (RELATED, counted by the mangle rule)."""
     agree(lab, "*raw\n-A PREROUTING -p udp -j CT --notrack\nCOMMIT\n*nat\n-A OUTPUT -p udp -j REDIRECT\nCOMMIT\n"
                "*mangle\n-A OUTPUT -m conntrack --ctstate RELATED\nCOMMIT\n", [Probe("udp", "10.0.2.1", 53)])
+
+
+def test_a_rejected_handshake_ack_fails_the_connect(lab):
+    """Regression: the client's ACK is rejected with an ICMP error; a connect with a timeout reads
+    SO_ERROR, which reports it, so the sender sees the connection refused."""
+    agree(lab, "*filter\n-A INPUT -p tcp -m conntrack --ctstate ESTABLISHED -j REJECT\nCOMMIT\n",
+          [Probe("tcp", "10.0.1.1", 8080)])
+
+
+def test_a_datagram_refused_on_its_way_out_fails_the_send(lab):
+    """Regression: a UDP datagram the node's OUTPUT rejects makes its own send() fail (EPERM); the
+    ICMP error that follows is never read, so the sender sees nothing come back."""
+    agree(lab, "*filter\n-A OUTPUT -p udp -m conntrack --ctstate NEW -j REJECT\nCOMMIT\n",
+          [Probe("udp", "10.0.2.1", 53, from_node=True)])
+
+
+def test_a_syn_ack_that_skips_conntrack_is_reset_by_the_sender(lab):
+    """Regression: raw PREROUTING runs before conntrack, so --ctstate INVALID matches every packet
+    there; the untracked SYN-ACK keeps the DNATed address, no socket expects it, and the sender's
+    TCP answers with a reset."""
+    agree(lab, "*raw\n-A PREROUTING -m conntrack --ctstate INVALID -j CT --notrack\nCOMMIT\n*nat\n"
+               "-A OUTPUT -d 10.96.0.10/32 -p tcp -j DNAT --to-destination 10.244.1.3:8080\nCOMMIT\n*filter\n"
+               "-A OUTPUT -p tcp\nCOMMIT\n", [Probe("tcp", "10.96.0.10", 8080, from_node=True)])

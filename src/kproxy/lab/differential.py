@@ -176,6 +176,7 @@ class EmulatedPeers:
         self.udp_ports = set(lab.listen_udp) if lab else {53, 5353, 8080}
         self.node_ports = set(lab.node_ports) if lab else {53, 80, 443, 5353, 8080, 9999}
         self.segs = Segments(None)
+        self.peer: tuple[int, int] = (0, 0)
 
     def probe(self, p: Probe, sport: int, segments: Segments | None = None) -> tuple[str, str]:
         """Play one probe; return (fate, arrival at the sink)."""
@@ -187,6 +188,7 @@ class EmulatedPeers:
                             length=SYN_LEN if proto == TCP else UDP_LEN)
         if proto == TCP:
             first.seg = self.segs.for_syn()
+        self.peer = (first.dst, first.dport)        # what the sender's socket is connected to
         if p.from_node:
             first.src = 0
             res = node.send(first)
@@ -194,11 +196,12 @@ class EmulatedPeers:
             res = node.receive(first, "eth0")
         sent = res.packet
         if res.fate == "rejected":
+            if p.from_node and proto == UDP and res.hook in ("OUTPUT", "POSTROUTING"):
+                # Refused on its way out: the node's own send() fails with EPERM, and the ICMP error
+                # that follows is never read (a TCP connect, by contrast, waits and sees it).
+                return "dropped", ""
             # Seen from the sender: rejected only if the ICMP error or reset reaches it.
-            answer = res.extra.get("reply")
-            reached = answer is not None and (answer.fate == "delivered" if p.from_node else
-                                              answer.fate == "forwarded" and answer.out_dev == "eth0")
-            return ("rejected" if reached else "dropped"), ""
+            return ("rejected" if _answer_reached(res, p.from_node) else "dropped"), ""
         if res.fate == "dropped":
             return "dropped", ""
         if res.fate == "forwarded" and res.out_dev == "eth1":
@@ -206,13 +209,18 @@ class EmulatedPeers:
             self._answer(sent, lambda pkt: node.receive(pkt, "eth1"), from_client=not p.from_node)
             return "forwarded", arrival
         if res.fate == "delivered":
-            accepted = self._answer(sent, node.send, from_client=not p.from_node, local=True)
-            # What a program sees: a TCP server gets a connection only if the handshake completes.
-            return ("delivered" if accepted or proto == UDP else "dropped"), ""
+            outcome = self._answer(sent, node.send, from_client=not p.from_node, local=True)
+            # What a program sees: a TCP server gets a connection only if the handshake completes; the
+            # client's connect fails if its ACK was rejected and the answer came back (a connect with a
+            # timeout reads SO_ERROR, which reports the ICMP error or reset).
+            if proto == UDP or outcome == "accepted":
+                return "delivered", ""
+            return ("rejected" if outcome == "rejected" else "dropped"), ""
         return res.fate, ""
 
-    def _answer(self, got: Packet, send_back: Any, from_client: bool, local: bool = False) -> bool:
-        """The receiving end's answer, and the client's next packets, through the node."""
+    def _answer(self, got: Packet, send_back: Any, from_client: bool, local: bool = False) -> str:
+        """The receiving end's answer, and the client's next packets, through the node: whether the
+        client's ACK was ``accepted``, ``rejected`` (and the answer reached the client) or ``dropped``."""
         node = self.node
         proto = got.proto
         ports = self.node_ports if local else (self.tcp_ports if proto == TCP else self.udp_ports)
@@ -226,24 +234,37 @@ class EmulatedPeers:
             back = send_back(reply)
             if from_client:             # (a node's own probe is answered to its open socket)
                 self._closed_local_port(back)
-            return True
+            return "accepted"
         if not listening:
             send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
                              tcp_flags=RST | ACK, length=RST_LEN, seg=self.segs.for_reset_to_syn()))
-            return False
+            return "dropped"
         synack = Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport, tcp_flags=SYN | ACK,
                         length=SYN_LEN, seg=self.segs.for_synack())
         back = send_back(synack)
         if back.fate not in ("forwarded", "delivered"):
-            return False
+            return "dropped"
         orig = back.packet          # as the client sees the answer: the client's next packets go the other way
+        if (orig.src, orig.sport) != self.peer:
+            # Not un-NATed (its reply skipped conntrack, say): no socket is connected to that address,
+            # so the sender's TCP answers with a reset and the connection never completes.
+            seg = None if synack.seg is None else TcpSeg(synack.seg.ack)
+            reset = Packet(src=orig.dst, dst=orig.src, proto=TCP, sport=orig.dport, dport=orig.sport, tcp_flags=RST,
+                           length=RST_LEN, seg=seg)
+            if from_client:
+                node.receive(reset, "eth0")
+            else:
+                node.send(reset)
+            return "dropped"
         results = []
         for flags, length in ((ACK, ACK_LEN), (RST | ACK, RST_LEN)):
             pkt = Packet(src=orig.dst, dst=orig.src, proto=TCP, sport=orig.dport, dport=orig.sport, tcp_flags=flags,
                          length=length, seg=self.segs.for_client(flags))
             results.append(node.receive(pkt, "eth0") if from_client else node.send(pkt))
-        return results[0].fate in ("forwarded", "delivered")
-
+        ack = results[0]
+        if ack.fate in ("forwarded", "delivered"):
+            return "accepted"
+        return "rejected" if ack.fate == "rejected" and _answer_reached(ack, not from_client) else "dropped"
 
     def _closed_local_port(self, res: Any) -> None:
         """A datagram the node's rules turned back to the node itself (REDIRECT, DNAT to a local
@@ -253,6 +274,15 @@ class EmulatedPeers:
             return
         self.node.send(Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
                               length=UDP_LEN + 28))
+
+
+def _answer_reached(res: Any, from_node: bool) -> bool:
+    """Whether REJECT's ICMP error or reset made it back to the sender (the node's own socket, or
+    out of eth0 to the client)."""
+    answer = res.extra.get("reply")
+    if answer is None:
+        return False
+    return answer.fate == "delivered" if from_node else answer.fate == "forwarded" and answer.out_dev == "eth0"
 
 
 def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
