@@ -299,3 +299,18 @@ def test_a_syn_ack_that_skips_conntrack_is_reset_by_the_sender(lab):
     agree(lab, "*raw\n-A PREROUTING -m conntrack --ctstate INVALID -j CT --notrack\nCOMMIT\n*nat\n"
                "-A OUTPUT -d 10.96.0.10/32 -p tcp -j DNAT --to-destination 10.244.1.3:8080\nCOMMIT\n*filter\n"
                "-A OUTPUT -p tcp\nCOMMIT\n", [Probe("tcp", "10.96.0.10", 8080, from_node=True)])
+
+
+def test_rejects_reset_runs_the_nat_chains_its_connection_never_reached(lab):
+    """Regression: a SYN rejected in INPUT never reached nat INPUT, so the reset REJECT sends is
+    RELATED to a connection without a source binding: nat POSTROUTING runs for it (nf_nat_inet_fn
+    treats RELATED like NEW; only ICMP errors are translated instead)."""
+    agree(lab, "*nat\n-A POSTROUTING -d 10.0.1.2/32 -j RETURN\n-A POSTROUTING -o eth1 -p udp -j MASQUERADE\nCOMMIT\n"
+               "*filter\n-A INPUT -p tcp -j REJECT --reject-with tcp-reset\nCOMMIT\n", [Probe("tcp", "10.0.1.1", 8080)])
+
+
+def test_a_reply_that_nat_sends_to_the_sink_is_seen_there(lab):
+    """Regression: the request skipped conntrack, so the node's reply is a NEW flow that nat OUTPUT
+    DNATs towards the sink: the sink sees it (and answers with a port unreachable)."""
+    agree(lab, "*raw\n-A PREROUTING -j CT --notrack\nCOMMIT\n*nat\n-A OUTPUT -j DNAT --to-destination 10.244.1.3\n"
+               "COMMIT\n", [Probe("udp", "10.0.2.1", 8080)])

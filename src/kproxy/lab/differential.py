@@ -177,6 +177,7 @@ class EmulatedPeers:
         self.node_ports = set(lab.node_ports) if lab else {53, 80, 443, 5353, 8080, 9999}
         self.segs = Segments(None)
         self.peer: tuple[int, int] = (0, 0)
+        self.sink_saw: Packet | None = None
 
     def probe(self, p: Probe, sport: int, segments: Segments | None = None) -> tuple[str, str]:
         """Play one probe; return (fate, arrival at the sink)."""
@@ -189,6 +190,7 @@ class EmulatedPeers:
         if proto == TCP:
             first.seg = self.segs.for_syn()
         self.peer = (first.dst, first.dport)        # what the sender's socket is connected to
+        self.sink_saw = None
         if p.from_node:
             first.src = 0
             res = node.send(first)
@@ -213,6 +215,9 @@ class EmulatedPeers:
             # What a program sees: a TCP server gets a connection only if the handshake completes; the
             # client's connect fails if its ACK was rejected and the answer came back (a connect with a
             # timeout reads SO_ERROR, which reports the ICMP error or reset).
+            if self.sink_saw is not None:       # the lab judges by what reached the sink first
+                seen = self.sink_saw
+                return "forwarded", f"{seen.src_str}:{seen.sport} -> {seen.dst_str}:{seen.dport}"
             if proto == UDP or outcome == "accepted":
                 return "delivered", ""
             return ("rejected" if outcome == "rejected" else "dropped"), ""
@@ -234,6 +239,8 @@ class EmulatedPeers:
             back = send_back(reply)
             if from_client:             # (a node's own probe is answered to its open socket)
                 self._closed_local_port(back)
+            if local and back.fate == "forwarded" and back.out_dev == "eth1":
+                self._misdirected_to_sink(back.packet)
             return "accepted"
         if not listening:
             send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
@@ -265,6 +272,19 @@ class EmulatedPeers:
         if ack.fate in ("forwarded", "delivered"):
             return "accepted"
         return "rejected" if ack.fate == "rejected" and _answer_reached(ack, not from_client) else "dropped"
+
+    def _misdirected_to_sink(self, got: Packet) -> None:
+        """The node's answer was sent towards the sink (a nat rule took it there): the lab's sink
+        sniffer sees it, so the kernel side counts the probe as forwarded; the sink answers a datagram
+        for a port nobody listens on with a port unreachable."""
+        if self.sink_saw is None:
+            self.sink_saw = got
+        if got.dport in self.udp_ports:
+            answer = Packet(src=got.dst, dst=got.src, proto=UDP, sport=got.dport, dport=got.sport, length=UDP_LEN)
+        else:
+            answer = Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
+                            length=UDP_LEN + 28)
+        self.node.receive(answer, "eth1")
 
     def _closed_local_port(self, res: Any) -> None:
         """A datagram the node's rules turned back to the node itself (REDIRECT, DNAT to a local

@@ -89,11 +89,12 @@ class Nat:
             conn = pkt.ct
             if conn is None or pkt.ctstate in ("INVALID", "UNTRACKED"):
                 return NF_ACCEPT
-            if pkt.ctstate == "RELATED":
-                return self._related(pkt, conn, manip)
-            # IP_CT_NEW without a binding of this kind: run the chains (a confirmed flow that began
-            # before any NAT rule existed runs them on every NEW packet, but can no longer be bound).
-            if pkt.ctstate == "NEW" and not conn.nat_done(manip):
+            if pkt.ctstate == "RELATED" and pkt.proto in (ICMP, ICMPV6):
+                return self._related(pkt, conn, manip)      # nf_nat_icmp_reply_translation
+            # IP_CT_NEW (or RELATED, e.g. REJECT's reset) without a binding of this kind: run the chains
+            # (a confirmed flow that began before any NAT rule existed runs them on every NEW packet,
+            # but can no longer be bound).
+            if pkt.ctstate in ("NEW", "RELATED") and not conn.nat_done(manip):
                 for _, _, _, fn in self._lookups.get(key, ()):
                     verdict = fn(pkt, state)
                     if verdict != NF_ACCEPT:
