@@ -178,12 +178,14 @@ def test_random_cases_fixed_seed(lab):
 
 
 def test_random_cases_fresh_seed(lab):
-    fresh = random.SystemRandom().randrange(2**32)
-    print(f"fresh seed: {fresh}  (replay: hypothesis seed({fresh}) in _random_run)")
-    result = _random_run(lab, 60, fresh)
+    """A new seed each run (``KPROXY_SEED`` replays one, ``KPROXY_FRESH_CASES`` sets how many cases)."""
+    fresh = int(os.environ.get("KPROXY_SEED") or random.SystemRandom().randrange(2**32))
+    count = int(os.environ.get("KPROXY_FRESH_CASES", "60"))
+    print(f"fresh seed: {fresh}  (replay: KPROXY_SEED={fresh} KPROXY_FRESH_CASES={count})")
+    result = _random_run(lab, count, fresh)
     _record(f"fresh_seed_{fresh}", result)
-    # 60 new cases: allow two (a rare construct the fixed seed never drew, or a disturbed probe).
-    assert result["agreeing"] >= result["cases"] - 2, (fresh, result)
+    # New cases: allow one in thirty (a rare construct the fixed seed never drew, or a disturbed probe).
+    assert result["agreeing"] >= result["cases"] - max(2, result["cases"] // 30), (fresh, result)
 
 
 def test_verify_command_reports_agreement(tmp_path, lab):
