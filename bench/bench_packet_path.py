@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -100,7 +102,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--new", type=int, default=20000, help="new connections per size")
     ap.add_argument("--est", type=int, default=50000, help="established packets per size")
+    ap.add_argument("--restore-only", type=int, default=0, help=argparse.SUPPRESS)   # a child: time one restore
     args = ap.parse_args()
+    if args.restore_only:
+        print(json.dumps(restore_time(args.restore_only)))
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     results = {}
     print(f"{'services':>9} {'new conn/s':>12} {'established pkt/s':>18}")
@@ -111,9 +117,13 @@ def main() -> None:
     lo, hi = sizes[0], sizes[-1]
     print(f"cost ratio {hi} / {lo}: new {results[lo][0] / results[hi][0]:.2f}, "
           f"established {results[lo][1] / results[hi][1]:.2f}")
-    secs, count, compile_secs = restore_time(100_000)
-    print(f"iptables-restore of {count:,} rules: {secs:.2f} s (compiling all of them, lazily done per rule: "
-          f"{compile_secs:.2f} s)")
+    # The restore runs in a fresh interpreter, as a user's `kproxy iptables-restore` does: one that has
+    # already grown its heap (above) restores the same dump about 20% faster.
+    child = subprocess.run([sys.executable, __file__, "--restore-only", "100000"], capture_output=True, text=True,
+                           check=True)
+    secs, count, compile_secs = json.loads(child.stdout)
+    print(f"iptables-restore of {count:,} rules (fresh interpreter): {secs:.2f} s (compiling all of them, lazily "
+          f"done per rule: {compile_secs:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -134,13 +134,22 @@ class OptSpec:
     also: tuple[str, ...] = ()    # names of options it requires
 
 
+# Each extension's option table, by name and alias (built once per table: restores parse many rules).
+_LOOKUPS: dict[int, tuple[list[OptSpec], dict[str, OptSpec]]] = {}
+
+
 def xtopt_parse(ext: str, specs: list[OptSpec], opts: list[Opt],
                 parse: Callable[[OptSpec, Opt], None]) -> set[str]:
     """The per-option checks (once, invertible) and then the extension's parse; returns the names seen."""
-    lookup = {alias: s for s in specs for alias in (s.name, *s.aliases)}
+    lookup = _LOOKUPS.get(id(specs))
+    if lookup is None or lookup[0] is not specs:
+        if len(_LOOKUPS) > 256:
+            _LOOKUPS.clear()        # option tables are module constants: this only guards against misuse
+        lookup = _LOOKUPS[id(specs)] = (specs, {alias: s for s in specs for alias in (s.name, *s.aliases)})
+    names = lookup[1]
     seen: set[str] = set()
     for o in opts:
-        spec = lookup[o.name]
+        spec = names[o.name]
         if spec.name in seen:
             raise ExtensionError(f"{ext}: option \"--{spec.name}\" can only be used once.\n")
         if o.invert and not spec.invert:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, ClassVar
 
 from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
 from kproxy.iptables.xtutil import OptSpec, c_strtoul, service_port, xtopt_fcheck, xtopt_parse
@@ -149,13 +149,23 @@ class _Nat(Target):
     TABLES = ("nat",)
     KIND = "DST"
     OPT = "to-destination"
+    _SPECS: ClassVar[list[OptSpec] | None] = None     # per subclass, built on first use
 
     def __init__(self, rng: NatRange, family: int) -> None:
         self.range, self.family = rng, family
 
     @classmethod
+    def specs(cls) -> list[OptSpec]:
+        """This target's option table (built once per class)."""
+        got: list[OptSpec] | None = cls.__dict__.get("_SPECS")
+        if got is None:
+            got = [OptSpec(cls.OPT, mand=True), *(OptSpec(n) for n in cls.OPTIONS if n != cls.OPT)]
+            cls._SPECS = got
+        return got
+
+    @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> _Nat:
-        specs = [OptSpec(cls.OPT, mand=True), *(OptSpec(n) for n in cls.OPTIONS if n != cls.OPT)]
+        specs = cls.specs()
         ranges: list[NatRange] = []
 
         def parse(spec: OptSpec, o: Opt) -> None:
@@ -202,6 +212,8 @@ class MasqueradeTarget(Target):
     HOOKS = ("POSTROUTING",)
     OPTIONS = {"to-ports": 1, "random": 0, "random-fully": 0}
 
+    _SPECS: ClassVar[list[OptSpec] | None] = None
+
     def __init__(self, rng: NatRange) -> None:
         self.range = rng
 
@@ -213,7 +225,10 @@ class MasqueradeTarget(Target):
             if spec.name == "to-ports":
                 ports.append(parse_to_ports(o.values[0], rule))
 
-        xtopt_parse(cls.name, [OptSpec(n) for n in cls.OPTIONS], opts, parse)
+        specs: list[OptSpec] | None = cls.__dict__.get("_SPECS")
+        if specs is None:
+            specs = cls._SPECS = [OptSpec(n) for n in cls.OPTIONS]
+        xtopt_parse(cls.name, specs, opts, parse)
         lo, hi = ports[0] if ports else (None, None)
         return cls(_with_flags(NatRange(None, None, lo, hi), opts))
 
