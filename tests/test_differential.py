@@ -316,3 +316,10 @@ def test_a_reply_that_nat_sends_to_the_sink_is_seen_there(lab):
     DNATs towards the sink: the sink sees it (and answers with a port unreachable)."""
     agree(lab, "*raw\n-A PREROUTING -j CT --notrack\nCOMMIT\n*nat\n-A OUTPUT -j DNAT --to-destination 10.244.1.3\n"
                "COMMIT\n", [Probe("udp", "10.0.2.1", 8080)])
+
+
+def test_a_syn_ack_left_masqueraded_is_reset_by_the_node_itself(lab):
+    """Regression: the SYN-ACK skips conntrack, so it is not un-masqueraded and reaches the node's own
+    address, where no socket waits: the node's TCP (not the client's) answers with a reset."""
+    agree(lab, "*raw\n-A PREROUTING -s 10.96.0.10/32 -j CT --notrack\n-A OUTPUT -j CT --notrack\nCOMMIT\n"
+               "*nat\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n", [Probe("tcp", "10.96.0.10", 53)])

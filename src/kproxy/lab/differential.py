@@ -252,15 +252,17 @@ class EmulatedPeers:
         if back.fate not in ("forwarded", "delivered"):
             return "dropped"
         orig = back.packet          # as the client sees the answer: the client's next packets go the other way
-        if (orig.src, orig.sport) != self.peer:
+        to_client = back.fate == "forwarded" and back.out_dev == "eth0"
+        if (orig.src, orig.sport) != self.peer or (from_client and back.fate == "delivered"):
             # Not un-NATed (its reply skipped conntrack, say): no socket is connected to that address,
-            # so the sender's TCP answers with a reset and the connection never completes.
+            # so the TCP that got it (the client's, or the node's own) answers with a reset, and the
+            # connection never completes.
             seg = None if synack.seg is None else TcpSeg(synack.seg.ack)
             reset = Packet(src=orig.dst, dst=orig.src, proto=TCP, sport=orig.dport, dport=orig.sport, tcp_flags=RST,
                            length=RST_LEN, seg=seg)
-            if from_client:
+            if to_client:
                 node.receive(reset, "eth0")
-            else:
+            elif back.fate == "delivered":
                 node.send(reset)
             return "dropped"
         results = []
