@@ -162,6 +162,12 @@ def _long_name(tok: str) -> str:
     return tok[2:] if tok.startswith("--") else tok[1:]
 
 
+def _once(seen: set[str], key: str, flag: str) -> None:
+    if key in seen:
+        raise ParameterProblem(f"multiple {flag} flags not allowed")
+    seen.add(key)
+
+
 def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                   default_table: str = "filter") -> Command:
     """Parse one iptables invocation (without the program name); raise ParameterProblem."""
@@ -175,19 +181,8 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
     addrs: dict[str, list[Net]] = {}
     i = 0
     n = len(argv)
-
-    def value(opt: str) -> str:
-        nonlocal i
-        i += 1
-        if i >= n:
-            raise ParameterProblem(f"option \"{opt}\" requires an argument")
-        return argv[i]
-
-    def once(key: str, flag: str) -> None:
-        if key in seen:
-            raise ParameterProblem(f"multiple {flag} flags not allowed")
-        seen.add(key)
-
+    # (No closures over i or seen here: a closure would turn them into cell variables, slower on
+    # every access in this loop, which runs for every rule of a restore.)
     while i < n:
         tok = argv[i]
         if tok == "!":
@@ -210,15 +205,21 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
         core = CORE.get(tok)
         if core is not None:
             key, takes = core
-            val = value(tok) if takes else ""
+            if takes:
+                i += 1
+                if i >= n:
+                    raise ParameterProblem(f"option \"{tok}\" requires an argument")
+                val = argv[i]
+            else:
+                val = ""
             if key in ("s", "d"):
-                once(key, "-" + key)
+                _once(seen, key, "-" + key)
                 nets = parse_nets(val, family)
                 if not (len(nets) == 1 and nets[0].prefixlen == 0 and not invert):
                     addrs[key] = nets
                 setattr(rule, f"{'src' if key == 's' else 'dst'}_inv", invert)
             elif key in ("i", "o"):
-                once(key, "-" + key)
+                _once(seen, key, "-" + key)
                 if len(val) >= IFNAMSIZ:
                     raise ParameterProblem(f"interface name `{val}' must be shorter than {IFNAMSIZ} characters")
                 if key == "i":
@@ -226,13 +227,13 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 else:
                     rule.oif, rule.oif_inv = val, invert
             elif key == "p":
-                once(key, "-p")
+                _once(seen, key, "-p")
                 rule.proto = parse_protocol(val, family)
                 rule.proto_inv = invert
                 if rule.proto == 0 and invert:
                     raise ParameterProblem("rule would never match protocol")
             elif key == "f":
-                once(key, "-f")
+                _once(seen, key, "-f")
                 rule.fragment = not invert
             elif key in ("j", "g"):
                 if "j" in seen or "g" in seen:
@@ -379,7 +380,7 @@ _SHARED_MAX = 200_000
 def _extension(slot: _ExtSlot, family: int, rule: Rule) -> Any:
     if not getattr(slot.cls, "SHAREABLE", False):
         return slot.cls.from_options(slot.opts, family, rule)
-    key = (slot.cls, family, rule.proto, rule.proto_inv, tuple((o.name, tuple(o.values), o.invert) for o in slot.opts))
+    key = (slot.cls, family, rule.proto, rule.proto_inv, tuple([(o.name, *o.values, o.invert) for o in slot.opts]))
     ext = _SHARED.get(key)
     if ext is None:
         if len(_SHARED) >= _SHARED_MAX:

@@ -23,6 +23,8 @@ class CommentMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> CommentMatch:
+        if len(opts) == 1 and not opts[0].invert:      # the usual single --comment: nothing to check
+            return cls(truncate(opts[0].values[0], MAX_COMMENT - 1))
         texts: list[str] = []
         seen = xtopt_parse("comment", OPTS, opts, lambda spec, o: texts.append(o.values[0]))
         xtopt_fcheck("comment", OPTS, seen)

@@ -64,6 +64,14 @@ def _need_ports(rule: Any) -> None:
 
 
 def _ipv4(text: str) -> int:
+    """A dotted quad, as strict as ipaddress.IPv4Address (no leading zeros), with a quick path for the
+    plain form every DNAT of a kube-proxy dump uses."""
+    parts = text.split(".")
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0")
+                               for p in parts):
+        a, b, c, d = (int(p) for p in parts)
+        if a < 256 and b < 256 and c < 256 and d < 256:
+            return a << 24 | b << 16 | c << 8 | d
     try:
         return int(ipaddress.IPv4Address(text))
     except ValueError:
