@@ -323,3 +323,11 @@ def test_a_syn_ack_left_masqueraded_is_reset_by_the_node_itself(lab):
     address, where no socket waits: the node's TCP (not the client's) answers with a reset."""
     agree(lab, "*raw\n-A PREROUTING -s 10.96.0.10/32 -j CT --notrack\n-A OUTPUT -j CT --notrack\nCOMMIT\n"
                "*nat\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n", [Probe("tcp", "10.96.0.10", 53)])
+
+
+def test_a_reply_from_an_unexpected_address_is_refused_by_the_sender(lab):
+    """Regression: the request skipped conntrack, so the node's reply is a NEW flow that nat SNATs to
+    another of the node's addresses; the client's connected socket does not take it, and the client's
+    UDP answers with a port unreachable that reaches the node's INPUT."""
+    agree(lab, "*raw\n-A PREROUTING -j CT --notrack\nCOMMIT\n*nat\n-A POSTROUTING -s 10.0.1.1/32 -p udp -j SNAT "
+               "--to-source 10.0.2.1\nCOMMIT\n*filter\n-A INPUT -p icmp\nCOMMIT\n", [Probe("udp", "10.0.1.1", 9999)])

@@ -239,6 +239,8 @@ class EmulatedPeers:
             back = send_back(reply)
             if from_client:             # (a node's own probe is answered to its open socket)
                 self._closed_local_port(back)
+            if listening:
+                self._misaddressed_datagram(back, from_client)
             if local and back.fate == "forwarded" and back.out_dev == "eth1":
                 self._misdirected_to_sink(back.packet)
             return "accepted"
@@ -274,6 +276,21 @@ class EmulatedPeers:
         if ack.fate in ("forwarded", "delivered"):
             return "accepted"
         return "rejected" if ack.fate == "rejected" and _answer_reached(ack, not from_client) else "dropped"
+
+    def _misaddressed_datagram(self, res: Any, from_client: bool) -> None:
+        """A reply that reaches the sender from an address its connected socket did not send to (a nat
+        rule changed it on the way back): no socket takes it, and the sender's UDP answers with a port
+        unreachable (the client's stack, or the node's own for a node's probe)."""
+        got = res.packet
+        at_sender = (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
+        if not at_sender or (got.src, got.sport) == self.peer:
+            return
+        error = Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
+                       length=UDP_LEN + 28)
+        if from_client:
+            self.node.receive(error, "eth0")
+        else:
+            self.node.send(error)
 
     def _misdirected_to_sink(self, got: Packet) -> None:
         """The node's answer was sent towards the sink (a nat rule took it there): the lab's sink
