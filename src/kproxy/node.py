@@ -285,13 +285,12 @@ class Node:
         one, else the first primary address of any device (loopback first). Host-scope addresses
         (127.0.0.0/8, ::1) never qualify, so traffic leaving through lo borrows another device's."""
         iface = self.interfaces.get(dev)
-        first = None
-        for a in _selectable(iface, family) if iface is not None else ():
+        own = _selectable(iface, family) if iface is not None else []
+        for a in own:
             if dst is None or Route(family, a.network, a.prefixlen).contains(dst):
                 return a.addr
-            first = a.addr if first is None else first
-        if first is not None:
-            return first
+        if own:
+            return own[0].addr
         for other in self.interfaces.values():
             for a in _selectable(other, family):
                 return a.addr

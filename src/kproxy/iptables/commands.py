@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kproxy.iptables.extension import builtin_chain_outside
 from kproxy.iptables.model import Chain, Rule, Table
 from kproxy.iptables.parser import Command, ParameterProblem, clone_rule, parse_command
 from kproxy.iptables.save import rule_spec
@@ -48,12 +49,11 @@ def check_devices(chain: str, rule: Rule) -> None:
 
 def check_target_allowed(table: Table, chain: str, rule: Rule) -> None:
     """Targets restricted to tables or hooks (DNAT only in nat PREROUTING/OUTPUT...) fail like the kernel."""
-    refused = any(m.kernel_refuses(rule, chain) for m in rule.matches)
     t = rule.target
-    if t is not None:
-        refused = refused or (t.TABLES is not None and table.name not in t.TABLES) or t.kernel_refuses(rule, chain)
-        refused = refused or (t.HOOKS is not None and chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT",
-                                                                  "POSTROUTING") and chain not in t.HOOKS)
+    refused = any(m.kernel_refuses(rule, chain) for m in rule.matches) or t is not None and (
+        (t.TABLES is not None and table.name not in t.TABLES)
+        or (t.HOOKS is not None and builtin_chain_outside(chain, t.HOOKS))
+        or t.kernel_refuses(rule, chain))
     if refused:
         raise CommandError(f" RULE_APPEND failed (Invalid argument): rule in chain {chain}", rc=4, kind="resource")
 

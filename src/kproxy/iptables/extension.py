@@ -57,6 +57,14 @@ class RuleContext:
         return self.state.now
 
 
+BUILTIN_CHAINS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+
+
+def builtin_chain_outside(chain: str, hooks: tuple[str, ...]) -> bool:
+    """A built-in chain whose hook an extension is not valid at (user chains are checked by reachability)."""
+    return chain in BUILTIN_CHAINS and chain not in hooks
+
+
 class Match(ABC):
     """A match extension (``-m NAME``).
 

@@ -231,12 +231,7 @@ class EmulatedPeers:
         ports = self.node_ports if local else (self.tcp_ports if proto == TCP else self.udp_ports)
         listening = got.dport in ports
         if proto == UDP:
-            if listening:
-                reply = Packet(src=got.dst, dst=got.src, proto=UDP, sport=got.dport, dport=got.sport, length=UDP_LEN)
-            else:
-                reply = Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
-                               length=UDP_LEN + 28)
-            back = send_back(reply)
+            back = send_back(_udp_answer(got, listening))
             if from_client:             # (a node's own probe is answered to its open socket)
                 self._closed_local_port(back)
             if listening:
@@ -285,8 +280,7 @@ class EmulatedPeers:
         at_sender = (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
         if not at_sender or (got.src, got.sport) == self.peer:
             return
-        error = Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
-                       length=UDP_LEN + 28)
+        error = _port_unreachable(got)
         if from_client:
             self.node.receive(error, "eth0")
         else:
@@ -298,12 +292,7 @@ class EmulatedPeers:
         for a port nobody listens on with a port unreachable."""
         if self.sink_saw is None:
             self.sink_saw = got
-        if got.dport in self.udp_ports:
-            answer = Packet(src=got.dst, dst=got.src, proto=UDP, sport=got.dport, dport=got.sport, length=UDP_LEN)
-        else:
-            answer = Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
-                            length=UDP_LEN + 28)
-        self.node.receive(answer, "eth1")
+        self.node.receive(_udp_answer(got, got.dport in self.udp_ports), "eth1")
 
     def _closed_local_port(self, res: Any) -> None:
         """A datagram the node's rules turned back to the node itself (REDIRECT, DNAT to a local
@@ -311,8 +300,20 @@ class EmulatedPeers:
         got = res.packet
         if res.fate != "delivered" or got.proto != UDP or got.dport in self.node_ports:
             return
-        self.node.send(Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
-                              length=UDP_LEN + 28))
+        self.node.send(_port_unreachable(got))
+
+
+def _udp_answer(got: Packet, listening: bool) -> Packet:
+    """What a lab peer sends back for a datagram: its echo from a listening port, else a port unreachable."""
+    if listening:
+        return Packet(src=got.dst, dst=got.src, proto=UDP, sport=got.dport, dport=got.sport, length=UDP_LEN)
+    return _port_unreachable(got)
+
+
+def _port_unreachable(got: Packet) -> Packet:
+    """The ICMP port unreachable a host's UDP sends back for a datagram no socket takes."""
+    return Packet(src=got.dst, dst=got.src, proto=ICMP, icmp_type=3, icmp_code=3, inner=got.copy(),
+                  length=UDP_LEN + 28)
 
 
 def _answer_reached(res: Any, from_node: bool) -> bool:

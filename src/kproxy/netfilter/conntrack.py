@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 from kproxy.netfilter.hooks import HookState
 from kproxy.netfilter.tcp import (  # noqa: F401 - re-exported: conntrack's public names
+    ORIGINAL,
+    REPLY,
     TCP_FLAG_MASK,
     TCP_STATES,
     TCP_TIMEOUT_UNACK,
@@ -43,8 +45,6 @@ IPS_DST_NAT_DONE = 1 << 8
 IPS_DYING = 1 << 9
 IPS_FIXED_TIMEOUT = 1 << 10
 IPS_UNTRACKED = 1 << 12
-
-ORIGINAL, REPLY = 0, 1
 
 UDP_UNREPLIED, UDP_REPLIED, UDP_STREAM_AFTER = 30, 120, 2.0
 ICMP_TIMEOUT = 30
@@ -421,8 +421,7 @@ class Conntrack:
                 and conn.status & IPS_ASSURED:
             # The steady state without window tracking: ESTABLISHED stays ESTABLISHED, the timeout renews.
             track.last_index, track.last_dir = "ACK", d
-            if not conn.status & IPS_FIXED_TIMEOUT:
-                conn.expires = now + _ESTABLISHED_TIMEOUT
+            self._refresh(conn, now, _ESTABLISHED_TIMEOUT)
             return "ok"
         seen_reply = bool(conn.status & IPS_SEEN_REPLY)
         verdict, new = self.tracker().packet(track, conn.tcp_state, d, pkt.tcp_flags, pkt.seg, seen_reply,

@@ -184,8 +184,6 @@ class TcpVerdict(NamedTuple):
     why: str = ""
 
 
-IGNORE = TcpVerdict("ignore")
-
 
 def tcp_new(flags: int, seg: TcpSeg | None, loose: bool) -> TcpTrack | None:
     """tcp_new: the tracking memory of a new connection, or None when this segment cannot start one."""

@@ -120,12 +120,21 @@ class SyncResult:
 
 @dataclass
 class Aggregate:
-    """All Services' rules gathered for a sync (cached between syncs; never mutated once built)."""
+    """All Services' rules gathered for a sync. Cached between syncs: a partial sync builds a new one
+    from a copy, so what an earlier sync handed out is never changed."""
 
     top: dict[tuple[str, str], list[str]]
     chains: dict[str, list[str]]
     no_local: dict[str, int]
     nat_count: int
+
+    def tally(self, key: str, sr: ServiceRules, sign: int = 1) -> None:
+        """Count one service port's rules in (``sign`` 1, its chains too) or out (-1)."""
+        self.no_local["internal"] += sign * sr.no_local_internal
+        self.no_local["external"] += sign * sr.no_local_external
+        self.nat_count += sign * len(sr.rules)
+        if sign > 0:
+            self.chains.setdefault(key, []).extend(sr.chains)
 
 
 def _same_top(old: list[tuple[tuple[str, str], ServiceRules]] | None,
@@ -418,9 +427,7 @@ class IptablesProxier:
         agg = self._aggregate(full, self._recomputed, saved[2])
         for tc, rules in agg.top.items():
             top[tc].extend(rules)
-        service_chains = dict(agg.chains)
-        no_local = dict(agg.no_local)
-        nat_count = agg.nat_count
+        service_chains, no_local, nat_count = agg.chains, agg.no_local, agg.nat_count
         top[("nat", KUBE_SERVICES)].extend(self.nodeport_jumps())
 
         text = self._render(full, top, service_chains, changed)
@@ -461,29 +468,20 @@ class IptablesProxier:
         agg = self._agg
         if agg is not None and not full and self._order is not None and \
                 all(_same_top(old_rules.get(k), self._rules.get(k)) for k in recomputed):
-            svc_chains = dict(agg.chains)
-            no_local = dict(agg.no_local)
-            nat_count = agg.nat_count
+            new = Aggregate(agg.top, dict(agg.chains), dict(agg.no_local), agg.nat_count)
             for key in recomputed:
                 for _, sr in old_rules.get(key, ()):
-                    no_local["internal"] -= sr.no_local_internal
-                    no_local["external"] -= sr.no_local_external
-                    nat_count -= len(sr.rules)
-                svc_chains.pop(key, None)
+                    new.tally(key, sr, -1)
+                new.chains.pop(key, None)
                 for _, sr in sorted(self._rules.get(key, ()), key=lambda e: e[0]):
-                    no_local["internal"] += sr.no_local_internal
-                    no_local["external"] += sr.no_local_external
-                    nat_count += len(sr.rules)
-                    svc_chains.setdefault(key, []).extend(sr.chains)
-            self._agg = Aggregate(agg.top, svc_chains, no_local, nat_count)
-            return self._agg
+                    new.tally(key, sr)
+            self._agg = new
+            return new
         if self._order is None:
             self._order = sorted((sk, svc_key, i) for svc_key, lst in self._rules.items()
                                  for i, (sk, _) in enumerate(lst))
-        top: dict[tuple[str, str], list[str]] = {}
-        chains: dict[str, list[str]] = {}
-        no_local = {"internal": 0, "external": 0}
-        nat_count = 0
+        new = Aggregate({}, {}, {"internal": 0, "external": 0}, 0)
+        top = new.top
         rules_by_svc = self._rules
         for _, svc_key, i in self._order:
             sr = rules_by_svc[svc_key][i][1]
@@ -492,12 +490,9 @@ class IptablesProxier:
                     top[tc].extend(rules)
                 else:
                     top[tc] = list(rules)
-            chains.setdefault(svc_key, []).extend(sr.chains)
-            no_local["internal"] += sr.no_local_internal
-            no_local["external"] += sr.no_local_external
-            nat_count += len(sr.rules)
-        self._agg = Aggregate(top, chains, no_local, nat_count)
-        return self._agg
+            new.tally(svc_key, sr)
+        self._agg = new
+        return new
 
     def _render(self, full: bool, top: dict[tuple[str, str], list[str]], service_chains: dict[str, list[str]],
                 changed: set[str]) -> str:

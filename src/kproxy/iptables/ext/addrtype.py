@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.extension import (
+    ExtensionError,
+    Match,
+    Opt,
+    RuleContext,
+    builtin_chain_outside,
+    register_match,
+)
 from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_parse
 from kproxy.packet import Packet
 
@@ -78,8 +85,8 @@ class AddrtypeMatch(Match):
 
     def kernel_refuses(self, rule: Any, chain: str) -> bool:
         """addrtype_mt_checkentry_v1: an interface limit only where that interface exists."""
-        builtin = chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
-        return builtin and ((self.iface_in and chain not in IN_HOOKS) or (self.iface_out and chain not in OUT_HOOKS))
+        return bool(self.iface_in and builtin_chain_outside(chain, IN_HOOKS)
+                    or self.iface_out and builtin_chain_outside(chain, OUT_HOOKS))
 
     def save(self) -> str:
         text = "-m addrtype"

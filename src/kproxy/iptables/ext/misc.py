@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.extension import (
+    ExtensionError,
+    Match,
+    Opt,
+    RuleContext,
+    builtin_chain_outside,
+    register_match,
+)
 from kproxy.iptables.xtutil import (
     OptSpec,
     numeric_to_ip6addr,
@@ -24,11 +31,6 @@ IPRANGE_OPTS = [OptSpec("src-range", invert=True), OptSpec("dst-range", invert=T
 MAC_OPTS = [OptSpec("mac-source", invert=True, mand=True)]
 PKTTYPE_OPTS = [OptSpec("pkt-type", invert=True, mand=True)]
 MAC_HOOKS = ("PREROUTING", "INPUT", "FORWARD")
-
-
-def builtin_chain_outside(chain: str, hooks: tuple[str, ...]) -> bool:
-    """A built-in chain whose hook the match is not valid at (user chains are checked by reachability)."""
-    return chain in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING") and chain not in hooks
 
 
 def parse_iprange(text: str, family: int, option: str) -> tuple[int, int]:
