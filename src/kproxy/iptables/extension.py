@@ -75,6 +75,9 @@ class Match(ABC):
     name: ClassVar[str]
     OPTIONS: ClassVar[dict[str, int]] = {}
     REVISION: ClassVar[int] = 0
+    # Rules parsed with the same options may share one object, unless that object is ``stateful``.
+    SHAREABLE: ClassVar[bool] = False
+    stateful: bool = False
 
     @classmethod
     @abstractmethod
@@ -117,6 +120,9 @@ class Target(ABC):
     name: ClassVar[str]
     OPTIONS: ClassVar[dict[str, int]] = {}
     REVISION: ClassVar[int] = 0
+    # Rules parsed with the same options may share one object, unless that object is ``stateful``.
+    SHAREABLE: ClassVar[bool] = False
+    stateful: bool = False
     # Tables and hooks where the target is allowed (None: anywhere), like xt_target.table/hooks.
     TABLES: ClassVar[tuple[str, ...] | None] = None
     HOOKS: ClassVar[tuple[str, ...] | None] = None

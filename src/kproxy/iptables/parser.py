@@ -17,6 +17,7 @@ from typing import Any
 from kproxy.iptables import ext as _ext  # noqa: F401  (registers every extension)
 from kproxy.iptables.extension import MATCHES, TARGETS, ExtensionError, Match, Opt, Target
 from kproxy.iptables.model import STANDARD_VERDICTS, Net, Rule
+from kproxy.iptables.xtutil import QUAD
 from kproxy.packet import PROTO_NUMBERS
 
 XT_CHAIN_MAXNAMELEN = 29
@@ -102,6 +103,8 @@ def parse_net(text: str, family: int) -> Net:
 def _inet_addr(text: str, family: int) -> int:
     """An address as the tool's resolver takes it (inet_aton forms like ``0`` or ``10.1`` included)."""
     if family == 4:
+        if QUAD.fullmatch(text):
+            return int.from_bytes(socket.inet_aton(text), "big")
         parts = text.split(".")
         if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
             a, b, c, d = (int(p) for p in parts)
@@ -169,8 +172,12 @@ def _once(seen: set[str], key: str, flag: str) -> None:
 
 
 def parse_command(argv: list[str], family: int = 4, restore: bool = False,
-                  default_table: str = "filter") -> Command:
-    """Parse one iptables invocation (without the program name); raise ParameterProblem."""
+                  default_table: str = "filter", trace: list[tuple[Any, ...]] | None = None) -> Command:
+    """Parse one iptables invocation (without the program name); raise ParameterProblem.
+
+    ``trace``, when given, receives where each option and value was taken from: what
+    ``kproxy.iptables.plan`` needs to parse later lines of the same shape without this loop.
+    """
     c = Command(table=default_table)
     rule = Rule()
     matches: list[_ExtSlot] = []
@@ -200,6 +207,8 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 c.cmd = "L"
             else:
                 c.cmd = cmd
+            if trace is not None:
+                trace.append(("cmd", cmd, i + 1))
             i = _command_args(c, cmd, argv, i)
             continue
         core = CORE.get(tok)
@@ -212,6 +221,8 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 val = argv[i]
             else:
                 val = ""
+            if trace is not None:
+                trace.append((key, i, invert))
             if key in ("s", "d"):
                 _once(seen, key, "-" + key)
                 nets = parse_nets(val, family)
@@ -285,6 +296,8 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
             if len(vals) < count:
                 raise ParameterProblem(f"option \"{tok}\" requires an argument")
             slot.opts.append(Opt(name, vals, invert))
+            if trace is not None:
+                trace.append((slot, name, i + 1, count, invert))
             invert = False
             i += 1 + count
             continue
@@ -299,6 +312,8 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
         if counters is not None:
             base.packets, base.bytes = counters
         c.rules = _expand(base, addrs)
+        if trace is not None:
+            trace.append(("slots", matches, target))
     return c
 
 
@@ -378,14 +393,21 @@ _SHARED_MAX = 200_000
 
 
 def _extension(slot: _ExtSlot, family: int, rule: Rule) -> Any:
-    if not getattr(slot.cls, "SHAREABLE", False):
-        return slot.cls.from_options(slot.opts, family, rule)
-    key = (slot.cls, family, rule.proto, rule.proto_inv, tuple([(o.name, *o.values, o.invert) for o in slot.opts]))
+    return extension_for(slot.cls, slot.opts, family, rule)
+
+
+def extension_for(cls: Any, opts: list[Opt], family: int, rule: Rule) -> Any:
+    """The extension ``cls`` parsed from ``opts`` for ``rule``; one shared object per option set when it is stateless."""
+    if not getattr(cls, "SHAREABLE", False):
+        return cls.from_options(opts, family, rule)
+    key = (cls, family, rule.proto, rule.proto_inv, tuple([(o.name, *o.values, o.invert) for o in opts]))
     ext = _SHARED.get(key)
     if ext is None:
-        if len(_SHARED) >= _SHARED_MAX:
-            _SHARED.clear()
-        ext = _SHARED[key] = slot.cls.from_options(slot.opts, family, rule)
+        ext = cls.from_options(opts, family, rule)
+        if not ext.stateful:
+            if len(_SHARED) >= _SHARED_MAX:
+                _SHARED.clear()
+            _SHARED[key] = ext
     return ext
 
 

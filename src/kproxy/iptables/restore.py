@@ -14,7 +14,8 @@ from typing import Any
 
 from kproxy.iptables.commands import CommandError, apply, validate
 from kproxy.iptables.model import Chain, Table
-from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, tokenize
+from kproxy.iptables.parser import TABLES, ParameterProblem, tokenize
+from kproxy.iptables.plan import parse_rule_line
 from kproxy.iptables.state import copy_table
 
 VERSION = "v1.8.9 (nf_tables)"
@@ -99,7 +100,7 @@ class _Restorer:
             line = line[m.end():]
         try:
             argv = tokenize(line)
-            c = parse_command(argv, self.state.family, restore=True, default_table=self.table.name)
+            c = parse_rule_line(argv, self.state.family, self.table.name)
             if c.cmd in ("L", "S", "C", "h", "V"):
                 raise ParameterProblem(f"Cannot use -{c.cmd} in iptables-restore")
             if pkts_bytes is not None and self.counters:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ NO_QUOTE = set("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 
 
 C_SPACE = " \t\n\v\f\r"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")     # a plain dotted quad (no leading zeros), parsed in C
 
 
 def c_strtoul(text: str, base: int = 0) -> tuple[int, str] | None:
@@ -21,6 +24,8 @@ def c_strtoul(text: str, base: int = 0) -> tuple[int, str] | None:
     Leading blanks and a ``+`` are allowed, a ``-`` is refused (xtables checks for it); base 0 takes
     ``0x`` hex and leading-zero octal, so ``0x50`` is 80 and ``080`` is not a number at all.
     """
+    if base in (0, 10) and text.isdigit() and text.isascii() and (text[0] != "0" or len(text) == 1):
+        return int(text), ""                # the plain decimal every rule has
     s = text.lstrip(C_SPACE)
     if s.startswith("-"):
         return None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any, ClassVar
 
 from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
-from kproxy.iptables.xtutil import OptSpec, c_strtoul, service_port, xtopt_fcheck, xtopt_parse
+from kproxy.iptables.xtutil import QUAD, OptSpec, c_strtoul, service_port, xtopt_fcheck, xtopt_parse
 from kproxy.netfilter.nat import NatRange
 from kproxy.packet import NF_ACCEPT, NF_DROP, Packet, format_addr
 
@@ -66,12 +67,8 @@ def _need_ports(rule: Any) -> None:
 def _ipv4(text: str) -> int:
     """A dotted quad, as strict as ipaddress.IPv4Address (no leading zeros), with a quick path for the
     plain form every DNAT of a kube-proxy dump uses."""
-    parts = text.split(".")
-    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0")
-                               for p in parts):
-        a, b, c, d = (int(p) for p in parts)
-        if a < 256 and b < 256 and c < 256 and d < 256:
-            return a << 24 | b << 16 | c << 8 | d
+    if QUAD.fullmatch(text):
+        return int.from_bytes(socket.inet_aton(text), "big")
     try:
         return int(ipaddress.IPv4Address(text))
     except ValueError:
@@ -173,6 +170,8 @@ class _Nat(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> _Nat:
+        if len(opts) == 1 and opts[0].name == cls.OPT and not opts[0].invert:   # the usual lone range
+            return cls(parse_range(opts[0].values[0], family, rule, cls.name), family)
         specs = cls.specs()
         ranges: list[NatRange] = []
 

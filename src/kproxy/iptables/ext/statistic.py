@@ -46,6 +46,7 @@ def node_rng(node: Any) -> random.Random:
 
 @register_match
 class StatisticMatch(Match):
+    SHAREABLE = True   # random mode has no per-rule state; nth says so through ``stateful``
     name = "statistic"
     OPTIONS = {"mode": 1, "probability": 1, "every": 1, "packet": 1}
 
@@ -86,6 +87,7 @@ class StatisticMatch(Match):
             raise ExtensionError("the --packet p must be 0 <= p <= n-1")
         xtopt_fcheck("statistic", OPTS, seen)
         m.count = m.every - m.packet   # as the kernel starts the shared counter (xt_statistic checkentry)
+        m.stateful = m.mode == "nth"   # its packet counter belongs to this rule alone
         return m
 
     def save(self) -> str:
