@@ -8,18 +8,25 @@ from kproxy.backends import BackendError
 
 
 class EmulatedBackend:
-    def __init__(self, node: Any, family: int = 4) -> None:
+    # The proxier may hand over, with the restore input, the rules it already built for some of its
+    # lines (``kproxy.proxy.prepared``); the emulated restore applies them instead of parsing those lines.
+    takes_prepared_rules = True
+
+    def __init__(self, node: Any, family: int = 4, verify_prepared: bool = False) -> None:
         self.node = node
         self.family = family
+        self.verify_prepared = verify_prepared
 
     def _cmd(self, argv: list[str]) -> tuple[int, str, str]:
         return self.node.iptables_cmd(argv, self.family)
 
-    def restore(self, text: str, noflush: bool = True, counters: bool = False) -> None:
+    def restore(self, text: str, noflush: bool = True, counters: bool = False,
+                prepared: dict[int, tuple[str, Any]] | None = None) -> None:
         from kproxy.iptables.restore import RestoreError
 
+        extra: dict[str, Any] = {"prepared": prepared, "verify_prepared": self.verify_prepared} if prepared else {}
         try:
-            self.node.iptables_restore(text, self.family, noflush=noflush, counters=counters)
+            self.node.iptables_restore(text, self.family, noflush=noflush, counters=counters, **extra)
         except RestoreError as exc:
             raise BackendError(str(exc)) from None
 

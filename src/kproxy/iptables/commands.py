@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import builtin_chain_outside
-from kproxy.iptables.model import Chain, Rule, Table
+from kproxy.iptables.model import STANDARD_VERDICTS, Chain, Rule, Table
 from kproxy.iptables.parser import Command, ParameterProblem, clone_rule, parse_command
 from kproxy.iptables.save import rule_spec
 
@@ -50,10 +50,15 @@ def check_devices(chain: str, rule: Rule) -> None:
 def check_target_allowed(table: Table, chain: str, rule: Rule) -> None:
     """Targets restricted to tables or hooks (DNAT only in nat PREROUTING/OUTPUT...) fail like the kernel."""
     t = rule.target
-    refused = any(m.kernel_refuses(rule, chain) for m in rule.matches) or t is not None and (
-        (t.TABLES is not None and table.name not in t.TABLES)
-        or (t.HOOKS is not None and builtin_chain_outside(chain, t.HOOKS))
-        or t.kernel_refuses(rule, chain))
+    refused = False
+    for m in rule.matches:
+        if m.CHECKS_ENTRY and m.kernel_refuses(rule, chain):
+            refused = True
+    if t is not None and (
+            (t.TABLES is not None and table.name not in t.TABLES)
+            or (t.HOOKS is not None and builtin_chain_outside(chain, t.HOOKS))
+            or (t.CHECKS_ENTRY and t.kernel_refuses(rule, chain))):
+        refused = True
     if refused:
         raise CommandError(f" RULE_APPEND failed (Invalid argument): rule in chain {chain}", rc=4, kind="resource")
 
@@ -76,11 +81,18 @@ def apply(table: Table, c: Command) -> None:
 
 
 def _append(table: Table, c: Command) -> None:
-    chain = _chain(table, c.chain)
     for r in c.rules:
-        check_devices(c.chain, r)
-        check_target_allowed(table, c.chain, r)
-        chain.rules.append(r)
+        append_rule(table, c.chain, r)
+
+
+def append_rule(table: Table, name: str, r: Rule) -> None:
+    """``-A``: check the rule against its chain as the kernel does, then append it."""
+    chain = _chain(table, name)
+    if r.iif is not None or r.oif is not None:
+        check_devices(name, r)
+    if r.target is not None or r.matches:
+        check_target_allowed(table, name, r)
+    chain.rules.append(r)
 
 
 def _insert(table: Table, c: Command) -> None:
@@ -204,16 +216,18 @@ def validate(table: Table, node: Any = None) -> None:
             if refs.get(name, 0) > 0 and name not in table.chains:
                 raise _busy(name)
     changed = table.chains.values() if table.owned is None else [table.chains[n] for n in table.owned]
+    chains = table.chains
     for ch in changed:
         for r in ch.rules:
-            if r.jump is not None and r.jump not in ("ACCEPT", "DROP", "RETURN", "QUEUE") \
-                    and r.jump not in table.chains:
-                raise ParameterProblem(f"Chain '{r.jump}' does not exist")
-            if node is not None and (r.matches or r.target is not None):
+            jump = r.jump
+            if jump is not None and jump not in chains and jump not in STANDARD_VERDICTS:
+                raise ParameterProblem(f"Chain '{jump}' does not exist")
+            if node is not None:
                 try:
                     for m in r.matches:
-                        m.check(node)
-                    if r.target is not None:
+                        if m.CHECKS_NODE:
+                            m.check(node)
+                    if r.target is not None and r.target.CHECKS_NODE:
                         r.target.check(node)
                 except ExtensionError as exc:
                     raise ParameterProblem(str(exc)) from None

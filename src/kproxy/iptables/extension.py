@@ -78,6 +78,10 @@ class Match(ABC):
     # Rules parsed with the same options may share one object, unless that object is ``stateful``.
     SHAREABLE: ClassVar[bool] = False
     stateful: bool = False
+    # Whether the class has a ``check`` / ``kernel_refuses`` of its own (set when registered), so
+    # a restore of 100,000 rules calls them only where they can refuse something.
+    CHECKS_NODE: ClassVar[bool] = False
+    CHECKS_ENTRY: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -123,6 +127,10 @@ class Target(ABC):
     # Rules parsed with the same options may share one object, unless that object is ``stateful``.
     SHAREABLE: ClassVar[bool] = False
     stateful: bool = False
+    # Whether the class has a ``check`` / ``kernel_refuses`` of its own (set when registered), so
+    # a restore of 100,000 rules calls them only where they can refuse something.
+    CHECKS_NODE: ClassVar[bool] = False
+    CHECKS_ENTRY: ClassVar[bool] = False
     # Tables and hooks where the target is allowed (None: anywhere), like xt_target.table/hooks.
     TABLES: ClassVar[tuple[str, ...] | None] = None
     HOOKS: ClassVar[tuple[str, ...] | None] = None
@@ -159,9 +167,13 @@ TARGETS: dict[str, type[Target]] = {}
 
 def register_match(cls: type[Match]) -> type[Match]:
     MATCHES[cls.name] = cls
+    cls.CHECKS_NODE = cls.check is not Match.check
+    cls.CHECKS_ENTRY = cls.kernel_refuses is not Match.kernel_refuses
     return cls
 
 
 def register_target(cls: type[Target]) -> type[Target]:
     TARGETS[cls.name] = cls
+    cls.CHECKS_NODE = cls.check is not Target.check
+    cls.CHECKS_ENTRY = cls.kernel_refuses is not Target.kernel_refuses
     return cls

@@ -17,7 +17,7 @@ from typing import Any
 from kproxy.iptables import ext as _ext  # noqa: F401  (registers every extension)
 from kproxy.iptables.extension import MATCHES, TARGETS, ExtensionError, Match, Opt, Target
 from kproxy.iptables.model import STANDARD_VERDICTS, Net, Rule
-from kproxy.iptables.xtutil import QUAD
+from kproxy.iptables.xtutil import NET4, QUAD
 from kproxy.packet import PROTO_NUMBERS
 
 XT_CHAIN_MAXNAMELEN = 29
@@ -77,10 +77,19 @@ def valid_chain_name(name: str) -> None:
 
 def parse_nets(text: str, family: int) -> list[Net]:
     """``-s``/``-d`` values: comma-separated addresses, each with an optional prefix or dotted mask."""
+    if "," not in text:
+        return [parse_net(text, family)]
     return [parse_net(part, family) for part in text.split(",")]
 
 
 def parse_net(text: str, family: int) -> Net:
+    if family == 4:
+        got = NET4.fullmatch(text)
+        if got is not None:                     # a plain dotted quad with an optional plain prefix
+            quad, plen = got.groups()
+            prefix = int(plen) if plen is not None else 32
+            ip = int.from_bytes(socket.inet_aton(quad), "big")
+            return Net(4, ip & (0xFFFFFFFF ^ ((1 << (32 - prefix)) - 1)), prefix)
     addr, slash, mask = text.partition("/")
     bits = 32 if family == 4 else 128
     ip = _inet_addr(addr, family)

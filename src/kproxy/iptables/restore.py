@@ -12,9 +12,9 @@ import gc
 import re
 from typing import Any
 
-from kproxy.iptables.commands import CommandError, apply, validate
-from kproxy.iptables.model import Chain, Table
-from kproxy.iptables.parser import TABLES, ParameterProblem, tokenize
+from kproxy.iptables.commands import CommandError, append_rule, apply, validate
+from kproxy.iptables.model import Chain, Rule, Table, rule_fields
+from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, tokenize
 from kproxy.iptables.plan import parse_rule_line
 from kproxy.iptables.state import copy_table
 
@@ -33,8 +33,10 @@ class RestoreError(Exception):
 
 class _Restorer:
     def __init__(self, state: Any, noflush: bool, counters: bool, tables: list[str] | None, node: Any,
-                 prog: str) -> None:
+                 prog: str, prepared: dict[int, tuple[str, Rule]] | None = None, verify: bool = False) -> None:
         self.state = state
+        self.prepared = prepared
+        self.verify = verify
         self.noflush = noflush
         self.counters = counters
         self.only = tables
@@ -68,10 +70,16 @@ class _Restorer:
 
     def chain_line(self, line: str, lineno: int) -> None:
         assert self.table is not None
-        m = CHAIN_RE.match(line)
-        if m is None:
-            raise RestoreError(f"{self.prog}: line {lineno} failed")
-        name, policy = m.group(1), m.group(2)
+        parts = line[1:].split()
+        counts: tuple[int, int] | None = (0, 0)
+        if len(parts) == 3 and parts[1] == "-" and parts[2] == "[0:0]":    # a user chain, as savers write it
+            name, policy = parts[0], "-"
+        else:
+            m = CHAIN_RE.match(line)
+            if m is None:
+                raise RestoreError(f"{self.prog}: line {lineno} failed")
+            name, policy = m.group(1), m.group(2)
+            counts = (int(m.group(3)), int(m.group(4))) if m.group(3) is not None else None
         chain = self.table.chains.get(name)
         if chain is not None and chain.builtin:
             chain = self.table.writable(name)
@@ -79,8 +87,8 @@ class _Restorer:
                 if policy not in ("ACCEPT", "DROP"):
                     raise RestoreError(f"{self.prog}: line {lineno} failed: Bad policy name.")
                 chain.policy = policy
-            if self.counters and m.group(3) is not None:
-                chain.packets, chain.bytes = int(m.group(3)), int(m.group(4))
+            if self.counters and counts is not None:
+                chain.packets, chain.bytes = counts
             elif not self.counters:
                 chain.packets = chain.bytes = 0
             return
@@ -94,13 +102,18 @@ class _Restorer:
     def command_line(self, line: str, lineno: int) -> None:
         assert self.table is not None
         pkts_bytes = None
-        m = COUNTERS_RE.match(line)
+        m = COUNTERS_RE.match(line) if line[0] == "[" else None
         if m is not None:
             pkts_bytes = (int(m.group(1)), int(m.group(2)))
             line = line[m.end():]
         try:
-            argv = tokenize(line)
-            c = parse_rule_line(argv, self.state.family, self.table.name)
+            got = self.prepared.get(lineno) if self.prepared is not None and pkts_bytes is None else None
+            if got is not None:
+                if self.verify:
+                    self._verify(line, lineno, got[0], got[1])
+                append_rule(self.table, got[0], got[1])
+                return
+            c = parse_rule_line(tokenize(line), self.state.family, self.table.name)
             if c.cmd in ("L", "S", "C", "h", "V"):
                 raise ParameterProblem(f"Cannot use -{c.cmd} in iptables-restore")
             if pkts_bytes is not None and self.counters:
@@ -119,6 +132,13 @@ class _Restorer:
                 raise RestoreError(f"{self.prog} {VERSION}: \nline {lineno}: {str(exc).strip()}", exc.rc) from None
             raise RestoreError(f"{self.prog}: line {lineno} failed: {exc}".rstrip(), exc.rc) from None
 
+    def _verify(self, line: str, lineno: int, chain: str, rule: Rule) -> None:
+        """A prepared rule must be exactly what its line parses to."""
+        assert self.table is not None
+        want = parse_command(tokenize(line), self.state.family, restore=True, default_table=self.table.name)
+        if want.cmd != "A" or want.chain != chain or [rule_fields(r) for r in want.rules] != [rule_fields(rule)]:
+            raise RestoreError(f"{self.prog}: line {lineno}: the prepared rule differs from the line's own")
+
     def commit(self, lineno: int) -> None:
         assert self.table is not None
         try:
@@ -135,8 +155,13 @@ class _Restorer:
 
 
 def restore(text: str, state: Any, noflush: bool = False, counters: bool = False, test: bool = False,
-            tables: list[str] | None = None, source: str = "<stdin>", node: Any = None) -> None:
+            tables: list[str] | None = None, source: str = "<stdin>", node: Any = None,
+            prepared: dict[int, tuple[str, Rule]] | None = None, verify_prepared: bool = False) -> None:
     """Apply ``iptables-restore`` input to ``state`` (an IptablesState), all or nothing.
+
+    ``prepared`` maps line numbers of ``-A`` lines to (chain, rule) already built by the caller (the
+    proxier, ``kproxy.proxy.prepared``): those lines are applied without being parsed again.
+    ``verify_prepared`` parses them anyway and fails the restore if a prepared rule differs.
 
     The cyclic garbage collector is paused meanwhile: a large ruleset allocates hundreds of
     thousands of long-lived objects, and rescanning them on every collection costs more than the parse.
@@ -144,29 +169,35 @@ def restore(text: str, state: Any, noflush: bool = False, counters: bool = False
     enabled = gc.isenabled()
     gc.disable()
     try:
-        _restore(text, state, noflush, counters, test, tables, node)
+        _restore(text, state, noflush, counters, test, tables, node, prepared, verify_prepared)
     finally:
         if enabled:
             gc.enable()
 
 
 def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, tables: list[str] | None,
-             node: Any) -> None:
+             node: Any, prepared: dict[int, tuple[str, Rule]] | None, verify: bool) -> None:
     prog = "iptables-restore" if state.family == 4 else "ip6tables-restore"
-    r = _Restorer(state, noflush, counters, tables, node, prog)
+    r = _Restorer(state, noflush, counters, tables, node, prog, prepared, verify)
     lineno = 0
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
-        if not line or line.startswith("#"):
+        if not line:
+            continue
+        first = line[0]
+        if first == "-" and r.table is not None:      # most lines: a rule
+            r.command_line(line, lineno)
+            continue
+        if first == "#":
             continue
         if r.table is None:
-            if line.startswith("*"):
+            if first == "*":
                 r.start_table(line[1:].strip(), lineno)
                 continue
             raise RestoreError(f"{prog}: line {lineno} failed")
         if line == "COMMIT":
             r.commit(lineno)
-        elif line.startswith(":"):
+        elif first == ":":
             r.chain_line(line, lineno)
         else:
             r.command_line(line, lineno)

@@ -16,6 +16,7 @@ NO_QUOTE = set("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 C_SPACE = " \t\n\v\f\r"
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")     # a plain dotted quad (no leading zeros), parsed in C
+NET4 = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}})(?:/(3[0-2]|[12]?[0-9]))?")   # with a plain prefix length
 
 
 def c_strtoul(text: str, base: int = 0) -> tuple[int, str] | None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from kproxy.k8s.manifests import Objects
 from kproxy.proxy.config import ProxyConfig
+from kproxy.proxy.prepared import DNAT_TO, JUMP_TO, MASQ_FROM, RuleBuilder, Spec
 from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, Snapshot, categorize, service_ports
 
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -96,14 +97,18 @@ class ServiceRules:
     top: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     chains: list[str] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
+    # Per rule of ``rules``: the few values its text was made from, for the most common shapes
+    # (see ``kproxy.proxy.prepared``), or None.
+    specs: list[Spec | None] = field(default_factory=list)
     no_local_internal: int = 0
     no_local_external: int = 0
 
     def add_top(self, table: str, chain: str, *args: str) -> None:
         self.top.setdefault((table, chain), []).append(" ".join(["-A", chain, *args]))
 
-    def add(self, chain: str, *args: str) -> None:
+    def add(self, chain: str, *args: str, spec: Spec | None = None) -> None:
         self.rules.append(" ".join(["-A", chain, *args]))
+        self.specs.append(spec)
 
 
 @dataclass
@@ -295,10 +300,14 @@ class IptablesProxier:
             self._to_endpoints(out, name, info, svl_chain, cat.local)
         for ep in sorted(cat.reachable, key=lambda e: e.chain):
             out.chains.append(ep.chain)
-            out.add(ep.chain, "-m", "comment", "--comment", name, "-s", ep.ip, "-j", KUBE_MARK_MASQ)
-            affinity = ["-m", "recent", "--name", ep.chain, "--set"] if info.affinity_client_ip else []
-            out.add(ep.chain, "-m", "comment", "--comment", name, *affinity, *match, "-j", "DNAT",
-                    "--to-destination", ep.text)
+            out.add(ep.chain, "-m", "comment", "--comment", name, "-s", ep.ip, "-j", KUBE_MARK_MASQ,
+                    spec=(MASQ_FROM, name, ep.ip))
+            if info.affinity_client_ip:
+                out.add(ep.chain, "-m", "comment", "--comment", name, "-m", "recent", "--name", ep.chain, "--set",
+                        *match, "-j", "DNAT", "--to-destination", ep.text)
+            else:
+                out.add(ep.chain, "-m", "comment", "--comment", name, *match, "-j", "DNAT", "--to-destination",
+                        ep.text, spec=(DNAT_TO, name, proto, ep.ip, ep.port))
         return out
 
     def _to_endpoints(self, out: ServiceRules, name: str, info: ServicePortInfo, chain: str,
@@ -310,9 +319,14 @@ class IptablesProxier:
                         "-j", ep.chain)
         n = len(eps)
         for i, ep in enumerate(eps):
-            stat = ["-m", "statistic", "--mode", "random", "--probability", f"{1.0 / (n - i):0.10f}"] \
-                if i < n - 1 else []
-            out.add(chain, "-m", "comment", "--comment", q(f"{name} -> {ep.text}"), *stat, "-j", ep.chain)
+            comment = f"{name} -> {ep.text}"
+            if i < n - 1:
+                p = f"{1.0 / (n - i):0.10f}"
+                out.add(chain, "-m", "comment", "--comment", q(comment), "-m", "statistic", "--mode", "random",
+                        "--probability", p, "-j", ep.chain, spec=(JUMP_TO, comment, p, ep.chain))
+            else:
+                out.add(chain, "-m", "comment", "--comment", q(comment), "-j", ep.chain,
+                        spec=(JUMP_TO, comment, None, ep.chain))
 
     # ---- the whole ruleset ------------------------------------------------------------------
     def fixed_rules(self) -> dict[tuple[str, str], list[str]]:
@@ -430,14 +444,16 @@ class IptablesProxier:
         service_chains, no_local, nat_count = agg.chains, agg.no_local, agg.nat_count
         top[("nat", KUBE_SERVICES)].extend(self.nodeport_jumps())
 
-        text = self._render(full, top, service_chains, changed)
+        text, prepared = self._render(full, top, service_chains, changed)
         filter_count = sum(len(v) for (t, _), v in top.items() if t == "filter")
         nat_count += sum(len(v) for (t, _), v in top.items() if t == "nat")
         result = SyncResult(full, text, text.count("\n"), 0.0, nat_count, filter_count, changed_services=changed)
         try:
             if full:
                 self._ensure_jumps()
-            if text:
+            if text and prepared:
+                self.backend.restore(text, noflush=True, counters=False, prepared=prepared)
+            elif text:
                 self.backend.restore(text, noflush=True, counters=False)
         except Exception as exc:  # the backend's error: count it, and do a full sync next time
             result.error = str(exc)
@@ -495,11 +511,15 @@ class IptablesProxier:
         return new
 
     def _render(self, full: bool, top: dict[tuple[str, str], list[str]], service_chains: dict[str, list[str]],
-                changed: set[str]) -> str:
+                changed: set[str]) -> tuple[str, dict[int, tuple[str, Any]] | None]:
+        """The restore input, and (for a backend that takes them) the rules already built for its lines."""
         out: list[str] = []
+        builder = RuleBuilder(self.family) if getattr(type(self.backend), "takes_prepared_rules", False) else None
+        prepared: dict[int, tuple[str, Any]] | None = {} if builder is not None else None
         for table in ("filter", "nat"):
             chains: list[str] = []
             rules: list[str] = []
+            built: list[tuple[int, ServiceRules]] = []
             for (t, chain), lines in top.items():
                 if t != table:
                     continue
@@ -511,6 +531,8 @@ class IptablesProxier:
                     if full or svc in changed:
                         chains.extend(f":{c} - [0:0]" for c in service_chains[svc])
                         for _, sr in sorted(self._rules[svc], key=lambda e: e[0]):
+                            if builder is not None:
+                                built.append((len(rules), sr))
                             rules.extend(sr.rules)
                 if full:
                     active = {c for cs in service_chains.values() for c in cs}
@@ -526,9 +548,15 @@ class IptablesProxier:
             if chains or rules:
                 out.append(f"*{table}")
                 out.extend(chains)
+                if prepared is not None and builder is not None:
+                    first = len(out) + 1          # the line number of rules[0]
+                    for at, sr in built:
+                        for k, spec in enumerate(sr.specs):
+                            if spec is not None:
+                                prepared[first + at + k] = (sr.rules[k].split(" ", 2)[1], builder.build(spec))
                 out.extend(rules)
                 out.append("COMMIT")
-        return "\n".join(out) + "\n" if out else ""
+        return ("\n".join(out) + "\n" if out else ""), prepared
 
     def _existing_service_chains(self) -> set[str]:
         try:
