@@ -29,7 +29,7 @@ class Recording(EmulatedBackend):
     prepared_count = 0
 
     def restore(self, text, noflush=True, counters=False, prepared=None):
-        self.prepared_count += len(prepared or {})
+        self.prepared_count += sum(len(rules) for _, rules in (prepared or {}).values())
         super().restore(text, noflush, counters, prepared)
 
 
@@ -115,7 +115,7 @@ def test_a_prepared_rule_that_differs_from_its_line_fails_the_restore_and_change
     text = "*nat\n:KUBE-SEP-X - [0:0]\n-A KUBE-SEP-X -s 10.0.0.1/32 -j ACCEPT\nCOMMIT\n"
     wrong = parse_command(tokenize("-A KUBE-SEP-X -s 10.0.0.2/32 -j ACCEPT"), 4).rules[0]
     with pytest.raises(RestoreError, match="line 3: the prepared rule differs"):
-        node.iptables_restore(text, noflush=True, prepared={3: ("KUBE-SEP-X", wrong)}, verify_prepared=True)
+        node.iptables_restore(text, noflush=True, prepared={3: ("KUBE-SEP-X", [wrong])}, verify_prepared=True)
     assert node.iptables_save() == before
 
 

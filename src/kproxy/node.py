@@ -403,11 +403,10 @@ class Node:
         return output(self, pkt, Trace() if trace else None)
 
     def iptables_restore(self, text: str, family: int = 4, noflush: bool = False, counters: bool = False,
-                         prepared: dict[int, tuple[str, Any]] | None = None, verify_prepared: bool = False) -> None:
+                         prepared: Any = None, verify_prepared: bool = False) -> None:
         """Load ``iptables-restore`` input atomically (raises RestoreError and changes nothing on error).
 
-        ``prepared`` gives rules already built for some ``-A`` lines (by line number: chain, rule);
-        see ``kproxy.iptables.restore.restore``."""
+        ``prepared`` gives rules already built for runs of ``-A`` lines; see ``kproxy.iptables.restore.restore``."""
         from kproxy.iptables.restore import restore
 
         restore(text, self.iptables[family], noflush=noflush, counters=counters, node=self, prepared=prepared,

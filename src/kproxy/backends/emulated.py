@@ -21,7 +21,7 @@ class EmulatedBackend:
         return self.node.iptables_cmd(argv, self.family)
 
     def restore(self, text: str, noflush: bool = True, counters: bool = False,
-                prepared: dict[int, tuple[str, Any]] | None = None) -> None:
+                prepared: Any = None) -> None:
         from kproxy.iptables.restore import RestoreError
 
         extra: dict[str, Any] = {"prepared": prepared, "verify_prepared": self.verify_prepared} if prepared else {}

@@ -19,6 +19,7 @@ from kproxy.iptables.plan import parse_rule_line
 from kproxy.iptables.state import copy_table
 
 VERSION = "v1.8.9 (nf_tables)"
+Prepared = dict[int, tuple[str, list[Rule]]]     # first line of a run -> (chain, its rules)
 COUNTERS_RE = re.compile(r"^\[(\d+):(\d+)\]\s*")
 CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*$")
 
@@ -33,7 +34,7 @@ class RestoreError(Exception):
 
 class _Restorer:
     def __init__(self, state: Any, noflush: bool, counters: bool, tables: list[str] | None, node: Any,
-                 prog: str, prepared: dict[int, tuple[str, Rule]] | None = None, verify: bool = False) -> None:
+                 prog: str, prepared: Prepared | None = None, verify: bool = False) -> None:
         self.state = state
         self.prepared = prepared
         self.verify = verify
@@ -107,12 +108,6 @@ class _Restorer:
             pkts_bytes = (int(m.group(1)), int(m.group(2)))
             line = line[m.end():]
         try:
-            got = self.prepared.get(lineno) if self.prepared is not None and pkts_bytes is None else None
-            if got is not None:
-                if self.verify:
-                    self._verify(line, lineno, got[0], got[1])
-                append_rule(self.table, got[0], got[1])
-                return
             c = parse_rule_line(tokenize(line), self.state.family, self.table.name)
             if c.cmd in ("L", "S", "C", "h", "V"):
                 raise ParameterProblem(f"Cannot use -{c.cmd} in iptables-restore")
@@ -125,18 +120,41 @@ class _Restorer:
             if c.cmd == "X" and c.chain:
                 self.delete_lines[c.chain] = lineno
             apply(self.table, c)
-        except ParameterProblem as exc:
-            raise self.param_error(str(exc), lineno, exc.prefixed) from None
-        except CommandError as exc:
-            if exc.kind == "resource":      # the kernel refused the rule when the batch was sent
-                raise RestoreError(f"{self.prog} {VERSION}: \nline {lineno}: {str(exc).strip()}", exc.rc) from None
-            raise RestoreError(f"{self.prog}: line {lineno} failed: {exc}".rstrip(), exc.rc) from None
+        except (ParameterProblem, CommandError) as exc:
+            raise self.line_error(exc, lineno) from None
+
+    def line_error(self, exc: ParameterProblem | CommandError, lineno: int) -> RestoreError:
+        if isinstance(exc, ParameterProblem):
+            return self.param_error(str(exc), lineno, exc.prefixed)
+        if exc.kind == "resource":      # the kernel refused the rule when the batch was sent
+            return RestoreError(f"{self.prog} {VERSION}: \nline {lineno}: {str(exc).strip()}", exc.rc)
+        return RestoreError(f"{self.prog}: line {lineno} failed: {exc}".rstrip(), exc.rc)
+
+    def prepared_run(self, run: tuple[str, list[Rule]], lineno: int, lines: list[str]) -> int:
+        """Append the rules prepared for the ``-A`` lines from ``lineno`` on; return the last line they cover."""
+        assert self.table is not None
+        name, rules = run
+        at = lineno
+        try:
+            for rule in rules:
+                if self.verify:
+                    self._verify(lines[at - 1].strip(), at, name, rule)
+                append_rule(self.table, name, rule)
+                at += 1
+        except (ParameterProblem, CommandError) as exc:
+            raise self.line_error(exc, at) from None
+        return lineno + len(rules) - 1
 
     def _verify(self, line: str, lineno: int, chain: str, rule: Rule) -> None:
         """A prepared rule must be exactly what its line parses to."""
         assert self.table is not None
-        want = parse_command(tokenize(line), self.state.family, restore=True, default_table=self.table.name)
-        if want.cmd != "A" or want.chain != chain or [rule_fields(r) for r in want.rules] != [rule_fields(rule)]:
+        try:
+            want = parse_command(tokenize(line), self.state.family, restore=True, default_table=self.table.name)
+            same = want.cmd == "A" and want.chain == chain and [rule_fields(r) for r in want.rules] == \
+                [rule_fields(rule)]
+        except ParameterProblem:
+            same = False
+        if not same:
             raise RestoreError(f"{self.prog}: line {lineno}: the prepared rule differs from the line's own")
 
     def commit(self, lineno: int) -> None:
@@ -156,11 +174,12 @@ class _Restorer:
 
 def restore(text: str, state: Any, noflush: bool = False, counters: bool = False, test: bool = False,
             tables: list[str] | None = None, source: str = "<stdin>", node: Any = None,
-            prepared: dict[int, tuple[str, Rule]] | None = None, verify_prepared: bool = False) -> None:
+            prepared: Prepared | None = None, verify_prepared: bool = False) -> None:
     """Apply ``iptables-restore`` input to ``state`` (an IptablesState), all or nothing.
 
-    ``prepared`` maps line numbers of ``-A`` lines to (chain, rule) already built by the caller (the
-    proxier, ``kproxy.proxy.prepared``): those lines are applied without being parsed again.
+    ``prepared`` maps the first line of a run of ``-A`` lines of one chain to (chain, rules) already
+    built for them by the caller (the proxier, ``kproxy.proxy.prepared``): those lines are applied
+    without being parsed again.
     ``verify_prepared`` parses them anyway and fails the restore if a prepared rule differs.
 
     The cyclic garbage collector is paused meanwhile: a large ruleset allocates hundreds of
@@ -176,17 +195,25 @@ def restore(text: str, state: Any, noflush: bool = False, counters: bool = False
 
 
 def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, tables: list[str] | None,
-             node: Any, prepared: dict[int, tuple[str, Rule]] | None, verify: bool) -> None:
+             node: Any, prepared: Prepared | None, verify: bool) -> None:
     prog = "iptables-restore" if state.family == 4 else "ip6tables-restore"
     r = _Restorer(state, noflush, counters, tables, node, prog, prepared, verify)
     lineno = 0
-    for lineno, raw in enumerate(text.split("\n"), 1):
+    lines = text.split("\n")
+    skip_to = 0
+    for lineno, raw in enumerate(lines, 1):
+        if lineno <= skip_to:                         # covered by a prepared run
+            continue
         line = raw.strip()
         if not line:
             continue
         first = line[0]
         if first == "-" and r.table is not None:      # most lines: a rule
-            r.command_line(line, lineno)
+            run = prepared.get(lineno) if prepared is not None else None
+            if run is not None:
+                skip_to = r.prepared_run(run, lineno, lines)
+            else:
+                r.command_line(line, lineno)
             continue
         if first == "#":
             continue

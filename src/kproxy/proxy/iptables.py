@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kproxy.iptables.restore import Prepared
 from kproxy.k8s.manifests import Objects
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.prepared import DNAT_TO, JUMP_TO, MASQ_FROM, RuleBuilder, Spec
@@ -54,6 +55,25 @@ JUMPS = [
     ("nat", KUBE_SERVICES, "PREROUTING", "kubernetes service portals", []),
     ("nat", KUBE_POSTROUTING, "POSTROUTING", "kubernetes postrouting rules", []),
 ]
+
+
+def _prepare(prepared: Prepared, builder: RuleBuilder, lineno: int, specs: list[Spec | None]) -> None:
+    """Build the rules of ``specs`` (whose first line is ``lineno``), one run per chain of consecutive lines."""
+    run: list[Any] | None = None
+    chain = None
+    for k, spec in enumerate(specs):
+        if spec is None:
+            run = None
+            continue
+        if run is None or spec[1] != chain:
+            chain = spec[1]
+            run = []
+            prepared[lineno + k] = (chain, run)
+        run.append(builder.build(spec))
+
+
+def _by_chain(ep: EndpointInfo) -> str:
+    return ep.chain
 
 
 def is_service_chain(name: str) -> bool:
@@ -106,9 +126,9 @@ class ServiceRules:
     def add_top(self, table: str, chain: str, *args: str) -> None:
         self.top.setdefault((table, chain), []).append(" ".join(["-A", chain, *args]))
 
-    def add(self, chain: str, *args: str, spec: Spec | None = None) -> None:
+    def add(self, chain: str, *args: str) -> None:
         self.rules.append(" ".join(["-A", chain, *args]))
-        self.specs.append(spec)
+        self.specs.append(None)
 
 
 @dataclass
@@ -298,16 +318,21 @@ class IptablesProxier:
         if uses_local:
             out.chains.append(svl_chain)
             self._to_endpoints(out, name, info, svl_chain, cat.local)
-        for ep in sorted(cat.reachable, key=lambda e: e.chain):
-            out.chains.append(ep.chain)
-            out.add(ep.chain, "-m", "comment", "--comment", name, "-s", ep.ip, "-j", KUBE_MARK_MASQ,
-                    spec=(MASQ_FROM, name, ep.ip))
+        # One KUBE-SEP chain per endpoint: the hottest loop of a full sync, so its lines are written
+        # directly (the same text ``add`` would join).
+        rules, specs = out.rules, out.specs
+        for ep in sorted(cat.reachable, key=_by_chain):
+            sep = ep.chain
+            out.chains.append(sep)
+            rules.append(f"-A {sep} -m comment --comment {name} -s {ep.ip} -j {KUBE_MARK_MASQ}")
+            specs.append((MASQ_FROM, sep, name, ep.ip))
             if info.affinity_client_ip:
-                out.add(ep.chain, "-m", "comment", "--comment", name, "-m", "recent", "--name", ep.chain, "--set",
+                out.add(sep, "-m", "comment", "--comment", name, "-m", "recent", "--name", sep, "--set",
                         *match, "-j", "DNAT", "--to-destination", ep.text)
             else:
-                out.add(ep.chain, "-m", "comment", "--comment", name, *match, "-j", "DNAT", "--to-destination",
-                        ep.text, spec=(DNAT_TO, name, proto, ep.ip, ep.port))
+                rules.append(f"-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT "
+                             f"--to-destination {ep.text}")
+                specs.append((DNAT_TO, sep, name, proto, ep.ip, ep.port))
         return out
 
     def _to_endpoints(self, out: ServiceRules, name: str, info: ServicePortInfo, chain: str,
@@ -318,15 +343,17 @@ class IptablesProxier:
                         "--name", ep.chain, "--rcheck", "--seconds", str(info.affinity_timeout), "--reap",
                         "-j", ep.chain)
         n = len(eps)
+        rules, specs = out.rules, out.specs
         for i, ep in enumerate(eps):
             comment = f"{name} -> {ep.text}"
             if i < n - 1:
                 p = f"{1.0 / (n - i):0.10f}"
-                out.add(chain, "-m", "comment", "--comment", q(comment), "-m", "statistic", "--mode", "random",
-                        "--probability", p, "-j", ep.chain, spec=(JUMP_TO, comment, p, ep.chain))
+                rules.append(f'-A {chain} -m comment --comment "{comment}" -m statistic --mode random '
+                             f"--probability {p} -j {ep.chain}")
             else:
-                out.add(chain, "-m", "comment", "--comment", q(comment), "-j", ep.chain,
-                        spec=(JUMP_TO, comment, None, ep.chain))
+                p = None
+                rules.append(f'-A {chain} -m comment --comment "{comment}" -j {ep.chain}')
+            specs.append((JUMP_TO, chain, comment, p, ep.chain))
 
     # ---- the whole ruleset ------------------------------------------------------------------
     def fixed_rules(self) -> dict[tuple[str, str], list[str]]:
@@ -511,11 +538,11 @@ class IptablesProxier:
         return new
 
     def _render(self, full: bool, top: dict[tuple[str, str], list[str]], service_chains: dict[str, list[str]],
-                changed: set[str]) -> tuple[str, dict[int, tuple[str, Any]] | None]:
+                changed: set[str]) -> tuple[str, Prepared | None]:
         """The restore input, and (for a backend that takes them) the rules already built for its lines."""
         out: list[str] = []
         builder = RuleBuilder(self.family) if getattr(type(self.backend), "takes_prepared_rules", False) else None
-        prepared: dict[int, tuple[str, Any]] | None = {} if builder is not None else None
+        prepared: Prepared | None = {} if builder is not None else None
         for table in ("filter", "nat"):
             chains: list[str] = []
             rules: list[str] = []
@@ -551,9 +578,7 @@ class IptablesProxier:
                 if prepared is not None and builder is not None:
                     first = len(out) + 1          # the line number of rules[0]
                     for at, sr in built:
-                        for k, spec in enumerate(sr.specs):
-                            if spec is not None:
-                                prepared[first + at + k] = (sr.rules[k].split(" ", 2)[1], builder.build(spec))
+                        _prepare(prepared, builder, first + at, sr.specs)
                 out.extend(rules)
                 out.append("COMMIT")
         return ("\n".join(out) + "\n" if out else ""), prepared

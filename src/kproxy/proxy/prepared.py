@@ -25,9 +25,12 @@ from kproxy.iptables.parser import extension_for
 from kproxy.netfilter.nat import NatRange
 from kproxy.packet import PROTO_NUMBERS
 
-MASQ_FROM = "masq-from"   # (MASQ_FROM, comment, ip): -m comment --comment C -s IP -j KUBE-MARK-MASQ
-DNAT_TO = "dnat-to"       # (DNAT_TO, comment, proto, ip, port): -m comment --comment C -m P -p P -j DNAT --to-destination IP:PORT
-JUMP_TO = "jump-to"       # (JUMP_TO, comment, probability or None, chain): [-m statistic --mode random --probability P] -j CHAIN
+# Each spec starts with its kind and the chain the rule is in:
+MASQ_FROM = "masq-from"   # (MASQ_FROM, chain, comment, ip): -m comment --comment C -s IP -j KUBE-MARK-MASQ
+DNAT_TO = "dnat-to"       # (DNAT_TO, chain, comment, proto, ip, port):
+#                           -m comment --comment C -m P -p P -j DNAT --to-destination IP:PORT
+JUMP_TO = "jump-to"       # (JUMP_TO, chain, comment, probability or None, target):
+#                           -m comment --comment "C" [-m statistic --mode random --probability P] -j TARGET
 Spec = tuple[Any, ...]
 
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
@@ -51,19 +54,19 @@ class RuleBuilder:
     def build(self, spec: Spec) -> Rule:
         kind = spec[0]
         if kind == MASQ_FROM:
-            _, comment, ip = spec
+            _, _, comment, ip = spec
             r = Rule(Net(self.family, self._address(ip), self._host), jump=KUBE_MARK_MASQ)
             r.matches = [self._comment(comment, r)]
             return r
         if kind == DNAT_TO:
-            _, comment, proto, ip, port = spec
+            _, _, comment, proto, ip, port = spec
             r = Rule(proto=PROTO_NUMBERS[proto])
             r.matches = [self._comment(comment, r), self._proto(proto, r)]
             addr = self._address(ip)
             r.target = DnatTarget(NatRange(addr, addr, port, port), self.family)
             return r
         if kind == JUMP_TO:
-            _, comment, probability, chain = spec
+            _, _, comment, probability, chain = spec
             r = Rule(jump=chain)
             c = self._comment_cls.from_options([Opt("comment", [comment], False)], self.family, r)
             r.matches = [c, self._statistic(probability, r)] if probability is not None else [c]

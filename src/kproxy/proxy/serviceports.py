@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kproxy.k8s.manifests import Objects
 
@@ -40,8 +40,10 @@ def endpoint_chain(name: str, protocol: str, endpoint: str) -> str:
     return "KUBE-SEP-" + _hash16(name + protocol + endpoint)
 
 
-@dataclass(frozen=True)
-class EndpointInfo:
+class EndpointInfo(NamedTuple):
+    """One endpoint of a service port (a named tuple: a full sync makes one per endpoint, and a
+    tuple is built several times faster than a frozen dataclass)."""
+
     ip: str
     port: int
     ready: bool
