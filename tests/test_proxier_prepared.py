@@ -77,7 +77,8 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-@pytest.mark.parametrize("cfg", [{}, {"iptables": {"masqueradeAll": True}}])
+@pytest.mark.parametrize("cfg", [{}, {"iptables": {"masqueradeAll": True}},
+                                 {"detectLocalMode": "InterfaceNamePrefix", "detectLocal": {"interfaceNamePrefix": "veth"}}])
 def test_prepared_rules_equal_parsed_ones(name, cfg):
     (fast_node, fast), (text_node, text) = pair(**cfg)
     docs = SCENARIOS[name]

@@ -32,7 +32,7 @@ def _no_chain() -> CommandError:
     return CommandError("No chain/target/match by that name.")
 
 
-def _chain(table: Table, name: str) -> Chain:
+def writable_chain(table: Table, name: str) -> Chain:
     """The chain to change (made private to the working copy); a missing chain is the tool's error."""
     if name not in table.chains:
         raise _no_chain()
@@ -87,16 +87,21 @@ def _append(table: Table, c: Command) -> None:
 
 def append_rule(table: Table, name: str, r: Rule) -> None:
     """``-A``: check the rule against its chain as the kernel does, then append it."""
-    chain = _chain(table, name)
+    chain = writable_chain(table, name)
+    check_rule(table, name, r)
+    chain.rules.append(r)
+
+
+def check_rule(table: Table, name: str, r: Rule) -> None:
+    """What the tool and the kernel check when a rule is added to chain ``name``."""
     if r.iif is not None or r.oif is not None:
         check_devices(name, r)
     if r.target is not None or r.matches:
         check_target_allowed(table, name, r)
-    chain.rules.append(r)
 
 
 def _insert(table: Table, c: Command) -> None:
-    chain = _chain(table, c.chain)
+    chain = writable_chain(table, c.chain)
     pos = (c.rulenum or 1) - 1
     if pos > len(chain.rules):
         raise CommandError("Index of insertion too big.")
@@ -107,7 +112,7 @@ def _insert(table: Table, c: Command) -> None:
 
 
 def _replace(table: Table, c: Command) -> None:
-    chain = _chain(table, c.chain)
+    chain = writable_chain(table, c.chain)
     if len(c.rules) != 1:
         raise ParameterProblem("-R requires a single source and destination")
     if c.rulenum > len(chain.rules):
@@ -119,7 +124,7 @@ def _replace(table: Table, c: Command) -> None:
 
 
 def _delete(table: Table, c: Command) -> None:
-    chain = _chain(table, c.chain)
+    chain = writable_chain(table, c.chain)
     if c.rulenum and not c.has_rule:
         if c.rulenum > len(chain.rules):
             raise CommandError("Index of deletion too big.")
@@ -156,13 +161,13 @@ def _delete_chain(table: Table, c: Command) -> None:
 
 
 def _flush(table: Table, c: Command) -> None:
-    chains = [_chain(table, c.chain)] if c.chain else list(table.chains.values())
+    chains = [writable_chain(table, c.chain)] if c.chain else list(table.chains.values())
     for ch in chains:
         ch.rules = []
 
 
 def _zero(table: Table, c: Command) -> None:
-    chains = [_chain(table, c.chain)] if c.chain else list(table.chains.values())
+    chains = [writable_chain(table, c.chain)] if c.chain else list(table.chains.values())
     for ch in chains:
         if c.rulenum:
             if c.rulenum > len(ch.rules):
@@ -187,7 +192,7 @@ def _policy(table: Table, c: Command) -> None:
 
 
 def _rename(table: Table, c: Command) -> None:
-    chain = _chain(table, c.chain)
+    chain = writable_chain(table, c.chain)
     if chain.builtin:
         raise CommandError("Bad built-in chain name.")
     if c.arg in table.chains:
@@ -273,7 +278,7 @@ def run_iptables(argv: list[str], state: Any, family: int = 4, node: Any = None)
             return 0, out, ""
         work = state.working_copy(c.table)
         if c.cmd == "C":
-            chain = _chain(work, c.chain)
+            chain = writable_chain(work, c.chain)
             for r in c.rules:
                 if find_rule(chain, r) < 0:
                     raise CommandError("Bad rule (does a matching rule exist in that chain?).")

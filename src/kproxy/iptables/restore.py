@@ -12,7 +12,7 @@ import gc
 import re
 from typing import Any
 
-from kproxy.iptables.commands import CommandError, append_rule, apply, validate
+from kproxy.iptables.commands import CommandError, apply, check_rule, validate, writable_chain
 from kproxy.iptables.model import Chain, Rule, Table, rule_fields
 from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, tokenize
 from kproxy.iptables.plan import parse_rule_line
@@ -135,14 +135,17 @@ class _Restorer:
         assert self.table is not None
         name, rules = run
         at = lineno
+        table = self.table
         try:
+            chain = writable_chain(table, name)
             for rule in rules:
                 if self.verify:
                     self._verify(lines[at - 1].strip(), at, name, rule)
-                append_rule(self.table, name, rule)
+                check_rule(table, name, rule)
                 at += 1
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, at) from None
+        chain.rules.extend(rules)
         return lineno + len(rules) - 1
 
     def _verify(self, line: str, lineno: int, chain: str, rule: Rule) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from kproxy.iptables.restore import Prepared
 from kproxy.k8s.manifests import Objects
 from kproxy.proxy.config import ProxyConfig
-from kproxy.proxy.prepared import DNAT_TO, JUMP_TO, MASQ_FROM, RuleBuilder, Spec
+from kproxy.proxy.prepared import CLUSTER_MASQ, DNAT_TO, JUMP_TO, MASQ_FROM, RuleBuilder, Spec
 from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, Snapshot, categorize, service_ports
 
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -126,9 +126,9 @@ class ServiceRules:
     def add_top(self, table: str, chain: str, *args: str) -> None:
         self.top.setdefault((table, chain), []).append(" ".join(["-A", chain, *args]))
 
-    def add(self, chain: str, *args: str) -> None:
+    def add(self, chain: str, *args: str, spec: Spec | None = None) -> None:
         self.rules.append(" ".join(["-A", chain, *args]))
-        self.specs.append(None)
+        self.specs.append(spec)
 
 
 @dataclass
@@ -276,10 +276,12 @@ class IptablesProxier:
         if has_internal:
             args = ["-m", "comment", "--comment", q(f"{name} cluster IP"), *match, "-d", info.cluster_ip,
                     "--dport", port]
-            if self.cfg.masquerade_all:
-                out.add(internal_chain, *args, "-j", KUBE_MARK_MASQ)
-            elif self.detector.implemented:
-                out.add(internal_chain, *args, *self.detector.if_not_local, "-j", KUBE_MARK_MASQ)
+            not_local = [] if self.cfg.masquerade_all else self.detector.if_not_local
+            if self.cfg.masquerade_all or self.detector.implemented:
+                source = not_local[2] if not_local[:2] == ["!", "-s"] else None
+                spec = (CLUSTER_MASQ, internal_chain, f"{name} cluster IP", proto, info.cluster_ip, port, source) \
+                    if source is not None or not not_local else None
+                out.add(internal_chain, *args, *not_local, "-j", KUBE_MARK_MASQ, spec=spec)
         if uses_ext:
             out.chains.append(ext_chain)
             if not info.external_policy_local:

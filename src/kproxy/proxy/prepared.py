@@ -21,7 +21,7 @@ from typing import Any
 from kproxy.iptables.ext.nat import DnatTarget
 from kproxy.iptables.extension import MATCHES, Opt
 from kproxy.iptables.model import Net, Rule
-from kproxy.iptables.parser import extension_for
+from kproxy.iptables.parser import extension_for, parse_net
 from kproxy.netfilter.nat import NatRange
 from kproxy.packet import PROTO_NUMBERS
 
@@ -31,6 +31,8 @@ DNAT_TO = "dnat-to"       # (DNAT_TO, chain, comment, proto, ip, port):
 #                           -m comment --comment C -m P -p P -j DNAT --to-destination IP:PORT
 JUMP_TO = "jump-to"       # (JUMP_TO, chain, comment, probability or None, target):
 #                           -m comment --comment "C" [-m statistic --mode random --probability P] -j TARGET
+CLUSTER_MASQ = "cluster-masq"   # (CLUSTER_MASQ, chain, comment, proto, cluster ip, port, source or None):
+#                           -m comment --comment "C" -m P -p P -d IP --dport PORT [! -s SOURCE] -j KUBE-MARK-MASQ
 Spec = tuple[Any, ...]
 
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
@@ -70,6 +72,15 @@ class RuleBuilder:
             r = Rule(jump=chain)
             c = self._comment_cls.from_options([Opt("comment", [comment], False)], self.family, r)
             r.matches = [c, self._statistic(probability, r)] if probability is not None else [c]
+            return r
+        if kind == CLUSTER_MASQ:
+            _, _, comment, proto, ip, port, source = spec
+            r = Rule(proto=PROTO_NUMBERS[proto], jump=KUBE_MARK_MASQ, src_inv=source is not None)
+            r.matches = [self._comment_cls.from_options([Opt("comment", [comment], False)], self.family, r),
+                         extension_for(MATCHES[proto], [Opt("dport", [port], False)], self.family, r)]
+            r.dst = parse_net(ip, self.family)
+            if source is not None:
+                r.src = parse_net(source, self.family)
             return r
         raise ValueError(f"unknown rule spec {kind!r}")
 

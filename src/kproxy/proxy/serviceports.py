@@ -9,6 +9,7 @@ hints, and the Local policy's node-local subset.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
@@ -81,12 +82,18 @@ class ServicePortInfo:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    @property
+    # Computed once per service port (the instance keeps them; they are not fields, so they take no
+    # part in comparisons): a full sync asks for them once per endpoint.
+    @functools.cached_property
     def name_string(self) -> str:
         return f"{self.namespace}/{self.name}" + (f":{self.port_name}" if self.port_name else "")
 
+    @functools.cached_property
+    def _hash(self) -> str:
+        return port_proto_hash(self.name_string, self.protocol)
+
     def _chain(self, prefix: str) -> str:
-        return prefix + port_proto_hash(self.name_string, self.protocol)
+        return prefix + self._hash
 
     @property
     def svc_chain(self) -> str:
@@ -181,19 +188,21 @@ def service_ports(svc: Any, slices: list[Any], hostname: str,
 
 def _endpoints(info: ServicePortInfo, slices: list, hostname: str) -> list[EndpointInfo]:
     seen: dict[str, EndpointInfo] = {}
+    hashed = info.name_string + info.protocol      # what each endpoint's chain name hashes, before its address
     for es in sorted(slices, key=lambda s: s.name):
         for ep_port in es.ports:
             if ep_port.name != info.port_name or ep_port.protocol.lower() != info.protocol:
                 continue
+            port = ep_port.port
             for ep in es.endpoints:
                 for ip in ep.addresses[:1]:
-                    text = f"[{ip}]:{ep_port.port}" if ":" in ip else f"{ip}:{ep_port.port}"
+                    text = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
                     if text in seen:
                         continue
-                    seen[text] = EndpointInfo(ip, ep_port.port, ep.ready, ep.serving, ep.terminating,
+                    seen[text] = EndpointInfo(ip, port, ep.ready, ep.serving, ep.terminating,
                                               ep.node_name == hostname,
                                               tuple(ep.hint_zones) if ep.hint_zones is not None else None,
-                                              endpoint_chain(info.name_string, info.protocol, text))
+                                              "KUBE-SEP-" + _hash16(hashed + text))
     return [seen[k] for k in sorted(seen)]
 
 
