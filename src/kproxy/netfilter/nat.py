@@ -13,8 +13,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kproxy.netfilter.conntrack import (
     IPS_DST_NAT,
@@ -33,9 +32,11 @@ Lookup = Callable[[Packet, HookState], int]
 MAX_ATTEMPTS = 128
 
 
-@dataclass(frozen=True, slots=True)
-class NatRange:
-    """struct nf_nat_range2: an address range and/or a port range, with the mapping flags."""
+class NatRange(NamedTuple):
+    """struct nf_nat_range2: an address range and/or a port range, with the mapping flags.
+
+    A named tuple: every new connection builds one (its null binding), and so does every DNAT
+    rule of a restore; a tuple is built several times faster than a frozen dataclass."""
 
     min_addr: int | None = None
     max_addr: int | None = None

@@ -53,10 +53,7 @@ class EndpointInfo(NamedTuple):
     is_local: bool
     zone_hints: tuple[str, ...] | None
     chain: str
-
-    @property
-    def text(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+    text: str         # ip:port ([ip]:port for IPv6), as rules and comments print it
 
 
 @dataclass(frozen=True)
@@ -202,7 +199,7 @@ def _endpoints(info: ServicePortInfo, slices: list, hostname: str) -> list[Endpo
                     seen[text] = EndpointInfo(ip, port, ep.ready, ep.serving, ep.terminating,
                                               ep.node_name == hostname,
                                               tuple(ep.hint_zones) if ep.hint_zones is not None else None,
-                                              "KUBE-SEP-" + _hash16(hashed + text))
+                                              "KUBE-SEP-" + _hash16(hashed + text), text)
     return [seen[k] for k in sorted(seen)]
 
 
