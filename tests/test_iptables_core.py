@@ -183,3 +183,13 @@ def test_tokenizer_groups_double_quotes_only():
     assert tokenize('-A X -m comment --comment "a \\"b\\" c" -j Y') == [
         "-A", "X", "-m", "comment", "--comment", 'a "b" c', "-j", "Y"]
     assert tokenize("-m comment --comment 'q r'") == ["-m", "comment", "--comment", "'q", "r'"]
+
+
+def test_a_failed_restore_that_flushed_every_chain_leaves_the_rules_as_they_were():
+    state = loaded()
+    before = save(state)
+    with pytest.raises(RestoreError):
+        restore("*filter\n-F\n-A NOSUCH -j ACCEPT\nCOMMIT\n", state, noflush=True)
+    assert save(state) == before
+    rc, _, err = run_iptables(["-F"], state)
+    assert rc == 0 and "-A INPUT" not in save(state) and ":AAA - [0:0]" in save(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from kproxy.backends import BackendError
@@ -15,7 +16,8 @@ class EmulatedBackend:
     def __init__(self, node: Any, family: int = 4, verify_prepared: bool = False) -> None:
         self.node = node
         self.family = family
-        self.verify_prepared = verify_prepared
+        # KPROXY_VERIFY_PREPARED=1 parses every prepared line too and fails a sync whose rules differ.
+        self.verify_prepared = verify_prepared or os.environ.get("KPROXY_VERIFY_PREPARED") == "1"
 
     def _cmd(self, argv: list[str]) -> tuple[int, str, str]:
         return self.node.iptables_cmd(argv, self.family)
@@ -32,6 +34,11 @@ class EmulatedBackend:
 
     def save(self, table: str) -> str:
         return self.node.iptables_save(self.family, tables=[table])
+
+    def chain_names(self, table: str) -> list[str]:
+        """The chains of ``table`` (what ``save`` would declare), without printing its rules."""
+        t = self.node.iptables[self.family].tables.get(table)
+        return list(t.chains) if t is not None else []
 
     def ensure_chain(self, table: str, chain: str) -> bool:
         """True when the chain already existed."""

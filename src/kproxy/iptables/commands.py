@@ -161,9 +161,10 @@ def _delete_chain(table: Table, c: Command) -> None:
 
 
 def _flush(table: Table, c: Command) -> None:
-    chains = [writable_chain(table, c.chain)] if c.chain else list(table.chains.values())
-    for ch in chains:
-        ch.rules = []
+    if c.chain and c.chain not in table.chains:
+        raise _no_chain()
+    for name in [c.chain] if c.chain else list(table.chains):
+        table.flush(name)
 
 
 def _zero(table: Table, c: Command) -> None:

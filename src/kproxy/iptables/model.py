@@ -136,6 +136,17 @@ class Table:
         self.owned.add(name)
         return c
 
+    def flush(self, name: str) -> Chain:
+        """Chain ``name`` emptied, made private to this copy without copying the rules it had."""
+        c = self.chains[name]
+        if self.owned is None or name in self.owned:
+            c.rules = []
+            return c
+        c = Chain(c.name, c.policy, [], c.packets, c.bytes)
+        self.chains[name] = c
+        self.owned.add(name)
+        return c
+
     def add_chain(self, chain: Chain) -> None:
         self.chains[chain.name] = chain
         if self.owned is not None:

@@ -98,7 +98,7 @@ class _Restorer:
         if chain is None:
             self.table.add_chain(Chain(name))
         else:
-            self.table.writable(name).rules = []   # an existing user chain is flushed, as --noflush restores rely on
+            self.table.flush(name)   # an existing user chain is flushed, as --noflush restores rely on
 
     def command_line(self, line: str, lineno: int) -> None:
         assert self.table is not None

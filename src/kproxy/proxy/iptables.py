@@ -586,12 +586,15 @@ class IptablesProxier:
         return ("\n".join(out) + "\n" if out else ""), prepared
 
     def _existing_service_chains(self) -> set[str]:
+        lister = getattr(self.backend, "chain_names", None)
         try:
-            text = self.backend.save("nat")
+            if lister is not None:       # the emulated node lists them without printing the whole table
+                names = lister("nat")
+            else:
+                names = [line[1:].split()[0] for line in self.backend.save("nat").splitlines() if line.startswith(":")]
         except Exception:  # noqa: BLE001 - a missing table just means nothing to clean
             return set()
-        return {line[1:].split()[0] for line in text.splitlines()
-                if line.startswith(":") and is_service_chain(line[1:].split()[0])}
+        return {name for name in names if is_service_chain(name)}
 
     def _ensure_jumps(self) -> None:
         for table in ("mangle", "nat", "filter"):
