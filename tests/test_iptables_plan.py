@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.test_ip6tables_kernel import RULES6
 
 from kproxy.iptables import plan as plan_mod
 from kproxy.iptables.parser import ParameterProblem, parse_command, tokenize
@@ -22,10 +23,10 @@ from kproxy.iptables.save import rule_spec
 CORPUS = Path(__file__).parent / "data" / "extensions.rules"
 
 
-def corpus_lines() -> list[tuple[str, list[str]]]:
-    """(table, argv) of every -A line of the corpus."""
+def corpus_lines(text: str) -> list[tuple[str, list[str]]]:
+    """(table, argv) of every -A line of a restore input."""
     out, table = [], "filter"
-    for line in CORPUS.read_text().splitlines():
+    for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith("-A"):
@@ -33,7 +34,8 @@ def corpus_lines() -> list[tuple[str, list[str]]]:
     return out
 
 
-LINES = corpus_lines()
+LINES = corpus_lines(CORPUS.read_text())
+LINES6 = corpus_lines(RULES6)
 # Values that parse, values that do not, and values that would change how a line dispatches.
 VALUES = ["10.0.0.1", "10.0.0.0/8", "1.2.3.4/32", "10.0.0.300", "10.1", "0/0", "::1", "eth0", "eth+",
           "averyveryverylongname0", "80", "65535", "65536", "0x50", "080", "1:2", "1-2", "-1", "x", "",
@@ -43,21 +45,21 @@ VALUES = ["10.0.0.1", "10.0.0.0/8", "1.2.3.4/32", "10.0.0.300", "10.1", "0/0", "
           "-j", "a" * 40]
 
 
-def outcome(fn, argv: list[str], table: str) -> tuple:
+def outcome(fn, argv: list[str], table: str, family: int = 4) -> tuple:
     try:
-        c = fn(argv, table)
+        c = fn(argv, table, family)
     except ParameterProblem as exc:
         return ("error", str(exc), exc.prefixed)
     return ("ok", c.cmd, c.chain, c.table, c.has_rule, [rule_spec(r) for r in c.rules],
             [(r.packets, r.bytes) for r in c.rules])
 
 
-def general(argv: list[str], table: str):
-    return parse_command(argv, 4, restore=True, default_table=table)
+def general(argv: list[str], table: str, family: int = 4):
+    return parse_command(argv, family, restore=True, default_table=table)
 
 
-def planned(argv: list[str], table: str):
-    return parse_rule_line(argv, 4, table)
+def planned(argv: list[str], table: str, family: int = 4):
+    return parse_rule_line(argv, family, table)
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +89,22 @@ def test_lines_of_a_learnt_shape_parse_like_the_general_parser(data):
     for i in data.draw(st.lists(st.sampled_from(blanks), min_size=1, max_size=3)):
         variant[i] = data.draw(st.sampled_from(VALUES + [argv[j] for j in blanks]))
     assert outcome(planned, variant, table) == outcome(general, variant, table), (argv, variant)
+
+
+V6_VALUES = ["2001:db8::1", "fd00::/8", "fd00::/129", "::", "::/0", "[fd00::5]:80", "[fd00::5]", "fe80::1%eth0",
+             "10.0.0.1", "gggg::1", "echo-request", "135", "icmp6-adm-prohibited"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_ipv6_lines_of_a_learnt_shape_parse_like_the_general_parser(data):
+    table, argv = data.draw(st.sampled_from(LINES6))
+    assert outcome(planned, argv, table, 6) == outcome(general, argv, table, 6)
+    blanks = [i for i, t in enumerate(shape(argv)) if t is None]
+    variant = list(argv)
+    for i in data.draw(st.lists(st.sampled_from(blanks), min_size=1, max_size=3)):
+        variant[i] = data.draw(st.sampled_from(V6_VALUES + VALUES + [argv[j] for j in blanks]))
+    assert outcome(planned, variant, table, 6) == outcome(general, variant, table, 6), (argv, variant)
 
 
 def test_a_bad_value_in_a_learnt_shape_gets_the_general_error():
