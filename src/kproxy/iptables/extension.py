@@ -65,11 +65,10 @@ def builtin_chain_outside(chain: str, hooks: tuple[str, ...]) -> bool:
     return chain in BUILTIN_CHAINS and chain not in hooks
 
 
-class Match(ABC):
-    """A match extension (``-m NAME``).
+class Extension(ABC):
+    """What matches and targets share: their options, canonical forms and the kernel's checks.
 
-    ``OPTIONS`` maps each long option (without ``--``) to how many values it takes. ``ALIASES``
-    maps ``-p`` protocol names that load the match implicitly (``-p tcp --dport 80`` loads tcp).
+    ``OPTIONS`` maps each long option (without ``--``) to how many values it takes.
     """
 
     name: ClassVar[str]
@@ -85,32 +84,41 @@ class Match(ABC):
 
     @classmethod
     @abstractmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> Match:
+    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> Extension:
         """Build from parsed options; ``rule`` is the rule being built (for -p checks). Raise ExtensionError."""
 
     @abstractmethod
     def save(self) -> str:
-        """The canonical ``iptables-save`` fragment, including ``-m NAME`` (e.g. ``-m tcp --dport 80``)."""
+        """The canonical ``iptables-save`` fragment, including ``-m NAME`` or ``-j NAME``."""
 
     @abstractmethod
     def listing(self, numeric: bool = True) -> str:
-        """What ``iptables -L`` appends in the options column (e.g. ``tcp dpt:80``)."""
-
-    @abstractmethod
-    def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
-        """Whether the packet matches, as the kernel's xt match function decides."""
+        """What ``iptables -L`` appends in the options column (e.g. ``tcp dpt:80``, ``to:10.0.0.1:80``)."""
 
     def check(self, node: Any) -> None:
         """Validate against the node when the table is committed (e.g. a named set exists); raise ExtensionError."""
         return None
 
-    def index_key(self) -> tuple[str, Any] | None:
-        """An exact, non-inverted field this match requires (e.g. ``("dport", 80)``), for compiled lookups."""
-        return None
-
     def kernel_refuses(self, rule: Any, chain: str) -> bool:
         """True when the kernel's checkentry would refuse the rule in ``chain`` (EINVAL on append)."""
         return False
+
+
+class Match(Extension):
+    """A match extension (``-m NAME``); ``-p tcp --dport 80`` loads the protocol's match implicitly."""
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> Match:
+        """Build from parsed options. Raise ExtensionError."""
+
+    @abstractmethod
+    def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
+        """Whether the packet matches, as the kernel's xt match function decides."""
+
+    def index_key(self) -> tuple[str, Any] | None:
+        """An exact, non-inverted field this match requires (e.g. ``("dport", 80)``), for compiled lookups."""
+        return None
 
     def redundant(self, rule: Any) -> bool:
         """True when the match can never fail for a packet that passed the rule's ip header checks
@@ -118,19 +126,9 @@ class Match(ABC):
         return False
 
 
-class Target(ABC):
+class Target(Extension):
     """A target extension (``-j NAME`` for anything but ACCEPT/DROP/RETURN/QUEUE and user chains)."""
 
-    name: ClassVar[str]
-    OPTIONS: ClassVar[dict[str, int]] = {}
-    REVISION: ClassVar[int] = 0
-    # Rules parsed with the same options may share one object, unless that object is ``stateful``.
-    SHAREABLE: ClassVar[bool] = False
-    stateful: bool = False
-    # Whether the class has a ``check`` / ``kernel_refuses`` of its own (set when registered), so
-    # a restore of 100,000 rules calls them only where they can refuse something.
-    CHECKS_NODE: ClassVar[bool] = False
-    CHECKS_ENTRY: ClassVar[bool] = False
     # Tables and hooks where the target is allowed (None: anywhere), like xt_target.table/hooks.
     TABLES: ClassVar[tuple[str, ...] | None] = None
     HOOKS: ClassVar[tuple[str, ...] | None] = None
@@ -141,22 +139,6 @@ class Target(ABC):
         """Build from parsed options. Raise ExtensionError."""
 
     @abstractmethod
-    def save(self) -> str:
-        """The canonical ``iptables-save`` fragment, including ``-j NAME``."""
-
-    @abstractmethod
-    def listing(self, numeric: bool = True) -> str:
-        """What ``iptables -L`` appends in the options column (e.g. ``to:10.0.0.1:80``)."""
-
-    def check(self, node: Any) -> None:
-        """Validate against the node when the table is committed; raise ExtensionError."""
-        return None
-
-    def kernel_refuses(self, rule: Any, chain: str) -> bool:
-        """True when the kernel's checkentry would refuse the rule in ``chain`` (EINVAL on append)."""
-        return False
-
-    @abstractmethod
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         """Apply the target: NF_ACCEPT, NF_DROP, XT_CONTINUE or XT_RETURN."""
 
@@ -165,15 +147,18 @@ MATCHES: dict[str, type[Match]] = {}
 TARGETS: dict[str, type[Target]] = {}
 
 
+def _note_checks(cls: type[Extension]) -> None:
+    cls.CHECKS_NODE = cls.check is not Extension.check
+    cls.CHECKS_ENTRY = cls.kernel_refuses is not Extension.kernel_refuses
+
+
 def register_match(cls: type[Match]) -> type[Match]:
     MATCHES[cls.name] = cls
-    cls.CHECKS_NODE = cls.check is not Match.check
-    cls.CHECKS_ENTRY = cls.kernel_refuses is not Match.kernel_refuses
+    _note_checks(cls)
     return cls
 
 
 def register_target(cls: type[Target]) -> type[Target]:
     TARGETS[cls.name] = cls
-    cls.CHECKS_NODE = cls.check is not Target.check
-    cls.CHECKS_ENTRY = cls.kernel_refuses is not Target.kernel_refuses
+    _note_checks(cls)
     return cls
