@@ -104,6 +104,12 @@ def test_prepared_rules_equal_parsed_ones_across_partial_syncs():
             result = proxier.sync(o)
             assert not result.error and not result.full
         assert same_rules(fast_node, text_node) > 0
+    for proxier, o in zip((fast, text), objs, strict=True):      # a new Service: KUBE-SERVICES is rewritten
+        o.add(service("late", "172.30.0.99"), "test")
+        o.add(endpoints("late", *EPS), "test")
+        result = proxier.sync(o)
+        assert not result.error and ":KUBE-SERVICES" in result.text
+    assert same_rules(fast_node, text_node) > 0
     assert fast.backend.prepared_count > 0
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from kproxy.iptables.restore import Prepared
 from kproxy.k8s.manifests import Objects
 from kproxy.proxy.config import ProxyConfig
-from kproxy.proxy.prepared import CLUSTER_MASQ, DNAT_TO, JUMP_TO, MASQ_FROM, RuleBuilder, Spec
+from kproxy.proxy.prepared import DNAT_TO, JUMP_TO, MASQ_FROM, PORTAL, RuleBuilder, Spec
 from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, Snapshot, categorize, service_ports
 
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -120,11 +120,15 @@ class ServiceRules:
     # Per rule of ``rules``: the few values its text was made from, for the most common shapes
     # (see ``kproxy.proxy.prepared``), or None.
     specs: list[Spec | None] = field(default_factory=list)
+    top_specs: dict[str, Spec] = field(default_factory=dict)    # the same for lines of ``top``
     no_local_internal: int = 0
     no_local_external: int = 0
 
-    def add_top(self, table: str, chain: str, *args: str) -> None:
-        self.top.setdefault((table, chain), []).append(" ".join(["-A", chain, *args]))
+    def add_top(self, table: str, chain: str, *args: str, spec: Spec | None = None) -> None:
+        line = " ".join(["-A", chain, *args])
+        self.top.setdefault((table, chain), []).append(line)
+        if spec is not None:
+            self.top_specs[line] = spec
 
     def add(self, chain: str, *args: str, spec: Spec | None = None) -> None:
         self.rules.append(" ".join(["-A", chain, *args]))
@@ -237,7 +241,9 @@ class IptablesProxier:
 
         if has_internal:
             out.add_top("nat", KUBE_SERVICES, "-m", "comment", "--comment", q(f"{name} cluster IP"), *match,
-                        "-d", info.cluster_ip, "--dport", port, "-j", internal_chain)
+                        "-d", info.cluster_ip, "--dport", port, "-j", internal_chain,
+                        spec=(PORTAL, KUBE_SERVICES, f"{name} cluster IP", proto, info.cluster_ip, port, None,
+                              internal_chain))
         else:
             out.add_top("filter", KUBE_SERVICES, "-m", "comment", "--comment", int_comment, *match,
                         "-d", info.cluster_ip, "--dport", port, "-j", int_target)
@@ -279,8 +285,8 @@ class IptablesProxier:
             not_local = [] if self.cfg.masquerade_all else self.detector.if_not_local
             if self.cfg.masquerade_all or self.detector.implemented:
                 source = not_local[2] if not_local[:2] == ["!", "-s"] else None
-                spec = (CLUSTER_MASQ, internal_chain, f"{name} cluster IP", proto, info.cluster_ip, port, source) \
-                    if source is not None or not not_local else None
+                spec = (PORTAL, internal_chain, f"{name} cluster IP", proto, info.cluster_ip, port, source,
+                        KUBE_MARK_MASQ) if source is not None or not not_local else None
                 out.add(internal_chain, *args, *not_local, "-j", KUBE_MARK_MASQ, spec=spec)
         if uses_ext:
             out.chains.append(ext_chain)
@@ -548,12 +554,16 @@ class IptablesProxier:
         for table in ("filter", "nat"):
             chains: list[str] = []
             rules: list[str] = []
-            built: list[tuple[int, ServiceRules]] = []
+            built: list[tuple[int, list[Spec | None]]] = []
             for (t, chain), lines in top.items():
                 if t != table:
                     continue
                 if full or self.last_top.get((t, chain)) != lines:
                     chains.append(f":{chain} - [0:0]")
+                    if builder is not None and (t, chain) == ("nat", KUBE_SERVICES):
+                        index = {line: spec for lst in self._rules.values() for _, sr in lst
+                                 for line, spec in sr.top_specs.items()}
+                        built.append((len(rules), [index.get(line) for line in lines]))
                     rules.extend(lines)
             if table == "nat":
                 for svc in sorted(service_chains):
@@ -561,7 +571,7 @@ class IptablesProxier:
                         chains.extend(f":{c} - [0:0]" for c in service_chains[svc])
                         for _, sr in sorted(self._rules[svc], key=lambda e: e[0]):
                             if builder is not None:
-                                built.append((len(rules), sr))
+                                built.append((len(rules), sr.specs))
                             rules.extend(sr.rules)
                 if full:
                     active = {c for cs in service_chains.values() for c in cs}
@@ -579,8 +589,8 @@ class IptablesProxier:
                 out.extend(chains)
                 if prepared is not None and builder is not None:
                     first = len(out) + 1          # the line number of rules[0]
-                    for at, sr in built:
-                        _prepare(prepared, builder, first + at, sr.specs)
+                    for at, specs in built:
+                        _prepare(prepared, builder, first + at, specs)
                 out.extend(rules)
                 out.append("COMMIT")
         return ("\n".join(out) + "\n" if out else ""), prepared

@@ -2,7 +2,8 @@
 
 Nine in ten lines of a kube-proxy restore input are one of three shapes, one per endpoint: the
 KUBE-SVC jump to an endpoint's chain (with its ``statistic`` share), and the endpoint chain's
-KUBE-MARK-MASQ and DNAT rules. The proxier knows the few values each was written from (a
+KUBE-MARK-MASQ and DNAT rules; most of the rest are one per service port (KUBE-SERVICES' jump to
+the service and the service's masquerade rule). The proxier knows the few values each was written from (a
 ``Spec``), so for the emulated node it hands over those rules already built, keyed by their line
 in the restore input, and the restore applies them in place of parsing their text again. Every
 other line is parsed as usual.
@@ -31,8 +32,9 @@ DNAT_TO = "dnat-to"       # (DNAT_TO, chain, comment, proto, ip, port):
 #                           -m comment --comment C -m P -p P -j DNAT --to-destination IP:PORT
 JUMP_TO = "jump-to"       # (JUMP_TO, chain, comment, probability or None, target):
 #                           -m comment --comment "C" [-m statistic --mode random --probability P] -j TARGET
-CLUSTER_MASQ = "cluster-masq"   # (CLUSTER_MASQ, chain, comment, proto, cluster ip, port, source or None):
-#                           -m comment --comment "C" -m P -p P -d IP --dport PORT [! -s SOURCE] -j KUBE-MARK-MASQ
+PORTAL = "portal"         # (PORTAL, chain, comment, proto, cluster ip, port, source or None, target):
+#                           -m comment --comment "C" -m P -p P -d IP --dport PORT [! -s SOURCE] -j TARGET
+#                           (KUBE-SERVICES' jump to a service, and the service's masquerade rule)
 Spec = tuple[Any, ...]
 
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
@@ -73,9 +75,9 @@ class RuleBuilder:
             c = self._comment_cls.from_options([Opt("comment", [comment], False)], self.family, r)
             r.matches = [c, self._statistic(probability, r)] if probability is not None else [c]
             return r
-        if kind == CLUSTER_MASQ:
-            _, _, comment, proto, ip, port, source = spec
-            r = Rule(proto=PROTO_NUMBERS[proto], jump=KUBE_MARK_MASQ, src_inv=source is not None)
+        if kind == PORTAL:
+            _, _, comment, proto, ip, port, source, target = spec
+            r = Rule(proto=PROTO_NUMBERS[proto], jump=target, src_inv=source is not None)
             r.matches = [self._comment_cls.from_options([Opt("comment", [comment], False)], self.family, r),
                          extension_for(MATCHES[proto], [Opt("dport", [port], False)], self.family, r)]
             r.dst = parse_net(ip, self.family)
