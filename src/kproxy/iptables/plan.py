@@ -40,6 +40,7 @@ for _options in [*(m.OPTIONS for m in MATCHES.values()), *(t.OPTIONS for t in TA
     _VOCAB.update((f"--{o}", f"--{o}") for o in _options)
 _PLANNED_CORE = frozenset("sdiopfjgm")
 _MAX_PLANS = 4096
+_MAX_MEMO = 50_000          # remembered extension objects per plan slot
 
 
 def shape(argv: list[str]) -> tuple[str | None, ...]:
@@ -77,6 +78,8 @@ class _Slot:
             return ext
         ext = extension_for(self.cls, self._opts(argv), family, rule)
         if not ext.stateful:
+            if len(memo) >= _MAX_MEMO:          # a long-lived process sees values come and go
+                memo.clear()
             memo[key] = ext
         self.misses += 1
         if self.misses >= 1024 and self.misses > 3 * self.hits:      # values hardly repeat
