@@ -265,6 +265,17 @@ def test_a_nat_table_without_nat_rules_does_not_turn_tracking_on(lab):
           [Probe("tcp", "10.96.0.10", 8080, from_node=True), Probe("udp", "10.244.1.3", 53)])
 
 
+def test_ct_notrack_alone_does_not_turn_tracking_on(lab):
+    """Regression (fresh seed 2854051837): xt_CT's checkentry returns before nf_ct_netns_get for
+    --notrack and for NOTRACK, so a raw table of those does not make the namespace track
+    connections; CT with any other option does. A SYN to the node's own closed port dropped in
+    INPUT then leaves no entry."""
+    probes = [Probe("tcp", "10.0.1.1", 8080, from_node=True), Probe("udp", "10.0.2.2", 53)]
+    for target in ("CT --notrack", "NOTRACK", "CT --zone 1"):
+        agree(lab, f"*raw\n-A OUTPUT -p udp --dport 9999 -j {target}\nCOMMIT\n*filter\n:INPUT DROP [0:0]\n"
+                   "-A INPUT -p udp -j ACCEPT\nCOMMIT\n", probes)
+
+
 def test_masquerade_out_through_loopback_takes_another_devices_address(lab):
     """Regression: inet_select_addr skips host-scope addresses, so a packet redirected to 127.0.0.1
     and masqueraded gets the first global address of the node (10.0.1.1 on eth0)."""

@@ -181,7 +181,8 @@ class Conn:
 def _needs_conntrack(table: Any) -> bool:
     for chain in table.chains.values():
         for r in chain.rules:
-            if r.target is not None and r.target.name in CT_TARGETS:
+            t = r.target
+            if t is not None and t.name in CT_TARGETS and not getattr(t, "notrack", False):
                 return True
             if any(m.name in CT_MATCHES for m in r.matches):
                 return True
@@ -198,9 +199,10 @@ class TableFull(Exception):
 
 # What makes a network namespace track connections at all (nf_ct_netns_get): a match or target that
 # needs conntrack (the NAT targets among them). A nat table alone does not: its chains see only
-# packets with a conntrack entry, so without one of these they are never traversed.
+# packets with a conntrack entry, so without one of these they are never traversed. Neither does
+# CT --notrack nor NOTRACK: xt_CT's checkentry returns before nf_ct_netns_get for them.
 CT_MATCHES = {"conntrack", "state", "connmark", "connbytes", "connlimit", "helper", "cluster"}
-CT_TARGETS = {"CONNMARK", "CT", "NOTRACK", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "CONNSECMARK"}
+CT_TARGETS = {"CONNMARK", "CT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "CONNSECMARK"}
 
 
 class Conntrack:
