@@ -276,6 +276,14 @@ def test_ct_notrack_alone_does_not_turn_tracking_on(lab):
                    "-A INPUT -p udp -j ACCEPT\nCOMMIT\n", probes)
 
 
+def test_a_packet_is_untracked_from_its_ct_notrack_rule_on(lab):
+    """Regression (fresh seed 608839025): CT --notrack attaches the untracked template at once, so a
+    conntrack match later in the same raw chain sees UNTRACKED, not INVALID."""
+    agree(lab, "*raw\n-A PREROUTING -s 10.0.1.2/32 -j CT --notrack\n-A PREROUTING -m conntrack --ctstate INVALID\n"
+               "-A PREROUTING -m conntrack --ctstate UNTRACKED\nCOMMIT\n",
+          [Probe("tcp", "10.0.2.2", 80), Probe("udp", "10.0.2.2", 53)])
+
+
 def test_masquerade_out_through_loopback_takes_another_devices_address(lab):
     """Regression: inet_select_addr skips host-scope addresses, so a packet redirected to 127.0.0.1
     and masqueraded gets the first global address of the node (10.0.1.1 on eth0)."""

@@ -40,8 +40,11 @@ class CtTarget(Target):
         return "CT" + (" notrack" if self.notrack else "") + (f" zone {self.zone}" if self.zone else "")
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
-        if self.notrack:
+        # xt_ct_target: a packet that already has a conntrack reference (looped back) is left alone;
+        # --notrack attaches the untracked template at once, so later rules see the state UNTRACKED.
+        if self.notrack and pkt.ct is None and not pkt.notrack:
             pkt.notrack = True
+            pkt.ctstate = "UNTRACKED"
         return XT_CONTINUE
 
 
