@@ -284,6 +284,15 @@ def test_a_packet_is_untracked_from_its_ct_notrack_rule_on(lab):
           [Probe("tcp", "10.0.2.2", 80), Probe("udp", "10.0.2.2", 53)])
 
 
+def test_a_client_whose_ack_was_reset_sends_no_reset_on_close(lab):
+    """Regression (fresh seed 608839025, peers model): when the handshake ACK is rejected with a TCP
+    reset, the reset closes the client's socket before connect() returns, so its close sends no
+    abortive RST for the node's rules to count."""
+    agree(lab, "*filter\n-A INPUT -s 10.0.1.2/32 -p tcp --dport 9999 -m statistic --mode nth --every 2 --packet 1 "
+               "-j REJECT --reject-with tcp-reset\n-A INPUT -s 10.0.1.2/32 -p tcp --dport 9999\nCOMMIT\n",
+          [Probe("tcp", "10.0.2.1", 9999)])
+
+
 def test_masquerade_out_through_loopback_takes_another_devices_address(lab):
     """Regression: inet_select_addr skips host-scope addresses, so a packet redirected to 127.0.0.1
     and masqueraded gets the first global address of the node (10.0.1.1 on eth0)."""

@@ -262,15 +262,21 @@ class EmulatedPeers:
             elif back.fate == "delivered":
                 node.send(reset)
             return "dropped"
-        results = []
-        for flags, length in ((ACK, ACK_LEN), (RST | ACK, RST_LEN)):
-            pkt = Packet(src=orig.dst, dst=orig.src, proto=TCP, sport=orig.dport, dport=orig.sport, tcp_flags=flags,
-                         length=length, seg=self.segs.for_client(flags))
-            results.append(node.receive(pkt, "eth0") if from_client else node.send(pkt))
-        ack = results[0]
+        ack = self._client_segment(orig, ACK, ACK_LEN, from_client)
+        was_reset = ack.fate == "rejected" and ack.reject_with == "tcp-reset" and _answer_reached(ack, not from_client)
+        if not was_reset:
+            # The program closes with SO_LINGER 0: an abortive RST, unless a reset for its ACK already
+            # closed the socket (it arrives before connect() returns to the program).
+            self._client_segment(orig, RST | ACK, RST_LEN, from_client)
         if ack.fate in ("forwarded", "delivered"):
             return "accepted"
         return "rejected" if ack.fate == "rejected" and _answer_reached(ack, not from_client) else "dropped"
+
+    def _client_segment(self, answer: Packet, flags: int, length: int, from_client: bool) -> Any:
+        """The initiator's next segment after ``answer`` (its ACK, or its RST on close), through the node."""
+        pkt = Packet(src=answer.dst, dst=answer.src, proto=TCP, sport=answer.dport, dport=answer.sport,
+                     tcp_flags=flags, length=length, seg=self.segs.for_client(flags))
+        return self.node.receive(pkt, "eth0") if from_client else self.node.send(pkt)
 
     def _misaddressed_datagram(self, res: Any, from_client: bool) -> None:
         """A reply that reaches the sender from an address its connected socket did not send to (a nat
