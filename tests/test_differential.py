@@ -293,6 +293,16 @@ def test_a_client_whose_ack_was_reset_sends_no_reset_on_close(lab):
           [Probe("tcp", "10.0.2.1", 9999)])
 
 
+def test_an_icmp_error_about_rejects_reset_confirms_the_rejected_connection(lab):
+    """Regression (fresh seed 2128293470): a SYN rejected in FORWARD with a reset leaves no entry,
+    but when OUTPUT rejects that reset with an ICMP error, the error is attached to the SYN's entry
+    in the original direction and confirms it at POSTROUTING (in SYN_SENT: an unconfirmed entry is
+    not moved to CLOSE)."""
+    agree(lab, "*filter\n-A FORWARD -p tcp -j REJECT --reject-with tcp-reset\n-A OUTPUT -p tcp -j REJECT\n"
+               "-A INPUT -m conntrack --ctstate INVALID\nCOMMIT\n",
+          [Probe("tcp", "10.244.1.3", 80), Probe("tcp", "10.0.2.2", 80)])
+
+
 def test_masquerade_out_through_loopback_takes_another_devices_address(lab):
     """Regression: inet_select_addr skips host-scope addresses, so a packet redirected to 127.0.0.1
     and masqueraded gets the first global address of the node (10.0.1.1 on eth0)."""

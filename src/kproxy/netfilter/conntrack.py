@@ -479,9 +479,13 @@ class Conntrack:
         return NF_ACCEPT
 
     def confirm_hook(self, pkt: Packet, state: HookState) -> int:
-        """__nf_conntrack_confirm (INPUT and POSTROUTING, last): a new entry joins the table."""
+        """__nf_conntrack_confirm (INPUT and POSTROUTING, last): a new entry joins the table.
+
+        A packet attached to the entry in the reply direction (REJECT's answer to the packet that
+        created it) does not confirm it; one in the original direction does, even when RELATED
+        (the ICMP error REJECT sends about that answer)."""
         conn = pkt.ct
-        if conn is None or conn.confirmed or pkt.ctstate == "RELATED":
+        if conn is None or conn.confirmed or pkt.ctdir != ORIGINAL:
             return NF_ACCEPT
         if self.taken(conn.reply, conn) or self.taken(conn.orig, conn):
             self._trace(state, "clash with an existing entry: dropping packet")
