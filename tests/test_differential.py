@@ -303,6 +303,15 @@ def test_an_icmp_error_about_rejects_reset_confirms_the_rejected_connection(lab)
           [Probe("tcp", "10.244.1.3", 80), Probe("tcp", "10.0.2.2", 80)])
 
 
+def test_an_ack_that_skips_nat_is_reset_by_the_sink(lab):
+    """Regression (fresh seed 3102542229, peers model): the handshake ACK is untracked by an nth rule,
+    so it reaches the sink un-masqueraded; the sink's listener knows no such connection and answers
+    with a reset, which closes the client's socket (no RST on close), and the entry stays SYN_RECV."""
+    agree(lab, "*raw\n-A PREROUTING -d 10.244.1.3/32 -m statistic --mode nth --every 3 --packet 1 -j CT --notrack\n"
+               "COMMIT\n*nat\n-A POSTROUTING -o eth1 -j MASQUERADE\nCOMMIT\n",
+          [Probe("tcp", "10.244.1.3", 8080)])
+
+
 def test_masquerade_out_through_loopback_takes_another_devices_address(lab):
     """Regression: inet_select_addr skips host-scope addresses, so a packet redirected to 127.0.0.1
     and masqueraded gets the first global address of the node (10.0.1.1 on eth0)."""

@@ -264,6 +264,8 @@ class EmulatedPeers:
             return "dropped"
         ack = self._client_segment(orig, ACK, ACK_LEN, from_client)
         was_reset = ack.fate == "rejected" and ack.reject_with == "tcp-reset" and _answer_reached(ack, not from_client)
+        if not was_reset and not local and ack.fate == "forwarded" and ack.out_dev == "eth1":
+            was_reset = self._sink_resets(got, ack.packet, from_client)
         if not was_reset:
             # The program closes with SO_LINGER 0: an abortive RST, unless a reset for its ACK already
             # closed the socket (it arrives before connect() returns to the program).
@@ -271,6 +273,18 @@ class EmulatedPeers:
         if ack.fate in ("forwarded", "delivered"):
             return "accepted"
         return "rejected" if ack.fate == "rejected" and _answer_reached(ack, not from_client) else "dropped"
+
+    def _sink_resets(self, syn: Packet, ack: Packet, from_client: bool) -> bool:
+        """The sink's TCP knows the connection by the addresses its SYN arrived with. An ACK that
+        arrives otherwise (it skipped NAT: untracked, say) finds only the listener, which answers
+        with a reset; whether that reset reached the sender (and so closed its socket)."""
+        if (ack.src, ack.sport, ack.dst, ack.dport) == (syn.src, syn.sport, syn.dst, syn.dport):
+            return False
+        seg = None if ack.seg is None else TcpSeg(ack.seg.ack)
+        reset = Packet(src=ack.dst, dst=ack.src, proto=TCP, sport=ack.dport, dport=ack.sport, tcp_flags=RST,
+                       length=RST_LEN, seg=seg)
+        res = self.node.receive(reset, "eth1")
+        return (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
 
     def _client_segment(self, answer: Packet, flags: int, length: int, from_client: bool) -> Any:
         """The initiator's next segment after ``answer`` (its ACK, or its RST on close), through the node."""
