@@ -49,18 +49,18 @@ def check_devices(chain: str, rule: Rule) -> None:
 
 def check_target_allowed(table: Table, chain: str, rule: Rule) -> None:
     """Targets restricted to tables or hooks (DNAT only in nat PREROUTING/OUTPUT...) fail like the kernel."""
-    t = rule.target
-    refused = False
-    for m in rule.matches:
+    for m in rule.matches:      # a plain loop: this runs for every rule of a restore
         if m.CHECKS_ENTRY and m.kernel_refuses(rule, chain):
-            refused = True
-    if t is not None and (
-            (t.TABLES is not None and table.name not in t.TABLES)
-            or (t.HOOKS is not None and builtin_chain_outside(chain, t.HOOKS))
-            or (t.CHECKS_ENTRY and t.kernel_refuses(rule, chain))):
-        refused = True
-    if refused:
-        raise CommandError(f" RULE_APPEND failed (Invalid argument): rule in chain {chain}", rc=4, kind="resource")
+            raise _refused(chain)
+    t = rule.target
+    if t is not None and ((t.TABLES is not None and table.name not in t.TABLES)
+                          or (t.HOOKS is not None and builtin_chain_outside(chain, t.HOOKS))
+                          or (t.CHECKS_ENTRY and t.kernel_refuses(rule, chain))):
+        raise _refused(chain)
+
+
+def _refused(chain: str) -> CommandError:
+    return CommandError(f" RULE_APPEND failed (Invalid argument): rule in chain {chain}", rc=4, kind="resource")
 
 
 def find_rule(chain: Chain, rule: Rule) -> int:

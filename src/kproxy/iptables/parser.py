@@ -407,7 +407,7 @@ def _extension(slot: _ExtSlot, family: int, rule: Rule) -> Any:
 
 def extension_for(cls: Any, opts: list[Opt], family: int, rule: Rule) -> Any:
     """The extension ``cls`` parsed from ``opts`` for ``rule``; one shared object per option set when it is stateless."""
-    if not getattr(cls, "SHAREABLE", False):
+    if not cls.SHAREABLE:
         return cls.from_options(opts, family, rule)
     key = (cls, family, rule.proto, rule.proto_inv, tuple([(o.name, *o.values, o.invert) for o in opts]))
     ext = _SHARED.get(key)

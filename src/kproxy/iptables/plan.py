@@ -64,7 +64,7 @@ class _Slot:
         self.cls = cls
         self.opts = opts
         self.positions = [p for _, s, n, _ in opts for p in range(s, s + n)]
-        self.memo: dict[tuple[str, ...], Any] | None = {} if getattr(cls, "SHAREABLE", False) else None
+        self.memo: dict[tuple[str, ...], Any] | None = {} if cls.SHAREABLE else None
         self.misses = self.hits = 0
 
     def build(self, argv: list[str], family: int, rule: Rule) -> Any:

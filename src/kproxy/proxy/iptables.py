@@ -550,7 +550,7 @@ class IptablesProxier:
         """The restore input, and (for a backend that takes them) the rules already built for its lines."""
         out: list[str] = []
         builder = RuleBuilder(self.family) if getattr(type(self.backend), "takes_prepared_rules", False) else None
-        prepared: Prepared | None = {} if builder is not None else None
+        prepared: Prepared = {}
         for table in ("filter", "nat"):
             chains: list[str] = []
             rules: list[str] = []
@@ -587,13 +587,13 @@ class IptablesProxier:
             if chains or rules:
                 out.append(f"*{table}")
                 out.extend(chains)
-                if prepared is not None and builder is not None:
+                if builder is not None:
                     first = len(out) + 1          # the line number of rules[0]
                     for at, specs in built:
                         _prepare(prepared, builder, first + at, specs)
                 out.extend(rules)
                 out.append("COMMIT")
-        return ("\n".join(out) + "\n" if out else ""), prepared
+        return ("\n".join(out) + "\n" if out else ""), (prepared if builder is not None else None)
 
     def _existing_service_chains(self) -> set[str]:
         lister = getattr(self.backend, "chain_names", None)

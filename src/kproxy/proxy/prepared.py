@@ -72,13 +72,13 @@ class RuleBuilder:
         if kind == JUMP_TO:
             _, _, comment, probability, chain = spec
             r = Rule(jump=chain)
-            c = self._comment_cls.from_options([Opt("comment", [comment], False)], self.family, r)
+            c = self._new_comment(comment, r)
             r.matches = [c, self._statistic(probability, r)] if probability is not None else [c]
             return r
         if kind == PORTAL:
             _, _, comment, proto, ip, port, source, target = spec
             r = Rule(proto=PROTO_NUMBERS[proto], jump=target, src_inv=source is not None)
-            r.matches = [self._comment_cls.from_options([Opt("comment", [comment], False)], self.family, r),
+            r.matches = [self._new_comment(comment, r),
                          extension_for(MATCHES[proto], [Opt("dport", [port], False)], self.family, r)]
             r.dst = parse_net(ip, self.family)
             if source is not None:
@@ -94,11 +94,14 @@ class RuleBuilder:
         return self._last_addr
 
     def _comment(self, text: str, rule: Rule) -> Any:
+        """A comment that repeats (one per endpoint chain's rules): one shared object."""
         got = self._comments.get(text)
         if got is None:
-            got = self._comments[text] = self._comment_cls.from_options([Opt("comment", [text], False)],
-                                                                        self.family, rule)
+            got = self._comments[text] = self._new_comment(text, rule)
         return got
+
+    def _new_comment(self, text: str, rule: Rule) -> Any:
+        return self._comment_cls.from_options([Opt("comment", [text], False)], self.family, rule)
 
     def _statistic(self, probability: str, rule: Rule) -> Any:
         got = self._stats.get(probability)

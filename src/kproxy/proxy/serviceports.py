@@ -185,7 +185,6 @@ def service_ports(svc: Any, slices: list[Any], hostname: str,
 
 def _endpoints(info: ServicePortInfo, slices: list, hostname: str) -> list[EndpointInfo]:
     seen: dict[str, EndpointInfo] = {}
-    hashed = info.name_string + info.protocol      # what each endpoint's chain name hashes, before its address
     for es in sorted(slices, key=lambda s: s.name):
         for ep_port in es.ports:
             if ep_port.name != info.port_name or ep_port.protocol.lower() != info.protocol:
@@ -199,7 +198,7 @@ def _endpoints(info: ServicePortInfo, slices: list, hostname: str) -> list[Endpo
                     seen[text] = EndpointInfo(ip, port, ep.ready, ep.serving, ep.terminating,
                                               ep.node_name == hostname,
                                               tuple(ep.hint_zones) if ep.hint_zones is not None else None,
-                                              "KUBE-SEP-" + _hash16(hashed + text), text)
+                                              endpoint_chain(info.name_string, info.protocol, text), text)
     return [seen[k] for k in sorted(seen)]
 
 
