@@ -5,8 +5,8 @@ return stack (``-j``) or tail-called (``-g``), RETURN or falling off a user chai
 falling off a built-in chain applies its policy, ACCEPT ends only this table at this hook, DROP ends
 the packet. Counters are kept on the model as the kernel keeps them.
 
-Speed: each chain is compiled once per commit. Rules become closures; a chain with many rules
-gets an index on an exact-match field (destination address or destination port) that maps a key to
+Speed: each chain is compiled once per commit, on first use, into a Python function
+(``kproxy.iptables.compiler``); a chain with many rules gets an index on an exact-match field (destination address or destination port) that maps a key to
 the positions of the rules that can match it, merged in order with the rules that do not constrain
 that field, so first-match order is kept and a kube-proxy KUBE-SERVICES chain costs the same at
 10,000 Services as at 100.
@@ -17,62 +17,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kproxy.iptables.extension import XT_CONTINUE, XT_RETURN, RuleContext
+from kproxy.iptables.compiler import MAX_INLINE_RULES, ChainFn, inline_chain, looped_chain, rule_step
+from kproxy.iptables.extension import XT_RETURN, RuleContext
 from kproxy.iptables.model import Chain, Rule, Table
 from kproxy.netfilter.hooks import TABLE_HOOKS, HookState, table_priority
-from kproxy.packet import NF_ACCEPT, NF_DROP, NF_QUEUE, Packet
-
-RuleTest = Callable[[Packet, RuleContext], bool]
+from kproxy.packet import NF_ACCEPT, NF_DROP, Packet
 
 # A chain is indexed when it has at least this many rules and few enough unindexable ones.
 INDEX_MIN_RULES = 8
 INDEX_MAX_WILDCARDS = 64
-
-
-def iface_matcher(name: str) -> Callable[[str], bool]:
-    """Interface names compare as fixed-width strings; a trailing ``+`` makes the rest a prefix."""
-    if name.endswith("+"):
-        prefix = name[:-1]
-        return lambda dev: dev.startswith(prefix)
-    return lambda dev: dev == name
-
-
-def compile_rule(rule: Rule) -> RuleTest:
-    """A closure testing the rule's ip header part and then its matches, cheapest checks first."""
-    checks: list[RuleTest] = []
-    if rule.proto:
-        proto, inv = rule.proto, rule.proto_inv
-        checks.append(lambda p, c: (p.proto == proto) != inv)
-    if rule.dst is not None:
-        dnet, dmask, dinv = rule.dst.addr, rule.dst.mask, rule.dst_inv
-        checks.append(lambda p, c: ((p.dst & dmask) == dnet) != dinv)
-    if rule.src is not None:
-        snet, smask, sinv = rule.src.addr, rule.src.mask, rule.src_inv
-        checks.append(lambda p, c: ((p.src & smask) == snet) != sinv)
-    if rule.iif is not None:
-        im, iinv = iface_matcher(rule.iif), rule.iif_inv
-        checks.append(lambda p, c: im(c.state.in_dev) != iinv)
-    if rule.oif is not None:
-        om, oinv = iface_matcher(rule.oif), rule.oif_inv
-        checks.append(lambda p, c: om(c.state.out_dev) != oinv)
-    if rule.fragment is not None:
-        want = rule.fragment
-        # We model unfragmented packets only: -f never matches, ! -f always does.
-        checks.append(lambda p, c: not want)
-    for m in rule.matches:
-        if not m.redundant(rule):
-            checks.append(m.matches)
-    if not checks:
-        return lambda p, c: True
-    if len(checks) == 1:
-        return checks[0]
-    if len(checks) == 2:
-        a, b = checks
-        return lambda p, c: a(p, c) and b(p, c)
-    if len(checks) == 3:
-        a, b, d = checks
-        return lambda p, c: a(p, c) and b(p, c) and d(p, c)
-    return lambda p, c: all(t(p, c) for t in checks)
 
 
 def rule_key(rule: Rule, field: str) -> Any:
@@ -90,20 +43,26 @@ def rule_key(rule: Rule, field: str) -> Any:
 
 
 class CompiledChain:
-    """A chain's rules as closures plus an optional exact-match index."""
+    """A chain's rules as one function (see ``kproxy.iptables.compiler``), with an exact-match
+    index when the chain is long enough to want one."""
 
-    __slots__ = ("chain", "rules", "tests", "all_positions", "field", "buckets", "wildcards")
+    __slots__ = ("chain", "rules", "builtin", "field", "buckets", "wildcards", "steps", "fn")
 
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
         self.rules = chain.rules
-        self.tests: list[RuleTest | None] = [None] * len(chain.rules)   # compiled on first use
-        self.all_positions = list(range(len(chain.rules)))
+        self.builtin = chain.policy is not None
         self.field: str | None = None
         self.buckets: dict[Any, list[int]] = {}
-        self.wildcards: list[int] = self.all_positions
+        self.wildcards: list[int] = list(range(len(chain.rules)))
+        self.steps: list[Any] = []
         if len(chain.rules) >= INDEX_MIN_RULES:
             self._build_index()
+        if self.field is None and len(chain.rules) <= MAX_INLINE_RULES:
+            self.fn: ChainFn = inline_chain(chain.rules, chain.name, self.builtin)
+        else:
+            self.steps = [None] * len(chain.rules)        # each rule compiled the first time it is reached
+            self.fn = looped_chain(chain.name, self.builtin, self.positions, self.steps, self._step)
 
     def _build_index(self) -> None:
         best: tuple[int, str, list[Any]] | None = None
@@ -125,11 +84,24 @@ class CompiledChain:
         self.field = field
 
     def positions(self, pkt: Packet) -> list[int]:
+        """The rules that may match ``pkt``, in order."""
         field = self.field
         if field is None:
-            return self.all_positions
-        key = pkt.dst if field == "dst" else pkt.dport
-        return self.buckets.get(key, self.wildcards)
+            return self.wildcards
+        return self.buckets.get(pkt.dst if field == "dst" else pkt.dport, self.wildcards)
+
+    def _step(self, i: int) -> Any:
+        step = self.steps[i] = rule_step(self.rules[i], i, self.chain.name)
+        return step
+
+    def compile_all(self) -> int:
+        """Compile every rule's step now; returns how many were compiled."""
+        n = 0
+        for i, step in enumerate(self.steps):
+            if step is None:
+                self._step(i)
+                n += 1
+        return n
 
 
 class CompiledTable:
@@ -137,128 +109,68 @@ class CompiledTable:
 
     def __init__(self, table: Table, previous: CompiledTable | None = None) -> None:
         self.table = table
-        self.chains: _LazyChains = _LazyChains(table, previous.chains if previous is not None else None)
+        self.compiled: dict[str, CompiledChain] = {}
+        self.chains: _LazyChains = _LazyChains(self, previous.compiled if previous is not None else {})
 
 
 class _LazyChains(dict):  # type: ignore[type-arg]
-    """name -> CompiledChain, compiling a chain the first time a packet reaches it."""
+    """name -> chain function, compiling a chain the first time a packet reaches it (a jump calls
+    ``chains[name]``); a chain whose rules are the very ones of the previous commit is reused."""
 
-    def __init__(self, table: Table, old: _LazyChains | None) -> None:
+    def __init__(self, owner: CompiledTable, old: dict[str, CompiledChain]) -> None:
         super().__init__()
-        self.table = table
+        self.owner = owner
         self.old = old
 
-    def __missing__(self, name: str) -> CompiledChain:
-        c = self.table.chains[name]
-        cc = dict.get(self.old, name) if self.old is not None else None
-        if cc is not None and len(cc.rules) == len(c.rules) and all(a is b for a, b in zip(cc.rules, c.rules)):
-            cc.chain, cc.rules = c, c.rules
-        else:
+    def __missing__(self, name: str) -> ChainFn:
+        c = self.owner.table.chains[name]
+        cc = self.old.get(name)
+        if cc is None or len(cc.rules) != len(c.rules) or cc.builtin != (c.policy is not None) or \
+                not all(a is b for a, b in zip(cc.rules, c.rules)):
             cc = CompiledChain(c)
-        self[name] = cc
-        return cc
+        cc.chain, cc.rules = c, c.rules
+        self.owner.compiled[name] = cc
+        self[name] = cc.fn
+        return cc.fn
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        if name in self.table.chains:
+        if name in self.owner.table.chains:
             return self[name]
         return default
 
 
-class TableRunner:
-    """Runs one table's built-in chain for a hook, following ``ipt_do_table``."""
+def table_runner(engine: IptablesEngine, table: str) -> Callable[[Packet, HookState], int]:
+    """The hook function of one table: its built-in chain for the hook, as ``ipt_do_table`` runs it."""
+    state, family, cache = engine.state, engine.family, engine._compiled
 
-    def __init__(self, engine: IptablesEngine, table: str) -> None:
-        self.engine = engine
-        self.table = table
-
-    def __call__(self, pkt: Packet, state: HookState) -> int:
-        compiled = self.engine.compiled(self.table)
+    def run(pkt: Packet, hook_state: HookState) -> int:
+        hit = cache.get(table)
+        if hit is not None and hit[0] == state.generation and hit[1] is state.tables.get(table):
+            return run_chain(hit[2], hook_state.hook, pkt, hook_state, family)
+        compiled = engine.compiled(table)
         if compiled is None:
             return NF_ACCEPT
-        return run_chain(compiled, state.hook, pkt, state, self.engine.family)
+        return run_chain(compiled, hook_state.hook, pkt, hook_state, family)
+
+    return run
 
 
 def run_chain(ct: CompiledTable, hook: str, pkt: Packet, state: HookState, family: int) -> int:
-    """Traverse from built-in chain ``hook``; return NF_ACCEPT, NF_DROP or NF_QUEUE."""
-    tname = ct.table.name
+    """Traverse from built-in chain ``hook``; return NF_ACCEPT, NF_DROP or NF_QUEUE.
+
+    A RETURN from the built-in chain, or falling off it (or off a chain it reached by ``-g``),
+    applies the built-in chain's policy."""
     chains = ct.chains
-    cc = chains.get(hook)
-    if cc is None:
+    fn = dict.get(chains, hook) or chains.get(hook)     # compiled already, or compile it now
+    if fn is None:
         return NF_ACCEPT
-    trace = state.trace
-    base = cc.chain          # falling off (or RETURN from) a chain reached by -g applies the built-in's policy
-    ctx = RuleContext(state, tname, hook, family)
-    stack: list[tuple[CompiledChain, list[int], int]] = []
-    positions = cc.positions(pkt)
-    pos = 0
-    length = pkt.length
-    if trace is not None:
-        trace.add("chain", hook=state.hook, table=tname, chain=hook)
-    while True:
-        if pos >= len(positions):
-            # Fell off the end: user chains return, built-in chains apply the policy.
-            if stack:
-                if trace is not None:
-                    trace.add("return", hook=state.hook, table=tname, chain=cc.chain.name,
-                              text="end of chain")
-                cc, positions, pos = stack.pop()
-                ctx.chain = cc.chain.name
-                continue
-            return apply_policy(base, pkt, state, tname)
-        i = positions[pos]
-        pos += 1
-        test = cc.tests[i]
-        if test is None:
-            test = cc.tests[i] = compile_rule(cc.rules[i])
-        if not test(pkt, ctx):
-            continue
-        rule = cc.rules[i]
-        rule.packets += 1
-        rule.bytes += length
-        jump = rule.jump
-        if jump is not None:
-            if trace is not None:
-                _trace_rule(trace, state, tname, cc.chain.name, i, rule, jump)
-            if jump == "ACCEPT":
-                return NF_ACCEPT
-            if jump == "DROP":
-                return NF_DROP
-            if jump == "RETURN":
-                if stack:
-                    cc, positions, pos = stack.pop()
-                    ctx.chain = cc.chain.name
-                    continue
-                return apply_policy(base, pkt, state, tname)
-            if jump == "QUEUE":
-                return NF_QUEUE
-            nxt = chains[jump]
-            if not rule.goto:
-                stack.append((cc, positions, pos))
-            cc = nxt
-            ctx.chain = jump
-            positions = cc.positions(pkt)
-            pos = 0
-            continue
-        target = rule.target
-        if target is None:
-            if trace is not None:
-                _trace_rule(trace, state, tname, cc.chain.name, i, rule, "")
-            continue
-        if trace is not None:
-            event = _trace_rule(trace, state, tname, cc.chain.name, i, rule, "")
-            verdict = target.execute(pkt, ctx)
-            event.verdict = _verdict_name(verdict) if not state.rejected_with else f"REJECT ({state.rejected_with})"
-        else:
-            verdict = target.execute(pkt, ctx)
-        if verdict == XT_CONTINUE:
-            continue
-        if verdict == XT_RETURN:
-            if stack:
-                cc, positions, pos = stack.pop()
-                ctx.chain = cc.chain.name
-                continue
-            return apply_policy(base, pkt, state, tname)
-        return verdict
+    tname = ct.table.name
+    if state.trace is not None:
+        state.trace.add("chain", hook=state.hook, table=tname, chain=hook)
+    verdict = fn(pkt, RuleContext(state, tname, hook, family, chains))
+    if verdict == XT_RETURN:
+        return apply_policy(ct.table.chains[hook], pkt, state, tname)
+    return verdict
 
 
 def apply_policy(chain: Chain, pkt: Packet, state: HookState, table: str) -> int:
@@ -269,18 +181,6 @@ def apply_policy(chain: Chain, pkt: Packet, state: HookState, table: str) -> int
     return NF_DROP if chain.policy == "DROP" else NF_ACCEPT
 
 
-def _verdict_name(v: int) -> str:
-    return {NF_ACCEPT: "ACCEPT", NF_DROP: "DROP", XT_CONTINUE: "continue", XT_RETURN: "RETURN",
-            NF_QUEUE: "QUEUE"}.get(v, str(v))
-
-
-def _trace_rule(trace: Any, state: HookState, table: str, chain: str, i: int, rule: Rule, verdict: str) -> Any:
-    from kproxy.iptables.save import format_rule
-
-    return trace.add("rule", hook=state.hook, table=table, chain=chain, rule=i + 1,
-              text=format_rule(chain, rule), verdict=verdict)
-
-
 class IptablesEngine:
     """One family's iptables tables hooked into a node, recompiled whenever a commit changes them."""
 
@@ -289,7 +189,7 @@ class IptablesEngine:
         self.state = state
         self.family = family
         self._compiled: dict[str, tuple[int, Table, CompiledTable]] = {}
-        self.runners = {name: TableRunner(self, name) for name in TABLE_HOOKS}
+        self.runners = {name: table_runner(self, name) for name in TABLE_HOOKS}
 
     def compiled(self, table: str) -> CompiledTable | None:
         t = self.state.tables.get(table)
@@ -304,18 +204,18 @@ class IptablesEngine:
         return ct
 
     def precompile(self) -> int:
-        """Compile every chain and rule of every table now (they otherwise compile on first use)."""
+        """Compile every chain and rule of every table now (they otherwise compile on first use);
+        returns how many chains and indexed rules were compiled."""
         n = 0
         for name in list(self.state.tables):
             ct = self.compiled(name)
             if ct is None:
                 continue
             for chain_name in ct.table.chains:
-                cc = ct.chains[chain_name]
-                for i, test in enumerate(cc.tests):
-                    if test is None:
-                        cc.tests[i] = compile_rule(cc.rules[i])
-                        n += 1
+                if chain_name not in ct.chains:
+                    ct.chains[chain_name]
+                    n += 1
+                n += ct.compiled[chain_name].compile_all()
         return n
 
     def register(self) -> None:

@@ -43,6 +43,7 @@ class RuleContext:
     table: str
     chain: str
     family: int = 4
+    chains: Any = None       # the compiled table's chains by name (what a jump calls)
 
     @property
     def node(self) -> Any:
@@ -124,6 +125,11 @@ class Match(Extension):
         """True when the match can never fail for a packet that passed the rule's ip header checks
         (a comment; ``-p tcp -m tcp`` with no options), so the compiled rule may skip it."""
         return False
+
+    def inline(self) -> tuple[str, tuple[Any, ...]] | None:
+        """The test as a Python expression over ``p`` (the packet) and ``c`` (the context), with
+        ``{}`` where each of the given constants goes, for compiled chains; None to be called."""
+        return None
 
 
 class Target(Extension):

@@ -56,6 +56,9 @@ class MarkMatch(Match):
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         return ((pkt.mark & self.mask) == self.value) != self.invert
 
+    def inline(self) -> tuple[str, tuple[Any, ...]]:
+        return f"(p.mark & {{}}) {'!=' if self.invert else '=='} {{}}", (self.mask, self.value)
+
 
 def xmark_from(opts: list[Opt], what: str = "MARK") -> tuple[int, int]:
     """The (value, mask) of --set-xmark/--set-mark/--and-mark/--or-mark/--xor-mark: mark = (mark & ~mask) ^ value."""

@@ -199,6 +199,22 @@ class PortMatch(Match):
             return False
         return not (dport is not None and ((dport[0] <= pkt.dport <= dport[1]) == self.dinv))
 
+    def inline(self) -> tuple[str, tuple[Any, ...]] | None:
+        if not self._nothing_extra():
+            return None
+        parts: list[str] = []
+        values: list[int] = []
+        for field, rng, inv in (("sport", self.sport, self.sinv), ("dport", self.dport, self.dinv)):
+            if rng is None:
+                continue
+            if rng[0] == rng[1]:
+                parts.append(f"p.{field} {'!=' if inv else '=='} {{}}")
+                values.append(rng[0])
+            else:
+                parts.append(f"{'not ' if inv else ''}{{}} <= p.{field} <= {{}}")
+                values += [rng[0], rng[1]]
+        return (" and ".join(parts) or "True"), tuple(values)
+
     def index_key(self) -> tuple[str, Any] | None:
         if self.dport is not None and not self.dinv and self.dport[0] == self.dport[1]:
             return ("dport", self.dport[0])
@@ -263,6 +279,9 @@ class TcpMatch(PortMatch):
 
     def _nothing_extra(self) -> bool:
         return self.flags is None and self.option is None
+
+    def inline(self) -> tuple[str, tuple[Any, ...]] | None:
+        return super().inline() if self._nothing_extra() else None
 
     def _save_extra(self) -> str:
         text = ""

@@ -1,0 +1,224 @@
+"""Chains compiled into Python functions, the way a JIT turns a rule blob into machine code.
+
+A committed chain becomes one function ``chain(p, c) -> verdict``: each rule is an ``if`` whose
+condition inlines the rule's header tests (and the simple matches that offer an inline form),
+whose body counts the packet and acts. The verdicts are the kernel's (NF_ACCEPT, NF_DROP,
+NF_QUEUE) or ``XT_RETURN`` when the chain returns or is fallen off; a ``-j`` to a user chain is a
+call, a ``-g`` a tail call, so RETURN semantics, the jump stack and goto come from Python's own
+call stack. Trace events are emitted from the same code when the hook state carries a trace.
+
+Compiling is cheap because chains repeat: a dump's chains differ mostly in their constants
+(addresses, ports, chain names), so the generated source names constants (``k0``, ``k1``, ...)
+and is compiled once per distinct source; each chain is that code's factory called with its own
+constants. Long chains are indexed (``index``): a dict from an exact-match key to the positions
+of the rules that may match, in order, each rule then its own small function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kproxy.iptables.extension import XT_CONTINUE, XT_RETURN, RuleContext
+from kproxy.iptables.model import Rule
+from kproxy.packet import NF_ACCEPT, NF_DROP, NF_QUEUE, Packet
+
+ChainFn = Callable[[Packet, RuleContext], int]
+
+# Chains longer than this (and not indexed) run as a loop over per-rule functions rather than
+# one function with an ``if`` per rule: compiling a function of thousands of branches is slow.
+MAX_INLINE_RULES = 64
+
+_VERDICT_CODE = {"ACCEPT": f"return {NF_ACCEPT}", "DROP": f"return {NF_DROP}", "QUEUE": f"return {NF_QUEUE}",
+                 "RETURN": f"return {XT_RETURN}"}
+
+
+class _Source:
+    """Generated lines plus the constants they name (``k0``, ``k1``, ...)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: list[Any] = []
+
+    def const(self, value: Any) -> str:
+        self.consts.append(value)
+        return f"k{len(self.consts) - 1}"
+
+    def emit(self, indent: int, text: str) -> None:
+        self.lines.append("    " * indent + text)
+
+
+def _net_test(src: _Source, field: str, net: Any, inv: bool) -> str:
+    op = "!=" if inv else "=="
+    if net.prefixlen == net.bits:
+        return f"p.{field} {op} {src.const(net.addr)}"
+    return f"(p.{field} & {src.const(net.mask)}) {op} {src.const(net.addr)}"
+
+
+def _iface_test(src: _Source, dev: str, name: str, inv: bool) -> str:
+    if name.endswith("+"):
+        test = f"c.state.{dev}.startswith({src.const(name[:-1])})"
+        return f"not {test}" if inv else test
+    return f"c.state.{dev} {'!=' if inv else '=='} {src.const(name)}"
+
+
+def rule_test(src: _Source, rule: Rule) -> str:
+    """The rule's condition, cheapest checks first (as ``ipt_do_table`` tests the ip header before
+    the matches); ``True`` when it has none."""
+    parts: list[str] = []
+    if rule.proto:
+        parts.append(f"p.proto {'!=' if rule.proto_inv else '=='} {src.const(rule.proto)}")
+    if rule.dst is not None:
+        parts.append(_net_test(src, "dst", rule.dst, rule.dst_inv))
+    if rule.src is not None:
+        parts.append(_net_test(src, "src", rule.src, rule.src_inv))
+    if rule.iif is not None:
+        parts.append(_iface_test(src, "in_dev", rule.iif, rule.iif_inv))
+    if rule.oif is not None:
+        parts.append(_iface_test(src, "out_dev", rule.oif, rule.oif_inv))
+    if rule.fragment is not None:
+        # Unfragmented packets only: -f never matches, ! -f always does.
+        parts.append("False" if rule.fragment else "True")
+    for m in rule.matches:
+        if m.redundant(rule):
+            continue
+        inline = m.inline() if _inlinable(type(m)) else None
+        if inline is None:
+            parts.append(f"{src.const(m.matches)}(p, c)")
+        else:
+            template, values = inline
+            parts.append("(" + template.format(*(src.const(v) for v in values)) + ")")
+    return " and ".join(parts) if parts else "True"
+
+
+_INLINABLE: dict[type, bool] = {}
+
+
+def _inlinable(cls: type) -> bool:
+    """Whether ``cls.inline`` describes ``cls.matches``: the class that defines ``inline`` must be
+    the one that defines ``matches`` or a subclass of it (a subclass overriding ``matches`` alone,
+    like connmark's over mark's, is called instead)."""
+    ok = _INLINABLE.get(cls)
+    if ok is None:
+        def owner(attr: str) -> type:
+            return next(k for k in cls.__mro__ if attr in vars(k))
+        ok = _INLINABLE[cls] = issubclass(owner("inline"), owner("matches"))
+    return ok
+
+
+def _rule_block(src: _Source, rule: Rule, index: int, name: str, indent: int) -> None:
+    """``if <test>:`` count, trace, act. Falling out of the block is "next rule"."""
+    r = src.const(rule)
+    src.emit(indent, f"if {rule_test(src, rule)}:")
+    body = indent + 1
+    src.emit(body, f"{r}.packets += 1")
+    src.emit(body, f"{r}.bytes += L")
+    jump = rule.jump
+    if jump is not None:
+        src.emit(body, f"if tr is not None: _trace_rule(tr, c, {src.const(name)}, {index}, {r}, {src.const(jump)})")
+        if jump in _VERDICT_CODE:
+            src.emit(body, _VERDICT_CODE[jump])
+        elif rule.goto:
+            src.emit(body, f"return c.chains[{src.const(jump)}](p, c)")
+        else:
+            src.emit(body, f"v = c.chains[{src.const(jump)}](p, c)")
+            src.emit(body, f"if v != {XT_RETURN}: return v")
+            src.emit(body, f"c.chain = {src.const(name)}")
+        return
+    target = rule.target
+    if target is None:
+        src.emit(body, f"if tr is not None: _trace_rule(tr, c, {src.const(name)}, {index}, {r}, '')")
+        return
+    t = src.const(target.execute)
+    src.emit(body, f"v = {t}(p, c) if tr is None else _traced_target(tr, c, {src.const(name)}, {index}, {r}, {t}, p)")
+    src.emit(body, f"if v != {XT_CONTINUE}: return v")
+
+
+def _chain_end(src: _Source, name: str, builtin: bool) -> None:
+    if not builtin:
+        src.emit(1, "if tr is not None: tr.add('return', hook=c.state.hook, table=c.table, "
+                    f"chain={src.const(name)}, text='end of chain')")
+    src.emit(1, f"return {XT_RETURN}")
+
+
+def _prologue(src: _Source, name: str) -> None:
+    src.emit(1, "L = p.length")
+    src.emit(1, "tr = c.state.trace")
+    src.emit(1, f"c.chain = {src.const(name)}")
+
+
+def inline_chain(rules: Sequence[Rule], name: str, builtin: bool) -> ChainFn:
+    """A chain as one function: an ``if`` per rule."""
+    src = _Source()
+    src.emit(0, "def chain(p, c):")
+    _prologue(src, name)
+    for i, rule in enumerate(rules):
+        _rule_block(src, rule, i, name, 1)
+    _chain_end(src, name, builtin)
+    return _instantiate(src)
+
+
+def rule_step(rule: Rule, index: int, name: str) -> Callable[..., int | None]:
+    """One rule as ``step(p, c, L, tr)``: None to go on to the next rule, else the chain's verdict."""
+    src = _Source()
+    src.emit(0, "def chain(p, c, L, tr):")
+    _rule_block(src, rule, index, name, 1)
+    src.emit(1, "return None")
+    return _instantiate(src)
+
+
+def looped_chain(name: str, builtin: bool, positions: Callable[[Packet], Sequence[int]],
+                 steps: list[Callable[..., int | None] | None], make_step: Callable[[int], Any]) -> ChainFn:
+    """A long chain: the rules that may match (``positions``, in order), each its own step."""
+    src = _Source()
+    src.emit(0, "def chain(p, c):")
+    _prologue(src, name)
+    pos, st, mk = src.const(positions), src.const(steps), src.const(make_step)
+    src.emit(1, f"for i in {pos}(p):")
+    src.emit(2, f"s = {st}[i]")
+    src.emit(2, f"if s is None: s = {mk}(i)")
+    src.emit(2, "v = s(p, c, L, tr)")
+    src.emit(2, "if v is not None: return v")
+    _chain_end(src, name, builtin)
+    return _instantiate(src)
+
+
+_factories: dict[str, Callable[..., Any]] = {}
+MAX_CACHED_SOURCES = 20000
+
+
+def _instantiate(src: _Source) -> Any:
+    """Compile the source once per distinct text (constants are parameters), then bind them."""
+    body = "\n".join(src.lines)
+    factory = _factories.get(body)
+    if factory is None:
+        params = ", ".join(f"k{i}" for i in range(len(src.consts)))
+        code = f"def factory({params}):\n" + "\n".join("    " + line for line in src.lines) + "\n    return chain\n"
+        namespace: dict[str, Any] = {"_trace_rule": _trace_rule, "_traced_target": _traced_target}
+        exec(compile(code, "<iptables chain>", "exec"), namespace)   # noqa: S102 - our own generated code
+        factory = namespace["factory"]
+        if len(_factories) >= MAX_CACHED_SOURCES:
+            _factories.clear()
+        _factories[body] = factory
+    return factory(*src.consts)
+
+
+def _trace_rule(trace: Any, c: RuleContext, chain: str, i: int, rule: Rule, verdict: str) -> Any:
+    from kproxy.iptables.save import format_rule
+
+    return trace.add("rule", hook=c.state.hook, table=c.table, chain=chain, rule=i + 1,
+                     text=format_rule(chain, rule), verdict=verdict)
+
+
+def _traced_target(trace: Any, c: RuleContext, chain: str, i: int, rule: Rule,
+                   execute: Callable[[Packet, RuleContext], int], p: Packet) -> int:
+    event = _trace_rule(trace, c, chain, i, rule, "")
+    verdict = execute(p, c)
+    rejected = c.state.rejected_with
+    event.verdict = _verdict_name(verdict) if not rejected else f"REJECT ({rejected})"
+    return verdict
+
+
+def _verdict_name(v: int) -> str:
+    return {NF_ACCEPT: "ACCEPT", NF_DROP: "DROP", XT_CONTINUE: "continue", XT_RETURN: "RETURN",
+            NF_QUEUE: "QUEUE"}.get(v, str(v))
