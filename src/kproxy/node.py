@@ -16,10 +16,12 @@ from typing import Any
 
 import yaml
 
+from kproxy.netfilter import path as _path
 from kproxy.netfilter.hooks import HookRegistry
 from kproxy.packet import format_addr
 
 DEFAULT_NODE_FILE = "kproxy-node.json"
+FLOW_ROUTE_CACHE = 65536      # destinations whose routing decision is remembered
 
 
 class NodeError(ValueError):
@@ -184,6 +186,8 @@ class Node:
         self.interfaces: dict[str, Interface] = {}
         self.routes: RouteList = RouteList()
         self._result_cache: dict[int, tuple[Route, RouteResult]] = {}
+        self._flow_routes: dict[int, dict[int, RouteResult]] = {4: {}, 6: {}}
+        self._flow_routes_version: tuple[int, int, int] | None = None
         self._iface_version = 0
         self.sysctls: dict[str, str] = dict(DEFAULT_SYSCTLS)
         self.hooks = HookRegistry()
@@ -315,20 +319,19 @@ class Node:
         return (self.routes.version, self._iface_version, len(self.interfaces))
 
     def route_for_flow(self, pkt: Any) -> RouteResult:
-        """``route`` for a packet, remembered on its conntrack entry for the flow's later packets."""
-        ct = pkt.ct
-        if ct is None:
-            return self._route(pkt.family, pkt.dst)
-        cache = ct.routes
-        version = self.routing_version()
-        if cache is not None:
-            hit = cache.get(pkt.dst)
-            if hit is not None and hit[0] == version:
-                return hit[1]
-        else:
-            cache = ct.routes = {}
-        res = self._route(pkt.family, pkt.dst)
-        cache[pkt.dst] = (version, res)
+        """``route`` for a packet, remembered per destination (as the kernel's dst cache remembers a
+        flow's route) until the routes, devices or addresses change."""
+        version = (self.routes.version, self._iface_version, len(self.interfaces))
+        if version != self._flow_routes_version:
+            self._flow_routes = {4: {}, 6: {}}
+            self._flow_routes_version = version
+        cache = self._flow_routes[pkt.family]
+        dst = pkt.dst
+        res = cache.get(dst)
+        if res is None:
+            if len(cache) >= FLOW_ROUTE_CACHE:
+                cache.clear()
+            res = cache[dst] = self._route(pkt.family, dst)
         return res
 
     def _fib(self) -> dict[int, list[tuple[int, dict[int, Route]]]]:
@@ -390,17 +393,17 @@ class Node:
     # ---- the library API: rules in, packets through ---------------------------------------
     def receive(self, pkt: Any, iif: str, trace: bool = False) -> Any:
         """Inject ``pkt`` as if it arrived on ``iif``; returns a ``path.Result`` (with a trace if asked)."""
-        from kproxy.netfilter.path import receive
-        from kproxy.netfilter.trace import Trace
+        if trace:
+            from kproxy.netfilter.trace import Trace
 
-        return receive(self, pkt, iif, Trace() if trace else None)
+            return _path.receive(self, pkt, iif, Trace())
+        return _path.receive(self, pkt, iif, None)
 
     def send(self, pkt: Any, trace: bool = False) -> Any:
         """Send ``pkt`` from a local process (the OUTPUT path); returns a ``path.Result``."""
-        from kproxy.netfilter.path import output
         from kproxy.netfilter.trace import Trace
 
-        return output(self, pkt, Trace() if trace else None)
+        return _path.output(self, pkt, Trace() if trace else None)
 
     def iptables_restore(self, text: str, family: int = 4, noflush: bool = False, counters: bool = False,
                          prepared: Any = None, verify_prepared: bool = False) -> None:

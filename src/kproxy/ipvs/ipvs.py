@@ -165,6 +165,7 @@ class Ipvs:
         if svc.key() in self.services:
             raise IpvsError("Service already exists")
         self.services[svc.key()] = svc
+        self._sync_hooks()
 
     def get_service(self, key: tuple[int, int, int, int]) -> VirtualService:
         svc = self.services.get(key)
@@ -175,9 +176,11 @@ class Ipvs:
     def del_service(self, key: tuple[int, int, int, int]) -> None:
         self.get_service(key)
         del self.services[key]
+        self._sync_hooks()
 
     def clear(self) -> None:
         self.services.clear()
+        self._sync_hooks()
 
     def add_dest(self, svc: VirtualService, dest: Dest) -> None:
         if svc.find(dest.addr, dest.port):
@@ -197,9 +200,25 @@ class Ipvs:
     # ---- the packet path ------------------------------------------------------------------------
     def attach(self, node: Any) -> None:
         self.node = node
+        self._hooked: set[int] = set()
+        self._sync_hooks()
+
+    def _sync_hooks(self) -> None:
+        """Hooked into a family only while it has virtual services, as ip_vs_add_service registers
+        the hooks with the family's first service and the last one's removal unregisters them."""
+        if self.node is None:
+            return
+        hooks = self.node.hooks
         for fam in (4, 6):
-            node.hooks.register(fam, INPUT, PRI_IPVS_LOCAL_IN, "ipvs:request", self.local_in)
-            node.hooks.register(fam, FORWARD, PRI_IPVS_FORWARD_REPLY, "ipvs:reply", self.forward_reply)
+            want = any(s.family == fam for s in self.services.values())
+            if want and fam not in self._hooked:
+                hooks.register(fam, INPUT, PRI_IPVS_LOCAL_IN, "ipvs:request", self.local_in)
+                hooks.register(fam, FORWARD, PRI_IPVS_FORWARD_REPLY, "ipvs:reply", self.forward_reply)
+                self._hooked.add(fam)
+            elif not want and fam in self._hooked:
+                hooks.unregister(fam, INPUT, "ipvs:request")
+                hooks.unregister(fam, FORWARD, "ipvs:reply")
+                self._hooked.discard(fam)
 
     def _service_for(self, pkt: Packet) -> VirtualService | None:
         if pkt.mark and (pkt.mark, 0, 0, 0) in self.services:
@@ -350,6 +369,7 @@ class Ipvs:
             svc.scheduler.update()
             self.services[svc.key()] = svc
         self.timeouts.update(data.get("timeouts", {}))
+        self._sync_hooks()
 
 
 def parse_hostport(text: str) -> tuple[int, int, int]:

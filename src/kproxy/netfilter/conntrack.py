@@ -58,7 +58,7 @@ ICMPV6_REPLY_TYPE = {128: 129, 129: 128}
 ICMPV6_ERRORS = {1, 2, 3, 4}
 
 _new_tuple = tuple.__new__
-_PORT_PROTOS = frozenset({TCP, UDP, 132, 136, 33})
+PORT_PROTOS = _PORT_PROTOS = frozenset({TCP, UDP, 132, 136, 33})
 
 
 class Tuple(NamedTuple):
@@ -138,10 +138,7 @@ class Conn:
     helper: str | None = None
     secmark: int = 0
     labels: int = 0
-    # Routing decisions for this flow's destinations (like the dst cache a socket keeps), valid while
-    # the node's routes and addresses do not change.
-    routes: dict[int, tuple[Any, Any]] | None = None
-    nat_targets: tuple[Any, Any] | None = None
+    nat_targets: tuple[Tuple, Tuple, Tuple] | None = None   # (reply it was made for, targets by direction)
     tcp: TcpTrack | None = None      # the TCP tracker's memory (ip_ct_tcp)
 
     @property
@@ -222,11 +219,16 @@ class Conntrack:
         # newest last, so a source keeps its mapping across destinations (find_appropriate_src).
         self.bysource: dict[tuple[int, int, int, int], list[Conn]] = {}
         self._tcp_tracker = TcpTracker()
+        self._max_text: str | None = None
+        self._max = 0
 
     # ---- the table ------------------------------------------------------------------------
     @property
     def max_entries(self) -> int:
-        return int(self.node.sysctls.get("net.netfilter.nf_conntrack_max", "262144"))
+        text = self.node.sysctls.get("net.netfilter.nf_conntrack_max", "262144")
+        if text is not self._max_text:
+            self._max_text, self._max = text, int(text)
+        return self._max
 
     def lookup(self, t: Tuple, now: float | None = None) -> tuple[Conn, int] | None:
         hit = self._hash.get(t)
@@ -313,16 +315,23 @@ class Conntrack:
             pkt.ctstate = "UNTRACKED"
             return NF_ACCEPT
         now = state.now
-        if pkt.proto in (ICMP, ICMPV6) and pkt.icmp_type in (ICMP_ERRORS if pkt.proto == ICMP else ICMPV6_ERRORS):
+        proto = pkt.proto
+        if proto == TCP:
+            if pkt.tcp_flags & TCP_FLAG_MASK not in TCP_VALID_FLAGS:
+                return self._invalid(pkt, state, "invalid tcp flag combination")
+            t = _new_tuple(Tuple, (pkt.family, TCP, pkt.src, pkt.dst, pkt.sport, pkt.dport))
+        elif proto in (ICMP, ICMPV6) and pkt.icmp_type in (ICMP_ERRORS if proto == ICMP else ICMPV6_ERRORS):
             return self._related(pkt, state)
-        if pkt.proto == TCP and not tcp_flags_valid(pkt.tcp_flags):
-            return self._invalid(pkt, state, "invalid tcp flag combination")
-        t = Tuple.of(pkt)
-        hit = self.lookup(t, now)
+        else:
+            t = Tuple.of(pkt)
+        hit = self._hash.get(t)
         if hit is None:
             return self._new(pkt, t, state)
         conn, d = hit
-        verdict = self._update(conn, d, pkt, now)
+        if conn.expires <= now:
+            self.delete(conn)
+            return self._new(pkt, t, state)
+        verdict = self._tcp_packet(conn, d, pkt, now) if proto == TCP else self._update(conn, d, pkt, now)
         if verdict == "reopen":
             # "Attempt to reopen a closed/aborted connection": kill it and look up again (-NF_REPEAT).
             self.delete(conn)
@@ -362,13 +371,15 @@ class Conntrack:
             self.node.log_lines.append("nf_conntrack: nf_conntrack: table full, dropping packet")
             self._trace(state, "table full, dropping packet")
             return NF_DROP
-        conn = Conn(t, t.inverse(), created=now, mark=0, id=self._next_id)
+        reply = t.inverse()
+        conn = Conn(t, reply, 0, 0, "", 0.0, now, self._next_id, [0, 0], [0, 0])
+        conn.nat_targets = (reply, t, reply)     # no binding yet: packets leave as they came
         if pkt.proto == TCP:
             loose = self.node.sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
             conn.tcp = tcp_new(pkt.tcp_flags, pkt.seg, loose)
             if conn.tcp is None:
                 return self._invalid(pkt, state, "cannot start a connection")
-            if self._update(conn, ORIGINAL, pkt, now) == "invalid":
+            if self._tcp_packet(conn, ORIGINAL, pkt, now) == "invalid":
                 return self._invalid(pkt, state, "out of window")
         elif pkt.proto in (ICMP, ICMPV6):
             ok = ICMP_NEW_TYPES if pkt.proto == ICMP else {128}
@@ -423,7 +434,8 @@ class Conntrack:
                 and conn.status & IPS_ASSURED:
             # The steady state without window tracking: ESTABLISHED stays ESTABLISHED, the timeout renews.
             track.last_index, track.last_dir = "ACK", d
-            self._refresh(conn, now, _ESTABLISHED_TIMEOUT)
+            if not conn.status & IPS_FIXED_TIMEOUT:
+                conn.expires = now + _ESTABLISHED_TIMEOUT
             return "ok"
         seen_reply = bool(conn.status & IPS_SEEN_REPLY)
         verdict, new = self.tracker().packet(track, conn.tcp_state, d, pkt.tcp_flags, pkt.seg, seen_reply,
@@ -485,7 +497,7 @@ class Conntrack:
         created it) does not confirm it; one in the original direction does, even when RELATED
         (the ICMP error REJECT sends about that answer)."""
         conn = pkt.ct
-        if conn is None or conn.confirmed or pkt.ctdir != ORIGINAL:
+        if conn is None or conn.status & IPS_CONFIRMED or pkt.ctdir != ORIGINAL:
             return NF_ACCEPT
         if self.taken(conn.reply, conn) or self.taken(conn.orig, conn):
             self._trace(state, "clash with an existing entry: dropping packet")

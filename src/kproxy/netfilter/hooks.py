@@ -77,7 +77,7 @@ class HookOp:
     family: int = field(compare=False, default=4)
 
 
-@dataclass
+@dataclass(slots=True)
 class HookState:
     """What a hook function knows about where the packet is (struct nf_hook_state) plus our trace."""
 
@@ -96,21 +96,29 @@ class HookRegistry:
 
     def __init__(self) -> None:
         self._ops: dict[tuple[int, str], list[HookOp]] = {}
+        # The functions alone, in order, per (family, hook): what the packet path iterates.
+        self.fns: dict[tuple[int, str], tuple[HookFn, ...]] = {}
         self._seq = 0
+
+    def _changed(self) -> None:
+        self.fns = {key: tuple(op.fn for op in ops) for key, ops in self._ops.items() if ops}
 
     def register(self, family: int, hook: str, priority: int, name: str, fn: HookFn) -> HookOp:
         self._seq += 1
         op = HookOp(priority, self._seq, name, fn, family)
         bisect.insort(self._ops.setdefault((family, hook), []), op)
+        self._changed()
         return op
 
     def unregister(self, family: int, hook: str, name: str) -> None:
         ops = self._ops.get((family, hook), [])
         ops[:] = [op for op in ops if op.name != name]
+        self._changed()
 
     def unregister_all(self, name_prefix: str) -> None:
         for ops in self._ops.values():
             ops[:] = [op for op in ops if not op.name.startswith(name_prefix)]
+        self._changed()
 
     def ops(self, family: int, hook: str) -> list[HookOp]:
         return self._ops.get((family, hook), [])

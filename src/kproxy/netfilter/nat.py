@@ -16,11 +16,13 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from kproxy.netfilter.conntrack import (
+    IPS_CONFIRMED,
     IPS_DST_NAT,
     IPS_DST_NAT_DONE,
     IPS_NAT_MASK,
     IPS_SRC_NAT,
     IPS_SRC_NAT_DONE,
+    PORT_PROTOS,
     REPLY,
     Conn,
     Tuple,
@@ -85,28 +87,40 @@ class Nat:
     def _hook_fn(self, family: int, hook: str) -> Callable[[Packet, HookState], int]:
         manip = manip_of(hook)
         key = (family, hook)
+        done = IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE
+        bound = IPS_SRC_NAT if manip == "SRC" else IPS_DST_NAT
+        bound_by_dir = (bound, bound ^ IPS_NAT_MASK)       # a reply undoes the other kind of binding
+        lookups = self._lookups
+        manip_packet = self.manip_packet
 
         def nat_hook(pkt: Packet, state: HookState) -> int:
             conn = pkt.ct
-            if conn is None or pkt.ctstate in ("INVALID", "UNTRACKED"):
+            if conn is None:
                 return NF_ACCEPT
-            if pkt.ctstate == "RELATED" and pkt.proto in (ICMP, ICMPV6):
-                return self._related(pkt, conn, manip)      # nf_nat_icmp_reply_translation
-            # IP_CT_NEW (or RELATED, e.g. REJECT's reset) without a binding of this kind: run the chains
-            # (a confirmed flow that began before any NAT rule existed runs them on every NEW packet,
-            # but can no longer be bound).
-            if pkt.ctstate in ("NEW", "RELATED") and not conn.nat_done(manip):
-                for _, _, _, fn in self._lookups.get(key, ()):
-                    verdict = fn(pkt, state)
-                    if verdict != NF_ACCEPT:
-                        return verdict
-                    if conn.nat_done(manip):
-                        break
-                if not conn.nat_done(manip):
-                    # nf_nat_alloc_null_binding: the flow's own current address, any port that is free.
-                    addr = conn.reply.dst if manip == "SRC" else conn.reply.src
-                    self.setup(pkt, NatRange(addr, addr), manip, state, null=True)
-            return self.manip_packet(pkt, conn, manip, pkt.ctdir)
+            ctstate = pkt.ctstate
+            if ctstate != "ESTABLISHED":
+                if ctstate == "INVALID" or ctstate == "UNTRACKED":
+                    return NF_ACCEPT
+                if ctstate == "RELATED" and pkt.proto in (ICMP, ICMPV6):
+                    return self._related(pkt, conn, manip)      # nf_nat_icmp_reply_translation
+                # IP_CT_NEW (or RELATED, e.g. REJECT's reset) without a binding of this kind: run the
+                # chains (a confirmed flow that began before any NAT rule existed runs them on every NEW
+                # packet, but can no longer be bound).
+                if not conn.status & done:
+                    for _, _, _, fn in lookups.get(key, ()):
+                        verdict = fn(pkt, state)
+                        if verdict != NF_ACCEPT:
+                            return verdict
+                        if conn.status & done:
+                            break
+                    if not conn.status & done:
+                        # nf_nat_alloc_null_binding: the flow's own current address, any port that is free.
+                        addr = conn.reply.dst if manip == "SRC" else conn.reply.src
+                        self.setup(pkt, NatRange(addr, addr), manip, state, null=True)
+            direction = pkt.ctdir
+            if not conn.status & bound_by_dir[direction]:
+                return NF_ACCEPT
+            return manip_packet(pkt, conn, manip, direction)
 
         return nat_hook
 
@@ -115,15 +129,17 @@ class Nat:
               null: bool = False) -> int:
         """nf_nat_setup_info: choose the connection's new tuple for ``manip`` and record the binding."""
         conn = pkt.ct
-        if conn is None or conn.confirmed:
-            return NF_ACCEPT        # "Can't setup nat info for confirmed ct": the flow keeps its binding
-        if conn.nat_done(manip):
+        # "Can't setup nat info for confirmed ct": the flow keeps its binding; nor is a binding made twice.
+        if conn is None or conn.status & (IPS_CONFIRMED | (IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE)):
             return NF_ACCEPT
-        curr = conn.orig if not conn.status & IPS_NAT_MASK else conn.reply.inverse()
+        curr = conn.orig if not conn.status & IPS_NAT_MASK else _targets(conn)[1]
         new = self._unique_tuple(curr, rng, manip, conn)
-        if new != curr:
+        if new is not curr and new != curr:
             conn.reply = new.inverse()
             conn.status |= IPS_SRC_NAT if manip == "SRC" else IPS_DST_NAT
+            # What nf_nat_packet rewrites to: the new tuple going out, the original one coming back.
+            old = conn.nat_targets
+            conn.nat_targets = (conn.reply, new, old[2] if old is not None else conn.orig.inverse())
         conn.status |= IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE
         if state is not None and state.trace is not None and (new != curr or not null):
             if manip == "SRC":
@@ -141,7 +157,8 @@ class Nat:
         random_all = rng.random or rng.random_fully
         if manip == "SRC" and not random_all:
             if _in_range(orig, rng):
-                if not self._used(orig, conn):
+                # orig is the connection's current tuple: its inverse is the current reply tuple.
+                if not self.node.conntrack.taken(conn.reply if orig is _targets(conn)[1] else orig.inverse(), conn):
                     return orig
             else:
                 found = self._appropriate_src(orig, rng)
@@ -149,7 +166,7 @@ class Nat:
                     return found
         tup = _best_ips(orig, rng, manip)
         if not random_all:
-            if rng.proto_specified:
+            if rng.min_port is not None:
                 if rng.base_port is None and _port_in_range(tup, rng, manip) and (
                         rng.min_port == rng.max_port or not self._used(tup, conn)):
                     return tup
@@ -189,6 +206,9 @@ class Nat:
         else:
             return t
         size = hi - lo + 1
+        if size == 1 and manip == "DST" and rng.base_port is None and not (rng.random or rng.random_fully):
+            # Offset 0 and a single attempt: that port, free or not (a clash is confirm's to find).
+            return t.with_src(t.src, lo) if key_src else t.with_dst(t.dst, lo)
         if rng.base_port is not None:
             off = ((t.sport if key_src else t.dport) - rng.base_port) & 0xFFFF
         elif rng.random or rng.random_fully or manip != "DST":
@@ -222,12 +242,16 @@ class Nat:
             bit ^= IPS_NAT_MASK
         if not conn.status & bit:
             return NF_ACCEPT
-        # The target tuple only changes when a binding is made: remember it on the connection.
-        cached = conn.nat_targets
-        key = (direction, conn.reply)
-        if cached is None or cached[0] != key:
-            cached = conn.nat_targets = (key, (conn.orig if direction == REPLY else conn.reply).inverse())
-        _rewrite(pkt, cached[1], manip)
+        # The target tuples only change when a binding is made: remember them on the connection,
+        # for the original direction and for replies.
+        target = _targets(conn)[1 + direction]
+        if target[1] in PORT_PROTOS:
+            if manip == "SRC":
+                pkt.src, pkt.sport = target[2], target[4]
+            else:
+                pkt.dst, pkt.dport = target[3], target[5]
+        else:
+            _rewrite(pkt, target, manip)
         return NF_ACCEPT
 
     def _related(self, pkt: Packet, conn: Conn, manip: str) -> int:
@@ -250,6 +274,15 @@ class Nat:
         return NF_ACCEPT
 
 
+def _targets(conn: Conn) -> tuple[Tuple, Tuple, Tuple]:
+    """The connection's (reply tuple, tuple an original packet leaves with, tuple a reply leaves
+    with), remembered on it: they only change when a binding is made."""
+    cached = conn.nat_targets
+    if cached is None or cached[0] is not conn.reply:
+        cached = conn.nat_targets = (conn.reply, conn.reply.inverse(), conn.orig.inverse())
+    return cached
+
+
 def _rewrite(pkt: Packet, target: Tuple, manip: str) -> None:
     if pkt.proto in (ICMP, ICMPV6):
         pkt.icmp_id = target.sport              # icmp_manip_pkt: the id, for either manip
@@ -265,9 +298,10 @@ def _rewrite(pkt: Packet, target: Tuple, manip: str) -> None:
 
 def _in_range(t: Tuple, rng: NatRange) -> bool:
     """nf_in_range: the source address (when mapping addresses) and source port or id are in the range."""
-    if rng.map_ips and not (rng.min_addr or 0) <= t.src <= _max_addr(rng):
+    lo = rng.min_addr
+    if lo is not None and not lo <= t.src <= (rng.max_addr if rng.max_addr is not None else lo):
         return False
-    return not rng.proto_specified or _port_in_range(t, rng, "SRC")
+    return rng.min_port is None or _port_in_range(t, rng, "SRC")
 
 
 def _port_in_range(t: Tuple, rng: NatRange, manip: str) -> bool:
@@ -345,9 +379,10 @@ def _word(chunk: int) -> int:
 def _best_ips(t: Tuple, rng: NatRange, manip: str) -> Tuple:
     """find_best_ips_proto: the same address the kernel picks from a range, by jhash2 of the source
     address seeded with the destination (only the source with --persistent)."""
-    if not rng.map_ips:
+    lo = rng.min_addr
+    if lo is None:
         return t
-    lo, hi = rng.min_addr or 0, _max_addr(rng)
+    hi = rng.max_addr if rng.max_addr is not None else lo
     if lo == hi:
         return t.with_src(lo, t.sport) if manip == "SRC" else t.with_dst(lo, t.dport)
     last = 0 if t.family == 4 else 3

@@ -18,7 +18,7 @@ from kproxy.packet import ACK, ICMP, NF_ACCEPT, NF_STOLEN, RST, TCP, Packet, for
 DELIVERED, FORWARDED, DROPPED, REJECTED, STOLEN = "delivered", "forwarded", "dropped", "rejected", "stolen"
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """Where a packet ended up, with the headers it had there and the steps that took it there."""
 
@@ -56,14 +56,14 @@ def _state(node: Any, hook: str, in_dev: str, out_dev: str, trace: Trace | None)
 
 def _run(node: Any, pkt: Packet, hook: str, in_dev: str, out_dev: str, trace: Trace | None) -> tuple[int, HookState]:
     """Run a hook's functions in priority order (nf_hook_slow): the first verdict other than ACCEPT ends it."""
-    ops = node.hooks._ops.get((pkt.family, hook))
-    if not ops and trace is None:
+    fns = node.hooks.fns.get((pkt.family, hook))
+    if fns is None and trace is None:
         return NF_ACCEPT, _NO_STATE       # nothing registered at this hook: nothing to do
     state = HookState(hook, in_dev, out_dev, node, trace, node.clock if node.clock is not None else node.now())
     if trace is not None:
         trace.add("hook", hook=hook, text=pkt.describe(), detail={"in": in_dev, "out": out_dev})
-    for op in ops or ():
-        verdict = op.fn(pkt, state)
+    for fn in fns or ():
+        verdict = fn(pkt, state)
         if verdict != NF_ACCEPT:
             return verdict, state
     return NF_ACCEPT, state
