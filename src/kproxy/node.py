@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,8 +211,6 @@ class Node:
 
     # ---- time -------------------------------------------------------------------------------
     def now(self) -> float:
-        import time
-
         return self.clock if self.clock is not None else time.time()
 
     # ---- devices and addresses --------------------------------------------------------------

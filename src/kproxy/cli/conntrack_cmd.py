@@ -317,6 +317,5 @@ def _run(req: Request, node: Any) -> tuple[int, str, str]:
     out = "".join(format_conn(c, now, extended, with_id=with_id) + "\n" for c in chosen)
     if "zero" in req.given:
         for c in chosen:
-            c.packets[:] = [0, 0]
-            c.bytes[:] = [0, 0]
+            c.acct[:] = [0, 0, 0, 0]
     return 0, out, f"{PROG}: {len(chosen)} flow entries have been shown.\n"

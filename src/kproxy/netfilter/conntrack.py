@@ -132,8 +132,8 @@ class Conn:
     expires: float = 0.0
     created: float = 0.0
     id: int = field(default_factory=lambda: next(_ids))
-    packets: list[int] = field(default_factory=lambda: [0, 0])
-    bytes: list[int] = field(default_factory=lambda: [0, 0])
+    # Packets and bytes per direction: [original packets, reply packets, original bytes, reply bytes].
+    acct: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     zone: int = 0
     helper: str | None = None
     secmark: int = 0
@@ -144,6 +144,16 @@ class Conn:
     @property
     def proto(self) -> int:
         return self.orig.proto
+
+    @property
+    def packets(self) -> list[int]:
+        """Packets seen in the original and reply directions."""
+        return self.acct[:2]
+
+    @property
+    def bytes(self) -> list[int]:
+        """Bytes seen in the original and reply directions."""
+        return self.acct[2:]
 
     @property
     def confirmed(self) -> bool:
@@ -167,7 +177,7 @@ class Conn:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Conn:
         conn = cls(Tuple(*d["orig"]), Tuple(*d["reply"]), d["status"], d["mark"], d["tcp_state"], d["expires"],
-                   d.get("created", 0.0), d["id"], list(d["packets"]), list(d["bytes"]))
+                   d.get("created", 0.0), d["id"], [*d["packets"], *d["bytes"]])
         if d.get("tcp"):
             conn.tcp = TcpTrack.from_json(d["tcp"])
         elif conn.orig.proto == TCP:
@@ -211,7 +221,10 @@ class Conntrack:
         self._active = True
         # None: tracking turns on as the kernel turns it on (a rule needs it); True: always on.
         self.enabled: bool | None = None
-        self._hash: dict[Tuple, tuple[Conn, int]] = {}
+        # The confirmed connections by original tuple and by reply tuple (the kernel's one hash table,
+        # kept as two so that an entry costs no (conn, direction) pair per tuple).
+        self._orig: dict[Tuple, Conn] = {}
+        self._reply: dict[Tuple, Conn] = {}
         self.drops = 0
         self._next_id = 1
         self._count = 0
@@ -231,33 +244,36 @@ class Conntrack:
         return self._max
 
     def lookup(self, t: Tuple, now: float | None = None) -> tuple[Conn, int] | None:
-        hit = self._hash.get(t)
-        if hit is None:
-            return None
-        conn = hit[0]
+        """The live connection with tuple ``t`` in either direction, and that direction."""
+        conn = self._orig.get(t)
+        d = ORIGINAL
+        if conn is None:
+            conn = self._reply.get(t)
+            if conn is None:
+                return None
+            d = REPLY
         if conn.expires <= (self.node.now() if now is None else now):
             self.delete(conn)
             return None
-        return hit
+        return conn, d
 
     def entries(self, now: float | None = None) -> list[Conn]:
         """Live confirmed entries, oldest first; expired ones are reaped on the way."""
         now = self.node.now() if now is None else now
         seen: dict[int, Conn] = {}
-        for conn, d in list(self._hash.values()):
-            if d == ORIGINAL:
-                if conn.expires <= now:
-                    self.delete(conn)
-                else:
-                    seen[conn.id] = conn
+        for conn in list(self._orig.values()):
+            if conn.expires <= now:
+                self.delete(conn)
+            else:
+                seen[conn.id] = conn
         return sorted(seen.values(), key=lambda c: c.id)
 
     def __len__(self) -> int:
         return self._count
 
     def insert(self, conn: Conn) -> None:
-        self._hash[conn.orig] = (conn, ORIGINAL)
-        self._hash[conn.reply] = (conn, REPLY)
+        self._orig[conn.orig] = conn
+        self._reply[conn.reply] = conn
         conn.status |= IPS_CONFIRMED
         self._count += 1
         if conn.status & IPS_SRC_NAT:
@@ -265,13 +281,11 @@ class Conntrack:
             self.bysource.setdefault((o.family, o.proto, o.src, o.sport), []).append(conn)
 
     def delete(self, conn: Conn) -> None:
-        hit = self._hash.get(conn.orig)
-        if hit is not None and hit[0] is conn:
-            del self._hash[conn.orig]
+        if self._orig.get(conn.orig) is conn:
+            del self._orig[conn.orig]
             self._count -= 1
-        hit = self._hash.get(conn.reply)
-        if hit is not None and hit[0] is conn:
-            del self._hash[conn.reply]
+        if self._reply.get(conn.reply) is conn:
+            del self._reply[conn.reply]
         if conn.status & IPS_SRC_NAT:
             o = conn.orig
             key = (o.family, o.proto, o.src, o.sport)
@@ -283,15 +297,16 @@ class Conntrack:
 
     def flush(self) -> int:
         n = self._count
-        self._hash.clear()
+        self._orig.clear()
+        self._reply.clear()
         self.bysource.clear()
         self._count = 0
         return n
 
     def taken(self, t: Tuple, ignore: Conn | None = None) -> bool:
         """nf_conntrack_tuple_taken: is ``t`` already some other confirmed connection's tuple?"""
-        hit = self._hash.get(t)
-        return hit is not None and hit[0] is not ignore and hit[0].expires > self.node.now()
+        other = self._orig.get(t) or self._reply.get(t)
+        return other is not None and other is not ignore and other.expires > self.node.now()
 
     # ---- hooks ----------------------------------------------------------------------------
     def active(self) -> bool:
@@ -324,10 +339,13 @@ class Conntrack:
             return self._related(pkt, state)
         else:
             t = Tuple.of(pkt)
-        hit = self._hash.get(t)
-        if hit is None:
-            return self._new(pkt, t, state)
-        conn, d = hit
+        conn = self._orig.get(t)
+        d = ORIGINAL
+        if conn is None:
+            conn = self._reply.get(t)
+            if conn is None:
+                return self._new(pkt, t, state)
+            d = REPLY
         if conn.expires <= now:
             self.delete(conn)
             return self._new(pkt, t, state)
@@ -348,8 +366,9 @@ class Conntrack:
         else:
             pkt.ctstate = "ESTABLISHED" if conn.status & IPS_SEEN_REPLY else "NEW"
         if verdict == "ok":
-            conn.packets[d] += 1
-            conn.bytes[d] += pkt.length
+            acct = conn.acct
+            acct[d] += 1
+            acct[2 + d] += pkt.length
         if state.trace is not None:
             self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}"
                         + (" (segment ignored)" if verdict == "ignore" else ""))
@@ -372,7 +391,7 @@ class Conntrack:
             self._trace(state, "table full, dropping packet")
             return NF_DROP
         reply = t.inverse()
-        conn = Conn(t, reply, 0, 0, "", 0.0, now, self._next_id, [0, 0], [0, 0])
+        conn = Conn(t, reply, 0, 0, "", 0.0, now, self._next_id, [1, 0, pkt.length, 0])
         conn.nat_targets = (reply, t, reply)     # no binding yet: packets leave as they came
         if pkt.proto == TCP:
             loose = self.node.sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
@@ -389,8 +408,6 @@ class Conntrack:
         else:
             self._update(conn, ORIGINAL, pkt, now)
         self._next_id += 1
-        conn.packets[0] += 1
-        conn.bytes[0] += pkt.length
         pkt.ct, pkt.ctdir, pkt.ctstate = conn, ORIGINAL, "NEW"
         if state.trace is not None:
             self._trace(state, f"NEW {t.text()}")
@@ -456,7 +473,7 @@ class Conntrack:
                 self.delete(conn)
                 conn.expires = now
                 return "ok"
-            if tcp_kind(pkt.tcp_flags) == "SYN" and old == "SYN_SENT":
+            if pkt.tcp_flags & (RST | SYN | ACK) == SYN and old == "SYN_SENT":
                 return "ok"         # a retransmitted SYN does not renew the timeout
             if new == "ESTABLISHED":
                 timeout = min(timeout, TCP_TIMEOUT_UNACK)   # picked up mid-stream, unanswered
@@ -522,7 +539,8 @@ class Conntrack:
         return {"entries": [c.to_json() for c in self.entries()]}
 
     def from_json(self, data: dict[str, Any]) -> None:
-        self._hash.clear()
+        self._orig.clear()
+        self._reply.clear()
         self.bysource.clear()
         self._count = 0
         for d in data.get("entries") or []:

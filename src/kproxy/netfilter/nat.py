@@ -192,11 +192,13 @@ class Nat:
         if t.proto in (ICMP, ICMPV6):
             key_src = True                      # the echo id, whichever side is mapped
             lo, hi = (rng.min_port or 0, rng.max_port or 0) if rng.proto_specified else (0, 65535)
-        elif t.has_ports:
+        elif t.proto in PORT_PROTOS:
             key_src = manip == "SRC"
             port = t.sport if key_src else t.dport
-            if rng.proto_specified:
-                lo, hi = sorted((rng.min_port or 0, rng.max_port or 0))
+            if rng.min_port is not None:
+                lo, hi = rng.min_port, rng.max_port or 0
+                if hi < lo:
+                    lo, hi = hi, lo
             elif manip == "DST":
                 return t                        # destination NAT without a port range keeps the port
             elif port < 1024:

@@ -11,7 +11,7 @@ numbers, acknowledgement and window in ``Packet.seg``; a connection whose first 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from kproxy.packet import ACK, FIN, RST, SYN
@@ -150,7 +150,9 @@ class TcpTrack:
     """A connection's TCP tracking memory (struct ip_ct_tcp). ``windowed`` is False when the first
     segment carried no sequence numbers: the window checks are then skipped."""
 
-    seen: list[Peer] = field(default_factory=lambda: [Peer(), Peer()])
+    # What each direction has shown; None until something is recorded when the window is not
+    # tracked (then only the flags matter, and they start clear).
+    seen: list[Peer] | None = None
     windowed: bool = True
     last_index: str = "NONE"
     last_dir: int = ORIGINAL
@@ -162,8 +164,24 @@ class TcpTrack:
     last_flags: int = 0
     retrans: int = 0
 
+    def __post_init__(self) -> None:
+        if self.seen is None and self.windowed:
+            self.seen = [Peer(), Peer()]
+
+    def peers(self) -> list[Peer]:
+        """Both directions' records, made when first needed."""
+        seen = self.seen
+        if seen is None:
+            seen = self.seen = [Peer(), Peer()]
+        return seen
+
+    def peer_flags(self) -> int:
+        """Both directions' flags together."""
+        seen = self.seen
+        return 0 if seen is None else seen[0].flags | seen[1].flags
+
     def to_json(self) -> list[object]:
-        return [[[p.td_end, p.td_maxend, p.td_maxwin, p.td_maxack, p.td_scale, p.flags] for p in self.seen],
+        return [[[p.td_end, p.td_maxend, p.td_maxwin, p.td_maxack, p.td_scale, p.flags] for p in self.peers()],
                 self.windowed, self.last_index, self.last_dir, self.last_seq, self.last_ack, self.last_end,
                 self.last_win, self.last_wscale, self.last_flags, self.retrans]
 
@@ -189,9 +207,9 @@ def tcp_new(flags: int, seg: TcpSeg | None, loose: bool) -> TcpTrack | None:
     """tcp_new: the tracking memory of a new connection, or None when this segment cannot start one."""
     first = TCP_STATES[ORIGINAL][tcp_kind(flags)]["NONE"]
     track = TcpTrack(windowed=seg is not None)
-    sender = track.seen[ORIGINAL]
     if first == "SYN_SENT":
         if seg is not None:
+            sender = track.peers()[ORIGINAL]
             sender.td_end = sender.td_maxend = seg.end(flags)
             sender.td_maxwin = seg.window or 1
             sender.options(seg)
@@ -199,11 +217,12 @@ def tcp_new(flags: int, seg: TcpSeg | None, loose: bool) -> TcpTrack | None:
     if not loose or first == "INVALID":
         return None
     # Picked up in the middle: trust what this segment says, and be liberal about windows.
+    sender = track.peers()[ORIGINAL]
     if seg is not None:
         sender.td_end = seg.end(flags)
         sender.td_maxwin = seg.window or 1
         sender.td_maxend = (sender.td_end + sender.td_maxwin) & M32
-    sender.flags = track.seen[REPLY].flags = F_SACK_PERM | F_BE_LIBERAL
+    sender.flags = track.peers()[REPLY].flags = F_SACK_PERM | F_BE_LIBERAL
     return track
 
 
@@ -225,7 +244,7 @@ class TcpTracker:
         new = TCP_STATES[d][index][old]
         check_window = True
         if new == "SYN_SENT" and old in ("TIME_WAIT", "CLOSE"):
-            if (track.seen[d].flags | track.seen[1 - d].flags) & F_CLOSE_INIT or \
+            if track.peer_flags() & F_CLOSE_INIT or \
                     (track.last_dir == d and track.last_index == "RST"):
                 return TcpVerdict("reopen", why="attempt to reopen a closed connection"), old
             new = "IGNORE"
@@ -258,7 +277,7 @@ class TcpTracker:
                 return TcpVerdict("ignore", why="out of window, ignored"), old
         track.last_index, track.last_dir = index, d
         if old != new and new == "FIN_WAIT":
-            track.seen[d].flags |= F_CLOSE_INIT
+            track.peers()[d].flags |= F_CLOSE_INIT
         return TcpVerdict("accept", self._timeout(track, new, index)), new
 
     @staticmethod
@@ -279,13 +298,13 @@ class TcpTracker:
         if not (index == "SYNACK" and track.last_index == "SYN" and track.last_dir != d and seg is not None
                 and seg.ack == track.last_end):
             return False
-        last = track.seen[track.last_dir]
+        last = track.peers()[track.last_dir]
         last.td_end = last.td_maxend = track.last_end
         last.td_maxwin = track.last_win or 1
         last.td_scale = track.last_wscale
         track.last_flags &= ~F_EXP_CHALLENGE_ACK
         last.flags = track.last_flags
-        track.seen[d].reset()
+        track.peers()[d].reset()
         return True
 
     @staticmethod
@@ -311,7 +330,7 @@ class TcpTracker:
         answering a segment we let through. Returns (verdict or None, new state, check the window)."""
         if old in EARLY_DROP_STATES or seg is None:
             return None, new, False     # closing (the tuple may be reused already): no window check
-        other = track.seen[1 - d]
+        other = track.peers()[1 - d]
         established = old == "ESTABLISHED" and assured
         if other.flags & F_MAXACK_SET and track.last_index != "SYN":
             seq = seg.seq
@@ -334,7 +353,7 @@ class TcpTracker:
     # ---- tcp_in_window ---------------------------------------------------------------------------
     def in_window(self, track: TcpTrack, state: str, d: int, index: str, flags: int, seg: TcpSeg) -> str:
         """The four bounds: ``accept``, ``ignore`` or ``invalid`` (liberal peers turn the last two into accept)."""
-        sender, receiver = track.seen[d], track.seen[1 - d]
+        sender, receiver = track.peers()[d], track.peers()[1 - d]
         seq, ack, win = seg.seq, seg.ack, seg.window
         sack = ack
         end = seg.end(flags)
@@ -424,7 +443,7 @@ class TcpTracker:
             return TCP_TIMEOUT_RETRANS
         if index == "RST":
             return TCP_TIMEOUTS["CLOSE"]
-        if (track.seen[0].flags | track.seen[1].flags) & F_DATA_UNACKNOWLEDGED and base > TCP_TIMEOUT_UNACK:
+        if track.peer_flags() & F_DATA_UNACKNOWLEDGED and base > TCP_TIMEOUT_UNACK:
             return TCP_TIMEOUT_UNACK
         if track.windowed and track.last_win == 0 and base > TCP_TIMEOUT_RETRANS:
             return TCP_TIMEOUT_RETRANS

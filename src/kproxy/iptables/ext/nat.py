@@ -190,7 +190,7 @@ class _Nat(Target):
         return f"to:{range_text(self.range, self.family)}" + _flags(self.range, False)
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
-        return ctx.node.nat.setup(pkt, self.range, self.KIND, ctx.state)
+        return ctx.state.node.nat.setup(pkt, self.range, self.KIND, ctx.state)
 
 
 @register_target

@@ -104,7 +104,13 @@ class StatisticMatch(Match):
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         if self.mode == "random":
-            hit = (node_rng(ctx.node).getrandbits(32) & 0x7FFFFFFF) < self.probability
+            hit = (node_rng(ctx.state.node).getrandbits(32) & 0x7FFFFFFF) < self.probability
             return hit != self.invert
         self.count = 0 if self.count == self.every else self.count + 1
         return (self.count == 0) != self.invert
+
+    def inline(self) -> tuple[str, tuple[Any, ...]] | None:
+        if self.mode != "random":
+            return None         # nth keeps a count: called
+        draw = "(c.state.node.subsystems.get('rng') or {}(c.state.node)).getrandbits(32) & 0x7FFFFFFF"
+        return f"({draw}) {'>=' if self.invert else '<'} {{}}", (node_rng, self.probability)
