@@ -109,13 +109,14 @@ def _inlinable(cls: type) -> bool:
 def _rule_block(src: _Source, rule: Rule, index: int, name: str, indent: int) -> None:
     """``if <test>:`` count, trace, act. Falling out of the block is "next rule"."""
     r = src.const(rule)
+    index_const = src.const(index)     # a constant, so that rules differing only in position share code
     src.emit(indent, f"if {rule_test(src, rule)}:")
     body = indent + 1
     src.emit(body, f"{r}.packets += 1")
     src.emit(body, f"{r}.bytes += L")
     jump = rule.jump
     if jump is not None:
-        src.emit(body, f"if tr is not None: _trace_rule(tr, c, {src.const(name)}, {index}, {r}, {src.const(jump)})")
+        src.emit(body, f"if tr is not None: _trace_rule(tr, c, {src.const(name)}, {index_const}, {r}, {src.const(jump)})")
         if jump in _VERDICT_CODE:
             src.emit(body, _VERDICT_CODE[jump])
         elif rule.goto:
@@ -127,10 +128,10 @@ def _rule_block(src: _Source, rule: Rule, index: int, name: str, indent: int) ->
         return
     target = rule.target
     if target is None:
-        src.emit(body, f"if tr is not None: _trace_rule(tr, c, {src.const(name)}, {index}, {r}, '')")
+        src.emit(body, f"if tr is not None: _trace_rule(tr, c, {src.const(name)}, {index_const}, {r}, '')")
         return
     t = src.const(target.execute)
-    src.emit(body, f"v = {t}(p, c) if tr is None else _traced_target(tr, c, {src.const(name)}, {index}, {r}, {t}, p)")
+    src.emit(body, f"v = {t}(p, c) if tr is None else _traced_target(tr, c, {src.const(name)}, {index_const}, {r}, {t}, p)")
     src.emit(body, f"if v != {XT_CONTINUE}: return v")
 
 
@@ -167,14 +168,16 @@ def rule_step(rule: Rule, index: int, name: str) -> Callable[..., int | None]:
     return _instantiate(src)
 
 
-def looped_chain(name: str, builtin: bool, positions: Callable[[Packet], Sequence[int]],
+def looped_chain(name: str, builtin: bool, field: str | None, buckets: dict[Any, list[int]], wildcards: list[int],
                  steps: list[Callable[..., int | None] | None], make_step: Callable[[int], Any]) -> ChainFn:
-    """A long chain: the rules that may match (``positions``, in order), each its own step."""
+    """A long chain: the rules that may match (those in the bucket of the packet's ``field``, or
+    ``wildcards`` when it has none), in order, each its own step."""
     src = _Source()
     src.emit(0, "def chain(p, c):")
     _prologue(src, name)
-    pos, st, mk = src.const(positions), src.const(steps), src.const(make_step)
-    src.emit(1, f"for i in {pos}(p):")
+    st, mk, wild = src.const(steps), src.const(make_step), src.const(wildcards)
+    positions = wild if field is None else f"{src.const(buckets)}.get(p.{field}, {wild})"
+    src.emit(1, f"for i in {positions}:")
     src.emit(2, f"s = {st}[i]")
     src.emit(2, f"if s is None: s = {mk}(i)")
     src.emit(2, "v = s(p, c, L, tr)")

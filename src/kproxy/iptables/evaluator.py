@@ -62,7 +62,8 @@ class CompiledChain:
             self.fn: ChainFn = inline_chain(chain.rules, chain.name, self.builtin)
         else:
             self.steps = [None] * len(chain.rules)        # each rule compiled the first time it is reached
-            self.fn = looped_chain(chain.name, self.builtin, self.positions, self.steps, self._step)
+            self.fn = looped_chain(chain.name, self.builtin, self.field, self.buckets, self.wildcards, self.steps,
+                                   self._step)
 
     def _build_index(self) -> None:
         best: tuple[int, str, list[Any]] | None = None
@@ -82,13 +83,6 @@ class CompiledChain:
         self.buckets = {k: sorted(v + wildcards) for k, v in keyed.items()} if wildcards else keyed
         self.wildcards = wildcards
         self.field = field
-
-    def positions(self, pkt: Packet) -> list[int]:
-        """The rules that may match ``pkt``, in order."""
-        field = self.field
-        if field is None:
-            return self.wildcards
-        return self.buckets.get(pkt.dst if field == "dst" else pkt.dport, self.wildcards)
 
     def _step(self, i: int) -> Any:
         step = self.steps[i] = rule_step(self.rules[i], i, self.chain.name)
@@ -145,32 +139,28 @@ def table_runner(engine: IptablesEngine, table: str) -> Callable[[Packet, HookSt
 
     def run(pkt: Packet, hook_state: HookState) -> int:
         hit = cache.get(table)
+        compiled: CompiledTable | None
         if hit is not None and hit[0] == state.generation and hit[1] is state.tables.get(table):
-            return run_chain(hit[2], hook_state.hook, pkt, hook_state, family)
-        compiled = engine.compiled(table)
-        if compiled is None:
+            compiled = hit[2]
+        else:
+            compiled = engine.compiled(table)
+            if compiled is None:
+                return NF_ACCEPT
+        # A RETURN from the built-in chain, or falling off it (or off a chain it reached by -g),
+        # applies the built-in chain's policy.
+        hook = hook_state.hook
+        chains = compiled.chains
+        fn = dict.get(chains, hook) or chains.get(hook)
+        if fn is None:
             return NF_ACCEPT
-        return run_chain(compiled, hook_state.hook, pkt, hook_state, family)
+        if hook_state.trace is not None:
+            hook_state.trace.add("chain", hook=hook, table=table, chain=hook)
+        verdict = fn(pkt, RuleContext(hook_state, table, hook, family, chains))
+        if verdict == XT_RETURN:
+            return apply_policy(compiled.table.chains[hook], pkt, hook_state, table)
+        return verdict
 
     return run
-
-
-def run_chain(ct: CompiledTable, hook: str, pkt: Packet, state: HookState, family: int) -> int:
-    """Traverse from built-in chain ``hook``; return NF_ACCEPT, NF_DROP or NF_QUEUE.
-
-    A RETURN from the built-in chain, or falling off it (or off a chain it reached by ``-g``),
-    applies the built-in chain's policy."""
-    chains = ct.chains
-    fn = dict.get(chains, hook) or chains.get(hook)     # compiled already, or compile it now
-    if fn is None:
-        return NF_ACCEPT
-    tname = ct.table.name
-    if state.trace is not None:
-        state.trace.add("chain", hook=state.hook, table=tname, chain=hook)
-    verdict = fn(pkt, RuleContext(state, tname, hook, family, chains))
-    if verdict == XT_RETURN:
-        return apply_policy(ct.table.chains[hook], pkt, state, tname)
-    return verdict
 
 
 def apply_policy(chain: Chain, pkt: Packet, state: HookState, table: str) -> int:

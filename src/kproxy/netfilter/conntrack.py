@@ -303,10 +303,11 @@ class Conntrack:
         self._count = 0
         return n
 
-    def taken(self, t: Tuple, ignore: Conn | None = None) -> bool:
+    def taken(self, t: Tuple, ignore: Conn | None = None, now: float | None = None) -> bool:
         """nf_conntrack_tuple_taken: is ``t`` already some other confirmed connection's tuple?"""
         other = self._orig.get(t) or self._reply.get(t)
-        return other is not None and other is not ignore and other.expires > self.node.now()
+        return other is not None and other is not ignore and \
+            other.expires > (self.node.now() if now is None else now)
 
     # ---- hooks ----------------------------------------------------------------------------
     def active(self) -> bool:
@@ -516,7 +517,8 @@ class Conntrack:
         conn = pkt.ct
         if conn is None or conn.status & IPS_CONFIRMED or pkt.ctdir != ORIGINAL:
             return NF_ACCEPT
-        if self.taken(conn.reply, conn) or self.taken(conn.orig, conn):
+        now = state.now
+        if self.taken(conn.reply, conn, now) or self.taken(conn.orig, conn, now):
             self._trace(state, "clash with an existing entry: dropping packet")
             return NF_DROP
         self.insert(conn)
