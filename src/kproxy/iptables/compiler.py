@@ -33,6 +33,9 @@ _VERDICT_CODE = {"ACCEPT": f"return {NF_ACCEPT}", "DROP": f"return {NF_DROP}", "
                  "RETURN": f"return {XT_RETURN}"}
 
 
+_NAMES = [f"k{i}" for i in range(512)]
+
+
 class _Source:
     """Generated lines plus the constants they name (``k0``, ``k1``, ...)."""
 
@@ -41,8 +44,10 @@ class _Source:
         self.consts: list[Any] = []
 
     def const(self, value: Any) -> str:
-        self.consts.append(value)
-        return f"k{len(self.consts) - 1}"
+        consts = self.consts
+        consts.append(value)
+        n = len(consts) - 1
+        return _NAMES[n] if n < len(_NAMES) else f"k{n}"
 
     def emit(self, indent: int, text: str) -> None:
         self.lines.append("    " * indent + text)

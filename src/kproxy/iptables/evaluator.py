@@ -14,6 +14,7 @@ that field, so first-match order is kept and a kube-proxy KUBE-SERVICES chain co
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -195,17 +196,26 @@ class IptablesEngine:
 
     def precompile(self) -> int:
         """Compile every chain and rule of every table now (they otherwise compile on first use);
-        returns how many chains and indexed rules were compiled."""
+        returns how many chains and indexed rules were compiled.
+
+        The cyclic GC is paused meanwhile: a bulk build of long-lived objects only makes it rescan
+        the growing heap (four times the work at 100,000 rules)."""
         n = 0
-        for name in list(self.state.tables):
-            ct = self.compiled(name)
-            if ct is None:
-                continue
-            for chain_name in ct.table.chains:
-                if chain_name not in ct.chains:
-                    ct.chains[chain_name]
-                    n += 1
-                n += ct.compiled[chain_name].compile_all()
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            for name in list(self.state.tables):
+                ct = self.compiled(name)
+                if ct is None:
+                    continue
+                for chain_name in ct.table.chains:
+                    if chain_name not in ct.chains:
+                        ct.chains[chain_name]
+                        n += 1
+                    n += ct.compiled[chain_name].compile_all()
+        finally:
+            if paused:
+                gc.enable()
         return n
 
     def register(self) -> None:

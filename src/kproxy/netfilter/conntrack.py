@@ -393,7 +393,6 @@ class Conntrack:
             return NF_DROP
         reply = t.inverse()
         conn = Conn(t, reply, 0, 0, "", 0.0, now, self._next_id, [1, 0, pkt.length, 0])
-        conn.nat_targets = (reply, t, reply)     # no binding yet: packets leave as they came
         if pkt.proto == TCP:
             loose = self.node.sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
             conn.tcp = tcp_new(pkt.tcp_flags, pkt.seg, loose)

@@ -30,6 +30,8 @@ from kproxy.netfilter.conntrack import (
 from kproxy.netfilter.hooks import OUTPUT, PREROUTING, PRI_NAT_DST, PRI_NAT_SRC, HookState
 from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, Packet, format_addr
 
+_new_tuple = tuple.__new__
+
 Lookup = Callable[[Packet, HookState], int]
 MAX_ATTEMPTS = 128
 
@@ -92,6 +94,7 @@ class Nat:
         bound_by_dir = (bound, bound ^ IPS_NAT_MASK)       # a reply undoes the other kind of binding
         lookups = self._lookups
         manip_packet = self.manip_packet
+        conntrack = self.node.conntrack
 
         def nat_hook(pkt: Packet, state: HookState) -> int:
             conn = pkt.ct
@@ -113,10 +116,15 @@ class Nat:
                             return verdict
                         if conn.status & done:
                             break
-                    if not conn.status & done:
+                    status = conn.status
+                    if not status & (done | IPS_CONFIRMED):
                         # nf_nat_alloc_null_binding: the flow's own current address, any port that is free.
-                        addr = conn.reply.dst if manip == "SRC" else conn.reply.src
-                        self.setup(pkt, NatRange(addr, addr), manip, state, null=True)
+                        # get_unique_tuple keeps the current tuple when its reply is not taken.
+                        if not conntrack.taken(conn.reply, conn, state.now):
+                            conn.status = status | done
+                        else:
+                            addr = conn.reply.dst if manip == "SRC" else conn.reply.src
+                            self.setup(pkt, NatRange(addr, addr), manip, state, null=True)
             direction = pkt.ctdir
             if not conn.status & bound_by_dir[direction]:
                 return NF_ACCEPT
@@ -132,14 +140,17 @@ class Nat:
         # "Can't setup nat info for confirmed ct": the flow keeps its binding; nor is a binding made twice.
         if conn is None or conn.status & (IPS_CONFIRMED | (IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE)):
             return NF_ACCEPT
-        curr = conn.orig if not conn.status & IPS_NAT_MASK else _targets(conn)[1]
-        new = self._unique_tuple(curr, rng, manip, conn)
+        curr = conn.orig if not conn.status & IPS_NAT_MASK else conn.reply.inverse()
+        if manip == "DST" and curr[1] in PORT_PROTOS and _one_destination(rng):
+            # One address and one port, no randomness: get_unique_tuple can only pick that address
+            # (find_best_ips_proto) and that port (in range already, or the one-port range's only
+            # candidate), used or not.
+            new = _new_tuple(Tuple, (curr[0], curr[1], curr[2], rng.min_addr, curr[4], rng.min_port))
+        else:
+            new = self._unique_tuple(curr, rng, manip, conn)
         if new is not curr and new != curr:
             conn.reply = new.inverse()
             conn.status |= IPS_SRC_NAT if manip == "SRC" else IPS_DST_NAT
-            # What nf_nat_packet rewrites to: the new tuple going out, the original one coming back.
-            old = conn.nat_targets
-            conn.nat_targets = (conn.reply, new, old[2] if old is not None else conn.orig.inverse())
         conn.status |= IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE
         if state is not None and state.trace is not None and (new != curr or not null):
             if manip == "SRC":
@@ -158,7 +169,7 @@ class Nat:
         if manip == "SRC" and not random_all:
             if _in_range(orig, rng):
                 # orig is the connection's current tuple: its inverse is the current reply tuple.
-                if not self.node.conntrack.taken(conn.reply if orig is _targets(conn)[1] else orig.inverse(), conn):
+                if not self.node.conntrack.taken(conn.reply, conn):
                     return orig
             else:
                 found = self._appropriate_src(orig, rng)
@@ -246,7 +257,11 @@ class Nat:
             return NF_ACCEPT
         # The target tuples only change when a binding is made: remember them on the connection,
         # for the original direction and for replies.
-        target = _targets(conn)[1 + direction]
+        if conn.status & IPS_CONFIRMED:
+            target = _targets(conn)[1 + direction]
+        else:
+            # A connection's first packet: not worth remembering (most flows' only packet, in bulk).
+            target = (conn.orig if direction == REPLY else conn.reply).inverse()
         if target[1] in PORT_PROTOS:
             if manip == "SRC":
                 pkt.src, pkt.sport = target[2], target[4]
@@ -274,6 +289,13 @@ class Nat:
         else:
             pkt.dst = target.dst
         return NF_ACCEPT
+
+
+def _one_destination(rng: NatRange) -> bool:
+    """A range of one address and one port, with no random or offset port choice."""
+    lo = rng.min_addr
+    return lo is not None and (rng.max_addr is None or rng.max_addr == lo) and rng.min_port is not None \
+        and rng.min_port == rng.max_port and rng.base_port is None and not (rng.random or rng.random_fully)
 
 
 def _targets(conn: Conn) -> tuple[Tuple, Tuple, Tuple]:
