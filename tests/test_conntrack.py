@@ -10,6 +10,7 @@ from kproxy.netfilter.conntrack import (
     IPS_CONFIRMED,
     IPS_SEEN_REPLY,
     TCP_TIMEOUTS,
+    Conn,
     Conntrack,
     Tuple,
     tcp_flags_valid,
@@ -438,3 +439,36 @@ def test_tcp_pickup_and_invalid_segments_match_the_kernel():
     ours = run_conntrack(["-L"], n)[1]
     assert sorted(theirs.splitlines()) == sorted(ours.splitlines())
     assert int(invalid) == n.iptables[4].tables["filter"].chains["INPUT"].rules[0].packets == 4
+
+
+# ---- a first TCP segment without sequence numbers is worked out once per combination ------------------
+
+def _track_fields(track: object) -> tuple[object, ...]:
+    from dataclasses import astuple
+
+    return astuple(track) if track is not None else ()
+
+
+@pytest.mark.parametrize("sysctls", [{}, {"net.netfilter.nf_conntrack_tcp_loose": "0"},
+                                     {"net.netfilter.nf_conntrack_tcp_be_liberal": "1",
+                                      "net.netfilter.nf_conntrack_tcp_ignore_invalid_rst": "1"}])
+def test_a_remembered_first_segment_leaves_what_the_tracker_leaves(sysctls):
+    """Every flag byte: the connection made from the remembered outcome (the second packet with those
+    flags) equals the one the tracker makes when asked directly."""
+    n = node()
+    n.sysctls.update(sysctls)
+    ct = n.conntrack
+    for flags in range(256):
+        for attempt in range(2):                     # the first fills the memory, the second reads it
+            p = tcp(C, S, 2000 + 2 * flags + attempt, 22, flags)
+            n.receive(p, "eth0")
+            fresh = p.ct
+            direct = Conn(Tuple.of(p), Tuple.of(p).inverse())
+            why = ct._first_segment(direct, p, n.clock, sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0")
+            if why is not None or not tcp_flags_valid(flags):
+                assert p.ctstate == "INVALID", (flags, why)
+                continue
+            assert p.ctstate == "NEW" and fresh is not None, flags
+            assert (fresh.tcp_state, fresh.expires, fresh.status & ~IPS_CONFIRMED, _track_fields(fresh.tcp)) == \
+                (direct.tcp_state, direct.expires, direct.status, _track_fields(direct.tcp)), flags
+            assert fresh.tcp is not ct._first_segments[next(iter(ct._first_segments))][1]   # a copy, never shared

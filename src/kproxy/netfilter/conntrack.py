@@ -234,6 +234,11 @@ class Conntrack:
         self._tcp_tracker = TcpTracker()
         self._max_text: str | None = None
         self._max = 0
+        # A TCP connection's first segment without sequence numbers, by (flags, loose, liberal,
+        # ignore_invalid_rst): (why it cannot start one, or None; the tracker memory, state, timeout
+        # and status bits it leaves).
+        self._first_segments: dict[tuple[int, bool, bool, bool],
+                                   tuple[str | None, TcpTrack | None, str, float, int]] = {}
 
     # ---- the table ------------------------------------------------------------------------
     @property
@@ -394,12 +399,9 @@ class Conntrack:
         reply = t.inverse()
         conn = Conn(t, reply, 0, 0, "", 0.0, now, self._next_id, [1, 0, pkt.length, 0])
         if pkt.proto == TCP:
-            loose = self.node.sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
-            conn.tcp = tcp_new(pkt.tcp_flags, pkt.seg, loose)
-            if conn.tcp is None:
-                return self._invalid(pkt, state, "cannot start a connection")
-            if self._tcp_packet(conn, ORIGINAL, pkt, now) == "invalid":
-                return self._invalid(pkt, state, "out of window")
+            why = self._start_tcp(conn, pkt, now)
+            if why is not None:
+                return self._invalid(pkt, state, why)
         elif pkt.proto in (ICMP, ICMPV6):
             ok = ICMP_NEW_TYPES if pkt.proto == ICMP else {128}
             if pkt.icmp_type not in ok:
@@ -412,6 +414,38 @@ class Conntrack:
         if state.trace is not None:
             self._trace(state, f"NEW {t.text()}")
         return NF_ACCEPT
+
+    def _start_tcp(self, conn: Conn, pkt: Packet, now: float) -> str | None:
+        """tcp_new and the first segment's packet(): None when it starts the connection, else why not.
+
+        Without sequence numbers the outcome depends only on the flags and three sysctls, so it is
+        worked out once per combination (by the same code, on a scratch connection) and copied."""
+        sysctls = self.node.sysctls
+        loose = sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
+        if pkt.seg is not None:
+            return self._first_segment(conn, pkt, now, loose)
+        key = (pkt.tcp_flags, loose, sysctls.get("net.netfilter.nf_conntrack_tcp_be_liberal", "0") != "0",
+               sysctls.get("net.netfilter.nf_conntrack_tcp_ignore_invalid_rst", "0") != "0")
+        first = self._first_segments.get(key)
+        if first is None:
+            scratch = Conn(conn.orig, conn.reply)
+            why = self._first_segment(scratch, pkt, 0.0, loose)
+            first = self._first_segments[key] = (why, scratch.tcp, scratch.tcp_state, scratch.expires, scratch.status)
+        why, track, tcp_state, expires, status = first
+        if why is None and track is not None:
+            conn.tcp = track.copy()
+            conn.tcp_state = tcp_state
+            conn.expires = now + expires
+            conn.status |= status
+        return why
+
+    def _first_segment(self, conn: Conn, pkt: Packet, now: float, loose: bool) -> str | None:
+        conn.tcp = tcp_new(pkt.tcp_flags, pkt.seg, loose)
+        if conn.tcp is None:
+            return "cannot start a connection"
+        if self._tcp_packet(conn, ORIGINAL, pkt, now) == "invalid":
+            return "out of window"
+        return None
 
     def _update(self, conn: Conn, d: int, pkt: Packet, now: float) -> str:
         """The protocol's packet() callback: ``ok``, ``ignore`` (passes, nothing changes), ``invalid``

@@ -168,6 +168,12 @@ class TcpTrack:
         if self.seen is None and self.windowed:
             self.seen = [Peer(), Peer()]
 
+    def copy(self) -> TcpTrack:
+        seen = None if self.seen is None else \
+            [Peer(p.td_end, p.td_maxend, p.td_maxwin, p.td_maxack, p.td_scale, p.flags) for p in self.seen]
+        return TcpTrack(seen, self.windowed, self.last_index, self.last_dir, self.last_seq, self.last_ack,
+                        self.last_end, self.last_win, self.last_wscale, self.last_flags, self.retrans)
+
     def peers(self) -> list[Peer]:
         """Both directions' records, made when first needed."""
         seen = self.seen
