@@ -221,10 +221,9 @@ class Conntrack:
         self._active = True
         # None: tracking turns on as the kernel turns it on (a rule needs it); True: always on.
         self.enabled: bool | None = None
-        # The confirmed connections by original tuple and by reply tuple (the kernel's one hash table,
-        # kept as two so that an entry costs no (conn, direction) pair per tuple).
-        self._orig: dict[Tuple, Conn] = {}
-        self._reply: dict[Tuple, Conn] = {}
+        # The confirmed connections by original tuple and by reply tuple: the kernel's one hash table.
+        # A hit's direction is whether the tuple is the connection's original one.
+        self._table: dict[Tuple, Conn] = {}
         self.drops = 0
         self._next_id = 1
         self._count = 0
@@ -250,23 +249,19 @@ class Conntrack:
 
     def lookup(self, t: Tuple, now: float | None = None) -> tuple[Conn, int] | None:
         """The live connection with tuple ``t`` in either direction, and that direction."""
-        conn = self._orig.get(t)
-        d = ORIGINAL
+        conn = self._table.get(t)
         if conn is None:
-            conn = self._reply.get(t)
-            if conn is None:
-                return None
-            d = REPLY
+            return None
         if conn.expires <= (self.node.now() if now is None else now):
             self.delete(conn)
             return None
-        return conn, d
+        return conn, ORIGINAL if conn.orig == t else REPLY
 
     def entries(self, now: float | None = None) -> list[Conn]:
         """Live confirmed entries, oldest first; expired ones are reaped on the way."""
         now = self.node.now() if now is None else now
         seen: dict[int, Conn] = {}
-        for conn in list(self._orig.values()):
+        for conn in list(self._table.values()):
             if conn.expires <= now:
                 self.delete(conn)
             else:
@@ -277,8 +272,8 @@ class Conntrack:
         return self._count
 
     def insert(self, conn: Conn) -> None:
-        self._orig[conn.orig] = conn
-        self._reply[conn.reply] = conn
+        self._table[conn.orig] = conn
+        self._table[conn.reply] = conn
         conn.status |= IPS_CONFIRMED
         self._count += 1
         if conn.status & IPS_SRC_NAT:
@@ -286,11 +281,12 @@ class Conntrack:
             self.bysource.setdefault((o.family, o.proto, o.src, o.sport), []).append(conn)
 
     def delete(self, conn: Conn) -> None:
-        if self._orig.get(conn.orig) is conn:
-            del self._orig[conn.orig]
+        table = self._table
+        if table.get(conn.orig) is conn:
+            del table[conn.orig]
             self._count -= 1
-        if self._reply.get(conn.reply) is conn:
-            del self._reply[conn.reply]
+        if table.get(conn.reply) is conn:
+            del table[conn.reply]
         if conn.status & IPS_SRC_NAT:
             o = conn.orig
             key = (o.family, o.proto, o.src, o.sport)
@@ -302,15 +298,14 @@ class Conntrack:
 
     def flush(self) -> int:
         n = self._count
-        self._orig.clear()
-        self._reply.clear()
+        self._table.clear()
         self.bysource.clear()
         self._count = 0
         return n
 
     def taken(self, t: Tuple, ignore: Conn | None = None, now: float | None = None) -> bool:
         """nf_conntrack_tuple_taken: is ``t`` already some other confirmed connection's tuple?"""
-        other = self._orig.get(t) or self._reply.get(t)
+        other = self._table.get(t)
         return other is not None and other is not ignore and \
             other.expires > (self.node.now() if now is None else now)
 
@@ -345,13 +340,10 @@ class Conntrack:
             return self._related(pkt, state)
         else:
             t = Tuple.of(pkt)
-        conn = self._orig.get(t)
-        d = ORIGINAL
+        conn = self._table.get(t)
         if conn is None:
-            conn = self._reply.get(t)
-            if conn is None:
-                return self._new(pkt, t, state)
-            d = REPLY
+            return self._new(pkt, t, state)
+        d = ORIGINAL if conn.orig == t else REPLY
         if conn.expires <= now:
             self.delete(conn)
             return self._new(pkt, t, state)
@@ -574,8 +566,7 @@ class Conntrack:
         return {"entries": [c.to_json() for c in self.entries()]}
 
     def from_json(self, data: dict[str, Any]) -> None:
-        self._orig.clear()
-        self._reply.clear()
+        self._table.clear()
         self.bysource.clear()
         self._count = 0
         for d in data.get("entries") or []:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kproxy.packet import NF_ACCEPT, Packet
+from kproxy.packet import Packet
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.netfilter.trace import Trace
@@ -122,11 +122,3 @@ class HookRegistry:
 
     def ops(self, family: int, hook: str) -> list[HookOp]:
         return self._ops.get((family, hook), [])
-
-    def run(self, family: int, hook: str, pkt: Packet, state: HookState) -> int:
-        """Run the hook's functions in priority order; return the first non-ACCEPT verdict or ACCEPT."""
-        for op in self._ops.get((family, hook), ()):
-            verdict = op.fn(pkt, state)
-            if verdict != NF_ACCEPT:
-                return verdict
-        return NF_ACCEPT
