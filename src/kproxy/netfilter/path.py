@@ -59,7 +59,8 @@ def _run(node: Any, pkt: Packet, hook: str, in_dev: str, out_dev: str, trace: Tr
     fns = node.hooks.fns.get((pkt.family, hook))
     if fns is None and trace is None:
         return NF_ACCEPT, _NO_STATE       # nothing registered at this hook: nothing to do
-    state = HookState(hook, in_dev, out_dev, node, trace, node.clock if node.clock is not None else node.now())
+    clock = node.clock
+    state = HookState(hook, in_dev, out_dev, node, trace, clock if clock is not None else node.now())
     if trace is not None:
         trace.add("hook", hook=hook, text=pkt.describe(), detail={"in": in_dev, "out": out_dev})
     for fn in fns or ():
@@ -140,9 +141,10 @@ def receive(node: Any, pkt: Packet, iif: str, trace: Trace | None = None) -> Res
 
 
 def _route_input(node: Any, pkt: Packet, iif: str, trace: Trace | None) -> Result:
-    bad = _martian(node, pkt, iif)
-    if bad:
-        return _fate(trace, Result(DROPPED, pkt, "routing", reason=bad, trace=trace))
+    if (pkt.src >> 24) == 127 or (pkt.dst >> 24) == 127:      # only loopback addresses can be martians here
+        bad = _martian(node, pkt, iif)
+        if bad:
+            return _fate(trace, Result(DROPPED, pkt, "routing", reason=bad, trace=trace))
     route = node.route_for_flow(pkt)
     if trace is not None:
         trace.add("route", text=_route_text(route, pkt))
