@@ -98,3 +98,14 @@ def test_a_trace_shows_each_matched_rule_the_return_and_the_policy():
     assert events == [("chain", "FORWARD", 0, ""), ("rule", "FORWARD", 1, "U"), ("rule", "U", 1, "continue"),
                       ("return", "U", 0, ""), ("policy", "FORWARD", 0, "DROP")]
     assert res.fate == "dropped" and res.packet.mark == 1
+
+
+def test_a_chain_a_commit_left_alone_jumps_into_the_new_version_of_its_target():
+    n = node(":FORWARD ACCEPT [0:0]\n:A - [0:0]\n:B - [0:0]\n-A FORWARD -j A\n-A A -j B\n-A B -j DROP\n")
+    before = compiled(n).compiled["A"]
+    assert fwd(n, "10.0.0.1").fate == "dropped"
+    n.iptables_restore("*filter\n:B - [0:0]\n-A B -j ACCEPT\nCOMMIT\n", noflush=True)
+    after = compiled(n)
+    assert after.compiled["A"] is before                  # A's rules are the same objects: kept, rebound
+    assert fwd(n, "10.0.0.1").fate == "forwarded"
+    assert counts(n, "B") == [1] and counts(n, "A") == [2]

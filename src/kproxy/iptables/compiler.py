@@ -4,7 +4,7 @@ A committed chain becomes one function ``chain(p, c) -> verdict``: each rule is 
 condition inlines the rule's header tests (and the simple matches that offer an inline form),
 whose body counts the packet and acts. The verdicts are the kernel's (NF_ACCEPT, NF_DROP,
 NF_QUEUE) or ``XT_RETURN`` when the chain returns or is fallen off; a ``-j`` to a user chain is a
-call, a ``-g`` a tail call, so RETURN semantics, the jump stack and goto come from Python's own
+call (through the target's ``ChainRef``), a ``-g`` a tail call, so RETURN semantics, the jump stack and goto come from Python's own
 call stack. Trace events are emitted from the same code when the hook state carries a trace.
 
 Compiling is cheap because chains repeat: a dump's chains differ mostly in their constants
@@ -27,6 +27,20 @@ from kproxy.iptables.model import Rule
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_QUEUE, Packet
 
 ChainFn = Callable[[Packet, RuleContext], int]
+
+
+class ChainRef:
+    """A jump's target: the target chain's function once compiled (``fn``), bound into the jumping
+    chain as a constant, so a jump costs an attribute read rather than a lookup by name."""
+
+    __slots__ = ("name", "fn")
+
+    def __init__(self, name: str, fn: ChainFn) -> None:
+        self.name = name
+        self.fn = fn
+
+
+Ref = Callable[[str], ChainRef]      # a table's ChainRef for a chain name
 
 # Chains longer than this (and not indexed) run as a loop over per-rule functions rather than
 # one function with an ``if`` per rule: compiling a function of thousands of branches is slow.
@@ -114,7 +128,7 @@ def _inlinable(cls: type) -> bool:
     return ok
 
 
-def _rule_block(src: _Source, rule: Rule, index: int, name: str, indent: int) -> None:
+def _rule_block(src: _Source, rule: Rule, index: int, name: str, indent: int, ref: Ref) -> None:
     """``if <test>:`` count, trace, act. Falling out of the block is "next rule"."""
     r = src.const(rule)
     index_const = src.const(index)     # a constant, so that rules differing only in position share code
@@ -128,9 +142,9 @@ def _rule_block(src: _Source, rule: Rule, index: int, name: str, indent: int) ->
         if jump in _VERDICT_CODE:
             src.emit(body, _VERDICT_CODE[jump])
         elif rule.goto:
-            src.emit(body, f"return c.chains[{src.const(jump)}](p, c)")
+            src.emit(body, f"return {src.const(ref(jump))}.fn(p, c)")
         else:
-            src.emit(body, f"v = c.chains[{src.const(jump)}](p, c)")
+            src.emit(body, f"v = {src.const(ref(jump))}.fn(p, c)")
             src.emit(body, f"if v != {XT_RETURN}: return v")
             src.emit(body, f"c.chain = {src.const(name)}")
         return
@@ -156,22 +170,22 @@ def _prologue(src: _Source, name: str) -> None:
     src.emit(1, f"c.chain = {src.const(name)}")
 
 
-def inline_chain(rules: Sequence[Rule], name: str, builtin: bool) -> ChainFn:
+def inline_chain(rules: Sequence[Rule], name: str, builtin: bool, ref: Ref) -> ChainFn:
     """A chain as one function: an ``if`` per rule."""
     src = _Source()
     src.emit(0, "def chain(p, c):")
     _prologue(src, name)
     for i, rule in enumerate(rules):
-        _rule_block(src, rule, i, name, 1)
+        _rule_block(src, rule, i, name, 1, ref)
     _chain_end(src, name, builtin)
     return _instantiate(src)
 
 
-def rule_step(rule: Rule, index: int, name: str) -> Callable[..., int | None]:
+def rule_step(rule: Rule, index: int, name: str, ref: Ref) -> Callable[..., int | None]:
     """One rule as ``step(p, c, L, tr)``: None to go on to the next rule, else the chain's verdict."""
     src = _Source()
     src.emit(0, "def chain(p, c, L, tr):")
-    _rule_block(src, rule, index, name, 1)
+    _rule_block(src, rule, index, name, 1, ref)
     src.emit(1, "return None")
     return _instantiate(src)
 
@@ -214,6 +228,16 @@ def _instantiate(src: _Source) -> Any:
             _templates.clear()
         _templates[body] = template
     return FunctionType(template.__code__, template.__globals__, "chain", tuple(src.consts))
+
+
+def rebind(fn: Any, ref: Ref) -> Any:
+    """``fn`` with its jump targets taken from another table (``ref``): a chain that a commit left
+    unchanged keeps its code but must jump into the new table's chains."""
+    defaults = fn.__defaults__
+    if not defaults or not any(type(d) is ChainRef for d in defaults):
+        return fn
+    new = tuple(ref(d.name) if type(d) is ChainRef else d for d in defaults)
+    return FunctionType(fn.__code__, fn.__globals__, fn.__name__, new)
 
 
 def _trace_rule(trace: Any, c: RuleContext, chain: str, i: int, rule: Rule, verdict: str) -> Any:

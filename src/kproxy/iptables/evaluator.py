@@ -18,7 +18,16 @@ import gc
 from collections.abc import Callable
 from typing import Any
 
-from kproxy.iptables.compiler import MAX_INLINE_RULES, ChainFn, inline_chain, looped_chain, rule_step
+from kproxy.iptables.compiler import (
+    MAX_INLINE_RULES,
+    ChainFn,
+    ChainRef,
+    Ref,
+    inline_chain,
+    looped_chain,
+    rebind,
+    rule_step,
+)
 from kproxy.iptables.extension import XT_RETURN, RuleContext
 from kproxy.iptables.model import Chain, Rule, Table
 from kproxy.netfilter.hooks import TABLE_HOOKS, HookState, table_priority
@@ -47,10 +56,11 @@ class CompiledChain:
     """A chain's rules as one function (see ``kproxy.iptables.compiler``), with an exact-match
     index when the chain is long enough to want one."""
 
-    __slots__ = ("chain", "rules", "builtin", "field", "buckets", "wildcards", "steps", "fn")
+    __slots__ = ("chain", "rules", "builtin", "field", "buckets", "wildcards", "steps", "fn", "ref")
 
-    def __init__(self, chain: Chain) -> None:
+    def __init__(self, chain: Chain, ref: Ref) -> None:
         self.chain = chain
+        self.ref = ref
         self.rules = chain.rules
         self.builtin = chain.policy is not None
         self.field: str | None = None
@@ -60,7 +70,7 @@ class CompiledChain:
         if len(chain.rules) >= INDEX_MIN_RULES:
             self._build_index()
         if self.field is None and len(chain.rules) <= MAX_INLINE_RULES:
-            self.fn: ChainFn = inline_chain(chain.rules, chain.name, self.builtin)
+            self.fn: ChainFn = inline_chain(chain.rules, chain.name, self.builtin, ref)
         else:
             self.steps = [None] * len(chain.rules)        # each rule compiled the first time it is reached
             self.fn = looped_chain(chain.name, self.builtin, self.field, self.buckets, self.wildcards, self.steps,
@@ -86,8 +96,17 @@ class CompiledChain:
         self.field = field
 
     def _step(self, i: int) -> Any:
-        step = self.steps[i] = rule_step(self.rules[i], i, self.chain.name)
+        step = self.steps[i] = rule_step(self.rules[i], i, self.chain.name, self.ref)
         return step
+
+    def rebind(self, ref: Ref) -> None:
+        """Jump into another table's chains from now on (see ``compiler.rebind``)."""
+        self.ref = ref
+        self.fn = rebind(self.fn, ref)
+        steps = self.steps
+        for i, step in enumerate(steps):
+            if step is not None:
+                steps[i] = rebind(step, ref)
 
     def compile_all(self) -> int:
         """Compile every rule's step now; returns how many were compiled."""
@@ -105,12 +124,22 @@ class CompiledTable:
     def __init__(self, table: Table, previous: CompiledTable | None = None) -> None:
         self.table = table
         self.compiled: dict[str, CompiledChain] = {}
+        self.refs: dict[str, ChainRef] = {}
         self.chains: _LazyChains = _LazyChains(self, previous.compiled if previous is not None else {})
+
+    def ref(self, name: str) -> ChainRef:
+        """This table's ChainRef for ``name``: its first call compiles the chain."""
+        r = self.refs.get(name)
+        if r is None:
+            chains = self.chains
+            r = self.refs[name] = ChainRef(name, lambda p, c: chains[name](p, c))
+        return r
 
 
 class _LazyChains(dict):  # type: ignore[type-arg]
-    """name -> chain function, compiling a chain the first time a packet reaches it (a jump calls
-    ``chains[name]``); a chain whose rules are the very ones of the previous commit is reused."""
+    """name -> chain function, compiling a chain the first time a packet reaches it (through its
+    ChainRef or as a built-in chain); a chain whose rules are the very ones of the previous commit
+    keeps its code, rebound to this table's ChainRefs."""
 
     def __init__(self, owner: CompiledTable, old: dict[str, CompiledChain]) -> None:
         super().__init__()
@@ -118,14 +147,17 @@ class _LazyChains(dict):  # type: ignore[type-arg]
         self.old = old
 
     def __missing__(self, name: str) -> ChainFn:
-        c = self.owner.table.chains[name]
+        owner = self.owner
+        c = owner.table.chains[name]
         cc = self.old.get(name)
         if cc is None or len(cc.rules) != len(c.rules) or cc.builtin != (c.policy is not None) or \
                 not all(a is b for a, b in zip(cc.rules, c.rules)):
-            cc = CompiledChain(c)
+            cc = CompiledChain(c, owner.ref)
+        else:
+            cc.rebind(owner.ref)
         cc.chain, cc.rules = c, c.rules
-        self.owner.compiled[name] = cc
-        self[name] = cc.fn
+        owner.compiled[name] = cc
+        self[name] = owner.ref(name).fn = cc.fn
         return cc.fn
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
