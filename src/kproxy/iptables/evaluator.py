@@ -188,7 +188,7 @@ def table_runner(engine: IptablesEngine, table: str) -> Callable[[Packet, HookSt
             return NF_ACCEPT
         if hook_state.trace is not None:
             hook_state.trace.add("chain", hook=hook, table=table, chain=hook)
-        verdict = fn(pkt, RuleContext(hook_state, table, hook, family, chains))
+        verdict = fn(pkt, RuleContext(hook_state, table, hook, family))
         if verdict == XT_RETURN:
             return apply_policy(compiled.table.chains[hook], pkt, hook_state, table)
         return verdict

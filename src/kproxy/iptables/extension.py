@@ -43,7 +43,6 @@ class RuleContext:
     table: str
     chain: str
     family: int = 4
-    chains: Any = None       # the compiled table's chains by name (what a jump calls)
 
     @property
     def node(self) -> Any:
