@@ -378,3 +378,12 @@ def test_a_reply_from_an_unexpected_address_is_refused_by_the_sender(lab):
     UDP answers with a port unreachable that reaches the node's INPUT."""
     agree(lab, "*raw\n-A PREROUTING -j CT --notrack\nCOMMIT\n*nat\n-A POSTROUTING -s 10.0.1.1/32 -p udp -j SNAT "
                "--to-source 10.0.2.1\nCOMMIT\n*filter\n-A INPUT -p icmp\nCOMMIT\n", [Probe("udp", "10.0.1.1", 9999)])
+
+
+def test_an_echo_turned_back_to_the_sink_meets_a_closed_port(lab):
+    """Regression (fresh seed 1883848945, peers model): the node's datagram is untracked, so the sink's
+    echo is a NEW flow that nat PREROUTING DNATs back towards the sink, at a port nobody listens on;
+    the sink answers with a port unreachable, which the node forwards (RELATED, un-DNATed)."""
+    agree(lab, "*raw\n-A OUTPUT -p udp -j CT --notrack\n-A PREROUTING -i eth1 -d 10.244.0.0/16\nCOMMIT\n"
+               "*nat\n-A PREROUTING -s 10.0.0.0/8 -j DNAT --to-destination 10.244.1.4\nCOMMIT\n",
+          [Probe("udp", "10.244.1.3", 53, from_node=True)])

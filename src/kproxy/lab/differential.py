@@ -236,7 +236,9 @@ class EmulatedPeers:
                 self._closed_local_port(back)
             if listening:
                 self._misaddressed_datagram(back, from_client)
-            if local and back.fate == "forwarded" and back.out_dev == "eth1":
+            if back.fate == "forwarded" and back.out_dev == "eth1":
+                # The answer went (back) towards the sink: a node answering its own probe, or a nat
+                # rule turning the sink's echo around.
                 self._misdirected_to_sink(back.packet)
             return "accepted"
         if not listening:
@@ -307,9 +309,10 @@ class EmulatedPeers:
             self.node.send(error)
 
     def _misdirected_to_sink(self, got: Packet) -> None:
-        """The node's answer was sent towards the sink (a nat rule took it there): the lab's sink
-        sniffer sees it, so the kernel side counts the probe as forwarded; the sink answers a datagram
-        for a port nobody listens on with a port unreachable."""
+        """An answer was sent towards the sink (a nat rule took it there): the lab's sink sniffer sees
+        it, so the kernel side counts a node-local probe as forwarded; the sink answers a datagram for
+        a port nobody listens on with a port unreachable (and echoes one for a port it serves, once:
+        the kernel's peers would go on echoing each other)."""
         if self.sink_saw is None:
             self.sink_saw = got
         self.node.receive(_udp_answer(got, got.dport in self.udp_ports), "eth1")
