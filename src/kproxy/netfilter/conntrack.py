@@ -388,7 +388,8 @@ class Conntrack:
             self.node.log_lines.append("nf_conntrack: nf_conntrack: table full, dropping packet")
             self._trace(state, "table full, dropping packet")
             return NF_DROP
-        reply = t.inverse()
+        family, proto, src, dst, sport, dport = t
+        reply = _new_tuple(Tuple, (family, proto, dst, src, dport, sport)) if proto in _PORT_PROTOS else t.inverse()
         conn = Conn(t, reply, 0, 0, "", 0.0, now, self._next_id, [1, 0, pkt.length, 0])
         if pkt.proto == TCP:
             why = self._start_tcp(conn, pkt, now)

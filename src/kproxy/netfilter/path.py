@@ -169,7 +169,7 @@ def _postrouting(node: Any, pkt: Packet, iif: str, route: Any, trace: Trace | No
     if verdict != NF_ACCEPT:
         return _stopped(verdict, state, pkt, trace)
     gw = route.gateway_text
-    return _fate(trace, Result(FORWARDED, pkt, POSTROUTING, out_dev=route.dev, gateway=gw, trace=trace))
+    return _fate(trace, Result(FORWARDED, pkt, POSTROUTING, route.dev, gw, "", "", trace))
 
 
 def output(node: Any, pkt: Packet, trace: Trace | None = None) -> Result:
