@@ -320,7 +320,7 @@ class Node:
     def route_for_flow(self, pkt: Any) -> RouteResult:
         """``route`` for a packet, remembered per destination (as the kernel's dst cache remembers a
         flow's route) until the routes, devices or addresses change."""
-        version = (self.routes.version, self._iface_version, len(self.interfaces))
+        version = (self.routes.version, self._iface_version, len(self.interfaces))   # routing_version(), per packet
         if version != self._flow_routes_version:
             self._flow_routes = {4: {}, 6: {}}
             self._flow_routes_version = version
@@ -339,7 +339,7 @@ class Node:
         Longest-prefix match is then one dict lookup per distinct prefix length, however many
         routes there are (a node with thousands of pod or Service routes).
         """
-        key = (self.routes.version, self._iface_version, len(self.interfaces))
+        key = self.routing_version()
         if getattr(self, "_fib_key", None) != key:
             by_len: dict[tuple[int, int], dict[int, Route]] = {}
             for r in self.connected_routes() + list(self.routes):

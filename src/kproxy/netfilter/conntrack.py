@@ -58,7 +58,7 @@ ICMPV6_REPLY_TYPE = {128: 129, 129: 128}
 ICMPV6_ERRORS = {1, 2, 3, 4}
 
 _new_tuple = tuple.__new__
-PORT_PROTOS = _PORT_PROTOS = frozenset({TCP, UDP, 132, 136, 33})
+PORT_PROTOS = frozenset({TCP, UDP, 132, 136, 33})
 
 
 class Tuple(NamedTuple):
@@ -79,7 +79,7 @@ class Tuple(NamedTuple):
     @classmethod
     def of(cls, pkt: Packet) -> Tuple:
         proto = pkt.proto
-        if proto in _PORT_PROTOS:
+        if proto in PORT_PROTOS:
             return _new_tuple(Tuple, (pkt.family, proto, pkt.src, pkt.dst, pkt.sport, pkt.dport))
         if proto in (ICMP, ICMPV6):
             return _new_tuple(Tuple, (pkt.family, proto, pkt.src, pkt.dst, pkt.icmp_id,
@@ -102,7 +102,7 @@ class Tuple(NamedTuple):
 
     @property
     def has_ports(self) -> bool:
-        return self.proto in (TCP, UDP, 132, 136, 33)
+        return self.proto in PORT_PROTOS
 
     def text(self) -> str:
         """``src=.. dst=.. sport=.. dport=..`` (or ``type= code= id=`` for ICMP) as conntrack -L prints."""
@@ -388,9 +388,7 @@ class Conntrack:
             self.node.log_lines.append("nf_conntrack: nf_conntrack: table full, dropping packet")
             self._trace(state, "table full, dropping packet")
             return NF_DROP
-        family, proto, src, dst, sport, dport = t
-        reply = _new_tuple(Tuple, (family, proto, dst, src, dport, sport)) if proto in _PORT_PROTOS else t.inverse()
-        conn = Conn(t, reply, 0, 0, "", 0.0, now, self._next_id, [1, 0, pkt.length, 0])
+        conn = Conn(t, t.inverse(), 0, 0, "", 0.0, now, self._next_id, [1, 0, pkt.length, 0])
         if pkt.proto == TCP:
             why = self._start_tcp(conn, pkt, now)
             if why is not None:

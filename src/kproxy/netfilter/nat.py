@@ -30,8 +30,6 @@ from kproxy.netfilter.conntrack import (
 from kproxy.netfilter.hooks import OUTPUT, PREROUTING, PRI_NAT_DST, PRI_NAT_SRC, HookState
 from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, Packet, format_addr
 
-_new_tuple = tuple.__new__
-
 Lookup = Callable[[Packet, HookState], int]
 MAX_ATTEMPTS = 128
 
@@ -94,7 +92,6 @@ class Nat:
         bound_by_dir = (bound, bound ^ IPS_NAT_MASK)       # a reply undoes the other kind of binding
         lookups = self._lookups
         manip_packet = self.manip_packet
-        conntrack = self.node.conntrack
 
         def nat_hook(pkt: Packet, state: HookState) -> int:
             conn = pkt.ct
@@ -116,15 +113,8 @@ class Nat:
                             return verdict
                         if conn.status & done:
                             break
-                    status = conn.status
-                    if not status & (done | IPS_CONFIRMED):
-                        # nf_nat_alloc_null_binding: the flow's own current address, any port that is free.
-                        # get_unique_tuple keeps the current tuple when its reply is not taken.
-                        if not conntrack.taken(conn.reply, conn, state.now):
-                            conn.status = status | done
-                        else:
-                            addr = conn.reply.dst if manip == "SRC" else conn.reply.src
-                            self.setup(pkt, NatRange(addr, addr), manip, state, null=True)
+                    if not conn.status & done:
+                        self.null_binding(pkt, conn, manip, state)
             direction = pkt.ctdir
             if not conn.status & bound_by_dir[direction]:
                 return NF_ACCEPT
@@ -133,6 +123,19 @@ class Nat:
         return nat_hook
 
     # ---- binding ----------------------------------------------------------------------------
+    def null_binding(self, pkt: Packet, conn: Conn, manip: str, state: HookState) -> None:
+        """nf_nat_alloc_null_binding: the flow's own current address, any port that is free.
+
+        get_unique_tuple keeps the current tuple when its reply is not taken, so that case (nearly
+        every flow) only marks the binding done; otherwise ``setup`` searches a free port."""
+        if conn.status & IPS_CONFIRMED:
+            return
+        if not self.node.conntrack.taken(conn.reply, conn, state.now):
+            conn.status |= IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE
+            return
+        addr = conn.reply.dst if manip == "SRC" else conn.reply.src
+        self.setup(pkt, NatRange(addr, addr), manip, state, null=True)
+
     def setup(self, pkt: Packet, rng: NatRange, manip: str, state: HookState | None = None,
               null: bool = False) -> int:
         """nf_nat_setup_info: choose the connection's new tuple for ``manip`` and record the binding."""
@@ -141,13 +144,7 @@ class Nat:
         if conn is None or conn.status & (IPS_CONFIRMED | (IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE)):
             return NF_ACCEPT
         curr = conn.orig if not conn.status & IPS_NAT_MASK else conn.reply.inverse()
-        if manip == "DST" and curr[1] in PORT_PROTOS and _one_destination(rng):
-            # One address and one port, no randomness: get_unique_tuple can only pick that address
-            # (find_best_ips_proto) and that port (in range already, or the one-port range's only
-            # candidate), used or not.
-            new = _new_tuple(Tuple, (curr[0], curr[1], curr[2], rng.min_addr, curr[4], rng.min_port))
-        else:
-            new = self._unique_tuple(curr, rng, manip, conn)
+        new = self._unique_tuple(curr, rng, manip, conn)
         if new is not curr and new != curr:
             conn.reply = new.inverse()
             conn.status |= IPS_SRC_NAT if manip == "SRC" else IPS_DST_NAT
@@ -164,11 +161,16 @@ class Nat:
 
     def _unique_tuple(self, orig: Tuple, rng: NatRange, manip: str, conn: Conn) -> Tuple:
         """get_unique_tuple: keep what is free, else reuse the source's mapping, else hash an address
-        into the range and search a port so that the reply tuple is unique."""
+        into the range and search a port so that the reply tuple is unique. ``orig`` is the
+        connection's current tuple (``setup`` is the only caller), so its inverse is ``conn.reply``."""
         random_all = rng.random or rng.random_fully
+        one = _one_destination(rng) if manip == "DST" and orig[1] in PORT_PROTOS else None
+        if one is not None:
+            # One address and one port, no randomness (kube-proxy's DNAT): that address and that
+            # port, used or not (find_best_ips_proto, then the in-range or the one-port search).
+            return orig.with_dst(*one)
         if manip == "SRC" and not random_all:
             if _in_range(orig, rng):
-                # orig is the connection's current tuple: its inverse is the current reply tuple.
                 if not self.node.conntrack.taken(conn.reply, conn):
                     return orig
             else:
@@ -177,7 +179,7 @@ class Nat:
                     return found
         tup = _best_ips(orig, rng, manip)
         if not random_all:
-            if rng.min_port is not None:
+            if rng.proto_specified:
                 if rng.base_port is None and _port_in_range(tup, rng, manip) and (
                         rng.min_port == rng.max_port or not self._used(tup, conn)):
                     return tup
@@ -206,10 +208,8 @@ class Nat:
         elif t.proto in PORT_PROTOS:
             key_src = manip == "SRC"
             port = t.sport if key_src else t.dport
-            if rng.min_port is not None:
-                lo, hi = rng.min_port, rng.max_port or 0
-                if hi < lo:
-                    lo, hi = hi, lo
+            if rng.proto_specified:
+                lo, hi = sorted((rng.min_port or 0, rng.max_port or 0))
             elif manip == "DST":
                 return t                        # destination NAT without a port range keeps the port
             elif port < 1024:
@@ -291,11 +291,14 @@ class Nat:
         return NF_ACCEPT
 
 
-def _one_destination(rng: NatRange) -> bool:
-    """A range of one address and one port, with no random or offset port choice."""
-    lo = rng.min_addr
-    return lo is not None and (rng.max_addr is None or rng.max_addr == lo) and rng.min_port is not None \
-        and rng.min_port == rng.max_port and rng.base_port is None and not (rng.random or rng.random_fully)
+def _one_destination(rng: NatRange) -> tuple[int, int] | None:
+    """(address, port) when the range is one address and one port, with no random or offset port
+    choice; else None. Read field by field: this is asked for every DNAT binding."""
+    addr, port = rng.min_addr, rng.min_port
+    if addr is None or port is None or port != rng.max_port or rng.max_addr not in (None, addr) \
+            or rng.base_port is not None or rng.random or rng.random_fully:
+        return None
+    return addr, port
 
 
 def _targets(conn: Conn) -> tuple[Tuple, Tuple, Tuple]:
@@ -322,10 +325,9 @@ def _rewrite(pkt: Packet, target: Tuple, manip: str) -> None:
 
 def _in_range(t: Tuple, rng: NatRange) -> bool:
     """nf_in_range: the source address (when mapping addresses) and source port or id are in the range."""
-    lo = rng.min_addr
-    if lo is not None and not lo <= t.src <= (rng.max_addr if rng.max_addr is not None else lo):
+    if rng.map_ips and not (rng.min_addr or 0) <= t.src <= _max_addr(rng):
         return False
-    return rng.min_port is None or _port_in_range(t, rng, "SRC")
+    return not rng.proto_specified or _port_in_range(t, rng, "SRC")
 
 
 def _port_in_range(t: Tuple, rng: NatRange, manip: str) -> bool:
@@ -403,10 +405,9 @@ def _word(chunk: int) -> int:
 def _best_ips(t: Tuple, rng: NatRange, manip: str) -> Tuple:
     """find_best_ips_proto: the same address the kernel picks from a range, by jhash2 of the source
     address seeded with the destination (only the source with --persistent)."""
-    lo = rng.min_addr
-    if lo is None:
+    if not rng.map_ips:
         return t
-    hi = rng.max_addr if rng.max_addr is not None else lo
+    lo, hi = rng.min_addr or 0, _max_addr(rng)
     if lo == hi:
         return t.with_src(lo, t.sport) if manip == "SRC" else t.with_dst(lo, t.dport)
     last = 0 if t.family == 4 else 3

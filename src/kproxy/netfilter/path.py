@@ -115,8 +115,9 @@ def _fate(trace: Trace | None, res: Result) -> Result:
 
 
 def _martian(node: Any, pkt: Packet, iif: str) -> str:
-    """ip_route_input_slow's martian checks that matter for Services (route_localnet)."""
-    if pkt.family != 4 or iif == "lo" or ((pkt.src >> 24) != 127 and (pkt.dst >> 24) != 127):
+    """ip_route_input_slow's martian checks that matter for Services (route_localnet), for a packet
+    with a loopback source or destination."""
+    if pkt.family != 4 or iif == "lo":
         return ""
     localnet = node.sysctls.get("net.ipv4.conf.all.route_localnet", "0") == "1" or \
         node.sysctls.get(f"net.ipv4.conf.{iif}.route_localnet", "0") == "1"

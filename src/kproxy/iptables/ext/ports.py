@@ -281,7 +281,8 @@ class TcpMatch(PortMatch):
         return self.flags is None and self.option is None
 
     def inline(self) -> tuple[str, tuple[Any, ...]] | None:
-        return super().inline() if self._nothing_extra() else None
+        # Declared here because matches() is: PortMatch.inline declines when flags or an option are set.
+        return super().inline()
 
     def _save_extra(self) -> str:
         text = ""

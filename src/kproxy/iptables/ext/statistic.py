@@ -112,5 +112,6 @@ class StatisticMatch(Match):
     def inline(self) -> tuple[str, tuple[Any, ...]] | None:
         if self.mode != "random":
             return None         # nth keeps a count: called
+        # node_rng's lookup inlined (it is called only the first time, to make the RNG).
         draw = "(c.state.node.subsystems.get('rng') or {}(c.state.node)).getrandbits(32) & 0x7FFFFFFF"
         return f"({draw}) {'>=' if self.invert else '<'} {{}}", (node_rng, self.probability)
