@@ -205,7 +205,7 @@ class Node:
         self.clock: float | None = None  # fixed time for reproducible runs; None = wall clock
         self.log_lines: list[str] = []
         self.add_interface(Interface("lo", [Address.parse("127.0.0.1/8"), Address.parse("::1/128")]))
-        from kproxy.netfilter.stack import attach
+        from kproxy.subsystems import attach
 
         attach(self)
 

@@ -81,6 +81,12 @@ class Extension(ABC):
     # a restore of 100,000 rules calls them only where they can refuse something.
     CHECKS_NODE: ClassVar[bool] = False
     CHECKS_ENTRY: ClassVar[bool] = False
+    # Whether a rule using the extension turns connection tracking on for its family (the kernel's
+    # checkentry calling nf_ct_netns_get); an instance may decide otherwise (CT --notrack does not).
+    NEEDS_CONNTRACK: ClassVar[bool] = False
+    # Whether rules using the class can hold any reference at all (set when registered), so counting
+    # a 100,000-rule table's references asks only the extensions that may hold one.
+    HOLDS_REFS: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -102,6 +108,14 @@ class Extension(ABC):
     def kernel_refuses(self, rule: Any, chain: str) -> bool:
         """True when the kernel's checkentry would refuse the rule in ``chain`` (EINVAL on append)."""
         return False
+
+    def needs_conntrack(self) -> bool:
+        """Whether this rule's use of the extension holds a conntrack reference while committed."""
+        return self.NEEDS_CONNTRACK
+
+    def set_names(self) -> tuple[str, ...]:
+        """The ipsets the extension holds a reference to while committed ("Set is in use")."""
+        return ()
 
 
 class Match(Extension):
@@ -155,6 +169,8 @@ TARGETS: dict[str, type[Target]] = {}
 def _note_checks(cls: type[Extension]) -> None:
     cls.CHECKS_NODE = cls.check is not Extension.check
     cls.CHECKS_ENTRY = cls.kernel_refuses is not Extension.kernel_refuses
+    cls.HOLDS_REFS = cls.NEEDS_CONNTRACK or cls.needs_conntrack is not Extension.needs_conntrack or \
+        cls.set_names is not Extension.set_names
 
 
 def register_match(cls: type[Match]) -> type[Match]:

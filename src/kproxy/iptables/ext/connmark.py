@@ -21,6 +21,7 @@ from kproxy.packet import Packet
 @register_match
 class ConnmarkMatch(MarkMatch):
     """``-m connmark --mark``: the mark match, read from the packet's connection instead of the packet."""
+    NEEDS_CONNTRACK = True
 
     name = "connmark"
 
@@ -45,6 +46,7 @@ CONNMARK_SPECS = [
 
 @register_target
 class ConnmarkTarget(Target):
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "CONNMARK"
     OPTIONS = {"set-xmark": 1, "set-mark": 1, "and-mark": 1, "or-mark": 1, "xor-mark": 1, "save-mark": 0,

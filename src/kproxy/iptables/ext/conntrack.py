@@ -107,6 +107,7 @@ def _net_text(net: Net) -> str:
 
 @register_match
 class ConntrackMatch(Match):
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "conntrack"
     OPTIONS = {"ctstate": 1, "ctproto": 1, "ctstatus": 1, "ctexpire": 1, "ctdir": 1,
@@ -218,6 +219,7 @@ class ConntrackMatch(Match):
 
 @register_match
 class StateMatch(Match):
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "state"
     OPTIONS = {"state": 1}

@@ -33,6 +33,9 @@ class CtTarget(Target):
                 zone = got
         return cls("notrack" in names, zone)
 
+    def needs_conntrack(self) -> bool:
+        return not self.notrack      # xt_ct_tg_check returns before nf_ct_netns_get for --notrack
+
     def save(self) -> str:
         return "-j CT" + (" --notrack" if self.notrack else "") + (f" --zone {self.zone}" if self.zone else "")
 

@@ -150,6 +150,7 @@ def _with_flags(r: NatRange, opts: list[Opt]) -> NatRange:
 
 
 class _Nat(Target):
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     TABLES = ("nat",)
     KIND = "DST"
@@ -212,6 +213,7 @@ class SnatTarget(_Nat):
 @register_target
 class MasqueradeTarget(Target):
     """Source NAT to the outgoing device's address for the next hop; no address means drop."""
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
 
     name = "MASQUERADE"
@@ -270,6 +272,7 @@ def _ports(r: NatRange) -> str:
 @register_target
 class RedirectTarget(Target):
     """Destination NAT to this node: the incoming device's first address, or loopback for local traffic."""
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
 
     name = "REDIRECT"

@@ -49,6 +49,9 @@ class SetMatch(Match):
     def check(self, node: Any) -> None:
         _check_set(node, self.set_name)
 
+    def set_names(self) -> tuple[str, ...]:
+        return (self.set_name,)
+
     def save(self) -> str:
         text = f"-m set {'! ' if self.invert else ''}--match-set {self.set_name} {','.join(self.flags)}"
         for o in self.extra:
@@ -96,6 +99,9 @@ class SetTarget(Target):
 
     def check(self, node: Any) -> None:
         _check_set(node, self.set_name)
+
+    def set_names(self) -> tuple[str, ...]:
+        return (self.set_name,)
 
     def save(self) -> str:
         text = f"-j SET --{self.op} {self.set_name} {','.join(self.flags)}"
