@@ -30,22 +30,27 @@ def _node_ips_emulated(node) -> list[str]:  # type: ignore[no-untyped-def]
     return [format_addr(a.addr, a.family) for i in node.interfaces.values() for a in i.addresses]
 
 
-def build_proxier(obj: Ctx, cfg, backend_name: str, legacy: bool, metrics):  # type: ignore[no-untyped-def]
+def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: Any) -> Any:
+    """The proxier of the configured mode over the chosen backend; a ClickException if it cannot run."""
     from kproxy.backends import get_backend
     from kproxy.proxy.conntrack import EmulatedConntrackCleaner, KernelConntrackCleaner
-    from kproxy.proxy.iptables import IptablesProxier
+    from kproxy.proxy.proxier import ModeUnavailable, proxier_class
 
+    try:
+        cls = proxier_class(cfg.mode)
+    except ModeUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     if backend_name == "kernel":
         backend = get_backend("kernel", legacy=legacy)
-        return IptablesProxier(cfg, backend, _node_ips_kernel(), metrics=metrics, conntrack=KernelConntrackCleaner())
+        return cls(cfg, backend, _node_ips_kernel(), metrics=metrics, conntrack=KernelConntrackCleaner())
     node = obj.node
     backend = get_backend("emulated", node=node)
-    return IptablesProxier(cfg, backend, _node_ips_emulated(node), metrics=metrics,
-                           conntrack=EmulatedConntrackCleaner(node))
+    return cls(cfg, backend, _node_ips_emulated(node), metrics=metrics, conntrack=EmulatedConntrackCleaner(node))
 
 
 @cli.command("proxy")
-@click.option("--mode", type=click.Choice(["iptables"]), default=None, help="Proxy mode (default: the config's).")
+@click.option("--mode", type=click.Choice(["iptables", "ipvs", "nftables"]), default=None,
+              help="Proxy mode (default: the config's, else iptables).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="KubeProxyConfiguration YAML.")
 @click.option("--manifests", required=True, type=click.Path(exists=True), help="Manifest file or directory to watch.")
 @click.option("--once", is_flag=True, help="Sync once and exit.")
@@ -58,7 +63,7 @@ def build_proxier(obj: Ctx, cfg, backend_name: str, legacy: bool, metrics):  # t
 @click.pass_obj
 def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: str, once: bool, backend_name: str,
               legacy: bool, hostname_override: str | None, serve: bool, verbose: int) -> None:
-    """Run kube-proxy: turn Services and EndpointSlices into iptables rules and keep them in sync."""
+    """Run kube-proxy: turn Services and EndpointSlices into the mode's rules and keep them in sync."""
     from kproxy.proxy.config import ConfigError, ProxyConfig
     from kproxy.proxy.healthz import HealthState
     from kproxy.proxy.metrics import ProxyMetrics

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kproxy.k8s.manifests import ManifestError, Objects, fingerprint, load
+from kproxy.proxy.proxier import Proxier, SyncResult
 
 FULL_SYNC_PERIOD = 3600.0
 POLL = 0.1
@@ -21,7 +22,8 @@ log = logging.getLogger("kproxy.proxy")
 
 
 class ProxyRunner:
-    def __init__(self, proxier: Any, manifests: str, health: Any = None, after_sync: Callable[[Any], None] | None = None,
+    def __init__(self, proxier: Proxier, manifests: str, health: Any = None,
+                 after_sync: Callable[[SyncResult], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.proxier = proxier
         self.manifests = manifests
@@ -44,13 +46,19 @@ class ProxyRunner:
         self.objects = objs
         return objs
 
-    def sync_once(self) -> Any:
+    def sync_once(self) -> SyncResult:
+        """Reload the objects and sync. Manifests that cannot be read or parsed fail the sync and
+        leave the rules as they are (syncing a half-read cluster would delete Services)."""
         self._seen = fingerprint(self.manifests)
+        now = self.clock()
         try:
             self.load()
         except ManifestError as exc:
-            log.error("cannot read manifests, keeping the previous objects: %s", exc)
-        now = self.clock()
+            log.error("cannot read manifests, the rules stay as they are: %s", exc)
+            result = SyncResult(False, "", 0, 0.0, error=f"cannot read manifests: {exc}")
+            if self.after_sync is not None:
+                self.after_sync(result)
+            return result
         full = now - self.last_full > FULL_SYNC_PERIOD
         result = self.proxier.sync(self.objects, force_full=full)
         self.syncs += 1
