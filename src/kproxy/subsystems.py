@@ -7,12 +7,15 @@ later nftables) are attached here, above it, and take conntrack and set referenc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
 FAMILIES = (4, 6)
 
 
-def attach(node: Any) -> None:
+def attach(node: Node) -> None:
     """Give ``node`` conntrack and NAT, then its front ends: ipsets, iptables (both families), IPVS."""
     from kproxy.ipset.registry import IpsetRegistry
     from kproxy.iptables.evaluator import IptablesEngine

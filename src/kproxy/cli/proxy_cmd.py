@@ -14,6 +14,8 @@ from typing import Any
 import click
 
 from kproxy.cli.main import Ctx, cli
+from kproxy.node import Node
+from kproxy.proxy.proxier import SyncResult
 
 
 def _node_ips_kernel() -> list[str]:
@@ -24,7 +26,7 @@ def _node_ips_kernel() -> list[str]:
         return []
 
 
-def _node_ips_emulated(node) -> list[str]:  # type: ignore[no-untyped-def]
+def _node_ips_emulated(node: Node) -> list[str]:
     from kproxy.packet import format_addr
 
     return [format_addr(a.addr, a.family) for i in node.interfaces.values() for a in i.addresses]
@@ -82,7 +84,7 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
     proxier = build_proxier(obj, cfg, backend_name, legacy, metrics)
     health = HealthState(2 * cfg.sync_period)
 
-    def report(result) -> None:  # type: ignore[no-untyped-def]
+    def report(result: SyncResult) -> None:
         kind = "full" if result.full else "partial"
         status = f"FAILED: {result.error.splitlines()[0]}" if result.error else "ok"
         click.echo(f"sync {kind}: {result.lines} restore lines, {result.nat_rules} nat + {result.filter_rules} "

@@ -136,7 +136,7 @@ class CompiledTable:
         return r
 
 
-class _LazyChains(dict):  # type: ignore[type-arg]
+class _LazyChains(dict[str, Any]):
     """name -> chain function, compiling a chain the first time a packet reaches it (through its
     ChainRef or as a built-in chain); a chain whose rules are the very ones of the previous commit
     keeps its code, rebound to this table's ChainRefs."""
@@ -160,7 +160,7 @@ class _LazyChains(dict):  # type: ignore[type-arg]
         self[name] = owner.ref(name).fn = cc.fn
         return cc.fn
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         if name in self.owner.table.chains:
             return self[name]
         return default

@@ -23,6 +23,7 @@ from kproxy.netfilter.hooks import (
     PRI_CONNTRACK_CONFIRM,
     HookState,
 )
+from kproxy.netfilter.netns import NetNamespace
 from kproxy.netfilter.tcp import (  # noqa: F401 - re-exported: conntrack's public names
     ORIGINAL,
     REPLY,
@@ -204,7 +205,7 @@ class TableFull(Exception):
 class Conntrack:
     """One network namespace's connection table."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: NetNamespace) -> None:
         self.node = node
         # nf_ct_netns_get/put: per family, how many users (rules, expressions) need tracking. A
         # namespace tracks a family's connections only while it has one; a nat table alone does not
