@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
@@ -112,16 +111,18 @@ def echo_request(ident: int, payload: bytes = b"kproxy-probe") -> bytes:
 
 
 # ---- the worker's state and operations ----------------------------------------------------------------
-@dataclass
 class Recorder:
-    """What the sniffers and listeners saw since the last drain, shared with their threads."""
+    """What the sniffers and listeners saw since the last drain, shared with their threads.
 
-    captured: list[Packet] = field(default_factory=list)     # every packet arriving on a sniffed link
-    received: list[Packet] = field(default_factory=list)     # who reached a listener, and at what address
-    segments: list[Packet] = field(default_factory=list)     # every TCP segment, both directions
-    accepted: list[socket.socket] = field(default_factory=list)
-    kept: list[socket.socket] = field(default_factory=list)  # TCP clients ``send`` left open (linger)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    (A plain class: importing dataclasses would add to every worker's start.)"""
+
+    def __init__(self) -> None:
+        self.captured: list[Packet] = []          # every packet arriving on a sniffed link
+        self.received: list[Packet] = []          # who reached a listener, and at what address
+        self.segments: list[Packet] = []          # every TCP segment, both directions
+        self.accepted: list[socket.socket] = []   # never closed (see tcp_listener)
+        self.kept: list[socket.socket] = []       # TCP clients ``send`` left open (linger)
+        self.lock = threading.Lock()
 
     def record_frame(self, d: Packet, out: bool, dev: str) -> None:
         with self.lock:
