@@ -136,6 +136,14 @@ def test_a_damaged_state_file_is_reported(tmp_path):
     assert one_error(lab("status", "--dir", str(tmp_path))).startswith(f"Error: {tmp_path}/state.json: not a lab state file")
 
 
+def test_a_kept_lab_without_its_description_is_reported(emulated):
+    Path(emulated, "description.yaml").unlink()
+    assert one_error(lab("scale", "--dir", emulated, "web", "2")) == \
+        f"Error: {emulated}/description.yaml: no lab description there"
+    assert one_error(lab("curl", "--dir", emulated, "web-0", "10.96.0.50:80")) == \
+        f"Error: {emulated}/description.yaml: no lab description there"
+
+
 def test_a_kernel_lab_without_root_says_so(tmp_path, monkeypatch):
     import kproxy.lab.netns
 

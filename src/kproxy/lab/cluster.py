@@ -59,7 +59,7 @@ class LabSpec:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LabSpec:
-        return cls.from_dict(load_yaml(path, LabError), str(path))
+        return cls.from_dict(read_description(path), str(path))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<lab>") -> LabSpec:
@@ -88,6 +88,13 @@ class LabSpec:
     def pod_cidr(self, index: int) -> str:
         base = ipaddress.ip_network(self.cluster_cidr)
         return str(list(base.subnets(new_prefix=24))[index + 1])
+
+
+def read_description(path: str | os.PathLike[str]) -> Any:
+    """A lab description file's YAML; a LabError (file:line:col for syntax) when it is missing or malformed."""
+    if not Path(path).is_file():
+        raise LabError(f"{path}: no lab description there")
+    return load_yaml(path, LabError)
 
 
 def _network(value: Any, where: str, max_prefixlen: int) -> str:

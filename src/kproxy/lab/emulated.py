@@ -17,10 +17,9 @@ from typing import Any
 
 import yaml
 
-from kproxy.lab.cluster import LabError, LabSpec, LabState, Pod, manifests, placements
+from kproxy.lab.cluster import LabError, LabSpec, LabState, Pod, manifests, placements, read_description
 from kproxy.node import Node
 from kproxy.packet import ACK, SYN, TCP, UDP, Packet, format_addr, parse_addr
-from kproxy.yamlfile import load_yaml
 
 MAX_HOPS = 8
 
@@ -209,7 +208,7 @@ def scale_emulated(state: LabState, deployment: str, replicas: int) -> LabState:
     if replicas < 0:
         raise LabError("replicas must be 0 or more")
     path = Path(state.dir, "description.yaml")
-    data = load_yaml(path, LabError)
+    data = read_description(path)
     deps = data.get("deployments") if isinstance(data, dict) else None
     dep = next((d for d in deps or [] if isinstance(d, dict) and d.get("name") == deployment), None)
     if dep is None:
