@@ -210,7 +210,7 @@ class FakeAPIServer:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+            protocol_version = "HTTP/1.1"        # keep-alive, and chunked watch streams
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's hook name
                 api._get(self)
@@ -218,7 +218,10 @@ class FakeAPIServer:
             def log_message(self, format: str, *args: object) -> None:
                 return None
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128             # many clients connect at once (the lab's nodes)
+
+        self._server = Server((self.host, self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True, name="fakeapi").start()
         return self
@@ -344,13 +347,13 @@ class FakeAPIServer:
         next_bookmark = time.monotonic() + self.bookmark_interval
         while True:
             with self.cond:
-                pending = [e for e in self.history if e.rv > sent and e.resource == res.name]
+                pending = self._after(sent, res.name)
                 if not pending:
                     now = time.monotonic()
                     if self._closing or now >= end:
                         break
                     self.cond.wait(min(end, next_bookmark if bookmarks else end) - now)
-                    pending = [e for e in self.history if e.rv > sent and e.resource == res.name]
+                    pending = self._after(sent, res.name)
                 current = self.rv
             for e in pending:
                 kind = self._seen_as(q, e)
@@ -365,6 +368,18 @@ class FakeAPIServer:
                 next_bookmark = time.monotonic() + self.bookmark_interval
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
+
+    def _after(self, rv: int, resource: str) -> list[Event]:
+        """The retained events of ``resource`` after ``rv``, oldest first (walks back from the newest:
+        a watch that keeps up looks at only the new ones)."""
+        out = []
+        for e in reversed(self.history):
+            if e.rv <= rv:
+                break
+            if e.resource == resource:
+                out.append(e)
+        out.reverse()
+        return out
 
     @staticmethod
     def _seen_as(q: _Query, e: Event) -> str:
