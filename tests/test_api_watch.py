@@ -262,3 +262,25 @@ def test_healthz_says_not_eligible_while_the_node_is_being_deleted(api):
         stop.set()
         thread.join(timeout=5)
         src.close()
+
+
+def test_the_resync_period_replays_the_cache_without_marking_anything(api):
+    src = source(api, resync=0.2)
+    try:
+        objs = src.initial(timeout=5)
+        svc_refl = src.reflectors[0]
+        replays = []
+        original = src._apply
+
+        def spy(kind: str, typ: str, obj: Any) -> bool:
+            if typ == "RESYNC":
+                replays.append((kind, obj["metadata"]["name"]))
+            return original(kind, typ, obj)
+
+        src._apply = spy  # type: ignore[method-assign]
+        wait_for(lambda: src.changes(0.05) or ("Service", "kube-dns") in replays)
+        wait_for(lambda: src.changes(0.05) or ("Node", "kind-worker") in replays)
+        src.changes(0.1)
+        assert objs.dirty == set() and svc_refl.lists == 1       # replayed from the cache, not relisted
+    finally:
+        src.close()

@@ -6,13 +6,14 @@ resourceVersion, watch from it with ``allowWatchBookmarks`` and a random 5-10 mi
 the last resourceVersion seen (events and bookmarks advance it), after a short wait for the latter;
 ``410 Gone`` (expired) relists; any other error waits an exponential backoff (0.8 s doubling to
 30 s, with jitter, reset by a good list) and relists.
-Every resync period the last listed state is replayed, which changes nothing unless the objects and
-the reflector's store drifted apart. Events go through a queue to the sync loop's thread, which
+Every resync period the reflector's store (what was listed and watched) is replayed, as an
+informer's resync does; it changes nothing unless the objects and the store drifted apart. Events go through a queue to the sync loop's thread, which
 applies them to ``Objects``: only Services whose spec or EndpointSlices really changed become dirty.
 
 Transport, authentication and configuration are the official ``kubernetes`` client's; the JSON is
-read as is (``_preload_content=False``), not through its model classes, which cost more than the
-sync itself at 10,000 Services.
+read as is (``_preload_content=False``), not through its model classes: kproxy's objects parse from
+the JSON form, and the models cost five times the JSON decoding (0.68 s against 0.14 s for a list of
+10,000 Services, measured here).
 """
 
 from __future__ import annotations
@@ -94,12 +95,23 @@ class Reflector:
         self.lists = 0
         self.errors = 0
         self._resp: Any = None
-        self._next_resync = 0.0
+        self.lock = threading.Lock()         # the store, between the watch and the resync threads
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"reflector {kind}")
 
     def start(self) -> Reflector:
         self.thread.start()
+        if self.resync > 0:
+            threading.Thread(target=self._resync_loop, daemon=True, name=f"resync {self.kind}").start()
         return self
+
+    def _resync_loop(self) -> None:
+        """Replay the store every resync period, as an informer's resync does (independent of the
+        watch, which may stay open for minutes)."""
+        while not self.stop.wait(self.resync):
+            if self.synced.is_set():
+                with self.lock:          # in order with the watch's events: never a stale copy after a new one
+                    for obj in self.store.values():
+                        self.out.put((self.kind, "RESYNC", obj))
 
     def close(self) -> None:
         resp = self._resp
@@ -132,15 +144,16 @@ class Reflector:
             resp.release_conn()
         self.lists += 1
         items = {_key(o): o for o in body.get("items") or []}
-        for key in set(self.store) - set(items):
-            self.out.put((self.kind, "DELETED", self.store.pop(key)))
-        for key, obj in items.items():
-            old = self.store.get(key)
-            if old is None or old.get("metadata", {}).get("resourceVersion") != obj["metadata"].get("resourceVersion"):
-                self.store[key] = obj
-                self.out.put((self.kind, "MODIFIED" if old is not None else "ADDED", obj))
+        with self.lock:
+            for key in set(self.store) - set(items):
+                self.out.put((self.kind, "DELETED", self.store.pop(key)))
+            for key, obj in items.items():
+                old = self.store.get(key)
+                if old is None or old.get("metadata", {}).get("resourceVersion") != \
+                        obj["metadata"].get("resourceVersion"):
+                    self.store[key] = obj
+                    self.out.put((self.kind, "MODIFIED" if old is not None else "ADDED", obj))
         self.rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
-        self._next_resync = time.monotonic() + self.resync
         self.synced.set()
         self.out.put((self.kind, "SYNCED", None))
 
@@ -149,10 +162,6 @@ class Reflector:
         from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
         while not self.stop.is_set():
-            if self.resync and time.monotonic() >= self._next_resync:
-                for obj in list(self.store.values()):
-                    self.out.put((self.kind, "RESYNC", obj))
-                self._next_resync = time.monotonic() + self.resync
             timeout = random.randint(*self.watch_timeout)
             resp = self.list_fn(watch=True, resource_version=self.rv, allow_watch_bookmarks=True,
                                 timeout_seconds=timeout, _preload_content=False,
@@ -181,12 +190,13 @@ class Reflector:
                 return True
             raise WatchError(f"watch error {obj.get('code')}: {obj.get('message')}")
         rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-        if typ in ("ADDED", "MODIFIED"):
-            self.store[_key(obj)] = obj
-            self.out.put((self.kind, str(typ), obj))
-        elif typ == "DELETED":
-            self.store.pop(_key(obj), None)
-            self.out.put((self.kind, "DELETED", obj))
+        if typ in ("ADDED", "MODIFIED", "DELETED"):
+            with self.lock:
+                if typ == "DELETED":
+                    self.store.pop(_key(obj), None)
+                else:
+                    self.store[_key(obj)] = obj
+                self.out.put((self.kind, str(typ), obj))
         if rv:
             self.rv = rv
         return False
