@@ -23,7 +23,6 @@ from click.testing import CliRunner
 import kproxy.cli.commands  # noqa: F401 - registers the tool subcommands
 import kproxy.cli.proxy_cmd  # noqa: F401 - registers proxy
 from kproxy.cli.main import cli
-from kproxy.k8s.fakeapi import FakeAPIServer
 from kproxy.k8s.manifests import Objects
 from kproxy.proxy.healthz import HealthState, ServiceHealthServers, serve
 
@@ -42,16 +41,6 @@ def fetch(url: str) -> tuple[int, dict[str, str], str]:
             return r.status, dict(r.headers), r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read().decode()
-
-
-@pytest.fixture
-def api():
-    server = FakeAPIServer(bookmark_interval=0.5).start()
-    for resource, objs in CLUSTER.items():
-        for o in objs:
-            server.put(resource, o)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -36,16 +36,6 @@ def wait_for(cond: Any, seconds: float = 5.0) -> None:
     raise AssertionError("not reached in time")
 
 
-@pytest.fixture
-def api():
-    server = FakeAPIServer(bookmark_interval=0.2).start()
-    for resource, objs in CLUSTER.items():
-        for o in objs:
-            server.put(resource, o)
-    yield server
-    server.stop()
-
-
 def get(api: FakeAPIServer, path: str) -> tuple[int, dict[str, str], list[dict[str, Any]]]:
     """A raw request: status, headers and the JSON lines of the body (a watch's events)."""
     conn = http.client.HTTPConnection("127.0.0.1", int(api.url.rsplit(":", 1)[1]), timeout=5)

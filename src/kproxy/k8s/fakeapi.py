@@ -149,6 +149,13 @@ class FakeAPIServer:
             self._record(Event(self.rv, resource, "MODIFIED" if old is not None else "ADDED", obj, old))
         return obj
 
+    def load(self, objects: dict[str, list[dict[str, Any]]]) -> FakeAPIServer:
+        """Put every object of ``{resource: [object, ...]}`` (a recorded cluster)."""
+        for resource, objs in objects.items():
+            for o in objs:
+                self.put(resource, o)
+        return self
+
     def delete(self, resource: str, namespace: str, name: str) -> bool:
         with self.cond:
             old = self.objects[resource].pop((namespace if RESOURCES[resource].namespaced else "", name), None)
@@ -281,16 +288,11 @@ class FakeAPIServer:
 
     def _list(self, h: BaseHTTPRequestHandler, q: _Query) -> None:
         res = q.resource
-        with self.cond:
+        with self.cond:                    # stored objects are replaced, never changed: a snapshot suffices
             items = [o for o in self.objects[res.name].values() if q.matches(o)]
-            body = {"kind": f"{res.kind}List", "apiVersion": res.api_version,
-                    "metadata": {"resourceVersion": str(self.rv)}, "items": items}
-            data = json.dumps(body, separators=(",", ":")).encode() + b"\n"
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+            rv = self.rv
+        self._send_json(h, 200, {"kind": f"{res.kind}List", "apiVersion": res.api_version,
+                                 "metadata": {"resourceVersion": str(rv)}, "items": items})
 
     def _watch(self, h: BaseHTTPRequestHandler, q: _Query) -> None:
         res = q.resource
