@@ -145,6 +145,9 @@ def test_a_dropped_watch_resumes_and_an_expired_resource_version_relists(api):
         wait_for(lambda: src.changes(0.05) or "web/ingress" not in objs.services)
         assert svc_refl.lists == 2
         assert objs.dirty is not None and "web/ingress" in objs.dirty
+        lists = [q.get("resourceVersion", "") for path, q in api.requests
+                 if path == "/api/v1/services" and "watch" not in q]
+        assert lists == ["0", ""]               # first from the watch cache, after the 410 a consistent read
     finally:
         src.close()
 

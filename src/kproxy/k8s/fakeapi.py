@@ -2,7 +2,8 @@
 EndpointSlices and Nodes, on 127.0.0.1, for tests, benchmarks and the lab.
 
 What a client sees is what a real API server sends: lists carry ``metadata.resourceVersion`` and
-items without kind; ``?watch=true`` answers with a chunked stream of JSON events (ADDED, MODIFIED,
+items without kind (a list's resourceVersion means "not older than": the current state, or 504 for
+one the server has not reached); ``?watch=true`` answers with a chunked stream of JSON events (ADDED, MODIFIED,
 DELETED, BOOKMARK when ``allowWatchBookmarks``), replaying the changes after the given
 resourceVersion (all current objects as ADDED for "" or "0"); a resourceVersion older than the
 retained history gets an ERROR event carrying a 410 ``Expired`` Status; ``timeoutSeconds`` ends the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -228,6 +230,10 @@ class FakeAPIServer:
         class Server(ThreadingHTTPServer):
             request_queue_size = 128             # many clients connect at once (the lab's nodes)
 
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                if not isinstance(sys.exc_info()[1], OSError):     # a client gone is no error of ours
+                    super().handle_error(request, client_address)
+
         self._server = Server((self.host, self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True, name="fakeapi").start()
@@ -288,9 +294,13 @@ class FakeAPIServer:
 
     def _list(self, h: BaseHTTPRequestHandler, q: _Query) -> None:
         res = q.resource
+        asked = q.get("resourceVersion")
         with self.cond:                    # stored objects are replaced, never changed: a snapshot suffices
             items = [o for o in self.objects[res.name].values() if q.matches(o)]
             rv = self.rv
+        if asked.isdigit() and int(asked) > rv:      # "not older than" a version the server has not reached
+            return self._send_json(h, 504, status(504, "Timeout", f"Too large resource version: {asked}, "
+                                                  f"current: {rv}"))
         self._send_json(h, 200, {"kind": f"{res.kind}List", "apiVersion": res.api_version,
                                  "metadata": {"resourceVersion": str(rv)}, "items": items})
 

@@ -1,7 +1,8 @@
 """Objects from the API server, listed and watched as client-go's informers do.
 
-One reflector thread per resource (Services, EndpointSlices, this Node): list, remember the list's
-resourceVersion, watch from it with ``allowWatchBookmarks`` and a random 5-10 minute
+One reflector thread per resource (Services, EndpointSlices, this Node): list (resourceVersion "0"
+at first, so the watch cache may answer; later the last one seen, or "" after it expired), remember
+the list's resourceVersion, watch from it with ``allowWatchBookmarks`` and a random 5-10 minute
 ``timeoutSeconds``; a stream that ends, or a connection dropped mid-stream, is watched again from
 the last resourceVersion seen (events and bookmarks advance it), after a short wait for the latter;
 ``410 Gone`` (expired) relists; any other error waits an exponential backoff (0.8 s doubling to
@@ -91,6 +92,7 @@ class Reflector:
         self.watch_timeout = watch_timeout
         self.store: dict[str, dict[str, Any]] = {}
         self.rv = ""
+        self.rv_unavailable = False          # the last resourceVersion expired: relist with a consistent read
         self.synced = threading.Event()
         self.lists = 0
         self.errors = 0
@@ -136,13 +138,30 @@ class Reflector:
                 self.stop.wait(delay * (1 + 0.2 * random.random()))
                 delay = min(delay * 2, self.backoff[1])
 
+    def relist_resource_version(self) -> str:
+        """What a list asks for, as client-go's reflector: "0" first (the API server's watch cache
+        may answer), then the last resourceVersion seen, and "" (a consistent read from etcd) once
+        that one has expired."""
+        if self.rv_unavailable:
+            return ""
+        return self.rv or "0"
+
     def _list(self) -> None:
-        resp = self.list_fn(_preload_content=False, **self.selectors)
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = self.list_fn(resource_version=self.relist_resource_version(), _preload_content=False,
+                                **self.selectors)
+        except ApiException as exc:
+            if exc.status == 410:
+                self.rv_unavailable = True
+            raise
         try:
             body = json.loads(resp.data)
         finally:
             resp.release_conn()
         self.lists += 1
+        self.rv_unavailable = False
         items = {_key(o): o for o in body.get("items") or []}
         with self.lock:
             for key in set(self.store) - set(items):
@@ -187,6 +206,7 @@ class Reflector:
         if typ == "ERROR":
             if obj.get("code") == 410:
                 log.info("%s: watch expired (%s); relisting", self.kind, obj.get("message", "410 Gone"))
+                self.rv_unavailable = True
                 return True
             raise WatchError(f"watch error {obj.get('code')}: {obj.get('message')}")
         rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
