@@ -139,17 +139,17 @@ def run(url: str, args: argparse.Namespace, commands: Any) -> None:
     source.close()
     saved = node.iptables_save()
     assert f"10.250.{(args.changes - 1) // 256}.{(args.changes - 1) % 256}:8080" in saved
-    hist = metrics.network_programming
-    count = sum(1 for s in hist.collect()[0].samples if s.name.endswith("_count") and s.value)
-    total = next(s.value for s in hist.collect()[0].samples if s.name.endswith("_sum"))
-    n_obs = next(s.value for s in hist.collect()[0].samples if s.name.endswith("_count"))
+    samples = {s.name: s.value for s in metrics.network_programming.collect()[0].samples
+               if not s.name.endswith("_bucket")}
+    n_obs, total = samples["kubeproxy_network_programming_duration_seconds_count"], \
+        samples["kubeproxy_network_programming_duration_seconds_sum"]
     lat = sorted(latencies)
     print(f"{args.services} Services x {args.endpoints} endpoints; list + first full sync {first:.2f}s "
           f"({full.nat_rules + full.filter_rules:,} rules)")
     print(f"EndpointSlice change -> rules applied, {len(lat)} changes: median {statistics.median(lat) * 1000:.1f} ms, "
           f"p90 {lat[int(len(lat) * 0.9) - 1] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms (target <= 50 ms)")
     print(f"kubeproxy_network_programming_duration_seconds: count {n_obs:.0f}, mean "
-          f"{total / max(n_obs, 1) * 1000:.1f} ms" + ("" if count else " (no observations)"))
+          f"{total / max(n_obs, 1) * 1000:.1f} ms")
     partial = [s.duration for s in syncs[1:]]
     if partial:
         print(f"partial syncs: {len(partial)}, median {statistics.median(partial) * 1000:.1f} ms of sync work")
