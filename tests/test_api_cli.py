@@ -158,7 +158,7 @@ def test_service_health_check_servers_answer_as_upstreams():
 
 def test_metrics_server_paths_and_disabled_servers():
     health = HealthState(60)
-    srvs = serve(health, None, "127.0.0.1:0", ":-1")
+    srvs = serve(health, None, "127.0.0.1:0", "")
     try:
         assert len(srvs) == 1
         base = f"http://127.0.0.1:{srvs[0].server_address[1]}"

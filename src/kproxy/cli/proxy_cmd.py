@@ -86,7 +86,7 @@ def _health_check_addresses(cfg: Any) -> list[str]:
 
 
 @cli.command("proxy")
-@click.option("--mode", "--proxy-mode", "mode", type=click.Choice(["iptables", "ipvs", "nftables"]), default=None,
+@click.option("--mode", type=click.Choice(["iptables", "ipvs", "nftables"]), default=None,
               help="Proxy mode (default: the config's, else iptables).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="KubeProxyConfiguration YAML.")
 @click.option("--manifests", type=click.Path(exists=True),
@@ -169,8 +169,7 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
         from kproxy.proxy.healthz import serve as serve_http
 
         try:
-            servers = serve_http(health, metrics, cfg.healthz_bind_address or ":-1",
-                                 cfg.metrics_bind_address or ":-1", time.time)
+            servers = serve_http(health, metrics, cfg.healthz_bind_address, cfg.metrics_bind_address, time.time)
         except OSError as exc:
             click.echo(f"cannot serve healthz/metrics: {exc}", err=True)
     try:

@@ -94,7 +94,8 @@ def _start(addr: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> Thre
 
 def serve(health: HealthState, metrics: Any, healthz_addr: str, metrics_addr: str,
           clock: Callable[[], float] = time.time) -> list[ThreadingHTTPServer]:
-    """Start the healthz and metrics servers in background threads; return them (call .shutdown())."""
+    """Start the healthz and metrics servers (an empty address: not that one) in background threads;
+    return them (call .shutdown())."""
 
     class Healthz(_Handler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's hook name
@@ -123,11 +124,11 @@ def serve(health: HealthState, metrics: Any, healthz_addr: str, metrics_addr: st
                 self.send(404, "text/plain; charset=utf-8", b"404 page not found\n")
 
     servers = []
-    for addr, handler in ((parse_bind(healthz_addr, 10256), Healthz), (parse_bind(metrics_addr, 10249), Metrics)):
-        if addr[1] < 0:
+    for text, port, handler in ((healthz_addr, 10256, Healthz), (metrics_addr, 10249, Metrics)):
+        if not text:                       # an empty bind address turns that server off
             continue
         try:
-            servers.append(_start(addr, handler))
+            servers.append(_start(parse_bind(text, port), handler))
         except OSError:
             for s in servers:
                 s.shutdown()
