@@ -88,7 +88,10 @@ def test_proxy_serves_and_stops_cleanly_on_sigterm(api, kubeconfig, tmp_path):
                              "--metrics-bind-address", f"127.0.0.1:{mx}"],
                             env=env, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stderr.readline() if proc.stderr else ""
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        while line and not line.startswith("sync "):         # log lines may come first
+            line = proc.stderr.readline()
         assert line.startswith("sync full:") and line.rstrip().endswith("ok"), line
         code, headers, body = fetch(f"http://127.0.0.1:{hz}/healthz")
         assert code == 200 and headers["Content-Type"] == "application/json"
