@@ -53,9 +53,10 @@ def kubeconfig(api, tmp_path):
 def test_once_through_the_api_with_node_cidr_from_the_node(kubeconfig, tmp_path):
     cfg = tmp_path / "kp.yaml"
     cfg.write_text("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+                   f"clientConnection: {{kubeconfig: {kubeconfig}}}\n"
                    "detectLocalMode: NodeCIDR\nhostnameOverride: somewhere-else\n")
-    state = tmp_path / "node.json"
-    res = CliRunner().invoke(cli, ["--node", str(state), "proxy", "--config", str(cfg), "--kubeconfig", kubeconfig,
+    state = tmp_path / "node.json"                # --hostname-override wins over the file, as in kube-proxy
+    res = CliRunner().invoke(cli, ["--node", str(state), "proxy", "--config", str(cfg),
                                    "--hostname-override", "kind-worker", "--once"])
     assert res.exit_code == 0, res.output
     saved = CliRunner().invoke(cli, ["--node", str(state), "iptables-save", "-t", "nat"]).output
@@ -74,10 +75,20 @@ def test_flags_override_the_config_and_bad_values_are_one_line_errors(kubeconfig
     assert res.exit_code == 2 and "--manifests reads objects from files" in res.output
     res = run(cli, ["--node", str(tmp_path / "n.json"), "proxy", "--kubeconfig", str(tmp_path / "none"), "--once"])
     assert res.exit_code == 1 and res.output.startswith(f"Error: {tmp_path / 'none'}:")
-    cfg = tmp_path / "kp.yaml"                            # the config's kubeconfig, overridden by --master
-    cfg.write_text(f"clientConnection: {{kubeconfig: {tmp_path / 'none'}}}\n")
-    res = run(cli, ["--node", str(tmp_path / "n.json"), "proxy", "--config", str(cfg), "--once"])
-    assert res.exit_code == 1 and "none" in res.output
+    cfg = tmp_path / "kp.yaml"                    # as kube-proxy: the file wins over --kubeconfig ...
+    cfg.write_text(f"clientConnection: {{kubeconfig: {tmp_path / 'none'}}}\nhealthzBindAddress: 127.0.0.1:1\n")
+    res = run(cli, ["--node", str(tmp_path / "n.json"), "proxy", "--config", str(cfg), "--kubeconfig", kubeconfig,
+                    "--healthz-bind-address", "bad", "--once"])
+    assert res.exit_code == 1 and res.output.splitlines() == [
+        "warning: --kubeconfig, --healthz-bind-address ignored: the --config file sets them, as in kube-proxy",
+        f"Error: {tmp_path / 'none'}: Invalid kube-config file. No configuration found."]
+    res = run(cli, ["--node", str(tmp_path / "n.json"), "proxy", "--config", str(cfg), "--master",
+                    kubeconfig_server(kubeconfig), "--once"])
+    assert res.exit_code == 1 and "none" in res.output    # ... --master only overrides its server
+
+
+def kubeconfig_server(path: str) -> str:
+    return str(yaml.safe_load(Path(path).read_text())["clusters"][0]["cluster"]["server"])
 
 
 def test_proxy_serves_and_stops_cleanly_on_sigterm(api, kubeconfig, tmp_path):

@@ -74,6 +74,24 @@ def _bind_address(flag: str, value: str | None, default_port: int, current: str)
     return value
 
 
+def _config_flags(cfg: Any, config_path: str | None, kubeconfig: str | None, healthz: str | None,
+                  metrics: str | None) -> None:
+    """Apply the flags that are fields of KubeProxyConfiguration as kube-proxy does: a --config file
+    replaces them all (only --hostname-override, --master and -v stand beside it), so with one they
+    are ignored, with a warning."""
+    given = [name for name, value in (("--kubeconfig", kubeconfig), ("--healthz-bind-address", healthz),
+                                      ("--metrics-bind-address", metrics)) if value is not None]
+    if config_path:
+        if given:
+            click.echo(f"warning: {', '.join(given)} ignored: the --config file sets "
+                       f"{'it' if len(given) == 1 else 'them'}, as in kube-proxy", err=True)
+        return
+    if kubeconfig:
+        cfg.kubeconfig = kubeconfig
+    cfg.healthz_bind_address = _bind_address("--healthz-bind-address", healthz, 10256, cfg.healthz_bind_address)
+    cfg.metrics_bind_address = _bind_address("--metrics-bind-address", metrics, 10249, cfg.metrics_bind_address)
+
+
 def _health_check_addresses(cfg: Any) -> list[str]:
     """Where the per-Service health check servers listen: every address (unset nodePortAddresses), or
     this host's addresses within nodePortAddresses, as upstream binds them."""
@@ -92,7 +110,7 @@ def _health_check_addresses(cfg: Any) -> list[str]:
 @click.option("--manifests", type=click.Path(exists=True),
               help="Manifest file or directory to watch, instead of the API server.")
 @click.option("--kubeconfig", default=None, help="Path to a kubeconfig file with the API server and credentials "
-              "(default: the config's clientConnection.kubeconfig; neither this nor --master: in-cluster).")
+              "(with --config: its clientConnection.kubeconfig instead; neither: in-cluster).")
 @click.option("--master", default=None, help="The address of the API server (overrides the kubeconfig's).")
 @click.option("--once", is_flag=True, help="Sync once and exit.")
 @click.option("--backend", "backend_name", type=click.Choice(["emulated", "kernel"]), default="emulated",
@@ -127,13 +145,8 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
         cfg.mode = mode
     if hostname_override:
         cfg.hostname_override = hostname_override
-    if kubeconfig:
-        cfg.kubeconfig = kubeconfig
-    cfg.healthz_bind_address = _bind_address("--healthz-bind-address", healthz_bind_address, 10256,
-                                             cfg.healthz_bind_address)
-    cfg.metrics_bind_address = _bind_address("--metrics-bind-address", metrics_bind_address, 10249,
-                                             cfg.metrics_bind_address)
-    if manifests and (kubeconfig or master):
+    _config_flags(cfg, config_path, kubeconfig, healthz_bind_address, metrics_bind_address)
+    if manifests and (kubeconfig or master):  # checked on the flags: a config's kubeconfig is harmless here
         raise click.UsageError("--manifests reads objects from files: it excludes --kubeconfig and --master")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
