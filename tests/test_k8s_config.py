@@ -48,7 +48,7 @@ def test_defaults_are_upstreams():
     c = ProxyConfig.from_dict({})
     assert (c.mode, c.masquerade_mark, c.sync_period, c.min_sync_period, c.localhost_node_ports) == \
         ("iptables", "0x4000", 30.0, 1.0, True)
-    assert c.metrics_bind_address == "127.0.0.1:10249" and c.healthz_bind_address == "127.0.0.1:10256"
+    assert c.metrics_bind_address == "127.0.0.1:10249" and c.healthz_bind_address == "0.0.0.0:10256"
     c = ProxyConfig.from_dict({"iptables": {"masqueradeBit": 5, "syncPeriod": "1m30s", "minSyncPeriod": "500ms"}})
     assert (c.masquerade_mark, c.sync_period, c.min_sync_period) == ("0x20", 90.0, 0.5)
 

@@ -34,6 +34,9 @@ class Objects:
     nodes: dict[str, Node] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     dirty: set[str] | None = None
+    # Service key -> when its endpoints changed upstream (EndpointSlice trigger-time annotations), for
+    # the network programming latency: taken by the sync that programs them.
+    trigger_times: dict[str, list[float]] = field(default_factory=dict)
     _by_service: dict[str, dict[str, EndpointSlice]] = field(default_factory=dict, repr=False)
     _origin: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)   # (kind, key) -> where loaded
 

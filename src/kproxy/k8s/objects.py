@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
 
 
 class ObjectError(ValueError):
@@ -246,6 +247,7 @@ class Node:
     labels: dict[str, str] = field(default_factory=dict)
     addresses: list[str] = field(default_factory=list)
     pod_cidrs: list[str] = field(default_factory=list)
+    deleting: bool = False       # deletionTimestamp set, or tainted for removal by the cluster autoscaler
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Node:
@@ -255,5 +257,7 @@ class Node:
         addrs = [str(a.get("address")) for a in (obj.get("status") or {}).get("addresses") or []
                  if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP")]
         cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+        taints = [t for t in spec.get("taints") or [] if isinstance(t, dict)]
+        deleting = bool(meta.get("deletionTimestamp")) or any(t.get("key") == TO_BE_DELETED_TAINT for t in taints)
         return cls(name, {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}, addrs,
-                   [_cidr(c, f"Node {name}: spec.podCIDRs") for c in cidrs])
+                   [_cidr(c, f"Node {name}: spec.podCIDRs") for c in cidrs], deleting)

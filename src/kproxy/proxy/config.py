@@ -46,8 +46,10 @@ class ProxyConfig:
     localhost_node_ports: bool = True
     hostname_override: str = ""
     metrics_bind_address: str = "127.0.0.1:10249"
-    healthz_bind_address: str = "127.0.0.1:10256"
+    healthz_bind_address: str = "0.0.0.0:10256"
     conntrack_tcp_be_liberal: bool = False
+    kubeconfig: str = ""                 # clientConnection.kubeconfig
+    config_sync_period: float = 900.0    # the informers' resync period (upstream: 15m)
 
     @property
     def masquerade_mark(self) -> str:
@@ -145,6 +147,12 @@ class ProxyConfig:
             invalid(f"{path}.SyncPeriod", _duration_text(c.min_sync_period),
                     f"must be greater than or equal to KubeProxyConfiguration.{path}.MinSyncPeriod")
         c.hostname_override = str(data.get("hostnameOverride") or "")
+        c.kubeconfig = str((data.get("clientConnection") or {}).get("kubeconfig") or "")
+        if data.get("configSyncPeriod") is not None:
+            try:
+                c.config_sync_period = parse_duration(str(data["configSyncPeriod"]))
+            except ValueError as exc:
+                raise ConfigError(f"{source}: configSyncPeriod: {exc}") from None
         for key, attr in (("metricsBindAddress", "metrics_bind_address"), ("healthzBindAddress", "healthz_bind_address")):
             value = str(data.get(key) or getattr(c, attr))
             why = _host_port_problem(value)
