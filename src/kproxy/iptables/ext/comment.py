@@ -39,3 +39,6 @@ class CommentMatch(Match):
     def redundant(self, rule: Any) -> bool:
         return True
 
+    def translate(self) -> str:
+        return f"comment \"{self.text}\""
+

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from kproxy.iptables.ext.mark import FULL, MarkMatch, mark_text, xmark_entries, xmark_listing, xmark_op
+from kproxy.iptables.ext.mark import (
+    FULL,
+    MarkMatch,
+    mark_text,
+    mark_xlate,
+    xmark_entries,
+    xmark_listing,
+    xmark_op,
+)
 from kproxy.iptables.extension import (
     XT_CONTINUE,
     ExtensionError,
@@ -39,6 +47,9 @@ class ConnmarkMatch(MarkMatch):
 
     def inline(self) -> tuple[str, tuple[Any, ...]]:
         return f"p.ct is not None and (p.ct.mark & {{}}) {'!=' if self.invert else '=='} {{}}", (self.mask, self.value)
+
+    def translate(self) -> str:
+        return mark_xlate("ct mark", self.value, self.mask, self.invert)
 
 
 MODES = ("save-mark", "restore-mark")

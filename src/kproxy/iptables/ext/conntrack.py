@@ -87,6 +87,13 @@ def parse_hostmask(call: XtCall) -> Net:
     return Net(family, int(ip) & m, prefix)
 
 
+def state_xlate(states: list[str], invert: bool) -> str | None:
+    """``ct state``, for the states nft names (SNAT and DNAT are ct status bits there)."""
+    if not set(states) <= set(STATES[:5]):
+        return None
+    return f"ct state {'! ' if invert else ''}{','.join(s.lower() for s in states)}"
+
+
 def packet_states(pkt: Packet) -> set[str]:
     """The virtual states a packet is in: its ctstate, plus SNAT/DNAT when its flow is NATed."""
     st = {pkt.ctstate or "INVALID"}
@@ -144,6 +151,13 @@ class ConntrackMatch(Match):
 
     ORDER = ["ctstate", "ctproto", "ctorigsrc", "ctorigdst", "ctreplsrc", "ctrepldst", "ctorigsrcport",
              "ctorigdstport", "ctreplsrcport", "ctrepldstport", "ctstatus", "ctexpire", "ctdir"]
+
+    def translate(self) -> str | None:
+        """A state test alone (with the states nft has names for); the other tests are not translated here."""
+        if set(self.opts) != {"ctstate"}:
+            return None
+        states, invert = self.opts["ctstate"]
+        return state_xlate(states, invert)
 
     def save(self) -> str:
         parts = ["-m conntrack"]
@@ -214,6 +228,9 @@ class StateMatch(Match):
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> StateMatch:
         got = cls.OPTIONS.parse_all(opts)
         return cls(got.get("state"), got.invert("state"))
+
+    def translate(self) -> str | None:
+        return state_xlate(self.states, self.invert)
 
     def save(self) -> str:
         return f"-m state {'! ' if self.invert else ''}--state {','.join(self.states)}"

@@ -25,6 +25,13 @@ def mark_text(value: int, mask: int) -> str:
     return f"0x{value:x}" if mask == FULL else f"0x{value:x}/0x{mask:x}"
 
 
+def mark_xlate(key: str, value: int, mask: int, invert: bool) -> str:
+    """The nft comparison of a mark (``mark``, ``ct mark``) with a value under a mask."""
+    if mask == FULL:
+        return f"{key} {'!= ' if invert else ''}0x{value:x}"
+    return f"{key} and 0x{mask:x} {'!=' if invert else '=='} 0x{value:x}"
+
+
 def xmark_entries() -> tuple[XtOpt, ...]:
     """The five ways of writing a mark operation, each excluding the others (MARK's and CONNMARK's)."""
     return tuple(XtOpt(n, MARKMASK32 if n in ("set-xmark", "set-mark") else UINT32,
@@ -75,6 +82,9 @@ class MarkMatch(Match):
     def inline(self) -> tuple[str, tuple[Any, ...]]:
         return f"(p.mark & {{}}) {'!=' if self.invert else '=='} {{}}", (self.mask, self.value)
 
+    def translate(self) -> str:
+        return mark_xlate("mark", self.value, self.mask, self.invert)
+
 
 def xmark_listing(label: str, value: int, mask: int) -> str:
     """mark_tg_print: the simplest operation that the (value, mask) pair amounts to."""
@@ -112,6 +122,19 @@ class MarkTarget(Target):
 
     def listing(self, numeric: bool = True) -> str:
         return xmark_listing("MARK", self.value, self.mask)
+
+    def translate(self) -> str:
+        """mark_tg_xlate: the simplest nft statement for the (value, mask) pair."""
+        value, mask = self.value, self.mask
+        if mask == FULL:
+            return f"meta mark set 0x{value:x}"
+        if value == 0:
+            return f"meta mark set mark and 0x{(~mask) & FULL:x}"
+        if value == mask:
+            return f"meta mark set mark or 0x{value:x}"
+        if mask == 0:
+            return f"meta mark set mark xor 0x{value:x}"
+        return f"meta mark set mark and 0x{(~mask) & FULL:x} xor 0x{value:x}"
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         pkt.mark = (pkt.mark & ~self.mask & FULL) ^ self.value

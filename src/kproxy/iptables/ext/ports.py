@@ -210,6 +210,17 @@ class PortMatch(Match):
                 values += [rng[0], rng[1]]
         return (" and ".join(parts) or "True"), tuple(values)
 
+    def translate(self) -> str | None:
+        """``tcp sport 80 tcp dport 1000-2000``: the ports only (flags and options are not translated here)."""
+        if not self._nothing_extra():
+            return None
+        parts = []
+        for word, rng, inv in (("sport", self.sport, self.sinv), ("dport", self.dport, self.dinv)):
+            if rng is not None:
+                text = str(rng[0]) if rng[0] == rng[1] else f"{rng[0]}-{rng[1]}"
+                parts.append(f"{self.name} {word} {'!= ' if inv else ''}{text}")
+        return " ".join(parts)
+
     def index_key(self) -> tuple[str, Any] | None:
         if self.dport is not None and not self.dinv and self.dport[0] == self.dport[1]:
             return ("dport", self.dport[0])
