@@ -278,7 +278,7 @@ class TcpMatch(PortMatch):
         return self.flags is None and self.option is None
 
     def inline(self) -> tuple[str, tuple[Any, ...]] | None:
-        # Declared here because matches() is: PortMatch.inline declines when flags or an option are set.
+        # The ports' form, which declines (None: called) when flags or an option are set.
         return super().inline()
 
     def _save_extra(self) -> str:
