@@ -86,17 +86,26 @@ class MarkMatch(Match):
         return mark_xlate("mark", self.value, self.mask, self.invert)
 
 
-def xmark_listing(label: str, value: int, mask: int) -> str:
-    """mark_tg_print: the simplest operation that the (value, mask) pair amounts to."""
+def xmark_kind(value: int, mask: int, set_first: bool = False) -> str:
+    """The simplest operation the (value, mask) pair amounts to: and, or, xor, set or xset (both); the
+    listing tries ``set`` last, the translation first."""
+    if set_first and mask == FULL:
+        return "set"
     if value == 0:
-        return f"{label} and 0x{(~mask) & FULL:x}"
+        return "and"
     if value == mask:
-        return f"{label} or 0x{value:x}"
+        return "or"
     if mask == 0:
-        return f"{label} xor 0x{value:x}"
-    if mask == FULL:
-        return f"{label} set 0x{value:x}"
-    return f"{label} xset 0x{value:x}/0x{mask:x}"
+        return "xor"
+    return "set" if mask == FULL else "xset"
+
+
+def xmark_listing(label: str, value: int, mask: int) -> str:
+    """mark_tg_print."""
+    kind = xmark_kind(value, mask)
+    if kind == "and":
+        return f"{label} and 0x{(~mask) & FULL:x}"
+    return f"{label} {kind} 0x{value:x}" + (f"/0x{mask:x}" if kind == "xset" else "")
 
 
 @register_target
@@ -126,15 +135,11 @@ class MarkTarget(Target):
     def translate(self) -> str:
         """mark_tg_xlate: the simplest nft statement for the (value, mask) pair."""
         value, mask = self.value, self.mask
-        if mask == FULL:
+        kind = xmark_kind(value, mask, set_first=True)
+        if kind == "set":
             return f"meta mark set 0x{value:x}"
-        if value == 0:
-            return f"meta mark set mark and 0x{(~mask) & FULL:x}"
-        if value == mask:
-            return f"meta mark set mark or 0x{value:x}"
-        if mask == 0:
-            return f"meta mark set mark xor 0x{value:x}"
-        return f"meta mark set mark and 0x{(~mask) & FULL:x} xor 0x{value:x}"
+        keep = f"and 0x{(~mask) & FULL:x}"
+        return "meta mark set mark " + {"and": keep, "xset": f"{keep} xor 0x{value:x}"}.get(kind, f"{kind} 0x{value:x}")
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         pkt.mark = (pkt.mark & ~self.mask & FULL) ^ self.value
