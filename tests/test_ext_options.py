@@ -12,12 +12,15 @@ from kproxy.iptables.commands import run_iptables
 from kproxy.iptables.ext.connmark import ConnmarkMatch
 from kproxy.iptables.ext.mark import MarkMatch
 from kproxy.iptables.extension import MATCHES, TARGETS, ExtensionError, Opt
+from kproxy.iptables.model import Net
 from kproxy.iptables.parser import ParameterProblem, parse_command
 from kproxy.iptables.save import format_rule
 from kproxy.iptables.state import IptablesState
 from kproxy.iptables.xtoptions import (
     CHOICE,
     CUSTOM,
+    HOST,
+    HOSTMASK,
     MARKMASK32,
     NONE,
     PORT,
@@ -48,6 +51,8 @@ TABLE = XtOptions(
     XtOpt("mark", MARKMASK32),
     XtOpt("port", PORT),
     XtOpt("ports", PORTRC),
+    XtOpt("host", HOST),
+    XtOpt("net", HOSTMASK),
     XtOpt("pick", CHOICE, choices=("ORIGINAL", "REPLY")),
     XtOpt("word", CHOICE, choices=("a", "b"), bad="Bad word '{value}'"),
     XtOpt("pair", CUSTOM, nvals=2, parse=two_args),
@@ -75,6 +80,10 @@ def test_each_value_type_parses_as_libxtables_does():
     assert one("mark", "0x10/0xff") == (16, 255) and one("mark", "7") == (7, None)
     assert one("port", "80") == 80 and one("port", "70000") == 70000 & 0xFFFF and one("port", "http") == 80
     assert one("ports", "1:2") == (1, 2) and one("ports", ":") == (0, 0xFFFF) and one("ports", "9") == (9, 9)
+    assert one("host", "24") == 24 and one("host", "10.1.2.3") == 0x0A010203 and one("host", "::2", family=6) == 2
+    assert one("net", "10.1.2.3/255.255.0.0") == Net(4, 0x0A010000, 16)
+    assert one("net", "10.1.2.3/33") == Net(4, 0x0A010203, 32) and one("net", "10.1.2.3") == Net(4, 0x0A010203, 32)
+    assert one("net", "fd00::1/8", family=6) == Net(6, 0xFD << 120, 8)
     assert one("pick", "reply") == "REPLY" and one("word", "A") == "a"
     assert one("pair", "x", "y") == ["x", "y"]
     assert one("fam", "v", family=6) == (6, "v")
@@ -95,6 +104,7 @@ def test_each_value_type_parses_as_libxtables_does():
     ("mark", ["1/2x"], 'demo: trailing garbage after value for option "--mark".\n'),
     ("port", ["0x50"], 'Port "0x50" does not resolve to anything.\n'),
     ("ports", ["1:2:3"], 'demo: Too many components for option "--ports" (max: 2)\n'),
+    ("net", ["1.2.3.4/x"], 'demo: bad value for option "--net", neither a valid network mask nor valid CIDR (0-32).\n'),
     ("pick", ["sideways"], 'demo: Bad value for "--pick" option: "sideways"'),
     ("word", ["c"], "Bad word 'c'"),
     ("pair", ["x"], "--pair requires two args."),
@@ -213,6 +223,9 @@ KERNEL_CASES = [
     ["-A", "INPUT", "-m", "conntrack", "--ctst", "NEW"], ["-A", "INPUT", "-m", "conntrack", "--ctorigs", "1.2.3.4"],
     ["-A", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "--ctdir", "sideways"],
     ["-A", "INPUT", "-m", "conntrack", "--ctorigsrcport", "0x50"],
+    ["-A", "INPUT", "-m", "conntrack", "--ctorigsrc", "1.2.3.4/x"],
+    ["-A", "INPUT", "-m", "conntrack", "--ctorigsrc", "1.2.3.4/33", "--ctrepldst", "10.1.0.0/255.255.0.0"],
+    ["-A", "INPUT", "-m", "recent", "--set", "--mask", "24"],
     ["-A", "INPUT", "-m", "statistic", "--mode", "random", "--prob", "0.5"],
     ["-A", "INPUT", "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "1", "--probability", "0.5"],
     ["-A", "INPUT", "-m", "mark", "--mark", "x"], ["-A", "INPUT", "-m", "mark"],

@@ -15,11 +15,14 @@ messages name the first entry of the id, as libxtables looks entries up by id.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Opt
+from kproxy.iptables.model import Net
 from kproxy.iptables.xtutil import C_SPACE, c_strtoui, c_strtoul, service_port
 
 # Entry flags (libxtables' XTOPT_*).
@@ -35,6 +38,8 @@ STRING = "string"             # text with a minimum/maximum length, truncated to
 MARKMASK32 = "markmask32"     # ``value[/mask]``
 PORT = "port"                 # one port: a number or a service name
 PORTRC = "portrc"             # a port range, each side a number or a service name
+HOST = "host"                 # an address of the family (a name is looked up), as an int
+HOSTMASK = "hostmask"         # an address with an optional ``/prefix`` or ``/mask``, as a Net
 CHOICE = "choice"             # one word of ``choices``
 CUSTOM = "custom"             # the extension's own ``parse`` reads the value(s)
 
@@ -203,6 +208,10 @@ def value(entry: XtOpt, call: XtCall) -> Any:
         return getportbyname(text)
     if kind == PORTRC:
         return xtopt_portrc(text, call.ext, call.opt)
+    if kind == HOST:
+        return xtopt_host(text, call.family)
+    if kind == HOSTMASK:
+        return xtopt_hostmask(call)
     if kind == CHOICE:
         word = text.lower()
         for choice in entry.choices:
@@ -303,6 +312,43 @@ def xtopt_portrc(text: str, ext: str, opt: str) -> tuple[int, int]:
     if len(parts) == 1:
         return lo, lo
     return lo, getportbyname(parts[1]) if parts[1] else 0xFFFF
+
+
+def xtopt_host(text: str, family: int) -> int:
+    """XTTYPE_HOST: getaddrinfo of the family, so ``24`` is 0.0.0.24 and a name is looked up."""
+    fam = socket.AF_INET if family == 4 else socket.AF_INET6
+    if not text:
+        raise ExtensionError("getaddrinfo: Name or service not known\n")
+    try:
+        info = socket.getaddrinfo(text, None, fam, 0, 0, socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        try:
+            info = socket.getaddrinfo(text, None, fam)
+        except socket.gaierror as exc:
+            raise ExtensionError(f"getaddrinfo: {exc.strerror}\n") from None
+    return int.from_bytes(socket.inet_pton(fam, str(info[0][4][0])), "big")
+
+
+def xtopt_hostmask(call: XtCall) -> Net:
+    """XTTYPE_HOSTMASK: a host and an optional prefix length (more than the family's is all of it) or
+    dotted mask (its bits counted)."""
+    family = call.family
+    addr, slash, mask = call.arg.partition("/")
+    bits = 32 if family == 4 else 128
+    ip = xtopt_host(addr, family)
+    prefix = bits
+    if slash:
+        got = c_strtoul(mask, 10)
+        if got is not None and not got[1]:
+            prefix = min(got[0], bits)
+        else:
+            try:
+                prefix = bin(int(ipaddress.ip_address(mask))).count("1")
+            except ValueError:
+                raise ExtensionError(f"{call.ext}: bad value for option \"--{call.opt}\", neither a valid network "
+                                     f"mask nor valid CIDR (0-{bits}).\n") from None
+    m = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
+    return Net(family, ip & m, prefix)
 
 
 def two_args(call: XtCall) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
@@ -10,6 +9,7 @@ from kproxy.iptables.model import Net
 from kproxy.iptables.xtoptions import (
     CHOICE,
     CUSTOM,
+    HOSTMASK,
     PORTRC,
     UINT32RC,
     XTOPT_INVERT,
@@ -18,7 +18,6 @@ from kproxy.iptables.xtoptions import (
     XtOpt,
     XtOptions,
 )
-from kproxy.iptables.xtutil import c_strtoul
 from kproxy.netfilter.conntrack import (
     IPS_ASSURED,
     IPS_CONFIRMED,
@@ -62,31 +61,6 @@ def parse_ctproto(call: XtCall) -> int:
         raise ExtensionError(str(exc)) from None
 
 
-def parse_hostmask(call: XtCall) -> Net:
-    """XTTYPE_HOSTMASK: an address (getaddrinfo) and an optional prefix length or mask."""
-    family = call.family
-    addr, slash, mask = call.arg.partition("/")
-    bits = 32 if family == 4 else 128
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        raise ExtensionError("getaddrinfo: Name or service not known\n") from None
-    if ip.version != family:
-        raise ExtensionError("getaddrinfo: Address family for hostname not supported\n")
-    prefix = bits
-    if slash:
-        got = c_strtoul(mask, 10)
-        if got is not None and not got[1]:
-            prefix = min(got[0], bits)
-        else:
-            try:
-                prefix = bin(int(ipaddress.ip_address(mask))).count("1")
-            except ValueError:
-                raise ExtensionError(f"conntrack: bad value for option \"{call.opt}\" near \"{mask}\"\n") from None
-    m = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
-    return Net(family, int(ip) & m, prefix)
-
-
 def state_xlate(states: list[str], invert: bool) -> str | None:
     """``ct state``, for the states nft names (SNAT and DNAT are ct status bits there)."""
     if not set(states) <= set(STATES[:5]):
@@ -119,7 +93,7 @@ class ConntrackMatch(Match):
         "conntrack",
         XtOpt("ctstate", CUSTOM, XTOPT_INVERT, parse=parse_ctstate),
         XtOpt("ctproto", CUSTOM, XTOPT_INVERT, parse=parse_ctproto),
-        *(XtOpt(n, CUSTOM, XTOPT_INVERT, parse=parse_hostmask) for n in ADDR_OPTS),
+        *(XtOpt(n, HOSTMASK, XTOPT_INVERT) for n in ADDR_OPTS),
         *(XtOpt(n, PORTRC, XTOPT_INVERT) for n in PORT_OPTS),
         XtOpt("ctstatus", CUSTOM, XTOPT_INVERT, parse=parse_ctstatus),
         XtOpt("ctexpire", UINT32RC, XTOPT_INVERT),

@@ -10,11 +10,10 @@ before forwarding.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtoptions import CUSTOM, NONE, STRING, UINT32, XTOPT_INVERT, XtCall, XtOpt, XtOptions
+from kproxy.iptables.xtoptions import HOST, NONE, STRING, UINT32, XTOPT_INVERT, XtOpt, XtOptions
 from kproxy.packet import Packet, format_addr
 
 IP_LIST_TOT = 200          # module parameter ip_list_tot: entries per list
@@ -111,22 +110,6 @@ def tables_of(node: Any) -> RecentTables:
     return rt
 
 
-def parse_host(call: XtCall) -> int:
-    """XTTYPE_HOST (--mask): getaddrinfo, so ``24`` is 0.0.0.24 and a name is looked up."""
-    text = call.arg
-    fam = socket.AF_INET if call.family == 4 else socket.AF_INET6
-    if not text:
-        raise ExtensionError("getaddrinfo: Name or service not known\n")
-    try:
-        info = socket.getaddrinfo(text, None, fam, 0, 0, socket.AI_NUMERICHOST)
-    except socket.gaierror:
-        try:
-            info = socket.getaddrinfo(text, None, fam)
-        except socket.gaierror as exc:
-            raise ExtensionError(f"getaddrinfo: {exc.strerror}\n") from None
-    return int.from_bytes(socket.inet_pton(fam, str(info[0][4][0])), "big")
-
-
 def s32(n: int) -> int:
     """How the tool prints the unsigned fields (``%d``)."""
     return n - (1 << 32) if n >= 1 << 31 else n
@@ -140,7 +123,7 @@ class RecentMatch(Match):
         *(XtOpt(m, NONE, XTOPT_INVERT, excl=tuple(x for x in MODES if x != m)) for m in MODES),
         XtOpt("seconds", UINT32, min=1), XtOpt("reap", NONE, also=("seconds",)), XtOpt("hitcount", UINT32),
         XtOpt("rttl", NONE, excl=("set", "remove")), XtOpt("name", STRING, size=NAME_LEN),
-        XtOpt("rsource", NONE), XtOpt("rdest", NONE), XtOpt("mask", CUSTOM, parse=parse_host),
+        XtOpt("rsource", NONE), XtOpt("rdest", NONE), XtOpt("mask", HOST),
     )
 
     def __init__(self) -> None:
