@@ -406,7 +406,7 @@ def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot],
     return None, ""
 
 
-def _resolve(name: str, slots: list[Any]) -> tuple[_ExtSlot | None, str] | None:
+def _resolve(name: str, slots: list[_ExtSlot]) -> tuple[_ExtSlot | None, str] | None:
     """getopt_long's search: an exact name (the first in table order), else the one option that
     ``name`` begins (several names of one option count once); None when there is none or several.
     An abbreviation of a core option is left to the core (None here: the core parser has no
