@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.xtoptions import XtOptions
     from kproxy.netfilter.hooks import HookState
     from kproxy.packet import Packet
 
@@ -68,11 +69,14 @@ def builtin_chain_outside(chain: str, hooks: tuple[str, ...]) -> bool:
 class Extension(ABC):
     """What matches and targets share: their options, canonical forms and the kernel's checks.
 
-    ``OPTIONS`` maps each long option (without ``--``) to how many values it takes.
+    ``OPTIONS`` is the extension's option table (``kproxy.iptables.xtoptions``), declared once: the
+    argv parser reads which options it takes and how many values each consumes, and ``from_options``
+    parses them through it. What the extension can do is declared too, never inferred from its
+    class: ``NEEDS_CONNTRACK``/``needs_conntrack``, ``set_names``, ``Match.inline`` and ``translate``.
     """
 
     name: ClassVar[str]
-    OPTIONS: ClassVar[dict[str, int]] = {}
+    OPTIONS: ClassVar[XtOptions]          # an empty table when a registered class declares none
     REVISION: ClassVar[int] = 0
     # Rules parsed with the same options may share one object, unless that object is ``stateful``.
     SHAREABLE: ClassVar[bool] = False
@@ -117,6 +121,11 @@ class Extension(ABC):
         """The ipsets the extension holds a reference to while committed ("Set is in use")."""
         return ()
 
+    def translate(self) -> str | None:
+        """The nft expression ``iptables-translate`` prints for this use of the extension; None where
+        it has no translation (the tool then prints the rule commented out)."""
+        return None
+
 
 class Match(Extension):
     """A match extension (``-m NAME``); ``-p tcp --dport 80`` loads the protocol's match implicitly."""
@@ -141,7 +150,10 @@ class Match(Extension):
 
     def inline(self) -> tuple[str, tuple[Any, ...]] | None:
         """The test as a Python expression over ``p`` (the packet) and ``c`` (the context), with
-        ``{}`` where each of the given constants goes, for compiled chains; None to be called."""
+        ``{}`` where each of the given constants goes, for compiled chains; None to be called.
+
+        A declaration of the class that defines ``matches``: a subclass that changes ``matches``
+        declares its own ``inline`` (or None), as the compiler trusts whatever this returns."""
         return None
 
 
@@ -167,6 +179,10 @@ TARGETS: dict[str, type[Target]] = {}
 
 
 def _note_checks(cls: type[Extension]) -> None:
+    if not hasattr(cls, "OPTIONS"):
+        from kproxy.iptables.xtoptions import XtOptions
+
+        cls.OPTIONS = XtOptions(cls.name)
     cls.CHECKS_NODE = cls.check is not Extension.check
     cls.CHECKS_ENTRY = cls.kernel_refuses is not Extension.kernel_refuses
     cls.HOLDS_REFS = cls.NEEDS_CONNTRACK or cls.needs_conntrack is not Extension.needs_conntrack or \
