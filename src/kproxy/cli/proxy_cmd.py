@@ -42,12 +42,15 @@ def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: 
         cls = proxier_class(cfg.mode)
     except ModeUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    if backend_name == "kernel":
-        backend = get_backend("kernel", legacy=legacy)
-        return cls(cfg, backend, _node_ips_kernel(), metrics=metrics, conntrack=KernelConntrackCleaner())
-    node = obj.node
-    backend = get_backend("emulated", node=node)
-    return cls(cfg, backend, _node_ips_emulated(node), metrics=metrics, conntrack=EmulatedConntrackCleaner(node))
+    try:
+        if backend_name == "kernel":
+            backend = get_backend("kernel", legacy=legacy)
+            return cls(cfg, backend, _node_ips_kernel(), metrics=metrics, conntrack=KernelConntrackCleaner())
+        node = obj.node
+        backend = get_backend("emulated", node=node)
+        return cls(cfg, backend, _node_ips_emulated(node), metrics=metrics, conntrack=EmulatedConntrackCleaner(node))
+    except ModeUnavailable as exc:      # the backend lacks what the mode needs (a kernel without IPVS)
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command("proxy")

@@ -122,7 +122,8 @@ class IpSet:
 
     def add(self, key: tuple[Any, ...], now: float, timeout: int | None = None, comment: str | None = None,
             nomatch: bool = False, exist: bool = False) -> None:
-        self.live(now)
+        if self.timeout is not None:      # only a set with a timeout has members that expire
+            self.live(now)
         if key in self.members and not exist:
             raise IpsetError("Element cannot be added to the set: it's already added")
         if key not in self.members and len(self.members) >= self.maxelem:
@@ -135,7 +136,8 @@ class IpSet:
         self.members[key] = entry
 
     def delete(self, key: tuple[Any, ...], now: float, exist: bool = False) -> None:
-        self.live(now)
+        if self.timeout is not None:
+            self.live(now)
         if key not in self.members:
             if exist:
                 return
@@ -146,7 +148,8 @@ class IpSet:
         """ipset test / the set match: nets by most specific prefix (nomatch fails), lists by member sets."""
         if self.type == "list:set":
             return key in dict(self.live(now))
-        self.live(now)
+        if self.timeout is not None:      # the per-packet path: no O(members) scan without timeouts
+            self.live(now)
         if "net" not in self.dims:
             e = self.members.get(key)
             return e is not None

@@ -165,7 +165,7 @@ class Ipvs:
         if svc.key() in self.services:
             raise IpvsError("Service already exists")
         self.services[svc.key()] = svc
-        self._sync_hooks()
+        self._sync_hooks(svc.family)
 
     def get_service(self, key: tuple[int, int, int, int]) -> VirtualService:
         svc = self.services.get(key)
@@ -174,9 +174,9 @@ class Ipvs:
         return svc
 
     def del_service(self, key: tuple[int, int, int, int]) -> None:
-        self.get_service(key)
+        svc = self.get_service(key)
         del self.services[key]
-        self._sync_hooks()
+        self._sync_hooks(svc.family)
 
     def clear(self) -> None:
         self.services.clear()
@@ -203,13 +203,14 @@ class Ipvs:
         self._hooked: set[int] = set()
         self._sync_hooks()
 
-    def _sync_hooks(self) -> None:
+    def _sync_hooks(self, changed: int | None = None) -> None:
         """Hooked into a family only while it has virtual services, as ip_vs_add_service registers
-        the hooks with the family's first service and the last one's removal unregisters them."""
+        the hooks with the family's first service and the last one's removal unregisters them.
+        ``changed``: only that family's services changed (one added or removed)."""
         if self.node is None:
             return
         hooks = self.node.hooks
-        for fam in (4, 6):
+        for fam in (4, 6) if changed is None else (changed,):
             want = any(s.family == fam for s in self.services.values())
             if want and fam not in self._hooked:
                 hooks.register(fam, INPUT, PRI_IPVS_LOCAL_IN, "ipvs:request", self.local_in)
@@ -309,6 +310,7 @@ class Ipvs:
         # Masquerading re-routes by the rewritten destination; direct routing and tunnelling send the
         # unchanged packet towards the real server (its MAC, or inside an IPIP header).
         via = None if c.dest.fwd == "masq" else c.dest.addr
+        pkt.meta["ipvs_conn"] = c          # skb->ipvs_property, and the connection xt_ipvs looks up
         pkt.meta["reinjected"] = reinject_local_out(state.node, pkt, state.trace, via)
         pkt.meta["stolen_by"] = "IPVS"
         return NF_STOLEN

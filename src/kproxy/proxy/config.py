@@ -48,6 +48,13 @@ class ProxyConfig:
     metrics_bind_address: str = "127.0.0.1:10249"
     healthz_bind_address: str = "127.0.0.1:10256"
     conntrack_tcp_be_liberal: bool = False
+    # The ipvs section (KubeProxyIPVSConfiguration): used by the IPVS proxier only.
+    ipvs_scheduler: str = ""                  # empty: upstream's default, rr
+    ipvs_exclude_cidrs: list[str] = field(default_factory=list)
+    ipvs_strict_arp: bool = False
+    ipvs_tcp_timeout: float = 0.0             # seconds; 0 leaves the kernel's value
+    ipvs_tcp_fin_timeout: float = 0.0
+    ipvs_udp_timeout: float = 0.0
 
     @property
     def masquerade_mark(self) -> str:
@@ -144,6 +151,7 @@ class ProxyConfig:
         if c.min_sync_period > c.sync_period:
             invalid(f"{path}.SyncPeriod", _duration_text(c.min_sync_period),
                     f"must be greater than or equal to KubeProxyConfiguration.{path}.MinSyncPeriod")
+        _ipvs_section(c, data.get("ipvs") or {}, source, invalid)
         c.hostname_override = str(data.get("hostnameOverride") or "")
         for key, attr in (("metricsBindAddress", "metrics_bind_address"), ("healthzBindAddress", "healthz_bind_address")):
             value = str(data.get(key) or getattr(c, attr))
@@ -163,6 +171,35 @@ class ProxyConfig:
         if errs:
             raise ConfigError(f"{source}: " + (errs[0] if len(errs) == 1 else "[" + ", ".join(errs) + "]"))
         return c
+
+
+IPVS_SCHEDULERS = ("", "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh")
+
+
+def _ipvs_section(c: ProxyConfig, ipvs: dict[str, Any], source: str, invalid: Any) -> None:
+    """The ``ipvs:`` fields, validated as upstream's validateIPVSConfiguration does."""
+    path = "KubeProxyIPVSConfiguration"
+    c.ipvs_scheduler = str(ipvs.get("scheduler") or "")
+    if c.mode == "ipvs" and c.ipvs_scheduler not in IPVS_SCHEDULERS:
+        invalid(f"{path}.Scheduler", c.ipvs_scheduler, "must be in [" + " ".join(IPVS_SCHEDULERS[1:]) + "], "
+                "blank means the default algorithm method (currently rr)")
+    c.ipvs_exclude_cidrs = [str(x) for x in ipvs.get("excludeCIDRs") or []]
+    for i, cidr in enumerate(c.ipvs_exclude_cidrs):
+        if not _is_cidr(cidr):
+            invalid(f"{path}.ExcludeCIDRs[{i}]", cidr, "must be a valid CIDR")
+    c.ipvs_strict_arp = bool(ipvs.get("strictARP", False))
+    for key, attr in (("tcpTimeout", "ipvs_tcp_timeout"), ("tcpFinTimeout", "ipvs_tcp_fin_timeout"),
+                      ("udpTimeout", "ipvs_udp_timeout")):
+        raw = ipvs.get(key)
+        if raw is None:
+            continue
+        try:
+            value = parse_duration(str(raw))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: ipvs.{key}: {exc}") from None
+        if value < 0:
+            invalid(f"{path}.{key[0].upper() + key[1:]}", _duration_text(value), "must be greater than or equal to 0")
+        setattr(c, attr, value)
 
 
 def _is_cidr(text: str) -> bool:

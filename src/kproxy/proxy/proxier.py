@@ -62,8 +62,14 @@ def _iptables() -> ProxierFactory:
     return IptablesProxier
 
 
+def _ipvs() -> ProxierFactory:
+    from kproxy.proxy.ipvs import IpvsProxier
+
+    return IpvsProxier
+
+
 # Mode name -> how to get its proxier class (imported on demand, as a mode's module may be large).
-MODES: dict[str, Callable[[], ProxierFactory]] = {"iptables": _iptables}
+MODES: dict[str, Callable[[], ProxierFactory]] = {"iptables": _iptables, "ipvs": _ipvs}
 KNOWN_MODES = ("iptables", "ipvs", "nftables")
 
 
