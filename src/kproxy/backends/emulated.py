@@ -5,9 +5,18 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+import socket
 from typing import Any
 
 from kproxy.backends import BackendError
+
+
+def _addr(text: str) -> int:
+    """An address as an integer (a full sync parses one per real server: faster than ``ipaddress``)."""
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text), "big")
+    except OSError:
+        raise BackendError(f"invalid address {text!r}") from None
 
 
 class EmulatedBackend:
@@ -135,11 +144,11 @@ class EmulatedBackend:
         if iface is None:
             raise BackendError(f"Cannot find device \"{dev}\"")
         if remove:
-            gone = {int(ipaddress.ip_address(a)) for a in remove}
+            gone = {_addr(a) for a in remove}
             iface.addresses = [a for a in iface.addresses if a.family != self.family or a.addr not in gone]
         have = {a.addr for a in iface.addresses if a.family == self.family}
         for text in add:
-            addr = int(ipaddress.ip_address(text))
+            addr = _addr(text)
             if addr not in have:
                 iface.addresses.append(Address(self.family, addr, 32 if self.family == 4 else 128))
                 have.add(addr)
@@ -182,7 +191,7 @@ class EmulatedBackend:
     def _vs_key(self, vs: Any) -> tuple[int, int, int, int]:
         from kproxy.ipvs.ipvs import PROTOS
 
-        return (0, PROTOS[vs.protocol.lower()], int(ipaddress.ip_address(vs.address)), vs.port)
+        return (0, PROTOS[vs.protocol.lower()], _addr(vs.address), vs.port)
 
     def ipvs_services(self) -> list[Any]:
         """The node's virtual services of this family (firewall-mark services are not kube-proxy's)."""
@@ -246,9 +255,8 @@ class EmulatedBackend:
 
         try:
             svc = self.node.ipvs.get_service(self._vs_key(vs))
-            for rs in servers:
-                self.node.ipvs.add_dest(svc, Dest(int(ipaddress.ip_address(rs.address)), rs.port, svc.family,
-                                                  rs.weight, "masq"))
+            self.node.ipvs.add_dests(svc, [Dest(_addr(rs.address), rs.port, svc.family, rs.weight, "masq")
+                                           for rs in servers])
         except IpvsError as exc:
             raise BackendError(str(exc)) from None
 
@@ -257,7 +265,7 @@ class EmulatedBackend:
 
         try:
             svc = self.node.ipvs.get_service(self._vs_key(vs))
-            d = svc.find(int(ipaddress.ip_address(rs.address)), rs.port)
+            d = svc.find(_addr(rs.address), rs.port)
             if d is None:
                 raise IpvsError("No such destination")
             d.weight = rs.weight
@@ -272,6 +280,6 @@ class EmulatedBackend:
 
         try:
             svc = self.node.ipvs.get_service(self._vs_key(vs))
-            self.node.ipvs.del_dest(svc, int(ipaddress.ip_address(rs.address)), rs.port)
+            self.node.ipvs.del_dest(svc, _addr(rs.address), rs.port)
         except IpvsError as exc:
             raise BackendError(str(exc)) from None

@@ -74,12 +74,11 @@ class IpSet:
 
     def _value(self, dim: str, text: str) -> Any:
         if dim == "ip":
-            try:
-                ip = ipaddress.ip_address(text)
-            except ValueError:
+            try:     # inet_pton: kube-proxy's restores add tens of thousands of members per sync
+                return int.from_bytes(socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text), "big")
+            except OSError:
                 raise IpsetError(f"Syntax error: cannot parse {text}: resolving to "
                                  f"{'IPv4' if self.family == 'inet' else 'IPv6'} address failed") from None
-            return int(ip)
         if dim == "net":
             try:
                 net = ipaddress.ip_network(text, strict=False)

@@ -189,6 +189,17 @@ class Ipvs:
         assert svc.scheduler is not None
         svc.scheduler.update()
 
+    def add_dests(self, svc: VirtualService, dests: list[Dest]) -> None:
+        """Several ``add_dest`` at once (a proxier's sync adds thousands): all or none, one scheduler update."""
+        have = {(d.addr, d.port) for d in svc.dests}
+        for d in dests:
+            if (d.addr, d.port) in have:
+                raise IpvsError("Destination already exists")
+            have.add((d.addr, d.port))
+        svc.dests.extend(dests)
+        assert svc.scheduler is not None
+        svc.scheduler.update()
+
     def del_dest(self, svc: VirtualService, addr: int, port: int) -> None:
         d = svc.find(addr, port)
         if d is None:

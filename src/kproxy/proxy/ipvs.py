@@ -148,11 +148,14 @@ def _kernel_version() -> tuple[int, int]:
         return (0, 0)
 
 
+Dests = tuple[tuple[str, str, int], ...]     # real servers: (ip:port, ip, port), sorted by ip:port
+
+
 @dataclass
 class Wanted:
     """What one service port asks of the dataplane."""
 
-    servers: list[tuple[VirtualServer, bool, tuple[str, ...]]] = field(default_factory=list)  # vs, bind, dests
+    servers: list[tuple[VirtualServer, bool, Dests]] = field(default_factory=list)  # vs, bind, real servers
     entries: list[tuple[str, str]] = field(default_factory=list)             # (set, member)
     closed_to_node: list[tuple[str, str, int]] = field(default_factory=list)  # LB (ip, proto, port)
     no_local_internal: bool = False
@@ -189,9 +192,10 @@ class IpvsProxier:
         self._wanted: dict[str, list[Wanted]] = {}
         self._entries: dict[str, Counter[str]] = {name: Counter() for name in self.sets}
         self._applied_entries: dict[str, set[str]] = {name: set() for name in self.sets}
-        self._servers: dict[tuple[str, int, str], dict[str, tuple[VirtualServer, tuple[str, ...]]]] = {}
+        self._servers: dict[tuple[str, int, str], dict[str, tuple[VirtualServer, Dests]]] = {}
         self._applied: dict[tuple[str, int, str], tuple[VirtualServer, dict[str, int]]] = {}
         self._binds: Counter[str] = Counter()
+        self._touched_members: set[tuple[str, str]] = set()
         self._closed: Counter[tuple[str, str, int]] = Counter()
         self._node_port_ips: list[str] | None = None
         self._node_addresses: set[str] = set()
@@ -238,7 +242,7 @@ class IpvsProxier:
         add((CLUSTER_IP, f"{info.cluster_ip},{proto}:{info.port}"))
         cat = categorize(info, eps, self.zone)
 
-        def dests(only_local: bool) -> tuple[str, ...]:
+        def dests(only_local: bool) -> Dests:
             if only_local:
                 if cat.local:
                     chosen = cat.local
@@ -250,7 +254,8 @@ class IpvsProxier:
                         out.no_local_external = True
             else:
                 chosen = cat.cluster
-            return tuple(sorted({e.text for e in chosen}))
+            # The categorized lists are sorted by ip:port and hold each endpoint once.
+            return tuple([(e.text, e.ip, e.port) for e in chosen])
 
         out.servers.append((self._server(info, info.cluster_ip, info.port), True, dests(info.internal_local)))
         external = dests(info.external_policy_local) if info.externally_accessible else ()
@@ -478,12 +483,13 @@ class IpvsProxier:
         return touched
 
     def _count(self, owner: str, w: Wanted, sign: int, touched: set[tuple[str, int, str]]) -> None:
-        entries = self._entries
+        entries, touched_members = self._entries, self._touched_members
         for name, member in w.entries:
             c = entries[name]
             c[member] += sign
             if c[member] <= 0:
                 del c[member]
+            touched_members.add((name, member))
         for ip in w.closed_to_node:
             self._closed[ip] += sign
             if self._closed[ip] <= 0:
@@ -501,18 +507,30 @@ class IpvsProxier:
                 self._binds[vs.address] += sign
                 if self._binds[vs.address] <= 0:
                     del self._binds[vs.address]
+                touched_members.add((IPVS_IPS, vs.address))
 
     def _apply_sets(self, full: bool) -> None:
-        """Set members: add what is wanted and missing, delete what is there and not wanted."""
+        """Set members: add what is wanted and missing, delete what is there and not wanted (on a
+        partial sync, only among the members the recomputed Services touched)."""
         lines = []
-        for name, real in self.sets.items():
-            want = set(self._binds) if name == IPVS_IPS else self._entries[name].keys()
-            have = self._applied_entries[name]
-            if not full and len(want) == len(have) and want == have:
-                continue
-            lines += [f"del {real} {m}" for m in sorted(have - want)]
-            lines += [f"add {real} {m}" for m in sorted(want - have)]
-            self._applied_entries[name] = set(want)
+        if full:
+            for name, real in self.sets.items():
+                want = set(self._binds) if name == IPVS_IPS else set(self._entries[name])
+                have = self._applied_entries[name]
+                lines += [f"del {real} {m}" for m in sorted(have - want)]
+                lines += [f"add {real} {m}" for m in sorted(want - have)]
+                self._applied_entries[name] = want
+        else:
+            for name, member in sorted(self._touched_members):
+                want = member in (self._binds if name == IPVS_IPS else self._entries[name])
+                have = self._applied_entries[name]
+                if want and member not in have:
+                    lines.append(f"add {self.sets[name]} {member}")
+                    have.add(member)
+                elif not want and member in have:
+                    lines.append(f"del {self.sets[name]} {member}")
+                    have.discard(member)
+        self._touched_members = set()
         if lines:
             self.backend.ipset_restore("\n".join(lines) + "\n")
 
@@ -554,12 +572,12 @@ class IpvsProxier:
             b.ipvs_delete_service(vs)
             del self._applied[key]
 
-    def _sync_real_servers(self, vs: VirtualServer, dests: tuple[str, ...], current: dict[str, int]) -> None:
-        """Upstream's syncEndpoint for one virtual server: ``current`` (text -> weight) is kept up to date."""
+    def _sync_real_servers(self, vs: VirtualServer, dests: Dests, current: dict[str, int]) -> None:
+        """Upstream's syncEndpoint for one virtual server: ``current`` (ip:port -> weight) is kept up to date."""
         b = self.backend
         new = []
-        for text in dests:
-            rs = _real_server(text)
+        for text, ip, port in dests:
+            rs = RealServer(ip, port)
             if text in current:
                 if self.initial_sync and current[text] != 1:
                     b.ipvs_update_real_server(vs, rs)
@@ -572,7 +590,7 @@ class IpvsProxier:
             current[text] = 1
         if new:
             b.ipvs_add_real_servers(vs, new)
-        wanted = set(dests)
+        wanted = {d[0] for d in dests}
         for text in [t for t in current if t not in wanted]:
             rs = _real_server(text)
             if unique_name(vs, rs) in self.graceful:
