@@ -522,12 +522,12 @@ class IpvsProxier:
                 self._applied_entries[name] = want
         else:
             for name, member in sorted(self._touched_members):
-                want = member in (self._binds if name == IPVS_IPS else self._entries[name])
+                wanted = member in (self._binds if name == IPVS_IPS else self._entries[name])
                 have = self._applied_entries[name]
-                if want and member not in have:
+                if wanted and member not in have:
                     lines.append(f"add {self.sets[name]} {member}")
                     have.add(member)
-                elif not want and member in have:
+                elif not wanted and member in have:
                     lines.append(f"del {self.sets[name]} {member}")
                     have.discard(member)
         self._touched_members = set()
