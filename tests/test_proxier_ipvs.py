@@ -551,3 +551,33 @@ def test_mode_is_registered_and_refuses_a_backend_without_ipvs():
     with pytest.raises(ModeUnavailable, match="proxy mode 'ipvs': this kernel has no IPVS"):
         IpvsProxier(ProxyConfig.from_dict({"mode": "ipvs"}), NoIpvs(node), ["192.168.0.2"])
     assert node.describe() == before and not node.ipsets.sets
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def test_proxy_once_in_ipvs_mode_on_the_emulated_node(tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    import kproxy.cli.proxy_cmd  # noqa: F401
+    from kproxy.cli.main import cli
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    state = str(tmp_path / "node.json")
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(cli, ["--node", state, *args])
+
+    assert run("node", "init", "--from", str(examples / "node.yaml")).exit_code == 0
+    for _ in range(2):          # the second run finds everything in place and leaves it so
+        res = run("proxy", "--mode", "ipvs", "--once", "--no-serve", "--hostname-override", "worker-1",
+                  "--manifests", str(examples / "manifests.yaml"))
+        assert res.exit_code == 0, res.output
+        assert "sync full" in res.output and "ok" in res.output
+        listing = run("ipvsadm", "-Ln").output
+        assert "TCP  10.96.0.1:443 rr\n  -> 192.168.1.5:6443             Masq    1      0          0" in listing
+        assert listing.count("-> ") == 15      # the header line and 14 real servers
+        assert run("ipset", "list", "KUBE-CLUSTER-IP").output.count(",tcp:") == 4
+        save = run("iptables-save", "-t", "nat").output
+        assert "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT" in save
+        assert save.count("-A PREROUTING") == 1
