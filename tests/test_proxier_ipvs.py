@@ -581,3 +581,22 @@ def test_proxy_once_in_ipvs_mode_on_the_emulated_node(tmp_path):
         save = run("iptables-save", "-t", "nat").output
         assert "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT" in save
         assert save.count("-A PREROUTING") == 1
+
+
+def test_dual_stack_proxiers_share_the_node_and_leave_each_other_alone():
+    desc = {"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24", "fd00::2/64"]}]}
+    node = Node.from_description(desc)
+    node.clock = 1000.0
+    cfg = ProxyConfig.from_dict({"mode": "ipvs", "clusterCIDR": "10.0.0.0/16,fd00:10::/64", "hostnameOverride": "node-a"})
+    v4 = IpvsProxier(cfg, EmulatedBackend(node, 4), ["192.168.0.2"], family=4)
+    v6 = IpvsProxier(cfg, EmulatedBackend(node, 6), ["fd00::2"], family=6)
+    svc = service("ds", "10.20.30.41", clusterIPs=["10.20.30.41", "fd00:20::41"], ipFamilies=["IPv4", "IPv6"])
+    docs = [svc, endpoints("ds", ("10.0.1.5", "node-a")), endpoints("ds", ("fd00:10::5", "node-a"), family="IPv6")]
+    docs[2]["metadata"]["name"] = "ds-y"
+    for proxier in (v4, v6, v4):          # the second IPv4 sync must not remove what the IPv6 one made
+        assert not proxier.sync(objects(*docs), force_full=True).error
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr", rs("10.0.1.5:80"),
+                             "TCP  [fd00:20::41]:80 rr", rs("[fd00:10::5]:80")]
+    assert sorted(str(a) for a in node.interfaces["kube-ipvs0"].addresses) == ["10.20.30.41/32", "fd00:20::41/128"]
+    assert members(node, "KUBE-IPVS-IPS") == {"10.20.30.41"} and members(node, "KUBE-6-IPVS-IPS") == {"fd00:20::41"}
+    assert rules(node, "nat", "KUBE-SERVICES", family=6)[0] == "-A KUBE-SERVICES -s ::1/128 -j RETURN"
