@@ -14,16 +14,11 @@ ratio of their per-packet cost at the largest size to the smallest. Each size is
 
 from __future__ import annotations
 
-import argparse
-import copy
 import gc
-import json
 import random
-import subprocess
-import sys
 import time
 
-from bench_proxier import build
+from bench_proxier import _child, arguments, full_then_partial
 from kproxy.backends.emulated import EmulatedBackend
 from kproxy.node import Node
 from kproxy.packet import ACK, SYN, Packet, parse_addr
@@ -38,21 +33,8 @@ def measure(services: int, endpoints: int) -> dict[str, float]:
     node.clock = 1000.0
     cfg = ProxyConfig.from_dict({"mode": "ipvs", "clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a"})
     proxier = IpvsProxier(cfg, EmulatedBackend(node), ["192.168.0.2"])
-    objs = build(services, endpoints)
-    gc.collect()
-    t0 = time.perf_counter()
-    full = proxier.sync(objs)
-    full_secs = time.perf_counter() - t0
-    assert not full.error, full.error
+    _, full_secs, _, part_secs = full_then_partial(proxier, services, endpoints, changed=1)   # a remote endpoint
     assert len(node.ipvs.services) == services
-    objs.dirty = set()                           # from now on, changes are tracked as informers report them
-    es = copy.deepcopy(objs.slices["ns0/svc0-a"])
-    es.endpoints[1].addresses = ["10.255.255.1"]  # one (remote) endpoint replaced
-    t0 = time.perf_counter()
-    objs.update_slice(es)
-    part = proxier.sync(objs)
-    part_secs = time.perf_counter() - t0
-    assert not part.error and not part.full, part.error
     dests = sum(len(s.dests) for s in node.ipvs.services.values())
     new_pps, est_pps = packets(node, services)
     return {"full_s": full_secs, "virtual_servers": len(node.ipvs.services), "real_servers": dests,
@@ -60,60 +42,48 @@ def measure(services: int, endpoints: int) -> dict[str, float]:
             "new_pps": new_pps, "est_pps": est_pps}
 
 
+def _rate(node: Node, pkts: list[Packet]) -> float:
+    """Packets per second received on eth0 (the cyclic GC frozen: the node's state is long-lived)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        t0 = time.perf_counter()
+        for p in pkts:
+            node.receive(p, "eth0")
+        return len(pkts) / (time.perf_counter() - t0)
+    finally:
+        gc.unfreeze()
+
+
 def packets(node: Node, services: int, new: int = 5000, est: int = 30000) -> tuple[float, float]:
     """New-connection and established packets per second from a remote pod (10.200.0.0/16, inside the
     cluster CIDR: not masqueraded) to random cluster IPs; the best of three batches each."""
     rng = random.Random(1)
-    new_rates, est_rates = [], []
+    rates: list[tuple[float, float]] = []
     for r in range(3):
-        src = parse_addr(f"10.200.{r}.5")[1]
-        targets = [parse_addr(f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}")[1]
-                   for i in (rng.randrange(services) for _ in range(new))]
-        syns = [Packet(src=src + i // 60000, dst=targets[i], proto=6, sport=1024 + i % 60000, dport=80,
-                       tcp_flags=SYN) for i in range(new)]
-        gc.collect()
-        gc.freeze()
-        t0 = time.perf_counter()
-        results = [node.receive(p, "eth0") for p in syns]
-        new_rates.append(new / (time.perf_counter() - t0))
-        assert results[-1].fate == "forwarded", results[-1].fate
-        for res in results[:1000]:
-            rs = res.packet
-            node.receive(Packet(src=rs.dst, dst=rs.src, proto=6, sport=rs.dport, dport=rs.sport,
-                                tcp_flags=SYN | ACK), "eth0")
-        acks = [Packet(src=src + k % 1000 // 60000, dst=targets[k % 1000], proto=6, sport=1024 + k % 1000, dport=80,
-                       tcp_flags=ACK) for k in range(est)]
-        t0 = time.perf_counter()
-        for p in acks:
-            node.receive(p, "eth0")
-        est_rates.append(est / (time.perf_counter() - t0))
+        client = parse_addr(f"10.200.{r}.5")[1]
+        vips = [parse_addr(f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}")[1]
+                for i in (rng.randrange(services) for _ in range(new))]
+        syns = [Packet(src=client, dst=vips[i], proto=6, sport=1024 + i, dport=80, tcp_flags=SYN) for i in range(new)]
+        new_rate = _rate(node, syns)
+        assert syns[-1].dport == 8080, "not balanced"
+        # The real servers' answers for the first 1,000 connections, then their clients' ACKs.
+        _rate(node, [Packet(src=p.dst, dst=p.src, proto=6, sport=p.dport, dport=p.sport, tcp_flags=SYN | ACK)
+                     for p in syns[:1000]])
+        acks = [Packet(src=client, dst=vips[k % 1000], proto=6, sport=1024 + k % 1000, dport=80, tcp_flags=ACK)
+                for k in range(est)]
+        rates.append((new_rate, _rate(node, acks)))
         assert acks[-1].ctstate == "ESTABLISHED" and acks[-1].dport == 8080, (acks[-1].ctstate, acks[-1].dport)
-        gc.unfreeze()
-    return max(new_rates), max(est_rates)
-
-
-def _child(services: int, endpoints: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--one", str(services), "--endpoints", str(endpoints)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    return max(r[0] for r in rates), max(r[1] for r in rates)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="100,1000,10000")
-    ap.add_argument("--endpoints", type=int, default=10)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per size, each in a fresh interpreter; the best is shown")
-    ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)    # a child: measure one size
-    args = ap.parse_args()
-    if args.one:
-        print(json.dumps(measure(args.one, args.endpoints)))
-        return
-    sizes = [int(s) for s in args.sizes.split(",")]
+    args, sizes = arguments(__doc__, measure)
     rows = {}
     print(f"{'services':>9} {'virtual':>8} {'real':>8} {'members':>8} {'full sync':>10} {'1-endpoint sync':>16} "
           f"{'new pkt/s':>10} {'est pkt/s':>10}")
     for n in sizes:
-        runs = [_child(n, args.endpoints) for _ in range(args.repeat)]
+        runs = [_child(n, args.endpoints, __file__) for _ in range(args.repeat)]
         r = dict(runs[0], full_s=min(x["full_s"] for x in runs), partial_s=min(x["partial_s"] for x in runs),
                  new_pps=max(x["new_pps"] for x in runs), est_pps=max(x["est_pps"] for x in runs))
         rows[n] = r

@@ -6,10 +6,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from tests import test_proxier_iptables as iptables_tests
+from tests.test_proxier_iptables import objects
 
 from kproxy.backends.emulated import EmulatedBackend
 from kproxy.ipvs.ipvsadm import run_ipvsadm
-from kproxy.k8s.manifests import Objects
 from kproxy.node import Node
 from kproxy.packet import ACK, SYN, Packet
 from kproxy.proxy.config import ConfigError, ProxyConfig
@@ -22,32 +23,20 @@ NODE = {"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168
 
 
 def service(name: str, ip: str, port: int = 80, proto: str = "TCP", ns: str = "ns1", **spec: object) -> dict:
-    ports = [{"name": "p80", "port": port, "protocol": proto, "targetPort": port}]
-    if "nodePort" in spec:
-        ports[0]["nodePort"] = spec.pop("nodePort")
-    status = {}
-    if "lb" in spec:
-        status = {"loadBalancer": {"ingress": [{"ip": spec.pop("lb")}]}}
-    return {"kind": "Service", "metadata": {"name": name, "namespace": ns},
-            "spec": {"clusterIP": ip, "ports": ports, **spec}, "status": status}
+    """A Service as upstream's tests name it (``ns1/svc1:p80``)."""
+    doc = iptables_tests.service(name, ip, port, proto, **spec)
+    doc["metadata"]["namespace"] = ns
+    doc["spec"]["ports"][0]["name"] = "p80"
+    return doc
 
 
 def endpoints(name: str, *eps: tuple[str, str], port: int = 80, proto: str = "TCP", ns: str = "ns1",
               conditions: dict | None = None, family: str = "IPv4") -> dict:
-    return {"kind": "EndpointSlice", "metadata": {"name": f"{name}-x", "namespace": ns,
-                                                  "labels": {"kubernetes.io/service-name": name}},
-            "addressType": family,
-            "endpoints": [{"addresses": [ip], "nodeName": node, "conditions": conditions or {"ready": True}}
-                          for ip, node in eps],
-            "ports": [{"name": "p80", "port": port, "protocol": proto}]}
-
-
-def objects(*docs: dict) -> Objects:
-    objs = Objects()
-    for d in docs:
-        objs.add(d, "test")
-    assert not objs.warnings, objs.warnings
-    return objs
+    doc = iptables_tests.endpoints(name, *eps, port=port, proto=proto, conditions=conditions)
+    doc["metadata"]["namespace"] = ns
+    doc["addressType"] = family
+    doc["ports"][0]["name"] = "p80"
+    return doc
 
 
 def setup(node_desc: dict | None = None, family: int = 4, **cfg: object) -> tuple[Node, IpvsProxier]:
@@ -441,8 +430,7 @@ def snapshot(node: Node) -> tuple[list[str], dict[str, set[str]], str, list[str]
 def test_partial_sync_touches_only_the_changed_service(size):
     node, proxier = setup()
     docs = many(size)
-    first = proxier.sync(objects(*docs))
-    assert first.full and not first.error
+    assert proxier.sync(objects(*docs)).full and len(node.ipvs.services) == 3 * size
     others = {k: v for k, v in node.ipvs.services.items()}
     calls: list[str] = []
     backend = proxier.backend
@@ -600,3 +588,15 @@ def test_dual_stack_proxiers_share_the_node_and_leave_each_other_alone():
     assert sorted(str(a) for a in node.interfaces["kube-ipvs0"].addresses) == ["10.20.30.41/32", "fd00:20::41/128"]
     assert members(node, "KUBE-IPVS-IPS") == {"10.20.30.41"} and members(node, "KUBE-6-IPVS-IPS") == {"fd00:20::41"}
     assert rules(node, "nat", "KUBE-SERVICES", family=6)[0] == "-A KUBE-SERVICES -s ::1/128 -j RETURN"
+
+
+def test_a_new_node_address_gets_node_port_virtual_servers():
+    from kproxy.node import Address, Interface
+
+    node, proxier = setup()
+    docs = [service("svc1", "10.20.30.41", nodePort=3001, type="NodePort"), endpoints("svc1", ("10.180.0.1", "node-b"))]
+    proxier.sync(objects(*docs))
+    node.add_interface(Interface("eth1", [Address.parse("172.16.0.2/24")]))
+    result = proxier.sync(objects(*docs))
+    assert result.full and not result.error
+    assert "TCP  172.16.0.2:3001 rr" in ipvsadm(node)

@@ -15,7 +15,6 @@ servers are terminated gracefully (``kproxy.proxy.gracefultermination``).
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 import logging
 import os
@@ -29,7 +28,7 @@ from kproxy.proxy.changes import ChangeTracker
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.gracefultermination import GracefulTermination, unique_name
 from kproxy.proxy.localdetect import LocalDetector
-from kproxy.proxy.proxier import ModeUnavailable, SyncResult
+from kproxy.proxy.proxier import ModeUnavailable, SyncResult, gc_paused
 from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize
 from kproxy.proxy.virtualserver import RealServer, VirtualServer, host_port
 
@@ -372,14 +371,9 @@ class IpvsProxier:
 
     # ---- sync --------------------------------------------------------------------------------------
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
-        """One sync; the cyclic GC is paused meanwhile (the caches are large and long-lived)."""
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        """One sync: what changed (everything on a full sync); a failure schedules a full sync."""
+        with gc_paused():
             return self._sync(objs, force_full)
-        finally:
-            if enabled:
-                gc.enable()
 
     def _node_port_addresses(self, node_addresses: set[str]) -> list[str]:
         """Where NodePorts listen: every node address, or those in nodePortAddresses (no loopback)."""
@@ -402,13 +396,15 @@ class IpvsProxier:
         full = self.need_full or force_full
         try:
             self.check_graceful()
-            if full:
-                self._prepare_full()
+            # NodePort virtual servers and external-IP bindings depend on the node's own addresses:
+            # when they change, every Service is recomputed.
             node_addresses = b.local_addresses(DUMMY_DEVICE)
             node_ips = self._node_port_addresses(node_addresses)
             if node_ips != self._node_port_ips or node_addresses != self._node_addresses:
-                full = full or self._node_port_ips is not None
+                full = True
                 self._node_port_ips, self._node_addresses = node_ips, node_addresses
+            if full:
+                self._prepare_full()
             changes = self.tracker.update(objs, full)
             touched = self._recompute(changes.recomputed, full, node_ips, node_addresses)
             self._apply_sets(full)

@@ -9,7 +9,9 @@ available is an error at start, never a silent fallback to another mode.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +49,19 @@ class Proxier(Protocol):
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
         """Program the dataplane for ``objs``: what changed (or everything, when ``force_full``)."""
         ...
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic GC paused during a sync: a proxier's caches are large and long-lived, and a
+    collection triggered mid-sync would rescan all of them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class ModeUnavailable(ValueError):
