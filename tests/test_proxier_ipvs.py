@@ -332,7 +332,8 @@ def test_ipvs_section_of_the_configuration_is_validated():
     with pytest.raises(ConfigError, match=r"KubeProxyIPVSConfiguration.ExcludeCIDRs\[0\]: Invalid value: "
                                           r'"10.99.0.0": must be a valid CIDR'):
         ProxyConfig.from_dict({"mode": "ipvs", "ipvs": {"excludeCIDRs": ["10.99.0.0"]}})
-    with pytest.raises(ConfigError, match="KubeProxyIPVSConfiguration.Scheduler"):
+    with pytest.raises(ConfigError, match=r"KubeProxyIPVSConfiguration.Scheduler: Invalid value: \"fastest\": must be in "
+                                          r"\[rr wrr lc wlc lblc lblcr sh dh sed nq \], blank means"):
         ProxyConfig.from_dict({"mode": "ipvs", "ipvs": {"scheduler": "fastest"}})
 
 

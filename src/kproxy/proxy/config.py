@@ -173,19 +173,21 @@ class ProxyConfig:
         return c
 
 
-IPVS_SCHEDULERS = ("", "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh")
+# validateIPVSSchedulerMethod's list, in its order ("" last, printed as Go prints a slice).
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "")
 
 
 def _ipvs_section(c: ProxyConfig, ipvs: dict[str, Any], source: str, invalid: Any) -> None:
-    """The ``ipvs:`` fields, validated as upstream's validateIPVSConfiguration does."""
+    """The ``ipvs:`` fields; validated (as upstream's validateKubeProxyIPVSConfiguration) in ipvs mode only."""
     path = "KubeProxyIPVSConfiguration"
+    check = c.mode == "ipvs"
     c.ipvs_scheduler = str(ipvs.get("scheduler") or "")
-    if c.mode == "ipvs" and c.ipvs_scheduler not in IPVS_SCHEDULERS:
-        invalid(f"{path}.Scheduler", c.ipvs_scheduler, "must be in [" + " ".join(IPVS_SCHEDULERS[1:]) + "], "
+    if check and c.ipvs_scheduler not in IPVS_SCHEDULERS:
+        invalid(f"{path}.Scheduler", c.ipvs_scheduler, "must be in [" + " ".join(IPVS_SCHEDULERS) + "], "
                 "blank means the default algorithm method (currently rr)")
     c.ipvs_exclude_cidrs = [str(x) for x in ipvs.get("excludeCIDRs") or []]
     for i, cidr in enumerate(c.ipvs_exclude_cidrs):
-        if not _is_cidr(cidr):
+        if check and not _is_cidr(cidr):
             invalid(f"{path}.ExcludeCIDRs[{i}]", cidr, "must be a valid CIDR")
     c.ipvs_strict_arp = bool(ipvs.get("strictARP", False))
     for key, attr in (("tcpTimeout", "ipvs_tcp_timeout"), ("tcpFinTimeout", "ipvs_tcp_fin_timeout"),
@@ -197,9 +199,7 @@ def _ipvs_section(c: ProxyConfig, ipvs: dict[str, Any], source: str, invalid: An
             value = parse_duration(str(raw))
         except ValueError as exc:
             raise ConfigError(f"{source}: ipvs.{key}: {exc}") from None
-        if value < 0:
-            invalid(f"{path}.{key[0].upper() + key[1:]}", _duration_text(value), "must be greater than or equal to 0")
-        setattr(c, attr, value)
+        setattr(c, attr, value)         # a duration cannot be negative here: parse_duration takes no sign
 
 
 def _is_cidr(text: str) -> bool:
