@@ -501,6 +501,10 @@ def test_a_failed_sync_is_followed_by_a_full_one():
 
 
 # ---- packets ------------------------------------------------------------------------------------
+def reply_to(p: Packet) -> Packet:
+    return Packet.make(p.dst_str, p.src_str, "tcp", p.dport, p.sport, tcp_flags=SYN | ACK)
+
+
 def test_packets_cluster_ip_node_port_and_hairpin():
     node, proxier = setup()
     proxier.sync(objects(service("np", "10.20.30.60", nodePort=30080, type="NodePort"),
@@ -516,9 +520,20 @@ def test_packets_cluster_ip_node_port_and_hairpin():
     # From outside the cluster to the ClusterIP: masqueraded (KUBE-CLUSTER-IP ! -s cluster CIDR).
     r = node.receive(Packet.make("192.168.0.77", "10.20.30.60", "tcp", 40002, 80, tcp_flags=SYN), "eth0")
     assert (r.fate, r.packet.dst_str, r.packet.src_str) == ("forwarded", "10.0.2.30", "192.168.0.2")
-    # External client to the NodePort: masqueraded to the node's address (KUBE-NODE-PORT-TCP).
+    # External client to the NodePort: masqueraded to the node's address (KUBE-NODE-PORT-TCP); the
+    # answer goes back to the client from the NodePort.
     r = node.receive(Packet.make("203.0.113.9", "192.168.0.2", "tcp", 40003, 30080, tcp_flags=SYN), "eth0")
     assert (r.fate, r.packet.dst_str, r.packet.src_str) == ("forwarded", "10.0.2.30", "192.168.0.2")
+    back = node.receive(reply_to(r.packet), "eth0")
+    assert (back.fate, back.packet.src_str, back.packet.sport, back.packet.dst_str, back.packet.dport) == \
+        ("forwarded", "192.168.0.2", 30080, "203.0.113.9", 40003)
+    # The node itself to a ClusterIP: scheduled at LOCAL_OUT, masqueraded; the answer comes from the VIP.
+    r = node.send(Packet.make("0.0.0.0", "10.20.30.60", "tcp", 40006, 80, tcp_flags=SYN), trace=True)
+    assert (r.fate, r.packet.dst_str, r.packet.src_str) == ("forwarded", "10.0.2.30", "192.168.0.2")
+    assert [e.hook for e in r.trace.of_kind("ipvs")] == ["OUTPUT"]
+    back = node.receive(reply_to(r.packet), "eth0")
+    assert (back.fate, back.packet.src_str, back.packet.sport, back.packet.dport) == ("delivered", "10.20.30.60", 80,
+                                                                                       40006)
     # Hairpin: a pod to its own Service lands on itself, masqueraded (KUBE-LOOP-BACK) so it answers via the node.
     r = node.receive(Packet.make("10.0.1.5", "10.20.30.61", "tcp", 40004, 80, tcp_flags=SYN), "cni0")
     assert (r.fate, r.out_dev, r.packet.dst_str, r.packet.src_str) == ("forwarded", "cni0", "10.0.1.5", "10.0.1.1")

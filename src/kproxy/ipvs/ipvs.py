@@ -1,10 +1,12 @@
 """IPVS: virtual services, real servers, the connection table, and its place in the packet path.
 
 Hooked where the kernel hooks it (ip_vs_core.c): new connections to a virtual service are
-scheduled at LOCAL_IN (priority 99, after the filter table, so INPUT rules see the virtual IP);
-a masqueraded packet is rewritten and re-sent through LOCAL_OUT and POSTROUTING (the INPUT hook
-steals it), and replies from the real server are rewritten back in FORWARD (priority 100). The
-conntrack entry's reply tuple is altered to the real server, as with net.ipv4.vs.conntrack=1.
+scheduled at LOCAL_IN (priority 99, after the filter table, so INPUT rules see the virtual IP),
+and those of local processes at LOCAL_OUT (-98, after the nat table, before filter); a masqueraded
+packet is rewritten and re-sent through LOCAL_OUT and POSTROUTING (the hook steals it), and replies
+from the real server are rewritten back in FORWARD (priority 100), or at LOCAL_IN (98) when the
+client is local. The conntrack entry's reply tuple is altered to the real server, as with
+net.ipv4.vs.conntrack=1.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kproxy.ipvs.schedulers import SCHEDULERS, Scheduler
-from kproxy.netfilter.hooks import FORWARD, INPUT, PRI_IPVS_FORWARD_REPLY, PRI_IPVS_LOCAL_IN, HookState
+from kproxy.netfilter.hooks import (
+    FORWARD,
+    INPUT,
+    OUTPUT,
+    PRI_IPVS_FORWARD_REPLY,
+    PRI_IPVS_LOCAL_IN,
+    PRI_IPVS_LOCAL_OUT,
+    PRI_IPVS_REPLY_LOCAL_IN,
+    HookState,
+)
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, UDP, Packet, format_addr
 
 PROTOS = {"tcp": TCP, "udp": UDP, "sctp": 132}
@@ -225,11 +236,15 @@ class Ipvs:
             want = any(s.family == fam for s in self.services.values())
             if want and fam not in self._hooked:
                 hooks.register(fam, INPUT, PRI_IPVS_LOCAL_IN, "ipvs:request", self.local_in)
+                hooks.register(fam, OUTPUT, PRI_IPVS_LOCAL_OUT, "ipvs:local-request", self.local_out)
                 hooks.register(fam, FORWARD, PRI_IPVS_FORWARD_REPLY, "ipvs:reply", self.forward_reply)
+                hooks.register(fam, INPUT, PRI_IPVS_REPLY_LOCAL_IN, "ipvs:local-reply", self.forward_reply)
                 self._hooked.add(fam)
             elif not want and fam in self._hooked:
                 hooks.unregister(fam, INPUT, "ipvs:request")
+                hooks.unregister(fam, OUTPUT, "ipvs:local-request")
                 hooks.unregister(fam, FORWARD, "ipvs:reply")
+                hooks.unregister(fam, INPUT, "ipvs:local-reply")
                 self._hooked.discard(fam)
 
     def _service_for(self, pkt: Packet) -> VirtualService | None:
@@ -325,6 +340,13 @@ class Ipvs:
         pkt.meta["reinjected"] = reinject_local_out(state.node, pkt, state.trace, via)
         pkt.meta["stolen_by"] = "IPVS"
         return NF_STOLEN
+
+    def local_out(self, pkt: Packet, state: HookState) -> int:
+        """ip_vs_local_request4: a local process's connection to a virtual service, scheduled before
+        the filter table's OUTPUT rules (a packet IPVS already sent on is not taken again)."""
+        if "ipvs_conn" in pkt.meta:
+            return NF_ACCEPT
+        return self.local_in(pkt, state)
 
     def _pick(self, svc: VirtualService, pkt: Packet, now: float) -> Dest | None:
         if svc.persistent:
