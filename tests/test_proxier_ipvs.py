@@ -392,12 +392,18 @@ def test_removed_real_server_coming_back_is_added_afresh():
 
 
 def test_udp_real_servers_are_deleted_at_once():
+    """No graceful termination for UDP: the server goes; its flow's next packet is dropped and the flow
+    forgotten (expire_nodest_conn, which the proxier sets), and the one after goes to the new server."""
     node, proxier = setup()
     svc = service("dns", "10.20.30.53", port=53, proto="UDP")
     proxier.sync(objects(svc, endpoints("dns", ("10.180.0.1", "node-b"), port=53, proto="UDP")))
     node.receive(Packet.make("10.0.1.5", "10.20.30.53", "udp", 40000, 53), "cni0")
     proxier.sync(objects(svc, endpoints("dns", ("10.180.0.2", "node-b"), port=53, proto="UDP")))
     assert ipvsadm(node) == ["UDP  10.20.30.53:53 rr", rs("10.180.0.2:53")]
+    r = node.receive(Packet.make("10.0.1.5", "10.20.30.53", "udp", 40000, 53), "cni0")
+    assert (r.fate, r.hook) == ("dropped", "INPUT")
+    r = node.receive(Packet.make("10.0.1.5", "10.20.30.53", "udp", 40000, 53), "cni0")
+    assert (r.fate, r.packet.dst_str) == ("forwarded", "10.180.0.2")
 
 
 def test_terminating_endpoints_serve_only_without_ready_ones():

@@ -85,6 +85,7 @@ class Dest:
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes",
                                                                            "outbytes"), 0))
     overloaded: bool = False
+    available: bool = True        # IP_VS_DEST_F_AVAILABLE: cleared when the destination is deleted
     estimator: RateEstimator = field(default_factory=RateEstimator)
 
     def update_overload(self) -> None:
@@ -216,6 +217,7 @@ class Ipvs:
         if d is None:
             raise IpvsError("No such destination")
         svc.dests.remove(d)
+        d.available = False
         assert svc.scheduler is not None
         svc.scheduler.update()
 
@@ -297,6 +299,12 @@ class Ipvs:
         if c is not None and c.expires <= now:
             self._drop_conn(c)            # expired: the next packet starts over (entries expire lazily)
             c = None
+        if c is not None and not c.dest.available:
+            # ip_vs_in: the connection's destination is gone: the packet is dropped silently, and with
+            # net.ipv4.vs.expire_nodest_conn the connection expires now (the next packet is scheduled).
+            if state.node.sysctls.get("net.ipv4.vs.expire_nodest_conn", "0") == "1":
+                self._drop_conn(c)
+            return NF_DROP
         if c is None:
             svc = self._service_for(pkt)
             if svc is None:
