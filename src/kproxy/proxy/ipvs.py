@@ -30,7 +30,7 @@ from kproxy.proxy.gracefultermination import GracefulTermination, unique_name
 from kproxy.proxy.localdetect import LocalDetector
 from kproxy.proxy.proxier import ModeUnavailable, SyncResult, gc_paused
 from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize
-from kproxy.proxy.virtualserver import RealServer, VirtualServer, host_port
+from kproxy.proxy.virtualserver import RealServer, VirtualServer
 
 log = logging.getLogger("kproxy.proxy")
 
@@ -610,5 +610,3 @@ def _real_server(text: str) -> RealServer:
     host, _, port = text.rpartition(":")
     return RealServer(host.strip("[]"), int(port))
 
-
-__all__ = ["IpvsProxier", "set_name", "host_port"]
