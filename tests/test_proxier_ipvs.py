@@ -622,3 +622,37 @@ def test_a_new_node_address_gets_node_port_virtual_servers():
     result = proxier.sync(objects(*docs))
     assert result.full and not result.error
     assert "TCP  172.16.0.2:3001 rr" in ipvsadm(node)
+
+
+def test_internal_traffic_policy_local():
+    """TestInternalTrafficPolicy: the cluster IP's real servers are the local endpoints; with none,
+    the virtual server has none (and the Service counts as having no local endpoints)."""
+    from kproxy.proxy.metrics import ProxyMetrics
+
+    node = Node.from_description(NODE)
+    metrics = ProxyMetrics()
+    proxier = IpvsProxier(ProxyConfig.from_dict({"mode": "ipvs", "clusterCIDR": "10.0.0.0/16",
+                                                 "hostnameOverride": "node-a"}),
+                          EmulatedBackend(node), ["192.168.0.2"], metrics=metrics)
+    svc = service("svc1", "10.20.30.41", internalTrafficPolicy="Local")
+    proxier.sync(objects(svc, endpoints("svc1", ("10.180.0.1", "node-a"), ("10.180.1.1", "node-b"))))
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr", rs("10.180.0.1:80")]
+    result = proxier.sync(objects(svc, endpoints("svc1", ("10.180.1.1", "node-b"))))
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr"]
+    assert not result.full
+    text = metrics.text().decode()
+    assert 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"} 1.0' in text
+
+
+def test_a_restarted_proxier_takes_over_what_is_there():
+    """The first sync of a new proxier reads the virtual servers back, resets weights (a server left at
+    weight 0 by a terminated kube-proxy) and removes what no Service wants."""
+    node, proxier = setup()
+    docs = [service("svc1", "10.20.30.41"), endpoints("svc1", ("10.180.0.1", "node-b"), ("10.180.0.2", "node-b"))]
+    proxier.sync(objects(*docs))
+    assert run_ipvsadm(["-e", "-t", "10.20.30.41:80", "-r", "10.180.0.1:80", "-m", "-w", "0"], node.ipvs,
+                       node.now())[0] == 0
+    assert run_ipvsadm(["-A", "-t", "10.20.30.99:80", "-s", "rr"], node.ipvs, node.now())[0] == 0
+    again = IpvsProxier(proxier.cfg, EmulatedBackend(node), ["192.168.0.2", "10.0.1.1"])
+    assert not again.sync(objects(*docs)).error
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr", rs("10.180.0.1:80"), rs("10.180.0.2:80")]
