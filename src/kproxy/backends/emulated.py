@@ -102,9 +102,6 @@ class EmulatedBackend:
         """``net/ipv4/vs/conntrack`` (upstream's form) or dotted."""
         self.node.sysctls[name.replace("/", ".")] = str(value)
 
-    def get_sysctl(self, name: str) -> str | None:
-        return self.node.sysctls.get(name.replace("/", "."))
-
     def ensure_dummy_device(self, name: str) -> bool:
         """True when it existed. A dummy device as kube-proxy makes it: no link, left down; its
         addresses are local all the same (the kernel's local table holds them)."""
@@ -153,7 +150,7 @@ class EmulatedBackend:
                 iface.addresses.append(Address(self.family, addr, 32 if self.family == 4 else 128))
                 have.add(addr)
         if add or remove:
-            self.node._reindex()
+            self.node._reindex()       # once for the whole change: a sync binds thousands of addresses
 
     def ipset_restore(self, text: str) -> None:
         """``ipset restore -exist``: line by line, stopping at the first error as the tool does."""
