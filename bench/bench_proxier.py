@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 from kproxy.backends.emulated import EmulatedBackend
 from kproxy.k8s.manifests import Objects
@@ -45,10 +46,9 @@ def build(services: int, endpoints: int) -> Objects:
     return objs
 
 
-def measure(services: int, endpoints: int) -> dict[str, float]:
-    node = Node.from_description({"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}]})
-    cfg = ProxyConfig.from_dict({"clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a"})
-    proxier = IptablesProxier(cfg, EmulatedBackend(node), ["192.168.0.2"])
+def full_then_partial(proxier: Any, services: int, endpoints: int, changed: int = 0) -> tuple[Any, float, Any, float]:
+    """A full sync of ``build(services, endpoints)``, then the partial sync after endpoint ``changed`` of
+    the first Service is replaced: each result with its time."""
     objs = build(services, endpoints)
     gc.collect()
     t0 = time.perf_counter()
@@ -57,26 +57,36 @@ def measure(services: int, endpoints: int) -> dict[str, float]:
     assert not full.error, full.error
     objs.dirty = set()                           # from now on, changes are tracked as informers report them
     es = copy.deepcopy(objs.slices["ns0/svc0-a"])
-    es.endpoints[0].addresses = ["10.255.255.1"]  # one endpoint replaced
+    es.endpoints[changed].addresses = ["10.255.255.1"]  # one endpoint replaced
     t0 = time.perf_counter()
     objs.update_slice(es)
     part = proxier.sync(objs)
     part_secs = time.perf_counter() - t0
     assert not part.error and not part.full, part.error
+    return full, full_secs, part, part_secs
+
+
+def measure(services: int, endpoints: int) -> dict[str, float]:
+    node = Node.from_description({"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}]})
+    cfg = ProxyConfig.from_dict({"clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a"})
+    proxier = IptablesProxier(cfg, EmulatedBackend(node), ["192.168.0.2"])
+    full, full_secs, part, part_secs = full_then_partial(proxier, services, endpoints)
     return {"full_s": full_secs, "full_lines": full.lines, "rules": full.nat_rules + full.filter_rules,
             "partial_s": part_secs, "partial_lines": part.lines}
 
 
-def _child(services: int, endpoints: int) -> dict[str, float]:
+def _child(services: int, endpoints: int, script: str = __file__) -> dict[str, float]:
     """One measurement in a fresh interpreter, as a kube-proxy's first sync runs: a process whose heap
     has already grown (an earlier size's run) syncs the same objects noticeably faster."""
-    out = subprocess.run([sys.executable, __file__, "--one", str(services), "--endpoints", str(endpoints)],
+    out = subprocess.run([sys.executable, script, "--one", str(services), "--endpoints", str(endpoints)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str, measure: Any) -> tuple[argparse.Namespace, list[int]]:
+    """The options of a proxier benchmark (also bench_ipvs_proxier.py's) and its sizes; a child
+    (``--one``) prints its one measurement and exits here."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3, help="runs per size, each in a fresh interpreter; the best is shown")
@@ -84,8 +94,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.endpoints)))
-        return
-    sizes = [int(s) for s in args.sizes.split(",")]
+        sys.exit(0)
+    return args, [int(s) for s in args.sizes.split(",")]
+
+
+def main() -> None:
+    args, sizes = arguments(__doc__, measure)
     rows = {}
     print(f"{'services':>9} {'rules':>9} {'full sync':>10} {'restore lines':>14} {'1-endpoint sync':>16} {'lines':>6}")
     for n in sizes:

@@ -78,6 +78,28 @@ class KernelBackend:
         self._ipt("-t", table, "-F", chain)
         return self._ipt("-t", table, "-X", chain).returncode == 0
 
+    def ipvs_unavailable(self) -> str:
+        """Why the IPVS mode cannot run in this namespace ("" when it can). Only looks: loading a
+        module or creating anything is left to the administrator."""
+        if self._run(["test", "-e", "/proc/net/ip_vs"]).returncode == 0:
+            return ""
+        return ("this kernel has no IPVS (no /proc/net/ip_vs: the ip_vs module is not loaded or not built); "
+                "load it with 'modprobe -a ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh nf_conntrack' or use --mode iptables")
+
+    def ipset_restore(self, text: str) -> None:
+        """``ipset restore -exist``: the ipsets of kube-proxy's IPVS mode (they work without IPVS)."""
+        proc = self._run(["ipset", "restore", "-exist"], input=text)
+        if proc.returncode != 0:
+            raise BackendError(proc.stderr.strip() or f"ipset restore failed ({proc.returncode})")
+
+    def ipset_entries(self, name: str) -> set[str]:
+        """The members of set ``name`` (empty if there is no such set)."""
+        proc = self._run(["ipset", "list", name])
+        if proc.returncode != 0:
+            return set()
+        text = proc.stdout.split("Members:\n", 1)
+        return {line.split()[0] for line in text[1].splitlines() if line.strip()} if len(text) == 2 else set()
+
     def save_all(self) -> str:
         proc = self._run([self.iptables_save])
         if proc.returncode != 0:

@@ -48,14 +48,17 @@ def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: 
         raise click.ClickException(str(exc)) from None
     pod_cidr = next((c for c in node.pod_cidrs if ":" not in c), "") if node is not None else ""
     extra: dict[str, Any] = {"pod_cidr": pod_cidr} if pod_cidr else {}
-    if backend_name == "kernel":
-        backend = get_backend("kernel", legacy=legacy)
-        ips = _node_ips_kernel() or (node.addresses if node is not None else [])
-        return cls(cfg, backend, ips, metrics=metrics, conntrack=KernelConntrackCleaner(), **extra)
-    emulated = obj.node
-    backend = get_backend("emulated", node=emulated)
-    ips = _node_ips_emulated(emulated) or (node.addresses if node is not None else [])
-    return cls(cfg, backend, ips, metrics=metrics, conntrack=EmulatedConntrackCleaner(emulated), **extra)
+    try:
+        if backend_name == "kernel":
+            backend = get_backend("kernel", legacy=legacy)
+            ips = _node_ips_kernel() or (node.addresses if node is not None else [])
+            return cls(cfg, backend, ips, metrics=metrics, conntrack=KernelConntrackCleaner(), **extra)
+        emulated = obj.node
+        backend = get_backend("emulated", node=emulated)
+        ips = _node_ips_emulated(emulated) or (node.addresses if node is not None else [])
+        return cls(cfg, backend, ips, metrics=metrics, conntrack=EmulatedConntrackCleaner(emulated), **extra)
+    except ModeUnavailable as exc:      # the backend lacks what the mode needs (a kernel without IPVS)
+        raise click.ClickException(str(exc)) from None
 
 
 def _bind_address(flag: str, value: str | None, default_port: int, current: str) -> str:

@@ -74,12 +74,11 @@ class IpSet:
 
     def _value(self, dim: str, text: str) -> Any:
         if dim == "ip":
-            try:
-                ip = ipaddress.ip_address(text)
-            except ValueError:
+            try:     # inet_pton: kube-proxy's restores add tens of thousands of members per sync
+                return int.from_bytes(socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text), "big")
+            except OSError:
                 raise IpsetError(f"Syntax error: cannot parse {text}: resolving to "
                                  f"{'IPv4' if self.family == 'inet' else 'IPv6'} address failed") from None
-            return int(ip)
         if dim == "net":
             try:
                 net = ipaddress.ip_network(text, strict=False)
@@ -122,7 +121,8 @@ class IpSet:
 
     def add(self, key: tuple[Any, ...], now: float, timeout: int | None = None, comment: str | None = None,
             nomatch: bool = False, exist: bool = False) -> None:
-        self.live(now)
+        if self.timeout is not None:      # only a set with a timeout has members that expire
+            self.live(now)
         if key in self.members and not exist:
             raise IpsetError("Element cannot be added to the set: it's already added")
         if key not in self.members and len(self.members) >= self.maxelem:
@@ -135,7 +135,8 @@ class IpSet:
         self.members[key] = entry
 
     def delete(self, key: tuple[Any, ...], now: float, exist: bool = False) -> None:
-        self.live(now)
+        if self.timeout is not None:
+            self.live(now)
         if key not in self.members:
             if exist:
                 return
@@ -146,7 +147,8 @@ class IpSet:
         """ipset test / the set match: nets by most specific prefix (nomatch fails), lists by member sets."""
         if self.type == "list:set":
             return key in dict(self.live(now))
-        self.live(now)
+        if self.timeout is not None:      # the per-packet path: no O(members) scan without timeouts
+            self.live(now)
         if "net" not in self.dims:
             e = self.members.get(key)
             return e is not None

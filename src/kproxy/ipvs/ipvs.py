@@ -1,10 +1,12 @@
 """IPVS: virtual services, real servers, the connection table, and its place in the packet path.
 
 Hooked where the kernel hooks it (ip_vs_core.c): new connections to a virtual service are
-scheduled at LOCAL_IN (priority 99, after the filter table, so INPUT rules see the virtual IP);
-a masqueraded packet is rewritten and re-sent through LOCAL_OUT and POSTROUTING (the INPUT hook
-steals it), and replies from the real server are rewritten back in FORWARD (priority 100). The
-conntrack entry's reply tuple is altered to the real server, as with net.ipv4.vs.conntrack=1.
+scheduled at LOCAL_IN (priority 99, after the filter table, so INPUT rules see the virtual IP),
+and those of local processes at LOCAL_OUT (-98, after the nat table, before filter); a masqueraded
+packet is rewritten and re-sent through LOCAL_OUT and POSTROUTING (the hook steals it), and replies
+from the real server are rewritten back in FORWARD (priority 100), or at LOCAL_IN (98) when the
+client is local. The conntrack entry's reply tuple is altered to the real server, as with
+net.ipv4.vs.conntrack=1.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kproxy.ipvs.schedulers import SCHEDULERS, Scheduler
-from kproxy.netfilter.hooks import FORWARD, INPUT, PRI_IPVS_FORWARD_REPLY, PRI_IPVS_LOCAL_IN, HookState
+from kproxy.netfilter.hooks import (
+    FORWARD,
+    INPUT,
+    OUTPUT,
+    PRI_IPVS_FORWARD_REPLY,
+    PRI_IPVS_LOCAL_IN,
+    PRI_IPVS_LOCAL_OUT,
+    PRI_IPVS_REPLY_LOCAL_IN,
+    HookState,
+)
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, UDP, Packet, format_addr
 
 PROTOS = {"tcp": TCP, "udp": UDP, "sctp": 132}
@@ -74,6 +85,7 @@ class Dest:
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes",
                                                                            "outbytes"), 0))
     overloaded: bool = False
+    available: bool = True        # IP_VS_DEST_F_AVAILABLE: cleared when the destination is deleted
     estimator: RateEstimator = field(default_factory=RateEstimator)
 
     def update_overload(self) -> None:
@@ -165,7 +177,7 @@ class Ipvs:
         if svc.key() in self.services:
             raise IpvsError("Service already exists")
         self.services[svc.key()] = svc
-        self._sync_hooks()
+        self._sync_hooks(svc.family)
 
     def get_service(self, key: tuple[int, int, int, int]) -> VirtualService:
         svc = self.services.get(key)
@@ -174,9 +186,9 @@ class Ipvs:
         return svc
 
     def del_service(self, key: tuple[int, int, int, int]) -> None:
-        self.get_service(key)
+        svc = self.get_service(key)
         del self.services[key]
-        self._sync_hooks()
+        self._sync_hooks(svc.family)
 
     def clear(self) -> None:
         self.services.clear()
@@ -189,11 +201,23 @@ class Ipvs:
         assert svc.scheduler is not None
         svc.scheduler.update()
 
+    def add_dests(self, svc: VirtualService, dests: list[Dest]) -> None:
+        """Several ``add_dest`` at once (a proxier's sync adds thousands): all or none, one scheduler update."""
+        have = {(d.addr, d.port) for d in svc.dests}
+        for d in dests:
+            if (d.addr, d.port) in have:
+                raise IpvsError("Destination already exists")
+            have.add((d.addr, d.port))
+        svc.dests.extend(dests)
+        assert svc.scheduler is not None
+        svc.scheduler.update()
+
     def del_dest(self, svc: VirtualService, addr: int, port: int) -> None:
         d = svc.find(addr, port)
         if d is None:
             raise IpvsError("No such destination")
         svc.dests.remove(d)
+        d.available = False
         assert svc.scheduler is not None
         svc.scheduler.update()
 
@@ -203,21 +227,26 @@ class Ipvs:
         self._hooked: set[int] = set()
         self._sync_hooks()
 
-    def _sync_hooks(self) -> None:
+    def _sync_hooks(self, changed: int | None = None) -> None:
         """Hooked into a family only while it has virtual services, as ip_vs_add_service registers
-        the hooks with the family's first service and the last one's removal unregisters them."""
+        the hooks with the family's first service and the last one's removal unregisters them.
+        ``changed``: only that family's services changed (one added or removed)."""
         if self.node is None:
             return
         hooks = self.node.hooks
-        for fam in (4, 6):
+        for fam in (4, 6) if changed is None else (changed,):
             want = any(s.family == fam for s in self.services.values())
             if want and fam not in self._hooked:
                 hooks.register(fam, INPUT, PRI_IPVS_LOCAL_IN, "ipvs:request", self.local_in)
+                hooks.register(fam, OUTPUT, PRI_IPVS_LOCAL_OUT, "ipvs:local-request", self.local_out)
                 hooks.register(fam, FORWARD, PRI_IPVS_FORWARD_REPLY, "ipvs:reply", self.forward_reply)
+                hooks.register(fam, INPUT, PRI_IPVS_REPLY_LOCAL_IN, "ipvs:local-reply", self.forward_reply)
                 self._hooked.add(fam)
             elif not want and fam in self._hooked:
                 hooks.unregister(fam, INPUT, "ipvs:request")
+                hooks.unregister(fam, OUTPUT, "ipvs:local-request")
                 hooks.unregister(fam, FORWARD, "ipvs:reply")
+                hooks.unregister(fam, INPUT, "ipvs:local-reply")
                 self._hooked.discard(fam)
 
     def _service_for(self, pkt: Packet) -> VirtualService | None:
@@ -270,6 +299,12 @@ class Ipvs:
         if c is not None and c.expires <= now:
             self._drop_conn(c)            # expired: the next packet starts over (entries expire lazily)
             c = None
+        if c is not None and not c.dest.available:
+            # ip_vs_in: the connection's destination is gone: the packet is dropped silently, and with
+            # net.ipv4.vs.expire_nodest_conn the connection expires now (the next packet is scheduled).
+            if state.node.sysctls.get("net.ipv4.vs.expire_nodest_conn", "0") == "1":
+                self._drop_conn(c)
+            return NF_DROP
         if c is None:
             svc = self._service_for(pkt)
             if svc is None:
@@ -309,9 +344,17 @@ class Ipvs:
         # Masquerading re-routes by the rewritten destination; direct routing and tunnelling send the
         # unchanged packet towards the real server (its MAC, or inside an IPIP header).
         via = None if c.dest.fwd == "masq" else c.dest.addr
+        pkt.meta["ipvs_conn"] = c          # skb->ipvs_property, and the connection xt_ipvs looks up
         pkt.meta["reinjected"] = reinject_local_out(state.node, pkt, state.trace, via)
         pkt.meta["stolen_by"] = "IPVS"
         return NF_STOLEN
+
+    def local_out(self, pkt: Packet, state: HookState) -> int:
+        """ip_vs_local_request4: a local process's connection to a virtual service, scheduled before
+        the filter table's OUTPUT rules (a packet IPVS already sent on is not taken again)."""
+        if "ipvs_conn" in pkt.meta:
+            return NF_ACCEPT
+        return self.local_in(pkt, state)
 
     def _pick(self, svc: VirtualService, pkt: Packet, now: float) -> Dest | None:
         if svc.persistent:

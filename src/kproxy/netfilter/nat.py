@@ -144,7 +144,11 @@ class Nat:
         # "Can't setup nat info for confirmed ct": the flow keeps its binding; nor is a binding made twice.
         if conn is None or conn.status & (IPS_CONFIRMED | (IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE)):
             return NF_ACCEPT
-        curr = conn.orig if not conn.status & IPS_NAT_MASK else conn.reply.inverse()
+        # The current tuple is the reply's inverse; without NAT it is the original tuple, unless IPVS
+        # (ip_vs_update_conntrack) moved the reply to its real server.
+        reply, orig = conn.reply, conn.orig
+        curr = orig if not conn.status & IPS_NAT_MASK and reply.src == orig.dst and reply.sport == orig.dport \
+            else reply.inverse()
         new = self._unique_tuple(curr, rng, manip, conn)
         if new is not curr and new != curr:
             conn.reply = new.inverse()

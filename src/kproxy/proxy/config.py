@@ -50,6 +50,13 @@ class ProxyConfig:
     conntrack_tcp_be_liberal: bool = False
     kubeconfig: str = ""                 # clientConnection.kubeconfig
     config_sync_period: float = 900.0    # the informers' resync period (upstream: 15m)
+    # The ipvs section (KubeProxyIPVSConfiguration): used by the IPVS proxier only.
+    ipvs_scheduler: str = ""                  # empty: upstream's default, rr
+    ipvs_exclude_cidrs: list[str] = field(default_factory=list)
+    ipvs_strict_arp: bool = False
+    ipvs_tcp_timeout: float = 0.0             # seconds; 0 leaves the kernel's value
+    ipvs_tcp_fin_timeout: float = 0.0
+    ipvs_udp_timeout: float = 0.0
 
     @property
     def masquerade_mark(self) -> str:
@@ -146,6 +153,7 @@ class ProxyConfig:
         if c.min_sync_period > c.sync_period:
             invalid(f"{path}.SyncPeriod", _duration_text(c.min_sync_period),
                     f"must be greater than or equal to KubeProxyConfiguration.{path}.MinSyncPeriod")
+        _ipvs_section(c, data.get("ipvs") or {}, source, invalid)
         c.hostname_override = str(data.get("hostnameOverride") or "")
         c.kubeconfig = str((data.get("clientConnection") or {}).get("kubeconfig") or "")
         if data.get("configSyncPeriod") is not None:
@@ -171,6 +179,35 @@ class ProxyConfig:
         if errs:
             raise ConfigError(f"{source}: " + (errs[0] if len(errs) == 1 else "[" + ", ".join(errs) + "]"))
         return c
+
+
+# validateIPVSSchedulerMethod's list, in its order ("" last, printed as Go prints a slice).
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "")
+
+
+def _ipvs_section(c: ProxyConfig, ipvs: dict[str, Any], source: str, invalid: Any) -> None:
+    """The ``ipvs:`` fields; validated (as upstream's validateKubeProxyIPVSConfiguration) in ipvs mode only."""
+    path = "KubeProxyIPVSConfiguration"
+    check = c.mode == "ipvs"
+    c.ipvs_scheduler = str(ipvs.get("scheduler") or "")
+    if check and c.ipvs_scheduler not in IPVS_SCHEDULERS:
+        invalid(f"{path}.Scheduler", c.ipvs_scheduler, "must be in [" + " ".join(IPVS_SCHEDULERS) + "], "
+                "blank means the default algorithm method (currently rr)")
+    c.ipvs_exclude_cidrs = [str(x) for x in ipvs.get("excludeCIDRs") or []]
+    for i, cidr in enumerate(c.ipvs_exclude_cidrs):
+        if check and not _is_cidr(cidr):
+            invalid(f"{path}.ExcludeCIDRs[{i}]", cidr, "must be a valid CIDR")
+    c.ipvs_strict_arp = bool(ipvs.get("strictARP", False))
+    for key, attr in (("tcpTimeout", "ipvs_tcp_timeout"), ("tcpFinTimeout", "ipvs_tcp_fin_timeout"),
+                      ("udpTimeout", "ipvs_udp_timeout")):
+        raw = ipvs.get(key)
+        if raw is None:
+            continue
+        try:
+            value = parse_duration(str(raw))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: ipvs.{key}: {exc}") from None
+        setattr(c, attr, value)         # a duration cannot be negative here: parse_duration takes no sign
 
 
 def _is_cidr(text: str) -> bool:

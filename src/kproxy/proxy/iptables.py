@@ -13,7 +13,6 @@ the next sync a full one.
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from kproxy.proxy.changes import Changes, ChangeTracker
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.localdetect import LocalDetector
 from kproxy.proxy.prepared import DNAT_TO, JUMP_TO, MASQ_FROM, PORTAL, RuleBuilder, Spec
-from kproxy.proxy.proxier import SyncResult
+from kproxy.proxy.proxier import SyncResult, gc_paused
 from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize
 
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -391,18 +390,9 @@ class IptablesProxier:
         return changes
 
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
-        """One sync: compute the rules, write what changed, apply; a failure schedules a full sync.
-
-        The cyclic GC is paused during the sync: the rule caches are large and long-lived, and a
-        collection triggered mid-sync would rescan all of them.
-        """
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        """One sync: compute the rules, write what changed, apply; a failure schedules a full sync."""
+        with gc_paused():
             return self._sync(objs, force_full)
-        finally:
-            if enabled:
-                gc.enable()
 
     def _sync(self, objs: Objects, force_full: bool) -> SyncResult:
         t0 = time.perf_counter()

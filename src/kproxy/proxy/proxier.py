@@ -9,7 +9,9 @@ available is an error at start, never a silent fallback to another mode.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +51,19 @@ class Proxier(Protocol):
         ...
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic GC paused during a sync: a proxier's caches are large and long-lived, and a
+    collection triggered mid-sync would rescan all of them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class ModeUnavailable(ValueError):
     """The proxy mode asked for cannot run here (unknown, not built yet, or the backend lacks it)."""
 
@@ -62,8 +77,14 @@ def _iptables() -> ProxierFactory:
     return IptablesProxier
 
 
+def _ipvs() -> ProxierFactory:
+    from kproxy.proxy.ipvs import IpvsProxier
+
+    return IpvsProxier
+
+
 # Mode name -> how to get its proxier class (imported on demand, as a mode's module may be large).
-MODES: dict[str, Callable[[], ProxierFactory]] = {"iptables": _iptables}
+MODES: dict[str, Callable[[], ProxierFactory]] = {"iptables": _iptables, "ipvs": _ipvs}
 KNOWN_MODES = ("iptables", "ipvs", "nftables")
 
 

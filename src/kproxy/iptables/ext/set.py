@@ -104,10 +104,10 @@ class SetMatch(Match):
         if s is None:
             return self.invert
         hit = s.matches_packet(pkt, self.flags, ctx.now, reg)
-        key = s.packet_key(pkt, self.flags) if s.type != "list:set" else None
-        if hit and key is not None and not any(o.name == "update-counters" and o.invert for o in self.extra) \
-                and s.counters:
-            entry = s.members.get(key)
+        if hit and s.counters and s.type != "list:set" and \
+                not any(o.name == "update-counters" and o.invert for o in self.extra):
+            key = s.packet_key(pkt, self.flags)      # only a set with counters needs the key twice
+            entry = s.members.get(key) if key is not None else None
             if entry is not None:
                 entry.packets += 1
                 entry.bytes += pkt.length

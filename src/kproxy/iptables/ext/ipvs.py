@@ -1,0 +1,99 @@
+"""ipvs: packets IPVS has handled, by the virtual service of their IPVS connection.
+
+As xt_ipvs: with any of --vaddr, --vport, --vproto the packet must have been through IPVS
+(skb->ipvs_property) and its connection's virtual address, port and the packet's protocol must
+agree. kube-proxy's IPVS mode uses it to keep the node itself off load balancers whose source
+ranges leave the node out (KUBE-IPVS-OUT-FILTER).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtutil import OptSpec, xtopt_parse
+from kproxy.packet import PROTO_NUMBERS, Packet, format_addr
+
+IPVS_OPTS = [OptSpec("ipvs", invert=True), OptSpec("vproto", invert=True), OptSpec("vaddr", invert=True),
+             OptSpec("vport", invert=True)]
+
+
+@register_match
+class IpvsMatch(Match):
+    SHAREABLE = True
+    name = "ipvs"
+    OPTIONS = {"ipvs": 0, "vproto": 1, "vaddr": 1, "vport": 1}
+
+    def __init__(self, family: int) -> None:
+        self.family = family
+        self.property: bool | None = None        # --ipvs (None: not given), as its truth value
+        self.proto: tuple[int, bool] | None = None
+        self.addr: tuple[int, int, bool] | None = None     # address, prefix length, inverted
+        self.port: tuple[int, bool] | None = None
+
+    @classmethod
+    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> IpvsMatch:
+        m = cls(family)
+
+        def parse(spec: OptSpec, o: Opt) -> None:
+            v = o.values[0] if o.values else ""
+            if spec.name == "ipvs":
+                m.property = not o.invert
+            elif spec.name == "vproto":
+                num = int(v) if v.isdigit() else PROTO_NUMBERS.get(v.lower())
+                if num is None or not 0 <= num <= 255:
+                    raise ExtensionError(f"unknown protocol \"{v}\" specified")
+                m.proto = (num, o.invert)
+            elif spec.name == "vaddr":
+                try:
+                    net = ipaddress.ip_network(v, strict=False)
+                except ValueError:
+                    raise ExtensionError(f"host/network `{v}' not found") from None
+                m.addr = (int(net.network_address), net.prefixlen, o.invert)
+            else:
+                if not v.isdigit() or int(v) > 65535:
+                    raise ExtensionError(f"ipvs: Bad value for \"--vport\" option: \"{v}\"")
+                m.port = (int(v), o.invert)
+
+        xtopt_parse("ipvs", IPVS_OPTS, opts, parse)
+        if m.property is None and m.proto is None and m.addr is None and m.port is None:
+            raise ExtensionError("IPVS: At least one option is required")
+        return m
+
+    def _parts(self, prefix: str) -> list[str]:
+        bits = 32 if self.family == 4 else 128
+        out = []
+        if self.property is not None:
+            out.append(f"{'' if self.property else '! '}{prefix}ipvs")
+        if self.proto is not None:
+            out.append(f"{'! ' if self.proto[1] else ''}{prefix}vproto {self.proto[0]}")
+        if self.addr is not None:
+            a, plen, inv = self.addr
+            mask = "" if plen == bits else f"/{plen}"
+            out.append(f"{'! ' if inv else ''}{prefix}vaddr {format_addr(a, self.family)}{mask}")
+        if self.port is not None:
+            out.append(f"{'! ' if self.port[1] else ''}{prefix}vport {self.port[0]}")
+        return out
+
+    def save(self) -> str:
+        return " ".join(["-m ipvs", *self._parts("--")])
+
+    def listing(self, numeric: bool = True) -> str:
+        return " ".join(self._parts(""))
+
+    def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
+        conn = pkt.meta.get("ipvs_conn")
+        if self.property is not None and self.proto is None and self.addr is None and self.port is None:
+            return (conn is not None) == self.property
+        if conn is None:
+            return False
+        if self.proto is not None and (pkt.proto == self.proto[0]) == self.proto[1]:
+            return False
+        if self.addr is not None:
+            a, plen, inv = self.addr
+            bits = 32 if self.family == 4 else 128
+            shift = bits - plen
+            if ((conn.vaddr >> shift) == (a >> shift)) == inv:
+                return False
+        return self.port is None or (conn.vport == self.port[0]) != self.port[1]

@@ -1,0 +1,53 @@
+"""physdev: the bridge port a packet came in or goes out on.
+
+The emulated node has no bridges, so no packet is bridged: ``--physdev-is-in``,
+``--physdev-is-out`` and ``--physdev-is-bridged`` never match (their negations always do), and
+the port-name options never match. kube-proxy's IPVS mode uses ``! --physdev-is-in`` to tell
+traffic from off the node from traffic of local containers on a bridge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtutil import OptSpec, xtopt_parse
+from kproxy.packet import Packet
+
+PHYSDEV_OPTS = [OptSpec("physdev-in", invert=True), OptSpec("physdev-out", invert=True),
+                OptSpec("physdev-is-in", invert=True), OptSpec("physdev-is-out", invert=True),
+                OptSpec("physdev-is-bridged", invert=True)]
+_ORDER = [s.name for s in PHYSDEV_OPTS]
+
+
+@register_match
+class PhysdevMatch(Match):
+    SHAREABLE = True
+    name = "physdev"
+    OPTIONS = {"physdev-in": 1, "physdev-out": 1, "physdev-is-in": 0, "physdev-is-out": 0, "physdev-is-bridged": 0}
+
+    def __init__(self, tests: list[tuple[str, str, bool]]) -> None:
+        self.tests = tests       # (option, value, inverted), in the order iptables prints them
+
+    @classmethod
+    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> PhysdevMatch:
+        got: list[tuple[str, str, bool]] = []
+        xtopt_parse("physdev", PHYSDEV_OPTS, opts,
+                    lambda spec, o: got.append((spec.name, o.values[0] if o.values else "", o.invert)))
+        if not got:
+            raise ExtensionError("PHYSDEV: no physdev option specified")
+        return cls(sorted(got, key=lambda t: _ORDER.index(t[0])))
+
+    def save(self) -> str:
+        parts = ["-m physdev"]
+        for opt, value, inv in self.tests:
+            parts.append(f"{'! ' if inv else ''}--{opt}{' ' + value if value else ''}")
+        return " ".join(parts)
+
+    def listing(self, numeric: bool = True) -> str:
+        return "PHYSDEV match " + " ".join(f"{'! ' if inv else ''}--{opt}{' ' + value if value else ''}"
+                                           for opt, value, inv in self.tests)
+
+    def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
+        # Not bridged: every test is false, so each matches only when inverted.
+        return all(inv for _, _, inv in self.tests)
