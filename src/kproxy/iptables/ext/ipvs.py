@@ -12,18 +12,47 @@ import ipaddress
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtutil import OptSpec, xtopt_parse
+from kproxy.iptables.xtoptions import CUSTOM, XTOPT_INVERT, XtCall, XtOpt, XtOptions
 from kproxy.packet import PROTO_NUMBERS, Packet, format_addr
 
-IPVS_OPTS = [OptSpec("ipvs", invert=True), OptSpec("vproto", invert=True), OptSpec("vaddr", invert=True),
-             OptSpec("vport", invert=True)]
+
+def _proto(call: XtCall) -> int:
+    v = call.arg
+    num = int(v) if v.isdigit() else PROTO_NUMBERS.get(v.lower())
+    if num is None or not 0 <= num <= 255:
+        raise ExtensionError(f"unknown protocol \"{v}\" specified")
+    return num
+
+
+def _addr(call: XtCall) -> tuple[int, int]:
+    try:
+        net = ipaddress.ip_network(call.arg, strict=False)
+    except ValueError:
+        raise ExtensionError(f"host/network `{call.arg}' not found") from None
+    return int(net.network_address), net.prefixlen
+
+
+def _port(call: XtCall) -> int:
+    v = call.arg
+    if not v.isdigit() or int(v) > 65535:
+        raise ExtensionError(f"ipvs: Bad value for \"--vport\" option: \"{v}\"")
+    return int(v)
+
+
+IPVS_OPTS = XtOptions(
+    "ipvs",
+    XtOpt("ipvs", flags=XTOPT_INVERT),
+    XtOpt("vproto", CUSTOM, XTOPT_INVERT, parse=_proto),
+    XtOpt("vaddr", CUSTOM, XTOPT_INVERT, parse=_addr),
+    XtOpt("vport", CUSTOM, XTOPT_INVERT, parse=_port),
+)
 
 
 @register_match
 class IpvsMatch(Match):
     SHAREABLE = True
     name = "ipvs"
-    OPTIONS = {"ipvs": 0, "vproto": 1, "vaddr": 1, "vport": 1}
+    OPTIONS = IPVS_OPTS
 
     def __init__(self, family: int) -> None:
         self.family = family
@@ -35,28 +64,15 @@ class IpvsMatch(Match):
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> IpvsMatch:
         m = cls(family)
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            v = o.values[0] if o.values else ""
-            if spec.name == "ipvs":
-                m.property = not o.invert
-            elif spec.name == "vproto":
-                num = int(v) if v.isdigit() else PROTO_NUMBERS.get(v.lower())
-                if num is None or not 0 <= num <= 255:
-                    raise ExtensionError(f"unknown protocol \"{v}\" specified")
-                m.proto = (num, o.invert)
-            elif spec.name == "vaddr":
-                try:
-                    net = ipaddress.ip_network(v, strict=False)
-                except ValueError:
-                    raise ExtensionError(f"host/network `{v}' not found") from None
-                m.addr = (int(net.network_address), net.prefixlen, o.invert)
-            else:
-                if not v.isdigit() or int(v) > 65535:
-                    raise ExtensionError(f"ipvs: Bad value for \"--vport\" option: \"{v}\"")
-                m.port = (int(v), o.invert)
-
-        xtopt_parse("ipvs", IPVS_OPTS, opts, parse)
+        got = IPVS_OPTS.parse_all(opts, family, rule)
+        if "ipvs" in got:
+            m.property = not got.invert("ipvs")
+        if "vproto" in got:
+            m.proto = (got.get("vproto"), got.invert("vproto"))
+        if "vaddr" in got:
+            m.addr = (*got.get("vaddr"), got.invert("vaddr"))
+        if "vport" in got:
+            m.port = (got.get("vport"), got.invert("vport"))
         if m.property is None and m.proto is None and m.addr is None and m.port is None:
             raise ExtensionError("IPVS: At least one option is required")
         return m

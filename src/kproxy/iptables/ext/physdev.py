@@ -11,29 +11,35 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtutil import OptSpec, xtopt_parse
+from kproxy.iptables.xtoptions import STRING, XTOPT_INVERT, XtOpt, XtOptions
 from kproxy.packet import Packet
 
-PHYSDEV_OPTS = [OptSpec("physdev-in", invert=True), OptSpec("physdev-out", invert=True),
-                OptSpec("physdev-is-in", invert=True), OptSpec("physdev-is-out", invert=True),
-                OptSpec("physdev-is-bridged", invert=True)]
-_ORDER = [s.name for s in PHYSDEV_OPTS]
+IFNAMSIZ = 16
+PHYSDEV_OPTS = XtOptions(
+    "physdev",
+    XtOpt("physdev-in", STRING, XTOPT_INVERT, size=IFNAMSIZ),
+    XtOpt("physdev-out", STRING, XTOPT_INVERT, size=IFNAMSIZ),
+    XtOpt("physdev-is-in", flags=XTOPT_INVERT),
+    XtOpt("physdev-is-out", flags=XTOPT_INVERT),
+    XtOpt("physdev-is-bridged", flags=XTOPT_INVERT),
+)
+_ORDER = list(PHYSDEV_OPTS)
 
 
 @register_match
 class PhysdevMatch(Match):
     SHAREABLE = True
     name = "physdev"
-    OPTIONS = {"physdev-in": 1, "physdev-out": 1, "physdev-is-in": 0, "physdev-is-out": 0, "physdev-is-bridged": 0}
+    OPTIONS = PHYSDEV_OPTS
 
     def __init__(self, tests: list[tuple[str, str, bool]]) -> None:
         self.tests = tests       # (option, value, inverted), in the order iptables prints them
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> PhysdevMatch:
-        got: list[tuple[str, str, bool]] = []
-        xtopt_parse("physdev", PHYSDEV_OPTS, opts,
-                    lambda spec, o: got.append((spec.name, o.values[0] if o.values else "", o.invert)))
+        parsed = PHYSDEV_OPTS.parse_all(opts, family, rule)
+        got = [(key, value if isinstance(value, str) else "", parsed.invert(key))
+               for key, value in parsed.values.items()]
         if not got:
             raise ExtensionError("PHYSDEV: no physdev option specified")
         return cls(sorted(got, key=lambda t: _ORDER.index(t[0])))
