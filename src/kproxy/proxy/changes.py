@@ -38,14 +38,16 @@ class ChangeTracker:
         self.family = family
         self.ports: dict[str, ServicePorts] = {}
         self._fingerprints: dict[str, tuple[object, ...]] = {}
-        self._saved: tuple[dict[str, ServicePorts], dict[str, tuple[object, ...]]] | None = None
+        # What the current update replaced, per Service (None: it had nothing), until commit or
+        # rollback: undoing a failed sync costs what the sync changed, not what the cluster holds.
+        self._undo: dict[str, tuple[ServicePorts | None, tuple[object, ...] | None]] = {}
 
     def update(self, objs: Objects, full: bool) -> Changes:
         """Recompute the Services the objects marked dirty (all of them on a full sync).
 
         The previous state is kept until ``commit`` or ``rollback``: a failed sync must be retried
         against what the dataplane really holds."""
-        self._saved = (dict(self.ports), dict(self._fingerprints))
+        self._undo = {}
         dirty = None if full or objs.dirty is None else set(objs.dirty)
         keys = set(objs.services) | set(self.ports) if dirty is None else dirty
         out = Changes()
@@ -66,6 +68,7 @@ class ChangeTracker:
             if set(ports) != set(old or {}):
                 out.ports_set_changed = True
             out.recomputed[key] = ports
+            self._undo[key] = (old, self._fingerprints.get(key))
             if ports:
                 self.ports[key] = ports
                 self._fingerprints[key] = fp
@@ -78,14 +81,21 @@ class ChangeTracker:
 
     def commit(self) -> None:
         """The sync that used the last ``update`` succeeded."""
-        self._saved = None
+        self._undo = {}
 
     def rollback(self) -> None:
         """The sync that used the last ``update`` failed: forget what it recomputed."""
-        if self._saved is not None:
-            self.ports, self._fingerprints = self._saved
-            self._saved = None
+        for key, (ports, fp) in self._undo.items():
+            if ports is None:
+                self.ports.pop(key, None)
+            else:
+                self.ports[key] = ports
+            if fp is None:
+                self._fingerprints.pop(key, None)
+            else:
+                self._fingerprints[key] = fp
+        self._undo = {}
 
     def reset(self) -> None:
         """Forget everything: the next update sees every Service as changed."""
-        self.ports, self._fingerprints, self._saved = {}, {}, None
+        self.ports, self._fingerprints, self._undo = {}, {}, {}

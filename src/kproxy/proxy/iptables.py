@@ -375,19 +375,20 @@ class IptablesProxier:
                                  "-j", KUBE_NODEPORTS]))
         return out
 
-    def _refresh(self, objs: Objects, full: bool) -> Changes:
-        """Rebuild the rules of the Services the tracker recomputed."""
+    def _refresh(self, objs: Objects, full: bool) -> tuple[Changes, dict[str, list[tuple[tuple[str, str], ServiceRules]] | None]]:
+        """Rebuild the rules of the Services the tracker recomputed; also return what they replaced."""
         changes = self.tracker.update(objs, full)
         if changes.ports_set_changed:
             self._order = None
         self._recomputed = set(changes.recomputed)
+        replaced = {key: self._rules.get(key) for key in changes.recomputed}
         for key, ports in changes.recomputed.items():
             if ports:
                 self._rules[key] = [((info.name_string, info.protocol), self.service_rules(info, eps))
                                     for info, eps in ports.values()]
             else:
                 self._rules.pop(key, None)
-        return changes
+        return changes, replaced
 
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
         """One sync: compute the rules, write what changed, apply; a failure schedules a full sync."""
@@ -397,8 +398,8 @@ class IptablesProxier:
     def _sync(self, objs: Objects, force_full: bool) -> SyncResult:
         t0 = time.perf_counter()
         full = self.need_full or force_full
-        saved_rules = dict(self._rules)
-        changes = self._refresh(objs, full)
+        changes, replaced = self._refresh(objs, full)
+        old_rules = {key: rules for key, rules in replaced.items() if rules is not None}
         changed, before, after = changes.changed, changes.before, changes.after
 
         top: dict[tuple[str, str], list[str]] = {(t, c): [] for t, c in
@@ -407,7 +408,7 @@ class IptablesProxier:
             top[("filter", KUBE_FIREWALL)] = []
         for key, rules in self.fixed_rules().items():
             top[key].extend(rules)
-        agg = self._aggregate(full, self._recomputed, saved_rules)
+        agg = self._aggregate(full, self._recomputed, old_rules)
         for tc, rules in agg.top.items():
             top[tc].extend(rules)
         service_chains, no_local, nat_count = agg.chains, agg.no_local, agg.nat_count
@@ -429,7 +430,11 @@ class IptablesProxier:
             result.error = str(exc)
             self.need_full = True
             self.tracker.rollback()
-            self._rules = saved_rules
+            for svc_key, svc_rules in replaced.items():      # undo what this sync rebuilt
+                if svc_rules is None:
+                    self._rules.pop(svc_key, None)
+                else:
+                    self._rules[svc_key] = svc_rules
             self._order = None
             self._agg = None
             result.duration = time.perf_counter() - t0
