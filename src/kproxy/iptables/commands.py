@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import builtin_chain_outside
+from kproxy.iptables.jumps import too_deep
 from kproxy.iptables.model import STANDARD_VERDICTS, Chain, Rule, Table
 from kproxy.iptables.parser import Command, ParameterProblem, clone_rule, parse_command
 from kproxy.iptables.save import rule_spec
 
 VERSION = "v1.8.9 (nf_tables)"
 NO_INPUT_DEV = ("OUTPUT", "POSTROUTING")
+OPERATION = {"A": "RULE_APPEND", "I": "RULE_INSERT", "R": "RULE_REPLACE"}
 NO_OUTPUT_DEV = ("PREROUTING", "INPUT")
 
 
@@ -170,10 +172,8 @@ def _flush(table: Table, c: Command) -> None:
 def _zero(table: Table, c: Command) -> None:
     chains = [writable_chain(table, c.chain)] if c.chain else list(table.chains.values())
     for ch in chains:
-        if c.rulenum:
-            if c.rulenum > len(ch.rules):
-                raise CommandError("Index of zeroing too big.")
-            positions = [c.rulenum - 1]
+        if c.rulenum:       # a number past the end zeroes nothing and is no error, as with iptables-nft
+            positions = [c.rulenum - 1] if c.rulenum <= len(ch.rules) else []
         else:
             positions = list(range(len(ch.rules)))
             ch.packets = ch.bytes = 0
@@ -239,6 +239,10 @@ def validate(table: Table, node: Any = None) -> None:
                     raise ParameterProblem(str(exc)) from None
 
 
+def too_many_links(op: str, chain: str) -> CommandError:
+    return CommandError(f" {op} failed (Too many links): rule in chain {chain}", rc=4, kind="resource")
+
+
 def prog_name(family: int) -> str:
     return "iptables" if family == 4 else "ip6tables"
 
@@ -286,8 +290,10 @@ def run_iptables(argv: list[str], state: Any, family: int = 4, node: Any = None)
             return 0, "", ""
         apply(work, c)
         validate(work, node)
+        if c.cmd in OPERATION and any(r.jump in work.chains for r in c.rules) and too_deep(work):
+            raise too_many_links(OPERATION[c.cmd], c.chain)
         state.commit({c.table: work})
-        return 0, "", ""
+        return 0, "", "".join(c.warnings)
     except (ParameterProblem, CommandError) as exc:
         rc, err = format_error(exc, prog)
         return rc, "", err

@@ -17,7 +17,7 @@ from typing import Any
 from kproxy.iptables import ext as _ext  # noqa: F401  (registers every extension)
 from kproxy.iptables.extension import MATCHES, TARGETS, ExtensionError, Match, Opt, Target
 from kproxy.iptables.model import STANDARD_VERDICTS, Net, Rule
-from kproxy.iptables.xtutil import NET4, QUAD
+from kproxy.iptables.xtutil import NET4, QUAD, c_strtoui
 from kproxy.packet import PROTO_NUMBERS
 
 XT_CHAIN_MAXNAMELEN = 29
@@ -62,17 +62,68 @@ class Command:
     line_numbers: bool = False
     zero: bool = False            # -L -Z together
     has_rule: bool = False        # a rule specification was given (-D/-C by spec)
+    warnings: list[str] = field(default_factory=list)   # printed on stderr, as the tool warns and goes on
 
 
-def valid_chain_name(name: str) -> None:
-    if len(name) >= XT_CHAIN_MAXNAMELEN:
+C_BLANKS = " \t\n\v\f\r"          # C isspace()
+_BLANK = re.compile(f"[{C_BLANKS}]")
+INT_MAX = 2**31 - 1
+# Target extensions iptables 1.8.9 can load: ``-N`` refuses them as chain names ("" is the standard target).
+_TOOL_TARGETS = frozenset({
+    "", "standard", *STANDARD_VERDICTS, "AUDIT", "CHECKSUM", "CLASSIFY", "CONNMARK", "CONNSECMARK", "CT", "DNAT",
+    "DSCP", "HMARK", "IDLETIMER", "LED", "LOG", "MARK", "MASQUERADE", "NETMAP", "NFLOG", "NFQUEUE", "NOTRACK",
+    "RATEEST", "REDIRECT", "REJECT", "SECMARK", "SET", "SNAT", "SYNPROXY", "TCPMSS", "TCPOPTSTRIP", "TEE", "TOS",
+    "TPROXY", "TRACE"})
+_FAMILY_TARGETS = {4: frozenset({"TTL", "ECN", "CLUSTERIP", "ULOG"}), 6: frozenset({"HL", "SNPT", "DNPT"})}
+
+
+def valid_chain_name(name: str, family: int = 4) -> None:
+    """``-N``'s checks, in the tool's order: length, first character, target names, blanks."""
+    if len(name.encode(errors="surrogateescape")) >= XT_CHAIN_MAXNAMELEN:
         raise ParameterProblem(f"chain name `{name}' too long (must be under {XT_CHAIN_MAXNAMELEN} chars)")
     if name.startswith("-"):
         raise ParameterProblem("chain name not allowed to start with `-'")
     if name.startswith("!"):
         raise ParameterProblem("chain name not allowed to start with `!'")
+    if name in _TOOL_TARGETS or name in _FAMILY_TARGETS[family] or name in TARGETS:
+        raise ParameterProblem("chain name may not clash with target name")
+    if _BLANK.search(name):
+        raise ParameterProblem(f"Invalid chain name `{name}'")
+
+
+def renamed_chain_name(name: str) -> None:
+    """``-E``'s new name: iptables 1.8.9 checks nothing, but a name with blanks could not be saved and restored
+    (the node file is iptables-save text), so it gets ``-N``'s error; an overlong name is the kernel's refusal."""
+    if _BLANK.search(name):
+        raise ParameterProblem(f"Invalid chain name `{name}'")
+
+
+def valid_jump_name(name: str) -> None:
+    """A ``-j``/``-g`` argument that is no target: a chain name the kernel can hold."""
+    if len(name.encode(errors="surrogateescape")) >= XT_CHAIN_MAXNAMELEN:
+        raise ParameterProblem(f"Invalid target name `{name}' ({XT_CHAIN_MAXNAMELEN - 1} chars max)")
+    if _BLANK.search(name):
+        raise ParameterProblem(f"Invalid target name `{name}'")
+
+
+def iface_problem(name: str) -> str | None:
+    """Why ``-i``/``-o`` refuses an interface name, or None. The tool only warns about a blank; it is refused
+    here because the saved rule (``-i a b``) could not be restored."""
     if not name:
-        raise ParameterProblem("empty chain name is not allowed")
+        return "Empty interface is likely to be undesired"
+    if len(name.encode(errors="surrogateescape")) >= IFNAMSIZ:
+        return f"interface name `{name}' must be shorter than IFNAMSIZ ({IFNAMSIZ - 1})"
+    if _BLANK.search(name):
+        return f"Invalid interface name `{name}'"
+    return None
+
+
+def parse_rulenum(text: str) -> int:
+    """A rule number as xtables_strtoui takes it (``+1``, ``0x1`` and ``010`` included), 1..INT_MAX."""
+    n = c_strtoui(text, 1, INT_MAX)
+    if n is None:
+        raise ParameterProblem(f"Invalid rule number `{text}'")
+    return n
 
 
 def parse_nets(text: str, family: int) -> list[Net]:
@@ -218,7 +269,7 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 c.cmd = cmd
             if trace is not None:
                 trace.append(("cmd", cmd, i + 1))
-            i = _command_args(c, cmd, argv, i)
+            i = _command_args(c, cmd, argv, i, family)
             continue
         core = CORE.get(tok)
         if core is not None:
@@ -240,8 +291,12 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 setattr(rule, f"{'src' if key == 's' else 'dst'}_inv", invert)
             elif key in ("i", "o"):
                 _once(seen, key, "-" + key)
-                if len(val) >= IFNAMSIZ:
-                    raise ParameterProblem(f"interface name `{val}' must be shorter than {IFNAMSIZ} characters")
+                problem = iface_problem(val)
+                if problem is not None:
+                    raise ParameterProblem(problem)
+                if "/" in val:
+                    c.warnings.append(f"Warning: weird character in interface `{val}' ('/' and ' ' are not allowed "
+                                      "by the kernel).\n")
                 if key == "i":
                     rule.iif, rule.iif_inv = val, invert
                 else:
@@ -326,51 +381,48 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
     return c
 
 
-def _command_args(c: Command, cmd: str, argv: list[str], i: int) -> int:
+def _command_args(c: Command, cmd: str, argv: list[str], i: int, family: int = 4) -> int:
     """Consume the chain and positional arguments of a command; return the next index."""
     i += 1
     nxt = argv[i] if i < len(argv) else None
     if cmd in ("h", "V"):
         return i
-    positional = nxt is not None and not nxt.startswith("-") and nxt != "!"
-    if cmd in OPTIONAL_CHAIN and not positional:
+    if cmd in OPTIONAL_CHAIN and not _has_arg(argv, i):
         return i
     if nxt is None:
         raise ParameterProblem(f"option \"-{cmd}\" requires an argument")
-    c.chain = nxt  # type: ignore[assignment]
+    c.chain = nxt
     i += 1
     if cmd == "N":
-        valid_chain_name(c.chain)
-    if cmd in ("I", "R", "D", "L", "S", "Z") and i < len(argv) and argv[i].isdigit():
-        c.rulenum = int(argv[i])
-        if c.rulenum < 1 and cmd in ("I", "R", "D"):
-            raise ParameterProblem("Invalid rule number `0'")
+        valid_chain_name(c.chain, family)
+    if cmd in ("I", "R", "D", "L", "S", "Z") and _has_arg(argv, i):
+        c.rulenum = parse_rulenum(argv[i])
         i += 1
-    elif cmd in ("R",):
+    elif cmd == "R":
         raise ParameterProblem("-R requires a rule number")
     if cmd in ("P", "E"):
         if i >= len(argv):
             raise ParameterProblem(f"-{cmd} requires a {'policy' if cmd == 'P' else 'new chain name'}")
         c.arg = argv[i]
         if cmd == "E":
-            valid_chain_name(c.arg)
+            renamed_chain_name(c.arg)
         i += 1
     return i
 
 
+def _has_arg(argv: list[str], i: int) -> bool:
+    """xs_has_arg: the next word is an optional argument unless it starts with ``-`` or ``!``."""
+    return i < len(argv) and argv[i][:1] not in ("-", "!")
+
+
 def _set_target(rule: Rule, name: str, goto: bool) -> _ExtSlot | None:
-    if goto:
-        valid_chain_name(name)
-        rule.jump, rule.goto = name, True
-        return None
     if name in STANDARD_VERDICTS:
-        rule.jump = name
+        rule.jump, rule.goto = name, goto
         return None
-    cls = TARGETS.get(name)
+    cls = None if goto else TARGETS.get(name)
     if cls is None:
-        if name.startswith("-") or name.startswith("!"):
-            valid_chain_name(name)
-        rule.jump = name
+        valid_jump_name(name)
+        rule.jump, rule.goto = name, goto
         return None
     return _ExtSlot(cls)
 
@@ -450,10 +502,11 @@ def clone_rule(r: Rule) -> Rule:
 
 _TOKEN = re.compile(r'(?:"(?:[^"\\]|\\.)*"?|[^\s"])+')
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"?')
+_ESCAPE = re.compile(r"\\(.)", re.S)      # inside quotes a backslash takes the next character as it is
 
 
 def tokenize(line: str) -> list[str]:
-    """Split a restore line like iptables-restore: whitespace, with double quotes grouping (``\\"`` escapes)."""
+    """Split a restore line like iptables-restore: whitespace, with double quotes grouping (``\\"``, ``\\\\`` escapes)."""
     if '"' not in line:
         return line.split()
     if line.count('"') == 2 and "\\" not in line:
@@ -466,6 +519,6 @@ def tokenize(line: str) -> list[str]:
     for m in _TOKEN.finditer(line):
         tok = m.group()
         if '"' in tok:
-            tok = _QUOTED.sub(lambda q: q.group(1).replace('\\"', '"'), tok)
+            tok = _QUOTED.sub(lambda q: _ESCAPE.sub(r"\1", q.group(1)), tok)
         out.append(tok)
     return out

@@ -12,7 +12,16 @@ import gc
 import re
 from typing import Any
 
-from kproxy.iptables.commands import CommandError, apply, check_rule, validate, writable_chain
+from kproxy.iptables.commands import (
+    OPERATION,
+    CommandError,
+    apply,
+    check_rule,
+    too_many_links,
+    validate,
+    writable_chain,
+)
+from kproxy.iptables.jumps import first_too_deep, too_deep
 from kproxy.iptables.model import Chain, Rule, Table, rule_fields
 from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, tokenize
 from kproxy.iptables.plan import parse_rule_line
@@ -21,10 +30,11 @@ from kproxy.iptables.state import copy_table
 VERSION = "v1.8.9 (nf_tables)"
 Prepared = dict[int, tuple[str, list[Rule]]]     # first line of a run -> (chain, its rules)
 COUNTERS_RE = re.compile(r"^\[(\d+):(\d+)\]\s*")
+_NOT_CHAINS = (None, "ACCEPT", "DROP", "RETURN", "QUEUE")
 CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*$")
 
 
-class RestoreError(Exception):
+class RestoreError(ValueError):
     """A failed restore; the message is the complete stderr text (without trailing newline)."""
 
     def __init__(self, message: str, rc: int = 1) -> None:
@@ -47,6 +57,7 @@ class _Restorer:
         self.table: Table | None = None
         self.skip = False
         self.delete_lines: dict[str, int] = {}
+        self.jumps: list[tuple[int, str, Rule]] = []     # (line, chain, rule) of each jump to a user chain
 
     def param_error(self, msg: str, line: int, prefixed: bool = True) -> RestoreError:
         head = f"{self.prog} {VERSION}: {msg}" if prefixed else msg
@@ -120,6 +131,8 @@ class _Restorer:
             if c.cmd == "X" and c.chain:
                 self.delete_lines[c.chain] = lineno
             apply(self.table, c)
+            if c.cmd in OPERATION:
+                self.jumps += [(lineno, c.chain, r) for r in c.rules if r.jump not in _NOT_CHAINS]
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, lineno) from None
 
@@ -142,6 +155,8 @@ class _Restorer:
                 if self.verify:
                     self._verify(lines[at - 1].strip(), at, name, rule)
                 check_rule(table, name, rule)
+                if rule.jump not in _NOT_CHAINS:
+                    self.jumps.append((at, name, rule))
                 at += 1
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, at) from None
@@ -170,6 +185,12 @@ class _Restorer:
             chain = str(exc).rsplit(" ", 1)[-1]
             where = self.delete_lines.get(chain, lineno)
             raise RestoreError(f"{self.prog} {VERSION}: \nline {where}: {str(exc).strip()}", exc.rc) from None
+        if self.jumps and too_deep(self.table):
+            blame = first_too_deep(self.table, self.jumps)
+            where, chain = blame if blame is not None else (lineno, "?")
+            exc = too_many_links("RULE_APPEND", chain)
+            raise RestoreError(f"{self.prog} {VERSION}: \nline {where}: {str(exc).strip()}", exc.rc)
+        self.jumps = []
         if not self.skip:
             self.staged[self.table.name] = self.table
         self.table = None

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 RESTORE_SHORT = {"c": "counters", "v": "verbose", "V": "version", "t": "test", "h": "help", "n": "noflush",
-                 "w": "wait", "W": "wait-interval", "M": "modprobe", "T": "table"}
+                 "w": "wait", "W": "wait-interval", "M": "modprobe", "T": "table", "4": "ipv4", "6": "ipv6"}
 RESTORE_ARG = {"wait-interval", "modprobe", "table"}
-SAVE_SHORT = {"c": "counters", "t": "table", "M": "modprobe", "f": "file", "V": "version", "h": "help"}
+SAVE_SHORT = {"c": "counters", "t": "table", "M": "modprobe", "f": "file", "V": "version"}
 SAVE_ARG = {"table", "modprobe", "file"}
 
 
@@ -78,6 +78,8 @@ def run_iptables_restore(argv: list[str], state: Any, stdin: str | None, node: A
         opts, rest = _getopt(prog, argv, RESTORE_SHORT, RESTORE_ARG, optional={"wait", "wait-interval"})
     except _Usage as exc:
         return 1, "", f"{exc}\nTry `{prog} -h' for more information.\n"
+    if "help" in opts:
+        return 0, "", restore_usage(prog)
     if "version" in opts:
         return 0, f"{prog} v1.8.9 (nf_tables)\n", ""
     if rest:
@@ -96,6 +98,14 @@ def run_iptables_restore(argv: list[str], state: Any, stdin: str | None, node: A
     except RestoreError as exc:
         return exc.rc, "", f"{exc}\n"
     return 0, "", ""
+
+
+def restore_usage(prog: str) -> str:
+    """What ``iptables-restore -h`` prints (on stderr), listing the options it takes."""
+    longs = ["counters", "verbose", "version", "test", "help", "noflush", "table=<TABLE>", "modprobe=<command>",
+             "ipv4", "ipv6"]
+    head = f"Usage: {prog} [-c] [-v] [-V] [-t] [-h] [-n] [-T table] [-M command] [-4] [-6] [file]\n"
+    return head + "".join(f"\t   [ --{o}{'' if o == 'version' else ' '}]\n" for o in longs)
 
 
 def run_iptables_save(argv: list[str], state: Any) -> tuple[int, str, str]:
