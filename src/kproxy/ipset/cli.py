@@ -10,7 +10,7 @@ import shlex
 from typing import Any
 
 from kproxy.ipset.registry import IpsetRegistry
-from kproxy.ipset.sets import TYPES, IpSet, IpsetError
+from kproxy.ipset.sets import TYPES, IpSet, IpsetError, _port, parse_uint
 
 PROG = "ipset v7.17"
 COMMANDS = {"create": "create", "n": "create", "add": "add", "a": "add", "del": "del", "d": "del",
@@ -21,14 +21,25 @@ GLOBAL_FLAGS = {"-exist": "exist", "-!": "exist", "-quiet": "quiet", "-q": "quie
                 "-terse": "terse", "-t": "terse", "-sorted": "sorted", "-s": "sorted"}
 
 
+TIMEOUT_MAX = 2147483          # seconds: what fits the kernel's msecs in an int
+LIMITS = {"hashsize": 2**32 - 1, "maxelem": 2**32 - 1, "timeout": TIMEOUT_MAX, "size": 2**32 - 1}
+IPSET_MAXNAMELEN = 32
+
+
 class Usage(IpsetError):
     pass
+
+
+def check_setname(name: str) -> None:
+    if len(name.encode(errors="surrogateescape")) >= IPSET_MAXNAMELEN:
+        raise IpsetError(f"Syntax error: setname '{name}' is longer than {IPSET_MAXNAMELEN - 1} characters")
 
 
 def _create(reg: IpsetRegistry, args: list[str], exist: bool) -> None:
     if len(args) < 2:
         raise Usage("Missing mandatory argument: typename" if args else "Missing mandatory argument: setname")
     name, typ, opts = args[0], args[1], args[2:]
+    check_setname(name)
     if typ not in TYPES:
         raise IpsetError(f"Syntax error: typename '{typ}' is unknown")
     s = IpSet(name, typ)
@@ -46,11 +57,12 @@ def _create(reg: IpsetRegistry, args: list[str], exist: bool) -> None:
             if val not in ("inet", "inet6"):
                 raise IpsetError(f"Syntax error: unknown family {val}")
             s.family = val
-        elif key in ("hashsize", "maxelem", "timeout", "size"):
-            setattr(s, key, int(val))
+        elif key in LIMITS:
+            setattr(s, key, parse_uint(val, LIMITS[key]))
         elif key == "range" and typ == "bitmap:port":
             lo, _, hi = val.partition("-")
-            s.range = (int(lo), int(hi or lo))
+            a, b = _port(lo), _port(hi or lo)
+            s.range = (min(a, b), max(a, b))
         elif key in ("bucketsize", "initval"):
             if key == "initval":
                 s.initval = int(val, 0)
@@ -59,6 +71,10 @@ def _create(reg: IpsetRegistry, args: list[str], exist: bool) -> None:
         i += 2
     if typ == "bitmap:port" and s.range is None:
         raise IpsetError("Syntax error: Missing mandatory argument: range")
+    if s.hashsize > 1 << 30:
+        raise IpsetError("Kernel error received: Cannot allocate memory")
+    s.hashsize = max(64, 1 << (s.hashsize - 1).bit_length())    # the kernel's power of two, at least 64
+    s.size = max(4, s.size)
     reg.create(s, exist)
 
 
@@ -75,13 +91,13 @@ def _element_opts(s: IpSet, opts: list[str]) -> dict[str, Any]:
             raise IpsetError(f"Syntax error: option '{key}' requires an argument")
         val = opts[i + 1]
         if key == "timeout":
+            out["timeout"] = parse_uint(val, TIMEOUT_MAX)
             if s.timeout is None:
-                raise IpsetError("Kernel error received: ipset protocol error")
-            out["timeout"] = int(val)
+                raise IpsetError("Timeout cannot be used: set was created without timeout support")
         elif key == "comment":
             out["comment"] = val
         elif key in ("packets", "bytes"):
-            out[key] = int(val)
+            out[key] = parse_uint(val, 2**64 - 1)
         else:
             raise IpsetError(f"Syntax error: Unknown argument: '{key}'")
         i += 2
