@@ -13,6 +13,7 @@ import click
 
 from kproxy.cli.main import Ctx, cli, kproxy_home
 from kproxy.cli.packets import PacketSpec, SpecError, parse_packet_file, parse_spec_args, reply_packet
+from kproxy.cli.textio import utf8_text
 from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, output, receive
 from kproxy.netfilter.trace import Trace, render_text
 from kproxy.node import Node
@@ -96,7 +97,11 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
         src, iif, dst, dport, proto = _shorthands(obj, from_pod, to_service, manifests, src, iif, dst, dport, proto)
     try:
         if packet_file:
-            specs = parse_packet_file(Path(packet_file).read_text(), packet_file)
+            try:
+                text = utf8_text(packet_file, "the packet file")
+            except ValueError as exc:
+                raise SpecError(str(exc)) from None
+            specs = parse_packet_file(text, packet_file)
         else:
             argv = _spec_argv(iif, local, src, dst, proto, sport, dport, tcp_flags, mark)
             specs = [parse_spec_args(argv)]

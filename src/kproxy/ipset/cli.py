@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from kproxy.cli.textio import read_text
 from kproxy.ipset.registry import IpsetRegistry
 from kproxy.ipset.sets import TYPES, IpSet, IpsetError, _port, parse_uint
 
@@ -209,8 +210,10 @@ def run_ipset(argv: list[str], registry: IpsetRegistry, now: float, stdin: str |
             text = stdin or ""
             for f in flags:
                 if f.startswith("file:"):
-                    with open(f[5:]) as fh:
-                        text = fh.read()
+                    try:
+                        text = read_text(f[5:])
+                    except OSError as exc:
+                        raise IpsetError(f"Cannot open {f[5:]} for reading: {exc.strerror}") from None
             return _restore(registry, text, flags, now)
         rc = execute(registry, cmd, args, flags, now, out)
     except IpsetError as exc:

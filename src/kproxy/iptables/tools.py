@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kproxy.cli.textio import read_text
+
 RESTORE_SHORT = {"c": "counters", "v": "verbose", "V": "version", "t": "test", "h": "help", "n": "noflush",
                  "w": "wait", "W": "wait-interval", "M": "modprobe", "T": "table", "4": "ipv4", "6": "ipv6"}
 RESTORE_ARG = {"wait-interval", "modprobe", "table"}
@@ -83,9 +85,8 @@ def run_iptables_restore(argv: list[str], state: Any, stdin: str | None, node: A
     if "version" in opts:
         return 0, f"{prog} v1.8.9 (nf_tables)\n", ""
     if rest:
-        path = Path(rest[0])
         try:
-            text = path.read_text()
+            text = read_text(rest[0])
         except OSError as exc:
             return 1, "", f"Can't open {rest[0]}: {exc.strerror}\n"
         source = rest[0]

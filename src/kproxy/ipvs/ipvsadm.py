@@ -6,7 +6,6 @@ Addresses always print numerically (as with -n): the emulated node has no resolv
 from __future__ import annotations
 
 import ipaddress
-import shlex
 from typing import Any
 
 from kproxy.ipvs.ipvs import FWD, PROTO_NAMES, Dest, Ipvs, IpvsError, VirtualService, parse_hostport
@@ -56,8 +55,8 @@ def _expand(argv: list[str]) -> list[str]:
 
 def number(text: str, minimum: int, maximum: int, what: str) -> int:
     """ipvsadm's string_to_number: a whole decimal within [minimum, maximum], else ``illegal WHAT specified``."""
-    t = text.strip(" \t\n\v\f\r") if text[:1].isspace() else text
-    if t[:1] in "+-":
+    t = text.lstrip(" \t\n\v\f\r")
+    if t[:1] in ("+", "-"):
         sign, t = t[0], t[1:]
     else:
         sign = ""
@@ -370,7 +369,7 @@ def _restore(ipvs: Ipvs, text: str, now: float) -> tuple[int, str, str]:
         if not line.strip() or line.startswith("#"):
             continue
         try:
-            cmd, opts, rest = _parse(shlex.split(line))
+            cmd, opts, rest = _parse(line.split())         # ipvsadm splits restore lines at blanks, no quoting
             if rest or not cmd:
                 raise Usage(f"Illegal argument: {(rest or [line])[0]}")
             execute(trial, cmd, opts, now)

@@ -45,7 +45,7 @@ class CommentMatch(Match):
 
 def truncate(text: str, limit: int) -> str:
     """XTTYPE_STRING copies at most ``limit`` bytes (the kernel field is a fixed char array)."""
-    raw = text.encode()
+    raw = text.encode(errors="surrogateescape")     # undecodable input bytes stay bytes
     if len(raw) <= limit:
         return text
-    return raw[:limit].decode(errors="ignore")
+    return raw[:limit].decode(errors="surrogateescape")

@@ -125,7 +125,7 @@ class LogTarget(Target):
             elif spec.name == "log-prefix":
                 if not o.values[0]:
                     raise ExtensionError("Argument must have a minimum length of 1 characters\n")
-                t.prefix = o.values[0].encode()[:PREFIX_MAX].decode(errors="ignore")
+                t.prefix = o.values[0].encode(errors="surrogateescape")[:PREFIX_MAX].decode(errors="surrogateescape")
             else:
                 t.flags |= FLAG_BITS[spec.name]
 

@@ -178,7 +178,7 @@ class RecentMatch(Match):
         elif name == "rttl":
             self.rttl = True
         elif name == "name":
-            self.list_name = o.values[0].encode()[:NAME_LEN - 1].decode(errors="ignore")
+            self.list_name = o.values[0].encode(errors="surrogateescape")[:NAME_LEN - 1].decode(errors="surrogateescape")
         elif name == "mask":
             self.mask = parse_host(o.values[0], self.family)
         else:
