@@ -449,9 +449,12 @@ class Node:
                 raise NodeError(f"{where}: needs a name")
             try:
                 addrs = [Address.parse(str(a)) for a in _listed(item.get("addresses"), f"{where}.addresses")]
+            except ValueError as exc:
+                raise NodeError(f"{where}.addresses: {exc}") from None
+            try:
                 mtu = int(item.get("mtu", 1500))
-            except (ValueError, TypeError) as exc:
-                raise NodeError(f"{where}: {exc}") from None
+            except (ValueError, TypeError):
+                raise NodeError(f"{where}.mtu: not a number") from None
             if item["name"] == "lo":
                 node.interfaces["lo"].addresses = addrs or node.interfaces["lo"].addresses
                 continue
