@@ -263,6 +263,8 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
             continue
         cmd = COMMANDS.get(tok)
         if cmd is not None:
+            if cmd == "h":                       # the tool prints its help as soon as it meets -h
+                return Command(cmd="h", table=c.table)
             if c.cmd and not (c.cmd == "L" and cmd == "Z") and not (c.cmd == "Z" and cmd == "L"):
                 raise ParameterProblem(f"Cannot use -{cmd} with -{c.cmd}")
             if c.cmd in ("L", "Z") and cmd in ("L", "Z"):
@@ -356,7 +358,15 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
         if tok.startswith("-") and len(tok) > 1:
             slot = _owner(tok, target, matches, rule)
             if slot is None:
-                raise ParameterProblem(f"unknown option \"{tok}\"")
+                words = respell(tok, argv, i)
+                if words is None:
+                    raise ParameterProblem(f"unknown option \"{tok}\"")
+                argv = [*argv[:i], *words, *argv[i + 1:]]    # getopt's bundles and --name=value, spelt out
+                n = len(argv)
+                if trace is not None:
+                    trace.clear()                           # positions moved: this line's shape is not planned
+                    trace = None
+                continue
             name = _long_name(tok)
             count = slot.cls.OPTIONS[name]
             vals = argv[i + 1:i + 1 + count]
@@ -418,6 +428,50 @@ def _command_args(c: Command, cmd: str, argv: list[str], i: int, family: int = 4
 def _has_arg(argv: list[str], i: int) -> bool:
     """xs_has_arg: the next word is an optional argument unless it starts with ``-`` or ``!``."""
     return i < len(argv) and argv[i][:1] not in ("-", "!")
+
+
+# iptables 1.8.9's getopt string: options taking a value, options whose value may only be attached
+# (``-LFOO``), and flags. -s -d -p -j take the whole word as their value when it is attached (the tool
+# reads argv[optind-1]), so ``-s10.0.0.1`` is the host ``-s10.0.0.1``, as the tool reports.
+_SHORT_VALUE = frozenset("ACDRIMNEPopsdjitmcg")
+_SHORT_OPTIONAL = frozenset("LSFZXhwW")
+_SHORT_FLAG = frozenset("Vfbvnx46")
+_WHOLE_WORD = frozenset("sdpj")
+_LONG = {tok[2:]: tok for tok in [*COMMANDS, *CORE] if tok.startswith("--")}
+_LONG_WHOLE_WORD = frozenset({"source", "src", "destination", "dst", "protocol", "jump"})
+
+
+def respell(tok: str, argv: list[str], i: int) -> list[str] | None:
+    """What getopt makes of a word the parser does not know: ``-nvL`` is ``-n -v -L``, ``-tnat`` is
+    ``-t nat``, ``--table=nat`` is ``--table nat``, ``--ap`` is ``--append``. None: not an option at all;
+    a ParameterProblem for a character or name getopt refuses (worded as the tool words it)."""
+    if tok.startswith("--"):
+        name, eq, value = tok[2:].partition("=")
+        full = _LONG.get(name)
+        if full is None:
+            found = [t for n, t in _LONG.items() if n.startswith(name)] if name else []
+            if len({CORE.get(t, COMMANDS.get(t)) for t in found}) != 1:
+                return [f"--{name}", value] if eq and name else None      # an extension's --name=value
+            full = found[0]
+        if not eq:
+            return [full]
+        return [full, tok if full[2:] in _LONG_WHOLE_WORD else value]
+    out: list[str] = []
+    for k in range(1, len(tok)):
+        ch = tok[k]
+        rest = tok[k + 1:]
+        if ch in _SHORT_FLAG:
+            out.append(f"-{ch}")
+        elif ch in _SHORT_VALUE or ch in _SHORT_OPTIONAL:
+            out.append(f"-{ch}")
+            if rest:
+                out.append(tok if ch in _WHOLE_WORD else rest)
+            return out
+        else:
+            # getopt reports argv[optind - 1]: this word when the bad character ends it, else the one before
+            shown = tok if not rest else (argv[i - 1] if i > 0 else "iptables")
+            raise ParameterProblem(f"unknown option \"{shown}\"")
+    return out
 
 
 def _set_target(rule: Rule, name: str, goto: bool) -> _ExtSlot | None:
