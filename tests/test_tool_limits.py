@@ -107,3 +107,25 @@ def test_ipvsadm_list_filter_save_flags_and_help():
         rc, out, err = run_ipvsadm([opt], ipvs, 0)
         assert rc == 0 and not err
         assert out.splitlines()[:2] == ["ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS v1.2.1)", "Usage:"]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("argv", [["ipset", "-h"], ["ipset", "--help"], ["ipset", "help"], ["ipset", "-H"],
+                                  ["ipset", "-V"], ["ipset", "version"], ["conntrack", "-h"], ["conntrack", "--help"],
+                                  ["conntrack", "-V"], ["conntrack", "-L", "-h"], ["iptables-save", "-h"],
+                                  ["iptables-restore", "-h"], ["ip6tables", "-h"], ["iptables-save", "-V"]])
+def test_help_and_version_start_as_the_real_tools(kernel_ns, argv, tmp_path):
+    """Exit status, stderr, and the first lines of the help (the rest is kproxy's own summary); no work done."""
+    from click.testing import CliRunner
+
+    from kproxy.cli.main import cli
+
+    if kernel_ns.run(["which", argv[0]], check=False).returncode != 0:
+        pytest.skip(f"{argv[0]} is not installed")
+    real = kernel_ns.run(argv, check=False)
+    node = tmp_path / "node.json"
+    res = CliRunner().invoke(cli, ["--node", str(node), *argv], input="*filter\n-A INPUT -j DROP\nCOMMIT\n")
+    assert (res.exit_code, res.stderr.splitlines()[:4]) == (real.returncode, real.stderr.splitlines()[:4])
+    assert res.stdout.splitlines()[:4] == real.stdout.splitlines()[:4]
+    saved = CliRunner().invoke(cli, ["--node", str(node), "iptables-save"]).stdout
+    assert "-A INPUT -j DROP" not in saved

@@ -186,6 +186,8 @@ def _parse(argv: list[str]) -> Request:
     i = 0
     while i < len(argv):
         a = argv[i]
+        if a in ("-h", "--help", "-V", "--version"):     # help and version are commands of their own
+            raise Usage("Invalid commands combination")
         if a in COMMANDS:
             if req.cmd:
                 raise Usage("Invalid commands combination")
@@ -256,8 +258,40 @@ def _selected(conn: Conn, f: dict[str, Any]) -> bool:
     return not ("status" in f and conn.status & f["status"] != f["status"])
 
 
+HELP_COMMANDS = [("-L [table] [options]", "List conntrack or expectation table"),
+                 ("-G [table] parameters", "Get conntrack or expectation"),
+                 ("-D [table] parameters", "Delete conntrack or expectation"),
+                 ("-I [table] parameters", "Create a conntrack or expectation"),
+                 ("-U [table] parameters", "Update a conntrack"), ("-E [table] [options]", "Show events"),
+                 ("-F [table]", "Flush table"), ("-C [table]", "Show counter"), ("-S", "Show statistics")]
+HELP_OPTIONS = [("-s, --src, --orig-src ip", "original source address"),
+                ("-d, --dst, --orig-dst ip", "original destination address"),
+                ("-r, --reply-src ip", "reply source address"), ("-q, --reply-dst ip", "reply destination address"),
+                ("-p, --proto proto", "layer 4 protocol (then --sport, --dport, --state, ...)"),
+                ("-f, --family proto", "ipv4 or ipv6"), ("-m, --mark mark[/mask]", "the connection mark"),
+                ("-t, --timeout timeout", "seconds left"), ("-u, --status status", "ASSURED, SEEN_REPLY, ..."),
+                ("-n, --src-nat [ip]", "source NAT'ed"), ("-g, --dst-nat [ip]", "destination NAT'ed"),
+                ("-o, --output type[,...]", "extended, xml, timestamp, id, ktimestamp, labels, userspace"),
+                ("-z, --zero", "zero counters while listing")]
+
+
+def usage() -> str:
+    """``conntrack -h``: the tool's title and synopsis, then its commands and main options (in kproxy's words)."""
+    lines = ["Command line interface for the connection tracking system. Version 1.4.7",
+             "Usage: conntrack [commands] [options]", "", "Commands:"]
+    lines += [f"  {cmd:<30}{text}" for cmd, text in HELP_COMMANDS]
+    lines += ["", "Tables: conntrack, expect, dying, unconfirmed", "", "Conntrack parameters and options:"]
+    lines += [f"  {opt:<30}{text}" for opt, text in HELP_OPTIONS]
+    return "\n".join(lines) + "\n"
+
+
 def run_conntrack(argv: list[str], node: Any) -> tuple[int, str, str]:
     """One conntrack invocation: (exit status, stdout, stderr)."""
+    first = argv[0] if argv else ""
+    if first in ("-h", "--help"):            # only as the command: "-L -h" is two commands
+        return 0, usage(), ""
+    if first in ("-V", "--version"):
+        return 0, "conntrack v1.4.7 (conntrack-tools)\n", ""
     try:
         req = _parse(argv)
     except Usage as exc:

@@ -18,6 +18,10 @@ COMMANDS = {"create": "create", "n": "create", "add": "add", "a": "add", "del": 
             "test": "test", "t": "test", "destroy": "destroy", "x": "destroy", "list": "list", "l": "list",
             "save": "save", "s": "save", "restore": "restore", "r": "restore", "flush": "flush", "f": "flush",
             "rename": "rename", "e": "rename", "swap": "swap", "w": "swap", "version": "version", "v": "version"}
+# The one-letter commands of older ipset releases, still taken by 7.17 (``ipset -L``, ``ipset -N s hash:ip``).
+LEGACY = {"-N": "create", "-A": "add", "-D": "del", "-T": "test", "-X": "destroy", "-L": "list", "-S": "save",
+          "-R": "restore", "-F": "flush", "-E": "rename", "-W": "swap", "-V": "version", "-v": "version",
+          "-H": "help", "-h": "help", "--help": "help", "help": "help", "h": "help"}
 GLOBAL_FLAGS = {"-exist": "exist", "-!": "exist", "-quiet": "quiet", "-q": "quiet", "-name": "name", "-n": "name",
                 "-terse": "terse", "-t": "terse", "-sorted": "sorted", "-s": "sorted"}
 
@@ -172,7 +176,29 @@ def execute(reg: IpsetRegistry, cmd: str, args: list[str], flags: set[str], now:
         reg.rename(args[0], args[1])
     elif cmd == "version":
         out.append(f"{PROG}, protocol version: 7\n")
+    elif cmd == "help":
+        out.append(usage())
     return 0
+
+
+HELP = [("create SETNAME TYPENAME [type-specific-options]", "Create a new set"),
+        ("add SETNAME ENTRY", "Add entry to the named set"), ("del SETNAME ENTRY", "Delete entry from the named set"),
+        ("test SETNAME ENTRY", "Test entry in the named set"), ("destroy [SETNAME]", "Destroy a named set or all sets"),
+        ("list [SETNAME]", "List the entries of a named set or all sets"),
+        ("save [SETNAME]", "Save the named set or all sets to stdout"), ("restore ", "Restore a saved state"),
+        ("flush [SETNAME]", "Flush a named set or all sets"), ("rename FROM-SETNAME TO-SETNAME", "Rename a set"),
+        ("swap FROM-SETNAME TO-SETNAME", "Swap the contents of two sets"),
+        ("help [TYPENAME]", "Print help, and settype specific help"), ("version ", "Print version information")]
+
+
+def usage() -> str:
+    """``ipset help``: the tool's heading, then its commands (each described in kproxy's words) and types."""
+    lines = ["ipset v7.17", "", "Usage: ipset [options] COMMAND", "", "Commands:"]
+    for synopsis, text in HELP:
+        lines += [synopsis, f"        {text}"]
+    lines += ["", "Options: -exist (-!), -quiet (-q), -sorted (-s), -name (-n), -terse (-t), -output (-o) save,",
+              "         -file (-f) FILE", "", "Supported set types:", *(f"    {t}" for t in TYPES)]
+    return "\n".join(lines) + "\n"
 
 
 def _split(argv: list[str]) -> tuple[str, list[str], set[str]]:
@@ -196,7 +222,7 @@ def _split(argv: list[str]) -> tuple[str, list[str], set[str]]:
         i += 1
     if not rest:
         raise Usage("No command specified: unknown argument")
-    cmd = COMMANDS.get(rest[0])
+    cmd = COMMANDS.get(rest[0]) or LEGACY.get(rest[0])
     if cmd is None:
         raise Usage(f"No command specified: unknown argument {rest[0]}")
     return cmd, rest[1:], flags
