@@ -64,3 +64,22 @@ def test_a_restore_line_with_bundled_options_is_parsed_but_not_planned():
     argv = ["-AFOO", "-s", "10.0.0.1", "-j", "ACCEPT"]
     c = parse_rule_line(argv, 4, "filter")
     assert c.chain == "FOO" and _PLANS.get((4, shape(argv))) is None
+
+
+RESTORE_V = "*filter\n:BAR - [0:0]\n:INPUT DROP [0:0]\n-A BAR -s 1.2.3.4 -j ACCEPT\n-I BAR -j RETURN\n-N BAZ\n-X BAZ\n" \
+            "-F BAR\n-A BAR -p tcp --dport 80 -m comment --comment \"x y\" -j REJECT\nCOMMIT\n*nat\n" \
+            "-A OUTPUT -j DNAT --to-destination 1.1.1.1\nCOMMIT\n"
+
+
+@pytest.mark.parametrize("opts", [["-v"], ["-nv"], ["-v", "-T", "nat"], ["-vt"], ["--verbose", "--counters"]])
+def test_restore_verbose_prints_what_the_real_tool_prints(kernel_ns, opts):
+    from kproxy.iptables.tools import run_iptables_restore
+
+    state = IptablesState(4)
+    for argv in (["-N", "FOO"], ["-A", "FOO", "-j", "ACCEPT"], ["-t", "nat", "-N", "NN"]):
+        kernel_ns.run(["iptables", *argv])
+        assert run_iptables(argv, state)[0] == 0
+    real = kernel_ns.run(["iptables-restore", *opts], input=RESTORE_V, check=False)
+    assert run_iptables_restore(opts, state, RESTORE_V) == (real.returncode, real.stdout, real.stderr)
+    for table in ("filter", "nat"):
+        assert run_iptables(["-t", table, "-S"], state)[1] == kernel_ns.run(["iptables", "-t", table, "-S"]).stdout

@@ -243,9 +243,10 @@ def too_many_links(op: str, chain: str) -> CommandError:
     return CommandError(f" {op} failed (Too many links): rule in chain {chain}", rc=4, kind="resource")
 
 
-def verbose_echo(table: Table, c: Command) -> str:
-    """What ``-v`` makes the tool print for a change: each rule given, or each chain flushed, zeroed, deleted."""
-    if not c.verbose:
+def verbose_echo(table: Table, c: Command, verbose: bool = False) -> str:
+    """What ``-v`` (``c.verbose``, or ``verbose`` for a restore) makes the tool print for a change: each rule
+    given, or each chain flushed, zeroed, deleted."""
+    if not (c.verbose or verbose):
         return ""
     from kproxy.iptables.listing import echo_rule
 

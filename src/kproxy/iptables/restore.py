@@ -19,6 +19,7 @@ from kproxy.iptables.commands import (
     check_rule,
     too_many_links,
     validate,
+    verbose_echo,
     writable_chain,
 )
 from kproxy.iptables.jumps import first_too_deep, too_deep
@@ -57,6 +58,7 @@ class _Restorer:
         self.table: Table | None = None
         self.skip = False
         self.delete_lines: dict[str, int] = {}
+        self.echo: list[str] | None = None      # -v: what the tool prints as it goes
         self.jumps: list[tuple[int, str, Rule]] = []     # (line, chain, rule) of each jump to a user chain
 
     def param_error(self, msg: str, line: int, prefixed: bool = True) -> RestoreError:
@@ -69,6 +71,9 @@ class _Restorer:
             raise self.param_error(f"{self.prog}: line {lineno} table name '{name}' invalid", lineno)
         self.skip = self.only is not None and name not in self.only
         base = self.staged.get(name) or self.state.tables.get(name)
+        if self.echo is not None and base is not None and not self.skip and not self.noflush:
+            self.echo += [f"Flushing chain `{n}'\n" for n in base.chains]
+            self.echo += [f"Deleting chain `{n}'\n" for n, ch in base.chains.items() if not ch.builtin]
         if base is None:
             t = Table.new(name, self.state.family)
         elif self.noflush:
@@ -130,6 +135,8 @@ class _Restorer:
                     r.packets = r.bytes = 0
             if c.cmd == "X" and c.chain:
                 self.delete_lines[c.chain] = lineno
+            if self.echo is not None and not self.skip:
+                self.echo.append(verbose_echo(self.table, c, verbose=True))
             apply(self.table, c)
             if c.cmd in OPERATION:
                 self.jumps += [(lineno, c.chain, r) for r in c.rules if r.jump not in _NOT_CHAINS]
@@ -198,13 +205,14 @@ class _Restorer:
 
 def restore(text: str, state: Any, noflush: bool = False, counters: bool = False, test: bool = False,
             tables: list[str] | None = None, source: str = "<stdin>", node: Any = None,
-            prepared: Prepared | None = None, verify_prepared: bool = False) -> None:
+            prepared: Prepared | None = None, verify_prepared: bool = False, echo: list[str] | None = None) -> None:
     """Apply ``iptables-restore`` input to ``state`` (an IptablesState), all or nothing.
 
     ``prepared`` maps the first line of a run of ``-A`` lines of one chain to (chain, rules) already
     built for them by the caller (the proxier, ``kproxy.proxy.prepared``): those lines are applied
     without being parsed again.
     ``verify_prepared`` parses them anyway and fails the restore if a prepared rule differs.
+    ``echo``, when given, receives what ``iptables-restore -v`` prints (nothing with --noflush or --test, as 1.8.9).
 
     The cyclic garbage collector is paused meanwhile: a large ruleset allocates hundreds of
     thousands of long-lived objects, and rescanning them on every collection costs more than the parse.
@@ -212,16 +220,18 @@ def restore(text: str, state: Any, noflush: bool = False, counters: bool = False
     enabled = gc.isenabled()
     gc.disable()
     try:
-        _restore(text, state, noflush, counters, test, tables, node, prepared, verify_prepared)
+        _restore(text, state, noflush, counters, test, tables, node, prepared, verify_prepared,
+                 echo if not (noflush or test) else None)
     finally:
         if enabled:
             gc.enable()
 
 
 def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, tables: list[str] | None,
-             node: Any, prepared: Prepared | None, verify: bool) -> None:
+             node: Any, prepared: Prepared | None, verify: bool, echo: list[str] | None) -> None:
     prog = "iptables-restore" if state.family == 4 else "ip6tables-restore"
     r = _Restorer(state, noflush, counters, tables, node, prog, prepared, verify)
+    r.echo = echo
     lineno = 0
     lines = text.split("\n")
     skip_to = 0

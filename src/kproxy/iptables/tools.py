@@ -93,12 +93,13 @@ def run_iptables_restore(argv: list[str], state: Any, stdin: str | None, node: A
     else:
         text, source = stdin or "", "<stdin>"
     tables = [str(opts["table"])] if opts.get("table") else None
+    echo: list[str] | None = [] if "verbose" in opts else None
     try:
         restore(text, state, noflush="noflush" in opts, counters="counters" in opts, test="test" in opts,
-                tables=tables, source=source, node=node)
+                tables=tables, source=source, node=node, echo=echo)
     except RestoreError as exc:
-        return exc.rc, "", f"{exc}\n"
-    return 0, "", ""
+        return exc.rc, "".join(echo or ()), f"{exc}\n"
+    return 0, "".join(echo or ()), ""
 
 
 def restore_usage(prog: str) -> str:
