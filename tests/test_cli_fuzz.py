@@ -122,9 +122,22 @@ def test_conntrack_argv(argv):
     invoke(["conntrack", *argv])
 
 
+ADDRESSES = ["192.168.1.10", "10.96.0.1", "192.168.1.1", "::1", "fe80::1", "2001:db8::1", "0.0.0.0", "1.2.3", ""]
+spec = st.fixed_dictionaries({
+    "where": st.sampled_from([["--local"], ["--iif", "eth0"], ["--iif", "lo"], ["--iif", "nope"], [],
+                              ["--local", "--iif", "eth0"]]),
+    "src": st.lists(st.sampled_from(ADDRESSES) | junk, max_size=1), "dst": st.lists(st.sampled_from(ADDRESSES) | junk,
+                                                                                       max_size=1),
+    "proto": st.lists(st.sampled_from(["tcp", "udp", "icmp", "icmpv6", "sctp", "47", "256", "bogus"]) | junk,
+                      max_size=1),
+    "more": words(TRACE)})
+
+
 @FUZZ
-@given(words(TRACE))
-def test_trace_argv(argv):
+@given(spec)
+def test_trace_argv(s):
+    argv = [*s["where"], *(["--src", *s["src"]] if s["src"] else []), *(["--dst", *s["dst"]] if s["dst"] else []),
+            *(["-p", *s["proto"]] if s["proto"] else []), *s["more"]]
     invoke(["trace", *[a for a in argv if a not in ("--manifests", "--packets")]])
 
 
@@ -147,6 +160,7 @@ IPVS_LINES = ["-A -t 10.0.0.1:80 -s rr", "-a -t 10.0.0.1:80 -r 10.1.1.1:80 -m -w
               "-a -t 10.0.0.9:80 -r 10.1.1.1", "-D -t 10.0.0.1:80", "-C", "-A -f 5 -s wlc -p 60 -M 255.255.255.0",
               "-e -t 10.0.0.1:80 -r 10.1.1.1:80 -w 65536", "-R"]
 PACKET_LINES = ["--iif eth0 --src 10.0.0.1 --dst 192.168.1.10 -p tcp --dport 80", "reply", "--local --dst 10.96.0.1",
+                "--local --src ::1 --dst 10.0.0.1", "--local --dst 10.0.0.1 -p icmpv6", "--iif eth0 --dst ::1 -p icmp",
                 "--iif nope --dst 1.2.3.4", "--local --dst ::1 -p icmp", "--iif eth0 --dst 1.1.1.1 --sport 99999",
                 "--local --dst 10.96.0.1 --tcp-flags BOGUS", "--local --dst '1.2.3.4"]
 NODE_LINES = ["name: n", "interfaces:", "  - name: eth0", "    addresses: [192.168.1.10/24]", "    addresses: [bad]",
@@ -247,3 +261,11 @@ def test_kproxy_files_that_are_not_utf8_or_malformed_name_the_place():
 def test_a_missing_ipset_restore_file_is_an_error():
     res, unchanged = _run(["ipset", "restore", "-f", str(WORK / "nope")])
     assert res.exit_code == 1 and "Cannot open" in res.stderr and unchanged
+
+
+def test_trace_refuses_mixed_address_families_and_protocols():
+    for argv, message in ((["--iif", "eth0", "--src", "::1", "--dst", "10.0.0.1"], "different address families"),
+                          (["--local", "--dst", "10.0.0.1", "-p", "icmpv6"], "not a protocol of IPv4"),
+                          (["--local", "--dst", "::1", "-p", "icmp"], "not a protocol of IPv6")):
+        res, unchanged = _run(["trace", *argv])
+        assert res.exit_code == 2 and message in res.stderr and unchanged, argv
