@@ -195,8 +195,8 @@ class _Restorer:
         if self.jumps and too_deep(self.table):
             blame = first_too_deep(self.table, self.jumps)
             where, chain = blame if blame is not None else (lineno, "?")
-            exc = too_many_links("RULE_APPEND", chain)
-            raise RestoreError(f"{self.prog} {VERSION}: \nline {where}: {str(exc).strip()}", exc.rc)
+            refused = too_many_links("RULE_APPEND", chain)
+            raise RestoreError(f"{self.prog} {VERSION}: \nline {where}: {str(refused).strip()}", refused.rc)
         self.jumps = []
         if not self.skip:
             self.staged[self.table.name] = self.table
