@@ -9,6 +9,7 @@ reproducible). Port, ``--state`` and ICMP options are protocol extensions: they 
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from kproxy.netfilter.conntrack import (
     Conn,
     Tuple,
 )
-from kproxy.packet import ICMP, ICMPV6, PROTO_NAMES, TCP
+from kproxy.packet import ICMP, ICMPV6, PROTO_NAMES, TCP, format_addr
 
 PROG = "conntrack v1.4.7 (conntrack-tools)"
 HINT = "Try `conntrack -h' or 'conntrack --help' for more information.\n"
@@ -37,7 +38,7 @@ VALUE_OPTS = {
     "-o": ("output", "output"), "--output": ("output", "output"), "-u": ("status", "status"),
     "--status": ("status", "status"),
 }
-FLAG_OPTS = {"-z": "zero", "--zero": "zero"}
+FLAG_OPTS = {"-z": "zero", "--zero": "zero", "--json": "json"}      # --json: kproxy's own, for scripts
 PORT_OPTS = {"--sport": "sport", "--orig-port-src": "sport", "--dport": "dport", "--orig-port-dst": "dport",
              "--reply-port-src": "rsport", "--reply-port-dst": "rdport"}
 ICMP_OPTS = {"--icmp-type": "itype", "--icmp-code": "icode", "--icmp-id": "iid"}
@@ -91,6 +92,19 @@ def format_conn(conn: Conn, now: float, extended: bool = False, use: int = 1, wi
         fam = "ipv4     2" if conn.orig.family == 4 else "ipv6     10"
         line = f"{fam} {line}"
     return line
+
+
+def conn_json(conn: Conn, now: float) -> dict[str, Any]:
+    """``-L --json``: one entry for scripts (kproxy's own option)."""
+    def tup(t: Any) -> dict[str, Any]:
+        return {"src": format_addr(t.src, t.family), "dst": format_addr(t.dst, t.family), "sport": t.sport,
+                "dport": t.dport}
+
+    status = [name for bit, name in ((IPS_SEEN_REPLY, "SEEN_REPLY"), (IPS_ASSURED, "ASSURED")) if conn.status & bit]
+    return {"family": "ipv4" if conn.orig.family == 4 else "ipv6", "proto": conn.orig.proto,
+            "timeout": conn.timeout_at(now), "state": conn.tcp_state or None, "original": tup(conn.orig),
+            "reply": tup(conn.reply), "status": status, "mark": conn.mark, "zone": conn.zone, "id": conn.id,
+            "packets": conn.acct[0] + conn.acct[2], "bytes": conn.acct[1] + conn.acct[3]}
 
 
 def _strtoul(text: str) -> int:
@@ -216,6 +230,8 @@ def _parse(argv: list[str]) -> Request:
         i += 2
     if not req.cmd:
         raise Usage("no command specified")
+    if "json" in req.given and req.cmd != "L":
+        raise Usage("Illegal option `--json' with this command")
     for name in req.given:
         if name in ILLEGAL.get(req.cmd, ()):
             raise Usage(f"Illegal option `--{name}' with this command")
@@ -348,7 +364,10 @@ def _run(req: Request, node: Any) -> tuple[int, str, str]:
         for c in chosen:
             ct.delete(c)
         return (0 if chosen else 1), out, f"{PROG}: {len(chosen)} flow entries have been deleted.\n"
-    out = "".join(format_conn(c, now, extended, with_id=with_id) + "\n" for c in chosen)
+    if "json" in req.given:
+        out = json.dumps([conn_json(c, now) for c in chosen], indent=1) + "\n"
+    else:
+        out = "".join(format_conn(c, now, extended, with_id=with_id) + "\n" for c in chosen)
     if "zero" in req.given:
         for c in chosen:
             c.acct[:] = [0, 0, 0, 0]

@@ -6,6 +6,7 @@ stops at the failing line and keeps what came before it).
 
 from __future__ import annotations
 
+import json
 import shlex
 from typing import Any
 
@@ -23,7 +24,7 @@ LEGACY = {"-N": "create", "-A": "add", "-D": "del", "-T": "test", "-X": "destroy
           "-R": "restore", "-F": "flush", "-E": "rename", "-W": "swap", "-V": "version", "-v": "version",
           "-H": "help", "-h": "help", "--help": "help", "help": "help", "h": "help"}
 GLOBAL_FLAGS = {"-exist": "exist", "-!": "exist", "-quiet": "quiet", "-q": "quiet", "-name": "name", "-n": "name",
-                "-terse": "terse", "-t": "terse", "-sorted": "sorted", "-s": "sorted"}
+                "-terse": "terse", "-t": "terse", "-sorted": "sorted", "-s": "sorted", "--json": "json"}
 
 
 TIMEOUT_MAX = 2147483          # seconds: what fits the kernel's msecs in an int
@@ -125,6 +126,26 @@ def list_set(s: IpSet, reg: IpsetRegistry, now: float, terse: bool = False, sort
     return "\n".join(lines) + "\n"
 
 
+def set_json(s: IpSet, reg: IpsetRegistry, now: float) -> dict[str, Any]:
+    """``list --json``: a set's header and members, for scripts (kproxy's own option)."""
+    members = []
+    for k, e in _members(s, now, True):
+        item: dict[str, Any] = {"element": s.format(k)}
+        if s.timeout is not None:
+            item["timeout"] = max(0, int(e.expires - now)) if e.expires is not None else 0
+        if s.counters:
+            item.update(packets=e.packets, bytes=e.bytes)
+        if e.comment is not None:
+            item["comment"] = e.comment
+        if e.nomatch:
+            item["nomatch"] = True
+        members.append(item)
+    header = {"family": s.family, "hashsize": s.hashsize, "maxelem": s.maxelem, "timeout": s.timeout,
+              "counters": s.counters, "comment": s.comment}
+    return {"name": s.name, "type": s.type, "revision": s.revision, "header": header,
+            "references": reg.references(s.name), "members": members}
+
+
 def save_set(s: IpSet, now: float, sort: bool = False) -> str:
     lines = [f"create {s.name} {s.type} {s.header()}"]
     lines += [f"add {s.name} {s.element_text(k, e, now)}" for k, e in _members(s, now, sort)]
@@ -155,7 +176,9 @@ def execute(reg: IpsetRegistry, cmd: str, args: list[str], flags: set[str], now:
             return 1
     elif cmd in ("list", "save"):
         sets = [reg.need(args[0])] if args else reg.ordered()
-        if cmd == "save" or flags & {"output_save"}:
+        if "json" in flags:
+            out.append(json.dumps([set_json(s, reg, now) for s in sets], indent=1) + "\n")
+        elif cmd == "save" or flags & {"output_save"}:
             out.append("".join(save_set(s, now, "sorted" in flags) for s in sets))
         elif "name" in flags:
             out.append("".join(f"{s.name}\n" for s in sets))

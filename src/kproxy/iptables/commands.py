@@ -320,11 +320,18 @@ def format_error(exc: Exception, prog: str) -> tuple[int, str]:
 
 def run_iptables(argv: list[str], state: Any, family: int = 4, node: Any = None) -> tuple[int, str, str]:
     """One ``iptables`` invocation: (exit status, stdout, stderr). The state changes only on success."""
-    from kproxy.iptables.listing import list_rules, list_table
+    import json
+
+    from kproxy.iptables.listing import list_rules, list_table, table_json
 
     prog = prog_name(family)
+    as_json = "--json" in argv                  # kproxy's own: -L/-S for scripts
+    if as_json:
+        argv = [a for a in argv if a != "--json"]
     try:
         c = parse_command(argv, family)
+        if as_json and c.cmd not in ("L", "S"):
+            raise ParameterProblem("--json goes with -L or -S only")
         if c.cmd == "V":
             return 0, f"{prog} {VERSION}\n", ""
         if c.cmd == "h":
@@ -333,7 +340,10 @@ def run_iptables(argv: list[str], state: Any, family: int = 4, node: Any = None)
             table = state.get(c.table)
             if c.chain and c.chain not in table.chains:
                 raise _no_chain()
-            out = list_table(table, c) if c.cmd == "L" else list_rules(table, c)
+            if as_json:
+                out = json.dumps(table_json(table, c), indent=1) + "\n"
+            else:
+                out = list_table(table, c) if c.cmd == "L" else list_rules(table, c)
             if c.zero:
                 work = state.working_copy(c.table)
                 _zero(work, Command(cmd="Z", chain=c.chain))

@@ -167,3 +167,21 @@ def _echo_addr(net: Net | None, family: int) -> str:
         return "0.0.0.0/0" if family == 4 else "::/0"
     text = format_addr(net.addr, net.family)
     return text if net.prefixlen == net.bits else f"{text}/{net.prefixlen}"
+
+
+def table_json(table: Table, c: Command) -> dict[str, object]:
+    """``-L``/``-S`` with ``--json``: the chains and rules a script needs, counters always included."""
+    chains = [table.chains[c.chain]] if c.chain else ordered_chains(table)
+    out = []
+    for chain in chains:
+        rules = [{"num": i, "rule": format_rule(chain.name, r), "target": _target_name(r) or None,
+                  "packets": r.packets, "bytes": r.bytes}
+                 for i, r in enumerate(chain.rules, 1) if not c.rulenum or i == c.rulenum]
+        item: dict[str, object] = {"name": chain.name, "policy": chain.policy}
+        if chain.builtin:
+            item.update(packets=chain.packets, bytes=chain.bytes)
+        else:
+            item["references"] = table.references(chain.name)
+        item["rules"] = rules
+        out.append(item)
+    return {"table": table.name, "family": "ipv4" if table.family == 4 else "ipv6", "chains": out}

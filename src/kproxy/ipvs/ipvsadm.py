@@ -6,6 +6,7 @@ Addresses always print numerically (as with -n): the emulated node has no resolv
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
 
 from kproxy.ipvs.ipvs import FWD, PROTO_NAMES, Dest, Ipvs, IpvsError, VirtualService, parse_hostport
@@ -28,7 +29,7 @@ WITH_ARG = {"-t": "tcp", "--tcp-service": "tcp", "-u": "udp", "--udp-service": "
 FLAGS = {"-g": "droute", "--gatewaying": "droute", "-i": "tunnel", "--ipip": "tunnel", "-m": "masq",
          "--masquerading": "masq", "-n": "numeric", "--numeric": "numeric", "-c": "connection",
          "--connection": "connection", "--stats": "stats", "--rate": "rate", "--timeout": "timeout",
-         "--exact": "exact", "--sort": "sort", "--persistent-conn": "persistent_conn"}
+         "--exact": "exact", "--sort": "sort", "--persistent-conn": "persistent_conn", "--json": "json"}
 
 
 MAX_TIMEOUT = 86400 * 31
@@ -202,6 +203,9 @@ def _svc_line(svc: VirtualService) -> str:
 
 
 def list_services(ipvs: Ipvs, opts: dict[str, Any], now: float, only: list[VirtualService] | None = None) -> str:
+    if opts.get("json"):
+        return json.dumps([service_json(svc) for svc in (ipvs.services.values() if only is None else only)],
+                          indent=1) + "\n"
     if opts.get("timeout"):
         t = ipvs.timeouts
         return f"Timeout (tcp tcpfin udp): {t['tcp']} {t['tcpfin']} {t['udp']}\n"
@@ -242,6 +246,16 @@ def list_services(ipvs: Ipvs, opts: dict[str, Any], now: float, only: list[Virtu
             out += [f"  -> {d.text():<28} {FWD[d.fwd]:<7} {d.weight:<6} {d.activeconns:<10} {d.inactconns:<10}"
                     for d in svc.dests]
     return "\n".join(out) + "\n"
+
+
+def service_json(svc: VirtualService) -> dict[str, Any]:
+    """``-L --json``: a virtual service with its real servers and counters, for scripts (kproxy's own option)."""
+    dests = [{"address": format_addr(d.addr, d.family), "port": d.port, "forward": FWD[d.fwd], "weight": d.weight,
+              "active": d.activeconns, "inactive": d.inactconns, "stats": dict(d.stats)} for d in svc.dests]
+    return {"protocol": None if svc.fwmark else PROTO_NAMES[svc.proto], "fwmark": svc.fwmark or None,
+            "address": None if svc.fwmark else format_addr(svc.addr, svc.family), "port": svc.port,
+            "scheduler": svc.scheduler_name, "flags": sorted(svc.flags), "persistent": svc.persistent,
+            "stats": dict(svc.stats), "servers": dests}
 
 
 def _hp(addr: int, port: int) -> str:
