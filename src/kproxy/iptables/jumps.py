@@ -8,16 +8,20 @@ Walking a kube-proxy table costs more than a partial sync that changes a few cha
 table keeps its jump graph (targets per chain, and an upper bound on each reachable chain's level). A
 working copy is checked by raising those levels from the chains it changed only; the exact walk runs when
 there is no graph to start from or when the bounds reach the limit (a deleted rule may have lowered a level).
+Levels only ever rise in these bounds, so a stale one is still a bound; targets of a chain are recomputed
+whenever the chain changes, and only chains that still exist are followed.
 """
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 from kproxy.iptables.model import Rule, Table
 
 JUMP_STACK = 16        # NFT_JUMP_STACK_SIZE
 _KEEP = 8              # graphs of the most recently checked tables
+_JUMP = attrgetter("jump")
 
 
 class _TooDeep(Exception):
@@ -25,13 +29,51 @@ class _TooDeep(Exception):
 
 
 class JumpGraph:
-    """User-chain targets of every chain reachable from a base chain, with bounds on their levels."""
+    """User-chain targets of the chains reachable from a base chain, with upper bounds on their levels.
 
-    __slots__ = ("targets", "levels")
+    A checked working copy's graph records only what changed, over its base table's graph (``parent``):
+    a partial sync then costs what it changes, not the table's size. Long histories are flattened."""
 
-    def __init__(self, targets: dict[str, set[str]], levels: dict[str, int]) -> None:
+    __slots__ = ("targets", "levels", "parent", "depth")
+    FLATTEN = 32
+
+    def __init__(self, targets: dict[str, set[str]], levels: dict[str, int], parent: JumpGraph | None = None) -> None:
         self.targets = targets
         self.levels = levels
+        self.parent = parent
+        self.depth: int = 0 if parent is None else parent.depth + 1
+
+    def targets_of(self, name: str) -> set[str] | None:
+        g: JumpGraph | None = self
+        while g is not None:
+            found = g.targets.get(name)
+            if found is not None:
+                return found
+            g = g.parent
+        return None
+
+    def level_of(self, name: str) -> int:
+        g: JumpGraph | None = self
+        while g is not None:
+            found = g.levels.get(name)
+            if found is not None:
+                return found
+            g = g.parent
+        return -1
+
+    def flat(self) -> JumpGraph:
+        """The same graph with its history merged into one level."""
+        layers = []
+        g: JumpGraph | None = self
+        while g is not None:
+            layers.append(g)
+            g = g.parent
+        targets: dict[str, set[str]] = {}
+        levels: dict[str, int] = {}
+        for layer in reversed(layers):
+            targets.update(layer.targets)
+            levels.update(layer.levels)
+        return JumpGraph(targets, levels)
 
 
 _GRAPHS: dict[int, tuple[Table, JumpGraph]] = {}
@@ -47,45 +89,25 @@ def _targets(table: Table, name: str, skip: set[int] | None = None) -> set[str]:
 
 
 def walk(table: Table, skip: set[int] | None = None) -> JumpGraph | None:
-    """The exact check: the table's jump graph, or None when it is too deep. ``skip``: rule ids left out."""
+    """The check itself: the table's jump graph, or None when it is too deep. ``skip``: rule ids left out.
+
+    Breadth first, level by level from the base chains: a chain found at level 16 is refused, and a loop
+    a base chain reaches keeps every level populated. Each level is gathered with set operations (this
+    runs over every rule of a freshly restored table); targets are left for the incremental check to
+    read from the rules when it needs them."""
     chains = table.chains
-    targets: dict[str, set[str]] = {}
-    heights: dict[str, int] = {}
-    order: list[str] = []               # chains in post-order: reversed, a topological order
-    visiting: set[str] = set()
-
-    def visit(name: str, level: int) -> int:
-        visiting.add(name)
-        h = 0
-        below = targets[name] = _targets(table, name, skip)
-        for j in below:
-            hj = heights.get(j)
-            if hj is None:
-                if level + 1 >= JUMP_STACK or j in visiting:
-                    raise _TooDeep
-                hj = visit(j, level + 1)
-            elif level + 1 + hj >= JUMP_STACK:
-                raise _TooDeep
-            if hj >= h:
-                h = hj + 1
-        visiting.discard(name)
-        heights[name] = h
-        order.append(name)
-        return h
-
-    try:
-        for chain in chains.values():
-            if chain.policy is not None:
-                visit(chain.name, 0)
-    except _TooDeep:
-        return None
-    levels = dict.fromkeys(order, 0)
-    for name in reversed(order):
-        up = levels[name] + 1
-        for j in targets[name]:
-            if levels[j] < up:
-                levels[j] = up
-    return JumpGraph(targets, levels)
+    levels: dict[str, int] = {}
+    frontier = [name for name, chain in chains.items() if chain.policy is not None]
+    for depth in range(JUMP_STACK):
+        levels.update(dict.fromkeys(frontier, depth))
+        below: set[str | None] = set()
+        for name in frontier:
+            rules = chains[name].rules
+            below.update(map(_JUMP, rules) if skip is None else (r.jump for r in rules if id(r) not in skip))
+        frontier = [n for n in below if n in chains]  # type: ignore[misc]
+        if not frontier:
+            return JumpGraph({}, levels)
+    return None
 
 
 def _raise_levels(table: Table, base: JumpGraph) -> JumpGraph | None:
@@ -93,27 +115,30 @@ def _raise_levels(table: Table, base: JumpGraph) -> JumpGraph | None:
     reaches the limit (the exact walk then decides)."""
     assert table.owned is not None
     chains = table.chains
-    targets = {n: t for n, t in base.targets.items() if n in chains}
-    levels = {n: v for n, v in base.levels.items() if n in chains}
+    graph = JumpGraph({}, {}, base if base.depth < JumpGraph.FLATTEN else base.flat())
     changed = [n for n in table.owned if n in chains]
     for n in changed:
-        targets[n] = _targets(table, n)
-    stack = [n for n in changed if n in levels or chains[n].policy is not None]
-    for n in stack:
-        levels.setdefault(n, 0)
+        graph.targets[n] = _targets(table, n)
+    stack = []
+    for n in changed:
+        if graph.level_of(n) >= 0:
+            stack.append(n)
+        elif chains[n].policy is not None:
+            graph.levels[n] = 0
+            stack.append(n)
     while stack:
         name = stack.pop()
-        below = targets.get(name)
+        below = graph.targets_of(name)
         if below is None:
-            below = targets[name] = _targets(table, name)
-        up = levels[name] + 1
+            below = graph.targets[name] = _targets(table, name)
+        up = graph.level_of(name) + 1
         for j in below:
-            if levels.get(j, -1) < up:
+            if j in chains and graph.level_of(j) < up:
                 if up >= JUMP_STACK:
                     return None
-                levels[j] = up
+                graph.levels[j] = up
                 stack.append(j)
-    return JumpGraph(targets, levels)
+    return graph
 
 
 def too_deep(table: Table) -> bool:

@@ -31,7 +31,7 @@ from kproxy.iptables.state import copy_table
 VERSION = "v1.8.9 (nf_tables)"
 Prepared = dict[int, tuple[str, list[Rule]]]     # first line of a run -> (chain, its rules)
 COUNTERS_RE = re.compile(r"^\[(\d+):(\d+)\]\s*")
-_NOT_CHAINS = (None, "ACCEPT", "DROP", "RETURN", "QUEUE")
+_NOT_CHAINS = frozenset({None, "ACCEPT", "DROP", "RETURN", "QUEUE"})
 CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*$")
 
 
@@ -139,7 +139,9 @@ class _Restorer:
                 self.echo.append(verbose_echo(self.table, c, verbose=True))
             apply(self.table, c)
             if c.cmd in OPERATION:
-                self.jumps += [(lineno, c.chain, r) for r in c.rules if r.jump not in _NOT_CHAINS]
+                for r in c.rules:
+                    if r.jump not in _NOT_CHAINS:
+                        self.jumps.append((lineno, c.chain, r))
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, lineno) from None
 
