@@ -43,23 +43,22 @@ class JumpGraph:
         self.parent = parent
         self.depth: int = 0 if parent is None else parent.depth + 1
 
-    def targets_of(self, name: str) -> set[str] | None:
+    def _find(self, field: str, name: str) -> Any:
+        """The newest record of ``name`` in ``field`` (targets or levels) along the history, or None."""
         g: JumpGraph | None = self
         while g is not None:
-            found = g.targets.get(name)
+            found = getattr(g, field).get(name)
             if found is not None:
                 return found
             g = g.parent
         return None
 
+    def targets_of(self, name: str) -> set[str] | None:
+        return self._find("targets", name)  # type: ignore[no-any-return]
+
     def level_of(self, name: str) -> int:
-        g: JumpGraph | None = self
-        while g is not None:
-            found = g.levels.get(name)
-            if found is not None:
-                return found
-            g = g.parent
-        return -1
+        found = self._find("levels", name)
+        return -1 if found is None else int(found)
 
     def flat(self) -> JumpGraph:
         """The same graph with its history merged into one level."""
