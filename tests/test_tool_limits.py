@@ -129,3 +129,17 @@ def test_help_and_version_start_as_the_real_tools(kernel_ns, argv, tmp_path):
     assert res.stdout.splitlines()[:4] == real.stdout.splitlines()[:4]
     saved = CliRunner().invoke(cli, ["--node", str(node), "iptables-save"]).stdout
     assert "-A INPUT -j DROP" not in saved
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("argv", [["-Lpudp"], ["-L", "-pudp"], ["-L", "--proto=udp"], ["-L", "-oextended"],
+                                  ["-L", "--output=extended"], ["-L", "--family=ipv6"], ["-L", "-ptcp", "--dport=80"],
+                                  ["-L", "-pbogus"]])
+def test_conntrack_getopt_forms_match_the_real_tool(kernel_ns, argv):
+    from kproxy.cli.conntrack_cmd import run_conntrack
+    from kproxy.node import Node
+
+    if kernel_ns.run(["which", "conntrack"], check=False).returncode != 0:
+        pytest.skip("conntrack is not installed")
+    real = kernel_ns.run(["conntrack", *argv], check=False)
+    assert run_conntrack(argv, Node.default()) == (real.returncode, real.stdout, real.stderr)

@@ -195,6 +195,25 @@ def _proto_option(req: Request, a: str, val: str) -> bool:
     return True
 
 
+def _respell(word: str) -> list[str] | None:
+    """What getopt makes of ``-Lpudp`` (``-L -p udp``) and ``--proto=udp``; None when it is no such thing."""
+    if word.startswith("--"):
+        name, eq, value = word.partition("=")
+        return [name, value] if eq and name not in COMMANDS and name not in FLAG_OPTS else None
+    if len(word) < 3 or not word.startswith("-"):
+        return None
+    out: list[str] = []
+    for k, ch in enumerate(word[1:], 1):
+        opt = f"-{ch}"
+        if opt in VALUE_OPTS:
+            rest = word[k + 1:]
+            return [*out, opt, rest] if rest else [*out, opt]
+        if opt not in COMMANDS and opt not in FLAG_OPTS:
+            return None
+        out.append(opt)
+    return out
+
+
 def _parse(argv: list[str]) -> Request:
     req = Request()
     i = 0
@@ -217,7 +236,11 @@ def _parse(argv: list[str]) -> Request:
             continue
         known = a in VALUE_OPTS or (req.f.get("proto") is not None and a in (*PORT_OPTS, "--state", *ICMP_OPTS))
         if not known:
-            raise Usage(f"unknown option `{a}'")
+            words = _respell(a)
+            if words is None:
+                raise Usage(f"unknown option `{a}'")
+            argv = [*argv[:i], *words, *argv[i + 1:]]        # getopt's -Lpudp and --proto=udp, spelt out
+            continue
         if i + 1 >= len(argv):
             raise Usage(f"option `{a}' requires an argument")
         val = argv[i + 1]
