@@ -13,10 +13,10 @@ import click
 
 from kproxy.cli.main import Ctx, cli, kproxy_home
 from kproxy.cli.packets import PacketSpec, SpecError, parse_packet_file, parse_spec_args, reply_packet
-from kproxy.cli.textio import utf8_text
 from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, output, receive
 from kproxy.netfilter.trace import Trace, render_text
 from kproxy.node import Node
+from kproxy.textio import utf8_text
 
 EPHEMERAL_BASE = 40000
 

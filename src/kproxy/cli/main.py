@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from kproxy.cli.textio import read_stdin
 from kproxy.node import Node, NodeError, node_file
+from kproxy.textio import read_stdin
 
 PASSTHROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": []}
 
@@ -55,7 +55,7 @@ def cli(ctx: click.Context, node_path: str | None) -> None:
 def run_tool(obj: Ctx, fn: Callable[[Node], tuple[int, str, str]], mutates: bool = True) -> None:
     """Run a tool-compatible command; persist the node only if it succeeded."""
     rc, out, err = fn(obj.node)
-    from kproxy.cli.textio import write_text
+    from kproxy.textio import write_text
 
     if out:
         write_text(sys.stdout, out)
@@ -164,7 +164,7 @@ def node_group() -> None:
 @click.pass_obj
 def node_init(obj: Ctx, desc: str | None) -> None:
     """Start the node afresh (default: lo, eth0 192.168.1.10/24, default route via 192.168.1.1)."""
-    from kproxy.cli.textio import utf8_text
+    from kproxy.textio import utf8_text
 
     try:
         if desc:

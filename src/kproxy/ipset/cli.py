@@ -10,9 +10,9 @@ import json
 import shlex
 from typing import Any
 
-from kproxy.cli.textio import read_text
 from kproxy.ipset.registry import IpsetRegistry
 from kproxy.ipset.sets import TYPES, IpSet, IpsetError, _port, parse_uint
+from kproxy.textio import read_text
 
 PROG = "ipset v7.17"
 COMMANDS = {"create": "create", "n": "create", "add": "add", "a": "add", "del": "del", "d": "del",
