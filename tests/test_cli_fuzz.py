@@ -213,6 +213,21 @@ def test_node_descriptions(data):
     invoke(["node", "init", "--from", str(path)])
 
 
+MANIFEST_LINES = ["kind: Service", "kind: Pod", "kind: EndpointSlice", "kind: List", "---", "metadata: 5",
+                  "metadata: {name: b, namespace: a}", "spec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}",
+                  "spec: {clusterIP: bogus, ports: [{port: 99999}]}", "status: {podIP: 10.244.0.5}", "status: 7",
+                  "status: {podIP: nope}", "endpoints: [{addresses: [10.244.0.5], targetRef: {name: b}}]",
+                  "endpoints: [5]", "items: 3", "items: [{kind: Pod}]", "ports: x", "[", "{a: [}"]
+
+
+@FUZZ
+@given(mutated(MANIFEST_LINES), st.sampled_from([["--from-pod", "a/b"], ["--to-service", "a/b:80"],
+                                                 ["--from-pod", "a/b", "--to-service", "a/b:80"]]))
+def test_trace_manifests(data, opts):
+    path = WORK / "manifests.yaml"
+    path.write_bytes(data)
+    invoke(["trace", "--local", *opts, "--manifests", str(path)])
+
 # Regression tests: each crash the tests above found, as a plain case.
 def _run(argv: list[str], stdin: bytes | None = None):
     base = _baseline()
@@ -269,3 +284,16 @@ def test_trace_refuses_mixed_address_families_and_protocols():
                           (["--local", "--dst", "::1", "-p", "icmp"], "not a protocol of IPv6")):
         res, unchanged = _run(["trace", *argv])
         assert res.exit_code == 2 and message in res.stderr and unchanged, argv
+
+
+def test_malformed_manifests_are_warnings_or_errors_not_crashes():
+    path = WORK / "bad-manifests.yaml"
+    path.write_text("kind: Service\nmetadata: 5\n")
+    res, unchanged = _run(["trace", "--local", "--to-service", "a/b:80", "--manifests", str(path)])
+    assert res.exit_code == 2 and "no Service a/b" in res.stderr and unchanged
+    path.write_bytes(b"\x80\n")
+    res, unchanged = _run(["trace", "--local", "--from-pod", "a/b", "--manifests", str(path)])
+    assert res.exit_code == 1 and "not UTF-8 text" in res.stderr and unchanged
+    path.write_text("kind: Pod\nmetadata: {name: b, namespace: a}\nstatus: {podIP: nope}\n")
+    res, unchanged = _run(["trace", "--local", "--from-pod", "a/b", "--manifests", str(path)])
+    assert res.exit_code == 2 and "has no valid address" in res.stderr and unchanged

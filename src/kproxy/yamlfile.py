@@ -11,7 +11,10 @@ import yaml
 
 def load_yaml(path: str | os.PathLike[str], error: type[Exception] = ValueError, all_documents: bool = False) -> Any:
     """The parsed document (or documents); a syntax error raises ``error("file:line:col: problem")``."""
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
         return list(yaml.safe_load_all(text)) if all_documents else yaml.safe_load(text)
     except yaml.YAMLError as exc:

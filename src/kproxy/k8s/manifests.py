@@ -88,7 +88,7 @@ class Objects:
             elif kind == "Node":
                 node = Node.from_dict(obj)
                 self.nodes[node.name] = node
-        except ObjectError as exc:
+        except (ObjectError, AttributeError, TypeError, ValueError) as exc:    # malformed: skipped, as the API would
             self.warnings.append(f"{where}: {exc}")
 
 
