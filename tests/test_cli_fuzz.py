@@ -7,7 +7,9 @@ past the first option and reach the deeper parsers), mixed with arbitrary text, 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,6 +24,7 @@ FUZZ = settings(max_examples=int(os.environ.get("KPROXY_FUZZ_EXAMPLES", "60")), 
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 WORK = Path(tempfile.mkdtemp(prefix="kproxy-fuzz-"))
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 NODE = WORK / "node.json"
 SETUP = [
     ["iptables", "-N", "KUBE-SVC"], ["iptables", "-A", "INPUT", "-j", "KUBE-SVC"],
