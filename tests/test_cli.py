@@ -93,3 +93,29 @@ def test_trace_shorthands_and_cleanup(tmp_path):
     assert run(node, "cleanup").exit_code == 0
     saved = run(node, "iptables-save").output
     assert "KUBE-" not in saved and "-A INPUT -s 10.9.9.9/32 -j DROP" in saved
+
+
+def test_listings_as_json_for_scripts(tmp_path):
+    node = str(tmp_path / "n.json")
+    assert run(node, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "10.96.0.1", "--dport", "443",
+               "-j", "DNAT", "--to-destination", "192.168.1.5:6443").exit_code == 0
+    run(node, "trace", "--local", "--dst", "10.96.0.1", "-p", "tcp", "--dport", "443")
+    nat = json.loads(run(node, "iptables", "-t", "nat", "-L", "OUTPUT", "--json").stdout)
+    rule = nat["chains"][0]["rules"][0]
+    assert nat["table"] == "nat" and rule["target"] == "DNAT" and rule["packets"] == 1
+    assert rule["rule"] == "-A OUTPUT -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j DNAT --to-destination 192.168.1.5:6443"
+    assert json.loads(run(node, "iptables", "-t", "nat", "-S", "--json").stdout)["chains"][0]["name"] == "PREROUTING"
+    bad = run(node, "iptables", "-A", "INPUT", "--json")
+    assert bad.exit_code == 2 and "--json goes with -L or -S only" in bad.stderr
+    flows = json.loads(run(node, "conntrack", "-L", "--json").stdout)
+    assert flows[0]["original"]["dport"] == 443 and flows[0]["reply"]["src"] == "192.168.1.5"
+    assert run(node, "ipset", "create", "S", "hash:ip,port", "timeout", "100").exit_code == 0
+    assert run(node, "ipset", "add", "S", "10.0.0.1,udp:53").exit_code == 0
+    sets = json.loads(run(node, "ipset", "list", "--json").stdout)
+    member = sets[0]["members"][0]
+    assert member["element"] == "10.0.0.1,udp:53" and 0 < member["timeout"] <= 100       # the node's clock runs
+    assert run(node, "ipvsadm", "-A", "-t", "10.96.0.2:80", "-s", "sh", "-b", "sh-port").exit_code == 0
+    assert run(node, "ipvsadm", "-a", "-t", "10.96.0.2:80", "-r", "10.1.0.1:8080", "-m", "-w", "3").exit_code == 0
+    svc = json.loads(run(node, "ipvsadm", "-Ln", "--json").stdout)[0]
+    assert (svc["scheduler"], svc["flags"], svc["servers"][0]["port"], svc["servers"][0]["weight"]) == \
+        ("sh", ["sh-port"], 8080, 3)

@@ -135,9 +135,8 @@ def test_a_jump_to_a_chain_does_not_replay_for_a_target_or_an_inverted_name():
     parse_rule_line(tokenize("-A X -s 10.0.0.1 -j SOMECHAIN"), 4, "filter")
     c = parse_rule_line(tokenize("-A X -s 10.0.0.1 -j DROP"), 4, "filter")
     assert c.rules[0].jump == "DROP"
-    with pytest.raises(ParameterProblem) as got:
-        parse_rule_line(tokenize("-A X -s 10.0.0.1 -j !x"), 4, "filter")
-    assert "not allowed to start with `!'" in str(got.value)
+    c = parse_rule_line(tokenize("-A X -s 10.0.0.1 -j !x"), 4, "filter")
+    assert c.rules[0].jump == "!x"          # a chain name (that iptables 1.8.9 finds missing), not an inversion
 
 
 def test_repeated_values_share_one_extension_object_and_unique_ones_are_not_remembered():

@@ -454,25 +454,32 @@ class Node:
         if not isinstance(desc, dict):
             raise NodeError(f"{source}: a node description must be a mapping")
         node = cls(str(desc.get("name", "node")))
-        for i, item in enumerate(desc.get("interfaces") or []):
+        for i, item in enumerate(_listed(desc.get("interfaces"), f"{source}: interfaces")):
             where = f"{source}: interfaces[{i}]"
             if not isinstance(item, dict) or "name" not in item:
                 raise NodeError(f"{where}: needs a name")
             try:
-                addrs = [Address.parse(str(a)) for a in item.get("addresses") or []]
+                addrs = [Address.parse(str(a)) for a in _listed(item.get("addresses"), f"{where}.addresses")]
             except ValueError as exc:
                 raise NodeError(f"{where}.addresses: {exc}") from None
+            try:
+                mtu = int(item.get("mtu", 1500))
+            except (ValueError, TypeError):
+                raise NodeError(f"{where}.mtu: not a number") from None
             if item["name"] == "lo":
                 node.interfaces["lo"].addresses = addrs or node.interfaces["lo"].addresses
                 continue
             node.add_interface(Interface(str(item["name"]), addrs, str(item.get("mac", "")),
-                                         bool(item.get("up", True)), int(item.get("mtu", 1500))))
-        for i, text in enumerate(desc.get("routes") or []):
+                                         bool(item.get("up", True)), mtu))
+        for i, text in enumerate(_listed(desc.get("routes"), f"{source}: routes")):
             try:
                 node.routes.append(parse_route(str(text)))
             except ValueError as exc:
                 raise NodeError(f"{source}: routes[{i}]: {exc}") from None
-        for k, v in (desc.get("sysctls") or {}).items():
+        sysctls = desc.get("sysctls") or {}
+        if not isinstance(sysctls, dict):
+            raise NodeError(f"{source}: sysctls: must be a mapping")
+        for k, v in sysctls.items():
             node.sysctls[str(k)] = str(v)
         node._reindex()
         for r in node.routes:
@@ -499,6 +506,15 @@ class Node:
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
             raise NodeError(f"{where}: {getattr(exc, 'problem', exc)}") from None
         return cls.from_description(data, str(path))
+
+
+def _listed(value: Any, where: str) -> list[Any]:
+    """A description's list (absent: empty); anything else is the description's error, not a crash."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise NodeError(f"{where}: must be a list")
+    return value
 
 
 def parse_route(text: str) -> Route:

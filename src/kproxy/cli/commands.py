@@ -16,6 +16,7 @@ from kproxy.cli.packets import PacketSpec, SpecError, parse_packet_file, parse_s
 from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, output, receive
 from kproxy.netfilter.trace import Trace, render_text
 from kproxy.node import Node
+from kproxy.textio import utf8_text
 
 EPHEMERAL_BASE = 40000
 
@@ -96,7 +97,11 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
         src, iif, dst, dport, proto = _shorthands(obj, from_pod, to_service, manifests, src, iif, dst, dport, proto)
     try:
         if packet_file:
-            specs = parse_packet_file(Path(packet_file).read_text(), packet_file)
+            try:
+                text = utf8_text(packet_file, "the packet file")
+            except ValueError as exc:
+                raise SpecError(str(exc)) from None
+            specs = parse_packet_file(text, packet_file)
         else:
             argv = _spec_argv(iif, local, src, dst, proto, sport, dport, tcp_flags, mark)
             specs = [parse_spec_args(argv)]
@@ -140,49 +145,61 @@ def _shorthands(obj: Ctx, from_pod: str | None, to_service: str | None, manifest
             raise click.UsageError(f"--to-service: Service {key} has no port {port_name!r}")
         dst, dport, proto = svc.cluster_ips[0], port.port, port.protocol.lower()
     if from_pod:
-        ip = pod_address(manifests, from_pod)
+        try:
+            ip = pod_address(manifests, from_pod)
+        except ManifestError as exc:
+            raise click.ClickException(str(exc)) from None
         if ip is None:
             raise click.UsageError(f"--from-pod: no pod {from_pod} in {manifests}")
         src = ip
         from kproxy.packet import parse_addr
 
-        route = obj.node.route(*parse_addr(ip))
+        try:
+            route = obj.node.route(*parse_addr(ip))
+        except ValueError:
+            raise click.UsageError(f"--from-pod: pod {from_pod} has no valid address ({ip!r})") from None
         iif = route.dev if route.type == "unicast" else iif
     return src, iif, dst, dport, proto
 
 
 def pod_address(manifests: str, pod: str) -> str | None:
     """A pod's IP from a Pod object (status.podIP) or an EndpointSlice endpoint whose targetRef names it."""
-    import yaml
-
-    from kproxy.k8s.manifests import manifest_files
+    from kproxy.k8s.manifests import ManifestError, manifest_files
+    from kproxy.yamlfile import load_yaml
 
     ns, _, name = pod.partition("/")
 
     def walk(obj: Any) -> str | None:
-        if isinstance(obj, dict):
-            kind = obj.get("kind")
-            if kind and kind.endswith("List"):
-                for item in obj.get("items") or []:
-                    found = walk(item)
-                    if found:
-                        return found
-            meta = obj.get("metadata") or {}
-            if kind == "Pod" and meta.get("name") == name and meta.get("namespace", "default") == ns:
-                return (obj.get("status") or {}).get("podIP")
-            if kind == "EndpointSlice":
-                for ep in obj.get("endpoints") or []:
-                    ref = ep.get("targetRef") or {}
-                    if ref.get("name") == name and ref.get("namespace", meta.get("namespace")) == ns:
-                        return (ep.get("addresses") or [None])[0]
+        kind = _field(obj, "kind")
+        if isinstance(kind, str) and kind.endswith("List") and isinstance(_field(obj, "items"), list):
+            for item in obj["items"]:
+                found = walk(item)
+                if found:
+                    return found
+        if kind == "Pod" and _field(obj, "metadata", "name") == name and \
+                (_field(obj, "metadata", "namespace") or "default") == ns:
+            return _field(obj, "status", "podIP")
+        endpoints = _field(obj, "endpoints") if kind == "EndpointSlice" else None
+        for ep in endpoints if isinstance(endpoints, list) else []:
+            space = _field(ep, "targetRef", "namespace") or _field(obj, "metadata", "namespace")
+            addrs = _field(ep, "addresses")
+            if _field(ep, "targetRef", "name") == name and space == ns and isinstance(addrs, list) and addrs:
+                return addrs[0]  # type: ignore[no-any-return]
         return None
 
     for f in manifest_files(manifests):
-        for doc in yaml.safe_load_all(f.read_text()):
+        for doc in load_yaml(f, ManifestError, all_documents=True):
             found = walk(doc)
             if found:
                 return str(found)
     return None
+
+
+def _field(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...`` through mappings only; None wherever a manifest has another shape."""
+    for k in keys:
+        obj = obj.get(k) if isinstance(obj, dict) else None
+    return obj
 
 
 def _spec_argv(iif: str | None, local: bool, src: str | None, dst: str | None, proto: str, sport: int | None,

@@ -9,6 +9,7 @@ reproducible). Port, ``--state`` and ICMP options are protocol extensions: they 
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from kproxy.netfilter.conntrack import (
     Tuple,
 )
 from kproxy.netfilter.ctformat import format_conn
-from kproxy.packet import ICMP, ICMPV6, TCP
+from kproxy.packet import ICMP, ICMPV6, TCP, format_addr
 
 PROG = "conntrack v1.4.7 (conntrack-tools)"
 HINT = "Try `conntrack -h' or 'conntrack --help' for more information.\n"
@@ -38,7 +39,7 @@ VALUE_OPTS = {
     "-o": ("output", "output"), "--output": ("output", "output"), "-u": ("status", "status"),
     "--status": ("status", "status"),
 }
-FLAG_OPTS = {"-z": "zero", "--zero": "zero"}
+FLAG_OPTS = {"-z": "zero", "--zero": "zero", "--json": "json"}      # --json: kproxy's own, for scripts
 PORT_OPTS = {"--sport": "sport", "--orig-port-src": "sport", "--dport": "dport", "--orig-port-dst": "dport",
              "--reply-port-src": "rsport", "--reply-port-dst": "rdport"}
 ICMP_OPTS = {"--icmp-type": "itype", "--icmp-code": "icode", "--icmp-id": "iid"}
@@ -68,6 +69,19 @@ class Request:
     given: list[str] = field(default_factory=list)
     outputs: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+
+
+def conn_json(conn: Conn, now: float) -> dict[str, Any]:
+    """``-L --json``: one entry for scripts (kproxy's own option)."""
+    def tup(t: Any) -> dict[str, Any]:
+        return {"src": format_addr(t.src, t.family), "dst": format_addr(t.dst, t.family), "sport": t.sport,
+                "dport": t.dport}
+
+    status = [name for bit, name in ((IPS_SEEN_REPLY, "SEEN_REPLY"), (IPS_ASSURED, "ASSURED")) if conn.status & bit]
+    return {"family": "ipv4" if conn.orig.family == 4 else "ipv6", "proto": conn.orig.proto,
+            "timeout": conn.timeout_at(now), "state": conn.tcp_state or None, "original": tup(conn.orig),
+            "reply": tup(conn.reply), "status": status, "mark": conn.mark, "zone": conn.zone, "id": conn.id,
+            "packets": conn.acct[0] + conn.acct[2], "bytes": conn.acct[1] + conn.acct[3]}
 
 
 def _strtoul(text: str) -> int:
@@ -158,11 +172,32 @@ def _proto_option(req: Request, a: str, val: str) -> bool:
     return True
 
 
+def _respell(word: str) -> list[str] | None:
+    """What getopt makes of ``-Lpudp`` (``-L -p udp``) and ``--proto=udp``; None when it is no such thing."""
+    if word.startswith("--"):
+        name, eq, value = word.partition("=")
+        return [name, value] if eq and name not in COMMANDS and name not in FLAG_OPTS else None
+    if len(word) < 3 or not word.startswith("-"):
+        return None
+    out: list[str] = []
+    for k, ch in enumerate(word[1:], 1):
+        opt = f"-{ch}"
+        if opt in VALUE_OPTS:
+            rest = word[k + 1:]
+            return [*out, opt, rest] if rest else [*out, opt]
+        if opt not in COMMANDS and opt not in FLAG_OPTS:
+            return None
+        out.append(opt)
+    return out
+
+
 def _parse(argv: list[str]) -> Request:
     req = Request()
     i = 0
     while i < len(argv):
         a = argv[i]
+        if a in ("-h", "--help", "-V", "--version"):     # help and version are commands of their own
+            raise Usage("Invalid commands combination")
         if a in COMMANDS:
             if req.cmd:
                 raise Usage("Invalid commands combination")
@@ -178,7 +213,11 @@ def _parse(argv: list[str]) -> Request:
             continue
         known = a in VALUE_OPTS or (req.f.get("proto") is not None and a in (*PORT_OPTS, "--state", *ICMP_OPTS))
         if not known:
-            raise Usage(f"unknown option `{a}'")
+            words = _respell(a)
+            if words is None:
+                raise Usage(f"unknown option `{a}'")
+            argv = [*argv[:i], *words, *argv[i + 1:]]        # getopt's -Lpudp and --proto=udp, spelt out
+            continue
         if i + 1 >= len(argv):
             raise Usage(f"option `{a}' requires an argument")
         val = argv[i + 1]
@@ -191,6 +230,8 @@ def _parse(argv: list[str]) -> Request:
         i += 2
     if not req.cmd:
         raise Usage("no command specified")
+    if "json" in req.given and req.cmd != "L":
+        raise Usage("Illegal option `--json' with this command")
     for name in req.given:
         if name in ILLEGAL.get(req.cmd, ()):
             raise Usage(f"Illegal option `--{name}' with this command")
@@ -233,8 +274,40 @@ def _selected(conn: Conn, f: dict[str, Any]) -> bool:
     return not ("status" in f and conn.status & f["status"] != f["status"])
 
 
+HELP_COMMANDS = [("-L [table] [options]", "List conntrack or expectation table"),
+                 ("-G [table] parameters", "Get conntrack or expectation"),
+                 ("-D [table] parameters", "Delete conntrack or expectation"),
+                 ("-I [table] parameters", "Create a conntrack or expectation"),
+                 ("-U [table] parameters", "Update a conntrack"), ("-E [table] [options]", "Show events"),
+                 ("-F [table]", "Flush table"), ("-C [table]", "Show counter"), ("-S", "Show statistics")]
+HELP_OPTIONS = [("-s, --src, --orig-src ip", "original source address"),
+                ("-d, --dst, --orig-dst ip", "original destination address"),
+                ("-r, --reply-src ip", "reply source address"), ("-q, --reply-dst ip", "reply destination address"),
+                ("-p, --proto proto", "layer 4 protocol (then --sport, --dport, --state, ...)"),
+                ("-f, --family proto", "ipv4 or ipv6"), ("-m, --mark mark[/mask]", "the connection mark"),
+                ("-t, --timeout timeout", "seconds left"), ("-u, --status status", "ASSURED, SEEN_REPLY, ..."),
+                ("-n, --src-nat [ip]", "source NAT'ed"), ("-g, --dst-nat [ip]", "destination NAT'ed"),
+                ("-o, --output type[,...]", "extended, xml, timestamp, id, ktimestamp, labels, userspace"),
+                ("-z, --zero", "zero counters while listing")]
+
+
+def usage() -> str:
+    """``conntrack -h``: the tool's title and synopsis, then its commands and main options (in kproxy's words)."""
+    lines = ["Command line interface for the connection tracking system. Version 1.4.7",
+             "Usage: conntrack [commands] [options]", "", "Commands:"]
+    lines += [f"  {cmd:<30}{text}" for cmd, text in HELP_COMMANDS]
+    lines += ["", "Tables: conntrack, expect, dying, unconfirmed", "", "Conntrack parameters and options:"]
+    lines += [f"  {opt:<30}{text}" for opt, text in HELP_OPTIONS]
+    return "\n".join(lines) + "\n"
+
+
 def run_conntrack(argv: list[str], node: Any) -> tuple[int, str, str]:
     """One conntrack invocation: (exit status, stdout, stderr)."""
+    first = argv[0] if argv else ""
+    if first in ("-h", "--help"):            # only as the command: "-L -h" is two commands
+        return 0, usage(), ""
+    if first in ("-V", "--version"):
+        return 0, "conntrack v1.4.7 (conntrack-tools)\n", ""
     try:
         req = _parse(argv)
     except Usage as exc:
@@ -291,7 +364,10 @@ def _run(req: Request, node: Any) -> tuple[int, str, str]:
         for c in chosen:
             ct.delete(c)
         return (0 if chosen else 1), out, f"{PROG}: {len(chosen)} flow entries have been deleted.\n"
-    out = "".join(format_conn(c, now, extended, with_id=with_id) + "\n" for c in chosen)
+    if "json" in req.given:
+        out = json.dumps([conn_json(c, now) for c in chosen], indent=1) + "\n"
+    else:
+        out = "".join(format_conn(c, now, extended, with_id=with_id) + "\n" for c in chosen)
     if "zero" in req.given:
         for c in chosen:
             c.acct[:] = [0, 0, 0, 0]

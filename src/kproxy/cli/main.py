@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from kproxy.node import Node, NodeError, node_file
+from kproxy.textio import read_stdin
 
 PASSTHROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": []}
 
@@ -54,10 +55,12 @@ def cli(ctx: click.Context, node_path: str | None) -> None:
 def run_tool(obj: Ctx, fn: Callable[[Node], tuple[int, str, str]], mutates: bool = True) -> None:
     """Run a tool-compatible command; persist the node only if it succeeded."""
     rc, out, err = fn(obj.node)
+    from kproxy.textio import write_text
+
     if out:
-        sys.stdout.write(out)
+        write_text(sys.stdout, out)
     if err:
-        sys.stderr.write(err)
+        write_text(sys.stderr, err)
     if rc == 0 and mutates:
         obj.save()
     sys.exit(rc)
@@ -99,7 +102,7 @@ def _make_restore(name: str) -> None:
         from kproxy.iptables.tools import run_iptables_restore
 
         family = _iptables_family(name)
-        stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+        stdin = None if sys.stdin is None or sys.stdin.isatty() else read_stdin()
         run_tool(obj, lambda node: run_iptables_restore(list(args), node.iptables[family], stdin, node=node))
 
     cmd.__doc__ = f"{name}: load rules atomically, like the real tool (stdin or a file)."
@@ -133,7 +136,7 @@ def ipset_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     argv = list(args)
     stdin = None
     if argv and argv[0] == "restore" and sys.stdin is not None and not sys.stdin.isatty():
-        stdin = sys.stdin.read()
+        stdin = read_stdin()
     run_tool(obj, lambda node: run_ipset(argv, node.ipsets, node.now(), stdin=stdin))
 
 
@@ -147,7 +150,7 @@ def ipvsadm_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     argv = list(args)
     stdin = None
     if any(a in ("-R", "--restore") for a in argv) and sys.stdin is not None and not sys.stdin.isatty():
-        stdin = sys.stdin.read()
+        stdin = read_stdin()
     run_tool(obj, lambda node: run_ipvsadm(argv, node.ipvs, node.now(), stdin=stdin))
 
 
@@ -161,9 +164,13 @@ def node_group() -> None:
 @click.pass_obj
 def node_init(obj: Ctx, desc: str | None) -> None:
     """Start the node afresh (default: lo, eth0 192.168.1.10/24, default route via 192.168.1.1)."""
+    from kproxy.textio import utf8_text
+
     try:
+        if desc:
+            utf8_text(desc, "the node description")
         obj._node = Node.load_description(desc) if desc else Node.default()
-    except NodeError as exc:
+    except (NodeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     obj.save()
     click.echo(f"initialised {obj.path}")

@@ -80,16 +80,22 @@ def check_spec(spec: PacketSpec, where: str) -> PacketSpec:
         raise SpecError(f"{where}: --iif and --local exclude each other")
     if not spec.dst:
         raise SpecError(f"{where}: --dst is required")
+    families = set()
     for opt, value in (("--src", spec.src), ("--dst", spec.dst)):
         if value:
             try:
-                parse_addr(value)
+                families.add(parse_addr(value)[0])
             except ValueError:
                 raise SpecError(f"{where}: {opt}: invalid address \"{value}\"") from None
+    if len(families) > 1:
+        raise SpecError(f"{where}: --src {spec.src} and --dst {spec.dst} are of different address families")
     try:
-        parse_proto(spec.proto)
+        proto = parse_proto(spec.proto)
     except ValueError as exc:
         raise SpecError(f"{where}: -p: {exc}") from None
+    family = families.pop() if families else 4
+    if (proto, family) in ((1, 6), (58, 4)):
+        raise SpecError(f"{where}: -p {spec.proto}: not a protocol of IPv{family} (--dst {spec.dst})")
     for opt, port in (("--sport", spec.sport), ("--dport", spec.dport)):
         if port is not None and not 0 <= port <= 65535:
             raise SpecError(f"{where}: {opt}: port {port} out of range")

@@ -6,29 +6,46 @@ stops at the failing line and keeps what came before it).
 
 from __future__ import annotations
 
+import json
 import shlex
 from typing import Any
 
 from kproxy.ipset.registry import IpsetRegistry
-from kproxy.ipset.sets import TYPES, IpSet, IpsetError
+from kproxy.ipset.sets import TYPES, IpSet, IpsetError, _port, parse_uint
+from kproxy.textio import read_text
 
 PROG = "ipset v7.17"
 COMMANDS = {"create": "create", "n": "create", "add": "add", "a": "add", "del": "del", "d": "del",
             "test": "test", "t": "test", "destroy": "destroy", "x": "destroy", "list": "list", "l": "list",
             "save": "save", "s": "save", "restore": "restore", "r": "restore", "flush": "flush", "f": "flush",
             "rename": "rename", "e": "rename", "swap": "swap", "w": "swap", "version": "version", "v": "version"}
+# The one-letter commands of older ipset releases, still taken by 7.17 (``ipset -L``, ``ipset -N s hash:ip``).
+LEGACY = {"-N": "create", "-A": "add", "-D": "del", "-T": "test", "-X": "destroy", "-L": "list", "-S": "save",
+          "-R": "restore", "-F": "flush", "-E": "rename", "-W": "swap", "-V": "version", "-v": "version",
+          "-H": "help", "-h": "help", "--help": "help", "help": "help", "h": "help"}
 GLOBAL_FLAGS = {"-exist": "exist", "-!": "exist", "-quiet": "quiet", "-q": "quiet", "-name": "name", "-n": "name",
-                "-terse": "terse", "-t": "terse", "-sorted": "sorted", "-s": "sorted"}
+                "-terse": "terse", "-t": "terse", "-sorted": "sorted", "-s": "sorted", "--json": "json"}
+
+
+TIMEOUT_MAX = 2147483          # seconds: what fits the kernel's msecs in an int
+LIMITS = {"hashsize": 2**32 - 1, "maxelem": 2**32 - 1, "timeout": TIMEOUT_MAX, "size": 2**32 - 1}
+IPSET_MAXNAMELEN = 32
 
 
 class Usage(IpsetError):
     pass
 
 
+def check_setname(name: str) -> None:
+    if len(name.encode(errors="surrogateescape")) >= IPSET_MAXNAMELEN:
+        raise IpsetError(f"Syntax error: setname '{name}' is longer than {IPSET_MAXNAMELEN - 1} characters")
+
+
 def _create(reg: IpsetRegistry, args: list[str], exist: bool) -> None:
     if len(args) < 2:
         raise Usage("Missing mandatory argument: typename" if args else "Missing mandatory argument: setname")
     name, typ, opts = args[0], args[1], args[2:]
+    check_setname(name)
     if typ not in TYPES:
         raise IpsetError(f"Syntax error: typename '{typ}' is unknown")
     s = IpSet(name, typ)
@@ -46,11 +63,12 @@ def _create(reg: IpsetRegistry, args: list[str], exist: bool) -> None:
             if val not in ("inet", "inet6"):
                 raise IpsetError(f"Syntax error: unknown family {val}")
             s.family = val
-        elif key in ("hashsize", "maxelem", "timeout", "size"):
-            setattr(s, key, int(val))
+        elif key in LIMITS:
+            setattr(s, key, parse_uint(val, LIMITS[key]))
         elif key == "range" and typ == "bitmap:port":
             lo, _, hi = val.partition("-")
-            s.range = (int(lo), int(hi or lo))
+            a, b = _port(lo), _port(hi or lo)
+            s.range = (min(a, b), max(a, b))
         elif key in ("bucketsize", "initval"):
             if key == "initval":
                 s.initval = int(val, 0)
@@ -59,6 +77,10 @@ def _create(reg: IpsetRegistry, args: list[str], exist: bool) -> None:
         i += 2
     if typ == "bitmap:port" and s.range is None:
         raise IpsetError("Syntax error: Missing mandatory argument: range")
+    if s.hashsize > 1 << 30:
+        raise IpsetError("Kernel error received: Cannot allocate memory")
+    s.hashsize = max(64, 1 << (s.hashsize - 1).bit_length())    # the kernel's power of two, at least 64
+    s.size = max(4, s.size)
     reg.create(s, exist)
 
 
@@ -75,13 +97,13 @@ def _element_opts(s: IpSet, opts: list[str]) -> dict[str, Any]:
             raise IpsetError(f"Syntax error: option '{key}' requires an argument")
         val = opts[i + 1]
         if key == "timeout":
+            out["timeout"] = parse_uint(val, TIMEOUT_MAX)
             if s.timeout is None:
-                raise IpsetError("Kernel error received: ipset protocol error")
-            out["timeout"] = int(val)
+                raise IpsetError("Timeout cannot be used: set was created without timeout support")
         elif key == "comment":
             out["comment"] = val
         elif key in ("packets", "bytes"):
-            out[key] = int(val)
+            out[key] = parse_uint(val, 2**64 - 1)
         else:
             raise IpsetError(f"Syntax error: Unknown argument: '{key}'")
         i += 2
@@ -102,6 +124,26 @@ def list_set(s: IpSet, reg: IpsetRegistry, now: float, terse: bool = False, sort
         lines.append("Members:")
         lines += [s.element_text(k, e, now) for k, e in _members(s, now, sort)]
     return "\n".join(lines) + "\n"
+
+
+def set_json(s: IpSet, reg: IpsetRegistry, now: float) -> dict[str, Any]:
+    """``list --json``: a set's header and members, for scripts (kproxy's own option)."""
+    members = []
+    for k, e in _members(s, now, True):
+        item: dict[str, Any] = {"element": s.format(k)}
+        if s.timeout is not None:
+            item["timeout"] = max(0, int(e.expires - now)) if e.expires is not None else 0
+        if s.counters:
+            item.update(packets=e.packets, bytes=e.bytes)
+        if e.comment is not None:
+            item["comment"] = e.comment
+        if e.nomatch:
+            item["nomatch"] = True
+        members.append(item)
+    header = {"family": s.family, "hashsize": s.hashsize, "maxelem": s.maxelem, "timeout": s.timeout,
+              "counters": s.counters, "comment": s.comment}
+    return {"name": s.name, "type": s.type, "revision": s.revision, "header": header,
+            "references": reg.references(s.name), "members": members}
 
 
 def save_set(s: IpSet, now: float, sort: bool = False) -> str:
@@ -134,7 +176,9 @@ def execute(reg: IpsetRegistry, cmd: str, args: list[str], flags: set[str], now:
             return 1
     elif cmd in ("list", "save"):
         sets = [reg.need(args[0])] if args else reg.ordered()
-        if cmd == "save" or flags & {"output_save"}:
+        if "json" in flags:
+            out.append(json.dumps([set_json(s, reg, now) for s in sets], indent=1) + "\n")
+        elif cmd == "save" or flags & {"output_save"}:
             out.append("".join(save_set(s, now, "sorted" in flags) for s in sets))
         elif "name" in flags:
             out.append("".join(f"{s.name}\n" for s in sets))
@@ -155,7 +199,29 @@ def execute(reg: IpsetRegistry, cmd: str, args: list[str], flags: set[str], now:
         reg.rename(args[0], args[1])
     elif cmd == "version":
         out.append(f"{PROG}, protocol version: 7\n")
+    elif cmd == "help":
+        out.append(usage())
     return 0
+
+
+HELP = [("create SETNAME TYPENAME [type-specific-options]", "Create a new set"),
+        ("add SETNAME ENTRY", "Add entry to the named set"), ("del SETNAME ENTRY", "Delete entry from the named set"),
+        ("test SETNAME ENTRY", "Test entry in the named set"), ("destroy [SETNAME]", "Destroy a named set or all sets"),
+        ("list [SETNAME]", "List the entries of a named set or all sets"),
+        ("save [SETNAME]", "Save the named set or all sets to stdout"), ("restore ", "Restore a saved state"),
+        ("flush [SETNAME]", "Flush a named set or all sets"), ("rename FROM-SETNAME TO-SETNAME", "Rename a set"),
+        ("swap FROM-SETNAME TO-SETNAME", "Swap the contents of two sets"),
+        ("help [TYPENAME]", "Print help, and settype specific help"), ("version ", "Print version information")]
+
+
+def usage() -> str:
+    """``ipset help``: the tool's heading, then its commands (each described in kproxy's words) and types."""
+    lines = ["ipset v7.17", "", "Usage: ipset [options] COMMAND", "", "Commands:"]
+    for synopsis, text in HELP:
+        lines += [synopsis, f"        {text}"]
+    lines += ["", "Options: -exist (-!), -quiet (-q), -sorted (-s), -name (-n), -terse (-t), -output (-o) save,",
+              "         -file (-f) FILE", "", "Supported set types:", *(f"    {t}" for t in TYPES)]
+    return "\n".join(lines) + "\n"
 
 
 def _split(argv: list[str]) -> tuple[str, list[str], set[str]]:
@@ -179,7 +245,7 @@ def _split(argv: list[str]) -> tuple[str, list[str], set[str]]:
         i += 1
     if not rest:
         raise Usage("No command specified: unknown argument")
-    cmd = COMMANDS.get(rest[0])
+    cmd = COMMANDS.get(rest[0]) or LEGACY.get(rest[0])
     if cmd is None:
         raise Usage(f"No command specified: unknown argument {rest[0]}")
     return cmd, rest[1:], flags
@@ -193,8 +259,10 @@ def run_ipset(argv: list[str], registry: IpsetRegistry, now: float, stdin: str |
             text = stdin or ""
             for f in flags:
                 if f.startswith("file:"):
-                    with open(f[5:]) as fh:
-                        text = fh.read()
+                    try:
+                        text = read_text(f[5:])
+                    except OSError as exc:
+                        raise IpsetError(f"Cannot open {f[5:]} for reading: {exc.strerror}") from None
             return _restore(registry, text, flags, now)
         rc = execute(registry, cmd, args, flags, now, out)
     except IpsetError as exc:

@@ -74,29 +74,34 @@ class IpSet:
 
     def _value(self, dim: str, text: str) -> Any:
         if dim == "ip":
-            try:     # inet_pton: kube-proxy's restores add tens of thousands of members per sync
-                return int.from_bytes(socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text), "big")
-            except OSError:
-                raise IpsetError(f"Syntax error: cannot parse {text}: resolving to "
-                                 f"{'IPv4' if self.family == 'inet' else 'IPv6'} address failed") from None
+            return self._addr(text, text)
         if dim == "net":
-            try:
-                net = ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                raise IpsetError(f"Syntax error: cannot parse {text}: resolving to IPv4 address failed") from None
-            return (int(net.network_address), net.prefixlen)
+            addr, slash, plen = text.partition("/")
+            ip = self._addr(addr, addr)
+            prefix = parse_uint(plen, 255) if slash else self.bits
+            if prefix > self.bits:
+                raise IpsetError(f"Syntax error: '{plen}' is out of range 0-{self.bits}")
+            return (ip, prefix)
         if dim == "port":
             proto, _, port = text.rpartition(":")
             proto = proto or "tcp"
             if proto not in PROTOS:
                 raise IpsetError(f"Syntax error: cannot parse '{proto}' as a protocol")
-            return (PROTOS[proto], _port(port))
+            return (PROTOS[proto], _port(port, proto))
         if dim == "bport":
             p = _port(text)
             if self.range and not self.range[0] <= p <= self.range[1]:
                 raise IpsetError("Element is out of the range of the set")
             return p
         return text          # iface, set
+
+    def _addr(self, text: str, shown: str) -> int:
+        """An address of the set's family; the other family's is the tool's resolver error."""
+        version = 4 if self.family == "inet" else 6
+        try:     # inet_pton: kube-proxy's restores add tens of thousands of members per sync
+            return int.from_bytes(socket.inet_pton(socket.AF_INET if version == 4 else socket.AF_INET6, text), "big")
+        except (OSError, ValueError):
+            raise IpsetError(f"Syntax error: cannot parse {shown}: resolving to IPv{version} address failed") from None
 
     def format(self, key: tuple[Any, ...]) -> str:
         out = []
@@ -253,10 +258,29 @@ def _unjson(key: list[Any]) -> tuple[Any, ...]:
     return tuple(tuple(v) if isinstance(v, list) else v for v in key)
 
 
-def _port(text: str) -> int:
-    if text.isdigit() and int(text) <= 65535:
+def parse_uint(text: str, maximum: int, minimum: int = 0) -> int:
+    """A number as ipset's parser takes it (decimal, or 0x hex), with its errors for words and ranges."""
+    t = text.strip()
+    try:
+        n = int(t, 16) if t[:2].lower() == "0x" else int(t, 10)
+    except ValueError:
+        raise IpsetError(f"Syntax error: '{text}' is invalid as number") from None
+    if not minimum <= n <= maximum:
+        raise IpsetError(f"Syntax error: '{text}' is out of range {minimum}-{maximum}")
+    return n
+
+
+def _port(text: str, proto: str = "tcp") -> int:
+    """A port number or service name; a failure is the tool's three lines (number, protocol, port)."""
+    if text.isascii() and text.isdigit() and int(text) <= 65535:
         return int(text)
     try:
-        return socket.getservbyname(text)
+        return parse_uint(text, 65535)
+    except IpsetError as exc:
+        first = str(exc)
+    try:
+        if text and text.isprintable() and "\0" not in text:
+            return socket.getservbyname(text, proto if proto in ("tcp", "udp") else "tcp")
     except OSError:
-        raise IpsetError(f"Syntax error: cannot parse '{text}' as a port number") from None
+        pass
+    raise IpsetError(f"{first}\nSyntax error: '{proto}' is invalid as number\ncannot parse '{text}' as a {proto} port")

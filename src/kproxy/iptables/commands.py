@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import builtin_chain_outside
+from kproxy.iptables.jumps import too_deep
 from kproxy.iptables.model import STANDARD_VERDICTS, Chain, Rule, Table
 from kproxy.iptables.parser import Command, ParameterProblem, clone_rule, parse_command
 from kproxy.iptables.save import rule_spec
 
 VERSION = "v1.8.9 (nf_tables)"
 NO_INPUT_DEV = ("OUTPUT", "POSTROUTING")
+OPERATION = {"A": "RULE_APPEND", "I": "RULE_INSERT", "R": "RULE_REPLACE"}
 NO_OUTPUT_DEV = ("PREROUTING", "INPUT")
 
 
@@ -170,10 +172,8 @@ def _flush(table: Table, c: Command) -> None:
 def _zero(table: Table, c: Command) -> None:
     chains = [writable_chain(table, c.chain)] if c.chain else list(table.chains.values())
     for ch in chains:
-        if c.rulenum:
-            if c.rulenum > len(ch.rules):
-                raise CommandError("Index of zeroing too big.")
-            positions = [c.rulenum - 1]
+        if c.rulenum:       # a number past the end zeroes nothing and is no error, as with iptables-nft
+            positions = [c.rulenum - 1] if c.rulenum <= len(ch.rules) else []
         else:
             positions = list(range(len(ch.rules)))
             ch.packets = ch.bytes = 0
@@ -239,6 +239,68 @@ def validate(table: Table, node: Any = None) -> None:
                     raise ParameterProblem(str(exc)) from None
 
 
+def too_many_links(op: str, chain: str) -> CommandError:
+    return CommandError(f" {op} failed (Too many links): rule in chain {chain}", rc=4, kind="resource")
+
+
+def verbose_echo(table: Table, c: Command, verbose: bool = False) -> str:
+    """What ``-v`` (``c.verbose``, or ``verbose`` for a restore) makes the tool print for a change: each rule
+    given, or each chain flushed, zeroed, deleted."""
+    if not (c.verbose or verbose):
+        return ""
+    from kproxy.iptables.listing import echo_rule
+
+    if c.cmd in ("A", "I", "R", "D", "C"):
+        return "".join(echo_rule(r, table.family) for r in c.rules)
+    verb = {"F": "Flushing", "Z": "Zeroing", "L": "Zeroing", "X": "Deleting"}.get(c.cmd)
+    if verb is None:
+        return ""
+    names = [c.chain] if c.chain else [n for n, ch in table.chains.items() if c.cmd != "X" or not ch.builtin]
+    return "".join(f"{verb} chain `{n}'\n" for n in names)
+
+
+USAGE_FORMS = ["-[ACD] chain rule-specification [options]", "-I chain [rulenum] rule-specification [options]",
+               "-R chain rulenum rule-specification [options]", "-D chain rulenum [options]",
+               "-[LS] [chain [rulenum]] [options]", "-[FZ] [chain] [options]", "-[NX] chain",
+               "-E old-chain-name new-chain-name", "-P chain target [options]", "-h (print this help information)"]
+HELP_COMMANDS = [
+    ("-A", "--append", "chain", "add rules at the end of a chain"), ("-C", "--check", "chain", "is there such a rule?"),
+    ("-D", "--delete", "chain [rulenum]", "delete a rule, by its specification or number"),
+    ("-I", "--insert", "chain [rulenum]", "insert rules (at the top by default)"),
+    ("-R", "--replace", "chain rulenum", "replace one rule"), ("-L", "--list", "[chain [rulenum]]", "list rules"),
+    ("-S", "--list-rules", "[chain [rulenum]]", "print rules as iptables-save writes them"),
+    ("-F", "--flush", "[chain]", "delete every rule (of all chains by default)"),
+    ("-Z", "--zero", "[chain [rulenum]]", "reset packet and byte counters"),
+    ("-N", "--new-chain", "chain", "create a user chain"), ("-X", "--delete-chain", "[chain]", "delete empty user chains"),
+    ("-P", "--policy", "chain target", "set a built-in chain's policy"),
+    ("-E", "--rename-chain", "old new", "rename a user chain"),
+]
+HELP_OPTIONS = [
+    ("-4", "--ipv4", "", "nothing (line is ignored by ip6tables-restore)"), ("-6", "--ipv6", "", "error (line is ignored by iptables-restore)"),
+    ("-p", "--protocol", "proto", "protocol by number or name"), ("-s", "--source", "address[/mask][...]", "source"),
+    ("-d", "--destination", "address[/mask][...]", "destination"), ("-i", "--in-interface", "name[+]", "input interface"),
+    ("-j", "--jump", "target", "target or chain to jump to"), ("-g", "--goto", "chain", "go to the chain, not returning"),
+    ("-m", "--match", "match", "an extended match"), ("-n", "--numeric", "", "addresses and ports as numbers"),
+    ("-o", "--out-interface", "name[+]", "output interface"), ("-t", "--table", "table", "table to change (default filter)"),
+    ("-v", "--verbose", "", "verbose mode"), ("-w", "--wait", "[seconds]", "wait for the xtables lock"),
+    ("-x", "--exact", "", "exact counters"), ("-f", "--fragment", "", "second and further fragments only"),
+    ("", "--line-numbers", "", "print line numbers when listing"), ("-c", "--set-counters", "PKTS BYTES", "set counters"),
+    ("-V", "--version", "", "print the version"),
+]
+
+
+def usage(prog: str) -> str:
+    """``iptables -h``: the version and the usage forms as the tool prints them, then a summary of the
+    commands and options (in kproxy's words)."""
+    lines = [f"{prog} {VERSION}", "", f"Usage: {prog} {USAGE_FORMS[0]}"]
+    lines += [f"       {prog} {form}" for form in USAGE_FORMS[1:]]
+    lines += ["", "Commands:", "Either long or short options are allowed."]
+    lines += [f"  {long:<15}{short} {arg:<20}{text}" for short, long, arg, text in HELP_COMMANDS]
+    lines += ["", "Options:"]
+    lines += [f"  {(long if not short else f'{short}, {long}'):<22}{arg:<22}{text}" for short, long, arg, text in HELP_OPTIONS]
+    return "\n".join(lines) + "\n"
+
+
 def prog_name(family: int) -> str:
     return "iptables" if family == 4 else "ip6tables"
 
@@ -258,24 +320,35 @@ def format_error(exc: Exception, prog: str) -> tuple[int, str]:
 
 def run_iptables(argv: list[str], state: Any, family: int = 4, node: Any = None) -> tuple[int, str, str]:
     """One ``iptables`` invocation: (exit status, stdout, stderr). The state changes only on success."""
-    from kproxy.iptables.listing import list_rules, list_table
+    import json
+
+    from kproxy.iptables.listing import list_rules, list_table, table_json
 
     prog = prog_name(family)
+    as_json = "--json" in argv                  # kproxy's own: -L/-S for scripts
+    if as_json:
+        argv = [a for a in argv if a != "--json"]
     try:
         c = parse_command(argv, family)
+        if as_json and c.cmd not in ("L", "S"):
+            raise ParameterProblem("--json goes with -L or -S only")
         if c.cmd == "V":
             return 0, f"{prog} {VERSION}\n", ""
         if c.cmd == "h":
-            return 0, f"{prog} {VERSION}\n\nUsage: {prog} -[ACD] chain rule-specification [options]\n", ""
+            return 0, usage(prog), ""
         if c.cmd in ("L", "S"):
             table = state.get(c.table)
             if c.chain and c.chain not in table.chains:
                 raise _no_chain()
-            out = list_table(table, c) if c.cmd == "L" else list_rules(table, c)
+            if as_json:
+                out = json.dumps(table_json(table, c), indent=1) + "\n"
+            else:
+                out = list_table(table, c) if c.cmd == "L" else list_rules(table, c)
             if c.zero:
                 work = state.working_copy(c.table)
                 _zero(work, Command(cmd="Z", chain=c.chain))
                 state.commit({c.table: work})
+                out += verbose_echo(table, c)
             return 0, out, ""
         work = state.working_copy(c.table)
         if c.cmd == "C":
@@ -284,10 +357,13 @@ def run_iptables(argv: list[str], state: Any, family: int = 4, node: Any = None)
                 if find_rule(chain, r) < 0:
                     raise CommandError("Bad rule (does a matching rule exist in that chain?).")
             return 0, "", ""
+        echo = verbose_echo(work, c)
         apply(work, c)
         validate(work, node)
+        if c.cmd in OPERATION and any(r.jump in work.chains for r in c.rules) and too_deep(work):
+            raise too_many_links(OPERATION[c.cmd], c.chain)
         state.commit({c.table: work})
-        return 0, "", ""
+        return 0, echo, "".join(c.warnings)
     except (ParameterProblem, CommandError) as exc:
         rc, err = format_error(exc, prog)
         return rc, "", err

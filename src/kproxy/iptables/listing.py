@@ -147,3 +147,41 @@ def list_rules(table: Table, c: Command) -> str:
                 text = format_rule(chain.name, r)
             lines.append(text)
     return "\n".join(lines) + "\n"
+
+
+
+def echo_rule(rule: Rule, family: int = 4) -> str:
+    """A rule as ``iptables -v`` echoes it when adding or deleting: one line, numeric, without columns."""
+    frag = ("!" if rule.fragment is False else "-") + ("f" if rule.fragment is not None else "-")
+    text = f"{_target_name(rule)} " + ("!" if rule.proto_inv else " ") + f"{proto_name(rule.proto)} opt {frag} "
+    text += f"in {_iface(rule.iif, rule.iif_inv, True)} out {_iface(rule.oif, rule.oif_inv, True)} "
+    text += ("!" if rule.src_inv else " ") + f"{_echo_addr(rule.src, family)} "
+    text += ("!" if rule.dst_inv else " ") + f"-> {_echo_addr(rule.dst, family)}  "
+    text += "".join(" " + m.listing(True) for m in rule.matches)
+    extra = rule.target.listing(True) if rule.target is not None else ""
+    return text + (" " + extra if extra else "") + "\n"
+
+
+def _echo_addr(net: Net | None, family: int) -> str:
+    if net is None:
+        return "0.0.0.0/0" if family == 4 else "::/0"
+    text = format_addr(net.addr, net.family)
+    return text if net.prefixlen == net.bits else f"{text}/{net.prefixlen}"
+
+
+def table_json(table: Table, c: Command) -> dict[str, object]:
+    """``-L``/``-S`` with ``--json``: the chains and rules a script needs, counters always included."""
+    chains = [table.chains[c.chain]] if c.chain else ordered_chains(table)
+    out = []
+    for chain in chains:
+        rules = [{"num": i, "rule": format_rule(chain.name, r), "target": _target_name(r) or None,
+                  "packets": r.packets, "bytes": r.bytes}
+                 for i, r in enumerate(chain.rules, 1) if not c.rulenum or i == c.rulenum]
+        item: dict[str, object] = {"name": chain.name, "policy": chain.policy}
+        if chain.builtin:
+            item.update(packets=chain.packets, bytes=chain.bytes)
+        else:
+            item["references"] = table.references(chain.name)
+        item["rules"] = rules
+        out.append(item)
+    return {"table": table.name, "family": "ipv4" if table.family == 4 else "ipv6", "chains": out}

@@ -18,7 +18,7 @@ from typing import Any
 from kproxy.iptables import ext as _ext  # noqa: F401  (registers every extension)
 from kproxy.iptables.extension import MATCHES, TARGETS, ExtensionError, Match, Opt, Target
 from kproxy.iptables.model import STANDARD_VERDICTS, Net, Rule
-from kproxy.iptables.xtutil import NET4, QUAD
+from kproxy.iptables.xtutil import NET4, QUAD, c_strtoui
 from kproxy.packet import PROTO_NUMBERS
 
 XT_CHAIN_MAXNAMELEN = 29
@@ -63,17 +63,68 @@ class Command:
     line_numbers: bool = False
     zero: bool = False            # -L -Z together
     has_rule: bool = False        # a rule specification was given (-D/-C by spec)
+    warnings: list[str] = field(default_factory=list)   # printed on stderr, as the tool warns and goes on
 
 
-def valid_chain_name(name: str) -> None:
-    if len(name) >= XT_CHAIN_MAXNAMELEN:
+# C isspace() and more: any character Python splits words at, so that every name saves and restores intact.
+_BLANK = re.compile(r"\s")
+INT_MAX = 2**31 - 1
+# Target extensions iptables 1.8.9 can load: ``-N`` refuses them as chain names ("" is the standard target).
+_TOOL_TARGETS = frozenset({
+    "", "standard", *STANDARD_VERDICTS, "AUDIT", "CHECKSUM", "CLASSIFY", "CONNMARK", "CONNSECMARK", "CT", "DNAT",
+    "DSCP", "HMARK", "IDLETIMER", "LED", "LOG", "MARK", "MASQUERADE", "NETMAP", "NFLOG", "NFQUEUE", "NOTRACK",
+    "RATEEST", "REDIRECT", "REJECT", "SECMARK", "SET", "SNAT", "SYNPROXY", "TCPMSS", "TCPOPTSTRIP", "TEE", "TOS",
+    "TPROXY", "TRACE"})
+_FAMILY_TARGETS = {4: frozenset({"TTL", "ECN", "CLUSTERIP", "ULOG"}), 6: frozenset({"HL", "SNPT", "DNPT"})}
+
+
+def valid_chain_name(name: str, family: int = 4) -> None:
+    """``-N``'s checks, in the tool's order: length, first character, target names, blanks."""
+    if len(name.encode(errors="surrogateescape")) >= XT_CHAIN_MAXNAMELEN:
         raise ParameterProblem(f"chain name `{name}' too long (must be under {XT_CHAIN_MAXNAMELEN} chars)")
     if name.startswith("-"):
         raise ParameterProblem("chain name not allowed to start with `-'")
     if name.startswith("!"):
         raise ParameterProblem("chain name not allowed to start with `!'")
+    if name in _TOOL_TARGETS or name in _FAMILY_TARGETS[family] or name in TARGETS:
+        raise ParameterProblem("chain name may not clash with target name")
+    if _BLANK.search(name):
+        raise ParameterProblem(f"Invalid chain name `{name}'")
+
+
+def renamed_chain_name(name: str) -> None:
+    """``-E``'s new name: iptables 1.8.9 checks nothing, but a name with blanks could not be saved and restored
+    (the node file is iptables-save text), so it gets ``-N``'s error; an overlong name is the kernel's refusal."""
+    if _BLANK.search(name):
+        raise ParameterProblem(f"Invalid chain name `{name}'")
+
+
+def valid_jump_name(name: str) -> None:
+    """A ``-j``/``-g`` argument that is no target: a chain name the kernel can hold."""
+    if len(name.encode(errors="surrogateescape")) >= XT_CHAIN_MAXNAMELEN:
+        raise ParameterProblem(f"Invalid target name `{name}' ({XT_CHAIN_MAXNAMELEN - 1} chars max)")
+    if _BLANK.search(name):
+        raise ParameterProblem(f"Invalid target name `{name}'")
+
+
+def iface_problem(name: str) -> str | None:
+    """Why ``-i``/``-o`` refuses an interface name, or None. The tool only warns about a blank; it is refused
+    here because the saved rule (``-i a b``) could not be restored."""
     if not name:
-        raise ParameterProblem("empty chain name is not allowed")
+        return "Empty interface is likely to be undesired"
+    if len(name.encode(errors="surrogateescape")) >= IFNAMSIZ:
+        return f"interface name `{name}' must be shorter than IFNAMSIZ ({IFNAMSIZ - 1})"
+    if _BLANK.search(name):
+        return f"Invalid interface name `{name}'"
+    return None
+
+
+def parse_rulenum(text: str) -> int:
+    """A rule number as xtables_strtoui takes it (``+1``, ``0x1`` and ``010`` included), 1..INT_MAX."""
+    n = c_strtoui(text, 1, INT_MAX)
+    if n is None:
+        raise ParameterProblem(f"Invalid rule number `{text}'")
+    return n
 
 
 def parse_nets(text: str, family: int) -> list[Net]:
@@ -155,6 +206,9 @@ CORE = {
     "-W": ("W", True), "--wait-interval": ("W", True), "--modprobe": ("M", True),
     "-4": ("4", False), "--ipv4": ("4", False), "-6": ("6", False), "--ipv6": ("6", False),
 }
+# Extension values cannot hold a newline: the tool refuses it in log prefixes (calling both options
+# --log-prefix); elsewhere (a comment) it is refused here, as the saved rule could not be restored.
+_NEWLINE_NAMES = {"nflog-prefix": "log-prefix"}
 PROTO_MATCH = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp", 136: "udplite"}
 
 
@@ -208,6 +262,8 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
             continue
         cmd = COMMANDS.get(tok)
         if cmd is not None:
+            if cmd == "h":                       # the tool prints its help as soon as it meets -h
+                return Command(cmd="h", table=c.table)
             if c.cmd and not (c.cmd == "L" and cmd == "Z") and not (c.cmd == "Z" and cmd == "L"):
                 raise ParameterProblem(f"Cannot use -{cmd} with -{c.cmd}")
             if c.cmd in ("L", "Z") and cmd in ("L", "Z"):
@@ -217,7 +273,7 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 c.cmd = cmd
             if trace is not None:
                 trace.append(("cmd", cmd, i + 1))
-            i = _command_args(c, cmd, argv, i)
+            i = _command_args(c, cmd, argv, i, family)
             continue
         core = CORE.get(tok)
         if core is not None:
@@ -239,8 +295,12 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 setattr(rule, f"{'src' if key == 's' else 'dst'}_inv", invert)
             elif key in ("i", "o"):
                 _once(seen, key, "-" + key)
-                if len(val) >= IFNAMSIZ:
-                    raise ParameterProblem(f"interface name `{val}' must be shorter than {IFNAMSIZ} characters")
+                problem = iface_problem(val)
+                if problem is not None:
+                    raise ParameterProblem(problem)
+                if "/" in val:
+                    c.warnings.append(f"Warning: weird character in interface `{val}' ('/' and ' ' are not allowed "
+                                      "by the kernel).\n")
                 if key == "i":
                     rule.iif, rule.iif_inv = val, invert
                 else:
@@ -297,11 +357,23 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
         if tok.startswith("-") and len(tok) > 1:
             slot, name = _owner(tok, target, matches, rule)
             if slot is None:
-                raise ParameterProblem(f"unknown option \"{tok}\"")
+                if tok.startswith("--") and "=" not in tok and not name:
+                    raise ParameterProblem(f"unknown option \"{tok}\"")     # unknown, or ambiguous with an extension's
+                words = respell(tok, argv, i)
+                if words is None:
+                    raise ParameterProblem(f"unknown option \"{tok}\"")
+                argv = [*argv[:i], *words, *argv[i + 1:]]    # getopt's bundles and --name=value, spelt out
+                n = len(argv)
+                if trace is not None:
+                    trace.clear()                           # positions moved: this line's shape is not planned
+                    trace = None
+                continue
             count = slot.cls.OPTIONS.nvals[name]
             vals = argv[i + 1:i + 1 + count]
             if not vals and count:
                 raise ParameterProblem(f"option \"{tok}\" requires an argument")
+            if not restore and count and any("\n" in v for v in vals):
+                raise ParameterProblem(f"Newlines not allowed in --{_NEWLINE_NAMES.get(name, name)}")
             slot.opts.append(Opt(name, vals, invert))
             if trace is not None:
                 trace.append((slot, name, i + 1, count, invert))
@@ -324,51 +396,92 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
     return c
 
 
-def _command_args(c: Command, cmd: str, argv: list[str], i: int) -> int:
+def _command_args(c: Command, cmd: str, argv: list[str], i: int, family: int = 4) -> int:
     """Consume the chain and positional arguments of a command; return the next index."""
     i += 1
     nxt = argv[i] if i < len(argv) else None
     if cmd in ("h", "V"):
         return i
-    positional = nxt is not None and not nxt.startswith("-") and nxt != "!"
-    if cmd in OPTIONAL_CHAIN and not positional:
+    if cmd in OPTIONAL_CHAIN and not _has_arg(argv, i):
         return i
     if nxt is None:
         raise ParameterProblem(f"option \"-{cmd}\" requires an argument")
-    c.chain = nxt  # type: ignore[assignment]
+    c.chain = nxt
     i += 1
     if cmd == "N":
-        valid_chain_name(c.chain)
-    if cmd in ("I", "R", "D", "L", "S", "Z") and i < len(argv) and argv[i].isdigit():
-        c.rulenum = int(argv[i])
-        if c.rulenum < 1 and cmd in ("I", "R", "D"):
-            raise ParameterProblem("Invalid rule number `0'")
+        valid_chain_name(c.chain, family)
+    if cmd in ("I", "R", "D", "L", "S", "Z") and _has_arg(argv, i):
+        c.rulenum = parse_rulenum(argv[i])
         i += 1
-    elif cmd in ("R",):
+    elif cmd == "R":
         raise ParameterProblem("-R requires a rule number")
     if cmd in ("P", "E"):
         if i >= len(argv):
             raise ParameterProblem(f"-{cmd} requires a {'policy' if cmd == 'P' else 'new chain name'}")
         c.arg = argv[i]
         if cmd == "E":
-            valid_chain_name(c.arg)
+            renamed_chain_name(c.arg)
         i += 1
     return i
 
 
+def _has_arg(argv: list[str], i: int) -> bool:
+    """xs_has_arg: the next word is an optional argument unless it starts with ``-`` or ``!``."""
+    return i < len(argv) and argv[i][:1] not in ("-", "!")
+
+
+# iptables 1.8.9's getopt string: options taking a value, options whose value may only be attached
+# (``-LFOO``), and flags. -s -d -p -j take the whole word as their value when it is attached (the tool
+# reads argv[optind-1]), so ``-s10.0.0.1`` is the host ``-s10.0.0.1``, as the tool reports.
+_SHORT_VALUE = frozenset("ACDRIMNEPopsdjitmcg")
+_SHORT_OPTIONAL = frozenset("LSFZXhwW")
+_SHORT_FLAG = frozenset("Vfbvnx46")
+_WHOLE_WORD = frozenset("sdpj")
+_LONG = {tok[2:]: tok for tok in [*COMMANDS, *CORE] if tok.startswith("--")}
+_LONG_WHOLE_WORD = frozenset({"source", "src", "destination", "dst", "protocol", "jump"})
+
+
+def respell(tok: str, argv: list[str], i: int) -> list[str] | None:
+    """What getopt makes of a word the parser does not know: ``-nvL`` is ``-n -v -L``, ``-tnat`` is
+    ``-t nat``, ``--table=nat`` is ``--table nat``, ``--ap`` is ``--append``. None: not an option at all;
+    a ParameterProblem for a character or name getopt refuses (worded as the tool words it)."""
+    if tok.startswith("--"):
+        name, eq, value = tok[2:].partition("=")
+        full = _LONG.get(name)
+        if full is None:
+            found = [t for n, t in _LONG.items() if n.startswith(name)] if name else []
+            if len({CORE.get(t, COMMANDS.get(t)) for t in found}) != 1:
+                return [f"--{name}", value] if eq and name else None      # an extension's --name=value
+            full = found[0]
+        if not eq:
+            return [full]
+        return [full, tok if full[2:] in _LONG_WHOLE_WORD else value]
+    out: list[str] = []
+    for k in range(1, len(tok)):
+        ch = tok[k]
+        rest = tok[k + 1:]
+        if ch in _SHORT_FLAG:
+            out.append(f"-{ch}")
+        elif ch in _SHORT_VALUE or ch in _SHORT_OPTIONAL:
+            out.append(f"-{ch}")
+            if rest:
+                out.append(tok if ch in _WHOLE_WORD else rest)
+            return out
+        else:
+            # getopt reports argv[optind - 1]: this word when the bad character ends it, else the one before
+            shown = tok if not rest else (argv[i - 1] if i > 0 else "iptables")
+            raise ParameterProblem(f"unknown option \"{shown}\"")
+    return out
+
+
 def _set_target(rule: Rule, name: str, goto: bool) -> _ExtSlot | None:
-    if goto:
-        valid_chain_name(name)
-        rule.jump, rule.goto = name, True
-        return None
     if name in STANDARD_VERDICTS:
-        rule.jump = name
+        rule.jump, rule.goto = name, goto
         return None
-    cls = TARGETS.get(name)
+    cls = None if goto else TARGETS.get(name)
     if cls is None:
-        if name.startswith("-") or name.startswith("!"):
-            valid_chain_name(name)
-        rule.jump = name
+        valid_jump_name(name)
+        rule.jump, rule.goto = name, goto
         return None
     return _ExtSlot(cls)
 
@@ -383,8 +496,9 @@ def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot],
     """The extension an option belongs to and the option's full name, as getopt_long finds it among
     the core's options and the loaded extensions' (the newest first): an exact name, else a prefix
     of one option only. When that fails, the protocol's match is loaded and the search made again
-    (``-p tcp --dport 80``). (None, "") for an unknown or ambiguous option: iptables runs getopt
-    without its own messages, so both are its "unknown option"."""
+    (``-p tcp --dport 80``). (None, NAME) when it abbreviates one core option; (None, "") for an
+    unknown or ambiguous option: iptables runs getopt without its own messages, so both are its
+    "unknown option"."""
     if not tok.startswith("--"):
         return None, ""
     name = tok[2:]
@@ -409,8 +523,7 @@ def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot],
 def _resolve(name: str, slots: list[_ExtSlot]) -> tuple[_ExtSlot | None, str] | None:
     """getopt_long's search: an exact name (the first in table order), else the one option that
     ``name`` begins (several names of one option count once); None when there is none or several.
-    An abbreviation of a core option is left to the core (None here: the core parser has no
-    abbreviations yet)."""
+    An abbreviation of one core option only is ``(None, its name)``: the core's getopt spells it out."""
     for slot in slots:
         if name in slot.cls.OPTIONS.by_name:
             return slot, name
@@ -427,8 +540,6 @@ def _resolve(name: str, slots: list[_ExtSlot]) -> tuple[_ExtSlot | None, str] | 
                 if found is not None and ident != (slot.order, entry.key):
                     return None
                 found, ident = (slot, entry.name), (slot.order, entry.key)
-    if found is None or found[0] is None:
-        return None
     return found
 
 
@@ -487,10 +598,11 @@ def clone_rule(r: Rule) -> Rule:
 
 _TOKEN = re.compile(r'(?:"(?:[^"\\]|\\.)*"?|[^\s"])+')
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"?')
+_ESCAPE = re.compile(r"\\(.)", re.S)      # inside quotes a backslash takes the next character as it is
 
 
 def tokenize(line: str) -> list[str]:
-    """Split a restore line like iptables-restore: whitespace, with double quotes grouping (``\\"`` escapes)."""
+    """Split a restore line like iptables-restore: whitespace, with double quotes grouping (``\\"``, ``\\\\`` escapes)."""
     if '"' not in line:
         return line.split()
     if line.count('"') == 2 and "\\" not in line:
@@ -503,6 +615,6 @@ def tokenize(line: str) -> list[str]:
     for m in _TOKEN.finditer(line):
         tok = m.group()
         if '"' in tok:
-            tok = _QUOTED.sub(lambda q: q.group(1).replace('\\"', '"'), tok)
+            tok = _QUOTED.sub(lambda q: _ESCAPE.sub(r"\1", q.group(1)), tok)
         out.append(tok)
     return out

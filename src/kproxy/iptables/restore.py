@@ -12,7 +12,17 @@ import gc
 import re
 from typing import Any
 
-from kproxy.iptables.commands import CommandError, apply, check_rule, validate, writable_chain
+from kproxy.iptables.commands import (
+    OPERATION,
+    CommandError,
+    apply,
+    check_rule,
+    too_many_links,
+    validate,
+    verbose_echo,
+    writable_chain,
+)
+from kproxy.iptables.jumps import first_too_deep, too_deep
 from kproxy.iptables.model import Chain, Rule, Table, rule_fields
 from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, tokenize
 from kproxy.iptables.plan import parse_rule_line
@@ -21,10 +31,11 @@ from kproxy.iptables.state import copy_table
 VERSION = "v1.8.9 (nf_tables)"
 Prepared = dict[int, tuple[str, list[Rule]]]     # first line of a run -> (chain, its rules)
 COUNTERS_RE = re.compile(r"^\[(\d+):(\d+)\]\s*")
+_NOT_CHAINS = frozenset({None, "ACCEPT", "DROP", "RETURN", "QUEUE"})
 CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*$")
 
 
-class RestoreError(Exception):
+class RestoreError(ValueError):
     """A failed restore; the message is the complete stderr text (without trailing newline)."""
 
     def __init__(self, message: str, rc: int = 1) -> None:
@@ -47,6 +58,8 @@ class _Restorer:
         self.table: Table | None = None
         self.skip = False
         self.delete_lines: dict[str, int] = {}
+        self.echo: list[str] | None = None      # -v: what the tool prints as it goes
+        self.jumps: list[tuple[int, str, Rule]] = []     # (line, chain, rule) of each jump to a user chain
 
     def param_error(self, msg: str, line: int, prefixed: bool = True) -> RestoreError:
         head = f"{self.prog} {VERSION}: {msg}" if prefixed else msg
@@ -58,6 +71,9 @@ class _Restorer:
             raise self.param_error(f"{self.prog}: line {lineno} table name '{name}' invalid", lineno)
         self.skip = self.only is not None and name not in self.only
         base = self.staged.get(name) or self.state.tables.get(name)
+        if self.echo is not None and base is not None and not self.skip and not self.noflush:
+            self.echo += [f"Flushing chain `{n}'\n" for n in base.chains]
+            self.echo += [f"Deleting chain `{n}'\n" for n, ch in base.chains.items() if not ch.builtin]
         if base is None:
             t = Table.new(name, self.state.family)
         elif self.noflush:
@@ -119,7 +135,13 @@ class _Restorer:
                     r.packets = r.bytes = 0
             if c.cmd == "X" and c.chain:
                 self.delete_lines[c.chain] = lineno
+            if self.echo is not None and not self.skip:
+                self.echo.append(verbose_echo(self.table, c, verbose=True))
             apply(self.table, c)
+            if c.cmd in OPERATION:
+                for r in c.rules:
+                    if r.jump not in _NOT_CHAINS:
+                        self.jumps.append((lineno, c.chain, r))
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, lineno) from None
 
@@ -142,6 +164,8 @@ class _Restorer:
                 if self.verify:
                     self._verify(lines[at - 1].strip(), at, name, rule)
                 check_rule(table, name, rule)
+                if rule.jump not in _NOT_CHAINS:
+                    self.jumps.append((at, name, rule))
                 at += 1
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, at) from None
@@ -170,6 +194,12 @@ class _Restorer:
             chain = str(exc).rsplit(" ", 1)[-1]
             where = self.delete_lines.get(chain, lineno)
             raise RestoreError(f"{self.prog} {VERSION}: \nline {where}: {str(exc).strip()}", exc.rc) from None
+        if self.jumps and too_deep(self.table):
+            blame = first_too_deep(self.table, self.jumps)
+            where, chain = blame if blame is not None else (lineno, "?")
+            refused = too_many_links("RULE_APPEND", chain)
+            raise RestoreError(f"{self.prog} {VERSION}: \nline {where}: {str(refused).strip()}", refused.rc)
+        self.jumps = []
         if not self.skip:
             self.staged[self.table.name] = self.table
         self.table = None
@@ -177,13 +207,14 @@ class _Restorer:
 
 def restore(text: str, state: Any, noflush: bool = False, counters: bool = False, test: bool = False,
             tables: list[str] | None = None, source: str = "<stdin>", node: Any = None,
-            prepared: Prepared | None = None, verify_prepared: bool = False) -> None:
+            prepared: Prepared | None = None, verify_prepared: bool = False, echo: list[str] | None = None) -> None:
     """Apply ``iptables-restore`` input to ``state`` (an IptablesState), all or nothing.
 
     ``prepared`` maps the first line of a run of ``-A`` lines of one chain to (chain, rules) already
     built for them by the caller (the proxier, ``kproxy.proxy.prepared``): those lines are applied
     without being parsed again.
     ``verify_prepared`` parses them anyway and fails the restore if a prepared rule differs.
+    ``echo``, when given, receives what ``iptables-restore -v`` prints (nothing with --noflush or --test, as 1.8.9).
 
     The cyclic garbage collector is paused meanwhile: a large ruleset allocates hundreds of
     thousands of long-lived objects, and rescanning them on every collection costs more than the parse.
@@ -191,16 +222,18 @@ def restore(text: str, state: Any, noflush: bool = False, counters: bool = False
     enabled = gc.isenabled()
     gc.disable()
     try:
-        _restore(text, state, noflush, counters, test, tables, node, prepared, verify_prepared)
+        _restore(text, state, noflush, counters, test, tables, node, prepared, verify_prepared,
+                 echo if not (noflush or test) else None)
     finally:
         if enabled:
             gc.enable()
 
 
 def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, tables: list[str] | None,
-             node: Any, prepared: Prepared | None, verify: bool) -> None:
+             node: Any, prepared: Prepared | None, verify: bool, echo: list[str] | None) -> None:
     prog = "iptables-restore" if state.family == 4 else "ip6tables-restore"
     r = _Restorer(state, noflush, counters, tables, node, prog, prepared, verify)
+    r.echo = echo
     lineno = 0
     lines = text.split("\n")
     skip_to = 0

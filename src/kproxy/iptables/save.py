@@ -65,7 +65,7 @@ def format_rule(chain: str, rule: Rule, counters: bool = False) -> str:
 
 def ordered_chains(table: Table) -> list[Chain]:
     builtin = [c for c in table.chains.values() if c.builtin]
-    user = sorted((c for c in table.chains.values() if not c.builtin), key=lambda c: c.name.encode())
+    user = sorted((c for c in table.chains.values() if not c.builtin), key=lambda c: c.name.encode(errors="surrogateescape"))
     return builtin + user
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kproxy.textio import read_text
+
 RESTORE_SHORT = {"c": "counters", "v": "verbose", "V": "version", "t": "test", "h": "help", "n": "noflush",
-                 "w": "wait", "W": "wait-interval", "M": "modprobe", "T": "table"}
+                 "w": "wait", "W": "wait-interval", "M": "modprobe", "T": "table", "4": "ipv4", "6": "ipv6"}
 RESTORE_ARG = {"wait-interval", "modprobe", "table"}
-SAVE_SHORT = {"c": "counters", "t": "table", "M": "modprobe", "f": "file", "V": "version", "h": "help"}
+SAVE_SHORT = {"c": "counters", "t": "table", "M": "modprobe", "f": "file", "V": "version"}
 SAVE_ARG = {"table", "modprobe", "file"}
 
 
@@ -78,24 +80,34 @@ def run_iptables_restore(argv: list[str], state: Any, stdin: str | None, node: A
         opts, rest = _getopt(prog, argv, RESTORE_SHORT, RESTORE_ARG, optional={"wait", "wait-interval"})
     except _Usage as exc:
         return 1, "", f"{exc}\nTry `{prog} -h' for more information.\n"
+    if "help" in opts:
+        return 0, "", restore_usage(prog)
     if "version" in opts:
         return 0, f"{prog} v1.8.9 (nf_tables)\n", ""
     if rest:
-        path = Path(rest[0])
         try:
-            text = path.read_text()
+            text = read_text(rest[0])
         except OSError as exc:
             return 1, "", f"Can't open {rest[0]}: {exc.strerror}\n"
         source = rest[0]
     else:
         text, source = stdin or "", "<stdin>"
     tables = [str(opts["table"])] if opts.get("table") else None
+    echo: list[str] | None = [] if "verbose" in opts else None
     try:
         restore(text, state, noflush="noflush" in opts, counters="counters" in opts, test="test" in opts,
-                tables=tables, source=source, node=node)
+                tables=tables, source=source, node=node, echo=echo)
     except RestoreError as exc:
-        return exc.rc, "", f"{exc}\n"
-    return 0, "", ""
+        return exc.rc, "".join(echo or ()), f"{exc}\n"
+    return 0, "".join(echo or ()), ""
+
+
+def restore_usage(prog: str) -> str:
+    """What ``iptables-restore -h`` prints (on stderr), listing the options it takes."""
+    longs = ["counters", "verbose", "version", "test", "help", "noflush", "table=<TABLE>", "modprobe=<command>",
+             "ipv4", "ipv6"]
+    head = f"Usage: {prog} [-c] [-v] [-V] [-t] [-h] [-n] [-T table] [-M command] [-4] [-6] [file]\n"
+    return head + "".join(f"\t   [ --{o}{'' if o == 'version' else ' '}]\n" for o in longs)
 
 
 def run_iptables_save(argv: list[str], state: Any) -> tuple[int, str, str]:

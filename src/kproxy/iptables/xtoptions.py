@@ -274,7 +274,7 @@ def xtopt_markmask(text: str, ext: str, opt: str) -> tuple[int, int | None]:
 
 def xtopt_string(text: str, minimum: int = 0, maximum: int = 0, size: int = 0) -> str:
     """XTTYPE_STRING: the length checks, then the copy into a ``size``-byte field (at most size - 1 bytes)."""
-    length = len(text.encode())
+    length = len(text.encode(errors="surrogateescape"))     # undecodable input bytes count as bytes
     if minimum and length < minimum:
         raise ExtensionError(f"Argument must have a minimum length of {minimum} characters\n")
     if maximum and length > maximum:
@@ -283,11 +283,12 @@ def xtopt_string(text: str, minimum: int = 0, maximum: int = 0, size: int = 0) -
 
 
 def truncate(text: str, limit: int) -> str:
-    """At most ``limit`` bytes of ``text`` (the kernel field is a fixed char array)."""
-    raw = text.encode()
+    """At most ``limit`` bytes of ``text`` (the kernel field is a fixed char array); undecodable
+    input bytes stay bytes."""
+    raw = text.encode(errors="surrogateescape")
     if len(raw) <= limit:
         return text
-    return raw[:limit].decode(errors="ignore")
+    return raw[:limit].decode(errors="surrogateescape")
 
 
 def getportbyname(text: str) -> int:

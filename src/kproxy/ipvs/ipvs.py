@@ -45,6 +45,7 @@ class RateEstimator:
     """
 
     KEYS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+    SETTLE = 256
 
     def __init__(self, now: float = 0.0) -> None:
         self.last = dict.fromkeys(self.KEYS, 0)
@@ -52,6 +53,11 @@ class RateEstimator:
         self.stamp = now
 
     def sample(self, stats: dict[str, int], now: float) -> None:
+        intervals = int((now - self.stamp) // 2.0)
+        if intervals > self.SETTLE:
+            # Intervals after the first see no change: the averages only decay, reaching 0 well within
+            # SETTLE steps, so the rest are skipped (a node's clock may be years past the last sample).
+            self.stamp += 2.0 * (intervals - self.SETTLE)
         while now - self.stamp >= 2.0:
             self.stamp += 2.0
             for k in self.KEYS:

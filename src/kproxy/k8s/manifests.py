@@ -97,7 +97,7 @@ class Objects:
                 node = Node.from_dict(obj)
                 if self._first(("Node", node.name), where):
                     self.nodes[node.name] = node
-        except ObjectError as exc:
+        except (ObjectError, AttributeError, TypeError, ValueError) as exc:    # malformed: skipped, as the API would
             self.warnings.append(f"{where}: {exc}")
 
     def _first(self, ident: tuple[str, str], where: str) -> bool:
