@@ -1,0 +1,273 @@
+"""The node file as an SQLite database (format 2): atomic commits, one writer, readers never blocked.
+
+Rows, each with a generation number bumped on every write:
+
+- ``part``: the node's description and clock (``node``), ``conntrack``, ``ipsets``, ``ipvs`` and
+  ``recent``, each a JSON document;
+- ``ipt_table``: one per iptables table and family: its chains in order with policy and counters,
+  and how many rules jump to each chain (so a commit need not read every chain to count them);
+- ``ipt_chain``: one per chain: its rules as save lines with counters, and their extensions' state.
+
+A command reads the parts and the table rows (small), and a chain's rules only when it touches
+the chain; a commit writes only the rows whose content changed. WAL mode lets readers keep their
+snapshot while a writer works; SQLite's journal makes a commit all-or-nothing even under kill -9.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from kproxy.iptables.model import Rule, Table
+from kproxy.node import Node
+from kproxy.store.chains import ChainDataError, StoredChain, chain_text, parse_chain_rows
+from kproxy.store.jsonfile import node_from_parts, node_parts
+from kproxy.store.lock import NodeFileError, Wait
+
+FORMAT_VERSION = 2
+APPLICATION_ID = 0x6B707278          # "kprx" in the database header: this is a kproxy node file
+SQLITE_MAGIC = b"SQLite format 3\x00"
+PAUSE_ENV = "KPROXY_STORE_PAUSE"     # tests: a file to create, then sleep, just before a commit
+SCHEMA = {
+    "part": "CREATE TABLE part (name TEXT PRIMARY KEY, generation INTEGER NOT NULL, body TEXT NOT NULL)",
+    "ipt_table": "CREATE TABLE ipt_table (family INTEGER NOT NULL, name TEXT NOT NULL, "
+                 "generation INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (family, name))",
+    "ipt_chain": "CREATE TABLE ipt_chain (family INTEGER NOT NULL, tbl TEXT NOT NULL, name TEXT NOT NULL, "
+                 "generation INTEGER NOT NULL, rules TEXT NOT NULL, state TEXT, PRIMARY KEY (family, tbl, name))",
+}
+COLUMNS = {"part": ["name", "generation", "body"],
+           "ipt_table": ["family", "name", "generation", "body"],
+           "ipt_chain": ["family", "tbl", "name", "generation", "rules", "state"]}
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def check_header(path: Path, head: bytes, size: int) -> None:
+    """Catch a truncated database before SQLite does (it would only fail on the page it misses)."""
+    if len(head) < 100:
+        raise NodeFileError(f"{path}: damaged node database: truncated ({size} bytes, shorter than its header)")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big")
+    if head[24:28] == head[92:96] and pages and size < pages * page_size:
+        raise NodeFileError(f"{path}: damaged node database: truncated ({size} of {pages * page_size} bytes)")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """An existing database, opened without ever creating one (``mode=rw``); transactions are explicit."""
+    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, isolation_level=None)
+    conn.execute("PRAGMA synchronous = NORMAL")     # with WAL: a crash loses at most the last commit
+    return conn
+
+
+def check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """The file must be a kproxy node database of a format this version reads."""
+    app = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app != APPLICATION_ID:
+        raise NodeFileError(f"{path}: not a kproxy node file (an SQLite database of another application)")
+    if version > FORMAT_VERSION:
+        raise NodeFileError(f"{path}: node file format version {version} is newer than this kproxy reads "
+                            f"({FORMAT_VERSION}); upgrade kproxy")
+    if version != FORMAT_VERSION:
+        raise NodeFileError(f"{path}: unknown node file format version {version}")
+    for table, columns in COLUMNS.items():
+        got = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        if got != columns:
+            what = "missing" if not got else f"has columns {', '.join(got)}"
+            raise NodeFileError(f"{path}: damaged node database: table {table} {what}")
+
+
+def begin(conn: sqlite3.Connection, write: bool, wait: Wait) -> None:
+    """Start the command's transaction: the write lock for a writer, a snapshot for a reader."""
+    if not write:
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()   # the snapshot starts with a first read
+        return
+
+    def try_once() -> bool:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False
+            raise
+        return True
+
+    if wait.seconds is None:
+        conn.execute(f"PRAGMA busy_timeout = {2**31 - 1}")
+        conn.execute("BEGIN IMMEDIATE")
+        return
+    conn.execute(f"PRAGMA busy_timeout = {int(wait.seconds * 1000)}")   # SQLite waits as flock would
+    if not try_once():
+        raise wait.busy()
+
+
+class NodeDatabase:
+    """An open node database: loads the node lazily and writes back what changed."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.conn = conn
+        self.parts: dict[str, str] = {}                        # part name -> body as read
+        self.tables: dict[tuple[int, str], tuple[str, dict[str, StoredChain]]] = {}
+
+    def damaged(self, exc: Exception) -> NodeFileError:
+        return NodeFileError(f"{self.path}: damaged node database ({exc})")
+
+    # ---- reading ------------------------------------------------------------------------------
+    def load(self) -> Node:
+        """The node, with its iptables chains left unread until used."""
+        try:
+            rows = self.conn.execute("SELECT name, body FROM part").fetchall()
+            self.parts = dict(rows)
+            parts = {name: json.loads(body) for name, body in rows}
+            node = node_from_parts(parts, str(self.path))
+            tables = self.conn.execute("SELECT family, name, body FROM ipt_table ORDER BY family, name").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self.damaged(exc) from None
+        except ValueError as exc:
+            raise NodeFileError(f"{self.path}: damaged node database: a part is not JSON ({exc})") from None
+        by_family: dict[int, dict[str, Table]] = {}
+        for family, name, body in tables:
+            if family not in node.iptables:
+                raise NodeFileError(f"{self.path}: damaged node database: iptables family {family}")
+            by_family.setdefault(family, {})[name] = self._table(family, name, body)
+        for family, loaded in by_family.items():
+            node.iptables[family].commit(loaded)
+        return node
+
+    def _table(self, family: int, name: str, body: str) -> Table:
+        try:
+            data = json.loads(body)
+            t = Table(name, family)
+            for cname, policy, packets, nbytes in data["chains"]:
+                t.chains[cname] = StoredChain(cname, policy, int(packets), int(nbytes), self._fetcher(family, name))
+            t.refs = {str(k): int(v) for k, v in data["refs"].items()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise NodeFileError(f"{self.path}: damaged node database: table {name}: {exc}") from None
+        self.tables[(family, name)] = (body, dict(t.chains))  # type: ignore[arg-type]
+        return t
+
+    def _fetcher(self, family: int, table: str) -> Any:
+        def fetch(chain: StoredChain) -> list[Rule]:
+            try:
+                row = self.conn.execute("SELECT rules, state FROM ipt_chain WHERE family = ? AND tbl = ? AND name = ?",
+                                        (family, table, chain.name)).fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise self.damaged(exc) from None
+            where = f"{self.path}: damaged node database: {'ip6tables' if family == 6 else 'iptables'} " \
+                    f"table {table} chain {chain.name}"
+            if row is None:
+                raise NodeFileError(f"{where}: no rules row")
+            chain.row = (row[0], row[1])
+            try:
+                return parse_chain_rows(row[0], row[1], family, table)
+            except ChainDataError as exc:
+                raise NodeFileError(f"{where}: {exc}") from None
+        return fetch
+
+    # ---- writing ------------------------------------------------------------------------------
+    def commit(self, node: Node) -> int:
+        """Write the rows that changed and commit; returns how many rows were written."""
+        try:
+            n = self._write(node)
+            pause = os.environ.get(PAUSE_ENV)
+            if pause:
+                Path(pause).write_text(str(os.getpid()))
+                time.sleep(3600)
+            self.conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise self.damaged(exc) from None
+        return n
+
+    def replace(self, node: Node) -> int:
+        """Write the whole node in place of whatever the file held, and commit."""
+        self.conn.execute("DELETE FROM part")
+        self.conn.execute("DELETE FROM ipt_table")
+        self.conn.execute("DELETE FROM ipt_chain")
+        self.parts, self.tables = {}, {}
+        return self.commit(node)
+
+    def _write(self, node: Node) -> int:
+        n = 0
+        ex = self.conn.execute
+        for name, value in node_parts(node).items():
+            body = _compact(value)
+            if self.parts.get(name) != body:
+                ex("INSERT INTO part VALUES (?, 1, ?) ON CONFLICT (name) DO UPDATE "
+                   "SET generation = generation + 1, body = excluded.body", (name, body))
+                n += 1
+        seen: set[tuple[int, str]] = set()
+        for family, state in node.iptables.items():
+            for name, t in state.tables.items():
+                seen.add((family, name))
+                n += self._write_table(family, t)
+        for family, name in set(self.tables) - seen:
+            ex("DELETE FROM ipt_table WHERE family = ? AND name = ?", (family, name))
+            ex("DELETE FROM ipt_chain WHERE family = ? AND tbl = ?", (family, name))
+            n += 1
+        return n
+
+    def _write_table(self, family: int, t: Table) -> int:
+        """The table's row if its chain list changed, and the rows of the chains whose rules did."""
+        ex = self.conn.execute
+        body = _compact({"chains": [[c.name, c.policy, c.packets, c.bytes] for c in t.chains.values()],
+                         "refs": {k: v for k, v in t.jump_counts().items() if v}})
+        old_body, old_chains = self.tables.get((family, t.name), ("", {}))
+        n = 0
+        if body != old_body:
+            ex("INSERT INTO ipt_table VALUES (?, ?, 1, ?) ON CONFLICT (family, name) DO UPDATE "
+               "SET generation = generation + 1, body = excluded.body", (family, t.name, body))
+            n += 1
+        for name, chain in t.chains.items():
+            old = old_chains.get(name)
+            if chain is old and old.pending:
+                continue                     # never read, so never changed
+            row = chain_text(chain)
+            if old is not None and old.row == row:
+                continue
+            ex("INSERT INTO ipt_chain VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (family, tbl, name) DO UPDATE "
+               "SET generation = generation + 1, rules = excluded.rules, state = excluded.state",
+               (family, t.name, name, row[0], row[1]))
+            n += 1
+        for name in old_chains.keys() - t.chains.keys():
+            ex("DELETE FROM ipt_chain WHERE family = ? AND tbl = ? AND name = ?", (family, t.name, name))
+            n += 1
+        return n
+
+
+def create(path: Path, node: Node, replace: bool) -> None:
+    """Write ``node`` as a new database at ``path``: built beside it, then linked (or renamed) into place.
+
+    Without ``replace`` an existing file wins (FileExistsError): a writer that raced another one to
+    create the node runs its command again on what the other wrote.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".kproxy-node-", suffix=".tmp", dir=str(path.resolve().parent))
+    os.close(fd)
+    try:
+        conn = connect(Path(tmp))
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+            conn.execute("BEGIN IMMEDIATE")
+            for sql in SCHEMA.values():
+                conn.execute(sql)
+            NodeDatabase(Path(tmp), conn).commit(node)
+        finally:
+            conn.close()
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
