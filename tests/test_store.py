@@ -261,6 +261,11 @@ def test_read_only_commands_leave_the_file_as_it_was(tmp_path, command):
 # ---- everything persists ---------------------------------------------------------------------------
 def test_ipvs_connections_stats_and_scheduler_survive(tmp_path):
     node = tmp_path / "n.db"
+    desc = tmp_path / "node.yaml"
+    desc.write_text("interfaces:\n- {name: eth0, addresses: [192.168.1.10/24]}\n"
+                    "- {name: kube-ipvs0, addresses: [10.96.0.1/32]}\n"
+                    "routes: [default via 192.168.1.1 dev eth0, 10.244.1.0/24 dev eth0]\n")
+    assert kp(node, "node", "init", "--from", str(desc)).returncode == 0
     for args in (["-A", "-t", "10.96.0.1:80", "-s", "rr"], ["-a", "-t", "10.96.0.1:80", "-r", "10.244.1.5:8080", "-m"],
                  ["-a", "-t", "10.96.0.1:80", "-r", "10.244.1.6:8080", "-m"]):
         assert kp(node, "ipvsadm", *args).returncode == 0
@@ -289,7 +294,7 @@ def test_ipset_counters_and_stateful_rules_survive(tmp_path):
     assert kp(node, "iptables", "-A", "INPUT", "-j", "LIM").returncode == 0
     assert kp(node, "iptables", "-A", "LIM", "-m", "limit", "--limit", "1/hour", "--limit-burst", "2",
               "-j", "RETURN").returncode == 0
-    assert kp(node, "iptables", "-A", "LIM", "-m", "statistic", "--mode", "nth", "--every", "3",
+    assert kp(node, "iptables", "-A", "LIM", "-m", "statistic", "--mode", "nth", "--every", "3", "--packet", "0",
               "-j", "RETURN").returncode == 0
     for port in (1, 2, 3, 4, 5):
         res = kp(node, "trace", "--iif", "eth0", "-s", f"192.168.1.{30 + port}", "-d", "192.168.1.10",

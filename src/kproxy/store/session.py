@@ -14,7 +14,7 @@ from pathlib import Path
 from kproxy.node import Node
 from kproxy.store import database
 from kproxy.store.jsonfile import read_json_node
-from kproxy.store.lock import FOREVER, NodeFileError, Wait, acquire
+from kproxy.store.lock import FOREVER, LockBusy, NodeFileError, Wait, acquire
 
 
 class Retry(Exception):
@@ -62,7 +62,8 @@ class NodeSession:
                 if head.lstrip()[:1] == b"{":
                     node = self._open_json(fd)
                     if node is not None:
-                        fd = -1                 # kept open: it holds the flock until the commit
+                        if self._flock == fd:
+                            fd = -1             # kept open: it holds the flock until the commit
                         return node
                     continue                    # rewritten as a database while we waited: again
             finally:
@@ -77,12 +78,17 @@ class NodeSession:
 
     def _open_database(self, head: bytes, size: int) -> Node:
         database.check_header(self.path, head, size)
+        conn = None
         try:
             conn = database.connect(self.path)
             database.begin(conn, self.write, self.wait)
             database.check_schema(conn, self.path)
-        except database.sqlite3.DatabaseError as exc:
-            raise NodeFileError(f"{self.path}: damaged node database ({exc})") from None
+        except (database.sqlite3.DatabaseError, NodeFileError, LockBusy) as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, database.sqlite3.DatabaseError):
+                raise NodeFileError(f"{self.path}: damaged node database ({exc})") from None
+            raise
         self.kind = "database"
         self._db = database.NodeDatabase(self.path, conn)
         return self._db.load()
@@ -97,12 +103,14 @@ class NodeSession:
                 same = False
             if not same:
                 return None
-            self._flock = fd
         with os.fdopen(os.dup(fd)) as fh:
             fh.seek(0)
             text = fh.read()
+        node = read_json_node(self.path, text)
         self.kind = "json"
-        return read_json_node(self.path, text)
+        if self.write:
+            self._flock = fd
+        return node
 
     def commit(self) -> None:
         """Persist the node (a writer's success). Raises Retry when a fresh node lost a creation race."""
