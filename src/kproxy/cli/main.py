@@ -156,10 +156,16 @@ def _make_iptables(name: str) -> None:
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     @click.pass_obj
     def cmd(obj: Ctx, args: tuple[str, ...]) -> None:
+        from kproxy.store.append import fast_append
+
         family = _iptables_family(name)
         argv = list(args)
-        run_tool(obj, lambda node: node.iptables_cmd(argv, family), mutates=not iptables_reads(argv, family),
-                 wait=_lock_wait(name, argv))
+
+        def run(node: Node) -> tuple[int, str, str]:
+            done = fast_append(node, argv, family)
+            return done if done is not None else node.iptables_cmd(argv, family)
+
+        run_tool(obj, run, mutates=not iptables_reads(argv, family), wait=_lock_wait(name, argv))
 
     cmd.__doc__ = f"{name} with the real tool's arguments, on the emulated node."
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 from kproxy.iptables.model import Chain, Rule
 from kproxy.iptables.parser import tokenize
@@ -57,13 +58,23 @@ def load_rule_state(rules: list[Rule], state: list[list[Any]]) -> None:
         rules[i].matches[j].load_state(value)   # type: ignore[attr-defined]
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic GC off while building or walking many long-lived objects (it would rescan them all)."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
 def parse_chain_rows(text: str, state: str | None, family: int, table: str) -> list[Rule]:
     """The rules of a chain row (trusted to have been checked when they were committed)."""
     rules: list[Rule] = []
     if text:
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             for n, line in enumerate(text.split("\n"), 1):
                 m = COUNTERS_RE.match(line)
                 if m is None:
@@ -76,9 +87,6 @@ def parse_chain_rows(text: str, state: str | None, family: int, table: str) -> l
                 for r in c.rules:
                     r.packets, r.bytes = pkts, nbytes
                 rules.extend(c.rules)
-        finally:
-            if paused:
-                gc.enable()
     if state:
         try:
             load_rule_state(rules, json.loads(state))
@@ -87,31 +95,73 @@ def parse_chain_rows(text: str, state: str | None, family: int, table: str) -> l
     return rules
 
 
+class ChainRows(Protocol):
+    """Where a table's chain rows come from (the open node database)."""
+
+    family: int
+    table: str
+
+    def row(self, name: str) -> ChainRow: ...
+
+    def error(self, name: str, why: str) -> Exception: ...
+
+
 class StoredChain(Chain):
-    """A chain loaded from the node file whose rules are fetched and parsed when first read."""
+    """A chain loaded from the node file whose rules are fetched and parsed when first read.
 
-    __slots__ = ("_fetch", "row")
+    ``row`` is the chain's row once fetched (what a commit compares with). ``written`` marks a
+    chain whose ``row`` is new content, to be written while its rules stay unread (an append)."""
 
-    def __init__(self, name: str, policy: str | None, packets: int, nbytes: int,
-                 fetch: Callable[[StoredChain], list[Rule]]) -> None:
-        Chain.__init__(self, name, policy, [], packets, nbytes)
-        self._fetch: Callable[[StoredChain], list[Rule]] | None = fetch
-        self.row: ChainRow | None = None     # the row as read, once read: what a commit compares with
+    __slots__ = ("_source", "row", "written")
+
+    def __init__(self, name: str, policy: str | None, packets: int, nbytes: int, source: ChainRows,
+                 row: ChainRow | None = None) -> None:
+        # Not Chain.__init__: a big table makes tens of thousands of these for every command, and
+        # the rules slot stays empty until read.
+        self.name, self.policy, self.packets, self.bytes = name, policy, packets, nbytes
+        self._source: ChainRows | None = source
+        self.row = row
+        self.written = False
 
     @property
     def pending(self) -> bool:
-        """True while the rules have not been read: the chain is then unchanged."""
-        return self._fetch is not None
+        """True while the rules have not been read: the chain is then unchanged (unless ``written``)."""
+        return self._source is not None
+
+    def stored_row(self) -> ChainRow:
+        """The row, fetched if need be, without parsing it."""
+        if self.row is None:
+            assert self._source is not None
+            self.row = self._source.row(self.name)
+        return self.row
+
+    def saved_lines(self, counters: bool) -> list[str] | None:
+        """The chain's ``-A`` lines as iptables-save prints them, straight from the row while unread."""
+        if self._source is None:
+            return None
+        text = self.stored_row()[0]
+        if not text:
+            return []
+        lines = text.split("\n")
+        if counters:
+            return lines
+        sub = COUNTERS_RE.sub
+        return [sub("", ln, count=1) for ln in lines]
 
     @property  # type: ignore[override]
     def rules(self) -> list[Rule]:
-        fetch = self._fetch
-        if fetch is not None:
-            self._fetch = None
-            _RULES.__set__(self, fetch(self))
+        source = self._source
+        if source is not None:
+            text, state = self.stored_row()
+            try:
+                rules = parse_chain_rows(text, state, source.family, source.table)
+            except ChainDataError as exc:
+                raise source.error(self.name, str(exc)) from None
+            self._source = None
+            _RULES.__set__(self, rules)
         return _RULES.__get__(self)  # type: ignore[no-any-return]
 
     @rules.setter
     def rules(self, value: list[Rule]) -> None:
-        self._fetch = None
+        self._source = None
         _RULES.__set__(self, value)

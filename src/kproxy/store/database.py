@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kproxy.iptables.model import Rule, Table
+from kproxy.iptables.model import Table
 from kproxy.node import Node
-from kproxy.store.chains import ChainDataError, StoredChain, chain_text, parse_chain_rows
+from kproxy.store.chains import StoredChain, chain_text, gc_paused
 from kproxy.store.jsonfile import node_from_parts, node_parts
 from kproxy.store.lock import NodeFileError, Wait
 
@@ -126,6 +126,10 @@ class NodeDatabase:
     # ---- reading ------------------------------------------------------------------------------
     def load(self) -> Node:
         """The node, with its iptables chains left unread until used."""
+        with gc_paused():
+            return self._load()
+
+    def _load(self) -> Node:
         try:
             rows = self.conn.execute("SELECT name, body FROM part").fetchall()
             self.parts = dict(rows)
@@ -146,40 +150,46 @@ class NodeDatabase:
         return node
 
     def _table(self, family: int, name: str, body: str) -> Table:
+        source = TableRows(self, family, name)
         try:
             data = json.loads(body)
             t = Table(name, family)
-            for cname, policy, packets, nbytes in data["chains"]:
-                t.chains[cname] = StoredChain(cname, policy, int(packets), int(nbytes), self._fetcher(family, name))
-            t.refs = {str(k): int(v) for k, v in data["refs"].items()}
+            t.chains = {cname: StoredChain(cname, policy, packets, nbytes, source)
+                        for cname, policy, packets, nbytes in data["chains"]}
+            t.refs = data["refs"]
+            if not all(type(v) is int for v in t.refs.values()):
+                raise TypeError("reference counts must be integers")
         except (ValueError, KeyError, TypeError) as exc:
             raise NodeFileError(f"{self.path}: damaged node database: table {name}: {exc}") from None
         self.tables[(family, name)] = (body, dict(t.chains))  # type: ignore[arg-type]
         return t
 
-    def _fetcher(self, family: int, table: str) -> Any:
-        def fetch(chain: StoredChain) -> list[Rule]:
-            try:
-                row = self.conn.execute("SELECT rules, state FROM ipt_chain WHERE family = ? AND tbl = ? AND name = ?",
-                                        (family, table, chain.name)).fetchone()
-            except sqlite3.DatabaseError as exc:
-                raise self.damaged(exc) from None
-            where = f"{self.path}: damaged node database: {'ip6tables' if family == 6 else 'iptables'} " \
-                    f"table {table} chain {chain.name}"
-            if row is None:
-                raise NodeFileError(f"{where}: no rules row")
-            chain.row = (row[0], row[1])
-            try:
-                return parse_chain_rows(row[0], row[1], family, table)
-            except ChainDataError as exc:
-                raise NodeFileError(f"{where}: {exc}") from None
-        return fetch
+    def chain_row(self, family: int, table: str, chain: str) -> tuple[str, str | None]:
+        """A chain's row as stored (its rules unparsed)."""
+        try:
+            row = self.conn.execute("SELECT rules, state FROM ipt_chain WHERE family = ? AND tbl = ? AND name = ?",
+                                    (family, table, chain)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self.damaged(exc) from None
+        if row is None:
+            raise TableRows(self, family, table).error(chain, "no rules row")
+        return row[0], row[1]
+
+    def table_rows(self, family: int, table: str) -> dict[str, tuple[str, str | None]]:
+        """Every chain row of a table, in one query."""
+        try:
+            rows = self.conn.execute("SELECT name, rules, state FROM ipt_chain WHERE family = ? AND tbl = ?",
+                                     (family, table)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self.damaged(exc) from None
+        return {name: (rules, state) for name, rules, state in rows}
 
     # ---- writing ------------------------------------------------------------------------------
     def commit(self, node: Node) -> int:
         """Write the rows that changed and commit; returns how many rows were written."""
         try:
-            n = self._write(node)
+            with gc_paused():
+                n = self._write(node)
             pause = os.environ.get(PAUSE_ENV)
             if pause:
                 Path(pause).write_text(str(os.getpid()))
@@ -232,7 +242,10 @@ class NodeDatabase:
             old = old_chains.get(name)
             if chain is old and old.pending:
                 continue                     # never read, so never changed
-            row = chain_text(chain)
+            if isinstance(chain, StoredChain) and chain.pending and chain.written:
+                row = chain.stored_row()
+            else:
+                row = chain_text(chain)
             if old is not None and old.row == row:
                 continue
             ex("INSERT INTO ipt_chain VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (family, tbl, name) DO UPDATE "
@@ -243,6 +256,33 @@ class NodeDatabase:
             ex("DELETE FROM ipt_chain WHERE family = ? AND tbl = ? AND name = ?", (family, t.name, name))
             n += 1
         return n
+
+
+class TableRows:
+    """The chain rows of one table, fetched one by one, or all at once when many are asked for
+    (iptables-save, -L of the whole table): one query instead of thousands."""
+
+    BULK_AFTER = 64
+
+    def __init__(self, db: NodeDatabase, family: int, table: str) -> None:
+        self.db, self.family, self.table = db, family, table
+        self.fetched = 0
+        self.cache: dict[str, tuple[str, str | None]] | None = None
+
+    def row(self, name: str) -> tuple[str, str | None]:
+        if self.cache is None:
+            self.fetched += 1
+            if self.fetched <= self.BULK_AFTER:
+                return self.db.chain_row(self.family, self.table, name)
+            self.cache = self.db.table_rows(self.family, self.table)
+        row = self.cache.get(name)
+        if row is None:
+            raise self.error(name, "no rules row")
+        return row
+
+    def error(self, name: str, why: str) -> NodeFileError:
+        tool = "ip6tables" if self.family == 6 else "iptables"
+        return NodeFileError(f"{self.db.path}: damaged node database: {tool} table {self.table} chain {name}: {why}")
 
 
 def create(path: Path, node: Node, replace: bool) -> None:
