@@ -238,6 +238,7 @@ class NodeDatabase:
             ex("INSERT INTO ipt_table VALUES (?, ?, 1, ?) ON CONFLICT (family, name) DO UPDATE "
                "SET generation = generation + 1, body = excluded.body", (family, t.name, body))
             n += 1
+        changed = []
         for name, chain in t.chains.items():
             old = old_chains.get(name)
             if chain is old and old.pending:
@@ -246,16 +247,14 @@ class NodeDatabase:
                 row = chain.stored_row()
             else:
                 row = chain_text(chain)
-            if old is not None and old.row == row:
-                continue
-            ex("INSERT INTO ipt_chain VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (family, tbl, name) DO UPDATE "
-               "SET generation = generation + 1, rules = excluded.rules, state = excluded.state",
-               (family, t.name, name, row[0], row[1]))
-            n += 1
-        for name in old_chains.keys() - t.chains.keys():
-            ex("DELETE FROM ipt_chain WHERE family = ? AND tbl = ? AND name = ?", (family, t.name, name))
-            n += 1
-        return n
+            if old is None or old.row != row:
+                changed.append((family, t.name, name, row[0], row[1]))
+        self.conn.executemany("INSERT INTO ipt_chain VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (family, tbl, name) "
+                              "DO UPDATE SET generation = generation + 1, rules = excluded.rules, "
+                              "state = excluded.state", changed)
+        gone = [(family, t.name, name) for name in old_chains.keys() - t.chains.keys()]
+        self.conn.executemany("DELETE FROM ipt_chain WHERE family = ? AND tbl = ? AND name = ?", gone)
+        return n + len(changed) + len(gone)
 
 
 class TableRows:
