@@ -399,6 +399,7 @@ def test_an_append_to_an_unread_chain_matches_the_general_path(tmp_path, argv):
     want = reference.iptables_cmd(list(argv))
     work = tmp_path / "w.db"
     shutil.copy(node, work)
+    assert not Path(f"{node}-wal").exists()          # every command closed the file, leaving no journal
     session = NodeSession(work, write=True)
     got = fast_append(session.node, list(argv), 4)
     handled = "NOCHAIN" not in argv          # an unknown chain is left to the general path
@@ -429,3 +430,25 @@ def test_unread_chains_save_and_list_as_parsed_ones(tmp_path):
         assert got == [ln for ln in want if not ln.startswith("#")]
     for args in (["-t", "nat", "-L", "-n", "-v", "-x"], ["-t", "nat", "-S"]):
         assert kp(node, "iptables", *args).stdout == reference.iptables_cmd(args)[1]
+
+
+@pytest.mark.parametrize("start", ["absent", "json", "database"])
+def test_a_session_commits_again_as_the_proxy_does_after_each_sync(tmp_path, start):
+    node = tmp_path / "n.db"
+    if start == "json":
+        node.write_text(json.dumps(node_to_json(Node.default())))
+    elif start == "database":
+        assert kp(node, "iptables", "-N", "OLD").returncode == 0
+    session = NodeSession(node, write=True)
+    n = session.node
+    assert n.iptables_cmd(["-N", "A"])[0] == 0 and n.iptables_cmd(["-A", "A", "-j", "RETURN"])[0] == 0
+    session.commit()
+    assert rules(node, "A") == ["-A A -j RETURN"]
+    assert kp(node, "iptables", "-A", "INPUT", "-j", "DROP").returncode == 0    # the lock is free between commits
+    assert n.iptables_cmd(["-X", "A"])[0] == 4 and n.iptables_cmd(["-F", "A"])[0] == 0
+    assert n.iptables_cmd(["-X", "A"])[0] == 0 and n.iptables_cmd(["-A", "INPUT", "-j", "ACCEPT"])[0] == 0
+    session.commit()
+    session.close()
+    saved = kp(node, "iptables-save").stdout
+    assert ":A " not in saved and "-A INPUT -j ACCEPT" in saved
+    assert (":OLD - [0:0]" in saved) == (start == "database")

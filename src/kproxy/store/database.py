@@ -46,6 +46,9 @@ COLUMNS = {"part": ["name", "generation", "body"],
            "ipt_chain": ["family", "tbl", "name", "generation", "rules", "state"]}
 
 
+Book = dict[str, tuple[Any, "tuple[str, str | None] | None"]]   # chain name -> (chain object, its row)
+
+
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -117,8 +120,11 @@ class NodeDatabase:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self.conn = conn
-        self.parts: dict[str, str] = {}                        # part name -> body as read
-        self.tables: dict[tuple[int, str], tuple[str, dict[str, StoredChain]]] = {}
+        # What the file holds, as far as this process knows (read, or written by it): part bodies,
+        # and per table its row and each chain's object with its row (None: a row never read).
+        self.parts: dict[str, str] = {}
+        self.tables: dict[tuple[int, str], tuple[str, Book]] = {}
+        self._next: tuple[dict[str, str], dict[tuple[int, str], tuple[str, Book]]] | None = None
 
     def damaged(self, exc: Exception) -> NodeFileError:
         return NodeFileError(f"{self.path}: damaged node database ({exc})")
@@ -161,7 +167,7 @@ class NodeDatabase:
                 raise TypeError("reference counts must be integers")
         except (ValueError, KeyError, TypeError) as exc:
             raise NodeFileError(f"{self.path}: damaged node database: table {name}: {exc}") from None
-        self.tables[(family, name)] = (body, dict(t.chains))  # type: ignore[arg-type]
+        self.tables[(family, name)] = (body, {cname: (c, None) for cname, c in t.chains.items()})
         return t
 
     def chain_row(self, family: int, table: str, chain: str) -> tuple[str, str | None]:
@@ -185,9 +191,13 @@ class NodeDatabase:
         return {name: (rules, state) for name, rules, state in rows}
 
     # ---- writing ------------------------------------------------------------------------------
-    def commit(self, node: Node) -> int:
-        """Write the rows that changed and commit; returns how many rows were written."""
+    def commit(self, node: Node, wait: Wait | None = None) -> int:
+        """Write the rows that changed and commit; returns how many rows were written.
+
+        A session may commit again (the proxy after each sync): it then takes the lock anew."""
         try:
+            if not self.conn.in_transaction:
+                begin(self.conn, True, wait or Wait())
             with gc_paused():
                 n = self._write(node)
             pause = os.environ.get(PAUSE_ENV)
@@ -197,10 +207,15 @@ class NodeDatabase:
             self.conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise self.damaged(exc) from None
+        assert self._next is not None
+        self.parts, self.tables = self._next
+        self._next = None
         return n
 
-    def replace(self, node: Node) -> int:
+    def replace(self, node: Node, wait: Wait | None = None) -> int:
         """Write the whole node in place of whatever the file held, and commit."""
+        if not self.conn.in_transaction:
+            begin(self.conn, True, wait or Wait())
         self.conn.execute("DELETE FROM part")
         self.conn.execute("DELETE FROM ipt_table")
         self.conn.execute("DELETE FROM ipt_chain")
@@ -210,24 +225,25 @@ class NodeDatabase:
     def _write(self, node: Node) -> int:
         n = 0
         ex = self.conn.execute
+        parts: dict[str, str] = {}
         for name, value in node_parts(node).items():
-            body = _compact(value)
+            body = parts[name] = _compact(value)
             if self.parts.get(name) != body:
                 ex("INSERT INTO part VALUES (?, 1, ?) ON CONFLICT (name) DO UPDATE "
                    "SET generation = generation + 1, body = excluded.body", (name, body))
                 n += 1
-        seen: set[tuple[int, str]] = set()
+        tables: dict[tuple[int, str], tuple[str, Book]] = {}
         for family, state in node.iptables.items():
-            for name, t in state.tables.items():
-                seen.add((family, name))
-                n += self._write_table(family, t)
-        for family, name in set(self.tables) - seen:
+            for t in state.tables.values():
+                n += self._write_table(family, t, tables)
+        for family, name in set(self.tables) - set(tables):
             ex("DELETE FROM ipt_table WHERE family = ? AND name = ?", (family, name))
             ex("DELETE FROM ipt_chain WHERE family = ? AND tbl = ?", (family, name))
             n += 1
+        self._next = (parts, tables)
         return n
 
-    def _write_table(self, family: int, t: Table) -> int:
+    def _write_table(self, family: int, t: Table, book: dict[tuple[int, str], tuple[str, Book]]) -> int:
         """The table's row if its chain list changed, and the rows of the chains whose rules did."""
         ex = self.conn.execute
         body = _compact({"chains": [[c.name, c.policy, c.packets, c.bytes] for c in t.chains.values()],
@@ -239,19 +255,23 @@ class NodeDatabase:
                "SET generation = generation + 1, body = excluded.body", (family, t.name, body))
             n += 1
         changed = []
+        rows: Book = {}
         for name, chain in t.chains.items():
-            old = old_chains.get(name)
-            if chain is old and old.pending:
-                continue                     # never read, so never changed
-            if isinstance(chain, StoredChain) and chain.pending and chain.written:
-                row = chain.stored_row()
-            else:
-                row = chain_text(chain)
-            if old is None or old.row != row:
+            old, old_row = old_chains.get(name, (None, None))
+            stored = chain if isinstance(chain, StoredChain) and chain.pending else None
+            if chain is old and stored is not None and not stored.written:
+                rows[name] = (chain, old_row)   # never read, so never changed
+                continue
+            row = stored.stored_row() if stored is not None else chain_text(chain)
+            rows[name] = (chain, row)
+            if old_row is None and isinstance(old, StoredChain):
+                old_row = old.row
+            if old is None or old_row != row:
                 changed.append((family, t.name, name, row[0], row[1]))
         self.conn.executemany("INSERT INTO ipt_chain VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (family, tbl, name) "
                               "DO UPDATE SET generation = generation + 1, rules = excluded.rules, "
                               "state = excluded.state", changed)
+        book[(family, t.name)] = (body, rows)
         gone = [(family, t.name, name) for name in old_chains.keys() - t.chains.keys()]
         self.conn.executemany("DELETE FROM ipt_chain WHERE family = ? AND tbl = ? AND name = ?", gone)
         return n + len(changed) + len(gone)
@@ -284,8 +304,9 @@ class TableRows:
         return NodeFileError(f"{self.db.path}: damaged node database: {tool} table {self.table} chain {name}: {why}")
 
 
-def create(path: Path, node: Node, replace: bool) -> None:
-    """Write ``node`` as a new database at ``path``: built beside it, then linked (or renamed) into place.
+def create(path: Path, node: Node, replace: bool) -> NodeDatabase:
+    """Write ``node`` as a new database at ``path``: built beside it, then linked (or renamed) into place;
+    returns it open, knowing what it holds.
 
     Without ``replace`` an existing file wins (FileExistsError): a writer that raced another one to
     create the node runs its command again on what the other wrote.
@@ -301,7 +322,8 @@ def create(path: Path, node: Node, replace: bool) -> None:
             conn.execute("BEGIN IMMEDIATE")
             for sql in SCHEMA.values():
                 conn.execute(sql)
-            NodeDatabase(Path(tmp), conn).commit(node)
+            built = NodeDatabase(Path(tmp), conn)
+            built.commit(node)
         finally:
             conn.close()
         if replace:
@@ -310,3 +332,6 @@ def create(path: Path, node: Node, replace: bool) -> None:
             os.link(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+    db = NodeDatabase(path, connect(path))     # what was written, for a later commit of the same node
+    db.parts, db.tables = built.parts, built.tables
+    return db

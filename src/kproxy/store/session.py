@@ -113,7 +113,9 @@ class NodeSession:
         return node
 
     def commit(self) -> None:
-        """Persist the node (a writer's success). Raises Retry when a fresh node lost a creation race."""
+        """Persist the node (a writer's success); the session stays usable for another commit.
+
+        Raises Retry when a fresh node lost the race to create the file."""
         if self._node is None:
             return
         if not self.write:
@@ -123,17 +125,20 @@ class NodeSession:
         if kind == "database":
             assert self._db is not None
             if replacing:
-                self._db.replace(self._node)
+                self._db.replace(self._node, self.wait)
             else:
-                self._db.commit(self._node)
-        elif kind == "json":
-            database.create(self.path, self._node, replace=True)     # migrated on its first write
+                self._db.commit(self._node, self.wait)
         else:
             try:
-                database.create(self.path, self._node, replace=False)
+                # JSON: migrated on its first write (under its flock); absent: created, or lost the race.
+                db = database.create(self.path, self._node, replace=kind == "json")
             except FileExistsError:
                 raise Retry() from None
-        self.close()
+            if self._flock is not None:
+                os.close(self._flock)
+                self._flock = None
+            self._db = db
+        self.kind = "database"
 
     def close(self) -> None:
         """End the session without writing (a reader's end, or a failed command's)."""
