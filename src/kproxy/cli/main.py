@@ -126,12 +126,12 @@ def _iptables_family(name: str) -> int:
 
 def iptables_reads(argv: list[str], family: int) -> bool:
     """Whether an iptables command line only reads (-L without -Z, -S, -C, -h, -V; or does not parse)."""
-    from kproxy.iptables.parser import ParameterProblem, parse_command
+    from kproxy.iptables.parser import parse_command
 
     try:
         c = parse_command(argv, family)
-    except (ParameterProblem, ValueError):
-        return True              # it fails before touching anything
+    except Exception:            # it fails before touching anything (and says why when run)
+        return True
     return c.cmd in ("S", "C", "h", "V") or (c.cmd == "L" and not c.zero)
 
 
