@@ -346,6 +346,9 @@ def test_export_and_import_round_trip(tmp_path):
     assert kp(copy, "node", "import", str(tmp_path / "x.json")).returncode == 0
     assert kp(copy, "node", "export").stdout == exported
     assert kp(copy, "node", "import", str(tmp_path / "missing.json")).returncode == 2
+    res = kp(copy, "node", "import", str(node))
+    assert res.returncode == 1 and res.stderr == f"Error: {node}: a node database, not an export: use it with " \
+        "--node, or export it first\n"
 
 
 # ---- lazy loading and incremental commits --------------------------------------------------------------

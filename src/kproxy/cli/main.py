@@ -320,8 +320,14 @@ def node_import(obj: Ctx, file: str) -> None:
     """Replace the whole node with one exported by ``node export`` (or an old JSON node file)."""
     from kproxy.store.jsonfile import read_json_node
 
-    text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     try:
+        if data.startswith(b"SQLite format 3\0"):
+            raise NodeFileError(f"{file}: a node database, not an export: use it with --node, or export it first")
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            raise NodeFileError(f"{file}: not a JSON node export ({exc.reason} at byte {exc.start})") from None
         fresh = read_json_node(Path(file), text)
     except NodeFileError as exc:
         raise click.ClickException(str(exc)) from None
