@@ -45,7 +45,7 @@ class NodeSession:
         if self._node is None and self.write:
             self._open()
         self._node = node
-        self.kind = "replaced:" + self.kind
+        self.kind = "replaced:" + self.kind.removeprefix("replaced:")
 
     def _open(self) -> Node:
         while True:
