@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kp-bench-node-"))
+    try:
+        measure(tmp, args.runs)
+    finally:
+        shutil.rmtree(tmp)
+
+
+def measure(tmp: Path, runs: int) -> None:
     nodes = {"kube": tmp / "kube.db", "flat": tmp / "flat.db", "small": tmp / "small.db"}
     flat = flat_ruleset(FLAT)
     print(f"node files in {tmp}")
@@ -97,13 +105,10 @@ def main() -> None:
           f"{'beyond: wall':>13} {'cpu':>6}")
     for label, kind, argv in COMMANDS:
         for k in (("kube", "flat") if kind == "any" else (kind,)):
-            big_w, big_c = best(nodes[k], argv, args.runs, counter)
-            small_w, small_c = best(nodes["small"], argv, args.runs, counter)
+            big_w, big_c = best(nodes[k], argv, runs, counter)
+            small_w, small_c = best(nodes["small"], argv, runs, counter)
             print(f"{label:<50} {k:<5} {big_w:>10.3f} {big_c:>6.3f} {small_w:>12.3f} {small_c:>6.3f} "
                   f"{big_w - small_w:>13.3f} {big_c - small_c:>6.3f}", flush=True)
-    for p in tmp.iterdir():
-        p.unlink()
-    tmp.rmdir()
 
 
 if __name__ == "__main__":
