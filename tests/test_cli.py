@@ -34,11 +34,11 @@ def test_commands_compose_like_a_host(tmp_path):
 def test_a_failed_command_changes_nothing(tmp_path):
     node = str(tmp_path / "n.json")
     run(node, "iptables", "-N", "FOO")
-    before = (tmp_path / "n.json").read_text()
+    before = (tmp_path / "n.json").read_bytes()
     bad = run(node, "iptables-restore", "-n", stdin="*filter\n-A FOO -j ACCEPT\n-A INPUT -j NOPE\nCOMMIT\n")
     assert bad.exit_code == 2
     assert "Chain 'NOPE' does not exist" in bad.output
-    assert (tmp_path / "n.json").read_text() == before
+    assert (tmp_path / "n.json").read_bytes() == before
 
 
 def test_trace_summary_for_many_packets(tmp_path):

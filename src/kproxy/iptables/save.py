@@ -75,6 +75,11 @@ def save_table(table: Table, counters: bool = False) -> list[str]:
     for c in chains:
         lines.append(f":{c.name} {c.policy or '-'} [{c.packets if c.builtin else 0}:{c.bytes if c.builtin else 0}]")
     for c in chains:
+        stored = getattr(c, "saved_lines", None)     # a chain still unread from the node file prints its row
+        text = stored(counters) if stored is not None else None
+        if text is not None:
+            lines.extend(text)
+            continue
         for r in c.rules:
             lines.append(format_rule(c.name, r, counters))
     lines.append("COMMIT")

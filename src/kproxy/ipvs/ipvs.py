@@ -399,26 +399,108 @@ class Ipvs:
 
     # ---- persistence --------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {"services": [{"proto": s.proto, "addr": s.addr, "port": s.port, "fwmark": s.fwmark, "family": s.family,
-                              "scheduler": s.scheduler_name, "persistent": s.persistent, "netmask": s.netmask,
-                              "flags": sorted(s.flags),
-                              "dests": [{"addr": d.addr, "port": d.port, "weight": d.weight, "fwd": d.fwd,
-                                         "u": d.u_threshold, "l": d.l_threshold} for d in s.dests]}
-                             for s in self.services.values()],
-                "timeouts": self.timeouts}
+        """Everything the node's IPVS holds: services, destinations, their counters and rate estimators,
+        the schedulers' positions, and the connection and persistence-template tables."""
+        services = list(self.services.values())
+        where = {id(d): (i, j) for i, s in enumerate(services) for j, d in enumerate(s.dests)}
+        return {"services": [_service_json(s) for s in services],
+                "timeouts": self.timeouts,
+                "conns": [_conn_json(c, where) for c in self.conns_in.values() if id(c.dest) in where],
+                "templates": [_conn_json(c, where) for c in self.templates.values() if id(c.dest) in where]}
 
     def from_json(self, data: dict[str, Any]) -> None:
         self.services.clear()
-        for s in data.get("services", []):
-            svc = VirtualService(s["proto"], s["addr"], s["port"], s["fwmark"], s["family"], s["scheduler"],
-                                 s["persistent"], s["netmask"], set(s["flags"]))
-            for d in s["dests"]:
-                svc.dests.append(Dest(d["addr"], d["port"], s["family"], d["weight"], d["fwd"], d["u"], d["l"]))
-            assert svc.scheduler is not None
-            svc.scheduler.update()
+        self.conns_in.clear()
+        self.conns_out.clear()
+        self.templates.clear()
+        services = [_service_from_json(s) for s in data.get("services", [])]
+        for svc in services:
             self.services[svc.key()] = svc
         self.timeouts.update(data.get("timeouts", {}))
+        for item in data.get("conns", []):
+            c = _conn_from_json(item, services)
+            self.conns_in[(c.proto, c.caddr, c.cport, c.vaddr, c.vport)] = c
+            self.conns_out[(c.proto, c.dest.addr, c.dest.port, c.caddr, c.cport)] = c
+        for item in data.get("templates", []):
+            c = _conn_from_json(item, services, template=True)
+            self.templates[(id(c.svc), c.caddr, 0)] = c
         self._sync_hooks()
+
+
+STAT_KEYS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+SCHED_INTS = ("last", "cw", "cl")      # round-robin positions: where the next pick starts
+
+
+def _estimator_json(e: RateEstimator) -> list[Any]:
+    return [[e.last[k] for k in STAT_KEYS], [e.avg[k] for k in STAT_KEYS], e.stamp]
+
+
+def _estimator_from_json(data: list[Any] | None) -> RateEstimator:
+    e = RateEstimator()
+    if data:
+        e.last, e.avg, e.stamp = dict(zip(STAT_KEYS, data[0])), dict(zip(STAT_KEYS, data[1])), float(data[2])
+    return e
+
+
+def _service_json(s: VirtualService) -> dict[str, Any]:
+    index = {id(d): j for j, d in enumerate(s.dests)}
+    sched = {k: getattr(s.scheduler, k) for k in SCHED_INTS if isinstance(getattr(s.scheduler, k, None), int)}
+    table = getattr(s.scheduler, "table", None)
+    if isinstance(table, dict):                                        # lblc: destination address -> server
+        sched["table"] = [[a, index[id(d)]] for a, d in table.items() if id(d) in index]
+    sets = getattr(s.scheduler, "sets", None)
+    if isinstance(sets, dict):                                         # lblcr: destination address -> servers
+        sched["sets"] = [[a, [index[id(d)] for d in ds if id(d) in index]] for a, ds in sets.items()]
+    rng = getattr(s.scheduler, "rng", None)
+    if rng is not None:                                                # twos: its random stream goes on
+        sched["rng"] = rng.getstate()
+    return {"proto": s.proto, "addr": s.addr, "port": s.port, "fwmark": s.fwmark, "family": s.family,
+            "scheduler": s.scheduler_name, "persistent": s.persistent, "netmask": s.netmask,
+            "flags": sorted(s.flags), "stats": s.stats, "est": _estimator_json(s.estimator), "sched": sched,
+            "dests": [{"addr": d.addr, "port": d.port, "weight": d.weight, "fwd": d.fwd, "u": d.u_threshold,
+                       "l": d.l_threshold, "active": d.activeconns, "inact": d.inactconns,
+                       "persist": d.persistconns, "overloaded": d.overloaded, "stats": d.stats,
+                       "est": _estimator_json(d.estimator)} for d in s.dests]}
+
+
+def _service_from_json(s: dict[str, Any]) -> VirtualService:
+    svc = VirtualService(s["proto"], s["addr"], s["port"], s["fwmark"], s["family"], s["scheduler"],
+                         s["persistent"], s["netmask"], set(s["flags"]))
+    svc.stats.update(s.get("stats") or {})
+    svc.estimator = _estimator_from_json(s.get("est"))
+    for d in s["dests"]:
+        dest = Dest(d["addr"], d["port"], s["family"], d["weight"], d["fwd"], d["u"], d["l"],
+                    d.get("active", 0), d.get("inact", 0), d.get("persist", 0))
+        dest.overloaded = bool(d.get("overloaded", False))
+        dest.stats.update(d.get("stats") or {})
+        dest.estimator = _estimator_from_json(d.get("est"))
+        svc.dests.append(dest)
+    sched = svc.scheduler
+    assert sched is not None
+    sched.update()
+    saved = s.get("sched") or {}
+    for k in SCHED_INTS:
+        if k in saved:
+            setattr(sched, k, int(saved[k]))
+    if "table" in saved:
+        sched.table = {a: svc.dests[j] for a, j in saved["table"]}  # type: ignore[attr-defined]
+    if "sets" in saved:
+        sched.sets = {a: [svc.dests[j] for j in js] for a, js in saved["sets"]}  # type: ignore[attr-defined]
+    if "rng" in saved:
+        state = saved["rng"]
+        sched.rng.setstate((state[0], tuple(state[1]), state[2]))  # type: ignore[attr-defined]
+    return svc
+
+
+def _conn_json(c: IpvsConn, where: dict[int, tuple[int, int]]) -> list[Any]:
+    i, j = where[id(c.dest)]
+    return [c.proto, c.caddr, c.cport, c.vaddr, c.vport, i, j, c.state, c.expires]
+
+
+def _conn_from_json(item: list[Any], services: list[VirtualService], template: bool = False) -> IpvsConn:
+    proto, caddr, cport, vaddr, vport, i, j, state, expires = item
+    svc = services[i]
+    return IpvsConn(proto, caddr, cport, vaddr, vport, svc.dests[j], svc, state, float(expires), template)
 
 
 def parse_hostport(text: str) -> tuple[int, int, int]:

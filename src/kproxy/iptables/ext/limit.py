@@ -110,6 +110,13 @@ class LimitMatch(Match):
     def listing(self, numeric: bool = True) -> str:
         return f"limit: avg {rate_text(self.avg)} burst {self.burst}"
 
+    def state_json(self) -> list[Any]:
+        """The bucket, which lives as long as the rule does: kept in the node file beside it."""
+        return [self.tokens, self.last]
+
+    def load_state(self, data: list[Any]) -> None:
+        self.tokens, self.last = int(data[0]), None if data[1] is None else int(data[1])
+
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         """nft_limit_eval: refill by the nanoseconds since the last packet, then try to pay the cost."""
         now = int(ctx.now * NSEC_PER_SEC)

@@ -101,6 +101,13 @@ class StatisticMatch(Match):
             return f"statistic mode random {bang}probability {self.probability / 0x80000000:.11f}"
         return f"statistic mode nth {bang}every {self.every + 1}" + (f" packet {self.packet}" if self.packet else "")
 
+    def state_json(self) -> int | None:
+        """nth mode's packet counter (kept in the node file beside the rule); random mode has none."""
+        return self.count if self.mode == "nth" else None
+
+    def load_state(self, data: int) -> None:
+        self.count = int(data)
+
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         if self.mode == "random":
             hit = (node_rng(ctx.state.node).getrandbits(32) & 0x7FFFFFFF) < self.probability
