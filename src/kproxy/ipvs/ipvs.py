@@ -313,8 +313,10 @@ class Ipvs:
                 return NF_ACCEPT          # only a SYN starts a TCP connection
             dest = self._pick(svc, pkt, now)
             if dest is None:
+                # ip_vs_leave: the client is told at once (ICMP port unreachable), the packet is dropped.
                 if state.trace is not None:
                     state.trace.add("ipvs", hook=state.hook, text=f"IPVS: {svc.text()}: no destination available")
+                state.rejected_with = "icmp-port-unreachable"
                 return NF_DROP
             c = IpvsConn(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, dest, svc, "NONE", now)
             dest.inactconns += 1
