@@ -78,11 +78,25 @@ def check(seen: dict[str, object]) -> None:
     assert seen["udp_dns"] == "dns-0"
 
 
-def test_emulated_lab_scenarios():
-    from kproxy.lab.emulated import EmulatedLab
+MIXED = {**LAB, "nodes": [{"name": "node-1", "mode": "ipvs"}, "node-2"]}
 
-    lab = EmulatedLab(LabSpec.from_dict(LAB))
+
+@pytest.mark.parametrize("description, modes", [(LAB, ["iptables", "iptables"]),
+                                                 ({**LAB, "mode": "ipvs"}, ["ipvs", "ipvs"]),
+                                                 (MIXED, ["ipvs", "iptables"])], ids=["iptables", "ipvs", "mixed"])
+def test_emulated_lab_scenarios(description, modes):
+    """Every mode (and a cluster of both) shows the same: where IPVS differs from the iptables rules (an
+    ICMP port unreachable from a virtual server without real servers instead of kube-proxy's REJECT; a
+    Local NodePort without local endpoints sent to a remote one unmasqueraded, whose answer the client
+    drops), the client cannot tell."""
+    from kproxy.lab.emulated import EmulatedLab
+    from kproxy.proxy.proxier import proxier_class
+
+    lab = EmulatedLab(LabSpec.from_dict(description))
     lab.sync()
+    assert [type(p) for p in lab.proxiers.values()] == [proxier_class(m) for m in modes]
+    for node, mode in zip(lab.nodes.values(), modes, strict=True):
+        assert bool(node.ipvs.services) == (mode == "ipvs")
     for node in lab.nodes.values():
         node.subsystems["rng"] = __import__("random").Random(5)
     check(scenarios(lambda src, dst, port, proto="tcp", sport=0: lab.request(src, dst, port, proto, sport).line()))
@@ -187,6 +201,33 @@ def test_scaling_changes_the_answering_pods(kernel_lab):
     wait_for(lambda: {pod_of(probe(kernel_lab, "client", NODE2, 30080)) for _ in range(12)} == {"web-0"}, 20)
     scale(kernel_lab, "web", 3)
     wait_for(lambda: len({pod_of(probe(kernel_lab, "client", NODE2, 30080)) for _ in range(30)}) == 3, 20)
+
+
+@pytest.mark.kernel
+def test_a_kernel_lab_in_ipvs_mode_fails_at_start_on_a_kernel_without_ipvs(tmp_path):
+    from click.testing import CliRunner
+
+    import kproxy.cli.lab_cmd  # noqa: F401 - registers the lab group
+    from kproxy.cli.main import cli
+    from kproxy.lab.kernel import kernel_lab_reason
+
+    if kernel_lab_reason():
+        pytest.skip(kernel_lab_reason())
+    if Path("/proc/net/ip_vs").exists():
+        pytest.skip("this kernel has IPVS")
+    import yaml
+
+    desc = tmp_path / "lab.yaml"
+    desc.write_text(yaml.safe_dump(MIXED))
+    before = Path("/run/netns").exists() and sorted(p.name for p in Path("/run/netns").iterdir())
+    res = CliRunner().invoke(cli, ["lab", "up", str(desc), "--dir", str(tmp_path / "lab")])
+    assert res.exit_code == 1 and res.stdout == ""
+    assert res.stderr == ("Error: cannot run the lab's kproxies on this kernel: node-1: proxy mode 'ipvs': this "
+                          "kernel has no IPVS (no /proc/net/ip_vs: the ip_vs module is not loaded or not built); "
+                          "load it with 'modprobe -a ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh nf_conntrack' or use "
+                          "--mode iptables\n")
+    assert not (tmp_path / "lab").exists()
+    assert (Path("/run/netns").exists() and sorted(p.name for p in Path("/run/netns").iterdir())) == before
 
 
 def test_lab_description_errors_name_the_field(tmp_path):

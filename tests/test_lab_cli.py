@@ -30,10 +30,15 @@ def one_error(res: Result, code: int = 1) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def emulated(tmp_path) -> str:
+@pytest.fixture(params=["iptables", "ipvs"])
+def emulated(tmp_path, request) -> str:
+    """The example lab up, emulated, with every node's kproxy in the mode of the test's parameter."""
+    desc = EXAMPLES / "lab.yaml"
+    if request.param != "iptables":
+        desc = tmp_path / "lab.yaml"
+        desc.write_text(yaml.safe_dump({**yaml.safe_load((EXAMPLES / "lab.yaml").read_text()), "mode": request.param}))
     d = str(tmp_path / "lab")
-    res = lab("up", str(EXAMPLES / "lab.yaml"), "--emulated", "--dir", d)
+    res = lab("up", str(desc), "--emulated", "--dir", d)
     assert res.exit_code == 0, res.output
     return d
 
@@ -122,6 +127,9 @@ def test_bad_targets_are_named(tmp_path, target, why):
      "services[0].ports[0].protocol: 'ICMP' is not TCP, UDP or SCTP"),
     ({"deployments": [{"name": "web", "replicas": "three"}]}, "deployments[0].replicas: 'three' is not a number"),
     ({"deployments": [{"name": "web", "tcp": [8080, "x"]}]}, "deployments[0].tcp[1]: 'x' is not a number"),
+    ({"mode": "userspace"}, "mode: 'userspace' is not a proxy mode (iptables or ipvs)"),
+    ({"nodes": ["node-1", {"name": "node-2", "mode": "nftables"}]},
+     "nodes[1].mode: 'nftables' is not a proxy mode (iptables or ipvs)"),
 ])
 def test_bad_descriptions_name_the_field(tmp_path, change, message):
     desc = tmp_path / "lab.yaml"

@@ -145,12 +145,15 @@ def test_every_upstream_set_exists_with_its_type():
 
 
 def test_cluster_ip_without_endpoints_keeps_an_empty_virtual_server():
-    """TestClusterIPNoEndpoint: the virtual server exists, with no real server (IPVS drops the packets)."""
+    """TestClusterIPNoEndpoint: the virtual server exists, with no real server (ip_vs_leave drops the
+    packet and answers ICMP port unreachable, so the client is refused at once)."""
     node, proxier = setup()
     proxier.sync(objects(service("svc1", "10.20.30.41")))
     assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr"]
     r = node.receive(Packet.make("10.0.1.5", "10.20.30.41", "tcp", 40000, 80, tcp_flags=SYN), "cni0")
-    assert r.fate == "dropped"
+    assert (r.fate, r.reject_with) == ("rejected", "icmp-port-unreachable")
+    answer = r.extra["reply"].packet
+    assert (answer.icmp_type, answer.icmp_code, answer.dst) == (3, 3, r.packet.src)
 
 
 def test_node_port_virtual_servers_on_every_node_address():

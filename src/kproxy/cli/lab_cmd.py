@@ -36,7 +36,7 @@ def _state(directory: str):  # type: ignore[no-untyped-def]
               help="Build the cluster on emulated nodes (no root); status, curl, scale and down use it.")
 def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> None:
     """Create the cluster in DESCRIPTION (nodes, deployments, services)."""
-    from kproxy.lab.cluster import Lab, LabError, LabSpec, start_proxies
+    from kproxy.lab.cluster import Lab, LabError, LabSpec, modes_unavailable, start_proxies
     from kproxy.lab.netns import kernel_lab_available
 
     try:
@@ -58,6 +58,9 @@ def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> 
     reason = kernel_lab_available()
     if reason:
         raise click.ClickException(f"cannot build a kernel lab here: {reason} (try --emulated)")
+    reason = "" if no_proxy else modes_unavailable(spec)
+    if reason:
+        raise click.ClickException(f"cannot run the lab's kproxies on this kernel: {reason}")
     try:
         state = Lab(spec, directory).up()
     except (LabError, subprocess.CalledProcessError, OSError) as exc:

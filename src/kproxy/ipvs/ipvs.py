@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kproxy.ipvs.schedulers import SCHEDULERS, Scheduler
+from kproxy.netfilter.conntrack import Tuple
 from kproxy.netfilter.hooks import (
     FORWARD,
     INPUT,
@@ -26,6 +27,7 @@ from kproxy.netfilter.hooks import (
     PRI_IPVS_REPLY_LOCAL_IN,
     HookState,
 )
+from kproxy.netfilter.path import reinject_local_out
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, UDP, Packet, format_addr
 
 PROTOS = {"tcp": TCP, "udp": UDP, "sctp": 132}
@@ -275,25 +277,36 @@ class Ipvs:
         c.dest.update_overload()
 
     def _set_state(self, c: IpvsConn, pkt: Packet, now: float) -> None:
-        was_active = c.active
+        """The connection's state after ``pkt`` and its new expiry; the active/inactive counts of its
+        destination follow a change (most packets of a connection change nothing but the expiry)."""
+        old = c.state
         if pkt.proto == TCP:
             f = pkt.tcp_flags
             if f & 0x04:
-                c.state = "CLOSE"
+                new = "CLOSE"
             elif f & 0x01:
-                c.state = "FIN_WAIT"
+                new = "FIN_WAIT"
             elif f & 0x02 and not f & 0x10:
-                c.state = "SYN_RECV"
+                new = "SYN_RECV"
             elif f & 0x10:
-                c.state = "ESTABLISHED"
-            c.expires = now + {"ESTABLISHED": self.timeouts["tcp"], "FIN_WAIT": self.timeouts["tcpfin"]}.get(
-                c.state, TCP_TIMEOUTS.get(c.state, 60))
+                new = "ESTABLISHED"
+            else:
+                new = old
+            if new == "ESTABLISHED":
+                c.expires = now + self.timeouts["tcp"]
+            elif new == "FIN_WAIT":
+                c.expires = now + self.timeouts["tcpfin"]
+            else:
+                c.expires = now + TCP_TIMEOUTS.get(new, 60)
         else:
-            c.state = "UDP"
+            new = "UDP"
             c.expires = now + self.timeouts["udp"]
-        if was_active != c.active:
-            c.dest.activeconns += 1 if c.active else -1
-            c.dest.inactconns += -1 if c.active else 1
+        if new != old:
+            was_active = c.active
+            c.state = new
+            if was_active != c.active:
+                c.dest.activeconns += 1 if c.active else -1
+                c.dest.inactconns += -1 if c.active else 1
 
     def local_in(self, pkt: Packet, state: HookState) -> int:
         """ip_vs_remote_request4: schedule (or find) the connection, rewrite, send it on."""
@@ -319,8 +332,10 @@ class Ipvs:
                 return NF_ACCEPT          # only a SYN starts a TCP connection
             dest = self._pick(svc, pkt, now)
             if dest is None:
+                # ip_vs_leave: the client is told at once (ICMP port unreachable), the packet is dropped.
                 if state.trace is not None:
                     state.trace.add("ipvs", hook=state.hook, text=f"IPVS: {svc.text()}: no destination available")
+                state.rejected_with = "icmp-port-unreachable"
                 return NF_DROP
             c = IpvsConn(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, dest, svc, "NONE", now)
             dest.inactconns += 1
@@ -333,26 +348,27 @@ class Ipvs:
                 state.trace.add("ipvs", hook=state.hook, text=f"IPVS: {svc.text().replace('  ', ' ')} -> "
                                 f"{dest.text()} ({svc.scheduler_name}, {FWD[dest.fwd]})")
         self._set_state(c, pkt, now)
-        c.dest.stats["inpkts"] += 1
-        c.dest.stats["inbytes"] += pkt.length
-        c.svc.stats["inpkts"] += 1
-        c.svc.stats["inbytes"] += pkt.length
-        if c.dest.fwd == "local":
+        dest, length = c.dest, pkt.length
+        stats = dest.stats
+        stats["inpkts"] += 1
+        stats["inbytes"] += length
+        stats = c.svc.stats
+        stats["inpkts"] += 1
+        stats["inbytes"] += length
+        fwd = dest.fwd
+        if fwd == "local":
             return NF_ACCEPT
-        if c.dest.fwd == "masq":
-            if pkt.ct is not None and pkt.ct.reply.src != c.dest.addr:
-                from kproxy.netfilter.conntrack import Tuple
-
-                pkt.ct.reply = Tuple(pkt.family, pkt.proto, c.dest.addr, pkt.src, c.dest.port, pkt.sport)
-            pkt.dst, pkt.dport = c.dest.addr, c.dest.port
-        from kproxy.netfilter.path import reinject_local_out
-
+        if fwd == "masq":
+            ct = pkt.ct
+            if ct is not None and ct.reply.src != dest.addr:
+                ct.reply = Tuple(pkt.family, pkt.proto, dest.addr, pkt.src, dest.port, pkt.sport)
+            pkt.dst, pkt.dport = dest.addr, dest.port
         # Masquerading re-routes by the rewritten destination; direct routing and tunnelling send the
         # unchanged packet towards the real server (its MAC, or inside an IPIP header).
-        via = None if c.dest.fwd == "masq" else c.dest.addr
-        pkt.meta["ipvs_conn"] = c          # skb->ipvs_property, and the connection xt_ipvs looks up
-        pkt.meta["reinjected"] = reinject_local_out(state.node, pkt, state.trace, via)
-        pkt.meta["stolen_by"] = "IPVS"
+        meta = pkt.meta
+        meta["ipvs_conn"] = c          # skb->ipvs_property, and the connection xt_ipvs looks up
+        meta["reinjected"] = reinject_local_out(state.node, pkt, state.trace, None if fwd == "masq" else dest.addr)
+        meta["stolen_by"] = "IPVS"
         return NF_STOLEN
 
     def local_out(self, pkt: Packet, state: HookState) -> int:

@@ -56,6 +56,7 @@ class LabSpec:
     deployments: list[DeploymentSpec]
     network: str = "192.168.50.0/24"
     cluster_cidr: str = "10.244.0.0/16"
+    modes: dict[str, str] = field(default_factory=dict)    # node name -> proxy mode (absent: iptables)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LabSpec:
@@ -68,7 +69,10 @@ class LabSpec:
         nodes = data.get("nodes")
         if not isinstance(nodes, list) or not nodes or len(nodes) > 9:
             raise LabError(f"{source}: nodes: a list of 1 to 9 node names")
-        names = [str(n["name"] if isinstance(n, dict) else n) for n in nodes]
+        names = [str(n["name"] if isinstance(n, dict) and "name" in n else n) for n in nodes]
+        default = _mode(data.get("mode", "iptables"), f"{source}: mode")
+        modes = {name: _mode(n.get("mode", default), f"{source}: nodes[{i}].mode") if isinstance(n, dict) else default
+                 for i, (name, n) in enumerate(zip(names, nodes, strict=True))}
         network = _network(data.get("network", "192.168.50.0/24"), f"{source}: network", 25)
         cluster_cidr = _network(data.get("clusterCIDR", "10.244.0.0/16"), f"{source}: clusterCIDR",
                                 24 - (len(names)).bit_length())
@@ -77,7 +81,11 @@ class LabSpec:
         services = list(data.get("services") or [])
         for i, svc in enumerate(services):
             _check_service(svc, f"{source}: services[{i}]")
-        return cls(str(data.get("name", "lab")), names, services, deps, network, cluster_cidr)
+        return cls(str(data.get("name", "lab")), names, services, deps, network, cluster_cidr, modes)
+
+    def mode(self, node: str) -> str:
+        """The proxy mode of ``node``'s kproxy."""
+        return self.modes.get(node, "iptables")
 
     def node_ip(self, index: int) -> str:
         return str(ipaddress.ip_network(self.network)[11 + index])
@@ -106,6 +114,15 @@ def _network(value: Any, where: str, max_prefixlen: int) -> str:
     if net.prefixlen > max_prefixlen:
         raise LabError(f"{where}: {net} is too small for this lab (/{max_prefixlen} or larger)")
     return str(net)
+
+
+def _mode(value: Any, where: str) -> str:
+    """A proxy mode this kproxy has (the lab runs every node's kproxy in its mode)."""
+    from kproxy.proxy.proxier import MODES
+
+    if value not in MODES:
+        raise LabError(f"{where}: {value!r} is not a proxy mode ({' or '.join(sorted(MODES))})")
+    return str(value)
 
 
 def _address(value: Any, where: str) -> str:
@@ -418,10 +435,22 @@ def write_manifests(spec: LabSpec, state: LabState) -> Path:
 def proxy_config(spec: LabSpec, node: str) -> str:
     """The KubeProxyConfiguration each node's kproxy runs with."""
     return yaml.safe_dump({"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
-                           "mode": "iptables", "clusterCIDR": spec.cluster_cidr, "hostnameOverride": node,
+                           "mode": spec.mode(node), "clusterCIDR": spec.cluster_cidr, "hostnameOverride": node,
                            "syncPeriod": "30s", "minSyncPeriod": "200ms",
                            "metricsBindAddress": "127.0.0.1:10249", "healthzBindAddress": "127.0.0.1:10256"},
                           sort_keys=False)
+
+
+def modes_unavailable(spec: LabSpec) -> str:
+    """Why this machine's kernel cannot run the nodes' proxy modes ("" when it can): the same words
+    ``kproxy proxy`` says at start. Only looks (at /proc/net/ip_vs), so nothing is built in vain."""
+    ipvs_nodes = [n for n in spec.nodes if spec.mode(n) == "ipvs"]
+    if not ipvs_nodes:
+        return ""
+    from kproxy.backends.kernel import KernelBackend
+
+    why = KernelBackend().ipvs_unavailable()
+    return f"{', '.join(ipvs_nodes)}: proxy mode 'ipvs': {why}" if why else ""
 
 
 def start_proxies(spec: LabSpec, state: LabState) -> None:

@@ -1,8 +1,8 @@
 """The lab's emulated twin: the same cluster description on emulated nodes, with packets walked between them.
 
 Each node is a ``Node`` shaped like its kernel counterpart in ``kproxy.lab.cluster`` (eth0 on the
-node network, one routed veth per pod), synced by the iptables proxier from the same manifests. A
-request leaves a pod or the external client, crosses every node's packet path it meets (forwarded
+node network, one routed veth per pod), synced by its proxier (the node's mode: iptables or ipvs) from
+the same manifests. A request leaves a pod or the external client, crosses every node's packet path it meets (forwarded
 out of eth0 to the next node, or out of a pod's veth to that pod), and the pod that receives it
 answers with what it saw, exactly as ``kproxy.lab.server`` does on the kernel lab. The reply walks
 back through the same nodes, so conntrack un-NATs it as the kernel would.
@@ -39,8 +39,8 @@ class Answer:
             return f"pod={self.pod} peer={self.peer}"
         if self.error.startswith("rejected"):
             return "refused"
-        if self.error.startswith("dropped"):
-            return "timeout"
+        if self.error.startswith(("dropped", "reply not un-NATed")):
+            return "timeout"            # an answer from an address the client never asked is no answer
         return f"error: {self.error}"
 
 
@@ -84,12 +84,12 @@ class EmulatedLab:
 
     # ---- control plane ----------------------------------------------------------------------
     def sync(self) -> None:
-        """Run each node's iptables proxier over the lab's objects (as the per-node kproxy does)."""
+        """Run each node's proxier (its ``mode``) over the lab's objects (as the per-node kproxy does)."""
         from kproxy.backends.emulated import EmulatedBackend
         from kproxy.k8s.manifests import Objects
         from kproxy.lab.cluster import proxy_config
         from kproxy.proxy.config import ProxyConfig
-        from kproxy.proxy.iptables import IptablesProxier
+        from kproxy.proxy.proxier import proxier_class
 
         objs = Objects()
         for obj in manifests(self.spec, self.state):
@@ -97,7 +97,7 @@ class EmulatedLab:
         for i, (name, node) in enumerate(self.nodes.items()):
             cfg = ProxyConfig.from_dict(yaml.safe_load(proxy_config(self.spec, name)))
             ips = [self.spec.node_ip(i)] + [str(ipaddress.ip_network(self.spec.pod_cidr(i))[1])]
-            self.proxiers[name] = IptablesProxier(cfg, EmulatedBackend(node), ips)
+            self.proxiers[name] = proxier_class(cfg.mode)(cfg, EmulatedBackend(node), ips)
             result = self.proxiers[name].sync(objs)
             if result.error:
                 raise LabError(f"sync of {name} failed: {result.error}")

@@ -58,6 +58,26 @@ def _check_set(node: Any, name: str) -> None:
         raise ExtensionError(f"Set {name} doesn't exist.\n")
 
 
+def _key_expression(dims: tuple[str, ...], flags: list[str]) -> tuple[str, str] | None:
+    """IpSet.packet_key as an expression over ``p`` (a guard that must hold first, and the element),
+    for sets of addresses and ports; None for the others (nets need the longest prefix)."""
+    if not dims or len(flags) < len(dims):
+        return None
+    guard = ""
+    parts = []
+    for dim, d in zip(dims, flags, strict=False):
+        if dim == "ip":
+            parts.append(f"p.{d}")
+        elif dim == "port":
+            parts.append(f"(p.proto, p.{d[0]}port)")
+        elif dim == "bport":
+            guard = "p.proto in (6, 17, 132, 136) and "
+            parts.append(f"p.{d[0]}port")
+        else:
+            return None
+    return guard, f"({', '.join(parts)},)"
+
+
 @register_match
 class SetMatch(Match):
     name = "set"
@@ -71,6 +91,7 @@ class SetMatch(Match):
 
     def __init__(self, set_name: str, flags: list[str], invert: bool, extra: list[Opt]) -> None:
         self.set_name, self.flags, self.invert, self.extra = set_name, flags, invert, extra
+        self.dims: tuple[str, ...] = ()      # the set's element parts, learnt when a commit checks the rule
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> SetMatch:
@@ -82,6 +103,21 @@ class SetMatch(Match):
 
     def check(self, node: Any) -> None:
         _check_set(node, self.set_name)
+        # While a committed rule holds the set it can be neither destroyed nor renamed, and a swap
+        # needs a set of the same type: its parts stay what they are now.
+        self.dims = tuple(node.ipsets.get(self.set_name).dims)
+
+    def inline(self) -> tuple[str, tuple[Any, ...]] | None:
+        """Membership of a set whose element is made of addresses and ports (hash:ip, hash:ip,port,
+        hash:ip,port,ip, bitmap:port): the packet's key looked up in the set's members. A set with
+        timeouts or counters (a swap may bring one) takes the full match."""
+        key = _key_expression(self.dims, self.flags)
+        if key is None or self.invert or self.extra:
+            return None
+        guard, element = key
+        return (f"{guard}(s_ := c.state.node.ipsets.sets.get({{}})) is not None and "
+                f"({element} in s_.members if s_.timeout is None and not s_.counters else {{}}(p, c))",
+                (self.set_name, self.matches))
 
     def set_names(self) -> tuple[str, ...]:
         return (self.set_name,)
