@@ -28,6 +28,10 @@ def node_to_json(node: Node) -> dict[str, Any]:
         data["ipsets"] = node.ipsets.to_json()
     if node.ipvs is not None:
         data["ipvs"] = node.ipvs.to_json()
+    if getattr(node, "nftables", None) is not None:
+        from kproxy.nftables.store import ruleset_to_json
+
+        data["nftables"] = ruleset_to_json(node.nftables)
     recent = node.subsystems.get("recent")
     if recent and hasattr(recent, "to_json"):
         data["recent"] = recent.to_json()
@@ -48,6 +52,10 @@ def node_from_json(data: dict[str, Any], source: str = "<node>") -> Node:
     node.conntrack.from_json(data.get("conntrack") or {})
     if node.ipvs is not None and data.get("ipvs") is not None:
         node.ipvs.from_json(data["ipvs"])
+    if data.get("nftables") is not None:
+        from kproxy.nftables.store import ruleset_from_json
+
+        node.nftables = ruleset_from_json(data["nftables"])
     if data.get("recent") is not None:
         from kproxy.iptables.ext.recent import RecentTables  # type: ignore[attr-defined]
 

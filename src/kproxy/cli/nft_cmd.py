@@ -1,0 +1,30 @@
+"""``kproxy nft``: nft 1.0.6's command line on the emulated node's nftables ruleset."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kproxy.cli.main import PASSTHROUGH, Ctx, cli, run_tool
+
+
+@cli.command("nft", context_settings=PASSTHROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
+    """nft (1.0.6 syntax) on the emulated node's nftables ruleset; -f FILE is one atomic transaction."""
+    from kproxy.nftables.cli import run_nft
+    from kproxy.nftables.store import node_ruleset
+
+    argv = list(args)
+    stdin = None
+    if "-" in argv and sys.stdin is not None and not sys.stdin.isatty():
+        stdin = sys.stdin.read()
+
+    def run(node):  # type: ignore[no-untyped-def]
+        rc, out, err, rs = run_nft(argv, node_ruleset(node), stdin, set(node.interfaces))
+        node.nftables = rs
+        return rc, out, err
+
+    run_tool(obj, run)

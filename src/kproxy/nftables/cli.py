@@ -1,0 +1,169 @@
+"""``nft`` (1.0.6) on a ruleset: options, one atomic transaction per invocation, errors printed as nft does."""
+
+from __future__ import annotations
+
+from kproxy.nftables.expr import Opts
+from kproxy.nftables.listing import (
+    chain_text,
+    dump_json,
+    obj_text,
+    ruleset_json,
+    ruleset_text,
+    set_text,
+    table_items_json,
+    table_text,
+)
+from kproxy.nftables.model import FAMILIES, Ruleset
+from kproxy.nftables.parser import NftError, Parser
+
+USAGE = "Usage: nft [ options ] [ cmds... ]\n"
+
+
+def format_error(err: NftError, source: str, text: str) -> str:
+    """``FILE:LINE:COL-COL: Error: msg``, the offending line, then carets and tildes beneath it."""
+    if err.primary is None:
+        return f"Error: {err.msg}\n"
+    line, col, end = err.primary
+    prefix = f"{source}:{line}:{col}-{end}: " if source else ""
+    src_line = text.split("\n")[line - 1] if line - 1 < len(text.split("\n")) else ""
+    marks = [" " if ch != "\t" else "\t" for ch in src_line]
+    width = max([end] + [e for ln, _, e in err.secondary if ln == line])
+    marks += [" "] * (width - len(marks))
+    for ln, c, e in err.secondary:
+        if ln == line:
+            for i in range(c - 1, e):
+                marks[i] = "~"
+    for i in range(col - 1, end):
+        marks[i] = "^"
+    return f"{prefix}Error: {err.msg}\n{src_line}\n{''.join(marks).rstrip()}\n"
+
+
+def parse_args(argv: list[str]) -> tuple[Opts, dict[str, object], list[str]]:
+    o = Opts()
+    flags: dict[str, object] = {"json": False, "check": False, "file": None, "echo": False}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if rest or not a.startswith("-") or a == "-":
+            rest.append(a)
+        elif a in ("-f", "--file"):
+            i += 1
+            flags["file"] = argv[i] if i < len(argv) else None
+        elif a.startswith("--"):
+            long = {"--handle": "a", "--numeric": "n", "--stateless": "s", "--json": "j", "--check": "c",
+                    "--numeric-priority": "y", "--echo": "e"}.get(a)
+            if long is None:
+                raise ValueError(f"nft: unrecognized option '{a}'")
+            _short(long, o, flags)
+        else:
+            for ch in a[1:]:
+                if ch == "f":
+                    i += 1
+                    flags["file"] = argv[i] if i < len(argv) else None
+                else:
+                    _short(ch, o, flags)
+        i += 1
+    return o, flags, rest
+
+
+def _short(ch: str, o: Opts, flags: dict[str, object]) -> None:
+    if ch == "a":
+        o.handles = True
+    elif ch == "n":
+        o.numeric += 1
+    elif ch == "s":
+        o.stateless = True
+    elif ch == "y":
+        o.numeric_prio = True
+    elif ch == "j":
+        flags["json"] = True
+    elif ch == "c":
+        flags["check"] = True
+    elif ch == "e":
+        flags["echo"] = True
+    else:
+        raise ValueError(f"nft: invalid option -- '{ch}'")
+
+
+def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
+            interfaces: set[str] | None = None) -> tuple[int, str, str, Ruleset]:
+    """Run one nft invocation; returns (exit status, stdout, stderr, the ruleset afterwards)."""
+    try:
+        o, flags, rest = parse_args(argv)
+    except ValueError as exc:
+        return 1, "", f"{exc}\n", rs
+    source = ""
+    if flags["file"] is not None:
+        name = str(flags["file"])
+        if name == "-":
+            text, source = stdin or "", "/dev/stdin"
+        else:
+            try:
+                with open(name) as fh:
+                    text = fh.read()
+            except OSError as exc:
+                return 1, "", f"Error: Could not process rule: {exc.strerror}\n", rs
+            source = name
+    else:
+        text = " ".join(rest)
+        if not text.strip():
+            return 0, "", "", rs
+    work = rs.copy()
+    parser = Parser(text, work, interfaces)
+    try:
+        parser.script()
+    except NftError as err:
+        return 1, "", format_error(err, source, text), rs
+    if flags["check"]:
+        return 0, "", "", rs
+    out = []
+    for verb, args in parser.out.requests:
+        try:
+            out.append(answer(verb, args, work, o, bool(flags["json"])))
+        except NftError as err:
+            return 1, "", format_error(err, source, text), rs
+    return 0, "".join(out), "", work
+
+
+def answer(verb: str, args: list[str], rs: Ruleset, o: Opts, as_json: bool) -> str:
+    """The output of ``list ...`` / ``reset ...``."""
+    what = args[0] if args else "ruleset"
+    rest = args[1:]
+    if verb == "reset":
+        return ""
+    family = rest[0] if rest and rest[0] in FAMILIES else None
+    names = rest[1:] if family else rest
+    family = family or "ip"
+    if what == "ruleset":
+        fam = rest[0] if rest else None
+        return ruleset_json(rs, o, fam) if as_json else ruleset_text(rs, o, fam)
+    if what == "tables":
+        fam = rest[0] if rest else None
+        tables = [t for t in rs.tables if fam is None or t.family == fam]
+        if as_json:
+            from kproxy.nftables.listing import table_json
+
+            return dump_json([table_json(t) for t in tables])
+        return "".join(f"table {t.family} {t.name}\n" for t in tables)
+    tbl = rs.find(family, names[0]) if names else None
+    if tbl is None:
+        raise NftError("No such file or directory", None)
+    if what == "table":
+        return dump_json(table_items_json(tbl, o)) if as_json else table_text(tbl, o)
+    head = f"table {tbl.family} {tbl.name} {{\n"
+    if what == "chain":
+        c = tbl.chains.get(names[1]) if len(names) > 1 else None
+        if c is None:
+            raise NftError("No such file or directory", None)
+        return head + chain_text(tbl, c, o) + "\n}\n"
+    if what in ("set", "map"):
+        s = tbl.sets.get(names[1]) if len(names) > 1 else None
+        if s is None:
+            raise NftError("No such file or directory", None)
+        return head + set_text(s, o) + "\n}\n"
+    if what in ("counters", "quotas", "limits"):
+        kind = what[:-1]
+        blocks = [obj_text(ob, o) for ob in tbl.objs.values() if ob.kind == kind]
+        return head + "\n".join(blocks) + "\n}\n"
+    raise NftError(f"syntax error, unexpected {what}", None)

@@ -1,0 +1,503 @@
+"""One rule: its statements parsed, checked and put in the form nft lists (dependencies, anonymous sets)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kproxy.nftables import types as T
+from kproxy.nftables.expr import (
+    CT,
+    META,
+    META_BARE_IN,
+    PAYLOAD,
+    TRANSPORT,
+    Binop,
+    Concat,
+    Const,
+    Ct,
+    Elem,
+    Expr,
+    Fib,
+    Hash,
+    MapExpr,
+    Meta,
+    Numgen,
+    Payload,
+    SetLit,
+    SetRef,
+    Verdict,
+    parse_time,
+)
+from kproxy.nftables.lexer import Token
+from kproxy.nftables.model import NSet, Rule, Table
+from kproxy.nftables.stmt import (
+    Counter,
+    Limit,
+    Log,
+    Mangle,
+    Match,
+    Nat,
+    Queue,
+    Quota,
+    Reject,
+    SetUpdate,
+    Simple,
+    Stmt,
+    VerdictMap,
+    VerdictStmt,
+)
+
+if TYPE_CHECKING:
+    from kproxy.nftables.parser import Parser
+
+RATE_UNITS = ("second", "minute", "hour", "day", "week")
+BYTE_UNITS = ("bytes", "kbytes", "mbytes", "gbytes")
+OPS = {"==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "eq": "==", "ne": "!=", "lt": "<",
+       "gt": ">", "le": "<=", "ge": ">="}
+STMT_END = ("nl", "eof")
+
+
+class RuleBuilder:
+    def __init__(self, p: Parser, tbl: Table) -> None:
+        self.p = p
+        self.tbl = tbl
+        self.stmts: list[Stmt] = []
+        self.comment: str | None = None
+        self.anon: list[str] = []
+        self.l4_matched: set[str] = set()
+
+    def error(self, msg: str, a: Token, b: Token | None = None, secondary: list[tuple[int, int, int]] | None = None):
+        from kproxy.nftables.parser import NftError, loc
+
+        return NftError(msg, loc(a, b), secondary)
+
+    def ended(self) -> bool:
+        t = self.p.peek()
+        return t.kind in STMT_END or (t.kind == "punct" and t.text in (";", "}"))
+
+    def build(self, start: Token) -> Rule:
+        from kproxy.nftables.parser import NftError
+
+        if self.ended():
+            raise self.p.unexpected()
+        while not self.ended():
+            self.statement()
+        for s in self.stmts:
+            if isinstance(s, VerdictStmt) and s.verdict.target is not None and s.verdict.target not in self.tbl.chains:
+                t = getattr(s, "tok", start)
+                raise NftError("Could not process rule: No such file or directory", (t.line, t.col, t.end))
+        stmts = hide_dependencies(self.stmts, self.tbl.family)
+        handle = self.tbl.alloc()
+        return Rule(handle, stmts, self.comment, self.anon)
+
+    # ---- statements ---------------------------------------------------------------------------
+    def statement(self) -> None:
+        p = self.p
+        t = p.peek()
+        w = t.text if t.kind == "word" else ""
+        if w in ("accept", "drop", "return", "continue"):
+            p.next()
+            self.stmts.append(VerdictStmt(Verdict(w)))
+        elif w in ("jump", "goto"):
+            p.next()
+            target = p.word()
+            st = VerdictStmt(Verdict(w, target.text))
+            st.tok = target  # type: ignore[attr-defined]
+            self.stmts.append(st)
+        elif w == "counter":
+            p.next()
+            if p.accept("name"):
+                name = p.word()
+                if ("counter", name.text) not in self.tbl.objs:
+                    raise self.error("Could not process rule: No such file or directory", name)
+                self.stmts.append(Counter(name=name.text))
+            else:
+                c = Counter()
+                if p.accept("packets"):
+                    c.packets = int(p.word().text)
+                    p.expect("bytes")
+                    c.bytes = int(p.word().text)
+                self.stmts.append(c)
+        elif w == "limit":
+            p.next()
+            p.expect("rate")
+            self.stmts.append(p.limit_body())
+        elif w == "quota":
+            p.next()
+            self.stmts.append(p.quota_body())
+        elif w == "log":
+            p.next()
+            self.stmts.append(self.log())
+        elif w == "comment":
+            p.next()
+            self.comment = p.word().text
+        elif w == "notrack":
+            p.next()
+            self.stmts.append(Simple("notrack"))
+        elif w == "queue":
+            p.next()
+            q = Queue()
+            while p.at("num", "to", "flags", "bypass", "fanout"):
+                k = p.next().text
+                if k in ("num", "to"):
+                    q.num = p.word().text
+                elif k == "flags":
+                    q.flags = p.word_list()
+                else:
+                    q.flags.append(k)
+            self.stmts.append(q)
+        elif w == "reject":
+            p.next()
+            self.reject(t)
+        elif w in ("dnat", "snat", "masquerade", "redirect"):
+            p.next()
+            self.nat(t)
+        elif w in ("add", "update") and p.peek(1).text == "@":
+            p.next()
+            p.next()
+            name = p.word()
+            s = self.tbl.sets.get(name.text)
+            if s is None:
+                raise self.error("Could not process rule: No such file or directory", name)
+            p.expect("{")
+            key = self.concat()
+            upd = SetUpdate(w, name.text, key)
+            while not p.at("}"):
+                if p.accept("timeout"):
+                    upd.timeout = p.time_value()
+                elif p.at("limit"):
+                    p.next()
+                    p.expect("rate")
+                    upd.stmts.append(p.limit_body())
+                elif p.accept("counter"):
+                    upd.stmts.append(Counter())
+                else:
+                    raise p.unexpected()
+            p.expect("}")
+            self.stmts.append(upd)
+        else:
+            self.expression_statement()
+
+    def log(self) -> Log:
+        p = self.p
+        lg = Log()
+        while p.at("prefix", "level", "group", "snaplen", "queue-threshold", "flags"):
+            k = p.next().text
+            if k == "prefix":
+                lg.prefix = p.word().text
+            elif k == "level":
+                lg.level = p.word().text
+            elif k == "group":
+                lg.group = int(p.word().text)
+            elif k == "snaplen":
+                lg.snaplen = int(p.word().text)
+            elif k == "queue-threshold":
+                lg.threshold = int(p.word().text)
+            else:
+                lg.flags = p.word_list()
+        return lg
+
+    def reject(self, kw: Token) -> None:
+        p = self.p
+        fam = self.tbl.family
+        if not p.accept("with"):
+            default = {"ip": ("icmp", "port-unreachable"), "ip6": ("icmpv6", "port-unreachable"),
+                       "inet": ("icmpx", "port-unreachable"), "bridge": ("icmpx", "port-unreachable")}
+            self.stmts.append(Reject(default_json=default.get(fam)))
+            return
+        kind = p.word()
+        if kind.text == "tcp":
+            rst = p.expect("reset")
+            dep = self.last_l4()
+            if dep is not None and dep[0] != 6:
+
+                raise self.error("you cannot use tcp reset with this protocol", kind, rst, [dep[1]])
+            if dep is None:
+                self.stmts.append(self.l4_dependency(6))
+            self.stmts.append(Reject("tcp reset"))
+            return
+        if kind.text not in ("icmp", "icmpv6", "icmpx"):
+            raise p.unexpected(kind)
+        p.accept("type")
+        dt = {"icmp": T.ICMP_CODE, "icmpv6": T.ICMPV6_CODE, "icmpx": T.ICMPX_CODE}[kind.text]
+        code = p.value(dt)
+        assert isinstance(code, Const)
+        self.stmts.append(Reject(kind.text, code))
+
+    def l4_dependency(self, proto: int) -> Match:
+        if self.tbl.family == "ip":
+            return Match(Payload("ip", "protocol"), "==", Const(T.PROTO, proto))
+        if self.tbl.family == "ip6":
+            return Match(Payload("ip6", "nexthdr"), "==", Const(T.PROTO, proto))
+        return Match(Meta("l4proto"), "==", Const(T.PROTO, proto))
+
+    def last_l4(self) -> tuple[int, tuple[int, int, int]] | None:
+        for s in reversed(self.stmts):
+            if isinstance(s, Match) and isinstance(s.right, Const):
+                lhs = s.left
+                if (isinstance(lhs, Meta) and lhs.key == "l4proto") or (
+                        isinstance(lhs, Payload) and (lhs.proto, lhs.field) in (("ip", "protocol"), ("ip6", "nexthdr"))):
+                    return s.right.value, getattr(s, "loc", (0, 0, 0))
+            if isinstance(s, Match) and isinstance(s.left, Payload) and s.left.proto in TRANSPORT:
+                return TRANSPORT[s.left.proto], getattr(s, "loc", (0, 0, 0))
+        return None
+
+    def nat(self, kw: Token) -> None:
+        p = self.p
+        st = Nat(kw.text)
+        if p.at("ip", "ip6"):
+            st.family = p.next().text
+        addr_type = T.IPV6 if (st.family == "ip6" or self.tbl.family == "ip6") else T.IPV4
+        if p.accept("to"):
+            if p.at(":"):
+                p.next()
+                port_tok = p.peek()
+                st.port = p.value(T.SERVICE)
+                self.check_port_dep(kw, port_tok)
+            else:
+                st.addr, st.port = self.nat_target(kw, addr_type)
+        flags = []
+        while p.at("random", "fully-random", "persistent", ","):
+            t = p.next()
+            if t.text != ",":
+                flags.append(t.text)
+        st.flags = flags
+        self.stmts.append(st)
+
+    def nat_target(self, kw: Token, dt: T.DType) -> tuple[Expr | None, Expr | None]:
+        p = self.p
+        t = p.peek()
+        if t.kind == "word" and t.text in PAYLOAD or t.text in ("meta", "ct", "numgen", "jhash", "symhash"):
+            key = self.concat()
+            p.expect("map")
+            data = self.map_data(key, [dt])
+            return MapExpr(key, data), None
+        if p.accept("["):
+            addr = p.value(dt)
+            p.expect("]")
+            if p.accept(":"):
+                port_tok = p.peek()
+                port = p.value(T.SERVICE)
+                self.check_port_dep(kw, port_tok)
+                return addr, port
+            return addr, None
+        t = p.word()
+        text = t.text
+        if dt.kind == "ipv4" and ":" in text:
+            a, _, port_text = text.rpartition(":")
+            col = t.col + len(a) + 1
+            addr_tok = Token("word", a, t.line, t.col, col - 2)
+            port_tok = Token("word", port_text, t.line, col, t.end)
+            addr = p.parse_value_text(dt, addr_tok)
+            port = p.parse_value_text(T.SERVICE, port_tok)
+            self.check_port_dep(kw, port_tok)
+            return addr, port
+        addr = p.parse_value_text(dt, t)
+        if p.at(":"):
+            p.next()
+            port_tok = p.peek()
+            port = p.value(T.SERVICE)
+            self.check_port_dep(kw, port_tok)
+            return addr, port
+        return addr, None
+
+    def check_port_dep(self, kw: Token, port_tok: Token) -> None:
+        dep = self.last_l4()
+        if dep is None or dep[0] not in (6, 17, 132, 136, 33):
+            raise self.error("transport protocol mapping is only valid after transport protocol match", port_tok,
+                             None, [(kw.line, kw.col, kw.end)])
+
+    # ---- expressions ----------------------------------------------------------------------------
+    def primary(self) -> Expr:
+        p = self.p
+        t = p.peek()
+        w = t.text
+        if t.kind != "word":
+            raise p.unexpected(t)
+        if w in PAYLOAD and p.peek(1).kind == "word" and p.peek(1).text in PAYLOAD[w]:
+            p.next()
+            return Payload(w, p.next().text)
+        if w == "meta":
+            p.next()
+            k = p.word()
+            if k.text not in META:
+                raise self.error(f"syntax error, unexpected {k.text}", k)
+            return Meta(k.text)
+        if w in META_BARE_IN:
+            p.next()
+            return Meta(w)
+        if w == "l4proto":
+            p.next()
+            return Meta("l4proto")
+        if w == "ct":
+            p.next()
+            direction = p.next().text if p.at("original", "reply") else None
+            family = p.next().text if p.at("ip", "ip6") else None
+            k = p.word()
+            if k.text not in CT:
+                raise self.error(f"syntax error, unexpected {k.text}", k)
+            return Ct(k.text, direction, family)
+        if w == "fib":
+            p.next()
+            flags = [p.word().text]
+            while p.accept("."):
+                flags.append(p.word().text)
+            return Fib(flags, p.word().text)
+        if w == "numgen":
+            p.next()
+            mode = p.word().text
+            p.expect("mod")
+            ng = Numgen(mode, int(p.word().text))
+            if p.accept("offset"):
+                ng.offset = int(p.word().text)
+            return ng
+        if w in ("jhash", "symhash"):
+            p.next()
+            inner = self.concat() if w == "jhash" else None
+            p.expect("mod")
+            h = Hash(w, inner, int(p.word().text))
+            while p.at("seed", "offset"):
+                k = p.next().text
+                setattr(h, k, int(p.word().text, 0))
+            return h
+        raise p.unexpected(t)
+
+    def concat(self) -> Expr:
+        p = self.p
+        items = [self.binop(self.primary())]
+        while p.at("."):
+            p.next()
+            items.append(self.binop(self.primary()))
+        return items[0] if len(items) == 1 else Concat(items)
+
+    def binop(self, e: Expr) -> Expr:
+        p = self.p
+        while p.at("&", "|", "^", "<<", ">>"):
+            op = p.next().text
+            e = Binop(op, e, p.value(e.dtype))
+        return e
+
+    def expression_statement(self) -> None:
+        p = self.p
+        start = p.peek()
+        lhs = self.concat()
+        if p.accept("set"):
+            value: Expr
+            if p.peek().kind == "word" and (p.peek().text in ("meta", "ct") or p.peek().text in PAYLOAD
+                                            and p.peek(1).text in PAYLOAD.get(p.peek().text, {})):
+                value = self.concat()
+            else:
+                value = p.value(lhs.dtype)
+            self.stmts.append(Mangle(lhs, value))
+            return
+        if p.accept("vmap"):
+            data = self.map_data(lhs, None)
+            self.stmts.append(VerdictMap(lhs, data))
+            return
+        op = "=="
+        explicit = False
+        if p.peek().kind in ("punct", "word") and p.peek().text in OPS:
+            op = OPS[p.next().text]
+            explicit = True
+        types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
+        rhs = self.rhs(lhs, types)
+        if lhs.dtype.kind == "bitmask" and p.accept("/"):
+            mask = self.rhs(lhs, types)
+            lhs = Binop("&", lhs, mask)
+            op = "=="
+            explicit = True
+        if (not explicit and lhs.dtype.kind == "bitmask" and isinstance(rhs, Const)
+                and not isinstance(lhs, Binop)):
+            op = "in"
+        m = Match(lhs, op, rhs)
+        m.loc = (start.line, start.col, p.toks[p.pos - 1].end)  # type: ignore[attr-defined]
+        self.stmts.append(m)
+
+    def rhs(self, lhs: Expr, types: list[T.DType]) -> Expr:
+        p = self.p
+        if p.at("@"):
+            p.next()
+            name = p.word()
+            if name.text not in self.tbl.sets:
+                raise self.error("Could not process rule: No such file or directory", name)
+            return SetRef(name.text)
+        if p.at("{"):
+            lit = p.set_literal(types, None)
+            if len(lit.elems) == 1 and lit.elems[0].data is None:
+                return lit.elems[0].key
+            self.anon_set(types, None, lit)
+            return lit
+        v = p.value_of(types)
+        if len(types) == 1 and types[0].kind == "bitmask" and p.at(","):
+            assert isinstance(v, Const)
+            value = v.value
+            while p.accept(","):
+                w = p.value(types[0])
+                assert isinstance(w, Const)
+                value |= w.value
+            v = Const(types[0], value)
+        return v
+
+    def map_data(self, key: Expr, data: list[T.DType] | None) -> Expr:
+        p = self.p
+        types = [i.dtype for i in key.items] if isinstance(key, Concat) else [key.dtype]
+        if p.accept("@"):
+            name = p.word()
+            if name.text not in self.tbl.sets:
+                raise self.error("Could not process rule: No such file or directory", name)
+            return SetRef(name.text)
+        lit = p.set_literal(types, T.VERDICT if data is None else data[0])
+        self.anon_set(types, T.VERDICT if data is None else data[0], lit)
+        return lit
+
+    def anon_set(self, key: list[T.DType], data: T.DType | None, lit: SetLit) -> None:
+        prefix = "__map" if data is not None else "__set"
+        name = f"{prefix}{self.tbl.anon_seq}"
+        self.tbl.anon_seq += 1
+        interval = any(not isinstance(e.key, (Const, Concat)) for e in lit.elems)
+        s = NSet(name, self.tbl.alloc(), data is not None, key, data, ["constant", "anonymous"] +
+                 (["interval"] if interval else []), anonymous=True, elems=list(lit.elems))
+        self.tbl.sets[name] = s
+        self.anon.append(name)
+        if interval and len(key) == 1:
+            from kproxy.nftables.parser import merge_intervals
+
+            lit.elems = merge_intervals(lit.elems, key[0])
+        else:
+            from kproxy.nftables.listing import elem_sort_key
+
+            lit.elems = sorted(lit.elems, key=elem_sort_key)
+
+
+def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
+    """Drop protocol matches the next payload expression implies, as nft does when it lists a rule."""
+    out: list[Stmt] = []
+    for s in stmts:
+        proto = _payload_proto(s)
+        if proto is not None and out:
+            prev = out[-1]
+            if isinstance(prev, Match) and prev.op == "==" and isinstance(prev.right, Const):
+                lhs = prev.left
+                if proto in TRANSPORT and proto != "th" and prev.right.value == TRANSPORT[proto] and (
+                        isinstance(lhs, Meta) and lhs.key == "l4proto" or (
+                        isinstance(lhs, Payload) and family == "ip" and (lhs.proto, lhs.field) == ("ip", "protocol"))
+                        or (isinstance(lhs, Payload) and family == "ip6" and (lhs.proto, lhs.field) ==
+                            ("ip6", "nexthdr"))) or proto in ("ip", "ip6") and family == "inet" and isinstance(lhs, Meta) and \
+                        lhs.key == "nfproto" and prev.right.value == (2 if proto == "ip" else 10):
+                    out.pop()
+        out.append(s)
+    return out
+
+
+def _payload_proto(s: Stmt) -> str | None:
+    if isinstance(s, Match):
+        e = s.left.left if isinstance(s.left, Binop) else s.left
+        if isinstance(e, Concat):
+            e = e.items[0]
+        if isinstance(e, Payload):
+            return e.proto
+    return None
+
+
+__all__ = ["RuleBuilder", "parse_time", "Elem", "Fib", "Hash", "Numgen", "Ct", "Quota", "Limit", "RATE_UNITS",
+           "BYTE_UNITS"]
