@@ -378,3 +378,30 @@ def parse_time(text: str) -> int | None:
         return None
     scale = {"d": 86400000, "h": 3600000, "m": 60000, "s": 1000, "ms": 1}
     return sum(int(a) * scale[b] for a, b in parts)
+
+
+@dataclass
+class TcpOption(Expr):
+    name: str
+    field: str
+
+    dtype = T.DType("integer", 16, "int")
+
+    def text(self, o: Opts) -> str:
+        return f"tcp option {self.name} {self.field}"
+
+    def json(self) -> Any:
+        return {"tcp option": {"name": self.name, "field": self.field}}
+
+
+@dataclass
+class Rt(Expr):
+    key: str
+
+    dtype = T.DType("integer", 16, "int")
+
+    def text(self, o: Opts) -> str:
+        return f"rt {self.key}"
+
+    def json(self) -> Any:
+        return {"rt": {"key": self.key}}

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from kproxy.nftables import types as T
-from kproxy.nftables.expr import Const, Elem, Opts, Prefix, Range, fmt_time
+from kproxy.nftables.expr import Concat, Const, Elem, Opts, Prefix, Range, fmt_time
 from kproxy.nftables.model import Chain, NSet, Obj, Rule, Ruleset, Table, priority_text
 
 NEWLINE_DELIM = ",\n\t\t\t     "
@@ -17,15 +17,37 @@ TWO = {"ipv4_addr", "ct_state", "ct_status", "pkt_type"}
 METAINFO = {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}
 
 
-def elem_sort_key(e: Elem) -> Any:
-    k = e.key
+BIG_ENDIAN = {"ipv4", "ipv6", "service", "ether"}
+
+
+def _lead(k: Any) -> Any:
     if isinstance(k, Range):
-        k = k.lo
+        return k.lo
     if isinstance(k, Prefix):
-        k = k.base
+        return k.base
+    return k
+
+
+def _const_bytes(c: Const) -> bytes:
+    dt = c.ctype
+    if isinstance(c.value, str):
+        return c.value.encode()[:16].ljust(16, b"\0")
+    size = max(1, (dt.bits + 7) // 8) if dt.bits else 4
+    order = "big" if dt.kind in BIG_ENDIAN or dt.name == "ether_type" else "little"
+    return int(c.value).to_bytes(size, order)  # type: ignore[arg-type]
+
+
+def elem_sort_key(e: Elem) -> int:
+    """nft sorts elements by value; a concatenation's bytes are read as one little-endian number."""
+    k = _lead(e.key)
     if isinstance(k, Const):
-        return (0, k.value) if isinstance(k.value, int) else (1, k.value)
-    return (2, 0)
+        if isinstance(k.value, str):
+            return int.from_bytes(_const_bytes(k), "little")
+        return int(k.value)
+    if isinstance(k, Concat):
+        data = b"".join(_const_bytes(i) for i in map(_lead, k.items) if isinstance(i, Const))
+        return int.from_bytes(data, "little")
+    return 0
 
 
 def elements_text(s: NSet, o: Opts) -> str:
@@ -132,7 +154,7 @@ def table_text(t: Table, o: Opts, only: str | None = None) -> str:
         blocks += [set_text(s, o) for s in t.sets.values() if not s.anonymous]
         blocks += [chain_text(t, c, o) for c in t.chains.values()]
     lines += attrs
-    if attrs and blocks:
+    if t.flags and blocks:
         lines.append("")
     lines.append("\n\n".join(blocks)) if blocks else None
     lines.append("}")
@@ -172,7 +194,7 @@ def set_json(t: Table, s: NSet, o: Opts) -> dict[str, Any]:
     d["type"] = s.key[0].name if len(s.key) == 1 else [k.name for k in s.key]
     d["handle"] = s.handle
     if s.is_map and s.data is not None:
-        d["map"] = s.data.name
+        d["map"] = s.data[0].name if len(s.data) == 1 else [t.name for t in s.data]
     if s.comment is not None:
         d["comment"] = s.comment
     if s.policy:

@@ -88,7 +88,7 @@ class NSet:
     handle: int
     is_map: bool
     key: list[T.DType]
-    data: T.DType | None = None
+    data: list[T.DType] | None = None
     flags: list[str] = field(default_factory=list)
     timeout: int | None = None
     gc_interval: int | None = None
@@ -97,11 +97,12 @@ class NSet:
     comment: str | None = None
     elems: list[Elem] = field(default_factory=list)
     anonymous: bool = False
+    auto_merge: bool = False
 
     def type_text(self) -> str:
         s = " . ".join(t.name for t in self.key)
         if self.data is not None:
-            s += f" : {self.data.name}"
+            s += " : " + " . ".join(t.name for t in self.data)
         return s
 
 

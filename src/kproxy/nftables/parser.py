@@ -420,7 +420,12 @@ class Parser:
                     s.key.append(self.dtype())
                 if is_map:
                     self.expect(":")
-                    s.data = T.VERDICT if self.at("verdict") and self.next() else self.dtype()
+                    if self.accept("verdict"):
+                        s.data = [T.VERDICT]
+                    else:
+                        s.data = [self.dtype()]
+                        while self.accept("."):
+                            s.data.append(self.dtype())
             elif t.text == "flags":
                 s.flags = self.word_list()
             elif t.text == "timeout":
@@ -434,7 +439,7 @@ class Parser:
             elif t.text == "comment":
                 s.comment = self.word().text
             elif t.text == "auto-merge":
-                pass
+                s.auto_merge = True
             elif t.text == "elements":
                 self.expect("=")
                 start = self.peek()
@@ -498,8 +503,8 @@ class Parser:
 
     def add_elements(self, s: NSet, lit: SetLit) -> None:
         elems = s.elems + lit.elems
-        if "interval" in s.flags:
-            elems = merge_intervals(elems, s.key[0])
+        if "interval" in s.flags and len(s.key) == 1:
+            elems = merge_intervals(elems, s.key[0], s.auto_merge)
         else:
             from kproxy.nftables.listing import elem_sort_key
 
@@ -672,7 +677,7 @@ class Parser:
         self.out.requests.append(("reset", args))
 
     # ---- values -------------------------------------------------------------------------------
-    def set_literal(self, key: list[T.DType], data: T.DType | None, s: NSet | None = None) -> SetLit:
+    def set_literal(self, key: list[T.DType], data: list[T.DType] | None, s: NSet | None = None) -> SetLit:
         self.expect("{")
         lit = SetLit()
         while True:
@@ -692,7 +697,7 @@ class Parser:
                     setattr(elem, w, self.time_value())
             if data is not None:
                 self.expect(":")
-                elem.data = self.verdict() if data is T.VERDICT else self.value_of([data])
+                elem.data = self.verdict() if data == [T.VERDICT] else self.value_of(data)
             elif self.at(":"):
                 raise self.unexpected()
             if s is not None and isinstance(k, (Prefix, Range)) and "interval" not in s.flags:
@@ -790,9 +795,10 @@ def jumps_to(chain: Chain, target: str) -> bool:
     return False
 
 
-def merge_intervals(elems: list[Elem], dt: T.DType) -> list[Elem]:
-    """Sort interval elements and merge overlapping or adjacent ones, printing each as nft does."""
+def merge_intervals(elems: list[Elem], dt: T.DType, auto_merge: bool = True) -> list[Elem]:
+    """Sort interval elements; overlaps are an error unless the set auto-merges (then adjacent ones join too)."""
     spans: list[list[int]] = []
+    owners: list[Elem] = []
     bits = dt.bits or 32
     for e in elems:
         k = e.key
@@ -804,10 +810,20 @@ def merge_intervals(elems: list[Elem], dt: T.DType) -> list[Elem]:
         else:
             assert isinstance(k, Const)
             lo = hi = k.value
-        spans.append([lo, hi])
+        spans.append([lo, hi, len(spans)])
+        owners.append(e)
     spans.sort()
+    if not auto_merge:
+        for a, b in zip(spans, spans[1:]):
+            if b[0] <= a[1]:
+                first, second = sorted((a[2], b[2]))
+                raise NftError("conflicting intervals specified", getattr(owners[second], "loc", None),
+                               [getattr(owners[first], "loc", (0, 0, 0))])
+        return [owners[i] if isinstance(owners[i].key, Const) else
+                Elem(span_expr(lo, hi, dt, bits), owners[i].data, owners[i].timeout, owners[i].expires,
+                     owners[i].comment) for lo, hi, i in spans]
     merged: list[list[int]] = []
-    for lo, hi in spans:
+    for lo, hi, _ in spans:
         if merged and lo <= merged[-1][1] + 1:
             merged[-1][1] = max(merged[-1][1], hi)
         else:
@@ -843,9 +859,14 @@ def expand_defines(toks: list[Token]) -> list[Token]:
             continue
         if t.kind == "punct" and t.text == "$" and i + 1 < len(toks):
             name = toks[i + 1]
-            if name.text not in defines:
-                raise NftError(f"unknown identifier '{name.text}'", (t.line, t.col, name.end))
-            out.extend(defines[name.text])
+            var, colon, tail = name.text.partition(":")
+            if var not in defines:
+                raise NftError(f"unknown identifier '{var}'", (t.line, t.col, name.col + len(var) - 1))
+            out.extend(defines[var])
+            if colon:
+                c = name.col + len(var)
+                out.append(Token("punct", ":", name.line, c, c))
+                out.append(Token("word", tail, name.line, c + 1, name.end))
             i += 2
             continue
         out.append(t)

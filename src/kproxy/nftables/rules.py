@@ -23,8 +23,10 @@ from kproxy.nftables.expr import (
     Meta,
     Numgen,
     Payload,
+    Rt,
     SetLit,
     SetRef,
+    TcpOption,
     Verdict,
     parse_time,
 )
@@ -37,6 +39,7 @@ from kproxy.nftables.stmt import (
     Mangle,
     Match,
     Nat,
+    ObjRef,
     Queue,
     Quota,
     Reject,
@@ -55,6 +58,7 @@ BYTE_UNITS = ("bytes", "kbytes", "mbytes", "gbytes")
 OPS = {"==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "eq": "==", "ne": "!=", "lt": "<",
        "gt": ">", "le": "<=", "ge": ">="}
 STMT_END = ("nl", "eof")
+WORD_OPS = {"and": "&", "or": "|", "xor": "^", "lshift": "<<", "rshift": ">>"}
 
 
 class RuleBuilder:
@@ -118,6 +122,13 @@ class RuleBuilder:
                     p.expect("bytes")
                     c.bytes = int(p.word().text)
                 self.stmts.append(c)
+        elif w in ("limit", "quota") and p.peek(1).text == "name":
+            p.next()
+            p.next()
+            name = p.word()
+            if (w, name.text) not in self.tbl.objs:
+                raise self.error("Could not process rule: No such file or directory", name)
+            self.stmts.append(ObjRef(w, name.text))
         elif w == "limit":
             p.next()
             p.expect("rate")
@@ -314,6 +325,14 @@ class RuleBuilder:
         w = t.text
         if t.kind != "word":
             raise p.unexpected(t)
+        if w == "tcp" and p.peek(1).text == "option":
+            p.next()
+            p.next()
+            name = p.word().text
+            return TcpOption(name, p.word().text)
+        if w == "rt":
+            p.next()
+            return Rt(p.word().text)
         if w in PAYLOAD and p.peek(1).kind == "word" and p.peek(1).text in PAYLOAD[w]:
             p.next()
             return Payload(w, p.next().text)
@@ -372,22 +391,32 @@ class RuleBuilder:
 
     def binop(self, e: Expr) -> Expr:
         p = self.p
-        while p.at("&", "|", "^", "<<", ">>"):
-            op = p.next().text
+        while p.at("&", "|", "^", "<<", ">>", "and", "or", "xor", "lshift", "rshift"):
+            op = WORD_OPS.get(p.peek().text, p.peek().text)
+            p.next()
             e = Binop(op, e, p.value(e.dtype))
         return e
+
+    def is_expr_start(self) -> bool:
+        p = self.p
+        t = p.peek()
+        if t.kind != "word":
+            return False
+        if t.text in ("meta", "ct", "numgen", "jhash", "symhash", "fib", "rt") or t.text in META_BARE_IN:
+            return True
+        return t.text in PAYLOAD and p.peek(1).text in PAYLOAD[t.text]
 
     def expression_statement(self) -> None:
         p = self.p
         start = p.peek()
         lhs = self.concat()
         if p.accept("set"):
-            value: Expr
-            if p.peek().kind == "word" and (p.peek().text in ("meta", "ct") or p.peek().text in PAYLOAD
-                                            and p.peek(1).text in PAYLOAD.get(p.peek().text, {})):
+            if self.is_expr_start():
                 value = self.concat()
+                if p.accept("map"):
+                    value = MapExpr(value, self.map_data(value, [lhs.dtype]))
             else:
-                value = p.value(lhs.dtype)
+                value = self.binop(p.value(lhs.dtype))
             self.stmts.append(Mangle(lhs, value))
             return
         if p.accept("vmap"):
@@ -446,11 +475,11 @@ class RuleBuilder:
             if name.text not in self.tbl.sets:
                 raise self.error("Could not process rule: No such file or directory", name)
             return SetRef(name.text)
-        lit = p.set_literal(types, T.VERDICT if data is None else data[0])
-        self.anon_set(types, T.VERDICT if data is None else data[0], lit)
+        lit = p.set_literal(types, [T.VERDICT] if data is None else data)
+        self.anon_set(types, [T.VERDICT] if data is None else data, lit)
         return lit
 
-    def anon_set(self, key: list[T.DType], data: T.DType | None, lit: SetLit) -> None:
+    def anon_set(self, key: list[T.DType], data: list[T.DType] | None, lit: SetLit) -> None:
         prefix = "__map" if data is not None else "__set"
         name = f"{prefix}{self.tbl.anon_seq}"
         self.tbl.anon_seq += 1

@@ -28,7 +28,7 @@ class Match(Stmt):
         if isinstance(left, Binop) and left.op == "&" and left.dtype.kind == "bitmask" and self.op == "==":
             # nft prints a masked flag test as ``tcp flags syn / syn,ack``.
             return f"{left.left.text(o)} {right.text(o)} / {left.right.text(o)}"
-        if self.op in ("==", "in"):
+        if self.op == "in" or self.op == "==" and not isinstance(left, Binop):
             return f"{left.text(o)} {right.text(o)}"
         return f"{left.text(o)} {self.op} {right.text(o)}"
 
@@ -62,6 +62,20 @@ class Counter(Stmt):
         if self.name is not None:
             return {"counter": self.name}
         return {"counter": None if o.stateless else {"packets": self.packets, "bytes": self.bytes}}
+
+
+@dataclass
+class ObjRef(Stmt):
+    """``limit name "x"`` / ``quota name "x"``: a reference to a named stateful object."""
+
+    kind: str
+    name: str
+
+    def text(self, o: Opts) -> str:
+        return f'{self.kind} name "{self.name}"'
+
+    def json(self, o: Opts) -> Any:
+        return {self.kind: self.name}
 
 
 @dataclass

@@ -32,6 +32,11 @@ def protocols() -> tuple[dict[str, int], dict[int, str]]:
     return by_name, by_num
 
 
+# Protocol names nft's grammar knows as keywords, whatever /etc/protocols says.
+PROTO_KEYWORDS = {"icmpv6": 58, "tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "esp": 50, "ah": 51, "udplite": 136,
+                  "dccp": 33, "comp": 108, "gre": 47}
+
+
 @cache
 def services() -> dict[str, int]:
     out: dict[str, int] = {}
@@ -87,13 +92,15 @@ class DType:
             return syms[text]
         if k == "proto" and text in protocols()[0]:
             return protocols()[0][text]
+        if k == "proto" and text in PROTO_KEYWORDS:
+            return PROTO_KEYWORDS[text]
         if k == "service" and text in services():
             return services()[text]
         try:
             value = int(text, 0)
         except ValueError:
             raise TypeError_(text) from None
-        if value < 0 or value >= 1 << self.bits:
+        if value < 0 or self.bits and value >= 1 << self.bits:
             raise TypeError_(text)
         return value
 
