@@ -162,7 +162,7 @@ class Fib(Expr):
         return f"fib {' . '.join(self.flags)} {self.result}"
 
     def json(self) -> Any:
-        return {"fib": {"result": self.result, "flags": self.flags if len(self.flags) > 1 else self.flags[0]}}
+        return {"fib": {"result": self.result, "flags": self.flags}}
 
 
 @dataclass

@@ -92,7 +92,7 @@ def set_text(s: NSet, o: Opts, indent: str = "\t") -> str:
 def obj_body(obj: Obj, o: Opts) -> str:
     v = obj.values
     if obj.kind == "counter":
-        return "packets 0 bytes 0" if o.stateless else f"packets {v['packets']} bytes {v['bytes']}"
+        return "" if o.stateless else f"packets {v['packets']} bytes {v['bytes']}"
     if obj.kind == "quota":
         s = ("over " if v.get("over") else "") + f"{v['value']} {v['unit']}"
         if v.get("used") and not o.stateless:
@@ -115,7 +115,9 @@ def obj_text(obj: Obj, o: Opts, indent: str = "\t") -> str:
     lines = [head]
     if obj.comment is not None:
         lines.append(f'{indent}\tcomment "{obj.comment}"')
-    lines.append(f"{indent}\t{obj_body(obj, o)}")
+    body = obj_body(obj, o)
+    if body:
+        lines.append(f"{indent}\t{body}")
     lines.append(f"{indent}}}")
     return "\n".join(lines)
 
@@ -168,8 +170,6 @@ def ruleset_text(rs: Ruleset, o: Opts, family: str | None = None) -> str:
 # ---- JSON ------------------------------------------------------------------------------------
 def table_json(t: Table) -> dict[str, Any]:
     d: dict[str, Any] = {"family": t.family, "name": t.name, "handle": t.handle}
-    if t.comment is not None:
-        d["comment"] = t.comment
     if t.flags:
         d["flags"] = t.flags if len(t.flags) > 1 else t.flags[0]
     return {"table": d}
@@ -177,8 +177,6 @@ def table_json(t: Table) -> dict[str, Any]:
 
 def chain_json(t: Table, c: Chain) -> dict[str, Any]:
     d: dict[str, Any] = {"family": t.family, "table": t.name, "name": c.name, "handle": c.handle}
-    if c.comment is not None:
-        d["comment"] = c.comment
     if c.base:
         d["type"] = c.type
         d["hook"] = c.hook
@@ -193,10 +191,10 @@ def set_json(t: Table, s: NSet, o: Opts) -> dict[str, Any]:
     d: dict[str, Any] = {"family": t.family, "name": s.name, "table": t.name}
     d["type"] = s.key[0].name if len(s.key) == 1 else [k.name for k in s.key]
     d["handle"] = s.handle
-    if s.is_map and s.data is not None:
-        d["map"] = s.data[0].name if len(s.data) == 1 else [t.name for t in s.data]
     if s.comment is not None:
         d["comment"] = s.comment
+    if s.is_map and s.data is not None:
+        d["map"] = " . ".join(t.name for t in s.data)
     if s.policy:
         d["policy"] = s.policy
     if s.size is not None:
