@@ -60,3 +60,16 @@ def test_corpus_is_realistic() -> None:
     for needle in ("vmap", "numgen", "dnat", "snat", "masquerade", "flags interval", "timeout", "quota",
                    "limit rate", "define", "ct state", "reject with", "comment", "ip6"):
         assert needle in text, needle
+
+
+ERRORS = sorted(p.name for p in (DATA / "errors").glob("*.nft"))
+
+
+@pytest.mark.parametrize("name", ERRORS)
+def test_errors_like_nft(real_nft, name: str) -> None:
+    """Malformed or failing scripts: same message, position, carets and exit status; nothing applied."""
+    path = DATA / "errors" / name
+    rc, err, outs = real_nft(path, (["list", "ruleset"],))
+    my_rc, my_err, my_outs = ours(path, (["list", "ruleset"],))
+    assert (my_rc, my_err) == (rc, err)
+    assert my_outs == outs

@@ -110,8 +110,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         if not text.strip():
             return 0, "", "", rs
     work = rs.copy()
-    parser = Parser(text, work, interfaces)
     try:
+        parser = Parser(text, work, interfaces)
         parser.script()
     except NftError as err:
         return 1, "", format_error(err, source, text), rs

@@ -608,9 +608,9 @@ class Parser:
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname)
             chain = self.find_chain(tbl, self.word())
-            h = self.expect("handle")
+            self.expect("handle")
             n = self.word()
-            idx = self.rule_index(chain, int(n.text), h)
+            idx = self.rule_index(chain, int(n.text), n)
             rule = chain.rules.pop(idx)
             for anon in rule.anon_sets:
                 tbl.sets.pop(anon, None)
@@ -702,7 +702,8 @@ class Parser:
                 raise self.unexpected()
             if s is not None and isinstance(k, (Prefix, Range)) and "interval" not in s.flags:
                 what = "prefix" if isinstance(k, Prefix) else "range"
-                raise NftError(f"Set member cannot be {what}, missing interval flag on declaration",
+                raise NftError(f"You must add 'flags interval' to your set declaration if you want to add {what}"
+                               " elements",
                                loc(start, self.toks[self.pos - 1]))
             elem.loc = loc(start, self.toks[self.pos - 1])  # type: ignore[attr-defined]
             lit.elems.append(elem)
@@ -861,7 +862,7 @@ def expand_defines(toks: list[Token]) -> list[Token]:
             name = toks[i + 1]
             var, colon, tail = name.text.partition(":")
             if var not in defines:
-                raise NftError(f"unknown identifier '{var}'", (t.line, t.col, name.col + len(var) - 1))
+                raise NftError(f"unknown identifier '{var}'", (name.line, name.col, name.col + len(var) - 1))
             out.extend(defines[var])
             if colon:
                 c = name.col + len(var)

@@ -222,7 +222,7 @@ class RuleBuilder:
             dep = self.last_l4()
             if dep is not None and dep[0] != 6:
 
-                raise self.error("you cannot use tcp reset with this protocol", kind, rst, [dep[1]])
+                raise self.error("you cannot use tcp reset with this protocol", kw, None, [dep[1]])
             if dep is None:
                 self.stmts.append(self.l4_dependency(6))
             self.stmts.append(Reject("tcp reset"))
@@ -445,10 +445,10 @@ class RuleBuilder:
     def rhs(self, lhs: Expr, types: list[T.DType]) -> Expr:
         p = self.p
         if p.at("@"):
-            p.next()
+            at = p.next()
             name = p.word()
             if name.text not in self.tbl.sets:
-                raise self.error("Could not process rule: No such file or directory", name)
+                raise self.error("No such file or directory", at, name)
             return SetRef(name.text)
         if p.at("{"):
             lit = p.set_literal(types, None)
