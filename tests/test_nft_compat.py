@@ -3,6 +3,7 @@ and into kproxy must list identically (``list ruleset``, ``-a``, ``-j``) and fai
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
@@ -73,3 +74,19 @@ def test_errors_like_nft(real_nft, name: str) -> None:
     my_rc, my_err, my_outs = ours(path, (["list", "ruleset"],))
     assert (my_rc, my_err) == (rc, err)
     assert my_outs == outs
+
+
+def test_command_sequence_like_nft(real_nft) -> None:
+    """Commands one invocation at a time (add/insert by position and index, replace, delete, flush, list
+    variants, -n/-nn/-y/-s/-j): each step's output, errors and exit status match the real nft's."""
+    steps = [ln for ln in (DATA / "sequence.cmds").read_text().splitlines() if ln.strip() and ln[0] != "#"]
+    ns = Netns.create("nft")
+    rs = Ruleset()
+    try:
+        for step in steps:
+            argv = [a.replace("tests/data/nft/", f"{DATA}/") for a in shlex.split(step)]
+            real = ns.run(["nft", *argv], check=False)
+            rc, out, err, rs = run_nft(argv, rs, interfaces={"lo"})
+            assert (rc, out, err) == (real.returncode, real.stdout, real.stderr), step
+    finally:
+        ns.delete()

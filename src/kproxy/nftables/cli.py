@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kproxy.nftables.expr import Opts
+from kproxy.nftables.lexer import Token
 from kproxy.nftables.listing import (
     chain_text,
     dump_json,
@@ -14,7 +15,7 @@ from kproxy.nftables.listing import (
     table_text,
 )
 from kproxy.nftables.model import FAMILIES, Ruleset
-from kproxy.nftables.parser import NftError, Parser
+from kproxy.nftables.parser import NftError, Parser, loc
 
 USAGE = "Usage: nft [ options ] [ cmds... ]\n"
 
@@ -126,10 +127,17 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     return 0, "".join(out), "", work
 
 
-def answer(verb: str, args: list[str], rs: Ruleset, o: Opts, as_json: bool) -> str:
+def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> str:
     """The output of ``list ...`` / ``reset ...``."""
+    args = [t.text for t in toks]
     what = args[0] if args else "ruleset"
     rest = args[1:]
+    name_toks = toks[2:] if len(toks) > 1 and toks[1].text in FAMILIES else toks[1:]
+
+    def missing(i: int) -> NftError:
+        t = name_toks[i] if i < len(name_toks) else None
+        return NftError("No such file or directory", loc(t) if t is not None else None)
+
     if verb == "reset":
         return ""
     family = rest[0] if rest and rest[0] in FAMILIES else None
@@ -146,21 +154,31 @@ def answer(verb: str, args: list[str], rs: Ruleset, o: Opts, as_json: bool) -> s
 
             return dump_json([table_json(t) for t in tables])
         return "".join(f"table {t.family} {t.name}\n" for t in tables)
+    if what in ("counters", "quotas", "limits") and not names:
+        kind = what[:-1]
+        parts = []
+        for t in rs.tables:
+            if rest and rest[0] in FAMILIES and t.family != rest[0]:
+                continue
+            blocks = [obj_text(ob, o) for ob in t.objs.values() if ob.kind == kind]
+            if blocks:
+                parts.append(f"table {t.family} {t.name} {{\n" + "\n".join(blocks) + "\n}\n")
+        return "".join(parts)
     tbl = rs.find(family, names[0]) if names else None
     if tbl is None:
-        raise NftError("No such file or directory", None)
+        raise missing(0)
     if what == "table":
         return dump_json(table_items_json(tbl, o)) if as_json else table_text(tbl, o)
     head = f"table {tbl.family} {tbl.name} {{\n"
     if what == "chain":
         c = tbl.chains.get(names[1]) if len(names) > 1 else None
         if c is None:
-            raise NftError("No such file or directory", None)
+            raise missing(1)
         return head + chain_text(tbl, c, o) + "\n}\n"
     if what in ("set", "map"):
         s = tbl.sets.get(names[1]) if len(names) > 1 else None
         if s is None:
-            raise NftError("No such file or directory", None)
+            raise missing(1)
         return head + set_text(s, o) + "\n}\n"
     if what in ("counters", "quotas", "limits"):
         kind = what[:-1]

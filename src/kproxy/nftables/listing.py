@@ -133,7 +133,7 @@ def chain_text(t: Table, c: Chain, o: Opts, indent: str = "\t", rules: bool = Tr
             dev = f' device "{c.devices[0]}"'
         elif c.devices:
             dev = " devices = { " + ", ".join(c.devices) + " }"
-        prio = priority_text(t.family, c.hook, c.prio, o.numeric_prio or o.numeric >= 1 and False)
+        prio = priority_text(t.family, c.hook, c.prio, o.numeric_prio or o.numeric >= 1)
         lines.append(f"{indent}\ttype {c.type} hook {c.hook}{dev} priority {prio}; policy {c.policy};")
     if rules:
         for r in c.rules:
@@ -224,8 +224,7 @@ def obj_json(t: Table, ob: Obj, o: Opts) -> dict[str, Any]:
     elif ob.kind == "quota":
         d["bytes"] = v["value"] * UNIT_BYTES[v["unit"]]
         d["used"] = 0 if o.stateless else v.get("used", 0) * UNIT_BYTES[v.get("used_unit", "bytes")]
-        if v.get("over"):
-            d["inv"] = True
+        d["inv"] = bool(v.get("over"))
     else:
         d.update(rate=v["rate"], per=v["per"])
         if v.get("unit"):

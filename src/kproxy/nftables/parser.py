@@ -83,7 +83,7 @@ BYTE_UNITS = ("bytes", "kbytes", "mbytes", "gbytes")
 class Output:
     """Listing requests met in a script, answered after the transaction commits."""
 
-    requests: list[tuple[str, list[str]]] = field(default_factory=list)
+    requests: list[tuple[str, list[Token]]] = field(default_factory=list)
 
 
 class Parser:
@@ -504,7 +504,19 @@ class Parser:
     def add_elements(self, s: NSet, lit: SetLit) -> None:
         elems = s.elems + lit.elems
         if "interval" in s.flags and len(s.key) == 1:
-            elems = merge_intervals(elems, s.key[0], s.auto_merge)
+            bits = s.key[0].bits or 32
+            new = lit.elems
+            if not s.auto_merge:
+                old = {tuple(span(e, bits)): e for e in s.elems}
+                new = []
+                for e in sorted(lit.elems, key=lambda e: span(e, bits)):
+                    lo, hi = span(e, bits)
+                    if (lo, hi) in old:
+                        continue
+                    if any(lo <= ohi and olo <= hi for olo, ohi in old):
+                        raise NftError("interval overlaps with an existing one", getattr(e, "loc", None))
+                    new.append(e)
+            elems = merge_intervals(s.elems + new, s.key[0], s.auto_merge)
         else:
             from kproxy.nftables.listing import elem_sort_key
 
@@ -548,15 +560,17 @@ class Parser:
         tbl = self.find_table(family, tname)
         chain = self.find_chain(tbl, self.word())
         position: tuple[str, int] | None = None
+        pos_tok = self.peek()
         if self.at("position", "handle", "index"):
             kind = self.next().text
             position = (kind, int(self.word().text))
+            pos_tok = Token("word", "", pos_tok.line, pos_tok.col, self.toks[self.pos - 1].end)
         start = self.peek()
         if op == "replace":
             if position is None or position[0] != "handle":
                 raise self.unexpected(start, "handle")
-            idx = self.rule_index(chain, position[1], start)
-            rule = self.rule(tbl, start)
+            idx = self.rule_index(chain, position[1], pos_tok)
+            rule = self.rule(tbl, start, new_handle=False)
             rule.handle = chain.rules[idx].handle
             chain.rules[idx] = rule
             return
@@ -566,7 +580,7 @@ class Parser:
         elif position[0] == "index":
             idx = position[1] if op == "insert" else position[1] + 1
         else:
-            idx = self.rule_index(chain, position[1], start)
+            idx = self.rule_index(chain, position[1], pos_tok)
             idx = idx if op == "insert" else idx + 1
         chain.rules.insert(idx, rule)
 
@@ -584,10 +598,10 @@ class Parser:
         self.expect("rule")
         self.cmd_rule("replace")
 
-    def rule(self, tbl: Table, start: Token) -> Rule:
+    def rule(self, tbl: Table, start: Token, new_handle: bool = True) -> Rule:
         from kproxy.nftables.rules import RuleBuilder
 
-        return RuleBuilder(self, tbl).build(start)
+        return RuleBuilder(self, tbl).build(start, new_handle)
 
     # ---- delete / flush / list / reset ---------------------------------------------------------
     def cmd_delete(self, verb: Token) -> None:
@@ -665,15 +679,15 @@ class Parser:
             raise self.unexpected(what)
 
     def cmd_list(self, verb: Token) -> None:
-        args: list[str] = []
+        args: list[Token] = []
         while self.peek().kind in ("word", "string"):
-            args.append(self.next().text)
+            args.append(self.next())
         self.out.requests.append(("list", args))
 
     def cmd_reset(self, verb: Token) -> None:
-        args: list[str] = []
+        args: list[Token] = []
         while self.peek().kind in ("word", "string"):
-            args.append(self.next().text)
+            args.append(self.next())
         self.out.requests.append(("reset", args))
 
     # ---- values -------------------------------------------------------------------------------
@@ -796,21 +810,25 @@ def jumps_to(chain: Chain, target: str) -> bool:
     return False
 
 
+def span(e: Elem, bits: int) -> tuple[int, int]:
+    """The first and last value an interval element covers."""
+    k = e.key
+    if isinstance(k, Prefix):
+        lo = k.base.value
+        return lo, lo | ((1 << (bits - k.length)) - 1)
+    if isinstance(k, Range):
+        return k.lo.value, k.hi.value
+    assert isinstance(k, Const)
+    return k.value, k.value
+
+
 def merge_intervals(elems: list[Elem], dt: T.DType, auto_merge: bool = True) -> list[Elem]:
     """Sort interval elements; overlaps are an error unless the set auto-merges (then adjacent ones join too)."""
     spans: list[list[int]] = []
     owners: list[Elem] = []
     bits = dt.bits or 32
     for e in elems:
-        k = e.key
-        if isinstance(k, Prefix):
-            lo = k.base.value
-            hi = lo | ((1 << (bits - k.length)) - 1)
-        elif isinstance(k, Range):
-            lo, hi = k.lo.value, k.hi.value
-        else:
-            assert isinstance(k, Const)
-            lo = hi = k.value
+        lo, hi = span(e, bits)
         spans.append([lo, hi, len(spans)])
         owners.append(e)
     spans.sort()

@@ -79,7 +79,7 @@ class RuleBuilder:
         t = self.p.peek()
         return t.kind in STMT_END or (t.kind == "punct" and t.text in (";", "}"))
 
-    def build(self, start: Token) -> Rule:
+    def build(self, start: Token, new_handle: bool = True) -> Rule:
         from kproxy.nftables.parser import NftError
 
         if self.ended():
@@ -91,7 +91,7 @@ class RuleBuilder:
                 t = getattr(s, "tok", start)
                 raise NftError("Could not process rule: No such file or directory", (t.line, t.col, t.end))
         stmts = hide_dependencies(self.stmts, self.tbl.family)
-        handle = self.tbl.alloc()
+        handle = self.tbl.alloc() if new_handle else 0
         return Rule(handle, stmts, self.comment, self.anon)
 
     # ---- statements ---------------------------------------------------------------------------
@@ -218,7 +218,7 @@ class RuleBuilder:
             return
         kind = p.word()
         if kind.text == "tcp":
-            rst = p.expect("reset")
+            p.expect("reset")
             dep = self.last_l4()
             if dep is not None and dep[0] != 6:
 

@@ -119,10 +119,12 @@ class DType:
         if k == "hex":
             return f"0x{value:0{(self.bits + 3) // 4}x}" if self.bits else hex(value)
         if k == "proto":
-            if numeric >= 2:
+            if numeric:
                 return str(value)
             return protocols()[1].get(value, str(value))
         if k == "bitmask":
+            if numeric:
+                return ",".join(hex(1 << i) for i in range(self.bits) if value >> i & 1) or "0x0"
             return ",".join(self.bit_names(value))
         if k == "symbol" and not numeric:
             for name, v in self.symbols:
