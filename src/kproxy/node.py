@@ -201,6 +201,7 @@ class Node:
         self.iptables: dict[int, Any] = {}
         self.ipsets: Any = None
         self.ipvs: Any = None
+        self.nftables: Any = None  # kproxy.nftables.model.Ruleset, created by the first ``kproxy nft``
         self.subsystems: dict[str, Any] = {}
         self.clock: float | None = None  # fixed time for reproducible runs; None = wall clock
         self.log_lines: list[str] = []

@@ -28,7 +28,7 @@ def node_to_json(node: Node) -> dict[str, Any]:
         data["ipsets"] = node.ipsets.to_json()
     if node.ipvs is not None:
         data["ipvs"] = node.ipvs.to_json()
-    if getattr(node, "nftables", None) is not None:
+    if node.nftables is not None:
         from kproxy.nftables.store import ruleset_to_json
 
         data["nftables"] = ruleset_to_json(node.nftables)

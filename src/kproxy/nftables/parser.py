@@ -8,6 +8,7 @@ Errors carry nft's positions so the caller can print them the way nft does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
@@ -473,8 +474,9 @@ class Parser:
         obj = tbl.objs.get((kind, name.text))
         if obj is None:
             obj = Obj(kind, name.text, 0 if defer else tbl.alloc())
-            defaults = {"counter": {"packets": 0, "bytes": 0}, "quota": {"value": 0, "unit": "bytes"},
-                        "limit": {"rate": 0, "per": "second"}}
+            defaults: dict[str, dict[str, Any]] = {"counter": {"packets": 0, "bytes": 0},
+                                                   "quota": {"value": 0, "unit": "bytes"},
+                                                   "limit": {"rate": 0, "per": "second"}}
             obj.values = dict(defaults[kind])
             tbl.objs[(kind, name.text)] = obj
         if not self.accept("{"):

@@ -376,8 +376,8 @@ class RuleBuilder:
             p.expect("mod")
             h = Hash(w, inner, int(p.word().text))
             while p.at("seed", "offset"):
-                k = p.next().text
-                setattr(h, k, int(p.word().text, 0))
+                attr = p.next().text
+                setattr(h, attr, int(p.word().text, 0))
             return h
         raise p.unexpected(t)
 
