@@ -22,6 +22,10 @@ USAGE = "Usage: nft [ options ] [ cmds... ]\n"
 
 def format_error(err: NftError, source: str, text: str) -> str:
     """``FILE:LINE:COL-COL: Error: msg``, the offending line, then carets and tildes beneath it."""
+    return "".join(format_one(e, source, text) for e in [err, *err.more])
+
+
+def format_one(err: NftError, source: str, text: str) -> str:
     if err.primary is None:
         return f"Error: {err.msg}\n"
     line, col, end = err.primary

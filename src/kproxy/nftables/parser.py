@@ -65,6 +65,16 @@ class NftError(Exception):
         self.msg = msg
         self.primary = primary
         self.secondary = secondary or []
+        self.more: list[NftError] = []  # further errors nft reports in the same run
+
+    @property
+    def syntax(self) -> bool:
+        return self.msg.startswith("syntax error")
+
+    @property
+    def kernel(self) -> bool:
+        """Errors the kernel returns; nft only submits (and so only sees them) when evaluation passed."""
+        return self.msg.startswith("Could not process rule")
 
 
 def loc(a: Token, b: Token | None = None) -> Loc:
@@ -97,6 +107,8 @@ class Parser:
         self.rs = rs
         self.interfaces = interfaces
         self.out = Output()
+        self.eval_errors: list[NftError] = []
+        self.kernel_errors: list[NftError] = []
 
     # ---- token helpers ------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Token:
@@ -161,9 +173,45 @@ class Parser:
             self.skip_seps()
             t = self.peek()
             if t.kind == "eof":
+                break
+            start = self.pos
+            try:
+                self.command()
+                self.end_item(top=True)
+            except NftError as err:
+                self.record(err, start)
+        self.raise_recorded()
+
+    def record(self, err: NftError, start: int) -> None:
+        """Keep an evaluation error and go on to the next rule or command, as nft does; stop on syntax."""
+        if err.syntax:
+            raise err
+        if err.kernel:
+            self.kernel_errors.append(err)
+        else:
+            self.eval_errors.append(err)
+        self.pos = start
+        depth = 0
+        while True:
+            t = self.peek()
+            if t.kind == "eof":
                 return
-            self.command()
-            self.end_item(top=True)
+            if t.kind == "punct" and t.text == "{":
+                depth += 1
+            elif t.kind == "punct" and t.text == "}":
+                if depth == 0:
+                    return
+                depth -= 1
+            elif depth == 0 and (t.kind == "nl" or t.kind == "punct" and t.text == ";"):
+                return
+            self.next()
+
+    def raise_recorded(self) -> None:
+        errors = self.eval_errors or self.kernel_errors[:1]
+        if errors:
+            first = errors[0]
+            first.more = errors[1:]
+            raise first
 
     def family_and_name(self) -> tuple[str, Token]:
         t = self.word()
@@ -398,9 +446,13 @@ class Parser:
             if self.accept("}"):
                 return
             start = self.peek()
-            rule = self.rule(tbl, start)
-            chain.rules.append(rule)
-            self.end_item()
+            at = self.pos
+            try:
+                rule = self.rule(tbl, start)
+                chain.rules.append(rule)
+                self.end_item()
+            except NftError as err:
+                self.record(err, at)
 
     # ---- sets, maps, objects ------------------------------------------------------------------
     def set_block(self, tbl: Table, name: Token, is_map: bool, create: bool, defer: bool = False) -> None:
@@ -781,6 +833,8 @@ class Parser:
             if n > bits:
                 raise self.bad_value(dt, t)
             mask = ((1 << bits) - 1) ^ ((1 << (bits - n)) - 1)
+            if n == bits:
+                return Const(dt, v)
             return Prefix(Const(dt, v & mask), n)
         if "-" in text:
             for i, ch in enumerate(text):
@@ -829,17 +883,20 @@ def merge_intervals(elems: list[Elem], dt: T.DType, auto_merge: bool = True) -> 
     spans: list[list[int]] = []
     owners: list[Elem] = []
     bits = dt.bits or 32
+    seen: set[tuple[int, int]] = set()
     for e in elems:
         lo, hi = span(e, bits)
-        spans.append([lo, hi, len(spans)])
+        if (lo, hi) in seen:
+            continue
+        seen.add((lo, hi))
+        spans.append([lo, hi, len(owners)])
         owners.append(e)
     spans.sort()
     if not auto_merge:
         for a, b in zip(spans, spans[1:]):
             if b[0] <= a[1]:
-                first, second = sorted((a[2], b[2]))
-                raise NftError("conflicting intervals specified", getattr(owners[second], "loc", None),
-                               [getattr(owners[first], "loc", (0, 0, 0))])
+                raise NftError("conflicting intervals specified", getattr(owners[b[2]], "loc", None),
+                               [getattr(owners[a[2]], "loc", (0, 0, 0))])
         return [owners[i] if isinstance(owners[i].key, Const) else
                 Elem(span_expr(lo, hi, dt, bits), owners[i].data, owners[i].timeout, owners[i].expires,
                      owners[i].comment) for lo, hi, i in spans]

@@ -212,6 +212,13 @@ class RuleBuilder:
         p = self.p
         fam = self.tbl.family
         if not p.accept("with"):
+            nfproto = self.last_nfproto()
+            if fam == "inet" and nfproto is not None:
+                # With the address family known, nft lists the ICMP flavour it chose.
+                flavour = "icmp" if nfproto == "ip" else "icmpv6"
+                dt = T.ICMP_CODE if nfproto == "ip" else T.ICMPV6_CODE
+                self.stmts.append(Reject(flavour, Const(dt, dt.sym_by_name()["port-unreachable"])))
+                return
             default = {"ip": ("icmp", "port-unreachable"), "ip6": ("icmpv6", "port-unreachable"),
                        "inet": ("icmpx", "port-unreachable"), "bridge": ("icmpx", "port-unreachable")}
             self.stmts.append(Reject(default_json=default.get(fam)))
@@ -223,17 +230,49 @@ class RuleBuilder:
             if dep is not None and dep[0] != 6:
 
                 raise self.error("you cannot use tcp reset with this protocol", kw, None, [dep[1]])
-            if dep is None:
-                self.stmts.append(self.l4_dependency(6))
+            if dep is None and fam == "inet":
+                self.stmts.insert(0, self.l4_dependency(6))
             self.stmts.append(Reject("tcp reset"))
             return
         if kind.text not in ("icmp", "icmpv6", "icmpx"):
             raise p.unexpected(kind)
         p.accept("type")
         dt = {"icmp": T.ICMP_CODE, "icmpv6": T.ICMPV6_CODE, "icmpx": T.ICMPX_CODE}[kind.text]
+        code_tok = p.peek()
         code = p.value(dt)
         assert isinstance(code, Const)
+        kw_loc = [(kw.line, kw.col, kw.end)]
+        if fam in ("ip", "ip6") and kind.text == "icmpx":
+            raise self.error("abstracted ICMP unreachable not supported", code_tok, None, kw_loc)
+        own = {"ip": "icmp", "ip6": "icmpv6"}.get(fam)
+        if own is not None and kind.text != own:
+            other = "ip6" if fam == "ip" else "ip"
+            raise self.error(f"conflicting protocols specified: {fam} vs {other}", code_tok, None, kw_loc)
         self.stmts.append(Reject(kind.text, code))
+
+    def last_network(self) -> str | None:
+        """The network protocol earlier ip/ip6 payload matches or ``meta nfproto`` fixed."""
+        for s in reversed(self.stmts):
+            if isinstance(s, Match):
+                items = s.left.items if isinstance(s.left, Concat) else [s.left]
+                for e in reversed(items):
+                    e = e.left if isinstance(e, Binop) else e
+                    if isinstance(e, Payload) and e.proto in ("ip", "ip6"):
+                        return e.proto
+                if isinstance(s.left, Meta) and s.left.key == "nfproto" and isinstance(s.right, Const):
+                    return "ip" if s.right.value == 2 else "ip6"
+        return None
+
+    def last_nfproto(self) -> str | None:
+        """The address family an earlier match in the rule pins down (ip/ip6 payload or meta nfproto)."""
+        for s in reversed(self.stmts):
+            if isinstance(s, Match):
+                e = s.left.items[0] if isinstance(s.left, Concat) else s.left
+                if isinstance(e, Payload) and e.proto in ("ip", "ip6", "icmp", "icmpv6"):
+                    return "ip" if e.proto in ("ip", "icmp") else "ip6"
+                if isinstance(e, Meta) and e.key == "nfproto" and isinstance(s.right, Const):
+                    return "ip" if s.right.value == 2 else "ip6"
+        return None
 
     def l4_dependency(self, proto: int) -> Match:
         if self.tbl.family == "ip":
@@ -249,8 +288,13 @@ class RuleBuilder:
                 if (isinstance(lhs, Meta) and lhs.key == "l4proto") or (
                         isinstance(lhs, Payload) and (lhs.proto, lhs.field) in (("ip", "protocol"), ("ip6", "nexthdr"))):
                     return s.right.value, getattr(s, "loc", (0, 0, 0))
-            if isinstance(s, Match) and isinstance(s.left, Payload) and s.left.proto in TRANSPORT:
-                return TRANSPORT[s.left.proto], getattr(s, "loc", (0, 0, 0))
+            if isinstance(s, (Match, VerdictMap)):
+                items = s.key.items if isinstance(s, VerdictMap) and isinstance(s.key, Concat) else (
+                    [s.key] if isinstance(s, VerdictMap) else
+                    s.left.items if isinstance(s.left, Concat) else [s.left])
+                for e in items:
+                    if isinstance(e, Payload) and e.proto in TRANSPORT:
+                        return TRANSPORT[e.proto], getattr(e, "loc", (0, 0, 0))
         return None
 
     def nat(self, kw: Token) -> None:
@@ -383,11 +427,20 @@ class RuleBuilder:
 
     def concat(self) -> Expr:
         p = self.p
-        items = [self.binop(self.primary())]
+        items = [self.located()]
         while p.at("."):
             p.next()
-            items.append(self.binop(self.primary()))
+            items.append(self.located())
         return items[0] if len(items) == 1 else Concat(items)
+
+    def located(self) -> Expr:
+        """One concatenation item, remembering where it was written (errors point at it)."""
+        first = self.p.peek()
+        e = self.binop(self.primary())
+        last = self.p.toks[self.p.pos - 1]
+        inner = e.left if isinstance(e, Binop) else e
+        inner.loc = (first.line, first.col, last.end)  # type: ignore[attr-defined]
+        return e
 
     def binop(self, e: Expr) -> Expr:
         p = self.p
@@ -410,6 +463,7 @@ class RuleBuilder:
         p = self.p
         start = p.peek()
         lhs = self.concat()
+        self.check_family(lhs, start)
         if p.accept("set"):
             if self.is_expr_start():
                 value = self.concat()
@@ -441,6 +495,29 @@ class RuleBuilder:
         m = Match(lhs, op, rhs)
         m.loc = (start.line, start.col, p.toks[p.pos - 1].end)  # type: ignore[attr-defined]
         self.stmts.append(m)
+
+    def check_family(self, lhs: Expr, start: Token) -> None:
+        from kproxy.nftables.parser import NftError
+
+        fam = self.tbl.family
+        for e in lhs.items if isinstance(lhs, Concat) else [lhs]:
+            if isinstance(e, Binop):
+                e = e.left
+            at = getattr(e, "loc", None)
+            if isinstance(e, Payload) and e.proto in TRANSPORT:
+                dep = self.last_l4()
+                names = {v: k for k, v in TRANSPORT.items()}
+                if dep is not None and dep[0] != TRANSPORT[e.proto]:
+                    have = names.get(dep[0], str(dep[0]))
+                    raise NftError(f"conflicting protocols specified: {have} vs. {e.proto}", at)
+            if isinstance(e, Payload) and fam in ("ip", "ip6") and e.proto in ("ip", "ip6") and e.proto != fam:
+                raise NftError(f"conflicting protocols specified: {fam} vs. {e.proto}", at)
+            if isinstance(e, Payload) and fam == "inet" and e.proto in ("ip", "ip6"):
+                net = self.last_network()
+                if net is not None and net != e.proto:
+                    raise NftError(f"conflicting protocols specified: {net} vs. {e.proto}", at)
+            if isinstance(e, Meta) and e.key == "nfproto" and fam != "inet":
+                raise NftError("meta nfproto is only useful in the inet family", at)
 
     def rhs(self, lhs: Expr, types: list[T.DType]) -> Expr:
         p = self.p
@@ -498,24 +575,67 @@ class RuleBuilder:
             lit.elems = sorted(lit.elems, key=elem_sort_key)
 
 
+PORT_PROTOS = {6: "tcp", 17: "udp", 132: "sctp", 136: "udplite"}
+
+
+def _dep_layer(s: Stmt, family: str) -> str | None:
+    """``l4`` or ``l3`` when the statement is a protocol match nft could have inserted itself."""
+    if not (isinstance(s, Match) and s.op == "==" and isinstance(s.right, Const)):
+        return None
+    lhs = s.left
+    if isinstance(lhs, Meta) and lhs.key == "l4proto":
+        return "l4"
+    if isinstance(lhs, Payload) and (family, lhs.proto, lhs.field) in (("ip", "ip", "protocol"),
+                                                                       ("ip6", "ip6", "nexthdr")):
+        return "l4"
+    if isinstance(lhs, Meta) and lhs.key == "nfproto" and family == "inet":
+        return "l3"
+    return None
+
+
 def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
-    """Drop protocol matches the next payload expression implies, as nft does when it lists a rule."""
-    out: list[Stmt] = []
+    """Drop protocol matches a later payload expression implies, as nft does when it lists a rule.
+
+    nft remembers the last such match per layer; a payload expression of the protocol it names removes
+    it, and ``th`` fields become the transport protocol already known (``udp dport``).
+    """
+    out: list[Stmt | None] = []
+    deps: dict[str, int] = {}
+    l4_name: str | None = None
     for s in stmts:
+        layer = _dep_layer(s, family)
         proto = _payload_proto(s)
-        if proto is not None and out:
-            prev = out[-1]
-            if isinstance(prev, Match) and prev.op == "==" and isinstance(prev.right, Const):
-                lhs = prev.left
-                if proto in TRANSPORT and proto != "th" and prev.right.value == TRANSPORT[proto] and (
-                        isinstance(lhs, Meta) and lhs.key == "l4proto" or (
-                        isinstance(lhs, Payload) and family == "ip" and (lhs.proto, lhs.field) == ("ip", "protocol"))
-                        or (isinstance(lhs, Payload) and family == "ip6" and (lhs.proto, lhs.field) ==
-                            ("ip6", "nexthdr"))) or proto in ("ip", "ip6") and family == "inet" and isinstance(lhs, Meta) and \
-                        lhs.key == "nfproto" and prev.right.value == (2 if proto == "ip" else 10):
-                    out.pop()
+        if layer is not None:
+            assert isinstance(s, Match) and isinstance(s.right, Const)
+            deps[layer] = len(out)
+            if layer == "l4":
+                l4_name = PORT_PROTOS.get(s.right.value, l4_name)
+        elif proto is not None:
+            if proto == "th" and l4_name is not None:
+                s = _retarget_th(s, l4_name)
+                proto = l4_name
+            want = None
+            if proto in TRANSPORT:
+                want = ("l4", TRANSPORT[proto])
+                l4_name = proto if proto in PORT_PROTOS.values() else l4_name
+            elif proto in ("ip", "ip6"):
+                want = ("l3", 2 if proto == "ip" else 10)
+            if want is not None and want[0] in deps:
+                dep = out[deps[want[0]]]
+                assert isinstance(dep, Match) and isinstance(dep.right, Const)
+                if dep.right.value == want[1]:
+                    out[deps.pop(want[0])] = None
         out.append(s)
-    return out
+    return [s for s in out if s is not None]
+
+
+def _retarget_th(s: Stmt, proto: str) -> Stmt:
+    """``meta l4proto udp th dport 53`` lists as ``udp dport 53``."""
+    assert isinstance(s, Match)
+    left = s.left
+    if isinstance(left, Payload) and left.field in PAYLOAD[proto]:
+        return Match(Payload(proto, left.field), s.op, s.right)
+    return s
 
 
 def _payload_proto(s: Stmt) -> str | None:
