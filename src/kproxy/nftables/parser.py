@@ -307,31 +307,14 @@ class Parser:
         deferred: list[tuple[Chain, int]] = []
         while True:
             self.skip_seps()
-            t = self.peek()
             if self.accept("}"):
                 break
-            if t.text == "flags":
-                self.next()
-                tbl.flags = self.word_list()
-            elif t.text == "comment":
-                self.next()
-                tbl.comment = self.word().text
-            elif t.text == "chain":
-                self.next()
-                name = self.word()
-                chain = self.add_chain(tbl, name, False, defer_rules=deferred)
-                del chain
-            elif t.text in ("set", "map"):
-                self.next()
-                name = self.word()
-                self.expect("{")
-                self.set_block(tbl, name, t.text == "map", False, defer=True)
-            elif t.text in ("counter", "quota", "limit"):
-                self.next()
-                self.object(tbl, t.text, self.word(), defer=True)
-            else:
-                raise self.unexpected()
-            self.end_item()
+            at = self.pos
+            try:
+                self.table_item(tbl, deferred)
+                self.end_item()
+            except NftError as err:
+                self.record(err, at)
         for ob in tbl.objs.values():
             if not ob.handle:
                 ob.handle = tbl.alloc()
@@ -343,6 +326,23 @@ class Parser:
             self.pos, saved = start, self.pos
             self.chain_rules(tbl, chain)
             self.pos = saved
+
+    def table_item(self, tbl: Table, deferred: list[tuple[Chain, int]]) -> None:
+        t = self.next()
+        if t.text == "flags":
+            tbl.flags = self.word_list()
+        elif t.text == "comment":
+            tbl.comment = self.word().text
+        elif t.text == "chain":
+            self.add_chain(tbl, self.word(), False, defer_rules=deferred)
+        elif t.text in ("set", "map"):
+            name = self.word()
+            self.expect("{")
+            self.set_block(tbl, name, t.text == "map", False, defer=True)
+        elif t.text in ("counter", "quota", "limit"):
+            self.object(tbl, t.text, self.word(), defer=True)
+        else:
+            raise self.unexpected(t)
 
     def word_list(self) -> list[str]:
         out = [self.word().text]
@@ -562,14 +562,11 @@ class Parser:
             new = lit.elems
             if not s.auto_merge:
                 old = {tuple(span(e, bits)): e for e in s.elems}
-                new = []
                 for e in sorted(lit.elems, key=lambda e: span(e, bits)):
                     lo, hi = span(e, bits)
-                    if (lo, hi) in old:
-                        continue
-                    if any(lo <= ohi and olo <= hi for olo, ohi in old):
+                    if (lo, hi) not in old and any(lo <= ohi and olo <= hi for olo, ohi in old):
                         raise NftError("interval overlaps with an existing one", getattr(e, "loc", None))
-                    new.append(e)
+                new = [e for e in lit.elems if tuple(span(e, bits)) not in old]
             elems = merge_intervals(s.elems + new, s.key[0], s.auto_merge)
         else:
             from kproxy.nftables.listing import elem_sort_key
@@ -883,20 +880,25 @@ def merge_intervals(elems: list[Elem], dt: T.DType, auto_merge: bool = True) -> 
     spans: list[list[int]] = []
     owners: list[Elem] = []
     bits = dt.bits or 32
-    seen: set[tuple[int, int]] = set()
     for e in elems:
-        lo, hi = span(e, bits)
-        if (lo, hi) in seen:
-            continue
-        seen.add((lo, hi))
-        spans.append([lo, hi, len(owners)])
         owners.append(e)
-    spans.sort()
+    # nft walks the new elements (newest first, then stably sorted by start) comparing each with the one
+    # before; exact duplicates are dropped, any other overlap is a conflict reported on the later one.
+    order = sorted(range(len(owners) - 1, -1, -1), key=lambda i: span(owners[i], bits)[0])
+    prev: int | None = None
+    for i in order:
+        lo, hi = span(owners[i], bits)
+        if prev is not None:
+            plo, phi = span(owners[prev], bits)
+            if (plo, phi) == (lo, hi):
+                prev = i
+                continue
+            if lo <= phi and not auto_merge:
+                raise NftError("conflicting intervals specified", getattr(owners[i], "loc", None),
+                               [getattr(owners[prev], "loc", (0, 0, 0))])
+        spans.append([lo, hi, i])
+        prev = i
     if not auto_merge:
-        for a, b in zip(spans, spans[1:]):
-            if b[0] <= a[1]:
-                raise NftError("conflicting intervals specified", getattr(owners[b[2]], "loc", None),
-                               [getattr(owners[a[2]], "loc", (0, 0, 0))])
         return [owners[i] if isinstance(owners[i].key, Const) else
                 Elem(span_expr(lo, hi, dt, bits), owners[i].data, owners[i].timeout, owners[i].expires,
                      owners[i].comment) for lo, hi, i in spans]

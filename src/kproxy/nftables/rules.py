@@ -293,6 +293,7 @@ class RuleBuilder:
                     [s.key] if isinstance(s, VerdictMap) else
                     s.left.items if isinstance(s.left, Concat) else [s.left])
                 for e in items:
+                    e = e.left if isinstance(e, Binop) else e
                     if isinstance(e, Payload) and e.proto in TRANSPORT:
                         return TRANSPORT[e.proto], getattr(e, "loc", (0, 0, 0))
         return None
@@ -610,7 +611,12 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
             deps[layer] = len(out)
             if layer == "l4":
                 l4_name = PORT_PROTOS.get(s.right.value, l4_name)
+        elif isinstance(s, Reject) and s.kind == "tcp reset" and family in ("ip", "ip6") and "l4" in deps:
+            out[deps.pop("l4")] = None
         elif proto is not None:
+            for p in _all_payload_protos(s):
+                if p in PORT_PROTOS.values():
+                    l4_name = p
             if proto == "th" and l4_name is not None:
                 s = _retarget_th(s, l4_name)
                 proto = l4_name
@@ -636,6 +642,13 @@ def _retarget_th(s: Stmt, proto: str) -> Stmt:
     if isinstance(left, Payload) and left.field in PAYLOAD[proto]:
         return Match(Payload(proto, left.field), s.op, s.right)
     return s
+
+
+def _all_payload_protos(s: Stmt) -> list[str]:
+    if not isinstance(s, Match):
+        return []
+    items = s.left.items if isinstance(s.left, Concat) else [s.left]
+    return [e.proto for e in (i.left if isinstance(i, Binop) else i for i in items) if isinstance(e, Payload)]
 
 
 def _payload_proto(s: Stmt) -> str | None:
