@@ -119,6 +119,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         parser = Parser(text, work, interfaces)
         parser.script()
     except NftError as err:
+        if err.kernel:
+            rs = kept_counters(rs, work)
         return 1, "", format_error(err, source, text), rs
     if flags["check"]:
         return 0, "", "", rs
@@ -129,6 +131,17 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         except NftError as err:
             return 1, "", format_error(err, source, text), rs
     return 0, "".join(out), "", work
+
+
+def kept_counters(before: Ruleset, failed: Ruleset) -> Ruleset:
+    """After the kernel rejects a batch, its handle counters stay advanced though nothing else changed."""
+    out = before.copy()
+    out.next_table_handle = failed.next_table_handle
+    for t in out.tables:
+        f = failed.find(t.family, t.name)
+        if f is not None:
+            t.next_handle = max(t.next_handle, f.next_handle)
+    return out
 
 
 def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> str:

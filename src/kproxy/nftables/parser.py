@@ -60,9 +60,11 @@ Loc = tuple[int, int, int]  # line, first column, last column
 class NftError(Exception):
     """An error at a position: ``primary`` gets carets, ``secondary`` ranges get tildes."""
 
-    def __init__(self, msg: str, primary: Loc | None, secondary: list[Loc] | None = None) -> None:
+    def __init__(self, msg: str, primary: Loc | None, secondary: list[Loc] | None = None,
+                 kernel: bool | None = None) -> None:
         super().__init__(msg)
         self.msg = msg
+        self._kernel = kernel
         self.primary = primary
         self.secondary = secondary or []
         self.more: list[NftError] = []  # further errors nft reports in the same run
@@ -74,7 +76,7 @@ class NftError(Exception):
     @property
     def kernel(self) -> bool:
         """Errors the kernel returns; nft only submits (and so only sees them) when evaluation passed."""
-        return self.msg.startswith("Could not process rule")
+        return self._kernel if self._kernel is not None else self.msg.startswith("Could not process rule")
 
 
 def loc(a: Token, b: Token | None = None) -> Loc:
@@ -448,7 +450,7 @@ class Parser:
             start = self.peek()
             at = self.pos
             try:
-                rule = self.rule(tbl, start)
+                rule = self.rule(tbl, start, chain=chain.name)
                 chain.rules.append(rule)
                 self.end_item()
             except NftError as err:
@@ -621,18 +623,25 @@ class Parser:
             if position is None or position[0] != "handle":
                 raise self.unexpected(start, "handle")
             idx = self.rule_index(chain, position[1], pos_tok)
-            rule = self.rule(tbl, start, new_handle=False)
+            rule = self.rule(tbl, start, new_handle=False, chain=chain.name)
             rule.handle = chain.rules[idx].handle
             chain.rules[idx] = rule
             return
-        rule = self.rule(tbl, start)
+        missing: NftError | None = None
         if position is None:
             idx = 0 if op == "insert" else len(chain.rules)
         elif position[0] == "index":
             idx = position[1] if op == "insert" else position[1] + 1
         else:
-            idx = self.rule_index(chain, position[1], pos_tok)
+            try:
+                idx = self.rule_index(chain, position[1], pos_tok)
+            except NftError as err:
+                missing, idx = err, 0
             idx = idx if op == "insert" else idx + 1
+        # The kernel looks the position up before it gives the new rule a handle.
+        rule = self.rule(tbl, start, new_handle=missing is None, chain=chain.name)
+        if missing is not None:
+            raise missing
         chain.rules.insert(idx, rule)
 
     def rule_index(self, chain: Chain, handle: int, at: Token) -> int:
@@ -649,10 +658,10 @@ class Parser:
         self.expect("rule")
         self.cmd_rule("replace")
 
-    def rule(self, tbl: Table, start: Token, new_handle: bool = True) -> Rule:
+    def rule(self, tbl: Table, start: Token, new_handle: bool = True, chain: str = "") -> Rule:
         from kproxy.nftables.rules import RuleBuilder
 
-        return RuleBuilder(self, tbl).build(start, new_handle)
+        return RuleBuilder(self, tbl).build(start, new_handle, chain)
 
     # ---- delete / flush / list / reset ---------------------------------------------------------
     def cmd_delete(self, verb: Token) -> None:
@@ -934,7 +943,7 @@ def expand_defines(toks: list[Token]) -> list[Token]:
             while toks[j].kind not in ("nl", "eof") and not (toks[j].kind == "punct" and toks[j].text == ";"):
                 body.append(toks[j])
                 j += 1
-            defines[name.text] = [d for b in body for d in (defines.get(b.text[1:], [b]) if False else [b])]
+            defines[name.text] = body
             i = j
             continue
         if t.kind == "punct" and t.text == "$" and i + 1 < len(toks):

@@ -79,7 +79,7 @@ class RuleBuilder:
         t = self.p.peek()
         return t.kind in STMT_END or (t.kind == "punct" and t.text in (";", "}"))
 
-    def build(self, start: Token, new_handle: bool = True) -> Rule:
+    def build(self, start: Token, new_handle: bool = True, chain: str = "") -> Rule:
         from kproxy.nftables.parser import NftError
 
         if self.ended():
@@ -89,10 +89,30 @@ class RuleBuilder:
         for s in self.stmts:
             if isinstance(s, VerdictStmt) and s.verdict.target is not None and s.verdict.target not in self.tbl.chains:
                 t = getattr(s, "tok", start)
-                raise NftError("Could not process rule: No such file or directory", (t.line, t.col, t.end))
+                where = (t.line, t.col, t.end)
+                if new_handle:
+                    self.tbl.alloc()  # the kernel numbered the rule before it failed to find the chain
+                hint = self.similar_chain(s.verdict.target, chain)
+                if hint is not None:
+                    # nft words the kernel's ENOENT with the nearest chain it knows of.
+                    raise NftError(f"No such file or directory; did you mean chain \u2018{hint[2]}\u2019 in table "
+                                   f"{hint[0]} \u2018{hint[1]}\u2019?", where, kernel=True)
+                raise NftError("Could not process rule: No such file or directory", where)
         stmts = hide_dependencies(self.stmts, self.tbl.family)
         handle = self.tbl.alloc() if new_handle else 0
         return Rule(handle, stmts, self.comment, self.anon)
+
+    def similar_chain(self, name: str, own: str) -> tuple[str, str, str] | None:
+        """nft's suggestion for a missing jump target: the nearest chain name anywhere but the rule's own."""
+        best: tuple[int, tuple[str, str, str]] | None = None
+        for t in self.p.rs.tables:
+            for c in t.chains:
+                if t is self.tbl and c == own:
+                    continue
+                d = edit_distance(name, c)
+                if best is None or d < best[0]:
+                    best = (d, (t.family, t.name, c))
+        return None if best is None else best[1]
 
     # ---- statements ---------------------------------------------------------------------------
     def statement(self) -> None:
@@ -251,14 +271,14 @@ class RuleBuilder:
         self.stmts.append(Reject(kind.text, code))
 
     def last_network(self) -> str | None:
-        """The network protocol earlier ip/ip6 payload matches or ``meta nfproto`` fixed."""
-        for s in reversed(self.stmts):
+        """The network protocol the rule fixed first: ip/ip6 payload, ``meta nfproto``, icmp or icmpv6."""
+        for s in self.stmts:
             if isinstance(s, Match):
                 items = s.left.items if isinstance(s.left, Concat) else [s.left]
-                for e in reversed(items):
+                for e in items:
                     e = e.left if isinstance(e, Binop) else e
-                    if isinstance(e, Payload) and e.proto in ("ip", "ip6"):
-                        return e.proto
+                    if isinstance(e, Payload) and e.proto in ("ip", "ip6", "icmp", "icmpv6"):
+                        return "ip" if e.proto in ("ip", "icmp") else "ip6"
                 if isinstance(s.left, Meta) and s.left.key == "nfproto" and isinstance(s.right, Const):
                     return "ip" if s.right.value == 2 else "ip6"
         return None
@@ -282,7 +302,8 @@ class RuleBuilder:
         return Match(Meta("l4proto"), "==", Const(T.PROTO, proto))
 
     def last_l4(self) -> tuple[int, tuple[int, int, int]] | None:
-        for s in reversed(self.stmts):
+        """The transport protocol the rule has fixed so far, and where it was first fixed."""
+        for s in self.stmts:
             if isinstance(s, Match) and isinstance(s.right, Const):
                 lhs = s.left
                 if (isinstance(lhs, Meta) and lhs.key == "l4proto") or (
@@ -574,6 +595,16 @@ class RuleBuilder:
             from kproxy.nftables.listing import elem_sort_key
 
             lit.elems = sorted(lit.elems, key=elem_sort_key)
+
+
+def edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
 
 
 PORT_PROTOS = {6: "tcp", 17: "udp", 132: "sctp", 136: "udplite"}
