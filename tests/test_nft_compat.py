@@ -18,14 +18,19 @@ CORPUS = sorted(p.name for p in DATA.glob("*.nft"))
 LISTINGS = (["list", "ruleset"], ["-a", "list", "ruleset"], ["-j", "list", "ruleset"], ["-s", "list", "ruleset"])
 
 
-@pytest.fixture(scope="module")
-def real_nft():
-    """Run the real nft on a script in a fresh kp- namespace; returns a function (script) -> outputs."""
+def require_nft() -> None:
+    """Skip where the real nft cannot be run in a namespace of our own."""
     reason = kernel_lab_available()
     if reason:
         pytest.skip(reason)
     if shutil.which("nft") is None:
         pytest.skip("nft is not installed")
+
+
+@pytest.fixture(scope="module")
+def real_nft():
+    """Run the real nft on a script in a fresh kp- namespace; returns a function (script) -> outputs."""
+    require_nft()
 
     def run(path: Path, listings: tuple[list[str], ...] = LISTINGS) -> tuple[int, str, list[str]]:
         ns = Netns.create("nft")

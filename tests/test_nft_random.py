@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kproxy.lab.netns import Netns, kernel_lab_available
+from kproxy.lab.netns import Netns
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.model import Ruleset
+from test_nft_compat import require_nft
 
 LISTINGS = (["list", "ruleset"], ["-a", "list", "ruleset"], ["-j", "list", "ruleset"])
 
@@ -77,11 +77,7 @@ def ruleset(draw) -> str:
 
 @pytest.fixture(scope="module")
 def ns():
-    reason = kernel_lab_available()
-    if reason:
-        pytest.skip(reason)
-    if shutil.which("nft") is None:
-        pytest.skip("nft is not installed")
+    require_nft()
     n = Netns.create("nftr")
     try:
         yield n, {"rs": Ruleset()}

@@ -298,16 +298,11 @@ class Elem(Expr):
     counter: bool = False
 
     def text(self, o: Opts) -> str:
-        s = self.key.text(o)
-        if self.timeout is not None:
-            s += f" timeout {fmt_time(self.timeout)}"
-        if self.expires is not None:
-            s += f" expires {fmt_time(self.expires)}"
-        if self.comment is not None:
-            s += f' comment "{self.comment}"'
-        if self.data is not None:
-            s += f" : {self.data.text(o)}"
-        return s
+        s = self.key.text(o) + options_text([
+            ("timeout {}", None if self.timeout is None else fmt_time(self.timeout)),
+            ("expires {}", None if self.expires is None else fmt_time(self.expires)),
+            ('comment "{}"', self.comment)])
+        return s if self.data is None else f"{s} : {self.data.text(o)}"
 
     def json(self) -> Any:
         key = self.key.json()
@@ -355,6 +350,11 @@ class MapExpr(Expr):
 
     def json(self) -> Any:
         return {"map": {"key": self.key.json(), "data": self.data.json()}}
+
+
+def options_text(options: list[tuple[str, object]]) -> str:
+    """`` word value`` for each option that is set, in the order nft prints them."""
+    return "".join(" " + fmt.format(value) for fmt, value in options if value is not None)
 
 
 def fmt_time(ms: int) -> str:

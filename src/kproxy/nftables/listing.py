@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kproxy.nftables import types as T
 from kproxy.nftables.expr import Concat, Const, Elem, Opts, Prefix, Range, fmt_time
 from kproxy.nftables.model import Chain, NSet, Obj, Rule, Ruleset, Table, priority_text
 
@@ -263,6 +262,3 @@ def ruleset_json(rs: Ruleset, o: Opts, family: str | None = None) -> str:
         if family is None or t.family == family:
             items += table_items_json(t, o)
     return dump_json(items)
-
-
-__all__ = ["T", "ruleset_text", "ruleset_json"]

@@ -12,45 +12,21 @@ from typing import Any
 
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
-    CT,
-    META,
-    META_BARE_IN,
-    PAYLOAD,
-    Binop,
     Concat,
     Const,
-    Ct,
     Elem,
     Expr,
-    Fib,
-    Hash,
-    MapExpr,
-    Meta,
-    Numgen,
-    Payload,
     Prefix,
     Range,
     SetLit,
-    SetRef,
     Verdict,
     parse_time,
 )
 from kproxy.nftables.lexer import LexError, Token, tokenize
 from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Ruleset, Table, named_priorities
 from kproxy.nftables.stmt import (
-    Counter,
     Limit,
-    Log,
-    Mangle,
-    Match,
-    Nat,
-    Queue,
     Quota,
-    Reject,
-    SetUpdate,
-    Simple,
-    Stmt,
-    VerdictMap,
     VerdictStmt,
 )
 
@@ -85,10 +61,6 @@ def loc(a: Token, b: Token | None = None) -> Loc:
 
 
 VERDICTS = ("accept", "drop", "return", "continue")
-OPS = {"==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "eq": "==", "ne": "!=", "lt": "<",
-       "gt": ">", "le": "<=", "ge": ">="}
-TRANSPORT_MATCH = {"tcp", "udp", "sctp", "th", "udplite"}
-RATE_UNITS = ("second", "minute", "hour", "day", "week")
 BYTE_UNITS = ("bytes", "kbytes", "mbytes", "gbytes")
 
 
@@ -961,9 +933,3 @@ def expand_defines(toks: list[Token]) -> list[Token]:
         out.append(t)
         i += 1
     return out
-
-
-__all__ = ["NftError", "Parser", "CT", "META", "META_BARE_IN", "PAYLOAD", "Binop", "Ct", "Fib", "Hash", "MapExpr",
-           "Meta", "Numgen", "Payload", "SetRef", "Counter", "Limit", "Log", "Mangle", "Match", "Nat", "Queue",
-           "Reject", "SetUpdate", "Simple", "Stmt", "VerdictMap", "TRANSPORT_MATCH", "OPS", "RATE_UNITS",
-           "BYTE_UNITS"]

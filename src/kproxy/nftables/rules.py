@@ -15,7 +15,6 @@ from kproxy.nftables.expr import (
     Concat,
     Const,
     Ct,
-    Elem,
     Expr,
     Fib,
     Hash,
@@ -28,20 +27,17 @@ from kproxy.nftables.expr import (
     SetRef,
     TcpOption,
     Verdict,
-    parse_time,
 )
 from kproxy.nftables.lexer import Token
 from kproxy.nftables.model import NSet, Rule, Table
 from kproxy.nftables.stmt import (
     Counter,
-    Limit,
     Log,
     Mangle,
     Match,
     Nat,
     ObjRef,
     Queue,
-    Quota,
     Reject,
     SetUpdate,
     Simple,
@@ -53,8 +49,6 @@ from kproxy.nftables.stmt import (
 if TYPE_CHECKING:
     from kproxy.nftables.parser import Parser
 
-RATE_UNITS = ("second", "minute", "hour", "day", "week")
-BYTE_UNITS = ("bytes", "kbytes", "mbytes", "gbytes")
 OPS = {"==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "eq": "==", "ne": "!=", "lt": "<",
        "gt": ">", "le": "<=", "ge": ">="}
 STMT_END = ("nl", "eof")
@@ -690,7 +684,3 @@ def _payload_proto(s: Stmt) -> str | None:
         if isinstance(e, Payload):
             return e.proto
     return None
-
-
-__all__ = ["RuleBuilder", "parse_time", "Elem", "Fib", "Hash", "Numgen", "Ct", "Quota", "Limit", "RATE_UNITS",
-           "BYTE_UNITS"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kproxy.nftables import types as T
-from kproxy.nftables.expr import Binop, Const, Expr, Opts, SetLit, Verdict
+from kproxy.nftables.expr import Binop, Const, Expr, Opts, SetLit, Verdict, options_text
 
 
 class Stmt:
@@ -143,20 +143,10 @@ class Log(Stmt):
     flags: list[str] = field(default_factory=list)
 
     def text(self, o: Opts) -> str:
-        s = "log"
-        if self.prefix is not None:
-            s += f' prefix "{self.prefix}"'
-        if self.group is not None:
-            s += f" group {self.group}"
-        if self.snaplen is not None:
-            s += f" snaplen {self.snaplen}"
-        if self.threshold is not None:
-            s += f" queue-threshold {self.threshold}"
-        if self.level is not None and self.level != "warn":
-            s += f" level {self.level}"
-        if self.flags:
-            s += " flags " + ",".join(self.flags) if self.flags != ["all"] else " flags all"
-        return s
+        return "log" + options_text([
+            ('prefix "{}"', self.prefix), ("group {}", self.group), ("snaplen {}", self.snaplen),
+            ("queue-threshold {}", self.threshold), ("level {}", None if self.level == "warn" else self.level),
+            ("flags {}", ",".join(self.flags) or None)])
 
     def json(self, o: Opts) -> Any:
         d: dict[str, Any] = {}
