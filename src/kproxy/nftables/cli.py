@@ -120,7 +120,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         parser.script()
     except NftError as err:
         if err.kernel:
-            rs = kept_counters(rs, work)
+            replayed = err.msg.endswith("Operation not supported")
+            rs = kept_counters(rs, work, 2 if replayed else 1)
         return 1, "", format_error(err, source, text), rs
     if flags["check"]:
         return 0, "", "", rs
@@ -133,14 +134,18 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     return 0, "".join(out), "", work
 
 
-def kept_counters(before: Ruleset, failed: Ruleset) -> Ruleset:
-    """After the kernel rejects a batch, its handle counters stay advanced though nothing else changed."""
+def kept_counters(before: Ruleset, failed: Ruleset, passes: int) -> Ruleset:
+    """After the kernel rejects a batch its handle counters stay advanced, though nothing else changed.
+
+    A batch that fails with EOPNOTSUPP ran twice in the kernel (it asks for a module and replays the
+    batch), so its handles were handed out twice.
+    """
     out = before.copy()
-    out.next_table_handle = failed.next_table_handle
+    out.next_table_handle += passes * (failed.next_table_handle - before.next_table_handle)
     for t in out.tables:
         f = failed.find(t.family, t.name)
-        if f is not None:
-            t.next_handle = max(t.next_handle, f.next_handle)
+        if f is not None and f.handle == t.handle:
+            t.next_handle += passes * max(0, f.next_handle - t.next_handle)
     return out
 
 

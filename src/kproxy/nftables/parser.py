@@ -83,6 +83,7 @@ class Parser:
         self.out = Output()
         self.eval_errors: list[NftError] = []
         self.kernel_errors: list[NftError] = []
+        self.batch_broken = False
 
     # ---- token helpers ------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Token:
@@ -161,7 +162,9 @@ class Parser:
         if err.syntax:
             raise err
         if err.kernel:
-            self.kernel_errors.append(err)
+            if not self.kernel_errors or self.batch_broken:
+                self.kernel_errors.append(err)
+            self.batch_broken = self.batch_broken or err.msg.endswith("Operation not supported")
         else:
             self.eval_errors.append(err)
         self.pos = start
@@ -181,7 +184,7 @@ class Parser:
             self.next()
 
     def raise_recorded(self) -> None:
-        errors = self.eval_errors or self.kernel_errors[:1]
+        errors = self.eval_errors or self.kernel_errors
         if errors:
             first = errors[0]
             first.more = errors[1:]
@@ -250,6 +253,7 @@ class Parser:
             s = self.find_set(tbl, self.word())
             lit = self.set_literal(s.key, s.data, s)
             self.add_elements(s, lit)
+            self.follow_on(verb, command=True)
         elif what in ("counter", "quota", "limit"):
             self.next()
             family, tname = self.family_and_name()
@@ -258,7 +262,7 @@ class Parser:
         else:
             if what == "rule":
                 self.next()
-            self.cmd_rule("add")
+            self.cmd_rule("add", verb)
 
     def cmd_create(self, verb: Token) -> None:
         self.cmd_add(verb, create=True)
@@ -377,8 +381,8 @@ class Parser:
                     while self.accept(","):
                         devices.append(self.word().text)
                     self.expect("}")
-                self.expect("priority")
-                chain.prio = self.priority(tbl.family, hook.text)
+                kw = self.expect("priority")
+                chain.prio = self.priority(tbl.family, hook.text, kw)
                 chain.type, chain.hook, chain.devices = ctype.text, hook.text, devices
                 self.end_item()
             elif t.text == "policy" and t.kind == "word":
@@ -395,7 +399,7 @@ class Parser:
             else:
                 return
 
-    def priority(self, family: str, hook: str) -> int:
+    def priority(self, family: str, hook: str, kw: Token) -> int:
         t = self.word()
         names = named_priorities(family, hook)
         if t.text in names:
@@ -404,7 +408,7 @@ class Parser:
             try:
                 base = int(t.text, 0)
             except ValueError:
-                raise NftError(f"'{t.text}' is invalid priority in this context.", loc(t)) from None
+                raise NftError("invalid priority expression value in this context.", loc(kw, t)) from None
             return base
         if self.at("+", "-"):
             sign = self.next().text
@@ -424,9 +428,21 @@ class Parser:
             try:
                 rule = self.rule(tbl, start, chain=chain.name)
                 chain.rules.append(rule)
+                self.follow_on(start, rule=rule)
                 self.end_item()
             except NftError as err:
                 self.record(err, at)
+
+    def follow_on(self, start: Token, command: bool = False, rule: Rule | None = None) -> None:
+        """Once the kernel said EOPNOTSUPP in a batch, it says so for every later rule and element too
+        (a rule's anonymous sets first, at their braces)."""
+        if self.batch_broken:
+            msg = "Could not process rule: Operation not supported"
+            for where in getattr(rule, "anon_locs", []):
+                self.kernel_errors.append(NftError(msg, where))
+            line, col, end = loc(start, self.toks[self.pos - 1])
+            # A command's location runs to the end of its line, newline included.
+            raise NftError("Could not process rule: Operation not supported", (line, col, end + command))
 
     # ---- sets, maps, objects ------------------------------------------------------------------
     def set_block(self, tbl: Table, name: Token, is_map: bool, create: bool, defer: bool = False) -> None:
@@ -580,7 +596,7 @@ class Parser:
         return q
 
     # ---- rules ----------------------------------------------------------------------------------
-    def cmd_rule(self, op: str) -> None:
+    def cmd_rule(self, op: str, verb: Token) -> None:
         family, tname = self.family_and_name()
         tbl = self.find_table(family, tname)
         chain = self.find_chain(tbl, self.word())
@@ -615,6 +631,7 @@ class Parser:
         if missing is not None:
             raise missing
         chain.rules.insert(idx, rule)
+        self.follow_on(verb, command=True, rule=rule)
 
     def rule_index(self, chain: Chain, handle: int, at: Token) -> int:
         for i, r in enumerate(chain.rules):
@@ -624,11 +641,11 @@ class Parser:
 
     def cmd_insert(self, verb: Token) -> None:
         self.accept("rule")
-        self.cmd_rule("insert")
+        self.cmd_rule("insert", verb)
 
     def cmd_replace(self, verb: Token) -> None:
         self.expect("rule")
-        self.cmd_rule("replace")
+        self.cmd_rule("replace", verb)
 
     def rule(self, tbl: Table, start: Token, new_handle: bool = True, chain: str = "") -> Rule:
         from kproxy.nftables.rules import RuleBuilder
@@ -821,6 +838,8 @@ class Parser:
                         lo, hi = dt.parse(text[:i]), dt.parse(text[i + 1:])
                     except T.TypeError_:
                         continue
+                    if lo > hi:
+                        raise NftError("Range has zero or negative size", loc(t))
                     return Range(Const(dt, lo), Const(dt, hi))
         raise self.bad_value(dt, t)
 

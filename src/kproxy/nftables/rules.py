@@ -62,6 +62,7 @@ class RuleBuilder:
         self.stmts: list[Stmt] = []
         self.comment: str | None = None
         self.anon: list[str] = []
+        self.anon_locs: list[tuple[int, int, int]] = []
         self.l4_matched: set[str] = set()
 
     def error(self, msg: str, a: Token, b: Token | None = None, secondary: list[tuple[int, int, int]] | None = None):
@@ -92,9 +93,27 @@ class RuleBuilder:
                     raise NftError(f"No such file or directory; did you mean chain \u2018{hint[2]}\u2019 in table "
                                    f"{hint[0]} \u2018{hint[1]}\u2019?", where, kernel=True)
                 raise NftError("Could not process rule: No such file or directory", where)
+        base = self.tbl.chains.get(chain)
+        if base is not None and base.hook is not None and not all(self.valid_at(st, base.type, base.hook)
+                                                                      for st in self.stmts):
+            if new_handle:
+                self.tbl.alloc()
+            raise NftError("Could not process rule: Operation not supported",
+                           (start.line, start.col, self.p.toks[self.p.pos - 1].end))
         stmts = hide_dependencies(self.stmts, self.tbl.family)
         handle = self.tbl.alloc() if new_handle else 0
-        return Rule(handle, stmts, self.comment, self.anon)
+        rule = Rule(handle, stmts, self.comment, self.anon)
+        rule.anon_locs = self.anon_locs  # type: ignore[attr-defined]
+        return rule
+
+    @staticmethod
+    def valid_at(st: Stmt, chain_type: str | None, hook: str) -> bool:
+        """Whether the kernel accepts the statement in a base chain of this type and hook."""
+        if not isinstance(st, Nat):
+            return True
+        hooks = {"dnat": ("prerouting", "output"), "redirect": ("prerouting", "output"),
+                 "snat": ("postrouting", "input"), "masquerade": ("postrouting",)}[st.kind]
+        return chain_type == "nat" and hook in hooks
 
     def similar_chain(self, name: str, own: str) -> tuple[str, str, str] | None:
         """nft's suggestion for a missing jump target: the nearest chain name anywhere but the rule's own."""
@@ -544,10 +563,11 @@ class RuleBuilder:
                 raise self.error("No such file or directory", at, name)
             return SetRef(name.text)
         if p.at("{"):
+            first = p.peek()
             lit = p.set_literal(types, None)
             if len(lit.elems) == 1 and lit.elems[0].data is None:
                 return lit.elems[0].key
-            self.anon_set(types, None, lit)
+            self.anon_set(types, None, lit, first)
             return lit
         v = p.value_of(types)
         if len(types) == 1 and types[0].kind == "bitmask" and p.at(","):
@@ -568,11 +588,14 @@ class RuleBuilder:
             if name.text not in self.tbl.sets:
                 raise self.error("Could not process rule: No such file or directory", name)
             return SetRef(name.text)
+        first = p.peek()
         lit = p.set_literal(types, [T.VERDICT] if data is None else data)
-        self.anon_set(types, [T.VERDICT] if data is None else data, lit)
+        self.anon_set(types, [T.VERDICT] if data is None else data, lit, first)
         return lit
 
-    def anon_set(self, key: list[T.DType], data: list[T.DType] | None, lit: SetLit) -> None:
+    def anon_set(self, key: list[T.DType], data: list[T.DType] | None, lit: SetLit, first: Token) -> None:
+        last = self.p.toks[self.p.pos - 1]
+        self.anon_locs.append((first.line, first.col, last.end))
         prefix = "__map" if data is not None else "__set"
         name = f"{prefix}{self.tbl.anon_seq}"
         self.tbl.anon_seq += 1
