@@ -14,7 +14,7 @@ from kproxy.nftables.listing import (
     table_items_json,
     table_text,
 )
-from kproxy.nftables.model import FAMILIES, Ruleset
+from kproxy.nftables.model import FAMILIES, Ruleset, Table
 from kproxy.nftables.parser import NftError, Parser, loc
 
 USAGE = "Usage: nft [ options ] [ cmds... ]\n"
@@ -149,8 +149,32 @@ def kept_counters(before: Ruleset, failed: Ruleset, passes: int) -> Ruleset:
     return out
 
 
+def listed_blocks(t: Table, kind: str, o: Opts, verb: str) -> str:
+    """One table's sets, maps, chains (headers only) or stateful objects of a kind, as ``list sets`` shows them;
+    ``reset`` zeroes the objects after printing them."""
+    if kind in ("set", "map"):
+        blocks = [set_text(s, o) for s in t.sets.values() if not s.anonymous and s.is_map == (kind == "map")]
+    elif kind == "chain":
+        blocks = [chain_text(t, c, o, rules=False) for c in t.chains.values()]
+    else:
+        objs = [ob for ob in t.objs.values() if ob.kind == kind]
+        blocks = [obj_text(ob, o) for ob in objs]
+        if verb == "reset":
+            for ob in objs:
+                ob.values.update(packets=0, bytes=0, used=0)
+    if not blocks:
+        return ""
+    return f"table {t.family} {t.name} {{\n" + "\n".join(blocks) + "\n}\n"
+
+
 def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> str:
     """The output of ``list ...`` / ``reset ...``."""
+    if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits") and \
+            toks[1].text == "table":
+        toks = [toks[0], *toks[2:]]
+    if len(toks) > 1 and toks[0].text == "chains" and toks[1].text not in FAMILIES:
+        raise NftError(f"syntax error, unexpected {toks[1].text}, expecting end of file or newline or semicolon",
+                       loc(toks[1]), kernel=False)
     args = [t.text for t in toks]
     what = args[0] if args else "ruleset"
     rest = args[1:]
@@ -160,8 +184,6 @@ def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) ->
         t = name_toks[i] if i < len(name_toks) else None
         return NftError("No such file or directory", loc(t) if t is not None else None)
 
-    if verb == "reset":
-        return ""
     family = rest[0] if rest and rest[0] in FAMILIES else None
     names = rest[1:] if family else rest
     family = family or "ip"
@@ -176,19 +198,16 @@ def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) ->
 
             return dump_json([table_json(t) for t in tables])
         return "".join(f"table {t.family} {t.name}\n" for t in tables)
-    if what in ("counters", "quotas", "limits") and not names:
-        kind = what[:-1]
-        parts = []
-        for t in rs.tables:
-            if rest and rest[0] in FAMILIES and t.family != rest[0]:
-                continue
-            blocks = [obj_text(ob, o) for ob in t.objs.values() if ob.kind == kind]
-            if blocks:
-                parts.append(f"table {t.family} {t.name} {{\n" + "\n".join(blocks) + "\n}\n")
-        return "".join(parts)
+    plural = {"counters": "counter", "quotas": "quota", "limits": "limit", "sets": "set", "maps": "map",
+              "chains": "chain"}
+    if what in plural and not names:
+        return "".join(listed_blocks(t, plural[what], o, verb) for t in rs.tables
+                       if not rest or t.family == rest[0])
     tbl = rs.find(family, names[0]) if names else None
     if tbl is None:
         raise missing(0)
+    if what in plural:
+        return listed_blocks(tbl, plural[what], o, verb) or f"table {tbl.family} {tbl.name} {{\n}}\n"
     if what == "table":
         return dump_json(table_items_json(tbl, o)) if as_json else table_text(tbl, o)
     head = f"table {tbl.family} {tbl.name} {{\n"
@@ -202,8 +221,12 @@ def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) ->
         if s is None:
             raise missing(1)
         return head + set_text(s, o) + "\n}\n"
-    if what in ("counters", "quotas", "limits"):
-        kind = what[:-1]
-        blocks = [obj_text(ob, o) for ob in tbl.objs.values() if ob.kind == kind]
-        return head + "\n".join(blocks) + "\n}\n"
+    if what in ("counter", "quota", "limit"):
+        ob = tbl.objs.get((what, names[1])) if len(names) > 1 else None
+        if ob is None:
+            raise missing(1)
+        text = head + obj_text(ob, o) + "\n}\n"
+        if verb == "reset":
+            ob.values.update(packets=0, bytes=0, used=0)
+        return text
     raise NftError(f"syntax error, unexpected {what}", None)
