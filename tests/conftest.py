@@ -1,14 +1,29 @@
-"""Shared fixtures: throw-away kp- network namespaces for tests that compare with the real kernel."""
+"""Shared fixtures: throw-away kp- network namespaces for tests that compare with the real kernel, and
+a local API server holding a recorded cluster's objects."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kproxy.k8s.fakeapi import FakeAPIServer
 from kproxy.lab.netns import Netns, kernel_lab_available
+
+API_CLUSTER = Path(__file__).parent / "data" / "api" / "cluster.json"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeAPIServer]:
+    """An API server on 127.0.0.1 (a free port) with tests/data/api/cluster.json; stopped after the test."""
+    server = FakeAPIServer(bookmark_interval=0.2).start()
+    try:
+        yield server.load(json.loads(API_CLUSTER.read_text()))
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from kproxy.iptables.compiler import MAX_INLINE_RULES, _inlinable
+from kproxy.iptables.compiler import MAX_INLINE_RULES
 from kproxy.iptables.ext.connmark import ConnmarkMatch
 from kproxy.iptables.ext.mark import MarkMatch
-from kproxy.iptables.ext.ports import TcpMatch, UdpMatch
 from kproxy.node import Node
 from kproxy.packet import SYN, Packet
 
@@ -44,9 +43,10 @@ def test_chains_of_one_shape_share_code_and_keep_their_own_constants():
     assert fwd(n, "10.0.0.2", 80).fate == "forwarded" and counts(n, "B") == [1]
 
 
-def test_a_match_is_inlined_only_where_its_inline_form_describes_its_test():
-    assert _inlinable(MarkMatch) and _inlinable(TcpMatch) and _inlinable(UdpMatch)
-    assert not _inlinable(ConnmarkMatch)         # overrides matches() alone: called, not inlined
+def test_each_match_declares_its_own_inline_form():
+    # connmark reads the connection's mark: its own form, not the packet-mark test it would inherit
+    assert "p.mark" in MarkMatch(1, 0xFF, False).inline()[0]
+    assert "p.ct.mark" in ConnmarkMatch(1, 0xFF, False).inline()[0]
 
 
 def test_goto_falls_off_to_the_builtin_policy_and_jump_returns_to_the_next_rule():

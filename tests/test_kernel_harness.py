@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from kproxy.lab.kernel import KernelLab, Topology, kernel_lab_reason, parse_conntrack, parse_counters
+from kproxy.lab.kernel import KernelLab, Topology, kernel_lab_reason
 from kproxy.lab.netns import leftover_namespaces
+from kproxy.lab.parsers import parse_conntrack, parse_counters
 from kproxy.node import Node
 from kproxy.packet import TCP, Packet
 

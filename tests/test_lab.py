@@ -140,6 +140,32 @@ def test_kernel_lab_scenarios_match_the_emulated_twin(kernel_lab):
 
 
 @pytest.mark.kernel
+def test_the_cli_reports_refused_and_dropped_requests_on_the_kernel_lab(kernel_lab):
+    from click.testing import CliRunner
+
+    import kproxy.cli.lab_cmd  # noqa: F401 - registers the lab group
+    from kproxy.cli.main import cli
+
+    def lab(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(cli, ["lab", *args[:1], "--dir", kernel_lab.dir, *args[1:]])
+
+    status = lab("status")
+    assert status.exit_code == 0 and f"client  {kernel_lab.client}" in status.output
+    ok = lab("curl", "web-0", "10.96.0.50:80")
+    assert ok.exit_code == 0 and ok.stdout.startswith("pod=web-"), ok.output
+    for target, why in (("10.96.0.53:80", "connection refused (a TCP reset or ICMP port unreachable came back: "
+                                          "rejected)"),
+                        ("192.168.50.11:30082", "no answer (timed out: dropped on the way)")):
+        where = "web-0" if target.startswith("10.96") else "client"
+        res = lab("curl", where, target)
+        assert (res.exit_code, res.stdout) == (1, "")
+        assert res.stderr == f"Error: {where} -> {target}/tcp: {why}\n"
+    bad = lab("curl", "client", "192.168.50.11")
+    assert (bad.exit_code, bad.stderr) == (1, "Error: bad target '192.168.50.11': expected IPV4:PORT (e.g. "
+                                              "10.96.0.50:80)\n")
+
+
+@pytest.mark.kernel
 def test_stale_udp_flow_follows_a_replaced_dns_pod(kernel_lab):
     """The client keeps its source port; after its DNS pod is replaced the next query reaches the new pod."""
     from kproxy.lab.cluster import replace_pod

@@ -11,15 +11,24 @@ import ipaddress
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import yaml
 
 from kproxy.netfilter import path as _path
 from kproxy.netfilter.hooks import HookRegistry
-from kproxy.packet import format_addr
+from kproxy.packet import Packet, format_addr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.ipset.registry import IpsetRegistry
+    from kproxy.iptables.state import IptablesState
+    from kproxy.ipvs.ipvs import Ipvs
+    from kproxy.netfilter.conntrack import Conntrack
+    from kproxy.netfilter.nat import Nat
+    from kproxy.netfilter.path import Result
 
 DEFAULT_NODE_FILE = "kproxy-node.json"
 FLOW_ROUTE_CACHE = 65536      # destinations whose routing decision is remembered
@@ -138,7 +147,7 @@ DEFAULT_SYSCTLS: dict[str, str] = {
 }
 
 
-class RouteList(list):  # type: ignore[type-arg]
+class RouteList(list[Route]):
     """The main routing table; every change bumps ``version`` so cached routing decisions are dropped."""
 
     version = 0
@@ -146,23 +155,23 @@ class RouteList(list):  # type: ignore[type-arg]
     def _bump(self) -> None:
         self.version += 1
 
-    def append(self, item: Route) -> None:  # type: ignore[override]
+    def append(self, item: Route) -> None:
         super().append(item)
         self._bump()
 
-    def extend(self, items: Any) -> None:
+    def extend(self, items: Iterable[Route]) -> None:
         super().extend(items)
         self._bump()
 
-    def insert(self, i: Any, item: Route) -> None:  # type: ignore[override]
+    def insert(self, i: SupportsIndex, item: Route) -> None:
         super().insert(i, item)
         self._bump()
 
-    def remove(self, item: Route) -> None:  # type: ignore[override]
+    def remove(self, item: Route) -> None:
         super().remove(item)
         self._bump()
 
-    def pop(self, i: Any = -1) -> Route:  # type: ignore[override]
+    def pop(self, i: SupportsIndex = -1) -> Route:
         self._bump()
         return super().pop(i)
 
@@ -180,7 +189,15 @@ class RouteList(list):  # type: ignore[type-arg]
 
 
 class Node:
-    """One emulated host (a network namespace): its devices, routing, and netfilter state."""
+    """One emulated host (a network namespace): its devices, routing, and netfilter state.
+
+    It is what ``kproxy.netfilter.netns.NetNamespace`` names, plus the front ends' state."""
+
+    conntrack: Conntrack
+    nat: Nat
+    iptables: dict[int, IptablesState]
+    ipsets: IpsetRegistry
+    ipvs: Ipvs
 
     def __init__(self, name: str = "node") -> None:
         self.name = name
@@ -194,19 +211,13 @@ class Node:
         self.hooks = HookRegistry()
         self._local: dict[int, set[int]] = {4: set(), 6: set()}
         self._broadcast: dict[int, set[int]] = {4: set(), 6: set()}
-        # Subsystems, wired by kproxy.netfilter.path.attach(): conntrack, nat, iptables (per family),
-        # ipsets, ipvs. Typed as Any here to keep node.py free of import cycles.
-        self.conntrack: Any = None
-        self.nat: Any = None
-        self.iptables: dict[int, Any] = {}
-        self.ipsets: Any = None
-        self.ipvs: Any = None
+        # conntrack, nat, iptables (per family), ipsets and ipvs are wired by kproxy.subsystems.attach.
         self.nftables: Any = None  # kproxy.nftables.model.Ruleset, created by the first ``kproxy nft``
         self.subsystems: dict[str, Any] = {}
         self.clock: float | None = None  # fixed time for reproducible runs; None = wall clock
         self.log_lines: list[str] = []
         self.add_interface(Interface("lo", [Address.parse("127.0.0.1/8"), Address.parse("::1/128")]))
-        from kproxy.netfilter.stack import attach
+        from kproxy.subsystems import attach
 
         attach(self)
 
@@ -318,7 +329,7 @@ class Node:
         """Changes whenever a routing decision could change (routes, interfaces, addresses)."""
         return (self.routes.version, self._iface_version, len(self.interfaces))
 
-    def route_for_flow(self, pkt: Any) -> RouteResult:
+    def route_for_flow(self, pkt: Packet) -> RouteResult:
         """``route`` for a packet, remembered per destination (as the kernel's dst cache remembers a
         flow's route) until the routes, devices or addresses change."""
         version = (self.routes.version, self._iface_version, len(self.interfaces))   # routing_version(), per packet
@@ -391,7 +402,7 @@ class Node:
         return self.sysctls.get("net.ipv4.ip_forward", "0") == "1"
 
     # ---- the library API: rules in, packets through ---------------------------------------
-    def receive(self, pkt: Any, iif: str, trace: bool = False) -> Any:
+    def receive(self, pkt: Packet, iif: str, trace: bool = False) -> Result:
         """Inject ``pkt`` as if it arrived on ``iif``; returns a ``path.Result`` (with a trace if asked)."""
         if trace:
             from kproxy.netfilter.trace import Trace
@@ -399,7 +410,7 @@ class Node:
             return _path.receive(self, pkt, iif, Trace())
         return _path.receive(self, pkt, iif, None)
 
-    def send(self, pkt: Any, trace: bool = False) -> Any:
+    def send(self, pkt: Packet, trace: bool = False) -> Result:
         """Send ``pkt`` from a local process (the OUTPUT path); returns a ``path.Result``."""
         from kproxy.netfilter.trace import Trace
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.netfilter.conntrack import Conn
@@ -26,6 +26,7 @@ TCP, UDP, ICMP, SCTP, ICMPV6 = 6, 17, 1, 132, 58
 
 # TCP header flags, as bits of the flags byte.
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
+M32 = 0xFFFFFFFF          # sequence numbers wrap at 32 bits
 TCP_FLAG_BITS: dict[str, int] = {
     "FIN": FIN, "SYN": SYN, "RST": RST, "PSH": PSH, "ACK": ACK, "URG": URG, "ECE": ECE, "CWR": CWR,
 }
@@ -74,6 +75,21 @@ def parse_tcp_flags(text: str) -> int:
     return bits
 
 
+class TcpSeg(NamedTuple):
+    """The TCP header fields conntrack reads besides ports and flags (options: -1 = not sent)."""
+
+    seq: int
+    ack: int = 0
+    window: int = 0
+    wscale: int = -1
+    sack_perm: bool = False
+    payload: int = 0
+
+    def end(self, flags: int) -> int:
+        """segment_seq_plus_len: the sequence number after this segment (SYN and FIN count one)."""
+        return (self.seq + self.payload + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)) & M32
+
+
 @dataclass(slots=True)
 class Packet:
     """One IP packet plus the per-skb state the netfilter path reads and writes.
@@ -101,9 +117,9 @@ class Packet:
     src_mac: str = ""
     pkttype: str = "unicast"
     inner: Packet | None = None
-    # TCP sequence numbers, acknowledgement, window and options (a TcpSeg), for conntrack's window
-    # checks; None when unknown (then only the state table applies).
-    seg: Any = None
+    # TCP sequence numbers, acknowledgement, window and options, for conntrack's window checks;
+    # None when unknown (then only the state table applies).
+    seg: TcpSeg | None = None
     # Conntrack attachment (skb->_nfct): the connection, and this packet's state and direction.
     ct: Conn | None = None
     ctstate: str = ""          # NEW, ESTABLISHED, RELATED, INVALID, UNTRACKED or "" (none yet)

@@ -11,10 +11,21 @@ import yaml
 
 def load_yaml(path: str | os.PathLike[str], error: type[Exception] = ValueError, all_documents: bool = False) -> Any:
     """The parsed document (or documents); a syntax error raises ``error("file:line:col: problem")``."""
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise error(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = text_line(exc.object, exc.start)
+        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
     try:
         return list(yaml.safe_load_all(text)) if all_documents else yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise error(f"{where}: {getattr(exc, 'problem', None) or exc}") from None
+
+
+def text_line(data: bytes, offset: int) -> int:
+    """The 1-based line number of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, offset) + 1

@@ -20,7 +20,8 @@ from kproxy.netfilter.conntrack import (
     Conn,
     Tuple,
 )
-from kproxy.packet import ICMP, ICMPV6, PROTO_NAMES, TCP
+from kproxy.netfilter.ctformat import format_conn
+from kproxy.packet import ICMP, ICMPV6, TCP
 
 PROG = "conntrack v1.4.7 (conntrack-tools)"
 HINT = "Try `conntrack -h' or 'conntrack --help' for more information.\n"
@@ -67,30 +68,6 @@ class Request:
     given: list[str] = field(default_factory=list)
     outputs: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
-
-
-def format_conn(conn: Conn, now: float, extended: bool = False, use: int = 1, with_id: bool = False) -> str:
-    """One line of ``conntrack -L``."""
-    proto = conn.orig.proto
-    name = {58: "icmpv6"}.get(proto, PROTO_NAMES.get(proto, "unknown"))
-    parts = [f"{name:<8} {proto} {conn.timeout_at(now)}"]
-    if proto == TCP:
-        parts.append(conn.tcp_state)
-    parts.append(conn.orig.text())
-    if not conn.status & IPS_SEEN_REPLY:
-        parts.append("[UNREPLIED]")
-    parts.append(conn.reply.text())
-    if conn.status & IPS_ASSURED:
-        parts.append("[ASSURED]")
-    parts.append(f"mark={conn.mark}")
-    parts.append(f"use={use}")
-    if with_id:
-        parts.append(f"id={conn.id}")
-    line = " ".join(parts)
-    if extended:
-        fam = "ipv4     2" if conn.orig.family == 4 else "ipv6     10"
-        line = f"{fam} {line}"
-    return line
 
 
 def _strtoul(text: str) -> int:

@@ -32,7 +32,8 @@ def _state(directory: str):  # type: ignore[no-untyped-def]
 @click.argument("description", type=click.Path(exists=True, dir_okay=False))
 @click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, help="Where the lab keeps its state.")
 @click.option("--no-proxy", is_flag=True, help="Build the cluster without starting kproxy on the nodes.")
-@click.option("--emulated", is_flag=True, help="Run the description on emulated nodes and print what each check sees.")
+@click.option("--emulated", is_flag=True,
+              help="Build the cluster on emulated nodes (no root); status, curl, scale and down use it.")
 def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> None:
     """Create the cluster in DESCRIPTION (nodes, deployments, services)."""
     from kproxy.lab.cluster import Lab, LabError, LabSpec, start_proxies
@@ -42,41 +43,64 @@ def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> 
         spec = LabSpec.load(description)
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
+    if Path(directory, "state.json").exists():
+        raise click.ClickException(f"a lab is already up in {directory} (kproxy lab down --dir {directory})")
     if emulated:
         from kproxy.lab.emulated import EmulatedLab
 
-        twin = EmulatedLab(spec)
-        twin.sync()
-        for pod in twin.state.pods:
-            click.echo(f"pod {pod.namespace}/{pod.name:<12} {pod.ip:<15} on {pod.node}")
-        click.echo(f"emulated lab {spec.name}: {len(twin.nodes)} nodes synced")
+        try:
+            twin = EmulatedLab(spec)
+            twin.sync()
+        except LabError as exc:
+            raise click.ClickException(str(exc)) from None
+        _print_status(twin.save(directory, Path(description).read_text()))
         return
     reason = kernel_lab_available()
     if reason:
         raise click.ClickException(f"cannot build a kernel lab here: {reason} (try --emulated)")
-    if Path(directory, "state.json").exists():
-        raise click.ClickException(f"a lab is already up in {directory} (kproxy lab down --dir {directory})")
-    state = Lab(spec, directory).up()
+    try:
+        state = Lab(spec, directory).up()
+    except (LabError, subprocess.CalledProcessError, OSError) as exc:
+        raise click.ClickException(f"cannot build the lab: {_one_line(exc)}") from None
     Path(directory, "description.yaml").write_text(Path(description).read_text())
     if not no_proxy:
         try:
             start_proxies(spec, state)
-        except BaseException:
+        except BaseException as exc:
             from kproxy.lab.cluster import down
 
             down(state)
+            if isinstance(exc, OSError | subprocess.SubprocessError):
+                raise click.ClickException(f"cannot start kproxy on the nodes: {_one_line(exc)}") from None
             raise
     _print_status(state)
+    if not no_proxy:
+        from kproxy.lab.cluster import wait_for_proxies
+
+        try:
+            wait_for_proxies(state)
+        except LabError as exc:
+            hint = f"the lab stays up for a look (kproxy lab down --dir {directory})"
+            raise click.ClickException(f"{exc}; {hint}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, subprocess.CalledProcessError):
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        return f"{' '.join(map(str, exc.cmd))}: {err.strip() or f'exit status {exc.returncode}'}"
+    return " ".join(str(exc).split())
 
 
 def _print_status(state) -> None:  # type: ignore[no-untyped-def]
-    click.echo(f"lab {state.name} in {state.dir}")
-    click.echo(f"  client  {state.client}")
+    click.echo(f"{'emulated lab' if state.emulated else 'lab'} {state.name} in {state.dir}")
+    if state.client:
+        click.echo(f"  client  {state.client}")
     for node, ns in state.nodes.items():
         pid = state.proxies.get(node)
-        click.echo(f"  node    {node:<12} {ns:<16} kproxy pid {pid}" if pid else f"  node    {node:<12} {ns}")
+        where = "(emulated)" if state.emulated else ns
+        click.echo(f"  node    {node:<12} {where:<16} kproxy pid {pid}" if pid else f"  node    {node:<12} {where}")
     for p in state.pods:
-        click.echo(f"  pod     {p.namespace}/{p.name:<12} {p.ip:<15} on {p.node:<10} {p.netns}")
+        click.echo(f"  pod     {p.namespace}/{p.name:<12} {p.ip:<15} on {p.node:<10} {p.netns}".rstrip())
 
 
 @lab_group.command("status")
@@ -98,9 +122,13 @@ def _target_ns(state, where: str) -> str:  # type: ignore[no-untyped-def]
         return state.client
     if where in state.nodes:
         return state.nodes[where]
+    return _pod(state, where).netns
+
+
+def _pod(state, where: str):  # type: ignore[no-untyped-def]
     for p in state.pods:
         if where in (p.name, f"{p.namespace}/{p.name}"):
-            return p.netns
+            return p
     raise click.ClickException(f"no client, node or pod called {where!r}")
 
 
@@ -110,25 +138,67 @@ def _target_ns(state, where: str) -> str:  # type: ignore[no-untyped-def]
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 def lab_exec(directory: str, where: str, argv: tuple[str, ...]) -> None:
     """Run a command in the client, a node or a pod (e.g. `kproxy lab exec node-1 iptables-save`)."""
-    ns = _target_ns(_state(directory), where)
+    state = _state(directory)
+    if state.emulated:
+        raise click.ClickException(f"the lab in {directory} is emulated: it has no namespaces to run commands in")
+    ns = _target_ns(state, where)
     sys.exit(subprocess.run(["ip", "netns", "exec", ns, *argv]).returncode)
 
 
 @lab_group.command("curl")
 @click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True)
 @click.option("--udp", is_flag=True, help="Send one UDP datagram instead of an HTTP GET.")
-@click.option("--sport", type=int, default=0, help="Source port to bind (keeps a UDP flow's tuple).")
-@click.option("--count", type=int, default=1, show_default=True)
+@click.option("--sport", type=click.IntRange(0, 65535), default=0,
+              help="Source port to bind (keeps a UDP flow's tuple).")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True)
 @click.argument("where")
 @click.argument("target")
 def lab_curl(directory: str, udp: bool, sport: int, count: int, where: str, target: str) -> None:
-    """From WHERE (client, node or pod) to TARGET (ip:port); prints the answering pod and the peer it saw."""
+    """From WHERE (client, node or pod) to TARGET (ip:port); prints the answering pod and the peer it saw.
+
+    A request that is refused, times out or fails is reported on stderr, and the exit status is 1.
+    """
+    from kproxy.lab.probe import failure, parse_target
+
+    try:
+        host, port = parse_target(target)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    state = _state(directory)
+    send = _emulated_sender(state, where, udp) if state.emulated else _kernel_sender(state, where, udp)
+    failed = 0
+    for _ in range(count):
+        answer = send(host, port, sport)
+        why = failure(answer)
+        if why is None:
+            click.echo(answer)
+        else:
+            failed += 1
+            click.echo(f"Error: {where} -> {target}/{'udp' if udp else 'tcp'}: {why}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _kernel_sender(state, where: str, udp: bool):  # type: ignore[no-untyped-def]
     from kproxy.lab.probe import probe
 
-    ns = _target_ns(_state(directory), where)
-    host, _, port = target.rpartition(":")
-    for _ in range(count):
-        click.echo(probe(ns, host, int(port), udp=udp, sport=sport))
+    ns = _target_ns(state, where)
+    return lambda host, port, sport: probe(ns, host, port, udp=udp, sport=sport)
+
+
+def _emulated_sender(state, where: str, udp: bool):  # type: ignore[no-untyped-def]
+    from kproxy.lab.cluster import LabError
+    from kproxy.lab.emulated import EmulatedLab
+
+    if where in state.nodes:
+        raise click.ClickException("an emulated lab sends from the client or a pod, not from a node")
+    src = where if where == "client" else _pod(state, where).name
+    try:
+        twin = EmulatedLab.reopen(state)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    proto = "udp" if udp else "tcp"
+    return lambda host, port, sport: twin.request(src, host, port, proto, sport).line()
 
 
 @lab_group.command("scale")
@@ -138,9 +208,14 @@ def lab_curl(directory: str, udp: bool, sport: int, count: int, where: str, targ
 def lab_scale(directory: str, deployment: str, replicas: int) -> None:
     """Change a deployment's replicas; pods come and go and the EndpointSlices follow."""
     from kproxy.lab.cluster import LabError, scale
+    from kproxy.lab.emulated import scale_emulated
 
+    state = _state(directory)
     try:
-        scale(_state(directory), deployment, replicas)
+        if state.emulated:
+            scale_emulated(state, deployment, replicas)
+        else:
+            scale(state, deployment, replicas)
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{deployment} scaled to {replicas}")
@@ -152,5 +227,6 @@ def lab_down(directory: str) -> None:
     """Stop the lab's processes and delete all its namespaces."""
     from kproxy.lab.cluster import down
 
-    removed = down(_state(directory))
-    click.echo(f"removed {len(removed)} namespaces")
+    state = _state(directory)
+    removed = down(state)
+    click.echo(f"removed emulated lab {state.name}" if state.emulated else f"removed {len(removed)} namespaces")

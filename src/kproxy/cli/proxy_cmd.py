@@ -14,6 +14,8 @@ from typing import Any
 import click
 
 from kproxy.cli.main import Ctx, cli
+from kproxy.node import Node
+from kproxy.proxy.proxier import SyncResult
 
 
 def _node_ips_kernel() -> list[str]:
@@ -24,43 +26,113 @@ def _node_ips_kernel() -> list[str]:
         return []
 
 
-def _node_ips_emulated(node) -> list[str]:  # type: ignore[no-untyped-def]
+def _node_ips_emulated(node: Node) -> list[str]:
     from kproxy.packet import format_addr
 
     return [format_addr(a.addr, a.family) for i in node.interfaces.values() for a in i.addresses]
 
 
-def build_proxier(obj: Ctx, cfg, backend_name: str, legacy: bool, metrics):  # type: ignore[no-untyped-def]
+def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: Any,
+                  node: Any = None) -> Any:
+    """The proxier of the configured mode over the chosen backend; a ClickException if it cannot run.
+
+    ``node`` is this Node as the API server has it: its podCIDR is the local range of
+    ``detectLocalMode: NodeCIDR``, its addresses the node IPs where the backend has none of its own."""
     from kproxy.backends import get_backend
     from kproxy.proxy.conntrack import EmulatedConntrackCleaner, KernelConntrackCleaner
-    from kproxy.proxy.iptables import IptablesProxier
+    from kproxy.proxy.proxier import ModeUnavailable, proxier_class
 
+    try:
+        cls = proxier_class(cfg.mode)
+    except ModeUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    pod_cidr = next((c for c in node.pod_cidrs if ":" not in c), "") if node is not None else ""
+    extra: dict[str, Any] = {"pod_cidr": pod_cidr} if pod_cidr else {}
     if backend_name == "kernel":
         backend = get_backend("kernel", legacy=legacy)
-        return IptablesProxier(cfg, backend, _node_ips_kernel(), metrics=metrics, conntrack=KernelConntrackCleaner())
-    node = obj.node
-    backend = get_backend("emulated", node=node)
-    return IptablesProxier(cfg, backend, _node_ips_emulated(node), metrics=metrics,
-                           conntrack=EmulatedConntrackCleaner(node))
+        ips = _node_ips_kernel() or (node.addresses if node is not None else [])
+        return cls(cfg, backend, ips, metrics=metrics, conntrack=KernelConntrackCleaner(), **extra)
+    emulated = obj.node
+    backend = get_backend("emulated", node=emulated)
+    ips = _node_ips_emulated(emulated) or (node.addresses if node is not None else [])
+    return cls(cfg, backend, ips, metrics=metrics, conntrack=EmulatedConntrackCleaner(emulated), **extra)
+
+
+def _bind_address(flag: str, value: str | None, default_port: int, current: str) -> str:
+    """A --*-bind-address value as upstream takes it: IP:port, or an IP (the default port); "" disables."""
+    from kproxy.proxy.config import _host_port_problem
+
+    if value is None:
+        return current
+    if not value:
+        return ""
+    if ":" not in value or value.endswith("]"):
+        value = f"{value}:{default_port}"
+    why = _host_port_problem(value)
+    if why:
+        raise click.BadParameter(f"{value!r}: {why}", param_hint=flag)
+    return value
+
+
+def _config_flags(cfg: Any, config_path: str | None, kubeconfig: str | None, healthz: str | None,
+                  metrics: str | None) -> None:
+    """Apply the flags that are fields of KubeProxyConfiguration as kube-proxy does: a --config file
+    replaces them all (only --hostname-override, --master and -v stand beside it), so with one they
+    are ignored, with a warning."""
+    given = [name for name, value in (("--kubeconfig", kubeconfig), ("--healthz-bind-address", healthz),
+                                      ("--metrics-bind-address", metrics)) if value is not None]
+    if config_path:
+        if given:
+            click.echo(f"warning: {', '.join(given)} ignored: the --config file sets "
+                       f"{'it' if len(given) == 1 else 'them'}, as in kube-proxy", err=True)
+        return
+    if kubeconfig:
+        cfg.kubeconfig = kubeconfig
+    cfg.healthz_bind_address = _bind_address("--healthz-bind-address", healthz, 10256, cfg.healthz_bind_address)
+    cfg.metrics_bind_address = _bind_address("--metrics-bind-address", metrics, 10249, cfg.metrics_bind_address)
+
+
+def _health_check_addresses(cfg: Any) -> list[str]:
+    """Where the per-Service health check servers listen: every address (unset nodePortAddresses), or
+    this host's addresses within nodePortAddresses, as upstream binds them."""
+    import ipaddress
+
+    nets = [ipaddress.ip_network(c, strict=False) for c in cfg.node_port_addresses if "/" in c]
+    if not nets:
+        return ["0.0.0.0"]
+    return [ip for ip in _node_ips_kernel() if any(ipaddress.ip_address(ip) in n for n in nets)]
 
 
 @cli.command("proxy")
-@click.option("--mode", type=click.Choice(["iptables"]), default=None, help="Proxy mode (default: the config's).")
+@click.option("--mode", type=click.Choice(["iptables", "ipvs", "nftables"]), default=None,
+              help="Proxy mode (default: the config's, else iptables).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="KubeProxyConfiguration YAML.")
-@click.option("--manifests", required=True, type=click.Path(exists=True), help="Manifest file or directory to watch.")
+@click.option("--manifests", type=click.Path(exists=True),
+              help="Manifest file or directory to watch, instead of the API server.")
+@click.option("--kubeconfig", default=None, help="Path to a kubeconfig file with the API server and credentials "
+              "(with --config: its clientConnection.kubeconfig instead; neither: in-cluster).")
+@click.option("--master", default=None, help="The address of the API server (overrides the kubeconfig's).")
 @click.option("--once", is_flag=True, help="Sync once and exit.")
 @click.option("--backend", "backend_name", type=click.Choice(["emulated", "kernel"]), default="emulated",
               show_default=True, help="Program the emulated node (--node) or this network namespace's kernel.")
 @click.option("--legacy", is_flag=True, help="With --backend kernel: iptables-legacy instead of iptables-nft.")
 @click.option("--hostname-override", default=None, help="Node name (overrides the config's hostnameOverride).")
+@click.option("--healthz-bind-address", default=None,
+              help="IP:port of /healthz and /livez (default 0.0.0.0:10256); empty disables.")
+@click.option("--metrics-bind-address", default=None,
+              help="IP:port of /metrics (default 127.0.0.1:10249); empty disables.")
 @click.option("--serve/--no-serve", default=True, help="Serve /healthz and /metrics while running.")
 @click.option("-v", "--verbose", count=True)
 @click.pass_obj
-def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: str, once: bool, backend_name: str,
-              legacy: bool, hostname_override: str | None, serve: bool, verbose: int) -> None:
-    """Run kube-proxy: turn Services and EndpointSlices into iptables rules and keep them in sync."""
+def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: str | None, kubeconfig: str | None,
+              master: str | None, once: bool, backend_name: str, legacy: bool, hostname_override: str | None,
+              healthz_bind_address: str | None, metrics_bind_address: str | None, serve: bool,
+              verbose: int) -> None:
+    """Run kube-proxy: turn Services and EndpointSlices (from the API server, or manifests) into the
+    mode's rules and keep them in sync."""
+    from kproxy.k8s.source import ManifestSource, Source, SourceError
     from kproxy.proxy.config import ConfigError, ProxyConfig
-    from kproxy.proxy.healthz import HealthState
+    from kproxy.proxy.healthz import HealthState, ServiceHealthServers
     from kproxy.proxy.metrics import ProxyMetrics
     from kproxy.proxy.runner import ProxyRunner
 
@@ -73,11 +145,23 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
         cfg.mode = mode
     if hostname_override:
         cfg.hostname_override = hostname_override
+    _config_flags(cfg, config_path, kubeconfig, healthz_bind_address, metrics_bind_address)
+    if manifests and (kubeconfig or master):  # checked on the flags: a config's kubeconfig is harmless here
+        raise click.UsageError("--manifests reads objects from files: it excludes --kubeconfig and --master")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    source: Source
+    api_node = None
+    if manifests:
+        source = ManifestSource(manifests)
+    else:
+        source, api_node = _api_source(cfg, master, stop)
     metrics = ProxyMetrics()
-    proxier = build_proxier(obj, cfg, backend_name, legacy, metrics)
+    proxier = build_proxier(obj, cfg, backend_name, legacy, metrics, api_node)
     health = HealthState(2 * cfg.sync_period)
 
-    def report(result) -> None:  # type: ignore[no-untyped-def]
+    def report(result: SyncResult) -> None:
         kind = "full" if result.full else "partial"
         status = f"FAILED: {result.error.splitlines()[0]}" if result.error else "ok"
         click.echo(f"sync {kind}: {result.lines} restore lines, {result.nat_rules} nat + {result.filter_rules} "
@@ -85,13 +169,14 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
         if backend_name == "emulated" and not result.error:
             obj.save()
 
-    runner = ProxyRunner(proxier, manifests, health, after_sync=report)
+    service_health = ServiceHealthServers(_health_check_addresses(cfg), health) if serve and not once else None
+    runner = ProxyRunner(proxier, source, health, after_sync=report, metrics=metrics, service_health=service_health)
     if once:
-        result = runner.sync_once()
+        try:
+            result = runner.sync_once()
+        finally:
+            source.close()
         sys.exit(1 if result.error else 0)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     servers = []
     if serve:
         from kproxy.proxy.healthz import serve as serve_http
@@ -102,9 +187,44 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
             click.echo(f"cannot serve healthz/metrics: {exc}", err=True)
     try:
         runner.loop(stop)
+    except SourceError as exc:
+        if not stop.is_set():
+            raise click.ClickException(str(exc)) from None
     finally:
+        source.close()
         for s in servers:
             s.shutdown()
+            s.server_close()
+        if service_health is not None:
+            service_health.close()
+    if runner.restart_reason:
+        raise click.ClickException(runner.restart_reason)
+
+
+def _api_source(cfg: Any, master: str | None, stop: threading.Event) -> tuple[Any, Any]:
+    """The API server as the source, its caches synced (and, for detectLocalMode NodeCIDR, this
+    Node's podCIDR known, as upstream waits for it); this Node as the API server has it."""
+    from kproxy.k8s.source import SourceError
+    from kproxy.k8s.watch import ApiSetupError, ApiSource, api_client
+
+    try:
+        client = api_client(cfg.kubeconfig, master or "")
+    except ApiSetupError as exc:
+        raise click.ClickException(str(exc)) from None
+    source = ApiSource(client, cfg.hostname, stop, resync=cfg.config_sync_period)
+    try:
+        objs = source.initial()
+        while cfg.detect_local_mode == "NodeCIDR" and not getattr(objs.nodes.get(cfg.hostname), "pod_cidrs", None):
+            if stop.is_set():
+                raise SourceError("stopped while waiting for the Node's podCIDR")
+            logging.getLogger("kproxy.proxy").warning("waiting for Node %s to have a podCIDR", cfg.hostname)
+            source.changes(1.0)
+    except SourceError as exc:
+        source.close()
+        if stop.is_set():
+            sys.exit(0)
+        raise click.ClickException(str(exc)) from None
+    return source, objs.nodes.get(cfg.hostname)
 
 
 @cli.command("services")

@@ -10,8 +10,9 @@ from kproxy.ipset.sets import IpSet, IpsetError
 class IpsetRegistry:
     def __init__(self) -> None:
         self.sets: dict[str, IpSet] = {}
-        # Counts the iptables rules naming a set (wired by the node): part of "References".
-        self.rule_refs: Any = None
+        # References held by rules (iptables set match and SET target, while committed), by set name:
+        # with list:set members, what "References" counts and what makes a set "in use".
+        self.held: dict[str, int] = {}
 
     def get(self, name: str) -> IpSet | None:
         return self.sets.get(name)
@@ -34,10 +35,19 @@ class IpsetRegistry:
         return [s for s in self.sets.values() if s.type != "list:set"] + \
             [s for s in self.sets.values() if s.type == "list:set"]
 
+    def hold(self, name: str, n: int) -> None:
+        """Take (``n`` > 0) or release references to the set ``name`` (ip_set_nfnl_get/put_byindex)."""
+        left = self.held.get(name, 0) + n
+        if left < 0:
+            raise ValueError(f"ipset: reference count of {name} would go below zero")
+        if left:
+            self.held[name] = left
+        else:
+            self.held.pop(name, None)
+
     def references(self, name: str) -> int:
         s = self.sets[name]
-        rules = self.rule_refs(name) if self.rule_refs is not None else 0
-        return s.references + rules + sum(1 for o in self.sets.values() if o.type == "list:set" and (name,) in o.members)
+        return s.references + self.held.get(name, 0) + sum(1 for o in self.sets.values() if o.type == "list:set" and (name,) in o.members)
 
     def destroy(self, name: str | None) -> None:
         names = [name] if name else list(self.sets)

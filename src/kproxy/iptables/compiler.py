@@ -104,28 +104,13 @@ def rule_test(src: _Source, rule: Rule) -> str:
     for m in rule.matches:
         if m.redundant(rule):
             continue
-        inline = m.inline() if _inlinable(type(m)) else None
+        inline = m.inline()      # each match declares its own inline form (None: called)
         if inline is None:
             parts.append(f"{src.const(m.matches)}(p, c)")
         else:
             template, values = inline
             parts.append("(" + template.format(*(src.const(v) for v in values)) + ")")
     return " and ".join(parts) if parts else "True"
-
-
-_INLINABLE: dict[type, bool] = {}
-
-
-def _inlinable(cls: type) -> bool:
-    """Whether ``cls.inline`` describes ``cls.matches``: the class that defines ``inline`` must be
-    the one that defines ``matches`` or a subclass of it (a subclass overriding ``matches`` alone,
-    like connmark's over mark's, is called instead)."""
-    ok = _INLINABLE.get(cls)
-    if ok is None:
-        def owner(attr: str) -> type:
-            return next(k for k in cls.__mro__ if attr in vars(k))
-        ok = _INLINABLE[cls] = issubclass(owner("inline"), owner("matches"))
-    return ok
 
 
 def _rule_block(src: _Source, rule: Rule, index: int, name: str, indent: int, ref: Ref) -> None:

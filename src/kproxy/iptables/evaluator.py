@@ -29,7 +29,7 @@ from kproxy.iptables.compiler import (
     rule_step,
 )
 from kproxy.iptables.extension import XT_RETURN, RuleContext
-from kproxy.iptables.model import Chain, Rule, Table
+from kproxy.iptables.model import CONNTRACK_USE, Chain, Rule, Table
 from kproxy.netfilter.hooks import TABLE_HOOKS, HookState, table_priority
 from kproxy.packet import NF_ACCEPT, NF_DROP, Packet
 
@@ -136,7 +136,7 @@ class CompiledTable:
         return r
 
 
-class _LazyChains(dict):  # type: ignore[type-arg]
+class _LazyChains(dict[str, Any]):
     """name -> chain function, compiling a chain the first time a packet reaches it (through its
     ChainRef or as a built-in chain); a chain whose rules are the very ones of the previous commit
     keeps its code, rebound to this table's ChainRefs."""
@@ -160,7 +160,7 @@ class _LazyChains(dict):  # type: ignore[type-arg]
         self[name] = owner.ref(name).fn = cc.fn
         return cc.fn
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         if name in self.owner.table.chains:
             return self[name]
         return default
@@ -259,14 +259,34 @@ class IptablesEngine:
         only when a table is used), so a packet pays nothing for tables nobody configured.
         """
         self._registered: set[str] = set()
-        self.state.listeners.append(self.sync_registration)
-        self.sync_registration()
+        self.state.listeners.append(self.committed)
+        self.committed({name: (None, t) for name, t in self.state.tables.items()})
 
-    def sync_registration(self) -> None:
+    def committed(self, changes: dict[str, tuple[Table | None, Table]]) -> None:
+        """After a commit: hook in new tables, and take or release the conntrack and set references
+        the changed tables' rules hold (as each rule's checkentry/destroy does in the kernel)."""
         for name in TABLE_HOOKS:
             if name in self.state.tables and name not in self._registered:
                 self._hook_in(name)
                 self._registered.add(name)
+        delta: dict[str, int] = {}
+        for old, new in changes.values():
+            for key, n in new.use_counts().items():
+                delta[key] = delta.get(key, 0) + n
+            for key, n in (old.use_counts() if old is not None else {}).items():
+                delta[key] = delta.get(key, 0) - n
+        for key, n in delta.items():
+            if n:
+                self._hold(key, n)
+
+    def _hold(self, key: str, n: int) -> None:
+        if key == CONNTRACK_USE:
+            if n > 0:
+                self.node.conntrack.netns_get(self.family, n)
+            else:
+                self.node.conntrack.netns_put(self.family, -n)
+        elif key.startswith("set:") and self.node.ipsets is not None:
+            self.node.ipsets.hold(key[4:], n)
 
     def _hook_in(self, name: str) -> None:
         opname = f"iptables{'' if self.family == 4 else '6'}:{name}"

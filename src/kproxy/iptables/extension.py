@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.xtoptions import XtOptions
     from kproxy.netfilter.hooks import HookState
     from kproxy.packet import Packet
 
@@ -68,11 +69,14 @@ def builtin_chain_outside(chain: str, hooks: tuple[str, ...]) -> bool:
 class Extension(ABC):
     """What matches and targets share: their options, canonical forms and the kernel's checks.
 
-    ``OPTIONS`` maps each long option (without ``--``) to how many values it takes.
+    ``OPTIONS`` is the extension's option table (``kproxy.iptables.xtoptions``), declared once: the
+    argv parser reads which options it takes and how many values each consumes, and ``from_options``
+    parses them through it. What the extension can do is declared too, never inferred from its
+    class: ``NEEDS_CONNTRACK``/``needs_conntrack``, ``set_names``, ``Match.inline`` and ``translate``.
     """
 
     name: ClassVar[str]
-    OPTIONS: ClassVar[dict[str, int]] = {}
+    OPTIONS: ClassVar[XtOptions]          # an empty table when a registered class declares none
     REVISION: ClassVar[int] = 0
     # Rules parsed with the same options may share one object, unless that object is ``stateful``.
     SHAREABLE: ClassVar[bool] = False
@@ -81,6 +85,12 @@ class Extension(ABC):
     # a restore of 100,000 rules calls them only where they can refuse something.
     CHECKS_NODE: ClassVar[bool] = False
     CHECKS_ENTRY: ClassVar[bool] = False
+    # Whether a rule using the extension turns connection tracking on for its family (the kernel's
+    # checkentry calling nf_ct_netns_get); an instance may decide otherwise (CT --notrack does not).
+    NEEDS_CONNTRACK: ClassVar[bool] = False
+    # Whether rules using the class can hold any reference at all (set when registered), so counting
+    # a 100,000-rule table's references asks only the extensions that may hold one.
+    HOLDS_REFS: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -102,6 +112,19 @@ class Extension(ABC):
     def kernel_refuses(self, rule: Any, chain: str) -> bool:
         """True when the kernel's checkentry would refuse the rule in ``chain`` (EINVAL on append)."""
         return False
+
+    def needs_conntrack(self) -> bool:
+        """Whether this rule's use of the extension holds a conntrack reference while committed."""
+        return self.NEEDS_CONNTRACK
+
+    def set_names(self) -> tuple[str, ...]:
+        """The ipsets the extension holds a reference to while committed ("Set is in use")."""
+        return ()
+
+    def translate(self) -> str | None:
+        """The nft expression ``iptables-translate`` prints for this use of the extension; None where
+        it has no translation (the tool then prints the rule commented out)."""
+        return None
 
 
 class Match(Extension):
@@ -127,7 +150,10 @@ class Match(Extension):
 
     def inline(self) -> tuple[str, tuple[Any, ...]] | None:
         """The test as a Python expression over ``p`` (the packet) and ``c`` (the context), with
-        ``{}`` where each of the given constants goes, for compiled chains; None to be called."""
+        ``{}`` where each of the given constants goes, for compiled chains; None to be called.
+
+        A declaration of the class that defines ``matches``: a subclass that changes ``matches``
+        declares its own ``inline`` (or None), as the compiler trusts whatever this returns."""
         return None
 
 
@@ -153,8 +179,14 @@ TARGETS: dict[str, type[Target]] = {}
 
 
 def _note_checks(cls: type[Extension]) -> None:
+    if not hasattr(cls, "OPTIONS"):
+        from kproxy.iptables.xtoptions import XtOptions
+
+        cls.OPTIONS = XtOptions(cls.name)
     cls.CHECKS_NODE = cls.check is not Extension.check
     cls.CHECKS_ENTRY = cls.kernel_refuses is not Extension.kernel_refuses
+    cls.HOLDS_REFS = cls.NEEDS_CONNTRACK or cls.needs_conntrack is not Extension.needs_conntrack or \
+        cls.set_names is not Extension.set_names
 
 
 def register_match(cls: type[Match]) -> type[Match]:

@@ -6,6 +6,7 @@ evaluator compiles into the engine's executable form.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -77,6 +78,27 @@ def rule_fields(rule: Rule) -> tuple[Any, ...]:
             ext(rule.target) if rule.target is not None else None, rule.packets, rule.bytes)
 
 
+CONNTRACK_USE = "conntrack"
+
+
+def _jump_keys(r: Rule) -> tuple[str, ...]:
+    return (r.jump,) if r.jump is not None else ()
+
+
+def rule_uses(r: Rule) -> list[str]:
+    """What a committed rule holds a reference to, as its extensions declare: ``CONNTRACK_USE`` for
+    each extension that turns tracking on, and ``set:NAME`` for each ipset it names."""
+    out: list[str] = []
+    exts: list[Any] = [*r.matches, r.target] if r.target is not None else r.matches
+    for e in exts:
+        if not e.HOLDS_REFS:
+            continue
+        if e.needs_conntrack():
+            out.append(CONNTRACK_USE)
+        out.extend("set:" + name for name in e.set_names())
+    return out
+
+
 @dataclass(eq=False, slots=True)
 class Chain:
     """A chain; built-in chains have a ``policy`` (ACCEPT or DROP) and counters for it."""
@@ -105,26 +127,36 @@ class Table:
     deleted: set[str] = field(default_factory=set)
     base: Table | None = None              # the committed table a working copy was made from
     refs: dict[str, int] | None = None     # jumps and gotos per target chain, kept incrementally
+    uses: dict[str, int] | None = None     # conntrack and set references (``rule_uses``), likewise
 
     def jump_counts(self) -> dict[str, int]:
         """How many rules target each chain; derived from the base table's counts for copy-on-write copies."""
-        if self.refs is not None:
-            return self.refs
+        if self.refs is None:
+            self.refs = self._tally(_jump_keys, Table.jump_counts)
+        return self.refs
+
+    def use_counts(self) -> dict[str, int]:
+        """The references the table's rules hold while committed (``rule_uses``), kept like ``jump_counts``."""
+        if self.uses is None:
+            self.uses = self._tally(rule_uses, Table.use_counts)
+        return self.uses
+
+    def _tally(self, keys: Callable[[Rule], Iterable[str]], of_base: Callable[[Table], dict[str, int]]) -> dict[str, int]:
+        """Count ``keys`` over every rule, or, for a copy-on-write copy, over the chains it changed only."""
+        counts: dict[str, int] = {}
         if self.owned is None or self.base is None:
-            refs: dict[str, int] = {}
             for c in self.chains.values():
                 for r in c.rules:
-                    if r.jump is not None:
-                        refs[r.jump] = refs.get(r.jump, 0) + 1
-        else:
-            refs = dict(self.base.jump_counts())
-            for name in self.owned | self.deleted:
-                for chain, sign in ((self.base.chains.get(name), -1), (self.chains.get(name), 1)):
-                    for r in chain.rules if chain is not None else ():
-                        if r.jump is not None:
-                            refs[r.jump] = refs.get(r.jump, 0) + sign
-        self.refs = refs
-        return refs
+                    for k in keys(r):
+                        counts[k] = counts.get(k, 0) + 1
+            return counts
+        counts = dict(of_base(self.base))
+        for name in self.owned | self.deleted:
+            for chain, sign in ((self.base.chains.get(name), -1), (self.chains.get(name), 1)):
+                for r in chain.rules if chain is not None else ():
+                    for k in keys(r):
+                        counts[k] = counts.get(k, 0) + sign
+        return counts
 
     def writable(self, name: str) -> Chain:
         """The chain ``name`` ready to be changed: cloned first when it is still shared with the committed table."""

@@ -9,6 +9,7 @@ implicitly (``-p tcp --dport 80`` saves as ``-p tcp -m tcp --dport 80``).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import socket
 from dataclasses import dataclass, field
@@ -157,21 +158,19 @@ CORE = {
 PROTO_MATCH = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp", 136: "udplite"}
 
 
-class _ExtSlot:
-    """An extension being parsed: its class and the options given to it so far."""
+# Each extension loaded gets the next number: getopt_long sees the newest one's options first.
+_LOADS = itertools.count()
 
-    __slots__ = ("cls", "opts")
+
+class _ExtSlot:
+    """An extension being parsed: its class, the options given to it so far, and when it was loaded."""
+
+    __slots__ = ("cls", "opts", "order")
 
     def __init__(self, cls: type[Match] | type[Target]) -> None:
         self.cls = cls
         self.opts: list[Opt] = []
-
-    def knows(self, name: str) -> bool:
-        return name in self.cls.OPTIONS
-
-
-def _long_name(tok: str) -> str:
-    return tok[2:] if tok.startswith("--") else tok[1:]
+        self.order = next(_LOADS)
 
 
 def _once(seen: set[str], key: str, flag: str) -> None:
@@ -296,13 +295,12 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
             i += 1
             continue
         if tok.startswith("-") and len(tok) > 1:
-            slot = _owner(tok, target, matches, rule)
+            slot, name = _owner(tok, target, matches, rule)
             if slot is None:
                 raise ParameterProblem(f"unknown option \"{tok}\"")
-            name = _long_name(tok)
-            count = slot.cls.OPTIONS[name]
+            count = slot.cls.OPTIONS.nvals[name]
             vals = argv[i + 1:i + 1 + count]
-            if len(vals) < count:
+            if not vals and count:
                 raise ParameterProblem(f"option \"{tok}\" requires an argument")
             slot.opts.append(Opt(name, vals, invert))
             if trace is not None:
@@ -375,24 +373,63 @@ def _set_target(rule: Rule, name: str, goto: bool) -> _ExtSlot | None:
     return _ExtSlot(cls)
 
 
-def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot], rule: Rule) -> _ExtSlot | None:
-    """The extension an option belongs to: the target, the latest match knowing it, or the implicit proto match."""
-    name = _long_name(tok)
+# The core's long options, each with the option it stands for (getopt_long's ``val``).
+_CORE_LONG = {tok[2:]: key for tok, (key, _) in CORE.items() if tok.startswith("--")} | \
+    {tok[2:]: cmd for tok, cmd in COMMANDS.items() if tok.startswith("--")}
+
+
+def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot],
+           rule: Rule) -> tuple[_ExtSlot | None, str]:
+    """The extension an option belongs to and the option's full name, as getopt_long finds it among
+    the core's options and the loaded extensions' (the newest first): an exact name, else a prefix
+    of one option only. When that fails, the protocol's match is loaded and the search made again
+    (``-p tcp --dport 80``). (None, "") for an unknown or ambiguous option: iptables runs getopt
+    without its own messages, so both are its "unknown option"."""
     if not tok.startswith("--"):
-        return None
-    if target is not None and target.knows(name):
-        return target
-    for slot in reversed(matches):
-        if slot.knows(name):
-            return slot
+        return None, ""
+    name = tok[2:]
+    slots = [target, *reversed(matches)] if target is not None else [*reversed(matches)]
+    if target is not None and matches and matches[-1].order > target.order:
+        slots.sort(key=lambda s: -s.order)
+    found = _resolve(name, slots)
+    if found is not None:
+        return found
     pname = PROTO_MATCH.get(rule.proto)
     if pname is not None and not rule.proto_inv:
         cls = MATCHES.get(pname)
-        if cls is not None and name in cls.OPTIONS and not any(s.cls is cls for s in matches):
+        if cls is not None and not any(s.cls is cls for s in matches):
             slot = _ExtSlot(cls)
-            matches.append(slot)
-            return slot
-    return None
+            found = _resolve(name, [slot, *slots])
+            if found is not None and found[0] is slot:
+                matches.append(slot)
+                return found
+    return None, ""
+
+
+def _resolve(name: str, slots: list[_ExtSlot]) -> tuple[_ExtSlot | None, str] | None:
+    """getopt_long's search: an exact name (the first in table order), else the one option that
+    ``name`` begins (several names of one option count once); None when there is none or several.
+    An abbreviation of a core option is left to the core (None here: the core parser has no
+    abbreviations yet)."""
+    for slot in slots:
+        if name in slot.cls.OPTIONS.by_name:
+            return slot, name
+    found: tuple[_ExtSlot | None, str] | None = None
+    ident: tuple[Any, ...] = ()
+    for long, key in _CORE_LONG.items():
+        if long.startswith(name):
+            if found is not None and ident != ("core", key):
+                return None
+            found, ident = (None, long), ("core", key)
+    for slot in slots:
+        for entry in slot.cls.OPTIONS.entries:
+            if entry.name.startswith(name):
+                if found is not None and ident != (slot.order, entry.key):
+                    return None
+                found, ident = (slot, entry.name), (slot.order, entry.key)
+    if found is None or found[0] is None:
+        return None
+    return found
 
 
 # Stateless extensions with the same options are one object shared by every rule that uses them

@@ -12,6 +12,9 @@ from collections.abc import Callable
 
 from kproxy.iptables.model import Table
 
+# Told after every commit with each changed table's committed version before (None: new) and after.
+CommitListener = Callable[[dict[str, tuple[Table | None, Table]]], None]
+
 
 class IptablesState:
     """The tables of one family (4 for iptables, 6 for ip6tables)."""
@@ -20,7 +23,7 @@ class IptablesState:
         self.family = family
         self.tables: dict[str, Table] = {}
         self.generation = 0
-        self.listeners: list[Callable[[], None]] = []   # told after every commit (the evaluator)
+        self.listeners: list[CommitListener] = []   # the engine: hooks, conntrack and set references
 
     def get(self, name: str) -> Table:
         """The committed table ``name``, or a fresh one with its built-in chains (not yet committed)."""
@@ -36,13 +39,17 @@ class IptablesState:
 
     def commit(self, tables: dict[str, Table]) -> None:
         """Swap in new versions of the given tables at once."""
-        for t in tables.values():
-            t.jump_counts()   # incremental from the base for copy-on-write copies; kept for the next commit
+        changes = {}
+        for name, t in tables.items():
+            # Counted incrementally from the base for copy-on-write copies; kept for the next commit.
+            t.jump_counts()
+            t.use_counts()
             t.owned, t.deleted, t.base = None, set(), None
+            changes[name] = (self.tables.get(name), t)
         self.tables.update(tables)
         self.generation += 1
         for listener in self.listeners:
-            listener()
+            listener(changes)
 
 
 def copy_table(t: Table) -> Table:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
 
-from kproxy.iptables.extension import ExtensionError, Opt
+from kproxy.iptables.extension import ExtensionError
 
 PROTO_FOR_SERVICES = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp", 136: "udplite"}
 NO_QUOTE = set("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -92,142 +90,6 @@ def save_string(value: str) -> str:
             out.append("\\")
         out.append(ch)
     return '"' + "".join(out) + '"'
-
-
-def parse_uint(text: str, what: str, maximum: int = 0xFFFFFFFF) -> int:
-    try:
-        n = int(text, 0)
-    except ValueError:
-        raise ExtensionError(f"Bad {what} value \"{text}\"") from None
-    if not 0 <= n <= maximum:
-        raise ExtensionError(f"Bad {what} value \"{text}\"")
-    return n
-
-
-def parse_mark_mask(text: str, what: str = "mark") -> tuple[int, int | None]:
-    value, slash, mask = text.partition("/")
-    v = parse_uint(value, what)
-    return v, (parse_uint(mask, what) if slash else None)
-
-
-def one(opts: list[Opt], name: str) -> Opt | None:
-    """The option ``name`` if given once; a second time is the tool's error."""
-    found = [o for o in opts if o.name == name]
-    if len(found) > 1:
-        raise ExtensionError(f"Only one `--{name}' allowed")
-    return found[0] if found else None
-
-
-def inv(opt: Opt | None) -> str:
-    return "! " if opt is not None and opt.invert else ""
-
-
-def no_invert(opt: Opt, ext: str) -> None:
-    if opt.invert:
-        raise ExtensionError(f"{ext}: unexpected `!' with --{opt.name}")
-
-
-# ---- libxtables' guided option parser (xtopt), for extensions that use it ---------------------------
-@dataclass(frozen=True)
-class OptSpec:
-    """One xt_option_entry: the printed long name, aliases, and the checks xtopt makes."""
-
-    name: str
-    aliases: tuple[str, ...] = ()
-    invert: bool = False          # XTOPT_INVERT
-    mand: bool = False            # XTOPT_MAND
-    excl: tuple[str, ...] = ()    # names of options it cannot be used with
-    also: tuple[str, ...] = ()    # names of options it requires
-
-
-# Each extension's option table, by name and alias (built once per table: restores parse many rules).
-_LOOKUPS: dict[int, tuple[list[OptSpec], dict[str, OptSpec]]] = {}
-
-
-def xtopt_parse(ext: str, specs: list[OptSpec], opts: list[Opt],
-                parse: Callable[[OptSpec, Opt], None]) -> set[str]:
-    """The per-option checks (once, invertible) and then the extension's parse; returns the names seen."""
-    lookup = _LOOKUPS.get(id(specs))
-    if lookup is None or lookup[0] is not specs:
-        if len(_LOOKUPS) > 256:
-            _LOOKUPS.clear()        # option tables are module constants: this only guards against misuse
-        lookup = _LOOKUPS[id(specs)] = (specs, {alias: s for s in specs for alias in (s.name, *s.aliases)})
-    names = lookup[1]
-    seen: set[str] = set()
-    for o in opts:
-        spec = names[o.name]
-        if spec.name in seen:
-            raise ExtensionError(f"{ext}: option \"--{spec.name}\" can only be used once.\n")
-        if o.invert and not spec.invert:
-            raise ExtensionError(f"{ext}: option \"--{spec.name}\" cannot be inverted.\n")
-        seen.add(spec.name)
-        parse(spec, o)
-    return seen
-
-
-def xtopt_fcheck(ext: str, specs: list[OptSpec], seen: set[str]) -> None:
-    """xtables_options_fcheck, after the extension's own final check: mandatory, also, excl, in table order."""
-    for spec in specs:
-        if spec.mand and spec.name not in seen:
-            raise ExtensionError(f"{ext}: option \"--{spec.name}\" must be specified\n")
-        if spec.name not in seen:
-            continue
-        for other in spec.also:
-            if other not in seen:
-                raise ExtensionError(f"{ext}: option \"--{spec.name}\" also requires \"--{other}\".\n")
-        for other in spec.excl:
-            if other in seen:
-                raise ExtensionError(f"{ext}: option \"--{spec.name}\" cannot be used together with \"--{other}\".\n")
-
-
-def xtopt_uint(text: str, ext: str, opt: str, minimum: int = 0, maximum: int = 0xFFFFFFFF) -> int:
-    """XTTYPE_UINT8/16/32: one base-0 number in range."""
-    n = c_strtoui(text, minimum, maximum)
-    if n is None:
-        raise ExtensionError(f"{ext}: bad value for option \"--{opt}\", or out of range ({minimum}-{maximum}).\n")
-    return n
-
-
-def xtopt_uint_range(text: str, ext: str, opt: str, maximum: int = 0xFFFF) -> tuple[int, int]:
-    """XTTYPE_UINT16RC/UINT32RC: ``a``, ``a:b``, ``a:``, ``:b`` (empty sides are 0 and max; no order check)."""
-    values: list[int] = []
-    rest = text
-    while True:
-        if len(values) == 2:
-            raise ExtensionError(f"{ext}: Too many components for option \"--{opt}\" (max: 2)\n")
-        if rest == "" or rest.startswith(":"):
-            value, tail = (maximum if len(values) == 1 else 0), rest
-        else:
-            got = c_strtoul(rest)
-            if got is None or got[0] > maximum:
-                raise ExtensionError(f"{ext}: bad value for option \"--{opt}\" near \"{rest}\", "
-                                     f"or out of range (0-{maximum}).\n")
-            value, tail = got
-            if tail and not tail.startswith(":"):
-                raise ExtensionError(f"{ext}: Argument to \"--{opt}\" has unexpected characters near \"{tail}\".\n")
-        values.append(value)
-        if not tail:
-            break
-        rest = tail[1:]
-    return values[0], values[-1]
-
-
-def xtopt_markmask(text: str, ext: str, opt: str) -> tuple[int, int | None]:
-    """XTTYPE_MARKMASK32: ``value[/mask]``, base-0 numbers."""
-    bad = ExtensionError(f"{ext}: bad integer value for option \"--{opt}\", or out of range.\n")
-    got = c_strtoul(text)
-    if got is None or got[0] > 0xFFFFFFFF:
-        raise bad
-    value, rest = got
-    mask = None
-    if rest.startswith("/"):
-        got = c_strtoul(rest[1:])
-        if got is None or got[0] > 0xFFFFFFFF:
-            raise bad
-        mask, rest = got
-    if rest:
-        raise ExtensionError(f"{ext}: trailing garbage after value for option \"--{opt}\".\n")
-    return value, mask
 
 
 def numeric_to_ipaddr(text: str) -> int | None:

@@ -34,7 +34,11 @@ class Objects:
     nodes: dict[str, Node] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     dirty: set[str] | None = None
+    # Service key -> when its endpoints changed upstream (EndpointSlice trigger-time annotations), for
+    # the network programming latency: taken by the sync that programs them.
+    trigger_times: dict[str, list[float]] = field(default_factory=dict)
     _by_service: dict[str, dict[str, EndpointSlice]] = field(default_factory=dict, repr=False)
+    _origin: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)   # (kind, key) -> where loaded
 
     def slices_for(self, service_key: str) -> list[EndpointSlice]:
         return list(self._by_service.get(service_key, {}).values())
@@ -82,14 +86,27 @@ class Objects:
                 for i, item in enumerate(obj.get("items") or []):
                     self.add(item, f"{where}: items[{i}]")
             elif kind == "Service":
-                self.update_service(Service.from_dict(obj))
+                svc = Service.from_dict(obj)
+                if self._first(("Service", svc.key), where):
+                    self.update_service(svc)
             elif kind == "EndpointSlice":
-                self.update_slice(EndpointSlice.from_dict(obj))
+                es = EndpointSlice.from_dict(obj)
+                if self._first(("EndpointSlice", es.key), where):
+                    self.update_slice(es)
             elif kind == "Node":
                 node = Node.from_dict(obj)
-                self.nodes[node.name] = node
+                if self._first(("Node", node.name), where):
+                    self.nodes[node.name] = node
         except ObjectError as exc:
             self.warnings.append(f"{where}: {exc}")
+
+    def _first(self, ident: tuple[str, str], where: str) -> bool:
+        """True the first time an object is loaded; a second copy is reported and skipped."""
+        first = self._origin.setdefault(ident, where)
+        if first != where:
+            self.warnings.append(f"{where}: {ident[0]} {ident[1]}: duplicate of the one in {first}; skipped")
+            return False
+        return True
 
 
 def manifest_files(path: str | os.PathLike[str]) -> list[Path]:

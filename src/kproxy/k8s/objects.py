@@ -7,14 +7,59 @@ Parsing validates the fields kube-proxy relies on and raises ``ObjectError`` nam
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
 
 
 class ObjectError(ValueError):
     """A Kubernetes object kproxy cannot use: ``ns/name: field: reason``."""
+
+
+# Object names as the API server validates them (apimachinery's IsDNS1035Label / IsDNS1123Label /
+# IsDNS1123Subdomain): kube-proxy never sees others, and they end up in chain comments.
+_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_NAME_RULES = {
+    "dns1035": (_DNS1035, 63, "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start "
+                "with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or "
+                "'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"),
+    "dns1123label": (_DNS1123_LABEL, 63, "a lowercase RFC 1123 label must consist of lower case alphanumeric "
+                     "characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  "
+                     "or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"),
+    "dns1123subdomain": (_DNS1123_SUBDOMAIN, 253, "a lowercase RFC 1123 subdomain must consist of lower case "
+                         "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character "
+                         "(e.g. 'example.com', regex used for validation is "
+                         "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
+}
+
+
+def _meta_names(obj: dict[str, Any], kind: str, rule: str, namespaced: bool = True) -> tuple[str, str]:
+    """``(namespace, name)`` of an object, checked as the API server checks them; ObjectError otherwise."""
+    meta = obj.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise ObjectError(f"{kind} ?: metadata: must be a mapping")
+    ns = str(meta.get("namespace") or "default") if namespaced else ""
+    name = meta.get("name")
+    label = f"{kind} {ns}/" if namespaced else f"{kind} "
+    if not name:
+        raise ObjectError(f"{label}?: metadata.name: required")
+    name = str(name)
+    for field_name, value, which in (("metadata.namespace", ns, "dns1123label"), ("metadata.name", name, rule)):
+        if field_name == "metadata.namespace" and not namespaced:
+            continue
+        pattern, limit, why = _NAME_RULES[which]
+        quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if len(value) > limit:
+            raise ObjectError(f"{label}{quoted}: {field_name}: Invalid value: {quoted}: must be no more than "
+                              f"{limit} characters")
+        if not pattern.fullmatch(value):
+            raise ObjectError(f"{label}{quoted}: {field_name}: Invalid value: {quoted}: {why}")
+    return ns, name
 
 
 def _req(d: dict[str, Any], key: str, where: str) -> Any:
@@ -84,11 +129,8 @@ class Service:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Service:
-        meta = obj.get("metadata") or {}
-        ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        ns, name = _meta_names(obj, "Service", "dns1035")
         where = f"Service {ns}/{name}"
-        if not name:
-            raise ObjectError(f"Service {ns}/?: metadata.name: required")
         spec = obj.get("spec") or {}
         if not isinstance(spec, dict):
             raise ObjectError(f"{where}: spec: must be a mapping")
@@ -164,11 +206,9 @@ class EndpointSlice:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> EndpointSlice:
-        meta = obj.get("metadata") or {}
-        ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        ns, name = _meta_names(obj, "EndpointSlice", "dns1123subdomain")
         where = f"EndpointSlice {ns}/{name}"
-        if not name:
-            raise ObjectError(f"EndpointSlice {ns}/?: metadata.name: required")
+        meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
         service = labels.get("kubernetes.io/service-name")
         if not service:
@@ -207,16 +247,17 @@ class Node:
     labels: dict[str, str] = field(default_factory=dict)
     addresses: list[str] = field(default_factory=list)
     pod_cidrs: list[str] = field(default_factory=list)
+    deleting: bool = False       # deletionTimestamp set, or tainted for removal by the cluster autoscaler
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Node:
+        _, name = _meta_names(obj, "Node", "dns1123subdomain", namespaced=False)
         meta = obj.get("metadata") or {}
-        name = str(meta.get("name") or "")
-        if not name:
-            raise ObjectError("Node ?: metadata.name: required")
         spec = obj.get("spec") or {}
         addrs = [str(a.get("address")) for a in (obj.get("status") or {}).get("addresses") or []
                  if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP")]
         cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+        taints = [t for t in spec.get("taints") or [] if isinstance(t, dict)]
+        deleting = bool(meta.get("deletionTimestamp")) or any(t.get("key") == TO_BE_DELETED_TAINT for t in taints)
         return cls(name, {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}, addrs,
-                   [_cidr(c, f"Node {name}: spec.podCIDRs") for c in cidrs])
+                   [_cidr(c, f"Node {name}: spec.podCIDRs") for c in cidrs], deleting)

@@ -22,6 +22,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ class LabSpec:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LabSpec:
-        return cls.from_dict(load_yaml(path, LabError), str(path))
+        return cls.from_dict(read_description(path), str(path))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<lab>") -> LabSpec:
@@ -68,24 +69,15 @@ class LabSpec:
         if not isinstance(nodes, list) or not nodes or len(nodes) > 9:
             raise LabError(f"{source}: nodes: a list of 1 to 9 node names")
         names = [str(n["name"] if isinstance(n, dict) else n) for n in nodes]
-        deps = []
-        for i, d in enumerate(data.get("deployments") or []):
-            if not isinstance(d, dict) or "name" not in d:
-                raise LabError(f"{source}: deployments[{i}]: needs a name")
-            dep = DeploymentSpec(str(d["name"]), str(d.get("namespace", "default")), int(d.get("replicas", 1)),
-                                 {str(k): str(v) for k, v in (d.get("labels") or {"app": d["name"]}).items()},
-                                 [int(p) for p in d.get("tcp", [8080])], [int(p) for p in d.get("udp", [5353])],
-                                 [str(n) for n in d.get("nodes", [])])
-            for n in dep.nodes:
-                if n not in names:
-                    raise LabError(f"{source}: deployments[{i}].nodes: no node {n}")
-            deps.append(dep)
+        network = _network(data.get("network", "192.168.50.0/24"), f"{source}: network", 25)
+        cluster_cidr = _network(data.get("clusterCIDR", "10.244.0.0/16"), f"{source}: clusterCIDR",
+                                24 - (len(names)).bit_length())
+        deps = [_deployment(d, f"{source}: deployments[{i}]", names)
+                for i, d in enumerate(data.get("deployments") or [])]
         services = list(data.get("services") or [])
-        for i, s in enumerate(services):
-            if not isinstance(s, dict) or "name" not in s or "clusterIP" not in s:
-                raise LabError(f"{source}: services[{i}]: needs name and clusterIP")
-        return cls(str(data.get("name", "lab")), names, services, deps, str(data.get("network", "192.168.50.0/24")),
-                   str(data.get("clusterCIDR", "10.244.0.0/16")))
+        for i, svc in enumerate(services):
+            _check_service(svc, f"{source}: services[{i}]")
+        return cls(str(data.get("name", "lab")), names, services, deps, network, cluster_cidr)
 
     def node_ip(self, index: int) -> str:
         return str(ipaddress.ip_network(self.network)[11 + index])
@@ -96,6 +88,88 @@ class LabSpec:
     def pod_cidr(self, index: int) -> str:
         base = ipaddress.ip_network(self.cluster_cidr)
         return str(list(base.subnets(new_prefix=24))[index + 1])
+
+
+def read_description(path: str | os.PathLike[str]) -> Any:
+    """A lab description file's YAML; a LabError (file:line:col for syntax) when it is missing or malformed."""
+    if not Path(path).is_file():
+        raise LabError(f"{path}: no lab description there")
+    return load_yaml(path, LabError)
+
+
+def _network(value: Any, where: str, max_prefixlen: int) -> str:
+    """An IPv4 network with room for what the lab puts in it (node and client addresses, pod /24s)."""
+    try:
+        net = ipaddress.IPv4Network(str(value))
+    except ValueError:
+        raise LabError(f"{where}: {value!r} is not an IPv4 network (ADDRESS/PREFIX)") from None
+    if net.prefixlen > max_prefixlen:
+        raise LabError(f"{where}: {net} is too small for this lab (/{max_prefixlen} or larger)")
+    return str(net)
+
+
+def _address(value: Any, where: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(str(value)))
+    except ValueError:
+        raise LabError(f"{where}: {value!r} is not an IPv4 address") from None
+
+
+def _number(value: Any, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+        raise LabError(f"{where}: {value!r} is not a number")
+    n = int(value)
+    if not low <= n <= high:
+        raise LabError(f"{where}: {n} is out of range ({low} to {high})")
+    return n
+
+
+def _ports(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list):
+        raise LabError(f"{where}: a list of ports")
+    return [_number(p, f"{where}[{i}]", 1, 65535) for i, p in enumerate(value)]
+
+
+def _deployment(d: Any, where: str, nodes: list[str]) -> DeploymentSpec:
+    if not isinstance(d, dict) or "name" not in d:
+        raise LabError(f"{where}: needs a name")
+    placed = [str(n) for n in d.get("nodes", [])]
+    for n in placed:
+        if n not in nodes:
+            raise LabError(f"{where}.nodes: no node {n}")
+    labels = d.get("labels") or {"app": d["name"]}
+    if not isinstance(labels, dict):
+        raise LabError(f"{where}.labels: a mapping of label names to values")
+    return DeploymentSpec(str(d["name"]), str(d.get("namespace", "default")),
+                          _number(d.get("replicas", 1), f"{where}.replicas", 0, 200),
+                          {str(k): str(v) for k, v in labels.items()},
+                          _ports(d.get("tcp", [8080]), f"{where}.tcp"), _ports(d.get("udp", [5353]), f"{where}.udp"),
+                          placed)
+
+
+def _check_service(svc: Any, where: str) -> None:
+    """A Service as ``manifests`` turns it into objects: every address and port it reads must be valid."""
+    if not isinstance(svc, dict) or "name" not in svc or "clusterIP" not in svc:
+        raise LabError(f"{where}: needs name and clusterIP")
+    _address(svc["clusterIP"], f"{where}.clusterIP")
+    for key in ("externalIPs",):
+        for i, a in enumerate(svc.get(key) or []):
+            _address(a, f"{where}.{key}[{i}]")
+    if "loadBalancerIP" in svc:
+        _address(svc["loadBalancerIP"], f"{where}.loadBalancerIP")
+    ports = svc.get("ports") or []
+    if not isinstance(ports, list):
+        raise LabError(f"{where}.ports: a list of ports")
+    for i, p in enumerate(ports):
+        at = f"{where}.ports[{i}]"
+        if not isinstance(p, dict) or "port" not in p:
+            raise LabError(f"{at}: needs a port")
+        _number(p["port"], f"{at}.port", 1, 65535)
+        _number(p.get("targetPort", p["port"]), f"{at}.targetPort", 1, 65535)
+        if "nodePort" in p:
+            _number(p["nodePort"], f"{at}.nodePort", 1, 65535)
+        if p.get("protocol", "TCP") not in ("TCP", "UDP", "SCTP"):
+            raise LabError(f"{at}.protocol: {p.get('protocol')!r} is not TCP, UDP or SCTP")
 
 
 @dataclass
@@ -124,6 +198,7 @@ class LabState:
     proxies: dict[str, int] = field(default_factory=dict)      # node name -> kproxy pid
     next_pod: int = 1                                            # pod namespace/veth numbers are never reused
     used_ips: list[str] = field(default_factory=list)            # nor are pod addresses (a new pod is a new IP)
+    emulated: bool = False                                       # ``up --emulated``: no namespaces, no processes
 
     def save(self) -> None:
         Path(self.dir, "state.json").write_text(json.dumps(asdict(self), indent=1))
@@ -133,9 +208,12 @@ class LabState:
         p = Path(directory, "state.json")
         if not p.exists():
             raise LabError(f"no lab in {directory} (run `kproxy lab up` first)")
-        data = json.loads(p.read_text())
-        data["pods"] = [Pod(**pd) for pd in data.get("pods", [])]
-        return cls(**data)
+        try:
+            data = json.loads(p.read_text())
+            data["pods"] = [Pod(**pd) for pd in data.get("pods", [])]
+            return cls(**data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise LabError(f"{p}: not a lab state file ({exc})") from None
 
     def namespaces(self) -> list[str]:
         return [n for n in [self.client, *self.nodes.values(), *(p.netns for p in self.pods), self.fabric] if n]
@@ -359,6 +437,27 @@ def start_proxies(spec: LabSpec, state: LabState) -> None:
                                 start_new_session=True)
         state.proxies[node] = proc.pid
     state.save()
+
+
+def wait_for_proxies(state: LabState, timeout: float = 30.0) -> None:
+    """Return once every node's kproxy has synced its kernel (its log reports the first sync), so the
+    next command meets the Services' rules; a LabError naming the node whose sync failed or never came."""
+    deadline = time.monotonic() + timeout
+    pending = set(state.proxies)
+    while pending:
+        for node in sorted(pending):
+            log = Path(state.dir, f"{node}-kproxy.log")
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            synced = [line for line in lines if line.startswith("sync ")]
+            if synced and synced[0].endswith(", ok"):
+                pending.discard(node)
+            elif synced or (lines and time.monotonic() > deadline):
+                raise LabError(f"kproxy on {node} failed: {(synced or lines)[-1]} (see {log})")
+        if pending and time.monotonic() > deadline:
+            raise LabError(f"kproxy on {', '.join(sorted(pending))} did not sync within {timeout:g} s "
+                           f"(see {state.dir}/NODE-kproxy.log)")
+        if pending:
+            time.sleep(0.1)
 
 
 def scale(state: LabState, deployment: str, replicas: int) -> None:

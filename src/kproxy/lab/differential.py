@@ -11,12 +11,12 @@ the sink with, every rule's packet counter, and the conntrack table.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.cli.conntrack_cmd import format_conn
 from kproxy.lab.kernel import KernelLab, Observation
+from kproxy.lab.parsers import conntrack_lines, rule_counters
+from kproxy.netfilter.ctformat import format_conn
 from kproxy.netfilter.tcp import M32, TcpSeg
 from kproxy.node import Node
 from kproxy.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet, parse_addr
@@ -24,7 +24,6 @@ from kproxy.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet, parse_addr
 CLIENT_IP = "10.0.1.2"
 TABLES = ("raw", "mangle", "nat", "filter")
 SYN_LEN, ACK_LEN, RST_LEN, UDP_LEN = 60, 52, 40, 34
-_COUNTED = re.compile(r"^\[(\d+):(\d+)\] (-A .*)$")
 
 
 class Segments:
@@ -116,31 +115,6 @@ class Disagreement:
 
 
 RESET = "".join(f"*{t}\nCOMMIT\n" for t in TABLES)
-
-
-def rule_counters(save_text: str) -> dict[str, int]:
-    """``-A ...`` line (numbered when repeated) -> packet count, from ``iptables-save -c``."""
-    out: dict[str, int] = {}
-    for line in save_text.splitlines():
-        m = _COUNTED.match(line)
-        if m:
-            key = m.group(3)
-            n = 1
-            while key in out:
-                n += 1
-                key = f"{m.group(3)}  #{n}"
-            out[key] = int(m.group(1))
-    return out
-
-
-def conntrack_lines(text: str) -> list[str]:
-    """Entries without their timeouts (which tick), sorted."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) > 3 and parts[1].isdigit():
-            out.append(" ".join(parts[:2] + parts[3:]))
-    return sorted(out)
 
 
 # ---- the kernel side ---------------------------------------------------------------------------------

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from kproxy.lab.cluster import LabSpec, LabState, Pod, manifests, placements
+import yaml
+
+from kproxy.lab.cluster import LabError, LabSpec, LabState, Pod, manifests, placements, read_description
 from kproxy.node import Node
 from kproxy.packet import ACK, SYN, TCP, UDP, Packet, format_addr, parse_addr
 
@@ -92,14 +95,30 @@ class EmulatedLab:
         for obj in manifests(self.spec, self.state):
             objs.add(obj, "lab")
         for i, (name, node) in enumerate(self.nodes.items()):
-            import yaml
-
             cfg = ProxyConfig.from_dict(yaml.safe_load(proxy_config(self.spec, name)))
             ips = [self.spec.node_ip(i)] + [str(ipaddress.ip_network(self.spec.pod_cidr(i))[1])]
             self.proxiers[name] = IptablesProxier(cfg, EmulatedBackend(node), ips)
             result = self.proxiers[name].sync(objs)
             if result.error:
-                raise RuntimeError(f"sync of {name} failed: {result.error}")
+                raise LabError(f"sync of {name} failed: {result.error}")
+
+    # ---- persisted, for the later ``kproxy lab`` commands -------------------------------------------
+    def save(self, directory: str | Path, description: str) -> LabState:
+        """Keep the lab in ``directory``: its description (what it is rebuilt from) and its state."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        Path(directory, "description.yaml").write_text(description)
+        self.state.dir = str(directory)
+        self.state.emulated = True
+        self.state.nodes = {name: "" for name in self.nodes}
+        self.state.save()
+        return self.state
+
+    @classmethod
+    def reopen(cls, state: LabState) -> EmulatedLab:
+        """The lab ``save`` kept, rebuilt from its description and synced (conntrack starts empty)."""
+        lab = cls(LabSpec.load(Path(state.dir, "description.yaml")))
+        lab.sync()
+        return lab
 
     # ---- data plane -------------------------------------------------------------------------
     def pod(self, name: str) -> Pod:
@@ -182,3 +201,18 @@ def _fresh(p: Packet) -> Packet:
     return Packet(src=p.src, dst=p.dst, proto=p.proto, sport=p.sport, dport=p.dport, family=p.family,
                   tcp_flags=p.tcp_flags, icmp_type=p.icmp_type, icmp_code=p.icmp_code, icmp_id=p.icmp_id,
                   length=p.length, ttl=p.ttl - 1)
+
+
+def scale_emulated(state: LabState, deployment: str, replicas: int) -> LabState:
+    """Change a deployment's replicas in the kept description, and the kept state with it."""
+    if replicas < 0:
+        raise LabError("replicas must be 0 or more")
+    path = Path(state.dir, "description.yaml")
+    data = read_description(path)
+    deps = data.get("deployments") if isinstance(data, dict) else None
+    dep = next((d for d in deps or [] if isinstance(d, dict) and d.get("name") == deployment), None)
+    if dep is None:
+        raise LabError(f"no deployment {deployment}")
+    dep["replicas"] = replicas
+    text = yaml.safe_dump(data, sort_keys=False)
+    return EmulatedLab(LabSpec.from_dict(data, str(path))).save(state.dir, text)

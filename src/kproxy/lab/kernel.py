@@ -11,8 +11,9 @@ with. This was chosen over a ``local 0.0.0.0/0`` route (which answers from the r
 sockets bound with IP_FREEBIND and cannot answer ICMP echo for foreign addresses) and over TPROXY
 (extra modules, no ICMP): REDIRECT needs only nat, which any netfilter kernel has. The node runs
 listeners too, so local delivery is seen; packet sockets on the client's link and the node's
-loopback see the TCP reset or ICMP error that answers a REJECT. Each namespace has one long-lived worker process (JSON over a pipe), so
-an observation costs milliseconds, not process start-ups.
+loopback see the TCP reset or ICMP error that answers a REJECT. Each namespace has one long-lived
+worker process (``kproxy.lab.worker``, JSON lines over a pipe), so an observation costs milliseconds,
+not process start-ups. What the node's tools print is read with ``kproxy.lab.parsers``.
 
 Cleanup: the namespaces are removed by the context manager, by ``atexit`` and by SIGTERM/SIGHUP
 handlers (SIGINT raises KeyboardInterrupt, which the context manager handles). The root namespace is
@@ -29,7 +30,6 @@ import atexit
 import ipaddress
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -40,241 +40,15 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import kproxy
 from kproxy.lab.netns import kernel_lab_available
+from kproxy.lab.parsers import Counters, CtEntry, parse_conntrack, parse_counters
 
 CLIENT, NODE, SINK = "client", "node", "sink"
 ADDR = {"client": "10.0.1.2", "node_in": "10.0.1.1", "node_out": "10.0.2.1", "sink": "10.0.2.2"}
-
-WORKER = r'''
-import json, os, select, socket, struct, subprocess, sys, threading, time
-captured, lock, listeners, received, accepted, segments = [], threading.Lock(), {}, [], [], []
-SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
-
-def ports(proto, l4):
-    d = {"sport": 0, "dport": 0}
-    if proto in (6, 17, 132) and len(l4) >= 4:
-        d["sport"], d["dport"] = struct.unpack("!HH", l4[:4])
-    elif proto == 1 and len(l4) >= 8:
-        d["type"], d["code"] = l4[0], l4[1]
-        d["id"] = struct.unpack("!H", l4[4:6])[0]
-    return d
-
-def parse_ip(ip):
-    ihl = (ip[0] & 15) * 4
-    proto = ip[9]
-    d = {"proto": proto, "src": socket.inet_ntoa(ip[12:16]), "dst": socket.inet_ntoa(ip[16:20]), "flags": 0,
-         "ttl": ip[8], "len": struct.unpack("!H", ip[2:4])[0]}
-    l4 = ip[ihl:]
-    d.update(ports(proto, l4))
-    if proto == 6 and len(l4) >= 20:
-        d["flags"] = l4[13]
-        d["seq"], d["ack"] = struct.unpack("!II", l4[4:12])
-        d["win"] = struct.unpack("!H", l4[14:16])[0]
-        doff = (l4[12] >> 4) * 4
-        d["payload"] = d["len"] - ihl - doff
-        d["wscale"], d["sackperm"] = -1, False
-        opts, i = l4[20:doff], 0
-        while i < len(opts):
-            kind = opts[i]
-            if kind == 0:
-                break
-            if kind == 1:
-                i += 1
-                continue
-            if i + 1 >= len(opts) or opts[i + 1] < 2:
-                break
-            if kind == 3 and opts[i + 1] == 3:
-                d["wscale"] = opts[i + 2]
-            elif kind == 4 and opts[i + 1] == 2:
-                d["sackperm"] = True
-            i += opts[i + 1]
-    if proto == 1 and d.get("type") in (3, 4, 5, 11, 12) and len(l4) >= 28:
-        d["inner"] = parse_ip(l4[8:])
-    return d
-
-def parse(frame):
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
-        return None
-    return parse_ip(frame[14:])
-
-def sniff(dev):
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))   # ETH_P_ALL: both directions
-    s.bind((dev, 0))
-    while True:
-        frame, addr = s.recvfrom(65535)
-        out = addr[2] == socket.PACKET_OUTGOING
-        if out and dev == "lo":
-            continue            # looped back: seen again as it comes in
-        d = parse(frame)
-        if d is None:
-            continue
-        with lock:
-            if d["proto"] == 6:
-                segments.append(dict(d, out=out, dev=dev))   # every TCP segment, both ways
-            if not out:
-                captured.append(d)
-
-PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-
-def udp_listener(port):
-    # Answer from the address the datagram was sent to (IP_PKTINFO), as a real server bound to it would.
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.IPPROTO_IP, PKTINFO, 1)
-    s.bind(("0.0.0.0", port))
-    while True:
-        data, anc, _, peer = s.recvmsg(2048, socket.CMSG_SPACE(12))
-        dst = b"\0\0\0\0"
-        for level, kind, cdata in anc:
-            if level == socket.IPPROTO_IP and kind == PKTINFO:
-                dst = cdata[8:12]
-        with lock:
-            received.append({"proto": 17, "src": peer[0], "sport": peer[1], "dst": socket.inet_ntoa(dst),
-                             "dport": port})
-        try:
-            s.sendmsg([data], [(socket.IPPROTO_IP, PKTINFO, struct.pack("I4s4s", 0, dst, b"\0\0\0\0"))], 0, peer)
-        except OSError:
-            pass   # the answer was dropped on its way out (EPERM from an OUTPUT rule, say)
-
-def tcp_listener(port):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(128)
-    while True:
-        try:
-            c, peer = s.accept()
-        except OSError:
-            continue
-        with lock:
-            received.append({"proto": 6, "src": peer[0], "sport": peer[1], "dst": c.getsockname()[0],
-                             "dport": port})
-        accepted.append(c)   # never closed: a late FIN would cross the node during a later probe
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-def prepare(s, op):
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if op.get("dev"):
-        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, op["dev"].encode())
-    if op.get("src") or op.get("sport"):
-        s.bind((op.get("src") or "0.0.0.0", op.get("sport", 0)))
-    s.settimeout(op.get("timeout", 0.3))
-
-def ping(op):
-    # One echo request from a raw socket; the answer is the echo reply with our id, or an ICMP error quoting it.
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    ident = op.get("sport") or (os.getpid() + int(time.time() * 1000)) & 0xFFFF or 1
-    op = dict(op, sport=0)
-    prepare(s, op)
-    body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"kproxy-probe"
-    body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
-    out = {"outcome": "timeout", "sport": ident}
-    deadline = time.monotonic() + op.get("timeout", 0.3)
-    try:
-        s.sendto(body, (op["dst"], 0))
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            s.settimeout(left)
-            d = parse_ip(s.recv(2048))
-            if d.get("type") == 0 and d.get("id") == ident:
-                out.update(outcome="reply", src=d["src"])
-                break
-            inner = d.get("inner")
-            if inner and inner["proto"] == 1 and inner.get("id") == ident:
-                out.update(outcome="unreachable", src=d["src"], type=d["type"], code=d["code"])
-                break
-    except (TimeoutError, PermissionError):
-        pass
-    except OSError as exc:
-        out.update(outcome="unreachable", errno=exc.errno)
-    finally:
-        s.close()
-    return out
-
-def send(op):
-    proto, dst, dport = op["proto"], op["dst"], op["dport"]
-    if proto == "icmp":
-        return ping(op)
-    if proto == "udp":
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        prepare(s, op)
-        s.connect((dst, dport))
-        try:
-            s.send(b"kproxy")
-            s.recvfrom(2048)
-            return {"outcome": "reply", "sport": s.getsockname()[1]}
-        except ConnectionRefusedError:
-            return {"outcome": "refused", "sport": s.getsockname()[1]}
-        except (TimeoutError, PermissionError):
-            # EPERM: an OUTPUT rule dropped the datagram on its way out; nothing was sent.
-            return {"outcome": "timeout", "sport": s.getsockname()[1]}
-        except OSError as exc:
-            return {"outcome": "unreachable", "sport": s.getsockname()[1], "errno": exc.errno}
-        finally:
-            s.close()
-    s = socket.socket()
-    prepare(s, op)
-    try:
-        s.connect((dst, dport))
-        out = {"outcome": "reply"}
-    except ConnectionRefusedError:
-        out = {"outcome": "refused"}
-    except (TimeoutError, PermissionError):
-        out = {"outcome": "timeout"}
-    except OSError as exc:
-        out = {"outcome": "unreachable", "errno": exc.errno}
-    out["sport"] = s.getsockname()[1]
-    if op.get("linger"):
-        keep.append(s)
-    else:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.close()
-    return out
-
-keep = []
-for line in sys.stdin:
-    op = json.loads(line)
-    kind = op["op"]
-    if kind == "sniff":
-        threading.Thread(target=sniff, args=(op["dev"],), daemon=True).start()
-        res = {}
-    elif kind == "listen":
-        for p in op.get("udp", []):
-            threading.Thread(target=udp_listener, args=(p,), daemon=True).start()
-        for p in op.get("tcp", []):
-            threading.Thread(target=tcp_listener, args=(p,), daemon=True).start()
-        res = {}
-    elif kind == "drain":
-        time.sleep(op.get("wait", 0))
-        with lock:
-            res = {"captured": captured[:], "received": received[:], "segments": segments[:]}
-            captured.clear(); received.clear(); segments.clear()
-    elif kind == "send":
-        res = send(op)
-    elif kind == "close":
-        for s in keep:
-            s.close()
-        keep.clear()
-        res = {}
-    elif kind == "run":
-        p = subprocess.run(op["argv"], input=op.get("input"), capture_output=True, text=True)
-        res = {"rc": p.returncode, "out": p.stdout, "err": p.stderr}
-    else:
-        res = {"error": "unknown op"}
-    sys.stdout.write(json.dumps(res) + "\n")
-    sys.stdout.flush()
-'''
 
 
 class HarnessError(RuntimeError):
@@ -300,173 +74,6 @@ def kernel_lab_reason() -> str | None:
     if probe.returncode != 0:
         return f"`ip netns` is unavailable: {probe.stderr.strip() or probe.returncode}"
     return None
-
-
-# ---- conntrack -L and iptables-save -c, parsed ---------------------------------------------------------
-@dataclass(frozen=True)
-class CtTuple:
-    """One direction of a connection as ``conntrack -L`` prints it (ICMP: type, code, id; ports 0)."""
-
-    src: str
-    dst: str
-    sport: int = 0
-    dport: int = 0
-    type: int | None = None
-    code: int | None = None
-    id: int | None = None
-    packets: int | None = None
-    bytes: int | None = None
-
-    def text(self) -> str:
-        if self.type is not None:
-            return f"{self.src} -> {self.dst} type={self.type} code={self.code} id={self.id}"
-        return f"{self.src}:{self.sport} -> {self.dst}:{self.dport}"
-
-
-@dataclass(frozen=True)
-class CtEntry:
-    """A conntrack entry: protocol, timeout, TCP state, both tuples and the bracketed status words."""
-
-    proto: str
-    protonum: int
-    timeout: int
-    state: str
-    orig: CtTuple
-    reply: CtTuple
-    flags: frozenset[str] = frozenset()     # UNREPLIED, ASSURED, OFFLOAD, ...
-    mark: int = 0
-    zone: int = 0
-    use: int = 0
-    line: str = ""
-
-    @property
-    def replied(self) -> bool:
-        return "UNREPLIED" not in self.flags
-
-    @property
-    def assured(self) -> bool:
-        return "ASSURED" in self.flags
-
-    @property
-    def dnat(self) -> bool:
-        """The reply comes from somewhere else than the original destination."""
-        return self.reply.src != self.orig.dst or (self.type_free and self.reply.sport != self.orig.dport)
-
-    @property
-    def snat(self) -> bool:
-        """The reply goes somewhere else than the original source."""
-        return self.reply.dst != self.orig.src or (self.type_free and self.reply.dport != self.orig.sport)
-
-    @property
-    def type_free(self) -> bool:
-        return self.orig.type is None
-
-
-_TUPLE_KEYS = {"src", "dst", "sport", "dport", "type", "code", "id", "packets", "bytes"}
-
-
-def parse_conntrack(text: str) -> list[CtEntry]:
-    """``conntrack -L`` (plain or ``-o extended``) output as entries; the summary line is skipped."""
-    return [e for e in (_parse_ct_line(line) for line in text.splitlines()) if e is not None]
-
-
-def _parse_ct_line(line: str) -> CtEntry | None:
-    words = line.split()
-    if len(words) > 2 and words[0] in ("ipv4", "ipv6") and words[1].isdigit():
-        words = words[2:]                                     # -o extended: layer-3 name and number first
-    if len(words) < 4 or not words[1].isdigit() or not words[2].isdigit():
-        return None
-    proto, protonum, timeout = words[0], int(words[1]), int(words[2])
-    rest = words[3:]
-    state = rest.pop(0) if rest and "=" not in rest[0] and not rest[0].startswith("[") else ""
-    tuples: list[dict[str, Any]] = []
-    flags: set[str] = set()
-    extra: dict[str, str] = {}
-    for w in rest:
-        if w.startswith("[") and w.endswith("]"):
-            flags.add(w[1:-1])
-            continue
-        key, sep, value = w.partition("=")
-        if not sep:
-            continue
-        if key == "src" and len(tuples) < 2:
-            tuples.append({})
-        if key in _TUPLE_KEYS and tuples and key not in tuples[-1]:
-            tuples[-1][key] = value
-        else:
-            extra[key] = value
-    if len(tuples) != 2:
-        return None
-    orig, reply = (_ct_tuple(t) for t in tuples)
-    return CtEntry(proto, protonum, timeout, state, orig, reply, frozenset(flags), int(extra.get("mark", "0"), 0),
-                   int(extra.get("zone", "0")), int(extra.get("use", "0")), line)
-
-
-def _ct_tuple(d: dict[str, str]) -> CtTuple:
-    def num(key: str) -> int | None:
-        return int(d[key]) if key in d else None
-
-    return CtTuple(d.get("src", ""), d.get("dst", ""), int(d.get("sport", 0)), int(d.get("dport", 0)),
-                   num("type"), num("code"), num("id"), num("packets"), num("bytes"))
-
-
-@dataclass(frozen=True)
-class RuleCounter:
-    """One rule of ``iptables-save -c``: its table, chain, 1-based position in the chain and counters."""
-
-    table: str
-    chain: str
-    index: int
-    rule: str            # the rule as saved, without the counters: ``-A CHAIN ...``
-    packets: int
-    bytes: int
-
-
-@dataclass
-class Counters:
-    """Every rule's and every built-in chain policy's packet and byte counters."""
-
-    rules: list[RuleCounter] = field(default_factory=list)
-    policies: dict[tuple[str, str], tuple[str, int, int]] = field(default_factory=dict)   # -> policy, pkts, bytes
-
-    def rule(self, table: str, chain: str, index: int) -> RuleCounter:
-        for r in self.rules:
-            if (r.table, r.chain, r.index) == (table, chain, index):
-                return r
-        raise KeyError(f"no rule {index} in {table}/{chain}")
-
-    def packets(self, table: str, chain: str, index: int) -> int:
-        return self.rule(table, chain, index).packets
-
-    def matching(self, text: str) -> list[RuleCounter]:
-        """Rules whose saved text contains ``text``."""
-        return [r for r in self.rules if text in r.rule]
-
-    def nonzero(self) -> dict[str, int]:
-        return {f"{r.table} {r.rule}": r.packets for r in self.rules if r.packets}
-
-
-_SAVED_RULE = re.compile(r"^\[(\d+):(\d+)\] (-A (\S+).*)$")
-_SAVED_CHAIN = re.compile(r"^:(\S+) (\S+) \[(\d+):(\d+)\]$")
-
-
-def parse_counters(save_text: str) -> Counters:
-    """``iptables-save -c`` output (nft or legacy) as counters per rule and per chain policy."""
-    out = Counters()
-    table = ""
-    position: dict[tuple[str, str], int] = {}
-    for line in save_text.splitlines():
-        if line.startswith("*"):
-            table = line[1:].strip()
-        elif m := _SAVED_CHAIN.match(line):
-            if m.group(2) != "-":
-                out.policies[(table, m.group(1))] = (m.group(2), int(m.group(3)), int(m.group(4)))
-        elif m := _SAVED_RULE.match(line):
-            key = (table, m.group(4))
-            position[key] = position.get(key, 0) + 1
-            out.rules.append(RuleCounter(table, m.group(4), position[key], m.group(3), int(m.group(1)),
-                                         int(m.group(2))))
-    return out
 
 
 # ---- the lab -----------------------------------------------------------------------------------------
@@ -518,14 +125,27 @@ class _TopologyMethod:
         return topo.node_description
 
 
+def worker_command() -> list[str]:
+    """How a namespace's worker starts: this interpreter, unbuffered, running ``kproxy.lab.worker``."""
+    return [sys.executable, "-u", "-m", "kproxy.lab.worker"]
+
+
+def worker_env() -> dict[str, str]:
+    """The environment with this kproxy's source first on PYTHONPATH, so the worker runs the same code
+    as the harness even when the harness found kproxy by a path it added itself."""
+    root = str(Path(kproxy.__file__).resolve().parents[1])
+    rest = os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, PYTHONPATH=root + (os.pathsep + rest if rest else ""))
+
+
 class Worker:
-    """A long-lived Python process inside one namespace, driven with one JSON line per operation."""
+    """A long-lived ``kproxy.lab.worker`` process inside one namespace, driven with one JSON line per operation."""
 
     def __init__(self, ns: str) -> None:
         self.ns = ns
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-u", "-c", WORKER],
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, *worker_command()],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, env=worker_env())
 
     def call(self, **op: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None

@@ -6,6 +6,7 @@ port-unreachable came back: a REJECT), ``timeout`` (nothing came back: a DROP), 
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 
@@ -48,3 +49,30 @@ def probe(ns: str, host: str, port: int, udp: bool = False, sport: int = 0, time
                            "1" if udp else "0", str(sport), str(timeout)],
                           capture_output=True, text=True, timeout=timeout + 10)
     return (proc.stdout.strip() or f"error: {proc.stderr.strip()[-200:]}").splitlines()[-1]
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """``IPV4:PORT`` as (address, port); a ValueError that says what is wrong otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"bad target {text!r}: expected IPV4:PORT (e.g. 10.96.0.50:80)")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"bad target {text!r}: {host!r} is not an IPv4 address") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad target {text!r}: {port!r} is not a port (1 to 65535)")
+    return host, int(port)
+
+
+FAILURES = {"refused": "connection refused (a TCP reset or ICMP port unreachable came back: rejected)",
+            "timeout": "no answer (timed out: dropped on the way)"}
+
+
+def failure(answer: str) -> str | None:
+    """Why an answer line is not a pod's, in words (None when a pod answered)."""
+    if answer.startswith("pod="):
+        return None
+    if answer in FAILURES:
+        return FAILURES[answer]
+    return answer.removeprefix("error: ") or "no answer"

@@ -14,7 +14,16 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from kproxy.netfilter.hooks import HookState
+from kproxy.netfilter.hooks import (
+    INPUT,
+    OUTPUT,
+    POSTROUTING,
+    PREROUTING,
+    PRI_CONNTRACK,
+    PRI_CONNTRACK_CONFIRM,
+    HookState,
+)
+from kproxy.netfilter.netns import NetNamespace
 from kproxy.netfilter.tcp import (  # noqa: F401 - re-exported: conntrack's public names
     ORIGINAL,
     REPLY,
@@ -185,17 +194,6 @@ class Conn:
         return conn
 
 
-def _needs_conntrack(table: Any) -> bool:
-    for chain in table.chains.values():
-        for r in chain.rules:
-            t = r.target
-            if t is not None and t.name in CT_TARGETS and not getattr(t, "notrack", False):
-                return True
-            if any(m.name in CT_MATCHES for m in r.matches):
-                return True
-    return False
-
-
 _KIND_BITS = SYN | FIN | RST | ACK
 _ESTABLISHED_TIMEOUT = TCP_TIMEOUTS["ESTABLISHED"]
 
@@ -204,22 +202,17 @@ class TableFull(Exception):
     pass
 
 
-# What makes a network namespace track connections at all (nf_ct_netns_get): a match or target that
-# needs conntrack (the NAT targets among them). A nat table alone does not: its chains see only
-# packets with a conntrack entry, so without one of these they are never traversed. Neither does
-# CT --notrack nor NOTRACK: xt_CT's checkentry returns before nf_ct_netns_get for them.
-CT_MATCHES = {"conntrack", "state", "connmark", "connbytes", "connlimit", "helper", "cluster"}
-CT_TARGETS = {"CONNMARK", "CT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "CONNSECMARK"}
-
-
 class Conntrack:
     """One network namespace's connection table."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: NetNamespace) -> None:
         self.node = node
-        self._active_key: tuple[int, ...] | None = None
-        self._active = True
-        # None: tracking turns on as the kernel turns it on (a rule needs it); True: always on.
+        # nf_ct_netns_get/put: per family, how many users (rules, expressions) need tracking. A
+        # namespace tracks a family's connections only while it has one; a nat table alone does not
+        # count (its chains see only packets that have an entry). Front ends take and release these
+        # at commit, declared by each extension or expression.
+        self.users: dict[int, int] = {4: 0, 6: 0}
+        # None: tracking follows ``users`` as in the kernel; True: always on.
         self.enabled: bool | None = None
         # The confirmed connections by original tuple and by reply tuple: the kernel's one hash table.
         # A hit's direction is whether the tuple is the connection's original one.
@@ -310,22 +303,35 @@ class Conntrack:
             other.expires > (self.node.now() if now is None else now)
 
     # ---- hooks ----------------------------------------------------------------------------
-    def active(self) -> bool:
-        """Whether tracking is enabled in this namespace (recomputed after each commit)."""
-        states = self.node.iptables
-        key = (states[4].generation, states[6].generation) if len(states) == 2 else \
-            tuple(st.generation for st in states.values())
-        if key != self._active_key:
-            self._active_key = key
-            self._active = bool(self.enabled) or any(
-                _needs_conntrack(t) for st in states.values() for t in st.tables.values())
-        return self._active
+    def register(self, families: tuple[int, ...]) -> None:
+        """Hook in: nf_conntrack_in at PREROUTING and OUTPUT, confirm last at INPUT and POSTROUTING.
+
+        The functions stay registered; ``in_hook`` passes packets untouched while ``users`` is zero."""
+        for fam in families:
+            for hook in (PREROUTING, OUTPUT):
+                self.node.hooks.register(fam, hook, PRI_CONNTRACK, "conntrack:in", self.in_hook)
+            for hook in (INPUT, POSTROUTING):
+                self.node.hooks.register(fam, hook, PRI_CONNTRACK_CONFIRM, "conntrack:confirm", self.confirm_hook)
+
+    def netns_get(self, family: int, n: int = 1) -> None:
+        """Take ``n`` references that keep ``family``'s connection tracking on (nf_ct_netns_get)."""
+        self.users[family] += n
+
+    def netns_put(self, family: int, n: int = 1) -> None:
+        """Release ``n`` references taken with ``netns_get`` (nf_ct_netns_put)."""
+        if n > self.users[family]:
+            raise ValueError(f"conntrack: IPv{family} reference count would go below zero")
+        self.users[family] -= n
+
+    def active(self, family: int = 4) -> bool:
+        """Whether ``family``'s connections are tracked in this namespace."""
+        return bool(self.enabled) or self.users[family] > 0
 
     def in_hook(self, pkt: Packet, state: HookState) -> int:
         """nf_conntrack_in (PREROUTING and OUTPUT, priority -200)."""
         if pkt.ct is not None:
             return NF_ACCEPT            # looped back: already attached on the way out
-        if not (self.enabled or self.active()):
+        if not (self.enabled or self.users[pkt.family]):
             return NF_ACCEPT
         if pkt.notrack:
             pkt.ctstate = "UNTRACKED"

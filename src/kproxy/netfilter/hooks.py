@@ -11,11 +11,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kproxy.packet import Packet
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.netfilter.netns import NetNamespace
     from kproxy.netfilter.trace import Trace
 
 PREROUTING, INPUT, FORWARD, OUTPUT, POSTROUTING = "PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"
@@ -84,7 +85,7 @@ class HookState:
     hook: str
     in_dev: str
     out_dev: str
-    node: Any
+    node: NetNamespace
     trace: Trace | None = None
     now: float = 0.0
     # Set by REJECT so the path can report the fate and the node can answer.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from kproxy.netfilter.conntrack import (
     IPS_CONFIRMED,
@@ -28,6 +28,7 @@ from kproxy.netfilter.conntrack import (
     Tuple,
 )
 from kproxy.netfilter.hooks import OUTPUT, PREROUTING, PRI_NAT_DST, PRI_NAT_SRC, HookState
+from kproxy.netfilter.netns import NetNamespace
 from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, Packet, format_addr
 
 Lookup = Callable[[Packet, HookState], int]
@@ -65,7 +66,7 @@ def manip_of(hook: str) -> str:
 class Nat:
     """The NAT core of one node."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: NetNamespace) -> None:
         self.node = node
         self._lookups: dict[tuple[int, str], list[tuple[int, int, str, Lookup]]] = {}
         self._seq = 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from kproxy.packet import ACK, FIN, RST, SYN
+from kproxy.packet import ACK, FIN, M32, RST, SYN, TcpSeg  # noqa: F401 - TcpSeg re-exported
 
 ORIGINAL, REPLY = 0, 1
 
@@ -72,7 +72,6 @@ F_EXP_CHALLENGE_ACK = 0x40
 F_SIMULTANEOUS_OPEN = 0x80
 
 MAXACKWINCONST = 66000
-M32 = 0xFFFFFFFF
 
 
 def tcp_flags_valid(flags: int) -> bool:
@@ -99,21 +98,6 @@ def before(a: int, b: int) -> bool:
 
 def after(a: int, b: int) -> bool:
     return before(b, a)
-
-
-class TcpSeg(NamedTuple):
-    """The TCP header fields conntrack reads besides ports and flags (options: -1 = not sent)."""
-
-    seq: int
-    ack: int = 0
-    window: int = 0
-    wscale: int = -1
-    sack_perm: bool = False
-    payload: int = 0
-
-    def end(self, flags: int) -> int:
-        """segment_seq_plus_len: the sequence number after this segment (SYN and FIN count one)."""
-        return (self.seq + self.payload + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)) & M32
 
 
 @dataclass(slots=True)

@@ -21,9 +21,12 @@ from typing import Any
 
 from kproxy.iptables.restore import Prepared
 from kproxy.k8s.manifests import Objects
+from kproxy.proxy.changes import Changes, ChangeTracker
 from kproxy.proxy.config import ProxyConfig
+from kproxy.proxy.localdetect import LocalDetector
 from kproxy.proxy.prepared import DNAT_TO, JUMP_TO, MASQ_FROM, PORTAL, RuleBuilder, Spec
-from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, Snapshot, categorize, service_ports
+from kproxy.proxy.proxier import SyncResult
+from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize
 
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
@@ -85,31 +88,6 @@ def q(text: str) -> str:
     return f'"{text}"'
 
 
-class LocalDetector:
-    """How 'traffic from a local pod' is recognised (detectLocalMode)."""
-
-    def __init__(self, cfg: ProxyConfig, family: int, pod_cidr: str = "") -> None:
-        self.if_local: list[str] = []
-        self.if_not_local: list[str] = []
-        mode = cfg.detect_local_mode
-        if mode == "ClusterCIDR":
-            cidrs = [c.strip() for c in cfg.cluster_cidr.split(",") if c.strip()
-                     and ipaddress.ip_network(c.strip(), strict=False).version == family]
-            if cidrs:
-                self.if_local, self.if_not_local = ["-s", cidrs[0]], ["!", "-s", cidrs[0]]
-        elif mode == "NodeCIDR" and pod_cidr:
-            self.if_local, self.if_not_local = ["-s", pod_cidr], ["!", "-s", pod_cidr]
-        elif mode == "BridgeInterface" and cfg.bridge_interface:
-            self.if_local, self.if_not_local = ["-i", cfg.bridge_interface], ["!", "-i", cfg.bridge_interface]
-        elif mode == "InterfaceNamePrefix" and cfg.interface_name_prefix:
-            p = cfg.interface_name_prefix + "+"
-            self.if_local, self.if_not_local = ["-i", p], ["!", "-i", p]
-
-    @property
-    def implemented(self) -> bool:
-        return bool(self.if_local)
-
-
 @dataclass
 class ServiceRules:
     """What one service port contributes: rules in top-level chains, and its own nat chains."""
@@ -133,18 +111,6 @@ class ServiceRules:
     def add(self, chain: str, *args: str, spec: Spec | None = None) -> None:
         self.rules.append(" ".join(["-A", chain, *args]))
         self.specs.append(spec)
-
-
-@dataclass
-class SyncResult:
-    full: bool
-    text: str
-    lines: int
-    duration: float
-    nat_rules: int
-    filter_rules: int
-    error: str = ""
-    changed_services: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -189,10 +155,9 @@ class IptablesProxier:
         self.conntrack = conntrack
         self.mark = cfg.masquerade_mark
         self.need_full = True
-        self.last_fp: dict[str, tuple[object, ...]] = {}
+        self.tracker = ChangeTracker(cfg, family)
         self.last_top: dict[tuple[str, str], list[str]] = {}
         self.last_service_chains: dict[str, list[str]] = {}
-        self._ports: dict[str, dict[tuple[str, str, str], tuple[ServicePortInfo, list[EndpointInfo]]]] = {}
         self._rules: dict[str, list[tuple[tuple[str, str], ServiceRules]]] = {}
         self._order: list[tuple[tuple[str, str], str, int]] | None = None
         self._agg: Aggregate | None = None
@@ -411,41 +376,19 @@ class IptablesProxier:
                                  "-j", KUBE_NODEPORTS]))
         return out
 
-    def _refresh(self, objs: Objects, full: bool) -> tuple[set[str], Snapshot, Snapshot]:
-        """Recompute the Services that may have changed; return those that did, with before/after views."""
-        dirty = None if full or objs.dirty is None else set(objs.dirty)
-        keys = set(objs.services) | set(self._ports) if dirty is None else dirty
-        changed: set[str] = set()
-        self._recomputed = set()
-        before, after = Snapshot(), Snapshot()
-        for key in keys:
-            svc = objs.services.get(key)
-            ports = service_ports(svc, objs.slices_for(key), self.cfg.hostname, self.family) if svc else {}
-            fp = tuple((k, info, tuple(eps)) for k, (info, eps) in sorted(ports.items()))
-            old = self._ports.get(key)
-            if self.last_fp.get(key) == fp and not full and key in self._rules:
-                continue
-            if self.last_fp.get(key) != fp:
-                changed.add(key)
-                for k, (info, eps) in (old or {}).items():
-                    before.ports[k], before.endpoints[k] = info, eps
-                for k, (info, eps) in ports.items():
-                    after.ports[k], after.endpoints[k] = info, eps
-            if set(ports) != set(old or {}):
-                self._order = None
-            self._recomputed.add(key)
+    def _refresh(self, objs: Objects, full: bool) -> Changes:
+        """Rebuild the rules of the Services the tracker recomputed."""
+        changes = self.tracker.update(objs, full)
+        if changes.ports_set_changed:
+            self._order = None
+        self._recomputed = set(changes.recomputed)
+        for key, ports in changes.recomputed.items():
             if ports:
-                self._ports[key] = ports
                 self._rules[key] = [((info.name_string, info.protocol), self.service_rules(info, eps))
                                     for info, eps in ports.values()]
-                self.last_fp[key] = fp
             else:
-                self._ports.pop(key, None)
                 self._rules.pop(key, None)
-                self.last_fp.pop(key, None)
-        if objs.dirty is not None:
-            objs.dirty.clear()
-        return changed, before, after
+        return changes
 
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
         """One sync: compute the rules, write what changed, apply; a failure schedules a full sync.
@@ -464,8 +407,9 @@ class IptablesProxier:
     def _sync(self, objs: Objects, force_full: bool) -> SyncResult:
         t0 = time.perf_counter()
         full = self.need_full or force_full
-        saved = (dict(self.last_fp), dict(self._ports), dict(self._rules))
-        changed, before, after = self._refresh(objs, full)
+        saved_rules = dict(self._rules)
+        changes = self._refresh(objs, full)
+        changed, before, after = changes.changed, changes.before, changes.after
 
         top: dict[tuple[str, str], list[str]] = {(t, c): [] for t, c in
                                                   [("filter", c) for c in FILTER_TOP] + [("nat", c) for c in NAT_TOP]}
@@ -473,7 +417,7 @@ class IptablesProxier:
             top[("filter", KUBE_FIREWALL)] = []
         for key, rules in self.fixed_rules().items():
             top[key].extend(rules)
-        agg = self._aggregate(full, self._recomputed, saved[2])
+        agg = self._aggregate(full, self._recomputed, saved_rules)
         for tc, rules in agg.top.items():
             top[tc].extend(rules)
         service_chains, no_local, nat_count = agg.chains, agg.no_local, agg.nat_count
@@ -482,7 +426,8 @@ class IptablesProxier:
         text, prepared = self._render(full, top, service_chains, changed)
         filter_count = sum(len(v) for (t, _), v in top.items() if t == "filter")
         nat_count += sum(len(v) for (t, _), v in top.items() if t == "nat")
-        result = SyncResult(full, text, text.count("\n"), 0.0, nat_count, filter_count, changed_services=changed)
+        result = SyncResult(full, text, text.count("\n"), 0.0, {"nat": nat_count, "filter": filter_count},
+                            changed_services=changed)
         try:
             if full:
                 self._ensure_jumps()
@@ -493,7 +438,8 @@ class IptablesProxier:
         except Exception as exc:  # the backend's error: count it, and do a full sync next time
             result.error = str(exc)
             self.need_full = True
-            self.last_fp, self._ports, self._rules = saved
+            self.tracker.rollback()
+            self._rules = saved_rules
             self._order = None
             self._agg = None
             result.duration = time.perf_counter() - t0
@@ -501,6 +447,7 @@ class IptablesProxier:
                 self.metrics.restore_failed(partial=not full)
             return result
         self.need_full = False
+        self.tracker.commit()
         self.last_top = top
         self.last_service_chains = service_chains
         self.last_sync_time = time.time()

@@ -9,6 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192,
            16.384, 32.768, 65.536, 131.072, 262.144)
+# Upstream's NetworkProgrammingLatency buckets: 0.25 s and 0.5 s, then every second to 59 s, every
+# 5 s to 115 s, every 30 s to 300 s.
+NETWORK_PROGRAMMING_BUCKETS = (0.25, 0.5, *range(1, 60), *range(60, 120, 5), *range(120, 301, 30))
 
 
 class ProxyMetrics:
@@ -40,6 +43,21 @@ class ProxyMetrics:
                                        "Cumulative proxy rules Service changes", registry=r)
         self.endpoint_changes = Counter("kubeproxy_sync_proxy_rules_endpoint_changes",
                                         "Cumulative proxy rules Endpoint changes", registry=r)
+
+        self.network_programming = Histogram(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds", buckets=NETWORK_PROGRAMMING_BUCKETS, registry=r)
+        self.healthz_total = Counter("kubeproxy_proxy_healthz_total", "Cumulative proxy healthz HTTP status",
+                                     ["code"], registry=r)
+        self.livez_total = Counter("kubeproxy_proxy_livez_total", "Cumulative proxy livez HTTP status",
+                                   ["code"], registry=r)
+
+    def network_programmed(self, seconds: float) -> None:
+        """An endpoint change (its trigger time) is now programmed, ``seconds`` after it happened."""
+        self.network_programming.observe(max(0.0, seconds))
+
+    def health_checked(self, which: str, code: int) -> None:
+        (self.healthz_total if which == "healthz" else self.livez_total).labels(code=str(code)).inc()
 
     def queued(self) -> None:
         self.last_queued.set(time.time())

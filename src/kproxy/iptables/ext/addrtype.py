@@ -12,15 +12,13 @@ from kproxy.iptables.extension import (
     builtin_chain_outside,
     register_match,
 )
-from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_parse
+from kproxy.iptables.xtoptions import CUSTOM, NONE, XTOPT_INVERT, XtCall, XtOpt, XtOptions
 from kproxy.packet import Packet
 
 TYPES = ["UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE", "UNREACHABLE",
          "PROHIBIT", "THROW", "NAT", "XRESOLVE"]
 
 
-OPTS = [OptSpec("src-type", invert=True), OptSpec("dst-type", invert=True),
-        OptSpec("limit-iface-in", excl=("limit-iface-out",)), OptSpec("limit-iface-out", excl=("limit-iface-in",))]
 IN_HOOKS = ("PREROUTING", "INPUT", "FORWARD")
 OUT_HOOKS = ("OUTPUT", "POSTROUTING", "FORWARD")
 
@@ -33,10 +31,10 @@ def _type(word: str) -> str | None:
     return None
 
 
-def parse_types(text: str) -> list[str]:
+def parse_types(call: XtCall) -> list[str]:
     """A comma list of types, printed back in the kernel's bit order without duplicates."""
     found: set[str] = set()
-    rest = text
+    rest = call.arg
     while "," in rest:
         word, _, tail = rest.partition(",")
         t = _type(word)
@@ -55,7 +53,13 @@ def parse_types(text: str) -> list[str]:
 class AddrtypeMatch(Match):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "addrtype"
-    OPTIONS = {"src-type": 1, "dst-type": 1, "limit-iface-in": 0, "limit-iface-out": 0}
+    OPTIONS = XtOptions(
+        "addrtype",
+        XtOpt("src-type", CUSTOM, XTOPT_INVERT, parse=parse_types),
+        XtOpt("dst-type", CUSTOM, XTOPT_INVERT, parse=parse_types),
+        XtOpt("limit-iface-in", NONE, excl=("limit-iface-out",)),
+        XtOpt("limit-iface-out", NONE, excl=("limit-iface-in",)),
+    )
 
     def __init__(self) -> None:
         self.src: list[str] | None = None
@@ -66,21 +70,13 @@ class AddrtypeMatch(Match):
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> AddrtypeMatch:
         m = cls()
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            if spec.name == "src-type":
-                m.src, m.src_inv = parse_types(o.values[0]), o.invert
-            elif spec.name == "dst-type":
-                m.dst, m.dst_inv = parse_types(o.values[0]), o.invert
-            elif spec.name == "limit-iface-in":
-                m.iface_in = True
-            else:
-                m.iface_out = True
-
-        seen = xtopt_parse("addrtype", OPTS, opts, parse)
+        got = cls.OPTIONS.parse(opts)
+        m.src, m.src_inv = got.get("src-type"), got.invert("src-type")
+        m.dst, m.dst_inv = got.get("dst-type"), got.invert("dst-type")
+        m.iface_in, m.iface_out = "limit-iface-in" in got, "limit-iface-out" in got
         if m.src is None and m.dst is None:
             raise ExtensionError("addrtype: you must specify --src-type or --dst-type")
-        xtopt_fcheck("addrtype", OPTS, seen)
+        cls.OPTIONS.fcheck(got)
         return m
 
     def kernel_refuses(self, rule: Any, chain: str) -> bool:

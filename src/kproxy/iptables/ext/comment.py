@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtutil import OptSpec, save_string, xtopt_fcheck, xtopt_parse
+from kproxy.iptables.xtoptions import STRING, XTOPT_MAND, XtOpt, XtOptions, truncate
+from kproxy.iptables.xtutil import save_string
 from kproxy.packet import Packet
 
 MAX_COMMENT = 256           # XT_MAX_COMMENT_LEN, including the terminating NUL
-OPTS = [OptSpec("comment", mand=True)]
 
 
 @register_match
 class CommentMatch(Match):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "comment"
-    OPTIONS = {"comment": 1}
+    OPTIONS = XtOptions("comment", XtOpt("comment", STRING, XTOPT_MAND, size=MAX_COMMENT))
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -25,10 +25,7 @@ class CommentMatch(Match):
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> CommentMatch:
         if len(opts) == 1 and not opts[0].invert:      # the usual single --comment: nothing to check
             return cls(truncate(opts[0].values[0], MAX_COMMENT - 1))
-        texts: list[str] = []
-        seen = xtopt_parse("comment", OPTS, opts, lambda spec, o: texts.append(o.values[0]))
-        xtopt_fcheck("comment", OPTS, seen)
-        return cls(truncate(texts[0], MAX_COMMENT - 1))
+        return cls(cls.OPTIONS.parse_all(opts).get("comment"))
 
     def save(self) -> str:
         return f"-m comment --comment {save_string(self.text)}"
@@ -42,10 +39,6 @@ class CommentMatch(Match):
     def redundant(self, rule: Any) -> bool:
         return True
 
+    def translate(self) -> str:
+        return f"comment \"{self.text}\""
 
-def truncate(text: str, limit: int) -> str:
-    """XTTYPE_STRING copies at most ``limit`` bytes (the kernel field is a fixed char array)."""
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text
-    return raw[:limit].decode(errors="ignore")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from kproxy.iptables.ext.mark import FULL, MarkMatch, mark_text, xmark_listing
+from kproxy.iptables.ext.mark import (
+    FULL,
+    MarkMatch,
+    mark_text,
+    mark_xlate,
+    xmark_entries,
+    xmark_listing,
+    xmark_op,
+)
 from kproxy.iptables.extension import (
     XT_CONTINUE,
     ExtensionError,
@@ -14,15 +22,17 @@ from kproxy.iptables.extension import (
     register_match,
     register_target,
 )
-from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_markmask, xtopt_parse, xtopt_uint
+from kproxy.iptables.xtoptions import MARKMASK32, NONE, UINT32, XTOPT_INVERT, XTOPT_MAND, XtOpt, XtOptions
 from kproxy.packet import Packet
 
 
 @register_match
 class ConnmarkMatch(MarkMatch):
     """``-m connmark --mark``: the mark match, read from the packet's connection instead of the packet."""
+    NEEDS_CONNTRACK = True
 
     name = "connmark"
+    OPTIONS = XtOptions("connmark", XtOpt("mark", MARKMASK32, XTOPT_INVERT | XTOPT_MAND))
 
     def save(self) -> str:
         return f"-m connmark {'! ' if self.invert else ''}--mark {mark_text(self.value, self.mask)}"
@@ -35,20 +45,29 @@ class ConnmarkMatch(MarkMatch):
             return False
         return ((pkt.ct.mark & self.mask) == self.value) != self.invert
 
+    def inline(self) -> tuple[str, tuple[Any, ...]]:
+        return f"p.ct is not None and (p.ct.mark & {{}}) {'!=' if self.invert else '=='} {{}}", (self.mask, self.value)
 
-OPERATIONS = ("set-xmark", "set-mark", "and-mark", "or-mark", "xor-mark", "save-mark", "restore-mark")
-CONNMARK_SPECS = [
-    *(OptSpec(n, excl=tuple(o for o in OPERATIONS if o != n)) for n in OPERATIONS),
-    OptSpec("ctmask", excl=("mask",)), OptSpec("nfmask", excl=("mask",)), OptSpec("mask", excl=("ctmask", "nfmask")),
-]
+    def translate(self) -> str:
+        return mark_xlate("ct mark", self.value, self.mask, self.invert)
+
+
+MODES = ("save-mark", "restore-mark")
+OPERATIONS = (*(e.name for e in xmark_entries()), *MODES)
 
 
 @register_target
 class ConnmarkTarget(Target):
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "CONNMARK"
-    OPTIONS = {"set-xmark": 1, "set-mark": 1, "and-mark": 1, "or-mark": 1, "xor-mark": 1, "save-mark": 0,
-               "restore-mark": 0, "nfmask": 1, "ctmask": 1, "mask": 1}
+    OPTIONS = XtOptions(
+        "CONNMARK",
+        *(XtOpt(e.name, e.type, excl=(*e.excl, *MODES)) for e in xmark_entries()),
+        *(XtOpt(n, NONE, excl=tuple(o for o in OPERATIONS if o != n)) for n in MODES),
+        XtOpt("ctmask", UINT32, excl=("mask",)), XtOpt("nfmask", UINT32, excl=("mask",)),
+        XtOpt("mask", UINT32, excl=("ctmask", "nfmask")),
+    )
 
     def __init__(self, mode: str, value: int = 0, mask: int = FULL, nfmask: int = FULL, ctmask: int = FULL) -> None:
         self.mode, self.value, self.mask, self.nfmask, self.ctmask = mode, value, mask, nfmask, ctmask
@@ -57,33 +76,21 @@ class ConnmarkTarget(Target):
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> ConnmarkTarget:
         """Options fill one xt_connmark_tginfo in order: the set operations write (ctmark, ctmask), so a
         later --mask overrides a set operation's mask and an earlier one is overridden by it."""
-        info: dict[str, Any] = {"mode": "", "ctmark": 0, "ctmask": FULL, "nfmask": FULL}
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            name, text = spec.name, (o.values[0] if o.values else "")
-            if name in ("set-xmark", "set-mark"):
-                v, m = xtopt_markmask(text, "CONNMARK", name)
-                mask = FULL if m is None else m
-                info.update(mode="set", ctmark=v, ctmask=mask if name == "set-xmark" else mask | v)
-            elif name in ("and-mark", "or-mark", "xor-mark"):
-                n = xtopt_uint(text, "CONNMARK", name)
-                ctmark, ctmask = {"and-mark": (0, ~n & FULL), "or-mark": (n, n), "xor-mark": (n, 0)}[name]
-                info.update(mode="set", ctmark=ctmark, ctmask=ctmask)
-            elif name in ("save-mark", "restore-mark"):
-                info["mode"] = name
-            else:
-                n = xtopt_uint(text, "CONNMARK", name)
-                for key in ("ctmask", "nfmask") if name == "mask" else (name,):
-                    info[key] = n
-
-        seen = xtopt_parse("CONNMARK", CONNMARK_SPECS, opts, parse)
-        if not seen & set(OPERATIONS):
+        got = cls.OPTIONS.parse(opts)
+        if not got.seen() & set(OPERATIONS):
             raise ExtensionError("CONNMARK target: No operation specified")
-        xtopt_fcheck("CONNMARK", CONNMARK_SPECS, seen)
-        mode = str(info["mode"])
-        if mode == "set":
-            return cls("set", int(info["ctmark"]), int(info["ctmask"]))
-        return cls(mode, nfmask=int(info["nfmask"]), ctmask=int(info["ctmask"]))
+        cls.OPTIONS.fcheck(got)
+        info = {"ctmark": 0, "ctmask": FULL, "nfmask": FULL}
+        for name in got.order:
+            if name in ("ctmask", "nfmask", "mask"):
+                for key in ("ctmask", "nfmask") if name == "mask" else (name,):
+                    info[key] = got.get(name)
+            elif name not in MODES:
+                info["ctmark"], info["ctmask"] = xmark_op(name, got.get(name))
+        for mode in MODES:
+            if mode in got:
+                return cls(mode, nfmask=info["nfmask"], ctmask=info["ctmask"])
+        return cls("set", info["ctmark"], info["ctmask"])
 
     def save(self) -> str:
         if self.mode == "set":

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.model import Net
-from kproxy.iptables.xtutil import (
-    OptSpec,
-    c_strtoul,
-    service_port,
-    xtopt_fcheck,
-    xtopt_parse,
-    xtopt_uint_range,
+from kproxy.iptables.xtoptions import (
+    CHOICE,
+    CUSTOM,
+    HOSTMASK,
+    PORTRC,
+    UINT32RC,
+    XTOPT_INVERT,
+    XTOPT_MAND,
+    XtCall,
+    XtOpt,
+    XtOptions,
 )
 from kproxy.netfilter.conntrack import (
     IPS_ASSURED,
@@ -30,9 +33,6 @@ STATUSES = [("EXPECTED", IPS_EXPECTED), ("SEEN_REPLY", IPS_SEEN_REPLY), ("ASSURE
             ("CONFIRMED", IPS_CONFIRMED)]
 ADDR_OPTS = ("ctorigsrc", "ctorigdst", "ctreplsrc", "ctrepldst")
 PORT_OPTS = ("ctorigsrcport", "ctorigdstport", "ctreplsrcport", "ctrepldstport")
-STATE_SPECS = [OptSpec("state", invert=True, mand=True)]
-SPECS = [OptSpec(n, invert=n != "ctdir") for n in ("ctstate", "ctproto", *ADDR_OPTS, *PORT_OPTS, "ctstatus",
-                                                    "ctexpire", "ctdir")]
 
 
 def parse_states(text: str, allowed: list[str], what: str = "ctstate") -> list[str]:
@@ -44,49 +44,28 @@ def parse_states(text: str, allowed: list[str], what: str = "ctstate") -> list[s
     return sorted(set(out), key=allowed.index)
 
 
-def parse_portrc(text: str) -> tuple[int, int]:
-    """XTTYPE_PORTRC: ``a``, ``a:b``, ``a:``, ``:b``; numbers wrap to 16 bits, names are services."""
-    parts = text.split(":")
-    if len(parts) > 2:
-        raise ExtensionError("conntrack: Too many components for option \"--{opt}\" (max: 2)\n")
-    values = []
-    for i, part in enumerate(parts):
-        if part == "":
-            values.append(0 if i == 0 else 0xFFFF)
-            continue
-        got = c_strtoul(part)
-        if got is not None and not got[1]:
-            values.append(got[0] & 0xFFFF)
-            continue
-        port = service_port(part, None)
-        if port is None:
-            raise ExtensionError(f"Port \"{part}\" does not resolve to anything.\n")
-        values.append(port)
-    return values[0], values[-1]
+def parse_ctstate(call: XtCall) -> list[str]:
+    return parse_states(call.arg, STATES)
 
 
-def parse_hostmask(text: str, family: int) -> Net:
-    """XTTYPE_HOSTMASK: an address (getaddrinfo) and an optional prefix length or mask."""
-    addr, slash, mask = text.partition("/")
-    bits = 32 if family == 4 else 128
+def parse_ctstatus(call: XtCall) -> list[str]:
+    return [w for w in parse_states(call.arg, [n for n, _ in STATUSES] + ["NONE"], "ctstatus") if w != "NONE"]
+
+
+def parse_ctproto(call: XtCall) -> int:
+    from kproxy.iptables.parser import ParameterProblem, parse_protocol
+
     try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        raise ExtensionError("getaddrinfo: Name or service not known\n") from None
-    if ip.version != family:
-        raise ExtensionError("getaddrinfo: Address family for hostname not supported\n")
-    prefix = bits
-    if slash:
-        got = c_strtoul(mask, 10)
-        if got is not None and not got[1]:
-            prefix = min(got[0], bits)
-        else:
-            try:
-                prefix = bin(int(ipaddress.ip_address(mask))).count("1")
-            except ValueError:
-                raise ExtensionError(f"conntrack: bad value for option \"{{opt}}\" near \"{mask}\"\n") from None
-    m = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
-    return Net(family, int(ip) & m, prefix)
+        return parse_protocol(call.arg, call.family)
+    except ParameterProblem as exc:
+        raise ExtensionError(str(exc)) from None
+
+
+def state_xlate(states: list[str], invert: bool) -> str | None:
+    """``ct state``, for the states nft names (SNAT and DNAT are ct status bits there)."""
+    if not set(states) <= set(STATES[:5]):
+        return None
+    return f"ct state {'! ' if invert else ''}{','.join(s.lower() for s in states)}"
 
 
 def packet_states(pkt: Packet) -> set[str]:
@@ -107,50 +86,30 @@ def _net_text(net: Net) -> str:
 
 @register_match
 class ConntrackMatch(Match):
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "conntrack"
-    OPTIONS = {"ctstate": 1, "ctproto": 1, "ctstatus": 1, "ctexpire": 1, "ctdir": 1,
-               **{k: 1 for k in ADDR_OPTS}, **{k: 1 for k in PORT_OPTS}}
+    OPTIONS = XtOptions(
+        "conntrack",
+        XtOpt("ctstate", CUSTOM, XTOPT_INVERT, parse=parse_ctstate),
+        XtOpt("ctproto", CUSTOM, XTOPT_INVERT, parse=parse_ctproto),
+        *(XtOpt(n, HOSTMASK, XTOPT_INVERT) for n in ADDR_OPTS),
+        *(XtOpt(n, PORTRC, XTOPT_INVERT) for n in PORT_OPTS),
+        XtOpt("ctstatus", CUSTOM, XTOPT_INVERT, parse=parse_ctstatus),
+        XtOpt("ctexpire", UINT32RC, XTOPT_INVERT),
+        XtOpt("ctdir", CHOICE, choices=("ORIGINAL", "REPLY")),
+    )
 
     def __init__(self) -> None:
         self.opts: dict[str, tuple[Any, bool]] = {}
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> ConntrackMatch:
-        from kproxy.iptables.parser import ParameterProblem, parse_protocol
-
-        m = cls()
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            v, name = o.values[0], spec.name
-            val: Any
-            try:
-                if name == "ctstate":
-                    val = parse_states(v, STATES)
-                elif name == "ctstatus":
-                    val = parse_states(v, [n for n, _ in STATUSES] + ["NONE"], "ctstatus")
-                    val = [w for w in val if w != "NONE"]
-                elif name == "ctproto":
-                    val = parse_protocol(v, family)
-                elif name in ADDR_OPTS:
-                    val = parse_hostmask(v, family)
-                elif name in PORT_OPTS:
-                    val = parse_portrc(v)
-                elif name == "ctdir":
-                    if v.upper() not in ("ORIGINAL", "REPLY"):
-                        raise ExtensionError(f"conntrack: Bad value for \"--ctdir\" option: \"{v}\"")
-                    val = v.upper()
-                else:
-                    val = xtopt_uint_range(v, "conntrack", name, 0xFFFFFFFF)
-            except ParameterProblem as exc:
-                raise ExtensionError(str(exc)) from None
-            except ExtensionError as exc:
-                raise ExtensionError(str(exc).replace("{opt}", name)) from None
-            m.opts[name] = (val, o.invert)
-
-        seen = xtopt_parse("conntrack", SPECS, opts, parse)
-        if not seen:
+        got = cls.OPTIONS.parse(opts, family)
+        if not got.values:
             raise ExtensionError("conntrack: At least one option is required")
+        m = cls()
+        m.opts = {name: (got.values[name], got.inverted[name]) for name in got.order}
         return m
 
     def _fmt(self, name: str, val: Any, save: bool) -> str:
@@ -166,6 +125,13 @@ class ConntrackMatch(Match):
 
     ORDER = ["ctstate", "ctproto", "ctorigsrc", "ctorigdst", "ctreplsrc", "ctrepldst", "ctorigsrcport",
              "ctorigdstport", "ctreplsrcport", "ctrepldstport", "ctstatus", "ctexpire", "ctdir"]
+
+    def translate(self) -> str | None:
+        """A state test alone (with the states nft has names for); the other tests are not translated here."""
+        if set(self.opts) != {"ctstate"}:
+            return None
+        states, invert = self.opts["ctstate"]
+        return state_xlate(states, invert)
 
     def save(self) -> str:
         parts = ["-m conntrack"]
@@ -216,28 +182,29 @@ class ConntrackMatch(Match):
         return True
 
 
+def parse_state_list(call: XtCall) -> list[str]:
+    if "" in call.arg.split(","):
+        raise ExtensionError("\"--state\" requires a list of states with no spaces, e.g. ESTABLISHED,RELATED")
+    return parse_states(call.arg, STATES[:5], "state")
+
+
 @register_match
 class StateMatch(Match):
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "state"
-    OPTIONS = {"state": 1}
+    OPTIONS = XtOptions("state", XtOpt("state", CUSTOM, XTOPT_INVERT | XTOPT_MAND, parse=parse_state_list))
 
     def __init__(self, states: list[str], invert: bool) -> None:
         self.states, self.invert = states, invert
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> StateMatch:
-        got: list[tuple[list[str], bool]] = []
+        got = cls.OPTIONS.parse_all(opts)
+        return cls(got.get("state"), got.invert("state"))
 
-        def parse(spec: OptSpec, o: Opt) -> None:
-            words = o.values[0].split(",")
-            if "" in words:
-                raise ExtensionError("\"--state\" requires a list of states with no spaces, e.g. ESTABLISHED,RELATED")
-            got.append((parse_states(o.values[0], STATES[:5], "state"), o.invert))
-
-        seen = xtopt_parse("state", STATE_SPECS, opts, parse)
-        xtopt_fcheck("state", STATE_SPECS, seen)
-        return cls(*got[0])
+    def translate(self) -> str | None:
+        return state_xlate(self.states, self.invert)
 
     def save(self) -> str:
         return f"-m state {'! ' if self.invert else ''}--state {','.join(self.states)}"

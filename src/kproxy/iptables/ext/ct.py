@@ -5,8 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
+from kproxy.iptables.xtoptions import CUSTOM, NONE, STRING, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import c_strtoui
 from kproxy.packet import Packet
+
+
+def parse_zone(call: XtCall) -> int:
+    """libxt_CT's zone: a number up to 65535 (the ``orig``/``reply`` directions are not modelled)."""
+    got = c_strtoui(call.arg, 0, 0xFFFF)
+    if got is None:
+        raise ExtensionError(f"Cannot parse {call.arg} as a zone ID")
+    return got
+
+
+UNSUPPORTED = ("helper", "ctevents", "expevents", "timeout")
 
 
 @register_target
@@ -14,24 +26,21 @@ class CtTarget(Target):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "CT"
     TABLES = ("raw",)
-    OPTIONS = {"notrack": 0, "zone": 1, "helper": 1, "ctevents": 1, "expevents": 1, "timeout": 1}
+    OPTIONS = XtOptions("CT", XtOpt("notrack", NONE), XtOpt("zone", CUSTOM, parse=parse_zone),
+                        *(XtOpt(n, STRING) for n in UNSUPPORTED))
 
     def __init__(self, notrack: bool, zone: int = 0) -> None:
         self.notrack, self.zone = notrack, zone
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> CtTarget:
-        names = {o.name for o in opts}
-        if names - {"notrack", "zone"}:
+        if any(o.name in UNSUPPORTED for o in opts):
             raise ExtensionError("CT: only --notrack and --zone are supported by kproxy")
-        zone = 0
-        for o in opts:
-            if o.name == "zone":
-                got = c_strtoui(o.values[0], 0, 0xFFFF)
-                if got is None:
-                    raise ExtensionError(f"Cannot parse {o.values[0]} as a zone ID")
-                zone = got
-        return cls("notrack" in names, zone)
+        got = cls.OPTIONS.parse_all(opts)
+        return cls("notrack" in got, got.get("zone", 0))
+
+    def needs_conntrack(self) -> bool:
+        return not self.notrack      # xt_ct_tg_check returns before nf_ct_netns_get for --notrack
 
     def save(self) -> str:
         return "-j CT" + (" --notrack" if self.notrack else "") + (f" --zone {self.zone}" if self.zone else "")
@@ -51,7 +60,7 @@ class CtTarget(Target):
 @register_target
 class NotrackTarget(CtTarget):
     name = "NOTRACK"
-    OPTIONS = {}
+    OPTIONS = XtOptions("NOTRACK")
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> NotrackTarget:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtoptions import CUSTOM, XTOPT_INVERT, XTOPT_MAND, XtOpt, XtOptions
 from kproxy.iptables.xtutil import c_strtoul
 from kproxy.packet import ICMP, ICMPV6, Packet
 
@@ -96,13 +97,9 @@ class IcmpBase(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> IcmpBase:
-        if not opts:
-            raise ExtensionError(f"{cls.WORD_EXT}: option \"--{cls.OPT}\" must be specified\n")
-        if len(opts) > 1:
-            raise ExtensionError(f"{cls.WORD_EXT}: option \"--{cls.OPT}\" can only be used once.\n")
-        o = opts[0]
-        t, lo, hi = parse_icmp_type(o.values[0], cls.TABLE, cls.WHAT)
-        return cls(t, lo, hi, o.invert)
+        got = cls.OPTIONS.parse_all(opts)
+        t, lo, hi = got.get(cls.OPT)
+        return cls(t, lo, hi, got.invert(cls.OPT))
 
     def _type_text(self) -> str:
         if self.any:
@@ -132,10 +129,16 @@ class IcmpBase(Match):
         return hit != self.invert
 
 
+def icmp_options(ext: str, opt: str, table: list[Entry], what: str) -> XtOptions:
+    """The one mandatory, invertible type option of icmp and icmp6."""
+    return XtOptions(ext, XtOpt(opt, CUSTOM, XTOPT_INVERT | XTOPT_MAND,
+                                parse=lambda call: parse_icmp_type(call.arg, table, what)))
+
+
 @register_match
 class IcmpMatch(IcmpBase):
     name = "icmp"
-    OPTIONS = {"icmp-type": 1}
+    OPTIONS = icmp_options("icmp", "icmp-type", ICMP_TYPES, "ICMP")
 
 
 @register_match
@@ -147,7 +150,7 @@ class Icmp6Match(IcmpBase):
     WHAT = "ICMPv6"
     WORD = "ipv6-icmp"
     WORD_EXT = "icmp6"
-    OPTIONS = {"icmpv6-type": 1}
+    OPTIONS = icmp_options("icmp6", "icmpv6-type", ICMP6_TYPES, "ICMPv6")
 
 
 @register_match

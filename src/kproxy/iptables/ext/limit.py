@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_parse, xtopt_uint
+from kproxy.iptables.xtoptions import CUSTOM, UINT32, XtCall, XtOpt, XtOptions
 from kproxy.packet import Packet
 
 XT_LIMIT_SCALE = 10000
@@ -23,7 +23,6 @@ DEFAULT_BURST = 5                                # XT_LIMIT_BURST, and nft's NFT
 UNIT_WORDS = (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400))
 RATES = [("day", XT_LIMIT_SCALE * 86400), ("hour", XT_LIMIT_SCALE * 3600), ("min", XT_LIMIT_SCALE * 60),
          ("sec", XT_LIMIT_SCALE)]
-OPTS = [OptSpec("limit"), OptSpec("limit-burst")]
 
 
 def c_atoi(text: str) -> int:
@@ -37,8 +36,9 @@ def c_atoi(text: str) -> int:
     return sign * int(s[:n]) if n else 0
 
 
-def parse_rate(text: str) -> int:
+def parse_rate(call: XtCall) -> int:
     """``3/min`` into the average interval in 1/10000 s (XT_LIMIT_SCALE), as libxt_limit does."""
+    text = call.arg
     bad = ExtensionError(f"bad rate \"{text}\"'")
     _, slash, unit = text.partition("/")
     mult = 1
@@ -87,7 +87,7 @@ def rate_text(period: int) -> str:
 @register_match
 class LimitMatch(Match):
     name = "limit"
-    OPTIONS = {"limit": 1, "limit-burst": 1}
+    OPTIONS = XtOptions("limit", XtOpt("limit", CUSTOM, parse=parse_rate), XtOpt("limit-burst", UINT32, max=10000))
 
     def __init__(self, avg: int = DEFAULT_AVG, burst: int = DEFAULT_BURST) -> None:
         self.rate, self.unit = nft_rate(avg)
@@ -100,17 +100,8 @@ class LimitMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> LimitMatch:
-        got = {"limit": DEFAULT_AVG, "limit-burst": DEFAULT_BURST}
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            if spec.name == "limit":
-                got["limit"] = parse_rate(o.values[0])
-            else:
-                got["limit-burst"] = xtopt_uint(o.values[0], "limit", "limit-burst", 0, 10000)
-
-        seen = xtopt_parse("limit", OPTS, opts, parse)
-        xtopt_fcheck("limit", OPTS, seen)
-        return cls(got["limit"], got["limit-burst"])
+        got = cls.OPTIONS.parse_all(opts)
+        return cls(got.get("limit", DEFAULT_AVG), got.get("limit-burst", DEFAULT_BURST))
 
     def save(self) -> str:
         burst = f" --limit-burst {self.burst}" if self.burst != DEFAULT_BURST else ""

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
-from kproxy.iptables.xtutil import OptSpec, c_strtoui, save_string, xtopt_fcheck, xtopt_parse
+from kproxy.iptables.xtoptions import CUSTOM, NONE, STRING, XtCall, XtOpt, XtOptions
+from kproxy.iptables.xtutil import c_strtoui, save_string
 from kproxy.packet import ICMP, ICMPV6, TCP, UDP, Packet
 
 LEVEL_NAMES = {"emerg": 0, "alert": 1, "crit": 2, "error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7,
@@ -22,14 +23,14 @@ FLAG_BITS = {"log-tcp-sequence": 1, "log-tcp-options": 2, "log-ip-options": 4, "
              "log-macdecode": 32}
 PREFIX_MAX = 29
 DEFAULT_LEVEL = 4
-OPTS = [OptSpec("log-level"), OptSpec("log-prefix"), *(OptSpec(f) for f in FLAG_BITS)]
 TCP_FLAG_WORDS = [("CWR", 0x80), ("ECE", 0x40), ("URG", 0x20), ("ACK", 0x10), ("PSH", 0x08), ("RST", 0x04),
                   ("SYN", 0x02), ("FIN", 0x01)]
 ICMP_DEST_UNREACH, ICMP_SOURCE_QUENCH, ICMP_REDIRECT, ICMP_TIME_EXCEEDED, ICMP_PARAMETERPROB = 3, 4, 5, 11, 12
 
 
-def parse_level(text: str) -> int:
+def parse_level(call: XtCall) -> int:
     """XTTYPE_SYSLOGLEVEL: 0..7 (base-0 number) or a syslog level name."""
+    text = call.arg
     n = c_strtoui(text, 0, 7)
     if n is None:
         n = LEVEL_NAMES.get(text)
@@ -110,28 +111,17 @@ def log_line(prefix: str, pkt: Packet, ctx: RuleContext, flags: int = 0) -> str:
 class LogTarget(Target):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "LOG"
-    OPTIONS = {"log-level": 1, "log-prefix": 1, **{k: 0 for k in FLAG_BITS}}
+    OPTIONS = XtOptions("LOG", XtOpt("log-level", CUSTOM, parse=parse_level),
+                        XtOpt("log-prefix", STRING, min=1, size=PREFIX_MAX + 1), *(XtOpt(f, NONE) for f in FLAG_BITS))
 
     def __init__(self, level: int, prefix: str, flags: int) -> None:
         self.level, self.prefix, self.flags = level, prefix, flags
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> LogTarget:
-        t = cls(DEFAULT_LEVEL, "", 0)
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            if spec.name == "log-level":
-                t.level = parse_level(o.values[0])
-            elif spec.name == "log-prefix":
-                if not o.values[0]:
-                    raise ExtensionError("Argument must have a minimum length of 1 characters\n")
-                t.prefix = o.values[0].encode()[:PREFIX_MAX].decode(errors="ignore")
-            else:
-                t.flags |= FLAG_BITS[spec.name]
-
-        seen = xtopt_parse("LOG", OPTS, opts, parse)
-        xtopt_fcheck("LOG", OPTS, seen)
-        return t
+        got = cls.OPTIONS.parse_all(opts)
+        flags = sum(bit for name, bit in FLAG_BITS.items() if name in got)
+        return cls(got.get("log-level", DEFAULT_LEVEL), got.get("log-prefix", ""), flags)
 
     def save(self) -> str:
         text = "-j LOG"

@@ -16,41 +16,48 @@ from kproxy.iptables.extension import (
     builtin_chain_outside,
     register_match,
 )
-from kproxy.iptables.xtutil import (
-    OptSpec,
-    numeric_to_ip6addr,
-    numeric_to_ipaddr,
-    parse_ethermac,
-    xtopt_fcheck,
-    xtopt_parse,
-    xtopt_uint_range,
+from kproxy.iptables.xtoptions import (
+    CHOICE,
+    CUSTOM,
+    UINT16RC,
+    XTOPT_INVERT,
+    XTOPT_MAND,
+    XtCall,
+    XtOpt,
+    XtOptions,
 )
+from kproxy.iptables.xtutil import numeric_to_ip6addr, numeric_to_ipaddr, parse_ethermac
 from kproxy.packet import Packet, format_addr
 
-IPRANGE_OPTS = [OptSpec("src-range", invert=True), OptSpec("dst-range", invert=True)]
-MAC_OPTS = [OptSpec("mac-source", invert=True, mand=True)]
-PKTTYPE_OPTS = [OptSpec("pkt-type", invert=True, mand=True)]
 MAC_HOOKS = ("PREROUTING", "INPUT", "FORWARD")
 
 
-def parse_iprange(text: str, family: int, option: str) -> tuple[int, int]:
+def parse_iprange(call: XtCall) -> tuple[int, int]:
     """``a-b`` or ``a`` (meaning a-a); each side a numeric address of the family (no order check)."""
-    lo_s, dash, hi_s = text.partition("-")
-    parse = numeric_to_ipaddr if family == 4 else numeric_to_ip6addr
+    lo_s, dash, hi_s = call.arg.partition("-")
+    parse = numeric_to_ipaddr if call.family == 4 else numeric_to_ip6addr
     out = []
     for spec in (lo_s, hi_s if dash else lo_s):
         addr = parse(spec)
         if addr is None:
-            raise ExtensionError(f"iprange: Bad value for \"--{option}\" option: \"{spec}\"")
+            raise ExtensionError(f"iprange: Bad value for \"--{call.opt}\" option: \"{spec}\"")
         out.append(addr)
     return out[0], out[1]
+
+
+def parse_mac(call: XtCall) -> str:
+    mac = parse_ethermac(call.arg)
+    if mac is None:
+        raise ExtensionError("Invalid MAC address specified.")
+    return mac
 
 
 @register_match
 class IprangeMatch(Match):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "iprange"
-    OPTIONS = {"src-range": 1, "dst-range": 1}
+    OPTIONS = XtOptions("iprange", XtOpt("src-range", CUSTOM, XTOPT_INVERT, parse=parse_iprange),
+                        XtOpt("dst-range", CUSTOM, XTOPT_INVERT, parse=parse_iprange))
 
     def __init__(self, family: int) -> None:
         self.family = family
@@ -61,15 +68,9 @@ class IprangeMatch(Match):
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> IprangeMatch:
         m = cls(family)
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            rng = parse_iprange(o.values[0], family, spec.name)
-            if spec.name == "src-range":
-                m.src, m.src_inv = rng, o.invert
-            else:
-                m.dst, m.dst_inv = rng, o.invert
-
-        xtopt_parse("iprange", IPRANGE_OPTS, opts, parse)
+        got = cls.OPTIONS.parse(opts, family)
+        m.src, m.src_inv = got.get("src-range"), got.invert("src-range")
+        m.dst, m.dst_inv = got.get("dst-range"), got.invert("dst-range")
         if m.src is None and m.dst is None:
             raise ExtensionError("iprange match: You must specify `--src-range' or `--dst-range'")
         return m
@@ -103,24 +104,15 @@ class IprangeMatch(Match):
 class MacMatch(Match):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "mac"
-    OPTIONS = {"mac-source": 1}
+    OPTIONS = XtOptions("mac", XtOpt("mac-source", CUSTOM, XTOPT_INVERT | XTOPT_MAND, parse=parse_mac))
 
     def __init__(self, mac: str, invert: bool) -> None:
         self.mac, self.invert = mac, invert
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MacMatch:
-        got: list[MacMatch] = []
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            mac = parse_ethermac(o.values[0])
-            if mac is None:
-                raise ExtensionError("Invalid MAC address specified.")
-            got.append(cls(mac, o.invert))
-
-        seen = xtopt_parse("mac", MAC_OPTS, opts, parse)
-        xtopt_fcheck("mac", MAC_OPTS, seen)
-        return got[0]
+        got = cls.OPTIONS.parse_all(opts)
+        return cls(got.get("mac-source"), got.invert("mac-source"))
 
     def kernel_refuses(self, rule: Any, chain: str) -> bool:
         return builtin_chain_outside(chain, MAC_HOOKS)
@@ -142,25 +134,18 @@ class MacMatch(Match):
 class PkttypeMatch(Match):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "pkttype"
-    OPTIONS = {"pkt-type": 1}
     TYPES = ("unicast", "broadcast", "multicast", "otherhost", "host")
+    OPTIONS = XtOptions("pkttype", XtOpt("pkt-type", CHOICE, XTOPT_INVERT | XTOPT_MAND, choices=TYPES,
+                                         bad="Bad packet type '{value}'"))
 
     def __init__(self, kind: str, invert: bool) -> None:
         self.kind, self.invert = kind, invert
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> PkttypeMatch:
-        got: list[PkttypeMatch] = []
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            word = o.values[0]
-            if word.lower() not in cls.TYPES:
-                raise ExtensionError(f"Bad packet type '{word}'")
-            got.append(cls({"host": "unicast"}.get(word.lower(), word.lower()), o.invert))
-
-        seen = xtopt_parse("pkttype", PKTTYPE_OPTS, opts, parse)
-        xtopt_fcheck("pkttype", PKTTYPE_OPTS, seen)
-        return got[0]
+        got = cls.OPTIONS.parse_all(opts)
+        kind = got.get("pkt-type")
+        return cls("unicast" if kind == "host" else kind, got.invert("pkt-type"))
 
     def save(self) -> str:
         return f"-m pkttype {'! ' if self.invert else ''}--pkt-type {self.kind}"
@@ -183,25 +168,20 @@ class PkttypeMatch(Match):
         return (kind == self.kind) != self.invert
 
 
-LENGTH_OPTS = [OptSpec("length", invert=True, mand=True)]
-
-
 @register_match
 class LengthMatch(Match):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "length"
-    OPTIONS = {"length": 1}
+    OPTIONS = XtOptions("length", XtOpt("length", UINT16RC, XTOPT_INVERT | XTOPT_MAND))
 
     def __init__(self, lo: int, hi: int, invert: bool) -> None:
         self.lo, self.hi, self.invert = lo, hi, invert
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> LengthMatch:
-        got: list[tuple[int, int, bool]] = []
-        seen = xtopt_parse("length", LENGTH_OPTS, opts, lambda spec, o: got.append(
-            (*xtopt_uint_range(o.values[0], "length", "length"), o.invert)))
-        xtopt_fcheck("length", LENGTH_OPTS, seen)
-        return cls(*got[0])
+        got = cls.OPTIONS.parse_all(opts)
+        lo, hi = got.get("length")
+        return cls(lo, hi, got.invert("length"))
 
     def _text(self) -> str:
         return str(self.lo) if self.lo == self.hi else f"{self.lo}:{self.hi}"

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.xtoptions import CUSTOM, XTOPT_INVERT, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import parse_port, port_name
 from kproxy.packet import Packet
 
 PROTOS_WITH_PORTS = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp", 136: "udplite"}
-FLAGS = {"sports": "sports", "source-ports": "sports", "dports": "dports", "destination-ports": "dports",
-         "ports": "ports"}
-LONG = {"sports": "source-ports", "dports": "destination-ports", "ports": "ports"}
+KINDS = {"source-ports": "sports", "destination-ports": "dports", "ports": "ports"}
 MAX_SLOTS = 15   # XT_MULTI_PORTS
 
 
@@ -21,6 +20,12 @@ def check_proto(rule: Any) -> None:
         raise ExtensionError("multiport needs `-p tcp', `-p udp', `-p udplite', `-p sctp' or `-p dccp'")
     if rule.proto_inv or rule.proto not in PROTOS_WITH_PORTS:
         raise ExtensionError("multiport only works with TCP, UDP, UDPLITE, SCTP and DCCP")
+
+
+def parse_option(call: XtCall) -> list[tuple[int, int]]:
+    """An option's ports, after the protocol check libxt_multiport makes for each option."""
+    check_proto(call.rule)
+    return parse_ports(call.arg, call.rule.proto)
 
 
 def parse_ports(text: str, proto: int) -> list[tuple[int, int]]:
@@ -48,27 +53,23 @@ def parse_ports(text: str, proto: int) -> list[tuple[int, int]]:
 class MultiportMatch(Match):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "multiport"
-    OPTIONS = {k: 1 for k in FLAGS}
+    OPTIONS = XtOptions(
+        "multiport",
+        *(XtOpt(n, CUSTOM, XTOPT_INVERT, id=i, excl=tuple(o for o in KINDS if o != i), parse=parse_option)
+          for i in KINDS for n in (i, KINDS[i])),
+    )
 
     def __init__(self, kind: str, ports: list[tuple[int, int]], invert: bool, proto: int) -> None:
         self.kind, self.ports, self.invert, self.proto = kind, ports, invert, proto
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MultiportMatch:
-        seen: str | None = None
-        for o in opts:
-            kind = FLAGS[o.name]
-            if seen is not None:
-                if seen == kind:
-                    raise ExtensionError(f"multiport: option \"--{LONG[kind]}\" can only be used once.\n")
-                raise ExtensionError(f"multiport: option \"--{LONG[kind]}\" cannot be used together with "
-                                     f"\"--{LONG[seen]}\".\n")
-            seen = kind
-            check_proto(rule)
-        if not opts:
+        got = cls.OPTIONS.parse(opts, family, rule)
+        if not got.values:
             raise ExtensionError("multiport expection an option")
-        o = opts[0]
-        return cls(FLAGS[o.name], parse_ports(o.values[0], rule.proto), o.invert, rule.proto)
+        cls.OPTIONS.fcheck(got)
+        key = got.order[0]
+        return cls(KINDS[key], got.get(key), got.invert(key), rule.proto)
 
     def _ports_text(self, numeric: bool = True) -> str:
         def one(lo: int, hi: int) -> str:

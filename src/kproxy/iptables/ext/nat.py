@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any, ClassVar
+from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
-from kproxy.iptables.xtutil import QUAD, OptSpec, c_strtoul, service_port, xtopt_fcheck, xtopt_parse
+from kproxy.iptables.xtoptions import CUSTOM, NONE, XTOPT_MAND, XtCall, XtOpt, XtOptions
+from kproxy.iptables.xtutil import QUAD, c_strtoul, service_port
 from kproxy.netfilter.nat import NatRange
 from kproxy.packet import NF_ACCEPT, NF_DROP, Packet, format_addr
 
@@ -108,13 +109,24 @@ def parse_range(text: str, family: int, rule: Any, what: str) -> NatRange:
     return NatRange(lo_a, hi_a, ports.lo if ports else None, ports.hi if ports else None, base_port=base)
 
 
-def parse_to_ports(text: str, rule: Any) -> tuple[int, int]:
+def parse_to_ports(call: XtCall) -> tuple[int, int]:
     """--to-ports of MASQUERADE and REDIRECT: ``port[-port]``."""
-    _need_ports(rule)
-    if ":" in text:
+    _need_ports(call.rule)
+    if ":" in call.arg:
         raise ExtensionError("Invalid port:port syntax - use dash")
-    ports = _parse_ports(text, False)
+    ports = _parse_ports(call.arg, False)
     return ports.lo, ports.hi
+
+
+def parse_to(call: XtCall) -> NatRange:
+    """--to-destination / --to-source."""
+    return parse_range(call.arg, call.family, call.rule, call.ext)
+
+
+def nat_options(name: str, to: str | None, *flags: str) -> XtOptions:
+    """A NAT target's table: its mandatory range (``--to-ports`` is optional), then its flags."""
+    entry = XtOpt(to, CUSTOM, XTOPT_MAND, parse=parse_to) if to else XtOpt("to-ports", CUSTOM, parse=parse_to_ports)
+    return XtOptions(name, entry, *(XtOpt(f, NONE) for f in flags))
 
 
 def range_text(r: NatRange, family: int) -> str:
@@ -143,45 +155,27 @@ def _flags(r: NatRange, save: bool) -> str:
     return out
 
 
-def _with_flags(r: NatRange, opts: list[Opt]) -> NatRange:
-    names = {o.name for o in opts}
+def _with_flags(r: NatRange, names: set[str]) -> NatRange:
     return NatRange(r.min_addr, r.max_addr, r.min_port, r.max_port, "random" in names, "random-fully" in names,
                     "persistent" in names, r.base_port)
 
 
 class _Nat(Target):
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     TABLES = ("nat",)
     KIND = "DST"
     OPT = "to-destination"
-    _SPECS: ClassVar[list[OptSpec] | None] = None     # per subclass, built on first use
 
     def __init__(self, rng: NatRange, family: int) -> None:
         self.range, self.family = rng, family
 
     @classmethod
-    def specs(cls) -> list[OptSpec]:
-        """This target's option table (built once per class)."""
-        got: list[OptSpec] | None = cls.__dict__.get("_SPECS")
-        if got is None:
-            got = [OptSpec(cls.OPT, mand=True), *(OptSpec(n) for n in cls.OPTIONS if n != cls.OPT)]
-            cls._SPECS = got
-        return got
-
-    @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> _Nat:
         if len(opts) == 1 and opts[0].name == cls.OPT and not opts[0].invert:   # the usual lone range
             return cls(parse_range(opts[0].values[0], family, rule, cls.name), family)
-        specs = cls.specs()
-        ranges: list[NatRange] = []
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            if spec.name == cls.OPT:
-                ranges.append(parse_range(o.values[0], family, rule, cls.name))
-
-        seen = xtopt_parse(cls.name, specs, opts, parse)
-        xtopt_fcheck(cls.name, specs, seen)
-        return cls(_with_flags(ranges[0], opts), family)
+        got = cls.OPTIONS.parse_all(opts, family, rule)
+        return cls(_with_flags(got.get(cls.OPT), got.seen()), family)
 
     def save(self) -> str:
         return f"-j {self.name} --{self.OPT} {range_text(self.range, self.family)}" + _flags(self.range, True)
@@ -197,7 +191,7 @@ class _Nat(Target):
 class DnatTarget(_Nat):
     name = "DNAT"
     HOOKS = ("PREROUTING", "OUTPUT")
-    OPTIONS = {"to-destination": 1, "random": 0, "persistent": 0}
+    OPTIONS = nat_options("DNAT", "to-destination", "random", "persistent")
 
 
 @register_target
@@ -206,38 +200,28 @@ class SnatTarget(_Nat):
     KIND = "SRC"
     OPT = "to-source"
     HOOKS = ("POSTROUTING", "INPUT")
-    OPTIONS = {"to-source": 1, "random": 0, "random-fully": 0, "persistent": 0}
+    OPTIONS = nat_options("SNAT", "to-source", "random", "random-fully", "persistent")
 
 
 @register_target
 class MasqueradeTarget(Target):
     """Source NAT to the outgoing device's address for the next hop; no address means drop."""
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
 
     name = "MASQUERADE"
     TABLES = ("nat",)
     HOOKS = ("POSTROUTING",)
-    OPTIONS = {"to-ports": 1, "random": 0, "random-fully": 0}
-
-    _SPECS: ClassVar[list[OptSpec] | None] = None
+    OPTIONS = nat_options("MASQUERADE", None, "random", "random-fully")
 
     def __init__(self, rng: NatRange) -> None:
         self.range = rng
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MasqueradeTarget:
-        ports: list[tuple[int, int]] = []
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            if spec.name == "to-ports":
-                ports.append(parse_to_ports(o.values[0], rule))
-
-        specs: list[OptSpec] | None = cls.__dict__.get("_SPECS")
-        if specs is None:
-            specs = cls._SPECS = [OptSpec(n) for n in cls.OPTIONS]
-        xtopt_parse(cls.name, specs, opts, parse)
-        lo, hi = ports[0] if ports else (None, None)
-        return cls(_with_flags(NatRange(None, None, lo, hi), opts))
+        got = cls.OPTIONS.parse_all(opts, family, rule)
+        lo, hi = got.get("to-ports", (None, None))
+        return cls(_with_flags(NatRange(None, None, lo, hi), got.seen()))
 
     def save(self) -> str:
         text = "-j MASQUERADE"
@@ -270,12 +254,13 @@ def _ports(r: NatRange) -> str:
 @register_target
 class RedirectTarget(Target):
     """Destination NAT to this node: the incoming device's first address, or loopback for local traffic."""
+    NEEDS_CONNTRACK = True
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
 
     name = "REDIRECT"
     TABLES = ("nat",)
     HOOKS = ("PREROUTING", "OUTPUT")
-    OPTIONS = {"to-ports": 1, "random": 0}
+    OPTIONS = nat_options("REDIRECT", None, "random")
 
     def __init__(self, rng: NatRange) -> None:
         self.range = rng

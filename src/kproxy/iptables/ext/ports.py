@@ -12,16 +12,26 @@ sctp always stays an xt match and prints what was given.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtutil import C_SPACE, c_strtoui, parse_port, port_name, service_port
+from kproxy.iptables.xtoptions import (
+    CUSTOM,
+    LEGACY_ONCE,
+    PORTRC,
+    XTOPT_INVERT,
+    XtCall,
+    XtOpt,
+    XtOptions,
+    XtParsed,
+    two_args,
+)
+from kproxy.iptables.xtutil import c_strtoui, parse_port, port_name
 from kproxy.packet import SCTP, TCP, UDP, Packet
 
 FLAG_ORDER = [("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10), ("URG", 0x20)]
 FLAG_WORDS = {**dict(FLAG_ORDER), "ALL": 0x3F, "NONE": 0}
-CANONICAL = {"source-port": "sport", "sport": "sport", "destination-port": "dport", "dport": "dport"}
-LONG = {"sport": "source-port", "dport": "destination-port"}
 FULL = (0, 0xFFFF)
 Range = tuple[int, int]
 
@@ -58,27 +68,27 @@ def parse_xt_ports(text: str, proto: int) -> Range:
     return lo, hi
 
 
-def parse_opt_port(text: str) -> int:
-    """One component of an xtopt port range: a service name, else decimal digits kept to 16 bits."""
-    port = service_port(text, None)
-    if port is not None:
-        return port
-    s = text.lstrip(C_SPACE)
-    s = s[1:] if s.startswith("+") else s
-    if s.isascii() and s.isdigit():
-        return int(s) & 0xFFFF
-    raise ExtensionError(f"Port \"{text}\" does not resolve to anything.\n")
+def port_entries(kind: str, parse: Callable[[XtCall], Any] | None = None) -> tuple[XtOpt, ...]:
+    """``--source-port``/``--sport`` and ``--destination-port``/``--dport``, of a value type or parsed by ``parse``."""
+    return tuple(XtOpt(name, kind, XTOPT_INVERT, id=key, parse=parse)
+                 for key, alias in (("source-port", "sport"), ("destination-port", "dport")) for name in (key, alias))
 
 
-def parse_opt_ports(text: str, ext: str, option: str) -> Range:
-    """xtopt's port range (udp): at most two components, empty ones meaning 0 and 65535; no order check."""
-    parts = text.split(":")
-    if len(parts) > 2:
-        raise ExtensionError(f"{ext}: Too many components for option \"--{option}\" (max: 2)\n")
-    lo = parse_opt_port(parts[0]) if parts[0] else 0
-    if len(parts) == 1:
-        return lo, lo
-    return lo, parse_opt_port(parts[1]) if parts[1] else 0xFFFF
+def xt_ports(proto: int) -> Callable[[XtCall], Range]:
+    """The port range parser of tcp or sctp (their own parse functions, with service names of ``proto``)."""
+    return lambda call: parse_xt_ports(call.arg, proto)
+
+
+def parse_tcp_flags(call: XtCall) -> tuple[int, int]:
+    mask, comp = two_args(call)
+    return parse_flags(mask), parse_flags(comp)
+
+
+def parse_tcp_option(call: XtCall) -> int:
+    option = c_strtoui(call.arg, 1, 255)
+    if option is None:
+        raise ExtensionError(f"Bad TCP option \"{call.arg}\"")
+    return option
 
 
 class PortMatch(Match):
@@ -86,7 +96,6 @@ class PortMatch(Match):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
 
     PROTO: ClassVar[int] = TCP
-    OPTIONS: ClassVar[dict[str, int]] = {"sport": 1, "source-port": 1, "dport": 1, "destination-port": 1}
 
     def __init__(self) -> None:
         self.sport: Range | None = None
@@ -102,33 +111,19 @@ class PortMatch(Match):
         if rule.proto != cls.PROTO:
             raise ExtensionError(f"{cls.name.upper()} match requires '-p {cls.name}'")
 
-    def _parse_ports(self, o: Opt) -> Range:
-        return parse_xt_ports(o.values[0], self.PROTO)
-
-    def _duplicate(self, key: str) -> ExtensionError:
-        return ExtensionError(f"Only one `--{LONG[key]}' allowed")
-
-    def _port_opt(self, o: Opt) -> bool:
-        key = CANONICAL.get(o.name)
-        if key is None:
-            return False
-        if getattr(self, key) is not None:
-            raise self._duplicate(key)
-        setattr(self, key, self._parse_ports(o))
-        setattr(self, key[0] + "inv", o.invert)
-        return True
-
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> PortMatch:
+        got = cls.OPTIONS.parse(opts, family, rule)
         m = cls()
-        for o in opts:
-            if not m._port_opt(o):
-                m._extra(o)
+        m.sport, m.sinv = got.get("source-port"), got.invert("source-port")
+        m.dport, m.dinv = got.get("destination-port"), got.invert("destination-port")
+        m._extra(got)
         m._translate(rule)
         return m
 
-    def _extra(self, o: Opt) -> None:
-        raise ExtensionError(f"unknown option \"--{o.name}\"")
+    def _extra(self, got: XtParsed) -> None:
+        """The options besides the ports."""
+        return None
 
     # ---- the nft round trip ------------------------------------------------------------------
     def _all_zero(self) -> bool:
@@ -215,6 +210,17 @@ class PortMatch(Match):
                 values += [rng[0], rng[1]]
         return (" and ".join(parts) or "True"), tuple(values)
 
+    def translate(self) -> str | None:
+        """``tcp sport 80 tcp dport 1000-2000``: the ports only (flags and options are not translated here)."""
+        if not self._nothing_extra():
+            return None
+        parts = []
+        for word, rng, inv in (("sport", self.sport, self.sinv), ("dport", self.dport, self.dinv)):
+            if rng is not None:
+                text = str(rng[0]) if rng[0] == rng[1] else f"{rng[0]}-{rng[1]}"
+                parts.append(f"{self.name} {word} {'!= ' if inv else ''}{text}")
+        return " ".join(parts)
+
     def index_key(self) -> tuple[str, Any] | None:
         if self.dport is not None and not self.dinv and self.dport[0] == self.dport[1]:
             return ("dport", self.dport[0])
@@ -231,7 +237,15 @@ class PortMatch(Match):
 class TcpMatch(PortMatch):
     name = "tcp"
     PROTO = TCP
-    OPTIONS = {**PortMatch.OPTIONS, "tcp-flags": 2, "syn": 0, "tcp-option": 1}
+    OPTIONS = XtOptions(
+        "tcp",
+        *port_entries(CUSTOM, xt_ports(TCP)),
+        XtOpt("tcp-flags", CUSTOM, XTOPT_INVERT, nvals=2, parse=parse_tcp_flags,
+              once="Only one of `--syn' or `--tcp-flags'  allowed"),
+        XtOpt("syn", CUSTOM, XTOPT_INVERT, id="tcp-flags", nvals=0, parse=lambda call: (0x17, 0x02)),
+        XtOpt("tcp-option", CUSTOM, XTOPT_INVERT, parse=parse_tcp_option),
+        once=LEGACY_ONCE,
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -240,26 +254,9 @@ class TcpMatch(PortMatch):
         self.option: int | None = None
         self.oinv = False
 
-    def _extra(self, o: Opt) -> None:
-        if o.name in ("tcp-flags", "syn"):
-            if self.flags is not None:
-                raise ExtensionError("Only one of `--syn' or `--tcp-flags'  allowed")
-            if o.name == "syn":
-                self.flags = (0x17, 0x02)
-            else:
-                if o.values[1][:1] in ("-", "!"):
-                    raise ExtensionError("--tcp-flags requires two args.")
-                self.flags = (parse_flags(o.values[0]), parse_flags(o.values[1]))
-            self.finv = o.invert
-        elif o.name == "tcp-option":
-            if self.option is not None:
-                raise ExtensionError("Only one `--tcp-option' allowed")
-            self.option = c_strtoui(o.values[0], 1, 255)
-            if self.option is None:
-                raise ExtensionError(f"Bad TCP option \"{o.values[0]}\"")
-            self.oinv = o.invert
-        else:
-            super()._extra(o)
+    def _extra(self, got: XtParsed) -> None:
+        self.flags, self.finv = got.get("tcp-flags"), got.invert("tcp-flags")
+        self.option, self.oinv = got.get("tcp-option"), got.invert("tcp-option")
 
     def _all_zero(self) -> bool:
         return super()._all_zero() and self.option is None and (self.flags is None or self.flags == (0, 0)) \
@@ -281,7 +278,7 @@ class TcpMatch(PortMatch):
         return self.flags is None and self.option is None
 
     def inline(self) -> tuple[str, tuple[Any, ...]] | None:
-        # Declared here because matches() is: PortMatch.inline declines when flags or an option are set.
+        # The ports' form, which declines (None: called) when flags or an option are set.
         return super().inline()
 
     def _save_extra(self) -> str:
@@ -320,12 +317,7 @@ class TcpMatch(PortMatch):
 class UdpMatch(PortMatch):
     name = "udp"
     PROTO = UDP
-
-    def _parse_ports(self, o: Opt) -> Range:
-        return parse_opt_ports(o.values[0], self.name, LONG[CANONICAL[o.name]])
-
-    def _duplicate(self, key: str) -> ExtensionError:
-        return ExtensionError(f"{self.name}: option \"--{LONG[key]}\" can only be used once.\n")
+    OPTIONS = XtOptions("udp", *port_entries(PORTRC))
 
 
 @register_match
@@ -334,6 +326,7 @@ class SctpMatch(PortMatch):
 
     name = "sctp"
     PROTO = SCTP
+    OPTIONS = XtOptions("sctp", *port_entries(CUSTOM, xt_ports(SCTP)), once=LEGACY_ONCE)
 
     def _translate(self, rule: Any) -> None:
         self.kernel_proto = SCTP

@@ -10,11 +10,10 @@ before forwarding.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_parse, xtopt_uint
+from kproxy.iptables.xtoptions import HOST, NONE, STRING, UINT32, XTOPT_INVERT, XtOpt, XtOptions
 from kproxy.packet import Packet, format_addr
 
 IP_LIST_TOT = 200          # module parameter ip_list_tot: entries per list
@@ -22,12 +21,6 @@ IP_PKT_LIST_TOT = 20       # module parameter ip_pkt_list_tot
 MAX_NSTAMPS = 1 << 16      # XT_RECENT_MAX_NSTAMPS: a larger --hitcount is refused
 NAME_LEN = 200             # XT_RECENT_NAME_LEN, with the NUL
 MODES = ("set", "rcheck", "update", "remove")
-OPTS = [
-    *(OptSpec(m, invert=True, excl=tuple(x for x in MODES if x != m)) for m in MODES),
-    OptSpec("seconds"), OptSpec("reap", also=("seconds",)), OptSpec("hitcount"),
-    OptSpec("rttl", excl=("set", "remove")), OptSpec("name"), OptSpec("rsource"), OptSpec("rdest"),
-    OptSpec("mask"),
-]
 
 
 def roundup_pow2(n: int) -> int:
@@ -117,21 +110,6 @@ def tables_of(node: Any) -> RecentTables:
     return rt
 
 
-def parse_host(text: str, family: int) -> int:
-    """XTTYPE_HOST (--mask): getaddrinfo, so ``24`` is 0.0.0.24 and a name is looked up."""
-    fam = socket.AF_INET if family == 4 else socket.AF_INET6
-    if not text:
-        raise ExtensionError("getaddrinfo: Name or service not known\n")
-    try:
-        info = socket.getaddrinfo(text, None, fam, 0, 0, socket.AI_NUMERICHOST)
-    except socket.gaierror:
-        try:
-            info = socket.getaddrinfo(text, None, fam)
-        except socket.gaierror as exc:
-            raise ExtensionError(f"getaddrinfo: {exc.strerror}\n") from None
-    return int.from_bytes(socket.inet_pton(fam, str(info[0][4][0])), "big")
-
-
 def s32(n: int) -> int:
     """How the tool prints the unsigned fields (``%d``)."""
     return n - (1 << 32) if n >= 1 << 31 else n
@@ -140,8 +118,13 @@ def s32(n: int) -> int:
 @register_match
 class RecentMatch(Match):
     name = "recent"
-    OPTIONS = {"set": 0, "rcheck": 0, "update": 0, "remove": 0, "seconds": 1, "reap": 0, "hitcount": 1,
-               "rttl": 0, "name": 1, "mask": 1, "rsource": 0, "rdest": 0}
+    OPTIONS = XtOptions(
+        "recent",
+        *(XtOpt(m, NONE, XTOPT_INVERT, excl=tuple(x for x in MODES if x != m)) for m in MODES),
+        XtOpt("seconds", UINT32, min=1), XtOpt("reap", NONE, also=("seconds",)), XtOpt("hitcount", UINT32),
+        XtOpt("rttl", NONE, excl=("set", "remove")), XtOpt("name", STRING, size=NAME_LEN),
+        XtOpt("rsource", NONE), XtOpt("rdest", NONE), XtOpt("mask", HOST),
+    )
 
     def __init__(self) -> None:
         self.mode = ""
@@ -158,31 +141,20 @@ class RecentMatch(Match):
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> RecentMatch:
         m = cls()
         m.family = family
-        if family == 6:
-            m.mask = (1 << 128) - 1
-        seen = xtopt_parse("recent", OPTS, opts, lambda spec, o: m._parse(spec.name, o))
+        got = cls.OPTIONS.parse(opts, family)
+        for name in got.order:
+            if name in MODES:
+                m.mode, m.invert = name, got.invert(name)
+            elif name in ("rsource", "rdest"):
+                m.side = "source" if name == "rsource" else "dest"
         if not m.mode:
             raise ExtensionError("recent: you must specify one of `--set', `--rcheck' `--update' or `--remove'")
-        xtopt_fcheck("recent", OPTS, seen)
+        cls.OPTIONS.fcheck(got)
+        m.seconds, m.hitcount = got.get("seconds", 0), got.get("hitcount", 0)
+        m.reap, m.rttl = "reap" in got, "rttl" in got
+        m.list_name = got.get("name", m.list_name)
+        m.mask = got.get("mask", (1 << 128) - 1 if family == 6 else m.mask)
         return m
-
-    def _parse(self, name: str, o: Opt) -> None:
-        if name in MODES:
-            self.mode, self.invert = name, o.invert
-        elif name == "seconds":
-            self.seconds = xtopt_uint(o.values[0], "recent", "seconds", 1)
-        elif name == "hitcount":
-            self.hitcount = xtopt_uint(o.values[0], "recent", "hitcount")
-        elif name == "reap":
-            self.reap = True
-        elif name == "rttl":
-            self.rttl = True
-        elif name == "name":
-            self.list_name = o.values[0].encode()[:NAME_LEN - 1].decode(errors="ignore")
-        elif name == "mask":
-            self.mask = parse_host(o.values[0], self.family)
-        else:
-            self.side = "source" if name == "rsource" else "dest"
 
     def kernel_refuses(self, rule: Any, chain: str) -> bool:
         """recent_mt_check's refusals (the tool then fails with ``RULE_APPEND failed (Invalid argument)``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
-from kproxy.iptables.xtutil import OptSpec, xtopt_parse
+from kproxy.iptables.xtoptions import STRING, XtOpt, XtOptions
 from kproxy.packet import NF_DROP, TCP, Packet
 
 # (name, alias), in libxt_REJECT's table order.
@@ -23,7 +23,6 @@ KINDS6 = [("icmp6-no-route", "no-route"), ("icmp6-adm-prohibited", "adm-prohibit
           ("icmp6-addr-unreachable", "addr-unreach"), ("icmp6-port-unreachable", "port-unreach"),
           ("tcp-reset", "tcp-reset"), ("icmp6-policy-fail", "policy-fail"),
           ("icmp6-reject-route", "reject-route")]
-OPTS = [OptSpec("reject-with")]
 
 
 def reject_kind(text: str, family: int) -> str:
@@ -38,7 +37,7 @@ def reject_kind(text: str, family: int) -> str:
 class RejectTarget(Target):
     SHAREABLE = True   # no per-rule state: rules with the same options share one object
     name = "REJECT"
-    OPTIONS = {"reject-with": 1}
+    OPTIONS = XtOptions("REJECT", XtOpt("reject-with", STRING))
     HOOKS = ("INPUT", "FORWARD", "OUTPUT")
     TABLES = ("filter",)
 
@@ -47,9 +46,10 @@ class RejectTarget(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> RejectTarget:
-        got = ["icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"]
-        xtopt_parse("REJECT", OPTS, opts, lambda spec, o: got.append(reject_kind(o.values[0], family)))
-        return cls(got[-1])
+        text = cls.OPTIONS.parse(opts).get("reject-with")
+        if text is None:
+            return cls("icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable")
+        return cls(reject_kind(text, family))
 
     def kernel_refuses(self, rule: Any, chain: str) -> bool:
         """reject_tg_check: a TCP reset only for rules that match TCP (and not ``! -p tcp``)."""

@@ -14,7 +14,35 @@ from kproxy.iptables.extension import (
     register_match,
     register_target,
 )
+from kproxy.iptables.xtoptions import (
+    CUSTOM,
+    NONE,
+    STRING,
+    XTOPT_INVERT,
+    XTOPT_MULTI,
+    XtCall,
+    XtOpt,
+    XtOptions,
+    two_args,
+)
+from kproxy.iptables.xtutil import c_strtoui
 from kproxy.packet import Packet
+
+COUNTERS = ("packets-eq", "packets-lt", "packets-gt", "bytes-eq", "bytes-lt", "bytes-gt")
+FREE = XTOPT_INVERT | XTOPT_MULTI      # libxt_set's own parse functions check little
+
+
+def parse_set(call: XtCall) -> tuple[str, list[str]]:
+    """``NAME src[,dst...]``: the set and the directions to look up."""
+    name, flags = two_args(call)[:2]
+    return name, _flags(flags)
+
+
+def parse_timeout(call: XtCall) -> int:
+    got = c_strtoui(call.arg, 0, 0xFFFFFFFE)
+    if got is None:
+        raise ExtensionError("Invalid value for option --timeout or out of range 0-4294967294")
+    return got
 
 
 def _flags(text: str) -> list[str]:
@@ -33,21 +61,30 @@ def _check_set(node: Any, name: str) -> None:
 @register_match
 class SetMatch(Match):
     name = "set"
-    OPTIONS = {"match-set": 2, "return-nomatch": 0, "update-counters": 0, "update-subcounters": 0,
-               "packets-eq": 1, "packets-lt": 1, "packets-gt": 1, "bytes-eq": 1, "bytes-lt": 1, "bytes-gt": 1}
+    OPTIONS = XtOptions(
+        "set",
+        XtOpt("match-set", CUSTOM, XTOPT_INVERT, nvals=2, parse=parse_set,
+              once="--match-set can be specified only once"),
+        *(XtOpt(n, NONE, FREE) for n in ("return-nomatch", "update-counters", "update-subcounters")),
+        *(XtOpt(n, STRING, FREE) for n in COUNTERS),
+    )
 
     def __init__(self, set_name: str, flags: list[str], invert: bool, extra: list[Opt]) -> None:
         self.set_name, self.flags, self.invert, self.extra = set_name, flags, invert, extra
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> SetMatch:
-        ms = [o for o in opts if o.name == "match-set"]
-        if not ms:
+        got = cls.OPTIONS.parse(opts, family, rule)
+        if "match-set" not in got:
             raise ExtensionError("You must specify `--match-set' with proper arguments")
-        return cls(ms[0].values[0], _flags(ms[0].values[1]), ms[0].invert, [o for o in opts if o.name != "match-set"])
+        name, flags = got.get("match-set")
+        return cls(name, flags, got.invert("match-set"), [o for o in opts if o.name != "match-set"])
 
     def check(self, node: Any) -> None:
         _check_set(node, self.set_name)
+
+    def set_names(self) -> tuple[str, ...]:
+        return (self.set_name,)
 
     def save(self) -> str:
         text = f"-m set {'! ' if self.invert else ''}--match-set {self.set_name} {','.join(self.flags)}"
@@ -80,22 +117,29 @@ class SetMatch(Match):
 @register_target
 class SetTarget(Target):
     name = "SET"
-    OPTIONS = {"add-set": 2, "del-set": 2, "exist": 0, "timeout": 1, "map-set": 2}
+    OPTIONS = XtOptions(
+        "SET",
+        *(XtOpt(n, CUSTOM, FREE, nvals=2, parse=parse_set) for n in ("add-set", "del-set", "map-set")),
+        XtOpt("exist", NONE, FREE), XtOpt("timeout", CUSTOM, FREE, parse=parse_timeout),
+    )
 
     def __init__(self, op: str, set_name: str, flags: list[str], exist: bool, timeout: int | None) -> None:
         self.op, self.set_name, self.flags, self.exist, self.timeout = op, set_name, flags, exist, timeout
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> SetTarget:
-        ops = [o for o in opts if o.name in ("add-set", "del-set")]
+        got = cls.OPTIONS.parse(opts, family, rule)
+        ops = [o for o in ("add-set", "del-set") if o in got]
         if len(ops) != 1:
             raise ExtensionError("You must specify either `--add-set' or `--del-set'")
-        timeout = next((int(o.values[0]) for o in opts if o.name == "timeout"), None)
-        return cls(ops[0].name, ops[0].values[0], _flags(ops[0].values[1]), any(o.name == "exist" for o in opts),
-                   timeout)
+        name, flags = got.get(ops[0])
+        return cls(ops[0], name, flags, "exist" in got, got.get("timeout"))
 
     def check(self, node: Any) -> None:
         _check_set(node, self.set_name)
+
+    def set_names(self) -> tuple[str, ...]:
+        return (self.set_name,)
 
     def save(self) -> str:
         text = f"-j SET --{self.op} {self.set_name} {','.join(self.flags)}"

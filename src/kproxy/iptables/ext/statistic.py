@@ -13,15 +13,18 @@ import re
 from typing import Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
-from kproxy.iptables.xtutil import OptSpec, xtopt_fcheck, xtopt_parse, xtopt_uint
+from kproxy.iptables.xtoptions import (
+    CHOICE,
+    CUSTOM,
+    UINT32,
+    XTOPT_INVERT,
+    XTOPT_MAND,
+    XtCall,
+    XtOpt,
+    XtOptions,
+)
 from kproxy.packet import Packet
 
-OPTS = [
-    OptSpec("mode", mand=True),
-    OptSpec("probability", invert=True, excl=("every", "packet")),
-    OptSpec("every", invert=True, also=("packet",)),
-    OptSpec("packet", also=("every",)),
-]
 _FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)", re.IGNORECASE)
 _HEXFLOAT = re.compile(r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?")
 
@@ -37,6 +40,14 @@ def c_strtod(text: str) -> float | None:
     return None
 
 
+def parse_probability(call: XtCall) -> int:
+    """The probability as the kernel keeps it: round(p * 2^31)."""
+    p = c_strtod(call.arg)
+    if p is None or p < 0.0 or p > 1.0:   # (nan passes these checks, as in C)
+        raise ExtensionError("statistic: bad value for option \"--probability\", or out of range (0-1).\n")
+    return 0 if p != p else int(p * 0x80000000 + 0.5)
+
+
 def node_rng(node: Any) -> random.Random:
     rng = node.subsystems.get("rng")
     if rng is None:
@@ -48,7 +59,13 @@ def node_rng(node: Any) -> random.Random:
 class StatisticMatch(Match):
     SHAREABLE = True   # random mode has no per-rule state; nth says so through ``stateful``
     name = "statistic"
-    OPTIONS = {"mode": 1, "probability": 1, "every": 1, "packet": 1}
+    OPTIONS = XtOptions(
+        "statistic",
+        XtOpt("mode", CHOICE, XTOPT_MAND, choices=("random", "nth"), bad="Bad mode \"{value}\""),
+        XtOpt("probability", CUSTOM, XTOPT_INVERT, excl=("every", "packet"), parse=parse_probability),
+        XtOpt("every", UINT32, XTOPT_INVERT, min=1, also=("packet",)),
+        XtOpt("packet", UINT32, also=("every",)),
+    )
 
     def __init__(self, mode: str, probability: int = 0, every: int = 0, packet: int = 0,
                  invert: bool = False) -> None:
@@ -57,35 +74,17 @@ class StatisticMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Any) -> StatisticMatch:
-        m = cls("random")
-        m.every = 0
-
-        def parse(spec: OptSpec, o: Opt) -> None:
-            text = o.values[0]
-            if spec.name == "mode":
-                if text not in ("random", "nth"):
-                    raise ExtensionError(f"Bad mode \"{text}\"")
-                m.mode = text
-            elif spec.name == "probability":
-                p = c_strtod(text)
-                if p is None or p < 0.0 or p > 1.0:   # (nan passes these checks, as in C)
-                    raise ExtensionError("statistic: bad value for option \"--probability\", or out of range (0-1).\n")
-                m.probability = 0 if p != p else int(p * 0x80000000 + 0.5)
-            elif spec.name == "every":
-                m.every = xtopt_uint(text, "statistic", "every", 1) - 1
-            else:
-                m.packet = xtopt_uint(text, "statistic", "packet")
-            if o.invert:
-                m.invert = True
-
-        seen = xtopt_parse("statistic", OPTS, opts, parse)
+        got = cls.OPTIONS.parse(opts)
+        m = cls(got.get("mode", "random"), got.get("probability", 0), got.get("every", 1) - 1, got.get("packet", 0),
+                got.invert("probability") or got.invert("every"))
+        seen = got.seen()
         if m.mode == "random" and "probability" not in seen:
             raise ExtensionError("--probability must be specified when using random mode")
         if m.mode == "nth" and not seen & {"every", "packet"}:
             raise ExtensionError("--every and --packet must be specified when using nth mode")
         if m.packet > m.every:
             raise ExtensionError("the --packet p must be 0 <= p <= n-1")
-        xtopt_fcheck("statistic", OPTS, seen)
+        cls.OPTIONS.fcheck(got)
         m.count = m.every - m.packet   # as the kernel starts the shared counter (xt_statistic checkentry)
         m.stateful = m.mode == "nth"   # its packet counter belongs to this rule alone
         return m

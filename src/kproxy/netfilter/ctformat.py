@@ -1,0 +1,34 @@
+"""A conntrack entry as one line of ``conntrack -L`` (conntrack-tools 1.4.7) prints it.
+
+Kept beside the conntrack table rather than in the CLI: the ``conntrack`` command prints these lines,
+and the lab's differential runs compare them with the kernel's.
+"""
+
+from __future__ import annotations
+
+from kproxy.netfilter.conntrack import IPS_ASSURED, IPS_SEEN_REPLY, Conn
+from kproxy.packet import PROTO_NAMES, TCP
+
+
+def format_conn(conn: Conn, now: float, extended: bool = False, use: int = 1, with_id: bool = False) -> str:
+    """One line of ``conntrack -L``."""
+    proto = conn.orig.proto
+    name = {58: "icmpv6"}.get(proto, PROTO_NAMES.get(proto, "unknown"))
+    parts = [f"{name:<8} {proto} {conn.timeout_at(now)}"]
+    if proto == TCP:
+        parts.append(conn.tcp_state)
+    parts.append(conn.orig.text())
+    if not conn.status & IPS_SEEN_REPLY:
+        parts.append("[UNREPLIED]")
+    parts.append(conn.reply.text())
+    if conn.status & IPS_ASSURED:
+        parts.append("[ASSURED]")
+    parts.append(f"mark={conn.mark}")
+    parts.append(f"use={use}")
+    if with_id:
+        parts.append(f"id={conn.id}")
+    line = " ".join(parts)
+    if extended:
+        fam = "ipv4     2" if conn.orig.family == 4 else "ipv6     10"
+        line = f"{fam} {line}"
+    return line

@@ -1,0 +1,84 @@
+"""What every proxier mode is to the sync loop, and which modes exist.
+
+A mode (iptables, nftables, ipvs) is its rule generation and its apply step; the change tracking
+(``kproxy.proxy.changes``), the local-traffic detector (``kproxy.proxy.localdetect``), health and
+metrics are shared. The sync loop and the CLI see a proxier only through ``Proxier``. The mode
+named in the configuration or on the command line picks the proxier; a mode that is not
+available is an error at start, never a silent fallback to another mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kproxy.k8s.manifests import Objects
+from kproxy.proxy.config import ProxyConfig
+
+
+@dataclass
+class SyncResult:
+    """One sync: what was applied, how long it took, and whether it failed (``error``)."""
+
+    full: bool
+    text: str                      # what was applied: restore input, an nft transaction, ...
+    lines: int
+    duration: float
+    rules: dict[str, int] = field(default_factory=dict)    # rules written per table
+    error: str = ""
+    changed_services: set[str] = field(default_factory=set)
+
+    @property
+    def nat_rules(self) -> int:
+        return self.rules.get("nat", 0)
+
+    @property
+    def filter_rules(self) -> int:
+        return self.rules.get("filter", 0)
+
+
+class Proxier(Protocol):
+    """A proxier mode as the sync loop drives it."""
+
+    cfg: ProxyConfig
+    need_full: bool          # the last sync failed (or none ran yet): the next one rewrites everything
+
+    def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
+        """Program the dataplane for ``objs``: what changed (or everything, when ``force_full``)."""
+        ...
+
+
+class ModeUnavailable(ValueError):
+    """The proxy mode asked for cannot run here (unknown, not built yet, or the backend lacks it)."""
+
+
+ProxierFactory = Callable[..., Proxier]
+
+
+def _iptables() -> ProxierFactory:
+    from kproxy.proxy.iptables import IptablesProxier
+
+    return IptablesProxier
+
+
+# Mode name -> how to get its proxier class (imported on demand, as a mode's module may be large).
+MODES: dict[str, Callable[[], ProxierFactory]] = {"iptables": _iptables}
+KNOWN_MODES = ("iptables", "ipvs", "nftables")
+
+
+def proxier_class(mode: str) -> ProxierFactory:
+    """The proxier for ``mode`` (empty: upstream's default on Linux, iptables); ModeUnavailable if none."""
+    mode = mode or "iptables"
+    factory = MODES.get(mode)
+    if factory is None:
+        if mode in KNOWN_MODES:
+            raise ModeUnavailable(f"proxy mode {mode!r} is not available in this kproxy (available: "
+                                  f"{', '.join(sorted(MODES))})")
+        raise ModeUnavailable(f"unknown proxy mode {mode!r} (iptables, ipvs or nftables)")
+    return factory()
+
+
+def build_proxier(cfg: ProxyConfig, backend: Any, **kwargs: Any) -> Proxier:
+    """The proxier of ``cfg.mode`` writing through ``backend``."""
+    return proxier_class(cfg.mode)(cfg, backend, **kwargs)
