@@ -53,9 +53,11 @@ def node_from_json(data: dict[str, Any], source: str = "<node>") -> Node:
     if node.ipvs is not None and data.get("ipvs") is not None:
         node.ipvs.from_json(data["ipvs"])
     if data.get("nftables") is not None:
+        from kproxy.nftables.evaluate import attach
         from kproxy.nftables.store import ruleset_from_json
 
         node.nftables = ruleset_from_json(data["nftables"])
+        attach(node)
     if data.get("recent") is not None:
         from kproxy.iptables.ext.recent import RecentTables  # type: ignore[attr-defined]
 

@@ -15,6 +15,7 @@ from kproxy.cli.main import PASSTHROUGH, Ctx, cli, run_tool
 def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     """nft (1.0.6 syntax) on the emulated node's nftables ruleset; -f FILE is one atomic transaction."""
     from kproxy.nftables.cli import run_nft
+    from kproxy.nftables.evaluate import attach
     from kproxy.nftables.store import node_ruleset
 
     argv = list(args)
@@ -24,7 +25,9 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
 
     def run(node):  # type: ignore[no-untyped-def]
         rc, out, err, rs = run_nft(argv, node_ruleset(node), stdin, set(node.interfaces))
-        node.nftables = rs
+        if rc == 0:
+            node.nftables = rs
+            attach(node)
         return rc, out, err
 
     run_tool(obj, run)
