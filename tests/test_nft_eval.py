@@ -142,3 +142,26 @@ def test_families_without_a_hook_are_reported():
     assert rc == 0
     node.nftables = rs
     assert attach(node) == ["netdev nd ing: the emulated node has no netdev ingress hook"]
+
+
+def test_dynamic_set_learns_sources_and_lists_them():
+    node = node_with("""
+table inet guard {
+	set seen {
+		type ipv4_addr
+		size 65535
+		flags dynamic,timeout
+		timeout 1m
+	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		ip saddr @seen drop
+		tcp dport 23 add @seen { ip saddr }
+	}
+}
+""")
+    assert node.receive(tcp("198.51.100.9", "192.168.1.10", 40000, 23), "eth0").fate == "delivered"
+    assert node.receive(tcp("198.51.100.9", "192.168.1.10", 40001, 80), "eth0").fate == "dropped"
+    assert node.receive(tcp("198.51.100.10", "192.168.1.10", 40001, 80), "eth0").fate == "delivered"
+    listing = run_nft(["list", "set", "inet", "guard", "seen"], node.nftables)[1]
+    assert "elements = { 198.51.100.9 }" in listing   # (expiry countdowns are not modelled)

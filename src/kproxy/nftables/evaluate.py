@@ -45,6 +45,7 @@ from kproxy.nftables.stmt import (
     ObjRef,
     Quota,
     Reject,
+    SetUpdate,
     Simple,
     Stmt,
     VerdictMap,
@@ -222,6 +223,9 @@ class ChainRunner:
         if isinstance(st, Reject):
             state.rejected_with = self.reject_kind(st, pkt)
             return NF_DROP
+        if isinstance(st, SetUpdate):
+            self.update_set(st, pkt, state)
+            return CONTINUE
         if isinstance(st, Simple) and st.word == "notrack":
             pkt.notrack = True
             return CONTINUE
@@ -232,6 +236,17 @@ class ChainRunner:
             return None if ob is not None and ob.values.get("over") else CONTINUE
         # log, limit (no rate is ever exceeded by single test packets), quota, queue-less statements
         return CONTINUE
+
+    def update_set(self, st: SetUpdate, pkt: Packet, state: HookState) -> None:
+        """``add @s { key }`` / ``update @s { key ... }``: the packet's key becomes an element of the set."""
+        s = self.table.sets.get(st.set_name)
+        v = self.value(st.key, pkt, state)
+        if s is None or v is None or self.lookup(SetRef(st.set_name), v) is not None:
+            return
+        parts = v if isinstance(v, tuple) else (v,)
+        consts = [Const(dt, x) for dt, x in zip(s.key, parts)]
+        key: Expr = consts[0] if len(consts) == 1 else Concat(list(consts))
+        s.elems.append(Elem(key, timeout=st.timeout))
 
     def verdict(self, v: Verdict, pkt: Packet, state: HookState, depth: int) -> int:
         if v.kind == "accept":
