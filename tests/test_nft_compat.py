@@ -49,6 +49,7 @@ def ours(path: Path, listings: tuple[list[str], ...] = LISTINGS) -> tuple[int, s
     return rc, err, [run_nft(args, rs)[1] for args in listings]
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("name", CORPUS)
 def test_corpus_lists_like_nft(real_nft, name: str) -> None:
     path = DATA / name
@@ -71,6 +72,7 @@ def test_corpus_is_realistic() -> None:
 ERRORS = sorted(p.name for p in (DATA / "errors").glob("*.nft"))
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("name", ERRORS)
 def test_errors_like_nft(real_nft, name: str) -> None:
     """Malformed or failing scripts: same message, position, carets and exit status; nothing applied."""
@@ -81,6 +83,7 @@ def test_errors_like_nft(real_nft, name: str) -> None:
     assert my_outs == outs
 
 
+@pytest.mark.kernel
 def test_command_sequence_like_nft(real_nft) -> None:
     """Commands one invocation at a time (add/insert by position and index, replace, delete, flush, list
     variants, -n/-nn/-y/-s/-j): each step's output, errors and exit status match the real nft's."""

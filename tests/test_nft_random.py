@@ -13,6 +13,8 @@ from kproxy.nftables.cli import run_nft
 from kproxy.nftables.model import Ruleset
 from test_nft_compat import require_nft
 
+pytestmark = pytest.mark.kernel
+
 LISTINGS = (["list", "ruleset"], ["-a", "list", "ruleset"], ["-j", "list", "ruleset"])
 
 octet = st.integers(0, 255)
