@@ -19,6 +19,7 @@ from kproxy.nftables.expr import (
     Prefix,
     Range,
     SetLit,
+    SetRef,
     Verdict,
     parse_time,
 )
@@ -27,6 +28,8 @@ from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Rules
 from kproxy.nftables.stmt import (
     Limit,
     Quota,
+    SetUpdate,
+    Stmt,
     VerdictStmt,
 )
 
@@ -236,6 +239,8 @@ class Parser:
         elif what == "chain":
             self.next()
             family, tname = self.family_and_name()
+            if self.rs.find(family, tname.text) is None:
+                raise NftError("No such file or directory", loc(tname))  # found missing while evaluating
             tbl = self.find_table(family, tname)
             name = self.word()
             self.add_chain(tbl, name, create)
@@ -664,7 +669,7 @@ class Parser:
             tbl = self.find_table(family, tname)
             name = self.word()
             chain = self.find_chain(tbl, name)
-            if chain.rules or any(jumps_to(c, chain.name) for c in tbl.chains.values()):
+            if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.chains[name.text]
         elif what.text == "rule":
@@ -682,12 +687,18 @@ class Parser:
             tbl = self.find_table(family, tname)
             name = self.word()
             self.find_set(tbl, name)
+            if any(refers_to_set(r, name.text) for c in tbl.chains.values() for r in c.rules):
+                raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.sets[name.text]
         elif what.text == "element":
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname)
             s = self.find_set(tbl, self.word())
-            lit = self.set_literal(s.key, s.data, s)
+            lit = self.set_literal(s.key, None, s)
+            have = {repr(e.key) for e in s.elems}
+            for e in lit.elems:
+                if repr(e.key) not in have:
+                    raise NftError("Could not process rule: No such file or directory", getattr(e, "loc", None))
             gone = {repr(e.key) for e in lit.elems}
             s.elems = [e for e in s.elems if repr(e.key) not in gone]
         elif what.text in ("counter", "quota", "limit"):
@@ -853,6 +864,19 @@ class Parser:
         desc = {"icmp_type": "ICMP type", "ct_state": "conntrack state", "mark": "packet mark",
                 "inet_service": "internet network service"}.get(dt.name, dt.name)
         return NftError(f"Could not parse {desc}", loc(t))
+
+
+def refers_to_set(rule: Rule, name: str) -> bool:
+    """Whether a rule looks a named set or map up (``@name``, ``vmap @name``, ``map @name``, ``add @name``)."""
+    todo: list[object] = list(rule.stmts)
+    while todo:
+        x = todo.pop()
+        if isinstance(x, SetRef) and x.name == name or isinstance(x, SetUpdate) and x.set_name == name:
+            return True
+        if isinstance(x, (Stmt, Expr)):
+            todo += [v for v in vars(x).values() if isinstance(v, (Stmt, Expr))]
+            todo += [i for v in vars(x).values() if isinstance(v, list) for i in v]
+    return False
 
 
 def jumps_to(chain: Chain, target: str) -> bool:
