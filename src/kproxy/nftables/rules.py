@@ -315,22 +315,26 @@ class RuleBuilder:
         return Match(Meta("l4proto"), "==", Const(T.PROTO, proto))
 
     def last_l4(self) -> tuple[int, tuple[int, int, int]] | None:
-        """The transport protocol the rule has fixed so far, and where it was first fixed."""
+        """The transport protocol the rule has fixed so far, and where: an explicit ``meta l4proto`` /
+        ``ip protocol`` match sets it anew; otherwise the first transport header matched fixes it."""
+        found: tuple[int, tuple[int, int, int]] | None = None
         for s in self.stmts:
-            if isinstance(s, Match) and isinstance(s.right, Const):
+            if isinstance(s, Match) and isinstance(s.right, Const) and s.op == "==":
                 lhs = s.left
                 if (isinstance(lhs, Meta) and lhs.key == "l4proto") or (
                         isinstance(lhs, Payload) and (lhs.proto, lhs.field) in (("ip", "protocol"), ("ip6", "nexthdr"))):
-                    return s.right.value, getattr(s, "loc", (0, 0, 0))
-            if isinstance(s, (Match, VerdictMap)):
+                    found = (s.right.value, getattr(s, "loc", (0, 0, 0)))
+                    continue
+            if found is None and isinstance(s, (Match, VerdictMap)):
                 items = s.key.items if isinstance(s, VerdictMap) and isinstance(s.key, Concat) else (
                     [s.key] if isinstance(s, VerdictMap) else
                     s.left.items if isinstance(s.left, Concat) else [s.left])
                 for e in items:
                     e = e.left if isinstance(e, Binop) else e
                     if isinstance(e, Payload) and e.proto in TRANSPORT:
-                        return TRANSPORT[e.proto], getattr(e, "loc", (0, 0, 0))
-        return None
+                        found = (TRANSPORT[e.proto], getattr(e, "loc", (0, 0, 0)))
+                        break
+        return found
 
     def nat(self, kw: Token) -> None:
         p = self.p
@@ -471,11 +475,10 @@ class RuleBuilder:
     def located(self) -> Expr:
         """One concatenation item, remembering where it was written (errors point at it)."""
         first = self.p.peek()
-        e = self.binop(self.primary())
+        e = self.primary()
         last = self.p.toks[self.p.pos - 1]
-        inner = e.left if isinstance(e, Binop) else e
-        inner.loc = (first.line, first.col, last.end)  # type: ignore[attr-defined]
-        return e
+        e.loc = (first.line, first.col, last.end)  # type: ignore[attr-defined]
+        return self.binop(e)
 
     def binop(self, e: Expr) -> Expr:
         p = self.p
