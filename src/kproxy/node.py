@@ -212,6 +212,7 @@ class Node:
         self._local: dict[int, set[int]] = {4: set(), 6: set()}
         self._broadcast: dict[int, set[int]] = {4: set(), 6: set()}
         # conntrack, nat, iptables (per family), ipsets and ipvs are wired by kproxy.subsystems.attach.
+        self.nftables: Any = None  # kproxy.nftables.model.Ruleset, created by the first ``kproxy nft``
         self.subsystems: dict[str, Any] = {}
         self.clock: float | None = None  # fixed time for reproducible runs; None = wall clock
         self.log_lines: list[str] = []

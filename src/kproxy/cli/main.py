@@ -356,7 +356,8 @@ def node_show(obj: Ctx) -> None:
 
 
 # Modules that register further subcommands on ``cli`` when imported.
-COMMAND_MODULES = ("kproxy.cli.commands", "kproxy.cli.proxy_cmd", "kproxy.cli.lab_cmd", "kproxy.cli.verify_cmd")
+COMMAND_MODULES = ("kproxy.cli.commands", "kproxy.cli.proxy_cmd", "kproxy.cli.lab_cmd", "kproxy.cli.verify_cmd",
+                   "kproxy.cli.nft_cmd")
 
 
 def main(argv: list[str] | None = None) -> Any:

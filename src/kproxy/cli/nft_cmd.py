@@ -1,0 +1,36 @@
+"""``kproxy nft``: nft 1.0.6's command line on the emulated node's nftables ruleset."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kproxy.cli.main import PASSTHROUGH, Ctx, cli, run_tool
+from kproxy.node import Node
+
+
+@cli.command("nft", context_settings=PASSTHROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
+    """nft (1.0.6 syntax) on the emulated node's nftables ruleset; -f FILE is one atomic transaction."""
+    from kproxy.nftables.cli import run_nft
+    from kproxy.nftables.evaluate import attach
+    from kproxy.nftables.store import node_ruleset
+
+    argv = list(args)
+    stdin = None
+    if "-" in argv and sys.stdin is not None and not sys.stdin.isatty():
+        stdin = sys.stdin.read()
+
+    def run(node: Node) -> tuple[int, str, str]:
+        rc, out, err, rs = run_nft(argv, node_ruleset(node), stdin, set(node.interfaces))
+        if rc == 0:
+            node.nftables = rs
+            attach(node)
+        return rc, out, err
+
+    words = [a for a in argv if not a.startswith("-")]
+    reads = bool(words) and words[0] in ("list", "describe") and not {"-f", "--file", "-i"} & set(argv)
+    run_tool(obj, run, mutates=not reads)

@@ -1,0 +1,232 @@
+"""``nft`` (1.0.6) on a ruleset: options, one atomic transaction per invocation, errors printed as nft does."""
+
+from __future__ import annotations
+
+from kproxy.nftables.expr import Opts
+from kproxy.nftables.lexer import Token
+from kproxy.nftables.listing import (
+    chain_text,
+    dump_json,
+    obj_text,
+    ruleset_json,
+    ruleset_text,
+    set_text,
+    table_items_json,
+    table_text,
+)
+from kproxy.nftables.model import FAMILIES, Ruleset, Table
+from kproxy.nftables.parser import NftError, Parser, loc
+
+USAGE = "Usage: nft [ options ] [ cmds... ]\n"
+
+
+def format_error(err: NftError, source: str, text: str) -> str:
+    """``FILE:LINE:COL-COL: Error: msg``, the offending line, then carets and tildes beneath it."""
+    return "".join(format_one(e, source, text) for e in [err, *err.more])
+
+
+def format_one(err: NftError, source: str, text: str) -> str:
+    if err.primary is None:
+        return f"Error: {err.msg}\n"
+    line, col, end = err.primary
+    prefix = f"{source}:{line}:{col}-{end}: " if source else ""
+    src_line = text.split("\n")[line - 1] if line - 1 < len(text.split("\n")) else ""
+    marks = [" " if ch != "\t" else "\t" for ch in src_line]
+    width = max([end] + [e for ln, _, e in err.secondary if ln == line])
+    marks += [" "] * (width - len(marks))
+    for ln, c, e in err.secondary:
+        if ln == line:
+            for i in range(c - 1, e):
+                marks[i] = "~"
+    for i in range(col - 1, end):
+        marks[i] = "^"
+    return f"{prefix}Error: {err.msg}\n{src_line}\n{''.join(marks).rstrip()}\n"
+
+
+def parse_args(argv: list[str]) -> tuple[Opts, dict[str, object], list[str]]:
+    o = Opts()
+    flags: dict[str, object] = {"json": False, "check": False, "file": None, "echo": False}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if rest or not a.startswith("-") or a == "-":
+            rest.append(a)
+        elif a in ("-f", "--file"):
+            i += 1
+            flags["file"] = argv[i] if i < len(argv) else None
+        elif a.startswith("--"):
+            long = {"--handle": "a", "--numeric": "n", "--stateless": "s", "--json": "j", "--check": "c",
+                    "--numeric-priority": "y", "--echo": "e"}.get(a)
+            if long is None:
+                raise ValueError(f"nft: unrecognized option '{a}'")
+            _short(long, o, flags)
+        else:
+            for ch in a[1:]:
+                if ch == "f":
+                    i += 1
+                    flags["file"] = argv[i] if i < len(argv) else None
+                else:
+                    _short(ch, o, flags)
+        i += 1
+    return o, flags, rest
+
+
+def _short(ch: str, o: Opts, flags: dict[str, object]) -> None:
+    if ch == "a":
+        o.handles = True
+    elif ch == "n":
+        o.numeric += 1
+    elif ch == "s":
+        o.stateless = True
+    elif ch == "y":
+        o.numeric_prio = True
+    elif ch == "j":
+        flags["json"] = True
+    elif ch == "c":
+        flags["check"] = True
+    elif ch == "e":
+        flags["echo"] = True
+    else:
+        raise ValueError(f"nft: invalid option -- '{ch}'")
+
+
+def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
+            interfaces: set[str] | None = None) -> tuple[int, str, str, Ruleset]:
+    """Run one nft invocation; returns (exit status, stdout, stderr, the ruleset afterwards)."""
+    try:
+        o, flags, rest = parse_args(argv)
+    except ValueError as exc:
+        return 1, "", f"{exc}\n", rs
+    source = ""
+    if flags["file"] is not None:
+        name = str(flags["file"])
+        if name == "-":
+            text, source = stdin or "", "/dev/stdin"
+        else:
+            try:
+                with open(name) as fh:
+                    text = fh.read()
+            except OSError as exc:
+                return 1, "", f"Error: Could not process rule: {exc.strerror}\n", rs
+            source = name
+    else:
+        text = " ".join(rest)
+        if not text.strip():
+            return 0, "", "", rs
+    work = rs.copy()
+    try:
+        parser = Parser(text, work, interfaces)
+        parser.script()
+    except NftError as err:
+        if err.kernel:
+            replayed = err.msg.endswith("Operation not supported")
+            rs = kept_counters(rs, work, 2 if replayed else 1)
+        return 1, "", format_error(err, source, text), rs
+    if flags["check"]:
+        return 0, "", "", rs
+    out = []
+    for verb, args in parser.out.requests:
+        try:
+            out.append(answer(verb, args, work, o, bool(flags["json"])))
+        except NftError as err:
+            return 1, "", format_error(err, source, text), rs
+    return 0, "".join(out), "", work
+
+
+def kept_counters(before: Ruleset, failed: Ruleset, passes: int) -> Ruleset:
+    """After the kernel rejects a batch its handle counters stay advanced, though nothing else changed.
+
+    A batch that fails with EOPNOTSUPP ran twice in the kernel (it asks for a module and replays the
+    batch), so its handles were handed out twice.
+    """
+    out = before.copy()
+    out.next_table_handle += passes * (failed.next_table_handle - before.next_table_handle)
+    for t in out.tables:
+        f = failed.find(t.family, t.name)
+        if f is not None and f.handle == t.handle:
+            t.next_handle += passes * max(0, f.next_handle - t.next_handle)
+    return out
+
+
+def listed_blocks(t: Table, kind: str, o: Opts, verb: str) -> str:
+    """One table's sets, maps, chains (headers only) or stateful objects of a kind, as ``list sets`` shows them;
+    ``reset`` zeroes the objects after printing them."""
+    if kind in ("set", "map"):
+        blocks = [set_text(s, o) for s in t.sets.values() if not s.anonymous and s.is_map == (kind == "map")]
+    elif kind == "chain":
+        blocks = [chain_text(t, c, o, rules=False) for c in t.chains.values()]
+    else:
+        objs = [ob for ob in t.objs.values() if ob.kind == kind]
+        blocks = [obj_text(ob, o) for ob in objs]
+        if verb == "reset":
+            for ob in objs:
+                ob.values.update(packets=0, bytes=0, used=0)
+    if not blocks:
+        return ""
+    return f"table {t.family} {t.name} {{\n" + "\n".join(blocks) + "\n}\n"
+
+
+def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> str:
+    """The output of ``list ...`` / ``reset ...``."""
+    if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits") and \
+            toks[1].text == "table":
+        toks = [toks[0], *toks[2:]]
+    if len(toks) > 1 and toks[0].text == "chains" and toks[1].text not in FAMILIES:
+        raise NftError(f"syntax error, unexpected {toks[1].text}, expecting end of file or newline or semicolon",
+                       loc(toks[1]), kernel=False)
+    args = [t.text for t in toks]
+    what = args[0] if args else "ruleset"
+    rest = args[1:]
+    name_toks = toks[2:] if len(toks) > 1 and toks[1].text in FAMILIES else toks[1:]
+
+    def missing(i: int) -> NftError:
+        t = name_toks[i] if i < len(name_toks) else None
+        return NftError("No such file or directory", loc(t) if t is not None else None)
+
+    family = rest[0] if rest and rest[0] in FAMILIES else None
+    names = rest[1:] if family else rest
+    family = family or "ip"
+    if what == "ruleset":
+        fam = rest[0] if rest else None
+        return ruleset_json(rs, o, fam) if as_json else ruleset_text(rs, o, fam)
+    if what == "tables":
+        fam = rest[0] if rest else None
+        tables = [t for t in rs.tables if fam is None or t.family == fam]
+        if as_json:
+            from kproxy.nftables.listing import table_json
+
+            return dump_json([table_json(t) for t in tables])
+        return "".join(f"table {t.family} {t.name}\n" for t in tables)
+    plural = {"counters": "counter", "quotas": "quota", "limits": "limit", "sets": "set", "maps": "map",
+              "chains": "chain"}
+    if what in plural and not names:
+        return "".join(listed_blocks(t, plural[what], o, verb) for t in rs.tables
+                       if not rest or t.family == rest[0])
+    tbl = rs.find(family, names[0]) if names else None
+    if tbl is None:
+        raise missing(0)
+    if what in plural:
+        return listed_blocks(tbl, plural[what], o, verb) or f"table {tbl.family} {tbl.name} {{\n}}\n"
+    if what == "table":
+        return dump_json(table_items_json(tbl, o)) if as_json else table_text(tbl, o)
+    head = f"table {tbl.family} {tbl.name} {{\n"
+    if what == "chain":
+        c = tbl.chains.get(names[1]) if len(names) > 1 else None
+        if c is None:
+            raise missing(1)
+        return head + chain_text(tbl, c, o) + "\n}\n"
+    if what in ("set", "map"):
+        s = tbl.sets.get(names[1]) if len(names) > 1 else None
+        if s is None:
+            raise missing(1)
+        return head + set_text(s, o) + "\n}\n"
+    if what in ("counter", "quota", "limit"):
+        ob = tbl.objs.get((what, names[1])) if len(names) > 1 else None
+        if ob is None:
+            raise missing(1)
+        text = head + obj_text(ob, o) + "\n}\n"
+        if verb == "reset":
+            ob.values.update(packets=0, bytes=0, used=0)
+        return text
+    raise NftError(f"syntax error, unexpected {what}", None)

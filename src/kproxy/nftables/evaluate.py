@@ -1,0 +1,538 @@
+"""nftables in the packet path: each base chain a hook function at its hook and priority, beside iptables.
+
+Rules are interpreted statement by statement, as nft_do_chain runs expressions: a match that fails ends
+the rule, a verdict ends the chain (jump/goto push or replace it), and the base chain's policy decides
+when its rules run out. NAT statements bind through the node's NAT core, so a connection NATed here is
+the same conntrack entry iptables' NAT would make. Work is done only for packets that reach a hook where
+a base chain is registered; a node without nftables tables pays nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from kproxy.netfilter.hooks import HookState
+from kproxy.netfilter.nat import NatRange
+from kproxy.nftables.expr import (
+    TRANSPORT,
+    Binop,
+    Concat,
+    Const,
+    Ct,
+    Elem,
+    Expr,
+    Fib,
+    Hash,
+    MapExpr,
+    Meta,
+    Numgen,
+    Opts,
+    Payload,
+    Prefix,
+    Range,
+    SetLit,
+    SetRef,
+    Verdict,
+)
+from kproxy.nftables.model import Chain, NSet, Rule, Ruleset, Table
+from kproxy.nftables.stmt import (
+    Counter,
+    Mangle,
+    Match,
+    Nat,
+    ObjRef,
+    Quota,
+    Reject,
+    SetUpdate,
+    Simple,
+    Stmt,
+    VerdictMap,
+    VerdictStmt,
+)
+from kproxy.packet import NF_ACCEPT, NF_DROP, Packet
+
+HOOK_NAMES = {"prerouting": "PREROUTING", "input": "INPUT", "forward": "FORWARD", "output": "OUTPUT",
+              "postrouting": "POSTROUTING"}
+FAMILIES = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
+CT_STATE_BITS = {"INVALID": 1, "ESTABLISHED": 2, "RELATED": 4, "NEW": 8, "UNTRACKED": 64}
+PKTTYPE = {"unicast": 0, "host": 0, "broadcast": 1, "multicast": 2}
+PORT_PROTOS = {6, 17, 132, 136}
+REJECT_KIND = {("icmp", 0): "icmp-net-unreachable", ("icmp", 1): "icmp-host-unreachable",
+               ("icmp", 3): "icmp-port-unreachable", ("icmp", 2): "icmp-proto-unreachable",
+               ("icmp", 9): "icmp-net-prohibited", ("icmp", 10): "icmp-host-prohibited",
+               ("icmp", 13): "icmp-admin-prohibited", ("icmpv6", 0): "icmp6-no-route",
+               ("icmpv6", 1): "icmp6-adm-prohibited", ("icmpv6", 3): "icmp6-addr-unreachable",
+               ("icmpv6", 4): "icmp6-port-unreachable"}
+NAME_PREFIX = "nft:"
+
+# Verdict signals inside the interpreter (besides NF_ACCEPT / NF_DROP).
+CONTINUE, RETURN = -1, -2
+
+
+class Unsupported(Exception):
+    """An expression the packet path does not evaluate yet: said plainly instead of matching wrongly."""
+
+
+def attach(node: Any) -> list[str]:
+    """(Re)register the node's nftables base chains on its hooks; returns the chains left unhooked, with why."""
+    node.hooks.unregister_all(NAME_PREFIX)
+    for name, fam, hook in node.subsystems.pop("nftables_nat_lookups", []):
+        node.nat.unregister_lookup(fam, hook, name)
+    rs: Ruleset | None = node.nftables
+    skipped: list[str] = []
+    take_conntrack_refs(node, rs)
+    if rs is None:
+        return skipped
+    for t in rs.tables:
+        for c in t.chains.values():
+            if not c.base:
+                continue
+            where = f"{t.family} {t.name} {c.name}"
+            if t.family not in FAMILIES or c.hook not in HOOK_NAMES:
+                skipped.append(f"{where}: the emulated node has no {t.family} {c.hook} hook")
+                continue
+            if "dormant" in t.flags:
+                continue
+            engine = ChainRunner(node, t, c)
+            name = f"{NAME_PREFIX}{t.family}:{t.name}:{c.name}"
+            for fam in FAMILIES[t.family]:
+                hook = HOOK_NAMES[str(c.hook)]
+                if c.type == "nat":
+                    node.nat.register_lookup(fam, hook, c.prio, name, engine)
+                    node.subsystems.setdefault("nftables_nat_lookups", []).append((name, fam, hook))
+                else:
+                    node.hooks.register(fam, hook, c.prio, name, engine)
+    return skipped
+
+
+def conntrack_users(rs: Ruleset | None) -> dict[int, int]:
+    """Per family, how many expressions need connection tracking (each takes nf_ct_netns_get at load)."""
+    out = {4: 0, 6: 0}
+    for t in rs.tables if rs is not None else []:
+        n = sum(1 for c in t.chains.values() for r in c.rules for st in r.stmts if _needs_ct(st))
+        n += sum(1 for c in t.chains.values() if c.type == "nat" and c.hook is not None)
+        for fam in FAMILIES.get(t.family, ()):
+            out[fam] += n
+    return out
+
+
+def _needs_ct(st: Stmt) -> bool:
+    if isinstance(st, Nat):
+        return True
+    parts: list[Expr] = []
+    if isinstance(st, Match):
+        parts = [st.left, st.right]
+    elif isinstance(st, (Mangle,)):
+        parts = [st.key, st.value]
+    elif isinstance(st, VerdictMap):
+        parts = [st.key]
+    while parts:
+        e = parts.pop()
+        if isinstance(e, Ct):
+            return True
+        if isinstance(e, Concat):
+            parts += e.items
+        elif isinstance(e, Binop):
+            parts += [e.left, e.right]
+    return False
+
+
+def take_conntrack_refs(node: Any, rs: Ruleset | None) -> None:
+    """Hold exactly as many conntrack references as the current ruleset needs (released as rules go)."""
+    held: dict[int, int] = node.subsystems.setdefault("nftables_ct_refs", {4: 0, 6: 0})
+    want = conntrack_users(rs)
+    for fam in (4, 6):
+        if want[fam] > held[fam]:
+            node.conntrack.netns_get(fam, want[fam] - held[fam])
+        elif want[fam] < held[fam]:
+            node.conntrack.netns_put(fam, held[fam] - want[fam])
+        held[fam] = want[fam]
+
+
+class ChainRunner:
+    """The hook function of one base chain."""
+
+    def __init__(self, node: Any, table: Table, chain: Chain) -> None:
+        self.node = node
+        self.table = table
+        self.chain = chain
+        self.rng = random.Random(0)
+        self.counters: dict[int, int] = {}
+
+    def __call__(self, pkt: Packet, state: HookState) -> int:
+        if self.table.family == "ip" and pkt.family != 4 or self.table.family == "ip6" and pkt.family != 6:
+            return NF_ACCEPT
+        try:
+            verdict = self.run_chain(self.chain, pkt, state, 0)
+        except Unsupported as exc:
+            # Say so rather than guess: the packet stops here, and the trace tells why.
+            if state.trace is not None:
+                state.trace.add("nft", hook=state.hook, text=f"{exc} is not evaluated by the emulator: drop")
+            return NF_DROP
+        if verdict in (CONTINUE, RETURN):
+            return NF_DROP if self.chain.policy == "drop" else NF_ACCEPT
+        return verdict
+
+    def run_chain(self, chain: Chain, pkt: Packet, state: HookState, depth: int) -> int:
+        if depth > 16:
+            return NF_DROP  # the kernel refuses loops at load time; never reached with a valid ruleset
+        for rule in chain.rules:
+            verdict = self.run_rule(rule, pkt, state, depth)
+            if verdict == CONTINUE:
+                continue
+            return verdict
+        return RETURN
+
+    def run_rule(self, rule: Rule, pkt: Packet, state: HookState, depth: int) -> int:
+        for st in rule.stmts:
+            verdict = self.run_stmt(st, pkt, state, depth)
+            if verdict is None:
+                return CONTINUE  # a match failed: next rule
+            if verdict != CONTINUE:
+                return verdict
+        return CONTINUE
+
+    # ---- statements ---------------------------------------------------------------------------
+    def run_stmt(self, st: Stmt, pkt: Packet, state: HookState, depth: int) -> int | None:
+        """CONTINUE to go on with the rule, None when a match failed, else the rule's verdict."""
+        if isinstance(st, Match):
+            return CONTINUE if self.matches(st, pkt, state) else None
+        if isinstance(st, VerdictStmt):
+            return self.verdict(st.verdict, pkt, state, depth)
+        if isinstance(st, Counter):
+            if st.name is not None:
+                ob = self.table.objs.get(("counter", st.name))
+                if ob is not None:
+                    ob.values["packets"] += 1
+                    ob.values["bytes"] += pkt.length
+            else:
+                st.packets += 1
+                st.bytes += pkt.length
+            return CONTINUE
+        if isinstance(st, VerdictMap):
+            found = self.lookup(st.data, self.value(st.key, pkt, state))
+            if isinstance(found, Verdict):
+                return self.verdict(found, pkt, state, depth)
+            return CONTINUE
+        if isinstance(st, Mangle):
+            return self.mangle(st, pkt, state)
+        if isinstance(st, Nat):
+            return self.nat(st, pkt, state)
+        if isinstance(st, Reject):
+            state.rejected_with = self.reject_kind(st, pkt)
+            return NF_DROP
+        if isinstance(st, SetUpdate):
+            self.update_set(st, pkt, state)
+            return CONTINUE
+        if isinstance(st, Simple) and st.word == "notrack":
+            pkt.notrack = True
+            return CONTINUE
+        if isinstance(st, Quota) and st.over:
+            return None  # a fresh quota is never exceeded
+        if isinstance(st, ObjRef) and st.kind == "quota":
+            ob = self.table.objs.get(("quota", st.name))
+            return None if ob is not None and ob.values.get("over") else CONTINUE
+        # log, limit (no rate is ever exceeded by single test packets), quota, queue-less statements
+        return CONTINUE
+
+    def update_set(self, st: SetUpdate, pkt: Packet, state: HookState) -> None:
+        """``add @s { key }`` / ``update @s { key ... }``: the packet's key becomes an element of the set."""
+        s = self.table.sets.get(st.set_name)
+        v = self.value(st.key, pkt, state)
+        if s is None or v is None or self.lookup(SetRef(st.set_name), v) is not None:
+            return
+        parts = v if isinstance(v, tuple) else (v,)
+        consts = [Const(dt, x) for dt, x in zip(s.key, parts)]
+        key: Expr = consts[0] if len(consts) == 1 else Concat(list(consts))
+        s.elems.append(Elem(key, timeout=st.timeout))
+
+    def verdict(self, v: Verdict, pkt: Packet, state: HookState, depth: int) -> int:
+        if v.kind == "accept":
+            return NF_ACCEPT
+        if v.kind == "drop":
+            return NF_DROP
+        if v.kind == "return":
+            return RETURN
+        if v.kind == "continue":
+            return CONTINUE
+        target = self.table.chains.get(v.target or "")
+        if target is None:
+            return NF_DROP
+        result = self.run_chain(target, pkt, state, depth + 1)
+        if result == RETURN:
+            # A jump comes back to the next rule; a goto returns to where the calling chain was called.
+            return CONTINUE if v.kind == "jump" else RETURN
+        return result
+
+    def mangle(self, st: Mangle, pkt: Packet, state: HookState) -> int:
+        value = self.value(st.value, pkt, state)
+        if value is None:
+            return CONTINUE
+        key = st.key
+        if isinstance(key, Meta) and key.key == "mark":
+            pkt.mark = int(value) & 0xFFFFFFFF
+        elif isinstance(key, Ct) and key.key == "mark" and pkt.ct is not None:
+            pkt.ct.mark = int(value) & 0xFFFFFFFF
+        elif not (isinstance(key, Meta) and key.key == "nftrace"):
+            raise Unsupported(f"{key.text(_OPTS)} set")
+        return CONTINUE
+
+    def nat(self, st: Nat, pkt: Packet, state: HookState) -> int:
+        node = self.node
+        fam = pkt.family
+        if st.kind == "masquerade":
+            route = node.route(fam, pkt.dst)
+            nexthop = route.gateway if route.gateway is not None else pkt.dst
+            addr = node.source_address_for(fam, state.out_dev, nexthop)
+            lo = hi = addr
+            if addr is None:
+                return NF_DROP
+        elif st.kind == "redirect":
+            addr = (0x7F000001 if fam == 4 else 1) if state.hook == "OUTPUT" else node.primary_address(state.in_dev,
+                                                                                                        fam)
+            if addr is None:
+                return NF_DROP
+            lo = hi = addr
+        else:
+            lo, hi = self.addr_range(st.addr, pkt, state)
+        plo, phi = self.port_range(st.port, pkt, state)
+        rng = NatRange(lo, hi, plo, phi, "random" in st.flags, "fully-random" in st.flags,
+                       "persistent" in st.flags)
+        manip = "SRC" if st.kind in ("snat", "masquerade") else "DST"
+        verdict: int = node.nat.setup(pkt, rng, manip, state)
+        return verdict
+
+    def addr_range(self, e: Expr | None, pkt: Packet, state: HookState) -> tuple[int | None, int | None]:
+        if e is None:
+            return None, None
+        if isinstance(e, Range):
+            return e.lo.value, e.hi.value
+        if isinstance(e, MapExpr):
+            found = self.lookup(e.data, self.value(e.key, pkt, state))
+            if isinstance(found, Range):
+                return found.lo.value, found.hi.value
+            if isinstance(found, Const):
+                return found.value, found.value
+            raise Unsupported("a NAT map without an entry for the packet")
+        v = self.value(e, pkt, state)
+        return v, v
+
+    def port_range(self, e: Expr | None, pkt: Packet, state: HookState) -> tuple[int | None, int | None]:
+        if e is None:
+            return None, None
+        if isinstance(e, Range):
+            return e.lo.value, e.hi.value
+        v = self.value(e, pkt, state)
+        return v, v
+
+    def reject_kind(self, st: Reject, pkt: Packet) -> str:
+        if st.kind == "tcp reset":
+            return "tcp-reset"
+        if st.kind in ("icmp", "icmpv6") and st.code is not None:
+            return REJECT_KIND.get((st.kind, st.code.value), "icmp-port-unreachable")
+        if st.kind == "icmpx" and st.code is not None:
+            icmpx = {0: ("net-unreachable", "no-route"), 1: ("port-unreachable", "port-unreachable"),
+                     2: ("host-unreachable", "addr-unreachable"), 3: ("admin-prohibited", "adm-prohibited")}
+            v4, v6 = icmpx[st.code.value]
+            return f"icmp-{v4}" if pkt.family == 4 else f"icmp6-{v6}"
+        return "icmp-port-unreachable" if pkt.family == 4 else "icmp6-port-unreachable"
+
+    # ---- matches --------------------------------------------------------------------------------
+    def matches(self, m: Match, pkt: Packet, state: HookState) -> bool:
+        left = m.left
+        if isinstance(left, Binop) and left.op == "&":
+            v = self.value(left.left, pkt, state)
+            mask = self.value(left.right, pkt, state)
+            if v is None or mask is None:
+                return False
+            v &= mask
+        else:
+            v = self.value(left, pkt, state)
+        if v is None:
+            return False  # the implicit protocol dependency did not hold
+        right = m.right
+        if m.op == "in":
+            assert isinstance(right, Const)
+            return bool(v & right.value)
+        if isinstance(right, (SetLit, SetRef)):
+            hit = self.lookup(right, v) is not None
+            return hit if m.op == "==" else not hit
+        ok = self.compare(v, m.op, right, pkt, state)
+        return ok
+
+    def compare(self, v: Any, op: str, right: Expr, pkt: Packet, state: HookState) -> bool:
+        if isinstance(right, Prefix):
+            hit = self.in_prefix(v, right)
+            return hit if op == "==" else not hit
+        if isinstance(right, Range):
+            hit = right.lo.value <= v <= right.hi.value
+            return hit if op == "==" else not hit
+        r = self.value(right, pkt, state)
+        if isinstance(v, str) and isinstance(r, str) and r.endswith("*"):
+            hit = v.startswith(r[:-1])
+            return hit if op == "==" else not hit
+        if op == "==":
+            return bool(v == r)
+        if op == "!=":
+            return bool(v != r)
+        if r is None:
+            return False
+        return bool({"<": v < r, ">": v > r, "<=": v <= r, ">=": v >= r}[op])
+
+    @staticmethod
+    def in_prefix(v: int, p: Prefix) -> bool:
+        bits = p.base.ctype.bits or 32
+        return v >> (bits - p.length) == p.base.value >> (bits - p.length)
+
+    def lookup(self, where: Expr, v: Any) -> Any:
+        """The element (or its data) a value finds in an anonymous or named set; None when absent."""
+        if v is None:
+            return None
+        elems = where.elems if isinstance(where, SetLit) else self.named(where).elems
+        for e in elems:
+            if self.elem_has(e, v):
+                return e.data if e.data is not None else e
+        return None
+
+    def named(self, where: Expr) -> NSet:
+        assert isinstance(where, SetRef)
+        return self.table.sets[where.name]
+
+    def elem_has(self, e: Elem, v: Any) -> bool:
+        k = e.key
+        if isinstance(k, Concat):
+            return isinstance(v, tuple) and len(v) == len(k.items) and all(
+                self.key_has(i, x) for i, x in zip(k.items, v))
+        return self.key_has(k, v)
+
+    def key_has(self, k: Expr, v: Any) -> bool:
+        if isinstance(k, Prefix):
+            return self.in_prefix(v, k)
+        if isinstance(k, Range):
+            return bool(k.lo.value <= v <= k.hi.value)
+        if isinstance(k, Const):
+            if isinstance(k.value, str) and k.value.endswith("*"):
+                return isinstance(v, str) and v.startswith(k.value[:-1])
+            return bool(k.value == v)
+        return False
+
+    # ---- values -----------------------------------------------------------------------------------
+    def value(self, e: Expr, pkt: Packet, state: HookState) -> Any:
+        if isinstance(e, Const):
+            return e.value
+        if isinstance(e, Payload):
+            return payload(e, pkt)
+        if isinstance(e, Meta):
+            return self.meta(e.key, pkt, state)
+        if isinstance(e, Ct):
+            return ct_value(e, pkt)
+        if isinstance(e, Concat):
+            parts = tuple(self.value(i, pkt, state) for i in e.items)
+            return None if None in parts else parts
+        if isinstance(e, Binop):
+            a, b = self.value(e.left, pkt, state), self.value(e.right, pkt, state)
+            if a is None or b is None:
+                return None
+            return BINOPS[e.op](a, b)
+        if isinstance(e, Numgen):
+            if e.mode == "inc":
+                n = self.counters.get(id(e), 0)
+                self.counters[id(e)] = n + 1
+                return n % e.mod + e.offset
+            return self.rng.randrange(e.mod) + e.offset
+        if isinstance(e, Hash):
+            inner = self.value(e.expr, pkt, state) if e.expr is not None else (pkt.src, pkt.dst, pkt.sport, pkt.dport)
+            return hash((inner, e.seed)) % e.mod + e.offset
+        if isinstance(e, Fib):
+            return self.fib(e, pkt, state)
+        if isinstance(e, MapExpr):
+            found = self.lookup(e.data, self.value(e.key, pkt, state))
+            return self.value(found, pkt, state) if isinstance(found, Expr) and not isinstance(found, Elem) else None
+        raise Unsupported(e.text(_OPTS))
+
+    def meta(self, key: str, pkt: Packet, state: HookState) -> Any:
+        if key == "l4proto":
+            return pkt.proto
+        if key == "nfproto":
+            return 2 if pkt.family == 4 else 10
+        if key == "protocol":
+            return 0x0800 if pkt.family == 4 else 0x86DD
+        if key in ("iifname", "iif"):
+            return state.in_dev or None
+        if key in ("oifname", "oif"):
+            return state.out_dev or None
+        if key == "mark":
+            return pkt.mark
+        if key == "length":
+            return pkt.length
+        if key == "pkttype":
+            return PKTTYPE.get(pkt.pkttype, 3)
+        if key in ("skuid", "skgid"):
+            return pkt.meta.get(key[2:]) if pkt.local else None
+        if key == "nftrace":
+            return int(pkt.trace)
+        raise Unsupported(f"meta {key}")
+
+    def fib(self, e: Fib, pkt: Packet, state: HookState) -> Any:
+        if e.result != "type" or e.flags[0] not in ("daddr", "saddr"):
+            raise Unsupported(e.text(_OPTS))
+        addr = pkt.dst if e.flags[0] == "daddr" else pkt.src
+        if self.node.is_local(pkt.family, addr):
+            return 2
+        if pkt.family == 4 and addr in self.node._broadcast[4]:
+            return 3
+        if pkt.family == 4 and addr >> 28 == 0xE or pkt.family == 6 and addr >> 120 == 0xFF:
+            return 5
+        return 1
+
+
+BINOPS: dict[str, Callable[[int, int], int]] = {"&": lambda a, b: a & b, "|": lambda a, b: a | b,
+                                                "^": lambda a, b: a ^ b, "<<": lambda a, b: a << b,
+                                                ">>": lambda a, b: a >> b}
+
+
+def payload(e: Payload, pkt: Packet) -> Any:
+    """A header field, or None when the packet does not have that header (nft's implicit dependency)."""
+    proto, fld = e.proto, e.field
+    if proto in ("ip", "ip6"):
+        if pkt.family != (4 if proto == "ip" else 6):
+            return None
+        return {"saddr": pkt.src, "daddr": pkt.dst, "protocol": pkt.proto, "nexthdr": pkt.proto, "ttl": pkt.ttl,
+                "hoplimit": pkt.ttl, "length": pkt.length}.get(fld)
+    if proto == "th":
+        return (pkt.sport if fld == "sport" else pkt.dport) if pkt.proto in PORT_PROTOS else None
+    if TRANSPORT.get(proto) != pkt.proto:
+        return None
+    if fld in ("sport", "dport"):
+        return pkt.sport if fld == "sport" else pkt.dport
+    if fld == "flags":
+        return pkt.tcp_flags
+    if fld == "type":
+        return pkt.icmp_type
+    if fld == "code":
+        return pkt.icmp_code
+    if fld == "id":
+        return pkt.icmp_id
+    return None
+
+
+def ct_value(e: Ct, pkt: Packet) -> Any:
+    conn = pkt.ct
+    if e.key == "state":
+        return CT_STATE_BITS.get(pkt.ctstate or "UNTRACKED", 64) if not pkt.notrack else 64
+    if conn is None:
+        return None
+    if e.key == "direction":
+        return pkt.ctdir
+    if e.key in ("mark", "status", "zone"):
+        return getattr(conn, e.key)
+    if e.key in ("saddr", "daddr", "proto-src", "proto-dst"):
+        tup = conn.orig if (e.direction or "original") == "original" else conn.reply
+        attr = {"saddr": "src", "daddr": "dst", "proto-src": "sport", "proto-dst": "dport"}[e.key]
+        return getattr(tup, attr, None)
+    raise Unsupported(e.text(_OPTS))
+
+
+_OPTS = Opts()

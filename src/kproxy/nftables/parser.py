@@ -1,0 +1,978 @@
+"""A recursive-descent parser for nft scripts that applies each command to a working copy of the ruleset.
+
+nft's grammar is keyword-driven, so one token of look-ahead decides almost everything; the handful of
+places that need the data type of the left-hand side (values, ranges, prefixes) ask the expression.
+Errors carry nft's positions so the caller can print them the way nft does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kproxy.nftables import types as T
+from kproxy.nftables.expr import (
+    Concat,
+    Const,
+    Elem,
+    Expr,
+    Prefix,
+    Range,
+    SetLit,
+    SetRef,
+    Verdict,
+    parse_time,
+)
+from kproxy.nftables.lexer import LexError, Token, tokenize
+from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Ruleset, Table, named_priorities
+from kproxy.nftables.stmt import (
+    Limit,
+    Quota,
+    SetUpdate,
+    Stmt,
+    VerdictStmt,
+)
+
+Loc = tuple[int, int, int]  # line, first column, last column
+
+
+class NftError(Exception):
+    """An error at a position: ``primary`` gets carets, ``secondary`` ranges get tildes."""
+
+    def __init__(self, msg: str, primary: Loc | None, secondary: list[Loc] | None = None,
+                 kernel: bool | None = None) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self._kernel = kernel
+        self.primary = primary
+        self.secondary = secondary or []
+        self.more: list[NftError] = []  # further errors nft reports in the same run
+
+    @property
+    def syntax(self) -> bool:
+        return self.msg.startswith("syntax error")
+
+    @property
+    def kernel(self) -> bool:
+        """Errors the kernel returns; nft only submits (and so only sees them) when evaluation passed."""
+        return self._kernel if self._kernel is not None else self.msg.startswith("Could not process rule")
+
+
+def loc(a: Token, b: Token | None = None) -> Loc:
+    b = b or a
+    return (a.line, a.col, b.end if b.line == a.line else a.end)
+
+
+VERDICTS = ("accept", "drop", "return", "continue")
+BYTE_UNITS = ("bytes", "kbytes", "mbytes", "gbytes")
+
+
+@dataclass
+class Output:
+    """Listing requests met in a script, answered after the transaction commits."""
+
+    requests: list[tuple[str, list[Token]]] = field(default_factory=list)
+
+
+class Parser:
+    def __init__(self, text: str, rs: Ruleset, interfaces: set[str] | None = None) -> None:
+        try:
+            self.toks = expand_defines(tokenize(text))
+        except LexError as exc:
+            raise NftError(str(exc), (exc.line, exc.col, exc.end)) from None
+        self.pos = 0
+        self.rs = rs
+        self.interfaces = interfaces
+        self.out = Output()
+        self.eval_errors: list[NftError] = []
+        self.kernel_errors: list[NftError] = []
+        self.batch_broken = False
+
+    # ---- token helpers ------------------------------------------------------------------------
+    def peek(self, k: int = 0) -> Token:
+        return self.toks[min(self.pos + k, len(self.toks) - 1)]
+
+    def next(self) -> Token:
+        t = self.peek()
+        self.pos += 1
+        return t
+
+    def at(self, *texts: str) -> bool:
+        t = self.peek()
+        return t.kind in ("word", "punct") and t.text in texts
+
+    def accept(self, text: str) -> Token | None:
+        if self.at(text):
+            return self.next()
+        return None
+
+    def unexpected(self, t: Token | None = None, expecting: str = "") -> NftError:
+        t = t or self.peek()
+        if t.kind == "eof":
+            what = "end of file"
+        elif t.kind == "nl":
+            what = "newline"
+        elif t.kind == "string":
+            what = "quoted string"
+        elif t.kind == "punct":
+            what = f"'{t.text}'"
+        else:
+            what = t.text
+        msg = f"syntax error, unexpected {what}" + (f", expecting {expecting}" if expecting else "")
+        return NftError(msg, loc(t))
+
+    def expect(self, text: str) -> Token:
+        if not self.at(text):
+            raise self.unexpected(expecting=f"'{text}'" if len(text) == 1 else text)
+        return self.next()
+
+    def word(self) -> Token:
+        t = self.peek()
+        if t.kind not in ("word", "string"):
+            raise self.unexpected(expecting="string")
+        return self.next()
+
+    def skip_seps(self) -> None:
+        while self.peek().kind == "nl" or self.at(";"):
+            self.next()
+
+    def end_item(self, top: bool = False) -> None:
+        """An item in a block ends with a newline or semicolon (nft's grammar insists)."""
+        if self.peek().kind == "nl" or self.at(";"):
+            self.next()
+            return
+        if top and self.peek().kind == "eof":
+            return
+        raise self.unexpected(expecting="end of file or newline or semicolon" if top else "newline or semicolon")
+
+    # ---- script ---------------------------------------------------------------------------------
+    def script(self) -> None:
+        while True:
+            self.skip_seps()
+            t = self.peek()
+            if t.kind == "eof":
+                break
+            start = self.pos
+            try:
+                self.command()
+                self.end_item(top=True)
+            except NftError as err:
+                self.record(err, start)
+        self.raise_recorded()
+
+    def record(self, err: NftError, start: int) -> None:
+        """Keep an evaluation error and go on to the next rule or command, as nft does; stop on syntax."""
+        if err.syntax:
+            raise err
+        if err.kernel:
+            if not self.kernel_errors or self.batch_broken:
+                self.kernel_errors.append(err)
+            self.batch_broken = self.batch_broken or err.msg.endswith("Operation not supported")
+        else:
+            self.eval_errors.append(err)
+        self.pos = start
+        depth = 0
+        while True:
+            t = self.peek()
+            if t.kind == "eof":
+                return
+            if t.kind == "punct" and t.text == "{":
+                depth += 1
+            elif t.kind == "punct" and t.text == "}":
+                if depth == 0:
+                    return
+                depth -= 1
+            elif depth == 0 and (t.kind == "nl" or t.kind == "punct" and t.text == ";"):
+                return
+            self.next()
+
+    def raise_recorded(self) -> None:
+        errors = self.eval_errors or self.kernel_errors
+        if errors:
+            first = errors[0]
+            first.more = errors[1:]
+            raise first
+
+    def family_and_name(self) -> tuple[str, Token]:
+        t = self.word()
+        if t.text in FAMILIES and self.peek().kind in ("word", "string"):
+            return t.text, self.word()
+        return "ip", t
+
+    def command(self) -> None:
+        t = self.peek()
+        verb = t.text
+        if verb == "table":
+            self.next()
+            self.cmd_add_table(create=False)
+            return
+        if verb in ("add", "create", "insert", "replace", "delete", "destroy", "flush", "list", "reset"):
+            self.next()
+            getattr(self, "cmd_" + ("delete" if verb == "destroy" else verb))(t)
+            return
+        raise self.unexpected()
+
+    def find_table(self, family: str, name: Token) -> Table:
+        tbl = self.rs.find(family, name.text)
+        if tbl is None:
+            raise NftError("Could not process rule: No such file or directory", loc(name))
+        return tbl
+
+    def find_chain(self, tbl: Table, name: Token) -> Chain:
+        c = tbl.chains.get(name.text)
+        if c is None:
+            raise NftError("Could not process rule: No such file or directory", loc(name))
+        return c
+
+    def find_set(self, tbl: Table, name: Token) -> NSet:
+        s = tbl.sets.get(name.text)
+        if s is None:
+            raise NftError("Could not process rule: No such file or directory", loc(name))
+        return s
+
+    # ---- add / create ---------------------------------------------------------------------------
+    def cmd_add(self, verb: Token, create: bool = False) -> None:
+        what = self.peek().text
+        if what == "table":
+            self.next()
+            self.cmd_add_table(create)
+        elif what == "chain":
+            self.next()
+            family, tname = self.family_and_name()
+            if self.rs.find(family, tname.text) is None:
+                raise NftError("No such file or directory", loc(tname))  # found missing while evaluating
+            tbl = self.find_table(family, tname)
+            name = self.word()
+            self.add_chain(tbl, name, create)
+        elif what in ("set", "map"):
+            self.next()
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            name = self.word()
+            self.expect("{")
+            self.set_block(tbl, name, what == "map", create)
+        elif what == "element":
+            self.next()
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            s = self.find_set(tbl, self.word())
+            lit = self.set_literal(s.key, s.data, s)
+            self.add_elements(s, lit)
+            self.follow_on(verb, command=True)
+        elif what in ("counter", "quota", "limit"):
+            self.next()
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            self.object(tbl, what, self.word())
+        else:
+            if what == "rule":
+                self.next()
+            self.cmd_rule("add", verb)
+
+    def cmd_create(self, verb: Token) -> None:
+        self.cmd_add(verb, create=True)
+
+    def cmd_add_table(self, create: bool) -> None:
+        family, name = self.family_and_name()
+        if family not in FAMILIES:
+            raise NftError(f"unknown address family '{family}'", loc(name))
+        tbl = self.rs.find(family, name.text)
+        if tbl is None:
+            tbl = Table(family, name.text, self.rs.next_table_handle)
+            self.rs.next_table_handle += 1
+            self.rs.tables.append(tbl)
+        elif create:
+            raise NftError("Could not process rule: File exists", loc(name))
+        if self.accept("{"):
+            self.table_block(tbl)
+
+    def table_block(self, tbl: Table) -> None:
+        deferred: list[tuple[Chain, int]] = []
+        while True:
+            self.skip_seps()
+            if self.accept("}"):
+                break
+            at = self.pos
+            try:
+                self.table_item(tbl, deferred)
+                self.end_item()
+            except NftError as err:
+                self.record(err, at)
+        for ob in tbl.objs.values():
+            if not ob.handle:
+                ob.handle = tbl.alloc()
+        for s in tbl.sets.values():
+            if not s.handle:
+                s.handle = tbl.alloc()
+        # nft adds a table's chains, then objects and sets, and only then the rules (handles follow).
+        for chain, start in deferred:
+            self.pos, saved = start, self.pos
+            self.chain_rules(tbl, chain)
+            self.pos = saved
+
+    def table_item(self, tbl: Table, deferred: list[tuple[Chain, int]]) -> None:
+        t = self.next()
+        if t.text == "flags":
+            tbl.flags = self.word_list()
+        elif t.text == "comment":
+            tbl.comment = self.word().text
+        elif t.text == "chain":
+            self.add_chain(tbl, self.word(), False, defer_rules=deferred)
+        elif t.text in ("set", "map"):
+            name = self.word()
+            self.expect("{")
+            self.set_block(tbl, name, t.text == "map", False, defer=True)
+        elif t.text in ("counter", "quota", "limit"):
+            self.object(tbl, t.text, self.word(), defer=True)
+        else:
+            raise self.unexpected(t)
+
+    def word_list(self) -> list[str]:
+        out = [self.word().text]
+        while self.accept(","):
+            out.append(self.word().text)
+        return out
+
+    def add_chain(self, tbl: Table, name: Token, create: bool,
+                  defer_rules: list[tuple[Chain, int]] | None = None) -> Chain:
+        chain = tbl.chains.get(name.text)
+        if chain is None:
+            chain = Chain(name.text, tbl.alloc())
+            tbl.chains[name.text] = chain
+        elif create:
+            raise NftError("Could not process rule: File exists", loc(name))
+        if not self.accept("{"):
+            return chain
+        self.chain_header(tbl, chain)
+        if defer_rules is not None:
+            defer_rules.append((chain, self.pos))
+            self.skip_block()
+        else:
+            self.chain_rules(tbl, chain)
+        return chain
+
+    def skip_block(self) -> None:
+        depth = 1
+        while depth:
+            t = self.next()
+            if t.kind == "eof":
+                raise self.unexpected(t)
+            if t.kind == "punct" and t.text == "{":
+                depth += 1
+            elif t.kind == "punct" and t.text == "}":
+                depth -= 1
+
+    def chain_header(self, tbl: Table, chain: Chain) -> None:
+        """``type ... hook ... priority ...; policy ...;`` and ``comment``, before the rules."""
+        while True:
+            self.skip_seps()
+            t = self.peek()
+            if t.text == "type" and t.kind == "word":
+                self.next()
+                ctype = self.word()
+                if ctype.text not in ("filter", "nat", "route"):
+                    raise NftError(f"unknown chain type {ctype.text}", loc(ctype))
+                self.expect("hook")
+                hook = self.word()
+                if hook.text not in HOOKS[tbl.family]:
+                    raise NftError(f"unknown chain hook {hook.text}", loc(hook))
+                devices: list[str] = []
+                if self.accept("device"):
+                    devices = [self.word().text]
+                elif self.accept("devices"):
+                    self.expect("=")
+                    self.expect("{")
+                    devices = [self.word().text]
+                    while self.accept(","):
+                        devices.append(self.word().text)
+                    self.expect("}")
+                kw = self.expect("priority")
+                chain.prio = self.priority(tbl.family, hook.text, kw)
+                chain.type, chain.hook, chain.devices = ctype.text, hook.text, devices
+                self.end_item()
+            elif t.text == "policy" and t.kind == "word":
+                self.next()
+                pol = self.word()
+                if pol.text not in ("accept", "drop"):
+                    raise NftError(f"unknown policy type {pol.text}", loc(pol))
+                chain.policy = pol.text
+                self.end_item()
+            elif t.text == "comment" and t.kind == "word" and self.peek(1).kind == "string":
+                self.next()
+                chain.comment = self.word().text
+                self.end_item()
+            else:
+                return
+
+    def priority(self, family: str, hook: str, kw: Token) -> int:
+        t = self.word()
+        names = named_priorities(family, hook)
+        if t.text in names:
+            base = names[t.text]
+        else:
+            try:
+                base = int(t.text, 0)
+            except ValueError:
+                raise NftError("invalid priority expression value in this context.", loc(kw, t)) from None
+            return base
+        if self.at("+", "-"):
+            sign = self.next().text
+            n = self.word()
+            return base + int(n.text) if sign == "+" else base - int(n.text)
+        if self.peek().kind == "word" and self.peek().text.startswith("-"):
+            return base + int(self.next().text)
+        return base
+
+    def chain_rules(self, tbl: Table, chain: Chain) -> None:
+        while True:
+            self.skip_seps()
+            if self.accept("}"):
+                return
+            start = self.peek()
+            at = self.pos
+            try:
+                rule = self.rule(tbl, start, chain=chain.name)
+                chain.rules.append(rule)
+                self.follow_on(start, rule=rule)
+                self.end_item()
+            except NftError as err:
+                self.record(err, at)
+
+    def follow_on(self, start: Token, command: bool = False, rule: Rule | None = None) -> None:
+        """Once the kernel said EOPNOTSUPP in a batch, it says so for every later rule and element too
+        (a rule's anonymous sets first, at their braces)."""
+        if self.batch_broken:
+            msg = "Could not process rule: Operation not supported"
+            for where in getattr(rule, "anon_locs", []):
+                self.kernel_errors.append(NftError(msg, where))
+            line, col, end = loc(start, self.toks[self.pos - 1])
+            # A command's location runs to the end of its line, newline included.
+            raise NftError("Could not process rule: Operation not supported", (line, col, end + command))
+
+    # ---- sets, maps, objects ------------------------------------------------------------------
+    def set_block(self, tbl: Table, name: Token, is_map: bool, create: bool, defer: bool = False) -> None:
+        existing = tbl.sets.get(name.text)
+        if existing is not None and create:
+            raise NftError("Could not process rule: File exists", loc(name))
+        s = existing or NSet(name.text, 0, is_map, [])
+        pending: list[tuple[Token, SetLit]] = []
+        while True:
+            self.skip_seps()
+            t = self.peek()
+            if self.accept("}"):
+                break
+            self.next()
+            if t.text == "type":
+                s.key = [self.dtype()]
+                while self.accept("."):
+                    s.key.append(self.dtype())
+                if is_map:
+                    self.expect(":")
+                    if self.accept("verdict"):
+                        s.data = [T.VERDICT]
+                    else:
+                        s.data = [self.dtype()]
+                        while self.accept("."):
+                            s.data.append(self.dtype())
+            elif t.text == "flags":
+                s.flags = self.word_list()
+            elif t.text == "timeout":
+                s.timeout = self.time_value()
+            elif t.text == "gc-interval":
+                s.gc_interval = self.time_value()
+            elif t.text == "size":
+                s.size = int(self.word().text)
+            elif t.text == "policy":
+                s.policy = self.word().text
+            elif t.text == "comment":
+                s.comment = self.word().text
+            elif t.text == "auto-merge":
+                s.auto_merge = True
+            elif t.text == "elements":
+                self.expect("=")
+                start = self.peek()
+                pending.append((start, self.set_literal(s.key, s.data, s)))
+            else:
+                raise self.unexpected(t)
+            self.end_item()
+        if not s.key:
+            raise NftError("set definition does not specify key", loc(name))
+        if existing is None:
+            s.handle = 0 if defer else tbl.alloc()
+            tbl.sets[name.text] = s
+        for _, lit in pending:
+            self.add_elements(s, lit)
+
+    def dtype(self) -> T.DType:
+        t = self.word()
+        dt = T.SET_TYPES.get(t.text)
+        if dt is None:
+            raise NftError(f"unknown datatype {t.text}", loc(t))
+        return dt
+
+    def time_value(self) -> int:
+        t = self.word()
+        ms = parse_time(t.text)
+        if ms is None:
+            raise NftError("Wrong time format, expecting ...", loc(t))
+        return ms
+
+    def object(self, tbl: Table, kind: str, name: Token, defer: bool = False) -> None:
+        obj = tbl.objs.get((kind, name.text))
+        if obj is None:
+            obj = Obj(kind, name.text, 0 if defer else tbl.alloc())
+            defaults: dict[str, dict[str, Any]] = {"counter": {"packets": 0, "bytes": 0},
+                                                   "quota": {"value": 0, "unit": "bytes"},
+                                                   "limit": {"rate": 0, "per": "second"}}
+            obj.values = dict(defaults[kind])
+            tbl.objs[(kind, name.text)] = obj
+        if not self.accept("{"):
+            return
+        while True:
+            self.skip_seps()
+            if self.accept("}"):
+                return
+            if self.accept("comment"):
+                obj.comment = self.word().text
+            elif kind == "counter":
+                self.expect("packets")
+                obj.values["packets"] = int(self.word().text)
+                self.expect("bytes")
+                obj.values["bytes"] = int(self.word().text)
+            elif kind == "quota":
+                q = self.quota_body()
+                obj.values = {"value": q.value, "unit": q.unit, "over": q.over, "used": q.used,
+                              "used_unit": q.used_unit}
+            else:
+                self.expect("rate")
+                lim = self.limit_body()
+                obj.values = {"rate": lim.rate, "per": lim.per, "burst": lim.burst, "unit": lim.unit,
+                              "burst_unit": lim.burst_unit, "over": lim.over}
+            self.end_item()
+
+    def add_elements(self, s: NSet, lit: SetLit) -> None:
+        elems = s.elems + lit.elems
+        if "interval" in s.flags and len(s.key) == 1:
+            bits = s.key[0].bits or 32
+            new = lit.elems
+            if not s.auto_merge:
+                old = {tuple(span(e, bits)): e for e in s.elems}
+                for e in sorted(lit.elems, key=lambda e: span(e, bits)):
+                    lo, hi = span(e, bits)
+                    if (lo, hi) not in old and any(lo <= ohi and olo <= hi for olo, ohi in old):
+                        raise NftError("interval overlaps with an existing one", getattr(e, "loc", None))
+                new = [e for e in lit.elems if tuple(span(e, bits)) not in old]
+            elems = merge_intervals(s.elems + new, s.key[0], s.auto_merge)
+        else:
+            from kproxy.nftables.listing import elem_sort_key
+
+            seen: dict[str, Elem] = {}
+            for e in elems:
+                seen.setdefault(repr(e.key), e)
+            elems = sorted(seen.values(), key=elem_sort_key)
+        s.elems = elems
+
+    def limit_body(self) -> Limit:
+        over = bool(self.accept("over"))
+        t = self.word()
+        if "/" in t.text:
+            rate, _, per = t.text.partition("/")
+            lim = Limit(int(rate), per, 5, over=over)
+            if self.accept("burst"):
+                lim.burst = int(self.word().text)
+                self.expect("packets")
+            return lim
+        unit = self.word().text
+        u, _, per = unit.partition("/")
+        lim = Limit(int(t.text), per, 0, unit=u, over=over)
+        if self.accept("burst"):
+            lim.burst = int(self.word().text)
+            lim.burst_unit = self.word().text
+        return lim
+
+    def quota_body(self) -> Quota:
+        over = bool(self.accept("over"))
+        v = self.word()
+        unit = self.word().text if self.at(*BYTE_UNITS) else "bytes"
+        q = Quota(int(v.text), unit, over)
+        if self.accept("used"):
+            q.used = int(self.word().text)
+            q.used_unit = self.word().text if self.at(*BYTE_UNITS) else "bytes"
+        return q
+
+    # ---- rules ----------------------------------------------------------------------------------
+    def cmd_rule(self, op: str, verb: Token) -> None:
+        family, tname = self.family_and_name()
+        tbl = self.find_table(family, tname)
+        chain = self.find_chain(tbl, self.word())
+        position: tuple[str, int] | None = None
+        pos_tok = self.peek()
+        if self.at("position", "handle", "index"):
+            kind = self.next().text
+            position = (kind, int(self.word().text))
+            pos_tok = Token("word", "", pos_tok.line, pos_tok.col, self.toks[self.pos - 1].end)
+        start = self.peek()
+        if op == "replace":
+            if position is None or position[0] != "handle":
+                raise self.unexpected(start, "handle")
+            idx = self.rule_index(chain, position[1], pos_tok)
+            rule = self.rule(tbl, start, new_handle=False, chain=chain.name)
+            rule.handle = chain.rules[idx].handle
+            chain.rules[idx] = rule
+            return
+        missing: NftError | None = None
+        if position is None:
+            idx = 0 if op == "insert" else len(chain.rules)
+        elif position[0] == "index":
+            idx = position[1] if op == "insert" else position[1] + 1
+        else:
+            try:
+                idx = self.rule_index(chain, position[1], pos_tok)
+            except NftError as err:
+                missing, idx = err, 0
+            idx = idx if op == "insert" else idx + 1
+        # The kernel looks the position up before it gives the new rule a handle.
+        rule = self.rule(tbl, start, new_handle=missing is None, chain=chain.name)
+        if missing is not None:
+            raise missing
+        chain.rules.insert(idx, rule)
+        self.follow_on(verb, command=True, rule=rule)
+
+    def rule_index(self, chain: Chain, handle: int, at: Token) -> int:
+        for i, r in enumerate(chain.rules):
+            if r.handle == handle:
+                return i
+        raise NftError("Could not process rule: No such file or directory", loc(at))
+
+    def cmd_insert(self, verb: Token) -> None:
+        self.accept("rule")
+        self.cmd_rule("insert", verb)
+
+    def cmd_replace(self, verb: Token) -> None:
+        self.expect("rule")
+        self.cmd_rule("replace", verb)
+
+    def rule(self, tbl: Table, start: Token, new_handle: bool = True, chain: str = "") -> Rule:
+        from kproxy.nftables.rules import RuleBuilder
+
+        return RuleBuilder(self, tbl).build(start, new_handle, chain)
+
+    # ---- delete / flush / list / reset ---------------------------------------------------------
+    def cmd_delete(self, verb: Token) -> None:
+        what = self.word()
+        if what.text == "table":
+            family, name = self.family_and_name()
+            tbl = self.find_table(family, name)
+            self.rs.tables.remove(tbl)
+        elif what.text == "chain":
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            name = self.word()
+            chain = self.find_chain(tbl, name)
+            if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain):
+                raise NftError("Could not process rule: Device or resource busy", loc(name))
+            del tbl.chains[name.text]
+        elif what.text == "rule":
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            chain = self.find_chain(tbl, self.word())
+            self.expect("handle")
+            n = self.word()
+            idx = self.rule_index(chain, int(n.text), n)
+            rule = chain.rules.pop(idx)
+            for anon in rule.anon_sets:
+                tbl.sets.pop(anon, None)
+        elif what.text in ("set", "map"):
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            name = self.word()
+            self.find_set(tbl, name)
+            if any(refers_to_set(r, name.text) for c in tbl.chains.values() for r in c.rules):
+                raise NftError("Could not process rule: Device or resource busy", loc(name))
+            del tbl.sets[name.text]
+        elif what.text == "element":
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            s = self.find_set(tbl, self.word())
+            lit = self.set_literal(s.key, None, s)
+            have = {repr(e.key) for e in s.elems}
+            for e in lit.elems:
+                if repr(e.key) not in have:
+                    raise NftError("Could not process rule: No such file or directory", getattr(e, "loc", None))
+            gone = {repr(e.key) for e in lit.elems}
+            s.elems = [e for e in s.elems if repr(e.key) not in gone]
+        elif what.text in ("counter", "quota", "limit"):
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            name = self.word()
+            if tbl.objs.pop((what.text, name.text), None) is None:
+                raise NftError("Could not process rule: No such file or directory", loc(name))
+        else:
+            raise self.unexpected(what)
+
+    def cmd_flush(self, verb: Token) -> None:
+        what = self.word()
+        if what.text == "ruleset":
+            family = self.word().text if self.peek().kind == "word" and self.peek().text in FAMILIES else None
+            self.rs.tables = [t for t in self.rs.tables if family is not None and t.family != family]
+        elif what.text == "table":
+            family, name = self.family_and_name()
+            tbl = self.find_table(family, name)
+            for c in tbl.chains.values():
+                c.rules = []
+            tbl.sets = {k: s for k, s in tbl.sets.items() if not s.anonymous}
+            for s in tbl.sets.values():
+                s.elems = []
+        elif what.text == "chain":
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            chain = self.find_chain(tbl, self.word())
+            for r in chain.rules:
+                for anon in r.anon_sets:
+                    tbl.sets.pop(anon, None)
+            chain.rules = []
+        elif what.text in ("set", "map"):
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            self.find_set(tbl, self.word()).elems = []
+        else:
+            raise self.unexpected(what)
+
+    def cmd_list(self, verb: Token) -> None:
+        args: list[Token] = []
+        while self.peek().kind in ("word", "string"):
+            args.append(self.next())
+        self.out.requests.append(("list", args))
+
+    def cmd_reset(self, verb: Token) -> None:
+        args: list[Token] = []
+        while self.peek().kind in ("word", "string"):
+            args.append(self.next())
+        self.out.requests.append(("reset", args))
+
+    # ---- values -------------------------------------------------------------------------------
+    def set_literal(self, key: list[T.DType], data: list[T.DType] | None, s: NSet | None = None) -> SetLit:
+        self.expect("{")
+        lit = SetLit()
+        while True:
+            self.skip_seps()
+            if self.accept("}"):
+                return lit
+            start = self.peek()
+            k = self.value_of(key)
+            elem = Elem(k)
+            while self.at("timeout", "expires", "comment", "counter"):
+                w = self.next().text
+                if w == "comment":
+                    elem.comment = self.word().text
+                elif w == "counter":
+                    elem.counter = True
+                else:
+                    setattr(elem, w, self.time_value())
+            if data is not None:
+                self.expect(":")
+                elem.data = self.verdict() if data == [T.VERDICT] else self.value_of(data)
+            elif self.at(":"):
+                raise self.unexpected()
+            if s is not None and isinstance(k, (Prefix, Range)) and "interval" not in s.flags:
+                what = "prefix" if isinstance(k, Prefix) else "range"
+                raise NftError(f"You must add 'flags interval' to your set declaration if you want to add {what}"
+                               " elements",
+                               loc(start, self.toks[self.pos - 1]))
+            elem.loc = loc(start, self.toks[self.pos - 1])  # type: ignore[attr-defined]
+            lit.elems.append(elem)
+            self.skip_seps()
+            if not self.accept(","):
+                self.skip_seps()
+                self.expect("}")
+                return lit
+
+    def verdict(self) -> Verdict:
+        t = self.word()
+        if t.text in VERDICTS:
+            return Verdict(t.text)
+        if t.text in ("jump", "goto"):
+            return Verdict(t.text, self.word().text)
+        raise self.unexpected(t)
+
+    def value_of(self, types: list[T.DType]) -> Expr:
+        parts = [self.value(types[0])]
+        for dt in types[1:]:
+            self.expect(".")
+            parts.append(self.value(dt))
+        return parts[0] if len(parts) == 1 else Concat(parts)
+
+    def value(self, dt: T.DType) -> Expr:
+        t = self.peek()
+        if self.accept("("):
+            v = self.value(dt)
+            while self.accept("|"):
+                w = self.value(dt)
+                assert isinstance(v, Const) and isinstance(w, Const)
+                v = Const(dt, v.value | w.value)
+            self.expect(")")
+            return v
+        if t.kind == "string":
+            self.next()
+            return Const(dt, dt.parse(t.text) if dt.kind in ("string", "ifindex") else t.text)
+        if t.kind != "word":
+            raise self.unexpected(t)
+        self.next()
+        return self.parse_value_text(dt, t)
+
+    def parse_value_text(self, dt: T.DType, t: Token) -> Expr:
+        text = t.text
+        if dt.kind in ("string", "ifindex"):
+            return Const(dt, text)
+        try:
+            return Const(dt, dt.parse(text))
+        except T.TypeError_:
+            pass
+        if "/" in text and dt.kind in ("ipv4", "ipv6", "int", "mark", "hex"):
+            base, _, plen = text.rpartition("/")
+            bits = dt.bits or 32
+            try:
+                v = dt.parse(base)
+                n = int(plen)
+            except (T.TypeError_, ValueError):
+                raise self.bad_value(dt, t) from None
+            if n > bits:
+                raise self.bad_value(dt, t)
+            mask = ((1 << bits) - 1) ^ ((1 << (bits - n)) - 1)
+            if n == bits:
+                return Const(dt, v)
+            return Prefix(Const(dt, v & mask), n)
+        if "-" in text:
+            for i, ch in enumerate(text):
+                if ch == "-" and i:
+                    try:
+                        lo, hi = dt.parse(text[:i]), dt.parse(text[i + 1:])
+                    except T.TypeError_:
+                        continue
+                    if lo > hi:
+                        raise NftError("Range has zero or negative size", loc(t))
+                    return Range(Const(dt, lo), Const(dt, hi))
+        raise self.bad_value(dt, t)
+
+    def bad_value(self, dt: T.DType, t: Token) -> NftError:
+        if dt.kind == "service":
+            return NftError("Could not resolve service: Servname not found in nft services list", loc(t))
+        if dt.kind == "ipv4":
+            return NftError("Could not resolve hostname: Name or service not known", loc(t))
+        if dt.kind == "proto":
+            return NftError("Could not resolve protocol name", loc(t))
+        desc = {"icmp_type": "ICMP type", "ct_state": "conntrack state", "mark": "packet mark",
+                "inet_service": "internet network service"}.get(dt.name, dt.name)
+        return NftError(f"Could not parse {desc}", loc(t))
+
+
+def refers_to_set(rule: Rule, name: str) -> bool:
+    """Whether a rule looks a named set or map up (``@name``, ``vmap @name``, ``map @name``, ``add @name``)."""
+    todo: list[object] = list(rule.stmts)
+    while todo:
+        x = todo.pop()
+        if isinstance(x, SetRef) and x.name == name or isinstance(x, SetUpdate) and x.set_name == name:
+            return True
+        if isinstance(x, (Stmt, Expr)):
+            todo += [v for v in vars(x).values() if isinstance(v, (Stmt, Expr))]
+            todo += [i for v in vars(x).values() if isinstance(v, list) for i in v]
+    return False
+
+
+def jumps_to(chain: Chain, target: str) -> bool:
+    for r in chain.rules:
+        for s in r.stmts:
+            if isinstance(s, VerdictStmt) and s.verdict.target == target:
+                return True
+    return False
+
+
+def span(e: Elem, bits: int) -> tuple[int, int]:
+    """The first and last value an interval element covers."""
+    k = e.key
+    if isinstance(k, Prefix):
+        lo = k.base.value
+        return lo, lo | ((1 << (bits - k.length)) - 1)
+    if isinstance(k, Range):
+        return k.lo.value, k.hi.value
+    assert isinstance(k, Const)
+    return k.value, k.value
+
+
+def merge_intervals(elems: list[Elem], dt: T.DType, auto_merge: bool = True) -> list[Elem]:
+    """Sort interval elements; overlaps are an error unless the set auto-merges (then adjacent ones join too)."""
+    spans: list[list[int]] = []
+    owners: list[Elem] = []
+    bits = dt.bits or 32
+    for e in elems:
+        owners.append(e)
+    # nft walks the new elements (newest first, then stably sorted by start) comparing each with the one
+    # before; exact duplicates are dropped, any other overlap is a conflict reported on the later one.
+    order = sorted(range(len(owners) - 1, -1, -1), key=lambda i: span(owners[i], bits)[0])
+    prev: int | None = None
+    for i in order:
+        lo, hi = span(owners[i], bits)
+        if prev is not None:
+            plo, phi = span(owners[prev], bits)
+            if (plo, phi) == (lo, hi):
+                prev = i
+                continue
+            if lo <= phi and not auto_merge:
+                raise NftError("conflicting intervals specified", getattr(owners[i], "loc", None),
+                               [getattr(owners[prev], "loc", (0, 0, 0))])
+        spans.append([lo, hi, i])
+        prev = i
+    if not auto_merge:
+        return [owners[i] if isinstance(owners[i].key, Const) else
+                Elem(span_expr(lo, hi, dt, bits), owners[i].data, owners[i].timeout, owners[i].expires,
+                     owners[i].comment) for lo, hi, i in spans]
+    merged: list[list[int]] = []
+    for lo, hi, _ in spans:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [Elem(span_expr(lo, hi, dt, bits)) for lo, hi in merged]
+
+
+def span_expr(lo: int, hi: int, dt: T.DType, bits: int) -> Expr:
+    if lo == hi:
+        return Const(dt, lo)
+    size = hi - lo + 1
+    if size & (size - 1) == 0 and lo % size == 0 and dt.kind in ("ipv4", "ipv6"):
+        return Prefix(Const(dt, lo), bits - size.bit_length() + 1)
+    return Range(Const(dt, lo), Const(dt, hi))
+
+
+def expand_defines(toks: list[Token]) -> list[Token]:
+    """``define name = value`` and ``$name``: substitute the value's tokens where the variable is used."""
+    out: list[Token] = []
+    defines: dict[str, list[Token]] = {}
+    i = 0
+    while i < len(toks):
+        t = toks[i]
+        if t.kind == "word" and t.text in ("define", "redefine") and (not out or out[-1].kind == "nl"):
+            name = toks[i + 1]
+            j = i + 3
+            body = []
+            while toks[j].kind not in ("nl", "eof") and not (toks[j].kind == "punct" and toks[j].text == ";"):
+                body.append(toks[j])
+                j += 1
+            defines[name.text] = body
+            i = j
+            continue
+        if t.kind == "punct" and t.text == "$" and i + 1 < len(toks):
+            name = toks[i + 1]
+            var, colon, tail = name.text.partition(":")
+            if var not in defines:
+                raise NftError(f"unknown identifier '{var}'", (name.line, name.col, name.col + len(var) - 1))
+            out.extend(defines[var])
+            if colon:
+                c = name.col + len(var)
+                out.append(Token("punct", ":", name.line, c, c))
+                out.append(Token("word", tail, name.line, c + 1, name.end))
+            i += 2
+            continue
+        out.append(t)
+        i += 1
+    return out

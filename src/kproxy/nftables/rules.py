@@ -1,0 +1,712 @@
+"""One rule: its statements parsed, checked and put in the form nft lists (dependencies, anonymous sets)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kproxy.nftables import types as T
+from kproxy.nftables.expr import (
+    CT,
+    META,
+    META_BARE_IN,
+    PAYLOAD,
+    TRANSPORT,
+    Binop,
+    Concat,
+    Const,
+    Ct,
+    Expr,
+    Fib,
+    Hash,
+    MapExpr,
+    Meta,
+    Numgen,
+    Payload,
+    Rt,
+    SetLit,
+    SetRef,
+    TcpOption,
+    Verdict,
+)
+from kproxy.nftables.lexer import Token
+from kproxy.nftables.model import NSet, Rule, Table
+from kproxy.nftables.stmt import (
+    Counter,
+    Log,
+    Mangle,
+    Match,
+    Nat,
+    ObjRef,
+    Queue,
+    Reject,
+    SetUpdate,
+    Simple,
+    Stmt,
+    VerdictMap,
+    VerdictStmt,
+)
+
+if TYPE_CHECKING:
+    from kproxy.nftables.parser import Parser
+
+OPS = {"==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "eq": "==", "ne": "!=", "lt": "<",
+       "gt": ">", "le": "<=", "ge": ">="}
+STMT_END = ("nl", "eof")
+WORD_OPS = {"and": "&", "or": "|", "xor": "^", "lshift": "<<", "rshift": ">>"}
+
+
+class RuleBuilder:
+    def __init__(self, p: Parser, tbl: Table) -> None:
+        self.p = p
+        self.tbl = tbl
+        self.stmts: list[Stmt] = []
+        self.comment: str | None = None
+        self.anon: list[str] = []
+        self.anon_locs: list[tuple[int, int, int]] = []
+        self.l4_matched: set[str] = set()
+
+    def error(self, msg: str, a: Token, b: Token | None = None, secondary: list[tuple[int, int, int]] | None = None):
+        from kproxy.nftables.parser import NftError, loc
+
+        return NftError(msg, loc(a, b), secondary)
+
+    def ended(self) -> bool:
+        t = self.p.peek()
+        return t.kind in STMT_END or (t.kind == "punct" and t.text in (";", "}"))
+
+    def build(self, start: Token, new_handle: bool = True, chain: str = "") -> Rule:
+        from kproxy.nftables.parser import NftError
+
+        if self.ended():
+            raise self.p.unexpected()
+        while not self.ended():
+            self.statement()
+        for s in self.stmts:
+            if isinstance(s, VerdictStmt) and s.verdict.target is not None and s.verdict.target not in self.tbl.chains:
+                t = getattr(s, "tok", start)
+                where = (t.line, t.col, t.end)
+                if new_handle:
+                    self.tbl.alloc()  # the kernel numbered the rule before it failed to find the chain
+                hint = self.similar_chain(s.verdict.target, chain)
+                if hint is not None:
+                    # nft words the kernel's ENOENT with the nearest chain it knows of.
+                    raise NftError(f"No such file or directory; did you mean chain \u2018{hint[2]}\u2019 in table "
+                                   f"{hint[0]} \u2018{hint[1]}\u2019?", where, kernel=True)
+                raise NftError("Could not process rule: No such file or directory", where)
+        base = self.tbl.chains.get(chain)
+        if base is not None and base.hook is not None and not all(self.valid_at(st, base.type, base.hook)
+                                                                      for st in self.stmts):
+            if new_handle:
+                self.tbl.alloc()
+            raise NftError("Could not process rule: Operation not supported",
+                           (start.line, start.col, self.p.toks[self.p.pos - 1].end))
+        stmts = hide_dependencies(self.stmts, self.tbl.family)
+        handle = self.tbl.alloc() if new_handle else 0
+        rule = Rule(handle, stmts, self.comment, self.anon)
+        rule.anon_locs = self.anon_locs  # type: ignore[attr-defined]
+        return rule
+
+    @staticmethod
+    def valid_at(st: Stmt, chain_type: str | None, hook: str) -> bool:
+        """Whether the kernel accepts the statement in a base chain of this type and hook."""
+        if not isinstance(st, Nat):
+            return True
+        hooks = {"dnat": ("prerouting", "output"), "redirect": ("prerouting", "output"),
+                 "snat": ("postrouting", "input"), "masquerade": ("postrouting",)}[st.kind]
+        return chain_type == "nat" and hook in hooks
+
+    def similar_chain(self, name: str, own: str) -> tuple[str, str, str] | None:
+        """nft's suggestion for a missing jump target: the nearest chain name anywhere but the rule's own."""
+        best: tuple[int, tuple[str, str, str]] | None = None
+        for t in self.p.rs.tables:
+            for c in t.chains:
+                if t is self.tbl and c == own:
+                    continue
+                d = edit_distance(name, c)
+                if best is None or d < best[0]:
+                    best = (d, (t.family, t.name, c))
+        return None if best is None else best[1]
+
+    # ---- statements ---------------------------------------------------------------------------
+    def statement(self) -> None:
+        p = self.p
+        t = p.peek()
+        w = t.text if t.kind == "word" else ""
+        if w in ("accept", "drop", "return", "continue"):
+            p.next()
+            self.stmts.append(VerdictStmt(Verdict(w)))
+        elif w in ("jump", "goto"):
+            p.next()
+            target = p.word()
+            st = VerdictStmt(Verdict(w, target.text))
+            st.tok = target  # type: ignore[attr-defined]
+            self.stmts.append(st)
+        elif w == "counter":
+            p.next()
+            if p.accept("name"):
+                name = p.word()
+                if ("counter", name.text) not in self.tbl.objs:
+                    raise self.error("Could not process rule: No such file or directory", name)
+                self.stmts.append(Counter(name=name.text))
+            else:
+                c = Counter()
+                if p.accept("packets"):
+                    c.packets = int(p.word().text)
+                    p.expect("bytes")
+                    c.bytes = int(p.word().text)
+                self.stmts.append(c)
+        elif w in ("limit", "quota") and p.peek(1).text == "name":
+            p.next()
+            p.next()
+            name = p.word()
+            if (w, name.text) not in self.tbl.objs:
+                raise self.error("Could not process rule: No such file or directory", name)
+            self.stmts.append(ObjRef(w, name.text))
+        elif w == "limit":
+            p.next()
+            p.expect("rate")
+            self.stmts.append(p.limit_body())
+        elif w == "quota":
+            p.next()
+            self.stmts.append(p.quota_body())
+        elif w == "log":
+            p.next()
+            self.stmts.append(self.log())
+        elif w == "comment":
+            p.next()
+            self.comment = p.word().text
+        elif w == "notrack":
+            p.next()
+            self.stmts.append(Simple("notrack"))
+        elif w == "queue":
+            p.next()
+            q = Queue()
+            while p.at("num", "to", "flags", "bypass", "fanout"):
+                k = p.next().text
+                if k in ("num", "to"):
+                    q.num = p.word().text
+                elif k == "flags":
+                    q.flags = p.word_list()
+                else:
+                    q.flags.append(k)
+            self.stmts.append(q)
+        elif w == "reject":
+            p.next()
+            self.reject(t)
+        elif w in ("dnat", "snat", "masquerade", "redirect"):
+            p.next()
+            self.nat(t)
+        elif w in ("add", "update") and p.peek(1).text == "@":
+            p.next()
+            p.next()
+            name = p.word()
+            s = self.tbl.sets.get(name.text)
+            if s is None:
+                raise self.error("Could not process rule: No such file or directory", name)
+            p.expect("{")
+            key = self.concat()
+            upd = SetUpdate(w, name.text, key)
+            while not p.at("}"):
+                if p.accept("timeout"):
+                    upd.timeout = p.time_value()
+                elif p.at("limit"):
+                    p.next()
+                    p.expect("rate")
+                    upd.stmts.append(p.limit_body())
+                elif p.accept("counter"):
+                    upd.stmts.append(Counter())
+                else:
+                    raise p.unexpected()
+            p.expect("}")
+            self.stmts.append(upd)
+        else:
+            self.expression_statement()
+
+    def log(self) -> Log:
+        p = self.p
+        lg = Log()
+        while p.at("prefix", "level", "group", "snaplen", "queue-threshold", "flags"):
+            k = p.next().text
+            if k == "prefix":
+                lg.prefix = p.word().text
+            elif k == "level":
+                lg.level = p.word().text
+            elif k == "group":
+                lg.group = int(p.word().text)
+            elif k == "snaplen":
+                lg.snaplen = int(p.word().text)
+            elif k == "queue-threshold":
+                lg.threshold = int(p.word().text)
+            else:
+                lg.flags = p.word_list()
+        return lg
+
+    def reject(self, kw: Token) -> None:
+        p = self.p
+        fam = self.tbl.family
+        if not p.accept("with"):
+            nfproto = self.last_nfproto()
+            if fam == "inet" and nfproto is not None:
+                # With the address family known, nft lists the ICMP flavour it chose.
+                flavour = "icmp" if nfproto == "ip" else "icmpv6"
+                dt = T.ICMP_CODE if nfproto == "ip" else T.ICMPV6_CODE
+                self.stmts.append(Reject(flavour, Const(dt, dt.sym_by_name()["port-unreachable"])))
+                return
+            default = {"ip": ("icmp", "port-unreachable"), "ip6": ("icmpv6", "port-unreachable"),
+                       "inet": ("icmpx", "port-unreachable"), "bridge": ("icmpx", "port-unreachable")}
+            self.stmts.append(Reject(default_json=default.get(fam)))
+            return
+        kind = p.word()
+        if kind.text == "tcp":
+            p.expect("reset")
+            dep = self.last_l4()
+            if dep is not None and dep[0] != 6:
+
+                raise self.error("you cannot use tcp reset with this protocol", kw, None, [dep[1]])
+            if dep is None and fam == "inet":
+                self.stmts.insert(0, self.l4_dependency(6))
+            self.stmts.append(Reject("tcp reset"))
+            return
+        if kind.text not in ("icmp", "icmpv6", "icmpx"):
+            raise p.unexpected(kind)
+        p.accept("type")
+        dt = {"icmp": T.ICMP_CODE, "icmpv6": T.ICMPV6_CODE, "icmpx": T.ICMPX_CODE}[kind.text]
+        code_tok = p.peek()
+        code = p.value(dt)
+        assert isinstance(code, Const)
+        kw_loc = [(kw.line, kw.col, kw.end)]
+        if fam in ("ip", "ip6") and kind.text == "icmpx":
+            raise self.error("abstracted ICMP unreachable not supported", code_tok, None, kw_loc)
+        own = {"ip": "icmp", "ip6": "icmpv6"}.get(fam)
+        if own is not None and kind.text != own:
+            other = "ip6" if fam == "ip" else "ip"
+            raise self.error(f"conflicting protocols specified: {fam} vs {other}", code_tok, None, kw_loc)
+        self.stmts.append(Reject(kind.text, code))
+
+    def last_network(self) -> str | None:
+        """The network protocol the rule fixed first: ip/ip6 payload, ``meta nfproto``, icmp or icmpv6."""
+        for s in self.stmts:
+            if isinstance(s, Match):
+                items = s.left.items if isinstance(s.left, Concat) else [s.left]
+                for e in items:
+                    e = e.left if isinstance(e, Binop) else e
+                    if isinstance(e, Payload) and e.proto in ("ip", "ip6", "icmp", "icmpv6"):
+                        return "ip" if e.proto in ("ip", "icmp") else "ip6"
+                if isinstance(s.left, Meta) and s.left.key == "nfproto" and isinstance(s.right, Const):
+                    return "ip" if s.right.value == 2 else "ip6"
+        return None
+
+    def last_nfproto(self) -> str | None:
+        """The address family an earlier match in the rule pins down (ip/ip6 payload or meta nfproto)."""
+        for s in reversed(self.stmts):
+            if isinstance(s, Match):
+                e = s.left.items[0] if isinstance(s.left, Concat) else s.left
+                if isinstance(e, Payload) and e.proto in ("ip", "ip6", "icmp", "icmpv6"):
+                    return "ip" if e.proto in ("ip", "icmp") else "ip6"
+                if isinstance(e, Meta) and e.key == "nfproto" and isinstance(s.right, Const):
+                    return "ip" if s.right.value == 2 else "ip6"
+        return None
+
+    def l4_dependency(self, proto: int) -> Match:
+        if self.tbl.family == "ip":
+            return Match(Payload("ip", "protocol"), "==", Const(T.PROTO, proto))
+        if self.tbl.family == "ip6":
+            return Match(Payload("ip6", "nexthdr"), "==", Const(T.PROTO, proto))
+        return Match(Meta("l4proto"), "==", Const(T.PROTO, proto))
+
+    def last_l4(self) -> tuple[int, tuple[int, int, int]] | None:
+        """The transport protocol the rule has fixed so far, and where: an explicit ``meta l4proto`` /
+        ``ip protocol`` match sets it anew; otherwise the first transport header matched fixes it."""
+        found: tuple[int, tuple[int, int, int]] | None = None
+        for s in self.stmts:
+            if isinstance(s, Match) and isinstance(s.right, Const) and s.op == "==":
+                lhs = s.left
+                if (isinstance(lhs, Meta) and lhs.key == "l4proto") or (
+                        isinstance(lhs, Payload) and (lhs.proto, lhs.field) in (("ip", "protocol"), ("ip6", "nexthdr"))):
+                    found = (s.right.value, getattr(s, "loc", (0, 0, 0)))
+                    continue
+            if found is None and isinstance(s, (Match, VerdictMap)):
+                items = s.key.items if isinstance(s, VerdictMap) and isinstance(s.key, Concat) else (
+                    [s.key] if isinstance(s, VerdictMap) else
+                    s.left.items if isinstance(s.left, Concat) else [s.left])
+                for e in items:
+                    e = e.left if isinstance(e, Binop) else e
+                    if isinstance(e, Payload) and e.proto in TRANSPORT:
+                        found = (TRANSPORT[e.proto], getattr(e, "loc", (0, 0, 0)))
+                        break
+        return found
+
+    def nat(self, kw: Token) -> None:
+        p = self.p
+        st = Nat(kw.text)
+        if p.at("ip", "ip6"):
+            st.family = p.next().text
+        addr_type = T.IPV6 if (st.family == "ip6" or self.tbl.family == "ip6") else T.IPV4
+        if p.accept("to"):
+            if p.at(":"):
+                p.next()
+                port_tok = p.peek()
+                st.port = p.value(T.SERVICE)
+                self.check_port_dep(kw, port_tok)
+            else:
+                st.addr, st.port = self.nat_target(kw, addr_type)
+        flags = []
+        while p.at("random", "fully-random", "persistent", ","):
+            t = p.next()
+            if t.text != ",":
+                flags.append(t.text)
+        st.flags = flags
+        self.stmts.append(st)
+
+    def nat_target(self, kw: Token, dt: T.DType) -> tuple[Expr | None, Expr | None]:
+        p = self.p
+        t = p.peek()
+        if t.kind == "word" and t.text in PAYLOAD or t.text in ("meta", "ct", "numgen", "jhash", "symhash"):
+            key = self.concat()
+            p.expect("map")
+            data = self.map_data(key, [dt])
+            return MapExpr(key, data), None
+        if p.accept("["):
+            addr = p.value(dt)
+            p.expect("]")
+            if p.accept(":"):
+                port_tok = p.peek()
+                port = p.value(T.SERVICE)
+                self.check_port_dep(kw, port_tok)
+                return addr, port
+            return addr, None
+        t = p.word()
+        text = t.text
+        if dt.kind == "ipv4" and ":" in text:
+            a, _, port_text = text.rpartition(":")
+            col = t.col + len(a) + 1
+            addr_tok = Token("word", a, t.line, t.col, col - 2)
+            port_tok = Token("word", port_text, t.line, col, t.end)
+            addr = p.parse_value_text(dt, addr_tok)
+            port = p.parse_value_text(T.SERVICE, port_tok)
+            self.check_port_dep(kw, port_tok)
+            return addr, port
+        addr = p.parse_value_text(dt, t)
+        if p.at(":"):
+            p.next()
+            port_tok = p.peek()
+            port = p.value(T.SERVICE)
+            self.check_port_dep(kw, port_tok)
+            return addr, port
+        return addr, None
+
+    def check_port_dep(self, kw: Token, port_tok: Token) -> None:
+        dep = self.last_l4()
+        if dep is None or dep[0] not in (6, 17, 132, 136, 33):
+            raise self.error("transport protocol mapping is only valid after transport protocol match", port_tok,
+                             None, [(kw.line, kw.col, kw.end)])
+
+    # ---- expressions ----------------------------------------------------------------------------
+    def primary(self) -> Expr:
+        p = self.p
+        t = p.peek()
+        w = t.text
+        if t.kind != "word":
+            raise p.unexpected(t)
+        if w == "tcp" and p.peek(1).text == "option":
+            p.next()
+            p.next()
+            name = p.word().text
+            return TcpOption(name, p.word().text)
+        if w == "rt":
+            p.next()
+            return Rt(p.word().text)
+        if w in PAYLOAD and p.peek(1).kind == "word" and p.peek(1).text in PAYLOAD[w]:
+            p.next()
+            return Payload(w, p.next().text)
+        if w == "meta":
+            p.next()
+            k = p.word()
+            if k.text not in META:
+                raise self.error(f"syntax error, unexpected {k.text}", k)
+            return Meta(k.text)
+        if w in META_BARE_IN:
+            p.next()
+            return Meta(w)
+        if w == "l4proto":
+            p.next()
+            return Meta("l4proto")
+        if w == "ct":
+            p.next()
+            direction = p.next().text if p.at("original", "reply") else None
+            family = p.next().text if p.at("ip", "ip6") else None
+            k = p.word()
+            if k.text not in CT:
+                raise self.error(f"syntax error, unexpected {k.text}", k)
+            return Ct(k.text, direction, family)
+        if w == "fib":
+            p.next()
+            flags = [p.word().text]
+            while p.accept("."):
+                flags.append(p.word().text)
+            return Fib(flags, p.word().text)
+        if w == "numgen":
+            p.next()
+            mode = p.word().text
+            p.expect("mod")
+            ng = Numgen(mode, int(p.word().text))
+            if p.accept("offset"):
+                ng.offset = int(p.word().text)
+            return ng
+        if w in ("jhash", "symhash"):
+            p.next()
+            inner = self.concat() if w == "jhash" else None
+            p.expect("mod")
+            h = Hash(w, inner, int(p.word().text))
+            while p.at("seed", "offset"):
+                attr = p.next().text
+                setattr(h, attr, int(p.word().text, 0))
+            return h
+        raise p.unexpected(t)
+
+    def concat(self) -> Expr:
+        p = self.p
+        items = [self.located()]
+        while p.at("."):
+            p.next()
+            items.append(self.located())
+        return items[0] if len(items) == 1 else Concat(items)
+
+    def located(self) -> Expr:
+        """One concatenation item, remembering where it was written (errors point at it)."""
+        first = self.p.peek()
+        e = self.primary()
+        last = self.p.toks[self.p.pos - 1]
+        e.loc = (first.line, first.col, last.end)  # type: ignore[attr-defined]
+        return self.binop(e)
+
+    def binop(self, e: Expr) -> Expr:
+        p = self.p
+        while p.at("&", "|", "^", "<<", ">>", "and", "or", "xor", "lshift", "rshift"):
+            op = WORD_OPS.get(p.peek().text, p.peek().text)
+            p.next()
+            e = Binop(op, e, p.value(e.dtype))
+        return e
+
+    def is_expr_start(self) -> bool:
+        p = self.p
+        t = p.peek()
+        if t.kind != "word":
+            return False
+        if t.text in ("meta", "ct", "numgen", "jhash", "symhash", "fib", "rt") or t.text in META_BARE_IN:
+            return True
+        return t.text in PAYLOAD and p.peek(1).text in PAYLOAD[t.text]
+
+    def expression_statement(self) -> None:
+        p = self.p
+        start = p.peek()
+        lhs = self.concat()
+        self.check_family(lhs, start)
+        if p.accept("set"):
+            if self.is_expr_start():
+                value = self.concat()
+                if p.accept("map"):
+                    value = MapExpr(value, self.map_data(value, [lhs.dtype]))
+            else:
+                value = self.binop(p.value(lhs.dtype))
+            self.stmts.append(Mangle(lhs, value))
+            return
+        if p.accept("vmap"):
+            data = self.map_data(lhs, None)
+            self.stmts.append(VerdictMap(lhs, data))
+            return
+        op = "=="
+        explicit = False
+        if p.peek().kind in ("punct", "word") and p.peek().text in OPS:
+            op = OPS[p.next().text]
+            explicit = True
+        types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
+        rhs = self.rhs(lhs, types)
+        if lhs.dtype.kind == "bitmask" and p.accept("/"):
+            mask = self.rhs(lhs, types)
+            lhs = Binop("&", lhs, mask)
+            op = "=="
+            explicit = True
+        if (not explicit and lhs.dtype.kind == "bitmask" and isinstance(rhs, Const)
+                and not isinstance(lhs, Binop)):
+            op = "in"
+        m = Match(lhs, op, rhs)
+        m.loc = (start.line, start.col, p.toks[p.pos - 1].end)  # type: ignore[attr-defined]
+        self.stmts.append(m)
+
+    def check_family(self, lhs: Expr, start: Token) -> None:
+        from kproxy.nftables.parser import NftError
+
+        fam = self.tbl.family
+        for e in lhs.items if isinstance(lhs, Concat) else [lhs]:
+            if isinstance(e, Binop):
+                e = e.left
+            at = getattr(e, "loc", None)
+            if isinstance(e, Payload) and e.proto in TRANSPORT:
+                dep = self.last_l4()
+                names = {v: k for k, v in TRANSPORT.items()}
+                if dep is not None and dep[0] != TRANSPORT[e.proto]:
+                    have = names.get(dep[0], str(dep[0]))
+                    raise NftError(f"conflicting protocols specified: {have} vs. {e.proto}", at)
+            if isinstance(e, Payload) and fam in ("ip", "ip6") and e.proto in ("ip", "ip6") and e.proto != fam:
+                raise NftError(f"conflicting protocols specified: {fam} vs. {e.proto}", at)
+            if isinstance(e, Payload) and fam == "inet" and e.proto in ("ip", "ip6"):
+                net = self.last_network()
+                if net is not None and net != e.proto:
+                    raise NftError(f"conflicting protocols specified: {net} vs. {e.proto}", at)
+            if isinstance(e, Meta) and e.key == "nfproto" and fam != "inet":
+                raise NftError("meta nfproto is only useful in the inet family", at)
+
+    def rhs(self, lhs: Expr, types: list[T.DType]) -> Expr:
+        p = self.p
+        if p.at("@"):
+            at = p.next()
+            name = p.word()
+            if name.text not in self.tbl.sets:
+                raise self.error("No such file or directory", at, name)
+            return SetRef(name.text)
+        if p.at("{"):
+            first = p.peek()
+            lit = p.set_literal(types, None)
+            if len(lit.elems) == 1 and lit.elems[0].data is None:
+                return lit.elems[0].key
+            self.anon_set(types, None, lit, first)
+            return lit
+        v = p.value_of(types)
+        if len(types) == 1 and types[0].kind == "bitmask" and p.at(","):
+            assert isinstance(v, Const)
+            value = v.value
+            while p.accept(","):
+                w = p.value(types[0])
+                assert isinstance(w, Const)
+                value |= w.value
+            v = Const(types[0], value)
+        return v
+
+    def map_data(self, key: Expr, data: list[T.DType] | None) -> Expr:
+        p = self.p
+        types = [i.dtype for i in key.items] if isinstance(key, Concat) else [key.dtype]
+        if p.accept("@"):
+            name = p.word()
+            if name.text not in self.tbl.sets:
+                raise self.error("Could not process rule: No such file or directory", name)
+            return SetRef(name.text)
+        first = p.peek()
+        lit = p.set_literal(types, [T.VERDICT] if data is None else data)
+        self.anon_set(types, [T.VERDICT] if data is None else data, lit, first)
+        return lit
+
+    def anon_set(self, key: list[T.DType], data: list[T.DType] | None, lit: SetLit, first: Token) -> None:
+        last = self.p.toks[self.p.pos - 1]
+        self.anon_locs.append((first.line, first.col, last.end))
+        prefix = "__map" if data is not None else "__set"
+        name = f"{prefix}{self.tbl.anon_seq}"
+        self.tbl.anon_seq += 1
+        interval = any(not isinstance(e.key, (Const, Concat)) for e in lit.elems)
+        s = NSet(name, self.tbl.alloc(), data is not None, key, data, ["constant", "anonymous"] +
+                 (["interval"] if interval else []), anonymous=True, elems=list(lit.elems))
+        self.tbl.sets[name] = s
+        self.anon.append(name)
+        if interval and len(key) == 1:
+            from kproxy.nftables.parser import merge_intervals
+
+            lit.elems = merge_intervals(lit.elems, key[0])
+        else:
+            from kproxy.nftables.listing import elem_sort_key
+
+            lit.elems = sorted(lit.elems, key=elem_sort_key)
+
+
+def edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+PORT_PROTOS = {6: "tcp", 17: "udp", 132: "sctp", 136: "udplite"}
+
+
+def _dep_layer(s: Stmt, family: str) -> str | None:
+    """``l4`` or ``l3`` when the statement is a protocol match nft could have inserted itself."""
+    if not (isinstance(s, Match) and s.op == "==" and isinstance(s.right, Const)):
+        return None
+    lhs = s.left
+    if isinstance(lhs, Meta) and lhs.key == "l4proto":
+        return "l4"
+    if isinstance(lhs, Payload) and (family, lhs.proto, lhs.field) in (("ip", "ip", "protocol"),
+                                                                       ("ip6", "ip6", "nexthdr")):
+        return "l4"
+    if isinstance(lhs, Meta) and lhs.key == "nfproto" and family == "inet":
+        return "l3"
+    return None
+
+
+def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
+    """Drop protocol matches a later payload expression implies, as nft does when it lists a rule.
+
+    nft remembers the last such match per layer; a payload expression of the protocol it names removes
+    it, and ``th`` fields become the transport protocol already known (``udp dport``).
+    """
+    out: list[Stmt | None] = []
+    deps: dict[str, int] = {}
+    l4_name: str | None = None
+    for s in stmts:
+        layer = _dep_layer(s, family)
+        proto = _payload_proto(s)
+        if layer is not None:
+            assert isinstance(s, Match) and isinstance(s.right, Const)
+            deps[layer] = len(out)
+            if layer == "l4":
+                l4_name = PORT_PROTOS.get(s.right.value, l4_name)
+        elif isinstance(s, Reject) and s.kind == "tcp reset" and family in ("ip", "ip6") and "l4" in deps:
+            out[deps.pop("l4")] = None
+        elif proto is not None:
+            for p in _all_payload_protos(s):
+                if p in PORT_PROTOS.values():
+                    l4_name = p
+            if proto == "th" and l4_name is not None:
+                s = _retarget_th(s, l4_name)
+                proto = l4_name
+            want = None
+            if proto in TRANSPORT:
+                want = ("l4", TRANSPORT[proto])
+                l4_name = proto if proto in PORT_PROTOS.values() else l4_name
+            elif proto in ("ip", "ip6"):
+                want = ("l3", 2 if proto == "ip" else 10)
+            if want is not None and want[0] in deps:
+                dep = out[deps[want[0]]]
+                assert isinstance(dep, Match) and isinstance(dep.right, Const)
+                if dep.right.value == want[1]:
+                    out[deps.pop(want[0])] = None
+        out.append(s)
+    return [s for s in out if s is not None]
+
+
+def _retarget_th(s: Stmt, proto: str) -> Stmt:
+    """``meta l4proto udp th dport 53`` lists as ``udp dport 53``."""
+    assert isinstance(s, Match)
+    left = s.left
+    if isinstance(left, Payload) and left.field in PAYLOAD[proto]:
+        return Match(Payload(proto, left.field), s.op, s.right)
+    return s
+
+
+def _all_payload_protos(s: Stmt) -> list[str]:
+    if not isinstance(s, Match):
+        return []
+    items = s.left.items if isinstance(s.left, Concat) else [s.left]
+    return [e.proto for e in (i.left if isinstance(i, Binop) else i for i in items) if isinstance(e, Payload)]
+
+
+def _payload_proto(s: Stmt) -> str | None:
+    if isinstance(s, Match):
+        e = s.left.left if isinstance(s.left, Binop) else s.left
+        if isinstance(e, Concat):
+            e = e.items[0]
+        if isinstance(e, Payload):
+            return e.proto
+    return None

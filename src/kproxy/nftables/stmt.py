@@ -1,0 +1,333 @@
+"""Statements of nft rules (matches, verdicts, counters, NAT, reject, set updates) as nft lists them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kproxy.nftables import types as T
+from kproxy.nftables.expr import Binop, Const, Expr, Opts, SetLit, Verdict, options_text
+
+
+class Stmt:
+    def text(self, o: Opts) -> str:
+        raise NotImplementedError
+
+    def json(self, o: Opts) -> Any:
+        raise NotImplementedError
+
+
+@dataclass
+class Match(Stmt):
+    left: Expr
+    op: str  # "==", "!=", "<", ">", "<=", ">=", or "in" (implicit flag test)
+    right: Expr
+
+    def text(self, o: Opts) -> str:
+        left, right = self.left, self.right
+        if isinstance(left, Binop) and left.op == "&" and left.dtype.kind == "bitmask" and self.op == "==":
+            # nft prints a masked flag test as ``tcp flags syn / syn,ack``.
+            return f"{left.left.text(o)} {right.text(o)} / {left.right.text(o)}"
+        if self.op == "in" or self.op == "==" and not isinstance(left, Binop):
+            return f"{left.text(o)} {right.text(o)}"
+        return f"{left.text(o)} {self.op} {right.text(o)}"
+
+    def json(self, o: Opts) -> Any:
+        return {"match": {"op": self.op, "left": self.left.json(), "right": self.right.json()}}
+
+
+@dataclass
+class VerdictStmt(Stmt):
+    verdict: Verdict
+
+    def text(self, o: Opts) -> str:
+        return self.verdict.text(o)
+
+    def json(self, o: Opts) -> Any:
+        return self.verdict.json()
+
+
+@dataclass
+class Counter(Stmt):
+    packets: int = 0
+    bytes: int = 0
+    name: str | None = None
+
+    def text(self, o: Opts) -> str:
+        if self.name is not None:
+            return f'counter name "{self.name}"'
+        return "counter" if o.stateless else f"counter packets {self.packets} bytes {self.bytes}"
+
+    def json(self, o: Opts) -> Any:
+        if self.name is not None:
+            return {"counter": self.name}
+        return {"counter": None if o.stateless else {"packets": self.packets, "bytes": self.bytes}}
+
+
+@dataclass
+class ObjRef(Stmt):
+    """``limit name "x"`` / ``quota name "x"``: a reference to a named stateful object."""
+
+    kind: str
+    name: str
+
+    def text(self, o: Opts) -> str:
+        return f'{self.kind} name "{self.name}"'
+
+    def json(self, o: Opts) -> Any:
+        return {self.kind: self.name}
+
+
+@dataclass
+class Limit(Stmt):
+    rate: int
+    per: str
+    burst: int = 0
+    unit: str | None = None  # None for packets, else bytes/kbytes/mbytes
+    burst_unit: str = "bytes"
+    over: bool = False
+
+    def text(self, o: Opts) -> str:
+        s = "limit rate " + ("over " if self.over else "")
+        if self.unit is None:
+            s += f"{self.rate}/{self.per}"
+            if self.burst != 5:
+                s += f" burst {self.burst} packets"
+        else:
+            s += f"{self.rate} {self.unit}/{self.per}"
+            if self.burst:
+                s += f" burst {self.burst} {self.burst_unit}"
+        return s
+
+    def json(self, o: Opts) -> Any:
+        d: dict[str, Any] = {"rate": self.rate, "burst": self.burst, "per": self.per}
+        if self.unit is not None:
+            d = {"rate": self.rate, "rate_unit": self.unit, "burst": self.burst, "per": self.per}
+            if self.burst:
+                d["burst_unit"] = self.burst_unit
+        if self.over:
+            d["inv"] = True
+        return {"limit": d}
+
+
+@dataclass
+class Quota(Stmt):
+    value: int
+    unit: str
+    over: bool = False
+    used: int = 0
+    used_unit: str = "bytes"
+
+    def text(self, o: Opts) -> str:
+        s = "quota " + ("over " if self.over else "") + f"{self.value} {self.unit}"
+        if self.used and not o.stateless:
+            s += f" used {self.used} {self.used_unit}"
+        return s
+
+    def json(self, o: Opts) -> Any:
+        d: dict[str, Any] = {"val": self.value, "val_unit": self.unit}
+        if self.used and not o.stateless:
+            d.update(used=self.used, used_unit=self.used_unit)
+        if self.over:
+            d["inv"] = True
+        return {"quota": d}
+
+
+@dataclass
+class Log(Stmt):
+    prefix: str | None = None
+    level: str | None = None
+    group: int | None = None
+    snaplen: int | None = None
+    threshold: int | None = None
+    flags: list[str] = field(default_factory=list)
+
+    def text(self, o: Opts) -> str:
+        return "log" + options_text([
+            ('prefix "{}"', self.prefix), ("group {}", self.group), ("snaplen {}", self.snaplen),
+            ("queue-threshold {}", self.threshold), ("level {}", None if self.level == "warn" else self.level),
+            ("flags {}", ",".join(self.flags) or None)])
+
+    def json(self, o: Opts) -> Any:
+        d: dict[str, Any] = {}
+        if self.prefix is not None:
+            d["prefix"] = self.prefix
+        if self.group is not None:
+            d["group"] = self.group
+        if self.snaplen is not None:
+            d["snaplen"] = self.snaplen
+        if self.threshold is not None:
+            d["queue-threshold"] = self.threshold
+        if self.level is not None and self.level != "warn":
+            d["level"] = self.level
+        if self.flags:
+            d["flags"] = self.flags
+        return {"log": d or None}
+
+
+@dataclass
+class Mangle(Stmt):
+    """``meta mark set ...``, ``ct mark set ...``, payload writes."""
+
+    key: Expr
+    value: Expr
+
+    def text(self, o: Opts) -> str:
+        return f"{self.key.text(o)} set {self.value.text(o)}"
+
+    def json(self, o: Opts) -> Any:
+        return {"mangle": {"key": self.key.json(), "value": self.value.json()}}
+
+
+@dataclass
+class Nat(Stmt):
+    kind: str  # dnat, snat, masquerade, redirect
+    addr: Expr | None = None
+    port: Expr | None = None
+    family: str | None = None  # "ip"/"ip6" when written (inet tables)
+    flags: list[str] = field(default_factory=list)
+
+    def text(self, o: Opts) -> str:
+        s = self.kind
+        if self.family:
+            s += f" {self.family}"
+        if self.addr is not None or self.port is not None:
+            s += " to"
+        if self.addr is not None:
+            a = self.addr.text(o)
+            if self.port is not None and self.addr.dtype.kind == "ipv6" and not isinstance(self.addr, SetLit):
+                a = f"[{a}]"
+            s += f" {a}"
+        if self.port is not None:
+            s += (" " if self.addr is None else "") + f":{self.port.text(o)}"
+        if self.flags:
+            s += " " + ",".join(self.flags)
+        return s
+
+    def json(self, o: Opts) -> Any:
+        d: dict[str, Any] = {}
+        if self.family:
+            d["family"] = self.family
+        if self.addr is not None:
+            d["addr"] = self.addr.json()
+        if self.port is not None:
+            d["port"] = self.port.json()
+        if self.flags:
+            d["flags"] = self.flags if len(self.flags) > 1 else self.flags[0]
+        return {self.kind: d or None}
+
+
+@dataclass
+class Reject(Stmt):
+    kind: str | None = None  # None (default), "tcp reset", "icmp", "icmpv6", "icmpx"
+    code: Const | None = None
+    default_json: tuple[str, str] | None = None
+
+    def text(self, o: Opts) -> str:
+        if self.kind is None:
+            return "reject"
+        if self.kind == "tcp reset":
+            return "reject with tcp reset"
+        return f"reject with {self.kind} {self.code.text(o) if self.code else ''}".rstrip()
+
+    def json(self, o: Opts) -> Any:
+        if self.kind is None:
+            if self.default_json is None:
+                return {"reject": None}
+            return {"reject": {"type": self.default_json[0], "expr": self.default_json[1]}}
+        if self.kind == "tcp reset":
+            return {"reject": {"type": "tcp reset"}}
+        return {"reject": {"type": self.kind, "expr": self.code.json() if self.code else None}}
+
+
+@dataclass
+class Simple(Stmt):
+    """Statements that are one keyword: notrack."""
+
+    word: str
+
+    def text(self, o: Opts) -> str:
+        return self.word
+
+    def json(self, o: Opts) -> Any:
+        return {self.word: None}
+
+
+@dataclass
+class Queue(Stmt):
+    num: str | None = None
+    flags: list[str] = field(default_factory=list)
+
+    def text(self, o: Opts) -> str:
+        s = "queue"
+        if self.flags:
+            s += " flags " + ",".join(self.flags)
+        if self.num is not None:
+            s += f" to {self.num}"
+        return s
+
+    def json(self, o: Opts) -> Any:
+        d: dict[str, Any] = {}
+        if self.num is not None:
+            d["num"] = int(self.num) if self.num.isdigit() else self.num
+        if self.flags:
+            d["flags"] = self.flags if len(self.flags) > 1 else self.flags[0]
+        return {"queue": d or None}
+
+
+@dataclass
+class VerdictMap(Stmt):
+    key: Expr
+    data: Expr
+
+    def text(self, o: Opts) -> str:
+        return f"{self.key.text(o)} vmap {self.data.text(o)}"
+
+    def json(self, o: Opts) -> Any:
+        return {"vmap": {"key": self.key.json(), "data": self.data.json()}}
+
+
+@dataclass
+class SetUpdate(Stmt):
+    """``add @s { ip saddr }`` / ``update @s { ip saddr timeout 10s limit rate 1/second }``."""
+
+    op: str
+    set_name: str
+    key: Expr
+    timeout: int | None = None
+    stmts: list[Stmt] = field(default_factory=list)
+
+    def text(self, o: Opts) -> str:
+        from kproxy.nftables.expr import fmt_time
+
+        inner = self.key.text(o)
+        if self.timeout is not None:
+            inner += f" timeout {fmt_time(self.timeout)}"
+        for s in self.stmts:
+            inner += " " + s.text(o)
+        return f"{self.op} @{self.set_name} {{ {inner} }}"
+
+    def json(self, o: Opts) -> Any:
+        d: dict[str, Any] = {"op": self.op, "elem": self.key.json(), "set": f"@{self.set_name}"}
+        if self.timeout is not None:
+            d["elem"] = {"elem": {"val": self.key.json(), "timeout": self.timeout // 1000}}
+        if self.stmts:
+            d["stmt"] = [s.json(o) for s in self.stmts]
+        return {"set": d}
+
+
+@dataclass
+class CtSet(Stmt):
+    """``ct zone set 1``, ``ct helper set "ftp"`` style assignments that are not plain mangles."""
+
+    key: str
+    value: Expr
+
+    def text(self, o: Opts) -> str:
+        return f"ct {self.key} set {self.value.text(o)}"
+
+    def json(self, o: Opts) -> Any:
+        return {"mangle": {"key": {"ct": {"key": self.key}}, "value": self.value.json()}}
+
+
+MARK_TYPES = {T.MARK.name}

@@ -1,0 +1,59 @@
+"""Persistence of a node's nftables ruleset: two functions, so the node store can keep it however it likes.
+
+The saved form is ``nft -a list ruleset``'s text plus the handle counters; loading re-parses the text,
+then puts the kernel-assigned handles back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kproxy.nftables.model import Ruleset
+
+
+def ruleset_to_json(rs: Ruleset) -> dict[str, Any]:
+    """A JSON-ready snapshot of the ruleset (the pickled form is avoided: it would tie files to code)."""
+    from kproxy.nftables.expr import Opts
+    from kproxy.nftables.listing import ruleset_text
+
+    handles = [[t.family, t.name, t.handle, t.next_handle, t.anon_seq,
+                {c.name: [c.handle, [r.handle for r in c.rules]] for c in t.chains.values()},
+                {s.name: s.handle for s in t.sets.values() if not s.anonymous},
+                [[k, n, o.handle] for (k, n), o in t.objs.items()]] for t in rs.tables]
+    return {"text": ruleset_text(rs, Opts()), "next_table_handle": rs.next_table_handle, "handles": handles}
+
+
+def ruleset_from_json(data: dict[str, Any]) -> Ruleset:
+    from kproxy.nftables.parser import NftError, Parser
+    from kproxy.node import NodeError
+
+    rs = Ruleset()
+    try:
+        Parser(data.get("text", ""), rs).script()
+    except NftError as exc:
+        raise NodeError(f"nftables ruleset in the node file: {exc.msg}") from None
+    rs.next_table_handle = data.get("next_table_handle", rs.next_table_handle)
+    for fam, name, th, nxt, anon, chains, sets, objs in data.get("handles", []):
+        t = rs.find(fam, name)
+        if t is None:
+            continue
+        t.handle, t.next_handle, t.anon_seq = th, nxt, anon
+        for cname, (ch, rules) in chains.items():
+            c = t.chains[cname]
+            c.handle = ch
+            for r, h in zip(c.rules, rules):
+                r.handle = h
+        for sname, sh in sets.items():
+            t.sets[sname].handle = sh
+        for kind, oname, oh in objs:
+            t.objs[(kind, oname)].handle = oh
+    return rs
+
+
+def node_ruleset(node: Any) -> Ruleset:
+    """The node's ruleset, created empty on first use."""
+    rs = getattr(node, "nftables", None)
+    if rs is None:
+        rs = Ruleset()
+        node.nftables = rs
+    return rs

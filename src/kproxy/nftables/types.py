@@ -1,0 +1,214 @@
+"""nft's data types: how a value of each type is written in a script, printed in a listing and in JSON."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+
+class TypeError_(Exception):
+    """A value that does not parse as the expected type (nft: ``Could not parse ...``)."""
+
+
+@cache
+def protocols() -> tuple[dict[str, int], dict[int, str]]:
+    """/etc/protocols, as nft reads it (getprotobyname/getprotobynumber)."""
+    by_name: dict[str, int] = {}
+    by_num: dict[int, str] = {}
+    try:
+        lines = Path("/etc/protocols").read_text().splitlines()
+    except OSError:
+        lines = ["tcp 6", "udp 17", "icmp 1", "sctp 132", "ipv6-icmp 58", "esp 50", "ah 51", "gre 47"]
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            num = int(parts[1])
+            for name in [parts[0], *parts[2:]]:
+                by_name.setdefault(name, num)
+            by_num.setdefault(num, parts[0])
+    return by_name, by_num
+
+
+# Protocol names nft's grammar knows as keywords, whatever /etc/protocols says.
+PROTO_KEYWORDS = {"icmpv6": 58, "tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "esp": 50, "ah": 51, "udplite": 136,
+                  "dccp": 33, "comp": 108, "gre": 47}
+
+
+@cache
+def services() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        lines = Path("/etc/services").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        if len(parts) >= 2 and "/" in parts[1]:
+            port = parts[1].split("/")[0]
+            for name in [parts[0], *parts[2:]]:
+                out.setdefault(name, int(port))
+    return out
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str
+    bits: int
+    kind: str  # int, hex, mark, ipv4, ipv6, ether, string, ifindex, proto, symbol, bitmask, verdict, service
+    symbols: tuple[tuple[str, int], ...] = field(default=())
+    desc: str = ""
+
+    def sym_by_name(self) -> dict[str, int]:
+        return dict(self.symbols)
+
+    def parse(self, text: str) -> Any:
+        """The value ``text`` stands for (an int, or a str for strings), or TypeError_."""
+        k = self.kind
+        if k == "ipv4":
+            try:
+                return int(ipaddress.IPv4Address(text))
+            except ValueError:
+                raise TypeError_(text) from None
+        if k == "ipv6":
+            try:
+                return int(ipaddress.IPv6Address(text))
+            except ValueError:
+                raise TypeError_(text) from None
+        if k == "ether":
+            parts = text.split(":")
+            if len(parts) != 6 or not all(1 <= len(p) <= 2 for p in parts):
+                raise TypeError_(text)
+            try:
+                return int("".join(p.zfill(2) for p in parts), 16)
+            except ValueError:
+                raise TypeError_(text) from None
+        if k in ("string", "ifindex"):
+            return text
+        syms = self.sym_by_name()
+        if text in syms:
+            return syms[text]
+        if k == "proto" and text in protocols()[0]:
+            return protocols()[0][text]
+        if k == "proto" and text in PROTO_KEYWORDS:
+            return PROTO_KEYWORDS[text]
+        if k == "service" and text in services():
+            return services()[text]
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise TypeError_(text) from None
+        if value < 0 or self.bits and value >= 1 << self.bits:
+            raise TypeError_(text)
+        return value
+
+    def text(self, value: Any, numeric: int = 0) -> str:
+        k = self.kind
+        if k == "ipv4":
+            return str(ipaddress.IPv4Address(value))
+        if k == "ipv6":
+            return ipv6_text(value)
+        if k == "ether":
+            return ":".join(f"{(value >> s) & 0xFF:02x}" for s in range(40, -8, -8))
+        if k in ("string", "ifindex"):
+            return f'"{value}"'
+        if k == "mark":
+            return f"0x{value:08x}"
+        if k == "hex":
+            return f"0x{value:0{(self.bits + 3) // 4}x}" if self.bits else hex(value)
+        if k == "proto":
+            if numeric:
+                return str(value)
+            return protocols()[1].get(value, str(value))
+        if k == "bitmask":
+            if numeric:
+                return ",".join(hex(1 << i) for i in range(self.bits) if value >> i & 1) or "0x0"
+            return ",".join(self.bit_names(value))
+        if k == "symbol" and not numeric:
+            for name, v in self.symbols:
+                if v == value:
+                    return name
+        if k == "symbol" and self.name in ("ether_type",):
+            return f"0x{value:04x}"
+        return str(value)
+
+    def bit_names(self, value: int) -> list[str]:
+        names = [name for name, v in self.symbols if v and value & v == v]
+        rest = value
+        for _, v in self.symbols:
+            rest &= ~v
+        if rest or not names:
+            names.append(f"0x{rest:0{(self.bits + 3) // 4}x}" if rest or not names else "")
+        return names
+
+    def json(self, value: Any) -> Any:
+        k = self.kind
+        if k in ("ipv4", "ipv6", "ether", "proto", "string", "ifindex") or (k == "symbol" and self.symbols):
+            t = self.text(value)
+            return t.strip('"') if k in ("string", "ifindex") else (int(t) if t.isdigit() else t)
+        if k == "bitmask":
+            names = self.bit_names(value)
+            return names[0] if len(names) == 1 else names
+        return value
+
+
+def ipv6_text(value: int) -> str:
+    addr = ipaddress.IPv6Address(value)
+    if addr.ipv4_mapped is not None:
+        return f"::ffff:{addr.ipv4_mapped}"
+    return addr.compressed
+
+
+def _t(name: str, bits: int, kind: str, desc: str = "", **syms: int) -> DType:
+    return DType(name, bits, kind, tuple((k.replace("_", "-"), v) for k, v in syms.items()), desc)
+
+
+INTEGER = DType("integer", 0, "int")
+IPV4 = DType("ipv4_addr", 32, "ipv4")
+IPV6 = DType("ipv6_addr", 128, "ipv6")
+ETHER = DType("ether_addr", 48, "ether")
+SERVICE = DType("inet_service", 16, "service")
+PROTO = DType("inet_proto", 8, "proto")
+MARK = DType("mark", 32, "mark")
+IFNAME = DType("ifname", 16 * 8, "string")
+IFINDEX = DType("iface_index", 32, "ifindex")
+STRING = DType("string", 0, "string")
+VERDICT = DType("verdict", 32, "verdict")
+UID = DType("uid", 32, "int")
+GID = DType("gid", 32, "int")
+TIME = DType("time", 64, "int")
+ICMP_TYPE = _t("icmp_type", 8, "symbol", echo_reply=0, destination_unreachable=3, source_quench=4, redirect=5,
+               echo_request=8, router_advertisement=9, router_solicitation=10, time_exceeded=11,
+               parameter_problem=12, timestamp_request=13, timestamp_reply=14, info_request=15, info_reply=16,
+               address_mask_request=17, address_mask_reply=18)
+ICMPV6_TYPE = _t("icmpv6_type", 8, "symbol", destination_unreachable=1, packet_too_big=2, time_exceeded=3,
+                 parameter_problem=4, echo_request=128, echo_reply=129, mld_listener_query=130,
+                 mld_listener_report=131, mld_listener_done=132, mld_listener_reduction=132,
+                 nd_router_solicit=133, nd_router_advert=134, nd_neighbor_solicit=135, nd_neighbor_advert=136,
+                 nd_redirect=137, router_renumbering=138, ind_neighbor_solicit=141, ind_neighbor_advert=142,
+                 mld2_listener_report=143)
+ICMP_CODE = _t("icmp_code", 8, "symbol", net_unreachable=0, host_unreachable=1, prot_unreachable=2,
+               port_unreachable=3, net_prohibited=9, host_prohibited=10, admin_prohibited=13, frag_needed=4)
+ICMPV6_CODE = _t("icmpv6_code", 8, "symbol", no_route=0, admin_prohibited=1, addr_unreachable=3,
+                 port_unreachable=4, policy_fail=5, reject_route=6)
+ICMPX_CODE = _t("icmpx_code", 8, "symbol", port_unreachable=1, admin_prohibited=3, no_route=0,
+                host_unreachable=2)
+CT_STATE = _t("ct_state", 32, "bitmask", invalid=1, established=2, related=4, new=8, untracked=64)
+CT_STATUS = _t("ct_status", 32, "bitmask", expected=1, seen_reply=2, assured=4, confirmed=8, snat=0x10,
+               dnat=0x20, dying=0x200)
+CT_DIR = _t("ct_dir", 8, "symbol", original=0, reply=1)
+TCP_FLAG = _t("tcp_flag", 8, "bitmask", fin=1, syn=2, rst=4, psh=8, ack=0x10, urg=0x20, ecn=0x40, cwr=0x80)
+PKTTYPE = _t("pkt_type", 8, "symbol", host=0, unicast=0, broadcast=1, multicast=2, other=3)
+FIB_ADDRTYPE = _t("fib_addrtype", 32, "symbol", unspec=0, unicast=1, local=2, broadcast=3, anycast=4,
+                  multicast=5, blackhole=6, unreachable=7, prohibit=8)
+NFPROTO = _t("nf_proto", 8, "symbol", ipv4=2, ipv6=10)
+ETHER_TYPE = DType("ether_type", 16, "symbol", (("ip", 0x800), ("arp", 0x806), ("ip6", 0x86DD), ("8021q", 0x8100),
+                                                ("8021ad", 0x88A8), ("vlan", 0x8100)))
+
+# Types a set may be declared with (``type ipv4_addr . inet_service``).
+SET_TYPES = {t.name: t for t in (IPV4, IPV6, ETHER, SERVICE, PROTO, MARK, IFNAME, IFINDEX, VERDICT, ICMP_TYPE,
+                                 ICMPV6_TYPE, CT_STATE, CT_STATUS, TCP_FLAG, PKTTYPE, UID, GID, ETHER_TYPE,
+                                 NFPROTO, FIB_ADDRTYPE, ICMP_CODE, ICMPV6_CODE)}
+SET_TYPES["integer"] = DType("integer", 32, "int")
