@@ -7,7 +7,10 @@ and removing everything kproxy made. Errors raise ``BackendError`` and leave the
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
 
 class BackendError(RuntimeError):
@@ -30,11 +33,13 @@ class Backend(Protocol):
     def delete_chain(self, table: str, chain: str) -> bool: ...
 
 
-def get_backend(name: str, node: object = None, family: int = 4, legacy: bool = False) -> Backend:
+def get_backend(name: str, node: Node | None = None, family: int = 4, legacy: bool = False) -> Backend:
     """``emulated`` (needs ``node``) or ``kernel`` (iptables-nft, or legacy)."""
     if name == "emulated":
         from kproxy.backends.emulated import EmulatedBackend
 
+        if node is None:
+            raise ValueError("the emulated backend needs a node")
         return EmulatedBackend(node, family)
     if name == "kernel":
         from kproxy.backends.kernel import KernelBackend

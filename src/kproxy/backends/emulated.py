@@ -6,9 +6,12 @@ import ipaddress
 import os
 import shlex
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.backends import BackendError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
 
 def _addr(text: str) -> int:
@@ -24,7 +27,7 @@ class EmulatedBackend:
     # lines (``kproxy.proxy.prepared``); the emulated restore applies them instead of parsing those lines.
     takes_prepared_rules = True
 
-    def __init__(self, node: Any, family: int = 4, verify_prepared: bool = False) -> None:
+    def __init__(self, node: Node, family: int = 4, verify_prepared: bool = False) -> None:
         self.node = node
         self.family = family
         # KPROXY_VERIFY_PREPARED=1 parses every prepared line too and fails a sync whose rules differ.

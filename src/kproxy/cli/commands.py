@@ -184,7 +184,7 @@ def pod_address(manifests: str, pod: str) -> str | None:
             space = _field(ep, "targetRef", "namespace") or _field(obj, "metadata", "namespace")
             addrs = _field(ep, "addresses")
             if _field(ep, "targetRef", "name") == name and space == ns and isinstance(addrs, list) and addrs:
-                return addrs[0]  # type: ignore[no-any-return]
+                return addrs[0]
         return None
 
     for f in manifest_files(manifests):

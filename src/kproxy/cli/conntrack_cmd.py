@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter.conntrack import (
     IPS_ASSURED,
@@ -23,6 +23,9 @@ from kproxy.netfilter.conntrack import (
 )
 from kproxy.netfilter.ctformat import format_conn
 from kproxy.packet import ICMP, ICMPV6, TCP, format_addr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
 PROG = "conntrack v1.4.7 (conntrack-tools)"
 HINT = "Try `conntrack -h' or 'conntrack --help' for more information.\n"
@@ -301,7 +304,7 @@ def usage() -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_conntrack(argv: list[str], node: Any) -> tuple[int, str, str]:
+def run_conntrack(argv: list[str], node: Node) -> tuple[int, str, str]:
     """One conntrack invocation: (exit status, stdout, stderr)."""
     first = argv[0] if argv else ""
     if first in ("-h", "--help"):            # only as the command: "-L -h" is two commands
@@ -319,7 +322,7 @@ def run_conntrack(argv: list[str], node: Any) -> tuple[int, str, str]:
     return rc, out, "".join(req.warnings) + err
 
 
-def _get(req: Request, node: Any, now: float) -> tuple[int, str, str]:
+def _get(req: Request, node: Node, now: float) -> tuple[int, str, str]:
     """-G: the entry whose original tuple is exactly the one given."""
     f = req.f
     if f["proto"] in (ICMP, ICMPV6):
@@ -338,7 +341,7 @@ def _get(req: Request, node: Any, now: float) -> tuple[int, str, str]:
     return 0, line + "\n", f"{PROG}: 1 flow entries have been shown.\n"
 
 
-def _run(req: Request, node: Any) -> tuple[int, str, str]:
+def _run(req: Request, node: Node) -> tuple[int, str, str]:
     ct = node.conntrack
     now = node.now()
     if req.table == "expect":

@@ -19,7 +19,7 @@ def lab_group() -> None:
     """Build and use a multi-node cluster of network namespaces (root needed), or --emulated."""
 
 
-def _state(directory: str):  # type: ignore[no-untyped-def]
+def _state(directory: str):
     from kproxy.lab.cluster import LabError, LabState
 
     try:
@@ -94,7 +94,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _print_status(state) -> None:  # type: ignore[no-untyped-def]
+def _print_status(state) -> None:
     click.echo(f"{'emulated lab' if state.emulated else 'lab'} {state.name} in {state.dir}")
     if state.client:
         click.echo(f"  client  {state.client}")
@@ -120,7 +120,7 @@ def lab_status(directory: str, as_json: bool) -> None:
         _print_status(state)
 
 
-def _target_ns(state, where: str) -> str:  # type: ignore[no-untyped-def]
+def _target_ns(state, where: str) -> str:
     if where == "client":
         return state.client
     if where in state.nodes:
@@ -128,7 +128,7 @@ def _target_ns(state, where: str) -> str:  # type: ignore[no-untyped-def]
     return _pod(state, where).netns
 
 
-def _pod(state, where: str):  # type: ignore[no-untyped-def]
+def _pod(state, where: str):
     for p in state.pods:
         if where in (p.name, f"{p.namespace}/{p.name}"):
             return p
@@ -182,14 +182,14 @@ def lab_curl(directory: str, udp: bool, sport: int, count: int, where: str, targ
         sys.exit(1)
 
 
-def _kernel_sender(state, where: str, udp: bool):  # type: ignore[no-untyped-def]
+def _kernel_sender(state, where: str, udp: bool):
     from kproxy.lab.probe import probe
 
     ns = _target_ns(state, where)
     return lambda host, port, sport: probe(ns, host, port, udp=udp, sport=sport)
 
 
-def _emulated_sender(state, where: str, udp: bool):  # type: ignore[no-untyped-def]
+def _emulated_sender(state, where: str, udp: bool):
     from kproxy.lab.cluster import LabError
     from kproxy.lab.emulated import EmulatedLab
 

@@ -48,7 +48,7 @@ class Ctx:
     @property
     def node(self) -> Node:
         try:
-            return self.session.node  # type: ignore[no-any-return]
+            return self.session.node
         except (NodeError, NodeFileError) as exc:
             raise click.ClickException(str(exc)) from None
         except LockBusy as exc:

@@ -50,7 +50,7 @@ class PacketSpec:
         else:
             kw["length"] = {6: 60, 17: 29, 1: 84}.get(proto, 60)
         src = self.src or ("::" if ":" in self.dst else "0.0.0.0")
-        return Packet.make(src, self.dst, proto, sport_value, dport, **kw)  # type: ignore[arg-type]
+        return Packet.make(src, self.dst, proto, sport_value, dport, **kw)
 
 
 def _parser() -> argparse.ArgumentParser:

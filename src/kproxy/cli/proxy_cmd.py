@@ -9,13 +9,16 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kproxy.cli.main import Ctx, cli
 from kproxy.node import Node
 from kproxy.proxy.proxier import SyncResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.k8s.objects import Node as K8sNode
 
 
 def _node_ips_kernel() -> list[str]:
@@ -33,7 +36,7 @@ def _node_ips_emulated(node: Node) -> list[str]:
 
 
 def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: Any,
-                  node: Any = None) -> Any:
+                  node: K8sNode | None = None) -> Any:
     """The proxier of the configured mode over the chosen backend; a ClickException if it cannot run.
 
     ``node`` is this Node as the API server has it: its podCIDR is the local range of

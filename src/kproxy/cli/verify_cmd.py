@@ -13,7 +13,7 @@ from kproxy.cli.main import cli
 PROBE_LINE = re.compile(r"^(tcp|udp)\s+(\S+)\s+(\d+)(\s+from-node)?$")
 
 
-def parse_probes(text: str, source: str):  # type: ignore[no-untyped-def]
+def parse_probes(text: str, source: str):
     from kproxy.lab.differential import Probe
 
     probes = []
@@ -28,7 +28,7 @@ def parse_probes(text: str, source: str):  # type: ignore[no-untyped-def]
     return probes
 
 
-def probes_from_rules(text: str):  # type: ignore[no-untyped-def]
+def probes_from_rules(text: str):
     """Probes for every (protocol, destination, port) the ruleset names, so a bare ruleset can be verified."""
     from kproxy.lab.differential import Probe
 

@@ -7,13 +7,16 @@ Errors carry the real tool's text and exit status.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.extension import builtin_chain_outside
 from kproxy.iptables.jumps import too_deep
 from kproxy.iptables.model import STANDARD_VERDICTS, Chain, Rule, Table
 from kproxy.iptables.parser import Command, ParameterProblem, clone_rule, parse_command
 from kproxy.iptables.save import rule_spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
 VERSION = "v1.8.9 (nf_tables)"
 NO_INPUT_DEV = ("OUTPUT", "POSTROUTING")
@@ -212,7 +215,7 @@ _HANDLERS = {"A": _append, "I": _insert, "R": _replace, "D": _delete, "N": _new_
              "F": _flush, "Z": _zero, "P": _policy, "E": _rename}
 
 
-def validate(table: Table, node: Any = None) -> None:
+def validate(table: Table, node: Node | None = None) -> None:
     """What the kernel checks when a table is committed: jump targets exist; extensions agree."""
     from kproxy.iptables.extension import ExtensionError
 
@@ -318,7 +321,7 @@ def format_error(exc: Exception, prog: str) -> tuple[int, str]:
     return exc.rc, f"{prog}: {exc}\n"
 
 
-def run_iptables(argv: list[str], state: Any, family: int = 4, node: Any = None) -> tuple[int, str, str]:
+def run_iptables(argv: list[str], state: Any, family: int = 4, node: Node | None = None) -> tuple[int, str, str]:
     """One ``iptables`` invocation: (exit status, stdout, stderr). The state changes only on success."""
     import json
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.compiler import (
     MAX_INLINE_RULES,
@@ -32,6 +32,9 @@ from kproxy.iptables.extension import XT_RETURN, RuleContext
 from kproxy.iptables.model import CONNTRACK_USE, Chain, Rule, Table
 from kproxy.netfilter.hooks import TABLE_HOOKS, HookState, table_priority
 from kproxy.packet import NF_ACCEPT, NF_DROP, Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
 # A chain is indexed when it has at least this many rules and few enough unindexable ones.
 INDEX_MIN_RULES = 8
@@ -209,7 +212,7 @@ def apply_policy(chain: Chain, pkt: Packet, state: HookState, table: str) -> int
 class IptablesEngine:
     """One family's iptables tables hooked into a node, recompiled whenever a commit changes them."""
 
-    def __init__(self, node: Any, state: Any, family: int = 4) -> None:
+    def __init__(self, node: Node, state: Any, family: int = 4) -> None:
         self.node = node
         self.state = state
         self.family = family

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
     from kproxy.iptables.xtoptions import XtOptions
     from kproxy.netfilter.hooks import HookState
+    from kproxy.node import Node
     from kproxy.packet import Packet
 
 # Target results besides NF_ACCEPT (1) and NF_DROP (0): continue with the next rule, or return
@@ -94,7 +96,7 @@ class Extension(ABC):
 
     @classmethod
     @abstractmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> Extension:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> Extension:
         """Build from parsed options; ``rule`` is the rule being built (for -p checks). Raise ExtensionError."""
 
     @abstractmethod
@@ -105,11 +107,11 @@ class Extension(ABC):
     def listing(self, numeric: bool = True) -> str:
         """What ``iptables -L`` appends in the options column (e.g. ``tcp dpt:80``, ``to:10.0.0.1:80``)."""
 
-    def check(self, node: Any) -> None:
+    def check(self, node: Node) -> None:
         """Validate against the node when the table is committed (e.g. a named set exists); raise ExtensionError."""
         return None
 
-    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+    def kernel_refuses(self, rule: Rule, chain: str) -> bool:
         """True when the kernel's checkentry would refuse the rule in ``chain`` (EINVAL on append)."""
         return False
 
@@ -132,7 +134,7 @@ class Match(Extension):
 
     @classmethod
     @abstractmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> Match:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> Match:
         """Build from parsed options. Raise ExtensionError."""
 
     @abstractmethod
@@ -143,7 +145,7 @@ class Match(Extension):
         """An exact, non-inverted field this match requires (e.g. ``("dport", 80)``), for compiled lookups."""
         return None
 
-    def redundant(self, rule: Any) -> bool:
+    def redundant(self, rule: Rule) -> bool:
         """True when the match can never fail for a packet that passed the rule's ip header checks
         (a comment; ``-p tcp -m tcp`` with no options), so the compiled rule may skip it."""
         return False
@@ -166,7 +168,7 @@ class Target(Extension):
 
     @classmethod
     @abstractmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> Target:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> Target:
         """Build from parsed options. Raise ExtensionError."""
 
     @abstractmethod

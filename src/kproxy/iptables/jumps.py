@@ -54,7 +54,7 @@ class JumpGraph:
         return None
 
     def targets_of(self, name: str) -> set[str] | None:
-        return self._find("targets", name)  # type: ignore[no-any-return]
+        return self._find("targets", name)
 
     def level_of(self, name: str) -> int:
         found = self._find("levels", name)
@@ -84,7 +84,7 @@ def _targets(table: Table, name: str, skip: set[int] | None = None) -> set[str]:
     if len(found) == 1:                 # most chains: one target, or none (None)
         return found if next(iter(found)) in table.chains else set()  # type: ignore[return-value]
     chains = table.chains
-    return {j for j in found if j in chains}  # type: ignore[misc]
+    return {j for j in found if j in chains}
 
 
 def walk(table: Table, skip: set[int] | None = None) -> JumpGraph | None:
@@ -103,7 +103,7 @@ def walk(table: Table, skip: set[int] | None = None) -> JumpGraph | None:
         for name in frontier:
             rules = chains[name].rules
             below.update(map(_JUMP, rules) if skip is None else (r.jump for r in rules if id(r) not in skip))
-        frontier = [n for n in below if n in chains]  # type: ignore[misc]
+        frontier = [n for n in below if n in chains]
         if not frontier:
             return JumpGraph({}, levels)
     return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.commands import (
     OPERATION,
@@ -28,6 +28,9 @@ from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, toke
 from kproxy.iptables.plan import parse_rule_line
 from kproxy.iptables.state import copy_table
 
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
+
 VERSION = "v1.8.9 (nf_tables)"
 Prepared = dict[int, tuple[str, list[Rule]]]     # first line of a run -> (chain, its rules)
 COUNTERS_RE = re.compile(r"^\[(\d+):(\d+)\]\s*")
@@ -44,7 +47,7 @@ class RestoreError(ValueError):
 
 
 class _Restorer:
-    def __init__(self, state: Any, noflush: bool, counters: bool, tables: list[str] | None, node: Any,
+    def __init__(self, state: Any, noflush: bool, counters: bool, tables: list[str] | None, node: Node | None,
                  prog: str, prepared: Prepared | None = None, verify: bool = False) -> None:
         self.state = state
         self.prepared = prepared
@@ -206,7 +209,7 @@ class _Restorer:
 
 
 def restore(text: str, state: Any, noflush: bool = False, counters: bool = False, test: bool = False,
-            tables: list[str] | None = None, source: str = "<stdin>", node: Any = None,
+            tables: list[str] | None = None, source: str = "<stdin>", node: Node | None = None,
             prepared: Prepared | None = None, verify_prepared: bool = False, echo: list[str] | None = None) -> None:
     """Apply ``iptables-restore`` input to ``state`` (an IptablesState), all or nothing.
 
@@ -230,7 +233,7 @@ def restore(text: str, state: Any, noflush: bool = False, counters: bool = False
 
 
 def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, tables: list[str] | None,
-             node: Any, prepared: Prepared | None, verify: bool, echo: list[str] | None) -> None:
+             node: Node | None, prepared: Prepared | None, verify: bool, echo: list[str] | None) -> None:
     prog = "iptables-restore" if state.family == 4 else "ip6tables-restore"
     r = _Restorer(state, noflush, counters, tables, node, prog, prepared, verify)
     r.echo = echo

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.textio import read_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
 RESTORE_SHORT = {"c": "counters", "v": "verbose", "V": "version", "t": "test", "h": "help", "n": "noflush",
                  "w": "wait", "W": "wait-interval", "M": "modprobe", "T": "table", "4": "ipv4", "6": "ipv6"}
@@ -71,7 +74,7 @@ def _variant(family: int) -> str:
     return "iptables" if family == 4 else "ip6tables"
 
 
-def run_iptables_restore(argv: list[str], state: Any, stdin: str | None, node: Any = None) -> tuple[int, str, str]:
+def run_iptables_restore(argv: list[str], state: Any, stdin: str | None, node: Node | None = None) -> tuple[int, str, str]:
     """``iptables-restore [-c] [-n] [-t] [-T table] [file]``: exit code, stdout, stderr."""
     from kproxy.iptables.restore import RestoreError, restore
 

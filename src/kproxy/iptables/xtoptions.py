@@ -19,11 +19,14 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.extension import ExtensionError, Opt
 from kproxy.iptables.model import Net
 from kproxy.iptables.xtutil import C_SPACE, c_strtoui, c_strtoul, service_port
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 # Entry flags (libxtables' XTOPT_*).
 XTOPT_INVERT = 1      # ``!`` may precede the option
@@ -56,7 +59,7 @@ class XtCall:
     opt: str
     values: list[str]
     family: int
-    rule: Any
+    rule: Any               # the rule being built (None when options are parsed outside one)
 
     @property
     def arg(self) -> str:
@@ -145,7 +148,7 @@ class XtOptions:
     def __contains__(self, name: object) -> bool:
         return name in self.by_name
 
-    def parse(self, opts: list[Opt], family: int = 4, rule: Any = None) -> XtParsed:
+    def parse(self, opts: list[Opt], family: int = 4, rule: Rule | None = None) -> XtParsed:
         """xtables_option_parse for each option in order: once, invertible, then the value."""
         got = XtParsed()
         ext = self.ext
@@ -180,7 +183,7 @@ class XtOptions:
                     raise ExtensionError(f"{ext}: option \"--{name}\" cannot be used together with "
                                          f"\"--{self.first[other].name}\".\n")
 
-    def parse_all(self, opts: list[Opt], family: int = 4, rule: Any = None) -> XtParsed:
+    def parse_all(self, opts: list[Opt], family: int = 4, rule: Rule | None = None) -> XtParsed:
         """``parse`` then ``fcheck``, for an extension with no final check of its own."""
         got = self.parse(opts, family, rule)
         self.fcheck(got)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.ipvs.schedulers import SCHEDULERS, Scheduler
 from kproxy.netfilter.conntrack import Tuple
@@ -29,6 +29,9 @@ from kproxy.netfilter.hooks import (
 )
 from kproxy.netfilter.path import reinject_local_out
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, UDP, Packet, format_addr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
 PROTOS = {"tcp": TCP, "udp": UDP, "sctp": 132}
 PROTO_NAMES = {TCP: "TCP", UDP: "UDP", 132: "SCTP"}
@@ -178,7 +181,7 @@ class Ipvs:
         self.conns_out: dict[tuple[int, int, int, int, int], IpvsConn] = {}
         self.templates: dict[tuple[int, int, int], IpvsConn] = {}
         self.timeouts = {"tcp": 900, "tcpfin": 120, "udp": 300}
-        self.node: Any = None
+        self.node: Node | None = None
 
     # ---- configuration --------------------------------------------------------------------------
     def add_service(self, svc: VirtualService) -> None:
@@ -230,7 +233,7 @@ class Ipvs:
         svc.scheduler.update()
 
     # ---- the packet path ------------------------------------------------------------------------
-    def attach(self, node: Any) -> None:
+    def attach(self, node: Node) -> None:
         self.node = node
         self._hooked: set[int] = set()
         self._sync_hooks()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter.hooks import HookState
 from kproxy.netfilter.nat import NatRange
@@ -53,6 +53,9 @@ from kproxy.nftables.stmt import (
 )
 from kproxy.packet import NF_ACCEPT, NF_DROP, Packet
 
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
+
 HOOK_NAMES = {"prerouting": "PREROUTING", "input": "INPUT", "forward": "FORWARD", "output": "OUTPUT",
               "postrouting": "POSTROUTING"}
 FAMILIES = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
@@ -75,7 +78,7 @@ class Unsupported(Exception):
     """An expression the packet path does not evaluate yet: said plainly instead of matching wrongly."""
 
 
-def attach(node: Any) -> list[str]:
+def attach(node: Node) -> list[str]:
     """(Re)register the node's nftables base chains on its hooks; returns the chains left unhooked, with why."""
     node.hooks.unregister_all(NAME_PREFIX)
     for name, fam, hook in node.subsystems.pop("nftables_nat_lookups", []):
@@ -139,7 +142,7 @@ def _needs_ct(st: Stmt) -> bool:
     return False
 
 
-def take_conntrack_refs(node: Any, rs: Ruleset | None) -> None:
+def take_conntrack_refs(node: Node, rs: Ruleset | None) -> None:
     """Hold exactly as many conntrack references as the current ruleset needs (released as rules go)."""
     held: dict[int, int] = node.subsystems.setdefault("nftables_ct_refs", {4: 0, 6: 0})
     want = conntrack_users(rs)
@@ -154,7 +157,7 @@ def take_conntrack_refs(node: Any, rs: Ruleset | None) -> None:
 class ChainRunner:
     """The hook function of one base chain."""
 
-    def __init__(self, node: Any, table: Table, chain: Chain) -> None:
+    def __init__(self, node: Node, table: Table, chain: Chain) -> None:
         self.node = node
         self.table = table
         self.chain = chain

@@ -6,9 +6,12 @@ then puts the kernel-assigned handles back.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.nftables.model import Ruleset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
 
 def ruleset_to_json(rs: Ruleset) -> dict[str, Any]:
@@ -50,7 +53,7 @@ def ruleset_from_json(data: dict[str, Any]) -> Ruleset:
     return rs
 
 
-def node_ruleset(node: Any) -> Ruleset:
+def node_ruleset(node: Node) -> Ruleset:
     """The node's ruleset, created empty on first use."""
     rs = getattr(node, "nftables", None)
     if rs is None:

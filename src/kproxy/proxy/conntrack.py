@@ -11,9 +11,12 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.proxy.serviceports import Snapshot
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
 _FIELD = re.compile(r"(src|dst|sport|dport)=(\S+)")
 
@@ -55,7 +58,7 @@ def is_stale(flow: UdpFlow, vips: dict[tuple[str, int], set[str]], nodeports: di
 
 
 class EmulatedConntrackCleaner:
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.deleted = 0
 

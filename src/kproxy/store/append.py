@@ -10,7 +10,7 @@ old rules were checked when they were committed.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.commands import CommandError, apply, format_error, prog_name, validate
 from kproxy.iptables.model import STANDARD_VERDICTS, Chain, Rule, rule_uses
@@ -19,8 +19,11 @@ from kproxy.iptables.save import format_rule
 from kproxy.iptables.state import copy_table
 from kproxy.store.chains import StoredChain, rule_state
 
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
 
-def fast_append(node: Any, argv: list[str], family: int) -> tuple[int, str, str] | None:
+
+def fast_append(node: Node, argv: list[str], family: int) -> tuple[int, str, str] | None:
     """Run ``argv`` as an append to an unread chain and commit it in memory, or say why not as the
     tool does; None when it is not such a command (the general path then runs it)."""
     try:
@@ -29,7 +32,9 @@ def fast_append(node: Any, argv: list[str], family: int) -> tuple[int, str, str]
         return None
     state = node.iptables[family]
     base = state.tables.get(c.table)
-    old = base.chains.get(c.chain) if c.cmd == "A" and base is not None else None
+    if base is None or c.cmd != "A":
+        return None
+    old = base.chains.get(c.chain)
     if not isinstance(old, StoredChain) or not old.pending:
         return None
     probe = copy_table(base)

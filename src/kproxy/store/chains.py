@@ -55,7 +55,7 @@ def rule_state(rules: list[Rule]) -> list[list[Any]]:
 
 def load_rule_state(rules: list[Rule], state: list[list[Any]]) -> None:
     for i, j, value in state:
-        rules[i].matches[j].load_state(value)   # type: ignore[attr-defined]
+        rules[i].matches[j].load_state(value)
 
 
 @contextmanager
@@ -148,7 +148,7 @@ class StoredChain(Chain):
         sub = COUNTERS_RE.sub
         return [sub("", ln, count=1) for ln in lines]
 
-    @property  # type: ignore[override]
+    @property
     def rules(self) -> list[Rule]:
         source = self._source
         if source is not None:
@@ -159,7 +159,7 @@ class StoredChain(Chain):
                 raise source.error(self.name, str(exc)) from None
             self._source = None
             _RULES.__set__(self, rules)
-        return _RULES.__get__(self)  # type: ignore[no-any-return]
+        return _RULES.__get__(self)
 
     @rules.setter
     def rules(self, value: list[Rule]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import (
     ExtensionError,
@@ -14,6 +14,9 @@ from kproxy.iptables.extension import (
 )
 from kproxy.iptables.xtoptions import CUSTOM, NONE, XTOPT_INVERT, XtCall, XtOpt, XtOptions
 from kproxy.packet import Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 TYPES = ["UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE", "UNREACHABLE",
          "PROHIBIT", "THROW", "NAT", "XRESOLVE"]
@@ -68,7 +71,7 @@ class AddrtypeMatch(Match):
         self.iface_in = self.iface_out = False
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> AddrtypeMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> AddrtypeMatch:
         m = cls()
         got = cls.OPTIONS.parse(opts)
         m.src, m.src_inv = got.get("src-type"), got.invert("src-type")
@@ -79,7 +82,7 @@ class AddrtypeMatch(Match):
         cls.OPTIONS.fcheck(got)
         return m
 
-    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+    def kernel_refuses(self, rule: Rule, chain: str) -> bool:
         """addrtype_mt_checkentry_v1: an interface limit only where that interface exists."""
         return bool(self.iface_in and builtin_chain_outside(chain, IN_HOOKS)
                     or self.iface_out and builtin_chain_outside(chain, OUT_HOOKS))

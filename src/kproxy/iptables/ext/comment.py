@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import STRING, XTOPT_MAND, XtOpt, XtOptions, truncate
 from kproxy.iptables.xtutil import save_string
 from kproxy.packet import Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 MAX_COMMENT = 256           # XT_MAX_COMMENT_LEN, including the terminating NUL
 
@@ -22,7 +25,7 @@ class CommentMatch(Match):
         self.text = text
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> CommentMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> CommentMatch:
         if len(opts) == 1 and not opts[0].invert:      # the usual single --comment: nothing to check
             return cls(truncate(opts[0].values[0], MAX_COMMENT - 1))
         return cls(cls.OPTIONS.parse_all(opts).get("comment"))
@@ -36,7 +39,7 @@ class CommentMatch(Match):
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         return True
 
-    def redundant(self, rule: Any) -> bool:
+    def redundant(self, rule: Rule) -> bool:
         return True
 
     def translate(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.ext.mark import (
     FULL,
@@ -24,6 +24,9 @@ from kproxy.iptables.extension import (
 )
 from kproxy.iptables.xtoptions import MARKMASK32, NONE, UINT32, XTOPT_INVERT, XTOPT_MAND, XtOpt, XtOptions
 from kproxy.packet import Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 
 @register_match
@@ -73,7 +76,7 @@ class ConnmarkTarget(Target):
         self.mode, self.value, self.mask, self.nfmask, self.ctmask = mode, value, mask, nfmask, ctmask
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> ConnmarkTarget:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> ConnmarkTarget:
         """Options fill one xt_connmark_tginfo in order: the set operations write (ctmark, ctmask), so a
         later --mask overrides a set operation's mask and an earlier one is overridden by it."""
         got = cls.OPTIONS.parse(opts)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.model import Net
@@ -27,6 +27,9 @@ from kproxy.netfilter.conntrack import (
     IPS_SRC_NAT,
 )
 from kproxy.packet import Packet, format_addr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 STATES = ["INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT"]
 STATUSES = [("EXPECTED", IPS_EXPECTED), ("SEEN_REPLY", IPS_SEEN_REPLY), ("ASSURED", IPS_ASSURED),
@@ -104,7 +107,7 @@ class ConntrackMatch(Match):
         self.opts: dict[str, tuple[Any, bool]] = {}
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> ConntrackMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> ConntrackMatch:
         got = cls.OPTIONS.parse(opts, family)
         if not got.values:
             raise ExtensionError("conntrack: At least one option is required")
@@ -199,7 +202,7 @@ class StateMatch(Match):
         self.states, self.invert = states, invert
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> StateMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> StateMatch:
         got = cls.OPTIONS.parse_all(opts)
         return cls(got.get("state"), got.invert("state"))
 

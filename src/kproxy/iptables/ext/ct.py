@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
 from kproxy.iptables.xtoptions import CUSTOM, NONE, STRING, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import c_strtoui
 from kproxy.packet import Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 
 def parse_zone(call: XtCall) -> int:
@@ -33,7 +36,7 @@ class CtTarget(Target):
         self.notrack, self.zone = notrack, zone
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> CtTarget:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> CtTarget:
         if any(o.name in UNSUPPORTED for o in opts):
             raise ExtensionError("CT: only --notrack and --zone are supported by kproxy")
         got = cls.OPTIONS.parse_all(opts)
@@ -63,7 +66,7 @@ class NotrackTarget(CtTarget):
     OPTIONS = XtOptions("NOTRACK")
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> NotrackTarget:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> NotrackTarget:
         return cls(True)
 
     LIST_NAME = "CT"

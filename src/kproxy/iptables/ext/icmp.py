@@ -6,12 +6,15 @@ Both stay xt matches under iptables-nft 1.8.9, so the kernel checks -p (kernel_p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import CUSTOM, XTOPT_INVERT, XTOPT_MAND, XtOpt, XtOptions
 from kproxy.iptables.xtutil import c_strtoul
 from kproxy.packet import ICMP, ICMPV6, Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 Entry = tuple[str, int, int, int]   # name, type, code_min, code_max (libxtables' tables, in their order)
 ICMP_TYPES: list[Entry] = [
@@ -96,7 +99,7 @@ class IcmpBase(Match):
         self.any = t == 0xFF and self.PROTO == ICMP
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> IcmpBase:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> IcmpBase:
         got = cls.OPTIONS.parse_all(opts)
         t, lo, hi = got.get(cls.OPT)
         return cls(t, lo, hi, got.invert(cls.OPT))

@@ -9,11 +9,14 @@ ranges leave the node out (KUBE-IPVS-OUT-FILTER).
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import CUSTOM, XTOPT_INVERT, XtCall, XtOpt, XtOptions
 from kproxy.packet import PROTO_NUMBERS, Packet, format_addr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 
 def _proto(call: XtCall) -> int:
@@ -62,7 +65,7 @@ class IpvsMatch(Match):
         self.port: tuple[int, bool] | None = None
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> IpvsMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> IpvsMatch:
         m = cls(family)
         got = IPVS_OPTS.parse_all(opts, family, rule)
         if "ipvs" in got:

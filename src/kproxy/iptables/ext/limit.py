@@ -10,11 +10,14 @@ kernel's default 5), and packets are counted as ``nft_limit`` counts them: a buc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import CUSTOM, UINT32, XtCall, XtOpt, XtOptions
 from kproxy.packet import Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 XT_LIMIT_SCALE = 10000
 NSEC_PER_SEC = 1_000_000_000
@@ -99,7 +102,7 @@ class LimitMatch(Match):
         self.last: int | None = None
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> LimitMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> LimitMatch:
         got = cls.OPTIONS.parse_all(opts)
         return cls(got.get("limit", DEFAULT_AVG), got.get("limit-burst", DEFAULT_BURST))
 

@@ -9,12 +9,15 @@ otherwise 0. TRACE sets the packet's nftrace bit; iptables-nft accepts it in any
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
 from kproxy.iptables.xtoptions import CUSTOM, NONE, STRING, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import c_strtoui, save_string
 from kproxy.packet import ICMP, ICMPV6, TCP, UDP, Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 LEVEL_NAMES = {"emerg": 0, "alert": 1, "crit": 2, "error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7,
                "panic": 0}
@@ -118,7 +121,7 @@ class LogTarget(Target):
         self.level, self.prefix, self.flags = level, prefix, flags
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> LogTarget:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> LogTarget:
         got = cls.OPTIONS.parse_all(opts)
         flags = sum(bit for name, bit in FLAG_BITS.items() if name in got)
         return cls(got.get("log-level", DEFAULT_LEVEL), got.get("log-prefix", ""), flags)
@@ -161,7 +164,7 @@ class TraceTarget(Target):
     name = "TRACE"
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> TraceTarget:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> TraceTarget:
         return cls()
 
     def save(self) -> str:

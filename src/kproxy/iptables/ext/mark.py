@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.extension import (
     XT_CONTINUE,
@@ -16,6 +16,9 @@ from kproxy.iptables.extension import (
 )
 from kproxy.iptables.xtoptions import MARKMASK32, UINT32, XTOPT_INVERT, XTOPT_MAND, XtOpt, XtOptions, XtParsed
 from kproxy.packet import Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 FULL = 0xFFFFFFFF
 XMARK_NAMES = ("set-xmark", "set-mark", "and-mark", "or-mark", "xor-mark")
@@ -65,7 +68,7 @@ class MarkMatch(Match):
         self.value, self.mask, self.invert = value, mask, invert
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MarkMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> MarkMatch:
         got = cls.OPTIONS.parse_all(opts)
         v, m = got.get("mark")
         return cls(v, FULL if m is None else m, got.invert("mark"))
@@ -118,7 +121,7 @@ class MarkTarget(Target):
         self.value, self.mask = value, mask
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MarkTarget:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> MarkTarget:
         got = cls.OPTIONS.parse(opts)
         xmark = xmark_value(got)
         if xmark is None:

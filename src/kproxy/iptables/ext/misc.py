@@ -6,7 +6,7 @@ PREROUTING, INPUT and FORWARD (``kernel_refuses``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import (
     ExtensionError,
@@ -28,6 +28,9 @@ from kproxy.iptables.xtoptions import (
 )
 from kproxy.iptables.xtutil import numeric_to_ip6addr, numeric_to_ipaddr, parse_ethermac
 from kproxy.packet import Packet, format_addr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 MAC_HOOKS = ("PREROUTING", "INPUT", "FORWARD")
 
@@ -66,7 +69,7 @@ class IprangeMatch(Match):
         self.src_inv = self.dst_inv = False
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> IprangeMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> IprangeMatch:
         m = cls(family)
         got = cls.OPTIONS.parse(opts, family)
         m.src, m.src_inv = got.get("src-range"), got.invert("src-range")
@@ -110,11 +113,11 @@ class MacMatch(Match):
         self.mac, self.invert = mac, invert
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MacMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> MacMatch:
         got = cls.OPTIONS.parse_all(opts)
         return cls(got.get("mac-source"), got.invert("mac-source"))
 
-    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+    def kernel_refuses(self, rule: Rule, chain: str) -> bool:
         return builtin_chain_outside(chain, MAC_HOOKS)
 
     def save(self) -> str:
@@ -142,7 +145,7 @@ class PkttypeMatch(Match):
         self.kind, self.invert = kind, invert
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> PkttypeMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> PkttypeMatch:
         got = cls.OPTIONS.parse_all(opts)
         kind = got.get("pkt-type")
         return cls("unicast" if kind == "host" else kind, got.invert("pkt-type"))
@@ -178,7 +181,7 @@ class LengthMatch(Match):
         self.lo, self.hi, self.invert = lo, hi, invert
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> LengthMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> LengthMatch:
         got = cls.OPTIONS.parse_all(opts)
         lo, hi = got.get("length")
         return cls(lo, hi, got.invert("length"))

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import CUSTOM, XTOPT_INVERT, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import parse_port, port_name
 from kproxy.packet import Packet
 
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
+
 PROTOS_WITH_PORTS = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp", 136: "udplite"}
 KINDS = {"source-ports": "sports", "destination-ports": "dports", "ports": "ports"}
 MAX_SLOTS = 15   # XT_MULTI_PORTS
 
 
-def check_proto(rule: Any) -> None:
+def check_proto(rule: Rule) -> None:
     """libxt_multiport's check, made when an option is parsed."""
     if rule.proto == 0:
         raise ExtensionError("multiport needs `-p tcp', `-p udp', `-p udplite', `-p sctp' or `-p dccp'")
@@ -63,7 +66,7 @@ class MultiportMatch(Match):
         self.kind, self.ports, self.invert, self.proto = kind, ports, invert, proto
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MultiportMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> MultiportMatch:
         got = cls.OPTIONS.parse(opts, family, rule)
         if not got.values:
             raise ExtensionError("multiport expection an option")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
 from kproxy.iptables.xtoptions import CUSTOM, NONE, XTOPT_MAND, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import QUAD, c_strtoul, service_port
 from kproxy.netfilter.nat import NatRange
 from kproxy.packet import NF_ACCEPT, NF_DROP, Packet, format_addr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 PORT_PROTOS = (6, 17, 132, 33, 136)
 
@@ -60,7 +63,7 @@ def _parse_ports(text: str, with_base: bool) -> _Ports:
     return _Ports(lo, hi, base)
 
 
-def _need_ports(rule: Any) -> None:
+def _need_ports(rule: Rule) -> None:
     if rule.proto not in PORT_PROTOS or rule.proto_inv:
         raise ExtensionError("Need TCP, UDP, SCTP or DCCP with port specification")
 
@@ -76,7 +79,7 @@ def _ipv4(text: str) -> int:
         raise ExtensionError(f"Bad IP address \"{text}\"") from None
 
 
-def parse_range(text: str, family: int, rule: Any, what: str) -> NatRange:
+def parse_range(text: str, family: int, rule: Rule, what: str) -> NatRange:
     """``addr[-addr][:port[-port[/base]]]`` (``[v6]:port`` for IPv6), as libxt_DNAT/SNAT parse it."""
     ports: _Ports | None = None
     addr_part = text
@@ -171,7 +174,7 @@ class _Nat(Target):
         self.range, self.family = rng, family
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> _Nat:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> _Nat:
         if len(opts) == 1 and opts[0].name == cls.OPT and not opts[0].invert:   # the usual lone range
             return cls(parse_range(opts[0].values[0], family, rule, cls.name), family)
         got = cls.OPTIONS.parse_all(opts, family, rule)
@@ -218,7 +221,7 @@ class MasqueradeTarget(Target):
         self.range = rng
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> MasqueradeTarget:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> MasqueradeTarget:
         got = cls.OPTIONS.parse_all(opts, family, rule)
         lo, hi = got.get("to-ports", (None, None))
         return cls(_with_flags(NatRange(None, None, lo, hi), got.seen()))
@@ -266,7 +269,7 @@ class RedirectTarget(Target):
         self.range = rng
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> RedirectTarget:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> RedirectTarget:
         return MasqueradeTarget.from_options.__func__(cls, opts, family, rule)  # type: ignore[attr-defined]
 
     def save(self) -> str:

@@ -8,11 +8,14 @@ traffic from off the node from traffic of local containers on a bridge.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import STRING, XTOPT_INVERT, XtOpt, XtOptions
 from kproxy.packet import Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 IFNAMSIZ = 16
 PHYSDEV_OPTS = XtOptions(
@@ -36,7 +39,7 @@ class PhysdevMatch(Match):
         self.tests = tests       # (option, value, inverted), in the order iptables prints them
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> PhysdevMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> PhysdevMatch:
         parsed = PHYSDEV_OPTS.parse_all(opts, family, rule)
         got = [(key, value if isinstance(value, str) else "", parsed.invert(key))
                for key, value in parsed.values.items()]

@@ -13,7 +13,7 @@ sctp always stays an xt match and prints what was given.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import (
@@ -29,6 +29,9 @@ from kproxy.iptables.xtoptions import (
 )
 from kproxy.iptables.xtutil import c_strtoui, parse_port, port_name
 from kproxy.packet import SCTP, TCP, UDP, Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 FLAG_ORDER = [("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10), ("URG", 0x20)]
 FLAG_WORDS = {**dict(FLAG_ORDER), "ALL": 0x3F, "NONE": 0}
@@ -107,12 +110,12 @@ class PortMatch(Match):
         self.kernel_proto: int | None = None
 
     @classmethod
-    def _check_proto(cls, rule: Any) -> None:
+    def _check_proto(cls, rule: Rule) -> None:
         if rule.proto != cls.PROTO:
             raise ExtensionError(f"{cls.name.upper()} match requires '-p {cls.name}'")
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> PortMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> PortMatch:
         got = cls.OPTIONS.parse(opts, family, rule)
         m = cls()
         m.sport, m.sinv = got.get("source-port"), got.invert("source-port")
@@ -133,7 +136,7 @@ class PortMatch(Match):
         """Whether iptables-nft keeps this as an xt match instead of translating it."""
         return self._all_zero()
 
-    def _translate(self, rule: Any) -> None:
+    def _translate(self, rule: Rule) -> None:
         if self._compat():
             if self._all_zero():
                 self.sport = self.dport = None
@@ -226,7 +229,7 @@ class PortMatch(Match):
             return ("dport", self.dport[0])
         return None
 
-    def redundant(self, rule: Any) -> bool:
+    def redundant(self, rule: Rule) -> bool:
         if self.vanished:
             return True
         return self.sport is None and self.dport is None and rule.proto == self.PROTO and not rule.proto_inv \
@@ -265,7 +268,7 @@ class TcpMatch(PortMatch):
     def _compat(self) -> bool:
         return self.option is not None or self._all_zero()
 
-    def _translate(self, rule: Any) -> None:
+    def _translate(self, rule: Rule) -> None:
         if self._all_zero():
             self.flags = None
         super()._translate(rule)
@@ -328,7 +331,7 @@ class SctpMatch(PortMatch):
     PROTO = SCTP
     OPTIONS = XtOptions("sctp", *port_entries(CUSTOM, xt_ports(SCTP)), once=LEGACY_ONCE)
 
-    def _translate(self, rule: Any) -> None:
+    def _translate(self, rule: Rule) -> None:
         self.kernel_proto = SCTP
 
     def _save_ports(self, flag: str, rng: Range | None, invert: bool) -> str:

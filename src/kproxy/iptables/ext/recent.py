@@ -10,11 +10,15 @@ before forwarding.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import HOST, NONE, STRING, UINT32, XTOPT_INVERT, XtOpt, XtOptions
 from kproxy.packet import Packet, format_addr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
+    from kproxy.node import Node
 
 IP_LIST_TOT = 200          # module parameter ip_list_tot: entries per list
 IP_PKT_LIST_TOT = 20       # module parameter ip_pkt_list_tot
@@ -103,7 +107,7 @@ class RecentTables:
         return rt
 
 
-def tables_of(node: Any) -> RecentTables:
+def tables_of(node: Node) -> RecentTables:
     rt = node.subsystems.get("recent")
     if rt is None:
         rt = node.subsystems["recent"] = RecentTables()
@@ -138,7 +142,7 @@ class RecentMatch(Match):
         self.family = 4
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> RecentMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> RecentMatch:
         m = cls()
         m.family = family
         got = cls.OPTIONS.parse(opts, family)
@@ -156,14 +160,14 @@ class RecentMatch(Match):
         m.mask = got.get("mask", (1 << 128) - 1 if family == 6 else m.mask)
         return m
 
-    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+    def kernel_refuses(self, rule: Rule, chain: str) -> bool:
         """recent_mt_check's refusals (the tool then fails with ``RULE_APPEND failed (Invalid argument)``)."""
         if self.mode in ("set", "remove") and (self.seconds or self.hitcount or self.rttl or self.reap):
             return True
         name = self.list_name
         return self.hitcount >= MAX_NSTAMPS or name in ("", ".", "..") or "/" in name
 
-    def check(self, node: Any) -> None:
+    def check(self, node: Node) -> None:
         """The kernel creates (or resizes) the list when the rule is added."""
         tables_of(node).table(self.list_name, stamp_capacity(self.hitcount))
 

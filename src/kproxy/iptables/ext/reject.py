@@ -8,11 +8,14 @@ the rule says ``-p tcp``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
 from kproxy.iptables.xtoptions import STRING, XtOpt, XtOptions
 from kproxy.packet import NF_DROP, TCP, Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
 
 # (name, alias), in libxt_REJECT's table order.
 KINDS4 = [("icmp-net-unreachable", "net-unreach"), ("icmp-host-unreachable", "host-unreach"),
@@ -45,13 +48,13 @@ class RejectTarget(Target):
         self.kind = kind
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> RejectTarget:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> RejectTarget:
         text = cls.OPTIONS.parse(opts).get("reject-with")
         if text is None:
             return cls("icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable")
         return cls(reject_kind(text, family))
 
-    def kernel_refuses(self, rule: Any, chain: str) -> bool:
+    def kernel_refuses(self, rule: Rule, chain: str) -> bool:
         """reject_tg_check: a TCP reset only for rules that match TCP (and not ``! -p tcp``)."""
         return self.kind == "tcp-reset" and (rule.proto != TCP or rule.proto_inv)
 

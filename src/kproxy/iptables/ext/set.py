@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.extension import (
     XT_CONTINUE,
@@ -28,6 +28,10 @@ from kproxy.iptables.xtoptions import (
 from kproxy.iptables.xtutil import c_strtoui
 from kproxy.packet import Packet
 
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
+    from kproxy.node import Node
+
 COUNTERS = ("packets-eq", "packets-lt", "packets-gt", "bytes-eq", "bytes-lt", "bytes-gt")
 FREE = XTOPT_INVERT | XTOPT_MULTI      # libxt_set's own parse functions check little
 
@@ -52,7 +56,7 @@ def _flags(text: str) -> list[str]:
     return flags
 
 
-def _check_set(node: Any, name: str) -> None:
+def _check_set(node: Node, name: str) -> None:
     registry = getattr(node, "ipsets", None)
     if registry is None or registry.get(name) is None:
         raise ExtensionError(f"Set {name} doesn't exist.\n")
@@ -94,18 +98,18 @@ class SetMatch(Match):
         self.dims: tuple[str, ...] = ()      # the set's element parts, learnt when a commit checks the rule
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> SetMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> SetMatch:
         got = cls.OPTIONS.parse(opts, family, rule)
         if "match-set" not in got:
             raise ExtensionError("You must specify `--match-set' with proper arguments")
         name, flags = got.get("match-set")
         return cls(name, flags, got.invert("match-set"), [o for o in opts if o.name != "match-set"])
 
-    def check(self, node: Any) -> None:
+    def check(self, node: Node) -> None:
         _check_set(node, self.set_name)
         # While a committed rule holds the set it can be neither destroyed nor renamed, and a swap
         # needs a set of the same type: its parts stay what they are now.
-        self.dims = tuple(node.ipsets.get(self.set_name).dims)
+        self.dims = tuple(node.ipsets.need(self.set_name).dims)
 
     def inline(self) -> tuple[str, tuple[Any, ...]] | None:
         """Membership of a set whose element is made of addresses and ports (hash:ip, hash:ip,port,
@@ -163,7 +167,7 @@ class SetTarget(Target):
         self.op, self.set_name, self.flags, self.exist, self.timeout = op, set_name, flags, exist, timeout
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> SetTarget:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> SetTarget:
         got = cls.OPTIONS.parse(opts, family, rule)
         ops = [o for o in ("add-set", "del-set") if o in got]
         if len(ops) != 1:
@@ -171,7 +175,7 @@ class SetTarget(Target):
         name, flags = got.get(ops[0])
         return cls(ops[0], name, flags, "exist" in got, got.get("timeout"))
 
-    def check(self, node: Any) -> None:
+    def check(self, node: Node) -> None:
         _check_set(node, self.set_name)
 
     def set_names(self) -> tuple[str, ...]:

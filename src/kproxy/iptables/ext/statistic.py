@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import (
@@ -24,6 +24,10 @@ from kproxy.iptables.xtoptions import (
     XtOptions,
 )
 from kproxy.packet import Packet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.iptables.model import Rule
+    from kproxy.netfilter.netns import NetNamespace
 
 _FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)", re.IGNORECASE)
 _HEXFLOAT = re.compile(r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?")
@@ -48,7 +52,7 @@ def parse_probability(call: XtCall) -> int:
     return 0 if p != p else int(p * 0x80000000 + 0.5)
 
 
-def node_rng(node: Any) -> random.Random:
+def node_rng(node: NetNamespace) -> random.Random:
     rng = node.subsystems.get("rng")
     if rng is None:
         rng = node.subsystems["rng"] = random.Random()
@@ -73,7 +77,7 @@ class StatisticMatch(Match):
         self.count = every - packet   # libxt_statistic starts the counter so packet p of each n matches
 
     @classmethod
-    def from_options(cls, opts: list[Opt], family: int, rule: Any) -> StatisticMatch:
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> StatisticMatch:
         got = cls.OPTIONS.parse(opts)
         m = cls(got.get("mode", "random"), got.get("probability", 0), got.get("every", 1) - 1, got.get("packet", 0),
                 got.invert("probability") or got.invert("every"))
