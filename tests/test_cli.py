@@ -119,3 +119,16 @@ def test_listings_as_json_for_scripts(tmp_path):
     svc = json.loads(run(node, "ipvsadm", "-Ln", "--json").stdout)[0]
     assert (svc["scheduler"], svc["flags"], svc["servers"][0]["port"], svc["servers"][0]["weight"]) == \
         ("sh", ["sh-port"], 8080, 3)
+
+
+def test_node_show_json_describes_the_node(tmp_path):
+    node = str(tmp_path / "n.db")
+    assert run(node, "node", "init").exit_code == 0
+    res = run(node, "node", "show", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    eth0 = next(i for i in data["interfaces"] if i["name"] == "eth0")
+    assert eth0["addresses"] == ["192.168.1.10/24"]
+    assert data["routes"] == ["default via 192.168.1.1 dev eth0"]
+    assert "192.168.1.0/24 dev eth0 src 192.168.1.10" in data["connected_routes"]
+    assert data["sysctls"]["net.ipv4.ip_forward"] == "1"

@@ -341,11 +341,19 @@ def node_import(obj: Ctx, file: str) -> None:
 
 
 @node_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="The node's description as JSON, for scripts.")
 @click.pass_obj
-def node_show(obj: Ctx) -> None:
+def node_show(obj: Ctx, as_json: bool) -> None:
     """Interfaces, addresses, routes and sysctls of the node."""
     obj.read_only()
     node = obj.node
+    if as_json:
+        import json
+
+        desc = node.describe()
+        desc["connected_routes"] = [str(r) for r in node.connected_routes()]
+        click.echo(json.dumps(desc, indent=1))
+        return
     for iface in node.interfaces.values():
         addrs = " ".join(str(a) for a in iface.addresses)
         click.echo(f"{iface.name:<10} {'UP' if iface.up else 'DOWN':<5} {addrs}")
