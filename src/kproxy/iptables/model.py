@@ -6,7 +6,6 @@ evaluator compiles into the engine's executable form.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -81,10 +80,6 @@ def rule_fields(rule: Rule) -> tuple[Any, ...]:
 CONNTRACK_USE = "conntrack"
 
 
-def _jump_keys(r: Rule) -> tuple[str, ...]:
-    return (r.jump,) if r.jump is not None else ()
-
-
 def rule_uses(r: Rule) -> list[str]:
     """What a committed rule holds a reference to, as its extensions declare: ``CONNTRACK_USE`` for
     each extension that turns tracking on, and ``set:NAME`` for each ipset it names."""
@@ -132,31 +127,49 @@ class Table:
     def jump_counts(self) -> dict[str, int]:
         """How many rules target each chain; derived from the base table's counts for copy-on-write copies."""
         if self.refs is None:
-            self.refs = self._tally(_jump_keys, Table.jump_counts)
+            self._count()
+        assert self.refs is not None
         return self.refs
 
     def use_counts(self) -> dict[str, int]:
         """The references the table's rules hold while committed (``rule_uses``), kept like ``jump_counts``."""
         if self.uses is None:
-            self.uses = self._tally(rule_uses, Table.use_counts)
+            self._count()
+        assert self.uses is not None
         return self.uses
 
-    def _tally(self, keys: Callable[[Rule], Iterable[str]], of_base: Callable[[Table], dict[str, int]]) -> dict[str, int]:
-        """Count ``keys`` over every rule, or, for a copy-on-write copy, over the chains it changed only."""
-        counts: dict[str, int] = {}
+    def _count(self) -> None:
+        """Both counts (those not known yet) in one walk: over every rule, or, for a copy-on-write
+        copy, over the chains it changed only, from the base table's counts."""
+        want_refs, want_uses = self.refs is None, self.uses is None
+        refs: dict[str, int] = {}
+        uses: dict[str, int] = {}
         if self.owned is None or self.base is None:
-            for c in self.chains.values():
-                for r in c.rules:
-                    for k in keys(r):
-                        counts[k] = counts.get(k, 0) + 1
-            return counts
-        counts = dict(of_base(self.base))
-        for name in self.owned | self.deleted:
-            for chain, sign in ((self.base.chains.get(name), -1), (self.chains.get(name), 1)):
-                for r in chain.rules if chain is not None else ():
-                    for k in keys(r):
-                        counts[k] = counts.get(k, 0) + sign
-        return counts
+            walk: list[tuple[Chain | None, int]] = [(c, 1) for c in self.chains.values()]
+        else:
+            base = self.base
+            if want_refs:
+                refs = dict(base.jump_counts())
+            if want_uses:
+                uses = dict(base.use_counts())
+            walk = [(chain, sign) for name in self.owned | self.deleted
+                    for chain, sign in ((base.chains.get(name), -1), (self.chains.get(name), 1))]
+        for chain, sign in walk:
+            if chain is None:
+                continue
+            for r in chain.rules:
+                j = r.jump
+                if want_refs and j is not None:
+                    refs[j] = refs.get(j, 0) + sign
+                if want_uses:
+                    t = r.target
+                    if (t is not None and t.HOLDS_REFS) or any(m.HOLDS_REFS for m in r.matches):
+                        for k in rule_uses(r):
+                            uses[k] = uses.get(k, 0) + sign
+        if want_refs:
+            self.refs = refs
+        if want_uses:
+            self.uses = uses
 
     def writable(self, name: str) -> Chain:
         """The chain ``name`` ready to be changed: cloned first when it is still shared with the committed table."""
