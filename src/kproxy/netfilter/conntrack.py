@@ -323,10 +323,6 @@ class Conntrack:
             raise ValueError(f"conntrack: IPv{family} reference count would go below zero")
         self.users[family] -= n
 
-    def active(self, family: int = 4) -> bool:
-        """Whether ``family``'s connections are tracked in this namespace."""
-        return bool(self.enabled) or self.users[family] > 0
-
     def in_hook(self, pkt: Packet, state: HookState) -> int:
         """nf_conntrack_in (PREROUTING and OUTPUT, priority -200)."""
         if pkt.ct is not None:

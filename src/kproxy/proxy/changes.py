@@ -95,7 +95,3 @@ class ChangeTracker:
             else:
                 self._fingerprints[key] = fp
         self._undo = {}
-
-    def reset(self) -> None:
-        """Forget everything: the next update sees every Service as changed."""
-        self.ports, self._fingerprints, self._undo = {}, {}, {}

@@ -13,7 +13,7 @@ import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from kproxy.k8s.manifests import Objects
 from kproxy.proxy.config import ProxyConfig
@@ -98,8 +98,3 @@ def proxier_class(mode: str) -> ProxierFactory:
                                   f"{', '.join(sorted(MODES))})")
         raise ModeUnavailable(f"unknown proxy mode {mode!r} (iptables, ipvs or nftables)")
     return factory()
-
-
-def build_proxier(cfg: ProxyConfig, backend: Any, **kwargs: Any) -> Proxier:
-    """The proxier of ``cfg.mode`` writing through ``backend``."""
-    return proxier_class(cfg.mode)(cfg, backend, **kwargs)
