@@ -69,3 +69,13 @@ def test_persistence_round_trip_keeps_text_and_handles():
         for args in (["-a", "list", "ruleset"], ["-j", "list", "ruleset"]):
             assert run_nft(args, again)[1] == run_nft(args, rs)[1], name
         assert [t.next_handle for t in again.tables] == [t.next_handle for t in rs.tables]
+
+
+def test_an_unknown_list_object_and_a_missing_file_are_worded_as_nft_words_them(tmp_path):
+    # What nft 1.0.6 prints for the same two command lines (checked in a kp- namespace).
+    rc, out, err, _ = run_nft(["list", "bogus"], Ruleset())
+    assert (rc, out, err) == (1, "", "Error: syntax error, unexpected string\nlist bogus\n     ^^^^^\n")
+    missing = tmp_path / "nonexistent"
+    rc, out, err, _ = run_nft(["-f", str(missing)], Ruleset())
+    assert (rc, out, err) == (1, "", f'internal:0:0-0: Error: Could not open file "{missing}": No such file or '
+                                     "directory\n")

@@ -108,7 +108,7 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
                 with open(name) as fh:
                     text = fh.read()
             except OSError as exc:
-                return 1, "", f"Error: Could not process rule: {exc.strerror}\n", rs
+                return 1, "", f"internal:0:0-0: Error: Could not open file \"{name}\": {exc.strerror}\n", rs
             source = name
     else:
         text = " ".join(rest)
@@ -200,6 +200,9 @@ def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) ->
         return "".join(f"table {t.family} {t.name}\n" for t in tables)
     plural = {"counters": "counter", "quotas": "quota", "limits": "limit", "sets": "set", "maps": "map",
               "chains": "chain"}
+    if what not in plural and what not in ("table", "chain", "set", "map", "counter", "quota", "limit"):
+        # not a keyword of the grammar: bison's "unexpected string" at the word
+        raise NftError("syntax error, unexpected string", loc(toks[0]), kernel=False)
     if what in plural and not names:
         return "".join(listed_blocks(t, plural[what], o, verb) for t in rs.tables
                        if not rest or t.family == rest[0])
