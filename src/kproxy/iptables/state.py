@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kproxy.iptables.model import Table
+from kproxy.layered import share
 
 # Told after every commit with each changed table's committed version before (None: new) and after.
 CommitListener = Callable[[dict[str, tuple[Table | None, Table]]], None]
@@ -58,4 +59,4 @@ def copy_table(t: Table) -> Table:
     Commands never mutate a shared chain or rule in place, so a failed change leaves the committed
     table untouched, and a partial sync of a huge table costs what it changes, not the table's size.
     """
-    return Table(t.name, t.family, dict(t.chains), owned=set(), base=t)
+    return Table(t.name, t.family, share(t.chains), owned=set(), base=t)
