@@ -113,11 +113,16 @@ class LayeredDict(MutableMapping[K, V], Generic[K, V]):
             del top.values[key]
         self._len -= 1
 
-    def child(self) -> LayeredDict[K, V]:
-        """A copy sharing this dict's layers; both may change from now on without affecting the other."""
+    def settle(self) -> None:
+        """Freeze what was written into the layers now, so that a later ``child`` costs nothing: done
+        when a big change commits (a full restore), not in the next small one."""
         if self._top.values:
             self._layers = _compact((*self._layers, self._top))
             self._top = _Layer({}, {})
+
+    def child(self) -> LayeredDict[K, V]:
+        """A copy sharing this dict's layers; both may change from now on without affecting the other."""
+        self.settle()
         copy: LayeredDict[K, V] = LayeredDict.__new__(LayeredDict)
         copy._layers, copy._top, copy._len = self._layers, _Layer({}, {}), self._len
         return copy
@@ -150,20 +155,41 @@ def _compact(layers: tuple[_Layer, ...]) -> tuple[_Layer, ...]:
 
 
 def _merge(lower: _Layer, upper: _Layer, bottom: bool) -> _Layer:
-    """One layer holding what ``upper`` over ``lower`` holds (tombstones dropped at the bottom)."""
+    """One layer holding what ``upper`` over ``lower`` holds (tombstones dropped at the bottom, where
+    the values are kept in dict order so that they serve as the births too)."""
     values = dict(lower.values)
-    born: dict[Any, None] = dict.fromkeys(lower.born)
-    for key, v in upper.values.items():
-        if v is _TOMB:
-            born.pop(key, None)
-            if bottom:
-                values.pop(key, None)
-                continue
-        values[key] = v
-    for key in upper.born:
+    born: dict[Any, Any] = dict.fromkeys(lower.born)
+    uvals = upper.values
+    tombs = [key for key, v in uvals.items() if v is _TOMB]
+    values.update(uvals)
+    for key in tombs:
         born.pop(key, None)
-        born[key] = None
+        if bottom:
+            del values[key]
+    for key in [key for key in upper.born if key in born]:     # deleted and added again: moves to the end
+        del born[key]
+    born.update(dict.fromkeys(upper.born))
+    if bottom:
+        if list(values) != list(born):
+            values = {key: values[key] for key in born}
+        return _Layer(values, values)
     return _Layer(values, born)
+
+
+def settle(d: object) -> None:
+    """``LayeredDict.settle`` for a mapping that may be a plain dict (which has nothing to settle)."""
+    if isinstance(d, LayeredDict):
+        d.settle()
+
+
+SMALL = 4096     # below this size a plain copy is cheaper than layers (and later reads are faster)
+
+
+def cow_copy(d: MutableMapping[K, V]) -> MutableMapping[K, V]:
+    """A copy of ``d`` to change: a plain dict when ``d`` is small, else a copy-on-write ``share``."""
+    if len(d) < SMALL:
+        return dict(d)
+    return share(d)
 
 
 def share(d: MutableMapping[K, V]) -> LayeredDict[K, V]:

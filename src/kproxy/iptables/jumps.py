@@ -19,7 +19,7 @@ from operator import attrgetter
 from typing import Any
 
 from kproxy.iptables.model import Rule, Table
-from kproxy.layered import share
+from kproxy.layered import settle, share
 
 JUMP_STACK = 16        # NFT_JUMP_STACK_SIZE
 _KEEP = 8              # graphs of the most recently checked tables
@@ -121,7 +121,9 @@ def _raise_levels(table: Table, base: JumpGraph) -> JumpGraph | None:
 def too_deep(table: Table) -> bool:
     """Whether the kernel refuses ``table`` for its jumps; remembers the graph of a table that passes."""
     graph = None
-    if table.owned is not None and table.base is not None:
+    # Raising levels costs per changed chain more than the walk does per chain: when most of the
+    # table changed (a full resync), walk it.
+    if table.owned is not None and table.base is not None and len(table.owned) * 4 < len(table.chains):
         known = _GRAPHS.get(id(table.base))
         if known is not None and known[0] is table.base:
             graph = _raise_levels(table, known[1])
@@ -131,6 +133,8 @@ def too_deep(table: Table) -> bool:
             return True
     if len(_GRAPHS) >= _KEEP:
         del _GRAPHS[next(iter(_GRAPHS))]
+    settle(graph.targets)
+    settle(graph.levels)
     _GRAPHS[id(table)] = (table, graph)
     return False
 

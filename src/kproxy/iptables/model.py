@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kproxy.iptables.extension import Match, Target
-from kproxy.layered import share
+from kproxy.layered import cow_copy
 from kproxy.netfilter.hooks import TABLE_HOOKS
 
 STANDARD_VERDICTS = ("ACCEPT", "DROP", "RETURN", "QUEUE")
@@ -151,7 +151,7 @@ class Table:
         else:
             base = self.base
             if want_refs:
-                refs = share(base.jump_counts())     # copy-on-write: costs what changes
+                refs = cow_copy(base.jump_counts())     # copy-on-write: costs what changes
             if want_uses:
                 uses = dict(base.use_counts())
             walk = [(chain, sign) for name in self.owned | self.deleted
