@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, Xlate, register_match
 from kproxy.iptables.xtoptions import CUSTOM, UINT32, XtCall, XtOpt, XtOptions
 from kproxy.packet import Packet
 
@@ -119,6 +119,9 @@ class LimitMatch(Match):
 
     def load_state(self, data: list[Any]) -> None:
         self.tokens, self.last = int(data[0]), None if data[1] is None else int(data[1])
+
+    def translate(self, xl: Xlate) -> str:
+        return f"limit rate {self.rate}/{dict((s, w) for w, s in UNIT_WORDS)[self.unit]} burst {self.burst} packets"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         """nft_limit_eval: refill by the nanoseconds since the last packet, then try to pay the cost."""

@@ -11,6 +11,7 @@ from kproxy.iptables.extension import (
     Opt,
     RuleContext,
     Target,
+    Xlate,
     register_match,
     register_target,
 )
@@ -85,7 +86,7 @@ class MarkMatch(Match):
     def inline(self) -> tuple[str, tuple[Any, ...]]:
         return f"(p.mark & {{}}) {'!=' if self.invert else '=='} {{}}", (self.mask, self.value)
 
-    def translate(self) -> str:
+    def translate(self, xl: Xlate) -> str:
         return mark_xlate("mark", self.value, self.mask, self.invert)
 
 
@@ -135,7 +136,7 @@ class MarkTarget(Target):
     def listing(self, numeric: bool = True) -> str:
         return xmark_listing("MARK", self.value, self.mask)
 
-    def translate(self) -> str:
+    def translate(self, xl: Xlate) -> str:
         """mark_tg_xlate: the simplest nft statement for the (value, mask) pair."""
         value, mask = self.value, self.mask
         kind = xmark_kind(value, mask, set_first=True)

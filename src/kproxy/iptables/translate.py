@@ -1,0 +1,336 @@
+"""``iptables-translate`` and ``iptables-restore-translate``: iptables rules as iptables 1.8.9 writes them in nft.
+
+The ip header part of a rule (interfaces, fragment, protocol, addresses) is translated here, each
+match and target by its own ``translate``; a rule that has a part without a translation is printed
+commented out as the words it was given (each ``!`` blanked, as the tool's parser leaves it). The
+restore form declares each table and chain with the types, hooks and priorities the tool uses.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kproxy.iptables.commands import VERSION, check_devices, usage
+from kproxy.iptables.extension import ExtensionError, Xlate
+from kproxy.iptables.model import Net, Rule
+from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, tokenize
+from kproxy.packet import PROTO_NAMES, format_addr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
+
+# Built-in chains as the translator declares them: (type, hook, priority). Its security table
+# keeps priority 0 (iptables-nft's own security chains use 150).
+BASE_CHAINS: dict[str, dict[str, tuple[str, str, int]]] = {
+    "filter": {"INPUT": ("filter", "input", 0), "FORWARD": ("filter", "forward", 0),
+               "OUTPUT": ("filter", "output", 0)},
+    "nat": {"PREROUTING": ("nat", "prerouting", -100), "INPUT": ("nat", "input", 100),
+            "OUTPUT": ("nat", "output", -100), "POSTROUTING": ("nat", "postrouting", 100)},
+    "mangle": {"PREROUTING": ("filter", "prerouting", -150), "INPUT": ("filter", "input", -150),
+               "FORWARD": ("filter", "forward", -150), "OUTPUT": ("route", "output", -150),
+               "POSTROUTING": ("filter", "postrouting", -150)},
+    "raw": {"PREROUTING": ("filter", "prerouting", -300), "OUTPUT": ("filter", "output", -300)},
+    "security": {"INPUT": ("filter", "input", 0), "FORWARD": ("filter", "forward", 0),
+                 "OUTPUT": ("filter", "output", 0)},
+}
+VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "RETURN": "return"}
+NAT_DROP = "\nThe \"nat\" table is not intended for filtering, the use of DROP is therefore inhibited.\n\n"
+
+
+class NotTranslated(Exception):
+    """A command the translator has no nft form for ("Translation not implemented")."""
+
+
+def nft_family(family: int) -> str:
+    return "ip" if family == 4 else "ip6"
+
+
+@lru_cache(maxsize=1)
+def _protocols() -> dict[int, str]:
+    """getprotobynumber's names: /etc/protocols where the system has one, else the common ones."""
+    names = dict(PROTO_NAMES)
+    try:
+        text = Path("/etc/protocols").read_text()
+    except OSError:
+        return names
+    seen: set[int] = set()
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and words[1].isdigit() and int(words[1]) not in seen:
+            seen.add(int(words[1]))
+            names[int(words[1])] = words[0]
+    return names
+
+
+def proto_word(proto: int) -> str:
+    """The protocol's name as the translator prints it (its number when it has no name)."""
+    return _protocols().get(proto, str(proto))
+
+
+def ifname(key: str, name: str | None, invert: bool) -> str:
+    """``iifname "eth*"``: the ``+`` wildcard becomes nft's ``*``; a lone ``+`` matches anything."""
+    if name is None or name == "+":
+        return ""
+    text = name[:-1] + "*" if name.endswith("+") else name
+    return f"{key} {'!= ' if invert else ''}\"{text}\""
+
+
+def net_text(net: Net) -> str:
+    full = 32 if net.family == 4 else 128
+    addr = format_addr(net.addr, net.family)
+    return addr if net.prefixlen == full else f"{addr}/{net.prefixlen}"
+
+
+def _addr(key: str, net: Net | None, invert: bool) -> str:
+    if net is None:
+        return ""
+    return f"{key} {'!= ' if invert else ''}{net_text(net)}"
+
+
+def header_parts(rule: Rule, family: int) -> list[str]:
+    """The ip header tests: interfaces, fragment (IPv4), protocol unless a match of that name
+    (``-p tcp -m tcp``) says it already, source, destination."""
+    fam = nft_family(family)
+    parts = [ifname("iifname", rule.iif, rule.iif_inv), ifname("oifname", rule.oif, rule.oif_inv)]
+    if rule.fragment is not None:
+        parts.append("ip frag-off & 0x1fff " + ("!= 0" if rule.fragment else "0"))
+    if rule.proto and not any(m.name == proto_word(rule.proto) for m in rule.matches):
+        key = "ip protocol" if family == 4 else "meta l4proto"
+        parts.append(f"{key} {'!= ' if rule.proto_inv else ''}{proto_word(rule.proto)}")
+    parts.append(_addr(f"{fam} saddr", rule.src, rule.src_inv))
+    parts.append(_addr(f"{fam} daddr", rule.dst, rule.dst_inv))
+    return [p for p in parts if p]
+
+
+def verdict_text(rule: Rule, xl: Xlate) -> str | None:
+    if rule.jump is not None:
+        if rule.jump in VERDICTS:
+            return VERDICTS[rule.jump]
+        if rule.jump == "QUEUE":
+            return None
+        return f"{'goto' if rule.goto else 'jump'} {rule.jump}"
+    if rule.target is not None:
+        return rule.target.translate(xl)
+    return ""
+
+
+def rule_text(rule: Rule, family: int) -> str | None:
+    """The nft rule body: header tests, matches, ``counter``, verdict, comment; None when any part
+    has no translation."""
+    xl = Xlate(family, rule)
+    parts = header_parts(rule, family)
+    for m in rule.matches:
+        text = m.translate(xl)
+        if text is None:
+            return None
+        parts.append(text)
+    parts.append("counter")
+    verdict = verdict_text(rule, xl)
+    if verdict is None:
+        return None
+    parts.append(verdict)
+    if xl.comment is not None:
+        parts.append(f"comment \"{xl.comment}\"")
+    return " ".join(p for p in parts if p)
+
+
+def commented(argv: list[str]) -> str:
+    """The untranslatable rule as the tool echoes it: every word and a space, ``!`` left empty."""
+    return "# " + "".join(("" if w == "!" else w) + " " for w in argv)
+
+
+def _check(c: Any, family: int, node: Node | None) -> None:
+    """What the translator's parser refuses besides what ours does: -i/-o on the wrong built-in
+    chain, DROP in the nat table, a named ipset that does not exist."""
+    for r in c.rules:
+        check_devices(c.chain, r)
+        if c.table == "nat" and r.jump == "DROP":
+            raise ParameterProblem(NAT_DROP, usage_hint=False)
+        for e in (*r.matches, r.target):
+            if e is not None and e.set_names():
+                try:
+                    e.check(node)
+                except ExtensionError as exc:
+                    raise ParameterProblem(str(exc)) from None
+
+
+def command_text(c: Any, family: int, argv: list[str], restore: bool, dsts: int = 1) -> str:
+    """One parsed command as the translator prints it (``nft '...'`` lines, or restore lines)."""
+    fam = nft_family(family)
+    where = f"{fam} {c.table} {c.chain}"
+    lead = "" if restore else "nft "
+    if c.cmd in ("A", "I"):
+        verb = "add" if c.cmd == "A" else "insert"
+        return _rules_text(c, family, argv, f"{verb} rule {where}", restore, dsts)
+    if c.cmd == "N":
+        return f"{lead}add chain {where}\n"
+    if c.cmd == "X":
+        return f"{lead}delete chain {fam} {c.table} {c.chain or '(null)'}\n"
+    if c.cmd == "F":
+        return f"{lead}flush chain {where}\n" if c.chain else f"{lead}flush table {fam} {c.table}\n"
+    if c.cmd == "L" and not restore:
+        return f"{lead}list table {fam} {c.table}\n"
+    raise NotTranslated()
+
+
+def _rules_text(c: Any, family: int, argv: list[str], head: str, restore: bool, dsts: int) -> str:
+    """Each -s × -d combination is one rule; the tool prints ``nft `` once per source address, and
+    a rule without a translation once, commented out, after them."""
+    out = ""
+    failed = False
+    for k, r in enumerate(c.rules):
+        if not restore and k % dsts == 0:
+            out += "nft "
+        body = rule_text(r, family)
+        if body is None:
+            failed = True
+            continue
+        out += f"{head} {body}\n" if restore else f"'{head} {body}'\n"
+    if failed:
+        out += commented(argv) + "\n"
+    return out
+
+
+def run_translate(argv: list[str], family: int, node: Node | None = None) -> tuple[int, str, str]:
+    """``iptables-translate ARGS``: exit status, stdout, stderr."""
+    from kproxy.iptables.commands import format_error
+
+    prog = "iptables-translate" if family == 4 else "ip6tables-translate"
+    try:
+        c = parse_command(argv, family)
+        if c.cmd == "V":
+            return 0, f"{prog} {VERSION}\n", ""
+        if c.cmd == "h":
+            return 0, usage(prog), ""
+        _check(c, family, node)
+        return 0, command_text(c, family, argv, restore=False, dsts=_dst_count(argv, family)), ""
+    except NotTranslated:
+        return 1, "nft ", "Translation not implemented\n"
+    except ParameterProblem as exc:
+        return format_error(exc, prog)[0], "", format_error(exc, prog)[1]
+
+
+def _dst_count(argv: list[str], family: int) -> int:
+    """How many destination addresses ``-d`` names (the inner loop of the tool's expansion)."""
+    from kproxy.iptables.parser import parse_nets
+
+    for i, w in enumerate(argv[:-1]):
+        if w in ("-d", "--destination", "--dst"):
+            return len(parse_nets(argv[i + 1], family))
+    return 1
+
+
+USAGE_RESTORE = ("{prog} 1.8.9 (c) 2014 by Pablo Neira Ayuso <pablo@netfilter.org>\n"
+                 "Usage: {prog} [-h] [-f <FILE>] [-V]\n\t[ --help ]\n\t[ --file=<FILE> ]\n\t[ --version ]\n")
+
+
+class _RestoreFailed(Exception):
+    def __init__(self, rc: int, message: str) -> None:
+        super().__init__(message)
+        self.rc = rc
+
+
+class RestoreTranslator:
+    """The restore file read line by line, printing as it goes (the output up to a failing line
+    stays printed, as the tool's does)."""
+
+    def __init__(self, family: int, node: Node | None) -> None:
+        self.family = family
+        self.node = node
+        self.fam = nft_family(family)
+        self.prog = "iptables-translate-restore" if family == 4 else "ip6tables-translate-restore"
+        self.table: str | None = None
+        self.out: list[str] = []
+
+    def param_error(self, message: str, lineno: int) -> _RestoreFailed:
+        return _RestoreFailed(2, f"{self.prog} {VERSION}: {message}\nError occurred at line: {lineno}\n"
+                                 f"Try `{self.prog} -h' or '{self.prog} --help' for more information.\n")
+
+    def line(self, text: str, lineno: int) -> None:
+        text = text.strip()
+        if not text or text.startswith("#"):
+            return
+        if text.startswith("*"):
+            self.start_table(text[1:].strip(), lineno)
+        elif text == "COMMIT":
+            self.table = None
+        elif text.startswith(":"):
+            self.chain(text, lineno)
+        else:
+            self.command(text, lineno)
+
+    def start_table(self, name: str, lineno: int) -> None:
+        if name not in TABLES:
+            raise self.param_error(f"{self.prog}: line {lineno} table name '{name}' invalid", lineno)
+        self.table = name
+        self.out.append(f"add table {self.fam} {name}\n")
+
+    def chain(self, text: str, lineno: int) -> None:
+        words = text[1:].split()
+        if self.table is None or not words:
+            raise _RestoreFailed(1, f"{self.prog}: line {lineno} failed\n")
+        name = words[0]
+        policy = words[1] if len(words) > 1 else "-"
+        base = BASE_CHAINS[self.table].get(name)
+        if base is None or policy == "-":
+            self.out.append(f"add chain {self.fam} {self.table} {name}\n")
+            return
+        kind, hook, prio = base
+        self.out.append(f"add chain {self.fam} {self.table} {name} {{ type {kind} hook {hook} priority {prio}; "
+                        f"policy {policy.lower()}; }}\n")
+
+    def command(self, text: str, lineno: int) -> None:
+        if self.table is None:
+            raise _RestoreFailed(1, f"{self.prog}: line {lineno} failed\n")
+        if text.startswith("["):
+            text = text[text.index("]") + 1:].lstrip() if "]" in text else text
+        argv = ["-t", self.table, *tokenize(text)]
+        try:
+            c = parse_command(argv[2:], self.family, restore=True, default_table=self.table)
+            _check(c, self.family, self.node)
+            self.out.append(command_text(c, self.family, argv, restore=True, dsts=_dst_count(argv, self.family)))
+        except ParameterProblem as exc:
+            raise self.param_error(str(exc), lineno) from None
+        except NotTranslated:
+            raise _RestoreFailed(1, f"{self.prog}: line {lineno} failed\n") from None
+
+
+def run_restore_translate(argv: list[str], family: int, stdin: str | None = None, node: Node | None = None,
+                          now: float | None = None) -> tuple[int, str, str]:
+    """``iptables-restore-translate -f FILE``: exit status, stdout, stderr."""
+    prog = "iptables-restore-translate" if family == 4 else "ip6tables-restore-translate"
+    path: str | None = None
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-V", "--version"):
+            return 0, f"{prog} v1.8.9\n", ""
+        if a in ("-h", "--help"):
+            return 0, USAGE_RESTORE.format(prog=prog), ""
+        if a in ("-f", "--file") and i + 1 < len(argv):
+            path = argv[i + 1]
+            i += 1
+        elif a.startswith("--file="):
+            path = a.split("=", 1)[1]
+        elif a.startswith("-f") and len(a) > 2:
+            path = a[2:]
+        i += 1
+    if path is None:
+        return 1, "", "ERROR: missing file name\n" + USAGE_RESTORE.format(prog=prog)
+    try:
+        text = stdin if path == "-" and stdin is not None else Path(path).read_text()
+    except OSError:
+        return 1, "", f"Cannot open file {path}\n"
+    stamp = time.ctime(now)
+    tr = RestoreTranslator(family, node)
+    tr.out.append(f"# Translated by {prog} v1.8.9 on {stamp}\n")
+    try:
+        for n, line in enumerate(text.splitlines(), 1):
+            tr.line(line, n)
+    except _RestoreFailed as exc:
+        return exc.rc, "".join(tr.out), str(exc)
+    tr.out.append(f"# Completed on {stamp}\n")
+    return 0, "".join(tr.out), ""
