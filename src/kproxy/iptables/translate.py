@@ -72,8 +72,10 @@ def proto_word(proto: int) -> str:
 
 def ifname(key: str, name: str | None, invert: bool) -> str:
     """``iifname "eth*"``: the ``+`` wildcard becomes nft's ``*``; a lone ``+`` matches anything."""
-    if name is None or name == "+":
+    if name is None or (name == "+" and not invert):
         return ""
+    if name == "+":
+        return f"{key} \"INVAL/D\""     # the tool's own placeholder for "no interface"
     text = name[:-1] + "*" if name.endswith("+") else name
     return f"{key} {'!= ' if invert else ''}\"{text}\""
 
@@ -117,9 +119,20 @@ def verdict_text(rule: Rule, xl: Xlate) -> str | None:
     return ""
 
 
+def joined(parts: list[str]) -> str:
+    """The parts with one space between them: a part that ends in a space (as some of the tool's
+    translations do) gets no second one."""
+    out = ""
+    for p in parts:
+        if p:
+            out += p if not out or out.endswith(" ") else " " + p
+    return out
+
+
 def rule_text(rule: Rule, family: int) -> str | None:
     """The nft rule body: header tests, matches, ``counter``, verdict, comment; None when any part
-    has no translation."""
+    has no translation. The comment is appended after a space of its own, so a verdict that ends
+    in a space (MARK's) leaves two before it."""
     xl = Xlate(family, rule)
     parts = header_parts(rule, family)
     for m in rule.matches:
@@ -132,9 +145,10 @@ def rule_text(rule: Rule, family: int) -> str | None:
     if verdict is None:
         return None
     parts.append(verdict)
+    body = joined(parts)
     if xl.comment is not None:
-        parts.append(f"comment \"{xl.comment}\"")
-    return " ".join(p for p in parts if p)
+        return f"{body} comment \"{xl.comment}\""
+    return body.rstrip(" ")
 
 
 def commented(argv: list[str]) -> str:
@@ -148,7 +162,7 @@ def _check(c: Any, family: int, node: Node | None) -> None:
     for r in c.rules:
         check_devices(c.chain, r)
         if c.table == "nat" and r.jump == "DROP":
-            raise ParameterProblem(NAT_DROP, usage_hint=False)
+            raise ParameterProblem(NAT_DROP)
         for e in (*r.matches, r.target):
             if e is not None and e.set_names():
                 try:

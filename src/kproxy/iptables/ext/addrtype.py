@@ -120,8 +120,8 @@ class AddrtypeMatch(Match):
             ("daddr", self.dst, self.dst_inv)
         names = [t.lower() for t in types or () if t in FIB_TYPES]
         iface = " . iif" if self.iface_in else " . oif" if self.iface_out else ""
-        value = names[0] if len(names) == 1 else "{ " + ", ".join(names) + " }"
-        return f"fib {key}{iface} type {'!= ' if inv else ''}{value}"
+        value = "" if not names else names[0] if len(names) == 1 else "{ " + ", ".join(names) + " }"
+        return f"fib {key}{iface} type {'!= ' if inv else ''}{value}".rstrip()
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         node = ctx.node

@@ -118,7 +118,7 @@ class ConnmarkTarget(Target):
         if self.mode == "set":
             value, mask = self.value, self.mask
             if mask == FULL:
-                return f"ct mark set 0x{value:x}"
+                return f"ct mark set 0x{value:x} "    # the tool's trailing space (seen before a comment)
             if value == 0:
                 return f"ct mark set ct mark and 0x{~mask & FULL:x}"
             if value == mask:

@@ -66,9 +66,9 @@ def parse_ctproto(call: XtCall) -> int:
 
 def state_xlate(states: list[str], invert: bool) -> str:
     """``ct state`` in the kernel's bit order; SNAT or DNAT among the states makes it the ct status
-    bit instead (only that one: the translator drops the rest)."""
+    bit instead (only that one, never inverted: the translator drops the rest)."""
     if "SNAT" in states or "DNAT" in states:
-        return f"ct status {'!= ' if invert else ''}{'snat' if 'SNAT' in states else 'dnat'}"
+        return f"ct status {'snat' if 'SNAT' in states else 'dnat'}"     # the tool drops the invert here
     return f"ct state {'! ' if invert else ''}{','.join(s.lower() for s in STATES[:5] if s in states)}"
 
 

@@ -145,9 +145,10 @@ class IcmpBase(Match):
         """A type with all its codes, by nft's name for it; a code or code range has no translation."""
         if self.any:
             return "ip protocol icmp"
-        if (self.code_min, self.code_max) != (0, 0xFF):
+        name = self.NFT_NAMES.get(self.type)
+        if (self.code_min, self.code_max) != (0, 0xFF) or name is None or \
+                not any(e[1:] == (self.type, 0, 0xFF) for e in self.TABLE):
             return None
-        name = self.NFT_NAMES.get(self.type, str(self.type))
         return f"{self.NFT_WORD} type {'!= ' if self.invert else ''}{name}"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:

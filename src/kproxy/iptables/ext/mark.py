@@ -141,9 +141,10 @@ class MarkTarget(Target):
         value, mask = self.value, self.mask
         kind = xmark_kind(value, mask, set_first=True)
         if kind == "set":
-            return f"meta mark set 0x{value:x}"
+            return f"meta mark set 0x{value:x} "      # the tool's trailing space (seen before a comment)
         keep = f"and 0x{(~mask) & FULL:x}"
-        return "meta mark set mark " + {"and": keep, "xset": f"{keep} xor 0x{value:x}"}.get(kind, f"{kind} 0x{value:x}")
+        op = {"and": keep, "xset": f"{keep} xor 0x{value:x}"}.get(kind, f"{kind} 0x{value:x}")
+        return f"meta mark set mark {op} "
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         pkt.mark = (pkt.mark & ~self.mask & FULL) ^ self.value

@@ -168,7 +168,7 @@ class PkttypeMatch(Match):
         return f"PKTTYPE {'!' if self.invert else ''}= {self.kind}"
 
     def translate(self, xl: Xlate) -> str:
-        kind = "host" if self.kind == "otherhost" else self.kind
+        kind = "3" if self.kind == "otherhost" else self.kind     # PACKET_OTHERHOST, by number
         return f"pkttype {'!= ' if self.invert else ''}{kind}"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:

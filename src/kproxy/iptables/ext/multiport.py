@@ -97,8 +97,10 @@ class MultiportMatch(Match):
             return str(lo) if lo == hi else f"{lo}-{hi}"
 
         if self.kind == "ports":
-            pairs = ", ".join(f"0-65535 . {one(lo, hi)}, {one(lo, hi)} . 0-65535" for lo, hi in self.ports)
-            return f"{p} sport . {p} dport {neq}{{ {pairs} }}"
+            # Each port value on its own (a range's two ends), and no ``!=``: as the tool does.
+            values = [v for lo, hi in self.ports for v in ((lo,) if lo == hi else (lo, hi))]
+            pairs = ", ".join(f"0-65535 . {v}, {v} . 0-65535" for v in values)
+            return f"{p} sport . {p} dport {{ {pairs} }}"
         key = f"{p} {self.kind[:-1]}"
         if len(self.ports) == 1:
             return f"{key} {neq}{one(*self.ports[0])}"

@@ -221,7 +221,7 @@ class PortMatch(Match):
         parts = []
         dinv = self.sinv if self.DPORT_INVERT_FROM_SPORT else self.dinv
         for word, rng, inv in (("sport", self.sport, self.sinv), ("dport", self.dport, dinv)):
-            if rng is not None and rng != FULL:
+            if rng is not None and (rng != FULL or self.PROTO == SCTP):
                 text = str(rng[0]) if rng[0] == rng[1] else f"{rng[0]}-{rng[1]}"
                 parts.append(f"{self.name} {word} {'!= ' if inv else ''}{text}")
         return " ".join(parts + self._xlate_extra())
