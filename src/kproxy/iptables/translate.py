@@ -185,7 +185,7 @@ def command_text(c: Any, family: int, argv: list[str], restore: bool, dsts: int 
         return f"{lead}delete chain {fam} {c.table} {c.chain or '(null)'}\n"
     if c.cmd == "F":
         return f"{lead}flush chain {where}\n" if c.chain else f"{lead}flush table {fam} {c.table}\n"
-    if c.cmd == "L" and not restore:
+    if c.cmd == "L":
         return f"{lead}list table {fam} {c.table}\n"
     raise NotTranslated()
 
@@ -214,7 +214,7 @@ def run_translate(argv: list[str], family: int, node: Node | None = None) -> tup
 
     prog = "iptables-translate" if family == 4 else "ip6tables-translate"
     try:
-        c = parse_command(argv, family)
+        c = _parse_any_table(argv, family)
         if c.cmd == "V":
             return 0, f"{prog} {VERSION}\n", ""
         if c.cmd == "h":
@@ -225,6 +225,20 @@ def run_translate(argv: list[str], family: int, node: Node | None = None) -> tup
         return 1, "nft ", "Translation not implemented\n"
     except ParameterProblem as exc:
         return format_error(exc, prog)[0], "", format_error(exc, prog)[1]
+
+
+def _parse_any_table(argv: list[str], family: int) -> Any:
+    """The command parsed as iptables parses it, except that any table name goes (the translator
+    never asks the kernel for the table)."""
+    table = None
+    args = list(argv)
+    for i, w in enumerate(args[:-1]):
+        if w in ("-t", "--table") and args[i + 1] not in TABLES:
+            table, args[i + 1] = args[i + 1], "filter"
+    c = parse_command(args, family)
+    if table is not None:
+        c.table = table
+    return c
 
 
 def _dst_count(argv: list[str], family: int) -> int:
@@ -307,7 +321,7 @@ class RestoreTranslator:
             _check(c, self.family, self.node)
             self.out.append(command_text(c, self.family, argv, restore=True, dsts=_dst_count(argv, self.family)))
         except ParameterProblem as exc:
-            raise self.param_error(str(exc), lineno) from None
+            raise self.param_error(str(exc).replace("iptables-restore.", f"{self.prog}."), lineno) from None
         except NotTranslated:
             raise _RestoreFailed(1, f"{self.prog}: line {lineno} failed\n") from None
 
