@@ -9,7 +9,6 @@ restore form declares each table and chain with the types, hooks and priorities 
 from __future__ import annotations
 
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,8 @@ from kproxy.iptables.commands import VERSION, check_devices, usage
 from kproxy.iptables.extension import ExtensionError, Xlate
 from kproxy.iptables.model import Net, Rule
 from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, tokenize
-from kproxy.packet import PROTO_NAMES, format_addr
+from kproxy.iptables.xtutil import proto_word
+from kproxy.packet import format_addr
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -46,28 +46,6 @@ class NotTranslated(Exception):
 
 def nft_family(family: int) -> str:
     return "ip" if family == 4 else "ip6"
-
-
-@lru_cache(maxsize=1)
-def _protocols() -> dict[int, str]:
-    """getprotobynumber's names: /etc/protocols where the system has one, else the common ones."""
-    names = dict(PROTO_NAMES)
-    try:
-        text = Path("/etc/protocols").read_text()
-    except OSError:
-        return names
-    seen: set[int] = set()
-    for line in text.splitlines():
-        words = line.split("#", 1)[0].split()
-        if len(words) >= 2 and words[1].isdigit() and int(words[1]) not in seen:
-            seen.add(int(words[1]))
-            names[int(words[1])] = words[0]
-    return names
-
-
-def proto_word(proto: int) -> str:
-    """The protocol's name as the translator prints it (its number when it has no name)."""
-    return _protocols().get(proto, str(proto))
 
 
 def ifname(key: str, name: str | None, invert: bool) -> str:
@@ -220,7 +198,7 @@ def run_translate(argv: list[str], family: int, node: Node | None = None) -> tup
         if c.cmd == "h":
             return 0, usage(prog), ""
         _check(c, family, node)
-        return 0, command_text(c, family, argv, restore=False, dsts=_dst_count(argv, family)), ""
+        return 0, command_text(c, family, argv, restore=False, dsts=_dst_count(argv, family)), "".join(c.warnings)
     except NotTranslated:
         return 1, "nft ", "Translation not implemented\n"
     except ParameterProblem as exc:
@@ -272,6 +250,7 @@ class RestoreTranslator:
         self.prog = "iptables-translate-restore" if family == 4 else "ip6tables-translate-restore"
         self.table: str | None = None
         self.out: list[str] = []
+        self.warnings: list[str] = []
 
     def param_error(self, message: str, lineno: int) -> _RestoreFailed:
         return _RestoreFailed(2, f"{self.prog} {VERSION}: {message}\nError occurred at line: {lineno}\n"
@@ -320,6 +299,7 @@ class RestoreTranslator:
             c = parse_command(argv[2:], self.family, restore=True, default_table=self.table)
             _check(c, self.family, self.node)
             self.out.append(command_text(c, self.family, argv, restore=True, dsts=_dst_count(argv, self.family)))
+            self.warnings += c.warnings
         except ParameterProblem as exc:
             raise self.param_error(str(exc).replace("iptables-restore.", f"{self.prog}."), lineno) from None
         except NotTranslated:
@@ -359,6 +339,6 @@ def run_restore_translate(argv: list[str], family: int, stdin: str | None = None
         for n, line in enumerate(text.splitlines(), 1):
             tr.line(line, n)
     except _RestoreFailed as exc:
-        return exc.rc, "".join(tr.out), str(exc)
+        return exc.rc, "".join(tr.out), "".join(tr.warnings) + str(exc)
     tr.out.append(f"# Completed on {stamp}\n")
-    return 0, "".join(tr.out), ""
+    return 0, "".join(tr.out), "".join(tr.warnings)
