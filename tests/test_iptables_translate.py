@@ -443,6 +443,37 @@ def test_untranslatable_rules_are_echoed_as_the_tool_echoes_them(family, line):
     assert run_translate(argv, family) == real([TOOLS[family], *argv])
 
 
+# Random combinations of header tests, matches and targets (a fixed seed and a fresh one).
+HEAD = ["-s 10.0.0.0/8", "! -s 10.1.2.3", "-d 192.168.0.1", "! -d 1.0.0.0/255.0.0.0", "-i eth0", "! -i veth+", "-f",
+        "! -f", "-s 0.0.0.0/0"]
+PROTO = ["-p tcp", "-p udp --dport 53", "-p tcp --sport 1:2 ! --dport 3", "-p tcp --syn", "-p tcp ! --tcp-flags SYN,ACK ACK",
+         "-p udp ! --sport 5 --dport 6", "-p sctp --dport 7", "-p icmp --icmp-type echo-request",
+         "-p tcp -m multiport --dports 1,2:3", "-p udp -m multiport ! --sports 4", "-p tcp -m tcp --tcp-option 8",
+         "! -p tcp", "-p 47", "-p icmp --icmp-type 3/1", "-p tcp -m multiport --ports 5,6"]
+MATCH = ["-m mark --mark 0x1/0xf", "-m connmark ! --mark 2", "-m comment --comment \"hello world\"",
+         "-m conntrack --ctstate NEW,RELATED", "-m conntrack ! --ctstatus ASSURED --ctdir REPLY", "-m state --state INVALID",
+         "-m addrtype --dst-type LOCAL", "-m addrtype ! --src-type BROADCAST,MULTICAST --limit-iface-in",
+         "-m limit --limit 10/min --limit-burst 3", "-m statistic --mode random --probability 0.25",
+         "-m statistic --mode nth --every 4 --packet 2", "-m iprange --src-range 1.1.1.1-1.1.1.9",
+         "-m mac ! --mac-source aa:bb:cc:dd:ee:ff", "-m pkttype --pkt-type broadcast", "-m length ! --length 10:20",
+         "-m recent --rcheck", "-m physdev --physdev-is-bridged", "-m conntrack --ctorigdst 10.0.0.0/16 --ctorigdstport 80"]
+TARGET = ["-j ACCEPT", "-j DROP", "-j RETURN", "-j FOO", "-g FOO", "-j MARK --set-xmark 0x4000/0x4000",
+          "-j CONNMARK --save-mark", "-j LOG --log-prefix \"x: \" --log-level 6", "-j REJECT --reject-with icmp-host-prohibited",
+          "-j TRACE", "-j CT --notrack", "", "-j QUEUE", "-j CONNMARK --set-mark 5", "-j MARK --set-mark 3"]
+
+
+@needs_tool
+@pytest.mark.parametrize("seed", [20261207, random.randrange(1 << 30)])
+def test_random_rules_translate_as_the_tool(seed):
+    rng = random.Random(seed)
+    for _ in range(120):
+        parts = rng.sample(HEAD, rng.randint(0, 2)) + rng.sample(PROTO, rng.randint(0, 1)) + \
+            rng.sample(MATCH, rng.randint(0, 3))
+        rng.shuffle(parts)
+        argv = ["-A", "INPUT", *shlex.split(" ".join([*parts, rng.choice(TARGET)]))]
+        assert run_translate(argv, 4) == real([TOOLS[4], *argv]), (seed, argv)
+
+
 # Commands other than -A/-I, and the errors and exit statuses.
 COMMANDS = [
     "-I INPUT -j ACCEPT", "-I INPUT 3 -j ACCEPT", "-N FOO", "-X FOO", "-X", "-F INPUT", "-F", "-L", "-t nat -L",
