@@ -327,7 +327,11 @@ RULES4 = [
     '-p udp -m multiport --dports 53 -j ACCEPT',
 ]
 
+RULES4 += ["-m limit --limit 3/s --limit-burst 0", "-m limit --limit 1/m", "-m limit --limit 1000/s",
+           "-j REJECT --reject-with port-unreach", "-j REJECT --reject-with tcp-rst", "-j LOG --log-level panic"]
 RULES6 = [
+    "-p icmpv6 -m icmpv6 --icmpv6-type 128", "-p ipv6-icmp -m icmp6 ! --icmpv6-type echo-reply",
+    "-j REJECT --reject-with port-unreach", "-j REJECT --reject-with no-route", "-m length --length 1280:65535",
     '-p udp ! --sport 53',
     '-p udp ! --sport 53 ! --dport 54',
     '-p tcp ! --dport 22',

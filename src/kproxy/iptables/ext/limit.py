@@ -96,6 +96,7 @@ class LimitMatch(Match):
         self.rate, self.unit = nft_rate(avg)
         self.avg = XT_LIMIT_SCALE * self.unit // self.rate      # what is read back from the kernel
         self.burst = burst or DEFAULT_BURST
+        self.given_burst = burst     # the translator prints no burst for --limit-burst 0
         self.cost = self.unit * NSEC_PER_SEC // self.rate
         self.tokens_max = self.cost * self.burst
         self.tokens = self.tokens_max
@@ -121,7 +122,8 @@ class LimitMatch(Match):
         self.tokens, self.last = int(data[0]), None if data[1] is None else int(data[1])
 
     def translate(self, xl: Xlate) -> str:
-        return f"limit rate {self.rate}/{dict((s, w) for w, s in UNIT_WORDS)[self.unit]} burst {self.burst} packets"
+        text = f"limit rate {self.rate}/{dict((s, w) for w, s in UNIT_WORDS)[self.unit]}"
+        return f"{text} burst {self.given_burst} packets" if self.given_burst else text
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         """nft_limit_eval: refill by the nanoseconds since the last packet, then try to pay the cost."""
