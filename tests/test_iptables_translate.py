@@ -435,6 +435,8 @@ UNTRANSLATABLE = [
     "-A INPUT -s 1.1.1.1,2.2.2.2 -m recent --set", "-A INPUT -d 1.1.1.1,2.2.2.2 -m recent --set",
     "-A INPUT -s 1.1.1.1,2.2.2.2,3.3.3.3 -d 4.4.4.4,5.5.5.5 -m recent --set",
     "-A INPUT -s 1.1.1.1,2.2.2.2 -d 3.3.3.3,4.4.4.4 -j ACCEPT",
+    "-A INPUT -s 1.1.1.1,2.2.2.2 --desti 3.3.3.3,4.4.4.4 -m recent --set",
+    "-A INPUT -s 1.1.1.1,1.1.1.1 -d 3.3.3.3,4.4.4.4",
 ]
 UNTRANSLATABLE6 = ["-A INPUT -p icmpv6 --icmpv6-type 1/3", "-A INPUT -p icmpv6 --icmpv6-type 130",
                    "-A INPUT -s ::1,::2 -m recent --set", "-A INPUT -s ::1,::2 -d ::3,::4 -j DROP"]
@@ -558,7 +560,8 @@ def test_restore_translate_as_the_tool(tmp_path, name, family):
 
 @needs_tool
 @pytest.mark.parametrize("argv", [[], ["-V"], ["-f", "/nonexistent/x.rules"], ["-f", "-"], ["x.rules"],
-                                  ["--file=/nonexistent"]])
+                                  ["--file=/nonexistent"], ["-f"], ["-h"], ["--help"], ["--bogus"],
+                                  ["-f", "/nonexistent", "-V"]])
 def test_restore_translate_arguments(argv):
     assert run_restore_translate(argv, 4) == real([RESTORE_TOOLS[4], *argv])
 

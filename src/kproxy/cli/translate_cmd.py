@@ -4,13 +4,9 @@ a ``-m set`` rule names must exist, as the real tool asks the kernel)."""
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from kproxy.cli.main import PASSTHROUGH, Ctx, cli, run_tool
-from kproxy.node import Node
-from kproxy.textio import read_stdin
 
 
 def _family(name: str) -> int:
@@ -36,14 +32,7 @@ def _make_restore_translate(name: str) -> None:
     def cmd(obj: Ctx, args: tuple[str, ...]) -> None:
         from kproxy.iptables.translate import run_restore_translate
 
-        argv = list(args)
-        wants_stdin = any(a in ("-", "--file=-", "-f-") for a in argv)
-        stdin = read_stdin() if wants_stdin and sys.stdin is not None and not sys.stdin.isatty() else None
-
-        def run(node: Node) -> tuple[int, str, str]:
-            return run_restore_translate(argv, _family(name), stdin, node)
-
-        run_tool(obj, run, mutates=False)
+        run_tool(obj, lambda node: run_restore_translate(list(args), _family(name), node), mutates=False)
 
     cmd.__doc__ = f"{name} -f FILE: an iptables-save file as the nft script iptables 1.8.9 translates it to."
 

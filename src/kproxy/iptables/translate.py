@@ -9,15 +9,16 @@ restore form declares each table and chain with the types, hooks and priorities 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.commands import VERSION, check_devices, usage
 from kproxy.iptables.extension import ExtensionError, Xlate
 from kproxy.iptables.model import Net, Rule
 from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, tokenize
+from kproxy.iptables.plan import parse_rule_line
 from kproxy.iptables.xtutil import proto_word
 from kproxy.packet import format_addr
+from kproxy.textio import read_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -198,7 +199,7 @@ def run_translate(argv: list[str], family: int, node: Node | None = None) -> tup
         if c.cmd == "h":
             return 0, usage(prog), ""
         _check(c, family, node)
-        return 0, command_text(c, family, argv, restore=False, dsts=_dst_count(argv, family)), "".join(c.warnings)
+        return 0, command_text(c, family, argv, restore=False, dsts=_dst_count(c.rules)), "".join(c.warnings)
     except NotTranslated:
         return 1, "nft ", "Translation not implemented\n"
     except ParameterProblem as exc:
@@ -219,14 +220,15 @@ def _parse_any_table(argv: list[str], family: int) -> Any:
     return c
 
 
-def _dst_count(argv: list[str], family: int) -> int:
-    """How many destination addresses ``-d`` names (the inner loop of the tool's expansion)."""
-    from kproxy.iptables.parser import parse_nets
-
-    for i, w in enumerate(argv[:-1]):
-        if w in ("-d", "--destination", "--dst"):
-            return len(parse_nets(argv[i + 1], family))
-    return 1
+def _dst_count(rules: list[Rule]) -> int:
+    """How many destination addresses each source address was expanded with (the inner loop of the
+    tool's expansion): the leading rules that share the first rule's source."""
+    n = 0
+    for r in rules:
+        if r.src is not rules[0].src:
+            break
+        n += 1
+    return max(n, 1)
 
 
 USAGE_RESTORE = ("{prog} 1.8.9 (c) 2014 by Pablo Neira Ayuso <pablo@netfilter.org>\n"
@@ -296,9 +298,9 @@ class RestoreTranslator:
             text = text[text.index("]") + 1:].lstrip() if "]" in text else text
         argv = ["-t", self.table, *tokenize(text)]
         try:
-            c = parse_command(argv[2:], self.family, restore=True, default_table=self.table)
+            c = parse_rule_line(argv[2:], self.family, self.table)
             _check(c, self.family, self.node)
-            self.out.append(command_text(c, self.family, argv, restore=True, dsts=_dst_count(argv, self.family)))
+            self.out.append(command_text(c, self.family, argv, restore=True, dsts=_dst_count(c.rules)))
             self.warnings += c.warnings
         except ParameterProblem as exc:
             raise self.param_error(str(exc).replace("iptables-restore.", f"{self.prog}."), lineno) from None
@@ -306,7 +308,7 @@ class RestoreTranslator:
             raise _RestoreFailed(1, f"{self.prog}: line {lineno} failed\n") from None
 
 
-def run_restore_translate(argv: list[str], family: int, stdin: str | None = None, node: Node | None = None,
+def run_restore_translate(argv: list[str], family: int, node: Node | None = None,
                           now: float | None = None) -> tuple[int, str, str]:
     """``iptables-restore-translate -f FILE``: exit status, stdout, stderr."""
     prog = "iptables-restore-translate" if family == 4 else "ip6tables-restore-translate"
@@ -317,7 +319,7 @@ def run_restore_translate(argv: list[str], family: int, stdin: str | None = None
         if a in ("-V", "--version"):
             return 0, f"{prog} v1.8.9\n", ""
         if a in ("-h", "--help"):
-            return 0, USAGE_RESTORE.format(prog=prog), ""
+            return 1, "", USAGE_RESTORE.format(prog=prog)
         if a in ("-f", "--file") and i + 1 < len(argv):
             path = argv[i + 1]
             i += 1
@@ -329,7 +331,7 @@ def run_restore_translate(argv: list[str], family: int, stdin: str | None = None
     if path is None:
         return 1, "", "ERROR: missing file name\n" + USAGE_RESTORE.format(prog=prog)
     try:
-        text = stdin if path == "-" and stdin is not None else Path(path).read_text()
+        text = read_text(path)      # "-" is a file name here too (use /dev/stdin), as for the tool
     except OSError:
         return 1, "", f"Cannot open file {path}\n"
     stamp = time.ctime(now)
