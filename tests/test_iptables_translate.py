@@ -714,3 +714,10 @@ def test_the_real_nft_refuses_the_raw_kube_proxy_translation_too(kernel_ns, tmp_
     theirs = kernel_ns.run(["nft", "-c", "-f", str(path)], check=False)
     _, err, _ = nft_node(script)
     assert theirs.returncode == 1 and theirs.stderr.replace(str(path), "/dev/stdin") == err
+    # The translation of the same rules without the option-less matches loads in the real nft too.
+    same = tmp_path / "same.rules"
+    same.write_text(re.sub(r" -m (tcp|udp) -j DNAT", " -j DNAT", (ROOT / "examples" / "iptables.rules").read_text()))
+    rc, script, _ = run_restore_translate(["-f", str(same)], 4)
+    path.write_text(script)
+    loaded = kernel_ns.run(["nft", "-f", str(path)], check=False)
+    assert (rc, loaded.returncode, loaded.stderr) == (0, 0, "")
