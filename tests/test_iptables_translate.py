@@ -558,6 +558,33 @@ def test_restore_translate_as_the_tool(tmp_path, name, family):
         unstamped(real([RESTORE_TOOLS[family], "-f", str(path)]))
 
 
+RESTORE_RULES = [
+    "-A INPUT -p tcp --dport 80 -j ACCEPT", "-A FOO -m recent --set", "-I INPUT -s 1.1.1.1,2.2.2.2 -j DROP", "-N BAR",
+    "-X BAR", "-F", "-F INPUT", "-A INPUT -o eth0", "-D INPUT 1", "-A INPUT -s ::1 -j FOO",
+    "-A INPUT -m mark --mark 1 -j MARK --set-mark 2 -m comment --comment \"c d\"", "-A OUTPUT -j DROP",
+    "-A PREROUTING -j DNAT --to-destination 1.1.1.1", "-A POSTROUTING -j MASQUERADE", "[1:2] -A INPUT -j ACCEPT",
+    "-A INPUT -j RETURN", "-A INPUT ! -p udp -j QUEUE", "-P INPUT DROP", "-L"]
+RESTORE_CHAINS = [":INPUT ACCEPT [0:0]", ":FOO - [0:0]", ":PREROUTING DROP [1:1]", ":OUTPUT ACCEPT",
+                  ":POSTROUTING ACCEPT [0:0]", ":BAR - [0:0]"]
+
+
+@needs_tool
+@pytest.mark.parametrize("seed", [20261207, random.randrange(1 << 30)])
+def test_random_restore_files_translate_as_the_tool(tmp_path, seed):
+    rng = random.Random(seed)
+    path = tmp_path / "r.rules"
+    for _ in range(80):
+        lines = []
+        for table in rng.sample(["filter", "nat", "mangle", "raw", "security"], rng.randint(1, 3)):
+            lines += [f"*{table}", *rng.sample(RESTORE_CHAINS, rng.randint(0, 3))]
+            lines += [rng.choice(RESTORE_RULES) for _ in range(rng.randint(0, 4))]
+            lines += ["COMMIT"] if rng.random() < 0.9 else []
+        path.write_text("\n".join(lines) + "\n")
+        family = rng.choice([4, 6])
+        assert unstamped(run_restore_translate(["-f", str(path)], family)) == \
+            unstamped(real([RESTORE_TOOLS[family], "-f", str(path)])), (seed, lines)
+
+
 @needs_tool
 @pytest.mark.parametrize("argv", [[], ["-V"], ["-f", "/nonexistent/x.rules"], ["-f", "-"], ["x.rules"],
                                   ["--file=/nonexistent"], ["-f"], ["-h"], ["--help"], ["--bogus"],

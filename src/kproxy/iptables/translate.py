@@ -138,10 +138,10 @@ def commented(argv: list[str]) -> str:
 def _check(c: Any, family: int, node: Node | None) -> None:
     """What the translator's parser refuses besides what ours does: -i/-o on the wrong built-in
     chain, DROP in the nat table, a named ipset that does not exist."""
+    if c.table == "nat" and ((c.cmd == "P" and c.arg == "DROP") or any(r.jump == "DROP" for r in c.rules)):
+        raise ParameterProblem(NAT_DROP)
     for r in c.rules:
         check_devices(c.chain, r)
-        if c.table == "nat" and r.jump == "DROP":
-            raise ParameterProblem(NAT_DROP)
         for e in (*r.matches, r.target):
             if e is not None and e.set_names():
                 try:
@@ -193,7 +193,7 @@ def run_translate(argv: list[str], family: int, node: Node | None = None) -> tup
 
     prog = "iptables-translate" if family == 4 else "ip6tables-translate"
     try:
-        c = _parse_any_table(argv, family)
+        c = parse_as_translator(argv, family)
         if c.cmd == "V":
             return 0, f"{prog} {VERSION}\n", ""
         if c.cmd == "h":
@@ -204,6 +204,27 @@ def run_translate(argv: list[str], family: int, node: Node | None = None) -> tup
         return 1, "nft ", "Translation not implemented\n"
     except ParameterProblem as exc:
         return format_error(exc, prog)[0], "", format_error(exc, prog)[1]
+
+
+def parse_as_translator(argv: list[str], family: int, restore_table: str | None = None) -> Any:
+    """The command parsed; the tool resolves addresses only after its check that the nat table has
+    no DROP, so that error wins over a bad address."""
+    try:
+        if restore_table is not None:
+            return parse_rule_line(argv, family, restore_table)
+        return _parse_any_table(argv, family)
+    except ParameterProblem as exc:
+        table = restore_table or next((argv[i + 1] for i, w in enumerate(argv[:-1]) if w in ("-t", "--table")), "")
+        bad_address = str(exc).startswith(("host/network", "invalid mask"))
+        if bad_address and table == "nat" and _names_drop(argv):
+            raise ParameterProblem(NAT_DROP) from None
+        raise
+
+
+def _names_drop(argv: list[str]) -> bool:
+    """``-j DROP`` or ``-P CHAIN DROP`` among the words."""
+    return any(w in ("-j", "--jump") and argv[i + 1] == "DROP" or w in ("-P", "--policy") and argv[i + 2:i + 3] == ["DROP"]
+               for i, w in enumerate(argv[:-1]))
 
 
 def _parse_any_table(argv: list[str], family: int) -> Any:
@@ -298,7 +319,7 @@ class RestoreTranslator:
             text = text[text.index("]") + 1:].lstrip() if "]" in text else text
         argv = ["-t", self.table, *tokenize(text)]
         try:
-            c = parse_rule_line(argv[2:], self.family, self.table)
+            c = parse_as_translator(argv[2:], self.family, self.table)
             _check(c, self.family, self.node)
             self.out.append(command_text(c, self.family, argv, restore=True, dsts=_dst_count(c.rules)))
             self.warnings += c.warnings
