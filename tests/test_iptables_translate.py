@@ -654,9 +654,12 @@ def node_with_sets() -> Node:
 def test_set_rules_need_the_set_and_are_not_translated(kernel_ns):
     kernel_ns.run(["ipset", "create", "foo", "hash:ip"])
     node = node_with_sets()
-    for line in SET_CASES:
-        argv = rule_argv(line)
-        assert run_translate(argv, 4, node) == real([TOOLS[4], *argv], kernel_ns.name), line
+    kernel_ns.run(["ipset", "create", "foo6", "hash:net", "family", "inet6"])
+    run_ipset(["create", "foo6", "hash:net", "family", "inet6"], node.ipsets, 0.0)
+    for family in (4, 6):
+        for line in [*SET_CASES, "-m set --match-set foo6 src", "-j SET --add-set foo6 dst"]:
+            argv = rule_argv(line)
+            assert run_translate(argv, family, node) == real([TOOLS[family], *argv], kernel_ns.name), line
 
 
 def test_set_rules_without_the_tool():

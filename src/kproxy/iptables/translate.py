@@ -144,10 +144,21 @@ def _check(c: Any, family: int, node: Node | None) -> None:
         check_devices(c.chain, r)
         for e in (*r.matches, r.target):
             if e is not None and e.set_names():
-                try:
-                    e.check(node)
-                except ExtensionError as exc:
-                    raise ParameterProblem(str(exc)) from None
+                _check_sets(e, family, node)
+
+
+def _check_sets(e: Any, family: int, node: Node | None) -> None:
+    """libxt_set's checks when the rule is parsed: the set exists and is of the rule's family."""
+    try:
+        e.check(node)
+    except ExtensionError as exc:
+        raise ParameterProblem(str(exc)) from None
+    assert node is not None     # check() refused a missing node
+    for name in e.set_names():
+        fam = getattr(node.ipsets.get(name), "family", "inet")
+        if fam in ("inet", "inet6") and (fam == "inet6") != (family == 6):
+            raise ParameterProblem(f"The protocol family of set {name} is {'IPv6' if fam == 'inet6' else 'IPv4'}, "
+                                   "which is not applicable.\n")
 
 
 def command_text(c: Any, family: int, argv: list[str], restore: bool, dsts: int = 1) -> str:
