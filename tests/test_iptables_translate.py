@@ -683,12 +683,13 @@ PACKETS = [  # (source, destination, protocol, destination port, arriving on)
 ]
 
 
-def fates(node: Node, rounds: int) -> list[tuple[object, ...]]:
+def fates(node: Node, rounds: int, packets: list[tuple[str, str, str, int, str]] = PACKETS) -> list[tuple[object, ...]]:
+    """What becomes of each packet (new connections, the node's random source seeded alike)."""
     node.subsystems["rng"] = random.Random(7)
     node.clock = 1000.0
     out = []
     for i in range(rounds):
-        for src, dst, proto, dport, dev in PACKETS:
+        for src, dst, proto, dport, dev in packets:
             pkt = Packet.make(src, dst, proto, 40000 + i, dport, tcp_flags=SYN if proto == "tcp" else 0)
             res = node.receive(pkt, dev)
             p = res.packet
@@ -733,6 +734,63 @@ def test_kube_proxy_dump_translation_routes_packets_as_the_original(tmp_path):
     # The packets did meet the rules: DNAT to several endpoints, masquerade, a reject.
     assert {f[4] for f in theirs if f[5] == 8080} >= {"10.244.1.6", "10.244.2.6"}
     assert any(f[0] == "rejected" for f in theirs) and any(f[2] == "10.244.1.1" for f in theirs)
+
+
+KUBE6 = """*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-A - [0:0]
+:KUBE-SEP-1 - [0:0]
+:KUBE-SEP-2 - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+-A KUBE-POSTROUTING -j MASQUERADE --random-fully
+-A KUBE-SERVICES -d fd00:96::10/128 -p tcp -m comment --comment "ns/a:http cluster IP" --dport 80 -j KUBE-SVC-A
+-A KUBE-SVC-A ! -s fd00:244::/64 -d fd00:96::10/128 -p tcp --dport 80 -j KUBE-MARK-MASQ
+-A KUBE-SVC-A -m statistic --mode random --probability 0.5 -j KUBE-SEP-1
+-A KUBE-SVC-A -j KUBE-SEP-2
+-A KUBE-SEP-1 -p tcp -j DNAT --to-destination [fd00:244::6]:8080
+-A KUBE-SEP-2 -p tcp -j DNAT --to-destination [fd00:244:0:2::6]:8080
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -d fd00:96::99/128 -p tcp -m tcp --dport 80 -j REJECT --reject-with icmp6-port-unreachable
+-A FORWARD -m conntrack --ctstate INVALID -j DROP
+COMMIT
+"""
+NODE6 = {"name": "w6", "interfaces": [{"name": "eth0", "addresses": ["2001:db8::10/64"]},
+                                      {"name": "cni0", "addresses": ["fd00:244::1/64"]}],
+         "routes": ["::/0 via 2001:db8::1 dev eth0", "fd00:244:0:2::/64 via 2001:db8::11 dev eth0"]}
+PACKETS6 = [("fd00:244::5", "fd00:96::10", "tcp", 80, "cni0"), ("2001:db8::50", "fd00:96::10", "tcp", 80, "eth0"),
+            ("fd00:244::5", "fd00:96::99", "tcp", 80, "cni0"), ("fd00:244::5", "2001:db8::77", "tcp", 22, "cni0")]
+
+
+def test_ipv6_kube_proxy_rules_translated_route_packets_as_the_originals(tmp_path):
+    path = tmp_path / "kube6.rules"
+    path.write_text(KUBE6)
+    rc, script, _ = run_restore_translate(["-f", str(path)], 6)
+    assert rc == 0 and "meta l4proto tcp counter dnat to [fd00:244::6]:8080" in script
+    translated = Node.from_description(NODE6)
+    rc, _, err, rs = run_nft(["-f", "-"], node_ruleset(translated), script, set(translated.interfaces))
+    assert rc == 0, err
+    translated.nftables = rs
+    assert attach(translated) == []
+    original = Node.from_description(NODE6)
+    original.iptables_restore(KUBE6, family=6)
+    ours, theirs = fates(translated, 4, PACKETS6), fates(original, 4, PACKETS6)
+    assert ours == theirs
+    assert {f[4] for f in theirs if f[5] == 8080} == {"fd00:244::6", "fd00:244:0:2::6"}
+    assert any(f[6] == "icmp6-port-unreachable" for f in theirs) and any(f[2] == "2001:db8::10" for f in theirs)
+    if os.path.exists(RESTORE_TOOLS[6]):
+        assert unstamped((rc, script, "")) == unstamped(real([RESTORE_TOOLS[6], "-f", str(path)]))
 
 
 @pytest.mark.kernel
