@@ -679,7 +679,14 @@ PACKETS = [  # (source, destination, protocol, destination port, arriving on)
     ("10.244.1.5", "10.96.200.1", "tcp", 8080, "cni0"),      # a Service without endpoints: rejected
     ("192.168.1.50", "10.96.0.1", "tcp", 443, "eth0"),       # from outside the cluster: masqueraded
     ("10.244.1.5", "10.244.2.9", "tcp", 22, "cni0"),         # not a Service: routed untouched
-    ("192.168.1.50", "192.168.1.10", "tcp", 22, "eth0"),     # to the node itself
+    ("192.168.1.50", "192.168.1.10", "tcp", 22, "eth0"),     # to the node itself (ssh)
+    ("8.8.8.8", "192.168.1.10", "tcp", 10250, "eth0"),       # the host firewall (prod): dropped from outside
+    ("192.168.1.50", "192.168.1.10", "tcp", 10250, "eth0"),  # ... accepted from the node network
+    ("192.168.1.50", "192.168.1.10", "icmp", 0, "eth0"),     # echo request under a limit
+    ("192.168.1.11", "192.168.1.10", "udp", 8472, "eth0"),   # flannel VXLAN, untracked
+    ("8.8.8.8", "192.168.1.10", "tcp", 9100, "eth0"),        # Docker's published port
+    ("10.244.1.5", "192.168.1.10", "udp", 53, "cni0"),       # a pod asking the node
+    ("10.244.1.5", "8.8.8.8", "tcp", 443, "cni0"),           # a pod going out: masqueraded by flannel
 ]
 
 
@@ -690,7 +697,8 @@ def fates(node: Node, rounds: int, packets: list[tuple[str, str, str, int, str]]
     out = []
     for i in range(rounds):
         for src, dst, proto, dport, dev in packets:
-            pkt = Packet.make(src, dst, proto, 40000 + i, dport, tcp_flags=SYN if proto == "tcp" else 0)
+            extra = {"tcp_flags": SYN} if proto == "tcp" else {"icmp_type": 8} if proto == "icmp" else {}
+            pkt = Packet.make(src, dst, proto, 40000 + i, dport, **extra)
             res = node.receive(pkt, dev)
             p = res.packet
             out.append((res.fate, res.out_dev, p.src_str, p.sport, p.dst_str, p.dport, res.reject_with))
@@ -710,10 +718,11 @@ def nft_node(script: str) -> tuple[int, str, Node]:
     return rc, err, node
 
 
-def test_kube_proxy_dump_translation_routes_packets_as_the_original(tmp_path):
+@pytest.mark.parametrize("dump", ["iptables.rules", "iptables-prod.rules"])
+def test_kube_proxy_dump_translation_routes_packets_as_the_original(tmp_path, dump):
     # iptables-translate 1.8.9 drops ``-p tcp`` when an option-less ``-m tcp`` follows it, so the raw
     # dump's ``dnat to ADDR:PORT`` rules have no protocol and nft refuses them, as the real nft does.
-    original = (ROOT / "examples" / "iptables.rules").read_text()
+    original = (ROOT / "examples" / dump).read_text()
     path = tmp_path / "kube.rules"
     path.write_text(original)
     rc, script, _ = run_restore_translate(["-f", str(path)], 4)
@@ -724,7 +733,7 @@ def test_kube_proxy_dump_translation_routes_packets_as_the_original(tmp_path):
     same = re.sub(r" -m (tcp|udp) -j DNAT", " -j DNAT", original)
     path.write_text(same)
     rc, script, _ = run_restore_translate(["-f", str(path)], 4)
-    assert rc == 0 and "ip protocol tcp counter dnat to 10.244.1.6:8080" in script
+    assert rc == 0 and "ip protocol tcp counter dnat to 10.244.1.6:8080" in script and "\n# -t" not in script
     rc, err, translated = nft_node(script)
     assert rc == 0, err
     iptables_node = kube_node()
@@ -734,6 +743,7 @@ def test_kube_proxy_dump_translation_routes_packets_as_the_original(tmp_path):
     # The packets did meet the rules: DNAT to several endpoints, masquerade, a reject.
     assert {f[4] for f in theirs if f[5] == 8080} >= {"10.244.1.6", "10.244.2.6"}
     assert any(f[0] == "rejected" for f in theirs) and any(f[2] == "10.244.1.1" for f in theirs)
+    assert {f[0] for f in theirs} >= {"forwarded", "delivered", "rejected"}
 
 
 KUBE6 = """*nat
