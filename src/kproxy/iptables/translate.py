@@ -9,12 +9,12 @@ restore form declares each table and chain with the types, hooks and priorities 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kproxy.iptables.commands import VERSION, check_devices, usage
-from kproxy.iptables.extension import ExtensionError, Xlate
+from kproxy.iptables.extension import Extension, ExtensionError, Xlate
 from kproxy.iptables.model import Net, Rule
-from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, tokenize
+from kproxy.iptables.parser import TABLES, Command, ParameterProblem, parse_command, tokenize
 from kproxy.iptables.plan import parse_rule_line
 from kproxy.iptables.xtutil import proto_word
 from kproxy.packet import format_addr
@@ -135,7 +135,7 @@ def commented(argv: list[str]) -> str:
     return "# " + "".join(("" if w == "!" else w) + " " for w in argv)
 
 
-def _check(c: Any, family: int, node: Node | None) -> None:
+def _check(c: Command, family: int, node: Node | None) -> None:
     """What the translator's parser refuses besides what ours does: -i/-o on the wrong built-in
     chain, DROP in the nat table, a named ipset that does not exist."""
     if c.table == "nat" and ((c.cmd == "P" and c.arg == "DROP") or any(r.jump == "DROP" for r in c.rules)):
@@ -147,13 +147,14 @@ def _check(c: Any, family: int, node: Node | None) -> None:
                 _check_sets(e, family, node)
 
 
-def _check_sets(e: Any, family: int, node: Node | None) -> None:
+def _check_sets(e: Extension, family: int, node: Node | None) -> None:
     """libxt_set's checks when the rule is parsed: the set exists and is of the rule's family."""
+    if node is None:
+        raise ParameterProblem(f"Set {e.set_names()[0]} doesn't exist.\n")
     try:
         e.check(node)
     except ExtensionError as exc:
         raise ParameterProblem(str(exc)) from None
-    assert node is not None     # check() refused a missing node
     for name in e.set_names():
         fam = getattr(node.ipsets.get(name), "family", "inet")
         if fam in ("inet", "inet6") and (fam == "inet6") != (family == 6):
@@ -161,7 +162,7 @@ def _check_sets(e: Any, family: int, node: Node | None) -> None:
                                    "which is not applicable.\n")
 
 
-def command_text(c: Any, family: int, argv: list[str], restore: bool, dsts: int = 1) -> str:
+def command_text(c: Command, family: int, argv: list[str], restore: bool, dsts: int = 1) -> str:
     """One parsed command as the translator prints it (``nft '...'`` lines, or restore lines)."""
     fam = nft_family(family)
     where = f"{fam} {c.table} {c.chain}"
@@ -180,7 +181,7 @@ def command_text(c: Any, family: int, argv: list[str], restore: bool, dsts: int 
     raise NotTranslated()
 
 
-def _rules_text(c: Any, family: int, argv: list[str], head: str, restore: bool, dsts: int) -> str:
+def _rules_text(c: Command, family: int, argv: list[str], head: str, restore: bool, dsts: int) -> str:
     """Each -s × -d combination is one rule; the tool prints ``nft `` once per source address, and
     a rule without a translation once, commented out, after them."""
     out = ""
@@ -217,7 +218,7 @@ def run_translate(argv: list[str], family: int, node: Node | None = None) -> tup
         return format_error(exc, prog)[0], "", format_error(exc, prog)[1]
 
 
-def parse_as_translator(argv: list[str], family: int, restore_table: str | None = None) -> Any:
+def parse_as_translator(argv: list[str], family: int, restore_table: str | None = None) -> Command:
     """The command parsed; the tool resolves addresses only after its check that the nat table has
     no DROP, so that error wins over a bad address."""
     try:
@@ -238,7 +239,7 @@ def _names_drop(argv: list[str]) -> bool:
                for i, w in enumerate(argv[:-1]))
 
 
-def _parse_any_table(argv: list[str], family: int) -> Any:
+def _parse_any_table(argv: list[str], family: int) -> Command:
     """The command parsed as iptables parses it, except that any table name goes (the translator
     never asks the kernel for the table)."""
     table = None
