@@ -476,6 +476,10 @@ class ChainRunner:
             return pkt.meta.get(key[2:]) if pkt.local else None
         if key == "nftrace":
             return int(pkt.trace)
+        if key == "random":     # the node's one random source, which -m statistic draws from too
+            from kproxy.iptables.ext.statistic import node_rng
+
+            return node_rng(self.node).getrandbits(32)
         raise Unsupported(f"meta {key}")
 
     def fib(self, e: Fib, pkt: Packet, state: HookState) -> Any:
