@@ -819,3 +819,19 @@ def test_the_real_nft_refuses_the_raw_kube_proxy_translation_too(kernel_ns, tmp_
     path.write_text(script)
     loaded = kernel_ns.run(["nft", "-f", str(path)], check=False)
     assert (rc, loaded.returncode, loaded.stderr) == (0, 0, "")
+
+
+@needs_tool
+@pytest.mark.parametrize("body", ["-N BAR\n-P INPUT DROP", "-N BAR\n-A INPUT -j ACCEPT\n-P INPUT DROP",
+                                  "-N BAR\n-X BAR\n-P INPUT DROP", "-N BAR\n-F\n-P INPUT DROP",
+                                  "-N BAR\n-D INPUT 1", "-N BAR\n-Z", "-N BAR\n-E BAR BAZ",
+                                  "-N BAR\nCOMMIT\n*nat\n-N FOO\n-I PREROUTING -j ACCEPT\n-P INPUT ACCEPT",
+                                  "-N BAR\n-A INPUT -j ACCEPT\n-N BAR\n-P INPUT DROP",
+                                  ":BAR - [0:0]\n-N BAR\n-P INPUT DROP", "-A INPUT -j BAR\n-N BAR\n-P INPUT DROP",
+                                  "-N BAR\nCOMMIT\n*mangle\n-A OUTPUT -j DROP\n-N BAR\n-P INPUT DROP"])
+def test_restore_failure_carries_the_errno_a_new_chain_left(tmp_path, body):
+    """iptables 1.8.9's translator appends strerror(ENOENT) to 'line N failed' after a -N, until a rule command."""
+    path = tmp_path / "r.rules"
+    path.write_text(f"*filter\n{body}\nCOMMIT\n")
+    assert unstamped(run_restore_translate(["-f", str(path)], 4)) == \
+        unstamped(real([RESTORE_TOOLS[4], "-f", str(path)]))

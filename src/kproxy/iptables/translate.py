@@ -286,6 +286,10 @@ class RestoreTranslator:
         self.table: str | None = None
         self.out: list[str] = []
         self.warnings: list[str] = []
+        # errno as the tool leaves it: a -N of a name it never tried to load as a target extension
+        # sets ENOENT (a failed load is remembered, so a second try sets nothing); rule commands reset it
+        self.enoent = False
+        self.tried: set[str] = set()
 
     def param_error(self, message: str, lineno: int) -> _RestoreFailed:
         return _RestoreFailed(2, f"{self.prog} {VERSION}: {message}\nError occurred at line: {lineno}\n"
@@ -313,8 +317,9 @@ class RestoreTranslator:
     def chain(self, text: str, lineno: int) -> None:
         words = text[1:].split()
         if self.table is None or not words:
-            raise _RestoreFailed(1, f"{self.prog}: line {lineno} failed\n")
+            raise self.failed(lineno)
         name = words[0]
+        self.tried.add(name)
         policy = words[1] if len(words) > 1 else "-"
         base = BASE_CHAINS[self.table].get(name)
         if base is None or policy == "-":
@@ -324,12 +329,22 @@ class RestoreTranslator:
         self.out.append(f"add chain {self.fam} {self.table} {name} {{ type {kind} hook {hook} priority {prio}; "
                         f"policy {policy.lower()}; }}\n")
 
+    def failed(self, lineno: int) -> _RestoreFailed:
+        """The tool's one-line failure; it ends with strerror(ENOENT) while the errno a ``-N`` left behind
+        is still set (rule commands reset it), a quirk of iptables 1.8.9's translator."""
+        why = ": No chain/target/match by that name." if self.enoent else ""
+        return _RestoreFailed(1, f"{self.prog}: line {lineno} failed{why}\n")
+
     def command(self, text: str, lineno: int) -> None:
         if self.table is None:
-            raise _RestoreFailed(1, f"{self.prog}: line {lineno} failed\n")
+            raise self.failed(lineno)
         if text.startswith("["):
             text = text[text.index("]") + 1:].lstrip() if "]" in text else text
         argv = ["-t", self.table, *tokenize(text)]
+        verb = next((a for a in argv[2:] if a in _VERBS), "")
+        if _VERBS.get(verb) == "rule":
+            self.enoent = False
+            self.tried.update(argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-j", "--jump", "-g", "--goto"))
         try:
             c = parse_as_translator(argv[2:], self.family, self.table)
             _check(c, self.family, self.node)
@@ -338,7 +353,15 @@ class RestoreTranslator:
         except ParameterProblem as exc:
             raise self.param_error(str(exc).replace("iptables-restore.", f"{self.prog}."), lineno) from None
         except NotTranslated:
-            raise _RestoreFailed(1, f"{self.prog}: line {lineno} failed\n") from None
+            raise self.failed(lineno) from None
+        if _VERBS.get(verb) == "new":
+            name = argv[argv.index(verb) + 1] if argv.index(verb) + 1 < len(argv) else ""
+            self.enoent = self.enoent or name not in self.tried
+            self.tried.add(name)
+
+
+_VERBS = {**dict.fromkeys(("-A", "--append", "-I", "--insert", "-D", "--delete", "-R", "--replace"), "rule"),
+          **dict.fromkeys(("-N", "--new-chain"), "new")}
 
 
 def run_restore_translate(argv: list[str], family: int, node: Node | None = None,
