@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kproxy.nftables.expr import Opts
 from kproxy.nftables.lexer import Token
 from kproxy.nftables.listing import (
+    chain_json,
     chain_text,
     dump_json,
+    obj_json,
     obj_text,
-    ruleset_json,
-    ruleset_text,
+    rule_json,
+    set_json,
     set_text,
     table_items_json,
+    table_json,
     table_text,
 )
-from kproxy.nftables.model import FAMILIES, Ruleset, Table
+from kproxy.nftables.model import FAMILIES, Chain, NSet, Ruleset, Table
 from kproxy.nftables.parser import NftError, Parser, loc
 
 USAGE = "Usage: nft [ options ] [ cmds... ]\n"
@@ -149,26 +154,54 @@ def kept_counters(before: Ruleset, failed: Ruleset, passes: int) -> Ruleset:
     return out
 
 
-def listed_blocks(t: Table, kind: str, o: Opts, verb: str) -> str:
-    """One table's sets, maps, chains (headers only) or stateful objects of a kind, as ``list sets`` shows them;
-    ``reset`` zeroes the objects after printing them."""
+def listed_objects(t: Table, kind: str) -> list[Any]:
+    """One table's sets, maps, chains or stateful objects of a kind, in listing order."""
     if kind in ("set", "map"):
-        blocks = [set_text(s, o) for s in t.sets.values() if not s.anonymous and s.is_map == (kind == "map")]
+        return [s for s in t.sets.values() if not s.anonymous and s.is_map == (kind == "map")]
+    if kind == "chain":
+        return list(t.chains.values())
+    return [ob for ob in t.objs.values() if ob.kind == kind]
+
+
+def listed_blocks(t: Table, kind: str, o: Opts, verb: str, as_json: bool = False) -> Any:
+    """``list sets`` (chains, counters, ...) for one table: its text block, or its JSON items with ``-j``;
+    ``reset`` zeroes the objects after printing them."""
+    objs = listed_objects(t, kind)
+    if as_json:
+        items = [item_json(t, ob, o) for ob in objs]
+    elif kind in ("set", "map"):
+        blocks = [set_text(s, o) for s in objs]
     elif kind == "chain":
-        blocks = [chain_text(t, c, o, rules=False) for c in t.chains.values()]
+        blocks = [chain_text(t, c, o, rules=False) for c in objs]
     else:
-        objs = [ob for ob in t.objs.values() if ob.kind == kind]
         blocks = [obj_text(ob, o) for ob in objs]
-        if verb == "reset":
-            for ob in objs:
-                ob.values.update(packets=0, bytes=0, used=0)
+    if verb == "reset" and kind not in ("set", "map", "chain"):
+        for ob in objs:
+            ob.values.update(packets=0, bytes=0, used=0)
+    if as_json:
+        return items
     if not blocks:
         return ""
     return f"table {t.family} {t.name} {{\n" + "\n".join(blocks) + "\n}\n"
 
 
+def item_json(t: Table, ob: Any, o: Opts) -> Any:
+    """The JSON item of one set, chain (header only) or stateful object."""
+    if isinstance(ob, NSet):
+        return set_json(t, ob, o)
+    if isinstance(ob, Chain):
+        return chain_json(t, ob)
+    return obj_json(t, ob, o)
+
+
 def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> str:
-    """The output of ``list ...`` / ``reset ...``."""
+    """The output of ``list ...`` / ``reset ...``: nft's text, or its JSON document with ``-j``."""
+    out = listing(verb, toks, rs, o, as_json)
+    return dump_json(out) if as_json else out
+
+
+def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> Any:
+    """One list/reset request: its text, or (``as_json``) its list of JSON items."""
     if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits") and \
             toks[1].text == "table":
         toks = [toks[0], *toks[2:]]
@@ -187,49 +220,52 @@ def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) ->
     family = rest[0] if rest and rest[0] in FAMILIES else None
     names = rest[1:] if family else rest
     family = family or "ip"
-    if what == "ruleset":
-        fam = rest[0] if rest else None
-        return ruleset_json(rs, o, fam) if as_json else ruleset_text(rs, o, fam)
-    if what == "tables":
+    if what in ("ruleset", "tables"):
         fam = rest[0] if rest else None
         tables = [t for t in rs.tables if fam is None or t.family == fam]
-        if as_json:
-            from kproxy.nftables.listing import table_json
-
-            return dump_json([table_json(t) for t in tables])
-        return "".join(f"table {t.family} {t.name}\n" for t in tables)
+        if what == "tables":
+            return [table_json(t) for t in tables] if as_json else \
+                "".join(f"table {t.family} {t.name}\n" for t in tables)
+        return [i for t in tables for i in table_items_json(t, o)] if as_json else \
+            "".join(table_text(t, o) for t in tables)
     plural = {"counters": "counter", "quotas": "quota", "limits": "limit", "sets": "set", "maps": "map",
               "chains": "chain"}
     if what not in plural and what not in ("table", "chain", "set", "map", "counter", "quota", "limit"):
         # not a keyword of the grammar: bison's "unexpected string" at the word
         raise NftError("syntax error, unexpected string", loc(toks[0]), kernel=False)
     if what in plural and not names:
-        return "".join(listed_blocks(t, plural[what], o, verb) for t in rs.tables
-                       if not rest or t.family == rest[0])
+        found = [listed_blocks(t, plural[what], o, verb, as_json) for t in rs.tables
+                 if not rest or t.family == rest[0]]
+        return [i for items in found for i in items] if as_json else "".join(found)
     tbl = rs.find(family, names[0]) if names else None
     if tbl is None:
         raise missing(0)
     if what in plural:
+        if as_json:
+            return listed_blocks(tbl, plural[what], o, verb, True)
         return listed_blocks(tbl, plural[what], o, verb) or f"table {tbl.family} {tbl.name} {{\n}}\n"
     if what == "table":
-        return dump_json(table_items_json(tbl, o)) if as_json else table_text(tbl, o)
+        return table_items_json(tbl, o) if as_json else table_text(tbl, o)
     head = f"table {tbl.family} {tbl.name} {{\n"
+    found_obj: Any
     if what == "chain":
-        c = tbl.chains.get(names[1]) if len(names) > 1 else None
-        if c is None:
-            raise missing(1)
-        return head + chain_text(tbl, c, o) + "\n}\n"
-    if what in ("set", "map"):
-        s = tbl.sets.get(names[1]) if len(names) > 1 else None
-        if s is None:
-            raise missing(1)
-        return head + set_text(s, o) + "\n}\n"
-    if what in ("counter", "quota", "limit"):
-        ob = tbl.objs.get((what, names[1])) if len(names) > 1 else None
-        if ob is None:
-            raise missing(1)
-        text = head + obj_text(ob, o) + "\n}\n"
-        if verb == "reset":
-            ob.values.update(packets=0, bytes=0, used=0)
-        return text
-    raise NftError(f"syntax error, unexpected {what}", None)
+        found_obj = tbl.chains.get(names[1]) if len(names) > 1 else None
+    elif what in ("set", "map"):
+        found_obj = tbl.sets.get(names[1]) if len(names) > 1 else None
+    else:
+        found_obj = tbl.objs.get((what, names[1])) if len(names) > 1 else None
+    if found_obj is None:
+        raise missing(1)
+    if as_json:
+        out: Any = [item_json(tbl, found_obj, o)]
+        if what == "chain":
+            out += [rule_json(tbl, found_obj, r, o) for r in found_obj.rules]
+    elif what == "chain":
+        out = head + chain_text(tbl, found_obj, o) + "\n}\n"
+    elif what in ("set", "map"):
+        out = head + set_text(found_obj, o) + "\n}\n"
+    else:
+        out = head + obj_text(found_obj, o) + "\n}\n"
+    if verb == "reset" and what in ("counter", "quota", "limit"):
+        found_obj.values.update(packets=0, bytes=0, used=0)
+    return out
