@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.nftables.expr import Opts
+from kproxy.nftables.json_input import JsonError
 from kproxy.nftables.lexer import Token
 from kproxy.nftables.listing import (
     chain_json,
@@ -119,6 +120,16 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         text = " ".join(rest)
         if not text.strip():
             return 0, "", "", rs
+    from_json = False
+    if flags["json"] and flags["file"] is not None:
+        try:
+            lines = json_script(text)
+        except JsonError as err:
+            return 1, "", format_json_error(err, source, text), rs
+        if lines is None and source == "/dev/stdin":
+            return 0, "", "", rs  # nft read stdin for JSON; its text parser then finds it empty
+        if lines is not None:
+            text, from_json = "\n".join(lines), True
     work = rs.copy()
     try:
         parser = Parser(text, work, interfaces)
@@ -127,6 +138,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         if err.kernel:
             replayed = err.msg.endswith("Operation not supported")
             rs = kept_counters(rs, work, 2 if replayed else 1)
+        if from_json:
+            return 1, "", "".join(f"internal:0:0-0: Error: {e.msg}\n\n" for e in [err, *err.more]), rs
         return 1, "", format_error(err, source, text), rs
     if flags["check"]:
         return 0, "", "", rs
@@ -137,6 +150,29 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         except NftError as err:
             return 1, "", format_error(err, source, text), rs
     return 0, "".join(out), "", work
+
+
+def json_script(text: str) -> list[str] | None:
+    from kproxy.nftables.json_input import decode, script
+
+    cmds = decode(text)
+    return None if cmds is None else script(cmds)
+
+
+def format_json_error(err: JsonError, source: str, text: str) -> str:
+    """nft's report of a malformed JSON document: a shape error points into jansson's format string
+    (line 1 of the input, at the column of the failing key), the rest are "internal"."""
+    out = []
+    for col, msg in err.msgs:
+        if col is None:
+            out.append(f"internal:0:0-0: Error: {msg}\n\n")
+            continue
+        out.append(f"{source}:1:{col}-{col}: Error: {msg}\n")
+        if source == "/dev/stdin":
+            out.append("\n")
+        else:
+            out.append(text.split("\n")[0] + "\n" + " " * (col - 1) + "^\n")
+    return "".join(out)
 
 
 def kept_counters(before: Ruleset, failed: Ruleset, passes: int) -> Ruleset:
