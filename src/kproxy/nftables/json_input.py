@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from kproxy.nftables.expr import fmt_time
+from kproxy.nftables.expr import CT, PAYLOAD, fmt_time
 from kproxy.nftables.types import SET_TYPES
 
 FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
@@ -192,7 +192,6 @@ def w_rule(verb: str, kind: str, body: Any) -> str:
 
 def replace_rule(verb: str, body: Any) -> str:
     """``insert`` and ``replace`` take the rule's handle as its position (parser_json's cmd_replace)."""
-    (body,) = unpack(body, "o", "rule")
     fam, table, chain, exprs = unpack(body, "ssso", "family", "table", "chain", "expr")
     h, idx = opt(body, "handle", int), opt(body, "index", int)
     if verb == "replace" and not h:
@@ -513,6 +512,10 @@ def e_payload(key: str, val: Any) -> str:
     if isinstance(val, dict) and "base" in val:
         return f"@{val['base']},{val.get('offset', 0)},{val.get('len', 0)}"
     proto, field = unpack(val, "ss", "protocol", "field")
+    if proto not in PAYLOAD:
+        raise JsonError((None, f"Unknown payload protocol '{proto}'."))
+    if field not in PAYLOAD[proto]:
+        raise JsonError((None, f"Unknown {proto} field '{field}'."))
     return f"{proto} {field}"
 
 
@@ -523,6 +526,8 @@ def e_meta(key: str, val: Any) -> str:
 
 def e_ct(key: str, val: Any) -> str:
     (k,) = unpack(val, "s", "key")
+    if k not in CT:
+        raise JsonError((None, f"Unknown ct key '{k}'."))
     words = ["ct"]
     if isinstance(val.get("dir"), str):
         words.append(val["dir"])
