@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kproxy.nftables.expr import Opts
@@ -120,7 +121,7 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         text = " ".join(rest)
         if not text.strip():
             return 0, "", "", rs
-    from_json = False
+    from_json, text_in = False, text
     if flags["json"] and flags["file"] is not None:
         try:
             lines = json_script(text)
@@ -130,6 +131,7 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
             return 0, "", "", rs  # nft read stdin for JSON; its text parser then finds it empty
         if lines is not None:
             text, from_json = "\n".join(lines), True
+            json_cmds = json.loads(text_in)
     work = rs.copy()
     try:
         parser = Parser(text, work, interfaces)
@@ -142,14 +144,28 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
             return 1, "", "".join(f"internal:0:0-0: Error: {e.msg}\n\n" for e in [err, *err.more]), rs
         return 1, "", format_error(err, source, text), rs
     if flags["check"]:
-        return 0, "", "", rs
+        # the kernel takes the batch and aborts it: nothing changes but the handles it handed out
+        return 0, "", "", kept_counters(rs, work, 1)
     out = []
+    if any(ln.strip() and not ln.lstrip().startswith("list") for ln in text.split("\n")):
+        work.generation += 1
+    if flags["echo"]:
+        out.append(echo(rs, work, o, bool(flags["json"]), json_cmds if from_json else None))
     for verb, args in parser.out.requests:
         try:
             out.append(answer(verb, args, work, o, bool(flags["json"])))
         except NftError as err:
             return 1, "", format_error(err, source, text), rs
     return 0, "".join(out), "", work
+
+
+def echo(before: Ruleset, after: Ruleset, o: Opts, as_json: bool, json_cmds: Any) -> str:
+    """``--echo``: the added objects (see ``kproxy.nftables.echo``)."""
+    from kproxy.nftables.echo import echo_json, echo_json_input, echo_text
+
+    if json_cmds is not None:
+        return echo_json_input(json_cmds["nftables"], before, after)
+    return echo_json(before, after, o) if as_json else echo_text(before, after, o, after.generation)
 
 
 def json_script(text: str) -> list[str] | None:

@@ -138,6 +138,7 @@ class Table:
 class Ruleset:
     tables: list[Table] = field(default_factory=list)
     next_table_handle: int = 1
+    generation: int = 0  # the namespace's nf_tables generation, bumped by each committed batch (``--echo``)
 
     def find(self, family: str, name: str) -> Table | None:
         for t in self.tables:
