@@ -9,15 +9,14 @@ import shlex
 from pathlib import Path
 
 import pytest
+from tests.test_nft_compat import require_nft
 
 from kproxy.lab.netns import Netns
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.json_input import JsonError, decode, script
 from kproxy.nftables.model import Ruleset
 from kproxy.nftables.store import ruleset_from_json, ruleset_to_json
-from tests.test_nft_compat import require_nft
 
-ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data" / "nft"
 GENERATION = re.compile(r"# new generation \d+ by process \d+ \(nft\)")
 
