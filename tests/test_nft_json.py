@@ -183,3 +183,8 @@ def test_generation_survives_the_node_file() -> None:
     rs = load_json(cmd(TABLE))[3]
     assert rs.generation == 1
     assert ruleset_from_json(ruleset_to_json(rs)).generation == 1
+
+
+@pytest.mark.kernel
+def test_reset_and_typeof_like_nft() -> None:
+    run_like_nft("reset_typeof.cmds")

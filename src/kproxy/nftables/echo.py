@@ -95,7 +95,7 @@ def _chain_spec(t: Table, c: Chain, o: Opts) -> str:
 
 
 def _set_spec(s: NSet, o: Opts) -> str:
-    parts = [f"type {s.type_text()}"]
+    parts = [s.decl_text()]
     if s.size is not None:
         parts.append(f"size {s.size}")
     flags = [f for f in s.flags if f not in ("timeout", "dynamic")]

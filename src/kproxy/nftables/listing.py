@@ -69,7 +69,7 @@ def elements_text(s: NSet, o: Opts) -> str:
 def set_text(s: NSet, o: Opts, indent: str = "\t") -> str:
     kind = "map" if s.is_map else "set"
     lines = [f"{indent}{kind} {s.name} {{" + (f" # handle {s.handle}" if o.handles else "")]
-    lines.append(f"{indent}\ttype {s.type_text()}")
+    lines.append(f"{indent}\t{s.decl_text()}")
     if s.policy:
         lines.append(f"{indent}\tpolicy {s.policy}")
     if s.size is not None:

@@ -16,6 +16,7 @@ from kproxy.nftables.expr import (
     Const,
     Elem,
     Expr,
+    Opts,
     Prefix,
     Range,
     SetLit,
@@ -34,6 +35,11 @@ from kproxy.nftables.stmt import (
 )
 
 Loc = tuple[int, int, int]  # line, first column, last column
+OPTS = Opts()
+# Words nft's scanner makes keywords (others are a "string" in its syntax errors); those met after a verb.
+KEYWORDS = {"table", "tables", "chain", "chains", "set", "sets", "map", "maps", "rule", "ruleset", "element",
+            "counter", "counters", "quota", "quotas", "limit", "limits", "flowtable", "flowtables", "meter",
+            "meters", "ip", "ip6", "inet", "arp", "bridge", "netdev", "handle", "index", "position"}
 
 
 class NftError(Exception):
@@ -474,6 +480,8 @@ class Parser:
                         s.data = [self.dtype()]
                         while self.accept("."):
                             s.data.append(self.dtype())
+            elif t.text == "typeof":
+                self.typeof(tbl, s, is_map)
             elif t.text == "flags":
                 s.flags = self.word_list()
             elif t.text == "timeout":
@@ -488,10 +496,12 @@ class Parser:
                 s.comment = self.word().text
             elif t.text == "auto-merge":
                 s.auto_merge = True
+                continue  # nft's grammar wants no separator after auto-merge or elements
             elif t.text == "elements":
                 self.expect("=")
                 start = self.peek()
                 pending.append((start, self.set_literal(s.key, s.data, s)))
+                continue
             else:
                 raise self.unexpected(t)
             self.end_item()
@@ -502,6 +512,29 @@ class Parser:
             tbl.sets[name.text] = s
         for _, lit in pending:
             self.add_elements(s, lit)
+
+    def typeof(self, tbl: Table, s: NSet, is_map: bool) -> None:
+        """``typeof ip daddr . tcp dport [: meta mark]``: the key (and data) types are those of the expressions,
+        and the set lists them as written."""
+        from kproxy.nftables.rules import RuleBuilder
+
+        rb = RuleBuilder(self, tbl)
+
+        def exprs() -> list[Expr]:
+            out = [rb.primary()]
+            while self.accept("."):
+                out.append(rb.primary())
+            return out
+
+        key = exprs()
+        s.key = [e.dtype for e in key]
+        text = " . ".join(e.text(OPTS) for e in key)
+        if is_map:
+            self.expect(":")
+            data = exprs()
+            s.data = [e.dtype for e in data]
+            text += " : " + " . ".join(e.text(OPTS) for e in data)
+        s.typeof = text
 
     def dtype(self) -> T.DType:
         t = self.word()
@@ -548,7 +581,8 @@ class Parser:
                 lim = self.limit_body()
                 obj.values = {"rate": lim.rate, "per": lim.per, "burst": lim.burst, "unit": lim.unit,
                               "burst_unit": lim.burst_unit, "over": lim.over}
-            self.end_item()
+            if not self.at("}"):  # a counter/quota/limit body needs no separator before its brace
+                self.end_item()
 
     def add_elements(self, s: NSet, lit: SetLit) -> None:
         elems = s.elems + lit.elems
@@ -745,6 +779,12 @@ class Parser:
         self.out.requests.append(("list", args))
 
     def cmd_reset(self, verb: Token) -> None:
+        if not self.at("counter", "counters", "quota", "quotas"):  # nft 1.0.6 resets nothing else
+            t = self.peek()
+            err = self.unexpected(expecting="counter or counters or quotas or quota")
+            if t.kind == "word" and t.text not in KEYWORDS:
+                err.msg = "syntax error, unexpected string, expecting counter or counters or quotas or quota"
+            raise err
         args: list[Token] = []
         while self.peek().kind in ("word", "string"):
             args.append(self.next())
