@@ -188,3 +188,13 @@ def test_generation_survives_the_node_file() -> None:
 @pytest.mark.kernel
 def test_reset_and_typeof_like_nft() -> None:
     run_like_nft("reset_typeof.cmds")
+
+
+@pytest.mark.kernel
+def test_json_list_reset_flush_rename_like_nft() -> None:
+    run_like_nft("commands.cmds")
+
+
+@pytest.mark.kernel
+def test_rename_chain_like_nft() -> None:
+    run_like_nft("rename.cmds")

@@ -102,6 +102,10 @@ def script(cmds: list[Any]) -> list[str]:
         if not isinstance(cmd, dict):
             raise JsonError((None, f"Unexpected command array element of type {typename(cmd)}, expected object."))
         if "metainfo" in cmd:
+            version = cmd["metainfo"].get("json_schema_version") if isinstance(cmd["metainfo"], dict) else None
+            if isinstance(version, int) and not isinstance(version, bool) and version > 1:
+                raise JsonError((None, f"Schema version {version} not supported, maximum supported version is 1\n"),
+                                (None, "Metainfo verification failed."))
             continue
         try:
             lines.append(command(cmd))
@@ -113,20 +117,63 @@ def script(cmds: list[Any]) -> list[str]:
 def command(cmd: dict[str, Any]) -> str:
     for verb in VERBS:
         if verb in cmd:
+            if verb in ("insert", "replace"):
+                (rule,) = unpack(cmd[verb], "o", "rule")
+                return replace_rule(verb, rule)
+            if verb == "rename":
+                return rename_chain(cmd[verb])
             return object_command(verb, cmd[verb])
     return object_command("add", cmd)
 
 
+# What each verb takes (parser_json's tables); add, create and delete share the add command's parser.
+LIST_MULTIPLE = ("tables", "chains", "sets", "maps", "counters", "quotas", "ct helpers", "limits", "ruleset",
+                 "meters", "flowtables", "secmarks")
+VERB_OBJECTS = {
+    "list": ("table", "tables", "chain", "chains", "set", "sets", "map", "maps", "counter", "counters", "quota",
+             "quotas", "ct helper", "ct helpers", "ct timeout", "ct expectation", "limit", "limits", "ruleset",
+             "meter", "meters", "flowtables", "secmark", "secmarks"),
+    "reset": ("counter", "counters", "quota", "quotas"),
+    "flush": ("table", "chain", "set", "map", "meter", "ruleset"),
+}
+
+
 def object_command(verb: str, body: Any) -> str:
+    parser = verb if verb in VERB_OBJECTS else "add"
     if not isinstance(body, dict):
-        raise JsonError((None, f"Value of {verb} command must be object (got {typename(body)} instead)."))
-    for kind in OBJECTS:
+        raise JsonError((None, f"Value of {parser} command must be object (got {typename(body)} instead)."))
+    for kind in VERB_OBJECTS.get(verb, OBJECTS):
         if kind in body:
             if verb == "create" and kind == "rule":
                 raise JsonError((None, "Create command not available for rules."))
+            if kind in LIST_MULTIPLE:
+                return list_multiple(verb, kind, body[kind])
             return OBJECT_WRITERS.get(kind, unsupported)(verb, kind, body[kind])
-    raise JsonError((None, f"Unknown object passed to {verb if verb in ('add', 'create', 'delete') else 'add'}"
-                           " command."))
+    raise JsonError((None, f"Unknown object passed to {parser} command."))
+
+
+def list_multiple(verb: str, kind: str, body: Any) -> str:
+    """``list tables [FAMILY]``, ``list sets [table FAMILY NAME]``, ``flush ruleset``, ..."""
+    out = f"{verb} {kind}"
+    fam = opt(body, "family", str) if isinstance(body, dict) else None
+    if fam is not None:
+        family_of(fam)
+        table = opt(body, "table", str) if kind in ("sets", "counters", "ct helpers") else None
+        out += f" table {fam} {quote(table)}" if table is not None else f" {fam}"
+    return out
+
+
+def rename_chain(body: Any) -> str:
+    """``{"rename": {"chain": {family, table, name, newname}}}``, jansson's nested ``{s:{s:s, ...}}``."""
+    (chain,) = unpack(body, "o", "chain")
+    if not isinstance(chain, dict):
+        raise JsonError((4, f"Expected object, got {typename(chain)}"))
+    for i, k in enumerate(("family", "table", "name", "newname")):
+        if not isinstance(chain.get(k), str):
+            found = f"Expected string, got {typename(chain[k])}" if k in chain else f"Object item not found: {k}"
+            raise JsonError((7 + 5 * i, found))
+    family_of(chain["family"])
+    return f"rename chain {chain['family']} {quote(chain['table'])} {quote(chain['name'])} {quote(chain['newname'])}"
 
 
 def unsupported(verb: str, kind: str, body: Any) -> str:
@@ -156,8 +203,6 @@ def w_table(verb: str, kind: str, body: Any) -> str:
 
 def w_chain(verb: str, kind: str, body: Any) -> str:
     fam, where = named(verb, kind, body, ("family", "table"))
-    if verb == "rename":
-        return f"rename chain {fam} {where} {quote(unpack(body, 's', 'newname')[0])}"
     out = f"{verb} chain {fam} {where}"
     if verb in ("delete", "list", "flush") or not all(k in body for k in ("type", "hook", "prio")):
         return out
@@ -329,8 +374,7 @@ OBJECT_WRITERS = {"table": w_table, "chain": w_chain, "rule": w_rule, "set": w_s
 # ---- statements -------------------------------------------------------------------------------
 def one_key(d: dict[str, Any]) -> tuple[str, Any]:
     if len(d) != 1:
-        raise JsonError((None, "Malformed object (too many properties): "
-                               f"'{json.dumps(d, separators=(',', ':'))}'."))
+        raise JsonError((None, f"Malformed object (too many properties): '{json.dumps(d)}'."))
     return next(iter(d.items()))
 
 
@@ -355,7 +399,7 @@ def verdict(key: str, val: Any) -> str:
 
 
 def s_match(key: str, val: Any) -> str:
-    op, left, right = unpack(val, "soo", "op", "left", "right")
+    left, right, op = unpack(val, "oos", "left", "right", "op")
     lt = expr(left, "Invalid LHS of relational.")
     rt = expr(right, "Invalid RHS of relational.", rhs=True)
     if op in ("==", "in") and not isinstance(right, list):
@@ -467,6 +511,8 @@ def s_queue(key: str, val: Any) -> str:
 
 
 def s_dup(key: str, val: Any) -> str:
+    if not isinstance(val, dict):
+        raise JsonError((None, f"Invalid {key} statement."))
     s = f"{key} to {expr(val.get('addr', val.get('dev')), 'Invalid dup addr', rhs=True)}" \
         if key == "dup" else f"fwd to {expr(val.get('dev'), 'Invalid fwd dev', rhs=True)}"
     if key == "dup" and "dev" in val:
@@ -519,8 +565,15 @@ def e_payload(key: str, val: Any) -> str:
     return f"{proto} {field}"
 
 
+META_KEYS = ("length, protocol, priority, mark, iif, oif, iifname, oifname, iiftype, oiftype, skuid, skgid, "
+             "nftrace, rtclassid, secmark, nfproto, l4proto, ibrname, obrname, pkttype, cpu, iifgroup, oifgroup, "
+             "cgroup, random, ipsec, iifkind, oifkind, ibrpvid, ibrvproto, time, day, hour, sdif, sdifname")
+
+
 def e_meta(key: str, val: Any) -> str:
     (k,) = unpack(val, "s", "key")
+    if k not in META_KEYS.split(", "):
+        raise JsonError((None, f"syntax error, unexpected {k}, known keys are {META_KEYS}"))
     return f"meta {k}"
 
 

@@ -212,7 +212,7 @@ class Parser:
             self.next()
             self.cmd_add_table(create=False)
             return
-        if verb in ("add", "create", "insert", "replace", "delete", "destroy", "flush", "list", "reset"):
+        if verb in ("add", "create", "insert", "replace", "delete", "destroy", "flush", "list", "reset", "rename"):
             self.next()
             getattr(self, "cmd_" + ("delete" if verb == "destroy" else verb))(t)
             return
@@ -778,6 +778,26 @@ class Parser:
             args.append(self.next())
         self.out.requests.append(("list", args))
 
+    def cmd_rename(self, verb: Token) -> None:
+        """``rename chain [FAMILY] TABLE CHAIN NEWNAME``: the chain keeps its handle, rules and place, and
+        every jump to it follows (the kernel's rules point at the chain, not at its name)."""
+        self.expect("chain")
+        family, tname = self.family_and_name()
+        tbl = self.find_table(family, tname)
+        old = self.word()
+        chain = tbl.chains.get(old.text)
+        if chain is None:  # nft's cache lookup fails before anything reaches the kernel
+            raise NftError("No such file or directory", loc(old), kernel=False)
+        new = self.word()
+        if new.text in tbl.chains:  # the kernel refuses; nft blames the whole command, its end included
+            line, col, end = loc(verb, new)
+            raise NftError("Could not process rule: File exists", (line, col, end + 1))
+        chain.name = new.text
+        tbl.chains = {new.text if k == old.text else k: c for k, c in tbl.chains.items()}
+        for v in verdicts(tbl):
+            if v.target == old.text:
+                v.target = new.text
+
     def cmd_reset(self, verb: Token) -> None:
         if not self.at("counter", "counters", "quota", "quotas"):  # nft 1.0.6 resets nothing else
             t = self.peek()
@@ -917,6 +937,22 @@ def refers_to_set(rule: Rule, name: str) -> bool:
             todo += [v for v in vars(x).values() if isinstance(v, (Stmt, Expr))]
             todo += [i for v in vars(x).values() if isinstance(v, list) for i in v]
     return False
+
+
+def verdicts(tbl: Table) -> list[Verdict]:
+    """Every verdict in a table's rules, anonymous and named verdict maps: where chain names are kept."""
+    out: list[Verdict] = []
+    lits: list[Expr] = []
+    for c in tbl.chains.values():
+        for r in c.rules:
+            for st in r.stmts:
+                if isinstance(st, VerdictStmt):
+                    out.append(st.verdict)
+                lits += [e for e in vars(st).values() if isinstance(e, Expr)]
+    elems = [e for s in tbl.sets.values() for e in s.elems]
+    elems += [e for lit in lits if isinstance(lit, SetLit) for e in lit.elems]
+    out += [e.data for e in elems if isinstance(e.data, Verdict)]
+    return out
 
 
 def jumps_to(chain: Chain, target: str) -> bool:
