@@ -198,3 +198,35 @@ def test_json_list_reset_flush_rename_like_nft() -> None:
 @pytest.mark.kernel
 def test_rename_chain_like_nft() -> None:
     run_like_nft("rename.cmds")
+
+
+WORDS = ["add", "insert", "replace", "delete", "flush", "list", "reset", "rename", "table", "chain", "rule", "set",
+         "map", "element", "counter", "quota", "limit", "family", "name", "expr", "handle", "index", "match", "op",
+         "left", "right", "payload", "protocol", "field", "meta", "key", "ct", "elem", "concat", "prefix", "range",
+         "vmap", "data", "jump", "target", "accept", "dnat", "addr", "port", "type", "hook", "prio", "policy",
+         "log", "rate", "per", "mangle", "value", "reject", "numgen", "mod", "fib", "result", "|", "timeout"]
+ATOMS = ["ip", "inet", "t", "c", "tcp", "dport", "mark", "==", "in", "input", "filter", "@s", "1.2.3.4", None,
+         True, 0, 22, -1, 2 ** 40, 1.5, "ipv4_addr", "verdict", "second"]
+
+
+def test_any_json_document_is_an_answer_not_a_traceback() -> None:
+    """Whatever the document, nft's answer: output or an error, and a failure leaves the ruleset as it was."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    values = st.recursive(st.sampled_from(ATOMS), lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.sampled_from(WORDS), inner, min_size=1, max_size=3), max_leaves=12)
+    base = load_json(cmd(TABLE, CHAIN))[3]
+    before = run_nft(["-a", "list", "ruleset"], base)[1]
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.dictionaries(st.sampled_from(WORDS[:9]), st.dictionaries(st.sampled_from(WORDS), values,
+                                                                                  max_size=4), min_size=1,
+                                    max_size=1), min_size=1, max_size=3))
+    def check(items: list[object]) -> None:
+        rc, _, err, after = run_nft(["-j", "-e", "-f", "-"], base, json.dumps(cmd(*items)))
+        assert rc in (0, 1)
+        if rc:
+            assert err and run_nft(["-a", "list", "ruleset"], after)[1] == before
+
+    check()
