@@ -230,3 +230,8 @@ def test_any_json_document_is_an_answer_not_a_traceback() -> None:
             assert err and run_nft(["-a", "list", "ruleset"], after)[1] == before
 
     check()
+
+
+@pytest.mark.kernel
+def test_list_forms_and_numeric_json_like_nft() -> None:
+    run_like_nft("numeric.cmds")

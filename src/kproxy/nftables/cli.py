@@ -23,6 +23,7 @@ from kproxy.nftables.listing import (
 )
 from kproxy.nftables.model import FAMILIES, Chain, NSet, Ruleset, Table
 from kproxy.nftables.parser import NftError, Parser, loc
+from kproxy.nftables.types import JSON_NUMERIC
 
 USAGE = "Usage: nft [ options ] [ cmds... ]\n"
 
@@ -233,7 +234,10 @@ def listed_blocks(t: Table, kind: str, o: Opts, verb: str, as_json: bool = False
     if as_json:
         return items
     if not blocks:
-        return ""
+        # nft prints every table for sets, maps, chains, meters and flowtables, and every table holding
+        # any stateful object for counters, quotas and limits, empty when none is of the kind asked for
+        shown = kind in ("set", "map", "chain", "meter", "flowtable") or bool(t.objs)
+        return f"table {t.family} {t.name} {{\n}}\n" if shown else ""
     return f"table {t.family} {t.name} {{\n" + "\n".join(blocks) + "\n}\n"
 
 
@@ -248,13 +252,17 @@ def item_json(t: Table, ob: Any, o: Opts) -> Any:
 
 def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> str:
     """The output of ``list ...`` / ``reset ...``: nft's text, or its JSON document with ``-j``."""
-    out = listing(verb, toks, rs, o, as_json)
-    return dump_json(out) if as_json else out
+    numeric = JSON_NUMERIC.set(as_json and o.numeric >= 1)
+    try:
+        out = listing(verb, toks, rs, o, as_json)
+        return dump_json(out) if as_json else out
+    finally:
+        JSON_NUMERIC.reset(numeric)
 
 
 def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> Any:
     """One list/reset request: its text, or (``as_json``) its list of JSON items."""
-    if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits") and \
+    if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits", "meters") and \
             toks[1].text == "table":
         toks = [toks[0], *toks[2:]]
     if len(toks) > 1 and toks[0].text == "chains" and toks[1].text not in FAMILIES:
@@ -281,8 +289,9 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
         return [i for t in tables for i in table_items_json(t, o)] if as_json else \
             "".join(table_text(t, o) for t in tables)
     plural = {"counters": "counter", "quotas": "quota", "limits": "limit", "sets": "set", "maps": "map",
-              "chains": "chain"}
-    if what not in plural and what not in ("table", "chain", "set", "map", "counter", "quota", "limit"):
+              "chains": "chain", "meters": "meter", "flowtables": "flowtable"}
+    if what not in plural and what not in ("table", "chain", "set", "map", "counter", "quota", "limit", "meter",
+                                            "flowtable"):
         # not a keyword of the grammar: bison's "unexpected string" at the word
         raise NftError("syntax error, unexpected string", loc(toks[0]), kernel=False)
     if what in plural and not names:
@@ -304,6 +313,8 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
         found_obj = tbl.chains.get(names[1]) if len(names) > 1 else None
     elif what in ("set", "map"):
         found_obj = tbl.sets.get(names[1]) if len(names) > 1 else None
+    elif what in ("meter", "flowtable"):
+        found_obj = None  # the emulator keeps neither meters nor flowtables
     else:
         found_obj = tbl.objs.get((what, names[1])) if len(names) > 1 else None
     if found_obj is None:
