@@ -235,3 +235,8 @@ def test_any_json_document_is_an_answer_not_a_traceback() -> None:
 @pytest.mark.kernel
 def test_list_forms_and_numeric_json_like_nft() -> None:
     run_like_nft("numeric.cmds")
+
+
+@pytest.mark.kernel
+def test_echo_of_positioned_and_replaced_rules_like_nft() -> None:
+    run_like_nft("echo_rules.cmds")

@@ -26,6 +26,8 @@ from kproxy.nftables.parser import NftError, Parser, loc
 from kproxy.nftables.types import JSON_NUMERIC
 
 USAGE = "Usage: nft [ options ] [ cmds... ]\n"
+COMMAND_WORDS = ("add", "create", "insert", "replace", "table", "delete", "destroy", "flush", "rename", "reset",
+                 "list")
 
 
 def format_error(err: NftError, source: str, text: str) -> str:
@@ -151,7 +153,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     if any(ln.strip() and not ln.lstrip().startswith("list") for ln in text.split("\n")):
         work.generation += 1
     if flags["echo"]:
-        out.append(echo(rs, work, o, bool(flags["json"]), json_cmds if from_json else None))
+        first = next((t.text for t in parser.toks if t.kind == "word" and t.text in COMMAND_WORDS), None)
+        out.append(echo(rs, work, o, bool(flags["json"]), json_cmds if from_json else None, parser.rule_ops, first))
     for verb, args in parser.out.requests:
         try:
             out.append(answer(verb, args, work, o, bool(flags["json"])))
@@ -160,13 +163,14 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     return 0, "".join(out), "", work
 
 
-def echo(before: Ruleset, after: Ruleset, o: Opts, as_json: bool, json_cmds: Any) -> str:
+def echo(before: Ruleset, after: Ruleset, o: Opts, as_json: bool, json_cmds: Any, ops: dict[int, str],
+         first_verb: str | None) -> str:
     """``--echo``: the added objects (see ``kproxy.nftables.echo``)."""
     from kproxy.nftables.echo import echo_json, echo_json_input, echo_text
 
     if json_cmds is not None:
         return echo_json_input(json_cmds["nftables"], before, after)
-    return echo_json(before, after, o) if as_json else echo_text(before, after, o, after.generation)
+    return echo_json(before, after, o) if as_json else echo_text(before, after, o, after.generation, ops, first_verb)
 
 
 def json_script(text: str) -> list[str] | None:

@@ -18,7 +18,7 @@ from kproxy.nftables.listing import chain_json, obj_body, obj_json, rule_json, s
 from kproxy.nftables.model import Chain, NSet, Ruleset, Table, priority_text
 
 
-def added(before: Ruleset, after: Ruleset) -> list[tuple[str, Table, Any]]:
+def added(before: Ruleset, after: Ruleset, ops: dict[int, str] | None = None) -> list[tuple[str, Table, Any]]:
     """(kind, table, object) for everything the transaction created, in batch order."""
     out: list[tuple[str, Table, Any]] = []
     for t in after.tables:
@@ -43,9 +43,11 @@ def added(before: Ruleset, after: Ruleset) -> list[tuple[str, Table, Any]]:
             oldc = old.chains.get(c.name) if old else None
             known = {r.handle for r in oldc.rules} if oldc else set()
             for i, r in enumerate(c.rules):
-                if r.handle not in known:
-                    inserted = i < len(c.rules) - 1 and c.rules[i + 1].handle in known and i == 0
-                    rules.append((r.handle, c, r, inserted))
+                op = (ops or {}).get(id(r), "add")
+                if r.handle not in known or op == "replace":
+                    # the kernel's notification names the rule before, unless the rule is first or last
+                    prev = c.rules[i - 1].handle if 0 < i < len(c.rules) - 1 else None
+                    rules.append((r.handle, c, r, op, prev))
         out += [("rule", t, x[1:]) for x in sorted(rules, key=lambda x: x[0])]
     return out
 
@@ -54,10 +56,14 @@ def _is_new(old: Any, new: Any) -> bool:
     return old is None or old.handle != new.handle
 
 
-def echo_text(before: Ruleset, after: Ruleset, o: Opts, generation: int) -> str:
-    lines = [_line(kind, t, ob, o) for kind, t, ob in added(before, after)]
-    lines.append(f"# new generation {generation} by process {os.getpid()} (nft)")
-    return "\n".join(lines) + "\n"
+def echo_text(before: Ruleset, after: Ruleset, o: Opts, generation: int, ops: dict[int, str],
+              first_verb: str | None) -> str:
+    """The echoed notifications; the kernel reports the new generation only when the batch's first
+    message asked for an echo (nft asks for it on what it adds, not on flush or delete)."""
+    lines = [_line(kind, t, ob, o) for kind, t, ob in added(before, after, ops)]
+    if first_verb in ("add", "create", "insert", "replace", "table"):
+        lines.append(f"# new generation {generation} by process {os.getpid()} (nft)")
+    return "".join(line + "\n" for line in lines)
 
 
 def _handle(o: Opts, h: int) -> str:
@@ -81,9 +87,10 @@ def _line(kind: str, t: Table, ob: Any, o: Opts) -> str:
         if s.timeout is not None or e.timeout is not None:
             e = replace(e, expires=e.timeout if e.timeout is not None else s.timeout)
         return f"add element {where} {s.name} {{ {e.text(o)} }}"
-    chain, rule, inserted = ob
-    verb = "insert" if inserted else "add"
-    return f"{verb} rule {where} {chain.name} {rule.text(o)}{_handle(o, rule.handle)}"
+    chain, rule, op, prev = ob
+    text = f"{'insert' if op == 'insert' else 'add'} rule {where} {chain.name} " + \
+        (f"handle {prev} " if prev is not None else "") + rule.text(o) + _handle(o, rule.handle)
+    return f"delete rule {where} {chain.name} handle {rule.handle}\n{text}" if op == "replace" else text
 
 
 def _chain_spec(t: Table, c: Chain, o: Opts) -> str:
@@ -103,6 +110,8 @@ def _set_spec(s: NSet, o: Opts) -> str:
         parts.append(f"flags {','.join(flags)}")
     if s.timeout is not None:
         parts.append(f"timeout {fmt_time(s.timeout)}")
+    if s.comment is not None:
+        parts.append(f'comment "{s.comment}"')
     head = f"# handle {s.handle} " if o.handles else ""
     return head + "".join(p + "; " for p in parts)
 

@@ -93,6 +93,7 @@ class Parser:
         self.eval_errors: list[NftError] = []
         self.kernel_errors: list[NftError] = []
         self.batch_broken = False
+        self.rule_ops: dict[int, str] = {}  # id(rule) -> "insert" or "replace", for --echo's notifications
 
     # ---- token helpers ------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Token:
@@ -653,6 +654,7 @@ class Parser:
             rule = self.rule(tbl, start, new_handle=False, chain=chain.name)
             rule.handle = chain.rules[idx].handle
             chain.rules[idx] = rule
+            self.rule_ops[id(rule)] = "replace"
             return
         missing: NftError | None = None
         if position is None:
@@ -670,6 +672,8 @@ class Parser:
         if missing is not None:
             raise missing
         chain.rules.insert(idx, rule)
+        if op == "insert":
+            self.rule_ops[id(rule)] = op
         self.follow_on(verb, command=True, rule=rule)
 
     def rule_index(self, chain: Chain, handle: int, at: Token) -> int:
