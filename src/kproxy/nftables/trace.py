@@ -15,6 +15,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter.trace import Trace
+from kproxy.nftables import types as T
 from kproxy.nftables.expr import Opts
 from kproxy.nftables.model import Ruleset
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 RUNS = itertools.count(1)
 TCP_FLAGS = ((0x01, "fin"), (0x02, "syn"), (0x04, "rst"), (0x08, "psh"), (0x10, "ack"), (0x20, "urg"),
              (0x40, "ecn"), (0x80, "cwr"))
-ICMP_TYPES = {0: "echo-reply", 3: "destination-unreachable", 8: "echo-request", 11: "time-exceeded"}
-ICMPV6_TYPES = {1: "destination-unreachable", 128: "echo-request", 129: "echo-reply"}
 
 
 class ChainTrace:
@@ -54,9 +53,10 @@ class ChainTrace:
 
 def packet_fields(pkt: Packet, state: HookState, family: str) -> str:
     """The headers nft monitor prints for a packet (those the emulator knows: no link layer, IP id 0)."""
-    dev = f'iif "{state.in_dev}"' if state.in_dev else f'oif "{state.out_dev}"'
     net = "ip" if pkt.family == 4 else "ip6"
-    parts = [dev, f"{net} saddr {pkt.src_str}", f"{net} daddr {pkt.dst_str}"]
+    iif = state.in_dev or ("" if pkt.local else pkt.iif)  # a forwarded packet keeps its input device
+    parts = [f'{word} "{dev}"' for word, dev in (("iif", iif), ("oif", state.out_dev)) if dev]
+    parts += [f"{net} saddr {pkt.src_str}", f"{net} daddr {pkt.dst_str}"]
     if pkt.family == 4:
         parts += ["ip dscp cs0", "ip ecn not-ect", f"ip ttl {pkt.ttl}", "ip id 0"]
         if family == "inet":
@@ -80,13 +80,10 @@ def l4_fields(pkt: Packet) -> list[str]:
         return out + ([f"udp length {max(8, pkt.length - 20)}"] if name == "udp" else [])
     if name in ("icmp", "icmpv6", "ipv6-icmp"):
         proto = "icmp" if name == "icmp" else "icmpv6"
-        types = ICMP_TYPES if proto == "icmp" else ICMPV6_TYPES
-        out = [f"{proto} type {types.get(pkt.icmp_type, pkt.icmp_type)}",
-               f"{proto} code {'net-unreachable' if proto == 'icmp' else 'no-route'}"
-               if pkt.icmp_code == 0 else f"{proto} code {pkt.icmp_code}"]
-        if pkt.icmp_type in (0, 8, 128, 129):
-            out += [f"{proto} id {pkt.icmp_id}", f"{proto} sequence 1"]
-        return out
+        types, codes = (T.ICMP_TYPE, T.ICMP_CODE) if proto == "icmp" else (T.ICMPV6_TYPE, T.ICMPV6_CODE)
+        echo = pkt.icmp_type in (0, 8, 128, 129)  # other types carry no id: nft prints the zero bytes
+        return [f"{proto} type {types.text(pkt.icmp_type, 0)}", f"{proto} code {codes.text(pkt.icmp_code, 0)}",
+                f"{proto} id {pkt.icmp_id if echo else 0}", f"{proto} sequence {1 if echo else 0}"]
     return []
 
 
