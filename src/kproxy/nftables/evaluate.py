@@ -189,25 +189,35 @@ class ChainRunner:
     def run_chain(self, chain: Chain, pkt: Packet, state: HookState, depth: int) -> int:
         if depth > 16:
             return NF_DROP  # the kernel refuses loops at load time; never reached with a valid ruleset
-        for i, rule in enumerate(chain.rules):
-            if self.traced is not None:
-                self.at = (chain, rule, i + 1)
+        if self.traced is not None:
+            return self.run_chain_traced(chain, pkt, state, depth, self.traced)
+        for rule in chain.rules:
             verdict = self.run_rule(rule, pkt, state, depth)
-            if self.traced is not None and verdict != NO_MATCH:
-                if self.jumped:
-                    self.jumped = False  # the jump's own event was recorded when it was taken
-                else:
-                    self.traced.event(state, pkt, "rule", chain, VERDICT_NAMES.get(verdict, "continue"), rule, i + 1)
-            if verdict in (CONTINUE, NO_MATCH):
+            if verdict == CONTINUE:
                 continue
             return verdict
         return RETURN
 
-    def run_rule(self, rule: Rule, pkt: Packet, state: HookState, depth: int) -> int:
+    def run_chain_traced(self, chain: Chain, pkt: Packet, state: HookState, depth: int, traced: ChainTrace) -> int:
+        """``run_chain`` recording, as nft_trace_notify does, each rule that matched and its verdict."""
+        for i, rule in enumerate(chain.rules, 1):
+            self.at = (chain, rule, i)
+            verdict = self.run_rule(rule, pkt, state, depth, NO_MATCH)
+            if verdict == NO_MATCH:
+                continue
+            if self.jumped:
+                self.jumped = False  # the jump's own event was recorded when it was taken
+            else:
+                traced.event(state, pkt, "rule", chain, VERDICT_NAMES.get(verdict, "continue"), rule, i)
+            if verdict != CONTINUE:
+                return verdict
+        return RETURN
+
+    def run_rule(self, rule: Rule, pkt: Packet, state: HookState, depth: int, no_match: int = CONTINUE) -> int:
         for st in rule.stmts:
             verdict = self.run_stmt(st, pkt, state, depth)
             if verdict is None:
-                return NO_MATCH  # a match failed: next rule
+                return no_match  # a match failed: next rule
             if verdict != CONTINUE:
                 return verdict
         return CONTINUE
