@@ -38,6 +38,17 @@ def steps(name: str) -> list[tuple[list[str], str | None]]:
     return out
 
 
+SEQUENCES = sorted(p.name for p in (DATA / "json").glob("*.cmds"))
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("name", SEQUENCES)
+def test_sequence_like_nft(name: str) -> None:
+    """Each file's steps (see its first line): every -j list form and -n, JSON input with its errors, the
+    list/reset/flush/rename commands, --echo and -c, typeof and reset, rename chain."""
+    run_like_nft(name)
+
+
 def run_like_nft(name: str) -> None:
     """Each step in the real nft and in ours: stdout, stderr and exit status must be equal."""
     require_nft()
@@ -52,19 +63,7 @@ def run_like_nft(name: str) -> None:
         ns.delete()
 
 
-@pytest.mark.kernel
-def test_every_list_form_in_json_like_nft() -> None:
-    run_like_nft("list.cmds")
 
-
-@pytest.mark.kernel
-def test_json_input_like_nft() -> None:
-    run_like_nft("input.cmds")
-
-
-@pytest.mark.kernel
-def test_echo_and_check_like_nft() -> None:
-    run_like_nft("echo.cmds")
 
 
 @pytest.mark.kernel
@@ -185,19 +184,7 @@ def test_generation_survives_the_node_file() -> None:
     assert ruleset_from_json(ruleset_to_json(rs)).generation == 1
 
 
-@pytest.mark.kernel
-def test_reset_and_typeof_like_nft() -> None:
-    run_like_nft("reset_typeof.cmds")
 
-
-@pytest.mark.kernel
-def test_json_list_reset_flush_rename_like_nft() -> None:
-    run_like_nft("commands.cmds")
-
-
-@pytest.mark.kernel
-def test_rename_chain_like_nft() -> None:
-    run_like_nft("rename.cmds")
 
 
 WORDS = ["add", "insert", "replace", "delete", "flush", "list", "reset", "rename", "table", "chain", "rule", "set",
@@ -232,11 +219,3 @@ def test_any_json_document_is_an_answer_not_a_traceback() -> None:
     check()
 
 
-@pytest.mark.kernel
-def test_list_forms_and_numeric_json_like_nft() -> None:
-    run_like_nft("numeric.cmds")
-
-
-@pytest.mark.kernel
-def test_echo_of_positioned_and_replaced_rules_like_nft() -> None:
-    run_like_nft("echo_rules.cmds")
