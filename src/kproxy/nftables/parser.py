@@ -94,6 +94,8 @@ class Parser:
         self.kernel_errors: list[NftError] = []
         self.batch_broken = False
         self.rule_ops: dict[int, str] = {}  # id(rule) -> "insert" or "replace", for --echo's notifications
+        # chains named by verdict-map elements, checked when the kernel would add the elements
+        self.jump_elems: list[tuple[str, Loc]] = []
 
     # ---- token helpers ------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Token:
@@ -264,6 +266,7 @@ class Parser:
             tbl = self.find_table(family, tname)
             s = self.find_set(tbl, self.word())
             lit = self.set_literal(s.key, s.data, s)
+            self.check_jumps(tbl)
             self.add_elements(s, lit)
             self.follow_on(verb, command=True)
         elif what in ("counter", "quota", "limit"):
@@ -311,6 +314,10 @@ class Parser:
         for s in tbl.sets.values():
             if not s.handle:
                 s.handle = tbl.alloc()
+        try:
+            self.check_jumps(tbl)
+        except NftError as err:
+            self.record(err, self.pos)
         # nft adds a table's chains, then objects and sets, and only then the rules (handles follow).
         for chain, start in deferred:
             self.pos, saved = start, self.pos
@@ -511,6 +518,8 @@ class Parser:
         if existing is None:
             s.handle = 0 if defer else tbl.alloc()
             tbl.sets[name.text] = s
+        if not defer:  # in a table block the block's chains come first: table_block checks then
+            self.check_jumps(tbl)
         for _, lit in pending:
             self.add_elements(s, lit)
 
@@ -536,6 +545,13 @@ class Parser:
             s.data = [e.dtype for e in data]
             text += " : " + " . ".join(e.text(OPTS) for e in data)
         s.typeof = text
+
+    def check_jumps(self, tbl: Table) -> None:
+        """Verdict-map elements may only jump to chains the table has by then (the kernel's ENOENT)."""
+        pending, self.jump_elems = self.jump_elems, []
+        for target, where in pending:
+            if target not in tbl.chains:
+                raise NftError("Could not process rule: No such file or directory", where)
 
     def dtype(self) -> T.DType:
         t = self.word()
@@ -825,6 +841,7 @@ class Parser:
             start = self.peek()
             k = self.value_of(key)
             elem = Elem(k)
+            key_loc = loc(start, self.toks[self.pos - 1])
             while self.at("timeout", "expires", "comment", "counter"):
                 w = self.next().text
                 if w == "comment":
@@ -836,6 +853,8 @@ class Parser:
             if data is not None:
                 self.expect(":")
                 elem.data = self.verdict() if data == [T.VERDICT] else self.value_of(data)
+                if s is not None and isinstance(elem.data, Verdict) and elem.data.target is not None:
+                    self.jump_elems.append((elem.data.target, key_loc))
             elif self.at(":"):
                 raise self.unexpected()
             if s is not None and isinstance(k, (Prefix, Range)) and "interval" not in s.flags:
