@@ -174,8 +174,7 @@ class Parser:
         if err.syntax:
             raise err
         if err.kernel:
-            if not self.kernel_errors or self.batch_broken:
-                self.kernel_errors.append(err)
+            self.kernel_errors.append(err)  # the kernel goes on with the batch and reports every error
             self.batch_broken = self.batch_broken or err.msg.endswith("Operation not supported")
         else:
             self.eval_errors.append(err)
