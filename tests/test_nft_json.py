@@ -67,7 +67,9 @@ def run_like_nft(name: str) -> None:
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("name", ["docker_host.nft", "home_router.nft"])
+@pytest.mark.parametrize("name", [n for n in sorted(p.name for p in DATA.glob("*.nft"))
+                                  # nft marks a JSON-made set dynamic when a rule of the same batch updates it
+                                  if n != "vpn_gateway.nft"])
 def test_json_listing_loads_back_like_nft(name: str, tmp_path: Path) -> None:
     """nft's own ``-j list ruleset`` output, loaded with ``-j -f`` into a fresh ruleset, lists the same."""
     require_nft()
