@@ -221,3 +221,11 @@ def test_any_json_document_is_an_answer_not_a_traceback() -> None:
     check()
 
 
+
+
+def test_names_the_text_front_end_cannot_hold_are_refused_plainly() -> None:
+    """JSON reaches the ruleset through nft script: a name with a quote or a newline is refused in one line,
+    never spliced into the script as another command."""
+    rc, _, err, rs = load_json(cmd({"add": {"table": {"family": "ip", "name": 'x"\nflush ruleset\n#'}}}))
+    assert rc == 1 and rs.tables == []
+    assert err.startswith("internal:0:0-0: Error: kproxy: ") and "cannot be written in nft's text" in err

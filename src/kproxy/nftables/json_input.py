@@ -71,7 +71,17 @@ def opt(obj: dict[str, Any], key: str, kind: type) -> Any:
 
 
 def quote(s: str) -> str:
-    return s if BARE.match(s) and s not in ("@", "$") else '"' + s.replace('"', '\\"') + '"'
+    """A name or value as nft script: bare when it is one word, else in double quotes."""
+    return s if BARE.match(s) and s not in ("@", "$") else quoted(s)
+
+
+def quoted(s: Any) -> str:
+    """A string in double quotes (comments, prefixes, object names)."""
+    s = str(s)
+    if '"' in s or any(ord(c) < 32 for c in s):
+        raise JsonError((None, f"kproxy: {json.dumps(s)} cannot be written in nft's text, which this front end"
+                               " reads JSON through"))
+    return f'"{s}"'
 
 
 def family_of(name: str) -> str:
@@ -184,7 +194,7 @@ def named(verb: str, kind: str, body: Any, keys: tuple[str, ...]) -> tuple[str, 
     """``FAMILY TABLE [NAME]`` or ``... handle N`` for delete, checked as nft checks them."""
     vals = unpack(body, "s" * len(keys), *keys)
     fam = vals[0]
-    where = " ".join(vals[1:])
+    where = " ".join(quote(v) for v in vals[1:])
     if verb == "delete" and "name" not in body:
         h = opt(body, "handle", int)
         if h is None:
@@ -222,8 +232,6 @@ def w_chain(verb: str, kind: str, body: Any) -> str:
 
 
 def w_rule(verb: str, kind: str, body: Any) -> str:
-    if verb in ("insert", "replace"):
-        return replace_rule(verb, body)
     fam, table, chain = unpack(body, "sss", "family", "table", "chain")
     if verb == "delete":
         (h,) = unpack(body, "i", "handle")
@@ -263,7 +271,7 @@ def rule_text(head: str, body: dict[str, Any], exprs: Any) -> str:
             raise err.then(f"Parsing expr array at index {i} failed.") from None
     comment = opt(body, "comment", str)
     if comment is not None:
-        words.append(f'comment "{comment}"')
+        words.append(f"comment {quoted(comment)}")
     return " ".join(words)
 
 
@@ -339,7 +347,7 @@ def w_object(verb: str, kind: str, body: Any) -> str:
         spec = limit_spec(body)
     comment = opt(body, "comment", str)
     if comment is not None:
-        spec = f'comment "{comment}"; {spec}'
+        spec = f"comment {quoted(comment)}; {spec}"
     return f"{out} {{ {spec}; }}"
 
 
@@ -413,7 +421,7 @@ def s_match(key: str, val: Any) -> str:
 
 def s_counter(key: str, val: Any) -> str:
     if isinstance(val, str):
-        return f'counter name "{val}"'
+        return f"counter name {quoted(val)}"
     if isinstance(val, dict) and ("packets" in val or "bytes" in val):
         return f"counter packets {val.get('packets', 0)} bytes {val.get('bytes', 0)}"
     return "counter"
@@ -426,7 +434,7 @@ def s_mangle(key: str, val: Any) -> str:
 
 def s_quota(key: str, val: Any) -> str:
     if isinstance(val, str):
-        return f'quota name "{val}"'
+        return f"quota name {quoted(val)}"
     (v,) = unpack(val, "i", "val")
     s = "quota " + ("over " if val.get("inv") else "") + f"{v} {val.get('val_unit', 'bytes')}"
     if opt(val, "used", int):
@@ -436,7 +444,7 @@ def s_quota(key: str, val: Any) -> str:
 
 def s_limit(key: str, val: Any) -> str:
     if isinstance(val, str):
-        return f'limit name "{val}"'
+        return f"limit name {quoted(val)}"
     unpack(val, "is", "rate", "per")
     return "limit " + limit_spec(val)
 
@@ -448,7 +456,7 @@ def s_log(key: str, val: Any) -> str:
     for k, word in (("prefix", "prefix"), ("group", "group"), ("snaplen", "snaplen"),
                     ("queue-threshold", "queue-threshold"), ("level", "level")):
         if k in val:
-            s += f' {word} "{val[k]}"' if k == "prefix" else f" {word} {val[k]}"
+            s += f" {word} {quoted(val[k])}" if k == "prefix" else f" {word} {val[k]}"
     flags = val.get("flags")
     if flags:
         s += " flags " + (",".join(flags) if isinstance(flags, list) else flags)
@@ -672,7 +680,7 @@ def e_elem(key: str, val: Any) -> str:
         if opt(val, k, int) is not None:
             s += f" {k} {fmt_time(val[k] * 1000)}"
     if isinstance(val.get("comment"), str):
-        s += f' comment "{val["comment"]}"'
+        s += f" comment {quoted(val['comment'])}"
     return s
 
 
