@@ -130,27 +130,36 @@ def echo_json(before: Ruleset, after: Ruleset, o: Opts) -> str:
             items.append(set_json(t, ob, o))
         elif kind == "rule":
             items.append(rule_json(t, ob[0], ob[1], o))
+        else:
+            nset, elem = ob
+            items.append({"element": {"family": t.family, "table": t.name, "name": nset.name,
+                                      "elem": {"set": [elem.json()]}}})
     return _dump([{"add": i} for i in items]) + "\n"
 
 
 def echo_json_input(cmds: list[Any], before: Ruleset, after: Ruleset) -> str:
     """``-j --echo -f``: the input commands, each new object given its handle (appended, as nft does)."""
-    rules = iter(sorted(ob[1].handle for kind, _, ob in added(before, after) if kind == "rule"))
+    new = added(before, after)
+    rules = iter(sorted(ob[1].handle for kind, _, ob in new if kind == "rule"))
+    created = {id(ob) for _, _, ob in new}
     for cmd in cmds:
         if not isinstance(cmd, dict) or "metainfo" in cmd:
             continue
         verb = next((v for v in ("add", "create", "insert") if v in cmd), None)
         body = cmd[verb] if verb else cmd
         for kind, val in body.items() if isinstance(body, dict) else ():
-            h = _handle_of(kind, val, after, rules)
-            if h is not None and isinstance(val, dict):
+            if not isinstance(val, dict):
+                continue
+            if verb != "insert":
+                val.pop("handle", None)  # an add's own handle is dropped, the kernel's appended
+            h = _handle_of(kind, val, after, rules, created)
+            if h is not None:
                 val["handle"] = h
     return _dump(cmds)
 
 
-def _handle_of(kind: str, val: Any, rs: Ruleset, rules: Any) -> int | None:
-    if not isinstance(val, dict):
-        return None
+def _handle_of(kind: str, val: dict[str, Any], rs: Ruleset, rules: Any, created: set[int]) -> int | None:
+    """The handle the kernel gave the object a command created (None when it created nothing)."""
     if kind == "rule":
         return next(rules, None)
     table = val.get("name") if kind == "table" else val.get("table")
@@ -161,7 +170,7 @@ def _handle_of(kind: str, val: Any, rs: Ruleset, rules: Any) -> int | None:
     found: Any = {"table": t, "chain": t.chains.get(name), "set": t.sets.get(name), "map": t.sets.get(name),
                   "counter": t.objs.get(("counter", name)), "quota": t.objs.get(("quota", name)),
                   "limit": t.objs.get(("limit", name))}.get(kind)
-    return found.handle if found is not None else None
+    return found.handle if found is not None and id(found) in created else None
 
 
 def _dump(cmds: list[Any]) -> str:
