@@ -51,6 +51,7 @@ from kproxy.nftables.stmt import (
     VerdictMap,
     VerdictStmt,
 )
+from kproxy.nftables.trace import ChainTrace
 from kproxy.packet import NF_ACCEPT, NF_DROP, Packet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,7 +72,8 @@ REJECT_KIND = {("icmp", 0): "icmp-net-unreachable", ("icmp", 1): "icmp-host-unre
 NAME_PREFIX = "nft:"
 
 # Verdict signals inside the interpreter (besides NF_ACCEPT / NF_DROP).
-CONTINUE, RETURN = -1, -2
+CONTINUE, RETURN, NO_MATCH = -1, -2, -3
+VERDICT_NAMES = {NF_ACCEPT: "accept", NF_DROP: "drop", RETURN: "return", CONTINUE: "continue"}
 
 
 class Unsupported(Exception):
@@ -163,10 +165,14 @@ class ChainRunner:
         self.chain = chain
         self.rng = random.Random(0)
         self.counters: dict[int, int] = {}
+        self.traced: ChainTrace | None = None  # while a traced packet runs: where its events go
+        self.at: tuple[Chain, Rule, int] | None = None
+        self.jumped = False
 
     def __call__(self, pkt: Packet, state: HookState) -> int:
         if self.table.family == "ip" and pkt.family != 4 or self.table.family == "ip6" and pkt.family != 6:
             return NF_ACCEPT
+        self.traced = ChainTrace(self.table) if state.trace is not None else None
         try:
             verdict = self.run_chain(self.chain, pkt, state, 0)
         except Unsupported as exc:
@@ -175,12 +181,16 @@ class ChainRunner:
                 state.trace.add("nft", hook=state.hook, text=f"{exc} is not evaluated by the emulator: drop")
             return NF_DROP
         if verdict in (CONTINUE, RETURN):
+            if self.traced is not None:
+                self.traced.event(state, pkt, "policy", self.chain, self.chain.policy)
             return NF_DROP if self.chain.policy == "drop" else NF_ACCEPT
         return verdict
 
     def run_chain(self, chain: Chain, pkt: Packet, state: HookState, depth: int) -> int:
         if depth > 16:
             return NF_DROP  # the kernel refuses loops at load time; never reached with a valid ruleset
+        if self.traced is not None:
+            return self.run_chain_traced(chain, pkt, state, depth, self.traced)
         for rule in chain.rules:
             verdict = self.run_rule(rule, pkt, state, depth)
             if verdict == CONTINUE:
@@ -188,11 +198,26 @@ class ChainRunner:
             return verdict
         return RETURN
 
-    def run_rule(self, rule: Rule, pkt: Packet, state: HookState, depth: int) -> int:
+    def run_chain_traced(self, chain: Chain, pkt: Packet, state: HookState, depth: int, traced: ChainTrace) -> int:
+        """``run_chain`` recording, as nft_trace_notify does, each rule that matched and its verdict."""
+        for i, rule in enumerate(chain.rules, 1):
+            self.at = (chain, rule, i)
+            verdict = self.run_rule(rule, pkt, state, depth, NO_MATCH)
+            if verdict == NO_MATCH:
+                continue
+            if self.jumped:
+                self.jumped = False  # the jump's own event was recorded when it was taken
+            else:
+                traced.event(state, pkt, "rule", chain, VERDICT_NAMES.get(verdict, "continue"), rule, i)
+            if verdict != CONTINUE:
+                return verdict
+        return RETURN
+
+    def run_rule(self, rule: Rule, pkt: Packet, state: HookState, depth: int, no_match: int = CONTINUE) -> int:
         for st in rule.stmts:
             verdict = self.run_stmt(st, pkt, state, depth)
             if verdict is None:
-                return CONTINUE  # a match failed: next rule
+                return no_match  # a match failed: next rule
             if verdict != CONTINUE:
                 return verdict
         return CONTINUE
@@ -263,7 +288,11 @@ class ChainRunner:
         target = self.table.chains.get(v.target or "")
         if target is None:
             return NF_DROP
+        if self.traced is not None and self.at is not None:
+            chain, rule, number = self.at
+            self.traced.event(state, pkt, "rule", chain, f"{v.kind} {v.target}", rule, number)
         result = self.run_chain(target, pkt, state, depth + 1)
+        self.jumped = self.traced is not None
         if result == RETURN:
             # A jump comes back to the next rule; a goto returns to where the calling chain was called.
             return CONTINUE if v.kind == "jump" else RETURN
@@ -278,7 +307,9 @@ class ChainRunner:
             pkt.mark = int(value) & 0xFFFFFFFF
         elif isinstance(key, Ct) and key.key == "mark" and pkt.ct is not None:
             pkt.ct.mark = int(value) & 0xFFFFFFFF
-        elif not (isinstance(key, Meta) and key.key == "nftrace"):
+        elif isinstance(key, Meta) and key.key == "nftrace":
+            pkt.trace = bool(int(value) & 1)  # skb->nf_trace, the bit iptables' TRACE sets too
+        else:
             raise Unsupported(f"{key.text(_OPTS)} set")
         return CONTINUE
 
