@@ -282,14 +282,22 @@ def services_cmd(config_path: str | None, manifests: str, hostname_override: str
 @click.option("--legacy", is_flag=True, help="With --backend kernel: iptables-legacy instead of iptables-nft.")
 @click.pass_obj
 def cleanup_cmd(obj: Ctx, backend_name: str, legacy: bool) -> None:
-    """Remove every chain and jump rule kproxy made (KUBE-*), and nothing else."""
+    """Remove what kproxy's proxy modes made, and nothing else: the KUBE-* chains and the jump rules
+    into them (both families), then the IPVS mode's virtual servers, kube-ipvs0 and its ipsets."""
     from kproxy.backends import BackendError, get_backend
+    from kproxy.proxy.ipvs import cleanup_leftovers
 
-    backend = get_backend(backend_name, node=obj.node if backend_name == "emulated" else None, legacy=legacy)
-    try:
-        lines = backend.cleanup()  # type: ignore[attr-defined]
-    except BackendError as exc:
-        raise click.ClickException(str(exc)) from None
+    lines, gone = 0, {"virtual_servers": 0, "devices": 0, "ipsets": 0}
+    for family in (4, 6):
+        backend = get_backend(backend_name, node=obj.node if backend_name == "emulated" else None, family=family,
+                              legacy=legacy)
+        try:
+            lines += backend.cleanup()  # type: ignore[attr-defined]
+            for what, n in cleanup_leftovers(backend).items():   # after the rules that used its ipsets
+                gone[what] += n
+        except BackendError as exc:
+            raise click.ClickException(str(exc)) from None
     if backend_name == "emulated":
         obj.save()
-    click.echo(f"cleanup: {lines} restore lines")
+    click.echo(f"cleanup: {lines} restore lines, {gone['virtual_servers']} IPVS virtual servers, "
+               f"{gone['devices']} devices, {gone['ipsets']} ipsets")
