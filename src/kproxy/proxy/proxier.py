@@ -83,8 +83,14 @@ def _ipvs() -> ProxierFactory:
     return IpvsProxier
 
 
+def _nftables() -> ProxierFactory:
+    from kproxy.proxy.nftables import NftablesProxier
+
+    return NftablesProxier
+
+
 # Mode name -> how to get its proxier class (imported on demand, as a mode's module may be large).
-MODES: dict[str, Callable[[], ProxierFactory]] = {"iptables": _iptables, "ipvs": _ipvs}
+MODES: dict[str, Callable[[], ProxierFactory]] = {"iptables": _iptables, "ipvs": _ipvs, "nftables": _nftables}
 KNOWN_MODES = ("iptables", "ipvs", "nftables")
 
 
