@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from kproxy.backends import BackendError
 from kproxy.backends.nft import EmulatedNft
 from kproxy.k8s.manifests import Objects
 from kproxy.nftables.cli import run_nft
@@ -194,3 +195,175 @@ def test_first_sync_creates_and_flushes_the_table_in_one_transaction() -> None:
         assert f"flush {kind} ip kube-proxy {name}\n" in text
     chain = "service-ULMVA6XW-ns1/svc1/tcp/p80"
     assert f"add chain ip kube-proxy {chain}\nflush chain ip kube-proxy {chain}\n" in text
+
+
+# ---- partial syncs (upstream's TestSyncProxyRulesRepeated) ----------------------------------------
+class Clock:
+    """The proxier's monotonic clock, advanced by hand (upstream's ageStaleChains)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def es(ns: str, name: str, *ips: str, port_name: str = "p80", number: int = 80) -> dict[str, Any]:
+    return slice_(ns, name, [ep(ip) for ip in ips], [(port_name, number, "TCP")])
+
+
+def put(objs: Objects, *docs: dict[str, Any]) -> None:
+    """Objects changed after a sync, as the watch delivers them (only their Services marked dirty)."""
+    if objs.dirty is None:
+        objs.dirty = set()
+    for d in docs:
+        if d["kind"] == "Service":
+            from kproxy.k8s.objects import Service
+
+            objs.update_service(Service.from_dict(d))
+        else:
+            from kproxy.k8s.objects import EndpointSlice
+
+            objs.update_slice(EndpointSlice.from_dict(d))
+
+
+def fresh_table(objs: Objects) -> dict[str, list[str]]:
+    """The table a new proxier writes for ``objs`` in one full sync (what a partial one must reach)."""
+    node, proxier = fake_proxier()
+    clone = Objects(dict(objs.services), dict(objs.slices))
+    for s in objs.slices.values():
+        clone.update_slice(s)
+    clone.dirty = None
+    assert not proxier.sync(clone).error
+    return blocks(table_of(node))
+
+
+def assert_converged(node: Node, objs: Objects, stale: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """The table is what a full sync would write, plus the stale chains (flushed, waiting)."""
+    got, want = blocks(table_of(node)), fresh_table(objs)
+    for c in stale:
+        assert got.pop(f"chain {c} {{", None) == [], c
+    assert got == want
+
+
+def test_repeated_syncs_change_only_what_changed() -> None:
+    clock = Clock()
+    node, proxier = fake_proxier()
+    proxier.clock = clock
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]),
+                   svc("ns2", "svc2", "172.30.0.42", [port("p8080", 8080)]),
+                   es("ns1", "svc1", "10.0.1.1"), es("ns2", "svc2", "10.0.2.1", port_name="p8080", number=8080))
+    assert proxier.sync(objs).full
+    assert_converged(node, objs)
+
+    # add a Service with an endpoint: 2 elements, 2 chains added and flushed, 2 rules in each
+    put(objs, svc("ns3", "svc3", "172.30.0.43", [port("p80", 80)]), es("ns3", "svc3", "10.0.3.1"))
+    r = proxier.sync(objs)
+    assert not r.full and not r.error and r.lines == 10
+    assert_converged(node, objs)
+
+    # delete a Service: its 2 elements deleted, its 2 chains flushed but kept for now
+    objs.delete_service("ns2/svc2")
+    r = proxier.sync(objs)
+    assert r.lines == 4
+    gone = {"service-MHHHYRWA-ns2/svc2/tcp/p8080", "endpoint-7RVP4LUQ-ns2/svc2/tcp/p8080__10.0.2.1/8080"}
+    assert set(proxier.stale_chains) == gone
+    assert_converged(node, objs, gone)
+    assert "delete element ip kube-proxy service-ips { 172.30.0.42 . tcp . 8080 }" in r.text
+
+    # a second later the stale chains go, in their own transaction; nothing else is written
+    clock.now += 2
+    r = proxier.sync(objs)
+    assert r.lines == 0 and not proxier.stale_chains
+    assert_converged(node, objs)
+
+    # a Service without endpoints, then its endpoints
+    put(objs, svc("ns4", "svc4", "172.30.0.44", [port("p80", 80)]))
+    r = proxier.sync(objs)
+    assert r.lines == 2 and 'no-endpoint-services { 172.30.0.44 . tcp . 80 comment "ns4/svc4:p80" : goto reject-chain }' in r.text
+    put(objs, es("ns4", "svc4", "10.0.4.1"))
+    assert proxier.sync(objs).lines == 10
+    assert_converged(node, objs)
+
+    # an endpoint changes: the service chain rewritten, the new endpoint chain made, the old one flushed
+    put(objs, es("ns3", "svc3", "10.0.3.2"))
+    r = proxier.sync(objs)
+    assert r.lines == 9
+    assert set(proxier.stale_chains) == {"endpoint-2OCDJSZQ-ns3/svc3/tcp/p80__10.0.3.1/80"}
+    clock.now += 2
+    put(objs, es("ns3", "svc3", "10.0.3.2", "10.0.3.3"))
+    assert proxier.sync(objs).lines == 12
+    assert_converged(node, objs)
+
+    # emptied endpoints: element moved to no-endpoint-services, 3 chains flushed; restored at once
+    put(objs, es("ns3", "svc3"))
+    assert proxier.sync(objs).lines == 5
+    assert set(proxier.stale_chains) == {"service-4AT6LBPK-ns3/svc3/tcp/p80",
+                                         "endpoint-SWWHDC7X-ns3/svc3/tcp/p80__10.0.3.2/80",
+                                         "endpoint-TQ2QKHCZ-ns3/svc3/tcp/p80__10.0.3.3/80"}
+    put(objs, es("ns3", "svc3", "10.0.3.2", "10.0.3.3"))
+    assert proxier.sync(objs).lines == 14 and not proxier.stale_chains
+    assert_converged(node, objs)
+
+    # emptied, aged, restored: the chains are deleted first, then made again
+    put(objs, es("ns3", "svc3"))
+    proxier.sync(objs)
+    clock.now += 2
+    put(objs, es("ns3", "svc3", "10.0.3.2", "10.0.3.3"))
+    assert not proxier.sync(objs).error
+    assert_converged(node, objs)
+    assert proxier.sync(objs).lines == 0
+
+
+def test_a_failed_sync_keeps_the_rules_and_the_next_one_is_full() -> None:
+    node, proxier = fake_proxier()
+    metrics = proxier.metrics
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]), es("ns1", "svc1", "10.0.1.1"))
+    proxier.sync(objs)
+    before = table_of(node)
+    put(objs, svc("ns2", "svc2", "172.30.0.42", [port("p80", 80)]), es("ns2", "svc2", "10.0.2.1"))
+    real_run = proxier.backend.run
+
+    def failing(text: str) -> None:
+        raise BackendError("Error: Could not process rule: No buffer space available")
+
+    proxier.backend.run = failing
+    r = proxier.sync(objs)
+    assert r.error and not r.full and proxier.need_full
+    assert table_of(node) == before
+    assert metrics.nft_sync_failures._value.get() == 1
+    proxier.backend.run = real_run
+    r = proxier.sync(objs)
+    assert r.full and not r.error and not proxier.need_full
+    assert_converged(node, objs)
+
+
+def test_a_full_sync_flushes_service_chains_it_does_not_know() -> None:
+    """After a restart the table may hold chains of Services deleted meanwhile: flushed, then deleted."""
+    clock = Clock()
+    node, proxier = fake_proxier()
+    proxier.clock = clock
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]), es("ns1", "svc1", "10.0.1.1"))
+    EmulatedNft(node).run('add table ip kube-proxy\nadd chain ip kube-proxy service-XXXXXXXX-ns9/old/tcp/p\n'
+                          "add chain ip kube-proxy scratch\n"
+                          "add set ip kube-proxy affinity-XXXXXXXX-ns9/old/tcp/p__10.0.9.9/80 { type ipv4_addr ; }\n")
+    r = proxier.sync(objs)
+    assert "flush chain ip kube-proxy service-XXXXXXXX-ns9/old/tcp/p\n" in r.text
+    assert "delete set ip kube-proxy affinity-XXXXXXXX-ns9/old/tcp/p__10.0.9.9/80\n" in r.text
+    assert set(proxier.stale_chains) == {"service-XXXXXXXX-ns9/old/tcp/p"}
+    clock.now += 2
+    proxier.sync(objs)
+    got = blocks(table_of(node))
+    assert got.pop("chain scratch {") == []          # not a service chain: left alone
+    assert got == fresh_table(objs)
+
+
+def test_a_failed_transaction_changes_nothing_on_the_node() -> None:
+    node, proxier = fake_proxier()
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]), es("ns1", "svc1", "10.0.1.1"))
+    proxier.sync(objs)
+    before = table_of(node)
+    with pytest.raises(Exception, match="No such file or directory"):
+        proxier.backend.run("add element ip kube-proxy service-ips { 172.30.0.50 . tcp . 80 : drop }\n"
+                            "add element ip kube-proxy no-such-map { 172.30.0.50 }\n")
+    assert table_of(node) == before
