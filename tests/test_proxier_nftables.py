@@ -367,3 +367,62 @@ def test_a_failed_transaction_changes_nothing_on_the_node() -> None:
         proxier.backend.run("add element ip kube-proxy service-ips { 172.30.0.50 . tcp . 80 : drop }\n"
                             "add element ip kube-proxy no-such-map { 172.30.0.50 }\n")
     assert table_of(node) == before
+
+
+# ---- packets through the table ---------------------------------------------------------------------
+FLOW_NODE = {"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]},
+                                              {"name": "cni0", "addresses": ["10.0.1.1/24"]}],
+             "routes": ["default via 192.168.0.1 dev eth0", "10.0.2.0/24 via 192.168.0.3 dev eth0"]}
+
+
+def flow_setup(**cfg: Any) -> tuple[Node, NftablesProxier]:
+    import random
+
+    node = Node.from_description(FLOW_NODE)
+    node.clock = 1000.0
+    node.subsystems["rng"] = random.Random(3)
+    config = ProxyConfig.from_dict({"mode": "nftables", "clusterCIDR": "10.0.0.0/16", "hostnameOverride": "node-a",
+                                    **cfg})
+    return node, NftablesProxier(config, EmulatedNft(node), ["192.168.0.2", "10.0.1.1"],
+                                 service_cidrs=["172.30.0.0/16"])
+
+
+def tcp(src: str, dst: str, sport: int, dport: int) -> Any:
+    from kproxy.packet import SYN, Packet
+
+    return Packet.make(src, dst, "tcp", sport, dport, tcp_flags=SYN)
+
+
+def np_svc(name: str, ip: str, node_port: int, **spec: Any) -> dict[str, Any]:
+    return svc("ns", name, ip, [port("p", 80, node_port=node_port)], "NodePort", **spec)
+
+
+def test_flows_from_pods_node_and_outside() -> None:
+    """Upstream's packet-flow expectations (runPacketFlowTests), on the emulated packet path."""
+    node, proxier = flow_setup()
+    p = [("p", 80, "TCP")]
+    proxier.sync(objects(
+        np_svc("np", "172.30.0.60", 30080), slice_("ns", "np", [ep("10.0.2.30", "node-b")], p),
+        np_svc("lo", "172.30.0.61", 30081, externalTrafficPolicy="Local"),
+        slice_("ns", "lo", [ep("10.0.1.31", "node-a")], p),
+        np_svc("lo2", "172.30.0.62", 30082, externalTrafficPolicy="Local"),
+        slice_("ns", "lo2", [ep("10.0.2.32", "node-b")], p),
+        svc("ns", "none", "172.30.0.63", [port("p", 80)])))
+    r = node.receive(tcp("10.0.1.5", "172.30.0.60", 40001, 80), "cni0")      # pod to ClusterIP: DNAT only
+    assert (r.fate, r.packet.dst_str, r.packet.src_str) == ("forwarded", "10.0.2.30", "10.0.1.5")
+    r = node.send(tcp("0.0.0.0", "172.30.0.60", 40003, 80))                  # node to ClusterIP: masqueraded
+    assert (r.packet.dst_str, r.packet.src_str) == ("10.0.2.30", "192.168.0.2")
+    r = node.receive(tcp("203.0.113.9", "192.168.0.2", 40004, 30080), "eth0")   # NodePort, Cluster policy
+    assert (r.fate, r.packet.dst_str, r.packet.src_str) == ("forwarded", "10.0.2.30", "192.168.0.2")
+    r = node.receive(tcp("203.0.113.9", "192.168.0.2", 40005, 30081), "eth0")   # Local policy, local endpoint
+    assert (r.fate, r.packet.dst_str, r.packet.src_str) == ("forwarded", "10.0.1.31", "203.0.113.9")
+    r = node.receive(tcp("203.0.113.9", "192.168.0.2", 40006, 30082), "eth0")   # Local policy, none here
+    assert r.fate == "dropped"
+    r = node.receive(tcp("10.0.1.5", "172.30.0.63", 40007, 80), "cni0")      # no endpoints: rejected
+    assert (r.fate, r.reject_with) == ("rejected", "icmp-port-unreachable")
+    r = node.receive(tcp("10.0.1.5", "172.30.0.60", 40008, 443), "cni0")     # unknown port of a ClusterIP
+    assert r.fate == "rejected"
+    r = node.receive(tcp("10.0.1.5", "172.30.0.99", 40009, 80), "cni0")      # unallocated ClusterIP: dropped
+    assert r.fate == "dropped"
+    r = node.send(tcp("0.0.0.0", "127.0.0.1", 40010, 30080))                 # no NodePorts on localhost
+    assert r.packet.dst_str == "127.0.0.1"

@@ -52,6 +52,8 @@ def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: 
     pod_cidr = next((c for c in node.pod_cidrs if ":" not in c), "") if node is not None else ""
     extra: dict[str, Any] = {"pod_cidr": pod_cidr} if pod_cidr else {}
     try:
+        if cfg.mode == "nftables":
+            return _nft_proxier(obj, cls, cfg, backend_name, metrics, node, extra)
         if backend_name == "kernel":
             backend = get_backend("kernel", legacy=legacy)
             ips = _node_ips_kernel() or (node.addresses if node is not None else [])
@@ -62,6 +64,27 @@ def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: 
         return cls(cfg, backend, ips, metrics=metrics, conntrack=EmulatedConntrackCleaner(emulated), **extra)
     except ModeUnavailable as exc:      # the backend lacks what the mode needs (a kernel without IPVS)
         raise click.ClickException(str(exc)) from None
+
+
+def _nft_proxier(obj: Ctx, cls: Any, cfg: Any, backend_name: str, metrics: Any, node: K8sNode | None,
+                 extra: dict[str, Any]) -> Any:
+    """The nftables proxier over the emulated node's nft or this namespace's; a node whose nft lacks
+    something the mode needs is refused with what it lacks."""
+    from kproxy.backends.nft import EmulatedNft, KernelNft
+    from kproxy.proxy.conntrack import EmulatedConntrackCleaner, KernelConntrackCleaner
+    from kproxy.proxy.proxier import ModeUnavailable
+
+    if backend_name == "kernel":
+        nft = KernelNft(4)
+        missing = nft.check()
+        if missing:
+            raise ModeUnavailable(f"proxy mode 'nftables' cannot run here: {missing}")
+        ips = _node_ips_kernel() or (node.addresses if node is not None else [])
+        return cls(cfg, nft, ips, metrics=metrics, conntrack=KernelConntrackCleaner(), **extra)
+    emulated = obj.node
+    ips = _node_ips_emulated(emulated) or (node.addresses if node is not None else [])
+    return cls(cfg, EmulatedNft(emulated, 4), ips, metrics=metrics, conntrack=EmulatedConntrackCleaner(emulated),
+               **extra)
 
 
 def _bind_address(flag: str, value: str | None, default_port: int, current: str) -> str:
@@ -170,8 +193,12 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
     def report(result: SyncResult) -> None:
         kind = "full" if result.full else "partial"
         status = f"FAILED: {result.error.splitlines()[0]}" if result.error else "ok"
-        click.echo(f"sync {kind}: {result.lines} restore lines, {result.nat_rules} nat + {result.filter_rules} "
-                   f"filter rules, {result.duration * 1000:.1f} ms, {status}", err=True)
+        if "elements" in result.rules:
+            what = (f"{result.lines} transaction lines, {result.rules['rules']} rules + "
+                    f"{result.rules['elements']} map elements")
+        else:
+            what = f"{result.lines} restore lines, {result.nat_rules} nat + {result.filter_rules} filter rules"
+        click.echo(f"sync {kind}: {what}, {result.duration * 1000:.1f} ms, {status}", err=True)
         if backend_name == "emulated" and not result.error:
             obj.save()
 
@@ -282,14 +309,19 @@ def services_cmd(config_path: str | None, manifests: str, hostname_override: str
 @click.option("--legacy", is_flag=True, help="With --backend kernel: iptables-legacy instead of iptables-nft.")
 @click.pass_obj
 def cleanup_cmd(obj: Ctx, backend_name: str, legacy: bool) -> None:
-    """Remove every chain and jump rule kproxy made (KUBE-*), and nothing else."""
+    """Remove every chain and jump rule kproxy made (KUBE-*) and the nftables mode's kube-proxy tables,
+    and nothing else."""
     from kproxy.backends import BackendError, get_backend
+
+    from kproxy.backends.nft import EmulatedNft, KernelNft
 
     backend = get_backend(backend_name, node=obj.node if backend_name == "emulated" else None, legacy=legacy)
     try:
         lines = backend.cleanup()  # type: ignore[attr-defined]
+        tables = [f"{'ip' if family == 4 else 'ip6'} kube-proxy" for family in (4, 6)
+                  if (EmulatedNft(obj.node, family) if backend_name == "emulated" else KernelNft(family)).delete_table()]
     except BackendError as exc:
         raise click.ClickException(str(exc)) from None
     if backend_name == "emulated":
         obj.save()
-    click.echo(f"cleanup: {lines} restore lines")
+    click.echo(f"cleanup: {lines} restore lines" + (f", nft tables {', '.join(tables)} deleted" if tables else ""))
