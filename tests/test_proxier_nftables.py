@@ -426,3 +426,128 @@ def test_flows_from_pods_node_and_outside() -> None:
     assert r.fate == "dropped"
     r = node.send(tcp("0.0.0.0", "127.0.0.1", 40010, 30080))                 # no NodePorts on localhost
     assert r.packet.dst_str == "127.0.0.1"
+
+
+# ---- policies, affinity, ranges, families -----------------------------------------------------------
+def rules_of(proxier: NftablesProxier, key: str) -> list[str]:
+    """A Service's rule lines, without the ``add rule ip kube-proxy`` prefix."""
+    return [line.split(" ", 4)[4] for p in proxier._services[key].ports for line in p.body
+            if line.startswith("add rule")]
+
+
+def test_external_policy_local_with_a_local_endpoint() -> None:
+    node, proxier = fake_proxier()
+    proxier.sync(objects(
+        svc("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], "LoadBalancer", lb=["1.2.3.4"],
+            externalTrafficPolicy="Local", healthCheckNodePort=30000),
+        slice_("ns1", "svc1", [ep("10.180.0.1", "test-node"), ep("10.180.2.1", "node2")], [("p80", 80, "TCP")])))
+    base = "42NFTM6N"
+    base = hash_and_truncate("ns1/svc1/tcp/p80")
+    ext, cluster, local = f"external-{base}", f"service-{base}", f"local-{base}"
+    assert set(proxier._services["ns1/svc1"].chains) == {ext, cluster, local,
+                                                         "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80",
+                                                         "endpoint-" + hash_and_truncate(
+                                                             "ns1/svc1/tcp/p80__10.180.2.1/80")}
+    r = rules_of(proxier, "ns1/svc1")
+    assert f'{ext} ip saddr 10.0.0.0/8 goto {cluster} comment "short-circuit pod traffic"' in r
+    assert f'{ext} fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"' in r
+    assert f'{ext} fib saddr type local goto {cluster} comment "short-circuit local traffic"' in r
+    assert r[r.index(f'{ext} fib saddr type local goto {cluster} comment "short-circuit local traffic"') + 1] == \
+        f"{ext} goto {local}"
+    assert f"{local} numgen random mod 1 vmap {{ 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }}" in r
+    elements = proxier._services["ns1/svc1"].elements
+    assert elements[("service-ips", "172.30.0.41 . tcp . 80")] == (f"goto {cluster}", None)
+    assert elements[("service-ips", "1.2.3.4 . tcp . 80")] == (f"goto {ext}", None)
+    assert elements[("service-nodeports", "tcp . 3001")] == (f"goto {ext}", None)
+    assert not any(c in ("no-endpoint-services", "no-endpoint-nodeports") for c, _ in elements)
+
+
+def test_internal_policy_local_without_local_endpoints_drops_cluster_ip_traffic() -> None:
+    node, proxier = fake_proxier()
+    metrics = proxier.metrics
+    proxier.sync(objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)], internalTrafficPolicy="Local"),
+                         slice_("ns1", "svc1", [ep("10.180.2.1", "node2")], [("p80", 80, "TCP")])))
+    elements = proxier._services["ns1/svc1"].elements
+    assert elements == {("cluster-ips", "172.30.0.41"): ("", None),
+                        ("no-endpoint-services", "172.30.0.41 . tcp . 80"): ("drop", "ns1/svc1:p80")}
+    assert proxier._services["ns1/svc1"].chains == set()
+    text = metrics.text().decode()
+    assert 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"} 1.0' in text
+
+
+def test_terminating_endpoints_are_used_when_no_endpoint_is_ready() -> None:
+    node, proxier = fake_proxier()
+    proxier.sync(objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]),
+                         slice_("ns1", "svc1", [ep("10.180.0.1", ready=False, serving=True, terminating=True),
+                                                ep("10.180.0.2", ready=False, serving=False, terminating=True)],
+                                [("p80", 80, "TCP")])))
+    r = rules_of(proxier, "ns1/svc1")
+    assert r[-1].endswith("meta l4proto tcp dnat to 10.180.0.1:80") and not any("10.180.0.2" in x for x in r)
+
+
+def test_masquerade_all_and_every_local_address_for_node_ports() -> None:
+    node, proxier = fake_proxier(nodePortAddresses=[], nftables={"masqueradeAll": True, "masqueradeBit": 5})
+    text = proxier.sync(objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], "NodePort"),
+                                es("ns1", "svc1", "10.180.0.1"))).text
+    assert "add rule ip kube-proxy mark-for-masquerade mark set mark or 0x000020\n" in text
+    assert rules_of(proxier, "ns1/svc1")[0] == \
+        f"service-{hash_and_truncate('ns1/svc1/tcp/p80')} ip daddr 172.30.0.41 jump mark-for-masquerade"
+    assert "delete set ip kube-proxy nodeport-ips\n" in text
+    got = blocks(table_of(node))
+    assert "set nodeport-ips {" not in got
+    assert got["chain services {"][1] == \
+        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"
+    assert got["chain nodeport-endpoints-check {"] == \
+        ["ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports"]
+
+
+def test_source_ranges_that_hold_the_node_let_the_load_balancer_ips_in() -> None:
+    node, proxier = fake_proxier()
+    proxier.sync(objects(
+        svc("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], "LoadBalancer", lb=["1.2.3.4", "5.6.7.8"],
+            loadBalancerSourceRanges=["192.168.0.0/24", " 203.0.113.0/25"]),
+        es("ns1", "svc1", "10.180.0.1")))
+    fw = f"firewall-{hash_and_truncate('ns1/svc1/tcp/p80')}"
+    assert f"{fw} ip saddr != {{ 192.168.0.0/24 , 203.0.113.0/25 , 1.2.3.4 , 5.6.7.8 }} drop" in \
+        rules_of(proxier, "ns1/svc1")
+    got = blocks(table_of(node))
+    assert [e for e in got["map firewall-ips {"] if ": goto" in e] == [f"1.2.3.4 . tcp . 80 : goto {fw}", f"5.6.7.8 . tcp . 80 : goto {fw}"]
+
+
+def test_affinity_sticks_a_client_to_its_endpoint() -> None:
+    node, proxier = flow_setup()
+    proxier.sync(objects(
+        svc("ns", "aff", "172.30.0.70", [port("p", 80)], sessionAffinity="ClientIP",
+            sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}}),
+        slice_("ns", "aff", [ep(f"10.0.2.{i}", "node-b") for i in (40, 41, 42)], [("p", 80, "TCP")])))
+    first = node.receive(tcp("10.0.1.5", "172.30.0.70", 41000, 80), "cni0").packet.dst_str
+    for sport in range(41001, 41011):
+        assert node.receive(tcp("10.0.1.5", "172.30.0.70", sport, 80), "cni0").packet.dst_str == first
+    assert len({node.receive(tcp(f"10.0.1.{i}", "172.30.0.70", 42000, 80), "cni0").packet.dst_str
+                for i in range(6, 40)}) == 3
+
+
+def ipv6_objects() -> Objects:
+    return objects(
+        svc("ns1", "svc1", "fd00:10:96::41", [port("p80", 80, node_port=3001)], "NodePort"),
+        slice_("ns1", "svc1", [ep("fd00:10::1"), ep("fd00:10::2", "test-node")], [("p80", 80, "TCP")], family="IPv6"),
+        svc("ns2", "svc2", "fd00:10:96::42", [port("p80", 80)], sessionAffinity="ClientIP"),
+        slice_("ns2", "svc2", [ep("fd00:10::3")], [("p80", 80, "TCP")], family="IPv6"),
+        svc("ns3", "svc3", "fd00:10:96::43", [port("p53", 53, "UDP")]))
+
+
+def test_ipv6_table() -> None:
+    node, proxier = fake_proxier(6)
+    r = proxier.sync(ipv6_objects())
+    assert not r.error, r.error
+    got = blocks(table_of(node, 6))
+    ep1 = "endpoint-" + endpoint_base(proxier.tracker.ports["ns1/svc1"][("ns1/svc1", "p80", "TCP")][0],
+                                      proxier.tracker.ports["ns1/svc1"][("ns1/svc1", "p80", "TCP")][1][0])
+    assert ep1.endswith("-ns1/svc1/tcp/p80__fd00.10..1/80")
+    assert got[f"chain {ep1} {{"] == ["ip6 saddr fd00:10::1 jump mark-for-masquerade",
+                                      "meta l4proto tcp dnat to [fd00:10::1]:80"]
+    assert got["set nodeport-ips {"][-1] == "2001:db8::1"
+    assert got["chain cluster-ips-check {"][1] == 'ip6 daddr fd00:10:96::/112 drop comment "Drop traffic to unallocated ClusterIPs"'
+    assert "udp . 53" in " ".join(got["map no-endpoint-services {"])
+    assert got["chain services {"] == ["ip6 daddr . meta l4proto . th dport vmap @service-ips",
+                                       "ip6 daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"]

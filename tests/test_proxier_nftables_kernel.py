@@ -120,3 +120,19 @@ def test_cleanup_deletes_the_kube_proxy_tables_and_nothing_else(ns: Netns) -> No
     assert KernelNft(4, netns=ns.name).delete_table() is True
     assert KernelNft(6, netns=ns.name).delete_table() is False
     assert ns.run(["nft", "list", "tables"]).stdout == "table inet mine\n"
+
+
+def test_ipv6_table_on_the_kernel_equals_the_emulated_one(ns: Netns) -> None:
+    from test_proxier_nftables import ipv6_objects
+
+    config = ProxyConfig.from_dict({"mode": "nftables", "clusterCIDR": "fd00:10::/64", "hostnameOverride": "test-node",
+                                    "nodePortAddresses": ["2001:db8::1/128"]})
+    node = Node.from_description(NODE)
+    kw = {"family": 6, "service_cidrs": ["fd00:10:96::/112"], "node_ip": "2001:db8::1"}
+    kernel = NftablesProxier(config, KernelNft(6, netns=ns.name), NODE_IPS, **kw)  # type: ignore[arg-type]
+    emulated = NftablesProxier(config, EmulatedNft(node, 6), NODE_IPS, **kw)  # type: ignore[arg-type]
+    for p in (kernel, emulated):
+        r = p.sync(ipv6_objects())
+        assert r.full and not r.error, r.error
+    listing = assert_twins(kernel, emulated)
+    assert listing.startswith("table ip6 kube-proxy {") and "dnat to [fd00:10::1]:80" in listing
