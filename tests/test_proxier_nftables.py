@@ -551,3 +551,50 @@ def test_ipv6_table() -> None:
     assert "udp . 53" in " ".join(got["map no-endpoint-services {"])
     assert got["chain services {"] == ["ip6 daddr . meta l4proto . th dport vmap @service-ips",
                                        "ip6 daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"]
+
+
+def test_dual_stack_syncs_both_tables_from_the_same_changes() -> None:
+    from kproxy.proxy.proxier import MetaProxier
+
+    node = Node.from_description(NODE)
+    config = ProxyConfig.from_dict({"mode": "nftables", "clusterCIDR": "10.0.0.0/8,fd00:10::/64",
+                                    "hostnameOverride": "test-node"})
+    dual = MetaProxier(NftablesProxier(config, EmulatedNft(node, 4), NODE_IPS),
+                       NftablesProxier(config, EmulatedNft(node, 6), NODE_IPS, family=6))
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)], clusterIPs=["172.30.0.41", "fd00:10:96::41"],
+                       ipFamilies=["IPv4", "IPv6"], ipFamilyPolicy="RequireDualStack"),
+                   es("ns1", "svc1", "10.180.0.1"),
+                   slice_("ns1", "svc1", [ep("fd00:10::1")], [("p80", 80, "TCP")], family="IPv6", suffix="6"))
+    r = dual.sync(objs)
+    assert r.full and not r.error and not dual.need_full
+    assert "add table ip kube-proxy" in r.text and "add table ip6 kube-proxy" in r.text
+    assert "dnat to 10.180.0.1:80" in table_of(node, 4) and "dnat to [fd00:10::1]:80" in table_of(node, 6)
+    put(objs, slice_("ns1", "svc1", [ep("fd00:10::2")], [("p80", 80, "TCP")], family="IPv6", suffix="6"))
+    r = dual.sync(objs)
+    assert not r.full and r.lines == 9 and "[fd00:10::2]:80" in table_of(node, 6)
+
+
+# ---- the command line -------------------------------------------------------------------------------
+def test_proxy_once_in_nftables_mode_and_cleanup(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    import kproxy.cli.nft_cmd  # noqa: F401
+    import kproxy.cli.proxy_cmd  # noqa: F401
+    from kproxy.cli.main import cli
+
+    node = str(tmp_path / "n.json")
+    manifests = Path(__file__).parent.parent / "examples" / "manifests.yaml"
+    run = CliRunner().invoke
+    assert run(cli, ["--node", node, "node", "init"]).exit_code == 0
+    cfg = tmp_path / "kp.yaml"
+    cfg.write_text("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\n"
+                   "nftables:\n  masqueradeBit: 10\n  syncPeriod: 20s\n  minSyncPeriod: 2s\n")
+    res = run(cli, ["--node", node, "proxy", "--config", str(cfg), "--manifests", str(manifests), "--once"])
+    assert res.exit_code == 0, res.output
+    assert "sync full:" in res.output and "map elements" in res.output
+    listing = run(cli, ["--node", node, "nft", "list", "table", "ip", "kube-proxy"]).output
+    assert "meta mark set meta mark | 0x00000400" in listing and "map service-ips {" in listing
+    assert run(cli, ["--node", node, "nft", "add", "table", "inet", "mine"]).exit_code == 0
+    res = run(cli, ["--node", node, "cleanup"])
+    assert res.exit_code == 0 and "nft tables ip kube-proxy deleted" in res.output
+    assert run(cli, ["--node", node, "nft", "list", "tables"]).output == "table inet mine\n"

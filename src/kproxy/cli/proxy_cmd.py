@@ -72,19 +72,34 @@ def _nft_proxier(obj: Ctx, cls: Any, cfg: Any, backend_name: str, metrics: Any, 
     something the mode needs is refused with what it lacks."""
     from kproxy.backends.nft import EmulatedNft, KernelNft
     from kproxy.proxy.conntrack import EmulatedConntrackCleaner, KernelConntrackCleaner
-    from kproxy.proxy.proxier import ModeUnavailable
+    from kproxy.proxy.proxier import MetaProxier, ModeUnavailable
 
     if backend_name == "kernel":
-        nft = KernelNft(4)
+        ips = _node_ips_kernel() or (node.addresses if node is not None else [])
+        conntrack: Any = KernelConntrackCleaner()
+    else:
+        ips = _node_ips_emulated(obj.node) or (node.addresses if node is not None else [])
+        conntrack = EmulatedConntrackCleaner(obj.node)
+    proxiers = []
+    for family in _families(ips):
+        nft: Any = KernelNft(family) if backend_name == "kernel" else EmulatedNft(obj.node, family)
         missing = nft.check()
         if missing:
             raise ModeUnavailable(f"proxy mode 'nftables' cannot run here: {missing}")
-        ips = _node_ips_kernel() or (node.addresses if node is not None else [])
-        return cls(cfg, nft, ips, metrics=metrics, conntrack=KernelConntrackCleaner(), **extra)
-    emulated = obj.node
-    ips = _node_ips_emulated(emulated) or (node.addresses if node is not None else [])
-    return cls(cfg, EmulatedNft(emulated, 4), ips, metrics=metrics, conntrack=EmulatedConntrackCleaner(emulated),
-               **extra)
+        pod_cidr = extra.get("pod_cidr", "") if family == 4 else ""
+        proxiers.append(cls(cfg, nft, ips, family=family, metrics=metrics, conntrack=conntrack,
+                            **({"pod_cidr": pod_cidr} if pod_cidr else {})))
+    return proxiers[0] if len(proxiers) == 1 else MetaProxier(*proxiers)
+
+
+def _families(ips: list[str]) -> list[int]:
+    """IPv4, and IPv6 too on a node with an IPv6 address beyond loopback and link-local (upstream runs
+    dual-stack when the node has IPs of both families)."""
+    import ipaddress
+
+    addrs = [ipaddress.ip_address(ip) for ip in ips]
+    v6 = any(a.version == 6 and not (a.is_loopback or a.is_link_local) for a in addrs)
+    return [4, 6] if v6 else [4]
 
 
 def _bind_address(flag: str, value: str | None, default_port: int, current: str) -> str:
@@ -312,7 +327,6 @@ def cleanup_cmd(obj: Ctx, backend_name: str, legacy: bool) -> None:
     """Remove every chain and jump rule kproxy made (KUBE-*) and the nftables mode's kube-proxy tables,
     and nothing else."""
     from kproxy.backends import BackendError, get_backend
-
     from kproxy.backends.nft import EmulatedNft, KernelNft
 
     backend = get_backend(backend_name, node=obj.node if backend_name == "emulated" else None, legacy=legacy)

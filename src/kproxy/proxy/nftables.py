@@ -166,9 +166,8 @@ class NodePortAddresses:
         out = []
         for text in ips:
             ip = ipaddress.ip_address(text)
-            if any(ip in n for n in self.cidrs) or (self.primary and text == node_ip):
-                if text not in out:
-                    out.append(text)
+            if (any(ip in n for n in self.cidrs) or (self.primary and text == node_ip)) and text not in out:
+                out.append(text)
         return out
 
 
