@@ -67,15 +67,43 @@ class EmulatedNft:
         self.family = family
 
     def run(self, text: str) -> None:
-        from kproxy.nftables.cli import run_nft
+        """``nft -f -`` on the node; a transaction that names only objects of the kube-proxy table is
+        parsed against a copy of just those objects (copy-on-write) rather than of the whole ruleset."""
+        from kproxy.nftables.cli import format_error, run_nft
         from kproxy.nftables.evaluate import attach
+        from kproxy.nftables.parser import NftError, Parser
         from kproxy.nftables.store import node_ruleset
 
-        rc, _, err, rs = run_nft(["-f", "-"], node_ruleset(self.node), text, set(self.node.interfaces))
-        if rc != 0:
-            raise BackendError(err.strip() or f"nft failed ({rc})")
-        self.node.nftables = rs
-        attach(self.node)
+        rs = node_ruleset(self.node)
+        fam = family_name(self.family)
+        cow = cow_copy(rs, text, fam)
+        if cow is None:
+            rc, _, err, work = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
+            if rc != 0:
+                raise BackendError(err.strip() or f"nft failed ({rc})")
+            self.node.nftables = work
+            attach(self.node)
+            return
+        work, touched = cow
+        try:
+            Parser(text, work, set(self.node.interfaces)).script()
+        except NftError as exc:
+            raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
+        self.node.nftables = work
+        attach(self.node, self._ct_users(rs, work, touched))
+
+    def _ct_users(self, old: Any, new: Any, touched: set[str]) -> dict[int, int] | None:
+        """The conntrack users after a transaction that changed only ``touched`` chains of the table."""
+        from kproxy.nftables.evaluate import chain_conntrack_users
+
+        held = self.node.subsystems.get("nftables_ct_refs")
+        old_t, new_t = old.find(family_name(self.family), TABLE), new.find(family_name(self.family), TABLE)
+        if held is None or old_t is None or new_t is None:
+            return None
+        out = dict(held)
+        out[self.family] += sum(chain_conntrack_users(new_t.chains.get(c)) - chain_conntrack_users(old_t.chains.get(c))
+                                for c in touched)
+        return out
 
     def names(self, kind: str, table: str = TABLE) -> list[str]:
         from kproxy.nftables.store import node_ruleset
@@ -111,6 +139,58 @@ class EmulatedNft:
     def check(self) -> str:
         """The emulated nft has every feature the proxier uses."""
         return ""
+
+
+def cow_copy(rs: Any, text: str, family: str, table: str = TABLE) -> tuple[Any, set[str]] | None:
+    """A copy of ``rs`` for a transaction on ``table`` that shares everything the transaction does
+    not touch: the table itself, its chain and set dictionaries, and each chain or set that a line
+    names (or a rule refers to with ``@set``) are copied; other tables, chains and sets are shared.
+    Returns the copy and the chains it may change; None when the text does more than that (then
+    the whole ruleset must be copied)."""
+    import copy
+    import re
+
+    chains: set[str] = set()
+    sets: set[str] = set()
+    for line in text.splitlines():
+        words = line.split(None, 5)
+        if not words:
+            continue
+        if len(words) < 4 or words[2] != family or words[3] != table:
+            return None
+        kind = words[1]
+        if kind == "table":
+            if words[0] != "add":
+                return None
+            continue
+        if len(words) < 5:
+            return None
+        if kind in ("chain", "rule"):
+            chains.add(words[4])
+            if kind == "rule":
+                sets.update(re.findall(r"@([A-Za-z0-9_./-]+)", words[5] if len(words) > 5 else ""))
+        elif kind in ("set", "map", "element"):
+            sets.add(words[4])
+        else:
+            return None
+    t = rs.find(family, table)
+    if t is None:
+        return None
+    new_t = copy.copy(t)
+    new_t.chains = dict(t.chains)
+    new_t.sets = dict(t.sets)
+    new_t.objs = dict(t.objs)
+    new_t.flags = list(t.flags)
+    for name in chains & t.chains.keys():
+        c = new_t.chains[name] = copy.copy(t.chains[name])
+        c.rules = list(c.rules)
+    for name in sets & t.sets.keys():
+        s = new_t.sets[name] = copy.copy(t.sets[name])
+        s.elems = list(s.elems)
+        s.flags = list(s.flags)
+    out = copy.copy(rs)
+    out.tables = [new_t if x is t else x for x in rs.tables]
+    return out, chains
 
 
 class KernelNft:

@@ -142,14 +142,33 @@ class ServiceRules:
     chains: set[str]
     elements: dict[ElementKey, ElementValue]
     affinity_sets: set[str]
+    chain_rules: dict[str, list[str]]           # chain -> its rule lines
 
     @classmethod
     def of(cls, ports: list[PortRules]) -> ServiceRules:
         elements: dict[ElementKey, ElementValue] = {}
+        chain_rules: dict[str, list[str]] = {}
         for p in ports:
             elements.update(p.elements)
+            for line in p.body:
+                if line.startswith("add rule"):
+                    chain_rules.setdefault(line.split(" ", 5)[4], []).append(line)
         return cls(ports, {c for p in ports for c in p.chains}, elements,
-                   {s for p in ports for s in p.affinity_sets})
+                   {s for p in ports for s in p.affinity_sets}, chain_rules)
+
+    @property
+    def tally(self) -> tuple[int, int, int, int]:
+        """(rules, chains, ports without local internal endpoints, ... external), for the totals."""
+        return (sum(len(v) for v in self.chain_rules.values()), len(self.chains),
+                sum(p.no_local_internal for p in self.ports), sum(p.no_local_external for p in self.ports))
+
+    def unchanged_endpoint_chains(self, old: ServiceRules | None) -> set[str]:
+        """Endpoint chains this Service had before with the same rules: a partial sync leaves them be
+        (upstream rewrites every chain of a changed Service; the table is the same either way)."""
+        if old is None:
+            return set()
+        return {c for c in self.chains & old.chains
+                if c.startswith("endpoint-") and self.chain_rules.get(c) == old.chain_rules.get(c)}
 
 
 class NodePortAddresses:
@@ -205,6 +224,7 @@ class NftablesProxier:
         self._flushed = False        # base chains re-created once per run (their properties may change)
         self.last_sync_time: float | None = None
         self.counts: dict[str, int] = {}
+        self._tally = [0, 0, 0, 0]      # rules, chains, no local internal / external endpoints: all Services
 
     # ---- text ------------------------------------------------------------------------------
     def _op(self, verb: str, kind: str, name: str, rest: str = "") -> str:
@@ -419,6 +439,10 @@ class NftablesProxier:
         with gc_paused():
             return self._sync(objs, force_full)
 
+    def _add_tally(self, svc: ServiceRules | None, sign: int) -> None:
+        if svc is not None:
+            self._tally = [a + sign * b for a, b in zip(self._tally, svc.tally, strict=True)]
+
     def _delete_stale_chains(self, now: float) -> None:
         due = sorted(c for c, since in self.stale_chains.items() if since < now - STALE_CHAIN_GRACE)
         if not due:
@@ -452,7 +476,7 @@ class NftablesProxier:
             rewrite = sorted(k for k in changes.changed if k in self._services)
         deletions: list[str] = []
         for key in rewrite:
-            self._write_service(lines, key, self._services[key], elements)
+            self._write_service(lines, key, self._services[key], elements, None if full else replaced.get(key))
         stale_now: list[str] = []
         dead_sets: list[str] = []
         if full:
@@ -509,23 +533,29 @@ class NftablesProxier:
         self.last_sync_time = time.time()
         if self.conntrack is not None and (changes.before.ports or changes.after.ports):
             self.conntrack.clean_stale(changes.before, changes.after, self)
-        self.counts = self._counts()
+        for key, svc in replaced.items():
+            self._add_tally(svc, -1)
+            self._add_tally(self._services.get(key), 1)
+        rules, chains, no_local_internal, no_local_external = self._tally
+        self.counts = {"rules": rules, "chains": chains, "elements": len(elements)}
         result.rules = dict(self.counts)
         result.duration = time.perf_counter() - t0
         if self.metrics is not None:
-            no_local = {"internal": sum(p.no_local_internal for s in self._services.values() for p in s.ports),
-                        "external": sum(p.no_local_external for s in self._services.values() for p in s.ports)}
-            self.metrics.synced(result, no_local)
+            self.metrics.synced(result, {"internal": no_local_internal, "external": no_local_external})
             self.metrics.nftables_synced(self.counts, len(self.stale_chains))
         return result
 
     def _write_service(self, lines: list[str], key: str, svc: ServiceRules,
-                       elements: dict[ElementKey, tuple[str, str | None, str]]) -> None:
-        """One Service's chains (created and flushed), its elements as they differ, then its rules."""
+                       elements: dict[ElementKey, tuple[str, str | None, str]], old: ServiceRules | None) -> None:
+        """One Service's chains (created and flushed), its elements as they differ, then its rules;
+        endpoint chains and affinity sets it already had unchanged are left as they are."""
+        keep = svc.unchanged_endpoint_chains(old)
+        keep_sets = svc.affinity_sets & old.affinity_sets if old is not None else set()
         for p in svc.ports:
             for c in p.chains:
-                lines.append(self._op("add", "chain", c))
-                lines.append(self._op("flush", "chain", c))
+                if c not in keep:
+                    lines.append(self._op("add", "chain", c))
+                    lines.append(self._op("flush", "chain", c))
         for (container, k), (value, comment) in svc.elements.items():
             held = elements.get((container, k))
             if held is not None and held[0] == value:
@@ -536,13 +566,13 @@ class NftablesProxier:
             lines.append(self._element("add", container, k, value, comment))
             elements[(container, k)] = (value, comment, key)
         for p in svc.ports:
-            lines.extend(p.body)
-
-    def _counts(self) -> dict[str, int]:
-        """Rules, chains and elements the table holds (for the metrics and the sync report)."""
-        chains = sum(len(s.chains) for s in self._services.values())
-        rules = sum(1 for s in self._services.values() for p in s.ports for b in p.body if b.startswith("add rule"))
-        return {"rules": rules, "chains": chains, "elements": len(self._elements)}
+            if not keep and not keep_sets:
+                lines.extend(p.body)
+                continue
+            for line in p.body:
+                name = line.split(" ", 5)[4]
+                if not (name in keep and line.startswith("add rule") or name in keep_sets and line.startswith("add set")):
+                    lines.append(line)
 
 
 def _nft_backend(backend: Any, family: int) -> Any:
