@@ -614,3 +614,25 @@ def test_proxy_once_in_nftables_mode_and_cleanup(tmp_path: Path) -> None:
     res = run(cli, ["--node", node, "cleanup"])
     assert res.exit_code == 0 and "nft tables ip kube-proxy deleted" in res.output
     assert run(cli, ["--node", node, "nft", "list", "tables"]).output == "table inet mine\n"
+
+
+def test_batched_elements_make_the_same_table_and_keep_nfts_error_lines() -> None:
+    from kproxy.backends.nft import batch_elements
+
+    text = ("add element ip kube-proxy cluster-ips { 172.30.0.1 }\n"
+            "add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : drop }\n"
+            "add element ip kube-proxy cluster-ips { 172.30.0.2 }\n"
+            "flush set ip kube-proxy cluster-ips\n"
+            'add element ip kube-proxy cluster-ips { 172.30.0.3 comment "x" }\n')
+    assert batch_elements(text) == (
+        "add element ip kube-proxy cluster-ips { 172.30.0.1, 172.30.0.2 }\n"
+        "flush set ip kube-proxy cluster-ips\n"
+        "add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : drop }\n"
+        'add element ip kube-proxy cluster-ips { 172.30.0.3 comment "x" }\n')
+    node, proxier = fake_proxier()
+    proxier.sync(objects())
+    with pytest.raises(BackendError, match=r"^/dev/stdin:3:\d+-\d+: Error: "):
+        proxier.backend.run("add element ip kube-proxy cluster-ips { 172.30.0.1 }\n"
+                            "add element ip kube-proxy cluster-ips { 172.30.0.2 }\n"
+                            "add element ip kube-proxy cluster-ips { 172.30.0.300 }\n")
+    assert "172.30.0.1" not in table_of(node)

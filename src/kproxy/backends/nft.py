@@ -77,8 +77,11 @@ class EmulatedNft:
         rs = node_ruleset(self.node)
         fam = family_name(self.family)
         cow = cow_copy(rs, text, fam)
+        batched = batch_elements(text)
         if cow is None:
-            rc, _, err, work = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
+            rc, _, err, work = run_nft(["-f", "-"], rs, batched, set(self.node.interfaces))
+            if rc != 0 and batched != text:       # nft's message names the line of the text as given
+                rc, _, err, _ = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
             if rc != 0:
                 raise BackendError(err.strip() or f"nft failed ({rc})")
             self.node.nftables = work
@@ -86,8 +89,14 @@ class EmulatedNft:
             return
         work, touched = cow
         try:
-            Parser(text, work, set(self.node.interfaces)).script()
+            Parser(batched, work, set(self.node.interfaces)).script()
         except NftError as exc:
+            if batched != text:          # nft's message names the line of the text as given
+                again = cow_copy(rs, text, fam)
+                try:
+                    Parser(text, again[0] if again else rs.copy(), set(self.node.interfaces)).script()
+                except NftError as first:
+                    exc = first
             raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
         self.node.nftables = work
         attach(self.node, self._ct_users(rs, work, touched))
@@ -191,6 +200,36 @@ def cow_copy(rs: Any, text: str, family: str, table: str = TABLE) -> tuple[Any, 
     out = copy.copy(rs)
     out.tables = [new_t if x is t else x for x in rs.tables]
     return out, chains
+
+
+def batch_elements(text: str) -> str:
+    """The same transaction with each set's ``add element`` lines joined into one, placed where the
+    next other operation on that set (or the end) is: nft merges a set's elements once per command,
+    so one command of N elements costs what one of one does, and N commands cost N times N."""
+    out: list[str] = []
+    pending: dict[str, tuple[str, list[str]]] = {}       # set -> (command head, element texts)
+
+    def flush(name: str) -> None:
+        head, elems = pending.pop(name)
+        out.append(f"{head}{{ {', '.join(elems)} }}")
+
+    for line in text.splitlines():
+        words = line.split(" ", 5)
+        if len(words) == 6 and words[0] == "add" and words[1] == "element" and words[5].startswith("{ ") \
+                and line.endswith(" }"):
+            name = words[4]
+            entry = pending.setdefault(name, (" ".join(words[:5]) + " ", []))
+            entry[1].append(words[5][2:-2])
+            continue
+        if len(words) >= 5 and words[4] in pending:
+            flush(words[4])
+        elif len(words) >= 2 and words[1] == "table" and pending:
+            for name in list(pending):
+                flush(name)
+        out.append(line)
+    for name in list(pending):
+        flush(name)
+    return "".join(line + "\n" for line in out)
 
 
 class KernelNft:
