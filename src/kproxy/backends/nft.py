@@ -91,13 +91,14 @@ class EmulatedNft:
         try:
             Parser(batched, work, set(self.node.interfaces)).script()
         except NftError as exc:
+            err = exc
             if batched != text:          # nft's message names the line of the text as given
                 again = cow_copy(rs, text, fam)
                 try:
                     Parser(text, again[0] if again else rs.copy(), set(self.node.interfaces)).script()
                 except NftError as first:
-                    exc = first
-            raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
+                    err = first
+            raise BackendError(format_error(err, "/dev/stdin", text).strip()) from None
         self.node.nftables = work
         attach(self.node, self._ct_users(rs, work, touched))
 
