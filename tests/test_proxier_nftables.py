@@ -417,7 +417,7 @@ def test_flows_from_pods_node_and_outside() -> None:
     """Upstream's packet-flow expectations (runPacketFlowTests), on the emulated packet path."""
     node, proxier = flow_setup()
     p = [("p", 80, "TCP")]
-    proxier.sync(objects(
+    proxier.sync(objs := objects(
         np_svc("np", "172.30.0.60", 30080), slice_("ns", "np", [ep("10.0.2.30", "node-b")], p),
         np_svc("lo", "172.30.0.61", 30081, externalTrafficPolicy="Local"),
         slice_("ns", "lo", [ep("10.0.1.31", "node-a")], p),
@@ -442,6 +442,13 @@ def test_flows_from_pods_node_and_outside() -> None:
     assert r.fate == "dropped"
     r = node.send(tcp("0.0.0.0", "127.0.0.1", 40010, 30080))                 # no NodePorts on localhost
     assert r.packet.dst_str == "127.0.0.1"
+    # after partial syncs (the table updated in place), new connections follow the new endpoints
+    put(objs, slice_("ns", "np", [ep("10.0.2.40", "node-b")], p), slice_("ns", "none", [ep("10.0.2.41", "node-b")], p))
+    assert not proxier.sync(objs).full
+    r = node.receive(tcp("10.0.1.5", "172.30.0.60", 40011, 80), "cni0")
+    assert (r.fate, r.packet.dst_str) == ("forwarded", "10.0.2.40")
+    r = node.receive(tcp("10.0.1.5", "172.30.0.63", 40012, 80), "cni0")
+    assert (r.fate, r.packet.dst_str) == ("forwarded", "10.0.2.41")
 
 
 # ---- policies, affinity, ranges, families -----------------------------------------------------------

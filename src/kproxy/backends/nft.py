@@ -99,8 +99,28 @@ class EmulatedNft:
                 except NftError as first:
                     err = first
             raise BackendError(format_error(err, "/dev/stdin", text).strip()) from None
-        self.node.nftables = work
-        attach(self.node, self._ct_users(rs, work, touched))
+        self._commit(rs, work, touched)
+
+    def _commit(self, old: Any, new: Any, touched: set[str]) -> None:
+        """Make the parsed copy the node's ruleset. When no base chain changed, the table object the
+        hooks hold is updated in place (its chains and sets dictionaries swapped in), so nothing is
+        re-registered: the commit costs what the transaction touched."""
+        from kproxy.nftables.evaluate import attach, take_conntrack_refs
+
+        fam = family_name(self.family)
+        old_t, new_t = old.find(fam, TABLE), new.find(fam, TABLE)
+        users = self._ct_users(old, new, touched)
+        bases_same = old_t is not None and new_t is not None and all(
+            old_t.chains.get(c) is None and (new_t.chains.get(c) is None or new_t.chains[c].hook is None)
+            or old_t.chains.get(c) is not None and old_t.chains[c].hook is None
+            and (new_t.chains.get(c) is None or new_t.chains[c].hook is None) for c in touched)
+        if not bases_same or users is None or self.node.nftables is not old:
+            self.node.nftables = new
+            attach(self.node, users)
+            return
+        old_t.__dict__.update(new_t.__dict__)
+        old.next_table_handle = new.next_table_handle
+        take_conntrack_refs(self.node, old, users)
 
     def _ct_users(self, old: Any, new: Any, touched: set[str]) -> dict[int, int] | None:
         """The conntrack users after a transaction that changed only ``touched`` chains of the table."""
