@@ -91,14 +91,14 @@ class EmulatedNft:
         try:
             Parser(batched, work, set(self.node.interfaces)).script()
         except NftError as exc:
-            err = exc
+            failure = exc
             if batched != text:          # nft's message names the line of the text as given
                 again = cow_copy(rs, text, fam)
                 try:
                     Parser(text, again[0] if again else rs.copy(), set(self.node.interfaces)).script()
                 except NftError as first:
-                    err = first
-            raise BackendError(format_error(err, "/dev/stdin", text).strip()) from None
+                    failure = first
+            raise BackendError(format_error(failure, "/dev/stdin", text).strip()) from None
         self._commit(rs, work, touched)
 
     def _commit(self, old: Any, new: Any, touched: set[str]) -> None:
