@@ -67,73 +67,58 @@ class EmulatedNft:
         self.family = family
 
     def run(self, text: str) -> None:
-        """``nft -f -`` on the node; a transaction that names only objects of the kube-proxy table is
-        parsed against a copy of just those objects (copy-on-write) rather than of the whole ruleset."""
-        from kproxy.nftables.cli import format_error, run_nft
+        """``nft -f -`` on the node. A transaction that names only chains and sets of the kube-proxy
+        table is parsed into that table in place, with an undo journal (``kproxy.backends.journal``),
+        rather than into a copy of the whole ruleset; each set's elements are added in one command."""
+        from kproxy.backends.journal import named_objects
+        from kproxy.nftables.cli import run_nft
         from kproxy.nftables.evaluate import attach
-        from kproxy.nftables.parser import NftError, Parser
         from kproxy.nftables.store import node_ruleset
 
         rs = node_ruleset(self.node)
         fam = family_name(self.family)
-        cow = cow_copy(rs, text, fam)
+        named = named_objects(text, fam, TABLE)
+        table = rs.find(fam, TABLE)
         batched = batch_elements(text)
-        if cow is None:
-            rc, _, err, work = run_nft(["-f", "-"], rs, batched, set(self.node.interfaces))
-            if rc != 0 and batched != text:       # nft's message names the line of the text as given
-                rc, _, err, _ = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
-            if rc != 0:
-                raise BackendError(err.strip() or f"nft failed ({rc})")
-            self.node.nftables = work
-            attach(self.node)
+        if named is not None and table is not None:
+            self._run_in_place(rs, table, text, batched, *named)
             return
-        work, touched = cow
+        rc, _, err, work = run_nft(["-f", "-"], rs, batched, set(self.node.interfaces))
+        if rc != 0 and batched != text:       # nft's message names the line of the text as given
+            rc, _, err, _ = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
+        if rc != 0:
+            raise BackendError(err.strip() or f"nft failed ({rc})")
+        self.node.nftables = work
+        attach(self.node)
+
+    def _run_in_place(self, rs: Any, table: Any, text: str, batched: str, chains: set[str], sets: set[str]) -> None:
+        from kproxy.backends.journal import MISSING, apply_in_place
+        from kproxy.nftables.cli import format_error, run_nft
+        from kproxy.nftables.evaluate import attach, chain_conntrack_users, take_conntrack_refs
+        from kproxy.nftables.parser import NftError, Parser
+
+        interfaces = set(self.node.interfaces)
         try:
-            Parser(batched, work, set(self.node.interfaces)).script()
+            before = apply_in_place(rs, table, chains, sets, lambda: Parser(batched, rs, interfaces).script())
         except NftError as exc:
-            failure = exc
-            if batched != text:          # nft's message names the line of the text as given
-                again = cow_copy(rs, text, fam)
-                try:
-                    Parser(text, again[0] if again else rs.copy(), set(self.node.interfaces)).script()
-                except NftError as first:
-                    failure = first
-            raise BackendError(format_error(failure, "/dev/stdin", text).strip()) from None
-        self._commit(rs, work, touched)
-
-    def _commit(self, old: Any, new: Any, touched: set[str]) -> None:
-        """Make the parsed copy the node's ruleset. When no base chain changed, the table object the
-        hooks hold is updated in place (its chains and sets dictionaries swapped in), so nothing is
-        re-registered: the commit costs what the transaction touched."""
-        from kproxy.nftables.evaluate import attach, take_conntrack_refs
-
-        fam = family_name(self.family)
-        old_t, new_t = old.find(fam, TABLE), new.find(fam, TABLE)
-        users = self._ct_users(old, new, touched)
-        bases_same = old_t is not None and new_t is not None and all(
-            old_t.chains.get(c) is None and (new_t.chains.get(c) is None or new_t.chains[c].hook is None)
-            or old_t.chains.get(c) is not None and old_t.chains[c].hook is None
-            and (new_t.chains.get(c) is None or new_t.chains[c].hook is None) for c in touched)
-        if not bases_same or users is None or self.node.nftables is not old:
-            self.node.nftables = new
-            attach(self.node, users)
-            return
-        old_t.__dict__.update(new_t.__dict__)
-        old.next_table_handle = new.next_table_handle
-        take_conntrack_refs(self.node, old, users)
-
-    def _ct_users(self, old: Any, new: Any, touched: set[str]) -> dict[int, int] | None:
-        """The conntrack users after a transaction that changed only ``touched`` chains of the table."""
-        from kproxy.nftables.evaluate import chain_conntrack_users
-
+            if batched == text:
+                raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
+            _, _, err, _ = run_nft(["-f", "-"], rs, text, interfaces)    # nft's message for the text as given
+            raise BackendError(err.strip()) from None
+        after = table.chains
         held = self.node.subsystems.get("nftables_ct_refs")
-        old_t, new_t = old.find(family_name(self.family), TABLE), new.find(family_name(self.family), TABLE)
-        if held is None or old_t is None or new_t is None:
-            return None
-        out = dict(held)
-        out[self.family] += sum(chain_conntrack_users(new_t.chains.get(c)) - chain_conntrack_users(old_t.chains.get(c))
-                                for c in touched)
-        return out
+        users = None
+        if held is not None:
+            users = dict(held)
+            users[self.family] += sum(chain_conntrack_users(after.get(c)) -
+                                      chain_conntrack_users(None if old is MISSING else old)
+                                      for c, old in before.items())
+        hooked = any(old is not MISSING and old.hook is not None or after.get(c) is not None and after[c].hook is not None
+                     for c, old in before.items())
+        if hooked or users is None:
+            attach(self.node, users)          # base chains changed: the hooks take the new ones
+        else:
+            take_conntrack_refs(self.node, rs, users)
 
     def names(self, kind: str, table: str = TABLE) -> list[str]:
         from kproxy.nftables.store import node_ruleset
@@ -169,58 +154,6 @@ class EmulatedNft:
     def check(self) -> str:
         """The emulated nft has every feature the proxier uses."""
         return ""
-
-
-def cow_copy(rs: Any, text: str, family: str, table: str = TABLE) -> tuple[Any, set[str]] | None:
-    """A copy of ``rs`` for a transaction on ``table`` that shares everything the transaction does
-    not touch: the table itself, its chain and set dictionaries, and each chain or set that a line
-    names (or a rule refers to with ``@set``) are copied; other tables, chains and sets are shared.
-    Returns the copy and the chains it may change; None when the text does more than that (then
-    the whole ruleset must be copied)."""
-    import copy
-    import re
-
-    chains: set[str] = set()
-    sets: set[str] = set()
-    for line in text.splitlines():
-        words = line.split(None, 5)
-        if not words:
-            continue
-        if len(words) < 4 or words[2] != family or words[3] != table:
-            return None
-        kind = words[1]
-        if kind == "table":
-            if words[0] != "add":
-                return None
-            continue
-        if len(words) < 5:
-            return None
-        if kind in ("chain", "rule"):
-            chains.add(words[4])
-            if kind == "rule":
-                sets.update(re.findall(r"@([A-Za-z0-9_./-]+)", words[5] if len(words) > 5 else ""))
-        elif kind in ("set", "map", "element"):
-            sets.add(words[4])
-        else:
-            return None
-    t = rs.find(family, table)
-    if t is None:
-        return None
-    new_t = copy.copy(t)
-    new_t.chains = dict(t.chains)
-    new_t.sets = dict(t.sets)
-    new_t.objs = dict(t.objs)
-    new_t.flags = list(t.flags)
-    for name in chains & t.chains.keys():
-        c = new_t.chains[name] = copy.copy(t.chains[name])
-        c.rules = list(c.rules)
-    for name in sets & t.sets.keys():
-        s = new_t.sets[name] = copy.copy(t.sets[name])
-        s.elems = list(s.elems)
-        s.flags = list(s.flags)
-    out = copy.copy(rs)
-    out.tables = [new_t if x is t else x for x in rs.tables]
-    return out, chains
 
 
 def batch_elements(text: str) -> str:
