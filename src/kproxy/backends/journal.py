@@ -122,15 +122,20 @@ def _own(d: JournalDict, names: Iterable[str], fields: tuple[str, ...]) -> None:
             d[name] = mine
 
 
+def journaled(table: Any) -> None:
+    """Give ``table`` (if any) journaling chain and set dictionaries."""
+    if table is not None and not isinstance(table.chains, JournalDict):
+        table.chains = JournalDict(table.chains)
+    if table is not None and not isinstance(table.sets, JournalDict):
+        table.sets = JournalDict(table.sets)
+
+
 def apply_in_place(rs: Any, table: Any, chains: set[str], sets: set[str],
                    run: Callable[[], None]) -> dict[str, Any]:
     """Run ``run`` (which parses the transaction into ``rs``) against ``table`` in place; on an error
     everything is put back and the error re-raised. Returns the chains before (name -> chain or
     MISSING) of every chain the transaction added, changed or deleted."""
-    if not isinstance(table.chains, JournalDict):
-        table.chains = JournalDict(table.chains)
-    if not isinstance(table.sets, JournalDict):
-        table.sets = JournalDict(table.sets)
+    journaled(table)
     scalars = (table.next_handle, table.anon_seq, table.comment, list(table.flags), rs.next_table_handle)
     table.chains.begin()
     table.sets.begin()

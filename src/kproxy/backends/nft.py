@@ -70,7 +70,7 @@ class EmulatedNft:
         """``nft -f -`` on the node. A transaction that names only chains and sets of the kube-proxy
         table is parsed into that table in place, with an undo journal (``kproxy.backends.journal``),
         rather than into a copy of the whole ruleset; each set's elements are added in one command."""
-        from kproxy.backends.journal import named_objects
+        from kproxy.backends.journal import journaled, named_objects
         from kproxy.nftables.cli import run_nft
         from kproxy.nftables.evaluate import attach
         from kproxy.nftables.store import node_ruleset
@@ -88,6 +88,7 @@ class EmulatedNft:
             rc, _, err, _ = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
         if rc != 0:
             raise BackendError(err.strip() or f"nft failed ({rc})")
+        journaled(work.find(fam, TABLE))      # ready for in-place transactions (a copy now, not at the next one)
         self.node.nftables = work
         attach(self.node)
 
