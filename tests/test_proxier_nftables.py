@@ -643,3 +643,41 @@ def test_batched_elements_make_the_same_table_and_keep_nfts_error_lines() -> Non
                             "add element ip kube-proxy cluster-ips { 172.30.0.2 }\n"
                             "add element ip kube-proxy cluster-ips { 172.30.0.300 }\n")
     assert "172.30.0.1" not in table_of(node)
+
+
+def test_metrics_of_the_nftables_mode() -> None:
+    clock = Clock()
+    node, proxier = fake_proxier()
+    proxier.clock = clock
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]), es("ns1", "svc1", "10.0.1.1", "10.0.1.2"))
+    proxier.sync(objs)
+    put(objs, es("ns1", "svc1", "10.0.1.1"))
+    proxier.sync(objs)
+    text = proxier.metrics.text().decode()
+    assert "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1.0" in text
+    assert "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 1.0" in text
+    assert 'kubeproxy_sync_proxy_rules_nftables_objects{kind="rules"} 4.0' in text      # 2 service + 2 endpoint
+    assert 'kubeproxy_sync_proxy_rules_nftables_objects{kind="chains"} 2.0' in text
+    assert 'kubeproxy_sync_proxy_rules_nftables_objects{kind="elements"} 2.0' in text
+    assert "kubeproxy_sync_proxy_rules_nftables_stale_chains 1.0" in text
+    assert "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 0.0" in text
+    assert "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total 0.0" in text
+    assert proxier.counts == {"rules": 4, "chains": 2, "elements": 2}
+
+
+def test_a_stale_chain_that_cannot_be_deleted_is_counted_and_the_sync_goes_on() -> None:
+    clock = Clock()
+    node, proxier = fake_proxier()
+    proxier.clock = clock
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]), es("ns1", "svc1", "10.0.1.1", "10.0.1.2"))
+    proxier.sync(objs)
+    put(objs, es("ns1", "svc1", "10.0.1.1"))
+    proxier.sync(objs)
+    (stale,) = proxier.stale_chains
+    EmulatedNft(node).run(f"add chain ip kube-proxy scratch\nadd rule ip kube-proxy scratch jump {stale}\n")
+    clock.now += 2
+    put(objs, es("ns1", "svc1", "10.0.1.1", "10.0.1.3"))
+    r = proxier.sync(objs)
+    assert not r.error and not proxier.stale_chains
+    assert proxier.metrics.nft_cleanup_failures._value.get() == 1
+    assert f"chain {stale} {{" in blocks(table_of(node))
