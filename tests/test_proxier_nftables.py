@@ -681,3 +681,20 @@ def test_a_stale_chain_that_cannot_be_deleted_is_counted_and_the_sync_goes_on() 
     assert not r.error and not proxier.stale_chains
     assert proxier.metrics.nft_cleanup_failures._value.get() == 1
     assert f"chain {stale} {{" in blocks(table_of(node))
+
+
+def test_a_node_whose_nft_lacks_a_feature_is_told_which(tmp_path: Path) -> None:
+    from kproxy.backends.nft import KernelNft
+
+    old = tmp_path / "nft-old"
+    old.write_text("#!/bin/sh\necho 'nftables v0.9.8 (E.D.S.)'\n")
+    old.chmod(0o755)
+    assert KernelNft(nft=str(old)).check() == "nft 0.9.8 is too old for the nftables proxy mode (needs 1.0.1 or later)"
+    # an nft that rejects fib: the first feature whose probe fails is named, with nft's message
+    no_fib = tmp_path / "nft-nofib"
+    no_fib.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'nftables v1.0.6 (Lester Gooch #5)'; exit 0; }\n"
+                      "if grep -q fib; then echo 'Error: syntax error, unexpected fib' >&2; exit 1; fi\n")
+    no_fib.chmod(0o755)
+    assert KernelNft(nft=str(no_fib)).check() == \
+        "this node's nft (ip) lacks fib expressions: Error: syntax error, unexpected fib"
+    assert "cannot run" in KernelNft(nft=str(tmp_path / "missing")).check()

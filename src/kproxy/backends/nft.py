@@ -247,7 +247,10 @@ class KernelNft:
     def check(self) -> str:
         """What this node's nft lacks for the proxier ("" if nothing): its version, then each feature
         tried in a scratch table with ``--check``, so nothing is left behind."""
-        ver = self.version()
+        try:
+            ver = self.version()
+        except BackendError as exc:
+            return str(exc)
         if ver is None:
             return f"cannot run {self.nft} --version"
         if ver < MIN_NFT:
