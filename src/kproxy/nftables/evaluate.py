@@ -164,6 +164,41 @@ def take_conntrack_refs(node: Node, rs: Ruleset | None, want: dict[int, int] | N
         held[fam] = want[fam]
 
 
+def exact_index(s: NSet) -> dict[Any, Elem] | None:
+    """A named set's elements by value when every key is exact (constants, or concatenations of
+    them): a lookup is then one dict access, not a walk (kube-proxy's maps hold an element per
+    Service). Rebuilt when the element list is replaced or grows; None for sets with ranges,
+    prefixes or wildcards."""
+    cached = s.__dict__.get("_exact")
+    if cached is not None and cached[0] is s.elems and cached[1] == len(s.elems):
+        return cached[2]
+    index: dict[Any, Elem] | None = {}
+    for e in s.elems:
+        value = exact_value(e.key)
+        if value is None or index is None:
+            index = None
+            break
+        index.setdefault(value, e)
+    s.__dict__["_exact"] = (s.elems, len(s.elems), index)
+    return index
+
+
+def exact_value(k: Expr) -> Any:
+    """What a packet's value must equal to find this key (a tuple for a concatenation); None when the
+    key matches more than one value."""
+    consts = k.items if isinstance(k, Concat) else [k]
+    values = []
+    for c in consts:
+        if not isinstance(c, Const) or isinstance(c.value, str) and c.value.endswith("*"):
+            return None
+        try:
+            hash(c.value)
+        except TypeError:
+            return None
+        values.append(c.value)
+    return tuple(values) if isinstance(k, Concat) else values[0]
+
+
 class ChainRunner:
     """The hook function of one base chain."""
 
@@ -403,7 +438,15 @@ class ChainRunner:
         """The element (or its data) a value finds in an anonymous or named set; None when absent."""
         if v is None:
             return None
-        elems = where.elems if isinstance(where, SetLit) else self.named(where).elems
+        if isinstance(where, SetLit):
+            elems = where.elems
+        else:
+            named = self.named(where)
+            index = exact_index(named)
+            if index is not None:
+                e = index.get(v)
+                return None if e is None else e.data if e.data is not None else e
+            elems = named.elems
         for e in elems:
             if self.elem_has(e, v):
                 return e.data if e.data is not None else e
