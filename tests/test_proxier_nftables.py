@@ -645,7 +645,8 @@ def test_batched_elements_make_the_same_table_and_keep_nfts_error_lines() -> Non
     assert "172.30.0.1" not in table_of(node)
 
 
-def test_metrics_of_the_nftables_mode() -> None:
+def one_endpoint_gone() -> tuple[Node, NftablesProxier, Objects, Clock]:
+    """A Service synced with two endpoints, then with one: its old endpoint chain is stale."""
     clock = Clock()
     node, proxier = fake_proxier()
     proxier.clock = clock
@@ -653,6 +654,11 @@ def test_metrics_of_the_nftables_mode() -> None:
     proxier.sync(objs)
     put(objs, es("ns1", "svc1", "10.0.1.1"))
     proxier.sync(objs)
+    return node, proxier, objs, clock
+
+
+def test_metrics_of_the_nftables_mode() -> None:
+    node, proxier, objs, clock = one_endpoint_gone()
     text = proxier.metrics.text().decode()
     assert "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1.0" in text
     assert "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 1.0" in text
@@ -666,13 +672,7 @@ def test_metrics_of_the_nftables_mode() -> None:
 
 
 def test_a_stale_chain_that_cannot_be_deleted_is_counted_and_the_sync_goes_on() -> None:
-    clock = Clock()
-    node, proxier = fake_proxier()
-    proxier.clock = clock
-    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]), es("ns1", "svc1", "10.0.1.1", "10.0.1.2"))
-    proxier.sync(objs)
-    put(objs, es("ns1", "svc1", "10.0.1.1"))
-    proxier.sync(objs)
+    node, proxier, objs, clock = one_endpoint_gone()
     (stale,) = proxier.stale_chains
     EmulatedNft(node).run(f"add chain ip kube-proxy scratch\nadd rule ip kube-proxy scratch jump {stale}\n")
     clock.now += 2
