@@ -80,14 +80,17 @@ class Unsupported(Exception):
     """An expression the packet path does not evaluate yet: said plainly instead of matching wrongly."""
 
 
-def attach(node: Node) -> list[str]:
-    """(Re)register the node's nftables base chains on its hooks; returns the chains left unhooked, with why."""
+def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
+    """(Re)register the node's nftables base chains on its hooks; returns the chains left unhooked, with why.
+
+    ``ct_users``: the ruleset's conntrack users per family when the caller already knows them (a
+    transaction that touched a few chains), sparing a walk over every rule."""
     node.hooks.unregister_all(NAME_PREFIX)
     for name, fam, hook in node.subsystems.pop("nftables_nat_lookups", []):
         node.nat.unregister_lookup(fam, hook, name)
     rs: Ruleset | None = node.nftables
     skipped: list[str] = []
-    take_conntrack_refs(node, rs)
+    take_conntrack_refs(node, rs, ct_users)
     if rs is None:
         return skipped
     for t in rs.tables:
@@ -116,11 +119,17 @@ def conntrack_users(rs: Ruleset | None) -> dict[int, int]:
     """Per family, how many expressions need connection tracking (each takes nf_ct_netns_get at load)."""
     out = {4: 0, 6: 0}
     for t in rs.tables if rs is not None else []:
-        n = sum(1 for c in t.chains.values() for r in c.rules for st in r.stmts if _needs_ct(st))
-        n += sum(1 for c in t.chains.values() if c.type == "nat" and c.hook is not None)
+        n = sum(chain_conntrack_users(c) for c in t.chains.values())
         for fam in FAMILIES.get(t.family, ()):
             out[fam] += n
     return out
+
+
+def chain_conntrack_users(c: Chain | None) -> int:
+    """What one chain adds to ``conntrack_users`` (0 for a chain that is not there)."""
+    if c is None:
+        return 0
+    return sum(1 for r in c.rules for st in r.stmts if _needs_ct(st)) + (c.type == "nat" and c.hook is not None)
 
 
 def _needs_ct(st: Stmt) -> bool:
@@ -144,16 +153,52 @@ def _needs_ct(st: Stmt) -> bool:
     return False
 
 
-def take_conntrack_refs(node: Node, rs: Ruleset | None) -> None:
+def take_conntrack_refs(node: Node, rs: Ruleset | None, want: dict[int, int] | None = None) -> None:
     """Hold exactly as many conntrack references as the current ruleset needs (released as rules go)."""
     held: dict[int, int] = node.subsystems.setdefault("nftables_ct_refs", {4: 0, 6: 0})
-    want = conntrack_users(rs)
+    if want is None:
+        want = conntrack_users(rs)
     for fam in (4, 6):
         if want[fam] > held[fam]:
             node.conntrack.netns_get(fam, want[fam] - held[fam])
         elif want[fam] < held[fam]:
             node.conntrack.netns_put(fam, held[fam] - want[fam])
         held[fam] = want[fam]
+
+
+def exact_index(s: NSet) -> dict[Any, Elem] | None:
+    """A named set's elements by value when every key is exact (constants, or concatenations of
+    them): a lookup is then one dict access, not a walk (kube-proxy's maps hold an element per
+    Service). Rebuilt when the element list is replaced or grows; None for sets with ranges,
+    prefixes or wildcards."""
+    cached = s.__dict__.get("_exact")
+    if cached is not None and cached[0] is s.elems and cached[1] == len(s.elems):
+        return cached[2]
+    index: dict[Any, Elem] | None = {}
+    for e in s.elems:
+        value = exact_value(e.key)
+        if value is None or index is None:
+            index = None
+            break
+        index.setdefault(value, e)
+    s.__dict__["_exact"] = (s.elems, len(s.elems), index)
+    return index
+
+
+def exact_value(k: Expr) -> Any:
+    """What a packet's value must equal to find this key (a tuple for a concatenation); None when the
+    key matches more than one value."""
+    consts = k.items if isinstance(k, Concat) else [k]
+    values = []
+    for c in consts:
+        if not isinstance(c, Const) or isinstance(c.value, str) and c.value.endswith("*"):
+            return None
+        try:
+            hash(c.value)
+        except TypeError:
+            return None
+        values.append(c.value)
+    return tuple(values) if isinstance(k, Concat) else values[0]
 
 
 class ChainRunner:
@@ -424,7 +469,15 @@ class ChainRunner:
         """The element (or its data) a value finds in an anonymous or named set; None when absent."""
         if v is None:
             return None
-        elems = where.elems if isinstance(where, SetLit) else self.named(where).elems
+        if isinstance(where, SetLit):
+            elems = where.elems
+        else:
+            named = self.named(where)
+            index = exact_index(named)
+            if index is not None:
+                e = index.get(v)
+                return None if e is None else e.data if e.data is not None else e
+            elems = named.elems
         for e in elems:
             if self.elem_has(e, v):
                 return e.data if e.data is not None else e
