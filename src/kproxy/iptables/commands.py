@@ -239,6 +239,9 @@ def validate(table: Table, node: Node | None = None) -> None:
                     if r.target is not None and r.target.CHECKS_NODE:
                         r.target.check(node)
                 except ExtensionError as exc:
+                    if exc.kernel_errno:        # the kernel's checkentry refused it: the tool names the chain
+                        raise CommandError(f" RULE_APPEND failed ({exc.kernel_errno}): rule in chain {ch.name}",
+                                           rc=4, kind="resource") from None
                     raise ParameterProblem(str(exc)) from None
 
 
