@@ -79,6 +79,23 @@ class EmulatedBackend:
         rc, _, _ = self._cmd(["-t", table, "-D", chain, *args])
         return rc == 0
 
+    def has_random_fully(self) -> bool:
+        """The node's iptables is 1.8.9, newer than the 1.6.2 that brought ``--random-fully``."""
+        return True
+
+    def nfacct_ensure(self, name: str) -> bool:
+        """The node always has nfacct: the object exists afterwards."""
+        from kproxy.netfilter.nfacct import objects_of
+
+        objects_of(self.node).ensure(name)
+        return True
+
+    def nfacct_packets(self, name: str) -> int | None:
+        from kproxy.netfilter.nfacct import objects_of
+
+        obj = objects_of(self.node).get(name)
+        return obj.pkts if obj is not None else None
+
     def save_all(self) -> str:
         return self.node.iptables_save(self.family)
 

@@ -8,8 +8,10 @@ namespace (``ip netns exec``), which is how tests and the lab use it without tou
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 
 from kproxy.backends import BackendError
@@ -27,6 +29,7 @@ class KernelBackend:
         self.iptables = self._tool(base + suffix, base)
         self.iptables_restore = self._tool(f"{base}{suffix}-restore", f"{base}-restore")
         self.iptables_save = self._tool(f"{base}{suffix}-save", f"{base}-save")
+        self._random_fully: bool | None = None
 
     @staticmethod
     def _tool(preferred: str, fallback: str) -> str:
@@ -73,6 +76,25 @@ class KernelBackend:
 
     def delete_rule(self, table: str, chain: str, args: list[str]) -> bool:
         return self._ipt("-t", table, "-D", chain, *args).returncode == 0
+
+    def has_random_fully(self) -> bool:
+        """Whether this iptables knows ``MASQUERADE --random-fully``: version 1.6.2 or newer, the
+        probe upstream's utiliptables makes."""
+        if self._random_fully is None:
+            m = re.search(r"v(\d+)\.(\d+)\.(\d+)", self._ipt("--version").stdout)
+            self._random_fully = m is not None and tuple(map(int, m.groups())) >= (1, 6, 2)
+        return self._random_fully
+
+    def _nfacct(self, op: str, name: str) -> subprocess.CompletedProcess[str]:
+        return self._run([sys.executable, "-m", "kproxy.backends.kernel_nfacct", op, name])
+
+    def nfacct_ensure(self, name: str) -> bool:
+        """Create the kernel's accounting object; False where the kernel has no nfnetlink_acct."""
+        return self._nfacct("ensure", name).returncode == 0
+
+    def nfacct_packets(self, name: str) -> int | None:
+        proc = self._nfacct("get", name)
+        return int(proc.stdout.split()[1]) if proc.returncode == 0 else None
 
     def delete_chain(self, table: str, chain: str) -> bool:
         self._ipt("-t", table, "-F", chain)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kproxy.netfilter.nfacct import NfacctError, names_in_use, objects_of
+from kproxy.iptables.ext.nfacct import names_in_use
+from kproxy.netfilter.nfacct import NfacctError, objects_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node

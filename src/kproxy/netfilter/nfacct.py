@@ -108,15 +108,3 @@ def objects_of(node: NetNamespace) -> NfacctObjects:
         store = node.subsystems["nfacct"] = NfacctObjects()
     return store
 
-
-def names_in_use(node: NetNamespace) -> set[str]:
-    """The objects some committed iptables rule counts into (they hold a reference in the kernel)."""
-    from kproxy.iptables.ext.nfacct import NfacctMatch
-
-    used: set[str] = set()
-    for state in getattr(node, "iptables", {}).values():
-        for table in state.tables.values():
-            for chain in table.chains.values():
-                for rule in chain.rules:
-                    used.update(m.acct_name for m in rule.matches if isinstance(m, NfacctMatch))
-    return used

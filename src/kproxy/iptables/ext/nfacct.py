@@ -48,3 +48,14 @@ class NfacctMatch(Match):
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         objects_of(ctx.node).count(self.acct_name, pkt.length)
         return True
+
+
+def names_in_use(node: Node) -> set[str]:
+    """The objects some iptables rule counts into (each holds a reference in the kernel)."""
+    used: set[str] = set()
+    for state in node.iptables.values():
+        for table in state.tables.values():
+            for chain in table.chains.values():
+                for rule in chain.rules:
+                    used.update(m.acct_name for m in rule.matches if isinstance(m, NfacctMatch))
+    return used
