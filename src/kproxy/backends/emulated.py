@@ -65,10 +65,13 @@ class EmulatedBackend:
             raise BackendError(err.strip())
         return False
 
+    def check_rule(self, table: str, chain: str, args: list[str]) -> bool:
+        """``iptables -C``: whether the rule exists."""
+        return self._cmd(["-t", table, "-C", chain, *args])[0] == 0
+
     def ensure_rule(self, table: str, chain: str, args: list[str], prepend: bool = True) -> bool:
         """True when the rule already existed; else it is inserted first (or appended)."""
-        rc, _, _ = self._cmd(["-t", table, "-C", chain, *args])
-        if rc == 0:
+        if self.check_rule(table, chain, args):
             return True
         rc, _, err = self._cmd(["-t", table, "-I" if prepend else "-A", chain, *args])
         if rc != 0:

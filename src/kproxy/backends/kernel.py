@@ -66,8 +66,12 @@ class KernelBackend:
             return True
         raise BackendError(proc.stderr.strip())
 
+    def check_rule(self, table: str, chain: str, args: list[str]) -> bool:
+        """``iptables -C``: whether the rule exists (reads only)."""
+        return self._ipt("-t", table, "-C", chain, *args).returncode == 0
+
     def ensure_rule(self, table: str, chain: str, args: list[str], prepend: bool = True) -> bool:
-        if self._ipt("-t", table, "-C", chain, *args).returncode == 0:
+        if self.check_rule(table, chain, args):
             return True
         proc = self._ipt("-t", table, "-I" if prepend else "-A", chain, *args)
         if proc.returncode != 0:

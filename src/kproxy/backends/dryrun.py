@@ -1,0 +1,124 @@
+"""Dry run: a backend that reads the real node, works out what each write would change, and applies nothing.
+
+This is how kproxy runs beside kube-proxy on a real node: every sync is computed as usual, then its
+restore input is applied to a scratch copy of the node's kube-proxy chains (``KUBE-*``, read with
+``iptables-save``), and the difference between the node's chains and the scratch is printed as a
+unified diff of ``iptables-save`` lines. When kproxy and kube-proxy agree the diff is empty. Jumps
+kproxy would add to built-in chains are checked with ``iptables -C`` (which only reads).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from kproxy.backends import Backend, BackendError
+
+OWNED = "KUBE-"
+_NFACCT = re.compile(r"--nfacct-name\s+(\S+)")
+
+
+def owned_restore_input(save_text: str, prefix: str = OWNED) -> str:
+    """The ``prefix`` chains of an ``iptables-save`` text, and only them, as a restore input."""
+    out: list[str] = []
+    for line in save_text.splitlines():
+        if line.startswith(("*", "COMMIT")):
+            out.append(line)
+        elif line.startswith(":") and line[1:].startswith(prefix):
+            out.append(line.split(" ", 1)[0] + " - [0:0]")
+        elif line.startswith("-A ") and line.split(" ", 2)[1].startswith(prefix):
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _tables_of(text: str) -> list[str]:
+    return [line[1:].strip() for line in text.splitlines() if line.startswith("*")]
+
+
+class DryRunBackend:
+    """Wraps a backend (kernel or emulated): reads go to it, writes become printed differences."""
+
+    def __init__(self, real: Backend, out: Callable[[str], None]) -> None:
+        self.real = real
+        self.family = real.family
+        self.out = out
+        self.changes = 0          # diff lines and would-be commands reported so far
+
+    def _report(self, text: str) -> None:
+        if text:
+            self.changes += text.count("\n") + 1
+            self.out(text)
+
+    def _scratch(self, tables: list[str]) -> tuple[Any, str]:
+        """A scratch node holding the real node's kube-proxy chains of ``tables``, and their save text."""
+        from kproxy.netfilter.nfacct import objects_of
+        from kproxy.node import Node
+
+        node = Node.default()
+        text = "".join(owned_restore_input(self.real.save(t)) for t in tables)
+        for name in _NFACCT.findall(text):
+            objects_of(node).ensure(name.strip('"'))
+        node.iptables_restore(text, self.family)
+        return node, node.iptables_save(self.family, tables=tables)
+
+    def restore(self, text: str, noflush: bool = True, counters: bool = False, prepared: Any = None) -> None:
+        """Print how ``text`` would change the node's kube-proxy chains; change nothing."""
+        from kproxy.iptables.restore import RestoreError
+        from kproxy.netfilter.nfacct import objects_of
+
+        tables = _tables_of(text)
+        node, before = self._scratch(tables)
+        for name in _NFACCT.findall(text):
+            objects_of(node).ensure(name.strip('"'))
+        try:
+            node.iptables_restore(text, self.family, noflush=noflush)
+        except RestoreError as exc:
+            raise BackendError(str(exc)) from None
+        after = node.iptables_save(self.family, tables=tables)
+        diff = difflib.unified_diff(_body(before), _body(after), "node", "kproxy", lineterm="", n=0)
+        self._report("\n".join(diff))
+
+    def save(self, table: str) -> str:
+        return self.real.save(table)
+
+    def chain_names(self, table: str) -> list[str]:
+        return [line[1:].split()[0] for line in self.real.save(table).splitlines() if line.startswith(":")]
+
+    def ensure_chain(self, table: str, chain: str) -> bool:
+        if chain in self.chain_names(table):
+            return True
+        self._report(f"# would create chain {chain} in table {table}")
+        return False
+
+    def ensure_rule(self, table: str, chain: str, args: list[str], prepend: bool = True) -> bool:
+        if self.real.check_rule(table, chain, args):
+            return True
+        self._report(f"# would run: iptables -t {table} {'-I' if prepend else '-A'} {chain} {' '.join(args)}")
+        return False
+
+    def check_rule(self, table: str, chain: str, args: list[str]) -> bool:
+        return self.real.check_rule(table, chain, args)
+
+    def delete_rule(self, table: str, chain: str, args: list[str]) -> bool:
+        self._report(f"# would run: iptables -t {table} -D {chain} {' '.join(args)}")
+        return True
+
+    def delete_chain(self, table: str, chain: str) -> bool:
+        self._report(f"# would delete chain {chain} in table {table}")
+        return True
+
+    def has_random_fully(self) -> bool:
+        return self.real.has_random_fully()
+
+    def nfacct_ensure(self, name: str) -> bool:
+        """Whether the counter exists already (kube-proxy made it); a dry run creates none."""
+        return self.real.nfacct_packets(name) is not None
+
+    def nfacct_packets(self, name: str) -> int | None:
+        return self.real.nfacct_packets(name)
+
+
+def _body(save_text: str) -> list[str]:
+    return [line for line in save_text.splitlines() if not line.startswith("#")]
