@@ -186,7 +186,9 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
         if backend_name == "emulated" and not result.error and not dry_run:
             obj.save()
 
-    service_health = ServiceHealthServers(_health_check_addresses(cfg), health) if serve and not once else None
+    # A dry run beside kube-proxy leaves the health check node ports to it.
+    service_health = ServiceHealthServers(_health_check_addresses(cfg), health) \
+        if serve and not once and not dry_run else None
     runner = ProxyRunner(proxier, source, health, after_sync=report, metrics=metrics, service_health=service_health)
     if once:
         try:
