@@ -1,0 +1,84 @@
+"""The kernel lab with ``source: api``: one lab API server (kproxy.lab.apiserver), every node's kproxy
+watching it, and the real-traffic scenarios and scaling passing through the watch path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kproxy.k8s.fakeapi import FakeAPIServer
+from kproxy.lab.apiserver import ManifestFollower
+from kproxy.lab.cluster import LabError, LabSpec
+from tests.test_lab import LAB, NODE2, check, pod_of, probe, scenarios, wait_for
+
+API_LAB = {**LAB, "source": "api"}
+
+
+def test_source_is_checked():
+    assert LabSpec.from_dict(API_LAB).source == "api"
+    assert LabSpec.from_dict(LAB).source == "manifests"
+    with pytest.raises(LabError, match=r"<lab>: source: 'etcd' is not one of manifests, api"):
+        LabSpec.from_dict({**LAB, "source": "etcd"})
+
+
+def test_the_follower_turns_file_rewrites_into_api_events(tmp_path):
+    path = tmp_path / "m.yaml"
+
+    def write(*names: str) -> None:
+        items = [{"kind": "Service", "metadata": {"name": n, "namespace": "default"},
+                  "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80}]}} for n in names]
+        path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+
+    with FakeAPIServer() as api:
+        follower = ManifestFollower(api, path)
+        write("a", "b")
+        assert follower.poll() == 2 and follower.poll() == 0
+        write("b", "c")
+        assert follower.poll() == 2
+        assert sorted(name for _, name in api.objects["services"]) == ["b", "c"]
+        assert [e.type for e in api.history] == ["ADDED", "ADDED", "ADDED", "DELETED"]
+
+
+@pytest.fixture(scope="module")
+def api_lab(tmp_path_factory) -> Iterator[object]:
+    from kproxy.lab.cluster import Lab, down, start_proxies
+    from kproxy.lab.kernel import kernel_lab_reason
+
+    reason = kernel_lab_reason()
+    if reason:
+        pytest.skip(reason)
+    d = tmp_path_factory.mktemp("apilab")
+    (d / "description.yaml").write_text(yaml.safe_dump(API_LAB))
+    spec = LabSpec.from_dict(API_LAB)
+    state = Lab(spec, d).up()
+    try:
+        start_proxies(spec, state)
+        wait_for(lambda: pod_of(probe(state, "web-0", "10.96.0.50", 80)).startswith("web-"), 30)
+        yield state
+    finally:
+        removed = down(state)
+        assert len(removed) == len(state.namespaces())
+
+
+@pytest.mark.kernel
+def test_nodes_watch_the_lab_api_server_and_pass_the_scenarios(api_lab):
+    assert api_lab.api and api_lab.api_pid
+    for node in api_lab.nodes:
+        cfg = yaml.safe_load(Path(api_lab.dir, f"{node}-config.yaml").read_text())
+        assert cfg["clientConnection"]["kubeconfig"] == str(Path(api_lab.dir, "kubeconfig.yaml"))
+        cmdline = Path(f"/proc/{api_lab.proxies[node]}/cmdline").read_bytes().split(b"\0")
+        assert b"--manifests" not in cmdline        # the objects come only from the API server
+    check(scenarios(lambda src, dst, port, proto="tcp", sport=0: probe(api_lab, src, dst, port, proto, sport)))
+
+
+@pytest.mark.kernel
+def test_scaling_reaches_the_nodes_through_watch_events(api_lab):
+    from kproxy.lab.cluster import scale
+
+    scale(api_lab, "web", 1)
+    wait_for(lambda: {pod_of(probe(api_lab, "client", NODE2, 30080)) for _ in range(12)} == {"web-0"}, 20)
+    scale(api_lab, "web", 3)
+    wait_for(lambda: len({pod_of(probe(api_lab, "client", NODE2, 30080)) for _ in range(30)}) == 3, 20)
