@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.test_lab import LAB, NODE2, check, pod_of, probe, scenarios, wait_for
 
 from kproxy.k8s.fakeapi import FakeAPIServer
 from kproxy.lab.apiserver import ManifestFollower
 from kproxy.lab.cluster import LabError, LabSpec
-from tests.test_lab import LAB, NODE2, check, pod_of, probe, scenarios, wait_for
 
 API_LAB = {**LAB, "source": "api"}
 
