@@ -1,8 +1,10 @@
-"""kube-proxy iptables mode applied to a real kernel (iptables-nft in a kp- namespace) next to the emulated node.
+"""kube-proxy iptables mode applied to a real kernel, iptables-nft and iptables-legacy side by side (each
+in a fresh kp- namespace), next to the emulated node.
 
-For N Services with 5 endpoints: the full sync and a one-endpoint partial sync, timed end to end
-(objects in, restore input out, iptables-restore --noflush applied). Needs root; the namespace is
-removed afterwards.
+For N Services with 5 endpoints: the first full sync, a one-endpoint partial sync and a later full
+sync, timed end to end (objects in, restore input out, iptables-restore --noflush applied). A user's
+rules are loaded first and must come out unchanged, counters included. Needs root; the namespaces
+are removed afterwards.
 
     sudo .venv/bin/python bench/bench_kernel_sync.py --sizes 1000,10000
 """
@@ -25,8 +27,27 @@ from kproxy.node import Node  # noqa: E402
 from kproxy.proxy.config import ProxyConfig  # noqa: E402
 from kproxy.proxy.iptables import IptablesProxier  # noqa: E402
 
+FOREIGN = """*nat
+:PREROUTING ACCEPT [0:0]
+:USER-NAT - [0:0]
+[7:420] -A PREROUTING -p tcp --dport 2222 -j USER-NAT
+[3:180] -A USER-NAT -j RETURN
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:USER-FILTER - [0:0]
+[5:300] -A INPUT -s 10.9.9.9/32 -j USER-FILTER
+-A USER-FILTER -j DROP
+COMMIT
+"""
 
-def run(backend: object, services: int, endpoints: int) -> tuple[float, float, int]:
+
+def foreign(save_text: str) -> list[str]:
+    """The user's rules as iptables-save -c shows them (kproxy's KUBE- chains and jumps left out)."""
+    return [ln for ln in save_text.splitlines() if "USER-" in ln]
+
+
+def run(backend: object, services: int, endpoints: int) -> tuple[float, float, int, float]:
     cfg = ProxyConfig.from_dict({"clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a"})
     proxier = IptablesProxier(cfg, backend, ["192.168.0.2"])
     objs = build(services, endpoints)
@@ -42,7 +63,22 @@ def run(backend: object, services: int, endpoints: int) -> tuple[float, float, i
     part = proxier.sync(objs)
     part_s = time.perf_counter() - t0
     assert not part.error and not part.full, part.error[:500]
-    return full_s, part_s, full.nat_rules + full.filter_rules
+    t0 = time.perf_counter()
+    again = proxier.sync(objs, force_full=True)
+    again_s = time.perf_counter() - t0
+    assert not again.error, again.error[:500]
+    return full_s, part_s, full.nat_rules + full.filter_rules, again_s
+
+
+def kernel(services: int, endpoints: int, legacy: bool) -> tuple[float, float, int, float]:
+    with netns("bench") as ns:
+        be = KernelBackend(netns=ns.name, legacy=legacy)
+        be.restore(FOREIGN, noflush=True, counters=True)
+        before = foreign(be._run([be.iptables_save, "-c"]).stdout)
+        out = run(be, services, endpoints)
+        after = foreign(be._run([be.iptables_save, "-c"]).stdout)
+        assert after == before, (before, after)
+        return out
 
 
 def main() -> None:
@@ -50,13 +86,16 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--endpoints", type=int, default=5)
     args = ap.parse_args()
-    print(f"{'services':>9} {'rules':>8} {'kernel full':>12} {'kernel 1-ep':>12} {'emulated full':>14} {'emulated 1-ep':>14}")
+    print(f"{'services':>9} {'rules':>8} | {'nft first':>9} {'nft 1-ep':>8} {'nft again':>9} | "
+          f"{'legacy first':>12} {'legacy 1-ep':>11} {'legacy again':>12} | {'emulated first':>14} {'emulated 1-ep':>13}")
     for n in (int(s) for s in args.sizes.split(",")):
-        with netns("bench") as ns:
-            k_full, k_part, rules = run(KernelBackend(netns=ns.name), n, args.endpoints)
+        nft = kernel(n, args.endpoints, legacy=False)
+        leg = kernel(n, args.endpoints, legacy=True)
         node = Node.from_description({"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}]})
-        e_full, e_part, _ = run(EmulatedBackend(node), n, args.endpoints)
-        print(f"{n:>9} {rules:>8,} {k_full:>11.2f}s {k_part * 1000:>10.0f}ms {e_full:>13.2f}s {e_part * 1000:>12.1f}ms")
+        emu = run(EmulatedBackend(node), n, args.endpoints)
+        print(f"{n:>9} {nft[2]:>8,} | {nft[0]:>8.2f}s {nft[1] * 1000:>6.0f}ms {nft[3]:>8.2f}s | "
+              f"{leg[0]:>11.2f}s {leg[1] * 1000:>9.0f}ms {leg[3]:>11.2f}s | {emu[0]:>13.2f}s {emu[1] * 1000:>11.1f}ms",
+              flush=True)
 
 
 if __name__ == "__main__":
