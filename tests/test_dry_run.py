@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.test_proxier_iptables import NODE, endpoints, objects, service
 
-from kproxy.backends.dryrun import DryRunBackend, owned_restore_input
+from kproxy.backends.dryrun import DryRunBackend, named_chains, owned_restore_input
 from kproxy.backends.emulated import EmulatedBackend
 from kproxy.node import Node
 from kproxy.proxy.config import ProxyConfig
@@ -28,6 +28,19 @@ def test_owned_restore_input_keeps_only_kube_chains():
     assert owned_restore_input(text) == "*nat\n:KUBE-SVC-X - [0:0]\n-A KUBE-SVC-X -j DOCKER\nCOMMIT\n"
 
 
+def test_named_chains_per_table():
+    text = "*filter\n:A - [0:0]\n-A B -j A\nCOMMIT\n*nat\n:C - [0:0]\n-X D\nCOMMIT\n"
+    assert named_chains(text) == {"filter": {"A", "B"}, "nat": {"C", "D"}}
+
+
+class CountingSaves(EmulatedBackend):
+    saves = 0
+
+    def save(self, table: str) -> str:
+        CountingSaves.saves += 1
+        return super().save(table)
+
+
 def test_dry_run_prints_what_would_change_and_changes_nothing():
     node = Node.from_description(NODE)
     real = _proxier(EmulatedBackend(node))
@@ -35,11 +48,17 @@ def test_dry_run_prints_what_would_change_and_changes_nothing():
     assert not real.sync(objects(*docs)).error
     before = node.iptables_save()
     printed: list[str] = []
-    dry = _proxier(DryRunBackend(EmulatedBackend(node), printed.append))
-    assert not dry.sync(objects(*docs)).error
+    dry = _proxier(DryRunBackend(CountingSaves(node), printed.append))
+    objs = objects(*docs)
+    assert not dry.sync(objs).error
     assert printed == []                              # the same rules: nothing to say
     moved = [service("web", "172.30.0.41"), endpoints("web", ("10.0.1.6", "node-a"))]
-    assert not dry.sync(objects(*moved)).error
+    objs.dirty = set()
+    objs.add(moved[1], "test")
+    CountingSaves.saves = 0
+    result = dry.sync(objs)
+    assert not result.error and not result.full
+    assert CountingSaves.saves == 0                   # a partial sync reads its chains, not the tables
     diff = "\n".join(printed)
     assert "--- node" in diff and "+++ kproxy" in diff
     assert "--to-destination 10.0.1.6:80" in diff and "-A KUBE-SEP-" in diff and "10.0.1.5" in diff

@@ -17,7 +17,9 @@ from typing import Any
 from kproxy.backends import Backend, BackendError
 
 OWNED = "KUBE-"
+FEW_CHAINS = 200        # an input naming fewer chains is compared chain by chain (iptables -S CHAIN)
 _NFACCT = re.compile(r"--nfacct-name\s+(\S+)")
+_NAMED = re.compile(r"^(?::|-[AIDXRF] )(\S+)")
 
 
 def owned_restore_input(save_text: str, prefix: str = OWNED) -> str:
@@ -33,8 +35,17 @@ def owned_restore_input(save_text: str, prefix: str = OWNED) -> str:
     return "\n".join(out) + "\n"
 
 
-def _tables_of(text: str) -> list[str]:
-    return [line[1:].strip() for line in text.splitlines() if line.startswith("*")]
+def named_chains(text: str) -> dict[str, set[str]]:
+    """The chains each table's section of a restore input declares or changes."""
+    out: dict[str, set[str]] = {}
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            out.setdefault(table, set())
+        elif (m := _NAMED.match(line)) and table:
+            out[table].add(m.group(1))
+    return out
 
 
 class DryRunBackend:
@@ -51,25 +62,37 @@ class DryRunBackend:
             self.changes += text.count("\n") + 1
             self.out(text)
 
-    def _scratch(self, tables: list[str]) -> tuple[Any, str]:
-        """A scratch node holding the real node's kube-proxy chains of ``tables``, and their save text."""
+    def _scratch(self, named: dict[str, set[str]]) -> tuple[Any, str]:
+        """A scratch node holding the real node's kube-proxy chains of the tables in ``named`` (every
+        chain, but only the named ones with their rules when they are few), and their save text."""
         from kproxy.netfilter.nfacct import objects_of
         from kproxy.node import Node
 
         node = Node.default()
-        text = "".join(owned_restore_input(self.real.save(t)) for t in tables)
+        text = "".join(owned_restore_input(self.real.save(t)) if len(chains) >= FEW_CHAINS
+                       else self._few_chains_input(t, chains) for t, chains in named.items())
         for name in _NFACCT.findall(text):
             objects_of(node).ensure(name.strip('"'))
         node.iptables_restore(text, self.family)
-        return node, node.iptables_save(self.family, tables=tables)
+        return node, node.iptables_save(self.family, tables=list(named))
+
+    def _few_chains_input(self, table: str, chains: set[str]) -> str:
+        """Every kube-proxy chain of ``table`` (declared), with the rules of ``chains`` only: a partial
+        sync reads a handful of chains instead of the whole table."""
+        owned = [n for n in self.chain_names(table) if n.startswith(OWNED)]
+        lines = [f"*{table}", *(f":{n} - [0:0]" for n in owned)]
+        for chain in sorted(chains.intersection(owned)):
+            lines += [ln for ln in self.real.chain_rules(table, chain) if ln.startswith("-A ")]
+        return "\n".join([*lines, "COMMIT"]) + "\n"
 
     def restore(self, text: str, noflush: bool = True, counters: bool = False, prepared: Any = None) -> None:
         """Print how ``text`` would change the node's kube-proxy chains; change nothing."""
         from kproxy.iptables.restore import RestoreError
         from kproxy.netfilter.nfacct import objects_of
 
-        tables = _tables_of(text)
-        node, before = self._scratch(tables)
+        named = named_chains(text)
+        tables = list(named)
+        node, before = self._scratch(named)
         for name in _NFACCT.findall(text):
             objects_of(node).ensure(name.strip('"'))
         try:
@@ -84,7 +107,13 @@ class DryRunBackend:
         return self.real.save(table)
 
     def chain_names(self, table: str) -> list[str]:
+        lister = getattr(self.real, "chain_names", None)
+        if lister is not None:
+            return list(lister(table))
         return [line[1:].split()[0] for line in self.real.save(table).splitlines() if line.startswith(":")]
+
+    def chain_rules(self, table: str, chain: str) -> list[str]:
+        return self.real.chain_rules(table, chain)
 
     def ensure_chain(self, table: str, chain: str) -> bool:
         if chain in self.chain_names(table):

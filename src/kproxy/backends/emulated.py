@@ -65,6 +65,11 @@ class EmulatedBackend:
             raise BackendError(err.strip())
         return False
 
+    def chain_rules(self, table: str, chain: str) -> list[str]:
+        """``iptables -S CHAIN``: the chain's rules in save form ([] for a chain that does not exist)."""
+        rc, out, _ = self._cmd(["-t", table, "-S", chain])
+        return out.splitlines() if rc == 0 else []
+
     def check_rule(self, table: str, chain: str, args: list[str]) -> bool:
         """``iptables -C``: whether the rule exists."""
         return self._cmd(["-t", table, "-C", chain, *args])[0] == 0

@@ -90,6 +90,11 @@ class KernelBackend:
             return True
         raise BackendError(proc.stderr.strip())
 
+    def chain_rules(self, table: str, chain: str) -> list[str]:
+        """``iptables -S CHAIN``: the chain's rules in save form ([] for a chain that does not exist)."""
+        proc = self._ipt("-t", table, "-S", chain)
+        return proc.stdout.splitlines() if proc.returncode == 0 else []
+
     def check_rule(self, table: str, chain: str, args: list[str]) -> bool:
         """``iptables -C``: whether the rule exists (reads only)."""
         return self._ipt("-t", table, "-C", chain, *args).returncode == 0
