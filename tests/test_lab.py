@@ -103,8 +103,8 @@ def test_emulated_lab_scenarios(description, modes):
 
 
 # ---- the real thing ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def kernel_lab(tmp_path_factory) -> Iterator[object]:
+def running_lab(tmp_path_factory, description: dict, seconds: float = 20) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """A kernel lab of ``description`` up with its kproxies synced; taken down (every namespace) after."""
     from kproxy.lab.cluster import Lab, down, start_proxies
     from kproxy.lab.kernel import kernel_lab_reason
 
@@ -114,16 +114,21 @@ def kernel_lab(tmp_path_factory) -> Iterator[object]:
     import yaml
 
     d = tmp_path_factory.mktemp("lab")
-    (d / "description.yaml").write_text(yaml.safe_dump(LAB))
-    spec = LabSpec.from_dict(LAB)
+    (d / "description.yaml").write_text(yaml.safe_dump(description))
+    spec = LabSpec.from_dict(description)
     state = Lab(spec, d).up()
     try:
         start_proxies(spec, state)
-        wait_for(lambda: pod_of(probe(state, "web-0", "10.96.0.50", 80)).startswith("web-"), 20)
+        wait_for(lambda: pod_of(probe(state, "web-0", "10.96.0.50", 80)).startswith("web-"), seconds)
         yield state
     finally:
         removed = down(state)
         assert len(removed) == len(state.namespaces())
+
+
+@pytest.fixture(scope="module")
+def kernel_lab(tmp_path_factory) -> Iterator[object]:
+    yield from running_lab(tmp_path_factory, LAB)
 
 
 def probe(state, src: str, dst: str, port: int, proto: str = "tcp", sport: int = 0) -> str:  # type: ignore[no-untyped-def]

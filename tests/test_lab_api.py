@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.test_lab import LAB, NODE2, check, pod_of, probe, scenarios, wait_for
+from tests.test_lab import LAB, NODE2, check, pod_of, probe, running_lab, scenarios, wait_for
 
 from kproxy.k8s.fakeapi import FakeAPIServer
 from kproxy.lab.apiserver import ManifestFollower
@@ -44,23 +44,7 @@ def test_the_follower_turns_file_rewrites_into_api_events(tmp_path):
 
 @pytest.fixture(scope="module")
 def api_lab(tmp_path_factory) -> Iterator[object]:
-    from kproxy.lab.cluster import Lab, down, start_proxies
-    from kproxy.lab.kernel import kernel_lab_reason
-
-    reason = kernel_lab_reason()
-    if reason:
-        pytest.skip(reason)
-    d = tmp_path_factory.mktemp("apilab")
-    (d / "description.yaml").write_text(yaml.safe_dump(API_LAB))
-    spec = LabSpec.from_dict(API_LAB)
-    state = Lab(spec, d).up()
-    try:
-        start_proxies(spec, state)
-        wait_for(lambda: pod_of(probe(state, "web-0", "10.96.0.50", 80)).startswith("web-"), 30)
-        yield state
-    finally:
-        removed = down(state)
-        assert len(removed) == len(state.namespaces())
+    yield from running_lab(tmp_path_factory, API_LAB, seconds=30)
 
 
 @pytest.mark.kernel
