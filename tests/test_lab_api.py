@@ -56,6 +56,13 @@ def test_nodes_watch_the_lab_api_server_and_pass_the_scenarios(api_lab):
         cmdline = Path(f"/proc/{api_lab.proxies[node]}/cmdline").read_bytes().split(b"\0")
         assert b"--manifests" not in cmdline        # the objects come only from the API server
     check(scenarios(lambda src, dst, port, proto="tcp", sport=0: probe(api_lab, src, dst, port, proto, sport)))
+    from click.testing import CliRunner
+
+    import kproxy.cli.lab_cmd  # noqa: F401 - registers the lab group
+    from kproxy.cli.main import cli
+
+    status = CliRunner().invoke(cli, ["lab", "status", "--dir", api_lab.dir])
+    assert f"  api     {api_lab.api}" in status.output and f"server pid {api_lab.api_pid}" in status.output
 
 
 @pytest.mark.kernel
