@@ -184,3 +184,24 @@ def test_kernel_nfacct_objects_and_rules(kernel_ns):
     assert "-m nfacct --nfacct-name  ct_state_invalid_dropped_pkts -j DROP" in saved
     assert "-m nfacct --nfacct-name  localhost_nps_accepted_pkts -j KUBE-EXT-" in saved
     assert "kubeproxy_iptables_localhost_nodeports_accepted_packets_total 0.0" in proxier.metrics.text().decode()
+
+
+def test_nfacct_objects_persist_in_the_node_file(tmp_path):
+    from click.testing import CliRunner
+
+    import kproxy.cli.commands  # noqa: F401
+    from kproxy.cli.main import cli
+
+    node = str(tmp_path / "n.db")
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(cli, ["--node", node, *args])
+
+    assert run("nfacct", "add", "seen").exit_code == 0
+    assert run("iptables", "-A", "INPUT", "-m", "nfacct", "--nfacct-name", "seen").exit_code == 0
+    assert run("nfacct", "list").output == "{ pkts = 00000000000000000000, bytes = 00000000000000000000 } = seen;\n"
+    busy = run("nfacct", "delete", "seen")
+    assert busy.exit_code == 1 and "Device or resource busy" in busy.output
+    assert run("iptables", "-F", "INPUT").exit_code == 0
+    assert run("nfacct", "flush").exit_code == 0
+    assert run("nfacct", "list").output == ""
