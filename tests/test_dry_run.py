@@ -95,3 +95,14 @@ def test_kernel_dry_run_leaves_the_namespace_as_it_was(kernel_ns, tmp_path):
         return [ln for ln in text.splitlines() if not ln.startswith("#")]
 
     assert body(after) == body(before)
+
+
+def test_chain_diff_shows_only_the_chains_that_differ():
+    from kproxy.backends.dryrun import chain_diff
+
+    before = "*nat\n:KUBE-A - [0:0]\n:KUBE-B - [0:0]\n-A KUBE-A -j RETURN\n-A KUBE-B -j KUBE-A\nCOMMIT\n"
+    after = "*nat\n:KUBE-A - [0:0]\n:KUBE-C - [0:0]\n-A KUBE-A -j RETURN\n-A KUBE-C -j KUBE-A\nCOMMIT\n"
+    assert chain_diff(before, after).splitlines() == [
+        "--- node nat KUBE-B", "+++ kproxy nat KUBE-B", "@@ -1,2 +0,0 @@", "-:KUBE-B - [0:0]", "--A KUBE-B -j KUBE-A",
+        "--- node nat KUBE-C", "+++ kproxy nat KUBE-C", "@@ -0,0 +1,2 @@", "+:KUBE-C - [0:0]", "+-A KUBE-C -j KUBE-A"]
+    assert chain_diff(before, before) == ""

@@ -2,9 +2,10 @@
 
 This is how kproxy runs beside kube-proxy on a real node: every sync is computed as usual, then its
 restore input is applied to a scratch copy of the node's kube-proxy chains (``KUBE-*``, read with
-``iptables-save``), and the difference between the node's chains and the scratch is printed as a
-unified diff of ``iptables-save`` lines. When kproxy and kube-proxy agree the diff is empty. Jumps
-kproxy would add to built-in chains are checked with ``iptables -C`` (which only reads).
+``iptables-save``, or chain by chain for a partial sync), and the difference between the node's
+chains and the scratch is printed as unified diffs of ``iptables-save`` lines, one per chain that
+differs. When kproxy and kube-proxy agree nothing is printed. Jumps kproxy would add to built-in
+chains are checked with ``iptables -C`` (which only reads).
 """
 
 from __future__ import annotations
@@ -100,8 +101,7 @@ class DryRunBackend:
         except RestoreError as exc:
             raise BackendError(str(exc)) from None
         after = node.iptables_save(self.family, tables=tables)
-        diff = difflib.unified_diff(_body(before), _body(after), "node", "kproxy", lineterm="", n=0)
-        self._report("\n".join(diff))
+        self._report(chain_diff(before, after))
 
     def save(self, table: str) -> str:
         return self.real.save(table)
@@ -149,5 +149,27 @@ class DryRunBackend:
         return self.real.nfacct_packets(name)
 
 
-def _body(save_text: str) -> list[str]:
-    return [line for line in save_text.splitlines() if not line.startswith("#")]
+def _by_chain(save_text: str) -> dict[tuple[str, str], list[str]]:
+    """An ``iptables-save`` text's lines by (table, chain): the chain's declaration, then its rules."""
+    out: dict[tuple[str, str], list[str]] = {}
+    table = ""
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith(":"):
+            out.setdefault((table, line[1:].split()[0]), []).insert(0, line)
+        elif line.startswith("-A "):
+            out.setdefault((table, line.split(" ", 2)[1]), []).append(line)
+    return out
+
+
+def chain_diff(before: str, after: str) -> str:
+    """A unified diff per chain that differs (linear in the tables' size, unlike one diff of both)."""
+    old, new = _by_chain(before), _by_chain(after)
+    hunks: list[str] = []
+    for table, chain in sorted(old.keys() | new.keys()):
+        a, b = old.get((table, chain), []), new.get((table, chain), [])
+        if a != b:
+            hunks.extend(difflib.unified_diff(a, b, f"node {table} {chain}", f"kproxy {table} {chain}",
+                                              lineterm="", n=0))
+    return "\n".join(hunks)
