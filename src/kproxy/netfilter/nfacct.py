@@ -52,7 +52,7 @@ class NfacctObjects:
         return self.objects.get(name)
 
     def add(self, name: str) -> AcctObject:
-        if not name or len(name.encode()) >= NAME_MAX:
+        if not name or len(name.encode(errors="surrogateescape")) >= NAME_MAX:
             raise NfacctError(errno.EINVAL)
         if name in self.objects:
             raise NfacctError(errno.EBUSY)
