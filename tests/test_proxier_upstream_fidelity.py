@@ -127,6 +127,12 @@ def test_nfacct_match_save_listing_and_missing_object():
     rc, _, err = node.iptables_cmd(["-A", "INPUT", "-m", "nfacct", "--nfacct-name", "missing"])
     assert (rc, err.strip()) == (4, "iptables v1.8.9 (nf_tables):  RULE_APPEND failed (No such file or directory): "
                                     "rule in chain INPUT")
+    from kproxy.iptables.restore import RestoreError
+
+    with pytest.raises(RestoreError) as refused:      # the line of the rule, as iptables-nft-restore says
+        node.iptables_restore("*filter\n-A INPUT -j ACCEPT\n-A INPUT -m nfacct --nfacct-name missing\nCOMMIT\n")
+    assert str(refused.value) == ("iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_APPEND failed "
+                                  "(No such file or directory): rule in chain INPUT")
     run_nfacct(["add", "a b"], node)
     assert node.iptables_cmd(["-A", "INPUT", "-m", "nfacct", "--nfacct-name", "a b"])[0] == 0
     assert '-A INPUT -m nfacct --nfacct-name  "a b"' in node.iptables_save(tables=["filter"])
@@ -205,3 +211,24 @@ def test_nfacct_objects_persist_in_the_node_file(tmp_path):
     assert run("iptables", "-F", "INPUT").exit_code == 0
     assert run("nfacct", "flush").exit_code == 0
     assert run("nfacct", "list").output == ""
+
+
+@pytest.mark.kernel
+def test_nfacct_match_against_the_real_tool(kernel_ns):
+    from kproxy.iptables.restore import RestoreError
+
+    text = "*filter\n:X - [0:0]\n-A INPUT -j ACCEPT\n-A INPUT -m nfacct --nfacct-name acct\nCOMMIT\n"
+    theirs = kernel_ns.run(["iptables-restore", "--noflush"], input=text, check=False)
+    node = Node.from_description(NODE)
+    with pytest.raises(RestoreError) as refused:
+        node.iptables_restore(text, noflush=True)
+    assert (refused.value.rc, str(refused.value) + "\n") == (theirs.returncode, theirs.stderr)
+    if not KernelBackend(netns=kernel_ns.name).nfacct_ensure("acct"):
+        pytest.skip("this kernel has no nfnetlink_acct")
+    kernel_ns.run(["iptables-restore", "--noflush"], input=text)
+    run_nfacct(["add", "acct"], node)
+    node.iptables_restore(text, noflush=True)
+    real = [ln for ln in kernel_ns.run(["iptables-save", "-t", "filter"]).stdout.splitlines() if ln.startswith("-A")]
+    assert real == [ln for ln in node.iptables_save(tables=["filter"]).splitlines() if ln.startswith("-A")]
+    listing = kernel_ns.run(["iptables", "-L", "INPUT", "-n"]).stdout
+    assert node.iptables_cmd(["-L", "INPUT", "-n"])[1] == listing
