@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.test_lab import LAB, NODE2, check, pod_of, probe, running_lab, scenarios, wait_for
+from tests.test_lab import LAB, check, probe, running_lab, scale_down_and_up, scenarios
 
 from kproxy.k8s.fakeapi import FakeAPIServer
 from kproxy.lab.apiserver import ManifestFollower
@@ -67,9 +67,4 @@ def test_nodes_watch_the_lab_api_server_and_pass_the_scenarios(api_lab):
 
 @pytest.mark.kernel
 def test_scaling_reaches_the_nodes_through_watch_events(api_lab):
-    from kproxy.lab.cluster import scale
-
-    scale(api_lab, "web", 1)
-    wait_for(lambda: {pod_of(probe(api_lab, "client", NODE2, 30080)) for _ in range(12)} == {"web-0"}, 20)
-    scale(api_lab, "web", 3)
-    wait_for(lambda: len({pod_of(probe(api_lab, "client", NODE2, 30080)) for _ in range(30)}) == 3, 20)
+    scale_down_and_up(api_lab)
