@@ -1,8 +1,10 @@
-"""kube-proxy's iptables and nftables modes applied to a real kernel (in a kp- namespace) next to the emulated node.
+"""kube-proxy's iptables mode (iptables-nft and iptables-legacy) and nftables mode (nft -f) applied to a
+real kernel side by side, each in a fresh kp- namespace, next to the emulated node.
 
-For N Services with 5 endpoints: the full sync and a one-endpoint partial sync, timed end to end
-(objects in, restore input or nft transaction out, applied with iptables-restore --noflush or
-nft -f). Needs root; the namespace is removed afterwards.
+For N Services with 5 endpoints: the first full sync, a one-endpoint partial sync and a later full
+sync, timed end to end (objects in, restore input or nft transaction out, applied). A user's iptables
+rules are loaded first and must come out unchanged, counters included. Needs root; the namespaces
+are removed afterwards.
 
     sudo .venv/bin/python bench/bench_kernel_sync.py --sizes 1000,10000 --modes iptables,nftables
 """
@@ -27,8 +29,27 @@ from kproxy.proxy.config import ProxyConfig  # noqa: E402
 from kproxy.proxy.iptables import IptablesProxier  # noqa: E402
 from kproxy.proxy.nftables import NftablesProxier  # noqa: E402
 
+FOREIGN = """*nat
+:PREROUTING ACCEPT [0:0]
+:USER-NAT - [0:0]
+[7:420] -A PREROUTING -p tcp --dport 2222 -j USER-NAT
+[3:180] -A USER-NAT -j RETURN
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:USER-FILTER - [0:0]
+[5:300] -A INPUT -s 10.9.9.9/32 -j USER-FILTER
+-A USER-FILTER -j DROP
+COMMIT
+"""
 
-def run(backend: object, services: int, endpoints: int) -> tuple[float, float, int]:
+
+def foreign(save_text: str) -> list[str]:
+    """The user's rules as iptables-save -c shows them (kproxy's KUBE- chains and jumps left out)."""
+    return [ln for ln in save_text.splitlines() if "USER-" in ln]
+
+
+def run(backend: object, services: int, endpoints: int) -> tuple[float, float, int, float]:
     cfg = ProxyConfig.from_dict({"clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a"})
     nft = isinstance(backend, (KernelNft, EmulatedNft))
     proxier = (NftablesProxier if nft else IptablesProxier)(cfg, backend, ["192.168.0.2"])
@@ -45,7 +66,24 @@ def run(backend: object, services: int, endpoints: int) -> tuple[float, float, i
     part = proxier.sync(objs)
     part_s = time.perf_counter() - t0
     assert not part.error and not part.full, part.error[:500]
-    return full_s, part_s, full.rules["rules"] if nft else full.nat_rules + full.filter_rules
+    t0 = time.perf_counter()
+    again = proxier.sync(objs, force_full=True)
+    again_s = time.perf_counter() - t0
+    assert not again.error, again.error[:500]
+    return full_s, part_s, full.rules["rules"] if nft else full.nat_rules + full.filter_rules, again_s
+
+
+def kernel(services: int, endpoints: int, legacy: bool, nft: bool = False) -> tuple[float, float, int, float]:
+    with netns("bench") as ns:
+        be = KernelBackend(netns=ns.name, legacy=legacy)
+        if nft:
+            return run(KernelNft(netns=ns.name), services, endpoints)
+        be.restore(FOREIGN, noflush=True, counters=True)
+        before = foreign(be._run([be.iptables_save, "-c"]).stdout)
+        out = run(be, services, endpoints)
+        after = foreign(be._run([be.iptables_save, "-c"]).stdout)
+        assert after == before, (before, after)
+        return out
 
 
 def main() -> None:
@@ -54,19 +92,18 @@ def main() -> None:
     ap.add_argument("--endpoints", type=int, default=5)
     ap.add_argument("--modes", default="iptables,nftables")
     args = ap.parse_args()
-    print(f"{'mode':>9} {'services':>9} {'rules':>8} {'kernel full':>12} {'kernel 1-ep':>12} {'emulated full':>14} "
-          f"{'emulated 1-ep':>14}")
+    print(f"{'backend':>16} {'services':>9} {'rules':>8} | {'first':>8} {'1-ep':>8} {'again':>8} | "
+          f"{'emulated first':>14} {'emulated 1-ep':>13}")
+    rows = {"iptables": [("iptables-nft", False), ("iptables-legacy", True)], "nftables": [("nft -f", False)]}
     for mode in args.modes.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
             node = Node.from_description({"name": "node-a",
                                           "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}]})
-            with netns("bench") as ns:
-                kernel = KernelNft(netns=ns.name) if mode == "nftables" else KernelBackend(netns=ns.name)
-                k_full, k_part, rules = run(kernel, n, args.endpoints)
-            e_full, e_part, _ = run(EmulatedNft(node) if mode == "nftables" else EmulatedBackend(node), n,
-                                    args.endpoints)
-            print(f"{mode:>9} {n:>9} {rules:>8,} {k_full:>11.2f}s {k_part * 1000:>10.0f}ms {e_full:>13.2f}s "
-                  f"{e_part * 1000:>12.1f}ms")
+            emu = run(EmulatedNft(node) if mode == "nftables" else EmulatedBackend(node), n, args.endpoints)
+            for name, legacy in rows[mode]:
+                k = kernel(n, args.endpoints, legacy=legacy, nft=mode == "nftables")
+                print(f"{name:>16} {n:>9} {k[2]:>8,} | {k[0]:>7.2f}s {k[1] * 1000:>6.0f}ms {k[3]:>7.2f}s | "
+                      f"{emu[0]:>13.2f}s {emu[1] * 1000:>11.1f}ms", flush=True)
 
 
 if __name__ == "__main__":

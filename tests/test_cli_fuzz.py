@@ -33,6 +33,7 @@ SETUP = [
     ["ipset", "create", "S", "hash:ip,port", "timeout", "60"], ["ipset", "add", "S", "10.0.0.1,tcp:80"],
     ["ipvsadm", "-A", "-t", "10.96.0.2:80", "-s", "rr"], ["ipvsadm", "-a", "-t", "10.96.0.2:80", "-r", "10.1.0.1", "-m"],
     ["trace", "--local", "--dst", "10.96.0.1", "--dport", "80"],
+    ["nfacct", "add", "acct"], ["iptables", "-A", "OUTPUT", "-m", "nfacct", "--nfacct-name", "acct"],
 ]
 
 
@@ -76,7 +77,8 @@ IPTABLES = ["-A", "-I", "-D", "-R", "-C", "-N", "-X", "-F", "-Z", "-P", "-E", "-
             "NEW,ESTABLISHED", "set", "--match-set", "S", "src", "dst,dst", "statistic", "--mode", "random",
             "--probability", "0.5", "mark", "--mark", "0x4000/0x4000", "--set-xmark", "-p", "tcp", "icmp", "-s", "-d",
             "10.0.0.1", "10.0.0.0/8", "::1", "-i", "-o", "eth0", "lo+", "!", "--dport", "--sport", "80", "1:65535",
-            "--to-destination", "1.2.3.4:80", "--log-prefix", "1", "0", "99", "-c", "5", "--append=INPUT", "-w"]
+            "--to-destination", "1.2.3.4:80", "--log-prefix", "1", "0", "99", "-c", "5", "--append=INPUT", "-w",
+            "nfacct", "--nfacct-name", "acct"]
 SAVE = ["-c", "-t", "nat", "filter", "-f", "-M", "-V", "-h", "--counters", "--table=nat", "--table", "--bogus"]
 RESTORE = ["-c", "-n", "-t", "-T", "nat", "-v", "-h", "--noflush", "--test", "--table=filter", "-w", "-W", "5", "-V"]
 IPSET = ["create", "add", "del", "test", "list", "save", "flush", "destroy", "rename", "swap", "version", "help",
@@ -90,6 +92,7 @@ IPVSADM = ["-A", "-E", "-D", "-C", "-a", "-e", "-d", "-L", "-l", "-Ln", "-Lnc", 
 CONNTRACK = ["-L", "-D", "-F", "-E", "-C", "-S", "-G", "-U", "-I", "-p", "tcp", "udp", "icmp", "-s", "-d", "--src",
              "--dst", "10.0.0.1", "::1", "--sport", "--dport", "80", "-o", "xml", "extended", "-n", "-g", "-f",
              "ipv6", "--mark", "1", "--state", "ESTABLISHED", "-z", "-t", "100", "--zone", "-h", "-V"]
+NFACCT = ["add", "delete", "get", "list", "flush", "reset", "version", "help", "acct", "other", "x" * 40]
 TRACE = ["--iif", "eth0", "lo", "--local", "--src", "--dst", "-s", "-d", "192.168.1.10", "10.96.0.1", "::1", "-p",
          "tcp", "udp", "icmp", "--sport", "--dport", "80", "70000", "--tcp-flags", "SYN", "ACK,FIN", "--mark",
          "0x10", "--count", "2", "0", "--json", "--dry-run", "--from-pod", "--to-service", "--manifests"]
@@ -123,6 +126,12 @@ def test_ipvsadm_argv(argv):
 @given(words(CONNTRACK))
 def test_conntrack_argv(argv):
     invoke(["conntrack", *argv])
+
+
+@FUZZ
+@given(words(NFACCT))
+def test_nfacct_argv(argv):
+    invoke(["nfacct", *argv])
 
 
 ADDRESSES = ["192.168.1.10", "10.96.0.1", "192.168.1.1", "::1", "fe80::1", "2001:db8::1", "0.0.0.0", "1.2.3", ""]

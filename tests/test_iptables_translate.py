@@ -729,8 +729,12 @@ def test_kube_proxy_dump_translation_routes_packets_as_the_original(tmp_path, du
     assert rc == 0
     rc, err, _ = nft_node(script)
     assert rc == 1 and "Error: transport protocol mapping is only valid after transport protocol match" in err
-    # Without those option-less matches (the same rules to iptables) the translation loads.
+    # Without those option-less matches (the same rules to iptables) the translation loads. The nfacct
+    # rules (upstream's, on kernels with nfacct) have no translation: the tool writes them as comments,
+    # and they only count packets, so the comparison leaves them out.
+    assert "\n# -t filter -A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct" in script or "nfacct" not in original
     same = re.sub(r" -m (tcp|udp) -j DNAT", " -j DNAT", original)
+    same = "".join(line for line in same.splitlines(keepends=True) if "-m nfacct" not in line)
     path.write_text(same)
     rc, script, _ = run_restore_translate(["-f", str(path)], 4)
     assert rc == 0 and "ip protocol tcp counter dnat to 10.244.1.6:8080" in script and "\n# -t" not in script

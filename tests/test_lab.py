@@ -79,11 +79,14 @@ def check(seen: dict[str, object]) -> None:
 
 
 MIXED = {**LAB, "nodes": [{"name": "node-1", "mode": "ipvs"}, "node-2"]}
+MIXED_NFT = {**LAB, "nodes": [{"name": "node-1", "mode": "nftables"}, "node-2"]}
 
 
 @pytest.mark.parametrize("description, modes", [(LAB, ["iptables", "iptables"]),
                                                  ({**LAB, "mode": "ipvs"}, ["ipvs", "ipvs"]),
-                                                 (MIXED, ["ipvs", "iptables"])], ids=["iptables", "ipvs", "mixed"])
+                                                 ({**LAB, "mode": "nftables"}, ["nftables", "nftables"]),
+                                                 (MIXED, ["ipvs", "iptables"]), (MIXED_NFT, ["nftables", "iptables"])],
+                         ids=["iptables", "ipvs", "nftables", "mixed", "mixed-nftables"])
 def test_emulated_lab_scenarios(description, modes):
     """Every mode (and a cluster of both) shows the same: where IPVS differs from the iptables rules (an
     ICMP port unreachable from a virtual server without real servers instead of kube-proxy's REJECT; a
@@ -97,14 +100,15 @@ def test_emulated_lab_scenarios(description, modes):
     assert [type(p) for p in lab.proxiers.values()] == [proxier_class(m) for m in modes]
     for node, mode in zip(lab.nodes.values(), modes, strict=True):
         assert bool(node.ipvs.services) == (mode == "ipvs")
+        assert (node.nftables is not None and node.nftables.find("ip", "kube-proxy") is not None) == (mode == "nftables")
     for node in lab.nodes.values():
         node.subsystems["rng"] = __import__("random").Random(5)
     check(scenarios(lambda src, dst, port, proto="tcp", sport=0: lab.request(src, dst, port, proto, sport).line()))
 
 
 # ---- the real thing ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def kernel_lab(tmp_path_factory) -> Iterator[object]:
+def running_lab(tmp_path_factory, description: dict, seconds: float = 20) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """A kernel lab of ``description`` up with its kproxies synced; taken down (every namespace) after."""
     from kproxy.lab.cluster import Lab, down, start_proxies
     from kproxy.lab.kernel import kernel_lab_reason
 
@@ -114,16 +118,25 @@ def kernel_lab(tmp_path_factory) -> Iterator[object]:
     import yaml
 
     d = tmp_path_factory.mktemp("lab")
-    (d / "description.yaml").write_text(yaml.safe_dump(LAB))
-    spec = LabSpec.from_dict(LAB)
+    (d / "description.yaml").write_text(yaml.safe_dump(description))
+    spec = LabSpec.from_dict(description)
     state = Lab(spec, d).up()
     try:
         start_proxies(spec, state)
-        wait_for(lambda: pod_of(probe(state, "web-0", "10.96.0.50", 80)).startswith("web-"), 20)
+        wait_for(lambda: pod_of(probe(state, "web-0", "10.96.0.50", 80)).startswith("web-"), seconds)
         yield state
     finally:
         removed = down(state)
         assert len(removed) == len(state.namespaces())
+
+
+@pytest.fixture(scope="module", params=["iptables", "nftables"])
+def kernel_lab(tmp_path_factory, request) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """The lab on the real kernel, its nodes' kproxies in each proxy mode the kernel can run here."""
+    description = {**LAB, "mode": request.param}
+    for state in running_lab(tmp_path_factory, description):
+        state.description = description      # what its emulated twin is built from
+        yield state
 
 
 def probe(state, src: str, dst: str, port: int, proto: str = "tcp", sport: int = 0) -> str:  # type: ignore[no-untyped-def]
@@ -144,11 +157,17 @@ def wait_for(cond: Callable[[], bool], seconds: float) -> None:
 
 @pytest.mark.kernel
 def test_kernel_lab_scenarios_match_the_emulated_twin(kernel_lab):
+    import subprocess
+
     from kproxy.lab.emulated import EmulatedLab
 
+    for ns in kernel_lab.nodes.values():       # each node's kernel holds its mode's rules, and only those
+        tables = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"], capture_output=True,
+                                text=True, check=True).stdout
+        assert ("table ip kube-proxy" in tables) == (kernel_lab.description["mode"] == "nftables"), tables
     seen = scenarios(lambda src, dst, port, proto="tcp", sport=0: probe(kernel_lab, src, dst, port, proto, sport))
     check(seen)
-    twin = EmulatedLab(LabSpec.from_dict(LAB))
+    twin = EmulatedLab(LabSpec.from_dict(kernel_lab.description))
     twin.sync()
     assert scenarios(lambda s, d, p, proto="tcp", sport=0: twin.request(s, d, p, proto, sport).line()) == seen
 
@@ -193,14 +212,19 @@ def test_stale_udp_flow_follows_a_replaced_dns_pod(kernel_lab):
     assert time.time() - start < 10
 
 
-@pytest.mark.kernel
-def test_scaling_changes_the_answering_pods(kernel_lab):
+def scale_down_and_up(state) -> None:  # type: ignore[no-untyped-def]
+    """Scale web to one pod and back to three: the node port answers from one pod, then from three."""
     from kproxy.lab.cluster import scale
 
-    scale(kernel_lab, "web", 1)
-    wait_for(lambda: {pod_of(probe(kernel_lab, "client", NODE2, 30080)) for _ in range(12)} == {"web-0"}, 20)
-    scale(kernel_lab, "web", 3)
-    wait_for(lambda: len({pod_of(probe(kernel_lab, "client", NODE2, 30080)) for _ in range(30)}) == 3, 20)
+    scale(state, "web", 1)
+    wait_for(lambda: {pod_of(probe(state, "client", NODE2, 30080)) for _ in range(12)} == {"web-0"}, 20)
+    scale(state, "web", 3)
+    wait_for(lambda: len({pod_of(probe(state, "client", NODE2, 30080)) for _ in range(30)}) == 3, 20)
+
+
+@pytest.mark.kernel
+def test_scaling_changes_the_answering_pods(kernel_lab):
+    scale_down_and_up(kernel_lab)
 
 
 @pytest.mark.kernel

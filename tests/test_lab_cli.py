@@ -127,9 +127,9 @@ def test_bad_targets_are_named(tmp_path, target, why):
      "services[0].ports[0].protocol: 'ICMP' is not TCP, UDP or SCTP"),
     ({"deployments": [{"name": "web", "replicas": "three"}]}, "deployments[0].replicas: 'three' is not a number"),
     ({"deployments": [{"name": "web", "tcp": [8080, "x"]}]}, "deployments[0].tcp[1]: 'x' is not a number"),
-    ({"mode": "userspace"}, "mode: 'userspace' is not a proxy mode (iptables or ipvs)"),
-    ({"nodes": ["node-1", {"name": "node-2", "mode": "nftables"}]},
-     "nodes[1].mode: 'nftables' is not a proxy mode (iptables or ipvs)"),
+    ({"mode": "userspace"}, "mode: 'userspace' is not a proxy mode (iptables, ipvs or nftables)"),
+    ({"nodes": ["node-1", {"name": "node-2", "mode": "kernelspace"}]},
+     "nodes[1].mode: 'kernelspace' is not a proxy mode (iptables, ipvs or nftables)"),
 ])
 def test_bad_descriptions_name_the_field(tmp_path, change, message):
     desc = tmp_path / "lab.yaml"

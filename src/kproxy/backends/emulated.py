@@ -65,10 +65,18 @@ class EmulatedBackend:
             raise BackendError(err.strip())
         return False
 
+    def chain_rules(self, table: str, chain: str) -> list[str]:
+        """``iptables -S CHAIN``: the chain's rules in save form ([] for a chain that does not exist)."""
+        rc, out, _ = self._cmd(["-t", table, "-S", chain])
+        return out.splitlines() if rc == 0 else []
+
+    def check_rule(self, table: str, chain: str, args: list[str]) -> bool:
+        """``iptables -C``: whether the rule exists."""
+        return self._cmd(["-t", table, "-C", chain, *args])[0] == 0
+
     def ensure_rule(self, table: str, chain: str, args: list[str], prepend: bool = True) -> bool:
         """True when the rule already existed; else it is inserted first (or appended)."""
-        rc, _, _ = self._cmd(["-t", table, "-C", chain, *args])
-        if rc == 0:
+        if self.check_rule(table, chain, args):
             return True
         rc, _, err = self._cmd(["-t", table, "-I" if prepend else "-A", chain, *args])
         if rc != 0:
@@ -78,6 +86,23 @@ class EmulatedBackend:
     def delete_rule(self, table: str, chain: str, args: list[str]) -> bool:
         rc, _, _ = self._cmd(["-t", table, "-D", chain, *args])
         return rc == 0
+
+    def has_random_fully(self) -> bool:
+        """The node's iptables is 1.8.9, newer than the 1.6.2 that brought ``--random-fully``."""
+        return True
+
+    def nfacct_ensure(self, name: str) -> bool:
+        """The node always has nfacct: the object exists afterwards."""
+        from kproxy.netfilter.nfacct import objects_of
+
+        objects_of(self.node).ensure(name)
+        return True
+
+    def nfacct_packets(self, name: str) -> int | None:
+        from kproxy.netfilter.nfacct import objects_of
+
+        obj = objects_of(self.node).get(name)
+        return obj.pkts if obj is not None else None
 
     def save_all(self) -> str:
         return self.node.iptables_save(self.family)

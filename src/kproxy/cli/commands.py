@@ -13,9 +13,11 @@ import click
 
 from kproxy.cli.main import Ctx, cli, kproxy_home
 from kproxy.cli.packets import PacketSpec, SpecError, parse_packet_file, parse_spec_args, reply_packet
+from kproxy.netfilter.nfacct import objects_of
 from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, output, receive
 from kproxy.netfilter.trace import Trace, render_text
 from kproxy.node import Node
+from kproxy.proxy.metrics import NFACCT_METRICS
 from kproxy.textio import utf8_text
 
 EPHEMERAL_BASE = 40000
@@ -249,6 +251,8 @@ def demo_cmd(examples: str | None) -> None:
     node.clock = 1_700_000_000.0
     node.subsystems["rng"] = random.Random(7)   # the same load-balancing choices on every run
     rules = (base / "iptables.rules").read_text()
+    for name in NFACCT_METRICS:      # kube-proxy made its accounting objects before it wrote these rules
+        objects_of(node).ensure(name)
     node.iptables_restore(rules)
     specs = parse_packet_file((base / DEMO_PACKETS).read_text(), str(base / DEMO_PACKETS))
     click.echo(f"# node {node.name}: {sum(len(c.rules) for t in node.iptables[4].tables.values() for c in t.chains.values())}"

@@ -98,6 +98,8 @@ def _print_status(state) -> None:
     click.echo(f"{'emulated lab' if state.emulated else 'lab'} {state.name} in {state.dir}")
     if state.client:
         click.echo(f"  client  {state.client}")
+    if state.api:
+        click.echo(f"  api     {state.api:<29} server pid {state.api_pid}")
     for node, ns in state.nodes.items():
         pid = state.proxies.get(node)
         where = "(emulated)" if state.emulated else ns

@@ -226,6 +226,16 @@ def conntrack_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     run_tool(obj, lambda node: run_conntrack(list(args), node), mutates=not conntrack_reads(list(args)))
 
 
+@cli.command("nfacct", context_settings=PASSTHROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def nfacct_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
+    """nfacct (1.0.2 syntax): the emulated node's extended accounting objects."""
+    from kproxy.cli.nfacct_cmd import nfacct_reads, run_nfacct
+
+    run_tool(obj, lambda node: run_nfacct(list(args), node), mutates=not nfacct_reads(list(args)))
+
+
 def ipset_reads(argv: list[str]) -> bool:
     from kproxy.ipset.cli import IpsetError, _split
 

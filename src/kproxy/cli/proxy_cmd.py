@@ -36,12 +36,13 @@ def _node_ips_emulated(node: Node) -> list[str]:
 
 
 def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: Any,
-                  node: K8sNode | None = None) -> Any:
+                  node: K8sNode | None = None, dry_run: bool = False) -> Any:
     """The proxier of the configured mode over the chosen backend; a ClickException if it cannot run.
 
     ``node`` is this Node as the API server has it: its podCIDR is the local range of
     ``detectLocalMode: NodeCIDR``, its addresses the node IPs where the backend has none of its own."""
     from kproxy.backends import get_backend
+    from kproxy.backends.dryrun import DryRunBackend
     from kproxy.proxy.conntrack import EmulatedConntrackCleaner, KernelConntrackCleaner
     from kproxy.proxy.proxier import ModeUnavailable, proxier_class
 
@@ -51,17 +52,25 @@ def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: 
         raise click.ClickException(str(exc)) from None
     pod_cidr = next((c for c in node.pod_cidrs if ":" not in c), "") if node is not None else ""
     extra: dict[str, Any] = {"pod_cidr": pod_cidr} if pod_cidr else {}
+    if dry_run and cfg.mode != "iptables":
+        raise click.UsageError("--dry-run compares iptables rules: it needs --mode iptables")
     try:
         if cfg.mode == "nftables":
             return _nft_proxier(obj, cls, cfg, backend_name, metrics, node, extra)
+        conntrack: Any
         if backend_name == "kernel":
             backend = get_backend("kernel", legacy=legacy)
             ips = _node_ips_kernel() or (node.addresses if node is not None else [])
-            return cls(cfg, backend, ips, metrics=metrics, conntrack=KernelConntrackCleaner(), **extra)
-        emulated = obj.node
-        backend = get_backend("emulated", node=emulated)
-        ips = _node_ips_emulated(emulated) or (node.addresses if node is not None else [])
-        return cls(cfg, backend, ips, metrics=metrics, conntrack=EmulatedConntrackCleaner(emulated), **extra)
+            conntrack = KernelConntrackCleaner()
+        else:
+            emulated = obj.node
+            backend = get_backend("emulated", node=emulated)
+            ips = _node_ips_emulated(emulated) or (node.addresses if node is not None else [])
+            conntrack = EmulatedConntrackCleaner(emulated)
+        if dry_run:
+            backend = DryRunBackend(backend, click.echo)
+            conntrack = None            # a dry run deletes no connections either
+        return cls(cfg, backend, ips, metrics=metrics, conntrack=conntrack, **extra)
     except ModeUnavailable as exc:      # the backend lacks what the mode needs (a kernel without IPVS)
         raise click.ClickException(str(exc)) from None
 
@@ -166,11 +175,13 @@ def _health_check_addresses(cfg: Any) -> list[str]:
 @click.option("--metrics-bind-address", default=None,
               help="IP:port of /metrics (default 127.0.0.1:10249); empty disables.")
 @click.option("--serve/--no-serve", default=True, help="Serve /healthz and /metrics while running.")
+@click.option("--dry-run", is_flag=True, help="Compute each sync against the node's rules and print the "
+              "difference as a diff; apply nothing (to run beside kube-proxy).")
 @click.option("-v", "--verbose", count=True)
 @click.pass_obj
 def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: str | None, kubeconfig: str | None,
               master: str | None, once: bool, backend_name: str, legacy: bool, hostname_override: str | None,
-              healthz_bind_address: str | None, metrics_bind_address: str | None, serve: bool,
+              healthz_bind_address: str | None, metrics_bind_address: str | None, serve: bool, dry_run: bool,
               verbose: int) -> None:
     """Run kube-proxy: turn Services and EndpointSlices (from the API server, or manifests) into the
     mode's rules and keep them in sync."""
@@ -202,7 +213,7 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
     else:
         source, api_node = _api_source(cfg, master, stop)
     metrics = ProxyMetrics()
-    proxier = build_proxier(obj, cfg, backend_name, legacy, metrics, api_node)
+    proxier = build_proxier(obj, cfg, backend_name, legacy, metrics, api_node, dry_run)
     health = HealthState(2 * cfg.sync_period)
 
     def report(result: SyncResult) -> None:
@@ -214,10 +225,12 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
         else:
             what = f"{result.lines} restore lines, {result.nat_rules} nat + {result.filter_rules} filter rules"
         click.echo(f"sync {kind}: {what}, {result.duration * 1000:.1f} ms, {status}", err=True)
-        if backend_name == "emulated" and not result.error:
+        if backend_name == "emulated" and not result.error and not dry_run:
             obj.save()
 
-    service_health = ServiceHealthServers(_health_check_addresses(cfg), health) if serve and not once else None
+    # A dry run beside kube-proxy leaves the health check node ports to it.
+    service_health = ServiceHealthServers(_health_check_addresses(cfg), health) \
+        if serve and not once and not dry_run else None
     runner = ProxyRunner(proxier, source, health, after_sync=report, metrics=metrics, service_health=service_health)
     if once:
         try:

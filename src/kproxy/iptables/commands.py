@@ -27,10 +27,11 @@ NO_OUTPUT_DEV = ("PREROUTING", "INPUT")
 class CommandError(Exception):
     """A command the kernel (or the tool after parsing) refuses; ``rc`` is the tool's exit status."""
 
-    def __init__(self, message: str, rc: int = 1, kind: str = "other") -> None:
+    def __init__(self, message: str, rc: int = 1, kind: str = "other", rule: Rule | None = None) -> None:
         super().__init__(message)
         self.rc = rc
         self.kind = kind   # "other": "iptables: MSG"; "param": prefixed + usage hint; "resource": prefixed
+        self.rule = rule   # the rule refused, when the kernel refused one at commit
 
 
 def _no_chain() -> CommandError:
@@ -239,6 +240,9 @@ def validate(table: Table, node: Node | None = None) -> None:
                     if r.target is not None and r.target.CHECKS_NODE:
                         r.target.check(node)
                 except ExtensionError as exc:
+                    if exc.kernel_errno:        # the kernel's checkentry refused it: the tool names the chain
+                        raise CommandError(f" RULE_APPEND failed ({exc.kernel_errno}): rule in chain {ch.name}",
+                                           rc=4, kind="resource", rule=r) from None
                     raise ParameterProblem(str(exc)) from None
 
 

@@ -26,7 +26,12 @@ XT_RETURN = -2
 
 
 class ExtensionError(ValueError):
-    """A bad option or value for an extension; the message is the real tool's one-line reason."""
+    """A bad option or value for an extension; the message is the real tool's one-line reason.
+    ``kernel_errno`` (strerror text) when it is the kernel's checkentry that refuses, not the tool."""
+
+    def __init__(self, message: str, kernel_errno: str = "") -> None:
+        super().__init__(message)
+        self.kernel_errno = kernel_errno
 
 
 @dataclass(slots=True)

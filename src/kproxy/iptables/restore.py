@@ -61,6 +61,7 @@ class _Restorer:
         self.table: Table | None = None
         self.skip = False
         self.delete_lines: dict[str, int] = {}
+        self.checked_lines: dict[int, int] = {}     # id of a rule the kernel checks at commit -> its line
         self.echo: list[str] | None = None      # -v: what the tool prints as it goes
         self.jumps: list[tuple[int, str, Rule]] = []     # (line, chain, rule) of each jump to a user chain
 
@@ -145,6 +146,8 @@ class _Restorer:
                 for r in c.rules:
                     if r.jump not in _NOT_CHAINS:
                         self.jumps.append((lineno, c.chain, r))
+                    if any(m.CHECKS_NODE for m in r.matches):
+                        self.checked_lines[id(r)] = lineno
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, lineno) from None
 
@@ -195,7 +198,7 @@ class _Restorer:
             raise self.param_error(str(exc), lineno) from None
         except CommandError as exc:
             chain = str(exc).rsplit(" ", 1)[-1]
-            where = self.delete_lines.get(chain, lineno)
+            where = self.checked_lines.get(id(exc.rule), 0) or self.delete_lines.get(chain, lineno)
             raise RestoreError(f"{self.prog} {VERSION}: \nline {where}: {str(exc).strip()}", exc.rc) from None
         if self.jumps and too_deep(self.table):
             blame = first_too_deep(self.table, self.jumps)

@@ -6,10 +6,11 @@ Parsing validates the fields kube-proxy relies on and raises ``ObjectError`` nam
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from kproxy.k8s.sloppyip import canonical_cidr, canonical_ip
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
@@ -69,15 +70,16 @@ def _req(d: dict[str, Any], key: str, where: str) -> Any:
 
 
 def _ip(value: Any, where: str) -> str:
+    """An address written canonically; leading zeros are read as upstream reads them (``ParseIPSloppy``)."""
     try:
-        return str(ipaddress.ip_address(str(value)))
+        return canonical_ip(str(value))
     except ValueError:
         raise ObjectError(f"{where}: invalid IP address {value!r}") from None
 
 
 def _cidr(value: Any, where: str) -> str:
     try:
-        return str(ipaddress.ip_network(str(value).strip(), strict=False))
+        return canonical_cidr(str(value).strip())
     except ValueError:
         raise ObjectError(f"{where}: invalid CIDR {value!r}") from None
 

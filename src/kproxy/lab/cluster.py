@@ -48,6 +48,10 @@ class DeploymentSpec:
     nodes: list[str] = field(default_factory=list)   # placement; empty = round robin over all nodes
 
 
+SOURCES = ("manifests", "api")
+API_PORT = 6443
+
+
 @dataclass
 class LabSpec:
     name: str
@@ -57,6 +61,7 @@ class LabSpec:
     network: str = "192.168.50.0/24"
     cluster_cidr: str = "10.244.0.0/16"
     modes: dict[str, str] = field(default_factory=dict)    # node name -> proxy mode (absent: iptables)
+    source: str = "manifests"     # how node kproxies get objects: a watched file, or ``api``: the lab's API server
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LabSpec:
@@ -81,7 +86,11 @@ class LabSpec:
         services = list(data.get("services") or [])
         for i, svc in enumerate(services):
             _check_service(svc, f"{source}: services[{i}]")
-        return cls(str(data.get("name", "lab")), names, services, deps, network, cluster_cidr, modes)
+        objects_from = str(data.get("source", "manifests"))
+        if objects_from not in SOURCES:
+            raise LabError(f"{source}: source: {objects_from!r} is not one of {', '.join(SOURCES)}")
+        return cls(str(data.get("name", "lab")), names, services, deps, network, cluster_cidr, modes,
+                   objects_from)
 
     def mode(self, node: str) -> str:
         """The proxy mode of ``node``'s kproxy."""
@@ -89,6 +98,10 @@ class LabSpec:
 
     def node_ip(self, index: int) -> str:
         return str(ipaddress.ip_network(self.network)[11 + index])
+
+    def api_ip(self) -> str:
+        """Where the lab's API server listens (``source: api``), on the nodes' network."""
+        return str(ipaddress.ip_network(self.network)[5])
 
     def client_ip(self) -> str:
         return str(ipaddress.ip_network(self.network)[100])
@@ -121,7 +134,8 @@ def _mode(value: Any, where: str) -> str:
     from kproxy.proxy.proxier import MODES
 
     if value not in MODES:
-        raise LabError(f"{where}: {value!r} is not a proxy mode ({' or '.join(sorted(MODES))})")
+        names = sorted(MODES)
+        raise LabError(f"{where}: {value!r} is not a proxy mode ({', '.join(names[:-1])} or {names[-1]})")
     return str(value)
 
 
@@ -216,6 +230,8 @@ class LabState:
     next_pod: int = 1                                            # pod namespace/veth numbers are never reused
     used_ips: list[str] = field(default_factory=list)            # nor are pod addresses (a new pod is a new IP)
     emulated: bool = False                                       # ``up --emulated``: no namespaces, no processes
+    api: str = ""                                                # the API server's namespace (``source: api``)
+    api_pid: int = 0
 
     def save(self) -> None:
         Path(self.dir, "state.json").write_text(json.dumps(asdict(self), indent=1))
@@ -233,7 +249,8 @@ class LabState:
             raise LabError(f"{p}: not a lab state file ({exc})") from None
 
     def namespaces(self) -> list[str]:
-        return [n for n in [self.client, *self.nodes.values(), *(p.netns for p in self.pods), self.fabric] if n]
+        return [n for n in [self.client, self.api, *self.nodes.values(), *(p.netns for p in self.pods), self.fabric]
+                if n]
 
 
 def placements(spec: LabSpec) -> list[tuple[DeploymentSpec, int, str]]:
@@ -294,6 +311,10 @@ class Lab:
         st.save()
         self._attach(st.client, "cl", s.client_ip())
         prefix = ipaddress.ip_network(s.network).prefixlen
+        if s.source == "api":
+            st.api = self._ns("api")
+            st.save()
+            self._attach(st.api, "api", s.api_ip(), prefix)
         for i, node in enumerate(s.nodes):
             ns = self._ns(f"n{i + 1}")
             st.nodes[node] = ns
@@ -357,7 +378,7 @@ class Lab:
 
 def down(state: LabState) -> list[str]:
     """Stop every process the lab started and delete its namespaces; returns the namespaces removed."""
-    for pid in [*(p.pid for p in state.pods), *state.proxies.values()]:
+    for pid in [*(p.pid for p in state.pods), *state.proxies.values(), state.api_pid]:
         if pid:
             try:
                 os.killpg(pid, signal.SIGTERM)
@@ -432,36 +453,73 @@ def write_manifests(spec: LabSpec, state: LabState) -> Path:
     return path
 
 
-def proxy_config(spec: LabSpec, node: str) -> str:
-    """The KubeProxyConfiguration each node's kproxy runs with."""
-    return yaml.safe_dump({"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+def proxy_config(spec: LabSpec, node: str, kubeconfig: str = "") -> str:
+    """The KubeProxyConfiguration each node's kproxy runs with (``kubeconfig``: it watches the lab's API server)."""
+    cfg: dict[str, Any] = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
                            "mode": spec.mode(node), "clusterCIDR": spec.cluster_cidr, "hostnameOverride": node,
                            "syncPeriod": "30s", "minSyncPeriod": "200ms",
-                           "metricsBindAddress": "127.0.0.1:10249", "healthzBindAddress": "127.0.0.1:10256"},
-                          sort_keys=False)
+                           "metricsBindAddress": "127.0.0.1:10249", "healthzBindAddress": "127.0.0.1:10256"}
+    if kubeconfig:
+        cfg["clientConnection"] = {"kubeconfig": kubeconfig}
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def modes_unavailable(spec: LabSpec) -> str:
     """Why this machine's kernel cannot run the nodes' proxy modes ("" when it can): the same words
-    ``kproxy proxy`` says at start. Only looks (at /proc/net/ip_vs), so nothing is built in vain."""
-    ipvs_nodes = [n for n in spec.nodes if spec.mode(n) == "ipvs"]
-    if not ipvs_nodes:
-        return ""
+    ``kproxy proxy`` says at start. Only looks (at /proc/net/ip_vs, nft's version and features), so
+    nothing is built in vain."""
     from kproxy.backends.kernel import KernelBackend
+    from kproxy.backends.nft import KernelNft
 
-    why = KernelBackend().ipvs_unavailable()
-    return f"{', '.join(ipvs_nodes)}: proxy mode 'ipvs': {why}" if why else ""
+    why = []
+    ipvs_nodes = [n for n in spec.nodes if spec.mode(n) == "ipvs"]
+    if ipvs_nodes and KernelBackend().ipvs_unavailable():
+        why.append(f"{', '.join(ipvs_nodes)}: proxy mode 'ipvs': {KernelBackend().ipvs_unavailable()}")
+    nft_nodes = [n for n in spec.nodes if spec.mode(n) == "nftables"]
+    missing = KernelNft().check() if nft_nodes else ""
+    if missing:
+        why.append(f"{', '.join(nft_nodes)}: proxy mode 'nftables' cannot run here: {missing}")
+    return "; ".join(why)
+
+
+def start_api_server(spec: LabSpec, state: LabState, manifests_path: Path, timeout: float = 15.0) -> str:
+    """Start the lab's API server in its namespace, following ``manifests_path``; returns the path of
+    the kubeconfig that points the nodes' kproxies at it, once it listens."""
+    log_path = Path(state.dir, "apiserver.log")
+    log = open(log_path, "w")  # noqa: SIM115 - handed to the child
+    argv = [sys.executable, "-m", "kproxy.lab.apiserver", "--manifests", str(manifests_path),
+            "--host", spec.api_ip(), "--port", str(API_PORT)]
+    proc = subprocess.Popen(["ip", "netns", "exec", state.api, *argv], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    state.api_pid = proc.pid
+    state.save()
+    deadline = time.monotonic() + timeout
+    while "serving " not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"the lab's API server did not start (see {log_path})")
+        time.sleep(0.05)
+    url = f"http://{spec.api_ip()}:{API_PORT}"
+    kubeconfig = Path(state.dir, "kubeconfig.yaml")
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": url}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}],
+        "users": [{"name": "lab", "user": {"token": "lab"}}]}, sort_keys=False))
+    return str(kubeconfig)
 
 
 def start_proxies(spec: LabSpec, state: LabState) -> None:
-    """One kproxy per node, in the node's namespace, syncing the kernel there from the shared manifests."""
+    """One kproxy per node, in the node's namespace, syncing the kernel there from the shared manifests
+    (or, with ``source: api``, from the lab's API server, which follows them)."""
     manifests_path = write_manifests(spec, state)
+    kubeconfig = start_api_server(spec, state, manifests_path) if spec.source == "api" else ""
     for node, ns in state.nodes.items():
         cfg = Path(state.dir, f"{node}-config.yaml")
-        cfg.write_text(proxy_config(spec, node))
+        cfg.write_text(proxy_config(spec, node, kubeconfig))
         log = open(Path(state.dir, f"{node}-kproxy.log"), "w")  # noqa: SIM115 - handed to the child
+        source = [] if kubeconfig else ["--manifests", str(manifests_path)]
         argv = [sys.executable, "-m", "kproxy", "--node", str(Path(state.dir, f"{node}-state.json")), "proxy",
-                "--backend", "kernel", "--config", str(cfg), "--manifests", str(manifests_path)]
+                "--backend", "kernel", "--config", str(cfg), *source]
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         state.proxies[node] = proc.pid

@@ -86,6 +86,7 @@ class EmulatedLab:
     def sync(self) -> None:
         """Run each node's proxier (its ``mode``) over the lab's objects (as the per-node kproxy does)."""
         from kproxy.backends.emulated import EmulatedBackend
+        from kproxy.backends.nft import EmulatedNft
         from kproxy.k8s.manifests import Objects
         from kproxy.lab.cluster import proxy_config
         from kproxy.proxy.config import ProxyConfig
@@ -97,7 +98,9 @@ class EmulatedLab:
         for i, (name, node) in enumerate(self.nodes.items()):
             cfg = ProxyConfig.from_dict(yaml.safe_load(proxy_config(self.spec, name)))
             ips = [self.spec.node_ip(i)] + [str(ipaddress.ip_network(self.spec.pod_cidr(i))[1])]
-            self.proxiers[name] = proxier_class(cfg.mode)(cfg, EmulatedBackend(node), ips)
+            # The nftables mode writes nft transactions, the others iptables-restore input (and IPVS).
+            backend = EmulatedNft(node) if cfg.mode == "nftables" else EmulatedBackend(node)
+            self.proxiers[name] = proxier_class(cfg.mode)(cfg, backend, ips)
             result = self.proxiers[name].sync(objs)
             if result.error:
                 raise LabError(f"sync of {name} failed: {result.error}")

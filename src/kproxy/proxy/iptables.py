@@ -25,6 +25,7 @@ from kproxy.layered import share
 from kproxy.proxy.changes import Changes, ChangeTracker
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.localdetect import LocalDetector
+from kproxy.proxy.metrics import CT_STATE_INVALID_DROPPED, LOCALHOST_NODEPORT_ACCEPTED
 from kproxy.proxy.prepared import DNAT_TO, JUMP_TO, MASQ_FROM, PORTAL, RuleBuilder, Spec
 from kproxy.proxy.proxier import SyncResult, gc_paused
 from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize
@@ -59,6 +60,10 @@ JUMPS = [
     ("nat", KUBE_SERVICES, "PREROUTING", "kubernetes service portals", []),
     ("nat", KUBE_POSTROUTING, "POSTROUTING", "kubernetes postrouting rules", []),
 ]
+# Kubelet's own firewall chain, which upstream ensures too (and never deletes): prepended after the
+# jumps above, so on a fresh node it is the first rule of INPUT and OUTPUT.
+KUBELET_JUMPS = [("filter", KUBE_FIREWALL, "INPUT"), ("filter", KUBE_FIREWALL, "OUTPUT")]
+NFACCT_COUNTERS = (CT_STATE_INVALID_DROPPED, LOCALHOST_NODEPORT_ACCEPTED)
 
 
 def _prepare(prepared: Prepared, builder: RuleBuilder, lineno: int, specs: list[Spec | None]) -> None:
@@ -164,6 +169,12 @@ class IptablesProxier:
         self._agg: Aggregate | None = None
         self._recomputed: set[str] = set()     # Services whose rules the last refresh rebuilt
         self.last_sync_time: float | None = None
+        # Upstream turns localhost node ports off unless --nodeport-addresses covers 127.0.0.1.
+        self.localhost_node_ports = family == 4 and cfg.localhost_node_ports and _covers_ipv4_loopback(
+            cfg.node_port_addresses)
+        self.random_fully = True                # what the node's iptables supports, probed at the first full sync
+        self.nfacct: dict[str, bool] = dict.fromkeys(NFACCT_COUNTERS, False)   # counters present on the node
+        self._nfacct_exported = False
 
     # ---- per service port --------------------------------------------------------------------
     def service_rules(self, info: ServicePortInfo, eps: list[EndpointInfo]) -> ServiceRules:
@@ -234,6 +245,10 @@ class IptablesProxier:
                             "-d", lbip, "--dport", port, "-j", ext_target)
         if info.node_port:
             if has_endpoints:
+                if self.localhost_node_ports and self.nfacct[LOCALHOST_NODEPORT_ACCEPTED]:
+                    out.add_top("nat", KUBE_NODEPORTS, "-m", "comment", "--comment", name, *match,
+                                "-d", "127.0.0.0/8", "--dport", str(info.node_port),
+                                "-m", "nfacct", "--nfacct-name", LOCALHOST_NODEPORT_ACCEPTED, "-j", ext_chain)
                 out.add_top("nat", KUBE_NODEPORTS, "-m", "comment", "--comment", name, *match,
                             "--dport", str(info.node_port), "-j", ext_chain)
             if not has_external:
@@ -340,15 +355,18 @@ class IptablesProxier:
 
         add("nat", KUBE_POSTROUTING, "-m", "mark", "!", "--mark", f"{m}/{m}", "-j", "RETURN")
         add("nat", KUBE_POSTROUTING, "-j", "MARK", "--xor-mark", m)
+        masq = ["-j", "MASQUERADE", "--random-fully"] if self.random_fully else ["-j", "MASQUERADE"]
         add("nat", KUBE_POSTROUTING, "-m", "comment", "--comment", q("kubernetes service traffic requiring SNAT"),
-            "-j", "MASQUERADE", "--random-fully")
+            *masq)
         add("nat", KUBE_MARK_MASQ, "-j", "MARK", "--or-mark", m)
-        if self.family == 4 and self.cfg.localhost_node_ports:
+        if self.localhost_node_ports:
             add("filter", KUBE_FIREWALL, "-m", "comment", "--comment", q("block incoming localnet connections"),
                 "-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate",
                 "RELATED,ESTABLISHED,DNAT", "-j", "DROP")
         if not self.cfg.conntrack_tcp_be_liberal:
-            add("filter", KUBE_FORWARD, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+            count = ["-m", "nfacct", "--nfacct-name", CT_STATE_INVALID_DROPPED] \
+                if self.nfacct[CT_STATE_INVALID_DROPPED] else []
+            add("filter", KUBE_FORWARD, "-m", "conntrack", "--ctstate", "INVALID", *count, "-j", "DROP")
         add("filter", KUBE_FORWARD, "-m", "comment", "--comment", q("kubernetes forwarding rules"),
             "-m", "mark", "--mark", f"{m}/{m}", "-j", "ACCEPT")
         add("filter", KUBE_FORWARD, "-m", "comment", "--comment", q("kubernetes forwarding conntrack rule"),
@@ -362,7 +380,7 @@ class IptablesProxier:
             dest = ["-m", "addrtype", "--dst-type", "LOCAL"]
             if self.family == 6:
                 dest += ["!", "-d", "::1/128"]
-            elif not self.cfg.localhost_node_ports:
+            elif not self.localhost_node_ports:
                 dest += ["!", "-d", "127.0.0.0/8"]
             return [" ".join(["-A", KUBE_SERVICES, "-m", "comment", "--comment", comment, *dest, "-j", KUBE_NODEPORTS])]
         out = []
@@ -371,7 +389,7 @@ class IptablesProxier:
             addr = ipaddress.ip_address(ip)
             if addr.version != self.family or not (any(addr in n for n in nets) or "primary" in addrs):
                 continue
-            if addr.is_loopback and (self.family == 6 or not self.cfg.localhost_node_ports):
+            if addr.is_loopback and not self.localhost_node_ports:
                 continue
             out.append(" ".join(["-A", KUBE_SERVICES, "-m", "comment", "--comment", comment, "-d", ip,
                                  "-j", KUBE_NODEPORTS]))
@@ -400,13 +418,15 @@ class IptablesProxier:
     def _sync(self, objs: Objects, force_full: bool) -> SyncResult:
         t0 = time.perf_counter()
         full = self.need_full or force_full
+        if full:            # a full sync rebuilds every Service's rules: with what the node has now
+            self._probe_node()
         changes, replaced = self._refresh(objs, full)
         old_rules = {key: rules for key, rules in replaced.items() if rules is not None}
         changed, before, after = changes.changed, changes.before, changes.after
 
         top: dict[tuple[str, str], list[str]] = {(t, c): [] for t, c in
                                                   [("filter", c) for c in FILTER_TOP] + [("nat", c) for c in NAT_TOP]}
-        if self.family == 4 and self.cfg.localhost_node_ports:
+        if self.localhost_node_ports:
             top[("filter", KUBE_FIREWALL)] = []
         for key, rules in self.fixed_rules().items():
             top[key].extend(rules)
@@ -556,7 +576,28 @@ class IptablesProxier:
         for table, chain, src, comment, extra in JUMPS:
             self.backend.ensure_chain(table, chain)
             self.backend.ensure_rule(table, src, [*extra, "-m", "comment", "--comment", comment, "-j", chain])
-        if self.family == 4 and self.cfg.localhost_node_ports:
-            self.backend.ensure_chain("filter", KUBE_FIREWALL)
-            for src in ("INPUT", "OUTPUT"):
-                self.backend.ensure_rule("filter", src, ["-j", KUBE_FIREWALL], prepend=False)
+        for table, chain, src in KUBELET_JUMPS:
+            self.backend.ensure_chain(table, chain)
+            self.backend.ensure_rule(table, src, ["-j", chain])
+
+    def _probe_node(self) -> None:
+        """Ask the node (once per full sync, as upstream) for ``--random-fully`` and its nfacct
+        counters, creating those."""
+        self.random_fully = self.backend.has_random_fully()
+        for name in self.nfacct:
+            self.nfacct[name] = self.backend.nfacct_ensure(name)
+        if self.metrics is not None and not self._nfacct_exported and any(self.nfacct.values()):
+            self.metrics.count_nfacct(self._nfacct_packets)
+            self._nfacct_exported = True
+
+    def _nfacct_packets(self, name: str) -> int | None:
+        return self.backend.nfacct_packets(name) if self.nfacct.get(name) else None
+
+
+def _covers_ipv4_loopback(addresses: list[str]) -> bool:
+    """Upstream's NodePortAddresses.ContainsIPv4Loopback: no addresses (all), or a CIDR holding 127.0.0.1."""
+    if not addresses:
+        return True
+    loopback = ipaddress.ip_address("127.0.0.1")
+    return any(a != "primary" and loopback in ipaddress.ip_network(a, strict=False) for a in addresses
+               if ":" not in a)

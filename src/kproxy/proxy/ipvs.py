@@ -364,8 +364,9 @@ class IpvsProxier:
         flt.append(f"-A {KUBE_IPVS_FILTER} -m conntrack --ctstate NEW -m set --match-set {s[IPVS_IPS]} dst -j REJECT")
         nat.append(f"-A {KUBE_POSTROUTING} -m mark ! --mark {m}/{m} -j RETURN")
         nat.append(f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {m}")
+        random_fully = " --random-fully" if self.backend.has_random_fully() else ""
         nat.append(f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" '
-                   "-j MASQUERADE --random-fully")
+                   f"-j MASQUERADE{random_fully}")
         nat.append(f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {m}")
         return "\n".join(["*nat", *nat, "COMMIT", "*filter", *flt, "COMMIT"]) + "\n"
 

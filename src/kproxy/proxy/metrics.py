@@ -3,15 +3,42 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192,
            16.384, 32.768, 65.536, 131.072, 262.144)
 # Upstream's NetworkProgrammingLatency buckets: 0.25 s and 0.5 s, then every second to 59 s, every
 # 5 s to 115 s, every 30 s to 300 s.
 NETWORK_PROGRAMMING_BUCKETS = (0.25, 0.5, *range(1, 60), *range(60, 120, 5), *range(120, 301, 30))
+
+
+# The iptables mode's nfacct objects and the metrics upstream exports their packet counts as.
+CT_STATE_INVALID_DROPPED = "ct_state_invalid_dropped_pkts"
+LOCALHOST_NODEPORT_ACCEPTED = "localhost_nps_accepted_pkts"
+NFACCT_METRICS = {
+    CT_STATE_INVALID_DROPPED: ("kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
+                               "packets dropped by iptables to work around conntrack problems"),
+    LOCALHOST_NODEPORT_ACCEPTED: ("kubeproxy_iptables_localhost_nodeports_accepted_packets_total",
+                                  "Number of packets accepted on nodeports of loopback interface"),
+}
+
+
+class NfacctCollector(Collector):
+    """Reads the nfacct objects' packet counts at each scrape (a counter missing on the node is left out)."""
+
+    def __init__(self, packets: Callable[[str], int | None]) -> None:
+        self.packets = packets
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for counter, (name, doc) in NFACCT_METRICS.items():
+            value = self.packets(counter)
+            if value is not None:
+                yield CounterMetricFamily(name, doc, value=value)
 
 
 class ProxyMetrics:
@@ -61,6 +88,10 @@ class ProxyMetrics:
                                      ["code"], registry=r)
         self.livez_total = Counter("kubeproxy_proxy_livez_total", "Cumulative proxy livez HTTP status",
                                    ["code"], registry=r)
+
+    def count_nfacct(self, packets: Callable[[str], int | None]) -> None:
+        """Export the nfacct objects' counts (the iptables mode, on a node that has nfacct)."""
+        self.registry.register(NfacctCollector(packets))
 
     def network_programmed(self, seconds: float) -> None:
         """An endpoint change (its trigger time) is now programmed, ``seconds`` after it happened."""

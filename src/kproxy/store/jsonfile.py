@@ -31,6 +31,9 @@ def node_parts(node: Node) -> dict[str, Any]:
     recent = node.subsystems.get("recent")
     if recent is not None and hasattr(recent, "to_json"):
         parts["recent"] = recent.to_json()
+    nfacct = node.subsystems.get("nfacct")
+    if nfacct is not None:
+        parts["nfacct"] = nfacct.to_json()
     if node.nftables is not None:
         from kproxy.nftables.store import ruleset_to_json
 
@@ -58,6 +61,11 @@ def node_from_parts(parts: dict[str, Any], source: str) -> Node:
 
             where = "recent"
             node.subsystems["recent"] = RecentTables.from_json(parts["recent"])
+        if parts.get("nfacct") is not None:
+            from kproxy.netfilter.nfacct import NfacctObjects
+
+            where = "nfacct"
+            node.subsystems["nfacct"] = NfacctObjects.from_json(parts["nfacct"])
         if parts.get("nftables") is not None:
             from kproxy.nftables.evaluate import attach
             from kproxy.nftables.store import ruleset_from_json
@@ -87,7 +95,7 @@ def node_to_json(node: Node) -> dict[str, Any]:
     states = {fam: {t: cs for t, cs in tables.items() if cs} for fam, tables in states.items()}
     if any(states.values()):
         data["rule-state"] = {fam: tables for fam, tables in states.items() if tables}
-    for name in ("conntrack", "ipsets", "ipvs", "recent", "nftables"):
+    for name in ("conntrack", "ipsets", "ipvs", "recent", "nfacct", "nftables"):
         if name in parts:
             data[name] = parts[name]
     return data
@@ -106,7 +114,7 @@ def node_from_json(data: Any, source: str = "<node>") -> Node:
     if version > FORMAT_VERSION:
         raise NodeFileError(f"{source}: node file format version {version} is newer than this kproxy reads "
                             f"({FORMAT_VERSION}); upgrade kproxy")
-    parts = {name: data.get(name) for name in ("conntrack", "ipsets", "ipvs", "recent", "nftables")}
+    parts = {name: data.get(name) for name in ("conntrack", "ipsets", "ipvs", "recent", "nfacct", "nftables")}
     parts["node"] = {"description": data.get("description"), "clock": data.get("clock")}
     node = node_from_parts(parts, source)
     try:
