@@ -1,0 +1,54 @@
+"""``kproxy doctor`` (why a Service is not reachable, with evidence) and ``kproxy graph`` (chains as a picture)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from kproxy.cli.main import Ctx, cli
+
+
+@cli.command("doctor")
+@click.argument("service")
+@click.option("--manifests", required=True, type=click.Path(exists=True),
+              help="Services, EndpointSlices (and Pods, for the selector check): a file or directory.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="The KubeProxyConfiguration kube-proxy runs with (its clusterCIDR, hostname, mode).")
+@click.option("--hostname-override", default=None, help="This node's name (default: the config's, else the node's).")
+@click.option("--json", "as_json", is_flag=True, help="The findings and traces as JSON, for scripts.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True),
+              help="Also write one self-contained HTML page with the findings, traces and pictures.")
+@click.pass_obj
+def doctor_cmd(obj: Ctx, service: str, manifests: str, config_path: str | None, hostname_override: str | None,
+               as_json: bool, html_file: str | None) -> None:
+    """Work through the "Service not reachable" checklist for SERVICE (namespace/name[:port] or address:port)
+    on this node; exit 0 only when every path reaches an endpoint and nothing is wrong."""
+    from kproxy.doctor.report import diagnose, render_json, render_text
+    from kproxy.doctor.target import Case, TargetError, load_pods
+    from kproxy.k8s.manifests import ManifestError, load
+    from kproxy.proxy.config import ConfigError, ProxyConfig
+
+    obj.read_only()
+    try:
+        cfg = ProxyConfig.load(config_path) if config_path else ProxyConfig()
+        objs = load(manifests)
+        pods = load_pods(manifests)
+    except (ConfigError, ManifestError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for w in objs.warnings:
+        click.echo(f"warning: {w}", err=True)
+    node = obj.node
+    hostname = hostname_override or cfg.hostname_override or node.name
+    case = Case(node, objs, cfg, hostname, service, pods=pods, pods_known=bool(pods), cfg_given=bool(config_path))
+    try:
+        report = diagnose(case)
+    except TargetError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(render_json(report) if as_json else render_text(report))
+    if html_file:
+        from kproxy.doctor.html import render_html
+
+        Path(html_file).write_text(render_html(report, node))
+    sys.exit(0 if report.healthy else 1)

@@ -1,0 +1,282 @@
+"""Checklist step 4: the mode's rules are present and match the objects; and user rules that can never
+match a Service because kube-proxy's DNAT rewrote the destination before they run.
+
+The expected iptables rules come from the proxier itself (``IptablesProxier.service_rules``): what
+kube-proxy on this node would write for the objects, compared with what the node holds.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterator
+from typing import Any
+
+from kproxy.doctor.findings import ERROR, INFO, OK, WARN, Finding, Report
+from kproxy.doctor.target import Case
+from kproxy.iptables.model import STANDARD_VERDICTS, Rule, Table
+from kproxy.iptables.parser import ParameterProblem, parse_command, tokenize
+from kproxy.iptables.save import format_net, format_rule, rule_spec
+from kproxy.packet import format_addr, parse_addr
+
+NFT_TABLE = "kube-proxy"
+# Built-in chains that run after the nat table's DNAT at PREROUTING/OUTPUT (priority -100): a rule there
+# sees the endpoint's address and port, never the Service's.
+AFTER_DNAT = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "mangle": ("INPUT", "FORWARD", "POSTROUTING"),
+              "nat": ("INPUT", "POSTROUTING"), "security": ("INPUT", "FORWARD", "OUTPUT")}
+KEY_RULE = re.compile(r"-j (KUBE-SEP-|KUBE-SVC-|KUBE-SVL-|KUBE-EXT-|KUBE-FW-|DNAT|REJECT|DROP)")
+
+
+def detect_mode(case: Case) -> str:
+    """Which kube-proxy mode programmed this node, from what the node holds."""
+    node = case.node
+    if node.ipvs.services or node.ipsets.get("KUBE-CLUSTER-IP") is not None:
+        return "ipvs"
+    nft = getattr(node, "nftables", None)
+    if nft is not None and nft.find("ip", NFT_TABLE) is not None:
+        return "nftables"
+    nat = node.iptables[4].tables.get("nat")
+    if nat is not None and "KUBE-SERVICES" in nat.chains:
+        return "iptables"
+    return "none"
+
+
+def check_rules(case: Case, report: Report, mode: str) -> None:
+    if case.service is None or not case.ports:
+        return
+    if mode == "none":
+        report.add(Finding("rules", ERROR, "kube-proxy has not programmed this node: no KUBE-SERVICES chain, no IPVS "
+                           f"virtual servers, no nft table ip {NFT_TABLE}",
+                           fix="is kube-proxy running (ps aux | grep kube-proxy; its logs)? kproxy proxy --once "
+                           "--manifests ... programs the emulated node"))
+        return
+    {"iptables": _iptables_rules, "ipvs": _ipvs_rules, "nftables": _nft_rules}[mode](case, report)
+
+
+def canonical(line: str, table: str) -> str:
+    """A restore line as iptables-save prints it (quoting, match order, /32)."""
+    try:
+        c = parse_command(tokenize(line), 4, restore=True, default_table=table)
+    except (ParameterProblem, ValueError):
+        return line
+    return format_rule(c.chain, c.rules[0]) if c.rules else line
+
+
+def _expected(case: Case) -> Iterator[tuple[Any, str, str, str]]:
+    """(service port, table, chain, canonical line) of the rules that decide where the Service's packets go."""
+    from kproxy.proxy.iptables import IptablesProxier
+
+    proxier = IptablesProxier(case.cfg, backend=None, node_ips=case.node_ips())
+    for info, eps in case.ports:
+        sr = proxier.service_rules(info, eps)
+        lines = [("nat", ln) for ln in sr.rules] + [(t, ln) for (t, _), lns in sr.top.items() for ln in lns]
+        for table, line in lines:
+            if KEY_RULE.search(line):
+                text = canonical(line, table)
+                yield info, table, text.split()[1], text
+
+
+def rule_lines(table: Table, chain: str) -> list[str]:
+    ch = table.chains.get(chain)
+    return [format_rule(chain, r) for r in ch.rules] if ch is not None else []
+
+
+def _iptables_rules(case: Case, report: Report) -> None:
+    tables = case.node.iptables[4].tables
+    missing: list[tuple[str, str]] = []
+    found: list[tuple[str, str, int, str]] = []
+    expected: set[tuple[str, str]] = set()
+    for _info, table, chain, text in _expected(case):
+        expected.add((table, text))
+        have = rule_lines(tables[table], chain) if table in tables else []
+        if text in have:
+            found.append((table, chain, have.index(text) + 1, text))
+        else:
+            missing.append((table, text))
+    extra = []
+    for info, _ in case.ports:
+        for prefix in ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-"):
+            chain = prefix + info.svc_chain[len("KUBE-SVC-"):]
+            for n, line in enumerate(rule_lines(tables["nat"], chain) if "nat" in tables else [], 1):
+                if KEY_RULE.search(line) and ("nat", line) not in expected:
+                    extra.append(("nat", chain, n, line))
+    if not missing and not extra:
+        f = report.add(Finding("rules", OK, f"iptables: the {len(found)} rule(s) that route the Service match its "
+                               "endpoints"))
+        for table, chain, n, text in found:
+            f.add("rule", text, f"{table} {chain} #{n}")
+        return
+    f = report.add(Finding("rules", ERROR, f"iptables rules do not match the objects ({len(missing)} missing, "
+                           f"{len(extra)} left over): kube-proxy has not synced since they changed",
+                           fix="check that kube-proxy runs and syncs (its logs; kproxy proxy --once for the emulated "
+                           "node); rules it writes for endpoints that are gone send traffic nowhere"))
+    for table, text in missing:
+        f.add("rule", f"missing: {text}", f"{table} {text.split()[1]}")
+    for table, chain, n, text in extra:
+        f.add("rule", f"left over: {text}", f"{table} {chain} #{n}")
+
+
+def _ipvs_rules(case: Case, report: Report) -> None:
+    node = case.node
+    now = node.now()
+    for info, eps in case.ports:
+        proto = {"tcp": 6, "udp": 17, "sctp": 132}[info.protocol]
+        want = {(e.ip, e.port) for e in eps if e.ready or (e.serving and e.terminating)}
+        addrs = [(ip, info.port) for ip in (info.cluster_ip, *info.external_ips, *info.lb_vips)]
+        addrs += [(ip, info.node_port) for ip in case.node_ips() if info.node_port]
+        f = Finding("rules", OK, f"IPVS: {info.name_string}: {len(addrs)} virtual server(s) with the endpoints")
+        for ip, port in addrs:
+            svc = node.ipvs.services.get((0, proto, parse_addr(ip)[1], port))
+            if svc is None:
+                f.severity = ERROR
+                f.add("rule", f"missing virtual server {info.protocol.upper()} {ip}:{port}", "ipvsadm -Ln")
+                continue
+            have = {(format_addr(d.addr, d.family), d.port) for d in svc.dests if d.weight > 0}
+            f.add("rule", f"{svc.text()} {svc.scheduler_name} -> " + (", ".join(f"{a}:{p}" for a, p in sorted(have))
+                                                                    or "no destinations"), "ipvsadm -Ln")
+            if have != want:
+                f.severity = ERROR
+                f.add("rule", "destinations differ from the endpoints: want "
+                      + (", ".join(f"{a}:{p}" for a, p in sorted(want)) or "none"), "ipvsadm -Ln")
+        s = node.ipsets.get("KUBE-CLUSTER-IP")
+        entry = f"{info.cluster_ip},{info.protocol}:{info.port}"
+        if s is None or not s.contains(s.parse(entry), now):
+            f.severity = ERROR
+            f.add("rule", f"ipset KUBE-CLUSTER-IP lacks {entry}", "ipset list KUBE-CLUSTER-IP")
+        else:
+            f.add("rule", f"ipset KUBE-CLUSTER-IP has {entry}", "ipset list KUBE-CLUSTER-IP")
+        if f.severity == ERROR:
+            f.title = f"IPVS: {info.name_string}: virtual servers or ipsets do not match the objects"
+            f.fix = "check that kube-proxy (ipvs mode) runs and syncs; ipvsadm -Ln shows what it programmed"
+        report.add(f)
+
+
+def _nft_rules(case: Case, report: Report) -> None:
+    from kproxy.nftables.expr import Opts
+
+    table = case.node.nftables.find("ip", NFT_TABLE)
+    opts = Opts()
+    for info, _ in case.ports:
+        needle = f"{info.cluster_ip} . {info.protocol} . {info.port}"
+        hits = [(s.name, e.text(opts)) for s in table.sets.values() for e in s.elems if needle in e.text(opts)]
+        chains = [c for c in table.chains if f"{info.namespace}/{info.name}/{info.protocol}/{info.port_name}" in c]
+        sev = OK if hits and chains else ERROR
+        f = report.add(Finding("rules", sev, f"nftables: {info.name_string}: " +
+                               ("map element and chains present" if sev == OK else "not in table ip kube-proxy"),
+                               fix="" if sev == OK else "check that kube-proxy (nftables mode) runs and syncs"))
+        for name, text in hits:
+            f.add("rule", text, f"ip {NFT_TABLE} map {name}")
+        for c in chains:
+            f.add("rule", f"chain {c} ({len(table.chains[c].rules)} rules)", f"ip {NFT_TABLE}")
+
+
+# ---- user rules that DNAT made blind -------------------------------------------------------------------
+def _reachable(table: Table, starts: tuple[str, ...]) -> Iterator[tuple[str, int, Rule]]:
+    """Rules of the given built-in chains and the user chains they jump to (kube-proxy's own excluded)."""
+    seen: set[str] = set()
+    todo = [c for c in starts if c in table.chains]
+    while todo:
+        name = todo.pop(0)
+        if name in seen or name.startswith("KUBE-"):
+            continue
+        seen.add(name)
+        for n, rule in enumerate(table.chains[name].rules, 1):
+            yield name, n, rule
+            if rule.jump and rule.jump not in STANDARD_VERDICTS and rule.jump in table.chains:
+                todo.append(rule.jump)
+
+
+def _dports(rule: Rule) -> tuple[int, int] | None:
+    for m in rule.matches:
+        if getattr(m, "name", "") in ("tcp", "udp", "sctp") and getattr(m, "dport", None) is not None \
+                and not getattr(m, "dinv", False):
+            return m.dport
+    return None
+
+
+def _service_addresses(case: Case) -> tuple[list[tuple[str, int]], list[int]]:
+    """(address, port) of the Service's virtual IPs, and its node ports: what DNAT rewrites."""
+    vips = [(ip, info.port) for info, _ in case.ports for ip in (info.cluster_ip, *info.external_ips, *info.lb_vips)]
+    return vips, [info.node_port for info, _ in case.ports if info.node_port]
+
+
+def blind_reason(case: Case, rule: Rule) -> tuple[str, str, int] | None:
+    """Why a rule after DNAT never sees the Service: (what it matches, the original address, port)."""
+    vips, nodeports = _service_addresses(case)
+    ports = _dports(rule)
+    if rule.dst is not None and not rule.dst_inv:
+        for ip, port in vips:
+            if rule.dst.contains(parse_addr(ip)[1]) and (ports is None or ports[0] <= port <= ports[1]):
+                return f"destination {format_net(rule.dst)}", format_net(rule.dst), port if ports else 0
+    if ports is not None:
+        local = [parse_addr(ip)[1] for ip in case.node_ips()]
+        for np in nodeports:
+            if ports[0] <= np <= ports[1] and (rule.dst is None or any(rule.dst.contains(a) for a in local)):
+                return f"node port {np}", format_net(rule.dst) if rule.dst is not None else "", np
+    return None
+
+
+def rewrite(chain: str, rule: Rule, orig_dst: str, orig_port: int) -> str:
+    """The rule matching the connection's original destination (-m conntrack --ctorigdst/--ctorigdstport)."""
+    spec = rule_spec(rule)
+    if rule.dst is not None and orig_dst:
+        spec = spec.replace(f"-d {format_net(rule.dst)} ", "", 1)
+    ct = ["-m", "conntrack"] + (["--ctorigdst", orig_dst] if orig_dst else [])
+    if orig_port:
+        spec = re.sub(r"-m (tcp|udp|sctp) --dport \d+(:\d+)? ?", "", spec, count=1)
+        ct += ["--ctorigdstport", str(orig_port)]
+    target_chain = "FORWARD" if chain == "INPUT" else chain
+    parts = shlex.split(spec)
+    head, tail = [p for p in parts], []
+    if "-j" in parts:
+        i = parts.index("-j")
+        head, tail = parts[:i], parts[i:]
+    line = " ".join(["-A", target_chain, *head, *ct, *tail])
+    return line
+
+
+def check_blind_rules(case: Case, report: Report, mode: str) -> None:
+    """The seed's problem 1: "I added a DROP rule but K8s still routes traffic"."""
+    if case.service is None or not case.ports or mode not in ("iptables", "nftables"):
+        return
+    tables = case.node.iptables[4].tables
+    for tname, starts in AFTER_DNAT.items():
+        table = tables.get(tname)
+        if table is None:
+            continue
+        for chain, n, rule in _reachable(table, starts):
+            why = blind_reason(case, rule)
+            if why is None:
+                continue
+            what, orig_dst, port = why
+            line = format_rule(chain, rule)
+            fixed = rewrite(chain, rule, orig_dst, port)
+            check = canonical(fixed, tname)
+            hooks = "FORWARD" if chain == "INPUT" else chain
+            report.add(Finding(
+                "user-rule", ERROR,
+                f"{tname} {chain} rule {n} matches the Service's {what} but never sees it: kube-proxy's DNAT in nat "
+                "PREROUTING/OUTPUT rewrote the destination to an endpoint before this chain runs",
+                [], f"match the connection's original destination instead (in {hooks}, where the DNATed packets go): "
+                f"iptables -t {tname} {check} ; then delete the old rule: iptables -t {tname} -D {chain} {n}. "
+                "Or better: a NetworkPolicy").add("rule", line, f"{tname} {chain} #{n}"))
+
+
+def stopping_rule_fix(event: dict[str, Any]) -> str:
+    """What to do about a user rule that stopped a Service's packets."""
+    chain, table, n = event.get("chain", ""), event.get("table", ""), event.get("rule", 0)
+    if event.get("kind") == "policy":
+        return f"chain {chain}'s policy is {event.get('verdict')}: accept the Service's traffic before it " \
+               f"(iptables -t {table} -I {chain} 1 ... -j ACCEPT) or change the policy"
+    if chain.startswith("KUBE-"):
+        return "kube-proxy's own rule: see the endpoint and traffic-policy findings"
+    return f"delete or narrow it: iptables -t {table} -D {chain} {n}; or accept the Service's traffic before it " \
+           f"(iptables -t {table} -I {chain} {n} ... -j ACCEPT)"
+
+
+def severity_of_mode(mode: str, cfg_mode: str) -> Finding:
+    sev = INFO if not cfg_mode or cfg_mode == mode or mode == "none" else WARN
+    f = Finding("mode", sev, f"kube-proxy mode on this node: {mode}")
+    if sev == WARN:
+        f.title += f" (the configuration says {cfg_mode})"
+    return f
