@@ -83,6 +83,8 @@ def result_json(res: Result) -> dict[str, Any]:
 @click.option("--packets", "packet_file", type=click.Path(exists=True, dir_okay=False),
               help="A file of packet specs, one per line; 'reply' answers the previous packet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the traces as JSON.")
+@click.option("--format", "fmt", type=click.Choice(["text", "svg", "dot"]), default="text", show_default=True,
+              help="svg/dot: draw the packets' paths (hooks, tables, chains, rules, NAT) with graphviz.")
 @click.option("--dry-run", is_flag=True, help="Do not save conntrack and counter changes to the node file.")
 @click.option("--from-pod", help="NS/NAME: the packet comes from this pod (its address and the interface to it).")
 @click.option("--to-service", help="NS/NAME:PORT: the packet goes to this Service port's cluster IP.")
@@ -90,7 +92,7 @@ def result_json(res: Result) -> dict[str, Any]:
 @click.pass_obj
 def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str | None, proto: str,
               sport: int | None, dport: int, tcp_flags: str | None, mark: str, count: int,
-              packet_file: str | None, as_json: bool, dry_run: bool, from_pod: str | None,
+              packet_file: str | None, as_json: bool, fmt: str, dry_run: bool, from_pod: str | None,
               to_service: str | None, manifests: str | None) -> None:
     """Inject packets and print every hook, table, chain and rule they meet, and their fate."""
     if from_pod or to_service:
@@ -106,11 +108,18 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
             argv = _spec_argv(iif, local, src, dst, proto, sport, dport, tcp_flags, mark)
             specs = [parse_spec_args(argv)]
         node = obj.node
-        keep = count <= 3 or as_json
+        keep = count <= 3 or as_json or fmt != "text"
         results = run_specs(node, specs, count, keep_traces=keep)
     except SpecError as exc:
         raise click.UsageError(str(exc)) from None
-    if as_json:
+    if fmt != "text":
+        from kproxy.cli.graph_cmd import emit
+        from kproxy.pictures.tracepic import trace_graph
+
+        if len(results) > 20:
+            raise click.UsageError(f"--format {fmt}: {len(results)} packets are too many to draw (at most 20)")
+        emit(trace_graph([[e.as_dict() for e in r.trace.events] for r in results if r.trace is not None]), fmt, None)
+    elif as_json:
         click.echo(json.dumps([result_json(r) for r in results], indent=1))
     elif keep:
         for n, res in enumerate(results):

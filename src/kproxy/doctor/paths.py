@@ -125,20 +125,20 @@ def run_paths(case: Case, report: Report) -> None:
             sport += 1
             report.paths.append(path)
             if not reached:
-                report.add(_failure(info, path, res))
+                report.add(_failure(path, res, f"-p {probe.spec.proto} --dport {probe.spec.dport}"))
     if report.paths and all(p.ok for p in report.paths):
         f = report.add(Finding("paths", OK, f"all {len(report.paths)} path(s) reach an endpoint"))
         for p in report.paths:
             f.add("trace", f"{p.name}: {p.summary}", f"kproxy trace {p.spec}")
 
 
-def _failure(info: ServicePortInfo, path: PathResult, res: Result) -> Finding:
+def _failure(path: PathResult, res: Result, accept: str) -> Finding:
     stop = stopping_event(res) if res.fate in (DROPPED, REJECTED) else None
     if stop is not None:
         path.stopped_at = f"{stop.get('table')} {stop.get('chain')}" + (
             f" #{stop.get('rule')}: {stop.get('text')}" if stop.get("kind") == "rule" else f" policy {stop.get('verdict')}")
         title = f"{path.name}: {res.fate} by {path.stopped_at}"
-        fix = stopping_rule_fix(stop)
+        fix = stopping_rule_fix(stop, accept)
     elif res.fate in (DROPPED, REJECTED):
         path.stopped_at = f"{res.hook}: {res.reason or res.fate}"
         title = f"{path.name}: {res.summary()}"

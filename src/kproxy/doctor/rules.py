@@ -216,8 +216,9 @@ def blind_reason(case: Case, rule: Rule) -> tuple[str, str, int] | None:
     return None
 
 
-def rewrite(chain: str, rule: Rule, orig_dst: str, orig_port: int) -> str:
-    """The rule matching the connection's original destination (-m conntrack --ctorigdst/--ctorigdstport)."""
+def rewrite(chain: str, rule: Rule, orig_dst: str, orig_port: int) -> tuple[str, str]:
+    """(chain, rule spec) matching the connection's original destination (-m conntrack --ctorigdst and
+    --ctorigdstport) instead: in FORWARD when the rule was in INPUT, since DNATed packets are forwarded."""
     spec = rule_spec(rule)
     if rule.dst is not None and orig_dst:
         spec = spec.replace(f"-d {format_net(rule.dst)} ", "", 1)
@@ -225,14 +226,9 @@ def rewrite(chain: str, rule: Rule, orig_dst: str, orig_port: int) -> str:
     if orig_port:
         spec = re.sub(r"-m (tcp|udp|sctp) --dport \d+(:\d+)? ?", "", spec, count=1)
         ct += ["--ctorigdstport", str(orig_port)]
-    target_chain = "FORWARD" if chain == "INPUT" else chain
     parts = shlex.split(spec)
-    head, tail = [p for p in parts], []
-    if "-j" in parts:
-        i = parts.index("-j")
-        head, tail = parts[:i], parts[i:]
-    line = " ".join(["-A", target_chain, *head, *ct, *tail])
-    return line
+    i = parts.index("-j") if "-j" in parts else len(parts)
+    return ("FORWARD" if chain == "INPUT" else chain), " ".join([*parts[:i], *ct, *parts[i:]])
 
 
 def check_blind_rules(case: Case, report: Report, mode: str) -> None:
@@ -250,28 +246,29 @@ def check_blind_rules(case: Case, report: Report, mode: str) -> None:
                 continue
             what, orig_dst, port = why
             line = format_rule(chain, rule)
-            fixed = rewrite(chain, rule, orig_dst, port)
-            check = canonical(fixed, tname)
-            hooks = "FORWARD" if chain == "INPUT" else chain
+            new_chain, spec = rewrite(chain, rule, orig_dst, port)
+            spec = canonical(f"-A {new_chain} {spec}", tname).split(" ", 2)[2]
             report.add(Finding(
                 "user-rule", ERROR,
                 f"{tname} {chain} rule {n} matches the Service's {what} but never sees it: kube-proxy's DNAT in nat "
                 "PREROUTING/OUTPUT rewrote the destination to an endpoint before this chain runs",
-                [], f"match the connection's original destination instead (in {hooks}, where the DNATed packets go): "
-                f"iptables -t {tname} {check} ; then delete the old rule: iptables -t {tname} -D {chain} {n}. "
+                [], f"match the connection's original destination instead, first in {new_chain} (where the DNATed packets go, "
+                f"before kube-proxy's accepting rules): iptables -t {tname} -I {new_chain} 1 {spec} ; then delete "
+                f"the old rule: iptables -t {tname} -D {chain} {n}. "
                 "Or better: a NetworkPolicy").add("rule", line, f"{tname} {chain} #{n}"))
 
 
-def stopping_rule_fix(event: dict[str, Any]) -> str:
-    """What to do about a user rule that stopped a Service's packets."""
+def stopping_rule_fix(event: dict[str, Any], accept: str) -> str:
+    """What to do about a rule that stopped a Service's packets; ``accept`` matches those packets
+    (``-p tcp --dport 30080``)."""
     chain, table, n = event.get("chain", ""), event.get("table", ""), event.get("rule", 0)
     if event.get("kind") == "policy":
         return f"chain {chain}'s policy is {event.get('verdict')}: accept the Service's traffic before it " \
-               f"(iptables -t {table} -I {chain} 1 ... -j ACCEPT) or change the policy"
+               f"(iptables -t {table} -I {chain} 1 {accept} -j ACCEPT) or change the policy"
     if chain.startswith("KUBE-"):
-        return "kube-proxy's own rule: see the endpoint and traffic-policy findings"
-    return f"delete or narrow it: iptables -t {table} -D {chain} {n}; or accept the Service's traffic before it " \
-           f"(iptables -t {table} -I {chain} {n} ... -j ACCEPT)"
+        return "kube-proxy's own rule: see the endpoints and traffic-policy findings"
+    return f"delete or narrow it (iptables -t {table} -D {chain} {n}), or accept the Service's traffic before it " \
+           f"(iptables -t {table} -I {chain} {n} {accept} -j ACCEPT)"
 
 
 def severity_of_mode(mode: str, cfg_mode: str) -> Finding:

@@ -1,0 +1,131 @@
+"""The chain hierarchy of one iptables table or nft table: which chain jumps (solid) or goes (dashed)
+to which, by which rules, with rule counts and counters; nft verdict maps fan out through a map node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import graphviz
+
+from kproxy.iptables.model import STANDARD_VERDICTS, Table
+from kproxy.pictures.render import label
+
+
+def _graph(name: str) -> graphviz.Digraph:
+    g = graphviz.Digraph(name, graph_attr={"rankdir": "LR", "fontname": "Helvetica", "label": label(name),
+                                           "labelloc": "t"},
+                         node_attr={"shape": "box", "style": "rounded,filled", "fillcolor": "#eef3fb",
+                                    "fontname": "Helvetica", "fontsize": "10"},
+                         edge_attr={"fontname": "Helvetica", "fontsize": "9"})
+    return g
+
+
+def _reachable(edges: dict[str, list[str]], roots: list[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        c = todo.pop()
+        if c not in seen:
+            seen.add(c)
+            todo.extend(edges.get(c, []))
+    return seen
+
+
+def iptables_graph(table: Table, family: int = 4, root: str | None = None) -> graphviz.Digraph:
+    """One iptables table; ``root`` keeps only the chains reachable from that chain."""
+    jumps: dict[tuple[str, str, bool], list[tuple[int, int]]] = {}
+    succ: dict[str, list[str]] = {}
+    for chain in table.chains.values():
+        for n, rule in enumerate(chain.rules, 1):
+            if rule.jump and rule.jump not in STANDARD_VERDICTS:
+                jumps.setdefault((chain.name, rule.jump, rule.goto), []).append((n, rule.packets))
+                succ.setdefault(chain.name, []).append(rule.jump)
+    keep = _reachable(succ, [root]) if root else set(table.chains)
+    g = _graph(f"{'ip6tables' if family == 6 else 'iptables'} -t {table.name}" + (f" from {root}" if root else ""))
+    for chain in table.chains.values():
+        if chain.name not in keep:
+            continue
+        text = f"{chain.name}\n{len(chain.rules)} rule{'s' if len(chain.rules) != 1 else ''}"
+        attrs: dict[str, str] = {}
+        if chain.builtin:
+            text += f"\npolicy {chain.policy} [{chain.packets}:{chain.bytes}]"
+            attrs = {"fillcolor": "#fde9c8", "penwidth": "2"}
+        g.node(chain.name, label(text), **attrs)
+    for (src, dst, goto), uses in jumps.items():
+        if src not in keep:
+            continue
+        text = ",".join(f"#{n}" for n, _ in uses[:6]) + ("..." if len(uses) > 6 else "")
+        pkts = sum(p for _, p in uses)
+        if pkts:
+            text += f" ({pkts} pkts)"
+        g.edge(src, dst, label(text), style="dashed" if goto else "solid", penwidth="2" if pkts else "1")
+    return g
+
+
+def _walk(obj: Any) -> Iterator[Any]:
+    """Every expression and statement inside an nft rule (depth first)."""
+    yield obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _walk(getattr(obj, f.name))
+    elif isinstance(obj, list | tuple):
+        for item in obj:
+            yield from _walk(item)
+
+
+def _rule_targets(rule: Any) -> Iterator[tuple[str, str, str]]:
+    """(kind, target, how) of a rule: jump/goto verdicts, and vmaps through a named map (kind "map")."""
+    from kproxy.nftables.expr import SetRef, Verdict
+    from kproxy.nftables.stmt import VerdictMap
+
+    for node in _walk(rule.stmts):
+        if isinstance(node, VerdictMap) and isinstance(node.data, SetRef):
+            yield "map", node.data.name, "vmap"
+        elif isinstance(node, Verdict) and node.kind in ("jump", "goto") and node.target:
+            yield node.kind, node.target, ""
+
+
+def nft_graph(table: Any, root: str | None = None) -> graphviz.Digraph:
+    """One nft table (``kproxy.nftables.model.Table``): chains, jumps/gotos and verdict maps."""
+    from kproxy.nftables.expr import Opts, Verdict
+
+    opts = Opts()
+    edges: list[tuple[str, str, str, str]] = []
+    succ: dict[str, list[str]] = {}
+    maps: dict[str, list[tuple[str, str, str]]] = {}
+    for chain in table.chains.values():
+        for rule in chain.rules:
+            for kind, target, _ in _rule_targets(rule):
+                node = f"map:{target}" if kind == "map" else target
+                edges.append((chain.name, node, f"handle {rule.handle}", kind))
+                succ.setdefault(chain.name, []).append(node)
+    for s in table.sets.values():
+        if not s.is_map:
+            continue
+        for e in s.elems:
+            if isinstance(e.data, Verdict) and e.data.target:
+                maps.setdefault(s.name, []).append((e.key.text(opts), e.data.target, e.data.kind))
+                succ.setdefault(f"map:{s.name}", []).append(e.data.target)
+    keep = _reachable(succ, [root]) if root else set(table.chains) | {f"map:{m}" for m in maps}
+    g = _graph(f"nft table {table.family} {table.name}" + (f" from {root}" if root else ""))
+    for chain in table.chains.values():
+        if chain.name not in keep:
+            continue
+        text = f"{chain.name}\n{len(chain.rules)} rule{'s' if len(chain.rules) != 1 else ''}"
+        attrs: dict[str, str] = {}
+        if chain.base:
+            text += f"\ntype {chain.type} hook {chain.hook} priority {chain.prio}\npolicy {chain.policy}"
+            attrs = {"fillcolor": "#fde9c8", "penwidth": "2"}
+        g.node(chain.name, label(text), **attrs)
+    for name, elems in maps.items():
+        if f"map:{name}" in keep:
+            g.node(f"map:{name}", label(f"map @{name}\n{len(elems)} elements"), shape="cylinder", fillcolor="#e4f5e1")
+            for key, target, kind in elems:
+                g.edge(f"map:{name}", target, label(key), style="dashed" if kind == "goto" else "solid")
+    for src, dst, text, kind in edges:
+        if src in keep:
+            g.edge(src, dst, label(text), style="dashed" if kind == "goto" else "solid")
+    return g
