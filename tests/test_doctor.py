@@ -9,7 +9,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -23,6 +22,7 @@ def kp(node: str, *args: str):
     import kproxy.cli.commands  # noqa: F401
     import kproxy.cli.doctor_cmd  # noqa: F401
     import kproxy.cli.graph_cmd  # noqa: F401
+    import kproxy.cli.nft_cmd  # noqa: F401
     import kproxy.cli.proxy_cmd  # noqa: F401
 
     return CliRunner().invoke(cli, ["--node", node, *args])

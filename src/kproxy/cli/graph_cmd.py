@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from kproxy.cli.main import Ctx, cli
 
 
-def emit(graph: object, fmt: str, output: str | None) -> None:
+def emit(graph: Any, fmt: str, output: str | None) -> None:
     """Render ``graph`` and write it to ``output`` (or standard output); a one-line error otherwise."""
     from kproxy.pictures.render import PictureError, render
 
     try:
-        text = render(graph, fmt)  # type: ignore[arg-type]
+        text = render(graph, fmt)
     except PictureError as exc:
         raise click.ClickException(str(exc)) from None
-    if output in (None, "-"):
+    if output is None or output == "-":
         click.echo(text, nl=not text.endswith("\n"))
     else:
         with open(output, "w", encoding="utf-8") as f:
@@ -41,14 +43,14 @@ def graph_cmd(obj: Ctx, table: str | None, nft_table: str | None, ipv6: bool, ch
     if nft_table is not None:
         if table is not None:
             raise click.UsageError("-t and --nft exclude each other")
-        family, _, name = nft_table.rpartition(" ")
-        family = family.strip() or "ip"
+        nft_family, _, name = nft_table.rpartition(" ")
+        nft_family = nft_family.strip() or "ip"
         ruleset = getattr(node, "nftables", None)
-        t = ruleset.find(family, name) if ruleset is not None else None
+        t = ruleset.find(nft_family, name) if ruleset is not None else None
         if t is None:
-            raise click.UsageError(f"--nft: no table {family} {name} on the node")
+            raise click.UsageError(f"--nft: no table {nft_family} {name} on the node")
         if chain is not None and chain not in t.chains:
-            raise click.UsageError(f"--chain: no chain {chain} in table {family} {name}")
+            raise click.UsageError(f"--chain: no chain {chain} in table {nft_family} {name}")
         emit(nft_graph(t, chain), fmt, output)
         return
     family = 6 if ipv6 else 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from html import escape
+from typing import Any
 
 from kproxy.doctor.findings import Finding, PathResult, Report
 from kproxy.node import Node
@@ -25,10 +26,10 @@ h1{font-size:1.4em} h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #
 """
 
 
-def _svg(graph: object, prefix: str) -> str:
+def _svg(graph: Any, prefix: str) -> str:
     """The picture inline, its element ids made unique on the page; the reason when it cannot be drawn."""
     try:
-        svg = inline_svg(render(graph, "svg"))  # type: ignore[arg-type]
+        svg = inline_svg(render(graph, "svg"))
     except PictureError as exc:
         return f"<p class='where'>(no picture: {escape(str(exc))})</p>"
     svg = re.sub(r'id="([^"]+)"', lambda m: f'id="{prefix}_{m.group(1)}"', svg)

@@ -71,7 +71,7 @@ def probes(case: Case, info: ServicePortInfo, eps: list[EndpointInfo]) -> list[P
         dev, addr = outside
         src = OUTSIDE_CLIENT
         if info.lb_source_ranges:
-            src = str(next(ipaddress.ip_network(info.lb_source_ranges[0]).hosts(), OUTSIDE_CLIENT))
+            src = str(next(iter(ipaddress.ip_network(info.lb_source_ranges[0]).hosts()), OUTSIDE_CLIENT))
         if info.node_port:
             out.append(Probe(f"from outside via NodePort {addr}:{info.node_port}",
                              PacketSpec(OUTSIDE_CLIENT, addr, proto, dport=info.node_port, iif=dev)))
@@ -117,9 +117,8 @@ def run_paths(case: Case, report: Report) -> None:
         for probe in probes(case, info, eps):
             res = send(case, probe.spec, sport)
             assert res.trace is not None
-            p = res.packet
-            reached = f"{p.dst_str}:{p.dport}" if f"{p.dst_str}:{p.dport}" in targets and res.fate in (
-                "forwarded", "delivered") else ""
+            end = f"{res.packet.dst_str}:{res.packet.dport}"
+            reached = end if end in targets and res.fate in ("forwarded", "delivered") else ""
             path = PathResult(probe.name, spec_text(probe.spec, sport), res.fate, res.summary(), reached,
                               events=[e.as_dict() for e in res.trace.events], trace_text=render_text(res.trace))
             sport += 1

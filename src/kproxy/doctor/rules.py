@@ -187,10 +187,11 @@ def _reachable(table: Table, starts: tuple[str, ...]) -> Iterator[tuple[str, int
 
 
 def _dports(rule: Rule) -> tuple[int, int] | None:
+    """The destination port range of a rule's tcp/udp/sctp match (not inverted), if it has one."""
     for m in rule.matches:
-        if getattr(m, "name", "") in ("tcp", "udp", "sctp") and getattr(m, "dport", None) is not None \
-                and not getattr(m, "dinv", False):
-            return m.dport
+        dport: tuple[int, int] | None = getattr(m, "dport", None)
+        if getattr(m, "name", "") in ("tcp", "udp", "sctp") and dport is not None and not getattr(m, "dinv", False):
+            return dport
     return None
 
 

@@ -23,6 +23,11 @@ def _graph(name: str) -> graphviz.Digraph:
     return g
 
 
+def node_id(name: str) -> str:
+    """A node name the binding will not split at ``:`` (its node:port syntax): IPv6 endpoint chains have colons."""
+    return name.replace(":", "%3A")
+
+
 def _reachable(edges: dict[str, list[str]], roots: list[str]) -> set[str]:
     seen: set[str] = set()
     todo = list(roots)
@@ -53,7 +58,7 @@ def iptables_graph(table: Table, family: int = 4, root: str | None = None) -> gr
         if chain.builtin:
             text += f"\npolicy {chain.policy} [{chain.packets}:{chain.bytes}]"
             attrs = {"fillcolor": "#fde9c8", "penwidth": "2"}
-        g.node(chain.name, label(text), **attrs)
+        g.node(node_id(chain.name), label(text), **attrs)
     for (src, dst, goto), uses in jumps.items():
         if src not in keep:
             continue
@@ -61,7 +66,8 @@ def iptables_graph(table: Table, family: int = 4, root: str | None = None) -> gr
         pkts = sum(p for _, p in uses)
         if pkts:
             text += f" ({pkts} pkts)"
-        g.edge(src, dst, label(text), style="dashed" if goto else "solid", penwidth="2" if pkts else "1")
+        g.edge(node_id(src), node_id(dst), label(text), style="dashed" if goto else "solid",
+               penwidth="2" if pkts else "1")
     return g
 
 
@@ -99,7 +105,7 @@ def nft_graph(table: Any, root: str | None = None) -> graphviz.Digraph:
     for chain in table.chains.values():
         for rule in chain.rules:
             for kind, target, _ in _rule_targets(rule):
-                node = f"map:{target}" if kind == "map" else target
+                node = f"@{target}" if kind == "map" else target
                 edges.append((chain.name, node, f"handle {rule.handle}", kind))
                 succ.setdefault(chain.name, []).append(node)
     for s in table.sets.values():
@@ -108,8 +114,8 @@ def nft_graph(table: Any, root: str | None = None) -> graphviz.Digraph:
         for e in s.elems:
             if isinstance(e.data, Verdict) and e.data.target:
                 maps.setdefault(s.name, []).append((e.key.text(opts), e.data.target, e.data.kind))
-                succ.setdefault(f"map:{s.name}", []).append(e.data.target)
-    keep = _reachable(succ, [root]) if root else set(table.chains) | {f"map:{m}" for m in maps}
+                succ.setdefault(f"@{s.name}", []).append(e.data.target)
+    keep = _reachable(succ, [root]) if root else set(table.chains) | {f"@{m}" for m in maps}
     g = _graph(f"nft table {table.family} {table.name}" + (f" from {root}" if root else ""))
     for chain in table.chains.values():
         if chain.name not in keep:
@@ -119,13 +125,13 @@ def nft_graph(table: Any, root: str | None = None) -> graphviz.Digraph:
         if chain.base:
             text += f"\ntype {chain.type} hook {chain.hook} priority {chain.prio}\npolicy {chain.policy}"
             attrs = {"fillcolor": "#fde9c8", "penwidth": "2"}
-        g.node(chain.name, label(text), **attrs)
+        g.node(node_id(chain.name), label(text), **attrs)
     for name, elems in maps.items():
-        if f"map:{name}" in keep:
-            g.node(f"map:{name}", label(f"map @{name}\n{len(elems)} elements"), shape="cylinder", fillcolor="#e4f5e1")
+        if f"@{name}" in keep:
+            g.node(f"@{name}", label(f"map @{name}\n{len(elems)} elements"), shape="cylinder", fillcolor="#e4f5e1")
             for key, target, kind in elems:
-                g.edge(f"map:{name}", target, label(key), style="dashed" if kind == "goto" else "solid")
+                g.edge(f"@{name}", node_id(target), label(key), style="dashed" if kind == "goto" else "solid")
     for src, dst, text, kind in edges:
         if src in keep:
-            g.edge(src, dst, label(text), style="dashed" if kind == "goto" else "solid")
+            g.edge(node_id(src), node_id(dst), label(text), style="dashed" if kind == "goto" else "solid")
     return g
