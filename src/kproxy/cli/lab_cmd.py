@@ -38,6 +38,7 @@ def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> 
     """Create the cluster in DESCRIPTION (nodes, deployments, services)."""
     from kproxy.lab.cluster import Lab, LabError, LabSpec, modes_unavailable, start_proxies
     from kproxy.lab.netns import kernel_lab_available
+    from kproxy.progress import busy
 
     try:
         spec = LabSpec.load(description)
@@ -49,8 +50,9 @@ def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> 
         from kproxy.lab.emulated import EmulatedLab
 
         try:
-            twin = EmulatedLab(spec)
-            twin.sync()
+            with busy("lab: building the emulated cluster"):
+                twin = EmulatedLab(spec)
+                twin.sync()
         except LabError as exc:
             raise click.ClickException(str(exc)) from None
         _print_status(twin.save(directory, Path(description).read_text()))
@@ -62,13 +64,15 @@ def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> 
     if reason:
         raise click.ClickException(f"cannot run the lab's kproxies on this kernel: {reason}")
     try:
-        state = Lab(spec, directory).up()
+        with busy("lab: building the namespaces, pods and routes"):
+            state = Lab(spec, directory).up()
     except (LabError, subprocess.CalledProcessError, OSError) as exc:
         raise click.ClickException(f"cannot build the lab: {_one_line(exc)}") from None
     Path(directory, "description.yaml").write_text(Path(description).read_text())
     if not no_proxy:
         try:
-            start_proxies(spec, state)
+            with busy("lab: starting kproxy on the nodes"):
+                start_proxies(spec, state)
         except BaseException as exc:
             from kproxy.lab.cluster import down
 

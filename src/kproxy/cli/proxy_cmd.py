@@ -173,7 +173,10 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
         click.echo(f"sync {kind}: {result.lines} restore lines, {result.nat_rules} nat + {result.filter_rules} "
                    f"filter rules, {result.duration * 1000:.1f} ms, {status}", err=True)
         if backend_name == "emulated" and not result.error:
-            obj.save()
+            from kproxy.progress import busy
+
+            with busy("kube-proxy: saving the node"):
+                obj.save()
 
     service_health = ServiceHealthServers(_health_check_addresses(cfg), health) if serve and not once else None
     runner = ProxyRunner(proxier, source, health, after_sync=report, metrics=metrics, service_health=service_health)
