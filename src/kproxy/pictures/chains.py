@@ -28,6 +28,13 @@ def node_id(name: str) -> str:
     return name.replace(":", "%3A")
 
 
+def _chain_node(g: graphviz.Digraph, name: str, rules: int, base: str) -> None:
+    """A chain: its name and rule count; a base (built-in) chain stands out with its hook or policy."""
+    text = f"{name}\n{rules} rule{'s' if rules != 1 else ''}" + (f"\n{base}" if base else "")
+    attrs = {"fillcolor": "#fde9c8", "penwidth": "2"} if base else {}
+    g.node(node_id(name), label(text), **attrs)
+
+
 def _reachable(edges: dict[str, list[str]], roots: list[str]) -> set[str]:
     seen: set[str] = set()
     todo = list(roots)
@@ -51,14 +58,9 @@ def iptables_graph(table: Table, family: int = 4, root: str | None = None) -> gr
     keep = _reachable(succ, [root]) if root else set(table.chains)
     g = _graph(f"{'ip6tables' if family == 6 else 'iptables'} -t {table.name}" + (f" from {root}" if root else ""))
     for chain in table.chains.values():
-        if chain.name not in keep:
-            continue
-        text = f"{chain.name}\n{len(chain.rules)} rule{'s' if len(chain.rules) != 1 else ''}"
-        attrs: dict[str, str] = {}
-        if chain.builtin:
-            text += f"\npolicy {chain.policy} [{chain.packets}:{chain.bytes}]"
-            attrs = {"fillcolor": "#fde9c8", "penwidth": "2"}
-        g.node(node_id(chain.name), label(text), **attrs)
+        if chain.name in keep:
+            base = f"policy {chain.policy} [{chain.packets}:{chain.bytes}]" if chain.builtin else ""
+            _chain_node(g, chain.name, len(chain.rules), base)
     for (src, dst, goto), uses in jumps.items():
         if src not in keep:
             continue
@@ -118,14 +120,9 @@ def nft_graph(table: Any, root: str | None = None) -> graphviz.Digraph:
     keep = _reachable(succ, [root]) if root else set(table.chains) | {f"@{m}" for m in maps}
     g = _graph(f"nft table {table.family} {table.name}" + (f" from {root}" if root else ""))
     for chain in table.chains.values():
-        if chain.name not in keep:
-            continue
-        text = f"{chain.name}\n{len(chain.rules)} rule{'s' if len(chain.rules) != 1 else ''}"
-        attrs: dict[str, str] = {}
-        if chain.base:
-            text += f"\ntype {chain.type} hook {chain.hook} priority {chain.prio}\npolicy {chain.policy}"
-            attrs = {"fillcolor": "#fde9c8", "penwidth": "2"}
-        g.node(node_id(chain.name), label(text), **attrs)
+        if chain.name in keep:
+            base = f"type {chain.type} hook {chain.hook} priority {chain.prio}\npolicy {chain.policy}" if chain.base else ""
+            _chain_node(g, chain.name, len(chain.rules), base)
     for name, elems in maps.items():
         if f"@{name}" in keep:
             g.node(f"@{name}", label(f"map @{name}\n{len(elems)} elements"), shape="cylinder", fillcolor="#e4f5e1")
