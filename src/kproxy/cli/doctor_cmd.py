@@ -17,12 +17,16 @@ from kproxy.cli.main import Ctx, cli
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="The KubeProxyConfiguration kube-proxy runs with (its clusterCIDR, hostname, mode).")
 @click.option("--hostname-override", default=None, help="This node's name (default: the config's, else the node's).")
+@click.option("--backend", "backend_name", type=click.Choice(["emulated", "kernel"]), default="emulated",
+              show_default=True, help="Examine the emulated node (--node), or this network namespace's kernel "
+              "(captured read-only into an emulated node).")
+@click.option("--legacy", is_flag=True, help="With --backend kernel: iptables-legacy instead of iptables-nft.")
 @click.option("--json", "as_json", is_flag=True, help="The findings and traces as JSON, for scripts.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True),
               help="Also write one self-contained HTML page with the findings, traces and pictures.")
 @click.pass_obj
 def doctor_cmd(obj: Ctx, service: str, manifests: str, config_path: str | None, hostname_override: str | None,
-               as_json: bool, html_file: str | None) -> None:
+               backend_name: str, legacy: bool, as_json: bool, html_file: str | None) -> None:
     """Work through the "Service not reachable" checklist for SERVICE (namespace/name[:port] or address:port)
     on this node; exit 0 only when every path reaches an endpoint and nothing is wrong."""
     from kproxy.doctor.report import diagnose, render_json, render_text
@@ -39,7 +43,16 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str, config_path: str | None, 
         raise click.ClickException(str(exc)) from None
     for w in objs.warnings:
         click.echo(f"warning: {w}", err=True)
-    node = obj.node
+    if backend_name == "kernel":
+        from kproxy.doctor.capture import CaptureError, capture_kernel
+        from kproxy.node import NodeError
+
+        try:
+            node = capture_kernel(legacy)
+        except (CaptureError, NodeError, ValueError) as exc:
+            raise click.ClickException(f"cannot read the kernel: {exc}") from None
+    else:
+        node = obj.node
     hostname = hostname_override or cfg.hostname_override or node.name
     case = Case(node, objs, cfg, hostname, service, pods=pods, pods_known=bool(pods), cfg_given=bool(config_path))
     try:
