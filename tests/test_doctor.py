@@ -4,6 +4,7 @@ and passes once the fix doctor names is applied (exit 0)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shlex
@@ -277,3 +278,50 @@ def test_external_traffic_policy_local_without_local_endpoints(tmp_path):
     assert "no endpoint on this node (worker-1)" in policy["title"]
     outside = next(p for p in report["paths"] if "NodePort" in p["name"])
     assert not outside["reached"] and "has no local endpoints" in outside["stopped_at"]
+
+
+NFT_SERVICE = {"apiVersion": "v1", "kind": "List", "items": [
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc1", "namespace": "ns1"},
+     "spec": {"clusterIP": "172.30.0.41", "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "targetPort": 80}]}},
+    {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+     "metadata": {"name": "svc1-a", "namespace": "ns1", "labels": {"kubernetes.io/service-name": "svc1"}},
+     "addressType": "IPv4", "ports": [{"name": "p80", "port": 80, "protocol": "TCP"}],
+     "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ("10.180.0.1", "10.180.0.2")]}]}
+
+
+def test_nftables_mode_rules_and_a_blind_nft_rule(tmp_path):
+    """kube-proxy's nftables shape (tests/data/nft/kube_proxy.nft): map element, service and endpoint chains
+    checked against the objects; a user's nft rule on the Service address after DNAT is found and rewritten."""
+    c = Cluster(tmp_path)
+    objs = copy.deepcopy(NFT_SERVICE)
+    c.objs.write_text(yaml.safe_dump(objs))
+    c.run("nft", "-f", str(Path(__file__).parent / "data" / "nft" / "kube_proxy.nft"))
+    rc, report = c.doctor("ns1/svc1")
+    assert rc == 0 and report["mode"] == "nftables"
+    rules = next(f for f in report["findings"] if f["check"] == "rules")
+    assert {"kind": "rule", "text": "172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80",
+            "where": "ip kube-proxy map service-ips"} in rules["evidence"]
+    assert {p["reached"] for p in report["paths"]} <= {"10.180.0.1:80", "10.180.0.2:80"}
+    for cmd in ("add table inet filter", "add chain inet filter input { type filter hook input priority 0 ; }",
+                "add chain inet filter forward { type filter hook forward priority 0 ; }",
+                "add rule inet filter input ip saddr 198.51.100.7 ip daddr 172.30.0.41 tcp dport 80 drop"):
+        c.run("nft", cmd)
+    rc, report = c.doctor("ns1/svc1")
+    [f] = errors(report, "user-rule")
+    assert rc == 1 and f["evidence"][0]["where"] == "inet filter input handle 3"
+    fixed = re.search(r"nft (insert rule .*?) ;", f["fix"]).group(1)
+    assert fixed == ("insert rule inet filter forward ip saddr 198.51.100.7 ct original ip daddr 172.30.0.41 "
+                     "meta l4proto tcp ct original proto-dst 80 drop")
+    c.run("nft", fixed)
+    c.run("nft", "delete rule inet filter input handle 3")
+    assert c.doctor("ns1/svc1")[0] == 0
+    probe = json.loads(c.run("trace", "--iif", "eth0", "--src", "198.51.100.7", "--dst", "172.30.0.41",
+                             "--dport", "80", "--json", "--dry-run"))[0]
+    assert probe["fate"] == "dropped" and probe["hook"] == "FORWARD"
+    # an endpoint the table lacks: the rules are behind the objects
+    objs["items"][1]["endpoints"].append({"addresses": ["10.180.0.3"], "conditions": {"ready": True}})
+    c.objs.write_text(yaml.safe_dump(objs))
+    rc, report = c.doctor("ns1/svc1")
+    [f] = errors(report, "rules")
+    assert rc == 1 and {"kind": "rule", "text": "missing endpoint chain for 10.180.0.3/80",
+                        "where": "ip kube-proxy"} in f["evidence"]

@@ -12,7 +12,13 @@ import json
 from kproxy.doctor.checks import check_conntrack, check_endpoints, check_service, check_sysctls
 from kproxy.doctor.findings import ERROR, INFO, OK, WARN, Report
 from kproxy.doctor.paths import run_paths
-from kproxy.doctor.rules import check_blind_rules, check_rules, detect_mode, severity_of_mode
+from kproxy.doctor.rules import (
+    check_blind_nft_rules,
+    check_blind_rules,
+    check_rules,
+    detect_mode,
+    severity_of_mode,
+)
 from kproxy.doctor.target import Case, resolve
 
 MARKS = {OK: "ok", INFO: "--", WARN: "!!", ERROR: "XX"}
@@ -28,6 +34,7 @@ def diagnose(case: Case) -> Report:
     check_endpoints(case, report)
     check_rules(case, report, mode)
     check_blind_rules(case, report, mode)
+    check_blind_nft_rules(case, report, mode)
     check_conntrack(case, report)
     check_sysctls(case, report)
     run_paths(case, report)

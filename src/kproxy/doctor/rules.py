@@ -152,22 +152,33 @@ def _ipvs_rules(case: Case, report: Report) -> None:
 
 
 def _nft_rules(case: Case, report: Report) -> None:
+    """nftables mode: the Service's element in a verdict map, its service chain, and one endpoint chain
+    (named ``...__IP/PORT``) per live endpoint and no more."""
     from kproxy.nftables.expr import Opts
 
     table = case.node.nftables.find("ip", NFT_TABLE)
     opts = Opts()
-    for info, _ in case.ports:
+    for info, eps in case.ports:
         needle = f"{info.cluster_ip} . {info.protocol} . {info.port}"
         hits = [(s.name, e.text(opts)) for s in table.sets.values() for e in s.elems if needle in e.text(opts)]
-        chains = [c for c in table.chains if f"{info.namespace}/{info.name}/{info.protocol}/{info.port_name}" in c]
-        sev = OK if hits and chains else ERROR
-        f = report.add(Finding("rules", sev, f"nftables: {info.name_string}: " +
-                               ("map element and chains present" if sev == OK else "not in table ip kube-proxy"),
-                               fix="" if sev == OK else "check that kube-proxy (nftables mode) runs and syncs"))
+        mine = f"{info.namespace}/{info.name}/{info.protocol}/{info.port_name}"
+        chains = [c for c in table.chains if mine in c]
+        have = {c.rsplit("__", 1)[1] for c in chains if "__" in c}
+        want = {f"{e.ip}/{e.port}" for e in eps if e.ready or (e.serving and e.terminating)}
+        f = report.add(Finding("rules", OK, f"nftables: {info.name_string}: map element, service and endpoint "
+                               "chains match the objects"))
         for name, text in hits:
             f.add("rule", text, f"ip {NFT_TABLE} map {name}")
         for c in chains:
             f.add("rule", f"chain {c} ({len(table.chains[c].rules)} rules)", f"ip {NFT_TABLE}")
+        problems = ([] if hits else [f"no element {needle} in any map"]) + \
+            [f"missing endpoint chain for {ep}" for ep in sorted(want - have)] + \
+            [f"left over endpoint chain for {ep}" for ep in sorted(have - want)]
+        if problems:
+            f.severity, f.title = ERROR, f"nftables: {info.name_string}: table ip {NFT_TABLE} does not match the objects"
+            f.fix = "check that kube-proxy (nftables mode) runs and syncs"
+            for text in problems:
+                f.add("rule", text, f"ip {NFT_TABLE}")
 
 
 # ---- user rules that DNAT made blind -------------------------------------------------------------------
@@ -257,6 +268,48 @@ def check_blind_rules(case: Case, report: Report, mode: str) -> None:
                 f"before kube-proxy's accepting rules): iptables -t {tname} -I {new_chain} 1 {spec} ; then delete "
                 f"the old rule: iptables -t {tname} -D {chain} {n}. "
                 "Or better: a NetworkPolicy").add("rule", line, f"{tname} {chain} #{n}"))
+
+
+# nft base chains that run after DNAT (nat at priority -100 in prerouting and output).
+NFT_AFTER_DNAT = ("input", "forward", "postrouting")
+
+
+def _nft_chains_after_dnat(case: Case) -> Iterator[tuple[Any, Any]]:
+    """(table, chain) of every nft base chain (outside kube-proxy's table) that sees DNATed packets."""
+    ruleset = getattr(case.node, "nftables", None)
+    for table in ruleset.tables if ruleset is not None else []:
+        if table.name == NFT_TABLE or table.family not in ("ip", "inet"):
+            continue
+        for chain in table.chains.values():
+            if chain.hook in NFT_AFTER_DNAT or (chain.hook in ("prerouting", "output") and chain.prio > -100):
+                yield table, chain
+
+
+def check_blind_nft_rules(case: Case, report: Report, mode: str) -> None:
+    """Problem 1 in nft syntax: ``ip daddr VIP`` in a chain after DNAT; ``ct original ip daddr`` sees it."""
+    from kproxy.nftables.expr import Opts
+
+    if case.service is None or not case.ports or mode not in ("iptables", "nftables"):
+        return
+    vips, _ = _service_addresses(case)
+    opts = Opts()
+    for table, chain in _nft_chains_after_dnat(case):
+        for rule in chain.rules:
+            text = rule.text(opts)
+            for ip, port in vips:
+                if not re.search(rf"(?<!original )\bip daddr {re.escape(ip)}(/32)?\b", text):
+                    continue
+                fixed = re.sub(rf"(?<!original )\bip daddr {re.escape(ip)}(/32)?", f"ct original ip daddr {ip}", text)
+                fixed = re.sub(rf"\b(tcp|udp|sctp) dport {port}\b", rf"meta l4proto \1 ct original proto-dst {port}", fixed)
+                where = f"{table.family} {table.name} {chain.name} handle {rule.handle}"
+                target = "forward" if chain.hook == "input" else chain.name
+                report.add(Finding(
+                    "user-rule", ERROR, f"nft {where} matches the Service address {ip} but never sees it: kube-proxy's "
+                    "DNAT (nat, priority -100) rewrote the destination before this chain runs",
+                    fix=f"match the original destination in a {target} chain: nft insert rule {table.family} "
+                    f"{table.name} {target} {fixed} ; then nft delete rule {table.family} {table.name} "
+                    f"{chain.name} handle {rule.handle}").add("rule", text, where))
+                break
 
 
 def stopping_rule_fix(event: dict[str, Any], accept: str) -> str:
