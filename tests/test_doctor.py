@@ -325,3 +325,20 @@ def test_nftables_mode_rules_and_a_blind_nft_rule(tmp_path):
     [f] = errors(report, "rules")
     assert rc == 1 and {"kind": "rule", "text": "missing endpoint chain for 10.180.0.3/80",
                         "where": "ip kube-proxy"} in f["evidence"]
+
+
+def test_objects_from_the_api_server(api, tmp_path):
+    """The objects as the API server has them (the local API server of tests/data/api/cluster.json)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(api.kubeconfig()))
+    node = str(tmp_path / "n.db")
+    assert kp(node, "node", "init", "--from", str(EXAMPLES / "node.yaml")).exit_code == 0
+    res = kp(node, "proxy", "--kubeconfig", str(kubeconfig), "--hostname-override", "kind-worker", "--once")
+    assert res.exit_code == 0, res.output
+    res = kp(node, "doctor", "kube-system/kube-dns", "--kubeconfig", str(kubeconfig), "--hostname-override",
+             "kind-worker", "--json")
+    report = json.loads(res.output)
+    assert report["mode"] == "iptables" and not errors(report, "service") and not errors(report, "rules")
+    assert res.exit_code == (0 if report["healthy"] else 1) and report["paths"]
+    both = kp(node, "doctor", "x/y", "--kubeconfig", str(kubeconfig), "--manifests", str(kubeconfig))
+    assert both.exit_code == 2 and "--manifests, or the API server" in both.output

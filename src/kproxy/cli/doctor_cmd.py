@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,8 +13,10 @@ from kproxy.cli.main import Ctx, cli
 
 @cli.command("doctor")
 @click.argument("service")
-@click.option("--manifests", required=True, type=click.Path(exists=True),
+@click.option("--manifests", type=click.Path(exists=True),
               help="Services, EndpointSlices (and Pods, for the selector check): a file or directory.")
+@click.option("--kubeconfig", default=None, help="Read the objects from the API server of this kubeconfig instead.")
+@click.option("--master", default=None, help="The API server's address (overrides the kubeconfig's).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="The KubeProxyConfiguration kube-proxy runs with (its clusterCIDR, hostname, mode).")
 @click.option("--hostname-override", default=None, help="This node's name (default: the config's, else the node's).")
@@ -25,7 +28,8 @@ from kproxy.cli.main import Ctx, cli
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True),
               help="Also write one self-contained HTML page with the findings, traces and pictures.")
 @click.pass_obj
-def doctor_cmd(obj: Ctx, service: str, manifests: str, config_path: str | None, hostname_override: str | None,
+def doctor_cmd(obj: Ctx, service: str, manifests: str | None, kubeconfig: str | None, master: str | None,
+               config_path: str | None, hostname_override: str | None,
                backend_name: str, legacy: bool, as_json: bool, html_file: str | None) -> None:
     """Work through the "Service not reachable" checklist for SERVICE (namespace/name[:port] or address:port)
     on this node; exit 0 only when every path reaches an endpoint and nothing is wrong."""
@@ -35,10 +39,13 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str, config_path: str | None, 
     from kproxy.proxy.config import ConfigError, ProxyConfig
 
     obj.read_only()
+    if bool(manifests) == bool(kubeconfig or master):
+        raise click.UsageError("give the objects with --manifests, or the API server with --kubeconfig/--master")
     try:
         cfg = ProxyConfig.load(config_path) if config_path else ProxyConfig()
-        objs = load(manifests)
-        pods = load_pods(manifests)
+        objs = load(manifests) if manifests else api_objects(kubeconfig or "", master or "",
+                                                             hostname_override or cfg.hostname)
+        pods = load_pods(manifests) if manifests else []
     except (ConfigError, ManifestError) as exc:
         raise click.ClickException(str(exc)) from None
     for w in objs.warnings:
@@ -65,3 +72,22 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str, config_path: str | None, 
 
         Path(html_file).write_text(render_html(report, node))
     sys.exit(0 if report.healthy else 1)
+
+
+def api_objects(kubeconfig: str, master: str, hostname: str) -> Any:
+    """Services, EndpointSlices and Nodes as the API server lists them (one list, as the proxy's informers start)."""
+    import threading
+
+    from kproxy.k8s.source import SourceError
+    from kproxy.k8s.watch import ApiSetupError, ApiSource, api_client
+
+    try:
+        source = ApiSource(api_client(kubeconfig, master), hostname, threading.Event())
+    except ApiSetupError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        return source.initial(timeout=30)
+    except SourceError as exc:
+        raise click.ClickException(f"the API server: {exc}") from None
+    finally:
+        source.close()
