@@ -342,3 +342,21 @@ def test_objects_from_the_api_server(api, tmp_path):
     assert res.exit_code == (0 if report["healthy"] else 1) and report["paths"]
     both = kp(node, "doctor", "x/y", "--kubeconfig", str(kubeconfig), "--manifests", str(kubeconfig))
     assert both.exit_code == 2 and "--manifests, or the API server" in both.output
+
+
+def test_internal_traffic_policy_local_and_headless(tmp_path):
+    c = Cluster(tmp_path)
+    objs = manifests(pods=("10.244.2.6",))
+    objs["items"][0]["spec"]["internalTrafficPolicy"] = "Local"
+    headless = copy.deepcopy(objs["items"][0])
+    headless["metadata"]["name"] = "web-headless"
+    headless["spec"] = {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}
+    objs["items"].append(headless)
+    c.apply(objs)
+    rc, report = c.doctor()
+    policy = next(f for f in report["findings"] if f["check"] == "traffic-policy")
+    assert rc == 1 and "internalTrafficPolicy Local and no ready endpoint on this node" in policy["title"]
+    pod = next(p for p in report["paths"] if "pod default/client" in p["name"])
+    assert not pod["reached"]
+    rc, report = c.doctor("default/web-headless")
+    assert rc == 0 and report["paths"] == [] and "headless" in report["findings"][1]["title"]

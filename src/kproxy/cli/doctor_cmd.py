@@ -36,6 +36,7 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str | None, kubeconfig: str | 
     from kproxy.doctor.report import diagnose, render_json, render_text
     from kproxy.doctor.target import Case, TargetError, load_pods
     from kproxy.k8s.manifests import ManifestError, load
+    from kproxy.progress import busy
     from kproxy.proxy.config import ConfigError, ProxyConfig
 
     obj.read_only()
@@ -55,7 +56,8 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str | None, kubeconfig: str | 
         from kproxy.node import NodeError
 
         try:
-            node = capture_kernel(legacy)
+            with busy("doctor: reading the kernel"):
+                node = capture_kernel(legacy)
         except (CaptureError, NodeError, ValueError) as exc:
             raise click.ClickException(f"cannot read the kernel: {exc}") from None
     else:
@@ -63,7 +65,8 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str | None, kubeconfig: str | 
     hostname = hostname_override or cfg.hostname_override or node.name
     case = Case(node, objs, cfg, hostname, service, pods=pods, pods_known=bool(pods), cfg_given=bool(config_path))
     try:
-        report = diagnose(case)
+        with busy("doctor: checking"):
+            report = diagnose(case)
     except TargetError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(render_json(report) if as_json else render_text(report))

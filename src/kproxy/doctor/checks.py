@@ -107,6 +107,12 @@ def check_endpoints(case: Case, report: Report) -> None:
                 here = " (this node)" if ep.node_name == case.hostname else ""
                 f.add("object", f"{ep.addresses[0]} on {node}{here}: {cond}",
                       f"EndpointSlice {es.key} endpoints[{i}].conditions")
+        if info.internal_local and not any(e.is_local and e.ready for e in eps):
+            report.add(Finding("traffic-policy", WARN,
+                               f"{name}: internalTrafficPolicy Local and no ready endpoint on this node "
+                               f"({case.hostname}): pods and processes here get no answer from the cluster IP",
+                               fix="run a pod of the Service on this node, or use internalTrafficPolicy Cluster")
+                       .add("object", "spec.internalTrafficPolicy: Local", f"Service {svc.key}"))
         if info.external_policy_local and not any(e.is_local and (e.ready or (e.serving and e.terminating))
                                                   for e in eps):
             report.add(Finding("traffic-policy", WARN,

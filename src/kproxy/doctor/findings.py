@@ -96,7 +96,7 @@ class Report:
     @property
     def healthy(self) -> bool:
         """Every path reached an endpoint and no check found an error: doctor's exit status 0."""
-        return bool(self.paths) and all(p.ok for p in self.paths) and not self.errors
+        return all(p.ok for p in self.paths) and not self.errors
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "mode": self.mode, "healthy": self.healthy,
