@@ -77,3 +77,23 @@ def test_kernel_stale_conntrack_entry(node):
     assert f["fix"] == f"conntrack -D -p tcp --orig-dst {VIP} --reply-src 10.244.2.7"
     ns.run(shlex.split(f["fix"]))
     assert doctor(ns, objs)[0] == 0
+
+
+def test_kernel_forward_policy_drop_and_endpoints_not_ready(node):
+    ns, objs = node
+    ns.run(["iptables", "-P", "FORWARD", "DROP"])
+    rc, report = doctor(ns, objs)
+    pod = next(p for p in report["paths"] if "pod default/client" in p["name"])
+    assert rc == 1 and pod["stopped_at"] == "filter FORWARD policy DROP"
+    ns.run(["iptables", "-P", "FORWARD", "ACCEPT"])
+    objs.write_text(yaml.safe_dump(manifests(ready={"10.244.1.6": False, "10.244.2.6": False})))
+    ns.run([KPROXY, "proxy", "--backend", "kernel", "--config", str(EXAMPLES / "kube-proxy.yaml"),
+            "--manifests", str(objs), "--once"])
+    rc, report = doctor(ns, objs)
+    [f] = [f for f in report["findings"] if f["check"] == "endpoints"]
+    assert rc == 1 and f["severity"] == "error" and "0 of 2" in f["title"]
+    assert all("has no endpoints" in p["stopped_at"] for p in report["paths"])
+    objs.write_text(yaml.safe_dump(manifests()))
+    ns.run([KPROXY, "proxy", "--backend", "kernel", "--config", str(EXAMPLES / "kube-proxy.yaml"),
+            "--manifests", str(objs), "--once"])
+    assert doctor(ns, objs)[0] == 0
