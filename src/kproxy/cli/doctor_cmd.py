@@ -69,11 +69,13 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str | None, kubeconfig: str | 
             report = diagnose(case)
     except TargetError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(render_json(report) if as_json else render_text(report))
+    from kproxy.textio import write_text
+
+    write_text(sys.stdout, (render_json(report) if as_json else render_text(report)) + "\n")
     if html_file:
         from kproxy.doctor.html import render_html
 
-        Path(html_file).write_text(render_html(report, node))
+        Path(html_file).write_text(render_html(report, node), encoding="utf-8", errors="replace")
     sys.exit(0 if report.healthy else 1)
 
 

@@ -72,13 +72,13 @@ def load_pods(manifests: str) -> list[Pod]:
             return
         if kind != "Pod":
             return
-        meta = obj.get("metadata") or {}
-        spec = obj.get("spec") or {}
-        status = obj.get("status") or {}
-        conds = {c.get("type"): c.get("status") for c in status.get("conditions") or [] if isinstance(c, dict)}
+        meta, spec, status = (_mapping(obj.get(k)) for k in ("metadata", "spec", "status"))
+        conditions = status.get("conditions")
+        conds = {c.get("type"): c.get("status") for c in conditions if isinstance(c, dict)} \
+            if isinstance(conditions, list) else {}
         ready = None if "Ready" not in conds else conds["Ready"] == "True"
         pods.append(Pod(str(meta.get("namespace") or "default"), str(meta.get("name") or "?"),
-                        {str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+                        {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()},
                         str(status.get("podIP") or ""), str(spec.get("nodeName") or ""),
                         str(status.get("phase") or ""), ready))
 
@@ -86,6 +86,11 @@ def load_pods(manifests: str) -> list[Pod]:
         for doc in load_yaml(f, ManifestError, all_documents=True):
             walk(doc)
     return pods
+
+
+def _mapping(value: Any) -> dict[Any, Any]:
+    """A manifest field that should be a mapping; {} for any other shape (a bad object is skipped, not a crash)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _split_port(text: str) -> tuple[str, str]:
