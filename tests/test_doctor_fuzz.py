@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.test_cli_fuzz import FUZZ, MANIFEST_LINES, WORK, _baseline, invoke, mutated, words
 
 import kproxy.cli.doctor_cmd  # noqa: F401  (registers doctor)
 import kproxy.cli.graph_cmd  # noqa: F401  (registers graph)
-from tests.test_cli_fuzz import FUZZ, MANIFEST_LINES, WORK, _baseline, invoke, mutated, words
 
 POD_LINES = ["metadata: {name: b, namespace: a, labels: {app: web}}", "metadata: {labels: 5}", "labels: [x]",
              "spec: {selector: {app: web}, clusterIP: 10.96.0.9, ports: [{port: 80, nodePort: 30000}]}",
