@@ -360,3 +360,17 @@ def test_internal_traffic_policy_local_and_headless(tmp_path):
     assert not pod["reached"]
     rc, report = c.doctor("default/web-headless")
     assert rc == 0 and report["paths"] == [] and "headless" in report["findings"][1]["title"]
+
+
+def test_rules_compare_what_routes_not_the_flags(tmp_path):
+    """Without kube-proxy's config (its clusterCIDR) doctor still agrees with the rules it wrote: it
+    compares where each rule sends packets, not the local-traffic matches that depend on the flags."""
+    c = Cluster(tmp_path)
+    objs = manifests()
+    objs["items"][0]["spec"]["externalTrafficPolicy"] = "Local"
+    c.apply(objs)
+    res = kp(c.node, "doctor", "default/web", "--manifests", str(c.objs), "--json")
+    report = json.loads(res.output)
+    assert res.exit_code == 0 and not errors(report)
+    rules = next(f for f in report["findings"] if f["check"] == "rules")
+    assert any(e["text"].startswith("-A KUBE-EXT-") and "-j KUBE-SVL-" in e["text"] for e in rules["evidence"])

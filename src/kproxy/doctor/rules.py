@@ -81,29 +81,42 @@ def rule_lines(table: Table, chain: str) -> list[str]:
     return [format_rule(chain, r) for r in ch.rules] if ch is not None else []
 
 
+def signature(line: str) -> tuple[str, ...]:
+    """What a routing rule decides, without the matches that depend on kube-proxy's flags (the local-traffic
+    detector's ``-s clusterCIDR``, masquerade marks): chain, address, port, target, DNAT destination."""
+    def opt(pattern: str) -> str:
+        m = re.search(pattern, line)
+        return m.group(1) if m else ""
+
+    target = opt(r"-j (\S+)")
+    comment = opt(r'--comment ("[^"]*"|\S+)') if target in ("REJECT", "DROP") else ""
+    return (line.split()[1], opt(r"-d (\S+)"), opt(r"--dport (\d+)"), target, opt(r"--to-destination (\S+)"), comment)
+
+
+def _service_lines(case: Case, tables: dict[str, Table], chains: set[tuple[str, str]]) -> Iterator[tuple[str, str, int, str]]:
+    """(table, chain, position, line) of the routing rules the node holds for the Service: all of its own
+    chains' (KUBE-SVC/SVL/EXT/FW/SEP), and those of shared chains whose comment names one of its ports."""
+    names = tuple(f'"{info.name_string}' for info, _ in case.ports) + tuple(f"{info.name_string} " for info, _ in case.ports)
+    own = {prefix + info.svc_chain[len("KUBE-SVC-"):] for info, _ in case.ports
+           for prefix in ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")}
+    for table, chain in sorted(chains | {("nat", c) for c in own}):
+        mine = chain in own or chain.startswith("KUBE-SEP-")
+        for n, line in enumerate(rule_lines(tables[table], chain) if table in tables else [], 1):
+            if KEY_RULE.search(line) and (mine or any(x in line for x in names)):
+                yield table, chain, n, line
+
+
 def _iptables_rules(case: Case, report: Report) -> None:
     tables = case.node.iptables[4].tables
-    missing: list[tuple[str, str]] = []
-    found: list[tuple[str, str, int, str]] = []
-    expected: set[tuple[str, str]] = set()
-    for _info, table, chain, text in _expected(case):
-        expected.add((table, text))
-        have = rule_lines(tables[table], chain) if table in tables else []
-        if text in have:
-            found.append((table, chain, have.index(text) + 1, text))
-        else:
-            missing.append((table, text))
-    extra = []
-    for info, _ in case.ports:
-        for prefix in ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-"):
-            chain = prefix + info.svc_chain[len("KUBE-SVC-"):]
-            for n, line in enumerate(rule_lines(tables["nat"], chain) if "nat" in tables else [], 1):
-                if KEY_RULE.search(line) and ("nat", line) not in expected:
-                    extra.append(("nat", chain, n, line))
+    expected = {signature(text): (table, text) for _info, table, _chain, text in _expected(case)}
+    actual = {signature(line): (table, chain, n, line)
+              for table, chain, n, line in _service_lines(case, tables, {(t, x.split()[1]) for t, x in expected.values()})}
+    missing = [expected[k] for k in expected if k not in actual]
+    extra = [actual[k] for k in actual if k not in expected]
     if not missing and not extra:
-        f = report.add(Finding("rules", OK, f"iptables: the {len(found)} rule(s) that route the Service match its "
+        f = report.add(Finding("rules", OK, f"iptables: the {len(actual)} rule(s) that route the Service match its "
                                "endpoints"))
-        for table, chain, n, text in found:
+        for table, chain, n, text in actual.values():
             f.add("rule", text, f"{table} {chain} #{n}")
         return
     f = report.add(Finding("rules", ERROR, f"iptables rules do not match the objects ({len(missing)} missing, "
