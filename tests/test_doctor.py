@@ -374,3 +374,14 @@ def test_rules_compare_what_routes_not_the_flags(tmp_path):
     assert res.exit_code == 0 and not errors(report)
     rules = next(f for f in report["findings"] if f["check"] == "rules")
     assert any(e["text"].startswith("-A KUBE-EXT-") and "-j KUBE-SVL-" in e["text"] for e in rules["evidence"])
+
+
+def test_closing_and_unanswered_tcp_entries_are_not_stale(tmp_path):
+    """A TIME_WAIT or never-answered SYN_SENT entry to a gone endpoint hangs nobody: not reported."""
+    c = Cluster(tmp_path)
+    c.apply(manifests(pods=("10.244.1.6",)))
+    c.run("trace", "--iif", "cni0", "--src", "10.244.1.5", "--dst", VIP, "--dport", "80", "--sport", "7777")
+    c.apply(manifests(pods=("10.244.2.6",)))
+    assert "SYN_SENT" in c.run("conntrack", "-L")
+    rc, report = c.doctor()
+    assert rc == 0 and not errors(report, "conntrack")

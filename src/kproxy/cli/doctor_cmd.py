@@ -33,8 +33,7 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str | None, kubeconfig: str | 
                backend_name: str, legacy: bool, as_json: bool, html_file: str | None) -> None:
     """Work through the "Service not reachable" checklist for SERVICE (namespace/name[:port] or address:port)
     on this node; exit 0 only when every path reaches an endpoint and nothing is wrong."""
-    from kproxy.doctor.report import diagnose, render_json, render_text
-    from kproxy.doctor.target import Case, TargetError, load_pods
+    from kproxy.doctor.target import Case, load_pods
     from kproxy.k8s.manifests import ManifestError, load
     from kproxy.progress import busy
     from kproxy.proxy.config import ConfigError, ProxyConfig
@@ -64,18 +63,26 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str | None, kubeconfig: str | 
         node = obj.node
     hostname = hostname_override or cfg.hostname_override or node.name
     case = Case(node, objs, cfg, hostname, service, pods=pods, pods_known=bool(pods), cfg_given=bool(config_path))
+    run_doctor(case, as_json, html_file)
+
+
+def run_doctor(case: Any, as_json: bool, html_file: str | None) -> None:
+    """Diagnose, print the report (text or JSON), write the HTML page, and exit 0 only when healthy."""
+    from kproxy.doctor.report import diagnose, render_json, render_text
+    from kproxy.doctor.target import TargetError
+    from kproxy.progress import busy
+    from kproxy.textio import write_text
+
     try:
         with busy("doctor: checking"):
             report = diagnose(case)
     except TargetError as exc:
         raise click.UsageError(str(exc)) from None
-    from kproxy.textio import write_text
-
     write_text(sys.stdout, (render_json(report) if as_json else render_text(report)) + "\n")
     if html_file:
         from kproxy.doctor.html import render_html
 
-        Path(html_file).write_text(render_html(report, node), encoding="utf-8", errors="replace")
+        Path(html_file).write_text(render_html(report, case.node), encoding="utf-8", errors="replace")
     sys.exit(0 if report.healthy else 1)
 
 

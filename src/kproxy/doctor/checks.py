@@ -14,6 +14,9 @@ from kproxy.packet import format_addr
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 CONNTRACK_NEAR_FULL = 0.9
+# TCP states of a connection that still carries data: one pinned to a gone endpoint hangs. Attempts that
+# were never answered (SYN_SENT) and connections closing down (TIME_WAIT, LAST_ACK, CLOSE) hang nobody.
+LIVE_TCP = frozenset({"ESTABLISHED", "SYN_RECV", "FIN_WAIT", "CLOSE_WAIT"})
 
 
 def check_service(case: Case, report: Report) -> None:
@@ -148,7 +151,7 @@ def check_conntrack(case: Case, report: Report) -> None:
     protos = {v: k for k, v in PROTO_NUMBERS.items()}
     for conn in case.node.conntrack.entries(now):
         proto = protos.get(conn.orig.proto)
-        if proto is None or conn.orig.family != 4:
+        if proto is None or conn.orig.family != 4 or (proto == "tcp" and conn.tcp_state not in LIVE_TCP):
             continue
         dst = format_addr(conn.orig.dst, 4)
         key = (proto, f"{dst}:{conn.orig.dport}")

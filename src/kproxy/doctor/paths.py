@@ -28,11 +28,12 @@ class Probe:
 
 
 def _pod_client(case: Case, eps: list[EndpointInfo]) -> tuple[str, str] | None:
-    """(name, address) of a pod on this node to send from: a Pod object, else an address on the pod bridge."""
+    """(name, address) of a pod on this node to send from: a Pod object (one that is not the Service's own
+    endpoint first; else an endpoint, whose packets may come back to itself), else an address on the pod bridge."""
     endpoint_ips = {e.ip for e in eps}
-    for p in case.pods:
-        if p.node_name == case.hostname and p.ip and p.ip not in endpoint_ips:
-            return f"pod {p.key}", p.ip
+    here = sorted((p for p in case.pods if p.node_name == case.hostname and p.ip), key=lambda p: p.ip in endpoint_ips)
+    if here:
+        return f"pod {here[0].key}", here[0].ip
     for iface in case.node.interfaces.values():
         if iface.name.startswith(POD_BRIDGES):
             for a in iface.addresses:
