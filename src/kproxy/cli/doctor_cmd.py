@@ -33,8 +33,8 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str | None, kubeconfig: str | 
                backend_name: str, legacy: bool, as_json: bool, html_file: str | None) -> None:
     """Work through the "Service not reachable" checklist for SERVICE (namespace/name[:port] or address:port)
     on this node; exit 0 only when every path reaches an endpoint and nothing is wrong."""
-    from kproxy.doctor.target import Case, load_pods
-    from kproxy.k8s.manifests import ManifestError, load
+    from kproxy.doctor.target import Case, load_objects
+    from kproxy.k8s.manifests import ManifestError
     from kproxy.progress import busy
     from kproxy.proxy.config import ConfigError, ProxyConfig
 
@@ -43,9 +43,8 @@ def doctor_cmd(obj: Ctx, service: str, manifests: str | None, kubeconfig: str | 
         raise click.UsageError("give the objects with --manifests, or the API server with --kubeconfig/--master")
     try:
         cfg = ProxyConfig.load(config_path) if config_path else ProxyConfig()
-        objs = load(manifests) if manifests else api_objects(kubeconfig or "", master or "",
-                                                             hostname_override or cfg.hostname)
-        pods = load_pods(manifests) if manifests else []
+        objs, pods = load_objects(manifests) if manifests else \
+            (api_objects(kubeconfig or "", master or "", hostname_override or cfg.hostname), [])
     except (ConfigError, ManifestError) as exc:
         raise click.ClickException(str(exc)) from None
     for w in objs.warnings:

@@ -243,8 +243,7 @@ def lab_doctor(directory: str, as_json: bool, html_file: str | None, node: str, 
 def _doctor_emulated(state, node: str, service: str, objects: Path, config: Path, as_json: bool,
                      html_file: str | None) -> None:
     from kproxy.cli.doctor_cmd import run_doctor
-    from kproxy.doctor.target import Case, load_pods
-    from kproxy.k8s.manifests import load
+    from kproxy.doctor.target import Case, load_objects
     from kproxy.lab.cluster import LabError
     from kproxy.lab.emulated import EmulatedLab
     from kproxy.proxy.config import ProxyConfig
@@ -253,9 +252,9 @@ def _doctor_emulated(state, node: str, service: str, objects: Path, config: Path
         twin = EmulatedLab.reopen(state)
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
-    pods = load_pods(str(objects))
-    case = Case(twin.nodes[node], load(objects), ProxyConfig.load(config), node, service, pods=pods,
-                pods_known=True, cfg_given=True)
+    objs, pods = load_objects(str(objects))
+    case = Case(twin.nodes[node], objs, ProxyConfig.load(config), node, service, pods=pods, pods_known=True,
+                cfg_given=True)
     run_doctor(case, as_json, html_file)
 
 

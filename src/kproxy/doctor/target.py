@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.k8s.manifests import ManifestError, Objects, manifest_files
+from kproxy.k8s.manifests import ManifestError, Objects, add_documents, manifest_files
 from kproxy.k8s.objects import Service
 from kproxy.node import Node
 from kproxy.packet import format_addr
@@ -58,34 +58,38 @@ class Case:
                 if a.family == 4 and i.name != "lo" and not i.name.startswith("kube-ipvs")]
 
 
-def load_pods(manifests: str) -> list[Pod]:
-    """Pod objects in the manifests (kube-proxy ignores them; doctor matches selectors against them)."""
+def load_objects(manifests: str) -> tuple[Objects, list[Pod]]:
+    """The objects kube-proxy reads and the Pod objects (doctor matches selectors against them), from one
+    parse of the manifests."""
+    objs = Objects()
     pods: list[Pod] = []
-
-    def walk(obj: Any) -> None:
-        if not isinstance(obj, dict):
-            return
-        kind = obj.get("kind")
-        if isinstance(kind, str) and kind.endswith("List"):
-            for item in obj.get("items") or []:
-                walk(item)
-            return
-        if kind != "Pod":
-            return
-        meta, spec, status = (_mapping(obj.get(k)) for k in ("metadata", "spec", "status"))
-        conditions = status.get("conditions")
-        conds = {c.get("type"): c.get("status") for c in conditions if isinstance(c, dict)} \
-            if isinstance(conditions, list) else {}
-        ready = None if "Ready" not in conds else conds["Ready"] == "True"
-        pods.append(Pod(str(meta.get("namespace") or "default"), str(meta.get("name") or "?"),
-                        {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()},
-                        str(status.get("podIP") or ""), str(spec.get("nodeName") or ""),
-                        str(status.get("phase") or ""), ready))
-
     for f in manifest_files(manifests):
-        for doc in load_yaml(f, ManifestError, all_documents=True):
-            walk(doc)
-    return pods
+        docs = load_yaml(f, ManifestError, all_documents=True)
+        add_documents(objs, f, docs)
+        for doc in docs:
+            _pods(doc, pods)
+    return objs, pods
+
+
+def _pods(obj: Any, out: list[Pod]) -> None:
+    if not isinstance(obj, dict):
+        return
+    kind = obj.get("kind")
+    if isinstance(kind, str) and kind.endswith("List") and isinstance(obj.get("items"), list):
+        for item in obj["items"]:
+            _pods(item, out)
+        return
+    if kind != "Pod":
+        return
+    meta, spec, status = (_mapping(obj.get(k)) for k in ("metadata", "spec", "status"))
+    conditions = status.get("conditions")
+    conds = {c.get("type"): c.get("status") for c in conditions if isinstance(c, dict)} \
+        if isinstance(conditions, list) else {}
+    ready = None if "Ready" not in conds else conds["Ready"] == "True"
+    out.append(Pod(str(meta.get("namespace") or "default"), str(meta.get("name") or "?"),
+                   {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()},
+                   str(status.get("podIP") or ""), str(spec.get("nodeName") or ""),
+                   str(status.get("phase") or ""), ready))
 
 
 def _mapping(value: Any) -> dict[Any, Any]:
