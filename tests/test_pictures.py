@@ -11,7 +11,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from tests.test_doctor import EXAMPLES, VIP, Cluster, kp, manifests
+
+from kproxy.cli.main import cli
 
 SVG = "{http://www.w3.org/2000/svg}"
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz (Debian package graphviz) not installed")
@@ -164,3 +167,14 @@ class DomSummary(HTMLParser):
             self.svg_titles.add(data.strip())
         elif not self._in_svg:
             self.text.append(data)
+
+
+def test_too_big_to_draw_is_a_one_line_error(tmp_path):
+    node = str(tmp_path / "n.db")
+    rules = "*filter\n" + "".join(f":C{i} - [0:0]\n" for i in range(450)) + \
+        "".join(f"-A INPUT -s 10.0.{i // 250}.{i % 250}/32 -j C{i}\n" for i in range(450)) + "COMMIT\n"
+    assert CliRunner().invoke(cli, ["--node", node, "iptables-restore"], input=rules).exit_code == 0
+    big = kp(node, "graph", "--format", "svg")
+    assert big.exit_code == 2 and "453 chains are too many to draw (at most 400)" in big.output
+    assert "C449" in kp(node, "graph", "--format", "dot").output
+    assert kp(node, "graph", "--chain", "C7", "--format", "dot").output.count("[label=") == 1

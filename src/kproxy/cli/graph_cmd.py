@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from kproxy.cli.main import Ctx, cli
+
+MAX_DRAWN = 400       # chains in an SVG: beyond this dot takes minutes and the picture is unreadable
 
 
 def emit(graph: Any, fmt: str, output: str | None) -> None:
@@ -22,6 +25,17 @@ def emit(graph: Any, fmt: str, output: str | None) -> None:
     else:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)
+
+
+def draw(build: Callable[[int | None], Any], fmt: str, output: str | None) -> None:
+    """Build the picture (at most MAX_DRAWN chains for SVG) and emit it; a one-line error when it is too big."""
+    from kproxy.pictures.render import PictureError
+
+    try:
+        graph = build(MAX_DRAWN if fmt == "svg" else None)
+    except PictureError as exc:
+        raise click.UsageError(str(exc)) from None
+    emit(graph, fmt, output)
 
 
 @cli.command("graph")
@@ -51,7 +65,7 @@ def graph_cmd(obj: Ctx, table: str | None, nft_table: str | None, ipv6: bool, ch
             raise click.UsageError(f"--nft: no table {nft_family} {name} on the node")
         if chain is not None and chain not in t.chains:
             raise click.UsageError(f"--chain: no chain {chain} in table {nft_family} {name}")
-        emit(nft_graph(t, chain), fmt, output)
+        draw(lambda most: nft_graph(t, chain, most), fmt, output)
         return
     family = 6 if ipv6 else 4
     name = table or "filter"
@@ -62,4 +76,4 @@ def graph_cmd(obj: Ctx, table: str | None, nft_table: str | None, ipv6: bool, ch
         raise click.UsageError(f"-t {name}: the table does not exist on this node yet (no rule has used it)")
     if chain is not None and chain not in tbl.chains:
         raise click.UsageError(f"--chain: no chain {chain} in table {name}")
-    emit(iptables_graph(tbl, family, chain), fmt, output)
+    draw(lambda most: iptables_graph(tbl, family, chain, most), fmt, output)

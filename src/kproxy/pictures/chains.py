@@ -11,7 +11,7 @@ from typing import Any
 import graphviz
 
 from kproxy.iptables.model import STANDARD_VERDICTS, Table
-from kproxy.pictures.render import label
+from kproxy.pictures.render import PictureError, label
 
 
 def _graph(name: str) -> graphviz.Digraph:
@@ -46,16 +46,31 @@ def _reachable(edges: dict[str, list[str]], roots: list[str]) -> set[str]:
     return seen
 
 
-def iptables_graph(table: Table, family: int = 4, root: str | None = None) -> graphviz.Digraph:
-    """One iptables table; ``root`` keeps only the chains reachable from that chain."""
+def _limit(keep: set[str], most: int | None, root: str | None) -> None:
+    if most is not None and len(keep) > most:
+        many = f"more than {most} chains reachable from {root}" if root else f"{len(keep)} chains"
+        raise PictureError(f"{many} are too many to draw (at most {most}): pick a chain further down "
+                           "with --chain (e.g. a KUBE-SVC-... chain), or take --format dot")
+
+
+def iptables_graph(table: Table, family: int = 4, root: str | None = None, most: int | None = None) -> graphviz.Digraph:
+    """One iptables table; ``root`` keeps only the chains reachable from that chain; PictureError beyond
+    ``most`` chains."""
     jumps: dict[tuple[str, str, bool], list[tuple[int, int]]] = {}
-    succ: dict[str, list[str]] = {}
-    for chain in table.chains.values():
-        for n, rule in enumerate(chain.rules, 1):
+    if root is None:
+        _limit(set(table.chains), most, root)
+    keep: set[str] = set()
+    todo = [root] if root else list(table.chains)
+    while todo:               # from the root only: a chain's rules are read only when it is drawn
+        name = todo.pop()
+        if name in keep or name not in table.chains:
+            continue
+        keep.add(name)
+        _limit(keep, most, root)
+        for n, rule in enumerate(table.chains[name].rules, 1):
             if rule.jump and rule.jump not in STANDARD_VERDICTS:
-                jumps.setdefault((chain.name, rule.jump, rule.goto), []).append((n, rule.packets))
-                succ.setdefault(chain.name, []).append(rule.jump)
-    keep = _reachable(succ, [root]) if root else set(table.chains)
+                jumps.setdefault((name, rule.jump, rule.goto), []).append((n, rule.packets))
+                todo.append(rule.jump)
     g = _graph(f"{'ip6tables' if family == 6 else 'iptables'} -t {table.name}" + (f" from {root}" if root else ""))
     for chain in table.chains.values():
         if chain.name in keep:
@@ -96,7 +111,15 @@ def _rule_targets(rule: Any) -> Iterator[tuple[str, str, str]]:
             yield node.kind, node.target, ""
 
 
-def nft_graph(table: Any, root: str | None = None) -> graphviz.Digraph:
+def _nft_counted(chain: Any) -> str:
+    """The packets its rules' counters saw ("" when it has no counters)."""
+    from kproxy.nftables.stmt import Counter
+
+    counters = [st for rule in chain.rules for st in rule.stmts if isinstance(st, Counter) and st.name is None]
+    return f"counters: {sum(c.packets for c in counters)} pkts" if counters else ""
+
+
+def nft_graph(table: Any, root: str | None = None, most: int | None = None) -> graphviz.Digraph:
     """One nft table (``kproxy.nftables.model.Table``): chains, jumps/gotos and verdict maps."""
     from kproxy.nftables.expr import Opts, Verdict
 
@@ -118,11 +141,13 @@ def nft_graph(table: Any, root: str | None = None) -> graphviz.Digraph:
                 maps.setdefault(s.name, []).append((e.key.text(opts), e.data.target, e.data.kind))
                 succ.setdefault(f"@{s.name}", []).append(e.data.target)
     keep = _reachable(succ, [root]) if root else set(table.chains) | {f"@{m}" for m in maps}
+    _limit(keep, most, root)
     g = _graph(f"nft table {table.family} {table.name}" + (f" from {root}" if root else ""))
     for chain in table.chains.values():
         if chain.name in keep:
             base = f"type {chain.type} hook {chain.hook} priority {chain.prio}\npolicy {chain.policy}" if chain.base else ""
-            _chain_node(g, chain.name, len(chain.rules), base)
+            pkts = _nft_counted(chain)
+            _chain_node(g, chain.name, len(chain.rules), "\n".join(x for x in (base, pkts) if x))
     for name, elems in maps.items():
         if f"@{name}" in keep:
             g.node(f"@{name}", label(f"map @{name}\n{len(elems)} elements"), shape="cylinder", fillcolor="#e4f5e1")
