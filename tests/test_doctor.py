@@ -385,3 +385,15 @@ def test_closing_and_unanswered_tcp_entries_are_not_stale(tmp_path):
     assert "SYN_SENT" in c.run("conntrack", "-L")
     rc, report = c.doctor()
     assert rc == 0 and not errors(report, "conntrack")
+
+
+def test_blind_rule_in_a_user_chain_is_rewritten_for_the_built_in_chain(tmp_path):
+    c = Cluster(tmp_path)
+    c.apply(manifests())
+    c.run("iptables", "-N", "MY-FW")
+    c.run("iptables", "-A", "INPUT", "-j", "MY-FW")
+    c.run("iptables", "-A", "MY-FW", "-s", "198.51.100.7", "-d", VIP, "-j", "REJECT")
+    rc, report = c.doctor()
+    [f] = errors(report, "user-rule")
+    assert rc == 1 and f["title"].startswith("filter MY-FW rule 1 (reached from INPUT) matches")
+    assert f"iptables -t filter -I FORWARD 1 -s 198.51.100.7/32 -m conntrack --ctorigdst {VIP} -j REJECT" in f["fix"]

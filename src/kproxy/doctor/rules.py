@@ -195,19 +195,20 @@ def _nft_rules(case: Case, report: Report) -> None:
 
 
 # ---- user rules that DNAT made blind -------------------------------------------------------------------
-def _reachable(table: Table, starts: tuple[str, ...]) -> Iterator[tuple[str, int, Rule]]:
-    """Rules of the given built-in chains and the user chains they jump to (kube-proxy's own excluded)."""
+def _reachable(table: Table, starts: tuple[str, ...]) -> Iterator[tuple[str, str, int, Rule]]:
+    """(built-in chain it is reached from, chain, position, rule) for the rules of the given built-in chains
+    and of the user chains they jump to (kube-proxy's own excluded)."""
     seen: set[str] = set()
-    todo = [c for c in starts if c in table.chains]
+    todo = [(c, c) for c in starts if c in table.chains]
     while todo:
-        name = todo.pop(0)
+        origin, name = todo.pop(0)
         if name in seen or name.startswith("KUBE-"):
             continue
         seen.add(name)
         for n, rule in enumerate(table.chains[name].rules, 1):
-            yield name, n, rule
+            yield origin, name, n, rule
             if rule.jump and rule.jump not in STANDARD_VERDICTS and rule.jump in table.chains:
-                todo.append(rule.jump)
+                todo.append((origin, rule.jump))
 
 
 def _dports(rule: Rule) -> tuple[int, int] | None:
@@ -241,9 +242,9 @@ def blind_reason(case: Case, rule: Rule) -> tuple[str, str, int] | None:
     return None
 
 
-def rewrite(chain: str, rule: Rule, orig_dst: str, orig_port: int) -> tuple[str, str]:
-    """(chain, rule spec) matching the connection's original destination (-m conntrack --ctorigdst and
-    --ctorigdstport) instead: in FORWARD when the rule was in INPUT, since DNATed packets are forwarded."""
+def rewrite(origin: str, rule: Rule, orig_dst: str, orig_port: int) -> tuple[str, str]:
+    """(built-in chain, rule spec) matching the connection's original destination (-m conntrack --ctorigdst
+    and --ctorigdstport) instead: in FORWARD when the rule ran from INPUT, since DNATed packets are forwarded."""
     spec = rule_spec(rule)
     if rule.dst is not None and orig_dst:
         spec = spec.replace(f"-d {format_net(rule.dst)} ", "", 1)
@@ -253,7 +254,7 @@ def rewrite(chain: str, rule: Rule, orig_dst: str, orig_port: int) -> tuple[str,
         ct += ["--ctorigdstport", str(orig_port)]
     parts = shlex.split(spec)
     i = parts.index("-j") if "-j" in parts else len(parts)
-    return ("FORWARD" if chain == "INPUT" else chain), " ".join([*parts[:i], *ct, *parts[i:]])
+    return ("FORWARD" if origin == "INPUT" else origin), " ".join([*parts[:i], *ct, *parts[i:]])
 
 
 def check_blind_rules(case: Case, report: Report, mode: str) -> None:
@@ -265,17 +266,18 @@ def check_blind_rules(case: Case, report: Report, mode: str) -> None:
         table = tables.get(tname)
         if table is None:
             continue
-        for chain, n, rule in _reachable(table, starts):
+        for origin, chain, n, rule in _reachable(table, starts):
             why = blind_reason(case, rule)
             if why is None:
                 continue
             what, orig_dst, port = why
             line = format_rule(chain, rule)
-            new_chain, spec = rewrite(chain, rule, orig_dst, port)
+            new_chain, spec = rewrite(origin, rule, orig_dst, port)
             spec = canonical(f"-A {new_chain} {spec}", tname).split(" ", 2)[2]
             report.add(Finding(
                 "user-rule", ERROR,
-                f"{tname} {chain} rule {n} matches the Service's {what} but never sees it: kube-proxy's DNAT in nat "
+                f"{tname} {chain} rule {n}" + (f" (reached from {origin})" if origin != chain else "") +
+                f" matches the Service's {what} but never sees it: kube-proxy's DNAT in nat "
                 "PREROUTING/OUTPUT rewrote the destination to an endpoint before this chain runs",
                 [], f"match the connection's original destination instead, first in {new_chain} (where the DNATed packets go, "
                 f"before kube-proxy's accepting rules): iptables -t {tname} -I {new_chain} 1 {spec} ; then delete "
