@@ -178,3 +178,17 @@ def test_too_big_to_draw_is_a_one_line_error(tmp_path):
     assert big.exit_code == 2 and "453 chains are too many to draw (at most 400)" in big.output
     assert "C449" in kp(node, "graph", "--format", "dot").output
     assert kp(node, "graph", "--chain", "C7", "--format", "dot").output.count("[label=") == 1
+
+
+@needs_dot
+def test_doctor_html_draws_the_nft_service_chains(tmp_path):
+    from tests.test_doctor import NFT_SERVICE
+
+    c = Cluster(tmp_path)
+    c.objs.write_text(__import__("yaml").safe_dump(NFT_SERVICE))
+    c.run("nft", "-f", str(Path(__file__).parent / "data" / "nft" / "kube_proxy.nft"))
+    page = tmp_path / "nft.html"
+    assert kp(c.node, "doctor", "ns1/svc1", "--manifests", str(c.objs), "--html", str(page)).exit_code == 0
+    html = page.read_text()
+    assert "<h3>service-ULMVA6XW-ns1/svc1/tcp/p80</h3>" in html
+    assert html.count("<svg") == 3          # two paths and the service chain fanning out to its endpoints

@@ -63,17 +63,26 @@ def _path(n: int, p: PathResult) -> str:
 
 
 def _chains(report: Report, node: Node) -> str:
-    """The Service's nat chains (iptables mode): from each KUBE-SVC chain named in the rules finding."""
-    from kproxy.pictures.chains import iptables_graph
+    """The Service's chains: from each KUBE-EXT/KUBE-SVC chain (iptables mode) or service chain (nftables
+    mode) named in the rules finding."""
+    from kproxy.doctor.rules import NFT_TABLE
+    from kproxy.pictures.chains import iptables_graph, nft_graph
 
+    texts = [e.text for f in report.findings if f.check == "rules" for e in f.evidence]
     nat = node.iptables[4].tables.get("nat")
-    if nat is None or report.mode != "iptables":
+    if report.mode == "iptables" and nat is not None:
+        roots = sorted({m.group(0) for t in texts for m in re.finditer(r"KUBE-(?:EXT|SVC)-[A-Z0-9]{16}", t)
+                        if m.group(0) in nat.chains})
+        ext = [r for r in roots if r.startswith("KUBE-EXT-")]
+        roots = ext + [r for r in roots if r.startswith("KUBE-SVC-") and "KUBE-EXT-" + r[9:] not in ext]
+        graphs = [(r, iptables_graph(nat, 4, r)) for r in roots]
+    elif report.mode == "nftables":
+        table = node.nftables.find("ip", NFT_TABLE)
+        roots = sorted({m.group(1) for t in texts for m in re.finditer(r"^chain (service-\S+)", t)})
+        graphs = [(r, nft_graph(table, r)) for r in roots if r in table.chains]
+    else:
         return ""
-    roots = sorted({m.group(0) for f in report.findings if f.check == "rules" for e in f.evidence
-                    for m in re.finditer(r"KUBE-(?:EXT|SVC)-[A-Z0-9]{16}", e.text) if m.group(0) in nat.chains})
-    ext = [r for r in roots if r.startswith("KUBE-EXT-")]
-    roots = ext + [r for r in roots if r.startswith("KUBE-SVC-") and "KUBE-EXT-" + r[9:] not in ext]
-    return "\n".join(f"<h3>{escape(r)}</h3>" + _svg(iptables_graph(nat, 4, r), f"chain{i}") for i, r in enumerate(roots))
+    return "\n".join(f"<h3>{escape(r)}</h3>" + _svg(g, f"chain{i}") for i, (r, g) in enumerate(graphs))
 
 
 def render_html(report: Report, node: Node) -> str:
