@@ -397,3 +397,21 @@ def test_blind_rule_in_a_user_chain_is_rewritten_for_the_built_in_chain(tmp_path
     [f] = errors(report, "user-rule")
     assert rc == 1 and f["title"].startswith("filter MY-FW rule 1 (reached from INPUT) matches")
     assert f"iptables -t filter -I FORWARD 1 -s 198.51.100.7/32 -m conntrack --ctorigdst {VIP} -j REJECT" in f["fix"]
+
+
+def test_ipvs_mode_blind_forward_rule_moves_to_input(tmp_path):
+    """In IPVS mode filter INPUT sees the Service address (IPVS runs after it) and FORWARD never does."""
+    c = Cluster(tmp_path, mode="ipvs")
+    c.apply(manifests())
+    c.run("iptables", "-I", "FORWARD", "1", "-s", "198.51.100.7", "-d", VIP, "-j", "DROP")
+    rc, report = c.doctor()
+    [f] = errors(report, "user-rule")
+    assert rc == 1 and f["evidence"][0]["where"] == "filter FORWARD #1" and "IPVS" in f["title"]
+    fixed = re.search(r"iptables (-I INPUT 1 [^;]+?) ;", f["fix"]).group(1)
+    assert fixed == f"-I INPUT 1 -s 198.51.100.7/32 -d {VIP}/32 -j DROP"
+    c.run("iptables", *shlex.split(fixed))
+    c.run("iptables", "-D", "FORWARD", "1")
+    assert c.doctor()[0] == 0
+    probe = json.loads(c.run("trace", "--iif", "eth0", "--src", "198.51.100.7", "--dst", VIP, "--dport", "80",
+                             "--json", "--dry-run"))[0]
+    assert probe["fate"] == "dropped" and probe["hook"] == "INPUT"

@@ -24,6 +24,11 @@ NFT_TABLE = "kube-proxy"
 # sees the endpoint's address and port, never the Service's.
 AFTER_DNAT = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "mangle": ("INPUT", "FORWARD", "POSTROUTING"),
               "nat": ("INPUT", "POSTROUTING"), "security": ("INPUT", "FORWARD", "OUTPUT")}
+# In IPVS mode the virtual server takes the packet at INPUT (after filter INPUT, which sees the Service
+# address) and sends it on through OUTPUT and POSTROUTING rewritten: FORWARD never sees it, OUTPUT and
+# POSTROUTING see the real server.
+AFTER_IPVS = {"filter": ("FORWARD", "OUTPUT"), "mangle": ("FORWARD", "POSTROUTING"), "nat": ("POSTROUTING",),
+              "security": ("FORWARD", "OUTPUT")}
 KEY_RULE = re.compile(r"-j (KUBE-SEP-|KUBE-SVC-|KUBE-SVL-|KUBE-EXT-|KUBE-FW-|DNAT|REJECT|DROP)")
 
 
@@ -259,10 +264,10 @@ def rewrite(origin: str, rule: Rule, orig_dst: str, orig_port: int) -> tuple[str
 
 def check_blind_rules(case: Case, report: Report, mode: str) -> None:
     """The seed's problem 1: "I added a DROP rule but K8s still routes traffic"."""
-    if case.service is None or not case.ports or mode not in ("iptables", "nftables"):
+    if case.service is None or not case.ports or mode not in ("iptables", "nftables", "ipvs"):
         return
     tables = case.node.iptables[4].tables
-    for tname, starts in AFTER_DNAT.items():
+    for tname, starts in (AFTER_IPVS if mode == "ipvs" else AFTER_DNAT).items():
         table = tables.get(tname)
         if table is None:
             continue
@@ -272,6 +277,9 @@ def check_blind_rules(case: Case, report: Report, mode: str) -> None:
                 continue
             what, orig_dst, port = why
             line = format_rule(chain, rule)
+            if mode == "ipvs":
+                report.add(_blind_to_ipvs(tname, origin, chain, n, rule, what))
+                continue
             new_chain, spec = rewrite(origin, rule, orig_dst, port)
             spec = canonical(f"-A {new_chain} {spec}", tname).split(" ", 2)[2]
             report.add(Finding(
@@ -283,6 +291,18 @@ def check_blind_rules(case: Case, report: Report, mode: str) -> None:
                 f"before kube-proxy's accepting rules): iptables -t {tname} -I {new_chain} 1 {spec} ; then delete "
                 f"the old rule: iptables -t {tname} -D {chain} {n}. "
                 "Or better: a NetworkPolicy").add("rule", line, f"{tname} {chain} #{n}"))
+
+
+def _blind_to_ipvs(table: str, origin: str, chain: str, n: int, rule: Rule, what: str) -> Finding:
+    """IPVS mode: the rule is where the Service's packets never pass with that address; INPUT sees it."""
+    spec = rule_spec(rule)
+    return Finding("user-rule", ERROR,
+                   f"{table} {chain} rule {n}" + (f" (reached from {origin})" if origin != chain else "") +
+                   f" matches the Service's {what} but never sees it: in IPVS mode the virtual server takes the "
+                   "packet at INPUT and sends it on rewritten to a real server (FORWARD never sees it)",
+                   fix=f"match it in filter INPUT, which runs before IPVS: iptables -I INPUT 1 {spec} ; then delete "
+                   f"the old rule: iptables -t {table} -D {chain} {n}").add("rule", format_rule(chain, rule),
+                                                                          f"{table} {chain} #{n}")
 
 
 # nft base chains that run after DNAT (nat at priority -100 in prerouting and output).
