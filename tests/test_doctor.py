@@ -415,3 +415,13 @@ def test_ipvs_mode_blind_forward_rule_moves_to_input(tmp_path):
     probe = json.loads(c.run("trace", "--iif", "eth0", "--src", "198.51.100.7", "--dst", VIP, "--dport", "80",
                              "--json", "--dry-run"))[0]
     assert probe["fate"] == "dropped" and probe["hook"] == "INPUT"
+
+
+def test_an_ipv6_only_service_is_said_to_be_unchecked(tmp_path):
+    c = Cluster(tmp_path)
+    objs = manifests()
+    objs["items"][0]["spec"].update(clusterIP="fd00::20", clusterIPs=["fd00::20"], ipFamilies=["IPv6"])
+    c.apply(objs, sync=False)
+    rc, report = c.doctor()
+    assert rc == 0 and report["paths"] == []
+    assert any(f["severity"] == "warning" and "IPv4 only" in f["title"] for f in report["findings"])

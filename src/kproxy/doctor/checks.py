@@ -39,6 +39,9 @@ def check_service(case: Case, report: Report) -> None:
     if case.problem:
         f.severity, f.title = ERROR, case.problem
         return
+    if not case.ports:
+        report.add(Finding("service", WARN, f"{where} has no IPv4 cluster IP: doctor examines IPv4 only, so "
+                           "nothing was checked").add("object", f"spec.clusterIPs: {', '.join(svc.cluster_ips)}", where))
     _check_selector(case, report)
 
 
