@@ -58,6 +58,8 @@ def describe_links() -> dict[str, Any]:
         path = Path("/proc/sys", *name.split("."))
         if path.exists():
             sysctls[name] = path.read_text().strip()
+        elif name == "net.bridge.bridge-nf-call-iptables":
+            sysctls[name] = "0"          # br_netfilter not loaded: iptables never sees bridged packets
     return {"name": _run(["uname", "-n"]).strip() or "node", "interfaces": interfaces, "routes": routes,
             "sysctls": sysctls}
 
