@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in iptables:iptables-save nftables:nft ipset:ipset conntrack:conntrack iproute2:ip ipvsadm:ipvsadm tcpdump:tcpdump; do
+for pair in iptables:iptables-save nftables:nft ipset:ipset conntrack:conntrack iproute2:ip ipvsadm:ipvsadm tcpdump:tcpdump \
+    graphviz:dot chromium:chromium; do
   pkg=${pair%%:*}; bin=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

@@ -88,6 +88,8 @@ def result_json(res: Result) -> dict[str, Any]:
 @click.option("--nft-monitor", is_flag=True,
               help="Print what 'nft monitor trace' would print for these packets (the nft rules they meet once "
                    "'meta nftrace set 1' or iptables' TRACE marked them; trace ids are random, as in nft).")
+@click.option("--format", "fmt", type=click.Choice(["text", "svg", "dot"]), default="text", show_default=True,
+              help="svg/dot: draw the packets' paths (hooks, tables, chains, rules, NAT) with graphviz.")
 @click.option("--dry-run", is_flag=True, help="Do not save conntrack and counter changes to the node file.")
 @click.option("--from-pod", help="NS/NAME: the packet comes from this pod (its address and the interface to it).")
 @click.option("--to-service", help="NS/NAME:PORT: the packet goes to this Service port's cluster IP.")
@@ -95,8 +97,8 @@ def result_json(res: Result) -> dict[str, Any]:
 @click.pass_obj
 def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str | None, proto: str,
               sport: int | None, dport: int, tcp_flags: str | None, mark: str, count: int,
-              packet_file: str | None, as_json: bool, nft_monitor: bool, dry_run: bool, from_pod: str | None,
-              to_service: str | None, manifests: str | None) -> None:
+              packet_file: str | None, as_json: bool, nft_monitor: bool, fmt: str, dry_run: bool,
+              from_pod: str | None, to_service: str | None, manifests: str | None) -> None:
     """Inject packets and print every hook, table, chain and rule they meet, and their fate."""
     if from_pod or to_service:
         src, iif, dst, dport, proto = _shorthands(obj, from_pod, to_service, manifests, src, iif, dst, dport, proto)
@@ -111,7 +113,7 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
             argv = _spec_argv(iif, local, src, dst, proto, sport, dport, tcp_flags, mark)
             specs = [parse_spec_args(argv)]
         node = obj.node
-        keep = count <= 3 or as_json or nft_monitor
+        keep = count <= 3 or as_json or nft_monitor or fmt != "text"
         cached = node.nftables.copy() if nft_monitor and getattr(node, "nftables", None) is not None else None
         results = run_specs(node, specs, count, keep_traces=keep)
     except SpecError as exc:
@@ -123,6 +125,13 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
             assert res.trace is not None
             for line in monitor_lines(res.trace, cached):
                 click.echo(line)
+    elif fmt != "text":
+        from kproxy.cli.graph_cmd import emit
+        from kproxy.pictures.tracepic import trace_graph
+
+        if len(results) > 20:
+            raise click.UsageError(f"--format {fmt}: {len(results)} packets are too many to draw (at most 20)")
+        emit(trace_graph([[e.as_dict() for e in r.trace.events] for r in results if r.trace is not None]), fmt, None)
     elif as_json:
         click.echo(json.dumps([result_json(r) for r in results], indent=1))
     elif keep:

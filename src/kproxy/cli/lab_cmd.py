@@ -38,6 +38,7 @@ def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> 
     """Create the cluster in DESCRIPTION (nodes, deployments, services)."""
     from kproxy.lab.cluster import Lab, LabError, LabSpec, modes_unavailable, start_proxies
     from kproxy.lab.netns import kernel_lab_available
+    from kproxy.progress import busy
 
     try:
         spec = LabSpec.load(description)
@@ -49,8 +50,9 @@ def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> 
         from kproxy.lab.emulated import EmulatedLab
 
         try:
-            twin = EmulatedLab(spec)
-            twin.sync()
+            with busy("lab: building the emulated cluster"):
+                twin = EmulatedLab(spec)
+                twin.sync()
         except LabError as exc:
             raise click.ClickException(str(exc)) from None
         _print_status(twin.save(directory, Path(description).read_text()))
@@ -62,13 +64,15 @@ def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> 
     if reason:
         raise click.ClickException(f"cannot run the lab's kproxies on this kernel: {reason}")
     try:
-        state = Lab(spec, directory).up()
+        with busy("lab: building the namespaces, pods and routes"):
+            state = Lab(spec, directory).up()
     except (LabError, subprocess.CalledProcessError, OSError) as exc:
         raise click.ClickException(f"cannot build the lab: {_one_line(exc)}") from None
     Path(directory, "description.yaml").write_text(Path(description).read_text())
     if not no_proxy:
         try:
-            start_proxies(spec, state)
+            with busy("lab: starting kproxy on the nodes"):
+                start_proxies(spec, state)
         except BaseException as exc:
             from kproxy.lab.cluster import down
 
@@ -204,6 +208,56 @@ def _emulated_sender(state, where: str, udp: bool):
         raise click.ClickException(str(exc)) from None
     proto = "udp" if udp else "tcp"
     return lambda host, port, sport: twin.request(src, host, port, proto, sport).line()
+
+
+@lab_group.command("doctor")
+@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The findings and traces as JSON.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write the HTML page here.")
+@click.argument("node")
+@click.argument("service")
+def lab_doctor(directory: str, as_json: bool, html_file: str | None, node: str, service: str) -> None:
+    """kproxy doctor for SERVICE on NODE: the node's kernel (or emulated twin), the lab's objects and pods."""
+    import yaml
+
+    from kproxy.lab.cluster import LabError, LabSpec, manifests, pod_objects, proxy_config
+
+    state = _state(directory)
+    if node not in state.nodes:
+        raise click.ClickException(f"no node called {node!r} in the lab (its nodes: {', '.join(state.nodes)})")
+    try:
+        spec = LabSpec.load(Path(state.dir, "description.yaml"))
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    objects = Path(state.dir, "doctor-objects.yaml")
+    objects.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List",
+                                       "items": manifests(spec, state) + pod_objects(state)}, sort_keys=False))
+    config = Path(state.dir, f"{node}-doctor-config.yaml")
+    config.write_text(proxy_config(spec, node))
+    if state.emulated:
+        _doctor_emulated(state, node, service, objects, config, as_json, html_file)
+    flags = ["--json"] * as_json + (["--html", str(Path(html_file).resolve())] if html_file else [])
+    argv = [sys.executable, "-m", "kproxy", "doctor", service, "--backend", "kernel", "--manifests", str(objects),
+            "--config", str(config), *flags]
+    sys.exit(subprocess.run(["ip", "netns", "exec", state.nodes[node], *argv]).returncode)
+
+
+def _doctor_emulated(state, node: str, service: str, objects: Path, config: Path, as_json: bool,
+                     html_file: str | None) -> None:
+    from kproxy.cli.doctor_cmd import run_doctor
+    from kproxy.doctor.target import Case, load_objects
+    from kproxy.lab.cluster import LabError
+    from kproxy.lab.emulated import EmulatedLab
+    from kproxy.proxy.config import ProxyConfig
+
+    try:
+        twin = EmulatedLab.reopen(state)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    objs, pods = load_objects(str(objects))
+    case = Case(twin.nodes[node], objs, ProxyConfig.load(config), node, service, pods=pods, pods_known=True,
+                cfg_given=True)
+    run_doctor(case, as_json, html_file)
 
 
 @lab_group.command("scale")

@@ -93,26 +93,32 @@ def cli(ctx: click.Context, node_path: str | None) -> None:
 
 
 def run_tool(obj: Ctx, fn: Callable[[Node], tuple[int, str, str]], mutates: bool = True,
-             wait: Wait = FOREVER) -> None:
+             wait: Wait = FOREVER, what: str = "") -> None:
     """Run a tool-compatible command; persist the node only if it succeeded and may have changed it.
 
     A command run on a fresh node while another created the node file runs again on that file,
-    so no change is lost."""
+    so no change is lost. ``what`` names long work (a restore) to show progress for on a terminal."""
+    from kproxy.progress import busy
     from kproxy.store.session import Retry
 
     obj.writing, obj.wait = mutates, wait
-    while True:
-        rc, out, err = fn(obj.node)
-        if rc != 0 or not mutates:
+    with busy(what or "working") as progress:
+        while True:
+            progress.step(f"{what}: loading the node" if what else "loading the node")
+            node = obj.node
+            progress.step(what or "working")
+            rc, out, err = fn(node)
+            if rc != 0 or not mutates:
+                break
+            progress.step(f"{what}: saving the node" if what else "saving the node")
+            try:
+                obj.session.commit()
+            except Retry:
+                obj.reset()
+                continue
+            except NodeFileError as exc:
+                raise click.ClickException(str(exc)) from None
             break
-        try:
-            obj.session.commit()
-        except Retry:
-            obj.reset()
-            continue
-        except NodeFileError as exc:
-            raise click.ClickException(str(exc)) from None
-        break
     obj.reset()
     if out:
         write_text(sys.stdout, out)
@@ -195,7 +201,7 @@ def _make_restore(name: str) -> None:
         stdin = None if sys.stdin is None or sys.stdin.isatty() else read_stdin()
         testing = any(a in ("-t", "--test") for a in args)
         run_tool(obj, lambda node: run_iptables_restore(list(args), node.iptables[family], stdin, node=node),
-                 mutates=not testing, wait=_lock_wait(name, list(args), restore=True))
+                 mutates=not testing, wait=_lock_wait(name, list(args), restore=True), what=name)
 
     cmd.__doc__ = f"{name}: load rules atomically, like the real tool (stdin or a file)."
 
@@ -257,7 +263,8 @@ def ipset_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     stdin = None
     if argv and argv[0] == "restore" and sys.stdin is not None and not sys.stdin.isatty():
         stdin = read_stdin()
-    run_tool(obj, lambda node: run_ipset(argv, node.ipsets, node.now(), stdin=stdin), mutates=not ipset_reads(argv))
+    run_tool(obj, lambda node: run_ipset(argv, node.ipsets, node.now(), stdin=stdin), mutates=not ipset_reads(argv),
+             what="ipset " + (argv[0] if argv else ""))
 
 
 def ipvsadm_reads(argv: list[str]) -> bool:
@@ -283,7 +290,7 @@ def ipvsadm_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     if any(a in ("-R", "--restore") for a in argv) and sys.stdin is not None and not sys.stdin.isatty():
         stdin = read_stdin()
     run_tool(obj, lambda node: run_ipvsadm(argv, node.ipvs, node.now(), stdin=stdin),
-             mutates=not ipvsadm_reads(argv))
+             mutates=not ipvsadm_reads(argv), what="ipvsadm")
 
 
 @cli.group("node")
@@ -333,6 +340,7 @@ def node_export(obj: Ctx, file: str | None) -> None:
 @click.pass_obj
 def node_import(obj: Ctx, file: str) -> None:
     """Replace the whole node with one exported by ``node export`` (or an old JSON node file)."""
+    from kproxy.progress import busy
     from kproxy.store.jsonfile import read_json_node
 
     data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
@@ -343,11 +351,13 @@ def node_import(obj: Ctx, file: str) -> None:
             text = data.decode()
         except UnicodeDecodeError as exc:
             raise NodeFileError(f"{file}: not a JSON node export ({exc.reason} at byte {exc.start})") from None
-        fresh = read_json_node(Path(file), text)
+        with busy("node import: reading"):
+            fresh = read_json_node(Path(file), text)
     except NodeFileError as exc:
         raise click.ClickException(str(exc)) from None
-    obj.node = fresh
-    obj.save()
+    with busy("node import: saving"):
+        obj.node = fresh
+        obj.save()
 
 
 @node_group.command("show")
@@ -375,7 +385,7 @@ def node_show(obj: Ctx, as_json: bool) -> None:
 
 # Modules that register further subcommands on ``cli`` when imported.
 COMMAND_MODULES = ("kproxy.cli.commands", "kproxy.cli.proxy_cmd", "kproxy.cli.lab_cmd", "kproxy.cli.verify_cmd",
-                   "kproxy.cli.nft_cmd", "kproxy.cli.translate_cmd")
+                   "kproxy.cli.nft_cmd", "kproxy.cli.translate_cmd", "kproxy.cli.doctor_cmd", "kproxy.cli.graph_cmd")
 
 
 def main(argv: list[str] | None = None) -> Any:

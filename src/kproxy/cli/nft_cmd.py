@@ -40,4 +40,4 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
 
     words = [a for a in argv if not a.startswith("-")]
     reads = bool(words) and words[0] in ("list", "describe") and not {"-f", "--file", "-i"} & set(argv)
-    run_tool(obj, run, mutates=not reads)
+    run_tool(obj, run, mutates=not reads, what="nft")

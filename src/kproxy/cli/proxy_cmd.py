@@ -226,7 +226,10 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
             what = f"{result.lines} restore lines, {result.nat_rules} nat + {result.filter_rules} filter rules"
         click.echo(f"sync {kind}: {what}, {result.duration * 1000:.1f} ms, {status}", err=True)
         if backend_name == "emulated" and not result.error and not dry_run:
-            obj.save()
+            from kproxy.progress import busy
+
+            with busy("kube-proxy: saving the node"):
+                obj.save()
 
     # A dry run beside kube-proxy leaves the health check node ports to it.
     service_health = ServiceHealthServers(_health_check_addresses(cfg), health) \

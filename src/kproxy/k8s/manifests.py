@@ -122,11 +122,15 @@ def load(path: str | os.PathLike[str], objects: Objects | None = None) -> Object
     """Load every object under ``path`` (a file or a directory of .yaml/.yml/.json files)."""
     out = objects or Objects()
     for f in manifest_files(path):
-        docs = load_yaml(f, ManifestError, all_documents=True)
-        for i, doc in enumerate(docs):
-            if doc is not None:
-                out.add(doc, f"{f}" + (f" (document {i + 1})" if len(docs) > 1 else ""))
+        add_documents(out, f, load_yaml(f, ManifestError, all_documents=True))
     return out
+
+
+def add_documents(out: Objects, source: Path, docs: list[Any]) -> None:
+    """The objects of one file's parsed documents, each named by file (and document number) in warnings."""
+    for i, doc in enumerate(docs):
+        if doc is not None:
+            out.add(doc, f"{source}" + (f" (document {i + 1})" if len(docs) > 1 else ""))
 
 
 def fingerprint(path: str | os.PathLike[str]) -> tuple[tuple[str, float, int], ...]:

@@ -443,6 +443,15 @@ def manifests(spec: LabSpec, state: LabState) -> list[dict[str, Any]]:
     return objs
 
 
+def pod_objects(state: LabState) -> list[dict[str, Any]]:
+    """The lab's pods as Pod objects (running and ready): what ``kproxy lab doctor`` matches selectors against."""
+    return [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": p.name, "namespace": p.namespace,
+                                                           "labels": dict(p.labels)},
+             "spec": {"nodeName": p.node},
+             "status": {"podIP": p.ip, "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+            for p in state.pods]
+
+
 def write_manifests(spec: LabSpec, state: LabState) -> Path:
     """Write the cluster's objects where every node's kproxy watches them (atomically)."""
     path = Path(state.dir, "manifests.yaml")

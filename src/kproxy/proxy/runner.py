@@ -17,6 +17,7 @@ from typing import Any
 
 from kproxy.k8s.manifests import Objects
 from kproxy.k8s.source import ManifestSource, Source, SourceError
+from kproxy.progress import busy
 from kproxy.proxy.proxier import Proxier, SyncResult
 
 FULL_SYNC_PERIOD = 3600.0
@@ -63,7 +64,8 @@ class ProxyRunner:
             return self._report(SyncResult(False, "", 0, 0.0, error=str(exc)))
         full = now - self.last_full > FULL_SYNC_PERIOD
         triggers, objs.trigger_times = objs.trigger_times, {}
-        result = self.proxier.sync(objs, force_full=full)
+        with busy("kube-proxy: syncing the rules"):
+            result = self.proxier.sync(objs, force_full=full)
         self.syncs += 1
         self.last_sync = now
         if result.error:
