@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kproxy.iptables.extension import builtin_chain_outside
+from kproxy.iptables.extension import refused_where
 from kproxy.iptables.jumps import too_deep
 from kproxy.iptables.model import STANDARD_VERDICTS, Chain, Rule, Table
 from kproxy.iptables.parser import Command, ParameterProblem, clone_rule, parse_command
@@ -55,17 +55,15 @@ def check_devices(chain: str, rule: Rule) -> None:
 def check_target_allowed(table: Table, chain: str, rule: Rule) -> None:
     """Targets restricted to tables or hooks (DNAT only in nat PREROUTING/OUTPUT...) fail like the kernel."""
     for m in rule.matches:      # a plain loop: this runs for every rule of a restore
-        if m.CHECKS_ENTRY and m.kernel_refuses(rule, chain):
-            raise _refused(chain)
+        if m.CHECKS_ENTRY and (refused_where(m, table.name, chain) or m.kernel_refuses(rule, chain)):
+            raise _refused(chain, m.ERRNO)
     t = rule.target
-    if t is not None and ((t.TABLES is not None and table.name not in t.TABLES)
-                          or (t.HOOKS is not None and builtin_chain_outside(chain, t.HOOKS))
-                          or (t.CHECKS_ENTRY and t.kernel_refuses(rule, chain))):
-        raise _refused(chain)
+    if t is not None and t.CHECKS_ENTRY and (refused_where(t, table.name, chain) or t.kernel_refuses(rule, chain)):
+        raise _refused(chain, t.ERRNO)
 
 
-def _refused(chain: str) -> CommandError:
-    return CommandError(f" RULE_APPEND failed (Invalid argument): rule in chain {chain}", rc=4, kind="resource")
+def _refused(chain: str, errno: str = "Invalid argument") -> CommandError:
+    return CommandError(f" RULE_APPEND failed ({errno}): rule in chain {chain}", rc=4, kind="resource")
 
 
 def find_rule(chain: Chain, rule: Rule) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kproxy.iptables import ext as _ext  # noqa: F401  (registers every extension)
-from kproxy.iptables.extension import MATCHES, TARGETS, ExtensionError, Match, Opt, Target
+from kproxy.iptables.extension import TARGETS, ExtensionError, Match, Opt, Target, match_class, target_class
 from kproxy.iptables.model import STANDARD_VERDICTS, Net, Rule
 from kproxy.iptables.xtutil import NET4, QUAD, c_strtoui
 from kproxy.packet import PROTO_NUMBERS
@@ -318,11 +318,11 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 if "j" in seen or "g" in seen:
                     raise ParameterProblem("multiple -j flags not allowed")
                 seen.add(key)
-                target = _set_target(rule, val, key == "g")
+                target = _set_target(rule, val, key == "g", family)
             elif key == "m":
                 if invert:
                     raise ParameterProblem("unexpected ! flag before --match")
-                cls = MATCHES.get(val.lower() if val.lower() in PROTO_MATCH.values() else val)
+                cls = match_class(val.lower() if val.lower() in PROTO_MATCH.values() else val, family)
                 if cls is None:
                     raise ParameterProblem(f"Couldn't load match `{val}':No such file or directory\n")
                 matches.append(_ExtSlot(cls))
@@ -355,7 +355,7 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
             i += 1
             continue
         if tok.startswith("-") and len(tok) > 1:
-            slot, name = _owner(tok, target, matches, rule)
+            slot, name = _owner(tok, target, matches, rule, family)
             if slot is None:
                 if tok.startswith("--") and "=" not in tok and not name:
                     raise ParameterProblem(f"unknown option \"{tok}\"")     # unknown, or ambiguous with an extension's
@@ -474,11 +474,11 @@ def respell(tok: str, argv: list[str], i: int) -> list[str] | None:
     return out
 
 
-def _set_target(rule: Rule, name: str, goto: bool) -> _ExtSlot | None:
+def _set_target(rule: Rule, name: str, goto: bool, family: int) -> _ExtSlot | None:
     if name in STANDARD_VERDICTS:
         rule.jump, rule.goto = name, goto
         return None
-    cls = None if goto else TARGETS.get(name)
+    cls = None if goto else target_class(name, family)
     if cls is None:
         valid_jump_name(name)
         rule.jump, rule.goto = name, goto
@@ -492,7 +492,7 @@ _CORE_LONG = {tok[2:]: key for tok, (key, _) in CORE.items() if tok.startswith("
 
 
 def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot],
-           rule: Rule) -> tuple[_ExtSlot | None, str]:
+           rule: Rule, family: int) -> tuple[_ExtSlot | None, str]:
     """The extension an option belongs to and the option's full name, as getopt_long finds it among
     the core's options and the loaded extensions' (the newest first): an exact name, else a prefix
     of one option only. When that fails, the protocol's match is loaded and the search made again
@@ -510,7 +510,7 @@ def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot],
         return found
     pname = PROTO_MATCH.get(rule.proto)
     if pname is not None and not rule.proto_inv:
-        cls = MATCHES.get(pname)
+        cls = match_class(pname, family)
         if cls is not None and not any(s.cls is cls for s in matches):
             slot = _ExtSlot(cls)
             found = _resolve(name, [slot, *slots])

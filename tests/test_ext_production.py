@@ -1,0 +1,51 @@
+"""Production-node extensions (tcpmss/TCPMSS, CHECKSUM, rpfilter, helper, owner) against the real
+iptables/ip6tables 1.8.9: each command line's status, output and error, then every listing and save."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from tests.extcompare import mismatches
+
+CASES4 = [
+    "-A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
+    "-t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss 1400",
+    "-t mangle -A POSTROUTING -p tcp -j TCPMSS --set-mss 1400 --clamp-mss-to-pmtu",
+    "-A INPUT -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
+    "-A INPUT -p tcp -j TCPMSS", "-A INPUT -p udp -j TCPMSS --set-mss 1", "-A INPUT -j TCPMSS --set-mss 65516",
+    "-A INPUT -p tcp -j TCPMSS --set-mss 65515", "-A INPUT -p tcp -j TCPMSS --set-mss 0x10",
+    "-A INPUT -p tcp -m tcpmss --mss 1000:1500", "-A INPUT -p tcp -m tcpmss ! --mss 536",
+    "-A INPUT -m tcpmss --mss 1", "-A INPUT -p tcp -m tcpmss --mss 5:3", "-A INPUT -p tcp -m tcpmss",
+    "-A INPUT -p tcp -m tcpmss --mss 70000", "-A INPUT -p tcp -m tcpmss --mss 1:",
+    "-t mangle -A POSTROUTING -p udp --dport 68 -j CHECKSUM --checksum-fill",
+    "-A INPUT -j CHECKSUM --checksum-fill", "-t mangle -A INPUT -j CHECKSUM",
+    "-t raw -A PREROUTING -m rpfilter", "-t raw -A PREROUTING -m rpfilter --invert -j DROP",
+    "-t mangle -A PREROUTING -m rpfilter --loose --validmark --accept-local --invert",
+    "-t mangle -A PREROUTING -m rpfilter --invert --loose", "-A INPUT -m rpfilter", "-t raw -A OUTPUT -m rpfilter",
+    "-t raw -A PREROUTING -m rpfilter --loose --loose",
+    "-t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp",
+    "-A INPUT -m helper --helper ftp", "-A INPUT -m helper ! --helper sip", "-A INPUT -m helper --helper \"\"",
+    "-A INPUT -m helper", "-A INPUT -m helper --helper 0123456789012345678901234567890123",
+    "-A OUTPUT -m owner --uid-owner 0", "-A OUTPUT -m owner ! --uid-owner 1000-2000 -j DROP",
+    "-A OUTPUT -m owner --gid-owner 5:7 --suppl-groups", "-A OUTPUT -m owner --suppl-groups --gid-owner 5",
+    "-A OUTPUT -m owner ! --socket-exists", "-A OUTPUT -m owner --socket-exists --uid-owner root --gid-owner root",
+    "-A INPUT -m owner --uid-owner 0", "-A OUTPUT -m owner", "-A OUTPUT -m owner --uid-owner nosuchuser",
+    "-A OUTPUT -m owner --uid-owner 4294967295", "-A OUTPUT -m owner --uid-owner 1-",
+    "-A OUTPUT -m owner --uid-owner 65534",
+]
+CASES6 = [
+    "-A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
+    "-A INPUT -p tcp -j TCPMSS --set-mss 65496", "-A INPUT -p tcp -j TCPMSS --set-mss 65495",
+    "-A INPUT -p tcp -m tcpmss --mss 1220", "-t mangle -A POSTROUTING -p udp -j CHECKSUM --checksum-fill",
+    "-t raw -A PREROUTING -m rpfilter --invert -j DROP", "-A OUTPUT -m owner --uid-owner 0 --gid-owner 0",
+    "-A INPUT -m helper --helper ftp",
+]
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.mark.parametrize(("family", "cases"), [(4, CASES4), (6, CASES6)], ids=["ipv4", "ipv6"])
+def test_production_extensions_match_the_real_tool(kernel_ns, family, cases):
+    assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []
