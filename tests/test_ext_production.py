@@ -6,7 +6,6 @@ from __future__ import annotations
 import shlex
 
 import pytest
-
 from tests.extcompare import mismatches
 
 CASES4 = [

@@ -180,7 +180,7 @@ class RulePlan:
                 else:
                     rule.oif, rule.oif_inv = val, inv
             if self.jump_pos >= 0:
-                if _set_target(rule, argv[self.jump_pos], self.goto) is not None:
+                if _set_target(rule, argv[self.jump_pos], self.goto, family) is not None:
                     return None                 # a target registered after this module was loaded
             else:
                 rule.jump = self.jump

@@ -7,6 +7,7 @@ with nfct here), with ENOENT.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kproxy.iptables.ext.ct import CtTarget
@@ -25,7 +26,7 @@ HELPERS = frozenset({"ftp", "tftp", "sip", "irc", "amanda", "pptp", "sane", "snm
                      "RAS", "Q.931", "h245"})
 
 
-def parse_events(table: tuple[str, ...]) -> object:
+def parse_events(table: tuple[str, ...]) -> Callable[[XtCall], int]:
     def parse(call: XtCall) -> int:
         mask = 0
         for word in call.arg.split(","):

@@ -11,8 +11,8 @@ import grp
 import pwd
 from typing import TYPE_CHECKING
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.ext.unknown import cannot_know
+from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import BAD_VALUE, CUSTOM, NONE, XTOPT_INVERT, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import c_strtoul
 from kproxy.packet import Packet

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Match, Opt, RuleContext, Target, \
-    builtin_chain_outside, register_match, register_target
 from kproxy.iptables.ext.unknown import changed
+from kproxy.iptables.extension import (
+    XT_CONTINUE,
+    ExtensionError,
+    Match,
+    Opt,
+    RuleContext,
+    Target,
+    builtin_chain_outside,
+    register_match,
+    register_target,
+)
 from kproxy.iptables.xtoptions import NONE, UINT16, UINT16RC, XTOPT_INVERT, XTOPT_MAND, XtOpt, XtOptions
 from kproxy.packet import SYN, TCP, Packet
 

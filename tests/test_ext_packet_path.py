@@ -1,0 +1,80 @@
+"""The new extensions in the packet path: header matches read the packet model, targets rewrite it
+and say so in the trace, and what the model cannot know is reported, never guessed."""
+
+from __future__ import annotations
+
+from kproxy.netfilter.trace import render_text
+from kproxy.node import Node
+from kproxy.packet import SYN, Packet
+
+
+def router(rules: str) -> Node:
+    node = Node.from_description({
+        "name": "gw",
+        "interfaces": [{"name": "eth0", "addresses": ["192.168.1.1/24"], "mtu": 1400},
+                       {"name": "eth1", "addresses": ["10.0.0.1/24"]}],
+        "routes": ["default via 192.168.1.254 dev eth0"],
+    })
+    node.iptables_restore(rules)
+    return node
+
+
+def test_ttl_tos_and_dscp_targets_rewrite_the_header_and_matches_read_it():
+    node = router("""*mangle
+-A FORWARD -m ttl --ttl-lt 10 -j DROP
+-A FORWARD -j TTL --ttl-dec 3
+-A FORWARD -m dscp --dscp-class AF41 -j DSCP --set-dscp-class EF
+COMMIT
+*filter
+-A FORWARD -m dscp --dscp 0x2e -m ttl --ttl-eq 61 -j ACCEPT
+-A FORWARD -j DROP
+COMMIT
+""")
+    res = node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1000, 53, ttl=64, tos=0x22 << 2 | 1), "eth1",
+                       trace=True)
+    assert res.fate == "forwarded"
+    assert res.packet.ttl == 61 and res.packet.tos == (0x2E << 2 | 1)
+    text = render_text(res.trace)
+    assert "TTL: ttl 64 -> 61" in text and "DSCP: tos 0x89 -> 0xb9" in text
+    low = node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1000, 53, ttl=9), "eth1")
+    assert low.fate == "dropped"
+    plain = node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1000, 53, ttl=64), "eth1")
+    assert plain.fate == "dropped"      # dscp 0 is not rewritten, so the filter rule does not accept it
+
+
+def test_tcpmss_clamps_syns_to_the_out_interface_mtu_and_the_match_sees_it():
+    node = router("""*mangle
+-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu
+COMMIT
+*filter
+-A FORWARD -p tcp -m tcpmss --mss 1361:65535 -j DROP
+-A FORWARD -p tcp -m tcpmss ! --mss 0:1360 -j DROP
+COMMIT
+""")
+    res = node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 1000, 443, tcp_flags=SYN, tcp_mss=1460), "eth1")
+    assert res.fate == "forwarded" and res.packet.tcp_mss == 1360       # eth0's MTU 1400 minus 40
+    small = node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 1001, 443, tcp_flags=SYN, tcp_mss=1200), "eth1")
+    assert small.packet.tcp_mss == 1200
+
+
+def test_owner_reads_the_socket_and_says_when_it_cannot_know():
+    node = router("""*filter
+-A OUTPUT -m owner --uid-owner 1000-1999 -j DROP
+-A OUTPUT -m owner ! --socket-exists -j DROP
+COMMIT
+""")
+    assert node.send(Packet.make("192.168.1.1", "8.8.8.8", "udp", 1000, 53, uid=1500)).fate == "dropped"
+    assert node.send(Packet.make("192.168.1.1", "8.8.8.8", "udp", 1000, 53, uid=0)).fate != "dropped"
+    res = node.send(Packet.make("192.168.1.1", "8.8.8.8", "udp", 1000, 53), trace=True)
+    assert res.fate != "dropped"
+    assert "owner: the sending socket's uid cannot be known here" in render_text(res.trace)
+
+
+def test_rpfilter_drops_spoofed_sources_by_the_reverse_route():
+    node = router("""*raw
+-A PREROUTING -m rpfilter --invert -j DROP
+COMMIT
+""")
+    assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1, 53), "eth1").fate == "forwarded"
+    assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1, 53), "eth0").fate == "dropped"
+    assert node.receive(Packet.make("8.8.4.4", "10.0.0.5", "udp", 53, 1), "eth0").fate == "forwarded"
