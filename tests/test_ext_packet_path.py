@@ -78,3 +78,56 @@ COMMIT
     assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1, 53), "eth1").fate == "forwarded"
     assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1, 53), "eth0").fate == "dropped"
     assert node.receive(Packet.make("8.8.4.4", "10.0.0.5", "udp", 53, 1), "eth0").fate == "forwarded"
+
+
+def test_hashlimit_keeps_one_bucket_per_source_and_refills_with_time():
+    node = router("""*filter
+-A FORWARD -m hashlimit --hashlimit-upto 1/sec --hashlimit-burst 2 --hashlimit-mode srcip --hashlimit-name t -j ACCEPT
+-A FORWARD -j DROP
+COMMIT
+""")
+    node.clock = 100.0
+
+    def fate(src: str) -> str:
+        return node.receive(Packet.make(src, "8.8.8.8", "udp", 1, 53), "eth1").fate
+
+    assert [fate("10.0.0.5") for _ in range(3)] == ["forwarded", "forwarded", "dropped"]
+    assert fate("10.0.0.6") == "forwarded"          # another source has its own bucket
+    node.clock += 1.0
+    assert fate("10.0.0.5") == "forwarded" and fate("10.0.0.5") == "dropped"
+
+
+def test_string_searches_the_payload_and_reports_an_unknown_one():
+    node = router("""*filter
+-A FORWARD -p tcp -m string --string "GET /admin" --algo bm -j DROP
+COMMIT
+""")
+    bad = Packet.make("10.0.0.5", "8.8.8.8", "tcp", 1000, 80, payload=b"GET /admin HTTP/1.1\r\n")
+    good = Packet.make("10.0.0.5", "8.8.8.8", "tcp", 1000, 80, payload=b"GET / HTTP/1.1\r\n")
+    assert node.receive(bad, "eth1").fate == "dropped"
+    assert node.receive(good, "eth1").fate == "forwarded"
+    res = node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 1000, 80), "eth1", trace=True)
+    assert res.fate == "forwarded"
+    assert "string: the packet's payload cannot be known here" in render_text(res.trace)
+
+
+def test_quota_counts_bytes_per_rule():
+    node = router("""*filter
+-A FORWARD -m quota --quota 250 -j ACCEPT
+-A FORWARD -j DROP
+COMMIT
+""")
+    fates = [node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1, 53, length=100), "eth1").fate
+             for _ in range(3)]
+    assert fates == ["forwarded", "forwarded", "dropped"]
+
+
+def test_connlimit_counts_tracked_connections_per_source():
+    node = router("""*filter
+-A FORWARD -p tcp --syn -m connlimit --connlimit-above 2 -j DROP
+COMMIT
+""")
+    fates = [node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 1000 + i, 80, tcp_flags=SYN), "eth1").fate
+             for i in range(3)]
+    assert fates == ["forwarded", "forwarded", "dropped"]
+    assert node.receive(Packet.make("10.0.0.6", "8.8.8.8", "tcp", 1000, 80, tcp_flags=SYN), "eth1").fate == "forwarded"
