@@ -3,6 +3,8 @@ and say so in the trace, and what the model cannot know is reported, never guess
 
 from __future__ import annotations
 
+import calendar
+
 from kproxy.netfilter.trace import render_text
 from kproxy.node import Node
 from kproxy.packet import SYN, Packet
@@ -131,3 +133,19 @@ COMMIT
              for i in range(3)]
     assert fates == ["forwarded", "forwarded", "dropped"]
     assert node.receive(Packet.make("10.0.0.6", "8.8.8.8", "tcp", 1000, 80, tcp_flags=SYN), "eth1").fate == "forwarded"
+
+
+def test_u32_reads_the_headers_and_time_reads_the_clock():
+    node = router("""*filter
+-A FORWARD -p tcp -m u32 --u32 "0>>22&0x3C@0>>16=8080" -j DROP
+-A FORWARD -m time --timestart 09:00 --timestop 17:00 --weekdays Mon,Tue,Wed,Thu,Fri -j ACCEPT
+-A FORWARD -j DROP
+COMMIT
+""")
+    node.clock = float(calendar.timegm((2024, 1, 9, 10, 0, 0)))      # a Tuesday, 10:00 UTC
+    assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 8080, 80), "eth1").fate == "dropped"
+    assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 8081, 80), "eth1").fate == "forwarded"
+    node.clock += 8 * 3600                          # 18:00: outside the hours
+    assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 8081, 80), "eth1").fate == "dropped"
+    node.clock += 4 * 86400 - 8 * 3600              # Saturday 10:00
+    assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 8081, 80), "eth1").fate == "dropped"
