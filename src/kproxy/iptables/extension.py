@@ -102,6 +102,11 @@ class Extension(ABC):
     HOOKS: ClassVar[tuple[str, ...] | None] = None
     # The kernel's reason when it refuses the rule (an instance may say otherwise, e.g. a missing helper).
     ERRNO: str = "Invalid argument"
+    # The extension's kernel module is missing on the reference machine (LED, CLUSTERIP, ...): the tool
+    # warns when it loads the extension and the kernel refuses the rule with ENOENT.
+    KERNEL_LACKS: ClassVar[bool] = False
+    # What the tool printed on stderr while parsing this use of the extension (and went on).
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     @abstractmethod
@@ -198,10 +203,14 @@ def target_class(name: str, family: int) -> type[Target] | None:
     return _FAMILY_TARGETS.get((name, family))
 
 
-def refused_where(ext: Extension, table: str, chain: str) -> bool:
-    """Whether the extension's table or hook restriction refuses it in this table and chain."""
-    return (ext.TABLES is not None and table not in ext.TABLES) or \
-        (ext.HOOKS is not None and builtin_chain_outside(chain, ext.HOOKS))
+def refusal(ext: Extension, table: str, chain: str, rule: Rule) -> str | None:
+    """Why the kernel refuses the rule's use of the extension here (its errno text), or None."""
+    if ext.KERNEL_LACKS:
+        return "No such file or directory"
+    if (ext.TABLES is not None and table not in ext.TABLES) or \
+            (ext.HOOKS is not None and builtin_chain_outside(chain, ext.HOOKS)):
+        return "Invalid argument"
+    return ext.ERRNO if ext.kernel_refuses(rule, chain) else None
 
 
 def _note_checks(cls: type[Extension]) -> None:
@@ -211,7 +220,7 @@ def _note_checks(cls: type[Extension]) -> None:
         cls.OPTIONS = XtOptions(cls.name)
     cls.CHECKS_NODE = cls.check is not Extension.check
     cls.CHECKS_ENTRY = cls.kernel_refuses is not Extension.kernel_refuses or cls.TABLES is not None or \
-        cls.HOOKS is not None
+        cls.HOOKS is not None or cls.KERNEL_LACKS
     cls.HOLDS_REFS = cls.NEEDS_CONNTRACK or cls.needs_conntrack is not Extension.needs_conntrack or \
         cls.set_names is not Extension.set_names
 

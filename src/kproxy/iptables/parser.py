@@ -33,6 +33,7 @@ class ParameterProblem(ValueError):
         super().__init__(message)
         self.usage_hint = usage_hint
         self.prefixed = prefixed
+        self.warnings: list[str] = []      # printed before the error
 
 
 COMMANDS = {
@@ -239,8 +240,25 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
 
     ``trace``, when given, receives where each option and value was taken from: what
     ``kproxy.iptables.plan`` needs to parse later lines of the same shape without this loop.
+    The warnings printed before an error (an extension the kernel lacks) go with the error.
     """
     c = Command(table=default_table)
+    try:
+        return _parse_command(c, argv, family, restore, trace)
+    except ParameterProblem as exc:
+        exc.warnings = c.warnings
+        raise
+
+
+def _load_warning(c: Command, cls: Any) -> None:
+    """What libxtables prints when it loads an extension whose kernel module is missing."""
+    if cls.KERNEL_LACKS:
+        c.warnings.append(f"Warning: Extension {cls.name} revision {cls.REVISION} not supported, "
+                          "missing kernel module?\n")
+
+
+def _parse_command(c: Command, argv: list[str], family: int, restore: bool,
+                   trace: list[tuple[Any, ...]] | None) -> Command:
     rule = Rule()
     matches: list[_ExtSlot] = []
     target: _ExtSlot | None = None
@@ -319,12 +337,15 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                     raise ParameterProblem("multiple -j flags not allowed")
                 seen.add(key)
                 target = _set_target(rule, val, key == "g", family)
+                if target is not None:
+                    _load_warning(c, target.cls)
             elif key == "m":
                 if invert:
                     raise ParameterProblem("unexpected ! flag before --match")
                 cls = match_class(val.lower() if val.lower() in PROTO_MATCH.values() else val, family)
                 if cls is None:
                     raise ParameterProblem(f"Couldn't load match `{val}':No such file or directory\n")
+                _load_warning(c, cls)
                 matches.append(_ExtSlot(cls))
             elif key == "t":
                 if restore:
@@ -388,6 +409,9 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
     c.has_rule = bool(seen & {"s", "d", "i", "o", "p", "f", "j", "g"}) or bool(matches)
     if c.cmd in ("A", "I", "D", "R", "C") and (c.cmd != "D" or not c.rulenum or c.has_rule):
         base = _build_rule(rule, matches, target, family)
+        for ext in (*base.matches, base.target):
+            if ext is not None and ext.warnings:
+                c.warnings.extend(ext.warnings)
         if counters is not None:
             base.packets, base.bytes = counters
         c.rules = _expand(base, addrs)
