@@ -41,3 +41,53 @@ CASES6 = [
 @pytest.mark.parametrize(("family", "cases"), [(4, CASES4), (6, CASES6)], ids=["ipv4", "ipv6"])
 def test_targets_match_the_real_tool(kernel_ns, family, cases):
     assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []
+
+MORE4 = [
+    "-t mangle -A PREROUTING -j TEE --gateway 10.0.0.2", "-t mangle -A PREROUTING -j TEE --gateway 10.0.0.2 --oif eth0",
+    "-A INPUT -j TEE --gateway 10.0.0.2", "-t mangle -A PREROUTING -j TEE", "-t mangle -A PREROUTING -j TEE --gateway ::1",
+    "-t mangle -A PREROUTING -p tcp -j TPROXY --on-port 3128", "-t mangle -A PREROUTING -p udp -j TPROXY --on-port 53 "
+    "--on-ip 127.0.0.1 --tproxy-mark 0x1/0x1", "-t mangle -A PREROUTING -p tcp -j TPROXY --on-port 80 --tproxy-mark 7",
+    "-t mangle -A PREROUTING -j TPROXY --on-port 1", "-t mangle -A INPUT -p tcp -j TPROXY --on-port 1",
+    "-t mangle -A PREROUTING -p tcp -j TPROXY", "-t mangle -A PREROUTING -p tcp -j TPROXY --on-port http",
+    "-t nat -A PREROUTING -d 10.1.0.0/16 -j NETMAP --to 10.2.0.0/16",
+    "-t nat -A POSTROUTING -s 192.168.1.7/24 -j NETMAP --to 172.16.0.9/24", "-A INPUT -j NETMAP --to 1.2.3.0/24",
+    "-t nat -A INPUT -j NETMAP --to 1.2.3.4", "-t nat -A OUTPUT -j NETMAP",
+    "-A INPUT -p tcp -m tcp --dport 80 -m conntrack --ctstate INVALID,UNTRACKED -j SYNPROXY --sack-perm --timestamp "
+    "--wscale 7 --mss 1460", "-A FORWARD -p tcp -j SYNPROXY", "-A INPUT -j SYNPROXY --ecn", "-A OUTPUT -p tcp -j SYNPROXY",
+    "-t mangle -A POSTROUTING -p tcp -j TCPOPTSTRIP --strip-options mss,sack-permitted,timestamp,7",
+    "-t mangle -A POSTROUTING -p tcp -j TCPOPTSTRIP", "-t mangle -A POSTROUTING -j TCPOPTSTRIP --strip-options mss",
+    "-t mangle -A POSTROUTING -p tcp -j TCPOPTSTRIP --strip-options 1",
+    "-t mangle -A POSTROUTING -p tcp -j TCPOPTSTRIP --strip-options mss,2",
+    "-t mangle -A POSTROUTING -p tcp -j TCPOPTSTRIP --strip-options foo", "-A INPUT -p tcp -j TCPOPTSTRIP",
+    "-A INPUT -j IDLETIMER --timeout 60 --label wlan0", "-A INPUT -j IDLETIMER --timeout 5 --label x --alarm",
+    "-A INPUT -j IDLETIMER --timeout 5 --label x --send_nl_msg",
+    "-A INPUT -j IDLETIMER --timeout 0 --label y", "-A INPUT -j IDLETIMER --timeout 5", "-A INPUT -j IDLETIMER --label z",
+    "-A INPUT -j RATEEST --rateest-name est --rateest-interval 250ms --rateest-ewmalog 0.5s",
+    "-A INPUT -j RATEEST --rateest-name e2 --rateest-interval 1s --rateest-ewmalog 8s",
+    "-A INPUT -j RATEEST --rateest-name e3 --rateest-interval 100us --rateest-ewmalog 1ms",
+    "-A INPUT -j RATEEST --rateest-name e4 --rateest-interval 10s --rateest-ewmalog 1s",
+    "-A INPUT -j RATEEST --rateest-name e5 --rateest-interval 1x --rateest-ewmalog 1s",
+    "-A INPUT -j RATEEST --rateest-name e6 --rateest-interval 1s",
+    # (its --new is left out: the core parser resolves --new as -N's abbreviation before any extension)
+    "-A INPUT -j CLUSTERIP --hashmode sourceip --clustermac 01:00:5e:00:00:20 --total-nodes 2 --local-node 1",
+    "-A INPUT -j ULOG",
+]
+MORE6 = [
+    "-t mangle -A PREROUTING -j TEE --gateway 2001:db8::1", "-t mangle -A PREROUTING -p tcp -j TPROXY --on-port 1 "
+    "--on-ip ::1", "-t nat -A PREROUTING -j NETMAP --to 2001:db8:1::/48",
+    "-t mangle -A PREROUTING -d fd00::/64 -j DNPT --src-pfx fd00::/64 --dst-pfx 2001:db8::/64",
+    "-t mangle -A POSTROUTING -s 2001:db8::/64 -j SNPT --src-pfx 2001:db8::/64 --dst-pfx fd00::/64",
+    "-t mangle -A INPUT -j DNPT --src-pfx fd00::/64 --dst-pfx 2001:db8::/64", "-t mangle -A PREROUTING -j DNPT --src-pfx fd00::/64",
+    "-t mangle -A PREROUTING -j DNPT --src-pfx fd00::1/64 --dst-pfx 2001:db8::/64",
+    "-t mangle -A PREROUTING -j DNPT --src-pfx fd00::/80 --dst-pfx 2001:db8::/80", "-A INPUT -j SNPT --src-pfx a::/64 --dst-pfx b::/64",
+    "-A INPUT -j TTL --ttl-set 1", "-A INPUT -j ECN --ecn-tcp-remove", "-A INPUT -j CLUSTERIP --total-nodes 2",
+    "-A INPUT -p tcp -j SYNPROXY --mss 1440", "-t mangle -A POSTROUTING -p tcp -j TCPOPTSTRIP --strip-options wscale",
+    "-A INPUT -j IDLETIMER --timeout 60 --label x", "-A INPUT -j RATEEST --rateest-name e --rateest-interval 1s "
+    "--rateest-ewmalog 4s",
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("family", "cases"), [(4, MORE4), (6, MORE6)], ids=["ipv4", "ipv6"])
+def test_more_targets_match_the_real_tool(kernel_ns, family, cases):
+    assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []
