@@ -164,10 +164,7 @@ class DnptTarget(Target):
     def kernel_refuses(self, rule: Rule, chain: str) -> bool:
         # ip6t_npt_checkentry: prefixes of at most 64 bits, the addresses' host bits zero, the same
         # checksum-neutral adjustment possible.
-        for addr, plen in (self.src, self.dst):
-            if plen > 64 or addr & ((1 << (128 - plen)) - 1):
-                return True
-        return False
+        return any(plen > 64 or addr & ((1 << (128 - plen)) - 1) for addr, plen in (self.src, self.dst))
 
     def save(self) -> str:
         return f"-j {self.name} --src-pfx {format_addr(self.src[0], 6)}/{self.src[1]} " \
