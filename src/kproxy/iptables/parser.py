@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kproxy.iptables import ext as _ext  # noqa: F401  (registers every extension)
-from kproxy.iptables.extension import TARGETS, ExtensionError, Match, Opt, Target, match_class, target_class
+from kproxy.iptables.extension import ExtensionError, Match, Opt, Target, match_class, target_class
 from kproxy.iptables.model import STANDARD_VERDICTS, Net, Rule
 from kproxy.iptables.xtutil import NET4, QUAD, c_strtoui
 from kproxy.packet import PROTO_NUMBERS
@@ -87,7 +87,7 @@ def valid_chain_name(name: str, family: int = 4) -> None:
         raise ParameterProblem("chain name not allowed to start with `-'")
     if name.startswith("!"):
         raise ParameterProblem("chain name not allowed to start with `!'")
-    if name in _TOOL_TARGETS or name in _FAMILY_TARGETS[family] or name in TARGETS:
+    if name in _TOOL_TARGETS or name in _FAMILY_TARGETS[family] or target_class(name, family) is not None:
         raise ParameterProblem("chain name may not clash with target name")
     if _BLANK.search(name):
         raise ParameterProblem(f"Invalid chain name `{name}'")
