@@ -91,3 +91,29 @@ MORE6 = [
 @pytest.mark.parametrize(("family", "cases"), [(4, MORE4), (6, MORE6)], ids=["ipv4", "ipv6"])
 def test_more_targets_match_the_real_tool(kernel_ns, family, cases):
     assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []
+
+HMARK4 = [
+    "-t mangle -A PREROUTING -j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod 4 --hmark-rnd 0xcafe",
+    "-t mangle -A PREROUTING -j HMARK --hmark-src-prefix 24 --hmark-dst-prefix 16 --hmark-mod 10 --hmark-offset 100 "
+    "--hmark-rnd 1", "-t mangle -A PREROUTING -j HMARK --hmark-tuple ct,src --hmark-mod 2 --hmark-rnd 3",
+    "-t mangle -A PREROUTING -j HMARK --hmark-tuple spi --hmark-spi 5 --hmark-mod 2 --hmark-rnd 3",
+    "-t mangle -A PREROUTING -j HMARK --hmark-sport-mask 0xff --hmark-dport 7 --hmark-proto-mask 0x1f --hmark-mod 2 "
+    "--hmark-rnd 3", "-t mangle -A PREROUTING -j HMARK --hmark-tuple src --hmark-mod 2",
+    "-t mangle -A PREROUTING -j HMARK --hmark-tuple src --hmark-rnd 2", "-t mangle -A PREROUTING -j HMARK --hmark-mod 2 --hmark-rnd 2",
+    "-t mangle -A PREROUTING -j HMARK --hmark-tuple bogus --hmark-mod 2 --hmark-rnd 2",
+    "-t mangle -A PREROUTING -j HMARK --hmark-tuple src, --hmark-mod 2 --hmark-rnd 2",
+    "-t mangle -A PREROUTING -j HMARK --hmark-tuple spi,sport --hmark-mod 2 --hmark-rnd 2",
+    "-t mangle -A PREROUTING -j HMARK --hmark-tuple s --hmark-mod 2 --hmark-rnd 2",
+    "-t mangle -A PREROUTING -j HMARK --hmark-src-prefix 40 --hmark-mod 2 --hmark-rnd 2",
+    "-t mangle -A PREROUTING -j HMARK --hmark-tuple sp,dp --hmark-mod 2 --hmark-rnd 2",
+]
+HMARK6 = [
+    "-t mangle -A PREROUTING -j HMARK --hmark-tuple src,dst --hmark-mod 4 --hmark-rnd 1",
+    "-t mangle -A PREROUTING -j HMARK --hmark-src-prefix 64 --hmark-mod 4 --hmark-rnd 1",
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("family", "cases"), [(4, HMARK4), (6, HMARK6)], ids=["ipv4", "ipv6"])
+def test_hmark_matches_the_real_tool(kernel_ns, family, cases):
+    assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []
