@@ -36,3 +36,18 @@ CASES6 = [
 @pytest.mark.parametrize(("family", "cases"), [(4, CASES4), (6, CASES6)], ids=["ipv4", "ipv6"])
 def test_ipsec_extensions_match_the_real_tool(kernel_ns, family, cases):
     assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []
+
+MORE4 = [
+    "-A INPUT -p 108 -m ipcomp --ipcompspi 5", "-A INPUT -p ipcomp -m ipcomp ! --ipcompspi 1:9 --compres",
+    "-A INPUT -p 108 -m ipcomp", "-A INPUT -m ipcomp --ipcompspi 5",
+    "-A INPUT -p tcp -m osf --genre Linux", "-A INPUT -p tcp -m osf ! --genre Windows --ttl 2 --log 1",
+    "-A INPUT -m osf --genre Linux", "-A OUTPUT -p tcp -m osf --genre Linux", "-A INPUT -p tcp -m osf --ttl 3 --genre x",
+    "-A INPUT -p tcp -m osf",
+]
+MORE6 = ["-A INPUT -p 108 -m ipcomp --ipcompspi 5", "-A INPUT -p tcp -m osf --genre Linux"]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("family", "cases"), [(4, MORE4), (6, MORE6)], ids=["ipv4", "ipv6"])
+def test_ipcomp_and_osf_match_the_real_tool(kernel_ns, family, cases):
+    assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []

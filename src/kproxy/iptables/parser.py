@@ -19,6 +19,7 @@ from kproxy.iptables import ext as _ext  # noqa: F401  (registers every extensio
 from kproxy.iptables.extension import ExtensionError, Match, Opt, Target, match_class, target_class
 from kproxy.iptables.model import STANDARD_VERDICTS, Net, Rule
 from kproxy.iptables.xtutil import NET4, QUAD, c_strtoui
+from kproxy.nftables.types import protocols
 from kproxy.packet import PROTO_NUMBERS
 
 XT_CHAIN_MAXNAMELEN = 29
@@ -190,6 +191,9 @@ def parse_protocol(text: str, family: int) -> int:
         return PROTO_NUMBERS[key]
     if key.isdigit() and int(key) <= 255:
         return int(key)
+    by_name = protocols()[0]            # getprotobyname: /etc/protocols (ipcomp, ospf, ...)
+    if text in by_name:
+        return by_name[text]
     raise ParameterProblem(f"unknown protocol \"{text}\" specified")
 
 

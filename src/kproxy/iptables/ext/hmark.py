@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from kproxy.iptables.ext.connlimit import parse_plen
 from kproxy.iptables.ext.unknown import changed
 from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
-from kproxy.iptables.xtoptions import CUSTOM, UINT16, UINT32, XtOpt, XtOptions
+from kproxy.iptables.xtoptions import CUSTOM, UINT16, UINT32, XtCall, XtOpt, XtOptions
 from kproxy.packet import Packet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,10 +39,6 @@ def parse_tuple(call: XtCall) -> list[str]:
             raise ExtensionError(f"Bad type \"{','.join(parts[i:])}\"")
         out.append(TUPLE[kind])
     return out
-
-
-if TYPE_CHECKING:  # pragma: no cover
-    from kproxy.iptables.xtoptions import XtCall
 
 
 @register_target

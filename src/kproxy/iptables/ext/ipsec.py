@@ -287,3 +287,31 @@ class PolicyMatch(Match):
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         return self.none
+
+
+@register_match
+class IpcompMatch(SpiMatch):
+    """ipcomp: the IP payload compression header's CPI (like esp's SPI) and its reserved field."""
+
+    name = "ipcomp"
+    PROTO = COMP
+    OPT = "ipcompspi"
+    OPTIONS = XtOptions("ipcomp", XtOpt("ipcompspi", UINT32RC, XTOPT_INVERT), XtOpt("compres", NONE))
+
+    def __init__(self, lo: int, hi: int, invert: bool) -> None:
+        super().__init__(lo, hi, invert)
+        self.res = False
+
+    @classmethod
+    def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> IpcompMatch:
+        got = cls.OPTIONS.parse_all(opts)
+        lo, hi = got.get("ipcompspi", (0, 0))       # (libxt_ipcomp has no init: no SPI is 0:0, saved as 0)
+        m = cls(lo, hi, got.invert("ipcompspi"))
+        m.res = "compres" in got
+        return m
+
+    def save(self) -> str:
+        return "-m ipcomp" + self._spi_save() + (" --compres" if self.res else "")
+
+    def listing(self, numeric: bool = True) -> str:
+        return "comp " + (spi_text(self.lo, self.hi, self.invert, "spi") or "") + (" reserved" if self.res else "")
