@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.ext.connlimit import parse_plen
-from kproxy.iptables.ext.limit import c_atoi
+from kproxy.iptables.ext.limit import c_atoi, pick_unit
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import (
     BAD_VALUE,
@@ -37,7 +37,7 @@ U64 = 0xFFFFFFFFFFFFFFFF
 BURST_MAX = 1_000_000
 BYTE_EXPIRE, BYTE_EXPIRE_BURST = 15, 60
 GCINTERVAL = 1000
-RATES = (("day", SCALE * 86400), ("hour", SCALE * 3600), ("min", SCALE * 60), ("sec", SCALE))
+RATES = [("day", SCALE * 86400), ("hour", SCALE * 3600), ("min", SCALE * 60), ("sec", SCALE)]
 UNITS = (("m", 1024 * 1024), ("k", 1024), ("", 1))
 MODES = ("srcip", "srcport", "dstip", "dstport")       # print order
 UNIT_WORDS = (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400))
@@ -152,13 +152,7 @@ def rate_text(period: int) -> tuple[str, int]:
     """print_rate: the rate in the largest unit that keeps it whole enough, and that unit in ms."""
     if period == 0:
         return "inf", 0
-    i = 1
-    while i < len(RATES):
-        mult = RATES[i][1]
-        if period > mult or mult // period < mult % period:
-            break
-        i += 1
-    name, mult = RATES[i - 1]
+    name, mult = pick_unit(period, RATES)
     return f"{mult // period}/{name}", mult // SCALE * 1000
 
 
