@@ -66,3 +66,21 @@ CASES6 = [
 @pytest.mark.parametrize(("family", "cases"), [(4, CASES4), (6, CASES6)], ids=["ipv4", "ipv6"])
 def test_limit_extensions_match_the_real_tool(kernel_ns, family, cases):
     assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []
+
+RATEEST4 = [
+    "-A INPUT -j RATEEST --rateest-name a --rateest-interval 1s --rateest-ewmalog 4s",
+    "-A INPUT -j RATEEST --rateest-name b --rateest-interval 1s --rateest-ewmalog 4s",
+    "-A INPUT -m rateest --rateest a --rateest-bps 1mbit --rateest-gt", "-A INPUT -m rateest --rateest a --rateest-lt "
+    "--rateest-pps 100", "-A INPUT -m rateest --rateest1 a --rateest-bps --rateest-gt --rateest2 b",
+    "-A INPUT -m rateest --rateest-delta --rateest1 a --rateest-bps1 10kbit ! --rateest-eq --rateest-bps2 20kbit "
+    "--rateest2 b", "-A INPUT -m rateest --rateest a --rateest-pps --rateest-lt 5",
+    "-A INPUT -m rateest ! --rateest a --rateest-lt --rateest-pps 1", "-A INPUT -m rateest --rateest a --rateest a",
+    "-A INPUT -m rateest --rateest a --rateest-bps 1foo --rateest-lt", "-A INPUT -m rateest --rateest a --rateest-eq "
+    "--rateest-lt --rateest-pps 1", "-A INPUT -m rateest --rateest a --rateest-pps x --rateest-lt",
+    "-A INPUT -m rateest --rateest a --rateest-bps 1500 --rateest-eq",
+]
+
+
+@pytest.mark.kernel
+def test_rateest_matches_the_real_tool(kernel_ns):
+    assert mismatches(kernel_ns, 4, [shlex.split(c) for c in RATEEST4]) == []

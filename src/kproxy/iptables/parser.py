@@ -394,6 +394,8 @@ def _parse_command(c: Command, argv: list[str], family: int, restore: bool,
                     trace = None
                 continue
             count = slot.cls.OPTIONS.nvals[name]
+            if name in slot.cls.OPTIONS.optional and (i + 1 >= n or argv[i + 1][:1] in ("-", "!")):
+                count = 0       # an optional value that is not there (the next word is an option)
             vals = argv[i + 1:i + 1 + count]
             if not vals and count:
                 raise ParameterProblem(f"option \"{tok}\" requires an argument")
