@@ -33,3 +33,18 @@ CASES6 = [
 @pytest.mark.parametrize(("family", "cases"), [(4, CASES4), (6, CASES6)], ids=["ipv4", "ipv6"])
 def test_misc_extensions_match_the_real_tool(kernel_ns, family, cases):
     assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []
+
+BPF4 = [
+    "-A INPUT -m bpf --bytecode '4,48 0 0 9,21 0 1 6,6 0 0 1,6 0 0 0'", "-A INPUT -m bpf --bytecode '1,6 0 0 0'",
+    "-A INPUT -m bpf --bytecode '1,6 0 0 0,'", "-A INPUT -m bpf --bytecode '0,'", "-A INPUT -m bpf --bytecode x",
+    "-A INPUT -m bpf --bytecode '2,6 0 0 0'", "-A INPUT -m bpf --bytecode '1,6 0 0 0,6 0 0 1'",
+    "-A INPUT -m bpf --bytecode '1,6 x'", "-A INPUT -m bpf", "-A INPUT -m bpf --object-pinned /sys/fs/bpf/nope",
+    "-A INPUT -m bpf --bytecode '65,6 0 0 0'",
+]
+BPF6 = ["-A INPUT -m bpf --bytecode '4,48 0 0 6,21 0 1 17,6 0 0 1,6 0 0 0'"]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("family", "cases"), [(4, BPF4), (6, BPF6)], ids=["ipv4", "ipv6"])
+def test_bpf_matches_the_real_tool(kernel_ns, family, cases):
+    assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []

@@ -149,3 +149,13 @@ COMMIT
     assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 8081, 80), "eth1").fate == "dropped"
     node.clock += 4 * 86400 - 8 * 3600              # Saturday 10:00
     assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 8081, 80), "eth1").fate == "dropped"
+
+
+def test_bpf_runs_the_classic_program_over_the_packet():
+    # "ip protocol 6" as nfbpf_compile writes it: ldb [9]; jeq #6; ret #1; ret #0
+    node = router("""*filter
+-A FORWARD -m bpf --bytecode "4,48 0 0 9,21 0 1 6,6 0 0 1,6 0 0 0" -j DROP
+COMMIT
+""")
+    assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 1, 80), "eth1").fate == "dropped"
+    assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1, 53), "eth1").fate == "forwarded"

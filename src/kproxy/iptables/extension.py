@@ -107,6 +107,8 @@ class Extension(ABC):
     KERNEL_LACKS: ClassVar[bool] = False
     # What the tool printed on stderr while parsing this use of the extension (and went on).
     warnings: tuple[str, ...] = ()
+    # What ``-L`` puts before the extension's text: its print function's own leading blank (bpf has none).
+    LISTING_SPACE: ClassVar[str] = " "
 
     @classmethod
     @abstractmethod

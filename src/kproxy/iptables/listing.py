@@ -88,7 +88,7 @@ def rule_line(rule: Rule, num: int, c: Command, family: int = 4) -> str:
     for m in rule.matches:
         text = m.listing(c.numeric)
         if text:                   # (a match without a print function, like eui64, prints nothing)
-            parts.append(" " + text)
+            parts.append(m.LISTING_SPACE + text)
     if rule.target is not None:
         text = rule.target.listing(c.numeric)
         if text:
