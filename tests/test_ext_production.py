@@ -48,3 +48,22 @@ pytestmark = pytest.mark.kernel
 @pytest.mark.parametrize(("family", "cases"), [(4, CASES4), (6, CASES6)], ids=["ipv4", "ipv6"])
 def test_production_extensions_match_the_real_tool(kernel_ns, family, cases):
     assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []
+
+# getopt_long's abbreviations over the new extensions' options: unique prefixes are taken, ambiguous
+# ones are the tool's "unknown option", and an exact name wins over longer ones it begins.
+ABBREV4 = [
+    "-A INPUT -m hashlimit --hashlimit-up 5/sec --hashlimit-na a", "-A INPUT -m hashlimit --hashlimit-a 5/sec --hashlimit-n b",
+    "-A INPUT -m hashlimit --hashlimit 5/sec --hashlimit-name c", "-A INPUT -m hashlimit --hashlimit-h 5 --hashlimit 1/s",
+    "-A FORWARD -p tcp --syn -j TCPMSS --clamp", "-A FORWARD -p tcp --syn -j TCPMSS --set 1400",
+    "-A INPUT -m time --times 10:00", "-A INPUT -m time --timesta 10:00 --timesto 11:00 --week Mon",
+    "-A OUTPUT -m owner --uid 0 --gid 0", "-A OUTPUT -m owner --s", "-A OUTPUT -m owner --so",
+    "-A INPUT -m connlimit --connlimit-a 2", "-A INPUT -m connlimit --connlimit-u 2 --connlimit-m 24",
+    "-A INPUT -m string --str x --al bm", "-A INPUT -m string --s x --algo bm", "-A INPUT -m dscp --dscp-c EF",
+    "-A INPUT -m dscp --d 1", "-t raw -A PREROUTING -m rpfilter --l --v --a --i",
+    "-A INPUT -m ttl --ttl-e 3", "-A INPUT -m ttl --ttl-l 3", "-A INPUT -m u32 --u 0=1",
+]
+
+
+@pytest.mark.kernel
+def test_new_options_abbreviate_as_getopt_long_does(kernel_ns):
+    assert mismatches(kernel_ns, 4, [shlex.split(c) for c in ABBREV4]) == []
