@@ -48,3 +48,18 @@ BPF6 = ["-A INPUT -m bpf --bytecode '4,48 0 0 6,21 0 1 17,6 0 0 1,6 0 0 0'"]
 @pytest.mark.parametrize(("family", "cases"), [(4, BPF4), (6, BPF6)], ids=["ipv4", "ipv6"])
 def test_bpf_matches_the_real_tool(kernel_ns, family, cases):
     assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []
+
+DCCP4 = [
+    "-A INPUT -p dccp -m dccp --dport 5000", "-A INPUT -p dccp --sport 1:1024 ! --dport 22",
+    "-A INPUT -p dccp -m dccp --dccp-types REQUEST,response,INVALID", "-A INPUT -p dccp -m dccp ! --dccp-types DATA "
+    "! --dccp-option 3", "-A INPUT -p dccp -m dccp --dccp-types BOGUS", "-A INPUT -m dccp --dport 1",
+    "-A INPUT -p dccp -m dccp --dccp-option 0", "-A INPUT -p dccp -m dccp", "-A INPUT -p dccp --dport 0:65535",
+    "-A INPUT -p 33 -m dccp --sport ssh",
+]
+DCCP6 = ["-A INPUT -p dccp -m dccp --dport 5000 --dccp-types SYNC"]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("family", "cases"), [(4, DCCP4), (6, DCCP6)], ids=["ipv4", "ipv6"])
+def test_dccp_matches_the_real_tool(kernel_ns, family, cases):
+    assert mismatches(kernel_ns, family, [shlex.split(c) for c in cases]) == []

@@ -214,7 +214,7 @@ CORE = {
 # Extension values cannot hold a newline: the tool refuses it in log prefixes (calling both options
 # --log-prefix); elsewhere (a comment) it is refused here, as the saved rule could not be restored.
 _NEWLINE_NAMES = {"nflog-prefix": "log-prefix"}
-PROTO_MATCH = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp", 136: "udplite"}
+PROTO_MATCH = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp", 136: "udplite", 33: "dccp"}
 
 
 # Each extension loaded gets the next number: getopt_long sees the newest one's options first.
