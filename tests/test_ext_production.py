@@ -24,7 +24,15 @@ CASES4 = [
     "-t mangle -A PREROUTING -m rpfilter --loose --validmark --accept-local --invert",
     "-t mangle -A PREROUTING -m rpfilter --invert --loose", "-A INPUT -m rpfilter", "-t raw -A OUTPUT -m rpfilter",
     "-t raw -A PREROUTING -m rpfilter --loose --loose",
-    "-t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp",
+    "-t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp", "-t raw -A PREROUTING -j CT --helper ftp",
+    "-t raw -A PREROUTING -p udp -j CT --helper ftp", "-t raw -A PREROUTING ! -p tcp -j CT --helper ftp",
+    "-t raw -A PREROUTING -p udp -j CT --helper sip", "-t raw -A PREROUTING -p tcp -j CT --helper sip",
+    "-t raw -A PREROUTING -p tcp -j CT --helper amanda", "-t raw -A PREROUTING -p udp -j CT --helper RAS",
+    "-t raw -A PREROUTING -p tcp -j CT --helper h245", "-t raw -A PREROUTING -p tcp -j CT --helper nosuch",
+    "-t raw -A PREROUTING -p udp -j CT --timeout x", "-t raw -A PREROUTING -p udp -j CT --ctevents new,bogus",
+    "-t raw -A PREROUTING -p udp -j CT --ctevents destroy,new --expevents new --zone-orig mark",
+    "-t raw -A PREROUTING -p udp -j CT --zone-reply 5 --zone 3", "-t raw -A PREROUTING -p udp -j CT --zone x",
+    "-t raw -A OUTPUT -j CT --notrack --zone 7", "-t mangle -A PREROUTING -j CT --notrack",
     "-A INPUT -m helper --helper ftp", "-A INPUT -m helper ! --helper sip", "-A INPUT -m helper --helper \"\"",
     "-A INPUT -m helper", "-A INPUT -m helper --helper 0123456789012345678901234567890123",
     "-A OUTPUT -m owner --uid-owner 0", "-A OUTPUT -m owner ! --uid-owner 1000-2000 -j DROP",
@@ -67,3 +75,24 @@ ABBREV4 = [
 @pytest.mark.kernel
 def test_new_options_abbreviate_as_getopt_long_does(kernel_ns):
     assert mismatches(kernel_ns, 4, [shlex.split(c) for c in ABBREV4]) == []
+
+RESTORE_CASES = [
+    "*raw\n-A PREROUTING -p udp -j CT --helper ftp\nCOMMIT\n",
+    "*filter\n-A INPUT -j LED --led-trigger-id x\nCOMMIT\n",
+    "*filter\n-A INPUT -j LED --led-trigger-id x --led-delay -1\nCOMMIT\n",
+    "*filter\n-A INPUT -p tcp -j TCPMSS --clamp-mss-to-pmtu\nCOMMIT\n",
+    "*filter\n-A INPUT -m hashlimit --hashlimit-upto 1/s\nCOMMIT\n",
+    "*filter\n-A INPUT -j NFLOG --nflog-range 5\n-A INPUT -j NFLOG --nflog-range 6\nCOMMIT\n",
+    "*filter\n-A INPUT -m connlabel --label 200\nCOMMIT\n",
+    "*filter\n-A INPUT -m icmp6 --icmpv6-type 1\nCOMMIT\n",
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("text", RESTORE_CASES)
+def test_restore_warnings_and_refusals_match_the_real_tool(kernel_ns, text):
+    from kproxy.iptables.state import IptablesState
+    from kproxy.iptables.tools import run_iptables_restore
+
+    theirs = kernel_ns.run(["iptables-restore"], input=text, check=False)
+    assert run_iptables_restore([], IptablesState(4), text) == (theirs.returncode, theirs.stdout, theirs.stderr)

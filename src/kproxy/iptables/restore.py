@@ -63,6 +63,13 @@ class _Restorer:
         self.delete_lines: dict[str, int] = {}
         self.echo: list[str] | None = None      # -v: what the tool prints as it goes
         self.jumps: list[tuple[int, str, Rule]] = []     # (line, chain, rule) of each jump to a user chain
+        self.warnings: list[str] = []           # what the tool printed on stderr as it parsed (and went on)
+
+    def warn(self, lines: list[str]) -> None:
+        """Keep the lines' warnings; an extension's load warning is printed once, when first loaded."""
+        for text in lines:
+            if not (text.startswith("Warning: Extension ") and text in self.warnings):
+                self.warnings.append(text)
 
     def param_error(self, msg: str, line: int, prefixed: bool = True) -> RestoreError:
         head = f"{self.prog} {VERSION}: {msg}" if prefixed else msg
@@ -128,6 +135,8 @@ class _Restorer:
             line = line[m.end():]
         try:
             c = parse_rule_line(tokenize(line), self.state.family, self.table.name)
+            if c.warnings:
+                self.warn(c.warnings)
             if c.cmd in ("L", "S", "C", "h", "V"):
                 raise ParameterProblem(f"Cannot use -{c.cmd} in iptables-restore")
             if pkts_bytes is not None and self.counters:
@@ -150,10 +159,15 @@ class _Restorer:
 
     def line_error(self, exc: ParameterProblem | CommandError, lineno: int) -> RestoreError:
         if isinstance(exc, ParameterProblem):
-            return self.param_error(str(exc), lineno, exc.prefixed)
-        if exc.kind == "resource":      # the kernel refused the rule when the batch was sent
-            return RestoreError(f"{self.prog} {VERSION}: \nline {lineno}: {str(exc).strip()}", exc.rc)
-        return RestoreError(f"{self.prog}: line {lineno} failed: {exc}".rstrip(), exc.rc)
+            self.warn(exc.warnings)
+            err = self.param_error(str(exc), lineno, exc.prefixed)
+        elif exc.kind == "resource":      # the kernel refused the rule when the batch was sent
+            err = RestoreError(f"{self.prog} {VERSION}: \nline {lineno}: {str(exc).strip()}", exc.rc)
+        else:
+            err = RestoreError(f"{self.prog}: line {lineno} failed: {exc}".rstrip(), exc.rc)
+        if self.warnings:
+            err = RestoreError("".join(self.warnings) + str(err), err.rc)
+        return err
 
     def prepared_run(self, run: tuple[str, list[Rule]], lineno: int, lines: list[str]) -> int:
         """Append the rules prepared for the ``-A`` lines from ``lineno`` on; return the last line they cover."""
@@ -210,7 +224,8 @@ class _Restorer:
 
 def restore(text: str, state: Any, noflush: bool = False, counters: bool = False, test: bool = False,
             tables: list[str] | None = None, source: str = "<stdin>", node: Node | None = None,
-            prepared: Prepared | None = None, verify_prepared: bool = False, echo: list[str] | None = None) -> None:
+            prepared: Prepared | None = None, verify_prepared: bool = False, echo: list[str] | None = None,
+            warnings: list[str] | None = None) -> None:
     """Apply ``iptables-restore`` input to ``state`` (an IptablesState), all or nothing.
 
     ``prepared`` maps the first line of a run of ``-A`` lines of one chain to (chain, rules) already
@@ -218,6 +233,8 @@ def restore(text: str, state: Any, noflush: bool = False, counters: bool = False
     without being parsed again.
     ``verify_prepared`` parses them anyway and fails the restore if a prepared rule differs.
     ``echo``, when given, receives what ``iptables-restore -v`` prints (nothing with --noflush or --test, as 1.8.9).
+    ``warnings``, when given, receives what the tool prints on stderr while it succeeds (an error's
+    message already starts with them).
 
     The cyclic garbage collector is paused meanwhile: a large ruleset allocates hundreds of
     thousands of long-lived objects, and rescanning them on every collection costs more than the parse.
@@ -226,14 +243,15 @@ def restore(text: str, state: Any, noflush: bool = False, counters: bool = False
     gc.disable()
     try:
         _restore(text, state, noflush, counters, test, tables, node, prepared, verify_prepared,
-                 echo if not (noflush or test) else None)
+                 echo if not (noflush or test) else None, warnings)
     finally:
         if enabled:
             gc.enable()
 
 
 def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, tables: list[str] | None,
-             node: Node | None, prepared: Prepared | None, verify: bool, echo: list[str] | None) -> None:
+             node: Node | None, prepared: Prepared | None, verify: bool, echo: list[str] | None,
+             warnings: list[str] | None = None) -> None:
     prog = "iptables-restore" if state.family == 4 else "ip6tables-restore"
     r = _Restorer(state, noflush, counters, tables, node, prog, prepared, verify)
     r.echo = echo
@@ -269,5 +287,7 @@ def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, t
             r.command_line(line, lineno)
     if r.table is not None:
         raise RestoreError(f"{prog}: COMMIT expected at line {lineno}")
+    if warnings is not None:
+        warnings.extend(r.warnings)
     if not test and r.staged:
         state.commit(r.staged)

@@ -1,8 +1,8 @@
 """The CT target with every option of its revision 1: helpers, timeout policies, event masks and
 zones by direction or from the mark. A subclass of ``ct.CtTarget``, which keeps --notrack's effect.
 
-The kernel refuses a helper it has no module for, and any ``--timeout`` policy (none is defined
-with nfct here), with ENOENT.
+The kernel refuses a helper it has no module for (or not for the rule's protocol), and any
+``--timeout`` policy (none is defined with nfct here), with ENOENT.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from kproxy.iptables.ext.ct import CtTarget
 from kproxy.iptables.extension import ExtensionError, Opt, register_target
 from kproxy.iptables.xtoptions import CUSTOM, NONE, STRING, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import c_strtoui
+from kproxy.packet import TCP, UDP
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.iptables.model import Rule
@@ -21,9 +22,10 @@ if TYPE_CHECKING:  # pragma: no cover
 CT_EVENTS = ("new", "related", "destroy", "reply", "assured", "protoinfo", "helper", "mark", "natseqinfo",
              "secmark")
 EXP_EVENTS = ("new",)
-# The conntrack helpers Linux ships (nf_conntrack_*), by the names CT --helper takes.
-HELPERS = frozenset({"ftp", "tftp", "sip", "irc", "amanda", "pptp", "sane", "snmp", "netbios-ns",
-                     "RAS", "Q.931", "h245"})
+# The conntrack helpers Linux registers (nf_conntrack_*), by the names CT --helper takes, and the
+# protocols each is registered for: the kernel looks a helper up by name, family and the rule's -p.
+HELPERS = {"ftp": (TCP,), "tftp": (UDP,), "sip": (TCP, UDP), "irc": (TCP,), "amanda": (UDP,), "pptp": (TCP,),
+           "sane": (TCP,), "snmp": (UDP,), "netbios-ns": (UDP,), "RAS": (UDP,), "Q.931": (TCP,)}
 
 
 def parse_events(table: tuple[str, ...]) -> Callable[[XtCall], int]:
@@ -83,7 +85,9 @@ class CtFullTarget(CtTarget):
         return t
 
     def kernel_refuses(self, rule: Rule, chain: str) -> bool:
-        return bool((self.helper and self.helper not in HELPERS) or self.timeout)
+        if self.helper and (rule.proto_inv or rule.proto not in HELPERS.get(self.helper, ())):
+            return True
+        return bool(self.timeout)
 
     def _words(self, dash: str) -> str:
         text = ""
