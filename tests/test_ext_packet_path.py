@@ -159,3 +159,28 @@ COMMIT
 """)
     assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "tcp", 1, 80), "eth1").fate == "dropped"
     assert node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1, 53), "eth1").fate == "forwarded"
+
+
+def test_trace_command_sends_the_header_fields_the_extensions_read(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    import kproxy.cli.commands  # noqa: F401
+    from kproxy.cli.main import cli
+
+    node = str(tmp_path / "n.json")
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, ["--node", node, *args])
+
+    assert run("iptables", "-A", "OUTPUT", "-m", "owner", "--uid-owner", "1000", "-j", "DROP").exit_code == 0
+    assert run("iptables", "-A", "OUTPUT", "-m", "ttl", "--ttl-lt", "5", "-j", "REJECT").exit_code == 0
+    assert run("iptables", "-A", "OUTPUT", "-m", "string", "--string", "secret", "--algo", "bm", "-j", "DROP").exit_code == 0
+    fate = [json.loads(run("trace", "--local", "--dst", "192.0.2.1", "-p", "udp", "--dport", "53", *extra,
+                           "--json").output)[0]["fate"]
+            for extra in (["--uid", "1000"], ["--uid", "0", "--ttl", "3"], ["--uid", "0", "--payload", "a secret"],
+                          ["--uid", "0", "--payload", "nothing", "--tos", "0x10"])]
+    assert fate[0] == "dropped" and fate[1] == "rejected" and fate[2] == "dropped" and fate[3] != "dropped"
+    bad = run("trace", "--local", "--dst", "192.0.2.1", "--ttl", "300")
+    assert bad.exit_code != 0 and "--ttl: 300 out of range (0-255)" in bad.output
