@@ -55,3 +55,17 @@ def test_the_vpn_gateway_clamps_mss_and_marks_dscp_in_the_packet_path():
     ok = node.receive(Packet.make("10.8.0.7", "203.0.113.9", "tcp", 40000, 443, tcp_flags=SYN, tcp_mss=1460), "tun0")
     assert ok.fate == "forwarded" and ok.packet.ttl == 64
     assert ok.packet.src_str == "198.51.100.2"          # masqueraded (policy none: no IPsec here)
+
+
+def test_a_corpus_dump_survives_the_node_file(tmp_path):
+    """Loaded with ``kproxy iptables-restore`` into a node file, saved back by ``kproxy iptables-save``."""
+    from click.testing import CliRunner
+
+    import kproxy.cli.commands  # noqa: F401
+    from kproxy.cli.main import cli
+
+    node = str(tmp_path / "n.json")
+    text = (Path(__file__).parent / "data" / "corpus" / "vpn-gateway.rules").read_text()
+    assert CliRunner().invoke(cli, ["--node", node, "iptables-restore"], input=text).exit_code == 0
+    out = CliRunner().invoke(cli, ["--node", node, "iptables-save"]).output
+    assert strip_header(out) == text
