@@ -96,3 +96,25 @@ def test_restore_warnings_and_refusals_match_the_real_tool(kernel_ns, text):
 
     theirs = kernel_ns.run(["iptables-restore"], input=text, check=False)
     assert run_iptables_restore([], IptablesState(4), text) == (theirs.returncode, theirs.stdout, theirs.stderr)
+
+PARTIAL_RESTORES = [
+    "*nat\n-A PREROUTING -j ACCEPT\nCOMMIT\n*filter\n-A INPUT -j NOPE\nCOMMIT\n",
+    "*filter\n-A INPUT -j ACCEPT\nCOMMIT\n*nat\n-A NOPE -j ACCEPT\nCOMMIT\n",
+    "*filter\n-A INPUT -j ACCEPT\nCOMMIT\n*nat\n-A PREROUTING -j DNAT\nCOMMIT\n",
+    "*filter\n-A INPUT -j ACCEPT\nCOMMIT\n*nat\n-A PREROUTING -p udp -j REJECT\nCOMMIT\n",
+    "*filter\n-A INPUT -j ACCEPT\nCOMMIT\n*mangle\n-A INPUT -j ACCEPT\n",
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("text", PARTIAL_RESTORES)
+def test_a_failing_restore_keeps_earlier_commits_as_the_real_tool(kernel_ns, text):
+    from tests.extcompare import strip_header
+
+    from kproxy.iptables.state import IptablesState
+    from kproxy.iptables.tools import run_iptables_restore, run_iptables_save
+
+    state = IptablesState(4)
+    theirs = kernel_ns.run(["iptables-restore"], input=text, check=False)
+    assert run_iptables_restore([], state, text) == (theirs.returncode, theirs.stdout, theirs.stderr)
+    assert strip_header(run_iptables_save([], state)[1]) == strip_header(kernel_ns.run(["iptables-save"]).stdout)

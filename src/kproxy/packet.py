@@ -7,6 +7,7 @@ prefix matching, hashing into compiled rule indexes, NAT rewrites — is integer
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -42,10 +43,16 @@ def parse_addr(text: str) -> tuple[int, int]:
 
 
 def format_addr(value: int, family: int = 4) -> str:
-    """Format an integer address the way the kernel tools print it."""
+    """Format an integer address the way the kernel tools print it (glibc's inet_ntop)."""
     if family == 4:
         return str(ipaddress.IPv4Address(value))
-    return str(ipaddress.IPv6Address(value))
+    return ntop6(value)
+
+
+def ntop6(value: int) -> str:
+    """inet_ntop(AF_INET6) itself: the IPv4 tail dotted for IPv4-mapped (``::ffff:1.2.3.4``) and
+    IPv4-compatible (``::1.2.3.4``) addresses, as iptables, nft and conntrack print them."""
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
 
 
 def parse_proto(text: str | int) -> int:

@@ -269,7 +269,7 @@ def _parse_command(c: Command, argv: list[str], family: int, restore: bool,
     counters: tuple[int, int] | None = None
     invert = False
     seen: set[str] = set()
-    addrs: dict[str, list[Net]] = {}
+    raw_addrs: dict[str, tuple[str, bool]] = {}     # -s/-d as given: parsed after the options, as the tool does
     i = 0
     n = len(argv)
     # (No closures over i or seen here: a closure would turn them into cell variables, slower on
@@ -311,9 +311,7 @@ def _parse_command(c: Command, argv: list[str], family: int, restore: bool,
                 trace.append((key, i, invert))
             if key in ("s", "d"):
                 _once(seen, key, "-" + key)
-                nets = parse_nets(val, family)
-                if not (len(nets) == 1 and nets[0].prefixlen == 0 and not invert):
-                    addrs[key] = nets
+                raw_addrs[key] = (val, invert)
                 setattr(rule, f"{'src' if key == 's' else 'dst'}_inv", invert)
             elif key in ("i", "o"):
                 _once(seen, key, "-" + key)
@@ -413,8 +411,12 @@ def _parse_command(c: Command, argv: list[str], family: int, restore: bool,
     if not c.cmd:
         raise ParameterProblem("no command specified")
     c.has_rule = bool(seen & {"s", "d", "i", "o", "p", "f", "j", "g"}) or bool(matches)
-    if c.cmd in ("A", "I", "D", "R", "C") and (c.cmd != "D" or not c.rulenum or c.has_rule):
-        base = _build_rule(rule, matches, target, family)
+    build = c.cmd in ("A", "I", "D", "R", "C") and (c.cmd != "D" or not c.rulenum or c.has_rule)
+    # The extensions' final checks come first, then the addresses (-s before -d, whatever their order),
+    # so "-d ! 1.2.3.4" is the tool's "Bad argument `1.2.3.4'" and "-s bad -m mark" mark's complaint.
+    base = _build_rule(rule, matches, target, family) if build else None
+    addrs = _parse_addrs(raw_addrs, family)
+    if base is not None:
         for ext in (*base.matches, base.target):
             if ext is not None and ext.warnings:
                 c.warnings.extend(ext.warnings)
@@ -606,6 +608,18 @@ def _build_rule(rule: Rule, matches: list[_ExtSlot], target: _ExtSlot | None, fa
     except ExtensionError as exc:
         raise ParameterProblem(str(exc)) from None
     return rule
+
+
+def _parse_addrs(raw: dict[str, tuple[str, bool]], family: int) -> dict[str, list[Net]]:
+    """-s then -d; an uninverted 0/0 is no test at all."""
+    addrs: dict[str, list[Net]] = {}
+    for key in ("s", "d"):
+        if key in raw:
+            val, invert = raw[key]
+            nets = parse_nets(val, family)
+            if not (len(nets) == 1 and nets[0].prefixlen == 0 and not invert):
+                addrs[key] = nets
+    return addrs
 
 
 def _expand(base: Rule, addrs: dict[str, list[Net]]) -> list[Rule]:

@@ -226,7 +226,8 @@ def restore(text: str, state: Any, noflush: bool = False, counters: bool = False
             tables: list[str] | None = None, source: str = "<stdin>", node: Node | None = None,
             prepared: Prepared | None = None, verify_prepared: bool = False, echo: list[str] | None = None,
             warnings: list[str] | None = None) -> None:
-    """Apply ``iptables-restore`` input to ``state`` (an IptablesState), all or nothing.
+    """Apply ``iptables-restore`` input to ``state`` (an IptablesState), each table at its COMMIT: a
+    failure keeps the tables committed before it, as the tool does.
 
     ``prepared`` maps the first line of a run of ``-A`` lines of one chain to (chain, rules) already
     built for them by the caller (the proxier, ``kproxy.proxy.prepared``): those lines are applied
@@ -258,35 +259,42 @@ def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, t
     lineno = 0
     lines = text.split("\n")
     skip_to = 0
-    for lineno, raw in enumerate(lines, 1):
-        if lineno <= skip_to:                         # covered by a prepared run
-            continue
-        line = raw.strip()
-        if not line:
-            continue
-        first = line[0]
-        if first == "-" and r.table is not None:      # most lines: a rule
-            run = prepared.get(lineno) if prepared is not None else None
-            if run is not None:
-                skip_to = r.prepared_run(run, lineno, lines)
+    try:
+        for lineno, raw in enumerate(lines, 1):
+            if lineno <= skip_to:                         # covered by a prepared run
+                continue
+            line = raw.strip()
+            if not line:
+                continue
+            first = line[0]
+            if first == "-" and r.table is not None:      # most lines: a rule
+                run = prepared.get(lineno) if prepared is not None else None
+                if run is not None:
+                    skip_to = r.prepared_run(run, lineno, lines)
+                else:
+                    r.command_line(line, lineno)
+                continue
+            if first == "#":
+                continue
+            if r.table is None:
+                if first == "*":
+                    r.start_table(line[1:].strip(), lineno)
+                    continue
+                raise RestoreError(f"{prog}: line {lineno} failed")
+            if line == "COMMIT":
+                r.commit(lineno)
+            elif first == ":":
+                r.chain_line(line, lineno)
             else:
                 r.command_line(line, lineno)
-            continue
-        if first == "#":
-            continue
-        if r.table is None:
-            if first == "*":
-                r.start_table(line[1:].strip(), lineno)
-                continue
-            raise RestoreError(f"{prog}: line {lineno} failed")
-        if line == "COMMIT":
-            r.commit(lineno)
-        elif first == ":":
-            r.chain_line(line, lineno)
-        else:
-            r.command_line(line, lineno)
-    if r.table is not None:
-        raise RestoreError(f"{prog}: COMMIT expected at line {lineno}")
+        if r.table is not None:
+            raise RestoreError(f"{prog}: COMMIT expected at line {lineno}")
+    except RestoreError:
+        # Each COMMIT is its own transaction (iptables-nft sends one batch per table, legacy one
+        # replace): the tables committed before the failing line stay applied, except with --test.
+        if not test and r.staged:
+            state.commit(r.staged)
+        raise
     if warnings is not None:
         warnings.extend(r.warnings)
     if not test and r.staged:
