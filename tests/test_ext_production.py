@@ -118,3 +118,22 @@ def test_a_failing_restore_keeps_earlier_commits_as_the_real_tool(kernel_ns, tex
     theirs = kernel_ns.run(["iptables-restore"], input=text, check=False)
     assert run_iptables_restore([], state, text) == (theirs.returncode, theirs.stdout, theirs.stderr)
     assert strip_header(run_iptables_save([], state)[1]) == strip_header(kernel_ns.run(["iptables-save"]).stdout)
+
+COUNTER_RESTORES = [
+    (["-c"], "*filter\n:INPUT ACCEPT\n-A INPUT -j ACCEPT\nCOMMIT\n"),
+    (["-c"], "*filter\n:INPUT DROP [5:6]\n[1:2] -A INPUT -j ACCEPT\nCOMMIT\n"),
+    (["-c"], "*filter\n:INPUT ACCEPT [x:1]\nCOMMIT\n"), (["-c"], "*filter\n:INPUT - \nCOMMIT\n"),
+    (["-c"], "*filter\n:FOO - \nCOMMIT\n"), ([], "*filter\n:INPUT ACCEPT\nCOMMIT\n"),
+    (["-c"], "*filter\n[1:2 -A INPUT -j ACCEPT\nCOMMIT\n"), ([], "*filter\n[1:2 -A INPUT -j ACCEPT\nCOMMIT\n"),
+    (["-c"], "*filter\n[x:y] -A INPUT -j ACCEPT\nCOMMIT\n"),
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("opts", "text"), COUNTER_RESTORES)
+def test_restore_counters_are_checked_as_the_real_tool(kernel_ns, opts, text):
+    from kproxy.iptables.state import IptablesState
+    from kproxy.iptables.tools import run_iptables_restore
+
+    theirs = kernel_ns.run(["iptables-restore", *opts], input=text, check=False)
+    assert run_iptables_restore(opts, IptablesState(4), text) == (theirs.returncode, theirs.stdout, theirs.stderr)

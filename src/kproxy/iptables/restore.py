@@ -36,6 +36,7 @@ Prepared = dict[int, tuple[str, list[Rule]]]     # first line of a run -> (chain
 COUNTERS_RE = re.compile(r"^\[(\d+):(\d+)\]\s*")
 _NOT_CHAINS = frozenset({None, "ACCEPT", "DROP", "RETURN", "QUEUE"})
 CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*$")
+POLICY_COUNTERS_RE = re.compile(r"\[\s*\+?\d+:\s*\+?\d+\]")        # sscanf("[%llu:%llu]")
 
 
 class RestoreError(ValueError):
@@ -99,6 +100,9 @@ class _Restorer:
         assert self.table is not None
         parts = line[1:].split()
         counts: tuple[int, int] | None = (0, 0)
+        if self.counters and parts and (builtin := self.table.chains.get(parts[0])) is not None and \
+                builtin.builtin and not (len(parts) >= 3 and POLICY_COUNTERS_RE.fullmatch(parts[2])):
+            raise self.param_error(f"invalid policy counters for chain '{parts[0]}'", lineno)
         if len(parts) == 3 and parts[1] == "-" and parts[2] == "[0:0]":    # a user chain, as savers write it
             name, policy = parts[0], "-"
         else:
@@ -133,6 +137,13 @@ class _Restorer:
         if m is not None:
             pkts_bytes = (int(m.group(1)), int(m.group(2)))
             line = line[m.end():]
+        elif line[0] == "[":
+            # The tool turns "[pkts:bytes]" into "-c pkts bytes": its checks then give the errors.
+            end = line.find("]")
+            if end < 0:
+                raise self.param_error(f"Bad line {lineno}: need ]", lineno)
+            pkts, _, nbytes = line[1:end].partition(":")
+            line = f"-c {pkts or '0'} {nbytes or '0'} {line[end + 1:]}"
         try:
             c = parse_rule_line(tokenize(line), self.state.family, self.table.name)
             if c.warnings:
