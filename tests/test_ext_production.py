@@ -137,3 +137,21 @@ def test_restore_counters_are_checked_as_the_real_tool(kernel_ns, opts, text):
 
     theirs = kernel_ns.run(["iptables-restore", *opts], input=text, check=False)
     assert run_iptables_restore(opts, IptablesState(4), text) == (theirs.returncode, theirs.stdout, theirs.stderr)
+
+TEST_RESTORES = [
+    "*filter\n-A INPUT -j NOPE\nCOMMIT\n", "*filter\n-A NOPE -j ACCEPT\nCOMMIT\n", "*mangle\n-A INPUT -j REJECT\nCOMMIT\n",
+    "*nat\n-A PREROUTING -j DNAT\nCOMMIT\n", "*filter\n-X NOPE\nCOMMIT\n", "*filter\n-D INPUT -j ACCEPT\nCOMMIT\n",
+    "*filter\n:FOO - [0:0]\n-A INPUT -j FOO\nCOMMIT\n", "*filter\n-A INPUT -j ACCEPT\n",
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("text", TEST_RESTORES)
+def test_restore_test_mode_only_parses_as_the_real_tool(kernel_ns, text):
+    from kproxy.iptables.state import IptablesState
+    from kproxy.iptables.tools import run_iptables_restore
+
+    theirs = kernel_ns.run(["iptables-restore", "--test"], input=text, check=False)
+    state = IptablesState(4)
+    assert run_iptables_restore(["--test"], state, text) == (theirs.returncode, theirs.stdout, theirs.stderr)
+    assert not any(r for t in state.tables.values() for c in t.chains.values() for r in c.rules)

@@ -65,6 +65,7 @@ class _Restorer:
         self.echo: list[str] | None = None      # -v: what the tool prints as it goes
         self.jumps: list[tuple[int, str, Rule]] = []     # (line, chain, rule) of each jump to a user chain
         self.warnings: list[str] = []           # what the tool printed on stderr as it parsed (and went on)
+        self.test = False                       # --test: lines are parsed, nothing is checked against tables
 
     def warn(self, lines: list[str]) -> None:
         """Keep the lines' warnings; an extension's load warning is printed once, when first loaded."""
@@ -158,6 +159,8 @@ class _Restorer:
                     r.packets = r.bytes = 0
             if c.cmd == "X" and c.chain:
                 self.delete_lines[c.chain] = lineno
+            if self.test:
+                return          # --test parses only: chains, rules and the kernel's checks are not consulted
             if self.echo is not None and not self.skip:
                 self.echo.append(verbose_echo(self.table, c, verbose=True))
             apply(self.table, c)
@@ -214,6 +217,9 @@ class _Restorer:
 
     def commit(self, lineno: int) -> None:
         assert self.table is not None
+        if self.test:
+            self.table = None
+            return
         try:
             validate(self.table, self.node)
         except ParameterProblem as exc:
@@ -267,6 +273,7 @@ def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, t
     prog = "iptables-restore" if state.family == 4 else "ip6tables-restore"
     r = _Restorer(state, noflush, counters, tables, node, prog, prepared, verify)
     r.echo = echo
+    r.test = test
     lineno = 0
     lines = text.split("\n")
     skip_to = 0
