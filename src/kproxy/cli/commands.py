@@ -84,6 +84,12 @@ def result_json(res: Result) -> dict[str, Any]:
               help="Send this many packets (new connections unless --sport is fixed).")
 @click.option("--packets", "packet_file", type=click.Path(exists=True, dir_okay=False),
               help="A file of packet specs, one per line; 'reply' answers the previous packet.")
+@click.option("--ttl", help="IPv4 TTL / IPv6 hop limit (default 64).")
+@click.option("--tos", help="TOS byte / traffic class: DSCP << 2 | ECN (default 0).")
+@click.option("--mss", help="The TCP MSS option (default: none sent).")
+@click.option("--payload", help="The bytes after the transport header, as text (default: unknown).")
+@click.option("--uid", help="The sending socket's uid, for --local packets (default: unknown).")
+@click.option("--gid", help="The sending socket's gid, for --local packets (default: unknown).")
 @click.option("--json", "as_json", is_flag=True, help="Print the traces as JSON.")
 @click.option("--nft-monitor", is_flag=True,
               help="Print what 'nft monitor trace' would print for these packets (the nft rules they meet once "
@@ -97,7 +103,8 @@ def result_json(res: Result) -> dict[str, Any]:
 @click.pass_obj
 def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str | None, proto: str,
               sport: int | None, dport: int, tcp_flags: str | None, mark: str, count: int,
-              packet_file: str | None, as_json: bool, nft_monitor: bool, fmt: str, dry_run: bool,
+              packet_file: str | None, ttl: str | None, tos: str | None, mss: str | None, payload: str | None,
+              uid: str | None, gid: str | None, as_json: bool, nft_monitor: bool, fmt: str, dry_run: bool,
               from_pod: str | None, to_service: str | None, manifests: str | None) -> None:
     """Inject packets and print every hook, table, chain and rule they meet, and their fate."""
     if from_pod or to_service:
@@ -111,6 +118,10 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
             specs = parse_packet_file(text, packet_file)
         else:
             argv = _spec_argv(iif, local, src, dst, proto, sport, dport, tcp_flags, mark)
+            for opt, val in (("--ttl", ttl), ("--tos", tos), ("--mss", mss), ("--payload", payload),
+                             ("--uid", uid), ("--gid", gid)):
+                if val is not None:
+                    argv += [opt, val]
             specs = [parse_spec_args(argv)]
         node = obj.node
         keep = count <= 3 or as_json or nft_monitor or fmt != "text"

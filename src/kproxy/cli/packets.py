@@ -1,7 +1,8 @@
 """Packet specifications as the ``trace`` command and packet files write them.
 
 A spec is the trace options of one packet (``--iif eth0 --src 10.0.0.1 --dst 10.96.0.10 -p udp
---dport 53``). A packet file holds one spec per line (``#`` comments allowed); the word ``reply``
+--dport 53``, and ``--ttl``, ``--tos``, ``--mss``, ``--payload``, ``--uid``/``--gid`` for the
+extensions that read them). A packet file holds one spec per line (``#`` comments allowed); the word ``reply``
 on a line means "the answer to the previous packet", sent back from where that packet went, so a
 file can play a whole exchange through shared conntrack state.
 """
@@ -34,6 +35,13 @@ class PacketSpec:
     icmp_code: int = 0
     length: int | None = None
     reply: bool = False
+    # Header fields and socket owner some extensions read (ttl, tos/dscp/ecn, tcpmss, string/u32, owner).
+    ttl: int | None = None
+    tos: int | None = None
+    mss: int | None = None
+    payload: str | None = None
+    uid: int | None = None
+    gid: int | None = None
 
     def packet(self, sport: int) -> Packet:
         proto = parse_proto(self.proto)
@@ -45,6 +53,12 @@ class PacketSpec:
             sport_value, dport = 0, 0
         else:
             sport_value, dport = sport, self.dport
+        for name, value in (("ttl", self.ttl), ("tos", self.tos), ("tcp_mss", self.mss), ("uid", self.uid),
+                            ("gid", self.gid)):
+            if value is not None:
+                kw[name] = value
+        if self.payload is not None:
+            kw["payload"] = self.payload.encode("utf-8", "surrogateescape")
         if self.length is not None:
             kw["length"] = self.length
         else:
@@ -67,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--icmp-type", type=int, default=8)
     p.add_argument("--icmp-code", type=int, default=0)
     p.add_argument("--length", type=int)
+    for opt in ("--ttl", "--tos", "--mss", "--uid", "--gid"):
+        p.add_argument(opt, type=lambda v: int(v, 0))
+    p.add_argument("--payload")
     return p
 
 
@@ -99,6 +116,10 @@ def check_spec(spec: PacketSpec, where: str) -> PacketSpec:
     for opt, port in (("--sport", spec.sport), ("--dport", spec.dport)):
         if port is not None and not 0 <= port <= 65535:
             raise SpecError(f"{where}: {opt}: port {port} out of range")
+    for opt, number, top in (("--ttl", spec.ttl, 255), ("--tos", spec.tos, 255), ("--mss", spec.mss, 65535),
+                             ("--uid", spec.uid, 2**32 - 1), ("--gid", spec.gid, 2**32 - 1)):
+        if number is not None and not 0 <= number <= top:
+            raise SpecError(f"{where}: {opt}: {number} out of range (0-{top})")
     if spec.tcp_flags is not None:
         try:
             parse_tcp_flags(spec.tcp_flags)
@@ -118,7 +139,8 @@ def parse_spec_args(argv: list[str], where: str = "arguments") -> PacketSpec:
         raise SpecError(f"{where}: unknown argument \"{rest[0]}\"")
     spec = PacketSpec(src=ns.src or "", dst=ns.dst or "", proto=ns.proto, sport=ns.sport, dport=ns.dport,
                       iif=ns.iif, local=ns.local, tcp_flags=ns.tcp_flags, mark=ns.mark,
-                      icmp_type=ns.icmp_type, icmp_code=ns.icmp_code, length=ns.length)
+                      icmp_type=ns.icmp_type, icmp_code=ns.icmp_code, length=ns.length, ttl=ns.ttl, tos=ns.tos,
+                      mss=ns.mss, payload=ns.payload, uid=ns.uid, gid=ns.gid)
     return check_spec(spec, where)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kproxy.iptables.extension import builtin_chain_outside
+from kproxy.iptables.extension import refusal
 from kproxy.iptables.jumps import too_deep
 from kproxy.iptables.model import STANDARD_VERDICTS, Chain, Rule, Table
 from kproxy.iptables.parser import Command, ParameterProblem, clone_rule, parse_command
@@ -56,17 +56,19 @@ def check_devices(chain: str, rule: Rule) -> None:
 def check_target_allowed(table: Table, chain: str, rule: Rule) -> None:
     """Targets restricted to tables or hooks (DNAT only in nat PREROUTING/OUTPUT...) fail like the kernel."""
     for m in rule.matches:      # a plain loop: this runs for every rule of a restore
-        if m.CHECKS_ENTRY and m.kernel_refuses(rule, chain):
-            raise _refused(chain)
+        if m.CHECKS_ENTRY:
+            errno = refusal(m, table.name, chain, rule)
+            if errno is not None:
+                raise _refused(chain, errno)
     t = rule.target
-    if t is not None and ((t.TABLES is not None and table.name not in t.TABLES)
-                          or (t.HOOKS is not None and builtin_chain_outside(chain, t.HOOKS))
-                          or (t.CHECKS_ENTRY and t.kernel_refuses(rule, chain))):
-        raise _refused(chain)
+    if t is not None and t.CHECKS_ENTRY:
+        errno = refusal(t, table.name, chain, rule)
+        if errno is not None:
+            raise _refused(chain, errno)
 
 
-def _refused(chain: str) -> CommandError:
-    return CommandError(f" RULE_APPEND failed (Invalid argument): rule in chain {chain}", rc=4, kind="resource")
+def _refused(chain: str, errno: str = "Invalid argument") -> CommandError:
+    return CommandError(f" RULE_APPEND failed ({errno}): rule in chain {chain}", rc=4, kind="resource")
 
 
 def find_rule(chain: Chain, rule: Rule) -> int:
@@ -332,6 +334,7 @@ def run_iptables(argv: list[str], state: Any, family: int = 4, node: Node | None
     from kproxy.iptables.listing import list_rules, list_table, table_json
 
     prog = prog_name(family)
+    c: Command | None = None
     as_json = "--json" in argv                  # kproxy's own: -L/-S for scripts
     if as_json:
         argv = [a for a in argv if a != "--json"]
@@ -373,4 +376,5 @@ def run_iptables(argv: list[str], state: Any, family: int = 4, node: Node | None
         return 0, echo, "".join(c.warnings)
     except (ParameterProblem, CommandError) as exc:
         rc, err = format_error(exc, prog)
-        return rc, "", err
+        warned = exc.warnings if isinstance(exc, ParameterProblem) else c.warnings if c is not None else []
+        return rc, "", "".join(warned) + err

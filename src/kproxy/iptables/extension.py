@@ -113,6 +113,22 @@ class Extension(ABC):
     # Whether rules using the class can hold any reference at all (set when registered), so counting
     # a 100,000-rule table's references asks only the extensions that may hold one.
     HOLDS_REFS: ClassVar[bool] = False
+    # The families iptables 1.8.9 has the extension for (libipt_/libip6t_ ones are one family only);
+    # a class of one family may share its name with the other family's class.
+    FAMILIES: ClassVar[tuple[int, ...]] = (4, 6)
+    # Tables and hooks where the kernel accepts the extension (None: anywhere), like xt_match/xt_target
+    # .table and .hooks; outside them the rule is refused on append.
+    TABLES: ClassVar[tuple[str, ...] | None] = None
+    HOOKS: ClassVar[tuple[str, ...] | None] = None
+    # The kernel's reason when it refuses the rule (an instance may say otherwise, e.g. a missing helper).
+    ERRNO: str = "Invalid argument"
+    # The extension's kernel module is missing on the reference machine (LED, CLUSTERIP, ...): the tool
+    # warns when it loads the extension and the kernel refuses the rule with ENOENT.
+    KERNEL_LACKS: ClassVar[bool] = False
+    # What the tool printed on stderr while parsing this use of the extension (and went on).
+    warnings: tuple[str, ...] = ()
+    # What ``-L`` puts before the extension's text: its print function's own leading blank (bpf has none).
+    LISTING_SPACE: ClassVar[str] = " "
 
     @classmethod
     @abstractmethod
@@ -182,10 +198,6 @@ class Match(Extension):
 class Target(Extension):
     """A target extension (``-j NAME`` for anything but ACCEPT/DROP/RETURN/QUEUE and user chains)."""
 
-    # Tables and hooks where the target is allowed (None: anywhere), like xt_target.table/hooks.
-    TABLES: ClassVar[tuple[str, ...] | None] = None
-    HOOKS: ClassVar[tuple[str, ...] | None] = None
-
     @classmethod
     @abstractmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> Target:
@@ -198,6 +210,29 @@ class Target(Extension):
 
 MATCHES: dict[str, type[Match]] = {}
 TARGETS: dict[str, type[Target]] = {}
+# Each family's extensions by (name, family): what ``-m NAME``/``-j NAME`` load in that family.
+_FAMILY_MATCHES: dict[tuple[str, int], type[Match]] = {}
+_FAMILY_TARGETS: dict[tuple[str, int], type[Target]] = {}
+
+
+def match_class(name: str, family: int) -> type[Match] | None:
+    """The match ``-m NAME`` loads in the family (None: "Couldn't load match")."""
+    return _FAMILY_MATCHES.get((name, family))
+
+
+def target_class(name: str, family: int) -> type[Target] | None:
+    """The target ``-j NAME`` loads in the family (None: NAME is a chain)."""
+    return _FAMILY_TARGETS.get((name, family))
+
+
+def refusal(ext: Extension, table: str, chain: str, rule: Rule) -> str | None:
+    """Why the kernel refuses the rule's use of the extension here (its errno text), or None."""
+    if ext.KERNEL_LACKS:
+        return "No such file or directory"
+    if (ext.TABLES is not None and table not in ext.TABLES) or \
+            (ext.HOOKS is not None and builtin_chain_outside(chain, ext.HOOKS)):
+        return "Invalid argument"
+    return ext.ERRNO if ext.kernel_refuses(rule, chain) else None
 
 
 def _note_checks(cls: type[Extension]) -> None:
@@ -206,18 +241,25 @@ def _note_checks(cls: type[Extension]) -> None:
 
         cls.OPTIONS = XtOptions(cls.name)
     cls.CHECKS_NODE = cls.check is not Extension.check
-    cls.CHECKS_ENTRY = cls.kernel_refuses is not Extension.kernel_refuses
+    cls.CHECKS_ENTRY = cls.kernel_refuses is not Extension.kernel_refuses or cls.TABLES is not None or \
+        cls.HOOKS is not None or cls.KERNEL_LACKS
     cls.HOLDS_REFS = cls.NEEDS_CONNTRACK or cls.needs_conntrack is not Extension.needs_conntrack or \
         cls.set_names is not Extension.set_names
 
 
 def register_match(cls: type[Match]) -> type[Match]:
-    MATCHES[cls.name] = cls
+    if 4 in cls.FAMILIES or cls.name not in MATCHES:
+        MATCHES[cls.name] = cls
+    for family in cls.FAMILIES:
+        _FAMILY_MATCHES[(cls.name, family)] = cls
     _note_checks(cls)
     return cls
 
 
 def register_target(cls: type[Target]) -> type[Target]:
-    TARGETS[cls.name] = cls
+    if 4 in cls.FAMILIES or cls.name not in TARGETS:
+        TARGETS[cls.name] = cls
+    for family in cls.FAMILIES:
+        _FAMILY_TARGETS[(cls.name, family)] = cls
     _note_checks(cls)
     return cls

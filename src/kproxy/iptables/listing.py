@@ -86,7 +86,9 @@ def rule_line(rule: Rule, num: int, c: Command, family: int = 4) -> str:
     if rule.goto:
         parts.append("[goto] ")
     for m in rule.matches:
-        parts.append(" " + m.listing(c.numeric))
+        text = m.listing(c.numeric)
+        if text:                   # (a match without a print function, like eui64, prints nothing)
+            parts.append(m.LISTING_SPACE + text)
     if rule.target is not None:
         text = rule.target.listing(c.numeric)
         if text:

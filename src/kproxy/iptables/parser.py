@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kproxy.iptables import ext as _ext  # noqa: F401  (registers every extension)
-from kproxy.iptables.extension import MATCHES, TARGETS, ExtensionError, Match, Opt, Target
+from kproxy.iptables.extension import ExtensionError, Match, Opt, Target, match_class, target_class
 from kproxy.iptables.model import STANDARD_VERDICTS, Net, Rule
 from kproxy.iptables.xtutil import NET4, QUAD, c_strtoui
+from kproxy.nftables.types import protocols
 from kproxy.packet import PROTO_NUMBERS
 
 XT_CHAIN_MAXNAMELEN = 29
@@ -33,6 +34,7 @@ class ParameterProblem(ValueError):
         super().__init__(message)
         self.usage_hint = usage_hint
         self.prefixed = prefixed
+        self.warnings: list[str] = []      # printed before the error
 
 
 COMMANDS = {
@@ -86,7 +88,7 @@ def valid_chain_name(name: str, family: int = 4) -> None:
         raise ParameterProblem("chain name not allowed to start with `-'")
     if name.startswith("!"):
         raise ParameterProblem("chain name not allowed to start with `!'")
-    if name in _TOOL_TARGETS or name in _FAMILY_TARGETS[family] or name in TARGETS:
+    if name in _TOOL_TARGETS or name in _FAMILY_TARGETS[family] or target_class(name, family) is not None:
         raise ParameterProblem("chain name may not clash with target name")
     if _BLANK.search(name):
         raise ParameterProblem(f"Invalid chain name `{name}'")
@@ -189,6 +191,9 @@ def parse_protocol(text: str, family: int) -> int:
         return PROTO_NUMBERS[key]
     if key.isdigit() and int(key) <= 255:
         return int(key)
+    by_name = protocols()[0]            # getprotobyname: /etc/protocols (ipcomp, ospf, ...)
+    if text in by_name:
+        return by_name[text]
     raise ParameterProblem(f"unknown protocol \"{text}\" specified")
 
 
@@ -209,7 +214,7 @@ CORE = {
 # Extension values cannot hold a newline: the tool refuses it in log prefixes (calling both options
 # --log-prefix); elsewhere (a comment) it is refused here, as the saved rule could not be restored.
 _NEWLINE_NAMES = {"nflog-prefix": "log-prefix"}
-PROTO_MATCH = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp", 136: "udplite"}
+PROTO_MATCH = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp", 136: "udplite", 33: "dccp"}
 
 
 # Each extension loaded gets the next number: getopt_long sees the newest one's options first.
@@ -239,15 +244,32 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
 
     ``trace``, when given, receives where each option and value was taken from: what
     ``kproxy.iptables.plan`` needs to parse later lines of the same shape without this loop.
+    The warnings printed before an error (an extension the kernel lacks) go with the error.
     """
     c = Command(table=default_table)
+    try:
+        return _parse_command(c, argv, family, restore, trace)
+    except ParameterProblem as exc:
+        exc.warnings = c.warnings
+        raise
+
+
+def _load_warning(c: Command, cls: Any) -> None:
+    """What libxtables prints when it loads an extension whose kernel module is missing."""
+    if cls.KERNEL_LACKS:
+        c.warnings.append(f"Warning: Extension {cls.name} revision {cls.REVISION} not supported, "
+                          "missing kernel module?\n")
+
+
+def _parse_command(c: Command, argv: list[str], family: int, restore: bool,
+                   trace: list[tuple[Any, ...]] | None) -> Command:
     rule = Rule()
     matches: list[_ExtSlot] = []
     target: _ExtSlot | None = None
     counters: tuple[int, int] | None = None
     invert = False
     seen: set[str] = set()
-    addrs: dict[str, list[Net]] = {}
+    raw_addrs: dict[str, tuple[str, bool]] = {}     # -s/-d as given: parsed after the options, as the tool does
     i = 0
     n = len(argv)
     # (No closures over i or seen here: a closure would turn them into cell variables, slower on
@@ -289,9 +311,7 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 trace.append((key, i, invert))
             if key in ("s", "d"):
                 _once(seen, key, "-" + key)
-                nets = parse_nets(val, family)
-                if not (len(nets) == 1 and nets[0].prefixlen == 0 and not invert):
-                    addrs[key] = nets
+                raw_addrs[key] = (val, invert)
                 setattr(rule, f"{'src' if key == 's' else 'dst'}_inv", invert)
             elif key in ("i", "o"):
                 _once(seen, key, "-" + key)
@@ -320,13 +340,16 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 if "j" in seen or "g" in seen:
                     raise ParameterProblem("multiple -j flags not allowed")
                 seen.add(key)
-                target = _set_target(rule, val, key == "g")
+                target = _set_target(rule, val, key == "g", family)
+                if target is not None:
+                    _load_warning(c, target.cls)
             elif key == "m":
                 if invert:
                     raise ParameterProblem("unexpected ! flag before --match")
-                cls = MATCHES.get(val.lower() if val.lower() in PROTO_MATCH.values() else val)
+                cls = match_class(val.lower() if val.lower() in PROTO_MATCH.values() else val, family)
                 if cls is None:
                     raise ParameterProblem(f"Couldn't load match `{val}':No such file or directory\n")
+                _load_warning(c, cls)
                 matches.append(_ExtSlot(cls))
             elif key == "t":
                 if restore:
@@ -357,7 +380,7 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
             i += 1
             continue
         if tok.startswith("-") and len(tok) > 1:
-            slot, name = _owner(tok, target, matches, rule)
+            slot, name = _owner(tok, target, matches, rule, family)
             if slot is None:
                 if tok.startswith("--") and "=" not in tok and not name:
                     raise ParameterProblem(f"unknown option \"{tok}\"")     # unknown, or ambiguous with an extension's
@@ -371,6 +394,8 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                     trace = None
                 continue
             count = slot.cls.OPTIONS.nvals[name]
+            if name in slot.cls.OPTIONS.optional and (i + 1 >= n or argv[i + 1][:1] in ("-", "!")):
+                count = 0       # an optional value that is not there (the next word is an option)
             vals = argv[i + 1:i + 1 + count]
             if not vals and count:
                 raise ParameterProblem(f"option \"{tok}\" requires an argument")
@@ -388,8 +413,15 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
     if not c.cmd:
         raise ParameterProblem("no command specified")
     c.has_rule = bool(seen & {"s", "d", "i", "o", "p", "f", "j", "g"}) or bool(matches)
-    if c.cmd in ("A", "I", "D", "R", "C") and (c.cmd != "D" or not c.rulenum or c.has_rule):
-        base = _build_rule(rule, matches, target, family)
+    build = c.cmd in ("A", "I", "D", "R", "C") and (c.cmd != "D" or not c.rulenum or c.has_rule)
+    # The extensions' final checks come first, then the addresses (-s before -d, whatever their order),
+    # so "-d ! 1.2.3.4" is the tool's "Bad argument `1.2.3.4'" and "-s bad -m mark" mark's complaint.
+    base = _build_rule(rule, matches, target, family) if build else None
+    addrs = _parse_addrs(raw_addrs, family)
+    if base is not None:
+        for ext in (*base.matches, base.target):
+            if ext is not None and ext.warnings:
+                c.warnings.extend(ext.warnings)
         if counters is not None:
             base.packets, base.bytes = counters
         c.rules = _expand(base, addrs)
@@ -476,11 +508,11 @@ def respell(tok: str, argv: list[str], i: int) -> list[str] | None:
     return out
 
 
-def _set_target(rule: Rule, name: str, goto: bool) -> _ExtSlot | None:
+def _set_target(rule: Rule, name: str, goto: bool, family: int) -> _ExtSlot | None:
     if name in STANDARD_VERDICTS:
         rule.jump, rule.goto = name, goto
         return None
-    cls = None if goto else TARGETS.get(name)
+    cls = None if goto else target_class(name, family)
     if cls is None:
         valid_jump_name(name)
         rule.jump, rule.goto = name, goto
@@ -494,7 +526,7 @@ _CORE_LONG = {tok[2:]: key for tok, (key, _) in CORE.items() if tok.startswith("
 
 
 def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot],
-           rule: Rule) -> tuple[_ExtSlot | None, str]:
+           rule: Rule, family: int) -> tuple[_ExtSlot | None, str]:
     """The extension an option belongs to and the option's full name, as getopt_long finds it among
     the core's options and the loaded extensions' (the newest first): an exact name, else a prefix
     of one option only. When that fails, the protocol's match is loaded and the search made again
@@ -512,7 +544,7 @@ def _owner(tok: str, target: _ExtSlot | None, matches: list[_ExtSlot],
         return found
     pname = PROTO_MATCH.get(rule.proto)
     if pname is not None and not rule.proto_inv:
-        cls = MATCHES.get(pname)
+        cls = match_class(pname, family)
         if cls is not None and not any(s.cls is cls for s in matches):
             slot = _ExtSlot(cls)
             found = _resolve(name, [slot, *slots])
@@ -578,6 +610,18 @@ def _build_rule(rule: Rule, matches: list[_ExtSlot], target: _ExtSlot | None, fa
     except ExtensionError as exc:
         raise ParameterProblem(str(exc)) from None
     return rule
+
+
+def _parse_addrs(raw: dict[str, tuple[str, bool]], family: int) -> dict[str, list[Net]]:
+    """-s then -d; an uninverted 0/0 is no test at all."""
+    addrs: dict[str, list[Net]] = {}
+    for key in ("s", "d"):
+        if key in raw:
+            val, invert = raw[key]
+            nets = parse_nets(val, family)
+            if not (len(nets) == 1 and nets[0].prefixlen == 0 and not invert):
+                addrs[key] = nets
+    return addrs
 
 
 def _expand(base: Rule, addrs: dict[str, list[Net]]) -> list[Rule]:

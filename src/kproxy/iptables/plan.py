@@ -180,7 +180,7 @@ class RulePlan:
                 else:
                     rule.oif, rule.oif_inv = val, inv
             if self.jump_pos >= 0:
-                if _set_target(rule, argv[self.jump_pos], self.goto) is not None:
+                if _set_target(rule, argv[self.jump_pos], self.goto, family) is not None:
                     return None                 # a target registered after this module was loaded
             else:
                 rule.jump = self.jump
@@ -212,7 +212,7 @@ def parse_rule_line(argv: list[str], family: int, table: str) -> Command:
     c = parse_command(argv, family, restore=True, default_table=table, trace=trace)
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
-    plan = RulePlan.learn(argv, c, trace)
+    plan = RulePlan.learn(argv, c, trace) if not c.warnings else None    # (each such line warns again)
     if plan is not None:
         key = (family, shape(argv))          # learning may have added this line's options to the vocabulary
     _PLANS[key] = plan

@@ -36,6 +36,7 @@ Prepared = dict[int, tuple[str, list[Rule]]]     # first line of a run -> (chain
 COUNTERS_RE = re.compile(r"^\[(\d+):(\d+)\]\s*")
 _NOT_CHAINS = frozenset({None, "ACCEPT", "DROP", "RETURN", "QUEUE"})
 CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*$")
+POLICY_COUNTERS_RE = re.compile(r"\[\s*\+?\d+:\s*\+?\d+\]")        # sscanf("[%llu:%llu]")
 
 
 class RestoreError(ValueError):
@@ -64,6 +65,14 @@ class _Restorer:
         self.checked_lines: dict[int, int] = {}     # id of a rule the kernel checks at commit -> its line
         self.echo: list[str] | None = None      # -v: what the tool prints as it goes
         self.jumps: list[tuple[int, str, Rule]] = []     # (line, chain, rule) of each jump to a user chain
+        self.warnings: list[str] = []           # what the tool printed on stderr as it parsed (and went on)
+        self.test = False                       # --test: lines are parsed, nothing is checked against tables
+
+    def warn(self, lines: list[str]) -> None:
+        """Keep the lines' warnings; an extension's load warning is printed once, when first loaded."""
+        for text in lines:
+            if not (text.startswith("Warning: Extension ") and text in self.warnings):
+                self.warnings.append(text)
 
     def param_error(self, msg: str, line: int, prefixed: bool = True) -> RestoreError:
         head = f"{self.prog} {VERSION}: {msg}" if prefixed else msg
@@ -93,6 +102,9 @@ class _Restorer:
         assert self.table is not None
         parts = line[1:].split()
         counts: tuple[int, int] | None = (0, 0)
+        if self.counters and parts and (builtin := self.table.chains.get(parts[0])) is not None and \
+                builtin.builtin and not (len(parts) >= 3 and POLICY_COUNTERS_RE.fullmatch(parts[2])):
+            raise self.param_error(f"invalid policy counters for chain '{parts[0]}'", lineno)
         if len(parts) == 3 and parts[1] == "-" and parts[2] == "[0:0]":    # a user chain, as savers write it
             name, policy = parts[0], "-"
         else:
@@ -127,8 +139,17 @@ class _Restorer:
         if m is not None:
             pkts_bytes = (int(m.group(1)), int(m.group(2)))
             line = line[m.end():]
+        elif line[0] == "[":
+            # The tool turns "[pkts:bytes]" into "-c pkts bytes": its checks then give the errors.
+            end = line.find("]")
+            if end < 0:
+                raise self.param_error(f"Bad line {lineno}: need ]", lineno)
+            pkts, _, nbytes = line[1:end].partition(":")
+            line = f"-c {pkts or '0'} {nbytes or '0'} {line[end + 1:]}"
         try:
             c = parse_rule_line(tokenize(line), self.state.family, self.table.name)
+            if c.warnings:
+                self.warn(c.warnings)
             if c.cmd in ("L", "S", "C", "h", "V"):
                 raise ParameterProblem(f"Cannot use -{c.cmd} in iptables-restore")
             if pkts_bytes is not None and self.counters:
@@ -139,6 +160,8 @@ class _Restorer:
                     r.packets = r.bytes = 0
             if c.cmd == "X" and c.chain:
                 self.delete_lines[c.chain] = lineno
+            if self.test:
+                return          # --test parses only: chains, rules and the kernel's checks are not consulted
             if self.echo is not None and not self.skip:
                 self.echo.append(verbose_echo(self.table, c, verbose=True))
             apply(self.table, c)
@@ -153,10 +176,15 @@ class _Restorer:
 
     def line_error(self, exc: ParameterProblem | CommandError, lineno: int) -> RestoreError:
         if isinstance(exc, ParameterProblem):
-            return self.param_error(str(exc), lineno, exc.prefixed)
-        if exc.kind == "resource":      # the kernel refused the rule when the batch was sent
-            return RestoreError(f"{self.prog} {VERSION}: \nline {lineno}: {str(exc).strip()}", exc.rc)
-        return RestoreError(f"{self.prog}: line {lineno} failed: {exc}".rstrip(), exc.rc)
+            self.warn(exc.warnings)
+            err = self.param_error(str(exc), lineno, exc.prefixed)
+        elif exc.kind == "resource":      # the kernel refused the rule when the batch was sent
+            err = RestoreError(f"{self.prog} {VERSION}: \nline {lineno}: {str(exc).strip()}", exc.rc)
+        else:
+            err = RestoreError(f"{self.prog}: line {lineno} failed: {exc}".rstrip(), exc.rc)
+        if self.warnings:
+            err = RestoreError("".join(self.warnings) + str(err), err.rc)
+        return err
 
     def prepared_run(self, run: tuple[str, list[Rule]], lineno: int, lines: list[str]) -> int:
         """Append the rules prepared for the ``-A`` lines from ``lineno`` on; return the last line they cover."""
@@ -192,6 +220,9 @@ class _Restorer:
 
     def commit(self, lineno: int) -> None:
         assert self.table is not None
+        if self.test:
+            self.table = None
+            return
         try:
             validate(self.table, self.node)
         except ParameterProblem as exc:
@@ -213,14 +244,18 @@ class _Restorer:
 
 def restore(text: str, state: Any, noflush: bool = False, counters: bool = False, test: bool = False,
             tables: list[str] | None = None, source: str = "<stdin>", node: Node | None = None,
-            prepared: Prepared | None = None, verify_prepared: bool = False, echo: list[str] | None = None) -> None:
-    """Apply ``iptables-restore`` input to ``state`` (an IptablesState), all or nothing.
+            prepared: Prepared | None = None, verify_prepared: bool = False, echo: list[str] | None = None,
+            warnings: list[str] | None = None) -> None:
+    """Apply ``iptables-restore`` input to ``state`` (an IptablesState), each table at its COMMIT: a
+    failure keeps the tables committed before it, as the tool does.
 
     ``prepared`` maps the first line of a run of ``-A`` lines of one chain to (chain, rules) already
     built for them by the caller (the proxier, ``kproxy.proxy.prepared``): those lines are applied
     without being parsed again.
     ``verify_prepared`` parses them anyway and fails the restore if a prepared rule differs.
     ``echo``, when given, receives what ``iptables-restore -v`` prints (nothing with --noflush or --test, as 1.8.9).
+    ``warnings``, when given, receives what the tool prints on stderr while it succeeds (an error's
+    message already starts with them).
 
     The cyclic garbage collector is paused meanwhile: a large ruleset allocates hundreds of
     thousands of long-lived objects, and rescanning them on every collection costs more than the parse.
@@ -229,48 +264,59 @@ def restore(text: str, state: Any, noflush: bool = False, counters: bool = False
     gc.disable()
     try:
         _restore(text, state, noflush, counters, test, tables, node, prepared, verify_prepared,
-                 echo if not (noflush or test) else None)
+                 echo if not (noflush or test) else None, warnings)
     finally:
         if enabled:
             gc.enable()
 
 
 def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, tables: list[str] | None,
-             node: Node | None, prepared: Prepared | None, verify: bool, echo: list[str] | None) -> None:
+             node: Node | None, prepared: Prepared | None, verify: bool, echo: list[str] | None,
+             warnings: list[str] | None = None) -> None:
     prog = "iptables-restore" if state.family == 4 else "ip6tables-restore"
     r = _Restorer(state, noflush, counters, tables, node, prog, prepared, verify)
     r.echo = echo
+    r.test = test
     lineno = 0
     lines = text.split("\n")
     skip_to = 0
-    for lineno, raw in enumerate(lines, 1):
-        if lineno <= skip_to:                         # covered by a prepared run
-            continue
-        line = raw.strip()
-        if not line:
-            continue
-        first = line[0]
-        if first == "-" and r.table is not None:      # most lines: a rule
-            run = prepared.get(lineno) if prepared is not None else None
-            if run is not None:
-                skip_to = r.prepared_run(run, lineno, lines)
+    try:
+        for lineno, raw in enumerate(lines, 1):
+            if lineno <= skip_to:                         # covered by a prepared run
+                continue
+            line = raw.strip()
+            if not line:
+                continue
+            first = line[0]
+            if first == "-" and r.table is not None:      # most lines: a rule
+                run = prepared.get(lineno) if prepared is not None else None
+                if run is not None:
+                    skip_to = r.prepared_run(run, lineno, lines)
+                else:
+                    r.command_line(line, lineno)
+                continue
+            if first == "#":
+                continue
+            if r.table is None:
+                if first == "*":
+                    r.start_table(line[1:].strip(), lineno)
+                    continue
+                raise RestoreError(f"{prog}: line {lineno} failed")
+            if line == "COMMIT":
+                r.commit(lineno)
+            elif first == ":":
+                r.chain_line(line, lineno)
             else:
                 r.command_line(line, lineno)
-            continue
-        if first == "#":
-            continue
-        if r.table is None:
-            if first == "*":
-                r.start_table(line[1:].strip(), lineno)
-                continue
-            raise RestoreError(f"{prog}: line {lineno} failed")
-        if line == "COMMIT":
-            r.commit(lineno)
-        elif first == ":":
-            r.chain_line(line, lineno)
-        else:
-            r.command_line(line, lineno)
-    if r.table is not None:
-        raise RestoreError(f"{prog}: COMMIT expected at line {lineno}")
+        if r.table is not None:
+            raise RestoreError(f"{prog}: COMMIT expected at line {lineno}")
+    except RestoreError:
+        # Each COMMIT is its own transaction (iptables-nft sends one batch per table, legacy one
+        # replace): the tables committed before the failing line stay applied, except with --test.
+        if not test and r.staged:
+            state.commit(r.staged)
+        raise
+    if warnings is not None:
+        warnings.extend(r.warnings)
     if not test and r.staged:
         state.commit(r.staged)

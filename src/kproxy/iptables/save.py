@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from kproxy.iptables.model import Chain, Net, Rule, Table
+from kproxy.nftables.types import protocols
 from kproxy.packet import PROTO_NAMES, format_addr
 
 SAVE_TABLE_ORDER = ("mangle", "security", "raw", "filter", "nat")
@@ -22,7 +23,10 @@ def format_net(net: Net) -> str:
 
 
 def proto_name(proto: int) -> str:
-    return PROTO_NAMES.get(proto, str(proto))
+    """xtables' proto_to_name: /etc/protocols' name (135 is "mobility-header"), else the number."""
+    if proto == 0:
+        return "all"
+    return protocols()[1].get(proto) or PROTO_NAMES.get(proto, str(proto))
 
 
 def rule_spec(rule: Rule) -> str:

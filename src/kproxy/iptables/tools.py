@@ -97,12 +97,13 @@ def run_iptables_restore(argv: list[str], state: Any, stdin: str | None, node: N
         text, source = stdin or "", "<stdin>"
     tables = [str(opts["table"])] if opts.get("table") else None
     echo: list[str] | None = [] if "verbose" in opts else None
+    warned: list[str] = []
     try:
         restore(text, state, noflush="noflush" in opts, counters="counters" in opts, test="test" in opts,
-                tables=tables, source=source, node=node, echo=echo)
+                tables=tables, source=source, node=node, echo=echo, warnings=warned)
     except RestoreError as exc:
         return exc.rc, "".join(echo or ()), f"{exc}\n"
-    return 0, "".join(echo or ()), ""
+    return 0, "".join(echo or ()), "".join(warned)
 
 
 def restore_usage(prog: str) -> str:

@@ -86,6 +86,7 @@ class XtOpt:
     excl: tuple[str, ...] = ()        # ids that cannot be given with it
     nvals: int = -1                   # argv values it takes (default: 0 for NONE, else 1)
     once: str = ""                    # the message for a second use, when not the table's
+    optional: bool = False            # the value is taken only when the next word is no option (rateest)
     parse: Callable[[XtCall], Any] | None = None    # CUSTOM: the value from the call
 
     @property
@@ -141,6 +142,7 @@ class XtOptions:
         self.relations = {key: (sorted(e.also, key=rank.__getitem__), sorted(e.excl, key=rank.__getitem__))
                           for key, e in self.first.items()}
         self.nvals = {e.name: e.count for e in entries}
+        self.optional = frozenset(e.name for e in entries if e.optional)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.by_name)

@@ -165,12 +165,14 @@ def icmp_options(ext: str, opt: str, table: list[Entry], what: str) -> XtOptions
 @register_match
 class IcmpMatch(IcmpBase):
     name = "icmp"
+    FAMILIES = (4,)
     OPTIONS = icmp_options("icmp", "icmp-type", ICMP_TYPES, "ICMP")
 
 
 @register_match
 class Icmp6Match(IcmpBase):
     name = "icmp6"
+    FAMILIES = (6,)
     PROTO = ICMPV6
     TABLE = ICMP6_TYPES
     OPT = "icmpv6-type"

@@ -75,15 +75,19 @@ def nft_rate(avg: int) -> tuple[int, int]:
     return mult // avg, mult // XT_LIMIT_SCALE
 
 
-def rate_text(period: int) -> str:
-    """print_rate: the coarsest unit that still divides the period well."""
+def pick_unit(period: int, rates: list[tuple[str, int]]) -> tuple[str, int]:
+    """print_rate's choice (limit and hashlimit): the coarsest unit that still divides the period well."""
     i = 1
-    while i < len(RATES):
-        mult = RATES[i][1]
+    while i < len(rates):
+        mult = rates[i][1]
         if period > mult or mult // period < mult % period:
             break
         i += 1
-    name, mult = RATES[i - 1]
+    return rates[i - 1]
+
+
+def rate_text(period: int) -> str:
+    name, mult = pick_unit(period, RATES)
     return f"{mult // period}/{name}"
 
 

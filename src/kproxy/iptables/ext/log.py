@@ -94,14 +94,14 @@ def ip_fields(pkt: Packet, flags: int) -> list[str]:
     """dump_ipv4_packet / dump_ipv6_packet: addresses, header fields, then the transport part."""
     meta = pkt.meta
     if pkt.family == 4:
-        tos = meta.get("tos", 0)
+        tos = meta.get("tos", pkt.tos)
         out = [f"SRC={pkt.src_str} DST={pkt.dst_str}",
                f"LEN={pkt.length} TOS=0x{tos & 0x1E:02X} PREC=0x{tos & 0xE0:02X} TTL={pkt.ttl} ID={meta.get('ip_id', 0)}"]
         if meta.get("df"):
             out.append("DF")
     else:
         out = [f"SRC={pkt.src_str} DST={pkt.dst_str}",
-               f"LEN={pkt.length} TC={meta.get('tc', 0)} HOPLIMIT={pkt.ttl} FLOWLBL={meta.get('flowlabel', 0)}"]
+               f"LEN={pkt.length} TC={meta.get('tc', pkt.tos)} HOPLIMIT={pkt.ttl} FLOWLBL={meta.get('flowlabel', 0)}"]
     return out + l4_fields(pkt, flags)
 
 
@@ -112,8 +112,9 @@ def log_line(prefix: str, pkt: Packet, ctx: RuleContext, flags: int = 0) -> str:
     if in_dev:
         parts.append(mac_header(pkt, ctx))
     parts.extend(ip_fields(pkt, flags))
-    if flags & FLAG_BITS["log-uid"] and "uid" in pkt.meta:
-        parts.append(f"UID={pkt.meta['uid']} GID={pkt.meta.get('gid', 0)}")
+    uid = pkt.meta.get("uid", pkt.uid)
+    if flags & FLAG_BITS["log-uid"] and uid is not None:
+        parts.append(f"UID={uid} GID={pkt.meta.get('gid', pkt.gid or 0)}")
     if pkt.mark:
         parts.append(f"MARK=0x{pkt.mark:x}")
     return " ".join(parts)
