@@ -87,6 +87,8 @@ class Parser:
         self.eval_errors: list[NftError] = []
         self.kernel_errors: list[NftError] = []
         self.batch_broken = False
+        self.elem_indexes: dict[int, tuple[list[Elem], dict[Any, Elem]]] = {}
+        self.unsorted: dict[int, NSet] = {}
 
     # ---- token helpers ------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Token:
@@ -158,6 +160,7 @@ class Parser:
                 self.end_item(top=True)
             except NftError as err:
                 self.record(err, start)
+        self.sort_touched_sets()
         self.raise_recorded()
 
     def record(self, err: NftError, start: int) -> None:
@@ -564,13 +567,36 @@ class Parser:
                 new = [e for e in lit.elems if tuple(span(e, bits)) not in old]
             elems = merge_intervals(s.elems + new, s.key[0], s.auto_merge)
         else:
-            from kproxy.nftables.listing import elem_sort_key
-
-            seen: dict[str, Elem] = {}
-            for e in elems:
-                seen.setdefault(repr(e.key), e)
-            elems = sorted(seen.values(), key=elem_sort_key)
+            # The first of equal keys stays; the list is put in nft's order once, at the end of the script
+            # (``sort_touched_sets``), so a script of many ``add element`` commands is not quadratic.
+            index = self.elem_index(s)
+            for e in lit.elems:
+                ident = elem_identity(e.key)
+                if ident not in index:
+                    index[ident] = e
+                    s.elems.append(e)
+            self.unsorted[id(s)] = s
+            return
         s.elems = elems
+
+    def elem_index(self, s: NSet) -> dict[Any, Elem]:
+        """The set's elements by identity, kept while this parser appends to the same list."""
+        held = self.elem_indexes.get(id(s))
+        if held is None or held[0] is not s.elems or len(held[1]) != len(s.elems):
+            index: dict[Any, Elem] = {}
+            for e in s.elems:
+                index.setdefault(elem_identity(e.key), e)
+            s.elems = list(index.values())
+            held = (s.elems, index)
+            self.elem_indexes[id(s)] = held
+        return held[1]
+
+    def sort_touched_sets(self) -> None:
+        from kproxy.nftables.listing import elem_sort_key
+
+        for s in self.unsorted.values():
+            s.elems.sort(key=elem_sort_key)  # stable: of equal keys, the earlier stays first
+        self.unsorted.clear()
 
     def limit_body(self) -> Limit:
         over = bool(self.accept("over"))
@@ -885,6 +911,15 @@ def jumps_to(chain: Chain, target: str) -> bool:
             if isinstance(s, VerdictStmt) and s.verdict.target == target:
                 return True
     return False
+
+
+def elem_identity(k: Expr) -> Any:
+    """What makes two element keys of one set the same element: their values (cheaper than their repr)."""
+    if type(k) is Const:
+        return ("c", k.value)
+    if type(k) is Concat and all(type(i) is Const for i in k.items):
+        return ("k", tuple(i.value for i in k.items))  # type: ignore[attr-defined]
+    return ("r", repr(k))
 
 
 def span(e: Elem, bits: int) -> tuple[int, int]:
