@@ -13,10 +13,10 @@ deterministic stand-in for the hash.
 
 from __future__ import annotations
 
-from rulesets import endpoint_ip, service_ip
+from rulesets import endpoint_ip
 
-CLUSTER_CIDR = "10.244.0.0/16"
-SERVICE_CIDR = "10.96.0.0/12"
+CLUSTER_CIDR = "10.0.0.0/8"     # pods: clients in 10.244.0.0/16, endpoints from 10.100.0.0 on
+SERVICE_CIDR = "172.30.0.0/16"
 NODE_IP = "192.168.1.10"
 
 SKELETON = f"""\
@@ -73,6 +73,10 @@ add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service
 add rule ip kube-proxy services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
 add element ip kube-proxy nodeport-ips {{ {NODE_IP} }}
 """
+
+
+def service_ip(i: int) -> str:
+    return f"172.30.{i // 250}.{i % 250 + 1}"
 
 
 def service_chain(i: int) -> str:
