@@ -81,6 +81,7 @@ class Unsupported(Exception):
 def attach(node: Node) -> list[str]:
     """(Re)register the node's nftables base chains on its hooks; returns the chains left unhooked, with why."""
     node.hooks.unregister_all(NAME_PREFIX)
+    node.subsystems["nftables_runners"] = []
     for name, fam, hook in node.subsystems.pop("nftables_nat_lookups", []):
         node.nat.unregister_lookup(fam, hook, name)
     rs: Ruleset | None = node.nftables
@@ -99,6 +100,7 @@ def attach(node: Node) -> list[str]:
             if "dormant" in t.flags:
                 continue
             engine = ChainRunner(node, t, c)
+            node.subsystems.setdefault("nftables_runners", []).append(engine)
             name = f"{NAME_PREFIX}{t.family}:{t.name}:{c.name}"
             for fam in FAMILIES[t.family]:
                 hook = HOOK_NAMES[str(c.hook)]
@@ -163,6 +165,9 @@ class ChainRunner:
         self.chain = chain
         self.rng = random.Random(0)
         self.counters: dict[int, int] = {}
+        from kproxy.nftables.compiled import Compiler
+
+        self.compiled = Compiler(self)
 
     def __call__(self, pkt: Packet, state: HookState) -> int:
         if self.table.family == "ip" and pkt.family != 4 or self.table.family == "ip6" and pkt.family != 6:
@@ -179,6 +184,12 @@ class ChainRunner:
         return verdict
 
     def run_chain(self, chain: Chain, pkt: Packet, state: HookState, depth: int) -> int:
+        if state.trace is None:
+            return self.compiled.chain(chain)(pkt, state, depth)
+        return self.interpret_chain(chain, pkt, state, depth)
+
+    def interpret_chain(self, chain: Chain, pkt: Packet, state: HookState, depth: int) -> int:
+        """The chain run statement by statement (for traced packets, and the reference for ``compiled``)."""
         if depth > 16:
             return NF_DROP  # the kernel refuses loops at load time; never reached with a valid ruleset
         for rule in chain.rules:

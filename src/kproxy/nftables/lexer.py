@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class Token:
     kind: str  # "word", "string", "punct", "nl", "eof"
