@@ -157,6 +157,14 @@ class Compiler:
             return indent + 1
         if isinstance(st, VerdictStmt):
             return self.verdict_code(src, st.verdict, indent)
+        if isinstance(st, VerdictMap):
+            guard, expr = self.inline_value(src, st.key)
+            if guard:  # no key (the packet lacks a header): the map finds nothing and the rule goes on
+                src.line(indent, f"if {guard}:")
+            src.line(indent + bool(guard), f"r = {src.const(self.dispatcher(st))}({expr}, pkt, state, depth)")
+            src.line(indent + bool(guard), "if r != CONTINUE:")
+            src.line(indent + bool(guard) + 1, "return r")
+            return indent
         act = src.const(self.action(st))
         src.line(indent, f"r = {act}(pkt, state, depth)")
         src.line(indent, "if r is not None:")  # None: a match inside the statement failed
@@ -227,12 +235,21 @@ class Compiler:
         return go
 
     def verdict_map(self, st: VerdictMap) -> Action:
-        key, find = self.value(st.key), self.finder(st.data)
+        key, dispatch = self.value(st.key), self.dispatcher(st)
+        return lambda pkt, state, depth: dispatch(key(pkt, state), pkt, state, depth)
+
+    def dispatcher(self, st: VerdictMap) -> Callable[[Any, Packet, HookState, int], int | None]:
+        """A verdict map's lookup of a key and the verdict it finds, each verdict compiled once; the verdicts
+        of an anonymous map (``numgen ... vmap { ... }``) are compiled with the rule."""
+        find = self.finder(st.data)
         compiled: dict[int, tuple[Verdict, Action]] = {}
         compile_verdict = self.verdict
+        for e in map_elems(st, self.runner.table.sets):
+            if type(e.data) is Verdict:
+                compiled[id(e.data)] = (e.data, compile_verdict(e.data))
 
-        def vmap(pkt: Packet, state: HookState, depth: int) -> int | None:
-            found = find(key(pkt, state))
+        def dispatch(key: Any, pkt: Packet, state: HookState, depth: int) -> int | None:
+            found = find(key)
             if type(found) is not Verdict:
                 return CONTINUE
             held = compiled.get(id(found))
@@ -240,7 +257,7 @@ class Compiler:
                 held = compiled[id(found)] = (found, compile_verdict(found))
             return held[1](pkt, state, depth)
 
-        return vmap
+        return dispatch
 
     def nat(self, st: Nat) -> Action:
         """``dnat to ADDR[:PORT]`` with constants: the range is built once (the NAT core does the rest)."""
@@ -307,6 +324,7 @@ class Compiler:
         else:
             return lambda v: lookup(where, v)
         index = self.indexes.setdefault(id(holder), SetIndex())
+        index.refresh(holder.elems)
 
         def find(v: Any) -> Any:
             if v is None:
@@ -423,10 +441,15 @@ def jump_targets(chain: Chain, sets: dict[str, Any]) -> list[str]:
             if isinstance(st, VerdictStmt) and st.verdict.target:
                 out.append(st.verdict.target)
             elif isinstance(st, VerdictMap):
-                elems = st.data.elems if isinstance(st.data, SetLit) else \
-                    getattr(sets.get(getattr(st.data, "name", "")), "elems", [])
-                out += [e.data.target for e in elems if isinstance(e.data, Verdict) and e.data.target]
+                out += [e.data.target for e in map_elems(st, sets) if isinstance(e.data, Verdict) and e.data.target]
     return out
+
+
+def map_elems(st: VerdictMap, sets: dict[str, Any]) -> list[Elem]:
+    """The elements of a verdict map, anonymous or named (none if the named one is missing)."""
+    if isinstance(st.data, SetLit):
+        return st.data.elems
+    return list(getattr(sets.get(getattr(st.data, "name", "")), "elems", []))
 
 
 class ChainSource:

@@ -173,7 +173,10 @@ class ChainRunner:
         if self.table.family == "ip" and pkt.family != 4 or self.table.family == "ip6" and pkt.family != 6:
             return NF_ACCEPT
         try:
-            verdict = self.run_chain(self.chain, pkt, state, 0)
+            if state.trace is None:
+                verdict = (self.compiled.chains.get(self.chain.name) or self.compiled.chain(self.chain))(pkt, state, 0)
+            else:
+                verdict = self.interpret_chain(self.chain, pkt, state, 0)
         except Unsupported as exc:
             # Say so rather than guess: the packet stops here, and the trace tells why.
             if state.trace is not None:
