@@ -32,11 +32,12 @@ SCAN = re.compile(r"""
 """, re.X)
 
 
-def tokenize(text: str) -> list[Token]:
-    """Split a script into tokens; ``#`` comments and line continuations vanish, newlines remain."""
+def tokenize(text: str, first_line: int = 1) -> list[Token]:
+    """Split a script into tokens; ``#`` comments and line continuations vanish, newlines remain.
+    ``first_line`` numbers the lines of a part of a longer script."""
     out: list[Token] = []
     append = out.append
-    line, pos, line_start = 1, 0, 0
+    line, pos, line_start = first_line, 0, 0
     n = len(text)
     match = SCAN.match
     while pos < n:

@@ -76,10 +76,11 @@ class Output:
 
 class Parser:
     def __init__(self, text: str, rs: Ruleset, interfaces: set[str] | None = None) -> None:
-        try:
-            self.toks = expand_defines(tokenize(text))
-        except LexError as exc:
-            raise NftError(str(exc), (exc.line, exc.col, exc.end)) from None
+        from kproxy.nftables import fastpath
+
+        self.text = text
+        self.fast = fastpath.usable(text)  # then ``script`` tokenizes the lines the fast path leaves
+        self.toks = [] if self.fast else self.tokens(text)
         self.pos = 0
         self.rs = rs
         self.interfaces = interfaces
@@ -89,6 +90,13 @@ class Parser:
         self.batch_broken = False
         self.elem_indexes: dict[int, tuple[list[Elem], dict[Any, Elem]]] = {}
         self.unsorted: dict[int, NSet] = {}
+
+    @staticmethod
+    def tokens(text: str, first_line: int = 1) -> list[Token]:
+        try:
+            return expand_defines(tokenize(text, first_line))
+        except LexError as exc:
+            raise NftError(str(exc), (exc.line, exc.col, exc.end)) from None
 
     # ---- token helpers ------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Token:
@@ -149,6 +157,21 @@ class Parser:
 
     # ---- script ---------------------------------------------------------------------------------
     def script(self) -> None:
+        if not self.fast:
+            self.commands()
+        else:
+            from kproxy.nftables.fastpath import FastPath, pieces
+
+            fast = FastPath(self)
+            for first_line, text, candidate in pieces(self.text):
+                if not (candidate and fast.apply(text, first_line)):
+                    self.toks, self.pos = self.tokens(text, first_line), 0
+                    self.commands()
+        self.sort_touched_sets()
+        self.raise_recorded()
+
+    def commands(self) -> None:
+        """Parse and apply the commands in ``toks``, recording evaluation errors as nft goes on past them."""
         while True:
             self.skip_seps()
             t = self.peek()
@@ -160,8 +183,6 @@ class Parser:
                 self.end_item(top=True)
             except NftError as err:
                 self.record(err, start)
-        self.sort_touched_sets()
-        self.raise_recorded()
 
     def record(self, err: NftError, start: int) -> None:
         """Keep an evaluation error and go on to the next rule or command, as nft does; stop on syntax."""
