@@ -25,7 +25,11 @@ from kproxy.nftables.stmt import Match, Nat, Stmt, VerdictMap, VerdictStmt
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.nftables.parser import Parser
 
-WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*(?<!:)")  # a word the lexer reads whole and keeps whole
+# A line of whitespace-separated chunks, each one token of the lexer with the chunk's text: a word it reads
+# whole and keeps whole (no trailing colon, no quote, no '*'), or one of a few punctuation marks.
+CHUNK = r"(?:[A-Za-z0-9_][A-Za-z0-9_./:\-]*(?<!:)|[{},:.]|!=)"
+LINE = re.compile(rf"{CHUNK}(?:[ \t]+{CHUNK})*[ \t]*\n?")
+OCTETS = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
 PUNCT = frozenset(["{", "}", ",", ":", ".", "!="])
 STRINGS = re.compile(r'"[^"\n]*"')
 L4 = {"tcp": 6, "udp": 17, "sctp": 132}
@@ -69,17 +73,17 @@ class FastPath:
 
     def __init__(self, parser: Parser) -> None:
         self.p = parser
-        self.rules: dict[str, Callable[[Table, Chain, list[str], list[int], int], Rule | None]] = {
+        self.rules: dict[str, Callable[[Table, Chain, list[str], str, int], Rule | None]] = {
             "ip": self.rule_payload_jump, "meta": self.rule_dnat, "numgen": self.rule_numgen}
 
     def apply(self, line: str, lineno: int) -> bool:
         p = self.p
         if p.eval_errors or p.kernel_errors:
             return False
-        spans = [(m.start(), m.group()) for m in re.finditer(r"\S+", line)]
-        words = [w for _, w in spans]
-        if len(words) < 5 or words[2] not in FAMILIES or any(
-                not (w in PUNCT or WORD.fullmatch(w)) for w in words):
+        if LINE.fullmatch(line) is None:
+            return False
+        words = line.split()
+        if len(words) < 5 or words[2] not in FAMILIES:
             return False
         tbl = p.rs.find(words[2], words[3])
         if tbl is None:
@@ -105,7 +109,7 @@ class FastPath:
             build = self.rules.get(words[5])
             if chain is None or chain.hook is not None or build is None or tbl.family != "ip":
                 return False
-            rule = build(tbl, chain, words[5:], [c + 1 for c, _ in spans[5:]], lineno)
+            rule = build(tbl, chain, words[5:], line, lineno)
             if rule is None:
                 return False
             chain.rules.append(rule)
@@ -170,7 +174,7 @@ class FastPath:
         return None, i
 
     # ---- rules ------------------------------------------------------------------------------------
-    def rule_payload_jump(self, tbl: Table, chain: Chain, w: list[str], cols: list[int], line: int) -> Rule | None:
+    def rule_payload_jump(self, tbl: Table, chain: Chain, w: list[str], text: str, line: int) -> Rule | None:
         """``ip saddr|daddr ADDR jump|goto CHAIN`` and
         ``ip daddr ADDR tcp|udp|sctp dport PORT ip saddr != PREFIX jump|goto CHAIN``."""
         stmts: list[Stmt] = []
@@ -207,7 +211,7 @@ class FastPath:
             return None
         return Match(left, op, right), j + 1
 
-    def rule_dnat(self, tbl: Table, chain: Chain, w: list[str], cols: list[int], line: int) -> Rule | None:
+    def rule_dnat(self, tbl: Table, chain: Chain, w: list[str], text: str, line: int) -> Rule | None:
         """``meta l4proto tcp|udp|sctp dnat to ADDR:PORT``."""
         if len(w) != 6 or w[1] != "l4proto" or w[2] not in L4 or w[3:5] != ["dnat", "to"] or w[5].count(":") != 1:
             return None
@@ -219,7 +223,7 @@ class FastPath:
         stmts: list[Stmt] = [Match(proto, "==", Const(proto.dtype, L4[w[2]])), Nat("dnat", a, p)]
         return self.new_rule(tbl, stmts)
 
-    def rule_numgen(self, tbl: Table, chain: Chain, w: list[str], cols: list[int], line: int) -> Rule | None:
+    def rule_numgen(self, tbl: Table, chain: Chain, w: list[str], text: str, line: int) -> Rule | None:
         """``numgen random mod N vmap { 0 : goto C0 , 1 : goto C1 , ... }`` with keys 0 .. N-1 in order."""
         if len(w) < 10 or w[1] != "random" or w[2] != "mod" or not w[3].isdigit() or w[4:6] != ["vmap", "{"] \
                 or w[-1] != "}":
@@ -242,7 +246,8 @@ class FastPath:
         tbl.sets[name] = NSet(name, tbl.alloc(), True, [T.INTEGER], [T.VERDICT], ["constant", "anonymous"],
                               anonymous=True, elems=list(elems))
         rule = self.new_rule(tbl, [VerdictMap(Numgen("random", mod), lit)], [name])
-        rule.anon_locs = [(line, cols[5], cols[-1])]  # type: ignore[attr-defined]
+        # Where the braces are: the kernel's errors for the anonymous map point there.
+        rule.anon_locs = [(line, text.index("{") + 1, text.rindex("}") + 1)]  # type: ignore[attr-defined]
         return rule
 
     @staticmethod
@@ -255,6 +260,11 @@ class FastPath:
 
 def plain(dt: T.DType, text: str) -> Const | None:
     """A value written plainly (no prefix, range or symbol the general parser treats specially)."""
+    if dt is T.IPV4:
+        m = OCTETS.fullmatch(text)  # the usual dotted quad, read without the ipaddress module
+        if m is not None and max(map(int, m.groups())) < 256:
+            a, b, c, d = map(int, m.groups())
+            return Const(dt, a << 24 | b << 16 | c << 8 | d)
     try:
         return Const(dt, dt.parse(text))
     except T.TypeError_:
@@ -266,10 +276,9 @@ def prefix(text: str) -> Prefix | None:
     base, _, plen = text.partition("/")
     if not plen.isdigit() or not 0 <= int(plen) < 32:
         return None
-    try:
-        v = T.IPV4.parse(base)
-    except T.TypeError_:
+    addr = plain(T.IPV4, base)
+    if addr is None:
         return None
-    n = int(plen)
+    v, n = addr.value, int(plen)
     mask = ((1 << 32) - 1) ^ ((1 << (32 - n)) - 1)
     return Prefix(Const(T.IPV4, v & mask), n)
