@@ -33,6 +33,8 @@ OCTETS = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,
 PUNCT = frozenset(["{", "}", ",", ":", ".", "!="])
 STRINGS = re.compile(r'"[^"\n]*"')
 L4 = {"tcp": 6, "udp": 17, "sctp": 132}
+PLAIN: dict[tuple[str, str], object] = {}
+MISSING = object()
 
 
 def usable(text: str) -> bool:
@@ -265,10 +267,16 @@ def plain(dt: T.DType, text: str) -> Const | None:
         if m is not None and max(map(int, m.groups())) < 256:
             a, b, c, d = map(int, m.groups())
             return Const(dt, a << 24 | b << 16 | c << 8 | d)
-    try:
-        return Const(dt, dt.parse(text))
-    except T.TypeError_:
-        return None
+    key = (dt.name, text)
+    value = PLAIN.get(key, MISSING)
+    if value is MISSING:
+        try:
+            value = dt.parse(text)
+        except T.TypeError_:
+            value = None
+        if len(PLAIN) < 4096:  # ports and protocols repeat: remember a few thousand words
+            PLAIN[key] = value
+    return None if value is None else Const(dt, value)
 
 
 def prefix(text: str) -> Prefix | None:
