@@ -157,6 +157,13 @@ class Parser:
 
     # ---- script ---------------------------------------------------------------------------------
     def script(self) -> None:
+        """Run the whole script (the cyclic GC paused: a big ruleset is many long-lived objects)."""
+        from kproxy.store.chains import gc_paused
+
+        with gc_paused():
+            self.run_script()
+
+    def run_script(self) -> None:
         if not self.fast:
             self.commands()
         else:
