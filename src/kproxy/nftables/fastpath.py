@@ -14,27 +14,47 @@ line numbers; a script with ``define``, ``$`` or ``include`` is parsed whole by 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import Concat, Const, Elem, Expr, Meta, Numgen, Payload, Prefix, SetLit, Verdict
-from kproxy.nftables.model import FAMILIES, Chain, NSet, Rule, Table
+from kproxy.nftables.model import Chain, NSet, Rule, Table
 from kproxy.nftables.stmt import Match, Nat, Stmt, VerdictMap, VerdictStmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.nftables.parser import Parser
 
-# A line of whitespace-separated chunks, each one token of the lexer with the chunk's text: a word it reads
-# whole and keeps whole (no trailing colon, no quote, no '*'), or one of a few punctuation marks.
+# A chunk of a line that the lexer reads as one token with the chunk's text: a word it reads whole and keeps
+# whole (no trailing colon, no quote, no '*'), or one of a few punctuation marks.
 CHUNK = r"(?:[A-Za-z0-9_][A-Za-z0-9_./:\-]*(?<!:)|[{},:.]|!=)"
-LINE = re.compile(rf"{CHUNK}(?:[ \t]+{CHUNK})*[ \t]*\n?")
+CHUNKS = re.compile(rf"{CHUNK}(?: {CHUNK})*")
 OCTETS = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
 PUNCT = frozenset(["{", "}", ",", ":", ".", "!="])
-STRINGS = re.compile(r'"[^"\n]*"')
 L4 = {"tcp": 6, "udp": 17, "sctp": 132}
 PLAIN: dict[tuple[str, str], object] = {}
 MISSING = object()
+
+
+def _line_shapes() -> re.Pattern[str]:
+    name, v4, fam = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*(?<!:)", r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", \
+        "ip|ip6|inet|arp|bridge|netdev"
+    rule = rf"add rule ip (?P<{{0}}t>{name}) (?P<{{0}}c>{name}) "
+    shapes = {
+        "AC": rf"add chain (?P<ac_f>{fam}) (?P<ac_t>{name}) (?P<ac_c>{name})",
+        "FC": rf"flush chain (?P<fc_f>{fam}) (?P<fc_t>{name}) (?P<fc_c>{name})",
+        "RJ": rule.format("rj_") + rf"ip (?P<rj_k>saddr|daddr) (?P<rj_a>{v4}) (?P<rj_v>jump|goto) (?P<rj_x>{name})",
+        "RM": rule.format("rm_") + rf"ip daddr (?P<rm_a>{v4}) (?P<rm_p>tcp|udp|sctp) dport (?P<rm_n>[0-9]+) "
+                                   rf"ip saddr != (?P<rm_s>{v4})/(?P<rm_l>[0-9]+) (?P<rm_v>jump|goto) (?P<rm_x>{name})",
+        "RD": rule.format("rd_") + rf"meta l4proto (?P<rd_p>tcp|udp|sctp) dnat to (?P<rd_a>{v4}):(?P<rd_n>[0-9]+)",
+        "RN": rule.format("rn_") + r"numgen random mod (?P<rn_m>[0-9]+) vmap \{ (?P<rn_b>[^{}\n]*) \}",
+        "AE": rf"add element (?P<ae_f>{fam}) (?P<ae_t>{name}) (?P<ae_s>{name}) \{{ (?P<ae_b>[^{{}}\n]*) \}}",
+    }
+    return re.compile("^(?:" + "|".join(f"(?P<{k}>{v})" for k, v in shapes.items()) + r")[ \t]*(?:\n|\Z)", re.M)
+
+
+SHAPES = _line_shapes()
+STRINGS = re.compile(r'"[^"\n]*"')
 
 
 def usable(text: str) -> bool:
@@ -42,92 +62,96 @@ def usable(text: str) -> bool:
     return "$" not in text and "define" not in text and "include" not in text
 
 
-def pieces(text: str) -> Iterator[tuple[int, str, bool]]:
-    """The script as (first line number, text, is one fast candidate line): runs of other lines are kept
-    together, and so is a block that spans lines or a line continued with a backslash."""
-    lines = text.split("\n")
-    run: list[str] = []
-    run_start = 1
-    depth, continued = 0, False
-    for i, line in enumerate(lines):
-        last = i == len(lines) - 1
-        whole = line if last else line + "\n"
-        candidate = depth == 0 and not continued and line[:4] in ("add ", "flus") and '"' not in line \
-            and "#" not in line and ";" not in line and not line.endswith("\\")
-        if candidate:
-            if run:
-                yield run_start, "".join(run), False
-                run = []
-            yield i + 1, whole, True
-            continue
-        if not run:
-            run_start = i + 1
-        run.append(whole)
-        bare = STRINGS.sub("", line).split("#", 1)[0]
-        depth = max(0, depth + bare.count("{") - bare.count("}"))
-        continued = line.endswith("\\")
-    if run:
-        yield run_start, "".join(run), False
-
-
 class FastPath:
-    """Applies recognised lines to the parser's ruleset; ``apply`` says False for anything it leaves alone."""
+    """Applies recognised lines to the parser's ruleset; each handler says False for a line it leaves alone."""
 
     def __init__(self, parser: Parser) -> None:
         self.p = parser
-        self.rules: dict[str, Callable[[Table, Chain, list[str], str, int], Rule | None]] = {
-            "ip": self.rule_payload_jump, "meta": self.rule_dnat, "numgen": self.rule_numgen}
+        self.handlers: dict[str, Callable[[re.Match[str], int], bool]] = {
+            "AC": self.add_chain, "FC": self.flush_chain, "RJ": self.rule_jump, "RM": self.rule_masquerade,
+            "RD": self.rule_dnat, "RN": self.rule_numgen, "AE": self.add_element}
 
-    def apply(self, line: str, lineno: int) -> bool:
+    def run(self, text: str) -> None:
+        """Apply the script: recognised lines here, the text between them through the general parser.
+
+        A recognised line joins the text before it when that text leaves a block open or ends with a
+        continuation (it is then inside another command), and when applying it would not give exactly
+        what the general parser gives."""
         p = self.p
-        if p.eval_errors or p.kernel_errors:
-            return False
-        if LINE.fullmatch(line) is None:
-            return False
-        words = line.split()
-        if len(words) < 5 or words[2] not in FAMILIES:
-            return False
-        tbl = p.rs.find(words[2], words[3])
+        gap = scanned = line_pos = 0  # start of the pending general text; how far its depth is known
+        line = 1  # the line number at line_pos
+        depth, continued = 0, False
+        for m in SHAPES.finditer(text):
+            start = m.start()
+            if gap < start:
+                bare = STRINGS.sub("", text[scanned:start])
+                depth = max(0, depth + sum(part.count("{") - part.count("}")
+                                           for part in (ln.split("#", 1)[0] for ln in bare.split("\n"))))
+                continued = text.endswith("\\\n", scanned, start)
+                scanned = start
+                if depth or continued:
+                    continue
+            line += text.count("\n", line_pos, start)
+            line_pos = start
+            if gap < start:
+                p.toks, p.pos = p.tokens(text[gap:start], line - text.count("\n", gap, start)), 0
+                p.commands()
+                gap = start
+            if not (p.eval_errors or p.kernel_errors) and self.handlers[str(m.lastgroup)](m, line):
+                gap = scanned = m.end()
+        if gap < len(text):
+            line += text.count("\n", line_pos, gap)
+            p.toks, p.pos = p.tokens(text[gap:], line), 0
+            p.commands()
+
+    def table(self, family: str, name: str) -> Table | None:
+        return self.p.rs.find(family, name)
+
+    def add_chain(self, m: re.Match[str], line: int) -> bool:
+        tbl = self.table(m["ac_f"], m["ac_t"])
         if tbl is None:
             return False
-        verb = (words[0], words[1])
-        if verb == ("add", "chain") and len(words) == 5:
-            if words[4] not in tbl.chains:
-                tbl.chains[words[4]] = Chain(words[4], tbl.alloc())
-            return True
-        if verb == ("flush", "chain") and len(words) == 5:
-            chain = tbl.chains.get(words[4])
-            if chain is None:
-                return False
-            for r in chain.rules:
-                for anon in r.anon_sets:
-                    tbl.sets.pop(anon, None)
-            chain.rules = []
-            return True
-        if verb == ("add", "element"):
-            return self.add_element(tbl, words[4:])
-        if verb == ("add", "rule") and len(words) > 5:
-            chain = tbl.chains.get(words[4])
-            build = self.rules.get(words[5])
-            if chain is None or chain.hook is not None or build is None or tbl.family != "ip":
-                return False
-            rule = build(tbl, chain, words[5:], line, lineno)
-            if rule is None:
-                return False
-            chain.rules.append(rule)
-            return True
-        return False
+        if m["ac_c"] not in tbl.chains:
+            tbl.chains[m["ac_c"]] = Chain(m["ac_c"], tbl.alloc())
+        return True
+
+    def flush_chain(self, m: re.Match[str], line: int) -> bool:
+        tbl = self.table(m["fc_f"], m["fc_t"])
+        chain = tbl.chains.get(m["fc_c"]) if tbl is not None else None
+        if tbl is None or chain is None:
+            return False
+        for r in chain.rules:
+            for anon in r.anon_sets:
+                tbl.sets.pop(anon, None)
+        chain.rules = []
+        return True
+
+    def rule_chain(self, m: re.Match[str], k: str) -> tuple[Table, Chain] | None:
+        """The table and regular chain of an ``add rule ip TABLE CHAIN ...`` line (base chains check their
+        statements against their hook: the general parser does that)."""
+        tbl = self.table("ip", m[k + "t"])
+        chain = tbl.chains.get(m[k + "c"]) if tbl is not None else None
+        if tbl is None or chain is None or chain.hook is not None:
+            return None
+        return tbl, chain
+
+    def add_rule(self, tc: tuple[Table, Chain], stmts: list[Stmt], anon: list[str] | None = None) -> Rule:
+        tbl, chain = tc
+        rule = Rule(tbl.alloc(), stmts, None, anon or [])
+        rule.anon_locs = []  # type: ignore[attr-defined]
+        chain.rules.append(rule)
+        return rule
 
     # ---- elements ---------------------------------------------------------------------------------
-    def add_element(self, tbl: Table, words: list[str]) -> bool:
+    def add_element(self, m: re.Match[str], line: int) -> bool:
         """``add element FAMILY TABLE SET { KEY [: VERDICT] , ... }`` for a set of plain values."""
-        s = tbl.sets.get(words[0])
-        if s is None or "interval" in s.flags or len(words) < 4 or words[1] != "{" or words[-1] != "}":
-            return False
-        if s.data is not None and s.data != [T.VERDICT]:
+        tbl = self.table(m["ae_f"], m["ae_t"])
+        s = tbl.sets.get(m["ae_s"]) if tbl is not None else None
+        if s is None or "interval" in s.flags or s.data is not None and s.data != [T.VERDICT] or \
+                CHUNKS.fullmatch(m["ae_b"]) is None:
             return False
         elems: list[Elem] = []
-        i, body = 0, words[2:-1]
+        i, body = 0, m["ae_b"].split(" ")
         while i < len(body):
             parts, i = self.key(s.key, body, i)
             if parts is None:
@@ -176,88 +200,62 @@ class FastPath:
         return None, i
 
     # ---- rules ------------------------------------------------------------------------------------
-    def rule_payload_jump(self, tbl: Table, chain: Chain, w: list[str], text: str, line: int) -> Rule | None:
-        """``ip saddr|daddr ADDR jump|goto CHAIN`` and
-        ``ip daddr ADDR tcp|udp|sctp dport PORT ip saddr != PREFIX jump|goto CHAIN``."""
-        stmts: list[Stmt] = []
-        i = 0
-        while i + 3 < len(w) and w[i] not in ("jump", "goto"):
-            m = self.match(w, i)
-            if m is None:
-                return None
-            stmt, i = m
-            stmts.append(stmt)
-        if len(stmts) not in (1, 3) or i + 2 != len(w) or w[i] not in ("jump", "goto") or w[i + 1] not in tbl.chains:
-            return None
-        shape = [(m.left.proto, m.left.field, m.op) for m in stmts]  # type: ignore[attr-defined]
-        if shape[0][0] != "ip" or shape[0][2] != "==" or len(stmts) == 3 and (
-                shape[0][1] != "daddr" or shape[1][1] != "dport" or shape[2][:2] != ("ip", "saddr")):
-            return None
-        stmts.append(VerdictStmt(Verdict(w[i], w[i + 1])))
-        return self.new_rule(tbl, stmts)
+    def rule_jump(self, m: re.Match[str], line: int) -> bool:
+        """``ip saddr|daddr ADDR jump|goto CHAIN`` (an endpoint's hairpin masquerade)."""
+        tc = self.rule_chain(m, "rj_")
+        addr = plain(T.IPV4, m["rj_a"])
+        if tc is None or addr is None or m["rj_x"] not in tc[0].chains:
+            return False
+        self.add_rule(tc, [Match(Payload("ip", m["rj_k"]), "==", addr), VerdictStmt(Verdict(m["rj_v"], m["rj_x"]))])
+        return True
 
-    @staticmethod
-    def match(w: list[str], i: int) -> tuple[Match, int] | None:
-        """``ip saddr|daddr [!=] ADDR[/LEN]`` or ``tcp|udp|sctp dport PORT`` at ``w[i]``."""
-        if w[i] == "ip" and w[i + 1] in ("saddr", "daddr"):
-            left: Expr = Payload("ip", w[i + 1])
-        elif w[i] in L4 and w[i + 1] == "dport":
-            left = Payload(w[i], "dport")
-        else:
-            return None
-        op, j = ("!=", i + 3) if w[i + 2] == "!=" else ("==", i + 2)
-        if j >= len(w):
-            return None
-        right = plain(left.dtype, w[j]) if left.dtype.kind != "ipv4" or "/" not in w[j] else prefix(w[j])
-        if right is None or (op == "!=") != isinstance(right, Prefix):
-            return None
-        return Match(left, op, right), j + 1
+    def rule_masquerade(self, m: re.Match[str], line: int) -> bool:
+        """``ip daddr ADDR tcp dport PORT ip saddr != PREFIX jump CHAIN`` (a service's masquerade rule)."""
+        tc = self.rule_chain(m, "rm_")
+        addr, port = plain(T.IPV4, m["rm_a"]), plain(T.SERVICE, m["rm_n"])
+        cidr = prefix(m["rm_s"], m["rm_l"])
+        if tc is None or addr is None or port is None or cidr is None or m["rm_x"] not in tc[0].chains:
+            return False
+        dport = Payload(m["rm_p"], "dport")
+        self.add_rule(tc, [Match(Payload("ip", "daddr"), "==", addr), Match(dport, "==", Const(dport.dtype, port.value)),
+                           Match(Payload("ip", "saddr"), "!=", cidr), VerdictStmt(Verdict(m["rm_v"], m["rm_x"]))])
+        return True
 
-    def rule_dnat(self, tbl: Table, chain: Chain, w: list[str], text: str, line: int) -> Rule | None:
-        """``meta l4proto tcp|udp|sctp dnat to ADDR:PORT``."""
-        if len(w) != 6 or w[1] != "l4proto" or w[2] not in L4 or w[3:5] != ["dnat", "to"] or w[5].count(":") != 1:
-            return None
-        addr, _, port = w[5].partition(":")
-        a, p = plain(T.IPV4, addr), plain(T.SERVICE, port)
-        if a is None or p is None:
-            return None
+    def rule_dnat(self, m: re.Match[str], line: int) -> bool:
+        """``meta l4proto tcp|udp|sctp dnat to ADDR:PORT`` (an endpoint's DNAT)."""
+        tc = self.rule_chain(m, "rd_")
+        addr, port = plain(T.IPV4, m["rd_a"]), plain(T.SERVICE, m["rd_n"])
+        if tc is None or addr is None or port is None:
+            return False
         proto = Meta("l4proto")
-        stmts: list[Stmt] = [Match(proto, "==", Const(proto.dtype, L4[w[2]])), Nat("dnat", a, p)]
-        return self.new_rule(tbl, stmts)
+        self.add_rule(tc, [Match(proto, "==", Const(proto.dtype, L4[m["rd_p"]])), Nat("dnat", addr, port)])
+        return True
 
-    def rule_numgen(self, tbl: Table, chain: Chain, w: list[str], text: str, line: int) -> Rule | None:
+    def rule_numgen(self, m: re.Match[str], line: int) -> bool:
         """``numgen random mod N vmap { 0 : goto C0 , 1 : goto C1 , ... }`` with keys 0 .. N-1 in order."""
-        if len(w) < 10 or w[1] != "random" or w[2] != "mod" or not w[3].isdigit() or w[4:6] != ["vmap", "{"] \
-                or w[-1] != "}":
-            return None
-        mod = int(w[3])
-        body: list[str] = w[6:-1]
+        tc = self.rule_chain(m, "rn_")
+        if tc is None or CHUNKS.fullmatch(m["rn_b"]) is None:
+            return False
+        tbl = tc[0]
+        mod = int(m["rn_m"])
+        body = m["rn_b"].split(" ")
         elems: list[Elem] = []
         for k in range(0, len(body), 5):
             item = body[k:k + 5]
             if len(item) < 4 or item[:2] != [str(len(elems)), ":"] or item[2] not in ("jump", "goto") or \
-                    item[3] in PUNCT or \
-                    (len(item) == 5) != (k + 5 < len(body)) or len(item) == 5 and item[4] != ",":
-                return None
+                    item[3] in PUNCT or (len(item) == 5) != (k + 5 < len(body)) or len(item) == 5 and item[4] != ",":
+                return False
             elems.append(Elem(Const(T.INTEGER, len(elems)), Verdict(item[2], item[3])))
         if len(elems) != mod:
-            return None
-        lit = SetLit(elems)
+            return False
         name = f"__map{tbl.anon_seq}"
         tbl.anon_seq += 1
         tbl.sets[name] = NSet(name, tbl.alloc(), True, [T.INTEGER], [T.VERDICT], ["constant", "anonymous"],
                               anonymous=True, elems=list(elems))
-        rule = self.new_rule(tbl, [VerdictMap(Numgen("random", mod), lit)], [name])
+        rule = self.add_rule(tc, [VerdictMap(Numgen("random", mod), SetLit(elems))], [name])
         # Where the braces are: the kernel's errors for the anonymous map point there.
-        rule.anon_locs = [(line, text.index("{") + 1, text.rindex("}") + 1)]  # type: ignore[attr-defined]
-        return rule
-
-    @staticmethod
-    def new_rule(tbl: Table, stmts: list[Stmt], anon: list[str] | None = None) -> Rule:
-        rule = Rule(tbl.alloc(), stmts, None, anon or [])
-        if not anon:
-            rule.anon_locs = []  # type: ignore[attr-defined]
-        return rule
+        rule.anon_locs = [(line, m.start("rn_b") - m.start() - 1, m.end("rn_b") - m.start() + 2)]  # type: ignore[attr-defined]
+        return True
 
 
 def plain(dt: T.DType, text: str) -> Const | None:
@@ -279,10 +277,9 @@ def plain(dt: T.DType, text: str) -> Const | None:
     return None if value is None else Const(dt, value)
 
 
-def prefix(text: str) -> Prefix | None:
+def prefix(base: str, plen: str) -> Prefix | None:
     """``ADDR/LEN`` for an IPv4 address, as the general parser builds it (a /32 is no prefix here)."""
-    base, _, plen = text.partition("/")
-    if not plen.isdigit() or not 0 <= int(plen) < 32:
+    if not 0 <= int(plen) < 32:
         return None
     addr = plain(T.IPV4, base)
     if addr is None:

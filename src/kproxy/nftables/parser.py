@@ -167,13 +167,9 @@ class Parser:
         if not self.fast:
             self.commands()
         else:
-            from kproxy.nftables.fastpath import FastPath, pieces
+            from kproxy.nftables.fastpath import FastPath
 
-            fast = FastPath(self)
-            for first_line, text, candidate in pieces(self.text):
-                if not (candidate and fast.apply(text, first_line)):
-                    self.toks, self.pos = self.tokens(text, first_line), 0
-                    self.commands()
+            FastPath(self).run(self.text)
         self.sort_touched_sets()
         self.raise_recorded()
 
