@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from socket import inet_aton
 from typing import TYPE_CHECKING
 
 from kproxy.nftables import types as T
@@ -260,11 +261,11 @@ class FastPath:
 
 def plain(dt: T.DType, text: str) -> Const | None:
     """A value written plainly (no prefix, range or symbol the general parser treats specially)."""
-    if dt is T.IPV4:
-        m = OCTETS.fullmatch(text)  # the usual dotted quad, read without the ipaddress module
-        if m is not None and max(map(int, m.groups())) < 256:
-            a, b, c, d = map(int, m.groups())
-            return Const(dt, a << 24 | b << 16 | c << 8 | d)
+    if dt is T.IPV4 and OCTETS.fullmatch(text) is not None:
+        try:  # the usual dotted quad (no leading zeros), read without the ipaddress module
+            return Const(dt, int.from_bytes(inet_aton(text), "big"))
+        except OSError:  # an octet over 255
+            return None
     key = (dt.name, text)
     value = PLAIN.get(key, MISSING)
     if value is MISSING:
