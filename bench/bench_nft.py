@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_packet_path import packet_rates  # noqa: E402
 from kproxy.nftables.cli import run_nft  # noqa: E402
 from kproxy.nftables.evaluate import attach  # noqa: E402
 from kproxy.nftables.model import Ruleset  # noqa: E402
@@ -130,6 +131,8 @@ def main() -> None:
     ap.add_argument("--est", type=int, default=50000, help="established packets per size")
     ap.add_argument("--repeat", type=int, default=3, help="runs per size, each in a fresh interpreter; the best is shown")
     ap.add_argument("--load", type=int, default=10000, help="Services in the ruleset whose nft -f is timed (0: skip)")
+    ap.add_argument("--with-iptables", action="store_true",
+                    help="then measure iptables mode (bench_packet_path.py) at the same sizes: a same-moment reference")
     ap.add_argument("--load-only", type=int, default=0, help=argparse.SUPPRESS)   # a child: time one load
     ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)         # a child: measure one size
     args = ap.parse_args()
@@ -140,21 +143,15 @@ def main() -> None:
         print(json.dumps(measure(args.one, args.new, args.est)))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    results = {}
-    print(f"{'services':>9} {'new conn/s':>12} {'established pkt/s':>18}   (best of {args.repeat}; all runs)")
-    for n in sizes:
-        runs = [_child("--one", str(n), "--new", str(args.new), "--est", str(args.est)) for _ in range(args.repeat)]
-        new_rate, est_rate = max(r[0] for r in runs), max(r[1] for r in runs)  # type: ignore[index]
-        results[n] = (new_rate, est_rate)
-        print(f"{n:>9} {new_rate:>12,.0f} {est_rate:>18,.0f}   new {', '.join(f'{r[0]:,.0f}' for r in runs)}; "  # type: ignore[index]
-              f"established {', '.join(f'{r[1]:,.0f}' for r in runs)}")  # type: ignore[index]
-    lo, hi = sizes[0], sizes[-1]
-    print(f"cost ratio {hi} / {lo}: new {results[lo][0] / results[hi][0]:.2f}, "
-          f"established {results[lo][1] / results[hi][1]:.2f}")
+    print("nftables mode (kube-proxy nftables ruleset, 10 endpoints per Service):")
+    packet_rates(__file__, sizes, args.new, args.est, args.repeat)
     if args.load:
         secs, rules, endpoints = _child("--load-only", str(args.load))  # type: ignore[misc]
         print(f"nft -f of {args.load:,} Services, {endpoints:,} endpoints, {rules:,} rules (fresh interpreter): "
               f"{secs:.2f} s")
+    if args.with_iptables:
+        print("iptables mode (bench_packet_path.py's ruleset, 3 endpoints per Service), measured just after:")
+        packet_rates(str(Path(__file__).with_name("bench_packet_path.py")), sizes, args.new, args.est, args.repeat)
 
 
 if __name__ == "__main__":

@@ -95,11 +95,28 @@ def restore_time(rules: int) -> tuple[float, int, float]:
     return restore_secs, text.count("\n-A "), time.perf_counter() - t0
 
 
-def _child(services: int, new: int, est: int) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, __file__, "--one", str(services), "--new", str(new), "--est", str(est)],
+def _child(services: int, new: int, est: int, script: str = __file__) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, script, "--one", str(services), "--new", str(new), "--est", str(est)],
                          capture_output=True, text=True, check=True)
     new_rate, est_rate = json.loads(out.stdout)
     return new_rate, est_rate
+
+
+def packet_rates(script: str, sizes: list[int], new: int, est: int, repeat: int) -> dict[int, tuple[float, float]]:
+    """Run ``script --one SIZE`` ``repeat`` times per size, print the best rates with every run and the cost
+    ratio of the largest size to the smallest; returns the best (new, established) rates per size."""
+    results = {}
+    print(f"{'services':>9} {'new conn/s':>12} {'established pkt/s':>18}   (best of {repeat}; all runs)")
+    for n in sizes:
+        runs = [_child(n, new, est, script) for _ in range(repeat)]
+        new_rate, est_rate = max(r[0] for r in runs), max(r[1] for r in runs)
+        results[n] = (new_rate, est_rate)
+        print(f"{n:>9} {new_rate:>12,.0f} {est_rate:>18,.0f}   new {', '.join(f'{r[0]:,.0f}' for r in runs)}; "
+              f"established {', '.join(f'{r[1]:,.0f}' for r in runs)}")
+    lo, hi = sizes[0], sizes[-1]
+    print(f"cost ratio {hi} / {lo}: new {results[lo][0] / results[hi][0]:.2f}, "
+          f"established {results[lo][1] / results[hi][1]:.2f}")
+    return results
 
 
 def main() -> None:
@@ -117,18 +134,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, args.new, args.est)))
         return
-    sizes = [int(s) for s in args.sizes.split(",")]
-    results = {}
-    print(f"{'services':>9} {'new conn/s':>12} {'established pkt/s':>18}   (best of {args.repeat}; all runs)")
-    for n in sizes:
-        runs = [_child(n, args.new, args.est) for _ in range(args.repeat)]
-        new_rate, est_rate = max(r[0] for r in runs), max(r[1] for r in runs)
-        results[n] = (new_rate, est_rate)
-        print(f"{n:>9} {new_rate:>12,.0f} {est_rate:>18,.0f}   new {', '.join(f'{r[0]:,.0f}' for r in runs)}; "
-              f"established {', '.join(f'{r[1]:,.0f}' for r in runs)}")
-    lo, hi = sizes[0], sizes[-1]
-    print(f"cost ratio {hi} / {lo}: new {results[lo][0] / results[hi][0]:.2f}, "
-          f"established {results[lo][1] / results[hi][1]:.2f}")
+    packet_rates(__file__, [int(s) for s in args.sizes.split(",")], args.new, args.est, args.repeat)
     # The restore runs in a fresh interpreter, as a user's `kproxy iptables-restore` does: one that has
     # already grown its heap (above) restores the same dump about 20% faster.
     child = subprocess.run([sys.executable, __file__, "--restore-only", "100000"], capture_output=True, text=True,
