@@ -74,7 +74,7 @@ def test_fast_path_makes_what_the_general_parser_makes(tail: str, monkeypatch: p
         return
     assert fast_rc == 0, fast_err
     assert fast.tables == slow.tables  # every chain, rule, statement, set, element and handle
-    locs = [[getattr(r, "anon_locs", None) for c in t.chains.values() for r in c.rules] for t in (fast, slow)
+    locs = [[getattr(r, "anon_locs", []) for c in t.chains.values() for r in c.rules] for t in (fast, slow)
             for t in t.tables]
     assert locs[0] == locs[1]  # where a later kernel error about an anonymous map would point
     assert listing(fast) == listing(slow)

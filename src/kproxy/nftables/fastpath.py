@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from socket import inet_aton
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import Concat, Const, Elem, Expr, Meta, Numgen, Payload, Prefix, SetLit, Verdict
@@ -68,6 +68,9 @@ class FastPath:
 
     def __init__(self, parser: Parser) -> None:
         self.p = parser
+        # Keys, protocol and port constants and jump verdicts that thousands of rules write alike are one
+        # object each (nothing changes an expression once built): fewer objects for the GC to walk.
+        self.shared: dict[tuple[object, ...], Any] = {}
         self.handlers: dict[str, Callable[[re.Match[str], int], bool]] = {
             "AC": self.add_chain, "FC": self.flush_chain, "RJ": self.rule_jump, "RM": self.rule_masquerade,
             "RD": self.rule_dnat, "RN": self.rule_numgen, "AE": self.add_element}
@@ -105,6 +108,14 @@ class FastPath:
             p.toks, p.pos = p.tokens(text[gap:], line), 0
             p.commands()
 
+    def one(self, kind: type, *args: Any) -> Any:
+        """The shared ``kind(*args)``."""
+        key = (kind, *args)
+        obj = self.shared.get(key)
+        if obj is None:
+            obj = self.shared[key] = kind(*args)
+        return obj
+
     def table(self, family: str, name: str) -> Table | None:
         return self.p.rs.find(family, name)
 
@@ -139,7 +150,6 @@ class FastPath:
     def add_rule(self, tc: tuple[Table, Chain], stmts: list[Stmt], anon: list[str] | None = None) -> Rule:
         tbl, chain = tc
         rule = Rule(tbl.alloc(), stmts, None, anon or [])
-        rule.anon_locs = []  # type: ignore[attr-defined]
         chain.rules.append(rule)
         return rule
 
@@ -207,7 +217,8 @@ class FastPath:
         addr = plain(T.IPV4, m["rj_a"])
         if tc is None or addr is None or m["rj_x"] not in tc[0].chains:
             return False
-        self.add_rule(tc, [Match(Payload("ip", m["rj_k"]), "==", addr), VerdictStmt(Verdict(m["rj_v"], m["rj_x"]))])
+        self.add_rule(tc, [Match(self.one(Payload, "ip", m["rj_k"]), "==", addr),
+                           VerdictStmt(self.one(Verdict, m["rj_v"], m["rj_x"]))])
         return True
 
     def rule_masquerade(self, m: re.Match[str], line: int) -> bool:
@@ -217,9 +228,11 @@ class FastPath:
         cidr = prefix(m["rm_s"], m["rm_l"])
         if tc is None or addr is None or port is None or cidr is None or m["rm_x"] not in tc[0].chains:
             return False
-        dport = Payload(m["rm_p"], "dport")
-        self.add_rule(tc, [Match(Payload("ip", "daddr"), "==", addr), Match(dport, "==", Const(dport.dtype, port.value)),
-                           Match(Payload("ip", "saddr"), "!=", cidr), VerdictStmt(Verdict(m["rm_v"], m["rm_x"]))])
+        dport = self.one(Payload, m["rm_p"], "dport")
+        self.add_rule(tc, [Match(self.one(Payload, "ip", "daddr"), "==", addr),
+                           Match(dport, "==", self.one(Const, dport.dtype, port.value)),
+                           Match(self.one(Payload, "ip", "saddr"), "!=", cidr),
+                           VerdictStmt(self.one(Verdict, m["rm_v"], m["rm_x"]))])
         return True
 
     def rule_dnat(self, m: re.Match[str], line: int) -> bool:
@@ -228,8 +241,9 @@ class FastPath:
         addr, port = plain(T.IPV4, m["rd_a"]), plain(T.SERVICE, m["rd_n"])
         if tc is None or addr is None or port is None:
             return False
-        proto = Meta("l4proto")
-        self.add_rule(tc, [Match(proto, "==", Const(proto.dtype, L4[m["rd_p"]])), Nat("dnat", addr, port)])
+        proto = self.one(Meta, "l4proto")
+        self.add_rule(tc, [Match(proto, "==", self.one(Const, proto.dtype, L4[m["rd_p"]])),
+                           Nat("dnat", addr, self.one(Const, T.SERVICE, port.value))])
         return True
 
     def rule_numgen(self, m: re.Match[str], line: int) -> bool:
