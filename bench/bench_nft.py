@@ -151,7 +151,12 @@ def main() -> None:
               f"{secs:.2f} s")
     if args.with_iptables:
         print("iptables mode (bench_packet_path.py's ruleset, 3 endpoints per Service), measured just after:")
-        packet_rates(str(Path(__file__).with_name("bench_packet_path.py")), sizes, args.new, args.est, args.repeat)
+        reference = str(Path(__file__).with_name("bench_packet_path.py"))
+        packet_rates(reference, sizes, args.new, args.est, args.repeat)
+        out = subprocess.run([sys.executable, reference, "--restore-only", "100000"], capture_output=True, text=True,
+                             check=True)
+        print(f"iptables-restore of {json.loads(out.stdout)[1]:,} rules (fresh interpreter): "
+              f"{json.loads(out.stdout)[0]:.2f} s")
 
 
 if __name__ == "__main__":
