@@ -38,20 +38,25 @@ MISSING = object()
 
 
 def _line_shapes() -> re.Pattern[str]:
-    name, v4, fam = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*(?<!:)", r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", \
-        "ip|ip6|inet|arp|bridge|netdev"
-    rule = rf"add rule ip (?P<{{0}}t>{name}) (?P<{{0}}c>{name}) "
-    shapes = {
-        "AC": rf"add chain (?P<ac_f>{fam}) (?P<ac_t>{name}) (?P<ac_c>{name})",
-        "FC": rf"flush chain (?P<fc_f>{fam}) (?P<fc_t>{name}) (?P<fc_c>{name})",
-        "RJ": rule.format("rj_") + rf"ip (?P<rj_k>saddr|daddr) (?P<rj_a>{v4}) (?P<rj_v>jump|goto) (?P<rj_x>{name})",
-        "RM": rule.format("rm_") + rf"ip daddr (?P<rm_a>{v4}) (?P<rm_p>tcp|udp|sctp) dport (?P<rm_n>[0-9]+) "
-                                   rf"ip saddr != (?P<rm_s>{v4})/(?P<rm_l>[0-9]+) (?P<rm_v>jump|goto) (?P<rm_x>{name})",
-        "RD": rule.format("rd_") + rf"meta l4proto (?P<rd_p>tcp|udp|sctp) dnat to (?P<rd_a>{v4}):(?P<rd_n>[0-9]+)",
-        "RN": rule.format("rn_") + r"numgen random mod (?P<rn_m>[0-9]+) vmap \{ (?P<rn_b>[^{}\n]*) \}",
-        "AE": rf"add element (?P<ae_f>{fam}) (?P<ae_t>{name}) (?P<ae_s>{name}) \{{ (?P<ae_b>[^{{}}\n]*) \}}",
+    """One pattern for every recognised line, its words captured; the shared beginnings are written once
+    and names are matched without backtracking, so a line costs one pass of the regular expression engine."""
+    name = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)"
+    v4, fam = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", "(?:ip|ip6|inet|arp|bridge|netdev)"
+    rules = {
+        "RJ": rf"ip (?P<rj_k>saddr|daddr) (?P<rj_a>{v4}) (?P<rj_v>jump|goto) (?P<rj_x>{name})",
+        "RM": rf"ip daddr (?P<rm_a>{v4}) (?P<rm_p>tcp|udp|sctp) dport (?P<rm_n>[0-9]+) "
+              rf"ip saddr != (?P<rm_s>{v4})/(?P<rm_l>[0-9]+) (?P<rm_v>jump|goto) (?P<rm_x>{name})",
+        "RD": rf"meta l4proto (?P<rd_p>tcp|udp|sctp) dnat to (?P<rd_a>{v4}):(?P<rd_n>[0-9]+)",
+        "RN": r"numgen random mod (?P<rn_m>[0-9]+) vmap \{ (?P<rn_b>[^{}\n]*) \}",
     }
-    return re.compile("^(?:" + "|".join(f"(?P<{k}>{v})" for k, v in shapes.items()) + r")[ \t]*(?:\n|\Z)", re.M)
+    rule = rf"rule ip (?P<rt>{name}) (?P<rc>{name}) (?:" + "|".join(f"(?P<{k}>{v})" for k, v in rules.items()) + ")"
+    add = {
+        "AC": rf"chain (?P<ac_f>{fam}) (?P<ac_t>{name}) (?P<ac_c>{name})",
+        "AE": rf"element (?P<ae_f>{fam}) (?P<ae_t>{name}) (?P<ae_s>{name}) \{{ (?P<ae_b>[^{{}}\n]*) \}}",
+    }
+    adds = "|".join(f"(?P<{k}>{v})" for k, v in add.items())
+    flush = rf"(?P<FC>chain (?P<fc_f>{fam}) (?P<fc_t>{name}) (?P<fc_c>{name}))"
+    return re.compile(rf"^(?:add (?:{rule}|{adds})|flush {flush})[ \t]*+(?:\n|\Z)", re.M)
 
 
 SHAPES = _line_shapes()
@@ -138,11 +143,11 @@ class FastPath:
         chain.rules = []
         return True
 
-    def rule_chain(self, m: re.Match[str], k: str) -> tuple[Table, Chain] | None:
+    def rule_chain(self, m: re.Match[str]) -> tuple[Table, Chain] | None:
         """The table and regular chain of an ``add rule ip TABLE CHAIN ...`` line (base chains check their
         statements against their hook: the general parser does that)."""
-        tbl = self.table("ip", m[k + "t"])
-        chain = tbl.chains.get(m[k + "c"]) if tbl is not None else None
+        tbl = self.table("ip", m["rt"])
+        chain = tbl.chains.get(m["rc"]) if tbl is not None else None
         if tbl is None or chain is None or chain.hook is not None:
             return None
         return tbl, chain
@@ -213,7 +218,7 @@ class FastPath:
     # ---- rules ------------------------------------------------------------------------------------
     def rule_jump(self, m: re.Match[str], line: int) -> bool:
         """``ip saddr|daddr ADDR jump|goto CHAIN`` (an endpoint's hairpin masquerade)."""
-        tc = self.rule_chain(m, "rj_")
+        tc = self.rule_chain(m)
         addr = plain(T.IPV4, m["rj_a"])
         if tc is None or addr is None or m["rj_x"] not in tc[0].chains:
             return False
@@ -223,7 +228,7 @@ class FastPath:
 
     def rule_masquerade(self, m: re.Match[str], line: int) -> bool:
         """``ip daddr ADDR tcp dport PORT ip saddr != PREFIX jump CHAIN`` (a service's masquerade rule)."""
-        tc = self.rule_chain(m, "rm_")
+        tc = self.rule_chain(m)
         addr, port = plain(T.IPV4, m["rm_a"]), plain(T.SERVICE, m["rm_n"])
         cidr = prefix(m["rm_s"], m["rm_l"])
         if tc is None or addr is None or port is None or cidr is None or m["rm_x"] not in tc[0].chains:
@@ -237,7 +242,7 @@ class FastPath:
 
     def rule_dnat(self, m: re.Match[str], line: int) -> bool:
         """``meta l4proto tcp|udp|sctp dnat to ADDR:PORT`` (an endpoint's DNAT)."""
-        tc = self.rule_chain(m, "rd_")
+        tc = self.rule_chain(m)
         addr, port = plain(T.IPV4, m["rd_a"]), plain(T.SERVICE, m["rd_n"])
         if tc is None or addr is None or port is None:
             return False
@@ -248,7 +253,7 @@ class FastPath:
 
     def rule_numgen(self, m: re.Match[str], line: int) -> bool:
         """``numgen random mod N vmap { 0 : goto C0 , 1 : goto C1 , ... }`` with keys 0 .. N-1 in order."""
-        tc = self.rule_chain(m, "rn_")
+        tc = self.rule_chain(m)
         if tc is None or CHUNKS.fullmatch(m["rn_b"]) is None:
             return False
         tbl = tc[0]
