@@ -43,6 +43,18 @@ add element ip kube-proxy cluster-ips { 172.30.0.0/24 }
 flush chain ip kube-proxy extra
 add rule ip kube-proxy extra numgen random mod 1 vmap { 0 : goto extra }
 flush chain ip kube-proxy no-such-chain
+add chain ip kube-proxy nat-output
+flush chain ip kube-proxy nat-output
+add rule ip kube-proxy nat-output ip saddr 10.1.1.1 jump mark-for-masquerade
+add rule ip kube-proxy nat-output meta l4proto tcp dnat to 10.1.1.1:80
+add chain ip kube-proxy extra
+flush chain ip kube-proxy extra
+add rule ip kube-proxy extra ip saddr 10.1.1.2 jump extra
+add rule ip kube-proxy extra meta l4proto udp dnat to 10.1.1.2:53
+add chain ip kube-proxy ep2
+flush chain ip kube-proxy ep2
+add rule ip kube-proxy ep2 ip saddr 10.1.1.3 jump no-such-chain
+add rule ip kube-proxy ep2 meta l4proto tcp dnat to 10.1.1.3:80
 add chain ip no-such-table c
 """
 

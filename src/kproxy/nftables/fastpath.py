@@ -51,6 +51,13 @@ def _line_shapes() -> re.Pattern[str]:
     }
     rule = rf"rule ip (?P<rt>{name}) (?P<rc>{name}) (?:" + "|".join(f"(?P<{k}>{v})" for k, v in rules.items()) + ")"
     add = {
+        # kube-proxy's endpoint chain, declared, flushed and filled: four lines, one match
+        "EP": rf"chain ip (?P<ep_t>{name}) (?P<ep_c>{name})\nflush chain ip (?P=ep_t) (?P=ep_c)\n"
+              rf"add rule ip (?P=ep_t) (?P=ep_c) ip saddr (?P<ep_a>{v4}) (?P<ep_v>jump|goto) (?P<ep_x>{name})\n"
+              rf"add rule ip (?P=ep_t) (?P=ep_c) meta l4proto (?P<ep_p>tcp|udp|sctp) dnat to (?P<ep_d>{v4}):"
+              rf"(?P<ep_n>[0-9]+)",
+        "ACF": rf"chain (?P<acf_f>{fam}) (?P<acf_t>{name}) (?P<acf_c>{name})\nflush chain (?P=acf_f) (?P=acf_t) "
+               rf"(?P=acf_c)",
         "AC": rf"chain (?P<ac_f>{fam}) (?P<ac_t>{name}) (?P<ac_c>{name})",
         "AE": rf"element (?P<ae_f>{fam}) (?P<ae_t>{name}) (?P<ae_s>{name}) \{{ (?P<ae_b>[^{{}}\n]*) \}}",
     }
@@ -77,7 +84,7 @@ class FastPath:
         # object each (nothing changes an expression once built): fewer objects for the GC to walk.
         self.shared: dict[tuple[object, ...], Any] = {}
         self.handlers: dict[str, Callable[[re.Match[str], int], bool]] = {
-            "AC": self.add_chain, "FC": self.flush_chain, "RJ": self.rule_jump, "RM": self.rule_masquerade,
+            "EP": self.endpoint_chain, "ACF": self.add_flush_chain, "AC": self.add_chain, "FC": self.flush_chain, "RJ": self.rule_jump, "RM": self.rule_masquerade,
             "RD": self.rule_dnat, "RN": self.rule_numgen, "AE": self.add_element}
 
     def run(self, text: str) -> None:
@@ -137,11 +144,48 @@ class FastPath:
         chain = tbl.chains.get(m["fc_c"]) if tbl is not None else None
         if tbl is None or chain is None:
             return False
-        for r in chain.rules:
-            for anon in r.anon_sets:
-                tbl.sets.pop(anon, None)
-        chain.rules = []
+        flush(tbl, chain)
         return True
+
+    def add_flush_chain(self, m: re.Match[str], line: int) -> bool:
+        """``add chain`` then ``flush chain`` of the same chain."""
+        tbl = self.table(m["acf_f"], m["acf_t"])
+        if tbl is None:
+            return False
+        chain = tbl.chains.get(m["acf_c"])
+        if chain is None:
+            tbl.chains[m["acf_c"]] = Chain(m["acf_c"], tbl.alloc())
+        else:
+            flush(tbl, chain)
+        return True
+
+    def endpoint_chain(self, m: re.Match[str], line: int) -> bool:
+        """An endpoint chain declared, flushed and given its hairpin jump and its DNAT: what the four lines
+        do one by one, checked before anything is changed (else all four go to the general parser)."""
+        tbl = self.table("ip", m["ep_t"])
+        if tbl is None:
+            return False
+        name, target = m["ep_c"], m["ep_x"]
+        chain = tbl.chains.get(name)
+        addr, to, port = plain(T.IPV4, m["ep_a"]), plain(T.IPV4, m["ep_d"]), plain(T.SERVICE, m["ep_n"])
+        if addr is None or to is None or port is None or chain is not None and chain.hook is not None or \
+                target not in tbl.chains and target != name:
+            return False
+        if chain is None:
+            chain = tbl.chains[name] = Chain(name, tbl.alloc())
+        else:
+            flush(tbl, chain)
+        self.add_rule((tbl, chain), self.jump_stmts("saddr", addr, m["ep_v"], target))
+        self.add_rule((tbl, chain), self.dnat_stmts(m["ep_p"], to, port))
+        return True
+
+    def jump_stmts(self, field: str, addr: Const, kind: str, target: str) -> list[Stmt]:
+        return [Match(self.one(Payload, "ip", field), "==", addr), VerdictStmt(self.one(Verdict, kind, target))]
+
+    def dnat_stmts(self, proto_name: str, addr: Const, port: Const) -> list[Stmt]:
+        proto = self.one(Meta, "l4proto")
+        return [Match(proto, "==", self.one(Const, proto.dtype, L4[proto_name])),
+                Nat("dnat", addr, self.one(Const, T.SERVICE, port.value))]
 
     def rule_chain(self, m: re.Match[str]) -> tuple[Table, Chain] | None:
         """The table and regular chain of an ``add rule ip TABLE CHAIN ...`` line (base chains check their
@@ -222,8 +266,7 @@ class FastPath:
         addr = plain(T.IPV4, m["rj_a"])
         if tc is None or addr is None or m["rj_x"] not in tc[0].chains:
             return False
-        self.add_rule(tc, [Match(self.one(Payload, "ip", m["rj_k"]), "==", addr),
-                           VerdictStmt(self.one(Verdict, m["rj_v"], m["rj_x"]))])
+        self.add_rule(tc, self.jump_stmts(m["rj_k"], addr, m["rj_v"], m["rj_x"]))
         return True
 
     def rule_masquerade(self, m: re.Match[str], line: int) -> bool:
@@ -246,9 +289,7 @@ class FastPath:
         addr, port = plain(T.IPV4, m["rd_a"]), plain(T.SERVICE, m["rd_n"])
         if tc is None or addr is None or port is None:
             return False
-        proto = self.one(Meta, "l4proto")
-        self.add_rule(tc, [Match(proto, "==", self.one(Const, proto.dtype, L4[m["rd_p"]])),
-                           Nat("dnat", addr, self.one(Const, T.SERVICE, port.value))])
+        self.add_rule(tc, self.dnat_stmts(m["rd_p"], addr, port))
         return True
 
     def rule_numgen(self, m: re.Match[str], line: int) -> bool:
@@ -276,6 +317,14 @@ class FastPath:
         # Where the braces are: the kernel's errors for the anonymous map point there.
         rule.anon_locs = [(line, m.start("rn_b") - m.start() - 1, m.end("rn_b") - m.start() + 2)]  # type: ignore[attr-defined]
         return True
+
+
+def flush(tbl: Table, chain: Chain) -> None:
+    """``flush chain``: its rules go, and with them their anonymous sets."""
+    for r in chain.rules:
+        for anon in r.anon_sets:
+            tbl.sets.pop(anon, None)
+    chain.rules = []
 
 
 def plain(dt: T.DType, text: str) -> Const | None:
