@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter.nat import NatRange
-from kproxy.nftables.evaluate import CONTINUE, CT_STATE_BITS, PORT_PROTOS, RETURN
+from kproxy.nftables.evaluate import CONTINUE, CT_STATE_BITS, PORT_PROTOS, RETURN, Unsupported
 from kproxy.nftables.expr import (
     TRANSPORT,
     Binop,
@@ -115,6 +115,26 @@ class Compiler:
             finally:
                 self.building.discard(chain.name)
         return fn
+
+    def entry(self, traced: Callable[[Packet, HookState], int]) -> Callable[[Packet, HookState], int]:
+        """The base chain's hook function: the compiled chain, its end taken as the policy; a traced packet
+        goes to ``traced`` (the interpreter, which reports each rule)."""
+        chain, chains, build = self.runner.chain, self.chains, self.chain
+        name, family = chain.name, {"ip": 4, "ip6": 6}.get(self.runner.table.family)
+        policy = NF_DROP if chain.policy == "drop" else NF_ACCEPT
+
+        def hook(pkt: Packet, state: HookState) -> int:
+            if state.trace is not None:
+                return traced(pkt, state)
+            if family is not None and pkt.family != family:
+                return NF_ACCEPT
+            try:
+                verdict = (chains.get(name) or build(chain))(pkt, state, 0)
+            except Unsupported:
+                return NF_DROP  # said plainly when traced; never matched wrongly
+            return policy if verdict in (CONTINUE, RETURN) else verdict
+
+        return hook
 
     def precompile(self) -> int:
         """Compile now every chain the base chain can reach (packets otherwise do it on first use);

@@ -99,8 +99,9 @@ def attach(node: Node) -> list[str]:
                 continue
             if "dormant" in t.flags:
                 continue
-            engine = ChainRunner(node, t, c)
-            node.subsystems.setdefault("nftables_runners", []).append(engine)
+            runner = ChainRunner(node, t, c)
+            node.subsystems.setdefault("nftables_runners", []).append(runner)
+            engine = runner.hook
             name = f"{NAME_PREFIX}{t.family}:{t.name}:{c.name}"
             for fam in FAMILIES[t.family]:
                 hook = HOOK_NAMES[str(c.hook)]
@@ -168,15 +169,17 @@ class ChainRunner:
         from kproxy.nftables.compiled import Compiler
 
         self.compiled = Compiler(self)
+        self.hook = self.compiled.entry(self.run_base)  # what the hook calls: this, without the method call
 
     def __call__(self, pkt: Packet, state: HookState) -> int:
+        return self.hook(pkt, state)
+
+    def run_base(self, pkt: Packet, state: HookState) -> int:
+        """The base chain for a traced packet (``hook`` takes the compiled chain for the others)."""
         if self.table.family == "ip" and pkt.family != 4 or self.table.family == "ip6" and pkt.family != 6:
             return NF_ACCEPT
         try:
-            if state.trace is None:
-                verdict = (self.compiled.chains.get(self.chain.name) or self.compiled.chain(self.chain))(pkt, state, 0)
-            else:
-                verdict = self.interpret_chain(self.chain, pkt, state, 0)
+            verdict = self.run_chain(self.chain, pkt, state, 0)
         except Unsupported as exc:
             # Say so rather than guess: the packet stops here, and the trace tells why.
             if state.trace is not None:
