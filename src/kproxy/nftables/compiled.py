@@ -60,12 +60,13 @@ class SetIndex:
     are scanned in order, as the interpreter does, since the first element that covers a value wins.
     """
 
-    __slots__ = ("elems", "size", "exact")
+    __slots__ = ("elems", "size", "exact", "convert")
 
-    def __init__(self) -> None:
+    def __init__(self, convert: Callable[[Any], Any] | None = None) -> None:
         self.elems: list[Elem] | None = None
         self.size = -1
         self.exact: dict[Any, Any] | None = None
+        self.convert = convert  # what to keep of an element's data (or of the element, in a set)
 
     def refresh(self, elems: list[Elem]) -> dict[Any, Any] | None:
         exact: dict[Any, Any] | None = {}
@@ -75,7 +76,9 @@ class SetIndex:
                 exact = None
                 break
             assert exact is not None
-            exact.setdefault(k, e.data if e.data is not None else e)
+            if k not in exact:  # the first element of a value wins
+                found = e.data if e.data is not None else e
+                exact[k] = found if self.convert is None else self.convert(found)
         self.elems, self.size, self.exact = elems, len(elems), exact
         return exact
 
@@ -259,23 +262,33 @@ class Compiler:
         return lambda pkt, state, depth: dispatch(key(pkt, state), pkt, state, depth)
 
     def dispatcher(self, st: VerdictMap) -> Callable[[Any, Packet, HookState, int], int | None]:
-        """A verdict map's lookup of a key and the verdict it finds, each verdict compiled once; the verdicts
-        of an anonymous map (``numgen ... vmap { ... }``) are compiled with the rule."""
+        """A verdict map's lookup of a key and the verdict it finds: for a map of exact keys one dict from
+        key to compiled verdict (rebuilt when the map changes), all compiled with the rule."""
         find = self.finder(st.data)
         compiled: dict[int, tuple[Verdict, Action]] = {}
         compile_verdict = self.verdict
-        for e in map_elems(st, self.runner.table.sets):
-            if type(e.data) is Verdict:
-                compiled[id(e.data)] = (e.data, compile_verdict(e.data))
 
-        def dispatch(key: Any, pkt: Packet, state: HookState, depth: int) -> int | None:
-            found = find(key)
+        def action(found: Any) -> Action | None:
             if type(found) is not Verdict:
-                return CONTINUE
+                return None
             held = compiled.get(id(found))
             if held is None or held[0] is not found:
                 held = compiled[id(found)] = (found, compile_verdict(found))
-            return held[1](pkt, state, depth)
+            return held[1]
+
+        holder: Any = st.data if isinstance(st.data, SetLit) else \
+            self.runner.table.sets.get(getattr(st.data, "name", ""))
+        index = SetIndex(action)
+        if holder is not None:
+            index.refresh(holder.elems)
+
+        def dispatch(key: Any, pkt: Packet, state: HookState, depth: int) -> int | None:
+            acts = None
+            if holder is not None:
+                elems = holder.elems
+                acts = index.exact if index.elems is elems and index.size == len(elems) else index.refresh(elems)
+            act = action(find(key)) if acts is None else acts.get(key)
+            return CONTINUE if act is None else act(pkt, state, depth)
 
         return dispatch
 
