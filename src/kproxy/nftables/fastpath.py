@@ -67,6 +67,7 @@ def _line_shapes() -> re.Pattern[str]:
 
 
 SHAPES = _line_shapes()
+VMAP_ITEM = re.compile(r"(0|[1-9][0-9]*) : (jump|goto) ([A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:))")
 STRINGS = re.compile(r'"[^"\n]*"')
 
 
@@ -82,7 +83,7 @@ class FastPath:
         self.p = parser
         # Keys, protocol and port constants and jump verdicts that thousands of rules write alike are one
         # object each (nothing changes an expression once built): fewer objects for the GC to walk.
-        self.shared: dict[tuple[object, ...], Any] = {}
+        self.shared: dict[object, Any] = {}
         self.handlers: dict[str, Callable[[re.Match[str], int], bool]] = {
             "EP": self.endpoint_chain, "ACF": self.add_flush_chain, "AC": self.add_chain, "FC": self.flush_chain, "RJ": self.rule_jump, "RM": self.rule_masquerade,
             "RD": self.rule_dnat, "RN": self.rule_numgen, "AE": self.add_element}
@@ -120,12 +121,11 @@ class FastPath:
             p.toks, p.pos = p.tokens(text[gap:], line), 0
             p.commands()
 
-    def one(self, kind: type, *args: Any) -> Any:
-        """The shared ``kind(*args)``."""
-        key = (kind, *args)
+    def one(self, key: object, make: Callable[[], Any]) -> Any:
+        """The shared object for ``key``, made by ``make`` the first time."""
         obj = self.shared.get(key)
         if obj is None:
-            obj = self.shared[key] = kind(*args)
+            obj = self.shared[key] = make()
         return obj
 
     def table(self, family: str, name: str) -> Table | None:
@@ -180,12 +180,13 @@ class FastPath:
         return True
 
     def jump_stmts(self, field: str, addr: Const, kind: str, target: str) -> list[Stmt]:
-        return [Match(self.one(Payload, "ip", field), "==", addr), VerdictStmt(self.one(Verdict, kind, target))]
+        return [Match(self.one(field, lambda: Payload("ip", field)), "==", addr),
+                VerdictStmt(self.one((kind, target), lambda: Verdict(kind, target)))]
 
     def dnat_stmts(self, proto_name: str, addr: Const, port: Const) -> list[Stmt]:
-        proto = self.one(Meta, "l4proto")
-        return [Match(proto, "==", self.one(Const, proto.dtype, L4[proto_name])),
-                Nat("dnat", addr, self.one(Const, T.SERVICE, port.value))]
+        proto = self.one("l4proto", lambda: Meta("l4proto"))
+        return [Match(proto, "==", self.one(proto_name, lambda: Const(proto.dtype, L4[proto_name]))),
+                Nat("dnat", addr, self.one(port.value, lambda: port))]
 
     def rule_chain(self, m: re.Match[str]) -> tuple[Table, Chain] | None:
         """The table and regular chain of an ``add rule ip TABLE CHAIN ...`` line (base chains check their
@@ -276,11 +277,11 @@ class FastPath:
         cidr = prefix(m["rm_s"], m["rm_l"])
         if tc is None or addr is None or port is None or cidr is None or m["rm_x"] not in tc[0].chains:
             return False
-        dport = self.one(Payload, m["rm_p"], "dport")
-        self.add_rule(tc, [Match(self.one(Payload, "ip", "daddr"), "==", addr),
-                           Match(dport, "==", self.one(Const, dport.dtype, port.value)),
-                           Match(self.one(Payload, "ip", "saddr"), "!=", cidr),
-                           VerdictStmt(self.one(Verdict, m["rm_v"], m["rm_x"]))])
+        dport = self.one((m["rm_p"], "dport"), lambda: Payload(m["rm_p"], "dport"))
+        self.add_rule(tc, [Match(self.one("daddr", lambda: Payload("ip", "daddr")), "==", addr),
+                           Match(dport, "==", self.one(port.value, lambda: port)),
+                           Match(self.one("saddr", lambda: Payload("ip", "saddr")), "!=", cidr),
+                           VerdictStmt(self.one((m["rm_v"], m["rm_x"]), lambda: Verdict(m["rm_v"], m["rm_x"])))])
         return True
 
     def rule_dnat(self, m: re.Match[str], line: int) -> bool:
@@ -295,18 +296,16 @@ class FastPath:
     def rule_numgen(self, m: re.Match[str], line: int) -> bool:
         """``numgen random mod N vmap { 0 : goto C0 , 1 : goto C1 , ... }`` with keys 0 .. N-1 in order."""
         tc = self.rule_chain(m)
-        if tc is None or CHUNKS.fullmatch(m["rn_b"]) is None:
+        if tc is None:
             return False
         tbl = tc[0]
         mod = int(m["rn_m"])
-        body = m["rn_b"].split(" ")
         elems: list[Elem] = []
-        for k in range(0, len(body), 5):
-            item = body[k:k + 5]
-            if len(item) < 4 or item[:2] != [str(len(elems)), ":"] or item[2] not in ("jump", "goto") or \
-                    item[3] in PUNCT or (len(item) == 5) != (k + 5 < len(body)) or len(item) == 5 and item[4] != ",":
+        for item in m["rn_b"].split(" , "):
+            v = VMAP_ITEM.fullmatch(item)
+            if v is None or v[1] != str(len(elems)):
                 return False
-            elems.append(Elem(Const(T.INTEGER, len(elems)), Verdict(item[2], item[3])))
+            elems.append(Elem(Const(T.INTEGER, len(elems)), Verdict(v[2], v[3])))
         if len(elems) != mod:
             return False
         name = f"__map{tbl.anon_seq}"
