@@ -122,17 +122,21 @@ class Compiler:
     def entry(self, traced: Callable[[Packet, HookState], int]) -> Callable[[Packet, HookState], int]:
         """The base chain's hook function: the compiled chain, its end taken as the policy; a traced packet
         goes to ``traced`` (the interpreter, which reports each rule)."""
-        chain, chains, build = self.runner.chain, self.chains, self.chain
-        name, family = chain.name, {"ip": 4, "ip6": 6}.get(self.runner.table.family)
+        chain, build = self.runner.chain, self.chain
+        family = {"ip": 4, "ip6": 6}.get(self.runner.table.family, 0)  # 0: both (inet)
         policy = NF_DROP if chain.policy == "drop" else NF_ACCEPT
+        fn: ChainFn | None = None
 
         def hook(pkt: Packet, state: HookState) -> int:
+            nonlocal fn
             if state.trace is not None:
                 return traced(pkt, state)
-            if family is not None and pkt.family != family:
+            if family and pkt.family != family:
                 return NF_ACCEPT
+            if fn is None:
+                fn = build(chain)
             try:
-                verdict = (chains.get(name) or build(chain))(pkt, state, 0)
+                verdict = fn(pkt, state, 0)
             except Unsupported:
                 return NF_DROP  # said plainly when traced; never matched wrongly
             return policy if verdict in (CONTINUE, RETURN) else verdict
@@ -384,7 +388,9 @@ class Compiler:
         elif type(e) is Meta and e.key in ("l4proto", "mark"):
             return "", f"pkt.{'proto' if e.key == 'l4proto' else 'mark'}"
         elif type(e) is Ct and e.key == "state":
-            return "", f"(64 if pkt.notrack else {src.const(CT_STATE_BITS.get)}(pkt.ctstate or 'UNTRACKED', 64))"
+            # No state (None or "") is UNTRACKED, as in the interpreter.
+            bits: dict[str | None, int] = {**CT_STATE_BITS, None: 64, "": 64}
+            return "", f"(64 if pkt.notrack else {src.const(bits.get)}(pkt.ctstate, 64))"
         elif type(e) is Concat:
             parts = [inline_payload(i) if type(i) is Payload else
                      ("", "pkt.proto") if type(i) is Meta and i.key == "l4proto" else None for i in e.items]
