@@ -389,7 +389,8 @@ class Compiler:
             return "", f"pkt.{'proto' if e.key == 'l4proto' else 'mark'}"
         elif type(e) is Ct and e.key == "state":
             # No state (None or "") is UNTRACKED, as in the interpreter.
-            bits: dict[str | None, int] = {**CT_STATE_BITS, None: 64, "": 64}
+            bits: dict[str | None, int] = {None: 64, "": 64}
+            bits.update(CT_STATE_BITS)
             return "", f"(64 if pkt.notrack else {src.const(bits.get)}(pkt.ctstate, 64))"
         elif type(e) is Concat:
             parts = [inline_payload(i) if type(i) is Payload else
