@@ -1,14 +1,16 @@
-"""One-line commands of the shapes kube-proxy writes by the hundred thousand, applied without the general parser.
+"""The lines kube-proxy writes by the hundred thousand, applied without the general parser.
 
 A full sync of kube-proxy's nftables mode is mostly ``add chain``, ``flush chain``, ``add element`` and four
 rule shapes (an endpoint's hairpin masquerade jump and its DNAT, a service's masquerade jump and its
-``numgen`` verdict map). Such a line is split at whitespace, recognised, and applied to the ruleset with
-exactly the objects, handles and anonymous sets the general parser would make
+``numgen`` verdict map); an endpoint chain's four lines come together. One regular expression finds
+these lines in the script, written as kube-proxy writes them (single spaces), and captures their words;
+each is applied with exactly the objects, handles and anonymous sets the general parser would make
 (``tests/test_nft_fastpath.py`` checks that on whole rulesets). Anything else, anything unusual about
 a recognised line (a missing table, chain or jump target, a value that does not parse plainly, a base
-chain), and every line once an error has been recorded, goes to the general parser, so errors are
-always the general parser's. Runs of other lines are tokenized and parsed together, keeping their
-line numbers; a script with ``define``, ``$`` or ``include`` is parsed whole by the general parser.
+chain), a line inside another command (an open block, a continuation), and every line once an error
+has been recorded, goes to the general parser, so errors are always the general parser's. The text
+between recognised lines is tokenized and parsed in runs, keeping its line numbers; a script with
+``define``, ``$`` or ``include`` is parsed whole by the general parser.
 """
 
 from __future__ import annotations
