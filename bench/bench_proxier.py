@@ -1,8 +1,9 @@
-"""kube-proxy iptables mode at scale: full sync and a one-endpoint partial sync, on the emulated node.
+"""kube-proxy iptables and nftables modes at scale: full sync and a one-endpoint partial sync, on the emulated node.
 
 For N Services with E endpoints each: the full sync (objects in, restore input out, applied to the
 emulated node) and then a change of one endpoint of one Service (a partial sync). Prints the times,
-the restore input sizes, and the ratio of partial-sync cost at the largest size to the smallest.
+the restore input (or nft transaction) sizes, and the ratio of partial-sync cost at the largest size
+to the smallest, for each mode (``--modes``).
 Each size is measured ``--repeat`` times, each time in a fresh interpreter, and the best time is
 shown: the machine's noise only ever adds time.
 
@@ -21,10 +22,12 @@ import time
 from typing import Any
 
 from kproxy.backends.emulated import EmulatedBackend
+from kproxy.backends.nft import EmulatedNft
 from kproxy.k8s.manifests import Objects
 from kproxy.node import Node
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.iptables import IptablesProxier
+from kproxy.proxy.nftables import NftablesProxier
 
 
 def build(services: int, endpoints: int) -> Objects:
@@ -66,20 +69,25 @@ def full_then_partial(proxier: Any, services: int, endpoints: int, changed: int 
     return full, full_secs, part, part_secs
 
 
-def measure(services: int, endpoints: int) -> dict[str, float]:
+def measure(services: int, endpoints: int, mode: str = "iptables") -> dict[str, float]:
     node = Node.from_description({"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}]})
-    cfg = ProxyConfig.from_dict({"clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a"})
-    proxier = IptablesProxier(cfg, EmulatedBackend(node), ["192.168.0.2"])
+    cfg = ProxyConfig.from_dict({"clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a", "mode": mode})
+    proxier: Any
+    if mode == "nftables":
+        proxier = NftablesProxier(cfg, EmulatedNft(node), ["192.168.0.2"])
+    else:
+        proxier = IptablesProxier(cfg, EmulatedBackend(node), ["192.168.0.2"])
     full, full_secs, part, part_secs = full_then_partial(proxier, services, endpoints)
-    return {"full_s": full_secs, "full_lines": full.lines, "rules": full.nat_rules + full.filter_rules,
+    rules = full.rules.get("rules", 0) if mode == "nftables" else full.nat_rules + full.filter_rules
+    return {"full_s": full_secs, "full_lines": full.lines, "rules": rules,
             "partial_s": part_secs, "partial_lines": part.lines}
 
 
-def _child(services: int, endpoints: int, script: str = __file__) -> dict[str, float]:
+def _child(services: int, endpoints: int, script: str = __file__, mode: str = "") -> dict[str, float]:
     """One measurement in a fresh interpreter, as a kube-proxy's first sync runs: a process whose heap
     has already grown (an earlier size's run) syncs the same objects noticeably faster."""
-    out = subprocess.run([sys.executable, script, "--one", str(services), "--endpoints", str(endpoints)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, script, "--one", str(services), "--endpoints", str(endpoints),
+                          *(["--modes", mode] if mode else [])], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
@@ -90,27 +98,31 @@ def arguments(doc: str, measure: Any) -> tuple[argparse.Namespace, list[int]]:
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3, help="runs per size, each in a fresh interpreter; the best is shown")
+    ap.add_argument("--modes", default="iptables,nftables", help="proxy modes to measure (this benchmark only)")
     ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)    # a child: measure one size
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.endpoints)))
+        extra = {"mode": args.modes} if "," not in args.modes and "mode" in measure.__code__.co_varnames else {}
+        print(json.dumps(measure(args.one, args.endpoints, **extra)))
         sys.exit(0)
     return args, [int(s) for s in args.sizes.split(",")]
 
 
 def main() -> None:
     args, sizes = arguments(__doc__, measure)
-    rows = {}
-    print(f"{'services':>9} {'rules':>9} {'full sync':>10} {'restore lines':>14} {'1-endpoint sync':>16} {'lines':>6}")
-    for n in sizes:
-        runs = [_child(n, args.endpoints) for _ in range(args.repeat)]
-        r = dict(runs[0], full_s=min(x["full_s"] for x in runs), partial_s=min(x["partial_s"] for x in runs))
-        rows[n] = r
-        print(f"{n:>9} {r['rules']:>9,.0f} {r['full_s']:>9.2f}s {r['full_lines']:>14,.0f} "
-              f"{r['partial_s'] * 1000:>14.1f}ms {r['partial_lines']:>6.0f}")
-    lo, hi = sizes[0], sizes[-1]
-    print(f"partial-sync cost ratio {hi} / {lo}: {rows[hi]['partial_s'] / rows[lo]['partial_s']:.2f}; "
-          f"restore lines {rows[hi]['partial_lines']:.0f} vs {rows[lo]['partial_lines']:.0f}")
+    for mode in args.modes.split(","):
+        print(f"{mode} mode")
+        print(f"{'services':>9} {'rules':>9} {'full sync':>10} {'lines':>14} {'1-endpoint sync':>16} {'lines':>6}")
+        rows = {}
+        for n in sizes:
+            runs = [_child(n, args.endpoints, mode=mode) for _ in range(args.repeat)]
+            r = dict(runs[0], full_s=min(x["full_s"] for x in runs), partial_s=min(x["partial_s"] for x in runs))
+            rows[n] = r
+            print(f"{n:>9} {r['rules']:>9,.0f} {r['full_s']:>9.2f}s {r['full_lines']:>14,.0f} "
+                  f"{r['partial_s'] * 1000:>14.1f}ms {r['partial_lines']:>6.0f}")
+        lo, hi = sizes[0], sizes[-1]
+        print(f"partial-sync cost ratio {hi} / {lo}: {rows[hi]['partial_s'] / rows[lo]['partial_s']:.2f}; "
+              f"lines {rows[hi]['partial_lines']:.0f} vs {rows[lo]['partial_lines']:.0f}")
 
 
 if __name__ == "__main__":

@@ -596,6 +596,41 @@ def test_proxy_once_in_ipvs_mode_on_the_emulated_node(tmp_path):
         assert save.count("-A PREROUTING") == 1
 
 
+def test_cleanup_removes_the_ipvs_mode_and_leaves_a_users_ipvs_ipsets_and_rules(tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    import kproxy.cli.proxy_cmd  # noqa: F401
+    from kproxy.cli.main import cli
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    state = str(tmp_path / "node.db")
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        res = CliRunner().invoke(cli, ["--node", state, *args])
+        assert res.exit_code == 0, (args, res.output)
+        return res.output
+
+    run("node", "init", "--from", str(examples / "node.yaml"))
+    run("proxy", "--mode", "ipvs", "--once", "--no-serve", "--hostname-override", "worker-1",
+        "--manifests", str(examples / "manifests.yaml"))
+    run("ipvsadm", "-A", "-t", "192.168.1.10:8443", "-s", "wrr")        # a user's own IPVS service,
+    run("ipset", "create", "mine", "hash:ip")                            # ipset and rule
+    run("iptables", "-A", "INPUT", "-m", "set", "--match-set", "mine", "src", "-j", "DROP")
+    ours = run("ipvsadm", "-Ln").count("TCP  ") + run("ipvsadm", "-Ln").count("UDP  ") - 1
+    assert ours >= 3 and "kube-ipvs0" in run("node", "show")      # cluster IPs and a NodePort among them
+    assert run("ipset", "list", "KUBE-NODE-PORT-TCP").endswith("Members:\n30080\n")
+    out = run("cleanup")
+    assert f"{ours} IPVS virtual servers, 1 devices, {len(IPSETS)} ipsets" in out
+    assert run("ipvsadm", "-Ln").count("TCP  ") == 1 and "192.168.1.10:8443 wrr" in run("ipvsadm", "-Ln")
+    assert run("ipset", "list", "-n").split() == ["mine"]
+    assert "kube-ipvs0" not in run("node", "show")
+    saved = run("iptables-save")
+    assert "KUBE-" not in saved and "-A INPUT -m set --match-set mine src -j DROP" in saved
+    assert "0 IPVS virtual servers, 0 devices, 0 ipsets" in run("cleanup")     # nothing left to do
+
+
 def test_dual_stack_proxiers_share_the_node_and_leave_each_other_alone():
     desc = {"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24", "fd00::2/64"]}]}
     node = Node.from_description(desc)

@@ -173,6 +173,26 @@ class EmulatedBackend:
             except (IpsetError, ValueError) as exc:
                 raise BackendError(f"{PROG}: Error in line {n}: {exc}") from None
 
+    def ipset_names(self) -> list[str]:
+        return list(self.node.ipsets.sets)
+
+    def ipset_destroy(self, name: str) -> bool:
+        """``ipset destroy NAME``: False when it does not exist or is still in use."""
+        from kproxy.ipset.sets import IpsetError
+
+        try:
+            self.node.ipsets.destroy(name)
+        except IpsetError:
+            return False
+        return True
+
+    def delete_device(self, name: str) -> bool:
+        """``ip link del NAME``; False when there is no such device."""
+        if self.node.interfaces.pop(name, None) is None:
+            return False
+        self.node._reindex()
+        return True
+
     def ipset_entries(self, name: str) -> set[str]:
         """The members of set ``name`` as ``ipset list`` prints them (empty if there is no such set)."""
         s = self.node.ipsets.get(name)

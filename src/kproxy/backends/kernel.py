@@ -8,13 +8,16 @@ namespace (``ip netns exec``), which is how tests and the lab use it without tou
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Sequence
 
 from kproxy.backends import BackendError
+from kproxy.proxy.virtualserver import VirtualServer
 
 TABLES = ("filter", "nat", "mangle", "raw")
+_IPVS_PROTOS = {"-t": "TCP", "-u": "UDP", "--sctp-service": "SCTP"}
 
 
 class KernelBackend:
@@ -99,6 +102,45 @@ class KernelBackend:
             return set()
         text = proc.stdout.split("Members:\n", 1)
         return {line.split()[0] for line in text[1].splitlines() if line.strip()} if len(text) == 2 else set()
+
+    def ipset_names(self) -> list[str]:
+        proc = self._run(["ipset", "list", "-n"])
+        return proc.stdout.split() if proc.returncode == 0 else []
+
+    def ipset_destroy(self, name: str) -> bool:
+        return self._run(["ipset", "destroy", name]).returncode == 0
+
+    def delete_device(self, name: str) -> bool:
+        return self._run(["ip", "link", "del", name]).returncode == 0
+
+    def device_addresses(self, dev: str) -> set[str]:
+        proc = self._run(["ip", "-j", f"-{self.family}", "addr", "show", "dev", dev])
+        if proc.returncode != 0:
+            return set()
+        return {a["local"] for link in json.loads(proc.stdout or "[]") for a in link.get("addr_info", [])}
+
+    def ipvs_services(self) -> list[VirtualServer]:
+        """This family's virtual servers, from ``ipvsadm -Sn`` (only asked where the kernel has IPVS)."""
+        proc = self._run(["ipvsadm", "-Sn"])
+        if proc.returncode != 0:
+            raise BackendError(proc.stderr.strip() or "ipvsadm -Sn failed")
+        out = []
+        for line in proc.stdout.splitlines():
+            words = line.split()
+            if len(words) < 3 or words[0] != "-A" or words[1] not in _IPVS_PROTOS:
+                continue
+            host, _, port = words[2].rpartition(":")
+            host = host.strip("[]")
+            if (":" in host) == (self.family == 6):
+                sched = words[words.index("-s") + 1] if "-s" in words else "wlc"
+                out.append(VirtualServer(host, _IPVS_PROTOS[words[1]], int(port), sched))
+        return out
+
+    def ipvs_delete_service(self, vs: VirtualServer) -> None:
+        flag = {v: k for k, v in _IPVS_PROTOS.items()}[vs.protocol]
+        proc = self._run(["ipvsadm", "-D", flag, str(vs)[: str(vs).rindex("/")]])
+        if proc.returncode != 0:
+            raise BackendError(proc.stderr.strip() or f"ipvsadm -D {vs} failed")
 
     def save_all(self) -> str:
         proc = self._run([self.iptables_save])

@@ -83,6 +83,9 @@ def result_json(res: Result) -> dict[str, Any]:
 @click.option("--packets", "packet_file", type=click.Path(exists=True, dir_okay=False),
               help="A file of packet specs, one per line; 'reply' answers the previous packet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the traces as JSON.")
+@click.option("--nft-monitor", is_flag=True,
+              help="Print what 'nft monitor trace' would print for these packets (the nft rules they meet once "
+                   "'meta nftrace set 1' or iptables' TRACE marked them; trace ids are random, as in nft).")
 @click.option("--dry-run", is_flag=True, help="Do not save conntrack and counter changes to the node file.")
 @click.option("--from-pod", help="NS/NAME: the packet comes from this pod (its address and the interface to it).")
 @click.option("--to-service", help="NS/NAME:PORT: the packet goes to this Service port's cluster IP.")
@@ -90,7 +93,7 @@ def result_json(res: Result) -> dict[str, Any]:
 @click.pass_obj
 def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str | None, proto: str,
               sport: int | None, dport: int, tcp_flags: str | None, mark: str, count: int,
-              packet_file: str | None, as_json: bool, dry_run: bool, from_pod: str | None,
+              packet_file: str | None, as_json: bool, nft_monitor: bool, dry_run: bool, from_pod: str | None,
               to_service: str | None, manifests: str | None) -> None:
     """Inject packets and print every hook, table, chain and rule they meet, and their fate."""
     if from_pod or to_service:
@@ -106,11 +109,19 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
             argv = _spec_argv(iif, local, src, dst, proto, sport, dport, tcp_flags, mark)
             specs = [parse_spec_args(argv)]
         node = obj.node
-        keep = count <= 3 or as_json
+        keep = count <= 3 or as_json or nft_monitor
+        cached = node.nftables.copy() if nft_monitor and getattr(node, "nftables", None) is not None else None
         results = run_specs(node, specs, count, keep_traces=keep)
     except SpecError as exc:
         raise click.UsageError(str(exc)) from None
-    if as_json:
+    if nft_monitor:
+        from kproxy.nftables.trace import monitor_lines
+
+        for res in results:
+            assert res.trace is not None
+            for line in monitor_lines(res.trace, cached):
+                click.echo(line)
+    elif as_json:
         click.echo(json.dumps([result_json(r) for r in results], indent=1))
     elif keep:
         for n, res in enumerate(results):

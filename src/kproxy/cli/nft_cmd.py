@@ -14,12 +14,19 @@ from kproxy.node import Node
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
-    """nft (1.0.6 syntax) on the emulated node's nftables ruleset; -f FILE is one atomic transaction."""
+    """nft (1.0.6 syntax) on the emulated node's nftables ruleset; -f FILE is one atomic transaction.
+
+    -j lists as JSON and, with -f, reads libnftables JSON; --echo prints what was added, with handles;
+    -c checks only. For 'nft monitor trace', use 'kproxy trace --nft-monitor'.
+    """
     from kproxy.nftables.cli import run_nft
     from kproxy.nftables.evaluate import attach
     from kproxy.nftables.store import node_ruleset
 
     argv = list(args)
+    if "monitor" in [a for a in argv if not a.startswith("-")][:1]:
+        raise click.UsageError("nft monitor is a live process the emulator has no use for: send packets with "
+                               "'kproxy trace --nft-monitor ...' to see the lines 'nft monitor trace' prints for them")
     stdin = None
     if "-" in argv and sys.stdin is not None and not sys.stdin.isatty():
         stdin = sys.stdin.read()

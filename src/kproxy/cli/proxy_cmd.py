@@ -52,6 +52,8 @@ def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: 
     pod_cidr = next((c for c in node.pod_cidrs if ":" not in c), "") if node is not None else ""
     extra: dict[str, Any] = {"pod_cidr": pod_cidr} if pod_cidr else {}
     try:
+        if cfg.mode == "nftables":
+            return _nft_proxier(obj, cls, cfg, backend_name, metrics, node, extra)
         if backend_name == "kernel":
             backend = get_backend("kernel", legacy=legacy)
             ips = _node_ips_kernel() or (node.addresses if node is not None else [])
@@ -62,6 +64,42 @@ def build_proxier(obj: Ctx, cfg: Any, backend_name: str, legacy: bool, metrics: 
         return cls(cfg, backend, ips, metrics=metrics, conntrack=EmulatedConntrackCleaner(emulated), **extra)
     except ModeUnavailable as exc:      # the backend lacks what the mode needs (a kernel without IPVS)
         raise click.ClickException(str(exc)) from None
+
+
+def _nft_proxier(obj: Ctx, cls: Any, cfg: Any, backend_name: str, metrics: Any, node: K8sNode | None,
+                 extra: dict[str, Any]) -> Any:
+    """The nftables proxier over the emulated node's nft or this namespace's; a node whose nft lacks
+    something the mode needs is refused with what it lacks."""
+    from kproxy.backends.nft import EmulatedNft, KernelNft
+    from kproxy.proxy.conntrack import EmulatedConntrackCleaner, KernelConntrackCleaner
+    from kproxy.proxy.proxier import MetaProxier, ModeUnavailable
+
+    if backend_name == "kernel":
+        ips = _node_ips_kernel() or (node.addresses if node is not None else [])
+        conntrack: Any = KernelConntrackCleaner()
+    else:
+        ips = _node_ips_emulated(obj.node) or (node.addresses if node is not None else [])
+        conntrack = EmulatedConntrackCleaner(obj.node)
+    proxiers = []
+    for family in _families(ips):
+        nft: Any = KernelNft(family) if backend_name == "kernel" else EmulatedNft(obj.node, family)
+        missing = nft.check()
+        if missing:
+            raise ModeUnavailable(f"proxy mode 'nftables' cannot run here: {missing}")
+        pod_cidr = extra.get("pod_cidr", "") if family == 4 else ""
+        proxiers.append(cls(cfg, nft, ips, family=family, metrics=metrics, conntrack=conntrack,
+                            **({"pod_cidr": pod_cidr} if pod_cidr else {})))
+    return proxiers[0] if len(proxiers) == 1 else MetaProxier(*proxiers)
+
+
+def _families(ips: list[str]) -> list[int]:
+    """IPv4, and IPv6 too on a node with an IPv6 address beyond loopback and link-local (upstream runs
+    dual-stack when the node has IPs of both families)."""
+    import ipaddress
+
+    addrs = [ipaddress.ip_address(ip) for ip in ips]
+    v6 = any(a.version == 6 and not (a.is_loopback or a.is_link_local) for a in addrs)
+    return [4, 6] if v6 else [4]
 
 
 def _bind_address(flag: str, value: str | None, default_port: int, current: str) -> str:
@@ -170,8 +208,12 @@ def proxy_cmd(obj: Ctx, mode: str | None, config_path: str | None, manifests: st
     def report(result: SyncResult) -> None:
         kind = "full" if result.full else "partial"
         status = f"FAILED: {result.error.splitlines()[0]}" if result.error else "ok"
-        click.echo(f"sync {kind}: {result.lines} restore lines, {result.nat_rules} nat + {result.filter_rules} "
-                   f"filter rules, {result.duration * 1000:.1f} ms, {status}", err=True)
+        if "elements" in result.rules:
+            what = (f"{result.lines} transaction lines, {result.rules['rules']} rules + "
+                    f"{result.rules['elements']} map elements")
+        else:
+            what = f"{result.lines} restore lines, {result.nat_rules} nat + {result.filter_rules} filter rules"
+        click.echo(f"sync {kind}: {what}, {result.duration * 1000:.1f} ms, {status}", err=True)
         if backend_name == "emulated" and not result.error:
             obj.save()
 
@@ -282,14 +324,28 @@ def services_cmd(config_path: str | None, manifests: str, hostname_override: str
 @click.option("--legacy", is_flag=True, help="With --backend kernel: iptables-legacy instead of iptables-nft.")
 @click.pass_obj
 def cleanup_cmd(obj: Ctx, backend_name: str, legacy: bool) -> None:
-    """Remove every chain and jump rule kproxy made (KUBE-*), and nothing else."""
+    """Remove what kproxy's proxy modes made, and nothing else: the KUBE-* chains and the jump rules
+    into them (both families), the nftables mode's kube-proxy tables, and the IPVS mode's virtual
+    servers, kube-ipvs0 and its ipsets."""
     from kproxy.backends import BackendError, get_backend
+    from kproxy.backends.nft import EmulatedNft, KernelNft
+    from kproxy.proxy.ipvs import cleanup_leftovers
 
-    backend = get_backend(backend_name, node=obj.node if backend_name == "emulated" else None, legacy=legacy)
-    try:
-        lines = backend.cleanup()  # type: ignore[attr-defined]
-    except BackendError as exc:
-        raise click.ClickException(str(exc)) from None
+    lines, gone, tables = 0, {"virtual_servers": 0, "devices": 0, "ipsets": 0}, []
+    for family in (4, 6):
+        backend = get_backend(backend_name, node=obj.node if backend_name == "emulated" else None, family=family,
+                              legacy=legacy)
+        try:
+            lines += backend.cleanup()  # type: ignore[attr-defined]
+            for what, n in cleanup_leftovers(backend).items():   # after the rules that used its ipsets
+                gone[what] += n
+            nft = EmulatedNft(obj.node, family) if backend_name == "emulated" else KernelNft(family)
+            if nft.delete_table():
+                tables.append(f"{'ip' if family == 4 else 'ip6'} kube-proxy")
+        except BackendError as exc:
+            raise click.ClickException(str(exc)) from None
     if backend_name == "emulated":
         obj.save()
-    click.echo(f"cleanup: {lines} restore lines")
+    click.echo(f"cleanup: {lines} restore lines, {gone['virtual_servers']} IPVS virtual servers, "
+               f"{gone['devices']} devices, {gone['ipsets']} ipsets"
+               + (f", nft tables {', '.join(tables)} deleted" if tables else ""))

@@ -68,6 +68,21 @@ def builtin_chain_outside(chain: str, hooks: tuple[str, ...]) -> bool:
     return chain in BUILTIN_CHAINS and chain not in hooks
 
 
+@dataclass(slots=True)
+class Xlate:
+    """What an extension's ``translate`` may need besides itself: the rule's family and ip header
+    part (multiport names the rule's protocol), and the rule's comment, which the comment match
+    sets because ``iptables-translate`` prints it after the verdict."""
+
+    family: int = 4
+    rule: Rule | None = None
+    comment: str | None = None
+
+    @property
+    def proto(self) -> int:
+        return self.rule.proto if self.rule is not None else 0
+
+
 class Extension(ABC):
     """What matches and targets share: their options, canonical forms and the kernel's checks.
 
@@ -123,9 +138,9 @@ class Extension(ABC):
         """The ipsets the extension holds a reference to while committed ("Set is in use")."""
         return ()
 
-    def translate(self) -> str | None:
-        """The nft expression ``iptables-translate`` prints for this use of the extension; None where
-        it has no translation (the tool then prints the rule commented out)."""
+    def translate(self, xl: Xlate) -> str | None:
+        """The nft expression ``iptables-translate`` prints for this use of the extension ("" for
+        none); None where it has no translation (the tool then prints the rule commented out)."""
         return None
 
 

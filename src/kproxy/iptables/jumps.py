@@ -14,10 +14,12 @@ whenever the chain changes, and only chains that still exist are followed.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from operator import attrgetter
 from typing import Any
 
 from kproxy.iptables.model import Rule, Table
+from kproxy.layered import settle, share
 
 JUMP_STACK = 16        # NFT_JUMP_STACK_SIZE
 _KEEP = 8              # graphs of the most recently checked tables
@@ -31,48 +33,24 @@ class _TooDeep(Exception):
 class JumpGraph:
     """User-chain targets of the chains reachable from a base chain, with upper bounds on their levels.
 
-    A checked working copy's graph records only what changed, over its base table's graph (``parent``):
-    a partial sync then costs what it changes, not the table's size. Long histories are flattened."""
+    A checked working copy's graph is a copy-on-write copy of its base table's graph (``derive``) with
+    what changed written over it: a partial sync then costs what it changes, not the table's size."""
 
-    __slots__ = ("targets", "levels", "parent", "depth")
-    FLATTEN = 32
+    __slots__ = ("targets", "levels")
 
-    def __init__(self, targets: dict[str, set[str]], levels: dict[str, int], parent: JumpGraph | None = None) -> None:
+    def __init__(self, targets: MutableMapping[str, set[str]], levels: MutableMapping[str, int]) -> None:
         self.targets = targets
         self.levels = levels
-        self.parent = parent
-        self.depth: int = 0 if parent is None else parent.depth + 1
 
-    def _find(self, field: str, name: str) -> Any:
-        """The newest record of ``name`` in ``field`` (targets or levels) along the history, or None."""
-        g: JumpGraph | None = self
-        while g is not None:
-            found = getattr(g, field).get(name)
-            if found is not None:
-                return found
-            g = g.parent
-        return None
+    def derive(self) -> JumpGraph:
+        """A copy to record a working copy's changes in, sharing everything else with this graph."""
+        return JumpGraph(share(self.targets), share(self.levels))
 
     def targets_of(self, name: str) -> set[str] | None:
-        return self._find("targets", name)
+        return self.targets.get(name)
 
     def level_of(self, name: str) -> int:
-        found = self._find("levels", name)
-        return -1 if found is None else int(found)
-
-    def flat(self) -> JumpGraph:
-        """The same graph with its history merged into one level."""
-        layers = []
-        g: JumpGraph | None = self
-        while g is not None:
-            layers.append(g)
-            g = g.parent
-        targets: dict[str, set[str]] = {}
-        levels: dict[str, int] = {}
-        for layer in reversed(layers):
-            targets.update(layer.targets)
-            levels.update(layer.levels)
-        return JumpGraph(targets, levels)
+        return self.levels.get(name, -1)
 
 
 _GRAPHS: dict[int, tuple[Table, JumpGraph]] = {}
@@ -84,7 +62,7 @@ def _targets(table: Table, name: str, skip: set[int] | None = None) -> set[str]:
     if len(found) == 1:                 # most chains: one target, or none (None)
         return found if next(iter(found)) in table.chains else set()  # type: ignore[return-value]
     chains = table.chains
-    return {j for j in found if j in chains}
+    return {j for j in found if j is not None and j in chains}
 
 
 def walk(table: Table, skip: set[int] | None = None) -> JumpGraph | None:
@@ -103,7 +81,7 @@ def walk(table: Table, skip: set[int] | None = None) -> JumpGraph | None:
         for name in frontier:
             rules = chains[name].rules
             below.update(map(_JUMP, rules) if skip is None else (r.jump for r in rules if id(r) not in skip))
-        frontier = [n for n in below if n in chains]
+        frontier = [n for n in below if n is not None and n in chains]
         if not frontier:
             return JumpGraph({}, levels)
     return None
@@ -114,7 +92,7 @@ def _raise_levels(table: Table, base: JumpGraph) -> JumpGraph | None:
     reaches the limit (the exact walk then decides)."""
     assert table.owned is not None
     chains = table.chains
-    graph = JumpGraph({}, {}, base if base.depth < JumpGraph.FLATTEN else base.flat())
+    graph = base.derive()
     changed = [n for n in table.owned if n in chains]
     for n in changed:
         graph.targets[n] = _targets(table, n)
@@ -143,7 +121,9 @@ def _raise_levels(table: Table, base: JumpGraph) -> JumpGraph | None:
 def too_deep(table: Table) -> bool:
     """Whether the kernel refuses ``table`` for its jumps; remembers the graph of a table that passes."""
     graph = None
-    if table.owned is not None and table.base is not None:
+    # Raising levels costs per changed chain more than the walk does per chain: when most of the
+    # table changed (a full resync), walk it.
+    if table.owned is not None and table.base is not None and len(table.owned) * 4 < len(table.chains):
         known = _GRAPHS.get(id(table.base))
         if known is not None and known[0] is table.base:
             graph = _raise_levels(table, known[1])
@@ -153,6 +133,8 @@ def too_deep(table: Table) -> bool:
             return True
     if len(_GRAPHS) >= _KEEP:
         del _GRAPHS[next(iter(_GRAPHS))]
+    settle(graph.targets)
+    settle(graph.levels)
     _GRAPHS[id(table)] = (table, graph)
     return False
 

@@ -6,10 +6,12 @@ evaluator compiles into the engine's executable form.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kproxy.iptables.extension import Match, Target
+from kproxy.layered import cow_copy
 from kproxy.netfilter.hooks import TABLE_HOOKS
 
 STANDARD_VERDICTS = ("ACCEPT", "DROP", "RETURN", "QUEUE")
@@ -115,16 +117,16 @@ class Table:
 
     name: str
     family: int = 4
-    chains: dict[str, Chain] = field(default_factory=dict)
+    chains: MutableMapping[str, Chain] = field(default_factory=dict)
     # Copy-on-write working copies: chains already private to this copy (None: all of them), and the
     # chains deleted since the copy was made (checked for remaining references at commit).
     owned: set[str] | None = None
     deleted: set[str] = field(default_factory=set)
     base: Table | None = None              # the committed table a working copy was made from
-    refs: dict[str, int] | None = None     # jumps and gotos per target chain, kept incrementally
+    refs: MutableMapping[str, int] | None = None    # jumps and gotos per target chain, kept incrementally
     uses: dict[str, int] | None = None     # conntrack and set references (``rule_uses``), likewise
 
-    def jump_counts(self) -> dict[str, int]:
+    def jump_counts(self) -> MutableMapping[str, int]:
         """How many rules target each chain; derived from the base table's counts for copy-on-write copies."""
         if self.refs is None:
             self._count()
@@ -142,14 +144,14 @@ class Table:
         """Both counts (those not known yet) in one walk: over every rule, or, for a copy-on-write
         copy, over the chains it changed only, from the base table's counts."""
         want_refs, want_uses = self.refs is None, self.uses is None
-        refs: dict[str, int] = {}
+        refs: MutableMapping[str, int] = {}
         uses: dict[str, int] = {}
         if self.owned is None or self.base is None:
             walk: list[tuple[Chain | None, int]] = [(c, 1) for c in self.chains.values()]
         else:
             base = self.base
             if want_refs:
-                refs = dict(base.jump_counts())
+                refs = cow_copy(base.jump_counts())     # copy-on-write: costs what changes
             if want_uses:
                 uses = dict(base.use_counts())
             walk = [(chain, sign) for name in self.owned | self.deleted

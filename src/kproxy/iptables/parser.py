@@ -312,6 +312,8 @@ def parse_command(argv: list[str], family: int = 4, restore: bool = False,
                 if rule.proto == 0 and invert:
                     raise ParameterProblem("rule would never match protocol")
             elif key == "f":
+                if family == 6:
+                    raise ParameterProblem("`-f' is not supported in IPv6, use -m frag instead")
                 _once(seen, key, "-f")
                 rule.fragment = not invert
             elif key in ("j", "g"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kproxy.iptables.model import Table
+from kproxy.layered import cow_copy, settle
 
 # Told after every commit with each changed table's committed version before (None: new) and after.
 CommitListener = Callable[[dict[str, tuple[Table | None, Table]]], None]
@@ -45,6 +46,8 @@ class IptablesState:
             t.jump_counts()
             t.use_counts()
             t.owned, t.deleted, t.base = None, set(), None
+            settle(t.chains)        # the next working copy then costs what it changes
+            settle(t.refs)
             changes[name] = (self.tables.get(name), t)
         self.tables.update(tables)
         self.generation += 1
@@ -58,4 +61,4 @@ def copy_table(t: Table) -> Table:
     Commands never mutate a shared chain or rule in place, so a failed change leaves the committed
     table untouched, and a partial sync of a huge table costs what it changes, not the table's size.
     """
-    return Table(t.name, t.family, dict(t.chains), owned=set(), base=t)
+    return Table(t.name, t.family, cow_copy(t.chains), owned=set(), base=t)

@@ -4,11 +4,36 @@ from __future__ import annotations
 
 import re
 import socket
+from functools import lru_cache
+from pathlib import Path
 
 from kproxy.iptables.extension import ExtensionError
+from kproxy.packet import PROTO_NAMES
 
 PROTO_FOR_SERVICES = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp", 136: "udplite"}
 NO_QUOTE = set("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@lru_cache(maxsize=1)
+def _protocol_names() -> dict[int, str]:
+    """getprotobynumber's names: /etc/protocols where the system has one, else the common ones."""
+    names = dict(PROTO_NAMES)
+    try:
+        text = Path("/etc/protocols").read_text()
+    except OSError:
+        return names
+    seen: set[int] = set()
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and words[1].isdigit() and int(words[1]) not in seen:
+            seen.add(int(words[1]))
+            names[int(words[1])] = words[0]
+    return names
+
+
+def proto_word(proto: int) -> str:
+    """A protocol as the translators print it: its /etc/protocols name, else its number."""
+    return _protocol_names().get(proto, str(proto))
 
 
 C_SPACE = " \t\n\v\f\r"

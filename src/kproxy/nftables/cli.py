@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from kproxy.nftables.expr import Opts
+from kproxy.nftables.json_input import JsonError
 from kproxy.nftables.lexer import Token
 from kproxy.nftables.listing import (
+    chain_json,
     chain_text,
     dump_json,
+    obj_json,
     obj_text,
-    ruleset_json,
-    ruleset_text,
+    rule_json,
+    set_json,
     set_text,
     table_items_json,
+    table_json,
     table_text,
 )
-from kproxy.nftables.model import FAMILIES, Ruleset, Table
+from kproxy.nftables.model import FAMILIES, Chain, NSet, Ruleset, Table
 from kproxy.nftables.parser import NftError, Parser, loc
+from kproxy.nftables.types import JSON_NUMERIC
 
 USAGE = "Usage: nft [ options ] [ cmds... ]\n"
+COMMAND_WORDS = ("add", "create", "insert", "replace", "table", "delete", "destroy", "flush", "rename", "reset",
+                 "list")
 
 
 def format_error(err: NftError, source: str, text: str) -> str:
@@ -114,6 +124,17 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         text = " ".join(rest)
         if not text.strip():
             return 0, "", "", rs
+    from_json, text_in = False, text
+    if flags["json"] and flags["file"] is not None:
+        try:
+            lines = json_script(text)
+        except JsonError as err:
+            return 1, "", format_json_error(err, source, text), rs
+        if lines is None and source == "/dev/stdin":
+            return 0, "", "", rs  # nft read stdin for JSON; its text parser then finds it empty
+        if lines is not None:
+            text, from_json = "\n".join(lines), True
+            json_cmds = json.loads(text_in)
     work = rs.copy()
     try:
         parser = Parser(text, work, interfaces)
@@ -122,16 +143,57 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         if err.kernel:
             replayed = err.msg.endswith("Operation not supported")
             rs = kept_counters(rs, work, 2 if replayed else 1)
+        if from_json:
+            return 1, "", "".join(f"internal:0:0-0: Error: {e.msg}\n\n" for e in [err, *err.more]), rs
         return 1, "", format_error(err, source, text), rs
     if flags["check"]:
-        return 0, "", "", rs
+        # the kernel takes the batch and aborts it: nothing changes but the handles it handed out
+        return 0, "", "", kept_counters(rs, work, 1)
     out = []
+    if any(ln.strip() and not ln.lstrip().startswith("list") for ln in text.split("\n")):
+        work.generation += 1
+    if flags["echo"]:
+        first = parser.first_word(COMMAND_WORDS)
+        out.append(echo(rs, work, o, bool(flags["json"]), json_cmds if from_json else None, parser.rule_ops, first))
     for verb, args in parser.out.requests:
         try:
             out.append(answer(verb, args, work, o, bool(flags["json"])))
         except NftError as err:
             return 1, "", format_error(err, source, text), rs
     return 0, "".join(out), "", work
+
+
+def echo(before: Ruleset, after: Ruleset, o: Opts, as_json: bool, json_cmds: Any, ops: dict[int, str],
+         first_verb: str | None) -> str:
+    """``--echo``: the added objects (see ``kproxy.nftables.echo``)."""
+    from kproxy.nftables.echo import echo_json, echo_json_input, echo_text
+
+    if json_cmds is not None:
+        return echo_json_input(json_cmds["nftables"], before, after)
+    return echo_json(before, after, o) if as_json else echo_text(before, after, o, after.generation, ops, first_verb)
+
+
+def json_script(text: str) -> list[str] | None:
+    from kproxy.nftables.json_input import decode, script
+
+    cmds = decode(text)
+    return None if cmds is None else script(cmds)
+
+
+def format_json_error(err: JsonError, source: str, text: str) -> str:
+    """nft's report of a malformed JSON document: a shape error points into jansson's format string
+    (line 1 of the input, at the column of the failing key), the rest are "internal"."""
+    out = []
+    for col, msg in err.msgs:
+        if col is None:
+            out.append(f"internal:0:0-0: Error: {msg}\n\n")
+            continue
+        out.append(f"{source}:1:{col}-{col}: Error: {msg}\n")
+        if source == "/dev/stdin":
+            out.append("\n")
+        else:
+            out.append(text.split("\n")[0] + "\n" + " " * (col - 1) + "^\n")
+    return "".join(out)
 
 
 def kept_counters(before: Ruleset, failed: Ruleset, passes: int) -> Ruleset:
@@ -149,27 +211,62 @@ def kept_counters(before: Ruleset, failed: Ruleset, passes: int) -> Ruleset:
     return out
 
 
-def listed_blocks(t: Table, kind: str, o: Opts, verb: str) -> str:
-    """One table's sets, maps, chains (headers only) or stateful objects of a kind, as ``list sets`` shows them;
-    ``reset`` zeroes the objects after printing them."""
+def listed_objects(t: Table, kind: str) -> list[Any]:
+    """One table's sets, maps, chains or stateful objects of a kind, in listing order."""
     if kind in ("set", "map"):
-        blocks = [set_text(s, o) for s in t.sets.values() if not s.anonymous and s.is_map == (kind == "map")]
+        return [s for s in t.sets.values() if not s.anonymous and s.is_map == (kind == "map")]
+    if kind == "chain":
+        return list(t.chains.values())
+    return [ob for ob in t.objs.values() if ob.kind == kind]
+
+
+def listed_blocks(t: Table, kind: str, o: Opts, verb: str, as_json: bool = False) -> Any:
+    """``list sets`` (chains, counters, ...) for one table: its text block, or its JSON items with ``-j``;
+    ``reset`` zeroes the objects after printing them."""
+    objs = listed_objects(t, kind)
+    if as_json:
+        items = [item_json(t, ob, o) for ob in objs]
+    elif kind in ("set", "map"):
+        blocks = [set_text(s, o) for s in objs]
     elif kind == "chain":
-        blocks = [chain_text(t, c, o, rules=False) for c in t.chains.values()]
+        blocks = [chain_text(t, c, o, rules=False) for c in objs]
     else:
-        objs = [ob for ob in t.objs.values() if ob.kind == kind]
         blocks = [obj_text(ob, o) for ob in objs]
-        if verb == "reset":
-            for ob in objs:
-                ob.values.update(packets=0, bytes=0, used=0)
+    if verb == "reset" and kind not in ("set", "map", "chain"):
+        for ob in objs:
+            ob.values.update(packets=0, bytes=0, used=0)
+    if as_json:
+        return items
     if not blocks:
-        return ""
+        # nft prints every table for sets, maps, chains, meters and flowtables, and every table holding
+        # any stateful object for counters, quotas and limits, empty when none is of the kind asked for
+        shown = kind in ("set", "map", "chain", "meter", "flowtable") or bool(t.objs)
+        return f"table {t.family} {t.name} {{\n}}\n" if shown else ""
     return f"table {t.family} {t.name} {{\n" + "\n".join(blocks) + "\n}\n"
 
 
+def item_json(t: Table, ob: Any, o: Opts) -> Any:
+    """The JSON item of one set, chain (header only) or stateful object."""
+    if isinstance(ob, NSet):
+        return set_json(t, ob, o)
+    if isinstance(ob, Chain):
+        return chain_json(t, ob)
+    return obj_json(t, ob, o)
+
+
 def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> str:
-    """The output of ``list ...`` / ``reset ...``."""
-    if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits") and \
+    """The output of ``list ...`` / ``reset ...``: nft's text, or its JSON document with ``-j``."""
+    numeric = JSON_NUMERIC.set(as_json and o.numeric >= 1)
+    try:
+        out = listing(verb, toks, rs, o, as_json)
+        return dump_json(out) if as_json else out
+    finally:
+        JSON_NUMERIC.reset(numeric)
+
+
+def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> Any:
+    """One list/reset request: its text, or (``as_json``) its list of JSON items."""
+    if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits", "meters") and \
             toks[1].text == "table":
         toks = [toks[0], *toks[2:]]
     if len(toks) > 1 and toks[0].text == "chains" and toks[1].text not in FAMILIES:
@@ -187,49 +284,55 @@ def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) ->
     family = rest[0] if rest and rest[0] in FAMILIES else None
     names = rest[1:] if family else rest
     family = family or "ip"
-    if what == "ruleset":
-        fam = rest[0] if rest else None
-        return ruleset_json(rs, o, fam) if as_json else ruleset_text(rs, o, fam)
-    if what == "tables":
+    if what in ("ruleset", "tables"):
         fam = rest[0] if rest else None
         tables = [t for t in rs.tables if fam is None or t.family == fam]
-        if as_json:
-            from kproxy.nftables.listing import table_json
-
-            return dump_json([table_json(t) for t in tables])
-        return "".join(f"table {t.family} {t.name}\n" for t in tables)
+        if what == "tables":
+            return [table_json(t) for t in tables] if as_json else \
+                "".join(f"table {t.family} {t.name}\n" for t in tables)
+        return [i for t in tables for i in table_items_json(t, o)] if as_json else \
+            "".join(table_text(t, o) for t in tables)
     plural = {"counters": "counter", "quotas": "quota", "limits": "limit", "sets": "set", "maps": "map",
-              "chains": "chain"}
-    if what not in plural and what not in ("table", "chain", "set", "map", "counter", "quota", "limit"):
+              "chains": "chain", "meters": "meter", "flowtables": "flowtable"}
+    if what not in plural and what not in ("table", "chain", "set", "map", "counter", "quota", "limit", "meter",
+                                            "flowtable"):
         # not a keyword of the grammar: bison's "unexpected string" at the word
         raise NftError("syntax error, unexpected string", loc(toks[0]), kernel=False)
     if what in plural and not names:
-        return "".join(listed_blocks(t, plural[what], o, verb) for t in rs.tables
-                       if not rest or t.family == rest[0])
+        found = [listed_blocks(t, plural[what], o, verb, as_json) for t in rs.tables
+                 if not rest or t.family == rest[0]]
+        return [i for items in found for i in items] if as_json else "".join(found)
     tbl = rs.find(family, names[0]) if names else None
     if tbl is None:
         raise missing(0)
     if what in plural:
+        if as_json:
+            return listed_blocks(tbl, plural[what], o, verb, True)
         return listed_blocks(tbl, plural[what], o, verb) or f"table {tbl.family} {tbl.name} {{\n}}\n"
     if what == "table":
-        return dump_json(table_items_json(tbl, o)) if as_json else table_text(tbl, o)
+        return table_items_json(tbl, o) if as_json else table_text(tbl, o)
     head = f"table {tbl.family} {tbl.name} {{\n"
+    found_obj: Any
     if what == "chain":
-        c = tbl.chains.get(names[1]) if len(names) > 1 else None
-        if c is None:
-            raise missing(1)
-        return head + chain_text(tbl, c, o) + "\n}\n"
-    if what in ("set", "map"):
-        s = tbl.sets.get(names[1]) if len(names) > 1 else None
-        if s is None:
-            raise missing(1)
-        return head + set_text(s, o) + "\n}\n"
-    if what in ("counter", "quota", "limit"):
-        ob = tbl.objs.get((what, names[1])) if len(names) > 1 else None
-        if ob is None:
-            raise missing(1)
-        text = head + obj_text(ob, o) + "\n}\n"
-        if verb == "reset":
-            ob.values.update(packets=0, bytes=0, used=0)
-        return text
-    raise NftError(f"syntax error, unexpected {what}", None)
+        found_obj = tbl.chains.get(names[1]) if len(names) > 1 else None
+    elif what in ("set", "map"):
+        found_obj = tbl.sets.get(names[1]) if len(names) > 1 else None
+    elif what in ("meter", "flowtable"):
+        found_obj = None  # the emulator keeps neither meters nor flowtables
+    else:
+        found_obj = tbl.objs.get((what, names[1])) if len(names) > 1 else None
+    if found_obj is None:
+        raise missing(1)
+    if as_json:
+        out: Any = [item_json(tbl, found_obj, o)]
+        if what == "chain":
+            out += [rule_json(tbl, found_obj, r, o) for r in found_obj.rules]
+    elif what == "chain":
+        out = head + chain_text(tbl, found_obj, o) + "\n}\n"
+    elif what in ("set", "map"):
+        out = head + set_text(found_obj, o) + "\n}\n"
+    else:
+        out = head + obj_text(found_obj, o) + "\n}\n"
+    if verb == "reset" and what in ("counter", "quota", "limit"):
+        found_obj.values.update(packets=0, bytes=0, used=0)
+    return out

@@ -122,26 +122,28 @@ class Compiler:
     def entry(self, traced: Callable[[Packet, HookState], int]) -> Callable[[Packet, HookState], int]:
         """The base chain's hook function: the compiled chain, its end taken as the policy; a traced packet
         goes to ``traced`` (the interpreter, which reports each rule)."""
-        chain, build = self.runner.chain, self.chain
-        family = {"ip": 4, "ip6": 6}.get(self.runner.table.family, 0)  # 0: both (inet)
+        chain, chains, build = self.runner.chain, self.chains, self.chain
+        name, family = chain.name, {"ip": 4, "ip6": 6}.get(self.runner.table.family, 0)  # 0: both (inet)
         policy = NF_DROP if chain.policy == "drop" else NF_ACCEPT
-        fn: ChainFn | None = None
 
         def hook(pkt: Packet, state: HookState) -> int:
-            nonlocal fn
             if state.trace is not None:
                 return traced(pkt, state)
             if family and pkt.family != family:
                 return NF_ACCEPT
-            if fn is None:
-                fn = build(chain)
             try:
-                verdict = fn(pkt, state, 0)
+                verdict = (chains.get(name) or build(chain))(pkt, state, 0)
             except Unsupported:
                 return NF_DROP  # said plainly when traced; never matched wrongly
             return policy if verdict in (CONTINUE, RETURN) else verdict
 
         return hook
+
+    def forget(self) -> None:
+        """Drop every compiled chain and index: the table's chains or sets were changed in place (a journaled
+        transaction replaces the objects it changes); chains compile again on their next packet."""
+        self.chains.clear()
+        self.indexes.clear()
 
     def precompile(self) -> int:
         """Compile now every chain the base chain can reach (packets otherwise do it on first use);

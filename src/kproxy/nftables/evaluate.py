@@ -51,6 +51,7 @@ from kproxy.nftables.stmt import (
     VerdictMap,
     VerdictStmt,
 )
+from kproxy.nftables.trace import ChainTrace
 from kproxy.packet import NF_ACCEPT, NF_DROP, Packet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,22 +72,26 @@ REJECT_KIND = {("icmp", 0): "icmp-net-unreachable", ("icmp", 1): "icmp-host-unre
 NAME_PREFIX = "nft:"
 
 # Verdict signals inside the interpreter (besides NF_ACCEPT / NF_DROP).
-CONTINUE, RETURN = -1, -2
+CONTINUE, RETURN, NO_MATCH = -1, -2, -3
+VERDICT_NAMES = {NF_ACCEPT: "accept", NF_DROP: "drop", RETURN: "return", CONTINUE: "continue"}
 
 
 class Unsupported(Exception):
     """An expression the packet path does not evaluate yet: said plainly instead of matching wrongly."""
 
 
-def attach(node: Node) -> list[str]:
-    """(Re)register the node's nftables base chains on its hooks; returns the chains left unhooked, with why."""
+def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
+    """(Re)register the node's nftables base chains on its hooks; returns the chains left unhooked, with why.
+
+    ``ct_users``: the ruleset's conntrack users per family when the caller already knows them (a
+    transaction that touched a few chains), sparing a walk over every rule."""
     node.hooks.unregister_all(NAME_PREFIX)
     node.subsystems["nftables_runners"] = []
     for name, fam, hook in node.subsystems.pop("nftables_nat_lookups", []):
         node.nat.unregister_lookup(fam, hook, name)
     rs: Ruleset | None = node.nftables
     skipped: list[str] = []
-    take_conntrack_refs(node, rs)
+    take_conntrack_refs(node, rs, ct_users)
     if rs is None:
         return skipped
     for t in rs.tables:
@@ -113,15 +118,27 @@ def attach(node: Node) -> list[str]:
     return skipped
 
 
+def forget_compiled(node: Node) -> None:
+    """The node's nft tables were changed in place: the compiled chains must be built again."""
+    for runner in node.subsystems.get("nftables_runners", []):
+        runner.compiled.forget()
+
+
 def conntrack_users(rs: Ruleset | None) -> dict[int, int]:
     """Per family, how many expressions need connection tracking (each takes nf_ct_netns_get at load)."""
     out = {4: 0, 6: 0}
     for t in rs.tables if rs is not None else []:
-        n = sum(1 for c in t.chains.values() for r in c.rules for st in r.stmts if _needs_ct(st))
-        n += sum(1 for c in t.chains.values() if c.type == "nat" and c.hook is not None)
+        n = sum(chain_conntrack_users(c) for c in t.chains.values())
         for fam in FAMILIES.get(t.family, ()):
             out[fam] += n
     return out
+
+
+def chain_conntrack_users(c: Chain | None) -> int:
+    """What one chain adds to ``conntrack_users`` (0 for a chain that is not there)."""
+    if c is None:
+        return 0
+    return sum(1 for r in c.rules for st in r.stmts if _needs_ct(st)) + (c.type == "nat" and c.hook is not None)
 
 
 def _needs_ct(st: Stmt) -> bool:
@@ -145,16 +162,52 @@ def _needs_ct(st: Stmt) -> bool:
     return False
 
 
-def take_conntrack_refs(node: Node, rs: Ruleset | None) -> None:
+def take_conntrack_refs(node: Node, rs: Ruleset | None, want: dict[int, int] | None = None) -> None:
     """Hold exactly as many conntrack references as the current ruleset needs (released as rules go)."""
     held: dict[int, int] = node.subsystems.setdefault("nftables_ct_refs", {4: 0, 6: 0})
-    want = conntrack_users(rs)
+    if want is None:
+        want = conntrack_users(rs)
     for fam in (4, 6):
         if want[fam] > held[fam]:
             node.conntrack.netns_get(fam, want[fam] - held[fam])
         elif want[fam] < held[fam]:
             node.conntrack.netns_put(fam, held[fam] - want[fam])
         held[fam] = want[fam]
+
+
+def exact_index(s: NSet) -> dict[Any, Elem] | None:
+    """A named set's elements by value when every key is exact (constants, or concatenations of
+    them): a lookup is then one dict access, not a walk (kube-proxy's maps hold an element per
+    Service). Rebuilt when the element list is replaced or grows; None for sets with ranges,
+    prefixes or wildcards."""
+    cached = s.__dict__.get("_exact")
+    if cached is not None and cached[0] is s.elems and cached[1] == len(s.elems):
+        return cached[2]
+    index: dict[Any, Elem] | None = {}
+    for e in s.elems:
+        value = exact_value(e.key)
+        if value is None or index is None:
+            index = None
+            break
+        index.setdefault(value, e)
+    s.__dict__["_exact"] = (s.elems, len(s.elems), index)
+    return index
+
+
+def exact_value(k: Expr) -> Any:
+    """What a packet's value must equal to find this key (a tuple for a concatenation); None when the
+    key matches more than one value."""
+    consts = k.items if isinstance(k, Concat) else [k]
+    values = []
+    for c in consts:
+        if not isinstance(c, Const) or isinstance(c.value, str) and c.value.endswith("*"):
+            return None
+        try:
+            hash(c.value)
+        except TypeError:
+            return None
+        values.append(c.value)
+    return tuple(values) if isinstance(k, Concat) else values[0]
 
 
 class ChainRunner:
@@ -166,6 +219,9 @@ class ChainRunner:
         self.chain = chain
         self.rng = random.Random(0)
         self.counters: dict[int, int] = {}
+        self.traced: ChainTrace | None = None  # while a traced packet runs: where its events go
+        self.at: tuple[Chain, Rule, int] | None = None
+        self.jumped = False
         from kproxy.nftables.compiled import Compiler
 
         self.compiled = Compiler(self)
@@ -178,6 +234,7 @@ class ChainRunner:
         """The base chain for a traced packet (``hook`` takes the compiled chain for the others)."""
         if self.table.family == "ip" and pkt.family != 4 or self.table.family == "ip6" and pkt.family != 6:
             return NF_ACCEPT
+        self.traced = ChainTrace(self.table) if state.trace is not None else None
         try:
             verdict = self.run_chain(self.chain, pkt, state, 0)
         except Unsupported as exc:
@@ -186,6 +243,8 @@ class ChainRunner:
                 state.trace.add("nft", hook=state.hook, text=f"{exc} is not evaluated by the emulator: drop")
             return NF_DROP
         if verdict in (CONTINUE, RETURN):
+            if self.traced is not None:
+                self.traced.event(state, pkt, "policy", self.chain, self.chain.policy)
             return NF_DROP if self.chain.policy == "drop" else NF_ACCEPT
         return verdict
 
@@ -198,6 +257,8 @@ class ChainRunner:
         """The chain run statement by statement (for traced packets, and the reference for ``compiled``)."""
         if depth > 16:
             return NF_DROP  # the kernel refuses loops at load time; never reached with a valid ruleset
+        if self.traced is not None:
+            return self.run_chain_traced(chain, pkt, state, depth, self.traced)
         for rule in chain.rules:
             verdict = self.run_rule(rule, pkt, state, depth)
             if verdict == CONTINUE:
@@ -205,11 +266,26 @@ class ChainRunner:
             return verdict
         return RETURN
 
-    def run_rule(self, rule: Rule, pkt: Packet, state: HookState, depth: int) -> int:
+    def run_chain_traced(self, chain: Chain, pkt: Packet, state: HookState, depth: int, traced: ChainTrace) -> int:
+        """``run_chain`` recording, as nft_trace_notify does, each rule that matched and its verdict."""
+        for i, rule in enumerate(chain.rules, 1):
+            self.at = (chain, rule, i)
+            verdict = self.run_rule(rule, pkt, state, depth, NO_MATCH)
+            if verdict == NO_MATCH:
+                continue
+            if self.jumped:
+                self.jumped = False  # the jump's own event was recorded when it was taken
+            else:
+                traced.event(state, pkt, "rule", chain, VERDICT_NAMES.get(verdict, "continue"), rule, i)
+            if verdict != CONTINUE:
+                return verdict
+        return RETURN
+
+    def run_rule(self, rule: Rule, pkt: Packet, state: HookState, depth: int, no_match: int = CONTINUE) -> int:
         for st in rule.stmts:
             verdict = self.run_stmt(st, pkt, state, depth)
             if verdict is None:
-                return CONTINUE  # a match failed: next rule
+                return no_match  # a match failed: next rule
             if verdict != CONTINUE:
                 return verdict
         return CONTINUE
@@ -280,7 +356,11 @@ class ChainRunner:
         target = self.table.chains.get(v.target or "")
         if target is None:
             return NF_DROP
+        if self.traced is not None and self.at is not None:
+            chain, rule, number = self.at
+            self.traced.event(state, pkt, "rule", chain, f"{v.kind} {v.target}", rule, number)
         result = self.run_chain(target, pkt, state, depth + 1)
+        self.jumped = self.traced is not None
         if result == RETURN:
             # A jump comes back to the next rule; a goto returns to where the calling chain was called.
             return CONTINUE if v.kind == "jump" else RETURN
@@ -295,7 +375,9 @@ class ChainRunner:
             pkt.mark = int(value) & 0xFFFFFFFF
         elif isinstance(key, Ct) and key.key == "mark" and pkt.ct is not None:
             pkt.ct.mark = int(value) & 0xFFFFFFFF
-        elif not (isinstance(key, Meta) and key.key == "nftrace"):
+        elif isinstance(key, Meta) and key.key == "nftrace":
+            pkt.trace = bool(int(value) & 1)  # skb->nf_trace, the bit iptables' TRACE sets too
+        else:
             raise Unsupported(f"{key.text(_OPTS)} set")
         return CONTINUE
 
@@ -410,7 +492,15 @@ class ChainRunner:
         """The element (or its data) a value finds in an anonymous or named set; None when absent."""
         if v is None:
             return None
-        elems = where.elems if isinstance(where, SetLit) else self.named(where).elems
+        if isinstance(where, SetLit):
+            elems = where.elems
+        else:
+            named = self.named(where)
+            index = exact_index(named)
+            if index is not None:
+                e = index.get(v)
+                return None if e is None else e.data if e.data is not None else e
+            elems = named.elems
         for e in elems:
             if self.elem_has(e, v):
                 return e.data if e.data is not None else e
@@ -493,6 +583,10 @@ class ChainRunner:
             return pkt.meta.get(key[2:]) if pkt.local else None
         if key == "nftrace":
             return int(pkt.trace)
+        if key == "random":     # the node's one random source, which -m statistic draws from too
+            from kproxy.iptables.ext.statistic import node_rng
+
+            return node_rng(self.node).getrandbits(32)
         raise Unsupported(f"meta {key}")
 
     def fib(self, e: Fib, pkt: Packet, state: HookState) -> Any:

@@ -28,10 +28,6 @@ from kproxy.nftables.stmt import Match, Nat, Stmt, VerdictMap, VerdictStmt
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.nftables.parser import Parser
 
-# A chunk of a line that the lexer reads as one token with the chunk's text: a word it reads whole and keeps
-# whole (no trailing colon, no quote, no '*'), or one of a few punctuation marks.
-CHUNK = r"(?:[A-Za-z0-9_][A-Za-z0-9_./:\-]*(?<!:)|[{},:.]|!=)"
-CHUNKS = re.compile(rf"{CHUNK}(?: {CHUNK})*")
 OCTETS = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
 PUNCT = frozenset(["{", "}", ",", ":", ".", "!="])
 L4 = {"tcp": 6, "udp": 17, "sctp": 132}
@@ -69,6 +65,9 @@ def _line_shapes() -> re.Pattern[str]:
 
 
 SHAPES = _line_shapes()
+# An element list's words: separated by spaces, and a comma ends a word too ("80 : goto x, 81 : drop").
+ELEM_WORDS = re.compile(r",|[^ ,]+")
+WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)")  # a word the lexer reads whole and keeps whole
 VMAP_ITEM = re.compile(r"(0|[1-9][0-9]*) : (jump|goto) ([A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:))")
 STRINGS = re.compile(r'"[^"\n]*"')
 
@@ -210,11 +209,12 @@ class FastPath:
         """``add element FAMILY TABLE SET { KEY [: VERDICT] , ... }`` for a set of plain values."""
         tbl = self.table(m["ae_f"], m["ae_t"])
         s = tbl.sets.get(m["ae_s"]) if tbl is not None else None
-        if s is None or "interval" in s.flags or s.data is not None and s.data != [T.VERDICT] or \
-                CHUNKS.fullmatch(m["ae_b"]) is None:
+        if tbl is None or s is None or "interval" in s.flags or s.data is not None and s.data != [T.VERDICT]:
             return False
         elems: list[Elem] = []
-        i, body = 0, m["ae_b"].split(" ")
+        i, body = 0, ELEM_WORDS.findall(m["ae_b"])
+        if not all(w in PUNCT or WORD.fullmatch(w) for w in body):
+            return False
         while i < len(body):
             parts, i = self.key(s.key, body, i)
             if parts is None:
@@ -232,8 +232,9 @@ class FastPath:
                 if body[i] != "," or i + 1 == len(body):
                     return False
                 i += 1
-        if not elems:
-            return False
+        if not elems or any(type(e.data) is Verdict and e.data.target is not None and e.data.target not in tbl.chains
+                            for e in elems):
+            return False  # a jump to a chain the table lacks: the kernel's error, from the general parser
         self.p.add_elements(s, SetLit(elems))
         return True
 

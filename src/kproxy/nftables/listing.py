@@ -69,12 +69,12 @@ def elements_text(s: NSet, o: Opts) -> str:
 def set_text(s: NSet, o: Opts, indent: str = "\t") -> str:
     kind = "map" if s.is_map else "set"
     lines = [f"{indent}{kind} {s.name} {{" + (f" # handle {s.handle}" if o.handles else "")]
-    lines.append(f"{indent}\ttype {s.type_text()}")
+    lines.append(f"{indent}\t{s.decl_text()}")
     if s.policy:
         lines.append(f"{indent}\tpolicy {s.policy}")
     if s.size is not None:
         lines.append(f"{indent}\tsize {s.size}")
-    if s.flags:
+    if s.flags and not (s.flags == ["timeout"] and s.timeout is not None):  # a lone timeout flag goes unsaid
         lines.append(f"{indent}\tflags {','.join(s.flags)}")
     if s.timeout is not None:
         lines.append(f"{indent}\ttimeout {fmt_time(s.timeout)}")
@@ -199,6 +199,8 @@ def set_json(t: Table, s: NSet, o: Opts) -> dict[str, Any]:
     if s.size is not None:
         d["size"] = s.size
     flags = [f for f in s.flags if f != "dynamic"]
+    if s.timeout is not None and "timeout" not in flags:
+        flags.append("timeout")  # the kernel flags a set that has a timeout
     if flags:
         d["flags"] = flags
     if s.timeout is not None:

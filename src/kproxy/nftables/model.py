@@ -98,6 +98,11 @@ class NSet:
     elems: list[Elem] = field(default_factory=list)
     anonymous: bool = False
     auto_merge: bool = False
+    typeof: str | None = None  # ``typeof ...`` as written (listed so), else the set was given ``type``
+
+    def decl_text(self) -> str:
+        """The declaration line nft lists: ``typeof ip saddr`` or ``type ipv4_addr``."""
+        return f"typeof {self.typeof}" if self.typeof is not None else f"type {self.type_text()}"
 
     def type_text(self) -> str:
         s = " . ".join(t.name for t in self.key)
@@ -138,6 +143,7 @@ class Table:
 class Ruleset:
     tables: list[Table] = field(default_factory=list)
     next_table_handle: int = 1
+    generation: int = 0  # the namespace's nf_tables generation, bumped by each committed batch (``--echo``)
 
     def find(self, family: str, name: str) -> Table | None:
         for t in self.tables:

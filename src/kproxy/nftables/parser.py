@@ -7,6 +7,7 @@ Errors carry nft's positions so the caller can print them the way nft does.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from kproxy.nftables.expr import (
     Const,
     Elem,
     Expr,
+    Opts,
     Prefix,
     Range,
     SetLit,
@@ -34,6 +36,11 @@ from kproxy.nftables.stmt import (
 )
 
 Loc = tuple[int, int, int]  # line, first column, last column
+OPTS = Opts()
+# Words nft's scanner makes keywords (others are a "string" in its syntax errors); those met after a verb.
+KEYWORDS = {"table", "tables", "chain", "chains", "set", "sets", "map", "maps", "rule", "ruleset", "element",
+            "counter", "counters", "quota", "quotas", "limit", "limits", "flowtable", "flowtables", "meter",
+            "meters", "ip", "ip6", "inet", "arp", "bridge", "netdev", "handle", "index", "position"}
 
 
 class NftError(Exception):
@@ -91,12 +98,30 @@ class Parser:
         self.elem_indexes: dict[int, tuple[list[Elem], dict[Any, Elem]]] = {}
         self.unsorted: dict[int, NSet] = {}
 
+        self.rule_ops: dict[int, str] = {}  # id(rule) -> "insert" or "replace", for --echo's notifications
+        # chains named by verdict-map elements, checked when the kernel would add the elements
+        self.jump_elems: list[tuple[str, Loc]] = []
+
     @staticmethod
     def tokens(text: str, first_line: int = 1) -> list[Token]:
         try:
             return expand_defines(tokenize(text, first_line))
         except LexError as exc:
             raise NftError(str(exc), (exc.line, exc.col, exc.end)) from None
+
+    def first_word(self, words: Collection[str]) -> str | None:
+        """The script's first word that is one of ``words`` (the fast path leaves ``toks`` partial)."""
+        if not self.fast:
+            return next((t.text for t in self.toks if t.kind == "word" and t.text in words), None)
+        for line in self.text.split("\n"):
+            try:
+                toks = tokenize(line)
+            except LexError:
+                continue
+            found = next((t.text for t in toks if t.kind == "word" and t.text in words), None)
+            if found is not None:
+                return found
+        return None
 
     # ---- token helpers ------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Token:
@@ -192,8 +217,7 @@ class Parser:
         if err.syntax:
             raise err
         if err.kernel:
-            if not self.kernel_errors or self.batch_broken:
-                self.kernel_errors.append(err)
+            self.kernel_errors.append(err)  # the kernel goes on with the batch and reports every error
             self.batch_broken = self.batch_broken or err.msg.endswith("Operation not supported")
         else:
             self.eval_errors.append(err)
@@ -233,7 +257,7 @@ class Parser:
             self.next()
             self.cmd_add_table(create=False)
             return
-        if verb in ("add", "create", "insert", "replace", "delete", "destroy", "flush", "list", "reset"):
+        if verb in ("add", "create", "insert", "replace", "delete", "destroy", "flush", "list", "reset", "rename"):
             self.next()
             getattr(self, "cmd_" + ("delete" if verb == "destroy" else verb))(t)
             return
@@ -284,6 +308,7 @@ class Parser:
             tbl = self.find_table(family, tname)
             s = self.find_set(tbl, self.word())
             lit = self.set_literal(s.key, s.data, s)
+            self.check_jumps(tbl)
             self.add_elements(s, lit)
             self.follow_on(verb, command=True)
         elif what in ("counter", "quota", "limit"):
@@ -331,6 +356,10 @@ class Parser:
         for s in tbl.sets.values():
             if not s.handle:
                 s.handle = tbl.alloc()
+        try:
+            self.check_jumps(tbl)
+        except NftError as err:
+            self.record(err, self.pos)
         # nft adds a table's chains, then objects and sets, and only then the rules (handles follow).
         for chain, start in deferred:
             self.pos, saved = start, self.pos
@@ -501,6 +530,8 @@ class Parser:
                         s.data = [self.dtype()]
                         while self.accept("."):
                             s.data.append(self.dtype())
+            elif t.text == "typeof":
+                self.typeof(tbl, s, is_map)
             elif t.text == "flags":
                 s.flags = self.word_list()
             elif t.text == "timeout":
@@ -515,10 +546,12 @@ class Parser:
                 s.comment = self.word().text
             elif t.text == "auto-merge":
                 s.auto_merge = True
+                continue  # nft's grammar wants no separator after auto-merge or elements
             elif t.text == "elements":
                 self.expect("=")
                 start = self.peek()
                 pending.append((start, self.set_literal(s.key, s.data, s)))
+                continue
             else:
                 raise self.unexpected(t)
             self.end_item()
@@ -527,8 +560,40 @@ class Parser:
         if existing is None:
             s.handle = 0 if defer else tbl.alloc()
             tbl.sets[name.text] = s
+        if not defer:  # in a table block the block's chains come first: table_block checks then
+            self.check_jumps(tbl)
         for _, lit in pending:
             self.add_elements(s, lit)
+
+    def typeof(self, tbl: Table, s: NSet, is_map: bool) -> None:
+        """``typeof ip daddr . tcp dport [: meta mark]``: the key (and data) types are those of the expressions,
+        and the set lists them as written."""
+        from kproxy.nftables.rules import RuleBuilder
+
+        rb = RuleBuilder(self, tbl)
+
+        def exprs() -> list[Expr]:
+            out = [rb.primary()]
+            while self.accept("."):
+                out.append(rb.primary())
+            return out
+
+        key = exprs()
+        s.key = [e.dtype for e in key]
+        text = " . ".join(e.text(OPTS) for e in key)
+        if is_map:
+            self.expect(":")
+            data = exprs()
+            s.data = [e.dtype for e in data]
+            text += " : " + " . ".join(e.text(OPTS) for e in data)
+        s.typeof = text
+
+    def check_jumps(self, tbl: Table) -> None:
+        """Verdict-map elements may only jump to chains the table has by then (the kernel's ENOENT)."""
+        pending, self.jump_elems = self.jump_elems, []
+        for target, where in pending:
+            if target not in tbl.chains:
+                raise NftError("Could not process rule: No such file or directory", where)
 
     def dtype(self) -> T.DType:
         t = self.word()
@@ -575,7 +640,8 @@ class Parser:
                 lim = self.limit_body()
                 obj.values = {"rate": lim.rate, "per": lim.per, "burst": lim.burst, "unit": lim.unit,
                               "burst_unit": lim.burst_unit, "over": lim.over}
-            self.end_item()
+            if not self.at("}"):  # a counter/quota/limit body needs no separator before its brace
+                self.end_item()
 
     def add_elements(self, s: NSet, lit: SetLit) -> None:
         elems = s.elems + lit.elems
@@ -669,6 +735,7 @@ class Parser:
             rule = self.rule(tbl, start, new_handle=False, chain=chain.name)
             rule.handle = chain.rules[idx].handle
             chain.rules[idx] = rule
+            self.rule_ops[id(rule)] = "replace"
             return
         missing: NftError | None = None
         if position is None:
@@ -686,6 +753,8 @@ class Parser:
         if missing is not None:
             raise missing
         chain.rules.insert(idx, rule)
+        if op == "insert":
+            self.rule_ops[id(rule)] = op
         self.follow_on(verb, command=True, rule=rule)
 
     def rule_index(self, chain: Chain, handle: int, at: Token) -> int:
@@ -794,7 +863,33 @@ class Parser:
             args.append(self.next())
         self.out.requests.append(("list", args))
 
+    def cmd_rename(self, verb: Token) -> None:
+        """``rename chain [FAMILY] TABLE CHAIN NEWNAME``: the chain keeps its handle, rules and place, and
+        every jump to it follows (the kernel's rules point at the chain, not at its name)."""
+        self.expect("chain")
+        family, tname = self.family_and_name()
+        tbl = self.find_table(family, tname)
+        old = self.word()
+        chain = tbl.chains.get(old.text)
+        if chain is None:  # nft's cache lookup fails before anything reaches the kernel
+            raise NftError("No such file or directory", loc(old), kernel=False)
+        new = self.word()
+        if new.text in tbl.chains:  # the kernel refuses; nft blames the whole command, its end included
+            line, col, end = loc(verb, new)
+            raise NftError("Could not process rule: File exists", (line, col, end + 1))
+        chain.name = new.text
+        tbl.chains = {new.text if k == old.text else k: c for k, c in tbl.chains.items()}
+        for v in verdicts(tbl):
+            if v.target == old.text:
+                v.target = new.text
+
     def cmd_reset(self, verb: Token) -> None:
+        if not self.at("counter", "counters", "quota", "quotas"):  # nft 1.0.6 resets nothing else
+            t = self.peek()
+            err = self.unexpected(expecting="counter or counters or quotas or quota")
+            if t.kind == "word" and t.text not in KEYWORDS:
+                err.msg = "syntax error, unexpected string, expecting counter or counters or quotas or quota"
+            raise err
         args: list[Token] = []
         while self.peek().kind in ("word", "string"):
             args.append(self.next())
@@ -811,6 +906,7 @@ class Parser:
             start = self.peek()
             k = self.value_of(key)
             elem = Elem(k)
+            key_loc = loc(start, self.toks[self.pos - 1])
             while self.at("timeout", "expires", "comment", "counter"):
                 w = self.next().text
                 if w == "comment":
@@ -822,6 +918,8 @@ class Parser:
             if data is not None:
                 self.expect(":")
                 elem.data = self.verdict() if data == [T.VERDICT] else self.value_of(data)
+                if s is not None and isinstance(elem.data, Verdict) and elem.data.target is not None:
+                    self.jump_elems.append((elem.data.target, key_loc))
             elif self.at(":"):
                 raise self.unexpected()
             if s is not None and isinstance(k, (Prefix, Range)) and "interval" not in s.flags:
@@ -927,6 +1025,22 @@ def refers_to_set(rule: Rule, name: str) -> bool:
             todo += [v for v in vars(x).values() if isinstance(v, (Stmt, Expr))]
             todo += [i for v in vars(x).values() if isinstance(v, list) for i in v]
     return False
+
+
+def verdicts(tbl: Table) -> list[Verdict]:
+    """Every verdict in a table's rules, anonymous and named verdict maps: where chain names are kept."""
+    out: list[Verdict] = []
+    lits: list[Expr] = []
+    for c in tbl.chains.values():
+        for r in c.rules:
+            for st in r.stmts:
+                if isinstance(st, VerdictStmt):
+                    out.append(st.verdict)
+                lits += [e for e in vars(st).values() if isinstance(e, Expr)]
+    elems = [e for s in tbl.sets.values() for e in s.elems]
+    elems += [e for lit in lits if isinstance(lit, SetLit) for e in lit.elems]
+    out += [e.data for e in elems if isinstance(e.data, Verdict)]
+    return out
 
 
 def jumps_to(chain: Chain, target: str) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
@@ -203,6 +203,7 @@ class RuleBuilder:
             s = self.tbl.sets.get(name.text)
             if s is None:
                 raise self.error("Could not process rule: No such file or directory", name)
+            _made_dynamic(s)
             p.expect("{")
             key = self.concat()
             upd = SetUpdate(w, name.text, key)
@@ -710,3 +711,16 @@ def _payload_proto(s: Stmt) -> str | None:
         if isinstance(e, Payload):
             return e.proto
     return None
+
+
+DYNSET_SIZE = 65535                         # nft's size for a set a rule adds to, when it has none
+FLAG_ORDER = ("constant", "dynamic", "interval", "timeout")
+
+
+def _made_dynamic(s: Any) -> None:
+    """A set that a rule adds to or updates becomes dynamic, and gets nft's default size (as
+    ``nft list`` shows it afterwards)."""
+    if s.size is None:
+        s.size = DYNSET_SIZE
+    if "dynamic" not in s.flags:
+        s.flags = sorted([*s.flags, "dynamic"], key=lambda f: FLAG_ORDER.index(f) if f in FLAG_ORDER else 9)

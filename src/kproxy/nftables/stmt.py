@@ -234,7 +234,11 @@ class Reject(Stmt):
         if self.kind is None:
             if self.default_json is None:
                 return {"reject": None}
-            return {"reject": {"type": self.default_json[0], "expr": self.default_json[1]}}
+            kind, code = self.default_json
+            dt = {"icmpx": T.ICMPX_CODE, "icmp": T.ICMP_CODE, "icmpv6": T.ICMPV6_CODE}.get(kind)
+            codes = dict(dt.symbols) if dt is not None else {}
+            expr = dt.json(codes[code]) if dt is not None and code in codes else code  # a number with -j -n
+            return {"reject": {"type": kind, "expr": expr}}
         if self.kind == "tcp reset":
             return {"reject": {"type": "tcp reset"}}
         return {"reject": {"type": self.kind, "expr": self.code.json() if self.code else None}}

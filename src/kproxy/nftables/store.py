@@ -23,7 +23,8 @@ def ruleset_to_json(rs: Ruleset) -> dict[str, Any]:
                 {c.name: [c.handle, [r.handle for r in c.rules]] for c in t.chains.values()},
                 {s.name: s.handle for s in t.sets.values() if not s.anonymous},
                 [[k, n, o.handle] for (k, n), o in t.objs.items()]] for t in rs.tables]
-    return {"text": ruleset_text(rs, Opts()), "next_table_handle": rs.next_table_handle, "handles": handles}
+    return {"text": ruleset_text(rs, Opts()), "next_table_handle": rs.next_table_handle, "handles": handles,
+            "generation": rs.generation}
 
 
 def ruleset_from_json(data: dict[str, Any]) -> Ruleset:
@@ -36,6 +37,7 @@ def ruleset_from_json(data: dict[str, Any]) -> Ruleset:
     except NftError as exc:
         raise NodeError(f"nftables ruleset in the node file: {exc.msg}") from None
     rs.next_table_handle = data.get("next_table_handle", rs.next_table_handle)
+    rs.generation = data.get("generation", 0)
     for fam, name, th, nxt, anon, chains, sets, objs in data.get("handles", []):
         t = rs.find(fam, name)
         if t is None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+# ``nft -j -n``: symbolic constants (protocols, ct states, ICMP types, ...) are listed as numbers.
+JSON_NUMERIC: ContextVar[bool] = ContextVar("JSON_NUMERIC", default=False)
 
 
 class TypeError_(Exception):
@@ -145,6 +149,12 @@ class DType:
 
     def json(self, value: Any) -> Any:
         k = self.kind
+        if JSON_NUMERIC.get() and isinstance(value, int):
+            if k == "proto" or k == "symbol" and self.symbols:
+                return value
+            if k == "bitmask":
+                bits = [1 << i for i in range(value.bit_length()) if value >> i & 1]
+                return bits[0] if len(bits) == 1 else bits
         if k in ("ipv4", "ipv6", "ether", "proto", "string", "ifindex") or (k == "symbol" and self.symbols):
             t = self.text(value)
             return t.strip('"') if k in ("string", "ifindex") else (int(t) if t.isdigit() else t)

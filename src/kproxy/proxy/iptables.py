@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kproxy.iptables.restore import Prepared
 from kproxy.k8s.manifests import Objects
+from kproxy.layered import share
 from kproxy.proxy.changes import Changes, ChangeTracker
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.localdetect import LocalDetector
@@ -118,7 +120,7 @@ class Aggregate:
     from a copy, so what an earlier sync handed out is never changed."""
 
     top: dict[tuple[str, str], list[str]]
-    chains: dict[str, list[str]]
+    chains: MutableMapping[str, list[str]]
     no_local: dict[str, int]
     nat_count: int
 
@@ -156,7 +158,7 @@ class IptablesProxier:
         self.need_full = True
         self.tracker = ChangeTracker(cfg, family)
         self.last_top: dict[tuple[str, str], list[str]] = {}
-        self.last_service_chains: dict[str, list[str]] = {}
+        self.last_service_chains: MutableMapping[str, list[str]] = {}
         self._rules: dict[str, list[tuple[tuple[str, str], ServiceRules]]] = {}
         self._order: list[tuple[tuple[str, str], str, int]] | None = None
         self._agg: Aggregate | None = None
@@ -461,7 +463,7 @@ class IptablesProxier:
         agg = self._agg
         if agg is not None and not full and self._order is not None and \
                 all(_same_top(old_rules.get(k), self._rules.get(k)) for k in recomputed):
-            new = Aggregate(agg.top, dict(agg.chains), dict(agg.no_local), agg.nat_count)
+            new = Aggregate(agg.top, share(agg.chains), dict(agg.no_local), agg.nat_count)
             for key in recomputed:
                 for _, sr in old_rules.get(key, ()):
                     new.tally(key, sr, -1)
@@ -487,7 +489,7 @@ class IptablesProxier:
         self._agg = new
         return new
 
-    def _render(self, full: bool, top: dict[tuple[str, str], list[str]], service_chains: dict[str, list[str]],
+    def _render(self, full: bool, top: dict[tuple[str, str], list[str]], service_chains: MutableMapping[str, list[str]],
                 changed: set[str]) -> tuple[str, Prepared | None]:
         """The restore input, and (for a backend that takes them) the rules already built for its lines."""
         out: list[str] = []
@@ -508,13 +510,13 @@ class IptablesProxier:
                         built.append((len(rules), [index.get(line) for line in lines]))
                     rules.extend(lines)
             if table == "nat":
-                for svc in sorted(service_chains):
-                    if full or svc in changed:
-                        chains.extend(f":{c} - [0:0]" for c in service_chains[svc])
-                        for _, sr in sorted(self._rules[svc], key=lambda e: e[0]):
-                            if builder is not None:
-                                built.append((len(rules), sr.specs))
-                            rules.extend(sr.rules)
+                # a partial sync writes the changed Services' chains only, without sorting them all
+                for svc in sorted(service_chains if full else changed & service_chains.keys()):
+                    chains.extend(f":{c} - [0:0]" for c in service_chains[svc])
+                    for _, sr in sorted(self._rules[svc], key=lambda e: e[0]):
+                        if builder is not None:
+                            built.append((len(rules), sr.specs))
+                        rules.extend(sr.rules)
                 if full:
                     active = {c for cs in service_chains.values() for c in cs}
                     stale = {c for cs in self.last_service_chains.values() for c in cs} - active

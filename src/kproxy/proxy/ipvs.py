@@ -610,3 +610,36 @@ def _real_server(text: str) -> RealServer:
     host, _, port = text.rpartition(":")
     return RealServer(host.strip("[]"), int(port))
 
+
+
+def cleanup_leftovers(backend: Any) -> dict[str, int]:
+    """What upstream's IPVS-mode CleanupLeftovers removes, limited to what this mode made: the virtual
+    servers of addresses on kube-ipvs0 and of the node ports in its node-port sets, the kube-ipvs0
+    device, then (after the caller removed the iptables rules that reference them) its ipsets.
+    Upstream flushes every virtual server; a user's own IPVS services are left alone here.
+
+    Returns how many virtual servers, devices and ipsets went. ``backend`` must have removed its
+    KUBE-* iptables chains first: the kernel refuses to destroy a set a rule still uses."""
+    gone = {"virtual_servers": 0, "devices": 0, "ipsets": 0}
+    names = set(backend.ipset_names())
+    if not backend.ipvs_unavailable():
+        ours = backend.device_addresses(DUMMY_DEVICE)
+        ports: dict[str, set[int]] = {}
+        for proto, sets in (("TCP", (NODE_PORT_TCP, NODE_PORT_LOCAL_TCP)), ("UDP", (NODE_PORT_UDP, NODE_PORT_LOCAL_UDP)),
+                            ("SCTP", (NODE_PORT_SCTP, NODE_PORT_LOCAL_SCTP))):
+            for name in sets:
+                for member in backend.ipset_entries(set_name(name, backend.family)):
+                    port = member.rsplit(":", 1)[-1].split(",")[-1]
+                    if port.isdigit():
+                        ports.setdefault(proto, set()).add(int(port))
+        for vs in backend.ipvs_services():
+            if vs.address in ours or vs.port in ports.get(vs.protocol.upper(), ()):
+                backend.ipvs_delete_service(vs)
+                gone["virtual_servers"] += 1
+    if backend.delete_device(DUMMY_DEVICE):
+        gone["devices"] += 1
+    for name, _, _ in IPSETS:
+        name = set_name(name, backend.family)
+        if name in names and backend.ipset_destroy(name):
+            gone["ipsets"] += 1
+    return gone

@@ -44,6 +44,16 @@ class ProxyMetrics:
         self.endpoint_changes = Counter("kubeproxy_sync_proxy_rules_endpoint_changes",
                                         "Cumulative proxy rules Endpoint changes", registry=r)
 
+        # The nftables mode: upstream's two failure counters, and (kproxy's own) what the table holds.
+        self.nft_sync_failures = Counter("kubeproxy_sync_proxy_rules_nftables_sync_failures",
+                                         "Cumulative proxy nftables sync failures", registry=r)
+        self.nft_cleanup_failures = Counter("kubeproxy_sync_proxy_rules_nftables_cleanup_failures",
+                                            "Cumulative proxy nftables cleanup failures", registry=r)
+        self.nft_objects = Gauge("kubeproxy_sync_proxy_rules_nftables_objects",
+                                 "Rules, chains and map elements in kube-proxy's nftables table (kproxy)",
+                                 ["kind"], registry=r)
+        self.nft_stale_chains = Gauge("kubeproxy_sync_proxy_rules_nftables_stale_chains",
+                                      "Chains flushed and waiting to be deleted (kproxy)", registry=r)
         self.network_programming = Histogram(
             "kubeproxy_network_programming_duration_seconds",
             "In Cluster Network Programming Latency in seconds", buckets=NETWORK_PROGRAMMING_BUCKETS, registry=r)
@@ -77,6 +87,17 @@ class ProxyMetrics:
         self.restore_failures.inc()
         if partial:
             self.partial_failures.inc()
+
+    def nftables_synced(self, counts: dict[str, int], stale_chains: int) -> None:
+        for kind, n in counts.items():
+            self.nft_objects.labels(kind=kind).set(n)
+        self.nft_stale_chains.set(stale_chains)
+
+    def nftables_sync_failed(self) -> None:
+        self.nft_sync_failures.inc()
+
+    def nftables_cleanup_failed(self) -> None:
+        self.nft_cleanup_failures.inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

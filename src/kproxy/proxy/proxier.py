@@ -64,6 +64,36 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+class MetaProxier:
+    """Upstream's metaproxier: a dual-stack node runs one proxier per IP family behind one."""
+
+    def __init__(self, *proxiers: Proxier) -> None:
+        self.proxiers = proxiers
+        self.cfg = proxiers[0].cfg
+
+    @property
+    def need_full(self) -> bool:
+        return any(p.need_full for p in self.proxiers)
+
+    def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
+        """Each family in turn over the same changes (a family's sync takes the dirty marks)."""
+        dirty = None if objs.dirty is None else set(objs.dirty)
+        results = []
+        for p in self.proxiers:
+            objs.dirty = None if dirty is None else set(dirty)
+            results.append(p.sync(objs, force_full))
+        if objs.dirty is not None:
+            objs.dirty.clear()
+        rules: dict[str, int] = {}
+        for r in results:
+            for k, v in r.rules.items():
+                rules[k] = rules.get(k, 0) + v
+        return SyncResult(any(r.full for r in results), "".join(r.text for r in results),
+                          sum(r.lines for r in results), sum(r.duration for r in results), rules,
+                          "; ".join(r.error for r in results if r.error),
+                          set().union(*(r.changed_services for r in results)))
+
+
 class ModeUnavailable(ValueError):
     """The proxy mode asked for cannot run here (unknown, not built yet, or the backend lacks it)."""
 
@@ -83,8 +113,14 @@ def _ipvs() -> ProxierFactory:
     return IpvsProxier
 
 
+def _nftables() -> ProxierFactory:
+    from kproxy.proxy.nftables import NftablesProxier
+
+    return NftablesProxier
+
+
 # Mode name -> how to get its proxier class (imported on demand, as a mode's module may be large).
-MODES: dict[str, Callable[[], ProxierFactory]] = {"iptables": _iptables, "ipvs": _ipvs}
+MODES: dict[str, Callable[[], ProxierFactory]] = {"iptables": _iptables, "ipvs": _ipvs, "nftables": _nftables}
 KNOWN_MODES = ("iptables", "ipvs", "nftables")
 
 

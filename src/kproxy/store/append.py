@@ -17,6 +17,7 @@ from kproxy.iptables.model import STANDARD_VERDICTS, Chain, Rule, rule_uses
 from kproxy.iptables.parser import ParameterProblem, parse_command
 from kproxy.iptables.save import format_rule
 from kproxy.iptables.state import copy_table
+from kproxy.layered import cow_copy
 from kproxy.store.chains import StoredChain, rule_state
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,7 +64,7 @@ def fast_append(node: Node, argv: list[str], family: int) -> tuple[int, str, str
     work.chains[c.chain] = chain
     assert work.owned is not None
     work.owned.add(c.chain)
-    refs = dict(base.jump_counts())
+    refs = cow_copy(base.jump_counts())
     for r in added:
         if r.jump is not None:
             refs[r.jump] = refs.get(r.jump, 0) + 1

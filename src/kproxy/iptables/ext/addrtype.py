@@ -9,6 +9,7 @@ from kproxy.iptables.extension import (
     Match,
     Opt,
     RuleContext,
+    Xlate,
     builtin_chain_outside,
     register_match,
 )
@@ -22,6 +23,7 @@ TYPES = ["UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLA
          "PROHIBIT", "THROW", "NAT", "XRESOLVE"]
 
 
+FIB_TYPES = TYPES[:9]     # the route types nft's fib expression names
 IN_HOOKS = ("PREROUTING", "INPUT", "FORWARD")
 OUT_HOOKS = ("OUTPUT", "POSTROUTING", "FORWARD")
 
@@ -110,6 +112,16 @@ class AddrtypeMatch(Match):
         if self.iface_out:
             text += " limit-out"
         return text
+
+    def translate(self, xl: Xlate) -> str:
+        """addrtype_mt_xlate: ``fib saddr type`` (the source's types when both are given, as the
+        tool does), by the interface when limited; types nft has no name for are left out."""
+        key, types, inv = ("saddr", self.src, self.src_inv) if self.src is not None else \
+            ("daddr", self.dst, self.dst_inv)
+        names = [t.lower() for t in types or () if t in FIB_TYPES]
+        iface = " . iif" if self.iface_in else " . oif" if self.iface_out else ""
+        value = "" if not names else names[0] if len(names) == 1 else "{ " + ", ".join(names) + " }"
+        return f"fib {key}{iface} type {'!= ' if inv else ''}{value}".rstrip()
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         node = ctx.node

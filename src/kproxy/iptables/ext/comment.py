@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kproxy.iptables.extension import Match, Opt, RuleContext, register_match
+from kproxy.iptables.extension import Match, Opt, RuleContext, Xlate, register_match
 from kproxy.iptables.xtoptions import STRING, XTOPT_MAND, XtOpt, XtOptions, truncate
 from kproxy.iptables.xtutil import save_string
 from kproxy.packet import Packet
@@ -42,6 +42,8 @@ class CommentMatch(Match):
     def redundant(self, rule: Rule) -> bool:
         return True
 
-    def translate(self) -> str:
-        return f"comment \"{self.text}\""
+    def translate(self, xl: Xlate) -> str:
+        """The comment goes after the verdict, so it is handed to the rule; the last one wins."""
+        xl.comment = self.text
+        return ""
 

@@ -19,6 +19,7 @@ from kproxy.iptables.extension import (
     Opt,
     RuleContext,
     Target,
+    Xlate,
     register_match,
     register_target,
 )
@@ -51,7 +52,7 @@ class ConnmarkMatch(MarkMatch):
     def inline(self) -> tuple[str, tuple[Any, ...]]:
         return f"p.ct is not None and (p.ct.mark & {{}}) {'!=' if self.invert else '=='} {{}}", (self.mask, self.value)
 
-    def translate(self) -> str:
+    def translate(self, xl: Xlate) -> str:
         return mark_xlate("ct mark", self.value, self.mask, self.invert)
 
 
@@ -111,6 +112,24 @@ class ConnmarkTarget(Target):
         if self.mode == "save-mark":
             return f"CONNMARK save nfmask 0x{self.nfmask:x} ctmask ~0x{self.ctmask:x}"
         return f"CONNMARK restore ctmask 0x{self.ctmask:x} nfmask ~0x{self.nfmask:x}"
+
+    def translate(self, xl: Xlate) -> str | None:
+        """connmark_tg_xlate: a set as the simplest bit operation; save and restore only with one mask."""
+        if self.mode == "set":
+            value, mask = self.value, self.mask
+            if mask == FULL:
+                return f"ct mark set 0x{value:x} "    # the tool's trailing space (seen before a comment)
+            if value == 0:
+                return f"ct mark set ct mark and 0x{~mask & FULL:x}"
+            if value == mask:
+                return f"ct mark set ct mark or 0x{value:x}"
+            if mask == 0:
+                return f"ct mark set ct mark xor 0x{value:x}"
+            return f"ct mark set ct mark xor 0x{value:x} and 0x{~mask & FULL:x}"
+        if self.nfmask != self.ctmask:
+            return None
+        what = "ct mark set mark" if self.mode == "save-mark" else "meta mark set ct mark"
+        return what if self.nfmask == FULL else f"{what} and 0x{self.nfmask:x}"
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         ct = pkt.ct

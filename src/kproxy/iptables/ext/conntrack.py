@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, Xlate, register_match
 from kproxy.iptables.model import Net
 from kproxy.iptables.xtoptions import (
     CHOICE,
@@ -64,11 +64,39 @@ def parse_ctproto(call: XtCall) -> int:
         raise ExtensionError(str(exc)) from None
 
 
-def state_xlate(states: list[str], invert: bool) -> str | None:
-    """``ct state``, for the states nft names (SNAT and DNAT are ct status bits there)."""
-    if not set(states) <= set(STATES[:5]):
-        return None
-    return f"ct state {'! ' if invert else ''}{','.join(s.lower() for s in states)}"
+def state_xlate(states: list[str], invert: bool) -> str:
+    """``ct state`` in the kernel's bit order; SNAT or DNAT among the states makes it the ct status
+    bit instead (only that one, never inverted: the translator drops the rest)."""
+    if "SNAT" in states or "DNAT" in states:
+        return f"ct status {'snat' if 'SNAT' in states else 'dnat'}"     # the tool drops the invert here
+    return f"ct state {'! ' if invert else ''}{','.join(s.lower() for s in STATES[:5] if s in states)}"
+
+
+def _range_text(rng: tuple[int, int]) -> str:
+    return str(rng[0]) if rng[0] == rng[1] else f"{rng[0]}-{rng[1]}"
+
+
+def _ct_part(name: str, val: Any, invert: bool, reply_dir: bool) -> str:
+    """One conntrack option as the translator writes it."""
+    neq = "!= " if invert else ""
+    if name == "ctdir":
+        return f"ct direction {val.lower()}"
+    if name == "ctproto":
+        return f"ct {'reply' if reply_dir else 'original'} protocol {neq}{val}"
+    if name == "ctstate":
+        return state_xlate(val, invert)
+    if name == "ctstatus":
+        words = [s.lower().replace("_", "-") for s, _ in STATUSES if s in val]
+        return f"ct status {'! ' if invert else ''}{','.join(words)}".rstrip()
+    if name == "ctexpire":
+        return f"ct expiration {neq}{_range_text(val)}"
+    way = "original" if "orig" in name else "reply"
+    if name in ADDR_OPTS:
+        return f"ct {way} {name[-3]}addr {neq}{_net_text(val)}"
+    return f"ct {way} proto-{name[-7:-4]} {neq}{_range_text(val)}"
+
+
+XLATE_ORDER = ["ctdir", "ctproto", "ctstate", "ctstatus", "ctexpire", *ADDR_OPTS, *PORT_OPTS]
 
 
 def packet_states(pkt: Packet) -> set[str]:
@@ -129,12 +157,10 @@ class ConntrackMatch(Match):
     ORDER = ["ctstate", "ctproto", "ctorigsrc", "ctorigdst", "ctreplsrc", "ctrepldst", "ctorigsrcport",
              "ctorigdstport", "ctreplsrcport", "ctrepldstport", "ctstatus", "ctexpire", "ctdir"]
 
-    def translate(self) -> str | None:
-        """A state test alone (with the states nft has names for); the other tests are not translated here."""
-        if set(self.opts) != {"ctstate"}:
-            return None
-        states, invert = self.opts["ctstate"]
-        return state_xlate(states, invert)
+    def translate(self, xl: Xlate) -> str:
+        """conntrack3_mt_xlate: the direction first (the protocol test follows it), then the rest."""
+        reply_dir = self.opts.get("ctdir", ("", False))[0] == "REPLY"
+        return " ".join(_ct_part(n, *self.opts[n], reply_dir) for n in XLATE_ORDER if n in self.opts)
 
     def save(self) -> str:
         parts = ["-m conntrack"]
@@ -206,7 +232,7 @@ class StateMatch(Match):
         got = cls.OPTIONS.parse_all(opts)
         return cls(got.get("state"), got.invert("state"))
 
-    def translate(self) -> str | None:
+    def translate(self, xl: Xlate) -> str:
         return state_xlate(self.states, self.invert)
 
     def save(self) -> str:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
+from kproxy.iptables.extension import (
+    XT_CONTINUE,
+    ExtensionError,
+    Opt,
+    RuleContext,
+    Target,
+    Xlate,
+    register_target,
+)
 from kproxy.iptables.xtoptions import CUSTOM, NONE, STRING, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import c_strtoui
 from kproxy.packet import Packet
@@ -50,6 +58,10 @@ class CtTarget(Target):
 
     def listing(self, numeric: bool = True) -> str:
         return "CT" + (" notrack" if self.notrack else "") + (f" zone {self.zone}" if self.zone else "")
+
+    def translate(self, xl: Xlate) -> str | None:
+        """Only ``--notrack`` alone has an nft form here."""
+        return "notrack" if self.notrack and not self.zone else None
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         # xt_ct_target: a packet that already has a conntrack reference (looped back) is left alone;

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, Xlate, register_match
 from kproxy.iptables.xtoptions import CUSTOM, XTOPT_INVERT, XTOPT_MAND, XtOpt, XtOptions
 from kproxy.iptables.xtutil import c_strtoul
 from kproxy.packet import ICMP, ICMPV6, Packet
@@ -44,6 +44,18 @@ ICMP6_TYPES: list[Entry] = [
     ("neighbour-advertisement", 136, 0, 0xFF), ("neighbor-advertisement", 136, 0, 0xFF),
     ("redirect", 137, 0, 0xFF),
 ]
+
+
+# nft's names for the types (what its icmp_type and icmpv6_type print).
+NFT_ICMP = {0: "echo-reply", 3: "destination-unreachable", 4: "source-quench", 5: "redirect", 8: "echo-request",
+            9: "router-advertisement", 10: "router-solicitation", 11: "time-exceeded", 12: "parameter-problem",
+            13: "timestamp-request", 14: "timestamp-reply", 15: "info-request", 16: "info-reply",
+            17: "address-mask-request", 18: "address-mask-reply"}
+NFT_ICMP6 = {1: "destination-unreachable", 2: "packet-too-big", 3: "time-exceeded", 4: "parameter-problem",
+             128: "echo-request", 129: "echo-reply", 130: "mld-listener-query", 131: "mld-listener-report",
+             132: "mld-listener-done", 133: "nd-router-solicit", 134: "nd-router-advert",
+             135: "nd-neighbor-solicit", 136: "nd-neighbor-advert", 137: "nd-redirect", 138: "router-renumbering",
+             141: "ind-neighbor-solicit", 142: "ind-neighbor-advert", 143: "mld2-listener-report"}
 
 
 def _byte(text: str) -> tuple[int, str] | None:
@@ -92,6 +104,8 @@ class IcmpBase(Match):
     WHAT = "ICMP"
     WORD = "icmp"
     WORD_EXT = "icmp"     # the extension's own name (``-m icmpv6`` is an alias of icmp6)
+    NFT_WORD = "icmp"
+    NFT_NAMES = NFT_ICMP
 
     def __init__(self, t: int, lo: int, hi: int, invert: bool) -> None:
         self.type, self.code_min, self.code_max, self.invert = t, lo, hi, invert
@@ -127,6 +141,16 @@ class IcmpBase(Match):
                 f" codes {self.code_min}-{self.code_max}"
         return text
 
+    def translate(self, xl: Xlate) -> str | None:
+        """A type with all its codes, by nft's name for it; a code or code range has no translation."""
+        if self.any:
+            return "ip protocol icmp"
+        name = self.NFT_NAMES.get(self.type)
+        if (self.code_min, self.code_max) != (0, 0xFF) or name is None or \
+                not any(e[1:] == (self.type, 0, 0xFF) for e in self.TABLE):
+            return None
+        return f"{self.NFT_WORD} type {'!= ' if self.invert else ''}{name}"
+
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         hit = self.any or (pkt.icmp_type == self.type and self.code_min <= pkt.icmp_code <= self.code_max)
         return hit != self.invert
@@ -153,6 +177,8 @@ class Icmp6Match(IcmpBase):
     WHAT = "ICMPv6"
     WORD = "ipv6-icmp"
     WORD_EXT = "icmp6"
+    NFT_WORD = "icmpv6"
+    NFT_NAMES = NFT_ICMP6
     OPTIONS = icmp_options("icmp6", "icmpv6-type", ICMP6_TYPES, "ICMPv6")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, Xlate, register_match
 from kproxy.iptables.xtoptions import CUSTOM, UINT32, XtCall, XtOpt, XtOptions
 from kproxy.packet import Packet
 
@@ -96,6 +96,7 @@ class LimitMatch(Match):
         self.rate, self.unit = nft_rate(avg)
         self.avg = XT_LIMIT_SCALE * self.unit // self.rate      # what is read back from the kernel
         self.burst = burst or DEFAULT_BURST
+        self.given_burst = burst     # the translator prints no burst for --limit-burst 0
         self.cost = self.unit * NSEC_PER_SEC // self.rate
         self.tokens_max = self.cost * self.burst
         self.tokens = self.tokens_max
@@ -119,6 +120,10 @@ class LimitMatch(Match):
 
     def load_state(self, data: list[Any]) -> None:
         self.tokens, self.last = int(data[0]), None if data[1] is None else int(data[1])
+
+    def translate(self, xl: Xlate) -> str:
+        text = f"limit rate {self.rate}/{dict((s, w) for w, s in UNIT_WORDS)[self.unit]}"
+        return f"{text} burst {self.given_burst} packets" if self.given_burst else text
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         """nft_limit_eval: refill by the nanoseconds since the last packet, then try to pay the cost."""

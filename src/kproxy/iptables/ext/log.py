@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
+from kproxy.iptables.extension import (
+    XT_CONTINUE,
+    ExtensionError,
+    Opt,
+    RuleContext,
+    Target,
+    Xlate,
+    register_target,
+)
 from kproxy.iptables.xtoptions import CUSTOM, NONE, STRING, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import c_strtoui, save_string
 from kproxy.packet import ICMP, ICMPV6, TCP, UDP, Packet
@@ -26,6 +34,7 @@ FLAG_BITS = {"log-tcp-sequence": 1, "log-tcp-options": 2, "log-ip-options": 4, "
              "log-macdecode": 32}
 PREFIX_MAX = 29
 DEFAULT_LEVEL = 4
+XT_LOG_MASK = 0x2F     # every flag but NFLOG's
 TCP_FLAG_WORDS = [("CWR", 0x80), ("ECE", 0x40), ("URG", 0x20), ("ACK", 0x10), ("PSH", 0x08), ("RST", 0x04),
                   ("SYN", 0x02), ("FIN", 0x01)]
 ICMP_DEST_UNREACH, ICMP_SOURCE_QUENCH, ICMP_REDIRECT, ICMP_TIME_EXCEEDED, ICMP_PARAMETERPROB = 3, 4, 5, 11, 12
@@ -149,6 +158,24 @@ class LogTarget(Target):
             text += f" prefix \"{self.prefix}\""
         return text
 
+    def translate(self, xl: Xlate) -> str:
+        """log_xlate: prefix, a level other than the default, and the flags (``all`` for all)."""
+        text = "log"
+        if self.prefix:
+            text += f" prefix \"{self.prefix}\""
+        if self.level != DEFAULT_LEVEL:
+            text += f" level {LIST_LEVELS[self.level]}"
+        flags = self.flags
+        if flags & XT_LOG_MASK == XT_LOG_MASK:
+            return text + " flags all"
+        tcp = [w for w, bit in (("sequence", 1), ("options", 2)) if flags & bit]
+        if tcp:
+            text += " flags tcp " + ",".join(tcp)
+        for word, bit in (("ip options", 4), ("skuid", 8), ("ether", 0x20)):
+            if flags & bit:
+                text += f" flags {word}"
+        return text
+
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         line = log_line(self.prefix, pkt, ctx, self.flags)
         ctx.node.log_lines.append(line)
@@ -172,6 +199,9 @@ class TraceTarget(Target):
 
     def listing(self, numeric: bool = True) -> str:
         return ""
+
+    def translate(self, xl: Xlate) -> str:
+        return "nftrace set 1"
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         pkt.trace = True

@@ -11,6 +11,7 @@ from kproxy.iptables.extension import (
     Opt,
     RuleContext,
     Target,
+    Xlate,
     register_match,
     register_target,
 )
@@ -85,7 +86,7 @@ class MarkMatch(Match):
     def inline(self) -> tuple[str, tuple[Any, ...]]:
         return f"(p.mark & {{}}) {'!=' if self.invert else '=='} {{}}", (self.mask, self.value)
 
-    def translate(self) -> str:
+    def translate(self, xl: Xlate) -> str:
         return mark_xlate("mark", self.value, self.mask, self.invert)
 
 
@@ -135,14 +136,15 @@ class MarkTarget(Target):
     def listing(self, numeric: bool = True) -> str:
         return xmark_listing("MARK", self.value, self.mask)
 
-    def translate(self) -> str:
+    def translate(self, xl: Xlate) -> str:
         """mark_tg_xlate: the simplest nft statement for the (value, mask) pair."""
         value, mask = self.value, self.mask
         kind = xmark_kind(value, mask, set_first=True)
         if kind == "set":
-            return f"meta mark set 0x{value:x}"
+            return f"meta mark set 0x{value:x} "      # the tool's trailing space (seen before a comment)
         keep = f"and 0x{(~mask) & FULL:x}"
-        return "meta mark set mark " + {"and": keep, "xset": f"{keep} xor 0x{value:x}"}.get(kind, f"{kind} 0x{value:x}")
+        op = {"and": keep, "xset": f"{keep} xor 0x{value:x}"}.get(kind, f"{kind} 0x{value:x}")
+        return f"meta mark set mark {op} "
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         pkt.mark = (pkt.mark & ~self.mask & FULL) ^ self.value

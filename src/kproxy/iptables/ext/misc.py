@@ -13,6 +13,7 @@ from kproxy.iptables.extension import (
     Match,
     Opt,
     RuleContext,
+    Xlate,
     builtin_chain_outside,
     register_match,
 )
@@ -97,6 +98,13 @@ class IprangeMatch(Match):
             parts.append(f"destination IP range {'! ' if self.dst_inv else ''}{self._r(self.dst)}")
         return " ".join(parts)
 
+    def translate(self, xl: Xlate) -> str:
+        fam = "ip" if self.family == 4 else "ip6"
+        parts = [f"{fam} {key} {'!= ' if inv else ''}{self._r(r)}"
+                 for key, r, inv in (("saddr", self.src, self.src_inv), ("daddr", self.dst, self.dst_inv))
+                 if r is not None]
+        return " ".join(parts)
+
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         if self.src is not None and (self.src[0] <= pkt.src <= self.src[1]) == self.src_inv:
             return False
@@ -125,6 +133,9 @@ class MacMatch(Match):
 
     def listing(self, numeric: bool = True) -> str:
         return f"MAC {'! ' if self.invert else ''}{self.mac}"
+
+    def translate(self, xl: Xlate) -> str:
+        return f"ether saddr {'!= ' if self.invert else ''}{self.mac}"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         # mac_mt: no Ethernet header (no source MAC known) never matches, inverted or not.
@@ -155,6 +166,10 @@ class PkttypeMatch(Match):
 
     def listing(self, numeric: bool = True) -> str:
         return f"PKTTYPE {'!' if self.invert else ''}= {self.kind}"
+
+    def translate(self, xl: Xlate) -> str:
+        kind = "3" if self.kind == "otherhost" else self.kind     # PACKET_OTHERHOST, by number
+        return f"pkttype {'!= ' if self.invert else ''}{kind}"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         # skb->pkt_type comes from the link layer; a packet left "unicast" by its sender is classified
@@ -194,6 +209,10 @@ class LengthMatch(Match):
 
     def listing(self, numeric: bool = True) -> str:
         return f"length {'!' if self.invert else ''}{self._text()}"
+
+    def translate(self, xl: Xlate) -> str:
+        text = str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+        return f"meta length {'!= ' if self.invert else ''}{text}"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         return (self.lo <= pkt.length <= self.hi) != self.invert

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, Xlate, register_match
 from kproxy.iptables.xtoptions import CUSTOM, XTOPT_INVERT, XtCall, XtOpt, XtOptions
-from kproxy.iptables.xtutil import parse_port, port_name
+from kproxy.iptables.xtutil import parse_port, port_name, proto_word
 from kproxy.packet import Packet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,6 +86,25 @@ class MultiportMatch(Match):
 
     def listing(self, numeric: bool = True) -> str:
         return f"multiport {self.kind} {' !' if self.invert else ''}{self._ports_text(numeric)}"
+
+    def translate(self, xl: Xlate) -> str:
+        """multiport_xlate: a port, or an anonymous set; ``--ports`` as source . destination pairs
+        where the other side is any port."""
+        p = proto_word(xl.proto)
+        neq = "!= " if self.invert else ""
+
+        def one(lo: int, hi: int) -> str:
+            return str(lo) if lo == hi else f"{lo}-{hi}"
+
+        if self.kind == "ports":
+            # Each port value on its own (a range's two ends), and no ``!=``: as the tool does.
+            values = [v for lo, hi in self.ports for v in ((lo,) if lo == hi else (lo, hi))]
+            pairs = ", ".join(f"0-65535 . {v}, {v} . 0-65535" for v in values)
+            return f"{p} sport . {p} dport {{ {pairs} }}"
+        key = f"{p} {self.kind[:-1]}"
+        if len(self.ports) == 1:
+            return f"{key} {neq}{one(*self.ports[0])}"
+        return f"{key} {neq}{{ {', '.join(one(lo, hi) for lo, hi in self.ports)} }}"
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
         # xt_multiport relies on the rule's -p (checked when the rule is added) and reads the ports.

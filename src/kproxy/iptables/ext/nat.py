@@ -6,7 +6,7 @@ import ipaddress
 import socket
 from typing import TYPE_CHECKING
 
-from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
+from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, Xlate, register_target
 from kproxy.iptables.xtoptions import CUSTOM, NONE, XTOPT_MAND, XtCall, XtOpt, XtOptions
 from kproxy.iptables.xtutil import QUAD, c_strtoul, service_port
 from kproxy.netfilter.nat import NatRange
@@ -147,6 +147,26 @@ def range_text(r: NatRange, family: int) -> str:
     return text
 
 
+def xlate_flags(r: NatRange) -> str:
+    """The NAT flags as nft statement flags: the first after a space, the others after commas."""
+    words = [w for w, on in (("random", r.random), ("fully-random", r.random_fully), ("persistent", r.persistent))
+             if on]
+    return " " + ",".join(words) if words else ""
+
+
+def xlate_nat(verb: str, r: NatRange, family: int) -> str | None:
+    """``dnat to ADDR:PORTS``; a port base (``/PORT``) has no nft form."""
+    if r.base_port is not None:
+        return None
+    return f"{verb} to {range_text(r, family)}{xlate_flags(r)}"
+
+
+def xlate_ports(verb: str, r: NatRange) -> str:
+    """``masquerade to :PORTS`` and ``redirect to :PORTS``."""
+    ports = f" to :{_ports(r)}" if r.min_port is not None else ""
+    return f"{verb}{ports}{xlate_flags(r)}"
+
+
 def _flags(r: NatRange, save: bool) -> str:
     out = ""
     if r.random:
@@ -185,6 +205,9 @@ class _Nat(Target):
 
     def listing(self, numeric: bool = True) -> str:
         return f"to:{range_text(self.range, self.family)}" + _flags(self.range, False)
+
+    def translate(self, xl: Xlate) -> str | None:
+        return xlate_nat(self.name.lower(), self.range, self.family)
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         return ctx.state.node.nat.setup(pkt, self.range, self.KIND, ctx.state)
@@ -236,6 +259,9 @@ class MasqueradeTarget(Target):
         text = "masq ports: " + _ports(self.range) if self.range.min_port is not None else ""
         return (text + _flags(self.range, False)).strip()
 
+    def translate(self, xl: Xlate) -> str:
+        return xlate_ports("masquerade", self.range)
+
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         node = ctx.node
         route = node.route(pkt.family, pkt.dst)
@@ -281,6 +307,9 @@ class RedirectTarget(Target):
     def listing(self, numeric: bool = True) -> str:
         text = "redir ports " + _ports(self.range) if self.range.min_port is not None else ""
         return (text + _flags(self.range, False)).strip()
+
+    def translate(self, xl: Xlate) -> str:
+        return xlate_ports("redirect", self.range)
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         node = ctx.node

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, Xlate, register_match
 from kproxy.iptables.xtoptions import (
     CUSTOM,
     LEGACY_ONCE,
@@ -28,7 +28,7 @@ from kproxy.iptables.xtoptions import (
     two_args,
 )
 from kproxy.iptables.xtutil import c_strtoui, parse_port, port_name
-from kproxy.packet import SCTP, TCP, UDP, Packet
+from kproxy.packet import SCTP, TCP, TCP_FLAG_BITS, UDP, Packet
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.iptables.model import Rule
@@ -213,16 +213,21 @@ class PortMatch(Match):
                 values += [rng[0], rng[1]]
         return (" and ".join(parts) or "True"), tuple(values)
 
-    def translate(self) -> str | None:
-        """``tcp sport 80 tcp dport 1000-2000``: the ports only (flags and options are not translated here)."""
-        if not self._nothing_extra():
-            return None
+    # udp_xlate takes the destination port's ``!=`` from the source port's invert flag.
+    DPORT_INVERT_FROM_SPORT: ClassVar[bool] = False
+
+    def translate(self, xl: Xlate) -> str:
+        """``tcp sport 80 tcp dport != 1000-2000``, then what the protocol adds (tcp option and flags)."""
         parts = []
-        for word, rng, inv in (("sport", self.sport, self.sinv), ("dport", self.dport, self.dinv)):
-            if rng is not None:
+        dinv = self.sinv if self.DPORT_INVERT_FROM_SPORT else self.dinv
+        for word, rng, inv in (("sport", self.sport, self.sinv), ("dport", self.dport, dinv)):
+            if rng is not None and (rng != FULL or self.PROTO == SCTP):
                 text = str(rng[0]) if rng[0] == rng[1] else f"{rng[0]}-{rng[1]}"
                 parts.append(f"{self.name} {word} {'!= ' if inv else ''}{text}")
-        return " ".join(parts)
+        return " ".join(parts + self._xlate_extra())
+
+    def _xlate_extra(self) -> list[str]:
+        return []
 
     def index_key(self) -> tuple[str, Any] | None:
         if self.dport is not None and not self.dinv and self.dport[0] == self.dport[1]:
@@ -234,6 +239,12 @@ class PortMatch(Match):
             return True
         return self.sport is None and self.dport is None and rule.proto == self.PROTO and not rule.proto_inv \
             and self._nothing_extra()
+
+
+def xlate_flags(bits: int) -> str:
+    """print_tcp_xlate: the flag names in bit order, ``0x0`` for none."""
+    names = [n.lower() for n, b in sorted(TCP_FLAG_BITS.items(), key=lambda kv: kv[1]) if bits & b]
+    return ",".join(names) if names else "0x0"
 
 
 @register_match
@@ -284,6 +295,15 @@ class TcpMatch(PortMatch):
         # The ports' form, which declines (None: called) when flags or an option are set.
         return super().inline()
 
+    def _xlate_extra(self) -> list[str]:
+        parts = []
+        if self.option is not None:
+            parts.append(f"tcp option {self.option} {'missing' if self.oinv else 'exists'}")
+        if self.flags is not None:
+            mask, cmp = self.flags
+            parts.append(f"tcp flags {'!= ' if self.finv else ''}{xlate_flags(cmp)} / {xlate_flags(mask)}")
+        return parts
+
     def _save_extra(self) -> str:
         text = ""
         if self.option is not None:
@@ -320,6 +340,7 @@ class TcpMatch(PortMatch):
 class UdpMatch(PortMatch):
     name = "udp"
     PROTO = UDP
+    DPORT_INVERT_FROM_SPORT = True
     OPTIONS = XtOptions("udp", *port_entries(PORTRC))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, register_target
+from kproxy.iptables.extension import ExtensionError, Opt, RuleContext, Target, Xlate, register_target
 from kproxy.iptables.xtoptions import STRING, XtOpt, XtOptions
 from kproxy.packet import NF_DROP, TCP, Packet
 
@@ -26,6 +26,14 @@ KINDS6 = [("icmp6-no-route", "no-route"), ("icmp6-adm-prohibited", "adm-prohibit
           ("icmp6-addr-unreachable", "addr-unreach"), ("icmp6-port-unreachable", "port-unreach"),
           ("tcp-reset", "tcp-reset"), ("icmp6-policy-fail", "policy-fail"),
           ("icmp6-reject-route", "reject-route")]
+
+# nft's names for the ICMP errors (the port-unreachable defaults have none: plain ``reject``).
+XLATE_ICMP = {"icmp-net-unreachable": "net-unreachable", "icmp-host-unreachable": "host-unreachable",
+              "icmp-proto-unreachable": "prot-unreachable", "icmp-net-prohibited": "net-prohibited",
+              "icmp-host-prohibited": "host-prohibited", "icmp-admin-prohibited": "admin-prohibited",
+              "icmp6-no-route": "no-route", "icmp6-adm-prohibited": "admin-prohibited",
+              "icmp6-addr-unreachable": "addr-unreachable", "icmp6-policy-fail": "policy-fail",
+              "icmp6-reject-route": "reject-route"}
 
 
 def reject_kind(text: str, family: int) -> str:
@@ -63,6 +71,15 @@ class RejectTarget(Target):
 
     def listing(self, numeric: bool = True) -> str:
         return f"reject-with {self.kind}"
+
+    def translate(self, xl: Xlate) -> str:
+        """reject_tg_xlate: the default port-unreachable is plain ``reject``."""
+        if self.kind == "tcp-reset":
+            return "reject with tcp reset"
+        word = XLATE_ICMP.get(self.kind)
+        if word is None:
+            return "reject"
+        return f"reject with {'icmp' if xl.family == 4 else 'icmpv6'} type {word}"
 
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         ctx.state.rejected_with = self.kind

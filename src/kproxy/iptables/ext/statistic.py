@@ -12,7 +12,7 @@ import random
 import re
 from typing import TYPE_CHECKING, Any
 
-from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
+from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, Xlate, register_match
 from kproxy.iptables.xtoptions import (
     CHOICE,
     CUSTOM,
@@ -104,6 +104,12 @@ class StatisticMatch(Match):
         if self.mode == "random":
             return f"statistic mode random {bang}probability {self.probability / 0x80000000:.11f}"
         return f"statistic mode nth {bang}every {self.every + 1}" + (f" packet {self.packet}" if self.packet else "")
+
+    def translate(self, xl: Xlate) -> str:
+        """``meta random`` under the probability, or ``numgen inc`` modulo the period."""
+        if self.mode == "random":
+            return f"meta random & 2147483647 {'>=' if self.invert else '<'} {self.probability}"
+        return f"numgen inc mod {self.every + 1} {'!= ' if self.invert else ''}{self.packet}"
 
     def state_json(self) -> int | None:
         """nth mode's packet counter (kept in the node file beside the rule); random mode has none."""

@@ -1,0 +1,279 @@
+"""Where an nftables proxier's transactions go: the emulated node's nft, or ``nft -f -`` on a kernel.
+
+A transaction is nft script text in knftables' form (``add table``, ``add chain``, ``flush chain``,
+``add rule``, ``add element``, ``delete element``, ...). Both backends apply it atomically: on an
+error nothing changes and ``BackendError`` carries nft's message. ``names`` lists the chains or sets
+of the proxier's table (nothing when there is no table), ``delete_table`` removes one table and
+nothing else (``kproxy cleanup``), and ``check`` says what the node's nft lacks, if anything.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from kproxy.backends import BackendError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.node import Node
+
+TABLE = "kube-proxy"
+MIN_NFT = (1, 0, 1)      # knftables refuses older nft: they parse the whole ruleset for any command
+
+# What the proxier's transactions use, tried in order (each probe builds on the ones before it) with
+# ``nft --check``: the kernel validates the batch and commits nothing.
+FEATURES = (
+    ("verdict maps with concatenated keys", "add map {f} {t} m {{ type {a} . inet_proto . inet_service : verdict ; }}"),
+    ("set element comments", "add set {f} {t} c {{ type {a} ; }}\nadd element {f} {t} c {{ {ip} comment \"x\" }}"),
+    ("dynamic sets with timeouts", "add set {f} {t} d {{ type {a} ; flags dynamic,timeout ; timeout 1s ; }}"),
+    ("numgen and anonymous verdict maps", "add chain {f} {t} e\nadd chain {f} {t} n\n"
+                                          "add rule {f} {t} n numgen random mod 1 vmap {{ 0 : goto e }}"),
+    ("fib expressions", "add rule {f} {t} n fib saddr type local goto e"),
+    ("set updates from rules", "add rule {f} {t} e update @d {{ {x} saddr }}"),
+    ("nat chains with dnat and fully-random masquerade",
+     "add chain {f} {t} p {{ type nat hook postrouting priority 100 ; }}\nadd rule {f} {t} p masquerade fully-random\n"
+     "add chain {f} {t} o {{ type nat hook output priority -100 ; }}\nadd rule {f} {t} o meta l4proto tcp dnat to {ep}"),
+    ("reject in filter chains", "add chain {f} {t} i {{ type filter hook input priority 0 ; }}\n"
+                                "add rule {f} {t} i ct state new reject"),
+)
+
+
+def family_name(family: int) -> str:
+    return "ip" if family == 4 else "ip6"
+
+
+def probe_script(family: int, table: str) -> list[tuple[str, str]]:
+    """(feature, a transaction testing it and every feature before it) for a scratch table."""
+    f = family_name(family)
+    values = {"f": f, "t": table, "a": "ipv4_addr" if family == 4 else "ipv6_addr",
+              "ip": "10.0.0.1" if family == 4 else "fd00::1", "x": f,
+              "ep": "10.0.0.1:80" if family == 4 else "[fd00::1]:80"}
+    script = f"add table {f} {table}\n"
+    out = []
+    for name, text in FEATURES:
+        script += text.format(**values) + "\n"
+        out.append((name, script))
+    return out
+
+
+class EmulatedNft:
+    """The emulated node's nftables: the ``kproxy nft`` front end, one transaction per run."""
+
+    def __init__(self, node: Node, family: int = 4) -> None:
+        self.node = node
+        self.family = family
+
+    def run(self, text: str) -> None:
+        """``nft -f -`` on the node. A transaction that names only chains and sets of the kube-proxy
+        table is parsed into that table in place, with an undo journal (``kproxy.backends.journal``),
+        rather than into a copy of the whole ruleset; each set's elements are added in one command."""
+        from kproxy.backends.journal import journaled, named_objects
+        from kproxy.nftables.cli import run_nft
+        from kproxy.nftables.evaluate import attach
+        from kproxy.nftables.store import node_ruleset
+
+        rs = node_ruleset(self.node)
+        fam = family_name(self.family)
+        named = named_objects(text, fam, TABLE)
+        table = rs.find(fam, TABLE)
+        batched = batch_elements(text)
+        if named is not None and table is not None:
+            self._run_in_place(rs, table, text, batched, *named)
+            return
+        rc, _, err, work = run_nft(["-f", "-"], rs, batched, set(self.node.interfaces))
+        if rc != 0 and batched != text:       # nft's message names the line of the text as given
+            rc, _, err, _ = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
+        if rc != 0:
+            raise BackendError(err.strip() or f"nft failed ({rc})")
+        journaled(work.find(fam, TABLE))      # ready for in-place transactions (a copy now, not at the next one)
+        self.node.nftables = work
+        attach(self.node)
+
+    def _run_in_place(self, rs: Any, table: Any, text: str, batched: str, chains: set[str], sets: set[str]) -> None:
+        from kproxy.backends.journal import MISSING, apply_in_place
+        from kproxy.nftables.cli import format_error, run_nft
+        from kproxy.nftables.evaluate import (
+            attach,
+            chain_conntrack_users,
+            forget_compiled,
+            take_conntrack_refs,
+        )
+        from kproxy.nftables.parser import NftError, Parser
+
+        interfaces = set(self.node.interfaces)
+        try:
+            before = apply_in_place(rs, table, chains, sets, lambda: Parser(batched, rs, interfaces).script())
+        except NftError as exc:
+            if batched == text:
+                raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
+            _, _, err, _ = run_nft(["-f", "-"], rs, text, interfaces)    # nft's message for the text as given
+            raise BackendError(err.strip()) from None
+        after = table.chains
+        held = self.node.subsystems.get("nftables_ct_refs")
+        users = None
+        if held is not None:
+            users = dict(held)
+            users[self.family] += sum(chain_conntrack_users(after.get(c)) -
+                                      chain_conntrack_users(None if old is MISSING else old)
+                                      for c, old in before.items())
+        hooked = any(old is not MISSING and old.hook is not None or after.get(c) is not None and after[c].hook is not None
+                     for c, old in before.items())
+        if hooked or users is None:
+            attach(self.node, users)          # base chains changed: the hooks take the new ones
+        else:
+            take_conntrack_refs(self.node, rs, users)
+            forget_compiled(self.node)        # the hooks stay; the chains they reach compile again
+
+    def names(self, kind: str, table: str = TABLE) -> list[str]:
+        from kproxy.nftables.store import node_ruleset
+
+        t = node_ruleset(self.node).find(family_name(self.family), table)
+        if t is None:
+            return []
+        if kind == "chains":
+            return list(t.chains)
+        return [s.name for s in t.sets.values() if not s.anonymous and not s.is_map]
+
+    def list_table(self, table: str = TABLE) -> str:
+        from kproxy.nftables.cli import run_nft
+        from kproxy.nftables.store import node_ruleset
+
+        rc, out, err, _ = run_nft(["list", "table", family_name(self.family), table], node_ruleset(self.node))
+        if rc != 0:
+            raise BackendError(err.strip())
+        return out
+
+    def delete_table(self, table: str = TABLE) -> bool:
+        """Remove the table if it exists; True if it did."""
+        if not self.names("chains", table) and self._missing(table):
+            return False
+        self.run(f"delete table {family_name(self.family)} {table}\n")
+        return True
+
+    def _missing(self, table: str) -> bool:
+        from kproxy.nftables.store import node_ruleset
+
+        return node_ruleset(self.node).find(family_name(self.family), table) is None
+
+    def check(self) -> str:
+        """The emulated nft has every feature the proxier uses."""
+        return ""
+
+
+def batch_elements(text: str) -> str:
+    """The same transaction with each set's ``add element`` lines joined into one, placed where the
+    next other operation on that set (or the end) is: nft merges a set's elements once per command,
+    so one command of N elements costs what one of one does, and N commands cost N times N."""
+    out: list[str] = []
+    pending: dict[str, tuple[str, list[str]]] = {}       # set -> (command head, element texts)
+
+    def flush(name: str) -> None:
+        head, elems = pending.pop(name)
+        out.append(f"{head}{{ {', '.join(elems)} }}")
+
+    for line in text.splitlines():
+        words = line.split(" ", 5)
+        if len(words) == 6 and words[0] == "add" and words[1] == "element" and words[5].startswith("{ ") \
+                and line.endswith(" }"):
+            name = words[4]
+            entry = pending.setdefault(name, (" ".join(words[:5]) + " ", []))
+            entry[1].append(words[5][2:-2])
+            continue
+        if len(words) >= 5 and words[4] in pending:
+            flush(words[4])
+        elif len(words) >= 2 and words[1] == "table" and pending:
+            for name in list(pending):
+                flush(name)
+        out.append(line)
+    for name in list(pending):
+        flush(name)
+    return "".join(line + "\n" for line in out)
+
+
+class KernelNft:
+    """``nft`` on the kernel of this network namespace (or of ``netns``, through ``ip netns exec``)."""
+
+    def __init__(self, family: int = 4, netns: str | None = None, nft: str | None = None) -> None:
+        self.family = family
+        self.netns = netns
+        self.nft = nft or shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin") or "nft"
+
+    def _run(self, argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        try:
+            return subprocess.run([*prefix, self.nft, *argv], input=stdin, text=True, capture_output=True,
+                                  timeout=1800)
+        except FileNotFoundError as exc:
+            raise BackendError(f"cannot run nft: {exc.strerror}: {exc.filename}") from None
+
+    def run(self, text: str) -> None:
+        proc = self._run(["-f", "-"], text)
+        if proc.returncode != 0:
+            raise BackendError(proc.stderr.strip() or f"nft -f failed ({proc.returncode})")
+
+    def names(self, kind: str, table: str = TABLE) -> list[str]:
+        fam = family_name(self.family)
+        proc = self._run(["-j", "list", kind, fam])
+        if proc.returncode != 0:
+            return []
+        try:
+            items = json.loads(proc.stdout or "{}").get("nftables", [])
+        except ValueError:
+            return []
+        key = "chain" if kind == "chains" else "set"
+        return [i[key]["name"] for i in items if key in i and i[key].get("table") == table]
+
+    def list_table(self, table: str = TABLE) -> str:
+        proc = self._run(["list", "table", family_name(self.family), table])
+        if proc.returncode != 0:
+            raise BackendError(proc.stderr.strip())
+        return proc.stdout
+
+    def delete_table(self, table: str = TABLE) -> bool:
+        fam = family_name(self.family)
+        if self._run(["list", "table", fam, table]).returncode != 0:
+            return False
+        proc = self._run(["delete", "table", fam, table])
+        if proc.returncode != 0:
+            raise BackendError(proc.stderr.strip())
+        return True
+
+    def version(self) -> tuple[int, ...] | None:
+        proc = self._run(["--version"])
+        words = proc.stdout.replace("v", " ").split()
+        for w in words:
+            parts = w.split(".")
+            if len(parts) >= 2 and all(p.isdigit() for p in parts):
+                return tuple(int(p) for p in parts)
+        return None
+
+    def check(self) -> str:
+        """What this node's nft lacks for the proxier ("" if nothing): its version, then each feature
+        tried in a scratch table with ``--check``, so nothing is left behind."""
+        try:
+            ver = self.version()
+        except BackendError as exc:
+            return str(exc)
+        if ver is None:
+            return f"cannot run {self.nft} --version"
+        if ver < MIN_NFT:
+            return (f"nft {'.'.join(map(str, ver))} is too old for the nftables proxy mode (needs "
+                    f"{'.'.join(map(str, MIN_NFT))} or later)")
+        fam = family_name(self.family)
+        for feature, script in probe_script(self.family, "kproxy-probe"):
+            proc = self._run(["-c", "-f", "-"], script)
+            if proc.returncode != 0:
+                first = (proc.stderr.strip().splitlines() or ["?"])[0]
+                return f"this node's nft ({fam}) lacks {feature}: {first}"
+        return ""
+
+
+def nft_backend_for(backend: Any, family: int) -> Any:
+    """The nft backend beside an iptables backend (``kproxy.backends``): same node, same namespace."""
+    node = getattr(backend, "node", None)
+    if node is not None:
+        return EmulatedNft(node, family)
+    return KernelNft(family, netns=getattr(backend, "netns", None))

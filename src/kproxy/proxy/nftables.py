@@ -1,0 +1,585 @@
+"""The nftables proxier: Services and EndpointSlices into upstream kube-proxy's ``kube-proxy`` nft table.
+
+Upstream's nftables mode (``pkg/proxy/nftables``) dispatches with verdict maps instead of chain walks:
+``service-ips`` (cluster, external and load-balancer IP . protocol . port) and ``service-nodeports``
+send a packet straight to the service port's chain; ``no-endpoint-services`` / ``no-endpoint-nodeports``
+drop or reject what has no endpoints; ``firewall-ips`` applies loadBalancerSourceRanges;
+``cluster-ips`` rejects unknown ports of cluster IPs. Per service port there are ``service-``,
+``local-``, ``external-`` and ``firewall-`` chains, and one ``endpoint-`` chain (and, with ClientIP
+affinity, one ``affinity-`` set) per endpoint, named by upstream's hash.
+
+Each sync is one nft transaction in knftables' text form. The first (and any after a failure)
+creates the table and flushes everything it owns; later ones touch only the changed Services:
+their chains are flushed and rewritten, their map elements added or deleted, chains no longer
+used flushed and deleted a second later (upstream's grace period for kernels that notice a dropped
+map reference late), affinity sets no longer used deleted at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kproxy.k8s.manifests import Objects
+from kproxy.proxy.changes import ChangeTracker
+from kproxy.proxy.config import ProxyConfig
+from kproxy.proxy.localdetect import LocalDetector
+from kproxy.proxy.proxier import SyncResult, gc_paused
+from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize
+
+TABLE = "kube-proxy"
+NAME_LENGTH_MAX = 256               # knftables.NameLengthMax
+CHAIN_BASE_LENGTH_MAX = NAME_LENGTH_MAX - 16
+STALE_CHAIN_GRACE = 1.0             # seconds a flushed chain waits before it is deleted
+
+SERVICES = "services"
+MARK_MASQ = "mark-for-masquerade"
+MASQUERADING = "masquerading"
+REJECT_CHAIN = "reject-chain"
+FIREWALL_CHECK = "firewall-check"
+CLUSTER_IPS_CHECK = "cluster-ips-check"
+SERVICE_ENDPOINTS_CHECK = "service-endpoints-check"
+NODEPORT_ENDPOINTS_CHECK = "nodeport-endpoints-check"
+
+CLUSTER_IPS = "cluster-ips"
+NODEPORT_IPS = "nodeport-ips"
+SERVICE_IPS = "service-ips"
+SERVICE_NODEPORTS = "service-nodeports"
+NO_ENDPOINT_SERVICES = "no-endpoint-services"
+NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
+FIREWALL_IPS = "firewall-ips"
+# The sets and maps whose elements the proxier keeps (kind, name), in the order upstream resets them.
+CONTAINERS = (("set", CLUSTER_IPS), ("map", SERVICE_IPS), ("map", FIREWALL_IPS), ("map", NO_ENDPOINT_SERVICES),
+              ("map", NO_ENDPOINT_NODEPORTS), ("map", SERVICE_NODEPORTS))
+KIND = dict((name, kind) for kind, name in CONTAINERS)
+
+# (name, type, hook, priority): filtering sees destinations before DNAT, except input/forward/output.
+BASE_CHAINS = (
+    ("filter-prerouting-pre-dnat", "filter", "prerouting", -110),
+    ("filter-output-pre-dnat", "filter", "output", -110),
+    ("filter-input", "filter", "input", 0),
+    ("filter-forward", "filter", "forward", 0),
+    ("filter-output", "filter", "output", 0),
+    ("nat-prerouting", "nat", "prerouting", -100),
+    ("nat-output", "nat", "output", -100),
+    ("nat-postrouting", "nat", "postrouting", 100),
+)
+# (chain jumped to, base chain, match before the jump), in upstream's order.
+JUMPS = (
+    (NODEPORT_ENDPOINTS_CHECK, "filter-input", "ct state new"),
+    (SERVICE_ENDPOINTS_CHECK, "filter-input", "ct state new"),
+    (SERVICE_ENDPOINTS_CHECK, "filter-forward", "ct state new"),
+    (SERVICE_ENDPOINTS_CHECK, "filter-output", "ct state new"),
+    (FIREWALL_CHECK, "filter-prerouting-pre-dnat", "ct state new"),
+    (FIREWALL_CHECK, "filter-output-pre-dnat", "ct state new"),
+    (SERVICES, "nat-output", ""),
+    (SERVICES, "nat-prerouting", ""),
+    (MASQUERADING, "nat-postrouting", ""),
+    (CLUSTER_IPS_CHECK, "filter-forward", "ct state new"),
+    (CLUSTER_IPS_CHECK, "filter-output", "ct state new"),
+)
+
+
+def hash_and_truncate(name: str) -> str:
+    """Upstream's chain-name base: 8 base32 characters of sha256(name), a dash, the name (cut to fit)."""
+    prefix = base64.b32encode(hashlib.sha256(name.encode()).digest()[:5]).decode()
+    out = f"{prefix}-{name}"
+    if len(out) > CHAIN_BASE_LENGTH_MAX:
+        out = out[:CHAIN_BASE_LENGTH_MAX - 3] + "..."
+    return out
+
+
+def port_base(info: ServicePortInfo) -> str:
+    return hash_and_truncate(f"{info.namespace}/{info.name}/{info.protocol}/{info.port_name}")
+
+
+def endpoint_base(info: ServicePortInfo, ep: EndpointInfo) -> str:
+    ip = ep.ip.replace(":", ".")
+    return hash_and_truncate(f"{info.namespace}/{info.name}/{info.protocol}/{info.port_name}__{ip}/{ep.port}")
+
+
+def is_service_chain(name: str) -> bool:
+    """Per-service chains always hold a '/', the fixed chains never do."""
+    return "/" in name
+
+
+def is_affinity_set(name: str) -> bool:
+    return name.startswith("affinity-")
+
+
+ElementKey = tuple[str, str]                      # (set or map, key text)
+ElementValue = tuple[str, str | None]             # (value text, "" for sets; comment)
+
+
+@dataclass
+class PortRules:
+    """What one service port contributes: chains it owns, map elements, and its rules and sets."""
+
+    chains: list[str] = field(default_factory=list)
+    elements: dict[ElementKey, ElementValue] = field(default_factory=dict)
+    body: list[str] = field(default_factory=list)       # "add set ..." / "add rule ..." lines
+    affinity_sets: list[str] = field(default_factory=list)
+    no_local_internal: int = 0
+    no_local_external: int = 0
+
+    def chain(self, name: str) -> None:
+        if name not in self.chains:
+            self.chains.append(name)
+
+    def elem(self, container: str, key: str, value: str = "", comment: str | None = None) -> None:
+        self.elements[(container, key)] = (value, comment)
+
+
+@dataclass
+class ServiceRules:
+    """All ports of one Service, merged: the unit a partial sync rewrites."""
+
+    ports: list[PortRules]
+    chains: set[str]
+    elements: dict[ElementKey, ElementValue]
+    affinity_sets: set[str]
+    chain_rules: dict[str, list[str]]           # chain -> its rule lines
+
+    @classmethod
+    def of(cls, ports: list[PortRules]) -> ServiceRules:
+        elements: dict[ElementKey, ElementValue] = {}
+        chain_rules: dict[str, list[str]] = {}
+        for p in ports:
+            elements.update(p.elements)
+            for line in p.body:
+                if line.startswith("add rule"):
+                    chain_rules.setdefault(line.split(" ", 5)[4], []).append(line)
+        return cls(ports, {c for p in ports for c in p.chains}, elements,
+                   {s for p in ports for s in p.affinity_sets}, chain_rules)
+
+    @property
+    def tally(self) -> tuple[int, int, int, int]:
+        """(rules, chains, ports without local internal endpoints, ... external), for the totals."""
+        return (sum(len(v) for v in self.chain_rules.values()), len(self.chains),
+                sum(p.no_local_internal for p in self.ports), sum(p.no_local_external for p in self.ports))
+
+    def unchanged_endpoint_chains(self, old: ServiceRules | None) -> set[str]:
+        """Endpoint chains this Service had before with the same rules: a partial sync leaves them be
+        (upstream rewrites every chain of a changed Service; the table is the same either way)."""
+        if old is None:
+            return set()
+        return {c for c in self.chains & old.chains
+                if c.startswith("endpoint-") and self.chain_rules.get(c) == old.chain_rules.get(c)}
+
+
+class NodePortAddresses:
+    """Upstream's NodePortAddresses for one family: every local address (no CIDR of the family, or a
+    zero CIDR), or the node's addresses within the CIDRs ("primary": the node IP)."""
+
+    def __init__(self, specs: list[str], family: int) -> None:
+        self.primary = "primary" in specs
+        self.cidrs = [n for n in (ipaddress.ip_network(s.strip(), strict=False) for s in specs
+                                  if s.strip() and s != "primary") if n.version == family]
+        self.match_all = any(n.prefixlen == 0 for n in self.cidrs) or (not self.cidrs and not self.primary)
+
+    def node_ips(self, ips: list[str], node_ip: str) -> list[str]:
+        out = []
+        for text in ips:
+            ip = ipaddress.ip_address(text)
+            if (any(ip in n for n in self.cidrs) or (self.primary and text == node_ip)) and text not in out:
+                out.append(text)
+        return out
+
+
+class NftablesProxier:
+    """Upstream's nftables proxier for one IP family over an nft backend (``kproxy.backends.nft``)."""
+
+    def __init__(self, cfg: ProxyConfig, backend: Any, node_ips: list[str] | None = None, family: int = 4,
+                 zone: str = "", pod_cidr: str = "", metrics: Any = None, conntrack: Any = None,
+                 service_cidrs: list[str] | None = None, node_ip: str = "", clock: Any = time.monotonic) -> None:
+        self.cfg = cfg
+        self.backend = _nft_backend(backend, family)
+        self.family = family
+        self.node_ips = node_ips or []
+        self.node_ip = node_ip or next((ip for ip in self.node_ips if ipaddress.ip_address(ip).version == family
+                                        and not ipaddress.ip_address(ip).is_loopback), "")
+        self.zone = zone
+        self.detector = LocalDetector(cfg, family, pod_cidr)
+        self.metrics = metrics
+        self.conntrack = conntrack
+        self.clock = clock
+        self.service_cidrs = [c for c in (service_cidrs or [])
+                              if ipaddress.ip_network(c, strict=False).version == family]
+        self.need_full = True
+        self.tracker = ChangeTracker(cfg, family)
+        self.fam = "ip" if family == 4 else "ip6"
+        self.ipx = self.fam
+        self.addr_type = "ipv4_addr" if family == 4 else "ipv6_addr"
+        self.no_localhost = "ip daddr != 127.0.0.0/8" if family == 4 else "ip6 daddr != ::1"
+        self.mark = f"{1 << cfg.masquerade_bit:#08x}"
+        self.nodeport_addresses = NodePortAddresses(cfg.node_port_addresses, family)
+        self._services: dict[str, ServiceRules] = {}
+        # What the table holds, as of the last successful sync: element -> (value, comment, Service).
+        self._elements: dict[ElementKey, tuple[str, str | None, str]] = {}
+        self.stale_chains: dict[str, float] = {}
+        self._flushed = False        # base chains re-created once per run (their properties may change)
+        self.last_sync_time: float | None = None
+        self.counts: dict[str, int] = {}
+        self._tally = [0, 0, 0, 0]      # rules, chains, no local internal / external endpoints: all Services
+
+    # ---- text ------------------------------------------------------------------------------
+    def _op(self, verb: str, kind: str, name: str, rest: str = "") -> str:
+        return f"{verb} {kind} {self.fam} {TABLE} {name}{rest}"
+
+    def _rule(self, chain: str, rule: str, comment: str | None = None) -> str:
+        text = f"add rule {self.fam} {TABLE} {chain} {rule}"
+        return text + (f' comment "{comment}"' if comment is not None else "")
+
+    def _element(self, verb: str, container: str, key: str, value: str = "", comment: str | None = None) -> str:
+        text = f"{verb} element {self.fam} {TABLE} {container} {{ {key}"
+        if verb == "add":
+            if comment is not None:
+                text += f' comment "{comment}"'
+            if value:
+                text += f" : {value}"
+        return text + " }"
+
+    # ---- the fixed part of the table -----------------------------------------------------------
+    def setup(self) -> list[str]:
+        """The table, base chains, jumps and fixed chains, sets and maps; containers flushed."""
+        out = [f'add table {self.fam} {TABLE} {{ comment "rules for kube-proxy" ; }}']
+        if not self._flushed:
+            for name, *_ in BASE_CHAINS:
+                out += [self._op("add", "chain", name), self._op("delete", "chain", name)]
+        for name, ctype, hook, prio in BASE_CHAINS:
+            out += [self._op("add", "chain", name, f" {{ type {ctype} hook {hook} priority {prio} ; }}"),
+                    self._op("flush", "chain", name)]
+        created: list[str] = []
+
+        def ensure(chain: str) -> None:
+            if chain not in created:
+                created.append(chain)
+                out.extend([self._op("add", "chain", chain), self._op("flush", "chain", chain)])
+
+        for dst, src, extra in JUMPS:
+            ensure(dst)
+            out.append(self._rule(src, f"{extra} jump {dst}".strip()))
+        for chain in (SERVICES, CLUSTER_IPS_CHECK, MASQUERADING, MARK_MASQ):
+            ensure(chain)
+        m, x = self.mark, self.ipx
+        out += [self._rule(MARK_MASQ, f"mark set mark or {m}"),
+                self._rule(MASQUERADING, f"mark and {m} == 0 return"),
+                self._rule(MASQUERADING, f"mark set mark xor {m}"),
+                self._rule(MASQUERADING, "masquerade fully-random"),
+                self._op("add", "set", CLUSTER_IPS, f' {{ type {self.addr_type} ; comment "Active ClusterIPs" ; }}'),
+                self._rule(CLUSTER_IPS_CHECK, f"{x} daddr @{CLUSTER_IPS} reject",
+                           "Reject traffic to invalid ports of ClusterIPs")]
+        if self.service_cidrs:
+            out.append(self._rule(CLUSTER_IPS_CHECK, f"{x} daddr {{ {','.join(self.service_cidrs)} }} drop",
+                                  "Drop traffic to unallocated ClusterIPs"))
+        out.append(self._op("add", "set", NODEPORT_IPS,
+                            f' {{ type {self.addr_type} ; comment "IPs that accept NodePort traffic" ; }}'))
+        npa = self.nodeport_addresses
+        if npa.match_all:
+            out.append(self._op("delete", "set", NODEPORT_IPS))
+        else:
+            out.append(self._op("flush", "set", NODEPORT_IPS))
+            for ip in npa.node_ips(self.node_ips, self.node_ip):
+                if not ipaddress.ip_address(ip).is_loopback:    # localhost NodePorts are not supported
+                    out.append(self._element("add", NODEPORT_IPS, ip))
+        triple = f"{self.addr_type} . inet_proto . inet_service : verdict"
+        out += [self._op("add", "map", NO_ENDPOINT_SERVICES, f" {{ type {triple} ; comment \"vmap to drop or "
+                                                               "reject packets to services with no endpoints\" ; }"),
+                self._op("add", "map", NO_ENDPOINT_NODEPORTS, " { type inet_proto . inet_service : verdict ; "
+                         "comment \"vmap to drop or reject packets to service nodeports with no endpoints\" ; }"),
+                self._op("add", "chain", REJECT_CHAIN,
+                         ' { comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }'),
+                self._op("flush", "chain", REJECT_CHAIN),
+                self._rule(REJECT_CHAIN, "reject"),
+                self._rule(SERVICE_ENDPOINTS_CHECK, f"{x} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}")]
+        local = self.no_localhost if npa.match_all else f"{x} daddr @{NODEPORT_IPS}"
+        out += [self._rule(NODEPORT_ENDPOINTS_CHECK, f"{local} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"),
+                self._op("add", "map", FIREWALL_IPS, f" {{ type {triple} ; comment \"destinations that are subject "
+                                                      "to LoadBalancerSourceRanges\" ; }"),
+                self._rule(FIREWALL_CHECK, f"{x} daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}"),
+                self._op("add", "map", SERVICE_IPS,
+                         f' {{ type {triple} ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}'),
+                self._op("add", "map", SERVICE_NODEPORTS,
+                         ' { type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }'),
+                self._rule(SERVICES, f"{x} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}")]
+        if npa.match_all:
+            out.append(self._rule(SERVICES, f"fib daddr type local {self.no_localhost} meta l4proto . th dport "
+                                            f"vmap @{SERVICE_NODEPORTS}"))
+        else:
+            out.append(self._rule(SERVICES, f"{x} daddr @{NODEPORT_IPS} meta l4proto . th dport "
+                                            f"vmap @{SERVICE_NODEPORTS}"))
+        out += [self._op("flush", kind, name) for kind, name in CONTAINERS]
+        return out
+
+    # ---- per service port ------------------------------------------------------------------
+    def port_rules(self, info: ServicePortInfo, eps: list[EndpointInfo]) -> PortRules:
+        """Upstream's per-service-port part of syncProxyRules: chains, elements, rules."""
+        out = PortRules()
+        proto, name, x = info.protocol, info.name_string, self.ipx
+        base = port_base(info)
+        cat = categorize(info, eps, self.zone)
+        has_endpoints = cat.has_any
+        ep_chain = {ep.text: "endpoint-" + endpoint_base(info, ep) for ep in cat.reachable}
+        affinity = info.affinity_client_ip
+        for ep in cat.reachable:
+            out.chain(ep_chain[ep.text])
+            if affinity:
+                out.affinity_sets.append("affinity-" + ep_chain[ep.text][len("endpoint-"):])
+        cluster_chain, local_chain = "service-" + base, "local-" + base
+        uses_cluster = bool(cat.cluster) and info.uses_cluster_endpoints
+        if uses_cluster:
+            out.chain(cluster_chain)
+        uses_local = bool(cat.local) and info.uses_local_endpoints
+        if uses_local:
+            out.chain(local_chain)
+        internal_chain, has_internal = cluster_chain, has_endpoints
+        if info.internal_local:
+            internal_chain, has_internal = local_chain, bool(cat.local) and has_endpoints
+        external_policy_chain, has_external = cluster_chain, has_endpoints
+        if info.external_policy_local:
+            external_policy_chain, has_external = local_chain, bool(cat.local) and has_endpoints
+        ext_chain = "external-" + base
+        uses_ext = has_endpoints and info.externally_accessible
+        if uses_ext:
+            out.chain(ext_chain)
+        if not has_endpoints:
+            int_verdict = ext_verdict = f"goto {REJECT_CHAIN}"
+        else:
+            int_verdict = ext_verdict = ""
+            if not has_internal:
+                int_verdict, out.no_local_internal = "drop", 1
+            if not has_external:
+                ext_verdict, out.no_local_external = "drop", 1
+        port = str(info.port)
+
+        out.elem(CLUSTER_IPS, info.cluster_ip)
+        if has_internal:
+            out.elem(SERVICE_IPS, f"{info.cluster_ip} . {proto} . {port}", f"goto {internal_chain}")
+        else:
+            out.elem(NO_ENDPOINT_SERVICES, f"{info.cluster_ip} . {proto} . {port}", int_verdict, name)
+        for eip in info.external_ips:
+            if has_endpoints:
+                out.elem(SERVICE_IPS, f"{eip} . {proto} . {port}", f"goto {ext_chain}")
+            if not has_external:
+                out.elem(NO_ENDPOINT_SERVICES, f"{eip} . {proto} . {port}", ext_verdict, name)
+        uses_fw = bool(info.lb_vips) and bool(info.lb_source_ranges)
+        fw_chain = "firewall-" + base
+        if uses_fw:
+            out.chain(fw_chain)
+        for lbip in info.lb_vips:
+            if has_endpoints:
+                out.elem(SERVICE_IPS, f"{lbip} . {proto} . {port}", f"goto {ext_chain}")
+            if uses_fw:
+                out.elem(FIREWALL_IPS, f"{lbip} . {proto} . {port}", f"goto {fw_chain}")
+        if not has_external:
+            for lbip in info.lb_vips:
+                out.elem(NO_ENDPOINT_SERVICES, f"{lbip} . {proto} . {port}", ext_verdict, name)
+        if info.node_port:
+            if has_endpoints:
+                out.elem(SERVICE_NODEPORTS, f"{proto} . {info.node_port}", f"goto {ext_chain}")
+            if not has_external:
+                out.elem(NO_ENDPOINT_NODEPORTS, f"{proto} . {info.node_port}", ext_verdict, name)
+
+        body = out.body
+        if has_internal:
+            if self.cfg.masquerade_all:
+                body.append(self._rule(internal_chain, f"{x} daddr {info.cluster_ip} jump {MARK_MASQ}"))
+            elif self.detector.implemented:
+                body.append(self._rule(internal_chain, f"{x} daddr {info.cluster_ip} "
+                                                       f"{' '.join(self.detector.if_not_local_nft)} jump {MARK_MASQ}"))
+        if uses_ext:
+            if not info.external_policy_local:
+                body.append(self._rule(ext_chain, f"jump {MARK_MASQ}"))
+            else:
+                if self.detector.implemented:
+                    body.append(self._rule(ext_chain, f"{' '.join(self.detector.if_local_nft)} goto {cluster_chain}",
+                                           "short-circuit pod traffic"))
+                body.append(self._rule(ext_chain, f"fib saddr type local jump {MARK_MASQ}", "masquerade local traffic"))
+                body.append(self._rule(ext_chain, f"fib saddr type local goto {cluster_chain}",
+                                       "short-circuit local traffic"))
+            if has_external:
+                body.append(self._rule(ext_chain, f"goto {external_policy_chain}"))
+        if uses_fw:
+            sources = [str(ipaddress.ip_network(c.strip(), strict=False)) for c in info.lb_source_ranges]
+            if self.node_ip and any(ipaddress.ip_address(self.node_ip) in ipaddress.ip_network(s) for s in sources):
+                sources += list(info.lb_vips)
+            body.append(self._rule(fw_chain, f"{x} saddr != {{ {' , '.join(sources)} }} drop"))
+        if affinity:
+            for aff in out.affinity_sets:
+                body.append(self._op("add", "set", aff, f" {{ type {self.addr_type} ; flags dynamic,timeout ; "
+                                                        f"timeout {info.affinity_timeout}s ; }}"))
+        if uses_cluster:
+            self._to_endpoints(body, cluster_chain, cat.cluster, ep_chain, affinity)
+        if uses_local:
+            self._to_endpoints(body, local_chain, cat.local, ep_chain, affinity)
+        for ep in cat.reachable:
+            chain = ep_chain[ep.text]
+            body.append(self._rule(chain, f"{x} saddr {ep.ip} jump {MARK_MASQ}"))
+            if affinity:
+                body.append(self._rule(chain, f"update @affinity-{chain[len('endpoint-'):]} {{ {x} saddr }}"))
+            body.append(self._rule(chain, f"meta l4proto {proto} dnat to {ep.text}"))
+        return out
+
+    def _to_endpoints(self, body: list[str], chain: str, eps: list[EndpointInfo], ep_chain: dict[str, str],
+                      affinity: bool) -> None:
+        if affinity:
+            for ep in eps:
+                target = ep_chain[ep.text]
+                body.append(self._rule(chain, f"{self.ipx} saddr @affinity-{target[len('endpoint-'):]} goto {target}"))
+        vmap = " , ".join(f"{i} : goto {ep_chain[ep.text]}" for i, ep in enumerate(eps))
+        body.append(self._rule(chain, f"numgen random mod {len(eps)} vmap {{ {vmap} }}"))
+
+    # ---- the sync ---------------------------------------------------------------------------
+    def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
+        """One sync: delete chains stale long enough, then one transaction with what changed."""
+        with gc_paused():
+            return self._sync(objs, force_full)
+
+    def _add_tally(self, svc: ServiceRules | None, sign: int) -> None:
+        if svc is not None:
+            self._tally = [a + sign * b for a, b in zip(self._tally, svc.tally, strict=True)]
+
+    def _delete_stale_chains(self, now: float) -> None:
+        due = sorted(c for c, since in self.stale_chains.items() if since < now - STALE_CHAIN_GRACE)
+        if not due:
+            return
+        for c in due:
+            del self.stale_chains[c]
+        try:
+            self.backend.run("".join(self._op("delete", "chain", c) + "\n" for c in due))
+        except Exception:  # noqa: BLE001 - upstream logs it and retries later; the chains come back as stale
+            if self.metrics is not None:
+                self.metrics.nftables_cleanup_failed()
+
+    def _sync(self, objs: Objects, force_full: bool) -> SyncResult:
+        t0 = time.perf_counter()
+        now = self.clock()
+        full = self.need_full or force_full
+        self._delete_stale_chains(now)
+        changes = self.tracker.update(objs, full)
+        replaced = {key: self._services.get(key) for key in changes.recomputed}
+        for key, ports in changes.recomputed.items():
+            if ports:
+                self._services[key] = ServiceRules.of([self.port_rules(info, eps) for info, eps in
+                                                       sorted(ports.values(), key=lambda p: p[0].name_string)])
+            else:
+                self._services.pop(key, None)
+        lines: list[str] = self.setup() if full else []
+        elements = {} if full else dict(self._elements)
+        if full:
+            rewrite = sorted(self._services)
+        else:
+            rewrite = sorted(k for k in changes.changed if k in self._services)
+        deletions: list[str] = []
+        for key in rewrite:
+            self._write_service(lines, key, self._services[key], elements, None if full else replaced.get(key))
+        stale_now: list[str] = []
+        dead_sets: list[str] = []
+        if full:
+            active = {c for s in self._services.values() for c in s.chains}
+            sets = {a for s in self._services.values() for a in s.affinity_sets}
+            existing_chains, existing_sets = self.backend.names("chains"), self.backend.names("sets")
+            stale_now = sorted(c for c in existing_chains if is_service_chain(c) and c not in active)
+            dead_sets = sorted(s for s in existing_sets if is_affinity_set(s) and s not in sets)
+        else:
+            for key in changes.changed:
+                old, new = replaced.get(key), self._services.get(key)
+                old_chains = old.chains if old else set()
+                new_chains = new.chains if new else set()
+                stale_now += sorted(old_chains - new_chains)
+                dead_sets += sorted((old.affinity_sets if old else set()) - (new.affinity_sets if new else set()))
+                for ekey in sorted((old.elements if old else {}).keys() - (new.elements if new else {}).keys()):
+                    held = elements.get(ekey)
+                    if held is not None and held[2] == key:
+                        del elements[ekey]
+                        deletions.append(self._element("delete", ekey[0], ekey[1]))
+        for c in stale_now:
+            lines.append(self._op("flush", "chain", c))
+        for s in dead_sets:
+            lines.append(self._op("delete", "set", s))
+        lines += deletions
+        text = "".join(line + "\n" for line in lines)
+        result = SyncResult(full, text, len(lines), 0.0, changed_services=set(changes.changed))
+        try:
+            if text:
+                self.backend.run(text)
+        except Exception as exc:  # the backend's error: the rules stay as they were; a full sync follows
+            result.error = str(exc)
+            self.need_full = True
+            self.stale_chains.clear()
+            self.tracker.rollback()
+            for key, svc in replaced.items():
+                if svc is None:
+                    self._services.pop(key, None)
+                else:
+                    self._services[key] = svc
+            result.duration = time.perf_counter() - t0
+            if self.metrics is not None:
+                self.metrics.nftables_sync_failed()
+            return result
+        self._flushed = True
+        self.need_full = False
+        self.tracker.commit()
+        self._elements = elements
+        active_now = {c for key in rewrite for c in self._services[key].chains}
+        for c in active_now:
+            self.stale_chains.pop(c, None)
+        for c in stale_now:
+            self.stale_chains[c] = now
+        self.last_sync_time = time.time()
+        if self.conntrack is not None and (changes.before.ports or changes.after.ports):
+            self.conntrack.clean_stale(changes.before, changes.after, self)
+        for key, svc in replaced.items():
+            self._add_tally(svc, -1)
+            self._add_tally(self._services.get(key), 1)
+        rules, chains, no_local_internal, no_local_external = self._tally
+        self.counts = {"rules": rules, "chains": chains, "elements": len(elements)}
+        result.rules = dict(self.counts)
+        result.duration = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.synced(result, {"internal": no_local_internal, "external": no_local_external})
+            self.metrics.nftables_synced(self.counts, len(self.stale_chains))
+        return result
+
+    def _write_service(self, lines: list[str], key: str, svc: ServiceRules,
+                       elements: dict[ElementKey, tuple[str, str | None, str]], old: ServiceRules | None) -> None:
+        """One Service's chains (created and flushed), its elements as they differ, then its rules;
+        endpoint chains and affinity sets it already had unchanged are left as they are."""
+        keep = svc.unchanged_endpoint_chains(old)
+        keep_sets = svc.affinity_sets & old.affinity_sets if old is not None else set()
+        for p in svc.ports:
+            for c in p.chains:
+                if c not in keep:
+                    lines.append(self._op("add", "chain", c))
+                    lines.append(self._op("flush", "chain", c))
+        for (container, k), (value, comment) in svc.elements.items():
+            held = elements.get((container, k))
+            if held is not None and held[0] == value:
+                elements[(container, k)] = (value, held[1], key)
+                continue
+            if held is not None:
+                lines.append(self._element("delete", container, k))
+            lines.append(self._element("add", container, k, value, comment))
+            elements[(container, k)] = (value, comment, key)
+        for p in svc.ports:
+            if not keep and not keep_sets:
+                lines.extend(p.body)
+                continue
+            for line in p.body:
+                name = line.split(" ", 5)[4]
+                if not (name in keep and line.startswith("add rule") or name in keep_sets and line.startswith("add set")):
+                    lines.append(line)
+
+
+def _nft_backend(backend: Any, family: int) -> Any:
+    """The nft side of a proxier backend: the backend itself when it runs nft transactions, else the
+    nft backend of the same node or kernel (``kproxy.backends.nft``)."""
+    if backend is None or hasattr(backend, "run"):
+        return backend
+    from kproxy.backends.nft import nft_backend_for
+
+    return nft_backend_for(backend, family)

@@ -1,0 +1,138 @@
+"""The nftables proxier's transactions on a real kernel (``nft -f -`` in a ``kp-`` namespace): the
+kernel's ``nft list table ip kube-proxy`` must equal the emulated node's after each sync."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kproxy.backends.nft import EmulatedNft, KernelNft
+from kproxy.lab.netns import Netns, kernel_lab_available
+from kproxy.node import Node
+from kproxy.proxy.config import ProxyConfig
+from kproxy.proxy.nftables import NftablesProxier
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_proxier_nftables import (  # noqa: E402
+    NODE,
+    NODE_IPS,
+    Clock,
+    es,
+    overall_objects,
+    port,
+    put,
+    svc,
+)
+
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.skipif(kernel_lab_available() is not None, reason=str(kernel_lab_available()))]
+
+
+@pytest.fixture
+def ns() -> Iterator[Netns]:
+    n = Netns.create("nftp")
+    try:
+        yield n
+    finally:
+        n.delete()
+
+
+def twin_proxiers(ns: Netns, **cfg: object) -> tuple[NftablesProxier, NftablesProxier, Node, Clock]:
+    """The same proxier twice: on the kernel of ``ns`` and on an emulated node, one clock."""
+    config = ProxyConfig.from_dict({"mode": "nftables", "clusterCIDR": "10.0.0.0/8", "hostnameOverride": "test-node",
+                                    "nodePortAddresses": ["192.168.0.2/32"], **cfg})
+    clock = Clock()
+    node = Node.from_description(NODE)
+    kw = {"service_cidrs": ["172.30.0.0/16"], "node_ip": "192.168.0.2", "clock": clock}
+    kernel = NftablesProxier(config, KernelNft(4, netns=ns.name), NODE_IPS, **kw)  # type: ignore[arg-type]
+    emulated = NftablesProxier(config, EmulatedNft(node), NODE_IPS, **kw)  # type: ignore[arg-type]
+    return kernel, emulated, node, clock
+
+
+def assert_twins(kernel: NftablesProxier, emulated: NftablesProxier) -> str:
+    got = kernel.backend.list_table()
+    assert got == emulated.backend.list_table()
+    return got
+
+
+def test_the_kernels_nft_has_what_the_mode_needs(ns: Netns) -> None:
+    assert KernelNft(4, netns=ns.name).check() == ""
+    assert KernelNft(6, netns=ns.name).check() == ""
+    assert ns.run(["nft", "list", "ruleset"]).stdout == ""          # the probes left nothing behind
+
+
+def test_first_and_partial_syncs_on_the_kernel_equal_the_emulated_table(ns: Netns) -> None:
+    kernel, emulated, _, clock = twin_proxiers(ns)
+    objs = overall_objects()
+    objs_twin = overall_objects()
+    for p, o in ((kernel, objs), (emulated, objs_twin)):
+        r = p.sync(o)
+        assert r.full and not r.error, r.error
+    listing = assert_twins(kernel, emulated)
+    assert "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80" in listing
+
+    # one endpoint changes: a partial transaction on both
+    for p, o in ((kernel, objs), (emulated, objs_twin)):
+        put(o, es("ns1", "svc1", "10.180.0.9"))
+        r = p.sync(o)
+        assert not r.full and not r.error and r.lines == 9, (r.error, r.text)
+    assert_twins(kernel, emulated)
+
+    # a Service goes away; its chains are flushed, then deleted a second later
+    for p, o in ((kernel, objs), (emulated, objs_twin)):
+        o.delete_service("ns5/svc5")
+        assert not p.sync(o).error
+    listing = assert_twins(kernel, emulated)
+    assert "affinity-GTK6MW7G" not in listing and "chain service-HVFWP5L3-ns5/svc5/tcp/p80 {\n\t}" in listing
+    clock.now += 2
+    for p, o in ((kernel, objs), (emulated, objs_twin)):
+        put(o, svc("ns7", "svc7", "172.30.0.47", [port("p80", 80)]))
+        assert not p.sync(o).error
+    listing = assert_twins(kernel, emulated)
+    assert "ns5/svc5" not in listing
+
+
+def test_a_restarted_proxier_takes_over_the_kernels_table(ns: Netns) -> None:
+    kernel, emulated, _, _ = twin_proxiers(ns)
+    kernel.sync(overall_objects())
+    again, _, _, _ = twin_proxiers(ns)
+    r = again.sync(overall_objects())
+    assert r.full and not r.error, r.error
+    assert again.backend.list_table() == kernel.backend.list_table()
+
+
+def test_a_rejected_transaction_is_an_error_with_nfts_message_and_changes_nothing(ns: Netns) -> None:
+    kernel, _, _, _ = twin_proxiers(ns)
+    kernel.sync(overall_objects())
+    before = kernel.backend.list_table()
+    with pytest.raises(Exception, match="No such file or directory"):
+        kernel.backend.run("add element ip kube-proxy service-ips { 172.30.0.50 . tcp . 80 : goto nowhere }\n")
+    assert kernel.backend.list_table() == before
+
+
+def test_cleanup_deletes_the_kube_proxy_tables_and_nothing_else(ns: Netns) -> None:
+    kernel, _, _, _ = twin_proxiers(ns)
+    kernel.sync(overall_objects())
+    ns.run(["nft", "add table inet mine"])
+    assert KernelNft(4, netns=ns.name).delete_table() is True
+    assert KernelNft(6, netns=ns.name).delete_table() is False
+    assert ns.run(["nft", "list", "tables"]).stdout == "table inet mine\n"
+
+
+def test_ipv6_table_on_the_kernel_equals_the_emulated_one(ns: Netns) -> None:
+    from test_proxier_nftables import ipv6_objects
+
+    config = ProxyConfig.from_dict({"mode": "nftables", "clusterCIDR": "fd00:10::/64", "hostnameOverride": "test-node",
+                                    "nodePortAddresses": ["2001:db8::1/128"]})
+    node = Node.from_description(NODE)
+    kw = {"family": 6, "service_cidrs": ["fd00:10:96::/112"], "node_ip": "2001:db8::1"}
+    kernel = NftablesProxier(config, KernelNft(6, netns=ns.name), NODE_IPS, **kw)  # type: ignore[arg-type]
+    emulated = NftablesProxier(config, EmulatedNft(node, 6), NODE_IPS, **kw)  # type: ignore[arg-type]
+    for p in (kernel, emulated):
+        r = p.sync(ipv6_objects())
+        assert r.full and not r.error, r.error
+    listing = assert_twins(kernel, emulated)
+    assert listing.startswith("table ip6 kube-proxy {") and "dnat to [fd00:10::1]:80" in listing
