@@ -178,3 +178,25 @@ add rule ip kube-proxy filter-forward meta mark and 0x10 == 0x10 counter drop
     assert compiled == interpreted
     fates = {row[0] for row in compiled}
     assert {"forwarded", "dropped"} <= fates  # the run saw DNAT, the firewall and the no-endpoint drops
+
+
+def test_compiled_chains_follow_a_transaction_applied_in_place() -> None:
+    """kube-proxy's partial syncs change the table in place (the hooks stay): the next connection must
+    take the new rules, not the chains compiled before."""
+    from kproxy.backends.nft import EmulatedNft
+
+    node = node_with(Ruleset())
+    nft = EmulatedNft(node)
+    nft.run(kube_proxy_script(3, 1))
+    pod, vip = parse_addr("10.244.1.5")[1], parse_addr(service_ip(1))[1]
+
+    def dnat_to(sport: int) -> int:
+        res = node.receive(Packet(src=pod, dst=vip, proto=6, sport=sport, dport=80, tcp_flags=SYN, length=60), "cni0")
+        return res.packet.dst
+
+    before = dnat_to(1000)
+    endpoint = next(c for c in node.nftables.find("ip", "kube-proxy").chains if c.startswith("endpoint-00001000"))
+    nft.run(f"flush chain ip kube-proxy {endpoint}\n"
+            f"add rule ip kube-proxy {endpoint} meta l4proto tcp dnat to 10.100.9.9:8080\n")
+    assert node.subsystems["nftables_runners"], "the hooks stayed"
+    assert (before, dnat_to(1001)) == (parse_addr("10.100.0.16")[1], parse_addr("10.100.9.9")[1])
