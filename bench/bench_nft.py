@@ -35,7 +35,7 @@ from kproxy.nftables.cli import run_nft  # noqa: E402
 from kproxy.nftables.evaluate import attach  # noqa: E402
 from kproxy.nftables.model import Ruleset  # noqa: E402
 from kproxy.node import Node  # noqa: E402
-from kproxy.packet import ACK, SYN, Packet, parse_addr  # noqa: E402
+from kproxy.packet import SYN, Packet, parse_addr  # noqa: E402
 from nft_rulesets import kube_proxy_script, service_ip  # noqa: E402
 from rulesets import endpoint_ip  # noqa: E402
 
@@ -100,19 +100,8 @@ def measure(services: int, new_count: int, est_count: int) -> tuple[float, float
     first = results[0].packet
     assert first.dst in {parse_addr(endpoint_ip(picks[0], j))[1] for j in range(ENDPOINTS)} and first.dport == 8080, \
         "a new connection must be DNATed to one of its Service's endpoints"
-    flows = []
-    for i, res in enumerate(results[:1000]):
-        ep = res.packet
-        receive(Packet(src=ep.dst, dst=ep.src, proto=6, sport=ep.dport, dport=ep.sport, tcp_flags=SYN | ACK,
-                       length=60), res.out_dev)
-        flows.append((packets[i].src, parse_addr(service_ip(picks[i]))[1], 1024 + i % 60000))
-    est = [Packet(src=s, dst=d, proto=6, sport=sp, dport=80, tcp_flags=ACK, length=52)
-           for k in range(est_count) for (s, d, sp) in (flows[k % len(flows)],)]
-    t0 = CLOCK()
-    for p in est:
-        receive(p, "cni0")
-    est_rate = est_count / (CLOCK() - t0)
-    assert est[-1].ctstate == "ESTABLISHED" and est[-1].dport == 8080, "established packets must use their binding"
+    vips = [parse_addr(service_ip(s))[1] for s in picks[:1000]]
+    est_rate = bench_packet_path.established_rate(receive, packets, vips, results, est_count)
     gc.unfreeze()
     return new_rate, est_rate
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -67,8 +68,14 @@ def measure(services: int, new_count: int, est_count: int) -> tuple[float, float
     t0 = CLOCK()
     results = [receive(p, "cni0") for p in packets]
     new_rate = new_count / (CLOCK() - t0)
-    # Established: complete the handshake of the first 1,000 flows (SYN-ACK from the chosen endpoint,
-    # un-NATed on the way back), then their ACKs: conntrack ESTABLISHED and the DNAT binding, no nat walk.
+    est_rate = established_rate(receive, packets, vips, results, est_count)
+    gc.unfreeze()
+    return new_rate, est_rate
+
+
+def established_rate(receive: Any, packets: list[Packet], vips: list[int], results: list[Any], count: int) -> float:
+    """Complete the handshake of the first 1,000 flows (SYN-ACK from the chosen endpoint, un-NATed on the
+    way back), then time ``count`` of their ACKs: conntrack ESTABLISHED and the DNAT binding, no nat walk."""
     flows = []
     for i, res in enumerate(results[:1000]):
         ep = res.packet
@@ -76,14 +83,13 @@ def measure(services: int, new_count: int, est_count: int) -> tuple[float, float
                        length=60), res.out_dev)
         flows.append((packets[i].src, vips[i], 1024 + i % 60000))
     est = [Packet(src=s, dst=d, proto=6, sport=sp, dport=80, tcp_flags=ACK, length=52)
-           for k in range(est_count) for (s, d, sp) in (flows[k % len(flows)],)]
+           for k in range(count) for (s, d, sp) in (flows[k % len(flows)],)]
     t0 = CLOCK()
     for p in est:
         receive(p, "cni0")
-    est_rate = est_count / (CLOCK() - t0)
+    rate = count / (CLOCK() - t0)
     assert est[-1].ctstate == "ESTABLISHED" and est[-1].dport == 8080, "established packets must use their binding"
-    gc.unfreeze()
-    return new_rate, est_rate
+    return rate
 
 
 def restore_time(rules: int) -> tuple[float, int, float]:
