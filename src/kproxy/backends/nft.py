@@ -95,7 +95,12 @@ class EmulatedNft:
     def _run_in_place(self, rs: Any, table: Any, text: str, batched: str, chains: set[str], sets: set[str]) -> None:
         from kproxy.backends.journal import MISSING, apply_in_place
         from kproxy.nftables.cli import format_error, run_nft
-        from kproxy.nftables.evaluate import attach, chain_conntrack_users, take_conntrack_refs
+        from kproxy.nftables.evaluate import (
+            attach,
+            chain_conntrack_users,
+            forget_compiled,
+            take_conntrack_refs,
+        )
         from kproxy.nftables.parser import NftError, Parser
 
         interfaces = set(self.node.interfaces)
@@ -120,6 +125,7 @@ class EmulatedNft:
             attach(self.node, users)          # base chains changed: the hooks take the new ones
         else:
             take_conntrack_refs(self.node, rs, users)
+            forget_compiled(self.node)        # the hooks stay; the chains they reach compile again
 
     def names(self, kind: str, table: str = TABLE) -> list[str]:
         from kproxy.nftables.store import node_ruleset

@@ -153,7 +153,7 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     if any(ln.strip() and not ln.lstrip().startswith("list") for ln in text.split("\n")):
         work.generation += 1
     if flags["echo"]:
-        first = next((t.text for t in parser.toks if t.kind == "word" and t.text in COMMAND_WORDS), None)
+        first = parser.first_word(COMMAND_WORDS)
         out.append(echo(rs, work, o, bool(flags["json"]), json_cmds if from_json else None, parser.rule_ops, first))
     for verb, args in parser.out.requests:
         try:

@@ -86,6 +86,7 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
     ``ct_users``: the ruleset's conntrack users per family when the caller already knows them (a
     transaction that touched a few chains), sparing a walk over every rule."""
     node.hooks.unregister_all(NAME_PREFIX)
+    node.subsystems["nftables_runners"] = []
     for name, fam, hook in node.subsystems.pop("nftables_nat_lookups", []):
         node.nat.unregister_lookup(fam, hook, name)
     rs: Ruleset | None = node.nftables
@@ -103,7 +104,9 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
                 continue
             if "dormant" in t.flags:
                 continue
-            engine = ChainRunner(node, t, c)
+            runner = ChainRunner(node, t, c)
+            node.subsystems.setdefault("nftables_runners", []).append(runner)
+            engine = runner.hook
             name = f"{NAME_PREFIX}{t.family}:{t.name}:{c.name}"
             for fam in FAMILIES[t.family]:
                 hook = HOOK_NAMES[str(c.hook)]
@@ -113,6 +116,12 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
                 else:
                     node.hooks.register(fam, hook, c.prio, name, engine)
     return skipped
+
+
+def forget_compiled(node: Node) -> None:
+    """The node's nft tables were changed in place: the compiled chains must be built again."""
+    for runner in node.subsystems.get("nftables_runners", []):
+        runner.compiled.forget()
 
 
 def conntrack_users(rs: Ruleset | None) -> dict[int, int]:
@@ -213,8 +222,16 @@ class ChainRunner:
         self.traced: ChainTrace | None = None  # while a traced packet runs: where its events go
         self.at: tuple[Chain, Rule, int] | None = None
         self.jumped = False
+        from kproxy.nftables.compiled import Compiler
+
+        self.compiled = Compiler(self)
+        self.hook = self.compiled.entry(self.run_base)  # what the hook calls: this, without the method call
 
     def __call__(self, pkt: Packet, state: HookState) -> int:
+        return self.hook(pkt, state)
+
+    def run_base(self, pkt: Packet, state: HookState) -> int:
+        """The base chain for a traced packet (``hook`` takes the compiled chain for the others)."""
         if self.table.family == "ip" and pkt.family != 4 or self.table.family == "ip6" and pkt.family != 6:
             return NF_ACCEPT
         self.traced = ChainTrace(self.table) if state.trace is not None else None
@@ -232,6 +249,12 @@ class ChainRunner:
         return verdict
 
     def run_chain(self, chain: Chain, pkt: Packet, state: HookState, depth: int) -> int:
+        if state.trace is None:
+            return self.compiled.chain(chain)(pkt, state, depth)
+        return self.interpret_chain(chain, pkt, state, depth)
+
+    def interpret_chain(self, chain: Chain, pkt: Packet, state: HookState, depth: int) -> int:
+        """The chain run statement by statement (for traced packets, and the reference for ``compiled``)."""
         if depth > 16:
             return NF_DROP  # the kernel refuses loops at load time; never reached with a valid ruleset
         if self.traced is not None:

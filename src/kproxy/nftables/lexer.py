@@ -5,12 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-PUNCT = ("<<", ">>", "<=", ">=", "==", "!=", "+", "{", "}", "(", ")", "[", "]", ";", ",", "=", "@", "$", "&", "|",
-         "^", "!", "<", ">", ":", ".", "-", "/", "*")
-WORD = re.compile(r"(?:::|[A-Za-z0-9_])[A-Za-z0-9_./:*\-]*|\*")
-# A leading minus followed by a digit is a negative number (``priority -100``), not the minus operator.
-NEG = re.compile(r"-[0-9][A-Za-z0-9_]*")
-
 
 @dataclass(frozen=True)
 class Token:
@@ -30,51 +24,58 @@ class LexError(Exception):
         self.line, self.col, self.end = line, col, end
 
 
-def tokenize(text: str) -> list[Token]:
-    """Split a script into tokens; ``#`` comments and line continuations vanish, newlines remain."""
+# One scan of the text: each alternative is one token class, tried at the current position in this order.
+SCAN = re.compile(r"""
+    (?P<nl>\n) | (?P<ws>[ \t\r]+) | (?P<cont>\\\n) | (?P<comment>\#[^\n]*) | (?P<string>"[^"\n]*")
+  | (?P<word>(?:::|[A-Za-z0-9_])[A-Za-z0-9_./:*\-]*|\*) | (?P<neg>-[0-9][A-Za-z0-9_]*)
+  | (?P<punct><<|>>|<=|>=|==|!=|[-+{}()\[\];,=@$&|^!<>:./*])
+""", re.X)
+
+
+def tokenize(text: str, first_line: int = 1) -> list[Token]:
+    """Split a script into tokens; ``#`` comments and line continuations vanish, newlines remain.
+    ``first_line`` numbers the lines of a part of a longer script."""
     out: list[Token] = []
-    line, pos, line_start = 1, 0, 0
+    append = out.append
+    line, pos, line_start = first_line, 0, 0
     n = len(text)
+    match = SCAN.match
     while pos < n:
-        c = text[pos]
+        m = match(text, pos)
         col = pos - line_start + 1
-        if c == "\n":
-            out.append(Token("nl", "\n", line, col, col))
+        if m is None:
+            raise LexError("syntax error, unexpected junk", line, col, col)
+        kind = m.lastgroup
+        end = m.end()
+        if kind == "word":
+            word = m.group()
+            # A trailing colon belongs to a map's key separator, not to the word (``80: accept``).
+            if word[-1] == ":" and not word.endswith("::"):
+                word = word[:-1]
+                end -= 1
+            append(Token("word", word, line, col, col + len(word) - 1))
+        elif kind == "ws" or kind == "comment":
+            pass
+        elif kind == "nl":
+            append(Token("nl", "\n", line, col, col))
             line += 1
-            pos += 1
-            line_start = pos
-        elif c in " \t\r":
-            pos += 1
-        elif c == "\\" and text.startswith("\n", pos + 1):
-            pos += 2
-            line += 1
-            line_start = pos
-        elif c == "#":
-            while pos < n and text[pos] != "\n":
-                pos += 1
-        elif c == '"':
-            end = text.find('"', pos + 1)
-            if end < 0 or "\n" in text[pos:end]:
-                raise LexError("syntax error, unexpected junk", line, col, col)
-            out.append(Token("string", text[pos + 1:end], line, col, end - line_start + 1))
-            pos = end + 1
-        else:
-            m = WORD.match(text, pos) or (NEG.match(text, pos) if c == "-" and (not out or out[-1].kind != "word"
-                                                                             or out[-1].end < col - 1) else None)
-            if m:
-                word = m.group(0)
-                # A trailing colon belongs to a map's key separator, not to the word (``80: accept``).
-                if word.endswith(":") and not word.endswith("::"):
-                    word = word[:-1]
-                out.append(Token("word", word, line, col, col + len(word) - 1))
-                pos += len(word)
-                continue
-            for p in PUNCT:
-                if text.startswith(p, pos):
-                    out.append(Token("punct", p, line, col, col + len(p) - 1))
-                    pos += len(p)
-                    break
+            line_start = end
+        elif kind == "punct":
+            append(Token("punct", m.group(), line, col, col + end - pos - 1))
+        elif kind == "string":
+            append(Token("string", text[pos + 1:end - 1], line, col, col + end - pos - 1))
+        elif kind == "neg":
+            # A leading minus followed by a digit is a negative number (``priority -100``), unless it follows
+            # a word directly (``10-20`` is read whole as a word; ``a -1`` is not).
+            last = out[-1] if out else None
+            if last is None or last.kind != "word" or last.end < col - 1:
+                append(Token("word", m.group(), line, col, col + end - pos - 1))
             else:
-                raise LexError("syntax error, unexpected junk", line, col, col)
+                append(Token("punct", "-", line, col, col))
+                end = pos + 1
+        else:  # a backslash continues the line
+            line += 1
+            line_start = end
+        pos = end
     out.append(Token("eof", "", line, pos - line_start + 1, pos - line_start + 1))
     return out

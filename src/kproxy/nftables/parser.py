@@ -7,6 +7,7 @@ Errors carry nft's positions so the caller can print them the way nft does.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,10 +83,11 @@ class Output:
 
 class Parser:
     def __init__(self, text: str, rs: Ruleset, interfaces: set[str] | None = None) -> None:
-        try:
-            self.toks = expand_defines(tokenize(text))
-        except LexError as exc:
-            raise NftError(str(exc), (exc.line, exc.col, exc.end)) from None
+        from kproxy.nftables import fastpath
+
+        self.text = text
+        self.fast = fastpath.usable(text)  # then ``script`` tokenizes the lines the fast path leaves
+        self.toks = [] if self.fast else self.tokens(text)
         self.pos = 0
         self.rs = rs
         self.interfaces = interfaces
@@ -93,9 +95,33 @@ class Parser:
         self.eval_errors: list[NftError] = []
         self.kernel_errors: list[NftError] = []
         self.batch_broken = False
+        self.elem_indexes: dict[int, tuple[list[Elem], dict[Any, Elem]]] = {}
+        self.unsorted: dict[int, NSet] = {}
+
         self.rule_ops: dict[int, str] = {}  # id(rule) -> "insert" or "replace", for --echo's notifications
         # chains named by verdict-map elements, checked when the kernel would add the elements
         self.jump_elems: list[tuple[str, Loc]] = []
+
+    @staticmethod
+    def tokens(text: str, first_line: int = 1) -> list[Token]:
+        try:
+            return expand_defines(tokenize(text, first_line))
+        except LexError as exc:
+            raise NftError(str(exc), (exc.line, exc.col, exc.end)) from None
+
+    def first_word(self, words: Collection[str]) -> str | None:
+        """The script's first word that is one of ``words`` (the fast path leaves ``toks`` partial)."""
+        if not self.fast:
+            return next((t.text for t in self.toks if t.kind == "word" and t.text in words), None)
+        for line in self.text.split("\n"):
+            try:
+                toks = tokenize(line)
+            except LexError:
+                continue
+            found = next((t.text for t in toks if t.kind == "word" and t.text in words), None)
+            if found is not None:
+                return found
+        return None
 
     # ---- token helpers ------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Token:
@@ -156,6 +182,24 @@ class Parser:
 
     # ---- script ---------------------------------------------------------------------------------
     def script(self) -> None:
+        """Run the whole script (the cyclic GC paused: a big ruleset is many long-lived objects)."""
+        from kproxy.store.chains import gc_paused
+
+        with gc_paused():
+            self.run_script()
+
+    def run_script(self) -> None:
+        if not self.fast:
+            self.commands()
+        else:
+            from kproxy.nftables.fastpath import FastPath
+
+            FastPath(self).run(self.text)
+        self.sort_touched_sets()
+        self.raise_recorded()
+
+    def commands(self) -> None:
+        """Parse and apply the commands in ``toks``, recording evaluation errors as nft goes on past them."""
         while True:
             self.skip_seps()
             t = self.peek()
@@ -167,7 +211,6 @@ class Parser:
                 self.end_item(top=True)
             except NftError as err:
                 self.record(err, start)
-        self.raise_recorded()
 
     def record(self, err: NftError, start: int) -> None:
         """Keep an evaluation error and go on to the next rule or command, as nft does; stop on syntax."""
@@ -614,13 +657,36 @@ class Parser:
                 new = [e for e in lit.elems if tuple(span(e, bits)) not in old]
             elems = merge_intervals(s.elems + new, s.key[0], s.auto_merge)
         else:
-            from kproxy.nftables.listing import elem_sort_key
-
-            seen: dict[str, Elem] = {}
-            for e in elems:
-                seen.setdefault(repr(e.key), e)
-            elems = sorted(seen.values(), key=elem_sort_key)
+            # The first of equal keys stays; the list is put in nft's order once, at the end of the script
+            # (``sort_touched_sets``), so a script of many ``add element`` commands is not quadratic.
+            index = self.elem_index(s)
+            for e in lit.elems:
+                ident = elem_identity(e.key)
+                if ident not in index:
+                    index[ident] = e
+                    s.elems.append(e)
+            self.unsorted[id(s)] = s
+            return
         s.elems = elems
+
+    def elem_index(self, s: NSet) -> dict[Any, Elem]:
+        """The set's elements by identity, kept while this parser appends to the same list."""
+        held = self.elem_indexes.get(id(s))
+        if held is None or held[0] is not s.elems or len(held[1]) != len(s.elems):
+            index: dict[Any, Elem] = {}
+            for e in s.elems:
+                index.setdefault(elem_identity(e.key), e)
+            s.elems = list(index.values())
+            held = (s.elems, index)
+            self.elem_indexes[id(s)] = held
+        return held[1]
+
+    def sort_touched_sets(self) -> None:
+        from kproxy.nftables.listing import elem_sort_key
+
+        for s in self.unsorted.values():
+            s.elems.sort(key=elem_sort_key)  # stable: of equal keys, the earlier stays first
+        self.unsorted.clear()
 
     def limit_body(self) -> Limit:
         over = bool(self.accept("over"))
@@ -983,6 +1049,15 @@ def jumps_to(chain: Chain, target: str) -> bool:
             if isinstance(s, VerdictStmt) and s.verdict.target == target:
                 return True
     return False
+
+
+def elem_identity(k: Expr) -> Any:
+    """What makes two element keys of one set the same element: their values (cheaper than their repr)."""
+    if type(k) is Const:
+        return ("c", k.value)
+    if type(k) is Concat and all(type(i) is Const for i in k.items):
+        return ("k", tuple(i.value for i in k.items))  # type: ignore[attr-defined]
+    return ("r", repr(k))
 
 
 def span(e: Elem, bits: int) -> tuple[int, int]:

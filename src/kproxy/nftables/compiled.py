@@ -1,0 +1,530 @@
+"""nft chains compiled into closures when first run, so a packet costs a few calls and dict lookups per rule.
+
+A chain becomes one function over its rules; a rule is its leading matches (tests returning a bool)
+followed by its other statements (actions returning the interpreter's signals). The common forms are
+specialised: payload, meta and ct state keys read straight from the packet, exact, prefix and range
+comparisons, jumps and gotos bound to the target chain's compiled function, and set and map lookups
+through an index (a dict for sets whose elements are all exact values, as kube-proxy's verdict maps
+are, so a lookup does not grow with the set). Everything else calls the interpreter's own method for
+that statement or expression (``ChainRunner.run_stmt``, ``matches``, ``value``), so the two cannot
+disagree on the forms that are not specialised. A ruleset is compiled per commit: ``attach`` builds a
+new ``ChainRunner`` for every transaction, and set contents changed by the packet path (``add @s``)
+are seen because each index checks that its set's element list is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from kproxy.netfilter.nat import NatRange
+from kproxy.nftables.evaluate import CONTINUE, CT_STATE_BITS, PORT_PROTOS, RETURN, Unsupported
+from kproxy.nftables.expr import (
+    TRANSPORT,
+    Binop,
+    Concat,
+    Const,
+    Ct,
+    Elem,
+    Expr,
+    Meta,
+    Numgen,
+    Payload,
+    Prefix,
+    Range,
+    SetLit,
+    SetRef,
+    Verdict,
+)
+from kproxy.nftables.stmt import Match, Nat, Stmt, VerdictMap, VerdictStmt
+from kproxy.packet import NF_ACCEPT, NF_DROP
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.netfilter.hooks import HookState
+    from kproxy.nftables.evaluate import ChainRunner
+    from kproxy.nftables.model import Chain
+    from kproxy.packet import Packet
+
+Getter = Callable[["Packet", "HookState"], Any]
+Test = Callable[["Packet", "HookState"], bool]
+Action = Callable[["Packet", "HookState", int], "int | None"]
+ChainFn = Callable[["Packet", "HookState", int], int]
+
+MISSING = object()
+
+
+class SetIndex:
+    """The elements of one set or map by value, rebuilt when its element list changes.
+
+    Only sets whose keys are all exact values (no prefix, range or wildcard) get a dict; the others
+    are scanned in order, as the interpreter does, since the first element that covers a value wins.
+    """
+
+    __slots__ = ("elems", "size", "exact", "convert")
+
+    def __init__(self, convert: Callable[[Any], Any] | None = None) -> None:
+        self.elems: list[Elem] | None = None
+        self.size = -1
+        self.exact: dict[Any, Any] | None = None
+        self.convert = convert  # what to keep of an element's data (or of the element, in a set)
+
+    def refresh(self, elems: list[Elem]) -> dict[Any, Any] | None:
+        exact: dict[Any, Any] | None = {}
+        for e in elems:
+            k = exact_key(e.key)
+            if k is MISSING:
+                exact = None
+                break
+            assert exact is not None
+            if k not in exact:  # the first element of a value wins
+                found = e.data if e.data is not None else e
+                exact[k] = found if self.convert is None else self.convert(found)
+        self.elems, self.size, self.exact = elems, len(elems), exact
+        return exact
+
+
+def exact_key(k: Expr) -> Any:
+    """The value an element key matches exactly (a tuple for a concatenation), or MISSING."""
+    if type(k) is Const:
+        v = k.value
+        return MISSING if isinstance(v, str) and v.endswith("*") else v
+    if type(k) is Concat:
+        parts = tuple(exact_key(i) for i in k.items)
+        return MISSING if any(p is MISSING for p in parts) else parts
+    return MISSING
+
+
+class Compiler:
+    """Compiles the chains of one runner's table, each once, on first use.
+
+    A chain is Python source with one ``if`` per rule: the common tests are inlined as expressions
+    (``pkt.family == 4 and pkt.src == k0``), jumps and gotos call the target chain's function, and every
+    other statement is a call of a closure. Chains of the same shape (kube-proxy's thousands of
+    endpoint chains) share one code object; each binds its own constants as parameter defaults.
+    """
+
+    def __init__(self, runner: ChainRunner) -> None:
+        self.runner = runner
+        self.chains: dict[str, ChainFn] = {}
+        self.indexes: dict[int, SetIndex] = {}
+        self.building: set[str] = set()
+
+    def chain(self, chain: Chain) -> ChainFn:
+        fn = self.chains.get(chain.name)
+        if fn is None:
+            self.building.add(chain.name)
+            try:
+                fn = self.chains[chain.name] = self.build_chain(chain)
+            finally:
+                self.building.discard(chain.name)
+        return fn
+
+    def entry(self, traced: Callable[[Packet, HookState], int]) -> Callable[[Packet, HookState], int]:
+        """The base chain's hook function: the compiled chain, its end taken as the policy; a traced packet
+        goes to ``traced`` (the interpreter, which reports each rule)."""
+        chain, chains, build = self.runner.chain, self.chains, self.chain
+        name, family = chain.name, {"ip": 4, "ip6": 6}.get(self.runner.table.family, 0)  # 0: both (inet)
+        policy = NF_DROP if chain.policy == "drop" else NF_ACCEPT
+
+        def hook(pkt: Packet, state: HookState) -> int:
+            if state.trace is not None:
+                return traced(pkt, state)
+            if family and pkt.family != family:
+                return NF_ACCEPT
+            try:
+                verdict = (chains.get(name) or build(chain))(pkt, state, 0)
+            except Unsupported:
+                return NF_DROP  # said plainly when traced; never matched wrongly
+            return policy if verdict in (CONTINUE, RETURN) else verdict
+
+        return hook
+
+    def forget(self) -> None:
+        """Drop every compiled chain and index: the table's chains or sets were changed in place (a journaled
+        transaction replaces the objects it changes); chains compile again on their next packet."""
+        self.chains.clear()
+        self.indexes.clear()
+
+    def precompile(self) -> int:
+        """Compile now every chain the base chain can reach (packets otherwise do it on first use);
+        returns how many."""
+        chains = self.runner.table.chains
+        todo, seen = [self.runner.chain], {self.runner.chain.name}
+        while todo:
+            chain = todo.pop()
+            self.chain(chain)
+            for name in jump_targets(chain, self.runner.table.sets):
+                if name not in seen and name in chains:
+                    seen.add(name)
+                    todo.append(chains[name])
+        return len(seen)
+
+    def build_chain(self, chain: Chain) -> ChainFn:
+        src = ChainSource()
+        for r in chain.rules:
+            self.rule(src, r.stmts)
+        return src.function()
+
+    def rule(self, src: ChainSource, stmts: list[Stmt]) -> None:
+        """One rule: its leading matches as one condition, then each further statement nested under the last."""
+        i, conds = 0, []
+        while i < len(stmts) and isinstance(stmts[i], Match):
+            conds.append(self.test(src, stmts[i]))  # type: ignore[arg-type]
+            i += 1
+        indent = 1
+        if conds:
+            src.line(indent, f"if {' and '.join(conds)}:")
+            indent += 1
+        for st in stmts[i:]:
+            indent = self.statement(src, st, indent)
+        src.line(indent, "pass")
+
+    def statement(self, src: ChainSource, st: Stmt, indent: int) -> int:
+        """Code for one statement after a rule's leading matches; returns the indent the rule goes on at."""
+        if isinstance(st, Match):
+            src.line(indent, f"if {self.test(src, st)}:")
+            return indent + 1
+        if isinstance(st, VerdictStmt):
+            return self.verdict_code(src, st.verdict, indent)
+        if isinstance(st, VerdictMap):
+            guard, expr = self.inline_value(src, st.key)
+            if guard:  # no key (the packet lacks a header): the map finds nothing and the rule goes on
+                src.line(indent, f"if {guard}:")
+            src.line(indent + bool(guard), f"r = {src.const(self.dispatcher(st))}({expr}, pkt, state, depth)")
+            src.line(indent + bool(guard), "if r != CONTINUE:")
+            src.line(indent + bool(guard) + 1, "return r")
+            return indent
+        act = src.const(self.action(st))
+        src.line(indent, f"r = {act}(pkt, state, depth)")
+        src.line(indent, "if r is not None:")  # None: a match inside the statement failed
+        src.line(indent + 1, "if r != CONTINUE:")
+        src.line(indent + 2, "return r")
+        return indent + 1
+
+    def verdict_code(self, src: ChainSource, v: Verdict, indent: int) -> int:
+        fixed = {"accept": "NF_ACCEPT", "drop": "NF_DROP", "return": "RETURN"}.get(v.kind)
+        if fixed is not None:
+            src.line(indent, f"return {fixed}")
+            return indent
+        if v.kind == "continue":
+            return indent
+        target = self.runner.table.chains.get(v.target or "")
+        if target is None or v.kind not in ("jump", "goto"):
+            fn = src.const(self.verdict(v))
+            src.line(indent, f"r = {fn}(pkt, state, depth)")
+            src.line(indent, "if r != CONTINUE:")
+            src.line(indent + 1, "return r")
+            return indent
+        fn = src.const(self.target(target))
+        if v.kind == "goto":
+            src.line(indent, f"return {fn}(pkt, state, depth + 1)")
+            return indent
+        # A jump comes back to the next statement when the target chain returns.
+        src.line(indent, f"r = {fn}(pkt, state, depth + 1)")
+        src.line(indent, "if r != RETURN:")
+        src.line(indent + 1, "return r")
+        return indent
+
+    def target(self, chain: Chain) -> ChainFn:
+        """The function of a jump's target: compiled now, or looked up per call while it is being built
+        (a loop) or when building it now would nest too deep."""
+        if chain.name in self.chains:
+            return self.chains[chain.name]
+        if chain.name in self.building or len(self.building) > 32:
+            chains, name, build = self.chains, chain.name, self.chain
+            return lambda pkt, state, depth: (chains.get(name) or build(chain))(pkt, state, depth)
+        return self.chain(chain)
+
+    # ---- statements -------------------------------------------------------------------------------
+    def action(self, st: Stmt) -> Action:
+        if isinstance(st, VerdictMap):
+            return self.verdict_map(st)
+        if isinstance(st, Nat) and st.kind in ("dnat", "snat"):
+            return self.nat(st)
+        run_stmt = self.runner.run_stmt
+        return lambda pkt, state, depth: run_stmt(st, pkt, state, depth)
+
+    def verdict(self, v: Verdict) -> Action:
+        """A verdict as a closure (a verdict map's data): the same outcome as the inlined form."""
+        fixed = {"accept": NF_ACCEPT, "drop": NF_DROP, "return": RETURN, "continue": CONTINUE}.get(v.kind)
+        if fixed is not None:
+            return lambda pkt, state, depth: fixed
+        target = self.runner.table.chains.get(v.target or "")
+        if target is None or v.kind not in ("jump", "goto"):
+            verdict = self.runner.verdict
+            return lambda pkt, state, depth: verdict(v, pkt, state, depth)
+        fn, jump = self.target(target), v.kind == "jump"
+
+        def go(pkt: Packet, state: HookState, depth: int) -> int:
+            result = fn(pkt, state, depth + 1)
+            if result == RETURN:
+                return CONTINUE if jump else RETURN
+            return result
+
+        return go
+
+    def verdict_map(self, st: VerdictMap) -> Action:
+        key, dispatch = self.value(st.key), self.dispatcher(st)
+        return lambda pkt, state, depth: dispatch(key(pkt, state), pkt, state, depth)
+
+    def dispatcher(self, st: VerdictMap) -> Callable[[Any, Packet, HookState, int], int | None]:
+        """A verdict map's lookup of a key and the verdict it finds: for a map of exact keys one dict from
+        key to compiled verdict (rebuilt when the map changes), all compiled with the rule."""
+        find = self.finder(st.data)
+        compiled: dict[int, tuple[Verdict, Action]] = {}
+        compile_verdict = self.verdict
+
+        def action(found: Any) -> Action | None:
+            if type(found) is not Verdict:
+                return None
+            held = compiled.get(id(found))
+            if held is None or held[0] is not found:
+                held = compiled[id(found)] = (found, compile_verdict(found))
+            return held[1]
+
+        holder: Any = st.data if isinstance(st.data, SetLit) else \
+            self.runner.table.sets.get(getattr(st.data, "name", ""))
+        index = SetIndex(action)
+        if holder is not None:
+            index.refresh(holder.elems)
+
+        def dispatch(key: Any, pkt: Packet, state: HookState, depth: int) -> int | None:
+            acts = None
+            if holder is not None:
+                elems = holder.elems
+                acts = index.exact if index.elems is elems and index.size == len(elems) else index.refresh(elems)
+            act = action(find(key)) if acts is None else acts.get(key)
+            return CONTINUE if act is None else act(pkt, state, depth)
+
+        return dispatch
+
+    def nat(self, st: Nat) -> Action:
+        """``dnat to ADDR[:PORT]`` with constants: the range is built once (the NAT core does the rest)."""
+        addr, port = st.addr, st.port
+        if not (type(addr) is Const and (port is None or type(port) is Const)):
+            run_stmt = self.runner.run_stmt
+            return lambda pkt, state, depth: run_stmt(st, pkt, state, depth)
+        p = None if port is None else port.value
+        rng = NatRange(addr.value, addr.value, p, p, "random" in st.flags, "fully-random" in st.flags,
+                       "persistent" in st.flags)
+        manip = "SRC" if st.kind == "snat" else "DST"
+        setup = self.runner.node.nat.setup
+
+        def nat(pkt: Packet, state: HookState, depth: int) -> int:
+            verdict: int = setup(pkt, rng, manip, state)
+            return verdict
+
+        return nat
+
+    # ---- matches ----------------------------------------------------------------------------------
+    def test(self, src: ChainSource, m: Match) -> str:
+        """A match as a Python condition."""
+        left, right, op = m.left, m.right, m.op
+        if isinstance(left, Binop):
+            if left.op != "&" or type(left.right) is not Const:
+                return f"{src.const(self.runner.matches)}({src.const(m)}, pkt, state)"
+            guard, expr = self.inline_value(src, left.left)
+            expr = f"({expr} & {src.const(left.right.value)})"
+        else:
+            guard, expr = self.inline_value(src, left)
+        cond = self.compare(src, expr, op, right)
+        if cond is None:
+            return f"{src.const(self.runner.matches)}({src.const(m)}, pkt, state)"
+        return f"({guard} and {cond})" if guard else f"({cond})"
+
+    def compare(self, src: ChainSource, expr: str, op: str, right: Expr) -> str | None:
+        """The comparison of a value known not to be None; None for the forms the interpreter keeps."""
+        if op == "in" and type(right) is Const:
+            return f"{expr} & {src.const(right.value)} != 0"
+        if isinstance(right, (SetLit, SetRef)):
+            return f"({src.const(self.finder(right))}({expr}) is {'not ' if op == '==' else ''}None)"
+        if op not in ("==", "!="):
+            return None
+        if type(right) is Prefix:
+            shift = (right.base.ctype.bits or 32) - right.length
+            return f"{expr} >> {shift} {op} {src.const(right.base.value >> shift)}"
+        if type(right) is Range:
+            inside = f"{src.const(right.lo.value)} <= {expr} <= {src.const(right.hi.value)}"
+            return inside if op == "==" else f"not ({inside})"
+        if type(right) is not Const or isinstance(right.value, str) and right.value.endswith("*"):
+            return None
+        return f"{expr} {op} {src.const(right.value)}"
+
+    def finder(self, where: Expr) -> Callable[[Any], Any]:
+        """A lookup in an anonymous or named set: the element (or its data), None when absent."""
+        lookup = self.runner.lookup
+        if isinstance(where, SetRef):
+            s = self.runner.table.sets.get(where.name)
+            if s is None:
+                return lambda v: lookup(where, v)
+            holder = s
+        elif isinstance(where, SetLit):
+            holder = where  # type: ignore[assignment]
+        else:
+            return lambda v: lookup(where, v)
+        index = self.indexes.setdefault(id(holder), SetIndex())
+        index.refresh(holder.elems)
+
+        def find(v: Any) -> Any:
+            if v is None:
+                return None
+            elems = holder.elems
+            exact = index.exact if index.elems is elems and index.size == len(elems) else index.refresh(elems)
+            if exact is None:
+                return lookup(where, v)
+            try:
+                return exact.get(v)
+            except TypeError:  # an unhashable value matches no exact key
+                return None
+
+        return find
+
+    # ---- values -----------------------------------------------------------------------------------
+    def inline_value(self, src: ChainSource, e: Expr) -> tuple[str, str]:
+        """A value as (guard, expression): the expression is read only when the guard holds, and the guard
+        holds exactly when the interpreter's value is not None. Forms not inlined call a getter once."""
+        if type(e) is Payload:
+            inline = inline_payload(e)
+            if inline is not None:
+                return inline
+        elif type(e) is Meta and e.key in ("l4proto", "mark"):
+            return "", f"pkt.{'proto' if e.key == 'l4proto' else 'mark'}"
+        elif type(e) is Ct and e.key == "state":
+            # No state (None or "") is UNTRACKED, as in the interpreter.
+            bits: dict[str | None, int] = {None: 64, "": 64}
+            bits.update(CT_STATE_BITS)
+            return "", f"(64 if pkt.notrack else {src.const(bits.get)}(pkt.ctstate, 64))"
+        elif type(e) is Concat:
+            parts = [inline_payload(i) if type(i) is Payload else
+                     ("", "pkt.proto") if type(i) is Meta and i.key == "l4proto" else None for i in e.items]
+            if all(p is not None for p in parts):
+                guards = [g for g, _ in parts if g]  # type: ignore[misc]
+                return " and ".join(dict.fromkeys(guards)), "(" + ", ".join(x for _, x in parts) + ",)"  # type: ignore[misc]
+        name = src.var()
+        return f"({name} := {src.const(self.value(e))}(pkt, state)) is not None", name
+
+    # ---- values -----------------------------------------------------------------------------------
+    def value(self, e: Expr) -> Getter:
+        if type(e) is Const:
+            c = e.value
+            return lambda pkt, state: c
+        if type(e) is Payload:
+            return payload_getter(e) or self.fallback(e)
+        if type(e) is Meta:
+            if e.key == "l4proto":
+                return lambda pkt, state: pkt.proto
+            if e.key == "mark":
+                return lambda pkt, state: pkt.mark
+            return self.fallback(e)
+        if type(e) is Ct and e.key == "state":
+            return lambda pkt, state: 64 if pkt.notrack else CT_STATE_BITS.get(pkt.ctstate or "UNTRACKED", 64)
+        if type(e) is Concat:
+            parts = tuple(self.value(i) for i in e.items)
+
+            def concat(pkt: Packet, state: HookState) -> Any:
+                out = tuple(g(pkt, state) for g in parts)
+                return None if None in out else out
+
+            return concat
+        if type(e) is Numgen and e.mode == "random":
+            randrange, mod, offset = self.runner.rng.randrange, e.mod, e.offset
+            return lambda pkt, state: randrange(mod) + offset
+        return self.fallback(e)
+
+    def fallback(self, e: Expr) -> Getter:
+        value = self.runner.value
+        return lambda pkt, state: value(e, pkt, state)
+
+
+def inline_payload(e: Payload) -> tuple[str, str] | None:
+    """The common payload keys as (guard, expression) over the packet; None for the rest."""
+    proto, fld = e.proto, e.field
+    if proto in ("ip", "ip6") and fld in ("saddr", "daddr"):
+        return f"pkt.family == {4 if proto == 'ip' else 6}", "pkt.src" if fld == "saddr" else "pkt.dst"
+    if fld not in ("sport", "dport"):
+        return None
+    if proto == "th":
+        return "pkt.proto in PORT_PROTOS", f"pkt.{fld}"
+    number = TRANSPORT.get(proto)
+    return None if number is None else (f"pkt.proto == {number}", f"pkt.{fld}")
+
+
+def payload_getter(e: Payload) -> Getter | None:
+    """The packet's field for the common payload keys; None for the rest (the interpreter reads those)."""
+    proto, fld = e.proto, e.field
+    if proto in ("ip", "ip6"):
+        fam = 4 if proto == "ip" else 6
+        attr = {"saddr": "src", "daddr": "dst"}.get(fld)
+        if attr == "src":
+            return lambda pkt, state: pkt.src if pkt.family == fam else None
+        if attr == "dst":
+            return lambda pkt, state: pkt.dst if pkt.family == fam else None
+        return None
+    if fld not in ("sport", "dport"):
+        return None
+    if proto == "th":
+        if fld == "sport":
+            return lambda pkt, state: pkt.sport if pkt.proto in PORT_PROTOS else None
+        return lambda pkt, state: pkt.dport if pkt.proto in PORT_PROTOS else None
+    number = TRANSPORT.get(proto)
+    if number is None:
+        return None
+    if fld == "sport":
+        return lambda pkt, state: pkt.sport if pkt.proto == number else None
+    return lambda pkt, state: pkt.dport if pkt.proto == number else None
+
+
+
+def jump_targets(chain: Chain, sets: dict[str, Any]) -> list[str]:
+    """The chains a chain's rules jump or go to, directly or through a verdict map."""
+    out: list[str] = []
+    for r in chain.rules:
+        for st in r.stmts:
+            if isinstance(st, VerdictStmt) and st.verdict.target:
+                out.append(st.verdict.target)
+            elif isinstance(st, VerdictMap):
+                out += [e.data.target for e in map_elems(st, sets) if isinstance(e.data, Verdict) and e.data.target]
+    return out
+
+
+def map_elems(st: VerdictMap, sets: dict[str, Any]) -> list[Elem]:
+    """The elements of a verdict map, anonymous or named (none if the named one is missing)."""
+    if isinstance(st.data, SetLit):
+        return st.data.elems
+    return list(getattr(sets.get(getattr(st.data, "name", "")), "elems", []))
+
+
+class ChainSource:
+    """The source of one chain's function and the constants it binds."""
+
+    cache: dict[str, Callable[..., ChainFn]] = {}  # source text -> its factory, shared by every ruleset
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: list[Any] = []
+        self.vars = 0
+
+    def line(self, indent: int, text: str) -> None:
+        self.lines.append("    " * (indent + 1) + text)
+
+    def const(self, value: Any) -> str:
+        self.consts.append(value)
+        return f"k{len(self.consts) - 1}"
+
+    def var(self) -> str:
+        self.vars += 1
+        return f"v{self.vars}"
+
+    def function(self) -> ChainFn:
+        params = "".join(f", k{i}=k{i}" for i in range(len(self.consts)))
+        unpack = f"    {', '.join(f'k{i}' for i in range(len(self.consts)))}, = K\n" if self.consts else ""
+        text = (f"def make(K):\n{unpack}    def run(pkt, state, depth{params}):\n"
+                "        if depth > 16:\n            return NF_DROP\n" + "\n".join(self.lines) +
+                "\n        return RETURN\n    return run\n")
+        factory = self.cache.get(text)
+        if factory is None:
+            scope: dict[str, Any] = {"NF_ACCEPT": NF_ACCEPT, "NF_DROP": NF_DROP, "RETURN": RETURN,
+                                     "CONTINUE": CONTINUE, "PORT_PROTOS": PORT_PROTOS}
+            exec(compile(text, "<nft chain>", "exec"), scope)  # noqa: S102 - our own generated source
+            factory = self.cache[text] = scope["make"]
+        return factory(self.consts)

@@ -1,0 +1,360 @@
+"""The lines kube-proxy writes by the hundred thousand, applied without the general parser.
+
+A full sync of kube-proxy's nftables mode is mostly ``add chain``, ``flush chain``, ``add element`` and four
+rule shapes (an endpoint's hairpin masquerade jump and its DNAT, a service's masquerade jump and its
+``numgen`` verdict map); an endpoint chain's four lines come together. One regular expression finds
+these lines in the script, written as kube-proxy writes them (single spaces), and captures their words;
+each is applied with exactly the objects, handles and anonymous sets the general parser would make
+(``tests/test_nft_fastpath.py`` checks that on whole rulesets). Anything else, anything unusual about
+a recognised line (a missing table, chain or jump target, a value that does not parse plainly, a base
+chain), a line inside another command (an open block, a continuation), and every line once an error
+has been recorded, goes to the general parser, so errors are always the general parser's. The text
+between recognised lines is tokenized and parsed in runs, keeping its line numbers; a script with
+``define``, ``$`` or ``include`` is parsed whole by the general parser.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from socket import inet_aton
+from typing import TYPE_CHECKING, Any
+
+from kproxy.nftables import types as T
+from kproxy.nftables.expr import Concat, Const, Elem, Expr, Meta, Numgen, Payload, Prefix, SetLit, Verdict
+from kproxy.nftables.model import Chain, NSet, Rule, Table
+from kproxy.nftables.stmt import Match, Nat, Stmt, VerdictMap, VerdictStmt
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.nftables.parser import Parser
+
+OCTETS = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
+PUNCT = frozenset(["{", "}", ",", ":", ".", "!="])
+L4 = {"tcp": 6, "udp": 17, "sctp": 132}
+PLAIN: dict[tuple[str, str], object] = {}
+MISSING = object()
+
+
+def _line_shapes() -> re.Pattern[str]:
+    """One pattern for every recognised line, its words captured; the shared beginnings are written once
+    and names are matched without backtracking, so a line costs one pass of the regular expression engine."""
+    name = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)"
+    v4, fam = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", "(?:ip|ip6|inet|arp|bridge|netdev)"
+    rules = {
+        "RJ": rf"ip (?P<rj_k>saddr|daddr) (?P<rj_a>{v4}) (?P<rj_v>jump|goto) (?P<rj_x>{name})",
+        "RM": rf"ip daddr (?P<rm_a>{v4}) (?P<rm_p>tcp|udp|sctp) dport (?P<rm_n>[0-9]+) "
+              rf"ip saddr != (?P<rm_s>{v4})/(?P<rm_l>[0-9]+) (?P<rm_v>jump|goto) (?P<rm_x>{name})",
+        "RD": rf"meta l4proto (?P<rd_p>tcp|udp|sctp) dnat to (?P<rd_a>{v4}):(?P<rd_n>[0-9]+)",
+        "RN": r"numgen random mod (?P<rn_m>[0-9]+) vmap \{ (?P<rn_b>[^{}\n]*) \}",
+    }
+    rule = rf"rule ip (?P<rt>{name}) (?P<rc>{name}) (?:" + "|".join(f"(?P<{k}>{v})" for k, v in rules.items()) + ")"
+    add = {
+        # kube-proxy's endpoint chain, declared, flushed and filled: four lines, one match
+        "EP": rf"chain ip (?P<ep_t>{name}) (?P<ep_c>{name})\nflush chain ip (?P=ep_t) (?P=ep_c)\n"
+              rf"add rule ip (?P=ep_t) (?P=ep_c) ip saddr (?P<ep_a>{v4}) (?P<ep_v>jump|goto) (?P<ep_x>{name})\n"
+              rf"add rule ip (?P=ep_t) (?P=ep_c) meta l4proto (?P<ep_p>tcp|udp|sctp) dnat to (?P<ep_d>{v4}):"
+              rf"(?P<ep_n>[0-9]+)",
+        "ACF": rf"chain (?P<acf_f>{fam}) (?P<acf_t>{name}) (?P<acf_c>{name})\nflush chain (?P=acf_f) (?P=acf_t) "
+               rf"(?P=acf_c)",
+        "AC": rf"chain (?P<ac_f>{fam}) (?P<ac_t>{name}) (?P<ac_c>{name})",
+        "AE": rf"element (?P<ae_f>{fam}) (?P<ae_t>{name}) (?P<ae_s>{name}) \{{ (?P<ae_b>[^{{}}\n]*) \}}",
+    }
+    adds = "|".join(f"(?P<{k}>{v})" for k, v in add.items())
+    flush = rf"(?P<FC>chain (?P<fc_f>{fam}) (?P<fc_t>{name}) (?P<fc_c>{name}))"
+    return re.compile(rf"^(?:add (?:{rule}|{adds})|flush {flush})[ \t]*+(?:\n|\Z)", re.M)
+
+
+SHAPES = _line_shapes()
+# An element list's words: separated by spaces, and a comma ends a word too ("80 : goto x, 81 : drop").
+ELEM_WORDS = re.compile(r",|[^ ,]+")
+WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)")  # a word the lexer reads whole and keeps whole
+VMAP_ITEM = re.compile(r"(0|[1-9][0-9]*) : (jump|goto) ([A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:))")
+STRINGS = re.compile(r'"[^"\n]*"')
+
+
+def usable(text: str) -> bool:
+    """Whether a script may take the fast path at all (variables and includes need the general parser)."""
+    return "$" not in text and "define" not in text and "include" not in text
+
+
+class FastPath:
+    """Applies recognised lines to the parser's ruleset; each handler says False for a line it leaves alone."""
+
+    def __init__(self, parser: Parser) -> None:
+        self.p = parser
+        # Keys, protocol and port constants and jump verdicts that thousands of rules write alike are one
+        # object each (nothing changes an expression once built): fewer objects for the GC to walk.
+        self.shared: dict[object, Any] = {}
+        self.handlers: dict[str, Callable[[re.Match[str], int], bool]] = {
+            "EP": self.endpoint_chain, "ACF": self.add_flush_chain, "AC": self.add_chain, "FC": self.flush_chain, "RJ": self.rule_jump, "RM": self.rule_masquerade,
+            "RD": self.rule_dnat, "RN": self.rule_numgen, "AE": self.add_element}
+
+    def run(self, text: str) -> None:
+        """Apply the script: recognised lines here, the text between them through the general parser.
+
+        A recognised line joins the text before it when that text leaves a block open or ends with a
+        continuation (it is then inside another command), and when applying it would not give exactly
+        what the general parser gives."""
+        p = self.p
+        gap = scanned = line_pos = 0  # start of the pending general text; how far its depth is known
+        line = 1  # the line number at line_pos
+        depth, continued = 0, False
+        for m in SHAPES.finditer(text):
+            start = m.start()
+            if gap < start:
+                bare = STRINGS.sub("", text[scanned:start])
+                depth = max(0, depth + sum(part.count("{") - part.count("}")
+                                           for part in (ln.split("#", 1)[0] for ln in bare.split("\n"))))
+                continued = text.endswith("\\\n", scanned, start)
+                scanned = start
+                if depth or continued:
+                    continue
+            line += text.count("\n", line_pos, start)
+            line_pos = start
+            if gap < start:
+                p.toks, p.pos = p.tokens(text[gap:start], line - text.count("\n", gap, start)), 0
+                p.commands()
+                gap = start
+            if not (p.eval_errors or p.kernel_errors) and self.handlers[str(m.lastgroup)](m, line):
+                gap = scanned = m.end()
+        if gap < len(text):
+            line += text.count("\n", line_pos, gap)
+            p.toks, p.pos = p.tokens(text[gap:], line), 0
+            p.commands()
+
+    def one(self, key: object, make: Callable[[], Any]) -> Any:
+        """The shared object for ``key``, made by ``make`` the first time."""
+        obj = self.shared.get(key)
+        if obj is None:
+            obj = self.shared[key] = make()
+        return obj
+
+    def table(self, family: str, name: str) -> Table | None:
+        return self.p.rs.find(family, name)
+
+    def add_chain(self, m: re.Match[str], line: int) -> bool:
+        tbl = self.table(m["ac_f"], m["ac_t"])
+        if tbl is None:
+            return False
+        if m["ac_c"] not in tbl.chains:
+            tbl.chains[m["ac_c"]] = Chain(m["ac_c"], tbl.alloc())
+        return True
+
+    def flush_chain(self, m: re.Match[str], line: int) -> bool:
+        tbl = self.table(m["fc_f"], m["fc_t"])
+        chain = tbl.chains.get(m["fc_c"]) if tbl is not None else None
+        if tbl is None or chain is None:
+            return False
+        flush(tbl, chain)
+        return True
+
+    def add_flush_chain(self, m: re.Match[str], line: int) -> bool:
+        """``add chain`` then ``flush chain`` of the same chain."""
+        tbl = self.table(m["acf_f"], m["acf_t"])
+        if tbl is None:
+            return False
+        chain = tbl.chains.get(m["acf_c"])
+        if chain is None:
+            tbl.chains[m["acf_c"]] = Chain(m["acf_c"], tbl.alloc())
+        else:
+            flush(tbl, chain)
+        return True
+
+    def endpoint_chain(self, m: re.Match[str], line: int) -> bool:
+        """An endpoint chain declared, flushed and given its hairpin jump and its DNAT: what the four lines
+        do one by one, checked before anything is changed (else all four go to the general parser)."""
+        tbl = self.table("ip", m["ep_t"])
+        if tbl is None:
+            return False
+        name, target = m["ep_c"], m["ep_x"]
+        chain = tbl.chains.get(name)
+        addr, to, port = plain(T.IPV4, m["ep_a"]), plain(T.IPV4, m["ep_d"]), plain(T.SERVICE, m["ep_n"])
+        if addr is None or to is None or port is None or chain is not None and chain.hook is not None or \
+                target not in tbl.chains and target != name:
+            return False
+        if chain is None:
+            chain = tbl.chains[name] = Chain(name, tbl.alloc())
+        else:
+            flush(tbl, chain)
+        self.add_rule((tbl, chain), self.jump_stmts("saddr", addr, m["ep_v"], target))
+        self.add_rule((tbl, chain), self.dnat_stmts(m["ep_p"], to, port))
+        return True
+
+    def jump_stmts(self, field: str, addr: Const, kind: str, target: str) -> list[Stmt]:
+        return [Match(self.one(field, lambda: Payload("ip", field)), "==", addr),
+                VerdictStmt(self.one((kind, target), lambda: Verdict(kind, target)))]
+
+    def dnat_stmts(self, proto_name: str, addr: Const, port: Const) -> list[Stmt]:
+        proto = self.one("l4proto", lambda: Meta("l4proto"))
+        return [Match(proto, "==", self.one(proto_name, lambda: Const(proto.dtype, L4[proto_name]))),
+                Nat("dnat", addr, self.one(port.value, lambda: port))]
+
+    def rule_chain(self, m: re.Match[str]) -> tuple[Table, Chain] | None:
+        """The table and regular chain of an ``add rule ip TABLE CHAIN ...`` line (base chains check their
+        statements against their hook: the general parser does that)."""
+        tbl = self.table("ip", m["rt"])
+        chain = tbl.chains.get(m["rc"]) if tbl is not None else None
+        if tbl is None or chain is None or chain.hook is not None:
+            return None
+        return tbl, chain
+
+    def add_rule(self, tc: tuple[Table, Chain], stmts: list[Stmt], anon: list[str] | None = None) -> Rule:
+        tbl, chain = tc
+        rule = Rule(tbl.alloc(), stmts, None, anon or [])
+        chain.rules.append(rule)
+        return rule
+
+    # ---- elements ---------------------------------------------------------------------------------
+    def add_element(self, m: re.Match[str], line: int) -> bool:
+        """``add element FAMILY TABLE SET { KEY [: VERDICT] , ... }`` for a set of plain values."""
+        tbl = self.table(m["ae_f"], m["ae_t"])
+        s = tbl.sets.get(m["ae_s"]) if tbl is not None else None
+        if tbl is None or s is None or "interval" in s.flags or s.data is not None and s.data != [T.VERDICT]:
+            return False
+        elems: list[Elem] = []
+        i, body = 0, ELEM_WORDS.findall(m["ae_b"])
+        if not all(w in PUNCT or WORD.fullmatch(w) for w in body):
+            return False
+        while i < len(body):
+            parts, i = self.key(s.key, body, i)
+            if parts is None:
+                return False
+            elem = Elem(parts)
+            if s.data is not None:
+                if i >= len(body) or body[i] != ":":
+                    return False
+                verdict, i = self.verdict(body, i + 1)
+                if verdict is None:
+                    return False
+                elem.data = verdict
+            elems.append(elem)
+            if i < len(body):
+                if body[i] != "," or i + 1 == len(body):
+                    return False
+                i += 1
+        if not elems or any(type(e.data) is Verdict and e.data.target is not None and e.data.target not in tbl.chains
+                            for e in elems):
+            return False  # a jump to a chain the table lacks: the kernel's error, from the general parser
+        self.p.add_elements(s, SetLit(elems))
+        return True
+
+    @staticmethod
+    def key(types: list[T.DType], body: list[str], i: int) -> tuple[Expr | None, int]:
+        parts: list[Expr] = []
+        for n, dt in enumerate(types):
+            if n:
+                if i >= len(body) or body[i] != ".":
+                    return None, i
+                i += 1
+            if i >= len(body) or body[i] in PUNCT or dt.kind in ("string", "ifindex"):
+                return None, i
+            value = plain(dt, body[i])
+            if value is None:
+                return None, i
+            parts.append(value)
+            i += 1
+        return (parts[0] if len(parts) == 1 else Concat(parts)), i
+
+    @staticmethod
+    def verdict(body: list[str], i: int) -> tuple[Verdict | None, int]:
+        if i < len(body) and body[i] in ("accept", "drop", "return", "continue"):
+            return Verdict(body[i]), i + 1
+        if i + 1 < len(body) and body[i] in ("jump", "goto") and body[i + 1] not in PUNCT:
+            return Verdict(body[i], body[i + 1]), i + 2
+        return None, i
+
+    # ---- rules ------------------------------------------------------------------------------------
+    def rule_jump(self, m: re.Match[str], line: int) -> bool:
+        """``ip saddr|daddr ADDR jump|goto CHAIN`` (an endpoint's hairpin masquerade)."""
+        tc = self.rule_chain(m)
+        addr = plain(T.IPV4, m["rj_a"])
+        if tc is None or addr is None or m["rj_x"] not in tc[0].chains:
+            return False
+        self.add_rule(tc, self.jump_stmts(m["rj_k"], addr, m["rj_v"], m["rj_x"]))
+        return True
+
+    def rule_masquerade(self, m: re.Match[str], line: int) -> bool:
+        """``ip daddr ADDR tcp dport PORT ip saddr != PREFIX jump CHAIN`` (a service's masquerade rule)."""
+        tc = self.rule_chain(m)
+        addr, port = plain(T.IPV4, m["rm_a"]), plain(T.SERVICE, m["rm_n"])
+        cidr = prefix(m["rm_s"], m["rm_l"])
+        if tc is None or addr is None or port is None or cidr is None or m["rm_x"] not in tc[0].chains:
+            return False
+        dport = self.one((m["rm_p"], "dport"), lambda: Payload(m["rm_p"], "dport"))
+        self.add_rule(tc, [Match(self.one("daddr", lambda: Payload("ip", "daddr")), "==", addr),
+                           Match(dport, "==", self.one(port.value, lambda: port)),
+                           Match(self.one("saddr", lambda: Payload("ip", "saddr")), "!=", cidr),
+                           VerdictStmt(self.one((m["rm_v"], m["rm_x"]), lambda: Verdict(m["rm_v"], m["rm_x"])))])
+        return True
+
+    def rule_dnat(self, m: re.Match[str], line: int) -> bool:
+        """``meta l4proto tcp|udp|sctp dnat to ADDR:PORT`` (an endpoint's DNAT)."""
+        tc = self.rule_chain(m)
+        addr, port = plain(T.IPV4, m["rd_a"]), plain(T.SERVICE, m["rd_n"])
+        if tc is None or addr is None or port is None:
+            return False
+        self.add_rule(tc, self.dnat_stmts(m["rd_p"], addr, port))
+        return True
+
+    def rule_numgen(self, m: re.Match[str], line: int) -> bool:
+        """``numgen random mod N vmap { 0 : goto C0 , 1 : goto C1 , ... }`` with keys 0 .. N-1 in order."""
+        tc = self.rule_chain(m)
+        if tc is None:
+            return False
+        tbl = tc[0]
+        mod = int(m["rn_m"])
+        elems: list[Elem] = []
+        for item in m["rn_b"].split(" , "):
+            v = VMAP_ITEM.fullmatch(item)
+            if v is None or v[1] != str(len(elems)):
+                return False
+            elems.append(Elem(Const(T.INTEGER, len(elems)), Verdict(v[2], v[3])))
+        if len(elems) != mod:
+            return False
+        name = f"__map{tbl.anon_seq}"
+        tbl.anon_seq += 1
+        tbl.sets[name] = NSet(name, tbl.alloc(), True, [T.INTEGER], [T.VERDICT], ["constant", "anonymous"],
+                              anonymous=True, elems=list(elems))
+        rule = self.add_rule(tc, [VerdictMap(Numgen("random", mod), SetLit(elems))], [name])
+        # Where the braces are: the kernel's errors for the anonymous map point there.
+        rule.anon_locs = [(line, m.start("rn_b") - m.start() - 1, m.end("rn_b") - m.start() + 2)]  # type: ignore[attr-defined]
+        return True
+
+
+def flush(tbl: Table, chain: Chain) -> None:
+    """``flush chain``: its rules go, and with them their anonymous sets."""
+    for r in chain.rules:
+        for anon in r.anon_sets:
+            tbl.sets.pop(anon, None)
+    chain.rules = []
+
+
+def plain(dt: T.DType, text: str) -> Const | None:
+    """A value written plainly (no prefix, range or symbol the general parser treats specially)."""
+    if dt is T.IPV4 and OCTETS.fullmatch(text) is not None:
+        try:  # the usual dotted quad (no leading zeros), read without the ipaddress module
+            return Const(dt, int.from_bytes(inet_aton(text), "big"))
+        except OSError:  # an octet over 255
+            return None
+    key = (dt.name, text)
+    value = PLAIN.get(key, MISSING)
+    if value is MISSING:
+        try:
+            value = dt.parse(text)
+        except T.TypeError_:
+            value = None
+        if len(PLAIN) < 4096:  # ports and protocols repeat: remember a few thousand words
+            PLAIN[key] = value
+    return None if value is None else Const(dt, value)
+
+
+def prefix(base: str, plen: str) -> Prefix | None:
+    """``ADDR/LEN`` for an IPv4 address, as the general parser builds it (a /32 is no prefix here)."""
+    if not 0 <= int(plen) < 32:
+        return None
+    addr = plain(T.IPV4, base)
+    if addr is None:
+        return None
+    v, n = addr.value, int(plen)
+    mask = ((1 << 32) - 1) ^ ((1 << (32 - n)) - 1)
+    return Prefix(Const(T.IPV4, v & mask), n)

@@ -1,0 +1,202 @@
+"""The nft front end's fast paths give what the general ones give.
+
+``fastpath`` applies kube-proxy's one-line commands without the general parser, and ``compiled`` runs
+chains as generated Python instead of the statement interpreter. Each is compared here with the general
+form on whole rulesets: the same objects, handles, listings and errors, the same packet fates.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from kproxy.nftables import fastpath
+from kproxy.nftables.cli import run_nft
+from kproxy.nftables.evaluate import attach
+from kproxy.nftables.model import Ruleset
+from kproxy.node import Node
+from kproxy.packet import ACK, SYN, Packet, parse_addr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from nft_rulesets import kube_proxy_script, service_ip  # noqa: E402
+
+# Lines the fast path must leave to the general parser, or must get exactly right, between the common ones.
+TRICKY = """\
+add chain ip kube-proxy extra
+add rule ip kube-proxy extra ip saddr 10.1.2.3 jump no-such-chain
+add rule ip kube-proxy extra numgen random mod 2 vmap { 1 : goto extra , 0 : goto extra }
+add rule ip kube-proxy extra numgen random mod 3 vmap { 0 : goto extra , 1 : goto extra }
+add rule ip kube-proxy extra ip saddr 10.0.0.0/8 jump extra
+add rule ip kube-proxy extra ip daddr 10.1.1.1 tcp dport 80 ip saddr != 10.0.0.0/33 jump extra
+add rule ip kube-proxy extra ip daddr 10.1.1.1 udp dport 53 ip saddr != 10.0.0.0/8 goto extra
+add rule ip kube-proxy extra meta l4proto udp dnat to 10.9.9.9:53
+add rule ip kube-proxy extra meta l4proto tcp dnat to 10.9.9.9
+add rule ip kube-proxy nat-prerouting meta l4proto tcp dnat to 10.9.9.9:80
+add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : goto extra }
+add element ip kube-proxy service-ips { 172.30.0.9 . tcp . 80 : goto extra, 172.30.0.8 . udp . 53 : drop }
+add element ip kube-proxy service-ips { 172.30.0.7 . tcp . 80 comment "x" : goto extra }
+add element ip kube-proxy cluster-ips { 172.30.0.250 , 172.30.0.3 , 172.30.0.250 }
+add element ip kube-proxy cluster-ips { 172.30.0.0/24 }
+flush chain ip kube-proxy extra
+add rule ip kube-proxy extra numgen random mod 1 vmap { 0 : goto extra }
+flush chain ip kube-proxy no-such-chain
+add chain ip kube-proxy nat-output
+flush chain ip kube-proxy nat-output
+add rule ip kube-proxy nat-output ip saddr 10.1.1.1 jump mark-for-masquerade
+add rule ip kube-proxy nat-output meta l4proto tcp dnat to 10.1.1.1:80
+add chain ip kube-proxy extra
+flush chain ip kube-proxy extra
+add rule ip kube-proxy extra ip saddr 10.1.1.2 jump extra
+add rule ip kube-proxy extra meta l4proto udp dnat to 10.1.1.2:53
+add chain ip kube-proxy ep2
+flush chain ip kube-proxy ep2
+add rule ip kube-proxy ep2 ip saddr 10.1.1.3 jump no-such-chain
+add rule ip kube-proxy ep2 meta l4proto tcp dnat to 10.1.1.3:80
+add chain ip no-such-table c
+"""
+
+
+def load(script: str, fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, Ruleset]:
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(fastpath, "usable", lambda text: False)
+        rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=script)
+    return rc, err, rs
+
+
+def listing(rs: Ruleset) -> str:
+    return run_nft(["-a", "list", "ruleset"], rs)[1]
+
+
+VALID = "".join(line + "\n" for line in TRICKY.splitlines() if "no-such" not in line and "/33" not in line
+                and "/24" not in line)
+
+
+@pytest.mark.parametrize("tail", ["", VALID, TRICKY])
+def test_fast_path_makes_what_the_general_parser_makes(tail: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = kube_proxy_script(12, 3) + tail
+    fast_rc, fast_err, fast = load(script, True, monkeypatch)
+    slow_rc, slow_err, slow = load(script, False, monkeypatch)
+    assert (fast_rc, fast_err) == (slow_rc, slow_err)
+    if tail == TRICKY:
+        assert fast_rc == 1 and "No such file or directory" in fast_err
+        return
+    assert fast_rc == 0, fast_err
+    assert fast.tables == slow.tables  # every chain, rule, statement, set, element and handle
+    locs = [[getattr(r, "anon_locs", []) for c in t.chains.values() for r in c.rules] for t in (fast, slow)
+            for t in t.tables]
+    assert locs[0] == locs[1]  # where a later kernel error about an anonymous map would point
+    assert listing(fast) == listing(slow)
+
+
+def test_fast_path_takes_most_lines_of_a_kube_proxy_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of it: kube-proxy's bulk lines never reach the general parser."""
+    general: list[str] = []
+    from kproxy.nftables.parser import Parser
+
+    real = Parser.commands
+
+    def spy(self: Parser) -> None:
+        general.append("".join(t.text + " " for t in self.toks if t.kind != "nl"))
+        real(self)
+
+    monkeypatch.setattr(Parser, "commands", spy)
+    script = kube_proxy_script(50, 4)
+    rc, err, _ = load(script, True, monkeypatch)
+    assert rc == 0, err
+    parsed = "".join(general)
+    assert "dnat to" not in parsed and "numgen" not in parsed and "service-ips { 172" not in parsed
+    assert len(parsed) < 6000 < len(script) // 10  # the table's skeleton, nothing per Service
+    assert script.count("\n") > 1000
+
+
+def node_with(rs: Ruleset) -> Node:
+    node = Node.from_description({
+        "name": "n",
+        "interfaces": [{"name": "eth0", "addresses": ["192.168.1.10/24"]},
+                       {"name": "cni0", "addresses": ["10.244.1.1/24"]}],
+        "routes": ["default via 192.168.1.1 dev eth0", "10.100.0.0/14 dev cni0"],
+        "sysctls": {"net.ipv4.ip_forward": "1"},
+    })
+    node.clock = 1000.0
+    node.nftables = rs
+    assert attach(node) == []
+    return node
+
+
+def outcomes(node: Node, packets: list[tuple[int, int, int, int]], interpret: bool,
+             monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
+    """Fate, rewritten addresses and ports, conntrack state and the reply's fate of each packet."""
+    from kproxy.nftables import compiled, evaluate
+
+    out: list[tuple[object, ...]] = []
+    with monkeypatch.context() as m:
+        if interpret:
+            # Every chain through the statement interpreter: the compiled functions are never used.
+            m.setattr(compiled.Compiler, "chain", lambda self, chain: partial(self.runner.interpret_chain, chain))
+            m.setattr(evaluate.ChainRunner, "run_chain", evaluate.ChainRunner.interpret_chain)
+            attach(node)
+        for src, dst, sport, dport in packets:
+            res = node.receive(Packet(src=src, dst=dst, proto=6, sport=sport, dport=dport, tcp_flags=SYN,
+                                      length=60), "cni0")
+            p = res.packet
+            row: tuple[object, ...] = (res.fate, p.src, p.dst, p.sport, p.dport, p.ctstate, p.mark)
+            if res.fate == "forwarded":
+                back = node.receive(Packet(src=p.dst, dst=p.src, proto=6, sport=p.dport, dport=p.sport,
+                                           tcp_flags=SYN | ACK, length=60), res.out_dev)
+                again = node.receive(Packet(src=src, dst=dst, proto=6, sport=sport, dport=dport, tcp_flags=ACK,
+                                            length=52), "cni0")
+                row += (back.fate, back.packet.src, again.fate, again.packet.dst, again.packet.ctstate)
+            out.append(row)
+    return out
+
+
+def test_compiled_chains_decide_as_the_interpreter_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same packets through the kube-proxy ruleset (plus a firewall map, a no-endpoints map and a
+    source-range rule), once compiled and once interpreted: the same fates, DNAT choices, marks and replies."""
+    extra = """\
+add chain ip kube-proxy fw
+add rule ip kube-proxy fw ip saddr != { 10.244.1.0/28 } drop
+add element ip kube-proxy firewall-ips { 172.30.0.2 . tcp . 80 : goto fw }
+add element ip kube-proxy no-endpoint-services { 172.30.0.3 . tcp . 80 : goto reject-chain }
+add element ip kube-proxy no-endpoint-services { 172.30.0.4 . tcp . 81 : drop }
+add rule ip kube-proxy filter-forward meta mark and 0x10 == 0x10 counter drop
+"""
+    rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=kube_proxy_script(20, 5) + extra)
+    assert rc == 0, err
+    rng = random.Random(7)
+    pod = parse_addr("10.244.1.5")[1]
+    packets = [(pod + rng.randrange(40), parse_addr(service_ip(rng.randrange(24)))[1], 1000 + i, rng.choice([80, 81]))
+               for i in range(300)]
+    compiled = outcomes(node_with(rs), packets, False, monkeypatch)
+    _, _, _, rs2 = run_nft(["-f", "-"], Ruleset(), stdin=kube_proxy_script(20, 5) + extra)
+    interpreted = outcomes(node_with(rs2), packets, True, monkeypatch)
+    assert compiled == interpreted
+    fates = {row[0] for row in compiled}
+    assert {"forwarded", "dropped"} <= fates  # the run saw DNAT, the firewall and the no-endpoint drops
+
+
+def test_compiled_chains_follow_a_transaction_applied_in_place() -> None:
+    """kube-proxy's partial syncs change the table in place (the hooks stay): the next connection must
+    take the new rules, not the chains compiled before."""
+    from kproxy.backends.nft import EmulatedNft
+
+    node = node_with(Ruleset())
+    nft = EmulatedNft(node)
+    nft.run(kube_proxy_script(3, 1))
+    pod, vip = parse_addr("10.244.1.5")[1], parse_addr(service_ip(1))[1]
+
+    def dnat_to(sport: int) -> int:
+        res = node.receive(Packet(src=pod, dst=vip, proto=6, sport=sport, dport=80, tcp_flags=SYN, length=60), "cni0")
+        return res.packet.dst
+
+    before = dnat_to(1000)
+    endpoint = next(c for c in node.nftables.find("ip", "kube-proxy").chains if c.startswith("endpoint-00001000"))
+    nft.run(f"flush chain ip kube-proxy {endpoint}\n"
+            f"add rule ip kube-proxy {endpoint} meta l4proto tcp dnat to 10.100.9.9:8080\n")
+    assert node.subsystems["nftables_runners"], "the hooks stayed"
+    assert (before, dnat_to(1001)) == (parse_addr("10.100.0.16")[1], parse_addr("10.100.9.9")[1])
