@@ -64,13 +64,25 @@ class Segments:
         """tcp_v4_send_reset answering a SYN: sequence 0, acknowledging the SYN, window 0."""
         return None if self.isn_c is None else TcpSeg(0, (self.isn_c + 1) & M32, 0)
 
+    def _client_seen(self, flags: int) -> dict[str, Any] | None:
+        if self.isn_c is None:
+            return None
+        nxt = (self.isn_c + 1) & M32
+        want = flags & (SYN | FIN | RST | ACK)
+        return self._find(lambda d: d["flags"] & (SYN | FIN | RST | ACK) == want and d["seq"] == nxt)
+
+    def length(self, which: str, default: int, flags: int = 0) -> int:
+        """The IP length the kernel's segment had (``syn``, ``synack`` or the initiator's ``client``
+        segment with ``flags``): options such as timestamps make it differ from the bare header's."""
+        got = {"syn": self.syn, "synack": self.synack}.get(which) if which != "client" else self._client_seen(flags)
+        return int(got.get("len", default)) if got is not None else default
+
     def for_client(self, flags: int) -> TcpSeg | None:
         """The initiator's ACK or abortive RST after the handshake."""
         if self.isn_c is None:
             return None
         nxt = (self.isn_c + 1) & M32
-        want = flags & (SYN | FIN | RST | ACK)
-        got = self._find(lambda d: d["flags"] & (SYN | FIN | RST | ACK) == want and d["seq"] == nxt)
+        got = self._client_seen(flags)
         if got is not None:
             return self._seg(got)
         ack = ((self.isn_s if self.isn_s is not None else 0x5EED0000) + 1) & M32
@@ -123,6 +135,13 @@ def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
     lab.flush()
     lab.restore(case.rules)
     lab.flush()
+    out, observations = probe_kernel(lab, case)
+    out.counters = rule_counters(lab.save(counters=True))
+    return out, observations
+
+
+def probe_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
+    """The case's probes through the lab's node as loaded: fates, arrivals and the conntrack table."""
     out = Outcome()
     observations = []
     for p in case.probes:
@@ -130,7 +149,6 @@ def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
         observations.append(obs)
         out.fates.append(obs.fate)
         out.arrivals.append(_arrival(obs.at_sink[0]) if obs.at_sink else "")
-    out.counters = rule_counters(lab.save(counters=True))
     out.conntrack = conntrack_lines(lab.conntrack())
     return out, observations
 
@@ -160,7 +178,7 @@ class EmulatedPeers:
         proto = TCP if p.proto == "tcp" else UDP
         src = "0.0.0.0" if p.from_node else CLIENT_IP
         first = Packet.make(src, p.dst, proto, sport, p.dport, tcp_flags=SYN if proto == TCP else 0,
-                            length=SYN_LEN if proto == TCP else UDP_LEN)
+                            length=self.segs.length("syn", SYN_LEN) if proto == TCP else UDP_LEN)
         if proto == TCP:
             first.seg = self.segs.for_syn()
         self.peer = (first.dst, first.dport)        # what the sender's socket is connected to
@@ -220,7 +238,7 @@ class EmulatedPeers:
                              tcp_flags=RST | ACK, length=RST_LEN, seg=self.segs.for_reset_to_syn()))
             return "dropped"
         synack = Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport, tcp_flags=SYN | ACK,
-                        length=SYN_LEN, seg=self.segs.for_synack())
+                        length=self.segs.length("synack", SYN_LEN), seg=self.segs.for_synack())
         back = send_back(synack)
         if back.fate not in ("forwarded", "delivered"):
             return "dropped"
@@ -265,7 +283,7 @@ class EmulatedPeers:
     def _client_segment(self, answer: Packet, flags: int, length: int, from_client: bool) -> Any:
         """The initiator's next segment after ``answer`` (its ACK, or its RST on close), through the node."""
         pkt = Packet(src=answer.dst, dst=answer.src, proto=TCP, sport=answer.dport, dport=answer.sport,
-                     tcp_flags=flags, length=length, seg=self.segs.for_client(flags))
+                     tcp_flags=flags, length=self.segs.length("client", length, flags), seg=self.segs.for_client(flags))
         return self.node.receive(pkt, "eth0") if from_client else self.node.send(pkt)
 
     def _misaddressed_datagram(self, res: Any, from_client: bool) -> None:
@@ -330,13 +348,20 @@ def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
     desc = description or KernelLab.node_description()
     peers = EmulatedPeers(lab, desc)
     peers.node.iptables_restore(case.rules)
+    out = probe_emulator(peers, case, sports, segments)
+    out.counters = rule_counters(peers.node.iptables_save(counters=True))
+    return out
+
+
+def probe_emulator(peers: EmulatedPeers, case: Case, sports: list[int],
+                   segments: list[list[dict[str, Any]]] | None = None) -> Outcome:
+    """The case's probes through the emulated node as loaded: fates, arrivals and the conntrack table."""
     out = Outcome()
     per_probe = segments or [[] for _ in sports]
     for p, sport, segs in zip(case.probes, sports, per_probe, strict=True):
         fate, arrival = peers.probe(p, sport, Segments(segs))
         out.fates.append(fate)
         out.arrivals.append(arrival)
-    out.counters = rule_counters(peers.node.iptables_save(counters=True))
     now = peers.node.now()
     out.conntrack = conntrack_lines("\n".join(format_conn(c, now) for c in peers.node.conntrack.entries()))
     return out

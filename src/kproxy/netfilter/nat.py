@@ -27,7 +27,7 @@ from kproxy.netfilter.conntrack import (
     Conn,
     Tuple,
 )
-from kproxy.netfilter.hooks import OUTPUT, PREROUTING, PRI_NAT_DST, PRI_NAT_SRC, HookState
+from kproxy.netfilter.hooks import INPUT, OUTPUT, POSTROUTING, PREROUTING, PRI_NAT_DST, PRI_NAT_SRC, HookState
 from kproxy.netfilter.netns import NetNamespace
 from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, Packet, format_addr
 
@@ -73,11 +73,15 @@ class Nat:
         self.rng = random.Random(0)
 
     def register_lookup(self, family: int, hook: str, priority: int, name: str, fn: Lookup) -> None:
+        """Add a nat chain at ``hook``. The family's first one registers the NAT core at all four hooks
+        (nf_nat_register_fn), so a lone nft nat chain at prerouting still binds flows at the others."""
         key = (family, hook)
         if key not in self._lookups:
-            self._lookups[key] = []
-            prio = PRI_NAT_DST if manip_of(hook) == "DST" else PRI_NAT_SRC
-            self.node.hooks.register(family, hook, prio, f"nat:{hook}", self._hook_fn(family, hook))
+            for h in (PREROUTING, INPUT, OUTPUT, POSTROUTING):
+                if (family, h) not in self._lookups:
+                    self._lookups[(family, h)] = []
+                    prio = PRI_NAT_DST if manip_of(h) == "DST" else PRI_NAT_SRC
+                    self.node.hooks.register(family, h, prio, f"nat:{h}", self._hook_fn(family, h))
         self._seq += 1
         bisect.insort(self._lookups[key], (priority, self._seq, name, fn), key=lambda e: (e[0], e[1]))
 

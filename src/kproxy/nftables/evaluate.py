@@ -39,6 +39,7 @@ from kproxy.nftables.expr import (
 from kproxy.nftables.model import Chain, NSet, Rule, Ruleset, Table
 from kproxy.nftables.stmt import (
     Counter,
+    Limit,
     Mangle,
     Match,
     Nat,
@@ -114,8 +115,9 @@ def conntrack_users(rs: Ruleset | None) -> dict[int, int]:
     """Per family, how many expressions need connection tracking (each takes nf_ct_netns_get at load)."""
     out = {4: 0, 6: 0}
     for t in rs.tables if rs is not None else []:
+        # A nat base chain alone takes no reference (nf_nat_register_fn registers hooks only): an
+        # empty nat chain leaves the namespace untracked, as the kernel lab shows.
         n = sum(1 for c in t.chains.values() for r in c.rules for st in r.stmts if _needs_ct(st))
-        n += sum(1 for c in t.chains.values() if c.type == "nat" and c.hook is not None)
         for fam in FAMILIES.get(t.family, ()):
             out[fam] += n
     return out
@@ -163,6 +165,7 @@ class ChainRunner:
         self.chain = chain
         self.rng = random.Random(0)
         self.counters: dict[int, int] = {}
+        self.limits = TokenBuckets()
 
     def __call__(self, pkt: Packet, state: HookState) -> int:
         if self.table.family == "ip" and pkt.family != 4 or self.table.family == "ip6" and pkt.family != 6:
@@ -232,12 +235,14 @@ class ChainRunner:
         if isinstance(st, Simple) and st.word == "notrack":
             pkt.notrack = True
             return CONTINUE
-        if isinstance(st, Quota) and st.over:
-            return None  # a fresh quota is never exceeded
+        if isinstance(st, Quota):
+            return None if quota_exceeded(st, pkt.length) != st.over else CONTINUE
+        if isinstance(st, Limit):
+            return None if self.limits.over(st, pkt.length, self.node.now()) != st.over else CONTINUE
         if isinstance(st, ObjRef) and st.kind == "quota":
             ob = self.table.objs.get(("quota", st.name))
             return None if ob is not None and ob.values.get("over") else CONTINUE
-        # log, limit (no rate is ever exceeded by single test packets), quota, queue-less statements
+        # log and the other statements without a verdict
         return CONTINUE
 
     def update_set(self, st: SetUpdate, pkt: Packet, state: HookState) -> None:
@@ -491,6 +496,48 @@ class ChainRunner:
         return 1
 
 
+BYTE_UNIT = {"bytes": 1, "kbytes": 1 << 10, "mbytes": 1 << 20, "gbytes": 1 << 30}
+PER_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+
+def quota_exceeded(q: Quota, length: int) -> bool:
+    """nft_overquota: the packet's bytes are consumed first, then the quota is exceeded once the
+    consumption reaches it. The listing's ``used`` is the consumption capped at the quota."""
+    limit = q.value * BYTE_UNIT.get(q.unit, 1)
+    consumed = min(limit, q.used * BYTE_UNIT.get(q.used_unit, 1) + length)
+    q.used, q.used_unit = consumed, "bytes"
+    while q.used and q.used % 1024 == 0 and q.used_unit != "gbytes":
+        q.used //= 1024
+        q.used_unit = {"bytes": "kbytes", "kbytes": "mbytes", "mbytes": "gbytes"}[q.used_unit]
+    return consumed >= limit
+
+
+class TokenBuckets:
+    """nft_limit's token buckets, one per limit statement, in nanoseconds of the node's clock: a
+    packet costs unit/rate (bytes: unit*len/rate); the bucket starts full and holds burst packets'
+    worth (bytes: unit*(rate+burst)/rate); a packet the bucket cannot pay for is over the limit."""
+
+    def __init__(self) -> None:
+        self.state: dict[int, tuple[int, int]] = {}      # id(statement) -> (tokens, last)
+
+    def over(self, lim: Limit, length: int, now: float) -> bool:
+        nsecs = PER_SECONDS.get(lim.per, 1) * 1_000_000_000
+        if lim.unit is None:
+            cost, tokens_max = nsecs // lim.rate, nsecs // lim.rate * (lim.burst or 5)
+        else:
+            rate = lim.rate * BYTE_UNIT.get(lim.unit, 1)
+            burst = lim.burst * BYTE_UNIT.get(lim.burst_unit, 1)
+            cost, tokens_max = nsecs * length // rate, nsecs * (rate + burst) // rate
+        t_now = int(now * 1_000_000_000)
+        tokens, last = self.state.get(id(lim), (tokens_max, t_now))
+        tokens = min(tokens_max, tokens + t_now - last)
+        if tokens >= cost:
+            self.state[id(lim)] = (tokens - cost, t_now)
+            return False
+        self.state[id(lim)] = (tokens, t_now)
+        return True
+
+
 BINOPS: dict[str, Callable[[int, int], int]] = {"&": lambda a, b: a & b, "|": lambda a, b: a | b,
                                                 "^": lambda a, b: a ^ b, "<<": lambda a, b: a << b,
                                                 ">>": lambda a, b: a >> b}
@@ -524,7 +571,9 @@ def payload(e: Payload, pkt: Packet) -> Any:
 def ct_value(e: Ct, pkt: Packet) -> Any:
     conn = pkt.ct
     if e.key == "state":
-        return CT_STATE_BITS.get(pkt.ctstate or "UNTRACKED", 64) if not pkt.notrack else 64
+        # Before conntrack has seen the packet (a chain below priority -200) nft_ct_get finds no
+        # entry and no untracked mark: INVALID, as the kernel lab shows.
+        return CT_STATE_BITS.get(pkt.ctstate or "INVALID", 64) if not pkt.notrack else 64
     if conn is None:
         return None
     if e.key == "direction":

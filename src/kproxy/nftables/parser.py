@@ -592,6 +592,8 @@ class Parser:
 
     def quota_body(self) -> Quota:
         over = bool(self.accept("over"))
+        if not over:
+            self.accept("until")        # nft's explicit form of the default mode
         v = self.word()
         unit = self.word().text if self.at(*BYTE_UNITS) else "bytes"
         q = Quota(int(v.text), unit, over)
