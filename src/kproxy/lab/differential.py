@@ -24,6 +24,7 @@ from kproxy.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet, parse_addr
 CLIENT_IP = "10.0.1.2"
 TABLES = ("raw", "mangle", "nat", "filter")
 SYN_LEN, ACK_LEN, RST_LEN, UDP_LEN = 60, 52, 40, 34
+SOFT_ICMP_ERRORS = ("icmp-net-unreachable", "icmp-host-unreachable")   # not fatal in icmp_err_convert
 
 
 class Segments:
@@ -193,6 +194,10 @@ class EmulatedPeers:
             if p.from_node and proto == UDP and res.hook in ("OUTPUT", "POSTROUTING"):
                 # Refused on its way out: the node's own send() fails with EPERM, and the ICMP error
                 # that follows is never read (a TCP connect, by contrast, waits and sees it).
+                return "dropped", ""
+            if proto == UDP and res.reject_with in SOFT_ICMP_ERRORS:
+                # udp_err: net and host unreachable are soft errors, which a socket without
+                # IP_RECVERR never reports: the sender sees nothing come back.
                 return "dropped", ""
             # Seen from the sender: rejected only if the ICMP error or reset reaches it.
             return ("rejected" if _answer_reached(res, p.from_node) else "dropped"), ""

@@ -23,7 +23,7 @@ from kproxy.lab.randomcases import DSTS, PORTS
 PRIOS = {"prerouting": ["raw", "-250", "mangle", "filter", "dstnat + 10"],
          "input": ["mangle", "filter", "filter + 5", "-50"], "forward": ["mangle", "filter", "security", "-10"],
          "output": ["raw", "mangle", "filter", "-120"], "postrouting": ["mangle", "filter", "srcnat + 5"]}
-NAT_HOOKS = {"prerouting": ["dstnat", "-90", "dstnat - 5"], "output": ["dstnat", "-100", "-95"],
+NAT_HOOKS = {"prerouting": ["dstnat", "-90", "dstnat - 5"], "output": ["-100", "-95", "-110"],
              "postrouting": ["srcnat", "110", "srcnat - 3"], "input": ["100", "95", "110"]}
 IN_HOOKS = {"prerouting", "input", "forward"}
 OUT_HOOKS = {"forward", "output", "postrouting"}
@@ -154,7 +154,7 @@ def action(draw: st.DrawFn, w: Where, proto: str, sets: set[str]) -> str:
     if kind in ("jump", "goto"):
         return f"{kind} {draw(st.sampled_from(w.later))}"
     if kind == "vmap":
-        if "vm" in sets and draw(st.booleans()):
+        if "vm" in sets and w.hook is not None and draw(st.booleans()):      # @vm jumps to u1: no loops
             return "ip daddr vmap @vm"
         a, b = draw(st.sampled_from(w.later)), draw(st.sampled_from(["accept", "drop", f"goto {w.later[-1]}"]))
         if w.kind == "nat" and b == "drop":
@@ -170,7 +170,9 @@ def action(draw: st.DrawFn, w: Where, proto: str, sets: set[str]) -> str:
     if kind == "ctmark":
         return draw(st.sampled_from(["ct mark set meta mark", f"ct mark set {draw(st.sampled_from(MARKS))}"]))
     if kind == "reject":
-        forms = ["reject", f"reject with icmpx {draw(st.sampled_from(['admin-prohibited', 'host-unreachable']))}"]
+        forms = ["reject", "reject"]
+        if w.family == "inet":
+            forms += [f"reject with icmpx {draw(st.sampled_from(['admin-prohibited', 'host-unreachable']))}"]
         if proto == "tcp":
             forms += ["reject with tcp reset"] * 2
         forms += [f"reject with icmp {draw(st.sampled_from(['host-unreachable', 'net-prohibited', 'port-unreachable']))}"]
@@ -198,7 +200,7 @@ def rule(draw: st.DrawFn, w: Where, sets: set[str]) -> str:
     if draw(st.integers(0, 4)) != 0:
         parts.append("counter")
     act = draw(action(w, proto, sets))
-    if act.startswith(("dnat", "redirect", "snat", "masquerade")) and ":" in act and not proto:
+    if act.startswith(("dnat", "redirect", "snat", "masquerade")) and ":" in act and " map " not in act and not proto:
         act = act.split(":")[0].rstrip()      # a port needs a transport protocol match
     return " ".join(p for p in [*parts, act] if p)
 
