@@ -7,32 +7,19 @@ go to docs/fidelity.md (``KPROXY_FIDELITY_OUT`` names a file to write them to).
 
 from __future__ import annotations
 
-import os
-import random
-import time
-from collections import Counter
-from collections.abc import Iterator
-
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed, settings
 
+import test_differential
 from kproxy.lab.differential import Case, Probe
-from kproxy.lab.kernel import KernelLab, kernel_lab_reason
+from kproxy.lab.kernel import KernelLab
 from kproxy.lab.nftcases import cases
 from kproxy.lab.nftdiff import run_case
 from kproxy.lab.parsers import nft_rule_counters
+from test_differential import _random_run as random_run
 from test_differential import _record
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[KernelLab]:
-    reason = kernel_lab_reason()
-    if reason:
-        pytest.skip(reason)
-    with KernelLab() as lab:
-        yield lab
+lab = test_differential.lab        # the module-scoped kernel lab fixture (one lab for this module)
 
 
 def agree(lab: KernelLab, script: str, probes: list[Probe]) -> None:
@@ -162,29 +149,10 @@ def test_a_soft_icmp_error_is_not_reported_to_a_udp_sender(lab):
 
 
 def _random_run(lab: KernelLab, examples: int, seed_value: int | None) -> dict[str, object]:
-    outcomes: list[list[str]] = []
     refusals: list[str] = []
-    examples_seen: list[dict[str, object]] = []
-    started = time.time()
-
-    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
-              derandomize=seed_value is None, suppress_health_check=list(HealthCheck))
-    @given(cases())
-    def run(case: Case) -> None:
-        diffs = run_case(lab, case, refusals)
-        outcomes.append([d.what.split(" (")[0].split(":")[0] for d in diffs])
-        if diffs and len(examples_seen) < 20:
-            examples_seen.append({"rules": case.rules, "probes": [p.text() for p in case.probes],
-                                  "differences": [d.text() for d in diffs]})
-
-    if seed_value is not None:
-        run = seed(seed_value)(run)
-    run()
-    kinds = Counter(k.split(" by ")[0] for o in outcomes for k in set(o))
-    agreeing = sum(1 for o in outcomes if not o)
-    return {"cases": len(outcomes), "agreeing": agreeing, "rate": agreeing / max(1, len(outcomes)),
-            "refused_by_both": len(refusals), "disagreement_kinds": dict(kinds),
-            "seconds": round(time.time() - started, 1), "examples": examples_seen}
+    result = random_run(lab, examples, seed_value, cases, lambda lab, case: run_case(lab, case, refusals))
+    result["refused_by_both"] = len(refusals)
+    return result
 
 
 # Every fixed-seed case agreed when this was last raised (docs/fidelity.md); the floor leaves room for
@@ -204,9 +172,37 @@ def test_random_nft_cases_fixed_seed(lab):
 
 def test_random_nft_cases_fresh_seed(lab):
     """A new seed each run (``KPROXY_SEED`` replays one, ``KPROXY_FRESH_CASES`` sets how many cases)."""
-    fresh = int(os.environ.get("KPROXY_SEED") or random.SystemRandom().randrange(2**32))
-    count = int(os.environ.get("KPROXY_FRESH_CASES", "60"))
-    print(f"fresh seed: {fresh}  (replay: KPROXY_SEED={fresh} KPROXY_FRESH_CASES={count})")
-    result = _random_run(lab, count, fresh)
-    _record(f"nft_fresh_seed_{fresh}", result)
-    assert result["agreeing"] >= result["cases"] - max(2, result["cases"] // 30), (fresh, result)
+    test_differential.fresh_seed_check(lab, "nft_", _random_run)
+
+
+def test_verify_command_takes_an_nft_script(tmp_path, lab):
+    from click.testing import CliRunner
+
+    import kproxy.cli.verify_cmd  # noqa: F401
+    from kproxy.cli.main import cli
+
+    script = tmp_path / "r.nft"
+    script.write_text("table ip nat {\n\tchain pre {\n\t\ttype nat hook prerouting priority dstnat;\n"
+                      "\t\tip daddr 10.96.0.10 udp dport 53 counter dnat to 10.244.1.3\n\t}\n}\n")
+    res = CliRunner().invoke(cli, ["verify", str(script)])
+    assert res.exit_code == 0, res.output
+    assert "forwarded 10.244.1.3:53" in res.output and "agreement: 1 probes" in res.output
+    assert "1 rule counters" in res.output
+    # --nft on a file the detection would not take, and a script the emulator refuses.
+    odd = tmp_path / "odd.txt"
+    odd.write_text("# nft\n\nflush ruleset\n" + script.read_text())
+    assert CliRunner().invoke(cli, ["verify", "--nft", str(odd)]).exit_code == 0
+    bad = tmp_path / "bad.nft"
+    bad.write_text("table ip t {\n\tchain c {\n\t\ttcp dport frobnicate\n\t}\n}\n")
+    res = CliRunner().invoke(cli, ["verify", str(bad)])
+    assert res.exit_code == 2 and "the emulator refuses" in res.output and "bad.nft" in res.output
+
+
+def test_nft_scripts_are_told_from_iptables_restore_input():
+    from kproxy.cli.verify_cmd import is_nft_script, probes_from_nft
+
+    assert is_nft_script("# c\ntable inet t {\n}\n") and is_nft_script("flush ruleset\n")
+    assert not is_nft_script("*filter\n-A INPUT -j ACCEPT\nCOMMIT\n") and not is_nft_script("")
+    probes = probes_from_nft("ip daddr 10.96.0.10 tcp dport 8080 accept\nip daddr 10.0.0.0/8 drop\nip daddr 10.0.1.1 drop\n")
+    assert [p.text() for p in probes] == ["client -> 10.96.0.10:8080/tcp", "client -> 10.0.1.1:80/tcp",
+                                          "client -> 10.0.1.1:53/udp"]

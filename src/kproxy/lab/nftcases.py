@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from kproxy.lab.differential import Case, Probe
-from kproxy.lab.randomcases import DSTS, PORTS
+from kproxy.lab.differential import Case
+from kproxy.lab.randomcases import DSTS, PORTS, probes
 
 PRIOS = {"prerouting": ["raw", "-250", "mangle", "filter", "dstnat + 10"],
          "input": ["mangle", "filter", "filter + 5", "-50"], "forward": ["mangle", "filter", "security", "-10"],
@@ -227,7 +227,7 @@ def table(draw: st.DrawFn, family: str, name: str, small: bool = False) -> str:
     regular = [] if small else REGULAR[:draw(st.integers(0, 3))]
     if not regular:
         sets.discard("vm")
-    chains: list[tuple[str, str, str | None, str]] = []     # name, type, hook, priority
+    chains: list[tuple[str, str, str, str]] = []     # name, type, hook, priority
     used: set[tuple[str, str]] = set()
     for i in range(draw(st.integers(1, 2 if small else 4))):
         if draw(st.integers(0, 2)) == 0:
@@ -273,13 +273,6 @@ def rulesets(draw: st.DrawFn) -> str:
     if draw(st.integers(0, 3)) == 0:
         out.append(draw(table("ip", "t2", small=True)))
     return "\n".join(out) + "\n"
-
-
-@st.composite
-def probes(draw: st.DrawFn) -> list[Probe]:
-    n = draw(st.integers(1, 3))
-    return [Probe(draw(st.sampled_from(["tcp", "udp"])), draw(st.sampled_from(DSTS)), draw(st.sampled_from(PORTS)),
-                  draw(st.integers(0, 4)) == 0) for _ in range(n)]
 
 
 @st.composite

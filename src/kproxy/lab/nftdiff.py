@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from kproxy.lab.differential import Case, Disagreement, EmulatedPeers, Outcome, compare, probe_emulator, probe_kernel
+from kproxy.lab.differential import (
+    Case,
+    Disagreement,
+    EmulatedPeers,
+    Outcome,
+    compare,
+    probe_emulator,
+    probe_kernel,
+)
 from kproxy.lab.kernel import NODE, KernelLab, Observation
 from kproxy.lab.parsers import nft_rule_counters
 from kproxy.nftables.cli import run_nft

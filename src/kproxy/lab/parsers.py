@@ -225,9 +225,9 @@ def nft_rule_counters(listing: str) -> dict[str, int]:
     for line in listing.splitlines():
         if not line.startswith("\t\t"):
             block = _NFT_BLOCK.match(line)
-            kind = block.group(1) if block else ""
-            table = block.group(2) if kind == "table" else table
-            chain, index = (block.group(2) if kind == "chain" else ""), 0
+            kind, name = block.groups() if block else ("", "")
+            table = name if kind == "table" else table
+            chain, index = (name if kind == "chain" else ""), 0
             continue
         if not chain or not line.startswith("\t\t") or line.startswith("\t\ttype "):
             continue
