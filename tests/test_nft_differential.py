@@ -206,3 +206,18 @@ def test_nft_scripts_are_told_from_iptables_restore_input():
     probes = probes_from_nft("ip daddr 10.96.0.10 tcp dport 8080 accept\nip daddr 10.0.0.0/8 drop\nip daddr 10.0.1.1 drop\n")
     assert [p.text() for p in probes] == ["client -> 10.96.0.10:8080/tcp", "client -> 10.0.1.1:80/tcp",
                                           "client -> 10.0.1.1:53/udp"]
+
+
+def test_a_loop_reached_from_a_base_chain_is_refused_like_the_kernel(lab):
+    """Regression: a jump loop closed through a named verdict map, reachable from a base chain, fails
+    the kernel's commit-time validation (EMLINK); the emulator loaded it. Chains that only call each
+    other, unreached from any base chain, are accepted by both."""
+    loop = ("table ip t {\n\tmap vm {\n\t\ttype ipv4_addr : verdict\n\t\telements = { 10.96.0.10 : jump u1 }\n\t}\n"
+            "\tchain c {\n\t\ttype filter hook forward priority filter;\n\t\tjump u1\n\t}\n"
+            "\tchain u1 {\n\t\tip daddr vmap @vm\n\t}\n}\n")
+    refusals: list[str] = []
+    assert run_case(lab, Case(loop, [Probe("udp", "10.96.0.10", 53)]), refusals) == []
+    assert len(refusals) == 1 and "Too many links" in refusals[0]
+    agree(lab, "table ip t {\n\tchain a {\n\t\tjump b\n\t}\n\tchain b {\n\t\tcounter jump a\n\t}\n"
+               "\tchain c {\n\t\ttype filter hook forward priority filter;\n\t\tcounter\n\t}\n}\n",
+          [Probe("udp", "10.96.0.10", 53)])

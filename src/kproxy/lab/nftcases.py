@@ -164,7 +164,9 @@ def action(draw: st.DrawFn, w: Where, proto: str, sets: set[str]) -> str:
                                      f"meta l4proto . th dport vmap {{ udp . 53 : {b}, tcp . 8080 : jump {a} }}"]))
     if kind == "numgen":
         a = draw(st.sampled_from(w.later))
-        return f"numgen inc mod {draw(st.integers(2, 3))} vmap {{ 0 : jump {a}, 1 : accept }}"
+        off = draw(st.sampled_from([0, 0, 5]))
+        first = f"numgen inc mod {draw(st.integers(2, 3))}" + (f" offset {off}" if off else "")
+        return f"{first} vmap {{ {off} : jump {a}, {off + 1} : accept }}"
     if kind == "mark":
         return f"meta mark set {draw(st.sampled_from(MARKS))}"
     if kind == "ctmark":
@@ -185,10 +187,16 @@ def action(draw: st.DrawFn, w: Where, proto: str, sets: set[str]) -> str:
     if kind == "dnatmap":
         if "dn" in sets and draw(st.booleans()):
             return f"dnat {v4}to ip daddr map @dn"
-        return draw(st.sampled_from([f"dnat {v4}to ip daddr map {{ 10.96.0.10 : 10.244.1.3, 10.96.0.11 : 10.244.1.4 }}",
-                                     f"dnat {v4}to numgen inc mod 2 map {{ 0 : 10.244.1.3, 1 : 10.0.2.2 }}"]))
+        forms = [f"dnat {v4}to ip daddr map {{ 10.96.0.10 : 10.244.1.3, 10.96.0.11 : 10.244.1.4 }}",
+                 f"dnat {v4}to numgen inc mod 2 map {{ 0 : 10.244.1.3, 1 : 10.0.2.2 }}"]
+        if proto:
+            forms.append(f"dnat {v4}to ip daddr . {proto} dport map {{ 10.96.0.10 . 53 : 10.244.1.3 . 5353, "
+                         f"10.96.0.11 . 80 : 10.0.2.2 . 8080, 10.0.1.1 . 8080 : 10.244.1.4 . 80 }}")
+        return draw(st.sampled_from(forms))
     if kind == "redirect":
-        return "redirect" + (f" to :{draw(st.sampled_from(PORTS))}" if proto and draw(st.booleans()) else "")
+        if not proto or draw(st.booleans()):
+            return "redirect"
+        return f"redirect to :{draw(st.sampled_from([*map(str, PORTS), '8080-8081']))}"
     if kind == "snat":
         return f"snat {v4}to {draw(st.sampled_from(['10.0.2.1', '10.0.1.1', '10.0.2.1-10.0.2.3']))}"
     return draw(st.sampled_from(["masquerade", "masquerade", "masquerade persistent"]))

@@ -32,6 +32,7 @@ from kproxy.nftables.stmt import (
     Stmt,
     VerdictStmt,
 )
+from kproxy.nftables.validate import too_deep
 
 Loc = tuple[int, int, int]  # line, first column, last column
 
@@ -158,6 +159,9 @@ class Parser:
                 self.end_item(top=True)
             except NftError as err:
                 self.record(err, start)
+        if not self.eval_errors and not self.kernel_errors and any(too_deep(t) for t in self.rs.tables):
+            # The kernel's commit-time validation (the rule that closes the loop is not located here).
+            self.kernel_errors.append(NftError("Could not process rule: Too many links", None))
         self.raise_recorded()
 
     def record(self, err: NftError, start: int) -> None:
