@@ -221,3 +221,13 @@ def test_a_loop_reached_from_a_base_chain_is_refused_like_the_kernel(lab):
     agree(lab, "table ip t {\n\tchain a {\n\t\tjump b\n\t}\n\tchain b {\n\t\tcounter jump a\n\t}\n"
                "\tchain c {\n\t\ttype filter hook forward priority filter;\n\t\tcounter\n\t}\n}\n",
           [Probe("udp", "10.96.0.10", 53)])
+
+
+def test_at_equal_priority_the_newest_chain_runs_first(lab):
+    """Regression: nf_hook_entries_grow inserts a hook function before those of equal priority, so of
+    two base chains at one hook and priority the later table's runs first (here it drops, and the
+    earlier table's counter never sees the packet); the emulator ran them oldest first."""
+    agree(lab, "table ip t {\n\tchain c {\n\t\ttype filter hook forward priority filter;\n\t\tcounter\n\t}\n}\n"
+               "table ip t2 {\n\tchain c {\n\t\ttype filter hook forward priority filter; policy drop;\n"
+               "\t\tudp dport 53 counter accept\n\t}\n}\n",
+          [Probe("tcp", "10.244.1.3", 80), Probe("udp", "10.244.1.3", 53)])

@@ -82,8 +82,8 @@ class Nat:
                     self._lookups[(family, h)] = []
                     prio = PRI_NAT_DST if manip_of(h) == "DST" else PRI_NAT_SRC
                     self.node.hooks.register(family, h, prio, f"nat:{h}", self._hook_fn(family, h))
-        self._seq += 1
-        bisect.insort(self._lookups[key], (priority, self._seq, name, fn), key=lambda e: (e[0], e[1]))
+        self._seq += 1       # at equal priority the newest chain runs first, as at the hooks
+        bisect.insort(self._lookups[key], (priority, -self._seq, name, fn), key=lambda e: (e[0], e[1]))
 
     def unregister_lookup(self, family: int, hook: str, name: str) -> None:
         entries = self._lookups.get((family, hook), [])
