@@ -231,3 +231,21 @@ def test_at_equal_priority_the_newest_chain_runs_first(lab):
                "table ip t2 {\n\tchain c {\n\t\ttype filter hook forward priority filter; policy drop;\n"
                "\t\tudp dport 53 counter accept\n\t}\n}\n",
           [Probe("tcp", "10.244.1.3", 80), Probe("udp", "10.244.1.3", 53)])
+
+
+def test_ct_mark_set_without_a_connection_does_nothing(lab):
+    """Regression: before conntrack (priority -250) a packet has no entry; nft_ct_set_eval then does
+    nothing, where the emulator dropped the packet as unevaluated."""
+    agree(lab, "table ip t {\n\tchain c {\n\t\ttype filter hook prerouting priority -250;\n"
+               "\t\tcounter ct mark set meta mark\n\t}\n\tchain f {\n\t\ttype filter hook forward priority filter;\n"
+               "\t\tct mark 0x0 counter\n\t}\n}\n", [Probe("tcp", "10.244.1.3", 8080)])
+
+
+def test_reject_with_tcp_reset_keeps_its_protocol_match(lab):
+    """Regression: the parser folded ``ip protocol tcp`` into a later ``reject with tcp reset`` even with a
+    counter between (nft lists it then), so UDP datagrams were counted and rejected; nft hides it only
+    across matches, and a folded dependency still decides whether the rule applies."""
+    agree(lab, "table ip t {\n\tchain c {\n\t\ttype filter hook input priority filter;\n"
+               "\t\tip saddr 10.0.1.0/24 ip protocol tcp counter reject with tcp reset\n"
+               "\t\tip protocol tcp ip daddr 10.0.2.1 reject with tcp reset\n\t\tcounter\n\t}\n}\n",
+          [Probe("udp", "10.0.1.1", 80), Probe("udp", "10.0.2.1", 53), Probe("tcp", "10.0.2.1", 80)])

@@ -52,7 +52,7 @@ from kproxy.nftables.stmt import (
     VerdictMap,
     VerdictStmt,
 )
-from kproxy.packet import NF_ACCEPT, NF_DROP, Packet
+from kproxy.packet import NF_ACCEPT, NF_DROP, TCP, Packet
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -227,6 +227,11 @@ class ChainRunner:
         if isinstance(st, Nat):
             return self.nat(st, pkt, state)
         if isinstance(st, Reject):
+            if st.kind == "tcp reset" and pkt.proto != TCP:
+                # nft always puts a transport protocol match before it, which the parser may have
+                # folded into the reject (as the listing hides it): a packet of another protocol
+                # does not match the rule.
+                return None
             state.rejected_with = self.reject_kind(st, pkt)
             return NF_DROP
         if isinstance(st, SetUpdate):
@@ -281,8 +286,9 @@ class ChainRunner:
         key = st.key
         if isinstance(key, Meta) and key.key == "mark":
             pkt.mark = int(value) & 0xFFFFFFFF
-        elif isinstance(key, Ct) and key.key == "mark" and pkt.ct is not None:
-            pkt.ct.mark = int(value) & 0xFFFFFFFF
+        elif isinstance(key, Ct) and key.key == "mark":
+            if pkt.ct is not None:      # nft_ct_set_eval: no entry (before conntrack, untracked): nothing
+                pkt.ct.mark = int(value) & 0xFFFFFFFF
         elif not (isinstance(key, Meta) and key.key == "nftrace"):
             raise Unsupported(f"{key.text(_OPTS)} set")
         return CONTINUE

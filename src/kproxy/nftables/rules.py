@@ -663,7 +663,9 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
             if layer == "l4":
                 l4_name = PORT_PROTOS.get(s.right.value, l4_name)
         elif isinstance(s, Reject) and s.kind == "tcp reset" and family in ("ip", "ip6") and "l4" in deps:
-            out[deps.pop("l4")] = None
+            # Hidden only when matches alone lie between (a counter or log in between keeps it listed).
+            if all(m is None or isinstance(m, Match) for m in out[deps["l4"] + 1:]):
+                out[deps.pop("l4")] = None
         elif proto is not None:
             for p in _all_payload_protos(s):
                 if p in PORT_PROTOS.values():
