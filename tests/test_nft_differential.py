@@ -249,3 +249,19 @@ def test_reject_with_tcp_reset_keeps_its_protocol_match(lab):
                "\t\tip saddr 10.0.1.0/24 ip protocol tcp counter reject with tcp reset\n"
                "\t\tip protocol tcp ip daddr 10.0.2.1 reject with tcp reset\n\t\tcounter\n\t}\n}\n",
           [Probe("udp", "10.0.1.1", 80), Probe("udp", "10.0.2.1", 53), Probe("tcp", "10.0.2.1", 80)])
+
+
+def test_jhash_spreads_like_the_kernel(lab):
+    """Regression: a seeded ``jhash`` is the kernel's byte-wise jhash over the registers (network-order
+    header fields, each part of a concatenation padded to 32 bits), scaled into ``mod``; the emulator
+    used Python's hash. The connection marks it sets show in conntrack -L."""
+    agree(lab, "table ip t {\n\tchain c {\n\t\ttype filter hook forward priority filter;\n"
+               "\t\tmeta l4proto tcp ct mark set jhash ip saddr . ip daddr mod 4096 seed 0xbeef\n"
+               "\t\tudp dport 53 ct mark set jhash ip daddr . udp dport mod 4096 seed 0x1\n"
+               "\t\tudp dport 8080 ct mark set jhash meta l4proto . th sport mod 4096 seed 0xc0ffee\n"
+               "\t\ttcp dport 8080 ct mark set jhash tcp dport mod 4096 seed 0x2\n"
+               "\t\tjhash ip daddr mod 2 seed 0x7 vmap { 0 : accept, 1 : drop }\n\t}\n}\n",
+          [Probe("tcp", "10.244.1.3", 80), Probe("udp", "10.96.0.10", 53), Probe("udp", "10.244.1.3", 8080),
+           Probe("tcp", "10.244.1.3", 8080),
+           Probe("udp", "10.96.0.11", 53), Probe("udp", "10.244.1.4", 53)])
+

@@ -164,13 +164,18 @@ def action(draw: st.DrawFn, w: Where, proto: str, sets: set[str]) -> str:
                                      f"meta l4proto . th dport vmap {{ udp . 53 : {b}, tcp . 8080 : jump {a} }}"]))
     if kind == "numgen":
         a = draw(st.sampled_from(w.later))
+        if draw(st.integers(0, 2)) == 0:
+            return f"jhash ip saddr . ip daddr mod 2 seed 0x7 vmap {{ 0 : jump {a}, 1 : accept }}"
         off = draw(st.sampled_from([0, 0, 5]))
         first = f"numgen inc mod {draw(st.integers(2, 3))}" + (f" offset {off}" if off else "")
         return f"{first} vmap {{ {off} : jump {a}, {off + 1} : accept }}"
     if kind == "mark":
         return f"meta mark set {draw(st.sampled_from(MARKS))}"
     if kind == "ctmark":
-        return draw(st.sampled_from(["ct mark set meta mark", f"ct mark set {draw(st.sampled_from(MARKS))}"]))
+        keys = ["ip daddr", "ip saddr . ip daddr"] + ([f"ip daddr . {proto} dport", "meta l4proto . th sport"]
+                                                     if proto else [])
+        hashed = f"jhash {draw(st.sampled_from(keys))} mod 4096 seed 0x{draw(st.sampled_from(['1', 'beef', 'c0ffee']))}"
+        return f"ct mark set {draw(st.sampled_from(['meta mark', hashed, hashed, *MARKS]))}"
     if kind == "reject":
         forms = ["reject", "reject"]
         if w.family == "inet":

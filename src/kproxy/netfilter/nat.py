@@ -399,6 +399,16 @@ def jhash2(words: list[int], initval: int) -> int:
     return c
 
 
+def jhash(data: bytes, initval: int) -> int:
+    """The kernel's byte-wise jhash (nft's ``jhash`` expression): little-endian words, then the tail
+    bytes into a, b and c as __get_unaligned_cpu32 would load them. For whole words it is jhash2."""
+    words = [int.from_bytes(data[i:i + 4].ljust(4, b"\0"), "little") for i in range(0, len(data), 4)]
+    if len(data) % 4 == 0:
+        return jhash2(words, initval)
+    # jhash2 seeds with 4 bytes per word; jhash with the byte count: correct the seed for the tail.
+    return jhash2(words, (initval + len(data) - 4 * len(words)) & _M32)
+
+
 def _chunks(addr: int, family: int) -> list[int]:
     """An address as the four 32-bit words of union nf_inet_addr, most significant first (IPv4: one)."""
     if family == 4:

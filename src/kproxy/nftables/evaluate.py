@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter.hooks import HookState
-from kproxy.netfilter.nat import NatRange
+from kproxy.netfilter.nat import NatRange, jhash
 from kproxy.nftables.expr import (
     TRANSPORT,
     Binop,
@@ -457,6 +457,10 @@ class ChainRunner:
                 return n % e.mod + e.offset
             return self.rng.randrange(e.mod) + e.offset
         if isinstance(e, Hash):
+            if e.kind == "jhash" and e.expr is not None and e.seed is not None:
+                data = register_bytes(e.expr, self.value(e.expr, pkt, state))
+                return None if data is None else (jhash(data, e.seed) * e.mod >> 32) + e.offset
+            # symhash and an unseeded jhash use a seed the kernel draws at random: any spread will do.
             inner = self.value(e.expr, pkt, state) if e.expr is not None else (pkt.src, pkt.dst, pkt.sport, pkt.dport)
             return hash((inner, e.seed)) % e.mod + e.offset
         if isinstance(e, Fib):
@@ -547,6 +551,24 @@ class TokenBuckets:
 BINOPS: dict[str, Callable[[int, int], int]] = {"&": lambda a, b: a & b, "|": lambda a, b: a | b,
                                                 "^": lambda a, b: a ^ b, "<<": lambda a, b: a << b,
                                                 ">>": lambda a, b: a >> b}
+
+
+def register_bytes(e: Expr, v: Any) -> bytes | None:
+    """A value as nft_jhash reads it from the registers: header fields and conntrack addresses and
+    ports in network order, meta and other conntrack keys in host (little-endian) order; each part of
+    a concatenation padded to a 32-bit register."""
+    if v is None:
+        return None
+    if isinstance(e, Concat):
+        parts = [register_bytes(i, x) for i, x in zip(e.items, v)]
+        if any(p is None for p in parts):
+            return None
+        return b"".join(p.ljust(-(-len(p) // 4) * 4, b"\0") for p in parts if p is not None)
+    size = max(1, (e.dtype.bits + 7) // 8)
+    if isinstance(v, str):
+        return v.encode().ljust(size, b"\0")
+    network = isinstance(e, Payload) or isinstance(e, Ct) and e.key in ("saddr", "daddr", "proto-src", "proto-dst")
+    return int(v).to_bytes(size, "big" if network else "little")
 
 
 def payload(e: Payload, pkt: Packet) -> Any:
