@@ -265,3 +265,17 @@ def test_jhash_spreads_like_the_kernel(lab):
            Probe("tcp", "10.244.1.3", 8080),
            Probe("udp", "10.96.0.11", 53), Probe("udp", "10.244.1.4", 53)])
 
+
+
+def test_a_map_miss_ends_the_rule_and_nat_maps_give_address_and_port(lab):
+    """Regression: a map or verdict map without the packet's key is NFT_BREAK: the rule ends there (the
+    emulator dropped the packet for a NAT map, and went on after a verdict map); ``address . port``
+    NAT map data did not parse."""
+    agree(lab, "table ip t {\n\tchain c {\n\t\ttype nat hook prerouting priority dstnat;\n"
+               "\t\tcounter dnat to ip daddr map { 10.96.0.10 : 10.244.1.3 }\n"
+               "\t\tcounter meta mark set ip daddr map { 10.96.0.11 : 0x1 }\n\t\tmeta mark 0x1 counter\n"
+               "\t\tth dport vmap { 53 : jump u } counter\n\t\tcounter\n"
+               "\t\tmeta l4proto tcp dnat to ip daddr . tcp dport map { 10.96.0.10 . 53 : 10.244.1.3 . 5353, "
+               "10.96.0.11 . 80 : 10.0.2.2 . 8080 }\n\t}\n\tchain u {\n\t}\n}\n",
+          [Probe("tcp", "10.244.1.4", 80), Probe("tcp", "10.96.0.11", 80), Probe("udp", "10.96.0.10", 53),
+           Probe("tcp", "10.96.0.10", 53)])

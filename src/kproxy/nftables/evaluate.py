@@ -221,7 +221,7 @@ class ChainRunner:
             found = self.lookup(st.data, self.value(st.key, pkt, state))
             if isinstance(found, Verdict):
                 return self.verdict(found, pkt, state, depth)
-            return CONTINUE
+            return None     # a miss is NFT_BREAK: the rest of the rule does not run
         if isinstance(st, Mangle):
             return self.mangle(st, pkt, state)
         if isinstance(st, Nat):
@@ -279,10 +279,10 @@ class ChainRunner:
             return CONTINUE if v.kind == "jump" else RETURN
         return result
 
-    def mangle(self, st: Mangle, pkt: Packet, state: HookState) -> int:
+    def mangle(self, st: Mangle, pkt: Packet, state: HookState) -> int | None:
         value = self.value(st.value, pkt, state)
         if value is None:
-            return CONTINUE
+            return None     # the value's expression broke the rule (a map without the key, no ct entry)
         key = st.key
         if isinstance(key, Meta) and key.key == "mark":
             pkt.mark = int(value) & 0xFFFFFFFF
@@ -293,8 +293,10 @@ class ChainRunner:
             raise Unsupported(f"{key.text(_OPTS)} set")
         return CONTINUE
 
-    def nat(self, st: Nat, pkt: Packet, state: HookState) -> int:
+    def nat(self, st: Nat, pkt: Packet, state: HookState) -> int | None:
         node = self.node
+        if isinstance(st.addr, MapExpr) and self.lookup(st.addr.data, self.value(st.addr.key, pkt, state)) is None:
+            return None     # nft_lookup misses: NFT_BREAK, the rule does not apply
         fam = pkt.family
         if st.kind == "masquerade":
             route = node.route(fam, pkt.dst)
@@ -312,6 +314,8 @@ class ChainRunner:
         else:
             lo, hi = self.addr_range(st.addr, pkt, state)
         plo, phi = self.port_range(st.port, pkt, state)
+        if isinstance(st.addr, MapExpr) and plo is None:
+            plo = phi = self.mapped_port(st.addr, pkt, state)
         rng = NatRange(lo, hi, plo, phi, "random" in st.flags, "fully-random" in st.flags,
                        "persistent" in st.flags)
         manip = "SRC" if st.kind in ("snat", "masquerade") else "DST"
@@ -325,6 +329,8 @@ class ChainRunner:
             return e.lo.value, e.hi.value
         if isinstance(e, MapExpr):
             found = self.lookup(e.data, self.value(e.key, pkt, state))
+            if isinstance(found, Concat):        # address . port
+                found = found.items[0]
             if isinstance(found, Range):
                 return found.lo.value, found.hi.value
             if isinstance(found, Const):
@@ -332,6 +338,13 @@ class ChainRunner:
             raise Unsupported("a NAT map without an entry for the packet")
         v = self.value(e, pkt, state)
         return v, v
+
+    def mapped_port(self, m: MapExpr, pkt: Packet, state: HookState) -> int | None:
+        """The port of an ``address . port`` NAT map's entry for the packet (None for address maps)."""
+        found = self.lookup(m.data, self.value(m.key, pkt, state))
+        if isinstance(found, Concat) and isinstance(found.items[1], Const):
+            return int(found.items[1].value)
+        return None
 
     def port_range(self, e: Expr | None, pkt: Packet, state: HookState) -> tuple[int | None, int | None]:
         if e is None:
