@@ -279,3 +279,14 @@ def test_a_map_miss_ends_the_rule_and_nat_maps_give_address_and_port(lab):
                "10.96.0.11 . 80 : 10.0.2.2 . 8080 }\n\t}\n\tchain u {\n\t}\n}\n",
           [Probe("tcp", "10.244.1.4", 80), Probe("tcp", "10.96.0.11", 80), Probe("udp", "10.96.0.10", 53),
            Probe("tcp", "10.96.0.10", 53)])
+
+
+def test_a_packet_snatted_to_the_sinks_neighbour_is_never_answered(lab):
+    """Regression (peers model): SNAT to an address of the sink's own subnet (a range drawn by jhash)
+    makes the sink answer itself or a neighbour that does not exist; nothing comes back to the node,
+    so the entry stays SYN_SENT and unreplied."""
+    agree(lab, "table ip t {\n\tchain c {\n\t\ttype nat hook postrouting priority srcnat;\n"
+               "\t\tip daddr 10.96.0.11 counter snat to 10.0.2.1-10.0.2.3\n"
+               "\t\tip daddr 10.96.0.12 snat to 10.0.2.2\n\t\tip daddr 10.96.0.13 snat to 10.0.2.3\n\t}\n}\n",
+          [Probe("tcp", "10.96.0.11", 9999), Probe("udp", "10.96.0.11", 53), Probe("tcp", "10.96.0.12", 80),
+           Probe("udp", "10.96.0.13", 53)])

@@ -11,10 +11,11 @@ the sink with, every rule's packet counter, and the conntrack table.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.lab.kernel import KernelLab, Observation
+from kproxy.lab.kernel import KernelLab, Observation, Topology
 from kproxy.lab.parsers import conntrack_lines, rule_counters
 from kproxy.netfilter.ctformat import format_conn
 from kproxy.netfilter.tcp import M32, TcpSeg
@@ -168,6 +169,9 @@ class EmulatedPeers:
         self.tcp_ports = set(lab.listen_tcp) if lab else {80, 8080, 443, 53}
         self.udp_ports = set(lab.listen_udp) if lab else {53, 5353, 8080}
         self.node_ports = set(lab.node_ports) if lab else {53, 80, 443, 5353, 8080, 9999}
+        topo = lab.topology if lab else Topology()
+        self.sink_net = ipaddress.ip_network(f"{topo.sink}/{topo.out_prefixlen}", strict=False)
+        self.node_out = parse_addr(topo.node_out_addr)[1]
         self.segs = Segments(None)
         self.peer: tuple[int, int] = (0, 0)
         self.sink_saw: Packet | None = None
@@ -205,7 +209,8 @@ class EmulatedPeers:
             return "dropped", ""
         if res.fate == "forwarded" and res.out_dev == "eth1":
             arrival = f"{sent.src_str}:{sent.sport} -> {sent.dst_str}:{sent.dport}"
-            self._answer(sent, lambda pkt: node.receive(pkt, "eth1"), from_client=not p.from_node)
+            if self.sink_answers_via_node(sent.src):
+                self._answer(sent, lambda pkt: node.receive(pkt, "eth1"), from_client=not p.from_node)
             return "forwarded", arrival
         if res.fate == "delivered":
             outcome = self._answer(sent, node.send, from_client=not p.from_node, local=True)
@@ -219,6 +224,11 @@ class EmulatedPeers:
                 return "delivered", ""
             return ("rejected" if outcome == "rejected" else "dropped"), ""
         return res.fate, ""
+
+    def sink_answers_via_node(self, src: int) -> bool:
+        """The sink routes its answer to the node unless the packet came from the sink's own subnet
+        (SNAT to a neighbour's address): then the answer goes to itself, or to a neighbour nobody is."""
+        return src == self.node_out or ipaddress.ip_address(src) not in self.sink_net
 
     def _answer(self, got: Packet, send_back: Any, from_client: bool, local: bool = False) -> str:
         """The receiving end's answer, and the client's next packets, through the node: whether the
