@@ -30,11 +30,12 @@ def agree(lab: KernelLab, script: str, probes: list[Probe]) -> None:
 
 
 def test_counters_are_read_per_rule_position():
-    listing = ("table ip t {\n\tset s {\n\t\ttype ipv4_addr\n\t}\n\tchain c {\n\t\ttype filter hook input priority "
+    listing = ("table ip t {\n\tcounter hits {\n\t\tpackets 4 bytes 9\n\t}\n\tquota q {\n\t\t5 bytes\n\t}\n"
+               "\tset s {\n\t\ttype ipv4_addr\n\t}\n\tchain c {\n\t\ttype filter hook input priority "
                "filter; policy accept;\n\t\tip saddr @s counter packets 3 bytes 120 accept\n\t\tdrop\n"
                "\t\tcounter packets 0 bytes 0\n\t}\n}\ntable inet u {\n\tchain d {\n\t\tcounter packets 7 bytes 1\n"
                "\t}\n}\n")
-    assert nft_rule_counters(listing) == {"table ip t chain c rule 1": 3, "table ip t chain c rule 3": 0,
+    assert nft_rule_counters(listing) == {"table ip t counter hits": 4, "table ip t chain c rule 1": 3, "table ip t chain c rule 3": 0,
                                           "table inet u chain d rule 1": 7}
 
 
@@ -290,3 +291,13 @@ def test_a_packet_snatted_to_the_sinks_neighbour_is_never_answered(lab):
                "\t\tip daddr 10.96.0.12 snat to 10.0.2.2\n\t\tip daddr 10.96.0.13 snat to 10.0.2.3\n\t}\n}\n",
           [Probe("tcp", "10.96.0.11", 9999), Probe("udp", "10.96.0.11", 53), Probe("tcp", "10.96.0.12", 80),
            Probe("udp", "10.96.0.13", 53)])
+
+
+def test_a_protocol_match_before_a_counter_still_filters(lab):
+    """Regression: the parser dropped ``meta l4proto udp`` before ``counter ... udp dport 53`` as an
+    implied dependency, so the counter counted TCP too; nft hides a dependency only across matches
+    (and lists this one), and the kernel evaluates it."""
+    agree(lab, "table ip t {\n\tchain c {\n\t\ttype filter hook forward priority filter;\n"
+               "\t\tmeta l4proto udp counter udp dport 53\n\t\tmeta l4proto tcp counter th dport vmap { 80 : accept }\n"
+               "\t\tcounter\n\t}\n}\n",
+          [Probe("tcp", "10.244.1.3", 53), Probe("udp", "10.244.1.3", 53), Probe("tcp", "10.244.1.3", 8080)])

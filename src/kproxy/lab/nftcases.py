@@ -105,7 +105,13 @@ def matches(draw: st.DrawFn, w: Where, sets: set[str]) -> tuple[list[str], str]:
                                            "tcp flags & (rst | fin) != 0"])))
     if draw(st.integers(0, 4)) == 0:
         parts.append(draw(st.sampled_from([f"meta mark {draw(st.sampled_from(MARKS))}", "meta mark != 0x0",
-                                           f"ct mark {draw(st.sampled_from(MARKS))}", "ct mark 0x0"])))
+                                           f"ct mark {draw(st.sampled_from(MARKS))}", "ct mark 0x0",
+                                           "meta mark & 0x4000 == 0x4000", "ct original ip daddr 10.96.0.0/16",
+                                           "ct reply ip saddr != 10.244.1.3"])))
+    if "seen" in sets and draw(st.integers(0, 5)) == 0:
+        parts.append(f"ip {draw(st.sampled_from(['saddr', 'daddr']))} {'!= ' if draw(st.booleans()) else ''}@seen")
+    if w.hook == "output" and draw(st.integers(0, 5)) == 0:
+        parts.append(draw(st.sampled_from(["meta skuid 0", "meta skgid != 0"])))
     if draw(st.integers(0, 3)) == 0:
         parts.append(draw(st.sampled_from(["ct state new", "ct state established,related", "ct state invalid",
                                            "ct state untracked", "ct state != established", "ct status dnat",
@@ -140,6 +146,10 @@ def action(draw: st.DrawFn, w: Where, proto: str, sets: set[str]) -> str:
             options += ["notrack"]
     if w.later:
         options += ["jump", "goto", "vmap", "numgen"]
+    if "seen" in sets and w.kind == "filter":
+        options += ["seen"]
+    if "objs" in sets:
+        options += ["named"]
     if w.kind == "nat":
         if w.hook in ("prerouting", "output", None):
             options += ["dnat", "dnat", "dnatmap", "redirect"]
@@ -170,7 +180,12 @@ def action(draw: st.DrawFn, w: Where, proto: str, sets: set[str]) -> str:
         first = f"numgen inc mod {draw(st.integers(2, 3))}" + (f" offset {off}" if off else "")
         return f"{first} vmap {{ {off} : jump {a}, {off + 1} : accept }}"
     if kind == "mark":
-        return f"meta mark set {draw(st.sampled_from(MARKS))}"
+        return draw(st.sampled_from([f"meta mark set {draw(st.sampled_from(MARKS))}", "meta mark set meta mark | 0x10",
+                                     "meta mark set ct mark", "meta mark set meta mark and 0xfffe"]))
+    if kind == "seen":
+        return f"add @seen {{ ip {draw(st.sampled_from(['saddr', 'daddr']))} }}"
+    if kind == "named":
+        return draw(st.sampled_from(['counter name "hits"', 'quota name "cap"', 'counter name "hits" accept']))
     if kind == "ctmark":
         keys = ["ip daddr", "ip saddr . ip daddr"] + ([f"ip daddr . {proto} dport", "meta l4proto . th sport"]
                                                      if proto else [])
@@ -219,6 +234,8 @@ def rule(draw: st.DrawFn, w: Where, sets: set[str]) -> str:
 
 
 SET_DEFS = {
+    "seen": "\tset seen {\n\t\ttype ipv4_addr\n\t\tflags dynamic\n\t}",
+    "objs": '\tcounter hits {\n\t}\n\tquota cap {\n\t\t200 bytes\n\t}',
     "dsts": "\tset dsts {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 10.96.0.0/24, 10.244.1.3, "
             "10.0.2.1 }\n\t}",
     "ports": "\tset ports {\n\t\ttype inet_service\n\t\telements = { 53, 8080 }\n\t}",

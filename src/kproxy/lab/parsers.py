@@ -210,6 +210,7 @@ def rule_counters(save_text: str) -> dict[str, int]:
 
 # ---- nft list ruleset ------------------------------------------------------------------------------
 _NFT_BLOCK = re.compile(r"^\t?(table|chain) (.+) \{$")
+_NFT_OBJ = re.compile(r"^\tcounter (\S+) \{$")
 _NFT_PACKETS = re.compile(r"\bcounter packets (\d+) bytes \d+")
 
 
@@ -220,10 +221,16 @@ def nft_rule_counters(listing: str) -> dict[str, int]:
     counter difference; byte counts are left out (the emulator's TCP options are not the kernel's
     byte for byte, as in the iptables comparison)."""
     out: dict[str, int] = {}
-    table = chain = ""
+    table = chain = obj = ""
     index = 0
     for line in listing.splitlines():
+        named = _NFT_OBJ.match(line)
+        if named:
+            obj = named.group(1)
+        elif obj and line.startswith("\t\tpackets "):
+            out[f"table {table} counter {obj}"] = int(line.split()[1])
         if not line.startswith("\t\t"):
+            obj = obj if named else ""
             block = _NFT_BLOCK.match(line)
             kind, name = block.groups() if block else ("", "")
             table = name if kind == "table" else table

@@ -246,7 +246,13 @@ class ChainRunner:
             return None if self.limits.over(st, pkt.length, self.node.now()) != st.over else CONTINUE
         if isinstance(st, ObjRef) and st.kind == "quota":
             ob = self.table.objs.get(("quota", st.name))
-            return None if ob is not None and ob.values.get("over") else CONTINUE
+            if ob is None:
+                return CONTINUE
+            v = ob.values
+            q = Quota(v["value"], v["unit"], bool(v.get("over")), v.get("used", 0), v.get("used_unit", "bytes"))
+            exceeded = quota_exceeded(q, pkt.length)
+            v.update(used=q.used, used_unit=q.used_unit)
+            return None if exceeded != q.over else CONTINUE
         # log and the other statements without a verdict
         return CONTINUE
 

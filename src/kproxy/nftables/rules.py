@@ -685,9 +685,7 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
             if layer == "l4":
                 l4_name = PORT_PROTOS.get(s.right.value, l4_name)
         elif isinstance(s, Reject) and s.kind == "tcp reset" and family in ("ip", "ip6") and "l4" in deps:
-            # Hidden only when matches alone lie between (a counter or log in between keeps it listed).
-            if all(m is None or isinstance(m, Match) for m in out[deps["l4"] + 1:]):
-                out[deps.pop("l4")] = None
+            out[deps.pop("l4")] = None
         elif proto is not None:
             for p in _all_payload_protos(s):
                 if p in PORT_PROTOS.values():
@@ -709,15 +707,20 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
                     if dep.right.value == want[1]:
                         out[deps.pop(want[0])] = None
         out.append(s)
+        if not isinstance(s, Match):
+            deps.clear()        # nft hides a dependency across matches only (a counter in between keeps it)
     return [s for s in out if s is not None]
 
 
 def _retarget_th(s: Stmt, proto: str) -> Stmt:
-    """``meta l4proto udp th dport 53`` lists as ``udp dport 53``."""
-    assert isinstance(s, Match)
-    left = s.left
-    if isinstance(left, Payload) and left.field in PAYLOAD[proto]:
+    """``meta l4proto udp th dport 53`` lists as ``udp dport 53`` (a verdict map's key too)."""
+    left = _keyed(s)
+    if not (isinstance(left, Payload) and left.field in PAYLOAD[proto]):
+        return s
+    if isinstance(s, Match):
         return Match(Payload(proto, left.field), s.op, s.right)
+    if isinstance(s, VerdictMap):
+        return VerdictMap(Payload(proto, left.field), s.data)
     return s
 
 
