@@ -301,3 +301,29 @@ def test_a_protocol_match_before_a_counter_still_filters(lab):
                "\t\tmeta l4proto udp counter udp dport 53\n\t\tmeta l4proto tcp counter th dport vmap { 80 : accept }\n"
                "\t\tcounter\n\t}\n}\n",
           [Probe("tcp", "10.244.1.3", 53), Probe("udp", "10.244.1.3", 53), Probe("tcp", "10.244.1.3", 8080)])
+
+
+def test_notrack_after_conntrack_does_nothing(lab):
+    """Regression: nft_notrack_eval leaves a packet alone once conntrack has attached an entry (a chain
+    after priority -200); the emulator marked it untracked anyway."""
+    agree(lab, "table ip t {\n\tchain c {\n\t\ttype filter hook prerouting priority mangle;\n\t\tcounter notrack\n"
+               "\t}\n\tchain i {\n\t\ttype filter hook forward priority filter;\n\t\tct state untracked counter\n"
+               "\t\tct state new counter\n\t}\n}\n", [Probe("udp", "10.244.1.3", 53), Probe("tcp", "10.244.1.3", 80)])
+
+
+def test_socket_owner_is_seen_on_the_nodes_own_packets(lab):
+    """Regression (peers model): packets the node's sockets send (its probes, a listener's SYN-ACK, a
+    UDP echo) carry their owner for ``meta skuid``; resets and ICMP errors the kernel sends do not. And
+    a closed local port's reset or port unreachable reaches the client: the probe is rejected."""
+    agree(lab, "table ip t {\n\tchain o {\n\t\ttype filter hook output priority filter;\n"
+               "\t\tmeta skuid 0 counter\n\t\tmeta skgid != 0 counter\n\t\tmeta l4proto tcp counter\n\t}\n}\n",
+          [Probe("udp", "10.0.2.1", 9999, from_node=True), Probe("tcp", "10.0.2.1", 80), Probe("tcp", "10.0.1.1", 81),
+           Probe("udp", "10.0.1.1", 81), Probe("udp", "10.0.1.1", 53), Probe("tcp", "10.96.0.10", 80, from_node=True)])
+
+
+def test_a_numgen_nat_map_counts_once_per_connection(lab):
+    """Regression: a NAT map's key was evaluated twice (once to test for a miss), so ``numgen inc``
+    advanced two steps per connection."""
+    agree(lab, "table ip t2 {\n\tchain c1 {\n\t\ttype nat hook prerouting priority dstnat - 5;\n"
+               "\t\tip daddr 10.244.0.0/16 counter dnat to numgen inc mod 2 map { 0 : 10.244.1.3, 1 : 10.0.2.2 }\n"
+               "\t}\n}\n", [Probe("udp", "10.244.1.3", 8080)] * 3)

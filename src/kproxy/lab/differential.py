@@ -190,7 +190,7 @@ class EmulatedPeers:
         self.sink_saw = None
         if p.from_node:
             first.src = 0
-            res = node.send(first)
+            res = node.send(_owned(first))
         else:
             res = node.receive(first, "eth0")
         sent = res.packet
@@ -220,7 +220,7 @@ class EmulatedPeers:
             if self.sink_saw is not None:       # the lab judges by what reached the sink first
                 seen = self.sink_saw
                 return "forwarded", f"{seen.src_str}:{seen.sport} -> {seen.dst_str}:{seen.dport}"
-            if proto == UDP or outcome == "accepted":
+            if outcome == "accepted":
                 return "delivered", ""
             return ("rejected" if outcome == "rejected" else "dropped"), ""
         return res.fate, ""
@@ -238,7 +238,8 @@ class EmulatedPeers:
         ports = self.node_ports if local else (self.tcp_ports if proto == TCP else self.udp_ports)
         listening = got.dport in ports
         if proto == UDP:
-            back = send_back(_udp_answer(got, listening))
+            answer = _udp_answer(got, listening)
+            back = send_back(_owned(answer) if local and listening else answer)
             if from_client:             # (a node's own probe is answered to its open socket)
                 self._closed_local_port(back)
             if listening:
@@ -247,14 +248,16 @@ class EmulatedPeers:
                 # The answer went (back) towards the sink: a node answering its own probe, or a nat
                 # rule turning the sink's echo around.
                 self._misdirected_to_sink(back.packet)
-            return "accepted"
+            if listening:
+                return "accepted"
+            return "rejected" if _at_sender(back, from_client) else "dropped"     # the port unreachable
         if not listening:
-            send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
-                             tcp_flags=RST | ACK, length=RST_LEN, seg=self.segs.for_reset_to_syn()))
-            return "dropped"
+            back = send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
+                                    tcp_flags=RST | ACK, length=RST_LEN, seg=self.segs.for_reset_to_syn()))
+            return "rejected" if _at_sender(back, from_client) else "dropped"
         synack = Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport, tcp_flags=SYN | ACK,
                         length=self.segs.length("synack", SYN_LEN), seg=self.segs.for_synack())
-        back = send_back(synack)
+        back = send_back(_owned(synack) if local else synack)
         if back.fate not in ("forwarded", "delivered"):
             return "dropped"
         orig = back.packet          # as the client sees the answer: the client's next packets go the other way
@@ -299,15 +302,14 @@ class EmulatedPeers:
         """The initiator's next segment after ``answer`` (its ACK, or its RST on close), through the node."""
         pkt = Packet(src=answer.dst, dst=answer.src, proto=TCP, sport=answer.dport, dport=answer.sport,
                      tcp_flags=flags, length=self.segs.length("client", length, flags), seg=self.segs.for_client(flags))
-        return self.node.receive(pkt, "eth0") if from_client else self.node.send(pkt)
+        return self.node.receive(pkt, "eth0") if from_client else self.node.send(_owned(pkt))
 
     def _misaddressed_datagram(self, res: Any, from_client: bool) -> None:
         """A reply that reaches the sender from an address its connected socket did not send to (a nat
         rule changed it on the way back): no socket takes it, and the sender's UDP answers with a port
         unreachable (the client's stack, or the node's own for a node's probe)."""
         got = res.packet
-        at_sender = (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
-        if not at_sender or (got.src, got.sport) == self.peer:
+        if not _at_sender(res, from_client) or (got.src, got.sport) == self.peer:
             return
         error = _port_unreachable(got)
         if from_client:
@@ -331,6 +333,18 @@ class EmulatedPeers:
         if res.fate != "delivered" or got.proto != UDP or got.dport in self.node_ports:
             return
         self.node.send(_port_unreachable(got))
+
+
+def _at_sender(res: Any, from_client: bool) -> bool:
+    """Whether an answer reached the probe's sender: out of eth0 to the client, or the node itself."""
+    return (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
+
+
+def _owned(pkt: Packet) -> Packet:
+    """A packet a socket of the node sends (the lab's programs run as root): nft's ``meta skuid``
+    sees its owner; what the kernel sends by itself (resets, ICMP errors) has none."""
+    pkt.meta.update(uid=0, gid=0)
+    return pkt
 
 
 def _udp_answer(got: Packet, listening: bool) -> Packet:

@@ -238,7 +238,8 @@ class ChainRunner:
             self.update_set(st, pkt, state)
             return CONTINUE
         if isinstance(st, Simple) and st.word == "notrack":
-            pkt.notrack = True
+            if pkt.ct is None:      # nft_notrack_eval: a packet conntrack already took is left alone
+                pkt.notrack = True
             return CONTINUE
         if isinstance(st, Quota):
             return None if quota_exceeded(st, pkt.length) != st.over else CONTINUE
@@ -301,8 +302,12 @@ class ChainRunner:
 
     def nat(self, st: Nat, pkt: Packet, state: HookState) -> int | None:
         node = self.node
-        if isinstance(st.addr, MapExpr) and self.lookup(st.addr.data, self.value(st.addr.key, pkt, state)) is None:
-            return None     # nft_lookup misses: NFT_BREAK, the rule does not apply
+        mapped: Any = None
+        if isinstance(st.addr, MapExpr):
+            # The key is evaluated once (a numgen key counts every evaluation).
+            mapped = self.lookup(st.addr.data, self.value(st.addr.key, pkt, state))
+            if mapped is None:
+                return None     # nft_lookup misses: NFT_BREAK, the rule does not apply
         fam = pkt.family
         if st.kind == "masquerade":
             route = node.route(fam, pkt.dst)
@@ -317,11 +322,13 @@ class ChainRunner:
             if addr is None:
                 return NF_DROP
             lo = hi = addr
+        elif mapped is not None:
+            lo, hi = mapped_range(mapped.items[0] if isinstance(mapped, Concat) else mapped)
         else:
             lo, hi = self.addr_range(st.addr, pkt, state)
         plo, phi = self.port_range(st.port, pkt, state)
-        if isinstance(st.addr, MapExpr) and plo is None:
-            plo = phi = self.mapped_port(st.addr, pkt, state)
+        if isinstance(mapped, Concat) and plo is None:          # address . port
+            plo, phi = mapped_range(mapped.items[1])
         rng = NatRange(lo, hi, plo, phi, "random" in st.flags, "fully-random" in st.flags,
                        "persistent" in st.flags)
         manip = "SRC" if st.kind in ("snat", "masquerade") else "DST"
@@ -333,24 +340,8 @@ class ChainRunner:
             return None, None
         if isinstance(e, Range):
             return e.lo.value, e.hi.value
-        if isinstance(e, MapExpr):
-            found = self.lookup(e.data, self.value(e.key, pkt, state))
-            if isinstance(found, Concat):        # address . port
-                found = found.items[0]
-            if isinstance(found, Range):
-                return found.lo.value, found.hi.value
-            if isinstance(found, Const):
-                return found.value, found.value
-            raise Unsupported("a NAT map without an entry for the packet")
         v = self.value(e, pkt, state)
         return v, v
-
-    def mapped_port(self, m: MapExpr, pkt: Packet, state: HookState) -> int | None:
-        """The port of an ``address . port`` NAT map's entry for the packet (None for address maps)."""
-        found = self.lookup(m.data, self.value(m.key, pkt, state))
-        if isinstance(found, Concat) and isinstance(found.items[1], Const):
-            return int(found.items[1].value)
-        return None
 
     def port_range(self, e: Expr | None, pkt: Packet, state: HookState) -> tuple[int | None, int | None]:
         if e is None:
@@ -570,6 +561,15 @@ class TokenBuckets:
 BINOPS: dict[str, Callable[[int, int], int]] = {"&": lambda a, b: a & b, "|": lambda a, b: a | b,
                                                 "^": lambda a, b: a ^ b, "<<": lambda a, b: a << b,
                                                 ">>": lambda a, b: a >> b}
+
+
+def mapped_range(found: Any) -> tuple[int | None, int | None]:
+    """A NAT map entry's address (or port) as a range: a range element, or one value."""
+    if isinstance(found, Range):
+        return found.lo.value, found.hi.value
+    if isinstance(found, Const):
+        return found.value, found.value
+    raise Unsupported("a NAT map entry that is neither a value nor a range")
 
 
 def register_bytes(e: Expr, v: Any) -> bytes | None:
