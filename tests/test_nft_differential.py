@@ -200,11 +200,11 @@ def test_verify_command_takes_an_nft_script(tmp_path, lab):
 
 
 def test_nft_scripts_are_told_from_iptables_restore_input():
-    from kproxy.cli.verify_cmd import is_nft_script, probes_from_nft
+    from kproxy.cli.verify_cmd import NFT_WORDS, is_nft_script, probes_from_rules
 
     assert is_nft_script("# c\ntable inet t {\n}\n") and is_nft_script("flush ruleset\n")
     assert not is_nft_script("*filter\n-A INPUT -j ACCEPT\nCOMMIT\n") and not is_nft_script("")
-    probes = probes_from_nft("ip daddr 10.96.0.10 tcp dport 8080 accept\nip daddr 10.0.0.0/8 drop\nip daddr 10.0.1.1 drop\n")
+    probes = probes_from_rules("ip daddr 10.96.0.10 tcp dport 8080 accept\nip daddr 10.0.0.0/8 drop\nip daddr 10.0.1.1 drop\n", NFT_WORDS)
     assert [p.text() for p in probes] == ["client -> 10.96.0.10:8080/tcp", "client -> 10.0.1.1:80/tcp",
                                           "client -> 10.0.1.1:53/udp"]
 

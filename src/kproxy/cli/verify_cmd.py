@@ -28,17 +28,23 @@ def parse_probes(text: str, source: str):
     return probes
 
 
-def probes_from_rules(text: str):
-    """Probes for every (protocol, destination, port) the ruleset names, so a bare ruleset can be verified."""
+# Where a rule names its destination, protocol and port: iptables-restore lines, nft rules.
+IPT_WORDS = (r"-d (\d+\.\d+\.\d+\.\d+)", r"-p (tcp|udp)", r"--dport (\d+)")
+NFT_WORDS = (r"ip daddr (\d+\.\d+\.\d+\.\d+)(?!/)", r"\b(tcp|udp) dport", r"\b(?:tcp|udp) dport (\d+)")
+
+
+def probes_from_rules(text: str, words: tuple[str, str, str] = IPT_WORDS):
+    """Probes for every (protocol, destination, port) the rules name, so a bare ruleset can be verified.
+    An nft rule naming a destination without a protocol gets a TCP and a UDP probe."""
     from kproxy.lab.differential import Probe
 
     found = []
     for line in text.splitlines():
-        d = re.search(r"-d (\d+\.\d+\.\d+\.\d+)", line)
-        p = re.search(r"-p (tcp|udp)", line)
-        port = re.search(r"--dport (\d+)", line)
+        d, p, port = (re.search(w, line) for w in words)
         if d and p:
             found.append(Probe(p.group(1), d.group(1), int(port.group(1)) if port else 80))
+        elif d and words is NFT_WORDS:
+            found += [Probe("tcp", d.group(1), 80), Probe("udp", d.group(1), 53)]
     return unique_or_default(found)
 
 
@@ -59,20 +65,6 @@ def is_nft_script(text: str) -> bool:
         if line:
             return NFT_START.match(line) is not None
     return False
-
-
-def probes_from_nft(text: str):
-    """Probes for the addresses and ports an nft script names (``ip daddr A``, ``tcp|udp dport N``)."""
-    from kproxy.lab.differential import Probe
-
-    found = []
-    for line in text.splitlines():
-        d = re.search(r"ip daddr (\d+\.\d+\.\d+\.\d+)(?!/)", line)
-        p = re.search(r"\b(tcp|udp) dport (\d+)", line)
-        if d:
-            protos = [(p.group(1), int(p.group(2)))] if p else [("tcp", 80), ("udp", 53)]
-            found += [Probe(proto, d.group(1), port) for proto, port in protos]
-    return unique_or_default(found)
 
 
 @cli.command("verify")
@@ -101,7 +93,7 @@ def verify_cmd(ruleset: str, packets_file: str | None, legacy: bool, nft: bool |
     if packets_file:
         probes = parse_probes(Path(packets_file).read_text(), packets_file)
     else:
-        probes = probes_from_nft(rules) if nft else probes_from_rules(rules)
+        probes = probes_from_rules(rules, NFT_WORDS if nft else IPT_WORDS)
     reason = kernel_lab_reason()
     if reason:
         click.echo(f"kproxy verify: cannot use the kernel here: {reason}", err=True)
