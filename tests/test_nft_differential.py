@@ -327,3 +327,12 @@ def test_a_numgen_nat_map_counts_once_per_connection(lab):
     agree(lab, "table ip t2 {\n\tchain c1 {\n\t\ttype nat hook prerouting priority dstnat - 5;\n"
                "\t\tip daddr 10.244.0.0/16 counter dnat to numgen inc mod 2 map { 0 : 10.244.1.3, 1 : 10.0.2.2 }\n"
                "\t}\n}\n", [Probe("udp", "10.244.1.3", 8080)] * 3)
+
+
+def test_forwarding_decrements_the_ttl_before_the_forward_hook(lab):
+    """Regression: ip_forward decrements the TTL before NF_INET_FORWARD, so forward and postrouting
+    chains see 63 for a forwarded packet; the emulator decremented it only on the next node."""
+    agree(lab, "table ip t {\n\tchain f {\n\t\ttype filter hook forward priority 0;\n\t\tip ttl 64 counter\n"
+               "\t\tip ttl 63 counter\n\t}\n\tchain o {\n\t\ttype filter hook postrouting priority 0;\n"
+               "\t\tip ttl 64 counter\n\t\tip ttl 63 counter\n\t}\n}\n",
+          [Probe("tcp", "10.244.1.3", 80), Probe("udp", "10.0.1.1", 53), Probe("tcp", "10.244.1.3", 80, from_node=True)])

@@ -122,7 +122,7 @@ def matches(draw: st.DrawFn, w: Where, sets: set[str]) -> tuple[list[str], str]:
                                            "fib saddr type local", "fib daddr type unicast"])))
     if draw(st.integers(0, 7)) == 0:
         parts.append(draw(st.sampled_from(["meta length > 50", "meta length < 45", "ip length 40-52",
-                                           "meta pkttype host"])))
+                                           "meta pkttype host", "ip ttl 64", "ip ttl 63", "ip ttl != 64"])))
     if w.family == "inet" and draw(st.integers(0, 6)) == 0:
         parts.append("meta nfproto ipv4")
     if draw(st.integers(0, 8)) == 0:
