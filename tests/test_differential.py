@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -130,16 +131,19 @@ def test_statistic_random_has_the_same_distribution_in_both(lab):
         assert chi2 < 10.83, (hits, n)       # p = 0.001 for one degree of freedom
 
 
-def _random_run(lab: KernelLab, examples: int, seed_value: int | None) -> dict[str, object]:
+def _random_run(lab: KernelLab, examples: int, seed_value: int | None, strategy: Any = cases,
+                runner: Any = run_case) -> dict[str, object]:
+    """``examples`` random cases drawn from ``strategy`` and compared with ``runner`` (the nft tests
+    pass theirs); the figures, with up to 20 disagreeing cases."""
     outcomes: list[list[str]] = []
     examples_seen: list[dict[str, object]] = []
     started = time.time()
 
     @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
               derandomize=seed_value is None, suppress_health_check=list(HealthCheck))
-    @given(cases())
+    @given(strategy())
     def run(case: Case) -> None:
-        diffs = run_case(lab, case)
+        diffs = runner(lab, case)
         outcomes.append([d.what.split(" (")[0].split(":")[0] for d in diffs])
         if diffs and len(examples_seen) < 20:
             examples_seen.append({"rules": case.rules, "probes": [p.text() for p in case.probes],
@@ -179,11 +183,15 @@ def test_random_cases_fixed_seed(lab):
 
 def test_random_cases_fresh_seed(lab):
     """A new seed each run (``KPROXY_SEED`` replays one, ``KPROXY_FRESH_CASES`` sets how many cases)."""
+    fresh_seed_check(lab, "", _random_run)
+
+
+def fresh_seed_check(lab: KernelLab, prefix: str, random_run: Any) -> None:
     fresh = int(os.environ.get("KPROXY_SEED") or random.SystemRandom().randrange(2**32))
     count = int(os.environ.get("KPROXY_FRESH_CASES", "60"))
     print(f"fresh seed: {fresh}  (replay: KPROXY_SEED={fresh} KPROXY_FRESH_CASES={count})")
-    result = _random_run(lab, count, fresh)
-    _record(f"fresh_seed_{fresh}", result)
+    result = random_run(lab, count, fresh)
+    _record(f"{prefix}fresh_seed_{fresh}", result)
     # New cases: allow one in thirty (a rare construct the fixed seed never drew, or a disturbed probe).
     assert result["agreeing"] >= result["cases"] - max(2, result["cases"] // 30), (fresh, result)
 

@@ -28,16 +28,17 @@ def test_ttl_tos_and_dscp_targets_rewrite_the_header_and_matches_read_it():
 -A FORWARD -m dscp --dscp-class AF41 -j DSCP --set-dscp-class EF
 COMMIT
 *filter
--A FORWARD -m dscp --dscp 0x2e -m ttl --ttl-eq 61 -j ACCEPT
+-A FORWARD -m dscp --dscp 0x2e -m ttl --ttl-eq 60 -j ACCEPT
 -A FORWARD -j DROP
 COMMIT
 """)
     res = node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1000, 53, ttl=64, tos=0x22 << 2 | 1), "eth1",
                        trace=True)
     assert res.fate == "forwarded"
-    assert res.packet.ttl == 61 and res.packet.tos == (0x2E << 2 | 1)
+    # ip_forward takes one off before the FORWARD hook (64 -> 63), then TTL --ttl-dec 3
+    assert res.packet.ttl == 60 and res.packet.tos == (0x2E << 2 | 1)
     text = render_text(res.trace)
-    assert "TTL: ttl 64 -> 61" in text and "DSCP: tos 0x89 -> 0xb9" in text
+    assert "TTL: ttl 63 -> 60" in text and "DSCP: tos 0x89 -> 0xb9" in text
     low = node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1000, 53, ttl=9), "eth1")
     assert low.fate == "dropped"
     plain = node.receive(Packet.make("10.0.0.5", "8.8.8.8", "udp", 1000, 53, ttl=64), "eth1")

@@ -28,19 +28,43 @@ def parse_probes(text: str, source: str):
     return probes
 
 
-def probes_from_rules(text: str):
-    """Probes for every (protocol, destination, port) the ruleset names, so a bare ruleset can be verified."""
+# Where a rule names its destination, protocol and port: iptables-restore lines, nft rules.
+IPT_WORDS = (r"-d (\d+\.\d+\.\d+\.\d+)", r"-p (tcp|udp)", r"--dport (\d+)")
+NFT_WORDS = (r"ip daddr (\d+\.\d+\.\d+\.\d+)(?!/)", r"\b(tcp|udp) dport", r"\b(?:tcp|udp) dport (\d+)")
+
+
+def probes_from_rules(text: str, words: tuple[str, str, str] = IPT_WORDS):
+    """Probes for every (protocol, destination, port) the rules name, so a bare ruleset can be verified.
+    An nft rule naming a destination without a protocol gets a TCP and a UDP probe."""
     from kproxy.lab.differential import Probe
 
     found = []
     for line in text.splitlines():
-        d = re.search(r"-d (\d+\.\d+\.\d+\.\d+)", line)
-        p = re.search(r"-p (tcp|udp)", line)
-        port = re.search(r"--dport (\d+)", line)
+        d, p, port = (re.search(w, line) for w in words)
         if d and p:
             found.append(Probe(p.group(1), d.group(1), int(port.group(1)) if port else 80))
-    unique = list(dict.fromkeys(found))
-    return unique or [Probe("tcp", "10.244.1.3", 80), Probe("udp", "10.244.1.3", 53)]
+        elif d and words is NFT_WORDS:
+            found += [Probe("tcp", d.group(1), 80), Probe("udp", d.group(1), 53)]
+    return unique_or_default(found)
+
+
+def unique_or_default(found: list):
+    """The probes found, each once, in order; a TCP and a UDP probe to the sink's network when none."""
+    from kproxy.lab.differential import Probe
+
+    return list(dict.fromkeys(found)) or [Probe("tcp", "10.244.1.3", 80), Probe("udp", "10.244.1.3", 53)]
+
+
+NFT_START = re.compile(r"^(table|flush|add|create|insert|define|include|delete|destroy)\b")
+
+
+def is_nft_script(text: str) -> bool:
+    """Whether a ruleset file is an nft script rather than iptables-restore input (by its first statement)."""
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            return NFT_START.match(line) is not None
+    return False
 
 
 @cli.command("verify")
@@ -48,38 +72,46 @@ def probes_from_rules(text: str):
 @click.option("--packets", "packets_file", type=click.Path(exists=True, dir_okay=False),
               help="Probes, one per line: 'tcp|udp DESTINATION PORT [from-node]'.")
 @click.option("--legacy", is_flag=True, help="Use iptables-legacy in the kernel instead of iptables-nft.")
-def verify_cmd(ruleset: str, packets_file: str | None, legacy: bool) -> None:
-    """Compare the emulator with this machine's kernel for RULESET (iptables-restore input).
+@click.option("--nft/--iptables", "nft", default=None,
+              help="RULESET is an nft script (nft -f input) or iptables-restore input; by default found "
+                   "from its first statement.")
+def verify_cmd(ruleset: str, packets_file: str | None, legacy: bool, nft: bool | None) -> None:
+    """Compare the emulator with this machine's kernel for RULESET (iptables-restore input, or an nft
+    script loaded with nft -f after flushing the node's nft ruleset).
 
     The kernel side runs in throw-away kp- namespaces (client 10.0.1.2 -> node eth0 10.0.1.1 /
     eth1 10.0.2.1 -> sink 10.0.2.2, which answers for any address); the emulator runs the same node.
     Exit status 0 when they agree, 1 when they disagree, 2 when the check cannot run here.
     """
-    from kproxy.iptables.restore import RestoreError
-    from kproxy.lab.differential import Case, compare, run_emulator, run_kernel
+    from kproxy.lab import differential, nftdiff
+    from kproxy.lab.differential import Case, compare
     from kproxy.lab.kernel import HarnessError, KernelLab, kernel_lab_reason
-    from kproxy.node import Node
 
     rules = Path(ruleset).read_text()
-    probes = parse_probes(Path(packets_file).read_text(), packets_file) if packets_file else probes_from_rules(rules)
+    if nft is None:
+        nft = is_nft_script(rules)
+    if packets_file:
+        probes = parse_probes(Path(packets_file).read_text(), packets_file)
+    else:
+        probes = probes_from_rules(rules, NFT_WORDS if nft else IPT_WORDS)
     reason = kernel_lab_reason()
     if reason:
         click.echo(f"kproxy verify: cannot use the kernel here: {reason}", err=True)
         sys.exit(2)
-    try:
-        Node.from_description(KernelLab.node_description()).iptables_restore(rules)
-    except RestoreError as exc:
-        click.echo(f"kproxy verify: the emulator refuses {ruleset}:\n{exc}", err=True)
+    refused = emulator_refusal(rules, nft)
+    if refused is not None:
+        click.echo(f"kproxy verify: the emulator refuses {ruleset}:\n{refused}", err=True)
         sys.exit(2)
     case = Case(rules, probes)
+    side = nftdiff if nft else differential
     with KernelLab(legacy=legacy) as lab:
         try:
-            kernel, observations = run_kernel(lab, case)
-        except HarnessError as exc:
+            kernel, observations = side.run_kernel(lab, case)
+        except (HarnessError, nftdiff.NftRefused) as exc:
             click.echo(f"kproxy verify: this kernel refuses the ruleset (a missing feature?): {exc}", err=True)
             sys.exit(2)
-        emulated = run_emulator(case, [o.sport for o in observations], lab,
-                                segments=[o.segments for o in observations])
+        emulated = side.run_emulator(case, [o.sport for o in observations], lab,
+                                     segments=[o.segments for o in observations])
     diffs = compare(case, kernel, emulated)
     click.echo(f"{'probe':<40} {'kernel':<28} {'emulator':<28}")
     for i, p in enumerate(probes):
@@ -95,3 +127,19 @@ def verify_cmd(ruleset: str, packets_file: str | None, legacy: bool) -> None:
     for d in diffs:
         click.echo("  " + d.text().replace("\n", "\n  "))
     sys.exit(1)
+
+
+def emulator_refusal(rules: str, nft: bool) -> str | None:
+    """Why the emulated node refuses the ruleset (None when it loads it)."""
+    from kproxy.iptables.restore import RestoreError
+    from kproxy.lab.kernel import KernelLab
+    from kproxy.lab.nftdiff import emulator_refusal as nft_refusal
+    from kproxy.node import Node
+
+    if nft:
+        return nft_refusal(rules)
+    try:
+        Node.from_description(KernelLab.node_description()).iptables_restore(rules)
+    except RestoreError as exc:
+        return str(exc)
+    return None

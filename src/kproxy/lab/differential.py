@@ -11,10 +11,11 @@ the sink with, every rule's packet counter, and the conntrack table.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.lab.kernel import KernelLab, Observation
+from kproxy.lab.kernel import KernelLab, Observation, Topology
 from kproxy.lab.parsers import conntrack_lines, rule_counters
 from kproxy.netfilter.ctformat import format_conn
 from kproxy.netfilter.tcp import M32, TcpSeg
@@ -24,6 +25,7 @@ from kproxy.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet, parse_addr
 CLIENT_IP = "10.0.1.2"
 TABLES = ("raw", "mangle", "nat", "filter")
 SYN_LEN, ACK_LEN, RST_LEN, UDP_LEN = 60, 52, 40, 34
+SOFT_ICMP_ERRORS = ("icmp-net-unreachable", "icmp-host-unreachable")   # not fatal in icmp_err_convert
 
 
 class Segments:
@@ -64,13 +66,25 @@ class Segments:
         """tcp_v4_send_reset answering a SYN: sequence 0, acknowledging the SYN, window 0."""
         return None if self.isn_c is None else TcpSeg(0, (self.isn_c + 1) & M32, 0)
 
+    def _client_seen(self, flags: int) -> dict[str, Any] | None:
+        if self.isn_c is None:
+            return None
+        nxt = (self.isn_c + 1) & M32
+        want = flags & (SYN | FIN | RST | ACK)
+        return self._find(lambda d: d["flags"] & (SYN | FIN | RST | ACK) == want and d["seq"] == nxt)
+
+    def length(self, which: str, default: int, flags: int = 0) -> int:
+        """The IP length the kernel's segment had (``syn``, ``synack`` or the initiator's ``client``
+        segment with ``flags``): options such as timestamps make it differ from the bare header's."""
+        got = {"syn": self.syn, "synack": self.synack}.get(which) if which != "client" else self._client_seen(flags)
+        return int(got.get("len", default)) if got is not None else default
+
     def for_client(self, flags: int) -> TcpSeg | None:
         """The initiator's ACK or abortive RST after the handshake."""
         if self.isn_c is None:
             return None
         nxt = (self.isn_c + 1) & M32
-        want = flags & (SYN | FIN | RST | ACK)
-        got = self._find(lambda d: d["flags"] & (SYN | FIN | RST | ACK) == want and d["seq"] == nxt)
+        got = self._client_seen(flags)
         if got is not None:
             return self._seg(got)
         ack = ((self.isn_s if self.isn_s is not None else 0x5EED0000) + 1) & M32
@@ -123,6 +137,13 @@ def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
     lab.flush()
     lab.restore(case.rules)
     lab.flush()
+    out, observations = probe_kernel(lab, case)
+    out.counters = rule_counters(lab.save(counters=True))
+    return out, observations
+
+
+def probe_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
+    """The case's probes through the lab's node as loaded: fates, arrivals and the conntrack table."""
     out = Outcome()
     observations = []
     for p in case.probes:
@@ -130,7 +151,6 @@ def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
         observations.append(obs)
         out.fates.append(obs.fate)
         out.arrivals.append(_arrival(obs.at_sink[0]) if obs.at_sink else "")
-    out.counters = rule_counters(lab.save(counters=True))
     out.conntrack = conntrack_lines(lab.conntrack())
     return out, observations
 
@@ -149,6 +169,9 @@ class EmulatedPeers:
         self.tcp_ports = set(lab.listen_tcp) if lab else {80, 8080, 443, 53}
         self.udp_ports = set(lab.listen_udp) if lab else {53, 5353, 8080}
         self.node_ports = set(lab.node_ports) if lab else {53, 80, 443, 5353, 8080, 9999}
+        topo = lab.topology if lab else Topology()
+        self.sink_net = ipaddress.ip_network(f"{topo.sink}/{topo.out_prefixlen}", strict=False)
+        self.node_out = parse_addr(topo.node_out_addr)[1]
         self.segs = Segments(None)
         self.peer: tuple[int, int] = (0, 0)
         self.sink_saw: Packet | None = None
@@ -160,14 +183,14 @@ class EmulatedPeers:
         proto = TCP if p.proto == "tcp" else UDP
         src = "0.0.0.0" if p.from_node else CLIENT_IP
         first = Packet.make(src, p.dst, proto, sport, p.dport, tcp_flags=SYN if proto == TCP else 0,
-                            length=SYN_LEN if proto == TCP else UDP_LEN)
+                            length=self.segs.length("syn", SYN_LEN) if proto == TCP else UDP_LEN)
         if proto == TCP:
             first.seg = self.segs.for_syn()
         self.peer = (first.dst, first.dport)        # what the sender's socket is connected to
         self.sink_saw = None
         if p.from_node:
             first.src = 0
-            res = node.send(first)
+            res = node.send(_owned(first))
         else:
             res = node.receive(first, "eth0")
         sent = res.packet
@@ -176,13 +199,18 @@ class EmulatedPeers:
                 # Refused on its way out: the node's own send() fails with EPERM, and the ICMP error
                 # that follows is never read (a TCP connect, by contrast, waits and sees it).
                 return "dropped", ""
+            if proto == UDP and res.reject_with in SOFT_ICMP_ERRORS:
+                # udp_err: net and host unreachable are soft errors, which a socket without
+                # IP_RECVERR never reports: the sender sees nothing come back.
+                return "dropped", ""
             # Seen from the sender: rejected only if the ICMP error or reset reaches it.
             return ("rejected" if _answer_reached(res, p.from_node) else "dropped"), ""
         if res.fate == "dropped":
             return "dropped", ""
         if res.fate == "forwarded" and res.out_dev == "eth1":
             arrival = f"{sent.src_str}:{sent.sport} -> {sent.dst_str}:{sent.dport}"
-            self._answer(sent, lambda pkt: node.receive(pkt, "eth1"), from_client=not p.from_node)
+            if self.sink_answers_via_node(sent.src):
+                self._answer(sent, lambda pkt: node.receive(pkt, "eth1"), from_client=not p.from_node)
             return "forwarded", arrival
         if res.fate == "delivered":
             outcome = self._answer(sent, node.send, from_client=not p.from_node, local=True)
@@ -192,10 +220,15 @@ class EmulatedPeers:
             if self.sink_saw is not None:       # the lab judges by what reached the sink first
                 seen = self.sink_saw
                 return "forwarded", f"{seen.src_str}:{seen.sport} -> {seen.dst_str}:{seen.dport}"
-            if proto == UDP or outcome == "accepted":
+            if outcome == "accepted":
                 return "delivered", ""
             return ("rejected" if outcome == "rejected" else "dropped"), ""
         return res.fate, ""
+
+    def sink_answers_via_node(self, src: int) -> bool:
+        """The sink routes its answer to the node unless the packet came from the sink's own subnet
+        (SNAT to a neighbour's address): then the answer goes to itself, or to a neighbour nobody is."""
+        return src == self.node_out or ipaddress.ip_address(src) not in self.sink_net
 
     def _answer(self, got: Packet, send_back: Any, from_client: bool, local: bool = False) -> str:
         """The receiving end's answer, and the client's next packets, through the node: whether the
@@ -205,7 +238,8 @@ class EmulatedPeers:
         ports = self.node_ports if local else (self.tcp_ports if proto == TCP else self.udp_ports)
         listening = got.dport in ports
         if proto == UDP:
-            back = send_back(_udp_answer(got, listening))
+            answer = _udp_answer(got, listening)
+            back = send_back(_owned(answer) if local and listening else answer)
             if from_client:             # (a node's own probe is answered to its open socket)
                 self._closed_local_port(back)
             if listening:
@@ -214,14 +248,16 @@ class EmulatedPeers:
                 # The answer went (back) towards the sink: a node answering its own probe, or a nat
                 # rule turning the sink's echo around.
                 self._misdirected_to_sink(back.packet)
-            return "accepted"
+            if listening:
+                return "accepted"
+            return "rejected" if _at_sender(back, from_client) else "dropped"     # the port unreachable
         if not listening:
-            send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
-                             tcp_flags=RST | ACK, length=RST_LEN, seg=self.segs.for_reset_to_syn()))
-            return "dropped"
+            back = send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
+                                    tcp_flags=RST | ACK, length=RST_LEN, seg=self.segs.for_reset_to_syn()))
+            return "rejected" if _at_sender(back, from_client) else "dropped"
         synack = Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport, tcp_flags=SYN | ACK,
-                        length=SYN_LEN, seg=self.segs.for_synack())
-        back = send_back(synack)
+                        length=self.segs.length("synack", SYN_LEN), seg=self.segs.for_synack())
+        back = send_back(_owned(synack) if local else synack)
         if back.fate not in ("forwarded", "delivered"):
             return "dropped"
         orig = back.packet          # as the client sees the answer: the client's next packets go the other way
@@ -265,16 +301,15 @@ class EmulatedPeers:
     def _client_segment(self, answer: Packet, flags: int, length: int, from_client: bool) -> Any:
         """The initiator's next segment after ``answer`` (its ACK, or its RST on close), through the node."""
         pkt = Packet(src=answer.dst, dst=answer.src, proto=TCP, sport=answer.dport, dport=answer.sport,
-                     tcp_flags=flags, length=length, seg=self.segs.for_client(flags))
-        return self.node.receive(pkt, "eth0") if from_client else self.node.send(pkt)
+                     tcp_flags=flags, length=self.segs.length("client", length, flags), seg=self.segs.for_client(flags))
+        return self.node.receive(pkt, "eth0") if from_client else self.node.send(_owned(pkt))
 
     def _misaddressed_datagram(self, res: Any, from_client: bool) -> None:
         """A reply that reaches the sender from an address its connected socket did not send to (a nat
         rule changed it on the way back): no socket takes it, and the sender's UDP answers with a port
         unreachable (the client's stack, or the node's own for a node's probe)."""
         got = res.packet
-        at_sender = (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
-        if not at_sender or (got.src, got.sport) == self.peer:
+        if not _at_sender(res, from_client) or (got.src, got.sport) == self.peer:
             return
         error = _port_unreachable(got)
         if from_client:
@@ -298,6 +333,18 @@ class EmulatedPeers:
         if res.fate != "delivered" or got.proto != UDP or got.dport in self.node_ports:
             return
         self.node.send(_port_unreachable(got))
+
+
+def _at_sender(res: Any, from_client: bool) -> bool:
+    """Whether an answer reached the probe's sender: out of eth0 to the client, or the node itself."""
+    return (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
+
+
+def _owned(pkt: Packet) -> Packet:
+    """A packet a socket of the node sends (the lab's programs run as root): nft's ``meta skuid``
+    sees its owner; what the kernel sends by itself (resets, ICMP errors) has none."""
+    pkt.meta.update(uid=0, gid=0)
+    return pkt
 
 
 def _udp_answer(got: Packet, listening: bool) -> Packet:
@@ -330,13 +377,20 @@ def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
     desc = description or KernelLab.node_description()
     peers = EmulatedPeers(lab, desc)
     peers.node.iptables_restore(case.rules)
+    out = probe_emulator(peers, case, sports, segments)
+    out.counters = rule_counters(peers.node.iptables_save(counters=True))
+    return out
+
+
+def probe_emulator(peers: EmulatedPeers, case: Case, sports: list[int],
+                   segments: list[list[dict[str, Any]]] | None = None) -> Outcome:
+    """The case's probes through the emulated node as loaded: fates, arrivals and the conntrack table."""
     out = Outcome()
     per_probe = segments or [[] for _ in sports]
     for p, sport, segs in zip(case.probes, sports, per_probe, strict=True):
         fate, arrival = peers.probe(p, sport, Segments(segs))
         out.fates.append(fate)
         out.arrivals.append(arrival)
-    out.counters = rule_counters(peers.node.iptables_save(counters=True))
     now = peers.node.now()
     out.conntrack = conntrack_lines("\n".join(format_conn(c, now) for c in peers.node.conntrack.entries()))
     return out

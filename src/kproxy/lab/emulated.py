@@ -203,7 +203,7 @@ def _fresh(p: Packet) -> Packet:
     """The packet as the next node receives it: headers kept, this node's skb state gone."""
     return Packet(src=p.src, dst=p.dst, proto=p.proto, sport=p.sport, dport=p.dport, family=p.family,
                   tcp_flags=p.tcp_flags, icmp_type=p.icmp_type, icmp_code=p.icmp_code, icmp_id=p.icmp_id,
-                  length=p.length, ttl=p.ttl - 1)
+                  length=p.length, ttl=p.ttl)     # (a forwarding node decremented it already)
 
 
 def scale_emulated(state: LabState, deployment: str, replicas: int) -> LabState:

@@ -206,3 +206,40 @@ def rule_counters(save_text: str) -> dict[str, int]:
                 key = f"{m.group(3)}  #{n}"
             out[key] = int(m.group(1))
     return out
+
+
+# ---- nft list ruleset ------------------------------------------------------------------------------
+_NFT_BLOCK = re.compile(r"^\t?(table|chain) (.+) \{$")
+_NFT_OBJ = re.compile(r"^\tcounter (\S+) \{$")
+_NFT_PACKETS = re.compile(r"\bcounter packets (\d+) bytes \d+")
+
+
+def nft_rule_counters(listing: str) -> dict[str, int]:
+    """``table F T chain C rule N`` -> packet count of each counted rule in ``nft list ruleset``.
+
+    Rules are keyed by position, not text, so a listing difference shows as itself and not as a
+    counter difference; byte counts are left out (the emulator's TCP options are not the kernel's
+    byte for byte, as in the iptables comparison)."""
+    out: dict[str, int] = {}
+    table = chain = obj = ""
+    index = 0
+    for line in listing.splitlines():
+        named = _NFT_OBJ.match(line)
+        if named:
+            obj = named.group(1)
+        elif obj and line.startswith("\t\tpackets "):
+            out[f"table {table} counter {obj}"] = int(line.split()[1])
+        if not line.startswith("\t\t"):
+            obj = obj if named else ""
+            block = _NFT_BLOCK.match(line)
+            kind, name = block.groups() if block else ("", "")
+            table = name if kind == "table" else table
+            chain, index = (name if kind == "chain" else ""), 0
+            continue
+        if not chain or not line.startswith("\t\t") or line.startswith("\t\ttype "):
+            continue
+        index += 1
+        m = _NFT_PACKETS.search(line)
+        if m:
+            out[f"table {table} chain {chain} rule {index}"] = int(m.group(1))
+    return out

@@ -106,7 +106,8 @@ class HookRegistry:
 
     def register(self, family: int, hook: str, priority: int, name: str, fn: HookFn) -> HookOp:
         self._seq += 1
-        op = HookOp(priority, self._seq, name, fn, family)
+        # nf_hook_entries_grow puts a new function before those of equal priority: newest first.
+        op = HookOp(priority, -self._seq, name, fn, family)
         bisect.insort(self._ops.setdefault((family, hook), []), op)
         self._changed()
         return op

@@ -27,7 +27,7 @@ from kproxy.netfilter.conntrack import (
     Conn,
     Tuple,
 )
-from kproxy.netfilter.hooks import OUTPUT, PREROUTING, PRI_NAT_DST, PRI_NAT_SRC, HookState
+from kproxy.netfilter.hooks import INPUT, OUTPUT, POSTROUTING, PREROUTING, PRI_NAT_DST, PRI_NAT_SRC, HookState
 from kproxy.netfilter.netns import NetNamespace
 from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, Packet, format_addr
 
@@ -73,13 +73,17 @@ class Nat:
         self.rng = random.Random(0)
 
     def register_lookup(self, family: int, hook: str, priority: int, name: str, fn: Lookup) -> None:
+        """Add a nat chain at ``hook``. The family's first one registers the NAT core at all four hooks
+        (nf_nat_register_fn), so a lone nft nat chain at prerouting still binds flows at the others."""
         key = (family, hook)
         if key not in self._lookups:
-            self._lookups[key] = []
-            prio = PRI_NAT_DST if manip_of(hook) == "DST" else PRI_NAT_SRC
-            self.node.hooks.register(family, hook, prio, f"nat:{hook}", self._hook_fn(family, hook))
-        self._seq += 1
-        bisect.insort(self._lookups[key], (priority, self._seq, name, fn), key=lambda e: (e[0], e[1]))
+            for h in (PREROUTING, INPUT, OUTPUT, POSTROUTING):
+                if (family, h) not in self._lookups:
+                    self._lookups[(family, h)] = []
+                    prio = PRI_NAT_DST if manip_of(h) == "DST" else PRI_NAT_SRC
+                    self.node.hooks.register(family, h, prio, f"nat:{h}", self._hook_fn(family, h))
+        self._seq += 1       # at equal priority the newest chain runs first, as at the hooks
+        bisect.insort(self._lookups[key], (priority, -self._seq, name, fn), key=lambda e: (e[0], e[1]))
 
     def unregister_lookup(self, family: int, hook: str, name: str) -> None:
         entries = self._lookups.get((family, hook), [])
@@ -393,6 +397,16 @@ def jhash2(words: list[int], initval: int) -> int:
     b = ((b ^ a) - _rol(a, 14)) & _M32
     c = ((c ^ b) - _rol(b, 24)) & _M32
     return c
+
+
+def jhash(data: bytes, initval: int) -> int:
+    """The kernel's byte-wise jhash (nft's ``jhash`` expression): little-endian words, then the tail
+    bytes into a, b and c as __get_unaligned_cpu32 would load them. For whole words it is jhash2."""
+    words = [int.from_bytes(data[i:i + 4].ljust(4, b"\0"), "little") for i in range(0, len(data), 4)]
+    if len(data) % 4 == 0:
+        return jhash2(words, initval)
+    # jhash2 seeds with 4 bytes per word; jhash with the byte count: correct the seed for the tail.
+    return jhash2(words, (initval + len(data) - 4 * len(words)) & _M32)
 
 
 def _chunks(addr: int, family: int) -> list[int]:

@@ -160,6 +160,7 @@ def _route_input(node: NetNamespace, pkt: Packet, iif: str, trace: Trace | None)
     if not node.ip_forward:
         return _fate(trace, Result(DROPPED, pkt, "routing", reason="forwarding disabled (net.ipv4.ip_forward=0)", trace=trace))
     pkt.oif = route.dev
+    pkt.ttl -= 1            # ip_forward decrements the TTL (hop limit) before the FORWARD hook
     verdict, state = _run(node, pkt, FORWARD, iif, route.dev, trace)
     if verdict != NF_ACCEPT:
         return _stopped(verdict, state, pkt, trace)

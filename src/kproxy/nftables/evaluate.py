@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter.hooks import HookState
-from kproxy.netfilter.nat import NatRange
+from kproxy.netfilter.nat import NatRange, jhash
 from kproxy.nftables.expr import (
     TRANSPORT,
     Binop,
@@ -39,6 +39,7 @@ from kproxy.nftables.expr import (
 from kproxy.nftables.model import Chain, NSet, Rule, Ruleset, Table
 from kproxy.nftables.stmt import (
     Counter,
+    Limit,
     Mangle,
     Match,
     Nat,
@@ -52,7 +53,7 @@ from kproxy.nftables.stmt import (
     VerdictStmt,
 )
 from kproxy.nftables.trace import ChainTrace
-from kproxy.packet import NF_ACCEPT, NF_DROP, Packet
+from kproxy.packet import NF_ACCEPT, NF_DROP, TCP, Packet
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -128,6 +129,8 @@ def conntrack_users(rs: Ruleset | None) -> dict[int, int]:
     """Per family, how many expressions need connection tracking (each takes nf_ct_netns_get at load)."""
     out = {4: 0, 6: 0}
     for t in rs.tables if rs is not None else []:
+        # A nat base chain alone takes no reference (nf_nat_register_fn registers hooks only): an
+        # empty nat chain leaves the namespace untracked, as the kernel lab shows.
         n = sum(chain_conntrack_users(c) for c in t.chains.values())
         for fam in FAMILIES.get(t.family, ()):
             out[fam] += n
@@ -138,7 +141,7 @@ def chain_conntrack_users(c: Chain | None) -> int:
     """What one chain adds to ``conntrack_users`` (0 for a chain that is not there)."""
     if c is None:
         return 0
-    return sum(1 for r in c.rules for st in r.stmts if _needs_ct(st)) + (c.type == "nat" and c.hook is not None)
+    return sum(1 for r in c.rules for st in r.stmts if _needs_ct(st))
 
 
 def _needs_ct(st: Stmt) -> bool:
@@ -226,6 +229,7 @@ class ChainRunner:
 
         self.compiled = Compiler(self)
         self.hook = self.compiled.entry(self.run_base)  # what the hook calls: this, without the method call
+        self.limits = TokenBuckets()
 
     def __call__(self, pkt: Packet, state: HookState) -> int:
         return self.hook(pkt, state)
@@ -311,26 +315,40 @@ class ChainRunner:
             found = self.lookup(st.data, self.value(st.key, pkt, state))
             if isinstance(found, Verdict):
                 return self.verdict(found, pkt, state, depth)
-            return CONTINUE
+            return None     # a miss is NFT_BREAK: the rest of the rule does not run
         if isinstance(st, Mangle):
             return self.mangle(st, pkt, state)
         if isinstance(st, Nat):
             return self.nat(st, pkt, state)
         if isinstance(st, Reject):
+            if st.kind == "tcp reset" and pkt.proto != TCP:
+                # nft always puts a transport protocol match before it, which the parser may have
+                # folded into the reject (as the listing hides it): a packet of another protocol
+                # does not match the rule.
+                return None
             state.rejected_with = self.reject_kind(st, pkt)
             return NF_DROP
         if isinstance(st, SetUpdate):
             self.update_set(st, pkt, state)
             return CONTINUE
         if isinstance(st, Simple) and st.word == "notrack":
-            pkt.notrack = True
+            if pkt.ct is None:      # nft_notrack_eval: a packet conntrack already took is left alone
+                pkt.notrack = True
             return CONTINUE
-        if isinstance(st, Quota) and st.over:
-            return None  # a fresh quota is never exceeded
+        if isinstance(st, Quota):
+            return None if quota_exceeded(st, pkt.length) != st.over else CONTINUE
+        if isinstance(st, Limit):
+            return None if self.limits.over(st, pkt.length, self.node.now()) != st.over else CONTINUE
         if isinstance(st, ObjRef) and st.kind == "quota":
             ob = self.table.objs.get(("quota", st.name))
-            return None if ob is not None and ob.values.get("over") else CONTINUE
-        # log, limit (no rate is ever exceeded by single test packets), quota, queue-less statements
+            if ob is None:
+                return CONTINUE
+            v = ob.values
+            q = Quota(v["value"], v["unit"], bool(v.get("over")), v.get("used", 0), v.get("used_unit", "bytes"))
+            exceeded = quota_exceeded(q, pkt.length)
+            v.update(used=q.used, used_unit=q.used_unit)
+            return None if exceeded != q.over else CONTINUE
+        # log and the other statements without a verdict
         return CONTINUE
 
     def update_set(self, st: SetUpdate, pkt: Packet, state: HookState) -> None:
@@ -366,23 +384,30 @@ class ChainRunner:
             return CONTINUE if v.kind == "jump" else RETURN
         return result
 
-    def mangle(self, st: Mangle, pkt: Packet, state: HookState) -> int:
+    def mangle(self, st: Mangle, pkt: Packet, state: HookState) -> int | None:
         value = self.value(st.value, pkt, state)
         if value is None:
-            return CONTINUE
+            return None     # the value's expression broke the rule (a map without the key, no ct entry)
         key = st.key
         if isinstance(key, Meta) and key.key == "mark":
             pkt.mark = int(value) & 0xFFFFFFFF
-        elif isinstance(key, Ct) and key.key == "mark" and pkt.ct is not None:
-            pkt.ct.mark = int(value) & 0xFFFFFFFF
+        elif isinstance(key, Ct) and key.key == "mark":
+            if pkt.ct is not None:      # nft_ct_set_eval: no entry (before conntrack, untracked): nothing
+                pkt.ct.mark = int(value) & 0xFFFFFFFF
         elif isinstance(key, Meta) and key.key == "nftrace":
             pkt.trace = bool(int(value) & 1)  # skb->nf_trace, the bit iptables' TRACE sets too
         else:
             raise Unsupported(f"{key.text(_OPTS)} set")
         return CONTINUE
 
-    def nat(self, st: Nat, pkt: Packet, state: HookState) -> int:
+    def nat(self, st: Nat, pkt: Packet, state: HookState) -> int | None:
         node = self.node
+        mapped: Any = None
+        if isinstance(st.addr, MapExpr):
+            # The key is evaluated once (a numgen key counts every evaluation).
+            mapped = self.lookup(st.addr.data, self.value(st.addr.key, pkt, state))
+            if mapped is None:
+                return None     # nft_lookup misses: NFT_BREAK, the rule does not apply
         fam = pkt.family
         if st.kind == "masquerade":
             route = node.route(fam, pkt.dst)
@@ -397,9 +422,13 @@ class ChainRunner:
             if addr is None:
                 return NF_DROP
             lo = hi = addr
+        elif mapped is not None:
+            lo, hi = mapped_range(mapped.items[0] if isinstance(mapped, Concat) else mapped)
         else:
             lo, hi = self.addr_range(st.addr, pkt, state)
         plo, phi = self.port_range(st.port, pkt, state)
+        if isinstance(mapped, Concat) and plo is None:          # address . port
+            plo, phi = mapped_range(mapped.items[1])
         rng = NatRange(lo, hi, plo, phi, "random" in st.flags, "fully-random" in st.flags,
                        "persistent" in st.flags)
         manip = "SRC" if st.kind in ("snat", "masquerade") else "DST"
@@ -411,13 +440,6 @@ class ChainRunner:
             return None, None
         if isinstance(e, Range):
             return e.lo.value, e.hi.value
-        if isinstance(e, MapExpr):
-            found = self.lookup(e.data, self.value(e.key, pkt, state))
-            if isinstance(found, Range):
-                return found.lo.value, found.hi.value
-            if isinstance(found, Const):
-                return found.value, found.value
-            raise Unsupported("a NAT map without an entry for the packet")
         v = self.value(e, pkt, state)
         return v, v
 
@@ -553,6 +575,10 @@ class ChainRunner:
                 return n % e.mod + e.offset
             return self.rng.randrange(e.mod) + e.offset
         if isinstance(e, Hash):
+            if e.kind == "jhash" and e.expr is not None and e.seed is not None:
+                data = register_bytes(e.expr, self.value(e.expr, pkt, state))
+                return None if data is None else (jhash(data, e.seed) * e.mod >> 32) + e.offset
+            # symhash and an unseeded jhash use a seed the kernel draws at random: any spread will do.
             inner = self.value(e.expr, pkt, state) if e.expr is not None else (pkt.src, pkt.dst, pkt.sport, pkt.dport)
             return hash((inner, e.seed)) % e.mod + e.offset
         if isinstance(e, Fib):
@@ -602,9 +628,78 @@ class ChainRunner:
         return 1
 
 
+BYTE_UNIT = {"bytes": 1, "kbytes": 1 << 10, "mbytes": 1 << 20, "gbytes": 1 << 30}
+PER_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+
+def quota_exceeded(q: Quota, length: int) -> bool:
+    """nft_overquota: the packet's bytes are consumed first, then the quota is exceeded once the
+    consumption reaches it. The listing's ``used`` is the consumption capped at the quota."""
+    limit = q.value * BYTE_UNIT.get(q.unit, 1)
+    consumed = min(limit, q.used * BYTE_UNIT.get(q.used_unit, 1) + length)
+    q.used, q.used_unit = consumed, "bytes"
+    while q.used and q.used % 1024 == 0 and q.used_unit != "gbytes":
+        q.used //= 1024
+        q.used_unit = {"bytes": "kbytes", "kbytes": "mbytes", "mbytes": "gbytes"}[q.used_unit]
+    return consumed >= limit
+
+
+class TokenBuckets:
+    """nft_limit's token buckets, one per limit statement, in nanoseconds of the node's clock: a
+    packet costs unit/rate (bytes: unit*len/rate); the bucket starts full and holds burst packets'
+    worth (bytes: unit*(rate+burst)/rate); a packet the bucket cannot pay for is over the limit."""
+
+    def __init__(self) -> None:
+        self.state: dict[int, tuple[int, int]] = {}      # id(statement) -> (tokens, last)
+
+    def over(self, lim: Limit, length: int, now: float) -> bool:
+        nsecs = PER_SECONDS.get(lim.per, 1) * 1_000_000_000
+        if lim.unit is None:
+            cost, tokens_max = nsecs // lim.rate, nsecs // lim.rate * (lim.burst or 5)
+        else:
+            rate = lim.rate * BYTE_UNIT.get(lim.unit, 1)
+            burst = lim.burst * BYTE_UNIT.get(lim.burst_unit, 1)
+            cost, tokens_max = nsecs * length // rate, nsecs * (rate + burst) // rate
+        t_now = int(now * 1_000_000_000)
+        tokens, last = self.state.get(id(lim), (tokens_max, t_now))
+        tokens = min(tokens_max, tokens + t_now - last)
+        if tokens >= cost:
+            self.state[id(lim)] = (tokens - cost, t_now)
+            return False
+        self.state[id(lim)] = (tokens, t_now)
+        return True
+
+
 BINOPS: dict[str, Callable[[int, int], int]] = {"&": lambda a, b: a & b, "|": lambda a, b: a | b,
                                                 "^": lambda a, b: a ^ b, "<<": lambda a, b: a << b,
                                                 ">>": lambda a, b: a >> b}
+
+
+def mapped_range(found: Any) -> tuple[int | None, int | None]:
+    """A NAT map entry's address (or port) as a range: a range element, or one value."""
+    if isinstance(found, Range):
+        return found.lo.value, found.hi.value
+    if isinstance(found, Const):
+        return found.value, found.value
+    raise Unsupported("a NAT map entry that is neither a value nor a range")
+
+
+def register_bytes(e: Expr, v: Any) -> bytes | None:
+    """A value as nft_jhash reads it from the registers: header fields and conntrack addresses and
+    ports in network order, meta and other conntrack keys in host (little-endian) order; each part of
+    a concatenation padded to a 32-bit register."""
+    if v is None:
+        return None
+    if isinstance(e, Concat):
+        parts = [register_bytes(i, x) for i, x in zip(e.items, v)]
+        if any(p is None for p in parts):
+            return None
+        return b"".join(p.ljust(-(-len(p) // 4) * 4, b"\0") for p in parts if p is not None)
+    size = max(1, (e.dtype.bits + 7) // 8)
+    if isinstance(v, str):
+        return v.encode().ljust(size, b"\0")
+    network = isinstance(e, Payload) or isinstance(e, Ct) and e.key in ("saddr", "daddr", "proto-src", "proto-dst")
+    return int(v).to_bytes(size, "big" if network else "little")
 
 
 def payload(e: Payload, pkt: Packet) -> Any:
@@ -635,7 +730,9 @@ def payload(e: Payload, pkt: Packet) -> Any:
 def ct_value(e: Ct, pkt: Packet) -> Any:
     conn = pkt.ct
     if e.key == "state":
-        return CT_STATE_BITS.get(pkt.ctstate or "UNTRACKED", 64) if not pkt.notrack else 64
+        # Before conntrack has seen the packet (a chain below priority -200) nft_ct_get finds no
+        # entry and no untracked mark: INVALID, as the kernel lab shows.
+        return CT_STATE_BITS.get(pkt.ctstate or "INVALID", 64) if not pkt.notrack else 64
     if conn is None:
         return None
     if e.key == "direction":

@@ -34,6 +34,7 @@ from kproxy.nftables.stmt import (
     Stmt,
     VerdictStmt,
 )
+from kproxy.nftables.validate import too_deep
 
 Loc = tuple[int, int, int]  # line, first column, last column
 OPTS = Opts()
@@ -82,10 +83,14 @@ class Output:
 
 
 class Parser:
-    def __init__(self, text: str, rs: Ruleset, interfaces: set[str] | None = None) -> None:
+    def __init__(self, text: str, rs: Ruleset, interfaces: set[str] | None = None, validate_jumps: bool = True) -> None:
+        """``validate_jumps``: walk every base chain's jumps at the end, as the kernel validates a commit.
+        Writers whose chains cannot nest or loop by construction (the nftables proxier's partial syncs
+        into its own table, at most five chains deep) skip the walk, which costs the whole table."""
         from kproxy.nftables import fastpath
 
         self.text = text
+        self.validate_jumps = validate_jumps
         self.fast = fastpath.usable(text)  # then ``script`` tokenizes the lines the fast path leaves
         self.toks = [] if self.fast else self.tokens(text)
         self.pos = 0
@@ -196,6 +201,10 @@ class Parser:
 
             FastPath(self).run(self.text)
         self.sort_touched_sets()
+        if self.validate_jumps and not self.eval_errors and not self.kernel_errors and \
+                any(too_deep(t) for t in self.rs.tables):
+            # The kernel's commit-time validation (the rule that closes the loop is not located here).
+            self.kernel_errors.append(NftError("Could not process rule: Too many links", None))
         self.raise_recorded()
 
     def commands(self) -> None:
@@ -708,6 +717,8 @@ class Parser:
 
     def quota_body(self) -> Quota:
         over = bool(self.accept("over"))
+        if not over:
+            self.accept("until")        # nft's explicit form of the default mode
         v = self.word()
         unit = self.word().text if self.at(*BYTE_UNITS) else "bytes"
         q = Quota(int(v.text), unit, over)

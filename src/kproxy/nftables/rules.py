@@ -351,6 +351,8 @@ class RuleBuilder:
                 self.check_port_dep(kw, port_tok)
             else:
                 st.addr, st.port = self.nat_target(kw, addr_type)
+                if isinstance(st.addr, MapExpr) and self.maps_address_and_port(st.addr):
+                    st.family = st.family or ("ip6" if addr_type.kind == "ipv6" else "ip")  # nft lists it
         flags = []
         while p.at("random", "fully-random", "persistent", ","):
             t = p.next()
@@ -365,7 +367,7 @@ class RuleBuilder:
         if t.kind == "word" and t.text in PAYLOAD or t.text in ("meta", "ct", "numgen", "jhash", "symhash"):
             key = self.concat()
             p.expect("map")
-            data = self.map_data(key, [dt])
+            data = self.map_data(key, [dt, T.SERVICE] if self.data_is_concat() else [dt])
             return MapExpr(key, data), None
         if p.accept("["):
             addr = p.value(dt)
@@ -395,6 +397,26 @@ class RuleBuilder:
             self.check_port_dep(kw, port_tok)
             return addr, port
         return addr, None
+
+    def data_is_concat(self) -> bool:
+        """Whether the map literal ahead maps to ``address . port`` (a ``.`` after its first ``:``)."""
+        p = self.p
+        i, seen_colon = 0, False
+        while True:
+            t = p.peek(i)
+            if t.kind == "eof" or t.text in (",", "}") and seen_colon:
+                return False
+            if t.text == ":":
+                seen_colon = True
+            elif t.text == "." and seen_colon:
+                return True
+            i += 1
+
+    def maps_address_and_port(self, m: MapExpr) -> bool:
+        data = m.data
+        elems = data.elems if isinstance(data, SetLit) else (
+            self.tbl.sets[data.name].elems if isinstance(data, SetRef) and data.name in self.tbl.sets else [])
+        return any(isinstance(e.data, Concat) for e in elems)
 
     def check_port_dep(self, kw: Token, port_tok: Token) -> None:
         dep = self.last_l4()
@@ -672,40 +694,61 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
             if proto == "th" and l4_name is not None:
                 s = _retarget_th(s, l4_name)
                 proto = l4_name
-            want = None
-            if proto in TRANSPORT:
-                want = ("l4", TRANSPORT[proto])
-                l4_name = proto if proto in PORT_PROTOS.values() else l4_name
-            elif proto in ("ip", "ip6"):
-                want = ("l3", 2 if proto == "ip" else 10)
-            if want is not None and want[0] in deps:
-                dep = out[deps[want[0]]]
-                assert isinstance(dep, Match) and isinstance(dep.right, Const)
-                if dep.right.value == want[1]:
-                    out[deps.pop(want[0])] = None
+            # Every header a concatenation reads implies its protocol (``ip daddr . tcp dport``).
+            for each in dict.fromkeys([proto, *_all_payload_protos(s)[1:]]):
+                want = None
+                if each in TRANSPORT:
+                    want = ("l4", TRANSPORT[each])
+                    l4_name = each if each in PORT_PROTOS.values() else l4_name
+                elif each in ("ip", "ip6"):
+                    want = ("l3", 2 if each == "ip" else 10)
+                if want is not None and want[0] in deps:
+                    dep = out[deps[want[0]]]
+                    assert isinstance(dep, Match) and isinstance(dep.right, Const)
+                    if dep.right.value == want[1]:
+                        out[deps.pop(want[0])] = None
         out.append(s)
+        if not isinstance(s, Match):
+            deps.clear()        # nft hides a dependency across matches only (a counter in between keeps it)
     return [s for s in out if s is not None]
 
 
 def _retarget_th(s: Stmt, proto: str) -> Stmt:
-    """``meta l4proto udp th dport 53`` lists as ``udp dport 53``."""
-    assert isinstance(s, Match)
-    left = s.left
-    if isinstance(left, Payload) and left.field in PAYLOAD[proto]:
+    """``meta l4proto udp th dport 53`` lists as ``udp dport 53`` (a verdict map's key too)."""
+    left = _keyed(s)
+    if not (isinstance(left, Payload) and left.field in PAYLOAD[proto]):
+        return s
+    if isinstance(s, Match):
         return Match(Payload(proto, left.field), s.op, s.right)
+    if isinstance(s, VerdictMap):
+        return VerdictMap(Payload(proto, left.field), s.data)
     return s
 
 
+def _keyed(s: Stmt) -> Expr | None:
+    """The expression a statement reads the packet with: a match's left side, a verdict map's key, a
+    NAT map's key (nft's listing drops protocol matches that any of them implies)."""
+    if isinstance(s, Match):
+        return s.left
+    if isinstance(s, VerdictMap):
+        return s.key
+    if isinstance(s, Nat) and isinstance(s.addr, MapExpr):
+        return s.addr.key
+    return None
+
+
 def _all_payload_protos(s: Stmt) -> list[str]:
-    if not isinstance(s, Match):
+    left = _keyed(s)
+    if left is None:
         return []
-    items = s.left.items if isinstance(s.left, Concat) else [s.left]
+    items = left.items if isinstance(left, Concat) else [left]
     return [e.proto for e in (i.left if isinstance(i, Binop) else i for i in items) if isinstance(e, Payload)]
 
 
 def _payload_proto(s: Stmt) -> str | None:
-    if isinstance(s, Match):
-        e = s.left.left if isinstance(s.left, Binop) else s.left
+    left = _keyed(s)
+    if left is not None:
+        e = left.left if isinstance(left, Binop) else left
         if isinstance(e, Concat):
             e = e.items[0]
         if isinstance(e, Payload):

@@ -1,0 +1,96 @@
+"""Differential runs for nftables: one nft ruleset and the same probes through the kernel and the emulator.
+
+The iptables runs (``kproxy.lab.differential``) supply the probes, the peers that answer them and the
+comparison; here the ruleset is an ``nft -f`` script, loaded into the lab's node namespace with the
+real nft (after ``nft flush ruleset``) and into the emulated node with ``kproxy nft``'s parser. The
+per-rule counters are the ``counter packets N`` of each counted rule in ``nft list ruleset``. A
+script the kernel refuses must be refused by the emulator too, and the other way round.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kproxy.lab.differential import (
+    Case,
+    Disagreement,
+    EmulatedPeers,
+    Outcome,
+    compare,
+    probe_emulator,
+    probe_kernel,
+)
+from kproxy.lab.kernel import NODE, KernelLab, Observation
+from kproxy.lab.parsers import nft_rule_counters
+from kproxy.nftables.cli import run_nft
+from kproxy.nftables.evaluate import attach
+from kproxy.nftables.model import Ruleset
+
+
+class NftRefused(Exception):
+    """nft -f refused the script (the kernel's nft or the emulator's): its error output."""
+
+
+def load_kernel(lab: KernelLab, script: str) -> None:
+    """Replace the lab node's whole nft ruleset with ``script`` and forget its connections."""
+    lab.run(NODE, "nft", "flush", "ruleset")
+    lab.flush()
+    loaded = lab.run(NODE, "nft", "-f", "-", input=script)
+    if loaded["rc"] != 0:
+        raise NftRefused(loaded["err"].strip())
+    lab.flush()
+
+
+def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
+    load_kernel(lab, case.rules)
+    out, observations = probe_kernel(lab, case)
+    out.counters = nft_rule_counters(lab.run(NODE, "nft", "list", "ruleset")["out"])
+    return out, observations
+
+
+def load_emulator(peers: EmulatedPeers, script: str) -> None:
+    node = peers.node
+    rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=script, interfaces=set(node.interfaces))
+    if rc != 0:
+        raise NftRefused(err.strip())
+    node.nftables = rs
+    unhooked = attach(node)
+    if unhooked:
+        raise NftRefused("; ".join(unhooked))
+
+
+def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
+                 description: dict[str, Any] | None = None,
+                 segments: list[list[dict[str, Any]]] | None = None) -> Outcome:
+    peers = EmulatedPeers(lab, description or KernelLab.node_description())
+    load_emulator(peers, case.rules)
+    out = probe_emulator(peers, case, sports, segments)
+    out.counters = nft_rule_counters(run_nft(["list", "ruleset"], peers.node.nftables)[1])
+    return out
+
+
+def emulator_refusal(script: str) -> str | None:
+    """Why the emulator refuses ``script`` (None when it loads)."""
+    try:
+        load_emulator(EmulatedPeers(None, KernelLab.node_description()), script)
+    except NftRefused as exc:
+        return str(exc)
+    return None
+
+
+def run_case(lab: KernelLab, case: Case, refusals: list[str] | None = None) -> list[Disagreement]:
+    """Kernel first (it picks the source ports), then the emulator with the same ports; the differences.
+
+    ``refusals`` collects the kernel's error for each script both sides refuse (they agree on it)."""
+    try:
+        kernel, observations = run_kernel(lab, case)
+    except NftRefused as exc:
+        refused = emulator_refusal(case.rules)
+        if refused is not None and refusals is not None:
+            refusals.append(str(exc))
+        return [] if refused is not None else [Disagreement("nft -f", str(exc), "accepted")]
+    refused = emulator_refusal(case.rules)
+    if refused is not None:
+        return [Disagreement("nft -f", "accepted", refused)]
+    emulator = run_emulator(case, [o.sport for o in observations], lab, segments=[o.segments for o in observations])
+    return compare(case, kernel, emulator)

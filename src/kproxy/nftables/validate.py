@@ -1,0 +1,58 @@
+"""The kernel's commit-time chain validation: how deep jumps and gotos nest below each base chain.
+
+nft_chain_validate walks every jump and goto (verdict statements, anonymous and named verdict maps)
+from each base chain, one level per chain entered, and refuses the transaction with EMLINK when a
+path reaches the jump stack's size (16): so a loop reachable from a base chain is refused, while
+regular chains that only call each other, unreached, are accepted (both checked against the kernel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kproxy.nftables.expr import SetLit, SetRef, Verdict
+from kproxy.nftables.model import Chain, Table
+from kproxy.nftables.stmt import VerdictMap, VerdictStmt
+
+JUMP_STACK_SIZE = 16
+
+
+def too_deep(table: Table) -> Chain | None:
+    """A base chain of ``table`` whose jumps nest too deep (or loop); None when the table is valid."""
+    heights: dict[str, int] = {}
+    for chain in table.chains.values():
+        if chain.base and _height(table, chain.name, heights, set()) >= JUMP_STACK_SIZE:
+            return chain
+    return None
+
+
+def _height(table: Table, name: str, heights: dict[str, int], path: set[str]) -> int:
+    """The most jumps on a path from chain ``name`` (JUMP_STACK_SIZE once a loop is on the path)."""
+    if name in heights:
+        return heights[name]
+    if name in path:
+        return JUMP_STACK_SIZE
+    path.add(name)
+    best = 0
+    for target in set(_targets(table, table.chains[name])):
+        if target in table.chains:
+            best = max(best, 1 + _height(table, target, heights, path))
+            if best >= JUMP_STACK_SIZE:
+                break
+    path.discard(name)
+    heights[name] = best
+    return best
+
+
+def _targets(table: Table, chain: Chain) -> Iterator[str]:
+    for rule in chain.rules:
+        for st in rule.stmts:
+            if isinstance(st, VerdictStmt) and st.verdict.target:
+                yield st.verdict.target
+            elif isinstance(st, VerdictMap):
+                data = st.data
+                elems = data.elems if isinstance(data, SetLit) else (
+                    table.sets[data.name].elems if isinstance(data, SetRef) and data.name in table.sets else [])
+                for e in elems:
+                    if isinstance(e.data, Verdict) and e.data.target:
+                        yield e.data.target
