@@ -63,6 +63,7 @@ class _Restorer:
         self.delete_lines: dict[str, int] = {}
         self.echo: list[str] | None = None      # -v: what the tool prints as it goes
         self.jumps: list[tuple[int, str, Rule]] = []     # (line, chain, rule) of each jump to a user chain
+        self.events: list[tuple[str, str, str]] = []      # what iptables-nft creates, for IptablesState.note
 
     def param_error(self, msg: str, line: int, prefixed: bool = True) -> RestoreError:
         head = f"{self.prog} {VERSION}: {msg}" if prefixed else msg
@@ -73,6 +74,8 @@ class _Restorer:
         if name not in TABLES:
             raise self.param_error(f"{self.prog}: line {lineno} table name '{name}' invalid", lineno)
         self.skip = self.only is not None and name not in self.only
+        if not self.skip:
+            self.events.append((name, "*noflush" if self.noflush else "*", ""))
         base = self.staged.get(name) or self.state.tables.get(name)
         if self.echo is not None and base is not None and not self.skip and not self.noflush:
             self.echo += [f"Flushing chain `{n}'\n" for n in base.chains]
@@ -101,6 +104,7 @@ class _Restorer:
             name, policy = m.group(1), m.group(2)
             counts = (int(m.group(3)), int(m.group(4))) if m.group(3) is not None else None
         chain = self.table.chains.get(name)
+        self.events.append((self.table.name, ":", name))
         if chain is not None and chain.builtin:
             chain = self.table.writable(name)
             if policy != "-":
@@ -141,6 +145,7 @@ class _Restorer:
             if self.echo is not None and not self.skip:
                 self.echo.append(verbose_echo(self.table, c, verbose=True))
             apply(self.table, c)
+            self.events.append((self.table.name, c.cmd, f"{c.chain}\0{c.arg}" if c.cmd == "E" else c.chain))
             if c.cmd in OPERATION:
                 for r in c.rules:
                     if r.jump not in _NOT_CHAINS:
@@ -173,6 +178,7 @@ class _Restorer:
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, at) from None
         chain.rules.extend(rules)
+        self.events.append((table.name, "A", name))
         return lineno + len(rules) - 1
 
     def _verify(self, line: str, lineno: int, chain: str, rule: Rule) -> None:
@@ -270,4 +276,5 @@ def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, t
     if r.table is not None:
         raise RestoreError(f"{prog}: COMMIT expected at line {lineno}")
     if not test and r.staged:
+        state.note = [e for e in r.events if e[0] in r.staged]
         state.commit(r.staged)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kproxy.iptables.translate import nft_family
 from kproxy.nftables.expr import Opts
 from kproxy.nftables.lexer import Token
 from kproxy.nftables.listing import (
@@ -16,6 +17,7 @@ from kproxy.nftables.listing import (
 )
 from kproxy.nftables.model import FAMILIES, Ruleset, Table
 from kproxy.nftables.parser import NftError, Parser, loc
+from kproxy.nftables.xtables import XtView
 
 USAGE = "Usage: nft [ options ] [ cmds... ]\n"
 
@@ -92,8 +94,10 @@ def _short(ch: str, o: Opts, flags: dict[str, object]) -> None:
 
 
 def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
-            interfaces: set[str] | None = None) -> tuple[int, str, str, Ruleset]:
-    """Run one nft invocation; returns (exit status, stdout, stderr, the ruleset afterwards)."""
+            interfaces: set[str] | None = None, xt: XtView | None = None) -> tuple[int, str, str, Ruleset]:
+    """Run one nft invocation; returns (exit status, stdout, stderr, the ruleset afterwards).
+
+    ``xt`` is the node's iptables-nft tables, which ``list`` shows beside the ruleset's own."""
     try:
         o, flags, rest = parse_args(argv)
     except ValueError as exc:
@@ -128,10 +132,10 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     out = []
     for verb, args in parser.out.requests:
         try:
-            out.append(answer(verb, args, work, o, bool(flags["json"])))
+            out.append(answer(verb, args, work, o, bool(flags["json"]), xt))
         except NftError as err:
             return 1, "", format_error(err, source, text), rs
-    return 0, "".join(out), "", work
+    return 0, "".join(out), "".join(xt.warnings) if xt is not None else "", work
 
 
 def kept_counters(before: Ruleset, failed: Ruleset, passes: int) -> Ruleset:
@@ -167,8 +171,12 @@ def listed_blocks(t: Table, kind: str, o: Opts, verb: str) -> str:
     return f"table {t.family} {t.name} {{\n" + "\n".join(blocks) + "\n}\n"
 
 
-def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> str:
+def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool, xt: XtView | None = None) -> str:
     """The output of ``list ...`` / ``reset ...``."""
+    if xt is not None and not as_json and verb == "list":
+        shown = xt_answer(toks, rs, o, xt)
+        if shown is not None:
+            return shown
     if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits") and \
             toks[1].text == "table":
         toks = [toks[0], *toks[2:]]
@@ -233,3 +241,26 @@ def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) ->
             ob.values.update(packets=0, bytes=0, used=0)
         return text
     raise NftError(f"syntax error, unexpected {what}", None)
+
+
+def xt_answer(toks: list[Token], rs: Ruleset, o: Opts, xt: XtView) -> str | None:
+    """``list ruleset|tables|table|chain`` where iptables-nft's tables take part; None: not such a listing."""
+    args = [t.text for t in toks]
+    what, rest = (args[0], args[1:]) if args else ("ruleset", [])
+    family = rest[0] if rest and rest[0] in FAMILIES else None
+    names = rest[1:] if family else rest
+    if what == "ruleset":
+        return xt.ruleset_text(o, family) + ruleset_text(rs, o, family)
+    if what == "tables":
+        return "".join(f"table {nft_family(k[0])} {k[1]}\n" for k in xt.tables(family)) + \
+            answer("list", toks, rs, o, False)
+    if what not in ("table", "chain") or not names or rs.find(family or "ip", names[0]) is not None:
+        return None
+    key = xt.find(family or "ip", names[0])
+    if key is None:
+        return None
+    if what == "table":
+        return xt.table_text(key, o)
+    if len(names) > 1 and names[1] in xt.chain_names(key):
+        return xt.table_text(key, o, only_chain=names[1])
+    return None
