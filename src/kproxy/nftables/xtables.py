@@ -168,7 +168,7 @@ def render_rule(rule: Rule, family: int, o: Opts) -> Rendered:
     for m in rule.matches:
         if isinstance(m, (TcpMatch, UdpMatch)) and not m._compat():
             native_ports(r, m)
-        elif isinstance(m, MarkMatch):
+        elif isinstance(m, MarkMatch) and m.name == "mark":    # connmark derives from it, stays xt
             r.add(CMP, native_mark(m))
         elif isinstance(m, LimitMatch):
             r.add(STMT, native_limit(m, xl))
@@ -265,7 +265,7 @@ class XtView:
             xt = xt or has_xt
         if xt:
             self.warnings.append(WARNING.format(fam=fam, name=key[1]))
-        handle = self.layout.tables.index(key) + 1
+        handle = self.layout.handles.get(key, 0)
         head = f"table {fam} {key[1]} {{" + (f" # handle {handle}" if o.handles else "")
         return "\n".join([head, *(["\n\n".join(blocks)] if blocks else []), "}"]) + "\n"
 

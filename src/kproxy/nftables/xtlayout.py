@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter.hooks import TABLE_HOOKS
+from kproxy.store.chains import StoredChain
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kproxy.iptables.model import Table
+    from kproxy.iptables.model import Chain, Table
     from kproxy.iptables.state import IptablesState
     from kproxy.node import Node
 
@@ -38,16 +39,21 @@ class XtLayout:
     tables: list[Key] = field(default_factory=list)
     chains: dict[Key, list[str]] = field(default_factory=dict)
     variant: str = "nft"        # "legacy": iptables-legacy keeps its tables out of nf_tables
+    handles: dict[Key, int] = field(default_factory=dict)
+    next_handle: int = 1        # the namespace's table handle counter (nft's own tables aside)
 
     def ensure(self, key: Key) -> list[str]:
         if key not in self.chains:
             self.chains[key] = []
             self.tables.append(key)
+            self.handles[key] = self.next_handle
+            self.next_handle += 1
         return self.chains[key]
 
     def drop(self, key: Key) -> None:
         if key in self.chains:
             del self.chains[key]
+            del self.handles[key]
             self.tables.remove(key)
 
     def create(self, key: Key, chain: str) -> None:
@@ -81,7 +87,7 @@ class XtLayout:
         keep = []
         for n in names:
             c = table.chains.get(n) if table is not None else None
-            if n in hooks and c is not None and (c.rules or c.policy != "ACCEPT"):
+            if n in hooks and c is not None and (has_rules(c) or c.policy != "ACCEPT"):
                 keep.append(n)
         self.chains[key] = keep
 
@@ -94,7 +100,7 @@ class XtLayout:
             have = [n for n in self.chains.get(key, []) if n in t.chains]
             seen = set(have)
             for n, c in t.chains.items():
-                if n not in seen and (n not in hooks or c.rules or c.policy != "ACCEPT"):
+                if n not in seen and (n not in hooks or c.policy != "ACCEPT" or has_rules(c)):
                     have.append(n)
             if key in self.chains:
                 self.chains[key] = have
@@ -102,15 +108,23 @@ class XtLayout:
                 self.ensure(key).extend(have)
 
     def to_json(self) -> dict[str, Any]:
-        return {"variant": self.variant,
-                "tables": [[fam, name, self.chains[(fam, name)]] for fam, name in self.tables]}
+        return {"variant": self.variant, "next_handle": self.next_handle,
+                "tables": [[fam, name, self.handles[(fam, name)], self.chains[(fam, name)]] for fam, name in self.tables]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> XtLayout:
         lay = cls(variant=str(data.get("variant", "nft")))
-        for fam, name, chains in data.get("tables", []):
+        for fam, name, handle, chains in data.get("tables", []):
             lay.ensure((int(fam), str(name))).extend(str(c) for c in chains)
+            lay.handles[(int(fam), str(name))] = int(handle)
+        lay.next_handle = int(data.get("next_handle", lay.next_handle))
         return lay
+
+
+def has_rules(c: Chain) -> bool:
+    """Whether a chain has rules, without parsing those of a chain the node file has not read yet."""
+    lines = c.saved_lines(False) if isinstance(c, StoredChain) else None
+    return bool(c.rules) if lines is None else bool(lines)
 
 
 def node_layout(node: Node) -> XtLayout:
@@ -142,5 +156,6 @@ def load_layout(node: Node, data: dict[str, Any] | None) -> None:
         return
     saved = XtLayout.from_json(data)
     lay.tables, lay.chains, lay.variant = saved.tables, saved.chains, saved.variant
+    lay.handles, lay.next_handle = saved.handles, saved.next_handle
     for state in node.iptables.values():
         lay.reconcile(state.family, state.tables)
