@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tests.test_iptables_translate import HEAD, MATCH, PROTO, RULES4, RULES6, TARGET
 
 from kproxy.lab.netns import Netns, kernel_lab_available
 from kproxy.nftables.cli import run_nft
@@ -27,7 +28,6 @@ from kproxy.nftables.model import Ruleset
 from kproxy.nftables.xtables import XtView
 from kproxy.nftables.xtlayout import node_layout
 from kproxy.node import Node
-from tests.test_iptables_translate import HEAD, MATCH, PROTO, RULES4, RULES6, TARGET
 
 ROOT = Path(__file__).resolve().parents[1]
 SBIN = "/usr/sbin"
