@@ -173,8 +173,8 @@ def listed_blocks(t: Table, kind: str, o: Opts, verb: str) -> str:
 
 def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool, xt: XtView | None = None) -> str:
     """The output of ``list ...`` / ``reset ...``."""
-    if xt is not None and not as_json and verb == "list":
-        shown = xt_answer(toks, rs, o, xt)
+    if xt is not None and verb == "list":
+        shown = xt_answer(toks, rs, o, xt, as_json)
         if shown is not None:
             return shown
     if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits") and \
@@ -243,14 +243,19 @@ def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool, xt
     raise NftError(f"syntax error, unexpected {what}", None)
 
 
-def xt_answer(toks: list[Token], rs: Ruleset, o: Opts, xt: XtView) -> str | None:
+def xt_answer(toks: list[Token], rs: Ruleset, o: Opts, xt: XtView, as_json: bool) -> str | None:
     """``list ruleset|tables|table|chain`` where iptables-nft's tables take part; None: not such a listing."""
     args = [t.text for t in toks]
     what, rest = (args[0], args[1:]) if args else ("ruleset", [])
     family = rest[0] if rest and rest[0] in FAMILIES else None
     names = rest[1:] if family else rest
+    if what == "ruleset" and as_json:
+        items = [i for k in xt.tables(family) for i in xt.items_json(k, o)]
+        return dump_json(items + [i for t in rs.tables if family in (None, t.family) for i in table_items_json(t, o)])
     if what == "ruleset":
         return xt.ruleset_text(o, family) + ruleset_text(rs, o, family)
+    if as_json and what not in ("table", "chain"):
+        return None
     if what == "tables":
         return "".join(f"table {nft_family(k[0])} {k[1]}\n" for k in xt.tables(family)) + \
             answer("list", toks, rs, o, False)
@@ -260,7 +265,9 @@ def xt_answer(toks: list[Token], rs: Ruleset, o: Opts, xt: XtView) -> str | None
     if key is None:
         return None
     if what == "table":
-        return xt.table_text(key, o)
+        return dump_json(xt.items_json(key, o)) if as_json else xt.table_text(key, o)
     if len(names) > 1 and names[1] in xt.chain_names(key):
+        if as_json:
+            return dump_json(xt.items_json(key, o, only_chain=names[1])[1:])
         return xt.table_text(key, o, only_chain=names[1])
     return None

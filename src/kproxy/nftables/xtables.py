@@ -18,10 +18,11 @@ stderr, never as a plausible but wrong rule.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.ext.limit import LimitMatch
 from kproxy.iptables.ext.log import TraceTarget
@@ -42,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 CMP, DEP, L4, STMT = "cmp", "dep", "l4", "stmt"
 TCP_FLAGS = ("fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr")
 ALL_FLAGS = 0x3F
+# Extensions the kernel knows under another name (the revision iptables loads is another module's).
+KERNEL_NAMES = {"state": "conntrack", "NOTRACK": "CT", "icmpv6": "icmp6"}
 WARNING = "# Warning: table {fam} {name} is managed by iptables-nft, do not touch!\n"
 
 
@@ -61,35 +64,68 @@ def protocol_names() -> dict[int, str]:
 
 
 @dataclass
-class Rendered:
-    """One rule's statements as (kind, text); ``xt`` when any part stayed an xt extension."""
+class Part:
+    kind: str
+    text: str
+    json: Any = None        # the statement's JSON where it is not the parsed text's (xt, counter, verdicts)
 
-    parts: list[tuple[str, str]] = field(default_factory=list)
+
+@dataclass
+class Rendered:
+    """One rule's statements; ``xt`` when any part stayed an xt extension."""
+
+    parts: list[Part] = field(default_factory=list)
     xt: bool = False
     missing: str | None = None      # what has no rendering yet
 
-    def add(self, kind: str, text: str) -> None:
-        self.parts.append((kind, text))
+    def add(self, kind: str, text: str, as_json: Any = None) -> None:
+        self.parts.append(Part(kind, text, as_json))
 
     def xt_part(self, ext: Extension, xl: Xlate, what: str) -> None:
         text = ext.translate(xl)
         self.xt = True
-        self.add(STMT, f"xt {what} {ext.name}" if text is None else text.rstrip(" "))
+        name = KERNEL_NAMES.get(ext.name, ext.name)
+        self.add(STMT, f"xt {what} {name}" if text is None else text.rstrip(" "), {"xt": {"type": what, "name": name}})
+
+    def kept(self) -> list[Part]:
+        """The statements nft prints: the -p dependency dropped where nft drops it."""
+        out: list[Part | None] = []
+        dep: int | None = None
+        for p in self.parts:
+            if p.kind == L4 and dep is not None:
+                out[dep] = None
+                dep = None
+            elif p.kind == DEP:
+                dep = len(out)
+            elif p.kind == STMT:
+                dep = None
+            out.append(p)
+        return [p for p in out if p is not None]
 
     def text(self) -> str:
-        """The statements joined as nft joins them, the -p dependency dropped where nft drops it."""
-        out: list[str] = []
-        dep: int | None = None
-        for kind, text in self.parts:
-            if kind == L4 and dep is not None:
-                out[dep] = "\0"
-                dep = None
-            elif kind == DEP:
-                dep = len(out)
-            elif kind == STMT:
-                dep = None
-            out.append(text)
-        return " ".join(t for t in out if t != "\0")
+        return " ".join(p.text for p in self.kept())
+
+    def json(self, family: int) -> list[Any]:
+        return [p.json if p.json is not None else native_json(p.text, family) for p in self.kept()]
+
+
+@lru_cache(maxsize=4096)
+def _native_json(text: str, family: int) -> str:
+    from kproxy.nftables.model import Ruleset
+    from kproxy.nftables.parser import Parser
+
+    fam = nft_family(family)
+    rs = Ruleset()
+    Parser(f"add table {fam} t; add chain {fam} t c; add rule {fam} t c {text}", rs).script()
+    table = rs.find(fam, "t")
+    assert table is not None
+    stmts = table.chains["c"].rules[0].stmts
+    return json.dumps(stmts[0].json(Opts()) if len(stmts) == 1 else [s.json(Opts()) for s in stmts])
+
+
+def native_json(text: str, family: int) -> Any:
+    """A native statement's JSON: its text parsed as an nft rule and printed by the nft front end."""
+    return json.loads(_native_json(text, family))
 
 
 def port_text(proto: str, word: str, rng: tuple[int, int], invert: bool) -> str:
@@ -116,13 +152,25 @@ def flags_text(mask: int, cmp: int, invert: bool) -> str:
     return f"tcp flags {'!= ' if invert else ''}{flag_names(cmp)} / {flag_names(mask)}"
 
 
+def flags_json(mask: int, cmp: int, invert: bool) -> dict[str, Any]:
+    """The flags test in nft's JSON: ``!``/``in`` for the zero forms, else the masked comparison."""
+    def names(bits: int) -> str | list[str]:
+        words = flag_names(bits).split(",")
+        return words[0] if len(words) == 1 else words
+
+    flags = {"payload": {"protocol": "tcp", "field": "flags"}}
+    if cmp == 0:
+        return {"match": {"op": "in" if invert else "!", "left": flags, "right": names(mask)}}
+    return {"match": {"op": "!=" if invert else "==", "left": {"&": [flags, names(mask)]}, "right": names(cmp)}}
+
+
 def native_ports(r: Rendered, m: TcpMatch | UdpMatch) -> None:
     """The tcp/udp match iptables-nft wrote natively: flags first, then source and destination port."""
     if m.vanished:
         return
     if isinstance(m, TcpMatch) and m.flags is not None:
         mask, cmp = m.flags
-        r.add(L4, flags_text(mask, cmp, m.finv))
+        r.add(L4, flags_text(mask, cmp, m.finv), flags_json(mask, cmp, m.finv))
     for word, rng, inv in (("sport", m.sport, m.sinv), ("dport", m.dport, m.dinv)):
         if rng is not None:
             r.add(L4, port_text(m.name, word, rng, inv))
@@ -174,12 +222,17 @@ def render_rule(rule: Rule, family: int, o: Opts) -> Rendered:
             r.add(STMT, native_limit(m, xl))
         else:
             r.xt_part(m, xl, "match")
-    r.add(STMT, "counter" if o.stateless else f"counter packets {rule.packets} bytes {rule.bytes}")
+    packets, nbytes = (0, 0) if o.stateless else (rule.packets, rule.bytes)
+    r.add(STMT, "counter" if o.stateless else f"counter packets {packets} bytes {nbytes}",
+          {"counter": {"packets": packets, "bytes": nbytes}})
     verdicts = {"ACCEPT": "accept", "DROP": "drop", "RETURN": "return"}
-    if rule.jump is not None:
+    if rule.jump in verdicts:
+        r.add(STMT, verdicts[rule.jump], {verdicts[rule.jump]: None})
+    elif rule.jump is not None:
         if rule.jump == "QUEUE":
             r.missing = "the QUEUE verdict"
-        r.add(STMT, verdicts.get(rule.jump) or f"{'goto' if rule.goto else 'jump'} {rule.jump}")
+        word = "goto" if rule.goto else "jump"
+        r.add(STMT, f"{word} {rule.jump}", {word: {"target": rule.jump}})
     elif isinstance(rule.target, TraceTarget):
         r.add(STMT, "meta nftrace set 1")
     elif rule.target is not None:
@@ -271,3 +324,29 @@ class XtView:
 
     def ruleset_text(self, o: Opts, family: str | None = None) -> str:
         return "".join(self.table_text(k, o) for k in self.tables(family))
+
+    def items_json(self, key: tuple[int, str], o: Opts, only_chain: str | None = None) -> list[dict[str, Any]]:
+        """The table's objects as ``nft -j list`` gives them: the table, its chains, then their rules."""
+        fam = nft_family(key[0])
+        t = self.table(key)
+        if t is None:
+            return []
+        handles = self.handles(key)
+        names = [n for n in ([only_chain] if only_chain else self.chain_names(key)) if n in t.chains]
+        items: list[dict[str, Any]] = [{"table": {"family": fam, "name": key[1],
+                                                  "handle": self.layout.handles.get(key, 0)}}]
+        for name in names:
+            c = t.chains[name]
+            d: dict[str, Any] = {"family": fam, "table": key[1], "name": name, "handle": handles[name][0]}
+            base = BASE_CHAINS.get(t.name, {}).get(name) if c.builtin else None
+            if base is not None:
+                kind, hook, prio = base
+                d.update(type=kind, hook=hook, prio=150 if t.name == "security" else prio,
+                         policy=str(c.policy).lower())
+            items.append({"chain": d})
+        for name in names:
+            first = handles[name][1]
+            for i, rule in enumerate(t.chains[name].rules):
+                items.append({"rule": {"family": fam, "table": key[1], "chain": name, "handle": first + i,
+                                       "expr": render_rule(rule, key[0], o).json(key[0])}})
+        return items
