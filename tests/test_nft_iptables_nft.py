@@ -261,3 +261,12 @@ def test_the_corpus_in_json_as_nft_does(which):
         ops = corpus_ops(RULES4 if which == "RULES4" else RULES6, 4 if which == "RULES4" else 6)
     with fresh() as ns:
         compare(ns, ops, ["-j", "list", "ruleset"], f"{which} -j", handles=which.endswith(".rules"))
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("args", [["-n", "list", "ruleset"], ["-nn", "list", "ruleset"], ["-y", "list", "ruleset"],
+                                  ["-s", "list", "ruleset"], ["list", "chains"], ["list", "chain", "ip", "filter", "FORWARD"],
+                                  ["list", "table", "ip", "nosuch"]])
+def test_the_corpus_with_listing_options(ns, args):
+    ops = corpus_ops(RULES4 + ["-p 47 -j ACCEPT", "! -p 58"], 4) + [("cmd", 4, ["-P", "FORWARD", "DROP"])]
+    compare(ns, ops, args, " ".join(args))

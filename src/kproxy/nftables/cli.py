@@ -256,6 +256,8 @@ def xt_answer(toks: list[Token], rs: Ruleset, o: Opts, xt: XtView, as_json: bool
         return xt.ruleset_text(o, family) + ruleset_text(rs, o, family)
     if as_json and what not in ("table", "chain"):
         return None
+    if what == "chains" and (family or not rest):
+        return xt.chains_text(o, family) + answer("list", toks, rs, o, False)
     if what == "tables":
         return "".join(f"table {nft_family(k[0])} {k[1]}\n" for k in xt.tables(family)) + \
             answer("list", toks, rs, o, False)

@@ -139,17 +139,19 @@ def port_text(proto: str, word: str, rng: tuple[int, int], invert: bool) -> str:
     return f"{proto} {word} {value}"
 
 
-def flag_names(bits: int) -> str:
-    return ",".join(n for i, n in enumerate(TCP_FLAGS) if bits & (1 << i))
+def flag_names(bits: int, numeric: bool = False) -> str:
+    """The flags by name, or each as a hex value (``-n``)."""
+    return ",".join(f"0x{1 << i:x}" if numeric else n for i, n in enumerate(TCP_FLAGS) if bits & (1 << i))
 
 
-def flags_text(mask: int, cmp: int, invert: bool) -> str:
+def flags_text(mask: int, cmp: int, invert: bool, numeric: bool = False) -> str:
     """``tcp flags & mask == cmp`` as nft 1.0.6 prints it back."""
+    m, c = flag_names(mask, numeric), flag_names(cmp, numeric)
     if cmp == 0:
-        return f"tcp flags {'' if invert else '! '}{flag_names(mask)}"
+        return f"tcp flags {'' if invert else '! '}{m}"
     if cmp == mask and bin(mask).count("1") == 1:
-        return f"tcp flags & {flag_names(mask)} {'!=' if invert else '=='} {flag_names(cmp)}"
-    return f"tcp flags {'!= ' if invert else ''}{flag_names(cmp)} / {flag_names(mask)}"
+        return f"tcp flags & {m} {'!=' if invert else '=='} {c}"
+    return f"tcp flags {'!= ' if invert else ''}{c} / {m}"
 
 
 def flags_json(mask: int, cmp: int, invert: bool) -> dict[str, Any]:
@@ -164,13 +166,13 @@ def flags_json(mask: int, cmp: int, invert: bool) -> dict[str, Any]:
     return {"match": {"op": "!=" if invert else "==", "left": {"&": [flags, names(mask)]}, "right": names(cmp)}}
 
 
-def native_ports(r: Rendered, m: TcpMatch | UdpMatch) -> None:
+def native_ports(r: Rendered, m: TcpMatch | UdpMatch, numeric: bool) -> None:
     """The tcp/udp match iptables-nft wrote natively: flags first, then source and destination port."""
     if m.vanished:
         return
     if isinstance(m, TcpMatch) and m.flags is not None:
         mask, cmp = m.flags
-        r.add(L4, flags_text(mask, cmp, m.finv), flags_json(mask, cmp, m.finv))
+        r.add(L4, flags_text(mask, cmp, m.finv, numeric), flags_json(mask, cmp, m.finv))
     for word, rng, inv in (("sport", m.sport, m.sinv), ("dport", m.dport, m.dinv)):
         if rng is not None:
             r.add(L4, port_text(m.name, word, rng, inv))
@@ -193,14 +195,14 @@ def addr_text(key: str, net: Net | None, invert: bool) -> str:
     return "" if net is None else f"{key} {'!= ' if invert else ''}{net_text(net)}"
 
 
-def header(r: Rendered, rule: Rule, family: int) -> None:
+def header(r: Rendered, rule: Rule, family: int, numeric: bool) -> None:
     """Interfaces, ``meta l4proto``, addresses, fragment: the order iptables-nft writes them in."""
     fam = nft_family(family)
     for text in (ifname("iifname", rule.iif, rule.iif_inv), ifname("oifname", rule.oif, rule.oif_inv)):
         if text:
             r.add(CMP, text)
     if rule.proto:
-        name = protocol_names().get(rule.proto, str(rule.proto))
+        name = str(rule.proto) if numeric else protocol_names().get(rule.proto, str(rule.proto))
         r.add(CMP if rule.proto_inv else DEP, f"meta l4proto {'!= ' if rule.proto_inv else ''}{name}")
     for text in (addr_text(f"{fam} saddr", rule.src, rule.src_inv), addr_text(f"{fam} daddr", rule.dst, rule.dst_inv)):
         if text:
@@ -212,10 +214,11 @@ def header(r: Rendered, rule: Rule, family: int) -> None:
 def render_rule(rule: Rule, family: int, o: Opts) -> Rendered:
     r = Rendered()
     xl = Xlate(family, rule)
-    header(r, rule, family)
+    numeric = o.numeric >= 1
+    header(r, rule, family, numeric)
     for m in rule.matches:
         if isinstance(m, (TcpMatch, UdpMatch)) and not m._compat():
-            native_ports(r, m)
+            native_ports(r, m, numeric)
         elif isinstance(m, MarkMatch) and m.name == "mark":    # connmark derives from it, stays xt
             r.add(CMP, native_mark(m))
         elif isinstance(m, LimitMatch):
@@ -322,6 +325,14 @@ class XtView:
         head = f"table {fam} {key[1]} {{" + (f" # handle {handle}" if o.handles else "")
         return "\n".join([head, *(["\n\n".join(blocks)] if blocks else []), "}"]) + "\n"
 
+    def chains_text(self, o: Opts, family: str | None = None) -> str:
+        """``list chains``: each table's chains, headers only, no blank line between them."""
+        out = ""
+        for key in self.tables(family):
+            blocks = [self.chain_block(key, name, o, rules=False)[0] for name in self.chain_names(key)]
+            out += f"table {nft_family(key[0])} {key[1]} {{\n" + "".join(b + "\n" for b in blocks) + "}\n"
+        return out
+
     def ruleset_text(self, o: Opts, family: str | None = None) -> str:
         return "".join(self.table_text(k, o) for k in self.tables(family))
 
@@ -348,5 +359,5 @@ class XtView:
             first = handles[name][1]
             for i, rule in enumerate(t.chains[name].rules):
                 items.append({"rule": {"family": fam, "table": key[1], "chain": name, "handle": first + i,
-                                       "expr": render_rule(rule, key[0], o).json(key[0])}})
+                                       "expr": render_rule(rule, key[0], Opts(stateless=o.stateless)).json(key[0])}})
         return items
