@@ -28,7 +28,7 @@ from kproxy.nftables.cli import run_nft
 from kproxy.nftables.model import Ruleset
 from kproxy.nftables.xtables import XtView
 from kproxy.nftables.xtlayout import node_layout
-from kproxy.node import Node
+from kproxy.node import Node, NodeError
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLE = re.compile(r'("handle":|# handle) \d+')
@@ -270,3 +270,14 @@ def test_the_corpus_in_json_as_nft_does(which):
 def test_the_corpus_with_listing_options(ns, args):
     ops = corpus_ops(RULES4 + ["-p 47 -j ACCEPT", "! -p 58"], 4) + [("cmd", 4, ["-P", "FORWARD", "DROP"])]
     compare(ns, ops, args, " ".join(args))
+
+
+def test_a_node_description_marks_iptables_legacy(tmp_path):
+    desc = {"name": "n", "interfaces": [], "routes": [], "iptables": "legacy"}
+    node = Node.from_description(desc)
+    node.iptables_cmd(["-A", "INPUT", "-j", "ACCEPT"], 4)
+    assert node.iptables_variant() == "legacy" and node.describe()["iptables"] == "legacy"
+    assert run_nft(["list", "ruleset"], Ruleset(), xt=XtView(node))[:3] == (0, "", "")
+    assert "iptables" not in Node.from_description({**desc, "iptables": "nft"}).describe()
+    with pytest.raises(NodeError, match="iptables: 'x' is neither nft nor legacy"):
+        Node.from_description({**desc, "iptables": "x"})
