@@ -281,3 +281,14 @@ def test_a_node_description_marks_iptables_legacy(tmp_path):
     assert "iptables" not in Node.from_description({**desc, "iptables": "nft"}).describe()
     with pytest.raises(NodeError, match="iptables: 'x' is neither nft nor legacy"):
         Node.from_description({**desc, "iptables": "x"})
+
+
+def test_a_rule_without_a_rendering_is_said_plainly():
+    node = Node()
+    node.iptables_cmd(["-A", "INPUT", "-j", "QUEUE"], 4)       # the kernel here has no nf_queue to check it against
+    node.iptables_cmd(["-A", "INPUT", "-j", "ACCEPT"], 4)
+    rc, out, err, _ = run_nft(["list", "ruleset"], Ruleset(), xt=XtView(node))
+    assert rc == 0
+    assert out.splitlines()[3:5] == ["\t\t# kproxy: no nft rendering yet for the QUEUE verdict",
+                                     "\t\tcounter packets 0 bytes 0 accept"]
+    assert err == "kproxy: ip filter INPUT: no nft rendering yet for the QUEUE verdict\n"

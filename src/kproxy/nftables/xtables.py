@@ -303,9 +303,10 @@ class XtView:
         for i, rule in enumerate(c.rules if rules else []):
             r = render_rule(rule, key[0], o)
             xt = xt or r.xt
-            if r.missing is not None:
+            if r.missing is not None:      # said plainly, never a plausible but unchecked rule
                 lines.append(f"\t\t# kproxy: no nft rendering yet for {r.missing}")
                 self.warnings.append(f"kproxy: {fam} {t.name} {name}: no nft rendering yet for {r.missing}\n")
+                continue
             lines.append("\t\t" + r.text() + (f" # handle {rhandle + i}" if o.handles else ""))
         lines.append("\t}")
         return "\n".join(lines), xt
