@@ -265,7 +265,7 @@ class XtView:
         return next((k for k in self.tables(family) if k[1] == name), None)
 
     def chain_names(self, key: tuple[int, str]) -> list[str]:
-        return self.layout.chains.get(key, [])
+        return list(self.layout.chains.get(key, {}))
 
     def table(self, key: tuple[int, str]) -> Table | None:
         return self.node.iptables[key[0]].tables.get(key[1])

@@ -37,14 +37,14 @@ class XtLayout:
     """The iptables-nft tables in kernel order, each with its chains in creation order."""
 
     tables: list[Key] = field(default_factory=list)
-    chains: dict[Key, list[str]] = field(default_factory=dict)
+    chains: dict[Key, dict[str, None]] = field(default_factory=dict)    # ordered sets of chain names
     variant: str = "nft"        # "legacy": iptables-legacy keeps its tables out of nf_tables
     handles: dict[Key, int] = field(default_factory=dict)
     next_handle: int = 1        # the namespace's table handle counter (nft's own tables aside)
 
-    def ensure(self, key: Key) -> list[str]:
+    def ensure(self, key: Key) -> dict[str, None]:
         if key not in self.chains:
-            self.chains[key] = []
+            self.chains[key] = {}
             self.tables.append(key)
             self.handles[key] = self.next_handle
             self.next_handle += 1
@@ -57,9 +57,7 @@ class XtLayout:
             self.tables.remove(key)
 
     def create(self, key: Key, chain: str) -> None:
-        names = self.ensure(key)
-        if chain not in names:
-            names.append(chain)
+        self.ensure(key).setdefault(chain, None)
 
     def replay(self, family: int, events: list[tuple[str, str, str]], tables: dict[str, Table]) -> None:
         """Apply one commit's events: (table, verb, chain) with verbs ``*`` (a flushing restore's
@@ -74,48 +72,55 @@ class XtLayout:
                 self._delete(key, chain, tables.get(tname))
             elif verb == "E" and key in self.chains:
                 old, new = chain.split("\0", 1)
-                self.chains[key] = [new if n == old else n for n in self.chains[key]]
+                self.chains[key] = {new if n == old else n: None for n in self.chains[key]}
 
     def _delete(self, key: Key, chain: str, table: Table | None) -> None:
         names = self.chains.get(key)
         if names is None:
             return
         if chain:
-            self.chains[key] = [n for n in names if n != chain]
+            names.pop(chain, None)
             return
         hooks = TABLE_HOOKS.get(key[1], ())
-        keep = []
+        keep: dict[str, None] = {}
         for n in names:
             c = table.chains.get(n) if table is not None else None
-            if n in hooks and c is not None and (has_rules(c) or c.policy != "ACCEPT"):
-                keep.append(n)
+            if n in hooks and c is not None and (c.policy != "ACCEPT" or has_rules(c)):
+                keep[n] = None
         self.chains[key] = keep
 
     def reconcile(self, family: int, tables: dict[str, Table]) -> None:
         """Drop chains the tables no longer have; append those no event explained (user chains, and
-        built-in chains with rules or a DROP policy)."""
+        built-in chains with rules or a DROP policy). When the counts show the events explained every
+        user chain, only the few built-in chains are looked at, so a commit costs what it changed."""
         for tname, t in tables.items():
             key = (family, tname)
-            hooks = TABLE_HOOKS.get(tname, ())
-            have = [n for n in self.chains.get(key, []) if n in t.chains]
-            seen = set(have)
+            hooks = [h for h in TABLE_HOOKS.get(tname, ()) if h in t.chains]
+            names = self.chains.get(key)
+            unused = [h for h in hooks if names is None or h not in names]
+            used = [h for h in unused if t.chains[h].policy != "ACCEPT" or has_rules(t.chains[h])]
+            if names is not None and len(names) + len(unused) == len(t.chains):
+                names.update(dict.fromkeys(used))
+                continue
+            have = {n: None for n in (names or {}) if n in t.chains}
             for n, c in t.chains.items():
-                if n not in seen and (n not in hooks or c.policy != "ACCEPT" or has_rules(c)):
-                    have.append(n)
-            if key in self.chains:
+                if n not in have and (n not in hooks or c.policy != "ACCEPT" or has_rules(c)):
+                    have[n] = None
+            if names is not None:
                 self.chains[key] = have
             elif have:
-                self.ensure(key).extend(have)
+                self.ensure(key).update(have)
 
     def to_json(self) -> dict[str, Any]:
         return {"variant": self.variant, "next_handle": self.next_handle,
-                "tables": [[fam, name, self.handles[(fam, name)], self.chains[(fam, name)]] for fam, name in self.tables]}
+                "tables": [[fam, name, self.handles[(fam, name)], list(self.chains[(fam, name)])]
+                           for fam, name in self.tables]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> XtLayout:
         lay = cls(variant=str(data.get("variant", "nft")))
         for fam, name, handle, chains in data.get("tables", []):
-            lay.ensure((int(fam), str(name))).extend(str(c) for c in chains)
+            lay.ensure((int(fam), str(name))).update(dict.fromkeys(str(c) for c in chains))
             lay.handles[(int(fam), str(name))] = int(handle)
         lay.next_handle = int(data.get("next_handle", lay.next_handle))
         return lay
