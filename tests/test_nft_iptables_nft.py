@@ -112,10 +112,13 @@ def unhandled(result: tuple[int, str, str]) -> tuple[int, str, str]:
     return rc, HANDLE.sub(r"\1 0", out), err
 
 
-def compare(ns: Netns, ops: list[Op], args: list[str], label: str, handles: bool = True) -> None:
+def compare(ns: Netns, ops: list[Op], args: list[str], label: str, handles: bool = True,
+            all_accepted: bool = False) -> None:
     """Handles (``-a``, ``-j``) are compared only where asked: kproxy numbers a table as a fresh load of
     it would, while the kernel numbers chains and rules in the order the commands created them."""
-    node = emulated(kernel_apply(ns, ops))
+    done = kernel_apply(ns, ops)
+    assert not all_accepted or done == ops, "the kernel refused some of the input"
+    node = emulated(done)
     real, ours = listing(ns, node, args)
     if not handles:
         real, ours = unhandled(real), unhandled(ours)
@@ -165,7 +168,7 @@ def test_random_rules_list_as_nft_does(ns, seed):
 @pytest.mark.parametrize("dump", ["iptables.rules", "iptables-prod.rules", "verify.rules"])
 def test_example_dumps_list_as_nft_does(ns, dump):
     text = (ROOT / "examples" / dump).read_text()
-    compare(ns, [("restore", 4, text, False)], ["list", "ruleset"], dump)
+    compare(ns, [("restore", 4, text, False)], ["list", "ruleset"], dump, all_accepted=True)
 
 
 @pytest.mark.kernel
@@ -292,3 +295,34 @@ def test_a_rule_without_a_rendering_is_said_plainly():
     assert out.splitlines()[3:5] == ["\t\t# kproxy: no nft rendering yet for the QUEUE verdict",
                                      "\t\tcounter packets 0 bytes 0 accept"]
     assert err == "kproxy: ip filter INPUT: no nft rendering yet for the QUEUE verdict\n"
+
+
+def kube_proxy_ops(dump: str) -> list[Op]:
+    """The dump applied the way kube-proxy applies its rules: ``-N`` of its chains and ``-A`` of the
+    jumps from the built-in chains as commands, then ``iptables-restore --noflush`` of its own chains
+    (which names no built-in chain)."""
+    cmds: list[Op] = []
+    body: list[str] = []
+    table = ""
+    for line in dump.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+            body.append(line)
+        elif line.startswith(":"):
+            name = line[1:].split()[0]
+            if line.split()[1] == "-":
+                cmds.append(("cmd", 4, ["-t", table, "-N", name]))
+                body.append(line)
+        elif line.startswith("-A ") and line.split()[1] in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"):
+            cmds.append(("cmd", 4, ["-t", table, *shlex.split(line)]))
+        elif line and not line.startswith("#"):
+            body.append(line)
+    return [*cmds, ("restore", 4, "\n".join(body) + "\n", True)]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("dump", ["iptables.rules", "iptables-prod.rules"])
+def test_rules_applied_as_kube_proxy_applies_them(ns, dump):
+    ops = kube_proxy_ops((ROOT / "examples" / dump).read_text())
+    compare(ns, ops, ["list", "ruleset"], f"{dump} as kube-proxy applies it", all_accepted=True)
+    compare(ns, ops, ["-j", "list", "ruleset"], f"{dump} as kube-proxy applies it, -j", handles=False)
