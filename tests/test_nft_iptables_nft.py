@@ -206,9 +206,7 @@ RESTORES = [
     pytest.param([("restore", 4, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:FOO - [0:0]\n"
       "-A FOO -j ACCEPT\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n", False),
      ("restore", 4, "*filter\n-A OUTPUT -j ACCEPT\n-A INPUT -j DROP\nCOMMIT\n*mangle\nCOMMIT\n", False)],
-                 marks=pytest.mark.xfail(strict=True, reason="iptables-nft-restore recreates the table, so FORWARD's "
-                                         "DROP policy is gone; kproxy's restore keeps built-in policies as "
-                                         "iptables-legacy does (a model difference, not a listing one)")),
+                 id="a-flushing-restore-drops-undeclared-policies"),
     [("cmd", 4, ["-A", "INPUT", "-j", "ACCEPT"]), ("cmd", 4, ["-t", "nat", "-A", "OUTPUT", "-j", "RETURN"]),
      ("restore", 4, "*filter\n:BAR - [0:0]\n-A BAR -j RETURN\n-A FORWARD -j BAR\nCOMMIT\n", True)],
     [("restore", 6, "*nat\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n"
@@ -326,3 +324,11 @@ def test_rules_applied_as_kube_proxy_applies_them(ns, dump):
     ops = kube_proxy_ops((ROOT / "examples" / dump).read_text())
     compare(ns, ops, ["list", "ruleset"], f"{dump} as kube-proxy applies it", all_accepted=True)
     compare(ns, ops, ["-j", "list", "ruleset"], f"{dump} as kube-proxy applies it, -j", handles=False)
+
+
+def test_a_flushing_restore_keeps_undeclared_policies_only_on_a_legacy_node():
+    for variant, policy in (("nft", "ACCEPT"), ("legacy", "DROP")):
+        node = Node.from_description({"name": "n", "iptables": variant})
+        node.iptables_cmd(["-P", "FORWARD", "DROP"], 4)
+        node.iptables_restore("*filter\n-A INPUT -j ACCEPT\nCOMMIT\n", 4)
+        assert node.iptables[4].tables["filter"].chains["FORWARD"].policy == policy

@@ -86,9 +86,12 @@ class _Restorer:
             t = copy_table(base)
         else:
             t = Table(name, self.state.family)
+            # iptables-nft deletes the table and builds it again: a built-in chain the input does not
+            # declare is back to ACCEPT with zero counters; iptables-legacy keeps its policy and counters.
+            legacy = self.node is not None and self.node.iptables_variant() == "legacy"
             for c in base.chains.values():
                 if c.builtin:
-                    t.chains[c.name] = Chain(c.name, c.policy, [], c.packets, c.bytes)
+                    t.chains[c.name] = Chain(c.name, c.policy, [], c.packets, c.bytes) if legacy else Chain(c.name, "ACCEPT")
         self.table = t
 
     def chain_line(self, line: str, lineno: int) -> None:
