@@ -447,11 +447,19 @@ class Node:
             ],
             "routes": [str(r) for r in self.routes],
             "sysctls": dict(self.sysctls),
+            **({"iptables": "legacy"} if self.iptables_variant() == "legacy" else {}),
         }
+
+    def iptables_variant(self) -> str:
+        """``nft`` (iptables-nft, whose tables nft lists) or ``legacy`` (x_tables, apart from nf_tables)."""
+        from kproxy.nftables.xtlayout import node_layout
+
+        return node_layout(self).variant
 
     @classmethod
     def from_description(cls, desc: dict[str, Any], source: str = "<node>") -> Node:
-        """Build a node from ``{name, interfaces: [{name, addresses, mac}], routes: [...], sysctls}``."""
+        """Build a node from ``{name, interfaces: [{name, addresses, mac}], routes: [...], sysctls, iptables}``
+        (``iptables: legacy`` for a node whose iptables is iptables-legacy)."""
         if not isinstance(desc, dict):
             raise NodeError(f"{source}: a node description must be a mapping")
         node = cls(str(desc.get("name", "node")))
@@ -482,6 +490,12 @@ class Node:
             raise NodeError(f"{source}: sysctls: must be a mapping")
         for k, v in sysctls.items():
             node.sysctls[str(k)] = str(v)
+        variant = desc.get("iptables", "nft")
+        if variant not in ("nft", "legacy"):
+            raise NodeError(f"{source}: iptables: {variant!r} is neither nft nor legacy")
+        from kproxy.nftables.xtlayout import node_layout
+
+        node_layout(node).variant = variant     # legacy: nft lists none of the iptables tables
         node._reindex()
         for r in node.routes:
             if r.dev and r.dev not in node.interfaces:

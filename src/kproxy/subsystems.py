@@ -38,3 +38,6 @@ def attach(node: Node) -> None:
         node.subsystems["iptables_engines"][fam] = engine
     node.ipvs = Ipvs()
     node.ipvs.attach(node)
+    from kproxy.nftables.xtlayout import node_layout
+
+    node_layout(node)            # which iptables chains exist in nf_tables, as iptables-nft creates them

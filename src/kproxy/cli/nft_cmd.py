@@ -22,6 +22,7 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     from kproxy.nftables.cli import run_nft
     from kproxy.nftables.evaluate import attach
     from kproxy.nftables.store import node_ruleset
+    from kproxy.nftables.xtables import XtView
 
     argv = list(args)
     if "monitor" in [a for a in argv if not a.startswith("-")][:1]:
@@ -32,7 +33,7 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
         stdin = sys.stdin.read()
 
     def run(node: Node) -> tuple[int, str, str]:
-        rc, out, err, rs = run_nft(argv, node_ruleset(node), stdin, set(node.interfaces))
+        rc, out, err, rs = run_nft(argv, node_ruleset(node), stdin, set(node.interfaces), XtView(node))
         if rc == 0:
             node.nftables = rs
             attach(node)

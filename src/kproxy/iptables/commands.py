@@ -372,6 +372,7 @@ def run_iptables(argv: list[str], state: Any, family: int = 4, node: Node | None
         validate(work, node)
         if c.cmd in OPERATION and any(r.jump in work.chains for r in c.rules) and too_deep(work):
             raise too_many_links(OPERATION[c.cmd], c.chain)
+        state.note = [(c.table, c.cmd, f"{c.chain}\0{c.arg}" if c.cmd == "E" else c.chain)]
         state.commit({c.table: work})
         return 0, echo, "".join(c.warnings)
     except (ParameterProblem, CommandError) as exc:

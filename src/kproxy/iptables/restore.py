@@ -65,6 +65,7 @@ class _Restorer:
         self.checked_lines: dict[int, int] = {}     # id of a rule the kernel checks at commit -> its line
         self.echo: list[str] | None = None      # -v: what the tool prints as it goes
         self.jumps: list[tuple[int, str, Rule]] = []     # (line, chain, rule) of each jump to a user chain
+        self.events: list[tuple[str, str, str]] = []      # what iptables-nft creates, for IptablesState.note
         self.warnings: list[str] = []           # what the tool printed on stderr as it parsed (and went on)
         self.test = False                       # --test: lines are parsed, nothing is checked against tables
 
@@ -83,6 +84,8 @@ class _Restorer:
         if name not in TABLES:
             raise self.param_error(f"{self.prog}: line {lineno} table name '{name}' invalid", lineno)
         self.skip = self.only is not None and name not in self.only
+        if not self.skip:
+            self.events.append((name, "*noflush" if self.noflush else "*", ""))
         base = self.staged.get(name) or self.state.tables.get(name)
         if self.echo is not None and base is not None and not self.skip and not self.noflush:
             self.echo += [f"Flushing chain `{n}'\n" for n in base.chains]
@@ -93,9 +96,12 @@ class _Restorer:
             t = copy_table(base)
         else:
             t = Table(name, self.state.family)
+            # iptables-nft deletes the table and builds it again: a built-in chain the input does not
+            # declare is back to ACCEPT with zero counters; iptables-legacy keeps its policy and counters.
+            legacy = self.node is not None and self.node.iptables_variant() == "legacy"
             for c in base.chains.values():
                 if c.builtin:
-                    t.chains[c.name] = Chain(c.name, c.policy, [], c.packets, c.bytes)
+                    t.chains[c.name] = Chain(c.name, c.policy, [], c.packets, c.bytes) if legacy else Chain(c.name, "ACCEPT")
         self.table = t
 
     def chain_line(self, line: str, lineno: int) -> None:
@@ -114,6 +120,7 @@ class _Restorer:
             name, policy = m.group(1), m.group(2)
             counts = (int(m.group(3)), int(m.group(4))) if m.group(3) is not None else None
         chain = self.table.chains.get(name)
+        self.events.append((self.table.name, ":", name))
         if chain is not None and chain.builtin:
             chain = self.table.writable(name)
             if policy != "-":
@@ -165,6 +172,7 @@ class _Restorer:
             if self.echo is not None and not self.skip:
                 self.echo.append(verbose_echo(self.table, c, verbose=True))
             apply(self.table, c)
+            self.events.append((self.table.name, c.cmd, f"{c.chain}\0{c.arg}" if c.cmd == "E" else c.chain))
             if c.cmd in OPERATION:
                 for r in c.rules:
                     if r.jump not in _NOT_CHAINS:
@@ -204,6 +212,7 @@ class _Restorer:
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, at) from None
         chain.rules.extend(rules)
+        self.events.append((table.name, "A", name))
         return lineno + len(rules) - 1
 
     def _verify(self, line: str, lineno: int, chain: str, rule: Rule) -> None:
@@ -314,9 +323,11 @@ def _restore(text: str, state: Any, noflush: bool, counters: bool, test: bool, t
         # Each COMMIT is its own transaction (iptables-nft sends one batch per table, legacy one
         # replace): the tables committed before the failing line stay applied, except with --test.
         if not test and r.staged:
+            state.note = [e for e in r.events if e[0] in r.staged]
             state.commit(r.staged)
         raise
     if warnings is not None:
         warnings.extend(r.warnings)
     if not test and r.staged:
+        state.note = [e for e in r.events if e[0] in r.staged]
         state.commit(r.staged)

@@ -25,6 +25,9 @@ class IptablesState:
         self.tables: dict[str, Table] = {}
         self.generation = 0
         self.listeners: list[CommitListener] = []   # the engine: hooks, conntrack and set references
+        # What the next commit does in iptables-nft's terms, (table, verb, chain) events, for the
+        # listener that keeps which chains exist in nf_tables (kproxy.nftables.xtlayout); cleared by commit.
+        self.note: list[tuple[str, str, str]] | None = None
 
     def get(self, name: str) -> Table:
         """The committed table ``name``, or a fresh one with its built-in chains (not yet committed)."""
@@ -53,6 +56,7 @@ class IptablesState:
         self.generation += 1
         for listener in self.listeners:
             listener(changes)
+        self.note = None
 
 
 def copy_table(t: Table) -> Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kproxy.iptables.translate import nft_family
 from kproxy.nftables.expr import Opts
 from kproxy.nftables.json_input import JsonError
 from kproxy.nftables.lexer import Token
@@ -15,6 +16,7 @@ from kproxy.nftables.listing import (
     obj_json,
     obj_text,
     rule_json,
+    ruleset_text,
     set_json,
     set_text,
     table_items_json,
@@ -24,6 +26,7 @@ from kproxy.nftables.listing import (
 from kproxy.nftables.model import FAMILIES, Chain, NSet, Ruleset, Table
 from kproxy.nftables.parser import NftError, Parser, loc
 from kproxy.nftables.types import JSON_NUMERIC
+from kproxy.nftables.xtables import XtView
 
 USAGE = "Usage: nft [ options ] [ cmds... ]\n"
 COMMAND_WORDS = ("add", "create", "insert", "replace", "table", "delete", "destroy", "flush", "rename", "reset",
@@ -102,8 +105,10 @@ def _short(ch: str, o: Opts, flags: dict[str, object]) -> None:
 
 
 def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
-            interfaces: set[str] | None = None) -> tuple[int, str, str, Ruleset]:
-    """Run one nft invocation; returns (exit status, stdout, stderr, the ruleset afterwards)."""
+            interfaces: set[str] | None = None, xt: XtView | None = None) -> tuple[int, str, str, Ruleset]:
+    """Run one nft invocation; returns (exit status, stdout, stderr, the ruleset afterwards).
+
+    ``xt`` is the node's iptables-nft tables, which ``list`` shows beside the ruleset's own."""
     try:
         o, flags, rest = parse_args(argv)
     except ValueError as exc:
@@ -157,10 +162,10 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         out.append(echo(rs, work, o, bool(flags["json"]), json_cmds if from_json else None, parser.rule_ops, first))
     for verb, args in parser.out.requests:
         try:
-            out.append(answer(verb, args, work, o, bool(flags["json"])))
+            out.append(answer(verb, args, work, o, bool(flags["json"]), xt))
         except NftError as err:
             return 1, "", format_error(err, source, text), rs
-    return 0, "".join(out), "", work
+    return 0, "".join(out), "".join(xt.warnings) if xt is not None else "", work
 
 
 def echo(before: Ruleset, after: Ruleset, o: Opts, as_json: bool, json_cmds: Any, ops: dict[int, str],
@@ -254,10 +259,14 @@ def item_json(t: Table, ob: Any, o: Opts) -> Any:
     return obj_json(t, ob, o)
 
 
-def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> str:
+def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool, xt: XtView | None = None) -> str:
     """The output of ``list ...`` / ``reset ...``: nft's text, or its JSON document with ``-j``."""
     numeric = JSON_NUMERIC.set(as_json and o.numeric >= 1)
     try:
+        if xt is not None and verb == "list":
+            shown = xt_answer(toks, rs, o, xt, as_json)
+            if shown is not None:
+                return shown
         out = listing(verb, toks, rs, o, as_json)
         return dump_json(out) if as_json else out
     finally:
@@ -336,3 +345,35 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
     if verb == "reset" and what in ("counter", "quota", "limit"):
         found_obj.values.update(packets=0, bytes=0, used=0)
     return out
+
+
+def xt_answer(toks: list[Token], rs: Ruleset, o: Opts, xt: XtView, as_json: bool) -> str | None:
+    """``list ruleset|tables|table|chain`` where iptables-nft's tables take part; None: not such a listing."""
+    args = [t.text for t in toks]
+    what, rest = (args[0], args[1:]) if args else ("ruleset", [])
+    family = rest[0] if rest and rest[0] in FAMILIES else None
+    names = rest[1:] if family else rest
+    if what == "ruleset" and as_json:
+        items = [i for k in xt.tables(family) for i in xt.items_json(k, o)]
+        return dump_json(items + [i for t in rs.tables if family in (None, t.family) for i in table_items_json(t, o)])
+    if what == "ruleset":
+        return xt.ruleset_text(o, family) + ruleset_text(rs, o, family)
+    if as_json and what not in ("table", "chain"):
+        return None
+    if what == "chains" and (family or not rest):
+        return xt.chains_text(o, family) + answer("list", toks, rs, o, False)
+    if what == "tables":
+        return "".join(f"table {nft_family(k[0])} {k[1]}\n" for k in xt.tables(family)) + \
+            answer("list", toks, rs, o, False)
+    if what not in ("table", "chain") or not names or rs.find(family or "ip", names[0]) is not None:
+        return None
+    key = xt.find(family or "ip", names[0])
+    if key is None:
+        return None
+    if what == "table":
+        return dump_json(xt.items_json(key, o)) if as_json else xt.table_text(key, o)
+    if len(names) > 1 and names[1] in xt.chain_names(key):
+        if as_json:
+            return dump_json(xt.items_json(key, o, only_chain=names[1])[1:])
+        return xt.table_text(key, o, only_chain=names[1])
+    return None

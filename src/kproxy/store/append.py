@@ -74,5 +74,6 @@ def fast_append(node: Node, argv: list[str], family: int) -> tuple[int, str, str
         for key in rule_uses(r):
             uses[key] = uses.get(key, 0) + 1
     work.uses = uses
+    state.note = [(c.table, "A", c.chain)]
     state.commit({c.table: work})
     return 0, "", ""

@@ -175,6 +175,9 @@ class NodeDatabase:
             by_family.setdefault(family, {})[name] = self._table(family, name, body)
         for family, loaded in by_family.items():
             node.iptables[family].commit(loaded)
+        from kproxy.nftables.xtlayout import load_layout
+
+        load_layout(node, parts.get("iptables-nft"))
         return node
 
     def _table(self, family: int, name: str, body: str) -> Table:

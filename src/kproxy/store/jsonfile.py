@@ -38,6 +38,11 @@ def node_parts(node: Node) -> dict[str, Any]:
         from kproxy.nftables.store import ruleset_to_json
 
         parts["nftables"] = ruleset_to_json(node.nftables)
+    from kproxy.nftables.xtlayout import node_layout
+
+    layout = node_layout(node)
+    if layout.tables or layout.variant != "nft":
+        parts["iptables-nft"] = layout.to_json()
     return parts
 
 
@@ -95,7 +100,7 @@ def node_to_json(node: Node) -> dict[str, Any]:
     states = {fam: {t: cs for t, cs in tables.items() if cs} for fam, tables in states.items()}
     if any(states.values()):
         data["rule-state"] = {fam: tables for fam, tables in states.items() if tables}
-    for name in ("conntrack", "ipsets", "ipvs", "recent", "nfacct", "nftables"):
+    for name in ("conntrack", "ipsets", "ipvs", "recent", "nfacct", "nftables", "iptables-nft"):
         if name in parts:
             data[name] = parts[name]
     return data
@@ -104,6 +109,7 @@ def node_to_json(node: Node) -> dict[str, Any]:
 def node_from_json(data: Any, source: str = "<node>") -> Node:
     """A node from its readable form; raises NodeFileError naming ``source`` and what is wrong."""
     from kproxy.iptables.restore import RestoreError, restore
+    from kproxy.nftables.xtlayout import load_layout
     from kproxy.store.chains import load_rule_state
 
     if not isinstance(data, dict) or "kproxy-node" not in data:
@@ -114,7 +120,8 @@ def node_from_json(data: Any, source: str = "<node>") -> Node:
     if version > FORMAT_VERSION:
         raise NodeFileError(f"{source}: node file format version {version} is newer than this kproxy reads "
                             f"({FORMAT_VERSION}); upgrade kproxy")
-    parts = {name: data.get(name) for name in ("conntrack", "ipsets", "ipvs", "recent", "nfacct", "nftables")}
+    parts = {name: data.get(name) for name in ("conntrack", "ipsets", "ipvs", "recent", "nfacct", "nftables",
+                                              "iptables-nft")}
     parts["node"] = {"description": data.get("description"), "clock": data.get("clock")}
     node = node_from_parts(parts, source)
     try:
@@ -124,6 +131,7 @@ def node_from_json(data: Any, source: str = "<node>") -> Node:
             for tname, chains in tables.items():
                 for cname, state in chains.items():
                     load_rule_state(node.iptables[int(fam)].tables[tname].chains[cname].rules, state)
+        load_layout(node, data.get("iptables-nft"))
     except RestoreError as exc:
         raise NodeFileError(f"{source}: iptables: {str(exc).splitlines()[0]}") from None
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
