@@ -151,6 +151,9 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
             if not _connected(node, route):
                 node.routes.append(route)
     origin: dict[str, Any] = {"sources": {k: [d.source for d in v] for k, v in dumps.parts.items()}}
+    for d in dumps.get("ipset"):            # before the rules that name the sets
+        _tool(d, *_run_ipset(node, d))
+        _listed_order(node, d)
     owned: set[tuple[str, str]] = set()
     for kind, family, nft_family in (("iptables", 4, "ip"), ("ip6tables", 6, "ip6")):
         for d in dumps.get(kind):
@@ -161,8 +164,6 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
                 owned |= {(nft_family, t) for t in node.iptables[family].tables}
     for d in dumps.get("nft"):
         load_nft(node, d, owned)
-    for d in dumps.get("ipset"):
-        _tool(d, *_run_ipset(node, d))
     for d in dumps.get("ipvs"):
         _tool(d, *_run_ipvsadm(node, d, now))
     for d in dumps.get("conntrack"):
@@ -253,7 +254,7 @@ def load_iptables(node: Node, d: Dump, family: int) -> str:
     try:
         node.iptables_restore(d.text, family, counters=True)
     except RestoreError as exc:
-        raise CaptureError(f"{d.source}: {str(exc).strip()}") from None
+        raise CaptureError(f"{d.source}: {_one_line(str(exc))}") from None
     m = _HEADER.search(d.text)
     return m.group(1) if m else ""
 
@@ -276,7 +277,7 @@ def load_nft(node: Node, d: Dump, owned: set[tuple[str, str]]) -> None:
         text = _drop_tables(text, owned)
     rc, _, err, rs = run_nft(argv, node_ruleset(node), text, set(node.interfaces))
     if rc != 0:
-        raise CaptureError(f"{d.source}: {err.strip().replace('/dev/stdin', 'line')}")
+        raise CaptureError(f"{d.source}: {_one_line(err.replace('/dev/stdin:', 'line '))}")
     node.nftables = rs
     attach(node)
 
@@ -314,6 +315,22 @@ def _run_ipset(node: Node, d: Dump) -> tuple[int, str]:
     return rc, err
 
 
+def _listed_order(node: Node, d: Dump) -> None:
+    """Members in the order the live kernel listed them (its hash order, which the emulator does not
+    compute), so ``ipset list`` and ``save`` print them back in that order."""
+    order: dict[str, list[Any]] = {}
+    for line in d.text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] in ("add", "-A", "-add") and words[1] in node.ipsets.sets:
+            s = node.ipsets.sets[words[1]]
+            order.setdefault(s.name, []).append(s.parse(words[2]))
+    for name, keys in order.items():
+        members = node.ipsets.sets[name].members
+        listed = {k: members[k] for k in reversed(keys) if k in members}     # the set lists newest first
+        members.clear()
+        members.update(listed)
+
+
 def _run_ipvsadm(node: Node, d: Dump, now: float) -> tuple[int, str]:
     from kproxy.ipvs.ipvsadm import run_ipvsadm
 
@@ -323,7 +340,13 @@ def _run_ipvsadm(node: Node, d: Dump, now: float) -> tuple[int, str]:
 
 def _tool(d: Dump, rc: int, err: str) -> None:
     if rc != 0:
-        raise CaptureError(f"{d.source}: {' '.join(err.split())}")
+        raise CaptureError(f"{d.source}: {_one_line(err)}")
+
+
+def _one_line(err: str) -> str:
+    """A tool's error report in one line, without its usage hint."""
+    lines = [ln.strip() for ln in err.splitlines() if ln.strip() and not ln.startswith("Try `")]
+    return "; ".join(lines)
 
 
 def load_conntrack(node: Node, d: Dump, now: float) -> None:
