@@ -39,6 +39,7 @@ ip route add 10.21.0.0/16 via 10.9.0.2 metric 50
 ip route add blackhole 10.30.0.0/16
 ip -6 route add fd20::/48 via fd09::2
 sysctl -qw net.ipv4.ip_forward=1
+sysctl -qw net.netfilter.nf_conntrack_acct=1
 sysctl -qw net.ipv4.conf.v0.route_localnet=1
 ipset create allowed hash:net counters
 ipset add allowed 10.9.0.0/24
