@@ -206,7 +206,7 @@ BAD = [
     ("sysctl", "net.ipv4.ip_forward = 1\nnonsense\n", r"sysctl\.bad:2: not a 'key = value' line"),
     ("iptables", "*filter\n-A INPUT -j NOPE\nCOMMIT\n", r"iptables\.bad: iptables-restore .*Chain 'NOPE' does not exist; Error occurred at line: 3"),
     ("ipset", "create s hash:ip\nadd s 10.0.0.300\n", r"ipset\.bad: .*[Ee]rror in line 2"),
-    ("nft", "table inet t {\n\tchain c {\n\t\ttcp dport frob accept\n\t}\n}\n", r"nft\.bad: line 3:"),
+    ("nft", "table inet t {\n\tchain c {\n\t\ttcp dport frob accept\n\t}\n}\n", r"nft\.bad:3:13-16: Error: Could not resolve service"),
     ("conntrack", "tcp 6 10 ESTABLISHED src=1.1.1.1\n", r"conntrack\.bad:1: not a 'conntrack -L' entry"),
     ("conntrack", CONNTRACK.replace("ESTABLISHED", "HALF_OPEN"), r"conntrack\.bad:1: unknown TCP state"),
     ("ipvs", "-A -t 10.1.2.3:80 -s nosuch\n", r"ipvs\.bad: "),

@@ -277,7 +277,9 @@ def load_nft(node: Node, d: Dump, owned: set[tuple[str, str]]) -> None:
         text = _drop_tables(text, owned)
     rc, _, err, rs = run_nft(argv, node_ruleset(node), text, set(node.interfaces))
     if rc != 0:
-        raise CaptureError(f"{d.source}: {_one_line(err.replace('/dev/stdin:', 'line '))}")
+        errors = [ln.replace("/dev/stdin:", f"{d.source}:", 1) if ln.startswith("/dev/stdin:") else f"{d.source}: {ln}"
+                  for ln in err.splitlines() if "Error:" in ln]      # without nft's echo of the line and carets
+        raise CaptureError("; ".join(errors) or f"{d.source}: {_one_line(err)}")
     node.nftables = rs
     attach(node)
 
