@@ -6,6 +6,7 @@ import click
 
 from kproxy.cli.main import Ctx, node_group
 from kproxy.node import Node
+from kproxy.store.chains import gc_paused
 
 
 def _replace(obj: Ctx, node: Node) -> None:
@@ -31,11 +32,12 @@ def node_capture(obj: Ctx, netns: str | None, with_conntrack: bool) -> None:
     """Take a live node's interfaces, routes, sysctls, iptables, nft, ipsets and IPVS into the node file."""
     from kproxy.capture import CaptureError, build, capture
 
-    try:
-        node = build(capture(netns, with_conntrack))
-    except CaptureError as exc:
-        raise click.ClickException(str(exc)) from None
-    _replace(obj, node)
+    with gc_paused():       # a big node is many long-lived objects: a collection would rescan them all
+        try:
+            node = build(capture(netns, with_conntrack))
+        except CaptureError as exc:
+            raise click.ClickException(str(exc)) from None
+        _replace(obj, node)
 
 
 @node_group.command("load")
@@ -54,9 +56,10 @@ def node_load(obj: Ctx, name: str, **files: tuple[str, ...]) -> None:
     """Build the node file from dumps taken elsewhere (any subset); bad input changes nothing."""
     from kproxy.capture import CaptureError, build, read_dumps
 
-    try:
-        node = build(read_dumps({k: v for k, v in files.items() if v}, name))
-    except CaptureError as exc:
-        raise click.ClickException(str(exc)) from None
-    _replace(obj, node)
+    with gc_paused():
+        try:
+            node = build(read_dumps({k: v for k, v in files.items() if v}, name))
+        except CaptureError as exc:
+            raise click.ClickException(str(exc)) from None
+        _replace(obj, node)
 

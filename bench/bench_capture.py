@@ -1,0 +1,120 @@
+"""``kproxy node capture`` and ``node load`` of a 100,000-rule node, against the real tools' own dump time.
+
+A kp- namespace gets a kube-proxy nat table (``rulesets.nat_ruleset``, 11 rules per Service) plus a
+filter chain, about ``--rules`` rules in all, an ipset and an nft table, loaded with the real
+iptables-restore. Then, each the best of ``--runs``:
+
+- the tools: the dump commands ``node capture`` runs (ip -j, sysctl, iptables-save -c, ...), one
+  process each, in the namespace;
+- ``node capture``: a fresh ``python -m kproxy`` process that runs those tools and writes the node file;
+- ``node load``: a fresh process building the node file from the same dumps saved as files.
+
+"beyond" is capture minus the tools, and load (which runs no tool) in full. The namespace is always
+deleted.
+
+    .venv/bin/python bench/bench_capture.py [--rules 100000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kproxy.capture import Runner, capture  # noqa: E402
+from kproxy.lab.netns import Netns  # noqa: E402
+from rulesets import nat_ruleset  # noqa: E402
+
+RULES_PER_SERVICE = 11
+
+
+def populate(ns: Netns, rules: int) -> int:
+    """The ruleset, an ipset and an nft table in ``ns``; returns the number of iptables rules."""
+    services = rules // RULES_PER_SERVICE
+    nat = nat_ruleset(services)
+    n_nat = sum(1 for line in nat.splitlines() if line.startswith("-A"))
+    flat = rules - n_nat
+    filt = "*filter\n:BIG - [0:0]\n" + "".join(
+        f"-A BIG -s 10.{i // 65536}.{i // 256 % 256}.{i % 256}/32 -p tcp -m tcp --dport 80 -j ACCEPT\n"
+        for i in range(max(flat - 1, 0))) + "-A INPUT -j BIG\nCOMMIT\n"
+    ns.run(["iptables-restore"], input=nat + filt, timeout=600)
+    ns.run(["ipset", "restore"], input="create kp hash:ip\n" + "".join(f"add kp 10.50.{i // 256}.{i % 256}\n"
+                                                                       for i in range(1000)))
+    ns.run(["nft", "-f", "-"], input="table inet kpt {\n chain in {\n  type filter hook input priority 10;\n"
+                                     "  tcp dport 443 counter accept\n }\n}\n")
+    return n_nat + max(flat, 1)
+
+
+def tool_commands(ns: Netns) -> list[list[str]]:
+    """What ``node capture`` runs, found by running it once with the runner recording."""
+    seen: list[list[str]] = []
+    original = Runner.run
+
+    def recording(self: Runner, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        seen.append(list(argv))
+        return original(self, argv, check)
+
+    Runner.run = recording  # type: ignore[method-assign]
+    try:
+        capture(ns.name)
+    finally:
+        Runner.run = original  # type: ignore[method-assign]
+    return seen
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run(argv, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:8])}...: {res.stderr.strip()[-500:]}")
+    return wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rules", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    env = dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    kproxy = [sys.executable, "-m", "kproxy"]
+    ns = Netns.create("bcap")
+    try:
+        t0 = time.perf_counter()
+        n = populate(ns, args.rules)
+        print(f"namespace {ns.name}: {n} iptables rules loaded by the real iptables-restore in "
+              f"{time.perf_counter() - t0:.1f} s")
+        commands = [argv for argv in tool_commands(ns) if argv[0] != "test"]   # the dumps, not the probe for IPVS
+        with tempfile.TemporaryDirectory() as tmp:
+            dumps: list[str] = []
+            for i, argv in enumerate(commands):
+                path = Path(tmp) / f"dump{i}"
+                path.write_text(ns.run(argv, timeout=600).stdout)
+                kind = {"ip": "route" if "route" in argv else "addr", "sysctl": "sysctl", "iptables-save": "iptables",
+                        "ip6tables-save": "ip6tables", "nft": "nft", "ipset": "ipset", "ipvsadm": "ipvs",
+                        "conntrack": "conntrack"}.get(argv[0])
+                if kind:
+                    dumps += [f"--{kind}", str(path)]
+            tools, cap, load = [], [], []
+            for run in range(args.runs):
+                tools.append(sum(timed(["ip", "netns", "exec", ns.name, *argv], env) for argv in commands))
+                cap.append(timed([*kproxy, "--node", f"{tmp}/cap{run}.db", "node", "capture", "--netns", ns.name],
+                                 env))
+                load.append(timed([*kproxy, "--node", f"{tmp}/load{run}.db", "node", "load", *dumps], env))
+        best_tools, best_cap, best_load = min(tools), min(cap), min(load)
+        print(f"real tools' dump time ({len(commands)} commands): {best_tools:.2f} s")
+        print(f"kproxy node capture: {best_cap:.2f} s  (beyond the tools: {best_cap - best_tools:.2f} s)")
+        print(f"kproxy node load (from the dump files): {best_load:.2f} s")
+        print(f"target: at most 3 s beyond the tools: capture "
+              f"{'met' if best_cap - best_tools <= 3 else 'NOT met'}, load {'met' if best_load <= 3 else 'NOT met'}")
+    finally:
+        ns.delete()
+
+
+if __name__ == "__main__":
+    main()
