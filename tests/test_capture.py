@@ -161,7 +161,17 @@ def test_load_builds_the_node_the_dumps_describe(dumps: dict[str, Path], tmp_pat
     assert ifs["eth0"]["mtu"] == 1450 and ifs["eth0"]["mac"] == "0a:1b:2c:3d:4e:5f" and not ifs["down0"]["up"]
     assert show["sysctls"]["net.ipv4.conf.eth0.route_localnet"] == "1"
     assert show["sysctls"]["net.ipv4.ip_local_port_range"] == "32768 60999"
-    assert show["origin"]["iptables_variant"] == "nf_tables"
+    assert show["origin"]["iptables_variant"] == "nf_tables" and "warnings" not in show["origin"]
+
+
+def test_rules_of_the_other_variant_are_reported(dumps: dict[str, Path], tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed.dump"
+    mixed.write_text("# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n" + IPTABLES)
+    res = kp(tmp_path / "n.db", *load_args(dumps, iptables=mixed))
+    assert res.exit_code == 0
+    assert f"warning: {mixed}: Warning: iptables-legacy tables present" in res.output
+    assert json.loads(kp(tmp_path / "n.db", "node", "show", "--json").output)["origin"]["warnings"] == \
+        [f"{mixed}: Warning: iptables-legacy tables present, use iptables-legacy-save to see them"]
 
 
 def test_the_loaded_node_answers_trace(dumps: dict[str, Path], tmp_path: Path) -> None:

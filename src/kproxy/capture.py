@@ -160,6 +160,8 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
             variant = load_iptables(node, d, family)
             if variant:
                 origin[f"{kind}_variant"] = variant
+            origin.setdefault("warnings", []).extend(
+                f"{d.source}: {line[2:]}" for line in d.text.splitlines() if line.startswith("# Warning:"))
             if variant != "legacy":
                 owned |= {(nft_family, t) for t in node.iptables[family].tables}
     for d in dumps.get("nft"):
@@ -168,6 +170,8 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
         _tool(d, *_run_ipvsadm(node, d, now))
     for d in dumps.get("conntrack"):
         load_conntrack(node, d, now)
+    if not origin.get("warnings"):
+        origin.pop("warnings", None)
     node.origin = origin
     return node
 

@@ -14,6 +14,8 @@ def _replace(obj: Ctx, node: Node) -> None:
     obj.node = node
     obj.save()
     click.echo(f"wrote {obj.path}: {_summary(node)}")
+    for warning in node.origin.get("warnings", []):     # e.g. rules of the other iptables variant, not captured
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _summary(node: Node) -> str:
