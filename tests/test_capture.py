@@ -213,6 +213,7 @@ BAD = [
     ("addr", '{"ifname": "eth0"}', r"addr\.bad: expected a JSON list"),
     ("route", '[{"gateway": "10.0.0.1"}]', r"route\.bad: route \[0\]: no dst"),
     ("route", '[{"dst": "10.0.0.0/33", "dev": "eth0"}]', r"route\.bad: route \[0\] \(10\.0\.0\.0/33\)"),
+    ("route", '[{"dst": "10.5.0.0/16", "dev": "eth9"}]', r"route\.bad: route \"10\.5\.0\.0/16 dev eth9\": no device eth9"),
     ("sysctl", "net.ipv4.ip_forward = 1\nnonsense\n", r"sysctl\.bad:2: not a 'key = value' line"),
     ("iptables", "*filter\n-A INPUT -j NOPE\nCOMMIT\n", r"iptables\.bad: iptables-restore .*Chain 'NOPE' does not exist; Error occurred at line: 3"),
     ("ipset", "create s hash:ip\nadd s 10.0.0.300\n", r"ipset\.bad: .*[Ee]rror in line 2"),

@@ -146,10 +146,14 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
         node = Node.from_description(desc, "the captured node")
     except NodeError as exc:
         raise CaptureError(str(exc)) from None
+    connected = {(c.family, c.dst, c.prefixlen, c.dev) for c in node.connected_routes()}
     for d in dumps.get("route"):
         for route in routes(d):
-            if not _connected(node, route):
-                node.routes.append(route)
+            if route.via is None and (route.family, route.dst, route.prefixlen, route.dev) in connected:
+                continue            # the kernel's route for an address: the node derives it itself
+            if route.dev and route.dev not in node.interfaces:
+                raise CaptureError(f"{d.source}: route \"{route}\": no device {route.dev} in the addresses dump")
+            node.routes.append(route)
     origin: dict[str, Any] = {"sources": {k: [d.source for d in v] for k, v in dumps.parts.items()}}
     for d in dumps.get("ipset"):            # before the rules that name the sets
         _tool(d, *_run_ipset(node, d))
@@ -224,12 +228,6 @@ def routes(d: Dump) -> list[Route]:
         except ValueError as exc:
             raise CaptureError(f"{d.source}: route [{i}] ({r['dst']}): {exc}") from None
     return out
-
-
-def _connected(node: Node, route: Route) -> bool:
-    """The route the kernel adds for an address, which the node derives from its addresses itself."""
-    return any((c.family, c.dst, c.prefixlen, c.dev) == (route.family, route.dst, route.prefixlen, route.dev)
-               and route.via is None for c in node.connected_routes())
 
 
 _SYSCTL = re.compile(r"^\s*([\w./-]+)\s*=\s*(.*?)\s*$")
