@@ -109,15 +109,39 @@ def capture(netns: str | None = None, conntrack: bool = False) -> Dumps:
     devices = [d.get("ifname", "") for d in _json(Dump(addr, "ip -j addr"), list)]
     keys = list(SYSCTLS) + [f"net.ipv4.conf.{d.replace('.', '/')}.{k}" for d in devices for k in PER_DEVICE_SYSCTLS]
     take("sysctl", ["sysctl", "-e", *keys])
-    take("iptables", ["iptables-save", "-c"])
-    take("ip6tables", ["ip6tables-save", "-c"])
-    take("nft", ["nft", "-j", "list", "ruleset"])
+    owned = owned_tables(take("iptables", ["iptables-save", "-c"]), "ip")
+    owned |= owned_tables(take("ip6tables", ["ip6tables-save", "-c"]), "ip6")
+    _take_nft(r, dumps, owned)
     take("ipset", ["ipset", "save"])
     if r.exists("/proc/net/ip_vs"):          # the kernel has IPVS (the module is loaded)
         take("ipvs", ["ipvsadm", "-Sn"])
     if conntrack:
         take("conntrack", ["conntrack", "-L"])
     return dumps
+
+
+def _take_nft(r: Runner, dumps: Dumps, owned: set[tuple[str, str]]) -> None:
+    """``nft -j list table`` of each table iptables-nft does not own, as one ``list ruleset`` document.
+
+    Listing the whole ruleset would make nft translate every iptables-nft rule back (many seconds and
+    hundreds of megabytes for 100,000 rules) only for kproxy to drop them."""
+    tables = _json(Dump(r.run(["nft", "-j", "list", "tables"]).stdout, "nft -j list tables"), dict)
+    items: list[Any] = [o for o in tables.get("nftables", []) if isinstance(o, dict) and "metainfo" in o][:1]
+    listed = [(t["table"]["family"], t["table"]["name"]) for t in tables.get("nftables", [])
+              if isinstance(t, dict) and isinstance(t.get("table"), dict)]
+    for family, name in listed:
+        if (family, name) not in owned:
+            one = _json(Dump(r.run(["nft", "-j", "list", "table", family, name]).stdout, "nft -j list table"), dict)
+            items += [o for o in one.get("nftables", []) if not (isinstance(o, dict) and "metainfo" in o)]
+    dumps.add("nft", json.dumps({"nftables": items}), " ".join(r.argv(["nft", "-j", "list", "table", "..."])))
+
+
+def owned_tables(save: str, nft_family: str) -> set[tuple[str, str]]:
+    """The nft tables an ``iptables-save`` dump's tables are, when its variant is nf_tables (not legacy)."""
+    m = _HEADER.search(save)
+    if m is not None and m.group(1) == "legacy":
+        return set()
+    return {(nft_family, line[1:].strip()) for line in save.splitlines() if line.startswith("*")}
 
 
 def read_dumps(files: dict[str, Sequence[str]], name: str = "node") -> Dumps:
@@ -166,8 +190,7 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
                 origin[f"{kind}_variant"] = variant
             origin.setdefault("warnings", []).extend(
                 f"{d.source}: {line[2:]}" for line in d.text.splitlines() if line.startswith("# Warning:"))
-            if variant != "legacy":
-                owned |= {(nft_family, t) for t in node.iptables[family].tables}
+            owned |= owned_tables(d.text, nft_family)
     for d in dumps.get("nft"):
         load_nft(node, d, owned)
     for d in dumps.get("ipvs"):
