@@ -211,6 +211,10 @@ def test_legacy_iptables_leaves_nft_tables_of_the_same_name(dumps: dict[str, Pat
 BAD = [
     ("addr", '[{"ifname": "eth0",\n "mtu": }]', r"addr\.bad:2:9: not JSON"),
     ("addr", '{"ifname": "eth0"}', r"addr\.bad: expected a JSON list"),
+    ("addr", '[{"ifname": "eth0", "mtu": "big"}]', r'addr\.bad: device \[0\] \(eth0\): "mtu" should be a number'),
+    ("addr", '[{"ifname": "eth0", "addr_info": [{"family": "inet", "local": "10.0.0.300", "prefixlen": 8}]}]',
+     r"addr\.bad: interfaces\[0\]\.addresses: '10\.0\.0\.300/8' does not appear"),
+    ("route", '[{"dst": "default", "nexthops": 5}]', r'route\.bad: route \[0\] \(default\): "nexthops" should be a list'),
     ("route", '[{"gateway": "10.0.0.1"}]', r"route\.bad: route \[0\]: no dst"),
     ("route", '[{"dst": "10.0.0.0/33", "dev": "eth0"}]', r"route\.bad: route \[0\] \(10\.0\.0\.0/33\)"),
     ("route", '[{"dst": "10.5.0.0/16", "dev": "eth9"}]', r"route\.bad: route \"10\.5\.0\.0/16 dev eth9\": no device eth9"),

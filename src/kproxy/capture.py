@@ -167,7 +167,7 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
     for d in dumps.get("sysctl"):
         desc["sysctls"].update(sysctls(d))
     try:
-        node = Node.from_description(desc, "the captured node")
+        node = Node.from_description(desc, ", ".join(d.source for d in dumps.get("addr")) or "the node")
     except NodeError as exc:
         raise CaptureError(str(exc)) from None
     connected = {(c.family, c.dst, c.prefixlen, c.dev) for c in node.connected_routes()}
@@ -213,16 +213,31 @@ def _json(d: Dump, shape: type) -> Any:
     return data
 
 
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
+    """``obj[key]`` when it has the JSON type the tool prints (``default`` when absent), else the dump's error."""
+    value = obj.get(key, default)
+    if value is not default and (not isinstance(value, kind) or isinstance(value, bool)):
+        names = {str: "a string", int: "a number", list: "a list", dict: "an object"}
+        want = " or ".join(names.get(k, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise CaptureError(f"{where}: \"{key}\" should be {want}")
+    return value
+
+
 def interfaces(d: Dump) -> list[dict[str, Any]]:
     """``ip -j addr``: devices with their state, MTU, MAC and addresses, as a node description lists them."""
     out = []
     for i, dev in enumerate(_json(d, list)):
         if not isinstance(dev, dict) or not isinstance(dev.get("ifname"), str):
             raise CaptureError(f"{d.source}: device [{i}]: no ifname (is this 'ip -j addr' output?)")
-        addrs = [f"{a['local']}/{a['prefixlen']}" for a in dev.get("addr_info") or []
-                 if isinstance(a, dict) and a.get("family") in ("inet", "inet6") and "local" in a]
-        out.append({"name": dev["ifname"], "addresses": addrs, "mac": dev.get("address", ""),
-                    "up": "UP" in (dev.get("flags") or []), "mtu": dev.get("mtu", 1500)})
+        where = f"{d.source}: device [{i}] ({dev['ifname']})"
+        addrs = []
+        for a in _field(dev, "addr_info", list, where, []):
+            if not isinstance(a, dict) or a.get("family") not in ("inet", "inet6") or "local" not in a:
+                continue                                   # other families, peers without a local address
+            addrs.append(f"{_field(a, 'local', str, where)}/{_field(a, 'prefixlen', int, where)}")
+        flags = _field(dev, "flags", list, where, [])
+        out.append({"name": dev["ifname"], "addresses": addrs, "mac": _field(dev, "address", str, where, ""),
+                    "up": "UP" in flags, "mtu": _field(dev, "mtu", int, where, 1500)})
     return out
 
 
@@ -235,21 +250,24 @@ def routes(d: Dump) -> list[Route]:
 
     out = []
     for i, r in enumerate(_json(d, list)):
-        if not isinstance(r, dict) or "dst" not in r:
+        if not isinstance(r, dict) or not isinstance(r.get("dst"), str):
             raise CaptureError(f"{d.source}: route [{i}]: no dst (is this 'ip -j route' output?)")
-        rtype = r.get("type", "unicast")
+        where = f"{d.source}: route [{i}] ({r['dst']})"
+        rtype = _field(r, "type", str, where, "unicast")
         if rtype not in _ROUTE_TYPES:
             continue                      # multicast, broadcast, throw, ...: not in the emulator's model
-        hop = (r.get("nexthops") or [r])[0]     # a multipath route: its first hop
+        hops = _field(r, "nexthops", list, where, [r])
+        hop = hops[0] if hops and isinstance(hops[0], dict) else r     # a multipath route: its first hop
         words = [rtype, r["dst"]]
         for key, word in (("gateway", "via"), ("dev", "dev"), ("prefsrc", "src"), ("metric", "metric")):
-            value = hop.get(key, r.get(key))
+            value = _field(hop, key, int if key == "metric" else str, where) or \
+                _field(r, key, int if key == "metric" else str, where)
             if value is not None and not (key == "dev" and rtype != "unicast" and value == "lo"):
                 words += [word, str(value)]
         try:
             out.append(parse_route(" ".join(words)))
         except ValueError as exc:
-            raise CaptureError(f"{d.source}: route [{i}] ({r['dst']}): {exc}") from None
+            raise CaptureError(f"{where}: {exc}") from None
     return out
 
 
