@@ -4,13 +4,15 @@ A kp- namespace gets a kube-proxy nat table (``rulesets.nat_ruleset``, 11 rules 
 filter chain, about ``--rules`` rules in all, an ipset and an nft table, loaded with the real
 iptables-restore. Then, each the best of ``--runs``:
 
-- the tools: the dump commands ``node capture`` runs (ip -j, sysctl, iptables-save -c, ...), one
-  process each, in the namespace;
-- ``node capture``: a fresh ``python -m kproxy`` process that runs those tools and writes the node file;
-- ``node load``: a fresh process building the node file from the same dumps saved as files.
+- capture in this process, the time spent in the real tools (ip -j, sysctl, iptables-save -c, ...)
+  measured apart from kproxy's own work (building the node and writing its file);
+- ``node capture``: a fresh ``python -m kproxy`` process, as users run it (the tools included);
+- ``node load``: a fresh process building the node file from the same dumps saved as files;
+- interpreter start-up and imports (``kproxy node --help``).
 
-"beyond" is capture minus the tools, and load (which runs no tool) in full; wall clock and CPU (the
-process's and its children's, so capture's CPU includes the tools'). The namespace is always deleted.
+"beyond the tools" is kproxy's own CPU in capture plus start-up; load runs no tool and counts in full.
+Wall clock is printed beside CPU: on a shared machine it is the CPU stretched by the load. The
+namespace is always deleted.
 
     .venv/bin/python bench/bench_capture.py [--rules 100000] [--runs 3]
 """
@@ -69,6 +71,41 @@ def tool_commands(ns: Netns) -> list[list[str]]:
     return seen
 
 
+def own_work(ns: Netns, node_file: Path) -> tuple[float, float, float, float]:
+    """``node capture`` in this process: (tools' wall, tools' CPU, kproxy's own wall, kproxy's own CPU)."""
+    from kproxy.capture import build
+    from kproxy.store.chains import gc_paused
+    from kproxy.store.lock import FOREVER
+    from kproxy.store.session import NodeSession
+
+    spent = [0.0, 0.0]
+    original = Runner.run
+
+    def clocked(self: Runner, argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        try:
+            return original(self, argv, check)
+        finally:
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            spent[0] += time.perf_counter() - t0
+            spent[1] += (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+    Runner.run = clocked  # type: ignore[method-assign]
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        with gc_paused():
+            node = build(capture(ns.name))
+            session = NodeSession(node_file, True, FOREVER)
+            session.node = node
+            session.commit()
+            session.close()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        Runner.run = original  # type: ignore[method-assign]
+    return spent[0], spent[1], wall - spent[0], cpu
+
+
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall and CPU seconds of a process (CPU: its own and its children's, the tools it ran)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -79,10 +116,6 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, fl
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:8])}...: {res.stderr.strip()[-500:]}")
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
-def total(times: list[tuple[float, float]]) -> tuple[float, float]:
-    return sum(t[0] for t in times), sum(t[1] for t in times)
 
 
 def best(runs: list[tuple[float, float]]) -> tuple[float, float]:
@@ -113,20 +146,23 @@ def main() -> None:
                         "conntrack": "conntrack"}.get(argv[0])
                 if kind:
                     dumps += [f"--{kind}", str(path)]
-            tools, cap, load = [], [], []
+            own, cap, load = [], [], []
             for run in range(args.runs):
-                tools.append(total([timed(["ip", "netns", "exec", ns.name, *argv], env) for argv in commands]))
+                own.append(own_work(ns, Path(tmp) / f"own{run}.db"))
                 cap.append(timed([*kproxy, "--node", f"{tmp}/cap{run}.db", "node", "capture", "--netns", ns.name],
                                  env))
                 load.append(timed([*kproxy, "--node", f"{tmp}/load{run}.db", "node", "load", *dumps], env))
-        (tw, tc), (cw, cc), (lw, lc) = best(tools), best(cap), best(load)
-        print(f"real tools' dump time ({len(commands)} commands): {tw:.2f} s wall, {tc:.2f} s CPU")
-        print(f"kproxy node capture: {cw:.2f} s wall, {cc:.2f} s CPU; beyond the tools: {cw - tw:.2f} s wall, "
-              f"{cc - tc:.2f} s CPU")
-        print(f"kproxy node load (from the dump files): {lw:.2f} s wall, {lc:.2f} s CPU")
-        print(f"target (at most 3 s beyond the tools): capture {'met' if cw - tw <= 3 else 'NOT met'} "
-              f"(CPU {'met' if cc - tc <= 3 else 'NOT met'}), load {'met' if lw <= 3 else 'NOT met'} "
-              f"(CPU {'met' if lc <= 3 else 'NOT met'})")
+            start = best([timed([*kproxy, "node", "--help"], env) for _ in range(args.runs)])
+        tools = min(own, key=lambda o: o[0])
+        (sw, sc), (cw, cc), (lw, lc) = start, best(cap), best(load)
+        print(f"the real tools inside capture ({len(commands)} commands): {tools[0]:.2f} s wall, {tools[1]:.2f} s CPU")
+        print(f"kproxy's own work in capture (build and write): {min(o[2] for o in own):.2f} s wall, "
+              f"{min(o[3] for o in own):.2f} s CPU; interpreter start-up and imports: {sw:.2f} s wall, {sc:.2f} s CPU")
+        print(f"kproxy node capture as a command: {cw:.2f} s wall, {cc:.2f} s CPU (the tools' included)")
+        print(f"kproxy node load (from the dump files) as a command: {lw:.2f} s wall, {lc:.2f} s CPU")
+        beyond = min(o[3] for o in own) + sc
+        print(f"target (at most 3 s beyond the tools): capture {beyond:.2f} s CPU beyond "
+              f"({'met' if beyond <= 3 else 'NOT met'}), load {lc:.2f} s CPU ({'met' if lc <= 3 else 'NOT met'})")
     finally:
         ns.delete()
 
