@@ -53,6 +53,7 @@ iptables -A INPUT -p tcp -m set --match-set ports dst -j ACCEPT
 iptables -A INPUT -p tcp --dport 23 -j DROP
 iptables -A INPUT -p udp -m conntrack --ctstate NEW -j ACCEPT
 iptables -t nat -A PREROUTING -d 10.1.1.1/32 -p tcp --dport 80 -j DNAT --to-destination 10.9.0.5:8080
+iptables -t nat -A PREROUTING -p udp --dport 5354 -j DNAT --to-destination 10.9.0.1:5353
 iptables -t nat -A POSTROUTING -s 10.9.0.0/24 ! -d 10.9.0.0/24 -j MASQUERADE
 iptables -P FORWARD DROP
 iptables -A FORWARD -d 10.9.0.5/32 -p tcp --dport 8080 -j ACCEPT
@@ -118,6 +119,11 @@ def lab() -> Iterator[tuple[Netns, Netns]]:
         client.run(["python3", "-c", PING, "fd09::1", "1"])
         client.run(["python3", "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
                     "s.bind(('10.9.0.2', 40001)); s.sendto(b'x' * 20, ('10.9.0.1', 5353))"])
+        client.run(["python3", "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                    "s.bind(('10.9.0.2', 40002)); s.sendto(b'y' * 20, ('10.9.0.1', 5354))"])
+        # the flow keeps its DNAT in conntrack; the rule that made it goes
+        node.run(["iptables", "-t", "nat", "-D", "PREROUTING", "-p", "udp", "--dport", "5354", "-j", "DNAT",
+                  "--to-destination", "10.9.0.1:5353"])
         yield node, client
     finally:
         for ns in made:
@@ -155,6 +161,7 @@ def test_capture_prints_what_the_live_node_printed(lab: tuple[Netns, Netns], tmp
     assert _ipset_norm(kp(f, "ipset", "list").output) == _ipset_norm(real(node, "ipset", "list"))
     live_ct = real(node, "conntrack", "-L")
     assert "type=8" in live_ct and "dport=5353" in live_ct and "[UNREPLIED]" in live_ct
+    assert "sport=40002 dport=5354" in live_ct and "sport=5353 dport=40002" in live_ct
     assert conntrack_lines(kp(f, "conntrack", "-L").output) == conntrack_lines(live_ct)
     show = json.loads(kp(f, "node", "show", "--json").output)
     routes = set(show["routes"])
@@ -170,7 +177,7 @@ def test_capture_prints_what_the_live_node_printed(lab: tuple[Netns, Netns], tmp
 def test_trace_answers_for_the_captured_node(lab: tuple[Netns, Netns], tmp_path: Path) -> None:
     node, _ = lab
     f = tmp_path / "captured.db"
-    assert kp(f, "node", "capture", "--netns", node.name).exit_code == 0
+    assert kp(f, "node", "capture", "--netns", node.name, "--conntrack").exit_code == 0
 
     def trace(*args: str) -> dict:
         res = kp(f, "trace", "--iif", "v0", "--src", "10.9.0.2", "--json", "--dry-run", *args)
@@ -183,6 +190,11 @@ def test_trace_answers_for_the_captured_node(lab: tuple[Netns, Netns], tmp_path:
     assert trace("--dst", "10.9.0.1", "--dport", "23")["fate"] == "dropped"
     assert trace("--dst", "10.9.0.1", "--dport", "22")["fate"] == "delivered"
     assert trace("--dst", "10.30.1.1", "--dport", "80")["fate"] != "forwarded"     # the blackhole route
+    # the captured connection rewrites its packets though the DNAT rule is gone
+    flow = trace("-p", "udp", "--sport", "40002", "--dst", "10.9.0.1", "--dport", "5354")
+    assert (flow["fate"], flow["packet"]["dport"]) == ("delivered", 5353)
+    fresh = trace("-p", "udp", "--sport", "40003", "--dst", "10.9.0.1", "--dport", "5354")
+    assert fresh["packet"]["dport"] == 5354
     blocked = kp(f, "trace", "--iif", "v0", "--src", "10.66.1.1", "--dst", "10.9.0.1", "-p", "icmp", "--json",
                  "--dry-run")
     assert json.loads(blocked.output)[0]["fate"] == "dropped"                      # the nft set
