@@ -257,3 +257,45 @@ def test_capture_of_a_missing_namespace_fails_in_one_line(tmp_path: Path) -> Non
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
     assert "ip netns exec kp-none-000000 ip -j addr show" in res.output
     assert not (tmp_path / "n.db").exists()
+
+
+class FakeTools:
+    """The real tools' outputs by command line, for ``capture`` without a live node; some not installed."""
+
+    def __init__(self, missing: set[str]) -> None:
+        self.missing = missing
+        self.ran: list[list[str]] = []
+        nft_tables = {"nftables": [NFT_JSON["nftables"][0], {"table": {"family": "ip", "name": "filter", "handle": 1}},
+                                   {"table": {"family": "inet", "name": "kpt", "handle": 2}}]}
+        kpt = {"nftables": [NFT_JSON["nftables"][0], *NFT_JSON["nftables"][4:]]}
+        self.outputs = {"ip -j addr show": json.dumps(ADDR), "ip -j -4 route show table main": json.dumps(ROUTE4),
+                        "ip -j -6 route show table main": json.dumps(ROUTE6), "iptables-save -c": IPTABLES,
+                        "ip6tables-save -c": IP6TABLES, "nft -j list tables": json.dumps(nft_tables),
+                        "nft -j list table inet kpt": json.dumps(kpt), "ipset save": IPSET, "conntrack -L": CONNTRACK}
+
+    def run(self, runner: object, argv: list[str], check: bool = True) -> object:
+        import subprocess
+
+        self.ran.append(list(argv))
+        key = " ".join(argv)
+        if argv[0] == "sysctl":
+            return subprocess.CompletedProcess(argv, 0, SYSCTL, "")
+        if argv[0] == "test":
+            return subprocess.CompletedProcess(argv, 1, "", "")      # no /proc/net/ip_vs: no IPVS
+        return subprocess.CompletedProcess(argv, 0, self.outputs[key], "")
+
+
+def test_capture_runs_the_tools_and_notes_the_missing_ones(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from kproxy.capture import Runner, build, capture
+
+    tools = FakeTools(missing={"conntrack"})
+    monkeypatch.setattr(Runner, "run", lambda self, argv, check=True: tools.run(self, argv, check))
+    monkeypatch.setattr(Runner, "has", lambda self, tool: tool not in tools.missing)
+    dumps = capture("kp-fake-000000", conntrack=True)
+    assert ["nft", "-j", "list", "table", "ip", "filter"] not in tools.ran      # iptables-nft's table: not listed
+    assert ["nft", "-j", "list", "table", "inet", "kpt"] in tools.ran and ["ipvsadm", "-Sn"] not in tools.ran
+    assert dumps.get("iptables")[0].source == "ip netns exec kp-fake-000000 iptables-save -c"
+    node = build(dumps)
+    assert node.origin["warnings"] == ["conntrack is not installed here: no conntrack state captured"]
+    assert node.name == "kp-fake-000000" and list(node.ipsets.sets) == ["allowed"] and len(node.conntrack) == 0
+    assert node.nftables is not None and [t.name for t in node.nftables.tables] == ["kpt"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -58,6 +59,7 @@ class Dumps:
 
     parts: dict[str, list[Dump]] = field(default_factory=dict)
     name: str = "node"
+    notes: list[str] = field(default_factory=list)     # what could not be taken, and why
 
     def add(self, kind: str, text: str, source: str) -> None:
         self.parts.setdefault(kind, []).append(Dump(text, source))
@@ -89,6 +91,10 @@ class Runner:
             raise CaptureError(f"{' '.join(self.argv(argv))}: {err[-1] if err else f'exit status {proc.returncode}'}")
         return proc
 
+    def has(self, tool: str) -> bool:
+        """The tool is installed (``ip netns exec`` runs the host's binaries)."""
+        return shutil.which(tool, path=self.env["PATH"]) is not None
+
     def exists(self, path: str) -> bool:
         return self.run(["test", "-e", path], check=False).returncode == 0
 
@@ -108,15 +114,19 @@ def capture(netns: str | None = None, conntrack: bool = False) -> Dumps:
     take("route", ["ip", "-j", "-6", "route", "show", "table", "main"])
     devices = [d.get("ifname", "") for d in _json(Dump(addr, "ip -j addr"), list)]
     keys = list(SYSCTLS) + [f"net.ipv4.conf.{d.replace('.', '/')}.{k}" for d in devices for k in PER_DEVICE_SYSCTLS]
-    take("sysctl", ["sysctl", "-e", *keys])
-    owned = owned_tables(take("iptables", ["iptables-save", "-c"]), "ip")
-    owned |= owned_tables(take("ip6tables", ["ip6tables-save", "-c"]), "ip6")
-    _take_nft(r, dumps, owned)
-    take("ipset", ["ipset", "save"])
-    if r.exists("/proc/net/ip_vs"):          # the kernel has IPVS (the module is loaded)
-        take("ipvs", ["ipvsadm", "-Sn"])
-    if conntrack:
-        take("conntrack", ["conntrack", "-L"])
+    steps = [("sysctl", ["sysctl", "-e", *keys]), ("iptables", ["iptables-save", "-c"]),
+             ("ip6tables", ["ip6tables-save", "-c"]), ("nft", ["nft"]), ("ipset", ["ipset", "save"]),
+             ("ipvs", ["ipvsadm", "-Sn"])] + ([("conntrack", ["conntrack", "-L"])] if conntrack else [])
+    owned: set[tuple[str, str]] = set()
+    for tool, argv in steps:
+        if not r.has(argv[0]):
+            dumps.notes.append(f"{argv[0]} is not installed here: no {tool} state captured")
+        elif tool == "nft":
+            _take_nft(r, dumps, owned)
+        elif tool != "ipvs" or r.exists("/proc/net/ip_vs"):     # IPVS: when the kernel has it (module loaded)
+            text = take(tool, argv)
+            if tool in ("iptables", "ip6tables"):
+                owned |= owned_tables(text, "ip" if tool == "iptables" else "ip6")
     return dumps
 
 
@@ -178,7 +188,7 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
             if route.dev and route.dev not in node.interfaces:
                 raise CaptureError(f"{d.source}: route \"{route}\": no device {route.dev} in the addresses dump")
             node.routes.append(route)
-    origin: dict[str, Any] = {"sources": {k: [d.source for d in v] for k, v in dumps.parts.items()}}
+    origin: dict[str, Any] = {"sources": {k: [d.source for d in v] for k, v in dumps.parts.items()}, "warnings": []}
     for d in dumps.get("ipset"):            # before the rules that name the sets
         _tool(d, *_run_ipset(node, d))
         _listed_order(node, d)
@@ -188,7 +198,7 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
             variant = load_iptables(node, d, family)
             if variant:
                 origin[f"{kind}_variant"] = variant
-            origin.setdefault("warnings", []).extend(
+            origin["warnings"].extend(
                 f"{d.source}: {line[2:]}" for line in d.text.splitlines() if line.startswith("# Warning:"))
             owned |= owned_tables(d.text, nft_family)
     for d in dumps.get("nft"):
@@ -197,6 +207,7 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
         _tool(d, *_run_ipvsadm(node, d, now))
     for d in dumps.get("conntrack"):
         load_conntrack(node, d, now)
+    origin["warnings"].extend(dumps.notes)
     if not origin.get("warnings"):
         origin.pop("warnings", None)
     node.origin = origin
