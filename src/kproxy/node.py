@@ -122,6 +122,8 @@ class Route:
             text += f" dev {self.dev}"
         if self.src is not None:
             text += f" src {format_addr(self.src, self.family)}"
+        if self.metric:
+            text += f" metric {self.metric}"
         return text
 
 
@@ -216,6 +218,7 @@ class Node:
         self.subsystems: dict[str, Any] = {}
         self.clock: float | None = None  # fixed time for reproducible runs; None = wall clock
         self.log_lines: list[str] = []
+        self.origin: dict[str, Any] = {}   # where a captured node came from (tools, files, iptables variant)
         self.add_interface(Interface("lo", [Address.parse("127.0.0.1/8"), Address.parse("::1/128")]))
         from kproxy.subsystems import attach
 
@@ -448,6 +451,7 @@ class Node:
             "routes": [str(r) for r in self.routes],
             "sysctls": dict(self.sysctls),
             **({"iptables": "legacy"} if self.iptables_variant() == "legacy" else {}),
+            **({"origin": self.origin} if self.origin else {}),
         }
 
     def iptables_variant(self) -> str:
@@ -496,6 +500,8 @@ class Node:
         from kproxy.nftables.xtlayout import node_layout
 
         node_layout(node).variant = variant     # legacy: nft lists none of the iptables tables
+        origin = desc.get("origin")
+        node.origin = dict(origin) if isinstance(origin, dict) else {}
         node._reindex()
         for r in node.routes:
             if r.dev and r.dev not in node.interfaces:

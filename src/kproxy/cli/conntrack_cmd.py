@@ -337,8 +337,13 @@ def _get(req: Request, node: Node, now: float) -> tuple[int, str, str]:
         # The kernel finds the entry by its reply tuple, but the tool shows only an original match.
         return 1, "", f"{PROG}: 0 flow entries have been shown.\n"
     # The kernel answers with the entry while holding a reference to it: use=2.
-    line = format_conn(hit[0], now, "extended" in req.outputs, use=2, with_id="id" in req.outputs)
+    line = format_conn(hit[0], now, "extended" in req.outputs, use=2, with_id="id" in req.outputs, acct=_acct(node))
     return 0, line + "\n", f"{PROG}: 1 flow entries have been shown.\n"
+
+
+def _acct(node: Node) -> bool:
+    """nf_conntrack_acct: conntrack -L shows each direction's counters."""
+    return node.sysctls.get("net.netfilter.nf_conntrack_acct", "0") != "0"
 
 
 def _run(req: Request, node: Node) -> tuple[int, str, str]:
@@ -361,16 +366,16 @@ def _run(req: Request, node: Node) -> tuple[int, str, str]:
     if req.cmd == "G":
         return _get(req, node, now)
     chosen = [c for c in ct.entries(now) if _selected(c, req.f)]
-    extended, with_id = "extended" in req.outputs, "id" in req.outputs
+    extended, with_id, acct = "extended" in req.outputs, "id" in req.outputs, _acct(node)
     if req.cmd == "D":
-        out = "".join(format_conn(c, now, extended, with_id=with_id) + "\n" for c in chosen)
+        out = "".join(format_conn(c, now, extended, with_id=with_id, acct=acct) + "\n" for c in chosen)
         for c in chosen:
             ct.delete(c)
         return (0 if chosen else 1), out, f"{PROG}: {len(chosen)} flow entries have been deleted.\n"
     if "json" in req.given:
         out = json.dumps([conn_json(c, now) for c in chosen], indent=1) + "\n"
     else:
-        out = "".join(format_conn(c, now, extended, with_id=with_id) + "\n" for c in chosen)
+        out = "".join(format_conn(c, now, extended, with_id=with_id, acct=acct) + "\n" for c in chosen)
     if "zero" in req.given:
         for c in chosen:
             c.acct[:] = [0, 0, 0, 0]

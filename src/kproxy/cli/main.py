@@ -385,7 +385,8 @@ def node_show(obj: Ctx, as_json: bool) -> None:
 
 # Modules that register further subcommands on ``cli`` when imported.
 COMMAND_MODULES = ("kproxy.cli.commands", "kproxy.cli.proxy_cmd", "kproxy.cli.lab_cmd", "kproxy.cli.verify_cmd",
-                   "kproxy.cli.nft_cmd", "kproxy.cli.translate_cmd", "kproxy.cli.doctor_cmd", "kproxy.cli.graph_cmd")
+                   "kproxy.cli.nft_cmd", "kproxy.cli.translate_cmd", "kproxy.cli.doctor_cmd", "kproxy.cli.graph_cmd",
+                   "kproxy.cli.capture_cmd")
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -167,6 +167,9 @@ def execute(reg: IpsetRegistry, cmd: str, args: list[str], flags: set[str], now:
             if s.type == "list:set":
                 reg.need(args[1])
             s.add(key, now, opts.get("timeout"), opts.get("comment"), opts.get("nomatch", False), exist)
+            if s.counters and ("packets" in opts or "bytes" in opts):   # as ipset restore sets a saved set's
+                entry = s.members[key]
+                entry.packets, entry.bytes = opts.get("packets", entry.packets), opts.get("bytes", entry.bytes)
         elif cmd == "del":
             s.delete(key, now, exist)
         elif s.contains(key, now, reg):

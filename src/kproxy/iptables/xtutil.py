@@ -12,6 +12,8 @@ from kproxy.packet import PROTO_NAMES
 
 PROTO_FOR_SERVICES = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp", 136: "udplite"}
 NO_QUOTE = set("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_BARE = re.compile(r"[-_0-9a-zA-Z]+")
+_ESCAPED = re.compile(r"[\"\\']")
 
 
 @lru_cache(maxsize=1)
@@ -107,14 +109,9 @@ def port_name(port: int, proto: int, numeric: bool) -> str:
 
 def save_string(value: str) -> str:
     """xtables_save_string: bare when only safe characters, else double-quoted with escapes."""
-    if value and all(ch in NO_QUOTE for ch in value):
+    if _BARE.fullmatch(value):          # regular expressions: a save of 100,000 comments calls this
         return value
-    out = []
-    for ch in value:
-        if ch in "\"\\'":
-            out.append("\\")
-        out.append(ch)
-    return '"' + "".join(out) + '"'
+    return '"' + _ESCAPED.sub(r"\\\g<0>", value) + '"'
 
 
 def numeric_to_ipaddr(text: str) -> int | None:

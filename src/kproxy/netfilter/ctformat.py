@@ -10,17 +10,22 @@ from kproxy.netfilter.conntrack import IPS_ASSURED, IPS_SEEN_REPLY, Conn
 from kproxy.packet import PROTO_NAMES, TCP
 
 
-def format_conn(conn: Conn, now: float, extended: bool = False, use: int = 1, with_id: bool = False) -> str:
-    """One line of ``conntrack -L``."""
+def format_conn(conn: Conn, now: float, extended: bool = False, use: int = 1, with_id: bool = False,
+                acct: bool = False) -> str:
+    """One line of ``conntrack -L``; ``acct`` (nf_conntrack_acct on) adds each direction's packets and bytes."""
     proto = conn.orig.proto
     name = {58: "icmpv6"}.get(proto, PROTO_NAMES.get(proto, "unknown"))
     parts = [f"{name:<8} {proto} {conn.timeout_at(now)}"]
     if proto == TCP:
         parts.append(conn.tcp_state)
     parts.append(conn.orig.text())
+    if acct:
+        parts.append(f"packets={conn.acct[0]} bytes={conn.acct[2]}")
     if not conn.status & IPS_SEEN_REPLY:
         parts.append("[UNREPLIED]")
     parts.append(conn.reply.text())
+    if acct:
+        parts.append(f"packets={conn.acct[1]} bytes={conn.acct[3]}")
     if conn.status & IPS_ASSURED:
         parts.append("[ASSURED]")
     parts.append(f"mark={conn.mark}")
