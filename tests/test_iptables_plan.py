@@ -160,3 +160,14 @@ def test_rules_with_their_own_state_never_share_an_extension_object():
     random = [parse_rule_line(tokenize(f"-A C{i} -m statistic --mode random --probability 0.5 -j ACCEPT"), 4,
                               "filter").rules[0] for i in range(3)]
     assert len({id(r.matches[0]) for r in random}) == 1
+
+
+def test_a_planned_shape_still_warns_of_a_weird_interface_name():
+    """A plan learnt from ``-i eth0`` must not swallow the warning a later ``-i eth0/1`` of the same shape gets."""
+    from kproxy.iptables.plan import parse_rule_line
+
+    assert parse_rule_line(["-A", "INPUT", "-i", "eth0", "-j", "ACCEPT"], 4, "filter").warnings == []
+    assert parse_rule_line(["-A", "INPUT", "-i", "eth1", "-j", "ACCEPT"], 4, "filter").warnings == []
+    c = parse_rule_line(["-A", "INPUT", "-i", "eth0/1", "-j", "ACCEPT"], 4, "filter")
+    assert c.warnings == ["Warning: weird character in interface `eth0/1' ('/' and ' ' are not allowed by the "
+                          "kernel).\n"]

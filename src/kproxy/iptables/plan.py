@@ -173,8 +173,8 @@ class RulePlan:
                     rule.dst_inv = inv
             for key, pos, inv in self.ifaces:
                 val = argv[pos]
-                if len(val) >= IFNAMSIZ or not val or " " in val:
-                    return None             # the general parser reports it
+                if len(val) >= IFNAMSIZ or not val or " " in val or "/" in val:
+                    return None             # the general parser reports it (or warns of it)
                 if key == "i":
                     rule.iif, rule.iif_inv = val, inv
                 else:
