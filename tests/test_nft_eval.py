@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kproxy.netfilter.trace import render_text
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.evaluate import attach
@@ -165,3 +167,23 @@ table inet guard {
     assert node.receive(tcp("198.51.100.10", "192.168.1.10", 40001, 80), "eth0").fate == "delivered"
     listing = run_nft(["list", "set", "inet", "guard", "seen"], node.nftables)[1]
     assert "elements = { 198.51.100.9 }" in listing   # (expiry countdowns are not modelled)
+
+
+# nft merges a rule's port matches into one comparison where the later one was (checked against nft 1.0.6).
+@pytest.mark.parametrize("rule, listed", [
+    ("th dport 53 udp sport 1", "udp sport 1 udp dport 53"),
+    ("ip saddr 0.0.0.0 th dport 53 udp sport 1", "ip saddr 0.0.0.0 udp sport 1 udp dport 53"),
+    ("tcp dport 80 tcp sport 1", "tcp sport 1 tcp dport 80"),
+    ("th dport 53 counter udp sport 1", "counter packets 0 bytes 0 udp sport 1 udp dport 53"),
+    ("udp dport 53 counter udp sport 1 accept", "meta l4proto udp counter packets 0 bytes 0 udp sport 1 udp dport 53 accept"),
+    ("th dport 53 udp dport 1", "th dport 53 udp dport 1"),
+    ("th dport 53 udp sport != 1", "th dport 53 udp sport != 1"),
+    ("ip daddr 2.2.2.2 ip saddr 1.1.1.1", "ip daddr 2.2.2.2 ip saddr 1.1.1.1"),
+])
+def test_port_matches_merge_as_nft_merges_them(rule, listed):
+    from kproxy.nftables.cli import run_nft
+    from kproxy.nftables.model import Ruleset
+
+    rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), f"table ip t {{\n chain c {{\n  {rule}\n }}\n}}\n")
+    assert rc == 0, err
+    assert run_nft(["list", "ruleset"], rs)[1].splitlines()[2] == f"\t\t{listed}"

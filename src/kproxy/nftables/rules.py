@@ -100,7 +100,7 @@ class RuleBuilder:
                 self.tbl.alloc()
             raise NftError("Could not process rule: Operation not supported",
                            (start.line, start.col, self.p.toks[self.p.pos - 1].end))
-        stmts = hide_dependencies(self.stmts, self.tbl.family)
+        stmts = hide_dependencies(merge_ports(self.stmts), self.tbl.family)
         handle = self.tbl.alloc() if new_handle else 0
         rule = Rule(handle, stmts, self.comment, self.anon)
         rule.anon_locs = self.anon_locs  # type: ignore[attr-defined]
@@ -666,6 +666,57 @@ def _dep_layer(s: Stmt, family: str) -> str | None:
     if isinstance(lhs, Meta) and lhs.key == "nfproto" and family == "inet":
         return "l3"
     return None
+
+
+_PORT_PROTOS = {"tcp": 6, "udp": 17}
+
+
+def _port_match(s: Stmt, field: str) -> str | None:
+    """The protocol (tcp, udp or th) of ``s`` when it is ``PROTO FIELD == VALUE`` with one value."""
+    if isinstance(s, Match) and s.op == "==" and isinstance(s.right, Const) and isinstance(s.left, Payload) \
+            and s.left.field == field and s.left.proto in ("tcp", "udp", "th"):
+        return s.left.proto
+    return None
+
+
+def merge_ports(stmts: list[Stmt]) -> list[Stmt]:
+    """nft merges a rule's source and destination port matches (adjacent in the header) into one
+    comparison, placed where the later of the two was, read back as ``P sport A P dport B``: the
+    statements between them then run first, and the first match's implied ``meta l4proto`` stays
+    behind where it was (listed, unless only matches sit between them). Checked against nft 1.0.6:
+    ``udp dport 53 counter udp sport 1`` lists as ``meta l4proto udp counter ... udp sport 1 udp dport 53``.
+    Two ``th`` matches become a raw ``@th,0,32`` comparison in nft; those are left as they are."""
+    pos = {f: next((i for i, st in enumerate(stmts) if _port_match(st, f)), None) for f in ("sport", "dport")}
+    i_s, i_d = pos["sport"], pos["dport"]
+    if i_s is None or i_d is None:
+        return stmts
+    p_s, p_d = _port_match(stmts[i_s], "sport"), _port_match(stmts[i_d], "dport")
+    protos = [p for p in (p_s, p_d) if p is not None and p != "th"]
+    if not protos or len(set(protos)) != 1:
+        return stmts            # both th, or tcp against udp
+    proto = protos[0]
+    first, last = min(i_s, i_d), max(i_s, i_d)
+    sport, dport = stmts[i_s], stmts[i_d]
+    assert isinstance(sport, Match) and isinstance(dport, Match)
+    out = list(stmts)
+    merged: list[Stmt] = [Match(Payload(proto, "sport"), "==", sport.right),
+                          Match(Payload(proto, "dport"), "==", dport.right)]
+    out[last:last + 1] = merged
+    dep: list[Stmt] = []
+    if _port_match(stmts[first], "sport" if first == i_s else "dport") != "th" and not _l4_fixed(stmts[:first]):
+        dep = [Match(Meta("l4proto"), "==", Const(T.PROTO, _PORT_PROTOS[proto]))]
+    out[first:first + 1] = dep
+    return out
+
+
+def _l4_fixed(stmts: list[Stmt]) -> bool:
+    """Whether an earlier statement already fixed the transport protocol (no dependency is added)."""
+    for st in stmts:
+        if isinstance(st, Match) and isinstance(st.left, Meta) and st.left.key == "l4proto":
+            return True
+        if isinstance(st, Match) and isinstance(st.left, Payload) and st.left.proto in TRANSPORT:
+            return True
+    return False
 
 
 def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
