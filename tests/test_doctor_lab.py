@@ -8,6 +8,7 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,12 @@ from tests.test_lab import CLIENT, NODE1, pod_of, probe, wait_for
 
 pytestmark = pytest.mark.kernel
 KPROXY = [sys.executable, "-m", "kproxy"]
-kernel_lab = test_lab.kernel_lab        # test_lab's cluster, an instance of this module's own
 
 
 @pytest.fixture(scope="module")
-def lab(request: pytest.FixtureRequest) -> object:
-    """The cluster the tests here break and mend."""
-    return request.getfixturevalue("kernel_lab")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The cluster the tests here break and mend: test_lab's, in iptables mode, an instance of this module's own."""
+    yield from test_lab.running_lab(tmp_path_factory, test_lab.LAB)
 
 
 def doctor(lab, service: str = "default/web") -> tuple[int, dict]:

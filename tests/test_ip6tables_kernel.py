@@ -6,6 +6,8 @@ Headers with timestamps are the only lines left out of the comparison.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kproxy.backends.emulated import EmulatedBackend
@@ -113,5 +115,9 @@ def test_the_proxiers_ipv6_rules_load_and_save_like_the_real_tool(kernel_ns):
     result = proxier.sync(ipv6_services())
     assert not result.error and "fd00:244::1" in result.text
     ours = strip_header(node.iptables_save(6))
+    from kproxy.backends.kernel import KernelBackend
+
+    for name in set(re.findall(r"--nfacct-name\s+(\S+)", ours)):     # kube-proxy makes its counters first
+        assert KernelBackend(netns=kernel_ns.name).nfacct_ensure(name)
     kernel_ns.run(["ip6tables-restore"], input=ours)
     assert strip_header(kernel_ns.run(["ip6tables-save"]).stdout) == ours

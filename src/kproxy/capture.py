@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kproxy.netfilter.nfacct import ensure_named
 from kproxy.node import Node, NodeError, Route
 
 KINDS = ("addr", "route", "sysctl", "iptables", "ip6tables", "nft", "ipset", "ipvs", "conntrack")
@@ -309,6 +310,7 @@ def load_iptables(node: Node, d: Dump, family: int) -> str:
     m = _HEADER.search(d.text)
     if m is not None and m.group(1) == "legacy":
         node_layout(node).variant = "legacy"     # nft lists none of its tables; a restore keeps undeclared policies
+    ensure_named(node, d.text)        # the nfacct objects its rules name (kube-proxy's, on nfacct kernels)
     try:
         node.iptables_restore(d.text, family, counters=True)
     except RestoreError as exc:

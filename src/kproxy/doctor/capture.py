@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from kproxy.netfilter.nfacct import ensure_named
 from kproxy.node import Node
 from kproxy.packet import parse_addr
 
@@ -106,7 +107,9 @@ def capture_kernel(legacy: bool = False) -> Node:
         if rc:
             raise CaptureError(f"ipset save: {err.strip()}")
     save = "iptables-legacy-save" if legacy else "iptables-save"
-    node.iptables_restore(_run([save, "-c"]), counters=True)
+    dump = _run([save, "-c"])
+    ensure_named(node, dump)          # the nfacct objects its rules name (kube-proxy's, on nfacct kernels)
+    node.iptables_restore(dump, counters=True)
     nft = _run(["nft", "list", "table", "ip", "kube-proxy"], required=False)
     if nft:
         rc, _, err, rs = run_nft(["-f", "-"], node_ruleset(node), nft, set(node.interfaces))

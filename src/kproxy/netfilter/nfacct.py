@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -108,3 +109,15 @@ def objects_of(node: NetNamespace) -> NfacctObjects:
         store = node.subsystems["nfacct"] = NfacctObjects()
     return store
 
+
+
+_NAMED = re.compile(r"--nfacct-name\s+(\S+)")
+
+
+def ensure_named(node: NetNamespace, save_text: str) -> None:
+    """Make the accounting objects an ``iptables-save`` dump's rules name (the kernel it came from had
+    them, or it would have refused the rules), so the dump restores on this node too. Their counts
+    are not in the dump: they start at zero."""
+    store = objects_of(node)
+    for name in dict.fromkeys(_NAMED.findall(save_text)):
+        store.ensure(name.strip('"'))

@@ -187,13 +187,16 @@ class Compiler:
         if isinstance(st, VerdictStmt):
             return self.verdict_code(src, st.verdict, indent)
         if isinstance(st, VerdictMap):
+            # A miss, or no key (the packet lacks the header), is NFT_BREAK: the rest of the rule does not run.
             guard, expr = self.inline_value(src, st.key)
-            if guard:  # no key (the packet lacks a header): the map finds nothing and the rule goes on
+            if guard:
                 src.line(indent, f"if {guard}:")
-            src.line(indent + bool(guard), f"r = {src.const(self.dispatcher(st))}({expr}, pkt, state, depth)")
-            src.line(indent + bool(guard), "if r != CONTINUE:")
-            src.line(indent + bool(guard) + 1, "return r")
-            return indent
+                indent += 1
+            src.line(indent, f"r = {src.const(self.dispatcher(st))}({expr}, pkt, state, depth)")
+            src.line(indent, "if r is not None:")
+            src.line(indent + 1, "if r != CONTINUE:")
+            src.line(indent + 2, "return r")
+            return indent + 1
         act = src.const(self.action(st))
         src.line(indent, f"r = {act}(pkt, state, depth)")
         src.line(indent, "if r is not None:")  # None: a match inside the statement failed
@@ -269,7 +272,7 @@ class Compiler:
 
     def dispatcher(self, st: VerdictMap) -> Callable[[Any, Packet, HookState, int], int | None]:
         """A verdict map's lookup of a key and the verdict it finds: for a map of exact keys one dict from
-        key to compiled verdict (rebuilt when the map changes), all compiled with the rule."""
+        key to compiled verdict (rebuilt when the map changes), all compiled with the rule. None: a miss."""
         find = self.finder(st.data)
         compiled: dict[int, tuple[Verdict, Action]] = {}
         compile_verdict = self.verdict
@@ -294,7 +297,7 @@ class Compiler:
                 elems = holder.elems
                 acts = index.exact if index.elems is elems and index.size == len(elems) else index.refresh(elems)
             act = action(find(key)) if acts is None else acts.get(key)
-            return CONTINUE if act is None else act(pkt, state, depth)
+            return None if act is None else act(pkt, state, depth)      # a miss ends the rule
 
         return dispatch
 
@@ -390,8 +393,9 @@ class Compiler:
         elif type(e) is Meta and e.key in ("l4proto", "mark"):
             return "", f"pkt.{'proto' if e.key == 'l4proto' else 'mark'}"
         elif type(e) is Ct and e.key == "state":
-            # No state (None or "") is UNTRACKED, as in the interpreter.
-            bits: dict[str | None, int] = {None: 64, "": 64}
+            # No state (None or "": before conntrack, no entry and no untracked mark) is INVALID, as in
+            # the interpreter (the kernel lab shows it).
+            bits: dict[str | None, int] = {None: 1, "": 1}
             bits.update(CT_STATE_BITS)
             return "", f"(64 if pkt.notrack else {src.const(bits.get)}(pkt.ctstate, 64))"
         elif type(e) is Concat:
@@ -417,7 +421,7 @@ class Compiler:
                 return lambda pkt, state: pkt.mark
             return self.fallback(e)
         if type(e) is Ct and e.key == "state":
-            return lambda pkt, state: 64 if pkt.notrack else CT_STATE_BITS.get(pkt.ctstate or "UNTRACKED", 64)
+            return lambda pkt, state: 64 if pkt.notrack else CT_STATE_BITS.get(pkt.ctstate or "INVALID", 64)
         if type(e) is Concat:
             parts = tuple(self.value(i) for i in e.items)
 
