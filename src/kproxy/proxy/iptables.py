@@ -412,7 +412,7 @@ class IptablesProxier:
 
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
         """One sync: compute the rules, write what changed, apply; a failure schedules a full sync."""
-        with gc_paused():
+        with gc_paused(full=self.need_full or force_full):
             return self._sync(objs, force_full)
 
     def _sync(self, objs: Objects, force_full: bool) -> SyncResult:

@@ -373,7 +373,7 @@ class IpvsProxier:
     # ---- sync --------------------------------------------------------------------------------------
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
         """One sync: what changed (everything on a full sync); a failure schedules a full sync."""
-        with gc_paused():
+        with gc_paused(full=self.need_full or force_full):
             return self._sync(objs, force_full)
 
     def _node_port_addresses(self, node_addresses: set[str]) -> list[str]:

@@ -436,7 +436,7 @@ class NftablesProxier:
     # ---- the sync ---------------------------------------------------------------------------
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
         """One sync: delete chains stale long enough, then one transaction with what changed."""
-        with gc_paused():
+        with gc_paused(full=self.need_full or force_full):
             return self._sync(objs, force_full)
 
     def _add_tally(self, svc: ServiceRules | None, sign: int) -> None:
