@@ -67,6 +67,11 @@ class PacketSpec:
         return Packet.make(src, self.dst, proto, sport_value, dport, **kw)
 
 
+def number(text: str) -> int:
+    """A number in C's notation (``64``, ``0x40``): argparse names the type in its error, "invalid number value"."""
+    return int(text, 0)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="packet", add_help=False, exit_on_error=False)
     p.add_argument("--iif")
@@ -77,12 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sport", type=int)
     p.add_argument("--dport", type=int, default=0)
     p.add_argument("--tcp-flags")
-    p.add_argument("--mark", type=lambda s: int(s, 0), default=0)
+    p.add_argument("--mark", type=number, default=0)
     p.add_argument("--icmp-type", type=int, default=8)
     p.add_argument("--icmp-code", type=int, default=0)
     p.add_argument("--length", type=int)
     for opt in ("--ttl", "--tos", "--mss", "--uid", "--gid"):
-        p.add_argument(opt, type=lambda v: int(v, 0))
+        p.add_argument(opt, type=number)
     p.add_argument("--payload")
     return p
 

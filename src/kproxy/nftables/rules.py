@@ -668,9 +668,6 @@ def _dep_layer(s: Stmt, family: str) -> str | None:
     return None
 
 
-_PORT_PROTOS = {"tcp": 6, "udp": 17}
-
-
 def _port_match(s: Stmt, field: str) -> str | None:
     """The protocol (tcp, udp or th) of ``s`` when it is ``PROTO FIELD == VALUE`` with one value."""
     if isinstance(s, Match) and s.op == "==" and isinstance(s.right, Const) and isinstance(s.left, Payload) \
@@ -703,8 +700,8 @@ def merge_ports(stmts: list[Stmt]) -> list[Stmt]:
                           Match(Payload(proto, "dport"), "==", dport.right)]
     out[last:last + 1] = merged
     dep: list[Stmt] = []
-    if _port_match(stmts[first], "sport" if first == i_s else "dport") != "th" and not _l4_fixed(stmts[:first]):
-        dep = [Match(Meta("l4proto"), "==", Const(T.PROTO, _PORT_PROTOS[proto]))]
+    if (p_s if first == i_s else p_d) != "th" and not _l4_fixed(stmts[:first]):
+        dep = [Match(Meta("l4proto"), "==", Const(T.PROTO, TRANSPORT[proto]))]
     out[first:first + 1] = dep
     return out
 
