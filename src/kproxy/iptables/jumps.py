@@ -26,10 +26,6 @@ _KEEP = 8              # graphs of the most recently checked tables
 _JUMP = attrgetter("jump")
 
 
-class _TooDeep(Exception):
-    pass
-
-
 class JumpGraph:
     """User-chain targets of the chains reachable from a base chain, with upper bounds on their levels.
 
