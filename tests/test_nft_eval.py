@@ -139,11 +139,17 @@ table ip t {
 
 def test_families_without_a_hook_are_reported():
     node = node_with("table ip t {\n}\n")
-    script = "table netdev nd {\n\tchain ing {\n\t\ttype filter hook ingress device lo priority 0;\n\t}\n}\n"
+    script = ("table bridge br {\n\tchain fw {\n\t\ttype filter hook forward priority 0;\n\t}\n}\n"
+              "table arp a {\n\tchain in {\n\t\ttype filter hook input priority 0;\n\t}\n}\n"
+              "table netdev nd {\n\tchain ing {\n\t\ttype filter hook ingress device lo priority 0;\n\t}\n}\n")
     rc, _, _, rs = run_nft(["-f", "-"], node.nftables, stdin=script)
     assert rc == 0
     node.nftables = rs
-    assert attach(node) == ["netdev nd ing: the emulated node has no netdev ingress hook"]
+    assert attach(node) == [
+        "table bridge br chain fw (hook forward) is not evaluated: the emulated node has no bridge devices, "
+        "so no packet is bridged",
+        "table arp a chain in (hook input) is not evaluated: the emulated node does not model ARP, and arp "
+        "chains see only ARP packets"]
 
 
 def test_dynamic_set_learns_sources_and_lists_them():

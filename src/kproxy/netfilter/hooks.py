@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PREROUTING, INPUT, FORWARD, OUTPUT, POSTROUTING = "PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"
 HOOKS = (PREROUTING, INPUT, FORWARD, OUTPUT, POSTROUTING)
+# The per-device hooks (netdev family, and inet ingress): a received packet meets INGRESS before
+# PREROUTING, a sent one EGRESS after POSTROUTING. Their functions are registered per IP family here
+# (the node carries only IP packets) and test the device themselves.
+INGRESS, EGRESS = "INGRESS", "EGRESS"
 
 # include/uapi/linux/netfilter_ipv4.h: enum nf_ip_hook_priorities
 PRI_FIRST = -(2**31)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from kproxy.netfilter.hooks import FORWARD, INPUT, OUTPUT, POSTROUTING, PREROUTING, HookState
+from kproxy.netfilter.hooks import EGRESS, FORWARD, INGRESS, INPUT, OUTPUT, POSTROUTING, PREROUTING, HookState
 from kproxy.netfilter.netns import NetNamespace
 from kproxy.netfilter.tcp import TcpSeg
 from kproxy.netfilter.trace import Trace
@@ -72,6 +72,16 @@ def _run(node: NetNamespace, pkt: Packet, hook: str, in_dev: str, out_dev: str, 
 
 
 _NO_STATE = HookState("", "", "", cast(NetNamespace, None))     # no hook ran: its node is never read
+
+
+def _run_device(node: NetNamespace, pkt: Packet, hook: str, dev: str, trace: Trace | None) -> tuple[int, HookState]:
+    """A device hook (INGRESS on ``dev`` receiving, EGRESS on ``dev`` sending): skipped, even in a trace,
+    when no netdev or inet ingress chain is registered, as the kernel's static key skips it."""
+    if (pkt.family, hook) not in node.hooks.fns:
+        return NF_ACCEPT, _NO_STATE
+    if hook == INGRESS:
+        return _run(node, pkt, hook, dev, "", trace)
+    return _run(node, pkt, hook, "", dev, trace)
 
 
 def _stopped(verdict: int, state: HookState, pkt: Packet, trace: Trace | None) -> Result:
@@ -136,6 +146,14 @@ def receive(node: NetNamespace, pkt: Packet, iif: str, trace: Trace | None = Non
     pkt.iif = iif
     if trace is not None:
         trace.add("packet", text=f"{pkt.describe()} in {iif}")
+    return _ingress(node, pkt, iif, trace)
+
+
+def _ingress(node: NetNamespace, pkt: Packet, iif: str, trace: Trace | None) -> Result:
+    """From the device into the IP stack: the INGRESS hook, PREROUTING, then routing."""
+    verdict, state = _run_device(node, pkt, INGRESS, iif, trace)
+    if verdict != NF_ACCEPT:
+        return _stopped(verdict, state, pkt, trace)
     verdict, state = _run(node, pkt, PREROUTING, iif, "", trace)
     if verdict != NF_ACCEPT:
         return _stopped(verdict, state, pkt, trace)
@@ -171,6 +189,9 @@ def _postrouting(node: NetNamespace, pkt: Packet, iif: str, route: Any, trace: T
     verdict, state = _run(node, pkt, POSTROUTING, "", route.dev, trace)
     if verdict != NF_ACCEPT:
         return _stopped(verdict, state, pkt, trace)
+    verdict, state = _run_device(node, pkt, EGRESS, route.dev, trace)
+    if verdict != NF_ACCEPT:
+        return _stopped(verdict, state, pkt, trace)
     gw = route.gateway_text
     return _fate(trace, Result(FORWARDED, pkt, POSTROUTING, route.dev, gw, "", "", trace))
 
@@ -203,12 +224,12 @@ def output(node: NetNamespace, pkt: Packet, trace: Trace | None = None) -> Resul
         verdict, state = _run(node, pkt, POSTROUTING, "", "lo", trace)
         if verdict != NF_ACCEPT:
             return _stopped(verdict, state, pkt, trace)
-        # Over loopback: back in through PREROUTING (conntrack is already attached) and INPUT.
-        pkt.iif = "lo"
-        verdict, state = _run(node, pkt, PREROUTING, "lo", "", trace)
+        verdict, state = _run_device(node, pkt, EGRESS, "lo", trace)
         if verdict != NF_ACCEPT:
             return _stopped(verdict, state, pkt, trace)
-        return _route_input(node, pkt, "lo", trace)
+        # Over loopback: back in through lo's INGRESS, PREROUTING (conntrack is already attached) and INPUT.
+        pkt.iif = "lo"
+        return _ingress(node, pkt, "lo", trace)
     return _postrouting(node, pkt, "", route, trace)
 
 

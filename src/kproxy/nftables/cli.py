@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from kproxy.iptables.translate import nft_family
+from kproxy.nftables import flowtable
 from kproxy.nftables.expr import Opts
 from kproxy.nftables.json_input import JsonError
 from kproxy.nftables.lexer import Token
@@ -23,7 +24,7 @@ from kproxy.nftables.listing import (
     table_json,
     table_text,
 )
-from kproxy.nftables.model import FAMILIES, Chain, NSet, Ruleset, Table
+from kproxy.nftables.model import FAMILIES, Chain, Flowtable, NSet, Ruleset, Table
 from kproxy.nftables.parser import NftError, Parser, loc
 from kproxy.nftables.types import JSON_NUMERIC
 from kproxy.nftables.xtables import XtView
@@ -222,6 +223,8 @@ def listed_objects(t: Table, kind: str) -> list[Any]:
         return [s for s in t.sets.values() if not s.anonymous and s.is_map == (kind == "map")]
     if kind == "chain":
         return list(t.chains.values())
+    if kind == "flowtable":
+        return list(t.flowtables.values())
     return [ob for ob in t.objs.values() if ob.kind == kind]
 
 
@@ -235,6 +238,8 @@ def listed_blocks(t: Table, kind: str, o: Opts, verb: str, as_json: bool = False
         blocks = [set_text(s, o) for s in objs]
     elif kind == "chain":
         blocks = [chain_text(t, c, o, rules=False) for c in objs]
+    elif kind == "flowtable":
+        blocks = [flowtable.text(ft, o) for ft in objs]
     else:
         blocks = [obj_text(ob, o) for ob in objs]
     if verb == "reset" and kind not in ("set", "map", "chain"):
@@ -256,6 +261,8 @@ def item_json(t: Table, ob: Any, o: Opts) -> Any:
         return set_json(t, ob, o)
     if isinstance(ob, Chain):
         return chain_json(t, ob)
+    if isinstance(ob, Flowtable):
+        return flowtable.to_json(t, ob)
     return obj_json(t, ob, o)
 
 
@@ -326,8 +333,10 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
         found_obj = tbl.chains.get(names[1]) if len(names) > 1 else None
     elif what in ("set", "map"):
         found_obj = tbl.sets.get(names[1]) if len(names) > 1 else None
-    elif what in ("meter", "flowtable"):
-        found_obj = None  # the emulator keeps neither meters nor flowtables
+    elif what == "flowtable":
+        found_obj = tbl.flowtables.get(names[1]) if len(names) > 1 else None
+    elif what == "meter":
+        found_obj = None  # the emulator keeps no meters
     else:
         found_obj = tbl.objs.get((what, names[1])) if len(names) > 1 else None
     if found_obj is None:
@@ -340,6 +349,8 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
         out = head + chain_text(tbl, found_obj, o) + "\n}\n"
     elif what in ("set", "map"):
         out = head + set_text(found_obj, o) + "\n}\n"
+    elif what == "flowtable":
+        out = head + flowtable.text(found_obj, o) + "\n}\n"
     else:
         out = head + obj_text(found_obj, o) + "\n}\n"
     if verb == "reset" and what in ("counter", "quota", "limit"):

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kproxy.netfilter.hooks import HookState
+from kproxy.netfilter.hooks import EGRESS, INGRESS, HookFn, HookState
 from kproxy.netfilter.nat import NatRange, jhash
 from kproxy.nftables.expr import (
     TRANSPORT,
@@ -59,8 +59,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
 
 HOOK_NAMES = {"prerouting": "PREROUTING", "input": "INPUT", "forward": "FORWARD", "output": "OUTPUT",
-              "postrouting": "POSTROUTING"}
-FAMILIES = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
+              "postrouting": "POSTROUTING", "ingress": INGRESS, "egress": EGRESS}
+FAMILIES = {"ip": (4,), "ip6": (6,), "inet": (4, 6), "netdev": (4, 6)}
+# Why a family's chains never run on the emulated node (they are loaded and listed all the same).
+NOT_EVALUATED = {"bridge": "the emulated node has no bridge devices, so no packet is bridged",
+                 "arp": "the emulated node does not model ARP, and arp chains see only ARP packets"}
 CT_STATE_BITS = {"INVALID": 1, "ESTABLISHED": 2, "RELATED": 4, "NEW": 8, "UNTRACKED": 64}
 PKTTYPE = {"unicast": 0, "host": 0, "broadcast": 1, "multicast": 2}
 PORT_PROTOS = {6, 17, 132, 136}
@@ -99,15 +102,15 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
         for c in t.chains.values():
             if not c.base:
                 continue
-            where = f"{t.family} {t.name} {c.name}"
             if t.family not in FAMILIES or c.hook not in HOOK_NAMES:
-                skipped.append(f"{where}: the emulated node has no {t.family} {c.hook} hook")
+                why = NOT_EVALUATED.get(t.family, f"the emulated node has no {t.family} {c.hook} hook")
+                skipped.append(f"table {t.family} {t.name} chain {c.name} (hook {c.hook}) is not evaluated: {why}")
                 continue
             if "dormant" in t.flags:
                 continue
             runner = ChainRunner(node, t, c)
             node.subsystems.setdefault("nftables_runners", []).append(runner)
-            engine = runner.hook
+            engine = on_devices(runner.hook, c) if c.devices else runner.hook
             name = f"{NAME_PREFIX}{t.family}:{t.name}:{c.name}"
             for fam in FAMILIES[t.family]:
                 hook = HOOK_NAMES[str(c.hook)]
@@ -117,6 +120,17 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
                 else:
                     node.hooks.register(fam, hook, c.prio, name, engine)
     return skipped
+
+
+def on_devices(fn: HookFn, c: Chain) -> HookFn:
+    """A netdev (or inet ingress) chain's hook function: it runs only for its devices, as the kernel
+    registers it on each device's own hook."""
+    devices, ingress = frozenset(c.devices), c.hook == "ingress"
+
+    def hook(pkt: Packet, state: HookState) -> int:
+        return fn(pkt, state) if (state.in_dev if ingress else state.out_dev) in devices else NF_ACCEPT
+
+    return hook
 
 
 def forget_compiled(node: Node) -> None:
@@ -705,6 +719,12 @@ def register_bytes(e: Expr, v: Any) -> bytes | None:
 def payload(e: Payload, pkt: Packet) -> Any:
     """A header field, or None when the packet does not have that header (nft's implicit dependency)."""
     proto, fld = e.proto, e.field
+    if proto == "ether":
+        if fld != "type":
+            raise Unsupported(f"ether {fld} (the emulated node's packets carry no Ethernet addresses)")
+        return 0x0800 if pkt.family == 4 else 0x86DD
+    if proto == "vlan":
+        return None        # the node's packets are never VLAN-tagged: no VLAN header to read
     if proto in ("ip", "ip6"):
         if pkt.family != (4 if proto == "ip" else 6):
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kproxy.nftables import flowtable
 from kproxy.nftables.expr import Concat, Const, Elem, Opts, Prefix, Range, fmt_time
 from kproxy.nftables.model import Chain, NSet, Obj, Rule, Ruleset, Table, priority_text
 
@@ -153,6 +154,7 @@ def table_text(t: Table, o: Opts, only: str | None = None) -> str:
     if only is None:
         blocks += [obj_text(ob, o) for ob in t.objs.values()]
         blocks += [set_text(s, o) for s in t.sets.values() if not s.anonymous]
+        blocks += [flowtable.text(ft, o) for ft in t.flowtables.values()]
         blocks += [chain_text(t, c, o) for c in t.chains.values()]
     lines += attrs
     if t.flags and blocks:
@@ -179,8 +181,6 @@ def chain_json(t: Table, c: Chain) -> dict[str, Any]:
     if c.base:
         d["type"] = c.type
         d["hook"] = c.hook
-        if c.devices:
-            d["dev"] = c.devices[0] if len(c.devices) == 1 else c.devices
         d["prio"] = c.prio
         d["policy"] = c.policy
     return {"chain": d}
@@ -248,6 +248,7 @@ def table_items_json(t: Table, o: Opts) -> list[dict[str, Any]]:
     out = [table_json(t)]
     out += [obj_json(t, ob, o) for ob in t.objs.values()]
     out += [set_json(t, s, o) for s in t.sets.values() if not s.anonymous]
+    out += [flowtable.to_json(t, ft) for ft in t.flowtables.values()]
     out += [chain_json(t, c) for c in t.chains.values()]
     for c in t.chains.values():
         out += [rule_json(t, c, r, o) for r in c.rules]

@@ -121,6 +121,19 @@ class Obj:
 
 
 @dataclass
+class Flowtable:
+    """A flowtable: the devices whose offloaded connections skip the IP hooks (nf_flowtable)."""
+
+    name: str
+    handle: int
+    hook: str = "ingress"
+    prio: int | None = None
+    devices: list[str] = field(default_factory=list)
+    counter: bool = False
+    offload: bool = False
+
+
+@dataclass
 class Table:
     family: str
     name: str
@@ -130,6 +143,7 @@ class Table:
     chains: dict[str, Chain] = field(default_factory=dict)
     sets: dict[str, NSet] = field(default_factory=dict)
     objs: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    flowtables: dict[str, Flowtable] = field(default_factory=dict)
     next_handle: int = 1
     anon_seq: int = 0
 

@@ -11,6 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from kproxy.nftables import flowtable
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
     Concat,
@@ -325,6 +326,13 @@ class Parser:
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname)
             self.object(tbl, what, self.word())
+        elif what == "flowtable":
+            self.next()
+            family, tname = self.family_and_name()
+            tbl = self.find_table(family, tname)
+            name = self.word()
+            self.expect("{")
+            flowtable.parse_block(self, tbl, name, create)
         else:
             if what == "rule":
                 self.next()
@@ -389,6 +397,10 @@ class Parser:
             self.set_block(tbl, name, t.text == "map", False, defer=True)
         elif t.text in ("counter", "quota", "limit"):
             self.object(tbl, t.text, self.word(), defer=True)
+        elif t.text == "flowtable":
+            name = self.word()
+            self.expect("{")
+            flowtable.parse_block(self, tbl, name, False)
         else:
             raise self.unexpected(t)
 
@@ -453,7 +465,10 @@ class Parser:
                     self.expect("}")
                 kw = self.expect("priority")
                 chain.prio = self.priority(tbl.family, hook.text, kw)
-                chain.type, chain.hook, chain.devices = ctype.text, hook.text, devices
+                if hook.text in ("ingress", "egress") and not devices:
+                    raise NftError("Missing `device' in this chain definition", loc(t, self.toks[self.pos - 1]))
+                # the kernel keeps the devices; nft lists them sorted
+                chain.type, chain.hook, chain.devices = ctype.text, hook.text, sorted(devices)
                 self.end_item()
             elif t.text == "policy" and t.kind == "word":
                 self.next()
@@ -837,6 +852,9 @@ class Parser:
             name = self.word()
             if tbl.objs.pop((what.text, name.text), None) is None:
                 raise NftError("Could not process rule: No such file or directory", loc(name))
+        elif what.text == "flowtable":
+            family, tname = self.family_and_name()
+            flowtable.delete(self, self.find_table(family, tname))
         else:
             raise self.unexpected(what)
 

@@ -32,6 +32,8 @@ from kproxy.nftables.lexer import Token
 from kproxy.nftables.model import NSet, Rule, Table
 from kproxy.nftables.stmt import (
     Counter,
+    FlowAdd,
+    Forward,
     Log,
     Mangle,
     Match,
@@ -109,6 +111,8 @@ class RuleBuilder:
     @staticmethod
     def valid_at(st: Stmt, chain_type: str | None, hook: str) -> bool:
         """Whether the kernel accepts the statement in a base chain of this type and hook."""
+        if isinstance(st, FlowAdd):
+            return hook == "forward"      # nft_flow_offload_validate: the forward hook only
         if not isinstance(st, Nat):
             return True
         hooks = {"dnat": ("prerouting", "output"), "redirect": ("prerouting", "output"),
@@ -196,6 +200,14 @@ class RuleBuilder:
         elif w in ("dnat", "snat", "masquerade", "redirect"):
             p.next()
             self.nat(t)
+        elif w in ("fwd", "dup") and self.tbl.family == "netdev":
+            self.forward(p.next())
+        elif w == "fwd":
+            p.next()
+            p.expect("to")
+            raise self.error("unsupported family", t, p.word())
+        elif w == "flow" and p.peek(1).text in ("add", "offload"):
+            self.flow_add(p.next())
         elif w in ("add", "update") and p.peek(1).text == "@":
             p.next()
             p.next()
@@ -222,6 +234,29 @@ class RuleBuilder:
             self.stmts.append(upd)
         else:
             self.expression_statement()
+
+    def forward(self, kw: Token) -> None:
+        """``fwd to DEV`` / ``dup to DEV``: nft resolves DEV to an interface index while it evaluates."""
+        p = self.p
+        p.expect("to")
+        dev = p.word()
+        if p.at("device"):
+            raise self.error("cannot specify device", kw, p.toks[p.pos + 1])
+        if p.interfaces is not None and dev.text not in p.interfaces:
+            raise self.error("Interface does not exist", dev)
+        self.stmts.append(Forward(kw.text, dev.text))
+
+    def flow_add(self, kw: Token) -> None:
+        """``flow add @ft`` / ``flow offload @ft``; the kernel finds the flowtable when it loads the rule."""
+        p = self.p
+        p.next()
+        p.expect("@")
+        name = p.word()
+        if self.tbl.family not in ("ip", "ip6", "inet"):
+            raise self.error("Could not process rule: Operation not supported", kw, name)
+        if name.text not in self.tbl.flowtables:
+            raise self.error("Could not process rule: No such file or directory", kw, name)
+        self.stmts.append(FlowAdd(name.text))
 
     def log(self) -> Log:
         p = self.p

@@ -335,3 +335,30 @@ class CtSet(Stmt):
 
 
 MARK_TYPES = {T.MARK.name}
+
+
+@dataclass
+class Forward(Stmt):
+    """``fwd to DEV`` / ``dup to DEV`` (netdev family): the packet, or a copy of it, sent out of DEV."""
+
+    kind: str  # fwd, dup
+    dev: str
+
+    def text(self, o: Opts) -> str:
+        return f'{self.kind} to "{self.dev}"'
+
+    def json(self, o: Opts) -> Any:
+        return {self.kind: {"dev" if self.kind == "fwd" else "addr": self.dev}}
+
+
+@dataclass
+class FlowAdd(Stmt):
+    """``flow add @ft`` (also written ``flow offload @ft``): the packet's connection joins the flowtable."""
+
+    flowtable: str
+
+    def text(self, o: Opts) -> str:
+        return f"flow add @{self.flowtable}"
+
+    def json(self, o: Opts) -> Any:
+        return {"flow": {"op": "add", "flowtable": f"@{self.flowtable}"}}
