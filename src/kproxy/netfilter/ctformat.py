@@ -7,6 +7,7 @@ and the lab's differential runs compare them with the kernel's.
 from __future__ import annotations
 
 from kproxy.netfilter.conntrack import IPS_ASSURED, IPS_SEEN_REPLY, Conn
+from kproxy.netfilter.offload import IPS_OFFLOAD
 from kproxy.packet import PROTO_NAMES, TCP
 
 
@@ -26,7 +27,9 @@ def format_conn(conn: Conn, now: float, extended: bool = False, use: int = 1, wi
     parts.append(conn.reply.text())
     if acct:
         parts.append(f"packets={conn.acct[1]} bytes={conn.acct[3]}")
-    if conn.status & IPS_ASSURED:
+    if conn.status & IPS_OFFLOAD:       # libnetfilter_conntrack shows [OFFLOAD] in place of [ASSURED]
+        parts.append("[OFFLOAD]")
+    elif conn.status & IPS_ASSURED:
         parts.append("[ASSURED]")
     parts.append(f"mark={conn.mark}")
     parts.append(f"use={use}")

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kproxy.netfilter import offload
 from kproxy.netfilter.hooks import EGRESS, INGRESS, HookFn, HookState
 from kproxy.netfilter.nat import NatRange, jhash
 from kproxy.nftables.expr import (
@@ -39,6 +40,8 @@ from kproxy.nftables.expr import (
 from kproxy.nftables.model import Chain, NSet, Rule, Ruleset, Table
 from kproxy.nftables.stmt import (
     Counter,
+    FlowAdd,
+    Forward,
     Limit,
     Mangle,
     Match,
@@ -53,7 +56,7 @@ from kproxy.nftables.stmt import (
     VerdictStmt,
 )
 from kproxy.nftables.trace import ChainTrace
-from kproxy.packet import NF_ACCEPT, NF_DROP, TCP, Packet
+from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, Packet
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -99,6 +102,8 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
     if rs is None:
         return skipped
     for t in rs.tables:
+        if t.flowtables and "dormant" not in t.flags:
+            hook_flowtables(node, t)
         for c in t.chains.values():
             if not c.base:
                 continue
@@ -120,6 +125,14 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
                 else:
                     node.hooks.register(fam, hook, c.prio, name, engine)
     return skipped
+
+
+def hook_flowtables(node: Node, t: Table) -> None:
+    """Each flowtable's fast path at the INGRESS hook of its devices, at its priority."""
+    for ft in t.flowtables.values():
+        fn = offload.ingress_hook(ft.devices, ft.counter, ft.name)
+        for fam in FAMILIES[t.family]:
+            node.hooks.register(fam, INGRESS, ft.prio or 0, f"{NAME_PREFIX}{t.family}:{t.name}:flowtable:{ft.name}", fn)
 
 
 def on_devices(fn: HookFn, c: Chain) -> HookFn:
@@ -345,6 +358,11 @@ class ChainRunner:
         if isinstance(st, SetUpdate):
             self.update_set(st, pkt, state)
             return CONTINUE
+        if isinstance(st, Forward):
+            return self.forward(st, pkt, state)
+        if isinstance(st, FlowAdd):
+            offload.flow_add(pkt, state)
+            return CONTINUE
         if isinstance(st, Simple) and st.word == "notrack":
             if pkt.ct is None:      # nft_notrack_eval: a packet conntrack already took is left alone
                 pkt.notrack = True
@@ -364,6 +382,22 @@ class ChainRunner:
             return None if exceeded != q.over else CONTINUE
         # log and the other statements without a verdict
         return CONTINUE
+
+    def forward(self, st: Forward, pkt: Packet, state: HookState) -> int:
+        """``dup to DEV`` sends a copy out of DEV and goes on; ``fwd to DEV`` sends the packet itself
+        (nf_fwd_netdev_egress: straight to the device's transmit, skipping its egress hook)."""
+        from kproxy.netfilter.path import FORWARDED, Result
+
+        if state.trace is not None:
+            state.trace.add("note", hook=state.hook, text=f"{st.kind} to {st.dev}: {pkt.describe()} sent out of {st.dev}")
+        if st.kind == "dup":
+            return CONTINUE
+        pkt.oif = st.dev
+        res = Result(FORWARDED, pkt, state.hook, st.dev, trace=state.trace)
+        if state.trace is not None:
+            state.trace.add("fate", hook=state.hook, verdict=res.fate, text=res.summary())
+        pkt.meta["reinjected"] = res
+        return NF_STOLEN
 
     def update_set(self, st: SetUpdate, pkt: Packet, state: HookState) -> None:
         """``add @s { key }`` / ``update @s { key ... }``: the packet's key becomes an element of the set."""

@@ -1,0 +1,196 @@
+"""nft flowtables: parsing, listing and errors as nft 1.0.6 has them, and the offload fast path.
+
+This kernel is built without flowtables (CONFIG_NF_FLOW_TABLE unset: every flowtable is ENOENT), so
+the expected listings are nft 1.0.6's print format (rule.c flowtable_print_declaration; upstream's
+tests/shell dumps) and the packet path follows net/netfilter/nf_flow_table_*.c.
+"""
+
+from __future__ import annotations
+
+import json
+
+from kproxy.netfilter.ctformat import format_conn
+from kproxy.netfilter.trace import render_text
+from kproxy.nftables.cli import run_nft
+from kproxy.nftables.evaluate import attach
+from kproxy.nftables.model import Ruleset
+from kproxy.node import Node
+from kproxy.packet import ACK, FIN, SYN, Packet
+
+SCRIPT = """table inet f {
+	flowtable ft {
+		hook ingress priority filter + 1; devices = { lan0, eth0 }; counter
+	}
+	chain fw {
+		type filter hook forward priority filter; policy accept;
+		ct state established flow offload @ft
+		counter
+	}
+	chain post {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "eth0" masquerade
+	}
+}
+"""
+
+LISTED = """table inet f { # handle 1
+	flowtable ft { # handle 1
+		hook ingress priority filter + 1
+		devices = { eth0, lan0 }
+		counter
+	}
+
+	chain fw { # handle 2
+		type filter hook forward priority filter; policy accept;
+		ct state established flow add @ft # handle 4
+		counter packets 0 bytes 0 # handle 5
+	}
+
+	chain post { # handle 3
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "eth0" masquerade # handle 6
+	}
+}
+"""
+
+
+def nft(rs: Ruleset, *argv: str, stdin: str | None = None) -> tuple[int, str, str, Ruleset]:
+    return run_nft(list(argv), rs, stdin=stdin)
+
+
+def loaded(script: str = SCRIPT) -> Ruleset:
+    rc, _, err, rs = nft(Ruleset(), "-f", "-", stdin=script)
+    assert rc == 0, err
+    return rs
+
+
+def test_listing_with_handles_as_nft_prints_it():
+    rs = loaded()
+    assert nft(rs, "-a", "list", "ruleset")[1] == LISTED
+    assert nft(rs, "list", "flowtables")[1] == ("table inet f {\n\tflowtable ft {\n\t\thook ingress priority filter + 1\n"
+                                                "\t\tdevices = { eth0, lan0 }\n\t\tcounter\n\t}\n}\n")
+    assert nft(rs, "list", "flowtable", "inet", "f", "ft")[1] == nft(rs, "list", "flowtables")[1]
+
+
+def test_listing_parses_back_to_itself():
+    rs = loaded()
+    text = nft(rs, "list", "ruleset")[1]
+    assert nft(loaded(text), "list", "ruleset")[1] == text
+
+
+def test_offload_flag_and_numeric_priority():
+    rs = loaded("table ip t {\n\tflowtable x {\n\t\thook ingress priority -5\n\t\tdevices = { eth0 }\n"
+                "\t\tflags offload\n\t}\n}\n")
+    assert nft(rs, "list", "ruleset")[1] == ("table ip t {\n\tflowtable x {\n\t\thook ingress priority filter - 5\n"
+                                             "\t\tdevices = { eth0 }\n\t\tflags offload\n\t}\n}\n")
+
+
+def test_json_listing():
+    rs = loaded()
+    items = json.loads(nft(rs, "-j", "list", "flowtables")[1])["nftables"][1:]
+    assert items == [{"flowtable": {"family": "inet", "name": "ft", "table": "f", "handle": 1, "hook": "ingress",
+                                    "prio": 1, "dev": ["eth0", "lan0"]}}]
+    rules = [i["rule"] for i in json.loads(nft(rs, "-j", "list", "ruleset")[1])["nftables"] if "rule" in i]
+    assert rules[0]["expr"][-1] == {"flow": {"op": "add", "flowtable": "@ft"}}
+
+
+def test_errors():
+    rs = loaded()
+    rc, _, err, _ = nft(rs, "delete", "flowtable", "inet", "f", "ft")
+    assert rc == 1 and err == ("Error: Could not process rule: Device or resource busy\n"
+                               "delete flowtable inet f ft\n" + " " * 24 + "^^\n")
+    rc, _, err, _ = nft(rs, "add", "flowtable", "inet", "f", "g", "{ devices = { eth0 }; }")
+    assert rc == 1 and "Error: Could not process rule: No such file or directory" in err
+    rc, _, err, _ = nft(rs, "add", "flowtable", "inet", "f", "g", "{ hook egress priority 0; devices = { eth0 }; }")
+    assert rc == 1 and "Error: Could not process rule: Operation not supported" in err
+    rc, _, err, _ = nft(rs, "add", "flowtable", "inet", "f", "g", "{ hook ingress priority foo; }")
+    assert rc == 1 and err.startswith("Error: invalid priority expression value.\n")
+    rc, _, err, _ = nft(rs, "create", "flowtable", "inet", "f", "ft", "{ hook ingress priority 1; }")
+    assert rc == 1 and "File exists" in err
+    rc, _, err, _ = nft(rs, "add", "rule", "inet", "f", "fw", "flow", "add", "@nope")
+    assert rc == 1 and err.startswith("Error: Could not process rule: No such file or directory\n")
+    rc, _, err, _ = nft(rs, "add", "rule", "inet", "f", "post", "flow", "add", "@ft")
+    assert rc == 1 and "Operation not supported" in err      # the forward hook only
+    rc, _, err, _ = nft(rs, "list", "flowtable", "inet", "f", "nope")
+    assert rc == 1 and err.startswith("Error: No such file or directory\n")
+
+
+def test_delete_once_unused_and_by_handle():
+    rs = loaded()
+    rc, _, err, rs = nft(rs, "flush", "chain", "inet", "f", "fw")
+    rc, _, err, rs = nft(rs, "delete", "flowtable", "inet", "f", "handle", "1")
+    assert rc == 0, err
+    assert "flowtable" not in nft(rs, "list", "ruleset")[1]
+
+
+def test_adding_devices_to_an_existing_flowtable():
+    rs = loaded()
+    rc, _, err, rs = nft(rs, "add", "flowtable", "inet", "f", "ft", "{ devices = { lan1 }; }")
+    assert rc == 0, err
+    assert "devices = { eth0, lan0, lan1 }" in nft(rs, "list", "flowtables")[1]
+
+
+def gateway(script: str = SCRIPT) -> Node:
+    node = Node.from_description({
+        "name": "gw",
+        "interfaces": [{"name": "eth0", "addresses": ["192.168.1.10/24"]},
+                       {"name": "lan0", "addresses": ["10.0.0.1/24"]}],
+        "routes": ["default via 192.168.1.1 dev eth0"],
+        "sysctls": {"net.ipv4.ip_forward": "1"},
+    })
+    node.clock = 1000.0
+    node.nftables = loaded(script)
+    assert attach(node) == []
+    return node
+
+
+def tcp(src: str, dst: str, sport: int, dport: int, flags: int) -> Packet:
+    return Packet.make(src, dst, "tcp", sport, dport, tcp_flags=flags)
+
+
+def handshake(node: Node) -> None:
+    assert node.receive(tcp("10.0.0.5", "198.51.100.7", 40000, 443, SYN), "lan0").fate == "forwarded"
+    assert node.receive(tcp("198.51.100.7", "192.168.1.10", 443, 40000, SYN | ACK), "eth0").fate == "forwarded"
+    assert node.receive(tcp("10.0.0.5", "198.51.100.7", 40000, 443, ACK), "lan0").fate == "forwarded"
+
+
+def fw_counter(node: Node) -> int:
+    return node.nftables.find("inet", "f").chains["fw"].rules[1].stmts[0].packets
+
+
+def test_established_flow_is_offloaded_and_skips_the_ip_hooks():
+    node = gateway()
+    handshake(node)
+    seen = fw_counter(node)
+    assert seen == 3
+    (conn,) = node.conntrack.entries()
+    assert "[OFFLOAD]" in format_conn(conn, node.now()) and "[ASSURED]" not in format_conn(conn, node.now())
+    # nf_ct_offload_timeout raises a timeout under half a day to a day; ESTABLISHED's 5 days stay
+    assert conn.timeout_at(node.now()) == 432000
+    out = node.receive(tcp("10.0.0.5", "198.51.100.7", 40000, 443, ACK), "lan0", trace=True)
+    assert out.fate == "forwarded" and out.out_dev == "eth0"
+    assert (out.packet.src_str, out.packet.sport) == ("192.168.1.10", 40000)   # masqueraded still
+    assert out.packet.ttl == 63
+    assert fw_counter(node) == seen                          # FORWARD never saw it
+    text = render_text(out.trace)
+    assert "flowtable ft: offloaded" in text and "FORWARD" not in text and "POSTROUTING" not in text
+    back = node.receive(tcp("198.51.100.7", "192.168.1.10", 443, 40000, ACK), "eth0")
+    assert back.fate == "forwarded" and back.packet.dst_str == "10.0.0.5" and back.out_dev == "lan0"
+    assert fw_counter(node) == seen
+    assert conn.acct[:2] == [3, 2]       # the flowtable counter adds each offloaded packet to conntrack
+
+
+def test_fin_ends_the_offload():
+    node = gateway()
+    handshake(node)
+    (conn,) = node.conntrack.entries()
+    node.receive(tcp("10.0.0.5", "198.51.100.7", 40000, 443, FIN | ACK), "lan0")
+    assert fw_counter(node) == 4                              # the FIN took the normal path
+    assert "[OFFLOAD]" not in format_conn(conn, node.now())
+
+
+def test_packets_on_other_devices_take_the_normal_path():
+    node = gateway(SCRIPT.replace("devices = { lan0, eth0 }", "devices = { eth0 }"))
+    handshake(node)
+    node.receive(tcp("10.0.0.5", "198.51.100.7", 40000, 443, ACK), "lan0")
+    assert fw_counter(node) == 4
