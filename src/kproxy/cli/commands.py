@@ -124,6 +124,10 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
                     argv += [opt, val]
             specs = [parse_spec_args(argv)]
         node = obj.node
+        from kproxy.nftables.evaluate import unevaluated
+
+        for note in unevaluated(getattr(node, "nftables", None)):
+            click.echo(f"note: {note}", err=True)
         keep = count <= 3 or as_json or nft_monitor or fmt != "text"
         cached = node.nftables.copy() if nft_monitor and getattr(node, "nftables", None) is not None else None
         results = run_specs(node, specs, count, keep_traces=keep)

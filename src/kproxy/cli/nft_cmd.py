@@ -20,7 +20,7 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     -c checks only. For 'nft monitor trace', use 'kproxy trace --nft-monitor'.
     """
     from kproxy.nftables.cli import run_nft
-    from kproxy.nftables.evaluate import attach
+    from kproxy.nftables.evaluate import attach, unevaluated
     from kproxy.nftables.store import node_ruleset
     from kproxy.nftables.xtables import XtView
 
@@ -33,10 +33,12 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
         stdin = sys.stdin.read()
 
     def run(node: Node) -> tuple[int, str, str]:
+        before = set(unevaluated(node_ruleset(node)))
         rc, out, err, rs = run_nft(argv, node_ruleset(node), stdin, set(node.interfaces), XtView(node))
         if rc == 0:
             node.nftables = rs
-            attach(node)
+            # nft itself prints nothing on stderr when it succeeds: the notice cannot mix with its output
+            err += "".join(f"kproxy: note: {n}\n" for n in attach(node) if n not in before)
         return rc, out, err
 
     words = [a for a in argv if not a.startswith("-")]

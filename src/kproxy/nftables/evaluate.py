@@ -108,8 +108,7 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
             if not c.base:
                 continue
             if t.family not in FAMILIES or c.hook not in HOOK_NAMES:
-                why = NOT_EVALUATED.get(t.family, f"the emulated node has no {t.family} {c.hook} hook")
-                skipped.append(f"table {t.family} {t.name} chain {c.name} (hook {c.hook}) is not evaluated: {why}")
+                skipped.append(not_evaluated(t, c))
                 continue
             if "dormant" in t.flags:
                 continue
@@ -125,6 +124,19 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
                 else:
                     node.hooks.register(fam, hook, c.prio, name, engine)
     return skipped
+
+
+def not_evaluated(t: Table, c: Chain) -> str:
+    why = NOT_EVALUATED.get(t.family, f"the emulated node has no {t.family} {c.hook} hook")
+    return f"table {t.family} {t.name} chain {c.name} (hook {c.hook}) is not evaluated: {why}"
+
+
+def unevaluated(rs: Ruleset | None) -> list[str]:
+    """What ``attach`` would leave unhooked, without attaching: the notices the commands print."""
+    if rs is None:
+        return []
+    return [not_evaluated(t, c) for t in rs.tables for c in t.chains.values()
+            if c.base and (t.family not in FAMILIES or c.hook not in HOOK_NAMES)]
 
 
 def hook_flowtables(node: Node, t: Table) -> None:
