@@ -16,7 +16,6 @@ from kproxy.nftables.model import Ruleset
 from kproxy.node import Node
 from kproxy.packet import SYN, Packet
 
-
 lab = test_differential.lab        # the module-scoped kernel lab fixture
 
 
