@@ -12,10 +12,10 @@ import json
 from kproxy.netfilter.ctformat import format_conn
 from kproxy.netfilter.trace import render_text
 from kproxy.nftables.cli import run_nft
-from kproxy.nftables.evaluate import attach
 from kproxy.nftables.model import Ruleset
 from kproxy.node import Node
 from kproxy.packet import ACK, FIN, SYN, Packet
+from test_nft_eval import node_with
 
 SCRIPT = """table inet f {
 	flowtable ft {
@@ -131,17 +131,7 @@ def test_adding_devices_to_an_existing_flowtable():
 
 
 def gateway(script: str = SCRIPT) -> Node:
-    node = Node.from_description({
-        "name": "gw",
-        "interfaces": [{"name": "eth0", "addresses": ["192.168.1.10/24"]},
-                       {"name": "lan0", "addresses": ["10.0.0.1/24"]}],
-        "routes": ["default via 192.168.1.1 dev eth0"],
-        "sysctls": {"net.ipv4.ip_forward": "1"},
-    })
-    node.clock = 1000.0
-    node.nftables = loaded(script)
-    assert attach(node) == []
-    return node
+    return node_with(script)
 
 
 def tcp(src: str, dst: str, sport: int, dport: int, flags: int) -> Packet:

@@ -15,24 +15,9 @@ from kproxy.nftables.evaluate import attach
 from kproxy.nftables.model import Ruleset
 from kproxy.node import Node
 from kproxy.packet import SYN, Packet
+from test_nft_eval import node_with
 
 lab = test_differential.lab        # the module-scoped kernel lab fixture
-
-
-def node_with(script: str) -> Node:
-    node = Node.from_description({
-        "name": "gw",
-        "interfaces": [{"name": "eth0", "addresses": ["192.168.1.10/24"]},
-                       {"name": "lan0", "addresses": ["10.0.0.1/24"]}],
-        "routes": ["default via 192.168.1.1 dev eth0"],
-        "sysctls": {"net.ipv4.ip_forward": "1"},
-    })
-    node.clock = 1000.0
-    rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=script, interfaces=set(node.interfaces))
-    assert rc == 0, err
-    node.nftables = rs
-    assert attach(node) == []
-    return node
 
 
 def tcp(src: str, dst: str, dport: int) -> Packet:
