@@ -11,6 +11,7 @@ import json
 
 from kproxy.netfilter.ctformat import format_conn
 from kproxy.netfilter.trace import render_text
+from kproxy.nftables.expr import Opts
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.model import Ruleset
 from kproxy.node import Node
@@ -184,3 +185,31 @@ def test_packets_on_other_devices_take_the_normal_path():
     handshake(node)
     node.receive(tcp("10.0.0.5", "198.51.100.7", 40000, 443, ACK), "lan0")
     assert fw_counter(node) == 4
+
+
+def test_node_file_keeps_flowtable_handles():
+    from kproxy.nftables.store import ruleset_from_json, ruleset_to_json
+
+    rs = loaded("table inet f {\n\tchain c {\n\t}\n\tflowtable ft {\n\t\thook ingress priority 0\n"
+                "\t\tdevices = { eth0 }\n\t}\n}\n")
+    before = nft(rs, "-a", "list", "ruleset")[1]
+    assert "flowtable ft { # handle 2" in before
+    assert nft(ruleset_from_json(ruleset_to_json(rs)), "-a", "list", "ruleset")[1] == before
+
+
+def test_udp_flow_offloads_once_confirmed():
+    node = gateway(SCRIPT.replace("ct state established flow offload @ft", "meta l4proto udp flow add @ft"))
+    first = Packet.make("10.0.0.5", "198.51.100.7", "udp", 5000, 53)
+    assert node.receive(first, "lan0").fate == "forwarded"          # not yet confirmed when FORWARD ran
+    (conn,) = node.conntrack.entries()
+    assert "[OFFLOAD]" not in format_conn(conn, node.now())
+    node.receive(Packet.make("198.51.100.7", "192.168.1.10", "udp", 53, 5000), "eth0")
+    assert "[OFFLOAD]" in format_conn(conn, node.now())
+    assert conn.timeout_at(node.now()) == 86400                      # UDP's 30 s raised to a day
+    seen = fw_counter(node)
+    node.receive(Packet.make("10.0.0.5", "198.51.100.7", "udp", 5000, 53), "lan0")
+    assert fw_counter(node) == seen
+    node.clock += 31                                                  # no packet for the flow timeout
+    node.receive(Packet.make("10.0.0.5", "198.51.100.7", "udp", 5000, 53), "lan0")
+    assert fw_counter(node) == seen + 1           # the normal path again, whose rule offloads it anew
+    assert node.nftables.find("inet", "f").chains["fw"].rules[0].stmts[-1].text(Opts()) == "flow add @ft"

@@ -89,7 +89,9 @@ def offloaded(pkt: Packet, state: HookState, counter: bool, name: str) -> int:
         return NF_ACCEPT
     ct, d = found
     timeouts = flows(node)
-    if timeouts.get(ct.id, 0.0) < state.now:
+    # The flows' own timeouts live with the process, not the node file: a connection found offloaded
+    # after a reload starts a fresh flow timeout.
+    if timeouts.setdefault(ct.id, state.now + FLOW_TIMEOUT) < state.now:
         teardown(node, ct, state.now)         # the flow timed out: the normal path takes it again
         return NF_ACCEPT
     if pkt.ttl <= 1:

@@ -22,7 +22,8 @@ def ruleset_to_json(rs: Ruleset) -> dict[str, Any]:
     handles = [[t.family, t.name, t.handle, t.next_handle, t.anon_seq,
                 {c.name: [c.handle, [r.handle for r in c.rules]] for c in t.chains.values()},
                 {s.name: s.handle for s in t.sets.values() if not s.anonymous},
-                [[k, n, o.handle] for (k, n), o in t.objs.items()]] for t in rs.tables]
+                [[k, n, o.handle] for (k, n), o in t.objs.items()],
+                {f.name: f.handle for f in t.flowtables.values()}] for t in rs.tables]
     return {"text": ruleset_text(rs, Opts()), "next_table_handle": rs.next_table_handle, "handles": handles,
             "generation": rs.generation}
 
@@ -38,7 +39,7 @@ def ruleset_from_json(data: dict[str, Any]) -> Ruleset:
         raise NodeError(f"nftables ruleset in the node file: {exc.msg}") from None
     rs.next_table_handle = data.get("next_table_handle", rs.next_table_handle)
     rs.generation = data.get("generation", 0)
-    for fam, name, th, nxt, anon, chains, sets, objs in data.get("handles", []):
+    for fam, name, th, nxt, anon, chains, sets, objs, *flowtables in data.get("handles", []):
         t = rs.find(fam, name)
         if t is None:
             continue
@@ -52,6 +53,8 @@ def ruleset_from_json(data: dict[str, Any]) -> Ruleset:
             t.sets[sname].handle = sh
         for kind, oname, oh in objs:
             t.objs[(kind, oname)].handle = oh
+        for fname, fh in (flowtables[0] if flowtables else {}).items():
+            t.flowtables[fname].handle = fh
     return rs
 
 
