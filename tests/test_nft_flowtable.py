@@ -11,8 +11,8 @@ import json
 
 from kproxy.netfilter.ctformat import format_conn
 from kproxy.netfilter.trace import render_text
-from kproxy.nftables.expr import Opts
 from kproxy.nftables.cli import run_nft
+from kproxy.nftables.expr import Opts
 from kproxy.nftables.model import Ruleset
 from kproxy.node import Node
 from kproxy.packet import ACK, FIN, SYN, Packet
