@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kproxy.netfilter.ctformat import format_conn
 from kproxy.netfilter.trace import render_text
 from kproxy.nftables.cli import run_nft
@@ -213,3 +215,16 @@ def test_udp_flow_offloads_once_confirmed():
     node.receive(Packet.make("10.0.0.5", "198.51.100.7", "udp", 5000, 53), "lan0")
     assert fw_counter(node) == seen + 1           # the normal path again, whose rule offloads it anew
     assert node.nftables.find("inet", "f").chains["fw"].rules[0].stmts[-1].text(Opts()) == "flow add @ft"
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("argv", [("-a",), ("-j",)])
+def test_listing_is_the_kernels_where_it_has_flowtables(kernel_ns, argv):
+    """Byte for byte with the real nft where the kernel has flowtables; this one (CONFIG_NF_FLOW_TABLE
+    unset) refuses them all with ENOENT, which is checked instead."""
+    kernel_ns.run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "lan0"])
+    loaded_here = kernel_ns.run(["nft", "-f", "-"], input=SCRIPT, check=False)
+    if loaded_here.returncode != 0:
+        assert "Could not process rule: No such file or directory" in loaded_here.stderr
+        pytest.skip("this kernel has no flowtables (CONFIG_NF_FLOW_TABLE unset)")
+    assert nft(loaded(), *argv, "list", "ruleset")[1] == kernel_ns.run(["nft", *argv, "list", "ruleset"]).stdout

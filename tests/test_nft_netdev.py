@@ -153,3 +153,42 @@ def test_netdev_ingress_and_egress_agree_with_the_kernel(lab):
 }
 """, [Probe("tcp", "10.0.2.2", 80), Probe("tcp", "10.0.2.2", 81), Probe("tcp", "10.0.2.2", 82),
       Probe("udp", "10.0.2.2", 53)])
+
+
+KERNEL_LISTED = """table netdev n {
+	chain in {
+		type filter hook ingress devices = { eth0, eth1 } priority filter + 3; policy drop;
+		ether type ip counter packets 0 bytes 0 accept
+		ip daddr 10.9.9.9 tcp dport 80 counter packets 0 bytes 0 drop
+		vlan id 4 drop
+		ether type ip dup to "eth1"
+		ip saddr 10.1.1.1 fwd to "eth1"
+	}
+
+	chain out {
+		type filter hook egress device "eth1" priority -5; policy accept;
+		meta l4proto udp drop
+	}
+}
+table inet i {
+	chain c {
+		type filter hook ingress device "eth0" priority filter; policy accept;
+		ip saddr 10.0.0.0/8 counter packets 0 bytes 0
+	}
+}
+"""
+
+
+def kernel_listing(ns, script: str, *argv: str) -> str:
+    ns.run(["nft", "-f", "-"], input=script)
+    return ns.run(["nft", *argv, "list", "ruleset"]).stdout
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("argv", [(), ("-a",), ("-j",)])
+def test_netdev_listing_is_the_kernels(kernel_ns, argv):
+    kernel_ns.run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+    expected = kernel_listing(kernel_ns, KERNEL_LISTED, *argv)
+    rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=KERNEL_LISTED, interfaces={"eth0", "eth1"})
+    assert rc == 0, err
+    assert run_nft([*argv, "list", "ruleset"], rs)[1] == expected
