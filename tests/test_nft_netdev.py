@@ -192,3 +192,54 @@ def test_netdev_listing_is_the_kernels(kernel_ns, argv):
     rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=KERNEL_LISTED, interfaces={"eth0", "eth1"})
     assert rc == 0, err
     assert run_nft([*argv, "list", "ruleset"], rs)[1] == expected
+
+
+@pytest.mark.kernel
+def test_inet_and_netdev_ingress_share_the_devices_hook_in_priority_order(lab):
+    from test_nft_differential import agree
+
+    agree(lab, """table netdev n {
+	chain in {
+		type filter hook ingress device "eth0" priority 10; policy accept;
+		counter
+		tcp dport 81 counter drop
+	}
+}
+table inet i {
+	chain c {
+		type filter hook ingress device "eth0" priority -10; policy accept;
+		tcp dport 80 counter drop
+		meta l4proto tcp counter
+	}
+	chain pre {
+		type filter hook prerouting priority 0; policy accept;
+		meta l4proto tcp counter
+	}
+}
+""", [Probe("tcp", "10.0.2.2", 80), Probe("tcp", "10.0.2.2", 81), Probe("tcp", "10.0.2.2", 82)])
+
+
+def test_kproxy_nft_notes_a_bridge_chain_once_on_stderr(tmp_path):
+    from test_nft_cli import run
+
+    node = str(tmp_path / "n.json")
+    assert run(node, "add", "table", "bridge", "b").exit_code == 0
+    res = run(node, "add", "chain", "bridge", "b", "f", "{ type filter hook forward priority 0; }")
+    assert res.exit_code == 0 and res.stdout == ""
+    assert res.stderr == ("kproxy: note: table bridge b chain f (hook forward) is not evaluated: the emulated node "
+                          "has no bridge devices, so no packet is bridged\n")
+    res = run(node, "add", "rule", "bridge", "b", "f", "counter")
+    assert res.exit_code == 0 and res.stderr == ""            # said when the chain came, not at every command
+    assert run(node, "list", "ruleset").stdout == ("table bridge b {\n\tchain f {\n\t\ttype filter hook forward "
+                                                   "priority 0; policy accept;\n\t\tcounter packets 0 bytes 0\n\t}\n}\n")
+
+
+def test_verify_leaves_out_counters_of_chains_that_never_run():
+    from kproxy.lab.nftdiff import evaluated_counters, notes
+
+    listing = ("table bridge b {\n\tchain f {\n\t\ttype filter hook forward priority 0; policy accept;\n"
+               "\t\tcounter packets 5 bytes 300\n\t}\n}\ntable ip t {\n\tchain c {\n\t\ttype filter hook input "
+               "priority 0; policy accept;\n\t\tcounter packets 2 bytes 80\n\t}\n}\n")
+    assert evaluated_counters(listing) == {"table ip t chain c rule 1": 2}
+    assert notes(listing) == ["table bridge b chain f (hook forward) is not evaluated: the emulated node has no "
+                              "bridge devices, so no packet is bridged"]

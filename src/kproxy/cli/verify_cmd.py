@@ -102,6 +102,9 @@ def verify_cmd(ruleset: str, packets_file: str | None, legacy: bool, nft: bool |
     if refused is not None:
         click.echo(f"kproxy verify: the emulator refuses {ruleset}:\n{refused}", err=True)
         sys.exit(2)
+    if nft:
+        for note in nftdiff.notes(rules):
+            click.echo(f"kproxy verify: note: {note} (its counters are not compared)", err=True)
     case = Case(rules, probes)
     side = nftdiff if nft else differential
     with KernelLab(legacy=legacy) as lab:
