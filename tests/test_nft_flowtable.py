@@ -228,3 +228,16 @@ def test_listing_is_the_kernels_where_it_has_flowtables(kernel_ns, argv):
         assert "Could not process rule: No such file or directory" in loaded_here.stderr
         pytest.skip("this kernel has no flowtables (CONFIG_NF_FLOW_TABLE unset)")
     assert nft(loaded(), *argv, "list", "ruleset")[1] == kernel_ns.run(["nft", *argv, "list", "ruleset"]).stdout
+
+
+def test_json_listing_reads_back():
+    rs = loaded()
+    doc = nft(rs, "-j", "list", "ruleset")[1]
+    rc, _, err, again = nft(Ruleset(), "-j", "-f", "-", stdin=doc)
+    assert rc == 0, err
+    # nft -j leaves the flowtable's counter flag out, so the copy has none
+    assert nft(again, "list", "ruleset")[1] == nft(rs, "list", "ruleset")[1].replace("\t\tcounter\n", "")
+    bad = json.dumps({"nftables": [{"add": {"rule": {"family": "inet", "table": "f", "chain": "fw", "expr": [
+        {"flow": {"op": "del", "flowtable": "@ft"}}]}}}]})
+    rc, _, err, _ = nft(rs, "-j", "-f", "-", stdin=bad)
+    assert rc == 1 and "Unknown flow offload statement op 'del'." in err

@@ -243,3 +243,15 @@ def test_verify_leaves_out_counters_of_chains_that_never_run():
     assert evaluated_counters(listing) == {"table ip t chain c rule 1": 2}
     assert notes(listing) == ["table bridge b chain f (hook forward) is not evaluated: the emulated node has no "
                               "bridge devices, so no packet is bridged"]
+
+
+@pytest.mark.kernel
+def test_capture_keeps_netdev_devices_nft_json_leaves_out(kernel_ns):
+    from kproxy.capture import build, capture
+
+    kernel_ns.run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+    expected = kernel_listing(kernel_ns, KERNEL_LISTED)
+    node = build(capture(kernel_ns.name))
+    assert run_nft(["list", "ruleset"], node.nftables)[1] == expected
+    node.receive(tcp("10.1.1.1", "10.9.9.9", 80), "eth0")
+    assert counters(node, "n", "in")[0] == 1                  # the captured chain runs on eth0

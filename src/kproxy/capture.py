@@ -144,7 +144,25 @@ def _take_nft(r: Runner, dumps: Dumps, owned: set[tuple[str, str]]) -> None:
         if (family, name) not in owned:
             one = _json(Dump(r.run(["nft", "-j", "list", "table", family, name]).stdout, "nft -j list table"), dict)
             items += [o for o in one.get("nftables", []) if not (isinstance(o, dict) and "metainfo" in o)]
+    for item in items:
+        _add_devices(r, item)
     dumps.add("nft", json.dumps({"nftables": items}), " ".join(r.argv(["nft", "-j", "list", "table", "..."])))
+
+
+DEVICES = re.compile(r'hook (?:ingress|egress) (?:device "([^"]*)"|devices = \{ ([^}]*) \})')
+
+
+def _add_devices(r: Runner, item: Any) -> None:
+    """nft 1.0.6's JSON leaves out a netdev (or inet ingress) chain's devices, without which nft -f cannot
+    load it again: they are read from the chain's text listing into the item's ``dev``."""
+    chain = item.get("chain") if isinstance(item, dict) else None
+    if not isinstance(chain, dict) or chain.get("hook") not in ("ingress", "egress") or "dev" in chain:
+        return
+    text = r.run(["nft", "list", "chain", chain["family"], chain["table"], chain["name"]], check=False).stdout
+    m = DEVICES.search(text)
+    if m is not None:
+        devs = [m.group(1)] if m.group(1) is not None else [d.strip() for d in m.group(2).split(",")]
+        chain["dev"] = devs[0] if len(devs) == 1 else devs
 
 
 def owned_tables(save: str, nft_family: str) -> set[tuple[str, str]]:

@@ -142,7 +142,7 @@ LIST_MULTIPLE = ("tables", "chains", "sets", "maps", "counters", "quotas", "ct h
 VERB_OBJECTS = {
     "list": ("table", "tables", "chain", "chains", "set", "sets", "map", "maps", "counter", "counters", "quota",
              "quotas", "ct helper", "ct helpers", "ct timeout", "ct expectation", "limit", "limits", "ruleset",
-             "meter", "meters", "flowtables", "secmark", "secmarks"),
+             "meter", "meters", "flowtable", "flowtables", "secmark", "secmarks"),
     "reset": ("counter", "counters", "quota", "quotas"),
     "flush": ("table", "chain", "set", "map", "meter", "ruleset"),
 }
@@ -222,6 +222,8 @@ def w_chain(verb: str, kind: str, body: Any) -> str:
     spec = f"type {body['type']} hook {hook}"
     if isinstance(body.get("dev"), str):
         spec += f" device {quote(body['dev'])}"
+    elif isinstance(body.get("dev"), list) and body["dev"]:
+        spec += " devices = { " + ", ".join(quote(str(d)) for d in body["dev"]) + " }"
     spec += f" priority {body['prio']};"
     policy = opt(body, "policy", str)
     if policy is not None:
@@ -375,8 +377,25 @@ def limit_spec(d: dict[str, Any]) -> str:
     return s
 
 
+def w_flowtable(verb: str, kind: str, body: Any) -> str:
+    """``{"flowtable": {family, table, name, hook, prio, dev}}``: nft -j's listing read back."""
+    fam, where = named(verb, kind, body, ("family", "table"))
+    out = f"{verb} flowtable {fam} {where}"
+    if verb in ("delete", "list"):
+        return out
+    hook, prio = unpack(body, "si", "hook", "prio")
+    spec = f"hook {hook} priority {prio};"
+    devs = body.get("dev")
+    if isinstance(devs, str):
+        devs = [devs]
+    if isinstance(devs, list) and devs:
+        spec += " devices = { " + ", ".join(quote(str(d)) for d in devs) + " };"
+    return f"{out} {{ {spec} }}"
+
+
 OBJECT_WRITERS = {"table": w_table, "chain": w_chain, "rule": w_rule, "set": w_set, "map": w_set,
-                  "element": w_element, "counter": w_object, "quota": w_object, "limit": w_object}
+                  "element": w_element, "counter": w_object, "quota": w_object, "limit": w_object,
+                  "flowtable": w_flowtable}
 
 
 # ---- statements -------------------------------------------------------------------------------
@@ -528,9 +547,20 @@ def s_dup(key: str, val: Any) -> str:
     return s
 
 
+def s_flow(key: str, val: Any) -> str:
+    """``{"flow": {"op": "add", "flowtable": "@ft"}}`` (parser_json's flow offload statement)."""
+    op, ft = unpack(val, "ss", "op", "flowtable")
+    if op != "add":
+        raise JsonError((None, f"Unknown flow offload statement op '{op}'."))
+    if not ft.startswith("@"):
+        raise JsonError((None, "Illegal flowtable reference in flow offload statement."))
+    return f"flow add @{quote(ft[1:])}"
+
+
 STMTS = {"match": s_match, "counter": s_counter, "mangle": s_mangle, "quota": s_quota, "limit": s_limit,
          "log": s_log, "snat": s_nat, "dnat": s_nat, "masquerade": s_nat, "redirect": s_nat, "reject": s_reject,
-         "set": s_set, "notrack": s_simple, "queue": s_queue, "dup": s_dup, "fwd": s_dup}
+         "set": s_set, "notrack": s_simple, "queue": s_queue, "dup": s_dup, "fwd": s_dup,
+         "flow": s_flow}
 
 
 # ---- expressions ------------------------------------------------------------------------------
