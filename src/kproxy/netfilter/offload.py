@@ -1,7 +1,8 @@
 """The flowtable fast path (nf_flow_table): offloaded connections skip the IP hooks.
 
 A rule's ``flow add @ft`` marks a forwarded connection offloaded (IPS_OFFLOAD) once conntrack has
-confirmed it and, for TCP, it is ESTABLISHED (nft_flow_offload_eval). From then on a packet of that
+confirmed it and, for TCP, it is ESTABLISHED and assured and the segment no FIN or RST
+(nft_flow_offload_eval; never a connection with a helper or sequence adjustment). From then on a packet of that
 connection arriving on one of the flowtable's devices is taken at the INGRESS hook (the flowtable's
 priority): its NAT rewritten from the connection's tuples, its TTL decremented, and sent out of the
 route's device, without PREROUTING, FORWARD or POSTROUTING (nf_flow_offload_ip_hook). A TCP FIN or RST,
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
-from kproxy.netfilter.conntrack import IPS_CONFIRMED, UDP_REPLIED, Tuple
+from kproxy.netfilter.conntrack import IPS_ASSURED, IPS_CONFIRMED, IPS_SEQ_ADJUST, UDP_REPLIED, Tuple
 from kproxy.netfilter.tcp import TCP_TIMEOUTS
 from kproxy.packet import FIN, NF_ACCEPT, NF_STOLEN, RST, TCP, UDP, Packet
 
@@ -35,9 +36,10 @@ FLOW_TIMEOUT = 30            # NF_FLOW_TIMEOUT: a flow with no packet for this l
 def flow_add(pkt: Packet, state: HookState) -> bool:
     """``flow add @ft``: offload the packet's connection when the kernel would; whether it did."""
     ct = pkt.ct
-    if ct is None or ct.status & IPS_OFFLOAD or not ct.status & IPS_CONFIRMED:
+    if ct is None or ct.status & (IPS_OFFLOAD | IPS_SEQ_ADJUST) or ct.helper or not ct.status & IPS_CONFIRMED:
         return False
-    if ct.proto not in (TCP, UDP) or ct.proto == TCP and (ct.tcp_state != "ESTABLISHED"
+    # nf_conntrack_tcp_established: ESTABLISHED and assured
+    if ct.proto not in (TCP, UDP) or ct.proto == TCP and (ct.tcp_state != "ESTABLISHED" or not ct.status & IPS_ASSURED
                                                           or pkt.tcp_flags & (FIN | RST)):
         return False
     ct.status |= IPS_OFFLOAD
