@@ -37,19 +37,19 @@ SCRIPT = """table inet f {
 """
 
 LISTED = """table inet f { # handle 1
-	flowtable ft { # handle 1
+	flowtable ft { # handle 3
 		hook ingress priority filter + 1
 		devices = { eth0, lan0 }
 		counter
 	}
 
-	chain fw { # handle 2
+	chain fw { # handle 1
 		type filter hook forward priority filter; policy accept;
 		ct state established flow add @ft # handle 4
 		counter packets 0 bytes 0 # handle 5
 	}
 
-	chain post { # handle 3
+	chain post { # handle 2
 		type nat hook postrouting priority srcnat; policy accept;
 		oifname "eth0" masquerade # handle 6
 	}
@@ -91,7 +91,7 @@ def test_offload_flag_and_numeric_priority():
 def test_json_listing():
     rs = loaded()
     items = json.loads(nft(rs, "-j", "list", "flowtables")[1])["nftables"][1:]
-    assert items == [{"flowtable": {"family": "inet", "name": "ft", "table": "f", "handle": 1, "hook": "ingress",
+    assert items == [{"flowtable": {"family": "inet", "name": "ft", "table": "f", "handle": 3, "hook": "ingress",
                                     "prio": 1, "dev": ["eth0", "lan0"]}}]
     rules = [i["rule"] for i in json.loads(nft(rs, "-j", "list", "ruleset")[1])["nftables"] if "rule" in i]
     assert rules[0]["expr"][-1] == {"flow": {"op": "add", "flowtable": "@ft"}}
@@ -121,7 +121,7 @@ def test_errors():
 def test_delete_once_unused_and_by_handle():
     rs = loaded()
     rc, _, err, rs = nft(rs, "flush", "chain", "inet", "f", "fw")
-    rc, _, err, rs = nft(rs, "delete", "flowtable", "inet", "f", "handle", "1")
+    rc, _, err, rs = nft(rs, "delete", "flowtable", "inet", "f", "handle", "3")
     assert rc == 0, err
     assert "flowtable" not in nft(rs, "list", "ruleset")[1]
 
@@ -241,3 +241,17 @@ def test_json_listing_reads_back():
         {"flow": {"op": "del", "flowtable": "@ft"}}]}}}]})
     rc, _, err, _ = nft(rs, "-j", "-f", "-", stdin=bad)
     assert rc == 1 and "Unknown flow offload statement op 'del'." in err
+
+
+def test_a_device_serves_one_flowtable_of_a_table():
+    rc, _, err, _ = nft(loaded(), "add", "flowtable", "inet", "f", "g", "{ hook ingress priority 0; devices = { lan0 }; }")
+    assert rc == 1 and "Could not process rule: Device or resource busy" in err
+
+
+def test_echo_prints_the_flowtable_as_the_monitor_does():
+    rs = loaded("table inet f {\n}\n")
+    rc, out, err, _ = nft(rs, "-a", "--echo", "add", "flowtable", "inet", "f", "ft",
+                          "{ hook ingress priority 0; devices = { eth0 }; counter; }")
+    assert rc == 0, err
+    assert out.splitlines()[0] == ("add flowtable inet f ft { # handle 1 hook ingress priority filter; "
+                                   "devices = { eth0 }; counter; } ")

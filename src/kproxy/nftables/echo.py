@@ -13,6 +13,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
+from kproxy.nftables import flowtable
 from kproxy.nftables.expr import Opts, fmt_time
 from kproxy.nftables.listing import chain_json, obj_body, obj_json, rule_json, set_json, table_json
 from kproxy.nftables.model import Chain, NSet, Ruleset, Table, priority_text
@@ -38,6 +39,7 @@ def added(before: Ruleset, after: Ruleset, ops: dict[int, str] | None = None) ->
                 olds = None
             seen = {repr(e.key) for e in olds.elems} if olds else set()
             out += [("elem", t, (s, e)) for e in s.elems if repr(e.key) not in seen]
+        out += [("flowtable", t, f) for f in t.flowtables.values() if _is_new(old and old.flowtables.get(f.name), f)]
         rules = []
         for c in t.chains.values():
             oldc = old.chains.get(c.name) if old else None
@@ -82,6 +84,11 @@ def _line(kind: str, t: Table, ob: Any, o: Opts) -> str:
         return f"add {ob.kind} {where} {ob.name} {{ {inner} }} "
     if kind == "set":
         return f"add {'map' if ob.is_map else 'set'} {where} {ob.name} {{ {_set_spec(ob, o)}}} "
+    if kind == "flowtable":
+        # flowtable_print_plain: the listing's lines joined by "; ", the handle after the brace
+        body = flowtable.text(ob, replace(o, handles=False), indent="").split("\n")[1:-1]
+        inner = "".join(line.strip() + "; " for line in body)
+        return f"add flowtable {where} {ob.name} {{ {_handle(o, ob.handle).lstrip()}{' ' if o.handles else ''}{inner}}} "
     if kind == "elem":
         s, e = ob
         if s.timeout is not None or e.timeout is not None:
@@ -130,6 +137,8 @@ def echo_json(before: Ruleset, after: Ruleset, o: Opts) -> str:
             items.append(set_json(t, ob, o))
         elif kind == "rule":
             items.append(rule_json(t, ob[0], ob[1], o))
+        elif kind == "flowtable":
+            items.append(flowtable.to_json(t, ob))
         else:
             nset, elem = ob
             items.append({"element": {"family": t.family, "table": t.name, "name": nset.name,
@@ -169,7 +178,7 @@ def _handle_of(kind: str, val: dict[str, Any], rs: Ruleset, rules: Any, created:
     name = str(val.get("name"))
     found: Any = {"table": t, "chain": t.chains.get(name), "set": t.sets.get(name), "map": t.sets.get(name),
                   "counter": t.objs.get(("counter", name)), "quota": t.objs.get(("quota", name)),
-                  "limit": t.objs.get(("limit", name))}.get(kind)
+                  "limit": t.objs.get(("limit", name)), "flowtable": t.flowtables.get(name)}.get(kind)
     return found.handle if found is not None and id(found) in created else None
 
 

@@ -22,9 +22,10 @@ if TYPE_CHECKING:  # pragma: no cover
 FAMILIES = ("ip", "ip6", "inet")
 
 
-def parse_block(p: Parser, tbl: Table, name: Token, create: bool) -> Flowtable:
+def parse_block(p: Parser, tbl: Table, name: Token, create: bool, defer: bool = False) -> Flowtable:
     """The ``{ ... }`` after ``flowtable NAME`` (the brace already read): a new flowtable, or more devices
-    for an existing one (``add``; ``create`` of an existing one is EEXIST)."""
+    for an existing one (``add``; ``create`` of an existing one is EEXIST). ``defer``: inside a table
+    block, where nft's batch adds flowtables after chains, objects and sets, and the handle waits."""
     from kproxy.nftables.parser import NftError, loc
 
     given = Flowtable(name.text, 0)
@@ -66,8 +67,11 @@ def parse_block(p: Parser, tbl: Table, name: Token, create: bool) -> Flowtable:
         raise NftError("Could not process rule: No such file or directory", loc(name))
     if given.hook != "ingress":
         raise NftError("Could not process rule: Operation not supported", loc(name))
-    given.handle = tbl.alloc()
     given.devices = sorted(set(given.devices))
+    if any(set(given.devices) & set(other.devices) for other in tbl.flowtables.values()):
+        # nft_register_flowtable_net_hooks: a device serves one flowtable of a table
+        raise NftError("Could not process rule: Device or resource busy", loc(name))
+    given.handle = 0 if defer else tbl.alloc()
     tbl.flowtables[name.text] = given
     return given
 

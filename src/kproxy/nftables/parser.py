@@ -373,6 +373,9 @@ class Parser:
         for s in tbl.sets.values():
             if not s.handle:
                 s.handle = tbl.alloc()
+        for ft in tbl.flowtables.values():
+            if not ft.handle:
+                ft.handle = tbl.alloc()
         try:
             self.check_jumps(tbl)
         except NftError as err:
@@ -400,7 +403,7 @@ class Parser:
         elif t.text == "flowtable":
             name = self.word()
             self.expect("{")
-            flowtable.parse_block(self, tbl, name, False)
+            flowtable.parse_block(self, tbl, name, False, defer=True)
         else:
             raise self.unexpected(t)
 
