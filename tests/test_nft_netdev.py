@@ -255,3 +255,34 @@ def test_capture_keeps_netdev_devices_nft_json_leaves_out(kernel_ns):
     assert run_nft(["list", "ruleset"], node.nftables)[1] == expected
     node.receive(tcp("10.1.1.1", "10.9.9.9", 80), "eth0")
     assert counters(node, "n", "in")[0] == 1                  # the captured chain runs on eth0
+
+
+@pytest.mark.kernel
+def test_egress_sees_nat_done_and_ingress_sees_it_not_yet(lab):
+    """A DNATed connection: eth1's egress sees the new destination, eth1's ingress the endpoint's reply
+    before it is un-NATed, eth0's egress the reply with the original address back."""
+    from test_nft_differential import agree
+
+    agree(lab, """table ip nat {
+	chain pre {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr 10.0.2.9 tcp dport 80 dnat to 10.0.2.2
+	}
+}
+table netdev n {
+	chain out1 {
+		type filter hook egress device "eth1" priority 0; policy accept;
+		ip daddr 10.0.2.2 tcp dport 80 counter
+		ip daddr 10.0.2.9 counter
+	}
+	chain in1 {
+		type filter hook ingress device "eth1" priority 0; policy accept;
+		ip saddr 10.0.2.2 tcp sport 80 counter
+	}
+	chain out0 {
+		type filter hook egress device "eth0" priority 0; policy accept;
+		ip saddr 10.0.2.9 tcp sport 80 counter
+		ip saddr 10.0.2.2 counter
+	}
+}
+""", [Probe("tcp", "10.0.2.9", 80)])
