@@ -286,3 +286,40 @@ table netdev n {
 	}
 }
 """, [Probe("tcp", "10.0.2.9", 80)])
+
+
+CHAIN_ERRORS = [
+    ["add table ip y; add chain ip y c { type nat hook forward priority 0; }"],
+    ["add table ip z", "add chain ip z d { type route hook input priority 0; }"],
+    ["add table inet i", "add chain inet i c { type nat hook ingress device eth0 priority 0; }"],
+    ["add table netdev n", "add chain netdev n e { type nat hook ingress device eth0 priority 0; }"],
+    ["add table arp a", "add chain arp a e { type route hook output priority 0; }"],
+    ["add table netdev n", "add chain netdev n d { type filter hook ingress priority 0; }"],
+    ["add table netdev n", "add chain netdev n f { type filter hook ingress device eth0 priority 0; }",
+     "add rule netdev n f fwd to nope"],
+    ["add table netdev n", "add chain netdev n f { type filter hook ingress device eth0 priority 0; }",
+     "add rule netdev n f dup to eth0 device eth1"],
+]
+
+
+def emulated_errors(commands: list[str]) -> str:
+    rs, err = Ruleset(), ""
+    for cmd in commands:
+        rc, _, e, after = run_nft([cmd], rs, interfaces={"eth0", "eth1", "lo"})
+        err += e
+        rs = after if rc == 0 else rs
+    return err
+
+
+def test_chain_types_the_kernel_has_for_each_family_and_hook():
+    assert emulated_errors(CHAIN_ERRORS[0]) == (
+        "Error: Could not process rule: Operation not supported\n" + CHAIN_ERRORS[0][0] + "\n" + " " * 16 + "^" * 55 + "\n")
+    assert emulated_errors(CHAIN_ERRORS[3]).startswith("Error: Could not process rule: No such file or directory\n")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("commands", CHAIN_ERRORS, ids=lambda c: c[-1][:40])
+def test_chain_errors_are_the_kernels(kernel_ns, commands):
+    kernel_ns.run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+    err = "".join(kernel_ns.run(["nft", cmd], check=False).stderr for cmd in commands)
+    assert emulated_errors(commands) == err

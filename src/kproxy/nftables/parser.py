@@ -304,7 +304,11 @@ class Parser:
                 raise NftError("No such file or directory", loc(tname))  # found missing while evaluating
             tbl = self.find_table(family, tname)
             name = self.word()
-            self.add_chain(tbl, name, create)
+            chain = self.add_chain(tbl, name, create)
+            if not chain_type_fits(tbl.family, chain):
+                line, col, end = loc(verb, self.toks[self.pos - 1])
+                # the kernel's error points at the whole command, one column past its last token
+                raise NftError("Could not process rule: Operation not supported", (line, col, end + 1))
         elif what in ("set", "map"):
             self.next()
             family, tname = self.family_and_name()
@@ -393,7 +397,10 @@ class Parser:
         elif t.text == "comment":
             tbl.comment = self.word().text
         elif t.text == "chain":
-            self.add_chain(tbl, self.word(), False, defer_rules=deferred)
+            name = self.word()
+            chain = self.add_chain(tbl, name, False, defer_rules=deferred)
+            if not chain_type_fits(tbl.family, chain):
+                raise NftError("Could not process rule: Operation not supported", loc(name))
         elif t.text in ("set", "map"):
             name = self.word()
             self.expect("{")
@@ -452,6 +459,9 @@ class Parser:
                 ctype = self.word()
                 if ctype.text not in ("filter", "nat", "route"):
                     raise NftError(f"unknown chain type {ctype.text}", loc(ctype))
+                if ctype.text != "filter" and tbl.family not in ("ip", "ip6", "inet"):
+                    # the kernel has no such chain type for the family
+                    raise NftError("Could not process rule: No such file or directory", loc(ctype))
                 self.expect("hook")
                 hook = self.word()
                 if hook.text not in HOOKS[tbl.family]:
@@ -1044,6 +1054,15 @@ class Parser:
         desc = {"icmp_type": "ICMP type", "ct_state": "conntrack state", "mark": "packet mark",
                 "inet_service": "internet network service"}.get(dt.name, dt.name)
         return NftError(f"Could not parse {desc}", loc(t))
+
+
+# The hooks each chain type registers for (nft_chain_nat, nft_chain_route); filter takes any hook.
+TYPE_HOOKS = {"nat": ("prerouting", "input", "output", "postrouting"), "route": ("output",)}
+
+
+def chain_type_fits(family: str, c: Chain) -> bool:
+    """Whether the kernel takes a base chain of this type at its hook (else EOPNOTSUPP)."""
+    return c.type in (None, "filter") or c.hook in TYPE_HOOKS.get(str(c.type), ())
 
 
 def refers_to_set(rule: Rule, name: str) -> bool:
