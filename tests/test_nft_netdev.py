@@ -299,6 +299,9 @@ CHAIN_ERRORS = [
      "add rule netdev n f fwd to nope"],
     ["add table netdev n", "add chain netdev n f { type filter hook ingress device eth0 priority 0; }",
      "add rule netdev n f dup to eth0 device eth1"],
+    ["add table netdev n", "add chain netdev n f { type filter hook ingress device eth0 priority 0; }",
+     "add rule netdev n f ct state new counter", "add rule netdev n f tcp dport 1 ct mark set 1",
+     "add rule netdev n f meta l4proto tcp ct direction original"],
 ]
 
 

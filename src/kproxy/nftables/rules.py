@@ -490,12 +490,17 @@ class RuleBuilder:
             p.next()
             return Meta("l4proto")
         if w == "ct":
-            p.next()
+            w_tok = p.next()
             direction = p.next().text if p.at("original", "reply") else None
             family = p.next().text if p.at("ip", "ip6") else None
             k = p.word()
             if k.text not in CT:
                 raise self.error(f"syntax error, unexpected {k.text}", k)
+            if self.tbl.family == "netdev":
+                # nf_ct_netns_get has no netdev family: the kernel says EPROTO for the expression
+                # (for ``ct KEY set VALUE``, for the statement)
+                end = p.toks[p.pos + 1] if p.at("set") else k
+                raise self.error("Could not process rule: Protocol error", w_tok, end)
             return Ct(k.text, direction, family)
         if w == "fib":
             p.next()
