@@ -734,14 +734,17 @@ class Parser:
         chain = self.find_chain(tbl, self.word())
         position: tuple[str, int] | None = None
         pos_tok = self.peek()
+        if op == "replace" and not self.at("handle"):
+            raise self.unexpected(pos_tok, "handle")
         if self.at("position", "handle", "index"):
             kind = self.next().text
-            position = (kind, int(self.word().text))
-            pos_tok = Token("word", "", pos_tok.line, pos_tok.col, self.toks[self.pos - 1].end)
+            num = self.word()
+            position = (kind, int(num.text))
+            # nft points at the number of ``handle N`` and at the whole ``position N``/``index N``.
+            pos_tok = num if kind == "handle" else Token("word", "", pos_tok.line, pos_tok.col, num.end)
         start = self.peek()
         if op == "replace":
-            if position is None or position[0] != "handle":
-                raise self.unexpected(start, "handle")
+            assert position is not None
             idx = self.rule_index(chain, position[1], pos_tok)
             rule = self.rule(tbl, start, new_handle=False, chain=chain.name)
             rule.handle = chain.rules[idx].handle
@@ -752,6 +755,11 @@ class Parser:
         if position is None:
             idx = 0 if op == "insert" else len(chain.rules)
         elif position[0] == "index":
+            # nft turns an index into the handle of the rule there, in userspace, after evaluating
+            # the rule: an index with no rule is its error, and nothing reaches the kernel.
+            if position[1] >= len(chain.rules):
+                self.rule(tbl, start, new_handle=False, chain=chain.name)
+                raise NftError("Could not process rule: No such file or directory", loc(pos_tok), kernel=False)
             idx = position[1] if op == "insert" else position[1] + 1
         else:
             try:
@@ -828,7 +836,10 @@ class Parser:
             have = {repr(e.key) for e in s.elems}
             for e in lit.elems:
                 if repr(e.key) not in have:
-                    raise NftError("Could not process rule: No such file or directory", getattr(e, "loc", None))
+                    where = getattr(e, "loc", None)
+                    if "interval" in s.flags:   # nft checks interval sets against its cache itself
+                        raise NftError("element does not exist", where, kernel=False)
+                    raise NftError("Could not process rule: No such file or directory", where)
             gone = {repr(e.key) for e in lit.elems}
             s.elems = [e for e in s.elems if repr(e.key) not in gone]
         elif what.text in ("counter", "quota", "limit"):
