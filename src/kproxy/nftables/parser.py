@@ -28,7 +28,9 @@ from kproxy.nftables.expr import (
 from kproxy.nftables.lexer import LexError, Token, tokenize
 from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Ruleset, Table, named_priorities
 from kproxy.nftables.stmt import (
+    Counter,
     Limit,
+    ObjRef,
     Quota,
     SetUpdate,
     Stmt,
@@ -846,8 +848,11 @@ class Parser:
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname)
             name = self.word()
-            if tbl.objs.pop((what.text, name.text), None) is None:
+            if (what.text, name.text) not in tbl.objs:
                 raise NftError("Could not process rule: No such file or directory", loc(name))
+            if any(refers_to_obj(r, what.text, name.text) for c in tbl.chains.values() for r in c.rules):
+                raise NftError("Could not process rule: Device or resource busy", loc(name))
+            del tbl.objs[(what.text, name.text)]
         else:
             raise self.unexpected(what)
 
@@ -1003,11 +1008,11 @@ class Parser:
             bits = dt.bits or 32
             try:
                 v = dt.parse(base)
-                n = int(plen)
+                n = int(plen, 16) if plen[:2].lower() == "0x" else int(plen)   # nft reads it with strtoul
             except (T.TypeError_, ValueError):
                 raise self.bad_value(dt, t) from None
             if n > bits:
-                raise self.bad_value(dt, t)
+                raise NftError(f"Prefix length {n} is invalid for type of {bits} bits width", loc(t))
             mask = ((1 << bits) - 1) ^ ((1 << (bits - n)) - 1)
             if n == bits:
                 return Const(dt, v)
@@ -1026,6 +1031,8 @@ class Parser:
 
     def bad_value(self, dt: T.DType, t: Token) -> NftError:
         if dt.kind == "service":
+            if t.text.isdigit():
+                return NftError("Service out of range", loc(t))
             return NftError("Could not resolve service: Servname not found in nft services list", loc(t))
         if dt.kind == "ipv4":
             return NftError("Could not resolve hostname: Name or service not known", loc(t))
@@ -1047,6 +1054,13 @@ def refers_to_set(rule: Rule, name: str) -> bool:
             todo += [v for v in vars(x).values() if isinstance(v, (Stmt, Expr))]
             todo += [i for v in vars(x).values() if isinstance(v, list) for i in v]
     return False
+
+
+def refers_to_obj(rule: Rule, kind: str, name: str) -> bool:
+    """Whether a rule uses a named stateful object (``counter name "x"``, ``quota name "x"``, ...): the
+    kernel refuses to delete an object a rule holds."""
+    return any(isinstance(x, Counter) and kind == "counter" and x.name == name
+               or isinstance(x, ObjRef) and x.kind == kind and x.name == name for x in rule.stmts)
 
 
 def verdicts(tbl: Table) -> list[Verdict]:
