@@ -138,7 +138,8 @@ def _kube_lines(save_text: str) -> list[str]:
     return sorted(ln for ln in save_text.splitlines() if "KUBE-" in ln)
 
 
-def _sync_and_cleanup(backend: object) -> None:
+def _sync(backend: object) -> None:
+    """One Service synced by the iptables mode into ``backend``."""
     from kproxy.proxy.config import ProxyConfig
     from kproxy.proxy.iptables import IptablesProxier
 
@@ -146,6 +147,10 @@ def _sync_and_cleanup(backend: object) -> None:
     result = proxier.sync(_iptables_mode_objects())
     assert not result.error, result.error
     assert "KUBE-SVC-" in backend.save_all()  # type: ignore[attr-defined]
+
+
+def _sync_and_cleanup(backend: object) -> None:
+    _sync(backend)
     backend.cleanup()  # type: ignore[attr-defined]
 
 
@@ -172,3 +177,20 @@ def test_emulated_cleanup_leaves_kube_firewall_as_upstream_does():
     be = EmulatedBackend(node)
     _sync_and_cleanup(be)
     assert _kube_lines(node.iptables_save()) == LEFT_BY_CLEANUP
+
+
+@pytest.mark.kernel
+def test_the_cleanup_command_on_the_kernel_leaves_kube_firewall_and_user_rules(kernel_ns, tmp_path):
+    """``kproxy cleanup --backend kernel`` run inside the namespace: kproxy's chains go, the kubelet's
+    KUBE-FIREWALL (with its jumps) and a user's rules stay."""
+    import sys
+
+    be = KernelBackend(netns=kernel_ns.name)
+    kernel_ns.run(["iptables-restore", "--noflush"], input=USER)
+    _sync(be)
+    out = kernel_ns.run([sys.executable, "-m", "kproxy", "--node", str(tmp_path / "n.json"), "cleanup",
+                         "--backend", "kernel"], timeout=120)
+    assert out.stdout.startswith("cleanup: "), out.stdout
+    saved = kernel_ns.run([be.iptables_save]).stdout
+    assert _kube_lines(saved) == LEFT_BY_CLEANUP
+    assert "-A USER-CHAIN -p icmp -j ACCEPT" in saved and "-A POSTROUTING -o eth0 -j ACCEPT" in saved
