@@ -59,6 +59,7 @@ class EmulatedLab:
         self.proxiers: dict[str, Any] = {}
         self.api: Any = None                       # the lab's API server (``source: api``), once started
         self.sources: dict[str, Any] = {}          # each node's API watch
+        self._publisher: Any = None                # keeps the API server's objects equal to the lab's
         self._sport = 40000
         for i, name in enumerate(spec.nodes):
             self.nodes[name] = self._node(i, name)
@@ -191,7 +192,7 @@ class EmulatedLab:
         self.sources.clear()
         if self.api is not None:
             self.api.stop()
-            self.api = None
+            self.api = self._publisher = None
 
     def __enter__(self) -> EmulatedLab:
         return self
