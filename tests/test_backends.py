@@ -8,6 +8,7 @@ from kproxy.backends.kernel import KernelBackend, owned_cleanup_input
 from kproxy.iptables.restore import restore
 from kproxy.iptables.save import save
 from kproxy.iptables.state import IptablesState
+from kproxy.k8s.manifests import Objects
 
 USER = """*filter
 :USER-CHAIN - [0:0]
@@ -94,3 +95,102 @@ def test_emulated_cleanup_leaves_the_same_as_the_kernel_would():
     assert "KUBE-SVC-X" in save(node.iptables[4], header=False)
     be.cleanup()
     assert save(node.iptables[4], header=False) == before
+
+
+KUBELET = """*filter
+:KUBE-FIREWALL - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A OUTPUT -j KUBE-FIREWALL
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
+COMMIT
+*nat
+:KUBE-MARK-DROP - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A KUBE-MARK-DROP -j MARK --set-xmark 0x8000/0x8000
+COMMIT
+"""
+
+
+def test_cleanup_input_leaves_the_kubelets_chains_and_jumps():
+    text = owned_cleanup_input(KUBELET.replace(":KUBE-FIREWALL - [0:0]\n", ":KUBE-FIREWALL - [0:0]\n:KUBE-SERVICES - [0:0]\n")
+                               .replace("-A OUTPUT -j KUBE-FIREWALL\n", "-A OUTPUT -j KUBE-FIREWALL\n"
+                                        "-A OUTPUT -j KUBE-SERVICES\n-A KUBE-FIREWALL -j KUBE-SERVICES\n"))
+    assert text.splitlines() == ["*filter", "-D OUTPUT -j KUBE-SERVICES", "-D KUBE-FIREWALL -j KUBE-SERVICES",
+                                 ":KUBE-SERVICES - [0:0]", "-X KUBE-SERVICES", "COMMIT"]
+    assert owned_cleanup_input(KUBELET) == ""
+
+
+def _iptables_mode_objects() -> Objects:
+    svc = {"kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+           "spec": {"clusterIP": "10.96.0.10", "type": "NodePort",
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}]}}
+    eps = {"kind": "EndpointSlice", "metadata": {"name": "web-1", "namespace": "default",
+                                                 "labels": {"kubernetes.io/service-name": "web"}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+           "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": True}}]}
+    objs = Objects()
+    objs.add(svc, "test")
+    objs.add(eps, "test")
+    return objs
+
+
+def _kube_lines(save_text: str) -> list[str]:
+    return sorted(ln for ln in save_text.splitlines() if "KUBE-" in ln)
+
+
+def _sync(backend: object) -> None:
+    """One Service synced by the iptables mode into ``backend``."""
+    from kproxy.proxy.config import ProxyConfig
+    from kproxy.proxy.iptables import IptablesProxier
+
+    proxier = IptablesProxier(ProxyConfig.from_dict({"clusterCIDR": "10.244.0.0/16"}), backend, ["192.168.0.2"])
+    result = proxier.sync(_iptables_mode_objects())
+    assert not result.error, result.error
+    assert "KUBE-SVC-" in backend.save_all()  # type: ignore[attr-defined]
+
+
+def _sync_and_cleanup(backend: object) -> None:
+    _sync(backend)
+    backend.cleanup()  # type: ignore[attr-defined]
+
+
+# What upstream's CleanupLeftovers leaves of a synced iptables mode: the kubelet's firewall chain
+# (the rule the proxier ensures in it) and the jumps into it.
+LEFT_BY_CLEANUP = sorted([":KUBE-FIREWALL - [0:0]", "-A INPUT -j KUBE-FIREWALL", "-A OUTPUT -j KUBE-FIREWALL",
+                          '-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment '
+                          '"block incoming localnet connections" -m conntrack ! --ctstate '
+                          'RELATED,ESTABLISHED,DNAT -j DROP'])
+
+
+@pytest.mark.kernel
+def test_kernel_cleanup_leaves_kube_firewall_as_upstream_does(kernel_ns):
+    be = KernelBackend(netns=kernel_ns.name)
+    _sync_and_cleanup(be)
+    assert _kube_lines(kernel_ns.run([be.iptables_save]).stdout) == LEFT_BY_CLEANUP
+
+
+def test_emulated_cleanup_leaves_kube_firewall_as_upstream_does():
+    from kproxy.backends.emulated import EmulatedBackend
+    from kproxy.node import Node
+
+    node = Node.from_description({"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}]})
+    be = EmulatedBackend(node)
+    _sync_and_cleanup(be)
+    assert _kube_lines(node.iptables_save()) == LEFT_BY_CLEANUP
+
+
+@pytest.mark.kernel
+def test_the_cleanup_command_on_the_kernel_leaves_kube_firewall_and_user_rules(kernel_ns, tmp_path):
+    """``kproxy cleanup --backend kernel`` run inside the namespace: kproxy's chains go, the kubelet's
+    KUBE-FIREWALL (with its jumps) and a user's rules stay."""
+    import sys
+
+    be = KernelBackend(netns=kernel_ns.name)
+    kernel_ns.run(["iptables-restore", "--noflush"], input=USER)
+    _sync(be)
+    out = kernel_ns.run([sys.executable, "-m", "kproxy", "--node", str(tmp_path / "n.json"), "cleanup",
+                         "--backend", "kernel"], timeout=120)
+    assert out.stdout.startswith("cleanup: "), out.stdout
+    saved = kernel_ns.run([be.iptables_save]).stdout
+    assert _kube_lines(saved) == LEFT_BY_CLEANUP
+    assert "-A USER-CHAIN -p icmp -j ACCEPT" in saved and "-A POSTROUTING -o eth0 -j ACCEPT" in saved

@@ -68,3 +68,57 @@ def test_nodes_watch_the_lab_api_server_and_pass_the_scenarios(api_lab):
 @pytest.mark.kernel
 def test_scaling_reaches_the_nodes_through_watch_events(api_lab):
     scale_down_and_up(api_lab)
+
+
+# ---- the emulated twin, through the same watch path ------------------------------------------------------------
+def _watch_requests(lab) -> set[str]:  # type: ignore[no-untyped-def]
+    """The resources some client watches on the lab's API server."""
+    return {path.rsplit("/", 1)[-1] for path, query in lab.api.requests if query.get("watch") in ("true", "1", "True")}
+
+
+@pytest.mark.parametrize("mode", ["iptables", "ipvs", "nftables"])
+def test_emulated_nodes_watch_the_lab_api_server_and_pass_the_scenarios(mode):
+    from kproxy.lab.emulated import EmulatedLab
+
+    with EmulatedLab(LabSpec.from_dict({**API_LAB, "mode": mode})) as lab:
+        lab.sync()
+        assert lab.api is not None and sorted(lab.sources) == ["node-1", "node-2"]
+        assert _watch_requests(lab) == {"services", "endpointslices", "nodes"}
+        for name, source in lab.sources.items():           # each node lists and watches only itself
+            assert [n.name for n in source.objects.nodes.values()] == [name]
+        for node in lab.nodes.values():
+            node.subsystems["rng"] = __import__("random").Random(5)
+        check(scenarios(lambda src, dst, port, proto="tcp", sport=0: lab.request(src, dst, port, proto, sport).line()))
+    assert lab.api is None and not lab.sources
+
+
+def test_emulated_scaling_reaches_the_nodes_through_watch_events():
+    """Scaling changes the API server's EndpointSlices; each node's watch delivers only those, so the
+    nodes' syncs are partial, and the node port answers from one pod, then from three."""
+    from tests.test_lab import NODE2, pod_of
+
+    from kproxy.lab.emulated import EmulatedLab
+
+    with EmulatedLab(LabSpec.from_dict(API_LAB)) as lab:
+        lab.sync()
+        syncs: list[bool] = []
+        def recorded(real):  # type: ignore[no-untyped-def]
+            def sync(objs, *args, **kw):  # type: ignore[no-untyped-def]
+                result = real(objs, *args, **kw)
+                syncs.append(result.full)
+                return result
+            return sync
+
+        for proxier in lab.proxiers.values():
+            proxier.sync = recorded(proxier.sync)
+
+        def answering() -> set[str]:
+            return {pod_of(lab.request("client", NODE2, 30080).line()) for _ in range(30)}
+
+        lab.scale("web", 1)
+        assert answering() == {"web-0"}
+        lab.scale("web", 3)
+        assert answering() == {"web-0", "web-1", "web-2"}
+        assert syncs == [False] * 4                 # two nodes, two changes: partial syncs only
+        modified = [e for e in lab.api.history if e.type == "MODIFIED"]
+        assert modified and {e.resource for e in modified} == {"endpointslices"}

@@ -30,13 +30,15 @@ def one_error(res: Result, code: int = 1) -> str:
     return lines[0]
 
 
-@pytest.fixture(params=["iptables", "ipvs"])
+@pytest.fixture(params=["iptables", "ipvs", "api"])
 def emulated(tmp_path, request) -> str:
-    """The example lab up, emulated, with every node's kproxy in the mode of the test's parameter."""
+    """The example lab up, emulated, with every node's kproxy in the mode of the test's parameter (or, for
+    ``api``, in iptables mode fed by its watch of the lab's API server)."""
     desc = EXAMPLES / "lab.yaml"
     if request.param != "iptables":
         desc = tmp_path / "lab.yaml"
-        desc.write_text(yaml.safe_dump({**yaml.safe_load((EXAMPLES / "lab.yaml").read_text()), "mode": request.param}))
+        change = {"source": "api"} if request.param == "api" else {"mode": request.param}
+        desc.write_text(yaml.safe_dump({**yaml.safe_load((EXAMPLES / "lab.yaml").read_text()), **change}))
     d = str(tmp_path / "lab")
     res = lab("up", str(desc), "--emulated", "--dir", d)
     assert res.exit_code == 0, res.output

@@ -43,8 +43,16 @@ def test_failed_transaction_changes_nothing(tmp_path):
     assert res.exit_code == 1
     assert res.output == (f"{script}:3:24-30: Error: Could not process rule: No such file or directory\n"
                           "add rule inet t c jump nowhere\n                       ^^^^^^^\n")
-    assert (tmp_path / "n.json").read_bytes() == before
     assert run(node, "list", "ruleset").output == "table inet t {\n}\n"
+    # The kernel aborted the batch but its table keeps the handles it handed out (chain 1, rules 2
+    # and 3), so the next chain is numbered 4, as on the kernel (the sequence test compares them).
+    assert (tmp_path / "n.json").read_bytes() != before
+    assert run(node, "add", "chain", "inet", "t", "c2").exit_code == 0
+    assert run(node, "-a", "list", "ruleset").output == "table inet t { # handle 1\n\tchain c2 { # handle 4\n\t}\n}\n"
+    # An error nft finds itself sends nothing: no handle moves, and the node file is not written.
+    before = (tmp_path / "n.json").read_bytes()
+    assert run(node, "add", "rule", "inet", "t", "c2", "tcp", "dport", "70000", "accept").exit_code == 1
+    assert (tmp_path / "n.json").read_bytes() == before
 
 
 def test_check_only_and_stdin(tmp_path):

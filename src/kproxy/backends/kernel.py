@@ -26,6 +26,15 @@ _IPVS_PROTOS = {"-t": "TCP", "-u": "UDP", "--sctp-service": "SCTP"}
 # it fetch the table's rules in one dump instead. Worth it from this many declared chains on; below,
 # printing the table would cost more than the dumps (a one-endpoint change declares a handful).
 ONE_DUMP_CHAINS = 200
+# Chains with kproxy's prefix that belong to the kubelet: upstream's CleanupLeftovers removes only
+# kube-proxy's own chains, so KUBE-FIREWALL (and the INPUT/OUTPUT jumps into it), the kubelet's
+# canary and its old KUBE-MARK-DROP stay. ("*" matches every table.)
+KUBELET_CHAINS = frozenset({("filter", "KUBE-FIREWALL"), ("nat", "KUBE-MARK-DROP"), ("*", "KUBE-KUBELET-CANARY")})
+
+
+def kubelet_owned(table: str, chain: str) -> bool:
+    """Whether ``chain`` of ``table`` is the kubelet's (cleanup leaves it and the jumps into it)."""
+    return (table, chain) in KUBELET_CHAINS or ("*", chain) in KUBELET_CHAINS
 
 
 class KernelBackend:
@@ -212,7 +221,8 @@ class KernelBackend:
 
 
 def owned_cleanup_input(save_text: str, prefix: str = "KUBE-") -> str:
-    """A ``--noflush`` restore input that removes every ``prefix`` chain and every rule jumping to one.
+    """A ``--noflush`` restore input that removes every ``prefix`` chain and every rule jumping to one,
+    except the kubelet's chains (see KUBELET_CHAINS) and the jumps into them.
 
     Built from ``iptables-save`` output so that nothing else in the tables is touched.
     """
@@ -225,14 +235,15 @@ def owned_cleanup_input(save_text: str, prefix: str = "KUBE-") -> str:
             table, chains, deletes = line[1:], [], []
         elif line.startswith(":") and table:
             name = line[1:].split()[0]
-            if name.startswith(prefix):
+            if name.startswith(prefix) and not kubelet_owned(table, name):
                 chains.append(name)
         elif line.startswith("-A ") and table:
             words = line.split()
             chain = words[1]
             target = words[words.index("-j") + 1] if "-j" in words else words[words.index("-g") + 1] \
                 if "-g" in words else ""
-            if not chain.startswith(prefix) and target.startswith(prefix):
+            kept = not chain.startswith(prefix) or kubelet_owned(table, chain)
+            if kept and target.startswith(prefix) and not kubelet_owned(table, target):
                 deletes.append("-D" + line[2:])
         elif line == "COMMIT" and table:
             if chains or deletes:

@@ -50,9 +50,8 @@ def lab_up(description: str, directory: str, no_proxy: bool, emulated: bool) -> 
         from kproxy.lab.emulated import EmulatedLab
 
         try:
-            with busy("lab: building the emulated cluster"):
-                twin = EmulatedLab(spec)
-                twin.sync()
+            with busy("lab: building the emulated cluster"), EmulatedLab(spec) as twin:
+                twin.sync()              # (through the lab's API server and each node's watch with source: api)
         except LabError as exc:
             raise click.ClickException(str(exc)) from None
         _print_status(twin.save(directory, Path(description).read_text()))

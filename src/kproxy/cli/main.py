@@ -93,8 +93,10 @@ def cli(ctx: click.Context, node_path: str | None) -> None:
 
 
 def run_tool(obj: Ctx, fn: Callable[[Node], tuple[int, str, str]], mutates: bool = True,
-             wait: Wait = FOREVER, what: str = "") -> None:
-    """Run a tool-compatible command; persist the node only if it succeeded and may have changed it.
+             wait: Wait = FOREVER, what: str = "", keep_failed: Callable[[], bool] | None = None) -> None:
+    """Run a tool-compatible command; persist the node only if it succeeded and may have changed it,
+    or, when ``keep_failed`` says so after a failure, what the failure left (the kernel's handle
+    counters stay advanced after it rejects an nft batch).
 
     A command run on a fresh node while another created the node file runs again on that file,
     so no change is lost. ``what`` names long work (a restore) to show progress for on a terminal."""
@@ -108,7 +110,7 @@ def run_tool(obj: Ctx, fn: Callable[[Node], tuple[int, str, str]], mutates: bool
             node = obj.node
             progress.step(what or "working")
             rc, out, err = fn(node)
-            if rc != 0 or not mutates:
+            if not mutates or rc != 0 and not (keep_failed is not None and keep_failed()):
                 break
             progress.step(f"{what}: saving the node" if what else "saving the node")
             try:

@@ -32,15 +32,21 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     if "-" in argv and sys.stdin is not None and not sys.stdin.isatty():
         stdin = sys.stdin.read()
 
+    counters_moved = False
+
     def run(node: Node) -> tuple[int, str, str]:
-        before = set(unevaluated(node_ruleset(node)))
-        rc, out, err, rs = run_nft(argv, node_ruleset(node), stdin, set(node.interfaces), XtView(node))
+        nonlocal counters_moved
+        before = node_ruleset(node)
+        unhooked = set(unevaluated(before))
+        rc, out, err, rs = run_nft(argv, before, stdin, set(node.interfaces), XtView(node))
         if rc == 0:
             node.nftables = rs
             # nft itself prints nothing on stderr when it succeeds: the notice cannot mix with its output
-            err += "".join(f"kproxy: note: {n}\n" for n in attach(node) if n not in before)
+            err += "".join(f"kproxy: note: {n}\n" for n in attach(node) if n not in unhooked)
+        elif rs is not before:      # a batch the kernel rejected: only its handle counters moved
+            node.nftables, counters_moved = rs, True
         return rc, out, err
 
     words = [a for a in argv if not a.startswith("-")]
     reads = bool(words) and words[0] in ("list", "describe") and not {"-f", "--file", "-i"} & set(argv)
-    run_tool(obj, run, mutates=not reads, what="nft")
+    run_tool(obj, run, mutates=not reads, what="nft", keep_failed=lambda: counters_moved)

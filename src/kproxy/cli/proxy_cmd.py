@@ -341,7 +341,7 @@ def services_cmd(config_path: str | None, manifests: str, hostname_override: str
 @click.pass_obj
 def cleanup_cmd(obj: Ctx, backend_name: str, legacy: bool) -> None:
     """Remove what kproxy's proxy modes made, and nothing else: the KUBE-* chains and the jump rules
-    into them (both families), the nftables mode's kube-proxy tables, and the IPVS mode's virtual
+    into them (both families; the kubelet's KUBE-FIREWALL stays, as upstream's cleanup leaves it), the nftables mode's kube-proxy tables, and the IPVS mode's virtual
     servers, kube-ipvs0 and its ipsets."""
     from kproxy.backends import BackendError, get_backend
     from kproxy.backends.nft import EmulatedNft, KernelNft

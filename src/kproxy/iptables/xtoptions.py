@@ -120,6 +120,11 @@ class XtParsed:
     def seen(self) -> set[str]:
         return set(self.values)
 
+    @property
+    def last(self) -> str:
+        """The id given last: for extensions whose options all write one field, the one that counts."""
+        return self.order[-1]
+
 
 ONCE = "{ext}: option \"--{opt}\" can only be used once.\n"
 LEGACY_ONCE = "Only one `--{opt}' allowed"          # what extensions with their own parse function say
@@ -184,6 +189,15 @@ class XtOptions:
                 if other in got.values:
                     raise ExtensionError(f"{ext}: option \"--{name}\" cannot be used together with "
                                          f"\"--{self.first[other].name}\".\n")
+
+    def parse_required(self, opts: list[Opt], missing: str, family: int = 4, rule: Rule | None = None) -> XtParsed:
+        """``parse``, the final check of an extension that needs at least one option (``missing`` is its
+        message), then ``fcheck``."""
+        got = self.parse(opts, family, rule)
+        if not got.values:
+            raise ExtensionError(missing)
+        self.fcheck(got)
+        return got
 
     def parse_all(self, opts: list[Opt], family: int = 4, rule: Rule | None = None) -> XtParsed:
         """``parse`` then ``fcheck``, for an extension with no final check of its own."""

@@ -26,10 +26,10 @@ BY_KIND = {r.kind: r.name for r in RESOURCES.values()}
 Key = tuple[str, str, str]          # resource, namespace, name
 
 
-def _objects(path: Path) -> dict[Key, dict[str, Any]]:
-    """The file's Services, EndpointSlices and Nodes by key (a ``List`` or a stream of documents)."""
+def keyed(docs: Any) -> dict[Key, dict[str, Any]]:
+    """The Services, EndpointSlices and Nodes of ``docs`` (``List`` documents or single objects) by key."""
     out: dict[Key, dict[str, Any]] = {}
-    for doc in yaml.safe_load_all(path.read_text()):
+    for doc in docs:
         for obj in (doc.get("items") or []) if isinstance(doc, dict) and doc.get("kind") == "List" else [doc]:
             resource = BY_KIND.get(obj.get("kind", "")) if isinstance(obj, dict) else None
             if resource is None:
@@ -40,23 +40,16 @@ def _objects(path: Path) -> dict[Key, dict[str, Any]]:
     return out
 
 
-class ManifestFollower:
-    """Keeps the server's objects equal to the file's: puts what is new or changed, deletes what went."""
+class Publisher:
+    """Keeps the server's objects equal to a given set: puts what is new or changed, deletes what went
+    (the events an API server sends when a cluster's objects change)."""
 
-    def __init__(self, api: FakeAPIServer, path: Path) -> None:
+    def __init__(self, api: FakeAPIServer) -> None:
         self.api = api
-        self.path = path
         self.seen: dict[Key, dict[str, Any]] = {}
-        self.stamp: tuple[int, int] | None = None
 
-    def poll(self) -> int:
-        """Apply the file if it changed since the last look; returns how many objects changed."""
-        st = os.stat(self.path)
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self.stamp:
-            return 0
-        self.stamp = stamp
-        current = _objects(self.path)
+    def publish(self, current: dict[Key, dict[str, Any]]) -> int:
+        """Make the server hold ``current``; returns how many objects changed."""
         changed = 0
         for key, obj in current.items():
             if self.seen.get(key) != obj:
@@ -67,6 +60,24 @@ class ManifestFollower:
             changed += 1
         self.seen = current
         return changed
+
+
+class ManifestFollower(Publisher):
+    """Publishes a manifest file's objects each time the file changes."""
+
+    def __init__(self, api: FakeAPIServer, path: Path) -> None:
+        super().__init__(api)
+        self.path = path
+        self.stamp: tuple[int, int] | None = None
+
+    def poll(self) -> int:
+        """Apply the file if it changed since the last look; returns how many objects changed."""
+        st = os.stat(self.path)
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self.stamp:
+            return 0
+        self.stamp = stamp
+        return self.publish(keyed(yaml.safe_load_all(self.path.read_text())))
 
 
 def main(argv: list[str] | None = None) -> int:

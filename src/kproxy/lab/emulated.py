@@ -6,11 +6,14 @@ the same manifests. A request leaves a pod or the external client, crosses every
 out of eth0 to the next node, or out of a pod's veth to that pod), and the pod that receives it
 answers with what it saw, exactly as ``kproxy.lab.server`` does on the kernel lab. The reply walks
 back through the same nodes, so conntrack un-NATs it as the kernel would.
+With ``source: api`` the lab's objects are served by a FakeAPIServer in this process and each
+node's proxier syncs from its own API watch (``ApiSource``), as each kernel node's kproxy does.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,9 @@ from kproxy.node import Node
 from kproxy.packet import ACK, SYN, TCP, UDP, Packet, format_addr, parse_addr
 
 MAX_HOPS = 8
+API_TIMEOUT = 30.0
+# Labels that keep a Service (and its slices) from kube-proxy's watch (watch.PROXY_LABEL_SELECTOR).
+UNPROXIED_LABELS = frozenset({"service.kubernetes.io/headless", "service.kubernetes.io/service-proxy-name"})
 
 
 @dataclass
@@ -51,6 +57,9 @@ class EmulatedLab:
         self.nodes: dict[str, Node] = {}
         self.node_by_ip: dict[int, str] = {}
         self.proxiers: dict[str, Any] = {}
+        self.api: Any = None                       # the lab's API server (``source: api``), once started
+        self.sources: dict[str, Any] = {}          # each node's API watch
+        self._publisher: Any = None                # keeps the API server's objects equal to the lab's
         self._sport = 40000
         for i, name in enumerate(spec.nodes):
             self.nodes[name] = self._node(i, name)
@@ -70,40 +79,126 @@ class EmulatedLab:
     def _place_pods(self) -> None:
         from kproxy.node import Address, Interface, parse_route
 
+        placed = {p.name for p in self.state.pods}
         for dep, k, node in placements(self.spec):
+            if f"{dep.name}-{k}" in placed:
+                continue
             idx = self.spec.nodes.index(node)
             cidr = ipaddress.ip_network(self.spec.pod_cidr(idx))
             used = {p.ip for p in self.state.pods}
             host = next(h for h in list(cidr.hosts())[9:] if str(h) not in used)
-            pod = Pod(f"{dep.name}-{k}", dep.namespace, dep.name, node, str(host), dict(dep.labels),
-                      host_if=f"vp{len(self.state.pods) + 1}")
+            taken = {p.host_if for p in self.state.pods}
+            host_if = next(f"vp{n}" for n in range(1, len(taken) + 2) if f"vp{n}" not in taken)
+            pod = Pod(f"{dep.name}-{k}", dep.namespace, dep.name, node, str(host), dict(dep.labels), host_if=host_if)
             self.state.pods.append(pod)
             n = self.nodes[node]
             n.add_interface(Interface(pod.host_if, [Address.parse(f"{cidr[1]}/32")]))
             n.routes.append(parse_route(f"{pod.ip}/32 dev {pod.host_if}"))
 
+    def _remove_pod(self, pod: Pod) -> None:
+        """The pod gone: nothing routes to its veth any more (the device itself may stay)."""
+        routes = self.nodes[pod.node].routes
+        for route in [r for r in routes if r.dev == pod.host_if]:
+            routes.remove(route)
+        self.state.pods.remove(pod)
+
     # ---- control plane ----------------------------------------------------------------------
     def sync(self) -> None:
-        """Run each node's proxier (its ``mode``) over the lab's objects (as the per-node kproxy does)."""
+        """Run each node's proxier (its ``mode``) over the lab's objects, as the per-node kproxy does:
+        from the manifests, or (``source: api``) from what the node's watch of the lab's API server
+        delivered, so the scenarios pass through the watch path as on the kernel lab."""
+        from kproxy.k8s.manifests import Objects
+
+        if self.spec.source == "api":
+            self._publish()
+            for i, name in enumerate(self.nodes):
+                self._sync_node(i, name, self._watched(name))
+            return
+        objs = Objects()
+        for obj in manifests(self.spec, self.state):
+            objs.add(obj, "lab")
+        for i, name in enumerate(self.nodes):
+            self._sync_node(i, name, objs)
+
+    def _sync_node(self, i: int, name: str, objs: Any) -> None:
+        """One sync of node ``name``'s proxier (made on the first; later ones reuse it, so a watched
+        node syncs only what its events changed)."""
         from kproxy.backends.emulated import EmulatedBackend
         from kproxy.backends.nft import EmulatedNft
-        from kproxy.k8s.manifests import Objects
         from kproxy.lab.cluster import proxy_config
         from kproxy.proxy.config import ProxyConfig
         from kproxy.proxy.proxier import proxier_class
 
-        objs = Objects()
-        for obj in manifests(self.spec, self.state):
-            objs.add(obj, "lab")
-        for i, (name, node) in enumerate(self.nodes.items()):
+        if name not in self.proxiers:
             cfg = ProxyConfig.from_dict(yaml.safe_load(proxy_config(self.spec, name)))
             ips = [self.spec.node_ip(i)] + [str(ipaddress.ip_network(self.spec.pod_cidr(i))[1])]
             # The nftables mode writes nft transactions, the others iptables-restore input (and IPVS).
+            node = self.nodes[name]
             backend = EmulatedNft(node) if cfg.mode == "nftables" else EmulatedBackend(node)
             self.proxiers[name] = proxier_class(cfg.mode)(cfg, backend, ips)
-            result = self.proxiers[name].sync(objs)
-            if result.error:
-                raise LabError(f"sync of {name} failed: {result.error}")
+        result = self.proxiers[name].sync(objs)
+        if result.error:
+            raise LabError(f"sync of {name} failed: {result.error}")
+
+    def _publish(self) -> None:
+        """Start the lab's API server (in this process, on the loopback) and make it hold the lab's objects."""
+        from kproxy.k8s.fakeapi import FakeAPIServer
+        from kproxy.lab.apiserver import Publisher, keyed
+
+        if self.api is None:
+            self.api = FakeAPIServer().start()
+            self._publisher = Publisher(self.api)
+        self._publisher.publish(keyed(manifests(self.spec, self.state)))
+
+    def _watched(self, name: str) -> Any:
+        """Node ``name``'s objects as its API watch has them, once the watch has caught up with the server."""
+        from kproxy.k8s.source import SourceError
+        from kproxy.k8s.watch import ApiSource, api_client
+
+        assert self.api is not None
+        source = self.sources.get(name)
+        if source is None:
+            source = self.sources[name] = ApiSource(api_client(master=self.api.url), name)
+        deadline = time.monotonic() + API_TIMEOUT
+        try:
+            source.initial(timeout=API_TIMEOUT)
+        except SourceError as exc:
+            raise LabError(f"{name}: {exc}") from None
+        while not caught_up(self.api, source, name):
+            if time.monotonic() > deadline:
+                raise LabError(f"{name}: the API watch did not catch up within {API_TIMEOUT:g} s")
+            time.sleep(0.005)
+        return source.current()
+
+    def scale(self, deployment: str, replicas: int) -> None:
+        """Change a deployment's replicas: its pods come and go, and the nodes sync (through their
+        watch with ``source: api``)."""
+        dep = next((d for d in self.spec.deployments if d.name == deployment), None)
+        if dep is None:
+            raise LabError(f"no deployment {deployment}")
+        if replicas < 0:
+            raise LabError("replicas must be 0 or more")
+        dep.replicas = replicas
+        wanted = {f"{d.name}-{k}": node for d, k, node in placements(self.spec)}
+        for pod in [p for p in self.state.pods if wanted.get(p.name) != p.node]:
+            self._remove_pod(pod)
+        self._place_pods()
+        self.sync()
+
+    def close(self) -> None:
+        """Stop the nodes' watches and the lab's API server (``source: api``)."""
+        for source in self.sources.values():
+            source.close()
+        self.sources.clear()
+        if self.api is not None:
+            self.api.stop()
+            self.api = self._publisher = None
+
+    def __enter__(self) -> EmulatedLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- persisted, for the later ``kproxy lab`` commands -------------------------------------------
     def save(self, directory: str | Path, description: str) -> LabState:
@@ -197,6 +292,37 @@ class EmulatedLab:
             pkt = _fresh(out)
             node_name, iif = nxt, "eth0"
         return Answer(False, error="routing loop")
+
+
+WATCHED = (("Service", "services"), ("EndpointSlice", "endpointslices"), ("Node", "nodes"))
+
+
+def served(api: Any, node: str) -> dict[str, dict[str, str]]:
+    """What node ``node``'s watch should hold, by kind: each object's resourceVersion by its
+    ``namespace/name`` (proxied Services and their slices, and the node's own Node object)."""
+    out: dict[str, dict[str, str]] = {}
+    with api.cond:
+        for kind, resource in WATCHED:
+            out[kind] = {}
+            for (ns, name), obj in api.objects[resource].items():
+                meta = obj["metadata"]
+                seen = name == node if kind == "Node" else not UNPROXIED_LABELS & set(meta.get("labels") or {})
+                if seen:
+                    out[kind][f"{ns}/{name}"] = meta["resourceVersion"]
+    return out
+
+
+def caught_up(api: Any, source: Any, node: str) -> bool:
+    """Whether each of ``source``'s reflectors holds what the server holds for it (every object at the
+    server's resourceVersion, none that went). A reflector queues its events as it stores them, so
+    the source's next ``current()`` applies them all."""
+    want = served(api, node)
+    for r in source.reflectors:
+        with r.lock:
+            have = {key: obj["metadata"].get("resourceVersion") for key, obj in r.store.items()}
+        if have != want[r.kind]:
+            return False
+    return True
 
 
 def _fresh(p: Packet) -> Packet:

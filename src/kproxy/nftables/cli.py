@@ -57,6 +57,31 @@ def format_one(err: NftError, source: str, text: str) -> str:
     return f"{prefix}Error: {err.msg}\n{src_line}\n{''.join(marks).rstrip()}\n"
 
 
+def misplaced_option(argv: list[str]) -> tuple[str, str] | None:
+    """nft 1.0.6's ``nft_options_check``: an option after the first command word is refused before
+    anything runs. Returns (stdout, stderr) as nft prints them: the argv echoed on stderr, and on stdout
+    a caret under the command and tildes under the option. Words from the first ``{`` on are not looked
+    at, and the values of ``-f``/``-I``/``-d`` (and their long forms) are skipped."""
+    words = ["nft", *argv]
+    skip, command, pos = False, False, 0
+    for i in range(1, len(words)):
+        pos += len(words[i - 1]) + 1
+        w = words[i]
+        if w.startswith("{"):
+            break
+        if skip:
+            skip = False
+        elif w.startswith("-"):
+            if command:
+                return (f"\n{'^':>4}{'~~':>{pos - 2}}\n",
+                        "Error: syntax error, options must be specified before commands\n"
+                        + "".join(f"{a} " for a in words))
+            skip = w[1:2] in ("d", "I", "f") or w in ("--debug", "--includepath", "--file")
+        else:
+            command = True
+    return None
+
+
 def parse_args(argv: list[str]) -> tuple[Opts, dict[str, object], list[str]]:
     o = Opts()
     flags: dict[str, object] = {"json": False, "check": False, "file": None, "echo": False}
@@ -110,6 +135,9 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     """Run one nft invocation; returns (exit status, stdout, stderr, the ruleset afterwards).
 
     ``xt`` is the node's iptables-nft tables, which ``list`` shows beside the ruleset's own."""
+    misplaced = misplaced_option(argv)
+    if misplaced is not None:
+        return 1, misplaced[0], misplaced[1], rs
     try:
         o, flags, rest = parse_args(argv)
     except ValueError as exc:

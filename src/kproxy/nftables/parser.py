@@ -29,7 +29,9 @@ from kproxy.nftables.expr import (
 from kproxy.nftables.lexer import LexError, Token, tokenize
 from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Ruleset, Table, named_priorities
 from kproxy.nftables.stmt import (
+    Counter,
     Limit,
+    ObjRef,
     Quota,
     SetUpdate,
     Stmt,
@@ -762,14 +764,17 @@ class Parser:
         chain = self.find_chain(tbl, self.word())
         position: tuple[str, int] | None = None
         pos_tok = self.peek()
+        if op == "replace" and not self.at("handle"):
+            raise self.unexpected(pos_tok, "handle")
         if self.at("position", "handle", "index"):
             kind = self.next().text
-            position = (kind, int(self.word().text))
-            pos_tok = Token("word", "", pos_tok.line, pos_tok.col, self.toks[self.pos - 1].end)
+            num = self.word()
+            position = (kind, int(num.text))
+            # nft points at the number of ``handle N`` and at the whole ``position N``/``index N``.
+            pos_tok = num if kind == "handle" else Token("word", "", pos_tok.line, pos_tok.col, num.end)
         start = self.peek()
         if op == "replace":
-            if position is None or position[0] != "handle":
-                raise self.unexpected(start, "handle")
+            assert position is not None
             idx = self.rule_index(chain, position[1], pos_tok)
             rule = self.rule(tbl, start, new_handle=False, chain=chain.name)
             rule.handle = chain.rules[idx].handle
@@ -780,6 +785,11 @@ class Parser:
         if position is None:
             idx = 0 if op == "insert" else len(chain.rules)
         elif position[0] == "index":
+            # nft turns an index into the handle of the rule there, in userspace, after evaluating
+            # the rule: an index with no rule is its error, and nothing reaches the kernel.
+            if position[1] >= len(chain.rules):
+                self.rule(tbl, start, new_handle=False, chain=chain.name)
+                raise NftError("Could not process rule: No such file or directory", loc(pos_tok), kernel=False)
             idx = position[1] if op == "insert" else position[1] + 1
         else:
             try:
@@ -856,15 +866,21 @@ class Parser:
             have = {repr(e.key) for e in s.elems}
             for e in lit.elems:
                 if repr(e.key) not in have:
-                    raise NftError("Could not process rule: No such file or directory", getattr(e, "loc", None))
+                    where = getattr(e, "loc", None)
+                    if "interval" in s.flags:   # nft checks interval sets against its cache itself
+                        raise NftError("element does not exist", where, kernel=False)
+                    raise NftError("Could not process rule: No such file or directory", where)
             gone = {repr(e.key) for e in lit.elems}
             s.elems = [e for e in s.elems if repr(e.key) not in gone]
         elif what.text in ("counter", "quota", "limit"):
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname)
             name = self.word()
-            if tbl.objs.pop((what.text, name.text), None) is None:
+            if (what.text, name.text) not in tbl.objs:
                 raise NftError("Could not process rule: No such file or directory", loc(name))
+            if any(refers_to_obj(r, what.text, name.text) for c in tbl.chains.values() for r in c.rules):
+                raise NftError("Could not process rule: Device or resource busy", loc(name))
+            del tbl.objs[(what.text, name.text)]
         elif what.text == "flowtable":
             family, tname = self.family_and_name()
             flowtable.delete(self, self.find_table(family, tname))
@@ -1023,11 +1039,11 @@ class Parser:
             bits = dt.bits or 32
             try:
                 v = dt.parse(base)
-                n = int(plen)
+                n = int(plen, 16) if plen[:2].lower() == "0x" else int(plen)   # nft reads it with strtoul
             except (T.TypeError_, ValueError):
                 raise self.bad_value(dt, t) from None
             if n > bits:
-                raise self.bad_value(dt, t)
+                raise NftError(f"Prefix length {n} is invalid for type of {bits} bits width", loc(t))
             mask = ((1 << bits) - 1) ^ ((1 << (bits - n)) - 1)
             if n == bits:
                 return Const(dt, v)
@@ -1046,6 +1062,8 @@ class Parser:
 
     def bad_value(self, dt: T.DType, t: Token) -> NftError:
         if dt.kind == "service":
+            if t.text.isdigit():
+                return NftError("Service out of range", loc(t))
             return NftError("Could not resolve service: Servname not found in nft services list", loc(t))
         if dt.kind == "ipv4":
             return NftError("Could not resolve hostname: Name or service not known", loc(t))
@@ -1076,6 +1094,13 @@ def refers_to_set(rule: Rule, name: str) -> bool:
             todo += [v for v in vars(x).values() if isinstance(v, (Stmt, Expr))]
             todo += [i for v in vars(x).values() if isinstance(v, list) for i in v]
     return False
+
+
+def refers_to_obj(rule: Rule, kind: str, name: str) -> bool:
+    """Whether a rule uses a named stateful object (``counter name "x"``, ``quota name "x"``, ...): the
+    kernel refuses to delete an object a rule holds."""
+    return any(isinstance(x, Counter) and kind == "counter" and x.name == name
+               or isinstance(x, ObjRef) and x.kind == kind and x.name == name for x in rule.stmts)
 
 
 def verdicts(tbl: Table) -> list[Verdict]:

@@ -66,6 +66,7 @@ class RuleBuilder:
         self.anon: list[str] = []
         self.anon_locs: list[tuple[int, int, int]] = []
         self.l4_matched: set[str] = set()
+        self.missing_obj: Token | None = None   # a named object the kernel will not find
 
     def error(self, msg: str, a: Token, b: Token | None = None, secondary: list[tuple[int, int, int]] | None = None):
         from kproxy.nftables.parser import NftError, loc
@@ -83,6 +84,10 @@ class RuleBuilder:
             raise self.p.unexpected()
         while not self.ended():
             self.statement()
+        if self.missing_obj is not None:
+            if new_handle:
+                self.tbl.alloc()  # the kernel numbered the rule before it failed to find the object
+            raise self.error("Could not process rule: No such file or directory", self.missing_obj)
         for s in self.stmts:
             if isinstance(s, VerdictStmt) and s.verdict.target is not None and s.verdict.target not in self.tbl.chains:
                 t = getattr(s, "tok", start)
@@ -150,7 +155,7 @@ class RuleBuilder:
             if p.accept("name"):
                 name = p.word()
                 if ("counter", name.text) not in self.tbl.objs:
-                    raise self.error("Could not process rule: No such file or directory", name)
+                    self.missing_obj = self.missing_obj or name
                 self.stmts.append(Counter(name=name.text))
             else:
                 c = Counter()
@@ -164,7 +169,7 @@ class RuleBuilder:
             p.next()
             name = p.word()
             if (w, name.text) not in self.tbl.objs:
-                raise self.error("Could not process rule: No such file or directory", name)
+                self.missing_obj = self.missing_obj or name
             self.stmts.append(ObjRef(w, name.text))
         elif w == "limit":
             p.next()

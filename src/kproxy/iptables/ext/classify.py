@@ -177,11 +177,8 @@ class ConnsecmarkTarget(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> ConnsecmarkTarget:
-        got = cls.OPTIONS.parse(opts)
-        if not got.seen():
-            raise ExtensionError("CONNSECMARK target: parameter required")
-        cls.OPTIONS.fcheck(got)
-        return cls(got.order[-1])
+        got = cls.OPTIONS.parse_required(opts, "CONNSECMARK target: parameter required")
+        return cls(got.last)
 
     def save(self) -> str:
         return f"-j CONNSECMARK --{self.mode}"

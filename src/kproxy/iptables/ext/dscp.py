@@ -83,11 +83,8 @@ class DscpMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> DscpMatch:
-        got = cls.OPTIONS.parse(opts)
-        if not got.seen():
-            raise ExtensionError("DSCP match: Parameter --dscp is required")
-        cls.OPTIONS.fcheck(got)
-        key = got.order[-1]
+        got = cls.OPTIONS.parse_required(opts, "DSCP match: Parameter --dscp is required")
+        key = got.last
         return cls(got.get(key), any(got.invert(k) for k in got.seen()))
 
     def save(self) -> str:
@@ -113,11 +110,8 @@ class DscpTarget(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> DscpTarget:
-        got = cls.OPTIONS.parse(opts)
-        if not got.seen():
-            raise ExtensionError("DSCP target: Parameter --set-dscp is required")
-        cls.OPTIONS.fcheck(got)
-        return cls(got.get(got.order[-1]))
+        got = cls.OPTIONS.parse_required(opts, "DSCP target: Parameter --set-dscp is required")
+        return cls(got.get(got.last))
 
     def save(self) -> str:
         return f"-j DSCP --set-dscp 0x{self.dscp:02x}"
@@ -175,11 +169,8 @@ class TosTarget(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> TosTarget:
-        got = cls.OPTIONS.parse(opts)
-        if not got.seen():
-            raise ExtensionError("TOS: An action is required")
-        cls.OPTIONS.fcheck(got)
-        key = got.order[-1]
+        got = cls.OPTIONS.parse_required(opts, "TOS: An action is required")
+        key = got.last
         v = got.get(key)
         value, mask = {"set-tos": v, "and-tos": (0, ~v & 0xFF) if key == "and-tos" else None,
                        "or-tos": (v, v), "xor-tos": (v, 0)}[key]
@@ -279,10 +270,7 @@ class EcnTarget(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> EcnTarget:
-        got = cls.OPTIONS.parse(opts)
-        if not got.seen():
-            raise ExtensionError("ECN target: An operation is required")
-        cls.OPTIONS.fcheck(got)
+        got = cls.OPTIONS.parse_required(opts, "ECN target: An operation is required")
         t = cls()
         if "ecn-tcp-remove" in got:
             t.ece = t.cwr = 0

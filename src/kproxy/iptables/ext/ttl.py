@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, ClassVar
 from kproxy.iptables.ext.unknown import changed
 from kproxy.iptables.extension import (
     XT_CONTINUE,
-    ExtensionError,
     Match,
     Opt,
     RuleContext,
@@ -54,11 +53,8 @@ class TtlMatch(Match):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> TtlMatch:
-        got = cls.OPTIONS.parse(opts)
-        if not got.seen():
-            raise ExtensionError(cls.MISSING)
-        cls.OPTIONS.fcheck(got)
-        key = got.order[-1]
+        got = cls.OPTIONS.parse_required(opts, cls.MISSING)
+        key = got.last
         op = key.rsplit("-", 1)[1]
         if op == "eq" and got.invert(key):
             op = "ne"
@@ -100,11 +96,8 @@ class TtlTarget(Target):
 
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> TtlTarget:
-        got = cls.OPTIONS.parse(opts)
-        if not got.seen():
-            raise ExtensionError(f"{cls.name}: You must specify an action")
-        cls.OPTIONS.fcheck(got)
-        key = got.order[-1]
+        got = cls.OPTIONS.parse_required(opts, f"{cls.name}: You must specify an action")
+        key = got.last
         return cls(key.rsplit("-", 1)[1], got.get(key))
 
     def kernel_refuses(self, rule: Rule, chain: str) -> bool:
