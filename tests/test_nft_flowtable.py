@@ -110,8 +110,10 @@ def test_errors():
     assert rc == 1 and err.startswith("Error: invalid priority expression value.\n")
     rc, _, err, _ = nft(rs, "create", "flowtable", "inet", "f", "ft", "{ hook ingress priority 1; }")
     assert rc == 1 and "File exists" in err
-    rc, _, err, _ = nft(rs, "add", "rule", "inet", "f", "fw", "flow", "add", "@nope")
-    assert rc == 1 and err.startswith("Error: Could not process rule: No such file or directory\n")
+    rc, _, err, after = nft(rs, "add", "rule", "inet", "f", "fw", "flow", "add", "@nope")
+    assert rc == 1 and err == ("Error: Could not process rule: No such file or directory\n"
+                               "add rule inet f fw flow add @nope\n" + " " * 19 + "^" * 14 + "\n")
+    assert after.find("inet", "f").next_handle == rs.find("inet", "f").next_handle + 1   # the rule's handle is spent
     rc, _, err, _ = nft(rs, "add", "rule", "inet", "f", "post", "flow", "add", "@ft")
     assert rc == 1 and "Operation not supported" in err      # the forward hook only
     rc, _, err, _ = nft(rs, "list", "flowtable", "inet", "f", "nope")

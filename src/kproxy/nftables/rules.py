@@ -260,7 +260,8 @@ class RuleBuilder:
         if self.tbl.family not in ("ip", "ip6", "inet"):
             raise self.error("Could not process rule: Operation not supported", kw, name)
         if name.text not in self.tbl.flowtables:
-            raise self.error("Could not process rule: No such file or directory", kw, name)
+            # the kernel numbered the rule before it failed to find the flowtable
+            self.missing_obj = self.missing_obj or Token("word", "", kw.line, kw.col, name.end)
         self.stmts.append(FlowAdd(name.text))
 
     def log(self) -> Log:
