@@ -13,6 +13,7 @@ from kproxy.backends.emulated import EmulatedBackend
 from kproxy.node import Node
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.iptables import IptablesProxier
+from saves import rules_of
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -46,7 +47,7 @@ def test_dry_run_prints_what_would_change_and_changes_nothing():
     real = _proxier(EmulatedBackend(node))
     docs = [service("web", "172.30.0.41"), endpoints("web", ("10.0.1.5", "node-a"))]
     assert not real.sync(objects(*docs)).error
-    before = node.iptables_save()
+    before = rules_of(node.iptables_save())
     printed: list[str] = []
     dry = _proxier(DryRunBackend(CountingSaves(node), printed.append))
     objs = objects(*docs)
@@ -62,7 +63,7 @@ def test_dry_run_prints_what_would_change_and_changes_nothing():
     diff = "\n".join(printed)
     assert "--- node" in diff and "+++ kproxy" in diff
     assert "--to-destination 10.0.1.6:80" in diff and "-A KUBE-SEP-" in diff and "10.0.1.5" in diff
-    assert node.iptables_save() == before
+    assert rules_of(node.iptables_save()) == before
 
 
 def test_dry_run_on_an_empty_node_reports_the_jumps_it_would_insert():

@@ -16,6 +16,7 @@ from kproxy.proxy.conntrack import EmulatedConntrackCleaner
 from kproxy.proxy.iptables import IptablesProxier
 from kproxy.proxy.metrics import ProxyMetrics
 from kproxy.proxy.serviceports import endpoint_chain, port_proto_hash
+from saves import rules_of
 
 NODE = {"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]},
                                          {"name": "cni0", "addresses": ["10.0.1.1/24"]}],
@@ -62,8 +63,7 @@ def setup(**cfg: object) -> tuple[Node, IptablesProxier]:
 
 
 def saved(node: Node, tables: list[str] | None = None) -> str:
-    """iptables-save without its comment lines, whose timestamps differ between two saves."""
-    return "".join(ln for ln in node.iptables_save(tables=tables).splitlines(True) if not ln.startswith("#"))
+    return rules_of(node.iptables_save(tables=tables))
 
 
 def nat_rules(node: Node, chain: str) -> list[str]:

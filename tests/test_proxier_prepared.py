@@ -17,6 +17,7 @@ from kproxy.iptables.model import rule_fields
 from kproxy.node import Node
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.iptables import IptablesProxier
+from saves import rules_of
 
 
 class TextOnly(EmulatedBackend):
@@ -45,7 +46,7 @@ def pair(**cfg: object) -> list[tuple[Node, IptablesProxier]]:
 
 def same_rules(a: Node, b: Node) -> int:
     """Assert both nodes hold identical tables; return how many rules were compared."""
-    assert a.iptables_save() == b.iptables_save()
+    assert rules_of(a.iptables_save()) == rules_of(b.iptables_save())
     n = 0
     for name, ta in a.iptables[4].tables.items():
         tb = b.iptables[4].tables[name]
@@ -118,12 +119,12 @@ def test_a_prepared_rule_that_differs_from_its_line_fails_the_restore_and_change
     from kproxy.iptables.restore import RestoreError
 
     node = Node.from_description(NODE)
-    before = node.iptables_save()
+    before = rules_of(node.iptables_save())
     text = "*nat\n:KUBE-SEP-X - [0:0]\n-A KUBE-SEP-X -s 10.0.0.1/32 -j ACCEPT\nCOMMIT\n"
     wrong = parse_command(tokenize("-A KUBE-SEP-X -s 10.0.0.2/32 -j ACCEPT"), 4).rules[0]
     with pytest.raises(RestoreError, match="line 3: the prepared rule differs"):
         node.iptables_restore(text, noflush=True, prepared={3: ("KUBE-SEP-X", [wrong])}, verify_prepared=True)
-    assert node.iptables_save() == before
+    assert rules_of(node.iptables_save()) == before
 
 
 def test_prepared_rules_equal_parsed_ones_for_ipv6():
