@@ -213,9 +213,35 @@ class KernelNft:
             raise BackendError(f"cannot run nft: {exc.strerror}: {exc.filename}") from None
 
     def run(self, text: str) -> None:
+        """One transaction; a big one reshaped so the kernel binds its anonymous sets cheaply
+        (``kproxy.backends.nft_phases``), with the same result and the same all-or-nothing effect."""
+        from kproxy.backends.nft_phases import reshape
+
+        fam = family_name(self.family)
+        shaped = reshape(text, fam, TABLE, self._chains)
+        if shaped is None:
+            self._apply(text)
+            return
+        if shaped.first:
+            self._apply(shaped.first)
+        try:
+            self._apply(shaped.second)
+        except BackendError:
+            if shaped.first:              # the table did not exist before: take it away again
+                self._run(["delete", "table", fam, TABLE])
+            raise
+
+    def _apply(self, text: str) -> None:
         proc = self._run(["-f", "-"], text)
         if proc.returncode != 0:
             raise BackendError(proc.stderr.strip() or f"nft -f failed ({proc.returncode})")
+
+    def _chains(self, table: str = TABLE) -> set[str] | None:
+        """The table's chains, or None when it does not exist."""
+        proc = self._run(["list", "tables", family_name(self.family)])
+        if proc.returncode != 0 or f"table {family_name(self.family)} {table}" not in proc.stdout.splitlines():
+            return None
+        return set(self.names("chains", table))
 
     def names(self, kind: str, table: str = TABLE) -> list[str]:
         fam = family_name(self.family)
