@@ -116,3 +116,16 @@ def test_the_proxiers_own_examples_reshape_to_the_same_table(monkeypatch: pytest
             node.run(shaped.first)
         node.run(shaped.second)
     assert node.list_table() == rec.nft.list_table()
+
+
+def test_a_chain_whose_rules_name_new_chains_or_new_sets_keeps_its_place() -> None:
+    text = ("add chain ip kube-proxy s1\nflush chain ip kube-proxy s1\nadd chain ip kube-proxy e9\n"
+            "add rule ip kube-proxy s1 numgen random mod 1 vmap { 0 : goto e9 }\n"
+            "add rule ip kube-proxy s2 numgen random mod 1 vmap { 0 : goto e1 }\n"
+            "add set ip kube-proxy aff { type ipv4_addr ; }\n"
+            "add rule ip kube-proxy s3 ip saddr @aff goto e1\nadd rule ip kube-proxy s3 numgen random mod 1 vmap { 0 : goto e1 }\n"
+            "add rule ip kube-proxy s4 ip saddr @old goto e1\nadd rule ip kube-proxy s4 numgen random mod 1 vmap { 0 : goto e1 }\n")
+    shaped = reshape(text * 20, "ip", "kube-proxy", lambda: {"s1", "s2", "s3", "s4", "e1"})
+    assert shaped is not None
+    moved = {ln.split(" ")[4] for ln in shaped.second.splitlines()[:60]}
+    assert moved == {"s2", "s4"}

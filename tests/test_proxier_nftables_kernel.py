@@ -136,3 +136,46 @@ def test_ipv6_table_on_the_kernel_equals_the_emulated_one(ns: Netns) -> None:
         assert r.full and not r.error, r.error
     listing = assert_twins(kernel, emulated)
     assert listing.startswith("table ip6 kube-proxy {") and "dnat to [fd00:10::1]:80" in listing
+
+
+def test_reshaped_big_transactions_leave_the_emulated_table(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every anonymous-vmap chain moved to the front (a first sync in two transactions): the same
+    table as the text applied as it is, through first, partial, forced full and restarted syncs."""
+    from kproxy.backends import nft_phases
+
+    monkeypatch.setattr(nft_phases, "MIN_ANONYMOUS_RULES", 1)
+    kernel, emulated, _, _ = twin_proxiers(ns)
+    objs, objs_twin = overall_objects(), overall_objects()
+    for p, o in ((kernel, objs), (emulated, objs_twin)):
+        assert not p.sync(o).error
+    assert_twins(kernel, emulated)
+    for p, o in ((kernel, objs), (emulated, objs_twin)):
+        put(o, es("ns1", "svc1", "10.180.0.9", "10.180.0.10"))
+        put(o, svc("ns7", "svc7", "172.30.0.47", [port("p80", 80)]), es("ns7", "svc7", "10.180.0.11"))
+        assert not p.sync(o).error
+        assert not p.sync(o, force_full=True).error
+    assert_twins(kernel, emulated)
+    again, _, _, _ = twin_proxiers(ns)
+    assert not again.sync(overall_objects()).error
+    fresh, _, _, _ = twin_proxiers(ns)
+    fresh.backend.delete_table()
+    assert not fresh.sync(overall_objects()).error
+    assert again.backend.list_table() == fresh.backend.list_table()
+
+
+def test_a_first_sync_whose_rules_fail_leaves_no_table(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kproxy.backends import nft_phases
+
+    monkeypatch.setattr(nft_phases, "MIN_ANONYMOUS_RULES", 1)
+    nft = KernelNft(4, netns=ns.name)
+    text = ("add table ip kube-proxy\nadd chain ip kube-proxy a\nadd chain ip kube-proxy e\n"
+            "add rule ip kube-proxy a numgen random mod 1 vmap { 0 : goto e }\n"
+            "add rule ip kube-proxy e jump nowhere\n")
+    with pytest.raises(Exception, match="nowhere"):
+        nft.run(text)
+    assert ns.run(["nft", "list", "ruleset"]).stdout == ""
+    nft.run("add table ip kube-proxy\nadd chain ip kube-proxy a\n")
+    before = nft.list_table()
+    with pytest.raises(Exception, match="nowhere"):
+        nft.run(text)
+    assert nft.list_table() == before

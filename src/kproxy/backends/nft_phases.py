@@ -10,7 +10,8 @@ every walk short. Only the order *between* chains changes; each chain's, set's a
 keep theirs, so the committed ruleset is the one the text gives. A chain can only move ahead of its
 ``add chain`` if it already exists, so:
 
-- the table exists: one transaction; the chains that existed before move to the front;
+- the table exists: one transaction; a chain moves to the front if it existed before and its rules
+  name only chains that existed before and no set the text creates;
 - the table does not exist yet (a node's first sync): two transactions. The first creates the table,
   its chains and its sets in the text's order (so ``nft list`` shows them in the same order; base
   chains are empty with policy accept, which decides no packet); the second is the rest with every
@@ -71,6 +72,27 @@ def _movable(lines: list[str], family: str, table: str) -> set[str] | None:
     return anonymous - pinned
 
 
+def _references(line: str) -> tuple[set[str], set[str]]:
+    """The chains (``jump``/``goto``) and sets (``@name``) a rule names."""
+    words = line.replace("{", " ").replace("}", " ").replace(",", " ").split()
+    chains = {words[i + 1] for i, w in enumerate(words[:-1]) if w in ("jump", "goto")}
+    return chains, {w[1:] for w in words if w.startswith("@")}
+
+
+def _ready(lines: list[str], movable: set[str], existing_chains: set[str]) -> set[str]:
+    """The movable chains whose rules name only chains that exist already and sets the text does
+    not create: only those may go ahead of the text's ``add chain`` and ``add set`` lines."""
+    created_sets = {w[4] for w in (ln.split(" ", 5) for ln in lines) if w[0] == "add" and w[1] in ("set", "map")}
+    out = set(movable)
+    for line in lines:
+        w = line.split(" ", 5)
+        if w[1] == "rule" and w[4] in out:
+            chains, sets = _references(line)
+            if not chains <= existing_chains or sets & created_sets:
+                out.discard(w[4])
+    return out
+
+
 def reshape(text: str, family: str, table: str,
             chains: Callable[[], set[str] | None]) -> Reshaped | None:
     """``text`` reshaped (see the module doc), or None when it is better sent as it is. ``chains``
@@ -85,8 +107,9 @@ def reshape(text: str, family: str, table: str,
         first = [ln for ln in lines if _is_creation(ln.split(" ", 5))]
         lines = [ln for ln in lines if not _is_creation(ln.split(" ", 5))]
     else:
-        movable &= existing_chains
-    front, rest = [], []
+        movable = _ready(lines, movable & existing_chains, existing_chains)
+    front: list[str] = []
+    rest: list[str] = []
     for line in lines:
         w = line.split(" ", 5)
         moves = w[1] in ("chain", "rule") and w[0] != "add" or w[1] == "rule"
