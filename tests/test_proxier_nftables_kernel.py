@@ -179,3 +179,19 @@ def test_a_first_sync_whose_rules_fail_leaves_no_table(ns: Netns, monkeypatch: p
     with pytest.raises(Exception, match="nowhere"):
         nft.run(text)
     assert nft.list_table() == before
+
+
+@pytest.mark.parametrize("text", [
+    "add table ip t\nadd chain ip t a\nadd rule ip t a numgen random mod 2 vmap { 0 : goto a, 1 : goto e }\n"
+    "add chain ip t e\n",
+    "table ip t {\n chain x {\n  numgen random mod 1 vmap { 0 : goto y }\n }\n chain y {\n }\n}\n",
+])
+def test_an_anonymous_vmap_may_only_go_to_chains_that_exist_like_the_kernels(ns: Netns, text: str) -> None:
+    """A goto in a rule's inline vmap needs its chain when the rule is added (a table block adds its
+    chains first): the emulated nft must refuse and accept what the kernel does, with its message."""
+    from kproxy.nftables.cli import run_nft
+    from kproxy.nftables.model import Ruleset
+
+    real = ns.run(["nft", "-f", "-"], input=text, check=False)
+    rc, _, err, _ = run_nft(["-f", "-"], Ruleset(), text)
+    assert (rc, err) == (real.returncode, real.stderr)
