@@ -129,3 +129,14 @@ def test_a_chain_whose_rules_name_new_chains_or_new_sets_keeps_its_place() -> No
     assert shaped is not None
     moved = {ln.split(" ")[4] for ln in shaped.second.splitlines()[:60]}
     assert moved == {"s2", "s4"}
+
+
+def test_an_error_names_the_line_of_the_text_as_given() -> None:
+    from kproxy.backends.nft_phases import as_in_text
+
+    text = "add chain ip t a\nadd rule ip t a bogus\nadd rule ip t a counter\n"
+    sent = "add rule ip t a counter\nadd rule ip t a bogus\n"
+    msg = "/dev/stdin:2:17-21: Error: syntax error, unexpected string\nadd rule ip t a bogus\n                ^^^^^\n"
+    assert as_in_text(msg, sent, text).startswith("/dev/stdin:2:17-21: Error")
+    assert as_in_text(msg.replace(":2:", ":1:", 1), sent, text).startswith("/dev/stdin:3:17-21: Error")
+    assert as_in_text("no location", sent, text) == "no location"

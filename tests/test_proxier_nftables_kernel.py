@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kproxy.backends import BackendError
 from kproxy.backends.nft import EmulatedNft, KernelNft
 from kproxy.lab.netns import Netns, kernel_lab_available
 from kproxy.node import Node
@@ -171,8 +172,11 @@ def test_a_first_sync_whose_rules_fail_leaves_no_table(ns: Netns, monkeypatch: p
     text = ("add table ip kube-proxy\nadd chain ip kube-proxy a\nadd chain ip kube-proxy e\n"
             "add rule ip kube-proxy a numgen random mod 1 vmap { 0 : goto e }\n"
             "add rule ip kube-proxy e jump nowhere\n")
-    with pytest.raises(Exception, match="nowhere"):
+    as_given = ns.run(["nft", "-f", "-"], input=text, check=False).stderr.strip()
+    assert "/dev/stdin:5:" in as_given
+    with pytest.raises(BackendError) as err:
         nft.run(text)
+    assert str(err.value) == as_given                   # nft's message, line numbers of the text as given
     assert ns.run(["nft", "list", "ruleset"]).stdout == ""
     nft.run("add table ip kube-proxy\nadd chain ip kube-proxy a\n")
     before = nft.list_table()

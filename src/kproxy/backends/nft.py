@@ -216,7 +216,7 @@ class KernelNft:
     def run(self, text: str) -> None:
         """One transaction; a big one reshaped so the kernel binds its anonymous sets cheaply
         (``kproxy.backends.nft_phases``), with the same result and the same all-or-nothing effect."""
-        from kproxy.backends.nft_phases import reshape
+        from kproxy.backends.nft_phases import as_in_text, reshape
 
         fam = family_name(self.family)
         shaped = reshape(text, fam, TABLE, self._chains)
@@ -224,14 +224,16 @@ class KernelNft:
         if shaped is None:
             self._apply(text)
             return
-        if shaped.first:
-            self._apply(shaped.first)
+        part = shaped.first
         try:
-            self._apply(shaped.second)
-        except BackendError:
-            if shaped.first:              # the table did not exist before: take it away again
+            if part:
+                self._apply(part)
+            part = shaped.second
+            self._apply(part)
+        except BackendError as exc:
+            if shaped.first and part is shaped.second:    # the table did not exist before: take it away again
                 self._run(["delete", "table", fam, TABLE])
-            raise
+            raise BackendError(as_in_text(str(exc), part, text)) from None
 
     def _apply(self, text: str) -> None:
         proc = self._run(["-f", "-"], text)

@@ -21,6 +21,7 @@ keep theirs, so the committed ruleset is the one the text gives. A chain can onl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -115,3 +116,22 @@ def reshape(text: str, family: str, table: str,
         moves = w[1] in ("chain", "rule") and w[0] != "add" or w[1] == "rule"
         (front if moves and w[4] in movable else rest).append(line)
     return Reshaped(_lines(first), _lines(front + rest))
+
+
+_WHERE = re.compile(r"^(/dev/stdin|-):(\d+):", re.M)
+
+
+def as_in_text(message: str, sent: str, text: str) -> str:
+    """nft's error for a reshaped part, its line numbers turned into the original text's (the line
+    nft quotes is the same line there)."""
+    sent_lines, lines = sent.splitlines(), text.splitlines()
+    first_at: dict[str, int] = {}
+    for i, line in enumerate(lines, 1):
+        first_at.setdefault(line, i)
+
+    def renumber(m: re.Match[str]) -> str:
+        n = int(m.group(2))
+        at = first_at.get(sent_lines[n - 1]) if 0 < n <= len(sent_lines) else None
+        return f"{m.group(1)}:{at or n}:"
+
+    return _WHERE.sub(renumber, message)
