@@ -140,11 +140,21 @@ def test_ipv6_table_on_the_kernel_equals_the_emulated_one(ns: Netns) -> None:
 
 
 def test_reshaped_big_transactions_leave_the_emulated_table(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every anonymous-vmap chain moved to the front (a first sync in two transactions): the same
-    table as the text applied as it is, through first, partial, forced full and restarted syncs."""
+    """Every anonymous-vmap chain moved to the front of full syncs (a first sync in two transactions):
+    the same table as the text applied as it is, through first, forced full (with new Services and
+    endpoints), partial and restarted syncs."""
     from kproxy.backends import nft_phases
 
     monkeypatch.setattr(nft_phases, "MIN_ANONYMOUS_RULES", 1)
+    shapes: list[str] = []
+    reshape = nft_phases.reshape
+
+    def spy(*args: object) -> object:
+        out = reshape(*args)  # type: ignore[arg-type]
+        shapes.append("none" if out is None else "two" if out.first else "one")
+        return out
+
+    monkeypatch.setattr(nft_phases, "reshape", spy)
     kernel, emulated, _, _ = twin_proxiers(ns)
     objs, objs_twin = overall_objects(), overall_objects()
     for p, o in ((kernel, objs), (emulated, objs_twin)):
@@ -153,8 +163,9 @@ def test_reshaped_big_transactions_leave_the_emulated_table(ns: Netns, monkeypat
     for p, o in ((kernel, objs), (emulated, objs_twin)):
         put(o, es("ns1", "svc1", "10.180.0.9", "10.180.0.10"))
         put(o, svc("ns7", "svc7", "172.30.0.47", [port("p80", 80)]), es("ns7", "svc7", "10.180.0.11"))
+        assert not p.sync(o, force_full=True).error     # new chains: those Services' rules keep their place
+        put(o, es("ns1", "svc1", "10.180.0.12"))
         assert not p.sync(o).error
-        assert not p.sync(o, force_full=True).error
     assert_twins(kernel, emulated)
     again, _, _, _ = twin_proxiers(ns)
     assert not again.sync(overall_objects()).error
@@ -162,6 +173,7 @@ def test_reshaped_big_transactions_leave_the_emulated_table(ns: Netns, monkeypat
     fresh.backend.delete_table()
     assert not fresh.sync(overall_objects()).error
     assert again.backend.list_table() == fresh.backend.list_table()
+    assert shapes == ["two", "one", "one", "two"]       # first, forced full, restarted, fresh table
 
 
 def test_a_first_sync_whose_rules_fail_leaves_no_table(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,12 +186,14 @@ def test_a_first_sync_whose_rules_fail_leaves_no_table(ns: Netns, monkeypatch: p
             "add rule ip kube-proxy e jump nowhere\n")
     as_given = ns.run(["nft", "-f", "-"], input=text, check=False).stderr.strip()
     assert "/dev/stdin:5:" in as_given
+    assert nft.names("chains") == []                    # as a full sync reads them before its transaction
     with pytest.raises(BackendError) as err:
         nft.run(text)
     assert str(err.value) == as_given                   # nft's message, line numbers of the text as given
     assert ns.run(["nft", "list", "ruleset"]).stdout == ""
     nft.run("add table ip kube-proxy\nadd chain ip kube-proxy a\n")
     before = nft.list_table()
+    assert nft.names("chains") == ["a"]
     with pytest.raises(Exception, match="nowhere"):
         nft.run(text)
     assert nft.list_table() == before

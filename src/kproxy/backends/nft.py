@@ -219,8 +219,10 @@ class KernelNft:
         from kproxy.backends.nft_phases import as_in_text, reshape
 
         fam = family_name(self.family)
-        shaped = reshape(text, fam, TABLE, self._chains)
-        self._known_chains = None           # good for this transaction only
+        known, self._known_chains = self._known_chains, None     # good for this transaction only
+        # Only a full sync (the proxier read the chains just before) is worth reshaping: a partial
+        # one is small, and reading the chains would cost more than the kernel's walks.
+        shaped = None if known is None else reshape(text, fam, TABLE, lambda: self._chains(known))
         if shaped is None:
             self._apply(text)
             return
@@ -240,14 +242,13 @@ class KernelNft:
         if proc.returncode != 0:
             raise BackendError(proc.stderr.strip() or f"nft -f failed ({proc.returncode})")
 
-    def _chains(self) -> set[str] | None:
-        """The table's chains (as the proxier's ``names`` just read them, if it did), or None when
-        the table does not exist: ``create`` in check mode fails only then, and needs no cache
-        (``list tables`` reads every set's elements: 25 s at 10,000 Services)."""
-        known, self._known_chains = self._known_chains, None
+    def _chains(self, known: set[str]) -> set[str] | None:
+        """The table's chains as ``names`` just read them, or None when the table does not exist:
+        ``create`` in check mode fails only then, and needs no cache (``list tables`` reads every
+        set's elements: 25 s at 10,000 Services)."""
         if self._run(["-c", "create", "table", family_name(self.family), TABLE]).returncode == 0:
             return None
-        return known if known is not None else set(self.names("chains"))
+        return known
 
     def names(self, kind: str, table: str = TABLE) -> list[str]:
         fam = family_name(self.family)
