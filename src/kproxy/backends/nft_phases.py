@@ -1,4 +1,4 @@
-"""A big nft transaction reshaped for the kernel: rules that bind anonymous sets go first.
+"""A full sync's nft transaction reshaped for the kernel: rules that bind anonymous sets go first.
 
 Why: when a rule binds an anonymous set (``numgen random mod 5 vmap { 0 : goto ... }``, one per
 Service chain), the kernel walks the whole transaction so far (``__nft_set_trans_bind`` in
