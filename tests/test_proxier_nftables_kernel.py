@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kproxy.backends import BackendError
 from kproxy.backends.nft import EmulatedNft, KernelNft
 from kproxy.lab.netns import Netns, kernel_lab_available
 from kproxy.node import Node
@@ -136,3 +137,79 @@ def test_ipv6_table_on_the_kernel_equals_the_emulated_one(ns: Netns) -> None:
         assert r.full and not r.error, r.error
     listing = assert_twins(kernel, emulated)
     assert listing.startswith("table ip6 kube-proxy {") and "dnat to [fd00:10::1]:80" in listing
+
+
+def test_reshaped_big_transactions_leave_the_emulated_table(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every anonymous-vmap chain moved to the front of full syncs (a first sync in two transactions):
+    the same table as the text applied as it is, through first, forced full (with new Services and
+    endpoints), partial and restarted syncs."""
+    from kproxy.backends import nft_phases
+
+    monkeypatch.setattr(nft_phases, "MIN_ANONYMOUS_RULES", 1)
+    shapes: list[str] = []
+    reshape = nft_phases.reshape
+
+    def spy(*args: object) -> object:
+        out = reshape(*args)  # type: ignore[arg-type]
+        shapes.append("none" if out is None else "two" if out.first else "one")
+        return out
+
+    monkeypatch.setattr(nft_phases, "reshape", spy)
+    kernel, emulated, _, _ = twin_proxiers(ns)
+    objs, objs_twin = overall_objects(), overall_objects()
+    for p, o in ((kernel, objs), (emulated, objs_twin)):
+        assert not p.sync(o).error
+    assert_twins(kernel, emulated)
+    for p, o in ((kernel, objs), (emulated, objs_twin)):
+        put(o, es("ns1", "svc1", "10.180.0.9", "10.180.0.10"))
+        put(o, svc("ns7", "svc7", "172.30.0.47", [port("p80", 80)]), es("ns7", "svc7", "10.180.0.11"))
+        assert not p.sync(o, force_full=True).error     # new chains: those Services' rules keep their place
+        put(o, es("ns1", "svc1", "10.180.0.12"))
+        assert not p.sync(o).error
+    assert_twins(kernel, emulated)
+    again, _, _, _ = twin_proxiers(ns)
+    assert not again.sync(overall_objects()).error
+    fresh, _, _, _ = twin_proxiers(ns)
+    fresh.backend.delete_table()
+    assert not fresh.sync(overall_objects()).error
+    assert again.backend.list_table() == fresh.backend.list_table()
+    assert shapes == ["two", "one", "one", "two"]       # first, forced full, restarted, fresh table
+
+
+def test_a_first_sync_whose_rules_fail_leaves_no_table(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kproxy.backends import nft_phases
+
+    monkeypatch.setattr(nft_phases, "MIN_ANONYMOUS_RULES", 1)
+    nft = KernelNft(4, netns=ns.name)
+    text = ("add table ip kube-proxy\nadd chain ip kube-proxy a\nadd chain ip kube-proxy e\n"
+            "add rule ip kube-proxy a numgen random mod 1 vmap { 0 : goto e }\n"
+            "add rule ip kube-proxy e jump nowhere\n")
+    as_given = ns.run(["nft", "-f", "-"], input=text, check=False).stderr.strip()
+    assert "/dev/stdin:5:" in as_given
+    assert nft.names("chains") == []                    # as a full sync reads them before its transaction
+    with pytest.raises(BackendError) as err:
+        nft.run(text)
+    assert str(err.value) == as_given                   # nft's message, line numbers of the text as given
+    assert ns.run(["nft", "list", "ruleset"]).stdout == ""
+    nft.run("add table ip kube-proxy\nadd chain ip kube-proxy a\n")
+    before = nft.list_table()
+    assert nft.names("chains") == ["a"]
+    with pytest.raises(Exception, match="nowhere"):
+        nft.run(text)
+    assert nft.list_table() == before
+
+
+@pytest.mark.parametrize("text", [
+    "add table ip t\nadd chain ip t a\nadd rule ip t a numgen random mod 2 vmap { 0 : goto a, 1 : goto e }\n"
+    "add chain ip t e\n",
+    "table ip t {\n chain x {\n  numgen random mod 1 vmap { 0 : goto y }\n }\n chain y {\n }\n}\n",
+])
+def test_an_anonymous_vmap_may_only_go_to_chains_that_exist_like_the_kernels(ns: Netns, text: str) -> None:
+    """A goto in a rule's inline vmap needs its chain when the rule is added (a table block adds its
+    chains first): the emulated nft must refuse and accept what the kernel does, with its message."""
+    from kproxy.nftables.cli import run_nft
+    from kproxy.nftables.model import Ruleset
+
+    real = ns.run(["nft", "-f", "-"], input=text, check=False)
+    rc, _, err, _ = run_nft(["-f", "-"], Ruleset(), text)
+    assert (rc, err) == (real.returncode, real.stderr)

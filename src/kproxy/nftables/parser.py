@@ -976,8 +976,10 @@ class Parser:
             if data is not None:
                 self.expect(":")
                 elem.data = self.verdict() if data == [T.VERDICT] else self.value_of(data)
-                if s is not None and isinstance(elem.data, Verdict) and elem.data.target is not None:
-                    self.jump_elems.append((elem.data.target, key_loc))
+                if isinstance(elem.data, Verdict) and elem.data.target is not None:
+                    if s is not None:
+                        self.jump_elems.append((elem.data.target, key_loc))
+                    elem.key_loc = key_loc  # type: ignore[attr-defined]  # an anonymous vmap's rule checks it
             elif self.at(":"):
                 raise self.unexpected()
             if s is not None and isinstance(k, (Prefix, Range)) and "interval" not in s.flags:

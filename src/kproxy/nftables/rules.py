@@ -100,6 +100,11 @@ class RuleBuilder:
                     raise NftError(f"No such file or directory; did you mean chain \u2018{hint[2]}\u2019 in table "
                                    f"{hint[0]} \u2018{hint[1]}\u2019?", where, kernel=True)
                 raise NftError("Could not process rule: No such file or directory", where)
+        for target, where in self.vmap_targets():
+            if target not in self.tbl.chains:     # the kernel's ENOENT, at the element's key
+                if new_handle:
+                    self.tbl.alloc()
+                raise NftError("Could not process rule: No such file or directory", where)
         base = self.tbl.chains.get(chain)
         if base is not None and base.hook is not None and not all(self.valid_at(st, base.type, base.hook)
                                                                       for st in self.stmts):
@@ -651,6 +656,12 @@ class RuleBuilder:
                 value |= w.value
             v = Const(types[0], value)
         return v
+
+    def vmap_targets(self) -> list[tuple[str, Any]]:
+        """(chain, element key location) for each jump or goto in the rule's anonymous verdict maps."""
+        return [(e.data.target, getattr(e, "key_loc", None)) for s in self.stmts
+                if isinstance(s, VerdictMap) and isinstance(s.data, SetLit)
+                for e in s.data.elems if isinstance(e.data, Verdict) and e.data.target is not None]
 
     def map_data(self, key: Expr, data: list[T.DType] | None) -> Expr:
         p = self.p
