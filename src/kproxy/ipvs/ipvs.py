@@ -182,12 +182,14 @@ class Ipvs:
         self.templates: dict[tuple[int, int, int], IpvsConn] = {}
         self.timeouts = {"tcp": 900, "tcpfin": 120, "udp": 300}
         self.node: Node | None = None
+        self.version = 0          # bumped when services come or go (what a flow's replay depends on)
 
     # ---- configuration --------------------------------------------------------------------------
     def add_service(self, svc: VirtualService) -> None:
         if svc.key() in self.services:
             raise IpvsError("Service already exists")
         self.services[svc.key()] = svc
+        self.version += 1
         self._sync_hooks(svc.family)
 
     def get_service(self, key: tuple[int, int, int, int]) -> VirtualService:
@@ -199,10 +201,12 @@ class Ipvs:
     def del_service(self, key: tuple[int, int, int, int]) -> None:
         svc = self.get_service(key)
         del self.services[key]
+        self.version += 1
         self._sync_hooks(svc.family)
 
     def clear(self) -> None:
         self.services.clear()
+        self.version += 1
         self._sync_hooks()
 
     def add_dest(self, svc: VirtualService, dest: Dest) -> None:
@@ -318,6 +322,8 @@ class Ipvs:
         now = state.now
         key = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         c = self.conns_in.get(key)
+        if state.trace is not None:
+            state.trace.note_lookup(self.conns_in, key, c)
         if c is not None and c.expires <= now:
             self._drop_conn(c)            # expired: the next packet starts over (entries expire lazily)
             c = None
@@ -350,14 +356,8 @@ class Ipvs:
             if state.trace is not None:
                 state.trace.add("ipvs", hook=state.hook, text=f"IPVS: {svc.text().replace('  ', ' ')} -> "
                                 f"{dest.text()} ({svc.scheduler_name}, {FWD[dest.fwd]})")
-        self._set_state(c, pkt, now)
-        dest, length = c.dest, pkt.length
-        stats = dest.stats
-        stats["inpkts"] += 1
-        stats["inbytes"] += length
-        stats = c.svc.stats
-        stats["inpkts"] += 1
-        stats["inbytes"] += length
+        self.count_in(c, pkt, now)
+        dest = c.dest
         fwd = dest.fwd
         if fwd == "local":
             return NF_ACCEPT
@@ -373,6 +373,24 @@ class Ipvs:
         meta["reinjected"] = reinject_local_out(state.node, pkt, state.trace, None if fwd == "masq" else dest.addr)
         meta["stolen_by"] = "IPVS"
         return NF_STOLEN
+
+    def count_in(self, c: IpvsConn, pkt: Packet, now: float) -> None:
+        """A packet of the client's: the connection's state and expiry, and the in-counters."""
+        self._set_state(c, pkt, now)
+        dest, length = c.dest, pkt.length
+        stats = dest.stats
+        stats["inpkts"] += 1
+        stats["inbytes"] += length
+        stats = c.svc.stats
+        stats["inpkts"] += 1
+        stats["inbytes"] += length
+
+    def count_out(self, c: IpvsConn, pkt: Packet, now: float) -> None:
+        """A real server's answer: a FIN or RST moves the connection's state; the out-counters."""
+        if pkt.proto == TCP and pkt.tcp_flags & 0x05:
+            self._set_state(c, pkt, now)
+        c.dest.stats["outpkts"] += 1
+        c.dest.stats["outbytes"] += pkt.length
 
     def local_out(self, pkt: Packet, state: HookState) -> int:
         """ip_vs_local_request4: a local process's connection to a virtual service, scheduled before
@@ -399,13 +417,13 @@ class Ipvs:
         """ip_vs_reply4: a real server's answer leaves with the virtual service's address."""
         if not self.conns_out:
             return NF_ACCEPT
-        c = self.conns_out.get((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport))
+        key = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        c = self.conns_out.get(key)
+        if state.trace is not None:
+            state.trace.note_lookup(self.conns_out, key, c)
         if c is None or c.dest.fwd != "masq":
             return NF_ACCEPT
-        if pkt.proto == TCP and pkt.tcp_flags & 0x05:
-            self._set_state(c, pkt, state.now)
-        c.dest.stats["outpkts"] += 1
-        c.dest.stats["outbytes"] += pkt.length
+        self.count_out(c, pkt, state.now)
         pkt.src, pkt.sport = c.vaddr, c.vport
         if state.trace is not None:
             state.trace.add("ipvs", hook=state.hook, text=f"IPVS: reply from {c.dest.text()} as "
@@ -435,6 +453,7 @@ class Ipvs:
         services = [_service_from_json(s) for s in data.get("services", [])]
         for svc in services:
             self.services[svc.key()] = svc
+        self.version += 1
         self.timeouts.update(data.get("timeouts", {}))
         for item in data.get("conns", []):
             c = _conn_from_json(item, services)

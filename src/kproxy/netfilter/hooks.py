@@ -100,8 +100,10 @@ class HookRegistry:
         # The functions alone, in order, per (family, hook): what the packet path iterates.
         self.fns: dict[tuple[int, str], tuple[HookFn, ...]] = {}
         self._seq = 0
+        self.version = 0          # bumped on every change: what the flow cache's replays depend on
 
     def _changed(self) -> None:
+        self.version += 1
         self.fns = {key: tuple(op.fn for op in ops) for key, ops in self._ops.items() if ops}
 
     def register(self, family: int, hook: str, priority: int, name: str, fn: HookFn) -> HookOp:

@@ -130,6 +130,17 @@ def _martian(node: NetNamespace, pkt: Packet, iif: str) -> str:
 
 
 def receive(node: NetNamespace, pkt: Packet, iif: str, trace: Trace | None = None) -> Result:
+    """A packet arriving on ``iif``: the whole inbound path, or its replay when the node's flow cache
+    knows the packet's flow (never for a traced packet: a trace shows every step)."""
+    flows = node.flows
+    if trace is None and flows is not None and flows.enabled and iif in node.interfaces:
+        res = flows.receive(pkt, iif)
+        if res is not None:
+            return res
+    return receive_path(node, pkt, iif, trace)
+
+
+def receive_path(node: NetNamespace, pkt: Packet, iif: str, trace: Trace | None = None) -> Result:
     """A packet arriving on ``iif``: the whole inbound path."""
     if iif not in node.interfaces:
         raise ValueError(f"no interface {iif!r} on node {node.name}")

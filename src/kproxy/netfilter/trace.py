@@ -31,8 +31,16 @@ class TraceEvent:
 class Trace:
     """An ordered list of events for one packet (and the packets it causes, e.g. a reject)."""
 
+    # The connection-table lookups hooks made, as (table, key, what was found), when someone asked
+    # for them (the flow cache, learning a flow); None otherwise.
+    lookups: list[tuple[Any, Any, Any]] | None = None
+
     def __init__(self) -> None:
         self.events: list[TraceEvent] = []
+
+    def note_lookup(self, table: Any, key: Any, found: Any) -> None:
+        if self.lookups is not None:
+            self.lookups.append((table, key, found))
 
     def add(self, kind: str, **fields: Any) -> TraceEvent:
         ev = TraceEvent(kind, **fields)
