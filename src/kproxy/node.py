@@ -21,7 +21,7 @@ import yaml
 from kproxy.netfilter import path as _path
 from kproxy.netfilter.hooks import HookRegistry
 from kproxy.packet import Packet, format_addr
-from kproxy.versioned import Sysctls
+from kproxy.versioned import Epoch, Sysctls
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.ipset.registry import IpsetRegistry
@@ -157,6 +157,7 @@ class RouteList(list[Route]):
 
     def _bump(self) -> None:
         self.version += 1
+        Epoch.bump()
 
     def append(self, item: Route) -> None:
         super().append(item)
@@ -240,6 +241,7 @@ class Node:
 
     def _reindex(self) -> None:
         self._iface_version = getattr(self, "_iface_version", 0) + 1
+        Epoch.bump()
         self._local = {4: set(), 6: set()}
         self._broadcast = {4: set(), 6: set()}
         for iface in self.interfaces.values():

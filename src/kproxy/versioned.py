@@ -1,7 +1,9 @@
-"""Dicts that count their changes, so a cache built from their contents knows when it is stale.
+"""Change counters, so a cache built from configuration knows when it is stale.
 
-Each subclass keeps one counter for all its instances (``changes``): a cache compares one number
-instead of the dicts, at the price of going stale when any instance of the kind changes.
+``Epoch`` counts every change of the configuration a packet's way through a node depends on (hook
+registrations, rule commits, ipset members, routes, addresses, sysctls, IPVS services), in any node
+of the process: a cache compares one number. The dicts here bump it, and each subclass keeps its own
+count for all its instances (``changes``).
 """
 
 from __future__ import annotations
@@ -12,14 +14,25 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+class Epoch:
+    """The process-wide configuration change count."""
+
+    value: ClassVar[int] = 0
+
+    @classmethod
+    def bump(cls) -> None:
+        cls.value += 1
+
+
 class VersionedDict(dict[K, V]):
-    """A dict whose every change bumps its class's ``changes``."""
+    """A dict whose every change bumps its class's ``changes`` and the ``Epoch``."""
 
     changes: ClassVar[int] = 0
 
     @classmethod
     def bump(cls) -> None:
         cls.changes += 1
+        Epoch.value += 1
 
     def __setitem__(self, key: K, value: V) -> None:
         super().__setitem__(key, value)

@@ -229,7 +229,7 @@ def _trace_rule(trace: Any, c: RuleContext, chain: str, i: int, rule: Rule, verd
     from kproxy.iptables.save import format_rule
 
     return trace.add("rule", hook=c.state.hook, table=c.table, chain=chain, rule=i + 1,
-                     text=format_rule(chain, rule), verdict=verdict)
+                     text="" if trace.quiet else format_rule(chain, rule), verdict=verdict)
 
 
 def _traced_target(trace: Any, c: RuleContext, chain: str, i: int, rule: Rule,

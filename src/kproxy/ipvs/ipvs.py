@@ -29,6 +29,7 @@ from kproxy.netfilter.hooks import (
 )
 from kproxy.netfilter.path import reinject_local_out
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, UDP, Packet, format_addr
+from kproxy.versioned import Epoch
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -190,6 +191,7 @@ class Ipvs:
             raise IpvsError("Service already exists")
         self.services[svc.key()] = svc
         self.version += 1
+        Epoch.bump()
         self._sync_hooks(svc.family)
 
     def get_service(self, key: tuple[int, int, int, int]) -> VirtualService:
@@ -202,11 +204,13 @@ class Ipvs:
         svc = self.get_service(key)
         del self.services[key]
         self.version += 1
+        Epoch.bump()
         self._sync_hooks(svc.family)
 
     def clear(self) -> None:
         self.services.clear()
         self.version += 1
+        Epoch.bump()
         self._sync_hooks()
 
     def add_dest(self, svc: VirtualService, dest: Dest) -> None:
@@ -425,7 +429,7 @@ class Ipvs:
             return NF_ACCEPT
         self.count_out(c, pkt, state.now)
         pkt.src, pkt.sport = c.vaddr, c.vport
-        if state.trace is not None:
+        if state.trace is not None and not state.trace.quiet:
             state.trace.add("ipvs", hook=state.hook, text=f"IPVS: reply from {c.dest.text()} as "
                             f"{format_addr(c.vaddr, pkt.family)}:{c.vport}")
         return NF_ACCEPT
@@ -454,6 +458,7 @@ class Ipvs:
         for svc in services:
             self.services[svc.key()] = svc
         self.version += 1
+        Epoch.bump()
         self.timeouts.update(data.get("timeouts", {}))
         for item in data.get("conns", []):
             c = _conn_from_json(item, services)

@@ -349,7 +349,7 @@ class Conntrack:
         if conn.expires <= now:
             self.delete(conn)
             return self._new(pkt, t, state)
-        verdict = self._tcp_packet(conn, d, pkt, now) if proto == TCP else self._update(conn, d, pkt, now)
+        verdict = self.packet_update(conn, d, pkt, now)
         if verdict == "reopen":
             # "Attempt to reopen a closed/aborted connection": kill it and look up again (-NF_REPEAT).
             self.delete(conn)
@@ -359,20 +359,29 @@ class Conntrack:
             return self._new(pkt, t, state)
         if verdict == "invalid":
             return self._invalid(pkt, state, f"tcp state {conn.tcp_state}")
+        self.attach(conn, d, pkt, verdict == "ok")
+        if state.trace is not None and not state.trace.quiet:
+            self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}"
+                        + (" (segment ignored)" if verdict == "ignore" else ""))
+        return NF_ACCEPT
+
+    def packet_update(self, conn: Conn, d: int, pkt: Packet, now: float) -> str:
+        """The protocol's verdict on a packet of ``conn`` in direction ``d`` (see ``_update``)."""
+        return self._tcp_packet(conn, d, pkt, now) if pkt.proto == TCP else self._update(conn, d, pkt, now)
+
+    @staticmethod
+    def attach(conn: Conn, d: int, pkt: Packet, counted: bool) -> None:
+        """The packet joins its connection (its state follows the direction), and is accounted."""
         pkt.ct, pkt.ctdir = conn, d
         if d == REPLY:
             conn.status |= IPS_SEEN_REPLY
             pkt.ctstate = "ESTABLISHED"
         else:
             pkt.ctstate = "ESTABLISHED" if conn.status & IPS_SEEN_REPLY else "NEW"
-        if verdict == "ok":
+        if counted:
             acct = conn.acct
             acct[d] += 1
             acct[2 + d] += pkt.length
-        if state.trace is not None:
-            self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}"
-                        + (" (segment ignored)" if verdict == "ignore" else ""))
-        return NF_ACCEPT
 
     def _invalid(self, pkt: Packet, state: HookState, why: str) -> int:
         """The packet passes without a connection: ctstate INVALID (the hook returns -NF_ACCEPT)."""

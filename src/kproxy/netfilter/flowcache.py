@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter.conntrack import IPS_ASSURED, Conn, Tuple
-from kproxy.netfilter.hooks import PREROUTING, HookState
-from kproxy.netfilter.trace import Trace
+from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, receive_path
+from kproxy.netfilter.tcp import ORIGINAL, REPLY
+from kproxy.netfilter.trace import Trace, TraceEvent
 from kproxy.packet import ACK, FIN, RST, SYN, TCP, UDP, Packet
-from kproxy.versioned import SetMembers, Sysctls
+from kproxy.versioned import Epoch
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.iptables.model import Table
-    from kproxy.netfilter.path import Result
     from kproxy.node import Node
 
 # Hook functions whose effect on an established packet a replay reproduces.
@@ -52,24 +52,40 @@ HEADER = ("src", "dst", "sport", "dport", "mark", "ttl", "tos", "oif", "tcp_mss"
 class Recorder(Trace):
     """A trace that also keeps the connection-table lookups of the hooks (see ``Trace.note_lookup``)."""
 
+    quiet = True
+    KEPT = frozenset({"chain", "rule", "policy"})
+
     def __init__(self) -> None:
         super().__init__()
         self.lookups: list[tuple[Any, Any, Any]] = []
+
+    def add(self, kind: str, **fields: Any) -> TraceEvent:
+        """Only the events the cache reads are made and kept (the others get a scratch event)."""
+        if kind not in self.KEPT:
+            return _SCRATCH
+        ev = TraceEvent(kind, **fields)
+        self.events.append(ev)
+        return ev
+
+
+_SCRATCH = TraceEvent("note")
 
 
 @dataclass(slots=True, eq=False)
 class Flow:
     """What one flow's packets do, learnt from the first: checked, then replayed."""
 
-    stamp: tuple[Any, ...]
+    stamp: int
     conn: Conn
     ctkey: Tuple
+    ctdir: int
     ctsig: tuple[Any, ...]
     counted: tuple[Any, ...]                    # rules and chains (policies), in the order counted
     lookups: tuple[tuple[Any, Any, Any], ...]   # IPVS connection-table lookups and what they found
     ipvs_in: Any                                # the IPVS connection counted as the client's packet
     ipvs_out: Any                               # ... as the real server's answer
-    ipvs_sigs: tuple[Any, ...]
+    ipvs_in_sig: tuple[Any, ...] | None
+    ipvs_out_sig: tuple[Any, ...] | None
     header: tuple[Any, ...]
     meta: dict[str, Any]
     fate: str
@@ -115,17 +131,15 @@ class FlowCache:
         self.flows: dict[tuple[Any, ...], Flow] = {}
         self.hits = 0
         self.learnt = 0
-        self._pure_stamp: tuple[Any, ...] | None = None
+        self._pure_stamp: int | None = None
         self._pure: dict[Any, bool] = {}
-        self._refused: tuple[Any, ...] | None = None     # the stamp under which nothing can be learnt
-        self._known: dict[int, tuple[tuple[Any, ...], bool]] = {}
+        self._refused: int | None = None     # the stamp under which nothing can be learnt
+        self._known: dict[int, tuple[int, bool]] = {}
 
-    def stamp(self) -> tuple[Any, ...]:
-        """Numbers that change whenever the configuration a replay depends on does."""
-        n = self.node
-        ipt = n.iptables
-        return (n.hooks.version, ipt[4].generation, ipt[6].generation, SetMembers.changes, Sysctls.changes,
-                n.routes.version, n._iface_version, len(n.interfaces), n.ipvs.version, n.conntrack.enabled)
+    @staticmethod
+    def stamp() -> int:
+        """A number that changes whenever the configuration a replay depends on does."""
+        return Epoch.value
 
     def receive(self, pkt: Packet, iif: str) -> Result | None:
         """The packet's result when the cache handles it (replayed, or learnt on the way), else None."""
@@ -135,13 +149,13 @@ class FlowCache:
         node = self.node
         clock = node.clock
         now = clock if clock is not None else node.now()
-        stamp = self.stamp()
+        stamp = Epoch.value
         flow = self.flows.get(key)
         if flow is not None and flow.stamp == stamp:
-            if flow.fate == "":
+            if not flow.fate:
                 # This flow's packets end somewhere a replay cannot reproduce: not learnt again
                 # until the configuration or the connection changes.
-                if self.node.conntrack._table.get(flow.ctkey) is flow.conn:
+                if node.conntrack._table.get(flow.ctkey) is flow.conn:
                     return None
             elif self._holds(flow, now):
                 return self._replay(flow, pkt, iif, now)
@@ -151,30 +165,36 @@ class FlowCache:
 
     # ---- replay ------------------------------------------------------------------------------
     def _holds(self, flow: Flow, now: float) -> bool:
+        """Whether the connection entries the flow relied on are still the same, in the same states."""
         conn = flow.conn
-        if self.node.conntrack._table.get(flow.ctkey) is not conn or conn.expires <= now or \
-                (conn.status, conn.tcp_state, conn.mark) != flow.ctsig:
+        ct = self.node.conntrack
+        if ct._table.get(flow.ctkey) is not conn or conn.expires <= now or \
+                (conn.status, conn.tcp_state, conn.mark) != flow.ctsig or not (ct.enabled or ct.users[conn.orig.family]):
             return False
         for table, key, found in flow.lookups:
             if table.get(key) is not found:
                 return False
-        return all(_ipvs_signature(c, now) == sig for c, sig in zip(_roles(flow), flow.ipvs_sigs))
+        c = flow.ipvs_in
+        if c is not None and (c.expires <= now or (c.state, c.dest.available, c.dest.fwd) != flow.ipvs_in_sig):
+            return False
+        c = flow.ipvs_out
+        return c is None or (c.expires > now and (c.state, c.dest.available, c.dest.fwd) == flow.ipvs_out_sig)
 
     def _replay(self, flow: Flow, pkt: Packet, iif: str, now: float) -> Result:
-        from kproxy.netfilter.path import Result
-
+        """What the whole path would do, as learnt: conntrack's own update (the signature checked
+        says it is the steady one), the counters, the IPVS connection's, the headers."""
         node = self.node
         pkt.iif = iif
-        node.conntrack.in_hook(pkt, HookState(PREROUTING, iif, "", node, None, now))
+        ct, conn, d = node.conntrack, flow.conn, flow.ctdir
+        ct.attach(conn, d, pkt, ct.packet_update(conn, d, pkt, now) == "ok")
         length = pkt.length
         for obj in flow.counted:
             obj.packets += 1
             obj.bytes += length
-        ipvs = node.ipvs
         if flow.ipvs_in is not None:
-            ipvs.count_in(flow.ipvs_in, pkt, now)
+            node.ipvs.count_in(flow.ipvs_in, pkt, now)
         if flow.ipvs_out is not None:
-            ipvs.count_out(flow.ipvs_out, pkt, now)
+            node.ipvs.count_out(flow.ipvs_out, pkt, now)
         (pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.mark, pkt.ttl, pkt.tos, pkt.oif, pkt.tcp_mss,
          pkt.local) = flow.header
         if flow.meta:
@@ -183,11 +203,9 @@ class FlowCache:
         return Result(flow.fate, pkt, flow.hook, flow.out_dev, flow.gateway)
 
     # ---- learning ----------------------------------------------------------------------------
-    def _learn(self, key: tuple[Any, ...], stamp: tuple[Any, ...], pkt: Packet, iif: str, now: float) -> Result | None:
+    def _learn(self, key: tuple[Any, ...], stamp: int, pkt: Packet, iif: str, now: float) -> Result | None:
         """The whole path with a recording trace, for a packet of a connection in a steady state;
         None (not handled) for any other packet, which then takes the path untraced."""
-        from kproxy.netfilter.path import DELIVERED, FORWARDED, receive_path
-
         node = self.node
         ctkey = Tuple(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
         conn = node.conntrack._table.get(ctkey)
@@ -216,17 +234,20 @@ class FlowCache:
                 _ct_signature(conn) != ctsig or len(ins) > 1 or len(outs) > 1 or \
                 not set(meta) <= {"ipvs_conn", "stolen_by"} or any(t.get(k) is not f for t, k, f in rec.lookups):
             if res.fate not in (DELIVERED, FORWARDED) or res.extra:
-                self.flows[key] = Flow(stamp, conn, ctkey, ctsig, (), (), None, None, (), (), {}, "", "", "", "")
+                self.flows[key] = Flow(stamp, conn, ctkey, 0, ctsig, (), (), None, None, None, None, (), {}, "", "",
+                                       "", "")
             return res
-        flow = Flow(stamp, conn, ctkey, ctsig, counted, tuple(rec.lookups), ins[0] if ins else None,
-                    outs[0] if outs else None, (), tuple(getattr(pkt, f) for f in HEADER), meta, res.fate, res.hook,
-                    res.out_dev, res.gateway)
-        flow.ipvs_sigs = tuple(_ipvs_signature(c, now) for c in _roles(flow))
-        self.flows[key] = flow
+        c_in, c_out = (ins[0] if ins else None), (outs[0] if outs else None)
+        if any(c.expires <= now for c in (c_in, c_out) if c is not None):
+            return res
+        self.flows[key] = Flow(stamp, conn, ctkey, ORIGINAL if conn.orig == ctkey else REPLY, ctsig, counted,
+                               tuple(rec.lookups), c_in, c_out, c_in and _ipvs_signature(c_in),
+                               c_out and _ipvs_signature(c_out), tuple(getattr(pkt, f) for f in HEADER), meta,
+                               res.fate, res.hook, res.out_dev, res.gateway)
         self.learnt += 1
         return res
 
-    def _known_hooks(self, family: int, stamp: tuple[Any, ...]) -> bool:
+    def _known_hooks(self, family: int, stamp: int) -> bool:
         """Whether every hook function of ``family`` is one a replay reproduces."""
         hit = self._known.get(family)
         if hit is None or hit[0] != stamp:
@@ -276,12 +297,6 @@ class FlowCache:
         return True
 
 
-def _roles(flow: Flow) -> list[Any]:
-    return [c for c in (flow.ipvs_in, flow.ipvs_out) if c is not None]
-
-
-def _ipvs_signature(c: Any, now: float) -> tuple[Any, ...] | None:
-    """What an IPVS hook reads of a connection it found (an expired one is dropped, not used)."""
-    if c.expires <= now:
-        return None
+def _ipvs_signature(c: Any) -> tuple[Any, ...]:
+    """What an IPVS hook reads of a connection it found (besides its expiry: an expired one is dropped)."""
     return (c.state, c.dest.available, c.dest.fwd)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kproxy.packet import Packet
+from kproxy.versioned import Epoch
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.netfilter.netns import NetNamespace
@@ -104,6 +105,7 @@ class HookRegistry:
 
     def _changed(self) -> None:
         self.version += 1
+        Epoch.bump()
         self.fns = {key: tuple(op.fn for op in ops) for key, ops in self._ops.items() if ops}
 
     def register(self, family: int, hook: str, priority: int, name: str, fn: HookFn) -> HookOp:

@@ -34,6 +34,9 @@ class Trace:
     # The connection-table lookups hooks made, as (table, key, what was found), when someone asked
     # for them (the flow cache, learning a flow); None otherwise.
     lookups: list[tuple[Any, Any, Any]] | None = None
+    # True when only the events matter, not their texts (the flow cache's recording): the hottest
+    # producers then skip composing them.
+    quiet = False
 
     def __init__(self) -> None:
         self.events: list[TraceEvent] = []
