@@ -153,6 +153,25 @@ def test_expired_connections_are_not_replayed():
     assert res.fate == "delivered"                        # no IPVS connection: an ACK is not scheduled
     exchange(nodes, flow, 2)
     assert state(nodes[0]) == state(nodes[1])
+    # A SYN of the same tuple schedules a new IPVS connection: the learnt "delivered" no longer holds.
+    send(nodes, tcp("10.0.1.7", "10.20.30.60", 40000, 80, SYN), "cni0")
+    assert send(nodes, tcp("10.0.1.7", "10.20.30.60", 40000, 80, ACK), "cni0").fate == "forwarded"
+    assert state(nodes[0]) == state(nodes[1])
+
+
+def test_a_changed_connection_mark_is_seen():
+    nodes = pair()
+    for n in nodes:
+        assert n.iptables_cmd(["-I", "INPUT", "-m", "connmark", "--mark", "0x1", "-j", "DROP"])[0] == 0
+    out = handshake(nodes, "10.0.1.7", "10.20.30.60", 40000, 80, "cni0")
+    flow = [("10.0.1.7", "10.20.30.60", 40000, 80, "cni0", out)]
+    exchange(nodes, flow, 3)
+    assert nodes[0].flows is not None and nodes[0].flows.hits > 0
+    for n in nodes:                                       # as conntrack -U --mark 1 does
+        for conn in n.conntrack.entries(n.now()):
+            conn.mark = 1
+    assert send(nodes, tcp("10.0.1.7", "10.20.30.60", 40000, 80, ACK), "cni0").fate == "dropped"
+    assert state(nodes[0]) == state(nodes[1])
 
 
 def test_a_stateful_match_keeps_every_packet_on_the_whole_path():
