@@ -8,8 +8,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from tests.test_proxier_ipvs import endpoints, service, setup
 from tests.test_proxier_iptables import objects
+from tests.test_proxier_ipvs import endpoints, service, setup
 
 from kproxy.ipset.cli import run_ipset
 from kproxy.ipvs.ipvsadm import run_ipvsadm

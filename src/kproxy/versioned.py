@@ -62,7 +62,7 @@ class VersionedDict(dict[K, V]):
         type(self).bump()
         return super().setdefault(key, default)
 
-    def __ior__(self, other: Any) -> Any:
+    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]  # dict's own |= bypasses update()
         type(self).bump()
         return super().__ior__(other)
 
@@ -77,3 +77,42 @@ class SetMembers(VersionedDict[tuple[Any, ...], Any]):
     """An ipset's members (the registry bumps the same counter when sets come and go)."""
 
     changes: ClassVar[int] = 0
+
+
+class CountedDict(dict[K, V]):
+    """A dict counting its own changes (``changes``): a connection table, whose entries a cache may
+    have looked up, tells it whether a lookup could now find something else."""
+
+    __slots__ = ("changes",)
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.changes = 0
+
+    def __setitem__(self, key: K, value: V) -> None:
+        super().__setitem__(key, value)
+        self.changes += 1
+
+    def __delitem__(self, key: K) -> None:
+        super().__delitem__(key)
+        self.changes += 1
+
+    def pop(self, *args: Any) -> Any:
+        self.changes += 1
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[K, V]:
+        self.changes += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        super().clear()
+        self.changes += 1
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        super().update(*args, **kw)
+        self.changes += 1
+
+    def setdefault(self, key: K, default: Any = None) -> Any:
+        self.changes += 1
+        return super().setdefault(key, default)

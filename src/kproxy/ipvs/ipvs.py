@@ -29,7 +29,7 @@ from kproxy.netfilter.hooks import (
 )
 from kproxy.netfilter.path import reinject_local_out
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, UDP, Packet, format_addr
-from kproxy.versioned import Epoch
+from kproxy.versioned import CountedDict, Epoch
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -178,8 +178,8 @@ class Ipvs:
 
     def __init__(self) -> None:
         self.services: dict[tuple[int, int, int, int], VirtualService] = {}
-        self.conns_in: dict[tuple[int, int, int, int, int], IpvsConn] = {}
-        self.conns_out: dict[tuple[int, int, int, int, int], IpvsConn] = {}
+        self.conns_in: CountedDict[tuple[int, int, int, int, int], IpvsConn] = CountedDict()
+        self.conns_out: CountedDict[tuple[int, int, int, int, int], IpvsConn] = CountedDict()
         self.templates: dict[tuple[int, int, int], IpvsConn] = {}
         self.timeouts = {"tcp": 900, "tcpfin": 120, "udp": 300}
         self.node: Node | None = None

@@ -39,6 +39,7 @@ from kproxy.netfilter.tcp import (  # noqa: F401 - re-exported: conntrack's publ
     tcp_new,
 )
 from kproxy.packet import ACK, FIN, ICMP, ICMPV6, NF_ACCEPT, NF_DROP, RST, SYN, TCP, UDP, Packet, format_addr
+from kproxy.versioned import CountedDict
 
 # include/uapi/linux/netfilter/nf_conntrack_common.h: enum ip_conntrack_status bits.
 IPS_EXPECTED = 1 << 0
@@ -216,7 +217,7 @@ class Conntrack:
         self.enabled: bool | None = None
         # The confirmed connections by original tuple and by reply tuple: the kernel's one hash table.
         # A hit's direction is whether the tuple is the connection's original one.
-        self._table: dict[Tuple, Conn] = {}
+        self._table: CountedDict[Tuple, Conn] = CountedDict()
         self.drops = 0
         self._next_id = 1
         self._count = 0

@@ -86,6 +86,8 @@ class Flow:
     ipvs_out: Any                               # ... as the real server's answer
     ipvs_in_sig: tuple[Any, ...] | None
     ipvs_out_sig: tuple[Any, ...] | None
+    ct_seen: int           # the conntrack table's change count when ``ctkey`` last found ``conn``
+    ipvs_seen: int         # the IPVS tables' change count when the lookups last found what they found
     header: tuple[Any, ...]
     meta: dict[str, Any]
     fate: str
@@ -165,15 +167,25 @@ class FlowCache:
 
     # ---- replay ------------------------------------------------------------------------------
     def _holds(self, flow: Flow, now: float) -> bool:
-        """Whether the connection entries the flow relied on are still the same, in the same states."""
+        """Whether the connection entries the flow relied on are still the same, in the same states
+        (the tables are looked up again only when they changed since the flow last looked)."""
         conn = flow.conn
         ct = self.node.conntrack
-        if ct._table.get(flow.ctkey) is not conn or conn.expires <= now or \
-                (conn.status, conn.tcp_state, conn.mark) != flow.ctsig or not (ct.enabled or ct.users[conn.orig.family]):
+        if conn.expires <= now or (conn.status, conn.tcp_state, conn.mark) != flow.ctsig or \
+                not (ct.enabled or ct.users[flow.ctkey[0]]):
             return False
-        for table, key, found in flow.lookups:
-            if table.get(key) is not found:
+        table = ct._table
+        if table.changes != flow.ct_seen:
+            if table.get(flow.ctkey) is not conn:
                 return False
+            flow.ct_seen = table.changes
+        ipvs = self.node.ipvs
+        seen = ipvs.conns_in.changes + ipvs.conns_out.changes
+        if seen != flow.ipvs_seen:
+            for t, key, found in flow.lookups:
+                if t.get(key) is not found:
+                    return False
+            flow.ipvs_seen = seen
         c = flow.ipvs_in
         if c is not None and (c.expires <= now or (c.state, c.dest.available, c.dest.fwd) != flow.ipvs_in_sig):
             return False
@@ -234,16 +246,16 @@ class FlowCache:
                 _ct_signature(conn) != ctsig or len(ins) > 1 or len(outs) > 1 or \
                 not set(meta) <= {"ipvs_conn", "stolen_by"} or any(t.get(k) is not f for t, k, f in rec.lookups):
             if res.fate not in (DELIVERED, FORWARDED) or res.extra:
-                self.flows[key] = Flow(stamp, conn, ctkey, 0, ctsig, (), (), None, None, None, None, (), {}, "", "",
-                                       "", "")
+                self.flows[key] = Flow(stamp, conn, ctkey, 0, ctsig, (), (), None, None, None, None, -1, -1, (), {},
+                                       "", "", "", "")
             return res
         c_in, c_out = (ins[0] if ins else None), (outs[0] if outs else None)
         if any(c.expires <= now for c in (c_in, c_out) if c is not None):
             return res
         self.flows[key] = Flow(stamp, conn, ctkey, ORIGINAL if conn.orig == ctkey else REPLY, ctsig, counted,
                                tuple(rec.lookups), c_in, c_out, c_in and _ipvs_signature(c_in),
-                               c_out and _ipvs_signature(c_out), tuple(getattr(pkt, f) for f in HEADER), meta,
-                               res.fate, res.hook, res.out_dev, res.gateway)
+                               c_out and _ipvs_signature(c_out), -1, -1, tuple(getattr(pkt, f) for f in HEADER),
+                               meta, res.fate, res.hook, res.out_dev, res.gateway)
         self.learnt += 1
         return res
 

@@ -62,8 +62,8 @@ def _run(node: NetNamespace, pkt: Packet, hook: str, in_dev: str, out_dev: str, 
         return NF_ACCEPT, _NO_STATE       # nothing registered at this hook: nothing to do
     clock = node.clock
     state = HookState(hook, in_dev, out_dev, node, trace, clock if clock is not None else node.now())
-    if trace is not None:
-        trace.add("hook", hook=hook, text="" if trace.quiet else pkt.describe(), detail={"in": in_dev, "out": out_dev})
+    if trace is not None and not trace.quiet:
+        trace.add("hook", hook=hook, text=pkt.describe(), detail={"in": in_dev, "out": out_dev})
     for fn in fns or ():
         verdict = fn(pkt, state)
         if verdict != NF_ACCEPT:
