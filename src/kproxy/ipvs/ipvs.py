@@ -82,7 +82,7 @@ class IpvsError(ValueError):
     """The ipvsadm error text for a refused operation."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Dest:
     addr: int
     port: int
@@ -115,7 +115,7 @@ class Dest:
         return f"[{a}]:{self.port}" if self.family == 6 else f"{a}:{self.port}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class VirtualService:
     proto: int            # 0 for a firewall-mark service
     addr: int
@@ -155,7 +155,7 @@ class VirtualService:
         return f"{PROTO_NAMES[self.proto]:<4} {a}:{self.port}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class IpvsConn:
     proto: int
     caddr: int
