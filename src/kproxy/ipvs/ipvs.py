@@ -186,12 +186,17 @@ class Ipvs:
         self.version = 0          # bumped when services come or go (what a flow's replay depends on)
 
     # ---- configuration --------------------------------------------------------------------------
+    def changed(self) -> None:
+        """Services came or went, or a real server went or changed how it forwards: what a replayed
+        flow relied on may no longer hold."""
+        self.version += 1
+        Epoch.bump()
+
     def add_service(self, svc: VirtualService) -> None:
         if svc.key() in self.services:
             raise IpvsError("Service already exists")
         self.services[svc.key()] = svc
-        self.version += 1
-        Epoch.bump()
+        self.changed()
         self._sync_hooks(svc.family)
 
     def get_service(self, key: tuple[int, int, int, int]) -> VirtualService:
@@ -203,14 +208,12 @@ class Ipvs:
     def del_service(self, key: tuple[int, int, int, int]) -> None:
         svc = self.get_service(key)
         del self.services[key]
-        self.version += 1
-        Epoch.bump()
+        self.changed()
         self._sync_hooks(svc.family)
 
     def clear(self) -> None:
         self.services.clear()
-        self.version += 1
-        Epoch.bump()
+        self.changed()
         self._sync_hooks()
 
     def add_dest(self, svc: VirtualService, dest: Dest) -> None:
@@ -237,6 +240,7 @@ class Ipvs:
             raise IpvsError("No such destination")
         svc.dests.remove(d)
         d.available = False
+        self.changed()
         assert svc.scheduler is not None
         svc.scheduler.update()
 
@@ -378,16 +382,17 @@ class Ipvs:
         meta["stolen_by"] = "IPVS"
         return NF_STOLEN
 
-    def count_in(self, c: IpvsConn, pkt: Packet, now: float) -> None:
-        """A packet of the client's: the connection's state and expiry, and the in-counters."""
+    def count_in(self, c: IpvsConn, pkt: Packet, now: float,
+                 stats: tuple[dict[str, int], dict[str, int]] | None = None) -> None:
+        """A packet of the client's: the connection's state and expiry, and the in-counters of its real
+        server and service (``stats``, when the caller holds them: a replay touches less memory)."""
         self._set_state(c, pkt, now)
-        dest, length = c.dest, pkt.length
-        stats = dest.stats
-        stats["inpkts"] += 1
-        stats["inbytes"] += length
-        stats = c.svc.stats
-        stats["inpkts"] += 1
-        stats["inbytes"] += length
+        dest, svc = stats if stats is not None else (c.dest.stats, c.svc.stats)
+        length = pkt.length
+        dest["inpkts"] += 1
+        dest["inbytes"] += length
+        svc["inpkts"] += 1
+        svc["inbytes"] += length
 
     def count_out(self, c: IpvsConn, pkt: Packet, now: float) -> None:
         """A real server's answer: a FIN or RST moves the connection's state; the out-counters."""
@@ -457,8 +462,7 @@ class Ipvs:
         services = [_service_from_json(s) for s in data.get("services", [])]
         for svc in services:
             self.services[svc.key()] = svc
-        self.version += 1
-        Epoch.bump()
+        self.changed()
         self.timeouts.update(data.get("timeouts", {}))
         for item in data.get("conns", []):
             c = _conn_from_json(item, services)

@@ -84,8 +84,9 @@ class Flow:
     lookups: tuple[tuple[Any, Any, Any], ...]   # IPVS connection-table lookups and what they found
     ipvs_in: Any                                # the IPVS connection counted as the client's packet
     ipvs_out: Any                               # ... as the real server's answer
-    ipvs_in_sig: tuple[Any, ...] | None
-    ipvs_out_sig: tuple[Any, ...] | None
+    ipvs_in_sig: str | None                     # the connections' states
+    ipvs_out_sig: str | None
+    in_stats: Any                               # ipvs_in's real server's and service's counters
     ct_seen: int           # the conntrack table's change count when ``ctkey`` last found ``conn``
     ipvs_seen: int         # the IPVS tables' change count when the lookups last found what they found
     header: tuple[Any, ...]
@@ -187,10 +188,10 @@ class FlowCache:
                     return False
             flow.ipvs_seen = seen
         c = flow.ipvs_in
-        if c is not None and (c.expires <= now or (c.state, c.dest.available, c.dest.fwd) != flow.ipvs_in_sig):
+        if c is not None and (c.expires <= now or c.state != flow.ipvs_in_sig):
             return False
         c = flow.ipvs_out
-        return c is None or (c.expires > now and (c.state, c.dest.available, c.dest.fwd) == flow.ipvs_out_sig)
+        return c is None or (c.expires > now and c.state == flow.ipvs_out_sig)
 
     def _replay(self, flow: Flow, pkt: Packet, iif: str, now: float) -> Result:
         """What the whole path would do, as learnt: conntrack's own update (the signature checked
@@ -204,7 +205,7 @@ class FlowCache:
             obj.packets += 1
             obj.bytes += length
         if flow.ipvs_in is not None:
-            node.ipvs.count_in(flow.ipvs_in, pkt, now)
+            node.ipvs.count_in(flow.ipvs_in, pkt, now, flow.in_stats)
         if flow.ipvs_out is not None:
             node.ipvs.count_out(flow.ipvs_out, pkt, now)
         (pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.mark, pkt.ttl, pkt.tos, pkt.oif, pkt.tcp_mss,
@@ -246,16 +247,17 @@ class FlowCache:
                 _ct_signature(conn) != ctsig or len(ins) > 1 or len(outs) > 1 or \
                 not set(meta) <= {"ipvs_conn", "stolen_by"} or any(t.get(k) is not f for t, k, f in rec.lookups):
             if res.fate not in (DELIVERED, FORWARDED) or res.extra:
-                self.flows[key] = Flow(stamp, conn, ctkey, 0, ctsig, (), (), None, None, None, None, -1, -1, (), {},
-                                       "", "", "", "")
+                self.flows[key] = Flow(stamp, conn, ctkey, 0, ctsig, (), (), None, None, None, None, None, -1, -1,
+                                       (), {}, "", "", "", "")
             return res
         c_in, c_out = (ins[0] if ins else None), (outs[0] if outs else None)
         if any(c.expires <= now for c in (c_in, c_out) if c is not None):
             return res
         self.flows[key] = Flow(stamp, conn, ctkey, ORIGINAL if conn.orig == ctkey else REPLY, ctsig, counted,
-                               tuple(rec.lookups), c_in, c_out, c_in and _ipvs_signature(c_in),
-                               c_out and _ipvs_signature(c_out), -1, -1, tuple(getattr(pkt, f) for f in HEADER),
-                               meta, res.fate, res.hook, res.out_dev, res.gateway)
+                               tuple(rec.lookups), c_in, c_out, c_in and c_in.state, c_out and c_out.state,
+                               c_in and (c_in.dest.stats, c_in.svc.stats), -1, -1,
+                               tuple(getattr(pkt, f) for f in HEADER), meta, res.fate, res.hook, res.out_dev,
+                               res.gateway)
         self.learnt += 1
         return res
 
@@ -308,7 +310,3 @@ class FlowCache:
             return s is not None and s.timeout is None and not s.counters and s.type != "list:set" and not m.extra
         return True
 
-
-def _ipvs_signature(c: Any) -> tuple[Any, ...]:
-    """What an IPVS hook reads of a connection it found (besides its expiry: an expired one is dropped)."""
-    return (c.state, c.dest.available, c.dest.fwd)
