@@ -89,6 +89,14 @@ def exchange(nodes: tuple[Node, Node], flows: list[tuple[str, str, int, int, str
             send(nodes, tcp(out.dst_str, out.src_str, out.dport, out.sport, ACK), "eth0")
 
 
+def learnt_flow(nodes: tuple[Node, Node]) -> list[tuple[str, str, int, int, str, Packet]]:
+    """A pod's connection to the web Service, exchanged until the first node replays it."""
+    out = handshake(nodes, "10.0.1.7", "10.20.30.60", 40000, 80, "cni0")
+    flow = [("10.0.1.7", "10.20.30.60", 40000, 80, "cni0", out)]
+    exchange(nodes, flow, 3)
+    return flow
+
+
 def test_same_flows_with_and_without_the_cache_leave_the_same_state():
     nodes = pair()
     flows = []
@@ -119,9 +127,8 @@ def test_same_flows_with_and_without_the_cache_leave_the_same_state():
 
 def test_configuration_changes_invalidate_what_was_learnt():
     nodes = pair()
-    out = handshake(nodes, "10.0.1.7", "10.20.30.60", 40000, 80, "cni0")
-    flow = [("10.0.1.7", "10.20.30.60", 40000, 80, "cni0", out)]
-    exchange(nodes, flow, 3)
+    flow = learnt_flow(nodes)
+    out = flow[0][5]
     cache = nodes[0].flows
     assert cache is not None and cache.hits > 0
     # A rule that drops the client: both nodes drop from the next packet on.
@@ -145,9 +152,7 @@ def test_configuration_changes_invalidate_what_was_learnt():
 
 def test_expired_connections_are_not_replayed():
     nodes = pair()
-    out = handshake(nodes, "10.0.1.7", "10.20.30.60", 40000, 80, "cni0")
-    flow = [("10.0.1.7", "10.20.30.60", 40000, 80, "cni0", out)]
-    exchange(nodes, flow, 3)
+    flow = learnt_flow(nodes)
     nodes[0].clock = nodes[1].clock = 1000.0 + 901       # past IPVS's 900 s TCP timeout, not conntrack's
     res = send(nodes, tcp("10.0.1.7", "10.20.30.60", 40000, 80, ACK), "cni0")
     assert res.fate == "delivered"                        # no IPVS connection: an ACK is not scheduled
@@ -163,9 +168,7 @@ def test_a_changed_connection_mark_is_seen():
     nodes = pair()
     for n in nodes:
         assert n.iptables_cmd(["-I", "INPUT", "-m", "connmark", "--mark", "0x1", "-j", "DROP"])[0] == 0
-    out = handshake(nodes, "10.0.1.7", "10.20.30.60", 40000, 80, "cni0")
-    flow = [("10.0.1.7", "10.20.30.60", 40000, 80, "cni0", out)]
-    exchange(nodes, flow, 3)
+    learnt_flow(nodes)
     assert nodes[0].flows is not None and nodes[0].flows.hits > 0
     for n in nodes:                                       # as conntrack -U --mark 1 does
         for conn in n.conntrack.entries(n.now()):
@@ -189,8 +192,7 @@ def test_a_stateful_match_keeps_every_packet_on_the_whole_path():
 
 def test_a_traced_packet_of_a_learnt_flow_shows_every_rule():
     nodes = pair()
-    out = handshake(nodes, "10.0.1.7", "10.20.30.60", 40000, 80, "cni0")
-    exchange(nodes, [("10.0.1.7", "10.20.30.60", 40000, 80, "cni0", out)], 3)
+    learnt_flow(nodes)
     traces = [n.receive(Packet.make("10.0.1.7", "10.20.30.60", "tcp", 40000, 80, tcp_flags=ACK), "cni0",
                         trace=True).trace for n in nodes]
     rules = [[(e.table, e.chain, e.rule, e.text) for e in t.of_kind("rule")] for t in traces if t is not None]
