@@ -29,7 +29,7 @@ from kproxy.netfilter.hooks import (
 )
 from kproxy.netfilter.path import reinject_local_out
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, UDP, Packet, format_addr
-from kproxy.versioned import CountedDict, Epoch
+from kproxy.versioned import Epoch
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -178,8 +178,9 @@ class Ipvs:
 
     def __init__(self) -> None:
         self.services: dict[tuple[int, int, int, int], VirtualService] = {}
-        self.conns_in: CountedDict[tuple[int, int, int, int, int], IpvsConn] = CountedDict()
-        self.conns_out: CountedDict[tuple[int, int, int, int, int], IpvsConn] = CountedDict()
+        self.conns_in: dict[tuple[int, int, int, int, int], IpvsConn] = {}
+        self.conns_out: dict[tuple[int, int, int, int, int], IpvsConn] = {}
+        self.conn_changes = 0     # connections added or removed (see Conntrack.changes)
         self.templates: dict[tuple[int, int, int], IpvsConn] = {}
         self.timeouts = {"tcp": 900, "tcpfin": 120, "udp": 300}
         self.node: Node | None = None
@@ -283,6 +284,7 @@ class Ipvs:
                 self._drop_conn(c)
 
     def _drop_conn(self, c: IpvsConn) -> None:
+        self.conn_changes += 1
         self.conns_in.pop((c.proto, c.caddr, c.cport, c.vaddr, c.vport), None)
         self.conns_out.pop((c.proto, c.dest.addr, c.dest.port, c.caddr, c.cport), None)
         if c.active:
@@ -360,6 +362,7 @@ class Ipvs:
             svc.stats["conns"] += 1
             self.conns_in[key] = c
             self.conns_out[(pkt.proto, dest.addr, dest.port, pkt.src, pkt.sport)] = c
+            self.conn_changes += 1
             dest.update_overload()
             if state.trace is not None:
                 state.trace.add("ipvs", hook=state.hook, text=f"IPVS: {svc.text().replace('  ', ' ')} -> "
@@ -456,6 +459,7 @@ class Ipvs:
 
     def from_json(self, data: dict[str, Any]) -> None:
         self.services.clear()
+        self.conn_changes += 1
         self.conns_in.clear()
         self.conns_out.clear()
         self.templates.clear()

@@ -39,7 +39,6 @@ from kproxy.netfilter.tcp import (  # noqa: F401 - re-exported: conntrack's publ
     tcp_new,
 )
 from kproxy.packet import ACK, FIN, ICMP, ICMPV6, NF_ACCEPT, NF_DROP, RST, SYN, TCP, UDP, Packet, format_addr
-from kproxy.versioned import CountedDict
 
 # include/uapi/linux/netfilter/nf_conntrack_common.h: enum ip_conntrack_status bits.
 IPS_EXPECTED = 1 << 0
@@ -217,7 +216,8 @@ class Conntrack:
         self.enabled: bool | None = None
         # The confirmed connections by original tuple and by reply tuple: the kernel's one hash table.
         # A hit's direction is whether the tuple is the connection's original one.
-        self._table: CountedDict[Tuple, Conn] = CountedDict()
+        self._table: dict[Tuple, Conn] = {}
+        self.changes = 0      # entries added or removed: a cache of lookups knows when to look again
         self.drops = 0
         self._next_id = 1
         self._count = 0
@@ -265,7 +265,12 @@ class Conntrack:
     def __len__(self) -> int:
         return self._count
 
+    def entry(self, t: Tuple) -> Conn | None:
+        """The entry ``t`` names (either direction's tuple), expired or not."""
+        return self._table.get(t)
+
     def insert(self, conn: Conn) -> None:
+        self.changes += 1
         self._table[conn.orig] = conn
         self._table[conn.reply] = conn
         conn.status |= IPS_CONFIRMED
@@ -275,6 +280,7 @@ class Conntrack:
             self.bysource.setdefault((o.family, o.proto, o.src, o.sport), []).append(conn)
 
     def delete(self, conn: Conn) -> None:
+        self.changes += 1
         table = self._table
         if table.get(conn.orig) is conn:
             del table[conn.orig]
@@ -292,6 +298,7 @@ class Conntrack:
 
     def flush(self) -> int:
         n = self._count
+        self.changes += 1
         self._table.clear()
         self.bysource.clear()
         self._count = 0
@@ -577,6 +584,7 @@ class Conntrack:
         return {"entries": [c.to_json() for c in self.entries()]}
 
     def from_json(self, data: dict[str, Any]) -> None:
+        self.changes += 1
         self._table.clear()
         self.bysource.clear()
         self._count = 0

@@ -20,6 +20,7 @@ Anything else takes the whole path every time; so does every traced packet (trac
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +131,8 @@ class FlowCache:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.enabled = True
+        # KPROXY_FLOW_CACHE=0 turns it off (to compare, or to rule it out when bisecting a difference).
+        self.enabled = os.environ.get("KPROXY_FLOW_CACHE", "1") != "0"
         self.flows: dict[tuple[Any, ...], Flow] = {}
         self.hits = 0
         self.learnt = 0
@@ -158,7 +160,7 @@ class FlowCache:
             if not flow.fate:
                 # This flow's packets end somewhere a replay cannot reproduce: not learnt again
                 # until the configuration or the connection changes.
-                if node.conntrack._table.get(flow.ctkey) is flow.conn:
+                if node.conntrack.entry(flow.ctkey) is flow.conn:
                     return None
             elif self._holds(flow, now):
                 return self._replay(flow, pkt, iif, now)
@@ -175,13 +177,12 @@ class FlowCache:
         if conn.expires <= now or (conn.status, conn.tcp_state, conn.mark) != flow.ctsig or \
                 not (ct.enabled or ct.users[flow.ctkey[0]]):
             return False
-        table = ct._table
-        if table.changes != flow.ct_seen:
-            if table.get(flow.ctkey) is not conn:
+        if ct.changes != flow.ct_seen:
+            if ct.entry(flow.ctkey) is not conn:
                 return False
-            flow.ct_seen = table.changes
+            flow.ct_seen = ct.changes
         ipvs = self.node.ipvs
-        seen = ipvs.conns_in.changes + ipvs.conns_out.changes
+        seen = ipvs.conn_changes
         if seen != flow.ipvs_seen:
             for t, key, found in flow.lookups:
                 if t.get(key) is not found:
@@ -221,7 +222,7 @@ class FlowCache:
         None (not handled) for any other packet, which then takes the path untraced."""
         node = self.node
         ctkey = Tuple(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
-        conn = node.conntrack._table.get(ctkey)
+        conn = node.conntrack.entry(ctkey)
         if conn is None or conn.expires <= now:
             return None
         if not self._known_hooks(pkt.family, stamp):
