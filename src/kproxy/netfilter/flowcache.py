@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter.conntrack import IPS_ASSURED, Conn, Tuple
 from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, receive_path
 from kproxy.netfilter.tcp import ORIGINAL, REPLY
-from kproxy.netfilter.trace import Trace, TraceEvent
+from kproxy.netfilter.trace import SCRATCH, Trace, TraceEvent
 from kproxy.packet import ACK, FIN, RST, SYN, TCP, UDP, Packet
 from kproxy.versioned import Epoch
 
@@ -47,29 +48,23 @@ PURE_MATCHES = frozenset({"comment", "mark", "conntrack", "state", "set", "tcp",
 PURE_TARGETS = frozenset({"MARK"})
 KIND_BITS = SYN | FIN | RST | ACK
 MAX_FLOWS = 1 << 17
-HEADER = ("src", "dst", "sport", "dport", "mark", "ttl", "tos", "oif", "tcp_mss", "local")
+# The header fields the path may have rewritten, in the order a replay assigns them.
+HEADER = attrgetter("src", "dst", "sport", "dport", "mark", "ttl", "tos", "oif", "tcp_mss", "local")
 
 
 class Recorder(Trace):
-    """A trace that also keeps the connection-table lookups of the hooks (see ``Trace.note_lookup``)."""
+    """A trace keeping what counted the packet and the hooks' connection-table lookups (see
+    ``Trace.counted`` and ``Trace.note_lookup``), and no events."""
 
     quiet = True
-    KEPT = frozenset({"chain", "rule", "policy"})
 
     def __init__(self) -> None:
         super().__init__()
+        self.counted: list[tuple[str, Any]] = []
         self.lookups: list[tuple[Any, Any, Any]] = []
 
     def add(self, kind: str, **fields: Any) -> TraceEvent:
-        """Only the events the cache reads are made and kept (the others get a scratch event)."""
-        if kind not in self.KEPT:
-            return _SCRATCH
-        ev = TraceEvent(kind, **fields)
-        self.events.append(ev)
-        return ev
-
-
-_SCRATCH = TraceEvent("note")
+        return SCRATCH
 
 
 @dataclass(slots=True, eq=False)
@@ -257,8 +252,7 @@ class FlowCache:
         self.flows[key] = Flow(stamp, conn, ctkey, ORIGINAL if conn.orig == ctkey else REPLY, ctsig, counted,
                                tuple(rec.lookups), c_in, c_out, c_in and c_in.state, c_out and c_out.state,
                                c_in and (c_in.dest.stats, c_in.svc.stats), -1, -1,
-                               tuple(getattr(pkt, f) for f in HEADER), meta, res.fate, res.hook, res.out_dev,
-                               res.gateway)
+                               HEADER(pkt), meta, res.fate, res.hook, res.out_dev, res.gateway)
         self.learnt += 1
         return res
 
@@ -276,18 +270,14 @@ class FlowCache:
         """The rules and policies the recorded packet was counted by, or None when one of the tables
         it passed is not pure or a rule that fired does more than count, jump or mark."""
         tables = self.node.iptables[family].tables
-        counted: list[Any] = []
-        for e in rec.events:
-            if e.kind == "chain" and not self._pure_table(tables[e.table]):
+        # Every table a packet enters counts it at least once (a rule's verdict or the policy).
+        if not all(self._pure_table(tables[name]) for name in {name for name, _ in rec.counted}):
+            return None
+        for _, obj in rec.counted:
+            target = getattr(obj, "target", None)        # a rule's; a chain (its policy) has none
+            if target is not None and target.name not in PURE_TARGETS:
                 return None
-            if e.kind == "rule":
-                rule = tables[e.table].chains[e.chain].rules[e.rule - 1]
-                if rule.target is not None and rule.target.name not in PURE_TARGETS:
-                    return None
-                counted.append(rule)
-            elif e.kind == "policy":
-                counted.append(tables[e.table].chains[e.chain])
-        return tuple(counted)
+        return tuple(obj for _, obj in rec.counted)
 
     def _pure_table(self, table: Table) -> bool:
         """Whether every match of ``table`` is a function of headers, connection and configuration
