@@ -78,6 +78,23 @@ class RateEstimator:
                 (a["inbytes"] + 0xF) >> 5, (a["outbytes"] + 0xF) >> 5)
 
 
+# The in-counters of replayed packets not yet added to their real servers' and services' counters, as
+# [real server's counters, service's counters, packets, bytes]: a replay (kproxy.netfilter.flowcache)
+# then touches only its own flow's memory; reading ``stats`` adds them.
+PENDING: list[list[Any]] = []
+
+
+def flush_pending() -> None:
+    for acc in PENDING:
+        dest, svc, n, size = acc
+        dest["inpkts"] += n
+        dest["inbytes"] += size
+        svc["inpkts"] += n
+        svc["inbytes"] += size
+        acc[2] = acc[3] = 0
+    PENDING.clear()
+
+
 class IpvsError(ValueError):
     """The ipvsadm error text for a refused operation."""
 
@@ -94,11 +111,18 @@ class Dest:
     activeconns: int = 0
     inactconns: int = 0
     persistconns: int = 0
-    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes",
-                                                                           "outbytes"), 0))
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts",
+                                                                              "inbytes", "outbytes"), 0))
     overloaded: bool = False
     available: bool = True        # IP_VS_DEST_F_AVAILABLE: cleared when the destination is deleted
     estimator: RateEstimator = field(default_factory=RateEstimator)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The counters, with the packets replays counted since they were last read (``PENDING``)."""
+        if PENDING:
+            flush_pending()
+        return self.counters
 
     def update_overload(self) -> None:
         """IP_VS_DEST_F_OVERLOAD: set at the upper threshold, cleared below the lower one (3/4 upper by default)."""
@@ -128,12 +152,19 @@ class VirtualService:
     flags: set[str] = field(default_factory=set)
     dests: list[Dest] = field(default_factory=list)
     scheduler: Scheduler | None = None
-    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes",
-                                                                           "outbytes"), 0))
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts",
+                                                                              "inbytes", "outbytes"), 0))
     estimator: RateEstimator = field(default_factory=RateEstimator)
 
     def __post_init__(self) -> None:
         self.set_scheduler(self.scheduler_name)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The counters, as ``Dest.stats``."""
+        if PENDING:
+            flush_pending()
+        return self.counters
 
     def set_scheduler(self, name: str) -> None:
         if name not in SCHEDULERS:
@@ -358,8 +389,8 @@ class Ipvs:
                 return NF_DROP
             c = IpvsConn(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, dest, svc, "NONE", now)
             dest.inactconns += 1
-            dest.stats["conns"] += 1
-            svc.stats["conns"] += 1
+            dest.counters["conns"] += 1
+            svc.counters["conns"] += 1
             self.conns_in[key] = c
             self.conns_out[(pkt.proto, dest.addr, dest.port, pkt.src, pkt.sport)] = c
             self.conn_changes += 1
@@ -385,13 +416,18 @@ class Ipvs:
         meta["stolen_by"] = "IPVS"
         return NF_STOLEN
 
-    def count_in(self, c: IpvsConn, pkt: Packet, now: float,
-                 stats: tuple[dict[str, int], dict[str, int]] | None = None) -> None:
+    def count_in(self, c: IpvsConn, pkt: Packet, now: float, pending: list[Any] | None = None) -> None:
         """A packet of the client's: the connection's state and expiry, and the in-counters of its real
-        server and service (``stats``, when the caller holds them: a replay touches less memory)."""
+        server and service, or, for a replay, its ``PENDING`` entry (added when they are read)."""
         self._set_state(c, pkt, now)
-        dest, svc = stats if stats is not None else (c.dest.stats, c.svc.stats)
         length = pkt.length
+        if pending is not None:
+            if not pending[2]:
+                PENDING.append(pending)
+            pending[2] += 1
+            pending[3] += length
+            return
+        dest, svc = c.dest.counters, c.svc.counters
         dest["inpkts"] += 1
         dest["inbytes"] += length
         svc["inpkts"] += 1
@@ -401,8 +437,9 @@ class Ipvs:
         """A real server's answer: a FIN or RST moves the connection's state; the out-counters."""
         if pkt.proto == TCP and pkt.tcp_flags & 0x05:
             self._set_state(c, pkt, now)
-        c.dest.stats["outpkts"] += 1
-        c.dest.stats["outbytes"] += pkt.length
+        counters = c.dest.counters
+        counters["outpkts"] += 1
+        counters["outbytes"] += pkt.length
 
     def local_out(self, pkt: Packet, state: HookState) -> int:
         """ip_vs_local_request4: a local process's connection to a virtual service, scheduled before

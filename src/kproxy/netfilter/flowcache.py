@@ -82,7 +82,7 @@ class Flow:
     ipvs_out: Any                               # ... as the real server's answer
     ipvs_in_sig: str | None                     # the connections' states
     ipvs_out_sig: str | None
-    in_stats: Any                               # ipvs_in's real server's and service's counters
+    in_pending: list[Any] | None                # ipvs_in's entry for ``kproxy.ipvs.ipvs.PENDING``
     ct_seen: int           # the conntrack table's change count when ``ctkey`` last found ``conn``
     ipvs_seen: int         # the IPVS tables' change count when the lookups last found what they found
     header: tuple[Any, ...]
@@ -201,7 +201,7 @@ class FlowCache:
             obj.packets += 1
             obj.bytes += length
         if flow.ipvs_in is not None:
-            node.ipvs.count_in(flow.ipvs_in, pkt, now, flow.in_stats)
+            node.ipvs.count_in(flow.ipvs_in, pkt, now, flow.in_pending)
         if flow.ipvs_out is not None:
             node.ipvs.count_out(flow.ipvs_out, pkt, now)
         (pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.mark, pkt.ttl, pkt.tos, pkt.oif, pkt.tcp_mss,
@@ -251,7 +251,7 @@ class FlowCache:
             return res
         self.flows[key] = Flow(stamp, conn, ctkey, ORIGINAL if conn.orig == ctkey else REPLY, ctsig, counted,
                                tuple(rec.lookups), c_in, c_out, c_in and c_in.state, c_out and c_out.state,
-                               c_in and (c_in.dest.stats, c_in.svc.stats), -1, -1,
+                               [c_in.dest.counters, c_in.svc.counters, 0, 0] if c_in else None, -1, -1,
                                HEADER(pkt), meta, res.fate, res.hook, res.out_dev, res.gateway)
         self.learnt += 1
         return res
