@@ -225,7 +225,7 @@ class Node:
         from kproxy.subsystems import attach
 
         attach(self)
-        from kproxy.netfilter.flowcache import FlowCache
+        from kproxy.flowcache import FlowCache
 
         self.flows: FlowCache | None = FlowCache(self)
 

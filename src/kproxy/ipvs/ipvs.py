@@ -79,7 +79,7 @@ class RateEstimator:
 
 
 # The in-counters of replayed packets not yet added to their real servers' and services' counters, as
-# [real server's counters, service's counters, packets, bytes]: a replay (kproxy.netfilter.flowcache)
+# [real server's counters, service's counters, packets, bytes]: a replay (kproxy.flowcache)
 # then touches only its own flow's memory; reading ``stats`` adds them.
 PENDING: list[list[Any]] = []
 

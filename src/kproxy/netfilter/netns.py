@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.flowcache import FlowCache
     from kproxy.netfilter.conntrack import Conntrack
-    from kproxy.netfilter.flowcache import FlowCache
     from kproxy.netfilter.hooks import HookRegistry
     from kproxy.netfilter.nat import Nat
     from kproxy.node import Interface, RouteResult
