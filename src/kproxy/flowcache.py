@@ -2,20 +2,24 @@
 
 An established TCP (or assured UDP) packet of a flow takes the same way as the flow's previous one
 as long as nothing it depends on changes: the same hook functions, the same rules matching, the same
-routes, the same IPVS connection. The first such packet goes the whole way with a recording trace
-(the rules and policies it was counted by, the IPVS lookups it made, where it ended, the headers it
-left with); the next ones with the same headers only do what is observable: conntrack's update (the
-real function: state, timeout, accounting), the counters of every rule and policy on the way, the
-IPVS connection's state, expiry and statistics, and the resulting headers.
+routes, the same IPVS connection. The kernel has no such cache (nf_flowtable skips the rules and
+their counters); it is the emulator's, and nothing observable tells it apart from the whole path.
+The first such packet goes the whole way with a recording trace (the rules and policies that counted
+it, the IPVS lookups it made, where it ended, the headers it left with); the next ones with the same
+headers only do what is observable: conntrack's update (its own code: state, timeout, accounting),
+the counters of every rule and policy on the way, the IPVS connection's state, expiry and
+statistics (these wait in ``kproxy.ipvs.ipvs.PENDING`` until read), and the resulting headers.
 
-A replay is used only while its stamp holds (hook registrations, iptables commits, ipset members,
-routes and addresses, sysctls, IPVS services: each bumps a number on change) and the connection
-entries it relied on are the same objects in the same states, including the IPVS lookups that found
-nothing. A flow is learnt only when every hook function on its family is one whose behaviour for an
-established packet is known (conntrack, NAT, iptables, IPVS; not nftables), every iptables table
-it passed has only matches that are functions of headers, connection and configuration (no limit,
-statistic, recent, quota, time, ...), and the rules that fired only count, jump or set the mark.
-Anything else takes the whole path every time; so does every traced packet (tracing shows every rule).
+A replay is used only while the configuration epoch (``kproxy.versioned.Epoch``: hook registrations,
+iptables commits, ipset members and sets, routes and addresses, sysctls, IPVS services and real
+servers) is the one it was learnt under, and the connection entries it relied on are the same
+objects in the same states, including the IPVS lookups that found nothing (looked up again whenever
+the tables changed). A flow is learnt only when every hook function of its family is one whose
+behaviour for an established packet is known (conntrack, NAT, iptables, IPVS; not nftables), every
+iptables table it entered has only matches that are functions of headers, connection and
+configuration (no limit, statistic, recent, quota, time, ...), and the rules that fired only count,
+jump or set the mark. Anything else takes the whole path every time; so does every traced packet
+(a trace shows every rule). ``KPROXY_FLOW_CACHE=0`` turns the cache off.
 """
 
 from __future__ import annotations
