@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.test_proxier_iptables import objects
-from tests.test_proxier_ipvs import endpoints, service, setup
+from tests.test_proxier_ipvs import NODE, endpoints, service, setup
 
 from kproxy.ipset.cli import run_ipset
 from kproxy.ipvs.ipvsadm import run_ipvsadm
@@ -23,12 +23,13 @@ SERVICES = (service("web", "10.20.30.60"), endpoints("web", ("10.0.2.30", "node-
             service("self", "10.20.30.63"), endpoints("self", ("10.0.1.5", "node-a")))
 
 
-def pair() -> tuple[Node, Node]:
-    """Two nodes with kube-proxy's IPVS mode for the same Services: the first caches flows."""
+def pair(make: Callable[[], tuple[Node, Any]] = setup, services: tuple[dict, ...] = SERVICES) -> tuple[Node, Node]:
+    """Two nodes with kube-proxy (the IPVS mode unless ``make`` says otherwise) for the same Services:
+    the first caches flows."""
     nodes = []
     for _ in range(2):
-        node, proxier = setup()
-        proxier.sync(objects(*SERVICES))
+        node, proxier = make()
+        proxier.sync(objects(*services))
         nodes.append(node)
     assert nodes[0].flows is not None and nodes[1].flows is not None
     nodes[1].flows.enabled = False
@@ -199,4 +200,62 @@ def test_a_traced_packet_of_a_learnt_flow_shows_every_rule():
     assert len(rules) == 2 and rules[0] == rules[1]
     assert ("filter", "KUBE-IPVS-FILTER", 2, "-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN") \
         in rules[0]
+    assert state(nodes[0]) == state(nodes[1])
+
+
+RULESET = """*mangle
+:PREROUTING ACCEPT [0:0]
+-A PREROUTING -i eth0 -j MARK --set-xmark 0x100/0x100
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:SVC - [0:0]
+-A PREROUTING -m comment --comment "services" -j SVC
+-A SVC -d 10.20.30.60/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.2.30:8080
+-A SVC -d 192.168.0.2/32 -p tcp -m tcp --dport 30080 -j DNAT --to-destination 10.0.2.40:8080
+-A POSTROUTING -m mark --mark 0x100/0x100 -j MASQUERADE
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:FWD - [0:0]
+-A FORWARD -j FWD
+-A FWD -m conntrack --ctstate INVALID -j DROP
+-A FWD -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "established" -j ACCEPT
+-A FWD -p tcp -m multiport --dports 8080,9090 -j ACCEPT
+COMMIT
+"""
+
+
+def iptables_node() -> tuple[Node, Any]:
+    """A node whose iptables rules DNAT two addresses and masquerade what came in on eth0."""
+    node = Node.from_description(NODE)
+    node.clock = 1000.0
+
+    class Restore:
+        def sync(self, _objects: Any) -> None:
+            node.iptables_restore(RULESET)
+
+    return node, Restore()
+
+
+def test_iptables_flows_with_dnat_and_masquerade_replay_the_same():
+    """The cache is the node's, not IPVS's: established packets DNATed (and masqueraded) by iptables
+    rules replay with their rewritten headers both ways, and count the same mangle, nat and filter
+    rules and policies."""
+    nodes = pair(iptables_node, ())
+    flows = []
+    for i, (client, vip, dport, iif) in enumerate([("10.0.1.7", "10.20.30.60", 80, "cni0"),
+                                                   ("10.0.1.8", "10.20.30.60", 80, "cni0"),
+                                                   ("203.0.113.9", "192.168.0.2", 30080, "eth0")]):
+        out = handshake(nodes, client, vip, 41000 + i, dport, iif)
+        flows.append((client, vip, 41000 + i, dport, iif, out))
+    exchange(nodes, flows, 6)
+    cache = nodes[0].flows
+    assert cache is not None and cache.hits > 20
+    assert (flows[2][5].src_str, flows[2][5].dst_str, flows[2][5].dport) == ("192.168.0.2", "10.0.2.40", 8080)
     assert state(nodes[0]) == state(nodes[1])
