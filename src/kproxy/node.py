@@ -21,6 +21,7 @@ import yaml
 from kproxy.netfilter import path as _path
 from kproxy.netfilter.hooks import HookRegistry
 from kproxy.packet import Packet, format_addr
+from kproxy.versioned import Epoch, Sysctls
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.ipset.registry import IpsetRegistry
@@ -156,6 +157,7 @@ class RouteList(list[Route]):
 
     def _bump(self) -> None:
         self.version += 1
+        Epoch.bump()
 
     def append(self, item: Route) -> None:
         super().append(item)
@@ -209,7 +211,7 @@ class Node:
         self._flow_routes: dict[int, dict[int, RouteResult]] = {4: {}, 6: {}}
         self._flow_routes_version: tuple[int, int, int] | None = None
         self._iface_version = 0
-        self.sysctls: dict[str, str] = dict(DEFAULT_SYSCTLS)
+        self.sysctls: dict[str, str] = Sysctls(DEFAULT_SYSCTLS)
         self.hooks = HookRegistry()
         self._local: dict[int, set[int]] = {4: set(), 6: set()}
         self._broadcast: dict[int, set[int]] = {4: set(), 6: set()}
@@ -223,6 +225,9 @@ class Node:
         from kproxy.subsystems import attach
 
         attach(self)
+        from kproxy.flowcache import FlowCache
+
+        self.flows: FlowCache | None = FlowCache(self)
 
     # ---- time -------------------------------------------------------------------------------
     def now(self) -> float:
@@ -236,6 +241,7 @@ class Node:
 
     def _reindex(self) -> None:
         self._iface_version = getattr(self, "_iface_version", 0) + 1
+        Epoch.bump()
         self._local = {4: set(), 6: set()}
         self._broadcast = {4: set(), 6: set()}
         for iface in self.interfaces.values():

@@ -13,6 +13,7 @@ from typing import Any
 from kproxy.ipset.registry import IpsetRegistry
 from kproxy.ipset.sets import TYPES, IpSet, IpsetError, _port, parse_uint
 from kproxy.textio import read_text
+from kproxy.versioned import SetMembers
 
 PROG = "ipset v7.17"
 COMMANDS = {"create": "create", "n": "create", "add": "add", "a": "add", "del": "del", "d": "del",
@@ -294,4 +295,5 @@ def _restore(registry: IpsetRegistry, text: str, flags: set[str], now: float) ->
         except (IpsetError, ValueError) as exc:
             return 1, "", f"{PROG}: Error in line {n}: {exc}\n"
     registry.sets = work.sets
+    SetMembers.bump()
     return 0, "", ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.ipset.sets import IpSet, IpsetError
+from kproxy.versioned import SetMembers
 
 
 class IpsetRegistry:
@@ -30,6 +31,7 @@ class IpsetRegistry:
                 return
             raise IpsetError("Set cannot be created: set with the same name already exists")
         self.sets[s.name] = s
+        SetMembers.bump()
 
     def ordered(self) -> list[IpSet]:
         return [s for s in self.sets.values() if s.type != "list:set"] + \
@@ -57,6 +59,7 @@ class IpsetRegistry:
                 raise IpsetError("Set cannot be destroyed: it is in use by a kernel component")
         for n in names:
             del self.sets[n]
+        SetMembers.bump()
 
     def swap(self, a: str, b: str) -> None:
         sa, sb = self.need(a), self.need(b)
@@ -64,6 +67,7 @@ class IpsetRegistry:
             raise IpsetError("The sets cannot be swapped: their type does not match")
         sa.name, sb.name = b, a
         self.sets[a], self.sets[b] = sb, sa
+        SetMembers.bump()
 
     def rename(self, a: str, b: str) -> None:
         s = self.need(a)
@@ -74,9 +78,11 @@ class IpsetRegistry:
         del self.sets[a]
         s.name = b
         self.sets[b] = s
+        SetMembers.bump()
 
     def to_json(self) -> list[dict[str, Any]]:
         return [s.to_json() for s in self.sets.values()]
 
     def from_json(self, data: list[dict[str, Any]]) -> None:
         self.sets = {d["name"]: IpSet.from_json(d) for d in data}
+        SetMembers.bump()

@@ -13,6 +13,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from kproxy.versioned import SetMembers
+
 TYPES: dict[str, tuple[list[str], int]] = {   # type -> (dimensions, revision)
     "hash:ip": (["ip"], 6), "hash:ip,port": (["ip", "port"], 7), "hash:ip,port,ip": (["ip", "port", "ip"], 6),
     "hash:ip,port,net": (["ip", "port", "net"], 8), "hash:net": (["net"], 7), "hash:net,iface": (["net", "iface"], 8),
@@ -48,7 +50,7 @@ class IpSet:
     range: tuple[int, int] | None = None      # bitmap:port
     size: int = 8                             # list:set
     initval: int = field(default_factory=lambda: secrets.randbits(32))
-    members: dict[tuple[Any, ...], Entry] = field(default_factory=dict)
+    members: dict[tuple[Any, ...], Entry] = field(default_factory=SetMembers)
     references: int = 0
 
     @property

@@ -24,6 +24,7 @@ from typing import Any
 
 from kproxy.iptables.extension import XT_CONTINUE, XT_RETURN, RuleContext
 from kproxy.iptables.model import Rule
+from kproxy.netfilter.trace import SCRATCH
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_QUEUE, Packet
 
 ChainFn = Callable[[Packet, RuleContext], int]
@@ -226,10 +227,13 @@ def rebind(fn: Any, ref: Ref) -> Any:
 
 
 def _trace_rule(trace: Any, c: RuleContext, chain: str, i: int, rule: Rule, verdict: str) -> Any:
+    if trace.counted is not None:
+        trace.counted.append((c.table, rule))
+        return SCRATCH
     from kproxy.iptables.save import format_rule
 
     return trace.add("rule", hook=c.state.hook, table=c.table, chain=chain, rule=i + 1,
-                     text=format_rule(chain, rule), verdict=verdict)
+                     text="" if trace.quiet else format_rule(chain, rule), verdict=verdict)
 
 
 def _traced_target(trace: Any, c: RuleContext, chain: str, i: int, rule: Rule,

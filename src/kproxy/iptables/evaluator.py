@@ -191,7 +191,7 @@ def table_runner(engine: IptablesEngine, table: str) -> Callable[[Packet, HookSt
         fn = dict.get(chains, hook) or chains.get(hook)
         if fn is None:
             return NF_ACCEPT
-        if hook_state.trace is not None:
+        if hook_state.trace is not None and not hook_state.trace.quiet:
             hook_state.trace.add("chain", hook=hook, table=table, chain=hook)
         verdict = fn(pkt, RuleContext(hook_state, table, hook, family))
         if verdict == XT_RETURN:
@@ -204,8 +204,12 @@ def table_runner(engine: IptablesEngine, table: str) -> Callable[[Packet, HookSt
 def apply_policy(chain: Chain, pkt: Packet, state: HookState, table: str) -> int:
     chain.packets += 1
     chain.bytes += pkt.length
-    if state.trace is not None:
-        state.trace.add("policy", hook=state.hook, table=table, chain=chain.name, verdict=chain.policy or "ACCEPT")
+    trace = state.trace
+    if trace is not None:
+        if trace.counted is not None:
+            trace.counted.append((table, chain))
+        else:
+            trace.add("policy", hook=state.hook, table=table, chain=chain.name, verdict=chain.policy or "ACCEPT")
     return NF_DROP if chain.policy == "DROP" else NF_ACCEPT
 
 

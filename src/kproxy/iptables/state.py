@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from kproxy.iptables.model import Table
 from kproxy.layered import cow_copy, settle
+from kproxy.versioned import Epoch
 
 # Told after every commit with each changed table's committed version before (None: new) and after.
 CommitListener = Callable[[dict[str, tuple[Table | None, Table]]], None]
@@ -54,6 +55,7 @@ class IptablesState:
             changes[name] = (self.tables.get(name), t)
         self.tables.update(tables)
         self.generation += 1
+        Epoch.bump()
         for listener in self.listeners:
             listener(changes)
         self.note = None

@@ -29,6 +29,7 @@ from kproxy.netfilter.hooks import (
 )
 from kproxy.netfilter.path import reinject_local_out
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, UDP, Packet, format_addr
+from kproxy.versioned import Epoch
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -77,11 +78,28 @@ class RateEstimator:
                 (a["inbytes"] + 0xF) >> 5, (a["outbytes"] + 0xF) >> 5)
 
 
+# The in-counters of replayed packets not yet added to their real servers' and services' counters, as
+# [real server's counters, service's counters, packets, bytes]: a replay (kproxy.flowcache)
+# then touches only its own flow's memory; reading ``stats`` adds them.
+PENDING: list[list[Any]] = []
+
+
+def flush_pending() -> None:
+    for acc in PENDING:
+        dest, svc, n, size = acc
+        dest["inpkts"] += n
+        dest["inbytes"] += size
+        svc["inpkts"] += n
+        svc["inbytes"] += size
+        acc[2] = acc[3] = 0
+    PENDING.clear()
+
+
 class IpvsError(ValueError):
     """The ipvsadm error text for a refused operation."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Dest:
     addr: int
     port: int
@@ -93,11 +111,18 @@ class Dest:
     activeconns: int = 0
     inactconns: int = 0
     persistconns: int = 0
-    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes",
-                                                                           "outbytes"), 0))
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts",
+                                                                              "inbytes", "outbytes"), 0))
     overloaded: bool = False
     available: bool = True        # IP_VS_DEST_F_AVAILABLE: cleared when the destination is deleted
     estimator: RateEstimator = field(default_factory=RateEstimator)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The counters, with the packets replays counted since they were last read (``PENDING``)."""
+        if PENDING:
+            flush_pending()
+        return self.counters
 
     def update_overload(self) -> None:
         """IP_VS_DEST_F_OVERLOAD: set at the upper threshold, cleared below the lower one (3/4 upper by default)."""
@@ -114,7 +139,7 @@ class Dest:
         return f"[{a}]:{self.port}" if self.family == 6 else f"{a}:{self.port}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class VirtualService:
     proto: int            # 0 for a firewall-mark service
     addr: int
@@ -127,12 +152,19 @@ class VirtualService:
     flags: set[str] = field(default_factory=set)
     dests: list[Dest] = field(default_factory=list)
     scheduler: Scheduler | None = None
-    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes",
-                                                                           "outbytes"), 0))
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("conns", "inpkts", "outpkts",
+                                                                              "inbytes", "outbytes"), 0))
     estimator: RateEstimator = field(default_factory=RateEstimator)
 
     def __post_init__(self) -> None:
         self.set_scheduler(self.scheduler_name)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The counters, as ``Dest.stats``."""
+        if PENDING:
+            flush_pending()
+        return self.counters
 
     def set_scheduler(self, name: str) -> None:
         if name not in SCHEDULERS:
@@ -154,7 +186,7 @@ class VirtualService:
         return f"{PROTO_NAMES[self.proto]:<4} {a}:{self.port}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class IpvsConn:
     proto: int
     caddr: int
@@ -179,15 +211,24 @@ class Ipvs:
         self.services: dict[tuple[int, int, int, int], VirtualService] = {}
         self.conns_in: dict[tuple[int, int, int, int, int], IpvsConn] = {}
         self.conns_out: dict[tuple[int, int, int, int, int], IpvsConn] = {}
+        self.conn_changes = 0     # connections added or removed (see Conntrack.changes)
         self.templates: dict[tuple[int, int, int], IpvsConn] = {}
         self.timeouts = {"tcp": 900, "tcpfin": 120, "udp": 300}
         self.node: Node | None = None
+        self.version = 0          # bumped when services come or go (what a flow's replay depends on)
 
     # ---- configuration --------------------------------------------------------------------------
+    def changed(self) -> None:
+        """Services came or went, or a real server went or changed how it forwards: what a replayed
+        flow relied on may no longer hold."""
+        self.version += 1
+        Epoch.bump()
+
     def add_service(self, svc: VirtualService) -> None:
         if svc.key() in self.services:
             raise IpvsError("Service already exists")
         self.services[svc.key()] = svc
+        self.changed()
         self._sync_hooks(svc.family)
 
     def get_service(self, key: tuple[int, int, int, int]) -> VirtualService:
@@ -199,10 +240,12 @@ class Ipvs:
     def del_service(self, key: tuple[int, int, int, int]) -> None:
         svc = self.get_service(key)
         del self.services[key]
+        self.changed()
         self._sync_hooks(svc.family)
 
     def clear(self) -> None:
         self.services.clear()
+        self.changed()
         self._sync_hooks()
 
     def add_dest(self, svc: VirtualService, dest: Dest) -> None:
@@ -229,6 +272,7 @@ class Ipvs:
             raise IpvsError("No such destination")
         svc.dests.remove(d)
         d.available = False
+        self.changed()
         assert svc.scheduler is not None
         svc.scheduler.update()
 
@@ -271,6 +315,7 @@ class Ipvs:
                 self._drop_conn(c)
 
     def _drop_conn(self, c: IpvsConn) -> None:
+        self.conn_changes += 1
         self.conns_in.pop((c.proto, c.caddr, c.cport, c.vaddr, c.vport), None)
         self.conns_out.pop((c.proto, c.dest.addr, c.dest.port, c.caddr, c.cport), None)
         if c.active:
@@ -318,6 +363,8 @@ class Ipvs:
         now = state.now
         key = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         c = self.conns_in.get(key)
+        if state.trace is not None:
+            state.trace.note_lookup(self.conns_in, key, c)
         if c is not None and c.expires <= now:
             self._drop_conn(c)            # expired: the next packet starts over (entries expire lazily)
             c = None
@@ -342,22 +389,17 @@ class Ipvs:
                 return NF_DROP
             c = IpvsConn(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, dest, svc, "NONE", now)
             dest.inactconns += 1
-            dest.stats["conns"] += 1
-            svc.stats["conns"] += 1
+            dest.counters["conns"] += 1
+            svc.counters["conns"] += 1
             self.conns_in[key] = c
             self.conns_out[(pkt.proto, dest.addr, dest.port, pkt.src, pkt.sport)] = c
+            self.conn_changes += 1
             dest.update_overload()
             if state.trace is not None:
                 state.trace.add("ipvs", hook=state.hook, text=f"IPVS: {svc.text().replace('  ', ' ')} -> "
                                 f"{dest.text()} ({svc.scheduler_name}, {FWD[dest.fwd]})")
-        self._set_state(c, pkt, now)
-        dest, length = c.dest, pkt.length
-        stats = dest.stats
-        stats["inpkts"] += 1
-        stats["inbytes"] += length
-        stats = c.svc.stats
-        stats["inpkts"] += 1
-        stats["inbytes"] += length
+        self.count_in(c, pkt, now)
+        dest = c.dest
         fwd = dest.fwd
         if fwd == "local":
             return NF_ACCEPT
@@ -373,6 +415,31 @@ class Ipvs:
         meta["reinjected"] = reinject_local_out(state.node, pkt, state.trace, None if fwd == "masq" else dest.addr)
         meta["stolen_by"] = "IPVS"
         return NF_STOLEN
+
+    def count_in(self, c: IpvsConn, pkt: Packet, now: float, pending: list[Any] | None = None) -> None:
+        """A packet of the client's: the connection's state and expiry, and the in-counters of its real
+        server and service, or, for a replay, its ``PENDING`` entry (added when they are read)."""
+        self._set_state(c, pkt, now)
+        length = pkt.length
+        if pending is not None:
+            if not pending[2]:
+                PENDING.append(pending)
+            pending[2] += 1
+            pending[3] += length
+            return
+        dest, svc = c.dest.counters, c.svc.counters
+        dest["inpkts"] += 1
+        dest["inbytes"] += length
+        svc["inpkts"] += 1
+        svc["inbytes"] += length
+
+    def count_out(self, c: IpvsConn, pkt: Packet, now: float) -> None:
+        """A real server's answer: a FIN or RST moves the connection's state; the out-counters."""
+        if pkt.proto == TCP and pkt.tcp_flags & 0x05:
+            self._set_state(c, pkt, now)
+        counters = c.dest.counters
+        counters["outpkts"] += 1
+        counters["outbytes"] += pkt.length
 
     def local_out(self, pkt: Packet, state: HookState) -> int:
         """ip_vs_local_request4: a local process's connection to a virtual service, scheduled before
@@ -399,15 +466,15 @@ class Ipvs:
         """ip_vs_reply4: a real server's answer leaves with the virtual service's address."""
         if not self.conns_out:
             return NF_ACCEPT
-        c = self.conns_out.get((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport))
+        key = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        c = self.conns_out.get(key)
+        if state.trace is not None:
+            state.trace.note_lookup(self.conns_out, key, c)
         if c is None or c.dest.fwd != "masq":
             return NF_ACCEPT
-        if pkt.proto == TCP and pkt.tcp_flags & 0x05:
-            self._set_state(c, pkt, state.now)
-        c.dest.stats["outpkts"] += 1
-        c.dest.stats["outbytes"] += pkt.length
+        self.count_out(c, pkt, state.now)
         pkt.src, pkt.sport = c.vaddr, c.vport
-        if state.trace is not None:
+        if state.trace is not None and not state.trace.quiet:
             state.trace.add("ipvs", hook=state.hook, text=f"IPVS: reply from {c.dest.text()} as "
                             f"{format_addr(c.vaddr, pkt.family)}:{c.vport}")
         return NF_ACCEPT
@@ -429,12 +496,14 @@ class Ipvs:
 
     def from_json(self, data: dict[str, Any]) -> None:
         self.services.clear()
+        self.conn_changes += 1
         self.conns_in.clear()
         self.conns_out.clear()
         self.templates.clear()
         services = [_service_from_json(s) for s in data.get("services", [])]
         for svc in services:
             self.services[svc.key()] = svc
+        self.changed()
         self.timeouts.update(data.get("timeouts", {}))
         for item in data.get("conns", []):
             c = _conn_from_json(item, services)

@@ -172,6 +172,7 @@ def execute(ipvs: Ipvs, cmd: str, opts: dict[str, Any], now: float) -> str:
             raise IpvsError("No such destination")
         d.weight = int(opts.get("weight", d.weight))
         d.fwd = _fwd(opts) if any(opts.get(f) for f in ("droute", "tunnel", "masq")) else d.fwd
+        ipvs.changed()
         d.u_threshold = int(opts.get("u_threshold", d.u_threshold))
         d.l_threshold = int(opts.get("l_threshold", d.l_threshold))
         d.update_overload()

@@ -217,6 +217,7 @@ class Conntrack:
         # The confirmed connections by original tuple and by reply tuple: the kernel's one hash table.
         # A hit's direction is whether the tuple is the connection's original one.
         self._table: dict[Tuple, Conn] = {}
+        self.changes = 0      # entries added or removed: a cache of lookups knows when to look again
         self.drops = 0
         self._next_id = 1
         self._count = 0
@@ -264,7 +265,12 @@ class Conntrack:
     def __len__(self) -> int:
         return self._count
 
+    def entry(self, t: Tuple) -> Conn | None:
+        """The entry ``t`` names (either direction's tuple), expired or not."""
+        return self._table.get(t)
+
     def insert(self, conn: Conn) -> None:
+        self.changes += 1
         self._table[conn.orig] = conn
         self._table[conn.reply] = conn
         conn.status |= IPS_CONFIRMED
@@ -274,6 +280,7 @@ class Conntrack:
             self.bysource.setdefault((o.family, o.proto, o.src, o.sport), []).append(conn)
 
     def delete(self, conn: Conn) -> None:
+        self.changes += 1
         table = self._table
         if table.get(conn.orig) is conn:
             del table[conn.orig]
@@ -291,6 +298,7 @@ class Conntrack:
 
     def flush(self) -> int:
         n = self._count
+        self.changes += 1
         self._table.clear()
         self.bysource.clear()
         self._count = 0
@@ -349,7 +357,7 @@ class Conntrack:
         if conn.expires <= now:
             self.delete(conn)
             return self._new(pkt, t, state)
-        verdict = self._tcp_packet(conn, d, pkt, now) if proto == TCP else self._update(conn, d, pkt, now)
+        verdict = self.packet_update(conn, d, pkt, now)
         if verdict == "reopen":
             # "Attempt to reopen a closed/aborted connection": kill it and look up again (-NF_REPEAT).
             self.delete(conn)
@@ -359,20 +367,29 @@ class Conntrack:
             return self._new(pkt, t, state)
         if verdict == "invalid":
             return self._invalid(pkt, state, f"tcp state {conn.tcp_state}")
+        self.attach(conn, d, pkt, verdict == "ok")
+        if state.trace is not None and not state.trace.quiet:
+            self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}"
+                        + (" (segment ignored)" if verdict == "ignore" else ""))
+        return NF_ACCEPT
+
+    def packet_update(self, conn: Conn, d: int, pkt: Packet, now: float) -> str:
+        """The protocol's verdict on a packet of ``conn`` in direction ``d`` (see ``_update``)."""
+        return self._tcp_packet(conn, d, pkt, now) if pkt.proto == TCP else self._update(conn, d, pkt, now)
+
+    @staticmethod
+    def attach(conn: Conn, d: int, pkt: Packet, counted: bool) -> None:
+        """The packet joins its connection (its state follows the direction), and is accounted."""
         pkt.ct, pkt.ctdir = conn, d
         if d == REPLY:
             conn.status |= IPS_SEEN_REPLY
             pkt.ctstate = "ESTABLISHED"
         else:
             pkt.ctstate = "ESTABLISHED" if conn.status & IPS_SEEN_REPLY else "NEW"
-        if verdict == "ok":
+        if counted:
             acct = conn.acct
             acct[d] += 1
             acct[2 + d] += pkt.length
-        if state.trace is not None:
-            self._trace(state, f"{pkt.ctstate} ({'reply' if d else 'original'}) {conn.orig.text()}"
-                        + (" (segment ignored)" if verdict == "ignore" else ""))
-        return NF_ACCEPT
 
     def _invalid(self, pkt: Packet, state: HookState, why: str) -> int:
         """The packet passes without a connection: ctstate INVALID (the hook returns -NF_ACCEPT)."""
@@ -567,6 +584,7 @@ class Conntrack:
         return {"entries": [c.to_json() for c in self.entries()]}
 
     def from_json(self, data: dict[str, Any]) -> None:
+        self.changes += 1
         self._table.clear()
         self.bysource.clear()
         self._count = 0

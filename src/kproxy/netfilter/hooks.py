@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kproxy.packet import Packet
+from kproxy.versioned import Epoch
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.netfilter.netns import NetNamespace
@@ -104,8 +105,11 @@ class HookRegistry:
         # The functions alone, in order, per (family, hook): what the packet path iterates.
         self.fns: dict[tuple[int, str], tuple[HookFn, ...]] = {}
         self._seq = 0
+        self.version = 0          # bumped on every change: what the flow cache's replays depend on
 
     def _changed(self) -> None:
+        self.version += 1
+        Epoch.bump()
         self.fns = {key: tuple(op.fn for op in ops) for key, ops in self._ops.items() if ops}
 
     def register(self, family: int, hook: str, priority: int, name: str, fn: HookFn) -> HookOp:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.flowcache import FlowCache
     from kproxy.netfilter.conntrack import Conntrack
     from kproxy.netfilter.hooks import HookRegistry
     from kproxy.netfilter.nat import Nat
@@ -30,6 +31,10 @@ class NetNamespace(Protocol):
 
     @property
     def conntrack(self) -> Conntrack: ...
+
+    @property
+    def flows(self) -> FlowCache | None:
+        """The flow cache established packets are replayed from, if the namespace has one."""
 
     @property
     def nat(self) -> Nat: ...

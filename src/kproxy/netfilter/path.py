@@ -62,7 +62,7 @@ def _run(node: NetNamespace, pkt: Packet, hook: str, in_dev: str, out_dev: str, 
         return NF_ACCEPT, _NO_STATE       # nothing registered at this hook: nothing to do
     clock = node.clock
     state = HookState(hook, in_dev, out_dev, node, trace, clock if clock is not None else node.now())
-    if trace is not None:
+    if trace is not None and not trace.quiet:
         trace.add("hook", hook=hook, text=pkt.describe(), detail={"in": in_dev, "out": out_dev})
     for fn in fns or ():
         verdict = fn(pkt, state)
@@ -120,7 +120,7 @@ def _answerable(pkt: Packet, kind: str) -> bool:
 
 
 def _fate(trace: Trace | None, res: Result) -> Result:
-    if trace is not None:
+    if trace is not None and not trace.quiet:
         trace.add("fate", hook=res.hook, verdict=res.fate, text=res.summary())
     return res
 
@@ -140,11 +140,22 @@ def _martian(node: NetNamespace, pkt: Packet, iif: str) -> str:
 
 
 def receive(node: NetNamespace, pkt: Packet, iif: str, trace: Trace | None = None) -> Result:
+    """A packet arriving on ``iif``: the whole inbound path, or its replay when the node's flow cache
+    knows the packet's flow (never for a traced packet: a trace shows every step)."""
+    flows = node.flows
+    if trace is None and flows is not None and flows.enabled and iif in node.interfaces:
+        res = flows.receive(pkt, iif)
+        if res is not None:
+            return res
+    return receive_path(node, pkt, iif, trace)
+
+
+def receive_path(node: NetNamespace, pkt: Packet, iif: str, trace: Trace | None = None) -> Result:
     """A packet arriving on ``iif``: the whole inbound path."""
     if iif not in node.interfaces:
         raise ValueError(f"no interface {iif!r} on node {node.name}")
     pkt.iif = iif
-    if trace is not None:
+    if trace is not None and not trace.quiet:
         trace.add("packet", text=f"{pkt.describe()} in {iif}")
     return _ingress(node, pkt, iif, trace)
 
@@ -166,7 +177,7 @@ def _route_input(node: NetNamespace, pkt: Packet, iif: str, trace: Trace | None)
         if bad:
             return _fate(trace, Result(DROPPED, pkt, "routing", reason=bad, trace=trace))
     route = node.route_for_flow(pkt)
-    if trace is not None:
+    if trace is not None and not trace.quiet:
         trace.add("route", text=_route_text(route, pkt))
     if route.type == "local":
         verdict, state = _run(node, pkt, INPUT, iif, "", trace)
@@ -266,7 +277,7 @@ def reinject_local_out(node: NetNamespace, pkt: Packet, trace: Trace | None, via
     route = node.route(pkt.family, pkt.dst if via is None else via)
     if route.type != "unicast":
         return _fate(trace, Result(DROPPED, pkt, "routing", reason=f"IPVS: no route to {pkt.dst_str}", trace=trace))
-    if trace is not None:
+    if trace is not None and not trace.quiet:
         trace.add("route", text="IPVS re-route: " + _route_text(route, pkt))
     pkt.oif = route.dev
     verdict, state = _run(node, pkt, OUTPUT, "", route.dev, trace)

@@ -28,11 +28,27 @@ class TraceEvent:
         return {k: v for k, v in asdict(self).items() if v not in ("", 0, {}) or k == "kind"}
 
 
+SCRATCH = TraceEvent("note")     # handed back for an event nobody keeps
+
+
 class Trace:
     """An ordered list of events for one packet (and the packets it causes, e.g. a reject)."""
 
+    # The connection-table lookups hooks made, as (table, key, what was found), when someone asked
+    # for them (the flow cache, learning a flow); None otherwise.
+    lookups: list[tuple[Any, Any, Any]] | None = None
+    # True when the texts do not matter (the flow cache's recording): producers skip composing them.
+    quiet = False
+    # When a list (the flow cache's recording): the rules and built-in chains (policies) that counted
+    # the packet, as (table name, rule or chain), kept here instead of as events.
+    counted: list[tuple[str, Any]] | None = None
+
     def __init__(self) -> None:
         self.events: list[TraceEvent] = []
+
+    def note_lookup(self, table: Any, key: Any, found: Any) -> None:
+        if self.lookups is not None:
+            self.lookups.append((table, key, found))
 
     def add(self, kind: str, **fields: Any) -> TraceEvent:
         ev = TraceEvent(kind, **fields)
