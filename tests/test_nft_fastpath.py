@@ -33,6 +33,9 @@ add rule ip kube-proxy extra numgen random mod 3 vmap { 0 : goto extra , 1 : got
 add rule ip kube-proxy extra ip saddr 10.0.0.0/8 jump extra
 add rule ip kube-proxy extra ip daddr 10.1.1.1 tcp dport 80 ip saddr != 10.0.0.0/33 jump extra
 add rule ip kube-proxy extra ip daddr 10.1.1.1 udp dport 53 ip saddr != 10.0.0.0/8 goto extra
+add rule ip kube-proxy extra ip daddr 10.1.1.2 ip saddr != 10.0.0.0/9 jump extra
+add rule ip kube-proxy extra ip daddr 10.1.1.2 ip saddr != 10.0.0.0/0 goto extra
+add rule ip kube-proxy extra ip daddr 10.1.1.2 tcp dport 99999 ip saddr != 10.0.0.0/9 jump extra
 add rule ip kube-proxy extra meta l4proto udp dnat to 10.9.9.9:53
 add rule ip kube-proxy extra meta l4proto tcp dnat to 10.9.9.9
 add rule ip kube-proxy nat-prerouting meta l4proto tcp dnat to 10.9.9.9:80
@@ -73,7 +76,7 @@ def listing(rs: Ruleset) -> str:
 
 
 VALID = "".join(line + "\n" for line in TRICKY.splitlines() if "no-such" not in line and "/33" not in line
-                and "/24" not in line)
+                and "/24" not in line and "99999" not in line)
 
 
 @pytest.mark.parametrize("tail", ["", VALID, TRICKY])

@@ -42,7 +42,7 @@ def _line_shapes() -> re.Pattern[str]:
     v4, fam = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", "(?:ip|ip6|inet|arp|bridge|netdev)"
     rules = {
         "RJ": rf"ip (?P<rj_k>saddr|daddr) (?P<rj_a>{v4}) (?P<rj_v>jump|goto) (?P<rj_x>{name})",
-        "RM": rf"ip daddr (?P<rm_a>{v4}) (?P<rm_p>tcp|udp|sctp) dport (?P<rm_n>[0-9]+) "
+        "RM": rf"ip daddr (?P<rm_a>{v4}) (?:(?P<rm_p>tcp|udp|sctp) dport (?P<rm_n>[0-9]+) )?"
               rf"ip saddr != (?P<rm_s>{v4})/(?P<rm_l>[0-9]+) (?P<rm_v>jump|goto) (?P<rm_x>{name})",
         "RD": rf"meta l4proto (?P<rd_p>tcp|udp|sctp) dnat to (?P<rd_a>{v4}):(?P<rd_n>[0-9]+)",
         "RN": r"numgen random mod (?P<rn_m>[0-9]+) vmap \{ (?P<rn_b>[^{}\n]*) \}",
@@ -274,17 +274,22 @@ class FastPath:
         return True
 
     def rule_masquerade(self, m: re.Match[str], line: int) -> bool:
-        """``ip daddr ADDR tcp dport PORT ip saddr != PREFIX jump CHAIN`` (a service's masquerade rule)."""
+        """``ip daddr ADDR [tcp dport PORT] ip saddr != PREFIX jump CHAIN`` (a service's masquerade rule;
+        upstream names the port, the proxier here leaves it out for a single-port Service)."""
         tc = self.rule_chain(m)
-        addr, port = plain(T.IPV4, m["rm_a"]), plain(T.SERVICE, m["rm_n"])
-        cidr = prefix(m["rm_s"], m["rm_l"])
-        if tc is None or addr is None or port is None or cidr is None or m["rm_x"] not in tc[0].chains:
+        addr, cidr = plain(T.IPV4, m["rm_a"]), prefix(m["rm_s"], m["rm_l"])
+        if tc is None or addr is None or cidr is None or m["rm_x"] not in tc[0].chains:
             return False
-        dport = self.one((m["rm_p"], "dport"), lambda: Payload(m["rm_p"], "dport"))
-        self.add_rule(tc, [Match(self.one("daddr", lambda: Payload("ip", "daddr")), "==", addr),
-                           Match(dport, "==", self.one(port.value, lambda: port)),
-                           Match(self.one("saddr", lambda: Payload("ip", "saddr")), "!=", cidr),
-                           VerdictStmt(self.one((m["rm_v"], m["rm_x"]), lambda: Verdict(m["rm_v"], m["rm_x"])))])
+        stmts: list[Stmt] = [Match(self.one("daddr", lambda: Payload("ip", "daddr")), "==", addr)]
+        if m["rm_p"] is not None:
+            port = plain(T.SERVICE, m["rm_n"])
+            if port is None:
+                return False
+            dport = self.one((m["rm_p"], "dport"), lambda: Payload(m["rm_p"], "dport"))
+            stmts.append(Match(dport, "==", self.one(port.value, lambda: port)))
+        stmts += [Match(self.one("saddr", lambda: Payload("ip", "saddr")), "!=", self.one(("/", m["rm_s"], m["rm_l"]), lambda: cidr)),
+                  VerdictStmt(self.one((m["rm_v"], m["rm_x"]), lambda: Verdict(m["rm_v"], m["rm_x"])))]
+        self.add_rule(tc, stmts)
         return True
 
     def rule_dnat(self, m: re.Match[str], line: int) -> bool:

@@ -653,7 +653,6 @@ class Parser:
                 self.end_item()
 
     def add_elements(self, s: NSet, lit: SetLit) -> None:
-        elems = s.elems + lit.elems
         if "interval" in s.flags and len(s.key) == 1:
             bits = s.key[0].bits or 32
             new = lit.elems
@@ -664,7 +663,7 @@ class Parser:
                     if (lo, hi) not in old and any(lo <= ohi and olo <= hi for olo, ohi in old):
                         raise NftError("interval overlaps with an existing one", getattr(e, "loc", None))
                 new = [e for e in lit.elems if tuple(span(e, bits)) not in old]
-            elems = merge_intervals(s.elems + new, s.key[0], s.auto_merge)
+            s.elems = merge_intervals(s.elems + new, s.key[0], s.auto_merge)
         else:
             # The first of equal keys stays; the list is put in nft's order once, at the end of the script
             # (``sort_touched_sets``), so a script of many ``add element`` commands is not quadratic.
@@ -675,8 +674,6 @@ class Parser:
                     index[ident] = e
                     s.elems.append(e)
             self.unsorted[id(s)] = s
-            return
-        s.elems = elems
 
     def elem_index(self, s: NSet) -> dict[Any, Elem]:
         """The set's elements by identity, kept while this parser appends to the same list."""
