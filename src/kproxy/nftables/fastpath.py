@@ -85,9 +85,6 @@ class FastPath:
         # Keys, protocol and port constants and jump verdicts that thousands of rules write alike are one
         # object each (nothing changes an expression once built): fewer objects for the GC to walk.
         self.shared: dict[object, Any] = {}
-        self.handlers: dict[str, Callable[[re.Match[str], int], bool]] = {
-            "EP": self.endpoint_chain, "ACF": self.add_flush_chain, "AC": self.add_chain, "FC": self.flush_chain, "RJ": self.rule_jump, "RM": self.rule_masquerade,
-            "RD": self.rule_dnat, "RN": self.rule_numgen, "AE": self.add_element}
 
     def run(self, text: str) -> None:
         """Apply the script: recognised lines here, the text between them through the general parser.
@@ -115,7 +112,7 @@ class FastPath:
                 p.toks, p.pos = p.tokens(text[gap:start], line - text.count("\n", gap, start)), 0
                 p.commands()
                 gap = start
-            if not (p.eval_errors or p.kernel_errors) and self.handlers[str(m.lastgroup)](m, line):
+            if not (p.eval_errors or p.kernel_errors) and HANDLERS[str(m.lastgroup)](self, m, line):
                 gap = scanned = m.end()
         if gap < len(text):
             line += text.count("\n", line_pos, gap)
@@ -324,6 +321,14 @@ class FastPath:
         # Where the braces are: the kernel's errors for the anonymous map point there.
         rule.anon_locs = [(line, m.start("rn_b") - m.start() - 1, m.end("rn_b") - m.start() + 2)]  # type: ignore[attr-defined]
         return True
+
+
+# Each line shape's handler (unbound: a FastPath holding its own bound methods would be a reference
+# cycle, left for the collector, or kept forever once a big load freezes what it made).
+HANDLERS: dict[str, Callable[[FastPath, re.Match[str], int], bool]] = {
+    "EP": FastPath.endpoint_chain, "ACF": FastPath.add_flush_chain, "AC": FastPath.add_chain,
+    "FC": FastPath.flush_chain, "RJ": FastPath.rule_jump, "RM": FastPath.rule_masquerade, "RD": FastPath.rule_dnat,
+    "RN": FastPath.rule_numgen, "AE": FastPath.add_element}
 
 
 def flush(tbl: Table, chain: Chain) -> None:

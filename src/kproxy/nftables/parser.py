@@ -38,6 +38,7 @@ from kproxy.nftables.validate import too_deep
 
 Loc = tuple[int, int, int]  # line, first column, last column
 OPTS = Opts()
+FREEZE_OVER = 200_000  # new objects past which a script's work is frozen (see gc_paused): about 15,000 rules
 # Words nft's scanner makes keywords (others are a "string" in its syntax errors); those met after a verb.
 KEYWORDS = {"table", "tables", "chain", "chains", "set", "sets", "map", "maps", "rule", "ruleset", "element",
             "counter", "counters", "quota", "quotas", "limit", "limits", "flowtable", "flowtables", "meter",
@@ -190,7 +191,7 @@ class Parser:
         """Run the whole script (the cyclic GC paused: a big ruleset is many long-lived objects)."""
         from kproxy.store.chains import gc_paused
 
-        with gc_paused():
+        with gc_paused(freeze_over=FREEZE_OVER):
             self.run_script()
 
     def run_script(self) -> None:

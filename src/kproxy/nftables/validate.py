@@ -8,8 +8,6 @@ regular chains that only call each other, unreached, are accepted (both checked 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from kproxy.nftables.expr import SetLit, SetRef, Verdict
 from kproxy.nftables.model import Chain, Table
 from kproxy.nftables.stmt import VerdictMap, VerdictStmt
@@ -34,9 +32,11 @@ def _height(table: Table, name: str, heights: dict[str, int], path: set[str]) ->
         return JUMP_STACK_SIZE
     path.add(name)
     best = 0
-    for target in set(_targets(table, table.chains[name])):
-        if target in table.chains:
-            best = max(best, 1 + _height(table, target, heights, path))
+    chains = table.chains
+    for target in _targets(table, chains[name]):
+        if target in chains:
+            h = heights.get(target)
+            best = max(best, 1 + (h if h is not None else _height(table, target, heights, path)))
             if best >= JUMP_STACK_SIZE:
                 break
     path.discard(name)
@@ -44,15 +44,19 @@ def _height(table: Table, name: str, heights: dict[str, int], path: set[str]) ->
     return best
 
 
-def _targets(table: Table, chain: Chain) -> Iterator[str]:
+def _targets(table: Table, chain: Chain) -> set[str]:
+    """The chains ``chain`` jumps or goes to (statement classes compared exactly: a table has hundreds
+    of thousands of statements to look at, and none of these classes has subclasses)."""
+    out: set[str] = set()
     for rule in chain.rules:
         for st in rule.stmts:
-            if isinstance(st, VerdictStmt) and st.verdict.target:
-                yield st.verdict.target
-            elif isinstance(st, VerdictMap):
+            if type(st) is VerdictStmt:
+                target = st.verdict.target
+                if target:
+                    out.add(target)
+            elif type(st) is VerdictMap:
                 data = st.data
                 elems = data.elems if isinstance(data, SetLit) else (
                     table.sets[data.name].elems if isinstance(data, SetRef) and data.name in table.sets else [])
-                for e in elems:
-                    if isinstance(e.data, Verdict) and e.data.target:
-                        yield e.data.target
+                out.update(e.data.target for e in elems if isinstance(e.data, Verdict) and e.data.target)
+    return out
