@@ -165,7 +165,8 @@ class FastPath:
             return False
         name, target = m["ep_c"], m["ep_x"]
         chain = tbl.chains.get(name)
-        addr, to, port = plain(T.IPV4, m["ep_a"]), plain(T.IPV4, m["ep_d"]), plain(T.SERVICE, m["ep_n"])
+        addr, port = plain(T.IPV4, m["ep_a"]), plain(T.SERVICE, m["ep_n"])
+        to = addr if m["ep_d"] == m["ep_a"] else plain(T.IPV4, m["ep_d"])  # the endpoint's own address, usually
         if addr is None or to is None or port is None or chain is not None and chain.hook is not None or \
                 target not in tbl.chains and target != name:
             return False
@@ -178,13 +179,22 @@ class FastPath:
         return True
 
     def jump_stmts(self, field: str, addr: Const, kind: str, target: str) -> list[Stmt]:
-        return [Match(self.one(field, lambda: Payload("ip", field)), "==", addr),
-                VerdictStmt(self.one((kind, target), lambda: Verdict(kind, target)))]
+        return [Match(self.one(field, lambda: Payload("ip", field)), "==", addr), self.verdict_stmt(kind, target)]
+
+    def verdict_stmt(self, kind: str, target: str) -> VerdictStmt:
+        """``jump CHAIN``: one statement for every rule that writes it (statements, like expressions,
+        are not changed once built; 100,000 endpoint chains jump to mark-for-masquerade)."""
+        stmt = self.shared.get(("stmt", kind, target))
+        if stmt is None:
+            stmt = self.shared["stmt", kind, target] = VerdictStmt(self.one((kind, target), lambda: Verdict(kind, target)))
+        return stmt
 
     def dnat_stmts(self, proto_name: str, addr: Const, port: Const) -> list[Stmt]:
-        proto = self.one("l4proto", lambda: Meta("l4proto"))
-        return [Match(proto, "==", self.one(proto_name, lambda: Const(proto.dtype, L4[proto_name]))),
-                Nat("dnat", addr, self.one(port.value, lambda: port))]
+        def proto_match() -> Match:
+            proto = self.one("l4proto", lambda: Meta("l4proto"))
+            return Match(proto, "==", Const(proto.dtype, L4[proto_name]))
+
+        return [self.one(("l4proto", proto_name), proto_match), Nat("dnat", addr, self.one(port.value, lambda: port))]
 
     def rule_chain(self, m: re.Match[str]) -> tuple[Table, Chain] | None:
         """The table and regular chain of an ``add rule ip TABLE CHAIN ...`` line (base chains check their
@@ -285,7 +295,7 @@ class FastPath:
             dport = self.one((m["rm_p"], "dport"), lambda: Payload(m["rm_p"], "dport"))
             stmts.append(Match(dport, "==", self.one(port.value, lambda: port)))
         stmts += [Match(self.one("saddr", lambda: Payload("ip", "saddr")), "!=", self.one(("/", m["rm_s"], m["rm_l"]), lambda: cidr)),
-                  VerdictStmt(self.one((m["rm_v"], m["rm_x"]), lambda: Verdict(m["rm_v"], m["rm_x"])))]
+                  self.verdict_stmt(m["rm_v"], m["rm_x"])]
         self.add_rule(tc, stmts)
         return True
 

@@ -17,8 +17,6 @@ map reference late), affinity sets no longer used deleted at once.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from kproxy.proxy.changes import ChangeTracker
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.localdetect import LocalDetector
 from kproxy.proxy.proxier import SyncResult, gc_paused
-from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize
+from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize, hash8
 
 TABLE = "kube-proxy"
 NAME_LENGTH_MAX = 256               # knftables.NameLengthMax
@@ -86,8 +84,7 @@ JUMPS = (
 
 def hash_and_truncate(name: str) -> str:
     """Upstream's chain-name base: 8 base32 characters of sha256(name), a dash, the name (cut to fit)."""
-    prefix = base64.b32encode(hashlib.sha256(name.encode()).digest()[:5]).decode()
-    out = f"{prefix}-{name}"
+    out = f"{hash8(name)}-{name}"
     if len(out) > CHAIN_BASE_LENGTH_MAX:
         out = out[:CHAIN_BASE_LENGTH_MAX - 3] + "..."
     return out

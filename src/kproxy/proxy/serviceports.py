@@ -33,6 +33,14 @@ def _hash16(text: str) -> str:
             + t[n >> 30 & 1023] + t[n >> 20 & 1023] + t[n >> 10 & 1023] + t[n & 1023])
 
 
+def hash8(text: str) -> str:
+    """The first 8 base32 characters of sha256(text) (the nftables mode's chain names; base64's
+    b32encode is pure Python and cost 0.2 s over a 10,000-Service sync)."""
+    n = int.from_bytes(hashlib.sha256(text.encode()).digest()[:5], "big")
+    t = _B32_PAIRS
+    return t[n >> 30] + t[n >> 20 & 1023] + t[n >> 10 & 1023] + t[n & 1023]
+
+
 def port_proto_hash(name: str, protocol: str) -> str:
     return _hash16(name + protocol)
 
