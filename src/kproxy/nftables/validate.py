@@ -8,6 +8,8 @@ regular chains that only call each other, unreached, are accepted (both checked 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from kproxy.nftables.expr import SetLit, SetRef, Verdict
 from kproxy.nftables.model import Chain, Table
 from kproxy.nftables.stmt import VerdictMap, VerdictStmt
@@ -25,7 +27,10 @@ def too_deep(table: Table) -> Chain | None:
 
 
 def _height(table: Table, name: str, heights: dict[str, int], path: set[str]) -> int:
-    """The most jumps on a path from chain ``name`` (JUMP_STACK_SIZE once a loop is on the path)."""
+    """The most jumps on a path from chain ``name`` (JUMP_STACK_SIZE once a loop is on the path).
+
+    Written for speed: a kube-proxy table has 100,000 chains, each visited once; statement classes
+    are compared exactly (none of them has subclasses)."""
     if name in heights:
         return heights[name]
     if name in path:
@@ -33,30 +38,30 @@ def _height(table: Table, name: str, heights: dict[str, int], path: set[str]) ->
     path.add(name)
     best = 0
     chains = table.chains
-    for target in _targets(table, chains[name]):
-        if target in chains:
-            h = heights.get(target)
-            best = max(best, 1 + (h if h is not None else _height(table, target, heights, path)))
-            if best >= JUMP_STACK_SIZE:
-                break
+    for rule in chains[name].rules:
+        for st in rule.stmts:
+            if type(st) is VerdictStmt:
+                targets: Iterable[str | None] = (st.verdict.target,)
+            elif type(st) is VerdictMap:
+                targets = _map_targets(table, st)
+            else:
+                continue
+            for target in targets:
+                if target and target in chains:
+                    h = heights.get(target)
+                    best = max(best, 1 + (h if h is not None else _height(table, target, heights, path)))
+                    if best >= JUMP_STACK_SIZE:
+                        path.discard(name)
+                        heights[name] = best
+                        return best
     path.discard(name)
     heights[name] = best
     return best
 
 
-def _targets(table: Table, chain: Chain) -> set[str]:
-    """The chains ``chain`` jumps or goes to (statement classes compared exactly: a table has hundreds
-    of thousands of statements to look at, and none of these classes has subclasses)."""
-    out: set[str] = set()
-    for rule in chain.rules:
-        for st in rule.stmts:
-            if type(st) is VerdictStmt:
-                target = st.verdict.target
-                if target:
-                    out.add(target)
-            elif type(st) is VerdictMap:
-                data = st.data
-                elems = data.elems if isinstance(data, SetLit) else (
-                    table.sets[data.name].elems if isinstance(data, SetRef) and data.name in table.sets else [])
-                out.update(e.data.target for e in elems if isinstance(e.data, Verdict) and e.data.target)
-    return out
+def _map_targets(table: Table, st: VerdictMap) -> list[str | None]:
+    """The chains a verdict map's elements jump or go to."""
+    data = st.data
+    elems = data.elems if isinstance(data, SetLit) else (
+        table.sets[data.name].elems if isinstance(data, SetRef) and data.name in table.sets else [])
+    return [e.data.target for e in elems if isinstance(e.data, Verdict)]
