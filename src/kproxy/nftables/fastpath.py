@@ -165,8 +165,8 @@ class FastPath:
             return False
         name, target = m["ep_c"], m["ep_x"]
         chain = tbl.chains.get(name)
-        addr, port = plain(T.IPV4, m["ep_a"]), plain(T.SERVICE, m["ep_n"])
-        to = addr if m["ep_d"] == m["ep_a"] else plain(T.IPV4, m["ep_d"])  # the endpoint's own address, usually
+        addr, port = ipv4(m["ep_a"]), plain(T.SERVICE, m["ep_n"])
+        to = addr if m["ep_d"] == m["ep_a"] else ipv4(m["ep_d"])  # the endpoint's own address, usually
         if addr is None or to is None or port is None or chain is not None and chain.hook is not None or \
                 target not in tbl.chains and target != name:
             return False
@@ -274,7 +274,7 @@ class FastPath:
     def rule_jump(self, m: re.Match[str], line: int) -> bool:
         """``ip saddr|daddr ADDR jump|goto CHAIN`` (an endpoint's hairpin masquerade)."""
         tc = self.rule_chain(m)
-        addr = plain(T.IPV4, m["rj_a"])
+        addr = ipv4(m["rj_a"])
         if tc is None or addr is None or m["rj_x"] not in tc[0].chains:
             return False
         self.add_rule(tc, self.jump_stmts(m["rj_k"], addr, m["rj_v"], m["rj_x"]))
@@ -284,7 +284,7 @@ class FastPath:
         """``ip daddr ADDR [tcp dport PORT] ip saddr != PREFIX jump CHAIN`` (a service's masquerade rule;
         upstream names the port, the proxier here leaves it out for a single-port Service)."""
         tc = self.rule_chain(m)
-        addr, cidr = plain(T.IPV4, m["rm_a"]), prefix(m["rm_s"], m["rm_l"])
+        addr, cidr = ipv4(m["rm_a"]), prefix(m["rm_s"], m["rm_l"])
         if tc is None or addr is None or cidr is None or m["rm_x"] not in tc[0].chains:
             return False
         stmts: list[Stmt] = [Match(self.one("daddr", lambda: Payload("ip", "daddr")), "==", addr)]
@@ -302,7 +302,7 @@ class FastPath:
     def rule_dnat(self, m: re.Match[str], line: int) -> bool:
         """``meta l4proto tcp|udp|sctp dnat to ADDR:PORT`` (an endpoint's DNAT)."""
         tc = self.rule_chain(m)
-        addr, port = plain(T.IPV4, m["rd_a"]), plain(T.SERVICE, m["rd_n"])
+        addr, port = ipv4(m["rd_a"]), plain(T.SERVICE, m["rd_n"])
         if tc is None or addr is None or port is None:
             return False
         self.add_rule(tc, self.dnat_stmts(m["rd_p"], addr, port))
@@ -349,13 +349,20 @@ def flush(tbl: Table, chain: Chain) -> None:
     chain.rules = []
 
 
+def ipv4(text: str) -> Const | None:
+    """The usual dotted quad (no leading zeros), read without the ipaddress module; None if it is not one."""
+    if OCTETS.fullmatch(text) is None:
+        return None
+    try:
+        return Const(T.IPV4, int.from_bytes(inet_aton(text), "big"))
+    except OSError:  # an octet over 255
+        return None
+
+
 def plain(dt: T.DType, text: str) -> Const | None:
     """A value written plainly (no prefix, range or symbol the general parser treats specially)."""
     if dt is T.IPV4 and OCTETS.fullmatch(text) is not None:
-        try:  # the usual dotted quad (no leading zeros), read without the ipaddress module
-            return Const(dt, int.from_bytes(inet_aton(text), "big"))
-        except OSError:  # an octet over 255
-            return None
+        return ipv4(text)  # None for an octet over 255
     key = (dt.name, text)
     value = PLAIN.get(key, MISSING)
     if value is MISSING:

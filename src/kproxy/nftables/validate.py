@@ -49,7 +49,10 @@ def _height(table: Table, name: str, heights: dict[str, int], path: set[str]) ->
             for target in targets:
                 if target and target in chains:
                     h = heights.get(target)
-                    best = max(best, 1 + (h if h is not None else _height(table, target, heights, path)))
+                    if h is None:
+                        h = _height(table, target, heights, path)
+                    if h >= best:
+                        best = h + 1
                     if best >= JUMP_STACK_SIZE:
                         path.discard(name)
                         heights[name] = best
