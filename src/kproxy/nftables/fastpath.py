@@ -93,8 +93,8 @@ class FastPath:
         continuation (it is then inside another command), and when applying it would not give exactly
         what the general parser gives."""
         p = self.p
-        gap = scanned = line_pos = 0  # start of the pending general text; how far its depth is known
-        line = 1  # the line number at line_pos
+        self.text, self.line_pos, self.line = text, 0, 1  # a line-number cursor (see ``line_at``)
+        gap = scanned = 0  # start of the pending general text; how far its depth is known
         depth, continued = 0, False
         for m in SHAPES.finditer(text):
             start = m.start()
@@ -106,18 +106,24 @@ class FastPath:
                 scanned = start
                 if depth or continued:
                     continue
-            line += text.count("\n", line_pos, start)
-            line_pos = start
-            if gap < start:
-                p.toks, p.pos = p.tokens(text[gap:start], line - text.count("\n", gap, start)), 0
+                p.toks, p.pos = p.tokens(text[gap:start], self.line_at(gap)), 0
                 p.commands()
                 gap = start
-            if not (p.eval_errors or p.kernel_errors) and HANDLERS[str(m.lastgroup)](self, m, line):
+            if not (p.eval_errors or p.kernel_errors) and HANDLERS[m.lastgroup](self, m):
                 gap = scanned = m.end()
         if gap < len(text):
-            line += text.count("\n", line_pos, gap)
-            p.toks, p.pos = p.tokens(text[gap:], line), 0
+            p.toks, p.pos = p.tokens(text[gap:], self.line_at(gap)), 0
             p.commands()
+
+    def line_at(self, pos: int) -> int:
+        """The line number at offset ``pos`` of the script, counted from the offset asked for last:
+        offsets asked for grow, so the whole script's line numbers cost one pass."""
+        if pos >= self.line_pos:
+            self.line += self.text.count("\n", self.line_pos, pos)
+        else:
+            self.line -= self.text.count("\n", pos, self.line_pos)
+        self.line_pos = pos
+        return self.line
 
     def one(self, key: object, make: Callable[[], Any]) -> Any:
         """The shared object for ``key``, made by ``make`` the first time."""
@@ -129,7 +135,7 @@ class FastPath:
     def table(self, family: str, name: str) -> Table | None:
         return self.p.rs.find(family, name)
 
-    def add_chain(self, m: re.Match[str], line: int) -> bool:
+    def add_chain(self, m: re.Match[str]) -> bool:
         tbl = self.table(m["ac_f"], m["ac_t"])
         if tbl is None:
             return False
@@ -137,7 +143,7 @@ class FastPath:
             tbl.chains[m["ac_c"]] = Chain(m["ac_c"], tbl.alloc())
         return True
 
-    def flush_chain(self, m: re.Match[str], line: int) -> bool:
+    def flush_chain(self, m: re.Match[str]) -> bool:
         tbl = self.table(m["fc_f"], m["fc_t"])
         chain = tbl.chains.get(m["fc_c"]) if tbl is not None else None
         if tbl is None or chain is None:
@@ -145,7 +151,7 @@ class FastPath:
         flush(tbl, chain)
         return True
 
-    def add_flush_chain(self, m: re.Match[str], line: int) -> bool:
+    def add_flush_chain(self, m: re.Match[str]) -> bool:
         """``add chain`` then ``flush chain`` of the same chain."""
         tbl = self.table(m["acf_f"], m["acf_t"])
         if tbl is None:
@@ -157,7 +163,7 @@ class FastPath:
             flush(tbl, chain)
         return True
 
-    def endpoint_chain(self, m: re.Match[str], line: int) -> bool:
+    def endpoint_chain(self, m: re.Match[str]) -> bool:
         """An endpoint chain declared, flushed and given its hairpin jump and its DNAT: what the four lines
         do one by one, checked before anything is changed (else all four go to the general parser)."""
         tbl = self.table("ip", m["ep_t"])
@@ -212,7 +218,7 @@ class FastPath:
         return rule
 
     # ---- elements ---------------------------------------------------------------------------------
-    def add_element(self, m: re.Match[str], line: int) -> bool:
+    def add_element(self, m: re.Match[str]) -> bool:
         """``add element FAMILY TABLE SET { KEY [: VERDICT] , ... }`` for a set of plain values."""
         tbl = self.table(m["ae_f"], m["ae_t"])
         s = tbl.sets.get(m["ae_s"]) if tbl is not None else None
@@ -271,7 +277,7 @@ class FastPath:
         return None, i
 
     # ---- rules ------------------------------------------------------------------------------------
-    def rule_jump(self, m: re.Match[str], line: int) -> bool:
+    def rule_jump(self, m: re.Match[str]) -> bool:
         """``ip saddr|daddr ADDR jump|goto CHAIN`` (an endpoint's hairpin masquerade)."""
         tc = self.rule_chain(m)
         addr = ipv4(m["rj_a"])
@@ -280,7 +286,7 @@ class FastPath:
         self.add_rule(tc, self.jump_stmts(m["rj_k"], addr, m["rj_v"], m["rj_x"]))
         return True
 
-    def rule_masquerade(self, m: re.Match[str], line: int) -> bool:
+    def rule_masquerade(self, m: re.Match[str]) -> bool:
         """``ip daddr ADDR [tcp dport PORT] ip saddr != PREFIX jump CHAIN`` (a service's masquerade rule;
         upstream names the port, the proxier here leaves it out for a single-port Service)."""
         tc = self.rule_chain(m)
@@ -299,7 +305,7 @@ class FastPath:
         self.add_rule(tc, stmts)
         return True
 
-    def rule_dnat(self, m: re.Match[str], line: int) -> bool:
+    def rule_dnat(self, m: re.Match[str]) -> bool:
         """``meta l4proto tcp|udp|sctp dnat to ADDR:PORT`` (an endpoint's DNAT)."""
         tc = self.rule_chain(m)
         addr, port = ipv4(m["rd_a"]), plain(T.SERVICE, m["rd_n"])
@@ -308,7 +314,7 @@ class FastPath:
         self.add_rule(tc, self.dnat_stmts(m["rd_p"], addr, port))
         return True
 
-    def rule_numgen(self, m: re.Match[str], line: int) -> bool:
+    def rule_numgen(self, m: re.Match[str]) -> bool:
         """``numgen random mod N vmap { 0 : goto C0 , 1 : goto C1 , ... }`` with keys 0 .. N-1 in order."""
         tc = self.rule_chain(m)
         if tc is None:
@@ -329,13 +335,13 @@ class FastPath:
                               anonymous=True, elems=list(elems))
         rule = self.add_rule(tc, [VerdictMap(Numgen("random", mod), SetLit(elems))], [name])
         # Where the braces are: the kernel's errors for the anonymous map point there.
-        rule.anon_locs = [(line, m.start("rn_b") - m.start() - 1, m.end("rn_b") - m.start() + 2)]  # type: ignore[attr-defined]
+        rule.anon_locs = [(self.line_at(m.start()), m.start("rn_b") - m.start() - 1, m.end("rn_b") - m.start() + 2)]  # type: ignore[attr-defined]
         return True
 
 
 # Each line shape's handler (unbound: a FastPath holding its own bound methods would be a reference
 # cycle, left for the collector, or kept forever once a big load freezes what it made).
-HANDLERS: dict[str, Callable[[FastPath, re.Match[str], int], bool]] = {
+HANDLERS: dict[str | None, Callable[[FastPath, re.Match[str]], bool]] = {
     "EP": FastPath.endpoint_chain, "ACF": FastPath.add_flush_chain, "AC": FastPath.add_chain,
     "FC": FastPath.flush_chain, "RJ": FastPath.rule_jump, "RM": FastPath.rule_masquerade, "RD": FastPath.rule_dnat,
     "RN": FastPath.rule_numgen, "AE": FastPath.add_element}
