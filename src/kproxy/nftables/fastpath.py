@@ -54,6 +54,10 @@ def _line_shapes() -> re.Pattern[str]:
               rf"add rule ip (?P=ep_t) (?P=ep_c) ip saddr (?P<ep_a>{v4}) (?P<ep_v>jump|goto) (?P<ep_x>{name})\n"
               rf"add rule ip (?P=ep_t) (?P=ep_c) meta l4proto (?P<ep_p>tcp|udp|sctp) dnat to (?P<ep_d>{v4}):"
               rf"(?P<ep_n>[0-9]+)",
+        # an endpoint chain's hairpin jump and DNAT, as two lines after the chain was declared
+        "ER": rf"rule ip (?P<er_t>{name}) (?P<er_c>{name}) ip saddr (?P<er_a>{v4}) (?P<er_v>jump|goto) "
+              rf"(?P<er_x>{name})\nadd rule ip (?P=er_t) (?P=er_c) meta l4proto (?P<er_p>tcp|udp|sctp) dnat to "
+              rf"(?P<er_d>{v4}):(?P<er_n>[0-9]+)",
         "ACF": rf"chain (?P<acf_f>{fam}) (?P<acf_t>{name}) (?P<acf_c>{name})\nflush chain (?P=acf_f) (?P=acf_t) "
                rf"(?P=acf_c)",
         "AC": rf"chain (?P<ac_f>{fam}) (?P<ac_t>{name}) (?P<ac_c>{name})",
@@ -61,7 +65,7 @@ def _line_shapes() -> re.Pattern[str]:
     }
     adds = "|".join(f"(?P<{k}>{v})" for k, v in add.items())
     flush = rf"(?P<FC>chain (?P<fc_f>{fam}) (?P<fc_t>{name}) (?P<fc_c>{name}))"
-    return re.compile(rf"^(?:add (?:{rule}|{adds})|flush {flush})[ \t]*+(?:\n|\Z)", re.M)
+    return re.compile(rf"^(?:add (?:{adds}|{rule})|flush {flush})[ \t]*+(?:\n|\Z)", re.M)
 
 
 SHAPES = _line_shapes()
@@ -182,6 +186,20 @@ class FastPath:
             flush(tbl, chain)
         self.add_rule((tbl, chain), self.jump_stmts("saddr", addr, m["ep_v"], target))
         self.add_rule((tbl, chain), self.dnat_stmts(m["ep_p"], to, port))
+        return True
+
+    def endpoint_rules(self, m: re.Match[str]) -> bool:
+        """An endpoint chain's hairpin jump and its DNAT, two lines (as the proxier writes them after
+        declaring every chain): what the two lines do one by one, checked before anything is changed."""
+        tbl = self.table("ip", m["er_t"])
+        chain = tbl.chains.get(m["er_c"]) if tbl is not None else None
+        addr, port = ipv4(m["er_a"]), plain(T.SERVICE, m["er_n"])
+        to = addr if m["er_d"] == m["er_a"] else ipv4(m["er_d"])
+        if tbl is None or chain is None or chain.hook is not None or addr is None or to is None or port is None \
+                or m["er_x"] not in tbl.chains:
+            return False
+        self.add_rule((tbl, chain), self.jump_stmts("saddr", addr, m["er_v"], m["er_x"]))
+        self.add_rule((tbl, chain), self.dnat_stmts(m["er_p"], to, port))
         return True
 
     def jump_stmts(self, field: str, addr: Const, kind: str, target: str) -> list[Stmt]:
@@ -342,7 +360,7 @@ class FastPath:
 # Each line shape's handler (unbound: a FastPath holding its own bound methods would be a reference
 # cycle, left for the collector, or kept forever once a big load freezes what it made).
 HANDLERS: dict[str | None, Callable[[FastPath, re.Match[str]], bool]] = {
-    "EP": FastPath.endpoint_chain, "ACF": FastPath.add_flush_chain, "AC": FastPath.add_chain,
+    "EP": FastPath.endpoint_chain, "ER": FastPath.endpoint_rules, "ACF": FastPath.add_flush_chain, "AC": FastPath.add_chain,
     "FC": FastPath.flush_chain, "RJ": FastPath.rule_jump, "RM": FastPath.rule_masquerade, "RD": FastPath.rule_dnat,
     "RN": FastPath.rule_numgen, "AE": FastPath.add_element}
 

@@ -499,7 +499,7 @@ class NftablesProxier:
         for s in dead_sets:
             lines.append(self._op("delete", "set", s))
         lines += deletions
-        text = "".join(line + "\n" for line in lines)
+        text = "\n".join(lines) + "\n" if lines else ""
         result = SyncResult(full, text, len(lines), 0.0, changed_services=set(changes.changed))
         try:
             if text:
