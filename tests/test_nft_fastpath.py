@@ -105,11 +105,11 @@ def test_fast_path_makes_what_the_general_parser_makes(tail: str, monkeypatch: p
     assert listing(fast) == listing(slow)
 
 
-def test_fast_path_takes_most_lines_of_a_kube_proxy_sync(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The point of it: kube-proxy's bulk lines never reach the general parser."""
-    general: list[str] = []
+def general_parser_input(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the general parser is given from now on (its tokens, as text), collected as it runs."""
     from kproxy.nftables.parser import Parser
 
+    general: list[str] = []
     real = Parser.commands
 
     def spy(self: Parser) -> None:
@@ -117,6 +117,12 @@ def test_fast_path_takes_most_lines_of_a_kube_proxy_sync(monkeypatch: pytest.Mon
         real(self)
 
     monkeypatch.setattr(Parser, "commands", spy)
+    return general
+
+
+def test_fast_path_takes_most_lines_of_a_kube_proxy_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of it: kube-proxy's bulk lines never reach the general parser."""
+    general = general_parser_input(monkeypatch)
     script = kube_proxy_script(50, 4)
     rc, err, _ = load(script, True, monkeypatch)
     assert rc == 0, err
@@ -131,18 +137,10 @@ def test_fast_path_takes_most_lines_of_the_proxiers_full_sync(monkeypatch: pytes
     service masquerade rule without a port) leaves only the table's skeleton to the general parser."""
     from bench_proxier import build
     from kproxy.backends.nft import EmulatedNft
-    from kproxy.nftables.parser import Parser
     from kproxy.proxy.config import ProxyConfig
     from kproxy.proxy.nftables import NftablesProxier
 
-    general: list[str] = []
-    real = Parser.commands
-
-    def spy(self: Parser) -> None:
-        general.append("".join(t.text + " " for t in self.toks if t.kind != "nl"))
-        real(self)
-
-    monkeypatch.setattr(Parser, "commands", spy)
+    general = general_parser_input(monkeypatch)
     node = Node.from_description({"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}]})
     cfg = ProxyConfig.from_dict({"clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a", "mode": "nftables"})
     result = NftablesProxier(cfg, EmulatedNft(node), ["192.168.0.2"]).sync(build(60, 4))
