@@ -207,7 +207,7 @@ class NftablesProxier:
         self.service_cidrs = [c for c in (service_cidrs or [])
                               if ipaddress.ip_network(c, strict=False).version == family]
         self.need_full = True
-        self.tracker = ChangeTracker(cfg, family)
+        self.tracker = ChangeTracker(cfg, family, sep_chains=False)
         self.fam = "ip" if family == 4 else "ip6"
         self.ipx = self.fam
         self.addr_type = "ipv4_addr" if family == 4 else "ipv6_addr"

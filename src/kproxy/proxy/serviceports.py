@@ -165,9 +165,10 @@ def snapshot(objs: Objects, hostname: str, family: int = 4) -> Snapshot:
     return snap
 
 
-def service_ports(svc: Any, slices: list[Any], hostname: str,
-                  family: int = 4) -> dict[tuple[str, str, str], tuple[ServicePortInfo, list[EndpointInfo]]]:
-    """One Service's ports of ``family`` with their endpoints (empty for ExternalName and headless)."""
+def service_ports(svc: Any, slices: list[Any], hostname: str, family: int = 4,
+                  sep_chains: bool = True) -> dict[tuple[str, str, str], tuple[ServicePortInfo, list[EndpointInfo]]]:
+    """One Service's ports of ``family`` with their endpoints (empty for ExternalName and headless);
+    ``sep_chains``: name each endpoint's iptables chain (KUBE-SEP-...; other modes leave it empty)."""
     out: dict[tuple[str, str, str], tuple[ServicePortInfo, list[EndpointInfo]]] = {}
     if svc.type == "ExternalName" or svc.headless:
         return out
@@ -187,11 +188,11 @@ def service_ports(svc: Any, slices: list[Any], hostname: str,
             svc.session_affinity == "ClientIP", svc.affinity_timeout,
             svc.external_traffic_policy == "Local", svc.internal_traffic_policy == "Local",
             svc.health_check_node_port if svc.external_traffic_policy == "Local" else 0, str(p.target_port))
-        out[(svc.key, p.name, p.protocol)] = (info, _endpoints(info, slices, hostname))
+        out[(svc.key, p.name, p.protocol)] = (info, _endpoints(info, slices, hostname, sep_chains))
     return out
 
 
-def _endpoints(info: ServicePortInfo, slices: list, hostname: str) -> list[EndpointInfo]:
+def _endpoints(info: ServicePortInfo, slices: list, hostname: str, sep_chains: bool = True) -> list[EndpointInfo]:
     seen: dict[str, EndpointInfo] = {}
     for es in sorted(slices, key=lambda s: s.name):
         for ep_port in es.ports:
@@ -206,7 +207,8 @@ def _endpoints(info: ServicePortInfo, slices: list, hostname: str) -> list[Endpo
                     seen[text] = EndpointInfo(ip, port, ep.ready, ep.serving, ep.terminating,
                                               ep.node_name == hostname,
                                               tuple(ep.hint_zones) if ep.hint_zones is not None else None,
-                                              endpoint_chain(info.name_string, info.protocol, text), text)
+                                              endpoint_chain(info.name_string, info.protocol, text)
+                                              if sep_chains else "", text)
     return [seen[k] for k in sorted(seen)]
 
 
