@@ -332,6 +332,13 @@ class FastPath:
         self.add_rule(tc, self.dnat_stmts(m["rd_p"], addr, port))
         return True
 
+    def numgen_key(self, n: int) -> Const:
+        """Key ``n`` of a numgen map: every Service's map has keys 0 .. N-1, one constant each."""
+        key = self.shared.get(("numgen key", n))
+        if key is None:
+            key = self.shared["numgen key", n] = Const(T.INTEGER, n)
+        return key
+
     def rule_numgen(self, m: re.Match[str]) -> bool:
         """``numgen random mod N vmap { 0 : goto C0 , 1 : goto C1 , ... }`` with keys 0 .. N-1 in order."""
         tc = self.rule_chain(m)
@@ -344,7 +351,7 @@ class FastPath:
             v = VMAP_ITEM.fullmatch(item)
             if v is None or v[1] != str(len(elems)):
                 return False
-            elems.append(Elem(Const(T.INTEGER, len(elems)), Verdict(v[2], v[3])))
+            elems.append(Elem(self.numgen_key(len(elems)), Verdict(v[2], v[3])))
         if len(elems) != mod:
             return False
         name = f"__map{tbl.anon_seq}"
