@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kproxy.backends.journal import JournalDict
 from kproxy.k8s.manifests import Objects
 from kproxy.proxy.changes import ChangeTracker
 from kproxy.proxy.config import ProxyConfig
@@ -216,7 +217,9 @@ class NftablesProxier:
         self.nodeport_addresses = NodePortAddresses(cfg.node_port_addresses, family)
         self._services: dict[str, ServiceRules] = {}
         # What the table holds, as of the last successful sync: element -> (value, comment, Service).
-        self._elements: dict[ElementKey, tuple[str, str | None, str]] = {}
+        # Map and set elements as last programmed, with the Service that wrote each; a sync changes it in
+        # place under a journal (a copy per sync cost what the cluster holds) and undoes it on failure.
+        self._elements: JournalDict = JournalDict()
         self.stale_chains: dict[str, float] = {}
         self._flushed = False        # base chains re-created once per run (their properties may change)
         self.last_sync_time: float | None = None
@@ -466,7 +469,8 @@ class NftablesProxier:
             else:
                 self._services.pop(key, None)
         lines: list[str] = self.setup() if full else []
-        elements = {} if full else dict(self._elements)
+        elements = JournalDict() if full else self._elements
+        elements.begin()
         if full:
             rewrite = sorted(self._services)
         else:
@@ -506,6 +510,7 @@ class NftablesProxier:
                 self.backend.run(text)
         except Exception as exc:  # the backend's error: the rules stay as they were; a full sync follows
             result.error = str(exc)
+            elements.rollback()
             self.need_full = True
             self.stale_chains.clear()
             self.tracker.rollback()
@@ -521,6 +526,7 @@ class NftablesProxier:
         self._flushed = True
         self.need_full = False
         self.tracker.commit()
+        elements.end()
         self._elements = elements
         active_now = {c for key in rewrite for c in self._services[key].chains}
         for c in active_now:
