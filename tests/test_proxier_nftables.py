@@ -623,19 +623,20 @@ def test_proxy_once_in_nftables_mode_and_cleanup(tmp_path: Path) -> None:
     assert run(cli, ["--node", node, "nft", "list", "tables"]).output == "table inet mine\n"
 
 
-def test_batched_elements_make_the_same_table_and_keep_nfts_error_lines() -> None:
-    from kproxy.backends.nft import batch_elements
-
-    text = ("add element ip kube-proxy cluster-ips { 172.30.0.1 }\n"
-            "add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : drop }\n"
-            "add element ip kube-proxy cluster-ips { 172.30.0.2 }\n"
-            "flush set ip kube-proxy cluster-ips\n"
-            'add element ip kube-proxy cluster-ips { 172.30.0.3 comment "x" }\n')
-    assert batch_elements(text) == (
-        "add element ip kube-proxy cluster-ips { 172.30.0.1, 172.30.0.2 }\n"
-        "flush set ip kube-proxy cluster-ips\n"
-        "add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : drop }\n"
-        'add element ip kube-proxy cluster-ips { 172.30.0.3 comment "x" }\n')
+def test_element_lines_make_the_table_one_command_makes_and_keep_nfts_error_lines() -> None:
+    lines = ("add element ip kube-proxy cluster-ips { 172.30.0.9 }\n"
+             "add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : drop }\n"
+             "add element ip kube-proxy cluster-ips { 172.30.0.2 }\n"
+             "add element ip kube-proxy cluster-ips { 172.30.0.9 }\n")
+    joined = ("add element ip kube-proxy cluster-ips { 172.30.0.9, 172.30.0.2, 172.30.0.9 }\n"
+              "add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : drop }\n")
+    tables = []
+    for text in (lines, joined):
+        node, proxier = fake_proxier()
+        proxier.sync(objects())
+        proxier.backend.run(text)
+        tables.append(table_of(node))
+    assert tables[0] == tables[1] and "172.30.0.2, 172.30.0.9" in tables[0]
     node, proxier = fake_proxier()
     proxier.sync(objects())
     with pytest.raises(BackendError, match=r"^/dev/stdin:3:\d+-\d+: Error: "):

@@ -69,7 +69,8 @@ class EmulatedNft:
     def run(self, text: str) -> None:
         """``nft -f -`` on the node. A transaction that names only chains and sets of the kube-proxy
         table is parsed into that table in place, with an undo journal (``kproxy.backends.journal``),
-        rather than into a copy of the whole ruleset; each set's elements are added in one command."""
+        rather than into a copy of the whole ruleset. (Each ``add element`` line costs what its
+        elements do, so a set's lines need no joining into one command.)"""
         from kproxy.backends.journal import journaled, named_objects
         from kproxy.nftables.cli import run_nft
         from kproxy.nftables.evaluate import attach
@@ -77,24 +78,21 @@ class EmulatedNft:
 
         rs = node_ruleset(self.node)
         fam = family_name(self.family)
-        named = named_objects(text, fam, TABLE)
         table = rs.find(fam, TABLE)
-        batched = batch_elements(text)
+        named = named_objects(text, fam, TABLE) if table is not None else None
         if named is not None and table is not None:
-            self._run_in_place(rs, table, text, batched, *named)
+            self._run_in_place(rs, table, text, *named)
             return
-        rc, _, err, work = run_nft(["-f", "-"], rs, batched, set(self.node.interfaces))
-        if rc != 0 and batched != text:       # nft's message names the line of the text as given
-            rc, _, err, _ = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
+        rc, _, err, work = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
         if rc != 0:
             raise BackendError(err.strip() or f"nft failed ({rc})")
         journaled(work.find(fam, TABLE))      # ready for in-place transactions (a copy now, not at the next one)
         self.node.nftables = work
         attach(self.node)
 
-    def _run_in_place(self, rs: Any, table: Any, text: str, batched: str, chains: set[str], sets: set[str]) -> None:
+    def _run_in_place(self, rs: Any, table: Any, text: str, chains: set[str], sets: set[str]) -> None:
         from kproxy.backends.journal import MISSING, apply_in_place
-        from kproxy.nftables.cli import format_error, run_nft
+        from kproxy.nftables.cli import format_error
         from kproxy.nftables.evaluate import (
             attach,
             chain_conntrack_users,
@@ -108,12 +106,9 @@ class EmulatedNft:
             # The proxier's own table: its jumps are at most five deep by construction, so the
             # commit-time jump walk (which costs the whole table) is left out of partial syncs.
             before = apply_in_place(rs, table, chains, sets,
-                                    lambda: Parser(batched, rs, interfaces, validate_jumps=False).script())
+                                    lambda: Parser(text, rs, interfaces, validate_jumps=False).script())
         except NftError as exc:
-            if batched == text:
-                raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
-            _, _, err, _ = run_nft(["-f", "-"], rs, text, interfaces)    # nft's message for the text as given
-            raise BackendError(err.strip()) from None
+            raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
         after = table.chains
         held = self.node.subsystems.get("nftables_ct_refs")
         users = None
@@ -164,36 +159,6 @@ class EmulatedNft:
     def check(self) -> str:
         """The emulated nft has every feature the proxier uses."""
         return ""
-
-
-def batch_elements(text: str) -> str:
-    """The same transaction with each set's ``add element`` lines joined into one, placed where the
-    next other operation on that set (or the end) is: nft merges a set's elements once per command,
-    so one command of N elements costs what one of one does, and N commands cost N times N."""
-    out: list[str] = []
-    pending: dict[str, tuple[str, list[str]]] = {}       # set -> (command head, element texts)
-
-    def flush(name: str) -> None:
-        head, elems = pending.pop(name)
-        out.append(f"{head}{{ {', '.join(elems)} }}")
-
-    for line in text.splitlines():
-        words = line.split(" ", 5)
-        if len(words) == 6 and words[0] == "add" and words[1] == "element" and words[5].startswith("{ ") \
-                and line.endswith(" }"):
-            name = words[4]
-            entry = pending.setdefault(name, (" ".join(words[:5]) + " ", []))
-            entry[1].append(words[5][2:-2])
-            continue
-        if len(words) >= 5 and words[4] in pending:
-            flush(words[4])
-        elif len(words) >= 2 and words[1] == "table" and pending:
-            for name in list(pending):
-                flush(name)
-        out.append(line)
-    for name in list(pending):
-        flush(name)
-    return "".join(line + "\n" for line in out)
 
 
 class KernelNft:

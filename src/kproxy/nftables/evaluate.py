@@ -180,10 +180,23 @@ def chain_conntrack_users(c: Chain | None) -> int:
     """What one chain adds to ``conntrack_users`` (0 for a chain that is not there)."""
     if c is None:
         return 0
-    return sum(1 for r in c.rules for st in r.stmts if _needs_ct(st))
+    n = 0
+    for r in c.rules:
+        for st in r.stmts:
+            if _needs_ct(st):
+                n += 1
+    return n
+
+
+NESTED = frozenset([Ct, Concat, Binop])  # expressions that hold conntrack or hold expressions
 
 
 def _needs_ct(st: Stmt) -> bool:
+    kind = type(st)
+    if kind is Nat:
+        return True
+    if kind is VerdictStmt or kind is Match and type(st.left) not in NESTED and type(st.right) not in NESTED:  # type: ignore[attr-defined]
+        return False  # the common statements, decided without building a work list
     if isinstance(st, Nat):
         return True
     parts: list[Expr] = []

@@ -42,7 +42,7 @@ def _line_shapes() -> re.Pattern[str]:
     v4, fam = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", "(?:ip|ip6|inet|arp|bridge|netdev)"
     rules = {
         "RJ": rf"ip (?P<rj_k>saddr|daddr) (?P<rj_a>{v4}) (?P<rj_v>jump|goto) (?P<rj_x>{name})",
-        "RM": rf"ip daddr (?P<rm_a>{v4}) (?P<rm_p>tcp|udp|sctp) dport (?P<rm_n>[0-9]+) "
+        "RM": rf"ip daddr (?P<rm_a>{v4}) (?:(?P<rm_p>tcp|udp|sctp) dport (?P<rm_n>[0-9]+) )?"
               rf"ip saddr != (?P<rm_s>{v4})/(?P<rm_l>[0-9]+) (?P<rm_v>jump|goto) (?P<rm_x>{name})",
         "RD": rf"meta l4proto (?P<rd_p>tcp|udp|sctp) dnat to (?P<rd_a>{v4}):(?P<rd_n>[0-9]+)",
         "RN": r"numgen random mod (?P<rn_m>[0-9]+) vmap \{ (?P<rn_b>[^{}\n]*) \}",
@@ -54,6 +54,10 @@ def _line_shapes() -> re.Pattern[str]:
               rf"add rule ip (?P=ep_t) (?P=ep_c) ip saddr (?P<ep_a>{v4}) (?P<ep_v>jump|goto) (?P<ep_x>{name})\n"
               rf"add rule ip (?P=ep_t) (?P=ep_c) meta l4proto (?P<ep_p>tcp|udp|sctp) dnat to (?P<ep_d>{v4}):"
               rf"(?P<ep_n>[0-9]+)",
+        # an endpoint chain's hairpin jump and DNAT, as two lines after the chain was declared
+        "ER": rf"rule ip (?P<er_t>{name}) (?P<er_c>{name}) ip saddr (?P<er_a>{v4}) (?P<er_v>jump|goto) "
+              rf"(?P<er_x>{name})\nadd rule ip (?P=er_t) (?P=er_c) meta l4proto (?P<er_p>tcp|udp|sctp) dnat to "
+              rf"(?P<er_d>{v4}):(?P<er_n>[0-9]+)",
         "ACF": rf"chain (?P<acf_f>{fam}) (?P<acf_t>{name}) (?P<acf_c>{name})\nflush chain (?P=acf_f) (?P=acf_t) "
                rf"(?P=acf_c)",
         "AC": rf"chain (?P<ac_f>{fam}) (?P<ac_t>{name}) (?P<ac_c>{name})",
@@ -61,7 +65,7 @@ def _line_shapes() -> re.Pattern[str]:
     }
     adds = "|".join(f"(?P<{k}>{v})" for k, v in add.items())
     flush = rf"(?P<FC>chain (?P<fc_f>{fam}) (?P<fc_t>{name}) (?P<fc_c>{name}))"
-    return re.compile(rf"^(?:add (?:{rule}|{adds})|flush {flush})[ \t]*+(?:\n|\Z)", re.M)
+    return re.compile(rf"^(?:add (?:{adds}|{rule})|flush {flush})[ \t]*+(?:\n|\Z)", re.M)
 
 
 SHAPES = _line_shapes()
@@ -85,9 +89,6 @@ class FastPath:
         # Keys, protocol and port constants and jump verdicts that thousands of rules write alike are one
         # object each (nothing changes an expression once built): fewer objects for the GC to walk.
         self.shared: dict[object, Any] = {}
-        self.handlers: dict[str, Callable[[re.Match[str], int], bool]] = {
-            "EP": self.endpoint_chain, "ACF": self.add_flush_chain, "AC": self.add_chain, "FC": self.flush_chain, "RJ": self.rule_jump, "RM": self.rule_masquerade,
-            "RD": self.rule_dnat, "RN": self.rule_numgen, "AE": self.add_element}
 
     def run(self, text: str) -> None:
         """Apply the script: recognised lines here, the text between them through the general parser.
@@ -96,8 +97,8 @@ class FastPath:
         continuation (it is then inside another command), and when applying it would not give exactly
         what the general parser gives."""
         p = self.p
-        gap = scanned = line_pos = 0  # start of the pending general text; how far its depth is known
-        line = 1  # the line number at line_pos
+        self.text, self.line_pos, self.line = text, 0, 1  # a line-number cursor (see ``line_at``)
+        gap = scanned = 0  # start of the pending general text; how far its depth is known
         depth, continued = 0, False
         for m in SHAPES.finditer(text):
             start = m.start()
@@ -109,18 +110,24 @@ class FastPath:
                 scanned = start
                 if depth or continued:
                     continue
-            line += text.count("\n", line_pos, start)
-            line_pos = start
-            if gap < start:
-                p.toks, p.pos = p.tokens(text[gap:start], line - text.count("\n", gap, start)), 0
+                p.toks, p.pos = p.tokens(text[gap:start], self.line_at(gap)), 0
                 p.commands()
                 gap = start
-            if not (p.eval_errors or p.kernel_errors) and self.handlers[str(m.lastgroup)](m, line):
+            if not (p.eval_errors or p.kernel_errors) and HANDLERS[m.lastgroup](self, m):
                 gap = scanned = m.end()
         if gap < len(text):
-            line += text.count("\n", line_pos, gap)
-            p.toks, p.pos = p.tokens(text[gap:], line), 0
+            p.toks, p.pos = p.tokens(text[gap:], self.line_at(gap)), 0
             p.commands()
+
+    def line_at(self, pos: int) -> int:
+        """The line number at offset ``pos`` of the script, counted from the offset asked for last:
+        offsets asked for grow, so the whole script's line numbers cost one pass."""
+        if pos >= self.line_pos:
+            self.line += self.text.count("\n", self.line_pos, pos)
+        else:
+            self.line -= self.text.count("\n", pos, self.line_pos)
+        self.line_pos = pos
+        return self.line
 
     def one(self, key: object, make: Callable[[], Any]) -> Any:
         """The shared object for ``key``, made by ``make`` the first time."""
@@ -132,7 +139,7 @@ class FastPath:
     def table(self, family: str, name: str) -> Table | None:
         return self.p.rs.find(family, name)
 
-    def add_chain(self, m: re.Match[str], line: int) -> bool:
+    def add_chain(self, m: re.Match[str]) -> bool:
         tbl = self.table(m["ac_f"], m["ac_t"])
         if tbl is None:
             return False
@@ -140,7 +147,7 @@ class FastPath:
             tbl.chains[m["ac_c"]] = Chain(m["ac_c"], tbl.alloc())
         return True
 
-    def flush_chain(self, m: re.Match[str], line: int) -> bool:
+    def flush_chain(self, m: re.Match[str]) -> bool:
         tbl = self.table(m["fc_f"], m["fc_t"])
         chain = tbl.chains.get(m["fc_c"]) if tbl is not None else None
         if tbl is None or chain is None:
@@ -148,7 +155,7 @@ class FastPath:
         flush(tbl, chain)
         return True
 
-    def add_flush_chain(self, m: re.Match[str], line: int) -> bool:
+    def add_flush_chain(self, m: re.Match[str]) -> bool:
         """``add chain`` then ``flush chain`` of the same chain."""
         tbl = self.table(m["acf_f"], m["acf_t"])
         if tbl is None:
@@ -160,7 +167,7 @@ class FastPath:
             flush(tbl, chain)
         return True
 
-    def endpoint_chain(self, m: re.Match[str], line: int) -> bool:
+    def endpoint_chain(self, m: re.Match[str]) -> bool:
         """An endpoint chain declared, flushed and given its hairpin jump and its DNAT: what the four lines
         do one by one, checked before anything is changed (else all four go to the general parser)."""
         tbl = self.table("ip", m["ep_t"])
@@ -168,7 +175,8 @@ class FastPath:
             return False
         name, target = m["ep_c"], m["ep_x"]
         chain = tbl.chains.get(name)
-        addr, to, port = plain(T.IPV4, m["ep_a"]), plain(T.IPV4, m["ep_d"]), plain(T.SERVICE, m["ep_n"])
+        addr, port = ipv4(m["ep_a"]), plain(T.SERVICE, m["ep_n"])
+        to = addr if m["ep_d"] == m["ep_a"] else ipv4(m["ep_d"])  # the endpoint's own address, usually
         if addr is None or to is None or port is None or chain is not None and chain.hook is not None or \
                 target not in tbl.chains and target != name:
             return False
@@ -180,14 +188,37 @@ class FastPath:
         self.add_rule((tbl, chain), self.dnat_stmts(m["ep_p"], to, port))
         return True
 
+    def endpoint_rules(self, m: re.Match[str]) -> bool:
+        """An endpoint chain's hairpin jump and its DNAT, two lines (as the proxier writes them after
+        declaring every chain): what the two lines do one by one, checked before anything is changed."""
+        tbl = self.table("ip", m["er_t"])
+        chain = tbl.chains.get(m["er_c"]) if tbl is not None else None
+        addr, port = ipv4(m["er_a"]), plain(T.SERVICE, m["er_n"])
+        to = addr if m["er_d"] == m["er_a"] else ipv4(m["er_d"])
+        if tbl is None or chain is None or chain.hook is not None or addr is None or to is None or port is None \
+                or m["er_x"] not in tbl.chains:
+            return False
+        self.add_rule((tbl, chain), self.jump_stmts("saddr", addr, m["er_v"], m["er_x"]))
+        self.add_rule((tbl, chain), self.dnat_stmts(m["er_p"], to, port))
+        return True
+
     def jump_stmts(self, field: str, addr: Const, kind: str, target: str) -> list[Stmt]:
-        return [Match(self.one(field, lambda: Payload("ip", field)), "==", addr),
-                VerdictStmt(self.one((kind, target), lambda: Verdict(kind, target)))]
+        return [Match(self.one(field, lambda: Payload("ip", field)), "==", addr), self.verdict_stmt(kind, target)]
+
+    def verdict_stmt(self, kind: str, target: str) -> VerdictStmt:
+        """``jump CHAIN``: one statement for every rule that writes it (statements, like expressions,
+        are not changed once built; 100,000 endpoint chains jump to mark-for-masquerade)."""
+        stmt = self.shared.get(("stmt", kind, target))
+        if stmt is None:
+            stmt = self.shared["stmt", kind, target] = VerdictStmt(self.one((kind, target), lambda: Verdict(kind, target)))
+        return stmt
 
     def dnat_stmts(self, proto_name: str, addr: Const, port: Const) -> list[Stmt]:
-        proto = self.one("l4proto", lambda: Meta("l4proto"))
-        return [Match(proto, "==", self.one(proto_name, lambda: Const(proto.dtype, L4[proto_name]))),
-                Nat("dnat", addr, self.one(port.value, lambda: port))]
+        def proto_match() -> Match:
+            proto = self.one("l4proto", lambda: Meta("l4proto"))
+            return Match(proto, "==", Const(proto.dtype, L4[proto_name]))
+
+        return [self.one(("l4proto", proto_name), proto_match), Nat("dnat", addr, self.one(port.value, lambda: port))]
 
     def rule_chain(self, m: re.Match[str]) -> tuple[Table, Chain] | None:
         """The table and regular chain of an ``add rule ip TABLE CHAIN ...`` line (base chains check their
@@ -205,7 +236,7 @@ class FastPath:
         return rule
 
     # ---- elements ---------------------------------------------------------------------------------
-    def add_element(self, m: re.Match[str], line: int) -> bool:
+    def add_element(self, m: re.Match[str]) -> bool:
         """``add element FAMILY TABLE SET { KEY [: VERDICT] , ... }`` for a set of plain values."""
         tbl = self.table(m["ae_f"], m["ae_t"])
         s = tbl.sets.get(m["ae_s"]) if tbl is not None else None
@@ -264,39 +295,51 @@ class FastPath:
         return None, i
 
     # ---- rules ------------------------------------------------------------------------------------
-    def rule_jump(self, m: re.Match[str], line: int) -> bool:
+    def rule_jump(self, m: re.Match[str]) -> bool:
         """``ip saddr|daddr ADDR jump|goto CHAIN`` (an endpoint's hairpin masquerade)."""
         tc = self.rule_chain(m)
-        addr = plain(T.IPV4, m["rj_a"])
+        addr = ipv4(m["rj_a"])
         if tc is None or addr is None or m["rj_x"] not in tc[0].chains:
             return False
         self.add_rule(tc, self.jump_stmts(m["rj_k"], addr, m["rj_v"], m["rj_x"]))
         return True
 
-    def rule_masquerade(self, m: re.Match[str], line: int) -> bool:
-        """``ip daddr ADDR tcp dport PORT ip saddr != PREFIX jump CHAIN`` (a service's masquerade rule)."""
+    def rule_masquerade(self, m: re.Match[str]) -> bool:
+        """``ip daddr ADDR [tcp dport PORT] ip saddr != PREFIX jump CHAIN`` (a service's masquerade rule;
+        upstream names the port, the proxier here leaves it out for a single-port Service)."""
         tc = self.rule_chain(m)
-        addr, port = plain(T.IPV4, m["rm_a"]), plain(T.SERVICE, m["rm_n"])
-        cidr = prefix(m["rm_s"], m["rm_l"])
-        if tc is None or addr is None or port is None or cidr is None or m["rm_x"] not in tc[0].chains:
+        addr, cidr = ipv4(m["rm_a"]), prefix(m["rm_s"], m["rm_l"])
+        if tc is None or addr is None or cidr is None or m["rm_x"] not in tc[0].chains:
             return False
-        dport = self.one((m["rm_p"], "dport"), lambda: Payload(m["rm_p"], "dport"))
-        self.add_rule(tc, [Match(self.one("daddr", lambda: Payload("ip", "daddr")), "==", addr),
-                           Match(dport, "==", self.one(port.value, lambda: port)),
-                           Match(self.one("saddr", lambda: Payload("ip", "saddr")), "!=", cidr),
-                           VerdictStmt(self.one((m["rm_v"], m["rm_x"]), lambda: Verdict(m["rm_v"], m["rm_x"])))])
+        stmts: list[Stmt] = [Match(self.one("daddr", lambda: Payload("ip", "daddr")), "==", addr)]
+        if m["rm_p"] is not None:
+            port = plain(T.SERVICE, m["rm_n"])
+            if port is None:
+                return False
+            dport = self.one((m["rm_p"], "dport"), lambda: Payload(m["rm_p"], "dport"))
+            stmts.append(Match(dport, "==", self.one(port.value, lambda: port)))
+        stmts += [Match(self.one("saddr", lambda: Payload("ip", "saddr")), "!=", self.one(("/", m["rm_s"], m["rm_l"]), lambda: cidr)),
+                  self.verdict_stmt(m["rm_v"], m["rm_x"])]
+        self.add_rule(tc, stmts)
         return True
 
-    def rule_dnat(self, m: re.Match[str], line: int) -> bool:
+    def rule_dnat(self, m: re.Match[str]) -> bool:
         """``meta l4proto tcp|udp|sctp dnat to ADDR:PORT`` (an endpoint's DNAT)."""
         tc = self.rule_chain(m)
-        addr, port = plain(T.IPV4, m["rd_a"]), plain(T.SERVICE, m["rd_n"])
+        addr, port = ipv4(m["rd_a"]), plain(T.SERVICE, m["rd_n"])
         if tc is None or addr is None or port is None:
             return False
         self.add_rule(tc, self.dnat_stmts(m["rd_p"], addr, port))
         return True
 
-    def rule_numgen(self, m: re.Match[str], line: int) -> bool:
+    def numgen_key(self, n: int) -> Const:
+        """Key ``n`` of a numgen map: every Service's map has keys 0 .. N-1, one constant each."""
+        key = self.shared.get(("numgen key", n))
+        if key is None:
+            key = self.shared["numgen key", n] = Const(T.INTEGER, n)
+        return key
+
+    def rule_numgen(self, m: re.Match[str]) -> bool:
         """``numgen random mod N vmap { 0 : goto C0 , 1 : goto C1 , ... }`` with keys 0 .. N-1 in order."""
         tc = self.rule_chain(m)
         if tc is None:
@@ -308,7 +351,7 @@ class FastPath:
             v = VMAP_ITEM.fullmatch(item)
             if v is None or v[1] != str(len(elems)):
                 return False
-            elems.append(Elem(Const(T.INTEGER, len(elems)), Verdict(v[2], v[3])))
+            elems.append(Elem(self.numgen_key(len(elems)), Verdict(v[2], v[3])))
         if len(elems) != mod:
             return False
         name = f"__map{tbl.anon_seq}"
@@ -317,8 +360,16 @@ class FastPath:
                               anonymous=True, elems=list(elems))
         rule = self.add_rule(tc, [VerdictMap(Numgen("random", mod), SetLit(elems))], [name])
         # Where the braces are: the kernel's errors for the anonymous map point there.
-        rule.anon_locs = [(line, m.start("rn_b") - m.start() - 1, m.end("rn_b") - m.start() + 2)]  # type: ignore[attr-defined]
+        rule.anon_locs = [(self.line_at(m.start()), m.start("rn_b") - m.start() - 1, m.end("rn_b") - m.start() + 2)]  # type: ignore[attr-defined]
         return True
+
+
+# Each line shape's handler (unbound: a FastPath holding its own bound methods would be a reference
+# cycle, left for the collector, or kept forever once a big load freezes what it made).
+HANDLERS: dict[str | None, Callable[[FastPath, re.Match[str]], bool]] = {
+    "EP": FastPath.endpoint_chain, "ER": FastPath.endpoint_rules, "ACF": FastPath.add_flush_chain, "AC": FastPath.add_chain,
+    "FC": FastPath.flush_chain, "RJ": FastPath.rule_jump, "RM": FastPath.rule_masquerade, "RD": FastPath.rule_dnat,
+    "RN": FastPath.rule_numgen, "AE": FastPath.add_element}
 
 
 def flush(tbl: Table, chain: Chain) -> None:
@@ -329,13 +380,20 @@ def flush(tbl: Table, chain: Chain) -> None:
     chain.rules = []
 
 
+def ipv4(text: str) -> Const | None:
+    """The usual dotted quad (no leading zeros), read without the ipaddress module; None if it is not one."""
+    if OCTETS.fullmatch(text) is None:
+        return None
+    try:
+        return Const(T.IPV4, int.from_bytes(inet_aton(text), "big"))
+    except OSError:  # an octet over 255
+        return None
+
+
 def plain(dt: T.DType, text: str) -> Const | None:
     """A value written plainly (no prefix, range or symbol the general parser treats specially)."""
     if dt is T.IPV4 and OCTETS.fullmatch(text) is not None:
-        try:  # the usual dotted quad (no leading zeros), read without the ipaddress module
-            return Const(dt, int.from_bytes(inet_aton(text), "big"))
-        except OSError:  # an octet over 255
-            return None
+        return ipv4(text)  # None for an octet over 255
     key = (dt.name, text)
     value = PLAIN.get(key, MISSING)
     if value is MISSING:

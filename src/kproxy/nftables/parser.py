@@ -41,6 +41,7 @@ from kproxy.nftables.validate import too_deep
 
 Loc = tuple[int, int, int]  # line, first column, last column
 OPTS = Opts()
+FREEZE_OVER = 200_000  # new objects past which a script's work is frozen (see gc_paused): about 15,000 rules
 # Words nft's scanner makes keywords (others are a "string" in its syntax errors); those met after a verb.
 KEYWORDS = {"table", "tables", "chain", "chains", "set", "sets", "map", "maps", "rule", "ruleset", "element",
             "counter", "counters", "quota", "quotas", "limit", "limits", "flowtable", "flowtables", "meter",
@@ -193,7 +194,7 @@ class Parser:
         """Run the whole script (the cyclic GC paused: a big ruleset is many long-lived objects)."""
         from kproxy.store.chains import gc_paused
 
-        with gc_paused():
+        with gc_paused(freeze_over=FREEZE_OVER):
             self.run_script()
 
     def run_script(self) -> None:
@@ -683,7 +684,6 @@ class Parser:
                 self.end_item()
 
     def add_elements(self, s: NSet, lit: SetLit) -> None:
-        elems = s.elems + lit.elems
         if "interval" in s.flags and len(s.key) == 1:
             bits = s.key[0].bits or 32
             new = lit.elems
@@ -694,7 +694,7 @@ class Parser:
                     if (lo, hi) not in old and any(lo <= ohi and olo <= hi for olo, ohi in old):
                         raise NftError("interval overlaps with an existing one", getattr(e, "loc", None))
                 new = [e for e in lit.elems if tuple(span(e, bits)) not in old]
-            elems = merge_intervals(s.elems + new, s.key[0], s.auto_merge)
+            s.elems = merge_intervals(s.elems + new, s.key[0], s.auto_merge)
         else:
             # The first of equal keys stays; the list is put in nft's order once, at the end of the script
             # (``sort_touched_sets``), so a script of many ``add element`` commands is not quadratic.
@@ -705,8 +705,6 @@ class Parser:
                     index[ident] = e
                     s.elems.append(e)
             self.unsorted[id(s)] = s
-            return
-        s.elems = elems
 
     def elem_index(self, s: NSet) -> dict[Any, Elem]:
         """The set's elements by identity, kept while this parser appends to the same list."""

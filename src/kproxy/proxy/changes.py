@@ -33,9 +33,10 @@ class Changes:
 class ChangeTracker:
     """The service ports and endpoints of one family as last programmed, and what differs from them."""
 
-    def __init__(self, cfg: ProxyConfig, family: int = 4) -> None:
+    def __init__(self, cfg: ProxyConfig, family: int = 4, sep_chains: bool = True) -> None:
         self.cfg = cfg          # read at each update: the node's name (hostnameOverride) decides local endpoints
         self.family = family
+        self.sep_chains = sep_chains  # endpoints name their iptables chains (a hash each: iptables mode only)
         self.ports: dict[str, ServicePorts] = {}
         self._fingerprints: dict[str, tuple[object, ...]] = {}
         # What the current update replaced, per Service (None: it had nothing), until commit or
@@ -53,7 +54,8 @@ class ChangeTracker:
         out = Changes()
         for key in keys:
             svc = objs.services.get(key)
-            ports = service_ports(svc, objs.slices_for(key), self.cfg.hostname, self.family) if svc else {}
+            ports = service_ports(svc, objs.slices_for(key), self.cfg.hostname, self.family, self.sep_chains) \
+                if svc else {}
             fp = tuple((k, info, tuple(eps)) for k, (info, eps) in sorted(ports.items()))
             old = self.ports.get(key)
             same = self._fingerprints.get(key) == fp

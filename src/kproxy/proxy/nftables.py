@@ -17,19 +17,18 @@ map reference late), affinity sets no longer used deleted at once.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kproxy.backends.journal import JournalDict
 from kproxy.k8s.manifests import Objects
 from kproxy.proxy.changes import ChangeTracker
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.localdetect import LocalDetector
 from kproxy.proxy.proxier import SyncResult, gc_paused
-from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize
+from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize, hash8
 
 TABLE = "kube-proxy"
 NAME_LENGTH_MAX = 256               # knftables.NameLengthMax
@@ -86,8 +85,7 @@ JUMPS = (
 
 def hash_and_truncate(name: str) -> str:
     """Upstream's chain-name base: 8 base32 characters of sha256(name), a dash, the name (cut to fit)."""
-    prefix = base64.b32encode(hashlib.sha256(name.encode()).digest()[:5]).decode()
-    out = f"{prefix}-{name}"
+    out = f"{hash8(name)}-{name}"
     if len(out) > CHAIN_BASE_LENGTH_MAX:
         out = out[:CHAIN_BASE_LENGTH_MAX - 3] + "..."
     return out
@@ -210,7 +208,7 @@ class NftablesProxier:
         self.service_cidrs = [c for c in (service_cidrs or [])
                               if ipaddress.ip_network(c, strict=False).version == family]
         self.need_full = True
-        self.tracker = ChangeTracker(cfg, family)
+        self.tracker = ChangeTracker(cfg, family, sep_chains=False)
         self.fam = "ip" if family == 4 else "ip6"
         self.ipx = self.fam
         self.addr_type = "ipv4_addr" if family == 4 else "ipv6_addr"
@@ -219,7 +217,9 @@ class NftablesProxier:
         self.nodeport_addresses = NodePortAddresses(cfg.node_port_addresses, family)
         self._services: dict[str, ServiceRules] = {}
         # What the table holds, as of the last successful sync: element -> (value, comment, Service).
-        self._elements: dict[ElementKey, tuple[str, str | None, str]] = {}
+        # Map and set elements as last programmed, with the Service that wrote each; a sync changes it in
+        # place under a journal (a copy per sync cost what the cluster holds) and undoes it on failure.
+        self._elements: JournalDict = JournalDict()
         self.stale_chains: dict[str, float] = {}
         self._flushed = False        # base chains re-created once per run (their properties may change)
         self.last_sync_time: float | None = None
@@ -469,7 +469,8 @@ class NftablesProxier:
             else:
                 self._services.pop(key, None)
         lines: list[str] = self.setup() if full else []
-        elements = {} if full else dict(self._elements)
+        elements = JournalDict() if full else self._elements
+        elements.begin()
         if full:
             rewrite = sorted(self._services)
         else:
@@ -502,13 +503,14 @@ class NftablesProxier:
         for s in dead_sets:
             lines.append(self._op("delete", "set", s))
         lines += deletions
-        text = "".join(line + "\n" for line in lines)
+        text = "\n".join(lines) + "\n" if lines else ""
         result = SyncResult(full, text, len(lines), 0.0, changed_services=set(changes.changed))
         try:
             if text:
                 self.backend.run(text)
         except Exception as exc:  # the backend's error: the rules stay as they were; a full sync follows
             result.error = str(exc)
+            elements.rollback()
             self.need_full = True
             self.stale_chains.clear()
             self.tracker.rollback()
@@ -524,6 +526,7 @@ class NftablesProxier:
         self._flushed = True
         self.need_full = False
         self.tracker.commit()
+        elements.end()
         self._elements = elements
         active_now = {c for key in rewrite for c in self._services[key].chains}
         for c in active_now:

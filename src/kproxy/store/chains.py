@@ -59,13 +59,19 @@ def load_rule_state(rules: list[Rule], state: list[list[Any]]) -> None:
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic GC off while building or walking many long-lived objects (it would rescan them all)."""
+def gc_paused(freeze_over: int | None = None) -> Iterator[None]:
+    """The cyclic GC off while building or walking many long-lived objects (it would rescan them all).
+
+    ``freeze_over``: when the block leaves more new objects than this (a big ruleset loaded), they
+    are frozen, moved out of the collector's generations: the first collection after the block would
+    otherwise traverse every one of them (0.7 s for a 220,000-rule nft table)."""
     paused = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if freeze_over is not None and gc.get_count()[0] > freeze_over:
+            gc.freeze()
         if paused:
             gc.enable()
 
