@@ -30,10 +30,6 @@ from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.iptables import IptablesProxier
 from kproxy.proxy.nftables import NftablesProxier
 
-# KPROXY_BENCH_CLOCK=cpu (inherited by the children) times with the process's CPU seconds, as
-# bench_packet_path.py does: on a machine shared with other work, what an idle one's wall clock shows.
-CLOCK = time.process_time if os.environ.get("KPROXY_BENCH_CLOCK") == "cpu" else time.perf_counter
-
 
 def CLOCK() -> float:  # noqa: N802 - the wall clock, or with --cpu (inherited by the children) CPU seconds
     return time.process_time() if os.environ.get("KPROXY_BENCH_CLOCK") == "cpu" else time.perf_counter()
