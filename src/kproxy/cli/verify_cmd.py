@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from pathlib import Path
@@ -29,22 +30,30 @@ def parse_probes(text: str, source: str):
 
 
 # Where a rule names its destination, protocol and port: iptables-restore lines, nft rules.
-IPT_WORDS = (r"-d (\d+\.\d+\.\d+\.\d+)", r"-p (tcp|udp)", r"--dport (\d+)")
+IPT_WORDS = (r"-d (\d+\.\d+\.\d+\.\d+(?:/\d+)?)", r"-p (tcp|udp)", r"--dport (\d+)")
 NFT_WORDS = (r"ip daddr (\d+\.\d+\.\d+\.\d+)(?!/)", r"\b(tcp|udp) dport", r"\b(?:tcp|udp) dport (\d+)")
+
+
+def probe_to(proto: str, dst: str, port: int):
+    """A probe to ``dst`` (an address, or a network: its first host). A loopback destination is one
+    only the node itself can send to (the client's own stack would keep it), so the node probes it."""
+    from kproxy.lab.differential import Probe
+
+    net = ipaddress.ip_network(dst, strict=False)
+    addr = net.network_address + 1 if net.prefixlen < 31 else net.network_address
+    return Probe(proto, str(addr), port, addr.is_loopback)
 
 
 def probes_from_rules(text: str, words: tuple[str, str, str] = IPT_WORDS):
     """Probes for every (protocol, destination, port) the rules name, so a bare ruleset can be verified.
     An nft rule naming a destination without a protocol gets a TCP and a UDP probe."""
-    from kproxy.lab.differential import Probe
-
     found = []
     for line in text.splitlines():
         d, p, port = (re.search(w, line) for w in words)
         if d and p:
-            found.append(Probe(p.group(1), d.group(1), int(port.group(1)) if port else 80))
+            found.append(probe_to(p.group(1), d.group(1), int(port.group(1)) if port else 80))
         elif d and words is NFT_WORDS:
-            found += [Probe("tcp", d.group(1), 80), Probe("udp", d.group(1), 53)]
+            found += [probe_to("tcp", d.group(1), 80), probe_to("udp", d.group(1), 53)]
     return unique_or_default(found)
 
 
@@ -86,6 +95,7 @@ def verify_cmd(ruleset: str, packets_file: str | None, legacy: bool, nft: bool |
     from kproxy.lab import differential, nftdiff
     from kproxy.lab.differential import Case, compare
     from kproxy.lab.kernel import HarnessError, KernelLab, kernel_lab_reason
+    from kproxy.lab.replay import Replay
 
     rules = Path(ruleset).read_text()
     if nft is None:
@@ -110,9 +120,12 @@ def verify_cmd(ruleset: str, packets_file: str | None, legacy: bool, nft: bool |
         except (HarnessError, nftdiff.NftRefused) as exc:
             click.echo(f"kproxy verify: this kernel refuses the ruleset (a missing feature?): {exc}", err=True)
             sys.exit(2)
+        replay = Replay.of(observations, kernel)
         emulated = side.run_emulator(case, [o.sport for o in observations], lab,
-                                     segments=[o.segments for o in observations])
+                                     segments=[o.segments for o in observations], replay=replay)
     diffs = compare(case, kernel, emulated)
+    for note in replay.notes:
+        click.echo(note)
     click.echo(f"{'probe':<40} {'kernel':<28} {'emulator':<28}")
     for i, p in enumerate(probes):
         k = kernel.fates[i] + (f" {kernel.arrivals[i].split(' -> ')[1]}" if kernel.arrivals[i] else "")
@@ -134,12 +147,15 @@ def emulator_refusal(rules: str, nft: bool) -> str | None:
     from kproxy.iptables.restore import RestoreError
     from kproxy.lab.kernel import KernelLab
     from kproxy.lab.nftdiff import emulator_refusal as nft_refusal
+    from kproxy.netfilter.nfacct import ensure_named
     from kproxy.node import Node
 
     if nft:
         return nft_refusal(rules)
     try:
-        Node.from_description(KernelLab.node_description()).iptables_restore(rules)
+        node = Node.from_description(KernelLab.node_description())
+        ensure_named(node, rules)
+        node.iptables_restore(rules)
     except RestoreError as exc:
         return str(exc)
     return None

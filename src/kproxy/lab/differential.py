@@ -12,12 +12,16 @@ the sink with, every rule's packet counter, and the conntrack table.
 from __future__ import annotations
 
 import ipaddress
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.lab.kernel import KernelLab, Observation, Topology
+from kproxy.lab.kernel import NODE, HarnessError, KernelLab, Observation, Topology
 from kproxy.lab.parsers import conntrack_lines, rule_counters
+from kproxy.lab.replay import Replay, ScriptedRng, note_choices, steer
 from kproxy.netfilter.ctformat import format_conn
+from kproxy.netfilter.nfacct import ensure_named, named_in
 from kproxy.netfilter.tcp import M32, TcpSeg
 from kproxy.node import Node
 from kproxy.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet, parse_addr
@@ -97,6 +101,7 @@ class Probe:
     dst: str
     dport: int
     from_node: bool = False
+    pause: float = 0.0    # seconds to wait before sending (limit, recent and timeouts see time pass)
 
     def text(self) -> str:
         return f"{'node' if self.from_node else 'client'} -> {self.dst}:{self.dport}/{self.proto}"
@@ -135,6 +140,7 @@ RESET = "".join(f"*{t}\nCOMMIT\n" for t in TABLES)
 def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
     lab.restore(RESET)
     lab.flush()
+    ensure_kernel_nfacct(lab, case.rules)
     lab.restore(case.rules)
     lab.flush()
     out, observations = probe_kernel(lab, case)
@@ -142,11 +148,22 @@ def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
     return out, observations
 
 
+def ensure_kernel_nfacct(lab: KernelLab, rules: str) -> None:
+    """Make the accounting objects the rules name on the lab's node (as kube-proxy does before its
+    rules), so a ruleset taken from a node that had them loads here too."""
+    for name in named_in(rules):
+        made = lab.run(NODE, sys.executable, "-m", "kproxy.backends.kernel_nfacct", "ensure", name)
+        if made["rc"] != 0:
+            raise HarnessError(f"cannot make the nfacct object {name}: {made['err'].strip()}")
+
+
 def probe_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
     """The case's probes through the lab's node as loaded: fates, arrivals and the conntrack table."""
     out = Outcome()
     observations = []
     for p in case.probes:
+        if p.pause:
+            time.sleep(p.pause)
         obs = lab.probe(p.proto, p.dst, p.dport, timeout=0.08, from_node=p.from_node)
         observations.append(obs)
         out.fates.append(obs.fate)
@@ -175,6 +192,8 @@ class EmulatedPeers:
         self.segs = Segments(None)
         self.peer: tuple[int, int] = (0, 0)
         self.sink_saw: Packet | None = None
+        self.tracing = False                        # trace each probe's first packet (into .trace)
+        self.trace: Any = None
 
     def probe(self, p: Probe, sport: int, segments: Segments | None = None) -> tuple[str, str]:
         """Play one probe; return (fate, arrival at the sink)."""
@@ -190,9 +209,10 @@ class EmulatedPeers:
         self.sink_saw = None
         if p.from_node:
             first.src = 0
-            res = node.send(_owned(first))
+            res = node.send(_owned(first), trace=self.tracing)
         else:
-            res = node.receive(first, "eth0")
+            res = node.receive(first, "eth0", trace=self.tracing)
+        self.trace = res.trace if self.tracing else None
         sent = res.packet
         if res.fate == "rejected":
             if p.from_node and proto == UDP and res.hook in ("OUTPUT", "POSTROUTING"):
@@ -371,27 +391,66 @@ def _answer_reached(res: Any, from_node: bool) -> bool:
 
 def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
                  description: dict[str, Any] | None = None,
-                 segments: list[list[dict[str, Any]]] | None = None) -> Outcome:
+                 segments: list[list[dict[str, Any]]] | None = None, replay: Replay | None = None) -> Outcome:
     """The case on an emulated node; ``segments`` (per probe, from the kernel's observations) gives
-    the TCP sequence numbers and windows to replay."""
+    the TCP sequence numbers and windows to replay, ``replay`` the kernel's clock and dice."""
     desc = description or KernelLab.node_description()
-    peers = EmulatedPeers(lab, desc)
-    peers.node.iptables_restore(case.rules)
-    out = probe_emulator(peers, case, sports, segments)
+
+    def load() -> EmulatedPeers:
+        peers = EmulatedPeers(lab, desc)
+        ensure_named(peers.node, case.rules)
+        peers.node.iptables_restore(case.rules)
+        return peers
+
+    peers, out = emulate(load, case, sports, segments, replay)
     out.counters = rule_counters(peers.node.iptables_save(counters=True))
     return out
 
 
+def emulate(load: Any, case: Case, sports: list[int], segments: list[list[dict[str, Any]]] | None,
+            replay: Replay | None) -> tuple[EmulatedPeers, Outcome]:
+    """The probes on a node ``load()`` makes; with a ``replay`` that knows the kernel's outcome, first
+    the random choices that reproduce it (each search plays the probes again on a fresh node)."""
+    def play(scripts: list[list[int]] | None, upto: int | None = None) -> tuple[EmulatedPeers, Outcome]:
+        peers = load()
+        return peers, probe_emulator(peers, case, sports, segments, replay, scripts, upto)
+
+    if replay is None or replay.kernel is None:
+        return play(None)
+    steer(case, replay, play)
+    return play(replay.scripts)
+
+
 def probe_emulator(peers: EmulatedPeers, case: Case, sports: list[int],
-                   segments: list[list[dict[str, Any]]] | None = None) -> Outcome:
-    """The case's probes through the emulated node as loaded: fates, arrivals and the conntrack table."""
+                   segments: list[list[dict[str, Any]]] | None = None, replay: Replay | None = None,
+                   scripts: list[list[int]] | None = None, upto: int | None = None) -> Outcome:
+    """The case's probes through the emulated node as loaded: fates, arrivals and the conntrack table.
+
+    With a ``replay``, each probe runs at the kernel's time, with the kernel's NAT ports and the
+    random choices of ``scripts`` (when given); ``upto`` stops after that many probes."""
     out = Outcome()
     per_probe = segments or [[] for _ in sports]
-    for p, sport, segs in zip(case.probes, sports, per_probe, strict=True):
+    node = peers.node
+    start = node.now()
+    rng = None
+    if scripts is not None:
+        rng = node.subsystems["rng"] = ScriptedRng()
+        peers.tracing = upto is None
+    for i, (p, sport, segs) in enumerate(zip(case.probes, sports, per_probe, strict=True)):
+        if upto is not None and i >= upto:
+            break
+        if replay is not None:
+            node.clock = start + replay.times[i]
+            node.nat.port_hint, node.nat.replayed = replay.hint(i), []
+        if rng is not None:
+            rng.start(scripts[i] if scripts and i < len(scripts) else [])
         fate, arrival = peers.probe(p, sport, Segments(segs))
         out.fates.append(fate)
         out.arrivals.append(arrival)
-    now = peers.node.now()
+        if replay is not None and upto is None:
+            note_choices(replay, peers, i, p.text())
+    node.nat.port_hint = None
+    now = node.now()
     out.conntrack = conntrack_lines("\n".join(format_conn(c, now) for c in peers.node.conntrack.entries()))
     return out
 

@@ -199,6 +199,7 @@ class Observation:
     reject_with: str = ""             # the answer's kind: tcp-reset, icmp-port-unreachable, ...
     reject_from: str = ""             # who sent that answer
     elapsed: float = 0.0              # seconds for the probe (without conntrack and counters)
+    sent_at: float = 0.0              # time.monotonic() when the sender was told to send
     conntrack: list[CtEntry] | None = None
     counters: Counters | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)  # every TCP segment the sniffers saw
@@ -424,13 +425,14 @@ class KernelLab:
             op["src"] = src
         if dev:
             op["dev"] = dev
+        sent_at = time.monotonic()
         res = self.workers[who].call(op="send", **op)
         sink = self.workers[SINK].call(op="drain", wait=0.03)
         node = self.workers[NODE].call(op="drain")
         client = self.workers[CLIENT].call(op="drain")
         obs = self._judge(proto, res, sink, node, client, from_node)
         obs.segments = [*client.get("segments", ()), *sink.get("segments", ()), *node.get("segments", ())]
-        obs.elapsed = time.monotonic() - began
+        obs.elapsed, obs.sent_at = time.monotonic() - began, sent_at
         if details:
             obs.conntrack = self.conntrack_entries()
             obs.counters = self.counters()

@@ -17,11 +17,12 @@ from kproxy.lab.differential import (
     EmulatedPeers,
     Outcome,
     compare,
-    probe_emulator,
+    emulate,
     probe_kernel,
 )
 from kproxy.lab.kernel import NODE, KernelLab, Observation
 from kproxy.lab.parsers import nft_rule_counters
+from kproxy.lab.replay import Replay
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.evaluate import attach
 from kproxy.nftables.model import Ruleset
@@ -61,10 +62,13 @@ def load_emulator(peers: EmulatedPeers, script: str) -> None:
 
 def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
                  description: dict[str, Any] | None = None,
-                 segments: list[list[dict[str, Any]]] | None = None) -> Outcome:
-    peers = EmulatedPeers(lab, description or KernelLab.node_description())
-    load_emulator(peers, case.rules)
-    out = probe_emulator(peers, case, sports, segments)
+                 segments: list[list[dict[str, Any]]] | None = None, replay: Replay | None = None) -> Outcome:
+    def load() -> EmulatedPeers:
+        peers = EmulatedPeers(lab, description or KernelLab.node_description())
+        load_emulator(peers, case.rules)
+        return peers
+
+    peers, out = emulate(load, case, sports, segments, replay)
     out.counters = nft_rule_counters(run_nft(["list", "ruleset"], peers.node.nftables)[1])
     return out
 
