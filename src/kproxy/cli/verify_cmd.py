@@ -12,20 +12,28 @@ import click
 from kproxy.cli.main import cli
 
 PROBE_LINE = re.compile(r"^(tcp|udp)\s+(\S+)\s+(\d+)(\s+from-node)?$")
+SLEEP_LINE = re.compile(r"^sleep\s+(\d+(?:\.\d*)?|\.\d+)$")     # the next probe waits that long
 
 
 def parse_probes(text: str, source: str):
     from kproxy.lab.differential import Probe
 
     probes = []
+    pause = 0.0
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
+        wait = SLEEP_LINE.match(line)
+        if wait is not None:
+            pause += float(wait.group(1))
+            continue
         m = PROBE_LINE.match(line)
         if m is None:
-            raise click.UsageError(f"{source}:{n}: expected 'tcp|udp DESTINATION PORT [from-node]', got {line!r}")
-        probes.append(Probe(m.group(1), m.group(2), int(m.group(3)), bool(m.group(4))))
+            raise click.UsageError(f"{source}:{n}: expected 'tcp|udp DESTINATION PORT [from-node]' or "
+                                   f"'sleep SECONDS', got {line!r}")
+        probes.append(Probe(m.group(1), m.group(2), int(m.group(3)), bool(m.group(4)), pause))
+        pause = 0.0
     return probes
 
 
@@ -79,7 +87,8 @@ def is_nft_script(text: str) -> bool:
 @cli.command("verify")
 @click.argument("ruleset", type=click.Path(exists=True, dir_okay=False))
 @click.option("--packets", "packets_file", type=click.Path(exists=True, dir_okay=False),
-              help="Probes, one per line: 'tcp|udp DESTINATION PORT [from-node]'.")
+              help="Probes, one per line: 'tcp|udp DESTINATION PORT [from-node]'; 'sleep SECONDS' lets time "
+                   "pass before the next one.")
 @click.option("--legacy", is_flag=True, help="Use iptables-legacy in the kernel instead of iptables-nft.")
 @click.option("--nft/--iptables", "nft", default=None,
               help="RULESET is an nft script (nft -f input) or iptables-restore input; by default found "
@@ -92,10 +101,10 @@ def verify_cmd(ruleset: str, packets_file: str | None, legacy: bool, nft: bool |
     eth1 10.0.2.1 -> sink 10.0.2.2, which answers for any address); the emulator runs the same node.
     Exit status 0 when they agree, 1 when they disagree, 2 when the check cannot run here.
     """
-    from kproxy.lab import differential, nftdiff
-    from kproxy.lab.differential import Case, compare
+    from kproxy.lab import nftdiff
+    from kproxy.lab.differential import Case
     from kproxy.lab.kernel import HarnessError, KernelLab, kernel_lab_reason
-    from kproxy.lab.replay import Replay
+    from kproxy.lab.verify import verify
 
     rules = Path(ruleset).read_text()
     if nft is None:
@@ -112,19 +121,14 @@ def verify_cmd(ruleset: str, packets_file: str | None, legacy: bool, nft: bool |
     if refused is not None:
         click.echo(f"kproxy verify: the emulator refuses {ruleset}:\n{refused}", err=True)
         sys.exit(2)
-    case = Case(rules, probes)
-    side = nftdiff if nft else differential
     with KernelLab(legacy=legacy) as lab:
         try:
-            kernel, observations = side.run_kernel(lab, case)
+            got = verify(lab, Case(rules, probes), nft)
         except (HarnessError, nftdiff.NftRefused) as exc:
             click.echo(f"kproxy verify: this kernel refuses the ruleset (a missing feature?): {exc}", err=True)
             sys.exit(2)
-        replay = Replay.of(observations, kernel)
-        emulated = side.run_emulator(case, [o.sport for o in observations], lab,
-                                     segments=[o.segments for o in observations], replay=replay)
-    diffs = compare(case, kernel, emulated)
-    for note in replay.notes:
+    kernel, emulated, diffs = got.kernel, got.emulator, got.diffs
+    for note in got.replay.notes:
         click.echo(note)
     click.echo(f"{'probe':<40} {'kernel':<28} {'emulator':<28}")
     for i, p in enumerate(probes):

@@ -121,6 +121,7 @@ class Outcome:
     arrivals: list[str] = field(default_factory=list)     # src:sport -> dst:dport as the sink saw it
     counters: dict[str, int] = field(default_factory=dict)
     conntrack: list[str] = field(default_factory=list)
+    steps: list[dict[str, int]] = field(default_factory=list)   # the counters after each probe, when asked
 
 
 @dataclass
@@ -137,15 +138,20 @@ RESET = "".join(f"*{t}\nCOMMIT\n" for t in TABLES)
 
 
 # ---- the kernel side ---------------------------------------------------------------------------------
-def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
+def run_kernel(lab: KernelLab, case: Case, steps: bool = False) -> tuple[Outcome, list[Observation]]:
+    """``steps`` also reads the counters after each probe (a replay matches the kernel's draws by them)."""
     lab.restore(RESET)
     lab.flush()
     ensure_kernel_nfacct(lab, case.rules)
     lab.restore(case.rules)
     lab.flush()
-    out, observations = probe_kernel(lab, case)
-    out.counters = rule_counters(lab.save(counters=True))
+    out, observations = probe_kernel(lab, case, kernel_counters if steps else None)
+    out.counters = kernel_counters(lab)
     return out, observations
+
+
+def kernel_counters(lab: KernelLab) -> dict[str, int]:
+    return rule_counters(lab.save(counters=True))
 
 
 def ensure_kernel_nfacct(lab: KernelLab, rules: str) -> None:
@@ -157,8 +163,9 @@ def ensure_kernel_nfacct(lab: KernelLab, rules: str) -> None:
             raise HarnessError(f"cannot make the nfacct object {name}: {made['err'].strip()}")
 
 
-def probe_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
-    """The case's probes through the lab's node as loaded: fates, arrivals and the conntrack table."""
+def probe_kernel(lab: KernelLab, case: Case, count: Any = None) -> tuple[Outcome, list[Observation]]:
+    """The case's probes through the lab's node as loaded: fates, arrivals and the conntrack table
+    (and with ``count(lab)``, the counters after each probe)."""
     out = Outcome()
     observations = []
     for p in case.probes:
@@ -168,6 +175,8 @@ def probe_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]
         observations.append(obs)
         out.fates.append(obs.fate)
         out.arrivals.append(_arrival(obs.at_sink[0]) if obs.at_sink else "")
+        if count is not None:
+            out.steps.append(count(lab))
     out.conntrack = conntrack_lines(lab.conntrack())
     return out, observations
 
@@ -402,23 +411,28 @@ def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
         peers.node.iptables_restore(case.rules)
         return peers
 
-    peers, out = emulate(load, case, sports, segments, replay)
-    out.counters = rule_counters(peers.node.iptables_save(counters=True))
-    return out
+    return emulate(load, emulator_counters, case, sports, segments, replay)
 
 
-def emulate(load: Any, case: Case, sports: list[int], segments: list[list[dict[str, Any]]] | None,
-            replay: Replay | None) -> tuple[EmulatedPeers, Outcome]:
-    """The probes on a node ``load()`` makes; with a ``replay`` that knows the kernel's outcome, first
-    the random choices that reproduce it (each search plays the probes again on a fresh node)."""
+def emulator_counters(peers: EmulatedPeers) -> dict[str, int]:
+    return rule_counters(peers.node.iptables_save(counters=True))
+
+
+def emulate(load: Any, count: Any, case: Case, sports: list[int], segments: list[list[dict[str, Any]]] | None,
+            replay: Replay | None) -> Outcome:
+    """The probes on a node ``load()`` makes, and its counters (``count(peers)``); with a ``replay``
+    that knows the kernel's outcome, first the random choices that reproduce it (each search plays
+    the probes again on a fresh node)."""
     def play(scripts: list[list[int]] | None, upto: int | None = None) -> tuple[EmulatedPeers, Outcome]:
         peers = load()
-        return peers, probe_emulator(peers, case, sports, segments, replay, scripts, upto)
+        out = probe_emulator(peers, case, sports, segments, replay, scripts, upto)
+        out.counters = count(peers)
+        return peers, out
 
     if replay is None or replay.kernel is None:
-        return play(None)
+        return play(None)[1]
     steer(case, replay, play)
-    return play(replay.scripts)
+    return play(replay.scripts)[1]
 
 
 def probe_emulator(peers: EmulatedPeers, case: Case, sports: list[int],

@@ -42,11 +42,20 @@ def load_kernel(lab: KernelLab, script: str) -> None:
     lab.flush()
 
 
-def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
+def run_kernel(lab: KernelLab, case: Case, steps: bool = False) -> tuple[Outcome, list[Observation]]:
+    """``steps`` also reads the counters after each probe (a replay matches the kernel's draws by them)."""
     load_kernel(lab, case.rules)
-    out, observations = probe_kernel(lab, case)
-    out.counters = nft_rule_counters(lab.run(NODE, "nft", "list", "ruleset")["out"])
+    out, observations = probe_kernel(lab, case, kernel_counters if steps else None)
+    out.counters = kernel_counters(lab)
     return out, observations
+
+
+def kernel_counters(lab: KernelLab) -> dict[str, int]:
+    return nft_rule_counters(lab.run(NODE, "nft", "list", "ruleset")["out"])
+
+
+def emulator_counters(peers: EmulatedPeers) -> dict[str, int]:
+    return nft_rule_counters(run_nft(["list", "ruleset"], peers.node.nftables)[1])
 
 
 def load_emulator(peers: EmulatedPeers, script: str) -> None:
@@ -68,9 +77,7 @@ def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
         load_emulator(peers, case.rules)
         return peers
 
-    peers, out = emulate(load, case, sports, segments, replay)
-    out.counters = nft_rule_counters(run_nft(["list", "ruleset"], peers.node.nftables)[1])
-    return out
+    return emulate(load, emulator_counters, case, sports, segments, replay)
 
 
 def emulator_refusal(script: str) -> str | None:

@@ -106,19 +106,23 @@ def steer(case: Case, replay: Replay, play: Play) -> None:
 
 
 def _search(replay: Replay, play: Play, i: int) -> list[int] | None:
-    """The first script (depth first) that gives probe ``i`` the kernel's fate and arrival."""
+    """The first script (depth first) that gives probe ``i`` the kernel's fate and arrival and leaves
+    the kernel's counters; failing the counters, the first that gives the fate and arrival."""
     kernel = replay.kernel
     assert kernel is not None
     script: list[int] | None = []
-    tries = 0
-    while script is not None and tries < MAX_TRIES:
+    first = None
+    for _ in range(MAX_TRIES):
+        if script is None:
+            break
         peers, out = play([*replay.scripts, script], i + 1)
         rng = peers.node.subsystems["rng"]
         if (out.fates[i], out.arrivals[i]) == (kernel.fates[i], kernel.arrivals[i]):
-            return list(rng.drawn())
+            if not kernel.steps or out.counters == kernel.steps[i]:
+                return list(rng.drawn())
+            first = first if first is not None else list(rng.drawn())
         script = next_script(rng.drawn(), rng.sizes)
-        tries += 1
-    return None
+    return first
 
 
 def note_choices(replay: Replay, peers: EmulatedPeers, i: int, text: str) -> None:
