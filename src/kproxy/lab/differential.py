@@ -24,9 +24,8 @@ from kproxy.netfilter.ctformat import format_conn
 from kproxy.netfilter.nfacct import ensure_named, named_in
 from kproxy.netfilter.tcp import M32, TcpSeg
 from kproxy.node import Node
-from kproxy.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet, parse_addr
+from kproxy.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet, format_addr, parse_addr
 
-CLIENT_IP = "10.0.1.2"
 TABLES = ("raw", "mangle", "nat", "filter")
 SYN_LEN, ACK_LEN, RST_LEN, UDP_LEN = 60, 52, 40, 34
 SOFT_ICMP_ERRORS = ("icmp-net-unreachable", "icmp-host-unreachable")   # not fatal in icmp_err_convert
@@ -102,9 +101,11 @@ class Probe:
     dport: int
     from_node: bool = False
     pause: float = 0.0    # seconds to wait before sending (limit, recent and timeouts see time pass)
+    via: str = ""         # the node interface a client's probe arrives on ("": the lab's first)
 
     def text(self) -> str:
-        return f"{'node' if self.from_node else 'client'} -> {self.dst}:{self.dport}/{self.proto}"
+        via = f" via {self.via}" if self.via else ""
+        return f"{'node' if self.from_node else 'client'}{via} -> {self.dst}:{self.dport}/{self.proto}"
 
 
 @dataclass
@@ -171,7 +172,10 @@ def probe_kernel(lab: KernelLab, case: Case, count: Any = None) -> tuple[Outcome
     for p in case.probes:
         if p.pause:
             time.sleep(p.pause)
-        obs = lab.probe(p.proto, p.dst, p.dport, timeout=0.08, from_node=p.from_node)
+        linked = bool(p.via) and not p.from_node
+        obs = lab.probe(p.proto, p.dst, p.dport, timeout=0.08, from_node=p.from_node,
+                        src=lab.topology.client_on(p.via) if linked else None,
+                        dev=lab.topology.client_dev_for(p.via) if linked else None)
         observations.append(obs)
         out.fates.append(obs.fate)
         out.arrivals.append(_arrival(obs.at_sink[0]) if obs.at_sink else "")
@@ -195,13 +199,16 @@ class EmulatedPeers:
         self.tcp_ports = set(lab.listen_tcp) if lab else {80, 8080, 443, 53}
         self.udp_ports = set(lab.listen_udp) if lab else {53, 5353, 8080}
         self.node_ports = set(lab.node_ports) if lab else {53, 80, 443, 5353, 8080, 9999}
-        topo = lab.topology if lab else Topology()
+        topo = self.topology = lab.topology if lab else Topology()
+        self.dev_in, self.dev_out = topo.node_in, topo.node_out   # the probe's link, the sink's
         self.sink_net = ipaddress.ip_network(f"{topo.sink}/{topo.out_prefixlen}", strict=False)
         self.node_out = parse_addr(topo.node_out_addr)[1]
         self.segs = Segments(None)
         self.peer: tuple[int, int] = (0, 0)
         self.sink_saw: Packet | None = None
         self.tracing = False                        # trace each probe's first packet (into .trace)
+        self.held: dict[int, float] = {}            # connections whose packet waits for a neighbour, since
+        self.owners = {topo.sink, topo.client, *topo.client_extra, *(topo.client_on(n) for n, _ in topo.links)}
         self.trace: Any = None
 
     def probe(self, p: Probe, sport: int, segments: Segments | None = None) -> tuple[str, str]:
@@ -209,7 +216,8 @@ class EmulatedPeers:
         node = self.node
         self.segs = segments or Segments(None)
         proto = TCP if p.proto == "tcp" else UDP
-        src = "0.0.0.0" if p.from_node else CLIENT_IP
+        self.dev_in = p.via or self.topology.node_in
+        src = "0.0.0.0" if p.from_node else self.topology.client_on(self.dev_in)
         first = Packet.make(src, p.dst, proto, sport, p.dport, tcp_flags=SYN if proto == TCP else 0,
                             length=self.segs.length("syn", SYN_LEN) if proto == TCP else UDP_LEN)
         if proto == TCP:
@@ -220,7 +228,7 @@ class EmulatedPeers:
             first.src = 0
             res = node.send(_owned(first), trace=self.tracing)
         else:
-            res = node.receive(first, "eth0", trace=self.tracing)
+            res = node.receive(first, self.dev_in, trace=self.tracing)
         self.trace = res.trace if self.tracing else None
         sent = res.packet
         if res.fate == "rejected":
@@ -233,13 +241,19 @@ class EmulatedPeers:
                 # IP_RECVERR never reports: the sender sees nothing come back.
                 return "dropped", ""
             # Seen from the sender: rejected only if the ICMP error or reset reaches it.
-            return ("rejected" if _answer_reached(res, p.from_node) else "dropped"), ""
+            return ("rejected" if _answer_reached(res, p.from_node, self.dev_in) else "dropped"), ""
         if res.fate == "dropped":
             return "dropped", ""
-        if res.fate == "forwarded" and res.out_dev == "eth1":
+        if res.fate == "forwarded" and not self._owned_next_hop(sent):
+            # Nobody on that link has the next hop's address: its ARP goes unanswered and the packet
+            # waits in the neighbour queue, holding its conntrack entry, until it is dropped.
+            if sent.ct is not None:
+                self.held[id(sent.ct)] = self.node.now()
+            return "dropped", ""
+        if res.fate == "forwarded" and res.out_dev == self.dev_out:
             arrival = f"{sent.src_str}:{sent.sport} -> {sent.dst_str}:{sent.dport}"
             if self.sink_answers_via_node(sent.src):
-                self._answer(sent, lambda pkt: node.receive(pkt, "eth1"), from_client=not p.from_node)
+                self._answer(sent, lambda pkt: node.receive(pkt, self.dev_out), from_client=not p.from_node)
             return "forwarded", arrival
         if res.fate == "delivered":
             outcome = self._answer(sent, node.send, from_client=not p.from_node, local=True)
@@ -253,6 +267,13 @@ class EmulatedPeers:
                 return "delivered", ""
             return ("rejected" if outcome == "rejected" else "dropped"), ""
         return res.fate, ""
+
+    def _owned_next_hop(self, sent: Packet) -> bool:
+        """Whether a lab peer answers ARP for the packet's next hop (the sink answers for whatever is
+        routed through it, the client for its own addresses)."""
+        route = self.node.route(sent.family, sent.dst)
+        hop = route.gateway if route.gateway is not None else sent.dst
+        return sent.family != 4 or format_addr(hop) in self.owners
 
     def sink_answers_via_node(self, src: int) -> bool:
         """The sink routes its answer to the node unless the packet came from the sink's own subnet
@@ -273,24 +294,24 @@ class EmulatedPeers:
                 self._closed_local_port(back)
             if listening:
                 self._misaddressed_datagram(back, from_client)
-            if back.fate == "forwarded" and back.out_dev == "eth1":
+            if back.fate == "forwarded" and back.out_dev == self.dev_out:
                 # The answer went (back) towards the sink: a node answering its own probe, or a nat
                 # rule turning the sink's echo around.
                 self._misdirected_to_sink(back.packet)
             if listening:
                 return "accepted"
-            return "rejected" if _at_sender(back, from_client) else "dropped"     # the port unreachable
+            return "rejected" if self._at_sender(back, from_client) else "dropped"     # the port unreachable
         if not listening:
             back = send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
                                     tcp_flags=RST | ACK, length=RST_LEN, seg=self.segs.for_reset_to_syn()))
-            return "rejected" if _at_sender(back, from_client) else "dropped"
+            return "rejected" if self._at_sender(back, from_client) else "dropped"
         synack = Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport, tcp_flags=SYN | ACK,
                         length=self.segs.length("synack", SYN_LEN), seg=self.segs.for_synack())
         back = send_back(_owned(synack) if local else synack)
         if back.fate not in ("forwarded", "delivered"):
             return "dropped"
         orig = back.packet          # as the client sees the answer: the client's next packets go the other way
-        to_client = back.fate == "forwarded" and back.out_dev == "eth0"
+        to_client = back.fate == "forwarded" and back.out_dev == self.dev_in
         if (orig.src, orig.sport) != self.peer or (from_client and back.fate == "delivered"):
             # Not un-NATed (its reply skipped conntrack, say): no socket is connected to that address,
             # so the TCP that got it (the client's, or the node's own) answers with a reset, and the
@@ -299,13 +320,14 @@ class EmulatedPeers:
             reset = Packet(src=orig.dst, dst=orig.src, proto=TCP, sport=orig.dport, dport=orig.sport, tcp_flags=RST,
                            length=RST_LEN, seg=seg)
             if to_client:
-                node.receive(reset, "eth0")
+                node.receive(reset, self.dev_in)
             elif back.fate == "delivered":
                 node.send(reset)
             return "dropped"
         ack = self._client_segment(orig, ACK, ACK_LEN, from_client)
-        was_reset = ack.fate == "rejected" and ack.reject_with == "tcp-reset" and _answer_reached(ack, not from_client)
-        if not was_reset and not local and ack.fate == "forwarded" and ack.out_dev == "eth1":
+        was_reset = ack.fate == "rejected" and ack.reject_with == "tcp-reset" and \
+            _answer_reached(ack, not from_client, self.dev_in)
+        if not was_reset and not local and ack.fate == "forwarded" and ack.out_dev == self.dev_out:
             was_reset = self._sink_resets(got, ack.packet, from_client)
         if not was_reset:
             # The program closes with SO_LINGER 0: an abortive RST, unless a reset for its ACK already
@@ -313,7 +335,7 @@ class EmulatedPeers:
             self._client_segment(orig, RST | ACK, RST_LEN, from_client)
         if ack.fate in ("forwarded", "delivered"):
             return "accepted"
-        return "rejected" if ack.fate == "rejected" and _answer_reached(ack, not from_client) else "dropped"
+        return "rejected" if ack.fate == "rejected" and _answer_reached(ack, not from_client, self.dev_in) else "dropped"
 
     def _sink_resets(self, syn: Packet, ack: Packet, from_client: bool) -> bool:
         """The sink's TCP knows the connection by the addresses its SYN arrived with. An ACK that
@@ -324,25 +346,28 @@ class EmulatedPeers:
         seg = None if ack.seg is None else TcpSeg(ack.seg.ack)
         reset = Packet(src=ack.dst, dst=ack.src, proto=TCP, sport=ack.dport, dport=ack.sport, tcp_flags=RST,
                        length=RST_LEN, seg=seg)
-        res = self.node.receive(reset, "eth1")
-        return (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
+        res = self.node.receive(reset, self.dev_out)
+        return self._at_sender(res, from_client)
+
+    def _at_sender(self, res: Any, from_client: bool) -> bool:
+        return _at_sender(res, from_client, self.dev_in)
 
     def _client_segment(self, answer: Packet, flags: int, length: int, from_client: bool) -> Any:
         """The initiator's next segment after ``answer`` (its ACK, or its RST on close), through the node."""
         pkt = Packet(src=answer.dst, dst=answer.src, proto=TCP, sport=answer.dport, dport=answer.sport,
                      tcp_flags=flags, length=self.segs.length("client", length, flags), seg=self.segs.for_client(flags))
-        return self.node.receive(pkt, "eth0") if from_client else self.node.send(_owned(pkt))
+        return self.node.receive(pkt, self.dev_in) if from_client else self.node.send(_owned(pkt))
 
     def _misaddressed_datagram(self, res: Any, from_client: bool) -> None:
         """A reply that reaches the sender from an address its connected socket did not send to (a nat
         rule changed it on the way back): no socket takes it, and the sender's UDP answers with a port
         unreachable (the client's stack, or the node's own for a node's probe)."""
         got = res.packet
-        if not _at_sender(res, from_client) or (got.src, got.sport) == self.peer:
+        if not self._at_sender(res, from_client) or (got.src, got.sport) == self.peer:
             return
         error = _port_unreachable(got)
         if from_client:
-            self.node.receive(error, "eth0")
+            self.node.receive(error, self.dev_in)
         else:
             self.node.send(error)
 
@@ -353,7 +378,7 @@ class EmulatedPeers:
         the kernel's peers would go on echoing each other)."""
         if self.sink_saw is None:
             self.sink_saw = got
-        self.node.receive(_udp_answer(got, got.dport in self.udp_ports), "eth1")
+        self.node.receive(_udp_answer(got, got.dport in self.udp_ports), self.dev_out)
 
     def _closed_local_port(self, res: Any) -> None:
         """A datagram the node's rules turned back to the node itself (REDIRECT, DNAT to a local
@@ -364,9 +389,9 @@ class EmulatedPeers:
         self.node.send(_port_unreachable(got))
 
 
-def _at_sender(res: Any, from_client: bool) -> bool:
-    """Whether an answer reached the probe's sender: out of eth0 to the client, or the node itself."""
-    return (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
+def _at_sender(res: Any, from_client: bool, dev_in: str) -> bool:
+    """Whether an answer reached the probe's sender: out of the probe's link to the client, or the node itself."""
+    return (res.fate == "forwarded" and res.out_dev == dev_in) if from_client else res.fate == "delivered"
 
 
 def _owned(pkt: Packet) -> Packet:
@@ -389,13 +414,13 @@ def _port_unreachable(got: Packet) -> Packet:
                   length=UDP_LEN + 28)
 
 
-def _answer_reached(res: Any, from_node: bool) -> bool:
+def _answer_reached(res: Any, from_node: bool, dev_in: str) -> bool:
     """Whether REJECT's ICMP error or reset made it back to the sender (the node's own socket, or
-    out of eth0 to the client)."""
+    out of the probe's link to the client)."""
     answer = res.extra.get("reply")
     if answer is None:
         return False
-    return answer.fate == "delivered" if from_node else answer.fate == "forwarded" and answer.out_dev == "eth0"
+    return _at_sender(answer, not from_node, dev_in)
 
 
 def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
@@ -403,7 +428,7 @@ def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
                  segments: list[list[dict[str, Any]]] | None = None, replay: Replay | None = None) -> Outcome:
     """The case on an emulated node; ``segments`` (per probe, from the kernel's observations) gives
     the TCP sequence numbers and windows to replay, ``replay`` the kernel's clock and dice."""
-    desc = description or KernelLab.node_description()
+    desc = description or (lab or KernelLab).node_description()
 
     def load() -> EmulatedPeers:
         peers = EmulatedPeers(lab, desc)
@@ -465,7 +490,10 @@ def probe_emulator(peers: EmulatedPeers, case: Case, sports: list[int],
             note_choices(replay, peers, i, p.text())
     node.nat.port_hint = None
     now = node.now()
-    out.conntrack = conntrack_lines("\n".join(format_conn(c, now) for c in peers.node.conntrack.entries()))
+    # The neighbour layer gives up on an unanswered address after three solicitations a second apart.
+    held = {c for c, since in peers.held.items() if now - since < 3.0}
+    out.conntrack = conntrack_lines("\n".join(format_conn(c, now, use=2 if id(c) in held else 1)
+                                              for c in node.conntrack.entries()))
     return out
 
 

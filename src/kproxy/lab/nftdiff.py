@@ -73,17 +73,17 @@ def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
                  description: dict[str, Any] | None = None,
                  segments: list[list[dict[str, Any]]] | None = None, replay: Replay | None = None) -> Outcome:
     def load() -> EmulatedPeers:
-        peers = EmulatedPeers(lab, description or KernelLab.node_description())
+        peers = EmulatedPeers(lab, description or (lab or KernelLab).node_description())
         load_emulator(peers, case.rules)
         return peers
 
     return emulate(load, emulator_counters, case, sports, segments, replay)
 
 
-def emulator_refusal(script: str) -> str | None:
-    """Why the emulator refuses ``script`` (None when it loads)."""
+def emulator_refusal(script: str, description: dict[str, Any] | None = None) -> str | None:
+    """Why the emulator refuses ``script`` on the node ``description`` gives (None when it loads)."""
     try:
-        load_emulator(EmulatedPeers(None, KernelLab.node_description()), script)
+        load_emulator(EmulatedPeers(None, description or KernelLab.node_description()), script)
     except NftRefused as exc:
         return str(exc)
     return None
