@@ -10,9 +10,13 @@ reported.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+import kproxy.cli.verify_cmd  # noqa: F401 - registers the command
+from kproxy.cli.main import cli
 from kproxy.iptables.ext import limit as limit_ext
 from kproxy.lab.differential import Case, Probe
 from kproxy.lab.kernel import KernelLab, kernel_lab_reason
@@ -146,3 +150,53 @@ def test_a_choice_the_emulators_rules_do_not_allow_is_reported(lab: KernelLab) -
     i = kernel_not_first[0]
     assert f"not replayed: probe {i + 1} (client -> 10.96.0.50:80/tcp)" in "\n".join(got.replay.notes)
     assert any(d.what.startswith(f"probe {i + 1} ") for d in got.diffs)
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_verify(*args: str) -> Result:
+    if kernel_lab_reason():
+        pytest.skip(str(kernel_lab_reason()))
+    return CliRunner().invoke(cli, ["verify", *args])
+
+
+def test_the_kube_proxy_example_agrees() -> None:
+    """kube-proxy's own rules: nfacct objects, statistic endpoints, --random-fully, a localhost nodeport."""
+    res = run_verify(str(EXAMPLES / "iptables.rules"))
+    assert res.exit_code == 0, res.output
+    assert "replayed: probe" in res.output and "--random-fully" in res.output
+    assert res.output.splitlines()[-1].startswith("agreement: 6 probes")
+
+
+def test_the_example_on_the_example_nodes_interfaces() -> None:
+    res = run_verify(str(EXAMPLES / "iptables.rules"), "--node-file", str(EXAMPLES / "node.yaml"))
+    assert res.exit_code == 0, res.output
+
+
+LINKED = """*nat
+-A PREROUTING -i cni0 -d 10.96.0.60/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.1.5:8080
+COMMIT
+*filter
+-A INPUT -i cali+ -p udp -m udp --dport 53 -j DROP
+COMMIT
+"""
+
+
+def test_probes_arrive_through_the_interfaces_the_ruleset_names(tmp_path: Path) -> None:
+    (tmp_path / "rules").write_text(LINKED)
+    (tmp_path / "probes").write_text("tcp 10.96.0.60 80 via cni0\ntcp 10.96.0.60 80\n"
+                                     "udp 10.0.1.1 53 via cali0\nudp 10.0.1.1 53\n")
+    res = run_verify(str(tmp_path / "rules"), "--packets", str(tmp_path / "probes"))
+    assert res.exit_code == 0, res.output
+    fates = [line.split()[-2:] for line in res.output.splitlines() if line.startswith("client")]
+    assert fates == [["forwarded", "10.244.1.5:8080"], ["forwarded", "10.96.0.60:80"], ["dropped", "dropped"],
+                     ["delivered", "delivered"]]
+
+
+def test_a_probe_through_an_interface_the_node_lacks_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "rules").write_text(LINKED)
+    (tmp_path / "probes").write_text("tcp 10.96.0.60 80 via wg0\n")
+    res = run_verify(str(tmp_path / "rules"), "--packets", str(tmp_path / "probes"))
+    assert res.exit_code == 2
+    assert "no interface wg0 on the verify node (it has eth0, cni0, cali0 towards the client)" in res.output

@@ -36,7 +36,7 @@ def named_interfaces(rules: str) -> list[str]:
 def input_interface(line: str) -> str:
     """The interface a rule line matches arriving packets on ("" when none, or a negated one)."""
     m = INPUT_NAMED.search(line)
-    if m is None or re.search(r"(?:!\s+-i|!=)\s", m.group(0)):
+    if m is None or line[:m.start() + 1].rstrip().endswith("!") or "!=" in m.group(0):
         return ""
     name = concrete(m.group(1))
     return "" if name == "lo" else name
