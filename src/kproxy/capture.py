@@ -380,8 +380,9 @@ def live_layout(node: Node, items: list[Any], owned: set[tuple[str, str]]) -> No
         have = lay.chains.get(key)
         if have is None:
             continue
-        listed = [c for c in chains.get(key, []) if c in have]
-        lay.chains[key] = dict.fromkeys(listed + [c for c in have if c not in listed and c not in BUILTIN_CHAINS])
+        listed = dict.fromkeys(c for c in chains.get(key, []) if c in have)
+        listed.update(dict.fromkeys(c for c in have if c not in listed and c not in BUILTIN_CHAINS))
+        lay.chains[key] = listed
         lay.handles[key] = handle
     lay.tables.sort(key=lambda k: (k not in tables, list(tables).index(k) if k in tables else 0))
     lay.next_handle = max([lay.next_handle, *(h + 1 for h in tables.values())])
