@@ -275,7 +275,11 @@ class FakeTools:
         self.outputs = {"ip -j addr show": json.dumps(ADDR), "ip -j -4 route show table main": json.dumps(ROUTE4),
                         "ip -j -6 route show table main": json.dumps(ROUTE6), "iptables-save -c": IPTABLES,
                         "ip6tables-save -c": IP6TABLES, "nft -j list tables": json.dumps(nft_tables),
-                        "nft -j list table inet kpt": json.dumps(kpt), "ipset save": IPSET, "conntrack -L": CONNTRACK}
+                        "nft -j list table inet kpt": json.dumps(kpt), "ipset save": IPSET, "conntrack -L": CONNTRACK,
+                        "nft -j list chains": json.dumps({"nftables": [NFT_JSON["nftables"][0], *(
+                            {"chain": {"family": "ip", "table": "filter", "name": name, "handle": h, "type": "filter",
+                                       "hook": name.lower(), "prio": 0, "policy": policy}}
+                            for name, h, policy in (("FORWARD", 1, "drop"), ("INPUT", 2, "accept")))]})}
 
     def run(self, runner: object, argv: list[str], check: bool = True) -> object:
         import subprocess
@@ -303,3 +307,8 @@ def test_capture_runs_the_tools_and_notes_the_missing_ones(monkeypatch: pytest.M
     assert node.origin["warnings"] == ["conntrack is not installed here: no conntrack state captured"]
     assert node.name == "kp-fake-000000" and list(node.ipsets.sets) == ["allowed"] and len(node.conntrack) == 0
     assert node.nftables is not None and [t.name for t in node.nftables.tables] == ["kpt"]
+    # iptables-nft's filter table: the chains the live node had (no OUTPUT), in its order
+    from kproxy.nftables.xtlayout import node_layout
+
+    assert list(node_layout(node).chains[(4, "filter")]) == ["FORWARD", "INPUT"]
+    assert ["nft", "-j", "list", "chains"] in tools.ran

@@ -159,6 +159,7 @@ def node_with(rs: Ruleset) -> Node:
         "sysctls": {"net.ipv4.ip_forward": "1"},
     })
     node.clock = 1000.0
+    node.subsystems["rng"] = random.Random(0)     # numgen random draws the same on every node made here
     node.nftables = rs
     assert attach(node) == []
     return node

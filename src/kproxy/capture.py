@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kproxy.iptables.extension import BUILTIN_CHAINS
 from kproxy.netfilter.nfacct import ensure_named
 from kproxy.node import Node, NodeError, Route
 
@@ -135,11 +136,17 @@ def _take_nft(r: Runner, dumps: Dumps, owned: set[tuple[str, str]]) -> None:
     """``nft -j list table`` of each table iptables-nft does not own, as one ``list ruleset`` document.
 
     Listing the whole ruleset would make nft translate every iptables-nft rule back (many seconds and
-    hundreds of megabytes for 100,000 rules) only for kproxy to drop them."""
+    hundreds of megabytes for 100,000 rules) only for kproxy to drop them. The tables iptables-nft owns
+    are kept as the kernel lists them without their rules (``nft -j list chains``): which of their
+    chains exist, in which order, so the captured node lists them as the live one does."""
     tables = _json(Dump(r.run(["nft", "-j", "list", "tables"]).stdout, "nft -j list tables"), dict)
     items: list[Any] = [o for o in tables.get("nftables", []) if isinstance(o, dict) and "metainfo" in o][:1]
     listed = [(t["table"]["family"], t["table"]["name"]) for t in tables.get("nftables", [])
               if isinstance(t, dict) and isinstance(t.get("table"), dict)]
+    items += [t for t in tables.get("nftables", []) if isinstance(t, dict) and _owned(t, owned)]
+    if any(key in owned for key in listed):
+        chains = _json(Dump(r.run(["nft", "-j", "list", "chains"]).stdout, "nft -j list chains"), dict)
+        items += [c for c in chains.get("nftables", []) if isinstance(c, dict) and _owned(c, owned)]
     for family, name in listed:
         if (family, name) not in owned:
             one = _json(Dump(r.run(["nft", "-j", "list", "table", family, name]).stdout, "nft -j list table"), dict)
@@ -221,7 +228,9 @@ def build(dumps: Dumps, now: float | None = None) -> Node:
                 f"{d.source}: {line[2:]}" for line in d.text.splitlines() if line.startswith("# Warning:"))
             owned |= owned_tables(d.text, nft_family)
     for d in dumps.get("nft"):
-        load_nft(node, d, owned)
+        items = load_nft(node, d, owned)
+        if items is not None:
+            live_layout(node, items, owned)
     for d in dumps.get("ipvs"):
         _tool(d, *_run_ipvsadm(node, d, now))
     for d in dumps.get("conntrack"):
@@ -336,13 +345,15 @@ def load_iptables(node: Node, d: Dump, family: int) -> str:
     return m.group(1) if m else ""
 
 
-def load_nft(node: Node, d: Dump, owned: set[tuple[str, str]]) -> None:
-    """``nft list ruleset`` (text) or ``nft -j list ruleset``, leaving out the tables iptables-nft owns."""
+def load_nft(node: Node, d: Dump, owned: set[tuple[str, str]]) -> list[Any] | None:
+    """``nft list ruleset`` (text) or ``nft -j list ruleset``, leaving out the tables iptables-nft owns;
+    returns the JSON document's items (None for text)."""
     from kproxy.nftables.cli import run_nft
     from kproxy.nftables.evaluate import attach
     from kproxy.nftables.store import node_ruleset
 
     text, argv = d.text, ["-f", "-"]
+    items = None
     if text.lstrip().startswith("{"):
         data = _json(d, dict)
         items = data.get("nftables")
@@ -359,6 +370,40 @@ def load_nft(node: Node, d: Dump, owned: set[tuple[str, str]]) -> None:
         raise CaptureError("; ".join(errors) or f"{d.source}: {_one_line(err)}")
     node.nftables = rs
     attach(node)
+    return items
+
+
+def live_layout(node: Node, items: list[Any], owned: set[tuple[str, str]]) -> None:
+    """Make the iptables-nft tables' chains those the live node's nft listed, in its order, with its
+    table handles: iptables-save declares every built-in chain, the live node has only those it made."""
+    from kproxy.nftables.xtlayout import node_layout
+
+    if not owned:
+        return
+    tables: dict[tuple[int, str], int] = {}
+    chains: dict[tuple[int, str], list[str]] = {}
+    for obj in items:
+        if not ("table" in obj or "chain" in obj) or not _owned(obj, owned):
+            continue
+        kind, body = next(iter(obj.items()))
+        key = ({"ip": 4, "ip6": 6}[body["family"]], str(body["table"] if kind == "chain" else body["name"]))
+        if kind == "table":
+            tables[key] = int(body.get("handle", 0))
+        elif kind == "chain":
+            chains.setdefault(key, []).append(str(body["name"]))
+    lay = node_layout(node)
+    if lay.variant == "legacy" or not tables:
+        return
+    for key, handle in tables.items():
+        have = lay.chains.get(key)
+        if have is None:
+            continue
+        listed = dict.fromkeys(c for c in chains.get(key, []) if c in have)
+        listed.update(dict.fromkeys(c for c in have if c not in listed and c not in BUILTIN_CHAINS))
+        lay.chains[key] = listed
+        lay.handles[key] = handle
+    lay.tables.sort(key=lambda k: (k not in tables, list(tables).index(k) if k in tables else 0))
+    lay.next_handle = max([lay.next_handle, *(h + 1 for h in tables.values())])
 
 
 def _owned(obj: Any, owned: set[tuple[str, str]]) -> bool:

@@ -12,17 +12,20 @@ the sink with, every rule's packet counter, and the conntrack table.
 from __future__ import annotations
 
 import ipaddress
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.lab.kernel import KernelLab, Observation, Topology
+from kproxy.lab.kernel import NODE, HarnessError, KernelLab, Observation, Topology
 from kproxy.lab.parsers import conntrack_lines, rule_counters
+from kproxy.lab.replay import Replay, ScriptedRng, note_choices, steer
 from kproxy.netfilter.ctformat import format_conn
+from kproxy.netfilter.nfacct import ensure_named, named_in
 from kproxy.netfilter.tcp import M32, TcpSeg
 from kproxy.node import Node
-from kproxy.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet, parse_addr
+from kproxy.packet import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Packet, format_addr, parse_addr
 
-CLIENT_IP = "10.0.1.2"
 TABLES = ("raw", "mangle", "nat", "filter")
 SYN_LEN, ACK_LEN, RST_LEN, UDP_LEN = 60, 52, 40, 34
 SOFT_ICMP_ERRORS = ("icmp-net-unreachable", "icmp-host-unreachable")   # not fatal in icmp_err_convert
@@ -97,9 +100,12 @@ class Probe:
     dst: str
     dport: int
     from_node: bool = False
+    pause: float = 0.0    # seconds to wait before sending (limit, recent and timeouts see time pass)
+    via: str = ""         # the node interface a client's probe arrives on ("": the lab's first)
 
     def text(self) -> str:
-        return f"{'node' if self.from_node else 'client'} -> {self.dst}:{self.dport}/{self.proto}"
+        via = f" via {self.via}" if self.via else ""
+        return f"{'node' if self.from_node else 'client'}{via} -> {self.dst}:{self.dport}/{self.proto}"
 
 
 @dataclass
@@ -116,6 +122,7 @@ class Outcome:
     arrivals: list[str] = field(default_factory=list)     # src:sport -> dst:dport as the sink saw it
     counters: dict[str, int] = field(default_factory=dict)
     conntrack: list[str] = field(default_factory=list)
+    steps: list[dict[str, int]] = field(default_factory=list)   # the counters after each probe, when asked
 
 
 @dataclass
@@ -132,25 +139,48 @@ RESET = "".join(f"*{t}\nCOMMIT\n" for t in TABLES)
 
 
 # ---- the kernel side ---------------------------------------------------------------------------------
-def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
+def run_kernel(lab: KernelLab, case: Case, steps: bool = False) -> tuple[Outcome, list[Observation]]:
+    """``steps`` also reads the counters after each probe (a replay matches the kernel's draws by them)."""
     lab.restore(RESET)
     lab.flush()
+    ensure_kernel_nfacct(lab, case.rules)
     lab.restore(case.rules)
     lab.flush()
-    out, observations = probe_kernel(lab, case)
-    out.counters = rule_counters(lab.save(counters=True))
+    out, observations = probe_kernel(lab, case, kernel_counters if steps else None)
+    out.counters = kernel_counters(lab)
     return out, observations
 
 
-def probe_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
-    """The case's probes through the lab's node as loaded: fates, arrivals and the conntrack table."""
+def kernel_counters(lab: KernelLab) -> dict[str, int]:
+    return rule_counters(lab.save(counters=True))
+
+
+def ensure_kernel_nfacct(lab: KernelLab, rules: str) -> None:
+    """Make the accounting objects the rules name on the lab's node (as kube-proxy does before its
+    rules), so a ruleset taken from a node that had them loads here too."""
+    for name in named_in(rules):
+        made = lab.run(NODE, sys.executable, "-m", "kproxy.backends.kernel_nfacct", "ensure", name)
+        if made["rc"] != 0:
+            raise HarnessError(f"cannot make the nfacct object {name}: {made['err'].strip()}")
+
+
+def probe_kernel(lab: KernelLab, case: Case, count: Any = None) -> tuple[Outcome, list[Observation]]:
+    """The case's probes through the lab's node as loaded: fates, arrivals and the conntrack table
+    (and with ``count(lab)``, the counters after each probe)."""
     out = Outcome()
     observations = []
     for p in case.probes:
-        obs = lab.probe(p.proto, p.dst, p.dport, timeout=0.08, from_node=p.from_node)
+        if p.pause:
+            time.sleep(p.pause)
+        linked = bool(p.via) and not p.from_node
+        obs = lab.probe(p.proto, p.dst, p.dport, timeout=0.08, from_node=p.from_node,
+                        src=lab.topology.client_on(p.via) if linked else None,
+                        dev=lab.topology.client_dev_for(p.via) if linked else None)
         observations.append(obs)
         out.fates.append(obs.fate)
         out.arrivals.append(_arrival(obs.at_sink[0]) if obs.at_sink else "")
+        if count is not None:
+            out.steps.append(count(lab))
     out.conntrack = conntrack_lines(lab.conntrack())
     return out, observations
 
@@ -169,19 +199,25 @@ class EmulatedPeers:
         self.tcp_ports = set(lab.listen_tcp) if lab else {80, 8080, 443, 53}
         self.udp_ports = set(lab.listen_udp) if lab else {53, 5353, 8080}
         self.node_ports = set(lab.node_ports) if lab else {53, 80, 443, 5353, 8080, 9999}
-        topo = lab.topology if lab else Topology()
+        topo = self.topology = lab.topology if lab else Topology()
+        self.dev_in, self.dev_out = topo.node_in, topo.node_out   # the probe's link, the sink's
         self.sink_net = ipaddress.ip_network(f"{topo.sink}/{topo.out_prefixlen}", strict=False)
         self.node_out = parse_addr(topo.node_out_addr)[1]
         self.segs = Segments(None)
         self.peer: tuple[int, int] = (0, 0)
         self.sink_saw: Packet | None = None
+        self.tracing = False                        # trace each probe's first packet (into .trace)
+        self.held: dict[int, float] = {}            # connections whose packet waits for a neighbour, since
+        self.owners = {topo.sink, topo.client, *topo.client_extra, *(topo.client_on(n) for n, _ in topo.links)}
+        self.trace: Any = None
 
     def probe(self, p: Probe, sport: int, segments: Segments | None = None) -> tuple[str, str]:
         """Play one probe; return (fate, arrival at the sink)."""
         node = self.node
         self.segs = segments or Segments(None)
         proto = TCP if p.proto == "tcp" else UDP
-        src = "0.0.0.0" if p.from_node else CLIENT_IP
+        self.dev_in = p.via or self.topology.node_in
+        src = "0.0.0.0" if p.from_node else self.topology.client_on(self.dev_in)
         first = Packet.make(src, p.dst, proto, sport, p.dport, tcp_flags=SYN if proto == TCP else 0,
                             length=self.segs.length("syn", SYN_LEN) if proto == TCP else UDP_LEN)
         if proto == TCP:
@@ -190,9 +226,10 @@ class EmulatedPeers:
         self.sink_saw = None
         if p.from_node:
             first.src = 0
-            res = node.send(_owned(first))
+            res = node.send(_owned(first), trace=self.tracing)
         else:
-            res = node.receive(first, "eth0")
+            res = node.receive(first, self.dev_in, trace=self.tracing)
+        self.trace = res.trace if self.tracing else None
         sent = res.packet
         if res.fate == "rejected":
             if p.from_node and proto == UDP and res.hook in ("OUTPUT", "POSTROUTING"):
@@ -204,13 +241,19 @@ class EmulatedPeers:
                 # IP_RECVERR never reports: the sender sees nothing come back.
                 return "dropped", ""
             # Seen from the sender: rejected only if the ICMP error or reset reaches it.
-            return ("rejected" if _answer_reached(res, p.from_node) else "dropped"), ""
+            return ("rejected" if _answer_reached(res, p.from_node, self.dev_in) else "dropped"), ""
         if res.fate == "dropped":
             return "dropped", ""
-        if res.fate == "forwarded" and res.out_dev == "eth1":
+        if res.fate == "forwarded" and not self._owned_next_hop(sent):
+            # Nobody on that link has the next hop's address: its ARP goes unanswered and the packet
+            # waits in the neighbour queue, holding its conntrack entry, until it is dropped.
+            if sent.ct is not None:
+                self.held[id(sent.ct)] = self.node.now()
+            return "dropped", ""
+        if res.fate == "forwarded" and res.out_dev == self.dev_out:
             arrival = f"{sent.src_str}:{sent.sport} -> {sent.dst_str}:{sent.dport}"
             if self.sink_answers_via_node(sent.src):
-                self._answer(sent, lambda pkt: node.receive(pkt, "eth1"), from_client=not p.from_node)
+                self._answer(sent, lambda pkt: node.receive(pkt, self.dev_out), from_client=not p.from_node)
             return "forwarded", arrival
         if res.fate == "delivered":
             outcome = self._answer(sent, node.send, from_client=not p.from_node, local=True)
@@ -224,6 +267,13 @@ class EmulatedPeers:
                 return "delivered", ""
             return ("rejected" if outcome == "rejected" else "dropped"), ""
         return res.fate, ""
+
+    def _owned_next_hop(self, sent: Packet) -> bool:
+        """Whether a lab peer answers ARP for the packet's next hop (the sink answers for whatever is
+        routed through it, the client for its own addresses)."""
+        route = self.node.route(sent.family, sent.dst)
+        hop = route.gateway if route.gateway is not None else sent.dst
+        return sent.family != 4 or format_addr(hop) in self.owners
 
     def sink_answers_via_node(self, src: int) -> bool:
         """The sink routes its answer to the node unless the packet came from the sink's own subnet
@@ -244,24 +294,24 @@ class EmulatedPeers:
                 self._closed_local_port(back)
             if listening:
                 self._misaddressed_datagram(back, from_client)
-            if back.fate == "forwarded" and back.out_dev == "eth1":
+            if back.fate == "forwarded" and back.out_dev == self.dev_out:
                 # The answer went (back) towards the sink: a node answering its own probe, or a nat
                 # rule turning the sink's echo around.
                 self._misdirected_to_sink(back.packet)
             if listening:
                 return "accepted"
-            return "rejected" if _at_sender(back, from_client) else "dropped"     # the port unreachable
+            return "rejected" if self._at_sender(back, from_client) else "dropped"     # the port unreachable
         if not listening:
             back = send_back(Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport,
                                     tcp_flags=RST | ACK, length=RST_LEN, seg=self.segs.for_reset_to_syn()))
-            return "rejected" if _at_sender(back, from_client) else "dropped"
+            return "rejected" if self._at_sender(back, from_client) else "dropped"
         synack = Packet(src=got.dst, dst=got.src, proto=TCP, sport=got.dport, dport=got.sport, tcp_flags=SYN | ACK,
                         length=self.segs.length("synack", SYN_LEN), seg=self.segs.for_synack())
         back = send_back(_owned(synack) if local else synack)
         if back.fate not in ("forwarded", "delivered"):
             return "dropped"
         orig = back.packet          # as the client sees the answer: the client's next packets go the other way
-        to_client = back.fate == "forwarded" and back.out_dev == "eth0"
+        to_client = back.fate == "forwarded" and back.out_dev == self.dev_in
         if (orig.src, orig.sport) != self.peer or (from_client and back.fate == "delivered"):
             # Not un-NATed (its reply skipped conntrack, say): no socket is connected to that address,
             # so the TCP that got it (the client's, or the node's own) answers with a reset, and the
@@ -270,13 +320,14 @@ class EmulatedPeers:
             reset = Packet(src=orig.dst, dst=orig.src, proto=TCP, sport=orig.dport, dport=orig.sport, tcp_flags=RST,
                            length=RST_LEN, seg=seg)
             if to_client:
-                node.receive(reset, "eth0")
+                node.receive(reset, self.dev_in)
             elif back.fate == "delivered":
                 node.send(reset)
             return "dropped"
         ack = self._client_segment(orig, ACK, ACK_LEN, from_client)
-        was_reset = ack.fate == "rejected" and ack.reject_with == "tcp-reset" and _answer_reached(ack, not from_client)
-        if not was_reset and not local and ack.fate == "forwarded" and ack.out_dev == "eth1":
+        was_reset = ack.fate == "rejected" and ack.reject_with == "tcp-reset" and \
+            _answer_reached(ack, not from_client, self.dev_in)
+        if not was_reset and not local and ack.fate == "forwarded" and ack.out_dev == self.dev_out:
             was_reset = self._sink_resets(got, ack.packet, from_client)
         if not was_reset:
             # The program closes with SO_LINGER 0: an abortive RST, unless a reset for its ACK already
@@ -284,7 +335,7 @@ class EmulatedPeers:
             self._client_segment(orig, RST | ACK, RST_LEN, from_client)
         if ack.fate in ("forwarded", "delivered"):
             return "accepted"
-        return "rejected" if ack.fate == "rejected" and _answer_reached(ack, not from_client) else "dropped"
+        return "rejected" if ack.fate == "rejected" and _answer_reached(ack, not from_client, self.dev_in) else "dropped"
 
     def _sink_resets(self, syn: Packet, ack: Packet, from_client: bool) -> bool:
         """The sink's TCP knows the connection by the addresses its SYN arrived with. An ACK that
@@ -295,25 +346,28 @@ class EmulatedPeers:
         seg = None if ack.seg is None else TcpSeg(ack.seg.ack)
         reset = Packet(src=ack.dst, dst=ack.src, proto=TCP, sport=ack.dport, dport=ack.sport, tcp_flags=RST,
                        length=RST_LEN, seg=seg)
-        res = self.node.receive(reset, "eth1")
-        return (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
+        res = self.node.receive(reset, self.dev_out)
+        return self._at_sender(res, from_client)
+
+    def _at_sender(self, res: Any, from_client: bool) -> bool:
+        return _at_sender(res, from_client, self.dev_in)
 
     def _client_segment(self, answer: Packet, flags: int, length: int, from_client: bool) -> Any:
         """The initiator's next segment after ``answer`` (its ACK, or its RST on close), through the node."""
         pkt = Packet(src=answer.dst, dst=answer.src, proto=TCP, sport=answer.dport, dport=answer.sport,
                      tcp_flags=flags, length=self.segs.length("client", length, flags), seg=self.segs.for_client(flags))
-        return self.node.receive(pkt, "eth0") if from_client else self.node.send(_owned(pkt))
+        return self.node.receive(pkt, self.dev_in) if from_client else self.node.send(_owned(pkt))
 
     def _misaddressed_datagram(self, res: Any, from_client: bool) -> None:
         """A reply that reaches the sender from an address its connected socket did not send to (a nat
         rule changed it on the way back): no socket takes it, and the sender's UDP answers with a port
         unreachable (the client's stack, or the node's own for a node's probe)."""
         got = res.packet
-        if not _at_sender(res, from_client) or (got.src, got.sport) == self.peer:
+        if not self._at_sender(res, from_client) or (got.src, got.sport) == self.peer:
             return
         error = _port_unreachable(got)
         if from_client:
-            self.node.receive(error, "eth0")
+            self.node.receive(error, self.dev_in)
         else:
             self.node.send(error)
 
@@ -324,7 +378,7 @@ class EmulatedPeers:
         the kernel's peers would go on echoing each other)."""
         if self.sink_saw is None:
             self.sink_saw = got
-        self.node.receive(_udp_answer(got, got.dport in self.udp_ports), "eth1")
+        self.node.receive(_udp_answer(got, got.dport in self.udp_ports), self.dev_out)
 
     def _closed_local_port(self, res: Any) -> None:
         """A datagram the node's rules turned back to the node itself (REDIRECT, DNAT to a local
@@ -335,9 +389,9 @@ class EmulatedPeers:
         self.node.send(_port_unreachable(got))
 
 
-def _at_sender(res: Any, from_client: bool) -> bool:
-    """Whether an answer reached the probe's sender: out of eth0 to the client, or the node itself."""
-    return (res.fate == "forwarded" and res.out_dev == "eth0") if from_client else res.fate == "delivered"
+def _at_sender(res: Any, from_client: bool, dev_in: str) -> bool:
+    """Whether an answer reached the probe's sender: out of the probe's link to the client, or the node itself."""
+    return (res.fate == "forwarded" and res.out_dev == dev_in) if from_client else res.fate == "delivered"
 
 
 def _owned(pkt: Packet) -> Packet:
@@ -360,39 +414,86 @@ def _port_unreachable(got: Packet) -> Packet:
                   length=UDP_LEN + 28)
 
 
-def _answer_reached(res: Any, from_node: bool) -> bool:
+def _answer_reached(res: Any, from_node: bool, dev_in: str) -> bool:
     """Whether REJECT's ICMP error or reset made it back to the sender (the node's own socket, or
-    out of eth0 to the client)."""
+    out of the probe's link to the client)."""
     answer = res.extra.get("reply")
     if answer is None:
         return False
-    return answer.fate == "delivered" if from_node else answer.fate == "forwarded" and answer.out_dev == "eth0"
+    return _at_sender(answer, not from_node, dev_in)
 
 
 def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
                  description: dict[str, Any] | None = None,
-                 segments: list[list[dict[str, Any]]] | None = None) -> Outcome:
+                 segments: list[list[dict[str, Any]]] | None = None, replay: Replay | None = None) -> Outcome:
     """The case on an emulated node; ``segments`` (per probe, from the kernel's observations) gives
-    the TCP sequence numbers and windows to replay."""
-    desc = description or KernelLab.node_description()
-    peers = EmulatedPeers(lab, desc)
-    peers.node.iptables_restore(case.rules)
-    out = probe_emulator(peers, case, sports, segments)
-    out.counters = rule_counters(peers.node.iptables_save(counters=True))
-    return out
+    the TCP sequence numbers and windows to replay, ``replay`` the kernel's clock and dice."""
+    desc = description or (lab or KernelLab).node_description()
+
+    def load() -> EmulatedPeers:
+        peers = EmulatedPeers(lab, desc)
+        ensure_named(peers.node, case.rules)
+        peers.node.iptables_restore(case.rules)
+        return peers
+
+    return emulate(load, emulator_counters, case, sports, segments, replay)
+
+
+def emulator_counters(peers: EmulatedPeers) -> dict[str, int]:
+    return rule_counters(peers.node.iptables_save(counters=True))
+
+
+def emulate(load: Any, count: Any, case: Case, sports: list[int], segments: list[list[dict[str, Any]]] | None,
+            replay: Replay | None) -> Outcome:
+    """The probes on a node ``load()`` makes, and its counters (``count(peers)``); with a ``replay``
+    that knows the kernel's outcome, first the random choices that reproduce it (each search plays
+    the probes again on a fresh node)."""
+    def play(scripts: list[list[int]] | None, upto: int | None = None) -> tuple[EmulatedPeers, Outcome]:
+        peers = load()
+        out = probe_emulator(peers, case, sports, segments, replay, scripts, upto)
+        out.counters = count(peers)
+        return peers, out
+
+    if replay is None or replay.kernel is None:
+        return play(None)[1]
+    steer(case, replay, play)
+    return play(replay.scripts)[1]
 
 
 def probe_emulator(peers: EmulatedPeers, case: Case, sports: list[int],
-                   segments: list[list[dict[str, Any]]] | None = None) -> Outcome:
-    """The case's probes through the emulated node as loaded: fates, arrivals and the conntrack table."""
+                   segments: list[list[dict[str, Any]]] | None = None, replay: Replay | None = None,
+                   scripts: list[list[int]] | None = None, upto: int | None = None) -> Outcome:
+    """The case's probes through the emulated node as loaded: fates, arrivals and the conntrack table.
+
+    With a ``replay``, each probe runs at the kernel's time, with the kernel's NAT ports and the
+    random choices of ``scripts`` (when given); ``upto`` stops after that many probes."""
     out = Outcome()
     per_probe = segments or [[] for _ in sports]
-    for p, sport, segs in zip(case.probes, sports, per_probe, strict=True):
+    node = peers.node
+    start = node.now()
+    rng = None
+    if scripts is not None:
+        rng = node.subsystems["rng"] = ScriptedRng()
+        peers.tracing = upto is None
+    for i, (p, sport, segs) in enumerate(zip(case.probes, sports, per_probe, strict=True)):
+        if upto is not None and i >= upto:
+            break
+        if replay is not None:
+            node.clock = start + replay.times[i]
+            node.nat.port_hint, node.nat.replayed = replay.hint(i), []
+        if rng is not None:
+            rng.start(scripts[i] if scripts and i < len(scripts) else [])
         fate, arrival = peers.probe(p, sport, Segments(segs))
         out.fates.append(fate)
         out.arrivals.append(arrival)
-    now = peers.node.now()
-    out.conntrack = conntrack_lines("\n".join(format_conn(c, now) for c in peers.node.conntrack.entries()))
+        if replay is not None and upto is None:
+            note_choices(replay, peers, i, p.text())
+    node.nat.port_hint = None
+    now = node.now()
+    # The neighbour layer gives up on an unanswered address after three solicitations a second apart.
+    held = {c for c, since in peers.held.items() if now - since < 3.0}
+    out.conntrack = conntrack_lines("\n".join(format_conn(c, now, use=2 if id(c) in held else 1)
+                                              for c in node.conntrack.entries()))
     return out
 
 

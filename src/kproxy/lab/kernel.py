@@ -92,6 +92,9 @@ class Topology:
     in_prefixlen: int = 24
     out_prefixlen: int = 24
     client_extra: tuple[str, ...] = ()     # more client addresses (/32), routed back by the node
+    # More node interfaces on the client's side, (name, "address/prefix"): each a link to the client,
+    # which holds another address of that subnet there (``client_on``) and can send through it.
+    links: tuple[tuple[str, str], ...] = ()
 
     def check(self) -> None:
         for name in (self.node_in, self.node_out, self.client_dev, self.sink_dev):
@@ -99,6 +102,14 @@ class Topology:
                 raise HarnessError(f"bad interface name {name!r}")
         if self.node_in == self.node_out:
             raise HarnessError("the node's two interfaces need different names")
+        names = [self.node_in, self.node_out, *(n for n, _ in self.links)]
+        if len(set(names)) != len(names):
+            raise HarnessError(f"the node's interfaces need different names: {', '.join(names)}")
+        for name, addr in self.links:
+            if not 0 < len(name) <= 15 or "/" in name or name == "lo":
+                raise HarnessError(f"bad interface name {name!r}")
+            if ipaddress.ip_interface(addr).network.num_addresses < 4:
+                raise HarnessError(f"{name} {addr}: the subnet needs room for the client too")
         for a in (self.client, self.node_in_addr, self.node_out_addr, self.sink, *self.client_extra):
             ipaddress.IPv4Address(a)
         for a, b, p in ((self.client, self.node_in_addr, self.in_prefixlen),
@@ -112,9 +123,24 @@ class Topology:
         routes += [f"{a}/32 via {self.client} dev {self.node_in}" for a in self.client_extra]
         return {"name": "kernel-node",
                 "interfaces": [{"name": self.node_in, "addresses": [f"{self.node_in_addr}/{self.in_prefixlen}"]},
-                               {"name": self.node_out, "addresses": [f"{self.node_out_addr}/{self.out_prefixlen}"]}],
+                               {"name": self.node_out, "addresses": [f"{self.node_out_addr}/{self.out_prefixlen}"]},
+                               *({"name": n, "addresses": [a]} for n, a in self.links)],
                 "routes": routes,
                 "sysctls": {"net.ipv4.ip_forward": "1"}}
+
+    def client_on(self, dev: str) -> str:
+        """The client's address on the link to the node's ``dev`` (the subnet's first host that is
+        not the node's)."""
+        if dev in ("", self.node_in):
+            return self.client
+        iface = ipaddress.ip_interface(dict(self.links)[dev])
+        return str(next(h for h in iface.network.hosts() if h != iface.ip))
+
+    def client_dev_for(self, dev: str) -> str:
+        """The client's end of the link to the node's ``dev``."""
+        if dev in ("", self.node_in):
+            return self.client_dev
+        return f"kpc{[n for n, _ in self.links].index(dev)}"
 
 
 class _TopologyMethod:
@@ -199,6 +225,7 @@ class Observation:
     reject_with: str = ""             # the answer's kind: tcp-reset, icmp-port-unreachable, ...
     reject_from: str = ""             # who sent that answer
     elapsed: float = 0.0              # seconds for the probe (without conntrack and counters)
+    sent_at: float = 0.0              # time.monotonic() when the sender was told to send
     conntrack: list[CtEntry] | None = None
     counters: Counters | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)  # every TCP segment the sniffers saw
@@ -315,10 +342,22 @@ class KernelLab:
                               (s, t.sink_dev, f"{t.sink}/{t.out_prefixlen}")):
             self._ip(ns, "addr", "add", addr, "dev", dev)
             self._ip(ns, "link", "set", dev, "up")
+        for name, addr in t.links:
+            peer = t.client_dev_for(name)
+            self._ip(n, "link", "add", name, "type", "veth", "peer", "name", peer, "netns", c)
+            self._ip(n, "addr", "add", addr, "dev", name)
+            self._ip(c, "addr", "add", f"{t.client_on(name)}/{ipaddress.ip_interface(addr).network.prefixlen}",
+                     "dev", peer)
+            for ns, dev in ((n, name), (c, peer)):
+                self._ip(ns, "link", "set", dev, "up")
         for extra in t.client_extra:
             self._ip(c, "addr", "add", f"{extra}/32", "dev", t.client_dev)
             self._ip(n, "route", "add", f"{extra}/32", "via", t.client, "dev", t.node_in)
         self._ip(c, "route", "add", "default", "via", t.node_in_addr)
+        for i, (name, addr) in enumerate(t.links):
+            # A socket bound to this link (SO_BINDTODEVICE) finds its own default route through it.
+            gateway = str(ipaddress.ip_interface(addr).ip)
+            self._ip(c, "route", "add", "default", "via", gateway, "dev", t.client_dev_for(name), "metric", str(100 + i))
         self._ip(n, "route", "add", "default", "via", t.sink)
         self._ip(s, "route", "add", "default", "via", t.node_out_addr)
         # The sink answers for any destination: its own nat table redirects everything to itself
@@ -343,6 +382,8 @@ class KernelLab:
             self.workers[role] = Worker(self.names[role])
         self.workers[SINK].call(op="sniff", dev=t.sink_dev)
         self.workers[CLIENT].call(op="sniff", dev=t.client_dev)
+        for name, _ in t.links:
+            self.workers[CLIENT].call(op="sniff", dev=t.client_dev_for(name))
         self.workers[NODE].call(op="sniff", dev="lo")     # the answers to the node's own rejected packets
         self.workers[SINK].call(op="listen", tcp=list(self.listen_tcp), udp=list(self.listen_udp))
         self.workers[NODE].call(op="listen", tcp=list(self.node_ports), udp=list(self.node_ports))
@@ -424,13 +465,14 @@ class KernelLab:
             op["src"] = src
         if dev:
             op["dev"] = dev
+        sent_at = time.monotonic()
         res = self.workers[who].call(op="send", **op)
         sink = self.workers[SINK].call(op="drain", wait=0.03)
         node = self.workers[NODE].call(op="drain")
         client = self.workers[CLIENT].call(op="drain")
         obs = self._judge(proto, res, sink, node, client, from_node)
         obs.segments = [*client.get("segments", ()), *sink.get("segments", ()), *node.get("segments", ())]
-        obs.elapsed = time.monotonic() - began
+        obs.elapsed, obs.sent_at = time.monotonic() - began, sent_at
         if details:
             obs.conntrack = self.conntrack_entries()
             obs.counters = self.counters()

@@ -17,11 +17,12 @@ from kproxy.lab.differential import (
     EmulatedPeers,
     Outcome,
     compare,
-    probe_emulator,
+    emulate,
     probe_kernel,
 )
 from kproxy.lab.kernel import NODE, KernelLab, Observation
 from kproxy.lab.parsers import nft_rule_counters
+from kproxy.lab.replay import Replay
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.evaluate import NOT_EVALUATED, attach, unevaluated
 from kproxy.nftables.model import Ruleset
@@ -41,10 +42,11 @@ def load_kernel(lab: KernelLab, script: str) -> None:
     lab.flush()
 
 
-def run_kernel(lab: KernelLab, case: Case) -> tuple[Outcome, list[Observation]]:
+def run_kernel(lab: KernelLab, case: Case, steps: bool = False) -> tuple[Outcome, list[Observation]]:
+    """``steps`` also reads the counters after each probe (a replay matches the kernel's draws by them)."""
     load_kernel(lab, case.rules)
-    out, observations = probe_kernel(lab, case)
-    out.counters = evaluated_counters(lab.run(NODE, "nft", "list", "ruleset")["out"])
+    out, observations = probe_kernel(lab, case, kernel_counters if steps else None)
+    out.counters = kernel_counters(lab)
     return out, observations
 
 
@@ -55,6 +57,14 @@ def evaluated_counters(listing: str) -> dict[str, int]:
 
 
 UNEVALUATED = tuple(f"table {family} " for family in NOT_EVALUATED)
+
+
+def kernel_counters(lab: KernelLab) -> dict[str, int]:
+    return evaluated_counters(lab.run(NODE, "nft", "list", "ruleset")["out"])
+
+
+def emulator_counters(peers: EmulatedPeers) -> dict[str, int]:
+    return evaluated_counters(run_nft(["list", "ruleset"], peers.node.nftables)[1])
 
 
 def load_emulator(peers: EmulatedPeers, script: str) -> None:
@@ -68,12 +78,13 @@ def load_emulator(peers: EmulatedPeers, script: str) -> None:
 
 def run_emulator(case: Case, sports: list[int], lab: KernelLab | None = None,
                  description: dict[str, Any] | None = None,
-                 segments: list[list[dict[str, Any]]] | None = None) -> Outcome:
-    peers = EmulatedPeers(lab, description or KernelLab.node_description())
-    load_emulator(peers, case.rules)
-    out = probe_emulator(peers, case, sports, segments)
-    out.counters = evaluated_counters(run_nft(["list", "ruleset"], peers.node.nftables)[1])
-    return out
+                 segments: list[list[dict[str, Any]]] | None = None, replay: Replay | None = None) -> Outcome:
+    def load() -> EmulatedPeers:
+        peers = EmulatedPeers(lab, description or (lab or KernelLab).node_description())
+        load_emulator(peers, case.rules)
+        return peers
+
+    return emulate(load, emulator_counters, case, sports, segments, replay)
 
 
 def notes(script: str) -> list[str]:
@@ -82,10 +93,10 @@ def notes(script: str) -> list[str]:
     return unevaluated(rs) if rc == 0 else []
 
 
-def emulator_refusal(script: str) -> str | None:
-    """Why the emulator refuses ``script`` (None when it loads)."""
+def emulator_refusal(script: str, description: dict[str, Any] | None = None) -> str | None:
+    """Why the emulator refuses ``script`` on the node ``description`` gives (None when it loads)."""
     try:
-        load_emulator(EmulatedPeers(None, KernelLab.node_description()), script)
+        load_emulator(EmulatedPeers(None, description or KernelLab.node_description()), script)
     except NftRefused as exc:
         return str(exc)
     return None

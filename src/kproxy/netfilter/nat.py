@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kproxy.netfilter.conntrack import (
     IPS_CONFIRMED,
@@ -29,7 +29,7 @@ from kproxy.netfilter.conntrack import (
 )
 from kproxy.netfilter.hooks import INPUT, OUTPUT, POSTROUTING, PREROUTING, PRI_NAT_DST, PRI_NAT_SRC, HookState
 from kproxy.netfilter.netns import NetNamespace
-from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, Packet, format_addr
+from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, NF_DROP, Packet, format_addr
 
 Lookup = Callable[[Packet, HookState], int]
 MAX_ATTEMPTS = 128
@@ -71,6 +71,10 @@ class Nat:
         self._lookups: dict[tuple[int, str], list[tuple[int, int, str, Lookup]]] = {}
         self._seq = 0
         self.rng = random.Random(0)
+        # The port a replay wants where the kernel chose at random (kproxy verify: the kernel's
+        # source and destination ports as the sink saw them), and what the replay took.
+        self.port_hint: tuple[int, int] | None = None
+        self.replayed: list[str] = []
 
     def register_lookup(self, family: int, hook: str, priority: int, name: str, fn: Lookup) -> None:
         """Add a nat chain at ``hook``. The family's first one registers the NAT core at all four hooks
@@ -123,7 +127,13 @@ class Nat:
             direction = pkt.ctdir
             if not conn.status & bound_by_dir[direction]:
                 return NF_ACCEPT
-            return manip_packet(pkt, conn, manip, direction)
+            if hook != OUTPUT:
+                return manip_packet(pkt, conn, manip, direction)
+            before = pkt.dst
+            verdict = manip_packet(pkt, conn, manip, direction)
+            if verdict == NF_ACCEPT and pkt.dst != before and loopback_source_out(self.node, pkt):
+                return NF_DROP    # nf_nat_ipv4_local_fn's ip_route_me_harder fails: dropped here
+            return verdict
 
         return nat_hook
 
@@ -234,7 +244,7 @@ class Nat:
         if rng.base_port is not None:
             off = ((t.sport if key_src else t.dport) - rng.base_port) & 0xFFFF
         elif rng.random or rng.random_fully or manip != "DST":
-            off = self.rng.randrange(65536)
+            off = self._random_offset(lo, hi, key_src, rng)
         else:
             off = 0
         attempts = min(size, MAX_ATTEMPTS)
@@ -250,6 +260,18 @@ class Nat:
                 return cand                     # none free: the last one tried (confirm will clash)
             attempts //= 2
             off = self.rng.randrange(65536)
+
+    def _random_offset(self, lo: int, hi: int, key_src: bool, rng: NatRange) -> int:
+        """Where the port search starts: at random, or at the port a replay asks for when the range
+        allows it (the kernel drew that offset)."""
+        if self.port_hint is not None:
+            want = self.port_hint[0 if key_src else 1]
+            if lo <= want <= hi:
+                how = "--random-fully" if rng.random_fully else "--random" if rng.random else "a taken port"
+                self.replayed.append(f"{'source' if key_src else 'destination'} port {want} "
+                                     f"(drawn at random for {how} from {lo}-{hi})")
+                return want - lo
+        return self.rng.randrange(65536)
 
     def _used(self, t: Tuple, conn: Conn) -> bool:
         """nf_nat_used_tuple: would the reply tuple of ``t`` clash with another connection?"""
@@ -454,3 +476,15 @@ def _hp(addr: int, port: int, t: Tuple) -> str:
     if not t.has_ports:
         return a
     return f"[{a}]:{port}" if t.family == 6 else f"{a}:{port}"
+
+
+def loopback_source_out(node: Any, pkt: Packet, route: Any = None) -> bool:
+    """Whether routing sends a packet with a loopback source out of a device that is not loopback,
+    which Linux refuses (__mkroute_output: EINVAL) unless route_localnet is set for that device."""
+    if pkt.family != 4 or (pkt.src >> 24) != 127:
+        return False
+    route = route or node.route(pkt.family, pkt.dst)
+    if route.type != "unicast" or route.dev == "lo":
+        return False
+    return not (node.sysctls.get("net.ipv4.conf.all.route_localnet", "0") == "1" or
+                node.sysctls.get(f"net.ipv4.conf.{route.dev}.route_localnet", "0") == "1")

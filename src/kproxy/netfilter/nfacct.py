@@ -119,5 +119,10 @@ def ensure_named(node: NetNamespace, save_text: str) -> None:
     them, or it would have refused the rules), so the dump restores on this node too. Their counts
     are not in the dump: they start at zero."""
     store = objects_of(node)
-    for name in dict.fromkeys(_NAMED.findall(save_text)):
-        store.ensure(name.strip('"'))
+    for name in named_in(save_text):
+        store.ensure(name)
+
+
+def named_in(save_text: str) -> list[str]:
+    """The accounting objects an ``iptables-save`` dump's rules name, each once."""
+    return [name.strip('"') for name in dict.fromkeys(_NAMED.findall(save_text))]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kproxy.netfilter.hooks import EGRESS, FORWARD, INGRESS, INPUT, OUTPUT, POSTROUTING, PREROUTING, HookState
+from kproxy.netfilter.nat import loopback_source_out
 from kproxy.netfilter.netns import NetNamespace
 from kproxy.netfilter.tcp import TcpSeg
 from kproxy.netfilter.trace import Trace
@@ -230,6 +231,10 @@ def output(node: NetNamespace, pkt: Packet, trace: Trace | None = None) -> Resul
             trace.add("route", text="re-route: " + _route_text(route, pkt))
         if route.type not in ("unicast", "local"):
             return _fate(trace, Result(DROPPED, pkt, "routing", reason=f"no route after re-route ({route.type})", trace=trace))
+        if loopback_source_out(node, pkt, route):
+            # __mkroute_output refuses it (EINVAL), so ip_route_me_harder drops the packet.
+            return _fate(trace, Result(DROPPED, pkt, "routing", reason=f"loopback source out of {route.dev} "
+                                       "(route_localnet=0)", trace=trace))
         pkt.oif = route.dev
     if route.type == "local":
         verdict, state = _run(node, pkt, POSTROUTING, "", "lo", trace)

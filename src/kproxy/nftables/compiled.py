@@ -431,8 +431,11 @@ class Compiler:
 
             return concat
         if type(e) is Numgen and e.mode == "random":
-            randrange, mod, offset = self.runner.rng.randrange, e.mod, e.offset
-            return lambda pkt, state: randrange(mod) + offset
+            from kproxy.iptables.ext.statistic import node_rng
+
+            # The node's one random source, looked up per packet (a replay replaces it).
+            subsystems, node, mod, offset = self.runner.node.subsystems, self.runner.node, e.mod, e.offset
+            return lambda pkt, state: (subsystems.get("rng") or node_rng(node)).randrange(mod) + offset
         return self.fallback(e)
 
     def fallback(self, e: Expr) -> Getter:

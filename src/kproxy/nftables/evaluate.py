@@ -9,7 +9,6 @@ a base chain is registered; a node without nftables tables pays nothing.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -272,7 +271,6 @@ class ChainRunner:
         self.node = node
         self.table = table
         self.chain = chain
-        self.rng = random.Random(0)
         self.counters: dict[int, int] = {}
         self.traced: ChainTrace | None = None  # while a traced packet runs: where its events go
         self.at: tuple[Chain, Rule, int] | None = None
@@ -646,7 +644,9 @@ class ChainRunner:
                 n = self.counters.get(id(e), 0)
                 self.counters[id(e)] = n + 1
                 return n % e.mod + e.offset
-            return self.rng.randrange(e.mod) + e.offset
+            from kproxy.iptables.ext.statistic import node_rng
+
+            return node_rng(self.node).randrange(e.mod) + e.offset   # the node's one random source
         if isinstance(e, Hash):
             if e.kind == "jhash" and e.expr is not None and e.seed is not None:
                 data = register_bytes(e.expr, self.value(e.expr, pkt, state))
