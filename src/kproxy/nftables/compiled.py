@@ -14,6 +14,7 @@ are seen because each index checks that its set's element list is unchanged.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -192,8 +193,10 @@ class Compiler:
             if guard:
                 src.line(indent, f"if {guard}:")
                 indent += 1
-            src.line(indent, f"r = {src.const(self.dispatcher(st))}({expr}, pkt, state, depth)")
-            src.line(indent, "if r is not None:")
+            src.line(indent, f"a = {src.const(self.dispatcher(st))}({expr})")
+            src.line(indent, "if a is not None:")
+            # The verdict's action takes the target chain's depth: a goto's action is the chain itself.
+            src.line(indent + 1, "r = a(pkt, state, depth + 1)")
             src.line(indent + 1, "if r != CONTINUE:")
             src.line(indent + 2, "return r")
             return indent + 1
@@ -240,8 +243,6 @@ class Compiler:
 
     # ---- statements -------------------------------------------------------------------------------
     def action(self, st: Stmt) -> Action:
-        if isinstance(st, VerdictMap):
-            return self.verdict_map(st)
         if isinstance(st, Nat) and st.kind in ("dnat", "snat"):
             return self.nat(st)
         run_stmt = self.runner.run_stmt
@@ -266,16 +267,31 @@ class Compiler:
 
         return go
 
-    def verdict_map(self, st: VerdictMap) -> Action:
-        key, dispatch = self.value(st.key), self.dispatcher(st)
-        return lambda pkt, state, depth: dispatch(key(pkt, state), pkt, state, depth)
+    def map_verdict(self, v: Verdict) -> Action:
+        """A verdict map's data as an action called with the target chain's depth (the caller's plus one):
+        a goto is the target chain's function itself, a jump turns the chain's RETURN into CONTINUE."""
+        target = self.runner.table.chains.get(v.target or "")
+        if target is None or v.kind not in ("jump", "goto"):
+            act = self.verdict(v)
+            return lambda pkt, state, depth: act(pkt, state, depth - 1)
+        fn = self.target(target)
+        if v.kind == "goto":
+            return fn
 
-    def dispatcher(self, st: VerdictMap) -> Callable[[Any, Packet, HookState, int], int | None]:
-        """A verdict map's lookup of a key and the verdict it finds: for a map of exact keys one dict from
-        key to compiled verdict (rebuilt when the map changes), all compiled with the rule. None: a miss."""
+        def jump(pkt: Packet, state: HookState, depth: int) -> int:
+            result = fn(pkt, state, depth)
+            return CONTINUE if result == RETURN else result
+
+        return jump
+
+    def dispatcher(self, st: VerdictMap) -> Callable[[Any], Action | None]:
+        """A verdict map's lookup of a key: the action of the verdict it finds (``map_verdict``), None on a
+        miss. A map of exact keys is one dict from key to action, rebuilt when a named map changes; an
+        anonymous map (a rule's own, as kube-proxy's ``numgen`` maps are) cannot change, so its dict's
+        own ``get`` is the lookup."""
         find = self.finder(st.data)
         compiled: dict[int, tuple[Verdict, Action]] = {}
-        compile_verdict = self.verdict
+        compile_verdict = self.map_verdict
 
         def action(found: Any) -> Action | None:
             if type(found) is not Verdict:
@@ -285,19 +301,21 @@ class Compiler:
                 held = compiled[id(found)] = (found, compile_verdict(found))
             return held[1]
 
-        holder: Any = st.data if isinstance(st.data, SetLit) else \
-            self.runner.table.sets.get(getattr(st.data, "name", ""))
         index = SetIndex(action)
-        if holder is not None:
-            index.refresh(holder.elems)
+        if isinstance(st.data, SetLit):
+            exact = index.refresh(st.data.elems)
+            if exact is not None:
+                return exact.get
+            return lambda key: action(find(key))
+        holder = self.runner.table.sets.get(getattr(st.data, "name", ""))
+        if holder is None:
+            return lambda key: action(find(key))
+        index.refresh(holder.elems)
 
-        def dispatch(key: Any, pkt: Packet, state: HookState, depth: int) -> int | None:
-            acts = None
-            if holder is not None:
-                elems = holder.elems
-                acts = index.exact if index.elems is elems and index.size == len(elems) else index.refresh(elems)
-            act = action(find(key)) if acts is None else acts.get(key)
-            return None if act is None else act(pkt, state, depth)      # a miss ends the rule
+        def dispatch(key: Any) -> Action | None:
+            elems = holder.elems
+            acts = index.exact if index.elems is elems and index.size == len(elems) else index.refresh(elems)
+            return action(find(key)) if acts is None else acts.get(key)
 
         return dispatch
 
@@ -323,6 +341,9 @@ class Compiler:
     def test(self, src: ChainSource, m: Match) -> str:
         """A match as a Python condition."""
         left, right, op = m.left, m.right, m.op
+        if type(left) is Ct and left.key == "state" and op == "in" and type(right) is Const \
+                and type(right.value) is int:
+            return ct_state_test(src, right.value)
         if isinstance(left, Binop):
             if left.op != "&" or type(left.right) is not Const:
                 return f"{src.const(self.runner.matches)}({src.const(m)}, pkt, state)"
@@ -398,6 +419,8 @@ class Compiler:
             bits: dict[str | None, int] = {None: 1, "": 1}
             bits.update(CT_STATE_BITS)
             return "", f"(64 if pkt.notrack else {src.const(bits.get)}(pkt.ctstate, 64))"
+        elif type(e) is Numgen and e.mode == "random" and e.mod > 0:
+            return "", f"{src.const(draw(self.runner.rng))}({e.mod}) + {e.offset}"
         elif type(e) is Concat:
             parts = [inline_payload(i) if type(i) is Payload else
                      ("", "pkt.proto") if type(i) is Meta and i.key == "l4proto" else None for i in e.items]
@@ -430,14 +453,35 @@ class Compiler:
                 return None if None in out else out
 
             return concat
-        if type(e) is Numgen and e.mode == "random":
-            randrange, mod, offset = self.runner.rng.randrange, e.mod, e.offset
-            return lambda pkt, state: randrange(mod) + offset
+        if type(e) is Numgen and e.mode == "random" and e.mod > 0:
+            below, mod, offset = draw(self.runner.rng), e.mod, e.offset
+            return lambda pkt, state: below(mod) + offset
         return self.fallback(e)
 
     def fallback(self, e: Expr) -> Getter:
         value = self.runner.value
         return lambda pkt, state: value(e, pkt, state)
+
+
+def draw(rng: random.Random) -> Callable[[int], int]:
+    """``rng.randrange`` for a positive bound, without its argument checks: CPython's ``randrange(n)`` is
+    ``_randbelow(n)``, so the compiled chains draw the numbers the interpreter draws."""
+    below: Callable[[int], int] | None = getattr(rng, "_randbelow", None)
+    return below if below is not None else rng.randrange
+
+
+def ct_state_test(src: ChainSource, mask: int) -> str:
+    """``ct state`` & ``mask`` != 0 as a set membership of the packet's state name: one test per packet.
+
+    No state (None or "": before conntrack, no entry) is INVALID and an untracked packet or an unknown
+    name is UNTRACKED, as the interpreter's bits say."""
+    names: dict[str | None, int] = {None: 1, "": 1}
+    names.update(CT_STATE_BITS)
+    if mask & CT_STATE_BITS["UNTRACKED"]:
+        others = frozenset(n for n, bit in names.items() if not bit & mask)
+        return f"(pkt.ctstate not in {src.const(others)} or pkt.notrack)"
+    hits = frozenset(n for n, bit in names.items() if bit & mask)
+    return f"(pkt.ctstate in {src.const(hits)} and not pkt.notrack)"
 
 
 def inline_payload(e: Payload) -> tuple[str, str] | None:
