@@ -200,6 +200,13 @@ class Compiler:
             src.line(indent + 1, "if r != CONTINUE:")
             src.line(indent + 2, "return r")
             return indent + 1
+        if isinstance(st, Nat) and (rng := self.nat_range(st)) is not None:
+            # The NAT core's setup called straight from the chain (a DNAT per new connection).
+            setup = src.const(self.runner.node.nat.setup)
+            src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {'SRC' if st.kind == 'snat' else 'DST'!r}, state)")
+            src.line(indent, "if r != CONTINUE:")
+            src.line(indent + 1, "return r")
+            return indent
         act = src.const(self.action(st))
         src.line(indent, f"r = {act}(pkt, state, depth)")
         src.line(indent, "if r is not None:")  # None: a match inside the statement failed
@@ -243,8 +250,6 @@ class Compiler:
 
     # ---- statements -------------------------------------------------------------------------------
     def action(self, st: Stmt) -> Action:
-        if isinstance(st, Nat) and st.kind in ("dnat", "snat"):
-            return self.nat(st)
         run_stmt = self.runner.run_stmt
         return lambda pkt, state, depth: run_stmt(st, pkt, state, depth)
 
@@ -319,23 +324,16 @@ class Compiler:
 
         return dispatch
 
-    def nat(self, st: Nat) -> Action:
-        """``dnat to ADDR[:PORT]`` with constants: the range is built once (the NAT core does the rest)."""
+    @staticmethod
+    def nat_range(st: Nat) -> NatRange | None:
+        """``dnat``/``snat to ADDR[:PORT]`` with constants: the range, built once (the NAT core does the
+        rest); None for the other forms, which the interpreter's ``nat`` runs."""
         addr, port = st.addr, st.port
-        if not (type(addr) is Const and (port is None or type(port) is Const)):
-            run_stmt = self.runner.run_stmt
-            return lambda pkt, state, depth: run_stmt(st, pkt, state, depth)
+        if st.kind not in ("dnat", "snat") or not (type(addr) is Const and (port is None or type(port) is Const)):
+            return None
         p = None if port is None else port.value
-        rng = NatRange(addr.value, addr.value, p, p, "random" in st.flags, "fully-random" in st.flags,
-                       "persistent" in st.flags)
-        manip = "SRC" if st.kind == "snat" else "DST"
-        setup = self.runner.node.nat.setup
-
-        def nat(pkt: Packet, state: HookState, depth: int) -> int:
-            verdict: int = setup(pkt, rng, manip, state)
-            return verdict
-
-        return nat
+        return NatRange(addr.value, addr.value, p, p, "random" in st.flags, "fully-random" in st.flags,
+                        "persistent" in st.flags)
 
     # ---- matches ----------------------------------------------------------------------------------
     def test(self, src: ChainSource, m: Match) -> str:
