@@ -66,7 +66,7 @@ class SetIndex:
     def __init__(self, convert: Callable[[Any], Any] | None = None) -> None:
         self.elems: list[Elem] | None = None
         self.size = -1
-        self.exact: dict[Any, Any] | None = None
+        self.exact: dict[Any, Any] | Scan | None = None
         self.convert = convert  # what to keep of an element's data (or of the element, in a set)
 
     def refresh(self, elems: list[Elem]) -> dict[Any, Any] | None:
@@ -82,6 +82,15 @@ class SetIndex:
                 exact[k] = found if self.convert is None else self.convert(found)
         self.elems, self.size, self.exact = elems, len(elems), exact
         return exact
+
+
+class Scan:
+    """A lookup with a dict's ``get`` for a map whose keys are not all exact values."""
+
+    __slots__ = ("get",)
+
+    def __init__(self, get: Callable[[Any], Any]) -> None:
+        self.get = get
 
 
 def exact_key(k: Expr) -> Any:
@@ -193,7 +202,7 @@ class Compiler:
             if guard:
                 src.line(indent, f"if {guard}:")
                 indent += 1
-            src.line(indent, f"a = {src.const(self.dispatcher(st))}({expr})")
+            src.line(indent, f"a = {self.map_lookup(src, st, expr)}")
             src.line(indent, "if a is not None:")
             # The verdict's action takes the target chain's depth: a goto's action is the chain itself.
             src.line(indent + 1, "r = a(pkt, state, depth + 1)")
@@ -289,11 +298,13 @@ class Compiler:
 
         return jump
 
-    def dispatcher(self, st: VerdictMap) -> Callable[[Any], Action | None]:
-        """A verdict map's lookup of a key: the action of the verdict it finds (``map_verdict``), None on a
-        miss. A map of exact keys is one dict from key to action, rebuilt when a named map changes; an
-        anonymous map (a rule's own, as kube-proxy's ``numgen`` maps are) cannot change, so its dict's
-        own ``get`` is the lookup."""
+    def map_lookup(self, src: ChainSource, st: VerdictMap, expr: str) -> str:
+        """Code for the action of the verdict a verdict map holds for ``expr`` (``map_verdict``), None on a miss.
+
+        A map of exact keys is a dict from key to action. An anonymous map (a rule's own, as kube-proxy's
+        ``numgen`` maps are) cannot change: its dict's own ``get`` is the lookup. A named map's dict is
+        used while the map's element list is the one it was built from, else rebuilt first (inline: no
+        call per packet); a map of other keys is scanned by the interpreter's lookup."""
         find = self.finder(st.data)
         compiled: dict[int, tuple[Verdict, Action]] = {}
         compile_verdict = self.map_verdict
@@ -306,23 +317,27 @@ class Compiler:
                 held = compiled[id(found)] = (found, compile_verdict(found))
             return held[1]
 
+        scan = Scan(lambda key: action(find(key)))
         index = SetIndex(action)
-        if isinstance(st.data, SetLit):
-            exact = index.refresh(st.data.elems)
-            if exact is not None:
-                return exact.get
-            return lambda key: action(find(key))
-        holder = self.runner.table.sets.get(getattr(st.data, "name", ""))
+        holder: Any = st.data if isinstance(st.data, SetLit) else \
+            self.runner.table.sets.get(getattr(st.data, "name", ""))
         if holder is None:
-            return lambda key: action(find(key))
-        index.refresh(holder.elems)
+            return f"{src.const(scan.get)}({expr})"
+        exact = index.refresh(holder.elems)
+        if isinstance(st.data, SetLit):
+            return f"{src.const(scan.get if exact is None else exact.get)}({expr})"
 
-        def dispatch(key: Any) -> Action | None:
-            elems = holder.elems
-            acts = index.exact if index.elems is elems and index.size == len(elems) else index.refresh(elems)
-            return action(find(key)) if acts is None else acts.get(key)
+        def current() -> Any:
+            exact = index.refresh(holder.elems)
+            if exact is None:
+                index.exact = scan       # scanned until the map changes again
+            return index.exact
 
-        return dispatch
+        if exact is None:
+            index.exact = scan
+        i, h = src.const(index), src.const(holder)
+        return f"({i}.exact if {i}.elems is {h}.elems and {i}.size == len({h}.elems) else {src.const(current)}())" \
+            f".get({expr})"
 
     @staticmethod
     def nat_range(st: Nat) -> NatRange | None:
