@@ -10,6 +10,10 @@ handshake completed: conntrack ESTABLISHED and the NAT binding, plus the filter 
 hooking the base chains), in a fresh interpreter as a user's ``kproxy nft -f`` runs. Each packet
 figure is the best of ``--repeat`` runs, each in a fresh interpreter.
 
+``--proxier`` measures the packets through what kproxy's own nftables proxier (``kproxy.proxy.nftables``)
+loads for ``bench_proxier.py``'s Services instead of the script above (issue 13: the per-packet cost
+through the proxier's ruleset).
+
     .venv/bin/python bench/bench_nft.py
 """
 
@@ -25,17 +29,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_packet_path  # noqa: E402
 from bench_packet_path import packet_rates  # noqa: E402
+from bench_proxier import build as build_services  # noqa: E402
+from kproxy.backends.nft import EmulatedNft  # noqa: E402
 from kproxy.nftables.cli import run_nft  # noqa: E402
 from kproxy.nftables.evaluate import attach  # noqa: E402
 from kproxy.nftables.model import Ruleset  # noqa: E402
 from kproxy.node import Node  # noqa: E402
 from kproxy.packet import SYN, Packet, parse_addr  # noqa: E402
+from kproxy.proxy.config import ProxyConfig  # noqa: E402
+from kproxy.proxy.nftables import NftablesProxier  # noqa: E402
 from nft_rulesets import kube_proxy_script, service_ip  # noqa: E402
 from rulesets import endpoint_ip  # noqa: E402
 
@@ -46,12 +55,12 @@ def CLOCK() -> float:  # noqa: N802 - bench_packet_path's clock, as --cpu set it
     return bench_packet_path.CLOCK()
 
 
-def worker() -> Node:
+def worker(endpoint_route: str = "10.100.0.0/14") -> Node:
     node = Node.from_description({
         "name": "bench",
         "interfaces": [{"name": "eth0", "addresses": ["192.168.1.10/24"]},
                        {"name": "cni0", "addresses": ["10.244.1.1/24"]}],
-        "routes": ["default via 192.168.1.1 dev eth0", "10.100.0.0/14 dev cni0"],
+        "routes": ["default via 192.168.1.1 dev eth0", f"{endpoint_route} dev cni0"],
         "sysctls": {"net.netfilter.nf_conntrack_max": "2000000", "net.ipv4.ip_forward": "1"},
     })
     node.clock = 1_000_000.0
@@ -79,14 +88,43 @@ def compile_all(node: Node) -> float:
     return CLOCK() - t0
 
 
-def measure(services: int, new_count: int, est_count: int) -> tuple[float, float]:
+Loaded = tuple[Node, Callable[[int], int], Callable[[int], set[int]]]
+
+
+def script_ruleset(services: int) -> Loaded:
+    """A node with ``nft_rulesets.py``'s script loaded; each Service's address and its endpoints' addresses."""
     node = worker()
     load(node, kube_proxy_script(services, ENDPOINTS))
+    return node, lambda s: parse_addr(service_ip(s))[1], \
+        lambda s: {parse_addr(endpoint_ip(s, j))[1] for j in range(ENDPOINTS)}
+
+
+def proxier_ruleset(services: int) -> Loaded:
+    """A node with what the nftables proxier syncs for ``bench_proxier.build``'s Services (ClusterIPs from
+    10.96.0.0, endpoints from 10.128.0.0: the cluster CIDR 10.128.0.0/9, so pods are not masqueraded)."""
+    node = worker("10.128.0.0/9")
+    cfg = ProxyConfig.from_dict({"clusterCIDR": "10.128.0.0/9", "hostnameOverride": "bench", "mode": "nftables"})
+    result = NftablesProxier(cfg, EmulatedNft(node), ["192.168.1.10"]).sync(build_services(services, ENDPOINTS))
+    assert not result.error, result.error
+
+    def endpoints(s: int) -> set[int]:
+        first = parse_addr("10.128.0.0")[1] + s * ENDPOINTS
+        return set(range(first, first + ENDPOINTS))
+
+    return node, lambda s: parse_addr("10.96.0.0")[1] + s, endpoints
+
+
+RULESETS = {"script": script_ruleset, "proxier": proxier_ruleset}
+
+
+def measure(services: int, new_count: int, est_count: int) -> tuple[float, float]:
+    node, vip, endpoints = RULESETS[os.environ.get("KPROXY_BENCH_NFT_RULESET", "script")](services)
     rng = random.Random(1)
     pod = parse_addr("10.244.1.5")[1]
     picks = [rng.randrange(services) for _ in range(new_count)]
-    packets = [Packet(src=pod + i // 60000, dst=parse_addr(service_ip(s))[1], proto=6, sport=1024 + i % 60000,
-                      dport=80, tcp_flags=SYN, src_mac="", length=60) for i, s in enumerate(picks)]
+    vips = [vip(s) for s in picks]
+    packets = [Packet(src=pod + i // 60000, dst=vips[i], proto=6, sport=1024 + i % 60000,
+                      dport=80, tcp_flags=SYN, src_mac="", length=60) for i in range(new_count)]
     receive = node.receive
     # Chains compile on first use; compile them all now so the timed part measures the steady per-packet
     # cost (bench_packet_path.py does the same for iptables).
@@ -98,10 +136,9 @@ def measure(services: int, new_count: int, est_count: int) -> tuple[float, float
     results = [receive(p, "cni0") for p in packets]
     new_rate = new_count / (CLOCK() - t0)
     first = results[0].packet
-    assert first.dst in {parse_addr(endpoint_ip(picks[0], j))[1] for j in range(ENDPOINTS)} and first.dport == 8080, \
+    assert first.dst in endpoints(picks[0]) and first.dport == 8080, \
         "a new connection must be DNATed to one of its Service's endpoints"
-    vips = [parse_addr(service_ip(s))[1] for s in picks[:1000]]
-    est_rate = bench_packet_path.established_rate(receive, packets, vips, results, est_count)
+    est_rate = bench_packet_path.established_rate(receive, packets, vips[:1000], results, est_count)
     gc.unfreeze()
     return new_rate, est_rate
 
@@ -133,6 +170,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per size, each in a fresh interpreter; the best is shown")
     ap.add_argument("--load", type=int, default=10000, help="Services in the ruleset whose nft -f is timed (0: skip)")
     ap.add_argument("--cpu", action="store_true", help="time with process CPU seconds (see bench_packet_path.CLOCK)")
+    ap.add_argument("--proxier", action="store_true",
+                    help="packets through the nftables proxier's own ruleset (bench_proxier.py's Services) instead")
     ap.add_argument("--with-iptables", action="store_true",
                     help="then measure iptables mode (bench_packet_path.py) at the same sizes: a same-moment reference")
     ap.add_argument("--load-only", type=int, default=0, help=argparse.SUPPRESS)   # a child: time one load
@@ -141,6 +180,8 @@ def main() -> None:
     if args.cpu:
         os.environ["KPROXY_BENCH_CLOCK"] = "cpu"
         bench_packet_path.CLOCK = time.process_time
+    if args.proxier:
+        os.environ["KPROXY_BENCH_NFT_RULESET"] = "proxier"     # what the children measure
     if args.load_only:
         print(json.dumps(load_time(args.load_only)))
         return
@@ -148,7 +189,8 @@ def main() -> None:
         print(json.dumps(measure(args.one, args.new, args.est)))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    print("nftables mode (kube-proxy nftables ruleset, 10 endpoints per Service):")
+    source = "kproxy's nftables proxier" if args.proxier else "kube-proxy nftables ruleset"
+    print(f"nftables mode ({source}, 10 endpoints per Service):")
     packet_rates(__file__, sizes, args.new, args.est, args.repeat)
     if args.load:
         secs, rules, endpoints = _child("--load-only", str(args.load))  # type: ignore[misc]

@@ -237,3 +237,50 @@ def test_compiled_chains_follow_a_transaction_applied_in_place() -> None:
             f"add rule ip kube-proxy {endpoint} meta l4proto tcp dnat to 10.100.9.9:8080\n")
     assert node.subsystems["nftables_runners"], "the hooks stayed"
     assert (before, dnat_to(1001)) == (parse_addr("10.100.0.16")[1], parse_addr("10.100.9.9")[1])
+
+
+def test_compiled_verdict_maps_and_ct_states_decide_as_the_interpreter_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kind of verdict a map can hold (jump and return, goto, accept, drop, continue, return), in a
+    named map, an anonymous numgen map and a named map of intervals, and ``ct state`` sets with and without ``untracked``
+    (notrack packets before and after conntrack, new ones, established ones): compiled as interpreted, mark bit by mark bit."""
+    script = """\
+add table ip t
+add chain ip t j
+add chain ip t g
+add chain ip t raw { type filter hook prerouting priority -300 ; }
+add chain ip t pre { type filter hook prerouting priority 0 ; }
+add map ip t m { type ipv4_addr . inet_proto . inet_service : verdict ; }
+add element ip t m { 10.9.0.1 . tcp . 80 : jump j, 10.9.0.2 . tcp . 80 : goto g, 10.9.0.3 . tcp . 80 : accept }
+add element ip t m { 10.9.0.4 . tcp . 80 : drop, 10.9.0.5 . tcp . 80 : continue, 10.9.0.6 . tcp . 80 : return }
+add rule ip t j mark set mark or 0x1
+add rule ip t j return
+add rule ip t j mark set mark or 0x100
+add rule ip t g mark set mark or 0x2
+add rule ip t raw ip daddr 10.9.0.8 notrack
+add rule ip t raw ct state invalid mark set mark or 0x200
+add rule ip t raw ct state untracked mark set mark or 0x400
+add rule ip t pre ip daddr . meta l4proto . th dport vmap @m
+add rule ip t pre mark set mark or 0x4
+add rule ip t pre ct state untracked mark set mark or 0x8
+add rule ip t pre ct state new mark set mark or 0x10
+add rule ip t pre ct state established,untracked mark set mark or 0x20
+add rule ip t pre ct state invalid mark set mark or 0x40
+add rule ip t pre numgen random mod 4 vmap { 0 : jump j, 1 : goto g, 2 : continue, 3 : drop }
+add rule ip t pre mark set mark or 0x80
+add map ip t iv { type ipv4_addr : verdict ; flags interval ; }
+add element ip t iv { 10.9.0.0/30 : goto g, 10.9.0.6 : drop }
+add rule ip t pre ip daddr vmap @iv
+add rule ip t pre mark set mark or 0x800
+"""
+    pod = parse_addr("10.244.1.5")[1]
+    packets = [(pod, parse_addr(f"10.9.0.{1 + i % 9}")[1], 2000 + i, 80) for i in range(120)]
+    runs = []
+    for interpret in (False, True):
+        rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=script)
+        assert rc == 0, err
+        runs.append(outcomes(node_with(rs), packets, interpret, monkeypatch))
+    assert runs[0] == runs[1]
+    marks = {row[6] for row in runs[0]}
+    for bit in (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x80, 0x200, 0x400, 0x800):   # each rule decided some packet
+        assert any(isinstance(m, int) and m & bit for m in marks), hex(bit)
+    assert not any(isinstance(m, int) and m & 0x100 for m in marks)   # the jump's chain returned before it

@@ -84,3 +84,29 @@ def test_yaml_errors_carry_line_and_column(tmp_path):
     p.write_text("name: x\ninterfaces: [\n")
     with pytest.raises(NodeError, match=r"node.yaml:\d+:\d+"):
         Node.load_description(p)
+
+
+def test_flow_routes_agree_with_route_for_every_destination():
+    """route_for_flow shares a decision among the addresses of a block of the table's longest prefix;
+    whatever the order of first packets, each destination gets what ``route`` decides for it alone:
+    local addresses inside a block, a device whose several addresses make the source depend on the
+    destination, a gateway, an unreachable range."""
+    import random
+
+    from kproxy.packet import Packet
+
+    node = Node.from_description({
+        "name": "n",
+        "interfaces": [{"name": "eth0", "addresses": ["192.168.1.10/24"]},
+                       {"name": "eth1", "addresses": ["10.1.0.1/16", "10.1.128.1/17"]}],
+        "routes": ["10.2.0.0/16 via 192.168.1.1 dev eth0", "10.3.0.0/20 dev eth1", "unreachable 10.4.0.0/16"],
+    })
+    rng = random.Random(5)
+    dsts = [parse_addr(f"10.{rng.randrange(1, 6)}.{rng.randrange(256)}.{rng.randrange(256)}")[1]
+            for _ in range(3000)] + [parse_addr(a)[1] for a in ("192.168.1.10", "192.168.1.77", "10.1.0.1")]
+    rng.shuffle(dsts)
+    for dst in dsts:
+        got, want = node.route_for_flow(Packet(src=1, dst=dst, proto=6)), node.route(4, dst)
+        assert (got.type, got.dev, got.gateway, got.prefsrc) == (want.type, want.dev, want.gateway, want.prefsrc), dst
+    assert {node.route_for_flow(Packet(src=1, dst=d, proto=6)).prefsrc for d in dsts if d >> 16 == 0x0A01} == \
+        {parse_addr("10.1.0.1")[1], parse_addr("10.1.128.1")[1]}

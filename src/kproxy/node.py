@@ -210,6 +210,8 @@ class Node:
         self._result_cache: dict[int, tuple[Route, RouteResult]] = {}
         self._flow_routes: dict[int, dict[int, RouteResult]] = {4: {}, 6: {}}
         self._flow_routes_version: tuple[int, int, int] | None = None
+        self._flow_blocks: dict[int, dict[int, RouteResult]] = {4: {}, 6: {}}
+        self._flow_shift: dict[int, int] = {4: 0, 6: 0}
         self._iface_version = 0
         self.sysctls: dict[str, str] = Sysctls(DEFAULT_SYSCTLS)
         self.hooks = HookRegistry()
@@ -343,7 +345,11 @@ class Node:
         flow's route) until the routes, devices or addresses change."""
         version = (self.routes.version, self._iface_version, len(self.interfaces))   # routing_version(), per packet
         if version != self._flow_routes_version:
-            self._flow_routes = {4: {}, 6: {}}
+            self._flow_routes, self._flow_blocks = {4: {}, 6: {}}, {4: {}, 6: {}}
+            fib = self._fib()
+            # A block: the addresses that agree on the bits of the longest prefix the main table has.
+            self._flow_shift = {fam: (32 if fam == 4 else 128) - (fib[fam][0][0].bit_count() if fib[fam] else 0)
+                                for fam in (4, 6)}
             self._flow_routes_version = version
         cache = self._flow_routes[pkt.family]
         dst = pkt.dst
@@ -351,7 +357,24 @@ class Node:
         if res is None:
             if len(cache) >= FLOW_ROUTE_CACHE:
                 cache.clear()
-            res = cache[dst] = self._route(pkt.family, dst)
+            res = cache[dst] = self._flow_route(pkt.family, dst)
+        return res
+
+    def _flow_route(self, family: int, dst: int) -> RouteResult:
+        """A destination's first routing decision. No route is longer than the table's longest prefix, so
+        every address of a block of that length matches the same route: a non-local destination takes its
+        block's decision, unless the decision chose a source address for that destination alone."""
+        if self.is_local(family, dst):
+            return self._route(family, dst)
+        blocks = self._flow_blocks[family]
+        key = dst >> self._flow_shift[family]
+        res = blocks.get(key)
+        if res is None:
+            res, shared = self._decide(family, dst)
+            if shared:
+                if len(blocks) >= FLOW_ROUTE_CACHE:
+                    blocks.clear()
+                blocks[key] = res
         return res
 
     def _fib(self) -> dict[int, list[tuple[int, dict[int, Route]]]]:
@@ -383,6 +406,11 @@ class Node:
         """Longest-prefix match: the local table first, then the main table (connected + configured)."""
         if self.is_local(family, dst):
             return RouteResult("local", dev="lo", prefsrc=dst)
+        return self._decide(family, dst, oif)[0]
+
+    def _decide(self, family: int, dst: int, oif: str | None = None) -> tuple[RouteResult, bool]:
+        """The main table's decision for a non-local ``dst``, and whether it is the matched route's alone
+        (False: the source address was chosen for this destination)."""
         best: Route | None = None
         for mask, table in self._fib()[family]:
             r = table.get(dst & mask)
@@ -390,21 +418,22 @@ class Node:
                 best = r
                 break
         if best is None:
-            return RouteResult("unreachable")
+            return RouteResult("unreachable"), True
         if best.type != "unicast":
-            return RouteResult(best.type, dev=best.dev)
+            return RouteResult(best.type, dev=best.dev), True
         # The decision depends on the route alone unless the source address has to be chosen among
         # several on the device: then it is computed for this destination.
         hit = self._result_cache.get(id(best))
         if hit is not None and hit[0] is best:
-            return hit[1]
+            return hit[1], True
         prefsrc = best.src if best.src is not None else self.source_address_for(family, best.dev, dst)
         gw_text = format_addr(best.via, family) if best.via is not None else ""
         res = RouteResult("unicast", dev=best.dev, gateway=best.via, prefsrc=prefsrc, gateway_text=gw_text)
         iface = self.interfaces.get(best.dev)
         if best.src is not None or iface is None or sum(1 for a in iface.addresses if a.family == family) <= 1:
             self._result_cache[id(best)] = (best, res)
-        return res
+            return res, True
+        return res, False
 
     @property
     def ip_forward(self) -> bool:

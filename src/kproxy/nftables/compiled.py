@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kproxy.iptables.ext.statistic import node_rng
 from kproxy.netfilter.nat import NatRange
 from kproxy.nftables.evaluate import CONTINUE, CT_STATE_BITS, PORT_PROTOS, RETURN, Unsupported
 from kproxy.nftables.expr import (
@@ -65,7 +66,7 @@ class SetIndex:
     def __init__(self, convert: Callable[[Any], Any] | None = None) -> None:
         self.elems: list[Elem] | None = None
         self.size = -1
-        self.exact: dict[Any, Any] | None = None
+        self.exact: dict[Any, Any] | Scan | None = None
         self.convert = convert  # what to keep of an element's data (or of the element, in a set)
 
     def refresh(self, elems: list[Elem]) -> dict[Any, Any] | None:
@@ -81,6 +82,15 @@ class SetIndex:
                 exact[k] = found if self.convert is None else self.convert(found)
         self.elems, self.size, self.exact = elems, len(elems), exact
         return exact
+
+
+class Scan:
+    """A lookup with a dict's ``get`` for a map whose keys are not all exact values."""
+
+    __slots__ = ("get",)
+
+    def __init__(self, get: Callable[[Any], Any]) -> None:
+        self.get = get
 
 
 def exact_key(k: Expr) -> Any:
@@ -192,11 +202,20 @@ class Compiler:
             if guard:
                 src.line(indent, f"if {guard}:")
                 indent += 1
-            src.line(indent, f"r = {src.const(self.dispatcher(st))}({expr}, pkt, state, depth)")
-            src.line(indent, "if r is not None:")
+            src.line(indent, f"a = {self.map_lookup(src, st, expr)}")
+            src.line(indent, "if a is not None:")
+            # The verdict's action takes the target chain's depth: a goto's action is the chain itself.
+            src.line(indent + 1, "r = a(pkt, state, depth + 1)")
             src.line(indent + 1, "if r != CONTINUE:")
             src.line(indent + 2, "return r")
             return indent + 1
+        if isinstance(st, Nat) and (rng := self.nat_range(st)) is not None:
+            # The NAT core's setup called straight from the chain (a DNAT per new connection).
+            setup = src.const(self.runner.node.nat.setup)
+            src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {'SRC' if st.kind == 'snat' else 'DST'!r}, state)")
+            src.line(indent, "if r != CONTINUE:")
+            src.line(indent + 1, "return r")
+            return indent
         act = src.const(self.action(st))
         src.line(indent, f"r = {act}(pkt, state, depth)")
         src.line(indent, "if r is not None:")  # None: a match inside the statement failed
@@ -240,10 +259,6 @@ class Compiler:
 
     # ---- statements -------------------------------------------------------------------------------
     def action(self, st: Stmt) -> Action:
-        if isinstance(st, VerdictMap):
-            return self.verdict_map(st)
-        if isinstance(st, Nat) and st.kind in ("dnat", "snat"):
-            return self.nat(st)
         run_stmt = self.runner.run_stmt
         return lambda pkt, state, depth: run_stmt(st, pkt, state, depth)
 
@@ -266,16 +281,33 @@ class Compiler:
 
         return go
 
-    def verdict_map(self, st: VerdictMap) -> Action:
-        key, dispatch = self.value(st.key), self.dispatcher(st)
-        return lambda pkt, state, depth: dispatch(key(pkt, state), pkt, state, depth)
+    def map_verdict(self, v: Verdict) -> Action:
+        """A verdict map's data as an action called with the target chain's depth (the caller's plus one):
+        a goto is the target chain's function itself, a jump turns the chain's RETURN into CONTINUE."""
+        target = self.runner.table.chains.get(v.target or "")
+        if target is None or v.kind not in ("jump", "goto"):
+            act = self.verdict(v)
+            return lambda pkt, state, depth: act(pkt, state, depth - 1)
+        fn = self.target(target)
+        if v.kind == "goto":
+            return fn
 
-    def dispatcher(self, st: VerdictMap) -> Callable[[Any, Packet, HookState, int], int | None]:
-        """A verdict map's lookup of a key and the verdict it finds: for a map of exact keys one dict from
-        key to compiled verdict (rebuilt when the map changes), all compiled with the rule. None: a miss."""
+        def jump(pkt: Packet, state: HookState, depth: int) -> int:
+            result = fn(pkt, state, depth)
+            return CONTINUE if result == RETURN else result
+
+        return jump
+
+    def map_lookup(self, src: ChainSource, st: VerdictMap, expr: str) -> str:
+        """Code for the action of the verdict a verdict map holds for ``expr`` (``map_verdict``), None on a miss.
+
+        A map of exact keys is a dict from key to action. An anonymous map (a rule's own, as kube-proxy's
+        ``numgen`` maps are) cannot change: its dict's own ``get`` is the lookup. A named map's dict is
+        used while the map's element list is the one it was built from, else rebuilt first (inline: no
+        call per packet); a map of other keys is scanned by the interpreter's lookup."""
         find = self.finder(st.data)
         compiled: dict[int, tuple[Verdict, Action]] = {}
-        compile_verdict = self.verdict
+        compile_verdict = self.map_verdict
 
         def action(found: Any) -> Action | None:
             if type(found) is not Verdict:
@@ -285,44 +317,46 @@ class Compiler:
                 held = compiled[id(found)] = (found, compile_verdict(found))
             return held[1]
 
+        scan = Scan(lambda key: action(find(key)))
+        index = SetIndex(action)
         holder: Any = st.data if isinstance(st.data, SetLit) else \
             self.runner.table.sets.get(getattr(st.data, "name", ""))
-        index = SetIndex(action)
-        if holder is not None:
-            index.refresh(holder.elems)
+        if holder is None:
+            return f"{src.const(scan.get)}({expr})"
+        exact = index.refresh(holder.elems)
+        if isinstance(st.data, SetLit):
+            return f"{src.const(scan.get if exact is None else exact.get)}({expr})"
 
-        def dispatch(key: Any, pkt: Packet, state: HookState, depth: int) -> int | None:
-            acts = None
-            if holder is not None:
-                elems = holder.elems
-                acts = index.exact if index.elems is elems and index.size == len(elems) else index.refresh(elems)
-            act = action(find(key)) if acts is None else acts.get(key)
-            return None if act is None else act(pkt, state, depth)      # a miss ends the rule
+        def current() -> Any:
+            exact = index.refresh(holder.elems)
+            if exact is None:
+                index.exact = scan       # scanned until the map changes again
+            return index.exact
 
-        return dispatch
+        if exact is None:
+            index.exact = scan
+        i, h = src.const(index), src.const(holder)
+        return f"({i}.exact if {i}.elems is {h}.elems and {i}.size == len({h}.elems) else {src.const(current)}())" \
+            f".get({expr})"
 
-    def nat(self, st: Nat) -> Action:
-        """``dnat to ADDR[:PORT]`` with constants: the range is built once (the NAT core does the rest)."""
+    @staticmethod
+    def nat_range(st: Nat) -> NatRange | None:
+        """``dnat``/``snat to ADDR[:PORT]`` with constants: the range, built once (the NAT core does the
+        rest); None for the other forms, which the interpreter's ``nat`` runs."""
         addr, port = st.addr, st.port
-        if not (type(addr) is Const and (port is None or type(port) is Const)):
-            run_stmt = self.runner.run_stmt
-            return lambda pkt, state, depth: run_stmt(st, pkt, state, depth)
+        if st.kind not in ("dnat", "snat") or not (type(addr) is Const and (port is None or type(port) is Const)):
+            return None
         p = None if port is None else port.value
-        rng = NatRange(addr.value, addr.value, p, p, "random" in st.flags, "fully-random" in st.flags,
-                       "persistent" in st.flags)
-        manip = "SRC" if st.kind == "snat" else "DST"
-        setup = self.runner.node.nat.setup
-
-        def nat(pkt: Packet, state: HookState, depth: int) -> int:
-            verdict: int = setup(pkt, rng, manip, state)
-            return verdict
-
-        return nat
+        return NatRange(addr.value, addr.value, p, p, "random" in st.flags, "fully-random" in st.flags,
+                        "persistent" in st.flags)
 
     # ---- matches ----------------------------------------------------------------------------------
     def test(self, src: ChainSource, m: Match) -> str:
         """A match as a Python condition."""
         left, right, op = m.left, m.right, m.op
+        if type(left) is Ct and left.key == "state" and op == "in" and type(right) is Const \
+                and type(right.value) is int:
+            return ct_state_test(src, right.value)
         if isinstance(left, Binop):
             if left.op != "&" or type(left.right) is not Const:
                 return f"{src.const(self.runner.matches)}({src.const(m)}, pkt, state)"
@@ -398,6 +432,10 @@ class Compiler:
             bits: dict[str | None, int] = {None: 1, "": 1}
             bits.update(CT_STATE_BITS)
             return "", f"(64 if pkt.notrack else {src.const(bits.get)}(pkt.ctstate, 64))"
+        elif type(e) is Numgen and e.mode == "random" and e.mod > 0:
+            node = self.runner.node      # its random source looked up per packet, as the interpreter does
+            rng = f"({src.const(node.subsystems)}.get('rng') or {src.const(node_rng)}({src.const(node)}))"
+            return "", f"{rng}.randrange({e.mod}) + {e.offset}"
         elif type(e) is Concat:
             parts = [inline_payload(i) if type(i) is Payload else
                      ("", "pkt.proto") if type(i) is Meta and i.key == "l4proto" else None for i in e.items]
@@ -430,10 +468,8 @@ class Compiler:
                 return None if None in out else out
 
             return concat
-        if type(e) is Numgen and e.mode == "random":
-            from kproxy.iptables.ext.statistic import node_rng
-
-            # The node's one random source, looked up per packet (a replay replaces it).
+        if type(e) is Numgen and e.mode == "random" and e.mod > 0:
+            # The node's one random source, looked up per packet (a verify replay replaces it).
             subsystems, node, mod, offset = self.runner.node.subsystems, self.runner.node, e.mod, e.offset
             return lambda pkt, state: (subsystems.get("rng") or node_rng(node)).randrange(mod) + offset
         return self.fallback(e)
@@ -441,6 +477,20 @@ class Compiler:
     def fallback(self, e: Expr) -> Getter:
         value = self.runner.value
         return lambda pkt, state: value(e, pkt, state)
+
+
+def ct_state_test(src: ChainSource, mask: int) -> str:
+    """``ct state`` & ``mask`` != 0 as a set membership of the packet's state name: one test per packet.
+
+    No state (None or "": before conntrack, no entry) is INVALID and an untracked packet or an unknown
+    name is UNTRACKED, as the interpreter's bits say."""
+    names: dict[str | None, int] = {None: 1, "": 1}
+    names.update(CT_STATE_BITS)
+    if mask & CT_STATE_BITS["UNTRACKED"]:
+        others = frozenset(n for n, bit in names.items() if not bit & mask)
+        return f"(pkt.ctstate not in {src.const(others)} or pkt.notrack)"
+    hits = frozenset(n for n, bit in names.items() if bit & mask)
+    return f"(pkt.ctstate in {src.const(hits)} and not pkt.notrack)"
 
 
 def inline_payload(e: Payload) -> tuple[str, str] | None:
