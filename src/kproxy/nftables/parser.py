@@ -34,7 +34,7 @@ from kproxy.nftables.stmt import (
     Stmt,
     VerdictStmt,
 )
-from kproxy.nftables.validate import too_deep
+from kproxy.nftables.validate import culprit
 
 Loc = tuple[int, int, int]  # line, first column, last column
 OPTS = Opts()
@@ -106,6 +106,8 @@ class Parser:
         self.rule_ops: dict[int, str] = {}  # id(rule) -> "insert" or "replace", for --echo's notifications
         # chains named by verdict-map elements, checked when the kernel would add the elements
         self.jump_elems: list[tuple[str, Loc]] = []
+        # rules this script adds or replaces, in batch order, with where nft blames each
+        self.added: list[tuple[Table, Rule, Loc]] = []
 
     @staticmethod
     def tokens(text: str, first_line: int = 1) -> list[Token]:
@@ -201,10 +203,8 @@ class Parser:
 
             FastPath(self).run(self.text)
         self.sort_touched_sets()
-        if self.validate_jumps and not self.eval_errors and not self.kernel_errors and \
-                any(too_deep(t) for t in self.rs.tables):
-            # The kernel's commit-time validation (the rule that closes the loop is not located here).
-            self.kernel_errors.append(NftError("Could not process rule: Too many links", None))
+        if self.validate_jumps and not self.eval_errors and not self.kernel_errors:
+            self.kernel_errors += jump_errors(self.rs.tables, self.added)
         self.raise_recorded()
 
     def commands(self) -> None:
@@ -498,6 +498,7 @@ class Parser:
             try:
                 rule = self.rule(tbl, start, chain=chain.name)
                 chain.rules.append(rule)
+                self.added.append((tbl, rule, loc(start, self.toks[self.pos - 1])))
                 self.follow_on(start, rule=rule)
                 self.end_item()
             except NftError as err:
@@ -510,9 +511,8 @@ class Parser:
             msg = "Could not process rule: Operation not supported"
             for where in getattr(rule, "anon_locs", []):
                 self.kernel_errors.append(NftError(msg, where))
-            line, col, end = loc(start, self.toks[self.pos - 1])
-            # A command's location runs to the end of its line, newline included.
-            raise NftError("Could not process rule: Operation not supported", (line, col, end + command))
+            where = self.command_loc(start) if command else loc(start, self.toks[self.pos - 1])
+            raise NftError("Could not process rule: Operation not supported", where)
 
     # ---- sets, maps, objects ------------------------------------------------------------------
     def set_block(self, tbl: Table, name: Token, is_map: bool, create: bool, defer: bool = False) -> None:
@@ -747,6 +747,7 @@ class Parser:
             rule.handle = chain.rules[idx].handle
             chain.rules[idx] = rule
             self.rule_ops[id(rule)] = "replace"
+            self.added.append((tbl, rule, self.command_loc(verb)))
             return
         missing: NftError | None = None
         if position is None:
@@ -766,7 +767,14 @@ class Parser:
         chain.rules.insert(idx, rule)
         if op == "insert":
             self.rule_ops[id(rule)] = op
+        self.added.append((tbl, rule, self.command_loc(verb)))
         self.follow_on(verb, command=True, rule=rule)
+
+    def command_loc(self, verb: Token) -> Loc:
+        """Where nft blames a command the kernel refused: from its verb to the end of its line,
+        newline included."""
+        line, col, end = loc(verb, self.toks[self.pos - 1])
+        return line, col, end + 1
 
     def rule_index(self, chain: Chain, handle: int, at: Token) -> int:
         for i, r in enumerate(chain.rules):
@@ -1060,6 +1068,22 @@ def jumps_to(chain: Chain, target: str) -> bool:
             if isinstance(s, VerdictStmt) and s.verdict.target == target:
                 return True
     return False
+
+
+def jump_errors(tables: list[Table], added: list[tuple[Table, Rule, Loc]]) -> list[NftError]:
+    """The kernel's EMLINK for tables whose jumps nest too deep or loop: at the rule that made its table
+    invalid and at every rule the batch adds to that table after it; without position when the table
+    was invalid before any of them."""
+    msg = "Could not process rule: Too many links"
+    blamed: list[tuple[int, NftError]] = []
+    for tbl in tables:
+        mine = [(i, rule, where) for i, (t, rule, where) in enumerate(added) if t is tbl]
+        first = culprit(tbl, [rule for _, rule, _ in mine])
+        if first == -1:
+            blamed.append((-1, NftError(msg, None)))
+        elif first is not None:
+            blamed += [(i, NftError(msg, where)) for i, _, where in mine[first:]]
+    return [err for _, err in sorted(blamed, key=lambda b: b[0])]
 
 
 def elem_identity(k: Expr) -> Any:
