@@ -127,3 +127,81 @@ def test_the_rule_that_closes_a_loop_is_blamed(tmp_path: Path) -> None:
     assert emulated(path)[0] == 1
     path.write_text(chain_of(15))
     assert emulated(path) == (0, "")
+
+
+# ---- chain names that are nft keywords -----------------------------------------------------------------
+KEYWORD_COMMANDS = [
+    "add chain ip t accept", "add chain ip t counter", "add chain ip t eq", "add chain ip t or",
+    "add chain ip t not", "add chain ip t 123", "add chain ip t 0x10", 'add chain ip t "accept"',
+    "create chain ip t jump", "add rule ip t x jump accept", 'add rule ip t x jump "x"', "add rule ip t x goto eq",
+    "add rule ip t x ip daddr vmap { 1.1.1.1 : jump accept }", 'add rule ip t x ip daddr vmap { 1.1.1.1 : goto "x" }',
+    "add rule ip t counter accept", "insert rule ip t type accept", "delete chain ip t meta",
+    "flush chain ip t meta", "list chain ip t meta", "rename chain ip t x meta", "rename chain ip t meta y",
+    "delete rule ip t mark handle 3", "add element ip t m { 1.1.1.1 : jump tcp }",
+    # scoped keywords, a name starting with digits, and hook names are names
+    "add chain ip t daddr", "add chain ip t name", "add chain ip t last", "add chain ip t 8021q",
+    "add chain ip t input", "add chain ip t filter",
+]
+SETUP = ["add table ip t", "add chain ip t x", "add map ip t m { type ipv4_addr : verdict ; }"]
+
+
+def shell_words(line: str) -> list[str]:
+    import shlex
+
+    return shlex.split(line.replace('"', '\\"'))
+
+
+@pytest.mark.kernel
+def test_keyword_chain_names_are_refused_like_the_real_nft(kernel_ns) -> None:
+    rs = Ruleset()
+    for line in SETUP:
+        assert kernel_ns.run(["nft", *shell_words(line)], check=False).returncode == 0
+        rc, _, err, rs = run_nft(shell_words(line), rs)
+        assert rc == 0, err
+    for line in KEYWORD_COMMANDS:
+        argv = shell_words(line)
+        real = kernel_ns.run(["nft", *argv], check=False)
+        rc, _, err, rs = run_nft(argv, rs)
+        assert (rc, err) == (real.returncode, real.stderr), line
+    assert run_nft(["list", "ruleset"], rs)[1] == kernel_ns.run(["nft", "list", "ruleset"]).stdout
+
+
+KEYWORD_FILE = """table ip k {
+	chain ok {
+		jump x
+	}
+	chain x {
+	}
+}
+add chain ip k return
+"""
+
+
+@pytest.mark.kernel
+def test_a_keyword_chain_name_in_a_file_is_refused_like_the_real_nft(kernel_ns, tmp_path: Path) -> None:
+    path = tmp_path / "kw.nft"
+    for text in (KEYWORD_FILE, KEYWORD_FILE.replace("chain x {", "chain counter {"),
+                 KEYWORD_FILE.replace("jump x", "goto ct")):
+        path.write_text(text)
+        real = kernel_ns.run(["nft", "-f", str(path)], check=False)
+        rc, err = emulated(path)
+        # nft's parser recovers from a syntax error and reports what follows as it finds it; the first
+        # error (three lines: position and message, the line, the carets) is the one kproxy gives
+        assert (rc, err) == (real.returncode, "".join(real.stderr.splitlines(keepends=True)[:3]))
+
+
+def test_keyword_chain_names_are_syntax_errors_at_the_name(tmp_path: Path) -> None:
+    rs = run_nft(["add", "table", "ip", "t"], Ruleset())[3]
+    assert run_nft(["add", "chain", "ip", "t", "eq"], rs)[:3] == (
+        1, "", "Error: syntax error, unexpected ==, expecting string\nadd chain ip t eq\n               ^^\n")
+    # before the table is looked up: nft parses the whole command before it evaluates any of it
+    assert run_nft(["add", "chain", "ip", "nosuch", "meta"], rs)[2].startswith(
+        "Error: syntax error, unexpected meta, expecting string\n")
+    path = tmp_path / "kw.nft"
+    path.write_text(KEYWORD_FILE)
+    assert emulated(path) == (1, f"{path}:8:16-21: Error: syntax error, unexpected return, expecting string\n"
+                                 f"add chain ip k return\n{' ' * 15}^^^^^^\n")
+    # the same command line by line goes through the fast path, which leaves such lines to the parser
+    path.write_text("add table ip f\nadd chain ip f x\nflush chain ip f ct\n")
+    assert emulated(path)[1].startswith(f"{path}:3:18-19: Error: syntax error, unexpected ct, expecting string\n")
+    assert run_nft(["add", "chain", "ip", "t", "daddr"], rs)[0] == 0

@@ -25,7 +25,7 @@ from kproxy.nftables.expr import (
     Verdict,
     parse_time,
 )
-from kproxy.nftables.lexer import LexError, Token, tokenize
+from kproxy.nftables.lexer import LexError, Token, is_identifier, token_name, tokenize
 from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Ruleset, Table, named_priorities
 from kproxy.nftables.stmt import (
     Limit,
@@ -150,17 +150,7 @@ class Parser:
 
     def unexpected(self, t: Token | None = None, expecting: str = "") -> NftError:
         t = t or self.peek()
-        if t.kind == "eof":
-            what = "end of file"
-        elif t.kind == "nl":
-            what = "newline"
-        elif t.kind == "string":
-            what = "quoted string"
-        elif t.kind == "punct":
-            what = f"'{t.text}'"
-        else:
-            what = t.text
-        msg = f"syntax error, unexpected {what}" + (f", expecting {expecting}" if expecting else "")
+        msg = f"syntax error, unexpected {token_name(t)}" + (f", expecting {expecting}" if expecting else "")
         return NftError(msg, loc(t))
 
     def expect(self, text: str) -> Token:
@@ -172,6 +162,14 @@ class Parser:
         t = self.peek()
         if t.kind not in ("word", "string"):
             raise self.unexpected(expecting="string")
+        return self.next()
+
+    def chain_name(self, expecting: str = "string") -> Token:
+        """A chain's name as nft 1.0.6 reads one (``identifier``): a scanner keyword, a number or a quoted
+        string there is a syntax error."""
+        t = self.peek()
+        if not is_identifier(t):
+            raise self.unexpected(expecting=expecting)
         return self.next()
 
     def skip_seps(self) -> None:
@@ -299,10 +297,10 @@ class Parser:
         elif what == "chain":
             self.next()
             family, tname = self.family_and_name()
+            name = self.chain_name()          # a syntax error: found before the table is looked up
             if self.rs.find(family, tname.text) is None:
                 raise NftError("No such file or directory", loc(tname))  # found missing while evaluating
             tbl = self.find_table(family, tname)
-            name = self.word()
             self.add_chain(tbl, name, create)
         elif what in ("set", "map"):
             self.next()
@@ -382,7 +380,7 @@ class Parser:
         elif t.text == "comment":
             tbl.comment = self.word().text
         elif t.text == "chain":
-            self.add_chain(tbl, self.word(), False, defer_rules=deferred)
+            self.add_chain(tbl, self.chain_name(), False, defer_rules=deferred)
         elif t.text in ("set", "map"):
             name = self.word()
             self.expect("{")
@@ -730,8 +728,9 @@ class Parser:
     # ---- rules ----------------------------------------------------------------------------------
     def cmd_rule(self, op: str, verb: Token) -> None:
         family, tname = self.family_and_name()
+        name = self.chain_name()
         tbl = self.find_table(family, tname)
-        chain = self.find_chain(tbl, self.word())
+        chain = self.find_chain(tbl, name)
         position: tuple[str, int] | None = None
         pos_tok = self.peek()
         if self.at("position", "handle", "index"):
@@ -804,16 +803,17 @@ class Parser:
             self.rs.tables.remove(tbl)
         elif what.text == "chain":
             family, tname = self.family_and_name()
+            name = self.chain_name("handle or string") if not self.at("handle") else self.word()
             tbl = self.find_table(family, tname)
-            name = self.word()
             chain = self.find_chain(tbl, name)
             if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.chains[name.text]
         elif what.text == "rule":
             family, tname = self.family_and_name()
+            name = self.chain_name()
             tbl = self.find_table(family, tname)
-            chain = self.find_chain(tbl, self.word())
+            chain = self.find_chain(tbl, name)
             self.expect("handle")
             n = self.word()
             idx = self.rule_index(chain, int(n.text), n)
@@ -863,8 +863,9 @@ class Parser:
                 s.elems = []
         elif what.text == "chain":
             family, tname = self.family_and_name()
+            name = self.chain_name()
             tbl = self.find_table(family, tname)
-            chain = self.find_chain(tbl, self.word())
+            chain = self.find_chain(tbl, name)
             for r in chain.rules:
                 for anon in r.anon_sets:
                     tbl.sets.pop(anon, None)
@@ -880,6 +881,8 @@ class Parser:
         args: list[Token] = []
         while self.peek().kind in ("word", "string"):
             args.append(self.next())
+        if len(args) >= 3 and args[0].text == "chain" and not is_identifier(args[-1]):
+            raise self.unexpected(args[-1], "string")
         self.out.requests.append(("list", args))
 
     def cmd_rename(self, verb: Token) -> None:
@@ -887,12 +890,11 @@ class Parser:
         every jump to it follows (the kernel's rules point at the chain, not at its name)."""
         self.expect("chain")
         family, tname = self.family_and_name()
+        old, new = self.chain_name(), self.chain_name()
         tbl = self.find_table(family, tname)
-        old = self.word()
         chain = tbl.chains.get(old.text)
         if chain is None:  # nft's cache lookup fails before anything reaches the kernel
             raise NftError("No such file or directory", loc(old), kernel=False)
-        new = self.word()
         if new.text in tbl.chains:  # the kernel refuses; nft blames the whole command, its end included
             line, col, end = loc(verb, new)
             raise NftError("Could not process rule: File exists", (line, col, end + 1))
@@ -959,7 +961,7 @@ class Parser:
         if t.text in VERDICTS:
             return Verdict(t.text)
         if t.text in ("jump", "goto"):
-            return Verdict(t.text, self.word().text)
+            return Verdict(t.text, self.chain_name("string or '$'").text)
         raise self.unexpected(t)
 
     def value_of(self, types: list[T.DType]) -> Expr:

@@ -137,7 +137,7 @@ class RuleBuilder:
             self.stmts.append(VerdictStmt(Verdict(w)))
         elif w in ("jump", "goto"):
             p.next()
-            target = p.word()
+            target = p.chain_name("'{'")
             st = VerdictStmt(Verdict(w, target.text))
             st.tok = target  # type: ignore[attr-defined]
             self.stmts.append(st)
