@@ -32,6 +32,7 @@ from kproxy.nftables.expr import (
     Payload,
     Prefix,
     Range,
+    RawPayload,
     SetLit,
     SetRef,
     Verdict,
@@ -704,6 +705,8 @@ def register_bytes(e: Expr, v: Any) -> bytes | None:
 
 def payload(e: Payload, pkt: Packet) -> Any:
     """A header field, or None when the packet does not have that header (nft's implicit dependency)."""
+    if isinstance(e, RawPayload):
+        return raw_value(e, pkt)
     proto, fld = e.proto, e.field
     if proto in ("ip", "ip6"):
         if pkt.family != (4 if proto == "ip" else 6):
@@ -725,6 +728,17 @@ def payload(e: Payload, pkt: Packet) -> Any:
     if fld == "id":
         return pkt.icmp_id
     return None
+
+
+def raw_value(e: RawPayload, pkt: Packet) -> Any:
+    """A raw range of the transport header's first 32 bits (the ports: what nft's merges make);
+    None when the packet has no ports."""
+    if e.proto != "th" or e.offset + e.length > 32 or e.length <= 0:
+        raise Unsupported(e.text(_OPTS))
+    if pkt.proto not in PORT_PROTOS:
+        return None
+    ports = pkt.sport << 16 | pkt.dport
+    return ports >> (32 - e.offset - e.length) & ((1 << e.length) - 1)
 
 
 def ct_value(e: Ct, pkt: Packet) -> Any:
