@@ -617,8 +617,10 @@ class ChainRunner:
         raise Unsupported(f"meta {key}")
 
     def fib(self, e: Fib, pkt: Packet, state: HookState) -> Any:
-        if e.result != "type" or e.flags[0] not in ("daddr", "saddr"):
+        if e.flags[0] not in ("daddr", "saddr"):
             raise Unsupported(e.text(_OPTS))
+        if e.result != "type":
+            return fib_result(e, fib_device(self.node, e, pkt, state))
         addr = pkt.dst if e.flags[0] == "daddr" else pkt.src
         if self.node.is_local(pkt.family, addr):
             return 2
@@ -627,6 +629,31 @@ class ChainRunner:
         if pkt.family == 4 and addr >> 28 == 0xE or pkt.family == 6 and addr >> 120 == 0xFF:
             return 5
         return 1
+
+
+def fib_device(node: Any, e: Fib, pkt: Packet, state: HookState) -> str:
+    """nft_fib4_eval / nft_fib6_eval: the device the route to the address (daddr, or saddr for a
+    reverse-path check) leaves by; "" when there is none: no route, a local, unreachable or blackhole
+    route, or (with ``iif`` / ``oif``) a route that does not use the packet's own device. A packet
+    looped back arrives at prerouting from its own device."""
+    if state.hook == "PREROUTING" and state.in_dev == "lo":
+        return "lo"
+    res = node.route(pkt.family, pkt.dst if e.flags[0] == "daddr" else pkt.src)
+    dev = res.dev if res.type == "unicast" else ""
+    own = state.in_dev if "iif" in e.flags else state.out_dev if "oif" in e.flags else ""
+    if own and dev != own:
+        return ""
+    return dev
+
+
+def fib_result(e: Fib, dev: str) -> Any:
+    """The register nft_fib_store_result fills: presence, the index (0 when none; kproxy names devices)
+    or the name (zeros when none)."""
+    if e.present:
+        return int(bool(dev))
+    if e.result == "oif":
+        return dev or 0
+    return dev
 
 
 BYTE_UNIT = {"bytes": 1, "kbytes": 1 << 10, "mbytes": 1 << 20, "gbytes": 1 << 30}

@@ -182,9 +182,12 @@ class Ct(Expr):
 class Fib(Expr):
     flags: list[str]
     result: str  # type, oif, oifname
+    present: bool = False       # compared with ``exists`` / ``missing``: whether the lookup found a device
 
     @property
     def dtype(self) -> T.DType:  # type: ignore[override]
+        if self.present:
+            return T.BOOLEAN
         return {"type": T.FIB_ADDRTYPE, "oif": T.IFINDEX, "oifname": T.IFNAME}[self.result]
 
     def text(self, o: Opts) -> str:

@@ -48,10 +48,13 @@ class NftError(Exception):
     """An error at a position: ``primary`` gets carets, ``secondary`` ranges get tildes."""
 
     def __init__(self, msg: str, primary: Loc | None, secondary: list[Loc] | None = None,
-                 kernel: bool | None = None) -> None:
+                 kernel: bool | None = None, validation: bool = False) -> None:
         super().__init__(msg)
         self.msg = msg
         self._kernel = kernel
+        # found by the kernel's commit-time validation (hooks, jump depth): a batch that fails earlier,
+        # as its messages are processed, is aborted before that and reports none of these
+        self.validation = validation
         self.primary = primary
         self.secondary = secondary or []
         self.more: list[NftError] = []  # further errors nft reports in the same run
@@ -246,6 +249,8 @@ class Parser:
 
     def raise_recorded(self) -> None:
         errors = self.eval_errors or self.kernel_errors
+        if not self.eval_errors and not all(e.validation for e in errors):
+            errors = [e for e in errors if not e.validation]
         if errors:
             first = errors[0]
             first.more = errors[1:]
@@ -508,9 +513,9 @@ class Parser:
         if self.batch_broken:
             msg = "Could not process rule: Operation not supported"
             for where in getattr(rule, "anon_locs", []):
-                self.kernel_errors.append(NftError(msg, where))
+                self.kernel_errors.append(NftError(msg, where, validation=True))
             where = self.command_loc(start) if command else loc(start, self.toks[self.pos - 1])
-            raise NftError("Could not process rule: Operation not supported", where)
+            raise NftError("Could not process rule: Operation not supported", where, validation=True)
 
     # ---- sets, maps, objects ------------------------------------------------------------------
     def set_block(self, tbl: Table, name: Token, is_map: bool, create: bool, defer: bool = False) -> None:
@@ -992,7 +997,7 @@ class Parser:
     def parse_value_text(self, dt: T.DType, t: Token) -> Expr:
         text = t.text
         if dt.kind in ("string", "ifindex"):
-            return Const(dt, text)
+            return Const(dt, dt.parse(text))
         try:
             return Const(dt, dt.parse(text))
         except T.TypeError_:
@@ -1082,9 +1087,9 @@ def jump_errors(tables: list[Table], added: list[tuple[Table, Rule, Loc]]) -> li
         mine = [(i, rule, where) for i, (t, rule, where) in enumerate(added) if t is tbl]
         first = culprit(tbl, [rule for _, rule, _ in mine])
         if first == -1:
-            blamed.append((-1, NftError(msg, None)))
+            blamed.append((-1, NftError(msg, None, validation=True)))
         elif first is not None:
-            blamed += [(i, NftError(msg, where)) for i, _, where in mine[first:]]
+            blamed += [(i, NftError(msg, where, validation=True)) for i, _, where in mine[first:]]
     return [err for _, err in sorted(blamed, key=lambda b: b[0])]
 
 

@@ -96,13 +96,18 @@ class RuleBuilder:
                     raise NftError(f"No such file or directory; did you mean chain \u2018{hint[2]}\u2019 in table "
                                    f"{hint[0]} \u2018{hint[1]}\u2019?", where, kernel=True)
                 raise NftError("Could not process rule: No such file or directory", where)
+        for fib in (e for e in map(_keyed, self.stmts) if isinstance(e, Fib)):
+            if fib.result != "type" and "oif" in fib.flags:     # nft_fib_init: an oif lookup by oif
+                if new_handle:
+                    self.tbl.alloc()
+                raise NftError("Could not process rule: Invalid argument", getattr(fib, "loc", None))
         base = self.tbl.chains.get(chain)
         if base is not None and base.hook is not None and not all(self.valid_at(st, base.type, base.hook)
                                                                       for st in self.stmts):
             if new_handle:
                 self.tbl.alloc()
             raise NftError("Could not process rule: Operation not supported",
-                           (start.line, start.col, self.p.toks[self.p.pos - 1].end))
+                           (start.line, start.col, self.p.toks[self.p.pos - 1].end), validation=True)
         stmts = hide_dependencies(merge_ports(self.stmts), self.tbl.family)
         handle = self.tbl.alloc() if new_handle else 0
         rule = Rule(handle, stmts, self.comment, self.anon)
@@ -112,6 +117,9 @@ class RuleBuilder:
     @staticmethod
     def valid_at(st: Stmt, chain_type: str | None, hook: str) -> bool:
         """Whether the kernel accepts the statement in a base chain of this type and hook."""
+        fib = _keyed(st)
+        if isinstance(fib, Fib):
+            return hook in fib_hooks(fib)
         if not isinstance(st, Nat):
             return True
         hooks = {"dnat": ("prerouting", "output"), "redirect": ("prerouting", "output"),
@@ -469,9 +477,14 @@ class RuleBuilder:
             return Ct(k.text, direction, family)
         if w == "fib":
             p.next()
+            first = p.peek()
             flags = [p.word().text]
             while p.accept("."):
                 flags.append(p.word().text)
+            for pair in (("saddr", "daddr"), ("iif", "oif")):
+                if set(pair) <= set(flags):
+                    raise self.error(f"fib: {pair[0]} and {pair[1]} are mutually exclusive", first,
+                                     p.toks[p.pos - 1])
             return Fib(flags, p.word().text)
         if w == "numgen":
             p.next()
@@ -565,8 +578,12 @@ class RuleBuilder:
         if p.peek().kind in ("punct", "word") and p.peek().text in OPS:
             op = OPS[p.next().text]
             explicit = True
-        types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
-        rhs = self.rhs(lhs, types)
+        if isinstance(lhs, Fib) and lhs.result != "type" and p.at("exists", "missing"):
+            lhs = Fib(lhs.flags, lhs.result, present=True)
+            rhs: Expr = Const(T.BOOLEAN, int(p.next().text == "exists"))
+        else:
+            types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
+            rhs = self.rhs(lhs, types)
         if lhs.dtype.kind == "bitmask" and p.accept("/"):
             mask = self.rhs(lhs, types)
             lhs = Binop("&", lhs, mask)
@@ -830,6 +847,18 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
         if not isinstance(s, Match):
             deps.clear()        # nft hides a dependency across matches only (a counter in between keeps it)
     return [s for s in out if s is not None]
+
+
+def fib_hooks(e: Fib) -> tuple[str, ...]:
+    """The hooks nft_fib_validate allows a lookup at: a device result where there is an input device;
+    an address type by the input device before routing, by the output device after it."""
+    if e.result != "type":
+        return "prerouting", "input", "forward"
+    if "iif" in e.flags:
+        return "prerouting", "input", "forward"
+    if "oif" in e.flags:
+        return "output", "postrouting", "forward"
+    return "prerouting", "input", "forward", "output", "postrouting"
 
 
 def _is_ports(s: Stmt) -> bool:
