@@ -395,6 +395,12 @@ class ChainRunner:
         elif isinstance(key, Ct) and key.key == "mark":
             if pkt.ct is not None:      # nft_ct_set_eval: no entry (before conntrack, untracked): nothing
                 pkt.ct.mark = int(value) & 0xFFFFFFFF
+        elif isinstance(key, Ct) and key.key == "zone":
+            # nft_ct_set_zone_eval: a template carrying the zone, for the lookup still to come; a packet
+            # already attached (tracked, or templated by an earlier ``ct zone set``) keeps its own
+            if pkt.ct is None and not pkt.zone_dir:
+                pkt.zone = int(value) & 0xFFFF
+                pkt.zone_dir = {"original": 1, "reply": 2}.get(key.direction or "", 3)
         elif isinstance(key, Meta) and key.key == "nftrace":
             pkt.trace = bool(int(value) & 1)  # skb->nf_trace, the bit iptables' TRACE sets too
         else:
@@ -778,7 +784,9 @@ def ct_value(e: Ct, pkt: Packet) -> Any:
         return None
     if e.key == "direction":
         return pkt.ctdir
-    if e.key in ("mark", "status", "zone"):
+    if e.key == "zone":
+        return conn.zone if e.direction is None else conn.zone_id(0 if e.direction == "original" else 1)
+    if e.key in ("mark", "status"):
         return getattr(conn, e.key)
     if e.key in ("saddr", "daddr", "proto-src", "proto-dst"):
         tup = conn.orig if (e.direction or "original") == "original" else conn.reply

@@ -1,0 +1,101 @@
+"""Conntrack zones set by nft (``ct zone set``, from a map, per direction) before the conntrack lookup:
+the first template wins, connections are found only in their zone, ``ct zone`` matches them, and
+``conntrack -L`` shows ``zone=``, ``zone-orig=`` or ``zone-reply=`` where conntrack-tools 1.4.7 puts it.
+Checked against the kernel: the same ruleset and packets in the kernel lab and in the emulator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kproxy.lab.differential import Case, Probe
+from kproxy.lab.kernel import KernelLab, kernel_lab_reason
+from kproxy.lab.nftdiff import run_case
+from kproxy.netfilter.ctformat import format_conn
+from kproxy.nftables.cli import run_nft
+from kproxy.nftables.evaluate import attach
+from kproxy.nftables.model import Ruleset
+from kproxy.node import Node
+from kproxy.packet import Packet
+
+ZONES = """table inet z {
+	chain raw_pre {
+		type filter hook prerouting priority raw; policy accept;
+		udp dport 53 ct zone set 3
+		udp sport 53 ct zone set 3
+		tcp dport 80 ct zone set meta mark map { 0 : 4 }
+		tcp sport 80 ct zone set meta mark map { 0 : 4 }
+		udp dport 5000 ct original zone set 6
+		ct zone set 9
+	}
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		ct zone 3 counter
+		ct zone 4 counter
+		ct zone 9 counter
+		ct original zone 6 counter
+		ct reply zone 6 counter
+		ct zone 0 counter
+	}
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[KernelLab]:
+    reason = kernel_lab_reason()
+    if reason:
+        pytest.skip(reason)
+    with KernelLab() as lab:
+        yield lab
+
+
+@pytest.mark.kernel
+def test_zones_decide_and_list_like_the_kernel(lab: KernelLab) -> None:
+    probes = [Probe("udp", "10.0.2.2", 53), Probe("tcp", "10.0.2.2", 80), Probe("udp", "10.0.2.2", 5000),
+              Probe("udp", "10.0.2.2", 5001)]
+    refusals: list[str] = []
+    diffs = run_case(lab, Case(ZONES, probes), refusals)
+    assert not refusals, refusals
+    assert not diffs, "\n".join(d.text() for d in diffs)
+
+
+@pytest.mark.kernel
+def test_zone_rules_list_like_the_real_nft(kernel_ns, tmp_path: Path) -> None:
+    path = tmp_path / "zones.nft"
+    path.write_text(ZONES)
+    kernel_ns.run(["nft", "-f", str(path)])
+    rc, _, err, rs = run_nft(["-f", str(path)], Ruleset())
+    assert rc == 0, err
+    assert run_nft(["list", "ruleset"], rs)[1] == kernel_ns.run(["nft", "list", "ruleset"]).stdout
+    real = json.loads(kernel_ns.run(["nft", "-j", "list", "ruleset"]).stdout)["nftables"][1:]
+    assert json.loads(run_nft(["-j", "list", "ruleset"], rs)[1])["nftables"][1:] == real
+
+
+def test_a_connection_is_found_only_in_its_zone() -> None:
+    node = Node.from_description({"name": "n", "interfaces": [{"name": "eth0", "addresses": ["10.0.1.1/24"]}]})
+    script = ("table ip z {\n\tchain pre {\n\t\ttype filter hook prerouting priority raw; policy accept;\n"
+              "\t\tmeta mark 1 ct zone set 1\n\t\tmeta mark 2 ct original zone set 2\n\t\tct zone set 7\n\t}\n}\n")
+    rc, _, err, node.nftables = run_nft(["-f", "-"], Ruleset(), script)
+    assert rc == 0, err
+    assert attach(node) == []
+
+    def send(mark: int, sport: int = 4000) -> Packet:
+        pkt = Packet.make("10.0.1.2", "10.0.1.1", "udp", sport, 53)
+        pkt.mark = mark
+        node.receive(pkt, "eth0")
+        return pkt
+
+    first = send(1)
+    assert first.ct is not None and first.ct.zone == 1 and first.ctstate == "NEW"
+    assert send(1).ct is first.ct                       # same zone: the same connection
+    other = send(0)                                     # the same tuple, zone 7 (the first template wins)
+    assert other.ctstate == "NEW" and other.ct is not first.ct and other.ct.zone == 7
+    directional = send(2, 4001)
+    assert directional.ct is not None
+    lines = [format_conn(c, node.now()) for c in node.conntrack.entries()]
+    assert [line.split(" mark=")[1] for line in lines] == ["0 zone=1 use=1", "0 zone=7 use=1", "0 use=1"]
+    assert "sport=4001 dport=53 zone-orig=2 [UNREPLIED]" in lines[2]
