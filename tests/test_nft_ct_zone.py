@@ -99,3 +99,26 @@ def test_a_connection_is_found_only_in_its_zone() -> None:
     lines = [format_conn(c, node.now()) for c in node.conntrack.entries()]
     assert [line.split(" mark=")[1] for line in lines] == ["0 zone=1 use=1", "0 zone=7 use=1", "0 use=1"]
     assert "sport=4001 dport=53 zone-orig=2 [UNREPLIED]" in lines[2]
+
+
+IPTABLES_ZONES = """*raw
+-A PREROUTING -p udp --dport 53 -j CT --zone 3
+-A PREROUTING -p udp --sport 53 -j CT --zone 3
+-A PREROUTING -p udp --dport 5000 -j CT
+-A PREROUTING -p udp -j CT --zone 9
+COMMIT
+*filter
+-A FORWARD -m conntrack --ctstate NEW -j ACCEPT
+COMMIT
+"""
+
+
+@pytest.mark.kernel
+def test_iptables_ct_zones_track_like_the_kernel(lab: KernelLab) -> None:
+    """The CT target's template: its zone for the lookup, the first template winning (the reply of the
+    port 5000 flow gets zone 9 and starts a connection of its own, as in the kernel)."""
+    from kproxy.lab.differential import run_case as run_iptables_case
+
+    probes = [Probe("udp", "10.0.2.2", 53), Probe("udp", "10.0.2.2", 5000), Probe("udp", "10.0.2.2", 5001)]
+    diffs = run_iptables_case(lab, Case(IPTABLES_ZONES, probes))
+    assert not diffs, "\n".join(d.text() for d in diffs)
