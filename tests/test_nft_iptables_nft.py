@@ -348,3 +348,42 @@ def test_a_flushing_restore_keeps_undeclared_policies_only_on_a_legacy_node():
         node.iptables_cmd(["-P", "FORWARD", "DROP"], 4)
         node.iptables_restore("*filter\n-A INPUT -j ACCEPT\nCOMMIT\n", 4)
         assert node.iptables[4].tables["filter"].chains["FORWARD"].policy == policy
+
+
+FLUSH_HISTORY = [["-A", "INPUT", "-s", "1.1.1.1", "-j", "ACCEPT"], ["-N", "FOO"], ["-A", "INPUT", "-j", "FOO"],
+                 ["-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE"]]
+
+
+@pytest.mark.kernel
+def test_flush_ruleset_takes_iptables_nft_tables_with_it():
+    """nft flush ruleset deletes iptables-nft's tables (they are nf_tables tables): iptables-save then
+    prints nothing, and a table made afterwards gets the namespace's next table handle."""
+    node = Node()
+    with fresh() as n:
+        for argv in FLUSH_HISTORY:
+            n.run([TOOL[4], *argv])
+            assert node.iptables_cmd(argv, 4)[0] == 0
+        n.run([f"{SBIN}/nft", "flush", "ruleset"])
+        rc, _, err, rs = run_nft(["flush", "ruleset"], Ruleset(), xt=XtView(node))
+        assert rc == 0, err
+        assert node.iptables_save(4) == "" and "-A" not in n.run([f"{SBIN}/iptables-nft-save"]).stdout
+        assert run_nft(["list", "ruleset"], rs, xt=XtView(node))[1] == n.run([f"{SBIN}/nft", "list", "ruleset"]).stdout == ""
+        n.run([TOOL[4], "-A", "INPUT", "-j", "ACCEPT"])
+        assert node.iptables_cmd(["-A", "INPUT", "-j", "ACCEPT"], 4)[0] == 0
+        assert run_nft(["-a", "list", "ruleset"], rs, xt=XtView(node))[1] == \
+            n.run([f"{SBIN}/nft", "-a", "list", "ruleset"]).stdout
+
+
+def test_flush_ruleset_leaves_a_legacy_nodes_iptables_tables():
+    node = Node()
+    node_layout(node).variant = "legacy"
+    node.iptables_cmd(["-A", "INPUT", "-j", "ACCEPT"], 4)
+    assert run_nft(["flush", "ruleset"], Ruleset(), xt=XtView(node))[0] == 0
+    assert "-A INPUT -j ACCEPT" in node.iptables_save(4)
+    # and on an nf_tables node, flushing another family leaves the ip tables
+    node = Node()
+    node.iptables_cmd(["-A", "INPUT", "-j", "ACCEPT"], 4)
+    assert run_nft(["flush", "ruleset", "ip6"], Ruleset(), xt=XtView(node))[0] == 0
+    assert "-A INPUT -j ACCEPT" in node.iptables_save(4)
+    assert run_nft(["flush", "ruleset", "ip"], Ruleset(), xt=XtView(node))[0] == 0
+    assert node.iptables_save(4) == ""

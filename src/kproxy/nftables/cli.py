@@ -157,6 +157,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     out = []
     if any(ln.strip() and not ln.lstrip().startswith("list") for ln in text.split("\n")):
         work.generation += 1
+    if xt is not None and parser.out.flushed:
+        xt.flush(parser.out.flushed)
     if flags["echo"]:
         first = parser.first_word(COMMAND_WORDS)
         out.append(echo(rs, work, o, bool(flags["json"]), json_cmds if from_json else None, parser.rule_ops, first))

@@ -83,6 +83,7 @@ class Output:
     """Listing requests met in a script, answered after the transaction commits."""
 
     requests: list[tuple[str, list[Token]]] = field(default_factory=list)
+    flushed: list[str | None] = field(default_factory=list)     # ``flush ruleset [FAMILY]``s, None: all
 
 
 class Parser:
@@ -858,6 +859,7 @@ class Parser:
         if what.text == "ruleset":
             family = self.word().text if self.peek().kind == "word" and self.peek().text in FAMILIES else None
             self.rs.tables = [t for t in self.rs.tables if family is not None and t.family != family]
+            self.out.flushed.append(family)
         elif what.text == "table":
             family, name = self.family_and_name()
             tbl = self.find_table(family, name)

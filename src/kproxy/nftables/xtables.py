@@ -261,6 +261,13 @@ class XtView:
             return []
         return [k for k in lay.tables if family is None or nft_family(k[0]) == family]
 
+    def flush(self, families: list[str | None]) -> None:
+        """``flush ruleset``: iptables-nft's tables are nf_tables tables, and go with the rest (of the
+        family flushed); an iptables-legacy node keeps its x_tables."""
+        for key in [k for k in self.tables() if None in families or nft_family(k[0]) in families]:
+            self.node.iptables[key[0]].drop(key[1])
+            self.layout.drop(key)
+
     def find(self, family: str, name: str) -> tuple[int, str] | None:
         return next((k for k in self.tables(family) if k[1] == name), None)
 
