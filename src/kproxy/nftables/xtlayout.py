@@ -157,21 +157,29 @@ class XtLayout:
                events: list[tuple[str, str, str]]) -> None:
         """Give the chains and rules a commit made their handles, in the order the kernel took them:
         new chains first, then new rules in the order of the commands (``-A`` the first new rule of its
-        chain, ``-I`` the last, ``-R`` the replaced rule's own handle), then any rule no command explains."""
+        chain, ``-I`` the last, ``-R`` the replaced rule's own handle), then any rule no command explains.
+        Only the chains the commands named are looked at, unless one named none (``-F``, ``-X`` alone)."""
         recreated = {t for t, verb, _ in events if verb == "*"}
         was = {new: old for _, verb, chain in events if verb == "E" for old, new in [chain.split("\0", 1)]}
         for tname, (old, new) in changes.items():
             key = (family, tname)
             h = self.ids.get(key)
-            if h is None or key not in self.chains or not any(t == tname for t, _, _ in events):
+            touched = {chain.split("\0")[-1] for t, verb, chain in events if t == tname and verb[0] != "*"}
+            touched |= {""} if tname in recreated else set()
+            if h is None or key not in self.chains or not touched:
                 continue        # a table loaded from the node file, not changed by a command
-            names = [n for n in self.chains[key] if n in new.chains]
             base = None if old is None or tname in recreated else old
             if base is not None and not h.chains and any(has_rules(c) for c in base.chains.values()):
                 self.ids[key] = h = fresh_handles(base, [n for n in self.chains[key] if n in base.chains])
-            for n in [n for n in h.chains if n not in names]:
+            if "" in touched or base is None:
+                touched = set(self.chains[key]) | set(h.chains)
+            touched |= {was[n] for n in touched if n in was}
+            layout = self.chains[key]
+            for n in [n for n in h.chains if n in touched and (n not in layout or n not in new.chains)]:
                 del h.chains[n]
                 h.rules.pop(n, None)
+            names = [n for n in layout if n in new.chains] if len(touched) > len(layout) // 2 else \
+                sorted((n for n in touched if n in layout and n in new.chains), key=list(layout).index)
             for n in names:
                 if n not in h.chains:
                     h.chains[n] = h.take()
