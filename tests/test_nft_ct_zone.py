@@ -5,21 +5,21 @@ Checked against the kernel: the same ruleset and packets in the kernel lab and i
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kproxy.lab.differential import Case, Probe
-from kproxy.lab.kernel import KernelLab, kernel_lab_reason
-from kproxy.lab.nftdiff import run_case
+import test_differential
+from kproxy.lab.differential import Probe
+from kproxy.lab.kernel import KernelLab
 from kproxy.netfilter.ctformat import format_conn
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.evaluate import attach
 from kproxy.nftables.model import Ruleset
 from kproxy.node import Node
 from kproxy.packet import Packet
+from test_nft_differential import agree
+from test_nft_fib import lists_like_the_real_nft
 
 ZONES = """table inet z {
 	chain raw_pre {
@@ -44,35 +44,19 @@ ZONES = """table inet z {
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[KernelLab]:
-    reason = kernel_lab_reason()
-    if reason:
-        pytest.skip(reason)
-    with KernelLab() as lab:
-        yield lab
+lab = test_differential.lab        # the module-scoped kernel lab fixture
 
 
 @pytest.mark.kernel
 def test_zones_decide_and_list_like_the_kernel(lab: KernelLab) -> None:
-    probes = [Probe("udp", "10.0.2.2", 53), Probe("tcp", "10.0.2.2", 80), Probe("udp", "10.0.2.2", 5000),
-              Probe("udp", "10.0.2.2", 5001)]
-    refusals: list[str] = []
-    diffs = run_case(lab, Case(ZONES, probes), refusals)
-    assert not refusals, refusals
-    assert not diffs, "\n".join(d.text() for d in diffs)
+    agree(lab, ZONES, [Probe("udp", "10.0.2.2", 53), Probe("tcp", "10.0.2.2", 80), Probe("udp", "10.0.2.2", 5000),
+                       Probe("udp", "10.0.2.2", 5001)])
 
 
 @pytest.mark.kernel
 def test_zone_rules_list_like_the_real_nft(kernel_ns, tmp_path: Path) -> None:
-    path = tmp_path / "zones.nft"
-    path.write_text(ZONES)
-    kernel_ns.run(["nft", "-f", str(path)])
-    rc, _, err, rs = run_nft(["-f", str(path)], Ruleset())
-    assert rc == 0, err
-    assert run_nft(["list", "ruleset"], rs)[1] == kernel_ns.run(["nft", "list", "ruleset"]).stdout
-    real = json.loads(kernel_ns.run(["nft", "-j", "list", "ruleset"]).stdout)["nftables"][1:]
-    assert json.loads(run_nft(["-j", "list", "ruleset"], rs)[1])["nftables"][1:] == real
+    assert "ct zone set meta mark map { 0x00000000 : 4 }" in lists_like_the_real_nft(kernel_ns, tmp_path / "z.nft",
+                                                                                     ZONES)
 
 
 def test_a_connection_is_found_only_in_its_zone() -> None:
@@ -117,8 +101,5 @@ COMMIT
 def test_iptables_ct_zones_track_like_the_kernel(lab: KernelLab) -> None:
     """The CT target's template: its zone for the lookup, the first template winning (the reply of the
     port 5000 flow gets zone 9 and starts a connection of its own, as in the kernel)."""
-    from kproxy.lab.differential import run_case as run_iptables_case
-
-    probes = [Probe("udp", "10.0.2.2", 53), Probe("udp", "10.0.2.2", 5000), Probe("udp", "10.0.2.2", 5001)]
-    diffs = run_iptables_case(lab, Case(IPTABLES_ZONES, probes))
-    assert not diffs, "\n".join(d.text() for d in diffs)
+    test_differential.agree(lab, IPTABLES_ZONES, [Probe("udp", "10.0.2.2", 53), Probe("udp", "10.0.2.2", 5000),
+                                                  Probe("udp", "10.0.2.2", 5001)])

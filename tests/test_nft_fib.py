@@ -6,16 +6,16 @@ packets, the same rule counters."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kproxy.lab.differential import Case, Probe
-from kproxy.lab.kernel import KernelLab, kernel_lab_reason
-from kproxy.lab.nftdiff import run_case
+import test_differential
+from kproxy.lab.differential import Probe
+from kproxy.lab.kernel import KernelLab
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.model import Ruleset
+from test_nft_differential import agree
 
 LISTED = """table inet f {
 	chain pre {
@@ -62,35 +62,32 @@ DECIDING = """table inet t {
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[KernelLab]:
-    reason = kernel_lab_reason()
-    if reason:
-        pytest.skip(reason)
-    with KernelLab() as lab:
-        yield lab
+lab = test_differential.lab        # the module-scoped kernel lab fixture
 
 
 @pytest.mark.kernel
 def test_fib_device_lookups_decide_like_the_kernel(lab: KernelLab) -> None:
-    probes = [Probe("udp", "10.0.2.2", 53), Probe("tcp", "10.0.2.2", 80), Probe("udp", "10.0.1.1", 53),
-              Probe("udp", "10.0.2.1", 53), Probe("udp", "192.0.2.9", 53)]
-    refusals: list[str] = []
-    diffs = run_case(lab, Case(DECIDING, probes), refusals)
-    assert not refusals, refusals
-    assert not diffs, "\n".join(d.text() for d in diffs)
+    agree(lab, DECIDING, [Probe("udp", "10.0.2.2", 53), Probe("tcp", "10.0.2.2", 80), Probe("udp", "10.0.1.1", 53),
+                          Probe("udp", "10.0.2.1", 53), Probe("udp", "192.0.2.9", 53)])
 
 
 @pytest.mark.kernel
-def test_fib_device_lookups_list_like_the_real_nft(kernel_ns, tmp_path: Path) -> None:
-    path = tmp_path / "fib.nft"
-    path.write_text(LISTED)
+def lists_like_the_real_nft(kernel_ns, path: Path, script: str) -> str:
+    """Load ``script`` into the namespace and the emulator; the listings (text and JSON) must agree.
+    Returns the listing."""
+    path.write_text(script)
     kernel_ns.run(["nft", "-f", str(path)])
     rc, _, err, rs = run_nft(["-f", str(path)], Ruleset())
     assert rc == 0, err
-    assert run_nft(["list", "ruleset"], rs)[1] == kernel_ns.run(["nft", "list", "ruleset"]).stdout == LISTED
+    listing = run_nft(["list", "ruleset"], rs)[1]
+    assert listing == kernel_ns.run(["nft", "list", "ruleset"]).stdout
     real = json.loads(kernel_ns.run(["nft", "-j", "list", "ruleset"]).stdout)["nftables"][1:]
     assert json.loads(run_nft(["-j", "list", "ruleset"], rs)[1])["nftables"][1:] == real
+    return listing
+
+
+def test_fib_device_lookups_list_like_the_real_nft(kernel_ns, tmp_path: Path) -> None:
+    assert lists_like_the_real_nft(kernel_ns, tmp_path / "fib.nft", LISTED) == LISTED
 
 
 HOOKS = """table inet t {
