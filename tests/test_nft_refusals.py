@@ -205,3 +205,20 @@ def test_keyword_chain_names_are_syntax_errors_at_the_name(tmp_path: Path) -> No
     path.write_text("add table ip f\nadd chain ip f x\nflush chain ip f ct\n")
     assert emulated(path)[1].startswith(f"{path}:3:18-19: Error: syntax error, unexpected ct, expecting string\n")
     assert run_nft(["add", "chain", "ip", "t", "daddr"], rs)[0] == 0
+
+
+CONFLICTS = ["udp sport 1 ip protocol tcp tcp dport 2", "ip protocol udp ip protocol tcp tcp dport 2",
+             "ip protocol tcp udp dport 2", "udp sport 1 meta l4proto tcp tcp dport 2",
+             "meta l4proto udp udp sport 1 meta l4proto tcp th dport 2", "udp sport 1 ip protocol tcp udp dport 2"]
+
+
+@pytest.mark.kernel
+def test_transport_protocol_conflicts_are_found_as_nft_finds_them(kernel_ns) -> None:
+    """What fixed the transport protocol first stays for nft's conflict check past a later explicit
+    match, and that later match counts too (found by the random listing test)."""
+    rs = Ruleset()
+    for line in ["add table ip t", "add chain ip t c", *(f"add rule ip t c {r}" for r in CONFLICTS)]:
+        real = kernel_ns.run(["nft", *line.split()], check=False)
+        rc, _, err, rs = run_nft(line.split(), rs)
+        assert (rc, err) == (real.returncode, real.stderr), line
+    assert run_nft(["list", "ruleset"], rs)[1] == kernel_ns.run(["nft", "list", "ruleset"]).stdout

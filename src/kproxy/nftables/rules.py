@@ -326,16 +326,19 @@ class RuleBuilder:
             return Match(Payload("ip6", "nexthdr"), "==", Const(T.PROTO, proto))
         return Match(Meta("l4proto"), "==", Const(T.PROTO, proto))
 
-    def last_l4(self) -> tuple[int, tuple[int, int, int]] | None:
+    def last_l4(self, first: bool = False) -> tuple[int, tuple[int, int, int]] | None:
         """The transport protocol the rule has fixed so far, and where: an explicit ``meta l4proto`` /
-        ``ip protocol`` match sets it anew; otherwise the first transport header matched fixes it."""
+        ``ip protocol`` match sets it anew; otherwise the first transport header matched fixes it.
+        ``first``: what fixed it first, which a later explicit match does not undo for nft's conflict
+        check (``ip protocol udp ip protocol tcp tcp dport 2``: "udp vs. tcp")."""
         found: tuple[int, tuple[int, int, int]] | None = None
         for s in self.stmts:
             if isinstance(s, Match) and isinstance(s.right, Const) and s.op == "==":
                 lhs = s.left
                 if (isinstance(lhs, Meta) and lhs.key == "l4proto") or (
                         isinstance(lhs, Payload) and (lhs.proto, lhs.field) in (("ip", "protocol"), ("ip6", "nexthdr"))):
-                    found = (s.right.value, getattr(s, "loc", (0, 0, 0)))
+                    if not (first and found):
+                        found = (s.right.value, getattr(s, "loc", (0, 0, 0)))
                     continue
             if found is None and isinstance(s, (Match, VerdictMap)):
                 items = s.key.items if isinstance(s, VerdictMap) and isinstance(s.key, Concat) else (
@@ -605,11 +608,11 @@ class RuleBuilder:
                 e = e.left
             at = getattr(e, "loc", None)
             if isinstance(e, Payload) and e.proto in TRANSPORT:
-                dep = self.last_l4()
                 names = {v: k for k, v in TRANSPORT.items()}
-                if dep is not None and dep[0] != TRANSPORT[e.proto]:
-                    have = names.get(dep[0], str(dep[0]))
-                    raise NftError(f"conflicting protocols specified: {have} vs. {e.proto}", at)
+                for dep in (self.last_l4(first=True), self.last_l4()):
+                    if dep is not None and dep[0] != TRANSPORT[e.proto]:
+                        have = names.get(dep[0], str(dep[0]))
+                        raise NftError(f"conflicting protocols specified: {have} vs. {e.proto}", at)
             if isinstance(e, Payload) and fam in ("ip", "ip6") and e.proto in ("ip", "ip6") and e.proto != fam:
                 raise NftError(f"conflicting protocols specified: {fam} vs. {e.proto}", at)
             if isinstance(e, Payload) and fam == "inet" and e.proto in ("ip", "ip6"):
