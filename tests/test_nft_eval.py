@@ -175,7 +175,7 @@ table inet guard {
     assert "elements = { 198.51.100.9 }" in listing   # (expiry countdowns are not modelled)
 
 
-# nft merges a rule's port matches into one comparison where the later one was (checked against nft 1.0.6).
+# nft merges a rule's port matches into one comparison where the lower port was (checked against nft 1.0.6).
 @pytest.mark.parametrize("rule, listed", [
     ("th dport 53 udp sport 1", "udp sport 1 udp dport 53"),
     ("ip saddr 0.0.0.0 th dport 53 udp sport 1", "ip saddr 0.0.0.0 udp sport 1 udp dport 53"),

@@ -11,6 +11,7 @@ printed (``pytest -s``) before the assertion.
 from __future__ import annotations
 
 import difflib
+import json
 import random
 import re
 import shlex
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.test_iptables_translate import HEAD, MATCH, PROTO, RULES4, RULES6, TARGET
@@ -348,3 +350,104 @@ def test_a_flushing_restore_keeps_undeclared_policies_only_on_a_legacy_node():
         node.iptables_cmd(["-P", "FORWARD", "DROP"], 4)
         node.iptables_restore("*filter\n-A INPUT -j ACCEPT\nCOMMIT\n", 4)
         assert node.iptables[4].tables["filter"].chains["FORWARD"].policy == policy
+
+
+FLUSH_HISTORY = [["-A", "INPUT", "-s", "1.1.1.1", "-j", "ACCEPT"], ["-N", "FOO"], ["-A", "INPUT", "-j", "FOO"],
+                 ["-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE"]]
+
+
+@pytest.mark.kernel
+def test_flush_ruleset_takes_iptables_nft_tables_with_it():
+    """nft flush ruleset deletes iptables-nft's tables (they are nf_tables tables): iptables-save then
+    prints nothing, and a table made afterwards gets the namespace's next table handle."""
+    node = Node()
+    with fresh() as n:
+        for argv in FLUSH_HISTORY:
+            n.run([TOOL[4], *argv])
+            assert node.iptables_cmd(argv, 4)[0] == 0
+        n.run([f"{SBIN}/nft", "flush", "ruleset"])
+        rc, _, err, rs = run_nft(["flush", "ruleset"], Ruleset(), xt=XtView(node))
+        assert rc == 0, err
+        assert node.iptables_save(4) == "" and "-A" not in n.run([f"{SBIN}/iptables-nft-save"]).stdout
+        assert run_nft(["list", "ruleset"], rs, xt=XtView(node))[1] == n.run([f"{SBIN}/nft", "list", "ruleset"]).stdout == ""
+        n.run([TOOL[4], "-A", "INPUT", "-j", "ACCEPT"])
+        assert node.iptables_cmd(["-A", "INPUT", "-j", "ACCEPT"], 4)[0] == 0
+        assert run_nft(["-a", "list", "ruleset"], rs, xt=XtView(node))[1] == \
+            n.run([f"{SBIN}/nft", "-a", "list", "ruleset"]).stdout
+
+
+def test_flush_ruleset_leaves_a_legacy_nodes_iptables_tables():
+    node = Node()
+    node_layout(node).variant = "legacy"
+    node.iptables_cmd(["-A", "INPUT", "-j", "ACCEPT"], 4)
+    assert run_nft(["flush", "ruleset"], Ruleset(), xt=XtView(node))[0] == 0
+    assert "-A INPUT -j ACCEPT" in node.iptables_save(4)
+    # and on an nf_tables node, flushing another family leaves the ip tables
+    node = Node()
+    node.iptables_cmd(["-A", "INPUT", "-j", "ACCEPT"], 4)
+    assert run_nft(["flush", "ruleset", "ip6"], Ruleset(), xt=XtView(node))[0] == 0
+    assert "-A INPUT -j ACCEPT" in node.iptables_save(4)
+    assert run_nft(["flush", "ruleset", "ip"], Ruleset(), xt=XtView(node))[0] == 0
+    assert node.iptables_save(4) == ""
+
+
+# (argv, stdin): iptables-nft commands and restores whose handles the kernel hands out one by one
+HANDLE_HISTORY: list[tuple[list[str], str | None]] = [
+    (["-A", "INPUT", "-s", "1.1.1.1", "-j", "ACCEPT"], None),
+    (["-A", "INPUT", "-s", "2.2.2.2", "-j", "DROP"], None),
+    (["-I", "INPUT", "-s", "3.3.3.3", "-j", "ACCEPT"], None),
+    (["-N", "FOO"], None),
+    (["-A", "FOO", "-p", "tcp", "--dport", "80", "-j", "ACCEPT"], None),
+    (["-A", "INPUT", "-j", "FOO"], None),
+    (["-D", "INPUT", "-s", "2.2.2.2", "-j", "DROP"], None),
+    (["-R", "INPUT", "1", "-s", "4.4.4.4", "-j", "ACCEPT"], None),
+    (["-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE"], None),
+    (["-F", "FOO"], None),
+    (["-A", "FOO", "-j", "RETURN"], None),
+    (["-N", "BAR"], None),
+    (["-X", "BAR"], None),
+    (["-E", "FOO", "FOO2"], None),
+    (["-P", "FORWARD", "DROP"], None),
+    (["--noflush"], "*filter\n-A FOO2 -s 5.5.5.5 -j DROP\n-I INPUT 2 -s 6.6.6.6 -j ACCEPT\n-I INPUT 1 -s 7.7.7.7\n"
+                    "-I INPUT 1 -s 8.8.8.8\nCOMMIT\n"),
+    (["-D", "INPUT", "1"], None),
+    ([], "*nat\n:POSTROUTING ACCEPT [0:0]\n:X - [0:0]\n-A X -j RETURN\n-A POSTROUTING -j X\nCOMMIT\n"),
+    (["-t", "nat", "-I", "X", "-s", "9.9.9.9"], None),
+]
+
+
+def _history(run_cmd: Any, run_restore: Any) -> None:
+    for argv, stdin in HANDLE_HISTORY:
+        if stdin is None:
+            run_cmd(argv)
+        else:
+            run_restore(argv, stdin)
+
+
+@pytest.mark.kernel
+def test_rule_and_chain_handles_follow_the_command_history_as_in_the_kernel(tmp_path):
+    """Handles of rules added, inserted, replaced (kept), deleted (not reused), flushed and restored
+    by iptables-nft, and of chains made and deleted: the table's one counter, as nft -a shows it; the
+    same through the node file, command by command."""
+    node = Node()
+    path = tmp_path / "n.json"
+    kp = [sys.executable, "-m", "kproxy", "--node", str(path)]
+    with fresh() as n:
+        def real_cmd(argv: list[str]) -> None:
+            n.run([TOOL[4], *argv])
+            assert node.iptables_cmd(argv, 4)[0] == 0
+            subprocess.run([*kp, "iptables", *argv], check=True, capture_output=True)
+
+        def real_restore(argv: list[str], stdin: str) -> None:
+            n.run([f"{SBIN}/iptables-nft-restore", *argv], input=stdin)
+            node.iptables_restore(stdin, 4, noflush="--noflush" in argv)
+            subprocess.run([*kp, "iptables-restore", *argv], input=stdin, text=True, check=True, capture_output=True)
+
+        _history(real_cmd, real_restore)
+        real = n.run([f"{SBIN}/nft", "-a", "list", "ruleset"]).stdout
+        assert run_nft(["-a", "list", "ruleset"], Ruleset(), xt=XtView(node))[1] == real
+        listed = subprocess.run([*kp, "nft", "-a", "list", "ruleset"], capture_output=True, text=True, check=True)
+        assert listed.stdout == real
+        real_json = n.run([f"{SBIN}/nft", "-j", "-a", "list", "ruleset"]).stdout
+        ours = run_nft(["-j", "-a", "list", "ruleset"], Ruleset(), xt=XtView(node))[1]
+        assert json.loads(ours)["nftables"][1:] == json.loads(real_json)["nftables"][1:]

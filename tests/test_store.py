@@ -365,9 +365,10 @@ def test_a_command_reads_only_the_chains_it_touches_and_writes_only_what_changed
     assert big.pending and state.tables["filter"].chains["BIG"] is big      # untouched, unread
     db = session._db
     assert db is not None
-    assert db._write(session.node) == 1          # SMALL's rules; the table row is unchanged (RETURN is no chain)
+    # SMALL's rules and the iptables-nft layout (the new rule's handle); the table row is unchanged
+    assert db._write(session.node) == 2
     assert session.node.iptables_cmd(["-A", "SMALL", "-j", "BIG"])[0] == 0
-    assert db._write(session.node) == 2          # and now the table row too: BIG has one more reference
+    assert db._write(session.node) == 3          # and now the table row too: BIG has one more reference
     session.close()
     assert len(rules(node, "BIG")) == 2000 and rules(node, "SMALL") == []  # closed without commit
 

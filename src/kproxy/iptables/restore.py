@@ -212,7 +212,7 @@ class _Restorer:
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, at) from None
         chain.rules.extend(rules)
-        self.events.append((table.name, "A", name))
+        self.events += [(table.name, "A", name)] * len(rules)     # one per rule: each takes a handle
         return lineno + len(rules) - 1
 
     def _verify(self, line: str, lineno: int, chain: str, rule: Rule) -> None:

@@ -61,6 +61,16 @@ class IptablesState:
         self.note = None
 
 
+    def drop(self, name: str) -> None:
+        """Remove table ``name`` altogether (iptables-nft's table deleted from nf_tables): its users are
+        told it became empty, then it is gone, as before its first use."""
+        if name not in self.tables:
+            return
+        self.commit({name: Table.new(name, self.family)})
+        del self.tables[name]
+        self.generation += 1
+
+
 def copy_table(t: Table) -> Table:
     """A copy-on-write copy: chains are shared until ``Table.writable`` clones the ones a change touches.
 

@@ -1,5 +1,5 @@
 """A local stand-in for the Kubernetes API server: the list and watch protocol for Services,
-EndpointSlices and Nodes, on 127.0.0.1, for tests, benchmarks and the lab.
+EndpointSlices, Nodes and ServiceCIDRs, on 127.0.0.1, for tests, benchmarks and the lab.
 
 What a client sees is what a real API server sends: lists carry ``metadata.resourceVersion`` and
 items without kind (a list's resourceVersion means "not older than": the current state, or 504 for
@@ -42,6 +42,7 @@ RESOURCES = {r.name: r for r in (
     Resource("services", "/api/v1", "Service", "v1", True),
     Resource("endpointslices", "/apis/discovery.k8s.io/v1", "EndpointSlice", "discovery.k8s.io/v1", True),
     Resource("nodes", "/api/v1", "Node", "v1", False),
+    Resource("servicecidrs", "/apis/networking.k8s.io/v1", "ServiceCIDR", "networking.k8s.io/v1", False),
 )}
 
 

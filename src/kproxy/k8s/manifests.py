@@ -1,6 +1,6 @@
 """Objects from manifest files: single objects, ``List`` documents and multi-document YAML.
 
-``kubectl get svc,endpointslices,nodes -A -o yaml`` output loads as is. A YAML syntax error stops
+``kubectl get svc,endpointslices,nodes,servicecidrs -A -o yaml`` output loads as is. A YAML syntax error stops
 the load with ``file:line:col``; an invalid object is reported (namespace/name and field) and
 skipped, so the others still load.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kproxy.k8s.objects import EndpointSlice, Node, ObjectError, Service
+from kproxy.k8s.objects import EndpointSlice, Node, ObjectError, Service, ServiceCIDR
 from kproxy.yamlfile import load_yaml
 
 
@@ -33,12 +33,39 @@ class Objects:
     slices: dict[str, EndpointSlice] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # ServiceCIDRs by name; None when the source carries none at all (then a proxier keeps the ranges
+    # it was configured with), {} when it does and there are none.
+    service_cidrs: dict[str, ServiceCIDR] | None = None
     dirty: set[str] | None = None
     # Service key -> when its endpoints changed upstream (EndpointSlice trigger-time annotations), for
     # the network programming latency: taken by the sync that programs them.
     trigger_times: dict[str, list[float]] = field(default_factory=dict)
     _by_service: dict[str, dict[str, EndpointSlice]] = field(default_factory=dict, repr=False)
     _origin: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)   # (kind, key) -> where loaded
+
+    def service_cidr_ranges(self) -> list[str] | None:
+        """Every range of every ServiceCIDR, each once, in name order (what upstream's ServiceCIDRConfig
+        hands its proxiers); None when the source carries no ServiceCIDRs."""
+        if self.service_cidrs is None:
+            return None
+        out: list[str] = []
+        for name in sorted(self.service_cidrs):
+            out += [c for c in self.service_cidrs[name].cidrs if c not in out]
+        return out
+
+    def update_service_cidr(self, sc: ServiceCIDR) -> bool:
+        """Store a ServiceCIDR; True if that changed the ranges."""
+        before = self.service_cidr_ranges()
+        if self.service_cidrs is None:
+            self.service_cidrs = {}
+        self.service_cidrs[sc.name] = sc
+        return self.service_cidr_ranges() != before
+
+    def delete_service_cidr(self, name: str) -> bool:
+        before = self.service_cidr_ranges()
+        if self.service_cidrs is not None:
+            self.service_cidrs.pop(name, None)
+        return self.service_cidr_ranges() != before
 
     def slices_for(self, service_key: str) -> list[EndpointSlice]:
         return list(self._by_service.get(service_key, {}).values())
@@ -97,6 +124,10 @@ class Objects:
                 node = Node.from_dict(obj)
                 if self._first(("Node", node.name), where):
                     self.nodes[node.name] = node
+            elif kind == "ServiceCIDR":
+                sc = ServiceCIDR.from_dict(obj)
+                if self._first(("ServiceCIDR", sc.name), where):
+                    self.update_service_cidr(sc)
         except (ObjectError, AttributeError, TypeError, ValueError) as exc:    # malformed: skipped, as the API would
             self.warnings.append(f"{where}: {exc}")
 

@@ -1,4 +1,5 @@
-"""The Kubernetes objects kube-proxy reads: Service, EndpointSlice (discovery.k8s.io/v1) and Node.
+"""The Kubernetes objects kube-proxy reads: Service, EndpointSlice (discovery.k8s.io/v1), Node and
+ServiceCIDR (networking.k8s.io/v1).
 
 Parsing validates the fields kube-proxy relies on and raises ``ObjectError`` naming the object
 (``namespace/name``) and the field, so one bad object can be reported and skipped.
@@ -10,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.k8s.sloppyip import canonical_cidr, canonical_ip
+from kproxy.k8s.sloppyip import canonical_cidr, canonical_ip, parse_cidr
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
@@ -263,3 +264,42 @@ class Node:
         deleting = bool(meta.get("deletionTimestamp")) or any(t.get("key") == TO_BE_DELETED_TAINT for t in taints)
         return cls(name, {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}, addrs,
                    [_cidr(c, f"Node {name}: spec.podCIDRs") for c in cidrs], deleting)
+
+
+@dataclass
+class ServiceCIDR:
+    """A networking.k8s.io/v1 ServiceCIDR: ranges the API server allocates ClusterIPs from.
+
+    kube-proxy's nftables mode drops traffic to addresses in these ranges that no Service holds,
+    so a ClusterIP that was never allocated does not leak out of the node towards the default route.
+    """
+
+    name: str
+    cidrs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> ServiceCIDR:
+        _, name = _meta_names(obj, "ServiceCIDR", "dns1123subdomain", namespaced=False)
+        where = f"ServiceCIDR {name}"
+        spec = obj.get("spec") or {}
+        if not isinstance(spec, dict):
+            raise ObjectError(f"{where}: spec: must be a mapping")
+        raw = spec.get("cidrs") or []
+        if not isinstance(raw, list) or not raw:
+            raise ObjectError(f"{where}: spec.cidrs: Required value: at least one CIDR required")
+        if len(raw) > 2:
+            raise ObjectError(f"{where}: spec.cidrs: Too many: {len(raw)}: must have at most 2 items")
+        cidrs = [_strict_cidr(c, f"{where}: spec.cidrs[{i}]") for i, c in enumerate(raw)]
+        if len(cidrs) == 2 and parse_cidr(cidrs[0]).version == parse_cidr(cidrs[1]).version:
+            raise ObjectError(f"{where}: spec.cidrs[1]: Invalid value: {cidrs[1]!r}: may specify no more than one "
+                              f"CIDR for each IP family")
+        return cls(name, cidrs)
+
+
+def _strict_cidr(value: Any, where: str) -> str:
+    """A CIDR as the API server accepts it for a ServiceCIDR: the network address, written canonically."""
+    text = str(value)
+    canonical = _cidr(text, where)
+    if canonical != text:
+        raise ObjectError(f"{where}: Invalid value: {text!r}: must be in canonical form ({canonical!r})")
+    return canonical

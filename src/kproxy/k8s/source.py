@@ -57,6 +57,8 @@ class ManifestSource:
             raise SourceError(f"cannot read manifests: {exc}") from None
         if self.objects is not None:
             objs.dirty = objs.changes_since(self.objects)
+            if objs.service_cidrs is None and self.objects.service_cidrs is not None:
+                objs.service_cidrs = {}          # the last ServiceCIDR left the manifests: none now
         self.objects = objs
         return objs
 

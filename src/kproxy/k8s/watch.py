@@ -1,6 +1,6 @@
 """Objects from the API server, listed and watched as client-go's informers do.
 
-One reflector thread per resource (Services, EndpointSlices, this Node): list (resourceVersion "0"
+One reflector thread per resource (Services, EndpointSlices, this Node, ServiceCIDRs): list (resourceVersion "0"
 at first, so the watch cache may answer; later the last one seen, or "" after it expired), remember
 the list's resourceVersion, watch from it with ``allowWatchBookmarks`` and a random 5-10 minute
 ``timeoutSeconds``; a stream that ends, or a connection dropped mid-stream, is watched again from
@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from kproxy.k8s.manifests import Objects
-from kproxy.k8s.objects import EndpointSlice, Node, ObjectError, Service
+from kproxy.k8s.objects import EndpointSlice, Node, ObjectError, Service, ServiceCIDR
 from kproxy.k8s.source import SourceError
 
 log = logging.getLogger("kproxy.k8s")
@@ -240,7 +240,9 @@ def _describe(exc: Exception) -> str:
 
 
 class ApiSource:
-    """Services, EndpointSlices and this Node from the API server, as a ``Source`` of the sync loop."""
+    """Services, EndpointSlices, this Node and the ServiceCIDRs from the API server, as a ``Source`` of
+    the sync loop. The first sync waits for the first three only (upstream's proxier is ready once
+    Services and EndpointSlices are): a cluster without the ServiceCIDR API still gets its rules."""
 
     def __init__(self, client: Any, node_name: str, stop: threading.Event | None = None,
                  resync: float = 900.0, **reflector_options: Any) -> None:
@@ -251,7 +253,7 @@ class ApiSource:
         self.events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
         self.objects = Objects()
         self.started = time.time()          # trigger times from before this are not our latency
-        core, discovery = k8s.CoreV1Api(client), k8s.DiscoveryV1Api(client)
+        core, discovery, networking = k8s.CoreV1Api(client), k8s.DiscoveryV1Api(client), k8s.NetworkingV1Api(client)
         self.reflectors = [
             Reflector("Service", core.list_service_for_all_namespaces, self.events, self.stop, resync,
                       label_selector=PROXY_LABEL_SELECTOR, **reflector_options),
@@ -260,6 +262,8 @@ class ApiSource:
             Reflector("Node", core.list_node, self.events, self.stop, resync,
                       field_selector=f"metadata.name={node_name}", **reflector_options),
         ]
+        self.service_cidrs = Reflector("ServiceCIDR", networking.list_service_cidr, self.events, self.stop, resync,
+                                       **reflector_options)
         self._started = False
 
     def initial(self, timeout: float | None = None) -> Objects:
@@ -267,7 +271,7 @@ class ApiSource:
         caches to sync before the first sync). SourceError when stopped or timed out first."""
         if not self._started:
             self._started = True
-            for r in self.reflectors:
+            for r in (*self.reflectors, self.service_cidrs):
                 r.start()
         end = None if timeout is None else time.monotonic() + timeout
         for r in self.reflectors:
@@ -293,7 +297,7 @@ class ApiSource:
 
     def close(self) -> None:
         self.stop.set()
-        for r in self.reflectors:
+        for r in (*self.reflectors, self.service_cidrs):
             r.close()
 
     def _apply_pending(self) -> bool:
@@ -322,6 +326,8 @@ class ApiSource:
                 changed = objs.nodes.get(node.name) != node
                 objs.nodes[node.name] = node
                 return changed
+            if kind == "ServiceCIDR":
+                return self._service_cidr(typ, obj)
         except ObjectError as exc:
             log.warning("skipping invalid object: %s", exc)
             self._drop(kind, obj)
@@ -340,6 +346,14 @@ class ApiSource:
             return False
         self.objects.update_service(svc)
         return True
+
+    def _service_cidr(self, typ: str, obj: dict[str, Any]) -> bool:
+        """True when the ranges changed (a relabelled ServiceCIDR changes no rule)."""
+        if self.objects.service_cidrs is None:
+            self.objects.service_cidrs = {}      # watched: from now on "no ServiceCIDRs" means none
+        if typ == "DELETED":
+            return self.objects.delete_service_cidr(str((obj.get("metadata") or {}).get("name") or ""))
+        return self.objects.update_service_cidr(ServiceCIDR.from_dict(obj))
 
     def _slice(self, typ: str, obj: dict[str, Any]) -> bool:
         key = _key(obj)
@@ -370,3 +384,5 @@ class ApiSource:
             self.objects.delete_service(key)
         elif kind == "EndpointSlice" and key in self.objects.slices:
             self.objects.delete_slice(key)
+        elif kind == "ServiceCIDR":
+            self.objects.delete_service_cidr(key.lstrip("/"))

@@ -67,6 +67,13 @@ ICMPV6_REPLY_TYPE = {128: 129, 129: 128}
 ICMPV6_ERRORS = {1, 2, 3, 4}
 
 _new_tuple = tuple.__new__
+ZONE_BOTH = 3           # a zone for both directions (NF_CT_DEFAULT_ZONE_DIR)
+
+
+def _key(t: Tuple, zone: int) -> Any:
+    """A tuple's key in the table: the tuple itself in the default zone (most entries), else with its zone."""
+    return (zone, t) if zone else t
+
 PORT_PROTOS = frozenset({TCP, UDP, 132, 136, 33})
 
 
@@ -144,6 +151,7 @@ class Conn:
     # Packets and bytes per direction: [original packets, reply packets, original bytes, reply bytes].
     acct: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     zone: int = 0
+    zone_dir: int = ZONE_BOTH       # the directions the zone applies to (bit 0 original, bit 1 reply)
     helper: str | None = None
     secmark: int = 0
     labels: int = 0
@@ -153,6 +161,10 @@ class Conn:
     @property
     def proto(self) -> int:
         return self.orig.proto
+
+    def zone_id(self, d: int) -> int:
+        """nf_ct_zone_id: the zone the connection is in for direction ``d`` (0 where it does not apply)."""
+        return self.zone if self.zone_dir >> d & 1 else 0
 
     @property
     def packets(self) -> list[int]:
@@ -181,12 +193,16 @@ class Conn:
              "id": self.id, "packets": self.packets, "bytes": self.bytes}
         if self.tcp is not None:
             d["tcp"] = self.tcp.to_json()
+        if self.zone:
+            d["zone"] = [self.zone, self.zone_dir]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Conn:
         conn = cls(Tuple(*d["orig"]), Tuple(*d["reply"]), d["status"], d["mark"], d["tcp_state"], d["expires"],
                    d.get("created", 0.0), d["id"], [*d["packets"], *d["bytes"]])
+        if d.get("zone"):
+            conn.zone, conn.zone_dir = d["zone"]
         if d.get("tcp"):
             conn.tcp = TcpTrack.from_json(d["tcp"])
         elif conn.orig.proto == TCP:
@@ -241,9 +257,21 @@ class Conntrack:
             self._max_text, self._max = text, int(text)
         return self._max
 
-    def lookup(self, t: Tuple, now: float | None = None) -> tuple[Conn, int] | None:
+    def find(self, t: Tuple, zone: int = 0, zone_dir: int = 0) -> Conn | None:
+        """The connection holding tuple ``t`` in zone ``zone`` (for the directions ``zone_dir`` names;
+        0: all), as __nf_conntrack_find_get compares zones per direction."""
+        if not zone:
+            return self._table.get(t)
+        dirs = zone_dir or ZONE_BOTH
+        conn = self._table.get(_key(t, zone if dirs & 1 else 0))
+        if conn is not None and conn.orig == t:
+            return conn
+        conn = self._table.get(_key(t, zone if dirs & 2 else 0))
+        return conn if conn is not None and conn.reply == t else None
+
+    def lookup(self, t: Tuple, now: float | None = None, zone: int = 0, zone_dir: int = 0) -> tuple[Conn, int] | None:
         """The live connection with tuple ``t`` in either direction, and that direction."""
-        conn = self._table.get(t)
+        conn = self.find(t, zone, zone_dir)
         if conn is None:
             return None
         if conn.expires <= (self.node.now() if now is None else now):
@@ -271,8 +299,8 @@ class Conntrack:
 
     def insert(self, conn: Conn) -> None:
         self.changes += 1
-        self._table[conn.orig] = conn
-        self._table[conn.reply] = conn
+        self._table[_key(conn.orig, conn.zone_id(ORIGINAL))] = conn
+        self._table[_key(conn.reply, conn.zone_id(REPLY))] = conn
         conn.status |= IPS_CONFIRMED
         self._count += 1
         if conn.status & IPS_SRC_NAT:
@@ -282,11 +310,12 @@ class Conntrack:
     def delete(self, conn: Conn) -> None:
         self.changes += 1
         table = self._table
-        if table.get(conn.orig) is conn:
-            del table[conn.orig]
+        orig, reply = _key(conn.orig, conn.zone_id(ORIGINAL)), _key(conn.reply, conn.zone_id(REPLY))
+        if table.get(orig) is conn:
+            del table[orig]
             self._count -= 1
-        if table.get(conn.reply) is conn:
-            del table[conn.reply]
+        if table.get(reply) is conn:
+            del table[reply]
         if conn.status & IPS_SRC_NAT:
             o = conn.orig
             key = (o.family, o.proto, o.src, o.sport)
@@ -305,8 +334,9 @@ class Conntrack:
         return n
 
     def taken(self, t: Tuple, ignore: Conn | None = None, now: float | None = None) -> bool:
-        """nf_conntrack_tuple_taken: is ``t`` already some other confirmed connection's tuple?"""
-        other = self._table.get(t)
+        """nf_conntrack_tuple_taken: is ``t`` already some other confirmed connection's tuple (in the
+        zone of ``ignore``, the connection asking)?"""
+        other = self.find(t, ignore.zone, ignore.zone_dir) if ignore is not None else self._table.get(t)
         return other is not None and other is not ignore and \
             other.expires > (self.node.now() if now is None else now)
 
@@ -350,7 +380,7 @@ class Conntrack:
             return self._related(pkt, state)
         else:
             t = Tuple.of(pkt)
-        conn = self._table.get(t)
+        conn = self._table.get(t) if not pkt.zone else self.find(t, pkt.zone, pkt.zone_dir)
         if conn is None:
             return self._new(pkt, t, state)
         d = ORIGINAL if conn.orig == t else REPLY
@@ -408,6 +438,8 @@ class Conntrack:
             self._trace(state, "table full, dropping packet")
             return NF_DROP
         conn = Conn(t, t.inverse(), 0, 0, "", 0.0, now, self._next_id, [1, 0, pkt.length, 0])
+        if pkt.zone:
+            conn.zone, conn.zone_dir = pkt.zone, pkt.zone_dir or ZONE_BOTH
         if pkt.proto == TCP:
             why = self._start_tcp(conn, pkt, now)
             if why is not None:
@@ -541,7 +573,7 @@ class Conntrack:
             pkt.ctstate = "INVALID"
             return NF_ACCEPT
         # The quoted header travelled the other way: look up its inverse (icmp_error_message).
-        hit = self.lookup(Tuple.of(inner).inverse(), state.now)
+        hit = self.lookup(Tuple.of(inner).inverse(), state.now, pkt.zone, pkt.zone_dir)
         if hit is None:
             pkt.ctstate = "INVALID"
             return NF_ACCEPT

@@ -20,11 +20,15 @@ def format_conn(conn: Conn, now: float, extended: bool = False, use: int = 1, wi
     if proto == TCP:
         parts.append(conn.tcp_state)
     parts.append(conn.orig.text())
+    if conn.zone and conn.zone_dir == 1:
+        parts.append(f"zone-orig={conn.zone}")
     if acct:
         parts.append(f"packets={conn.acct[0]} bytes={conn.acct[2]}")
     if not conn.status & IPS_SEEN_REPLY:
         parts.append("[UNREPLIED]")
     parts.append(conn.reply.text())
+    if conn.zone and conn.zone_dir == 2:
+        parts.append(f"zone-reply={conn.zone}")
     if acct:
         parts.append(f"packets={conn.acct[1]} bytes={conn.acct[3]}")
     if conn.status & IPS_OFFLOAD:       # libnetfilter_conntrack shows [OFFLOAD] in place of [ASSURED]
@@ -32,6 +36,8 @@ def format_conn(conn: Conn, now: float, extended: bool = False, use: int = 1, wi
     elif conn.status & IPS_ASSURED:
         parts.append("[ASSURED]")
     parts.append(f"mark={conn.mark}")
+    if conn.zone and conn.zone_dir == 3:
+        parts.append(f"zone={conn.zone}")
     parts.append(f"use={use}")
     if with_id:
         parts.append(f"id={conn.id}")

@@ -190,6 +190,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     out = []
     if CHANGING_LINE.search(text) is not None:
         work.generation += 1
+    if xt is not None and parser.out.flushed:
+        xt.flush(parser.out.flushed)
     if flags["echo"]:
         first = parser.first_word(COMMAND_WORDS)
         out.append(echo(rs, work, o, bool(flags["json"]), json_cmds if from_json else None, parser.rule_ops, first))

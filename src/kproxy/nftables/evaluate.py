@@ -32,6 +32,7 @@ from kproxy.nftables.expr import (
     Payload,
     Prefix,
     Range,
+    RawPayload,
     SetLit,
     SetRef,
     Verdict,
@@ -465,6 +466,12 @@ class ChainRunner:
         elif isinstance(key, Ct) and key.key == "mark":
             if pkt.ct is not None:      # nft_ct_set_eval: no entry (before conntrack, untracked): nothing
                 pkt.ct.mark = int(value) & 0xFFFFFFFF
+        elif isinstance(key, Ct) and key.key == "zone":
+            # nft_ct_set_zone_eval: a template carrying the zone, for the lookup still to come; a packet
+            # already attached (tracked, or templated by an earlier ``ct zone set``) keeps its own
+            if pkt.ct is None and not pkt.zone_dir:
+                pkt.zone = int(value) & 0xFFFF
+                pkt.zone_dir = {"original": 1, "reply": 2}.get(key.direction or "", 3)
         elif isinstance(key, Meta) and key.key == "nftrace":
             pkt.trace = bool(int(value) & 1)  # skb->nf_trace, the bit iptables' TRACE sets too
         else:
@@ -689,8 +696,10 @@ class ChainRunner:
         raise Unsupported(f"meta {key}")
 
     def fib(self, e: Fib, pkt: Packet, state: HookState) -> Any:
-        if e.result != "type" or e.flags[0] not in ("daddr", "saddr"):
+        if e.flags[0] not in ("daddr", "saddr"):
             raise Unsupported(e.text(_OPTS))
+        if e.result != "type":
+            return fib_result(e, fib_device(self.node, e, pkt, state))
         addr = pkt.dst if e.flags[0] == "daddr" else pkt.src
         if self.node.is_local(pkt.family, addr):
             return 2
@@ -699,6 +708,31 @@ class ChainRunner:
         if pkt.family == 4 and addr >> 28 == 0xE or pkt.family == 6 and addr >> 120 == 0xFF:
             return 5
         return 1
+
+
+def fib_device(node: Any, e: Fib, pkt: Packet, state: HookState) -> str:
+    """nft_fib4_eval / nft_fib6_eval: the device the route to the address (daddr, or saddr for a
+    reverse-path check) leaves by; "" when there is none: no route, a local, unreachable or blackhole
+    route, or (with ``iif`` / ``oif``) a route that does not use the packet's own device. A packet
+    looped back arrives at prerouting from its own device."""
+    if state.hook == "PREROUTING" and state.in_dev == "lo":
+        return "lo"
+    res = node.route(pkt.family, pkt.dst if e.flags[0] == "daddr" else pkt.src)
+    dev = res.dev if res.type == "unicast" else ""
+    own = state.in_dev if "iif" in e.flags else state.out_dev if "oif" in e.flags else ""
+    if own and dev != own:
+        return ""
+    return dev
+
+
+def fib_result(e: Fib, dev: str) -> Any:
+    """The register nft_fib_store_result fills: presence, the index (0 when none; kproxy names devices)
+    or the name (zeros when none)."""
+    if e.present:
+        return int(bool(dev))
+    if e.result == "oif":
+        return dev or 0
+    return dev
 
 
 BYTE_UNIT = {"bytes": 1, "kbytes": 1 << 10, "mbytes": 1 << 20, "gbytes": 1 << 30}
@@ -777,6 +811,8 @@ def register_bytes(e: Expr, v: Any) -> bytes | None:
 
 def payload(e: Payload, pkt: Packet) -> Any:
     """A header field, or None when the packet does not have that header (nft's implicit dependency)."""
+    if isinstance(e, RawPayload):
+        return raw_value(e, pkt)
     proto, fld = e.proto, e.field
     if proto == "ether":
         if fld != "type":
@@ -806,6 +842,17 @@ def payload(e: Payload, pkt: Packet) -> Any:
     return None
 
 
+def raw_value(e: RawPayload, pkt: Packet) -> Any:
+    """A raw range of the transport header's first 32 bits (the ports: what nft's merges make);
+    None when the packet has no ports."""
+    if e.proto != "th" or e.offset + e.length > 32 or e.length <= 0:
+        raise Unsupported(e.text(_OPTS))
+    if pkt.proto not in PORT_PROTOS:
+        return None
+    ports = pkt.sport << 16 | pkt.dport
+    return ports >> (32 - e.offset - e.length) & ((1 << e.length) - 1)
+
+
 def ct_value(e: Ct, pkt: Packet) -> Any:
     conn = pkt.ct
     if e.key == "state":
@@ -816,7 +863,9 @@ def ct_value(e: Ct, pkt: Packet) -> Any:
         return None
     if e.key == "direction":
         return pkt.ctdir
-    if e.key in ("mark", "status", "zone"):
+    if e.key == "zone":
+        return conn.zone if e.direction is None else conn.zone_id(0 if e.direction == "original" else 1)
+    if e.key in ("mark", "status"):
         return getattr(conn, e.key)
     if e.key in ("saddr", "daddr", "proto-src", "proto-dst"):
         tup = conn.orig if (e.direction or "original") == "original" else conn.reply

@@ -104,6 +104,35 @@ class Payload(Expr):
         return {"payload": {"protocol": self.proto, "field": self.field}}
 
 
+RAW = T.DType("integer", 0, "hex")      # a raw header range's value: nft lists it in hex
+
+
+@dataclass
+class RawPayload(Payload):
+    """A header range named by base, bit offset and length (``@th,0,32``). nft writes one when it
+    merges a rule's adjacent port matches and knows no protocol to name them by."""
+
+    offset: int = 0
+    length: int = 0
+
+    @property
+    def dtype(self) -> T.DType:  # type: ignore[override]
+        return RAW
+
+    def text(self, o: Opts) -> str:
+        return f"@{self.proto},{self.offset},{self.length}"
+
+    def json(self) -> Any:
+        return {"payload": {"base": self.proto, "offset": self.offset, "len": self.length}}
+
+
+def raw_payload(base: str, offset: int, length: int) -> Payload:
+    """A raw range as nft reads one: the transport header's ports get their names back."""
+    if base == "th" and length == 16 and offset in (0, 16):
+        return Payload("th", "sport" if offset == 0 else "dport")
+    return RawPayload(base, "raw", offset, length)
+
+
 @dataclass
 class Meta(Expr):
     key: str
@@ -153,9 +182,12 @@ class Ct(Expr):
 class Fib(Expr):
     flags: list[str]
     result: str  # type, oif, oifname
+    present: bool = False       # compared with ``exists`` / ``missing``: whether the lookup found a device
 
     @property
     def dtype(self) -> T.DType:  # type: ignore[override]
+        if self.present:
+            return T.BOOLEAN
         return {"type": T.FIB_ADDRTYPE, "oif": T.IFINDEX, "oifname": T.IFNAME}[self.result]
 
     def text(self, o: Opts) -> str:

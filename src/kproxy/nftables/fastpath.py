@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import Concat, Const, Elem, Expr, Meta, Numgen, Payload, Prefix, SetLit, Verdict
+from kproxy.nftables.lexer import NUMBER, SCANNER_KEYWORDS
 from kproxy.nftables.model import Chain, NSet, Rule, Table
 from kproxy.nftables.stmt import Match, Nat, Stmt, VerdictMap, VerdictStmt
 
@@ -81,6 +82,18 @@ def usable(text: str) -> bool:
     return "$" not in text and "define" not in text and "include" not in text
 
 
+# The groups of SHAPES that capture a table's, a set's or a chain's name.
+NAME_GROUPS = ("rt", "rc", "rj_x", "rm_x", "ep_t", "ep_c", "ep_x", "er_t", "er_c", "er_x", "acf_t", "acf_c",
+               "ac_t", "ac_c", "ae_t", "ae_s", "fc_t", "fc_c")
+
+
+def plain_names(m: re.Match[str]) -> bool:
+    """Whether every name the line holds is one nft's grammar takes as a name (a keyword is a syntax
+    error, which the general parser reports)."""
+    return all(NUMBER.fullmatch(n) is None and n not in SCANNER_KEYWORDS
+               for n in (m.group(g) for g in NAME_GROUPS) if n is not None)
+
+
 class FastPath:
     """Applies recognised lines to the parser's ruleset; each handler says False for a line it leaves alone."""
 
@@ -113,7 +126,7 @@ class FastPath:
                 p.toks, p.pos = p.tokens(text[gap:start], self.line_at(gap)), 0
                 p.commands()
                 gap = start
-            if not (p.eval_errors or p.kernel_errors) and HANDLERS[m.lastgroup](self, m):
+            if not (p.eval_errors or p.kernel_errors) and plain_names(m) and HANDLERS[m.lastgroup](self, m):
                 gap = scanned = m.end()
         if gap < len(text):
             p.toks, p.pos = p.tokens(text[gap:], self.line_at(gap)), 0

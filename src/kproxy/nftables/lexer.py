@@ -79,3 +79,48 @@ def tokenize(text: str, first_line: int = 1) -> list[Token]:
         pos = end
     out.append(Token("eof", "", line, pos - line_start + 1, pos - line_start + 1))
     return out
+
+
+# The words nft 1.0.6's scanner turns into keywords in every scanner state (scanner.l's rules without a
+# start condition): where the grammar wants an ``identifier`` (a chain's name, a jump's target) they
+# are syntax errors. Words scoped to a state (``daddr``, ``name``, ``last``, ...) are names there.
+SCANNER_KEYWORDS = frozenset((
+    "accept", "add", "ah", "all", "and", "arp", "auto-merge", "bridge", "cgroup", "chain", "comment", "comp",
+    "constant", "continue", "counter", "cpu", "create", "ct", "day", "dccp", "define", "delete", "describe",
+    "device", "devices", "dnat", "drop", "dst", "dup", "dynamic", "ecn", "element", "elements", "eq", "esp",
+    "ether", "exists", "expires", "export", "exthdr", "fib", "flags", "flow", "flowtable", "flush", "frag",
+    "fwd", "gc-interval", "ge", "get", "goto", "gt", "handle", "hbh", "hook", "hour", "ibriport", "ibrname",
+    "icmp", "icmpv6", "igmp", "iif", "iifgroup", "iifname", "iiftype", "import", "include", "index", "inet",
+    "insert", "interval", "ip", "ip6", "ipsec", "jhash", "jump", "le", "limit", "list", "log", "lshift", "lt",
+    "map", "mark", "masquerade", "meta", "meter", "mh", "missing", "monitor", "ne", "netdev", "nftrace", "not",
+    "notrack", "numgen", "obriport", "obrname", "offload", "oif", "oifgroup", "oifname", "oiftype", "or",
+    "osf", "pkttype", "policy", "position", "priority", "queue", "quota", "random", "redefine", "redirect",
+    "reject", "rename", "replace", "reset", "return", "rshift", "rt", "rt0", "rt2", "rtclassid", "rule",
+    "ruleset", "sctp", "secmark", "set", "size", "skgid", "skuid", "snat", "socket", "srh", "symhash",
+    "synproxy", "table", "tcp", "th", "time", "timeout", "tproxy", "type", "typeof", "udp", "udplite",
+    "undefine", "update", "vlan", "vmap", "xor", "xt",
+))
+# How bison names the keywords spelled as operators in its messages ("unexpected ==").
+KEYWORD_NAMES = {"eq": "==", "ne": "!=", "le": "<=", "lt": "<", "ge": ">=", "gt": ">", "lshift": "<<",
+                 "rshift": ">>", "xor": "^", "and": "&", "not": "!", "or": "'|'"}
+NUMBER = re.compile(r"[0-9]+|0x[0-9a-fA-F]+")
+
+
+def token_name(t: Token) -> str:
+    """A token as bison's "unexpected ..." names it."""
+    if t.kind == "eof":
+        return "end of file"
+    if t.kind == "nl":
+        return "newline"
+    if t.kind == "string":
+        return "quoted string"
+    if t.kind == "punct":
+        return f"'{t.text}'"
+    if NUMBER.fullmatch(t.text):
+        return "number"
+    return KEYWORD_NAMES.get(t.text, t.text)
+
+
+def is_identifier(t: Token) -> bool:
+    """Whether nft's grammar reads ``t`` as an ``identifier`` (a bare word that is no keyword, no number)."""
+    return t.kind == "word" and t.text not in SCANNER_KEYWORDS and not NUMBER.fullmatch(t.text)

@@ -26,7 +26,7 @@ from kproxy.nftables.expr import (
     Verdict,
     parse_time,
 )
-from kproxy.nftables.lexer import LexError, Token, tokenize
+from kproxy.nftables.lexer import LexError, Token, is_identifier, token_name, tokenize
 from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Ruleset, Table, named_priorities
 from kproxy.nftables.stmt import (
     Counter,
@@ -37,7 +37,7 @@ from kproxy.nftables.stmt import (
     Stmt,
     VerdictStmt,
 )
-from kproxy.nftables.validate import too_deep
+from kproxy.nftables.validate import culprit
 
 Loc = tuple[int, int, int]  # line, first column, last column
 OPTS = Opts()
@@ -52,10 +52,13 @@ class NftError(Exception):
     """An error at a position: ``primary`` gets carets, ``secondary`` ranges get tildes."""
 
     def __init__(self, msg: str, primary: Loc | None, secondary: list[Loc] | None = None,
-                 kernel: bool | None = None) -> None:
+                 kernel: bool | None = None, validation: bool = False) -> None:
         super().__init__(msg)
         self.msg = msg
         self._kernel = kernel
+        # found by the kernel's commit-time validation (hooks, jump depth): a batch that fails earlier,
+        # as its messages are processed, is aborted before that and reports none of these
+        self.validation = validation
         self.primary = primary
         self.secondary = secondary or []
         self.more: list[NftError] = []  # further errors nft reports in the same run
@@ -84,6 +87,7 @@ class Output:
     """Listing requests met in a script, answered after the transaction commits."""
 
     requests: list[tuple[str, list[Token]]] = field(default_factory=list)
+    flushed: list[str | None] = field(default_factory=list)     # ``flush ruleset [FAMILY]``s, None: all
 
 
 class Parser:
@@ -110,6 +114,8 @@ class Parser:
         self.rule_ops: dict[int, str] = {}  # id(rule) -> "insert" or "replace", for --echo's notifications
         # chains named by verdict-map elements, checked when the kernel would add the elements
         self.jump_elems: list[tuple[str, Loc]] = []
+        # rules this script adds or replaces, in batch order, with where nft blames each
+        self.added: list[tuple[Table, Rule, Loc]] = []
 
     @staticmethod
     def tokens(text: str, first_line: int = 1) -> list[Token]:
@@ -152,17 +158,7 @@ class Parser:
 
     def unexpected(self, t: Token | None = None, expecting: str = "") -> NftError:
         t = t or self.peek()
-        if t.kind == "eof":
-            what = "end of file"
-        elif t.kind == "nl":
-            what = "newline"
-        elif t.kind == "string":
-            what = "quoted string"
-        elif t.kind == "punct":
-            what = f"'{t.text}'"
-        else:
-            what = t.text
-        msg = f"syntax error, unexpected {what}" + (f", expecting {expecting}" if expecting else "")
+        msg = f"syntax error, unexpected {token_name(t)}" + (f", expecting {expecting}" if expecting else "")
         return NftError(msg, loc(t))
 
     def expect(self, text: str) -> Token:
@@ -174,6 +170,14 @@ class Parser:
         t = self.peek()
         if t.kind not in ("word", "string"):
             raise self.unexpected(expecting="string")
+        return self.next()
+
+    def chain_name(self, expecting: str = "string") -> Token:
+        """A chain's name as nft 1.0.6 reads one (``identifier``): a scanner keyword, a number or a quoted
+        string there is a syntax error."""
+        t = self.peek()
+        if not is_identifier(t):
+            raise self.unexpected(expecting=expecting)
         return self.next()
 
     def skip_seps(self) -> None:
@@ -205,10 +209,8 @@ class Parser:
 
             FastPath(self).run(self.text)
         self.sort_touched_sets()
-        if self.validate_jumps and not self.eval_errors and not self.kernel_errors and \
-                any(too_deep(t) for t in self.rs.tables):
-            # The kernel's commit-time validation (the rule that closes the loop is not located here).
-            self.kernel_errors.append(NftError("Could not process rule: Too many links", None))
+        if self.validate_jumps and not self.eval_errors and not self.kernel_errors:
+            self.kernel_errors += jump_errors(self.rs.tables, self.added)
         self.raise_recorded()
 
     def commands(self) -> None:
@@ -252,6 +254,8 @@ class Parser:
 
     def raise_recorded(self) -> None:
         errors = self.eval_errors or self.kernel_errors
+        if not self.eval_errors and not all(e.validation for e in errors):
+            errors = [e for e in errors if not e.validation]
         if errors:
             first = errors[0]
             first.more = errors[1:]
@@ -303,10 +307,10 @@ class Parser:
         elif what == "chain":
             self.next()
             family, tname = self.family_and_name()
+            name = self.chain_name()          # a syntax error: found before the table is looked up
             if self.rs.find(family, tname.text) is None:
                 raise NftError("No such file or directory", loc(tname))  # found missing while evaluating
             tbl = self.find_table(family, tname)
-            name = self.word()
             chain = self.add_chain(tbl, name, create)
             if not chain_type_fits(tbl.family, chain):
                 line, col, end = loc(verb, self.toks[self.pos - 1])
@@ -400,7 +404,7 @@ class Parser:
         elif t.text == "comment":
             tbl.comment = self.word().text
         elif t.text == "chain":
-            name = self.word()
+            name = self.chain_name()
             chain = self.add_chain(tbl, name, False, defer_rules=deferred)
             if not chain_type_fits(tbl.family, chain):
                 raise NftError("Could not process rule: Operation not supported", loc(name))
@@ -529,6 +533,7 @@ class Parser:
             try:
                 rule = self.rule(tbl, start, chain=chain.name)
                 chain.rules.append(rule)
+                self.added.append((tbl, rule, loc(start, self.toks[self.pos - 1])))
                 self.follow_on(start, rule=rule)
                 self.end_item()
             except NftError as err:
@@ -540,10 +545,9 @@ class Parser:
         if self.batch_broken:
             msg = "Could not process rule: Operation not supported"
             for where in getattr(rule, "anon_locs", []):
-                self.kernel_errors.append(NftError(msg, where))
-            line, col, end = loc(start, self.toks[self.pos - 1])
-            # A command's location runs to the end of its line, newline included.
-            raise NftError("Could not process rule: Operation not supported", (line, col, end + command))
+                self.kernel_errors.append(NftError(msg, where, validation=True))
+            where = self.command_loc(start) if command else loc(start, self.toks[self.pos - 1])
+            raise NftError("Could not process rule: Operation not supported", where, validation=True)
 
     # ---- sets, maps, objects ------------------------------------------------------------------
     def set_block(self, tbl: Table, name: Token, is_map: bool, create: bool, defer: bool = False) -> None:
@@ -758,8 +762,9 @@ class Parser:
     # ---- rules ----------------------------------------------------------------------------------
     def cmd_rule(self, op: str, verb: Token) -> None:
         family, tname = self.family_and_name()
+        name = self.chain_name()
         tbl = self.find_table(family, tname)
-        chain = self.find_chain(tbl, self.word())
+        chain = self.find_chain(tbl, name)
         position: tuple[str, int] | None = None
         pos_tok = self.peek()
         if op == "replace" and not self.at("handle"):
@@ -778,6 +783,7 @@ class Parser:
             rule.handle = chain.rules[idx].handle
             chain.rules[idx] = rule
             self.rule_ops[id(rule)] = "replace"
+            self.added.append((tbl, rule, self.command_loc(verb)))
             return
         missing: NftError | None = None
         if position is None:
@@ -802,7 +808,14 @@ class Parser:
         chain.rules.insert(idx, rule)
         if op == "insert":
             self.rule_ops[id(rule)] = op
+        self.added.append((tbl, rule, self.command_loc(verb)))
         self.follow_on(verb, command=True, rule=rule)
+
+    def command_loc(self, verb: Token) -> Loc:
+        """Where nft blames a command the kernel refused: from its verb to the end of its line,
+        newline included."""
+        line, col, end = loc(verb, self.toks[self.pos - 1])
+        return line, col, end + 1
 
     def rule_index(self, chain: Chain, handle: int, at: Token) -> int:
         for i, r in enumerate(chain.rules):
@@ -832,16 +845,17 @@ class Parser:
             self.rs.tables.remove(tbl)
         elif what.text == "chain":
             family, tname = self.family_and_name()
+            name = self.chain_name("handle or string") if not self.at("handle") else self.word()
             tbl = self.find_table(family, tname)
-            name = self.word()
             chain = self.find_chain(tbl, name)
             if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.chains[name.text]
         elif what.text == "rule":
             family, tname = self.family_and_name()
+            name = self.chain_name()
             tbl = self.find_table(family, tname)
-            chain = self.find_chain(tbl, self.word())
+            chain = self.find_chain(tbl, name)
             self.expect("handle")
             n = self.word()
             idx = self.rule_index(chain, int(n.text), n)
@@ -890,6 +904,7 @@ class Parser:
         if what.text == "ruleset":
             family = self.word().text if self.peek().kind == "word" and self.peek().text in FAMILIES else None
             self.rs.tables = [t for t in self.rs.tables if family is not None and t.family != family]
+            self.out.flushed.append(family)
         elif what.text == "table":
             family, name = self.family_and_name()
             tbl = self.find_table(family, name)
@@ -900,8 +915,9 @@ class Parser:
                 s.elems = []
         elif what.text == "chain":
             family, tname = self.family_and_name()
+            name = self.chain_name()
             tbl = self.find_table(family, tname)
-            chain = self.find_chain(tbl, self.word())
+            chain = self.find_chain(tbl, name)
             for r in chain.rules:
                 for anon in r.anon_sets:
                     tbl.sets.pop(anon, None)
@@ -917,6 +933,8 @@ class Parser:
         args: list[Token] = []
         while self.peek().kind in ("word", "string"):
             args.append(self.next())
+        if len(args) >= 3 and args[0].text == "chain" and not is_identifier(args[-1]):
+            raise self.unexpected(args[-1], "string")
         self.out.requests.append(("list", args))
 
     def cmd_rename(self, verb: Token) -> None:
@@ -924,12 +942,11 @@ class Parser:
         every jump to it follows (the kernel's rules point at the chain, not at its name)."""
         self.expect("chain")
         family, tname = self.family_and_name()
+        old, new = self.chain_name(), self.chain_name()
         tbl = self.find_table(family, tname)
-        old = self.word()
         chain = tbl.chains.get(old.text)
         if chain is None:  # nft's cache lookup fails before anything reaches the kernel
             raise NftError("No such file or directory", loc(old), kernel=False)
-        new = self.word()
         if new.text in tbl.chains:  # the kernel refuses; nft blames the whole command, its end included
             line, col, end = loc(verb, new)
             raise NftError("Could not process rule: File exists", (line, col, end + 1))
@@ -998,7 +1015,7 @@ class Parser:
         if t.text in VERDICTS:
             return Verdict(t.text)
         if t.text in ("jump", "goto"):
-            return Verdict(t.text, self.word().text)
+            return Verdict(t.text, self.chain_name("string or '$'").text)
         raise self.unexpected(t)
 
     def value_of(self, types: list[T.DType]) -> Expr:
@@ -1029,7 +1046,7 @@ class Parser:
     def parse_value_text(self, dt: T.DType, t: Token) -> Expr:
         text = t.text
         if dt.kind in ("string", "ifindex"):
-            return Const(dt, text)
+            return Const(dt, dt.parse(text))
         try:
             return Const(dt, dt.parse(text))
         except T.TypeError_:
@@ -1125,6 +1142,22 @@ def jumps_to(chain: Chain, target: str) -> bool:
             if isinstance(s, VerdictStmt) and s.verdict.target == target:
                 return True
     return False
+
+
+def jump_errors(tables: list[Table], added: list[tuple[Table, Rule, Loc]]) -> list[NftError]:
+    """The kernel's EMLINK for tables whose jumps nest too deep or loop: at the rule that made its table
+    invalid and at every rule the batch adds to that table after it; without position when the table
+    was invalid before any of them."""
+    msg = "Could not process rule: Too many links"
+    blamed: list[tuple[int, NftError]] = []
+    for tbl in tables:
+        mine = [(i, rule, where) for i, (t, rule, where) in enumerate(added) if t is tbl]
+        first = culprit(tbl, [rule for _, rule, _ in mine])
+        if first == -1:
+            blamed.append((-1, NftError(msg, None, validation=True)))
+        elif first is not None:
+            blamed += [(i, NftError(msg, where, validation=True)) for i, _, where in mine[first:]]
+    return [err for _, err in sorted(blamed, key=lambda b: b[0])]
 
 
 def elem_identity(k: Expr) -> Any:

@@ -10,6 +10,7 @@ from kproxy.nftables.expr import (
     META,
     META_BARE_IN,
     PAYLOAD,
+    RAW,
     TRANSPORT,
     Binop,
     Concat,
@@ -22,11 +23,13 @@ from kproxy.nftables.expr import (
     Meta,
     Numgen,
     Payload,
+    RawPayload,
     Rt,
     SetLit,
     SetRef,
     TcpOption,
     Verdict,
+    raw_payload,
 )
 from kproxy.nftables.lexer import Token
 from kproxy.nftables.model import NSet, Rule, Table
@@ -105,13 +108,18 @@ class RuleBuilder:
                 if new_handle:
                     self.tbl.alloc()
                 raise NftError("Could not process rule: No such file or directory", where)
+        for fib in (e for e in map(_keyed, self.stmts) if isinstance(e, Fib)):
+            if fib.result != "type" and "oif" in fib.flags:     # nft_fib_init: an oif lookup by oif
+                if new_handle:
+                    self.tbl.alloc()
+                raise NftError("Could not process rule: Invalid argument", getattr(fib, "loc", None))
         base = self.tbl.chains.get(chain)
         if base is not None and base.hook is not None and not all(self.valid_at(st, base.type, base.hook)
                                                                       for st in self.stmts):
             if new_handle:
                 self.tbl.alloc()
             raise NftError("Could not process rule: Operation not supported",
-                           (start.line, start.col, self.p.toks[self.p.pos - 1].end))
+                           (start.line, start.col, self.p.toks[self.p.pos - 1].end), validation=True)
         stmts = hide_dependencies(merge_ports(self.stmts), self.tbl.family)
         handle = self.tbl.alloc() if new_handle else 0
         rule = Rule(handle, stmts, self.comment, self.anon)
@@ -123,6 +131,9 @@ class RuleBuilder:
         """Whether the kernel accepts the statement in a base chain of this type and hook."""
         if isinstance(st, FlowAdd):
             return hook == "forward"      # nft_flow_offload_validate: the forward hook only
+        fib = _keyed(st)
+        if isinstance(fib, Fib):
+            return hook in fib_hooks(fib)
         if not isinstance(st, Nat):
             return True
         hooks = {"dnat": ("prerouting", "output"), "redirect": ("prerouting", "output"),
@@ -151,7 +162,7 @@ class RuleBuilder:
             self.stmts.append(VerdictStmt(Verdict(w)))
         elif w in ("jump", "goto"):
             p.next()
-            target = p.word()
+            target = p.chain_name("'{'")
             st = VerdictStmt(Verdict(w, target.text))
             st.tok = target  # type: ignore[attr-defined]
             self.stmts.append(st)
@@ -361,16 +372,19 @@ class RuleBuilder:
             return Match(Payload("ip6", "nexthdr"), "==", Const(T.PROTO, proto))
         return Match(Meta("l4proto"), "==", Const(T.PROTO, proto))
 
-    def last_l4(self) -> tuple[int, tuple[int, int, int]] | None:
+    def last_l4(self, first: bool = False) -> tuple[int, tuple[int, int, int]] | None:
         """The transport protocol the rule has fixed so far, and where: an explicit ``meta l4proto`` /
-        ``ip protocol`` match sets it anew; otherwise the first transport header matched fixes it."""
+        ``ip protocol`` match sets it anew; otherwise the first transport header matched fixes it.
+        ``first``: what fixed it first, which a later explicit match does not undo for nft's conflict
+        check (``ip protocol udp ip protocol tcp tcp dport 2``: "udp vs. tcp")."""
         found: tuple[int, tuple[int, int, int]] | None = None
         for s in self.stmts:
             if isinstance(s, Match) and isinstance(s.right, Const) and s.op == "==":
                 lhs = s.left
                 if (isinstance(lhs, Meta) and lhs.key == "l4proto") or (
                         isinstance(lhs, Payload) and (lhs.proto, lhs.field) in (("ip", "protocol"), ("ip6", "nexthdr"))):
-                    found = (s.right.value, getattr(s, "loc", (0, 0, 0)))
+                    if not (first and found):
+                        found = (s.right.value, getattr(s, "loc", (0, 0, 0)))
                     continue
             if found is None and isinstance(s, (Match, VerdictMap)):
                 items = s.key.items if isinstance(s, VerdictMap) and isinstance(s.key, Concat) else (
@@ -475,6 +489,8 @@ class RuleBuilder:
         p = self.p
         t = p.peek()
         w = t.text
+        if t.kind == "punct" and w == "@":
+            return self.raw_payload()
         if t.kind != "word":
             raise p.unexpected(t)
         if w == "tcp" and p.peek(1).text == "option":
@@ -515,9 +531,14 @@ class RuleBuilder:
             return Ct(k.text, direction, family)
         if w == "fib":
             p.next()
+            first = p.peek()
             flags = [p.word().text]
             while p.accept("."):
                 flags.append(p.word().text)
+            for pair in (("saddr", "daddr"), ("iif", "oif")):
+                if set(pair) <= set(flags):
+                    raise self.error(f"fib: {pair[0]} and {pair[1]} are mutually exclusive", first,
+                                     p.toks[p.pos - 1])
             return Fib(flags, p.word().text)
         if w == "numgen":
             p.next()
@@ -537,6 +558,21 @@ class RuleBuilder:
                 setattr(h, attr, int(p.word().text, 0))
             return h
         raise p.unexpected(t)
+
+    def raw_payload(self) -> Expr:
+        """``@BASE,OFFSET,LENGTH``: a header range by bit offset and length."""
+        p = self.p
+        p.expect("@")
+        base = p.word()
+        if base.text not in ("ll", "nh", "th"):
+            raise p.unexpected(base)
+        p.expect(",")
+        offset = p.word()
+        p.expect(",")
+        length = p.word()
+        if not (offset.text.isdigit() and length.text.isdigit()):
+            raise p.unexpected(offset if not offset.text.isdigit() else length)
+        return raw_payload(base.text, int(offset.text), int(length.text))
 
     def concat(self) -> Expr:
         p = self.p
@@ -565,6 +601,8 @@ class RuleBuilder:
     def is_expr_start(self) -> bool:
         p = self.p
         t = p.peek()
+        if t.kind == "punct" and t.text == "@":
+            return p.peek(1).text in ("ll", "nh", "th")
         if t.kind != "word":
             return False
         if t.text in ("meta", "ct", "numgen", "jhash", "symhash", "fib", "rt") or t.text in META_BARE_IN:
@@ -594,8 +632,12 @@ class RuleBuilder:
         if p.peek().kind in ("punct", "word") and p.peek().text in OPS:
             op = OPS[p.next().text]
             explicit = True
-        types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
-        rhs = self.rhs(lhs, types)
+        if isinstance(lhs, Fib) and lhs.result != "type" and p.at("exists", "missing"):
+            lhs = Fib(lhs.flags, lhs.result, present=True)
+            rhs: Expr = Const(T.BOOLEAN, int(p.next().text == "exists"))
+        else:
+            types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
+            rhs = self.rhs(lhs, types)
         if lhs.dtype.kind == "bitmask" and p.accept("/"):
             mask = self.rhs(lhs, types)
             lhs = Binop("&", lhs, mask)
@@ -617,11 +659,11 @@ class RuleBuilder:
                 e = e.left
             at = getattr(e, "loc", None)
             if isinstance(e, Payload) and e.proto in TRANSPORT:
-                dep = self.last_l4()
                 names = {v: k for k, v in TRANSPORT.items()}
-                if dep is not None and dep[0] != TRANSPORT[e.proto]:
-                    have = names.get(dep[0], str(dep[0]))
-                    raise NftError(f"conflicting protocols specified: {have} vs. {e.proto}", at)
+                for dep in (self.last_l4(first=True), self.last_l4()):
+                    if dep is not None and dep[0] != TRANSPORT[e.proto]:
+                        have = names.get(dep[0], str(dep[0]))
+                        raise NftError(f"conflicting protocols specified: {have} vs. {e.proto}", at)
             if isinstance(e, Payload) and fam in ("ip", "ip6") and e.proto in ("ip", "ip6") and e.proto != fam:
                 raise NftError(f"conflicting protocols specified: {fam} vs. {e.proto}", at)
             if isinstance(e, Payload) and fam == "inet" and e.proto in ("ip", "ip6"):
@@ -725,42 +767,86 @@ def _dep_layer(s: Stmt, family: str) -> str | None:
     return None
 
 
-def _port_match(s: Stmt, field: str) -> str | None:
-    """The protocol (tcp, udp or th) of ``s`` when it is ``PROTO FIELD == VALUE`` with one value."""
-    if isinstance(s, Match) and s.op == "==" and isinstance(s.right, Const) and isinstance(s.left, Payload) \
-            and s.left.field == field and s.left.proto in ("tcp", "udp", "th"):
-        return s.left.proto
+PORT_OFFSET = {"sport": 0, "dport": 16}     # bit offsets in every transport header that has ports
+
+
+def _port_span(s: Stmt) -> tuple[int, int] | None:
+    """(bit offset, length) in the transport header of a ``PORTS == VALUE`` or ``!= VALUE`` match: the
+    matches nft's statement reduction may merge."""
+    if not (isinstance(s, Match) and s.op in ("==", "!=") and isinstance(s.right, Const)
+            and isinstance(s.left, Payload)):
+        return None
+    e = s.left
+    if isinstance(e, RawPayload):
+        return (e.offset, e.length) if e.proto == "th" and e.offset % 8 == 0 and e.length % 8 == 0 else None
+    if e.field in PORT_OFFSET and (e.proto == "th" or e.proto in PORT_PROTOS.values()):
+        return PORT_OFFSET[e.field], 16
     return None
 
 
-def merge_ports(stmts: list[Stmt]) -> list[Stmt]:
-    """nft merges a rule's source and destination port matches (adjacent in the header) into one
-    comparison, placed where the later of the two was, read back as ``P sport A P dport B``: the
-    statements between them then run first, and the first match's implied ``meta l4proto`` stays
-    behind where it was (listed, unless only matches sit between them). Checked against nft 1.0.6:
-    ``udp dport 53 counter udp sport 1`` lists as ``meta l4proto udp counter ... udp sport 1 udp dport 53``.
-    Two ``th`` matches become a raw ``@th,0,32`` comparison in nft; those are left as they are."""
-    pos = {f: next((i for i, st in enumerate(stmts) if _port_match(st, f)), None) for f in ("sport", "dport")}
-    i_s, i_d = pos["sport"], pos["dport"]
-    if i_s is None or i_d is None:
-        return stmts
-    p_s, p_d = _port_match(stmts[i_s], "sport"), _port_match(stmts[i_d], "dport")
-    protos = [p for p in (p_s, p_d) if p is not None and p != "th"]
-    if not protos or len(set(protos)) != 1:
-        return stmts            # both th, or tcp against udp
-    proto = protos[0]
-    first, last = min(i_s, i_d), max(i_s, i_d)
-    sport, dport = stmts[i_s], stmts[i_d]
-    assert isinstance(sport, Match) and isinstance(dport, Match)
-    out = list(stmts)
-    merged: list[Stmt] = [Match(Payload(proto, "sport"), "==", sport.right),
-                          Match(Payload(proto, "dport"), "==", dport.right)]
-    out[last:last + 1] = merged
-    dep: list[Stmt] = []
-    if (p_s if first == i_s else p_d) != "th" and not _l4_fixed(stmts[:first]):
-        dep = [Match(Meta("l4proto"), "==", Const(T.PROTO, TRANSPORT[proto]))]
-    out[first:first + 1] = dep
+def _with_dependencies(stmts: list[Stmt]) -> list[Stmt]:
+    """The rule as nft evaluates it: ``meta l4proto`` (in every family) before the first payload match
+    of a transport protocol the rule has not fixed yet (``th`` needs none)."""
+    out: list[Stmt] = []
+    for st in stmts:
+        if isinstance(st, Match) and isinstance(st.left, Payload) and st.left.proto in PORT_PROTOS.values() \
+                and not _l4_fixed(out):
+            out.append(Match(Meta("l4proto"), "==", Const(T.PROTO, TRANSPORT[st.left.proto])))
+        out.append(st)
     return out
+
+
+def _merge_runs(stmts: list[Stmt]) -> list[list[int]]:
+    """Runs of port matches nft's stmt_reduce merges within: other statements end a run, but only once
+    it holds two matches (1.0.6 keeps a lone one waiting past them); other matches neither join nor end it."""
+    runs: list[list[int]] = []
+    run: list[int] = []
+    for i, st in enumerate(stmts):
+        if not isinstance(st, (Match, VerdictMap)):
+            if len(run) >= 2:
+                runs.append(run)
+                run = []
+        elif _port_span(st) is not None:
+            run.append(i)
+    if len(run) >= 2:
+        runs.append(run)
+    return runs
+
+
+def _joined(a: Match, b: Match) -> Match:
+    """Two adjacent ranges compared with one operator, as one comparison of the range they make."""
+    (off, la), (_, lb) = _port_span(a), _port_span(b)  # type: ignore[misc]
+    assert isinstance(a.right, Const) and isinstance(b.right, Const)
+    value = a.right.value << lb | b.right.value
+    return Match(RawPayload("th", "raw", off, la + lb), a.op, Const(RAW, value))
+
+
+def merge_ports(stmts: list[Stmt]) -> list[Stmt]:
+    """nft's statement reduction (rule.c stmt_reduce, 1.0.6) of port matches: in each run, sorted by
+    offset, a match of the range right after the previous one with the same operator merges into it,
+    in that one's place, as a raw ``@th,OFFSET,LENGTH`` comparison up to 32 bits; the listing names it
+    ``P sport A P dport B`` when the protocol is known before it (``hide_dependencies``), and leaves
+    the implicit protocol match nft added where it was when the merge moved the ports away from it.
+    Checked against nft 1.0.6: ``th sport 1 counter th dport 2`` lists as ``@th,0,32 0x10002 counter``,
+    ``udp dport 53 counter udp sport 1`` as ``meta l4proto udp counter udp sport 1 udp dport 53``."""
+    if not _merge_runs(stmts):
+        return stmts
+    full = _with_dependencies(stmts)
+    out: list[Stmt | None] = list(full)
+    merged = False
+    for run in _merge_runs(full):
+        order = sorted(run, key=lambda i: _port_span(full[i])[0])  # type: ignore[index]
+        last = order[0]
+        for i in order[1:]:
+            a, b = out[last], full[i]
+            assert isinstance(a, Match) and isinstance(b, Match)
+            (oa, la), (ob, lb) = _port_span(a), _port_span(b)  # type: ignore[misc]
+            protos = {e.proto for e in (a.left, b.left) if isinstance(e, Payload) and e.proto != "th"}
+            if oa + la == ob and la + lb <= 32 and a.op == b.op and len(protos) <= 1:
+                out[last], out[i], merged = _joined(a, b), None, True
+            else:
+                last = i
+    return [st for st in out if st is not None] if merged else stmts
 
 
 def _l4_fixed(stmts: list[Stmt]) -> bool:
@@ -797,7 +883,12 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
                 if p in PORT_PROTOS.values():
                     l4_name = p
             if proto == "th" and l4_name is not None:
-                s = _retarget_th(s, l4_name)
+                if _is_ports(s):
+                    assert isinstance(s, Match)
+                    out.append(_named_ports(s, l4_name, "sport"))
+                    s = _named_ports(s, l4_name, "dport")
+                else:
+                    s = _retarget_th(s, l4_name)
                 proto = l4_name
             # Every header a concatenation reads implies its protocol (``ip daddr . tcp dport``).
             for each in dict.fromkeys([proto, *_all_payload_protos(s)[1:]]):
@@ -816,6 +907,30 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
         if not isinstance(s, Match):
             deps.clear()        # nft hides a dependency across matches only (a counter in between keeps it)
     return [s for s in out if s is not None]
+
+
+def fib_hooks(e: Fib) -> tuple[str, ...]:
+    """The hooks nft_fib_validate allows a lookup at: a device result where there is an input device;
+    an address type by the input device before routing, by the output device after it."""
+    if e.result != "type":
+        return "prerouting", "input", "forward"
+    if "iif" in e.flags:
+        return "prerouting", "input", "forward"
+    if "oif" in e.flags:
+        return "output", "postrouting", "forward"
+    return "prerouting", "input", "forward", "output", "postrouting"
+
+
+def _is_ports(s: Stmt) -> bool:
+    """A merged comparison of both ports (``@th,0,32``)."""
+    return isinstance(s, Match) and isinstance(s.left, RawPayload) and (s.left.offset, s.left.length) == (0, 32)
+
+
+def _named_ports(s: Match, proto: str, field: str) -> Match:
+    """One port of a merged ``@th,0,32`` comparison, as nft lists it once the protocol is known."""
+    assert isinstance(s.right, Const)
+    value = s.right.value >> 16 if field == "sport" else s.right.value & 0xFFFF
+    return Match(Payload(proto, field), s.op, Const(T.SERVICE, value))
 
 
 def _retarget_th(s: Stmt, proto: str) -> Stmt:

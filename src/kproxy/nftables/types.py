@@ -89,6 +89,8 @@ class DType:
                 return int("".join(p.zfill(2) for p in parts), 16)
             except ValueError:
                 raise TypeError_(text) from None
+        if k == "ifindex" and text.isdigit():
+            return int(text)            # an interface index (0: none, as ``fib ... oif != 0`` writes it)
         if k in ("string", "ifindex"):
             return text
         syms = self.sym_by_name()
@@ -116,8 +118,12 @@ class DType:
             return ipv6_text(value)
         if k == "ether":
             return ":".join(f"{(value >> s) & 0xFF:02x}" for s in range(40, -8, -8))
+        if k == "ifindex" and isinstance(value, int):
+            return str(value)
         if k in ("string", "ifindex"):
             return f'"{value}"'
+        if k == "boolean":
+            return "exists" if value else "missing"
         if k == "mark":
             return f"0x{value:08x}"
         if k == "hex":
@@ -155,6 +161,8 @@ class DType:
             if k == "bitmask":
                 bits = [1 << i for i in range(value.bit_length()) if value >> i & 1]
                 return bits[0] if len(bits) == 1 else bits
+        if k == "boolean":
+            return bool(value)
         if k in ("ipv4", "ipv6", "ether", "proto", "string", "ifindex") or (k == "symbol" and self.symbols):
             t = self.text(value)
             return t.strip('"') if k in ("string", "ifindex") else (int(t) if t.isdigit() else t)
@@ -185,6 +193,7 @@ MARK = DType("mark", 32, "mark")
 IFNAME = DType("ifname", 16 * 8, "string")
 IFINDEX = DType("iface_index", 32, "ifindex")
 STRING = DType("string", 0, "string")
+BOOLEAN = DType("boolean", 1, "boolean")        # ``exists`` / ``missing``
 VERDICT = DType("verdict", 32, "verdict")
 UID = DType("uid", 32, "int")
 GID = DType("gid", 32, "int")

@@ -4,30 +4,55 @@ nft_chain_validate walks every jump and goto (verdict statements, anonymous and 
 from each base chain, one level per chain entered, and refuses the transaction with EMLINK when a
 path reaches the jump stack's size (16): so a loop reachable from a base chain is refused, while
 regular chains that only call each other, unreached, are accepted (both checked against the kernel).
+
+Once a batch fails that check, the kernel replays it validating the table at every rule it adds:
+the first rule that makes the table too deep is refused, and so is every later rule of that table
+(``culprit`` finds the first, so nft can point at it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from kproxy.nftables.expr import SetLit, SetRef, Verdict
-from kproxy.nftables.model import Chain, Table
+from kproxy.nftables.model import Chain, Rule, Table
 from kproxy.nftables.stmt import VerdictMap, VerdictStmt
 
 JUMP_STACK_SIZE = 16
 
 
-def too_deep(table: Table) -> Chain | None:
-    """A base chain of ``table`` whose jumps nest too deep (or loop); None when the table is valid."""
+def too_deep(table: Table, without: Collection[int] = ()) -> Chain | None:
+    """A base chain of ``table`` whose jumps nest too deep (or loop); None when the table is valid.
+    ``without``: ids of rules to leave out (not added yet)."""
     heights: dict[str, int] = {}
     for chain in table.chains.values():
-        if chain.base and _height(table, chain.name, heights, set()) >= JUMP_STACK_SIZE:
+        if chain.base and _height(table, chain.name, heights, set(), without) >= JUMP_STACK_SIZE:
             return chain
     return None
 
 
-def _height(table: Table, name: str, heights: dict[str, int], path: set[str]) -> int:
-    """The most jumps on a path from chain ``name`` (JUMP_STACK_SIZE once a loop is on the path).
+def culprit(table: Table, added: list[Rule]) -> int | None:
+    """The index in ``added`` (rules of ``table`` in the order a batch adds them) of the first rule
+    with which the table fails validation; None when it passes, -1 when it fails without any of them.
+    Adding rules only adds jumps, so the answer is found by bisection."""
+    if too_deep(table) is None:
+        return None
+    ids = [id(r) for r in added]
+    if too_deep(table, ids) is not None:
+        return -1
+    lo, hi = 0, len(ids) - 1          # invalid with added[:hi + 1], valid with added[:lo]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if too_deep(table, ids[mid + 1:]) is not None:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _height(table: Table, name: str, heights: dict[str, int], path: set[str], without: Collection[int]) -> int:
+    """The most jumps on a path from chain ``name`` (JUMP_STACK_SIZE once a loop is on the path),
+    leaving out the rules whose ids are in ``without``.
 
     Written for speed: a kube-proxy table has 100,000 chains, each visited once; statement classes
     are compared exactly (none of them has subclasses)."""
@@ -39,6 +64,8 @@ def _height(table: Table, name: str, heights: dict[str, int], path: set[str]) ->
     best = 0
     chains = table.chains
     for rule in chains[name].rules:
+        if without and id(rule) in without:
+            continue
         for st in rule.stmts:
             if type(st) is VerdictStmt:
                 targets: Iterable[str | None] = (st.verdict.target,)
@@ -50,7 +77,7 @@ def _height(table: Table, name: str, heights: dict[str, int], path: set[str]) ->
                 if target and target in chains:
                     h = heights.get(target)
                     if h is None:
-                        h = _height(table, target, heights, path)
+                        h = _height(table, target, heights, path, without)
                     if h >= best:
                         best = h + 1
                     if best >= JUMP_STACK_SIZE:

@@ -33,7 +33,7 @@ from kproxy.iptables.model import Net, Rule, Table
 from kproxy.iptables.translate import BASE_CHAINS, ifname, net_text, nft_family
 from kproxy.nftables.expr import Opts
 from kproxy.nftables.model import priority_text
-from kproxy.nftables.xtlayout import XtLayout, node_layout
+from kproxy.nftables.xtlayout import XtLayout, fresh_handles, node_layout
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -261,6 +261,13 @@ class XtView:
             return []
         return [k for k in lay.tables if family is None or nft_family(k[0]) == family]
 
+    def flush(self, families: list[str | None]) -> None:
+        """``flush ruleset``: iptables-nft's tables are nf_tables tables, and go with the rest (of the
+        family flushed); an iptables-legacy node keeps its x_tables."""
+        for key in [k for k in self.tables() if None in families or nft_family(k[0]) in families]:
+            self.node.iptables[key[0]].drop(key[1])
+            self.layout.drop(key)
+
     def find(self, family: str, name: str) -> tuple[int, str] | None:
         return next((k for k in self.tables(family) if k[1] == name), None)
 
@@ -270,19 +277,19 @@ class XtView:
     def table(self, key: tuple[int, str]) -> Table | None:
         return self.node.iptables[key[0]].tables.get(key[1])
 
-    def handles(self, key: tuple[int, str]) -> dict[str, tuple[int, int]]:
-        """Each chain's handle and its first rule's, as a fresh load of the table hands them out: the
-        chains in order, then their rules chain by chain (restoring an iptables-save dump does that;
-        other histories number differently)."""
+    def handles(self, key: tuple[int, str]) -> dict[str, tuple[int, list[int]]]:
+        """Each chain's handle and its rules', as the commands that made the table took them from the
+        kernel (``XtLayout.number``); for a table whose history was not kept, as a fresh load of it
+        hands them out (the chains in order, then their rules chain by chain)."""
         t = self.table(key)
-        names = [n for n in self.chain_names(key) if t is not None and n in t.chains]
-        out = {}
-        nxt = len(names) + 1
-        for i, name in enumerate(names, 1):
-            assert t is not None
-            out[name] = (i, nxt)
-            nxt += len(t.chains[name].rules)
-        return out
+        if t is None:
+            return {}
+        kept = self.layout.rule_handles(key, t)
+        if kept is not None:
+            return kept
+        names = [n for n in self.chain_names(key) if n in t.chains]
+        h = fresh_handles(t, names)
+        return {n: (h.chains[n], h.rules[n]) for n in names}
 
     def chain_block(self, key: tuple[int, str], name: str, o: Opts, rules: bool = True) -> tuple[str, bool]:
         """A chain as ``list`` prints it, and whether a rule in it is an xt one."""
@@ -291,7 +298,7 @@ class XtView:
         if t is None or c is None:
             return "", False
         fam = nft_family(key[0])
-        chandle, rhandle = self.handles(key).get(name, (0, 0)) if o.handles else (0, 0)
+        chandle, rhandles = self.handles(key).get(name, (0, [])) if o.handles else (0, [])
         lines = [f"\tchain {name} {{" + (f" # handle {chandle}" if o.handles else "")]
         base = BASE_CHAINS.get(t.name, {}).get(name) if c.builtin else None
         if base is not None:
@@ -307,7 +314,7 @@ class XtView:
                 lines.append(f"\t\t# kproxy: no nft rendering yet for {r.missing}")
                 self.warnings.append(f"kproxy: {fam} {t.name} {name}: no nft rendering yet for {r.missing}\n")
                 continue
-            lines.append("\t\t" + r.text() + (f" # handle {rhandle + i}" if o.handles else ""))
+            lines.append("\t\t" + r.text() + (f" # handle {rhandles[i]}" if o.handles else ""))
         lines.append("\t}")
         return "\n".join(lines), xt
 
@@ -357,8 +364,8 @@ class XtView:
                          policy=str(c.policy).lower())
             items.append({"chain": d})
         for name in names:
-            first = handles[name][1]
+            rhandles = handles[name][1]
             for i, rule in enumerate(t.chains[name].rules):
-                items.append({"rule": {"family": fam, "table": key[1], "chain": name, "handle": first + i,
+                items.append({"rule": {"family": fam, "table": key[1], "chain": name, "handle": rhandles[i],
                                        "expr": render_rule(rule, key[0], Opts(stateless=o.stateless)).json(key[0])}})
         return items

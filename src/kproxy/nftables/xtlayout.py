@@ -33,6 +33,41 @@ RULE_VERBS = ("A", "I", "R", "P")
 
 
 @dataclass
+class Handles:
+    """One iptables-nft table's nf_tables handles, as the kernel hands them out: one counter per table
+    for its chains and rules alike; a replaced rule keeps its handle; a deleted one's is not reused."""
+
+    next: int = 1
+    chains: dict[str, int] = field(default_factory=dict)
+    rules: dict[str, list[int]] = field(default_factory=dict)     # per chain, in rule order
+
+    def take(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+    def to_json(self) -> list[Any]:
+        """Rule handles as runs (first, count): a loaded table's are consecutive, so the node file keeps
+        about one pair per chain, as it keeps one name per chain."""
+        return [self.next, self.chains, {n: _runs(r) for n, r in self.rules.items()}]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> Handles:
+        return cls(int(data[0]), {str(k): int(v) for k, v in data[1].items()},
+                   {str(k): [int(v[i]) + j for i in range(0, len(v), 2) for j in range(int(v[i + 1]))]
+                    for k, v in data[2].items()})
+
+
+def _runs(handles: list[int]) -> list[int]:
+    out: list[int] = []
+    for x in handles:
+        if out and out[-2] + out[-1] == x:
+            out[-1] += 1
+        else:
+            out += [x, 1]
+    return out
+
+
+@dataclass
 class XtLayout:
     """The iptables-nft tables in kernel order, each with its chains in creation order."""
 
@@ -41,6 +76,7 @@ class XtLayout:
     variant: str = "nft"        # "legacy": iptables-legacy keeps its tables out of nf_tables
     handles: dict[Key, int] = field(default_factory=dict)
     next_handle: int = 1        # the namespace's table handle counter (nft's own tables aside)
+    ids: dict[Key, Handles] = field(default_factory=dict)     # chain and rule handles, per table
 
     def ensure(self, key: Key) -> dict[str, None]:
         if key not in self.chains:
@@ -48,12 +84,14 @@ class XtLayout:
             self.tables.append(key)
             self.handles[key] = self.next_handle
             self.next_handle += 1
+            self.ids[key] = Handles()
         return self.chains[key]
 
     def drop(self, key: Key) -> None:
         if key in self.chains:
             del self.chains[key]
             del self.handles[key]
+            self.ids.pop(key, None)
             self.tables.remove(key)
 
     def create(self, key: Key, chain: str) -> None:
@@ -73,6 +111,10 @@ class XtLayout:
             elif verb == "E" and key in self.chains:
                 old, new = chain.split("\0", 1)
                 self.chains[key] = {new if n == old else n: None for n in self.chains[key]}
+                h = self.ids.get(key)
+                if h is not None and old in h.chains:
+                    h.chains[new] = h.chains.pop(old)
+                    h.rules[new] = h.rules.pop(old, [])
 
     def _delete(self, key: Key, chain: str, table: Table | None) -> None:
         names = self.chains.get(key)
@@ -111,10 +153,66 @@ class XtLayout:
             elif have:
                 self.ensure(key).update(have)
 
+    def number(self, family: int, changes: dict[str, tuple[Table | None, Table]],
+               events: list[tuple[str, str, str]]) -> None:
+        """Give the chains and rules a commit made their handles, in the order the kernel took them:
+        new chains first, then new rules in the order of the commands (``-A`` the first new rule of its
+        chain, ``-I`` the last, ``-R`` the replaced rule's own handle), then any rule no command explains.
+        Only the chains the commands named are looked at, unless one named none (``-F``, ``-X`` alone)."""
+        recreated = {t for t, verb, _ in events if verb == "*"}
+        was = {new: old for _, verb, chain in events if verb == "E" for old, new in [chain.split("\0", 1)]}
+        for tname, (old, new) in changes.items():
+            key = (family, tname)
+            h = self.ids.get(key)
+            touched = {chain.split("\0")[-1] for t, verb, chain in events if t == tname and verb[0] != "*"}
+            touched |= {""} if tname in recreated else set()
+            if h is None or key not in self.chains or not touched:
+                continue        # a table loaded from the node file, not changed by a command
+            base = None if old is None or tname in recreated else old
+            if base is not None and not h.chains and any(has_rules(c) for c in base.chains.values()):
+                self.ids[key] = h = fresh_handles(base, [n for n in self.chains[key] if n in base.chains])
+            if "" in touched or base is None:
+                touched = set(self.chains[key]) | set(h.chains)
+            touched |= {was[n] for n in touched if n in was}
+            layout = self.chains[key]
+            for n in [n for n in h.chains if n in touched and (n not in layout or n not in new.chains)]:
+                del h.chains[n]
+                h.rules.pop(n, None)
+            names = [n for n in layout if n in new.chains] if len(touched) > len(layout) // 2 else \
+                sorted((n for n in touched if n in layout and n in new.chains), key=list(layout).index)
+            for n in names:
+                if n not in h.chains:
+                    h.chains[n] = h.take()
+            pending = {n: p for n in names if (p := _renumber(h, n, base, new, was.get(n, n))) is not None}
+            for t, verb, chain in events:
+                todo = pending.get(chain)
+                if t == tname and verb in ("A", "I", "R") and todo:
+                    i = todo.pop(-1 if verb == "I" else 0)
+                    h.rules[chain][i] = h.take() if h.rules[chain][i] < 0 else h.rules[chain][i]
+            for n, todo in pending.items():
+                for i in todo:
+                    h.rules[n][i] = h.take() if h.rules[n][i] < 0 else h.rules[n][i]
+
+    def rule_handles(self, key: Key, table: Table) -> dict[str, tuple[int, list[int]]] | None:
+        """Each chain's handle and its rules' handles, when kept for the whole table; else None."""
+        h = self.ids.get(key)
+        if h is None or not h.chains:
+            return None
+        out = {}
+        for n, handle in h.chains.items():
+            c = table.chains.get(n)
+            rules = h.rules.get(n, [])
+            if c is None or (len(rules) != len(c.rules) if rules or has_rules(c) else False):
+                return None
+            out[n] = (handle, rules)
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {"variant": self.variant, "next_handle": self.next_handle,
                 "tables": [[fam, name, self.handles[(fam, name)], list(self.chains[(fam, name)])]
-                           for fam, name in self.tables]}
+                           for fam, name in self.tables],
+                "ids": [[fam, name, self.ids[(fam, name)].to_json()] for fam, name in self.tables
+                        if (fam, name) in self.ids]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> XtLayout:
@@ -123,7 +221,47 @@ class XtLayout:
             lay.ensure((int(fam), str(name))).update(dict.fromkeys(str(c) for c in chains))
             lay.handles[(int(fam), str(name))] = int(handle)
         lay.next_handle = int(data.get("next_handle", lay.next_handle))
+        lay.ids = {k: Handles() for k in lay.chains}        # an older file: no handles kept
+        for fam, name, ids in data.get("ids", []):
+            lay.ids[(int(fam), str(name))] = Handles.from_json(ids)
         return lay
+
+
+def fresh_handles(table: Table, names: list[str]) -> Handles:
+    """The handles a fresh load of the table hands out (chains in order, then their rules chain by
+    chain): the guess for a table whose history was not kept."""
+    h = Handles()
+    for n in names:
+        h.chains[n] = h.take()
+    for n in names:
+        h.rules[n] = [h.take() for _ in table.chains[n].rules]
+    return h
+
+
+def _renumber(h: Handles, name: str, old: Table | None, new: Table, old_name: str) -> list[int] | None:
+    """Carry chain ``name``'s rule handles from ``old`` to ``new`` (rules are kept as objects by a commit);
+    the positions still to number (a replaced rule's position holds its old handle), or None when the
+    chain did not change. ``old_name``: what the chain was called before the commit (``-E``)."""
+    nc = new.chains[name]
+    oc = old.chains.get(old_name) if old is not None else None
+    if oc is nc and name in h.rules:
+        return None
+    before = list(oc.rules) if oc is not None else []
+    known = h.rules.get(name, [])
+    if len(known) != len(before):
+        known = [-1] * len(before)
+    by_id = {id(r): x for r, x in zip(before, known, strict=True)}
+    now = {id(r) for r in nc.rules}
+    out, todo = [], []
+    for i, r in enumerate(nc.rules):
+        x = by_id.get(id(r))
+        if x is None:
+            replaced = i < len(before) and id(before[i]) not in now
+            x = known[i] if replaced else -1
+            todo.append(i)
+        out.append(x)
+    h.rules[name] = out
+    return todo
 
 
 def has_rules(c: Chain) -> bool:
@@ -147,9 +285,12 @@ def node_layout(node: Node) -> XtLayout:
 
 def _listen(lay: XtLayout, state: IptablesState) -> None:
     def changed(changes: dict[str, tuple[Table | None, Table]]) -> None:
-        if state.note:
-            lay.replay(state.family, state.note, state.tables)
+        events = state.note or []
+        if events:
+            lay.replay(state.family, events, state.tables)
         lay.reconcile(state.family, {name: new for name, (_, new) in changes.items()})
+        if lay.variant == "nft":
+            lay.number(state.family, changes, events)
 
     state.listeners.append(changed)
 
@@ -161,6 +302,6 @@ def load_layout(node: Node, data: dict[str, Any] | None) -> None:
         return
     saved = XtLayout.from_json(data)
     lay.tables, lay.chains, lay.variant = saved.tables, saved.chains, saved.variant
-    lay.handles, lay.next_handle = saved.handles, saved.next_handle
+    lay.handles, lay.next_handle, lay.ids = saved.handles, saved.next_handle, saved.ids
     for state in node.iptables.values():
         lay.reconcile(state.family, state.tables)

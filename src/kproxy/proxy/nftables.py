@@ -205,8 +205,7 @@ class NftablesProxier:
         self.metrics = metrics
         self.conntrack = conntrack
         self.clock = clock
-        self.service_cidrs = [c for c in (service_cidrs or [])
-                              if ipaddress.ip_network(c, strict=False).version == family]
+        self.service_cidrs = self._of_family(service_cidrs or [])
         self.need_full = True
         self.tracker = ChangeTracker(cfg, family, sep_chains=False)
         self.fam = "ip" if family == 4 else "ip6"
@@ -434,8 +433,22 @@ class NftablesProxier:
         body.append(self._rule(chain, f"numgen random mod {len(eps)} vmap {{ {vmap} }}"))
 
     # ---- the sync ---------------------------------------------------------------------------
+    def _of_family(self, cidrs: list[str]) -> list[str]:
+        return [c for c in cidrs if ipaddress.ip_network(c, strict=False).version == self.family]
+
+    def service_cidrs_changed(self, cidrs: list[str]) -> None:
+        """Upstream's OnServiceCIDRsChanged: this family's ranges for the cluster-ips-check drop rule.
+        The rule belongs to the table's fixed part, so a change makes the next sync a full one."""
+        mine = self._of_family(cidrs)
+        if mine != self.service_cidrs:
+            self.service_cidrs = mine
+            self.need_full = True
+
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
         """One sync: delete chains stale long enough, then one transaction with what changed."""
+        ranges = objs.service_cidr_ranges()
+        if ranges is not None:
+            self.service_cidrs_changed(ranges)
         with gc_paused(full=self.need_full or force_full):
             return self._sync(objs, force_full)
 

@@ -41,7 +41,7 @@ def node_parts(node: Node) -> dict[str, Any]:
     from kproxy.nftables.xtlayout import node_layout
 
     layout = node_layout(node)
-    if layout.tables or layout.variant != "nft":
+    if layout.tables or layout.variant != "nft" or layout.next_handle > 1:    # (tables gone: their handles stay used)
         parts["iptables-nft"] = layout.to_json()
     return parts
 

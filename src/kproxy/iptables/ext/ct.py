@@ -1,4 +1,4 @@
-"""The CT target (--notrack, --zone, --helper not modelled beyond notrack) and the old NOTRACK target."""
+"""The CT target (--notrack and --zone; --helper and the rest are refused) and the old NOTRACK target."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def parse_zone(call: XtCall) -> int:
-    """libxt_CT's zone: a number up to 65535 (the ``orig``/``reply`` directions are not modelled)."""
+    """libxt_CT's zone: a number up to 65535 (``--zone-orig`` / ``--zone-reply`` are not modelled)."""
     got = c_strtoui(call.arg, 0, 0xFFFF)
     if got is None:
         raise ExtensionError(f"Cannot parse {call.arg} as a zone ID")
@@ -66,9 +66,15 @@ class CtTarget(Target):
     def execute(self, pkt: Packet, ctx: RuleContext) -> int:
         # xt_ct_target: a packet that already has a conntrack reference (looped back) is left alone;
         # --notrack attaches the untracked template at once, so later rules see the state UNTRACKED.
-        if self.notrack and pkt.ct is None and not pkt.notrack:
+        # Otherwise it attaches its template, whose zone the conntrack lookup then uses. Either way the
+        # first template wins.
+        if pkt.ct is not None or pkt.notrack or pkt.zone_dir:
+            return XT_CONTINUE
+        if self.notrack:
             pkt.notrack = True
             pkt.ctstate = "UNTRACKED"
+        else:
+            pkt.zone, pkt.zone_dir = self.zone, 3
         return XT_CONTINUE
 
 
