@@ -83,7 +83,7 @@ def test_emulated_nodes_watch_the_lab_api_server_and_pass_the_scenarios(mode):
     with EmulatedLab(LabSpec.from_dict({**API_LAB, "mode": mode})) as lab:
         lab.sync()
         assert lab.api is not None and sorted(lab.sources) == ["node-1", "node-2"]
-        assert _watch_requests(lab) == {"services", "endpointslices", "nodes"}
+        assert _watch_requests(lab) == {"services", "endpointslices", "nodes", "servicecidrs"}
         for name, source in lab.sources.items():           # each node lists and watches only itself
             assert [n.name for n in source.objects.nodes.values()] == [name]
         for node in lab.nodes.values():
