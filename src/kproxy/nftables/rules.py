@@ -724,6 +724,10 @@ class RuleBuilder:
         prefix = "__map" if data is not None else "__set"
         name = f"{prefix}{self.tbl.anon_seq}"
         self.tbl.anon_seq += 1
+        unique: dict[tuple[str, str], Any] = {}          # nft keeps one of an element given twice
+        for e in lit.elems:
+            unique.setdefault((repr(e.key), repr(e.data)), e)
+        lit.elems = list(unique.values())
         interval = any(not isinstance(e.key, (Const, Concat)) for e in lit.elems)
         s = NSet(name, self.tbl.alloc(), data is not None, key, data, ["constant", "anonymous"] +
                  (["interval"] if interval else []), anonymous=True, elems=list(lit.elems))
