@@ -147,13 +147,15 @@ class FlowCache:
 
     def receive(self, pkt: Packet, iif: str) -> Result | None:
         """The packet's result when the cache handles it (replayed, or learnt on the way), else None."""
+        stamp = Epoch.value
+        if stamp == self._refused:      # nothing can be learnt under this configuration (nft hooks, ...)
+            return None
         key = flow_key(pkt, iif)
         if key is None:
             return None
         node = self.node
         clock = node.clock
         now = clock if clock is not None else node.now()
-        stamp = Epoch.value
         flow = self.flows.get(key)
         if flow is not None and flow.stamp == stamp:
             if not flow.fate:
@@ -163,8 +165,6 @@ class FlowCache:
                     return None
             elif self._holds(flow, now):
                 return self._replay(flow, pkt, iif, now)
-        if stamp == self._refused:
-            return None
         return self._learn(key, stamp, pkt, iif, now)
 
     # ---- replay ------------------------------------------------------------------------------
