@@ -90,8 +90,9 @@ NAME_GROUPS = ("rt", "rc", "rj_x", "rm_x", "ep_t", "ep_c", "ep_x", "er_t", "er_c
 def plain_names(m: re.Match[str]) -> bool:
     """Whether every name the line holds is one nft's grammar takes as a name (a keyword is a syntax
     error, which the general parser reports)."""
-    return all(NUMBER.fullmatch(n) is None and n not in SCANNER_KEYWORDS
-               for n in (m.group(g) for g in NAME_GROUPS) if n is not None)
+    names = [n for n in m.group(*NAME_GROUPS) if n is not None]
+    # Every NUMBER starts with a digit: the pattern runs only on such names.
+    return SCANNER_KEYWORDS.isdisjoint(names) and not any(n[0].isdigit() and NUMBER.fullmatch(n) for n in names)
 
 
 class FastPath:
