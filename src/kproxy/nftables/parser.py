@@ -91,14 +91,17 @@ class Output:
 
 
 class Parser:
-    def __init__(self, text: str, rs: Ruleset, interfaces: set[str] | None = None, validate_jumps: bool = True) -> None:
+    def __init__(self, text: str, rs: Ruleset, interfaces: set[str] | None = None, validate_jumps: bool = True,
+                 listed: bool = False) -> None:
         """``validate_jumps``: walk every base chain's jumps at the end, as the kernel validates a commit.
         Writers whose chains cannot nest or loop by construction (the nftables proxier's partial syncs
-        into its own table, at most five chains deep) skip the walk, which costs the whole table."""
+        into its own table, at most five chains deep) skip the walk, which costs the whole table.
+        ``listed``: the text is a listing of sets the kernel holds (the node file), not a user's input."""
         from kproxy.nftables import fastpath
 
         self.text = text
         self.validate_jumps = validate_jumps
+        self.listed = listed
         self.fast = fastpath.usable(text)  # then ``script`` tokenizes the lines the fast path leaves
         self.toks = [] if self.fast else self.tokens(text)
         self.pos = 0

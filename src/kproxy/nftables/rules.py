@@ -684,7 +684,9 @@ class RuleBuilder:
         if p.at("{"):
             first = p.peek()
             lit = p.set_literal(types, None)
-            if len(lit.elems) == 1 and lit.elems[0].data is None:
+            # nft folds a one-value literal into a comparison; not a concatenation's, nor a set the
+            # kernel holds (a node file's listing, where a folded one has no braces).
+            if len(lit.elems) == 1 and lit.elems[0].data is None and len(types) == 1 and not p.listed:
                 return lit.elems[0].key
             self.anon_set(types, None, lit, first)
             return lit

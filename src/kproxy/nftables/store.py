@@ -34,7 +34,7 @@ def ruleset_from_json(data: dict[str, Any]) -> Ruleset:
 
     rs = Ruleset()
     try:
-        Parser(data.get("text", ""), rs).script()
+        Parser(data.get("text", ""), rs, listed=True).script()
     except NftError as exc:
         raise NodeError(f"nftables ruleset in the node file: {exc.msg}") from None
     rs.next_table_handle = data.get("next_table_handle", rs.next_table_handle)
