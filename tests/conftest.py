@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kproxy.k8s.fakeapi import FakeAPIServer
+from kproxy.lab.kernel import KernelLab, kernel_lab_reason
 from kproxy.lab.netns import Netns, kernel_lab_available
 
 API_CLUSTER = Path(__file__).parent / "data" / "api" / "cluster.json"
@@ -24,6 +25,17 @@ def api() -> Iterator[FakeAPIServer]:
         yield server.load(json.loads(API_CLUSTER.read_text()))
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[KernelLab]:
+    """The differential harness's kernel lab (client, node, sink namespaces), one per test module;
+    skips where it cannot be built. A module may define its own ``lab`` instead."""
+    reason = kernel_lab_reason()
+    if reason:
+        pytest.skip(reason)
+    with KernelLab() as kernel_lab:
+        yield kernel_lab
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from kproxy.lab.differential import Case, Probe, run_case, run_emulator, run_kernel
-from kproxy.lab.kernel import KernelLab, kernel_lab_reason
+from kproxy.lab.kernel import KernelLab
 from kproxy.lab.randomcases import cases
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[KernelLab]:
-    reason = kernel_lab_reason()
-    if reason:
-        pytest.skip(reason)
-    with KernelLab() as lab:
-        yield lab
 
 
 def agree(lab: KernelLab, rules: str, probes: list[Probe]) -> None:

@@ -44,7 +44,6 @@ ZONES = """table inet z {
 """
 
 
-lab = test_differential.lab        # the module-scoped kernel lab fixture
 
 
 @pytest.mark.kernel

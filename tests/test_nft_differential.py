@@ -19,7 +19,6 @@ from test_differential import _random_run as random_run
 from test_differential import _record
 
 pytestmark = pytest.mark.kernel
-lab = test_differential.lab        # the module-scoped kernel lab fixture (one lab for this module)
 
 
 def agree(lab: KernelLab, script: str, probes: list[Probe]) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import test_differential
 from kproxy.lab.differential import Probe
 from kproxy.lab.kernel import KernelLab
 from kproxy.nftables.cli import run_nft
@@ -62,7 +61,6 @@ DECIDING = """table inet t {
 """
 
 
-lab = test_differential.lab        # the module-scoped kernel lab fixture
 
 
 @pytest.mark.kernel

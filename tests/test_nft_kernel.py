@@ -8,7 +8,7 @@ import re
 import pytest
 
 from kproxy.lab.differential import EmulatedPeers, Probe, Segments
-from kproxy.lab.kernel import NODE, KernelLab, kernel_lab_reason
+from kproxy.lab.kernel import NODE, KernelLab
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.evaluate import attach
 from kproxy.nftables.model import Ruleset
@@ -60,15 +60,6 @@ table ip nat {
 """, [Probe("tcp", "198.51.100.10", 80), Probe("tcp", "198.51.100.11", 80), Probe("tcp", "198.51.100.12", 80),
       Probe("udp", "10.0.2.2", 53), Probe("tcp", "10.0.2.2", 443)]),
 }
-
-
-@pytest.fixture(scope="module")
-def lab():
-    reason = kernel_lab_reason()
-    if reason:
-        pytest.skip(reason)
-    with KernelLab() as lab:
-        yield lab
 
 
 def counters(listing: str) -> list[str]:

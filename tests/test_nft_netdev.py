@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-import test_differential
 from kproxy.lab.differential import Probe
 from kproxy.netfilter.trace import render_text
 from kproxy.nftables.cli import run_nft
@@ -16,8 +15,6 @@ from kproxy.nftables.model import Ruleset
 from kproxy.node import Node
 from kproxy.packet import SYN, Packet
 from test_nft_eval import node_with
-
-lab = test_differential.lab        # the module-scoped kernel lab fixture
 
 
 def tcp(src: str, dst: str, dport: int) -> Packet:

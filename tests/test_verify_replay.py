@@ -9,7 +9,6 @@ reported.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from kproxy.lab.kernel import KernelLab, kernel_lab_reason
 from kproxy.lab.verify import Verdict, verify
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[KernelLab]:
-    reason = kernel_lab_reason()
-    if reason:
-        pytest.skip(reason)
-    with KernelLab() as lab:
-        yield lab
 
 
 def agreed(got: Verdict) -> Verdict:
