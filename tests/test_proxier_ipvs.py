@@ -679,7 +679,7 @@ def test_internal_traffic_policy_local():
     assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr"]
     assert not result.full
     text = metrics.text().decode()
-    assert 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"} 1.0' in text
+    assert 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="internal"} 1.0' in text
 
 
 def test_a_restarted_proxier_takes_over_what_is_there():

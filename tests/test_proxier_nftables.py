@@ -495,7 +495,7 @@ def test_internal_policy_local_without_local_endpoints_drops_cluster_ip_traffic(
                         ("no-endpoint-services", "172.30.0.41 . tcp . 80"): ("drop", "ns1/svc1:p80")}
     assert proxier._services["ns1/svc1"].chains == set()
     text = metrics.text().decode()
-    assert 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"} 1.0' in text
+    assert 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="internal"} 1.0' in text
 
 
 def test_terminating_endpoints_are_used_when_no_endpoint_is_ready() -> None:

@@ -16,14 +16,30 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from tests.test_proxier_nftables import ep, objects, port, slice_, svc
+from tests.test_proxier_nftables import (
+    DATA,
+    ORDER,
+    Clock,
+    assert_same_table,
+    blocks,
+    ep,
+    fake_proxier,
+    objects,
+    port,
+    put,
+    slice_,
+    svc,
+    table_of,
+)
 
 from kproxy.backends.nft import EmulatedNft
 from kproxy.k8s.manifests import Objects
+from kproxy.nftables.cli import run_nft
+from kproxy.nftables.model import Ruleset
 from kproxy.node import Node
 from kproxy.packet import Packet
 from kproxy.proxy.config import ProxyConfig
@@ -444,3 +460,292 @@ def test_internal_external_masquerade(masquerade_all: bool, local_detector: bool
         f.masq = f.masq if masq is None else masq
     assert len({f.name for f in flows} & set(overrides)) == len(overrides)
     run_flows(node, flows)
+
+
+# ---- whole tables: TestSyncProxyRulesRepeated, TestSyncProxyRulesStartup, TestBadIPs ---------------------
+def parts(name: str, *wanted: str) -> list[str]:
+    """The lines of the named ``# part:`` sections of a data file, in the order asked."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in (DATA / name).read_text().splitlines():
+        if line.startswith("# part: "):
+            current = sections.setdefault(line[len("# part: "):].strip(), [])
+        elif current is not None and line.strip() and not line.startswith("#"):
+            current.append(line)
+    missing = [w for w in wanted if w not in sections]
+    assert not missing, f"{name} has no part {missing}"
+    return [line for w in wanted for line in sections[w]]
+
+
+def transaction(lines: list[str]) -> str:
+    """Upstream's dump (a sorted listing) in an order nft accepts: the table, then containers and chains,
+    then rules, then elements."""
+    return "\n".join(sorted(dict.fromkeys(lines), key=lambda line: ORDER[line.split()[1]])) + "\n"
+
+
+def listing_of(lines: list[str]) -> dict[str, list[str]]:
+    rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), transaction(lines))
+    assert rc == 0, err
+    rc, out, err, _ = run_nft(["list", "table", "ip", "kube-proxy"], rs)
+    assert rc == 0, err
+    return blocks(out)
+
+
+def base() -> list[str]:
+    return [line for line in (DATA / "base_ipv4.nft").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def assert_table(node: Node, lines: list[str]) -> None:
+    """The node's table is upstream's dump: the same chains with the same rules in order, the same sets
+    and maps with the same elements."""
+    want, got = listing_of(lines), blocks(table_of(node))
+    assert sorted(got) == sorted(want), (sorted(set(got) - set(want)), sorted(set(want) - set(got)))
+    for header in want:
+        assert got[header] == want[header], header
+
+
+def test_sync_proxy_rules_repeated() -> None:
+    """Every dump and (but one) every operation count upstream's TestSyncProxyRulesRepeated asserts."""
+    clock = Clock()
+    node, proxier = fake_proxier()
+    proxier.clock = clock
+
+    def step(*wanted: str) -> int:
+        r = proxier.sync(objs)
+        assert not r.error, r.error
+        assert_table(node, base() + parts("repeated.nft", *wanted))
+        return r.lines
+
+    def age() -> None:
+        clock.now += 2
+
+    eps3 = ["10.0.3.1"]
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]),
+                   svc("ns2", "svc2", "172.30.0.42", [port("p8080", 8080)]),
+                   slice_("ns1", "svc1", [ep("10.0.1.1")], P80),
+                   slice_("ns2", "svc2", [ep("10.0.2.1")], [("p8080", 8080, "TCP")]))
+    step("svc1", "svc2")
+    # a new Service with its endpoint: 2 elements, 2 chains added and flushed with 2 rules each
+    put(objs, svc("ns3", "svc3", "172.30.0.43", [port("p80", 80)]), slice_("ns3", "svc3", [ep(eps3[0])], P80))
+    assert step("svc1", "svc2", "svc3 with 10.0.3.1") == 10
+    # a Service deleted: 2 elements deleted, its 2 chains flushed, not yet deleted
+    objs.delete_service("ns2/svc2")
+    assert step("svc1", "svc2 deleted (its chains flushed, not yet deleted)", "svc3 with 10.0.3.1") == 4
+    # a second later the stale chains go in a transaction of their own; the sync's own is empty
+    age()
+    assert step("svc1", "svc3 with 10.0.3.1") == 0
+    # a Service without endpoints: 2 elements; then its endpoints: 2 elements, 2 chains with 2 rules each
+    put(objs, svc("ns4", "svc4", "172.30.0.44", [port("p80", 80)]))
+    assert step("svc1", "svc3 with 10.0.3.1", "svc4 without endpoints") == 2
+    put(objs, slice_("ns4", "svc4", [ep("10.0.4.1")], P80))
+    assert step("svc1", "svc3 with 10.0.3.1", "svc4") == 10
+    # an endpoint changes: 2 chains rewritten, the old endpoint chain flushed
+    put(objs, slice_("ns3", "svc3", [ep("10.0.3.2")], P80))
+    assert step("svc1", "svc3 moved to 10.0.3.2 (the old endpoint chain flushed, not yet deleted)", "svc4") == 9
+    age()
+    # an endpoint added. Upstream rewrites all 3 of the Service's chains (12 operations); the endpoint
+    # chain that did not change is left alone here (8), and the table is the same.
+    put(objs, slice_("ns3", "svc3", [ep("10.0.3.2"), ep("10.0.3.3")], P80))
+    assert step("svc1", "svc3 with 10.0.3.2 and 10.0.3.3", "svc4") == 8
+    # endpoints emptied: element moved to no-endpoint-services, 3 chains flushed
+    put(objs, slice_("ns3", "svc3", [], P80))
+    assert step("svc1", "svc3 emptied (its chains flushed, not yet deleted)", "svc4") == 5
+    assert set(proxier.stale_chains) == {"service-4AT6LBPK-ns3/svc3/tcp/p80",
+                                         "endpoint-SWWHDC7X-ns3/svc3/tcp/p80__10.0.3.2/80",
+                                         "endpoint-TQ2QKHCZ-ns3/svc3/tcp/p80__10.0.3.3/80"}
+    # restored at once: the chains are written again and no longer stale
+    put(objs, slice_("ns3", "svc3", [ep("10.0.3.2"), ep("10.0.3.3")], P80))
+    assert step("svc1", "svc3 with 10.0.3.2 and 10.0.3.3", "svc4") == 14
+    assert not proxier.stale_chains
+    # emptied, aged, restored: deleted first, then made again; the same table as before
+    put(objs, slice_("ns3", "svc3", [], P80))
+    step("svc1", "svc3 emptied (its chains flushed, not yet deleted)", "svc4")
+    age()
+    put(objs, slice_("ns3", "svc3", [ep("10.0.3.2"), ep("10.0.3.3")], P80))
+    step("svc1", "svc3 with 10.0.3.2 and 10.0.3.3", "svc4")
+    # nothing changed: nothing written
+    assert step("svc1", "svc3 with 10.0.3.2 and 10.0.3.3", "svc4") == 0
+
+
+def test_sync_proxy_rules_startup() -> None:
+    """A new proxier finds part of its state in the table (a restart): its first sync ends at upstream's
+    dump. (Upstream also counts the operations: it keeps the elements and endpoint chains it finds, where
+    this proxier's full sync flushes the maps and writes them again; the table is the same.)"""
+    node, proxier = fake_proxier()
+    EmulatedNft(node).run(transaction(base() + parts("startup.nft", "preloaded")))
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]),
+                   svc("ns2", "svc2", "172.30.0.42", [port("p8080", 8080)]),
+                   svc("ns3", "svc3", "172.30.0.43", [port("p80", 80)]),
+                   slice_("ns1", "svc1", [ep("10.0.1.1"), ep("10.0.1.2")], P80),
+                   slice_("ns2", "svc2", [ep("10.0.2.1")], [("p8080", 8080, "TCP")]))
+    sync(proxier, objs)
+    assert_table(node, base() + parts("startup.nft", "expected"))
+    assert not proxier.stale_chains
+
+
+def test_bad_ips() -> None:
+    node, proxier = fake_proxier()
+    sync(proxier, objects(
+        lb("ns1", "svc1", "172.30.0.041", [port("p80", 80, node_port=3001)], ["1.2.3.004"],
+           externalIPs=["192.168.099.022"], loadBalancerSourceRanges=["203.0.113.000/025"]),
+        slice_("ns1", "svc1", [ep("10.180.00.001")], P80)))
+    assert_same_table(node, "base_ipv4.nft", "badips.nft")
+
+
+# ---- TestLoadBalancerIngressRouteTypeProxy ------------------------------------------------------------
+@pytest.mark.parametrize(("cluster_ip", "lb_ip", "ip_mode", "in_service_ips"), [
+    ("10.20.30.41", "1.2.3.4", "Proxy", False),
+    ("10.20.30.42", "1.2.3.5", "VIP", True),
+    ("10.20.30.43", "1.2.3.6", None, True),
+], ids=["ipMode Proxy", "ipMode VIP", "ipMode nil"])
+def test_load_balancer_ingress_route_type_proxy(cluster_ip: str, lb_ip: str, ip_mode: str | None,
+                                                in_service_ips: bool) -> None:
+    """An ingress IP whose load balancer proxies (ipMode Proxy) gets no rules: its traffic arrives at
+    the node's own address."""
+    node, proxier = fake_proxier()
+    service = lb("ns1", "svc1", cluster_ip, [port("p80", 80, node_port=3001)], [lb_ip])
+    if ip_mode is not None:
+        service["status"]["loadBalancer"]["ingress"][0]["ipMode"] = ip_mode
+    sync(proxier, objects(service, slice_("ns1", "svc1", [ep("10.180.0.1")], P80)))
+    elements = blocks(table_of(node))["map service-ips {"]
+    assert any(e.startswith(f"{lb_ip} . tcp . 80 : goto external-") for e in elements) == in_service_ips
+    assert any(e.startswith(f"{cluster_ip} . tcp . 80 : goto service-") for e in elements)
+
+
+# ---- TestNoEndpointsMetric ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("itp", "etp", "nodes", "internal", "external"), [
+    ("Local", "", ["test-node", "node1", "node2"], 0, 0),
+    ("", "Local", ["test-node", "node1", "node2"], 0, 0),
+    ("Local", "Local", ["test-node", "node1", "node2"], 0, 0),
+    ("Local", "", ["node0", "node1", "node2"], 1, 0),
+    ("", "Local", ["node0", "node1", "node2"], 0, 1),
+    ("Local", "Local", ["node0", "node1", "node2"], 1, 1),
+    ("Local", "Local", [], 0, 0),
+], ids=["internalTrafficPolicy is set and there are local endpoints",
+        "externalTrafficPolicy is set and there are local endpoints",
+        "both policies are set and there are local endpoints",
+        "internalTrafficPolicy is set and there are no local endpoints",
+        "externalTrafficPolicy is set and there are no local endpoints",
+        "both policies are set and there are no local endpoints",
+        "both policies are set and there are no endpoints at all"])
+def test_no_endpoints_metric(itp: str, etp: str, nodes: list[str], internal: int, external: int) -> None:
+    _, proxier = fake_proxier()
+    spec: dict[str, Any] = {}
+    if itp:
+        spec["internalTrafficPolicy"] = itp
+    if etp:
+        spec["externalTrafficPolicy"] = etp
+    sync(proxier, objects(
+        svc("ns1", "svc1", "172.30.1.1", [port("", 80, node_port=123)], "NodePort" if etp else "ClusterIP", **spec),
+        slice_("ns1", "svc1", [ep(f"10.0.1.{i}", n) for i, n in enumerate(nodes, 1)], UNNAMED)))
+    gauge = proxier.metrics.no_local
+    assert gauge.labels(traffic_policy="internal", ip_family="IPv4")._value.get() == internal
+    assert gauge.labels(traffic_policy="external", ip_family="IPv4")._value.get() == external
+
+
+def test_no_endpoints_metric_is_per_family() -> None:
+    """One metrics registry for both halves of a dual-stack proxier: each family keeps its own count."""
+    from kproxy.proxy.proxier import MetaProxier
+
+    node = Node.from_description(UPSTREAM_NODE)
+    metrics = ProxyMetrics()
+    config = ProxyConfig.from_dict({"mode": "nftables", "clusterCIDR": "10.0.0.0/8,fd00:10::/64",
+                                    "hostnameOverride": "test-node"})
+    dual = MetaProxier(NftablesProxier(config, EmulatedNft(node, 4), NODE_IPS, metrics=metrics),
+                       NftablesProxier(config, EmulatedNft(node, 6), NODE_IPS, family=6, metrics=metrics))
+    r = dual.sync(objects(
+        svc("ns1", "svc1", "172.30.1.1", [port("", 80)], clusterIPs=["172.30.1.1", "fd00:10:96::1"],
+            ipFamilies=["IPv4", "IPv6"], ipFamilyPolicy="RequireDualStack", internalTrafficPolicy="Local"),
+        slice_("ns1", "svc1", [ep("10.0.1.1", "node0")], UNNAMED),
+        slice_("ns1", "svc1", [ep("fd00:10::1", "test-node")], UNNAMED, family="IPv6", suffix="6")))
+    assert not r.error
+    text = metrics.text().decode()
+    assert 'no_local_endpoints_total{ip_family="IPv4",traffic_policy="internal"} 1.0' in text
+    assert metrics.no_local.labels(traffic_policy="internal", ip_family="IPv6")._value.get() == 0
+
+
+# ---- Test_servicePortChainNameBase, Test_servicePortEndpointChainNameBase ---------------------------
+LONG_NS = "very-long-namespace-name-abcdefghijklmnopqrstuvwxyz0123456789xx"
+LONG_SVC = "very-long-service-name-why-would-you-even-do-this-i-mean-really"
+LONG_PORT = "port-443-providing-the-hypertext-transmission-protocol-with-tls"
+
+
+def port_info(ns: str, name: str, port_name: str, protocol: str) -> Any:
+    from kproxy.k8s.objects import Service
+    from kproxy.proxy.serviceports import service_ports
+
+    service = Service.from_dict(svc("ns", "svc", "172.30.0.1", [port("p", 80)]))
+    ((info, _),) = service_ports(service, [], "test-node", sep_chains=False).values()
+    return replace(info, namespace=ns, name=name, port_name=port_name, protocol=protocol)
+
+
+@pytest.mark.parametrize(("ns", "name", "port_name", "protocol", "expected"), [
+    ("testing", "service", "http", "tcp", "P4ZYZVCF-testing/service/tcp/http"),
+    ("testing", "service", "https", "tcp", "LZBRENCP-testing/service/tcp/https"),
+    (LONG_NS, LONG_SVC, LONG_PORT, "sctp", f"KR6NACJP-{LONG_NS}/{LONG_SVC}/sctp/{LONG_PORT}"),
+], ids=["simple", "different port, different hash", "max length"])
+def test_service_port_chain_name_base(ns: str, name: str, port_name: str, protocol: str, expected: str) -> None:
+    from kproxy.proxy.nftables import port_base
+
+    assert port_base(port_info(ns, name, port_name, protocol)) == expected
+
+
+@pytest.mark.parametrize(("ns", "name", "port_name", "protocol", "endpoint", "expected"), [
+    ("testing", "service", "http", "tcp", "10.180.0.1:80", "JO2XBXZR-testing/service/tcp/http__10.180.0.1/80"),
+    ("testing", "service", "http", "tcp", "10.180.0.2:80", "5S6H3H22-testing/service/tcp/http__10.180.0.2/80"),
+    ("testing", "service", "http", "tcp", "[fd80:abcd:12::a1b2:c3d4:e5f6:9999]:80",
+     "U7E2ET36-testing/service/tcp/http__fd80.abcd.12..a1b2.c3d4.e5f6.9999/80"),
+    (LONG_NS, LONG_SVC, LONG_PORT, "sctp", "[1234:5678:9abc:def0::abc:1234]:443",
+     f"5YS7AFEA-{LONG_NS}/{LONG_SVC}/sctp/{LONG_PORT}__1234.5678.9abc.def0..abc.1234/443"),
+    (LONG_NS, LONG_SVC, LONG_PORT, "sctp", "[1234:5678:9abc:def0::abcd:1234:5678]:443",
+     f"CI6C53Q3-{LONG_NS}/{LONG_SVC}/sctp/{LONG_PORT}__1234.5678.9abc.def0..abcd.1234..."),
+    (LONG_NS, LONG_SVC, LONG_PORT, "sctp", "[1234:5678:9abc:def0::abcd:1234:8765]:443",
+     f"2FLXFK6X-{LONG_NS}/{LONG_SVC}/sctp/{LONG_PORT}__1234.5678.9abc.def0..abcd.1234..."),
+], ids=["simple", "different endpoint, different hash", "ipv6", "max length without truncation", "truncated, 1",
+        "truncated, 2 (different IP, which is not visible in the result)"])
+def test_service_port_endpoint_chain_name_base(ns: str, name: str, port_name: str, protocol: str, endpoint: str,
+                                               expected: str) -> None:
+    from kproxy.proxy.nftables import endpoint_base
+    from kproxy.proxy.serviceports import EndpointInfo
+
+    ip, _, number = endpoint.rpartition(":")
+    ip = ip.strip("[]")
+    endpoint_info = EndpointInfo(ip, int(number), True, True, False, False, None, "", endpoint)
+    assert endpoint_base(port_info(ns, name, port_name, protocol), endpoint_info) == expected
+
+
+# ---- TestProxier_OnServiceCIDRsChanged -----------------------------------------------------------------
+@pytest.mark.parametrize("family", [4, 6])
+def test_on_service_cidrs_changed(family: int) -> None:
+    _, proxier = upstream_proxier(family)
+    proxier.service_cidrs_changed(["172.30.0.0/16", "fd00:10:96::/112"])
+    assert ",".join(proxier.service_cidrs) == ("172.30.0.0/16" if family == 4 else "fd00:10:96::/112")
+    proxier.service_cidrs_changed(["172.30.0.0/16", "172.50.0.0/16", "fd00:10:96::/112", "fd00:172:30::/112"])
+    assert ",".join(proxier.service_cidrs) == ("172.30.0.0/16,172.50.0.0/16" if family == 4
+                                               else "fd00:10:96::/112,fd00:172:30::/112")
+    assert proxier.need_full
+    sync(proxier, objects())
+    table = blocks(table_of(proxier.backend.node, family))
+    x = "ip" if family == 4 else "ip6"
+    assert table["chain cluster-ips-check {"][1] == \
+        f'{x} daddr {{ {proxier.service_cidrs[0]}, {proxier.service_cidrs[1]} }} drop comment "Drop traffic to unallocated ClusterIPs"'
+
+
+def test_both_traffic_policies_local_still_short_circuit_to_all_endpoints() -> None:
+    """Upstream's UsesClusterEndpoints holds for any externally reachable port, whatever its external
+    policy: the short-circuit rules need the cluster chain (TestNoEndpointsMetric's "both policies" cases
+    failed to sync when it was missing)."""
+    node, proxier = upstream_proxier()
+    sync(proxier, objects(
+        lb("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], ["1.2.3.4"], healthCheckNodePort=30000,
+           externalTrafficPolicy="Local", internalTrafficPolicy="Local"),
+        slice_("ns1", "svc1", [ep("10.180.0.1", "test-node"), ep("10.180.1.1", "remote")], P80)))
+    both, local = "10.180.0.1:80, 10.180.1.1:80", "10.180.0.1:80"
+    run_flows(node, [
+        Flow("pod to ClusterIP", "10.0.0.2", "172.30.0.41", 80, local),
+        Flow("pod to LB", "10.0.0.2", "1.2.3.4", 80, both),
+        Flow("node to LB", NODE_IP, "1.2.3.4", 80, both, True),
+        Flow("external to LB", EXTERNAL_CLIENT, "1.2.3.4", 80, local),
+        Flow("external to NodePort", EXTERNAL_CLIENT, NODE_IP, 3001, local),
+    ])

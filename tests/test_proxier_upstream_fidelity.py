@@ -232,3 +232,20 @@ def test_nfacct_match_against_the_real_tool(kernel_ns):
     assert real == [ln for ln in node.iptables_save(tables=["filter"]).splitlines() if ln.startswith("-A")]
     listing = kernel_ns.run(["iptables", "-L", "INPUT", "-n"]).stdout
     assert node.iptables_cmd(["-L", "INPUT", "-n"])[1] == listing
+
+
+# ---- both traffic policies Local (upstream's UsesClusterEndpoints) -----------------------------------
+def test_both_traffic_policies_local_keep_the_cluster_chain_for_short_circuits():
+    """The external chain's short-circuit rules jump to KUBE-SVC-, so it exists even when neither policy
+    is Cluster (the restore used to fail: "Chain 'KUBE-SVC-...' does not exist")."""
+    node, proxier = setup()
+    r = proxier.sync(objects(service("web", "172.30.0.41", type="LoadBalancer", nodePort=30080, lb="1.2.3.4",
+                                     externalTrafficPolicy="Local", internalTrafficPolicy="Local"),
+                             endpoints("web", ("10.0.1.5", "node-a"), ("10.0.2.5", "node-b"))))
+    assert not r.error, r.error
+    svc_rules = [x for x in node.iptables_save(tables=["nat"]).splitlines() if x.startswith("-A KUBE-SVC-")]
+    assert len(svc_rules) == 2 and "10.0.2.5:80" in svc_rules[1]
+    pod = node.receive(Packet.make("10.0.1.9", "1.2.3.4", "tcp", 41000, 80), "cni0")
+    assert pod.packet.dst_str in ("10.0.1.5", "10.0.2.5")
+    outside = node.receive(Packet.make("203.0.113.9", "1.2.3.4", "tcp", 41001, 80), "eth0")
+    assert outside.packet.dst_str == "10.0.1.5"

@@ -113,6 +113,8 @@ class Service:
     ports: list[ServicePort] = field(default_factory=list)
     external_ips: list[str] = field(default_factory=list)
     lb_ingress: list[str] = field(default_factory=list)
+    # Ingress IPs with ipMode "Proxy": the load balancer proxies to the node, so kube-proxy leaves them alone.
+    lb_ingress_proxy: list[str] = field(default_factory=list)
     lb_source_ranges: list[str] = field(default_factory=list)
     session_affinity: str = "None"
     affinity_timeout: int = 10800
@@ -156,6 +158,9 @@ class Service:
         status = (obj.get("status") or {}).get("loadBalancer") or {}
         svc.lb_ingress = [_ip(i["ip"], f"{where}: status.loadBalancer.ingress") for i in status.get("ingress") or []
                           if isinstance(i, dict) and i.get("ip")]
+        svc.lb_ingress_proxy = [ip for ip, i in zip(svc.lb_ingress, (i for i in status.get("ingress") or []
+                                                                     if isinstance(i, dict) and i.get("ip")),
+                                                    strict=True) if i.get("ipMode") == "Proxy"]
         svc.lb_source_ranges = [_cidr(c, f"{where}: spec.loadBalancerSourceRanges")
                                 for c in spec.get("loadBalancerSourceRanges") or []]
         svc.session_affinity = str(spec.get("sessionAffinity") or "None")

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from kproxy.proxy.serviceports import needs_health_check
+
 log = logging.getLogger("kproxy.proxy")
 
 
@@ -161,7 +163,7 @@ class ServiceHealthServers:
         """Open, close and update the servers of ``keys`` (None: every Service) from the objects."""
         for key in (set(objs.services) | set(self.ports)) if keys is None else keys:
             svc = objs.services.get(key)
-            port = svc.health_check_node_port if svc is not None and svc.external_traffic_policy == "Local" else 0
+            port = svc.health_check_node_port if svc is not None and needs_health_check(svc) else 0
             if self.ports.get(key) != port:
                 self._close(key)
                 if port:

@@ -472,7 +472,7 @@ class IptablesProxier:
             self.conntrack.clean_stale(before, after, self)
         result.duration = time.perf_counter() - t0
         if self.metrics is not None:
-            self.metrics.synced(result, no_local)
+            self.metrics.synced(result, no_local, self.family)
         return result
 
     def _aggregate(self, full: bool, recomputed: set[str],

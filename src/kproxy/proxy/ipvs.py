@@ -435,7 +435,7 @@ class IpvsProxier:
         if self.metrics is not None:
             no_local = {"internal": len({k for k, ws in self._wanted.items() if any(w.no_local_internal for w in ws)}),
                         "external": len({k for k, ws in self._wanted.items() if any(w.no_local_external for w in ws)})}
-            self.metrics.synced(result, no_local)
+            self.metrics.synced(result, no_local, self.family)
         return result
 
     def _prepare_full(self) -> None:

@@ -64,8 +64,8 @@ class ProxyMetrics:
         self.partial_failures = Counter("kubeproxy_sync_proxy_rules_iptables_partial_restore_failures",
                                         "Cumulative proxy iptables partial restore failures", registry=r)
         self.no_local = Gauge("kubeproxy_sync_proxy_rules_no_local_endpoints_total",
-                              "Number of services with a Local traffic policy and no endpoints", ["traffic_policy"],
-                              registry=r)
+                              "Number of services with a Local traffic policy and no endpoints",
+                              ["traffic_policy", "ip_family"], registry=r)
         self.service_changes = Counter("kubeproxy_sync_proxy_rules_service_changes",
                                        "Cumulative proxy rules Service changes", registry=r)
         self.endpoint_changes = Counter("kubeproxy_sync_proxy_rules_endpoint_changes",
@@ -103,14 +103,16 @@ class ProxyMetrics:
     def queued(self) -> None:
         self.last_queued.set(time.time())
 
-    def synced(self, result: Any, no_local: dict[str, int]) -> None:
+    def synced(self, result: Any, no_local: dict[str, int], family: int = 4) -> None:
         self.sync_duration.observe(result.duration)
         (self.full_duration if result.full else self.partial_duration).observe(result.duration)
         self.last_timestamp.set(time.time())
         self.rules_total.labels(table="filter").set(result.filter_rules)
         self.rules_total.labels(table="nat").set(result.nat_rules)
-        self.no_local.labels(traffic_policy="internal").set(no_local["internal"])
-        self.no_local.labels(traffic_policy="external").set(no_local["external"])
+        # Per family, as upstream labels it: a dual-stack proxier's two halves share these metrics.
+        ip_family = f"IPv{family}"
+        self.no_local.labels(traffic_policy="internal", ip_family=ip_family).set(no_local["internal"])
+        self.no_local.labels(traffic_policy="external", ip_family=ip_family).set(no_local["external"])
         if result.changed_services:
             self.service_changes.inc(len(result.changed_services))
 

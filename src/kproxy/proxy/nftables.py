@@ -557,7 +557,7 @@ class NftablesProxier:
         result.rules = dict(self.counts)
         result.duration = time.perf_counter() - t0
         if self.metrics is not None:
-            self.metrics.synced(result, {"internal": no_local_internal, "external": no_local_external})
+            self.metrics.synced(result, {"internal": no_local_internal, "external": no_local_external}, self.family)
             self.metrics.nftables_synced(self.counts, len(self.stale_chains))
         return result
 

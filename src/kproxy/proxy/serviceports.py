@@ -126,7 +126,9 @@ class ServicePortInfo:
 
     @property
     def uses_cluster_endpoints(self) -> bool:
-        return not self.internal_local or (self.externally_accessible and not self.external_local)
+        """Upstream's UsesClusterEndpoints: the Cluster internal policy, or any external destination, since
+        even with the Local external policy pod and node traffic short-circuits to all endpoints."""
+        return not self.internal_local or self.externally_accessible
 
     @property
     def uses_local_endpoints(self) -> bool:
@@ -149,6 +151,12 @@ class Snapshot:
     def fingerprint(self, service: str) -> tuple[object, ...]:
         keys = sorted(k for k in self.ports if k[0] == service)
         return tuple((self.ports[k], tuple(self.endpoints.get(k, ()))) for k in keys)
+
+
+def needs_health_check(svc: Any) -> bool:
+    """Upstream's NeedsHealthCheck: a health check node port serves LoadBalancer Services with the Local
+    external traffic policy only."""
+    return bool(svc.type == "LoadBalancer" and svc.external_traffic_policy == "Local")
 
 
 def _family_of(ip: str) -> int:
@@ -182,12 +190,13 @@ def service_ports(svc: Any, slices: list[Any], hostname: str, family: int = 4,
             svc.namespace, svc.name, p.name, p.protocol.lower(), ips[0], p.port,
             p.node_port if svc.type in ("NodePort", "LoadBalancer") else 0,
             tuple(ip for ip in svc.external_ips if _family_of(ip) == family),
-            tuple(ip for ip in svc.lb_ingress if _family_of(ip) == family) if svc.type == "LoadBalancer" else (),
+            tuple(ip for ip in svc.lb_ingress if _family_of(ip) == family and ip not in svc.lb_ingress_proxy)
+            if svc.type == "LoadBalancer" else (),
             tuple(c for c in svc.lb_source_ranges if ipaddress.ip_network(c).version == family)
             if svc.type == "LoadBalancer" else (),
             svc.session_affinity == "ClientIP", svc.affinity_timeout,
             svc.external_traffic_policy == "Local", svc.internal_traffic_policy == "Local",
-            svc.health_check_node_port if svc.external_traffic_policy == "Local" else 0, str(p.target_port))
+            svc.health_check_node_port if needs_health_check(svc) else 0, str(p.target_port))
         out[(svc.key, p.name, p.protocol)] = (info, _endpoints(info, slices, hostname, sep_chains))
     return out
 
