@@ -749,3 +749,108 @@ def test_both_traffic_policies_local_still_short_circuit_to_all_endpoints() -> N
         Flow("external to LB", EXTERNAL_CLIENT, "1.2.3.4", 80, local),
         Flow("external to NodePort", EXTERNAL_CLIENT, NODE_IP, 3001, local),
     ])
+
+
+# ---- localhost NodePorts: the nftables mode never accepts them -------------------------------------------
+@pytest.mark.parametrize(("family", "node_port_addresses"), [
+    (4, ["0.0.0.0/0"]), (4, ["127.0.0.0/8", "192.168.0.2/32"]), (6, ["::/0"]), (6, ["::1/128", "2001:db8::1/128"]),
+], ids=["ipv4, all addresses", "ipv4, loopback listed", "ipv6, all addresses", "ipv6, loopback listed"])
+def test_no_node_ports_on_localhost(family: int, node_port_addresses: list[str]) -> None:
+    """Upstream's nftables mode drops localhost NodePorts (its nodeport-ips skip loopback addresses, and
+    with every address allowed the dispatch rule excludes the loopback range)."""
+    node, proxier = upstream_proxier(family, node_port_addresses)
+    svc_ip, ep_ip, lo, node_ip = (("172.30.0.41", "10.180.0.1", "127.0.0.1", NODE_IP) if family == 4 else
+                                  ("fd00:172:30::41", "fd00:10:180::1", "::1", NODE_IPV6))
+    sync(proxier, objects(svc("ns1", "svc1", svc_ip, [port("p80", 80, node_port=3001)], "NodePort"),
+                          slice_("ns1", "svc1", [ep(ep_ip)], P80, family=f"IPv{family}")))
+    out = f"[{ep_ip}]:80" if family == 6 else f"{ep_ip}:80"
+    run_flows(node, [Flow("node to localhost NodePort", lo, lo, 3001, ""),
+                     Flow("node to nodePort", node_ip, node_ip, 3001, out, masq=True)])
+    assert lo not in blocks(table_of(node, family)).get("set nodeport-ips {", [])
+
+
+# ---- the service map and its health check node ports (TestBuildServiceMap*) ------------------------------
+def service_map(objs: Objects) -> tuple[int, dict[str, int]]:
+    """Upstream's svcPortMap size and HealthCheckNodePorts()."""
+    from kproxy.proxy.serviceports import snapshot
+
+    snap = snapshot(objs, "test-node")
+    return len(snap.ports), {i.key: i.health_check_node_port for i in snap.ports.values() if i.health_check_node_port}
+
+
+def add_port(name: str, proto: str, number: int, node_port: int, target: int = 0) -> dict[str, Any]:
+    return {"name": name, "protocol": proto, "port": number, "nodePort": node_port, "targetPort": target or number}
+
+
+def test_build_service_map_add_remove() -> None:
+    p = add_port
+    objs = objects(
+        svc("somewhere-else", "cluster-ip", "172.30.55.4",
+            [p("something", "UDP", 1234, 4321), p("somethingelse", "UDP", 1235, 5321), p("sctpport", "SCTP", 1236, 6321)]),
+        svc("somewhere-else", "node-port", "172.30.55.10", [p("blahblah", "UDP", 345, 678),
+                                                            p("moreblahblah", "TCP", 344, 677),
+                                                            p("muchmoreblah", "SCTP", 343, 676)], "NodePort"),
+        lb("somewhere", "load-balancer", "172.30.55.11", [p("foobar", "UDP", 8675, 30061, 7000),
+                                                          p("baz", "UDP", 8676, 30062, 7001)], ["1.2.3.4"],
+           loadBalancerIP="1.2.3.4"),
+        lb("somewhere", "only-local-load-balancer", "172.30.55.12", [p("foobar2", "UDP", 8677, 30063, 7002),
+                                                                     p("baz", "UDP", 8678, 30064, 7003)], ["5.6.7.8"],
+           loadBalancerIP="5.6.7.8", externalTrafficPolicy="Local", healthCheckNodePort=345))
+    assert service_map(objs) == (10, {"somewhere/only-local-load-balancer": 345})
+    put(objs, svc("somewhere-else", "cluster-ip", "172.30.55.4", [p("somethingelse", "UDP", 1235, 5321)]))
+    for key in ("somewhere-else/node-port", "somewhere/load-balancer", "somewhere/only-local-load-balancer"):
+        objs.delete_service(key)
+    assert service_map(objs) == (1, {})
+
+
+def test_build_service_map_headless_and_external_name() -> None:
+    assert service_map(objects(
+        svc("somewhere-else", "headless", "None", [add_port("rpc", "UDP", 1234, 0)]),
+        svc("somewhere-else", "headless-without-port", "None", []),
+        svc("somewhere-else", "external-name", "172.30.55.4", [add_port("blah", "UDP", 1235, 5321)],
+            "ExternalName", externalName="foo2.bar.com"))) == (0, {})
+
+
+def test_build_service_map_service_update() -> None:
+    p = add_port
+    v1 = svc("somewhere", "some-service", "172.30.55.4", [p("something", "UDP", 1234, 4321),
+                                                           p("somethingelse", "TCP", 1235, 5321)])
+    v2 = lb("somewhere", "some-service", "172.30.55.4", [p("something", "UDP", 1234, 4321, 7002),
+                                                          p("somethingelse", "TCP", 1235, 5321, 7003)], ["1.2.3.4"],
+            loadBalancerIP="1.2.3.4", externalTrafficPolicy="Local", healthCheckNodePort=345)
+    objs = objects(v1)
+    assert service_map(objs) == (2, {})
+    put(objs, v2)
+    assert service_map(objs) == (2, {"somewhere/some-service": 345})
+    put(objs, v2)
+    assert service_map(objs) == (2, {"somewhere/some-service": 345})
+    put(objs, v1)
+    assert service_map(objs) == (2, {})
+    # only a LoadBalancer gets one (upstream's NeedsHealthCheck), whatever a NodePort Service's spec says
+    put(objs, {**v2, "spec": {**v2["spec"], "type": "NodePort"}})
+    assert service_map(objs) == (2, {})
+
+
+def test_health_check_node_port_when_terminating() -> None:
+    """TestHealthCheckNodePortWhenTerminating: the health check counts local ready endpoints only, so a
+    Service whose local endpoints all terminate reports none. (Upstream counts on the endpoints map;
+    here the health check server of a LoadBalancer with the Local policy does.)"""
+    from kproxy.proxy.healthz import ServiceHealthServers
+
+    class Recording(ServiceHealthServers):
+        def _open(self, key: str, port: int) -> None:        # no sockets: the count is what is checked
+            self.ports[key] = port
+
+    def eps(*conds: dict[str, bool]) -> dict[str, Any]:
+        return slice_("ns1", "svc1", [{"addresses": [f"10.0.1.{i}"], "nodeName": "test-node", "conditions": c}
+                                      for i, c in enumerate(conds, 1)], UNNAMED)
+
+    servers = Recording(["127.0.0.1"])
+    service = lb("ns1", "svc1", "172.30.1.1", [port("", 80)], ["1.2.3.4"], externalTrafficPolicy="Local",
+                 healthCheckNodePort=30000)
+    objs = objects(service, eps(READY, READY, READY, cond(False, False, False)))
+    servers.sync(objs, "test-node", None)
+    assert servers.counts == {"ns1/svc1": 3}
+    put(objs, eps(cond(False, True, False), SERVING_TERMINATING, SERVING_TERMINATING, TERMINATING))
+    servers.sync(objs, "test-node", None)
+    assert servers.counts == {"ns1/svc1": 0}
