@@ -854,3 +854,51 @@ def test_health_check_node_port_when_terminating() -> None:
     put(objs, eps(cond(False, True, False), SERVING_TERMINATING, SERVING_TERMINATING, TERMINATING))
     servers.sync(objs, "test-node", None)
     assert servers.counts == {"ns1/svc1": 0}
+
+
+# ---- the same scenarios on a real kernel ---------------------------------------------------------------
+@pytest.mark.kernel
+def test_upstream_scenarios_on_the_kernel_equal_the_emulated_table() -> None:
+    """The startup takeover, the policy and ipMode scenarios and sloppy addresses: the kernel (``nft -f``
+    in a ``kp-`` namespace) takes the same transactions and lists the same table; both hold upstream's
+    startup dump."""
+    from tests.test_proxier_nftables_kernel import twin_proxiers
+
+    from kproxy.lab.netns import Netns, kernel_lab_available
+
+    if kernel_lab_available() is not None:
+        pytest.skip(str(kernel_lab_available()))
+    ns = Netns.create("nftup")
+    try:
+        kernel, emulated, node, _ = twin_proxiers(ns)
+        preload = transaction(base() + parts("startup.nft", "preloaded"))
+        kernel.backend.run(preload)
+        emulated.backend.run(preload)
+        startup = [svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]),
+                   svc("ns2", "svc2", "172.30.0.42", [port("p8080", 8080)]),
+                   svc("ns3", "svc3", "172.30.0.43", [port("p80", 80)]),
+                   slice_("ns1", "svc1", [ep("10.0.1.1"), ep("10.0.1.2")], P80),
+                   slice_("ns2", "svc2", [ep("10.0.2.1")], [("p8080", 8080, "TCP")])]
+        twins = [objects(*startup), objects(*startup)]
+        for p, o in zip((kernel, emulated), twins, strict=True):
+            sync(p, o)
+        assert kernel.backend.list_table() == emulated.backend.list_table()
+        assert_table(node, base() + parts("startup.nft", "expected"))
+        proxy_lb = lb("ns9", "proxied", "172.30.0.49", [port("p80", 80, node_port=3009)], ["1.2.3.9"])
+        proxy_lb["status"]["loadBalancer"]["ingress"][0]["ipMode"] = "Proxy"
+        for p, o in zip((kernel, emulated), twins, strict=True):
+            put(o, lb("ns5", "both-local", "172.30.0.45", [port("p80", 80, node_port=3005)], ["1.2.3.5"],
+                      healthCheckNodePort=30005, externalTrafficPolicy="Local", internalTrafficPolicy="Local"),
+                slice_("ns5", "both-local", [ep("10.180.0.5", "test-node"), ep("10.180.1.5", "remote")], P80),
+                proxy_lb, slice_("ns9", "proxied", [ep("10.180.0.9")], P80),
+                lb("ns8", "sloppy", "172.30.0.048", [port("p80", 80, node_port=3008)], ["1.2.3.008"],
+                   loadBalancerSourceRanges=["203.0.113.000/025"]),
+                slice_("ns8", "sloppy", [ep("10.180.00.008")], P80))
+            r = p.sync(o)
+            assert not r.full and not r.error, r.error
+        listing = kernel.backend.list_table()
+        assert listing == emulated.backend.list_table()
+        assert "1.2.3.9" not in listing and "1.2.3.5 . tcp . 80 : goto external-" in listing
+        assert "203.0.113.0/25" in listing and "172.30.0.48 . tcp . 80" in listing
+    finally:
+        ns.delete()
