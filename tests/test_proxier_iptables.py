@@ -286,7 +286,7 @@ def test_a_failed_restore_is_counted_and_followed_by_a_full_sync():
     assert failed.error and not failed.full
     assert saved(node) == before
     metrics = proxier.metrics.text().decode()
-    assert "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total 1.0" in metrics
+    assert 'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family="IPv4"} 1.0' in metrics
     retry = proxier.sync(objects(*docs))
     assert retry.full and not retry.error
 
@@ -295,7 +295,7 @@ def test_metrics_report_rule_counts_and_sync_times():
     _, proxier = setup()
     result = proxier.sync(objects(*many(5)))
     text = proxier.metrics.text().decode()
-    assert f'kubeproxy_sync_proxy_rules_iptables_total{{table="nat"}} {float(result.nat_rules)}' in text
+    assert f'kubeproxy_sync_proxy_rules_iptables_total{{table="nat",ip_family="IPv4"}} {float(result.nat_rules)}' in text
     assert "kubeproxy_sync_proxy_rules_duration_seconds_count 1.0" in text
     assert "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1.0" in text
 

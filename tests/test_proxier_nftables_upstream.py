@@ -13,10 +13,8 @@ decision is the SNAT the ``masquerading`` chain made in POSTROUTING.
 
 from __future__ import annotations
 
-import ipaddress
-import itertools
 import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -35,34 +33,27 @@ from tests.test_proxier_nftables import (
     svc,
     table_of,
 )
+from tests.upstream_flows import (
+    EXTERNAL_CLIENT,
+    EXTERNAL_CLIENT_BLOCKED,
+    NODE_IP,
+    NODE_IP_ALT,
+    NODE_IPS,
+    NODE_IPV6,
+    NODE_IPV6_ALT,
+    UPSTREAM_NODE,
+    Flow,
+    run_flows,
+)
 
 from kproxy.backends.nft import EmulatedNft
 from kproxy.k8s.manifests import Objects
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.model import Ruleset
 from kproxy.node import Node
-from kproxy.packet import Packet
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.metrics import ProxyMetrics
 from kproxy.proxy.nftables import NftablesProxier
-
-# Upstream's fake node: lo (127.0.0.1/8, ::1) and eth0 with these addresses. Pods (10.0.0.0/8,
-# fd00:10::/64 and the test's fd00:10:180::/48 endpoints) sit behind cni0; everything else is
-# reached over eth0.
-NODE_IP, NODE_IP_ALT, NODE_IPV6, NODE_IPV6_ALT = "192.168.0.2", "192.168.1.2", "2001:db8::1", "2001:db8:1::2"
-EXTERNAL_CLIENT, EXTERNAL_CLIENT_BLOCKED = "203.0.113.2", "203.0.113.130"
-UPSTREAM_NODE = {
-    "name": "test-node",
-    "interfaces": [
-        {"name": "eth0", "addresses": ["192.168.0.2/24", "192.168.1.2/24", "192.168.99.11/24",
-                                       "2001:db8::1/64", "2001:db8:1::2/64"]},
-        {"name": "cni0", "addresses": ["10.0.0.1/8", "fd00:10::1/64"]},
-    ],
-    "routes": ["default via 192.168.0.1 dev eth0", "default via 2001:db8::fffe dev eth0",
-               "fd00:10:180::/48 dev cni0"],
-}
-NODE_IPS = ["127.0.0.1", "::1", NODE_IP, NODE_IP_ALT, "192.168.99.11", NODE_IPV6, NODE_IPV6_ALT]
-PODS = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00:10::/48")]
 
 
 def upstream_proxier(family: int = 4, node_port_addresses: list[str] | None = None, masquerade_all: bool = False,
@@ -82,63 +73,6 @@ def upstream_proxier(family: int = 4, node_port_addresses: list[str] | None = No
                               metrics=ProxyMetrics(), service_cidrs=[svc_cidr],
                               node_ip=NODE_IP if family == 4 else NODE_IPV6)
     return node, proxier
-
-
-@dataclass
-class Flow:
-    """One of upstream's packetFlowTest cases."""
-
-    name: str
-    source: str
-    dest: str
-    port: int
-    output: str            # "ip:port, ip:port" (any order), "REJECT", "DROP", or "" (not NATed)
-    masq: bool = False
-    protocol: str = "tcp"
-
-
-CONNECTIONS = 24        # new connections per flow: enough for the seeded numgen to pick each of 3 endpoints
-SOURCE_PORTS = itertools.count(10000)       # every connection its own tuple: no NAT clash remaps a port
-
-
-def trace_flow(node: Node, flow: Flow) -> tuple[set[str], set[bool]]:
-    """The outcomes and masquerade decisions of new connections following ``flow``."""
-    outputs: set[str] = set()
-    masq: set[bool] = set()
-    src = ipaddress.ip_address(flow.source)
-    for _ in range(CONNECTIONS):
-        pkt = Packet.make(flow.source, flow.dest, flow.protocol, next(SOURCE_PORTS), flow.port)
-        if flow.source in NODE_IPS:
-            res = node.send(pkt, trace=True)
-        else:
-            res = node.receive(pkt, "cni0" if any(src in n for n in PODS) else "eth0", trace=True)
-        assert res.trace is not None
-        nats = [e for e in res.trace.of_kind("nat")]
-        if res.fate == "rejected":
-            outputs.add("REJECT")
-        elif res.fate == "dropped":
-            outputs.add("DROP")
-        elif any(e.text.startswith("DNAT") for e in nats):
-            p = res.packet
-            host = f"[{p.dst_str}]" if p.family == 6 else p.dst_str
-            outputs.add(f"{host}:{p.dport}")
-        else:
-            outputs.add("")
-        masq.add(any(e.kind == "rule" and e.chain == "masquerading" and e.text.startswith("masquerade")
-                     for e in res.trace.events) and any(e.text.startswith("SNAT") for e in nats))
-    return outputs, masq
-
-
-def run_flows(node: Node, flows: list[Flow]) -> None:
-    failures = []
-    for flow in flows:
-        outputs, masq = trace_flow(node, flow)
-        want = set(flow.output.split(", ")) if flow.output else {""}
-        if outputs != want or (flow.output not in ("REJECT", "DROP") and masq != {flow.masq}):
-            failures.append(f"{flow.name}: {flow.source} -> {flow.dest}:{flow.port}/{flow.protocol}: "
-                            f"got {sorted(outputs)} masq {sorted(masq)}, upstream expects {flow.output!r} "
-                            f"masq {flow.masq}")
-    assert not failures, "\n".join(failures)
 
 
 def sync(proxier: NftablesProxier, objs: Objects) -> None:

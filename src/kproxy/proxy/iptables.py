@@ -172,6 +172,12 @@ class IptablesProxier:
         # Upstream turns localhost node ports off unless --nodeport-addresses covers 127.0.0.1.
         self.localhost_node_ports = family == 4 and cfg.localhost_node_ports and _covers_ipv4_loopback(
             cfg.node_port_addresses)
+        if self.localhost_node_ports:
+            # Upstream's NewProxier: localhost NodePorts need route_localnet (a DNATed packet from 127.0.0.1
+            # must be routed off the node), which it sets before anything else.
+            set_sysctl = getattr(backend, "set_sysctl", None)
+            if set_sysctl is not None:
+                set_sysctl("net/ipv4/conf/all/route_localnet", 1)
         self.random_fully = True                # what the node's iptables supports, probed at the first full sync
         self.nfacct: dict[str, bool] = dict.fromkeys(NFACCT_COUNTERS, False)   # counters present on the node
         self._nfacct_exported = False
@@ -461,7 +467,7 @@ class IptablesProxier:
             self._agg = None
             result.duration = time.perf_counter() - t0
             if self.metrics is not None:
-                self.metrics.restore_failed(partial=not full)
+                self.metrics.restore_failed(partial=not full, family=self.family)
             return result
         self.need_full = False
         self.tracker.commit()
@@ -473,6 +479,7 @@ class IptablesProxier:
         result.duration = time.perf_counter() - t0
         if self.metrics is not None:
             self.metrics.synced(result, no_local, self.family)
+            self.metrics.iptables_written(_written_rules(text), self.family)
         return result
 
     def _aggregate(self, full: bool, recomputed: set[str],
@@ -601,3 +608,15 @@ def _covers_ipv4_loopback(addresses: list[str]) -> bool:
     loopback = ipaddress.ip_address("127.0.0.1")
     return any(a != "primary" and loopback in ipaddress.ip_network(a, strict=False) for a in addresses
                if ":" not in a)
+
+
+def _written_rules(text: str) -> dict[str, int]:
+    """The ``-A`` lines of each table in a restore input (what upstream counts as the rules it wrote)."""
+    counts = {"filter": 0, "nat": 0}
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-A ") and table in counts:
+            counts[table] += 1
+    return counts

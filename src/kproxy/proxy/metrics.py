@@ -57,12 +57,18 @@ class ProxyMetrics:
                                     "The last time proxy rules were successfully synced", registry=r)
         self.last_queued = Gauge("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
                                  "The last time a sync of proxy rules was queued", registry=r)
+        # Per table and IP family, as upstream labels them: a dual-stack proxier's two halves share these.
         self.rules_total = Gauge("kubeproxy_sync_proxy_rules_iptables_total",
-                                 "Total number of iptables rules owned by kube-proxy", ["table"], registry=r)
+                                 "Total number of iptables rules owned by kube-proxy", ["table", "ip_family"],
+                                 registry=r)
+        self.rules_last_sync = Gauge("kubeproxy_sync_proxy_rules_iptables_last",
+                                     "Number of iptables rules written by kube-proxy in last sync",
+                                     ["table", "ip_family"], registry=r)
         self.restore_failures = Counter("kubeproxy_sync_proxy_rules_iptables_restore_failures",
-                                        "Cumulative proxy iptables restore failures", registry=r)
+                                        "Cumulative proxy iptables restore failures", ["ip_family"], registry=r)
         self.partial_failures = Counter("kubeproxy_sync_proxy_rules_iptables_partial_restore_failures",
-                                        "Cumulative proxy iptables partial restore failures", registry=r)
+                                        "Cumulative proxy iptables partial restore failures", ["ip_family"],
+                                        registry=r)
         self.no_local = Gauge("kubeproxy_sync_proxy_rules_no_local_endpoints_total",
                               "Number of services with a Local traffic policy and no endpoints",
                               ["traffic_policy", "ip_family"], registry=r)
@@ -107,19 +113,24 @@ class ProxyMetrics:
         self.sync_duration.observe(result.duration)
         (self.full_duration if result.full else self.partial_duration).observe(result.duration)
         self.last_timestamp.set(time.time())
-        self.rules_total.labels(table="filter").set(result.filter_rules)
-        self.rules_total.labels(table="nat").set(result.nat_rules)
         # Per family, as upstream labels it: a dual-stack proxier's two halves share these metrics.
         ip_family = f"IPv{family}"
+        self.rules_total.labels(table="filter", ip_family=ip_family).set(result.filter_rules)
+        self.rules_total.labels(table="nat", ip_family=ip_family).set(result.nat_rules)
         self.no_local.labels(traffic_policy="internal", ip_family=ip_family).set(no_local["internal"])
         self.no_local.labels(traffic_policy="external", ip_family=ip_family).set(no_local["external"])
         if result.changed_services:
             self.service_changes.inc(len(result.changed_services))
 
-    def restore_failed(self, partial: bool) -> None:
-        self.restore_failures.inc()
+    def iptables_written(self, counts: dict[str, int], family: int = 4) -> None:
+        """The rules a sync's restore input held, per table (upstream's sync_proxy_rules_iptables_last)."""
+        for table, n in counts.items():
+            self.rules_last_sync.labels(table=table, ip_family=f"IPv{family}").set(n)
+
+    def restore_failed(self, partial: bool, family: int = 4) -> None:
+        self.restore_failures.labels(ip_family=f"IPv{family}").inc()
         if partial:
-            self.partial_failures.inc()
+            self.partial_failures.labels(ip_family=f"IPv{family}").inc()
 
     def nftables_synced(self, counts: dict[str, int], stale_chains: int) -> None:
         for kind, n in counts.items():

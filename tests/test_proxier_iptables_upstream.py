@@ -1,0 +1,397 @@
+"""Upstream's iptables proxier tests (kubernetes pkg/proxy/iptables/proxier_test.go), scenario by scenario.
+
+Each upstream test builds Services and EndpointSlices, syncs, and then compares what the proxier
+wrote (``iptables-restore`` input) with a dump it expects, traces packets through the rules (its
+``runPacketFlowTests``), or reads metrics. Here the same scenarios are built as our objects on
+upstream's fake node (``tests/upstream_flows.py``): the packets go through the emulated node's real
+packet path, and the dumps upstream expects (``tests/data/ipt_proxier/*.rules``, transcribed from
+its assertions) are compared the way its ``assertIPTablesRulesEqual`` compares them: chain
+declarations sorted, rules in order within each chain, KUBE-SERVICES and KUBE-NODEPORTS ordered by
+Service name. A whole-table test also loads the expected dump into a fresh node and requires the
+node's ``iptables-save`` to be the same.
+
+Upstream's fake node has no ``--random-fully`` and has both nfacct counters; ``Fake`` below is that.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.test_proxier_nftables import ep, objects, port, put, slice_, svc
+from tests.upstream_flows import (
+    EXTERNAL_CLIENT,
+    EXTERNAL_CLIENT_BLOCKED,
+    NODE_IP,
+    NODE_IP_ALT,
+    NODE_IPS,
+    NODE_IPV6,
+    NODE_IPV6_ALT,
+    UPSTREAM_NODE,
+    Flow,
+    run_flows,
+)
+
+from kproxy.backends.emulated import EmulatedBackend
+from kproxy.k8s.manifests import Objects
+from kproxy.node import Node
+from kproxy.proxy.config import ProxyConfig
+from kproxy.proxy.iptables import IptablesProxier
+from kproxy.proxy.metrics import ProxyMetrics
+
+DATA = Path(__file__).parent / "data" / "ipt_proxier"
+P80 = [("p80", 80, "TCP")]
+UNNAMED = [("", 80, "TCP")]
+
+
+class Fake(EmulatedBackend):
+    """Upstream's iptablestest.NewFake: an iptables without --random-fully (SetHasRandomFully turns it on)."""
+
+    random_fully = False
+    nfacct = True
+
+    def has_random_fully(self) -> bool:
+        return self.random_fully
+
+    def nfacct_ensure(self, name: str) -> bool:
+        return super().nfacct_ensure(name) if self.nfacct else False
+
+
+def upstream_proxier(family: int = 4, node_port_addresses: list[str] | None = None, masquerade_all: bool = False,
+                     local_detector: bool = True, localhost_node_ports: bool = True, random_fully: bool = False,
+                     nfacct: bool = True, **extra: Any) -> tuple[Node, IptablesProxier]:
+    """Upstream's NewFakeProxier on an emulated node that can carry packets."""
+    node = Node.from_description(UPSTREAM_NODE)
+    node.clock = 1000.0
+    node.subsystems["rng"] = random.Random(13)
+    cfg: dict[str, Any] = {"mode": "iptables", "hostnameOverride": "test-node",
+                           "nodePortAddresses": node_port_addresses or [],
+                           "iptables": {"masqueradeAll": masquerade_all, "localhostNodePorts": localhost_node_ports},
+                           **extra}
+    if local_detector:
+        cfg.update(clusterCIDR="10.0.0.0/8" if family == 4 else "fd00:10::/64", detectLocalMode="ClusterCIDR")
+    backend = Fake(node, family)
+    backend.random_fully = random_fully
+    backend.nfacct = nfacct
+    proxier = IptablesProxier(ProxyConfig.from_dict(cfg), backend, NODE_IPS, family=family, metrics=ProxyMetrics())
+    return node, proxier
+
+
+def sync(proxier: IptablesProxier, objs: Objects, force: bool = False) -> Any:
+    result = proxier.sync(objs, force)
+    assert not result.error, result.error
+    return result
+
+
+def flows(node: Node, cases: list[Flow]) -> None:
+    run_flows(node, cases, mode="iptables")
+
+
+def lb(ns: str, name: str, cluster_ip: str, ports: list[dict[str, Any]], ingress: list[str], **spec: Any
+       ) -> dict[str, Any]:
+    return svc(ns, name, cluster_ip, ports, "LoadBalancer", lb=ingress, **spec)
+
+
+def delete_slices(objs: Objects, *keys: str) -> None:
+    """EndpointSlices deleted after a sync, as the watch delivers it."""
+    if objs.dirty is None:
+        objs.dirty = set()
+    for key in keys:
+        objs.delete_slice(key)
+
+
+# ---- TestNoEndpointsReject -----------------------------------------------------------------------
+def test_no_endpoints_reject() -> None:
+    node, proxier = upstream_proxier()
+    sync(proxier, objects(lb("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], ["1.2.3.4"],
+                             externalIPs=["192.168.99.11"])))
+    flows(node, [
+        Flow("pod to cluster IP with no endpoints", "10.0.0.2", "172.30.0.41", 80, "REJECT"),
+        Flow("external to external IP with no endpoints", EXTERNAL_CLIENT, "192.168.99.11", 80, "REJECT"),
+        Flow("pod to NodePort with no endpoints", "10.0.0.2", NODE_IP, 3001, "REJECT"),
+        Flow("external to NodePort with no endpoints", EXTERNAL_CLIENT, NODE_IP, 3001, "REJECT"),
+        Flow("pod to LoadBalancer IP with no endpoints", "10.0.0.2", "1.2.3.4", 80, "REJECT"),
+        Flow("external to LoadBalancer IP with no endpoints", EXTERNAL_CLIENT, "1.2.3.4", 80, "REJECT"),
+    ])
+
+
+# ---- TestClusterIPGeneral ------------------------------------------------------------------------
+def test_cluster_ip_general() -> None:
+    node, proxier = upstream_proxier()
+    sync(proxier, objects(
+        svc("ns1", "svc1", "172.30.0.41", [port("http", 80)]),
+        svc("ns2", "svc2", "172.30.0.42", [port("http", 80), port("https", 443, target=8443),
+                                           port("dns-udp", 53, "UDP"), port("dns-tcp", 53, target=5353),
+                                           port("dns-sctp", 53, "SCTP")]),
+        slice_("ns1", "svc1", [ep("10.180.0.1", "test-node")], [("http", 80, "TCP")]),
+        slice_("ns2", "svc2", [ep("10.180.0.1", "test-node"), ep("10.180.2.1", "host2")],
+               [("http", 80, "TCP"), ("https", 8443, "TCP"), ("dns-udp", 53, "UDP"), ("dns-tcp", 5353, "TCP"),
+                ("dns-sctp", 53, "SCTP")])))
+    flows(node, [
+        Flow("simple clusterIP", "10.180.0.2", "172.30.0.41", 80, "10.180.0.1:80"),
+        Flow("hairpin to cluster IP", "10.180.0.1", "172.30.0.41", 80, "10.180.0.1:80", masq=True),
+        Flow("clusterIP with multiple endpoints", "10.180.0.2", "172.30.0.42", 80, "10.180.0.1:80, 10.180.2.1:80"),
+        Flow("clusterIP with TargetPort", "10.180.0.2", "172.30.0.42", 443, "10.180.0.1:8443, 10.180.2.1:8443"),
+        Flow("same port (TCP)", "10.180.0.2", "172.30.0.42", 53, "10.180.0.1:5353, 10.180.2.1:5353"),
+        Flow("same port (UDP)", "10.180.0.2", "172.30.0.42", 53, "10.180.0.1:53, 10.180.2.1:53", protocol="udp"),
+        Flow("same port (SCTP)", "10.180.0.2", "172.30.0.42", 53, "10.180.0.1:53, 10.180.2.1:53", protocol="sctp"),
+        # no cluster-IP check in the iptables mode: an unknown port of a cluster IP is not touched
+        Flow("TCP-only port does not match UDP traffic", "10.180.0.2", "172.30.0.42", 80, "", protocol="udp"),
+        Flow("svc1 does not accept svc2's ports", "10.180.0.2", "172.30.0.41", 443, ""),
+    ])
+
+
+# ---- TestLoadBalancer ----------------------------------------------------------------------------
+def test_load_balancer() -> None:
+    node, proxier = upstream_proxier()
+    sync(proxier, objects(
+        lb("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], ["1.2.3.4", "5.6.7.8"],
+           loadBalancerSourceRanges=["192.168.0.0/24", " 203.0.113.0/25"]),
+        slice_("ns1", "svc1", [ep("10.180.0.1")], P80)))
+    e = "10.180.0.1:80"
+    flows(node, [
+        Flow("pod to cluster IP", "10.0.0.2", "172.30.0.41", 80, e),
+        Flow("external to nodePort", EXTERNAL_CLIENT, NODE_IP, 3001, e, masq=True),
+        Flow("nodePort bypasses LoadBalancerSourceRanges", EXTERNAL_CLIENT_BLOCKED, NODE_IP, 3001, e, masq=True),
+        Flow("accepted external to LB1", EXTERNAL_CLIENT, "1.2.3.4", 80, e, masq=True),
+        Flow("accepted external to LB2", EXTERNAL_CLIENT, "5.6.7.8", 80, e, masq=True),
+        Flow("blocked external to LB1", EXTERNAL_CLIENT_BLOCKED, "1.2.3.4", 80, "DROP"),
+        Flow("blocked external to LB2", EXTERNAL_CLIENT_BLOCKED, "5.6.7.8", 80, "DROP"),
+        Flow("pod to LB1 (blocked by LoadBalancerSourceRanges)", "10.0.0.2", "1.2.3.4", 80, "DROP"),
+        Flow("pod to LB2 (blocked by LoadBalancerSourceRanges)", "10.0.0.2", "5.6.7.8", 80, "DROP"),
+        Flow("node to LB1 (allowed by LoadBalancerSourceRanges)", NODE_IP, "1.2.3.4", 80, e, masq=True),
+        Flow("node to LB2 (allowed by LoadBalancerSourceRanges)", NODE_IP, "5.6.7.8", 80, e, masq=True),
+        Flow("same node to LB1, SNATted to LB1 (implicitly allowed)", "1.2.3.4", "1.2.3.4", 80, e, masq=True),
+        Flow("same node to LB2, SNATted to LB2 (implicitly allowed)", "5.6.7.8", "5.6.7.8", 80, e, masq=True),
+    ])
+
+
+# ---- TestNodePorts --------------------------------------------------------------------------------
+FIREWALL_RULE = ('-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 '
+                 '! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP')
+
+
+@pytest.mark.parametrize(("family", "localhost", "node_port_addresses", "allow_alt", "expect_firewall"), [
+    (4, True, None, True, True),
+    (4, False, None, True, False),
+    (4, False, ["192.168.0.0/24", "127.0.0.1/32"], False, False),
+    (4, False, ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"], True, False),
+    (6, True, None, True, False),
+    (6, False, None, True, False),
+    (6, False, ["192.168.0.0/24", "192.168.1.0/24", "2001:db8::/64"], False, False),
+], ids=["ipv4, localhost-nodeports enabled", "ipv4, localhost-nodeports disabled",
+        "ipv4, localhost-nodeports disabled, localhost in nodeport-addresses",
+        "ipv4, localhost-nodeports enabled, multiple nodeport-addresses", "ipv6, localhost-nodeports enabled",
+        "ipv6, localhost-nodeports disabled", "ipv6, localhost-nodeports disabled, multiple nodeport-addresses"])
+def test_node_ports(family: int, localhost: bool, node_port_addresses: list[str] | None, allow_alt: bool,
+                    expect_firewall: bool) -> None:
+    node, proxier = upstream_proxier(family, node_port_addresses, localhost_node_ports=localhost)
+    if family == 4:
+        svc_ip, ep1, ep2, node_ip, pod, client, alt, lo = ("172.30.0.41", "10.180.0.1", "10.180.2.1", NODE_IP,
+                                                           "10.0.0.2", EXTERNAL_CLIENT, NODE_IP_ALT, "127.0.0.1")
+    else:
+        svc_ip, ep1, ep2, node_ip, pod, client, alt, lo = ("fd00:172:30::41", "fd00:10:180::1", "fd00:10:180::2:1",
+                                                           NODE_IPV6, "fd00:10::2", "2600:5200::1", NODE_IPV6_ALT,
+                                                           "::1")
+    sync(proxier, objects(
+        svc("ns1", "svc1", svc_ip, [port("p80", 80, node_port=3001)], "NodePort"),
+        slice_("ns1", "svc1", [ep(ep1), ep(ep2, "test-node")], P80, family=f"IPv{family}")))
+    out = ", ".join(f"[{ip}]:80" if family == 6 else f"{ip}:80" for ip in (ep1, ep2))
+    flows(node, [
+        Flow("pod to cluster IP", pod, svc_ip, 80, out),
+        Flow("external to nodePort", client, node_ip, 3001, out, masq=True),
+        Flow("node to nodePort", node_ip, node_ip, 3001, out, masq=True),
+        Flow("localhost to nodePort gets masqueraded", lo, lo, 3001, out, masq=True) if family == 4 and localhost else
+        Flow("localhost to nodePort is ignored", lo, lo, 3001, ""),
+        Flow("external to nodePort on secondary IP", client, alt, 3001, out, masq=True) if allow_alt else
+        Flow("secondary nodeIP ignores NodePorts", client, alt, 3001, ""),
+    ])
+    firewall = [line for line in node.iptables_save(tables=["filter"], family=family).splitlines()
+                if line.startswith("-A KUBE-FIREWALL ")]
+    assert firewall == ([FIREWALL_RULE] if expect_firewall else [])
+
+
+# ---- TestHealthCheckNodePort -----------------------------------------------------------------------
+def test_health_check_node_port() -> None:
+    node, proxier = upstream_proxier(node_port_addresses=["127.0.0.0/8"])
+    service = lb("ns1", "svc1", "172.30.0.42", [port("p80", 80, node_port=3001)], [], healthCheckNodePort=30000,
+                 externalTrafficPolicy="Local")
+    objs = objects(service)
+    sync(proxier, objs)
+    flows(node, [Flow("firewall accepts HealthCheckNodePort", "1.2.3.4", NODE_IP, 30000, "ACCEPT")])
+    objs.delete_service("ns1/svc1")
+    sync(proxier, objs)
+    flows(node, [Flow("HealthCheckNodePort no longer has any rule", "1.2.3.4", NODE_IP, 30000, "")])
+
+
+# ---- upstream's dump helpers: sortIPTablesRules, checkIPTablesRuleJumps, and the node's whole tables ----
+def dump_text(name: str) -> str:
+    """An expected dump as upstream writes it (this file's ``#`` lines are ours)."""
+    return "".join(line for line in (DATA / name).read_text().splitlines(True) if not line.startswith("#"))
+
+
+def _comment(rule: str) -> str | None:
+    m = re.search(r'--comment (?:"([^"]*)"|(\S+))', rule)
+    return None if m is None else (m.group(1) if m.group(1) is not None else m.group(2))
+
+
+def _service_of(rule: str) -> str:
+    comment = _comment(rule) or ""
+    return re.split(r"[ :]", comment, maxsplit=1)[0]
+
+
+def _chain_order(name: str) -> tuple[int, str]:
+    if name == "KUBE-NODEPORTS":
+        return (0, "")
+    if name == "KUBE-SERVICES":
+        return (1, "")
+    return (2 if name.startswith("KUBE-") else 3, name)
+
+
+def parse_restore(text: str) -> dict[str, tuple[list[str], dict[str, list[str]], list[str]]]:
+    """Per table: the chains declared (in order), each chain's ``-A`` rules, and the ``-X`` deletions."""
+    tables: dict[str, tuple[list[str], dict[str, list[str]], list[str]]] = {}
+    current = None
+    for line in text.splitlines():
+        if not line or line.startswith("#") or line == "COMMIT":
+            continue
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], ([], {}, []))
+        elif line.startswith(":"):
+            assert current is not None
+            current[0].append(line[1:].split()[0])
+        elif line.startswith("-A "):
+            assert current is not None
+            current[1].setdefault(line.split()[1], []).append(line)
+        elif line.startswith("-X "):
+            assert current is not None
+            current[2].append(line.split()[1])
+    return tables
+
+
+def upstream_sort(text: str) -> str:
+    """Upstream's sortIPTablesRules: tables by name; chains with KUBE-NODEPORTS and KUBE-SERVICES first, then
+    KUBE-* and the rest by name; rules grouped by chain in their order, except that KUBE-SERVICES and
+    KUBE-NODEPORTS are ordered by the Service named in their comments (nat's "must be the last rule" stays
+    last)."""
+    out = []
+    for table, (declared, rules, deleted) in sorted(parse_restore(text).items()):
+        chains = sorted(declared, key=_chain_order)
+        out.append(f"*{table}")
+        out.extend(f":{c} - [0:0]" for c in chains)
+        for chain in chains:
+            lines = rules.get(chain, [])
+            if chain in ("KUBE-SERVICES", "KUBE-NODEPORTS"):
+                lines = sorted(lines, key=lambda r: ("must be the last rule" in (_comment(r) or ""), _service_of(r)))
+            out.extend(lines)
+        out.extend(f"-X {c}" for c in chains if c in deleted)
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+BUILTIN_TARGETS = {"ACCEPT", "REJECT", "DROP", "MARK", "RETURN", "DNAT", "SNAT", "MASQUERADE"}
+TOP_CHAINS = {"KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-FORWARD",
+              "KUBE-MARK-MASQ", "KUBE-PROXY-FIREWALL", "KUBE-FIREWALL"}
+
+
+def check_rule_jumps(text: str) -> None:
+    """Upstream's checkIPTablesRuleJumps: every chain jumped to or filled is declared; every chain jumped to has
+    rules (KUBE-NODEPORTS may be empty); every declared chain is used (but the top-level ones)."""
+    for table, (declared, rules, deleted) in parse_restore(text).items():
+        created = set(declared) - set(deleted)
+        filled = set(rules)
+        jumped = {m for lines in rules.values() for r in lines for m in re.findall(r"-j (\S+)", r)} - BUILTIN_TARGETS
+        assert not (jumped | filled) - created, (table, "used but not created", (jumped | filled) - created)
+        assert not jumped - filled - {"KUBE-NODEPORTS"}, (table, "jumped to but empty", jumped - filled)
+        assert not created - jumped - TOP_CHAINS, (table, "created but not used", created - jumped - TOP_CHAINS)
+
+
+def assert_restore_is(text: str, name: str) -> None:
+    """What the proxier wrote is upstream's expected dump, compared as upstream compares it."""
+    want = dump_text(name)
+    check_rule_jumps(want)
+    assert upstream_sort(text) == want
+
+
+def tables_of(node: Node, family: int = 4) -> dict[str, dict[str, list[str]]]:
+    """The node's mangle, filter and nat tables as iptables-save prints them: chain -> policy and rules."""
+    out: dict[str, dict[str, list[str]]] = {}
+    table: dict[str, list[str]] = {}
+    for line in node.iptables_save(family=family, tables=["mangle", "filter", "nat"]).splitlines():
+        if line.startswith("*"):
+            table = out.setdefault(line[1:], {})
+        elif line.startswith(":"):
+            name, policy = line[1:].split()[:2]
+            table[name] = [policy]
+        elif line.startswith("-A "):
+            table[line.split()[1]].append(line)
+    return out
+
+
+def expected_node(*texts: str, family: int = 4) -> Node:
+    """A fresh node given upstream's base and then each expected restore input, as iptables-restore
+    --noflush applies them."""
+    from kproxy.netfilter.nfacct import objects_of
+
+    node = Node.from_description(UPSTREAM_NODE)
+    for name in ("ct_state_invalid_dropped_pkts", "localhost_nps_accepted_pkts"):
+        objects_of(node).ensure(name)
+    for text in (dump_text("base.rules"), *texts):
+        node.iptables_restore(text, family=family, noflush=True)
+    return node
+
+
+def assert_node_tables(node: Node, *texts: str) -> None:
+    """The node's whole mangle, filter and nat tables are what upstream's restores leave on a fresh node."""
+    got, want = tables_of(node), tables_of(expected_node(*texts))
+    for table in want:
+        assert sorted(got[table]) == sorted(want[table]), (table, set(got[table]) ^ set(want[table]))
+        for chain in want[table]:
+            assert got[table][chain] == want[table][chain], (table, chain)
+
+
+# ---- TestOverallIPTablesRules ------------------------------------------------------------------------
+def overall_objects() -> Objects:
+    return objects(
+        svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]),
+        lb("ns2", "svc2", "172.30.0.42", [port("p80", 80, node_port=3001)], ["1.2.3.4"],
+           externalTrafficPolicy="Local", externalIPs=["192.168.99.22"], healthCheckNodePort=30000),
+        svc("ns3", "svc3", "172.30.0.43", [port("p80", 80, node_port=3003)], "NodePort"),
+        svc("ns4", "svc4", "172.30.0.44", [port("p80", 80)], "NodePort", externalIPs=["192.168.99.33"]),
+        lb("ns5", "svc5", "172.30.0.45", [port("p80", 80, node_port=3002)], ["5.6.7.8"],
+           externalTrafficPolicy="Cluster", healthCheckNodePort=30000, loadBalancerSourceRanges=[" 203.0.113.0/25"],
+           sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}}),
+        svc("ns6", "svc6", "172.30.0.46", [port("p80", 80)]),
+        slice_("ns1", "svc1", [ep("10.180.0.1")], P80),
+        slice_("ns2", "svc2", [ep("10.180.0.2")], P80),
+        slice_("ns3", "svc3", [ep("10.180.0.3")], P80),
+        slice_("ns4", "svc4", [ep("10.180.0.4"), ep("10.180.0.5", "test-node")], P80),
+        slice_("ns5", "svc5", [ep("10.180.0.3")], P80))
+
+
+def nat_rules_in(text: str) -> int:
+    return sum(len(lines) for lines in parse_restore(text).get("nat", ([], {}, []))[1].values())
+
+
+def test_overall_iptables_rules() -> None:
+    node, proxier = upstream_proxier()
+    result = sync(proxier, overall_objects())
+    assert_restore_is(result.text, "overall.rules")
+    assert_node_tables(node, dump_text("overall.rules"))
+    # the nat rule count upstream's metric reports is the count in what was written
+    rules = proxier.metrics.rules_total.labels(table="nat", ip_family="IPv4")._value.get()
+    assert rules == nat_rules_in(dump_text("overall.rules"))
+
+
+# ---- TestBadIPs ------------------------------------------------------------------------------------
+def test_bad_ips() -> None:
+    node, proxier = upstream_proxier()
+    result = sync(proxier, objects(
+        lb("ns1", "svc1", "172.30.0.041", [port("p80", 80, node_port=3001)], ["1.2.3.004"],
+           externalIPs=["192.168.099.022"], loadBalancerSourceRanges=["203.0.113.000/025"]),
+        slice_("ns1", "svc1", [ep("10.180.00.001")], P80)))
+    assert_restore_is(result.text, "badips.rules")
+    assert_node_tables(node, dump_text("badips.rules"))
