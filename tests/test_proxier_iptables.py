@@ -295,7 +295,7 @@ def test_metrics_report_rule_counts_and_sync_times():
     _, proxier = setup()
     result = proxier.sync(objects(*many(5)))
     text = proxier.metrics.text().decode()
-    assert f'kubeproxy_sync_proxy_rules_iptables_total{{table="nat",ip_family="IPv4"}} {float(result.nat_rules)}' in text
+    assert f'kubeproxy_sync_proxy_rules_iptables_total{{ip_family="IPv4",table="nat"}} {float(result.nat_rules)}' in text
     assert "kubeproxy_sync_proxy_rules_duration_seconds_count 1.0" in text
     assert "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1.0" in text
 
