@@ -603,3 +603,194 @@ def test_internal_external_masquerade(masquerade_all: bool, local_detector: bool
         f.masq = f.masq if masq is None else masq
     assert len({f.name for f in cases} & set(overrides)) == len(overrides)
     flows(node, cases)
+
+
+# ---- TestSyncProxyRulesRepeated ----------------------------------------------------------------------
+def part(name: str, title: str) -> str:
+    """One ``# part:`` section of a data file."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in (DATA / name).read_text().splitlines(True):
+        if line.startswith("# part: "):
+            current = sections.setdefault(line[len("# part: "):].strip(), [])
+        elif current is not None and line.strip() and not line.startswith("#"):
+            current.append(line)
+    assert title in sections, f"{name} has no part {title!r}"
+    return "".join(sections[title])
+
+
+def assert_partial_restore(text: str, want: str) -> None:
+    """A partial sync's restore input against upstream's: every chain written holds upstream's rules for it;
+    every Service chain upstream writes or deletes is written or deleted here too. (Unlike upstream, a top-level
+    chain whose rules did not change is not written again; the whole-table check covers what it holds.)"""
+    ours, theirs = parse_restore(upstream_sort(text)), parse_restore(want)
+    for table, (declared, rules, deleted) in theirs.items():
+        o_declared, o_rules, o_deleted = ours.get(table, ([], {}, []))
+        for chain in o_declared:
+            assert chain in declared, (table, chain, "written here, not by upstream")
+            assert o_rules.get(chain, []) == rules.get(chain, []), (table, chain)
+        assert sorted(o_deleted) == sorted(deleted), table
+        service_chains = {c for c in declared if c.startswith(("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-",
+                                                                "KUBE-SVL-"))}
+        assert service_chains <= set(o_declared), (table, service_chains - set(o_declared))
+
+
+def kube_nat_rules(node: Node) -> int:
+    return sum(len(rules) - 1 for chain, rules in tables_of(node)["nat"].items() if chain.startswith("KUBE-"))
+
+
+def test_sync_proxy_rules_repeated() -> None:
+    node, proxier = upstream_proxier()
+    applied: list[str] = []
+    metrics = proxier.metrics
+
+    def step(title: str, full: bool = False) -> None:
+        result = proxier.sync(objs)
+        assert not result.error, result.error
+        want = part("repeated.rules", title)
+        if full:
+            assert_restore_is_text(result.text, want)
+        else:
+            assert_partial_restore(result.text, want)
+        applied.append(want)
+        assert_node_tables(node, *applied)
+        # upstream's metrics: the nat rules written, and all nat rules kube-proxy owns
+        assert metrics.rules_last_sync.labels(table="nat", ip_family="IPv4")._value.get() == nat_rules_in(result.text)
+        assert metrics.rules_total.labels(table="nat", ip_family="IPv4")._value.get() == \
+            kube_nat_rules(expected_node(*applied))
+
+    svc2 = svc("ns2", "svc2", "172.30.0.42", [port("p8080", 8080)])
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]), svc2,
+                   slice_("ns1", "svc1", [ep("10.0.1.1")], P80),
+                   slice_("ns2", "svc2", [ep("10.0.2.1")], [("p8080", 8080, "TCP")]))
+    step("svc1 and svc2", full=True)
+    put(objs, svc("ns3", "svc3", "172.30.0.43", [port("p80", 80)]), slice_("ns3", "svc3", [ep("10.0.3.1")], P80))
+    step("svc3 added")
+    objs.delete_service("ns2/svc2")
+    step("svc2 deleted")
+    put(objs, svc("ns4", "svc4", "172.30.0.44", [port("p80", 80)]))
+    step("svc4 added without endpoints")
+    put(objs, slice_("ns4", "svc4", [ep("10.0.4.1")], P80))
+    step("svc4 endpoints added")
+    put(objs, slice_("ns3", "svc3", [ep("10.0.3.2")], P80))
+    step("svc3 endpoint changed to 10.0.3.2")
+    put(objs, slice_("ns3", "svc3", [ep("10.0.3.2"), ep("10.0.3.3")], P80))
+    step("svc3 endpoint 10.0.3.3 added")
+    step("no changes")
+
+    # A rule from svc3's service chain to svc4's endpoint makes deleting svc4 fail in a partial sync (its
+    # endpoint chain is still referenced); the failure is counted and the next sync is full and succeeds.
+    assert not proxier.need_full
+    rc, _, err = node.iptables_cmd(["-t", "nat", "-A", "KUBE-SVC-X27LE4BHSL4DOUIK", "-j", "KUBE-SEP-AYCN5HPXMIRJNJXU"])
+    assert rc == 0, err
+    objs.delete_service("ns4/svc4")
+    assert proxier.sync(objs).error
+    assert "KUBE-SEP-AYCN5HPXMIRJNJXU" in tables_of(node)["nat"]
+    assert proxier.need_full
+    assert metrics.partial_failures.labels(ip_family="IPv4")._value.get() == 1
+    step("full resync after the failed partial one (svc4 deleted)", full=True)
+
+
+def assert_restore_is_text(text: str, want: str) -> None:
+    check_rule_jumps(want)
+    assert upstream_sort(text) == want
+
+
+# ---- TestDropInvalidRule, TestMasqueradeRule ------------------------------------------------------------
+FORWARD_RULES = ['-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 '
+                 '-j ACCEPT',
+                 '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate '
+                 'RELATED,ESTABLISHED -j ACCEPT']
+
+
+@pytest.mark.parametrize(("nfacct", "tcp_liberal", "drop_rule"), [
+    (False, False, ["-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"]),
+    (True, False, ["-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name "
+                   "ct_state_invalid_dropped_pkts -j DROP"]),
+    (False, True, []),
+], ids=["tcpLiberal is false and nfacctEnsured is false", "tcpLiberal is false and nfacctEnsured is true",
+        "tcpLiberal is true and nfacctEnsured is false"])
+def test_drop_invalid_rule(nfacct: bool, tcp_liberal: bool, drop_rule: list[str]) -> None:
+    _, proxier = upstream_proxier(nfacct=nfacct, conntrack={"tcpBeLiberal": tcp_liberal})
+    result = sync(proxier, objects())
+    assert parse_restore(result.text)["filter"][1]["KUBE-FORWARD"] == drop_rule + FORWARD_RULES
+
+
+@pytest.mark.parametrize("random_fully", [False, True])
+def test_masquerade_rule(random_fully: bool) -> None:
+    _, proxier = upstream_proxier(random_fully=random_fully)
+    result = sync(proxier, objects())
+    assert parse_restore(result.text)["nat"][1]["KUBE-POSTROUTING"] == [
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
+        + (" --random-fully" if random_fully else "")]
+
+
+# ---- TestLoadBalancerIngressRouteTypeProxy ------------------------------------------------------------
+@pytest.mark.parametrize(("cluster_ip", "lb_ip", "ip_mode", "expect_rule"), [
+    ("10.20.30.41", "1.2.3.4", "Proxy", False),
+    ("10.20.30.42", "1.2.3.5", "VIP", True),
+    ("10.20.30.43", "1.2.3.6", None, True),
+], ids=["LoadBalancerIPMode enabled, ipMode Proxy", "LoadBalancerIPMode enabled, ipMode VIP",
+        "LoadBalancerIPMode enabled, ipMode nil"])
+def test_load_balancer_ingress_route_type_proxy(cluster_ip: str, lb_ip: str, ip_mode: str | None,
+                                                expect_rule: bool) -> None:
+    node, proxier = upstream_proxier()
+    service = lb("ns1", "svc1", cluster_ip, [port("p80", 80, node_port=3001)], [lb_ip])
+    if ip_mode is not None:
+        service["status"]["loadBalancer"]["ingress"][0]["ipMode"] = ip_mode
+    sync(proxier, objects(service, slice_("ns1", "svc1", [ep("10.180.0.1")], P80)))
+    services = tables_of(node)["nat"]["KUBE-SERVICES"]
+    assert any(f"-d {lb_ip}/32 " in rule for rule in services) == expect_rule
+    assert any(f"-d {cluster_ip}/32 " in rule for rule in services)
+
+
+# ---- TestNoEndpointsMetric ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("itp", "etp", "nodes", "internal", "external"), [
+    ("Local", "", ["test-node", "host1", "host2"], 0, 0),
+    ("", "Local", ["test-node", "host1", "host2"], 0, 0),
+    ("Local", "Local", ["test-node", "host1", "host2"], 0, 0),
+    ("Local", "", ["host0", "host1", "host2"], 1, 0),
+    ("", "Local", ["host0", "host1", "host2"], 0, 1),
+    ("Local", "Local", ["host0", "host1", "host2"], 1, 1),
+    ("Local", "Local", [], 0, 0),
+], ids=["internalTrafficPolicy is set and there are local endpoints",
+        "externalTrafficPolicy is set and there are local endpoints",
+        "both policies are set and there are local endpoints",
+        "internalTrafficPolicy is set and there are no local endpoints",
+        "externalTrafficPolicy is set and there are no local endpoints",
+        "both policies are set and there are no local endpoints",
+        "both policies are set and there are no endpoints at all"])
+def test_no_endpoints_metric(itp: str, etp: str, nodes: list[str], internal: int, external: int) -> None:
+    _, proxier = upstream_proxier()
+    spec: dict[str, Any] = {}
+    if itp:
+        spec["internalTrafficPolicy"] = itp
+    if etp:
+        spec["externalTrafficPolicy"] = etp
+    sync(proxier, objects(
+        svc("ns1", "svc1", "172.30.1.1", [port("", 80, node_port=123)], "NodePort" if etp else "ClusterIP", **spec),
+        slice_("ns1", "svc1", [ep(f"10.0.1.{i}", n) for i, n in enumerate(nodes, 1)], UNNAMED)))
+    gauge = proxier.metrics.no_local
+    assert gauge.labels(traffic_policy="internal", ip_family="IPv4")._value.get() == internal
+    assert gauge.labels(traffic_policy="external", ip_family="IPv4")._value.get() == external
+
+
+# ---- TestProxierMetricsIPTablesTotalRules -----------------------------------------------------------------
+def kube_rules(node: Node, table: str) -> int:
+    return sum(len(rules) - 1 for chain, rules in tables_of(node)[table].items() if chain.startswith("KUBE-"))
+
+
+def test_proxier_metrics_iptables_total_rules() -> None:
+    node, proxier = upstream_proxier()
+    objs = objects(svc("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=31201)]))
+    sync(proxier, objs)
+    total = proxier.metrics.rules_total
+    for table in ("filter", "nat"):
+        assert total.labels(table=table, ip_family="IPv4")._value.get() == kube_rules(node, table)
+    put(objs, slice_("ns1", "svc1", [ep("10.0.0.2"), ep("10.0.0.5")], P80))
+    result = sync(proxier, objs)
+    assert not result.full
+    for table in ("filter", "nat"):
+        assert total.labels(table=table, ip_family="IPv4")._value.get() == kube_rules(node, table)
