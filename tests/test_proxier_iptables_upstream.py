@@ -794,3 +794,83 @@ def test_proxier_metrics_iptables_total_rules() -> None:
     assert not result.full
     for table in ("filter", "nat"):
         assert total.labels(table=table, ip_family="IPv4")._value.get() == kube_rules(node, table)
+
+
+# ---- TestSyncProxyRulesLargeClusterMode -------------------------------------------------------------------
+class Clock:
+    now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def endpoint_rules(text: str, match: str) -> tuple[str, int, int]:
+    """Upstream's countEndpointsAndComments: the DNAT rule naming ``match``, how many DNAT rules, how many
+    with a comment."""
+    matched, endpoints, comments = "", 0, 0
+    for line in text.splitlines():
+        if line.startswith("-A KUBE-SEP-") and "-j DNAT" in line:
+            endpoints += 1
+            comments += "--comment" in line
+            if match in line:
+                matched = line
+    return matched, endpoints, comments
+
+
+def test_sync_proxy_rules_large_cluster_mode() -> None:
+    node, proxier = upstream_proxier(masquerade_all=True, iptables={"masqueradeAll": True, "syncPeriod": "30s"})
+    clock = Clock()
+    proxier.clock = clock
+    half = 1000 // 2 - 1
+    objs = objects(
+        svc("ns1", "svc1", "172.30.0.41", [port("p80", 80)]),
+        svc("ns2", "svc2", "172.30.0.42", [port("p8080", 8080)]),
+        svc("ns3", "svc3", "172.30.0.43", [port("p8081", 8081)]),
+        slice_("ns1", "svc1", [ep(f"10.0.{i % 256}.{i // 256}") for i in range(half)], P80),
+        slice_("ns2", "svc2", [ep(f"10.1.{i % 256}.{i // 256}") for i in range(half)], [("p8080", 8080, "TCP")]))
+    result = sync(proxier, objs)
+    assert not proxier.large_cluster
+    first, n, comments = endpoint_rules(result.text, "10.0.0.0")
+    assert first == ("-A KUBE-SEP-DKGQUZGBKLTPAR56 -m comment --comment ns1/svc1:p80 -m tcp -p tcp -j DNAT "
+                     "--to-destination 10.0.0.0:80")
+    assert n == comments == 2 * half
+
+    # past the threshold: only svc3 is written (a partial sync), without comments
+    put(objs, slice_("ns3", "svc3", [ep("203.0.113.4"), ep("203.0.113.8"), ep("203.0.113.12")],
+                     [("p8081", 8081, "TCP")]))
+    result = sync(proxier, objs)
+    assert proxier.large_cluster
+    first, n, comments = endpoint_rules(result.text, "203.0.113.4")
+    assert first == "-A KUBE-SEP-RUVVH7YV3PHQBDOS -m tcp -p tcp -j DNAT --to-destination 203.0.113.4:8081"
+    assert (n, comments) == (3, 0)
+
+    # a full sync rewrites the others without comments too
+    result = sync(proxier, objs, force=True)
+    first, n, comments = endpoint_rules(result.text, "10.0.0.0")
+    assert first == "-A KUBE-SEP-DKGQUZGBKLTPAR56 -m tcp -p tcp -j DNAT --to-destination 10.0.0.0:80"
+    assert (n, comments) == (2 * half + 3, 0)
+
+    put(objs, svc("ns4", "svc4", "172.30.0.44", [port("p8082", 8082)]),
+        slice_("ns4", "svc4", [ep("10.4.0.1")], [("p8082", 8082, "TCP")]))
+    result = sync(proxier, objs)
+    found, n, _ = endpoint_rules(result.text, "10.4.0.1")
+    assert found == "-A KUBE-SEP-SU5STNODRYEWJAUF -m tcp -p tcp -j DNAT --to-destination 10.4.0.1:8082"
+    assert n == 1
+
+    # deleting a Service in a large cluster leaves its chains until the next cleanup ...
+    proxier.last_cleanup = clock.now
+    objs.delete_service("ns4/svc4")
+    result = sync(proxier, objs)
+    assert endpoint_rules(result.text, "10.4.0.1") == ("", 0, 0)
+    assert "-X " not in result.text
+    assert "KUBE-SEP-SU5STNODRYEWJAUF" in tables_of(node)["nat"]
+    # ... which comes a sync period later
+    clock.now += 30.001
+    result = sync(proxier, objs)
+    assert endpoint_rules(result.text, "10.4.0.1") == ("", 0, 0)
+    assert "-X KUBE-SVC-EBDQOQU5SJFXRIL3" in result.text.splitlines()
+    assert "-X KUBE-SEP-SU5STNODRYEWJAUF" in result.text.splitlines()
+    assert "KUBE-SEP-SU5STNODRYEWJAUF" not in tables_of(node)["nat"]
+
+    result = sync(proxier, objs, force=True)
+    assert endpoint_rules(result.text, "10.0.0.0")[1] == 2 * half + 3

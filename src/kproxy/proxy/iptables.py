@@ -64,6 +64,9 @@ JUMPS = [
 # jumps above, so on a fresh node it is the first rule of INPUT and OUTPUT.
 KUBELET_JUMPS = [("filter", KUBE_FIREWALL, "INPUT"), ("filter", KUBE_FIREWALL, "OUTPUT")]
 NFACCT_COUNTERS = (CT_STATE_INVALID_DROPPED, LOCALHOST_NODEPORT_ACCEPTED)
+# Upstream's largeClusterEndpointsThreshold: above this many endpoints (all service ports, this family)
+# the endpoint rules lose their comments and stale chains are deleted at most once per sync period.
+LARGE_CLUSTER_ENDPOINTS = 1000
 
 
 def _prepare(prepared: Prepared, builder: RuleBuilder, lineno: int, specs: list[Spec | None]) -> None:
@@ -168,6 +171,14 @@ class IptablesProxier:
         self._order: list[tuple[tuple[str, str], str, int]] | None = None
         self._agg: Aggregate | None = None
         self._recomputed: set[str] = set()     # Services whose rules the last refresh rebuilt
+        # Upstream's large-cluster mode: the endpoint count per Service (kept as Services change) decides it
+        # for the rules a sync builds; in it, stale chains wait for the next cleanup (once per sync period).
+        self._endpoints: dict[str, int] = {}
+        self._total_endpoints = 0
+        self.large_cluster = False
+        self.clock = time.monotonic
+        self.last_cleanup = float("-inf")
+        self._pending_stale: set[str] = set()
         self.last_sync_time: float | None = None
         # Upstream turns localhost node ports off unless --nodeport-addresses covers 127.0.0.1.
         self.localhost_node_ports = family == 4 and cfg.localhost_node_ports and _covers_ipv4_loopback(
@@ -316,38 +327,41 @@ class IptablesProxier:
         # One KUBE-SEP chain per endpoint: the hottest loop of a full sync, so its lines are written
         # directly (the same text ``add`` would join).
         rules, specs = out.rules, out.specs
+        # In a large cluster the endpoint rules go without their comments (upstream's appendServiceCommentLocked).
+        tag, comment = ("", None) if self.large_cluster else (f" -m comment --comment {name}", name)
         for ep in sorted(cat.reachable, key=_by_chain):
             sep = ep.chain
             out.chains.append(sep)
-            rules.append(f"-A {sep} -m comment --comment {name} -s {ep.ip} -j {KUBE_MARK_MASQ}")
-            specs.append((MASQ_FROM, sep, name, ep.ip))
+            rules.append(f"-A {sep}{tag} -s {ep.ip} -j {KUBE_MARK_MASQ}")
+            specs.append((MASQ_FROM, sep, comment, ep.ip))
             if info.affinity_client_ip:
-                out.add(sep, "-m", "comment", "--comment", name, "-m", "recent", "--name", sep, "--set",
-                        *match, "-j", "DNAT", "--to-destination", ep.text)
-            else:
-                rules.append(f"-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT "
+                rules.append(f"-A {sep}{tag} -m recent --name {sep} --set -m {proto} -p {proto} -j DNAT "
                              f"--to-destination {ep.text}")
-                specs.append((DNAT_TO, sep, name, proto, ep.ip, ep.port))
+                specs.append(None)
+            else:
+                rules.append(f"-A {sep}{tag} -m {proto} -p {proto} -j DNAT --to-destination {ep.text}")
+                specs.append((DNAT_TO, sep, comment, proto, ep.ip, ep.port))
         return out
 
     def _to_endpoints(self, out: ServiceRules, name: str, info: ServicePortInfo, chain: str,
                       eps: list[EndpointInfo]) -> None:
+        large = self.large_cluster
         if info.affinity_client_ip:
             for ep in eps:
-                out.add(chain, "-m", "comment", "--comment", q(f"{name} -> {ep.text}"), "-m", "recent",
-                        "--name", ep.chain, "--rcheck", "--seconds", str(info.affinity_timeout), "--reap",
-                        "-j", ep.chain)
+                note = [] if large else ["-m", "comment", "--comment", q(f"{name} -> {ep.text}")]
+                out.add(chain, *note, "-m", "recent", "--name", ep.chain, "--rcheck", "--seconds",
+                        str(info.affinity_timeout), "--reap", "-j", ep.chain)
         n = len(eps)
         rules, specs = out.rules, out.specs
         for i, ep in enumerate(eps):
-            comment = f"{name} -> {ep.text}"
+            comment = None if large else f"{name} -> {ep.text}"
+            tag = "" if comment is None else f' -m comment --comment "{comment}"'
             if i < n - 1:
                 p = f"{1.0 / (n - i):0.10f}"
-                rules.append(f'-A {chain} -m comment --comment "{comment}" -m statistic --mode random '
-                             f"--probability {p} -j {ep.chain}")
+                rules.append(f"-A {chain}{tag} -m statistic --mode random --probability {p} -j {ep.chain}")
             else:
                 p = None
-                rules.append(f'-A {chain} -m comment --comment "{comment}" -j {ep.chain}')
+                rules.append(f"-A {chain}{tag} -j {ep.chain}")
             specs.append((JUMP_TO, chain, comment, p, ep.chain))
 
     # ---- the whole ruleset ------------------------------------------------------------------
@@ -408,6 +422,13 @@ class IptablesProxier:
             self._order = None
         self._recomputed = set(changes.recomputed)
         replaced = {key: self._rules.get(key) for key in changes.recomputed}
+        counts = self._endpoints
+        for key, ports in changes.recomputed.items():
+            self._total_endpoints -= counts.pop(key, 0)
+            if ports:
+                counts[key] = sum(len(eps) for _, eps in ports.values())
+                self._total_endpoints += counts[key]
+        self.large_cluster = self._total_endpoints > LARGE_CLUSTER_ENDPOINTS
         for key, ports in changes.recomputed.items():
             if ports:
                 self._rules[key] = [((info.name_string, info.protocol), self.service_rules(info, eps))
@@ -463,6 +484,8 @@ class IptablesProxier:
                     self._rules.pop(svc_key, None)
                 else:
                     self._rules[svc_key] = svc_rules
+            self._endpoints.clear()      # a full sync comes next: it counts every Service again
+            self._total_endpoints = 0
             self._order = None
             self._agg = None
             result.duration = time.perf_counter() - t0
@@ -552,6 +575,7 @@ class IptablesProxier:
                     # Chain names hash the service's name, so a chain never moves between Services.
                     stale = {c for svc in changed for c in self.last_service_chains.get(svc, ())} - \
                         {c for svc in changed for c in service_chains.get(svc, ())}
+                stale = self._cleanup(stale, service_chains)
                 for c in sorted(stale):
                     chains.append(f":{c} - [0:0]")
                     rules.append(f"-X {c}")
@@ -565,6 +589,20 @@ class IptablesProxier:
                 out.extend(rules)
                 out.append("COMMIT")
         return ("\n".join(out) + "\n" if out else ""), (prepared if builder is not None else None)
+
+    def _cleanup(self, stale: set[str], service_chains: MutableMapping[str, list[str]]) -> set[str]:
+        """The stale chains to delete now. Upstream deletes them on every sync, but in a large cluster at
+        most once per sync period; until then they wait here (unreferenced, so harmless)."""
+        now = self.clock()
+        if self.large_cluster and now - self.last_cleanup <= self.cfg.sync_period:
+            self._pending_stale |= stale
+            return set()
+        if self._pending_stale:
+            active = {c for cs in service_chains.values() for c in cs}
+            stale = stale | (self._pending_stale - active)
+            self._pending_stale = set()
+        self.last_cleanup = now
+        return stale
 
     def _existing_service_chains(self) -> set[str]:
         lister = getattr(self.backend, "chain_names", None)

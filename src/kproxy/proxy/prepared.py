@@ -28,6 +28,7 @@ from kproxy.packet import PROTO_NUMBERS
 
 # Each spec starts with its kind and the chain the rule is in:
 MASQ_FROM = "masq-from"   # (MASQ_FROM, chain, comment, ip): -m comment --comment C -s IP -j KUBE-MARK-MASQ
+#                           (a comment of None: no comment match, as upstream writes them in a large cluster)
 DNAT_TO = "dnat-to"       # (DNAT_TO, chain, comment, proto, ip, port):
 #                           -m comment --comment C -m P -p P -j DNAT --to-destination IP:PORT
 JUMP_TO = "jump-to"       # (JUMP_TO, chain, comment, probability or None, target):
@@ -60,20 +61,21 @@ class RuleBuilder:
         if kind == MASQ_FROM:
             _, _, comment, ip = spec
             r = Rule(Net(self.family, self._address(ip), self._host), jump=KUBE_MARK_MASQ)
-            r.matches = [self._comment(comment, r)]
+            r.matches = [self._comment(comment, r)] if comment is not None else []
             return r
         if kind == DNAT_TO:
             _, _, comment, proto, ip, port = spec
             r = Rule(proto=PROTO_NUMBERS[proto])
-            r.matches = [self._comment(comment, r), self._proto(proto, r)]
+            r.matches = [self._comment(comment, r), self._proto(proto, r)] if comment is not None else \
+                [self._proto(proto, r)]
             addr = self._address(ip)
             r.target = DnatTarget(NatRange(addr, addr, port, port), self.family)
             return r
         if kind == JUMP_TO:
             _, _, comment, probability, chain = spec
             r = Rule(jump=chain)
-            c = self._new_comment(comment, r)
-            r.matches = [c, self._statistic(probability, r)] if probability is not None else [c]
+            c = [self._new_comment(comment, r)] if comment is not None else []
+            r.matches = [*c, self._statistic(probability, r)] if probability is not None else c
             return r
         if kind == PORTAL:
             _, _, comment, proto, ip, port, source, target = spec
