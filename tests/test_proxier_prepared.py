@@ -152,3 +152,17 @@ def test_prepared_rules_equal_parsed_ones_for_ipv6():
     ta, tb = a.iptables[6].tables["nat"], b.iptables[6].tables["nat"]
     for chain, ca in ta.chains.items():
         assert [rule_fields(r) for r in ca.rules] == [rule_fields(r) for r in tb.chains[chain].rules], chain
+
+
+def test_prepared_rules_equal_parsed_ones_in_a_large_cluster():
+    """Over 1,000 endpoints the endpoint rules have no comments (upstream's large-cluster mode); the rules
+    built for them are still exactly what their lines parse to, affinity included."""
+    (fast_node, fast), (text_node, text) = pair()
+    eps = [(f"10.0.{i // 250}.{i % 250 + 1}", "node-b" if i % 3 else "node-a") for i in range(1002)]
+    docs = [service("big", "172.30.0.50"), endpoints("big", *eps[:500]),
+            service("aff", "172.30.0.51", sessionAffinity="ClientIP"), endpoints("aff", *eps[500:])]
+    r1, r2 = fast.sync(objects(*docs)), text.sync(objects(*docs))
+    assert not r1.error and not r2.error and r1.text == r2.text
+    assert fast.large_cluster and "-m comment --comment ns/big:p " not in r1.text
+    assert same_rules(fast_node, text_node) > 2000
+    assert fast.backend.prepared_count >= 1500
