@@ -874,3 +874,14 @@ def test_sync_proxy_rules_large_cluster_mode() -> None:
 
     result = sync(proxier, objs, force=True)
     assert endpoint_rules(result.text, "10.0.0.0")[1] == 2 * half + 3
+
+
+def test_source_ranges_let_load_balancer_ips_in_only_for_the_primary_node_ip() -> None:
+    """Upstream's allowFromNode looks at the node's primary IP only: a range that holds another of the
+    node's addresses does not let the load-balancer IPs in."""
+    for ranges, allowed in ((["192.168.1.0/24"], False), (["192.168.0.0/24"], True)):
+        node, proxier = upstream_proxier()
+        sync(proxier, objects(lb("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], ["1.2.3.4"],
+                                 loadBalancerSourceRanges=ranges), slice_("ns1", "svc1", [ep("10.180.0.1")], P80)))
+        fw = tables_of(node)["nat"]["KUBE-FW-XPGD46QRK7WJZT7O"]
+        assert any("-s 1.2.3.4/32 " in rule for rule in fw) == allowed, fw

@@ -153,11 +153,15 @@ class IptablesProxier:
     """Upstream's iptables proxier over a backend (emulated node or real kernel)."""
 
     def __init__(self, cfg: ProxyConfig, backend: Any, node_ips: list[str] | None = None, family: int = 4,
-                 zone: str = "", pod_cidr: str = "", metrics: Any = None, conntrack: Any = None) -> None:
+                 zone: str = "", pod_cidr: str = "", metrics: Any = None, conntrack: Any = None,
+                 node_ip: str = "") -> None:
         self.cfg = cfg
         self.backend = backend
         self.family = family
         self.node_ips = node_ips or []
+        # upstream's nodeIP: the node's primary address of this family (the first that is not loopback)
+        self.node_ip = node_ip or next((ip for ip in self.node_ips if ipaddress.ip_address(ip).version == family
+                                        and not ipaddress.ip_address(ip).is_loopback), "")
         self.zone = zone
         self.detector = LocalDetector(cfg, family, pod_cidr)
         self.metrics = metrics
@@ -307,12 +311,13 @@ class IptablesProxier:
             fw = info.fw_chain
             out.chains.append(fw)
             args = ["-m", "comment", "--comment", q(f"{name} loadbalancer IP")]
+            # Traffic from the load-balancer IPs themselves is let in when a range holds the node's primary
+            # address (upstream's allowFromNode: a VIP-like balancer loops the node's own requests back).
             allow_from_node = False
+            node_ip = ipaddress.ip_address(self.node_ip) if self.node_ip else None
             for cidr in info.lb_source_ranges:
                 out.add(fw, *args, "-s", cidr, "-j", ext_chain)
-                net = ipaddress.ip_network(cidr)
-                if any(ipaddress.ip_address(ip) in net for ip in self.node_ips
-                       if ipaddress.ip_address(ip).version == net.version):
+                if node_ip is not None and node_ip in ipaddress.ip_network(cidr):
                     allow_from_node = True
             if allow_from_node:
                 for lbip in info.lb_vips:
