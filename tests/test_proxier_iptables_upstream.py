@@ -885,3 +885,36 @@ def test_source_ranges_let_load_balancer_ips_in_only_for_the_primary_node_ip() -
                                  loadBalancerSourceRanges=ranges), slice_("ns1", "svc1", [ep("10.180.0.1")], P80)))
         fw = tables_of(node)["nat"]["KUBE-FW-XPGD46QRK7WJZT7O"]
         assert any("-s 1.2.3.4/32 " in rule for rule in fw) == allowed, fw
+
+
+# ---- the same rules on a real kernel -------------------------------------------------------------------
+@pytest.mark.kernel
+def test_upstream_scenarios_on_the_kernel_equal_the_emulated_node(kernel_ns: Any) -> None:
+    """TestOverallIPTablesRules and a large cluster (endpoint rules without comments): iptables-restore in a
+    ``kp-`` namespace takes the same restore inputs and saves the same kube-proxy rules as the emulated node."""
+    from kproxy.backends.kernel import KernelBackend
+
+    def kube(save_text: str) -> list[str]:
+        return sorted(ln for ln in save_text.splitlines() if "KUBE-" in ln and "CANARY" not in ln)
+
+    be = KernelBackend(netns=kernel_ns.name)
+    cfg = ProxyConfig.from_dict({"mode": "iptables", "hostnameOverride": "test-node", "clusterCIDR": "10.0.0.0/8",
+                                 "detectLocalMode": "ClusterCIDR"})
+    kernel = IptablesProxier(cfg, be, NODE_IPS, metrics=ProxyMetrics())
+    node = Node.from_description(UPSTREAM_NODE)
+    twin = Fake(node)
+    emulated = IptablesProxier(cfg, twin, NODE_IPS, metrics=ProxyMetrics())
+    big = [svc("ns9", "big", "172.30.0.99", [port("p80", 80)]),
+           slice_("ns9", "big", [ep(f"10.9.{i // 250}.{i % 250 + 1}") for i in range(1001)], P80)]
+    for docs in ([], big):
+        sync(kernel, _with(overall_objects(), docs))
+        twin.random_fully, twin.nfacct = kernel.random_fully, all(kernel.nfacct.values())
+        sync(emulated, _with(overall_objects(), docs))
+        assert kube(kernel_ns.run([be.iptables_save]).stdout) == kube(node.iptables_save())
+    assert emulated.large_cluster and kernel.large_cluster
+
+
+def _with(objs: Objects, docs: list[dict[str, Any]]) -> Objects:
+    for d in docs:
+        objs.add(d, "test")
+    return objs
