@@ -918,3 +918,36 @@ def _with(objs: Objects, docs: list[dict[str, Any]]) -> Objects:
     for d in docs:
         objs.add(d, "test")
     return objs
+
+
+# ---- TestSortIPTablesRules / TestCheckIPTablesRuleJumps: the helpers above do what upstream's do --------
+def test_upstream_sort_orders_chains_and_service_rules() -> None:
+    text = ("*nat\n:KUBE-SERVICES - [0:0]\n:WHY-HERE - [0:0]\n:KUBE-SEP-B - [0:0]\n:KUBE-NODEPORTS - [0:0]\n"
+            ":KUBE-AAA - [0:0]\n"
+            '-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule '
+            'in this chain" -j KUBE-NODEPORTS\n'
+            '-A KUBE-SERVICES -m comment --comment "ns2/svc2:p80 cluster IP" -j X\n'
+            "-A KUBE-SERVICES -m comment --comment ns1/svc1 -j Y\n"
+            "-A WHY-HERE -j ACCEPT\n-A KUBE-SEP-B -j DNAT\n-A KUBE-AAA -j RETURN\n-X KUBE-AAA\nCOMMIT\n"
+            "*filter\nCOMMIT\n")
+    assert upstream_sort(text).splitlines() == [
+        "*filter", "COMMIT", "*nat", ":KUBE-NODEPORTS - [0:0]", ":KUBE-SERVICES - [0:0]", ":KUBE-AAA - [0:0]",
+        ":KUBE-SEP-B - [0:0]", ":WHY-HERE - [0:0]",
+        "-A KUBE-SERVICES -m comment --comment ns1/svc1 -j Y",
+        '-A KUBE-SERVICES -m comment --comment "ns2/svc2:p80 cluster IP" -j X',
+        '-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in '
+        'this chain" -j KUBE-NODEPORTS',
+        "-A KUBE-AAA -j RETURN", "-A KUBE-SEP-B -j DNAT", "-A WHY-HERE -j ACCEPT", "-X KUBE-AAA", "COMMIT"]
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j KUBE-SVC-X\nCOMMIT\n", "used but not created"),
+    ("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-X - [0:0]\n-A KUBE-SERVICES -j KUBE-SVC-X\nCOMMIT\n",
+     "jumped to but empty"),
+    ("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SVC-X -j KUBE-MARK-MASQ\nCOMMIT\n", "used but not created"),
+    ("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-X - [0:0]\n-A KUBE-SERVICES -j ACCEPT\nCOMMIT\n",
+     "created but not used"),
+])
+def test_check_rule_jumps_finds_what_upstreams_finds(text: str, error: str) -> None:
+    with pytest.raises(AssertionError, match=error):
+        check_rule_jumps(text)

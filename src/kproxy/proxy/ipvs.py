@@ -420,7 +420,7 @@ class IpvsProxier:
             self.tracker.rollback()
             log.error("ipvs sync failed: %s", exc)
             if self.metrics is not None:
-                self.metrics.restore_failed(partial=not full)
+                self.metrics.restore_failed(partial=not full, family=self.family)
             return SyncResult(full, "", 0, time.perf_counter() - t0, error=str(exc))
         self.tracker.commit()
         self.need_full = False
