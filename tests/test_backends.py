@@ -194,3 +194,22 @@ def test_the_cleanup_command_on_the_kernel_leaves_kube_firewall_and_user_rules(k
     saved = kernel_ns.run([be.iptables_save]).stdout
     assert _kube_lines(saved) == LEFT_BY_CLEANUP
     assert "-A USER-CHAIN -p icmp -j ACCEPT" in saved and "-A POSTROUTING -o eth0 -j ACCEPT" in saved
+
+
+@pytest.mark.kernel
+def test_kernel_backend_sets_route_localnet_for_localhost_node_ports_in_its_namespace(kernel_ns):
+    """Upstream's iptables NewProxier sets net.ipv4.conf.all.route_localnet=1 when localhost NodePorts
+    are on (a DNATed packet from 127.0.0.1 must be routed off the node); the kernel backend sets it in
+    its own namespace and nowhere else, and leaves it alone when localhost NodePorts are off."""
+    from kproxy.proxy.config import ProxyConfig
+    from kproxy.proxy.iptables import IptablesProxier
+
+    def value() -> str:
+        return kernel_ns.run(["sysctl", "-n", "net.ipv4.conf.all.route_localnet"]).stdout.strip()
+
+    assert value() == "0"
+    IptablesProxier(ProxyConfig.from_dict({"nodePortAddresses": ["192.168.0.0/16"]}),
+                    KernelBackend(netns=kernel_ns.name))
+    assert value() == "0"
+    IptablesProxier(ProxyConfig.from_dict({}), KernelBackend(netns=kernel_ns.name))
+    assert value() == "1"

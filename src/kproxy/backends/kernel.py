@@ -145,6 +145,18 @@ class KernelBackend:
         self._ipt("-t", table, "-F", chain)
         return self._ipt("-t", table, "-X", chain).returncode == 0
 
+    def set_sysctl(self, name: str, value: int) -> None:
+        """Set a sysctl of this network namespace (``net/ipv4/conf/all/route_localnet``, upstream's
+        slash form, or dotted), writing only when it differs, as upstream's EnsureSysctl does."""
+        dotted = name.replace("/", ".")
+        now = self._run(["sysctl", "-n", dotted])
+        if now.returncode == 0 and now.stdout.strip() == str(value):
+            return
+        proc = self._run(["sysctl", "-qw", f"{dotted}={value}"])
+        if proc.returncode != 0:
+            raise BackendError(f"cannot set sysctl {dotted}={value}: "
+                               f"{proc.stderr.strip() or f'sysctl exited {proc.returncode}'}")
+
     def ipvs_unavailable(self) -> str:
         """Why the IPVS mode cannot run in this namespace ("" when it can). Only looks: loading a
         module or creating anything is left to the administrator."""
