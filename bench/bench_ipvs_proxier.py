@@ -3,19 +3,32 @@
 For N Services with E endpoints each (the objects of bench_proxier.py: one endpoint of each Service
 on this node): the full sync (virtual and real servers, kube-ipvs0 addresses, ipset members and the
 iptables rules applied to the emulated node) and then a change of one endpoint of one Service (a
-partial sync). Then packets through the result, from a pod on another node to the cluster IPs: new
-connections (the nat rules' set matches, IPVS scheduling, the hairpin check in POSTROUTING) and
-established ones (conntrack and the IPVS connection, KUBE-IPVS-FILTER's set matches), and the
-ratio of their per-packet cost at the largest size to the smallest. Each size is measured
-``--repeat`` times in a fresh interpreter; the best is shown.
+partial sync), each size ``--repeat`` times in a fresh interpreter (the best is shown: noise only adds).
 
-    .venv/bin/python bench/bench_ipvs_proxier.py
+Then packets through the result, from a pod on another node to the cluster IPs: new connections
+(the nat rules' set matches, IPVS scheduling, the hairpin check in POSTROUTING) and established ones
+(conntrack and the IPVS connection, KUBE-IPVS-FILTER's set matches). Each established batch is
+30,000 ACKs of 1,000 flows opened in the same round (so a flow's first ACKs, which take the whole
+path, are in it as they are in a real flow's life). So that the machine's background load falls on
+every size alike, one interpreter per ``--repeat`` builds the nodes of all sizes and then measures
+them in ``--rounds`` rounds, the sizes' batches interleaved (ascending in even rounds, descending in
+odd ones); before each timed batch the heap is collected and frozen (``gc.freeze``), as a long-lived
+kube-proxy's is after a sync. Shown: the median over all rounds with the lowest and highest, and the
+per-packet cost ratio of the largest size to the smallest per round (median, lowest, highest).
+
+    KPROXY_BENCH_CLOCK=cpu .venv/bin/python bench/bench_ipvs_proxier.py --sizes 100,10000
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
 import random
+import statistics
+import subprocess
+import sys
+from typing import Any
 
 from bench_proxier import CLOCK, _child, arguments, full_then_partial
 from kproxy.backends.emulated import EmulatedBackend
@@ -25,7 +38,8 @@ from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.ipvs import IpvsProxier
 
 
-def measure(services: int, endpoints: int) -> dict[str, float]:
+def synced(services: int, endpoints: int) -> tuple[Node, float, float]:
+    """A node after the proxier's full sync of the objects and one partial sync; with both times."""
     node = Node.from_description({"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}],
                                   "routes": ["default via 192.168.0.1 dev eth0"],
                                   "sysctls": {"net.netfilter.nf_conntrack_max": "2000000"}})
@@ -34,11 +48,15 @@ def measure(services: int, endpoints: int) -> dict[str, float]:
     proxier = IpvsProxier(cfg, EmulatedBackend(node), ["192.168.0.2"])
     _, full_secs, _, part_secs = full_then_partial(proxier, services, endpoints, changed=1)   # a remote endpoint
     assert len(node.ipvs.services) == services
+    return node, full_secs, part_secs
+
+
+def measure(services: int, endpoints: int) -> dict[str, float]:
+    """The syncs of one size (a child, ``--one``)."""
+    node, full_secs, part_secs = synced(services, endpoints)
     dests = sum(len(s.dests) for s in node.ipvs.services.values())
-    new_pps, est_pps = packets(node, services)
     return {"full_s": full_secs, "virtual_servers": len(node.ipvs.services), "real_servers": dests,
-            "set_members": sum(len(s.members) for s in node.ipsets.sets.values()), "partial_s": part_secs,
-            "new_pps": new_pps, "est_pps": est_pps}
+            "set_members": sum(len(s.members) for s in node.ipsets.sets.values()), "partial_s": part_secs}
 
 
 def _rate(node: Node, pkts: list[Packet]) -> float:
@@ -54,44 +72,79 @@ def _rate(node: Node, pkts: list[Packet]) -> float:
         gc.unfreeze()
 
 
-def packets(node: Node, services: int, new: int = 5000, est: int = 30000) -> tuple[float, float]:
-    """New-connection and established packets per second from a remote pod (10.200.0.0/16, inside the
-    cluster CIDR: not masqueraded) to random cluster IPs; the best of three batches each."""
-    rng = random.Random(1)
-    rates: list[tuple[float, float]] = []
-    for r in range(3):
-        client = parse_addr(f"10.200.{r}.5")[1]
-        vips = [parse_addr(f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}")[1]
-                for i in (rng.randrange(services) for _ in range(new))]
-        syns = [Packet(src=client, dst=vips[i], proto=6, sport=1024 + i, dport=80, tcp_flags=SYN) for i in range(new)]
-        new_rate = _rate(node, syns)
-        assert syns[-1].dport == 8080, "not balanced"
-        # The real servers' answers for the first 1,000 connections, then their clients' ACKs.
-        _rate(node, [Packet(src=p.dst, dst=p.src, proto=6, sport=p.dport, dport=p.sport, tcp_flags=SYN | ACK)
-                     for p in syns[:1000]])
-        acks = [Packet(src=client, dst=vips[k % 1000], proto=6, sport=1024 + k % 1000, dport=80, tcp_flags=ACK)
-                for k in range(est)]
-        rates.append((new_rate, _rate(node, acks)))
-        assert acks[-1].ctstate == "ESTABLISHED" and acks[-1].dport == 8080, (acks[-1].ctstate, acks[-1].dport)
-    return max(r[0] for r in rates), max(r[1] for r in rates)
+def round_of(node: Node, services: int, r: int, rng: random.Random, new: int = 5000,
+             est: int = 30000) -> tuple[float, float]:
+    """One round on one node: new-connection and established packets per second from a remote pod
+    (10.200.r.5, inside the cluster CIDR: not masqueraded) to random cluster IPs."""
+    client = parse_addr(f"10.200.{r}.5")[1]
+    vips = [parse_addr(f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}")[1]
+            for i in (rng.randrange(services) for _ in range(new))]
+    syns = [Packet(src=client, dst=vips[i], proto=6, sport=1024 + i, dport=80, tcp_flags=SYN) for i in range(new)]
+    new_rate = _rate(node, syns)
+    assert syns[-1].dport == 8080, "not balanced"
+    # The real servers' answers for the first 1,000 connections, then their clients' ACKs.
+    for p in syns[:1000]:
+        node.receive(Packet(src=p.dst, dst=p.src, proto=6, sport=p.dport, dport=p.sport, tcp_flags=SYN | ACK), "eth0")
+    acks = [Packet(src=client, dst=vips[k % 1000], proto=6, sport=1024 + k % 1000, dport=80, tcp_flags=ACK)
+            for k in range(est)]
+    est_rate = _rate(node, acks)
+    assert acks[-1].ctstate == "ESTABLISHED" and acks[-1].dport == 8080, (acks[-1].ctstate, acks[-1].dport)
+    return new_rate, est_rate
+
+
+def packets(sizes: list[int], endpoints: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """A child (``--packets``): the nodes of every size, then ``rounds`` rounds of each, interleaved."""
+    nodes = {n: synced(n, endpoints)[0] for n in sizes}
+    rngs = {n: random.Random(1) for n in sizes}
+    out: dict[str, dict[str, list[float]]] = {str(n): {"new": [], "est": []} for n in sizes}
+    for r in range(rounds):
+        for n in (sizes if r % 2 == 0 else sizes[::-1]):
+            new_rate, est_rate = round_of(nodes[n], n, r, rngs[n])
+            out[str(n)]["new"].append(new_rate)
+            out[str(n)]["est"].append(est_rate)
+    return out
+
+
+def _options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--rounds", type=int, default=4, help="packet rounds per interpreter, sizes interleaved")
+    ap.add_argument("--packets", action="store_true", help=argparse.SUPPRESS)    # a child: the packet rounds
+
+
+def _spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):>9,.0f} ({min(xs):,.0f}-{max(xs):,.0f})"
 
 
 def main() -> None:
-    args, sizes = arguments(__doc__, measure)
-    rows = {}
-    print(f"{'services':>9} {'virtual':>8} {'real':>8} {'members':>8} {'full sync':>10} {'1-endpoint sync':>16} "
-          f"{'new pkt/s':>10} {'est pkt/s':>10}")
+    args, sizes = arguments(__doc__, measure, _options)
+    if args.packets:
+        print(json.dumps(packets(sizes, args.endpoints, args.rounds)))
+        sys.exit(0)
+    rows: dict[int, dict[str, Any]] = {}
+    print(f"{'services':>9} {'virtual':>8} {'real':>8} {'members':>8} {'full sync':>10} {'1-endpoint sync':>16}")
     for n in sizes:
         runs = [_child(n, args.endpoints, __file__) for _ in range(args.repeat)]
-        r = dict(runs[0], full_s=min(x["full_s"] for x in runs), partial_s=min(x["partial_s"] for x in runs),
-                 new_pps=max(x["new_pps"] for x in runs), est_pps=max(x["est_pps"] for x in runs))
+        r = dict(runs[0], full_s=min(x["full_s"] for x in runs), partial_s=min(x["partial_s"] for x in runs))
         rows[n] = r
         print(f"{n:>9} {r['virtual_servers']:>8,.0f} {r['real_servers']:>8,.0f} {r['set_members']:>8,.0f} "
-              f"{r['full_s']:>9.2f}s {r['partial_s'] * 1000:>14.1f}ms {r['new_pps']:>10,.0f} {r['est_pps']:>10,.0f}")
+              f"{r['full_s']:>9.2f}s {r['partial_s'] * 1000:>14.1f}ms")
     lo, hi = sizes[0], sizes[-1]
-    print(f"cost ratio {hi} / {lo}: partial sync {rows[hi]['partial_s'] / rows[lo]['partial_s']:.2f}, "
-          f"new packet {rows[lo]['new_pps'] / rows[hi]['new_pps']:.2f}, "
-          f"established packet {rows[lo]['est_pps'] / rows[hi]['est_pps']:.2f}")
+    print(f"partial-sync cost ratio {hi} / {lo}: {rows[hi]['partial_s'] / rows[lo]['partial_s']:.2f}")
+    rates: dict[int, dict[str, list[float]]] = {n: {"new": [], "est": []} for n in sizes}
+    for _ in range(args.repeat):
+        out = subprocess.run([sys.executable, __file__, "--packets", "--sizes", args.sizes, "--endpoints",
+                              str(args.endpoints), "--rounds", str(args.rounds)],
+                             capture_output=True, text=True, check=True)
+        for n, got in json.loads(out.stdout).items():
+            for kind in ("new", "est"):
+                rates[int(n)][kind] += got[kind]
+    print(f"packets: {args.repeat} interpreters x {args.rounds} rounds, median (lowest-highest)")
+    print(f"{'services':>9} {'new pkt/s':>26} {'established pkt/s':>28}")
+    for n in sizes:
+        print(f"{n:>9} {_spread(rates[n]['new']):>26} {_spread(rates[n]['est']):>28}")
+    for kind, name in (("new", "new packet"), ("est", "established packet")):
+        ratios = [a / b for a, b in zip(rates[lo][kind], rates[hi][kind], strict=True)]
+        print(f"cost ratio {hi} / {lo}, {name}, per round: median {statistics.median(ratios):.2f} "
+              f"({min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
