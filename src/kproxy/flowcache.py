@@ -30,6 +30,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter.conntrack import IPS_ASSURED, Conn, Tuple
+from kproxy.netfilter.nfacct import AcctObject, objects_of
 from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, receive_path
 from kproxy.netfilter.tcp import ORIGINAL, REPLY
 from kproxy.netfilter.trace import SCRATCH, Trace, TraceEvent
@@ -47,7 +48,7 @@ TABLE_OPS = ("iptables:", "iptables6:")
 # Matches whose outcome depends only on the packet's headers, its connection and the configuration.
 PURE_MATCHES = frozenset({"comment", "mark", "conntrack", "state", "set", "tcp", "udp", "sctp", "icmp", "icmp6",
                           "multiport", "addrtype", "iprange", "physdev", "pkttype", "ttl", "hl", "dscp", "tos",
-                          "length", "mac", "tcpmss", "connmark", "ecn", "esp", "ah"})
+                          "length", "mac", "tcpmss", "connmark", "ecn", "esp", "ah", "nfacct"})
 # Targets a fired rule may have (besides jumps and verdicts): a mark set is a header change.
 PURE_TARGETS = frozenset({"MARK"})
 KIND_BITS = SYN | FIN | RST | ACK
@@ -79,8 +80,11 @@ class Flow:
     conn: Conn
     ctkey: Tuple
     ctdir: int
-    ctsig: tuple[Any, ...]
+    ct_status: int                              # the connection's state (``_ct_signature``)
+    ct_tcp: str
+    ct_mark: int
     counted: tuple[Any, ...]                    # rules and chains (policies), in the order counted
+    acct: tuple[Any, ...]                       # the nfacct objects counted (``AcctObject``), in order
     lookups: tuple[tuple[Any, Any, Any], ...]   # IPVS connection-table lookups and what they found
     ipvs_in: Any                                # the IPVS connection counted as the client's packet
     ipvs_out: Any                               # ... as the real server's answer
@@ -113,7 +117,7 @@ def flow_key(pkt: Packet, iif: str) -> tuple[Any, ...] | None:
             pkt.ttl, pkt.tos, pkt.tcp_mss, pkt.pkttype, pkt.src_mac, pkt.oif)
 
 
-def _ct_signature(conn: Conn) -> tuple[Any, ...] | None:
+def _ct_signature(conn: Conn) -> tuple[int, str, int] | None:
     """The connection's state as the conntrack update reads it, or None when the update could change
     it (only the steady states are replayed: assured, and for TCP established without window tracking)."""
     if not conn.status & IPS_ASSURED:
@@ -146,7 +150,12 @@ class FlowCache:
         return Epoch.value
 
     def receive(self, pkt: Packet, iif: str) -> Result | None:
-        """The packet's result when the cache handles it (replayed, or learnt on the way), else None."""
+        """The packet's result when the cache handles it (replayed, or learnt on the way), else None.
+
+        A replay does what the whole path would, as learnt: conntrack's own update (the signature
+        checked says it is the steady one), the counters, the IPVS connections', the headers. The
+        checks and the replay are written out in this one function: it is the established packet's
+        whole cost."""
         stamp = Epoch.value
         if stamp == self._refused:      # nothing can be learnt under this configuration (nft hooks, ...)
             return None
@@ -157,57 +166,51 @@ class FlowCache:
         clock = node.clock
         now = clock if clock is not None else node.now()
         flow = self.flows.get(key)
-        if flow is not None and flow.stamp == stamp:
-            if not flow.fate:
-                # This flow's packets end somewhere a replay cannot reproduce: not learnt again
-                # until the configuration or the connection changes.
-                if node.conntrack.entry(flow.ctkey) is flow.conn:
-                    return None
-            elif self._holds(flow, now):
-                return self._replay(flow, pkt, iif, now)
-        return self._learn(key, stamp, pkt, iif, now)
-
-    # ---- replay ------------------------------------------------------------------------------
-    def _holds(self, flow: Flow, now: float) -> bool:
-        """Whether the connection entries the flow relied on are still the same, in the same states
-        (the tables are looked up again only when they changed since the flow last looked)."""
+        if flow is None or flow.stamp != stamp:
+            return self._learn(key, stamp, pkt, iif, now)
         conn = flow.conn
-        ct = self.node.conntrack
-        if conn.expires <= now or (conn.status, conn.tcp_state, conn.mark) != flow.ctsig or \
-                not (ct.enabled or ct.users[flow.ctkey[0]]):
-            return False
+        ct = node.conntrack
+        if not flow.fate:
+            # This flow's packets end somewhere a replay cannot reproduce: not learnt again
+            # until the configuration or the connection changes.
+            if ct.entry(flow.ctkey) is conn:
+                return None
+            return self._learn(key, stamp, pkt, iif, now)
+        # Whether the connection entries the flow relied on are still the same, in the same states
+        # (the tables are looked up again only when they changed since the flow last looked).
+        if conn.expires <= now or conn.status != flow.ct_status or conn.tcp_state != flow.ct_tcp or \
+                conn.mark != flow.ct_mark or not (ct.enabled or ct.users[flow.ctkey[0]]):
+            return self._learn(key, stamp, pkt, iif, now)
         if ct.changes != flow.ct_seen:
             if ct.entry(flow.ctkey) is not conn:
-                return False
+                return self._learn(key, stamp, pkt, iif, now)
             flow.ct_seen = ct.changes
-        ipvs = self.node.ipvs
+        ipvs = node.ipvs
         seen = ipvs.conn_changes
         if seen != flow.ipvs_seen:
-            for t, key, found in flow.lookups:
-                if t.get(key) is not found:
-                    return False
+            for t, k, found in flow.lookups:
+                if t.get(k) is not found:
+                    return self._learn(key, stamp, pkt, iif, now)
             flow.ipvs_seen = seen
-        c = flow.ipvs_in
-        if c is not None and (c.expires <= now or c.state != flow.ipvs_in_sig):
-            return False
-        c = flow.ipvs_out
-        return c is None or (c.expires > now and c.state == flow.ipvs_out_sig)
-
-    def _replay(self, flow: Flow, pkt: Packet, iif: str, now: float) -> Result:
-        """What the whole path would do, as learnt: conntrack's own update (the signature checked
-        says it is the steady one), the counters, the IPVS connection's, the headers."""
-        node = self.node
+        c_in, c_out = flow.ipvs_in, flow.ipvs_out
+        if c_in is not None and (c_in.expires <= now or c_in.state != flow.ipvs_in_sig) or \
+                c_out is not None and (c_out.expires <= now or c_out.state != flow.ipvs_out_sig):
+            return self._learn(key, stamp, pkt, iif, now)
+        # The replay.
         pkt.iif = iif
-        ct, conn, d = node.conntrack, flow.conn, flow.ctdir
-        ct.attach(conn, d, pkt, ct.packet_update(conn, d, pkt, now) == "ok")
+        ct.replay_packet(conn, flow.ctdir, pkt, now)
         length = pkt.length
         for obj in flow.counted:
             obj.packets += 1
             obj.bytes += length
-        if flow.ipvs_in is not None:
-            node.ipvs.count_in(flow.ipvs_in, pkt, now, flow.in_pending)
-        if flow.ipvs_out is not None:
-            node.ipvs.count_out(flow.ipvs_out, pkt, now)
+        if flow.acct:
+            for a in flow.acct:
+                a.pkts += 1
+                a.bytes += length
+        if c_in is not None:
+            ipvs.count_in(c_in, pkt, now, flow.in_pending)
+        if c_out is not None:
+            ipvs.count_out(c_out, pkt, now)
         (pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.mark, pkt.ttl, pkt.tos, pkt.oif, pkt.tcp_mss,
          pkt.local) = flow.header
         if flow.meta:
@@ -232,7 +235,13 @@ class FlowCache:
             return None
         logged = len(node.log_lines)
         rec = Recorder()
-        res = receive_path(node, pkt, iif, rec)
+        accts = objects_of(node)
+        acct: list[AcctObject] = []
+        accts.recording = acct
+        try:
+            res = receive_path(node, pkt, iif, rec)
+        finally:
+            accts.recording = None
         res.trace = None
         ins = [found for table, _, found in rec.lookups if found is not None and table is node.ipvs.conns_in]
         outs = [found for table, _, found in rec.lookups if found is not None and table is node.ipvs.conns_out]
@@ -247,13 +256,13 @@ class FlowCache:
                 _ct_signature(conn) != ctsig or len(ins) > 1 or len(outs) > 1 or \
                 not set(meta) <= {"ipvs_conn", "stolen_by"} or any(t.get(k) is not f for t, k, f in rec.lookups):
             if res.fate not in (DELIVERED, FORWARDED) or res.extra:
-                self.flows[key] = Flow(stamp, conn, ctkey, 0, ctsig, (), (), None, None, None, None, None, -1, -1,
+                self.flows[key] = Flow(stamp, conn, ctkey, 0, *ctsig, (), (), (), None, None, None, None, None, -1, -1,
                                        (), {}, "", "", "", "")
             return res
         c_in, c_out = (ins[0] if ins else None), (outs[0] if outs else None)
         if any(c.expires <= now for c in (c_in, c_out) if c is not None):
             return res
-        self.flows[key] = Flow(stamp, conn, ctkey, ORIGINAL if conn.orig == ctkey else REPLY, ctsig, counted,
+        self.flows[key] = Flow(stamp, conn, ctkey, ORIGINAL if conn.orig == ctkey else REPLY, *ctsig, counted, tuple(acct),
                                tuple(rec.lookups), c_in, c_out, c_in and c_in.state, c_out and c_out.state,
                                [c_in.dest.counters, c_in.svc.counters, 0, 0] if c_in else None, -1, -1,
                                HEADER(pkt), meta, res.fate, res.hook, res.out_dev, res.gateway)

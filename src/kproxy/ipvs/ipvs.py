@@ -330,6 +330,9 @@ class Ipvs:
         old = c.state
         if pkt.proto == TCP:
             f = pkt.tcp_flags
+            if f & 0x17 == 0x10 and old == "ESTABLISHED":      # an ACK of an established connection
+                c.expires = now + self.timeouts["tcp"]
+                return
             if f & 0x04:
                 new = "CLOSE"
             elif f & 0x01:
