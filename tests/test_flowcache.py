@@ -312,3 +312,17 @@ def test_kube_proxy_iptables_mode_flows_replay_nfacct_counters():
     assert cache.hits > hits
     assert objects_of(nodes[0]).read("back").pkts == 3 * 2 * len(flows)
     assert state(nodes[0]) == state(nodes[1])
+
+
+def test_the_packet_that_makes_a_connection_assured_is_learnt_from():
+    """The handshake's last ACK moves conntrack to ESTABLISHED and assured and IPVS's connection to
+    ESTABLISHED; the rules it passes already see that state, so the flow is learnt from it and the
+    next ACK is replayed, leaving the same state (the real server's active-connection count too)."""
+    nodes = pair()
+    handshake(nodes, "10.0.1.7", "10.20.30.60", 40000, 80, "cni0")
+    cache = nodes[0].flows
+    assert cache is not None and (cache.learnt, cache.hits) == (1, 0)
+    send(nodes, tcp("10.0.1.7", "10.20.30.60", 40000, 80, ACK), "cni0")
+    assert cache.hits == 1
+    assert state(nodes[0]) == state(nodes[1])
+    assert [d.activeconns for s in nodes[0].ipvs.services.values() for d in s.dests if d.activeconns] == [1]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from kproxy.netfilter.conntrack import IPS_ASSURED, Conn, Tuple
+from kproxy.netfilter.conntrack import IPS_ASSURED, IPS_SEEN_REPLY, UDP_STREAM_AFTER, Conn, Tuple
 from kproxy.netfilter.nfacct import AcctObject, objects_of
 from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, receive_path
 from kproxy.netfilter.tcp import ORIGINAL, REPLY
@@ -127,6 +127,19 @@ def _ct_signature(conn: Conn) -> tuple[int, str, int] | None:
         if track is None or track.windowed or conn.tcp_state != "ESTABLISHED":
             return None
     return (conn.status, conn.tcp_state, conn.mark)
+
+
+def _turns_steady(conn: Conn, pkt: Packet, now: float) -> bool:
+    """Whether conntrack's update for ``pkt`` (an ACK, or UDP) will put ``conn`` in a steady state:
+    the packet that makes a connection assured. Such a packet is learnt from, as the connection's
+    state after the update is what every later packet's rules see (only the raw table runs before
+    conntrack, and there no packet has a connection yet)."""
+    if not conn.status & IPS_SEEN_REPLY:
+        return False
+    if conn.proto == TCP:
+        track = conn.tcp
+        return track is not None and not track.windowed and conn.tcp_state in ("SYN_RECV", "ESTABLISHED")
+    return conn.proto == UDP and now > conn.created + UDP_STREAM_AFTER
 
 
 class FlowCache:
@@ -230,8 +243,8 @@ class FlowCache:
         if not self._known_hooks(pkt.family, stamp):
             self._refused = stamp
             return None
-        ctsig = _ct_signature(conn)
-        if ctsig is None:
+        before = _ct_signature(conn)
+        if before is None and not _turns_steady(conn, pkt, now):
             return None
         logged = len(node.log_lines)
         rec = Recorder()
@@ -252,8 +265,11 @@ class FlowCache:
             return res
         if len(self.flows) >= MAX_FLOWS:
             self.flows.clear()
+        ctsig = _ct_signature(conn)
+        if ctsig is None:
+            return res
         if res.fate not in (DELIVERED, FORWARDED) or res.extra or pkt.ct is not conn or \
-                _ct_signature(conn) != ctsig or len(ins) > 1 or len(outs) > 1 or \
+                before not in (None, ctsig) or len(ins) > 1 or len(outs) > 1 or \
                 not set(meta) <= {"ipvs_conn", "stolen_by"} or any(t.get(k) is not f for t, k, f in rec.lookups):
             if res.fate not in (DELIVERED, FORWARDED) or res.extra:
                 self.flows[key] = Flow(stamp, conn, ctkey, 0, *ctsig, (), (), (), None, None, None, None, None, -1, -1,
