@@ -101,22 +101,6 @@ class Flow:
     gateway: str
 
 
-def flow_key(pkt: Packet, iif: str) -> tuple[Any, ...] | None:
-    """Every header field a rule could read, or None for a packet the cache does not take (one
-    carrying sequence numbers, a payload, a socket, a connection, or not TCP/UDP)."""
-    if pkt.ct is not None or pkt.seg is not None or pkt.payload is not None or pkt.inner is not None or pkt.meta \
-            or pkt.notrack or pkt.local or pkt.trace or pkt.uid is not None or pkt.gid is not None:
-        return None
-    proto = pkt.proto
-    if proto == TCP:
-        if pkt.tcp_flags & KIND_BITS != ACK:
-            return None
-    elif proto != UDP:
-        return None
-    return (iif, pkt.family, proto, pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.tcp_flags, pkt.length, pkt.mark,
-            pkt.ttl, pkt.tos, pkt.tcp_mss, pkt.pkttype, pkt.src_mac, pkt.oif)
-
-
 def _ct_signature(conn: Conn) -> tuple[int, str, int] | None:
     """The connection's state as the conntrack update reads it, or None when the update could change
     it (only the steady states are replayed: assured, and for TCP established without window tracking)."""
@@ -172,9 +156,19 @@ class FlowCache:
         stamp = Epoch.value
         if stamp == self._refused:      # nothing can be learnt under this configuration (nft hooks, ...)
             return None
-        key = flow_key(pkt, iif)
-        if key is None:
+        # The flow's key: every header field a rule could read. Not taken: a packet carrying sequence
+        # numbers, a payload, a socket or a connection, or not TCP/UDP.
+        if pkt.ct is not None or pkt.seg is not None or pkt.payload is not None or pkt.inner is not None or \
+                pkt.meta or pkt.notrack or pkt.local or pkt.trace or pkt.uid is not None or pkt.gid is not None:
             return None
+        proto = pkt.proto
+        if proto == TCP:
+            if pkt.tcp_flags & KIND_BITS != ACK:
+                return None
+        elif proto != UDP:
+            return None
+        key = (iif, pkt.family, proto, pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.tcp_flags, pkt.length, pkt.mark,
+               pkt.ttl, pkt.tos, pkt.tcp_mss, pkt.pkttype, pkt.src_mac, pkt.oif)
         node = self.node
         clock = node.clock
         now = clock if clock is not None else node.now()
@@ -221,7 +215,7 @@ class FlowCache:
                 a.pkts += 1
                 a.bytes += length
         if c_in is not None:
-            ipvs.count_in(c_in, pkt, now, flow.in_pending)
+            ipvs.replay_in(c_in, pkt, now, flow.in_pending)  # type: ignore[arg-type]  # set with ipvs_in
         if c_out is not None:
             ipvs.count_out(c_out, pkt, now)
         (pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.mark, pkt.ttl, pkt.tos, pkt.oif, pkt.tcp_mss,
@@ -298,27 +292,26 @@ class FlowCache:
     def _counted(self, rec: Recorder, family: int) -> tuple[Any, ...] | None:
         """The rules and policies the recorded packet was counted by, or None when one of the tables
         it passed is not pure or a rule that fired does more than count, jump or mark."""
-        tables = self.node.iptables[family].tables
+        stamp = Epoch.value
+        if stamp != self._pure_stamp:
+            self._pure, self._pure_stamp = {}, stamp
+        pure = self._pure
         # Every table a packet enters counts it at least once (a rule's verdict or the policy).
-        if not all(self._pure_table(tables[name]) for name in {name for name, _ in rec.counted}):
-            return None
-        for _, obj in rec.counted:
+        for name, obj in rec.counted:
+            ok = pure.get((family, name))
+            if ok is None:
+                ok = pure[(family, name)] = self._pure_table(self.node.iptables[family].tables[name])
             target = getattr(obj, "target", None)        # a rule's; a chain (its policy) has none
-            if target is not None and target.name not in PURE_TARGETS:
+            if not ok or target is not None and target.name not in PURE_TARGETS:
                 return None
         return tuple(obj for _, obj in rec.counted)
 
     def _pure_table(self, table: Table) -> bool:
         """Whether every match of ``table`` is a function of headers, connection and configuration
-        (sets only without timeouts, counters or member sets); remembered until the stamp changes."""
-        stamp = self.stamp()
-        if stamp != self._pure_stamp:
-            self._pure, self._pure_stamp = {}, stamp
-        pure = self._pure.get(id(table))
-        if pure is None:
-            pure = self._pure[id(table)] = all(self._pure_match(m) for chain in table.chains.values()
-                                               for rule in chain.rules for m in rule.matches)
-        return pure
+        (sets only without timeouts, counters or member sets); ``_counted`` remembers the answer
+        until the configuration changes."""
+        return all(self._pure_match(m) for chain in table.chains.values() for rule in chain.rules
+                   for m in rule.matches)
 
     def _pure_match(self, m: Any) -> bool:
         if m.name not in PURE_MATCHES:
