@@ -12,9 +12,11 @@ Then packets through the result, from a pod on another node to the cluster IPs: 
 path, are in it as they are in a real flow's life). So that the machine's background load falls on
 every size alike, one interpreter per ``--repeat`` builds the nodes of all sizes and then measures
 them in ``--rounds`` rounds, the sizes' batches interleaved (ascending in even rounds, descending in
-odd ones); before each timed batch the heap is collected and frozen (``gc.freeze``), as a long-lived
-kube-proxy's is after a sync. Shown: the median over all rounds with the lowest and highest, and the
+odd ones), after ``--warmup`` rounds that are not counted (a sync leaves the chains to be compiled
+by their first packets); before each timed batch the heap is collected and frozen (``gc.freeze``),
+as a long-lived kube-proxy's is after a sync. Shown: the median over all rounds with the lowest and highest, and the
 per-packet cost ratio of the largest size to the smallest per round (median, lowest, highest).
+``--proxy-mode iptables`` sends the same packets through kube-proxy's iptables mode instead.
 
     KPROXY_BENCH_CLOCK=cpu .venv/bin/python bench/bench_ipvs_proxier.py --sizes 100,10000
 """
@@ -35,19 +37,21 @@ from kproxy.backends.emulated import EmulatedBackend
 from kproxy.node import Node
 from kproxy.packet import ACK, SYN, Packet, parse_addr
 from kproxy.proxy.config import ProxyConfig
+from kproxy.proxy.iptables import IptablesProxier
 from kproxy.proxy.ipvs import IpvsProxier
 
 
-def synced(services: int, endpoints: int) -> tuple[Node, float, float]:
-    """A node after the proxier's full sync of the objects and one partial sync; with both times."""
+def synced(services: int, endpoints: int, mode: str = "ipvs") -> tuple[Node, float, float]:
+    """A node after the proxier's full sync of the objects and one partial sync; with both times.
+    ``mode`` ``iptables`` gives the same node with kube-proxy's iptables mode instead (``--proxy-mode``)."""
     node = Node.from_description({"name": "node-a", "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}],
                                   "routes": ["default via 192.168.0.1 dev eth0"],
                                   "sysctls": {"net.netfilter.nf_conntrack_max": "2000000"}})
     node.clock = 1000.0
-    cfg = ProxyConfig.from_dict({"mode": "ipvs", "clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a"})
-    proxier = IpvsProxier(cfg, EmulatedBackend(node), ["192.168.0.2"])
+    cfg = ProxyConfig.from_dict({"mode": mode, "clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a"})
+    proxier: Any = (IpvsProxier if mode == "ipvs" else IptablesProxier)(cfg, EmulatedBackend(node), ["192.168.0.2"])
     _, full_secs, _, part_secs = full_then_partial(proxier, services, endpoints, changed=1)   # a remote endpoint
-    assert len(node.ipvs.services) == services
+    assert mode != "ipvs" or len(node.ipvs.services) == services
     return node, full_secs, part_secs
 
 
@@ -92,33 +96,37 @@ def round_of(node: Node, services: int, r: int, rng: random.Random, new: int = 5
     return new_rate, est_rate
 
 
-def packets(sizes: list[int], endpoints: int, rounds: int) -> dict[str, dict[str, list[float]]]:
-    """A child (``--packets``): the nodes of every size, then ``rounds`` rounds of each, interleaved."""
-    nodes = {n: synced(n, endpoints)[0] for n in sizes}
+def packets(sizes: list[int], endpoints: int, rounds: int, mode: str = "ipvs",
+            warmup: int = 1) -> dict[str, dict[str, list[float]]]:
+    """A child (``--packets``): the nodes of every size, then ``warmup`` rounds of each that are not
+    counted (the first packets after a sync compile the chains they pass) and ``rounds`` rounds that
+    are, the sizes interleaved."""
+    nodes = {n: synced(n, endpoints, mode)[0] for n in sizes}
     rngs = {n: random.Random(1) for n in sizes}
     out: dict[str, dict[str, list[float]]] = {str(n): {"new": [], "est": []} for n in sizes}
-    for r in range(rounds):
+    for r in range(-warmup, rounds):
         for n in (sizes if r % 2 == 0 else sizes[::-1]):
-            new_rate, est_rate = round_of(nodes[n], n, r, rngs[n])
-            out[str(n)]["new"].append(new_rate)
-            out[str(n)]["est"].append(est_rate)
+            new_rate, est_rate = round_of(nodes[n], n, r % 256, rngs[n])
+            if r >= 0:
+                out[str(n)]["new"].append(new_rate)
+                out[str(n)]["est"].append(est_rate)
     return out
 
 
 def _options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rounds", type=int, default=4, help="packet rounds per interpreter, sizes interleaved")
+    ap.add_argument("--warmup", type=int, default=1, help="packet rounds per interpreter before those measured")
     ap.add_argument("--packets", action="store_true", help=argparse.SUPPRESS)    # a child: the packet rounds
+    ap.add_argument("--proxy-mode", default="ipvs", choices=("ipvs", "iptables"),
+                    help="packets through kube-proxy's iptables mode instead (syncs are not measured then)")
 
 
 def _spread(xs: list[float]) -> str:
     return f"{statistics.median(xs):>9,.0f} ({min(xs):,.0f}-{max(xs):,.0f})"
 
 
-def main() -> None:
-    args, sizes = arguments(__doc__, measure, _options)
-    if args.packets:
-        print(json.dumps(packets(sizes, args.endpoints, args.rounds)))
-        sys.exit(0)
+def syncs(args: argparse.Namespace, sizes: list[int]) -> None:
+    """The sync figures: each size ``--repeat`` times in a fresh interpreter, the best shown."""
     rows: dict[int, dict[str, Any]] = {}
     print(f"{'services':>9} {'virtual':>8} {'real':>8} {'members':>8} {'full sync':>10} {'1-endpoint sync':>16}")
     for n in sizes:
@@ -129,10 +137,21 @@ def main() -> None:
               f"{r['full_s']:>9.2f}s {r['partial_s'] * 1000:>14.1f}ms")
     lo, hi = sizes[0], sizes[-1]
     print(f"partial-sync cost ratio {hi} / {lo}: {rows[hi]['partial_s'] / rows[lo]['partial_s']:.2f}")
+
+
+def main() -> None:
+    args, sizes = arguments(__doc__, measure, _options)
+    if args.packets:
+        print(json.dumps(packets(sizes, args.endpoints, args.rounds, args.proxy_mode, args.warmup)))
+        sys.exit(0)
+    lo, hi = sizes[0], sizes[-1]
+    if args.proxy_mode == "ipvs":
+        syncs(args, sizes)
     rates: dict[int, dict[str, list[float]]] = {n: {"new": [], "est": []} for n in sizes}
     for _ in range(args.repeat):
         out = subprocess.run([sys.executable, __file__, "--packets", "--sizes", args.sizes, "--endpoints",
-                              str(args.endpoints), "--rounds", str(args.rounds)],
+                              str(args.endpoints), "--rounds", str(args.rounds), "--proxy-mode", args.proxy_mode,
+                              "--warmup", str(args.warmup)],
                              capture_output=True, text=True, check=True)
         for n, got in json.loads(out.stdout).items():
             for kind in ("new", "est"):
@@ -144,7 +163,7 @@ def main() -> None:
     for kind, name in (("new", "new packet"), ("est", "established packet")):
         ratios = [a / b for a, b in zip(rates[lo][kind], rates[hi][kind], strict=True)]
         print(f"cost ratio {hi} / {lo}, {name}, per round: median {statistics.median(ratios):.2f} "
-              f"({min(ratios):.2f}-{max(ratios):.2f})")
+              f"({min(ratios):.2f}-{max(ratios):.2f}): {' '.join(f'{x:.2f}' for x in ratios)}")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@ An established TCP (or assured UDP) packet of a flow takes the same way as the f
 as long as nothing it depends on changes: the same hook functions, the same rules matching, the same
 routes, the same IPVS connection. The kernel has no such cache (nf_flowtable skips the rules and
 their counters); it is the emulator's, and nothing observable tells it apart from the whole path.
-The first such packet goes the whole way with a recording trace (the rules and policies that counted
-it, the IPVS lookups it made, where it ended, the headers it left with); the next ones with the same
-headers only do what is observable: conntrack's update (its own code: state, timeout, accounting),
-the counters of every rule and policy on the way, the IPVS connection's state, expiry and
-statistics (these wait in ``kproxy.ipvs.ipvs.PENDING`` until read), and the resulting headers.
+The first such packet (or the one that makes its connection assured) goes the whole way with a
+recording trace (the rules and policies that counted it, the nfacct objects counted, the IPVS lookups
+it made, where it ended, the headers it left with); the next ones with the same headers only do what
+is observable: conntrack's update (its own code: state, timeout, accounting), the counters of every
+rule, policy and nfacct object on the way, the IPVS connection's state, expiry and statistics (these
+wait in ``kproxy.ipvs.ipvs.PENDING`` until read), and the resulting headers.
 
 A replay is used only while the configuration epoch (``kproxy.versioned.Epoch``: hook registrations,
 iptables commits, ipset members and sets, routes and addresses, sysctls, IPVS services and real
