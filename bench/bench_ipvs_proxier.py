@@ -11,10 +11,10 @@ Then packets through the result, from a pod on another node to the cluster IPs: 
 30,000 ACKs of 1,000 flows opened in the same round (so a flow's first ACKs, which take the whole
 path, are in it as they are in a real flow's life). So that the machine's background load falls on
 every size alike, one interpreter per ``--repeat`` builds the nodes of all sizes and then measures
-them in ``--rounds`` rounds, the sizes' batches interleaved (ascending in even rounds, descending in
-odd ones), after ``--warmup`` rounds that are not counted (a sync leaves the chains to be compiled
-by their first packets); before each timed batch the heap is collected and frozen (``gc.freeze``),
-as a long-lived kube-proxy's is after a sync. Shown: the median over all rounds with the lowest and highest, and the
+them in ``--rounds`` rounds, each batch sent in chunks (500 SYNs, 1,000 ACKs) from each size's node
+in turn, after ``--warmup`` rounds that are not counted (a sync leaves the chains to be compiled by
+their first packets); before each timed batch the heap is collected and frozen (``gc.freeze``), as a
+long-lived kube-proxy's is after a sync. Shown: the median over all rounds with the lowest and highest, and the
 per-packet cost ratio of the largest size to the smallest per round (median, lowest, highest).
 ``--proxy-mode iptables`` sends the same packets through kube-proxy's iptables mode instead.
 
@@ -63,51 +63,63 @@ def measure(services: int, endpoints: int) -> dict[str, float]:
             "set_members": sum(len(s.members) for s in node.ipsets.sets.values()), "partial_s": part_secs}
 
 
-def _rate(node: Node, pkts: list[Packet]) -> float:
-    """Packets per second received on eth0 (the cyclic GC frozen: the node's state is long-lived)."""
+def _rates(nodes: dict[int, Node], batches: dict[int, list[Packet]], chunk: int) -> dict[int, float]:
+    """Packets per second of each node's batch received on eth0, the batches sent ``chunk`` packets at
+    a time from each node in turn (the order alternating), so that a burst of the machine's other
+    work falls on every size alike. The cyclic GC is frozen: the nodes' state is long-lived."""
+    spent = dict.fromkeys(batches, 0.0)
+    order = list(batches)
     gc.collect()
     gc.freeze()
     try:
-        t0 = CLOCK()
-        for p in pkts:
-            node.receive(p, "eth0")
-        return len(pkts) / (CLOCK() - t0)
+        for k, at in enumerate(range(0, max(len(b) for b in batches.values()), chunk)):
+            for n in (order if k % 2 == 0 else order[::-1]):
+                node, part = nodes[n], batches[n][at:at + chunk]
+                t0 = CLOCK()
+                for p in part:
+                    node.receive(p, "eth0")
+                spent[n] += CLOCK() - t0
     finally:
         gc.unfreeze()
+    return {n: len(batches[n]) / spent[n] for n in batches}
 
 
-def round_of(node: Node, services: int, r: int, rng: random.Random, new: int = 5000,
-             est: int = 30000) -> tuple[float, float]:
-    """One round on one node: new-connection and established packets per second from a remote pod
+def round_of(nodes: dict[int, Node], r: int, rngs: dict[int, random.Random], new: int = 5000,
+             est: int = 30000) -> dict[int, tuple[float, float]]:
+    """One round on every node: new-connection and established packets per second from a remote pod
     (10.200.r.5, inside the cluster CIDR: not masqueraded) to random cluster IPs."""
     client = parse_addr(f"10.200.{r}.5")[1]
-    vips = [parse_addr(f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}")[1]
-            for i in (rng.randrange(services) for _ in range(new))]
-    syns = [Packet(src=client, dst=vips[i], proto=6, sport=1024 + i, dport=80, tcp_flags=SYN) for i in range(new)]
-    new_rate = _rate(node, syns)
-    assert syns[-1].dport == 8080, "not balanced"
-    # The real servers' answers for the first 1,000 connections, then their clients' ACKs.
-    for p in syns[:1000]:
-        node.receive(Packet(src=p.dst, dst=p.src, proto=6, sport=p.dport, dport=p.sport, tcp_flags=SYN | ACK), "eth0")
-    acks = [Packet(src=client, dst=vips[k % 1000], proto=6, sport=1024 + k % 1000, dport=80, tcp_flags=ACK)
-            for k in range(est)]
-    est_rate = _rate(node, acks)
-    assert acks[-1].ctstate == "ESTABLISHED" and acks[-1].dport == 8080, (acks[-1].ctstate, acks[-1].dport)
-    return new_rate, est_rate
+    vips = {n: [parse_addr(f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}")[1]
+                for i in (rngs[n].randrange(n) for _ in range(new))] for n in nodes}
+    syns = {n: [Packet(src=client, dst=vips[n][i], proto=6, sport=1024 + i, dport=80, tcp_flags=SYN)
+                for i in range(new)] for n in nodes}
+    new_rates = _rates(nodes, syns, 500)
+    acks = {}
+    for n, node in nodes.items():
+        assert syns[n][-1].dport == 8080, "not balanced"
+        # The real servers' answers for the first 1,000 connections, then their clients' ACKs.
+        for p in syns[n][:1000]:
+            node.receive(Packet(src=p.dst, dst=p.src, proto=6, sport=p.dport, dport=p.sport, tcp_flags=SYN | ACK),
+                         "eth0")
+        acks[n] = [Packet(src=client, dst=vips[n][k % 1000], proto=6, sport=1024 + k % 1000, dport=80, tcp_flags=ACK)
+                   for k in range(est)]
+    est_rates = _rates(nodes, acks, 1000)
+    for a in acks.values():
+        assert a[-1].ctstate == "ESTABLISHED" and a[-1].dport == 8080, (a[-1].ctstate, a[-1].dport)
+    return {n: (new_rates[n], est_rates[n]) for n in nodes}
 
 
 def packets(sizes: list[int], endpoints: int, rounds: int, mode: str = "ipvs",
             warmup: int = 1) -> dict[str, dict[str, list[float]]]:
-    """A child (``--packets``): the nodes of every size, then ``warmup`` rounds of each that are not
-    counted (the first packets after a sync compile the chains they pass) and ``rounds`` rounds that
-    are, the sizes interleaved."""
+    """A child (``--packets``): the nodes of every size, then ``warmup`` rounds that are not counted
+    (the first packets after a sync compile the chains they pass) and ``rounds`` rounds that are."""
     nodes = {n: synced(n, endpoints, mode)[0] for n in sizes}
     rngs = {n: random.Random(1) for n in sizes}
     out: dict[str, dict[str, list[float]]] = {str(n): {"new": [], "est": []} for n in sizes}
     for r in range(-warmup, rounds):
-        for n in (sizes if r % 2 == 0 else sizes[::-1]):
-            new_rate, est_rate = round_of(nodes[n], n, r % 256, rngs[n])
-            if r >= 0:
+        got = round_of({n: nodes[n] for n in (sizes if r % 2 == 0 else sizes[::-1])}, r % 256, rngs)
+        if r >= 0:
+            for n, (new_rate, est_rate) in got.items():
                 out[str(n)]["new"].append(new_rate)
                 out[str(n)]["est"].append(est_rate)
     return out
