@@ -96,10 +96,12 @@ def _child(services: int, endpoints: int, script: str = __file__, mode: str = ""
     return json.loads(out.stdout)
 
 
-def arguments(doc: str, measure: Any) -> tuple[argparse.Namespace, list[int]]:
-    """The options of a proxier benchmark (also bench_ipvs_proxier.py's) and its sizes; a child
-    (``--one``) prints its one measurement and exits here."""
+def arguments(doc: str, measure: Any, extra: Any = None) -> tuple[argparse.Namespace, list[int]]:
+    """The options of a proxier benchmark (also bench_ipvs_proxier.py's, which adds its own with
+    ``extra(parser)``) and its sizes; a child (``--one``) prints its one measurement and exits here."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if extra is not None:
+        extra(ap)
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3, help="runs per size, each in a fresh interpreter; the best is shown")

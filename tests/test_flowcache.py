@@ -13,6 +13,7 @@ from tests.test_proxier_ipvs import NODE, endpoints, service, setup
 
 from kproxy.ipset.cli import run_ipset
 from kproxy.ipvs.ipvsadm import run_ipvsadm
+from kproxy.netfilter.nfacct import objects_of
 from kproxy.node import Node
 from kproxy.packet import ACK, FIN, SYN, Packet
 
@@ -53,6 +54,7 @@ def state(node: Node) -> dict[str, Any]:
         "counters": [line for line in node.iptables_save(counters=True).splitlines() if not line.startswith("#")],
         "conntrack": [{k: v for k, v in e.items() if k != "id"} for e in node.conntrack.to_json()["entries"]],
         "ipvs_services": ipvs["services"], "ipvs_conns": sorted(ipvs["conns"]), "stats": stats, "conns": conns,
+        "nfacct": objects_of(node).to_json(),
     }
 
 
@@ -259,3 +261,68 @@ def test_iptables_flows_with_dnat_and_masquerade_replay_the_same():
     assert cache is not None and cache.hits > 20
     assert (flows[2][5].src_str, flows[2][5].dst_str, flows[2][5].dport) == ("192.168.0.2", "10.0.2.40", 8080)
     assert state(nodes[0]) == state(nodes[1])
+
+
+def iptables_mode() -> tuple[Node, Any]:
+    """kube-proxy's iptables mode on the test node (its filter table counts into nfacct objects)."""
+    from tests.test_proxier_iptables import setup as iptables_setup
+
+    return iptables_setup()
+
+
+def test_kube_proxy_iptables_mode_flows_replay_nfacct_counters():
+    """kube-proxy's iptables mode has ``-m nfacct`` in its filter table; the cache learns its flows and
+    replays the accounting objects' counters with the rules'. User rules count into two more objects,
+    one in a rule whose later match fails (the object still counts: xt_nfacct counts when it is
+    reached), one only for the answers."""
+    nodes = pair(iptables_mode)
+    for n in nodes:
+        assert {o.name for o in objects_of(n)} >= {"ct_state_invalid_dropped_pkts"}
+        for name in ("fwd-all", "fwd-probe", "back"):
+            objects_of(n).add(name)
+        for argv in (["-I", "FORWARD", "-m", "nfacct", "--nfacct-name", "fwd-all"],
+                     ["-I", "FORWARD", "2", "-p", "tcp", "-m", "nfacct", "--nfacct-name", "fwd-probe", "-m", "tcp",
+                      "--dport", "9999", "-j", "DROP"],
+                     ["-I", "FORWARD", "-i", "eth0", "-m", "nfacct", "--nfacct-name", "back"]):
+            assert n.iptables_cmd(argv) == (0, "", "")
+    flows = []
+    for i, (client, vip, dport, iif) in enumerate([("10.0.1.7", "10.20.30.60", 80, "cni0"),
+                                                   ("10.0.1.8", "10.20.30.60", 80, "cni0"),
+                                                   ("203.0.113.9", "192.168.0.2", 30080, "eth0")]):   # NodePort
+        out = handshake(nodes, client, vip, 42000 + i, dport, iif)
+        flows.append((client, vip, 42000 + i, dport, iif, out))
+    exchange(nodes, flows, 6)
+    cache = nodes[0].flows
+    assert cache is not None and cache.learnt >= len(flows) and cache.hits >= 30
+    counts = {o.name: o.pkts for o in objects_of(nodes[0])}
+    assert counts["fwd-all"] == counts["fwd-probe"] > 40 and counts["back"] > 20
+    assert state(nodes[0]) == state(nodes[1])
+    # The rule leaves, its object goes and comes back (a new object, at zero): no replay counts into
+    # the old one.
+    for n in nodes:
+        assert n.iptables_cmd(["-D", "FORWARD", "-m", "nfacct", "--nfacct-name", "fwd-all"]) == (0, "", "")
+        assert n.iptables_cmd(["-D", "FORWARD", "-i", "eth0", "-m", "nfacct", "--nfacct-name", "back"]) == (0, "", "")
+    exchange(nodes, flows, 2)
+    for n in nodes:
+        objects_of(n).delete("back", set())
+        objects_of(n).add("back")
+        assert n.iptables_cmd(["-I", "FORWARD", "-m", "nfacct", "--nfacct-name", "back"]) == (0, "", "")
+    hits = cache.hits
+    exchange(nodes, flows, 3)
+    assert cache.hits > hits
+    assert objects_of(nodes[0]).read("back").pkts == 3 * 2 * len(flows)
+    assert state(nodes[0]) == state(nodes[1])
+
+
+def test_the_packet_that_makes_a_connection_assured_is_learnt_from():
+    """The handshake's last ACK moves conntrack to ESTABLISHED and assured and IPVS's connection to
+    ESTABLISHED; the rules it passes already see that state, so the flow is learnt from it and the
+    next ACK is replayed, leaving the same state (the real server's active-connection count too)."""
+    nodes = pair()
+    handshake(nodes, "10.0.1.7", "10.20.30.60", 40000, 80, "cni0")
+    cache = nodes[0].flows
+    assert cache is not None and (cache.learnt, cache.hits) == (1, 0)
+    send(nodes, tcp("10.0.1.7", "10.20.30.60", 40000, 80, ACK), "cni0")
+    assert cache.hits == 1
+    assert state(nodes[0]) == state(nodes[1])
+    assert [d.activeconns for s in nodes[0].ipvs.services.values() for d in s.dests if d.activeconns] == [1]

@@ -446,7 +446,12 @@ class Node:
             from kproxy.netfilter.trace import Trace
 
             return _path.receive(self, pkt, iif, Trace())
-        return _path.receive(self, pkt, iif, None)
+        flows = self.flows          # path.receive, a call less for a replayed packet
+        if flows is not None and flows.enabled and iif in self.interfaces:
+            res = flows.receive(pkt, iif)
+            if res is not None:
+                return res
+        return _path.receive_path(self, pkt, iif, None)
 
     def send(self, pkt: Packet, trace: bool = False) -> Result:
         """Send ``pkt`` from a local process (the OUTPUT path); returns a ``path.Result``."""

@@ -330,6 +330,9 @@ class Ipvs:
         old = c.state
         if pkt.proto == TCP:
             f = pkt.tcp_flags
+            if f & 0x17 == 0x10 and old == "ESTABLISHED":      # an ACK of an established connection
+                c.expires = now + self.timeouts["tcp"]
+                return
             if f & 0x04:
                 new = "CLOSE"
             elif f & 0x01:
@@ -432,6 +435,18 @@ class Ipvs:
         dest["inbytes"] += length
         svc["inpkts"] += 1
         svc["inbytes"] += length
+
+    def replay_in(self, c: IpvsConn, pkt: Packet, now: float, pending: list[Any]) -> None:
+        """``count_in`` with a ``PENDING`` entry (a replay), an established connection's ACK taken
+        without further calls."""
+        if pkt.proto == TCP and pkt.tcp_flags & 0x17 == 0x10 and c.state == "ESTABLISHED":
+            c.expires = now + self.timeouts["tcp"]
+        else:
+            self._set_state(c, pkt, now)
+        if not pending[2]:
+            PENDING.append(pending)
+        pending[2] += 1
+        pending[3] += pkt.length
 
     def count_out(self, c: IpvsConn, pkt: Packet, now: float) -> None:
         """A real server's answer: a FIN or RST moves the connection's state; the out-counters."""

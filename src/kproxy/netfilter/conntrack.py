@@ -407,6 +407,29 @@ class Conntrack:
         """The protocol's verdict on a packet of ``conn`` in direction ``d`` (see ``_update``)."""
         return self._tcp_packet(conn, d, pkt, now) if pkt.proto == TCP else self._update(conn, d, pkt, now)
 
+    def replay_packet(self, conn: Conn, d: int, pkt: Packet, now: float) -> None:
+        """``packet_update`` then ``attach``, as the conntrack hook does for a packet of a confirmed
+        connection (the flow cache's replay): the steady TCP state's branch of ``_tcp_packet`` is
+        taken here without the calls, anything else goes through them."""
+        track = conn.tcp
+        status = conn.status
+        if track is not None and not track.windowed and status & IPS_ASSURED and conn.tcp_state == "ESTABLISHED" \
+                and pkt.tcp_flags & _KIND_BITS == ACK and pkt.proto == TCP:
+            track.last_index, track.last_dir = "ACK", d
+            if not status & IPS_FIXED_TIMEOUT:
+                conn.expires = now + _ESTABLISHED_TIMEOUT
+            pkt.ct, pkt.ctdir = conn, d
+            if d == REPLY:
+                conn.status = status | IPS_SEEN_REPLY
+                pkt.ctstate = "ESTABLISHED"
+            else:
+                pkt.ctstate = "ESTABLISHED" if status & IPS_SEEN_REPLY else "NEW"
+            acct = conn.acct
+            acct[d] += 1
+            acct[2 + d] += pkt.length
+            return
+        self.attach(conn, d, pkt, self.packet_update(conn, d, pkt, now) == "ok")
+
     @staticmethod
     def attach(conn: Conn, d: int, pkt: Packet, counted: bool) -> None:
         """The packet joins its connection (its state follows the direction), and is accounted."""

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kproxy.versioned import Epoch
+
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.netfilter.netns import NetNamespace
 
@@ -41,10 +43,15 @@ class AcctObject:
 
 
 class NfacctObjects:
-    """The namespace's accounting objects, in creation order (the kernel's list order)."""
+    """The namespace's accounting objects, in creation order (the kernel's list order).
+
+    Adding or deleting an object bumps the configuration ``Epoch`` (a learnt flow counts into the
+    objects that existed when it was learnt); while ``recording`` is a list, every object a packet
+    is counted into is appended to it (the flow cache's recording, see ``kproxy.flowcache``)."""
 
     def __init__(self) -> None:
         self.objects: dict[str, AcctObject] = {}
+        self.recording: list[AcctObject] | None = None
 
     def __iter__(self) -> Iterator[AcctObject]:
         return iter(list(self.objects.values()))
@@ -58,6 +65,7 @@ class NfacctObjects:
         if name in self.objects:
             raise NfacctError(errno.EBUSY)
         obj = self.objects[name] = AcctObject(name)
+        Epoch.bump()
         return obj
 
     def ensure(self, name: str) -> AcctObject:
@@ -79,18 +87,22 @@ class NfacctObjects:
         if name in in_use:
             raise NfacctError(errno.EBUSY)
         del self.objects[name]
+        Epoch.bump()
 
     def flush(self, in_use: set[str]) -> None:
         """Delete every object no rule uses (the others stay, without an error)."""
         for name in list(self.objects):
             if name not in in_use:
                 del self.objects[name]
+                Epoch.bump()
 
     def count(self, name: str, length: int) -> None:
         obj = self.objects.get(name)
         if obj is not None:
             obj.pkts += 1
             obj.bytes += length
+            if self.recording is not None:
+                self.recording.append(obj)
 
     def to_json(self) -> list[list[Any]]:
         return [[o.name, o.pkts, o.bytes] for o in self.objects.values()]
@@ -100,6 +112,7 @@ class NfacctObjects:
         store = cls()
         for name, pkts, nbytes in data:
             store.objects[str(name)] = AcctObject(str(name), int(pkts), int(nbytes))
+        Epoch.bump()
         return store
 
 
