@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kproxy.backends import BackendError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.nftables.transaction import Tx
     from kproxy.node import Node
 
 TABLE = "kube-proxy"
@@ -66,16 +67,23 @@ class EmulatedNft:
         self.node = node
         self.family = family
 
-    def run(self, text: str) -> None:
+    def run(self, text: str | Tx) -> None:
         """``nft -f -`` on the node. A transaction that names only chains and sets of the kube-proxy
         table is parsed into that table in place, with an undo journal (``kproxy.backends.journal``),
         rather than into a copy of the whole ruleset. (Each ``add element`` line costs what its
-        elements do, so a set's lines need no joining into one command.)"""
+        elements do, so a set's lines need no joining into one command.)
+
+        A structured transaction (``kproxy.nftables.transaction.Tx``) is applied without its text;
+        if it fails, the table is put back and its text goes the parser's way, for nft's message."""
         from kproxy.backends.journal import journaled, named_objects
         from kproxy.nftables.cli import run_nft
         from kproxy.nftables.evaluate import attach
         from kproxy.nftables.store import node_ruleset
 
+        if not isinstance(text, str):
+            if self._apply(text):
+                return
+            text = text.text()
         rs = node_ruleset(self.node)
         fam = family_name(self.family)
         table = rs.find(fam, TABLE)
@@ -90,15 +98,44 @@ class EmulatedNft:
         self.node.nftables = work
         attach(self.node)
 
+    def _apply(self, tx: Tx) -> bool:
+        """Apply a structured transaction to the kube-proxy table; False (nothing changed) when it
+        failed or is not one this can apply."""
+        from kproxy.backends.journal import apply_in_place, journaled
+        from kproxy.nftables.evaluate import attach
+        from kproxy.nftables.store import node_ruleset
+        from kproxy.nftables.transaction import TxError, apply
+
+        rs = node_ruleset(self.node)
+        fam = family_name(self.family)
+        if tx.family != fam or tx.table != TABLE:
+            return False
+        interfaces = set(self.node.interfaces)
+        table = rs.find(fam, TABLE)
+        if table is None:
+            # The table is new: on an error, taking it away again undoes everything.
+            tables, next_handle = list(rs.tables), rs.next_table_handle
+            try:
+                apply(tx, rs, interfaces)
+            except TxError:
+                rs.tables[:], rs.next_table_handle = tables, next_handle
+                return False
+            if tx.ops:
+                rs.generation += 1          # as for the same text through ``nft -f``
+            journaled(rs.find(fam, TABLE))
+            attach(self.node)
+            return True
+        chains, sets = tx.named()
+        try:
+            before = apply_in_place(rs, table, chains, sets, lambda: apply(tx, rs, interfaces))
+        except TxError:
+            return False
+        self._after_in_place(rs, table, before)
+        return True
+
     def _run_in_place(self, rs: Any, table: Any, text: str, chains: set[str], sets: set[str]) -> None:
-        from kproxy.backends.journal import MISSING, apply_in_place
+        from kproxy.backends.journal import apply_in_place
         from kproxy.nftables.cli import format_error
-        from kproxy.nftables.evaluate import (
-            attach,
-            chain_conntrack_users,
-            forget_compiled,
-            take_conntrack_refs,
-        )
         from kproxy.nftables.parser import NftError, Parser
 
         interfaces = set(self.node.interfaces)
@@ -109,6 +146,18 @@ class EmulatedNft:
                                     lambda: Parser(text, rs, interfaces, validate_jumps=False).script())
         except NftError as exc:
             raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
+        self._after_in_place(rs, table, before)
+
+    def _after_in_place(self, rs: Any, table: Any, before: dict[str, Any]) -> None:
+        """The hooks and conntrack references after chains of the table changed in place."""
+        from kproxy.backends.journal import MISSING
+        from kproxy.nftables.evaluate import (
+            attach,
+            chain_conntrack_users,
+            forget_compiled,
+            take_conntrack_refs,
+        )
+
         after = table.chains
         held = self.node.subsystems.get("nftables_ct_refs")
         users = None
@@ -178,11 +227,13 @@ class KernelNft:
         except FileNotFoundError as exc:
             raise BackendError(f"cannot run nft: {exc.strerror}: {exc.filename}") from None
 
-    def run(self, text: str) -> None:
+    def run(self, text: str | Tx) -> None:
         """One transaction; a big one reshaped so the kernel binds its anonymous sets cheaply
         (``kproxy.backends.nft_phases``), with the same result and the same all-or-nothing effect."""
         from kproxy.backends.nft_phases import as_in_text, reshape
 
+        if not isinstance(text, str):
+            text = text.text()
         fam = family_name(self.family)
         known, self._known_chains = self._known_chains, None     # good for this transaction only
         # Only a full sync (the proxier read the chains just before) is worth reshaping: a partial

@@ -1,0 +1,392 @@
+"""An nft transaction as operations on one table, applied to a ruleset without printing and parsing it.
+
+upstream's knftables builds a ``Transaction`` of operations carrying objects; its ``Fake`` applies them
+directly and only the real backend writes ``nft -f -`` text. ``Tx`` is that for the nftables proxier:
+a list of operations on one table, each a tuple ``(verb, kind, name, payload)``:
+
+* ``("add", "table", "", SPEC)``, ``(VERB, "chain"|"set"|"map", NAME, SPEC)``: the line
+  ``VERB KIND FAMILY TABLE NAME SPEC`` (``SPEC`` is "" or the text after the name, ``" { ... }"``);
+* ``("add", "rule", CHAIN, (BODY, COMMENT))``: ``BODY`` is the rule's text, or one of the shapes below
+  that kube-proxy writes by the hundred thousand, as a tuple of its values;
+* ``("add"|"delete", "element", SET, (KEY, VALUE, COMMENT))``: key and value as text.
+
+``text()`` prints the transaction as the proxier always wrote it (``nft -f -`` on a kernel, ``--dry-run``,
+logs, the "transaction lines" metric is ``len()``), once, when something asks. ``apply`` makes the
+objects of the common operations itself (a plain chain, a flush, a rule of a known shape, set elements
+of plain values) with the same model classes, handles and anonymous sets the parser gives, and hands
+anything else to the parser as text, in order (``tests/test_nft_transaction.py`` checks both routes
+give the same ruleset). It reports an error as ``TxError``: the caller puts the table back and runs the
+text through the parser, whose message is nft's.
+"""
+
+from __future__ import annotations
+
+from socket import inet_aton, inet_ntoa
+from typing import TYPE_CHECKING, Any
+
+from kproxy.nftables import types as T
+from kproxy.nftables.expr import Concat, Const, Elem, Expr, Meta, Numgen, Payload, Prefix, SetLit, Verdict
+from kproxy.nftables.model import Chain, NSet, Rule, Table
+from kproxy.nftables.stmt import Match, Nat, Stmt, VerdictMap, VerdictStmt
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.nftables.model import Ruleset
+    from kproxy.nftables.parser import Parser
+
+# Rule shapes (the first item of a rule body tuple) and their text, for the ``ip`` family:
+JUMP = "jump"      # (JUMP, FIELD, ADDR, VERB, CHAIN):      ip FIELD ADDR VERB CHAIN
+DNAT = "dnat"      # (DNAT, PROTO, ADDR, PORT):             meta l4proto PROTO dnat to ADDR:PORT
+NUMGEN = "numgen"  # (NUMGEN, (CHAIN, ...)):                 numgen random mod N vmap { 0 : goto CHAIN , ... }
+MASQ = "masq"      # (MASQ, DADDR, CIDR, VERB, CHAIN):       ip daddr DADDR ip saddr != CIDR VERB CHAIN
+
+Op = tuple[str, str, str, Any]
+L4 = {"tcp": 6, "udp": 17, "sctp": 132}
+
+
+class TxError(Exception):
+    """The transaction failed where ``apply`` made objects itself; the table must be put back."""
+
+
+def body_text(fam: str, body: Any) -> str:
+    """A rule body's text: itself, or its shape printed as the proxier writes it."""
+    if type(body) is str:
+        return body
+    shape = body[0]
+    if shape == JUMP:
+        return f"{fam} {body[1]} {body[2]} {body[3]} {body[4]}"
+    if shape == DNAT:
+        return f"meta l4proto {body[1]} dnat to {body[2]}:{body[3]}"
+    if shape == NUMGEN:
+        vmap = " , ".join(f"{i} : goto {c}" for i, c in enumerate(body[1]))
+        return f"numgen random mod {len(body[1])} vmap {{ {vmap} }}"
+    if shape == MASQ:
+        return f"{fam} daddr {body[1]} {fam} saddr != {body[2]} {body[3]} {body[4]}"
+    raise ValueError(f"unknown rule shape {shape!r}")
+
+
+def op_text(fam: str, table: str, op: Op) -> str:
+    """One operation as a line of ``nft -f`` input (no newline)."""
+    verb, kind, name, p = op
+    if kind == "rule":
+        body, comment = p
+        text = f"add rule {fam} {table} {name} {body_text(fam, body)}"
+        return text if comment is None else f'{text} comment "{comment}"'
+    if kind == "element":
+        key, value, comment = p
+        text = f"{verb} element {fam} {table} {name} {{ {key}"
+        if verb == "add":
+            if comment is not None:
+                text += f' comment "{comment}"'
+            if value:
+                text += f" : {value}"
+        return text + " }"
+    if kind == "table":
+        return f"{verb} table {fam} {table}{p}"
+    return f"{verb} {kind} {fam} {table} {name}{p}"
+
+
+class Tx:
+    """One transaction on ``family table``: its operations, and its text once something asks for it."""
+
+    __slots__ = ("family", "table", "ops", "_text")
+
+    def __init__(self, family: str, table: str, ops: list[Op] | None = None) -> None:
+        self.family = family
+        self.table = table
+        self.ops: list[Op] = ops if ops is not None else []
+        self._text: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def text(self) -> str:
+        if self._text is None:
+            fam, table = self.family, self.table
+            self._text = "".join(op_text(fam, table, op) + "\n" for op in self.ops)
+        return self._text
+
+    __str__ = text
+
+    def named(self) -> tuple[set[str], set[str]]:
+        """The chains and sets the transaction names (a text rule's ``@set`` too)."""
+        chains: set[str] = set()
+        sets: set[str] = set()
+        for _, kind, name, p in self.ops:
+            if kind == "chain" or kind == "rule":
+                chains.add(name)
+                if kind == "rule" and type(p[0]) is str and "@" in p[0]:
+                    sets.update(w[1:] for w in p[0].split() if w.startswith("@"))
+            elif kind != "table":
+                sets.add(name)
+        return chains, sets
+
+
+def apply(tx: Tx, rs: Ruleset, interfaces: set[str] | None = None) -> None:
+    """Apply ``tx`` to ``rs`` (the caller keeps what it needs to undo it); ``TxError`` on any error.
+
+    Jumps are not walked for depth (the proxier's chains nest at most five deep by construction, as
+    for its partial syncs)."""
+    from kproxy.nftables.parser import NftError, Parser
+
+    p = Parser("", rs, interfaces, validate_jumps=False)
+    b = _Builder(p, tx)
+    try:
+        b.run()
+        p.sort_touched_sets()
+        p.raise_recorded()
+    except NftError as exc:
+        raise TxError(exc.msg) from None
+
+
+class _Builder:
+    """Makes the model objects of one transaction's operations, in order."""
+
+    def __init__(self, p: Parser, tx: Tx) -> None:
+        self.p = p
+        self.tx = tx
+        self.tbl: Table | None = None
+        self.pending: list[str] = []
+        # Expressions and statements thousands of rules share (nothing changes one once built).
+        self.shared: dict[Any, Any] = {}
+
+    def run(self) -> None:
+        """Each operation made here when it can be, else held as text for the parser; held text goes
+        to the parser before the next operation made here, so everything happens in order."""
+        tx = self.tx
+        fam, table = tx.family, tx.table
+        pending = self.pending
+        if fam != "ip":
+            for op in tx.ops:
+                pending.append(op_text(fam, table, op))
+            self.flush()
+            return
+        self.tbl = self.p.rs.find(fam, table)
+        rule, shared = self.rule, self.shared
+        ipv4_const, proto_const, ntoa, aton, from_bytes = T.IPV4, T.PROTO, inet_ntoa, inet_aton, int.from_bytes
+        last_addr: tuple[str, Const | None] = ("", None)    # an endpoint's address: its DNAT reads it again
+        for op in tx.ops:
+            kind = op[1]
+            if pending and kind != "table":
+                self.flush()
+            tbl = self.tbl
+            if tbl is None:
+                pending.append(op_text(fam, table, op))
+                continue
+            if kind == "rule":
+                body, comment = op[3]
+                if type(body) is tuple:
+                    chain = tbl.chains.get(op[2])
+                    if chain is not None and chain.hook is None:
+                        # The two rules of every endpoint chain, made here; the other shapes in ``rule``.
+                        shape = body[0]
+                        stmts: list[Stmt] | None = None
+                        if shape is JUMP or shape is DNAT:
+                            text = body[2]
+                            if last_addr[0] == text:
+                                addr = last_addr[1]
+                            else:
+                                try:
+                                    packed = aton(text)
+                                    addr = Const(ipv4_const, from_bytes(packed, "big")) if ntoa(packed) == text else None
+                                except (OSError, UnicodeError, ValueError):
+                                    addr = None
+                                last_addr = (text, addr)
+                            if addr is not None:
+                                if shape is JUMP:
+                                    target = body[4]
+                                    if target in tbl.chains:
+                                        fld = body[1]
+                                        payload = shared.get(fld)
+                                        if payload is None:
+                                            payload = shared[fld] = Payload("ip", fld)
+                                        stmts = [Match(payload, "==", addr), self.verdict_stmt(body[3], target)]
+                                else:
+                                    key = (DNAT, body[1], body[3])
+                                    fixed = shared.get(key)
+                                    if fixed is None:
+                                        port = service(str(body[3]))
+                                        if port is not None and body[1] in L4:
+                                            fixed = shared[key] = (Match(Meta("l4proto"), "==",
+                                                                         Const(proto_const, L4[body[1]])), port)
+                                    if fixed is not None:
+                                        stmts = [fixed[0], Nat("dnat", addr, fixed[1])]
+                            if stmts is not None:
+                                h = tbl.next_handle
+                                tbl.next_handle = h + 1
+                                chain.rules.append(Rule(h, stmts, comment, []))
+                                continue
+                        elif rule(tbl, chain, body, comment):
+                            continue
+            elif kind == "chain" and not op[3]:
+                verb, name = op[0], op[2]
+                chain = tbl.chains.get(name)
+                if verb == "add":
+                    if chain is None:
+                        h = tbl.next_handle
+                        tbl.next_handle = h + 1
+                        tbl.chains[name] = Chain(name, h)
+                    continue
+                if verb == "flush" and chain is not None:
+                    for r in chain.rules:
+                        for anon in r.anon_sets:
+                            tbl.sets.pop(anon, None)
+                    chain.rules = []
+                    continue
+            elif kind == "element" and op[0] == "add" and self.element(tbl, op[2], op[3]):
+                continue
+            pending.append(op_text(fam, table, op))
+        self.flush()
+
+    def flush(self) -> None:
+        """The operations held as text, through the parser (its fast path first)."""
+        from kproxy.nftables.fastpath import FastPath, usable
+
+        if self.pending:
+            text = "\n".join(self.pending) + "\n"
+            self.pending.clear()
+            if usable(text):
+                FastPath(self.p).run(text)
+            else:
+                self.p.toks, self.p.pos = self.p.tokens(text), 0
+                self.p.commands()
+            self.tbl = self.p.rs.find(self.tx.family, self.tx.table)
+            if self.p.eval_errors or self.p.kernel_errors:
+                self.p.raise_recorded()
+
+    # ---- rules and elements made here; False leaves one to the parser ----------------------------
+    def verdict_stmt(self, verb: str, target: str) -> VerdictStmt:
+        key = ("stmt", verb, target)
+        stmt = self.shared.get(key)
+        if stmt is None:
+            stmt = self.shared[key] = VerdictStmt(Verdict(verb, target))
+        return stmt
+
+    def rule(self, tbl: Table, chain: Chain, body: tuple[Any, ...], comment: str | None) -> bool:
+        shape = body[0]
+        chains = tbl.chains
+        shared = self.shared
+        stmts: list[Stmt]
+        anon: list[str] = []
+        if shape == MASQ:
+            _, daddr_text, cidr, verb, target = body
+            daddr = ipv4(daddr_text)
+            net = shared.get(("/", cidr))
+            if net is None:
+                base, _, plen = cidr.partition("/")
+                net = prefix(base, plen) if plen else None
+                if net is None:
+                    return False
+                shared["/", cidr] = net
+            if daddr is None or target not in chains:
+                return False
+            daddr_p, saddr_p = shared.get("daddr"), shared.get("saddr")
+            if daddr_p is None:
+                daddr_p = shared["daddr"] = Payload("ip", "daddr")
+            if saddr_p is None:
+                saddr_p = shared["saddr"] = Payload("ip", "saddr")
+            stmts = [Match(daddr_p, "==", daddr), Match(saddr_p, "!=", net), self.verdict_stmt(verb, target)]
+        elif shape == NUMGEN:
+            targets = body[1]
+            for t in targets:
+                if t not in chains:
+                    return False
+            if not targets:
+                return False
+            elems = []
+            for i, t in enumerate(targets):
+                k = shared.get(("numgen key", i))
+                if k is None:
+                    k = shared["numgen key", i] = Const(T.INTEGER, i)
+                elems.append(Elem(k, Verdict("goto", t)))
+            name = f"__map{tbl.anon_seq}"
+            tbl.anon_seq += 1
+            tbl.sets[name] = NSet(name, tbl.alloc(), True, [T.INTEGER], [T.VERDICT], ["constant", "anonymous"],
+                                  anonymous=True, elems=list(elems))
+            stmts, anon = [VerdictMap(Numgen("random", len(targets)), SetLit(elems))], [name]
+        else:
+            return False
+        h = tbl.next_handle
+        tbl.next_handle = h + 1
+        chain.rules.append(Rule(h, stmts, comment, anon))
+        return True
+
+    def element(self, tbl: Table, name: str, p: tuple[str, str, str | None]) -> bool:
+        """``add element`` of one plain key (and verdict) to a set without intervals."""
+        s = tbl.sets.get(name)
+        key_text, value, comment = p
+        if s is None or "interval" in s.flags or s.data is not None and s.data != [T.VERDICT]:
+            return False
+        words = key_text.split(" . ")
+        if len(words) != len(s.key):
+            return False
+        parts: list[Expr] = []
+        for dt, w in zip(s.key, words, strict=True):
+            c = plain(dt, w)
+            if c is None:
+                return False
+            parts.append(c)
+        elem = Elem(parts[0] if len(parts) == 1 else Concat(parts), comment=comment)
+        if s.data is not None:
+            v = value.split(" ")
+            if len(v) == 1 and v[0] in ("accept", "drop", "return", "continue"):
+                elem.data = Verdict(v[0])
+            elif len(v) == 2 and v[0] in ("jump", "goto") and v[1] in tbl.chains:
+                elem.data = Verdict(v[0], v[1])
+            else:
+                return False
+        elif value:
+            return False
+        self.p.add_elements(s, SetLit([elem]))
+        return True
+
+
+# ---- values, as the parser reads them when written plainly -------------------------------------------
+_PLAIN: dict[tuple[str, str], Any] = {}
+
+
+def ipv4(text: str) -> Const | None:
+    """A dotted quad as ``inet_ntoa`` prints one (no leading zeros, no short forms); None for anything
+    else (the parser then reads it)."""
+    try:
+        packed = inet_aton(text)
+    except (OSError, UnicodeError, ValueError):
+        return None
+    if inet_ntoa(packed) != text:
+        return None
+    return Const(T.IPV4, int.from_bytes(packed, "big"))
+
+
+def service(text: str) -> Const | None:
+    return plain(T.SERVICE, text) if text.isdigit() else None
+
+
+def plain(dt: T.DType, text: str) -> Const | None:
+    """A value of a set key's type written plainly: an IPv4 address, a port or protocol number or name."""
+    if dt is T.IPV4:
+        return ipv4(text)
+    if dt.kind in ("string", "ifindex") or not text or not (text.isalnum() or text.replace("_", "").isalnum()):
+        return None
+    if dt is not T.SERVICE and dt is not T.PROTO:
+        return None
+    key = (dt.name, text)
+    value = _PLAIN.get(key)
+    if value is None:
+        try:
+            value = dt.parse(text)
+        except T.TypeError_:
+            return None
+        if len(_PLAIN) < 4096:
+            _PLAIN[key] = value
+    return Const(dt, value)
+
+
+def prefix(base: str, plen: str) -> Prefix | None:
+    """``ADDR/LEN`` for an IPv4 address below /32, as the parser builds it (host bits cleared)."""
+    if not plen.isdigit() or not 0 <= int(plen) < 32:
+        return None
+    addr = ipv4(base)
+    if addr is None:
+        return None
+    n = int(plen)
+    mask = ((1 << 32) - 1) ^ ((1 << (32 - n)) - 1)
+    return Prefix(Const(T.IPV4, addr.value & mask), n)
