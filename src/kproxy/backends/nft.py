@@ -13,7 +13,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from kproxy.backends import BackendError
 
@@ -99,8 +99,9 @@ class EmulatedNft:
         attach(self.node)
 
     def _apply(self, tx: Tx) -> bool:
-        """Apply a structured transaction to the kube-proxy table; False (nothing changed) when it
-        failed or is not one this can apply."""
+        """Apply a structured transaction to the kube-proxy table (IPv4: the rule shapes are made for
+        it); False (nothing done) when it is not one for this. On an error nothing changes and the
+        ``BackendError`` is nft's, as for the transaction's text."""
         from kproxy.backends.journal import apply_in_place, journaled
         from kproxy.nftables.evaluate import attach
         from kproxy.nftables.store import node_ruleset
@@ -108,7 +109,7 @@ class EmulatedNft:
 
         rs = node_ruleset(self.node)
         fam = family_name(self.family)
-        if tx.family != fam or tx.table != TABLE:
+        if tx.family != fam or tx.table != TABLE or fam != "ip":
             return False
         interfaces = set(self.node.interfaces)
         table = rs.find(fam, TABLE)
@@ -117,9 +118,9 @@ class EmulatedNft:
             tables, next_handle = list(rs.tables), rs.next_table_handle
             try:
                 apply(tx, rs, interfaces)
-            except TxError:
+            except TxError as exc:
                 rs.tables[:], rs.next_table_handle = tables, next_handle
-                return False
+                self._refused(rs, tx, exc)
             if tx.ops:
                 rs.generation += 1          # as for the same text through ``nft -f``
             journaled(rs.find(fam, TABLE))
@@ -128,10 +129,19 @@ class EmulatedNft:
         chains, sets = tx.named()
         try:
             before = apply_in_place(rs, table, chains, sets, lambda: apply(tx, rs, interfaces))
-        except TxError:
-            return False
+        except TxError as exc:
+            self._refused(rs, tx, exc)
         self._after_in_place(rs, table, before)
         return True
+
+    def _refused(self, rs: Any, tx: Tx, exc: Any) -> NoReturn:
+        """Raise nft's error for a transaction that failed (the ruleset is as it was): the text
+        checked as ``nft -c -f -`` would, whose message lists every error nft reports."""
+        from kproxy.nftables.cli import format_error, run_nft
+
+        text = tx.text()
+        rc, _, err, _ = run_nft(["-c", "-f", "-"], rs, text, set(self.node.interfaces))
+        raise BackendError(err.strip() if rc != 0 else format_error(exc.error, "/dev/stdin", text).strip())
 
     def _run_in_place(self, rs: Any, table: Any, text: str, chains: set[str], sets: set[str]) -> None:
         from kproxy.backends.journal import apply_in_place

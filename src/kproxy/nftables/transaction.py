@@ -38,13 +38,19 @@ JUMP = "jump"      # (JUMP, FIELD, ADDR, VERB, CHAIN):      ip FIELD ADDR VERB C
 DNAT = "dnat"      # (DNAT, PROTO, ADDR, PORT):             meta l4proto PROTO dnat to ADDR:PORT
 NUMGEN = "numgen"  # (NUMGEN, (CHAIN, ...)):                 numgen random mod N vmap { 0 : goto CHAIN , ... }
 MASQ = "masq"      # (MASQ, DADDR, CIDR, VERB, CHAIN):       ip daddr DADDR ip saddr != CIDR VERB CHAIN
+GO = "go"          # (GO, VERB, CHAIN):                      VERB CHAIN
 
 Op = tuple[str, str, str, Any]
 L4 = {"tcp": 6, "udp": 17, "sctp": 132}
 
 
 class TxError(Exception):
-    """The transaction failed where ``apply`` made objects itself; the table must be put back."""
+    """The transaction failed (``error``: the parser's error, its lines those of ``Tx.text``); the
+    caller must put the table back."""
+
+    def __init__(self, error: Any) -> None:
+        super().__init__(error.msg)
+        self.error = error
 
 
 def body_text(fam: str, body: Any) -> str:
@@ -61,6 +67,8 @@ def body_text(fam: str, body: Any) -> str:
         return f"numgen random mod {len(body[1])} vmap {{ {vmap} }}"
     if shape == MASQ:
         return f"{fam} daddr {body[1]} {fam} saddr != {body[2]} {body[3]} {body[4]}"
+    if shape == GO:
+        return f"{body[1]} {body[2]}"
     raise ValueError(f"unknown rule shape {shape!r}")
 
 
@@ -135,7 +143,7 @@ def apply(tx: Tx, rs: Ruleset, interfaces: set[str] | None = None) -> None:
         p.sort_touched_sets()
         p.raise_recorded()
     except NftError as exc:
-        raise TxError(exc.msg) from None
+        raise TxError(exc) from None
 
 
 class _Builder:
@@ -146,6 +154,7 @@ class _Builder:
         self.tx = tx
         self.tbl: Table | None = None
         self.pending: list[str] = []
+        self.first = 1         # the line of the first operation held as text
         # Expressions and statements thousands of rules share (nothing changes one once built).
         self.shared: dict[Any, Any] = {}
 
@@ -156,20 +165,21 @@ class _Builder:
         fam, table = tx.family, tx.table
         pending = self.pending
         if fam != "ip":
-            for op in tx.ops:
-                pending.append(op_text(fam, table, op))
+            pending.extend(op_text(fam, table, op) for op in tx.ops)
             self.flush()
             return
         self.tbl = self.p.rs.find(fam, table)
         rule, shared = self.rule, self.shared
         ipv4_const, proto_const, ntoa, aton, from_bytes = T.IPV4, T.PROTO, inet_ntoa, inet_aton, int.from_bytes
         last_addr: tuple[str, Const | None] = ("", None)    # an endpoint's address: its DNAT reads it again
-        for op in tx.ops:
+        for line, op in enumerate(tx.ops, 1):
             kind = op[1]
             if pending and kind != "table":
                 self.flush()
             tbl = self.tbl
             if tbl is None:
+                if not pending:
+                    self.first = line
                 pending.append(op_text(fam, table, op))
                 continue
             if kind == "rule":
@@ -234,21 +244,19 @@ class _Builder:
                     continue
             elif kind == "element" and op[0] == "add" and self.element(tbl, op[2], op[3]):
                 continue
+            if not pending:
+                self.first = line
             pending.append(op_text(fam, table, op))
         self.flush()
 
     def flush(self) -> None:
-        """The operations held as text, through the parser (its fast path first)."""
-        from kproxy.nftables.fastpath import FastPath, usable
-
+        """The operations held as text, through the general parser, numbered as lines of ``Tx.text``
+        (only the table's fixed part and uncommon rules come here)."""
         if self.pending:
             text = "\n".join(self.pending) + "\n"
             self.pending.clear()
-            if usable(text):
-                FastPath(self.p).run(text)
-            else:
-                self.p.toks, self.p.pos = self.p.tokens(text), 0
-                self.p.commands()
+            self.p.toks, self.p.pos = self.p.tokens(text, self.first), 0
+            self.p.commands()
             self.tbl = self.p.rs.find(self.tx.family, self.tx.table)
             if self.p.eval_errors or self.p.kernel_errors:
                 self.p.raise_recorded()
@@ -285,6 +293,10 @@ class _Builder:
             if saddr_p is None:
                 saddr_p = shared["saddr"] = Payload("ip", "saddr")
             stmts = [Match(daddr_p, "==", daddr), Match(saddr_p, "!=", net), self.verdict_stmt(verb, target)]
+        elif shape == GO:
+            if body[2] not in chains or body[1] not in ("jump", "goto"):
+                return False
+            stmts = [self.verdict_stmt(body[1], body[2])]
         elif shape == NUMGEN:
             targets = body[1]
             for t in targets:

@@ -25,7 +25,7 @@ from typing import Any
 
 from kproxy.backends.journal import JournalDict
 from kproxy.k8s.manifests import Objects
-from kproxy.nftables.transaction import DNAT, JUMP, MASQ, NUMGEN, Op, Tx
+from kproxy.nftables.transaction import DNAT, GO, JUMP, MASQ, NUMGEN, Op, Tx
 from kproxy.proxy.changes import ChangeTracker
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.localdetect import LocalDetector
@@ -397,7 +397,7 @@ class NftablesProxier:
                                                        f"{' '.join(self.detector.if_not_local_nft)} jump {MARK_MASQ}"))
         if uses_ext:
             if not info.external_policy_local:
-                body.append(self._rule(ext_chain, f"jump {MARK_MASQ}"))
+                body.append(self._rule(ext_chain, (GO, "jump", MARK_MASQ)))
             else:
                 if self.detector.implemented:
                     body.append(self._rule(ext_chain, f"{' '.join(self.detector.if_local_nft)} goto {cluster_chain}",
@@ -406,7 +406,7 @@ class NftablesProxier:
                 body.append(self._rule(ext_chain, f"fib saddr type local goto {cluster_chain}",
                                        "short-circuit local traffic"))
             if has_external:
-                body.append(self._rule(ext_chain, f"goto {external_policy_chain}"))
+                body.append(self._rule(ext_chain, (GO, "goto", external_policy_chain)))
         if uses_fw:
             sources = [str(ipaddress.ip_network(c.strip(), strict=False)) for c in info.lb_source_ranges]
             if self.node_ip and any(ipaddress.ip_address(self.node_ip) in ipaddress.ip_network(s) for s in sources):
