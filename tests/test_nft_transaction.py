@@ -42,7 +42,7 @@ from kproxy.nftables.cli import run_nft
 from kproxy.nftables.model import Ruleset
 from kproxy.nftables.parser import Parser
 from kproxy.nftables.store import node_ruleset
-from kproxy.nftables.transaction import DNAT, GO, JUMP, MASQ, NUMGEN, Tx, apply, op_text
+from kproxy.nftables.transaction import ADD_FLUSH, DNAT, GO, JUMP, MASQ, NUMGEN, RULES, Tx, apply, op_text
 from kproxy.node import Node
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.nftables import NftablesProxier
@@ -244,6 +244,11 @@ OPS = [
     ("flush", "chain", "a", ""),                                                       # its anonymous maps go
     ("add", "rule", "a", ((NUMGEN, ("c", "b")), None)),
     ("delete", "element", "s", ("172.30.0.9", "", None)),
+    (ADD_FLUSH, "chain", "e", ""),
+    ("add", RULES, "e", ((JUMP, "saddr", "10.2.0.1", "jump", "a"), (DNAT, "tcp", "10.2.0.1", 80))),
+    ("add", RULES, "e", ((JUMP, "saddr", "10.2.0.1", "jump", "a"), (DNAT, "udp", "10.2.0.2", 53))),  # two addresses
+    (ADD_FLUSH, "chain", "e", ""),                                                    # there: flushed
+    ("add", RULES, "e", ((JUMP, "saddr", "10.2.0.3", "goto", "b"), (DNAT, "sctp", "10.2.0.3", 9))),
     ("add", "chain", "d", ' { comment "x" ; }'),
     ("add", "set", "aff", " { type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ; }"),
     ("add", "rule", "d", ("update @aff { ip saddr }", None)),
@@ -280,13 +285,19 @@ def test_every_operation_makes_what_the_parser_makes() -> None:
 def test_the_text_is_the_proxiers_lines() -> None:
     tx = Tx("ip", "kube-proxy", [("add", "table", "", ' { comment "rules for kube-proxy" ; }'),
                                  ("add", "rule", "c", ((NUMGEN, ("e0", "e1")), None)),
+                                 (ADD_FLUSH, "chain", "e0", ""),
+                                 ("add", RULES, "e0", ((JUMP, "saddr", "10.1.0.1", "jump", "m"),
+                                                       (DNAT, "tcp", "10.1.0.1", 8080))),
                                  ("add", "element", "m", ("1.2.3.4 . tcp . 80", "goto c", "ns/s:p")),
                                  ("delete", "element", "m", ("1.2.3.4 . tcp . 80", "goto c", "ns/s:p"))])
     assert tx.text() == ('add table ip kube-proxy { comment "rules for kube-proxy" ; }\n'
                          "add rule ip kube-proxy c numgen random mod 2 vmap { 0 : goto e0 , 1 : goto e1 }\n"
+                         "add chain ip kube-proxy e0\nflush chain ip kube-proxy e0\n"
+                         "add rule ip kube-proxy e0 ip saddr 10.1.0.1 jump m\n"
+                         "add rule ip kube-proxy e0 meta l4proto tcp dnat to 10.1.0.1:8080\n"
                          'add element ip kube-proxy m { 1.2.3.4 . tcp . 80 comment "ns/s:p" : goto c }\n'
                          "delete element ip kube-proxy m { 1.2.3.4 . tcp . 80 }\n")
-    assert str(tx) == tx.text() and len(tx) == 4
+    assert str(tx) == tx.text() and len(tx) == 6 and tx.lines == 8 == tx.text().count("\n")
     assert op_text("ip6", "t", ("add", "rule", "c", ((JUMP, "saddr", "fd00::1", "jump", "m"), None))) == \
         "add rule ip6 t c ip6 saddr fd00::1 jump m"
 
@@ -305,6 +316,8 @@ def loaded_node() -> tuple[Node, NftablesProxier, Objects]:
     ("add", "element", "no-such-map", ("10.1.1.1", "", None)),
     ("add", "element", "service-ips", ("10.1.1.1 . tcp . 80", "goto no-such-chain", None)),
     ("add", "rule", "services", ("ip daddr 10.1.1.1 nonsense", None)),
+    ("add", RULES, "fresh", ((JUMP, "saddr", "10.1.1.1", "jump", "nowhere"), (DNAT, "tcp", "10.1.1.1", 80))),
+    ("add", "rule", "fresh", ((DNAT, "tcp", "10.1.1.1", 99999), None)),        # nft's own error, not the kernel's
 ])
 @pytest.mark.parametrize("table_exists", [True, False])
 def test_a_failed_transaction_changes_nothing_and_says_what_nft_says(bad: Any, table_exists: bool) -> None:

@@ -6,9 +6,13 @@ a list of operations on one table, each a tuple ``(verb, kind, name, payload)``:
 
 * ``("add", "table", "", SPEC)``, ``(VERB, "chain"|"set"|"map", NAME, SPEC)``: the line
   ``VERB KIND FAMILY TABLE NAME SPEC`` (``SPEC`` is "" or the text after the name, ``" { ... }"``);
+  ``(ADD_FLUSH, "chain", NAME, "")`` is two lines, ``add chain`` and ``flush chain``;
 * ``("add", "rule", CHAIN, (BODY, COMMENT))``: ``BODY`` is the rule's text, or one of the shapes below
   that kube-proxy writes by the hundred thousand, as a tuple of its values;
+  ``("add", RULES, CHAIN, (BODY, BODY))`` is two lines, two rules without comments;
 * ``("add"|"delete", "element", SET, (KEY, VALUE, COMMENT))``: key and value as text.
+
+(The two-line operations halve the operations of a full sync: an endpoint chain is one of each.)
 
 ``text()`` prints the transaction as the proxier always wrote it (``nft -f -`` on a kernel, ``--dry-run``,
 logs, the "transaction lines" metric is ``len()``), once, when something asks. ``apply`` makes the
@@ -39,6 +43,9 @@ DNAT = "dnat"      # (DNAT, PROTO, ADDR, PORT):             meta l4proto PROTO d
 NUMGEN = "numgen"  # (NUMGEN, (CHAIN, ...)):                 numgen random mod N vmap { 0 : goto CHAIN , ... }
 MASQ = "masq"      # (MASQ, DADDR, CIDR, VERB, CHAIN):       ip daddr DADDR ip saddr != CIDR VERB CHAIN
 GO = "go"          # (GO, VERB, CHAIN):                      VERB CHAIN
+
+ADD_FLUSH = "add+flush"   # the verb of a chain added and flushed
+RULES = "rules"           # the kind of two rules added to one chain
 
 Op = tuple[str, str, str, Any]
 L4 = {"tcp": 6, "udp": 17, "sctp": 132}
@@ -75,6 +82,10 @@ def body_text(fam: str, body: Any) -> str:
 def op_text(fam: str, table: str, op: Op) -> str:
     """One operation as a line of ``nft -f`` input (no newline)."""
     verb, kind, name, p = op
+    if verb == ADD_FLUSH:
+        return f"add chain {fam} {table} {name}\nflush chain {fam} {table} {name}"
+    if kind == RULES:
+        return f"add rule {fam} {table} {name} {body_text(fam, p[0])}\nadd rule {fam} {table} {name} {body_text(fam, p[1])}"
     if kind == "rule":
         body, comment = p
         text = f"add rule {fam} {table} {name} {body_text(fam, body)}"
@@ -105,7 +116,12 @@ class Tx:
         self._text: str | None = None
 
     def __len__(self) -> int:
+        """The operations (a two-line one counts once); ``lines`` counts lines."""
         return len(self.ops)
+
+    @property
+    def lines(self) -> int:
+        return len(self.ops) + sum(1 for op in self.ops if op[0] == ADD_FLUSH or op[1] == RULES)
 
     def text(self) -> str:
         if self._text is None:
@@ -120,7 +136,9 @@ class Tx:
         chains: set[str] = set()
         sets: set[str] = set()
         for _, kind, name, p in self.ops:
-            if kind == "chain" or kind == "rule":
+            if kind == RULES:
+                chains.add(name)
+            elif kind == "chain" or kind == "rule":
                 chains.add(name)
                 if kind == "rule" and type(p[0]) is str and "@" in p[0]:
                     sets.update(w[1:] for w in p[0].split() if w.startswith("@"))
@@ -169,84 +187,60 @@ class _Builder:
             self.flush()
             return
         self.tbl = self.p.rs.find(fam, table)
-        rule, shared = self.rule, self.shared
-        ipv4_const, proto_const, ntoa, aton, from_bytes = T.IPV4, T.PROTO, inet_ntoa, inet_aton, int.from_bytes
-        last_addr: tuple[str, Const | None] = ("", None)    # an endpoint's address: its DNAT reads it again
-        for line, op in enumerate(tx.ops, 1):
-            kind = op[1]
+        rule = self.rule
+        line = 1
+        for op in tx.ops:
+            verb, kind, name, p = op
             if pending and kind != "table":
                 self.flush()
             tbl = self.tbl
-            if tbl is None:
-                if not pending:
-                    self.first = line
-                pending.append(op_text(fam, table, op))
-                continue
-            if kind == "rule":
-                body, comment = op[3]
-                if type(body) is tuple:
-                    chain = tbl.chains.get(op[2])
-                    if chain is not None and chain.hook is None:
-                        # The two rules of every endpoint chain, made here; the other shapes in ``rule``.
-                        shape = body[0]
-                        stmts: list[Stmt] | None = None
-                        if shape is JUMP or shape is DNAT:
-                            text = body[2]
-                            if last_addr[0] == text:
-                                addr = last_addr[1]
-                            else:
-                                try:
-                                    packed = aton(text)
-                                    addr = Const(ipv4_const, from_bytes(packed, "big")) if ntoa(packed) == text else None
-                                except (OSError, UnicodeError, ValueError):
-                                    addr = None
-                                last_addr = (text, addr)
-                            if addr is not None:
-                                if shape is JUMP:
-                                    target = body[4]
-                                    if target in tbl.chains:
-                                        fld = body[1]
-                                        payload = shared.get(fld)
-                                        if payload is None:
-                                            payload = shared[fld] = Payload("ip", fld)
-                                        stmts = [Match(payload, "==", addr), self.verdict_stmt(body[3], target)]
-                                else:
-                                    key = (DNAT, body[1], body[3])
-                                    fixed = shared.get(key)
-                                    if fixed is None:
-                                        port = service(str(body[3]))
-                                        if port is not None and body[1] in L4:
-                                            fixed = shared[key] = (Match(Meta("l4proto"), "==",
-                                                                         Const(proto_const, L4[body[1]])), port)
-                                    if fixed is not None:
-                                        stmts = [fixed[0], Nat("dnat", addr, fixed[1])]
-                            if stmts is not None:
-                                h = tbl.next_handle
-                                tbl.next_handle = h + 1
-                                chain.rules.append(Rule(h, stmts, comment, []))
-                                continue
-                        elif rule(tbl, chain, body, comment):
+            if tbl is not None:
+                if kind == RULES:
+                    # An endpoint chain's two rules, its hairpin jump and its DNAT, of one address.
+                    chain = tbl.chains.get(name)
+                    jump, dnat = p
+                    if chain is not None and chain.hook is None and jump[0] == JUMP and dnat[0] == DNAT and \
+                            jump[2] == dnat[2] and jump[4] in tbl.chains:
+                        addr = ipv4(jump[2])
+                        fixed = self.dnat_parts(dnat[1], dnat[3])
+                        if addr is not None and fixed is not None:
+                            h = tbl.next_handle
+                            tbl.next_handle = h + 2
+                            chain.rules.append(Rule(h, [Match(self.payload(jump[1]), "==", addr),
+                                                        self.verdict_stmt(jump[3], jump[4])], None, []))
+                            chain.rules.append(Rule(h + 1, [fixed[0], Nat("dnat", addr, fixed[1])], None, []))
+                            line += 2
                             continue
-            elif kind == "chain" and not op[3]:
-                verb, name = op[0], op[2]
-                chain = tbl.chains.get(name)
-                if verb == "add":
-                    if chain is None:
+                elif kind == "chain" and not p:
+                    chain = tbl.chains.get(name)
+                    if chain is None and (verb == ADD_FLUSH or verb == "add"):
                         h = tbl.next_handle
                         tbl.next_handle = h + 1
                         tbl.chains[name] = Chain(name, h)
+                        line += 1 if verb == "add" else 2
+                        continue
+                    if chain is not None and verb != "delete":
+                        if verb != "add":
+                            for r in chain.rules:
+                                for anon in r.anon_sets:
+                                    tbl.sets.pop(anon, None)
+                            chain.rules = []
+                        line += 2 if verb == ADD_FLUSH else 1
+                        continue
+                elif kind == "rule":
+                    body, comment = p
+                    if type(body) is tuple:
+                        chain = tbl.chains.get(name)
+                        if chain is not None and chain.hook is None and rule(tbl, chain, body, comment):
+                            line += 1
+                            continue
+                elif kind == "element" and verb == "add" and self.element(tbl, name, p):
+                    line += 1
                     continue
-                if verb == "flush" and chain is not None:
-                    for r in chain.rules:
-                        for anon in r.anon_sets:
-                            tbl.sets.pop(anon, None)
-                    chain.rules = []
-                    continue
-            elif kind == "element" and op[0] == "add" and self.element(tbl, op[2], op[3]):
-                continue
             if not pending:
                 self.first = line
             pending.append(op_text(fam, table, op))
+            line += 2 if verb == ADD_FLUSH or kind == RULES else 1
         self.flush()
 
     def flush(self) -> None:
@@ -269,13 +263,40 @@ class _Builder:
             stmt = self.shared[key] = VerdictStmt(Verdict(verb, target))
         return stmt
 
+    def payload(self, fld: str) -> Payload:
+        obj = self.shared.get(fld)
+        if obj is None:
+            obj = self.shared[fld] = Payload("ip", fld)
+        return obj
+
+    def dnat_parts(self, proto: str, port_num: Any) -> tuple[Match, Const] | None:
+        """A DNAT rule's protocol match and port, the same for every endpoint of a port."""
+        key = (DNAT, proto, port_num)
+        fixed = self.shared.get(key)
+        if fixed is None:
+            port = service(str(port_num))
+            if port is None or proto not in L4:
+                return None
+            fixed = self.shared[key] = (Match(Meta("l4proto"), "==", Const(T.PROTO, L4[proto])), port)
+        return fixed
+
     def rule(self, tbl: Table, chain: Chain, body: tuple[Any, ...], comment: str | None) -> bool:
         shape = body[0]
         chains = tbl.chains
         shared = self.shared
         stmts: list[Stmt]
         anon: list[str] = []
-        if shape == MASQ:
+        if shape == JUMP:
+            addr = ipv4(body[2])
+            if addr is None or body[4] not in chains:
+                return False
+            stmts = [Match(self.payload(body[1]), "==", addr), self.verdict_stmt(body[3], body[4])]
+        elif shape == DNAT:
+            addr, fixed = ipv4(body[2]), self.dnat_parts(body[1], body[3])
+            if addr is None or fixed is None:
+                return False
+            stmts = [fixed[0], Nat("dnat", addr, fixed[1])]
+        elif shape == MASQ:
             _, daddr_text, cidr, verb, target = body
             daddr = ipv4(daddr_text)
             net = shared.get(("/", cidr))
@@ -287,12 +308,8 @@ class _Builder:
                 shared["/", cidr] = net
             if daddr is None or target not in chains:
                 return False
-            daddr_p, saddr_p = shared.get("daddr"), shared.get("saddr")
-            if daddr_p is None:
-                daddr_p = shared["daddr"] = Payload("ip", "daddr")
-            if saddr_p is None:
-                saddr_p = shared["saddr"] = Payload("ip", "saddr")
-            stmts = [Match(daddr_p, "==", daddr), Match(saddr_p, "!=", net), self.verdict_stmt(verb, target)]
+            stmts = [Match(self.payload("daddr"), "==", daddr), Match(self.payload("saddr"), "!=", net),
+                     self.verdict_stmt(verb, target)]
         elif shape == GO:
             if body[2] not in chains or body[1] not in ("jump", "goto"):
                 return False

@@ -25,7 +25,7 @@ from typing import Any
 
 from kproxy.backends.journal import JournalDict
 from kproxy.k8s.manifests import Objects
-from kproxy.nftables.transaction import DNAT, GO, JUMP, MASQ, NUMGEN, Op, Tx
+from kproxy.nftables.transaction import ADD_FLUSH, DNAT, GO, JUMP, MASQ, NUMGEN, RULES, Op, Tx
 from kproxy.proxy.changes import ChangeTracker
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.localdetect import LocalDetector
@@ -151,7 +151,7 @@ class ServiceRules:
         for p in ports:
             elements.update(p.elements)
             for op in p.body:
-                if op[1] == "rule":
+                if op[1] == "rule" or op[1] == RULES:
                     chain_rules.setdefault(op[2], []).append(op)
         return cls(ports, {c for p in ports for c in p.chains}, elements,
                    {s for p in ports for s in p.affinity_sets}, chain_rules)
@@ -159,7 +159,7 @@ class ServiceRules:
     @property
     def tally(self) -> tuple[int, int, int, int]:
         """(rules, chains, ports without local internal endpoints, ... external), for the totals."""
-        return (sum(len(v) for v in self.chain_rules.values()), len(self.chains),
+        return (sum(len(v) + sum(1 for op in v if op[1] == RULES) for v in self.chain_rules.values()), len(self.chains),
                 sum(p.no_local_internal for p in self.ports), sum(p.no_local_external for p in self.ports))
 
     def unchanged_endpoint_chains(self, old: ServiceRules | None) -> set[str]:
@@ -260,7 +260,7 @@ class NftablesProxier:
         def ensure(chain: str) -> None:
             if chain not in created:
                 created.append(chain)
-                out.extend([self._op("add", "chain", chain), self._op("flush", "chain", chain)])
+                out.append(self._op(ADD_FLUSH, "chain", chain))
 
         for dst, src, extra in JUMPS:
             ensure(dst)
@@ -420,15 +420,17 @@ class NftablesProxier:
             self._to_endpoints(body, cluster_chain, cat.cluster, ep_chain, affinity)
         if uses_local:
             self._to_endpoints(body, local_chain, cat.local, ep_chain, affinity)
-        v4 = self.family == 4
+        if self.family == 4 and not affinity:
+            # the endpoint chains' two rules, one operation each (``kproxy.nftables.transaction``)
+            body += [("add", RULES, ep_chain[ep.text], ((JUMP, "saddr", ep.ip, "jump", MARK_MASQ),
+                                                        (DNAT, proto, ep.ip, ep.port))) for ep in cat.reachable]
+            return out
         for ep in cat.reachable:
             chain = ep_chain[ep.text]
-            body.append(self._rule(chain, (JUMP, "saddr", ep.ip, "jump", MARK_MASQ) if v4 else
-                                   f"{x} saddr {ep.ip} jump {MARK_MASQ}"))
+            body.append(self._rule(chain, f"{x} saddr {ep.ip} jump {MARK_MASQ}"))
             if affinity:
                 body.append(self._rule(chain, f"update @affinity-{chain[len('endpoint-'):]} {{ {x} saddr }}"))
-            body.append(self._rule(chain, (DNAT, proto, ep.ip, ep.port) if v4 else
-                                   f"meta l4proto {proto} dnat to {ep.text}"))
+            body.append(self._rule(chain, f"meta l4proto {proto} dnat to {ep.text}"))
         return out
 
     def _to_endpoints(self, body: list[Op], chain: str, eps: list[EndpointInfo], ep_chain: dict[str, str],
@@ -529,7 +531,7 @@ class NftablesProxier:
             lines.append(self._op("delete", "set", s))
         lines += deletions
         tx = Tx(self.fam, TABLE, lines)
-        result = SyncResult(full, tx.text, len(lines), 0.0, changed_services=set(changes.changed))
+        result = SyncResult(full, tx.text, tx.lines, 0.0, changed_services=set(changes.changed))
         try:
             if lines:
                 self.backend.run(tx)
@@ -582,8 +584,7 @@ class NftablesProxier:
         for p in svc.ports:
             for c in p.chains:
                 if c not in keep:
-                    lines.append(self._op("add", "chain", c))
-                    lines.append(self._op("flush", "chain", c))
+                    lines.append(self._op(ADD_FLUSH, "chain", c))
         for (container, k), (value, comment) in svc.elements.items():
             held = elements.get((container, k))
             if held is not None and held[0] == value:
@@ -599,7 +600,7 @@ class NftablesProxier:
                 continue
             for op in p.body:
                 name = op[2]
-                if not (name in keep and op[1] == "rule" or name in keep_sets and op[1] == "set"):
+                if not (name in keep and (op[1] == "rule" or op[1] == RULES) or name in keep_sets and op[1] == "set"):
                     lines.append(op)
 
 
