@@ -158,6 +158,7 @@ def apply(tx: Tx, rs: Ruleset, interfaces: set[str] | None = None) -> None:
     b = _Builder(p, tx)
     try:
         b.run()
+        b.add_elements()
         p.sort_touched_sets()
         p.raise_recorded()
     except NftError as exc:
@@ -175,6 +176,8 @@ class _Builder:
         self.first = 1         # the line of the first operation held as text
         # Expressions and statements thousands of rules share (nothing changes one once built).
         self.shared: dict[Any, Any] = {}
+        # Elements made here, per set, not added yet: added together before anything else could see them.
+        self.elems: dict[str, tuple[NSet, list[Elem]]] = {}
 
     def run(self) -> None:
         """Each operation made here when it can be, else held as text for the parser; held text goes
@@ -193,6 +196,9 @@ class _Builder:
             verb, kind, name, p = op
             if pending and kind != "table":
                 self.flush()
+            if self.elems and not (kind == "element" and verb == "add" or kind == "rule" or kind == RULES or
+                                   kind == "chain" and verb != "delete"):
+                self.add_elements()
             tbl = self.tbl
             if tbl is not None:
                 if kind == RULES:
@@ -246,6 +252,7 @@ class _Builder:
     def flush(self) -> None:
         """The operations held as text, through the general parser, numbered as lines of ``Tx.text``
         (only the table's fixed part and uncommon rules come here)."""
+        self.add_elements()
         if self.pending:
             text = "\n".join(self.pending) + "\n"
             self.pending.clear()
@@ -340,19 +347,28 @@ class _Builder:
         return True
 
     def element(self, tbl: Table, name: str, p: tuple[str, str, str | None]) -> bool:
-        """``add element`` of one plain key (and verdict) to a set without intervals."""
-        s = tbl.sets.get(name)
+        """``add element`` of one plain key (and verdict) to a set without intervals (held until
+        ``add_elements``)."""
+        held = self.elems.get(name)
+        if held is None:
+            s = tbl.sets.get(name)
+            if s is None or "interval" in s.flags or s.data is not None and s.data != [T.VERDICT]:
+                return False
+            held = self.elems[name] = (s, [])
+        s = held[0]
         key_text, value, comment = p
-        if s is None or "interval" in s.flags or s.data is not None and s.data != [T.VERDICT]:
-            return False
         words = key_text.split(" . ")
         if len(words) != len(s.key):
             return False
         parts: list[Expr] = []
+        shared = self.shared
         for dt, w in zip(s.key, words, strict=True):
-            c = plain(dt, w)
+            c = ipv4(w) if dt is T.IPV4 else shared.get((dt.name, w))
             if c is None:
-                return False
+                c = plain(dt, w)
+                if c is None:
+                    return False
+                shared[dt.name, w] = c          # a protocol or port: one constant for every element
             parts.append(c)
         elem = Elem(parts[0] if len(parts) == 1 else Concat(parts), comment=comment)
         if s.data is not None:
@@ -365,8 +381,15 @@ class _Builder:
                 return False
         elif value:
             return False
-        self.p.add_elements(s, SetLit([elem]))
+        held[1].append(elem)
         return True
+
+    def add_elements(self) -> None:
+        """The elements made here, added to their sets as the parser adds them."""
+        for s, elems in self.elems.values():
+            if elems:
+                self.p.add_elements(s, SetLit(elems))
+        self.elems.clear()
 
 
 # ---- values, as the parser reads them when written plainly -------------------------------------------

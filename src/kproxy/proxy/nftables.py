@@ -327,10 +327,9 @@ class NftablesProxier:
         has_endpoints = cat.has_any
         ep_chain = {ep.text: "endpoint-" + endpoint_base(info, ep) for ep in cat.reachable}
         affinity = info.affinity_client_ip
-        for ep in cat.reachable:
-            out.chain(ep_chain[ep.text])
-            if affinity:
-                out.affinity_sets.append("affinity-" + ep_chain[ep.text][len("endpoint-"):])
+        out.chains.extend(ep_chain.values())       # one per endpoint (the names differ as the endpoints do)
+        if affinity:
+            out.affinity_sets += ["affinity-" + c[len("endpoint-"):] for c in ep_chain.values()]
         cluster_chain, local_chain = "service-" + base, "local-" + base
         uses_cluster = bool(cat.cluster) and info.uses_cluster_endpoints
         if uses_cluster:
@@ -582,9 +581,7 @@ class NftablesProxier:
         keep = svc.unchanged_endpoint_chains(old)
         keep_sets = svc.affinity_sets & old.affinity_sets if old is not None else set()
         for p in svc.ports:
-            for c in p.chains:
-                if c not in keep:
-                    lines.append(self._op(ADD_FLUSH, "chain", c))
+            lines += [(ADD_FLUSH, "chain", c, "") for c in p.chains if c not in keep]
         for (container, k), (value, comment) in svc.elements.items():
             held = elements.get((container, k))
             if held is not None and held[0] == value:
