@@ -63,6 +63,8 @@ def probe_script(family: int, table: str) -> list[tuple[str, str]]:
 class EmulatedNft:
     """The emulated node's nftables: the ``kproxy nft`` front end, one transaction per run."""
 
+    takes_transactions = True     # ``run`` takes a structured transaction (``kproxy.nftables.transaction``)
+
     def __init__(self, node: Node, family: int = 4) -> None:
         self.node = node
         self.family = family

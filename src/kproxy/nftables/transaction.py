@@ -192,6 +192,11 @@ class _Builder:
         self.tbl = self.p.rs.find(fam, table)
         rule = self.rule
         line = 1
+        # What the last endpoint chain's rules shared with the next one's, most likely.
+        last_jump: tuple[Any, ...] = ()
+        last_dnat: tuple[Any, ...] = ()
+        jump_match: tuple[Payload, VerdictStmt] | None = None
+        dnat_parts: tuple[Match, Const] | None = None
         for op in tx.ops:
             verb, kind, name, p = op
             if pending and kind != "table":
@@ -207,14 +212,19 @@ class _Builder:
                     jump, dnat = p
                     if chain is not None and chain.hook is None and jump[0] == JUMP and dnat[0] == DNAT and \
                             jump[2] == dnat[2] and jump[4] in tbl.chains:
+                        if (jump[1], jump[3], jump[4]) != last_jump:
+                            last_jump = (jump[1], jump[3], jump[4])
+                            jump_match = (self.payload(jump[1]), self.verdict_stmt(jump[3], jump[4]))
+                        if (dnat[1], dnat[3]) != last_dnat:
+                            last_dnat = (dnat[1], dnat[3])
+                            dnat_parts = self.dnat_parts(dnat[1], dnat[3])
                         addr = ipv4(jump[2])
-                        fixed = self.dnat_parts(dnat[1], dnat[3])
-                        if addr is not None and fixed is not None:
+                        if addr is not None and dnat_parts is not None and jump_match is not None:
                             h = tbl.next_handle
                             tbl.next_handle = h + 2
-                            chain.rules.append(Rule(h, [Match(self.payload(jump[1]), "==", addr),
-                                                        self.verdict_stmt(jump[3], jump[4])], None, []))
-                            chain.rules.append(Rule(h + 1, [fixed[0], Nat("dnat", addr, fixed[1])], None, []))
+                            rules = chain.rules
+                            rules.append(Rule(h, [Match(jump_match[0], "==", addr), jump_match[1]], None, []))
+                            rules.append(Rule(h + 1, [dnat_parts[0], Nat("dnat", addr, dnat_parts[1])], None, []))
                             line += 2
                             continue
                 elif kind == "chain" and not p:

@@ -476,7 +476,7 @@ class NftablesProxier:
         for c in due:
             del self.stale_chains[c]
         try:
-            self.backend.run(Tx(self.fam, TABLE, [self._op("delete", "chain", c) for c in due]))
+            self._run(Tx(self.fam, TABLE, [self._op("delete", "chain", c) for c in due]))
         except Exception:  # noqa: BLE001 - upstream logs it and retries later; the chains come back as stale
             if self.metrics is not None:
                 self.metrics.nftables_cleanup_failed()
@@ -533,7 +533,7 @@ class NftablesProxier:
         result = SyncResult(full, tx.text, tx.lines, 0.0, changed_services=set(changes.changed))
         try:
             if lines:
-                self.backend.run(tx)
+                self._run(tx)
         except Exception as exc:  # the backend's error: the rules stay as they were; a full sync follows
             result.error = str(exc)
             elements.rollback()
@@ -573,6 +573,10 @@ class NftablesProxier:
             self.metrics.synced(result, {"internal": no_local_internal, "external": no_local_external})
             self.metrics.nftables_synced(self.counts, len(self.stale_chains))
         return result
+
+    def _run(self, tx: Tx) -> None:
+        """One transaction: as it is to a backend that takes ``Tx`` (the emulated node), else its text."""
+        self.backend.run(tx if getattr(self.backend, "takes_transactions", False) else tx.text())
 
     def _write_service(self, lines: list[Op], key: str, svc: ServiceRules,
                        elements: dict[ElementKey, tuple[str, str | None, str]], old: ServiceRules | None) -> None:
