@@ -39,6 +39,7 @@ from kproxy.backends import BackendError
 from kproxy.backends.nft import EmulatedNft
 from kproxy.k8s.manifests import Objects
 from kproxy.nftables.cli import run_nft
+from kproxy.nftables.evaluate import conntrack_users
 from kproxy.nftables.model import Ruleset
 from kproxy.nftables.parser import Parser
 from kproxy.nftables.store import node_ruleset
@@ -79,7 +80,7 @@ def assert_same_nodes(a: Node, b: Node) -> None:
         rb, outb, _, _ = run_nft(argv, b.nftables)
         assert (ra, outa) == (rb, outb)
     assert node_to_json(a) == node_to_json(b)
-    assert a.subsystems.get("nftables_ct_refs") == b.subsystems.get("nftables_ct_refs")
+    assert a.subsystems.get("nftables_ct_refs") == b.subsystems.get("nftables_ct_refs") == conntrack_users(a.nftables)
 
 
 Step = Callable[[Objects], None]

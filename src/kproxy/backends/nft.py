@@ -119,18 +119,27 @@ class EmulatedNft:
             # The table is new: on an error, taking it away again undoes everything.
             tables, next_handle = list(rs.tables), rs.next_table_handle
             try:
-                apply(tx, rs, interfaces)
+                ct = apply(tx, rs, interfaces)
             except TxError as exc:
                 rs.tables[:], rs.next_table_handle = tables, next_handle
                 self._refused(rs, tx, exc)
             if tx.ops:
                 rs.generation += 1          # as for the same text through ``nft -f``
             journaled(rs.find(fam, TABLE))
-            attach(self.node)
+            held = self.node.subsystems.get("nftables_ct_refs")
+            users = None
+            if ct is not None and held is not None:      # the new table's users, counted as it was made
+                users = dict(held)
+                users[self.family] += ct
+            attach(self.node, users)
             return True
         chains, sets = tx.named()
+
+        def run() -> None:
+            apply(tx, rs, interfaces)
+
         try:
-            before = apply_in_place(rs, table, chains, sets, lambda: apply(tx, rs, interfaces))
+            before = apply_in_place(rs, table, chains, sets, run)
         except TxError as exc:
             self._refused(rs, tx, exc)
         self._after_in_place(rs, table, before)

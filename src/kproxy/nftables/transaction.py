@@ -147,8 +147,10 @@ class Tx:
         return chains, sets
 
 
-def apply(tx: Tx, rs: Ruleset, interfaces: set[str] | None = None) -> None:
+def apply(tx: Tx, rs: Ruleset, interfaces: set[str] | None = None) -> int | None:
     """Apply ``tx`` to ``rs`` (the caller keeps what it needs to undo it); ``TxError`` on any error.
+    Returns how many conntrack users (``kproxy.nftables.evaluate.conntrack_users``) the rules it
+    added hold, or None when it did more than add rules to chains (flushed some, deleted some).
 
     Jumps are not walked for depth (the proxier's chains nest at most five deep by construction, as
     for its partial syncs)."""
@@ -163,6 +165,7 @@ def apply(tx: Tx, rs: Ruleset, interfaces: set[str] | None = None) -> None:
         p.raise_recorded()
     except NftError as exc:
         raise TxError(exc) from None
+    return b.ct
 
 
 class _Builder:
@@ -178,6 +181,10 @@ class _Builder:
         self.shared: dict[Any, Any] = {}
         # Elements made here, per set, not added yet: added together before anything else could see them.
         self.elems: dict[str, tuple[NSet, list[Elem]]] = {}
+        # Conntrack users of the rules added (a DNAT each made here; the parser's counted after it),
+        # None once rules were taken away; the chains the held text adds rules to.
+        self.ct: int | None = 0
+        self.text_rules: set[str] = set()
 
     def run(self) -> None:
         """Each operation made here when it can be, else held as text for the parser; held text goes
@@ -187,6 +194,7 @@ class _Builder:
         pending = self.pending
         if fam != "ip":
             pending.extend(op_text(fam, table, op) for op in tx.ops)
+            self.ct = None
             self.flush()
             return
         self.tbl = self.p.rs.find(fam, table)
@@ -225,6 +233,8 @@ class _Builder:
                             rules = chain.rules
                             rules.append(Rule(h, [Match(jump_match[0], "==", addr), jump_match[1]], None, []))
                             rules.append(Rule(h + 1, [dnat_parts[0], Nat("dnat", addr, dnat_parts[1])], None, []))
+                            if self.ct is not None:
+                                self.ct += 1
                             line += 2
                             continue
                 elif kind == "chain" and not p:
@@ -237,6 +247,8 @@ class _Builder:
                         continue
                     if chain is not None and verb != "delete":
                         if verb != "add":
+                            if chain.rules:
+                                self.ct = None
                             for r in chain.rules:
                                 for anon in r.anon_sets:
                                     tbl.sets.pop(anon, None)
@@ -253,11 +265,22 @@ class _Builder:
                 elif kind == "element" and verb == "add" and self.element(tbl, name, p):
                     line += 1
                     continue
-            if not pending:
-                self.first = line
-            pending.append(op_text(fam, table, op))
+            self.hold(op, line)
             line += 2 if verb == ADD_FLUSH or kind == RULES else 1
         self.flush()
+
+    def hold(self, op: Op, line: int) -> None:
+        """Keep an operation as text for the parser (noting what it does to the conntrack count)."""
+        verb, kind, name, p = op
+        if not self.pending:
+            self.first = line
+        if kind == "rule" or kind == RULES:
+            self.text_rules.add(name)
+        elif kind == "chain" and verb != "add" or kind == "table" and "chain" in p:
+            chain = self.tbl.chains.get(name) if self.tbl is not None else None
+            if chain is not None and chain.rules or name in self.text_rules:
+                self.ct = None
+        self.pending.append(op_text(self.tx.family, self.tx.table, op))
 
     def flush(self) -> None:
         """The operations held as text, through the general parser, numbered as lines of ``Tx.text``
@@ -266,8 +289,20 @@ class _Builder:
         if self.pending:
             text = "\n".join(self.pending) + "\n"
             self.pending.clear()
+            tbl = self.tbl
+            before = {c: len(tbl.chains[c].rules) if tbl is not None and c in tbl.chains else 0
+                      for c in self.text_rules}
             self.p.toks, self.p.pos = self.p.tokens(text, self.first), 0
             self.p.commands()
+            tbl = self.p.rs.find(self.tx.family, self.tx.table)
+            if self.ct is not None and tbl is not None:
+                from kproxy.nftables.evaluate import rules_conntrack_users
+
+                for c, n in before.items():      # the parser only appended to these chains
+                    chain = tbl.chains.get(c)
+                    if chain is not None:
+                        self.ct += rules_conntrack_users(chain.rules[n:])
+            self.text_rules.clear()
             self.tbl = self.p.rs.find(self.tx.family, self.tx.table)
             if self.p.eval_errors or self.p.kernel_errors:
                 self.p.raise_recorded()
@@ -354,6 +389,8 @@ class _Builder:
         h = tbl.next_handle
         tbl.next_handle = h + 1
         chain.rules.append(Rule(h, stmts, comment, anon))
+        if shape == DNAT and self.ct is not None:
+            self.ct += 1
         return True
 
     def element(self, tbl: Table, name: str, p: tuple[str, str, str | None]) -> bool:
