@@ -170,6 +170,19 @@ def test_configurations_are_the_same_either_way(cfg: dict[str, Any]) -> None:
     run_scenario(overall_objects(), [lambda o: put(o, es("ns1", "svc1", "10.180.0.8"))], **cfg)
 
 
+def test_beside_another_table_that_uses_conntrack() -> None:
+    """The node's conntrack references count the other table's users and the new table's."""
+    nodes = pair()
+    worlds = [overall_objects(), overall_objects()]
+    for (node, proxier), objs in zip(nodes, worlds, strict=True):
+        EmulatedNft(node).run("add table inet filter\nadd chain inet filter input { type filter hook input priority 0 ; }\n"
+                              "add rule inet filter input ct state established accept\n")
+        assert node.subsystems["nftables_ct_refs"] == {4: 1, 6: 1}
+        assert not proxier.sync(objs).error
+    assert_same_nodes(nodes[0][0], nodes[1][0])
+    assert nodes[0][0].subsystems["nftables_ct_refs"][4] > 1
+
+
 def test_ipv6_is_the_same_either_way() -> None:
     run_scenario(ipv6_objects(), [lambda o: o.delete_service("ns3/svc3")], family=6)
 

@@ -127,6 +127,8 @@ class EmulatedNft:
                 rs.generation += 1          # as for the same text through ``nft -f``
             journaled(rs.find(fam, TABLE))
             held = self.node.subsystems.get("nftables_ct_refs")
+            if held is None and rs.tables == [rs.find(fam, TABLE)]:
+                held = {4: 0, 6: 0}                        # the only table: nothing held before it
             users = None
             if ct is not None and held is not None:      # the new table's users, counted as it was made
                 users = dict(held)
