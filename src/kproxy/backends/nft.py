@@ -1,7 +1,9 @@
 """Where an nftables proxier's transactions go: the emulated node's nft, or ``nft -f -`` on a kernel.
 
 A transaction is nft script text in knftables' form (``add table``, ``add chain``, ``flush chain``,
-``add rule``, ``add element``, ``delete element``, ...). Both backends apply it atomically: on an
+``add rule``, ``add element``, ``delete element``, ...), or the same as operations
+(``kproxy.nftables.transaction.Tx``), which the emulated node applies without its text and the kernel
+backend prints. Both backends apply it atomically: on an
 error nothing changes and ``BackendError`` carries nft's message. ``names`` lists the chains or sets
 of the proxier's table (nothing when there is no table), ``delete_table`` removes one table and
 nothing else (``kproxy cleanup``), and ``check`` says what the node's nft lacks, if anything.
