@@ -19,6 +19,7 @@ from kproxy.backends.nft import EmulatedNft
 from kproxy.k8s.manifests import Objects
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.model import Ruleset
+from kproxy.nftables.transaction import op_text
 from kproxy.node import Node
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.metrics import ProxyMetrics
@@ -454,8 +455,8 @@ def test_flows_from_pods_node_and_outside() -> None:
 # ---- policies, affinity, ranges, families -----------------------------------------------------------
 def rules_of(proxier: NftablesProxier, key: str) -> list[str]:
     """A Service's rule lines, without the ``add rule ip kube-proxy`` prefix."""
-    return [line.split(" ", 4)[4] for p in proxier._services[key].ports for line in p.body
-            if line.startswith("add rule")]
+    return [line.split(" ", 4)[4] for p in proxier._services[key].ports for op in p.body
+            for line in op_text(proxier.fam, "kube-proxy", op).splitlines() if line.startswith("add rule")]
 
 
 def test_external_policy_local_with_a_local_endpoint() -> None:

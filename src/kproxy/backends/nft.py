@@ -1,7 +1,9 @@
 """Where an nftables proxier's transactions go: the emulated node's nft, or ``nft -f -`` on a kernel.
 
 A transaction is nft script text in knftables' form (``add table``, ``add chain``, ``flush chain``,
-``add rule``, ``add element``, ``delete element``, ...). Both backends apply it atomically: on an
+``add rule``, ``add element``, ``delete element``, ...), or the same as operations
+(``kproxy.nftables.transaction.Tx``), which the emulated node applies without its text and the kernel
+backend prints. Both backends apply it atomically: on an
 error nothing changes and ``BackendError`` carries nft's message. ``names`` lists the chains or sets
 of the proxier's table (nothing when there is no table), ``delete_table`` removes one table and
 nothing else (``kproxy cleanup``), and ``check`` says what the node's nft lacks, if anything.
@@ -13,11 +15,12 @@ import json
 import shutil
 import subprocess
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from kproxy.backends import BackendError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kproxy.nftables.transaction import Tx
     from kproxy.node import Node
 
 TABLE = "kube-proxy"
@@ -62,20 +65,29 @@ def probe_script(family: int, table: str) -> list[tuple[str, str]]:
 class EmulatedNft:
     """The emulated node's nftables: the ``kproxy nft`` front end, one transaction per run."""
 
+    takes_transactions = True     # ``run`` takes a structured transaction (``kproxy.nftables.transaction``)
+
     def __init__(self, node: Node, family: int = 4) -> None:
         self.node = node
         self.family = family
 
-    def run(self, text: str) -> None:
+    def run(self, text: str | Tx) -> None:
         """``nft -f -`` on the node. A transaction that names only chains and sets of the kube-proxy
         table is parsed into that table in place, with an undo journal (``kproxy.backends.journal``),
         rather than into a copy of the whole ruleset. (Each ``add element`` line costs what its
-        elements do, so a set's lines need no joining into one command.)"""
+        elements do, so a set's lines need no joining into one command.)
+
+        A structured transaction (``kproxy.nftables.transaction.Tx``) is applied without its text;
+        if it fails, the table is put back and its text goes the parser's way, for nft's message."""
         from kproxy.backends.journal import journaled, named_objects
         from kproxy.nftables.cli import run_nft
         from kproxy.nftables.evaluate import attach
         from kproxy.nftables.store import node_ruleset
 
+        if not isinstance(text, str):
+            if self._apply(text):
+                return
+            text = text.text()
         rs = node_ruleset(self.node)
         fam = family_name(self.family)
         table = rs.find(fam, TABLE)
@@ -90,15 +102,65 @@ class EmulatedNft:
         self.node.nftables = work
         attach(self.node)
 
+    def _apply(self, tx: Tx) -> bool:
+        """Apply a structured transaction to the kube-proxy table (IPv4: the rule shapes are made for
+        it); False (nothing done) when it is not one for this. On an error nothing changes and the
+        ``BackendError`` is nft's, as for the transaction's text."""
+        from kproxy.backends.journal import apply_in_place, journaled
+        from kproxy.nftables.evaluate import attach
+        from kproxy.nftables.store import node_ruleset
+        from kproxy.nftables.transaction import TxError, apply
+
+        rs = node_ruleset(self.node)
+        fam = family_name(self.family)
+        if tx.family != fam or tx.table != TABLE or fam != "ip":
+            return False
+        interfaces = set(self.node.interfaces)
+        table = rs.find(fam, TABLE)
+        if table is None:
+            # The table is new: on an error, taking it away again undoes everything.
+            tables, next_handle = list(rs.tables), rs.next_table_handle
+            try:
+                ct = apply(tx, rs, interfaces)
+            except TxError as exc:
+                rs.tables[:], rs.next_table_handle = tables, next_handle
+                self._refused(rs, tx, exc)
+            if tx.ops:
+                rs.generation += 1          # as for the same text through ``nft -f``
+            journaled(rs.find(fam, TABLE))
+            held = self.node.subsystems.get("nftables_ct_refs")
+            if held is None and rs.tables == [rs.find(fam, TABLE)]:
+                held = {4: 0, 6: 0}                        # the only table: nothing held before it
+            users = None
+            if ct is not None and held is not None:      # the new table's users, counted as it was made
+                users = dict(held)
+                users[self.family] += ct
+            attach(self.node, users)
+            return True
+        chains, sets = tx.named()
+
+        def run() -> None:
+            apply(tx, rs, interfaces)
+
+        try:
+            before = apply_in_place(rs, table, chains, sets, run)
+        except TxError as exc:
+            self._refused(rs, tx, exc)
+        self._after_in_place(rs, table, before)
+        return True
+
+    def _refused(self, rs: Any, tx: Tx, exc: Any) -> NoReturn:
+        """Raise nft's error for a transaction that failed (the ruleset is as it was): the text
+        checked as ``nft -c -f -`` would, whose message lists every error nft reports."""
+        from kproxy.nftables.cli import format_error, run_nft
+
+        text = tx.text()
+        rc, _, err, _ = run_nft(["-c", "-f", "-"], rs, text, set(self.node.interfaces))
+        raise BackendError(err.strip() if rc != 0 else format_error(exc.error, "/dev/stdin", text).strip())
+
     def _run_in_place(self, rs: Any, table: Any, text: str, chains: set[str], sets: set[str]) -> None:
-        from kproxy.backends.journal import MISSING, apply_in_place
+        from kproxy.backends.journal import apply_in_place
         from kproxy.nftables.cli import format_error
-        from kproxy.nftables.evaluate import (
-            attach,
-            chain_conntrack_users,
-            forget_compiled,
-            take_conntrack_refs,
-        )
         from kproxy.nftables.parser import NftError, Parser
 
         interfaces = set(self.node.interfaces)
@@ -109,6 +171,18 @@ class EmulatedNft:
                                     lambda: Parser(text, rs, interfaces, validate_jumps=False).script())
         except NftError as exc:
             raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
+        self._after_in_place(rs, table, before)
+
+    def _after_in_place(self, rs: Any, table: Any, before: dict[str, Any]) -> None:
+        """The hooks and conntrack references after chains of the table changed in place."""
+        from kproxy.backends.journal import MISSING
+        from kproxy.nftables.evaluate import (
+            attach,
+            chain_conntrack_users,
+            forget_compiled,
+            take_conntrack_refs,
+        )
+
         after = table.chains
         held = self.node.subsystems.get("nftables_ct_refs")
         users = None
@@ -178,11 +252,13 @@ class KernelNft:
         except FileNotFoundError as exc:
             raise BackendError(f"cannot run nft: {exc.strerror}: {exc.filename}") from None
 
-    def run(self, text: str) -> None:
+    def run(self, text: str | Tx) -> None:
         """One transaction; a big one reshaped so the kernel binds its anonymous sets cheaply
         (``kproxy.backends.nft_phases``), with the same result and the same all-or-nothing effect."""
         from kproxy.backends.nft_phases import as_in_text, reshape
 
+        if not isinstance(text, str):
+            text = text.text()
         fam = family_name(self.family)
         known, self._known_chains = self._known_chains, None     # good for this transaction only
         # Only a full sync (the proxier read the chains just before) is worth reshaping: a partial

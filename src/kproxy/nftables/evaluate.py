@@ -178,10 +178,13 @@ def conntrack_users(rs: Ruleset | None) -> dict[int, int]:
 
 def chain_conntrack_users(c: Chain | None) -> int:
     """What one chain adds to ``conntrack_users`` (0 for a chain that is not there)."""
-    if c is None:
-        return 0
+    return 0 if c is None else rules_conntrack_users(c.rules)
+
+
+def rules_conntrack_users(rules: list[Rule]) -> int:
+    """What some rules add to ``conntrack_users``."""
     n = 0
-    for r in c.rules:
+    for r in rules:
         for st in r.stmts:
             if _needs_ct(st):
                 n += 1

@@ -8,7 +8,8 @@ drop or reject what has no endpoints; ``firewall-ips`` applies loadBalancerSourc
 ``local-``, ``external-`` and ``firewall-`` chains, and one ``endpoint-`` chain (and, with ClientIP
 affinity, one ``affinity-`` set) per endpoint, named by upstream's hash.
 
-Each sync is one nft transaction in knftables' text form. The first (and any after a failure)
+Each sync is one nft transaction (``kproxy.nftables.transaction.Tx``: operations that print as
+knftables' text form, and that the emulated node applies without printing). The first (and any after a failure)
 creates the table and flushes everything it owns; later ones touch only the changed Services:
 their chains are flushed and rewritten, their map elements added or deleted, chains no longer
 used flushed and deleted a second later (upstream's grace period for kernels that notice a dropped
@@ -24,6 +25,7 @@ from typing import Any
 
 from kproxy.backends.journal import JournalDict
 from kproxy.k8s.manifests import Objects
+from kproxy.nftables.transaction import ADD_FLUSH, DNAT, GO, JUMP, MASQ, NUMGEN, RULES, Op, Tx
 from kproxy.proxy.changes import ChangeTracker
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.localdetect import LocalDetector
@@ -119,7 +121,7 @@ class PortRules:
 
     chains: list[str] = field(default_factory=list)
     elements: dict[ElementKey, ElementValue] = field(default_factory=dict)
-    body: list[str] = field(default_factory=list)       # "add set ..." / "add rule ..." lines
+    body: list[Op] = field(default_factory=list)        # "add set ..." / "add rule ..." operations
     affinity_sets: list[str] = field(default_factory=list)
     no_local_internal: int = 0
     no_local_external: int = 0
@@ -140,24 +142,24 @@ class ServiceRules:
     chains: set[str]
     elements: dict[ElementKey, ElementValue]
     affinity_sets: set[str]
-    chain_rules: dict[str, list[str]]           # chain -> its rule lines
+    chain_rules: dict[str, list[Op]]            # chain -> its rules
 
     @classmethod
     def of(cls, ports: list[PortRules]) -> ServiceRules:
         elements: dict[ElementKey, ElementValue] = {}
-        chain_rules: dict[str, list[str]] = {}
+        chain_rules: dict[str, list[Op]] = {}
         for p in ports:
             elements.update(p.elements)
-            for line in p.body:
-                if line.startswith("add rule"):
-                    chain_rules.setdefault(line.split(" ", 5)[4], []).append(line)
+            for op in p.body:
+                if op[1] == "rule" or op[1] == RULES:
+                    chain_rules.setdefault(op[2], []).append(op)
         return cls(ports, {c for p in ports for c in p.chains}, elements,
                    {s for p in ports for s in p.affinity_sets}, chain_rules)
 
     @property
     def tally(self) -> tuple[int, int, int, int]:
         """(rules, chains, ports without local internal endpoints, ... external), for the totals."""
-        return (sum(len(v) for v in self.chain_rules.values()), len(self.chains),
+        return (sum(len(v) + sum(1 for op in v if op[1] == RULES) for v in self.chain_rules.values()), len(self.chains),
                 sum(p.no_local_internal for p in self.ports), sum(p.no_local_external for p in self.ports))
 
     def unchanged_endpoint_chains(self, old: ServiceRules | None) -> set[str]:
@@ -213,6 +215,10 @@ class NftablesProxier:
         self.addr_type = "ipv4_addr" if family == 4 else "ipv6_addr"
         self.no_localhost = "ip daddr != 127.0.0.0/8" if family == 4 else "ip6 daddr != ::1"
         self.mark = f"{1 << cfg.masquerade_bit:#08x}"
+        # The pod CIDR of a ClusterCIDR detector (IPv4): the masquerade rule then has the
+        # transaction's MASQ shape, made without its text on the emulated node.
+        words = self.detector.if_not_local_nft if self.detector.implemented else []
+        self.masq_cidr = words[3] if family == 4 and words[:3] == ["ip", "saddr", "!="] and len(words) == 4 else ""
         self.nodeport_addresses = NodePortAddresses(cfg.node_port_addresses, family)
         self._services: dict[str, ServiceRules] = {}
         # What the table holds, as of the last successful sync: element -> (value, comment, Service).
@@ -225,27 +231,24 @@ class NftablesProxier:
         self.counts: dict[str, int] = {}
         self._tally = [0, 0, 0, 0]      # rules, chains, no local internal / external endpoints: all Services
 
-    # ---- text ------------------------------------------------------------------------------
-    def _op(self, verb: str, kind: str, name: str, rest: str = "") -> str:
-        return f"{verb} {kind} {self.fam} {TABLE} {name}{rest}"
+    # ---- operations (``kproxy.nftables.transaction``) ------------------------------------------
+    @staticmethod
+    def _op(verb: str, kind: str, name: str, rest: str = "") -> Op:
+        return (verb, kind, name, rest)
 
-    def _rule(self, chain: str, rule: str, comment: str | None = None) -> str:
-        text = f"add rule {self.fam} {TABLE} {chain} {rule}"
-        return text + (f' comment "{comment}"' if comment is not None else "")
+    @staticmethod
+    def _rule(chain: str, rule: str | tuple[Any, ...], comment: str | None = None) -> Op:
+        """A rule: its text, or (IPv4) one of the transaction's rule shapes."""
+        return ("add", "rule", chain, (rule, comment))
 
-    def _element(self, verb: str, container: str, key: str, value: str = "", comment: str | None = None) -> str:
-        text = f"{verb} element {self.fam} {TABLE} {container} {{ {key}"
-        if verb == "add":
-            if comment is not None:
-                text += f' comment "{comment}"'
-            if value:
-                text += f" : {value}"
-        return text + " }"
+    @staticmethod
+    def _element(verb: str, container: str, key: str, value: str = "", comment: str | None = None) -> Op:
+        return (verb, "element", container, (key, value, comment))
 
     # ---- the fixed part of the table -----------------------------------------------------------
-    def setup(self) -> list[str]:
+    def setup(self) -> list[Op]:
         """The table, base chains, jumps and fixed chains, sets and maps; containers flushed."""
-        out = [f'add table {self.fam} {TABLE} {{ comment "rules for kube-proxy" ; }}']
+        out = [self._op("add", "table", "", ' { comment "rules for kube-proxy" ; }')]
         if not self._flushed:
             for name, *_ in BASE_CHAINS:
                 out += [self._op("add", "chain", name), self._op("delete", "chain", name)]
@@ -257,7 +260,7 @@ class NftablesProxier:
         def ensure(chain: str) -> None:
             if chain not in created:
                 created.append(chain)
-                out.extend([self._op("add", "chain", chain), self._op("flush", "chain", chain)])
+                out.append(self._op(ADD_FLUSH, "chain", chain))
 
         for dst, src, extra in JUMPS:
             ensure(dst)
@@ -324,10 +327,9 @@ class NftablesProxier:
         has_endpoints = cat.has_any
         ep_chain = {ep.text: "endpoint-" + endpoint_base(info, ep) for ep in cat.reachable}
         affinity = info.affinity_client_ip
-        for ep in cat.reachable:
-            out.chain(ep_chain[ep.text])
-            if affinity:
-                out.affinity_sets.append("affinity-" + ep_chain[ep.text][len("endpoint-"):])
+        out.chains.extend(ep_chain.values())       # one per endpoint (the names differ as the endpoints do)
+        if affinity:
+            out.affinity_sets += ["affinity-" + c[len("endpoint-"):] for c in ep_chain.values()]
         cluster_chain, local_chain = "service-" + base, "local-" + base
         uses_cluster = bool(cat.cluster) and info.uses_cluster_endpoints
         if uses_cluster:
@@ -387,12 +389,14 @@ class NftablesProxier:
         if has_internal:
             if self.cfg.masquerade_all:
                 body.append(self._rule(internal_chain, f"{x} daddr {info.cluster_ip} jump {MARK_MASQ}"))
+            elif self.masq_cidr:
+                body.append(self._rule(internal_chain, (MASQ, info.cluster_ip, self.masq_cidr, "jump", MARK_MASQ)))
             elif self.detector.implemented:
                 body.append(self._rule(internal_chain, f"{x} daddr {info.cluster_ip} "
                                                        f"{' '.join(self.detector.if_not_local_nft)} jump {MARK_MASQ}"))
         if uses_ext:
             if not info.external_policy_local:
-                body.append(self._rule(ext_chain, f"jump {MARK_MASQ}"))
+                body.append(self._rule(ext_chain, (GO, "jump", MARK_MASQ)))
             else:
                 if self.detector.implemented:
                     body.append(self._rule(ext_chain, f"{' '.join(self.detector.if_local_nft)} goto {cluster_chain}",
@@ -401,7 +405,7 @@ class NftablesProxier:
                 body.append(self._rule(ext_chain, f"fib saddr type local goto {cluster_chain}",
                                        "short-circuit local traffic"))
             if has_external:
-                body.append(self._rule(ext_chain, f"goto {external_policy_chain}"))
+                body.append(self._rule(ext_chain, (GO, "goto", external_policy_chain)))
         if uses_fw:
             sources = [str(ipaddress.ip_network(c.strip(), strict=False)) for c in info.lb_source_ranges]
             if self.node_ip and any(ipaddress.ip_address(self.node_ip) in ipaddress.ip_network(s) for s in sources):
@@ -415,6 +419,11 @@ class NftablesProxier:
             self._to_endpoints(body, cluster_chain, cat.cluster, ep_chain, affinity)
         if uses_local:
             self._to_endpoints(body, local_chain, cat.local, ep_chain, affinity)
+        if self.family == 4 and not affinity:
+            # the endpoint chains' two rules, one operation each (``kproxy.nftables.transaction``)
+            body += [("add", RULES, ep_chain[ep.text], ((JUMP, "saddr", ep.ip, "jump", MARK_MASQ),
+                                                        (DNAT, proto, ep.ip, ep.port))) for ep in cat.reachable]
+            return out
         for ep in cat.reachable:
             chain = ep_chain[ep.text]
             body.append(self._rule(chain, f"{x} saddr {ep.ip} jump {MARK_MASQ}"))
@@ -423,14 +432,18 @@ class NftablesProxier:
             body.append(self._rule(chain, f"meta l4proto {proto} dnat to {ep.text}"))
         return out
 
-    def _to_endpoints(self, body: list[str], chain: str, eps: list[EndpointInfo], ep_chain: dict[str, str],
+    def _to_endpoints(self, body: list[Op], chain: str, eps: list[EndpointInfo], ep_chain: dict[str, str],
                       affinity: bool) -> None:
         if affinity:
             for ep in eps:
                 target = ep_chain[ep.text]
                 body.append(self._rule(chain, f"{self.ipx} saddr @affinity-{target[len('endpoint-'):]} goto {target}"))
-        vmap = " , ".join(f"{i} : goto {ep_chain[ep.text]}" for i, ep in enumerate(eps))
-        body.append(self._rule(chain, f"numgen random mod {len(eps)} vmap {{ {vmap} }}"))
+        targets = tuple(ep_chain[ep.text] for ep in eps)
+        if self.family == 4:
+            body.append(self._rule(chain, (NUMGEN, targets)))
+        else:
+            vmap = " , ".join(f"{i} : goto {t}" for i, t in enumerate(targets))
+            body.append(self._rule(chain, f"numgen random mod {len(eps)} vmap {{ {vmap} }}"))
 
     # ---- the sync ---------------------------------------------------------------------------
     def _of_family(self, cidrs: list[str]) -> list[str]:
@@ -463,7 +476,7 @@ class NftablesProxier:
         for c in due:
             del self.stale_chains[c]
         try:
-            self.backend.run("".join(self._op("delete", "chain", c) + "\n" for c in due))
+            self._run(Tx(self.fam, TABLE, [self._op("delete", "chain", c) for c in due]))
         except Exception:  # noqa: BLE001 - upstream logs it and retries later; the chains come back as stale
             if self.metrics is not None:
                 self.metrics.nftables_cleanup_failed()
@@ -481,14 +494,14 @@ class NftablesProxier:
                                                        sorted(ports.values(), key=lambda p: p[0].name_string)])
             else:
                 self._services.pop(key, None)
-        lines: list[str] = self.setup() if full else []
+        lines: list[Op] = self.setup() if full else []
         elements = JournalDict() if full else self._elements
         elements.begin()
         if full:
             rewrite = sorted(self._services)
         else:
             rewrite = sorted(k for k in changes.changed if k in self._services)
-        deletions: list[str] = []
+        deletions: list[Op] = []
         for key in rewrite:
             self._write_service(lines, key, self._services[key], elements, None if full else replaced.get(key))
         stale_now: list[str] = []
@@ -516,11 +529,11 @@ class NftablesProxier:
         for s in dead_sets:
             lines.append(self._op("delete", "set", s))
         lines += deletions
-        text = "\n".join(lines) + "\n" if lines else ""
-        result = SyncResult(full, text, len(lines), 0.0, changed_services=set(changes.changed))
+        tx = Tx(self.fam, TABLE, lines)
+        result = SyncResult(full, tx.text, tx.lines, 0.0, changed_services=set(changes.changed))
         try:
-            if text:
-                self.backend.run(text)
+            if lines:
+                self._run(tx)
         except Exception as exc:  # the backend's error: the rules stay as they were; a full sync follows
             result.error = str(exc)
             elements.rollback()
@@ -561,17 +574,18 @@ class NftablesProxier:
             self.metrics.nftables_synced(self.counts, len(self.stale_chains))
         return result
 
-    def _write_service(self, lines: list[str], key: str, svc: ServiceRules,
+    def _run(self, tx: Tx) -> None:
+        """One transaction: as it is to a backend that takes ``Tx`` (the emulated node), else its text."""
+        self.backend.run(tx if getattr(self.backend, "takes_transactions", False) else tx.text())
+
+    def _write_service(self, lines: list[Op], key: str, svc: ServiceRules,
                        elements: dict[ElementKey, tuple[str, str | None, str]], old: ServiceRules | None) -> None:
         """One Service's chains (created and flushed), its elements as they differ, then its rules;
         endpoint chains and affinity sets it already had unchanged are left as they are."""
         keep = svc.unchanged_endpoint_chains(old)
         keep_sets = svc.affinity_sets & old.affinity_sets if old is not None else set()
         for p in svc.ports:
-            for c in p.chains:
-                if c not in keep:
-                    lines.append(self._op("add", "chain", c))
-                    lines.append(self._op("flush", "chain", c))
+            lines += [(ADD_FLUSH, "chain", c, "") for c in p.chains if c not in keep]
         for (container, k), (value, comment) in svc.elements.items():
             held = elements.get((container, k))
             if held is not None and held[0] == value:
@@ -585,10 +599,10 @@ class NftablesProxier:
             if not keep and not keep_sets:
                 lines.extend(p.body)
                 continue
-            for line in p.body:
-                name = line.split(" ", 5)[4]
-                if not (name in keep and line.startswith("add rule") or name in keep_sets and line.startswith("add set")):
-                    lines.append(line)
+            for op in p.body:
+                name = op[2]
+                if not (name in keep and (op[1] == "rule" or op[1] == RULES) or name in keep_sets and op[1] == "set"):
+                    lines.append(op)
 
 
 def _nft_backend(backend: Any, family: int) -> Any:

@@ -24,12 +24,20 @@ class SyncResult:
     """One sync: what was applied, how long it took, and whether it failed (``error``)."""
 
     full: bool
-    text: str                      # what was applied: restore input, an nft transaction, ...
+    source: str | Callable[[], str]    # what was applied (restore input, an nft transaction, ...), or how to print it
     lines: int
     duration: float
     rules: dict[str, int] = field(default_factory=dict)    # rules written per table
     error: str = ""
     changed_services: set[str] = field(default_factory=set)
+
+    @property
+    def text(self) -> str:
+        """What was applied, as text: printed the first time it is asked for (a structured
+        transaction applied to the emulated node needs no text)."""
+        if not isinstance(self.source, str):
+            self.source = self.source()
+        return self.source
 
     @property
     def nat_rules(self) -> int:
@@ -102,7 +110,7 @@ class MetaProxier:
         for r in results:
             for k, v in r.rules.items():
                 rules[k] = rules.get(k, 0) + v
-        return SyncResult(any(r.full for r in results), "".join(r.text for r in results),
+        return SyncResult(any(r.full for r in results), lambda: "".join(r.text for r in results),
                           sum(r.lines for r in results), sum(r.duration for r in results), rules,
                           "; ".join(r.error for r in results if r.error),
                           set().union(*(r.changed_services for r in results)))
