@@ -40,7 +40,10 @@ def _line_shapes() -> re.Pattern[str]:
     """One pattern for every recognised line, its words captured; the shared beginnings are written once
     and names are matched without backtracking, so a line costs one pass of the regular expression engine."""
     name = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)"
-    v4, fam = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", "(?:ip|ip6|inet|arp|bridge|netdev)"
+    # An address is matched as ``ipv4`` reads one (no leading zeros); one written otherwise leaves the line
+    # to the general parser.
+    octet = r"(?:0|[1-9][0-9]{0,2})"
+    v4, fam = rf"{octet}\.{octet}\.{octet}\.{octet}", "(?:ip|ip6|inet|arp|bridge|netdev)"
     rules = {
         "RJ": rf"ip (?P<rj_k>saddr|daddr) (?P<rj_a>{v4}) (?P<rj_v>jump|goto) (?P<rj_x>{name})",
         "RM": rf"ip daddr (?P<rm_a>{v4}) (?:(?P<rm_p>tcp|udp|sctp) dport (?P<rm_n>[0-9]+) )?"
@@ -82,17 +85,24 @@ def usable(text: str) -> bool:
     return "$" not in text and "define" not in text and "include" not in text
 
 
-# The groups of SHAPES that capture a table's, a set's or a chain's name.
-NAME_GROUPS = ("rt", "rc", "rj_x", "rm_x", "ep_t", "ep_c", "ep_x", "er_t", "er_c", "er_x", "acf_t", "acf_c",
-               "ac_t", "ac_c", "ae_t", "ae_s", "fc_t", "fc_c")
+# The groups of each line shape that capture a table's, a set's or a chain's name.
+NAME_GROUPS = {"RJ": ("rt", "rc", "rj_x"), "RM": ("rt", "rc", "rm_x"), "RD": ("rt", "rc"), "RN": ("rt", "rc"),
+               "EP": ("ep_t", "ep_c", "ep_x"), "ER": ("er_t", "er_c", "er_x"), "ACF": ("acf_t", "acf_c"),
+               "AC": ("ac_t", "ac_c"), "AE": ("ae_t", "ae_s"), "FC": ("fc_t", "fc_c")}
+
+
+def plain_name(name: str) -> bool:
+    """Whether nft's grammar takes ``name`` as a name (a keyword or a number is a syntax error, which the
+    general parser reports). Every NUMBER starts with a digit, and only a digit sorts before ``:``."""
+    return name not in SCANNER_KEYWORDS and (name[0] > "9" or NUMBER.fullmatch(name) is None)
 
 
 def plain_names(m: re.Match[str]) -> bool:
-    """Whether every name the line holds is one nft's grammar takes as a name (a keyword is a syntax
-    error, which the general parser reports)."""
-    names = [n for n in m.group(*NAME_GROUPS) if n is not None]
-    # Every NUMBER starts with a digit: the pattern runs only on such names.
-    return SCANNER_KEYWORDS.isdisjoint(names) and not any(n[0].isdigit() and NUMBER.fullmatch(n) for n in names)
+    """Whether every name the line holds is one nft's grammar takes as a name."""
+    for name in m.group(*NAME_GROUPS[m.lastgroup]):  # type: ignore[index]
+        if name in SCANNER_KEYWORDS or name[0] <= "9" and NUMBER.fullmatch(name) is not None:
+            return False
+    return True
 
 
 class FastPath:
@@ -150,6 +160,16 @@ class FastPath:
             obj = self.shared[key] = make()
         return obj
 
+    def service(self, text: str) -> Const | None:
+        """The port ``text`` (shared: ports repeat); None when it is not a plain one."""
+        port = self.shared.get(("port", text), MISSING)
+        if port is MISSING:
+            port = plain(T.SERVICE, text)
+            if port is not None:
+                port = self.one(port.value, lambda: port)
+            self.shared["port", text] = port
+        return port  # type: ignore[no-any-return]
+
     def table(self, family: str, name: str) -> Table | None:
         return self.p.rs.find(family, name)
 
@@ -189,7 +209,7 @@ class FastPath:
             return False
         name, target = m["ep_c"], m["ep_x"]
         chain = tbl.chains.get(name)
-        addr, port = ipv4(m["ep_a"]), plain(T.SERVICE, m["ep_n"])
+        addr, port = ipv4(m["ep_a"]), self.service(m["ep_n"])
         to = addr if m["ep_d"] == m["ep_a"] else ipv4(m["ep_d"])  # the endpoint's own address, usually
         if addr is None or to is None or port is None or chain is not None and chain.hook is not None or \
                 target not in tbl.chains and target != name:
@@ -207,7 +227,7 @@ class FastPath:
         declaring every chain): what the two lines do one by one, checked before anything is changed."""
         tbl = self.table("ip", m["er_t"])
         chain = tbl.chains.get(m["er_c"]) if tbl is not None else None
-        addr, port = ipv4(m["er_a"]), plain(T.SERVICE, m["er_n"])
+        addr, port = ipv4(m["er_a"]), self.service(m["er_n"])
         to = addr if m["er_d"] == m["er_a"] else ipv4(m["er_d"])
         if tbl is None or chain is None or chain.hook is not None or addr is None or to is None or port is None \
                 or m["er_x"] not in tbl.chains:
@@ -232,7 +252,7 @@ class FastPath:
             proto = self.one("l4proto", lambda: Meta("l4proto"))
             return Match(proto, "==", Const(proto.dtype, L4[proto_name]))
 
-        return [self.one(("l4proto", proto_name), proto_match), Nat("dnat", addr, self.one(port.value, lambda: port))]
+        return [self.one(("l4proto", proto_name), proto_match), Nat("dnat", addr, port)]
 
     def rule_chain(self, m: re.Match[str]) -> tuple[Table, Chain] | None:
         """The table and regular chain of an ``add rule ip TABLE CHAIN ...`` line (base chains check their
@@ -327,11 +347,11 @@ class FastPath:
             return False
         stmts: list[Stmt] = [Match(self.one("daddr", lambda: Payload("ip", "daddr")), "==", addr)]
         if m["rm_p"] is not None:
-            port = plain(T.SERVICE, m["rm_n"])
+            port = self.service(m["rm_n"])
             if port is None:
                 return False
             dport = self.one((m["rm_p"], "dport"), lambda: Payload(m["rm_p"], "dport"))
-            stmts.append(Match(dport, "==", self.one(port.value, lambda: port)))
+            stmts.append(Match(dport, "==", port))
         stmts += [Match(self.one("saddr", lambda: Payload("ip", "saddr")), "!=", self.one(("/", m["rm_s"], m["rm_l"]), lambda: cidr)),
                   self.verdict_stmt(m["rm_v"], m["rm_x"])]
         self.add_rule(tc, stmts)
@@ -340,7 +360,7 @@ class FastPath:
     def rule_dnat(self, m: re.Match[str]) -> bool:
         """``meta l4proto tcp|udp|sctp dnat to ADDR:PORT`` (an endpoint's DNAT)."""
         tc = self.rule_chain(m)
-        addr, port = ipv4(m["rd_a"]), plain(T.SERVICE, m["rd_n"])
+        addr, port = ipv4(m["rd_a"]), self.service(m["rd_n"])
         if tc is None or addr is None or port is None:
             return False
         self.add_rule(tc, self.dnat_stmts(m["rd_p"], addr, port))
@@ -361,11 +381,13 @@ class FastPath:
         tbl = tc[0]
         mod = int(m["rn_m"])
         elems: list[Elem] = []
-        for item in m["rn_b"].split(" , "):
+        chains = tbl.chains
+        for i, item in enumerate(m["rn_b"].split(" , ")):
             v = VMAP_ITEM.fullmatch(item)
-            if v is None or v[1] != str(len(elems)):
+            # a jump to a chain the table lacks is the kernel's error, from the general parser
+            if v is None or v[1] != str(i) or v[3] not in chains or not plain_name(v[3]):
                 return False
-            elems.append(Elem(self.numgen_key(len(elems)), Verdict(v[2], v[3])))
+            elems.append(Elem(self.numgen_key(i), Verdict(v[2], v[3])))
         if len(elems) != mod:
             return False
         name = f"__map{tbl.anon_seq}"
@@ -395,12 +417,11 @@ def flush(tbl: Table, chain: Chain) -> None:
 
 
 def ipv4(text: str) -> Const | None:
-    """The usual dotted quad (no leading zeros), read without the ipaddress module; None if it is not one."""
-    if OCTETS.fullmatch(text) is None:
-        return None
+    """A dotted quad without leading zeros (as SHAPES and OCTETS match one), read without the ipaddress
+    module; None for an octet over 255."""
     try:
         return Const(T.IPV4, int.from_bytes(inet_aton(text), "big"))
-    except OSError:  # an octet over 255
+    except OSError:
         return None
 
 
