@@ -168,7 +168,7 @@ class FastPath:
             if port is not None:
                 port = self.one(port.value, lambda: port)
             self.shared["port", text] = port
-        return port  # type: ignore[no-any-return]
+        return port
 
     def table(self, family: str, name: str) -> Table | None:
         return self.p.rs.find(family, name)
