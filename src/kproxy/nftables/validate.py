@@ -19,6 +19,7 @@ from kproxy.nftables.model import Chain, Rule, Table
 from kproxy.nftables.stmt import VerdictMap, VerdictStmt
 
 JUMP_STACK_SIZE = 16
+JUMPING = frozenset([VerdictStmt, VerdictMap])
 
 
 def too_deep(table: Table, without: Collection[int] = ()) -> Chain | None:
@@ -63,27 +64,29 @@ def _height(table: Table, name: str, heights: dict[str, int], path: set[str], wi
     path.add(name)
     best = 0
     chains = table.chains
-    for rule in chains[name].rules:
-        if without and id(rule) in without:
-            continue
-        for st in rule.stmts:
-            if type(st) is VerdictStmt:
-                targets: Iterable[str | None] = (st.verdict.target,)
-            elif type(st) is VerdictMap:
-                targets = _map_targets(table, st)
-            else:
+    rules = chains[name].rules
+    if without:
+        rules = [rule for rule in rules if id(rule) not in without]
+    # the statements that jump, gathered in one comprehension (most rules hold none)
+    for st in [st for rule in rules for st in rule.stmts if type(st) in JUMPING]:
+        if type(st) is VerdictStmt:
+            target = st.verdict.target
+            if not target or target not in chains:
                 continue
-            for target in targets:
-                if target and target in chains:
-                    h = heights.get(target)
-                    if h is None:
-                        h = _height(table, target, heights, path, without)
-                    if h >= best:
-                        best = h + 1
-                    if best >= JUMP_STACK_SIZE:
-                        path.discard(name)
-                        heights[name] = best
-                        return best
+            targets: Iterable[str | None] = (target,)
+        else:
+            targets = _map_targets(table, st)  # type: ignore[arg-type]
+        for target in targets:
+            if target and target in chains:
+                h = heights.get(target)
+                if h is None:
+                    h = _height(table, target, heights, path, without)
+                if h >= best:
+                    best = h + 1
+                if best >= JUMP_STACK_SIZE:
+                    path.discard(name)
+                    heights[name] = best
+                    return best
     path.discard(name)
     heights[name] = best
     return best
