@@ -309,3 +309,17 @@ add rule ip t pre mark set mark or 0x800
     for bit in (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x80, 0x200, 0x400, 0x800):   # each rule decided some packet
         assert any(isinstance(m, int) and m & bit for m in marks), hex(bit)
     assert not any(isinstance(m, int) and m & 0x100 for m in marks)   # the jump's chain returned before it
+
+
+def test_element_words_check_agrees_with_the_word_by_word_one() -> None:
+    """``PLAIN_WORDS`` (one pattern over an element list) takes exactly the lists whose every word, as
+    ``ELEM_WORDS`` splits them, is punctuation or a plain word."""
+    import re
+
+    word = re.compile(fastpath.WORD)
+    rng = random.Random(5)
+    alphabet = " ,.:!=aZ09_/-\t\"x"
+    for _ in range(50000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+        by_word = all(w in fastpath.PUNCT or word.fullmatch(w) for w in fastpath.ELEM_WORDS.findall(text))
+        assert (fastpath.PLAIN_WORDS.fullmatch(text) is not None) == by_word, text

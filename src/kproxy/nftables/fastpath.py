@@ -75,8 +75,12 @@ def _line_shapes() -> re.Pattern[str]:
 SHAPES = _line_shapes()
 # An element list's words: separated by spaces, and a comma ends a word too ("80 : goto x, 81 : drop").
 ELEM_WORDS = re.compile(r",|[^ ,]+")
-WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)")  # a word the lexer reads whole and keeps whole
-VMAP_ITEM = re.compile(r"(0|[1-9][0-9]*) : (jump|goto) ([A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:))")
+WORD = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)"  # a word the lexer reads whole and keeps whole
+# Element-list text whose every word (as ELEM_WORDS splits it) is punctuation or a WORD.
+PLAIN_WORDS = re.compile(rf"(?:[ ,]|(?:[{{}}:.]|!=|{WORD})(?![^ ,]))*")
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)"
+VMAP_ITEM = re.compile(rf"(0|[1-9][0-9]*) : (jump|goto) ({_NAME})")  # ``findall`` reads a body VMAP_BODY matched
+VMAP_BODY = re.compile(rf"(?:0|[1-9][0-9]*) : (?:jump|goto) {_NAME}(?: , (?:0|[1-9][0-9]*) : (?:jump|goto) {_NAME})*")
 STRINGS = re.compile(r'"[^"\n]*"')
 
 
@@ -111,6 +115,7 @@ class FastPath:
         self.shared: dict[object, Any] = {}
         self.saddr = self.shared["saddr"] = Payload("ip", "saddr")
         self.numgen_keys: list[Const] = []  # key N of every numgen map
+        self.numgen_texts: list[str] = []   # and how it is written
 
     def run(self, text: str) -> None:
         """Apply the script: recognised lines here, the text between them through the general parser.
@@ -288,9 +293,10 @@ class FastPath:
         if tbl is None or s is None or "interval" in s.flags or s.data is not None and s.data != [T.VERDICT]:
             return False
         elems: list[Elem] = []
-        i, body = 0, ELEM_WORDS.findall(m["ae_b"])
-        if not all(w in PUNCT or WORD.fullmatch(w) for w in body):
+        text = m["ae_b"]
+        if PLAIN_WORDS.fullmatch(text) is None:
             return False
+        i, body = 0, ELEM_WORDS.findall(text)
         while i < len(body):
             parts, i = self.key(s.key, body, i)
             if parts is None:
@@ -308,9 +314,14 @@ class FastPath:
                 if body[i] != "," or i + 1 == len(body):
                     return False
                 i += 1
-        if not elems or any(type(e.data) is Verdict and e.data.target is not None and e.data.target not in tbl.chains
-                            for e in elems):
-            return False  # a jump to a chain the table lacks: the kernel's error, from the general parser
+        if not elems:
+            return False
+        if s.data is not None:
+            chains = tbl.chains
+            for e in elems:
+                target = e.data.target  # type: ignore[union-attr]
+                if target is not None and target not in chains:
+                    return False  # a jump to a chain the table lacks: the kernel's error, from the general parser
         self.p.add_elements(s, SetLit(elems))
         return True
 
@@ -381,6 +392,7 @@ class FastPath:
         """Key ``n`` of a numgen map: every Service's map has keys 0 .. N-1, one constant each."""
         keys = self.numgen_keys
         while len(keys) <= n:
+            self.numgen_texts.append(str(len(keys)))
             keys.append(Const(T.INTEGER, len(keys)))
         return keys[n]
 
@@ -391,20 +403,20 @@ class FastPath:
             return False
         tbl = tc[0]
         mod = int(m["rn_m"])
-        elems: list[Elem] = []
-        chains, keys = tbl.chains, self.numgen_keys
-        for i, item in enumerate(m["rn_b"].split(" , ")):
-            v = VMAP_ITEM.fullmatch(item)
-            if v is None:
-                return False
-            key, kind, target = v.groups()
+        body = m["rn_b"]
+        if VMAP_BODY.fullmatch(body) is None:
+            return False
+        items = VMAP_ITEM.findall(body)
+        if len(items) != mod:
+            return False
+        chains = tbl.chains
+        self.numgen_key(mod - 1)
+        for (key, _, target), text in zip(items, self.numgen_texts):
             # a jump to a chain the table lacks is the kernel's error, from the general parser
-            if key != str(i) or target not in chains or target in SCANNER_KEYWORDS or \
+            if key != text or target not in chains or target in SCANNER_KEYWORDS or \
                     target[0] <= "9" and NUMBER.fullmatch(target) is not None:
                 return False
-            elems.append(Elem(keys[i] if i < len(keys) else self.numgen_key(i), Verdict(kind, target)))
-        if len(elems) != mod:
-            return False
+        elems = [Elem(key, Verdict(kind, target)) for key, (_, kind, target) in zip(self.numgen_keys, items)]
         name = f"__map{tbl.anon_seq}"
         tbl.anon_seq += 1
         tbl.sets[name] = NSet(name, tbl.alloc(), True, [T.INTEGER], [T.VERDICT], ["constant", "anonymous"],
