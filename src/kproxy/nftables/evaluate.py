@@ -104,9 +104,7 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
     for t in rs.tables:
         if t.flowtables and "dormant" not in t.flags:
             hook_flowtables(node, t)
-        for c in t.chains.values():
-            if not c.base:
-                continue
+        for c in [c for c in t.chains.values() if c.hook is not None]:  # the base chains
             if t.family not in FAMILIES or c.hook not in HOOK_NAMES:
                 skipped.append(not_evaluated(t, c))
                 continue

@@ -127,6 +127,7 @@ class FastPath:
         self.text, self.line_pos, self.line = text, 0, 1  # a line-number cursor (see ``line_at``)
         gap = scanned = 0  # start of the pending general text; how far its depth is known
         depth, continued = 0, False
+        handlers, names_ok = HANDLERS, plain_names
         for m in SHAPES.finditer(text):
             start = m.start()
             if gap < start:
@@ -140,7 +141,7 @@ class FastPath:
                 p.toks, p.pos = p.tokens(text[gap:start], self.line_at(gap)), 0
                 p.commands()
                 gap = start
-            if not (p.eval_errors or p.kernel_errors) and plain_names(m) and HANDLERS[m.lastgroup](self, m):
+            if not (p.eval_errors or p.kernel_errors) and names_ok(m) and handlers[m.lastgroup](self, m):
                 gap = scanned = m.end()
         if gap < len(text):
             p.toks, p.pos = p.tokens(text[gap:], self.line_at(gap)), 0
