@@ -257,6 +257,9 @@ def _renumber(h: Handles, name: str, old: Table | None, new: Table, old_name: st
     if oc is nc and name in h.rules:
         return None
     before = list(oc.rules) if oc is not None else []
+    if not before:  # a new (or emptied) chain: every rule is new, in order (a restore's 10,000 chains)
+        h.rules[name] = [-1] * len(nc.rules)
+        return list(range(len(nc.rules)))
     known = h.rules.get(name, [])
     if len(known) != len(before):
         known = [-1] * len(before)
