@@ -105,6 +105,31 @@ def test_fast_path_makes_what_the_general_parser_makes(tail: str, monkeypatch: p
     assert listing(fast) == listing(slow)
 
 
+# Lines the fast path must leave to the general parser, each after an otherwise valid script.
+ALONE = [
+    "add rule ip kube-proxy extra numgen random mod 2 vmap { 0 : goto extra , 1 : goto no-such-chain }",
+    "add rule ip kube-proxy extra numgen random mod 1 vmap { 0 : goto 123 }",
+    "add rule ip kube-proxy extra numgen random mod 1 vmap { 0 : goto accept }",
+    "add rule ip kube-proxy extra ip saddr 010.1.1.1 jump extra",
+    "add rule ip kube-proxy extra ip saddr 10.1.1.1 jump 0x10",
+    "add rule ip kube-proxy extra meta l4proto tcp dnat to 10.1.1.01:80",
+    "add rule ip kube-proxy extra ip daddr 10.1.1.2 tcp dport 80 ip saddr != 10.00.0.0/8 jump extra",
+    "add chain ip kube-proxy ep3\nflush chain ip kube-proxy ep3\nadd rule ip kube-proxy ep3 ip saddr 10.1.1.3 "
+    "jump extra\nadd rule ip kube-proxy ep3 meta l4proto tcp dnat to 10.1.1.300:80",
+]
+
+
+@pytest.mark.parametrize("line", ALONE)
+def test_fast_path_leaves_unusual_lines_to_the_general_parser(line: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = kube_proxy_script(3, 2) + "add chain ip kube-proxy extra\n" + line + "\n"
+    fast_rc, fast_err, fast = load(script, True, monkeypatch)
+    slow_rc, slow_err, slow = load(script, False, monkeypatch)
+    assert (fast_rc, fast_err) == (slow_rc, slow_err)
+    assert fast.tables == slow.tables
+    if "no-such-chain" in line:
+        assert fast_rc == 1 and "No such file or directory" in fast_err
+
+
 def general_parser_input(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What the general parser is given from now on (its tokens, as text), collected as it runs."""
     from kproxy.nftables.parser import Parser
@@ -284,3 +309,17 @@ add rule ip t pre mark set mark or 0x800
     for bit in (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x80, 0x200, 0x400, 0x800):   # each rule decided some packet
         assert any(isinstance(m, int) and m & bit for m in marks), hex(bit)
     assert not any(isinstance(m, int) and m & 0x100 for m in marks)   # the jump's chain returned before it
+
+
+def test_element_words_check_agrees_with_the_word_by_word_one() -> None:
+    """``PLAIN_WORDS`` (one pattern over an element list) takes exactly the lists whose every word, as
+    ``ELEM_WORDS`` splits them, is punctuation or a plain word."""
+    import re
+
+    word = re.compile(fastpath.WORD)
+    rng = random.Random(5)
+    alphabet = " ,.:!=aZ09_/-\t\"x"
+    for _ in range(50000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+        by_word = all(w in fastpath.PUNCT or word.fullmatch(w) for w in fastpath.ELEM_WORDS.findall(text))
+        assert (fastpath.PLAIN_WORDS.fullmatch(text) is not None) == by_word, text

@@ -104,9 +104,7 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
     for t in rs.tables:
         if t.flowtables and "dormant" not in t.flags:
             hook_flowtables(node, t)
-        for c in t.chains.values():
-            if not c.base:
-                continue
+        for c in [c for c in t.chains.values() if c.hook is not None]:  # the base chains
             if t.family not in FAMILIES or c.hook not in HOOK_NAMES:
                 skipped.append(not_evaluated(t, c))
                 continue
@@ -170,7 +168,7 @@ def conntrack_users(rs: Ruleset | None) -> dict[int, int]:
     for t in rs.tables if rs is not None else []:
         # A nat base chain alone takes no reference (nf_nat_register_fn registers hooks only): an
         # empty nat chain leaves the namespace untracked, as the kernel lab shows.
-        n = sum(chain_conntrack_users(c) for c in t.chains.values())
+        n = sum([chain_conntrack_users(c) for c in t.chains.values()])
         for fam in FAMILIES.get(t.family, ()):
             out[fam] += n
     return out
@@ -186,7 +184,11 @@ def rules_conntrack_users(rules: list[Rule]) -> int:
     n = 0
     for r in rules:
         for st in r.stmts:
-            if _needs_ct(st):
+            # the common statements decided here, without a call (a big ruleset has 500,000)
+            kind = type(st)
+            if kind is Nat or kind is not VerdictStmt and (
+                    kind is not Match or type(st.left) in NESTED or type(st.right) in NESTED  # type: ignore[attr-defined]
+            ) and _needs_ct(st):
                 n += 1
     return n
 

@@ -40,7 +40,10 @@ def _line_shapes() -> re.Pattern[str]:
     """One pattern for every recognised line, its words captured; the shared beginnings are written once
     and names are matched without backtracking, so a line costs one pass of the regular expression engine."""
     name = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)"
-    v4, fam = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", "(?:ip|ip6|inet|arp|bridge|netdev)"
+    # An address is matched as ``ipv4`` reads one (no leading zeros); one written otherwise leaves the line
+    # to the general parser.
+    octet = r"(?:0|[1-9][0-9]{0,2})"
+    v4, fam = rf"{octet}\.{octet}\.{octet}\.{octet}", "(?:ip|ip6|inet|arp|bridge|netdev)"
     rules = {
         "RJ": rf"ip (?P<rj_k>saddr|daddr) (?P<rj_a>{v4}) (?P<rj_v>jump|goto) (?P<rj_x>{name})",
         "RM": rf"ip daddr (?P<rm_a>{v4}) (?:(?P<rm_p>tcp|udp|sctp) dport (?P<rm_n>[0-9]+) )?"
@@ -72,8 +75,12 @@ def _line_shapes() -> re.Pattern[str]:
 SHAPES = _line_shapes()
 # An element list's words: separated by spaces, and a comma ends a word too ("80 : goto x, 81 : drop").
 ELEM_WORDS = re.compile(r",|[^ ,]+")
-WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)")  # a word the lexer reads whole and keeps whole
-VMAP_ITEM = re.compile(r"(0|[1-9][0-9]*) : (jump|goto) ([A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:))")
+WORD = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)"  # a word the lexer reads whole and keeps whole
+# Element-list text whose every word (as ELEM_WORDS splits it) is punctuation or a WORD.
+PLAIN_WORDS = re.compile(rf"(?:[ ,]|(?:[{{}}:.]|!=|{WORD})(?![^ ,]))*")
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)"
+VMAP_ITEM = re.compile(rf"(0|[1-9][0-9]*) : (jump|goto) ({_NAME})")  # ``findall`` reads a body VMAP_BODY matched
+VMAP_BODY = re.compile(rf"(?:0|[1-9][0-9]*) : (?:jump|goto) {_NAME}(?: , (?:0|[1-9][0-9]*) : (?:jump|goto) {_NAME})*")
 STRINGS = re.compile(r'"[^"\n]*"')
 
 
@@ -82,17 +89,20 @@ def usable(text: str) -> bool:
     return "$" not in text and "define" not in text and "include" not in text
 
 
-# The groups of SHAPES that capture a table's, a set's or a chain's name.
-NAME_GROUPS = ("rt", "rc", "rj_x", "rm_x", "ep_t", "ep_c", "ep_x", "er_t", "er_c", "er_x", "acf_t", "acf_c",
-               "ac_t", "ac_c", "ae_t", "ae_s", "fc_t", "fc_c")
+# The groups of each line shape that capture a table's, a set's or a chain's name.
+NAME_GROUPS = {"RJ": ("rt", "rc", "rj_x"), "RM": ("rt", "rc", "rm_x"), "RD": ("rt", "rc"), "RN": ("rt", "rc"),
+               "EP": ("ep_t", "ep_c", "ep_x"), "ER": ("er_t", "er_c", "er_x"), "ACF": ("acf_t", "acf_c"),
+               "AC": ("ac_t", "ac_c"), "AE": ("ae_t", "ae_s"), "FC": ("fc_t", "fc_c")}
 
 
 def plain_names(m: re.Match[str]) -> bool:
-    """Whether every name the line holds is one nft's grammar takes as a name (a keyword is a syntax
-    error, which the general parser reports)."""
-    names = [n for n in m.group(*NAME_GROUPS) if n is not None]
-    # Every NUMBER starts with a digit: the pattern runs only on such names.
-    return SCANNER_KEYWORDS.isdisjoint(names) and not any(n[0].isdigit() and NUMBER.fullmatch(n) for n in names)
+    """Whether every name the line holds is one nft's grammar takes as a name (a keyword or a number is a
+    syntax error, which the general parser reports). Every NUMBER starts with a digit, and only a digit
+    sorts before ``:`` among a name's first characters."""
+    for name in m.group(*NAME_GROUPS[m.lastgroup]):  # type: ignore[index]
+        if name in SCANNER_KEYWORDS or name[0] <= "9" and NUMBER.fullmatch(name) is not None:
+            return False
+    return True
 
 
 class FastPath:
@@ -103,6 +113,9 @@ class FastPath:
         # Keys, protocol and port constants and jump verdicts that thousands of rules write alike are one
         # object each (nothing changes an expression once built): fewer objects for the GC to walk.
         self.shared: dict[object, Any] = {}
+        self.saddr = self.shared["saddr"] = Payload("ip", "saddr")
+        self.numgen_keys: list[Const] = []  # key N of every numgen map
+        self.numgen_texts: list[str] = []   # and how it is written
 
     def run(self, text: str) -> None:
         """Apply the script: recognised lines here, the text between them through the general parser.
@@ -114,6 +127,7 @@ class FastPath:
         self.text, self.line_pos, self.line = text, 0, 1  # a line-number cursor (see ``line_at``)
         gap = scanned = 0  # start of the pending general text; how far its depth is known
         depth, continued = 0, False
+        handlers, names_ok = HANDLERS, plain_names
         for m in SHAPES.finditer(text):
             start = m.start()
             if gap < start:
@@ -127,7 +141,7 @@ class FastPath:
                 p.toks, p.pos = p.tokens(text[gap:start], self.line_at(gap)), 0
                 p.commands()
                 gap = start
-            if not (p.eval_errors or p.kernel_errors) and plain_names(m) and HANDLERS[m.lastgroup](self, m):
+            if not (p.eval_errors or p.kernel_errors) and names_ok(m) and handlers[m.lastgroup](self, m):
                 gap = scanned = m.end()
         if gap < len(text):
             p.toks, p.pos = p.tokens(text[gap:], self.line_at(gap)), 0
@@ -149,6 +163,16 @@ class FastPath:
         if obj is None:
             obj = self.shared[key] = make()
         return obj
+
+    def service(self, text: str) -> Const | None:
+        """The port ``text`` (shared: ports repeat); None when it is not a plain one."""
+        port = self.shared.get(("port", text), MISSING)
+        if port is MISSING:
+            port = plain(T.SERVICE, text)
+            if port is not None:
+                port = self.one(port.value, lambda: port)
+            self.shared["port", text] = port
+        return port
 
     def table(self, family: str, name: str) -> Table | None:
         return self.p.rs.find(family, name)
@@ -183,23 +207,24 @@ class FastPath:
 
     def endpoint_chain(self, m: re.Match[str]) -> bool:
         """An endpoint chain declared, flushed and given its hairpin jump and its DNAT: what the four lines
-        do one by one, checked before anything is changed (else all four go to the general parser)."""
+        do one by one, checked before anything is changed (else all four go to the general parser).
+        Written for speed: a 10,000-Service sync has 100,000 of these."""
         tbl = self.table("ip", m["ep_t"])
         if tbl is None:
             return False
-        name, target = m["ep_c"], m["ep_x"]
-        chain = tbl.chains.get(name)
-        addr, port = ipv4(m["ep_a"]), plain(T.SERVICE, m["ep_n"])
-        to = addr if m["ep_d"] == m["ep_a"] else ipv4(m["ep_d"])  # the endpoint's own address, usually
+        name, target, a, d = m.group("ep_c", "ep_x", "ep_a", "ep_d")
+        chains = tbl.chains
+        chain = chains.get(name)
+        addr, port = ipv4(a), self.service(m["ep_n"])
+        to = addr if d == a else ipv4(d)  # the endpoint's own address, usually
         if addr is None or to is None or port is None or chain is not None and chain.hook is not None or \
-                target not in tbl.chains and target != name:
+                target not in chains and target != name:
             return False
         if chain is None:
-            chain = tbl.chains[name] = Chain(name, tbl.alloc())
+            chain = chains[name] = Chain(name, tbl.alloc())
         else:
             flush(tbl, chain)
-        self.add_rule((tbl, chain), self.jump_stmts("saddr", addr, m["ep_v"], target))
-        self.add_rule((tbl, chain), self.dnat_stmts(m["ep_p"], to, port))
+        self.endpoint_pair(tbl, chain, addr, m["ep_v"], target, m["ep_p"], to, port)
         return True
 
     def endpoint_rules(self, m: re.Match[str]) -> bool:
@@ -207,14 +232,22 @@ class FastPath:
         declaring every chain): what the two lines do one by one, checked before anything is changed."""
         tbl = self.table("ip", m["er_t"])
         chain = tbl.chains.get(m["er_c"]) if tbl is not None else None
-        addr, port = ipv4(m["er_a"]), plain(T.SERVICE, m["er_n"])
+        addr, port = ipv4(m["er_a"]), self.service(m["er_n"])
         to = addr if m["er_d"] == m["er_a"] else ipv4(m["er_d"])
         if tbl is None or chain is None or chain.hook is not None or addr is None or to is None or port is None \
                 or m["er_x"] not in tbl.chains:
             return False
-        self.add_rule((tbl, chain), self.jump_stmts("saddr", addr, m["er_v"], m["er_x"]))
-        self.add_rule((tbl, chain), self.dnat_stmts(m["er_p"], to, port))
+        self.endpoint_pair(tbl, chain, addr, m["er_v"], m["er_x"], m["er_p"], to, port)
         return True
+
+    def endpoint_pair(self, tbl: Table, chain: Chain, addr: Const, kind: str, target: str, proto: str, to: Const,
+                      port: Const) -> None:
+        """An endpoint chain's two rules: ``ip saddr ADDR jump|goto TARGET`` and ``meta l4proto PROTO dnat to
+        TO:PORT``, with the next two handles of the table."""
+        h = tbl.next_handle
+        tbl.next_handle = h + 2
+        chain.rules += (Rule(h, [Match(self.saddr, "==", addr), self.verdict_stmt(kind, target)], None, []),
+                        Rule(h + 1, [self.l4proto_match(proto), Nat("dnat", to, port)], None, []))
 
     def jump_stmts(self, field: str, addr: Const, kind: str, target: str) -> list[Stmt]:
         return [Match(self.one(field, lambda: Payload("ip", field)), "==", addr), self.verdict_stmt(kind, target)]
@@ -227,12 +260,16 @@ class FastPath:
             stmt = self.shared["stmt", kind, target] = VerdictStmt(self.one((kind, target), lambda: Verdict(kind, target)))
         return stmt
 
-    def dnat_stmts(self, proto_name: str, addr: Const, port: Const) -> list[Stmt]:
-        def proto_match() -> Match:
+    def l4proto_match(self, proto_name: str) -> Match:
+        """``meta l4proto tcp|udp|sctp`` (shared)."""
+        match = self.shared.get(("l4proto", proto_name))
+        if match is None:
             proto = self.one("l4proto", lambda: Meta("l4proto"))
-            return Match(proto, "==", Const(proto.dtype, L4[proto_name]))
+            match = self.shared["l4proto", proto_name] = Match(proto, "==", Const(proto.dtype, L4[proto_name]))
+        return match
 
-        return [self.one(("l4proto", proto_name), proto_match), Nat("dnat", addr, self.one(port.value, lambda: port))]
+    def dnat_stmts(self, proto_name: str, addr: Const, port: Const) -> list[Stmt]:
+        return [self.l4proto_match(proto_name), Nat("dnat", addr, port)]
 
     def rule_chain(self, m: re.Match[str]) -> tuple[Table, Chain] | None:
         """The table and regular chain of an ``add rule ip TABLE CHAIN ...`` line (base chains check their
@@ -257,9 +294,10 @@ class FastPath:
         if tbl is None or s is None or "interval" in s.flags or s.data is not None and s.data != [T.VERDICT]:
             return False
         elems: list[Elem] = []
-        i, body = 0, ELEM_WORDS.findall(m["ae_b"])
-        if not all(w in PUNCT or WORD.fullmatch(w) for w in body):
+        text = m["ae_b"]
+        if PLAIN_WORDS.fullmatch(text) is None:
             return False
+        i, body = 0, ELEM_WORDS.findall(text)
         while i < len(body):
             parts, i = self.key(s.key, body, i)
             if parts is None:
@@ -277,9 +315,14 @@ class FastPath:
                 if body[i] != "," or i + 1 == len(body):
                     return False
                 i += 1
-        if not elems or any(type(e.data) is Verdict and e.data.target is not None and e.data.target not in tbl.chains
-                            for e in elems):
-            return False  # a jump to a chain the table lacks: the kernel's error, from the general parser
+        if not elems:
+            return False
+        if s.data is not None:
+            chains = tbl.chains
+            for e in elems:
+                target = e.data.target  # type: ignore[union-attr]
+                if target is not None and target not in chains:
+                    return False  # a jump to a chain the table lacks: the kernel's error, from the general parser
         self.p.add_elements(s, SetLit(elems))
         return True
 
@@ -327,11 +370,11 @@ class FastPath:
             return False
         stmts: list[Stmt] = [Match(self.one("daddr", lambda: Payload("ip", "daddr")), "==", addr)]
         if m["rm_p"] is not None:
-            port = plain(T.SERVICE, m["rm_n"])
+            port = self.service(m["rm_n"])
             if port is None:
                 return False
             dport = self.one((m["rm_p"], "dport"), lambda: Payload(m["rm_p"], "dport"))
-            stmts.append(Match(dport, "==", self.one(port.value, lambda: port)))
+            stmts.append(Match(dport, "==", port))
         stmts += [Match(self.one("saddr", lambda: Payload("ip", "saddr")), "!=", self.one(("/", m["rm_s"], m["rm_l"]), lambda: cidr)),
                   self.verdict_stmt(m["rm_v"], m["rm_x"])]
         self.add_rule(tc, stmts)
@@ -340,7 +383,7 @@ class FastPath:
     def rule_dnat(self, m: re.Match[str]) -> bool:
         """``meta l4proto tcp|udp|sctp dnat to ADDR:PORT`` (an endpoint's DNAT)."""
         tc = self.rule_chain(m)
-        addr, port = ipv4(m["rd_a"]), plain(T.SERVICE, m["rd_n"])
+        addr, port = ipv4(m["rd_a"]), self.service(m["rd_n"])
         if tc is None or addr is None or port is None:
             return False
         self.add_rule(tc, self.dnat_stmts(m["rd_p"], addr, port))
@@ -348,10 +391,11 @@ class FastPath:
 
     def numgen_key(self, n: int) -> Const:
         """Key ``n`` of a numgen map: every Service's map has keys 0 .. N-1, one constant each."""
-        key = self.shared.get(("numgen key", n))
-        if key is None:
-            key = self.shared["numgen key", n] = Const(T.INTEGER, n)
-        return key
+        keys = self.numgen_keys
+        while len(keys) <= n:
+            self.numgen_texts.append(str(len(keys)))
+            keys.append(Const(T.INTEGER, len(keys)))
+        return keys[n]
 
     def rule_numgen(self, m: re.Match[str]) -> bool:
         """``numgen random mod N vmap { 0 : goto C0 , 1 : goto C1 , ... }`` with keys 0 .. N-1 in order."""
@@ -360,14 +404,20 @@ class FastPath:
             return False
         tbl = tc[0]
         mod = int(m["rn_m"])
-        elems: list[Elem] = []
-        for item in m["rn_b"].split(" , "):
-            v = VMAP_ITEM.fullmatch(item)
-            if v is None or v[1] != str(len(elems)):
-                return False
-            elems.append(Elem(self.numgen_key(len(elems)), Verdict(v[2], v[3])))
-        if len(elems) != mod:
+        body = m["rn_b"]
+        if VMAP_BODY.fullmatch(body) is None:
             return False
+        items = VMAP_ITEM.findall(body)
+        if len(items) != mod:
+            return False
+        chains = tbl.chains
+        self.numgen_key(mod - 1)
+        for (key, _, target), text in zip(items, self.numgen_texts):
+            # a jump to a chain the table lacks is the kernel's error, from the general parser
+            if key != text or target not in chains or target in SCANNER_KEYWORDS or \
+                    target[0] <= "9" and NUMBER.fullmatch(target) is not None:
+                return False
+        elems = [Elem(key, Verdict(kind, target)) for key, (_, kind, target) in zip(self.numgen_keys, items)]
         name = f"__map{tbl.anon_seq}"
         tbl.anon_seq += 1
         tbl.sets[name] = NSet(name, tbl.alloc(), True, [T.INTEGER], [T.VERDICT], ["constant", "anonymous"],
@@ -395,12 +445,11 @@ def flush(tbl: Table, chain: Chain) -> None:
 
 
 def ipv4(text: str) -> Const | None:
-    """The usual dotted quad (no leading zeros), read without the ipaddress module; None if it is not one."""
-    if OCTETS.fullmatch(text) is None:
-        return None
+    """A dotted quad without leading zeros (as SHAPES and OCTETS match one), read without the ipaddress
+    module; None for an octet over 255."""
     try:
         return Const(T.IPV4, int.from_bytes(inet_aton(text), "big"))
-    except OSError:  # an octet over 255
+    except OSError:
         return None
 
 

@@ -19,6 +19,7 @@ from kproxy.nftables.model import Chain, Rule, Table
 from kproxy.nftables.stmt import VerdictMap, VerdictStmt
 
 JUMP_STACK_SIZE = 16
+JUMPING = frozenset([VerdictStmt, VerdictMap])
 
 
 def too_deep(table: Table, without: Collection[int] = ()) -> Chain | None:
@@ -26,7 +27,7 @@ def too_deep(table: Table, without: Collection[int] = ()) -> Chain | None:
     ``without``: ids of rules to leave out (not added yet)."""
     heights: dict[str, int] = {}
     for chain in table.chains.values():
-        if chain.base and _height(table, chain.name, heights, set(), without) >= JUMP_STACK_SIZE:
+        if chain.base and _height(table, chain.name, heights, without) >= JUMP_STACK_SIZE:
             return chain
     return None
 
@@ -50,41 +51,40 @@ def culprit(table: Table, added: list[Rule]) -> int | None:
     return lo
 
 
-def _height(table: Table, name: str, heights: dict[str, int], path: set[str], without: Collection[int]) -> int:
+def _height(table: Table, name: str, heights: dict[str, int], without: Collection[int]) -> int:
     """The most jumps on a path from chain ``name`` (JUMP_STACK_SIZE once a loop is on the path),
     leaving out the rules whose ids are in ``without``.
 
     Written for speed: a kube-proxy table has 100,000 chains, each visited once; statement classes
     are compared exactly (none of them has subclasses)."""
-    if name in heights:
-        return heights[name]
-    if name in path:
-        return JUMP_STACK_SIZE
-    path.add(name)
+    h = heights.get(name)
+    if h is not None:
+        return JUMP_STACK_SIZE if h < 0 else h  # -1: on the path being walked, a loop
+    heights[name] = -1
     best = 0
     chains = table.chains
-    for rule in chains[name].rules:
-        if without and id(rule) in without:
-            continue
-        for st in rule.stmts:
-            if type(st) is VerdictStmt:
-                targets: Iterable[str | None] = (st.verdict.target,)
-            elif type(st) is VerdictMap:
-                targets = _map_targets(table, st)
-            else:
+    rules = chains[name].rules
+    if without:
+        rules = [rule for rule in rules if id(rule) not in without]
+    # the statements that jump, gathered in one comprehension (most rules hold none)
+    for st in [st for rule in rules for st in rule.stmts if type(st) in JUMPING]:
+        if type(st) is VerdictStmt:
+            target = st.verdict.target
+            if not target or target not in chains:
                 continue
-            for target in targets:
-                if target and target in chains:
-                    h = heights.get(target)
-                    if h is None:
-                        h = _height(table, target, heights, path, without)
-                    if h >= best:
-                        best = h + 1
-                    if best >= JUMP_STACK_SIZE:
-                        path.discard(name)
-                        heights[name] = best
-                        return best
-    path.discard(name)
+            targets: Iterable[str | None] = (target,)
+        else:
+            targets = _map_targets(table, st)  # type: ignore[arg-type]
+        for target in targets:
+            if target and target in chains:
+                h = heights.get(target)
+                if h is None or h < 0:
+                    h = _height(table, target, heights, without)
+                if h >= best:
+                    best = h + 1
+                if best >= JUMP_STACK_SIZE:
+                    heights[name] = best
+                    return best
     heights[name] = best
     return best
 

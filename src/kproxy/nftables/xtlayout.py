@@ -159,12 +159,22 @@ class XtLayout:
         new chains first, then new rules in the order of the commands (``-A`` the first new rule of its
         chain, ``-I`` the last, ``-R`` the replaced rule's own handle), then any rule no command explains.
         Only the chains the commands named are looked at, unless one named none (``-F``, ``-X`` alone)."""
-        recreated = {t for t, verb, _ in events if verb == "*"}
-        was = {new: old for _, verb, chain in events if verb == "E" for old, new in [chain.split("\0", 1)]}
+        recreated: set[str] = set()
+        was: dict[str, str] = {}
+        by_table: dict[str, list[tuple[str, str]]] = {}  # each table's events (a restore has one per rule)
+        for t, verb, chain in events:
+            if verb == "*":
+                recreated.add(t)
+            elif verb == "E":
+                before, _, after = chain.partition("\0")
+                was[after] = before
+            by_table.setdefault(t, []).append((verb, chain))
         for tname, (old, new) in changes.items():
             key = (family, tname)
             h = self.ids.get(key)
-            touched = {chain.split("\0")[-1] for t, verb, chain in events if t == tname and verb[0] != "*"}
+            mine = by_table.get(tname, [])
+            touched = {chain for verb, chain in mine if verb[0] != "*" and "\0" not in chain}
+            touched |= {chain.split("\0")[-1] for verb, chain in mine if verb[0] != "*" and "\0" in chain}
             touched |= {""} if tname in recreated else set()
             if h is None or key not in self.chains or not touched:
                 continue        # a table loaded from the node file, not changed by a command
@@ -184,9 +194,9 @@ class XtLayout:
                 if n not in h.chains:
                     h.chains[n] = h.take()
             pending = {n: p for n in names if (p := _renumber(h, n, base, new, was.get(n, n))) is not None}
-            for t, verb, chain in events:
+            for verb, chain in mine:
                 todo = pending.get(chain)
-                if t == tname and verb in ("A", "I", "R") and todo:
+                if verb in ("A", "I", "R") and todo:
                     i = todo.pop(-1 if verb == "I" else 0)
                     h.rules[chain][i] = h.take() if h.rules[chain][i] < 0 else h.rules[chain][i]
             for n, todo in pending.items():
@@ -247,6 +257,9 @@ def _renumber(h: Handles, name: str, old: Table | None, new: Table, old_name: st
     if oc is nc and name in h.rules:
         return None
     before = list(oc.rules) if oc is not None else []
+    if not before:  # a new (or emptied) chain: every rule is new, in order (a restore's 10,000 chains)
+        h.rules[name] = [-1] * len(nc.rules)
+        return list(range(len(nc.rules)))
     known = h.rules.get(name, [])
     if len(known) != len(before):
         known = [-1] * len(before)
