@@ -418,7 +418,10 @@ def test_an_append_to_an_unread_chain_matches_the_general_path(tmp_path, argv):
     if got[0] == 0:
         session.commit()
     session.close()
-    assert load_node(work).iptables_save(4, counters=True) == reference.iptables_save(4, counters=True)
+    def body(node: Node) -> list[str]:        # the header comments carry the time of saving
+        return [line for line in node.iptables_save(4, counters=True).splitlines() if not line.startswith("#")]
+
+    assert body(load_node(work)) == body(reference)
     assert node_to_json(load_node(work)).get("rule-state") == node_to_json(reference).get("rule-state")
 
 
