@@ -456,23 +456,43 @@ class NftablesProxier:
         if svc is not None:
             self._tally = [a + sign * b for a, b in zip(self._tally, svc.tally, strict=True)]
 
-    def _delete_stale_chains(self, now: float) -> None:
+    def _due_stale_chains(self, now: float) -> str:
+        """The ``delete chain`` lines of the chains stale long enough (taken off ``stale_chains``)."""
         due = sorted(c for c, since in self.stale_chains.items() if since < now - STALE_CHAIN_GRACE)
-        if not due:
-            return
         for c in due:
             del self.stale_chains[c]
+        return "".join(self._op("delete", "chain", c) + "\n" for c in due)
+
+    def _delete_stale_chains(self, deletes: str) -> None:
+        """Upstream's own transaction for the stale chains: a failure is counted, never the sync's."""
         try:
-            self.backend.run("".join(self._op("delete", "chain", c) + "\n" for c in due))
+            self.backend.run(deletes)
         except Exception:  # noqa: BLE001 - upstream logs it and retries later; the chains come back as stale
             if self.metrics is not None:
                 self.metrics.nftables_cleanup_failed()
+
+    def _apply(self, deletes: str, text: str) -> None:
+        """The stale chains' deletion, then the sync's transaction. Both in one transaction when both
+        are there: on a kernel each ``nft -f`` first reads every chain of the table (nft 1.0.6's
+        cache: ~0.3 s at 10,000 Services), and a one-endpoint change makes a stale chain that the
+        next sync deletes. If that transaction fails (nothing changed), they go as upstream sends
+        them: the deletion alone, its failure only counted, then the sync's text alone."""
+        if deletes and text:
+            try:
+                self.backend.run(deletes + text)
+                return
+            except Exception:  # noqa: BLE001 - told apart below, each on its own
+                pass
+        if deletes:
+            self._delete_stale_chains(deletes)
+        if text:
+            self.backend.run(text)
 
     def _sync(self, objs: Objects, force_full: bool) -> SyncResult:
         t0 = time.perf_counter()
         now = self.clock()
         full = self.need_full or force_full
-        self._delete_stale_chains(now)
+        deletes = self._due_stale_chains(now)
         changes = self.tracker.update(objs, full)
         replaced = {key: self._services.get(key) for key in changes.recomputed}
         for key, ports in changes.recomputed.items():
@@ -497,7 +517,8 @@ class NftablesProxier:
             active = {c for s in self._services.values() for c in s.chains}
             sets = {a for s in self._services.values() for a in s.affinity_sets}
             existing_chains, existing_sets = self.backend.names("chains"), self.backend.names("sets")
-            stale_now = sorted(c for c in existing_chains if is_service_chain(c) and c not in active)
+            going = set(deletes.split())        # deleted by this transaction first: not stale again
+            stale_now = sorted(c for c in existing_chains if is_service_chain(c) and c not in active and c not in going)
             dead_sets = sorted(s for s in existing_sets if is_affinity_set(s) and s not in sets)
         else:
             for key in changes.changed:
@@ -519,8 +540,7 @@ class NftablesProxier:
         text = "\n".join(lines) + "\n" if lines else ""
         result = SyncResult(full, text, len(lines), 0.0, changed_services=set(changes.changed))
         try:
-            if text:
-                self.backend.run(text)
+            self._apply(deletes, text)
         except Exception as exc:  # the backend's error: the rules stay as they were; a full sync follows
             result.error = str(exc)
             elements.rollback()
