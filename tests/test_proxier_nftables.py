@@ -755,3 +755,25 @@ def test_a_sync_whose_transaction_fails_after_stale_chains_tries_them_on_their_o
     assert sent.texts[0] == sent.texts[1] + sent.texts[2]
     assert f"chain {stale} {{" not in table_of(node)         # upstream's own transaction for it went through
     assert proxier.metrics.nft_cleanup_failures._value.get() == 0
+
+
+def test_a_full_sync_after_a_stale_chain_that_cannot_be_deleted_reads_the_chains_again() -> None:
+    """The joint transaction fails on the deletion; upstream's order follows, and the sync's own text
+    goes after the table's chains were read again (a kernel backend shapes a full sync by them)."""
+    node, proxier, objs, clock = one_endpoint_gone()
+    (stale,) = proxier.stale_chains
+    EmulatedNft(node).run(f"add chain ip kube-proxy scratch\nadd rule ip kube-proxy scratch jump {stale}\n")
+    calls: list[str] = []
+    sent = Sent(proxier.backend)
+    sent.names = lambda kind, table="kube-proxy": calls.append(f"names {kind}") or sent.inner.names(kind, table)  # type: ignore[method-assign]
+    real_run = sent.run
+    sent.run = lambda text: calls.append("run") or real_run(text)  # type: ignore[method-assign]
+    proxier.backend = sent
+    clock.now += 2
+    r = proxier.sync(objs, force_full=True)
+    assert not r.error and r.full
+    assert calls == ["names chains", "names sets", "run", "run", "names chains", "run"]
+    assert sent.texts[1] == f"delete chain ip kube-proxy {stale}\n" and sent.texts[2] == r.text
+    assert proxier.metrics.nft_cleanup_failures._value.get() == 1
+    assert set(proxier.stale_chains) == {stale}             # tried again after the grace period
+    assert f"chain {stale} {{" in blocks(table_of(node))       # still there, stale again

@@ -463,30 +463,35 @@ class NftablesProxier:
             del self.stale_chains[c]
         return "".join(self._op("delete", "chain", c) + "\n" for c in due)
 
-    def _delete_stale_chains(self, deletes: str) -> None:
+    def _delete_stale_chains(self, deletes: str) -> bool:
         """Upstream's own transaction for the stale chains: a failure is counted, never the sync's."""
         try:
             self.backend.run(deletes)
+            return True
         except Exception:  # noqa: BLE001 - upstream logs it and retries later; the chains come back as stale
             if self.metrics is not None:
                 self.metrics.nftables_cleanup_failed()
+            return False
 
-    def _apply(self, deletes: str, text: str) -> None:
+    def _apply(self, deletes: str, text: str, full: bool) -> bool:
         """The stale chains' deletion, then the sync's transaction. Both in one transaction when both
         are there: on a kernel each ``nft -f`` first reads every chain of the table (nft 1.0.6's
         cache: ~0.3 s at 10,000 Services), and a one-endpoint change makes a stale chain that the
         next sync deletes. If that transaction fails (nothing changed), they go as upstream sends
-        them: the deletion alone, its failure only counted, then the sync's text alone."""
+        them: the deletion alone, its failure only counted, then the sync's text alone. False if the
+        stale chains are still there."""
         if deletes and text:
             try:
                 self.backend.run(deletes + text)
-                return
+                return True
             except Exception:  # noqa: BLE001 - told apart below, each on its own
                 pass
-        if deletes:
-            self._delete_stale_chains(deletes)
+        deleted = self._delete_stale_chains(deletes) if deletes else True
+        if deletes and full and text:
+            self.backend.names("chains")          # as they are now: a kernel backend shapes a full sync by them
         if text:
             self.backend.run(text)
+        return deleted
 
     def _sync(self, objs: Objects, force_full: bool) -> SyncResult:
         t0 = time.perf_counter()
@@ -513,11 +518,11 @@ class NftablesProxier:
             self._write_service(lines, key, self._services[key], elements, None if full else replaced.get(key))
         stale_now: list[str] = []
         dead_sets: list[str] = []
+        going = set(deletes.split()[4::5])      # deleted by this transaction first: not stale again
         if full:
             active = {c for s in self._services.values() for c in s.chains}
             sets = {a for s in self._services.values() for a in s.affinity_sets}
             existing_chains, existing_sets = self.backend.names("chains"), self.backend.names("sets")
-            going = set(deletes.split())        # deleted by this transaction first: not stale again
             stale_now = sorted(c for c in existing_chains if is_service_chain(c) and c not in active and c not in going)
             dead_sets = sorted(s for s in existing_sets if is_affinity_set(s) and s not in sets)
         else:
@@ -540,7 +545,7 @@ class NftablesProxier:
         text = "\n".join(lines) + "\n" if lines else ""
         result = SyncResult(full, text, len(lines), 0.0, changed_services=set(changes.changed))
         try:
-            self._apply(deletes, text)
+            deleted = self._apply(deletes, text, full)
         except Exception as exc:  # the backend's error: the rules stay as they were; a full sync follows
             result.error = str(exc)
             elements.rollback()
@@ -566,6 +571,9 @@ class NftablesProxier:
             self.stale_chains.pop(c, None)
         for c in stale_now:
             self.stale_chains[c] = now
+        if full and not deleted:            # a full sync would have found them again, as upstream's does
+            for c in going:
+                self.stale_chains[c] = now
         self.last_sync_time = time.time()
         if self.conntrack is not None and (changes.before.ports or changes.after.ports):
             self.conntrack.clean_stale(changes.before, changes.after, self)
