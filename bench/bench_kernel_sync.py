@@ -68,14 +68,18 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.perf_counter() - w0, cpu_now() - c0
 
 
-def run(backend: object, services: int, endpoints: int, changes: int = 5) -> dict[str, Any]:
-    """First full sync, ``changes`` one-endpoint partial syncs (median wall and CPU), a later full sync."""
+def run(backend: object, services: int, endpoints: int, changes: int = 5, first_only: bool = False) -> dict[str, Any]:
+    """First full sync, ``changes`` one-endpoint partial syncs (median wall and CPU), a later full sync
+    (the first sync alone with ``first_only``: the others show as 0)."""
     cfg = ProxyConfig.from_dict({"clusterCIDR": "10.128.0.0/9", "hostnameOverride": "node-a"})
     nft = isinstance(backend, (KernelNft, EmulatedNft))
     proxier = (NftablesProxier if nft else IptablesProxier)(cfg, backend, ["192.168.0.2"])
     objs = build(services, endpoints)
     full, full_s, full_cpu = timed(lambda: proxier.sync(objs))
     assert not full.error, full.error[:500]
+    if first_only:
+        return {"first": full_s, "first_cpu": full_cpu, "part": 0.0, "part_cpu": 0.0, "again": 0.0, "again_cpu": 0.0,
+                "rules": full.rules["rules"] if nft else full.nat_rules + full.filter_rules}
     objs.dirty = set()
     parts = []
     for k in range(changes):
@@ -95,14 +99,15 @@ def run(backend: object, services: int, endpoints: int, changes: int = 5) -> dic
             "rules": full.rules["rules"] if nft else full.nat_rules + full.filter_rules}
 
 
-def kernel(services: int, endpoints: int, legacy: bool, nft: bool = False, changes: int = 5) -> dict[str, Any]:
+def kernel(services: int, endpoints: int, legacy: bool, nft: bool = False, changes: int = 5,
+           first_only: bool = False) -> dict[str, Any]:
     with netns("bench") as ns:
         be = KernelBackend(netns=ns.name, legacy=legacy)
         if nft:
-            return run(KernelNft(netns=ns.name), services, endpoints, changes)
+            return run(KernelNft(netns=ns.name), services, endpoints, changes, first_only)
         be.restore(FOREIGN, noflush=True, counters=True)
         before = foreign(be._run([be.iptables_save, "-c"]).stdout)
-        out = run(be, services, endpoints, changes)
+        out = run(be, services, endpoints, changes, first_only)
         after = foreign(be._run([be.iptables_save, "-c"]).stdout)
         assert after == before, (before, after)
         return out
@@ -114,6 +119,7 @@ def main() -> None:
     ap.add_argument("--endpoints", type=int, default=5)
     ap.add_argument("--changes", type=int, default=5, help="one-endpoint changes timed (their median is shown)")
     ap.add_argument("--modes", default="iptables,nftables")
+    ap.add_argument("--first-only", action="store_true", help="time the first full sync only, on the kernel only")
     args = ap.parse_args()
     print("wall clock, and in brackets CPU time (kproxy and the tools, the kernel's work in their syscalls)")
     print(f"{'backend':>16} {'services':>9} {'rules':>8} | {'first':>16} {'1-ep':>16} {'again':>16} | "
@@ -123,10 +129,11 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             node = Node.from_description({"name": "node-a",
                                           "interfaces": [{"name": "eth0", "addresses": ["192.168.0.2/24"]}]})
-            emu = run(EmulatedNft(node) if mode == "nftables" else EmulatedBackend(node), n, args.endpoints,
-                      args.changes)
+            emu = {"first": 0.0, "part": 0.0} if args.first_only else \
+                run(EmulatedNft(node) if mode == "nftables" else EmulatedBackend(node), n, args.endpoints, args.changes)
             for name, legacy in rows[mode]:
-                k = kernel(n, args.endpoints, legacy=legacy, nft=mode == "nftables", changes=args.changes)
+                k = kernel(n, args.endpoints, legacy=legacy, nft=mode == "nftables", changes=args.changes,
+                           first_only=args.first_only)
                 print(f"{name:>16} {n:>9} {k['rules']:>8,} | {k['first']:>7.2f}s ({k['first_cpu']:>5.2f}s) "
                       f"{k['part'] * 1000:>6.0f}ms ({k['part_cpu'] * 1000:>5.0f}ms) "
                       f"{k['again']:>7.2f}s ({k['again_cpu']:>5.2f}s) | "

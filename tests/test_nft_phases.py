@@ -52,9 +52,8 @@ def syncs(services: int, endpoints: int) -> tuple[Recorder, list[str]]:
 def apply(nft: EmulatedNft, text: str, existing: set[str] | None) -> None:
     shaped = reshape(text, "ip", "kube-proxy", lambda: existing)
     assert shaped is not None
-    if shaped.first:
-        nft.run(shaped.first)
-    nft.run(shaped.second)
+    for part in shaped.parts:
+        nft.run(part)
 
 
 def test_small_transactions_and_foreign_ones_are_sent_as_they_are() -> None:
@@ -66,23 +65,36 @@ def test_small_transactions_and_foreign_ones_are_sent_as_they_are() -> None:
     assert reshape(many, "ip6", "kube-proxy", lambda: None) is None
 
 
-def test_a_first_sync_becomes_creations_then_rules_with_anonymous_vmaps_in_front() -> None:
+def test_a_first_sync_goes_in_bounded_transactions_in_the_texts_order_with_the_hooks_rules_last(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nft_phases, "CHUNK_LINES", 500)
     rec, (first, _) = syncs(100, 3)
     shaped = reshape(first, "ip", "kube-proxy", lambda: None)
-    assert shaped is not None
-    creations = shaped.first.splitlines()
-    assert all(ln.split(" ")[0] in ("add", "delete") and ln.split(" ")[1] in ("table", "chain", "set", "map")
-               for ln in creations)
-    assert [ln for ln in first.splitlines() if ln in set(creations)] == creations     # in the text's order
-    second = shaped.second.splitlines()
-    assert sorted(creations + second) == sorted(first.splitlines())                  # nothing lost, nothing added
-    vmaps = [i for i, ln in enumerate(second) if "numgen random" in ln]
-    assert len(vmaps) == 100 and vmaps[-1] < 400            # each Service chain: flush, masquerade jump, vmap
+    assert shaped is not None and shaped.fresh
+    parts = [p.splitlines() for p in shaped.parts]
+    lines = first.splitlines()
+    assert len(parts) == -(-len(lines) // 500) and all(len(p) <= 500 for p in parts[:-1])
+    base = {ln.split(" ")[4] for ln in lines if " hook " in ln}
+    hooked = [ln for ln in lines if ln.startswith("add rule") and ln.split(" ")[4] in base]
+    assert len(base) == 8 and len(hooked) == 11
+    assert parts[-1][-len(hooked):] == hooked                    # the jumps from the hooks come last
+    assert [ln for p in parts for ln in p if ln not in hooked] == [ln for ln in lines if ln not in hooked]
     fresh = EmulatedNft(Node.from_description(NODE))
-    apply(fresh, first, None)
+    for i, part in enumerate(shaped.parts):
+        fresh.run(part)
+        if i < len(parts) - 1:      # until the last commits, the base chains decide nothing
+            table = fresh.node.nftables.find("ip", "kube-proxy")
+            assert all(not table.chains[c].rules for c in base)
     reference = EmulatedNft(Node.from_description(NODE))
     reference.run(first)
     assert fresh.list_table() == reference.list_table()
+
+
+def test_a_small_first_sync_is_one_transaction() -> None:
+    _, (first, _) = syncs(100, 3)
+    shaped = reshape(first, "ip", "kube-proxy", lambda: None)
+    assert shaped is not None and shaped.fresh and len(shaped.parts) == 1
+    assert sorted(shaped.parts[0].splitlines()) == sorted(first.splitlines())
 
 
 def test_a_later_full_sync_is_one_transaction_with_known_chains_in_front() -> None:
@@ -91,19 +103,20 @@ def test_a_later_full_sync_is_one_transaction_with_known_chains_in_front() -> No
     node.run(first)
     existing = set(node.names("chains"))
     shaped = reshape(again, "ip", "kube-proxy", lambda: existing)
-    assert shaped is not None and shaped.first == ""
-    head = shaped.second.splitlines()[0]
+    assert shaped is not None and not shaped.fresh and len(shaped.parts) == 1
+    head = shaped.parts[0].splitlines()[0]
     assert head.startswith("flush chain ip kube-proxy service-")
-    new_services = [ln for ln in shaped.second.splitlines() if "svc101" in ln and "numgen" in ln]
+    new_services = [ln for ln in shaped.parts[0].splitlines() if "svc101" in ln and "numgen" in ln]
     assert len(new_services) == 1                           # a new Service's chain stays after its add chain
-    node.run(shaped.second)
+    node.run(shaped.parts[0])
     assert node.list_table() == rec.nft.list_table()
 
 
-@pytest.mark.parametrize("threshold", [1, 64])
+@pytest.mark.parametrize(("threshold", "chunk"), [(1, 7), (1, 20_000), (64, 100)])
 def test_the_proxiers_own_examples_reshape_to_the_same_table(monkeypatch: pytest.MonkeyPatch,
-                                                              threshold: int) -> None:
+                                                              threshold: int, chunk: int) -> None:
     monkeypatch.setattr(nft_phases, "MIN_ANONYMOUS_RULES", threshold)
+    monkeypatch.setattr(nft_phases, "CHUNK_LINES", chunk)
     rec, texts = syncs(70, 1)
     node = EmulatedNft(Node.from_description(NODE))
     for text in texts:
@@ -112,9 +125,8 @@ def test_the_proxiers_own_examples_reshape_to_the_same_table(monkeypatch: pytest
         if shaped is None:
             node.run(text)
             continue
-        if shaped.first:
-            node.run(shaped.first)
-        node.run(shaped.second)
+        for part in shaped.parts:
+            node.run(part)
     assert node.list_table() == rec.nft.list_table()
 
 
@@ -127,7 +139,7 @@ def test_a_chain_whose_rules_name_new_chains_or_new_sets_keeps_its_place() -> No
             "add rule ip kube-proxy s4 ip saddr @old goto e1\nadd rule ip kube-proxy s4 numgen random mod 1 vmap { 0 : goto e1 }\n")
     shaped = reshape(text * 20, "ip", "kube-proxy", lambda: {"s1", "s2", "s3", "s4", "e1"})
     assert shaped is not None
-    moved = {ln.split(" ")[4] for ln in shaped.second.splitlines()[:60]}
+    moved = {ln.split(" ")[4] for ln in shaped.parts[0].splitlines()[:60]}
     assert moved == {"s2", "s4"}
 
 

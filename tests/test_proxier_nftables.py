@@ -700,3 +700,81 @@ def test_a_node_whose_nft_lacks_a_feature_is_told_which(tmp_path: Path) -> None:
     assert KernelNft(nft=str(no_fib)).check() == \
         "this node's nft (ip) lacks fib expressions: Error: syntax error, unexpected fib"
     assert "cannot run" in KernelNft(nft=str(tmp_path / "missing")).check()
+
+
+class Sent:
+    """The proxier's nft backend, keeping each transaction it was given."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    def run(self, text: str) -> None:
+        self.texts.append(text)
+        self.inner.run(text)
+
+    def names(self, kind: str, table: str = "kube-proxy") -> list[str]:
+        return self.inner.names(kind, table)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_stale_chains_go_in_the_next_syncs_transaction_first(full: bool) -> None:
+    """One ``nft -f`` per sync (each reads the whole table's chains first on a kernel): the deletion
+    of the chains stale long enough leads the sync's own transaction; the sync's result is as before."""
+    node, proxier, objs, clock = one_endpoint_gone()
+    (stale,) = proxier.stale_chains
+    sent = Sent(proxier.backend)
+    proxier.backend = sent
+    clock.now += 2
+    put(objs, es("ns1", "svc1", "10.0.1.1", "10.0.1.3"))
+    r = proxier.sync(objs, force_full=full)
+    assert not r.error and not proxier.stale_chains and r.full == full
+    assert sent.texts == [f"delete chain ip kube-proxy {stale}\n" + r.text]
+    assert f"delete chain ip kube-proxy {stale}" not in r.text and f"flush chain ip kube-proxy {stale}" not in r.text
+    assert f"chain {stale} {{" not in table_of(node)
+    assert_converged(node, objs)
+
+
+def test_a_sync_whose_transaction_fails_after_stale_chains_tries_them_on_their_own() -> None:
+    node, proxier, objs, clock = one_endpoint_gone()
+    (stale,) = proxier.stale_chains
+    sent = Sent(proxier.backend)
+    proxier.backend = sent
+    clock.now += 2
+    put(objs, es("ns1", "svc1", "10.0.1.1", "10.0.1.3"))
+    real_run = sent.inner.run
+
+    def failing(text: str) -> None:          # the sync's own lines are refused, the deletion is not
+        if "add rule" in text:
+            raise BackendError("Error: refused")
+        real_run(text)
+
+    sent.inner.run = failing  # type: ignore[method-assign]
+    r = proxier.sync(objs)
+    assert r.error == "Error: refused" and proxier.need_full
+    assert len(sent.texts) == 3 and sent.texts[1] == f"delete chain ip kube-proxy {stale}\n"
+    assert sent.texts[0] == sent.texts[1] + sent.texts[2]
+    assert f"chain {stale} {{" not in table_of(node)         # upstream's own transaction for it went through
+    assert proxier.metrics.nft_cleanup_failures._value.get() == 0
+
+
+def test_a_full_sync_after_a_stale_chain_that_cannot_be_deleted_reads_the_chains_again() -> None:
+    """The joint transaction fails on the deletion; upstream's order follows, and the sync's own text
+    goes after the table's chains were read again (a kernel backend shapes a full sync by them)."""
+    node, proxier, objs, clock = one_endpoint_gone()
+    (stale,) = proxier.stale_chains
+    EmulatedNft(node).run(f"add chain ip kube-proxy scratch\nadd rule ip kube-proxy scratch jump {stale}\n")
+    calls: list[str] = []
+    sent = Sent(proxier.backend)
+    sent.names = lambda kind, table="kube-proxy": calls.append(f"names {kind}") or sent.inner.names(kind, table)  # type: ignore[method-assign]
+    real_run = sent.run
+    sent.run = lambda text: calls.append("run") or real_run(text)  # type: ignore[method-assign]
+    proxier.backend = sent
+    clock.now += 2
+    r = proxier.sync(objs, force_full=True)
+    assert not r.error and r.full
+    assert calls == ["names chains", "names sets", "run", "run", "names chains", "run"]
+    assert sent.texts[1] == f"delete chain ip kube-proxy {stale}\n" and sent.texts[2] == r.text
+    assert proxier.metrics.nft_cleanup_failures._value.get() == 1
+    assert set(proxier.stale_chains) == {stale}             # tried again after the grace period
+    assert f"chain {stale} {{" in blocks(table_of(node))       # still there, stale again

@@ -140,18 +140,19 @@ def test_ipv6_table_on_the_kernel_equals_the_emulated_one(ns: Netns) -> None:
 
 
 def test_reshaped_big_transactions_leave_the_emulated_table(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every anonymous-vmap chain moved to the front of full syncs (a first sync in two transactions):
-    the same table as the text applied as it is, through first, forced full (with new Services and
-    endpoints), partial and restarted syncs."""
+    """Every anonymous-vmap chain moved to the front of later full syncs, a first sync in transactions
+    of 40 lines with the hooks' rules last: the same table as the text applied as it is, through first,
+    forced full (with new Services and endpoints), partial and restarted syncs."""
     from kproxy.backends import nft_phases
 
     monkeypatch.setattr(nft_phases, "MIN_ANONYMOUS_RULES", 1)
+    monkeypatch.setattr(nft_phases, "CHUNK_LINES", 40)
     shapes: list[str] = []
     reshape = nft_phases.reshape
 
     def spy(*args: object) -> object:
         out = reshape(*args)  # type: ignore[arg-type]
-        shapes.append("none" if out is None else "two" if out.first else "one")
+        shapes.append("none" if out is None else f"new table in {len(out.parts)}" if out.fresh else "one")
         return out
 
     monkeypatch.setattr(nft_phases, "reshape", spy)
@@ -173,13 +174,19 @@ def test_reshaped_big_transactions_leave_the_emulated_table(ns: Netns, monkeypat
     fresh.backend.delete_table()
     assert not fresh.sync(overall_objects()).error
     assert again.backend.list_table() == fresh.backend.list_table()
-    assert shapes == ["two", "one", "one", "two"]       # first, forced full, restarted, fresh table
+    assert shapes[1:3] == ["one", "one"]                 # forced full, restarted
+    assert shapes[0] == shapes[3] and shapes[0].startswith("new table in ")     # first, fresh table
+    assert int(shapes[0].split()[-1]) > 3
 
 
-def test_a_first_sync_whose_rules_fail_leaves_no_table(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("chunk", [2, 20_000])
+def test_a_first_sync_whose_rules_fail_leaves_no_table(ns: Netns, monkeypatch: pytest.MonkeyPatch,
+                                                       chunk: int) -> None:
+    """Whether the failing line's transaction is the first or the third (two committed before it)."""
     from kproxy.backends import nft_phases
 
     monkeypatch.setattr(nft_phases, "MIN_ANONYMOUS_RULES", 1)
+    monkeypatch.setattr(nft_phases, "CHUNK_LINES", chunk)
     nft = KernelNft(4, netns=ns.name)
     text = ("add table ip kube-proxy\nadd chain ip kube-proxy a\nadd chain ip kube-proxy e\n"
             "add rule ip kube-proxy a numgen random mod 1 vmap { 0 : goto e }\n"

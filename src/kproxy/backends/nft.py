@@ -254,7 +254,9 @@ class KernelNft:
 
     def run(self, text: str | Tx) -> None:
         """One transaction; a big one reshaped so the kernel binds its anonymous sets cheaply
-        (``kproxy.backends.nft_phases``), with the same result and the same all-or-nothing effect."""
+        (``kproxy.backends.nft_phases``: a new table in several transactions, its hooks' rules in
+        the last, deleted again if one fails), with the same result and the same all-or-nothing
+        effect."""
         from kproxy.backends.nft_phases import as_in_text, reshape
 
         if not isinstance(text, str):
@@ -267,16 +269,15 @@ class KernelNft:
         if shaped is None:
             self._apply(text)
             return
-        part = shaped.first
+        done = 0
         try:
-            if part:
+            for part in shaped.parts:
                 self._apply(part)
-            part = shaped.second
-            self._apply(part)
+                done += 1
         except BackendError as exc:
-            if shaped.first and part is shaped.second:    # the table did not exist before: take it away again
+            if shaped.fresh and done:       # the table did not exist before: take it away again
                 self._run(["delete", "table", fam, TABLE])
-            raise BackendError(as_in_text(str(exc), part, text)) from None
+            raise BackendError(as_in_text(str(exc), shaped.parts[done], text)) from None
 
     def _apply(self, text: str) -> None:
         proc = self._run(["-f", "-"], text)

@@ -1,22 +1,27 @@
-"""A full sync's nft transaction reshaped for the kernel: rules that bind anonymous sets go first.
+"""A full sync's nft transaction reshaped for the kernel, whose cost per rule grows with the
+transaction.
 
 Why: when a rule binds an anonymous set (``numgen random mod 5 vmap { 0 : goto ... }``, one per
 Service chain), the kernel walks the whole transaction so far (``__nft_set_trans_bind`` in
-nf_tables_api.c visits every entry, no early exit). A full sync of N Services interleaves ~26 lines
-per Service, so the binds cost N x (half the transaction): 84 s of kernel time at 10,000 Services.
+nf_tables_api.c visits every entry of the commit list, no early exit). A full sync of N Services
+interleaves ~26 lines per Service, so the binds cost N x (half the transaction): 84 s of kernel time
+at 10,000 Services.
 
-Moving each such chain's ``flush`` and rules (in their order) to the start of the transaction makes
-every walk short. Only the order *between* chains changes; each chain's, set's and map's own lines
-keep theirs, so the committed ruleset is the one the text gives. A chain can only move ahead of its
-``add chain`` if it already exists, so:
+- The table does not exist yet (a node's first sync): nothing is there to keep intact, so the text
+  goes in its own order as transactions of at most ``CHUNK_LINES`` lines, every walk bounded by one
+  of them. The rules of the base chains (the jumps from the hooks into the table) wait for the last
+  one, so until it commits every base chain is empty with policy accept and decides no packet: a
+  packet sees no table or the whole table, never a part. If any transaction fails the table is
+  deleted again, so a failed sync leaves nothing behind.
+- The table exists: one transaction, as the previous rules must survive a failure. Each chain with
+  anonymous-set rules moves its ``flush`` and rules to the start, so every walk is short, if it
+  existed before and its rules name only chains that existed before and no set the text creates.
 
-- the table exists: one transaction; a chain moves to the front if it existed before and its rules
-  name only chains that existed before and no set the text creates;
-- the table does not exist yet (a node's first sync): two transactions. The first creates the table,
-  its chains and its sets in the text's order (so ``nft list`` shows them in the same order; base
-  chains are empty with policy accept, which decides no packet); the second is the rest with every
-  anonymous-set chain in front. If the second fails the table is deleted again, so a failed sync
-  leaves nothing behind.
+Only the order *between* chains changes, never a chain's, set's or map's own lines, so the committed
+ruleset (and ``nft list``'s order of chains and sets) is the one the text gives. What stays
+quadratic is the kernel's, not the order's: each new anonymous set is named (``__map%d``: every set
+of the table read with ``sscanf``) and found by name (``nft_set_lookup``: a list walk) several times,
+so N Services cost N x (the table's sets).
 """
 
 from __future__ import annotations
@@ -27,14 +32,19 @@ from dataclasses import dataclass
 
 # Below this many anonymous-set rules the binds cost little and the text goes as it is.
 MIN_ANONYMOUS_RULES = 64
+# A new table's transactions: at most this many lines each (about 770 Services of 5 endpoints). Each
+# ``nft -f`` first reads the table's chains and sets (nft 1.0.6's cache), which costs more as the
+# table grows, so smaller ones pay that more often: at 10,000 Services x 5, 5,000 lines: 25 s of CPU,
+# 10,000: 16 s, 20,000: 14 s, 40,000: 22 s, one transaction: 25 s (the walks).
+CHUNK_LINES = 20_000
 
 _CREATION_KINDS = ("table", "chain", "set", "map")
 
 
 @dataclass
 class Reshaped:
-    first: str            # the creations, for a table that does not exist yet ("" when it does)
-    second: str           # the rest, anonymous-set chains in front
+    parts: list[str]      # the transactions, in order
+    fresh: bool           # the table did not exist: delete it again if a part fails
 
 
 def _lines(lines: list[str]) -> str:
@@ -44,10 +54,6 @@ def _lines(lines: list[str]) -> str:
 def _binds_anonymous_set(line: str) -> bool:
     """An ``add rule`` whose body has an inline ``{ ... }`` (an anonymous set or verdict map)."""
     return line.startswith("add rule ") and " { " in line
-
-
-def _is_creation(w: list[str]) -> bool:
-    return w[0] in ("add", "delete") and w[1] in _CREATION_KINDS
 
 
 def _movable(lines: list[str], family: str, table: str) -> set[str] | None:
@@ -94,6 +100,27 @@ def _ready(lines: list[str], movable: set[str], existing_chains: set[str]) -> se
     return out
 
 
+def _base_chains(lines: list[str]) -> set[str]:
+    """The chains the text declares with a hook."""
+    out = set()
+    for line in lines:
+        w = line.split(" ", 5)
+        if w[0] == "add" and w[1] == "chain" and len(w) > 5 and " hook " in f" {w[5]}":
+            out.add(w[4])
+    return out
+
+
+def chunked(lines: list[str], size: int) -> list[str]:
+    """A new table's text as transactions of at most ``size`` lines in the text's order, the base
+    chains' rules held back for the last (see the module doc)."""
+    base = _base_chains(lines)
+    hooked = [ln for ln in lines if ln.startswith("add rule ") and ln.split(" ", 5)[4] in base]
+    rest = [ln for ln in lines if not (ln.startswith("add rule ") and ln.split(" ", 5)[4] in base)]
+    parts = [rest[i:i + size] for i in range(0, len(rest), size)] or [[]]
+    parts[-1] = parts[-1] + hooked
+    return [_lines(p) for p in parts]
+
+
 def reshape(text: str, family: str, table: str,
             chains: Callable[[], set[str] | None]) -> Reshaped | None:
     """``text`` reshaped (see the module doc), or None when it is better sent as it is. ``chains``
@@ -102,20 +129,17 @@ def reshape(text: str, family: str, table: str,
     movable = _movable(lines, family, table)
     if movable is None:
         return None
-    first: list[str] = []
     existing_chains = chains()
     if existing_chains is None:
-        first = [ln for ln in lines if _is_creation(ln.split(" ", 5))]
-        lines = [ln for ln in lines if not _is_creation(ln.split(" ", 5))]
-    else:
-        movable = _ready(lines, movable & existing_chains, existing_chains)
+        return Reshaped(chunked(lines, CHUNK_LINES), True)
+    movable = _ready(lines, movable & existing_chains, existing_chains)
     front: list[str] = []
     rest: list[str] = []
     for line in lines:
         w = line.split(" ", 5)
         moves = w[1] in ("chain", "rule") and w[0] != "add" or w[1] == "rule"
         (front if moves and w[4] in movable else rest).append(line)
-    return Reshaped(_lines(first), _lines(front + rest))
+    return Reshaped([_lines(front + rest)], False)
 
 
 _WHERE = re.compile(r"^(/dev/stdin|-):(\d+):", re.M)
