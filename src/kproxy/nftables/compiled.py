@@ -37,7 +37,7 @@ from kproxy.nftables.expr import (
     SetRef,
     Verdict,
 )
-from kproxy.nftables.stmt import Match, Nat, Stmt, VerdictMap, VerdictStmt
+from kproxy.nftables.stmt import Match, Nat, PortsMatch, Stmt, VerdictMap, VerdictStmt
 from kproxy.packet import NF_ACCEPT, NF_DROP
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -354,6 +354,14 @@ class Compiler:
     def test(self, src: ChainSource, m: Match) -> str:
         """A match as a Python condition."""
         left, right, op = m.left, m.right, m.op
+        if type(m) is PortsMatch:
+            # nft's one comparison of both ports, listed as two matches: the sport half decides.
+            inline = inline_payload(left) if type(left) is Payload else None
+            if m.ports is None:
+                return "True"
+            if inline is None:
+                return f"{src.const(self.runner.matches)}({src.const(m)}, pkt, state)"
+            return f"({inline[0]} and (pkt.sport << 16 | pkt.dport) {op} {src.const(m.ports)})"
         if type(left) is Ct and left.key == "state" and op == "in" and type(right) is Const \
                 and type(right.value) is int:
             return ct_state_test(src, right.value)

@@ -47,6 +47,7 @@ from kproxy.nftables.stmt import (
     Match,
     Nat,
     ObjRef,
+    PortsMatch,
     Quota,
     Reject,
     SetUpdate,
@@ -543,6 +544,13 @@ class ChainRunner:
 
     # ---- matches --------------------------------------------------------------------------------
     def matches(self, m: Match, pkt: Packet, state: HookState) -> bool:
+        if type(m) is PortsMatch:
+            # nft's one comparison of both ports, listed as two matches: the sport half decides.
+            if m.ports is None:
+                return True
+            if self.value(m.left, pkt, state) is None:
+                return False    # the packet is not of the protocol the ports are named by
+            return (pkt.sport << 16 | pkt.dport == m.ports) == (m.op == "==")
         left = m.left
         if isinstance(left, Binop) and left.op == "&":
             v = self.value(left.left, pkt, state)
