@@ -15,7 +15,9 @@ iptables commits, ipset members and sets, routes and addresses, sysctls, IPVS se
 servers) is the one it was learnt under, and the connection entries it relied on are the same
 objects in the same states, including the IPVS lookups that found nothing (looked up again whenever
 the tables changed). A flow is learnt only when every hook function of its family is one whose
-behaviour for an established packet is known (conntrack, NAT, iptables, IPVS; not nftables), every
+behaviour for an established packet is known (conntrack, NAT, iptables, IPVS, and nft base chains
+whose reachable statements ``kproxy.nftables.purity.replayable`` finds stateless: their anonymous
+counters are what a replay counts), every
 iptables table it entered has only matches that are functions of headers, connection and
 configuration (no limit, statistic, recent, quota, time, ...), and the rules that fired only count,
 jump or set the mark. Anything else takes the whole path every time; so does every traced packet
@@ -33,6 +35,7 @@ from kproxy.netfilter.conntrack import IPS_ASSURED, Conn, Tuple
 from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, receive_path
 from kproxy.netfilter.tcp import ORIGINAL, REPLY
 from kproxy.netfilter.trace import SCRATCH, Trace, TraceEvent
+from kproxy.nftables.purity import replayable
 from kproxy.packet import ACK, FIN, RST, SYN, TCP, UDP, Packet
 from kproxy.versioned import Epoch
 
@@ -44,6 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
 KNOWN_HOOK_OPS = frozenset({"conntrack:in", "conntrack:confirm", "ipvs:request", "ipvs:local-request", "ipvs:reply",
                             "ipvs:local-reply", "nat:PREROUTING", "nat:INPUT", "nat:OUTPUT", "nat:POSTROUTING"})
 TABLE_OPS = ("iptables:", "iptables6:")
+NFT_OPS = "nft:"            # nft base chains: known when ``kproxy.nftables.purity.replayable`` says so
+NFT_COUNTED = "nft"         # what an nft counter statement is recorded under in ``Recorder.counted``
 # Matches whose outcome depends only on the packet's headers, its connection and the configuration.
 PURE_MATCHES = frozenset({"comment", "mark", "conntrack", "state", "set", "tcp", "udp", "sctp", "icmp", "icmp6",
                           "multiport", "addrtype", "iprange", "physdev", "pkttype", "ttl", "hl", "dscp", "tos",
@@ -265,7 +270,12 @@ class FlowCache:
         hit = self._known.get(family)
         if hit is None or hit[0] != stamp:
             hooks = self.node.hooks
-            known = all(op.name in KNOWN_HOOK_OPS or op.name.startswith(TABLE_OPS)
+            nft: dict[str, Any] = {}
+            updated: dict[int, frozenset[str]] = {}
+            for runner in self.node.subsystems.get("nftables_runners", ()):
+                nft[f"{NFT_OPS}{runner.table.family}:{runner.table.name}:{runner.chain.name}"] = runner
+            known = all(op.name in KNOWN_HOOK_OPS or op.name.startswith(TABLE_OPS) or
+                        op.name in nft and replayable(nft[op.name], updated)
                         for (fam, hook) in list(hooks._ops) if fam == family for op in hooks.ops(fam, hook))
             hit = self._known[family] = (stamp, known)
         return hit[1]
@@ -274,8 +284,9 @@ class FlowCache:
         """The rules and policies the recorded packet was counted by, or None when one of the tables
         it passed is not pure or a rule that fired does more than count, jump or mark."""
         tables = self.node.iptables[family].tables
-        # Every table a packet enters counts it at least once (a rule's verdict or the policy).
-        if not all(self._pure_table(tables[name]) for name in {name for name, _ in rec.counted}):
+        # Every table a packet enters counts it at least once (a rule's verdict or the policy); nft's
+        # counters are statements of chains ``replayable`` found pure.
+        if not all(self._pure_table(tables[name]) for name in {name for name, _ in rec.counted if name != NFT_COUNTED}):
             return None
         for _, obj in rec.counted:
             target = getattr(obj, "target", None)        # a rule's; a chain (its policy) has none
