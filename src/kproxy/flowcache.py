@@ -271,11 +271,10 @@ class FlowCache:
         if hit is None or hit[0] != stamp:
             hooks = self.node.hooks
             nft: dict[str, Any] = {}
-            updated: dict[int, frozenset[str]] = {}
             for runner in self.node.subsystems.get("nftables_runners", ()):
                 nft[f"{NFT_OPS}{runner.table.family}:{runner.table.name}:{runner.chain.name}"] = runner
             known = all(op.name in KNOWN_HOOK_OPS or op.name.startswith(TABLE_OPS) or
-                        op.name in nft and replayable(nft[op.name], updated)
+                        op.name in nft and replayable(nft[op.name])
                         for (fam, hook) in list(hooks._ops) if fam == family for op in hooks.ops(fam, hook))
             hit = self._known[family] = (stamp, known)
         return hit[1]

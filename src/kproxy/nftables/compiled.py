@@ -119,6 +119,9 @@ class Compiler:
         self.chains: dict[str, ChainFn] = {}
         self.indexes: dict[int, SetIndex] = {}
         self.building: set[str] = set()
+        # Bound once: every chain binds the same object (a fresh bound method per chain is one more
+        # object per chain for a packet to touch).
+        self.nat_setup = runner.node.nat.setup
 
     def chain(self, chain: Chain) -> ChainFn:
         fn = self.chains.get(chain.name)
@@ -212,7 +215,7 @@ class Compiler:
             return indent + 1
         if isinstance(st, Nat) and (rng := self.nat_range(st)) is not None:
             # The NAT core's setup called straight from the chain (a DNAT per new connection).
-            setup = src.const(self.runner.node.nat.setup)
+            setup = src.const(self.nat_setup)
             src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {'SRC' if st.kind == 'snat' else 'DST'!r}, state)")
             src.line(indent, "if r != CONTINUE:")
             src.line(indent + 1, "return r")
@@ -335,7 +338,8 @@ class Compiler:
             return f"{src.const(scan.get)}({expr})"
         exact = index.refresh(holder.elems)
         if isinstance(st.data, SetLit):
-            return f"{src.const(scan.get if exact is None else exact.get)}({expr})"
+            # the dict itself: its ``get`` is looked up per packet, with no bound method kept per map
+            return f"{src.const(scan)}.get({expr})" if exact is None else f"{src.const(exact)}.get({expr})"
 
         def current() -> Any:
             exact = index.refresh(holder.elems)
@@ -430,7 +434,7 @@ class Compiler:
         index = SetIndex()          # this site's own: ``finder``'s index never holds a Scan
         exact = index.refresh(holder.elems)
         if isinstance(where, SetLit):
-            return f"{src.const(find if exact is None else exact.get)}({expr})"
+            return f"{src.const(find)}({expr})" if exact is None else f"{src.const(exact)}.get({expr})"
         scan = Scan(find)
 
         def current() -> Any:

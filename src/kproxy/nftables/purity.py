@@ -8,7 +8,7 @@ rejects (a rejected packet is never learnt), over expressions of the packet's he
 meta keys the flow's headers and devices decide, the connection's fixed keys (state, status,
 direction, mark, zone, addresses and ports: the cache checks the entry's state and mark), fib and
 hashes of those, and sets and maps whose elements only the control plane changes (no timeouts, no
-element counters, and no ``add @set`` or ``update @set`` of that set anywhere in the table: a set the
+element counters, that no ``add @set`` or ``update @set`` changes (such a set is dynamic): a set the
 packet path changes may answer differently to the flow's next packet). Anything else (numgen,
 meta random, limit, quota, named counters, logs, mark or ct settings, set updates, queues) keeps every
 packet through the chain on the whole path. nat chains are not asked: the NAT core runs them only for
@@ -37,7 +37,7 @@ from kproxy.nftables.expr import (
     SetRef,
     Verdict,
 )
-from kproxy.nftables.stmt import Counter, Match, Reject, SetUpdate, Stmt, VerdictMap, VerdictStmt
+from kproxy.nftables.stmt import Counter, Match, Reject, Stmt, VerdictMap, VerdictStmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.nftables.evaluate import ChainRunner
@@ -50,16 +50,10 @@ PURE_META = frozenset({"l4proto", "nfproto", "protocol", "iifname", "iif", "oifn
 PURE_CT = frozenset({"state", "status", "direction", "mark", "zone", "saddr", "daddr", "proto-src", "proto-dst"})
 
 
-def replayable(runner: ChainRunner, updated: dict[int, frozenset[str]] | None = None) -> bool:
-    """Whether the flow cache may replay what ``runner``'s base chain did to an established packet.
-    ``updated`` remembers, per table, the sets its rules update (one table's base chains share it)."""
+def replayable(runner: ChainRunner) -> bool:
+    """Whether the flow cache may replay what ``runner``'s base chain did to an established packet."""
     table, chains = runner.table, runner.table.chains
-    names = None if updated is None else updated.get(id(table))
-    if names is None:
-        names = updated_sets(table)
-        if updated is not None:
-            updated[id(table)] = names
-    pure = Purity(table, names)
+    pure = Purity(table)
     todo, seen = [runner.chain], {runner.chain.name}
     while todo:
         chain = todo.pop()
@@ -76,23 +70,11 @@ def replayable(runner: ChainRunner, updated: dict[int, frozenset[str]] | None = 
     return True
 
 
-def updated_sets(table: Table) -> frozenset[str]:
-    """The sets a rule of the table adds to or updates from the packet path."""
-    out: set[str] = set()
-    for c in table.chains.values():
-        for r in c.rules:
-            for st in r.stmts:
-                if type(st) is SetUpdate:
-                    out.add(st.set_name)
-    return frozenset(out)
-
-
 class Purity:
     """The statement and expression checks for one table."""
 
-    def __init__(self, table: Table, updated: frozenset[str]) -> None:
+    def __init__(self, table: Table) -> None:
         self.table = table
-        self.updated = updated
 
     def targets(self, st: Stmt) -> list[str]:
         if isinstance(st, VerdictStmt):
@@ -136,13 +118,15 @@ class Purity:
         if isinstance(e, SetLit):
             return all(self.elem(x) for x in e.elems)
         if isinstance(e, SetRef):
+            # A set a rule adds to or updates is dynamic (nft flags it so, as the kernel's dynset
+            # requires, and so does the parser: ``rules._made_dynamic``), wherever that rule is.
             s = self.table.sets.get(e.name)
-            return s is not None and e.name not in self.updated and s.timeout is None and \
-                not {"timeout", "dynamic"} & set(s.flags) and all(self.elem(x) for x in s.elems)
+            return s is not None and s.timeout is None and not {"timeout", "dynamic"} & set(s.flags) and \
+                all(self.elem(x) for x in s.elems)
         return False
 
     def elem(self, x: Any) -> bool:
         if type(x) is not Elem:
             return self.expr(x)
-        return x.timeout is None and x.expires is None and not x.counter and self.expr(x.key) and \
-            (x.data is None or self.expr(x.data))
+        # an element's key and data are values (constants, prefixes, ranges, verdicts)
+        return x.timeout is None and x.expires is None and not x.counter
