@@ -335,3 +335,17 @@ def test_forwarding_decrements_the_ttl_before_the_forward_hook(lab):
                "\t\tip ttl 63 counter\n\t}\n\tchain o {\n\t\ttype filter hook postrouting priority 0;\n"
                "\t\tip ttl 64 counter\n\t\tip ttl 63 counter\n\t}\n}\n",
           [Probe("tcp", "10.244.1.3", 80), Probe("udp", "10.0.1.1", 53), Probe("tcp", "10.244.1.3", 80, from_node=True)])
+
+
+def test_merged_port_inequalities_are_one_comparison(lab):
+    """Regression: nft merges ``tcp sport != 1 tcp dport != 2`` into one comparison of both ports
+    (``payload load 4b @ transport header + 0``, ``cmp neq 0x10002``, as ``nft --debug=netlink`` shows)
+    yet lists the two matches; the kernel's rule holds when either port differs. The emulator compared
+    each port on its own, so a packet with sport 1 (the SYN-ACK of a connection to port 1) passed the
+    rule the kernel drops it by, and a packet to port 2 skipped the counter the kernel counts it in."""
+    agree(lab, "table inet t {\n\tchain c {\n\t\ttype filter hook forward priority filter;\n"
+               "\t\ttcp sport != 1 tcp dport != 2 ct direction reply counter drop\n"
+               "\t\ttcp sport != 1 tcp dport != 2 ct direction original counter\n"
+               "\t\tudp sport != 1 counter udp dport != 2 ct direction original\n\t}\n}\n",
+          [Probe("tcp", "10.244.1.3", 1), Probe("tcp", "10.244.1.3", 2), Probe("tcp", "10.244.1.3", 3),
+           Probe("udp", "10.244.1.3", 2)])

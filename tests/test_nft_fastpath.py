@@ -227,6 +227,12 @@ add element ip kube-proxy firewall-ips { 172.30.0.2 . tcp . 80 : goto fw }
 add element ip kube-proxy no-endpoint-services { 172.30.0.3 . tcp . 80 : goto reject-chain }
 add element ip kube-proxy no-endpoint-services { 172.30.0.4 . tcp . 81 : drop }
 add rule ip kube-proxy filter-forward meta mark and 0x10 == 0x10 counter drop
+add set ip kube-proxy marked { type ipv4_addr ; }
+add element ip kube-proxy marked { 10.100.0.1, 10.100.0.16, 10.100.0.33, 10.100.0.48 }
+add rule ip kube-proxy filter-forward ip daddr @marked meta mark set meta mark | 0x20 counter
+add rule ip kube-proxy filter-forward ip saddr { 10.244.1.5, 10.244.1.9 } meta mark set 0x100
+add rule ip kube-proxy filter-forward ip saddr != { 10.244.1.6, 10.244.1.7 } meta mark set meta mark ^ 0x1
+add rule ip kube-proxy filter-forward meta mark and 0x121 == 0x121 drop
 """
     rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=kube_proxy_script(20, 5) + extra)
     assert rc == 0, err
@@ -240,6 +246,8 @@ add rule ip kube-proxy filter-forward meta mark and 0x10 == 0x10 counter drop
     assert compiled == interpreted
     fates = {row[0] for row in compiled}
     assert {"forwarded", "dropped"} <= fates  # the run saw DNAT, the firewall and the no-endpoint drops
+    # and the marks, set after a named set's and anonymous sets' lookups
+    assert {row[6] for row in compiled} >= {0x0, 0x1, 0x21, 0x101}
 
 
 def test_compiled_chains_follow_a_transaction_applied_in_place() -> None:

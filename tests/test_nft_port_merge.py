@@ -113,3 +113,24 @@ def test_the_merged_comparison_decides_as_one_comparison() -> None:
         ["delivered", "dropped", "dropped", "dropped"]
     node = node_with("@th,16,16 53 drop")
     assert (fate(node, "udp", 9, 53), fate(node, "udp", 9, 54)) == ("dropped", "delivered")
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_named_merged_ports_are_still_one_comparison(traced: bool) -> None:
+    """``tcp sport != 1 tcp dport != 2`` lists as two matches, but nft 1.0.6 emits one 32-bit ``cmp neq``
+    (``nft --debug=netlink``): the rule holds when either port differs, in the compiled chain and in the
+    interpreter a traced packet takes; a packet of another protocol never matches."""
+    def fates(rule: str) -> list[str]:
+        node = node_with(rule)
+        return [node.receive(Packet.make("192.168.1.50", "192.168.1.10", proto, sport, dport), "eth0",
+                             trace=traced).fate
+                for proto, sport, dport in [("tcp", 1, 2), ("tcp", 1, 3), ("tcp", 3, 2), ("tcp", 3, 3), ("udp", 1, 3)]]
+
+    assert fates("tcp sport != 1 tcp dport != 2 drop") == ["delivered", "dropped", "dropped", "dropped", "delivered"]
+    assert fates("tcp sport != 1 counter tcp dport != 2 drop") == \
+        ["delivered", "dropped", "dropped", "dropped", "delivered"]
+    assert fates("tcp sport 1 tcp dport 2 drop") == ["dropped", "delivered", "delivered", "delivered", "delivered"]
+    # listed as the two matches nft prints
+    node = node_with("meta l4proto udp th sport != 1 th dport != 2 drop")
+    assert "\t\tudp sport != 1 udp dport != 2 drop\n" in run_nft(["list", "ruleset"], node.nftables)[1]
+    assert fate(node, "udp", 1, 3) == "dropped" and fate(node, "udp", 1, 2) == "delivered"

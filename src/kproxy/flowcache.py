@@ -16,7 +16,9 @@ iptables commits, ipset members and sets, routes and addresses, sysctls, IPVS se
 servers) is the one it was learnt under, and the connection entries it relied on are the same
 objects in the same states, including the IPVS lookups that found nothing (looked up again whenever
 the tables changed). A flow is learnt only when every hook function of its family is one whose
-behaviour for an established packet is known (conntrack, NAT, iptables, IPVS; not nftables), every
+behaviour for an established packet is known (conntrack, NAT, iptables, IPVS, and nft base chains
+whose reachable statements ``kproxy.nftables.purity.replayable`` finds stateless: their anonymous
+counters are what a replay counts), every
 iptables table it entered has only matches that are functions of headers, connection and
 configuration (no limit, statistic, recent, quota, time, ...), and the rules that fired only count,
 jump or set the mark. Anything else takes the whole path every time; so does every traced packet
@@ -35,6 +37,7 @@ from kproxy.netfilter.nfacct import AcctObject, objects_of
 from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, receive_path
 from kproxy.netfilter.tcp import ORIGINAL, REPLY
 from kproxy.netfilter.trace import SCRATCH, Trace, TraceEvent
+from kproxy.nftables.purity import replayable
 from kproxy.packet import ACK, FIN, RST, SYN, TCP, UDP, Packet
 from kproxy.versioned import Epoch
 
@@ -46,6 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover
 KNOWN_HOOK_OPS = frozenset({"conntrack:in", "conntrack:confirm", "ipvs:request", "ipvs:local-request", "ipvs:reply",
                             "ipvs:local-reply", "nat:PREROUTING", "nat:INPUT", "nat:OUTPUT", "nat:POSTROUTING"})
 TABLE_OPS = ("iptables:", "iptables6:")
+NFT_OPS = "nft:"            # nft base chains: known when ``kproxy.nftables.purity.replayable`` says so
+NFT_COUNTED = "nft"         # what an nft counter statement is recorded under in ``Recorder.counted``
 # Matches whose outcome depends only on the packet's headers, its connection and the configuration.
 PURE_MATCHES = frozenset({"comment", "mark", "conntrack", "state", "set", "tcp", "udp", "sctp", "icmp", "icmp6",
                           "multiport", "addrtype", "iprange", "physdev", "pkttype", "ttl", "hl", "dscp", "tos",
@@ -285,7 +290,11 @@ class FlowCache:
         hit = self._known.get(family)
         if hit is None or hit[0] != stamp:
             hooks = self.node.hooks
-            known = all(op.name in KNOWN_HOOK_OPS or op.name.startswith(TABLE_OPS)
+            nft: dict[str, Any] = {}
+            for runner in self.node.subsystems.get("nftables_runners", ()):
+                nft[f"{NFT_OPS}{runner.table.family}:{runner.table.name}:{runner.chain.name}"] = runner
+            known = all(op.name in KNOWN_HOOK_OPS or op.name.startswith(TABLE_OPS) or
+                        op.name in nft and replayable(nft[op.name])
                         for (fam, hook) in list(hooks._ops) if fam == family for op in hooks.ops(fam, hook))
             hit = self._known[family] = (stamp, known)
         return hit[1]
@@ -297,8 +306,11 @@ class FlowCache:
         if stamp != self._pure_stamp:
             self._pure, self._pure_stamp = {}, stamp
         pure = self._pure
-        # Every table a packet enters counts it at least once (a rule's verdict or the policy).
+        # Every table a packet enters counts it at least once (a rule's verdict or the policy); nft's
+        # counters are statements of chains ``replayable`` found pure.
         for name, obj in rec.counted:
+            if name == NFT_COUNTED:
+                continue
             ok = pure.get((family, name))
             if ok is None:
                 ok = pure[(family, name)] = self._pure_table(self.node.iptables[family].tables[name])

@@ -14,6 +14,7 @@ are seen because each index checks that its set's element list is unchanged.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from kproxy.nftables.expr import (
     SetRef,
     Verdict,
 )
-from kproxy.nftables.stmt import Match, Nat, Stmt, VerdictMap, VerdictStmt
+from kproxy.nftables.stmt import Mangle, Match, Nat, PortsMatch, Stmt, VerdictMap, VerdictStmt
 from kproxy.packet import NF_ACCEPT, NF_DROP
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,6 +119,9 @@ class Compiler:
         self.chains: dict[str, ChainFn] = {}
         self.indexes: dict[int, SetIndex] = {}
         self.building: set[str] = set()
+        # Bound once: every chain binds the same object (a fresh bound method per chain is one more
+        # object per chain for a packet to touch).
+        self.nat_setup = runner.node.nat.setup
 
     def chain(self, chain: Chain) -> ChainFn:
         fn = self.chains.get(chain.name)
@@ -211,10 +215,19 @@ class Compiler:
             return indent + 1
         if isinstance(st, Nat) and (rng := self.nat_range(st)) is not None:
             # The NAT core's setup called straight from the chain (a DNAT per new connection).
-            setup = src.const(self.runner.node.nat.setup)
+            setup = src.const(self.nat_setup)
             src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {'SRC' if st.kind == 'snat' else 'DST'!r}, state)")
             src.line(indent, "if r != CONTINUE:")
             src.line(indent + 1, "return r")
+            return indent
+        if isinstance(st, Mangle) and type(st.key) is Meta and st.key.key == "mark" and \
+                (value := self.mark_value(src, st.value)) is not None:
+            # ``meta mark set VALUE``: the interpreter's ``mangle`` inline; no value breaks the rule.
+            guard, expr = value
+            if guard:
+                src.line(indent, f"if {guard}:")
+                indent += 1
+            src.line(indent, f"pkt.mark = {expr} & 0xFFFFFFFF")
             return indent
         act = src.const(self.action(st))
         src.line(indent, f"r = {act}(pkt, state, depth)")
@@ -325,7 +338,8 @@ class Compiler:
             return f"{src.const(scan.get)}({expr})"
         exact = index.refresh(holder.elems)
         if isinstance(st.data, SetLit):
-            return f"{src.const(scan.get if exact is None else exact.get)}({expr})"
+            # the dict itself: its ``get`` is looked up per packet, with no bound method kept per map
+            return f"{src.const(scan)}.get({expr})" if exact is None else f"{src.const(exact)}.get({expr})"
 
         def current() -> Any:
             exact = index.refresh(holder.elems)
@@ -338,6 +352,17 @@ class Compiler:
         i, h = src.const(index), src.const(holder)
         return f"({i}.exact if {i}.elems is {h}.elems and {i}.size == len({h}.elems) else {src.const(current)}())" \
             f".get({expr})"
+
+    def mark_value(self, src: ChainSource, e: Expr) -> tuple[str, str] | None:
+        """A mark's new value as (guard, expression): a constant, or a bitwise operation of an inlined value
+        with a constant (``meta mark | 0x4000``); None for the rest."""
+        if type(e) is Const and type(e.value) is int:
+            return "", src.const(e.value)
+        if type(e) is Binop and e.op in ("&", "|", "^", "<<", ">>") and type(e.right) is Const \
+                and type(e.right.value) is int and type(e.left) is not Const:
+            guard, inner = self.inline_value(src, e.left)
+            return guard, f"({inner} {e.op} {src.const(e.right.value)})"
+        return None
 
     @staticmethod
     def nat_range(st: Nat) -> NatRange | None:
@@ -354,6 +379,14 @@ class Compiler:
     def test(self, src: ChainSource, m: Match) -> str:
         """A match as a Python condition."""
         left, right, op = m.left, m.right, m.op
+        if type(m) is PortsMatch:
+            # nft's one comparison of both ports, listed as two matches: the sport half decides.
+            inline = inline_payload(left) if type(left) is Payload else None
+            if m.ports is None:
+                return "True"
+            if inline is None:
+                return f"{src.const(self.runner.matches)}({src.const(m)}, pkt, state)"
+            return f"({inline[0]} and (pkt.sport << 16 | pkt.dport) {op} {src.const(m.ports)})"
         if type(left) is Ct and left.key == "state" and op == "in" and type(right) is Const \
                 and type(right.value) is int:
             return ct_state_test(src, right.value)
@@ -364,17 +397,19 @@ class Compiler:
             expr = f"({expr} & {src.const(left.right.value)})"
         else:
             guard, expr = self.inline_value(src, left)
-        cond = self.compare(src, expr, op, right)
+        cond = self.compare(src, expr, op, right, ":=" not in guard)
         if cond is None:
             return f"{src.const(self.runner.matches)}({src.const(m)}, pkt, state)"
         return f"({guard} and {cond})" if guard else f"({cond})"
 
-    def compare(self, src: ChainSource, expr: str, op: str, right: Expr) -> str | None:
-        """The comparison of a value known not to be None; None for the forms the interpreter keeps."""
+    def compare(self, src: ChainSource, expr: str, op: str, right: Expr, inline: bool = False) -> str | None:
+        """The comparison of a value known not to be None; None for the forms the interpreter keeps.
+        ``inline``: the value is a header field or a tuple of them (hashable: a set's dict may be asked)."""
         if op == "in" and type(right) is Const:
             return f"{expr} & {src.const(right.value)} != 0"
         if isinstance(right, (SetLit, SetRef)):
-            return f"({src.const(self.finder(right))}({expr}) is {'not ' if op == '==' else ''}None)"
+            found = self.set_lookup(src, right, expr) if inline else f"{src.const(self.finder(right))}({expr})"
+            return f"({found} is {'not ' if op == '==' else ''}None)"
         if op not in ("==", "!="):
             return None
         if type(right) is Prefix:
@@ -386,6 +421,32 @@ class Compiler:
         if type(right) is not Const or isinstance(right.value, str) and right.value.endswith("*"):
             return None
         return f"{expr} {op} {src.const(right.value)}"
+
+    def set_lookup(self, src: ChainSource, where: SetLit | SetRef, expr: str) -> str:
+        """Code for the element of a set that holds ``expr`` (None when none does), as ``finder`` answers:
+        an anonymous set of exact values is its dict's ``get``; a named one's dict is used while its
+        element list is the one it was built from, else rebuilt first (inline, as ``map_lookup`` does);
+        any other set is scanned by ``finder``."""
+        holder: Any = where if isinstance(where, SetLit) else self.runner.table.sets.get(where.name)
+        find = self.finder(where)
+        if holder is None:
+            return f"{src.const(find)}({expr})"
+        index = SetIndex()          # this site's own: ``finder``'s index never holds a Scan
+        exact = index.refresh(holder.elems)
+        if isinstance(where, SetLit):
+            return f"{src.const(find)}({expr})" if exact is None else f"{src.const(exact)}.get({expr})"
+        scan = Scan(find)
+
+        def current() -> Any:
+            if index.refresh(holder.elems) is None:
+                index.exact = scan       # scanned until the set changes again
+            return index.exact
+
+        if exact is None:
+            index.exact = scan
+        i, h = src.const(index), src.const(holder)
+        return f"({i}.exact if {i}.elems is {h}.elems and {i}.size == len({h}.elems) else {src.const(current)}())" \
+            f".get({expr})"
 
     def finder(self, where: Expr) -> Callable[[Any], Any]:
         """A lookup in an anonymous or named set: the element (or its data), None when absent."""
@@ -435,7 +496,11 @@ class Compiler:
         elif type(e) is Numgen and e.mode == "random" and e.mod > 0:
             node = self.runner.node      # its random source looked up per packet, as the interpreter does
             rng = f"({src.const(node.subsystems)}.get('rng') or {src.const(node_rng)}({src.const(node)}))"
-            return "", f"{rng}.randrange({e.mod}) + {e.offset}"
+            # A plain random.Random's randrange(n) is its _randbelow(n) (the same draw, one call less); a
+            # subclass (kproxy verify's scripted draws) is asked through its own randrange.
+            n = src.var()
+            return "", f"({n}._randbelow({e.mod}) if type({n} := {rng}) is {src.const(random.Random)} " \
+                f"else {n}.randrange({e.mod})) + {e.offset}"
         elif type(e) is Concat:
             parts = [inline_payload(i) if type(i) is Payload else
                      ("", "pkt.proto") if type(i) is Meta and i.key == "l4proto" else None for i in e.items]

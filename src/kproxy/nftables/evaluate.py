@@ -47,6 +47,7 @@ from kproxy.nftables.stmt import (
     Match,
     Nat,
     ObjRef,
+    PortsMatch,
     Quota,
     Reject,
     SetUpdate,
@@ -57,6 +58,7 @@ from kproxy.nftables.stmt import (
 )
 from kproxy.nftables.trace import ChainTrace
 from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, Packet
+from kproxy.versioned import Epoch
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
@@ -160,6 +162,7 @@ def forget_compiled(node: Node) -> None:
     """The node's nft tables were changed in place: the compiled chains must be built again."""
     for runner in node.subsystems.get("nftables_runners", []):
         runner.compiled.forget()
+    Epoch.bump()    # what the flow cache learnt through the old chains and sets no longer holds
 
 
 def conntrack_users(rs: Ruleset | None) -> dict[int, int]:
@@ -366,6 +369,9 @@ class ChainRunner:
             else:
                 st.packets += 1
                 st.bytes += pkt.length
+                rec = state.trace
+                if rec is not None and rec.counted is not None:
+                    rec.counted.append(("nft", st))   # the flow cache's recording: replayed by counting it
             return CONTINUE
         if isinstance(st, VerdictMap):
             found = self.lookup(st.data, self.value(st.key, pkt, state))
@@ -548,6 +554,13 @@ class ChainRunner:
 
     # ---- matches --------------------------------------------------------------------------------
     def matches(self, m: Match, pkt: Packet, state: HookState) -> bool:
+        if type(m) is PortsMatch:
+            # nft's one comparison of both ports, listed as two matches: the sport half decides.
+            if m.ports is None:
+                return True
+            if self.value(m.left, pkt, state) is None:
+                return False    # the packet is not of the protocol the ports are named by
+            return (pkt.sport << 16 | pkt.dport == m.ports) == (m.op == "==")
         left = m.left
         if isinstance(left, Binop) and left.op == "&":
             v = self.value(left.left, pkt, state)

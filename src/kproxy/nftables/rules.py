@@ -42,6 +42,7 @@ from kproxy.nftables.stmt import (
     Match,
     Nat,
     ObjRef,
+    PortsMatch,
     Queue,
     Reject,
     SetUpdate,
@@ -936,7 +937,9 @@ def _named_ports(s: Match, proto: str, field: str) -> Match:
     """One port of a merged ``@th,0,32`` comparison, as nft lists it once the protocol is known."""
     assert isinstance(s.right, Const)
     value = s.right.value >> 16 if field == "sport" else s.right.value & 0xFFFF
-    return Match(Payload(proto, field), s.op, Const(T.SERVICE, value))
+    # Still the kernel's one comparison of the 32 bits: the sport half decides, the dport half holds.
+    return PortsMatch(Payload(proto, field), s.op, Const(T.SERVICE, value),
+                      s.right.value if field == "sport" else None)
 
 
 def _retarget_th(s: Stmt, proto: str) -> Stmt:

@@ -37,6 +37,17 @@ class Match(Stmt):
 
 
 @dataclass
+class PortsMatch(Match):
+    """One half of the ``P sport A P dport B`` pair nft lists for the one comparison of both ports it made
+    of them (rule.c stmt_reduce: ``payload load 4b @ transport header + 0``, one ``cmp``). The kernel
+    compares the 32 bits once, so ``!=`` holds when either port differs, not only when both do. The
+    sport half carries the 32-bit value (``ports``) and decides; the dport half (``ports`` None) always
+    holds. Listed exactly as the two matches."""
+
+    ports: int | None = None
+
+
+@dataclass
 class VerdictStmt(Stmt):
     verdict: Verdict
 
