@@ -331,8 +331,8 @@ class Elem(Expr):
 
     def text(self, o: Opts) -> str:
         s = self.key.text(o) + options_text([
-            ("timeout {}", None if self.timeout is None else fmt_time(self.timeout)),
-            ("expires {}", None if self.expires is None else fmt_time(self.expires)),
+            ("timeout {}", None if self.timeout is None else fmt_time(self.timeout, o)),
+            ("expires {}", None if self.expires is None else fmt_time(self.expires, o)),
             ('comment "{}"', self.comment)])
         return s if self.data is None else f"{s} : {self.data.text(o)}"
 
@@ -389,8 +389,11 @@ def options_text(options: list[tuple[str, object]]) -> str:
     return "".join(" " + fmt.format(value) for fmt, value in options if value is not None)
 
 
-def fmt_time(ms: int) -> str:
-    """nft's time format: ``1d2h3m4s500ms``; zero parts left out."""
+def fmt_time(ms: int, o: Opts | None = None) -> str:
+    """nft's time format: ``1d2h3m4s500ms``; zero parts left out. With ``-n`` (nft's
+    NUMERIC_TIME, part of every ``-n``) whole seconds: ``300s``."""
+    if o is not None and o.numeric:
+        return f"{ms // 1000}s"
     out = ""
     for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000), ("ms", 1)):
         if ms >= size:

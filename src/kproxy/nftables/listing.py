@@ -78,9 +78,9 @@ def set_text(s: NSet, o: Opts, indent: str = "\t") -> str:
     if s.flags and not (s.flags == ["timeout"] and s.timeout is not None):  # a lone timeout flag goes unsaid
         lines.append(f"{indent}\tflags {','.join(s.flags)}")
     if s.timeout is not None:
-        lines.append(f"{indent}\ttimeout {fmt_time(s.timeout)}")
+        lines.append(f"{indent}\ttimeout {fmt_time(s.timeout, o)}")
     if s.gc_interval is not None:
-        lines.append(f"{indent}\tgc-interval {fmt_time(s.gc_interval)}")
+        lines.append(f"{indent}\tgc-interval {fmt_time(s.gc_interval, o)}")
     if s.comment is not None:
         lines.append(f'{indent}\tcomment "{s.comment}"')
     if s.elems:

@@ -306,7 +306,7 @@ class SetUpdate(Stmt):
 
         inner = self.key.text(o)
         if self.timeout is not None:
-            inner += f" timeout {fmt_time(self.timeout)}"
+            inner += f" timeout {fmt_time(self.timeout, o)}"
         for s in self.stmts:
             inner += " " + s.text(o)
         return f"{self.op} @{self.set_name} {{ {inner} }}"

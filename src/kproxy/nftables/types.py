@@ -122,8 +122,8 @@ class DType:
             return str(value)
         if k in ("string", "ifindex"):
             return f'"{value}"'
-        if k == "boolean":
-            return "exists" if value else "missing"
+        if k == "boolean":        # a symbol table (exists 1, missing 0): -n prints the number
+            return str(int(value)) if numeric else "exists" if value else "missing"
         if k == "mark":
             return f"0x{value:08x}"
         if k == "hex":
