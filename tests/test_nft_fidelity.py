@@ -56,3 +56,16 @@ def test_numeric_time_and_booleans() -> None:
     assert "fib daddr oif 1 accept" in res[-4][1] and "fib daddr oif 0 accept" in res[-4][1]
     assert "\t\ttimeout 3h\n" in res[-2][1]
     assert "update @s2 { ip saddr timeout 1m30s }" in res[-1][1] and "oif missing accept" in res[-1][1]
+
+
+def test_bitwise_runs_fold_as_the_kernel_holds_them() -> None:
+    res = run_steps(steps("bitwise.cmds"))
+    assert all(rc == 0 for rc, _, _ in res)
+    listing = res[-2][1]
+    for line in ("meta mark set meta mark & 0xffff0002 | 0x00000002", "meta mark set meta mark | 0x00000010",
+                 "meta mark set meta mark ^ 0x00004000", "meta mark set meta mark & 0x0000ff00 ^ 0x00000300",
+                 "meta mark set meta mark & 0x000000f3 | 0x00000003", "ct mark set ct mark\n",
+                 "meta mark & 0x0000ff01 | 0x00000001 == 0x00000101 accept",
+                 "ct mark & 0x000000ff != 0x0000000c accept"):
+        assert line in listing, line
+

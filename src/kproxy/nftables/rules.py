@@ -596,7 +596,7 @@ class RuleBuilder:
             op = WORD_OPS.get(p.peek().text, p.peek().text)
             p.next()
             e = Binop(op, e, p.value(e.dtype))
-        return e
+        return fold_bitwise(e)
 
     def is_expr_start(self) -> bool:
         p = self.p
@@ -638,6 +638,11 @@ class RuleBuilder:
         else:
             types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
             rhs = self.rhs(lhs, types)
+        if (isinstance(lhs, Binop) and lhs.op == "^" and isinstance(lhs.right, Const) and isinstance(rhs, Const)
+                and isinstance(rhs.value, int) and isinstance(lhs.right.value, int)):
+            # nft lists the kernel's bitwise xor of a comparison on its other side: x ^ k == v is x == v ^ k
+            rhs = Const(rhs.ctype, rhs.value ^ lhs.right.value)
+            lhs = lhs.left
         if lhs.dtype.kind == "bitmask" and p.accept("/"):
             mask = self.rhs(lhs, types)
             lhs = Binop("&", lhs, mask)
@@ -743,6 +748,50 @@ class RuleBuilder:
             from kproxy.nftables.listing import elem_sort_key
 
             lit.elems = sorted(lit.elems, key=elem_sort_key)
+
+
+def fold_bitwise(e: Expr) -> Expr:
+    """A run of ``&``, ``|``, ``^`` with constants as nft lists it back: the kernel holds one
+    bitwise (mask, xor) built as netlink_gen_bitwise builds it, and netlink_parse_bitwise_bool
+    prints that as ``& mask'`` (left out when all ones), ``^ x'``, ``| o``
+    (``meta mark & 0xffff0000 | 0x2`` lists as ``meta mark & 0xffff0002 | 0x00000002``)."""
+    ops: list[Binop] = []
+    base = e
+    while isinstance(base, Binop) and base.op in ("&", "|", "^") and isinstance(base.right, Const) \
+            and isinstance(base.right.value, int):
+        ops.append(base)
+        base = base.left
+    bits = base.dtype.bits
+    if not ops or isinstance(base, Binop) or not bits or bits % 8:
+        return e
+    ones = (1 << bits) - 1
+    mask, xor = ones, 0
+    for b in reversed(ops):
+        v = b.right.value  # type: ignore[attr-defined]
+        if b.op == "&":
+            mask &= v
+            xor &= v
+        elif b.op == "|":
+            mask &= ~v & ones
+            xor |= v
+        else:
+            xor ^= v
+    m, x, o = mask, xor, 0
+    if m != ones or x:
+        o = (m & x) ^ x
+        x &= m
+        m |= o
+    ctype = ops[0].right.ctype  # type: ignore[attr-defined]
+    out = base
+    if m != ones:
+        out = Binop("&", out, Const(ctype, m))
+    if x:
+        out = Binop("^", out, Const(ctype, x))
+    if o:
+        out = Binop("|", out, Const(ctype, o))
+    if hasattr(e, "loc"):
+        out.loc = e.loc  # type: ignore[attr-defined]
+    return out
 
 
 def edit_distance(a: str, b: str) -> int:
