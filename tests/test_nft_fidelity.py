@@ -18,7 +18,8 @@ SEQUENCES = sorted(p.name for p in DATA.glob("*.cmds"))
 
 
 def steps(name: str) -> list[list[str]]:
-    return [shlex.split(ln) for ln in (DATA / name).read_text().splitlines() if ln.strip() and ln[0] != "#"]
+    return [[a.replace("tests/data/nft/fidelity/", f"{DATA}/") for a in shlex.split(ln)]
+            for ln in (DATA / name).read_text().splitlines() if ln.strip() and ln[0] != "#"]
 
 
 def run_steps(cmds: list[list[str]]) -> list[tuple[int, str, str]]:
@@ -69,3 +70,36 @@ def test_bitwise_runs_fold_as_the_kernel_holds_them() -> None:
                  "ct mark & 0x000000ff != 0x0000000c accept"):
         assert line in listing, line
 
+
+
+def test_misspell_distance_is_nfts_own() -> None:
+    """misspell.c's distance, quirks included (checked against nft 1.0.6's suggestions in
+    did_you_mean.cmds): one-letter names are near 'input', a name never matches itself at length 1."""
+    from kproxy.nftables.misspell import nearest, string_distance
+
+    assert string_distance("input", "i") == 2 and string_distance("input", "c") == 2
+    assert string_distance("input", "inptu") == 1 and string_distance("input", "input") == 0
+    assert string_distance("input", "xyz") == 4
+    assert nearest("c", [("c", 1)]) is None
+    assert nearest("c", [("input", 1), ("cx", 2)]) == 2
+    assert nearest("xyz", [("input", 1), ("forward", 2)]) is None
+
+
+def test_did_you_mean_messages() -> None:
+    res = dict(zip((" ".join(a) for a in steps("did_you_mean.cmds")), run_steps(steps("did_you_mean.cmds"))))
+    hint = "Error: No such file or directory; did you mean "
+    assert res["add rule ip filter inptu accept"][2].startswith(hint + "chain \u2018input\u2019 in table ip \u2018filter\u2019?")
+    assert res["add rule inet other i accept"][2].startswith(hint + "chain \u2018input\u2019 in table ip \u2018filter\u2019?")
+    assert res["add rule ip filtr input accept"][2].startswith(hint + "table \u2018filter\u2019 in family ip?")
+    assert res["delete counter ip filter cnt2"][2].startswith(hint + "obj \u2018cnt\u2019 in table ip \u2018filter\u2019?")
+    assert res["add rule ip filter input tcp dport vmap @portz"][2] == (
+        hint + "map \u2018ports\u2019 in table ip \u2018filter\u2019?\n"
+        "add rule ip filter input tcp dport vmap @portz\n" + " " * 40 + "^" * 6 + "\n")
+    # the rule's own chain is what nft looks up: a missing jump target from 'input' gets no hint,
+    assert res["add rule ip filter input jump zzzzzzzzz"][2].startswith(
+        "Error: Could not process rule: No such file or directory\n")
+    # while from chain 'c' (too short to match itself) the nearest other chain is named
+    assert res["add rule ip b c jump nosuch"][2].startswith(hint + "chain \u2018cy\u2019 in table ip \u2018b\u2019?")
+    # nothing near: evaluation says plain ENOENT, the kernel's path 'Could not process rule'
+    assert res["add element ip filter zzzzzz { 1.2.3.4 }"][2].startswith("Error: No such file or directory\n")
+    assert res["delete chain ip filter zzzzz"][2].startswith("Error: Could not process rule: No such file or directory\n")

@@ -7,7 +7,7 @@ Errors carry nft's positions so the caller can print them the way nft does.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,16 @@ class NftError(Exception):
         self.primary = primary
         self.secondary = secondary or []
         self.more: list[NftError] = []  # further errors nft reports in the same run
+        # a kernel ENOENT's "did you mean" (misspell.kernel_hint), decided once the batch is in nft's cache
+        self.hint: Callable[[], tuple[str, Loc] | None] | None = None
+
+    def resolve(self) -> None:
+        if self.hint is not None:
+            found, self.hint = self.hint(), None
+            if found is not None:
+                self._kernel = self.kernel          # still the kernel's error, though worded by nft
+                self.msg, self.primary = found
+                self.args = (self.msg,)
 
     @property
     def syntax(self) -> bool:
@@ -260,6 +270,8 @@ class Parser:
         if not self.eval_errors and not all(e.validation for e in errors):
             errors = [e for e in errors if not e.validation]
         if errors:
+            for e in errors:
+                e.resolve()
             first = errors[0]
             first.more = errors[1:]
             raise first
@@ -283,23 +295,48 @@ class Parser:
             return
         raise self.unexpected()
 
-    def find_table(self, family: str, name: Token) -> Table:
+    def find_table(self, family: str, name: Token, kind: str = "rule", obj: Token | None = None) -> Table:
+        """The table, or nft's ENOENT for a command on ``kind`` (``eval``: found by nft's evaluation;
+        else the kernel's, for a command on a table, chain, rule, set or obj named ``obj``)."""
         tbl = self.rs.find(family, name.text)
         if tbl is None:
-            raise NftError("Could not process rule: No such file or directory", loc(name))
+            raise self.enoent(kind, family, name, obj, name, what="table")
         return tbl
 
-    def find_chain(self, tbl: Table, name: Token) -> Chain:
+    def find_chain(self, tbl: Table, name: Token, kind: str = "rule") -> Chain:
         c = tbl.chains.get(name.text)
         if c is None:
-            raise NftError("Could not process rule: No such file or directory", loc(name))
+            raise self.enoent(kind, tbl.family, None, name, name, tbl.name, what="chain")
         return c
 
-    def find_set(self, tbl: Table, name: Token) -> NSet:
+    def find_set(self, tbl: Table, name: Token, kind: str = "set") -> NSet:
         s = tbl.sets.get(name.text)
         if s is None:
-            raise NftError("Could not process rule: No such file or directory", loc(name))
+            raise self.enoent(kind, tbl.family, None, name, name, tbl.name, what="set")
         return s
+
+    def enoent(self, kind: str, family: str, ttok: Token | None, name: Token | None, at: Token | Loc,
+               table: str | None = None, what: str | None = None) -> NftError:
+        """nft's "No such file or directory" with its "did you mean" hint (kproxy.nftables.misspell).
+        ``kind``: ``eval`` (evaluate.c: the hint decided now, about ``what`` - table, chain, set or
+        obj), or the kernel's command object (cmd.c: decided when the batch's errors are reported)."""
+        from kproxy.nftables import misspell
+
+        where = at if isinstance(at, tuple) else loc(at)
+        tname = ttok.text if ttok is not None else table or ""
+        if kind == "eval":
+            return NftError(misspell.evaluation_message(self.rs, what or "table", tname if what == "table" else
+                                                        name.text if name is not None else ""), where, kernel=False)
+        err = NftError("Could not process rule: No such file or directory", where)
+        rs = self.rs
+        ttoc = loc(ttok) if ttok is not None else where
+
+        def hint() -> tuple[str, Loc] | None:
+            found = misspell.kernel_hint(rs, kind, family, tname, name.text if name is not None else None)
+            return None if found is None else (found[0], ttoc if found[1] else where)
+
+        err.hint = hint
+        return err
 
     # ---- add / create ---------------------------------------------------------------------------
     def cmd_add(self, verb: Token, create: bool = False) -> None:
@@ -311,9 +348,7 @@ class Parser:
             self.next()
             family, tname = self.family_and_name()
             name = self.chain_name()          # a syntax error: found before the table is looked up
-            if self.rs.find(family, tname.text) is None:
-                raise NftError("No such file or directory", loc(tname))  # found missing while evaluating
-            tbl = self.find_table(family, tname)
+            tbl = self.find_table(family, tname, "eval")    # found missing while evaluating
             chain = self.add_chain(tbl, name, create)
             if not chain_type_fits(tbl.family, chain):
                 line, col, end = loc(verb, self.toks[self.pos - 1])
@@ -322,15 +357,15 @@ class Parser:
         elif what in ("set", "map"):
             self.next()
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
+            tbl = self.find_table(family, tname, "eval")
             name = self.word()
             self.expect("{")
             self.set_block(tbl, name, what == "map", create)
         elif what == "element":
             self.next()
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
-            s = self.find_set(tbl, self.word())
+            tbl = self.find_table(family, tname, "eval")
+            s = self.find_set(tbl, self.word(), "eval")
             lit = self.set_literal(s.key, s.data, s)
             self.check_jumps(tbl)
             self.add_elements(s, lit)
@@ -338,12 +373,12 @@ class Parser:
         elif what in ("counter", "quota", "limit"):
             self.next()
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
+            tbl = self.find_table(family, tname, "eval")
             self.object(tbl, what, self.word())
         elif what == "flowtable":
             self.next()
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
+            tbl = self.find_table(family, tname, "eval")
             name = self.word()
             self.expect("{")
             flowtable.parse_block(self, tbl, name, create)
@@ -766,8 +801,10 @@ class Parser:
     def cmd_rule(self, op: str, verb: Token) -> None:
         family, tname = self.family_and_name()
         name = self.chain_name()
-        tbl = self.find_table(family, tname)
-        chain = self.find_chain(tbl, name)
+        # a position or index is looked up in nft's cache, which finds a missing chain itself
+        how = "eval" if op != "replace" and self.at("position", "index") else "rule"
+        tbl = self.find_table(family, tname, how, name)
+        chain = self.find_chain(tbl, name, how)
         position: tuple[str, int] | None = None
         pos_tok = self.peek()
         if op == "replace" and not self.at("handle"):
@@ -844,21 +881,22 @@ class Parser:
         what = self.word()
         if what.text == "table":
             family, name = self.family_and_name()
-            tbl = self.find_table(family, name)
+            tbl = self.find_table(family, name, "table")
             self.rs.tables.remove(tbl)
         elif what.text == "chain":
             family, tname = self.family_and_name()
-            name = self.chain_name("handle or string") if not self.at("handle") else self.word()
-            tbl = self.find_table(family, tname)
-            chain = self.find_chain(tbl, name)
+            how = "chain" if not self.at("handle") else "plain"     # by handle: no name to suggest for
+            name = self.chain_name("handle or string") if how == "chain" else self.word()
+            tbl = self.find_table(family, tname, how, name)
+            chain = self.find_chain(tbl, name, how)
             if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.chains[name.text]
         elif what.text == "rule":
             family, tname = self.family_and_name()
             name = self.chain_name()
-            tbl = self.find_table(family, tname)
-            chain = self.find_chain(tbl, name)
+            tbl = self.find_table(family, tname, "rule", name)
+            chain = self.find_chain(tbl, name, "rule")
             self.expect("handle")
             n = self.word()
             idx = self.rule_index(chain, int(n.text), n)
@@ -867,16 +905,16 @@ class Parser:
                 tbl.sets.pop(anon, None)
         elif what.text in ("set", "map"):
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
             name = self.word()
-            self.find_set(tbl, name)
+            tbl = self.find_table(family, tname, "set", name)
+            self.find_set(tbl, name, "set")
             if any(refers_to_set(r, name.text) for c in tbl.chains.values() for r in c.rules):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.sets[name.text]
         elif what.text == "element":
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
-            s = self.find_set(tbl, self.word())
+            tbl = self.find_table(family, tname, "eval")
+            s = self.find_set(tbl, self.word(), "eval")
             lit = self.set_literal(s.key, None, s)
             have = {repr(e.key) for e in s.elems}
             for e in lit.elems:
@@ -889,16 +927,16 @@ class Parser:
             s.elems = [e for e in s.elems if repr(e.key) not in gone]
         elif what.text in ("counter", "quota", "limit"):
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
             name = self.word()
+            tbl = self.find_table(family, tname, "obj", name)
             if (what.text, name.text) not in tbl.objs:
-                raise NftError("Could not process rule: No such file or directory", loc(name))
+                raise self.enoent("obj", family, None, name, name, tbl.name)
             if any(refers_to_obj(r, what.text, name.text) for c in tbl.chains.values() for r in c.rules):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.objs[(what.text, name.text)]
         elif what.text == "flowtable":
             family, tname = self.family_and_name()
-            flowtable.delete(self, self.find_table(family, tname))
+            flowtable.delete(self, self.find_table(family, tname, "plain"))
         else:
             raise self.unexpected(what)
 
@@ -910,7 +948,7 @@ class Parser:
             self.out.flushed.append(family)
         elif what.text == "table":
             family, name = self.family_and_name()
-            tbl = self.find_table(family, name)
+            tbl = self.find_table(family, name, "plain")
             for c in tbl.chains.values():
                 c.rules = []
             tbl.sets = {k: s for k, s in tbl.sets.items() if not s.anonymous}
@@ -919,16 +957,16 @@ class Parser:
         elif what.text == "chain":
             family, tname = self.family_and_name()
             name = self.chain_name()
-            tbl = self.find_table(family, tname)
-            chain = self.find_chain(tbl, name)
+            tbl = self.find_table(family, tname, "plain")
+            chain = self.find_chain(tbl, name, "plain")
             for r in chain.rules:
                 for anon in r.anon_sets:
                     tbl.sets.pop(anon, None)
             chain.rules = []
         elif what.text in ("set", "map"):
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
-            self.find_set(tbl, self.word()).elems = []
+            tbl = self.find_table(family, tname, "eval")
+            self.find_set(tbl, self.word(), "eval").elems = []
         else:
             raise self.unexpected(what)
 
@@ -946,10 +984,10 @@ class Parser:
         self.expect("chain")
         family, tname = self.family_and_name()
         old, new = self.chain_name(), self.chain_name()
-        tbl = self.find_table(family, tname)
+        tbl = self.find_table(family, tname, "eval")
         chain = tbl.chains.get(old.text)
         if chain is None:  # nft's cache lookup fails before anything reaches the kernel
-            raise NftError("No such file or directory", loc(old), kernel=False)
+            raise self.enoent("eval", family, None, old, old, what="chain")
         if new.text in tbl.chains:  # the kernel refuses; nft blames the whole command, its end included
             line, col, end = loc(verb, new)
             raise NftError("Could not process rule: File exists", (line, col, end + 1))
@@ -969,6 +1007,12 @@ class Parser:
         args: list[Token] = []
         while self.peek().kind in ("word", "string"):
             args.append(self.next())
+        names = args[2:] if len(args) > 2 and args[1].text in FAMILIES else args[1:]
+        family = args[1].text if len(args) > 2 and args[1].text in FAMILIES else "ip"
+        tbl = self.rs.find(family, names[0].text) if len(names) == 2 else None
+        if tbl is not None and args[0].text in ("counter", "quota") and (args[0].text, names[1].text) not in tbl.objs:
+            # the kernel's ENOENT, which nft blames on the whole command (no attribute to point at)
+            raise NftError("Could not process rule: No such file or directory", self.command_loc(verb))
         self.out.requests.append(("reset", args))
 
     # ---- values -------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from kproxy.nftables.stmt import (
 )
 
 if TYPE_CHECKING:
-    from kproxy.nftables.parser import Parser
+    from kproxy.nftables.parser import Loc, NftError, Parser
 
 OPS = {"==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "eq": "==", "ne": "!=", "lt": "<",
        "gt": ">", "le": "<=", "ge": ">="}
@@ -70,6 +70,7 @@ class RuleBuilder:
         self.anon_locs: list[tuple[int, int, int]] = []
         self.l4_matched: set[str] = set()
         self.missing_obj: Token | None = None   # a named object the kernel will not find
+        self.chain = ""                          # the rule's own chain
 
     def error(self, msg: str, a: Token, b: Token | None = None, secondary: list[tuple[int, int, int]] | None = None):
         from kproxy.nftables.parser import NftError, loc
@@ -83,6 +84,7 @@ class RuleBuilder:
     def build(self, start: Token, new_handle: bool = True, chain: str = "") -> Rule:
         from kproxy.nftables.parser import NftError
 
+        self.chain = chain
         if self.ended():
             raise self.p.unexpected()
         while not self.ended():
@@ -90,24 +92,18 @@ class RuleBuilder:
         if self.missing_obj is not None:
             if new_handle:
                 self.tbl.alloc()  # the kernel numbered the rule before it failed to find the object
-            raise self.error("Could not process rule: No such file or directory", self.missing_obj)
+            raise self.enoent(self.missing_obj, chain)
         for s in self.stmts:
             if isinstance(s, VerdictStmt) and s.verdict.target is not None and s.verdict.target not in self.tbl.chains:
                 t = getattr(s, "tok", start)
-                where = (t.line, t.col, t.end)
                 if new_handle:
                     self.tbl.alloc()  # the kernel numbered the rule before it failed to find the chain
-                hint = self.similar_chain(s.verdict.target, chain)
-                if hint is not None:
-                    # nft words the kernel's ENOENT with the nearest chain it knows of.
-                    raise NftError(f"No such file or directory; did you mean chain \u2018{hint[2]}\u2019 in table "
-                                   f"{hint[0]} \u2018{hint[1]}\u2019?", where, kernel=True)
-                raise NftError("Could not process rule: No such file or directory", where)
+                raise self.enoent((t.line, t.col, t.end), chain)
         for target, where in self.vmap_targets():
             if target not in self.tbl.chains:     # the kernel's ENOENT, at the element's key
                 if new_handle:
                     self.tbl.alloc()
-                raise NftError("Could not process rule: No such file or directory", where)
+                raise self.enoent(where, chain)
         for fib in (e for e in map(_keyed, self.stmts) if isinstance(e, Fib)):
             if fib.result != "type" and "oif" in fib.flags:     # nft_fib_init: an oif lookup by oif
                 if new_handle:
@@ -140,17 +136,29 @@ class RuleBuilder:
                  "snat": ("postrouting", "input"), "masquerade": ("postrouting",)}[st.kind]
         return chain_type == "nat" and hook in hooks
 
-    def similar_chain(self, name: str, own: str) -> tuple[str, str, str] | None:
-        """nft's suggestion for a missing jump target: the nearest chain name anywhere but the rule's own."""
-        best: tuple[int, tuple[str, str, str]] | None = None
-        for t in self.p.rs.tables:
-            for c in t.chains:
-                if t is self.tbl and c == own:
-                    continue
-                d = edit_distance(name, c)
-                if best is None or d < best[0]:
-                    best = (d, (t.family, t.name, c))
-        return None if best is None else best[1]
+    def enoent(self, where: Token | Loc | None, chain: str) -> NftError:
+        """The kernel's ENOENT for this rule (a jump target, named object or set it does not have):
+        nft words it with a hint from its cache about the rule's own chain (kproxy.nftables.misspell)."""
+        from kproxy.nftables.misspell import kernel_hint
+        from kproxy.nftables.parser import NftError, loc
+
+        at = loc(where) if isinstance(where, Token) else where
+        err = NftError("Could not process rule: No such file or directory", at)
+        rs, tbl = self.p.rs, self.tbl
+
+        def hint() -> tuple[str, Loc] | None:
+            found = kernel_hint(rs, "rule", tbl.family, tbl.name, chain) if chain else None
+            return None if found is None or at is None else (found[0], at)
+
+        err.hint = hint
+        return err
+
+    def missing_set(self, at: Token, name: Token) -> NftError:
+        """nft's evaluation finds a set or map missing from its cache (evaluate.c's set_not_found)."""
+        from kproxy.nftables.misspell import evaluation_message
+        from kproxy.nftables.parser import NftError, loc
+
+        return NftError(evaluation_message(self.p.rs, "set", name.text), loc(at, name), kernel=False)
 
     # ---- statements ---------------------------------------------------------------------------
     def statement(self) -> None:
@@ -231,11 +239,11 @@ class RuleBuilder:
             self.flow_add(p.next())
         elif w in ("add", "update") and p.peek(1).text == "@":
             p.next()
-            p.next()
+            at = p.next()
             name = p.word()
             s = self.tbl.sets.get(name.text)
             if s is None:
-                raise self.error("Could not process rule: No such file or directory", name)
+                raise self.missing_set(at, name)
             _made_dynamic(s)
             p.expect("{")
             key = self.concat()
@@ -684,7 +692,7 @@ class RuleBuilder:
             at = p.next()
             name = p.word()
             if name.text not in self.tbl.sets:
-                raise self.error("No such file or directory", at, name)
+                raise self.missing_set(at, name)
             return SetRef(name.text)
         if p.at("{"):
             first = p.peek()
@@ -715,10 +723,11 @@ class RuleBuilder:
     def map_data(self, key: Expr, data: list[T.DType] | None) -> Expr:
         p = self.p
         types = [i.dtype for i in key.items] if isinstance(key, Concat) else [key.dtype]
-        if p.accept("@"):
+        if p.at("@"):
+            at = p.next()
             name = p.word()
             if name.text not in self.tbl.sets:
-                raise self.error("Could not process rule: No such file or directory", name)
+                raise self.missing_set(at, name)
             return SetRef(name.text)
         first = p.peek()
         lit = p.set_literal(types, [T.VERDICT] if data is None else data)
@@ -792,16 +801,6 @@ def fold_bitwise(e: Expr) -> Expr:
     if hasattr(e, "loc"):
         out.loc = e.loc  # type: ignore[attr-defined]
     return out
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 PORT_PROTOS = {6: "tcp", 17: "udp", 132: "sctp", 136: "udplite"}
