@@ -75,6 +75,7 @@ class EmulatedNft:
         from kproxy.nftables.cli import run_nft
         from kproxy.nftables.evaluate import attach
         from kproxy.nftables.store import node_ruleset
+        from kproxy.nftables.validate import JumpIndex
 
         rs = node_ruleset(self.node)
         fam = family_name(self.family)
@@ -86,7 +87,10 @@ class EmulatedNft:
         rc, _, err, work = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
         if rc != 0:
             raise BackendError(err.strip() or f"nft failed ({rc})")
-        journaled(work.find(fam, TABLE))      # ready for in-place transactions (a copy now, not at the next one)
+        table = work.find(fam, TABLE)
+        journaled(table)      # ready for in-place transactions (a copy now, not at the next one)
+        if table is not None:
+            JumpIndex.of(table)       # and its reverse jump index, which they keep up to date
         self.node.nftables = work
         attach(self.node)
 
@@ -99,14 +103,26 @@ class EmulatedNft:
             forget_compiled,
             take_conntrack_refs,
         )
-        from kproxy.nftables.parser import NftError, Parser
+        from kproxy.nftables.parser import NftError, Parser, jump_errors
+        from kproxy.nftables.validate import JumpIndex, touched_too_deep
 
         interfaces = set(self.node.interfaces)
+        parser = Parser(text, rs, interfaces, validate_jumps=False)
+
+        def check(chains_before: dict[str, Any], sets_before: dict[str, Any]) -> None:
+            # The kernel's commit-time jump validation, walking only from what the transaction
+            # touched (through the table's reverse jump index) rather than the whole table; when it
+            # fails, the full walk says which rules the kernel blames, as for any other batch.
+            if touched_too_deep(table, chains_before, sets_before, MISSING) is None:
+                return
+            JumpIndex.drop(table)                 # the rollback leaves it behind the table
+            errors = jump_errors([table], parser.added) or [
+                NftError("Could not process rule: Too many links", None, validation=True)]
+            errors[0].more = errors[1:]
+            raise errors[0]
+
         try:
-            # The proxier's own table: its jumps are at most five deep by construction, so the
-            # commit-time jump walk (which costs the whole table) is left out of partial syncs.
-            before = apply_in_place(rs, table, chains, sets,
-                                    lambda: Parser(text, rs, interfaces, validate_jumps=False).script())
+            before = apply_in_place(rs, table, chains, sets, parser.script, check)
         except NftError as exc:
             raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
         after = table.chains
