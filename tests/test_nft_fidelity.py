@@ -103,3 +103,15 @@ def test_did_you_mean_messages() -> None:
     # nothing near: evaluation says plain ENOENT, the kernel's path 'Could not process rule'
     assert res["add element ip filter zzzzzz { 1.2.3.4 }"][2].startswith("Error: No such file or directory\n")
     assert res["delete chain ip filter zzzzz"][2].startswith("Error: Could not process rule: No such file or directory\n")
+
+
+def test_log_flags() -> None:
+    res = run_steps(steps("log_flags.cmds"))
+    listing, js = res[-4][1], res[-3][1]
+    for line in ("\t\tlog flags tcp sequence,options\n", "\t\tlog prefix \"x\" flags ip options\n",
+                 "\t\tlog flags all\n", "\t\tlog level debug flags skuid\n", "\t\tlog flags tcp options flags ether\n",
+                 "counter packets 0 bytes 0 log prefix \"[fw in] \" flags tcp sequence,options\n"):
+        assert line in listing, line
+    assert listing.count("log flags all") == 2          # every flag one by one is 'all'
+    assert '{"log": {"flags": "all"}}' in js and '{"log": {"flags": ["tcp sequence", "tcp options"]}}' in js
+    assert res[-2][2].startswith("Error: syntax error, unexpected string, expecting seq or options\n")

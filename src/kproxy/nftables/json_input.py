@@ -478,7 +478,7 @@ def s_log(key: str, val: Any) -> str:
             s += f" {word} {quoted(val[k])}" if k == "prefix" else f" {word} {val[k]}"
     flags = val.get("flags")
     if flags:
-        s += " flags " + (",".join(flags) if isinstance(flags, list) else flags)
+        s += "".join(f" flags {f}" for f in (flags if isinstance(flags, list) else [flags]))
     return s
 
 
@@ -531,7 +531,7 @@ def s_queue(key: str, val: Any) -> str:
     s = "queue"
     flags = val.get("flags")
     if flags:
-        s += " flags " + (",".join(flags) if isinstance(flags, list) else flags)
+        s += "".join(f" flags {f}" for f in (flags if isinstance(flags, list) else [flags]))
     if "num" in val:
         s += f" to {expr(val['num'], 'Invalid queue num', rhs=True)}"
     return s

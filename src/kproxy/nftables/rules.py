@@ -304,8 +304,38 @@ class RuleBuilder:
             elif k == "queue-threshold":
                 lg.threshold = int(p.word().text)
             else:
-                lg.flags = p.word_list()
+                lg.flags = log_flags(lg.flags, self.log_flag())
         return lg
+
+    def log_flag(self) -> list[str]:
+        """One ``flags`` argument of ``log`` (nft's log_flags): ``tcp sequence,options``, ``ip options``,
+        ``skuid``, ``ether`` or ``all``."""
+        from kproxy.nftables.lexer import is_identifier
+
+        p = self.p
+
+        def bad(w: Token, expecting: str = "") -> Exception:
+            err = p.unexpected(w, expecting)
+            if is_identifier(w):         # not a keyword: bison's "string"
+                err.msg = "syntax error, unexpected string" + (f", expecting {expecting}" if expecting else "")
+            return err
+
+        t = p.next()
+        if t.text == "tcp":
+            out = []
+            while True:
+                w = p.next()
+                if w.text not in ("sequence", "options"):
+                    raise bad(w, "seq or options")      # bison's name for SEQUENCE is "seq"
+                out.append(f"tcp {w.text}")
+                if not p.accept(","):
+                    return out
+        if t.text == "ip":
+            p.expect("options")
+            return ["ip options"]
+        if t.text in ("skuid", "ether", "all"):
+            return [t.text]
+        raise bad(t)
 
     def reject(self, kw: Token) -> None:
         p = self.p
@@ -757,6 +787,18 @@ class RuleBuilder:
             from kproxy.nftables.listing import elem_sort_key
 
             lit.elems = sorted(lit.elems, key=elem_sort_key)
+
+
+LOG_FLAGS = ("tcp sequence", "tcp options", "ip options", "skuid", "ether")     # NF_LOG_* bit order
+
+
+def log_flags(have: list[str], more: list[str]) -> list[str]:
+    """The log flags set so far and by one more ``flags`` argument: one bitmask in nft, kept in its
+    bit order, ``all`` when every bit is set."""
+    got = set(have) | set(more)
+    if "all" in got or got >= set(LOG_FLAGS):
+        return ["all"]
+    return [f for f in LOG_FLAGS if f in got]
 
 
 def fold_bitwise(e: Expr) -> Expr:

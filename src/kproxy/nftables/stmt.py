@@ -145,8 +145,17 @@ class Log(Stmt):
     def text(self, o: Opts) -> str:
         return "log" + options_text([
             ('prefix "{}"', self.prefix), ("group {}", self.group), ("snaplen {}", self.snaplen),
-            ("queue-threshold {}", self.threshold), ("level {}", None if self.level == "warn" else self.level),
-            ("flags {}", ",".join(self.flags) or None)])
+            ("queue-threshold {}", self.threshold), ("level {}", None if self.level == "warn" else self.level)]) + \
+            self.flags_text()
+
+    def flags_text(self) -> str:
+        """As statement.c prints them: ``flags all``, else ``flags tcp sequence,options``, ``flags ip
+        options``, ``flags skuid``, ``flags ether``, each its own ``flags``."""
+        if self.flags == ["all"]:
+            return " flags all"
+        tcp = [f[4:] for f in self.flags if f.startswith("tcp ")]
+        out = f" flags tcp {','.join(tcp)}" if tcp else ""
+        return out + "".join(f" flags {f}" for f in self.flags if not f.startswith("tcp "))
 
     def json(self, o: Opts) -> Any:
         d: dict[str, Any] = {}
@@ -161,7 +170,7 @@ class Log(Stmt):
         if self.level is not None and self.level != "warn":
             d["level"] = self.level
         if self.flags:
-            d["flags"] = self.flags
+            d["flags"] = self.flags if len(self.flags) > 1 else self.flags[0]   # one flag: a string
         return {"log": d or None}
 
 
