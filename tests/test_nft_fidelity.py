@@ -115,3 +115,13 @@ def test_log_flags() -> None:
     assert listing.count("log flags all") == 2          # every flag one by one is 'all'
     assert '{"log": {"flags": "all"}}' in js and '{"log": {"flags": ["tcp sequence", "tcp options"]}}' in js
     assert res[-2][2].startswith("Error: syntax error, unexpected string, expecting seq or options\n")
+
+
+def test_dscp_and_ecn_symbols() -> None:
+    res = run_steps(steps("dscp_ecn.cmds"))
+    text, numeric = res[12][1], res[13][1]
+    assert "ip dscp { cs0, 0x05, af41, ef } accept" in text and "ip dscp set af21" in text
+    assert "ip6 dscp ef counter" in text and "ip6 dscp != cs0 drop" in text and "ip ecn ce drop" in text
+    assert "ip dscp { 0x00, 0x05, 0x22, 0x2e } accept" in numeric and "ip ecn 0x3 drop" in numeric
+    assert res[-2][2].startswith("Error: Could not parse Differentiated Services Code Point\n")
+    assert res[-1][2].startswith("Error: Value 64 exceeds valid range 0-63\n")

@@ -1133,8 +1133,11 @@ class Parser:
             return NftError("Could not resolve hostname: Name or service not known", loc(t))
         if dt.kind == "proto":
             return NftError("Could not resolve protocol name", loc(t))
+        if dt.name in T.HEX_SYMBOLS and T.NUMBER_RE.fullmatch(t.text):
+            # a number past a symbol type's integer base: integer_type_parse's range error
+            return NftError(f"Value {t.text} exceeds valid range 0-{(1 << dt.bits) - 1}", loc(t))
         desc = {"icmp_type": "ICMP type", "ct_state": "conntrack state", "mark": "packet mark",
-                "inet_service": "internet network service"}.get(dt.name, dt.name)
+                "inet_service": "internet network service", "dscp": dt.desc, "ecn": dt.desc}.get(dt.name, dt.name)
         return NftError(f"Could not parse {desc}", loc(t))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
@@ -140,8 +141,8 @@ class DType:
             for name, v in self.symbols:
                 if v == value:
                     return name
-        if k == "symbol" and self.name in ("ether_type",):
-            return f"0x{value:04x}"
+        if k == "symbol" and self.name in HEX_SYMBOLS:
+            return f"0x{value:0{HEX_SYMBOLS[self.name]}x}"
         return str(value)
 
     def bit_names(self, value: int) -> list[str]:
@@ -165,6 +166,8 @@ class DType:
             return bool(value)
         if k in ("ipv4", "ipv6", "ether", "proto", "string", "ifindex") or (k == "symbol" and self.symbols):
             t = self.text(value)
+            if k == "symbol" and self.name in HEX_SYMBOLS and t.startswith("0x"):
+                return value            # no symbol: JSON has the number
             return t.strip('"') if k in ("string", "ifindex") else (int(t) if t.isdigit() else t)
         if k == "bitmask":
             names = self.bit_names(value)
@@ -223,11 +226,21 @@ PKTTYPE = _t("pkt_type", 8, "symbol", host=0, unicast=0, broadcast=1, multicast=
 FIB_ADDRTYPE = _t("fib_addrtype", 32, "symbol", unspec=0, unicast=1, local=2, broadcast=3, anycast=4,
                   multicast=5, blackhole=6, unreachable=7, prohibit=8)
 NFPROTO = _t("nf_proto", 8, "symbol", ipv4=2, ipv6=10)
+# proto.c's dscp_type and ecn_type: symbols over a hexadecimal base (unnamed values print as hex)
+DSCP = DType("dscp", 6, "symbol", (("cs0", 0x00), ("cs1", 0x08), ("cs2", 0x10), ("cs3", 0x18), ("cs4", 0x20),
+                                   ("cs5", 0x28), ("cs6", 0x30), ("cs7", 0x38), ("df", 0x00), ("be", 0x00),
+                                   ("lephb", 0x01), ("af11", 0x0a), ("af12", 0x0c), ("af13", 0x0e), ("af21", 0x12),
+                                   ("af22", 0x14), ("af23", 0x16), ("af31", 0x1a), ("af32", 0x1c), ("af33", 0x1e),
+                                   ("af41", 0x22), ("af42", 0x24), ("af43", 0x26), ("va", 0x2c), ("ef", 0x2e)),
+             "Differentiated Services Code Point")
+ECN = DType("ecn", 2, "symbol", (("not-ect", 0), ("ect1", 1), ("ect0", 2), ("ce", 3)), "Explicit Congestion Notification")
+HEX_SYMBOLS = {"ether_type": 4, "dscp": 2, "ecn": 1}     # digits of a symbol type's hexadecimal base
+NUMBER_RE = re.compile(r"[0-9]+|0x[0-9a-fA-F]+")
 ETHER_TYPE = DType("ether_type", 16, "symbol", (("ip", 0x800), ("arp", 0x806), ("ip6", 0x86DD), ("8021q", 0x8100),
                                                 ("8021ad", 0x88A8), ("vlan", 0x8100)))
 
 # Types a set may be declared with (``type ipv4_addr . inet_service``).
 SET_TYPES = {t.name: t for t in (IPV4, IPV6, ETHER, SERVICE, PROTO, MARK, IFNAME, IFINDEX, VERDICT, ICMP_TYPE,
                                  ICMPV6_TYPE, CT_STATE, CT_STATUS, TCP_FLAG, PKTTYPE, UID, GID, ETHER_TYPE,
-                                 NFPROTO, FIB_ADDRTYPE, ICMP_CODE, ICMPV6_CODE)}
+                                 NFPROTO, FIB_ADDRTYPE, ICMP_CODE, ICMPV6_CODE, DSCP, ECN)}
 SET_TYPES["integer"] = DType("integer", 32, "int")
