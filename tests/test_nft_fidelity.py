@@ -125,3 +125,17 @@ def test_dscp_and_ecn_symbols() -> None:
     assert "ip dscp { 0x00, 0x05, 0x22, 0x2e } accept" in numeric and "ip ecn 0x3 drop" in numeric
     assert res[-2][2].startswith("Error: Could not parse Differentiated Services Code Point\n")
     assert res[-1][2].startswith("Error: Value 64 exceeds valid range 0-63\n")
+
+
+def test_byte_units() -> None:
+    res = dict(zip((" ".join(a) for a in steps("byte_units.cmds")), run_steps(steps("byte_units.cmds"))))
+    assert res["add rule ip t c quota 5 gbytes"][2] == (
+        "Error: Wrong rate format\nadd rule ip t c quota 5 gbytes\n" + " " * 16 + "^" * 14 + "\n")
+    assert res["add rule ip t c quota 5 mbytes used 1 gbytes"][2].endswith(" " * 31 + "^" * 13 + "\n")
+    assert res["add quota ip t q { 5 gbytes ; }"][2].endswith(" " * 17 + "^" * 10 + "\n")
+    listing = dict(zip((" ".join(a) for a in steps("unit_listing.cmds")), run_steps(steps("unit_listing.cmds"))))
+    text = listing["list ruleset"][1]
+    assert "\t\tquota 1 mbytes\n" in text and "limit rate 2 kbytes/second burst 1 mbytes" in text
+    assert listing["add rule ip t c quota 1048576 bytes used 2048 kbytes"][0] == 1
+    assert '{"limit": {"rate": 1, "burst": 0, "per": "second", "rate_unit": "mbytes", "burst_unit": "bytes"}}' \
+        in listing["-j list ruleset"][1]

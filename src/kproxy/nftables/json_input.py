@@ -355,7 +355,7 @@ def w_object(verb: str, kind: str, body: Any) -> str:
 
 def byte_units(n: int) -> str:
     """A byte count in the largest unit that divides it, as nft lists the quota the kernel holds."""
-    units = ("bytes", "kbytes", "mbytes", "gbytes")
+    units = ("bytes", "kbytes", "mbytes")       # nft reads and writes no bigger unit
     i = 0
     while n and n % 1024 == 0 and i < len(units) - 1:
         n //= 1024

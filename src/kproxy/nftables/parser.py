@@ -29,6 +29,7 @@ from kproxy.nftables.expr import (
 from kproxy.nftables.lexer import LexError, Token, is_identifier, token_name, tokenize
 from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Ruleset, Table, named_priorities
 from kproxy.nftables.stmt import (
+    UNIT_SIZE,
     Counter,
     Limit,
     ObjRef,
@@ -36,6 +37,7 @@ from kproxy.nftables.stmt import (
     SetUpdate,
     Stmt,
     VerdictStmt,
+    get_rate,
 )
 from kproxy.nftables.validate import culprit
 
@@ -89,7 +91,6 @@ def loc(a: Token, b: Token | None = None) -> Loc:
 
 
 VERDICTS = ("accept", "drop", "return", "continue")
-BYTE_UNITS = ("bytes", "kbytes", "mbytes", "gbytes")
 
 
 @dataclass
@@ -777,24 +778,47 @@ class Parser:
                 lim.burst = int(self.word().text)
                 self.expect("packets")
             return lim
-        unit = self.word().text
-        u, _, per = unit.partition("/")
-        lim = Limit(int(t.text), per, 0, unit=u, over=over)
+        unit_tok = self.word()
+        u, _, per = unit_tok.text.partition("/")
+        value, unit = get_rate(int(t.text) * UNIT_SIZE[self.data_unit(u, t, unit_tok)])
+        lim = Limit(value, per, 0, unit=unit, over=over)
+        lim.burst_unit = "bytes"
         if self.accept("burst"):
-            lim.burst = int(self.word().text)
-            lim.burst_unit = self.word().text
+            n = self.word()
+            b = self.word()
+            lim.burst, lim.burst_unit = get_rate(int(n.text) * UNIT_SIZE[self.data_unit(b.text, n, b)])
         return lim
 
-    def quota_body(self) -> Quota:
+    def data_unit(self, text: str, start: Token, end: Token) -> str:
+        """datatype.c's data_unit_parse: a unit that starts with bytes, kbytes or mbytes (nft compares
+        only that much); anything else, gbytes too, is its "Wrong rate format" over the construct."""
+        for unit in ("bytes", "kbytes", "mbytes"):
+            if text.startswith(unit):
+                return unit
+        raise NftError("Wrong rate format", loc(start, end))
+
+    def quota_body(self, start: Token | None = None) -> Quota:
+        """``[over|until] N UNIT [used N UNIT]``; ``start``: where nft's error for a bad unit begins
+        (the ``quota`` keyword of a statement; in an object's block its mode, else the token before)."""
+        mode = self.peek()
         over = bool(self.accept("over"))
-        if not over:
-            self.accept("until")        # nft's explicit form of the default mode
+        if not over and self.accept("until"):   # nft's explicit form of the default mode
+            over = False
+        elif not over:
+            mode = start or self.toks[self.pos - 1]
+        start = start or mode
         v = self.word()
-        unit = self.word().text if self.at(*BYTE_UNITS) else "bytes"
-        q = Quota(int(v.text), unit, over)
-        if self.accept("used"):
-            q.used = int(self.word().text)
-            q.used_unit = self.word().text if self.at(*BYTE_UNITS) else "bytes"
+        unit_tok = self.word()
+        used: tuple[int, str] | None = None
+        if self.at("used"):
+            kw = self.next()
+            n = self.word()
+            u = self.word()
+            used = get_rate(int(n.text) * UNIT_SIZE[self.data_unit(u.text, kw, u)])   # bison reduces it first
+        value = int(v.text) * UNIT_SIZE[self.data_unit(unit_tok.text, start, self.toks[self.pos - 1])]
+        q = Quota(*get_rate(value), over)
+        if used is not None:
+            q.used, q.used_unit = used
         return q
 
     # ---- rules ----------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from kproxy.nftables.expr import (
 from kproxy.nftables.lexer import Token
 from kproxy.nftables.model import NSet, Rule, Table
 from kproxy.nftables.stmt import (
+    UNIT_SIZE,
     Counter,
     FlowAdd,
     Forward,
@@ -71,6 +72,7 @@ class RuleBuilder:
         self.l4_matched: set[str] = set()
         self.missing_obj: Token | None = None   # a named object the kernel will not find
         self.chain = ""                          # the rule's own chain
+        self.invalid: Loc | None = None          # a statement the kernel refuses with EINVAL
 
     def error(self, msg: str, a: Token, b: Token | None = None, secondary: list[tuple[int, int, int]] | None = None):
         from kproxy.nftables.parser import NftError, loc
@@ -93,6 +95,10 @@ class RuleBuilder:
             if new_handle:
                 self.tbl.alloc()  # the kernel numbered the rule before it failed to find the object
             raise self.enoent(self.missing_obj, chain)
+        if self.invalid is not None:
+            if new_handle:
+                self.tbl.alloc()
+            raise NftError("Could not process rule: Invalid argument", self.invalid)
         for s in self.stmts:
             if isinstance(s, VerdictStmt) and s.verdict.target is not None and s.verdict.target not in self.tbl.chains:
                 t = getattr(s, "tok", start)
@@ -200,8 +206,11 @@ class RuleBuilder:
             p.expect("rate")
             self.stmts.append(p.limit_body())
         elif w == "quota":
-            p.next()
-            self.stmts.append(p.quota_body())
+            kw = p.next()
+            quota = p.quota_body(kw)
+            if quota.used * UNIT_SIZE[quota.used_unit] > quota.value * UNIT_SIZE[quota.unit] and self.invalid is None:
+                self.invalid = (kw.line, kw.col, p.toks[p.pos - 1].end)    # nft_quota_do_init's EINVAL
+            self.stmts.append(quota)
         elif w == "log":
             p.next()
             self.stmts.append(self.log())

@@ -101,13 +101,27 @@ class Limit(Stmt):
 
     def json(self, o: Opts) -> Any:
         d: dict[str, Any] = {"rate": self.rate, "burst": self.burst, "per": self.per}
-        if self.unit is not None:
-            d = {"rate": self.rate, "rate_unit": self.unit, "burst": self.burst, "per": self.per}
-            if self.burst:
-                d["burst_unit"] = self.burst_unit
         if self.over:
             d["inv"] = True
+        if self.unit is not None:       # json.c: the units last, burst_unit even for no burst
+            d["rate_unit"] = self.unit
+            d["burst_unit"] = self.burst_unit or "bytes"
         return {"limit": d}
+
+
+UNIT_SIZE = {"bytes": 1, "kbytes": 1024, "mbytes": 1024 * 1024}
+
+
+def get_rate(n: int) -> tuple[int, str]:
+    """statement.c's get_rate: a byte count in the largest of bytes, kbytes, mbytes that divides it,
+    as nft lists every quota and byte limit the kernel holds (``1024 kbytes`` is ``1 mbytes``)."""
+    unit = "bytes"
+    for bigger in ("kbytes", "mbytes"):
+        if not n or n % 1024:
+            break
+        n //= 1024
+        unit = bigger
+    return n, unit
 
 
 @dataclass
@@ -126,10 +140,10 @@ class Quota(Stmt):
 
     def json(self, o: Opts) -> Any:
         d: dict[str, Any] = {"val": self.value, "val_unit": self.unit}
-        if self.used and not o.stateless:
-            d.update(used=self.used, used_unit=self.used_unit)
         if self.over:
             d["inv"] = True
+        if self.used and not o.stateless:
+            d.update(used=self.used, used_unit=self.used_unit)
         return {"quota": d}
 
 
