@@ -139,3 +139,13 @@ def test_byte_units() -> None:
     assert listing["add rule ip t c quota 1048576 bytes used 2048 kbytes"][0] == 1
     assert '{"limit": {"rate": 1, "burst": 0, "per": "second", "rate_unit": "mbytes", "burst_unit": "bytes"}}' \
         in listing["-j list ruleset"][1]
+
+
+def test_a_set_name_ends_at_a_colon() -> None:
+    """nft refuses 'set a:b' (its scanner ends the name at the colon): the first of its errors."""
+    rc, _, err = run_steps([["add", "table", "ip", "t"], ["add", "set", "ip", "t", "x:y", "{", "type", "ipv4_addr", ";", "}"]])[1]
+    assert rc == 1
+    assert err.startswith("Error: syntax error, unexpected colon, expecting '{'\nadd set ip t x:y { type ipv4_addr ; }\n"
+                          + " " * 14 + "^\n")
+    rc, _, err = run_steps([["-f", str(Path(__file__).parent / "data" / "nft" / "fidelity" / "scripts" / "colon_set.nft")]])[0]
+    assert rc == 1 and ":2:22-22: Error: syntax error, unexpected colon, expecting '{'\n" in err

@@ -590,6 +590,10 @@ class Parser:
 
     # ---- sets, maps, objects ------------------------------------------------------------------
     def set_block(self, tbl: Table, name: Token, is_map: bool, create: bool, defer: bool = False) -> None:
+        if ":" in name.text and name.kind == "word":
+            # nft's scanner ends a name at a colon (kproxy's reads on, for IPv6 addresses)
+            col = name.col + name.text.index(":")
+            raise NftError("syntax error, unexpected colon, expecting '{'", (name.line, col, col))
         existing = tbl.sets.get(name.text)
         if existing is not None and create:
             raise NftError("Could not process rule: File exists", loc(name))
