@@ -149,3 +149,13 @@ def test_a_set_name_ends_at_a_colon() -> None:
                           + " " * 14 + "^\n")
     rc, _, err = run_steps([["-f", str(Path(__file__).parent / "data" / "nft" / "fidelity" / "scripts" / "colon_set.nft")]])[0]
     assert rc == 1 and ":2:22-22: Error: syntax error, unexpected colon, expecting '{'\n" in err
+
+
+def test_classid() -> None:
+    res = run_steps(steps("classid.cmds"))
+    text = res[8][1]
+    for line in ("meta priority set 1:4", "meta priority none", "meta priority set root", "meta priority 1:a accept",
+                 "meta priority { 1:10, 2:20 } accept", "meta priority 1:4\n"):
+        assert line in text, line
+    assert '"value": "1:4"' in res[10][1]
+    assert "elements = { 1:1, root }" in res[-1][1]

@@ -45,7 +45,7 @@ NETWORK = {"ip": 2, "ip6": 10}
 
 META: dict[str, T.DType] = {
     "length": T.DType("integer", 32, "int"), "protocol": T.ETHER_TYPE, "nfproto": T.NFPROTO, "l4proto": T.PROTO,
-    "priority": T.DType("integer", 32, "int"), "mark": T.MARK, "iif": T.IFINDEX, "iifname": T.IFNAME,
+    "priority": T.CLASSID, "mark": T.MARK, "iif": T.IFINDEX, "iifname": T.IFNAME,
     "iiftype": T.DType("integer", 16, "int"), "oif": T.IFINDEX, "oifname": T.IFNAME,
     "oiftype": T.DType("integer", 16, "int"), "skuid": T.UID, "skgid": T.GID, "nftrace": T.DType("integer", 1, "int"),
     "rtclassid": T.DType("integer", 32, "int"), "pkttype": T.PKTTYPE, "cpu": T.DType("integer", 32, "int"),

@@ -12,7 +12,7 @@ from kproxy.nftables.model import Chain, NSet, Obj, Rule, Ruleset, Table, priori
 NEWLINE_DELIM = ",\n\t\t\t     "
 # Types printed five to a line, and two to a line; all others one to a line (nft's calculate_delim).
 FIVE = {"nf_proto", "integer", "inet_proto", "inet_service", "tcp_flag", "mark", "iface_index", "uid", "gid",
-        "ct_dir"}
+        "ct_dir", "classid", "arp_op", "dccp_pkttype"}   # expression.c calculate_delim
 TWO = {"ipv4_addr", "ct_state", "ct_status", "pkt_type"}
 METAINFO = {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}
 

@@ -94,6 +94,8 @@ class DType:
             return int(text)            # an interface index (0: none, as ``fib ... oif != 0`` writes it)
         if k in ("string", "ifindex"):
             return text
+        if k == "classid":
+            return classid_parse(text)
         syms = self.sym_by_name()
         if text in syms:
             return syms[text]
@@ -127,6 +129,8 @@ class DType:
             return str(int(value)) if numeric else "exists" if value else "missing"
         if k == "mark":
             return f"0x{value:08x}"
+        if k == "classid":
+            return "root" if value == 0xFFFFFFFF else "none" if value == 0 else f"{value >> 16:x}:{value & 0xFFFF:x}"
         if k == "hex":
             return f"0x{value:0{(self.bits + 3) // 4}x}" if self.bits else hex(value)
         if k == "proto":
@@ -164,6 +168,8 @@ class DType:
                 return bits[0] if len(bits) == 1 else bits
         if k == "boolean":
             return bool(value)
+        if k == "classid":
+            return self.text(value)
         if k in ("ipv4", "ipv6", "ether", "proto", "string", "ifindex") or (k == "symbol" and self.symbols):
             t = self.text(value)
             if k == "symbol" and self.name in HEX_SYMBOLS and t.startswith("0x"):
@@ -186,6 +192,35 @@ def _t(name: str, bits: int, kind: str, desc: str = "", **syms: int) -> DType:
     return DType(name, bits, kind, tuple((k.replace("_", "-"), v) for k, v in syms.items()), desc)
 
 
+def _strtoull(text: str, base: int) -> int:
+    """C's strtoull: the longest prefix that reads as a number (0 if none), as nft uses it unchecked."""
+    import re as _re
+
+    s = text.strip()
+    if base == 0:
+        m = _re.match(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*", s)
+        if m is None:
+            return 0
+        g = m.group()
+        return int(g, 16) if g[:2].lower() == "0x" else int(g, 8) if g.startswith("0") else int(g)
+    m = _re.match(r"(?:0[xX])?([0-9a-fA-F]+)", s)
+    return int(m.group(1), 16) if m else 0
+
+
+def classid_parse(text: str) -> int:
+    """meta.c's tchandle_type_parse: ``root``, ``none``, ``MAJOR:MINOR`` in hex, else a number."""
+    if text == "root":
+        return 0xFFFFFFFF
+    if text == "none":
+        return 0
+    if ":" in text:
+        major, _, minor = text.partition(":")
+        handle = (_strtoull(major, 16) << 16) & 0xFFFFFFFF
+        return handle if not minor else handle | (_strtoull(minor, 16) & 0xFFFFFFFF)
+    return _strtoull(text, 0) & 0xFFFFFFFF
+
+
+CLASSID = DType("classid", 32, "classid", desc="TC classid")
 INTEGER = DType("integer", 0, "int")
 IPV4 = DType("ipv4_addr", 32, "ipv4")
 IPV6 = DType("ipv6_addr", 128, "ipv6")
@@ -242,5 +277,5 @@ ETHER_TYPE = DType("ether_type", 16, "symbol", (("ip", 0x800), ("arp", 0x806), (
 # Types a set may be declared with (``type ipv4_addr . inet_service``).
 SET_TYPES = {t.name: t for t in (IPV4, IPV6, ETHER, SERVICE, PROTO, MARK, IFNAME, IFINDEX, VERDICT, ICMP_TYPE,
                                  ICMPV6_TYPE, CT_STATE, CT_STATUS, TCP_FLAG, PKTTYPE, UID, GID, ETHER_TYPE,
-                                 NFPROTO, FIB_ADDRTYPE, ICMP_CODE, ICMPV6_CODE, DSCP, ECN)}
+                                 NFPROTO, FIB_ADDRTYPE, ICMP_CODE, ICMPV6_CODE, DSCP, ECN, CLASSID)}
 SET_TYPES["integer"] = DType("integer", 32, "int")
