@@ -159,3 +159,13 @@ def test_classid() -> None:
         assert line in text, line
     assert '"value": "1:4"' in res[10][1]
     assert "elements = { 1:1, root }" in res[-1][1]
+
+
+def test_ct_expiration_is_a_time() -> None:
+    res = run_steps(steps("ct_expiration.cmds"))
+    assert all(rc == 0 for rc, _, _ in res)
+    text, numeric, js = res[-3][1], res[-2][1], res[-1][1]
+    assert "ct expiration 1m30s accept" in text and "ct expiration < 1m drop" in text
+    assert "ct expiration 1h2m3s500ms\n" in text and "ct expiration 45s\n" in text
+    assert "ct expiration 90s accept" in numeric and "ct expiration 3723s\n" in numeric
+    assert '"right": 90}' in js

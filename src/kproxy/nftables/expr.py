@@ -60,7 +60,7 @@ META_BARE_OUT = {"iif", "iifname", "oif", "oifname", "iifgroup", "oifgroup"}
 
 CT: dict[str, T.DType] = {
     "state": T.CT_STATE, "direction": T.CT_DIR, "status": T.CT_STATUS, "mark": T.MARK,
-    "expiration": T.DType("integer", 32, "int"), "helper": T.STRING, "l3proto": T.NFPROTO, "protocol": T.PROTO,
+    "expiration": T.CT_TIME, "helper": T.STRING, "l3proto": T.NFPROTO, "protocol": T.PROTO,
     "zone": T.DType("integer", 16, "int"), "saddr": T.IPV4, "daddr": T.IPV4, "proto-src": T.SERVICE,
     "proto-dst": T.SERVICE, "packets": T.DType("integer", 64, "int"), "bytes": T.DType("integer", 64, "int"),
     "count": T.DType("integer", 32, "int"), "id": T.DType("integer", 32, "int"),

@@ -96,6 +96,11 @@ class DType:
             return text
         if k == "classid":
             return classid_parse(text)
+        if k == "time":
+            ms = time_ms(text)
+            if ms is None or self.bits and ms >= 1 << self.bits:
+                raise TypeError_(text)
+            return ms
         syms = self.sym_by_name()
         if text in syms:
             return syms[text]
@@ -129,6 +134,8 @@ class DType:
             return str(int(value)) if numeric else "exists" if value else "missing"
         if k == "mark":
             return f"0x{value:08x}"
+        if k == "time":             # datatype.c's time_print; -n (NUMERIC_TIME): whole seconds
+            return f"{value // 1000}s" if numeric else time_text(value)
         if k == "classid":
             return "root" if value == 0xFFFFFFFF else "none" if value == 0 else f"{value >> 16:x}:{value & 0xFFFF:x}"
         if k == "hex":
@@ -170,6 +177,8 @@ class DType:
             return bool(value)
         if k == "classid":
             return self.text(value)
+        if k == "time":
+            return value // 1000
         if k in ("ipv4", "ipv6", "ether", "proto", "string", "ifindex") or (k == "symbol" and self.symbols):
             t = self.text(value)
             if k == "symbol" and self.name in HEX_SYMBOLS and t.startswith("0x"):
@@ -221,6 +230,27 @@ def classid_parse(text: str) -> int:
 
 
 CLASSID = DType("classid", 32, "classid", desc="TC classid")
+CT_TIME = DType("time", 32, "time", desc="relative time")       # ct expiration: milliseconds
+
+
+def time_ms(text: str) -> int | None:
+    """``1d2h3m4s5ms`` (or a bare number of seconds) in milliseconds; None if malformed."""
+    if text.isdigit():
+        return int(text) * 1000
+    parts = re.findall(r"(\d+)(ms|d|h|m|s)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        return None
+    scale = {"d": 86400000, "h": 3600000, "m": 60000, "s": 1000, "ms": 1}
+    return sum(int(a) * scale[b] for a, b in parts)
+
+
+def time_text(ms: int) -> str:
+    out = ""
+    for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000), ("ms", 1)):
+        if ms >= size:
+            out += f"{ms // size}{unit}"
+            ms %= size
+    return out or "0s"
 INTEGER = DType("integer", 0, "int")
 IPV4 = DType("ipv4_addr", 32, "ipv4")
 IPV6 = DType("ipv6_addr", 128, "ipv6")
