@@ -169,3 +169,10 @@ def test_ct_expiration_is_a_time() -> None:
     assert "ct expiration 1h2m3s500ms\n" in text and "ct expiration 45s\n" in text
     assert "ct expiration 90s accept" in numeric and "ct expiration 3723s\n" in numeric
     assert '"right": 90}' in js
+
+
+def test_update_makes_only_a_new_set_dynamic() -> None:
+    res = run_steps(steps("dynamic_flag.cmds"))
+    assert all(rc == 0 for rc, _, _ in res)
+    assert "flags dynamic" not in res[6][1] and "size 65535" in res[6][1]
+    assert "flags dynamic,timeout" in res[-2][1]

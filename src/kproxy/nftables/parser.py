@@ -119,6 +119,7 @@ class Parser:
         self.rs = rs
         self.interfaces = interfaces
         self.out = Output()
+        self.new_sets: set[int] = set()   # ids of the sets this batch creates (a rule's update makes them dynamic)
         self.eval_errors: list[NftError] = []
         self.kernel_errors: list[NftError] = []
         self.batch_broken = False
@@ -598,6 +599,8 @@ class Parser:
         if existing is not None and create:
             raise NftError("Could not process rule: File exists", loc(name))
         s = existing or NSet(name.text, 0, is_map, [])
+        if existing is None:
+            self.new_sets.add(id(s))
         pending: list[tuple[Token, SetLit]] = []
         while True:
             self.skip_seps()

@@ -253,7 +253,9 @@ class RuleBuilder:
             s = self.tbl.sets.get(name.text)
             if s is None:
                 raise self.missing_set(at, name)
-            _made_dynamic(s)
+            # nft marks the set dynamic in its cache: the kernel learns it only with a set the same
+            # batch creates (never from a listing being reloaded); the kernel sizes it either way
+            _made_dynamic(s, id(s) in p.new_sets and not p.listed)
             p.expect("{")
             key = self.concat()
             upd = SetUpdate(w, name.text, key)
@@ -1085,10 +1087,10 @@ DYNSET_SIZE = 65535                         # nft's size for a set a rule adds t
 FLAG_ORDER = ("constant", "dynamic", "interval", "timeout")
 
 
-def _made_dynamic(s: Any) -> None:
-    """A set that a rule adds to or updates becomes dynamic, and gets nft's default size (as
-    ``nft list`` shows it afterwards)."""
+def _made_dynamic(s: Any, flag: bool = True) -> None:
+    """A set that a rule adds to or updates gets the default size (as ``nft list`` shows it
+    afterwards), and (``flag``) becomes dynamic."""
     if s.size is None:
         s.size = DYNSET_SIZE
-    if "dynamic" not in s.flags:
+    if flag and "dynamic" not in s.flags:
         s.flags = sorted([*s.flags, "dynamic"], key=lambda f: FLAG_ORDER.index(f) if f in FLAG_ORDER else 9)
