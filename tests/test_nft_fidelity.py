@@ -176,3 +176,27 @@ def test_update_makes_only_a_new_set_dynamic() -> None:
     assert all(rc == 0 for rc, _, _ in res)
     assert "flags dynamic" not in res[6][1] and "size 65535" in res[6][1]
     assert "flags dynamic,timeout" in res[-2][1]
+
+
+def test_default_rejects_and_icmp_dependencies() -> None:
+    res = run_steps(steps("reject.cmds"))
+    assert all(rc == 0 for rc, _, _ in res)
+    text = res[-2][1]
+    assert text.count("\t\treject\n") == 6
+    inet = text.split("table inet ti")[1]
+    assert inet.count("\t\treject with icmpv6 port-unreachable\n") == 2
+    assert "\t\ttcp dport 22 reject with icmp host-unreachable\n" in inet
+    assert "meta nfproto ipv4 counter packets 0 bytes 0 reject" in text      # a counter in between keeps it
+    assert '{"reject": {"type": "icmp", "expr": "port-unreachable"}}' in res[-1][1]
+
+
+def test_flag_masks_and_auto_merge() -> None:
+    rc, _, _, rs = run_nft(["-f", str(DATA.parent / "flag_masks.nft")], Ruleset(), interfaces={"lo"})
+    assert rc == 0
+    text = run_nft(["list", "ruleset"], rs)[1]
+    assert "\t\ttcp flags fin,syn / fin,syn drop\n" in text and "\t\ticmp type echo-request accept\n" in text
+    assert "\t\tflags interval\n\t\tauto-merge\n" in text
+    js = run_nft(["-j", "list", "ruleset"], rs)[1]
+    rc, _, err, back = run_nft(["-j", "-f", "-"], Ruleset(), js, {"lo"})      # the JSON dump reloads
+    assert rc == 0, err
+    assert "tcp flags syn / syn,rst tcp option maxseg size set 1452" in run_nft(["list", "ruleset"], back)[1]

@@ -671,7 +671,11 @@ def e_concat(key: str, val: Any) -> str:
 def e_binop(key: str, val: Any) -> str:
     if not isinstance(val, list) or len(val) != 2:
         raise JsonError((None, f"Invalid binop expression: '{key}'."))
-    return f"{expression(val[0])} {key} {expression(val[1])}"
+    right = val[1]
+    if isinstance(right, list) and len(right) > 1:
+        # a flag list (``tcp flags & [syn, rst]``): nft's text for the same value is an | of its flags
+        return f"{expression(val[0])} {key} ({' | '.join(expression(i) for i in right)})"
+    return f"{expression(val[0])} {key} {expression(right)}"
 
 
 def e_prefix(key: str, val: Any) -> str:

@@ -77,6 +77,8 @@ def set_text(s: NSet, o: Opts, indent: str = "\t") -> str:
         lines.append(f"{indent}\tsize {s.size}")
     if s.flags and not (s.flags == ["timeout"] and s.timeout is not None):  # a lone timeout flag goes unsaid
         lines.append(f"{indent}\tflags {','.join(s.flags)}")
+    if s.auto_merge:                # kept in the set's userdata; rule.c lists it after the flags
+        lines.append(f"{indent}\tauto-merge")
     if s.timeout is not None:
         lines.append(f"{indent}\ttimeout {fmt_time(s.timeout, o)}")
     if s.gc_interval is not None:

@@ -388,6 +388,11 @@ class RuleBuilder:
         if own is not None and kind.text != own:
             other = "ip6" if fam == "ip" else "ip"
             raise self.error(f"conflicting protocols specified: {fam} vs {other}", code_tok, None, kw_loc)
+        if {"ip": "icmp", "ip6": "icmpv6", "inet": "icmpx", "bridge": "icmpx"}.get(fam) == kind.text and \
+                code.value == dict(dt.symbols)["port-unreachable"]:
+            # the family's default: nft lists it as a bare 'reject' (JSON says it in full)
+            self.stmts.append(Reject(default_json=(kind.text, "port-unreachable")))
+            return
         self.stmts.append(Reject(kind.text, code))
 
     def last_network(self) -> str | None:
@@ -745,10 +750,9 @@ class RuleBuilder:
             self.anon_set(types, None, lit, first)
             return lit
         v = p.value_of(types)
-        if len(types) == 1 and types[0].kind == "bitmask" and p.at(","):
-            assert isinstance(v, Const)
+        if len(types) == 1 and types[0].kind == "bitmask" and p.at(",", "|") and isinstance(v, Const):
             value = v.value
-            while p.accept(","):
+            while p.accept(",") or p.accept("|"):    # ``fin,syn`` or the constant ``fin | syn``
                 w = p.value(types[0])
                 assert isinstance(w, Const)
                 value |= w.value
@@ -985,6 +989,11 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
                 l4_name = PORT_PROTOS.get(s.right.value, l4_name)
         elif isinstance(s, Reject) and s.kind == "tcp reset" and family in ("ip", "ip6") and "l4" in deps:
             out[deps.pop("l4")] = None
+        elif isinstance(s, Reject) and s.kind in ("icmp", "icmpv6") and family == "inet" and "l3" in deps:
+            dep = out[deps["l3"]]       # an ICMP reject fixes the network: its meta nfproto goes
+            if isinstance(dep, Match) and isinstance(dep.right, Const) and \
+                    dep.right.value == (2 if s.kind == "icmp" else 10):
+                out[deps.pop("l3")] = None
         elif proto is not None:
             for p in _all_payload_protos(s):
                 if p in PORT_PROTOS.values():
@@ -999,13 +1008,17 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
                 proto = l4_name
             # Every header a concatenation reads implies its protocol (``ip daddr . tcp dport``).
             for each in dict.fromkeys([proto, *_all_payload_protos(s)[1:]]):
-                want = None
+                wants: list[tuple[str, int]] = []
                 if each in TRANSPORT:
-                    want = ("l4", TRANSPORT[each])
+                    wants.append(("l4", TRANSPORT[each]))
                     l4_name = each if each in PORT_PROTOS.values() else l4_name
+                    if each in ("icmp", "icmpv6"):      # ICMP is one network's: its nfproto goes too
+                        wants.append(("l3", 2 if each == "icmp" else 10))
                 elif each in ("ip", "ip6"):
-                    want = ("l3", 2 if each == "ip" else 10)
-                if want is not None and want[0] in deps:
+                    wants.append(("l3", 2 if each == "ip" else 10))
+                for want in wants:
+                    if want[0] not in deps:
+                        continue
                     dep = out[deps[want[0]]]
                     assert isinstance(dep, Match) and isinstance(dep.right, Const)
                     if dep.right.value == want[1]:
