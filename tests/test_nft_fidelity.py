@@ -200,3 +200,21 @@ def test_flag_masks_and_auto_merge() -> None:
     rc, _, err, back = run_nft(["-j", "-f", "-"], Ruleset(), js, {"lo"})      # the JSON dump reloads
     assert rc == 0, err
     assert "tcp flags syn / syn,rst tcp option maxseg size set 1452" in run_nft(["list", "ruleset"], back)[1]
+
+
+def test_mangled_rulesets_fail_as_nft_does() -> None:
+    """Mangled copies of the corpora (tests/data/nft/errors/mangled_*.nft, kernel-compared in
+    test_nft_compat): the first error is nft's, with its hint where nft gives one."""
+    errors = DATA.parent / "errors"
+
+    def first_error(name: str) -> str:
+        rc, _, err, _ = run_nft(["-f", str(errors / name)], Ruleset(), interfaces={"lo"})
+        assert rc == 1
+        return err.splitlines()[0].split(": Error: ", 1)[1]
+
+    assert first_error("mangled_undefined_variable.nft") == \
+        "unknown identifier 'printr'; did you mean identifier \u2018printer\u2019?"
+    assert first_error("mangled_bad_policy.nft") == "syntax error, unexpected string, expecting accept or drop or '$'"
+    assert first_error("mangled_value_out_of_range.nft") == "Value 256 exceeds valid range 0-255"
+    assert first_error("mangled_bad_rate_unit.nft") == "syntax error, unexpected string"
+    assert first_error("mangled_misspelt_map.nft").endswith("did you mean map \u2018peer_marks\u2019 in table inet \u2018vpn\u2019?")

@@ -533,8 +533,9 @@ class Parser:
             elif t.text == "policy" and t.kind == "word":
                 self.next()
                 pol = self.word()
-                if pol.text not in ("accept", "drop"):
-                    raise NftError(f"unknown policy type {pol.text}", loc(pol))
+                if pol.text not in ("accept", "drop") or pol.kind != "word":
+                    what = "string" if is_identifier(pol) else token_name(pol)
+                    raise NftError(f"syntax error, unexpected {what}, expecting accept or drop or '$'", loc(pol))
                 chain.policy = pol.text
                 self.end_item()
             elif t.text == "comment" and t.kind == "word" and self.peek(1).kind == "string":
@@ -780,6 +781,11 @@ class Parser:
         t = self.word()
         if "/" in t.text:
             rate, _, per = t.text.partition("/")
+            if per not in ("second", "minute", "hour", "day", "week"):
+                # nft's scanner reads NUM '/' and then a word that is no time unit
+                c = t.col + len(rate) + 1
+                raise NftError(f"syntax error, unexpected {'string' if per else 'end of file'}",
+                               (t.line, c, c + len(per) - 1))
             lim = Limit(int(rate), per, 5, over=over)
             if self.accept("burst"):
                 lim.burst = int(self.word().text)
@@ -1164,7 +1170,7 @@ class Parser:
             return NftError("Could not resolve hostname: Name or service not known", loc(t))
         if dt.kind == "proto":
             return NftError("Could not resolve protocol name", loc(t))
-        if dt.name in T.HEX_SYMBOLS and T.NUMBER_RE.fullmatch(t.text):
+        if (dt.name in T.HEX_SYMBOLS or dt.kind in ("int", "hex") and dt.bits) and T.NUMBER_RE.fullmatch(t.text):
             # a number past a symbol type's integer base: integer_type_parse's range error
             return NftError(f"Value {t.text} exceeds valid range 0-{(1 << dt.bits) - 1}", loc(t))
         desc = {"icmp_type": "ICMP type", "ct_state": "conntrack state", "mark": "packet mark",
@@ -1328,7 +1334,11 @@ def expand_defines(toks: list[Token]) -> list[Token]:
             name = toks[i + 1]
             var, colon, tail = name.text.partition(":")
             if var not in defines:
-                raise NftError(f"unknown identifier '{var}'", (name.line, name.col, name.col + len(var) - 1))
+                from kproxy.nftables.misspell import nearest
+
+                near = nearest(var, ((d, d) for d in defines))     # parser_bison.y's symbol_lookup_fuzzy
+                hint = f"; did you mean identifier \u2018{near}\u2019?" if near is not None else ""
+                raise NftError(f"unknown identifier '{var}'{hint}", (name.line, name.col, name.col + len(var) - 1))
             out.extend(defines[var])
             if colon:
                 c = name.col + len(var)
