@@ -218,3 +218,11 @@ def test_mangled_rulesets_fail_as_nft_does() -> None:
     assert first_error("mangled_value_out_of_range.nft") == "Value 256 exceeds valid range 0-255"
     assert first_error("mangled_bad_rate_unit.nft") == "syntax error, unexpected string"
     assert first_error("mangled_misspelt_map.nft").endswith("did you mean map \u2018peer_marks\u2019 in table inet \u2018vpn\u2019?")
+
+
+def test_a_field_typo_is_blamed_on_the_field() -> None:
+    res = run_steps(steps("field_typos.cmds"))
+    assert res[2][2] == ("Error: syntax error, unexpected string\nadd rule inet t c tcp dprot 22 accept\n"
+                         + " " * 22 + "^" * 5 + "\n")
+    assert res[3][2].startswith("Error: syntax error, unexpected string, expecting length or checksum or sport or dport\n")
+    assert res[7][0] == 0

@@ -611,6 +611,16 @@ class RuleBuilder:
                 attr = p.next().text
                 setattr(h, attr, int(p.word().text, 0))
             return h
+        nxt = p.peek(1)
+        if w in PAYLOAD and nxt.kind == "word":
+            # a protocol then no field of it (``tcp dprot``): bison stops at the field
+            from kproxy.nftables.lexer import is_identifier
+
+            expecting = {"udp": "length or checksum or sport or dport"}.get(w, "")   # bison lists up to four
+            err = p.unexpected(nxt, expecting)
+            if is_identifier(nxt):
+                err.msg = "syntax error, unexpected string" + (f", expecting {expecting}" if expecting else "")
+            raise err
         raise p.unexpected(t)
 
     def raw_payload(self) -> Expr:
