@@ -15,7 +15,8 @@ from kproxy.nftables.model import Ruleset
 
 DATA = Path(__file__).parent / "data" / "nft"
 CORPUS = sorted(p.name for p in DATA.glob("*.nft"))
-LISTINGS = (["list", "ruleset"], ["-a", "list", "ruleset"], ["-j", "list", "ruleset"], ["-s", "list", "ruleset"])
+LISTINGS = (["list", "ruleset"], ["-a", "list", "ruleset"], ["-j", "list", "ruleset"], ["-s", "list", "ruleset"],
+            ["-nn", "list", "ruleset"], ["-y", "list", "ruleset"])
 
 
 def require_nft() -> None:

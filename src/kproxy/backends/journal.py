@@ -131,10 +131,12 @@ def journaled(table: Any) -> None:
 
 
 def apply_in_place(rs: Any, table: Any, chains: set[str], sets: set[str],
-                   run: Callable[[], None]) -> dict[str, Any]:
+                   run: Callable[[], None],
+                   check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``run`` (which parses the transaction into ``rs``) against ``table`` in place; on an error
-    everything is put back and the error re-raised. Returns the chains before (name -> chain or
-    MISSING) of every chain the transaction added, changed or deleted."""
+    everything is put back and the error re-raised. ``check`` (given the chains and sets before, as
+    below) may refuse the result by raising, as the kernel's commit-time validation does. Returns the
+    chains before (name -> chain or MISSING) of every chain the transaction added, changed or deleted."""
     journaled(table)
     scalars = (table.next_handle, table.anon_seq, table.comment, list(table.flags), rs.next_table_handle)
     table.chains.begin()
@@ -143,6 +145,8 @@ def apply_in_place(rs: Any, table: Any, chains: set[str], sets: set[str],
         _own(table.chains, chains, ("rules",))
         _own(table.sets, sets, ("elems", "flags"))
         run()
+        if check is not None:
+            check(table.chains.journal or {}, table.sets.journal or {})
     except BaseException:
         table.chains.rollback()
         table.sets.rollback()

@@ -83,6 +83,7 @@ class EmulatedNft:
         from kproxy.nftables.cli import run_nft
         from kproxy.nftables.evaluate import attach
         from kproxy.nftables.store import node_ruleset
+        from kproxy.nftables.validate import JumpIndex
 
         if not isinstance(text, str):
             if self._apply(text):
@@ -98,7 +99,10 @@ class EmulatedNft:
         rc, _, err, work = run_nft(["-f", "-"], rs, text, set(self.node.interfaces))
         if rc != 0:
             raise BackendError(err.strip() or f"nft failed ({rc})")
-        journaled(work.find(fam, TABLE))      # ready for in-place transactions (a copy now, not at the next one)
+        table = work.find(fam, TABLE)
+        journaled(table)      # ready for in-place transactions (a copy now, not at the next one)
+        if table is not None:
+            JumpIndex.of(table)       # and its reverse jump index, which they keep up to date
         self.node.nftables = work
         attach(self.node)
 
@@ -106,10 +110,12 @@ class EmulatedNft:
         """Apply a structured transaction to the kube-proxy table (IPv4: the rule shapes are made for
         it); False (nothing done) when it is not one for this. On an error nothing changes and the
         ``BackendError`` is nft's, as for the transaction's text."""
-        from kproxy.backends.journal import apply_in_place, journaled
+        from kproxy.backends.journal import MISSING, apply_in_place, journaled
         from kproxy.nftables.evaluate import attach
+        from kproxy.nftables.parser import NftError
         from kproxy.nftables.store import node_ruleset
         from kproxy.nftables.transaction import TxError, apply
+        from kproxy.nftables.validate import JumpIndex, touched_too_deep
 
         rs = node_ruleset(self.node)
         fam = family_name(self.family)
@@ -128,6 +134,9 @@ class EmulatedNft:
             if tx.ops:
                 rs.generation += 1          # as for the same text through ``nft -f``
             journaled(rs.find(fam, TABLE))
+            made = rs.find(fam, TABLE)
+            if made is not None:
+                JumpIndex.of(made)    # the reverse jump index the partial syncs' checks keep up to date
             held = self.node.subsystems.get("nftables_ct_refs")
             if held is None and rs.tables == [rs.find(fam, TABLE)]:
                 held = {4: 0, 6: 0}                        # the only table: nothing held before it
@@ -142,8 +151,15 @@ class EmulatedNft:
         def run() -> None:
             apply(tx, rs, interfaces)
 
+        def check(chains_before: dict[str, Any], sets_before: dict[str, Any]) -> None:
+            # The kernel's commit-time jump validation from what the transaction touched (as for
+            # the text in ``_run_in_place``); the refusal's message is nft's for the text.
+            if touched_too_deep(table, chains_before, sets_before, MISSING) is not None:
+                JumpIndex.drop(table)                 # the rollback leaves it behind the table
+                raise TxError(NftError("Could not process rule: Too many links", None, validation=True))
+
         try:
-            before = apply_in_place(rs, table, chains, sets, run)
+            before = apply_in_place(rs, table, chains, sets, run, check)
         except TxError as exc:
             self._refused(rs, tx, exc)
         self._after_in_place(rs, table, before)
@@ -159,16 +175,28 @@ class EmulatedNft:
         raise BackendError(err.strip() if rc != 0 else format_error(exc.error, "/dev/stdin", text).strip())
 
     def _run_in_place(self, rs: Any, table: Any, text: str, chains: set[str], sets: set[str]) -> None:
-        from kproxy.backends.journal import apply_in_place
+        from kproxy.backends.journal import MISSING, apply_in_place
         from kproxy.nftables.cli import format_error
-        from kproxy.nftables.parser import NftError, Parser
+        from kproxy.nftables.parser import NftError, Parser, jump_errors
+        from kproxy.nftables.validate import JumpIndex, touched_too_deep
 
         interfaces = set(self.node.interfaces)
+        parser = Parser(text, rs, interfaces, validate_jumps=False)
+
+        def check(chains_before: dict[str, Any], sets_before: dict[str, Any]) -> None:
+            # The kernel's commit-time jump validation, walking only from what the transaction
+            # touched (through the table's reverse jump index) rather than the whole table; when it
+            # fails, the full walk says which rules the kernel blames, as for any other batch.
+            if touched_too_deep(table, chains_before, sets_before, MISSING) is None:
+                return
+            JumpIndex.drop(table)                 # the rollback leaves it behind the table
+            errors = jump_errors([table], parser.added) or [
+                NftError("Could not process rule: Too many links", None, validation=True)]
+            errors[0].more = errors[1:]
+            raise errors[0]
+
         try:
-            # The proxier's own table: its jumps are at most five deep by construction, so the
-            # commit-time jump walk (which costs the whole table) is left out of partial syncs.
-            before = apply_in_place(rs, table, chains, sets,
-                                    lambda: Parser(text, rs, interfaces, validate_jumps=False).script())
+            before = apply_in_place(rs, table, chains, sets, parser.script, check)
         except NftError as exc:
             raise BackendError(format_error(exc, "/dev/stdin", text).strip()) from None
         self._after_in_place(rs, table, before)

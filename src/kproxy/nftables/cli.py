@@ -25,6 +25,7 @@ from kproxy.nftables.listing import (
     table_json,
     table_text,
 )
+from kproxy.nftables.misspell import evaluation_message
 from kproxy.nftables.model import FAMILIES, Chain, Flowtable, NSet, Ruleset, Table
 from kproxy.nftables.parser import NftError, Parser, loc
 from kproxy.nftables.types import JSON_NUMERIC
@@ -329,7 +330,12 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
 
     def missing(i: int) -> NftError:
         t = name_toks[i] if i < len(name_toks) else None
-        return NftError("No such file or directory", loc(t) if t is not None else None)
+        msg = "No such file or directory"
+        # nft lists a table, chain, set or map from a cache of just that one (no other name to
+        # suggest); for objects its cache holds every table and object, and it says the nearest
+        if t is not None and what not in ("table", "chain", "set", "map", "meter", "flowtable"):
+            msg = evaluation_message(rs, "table" if i == 0 else "obj", t.text)
+        return NftError(msg, loc(t) if t is not None else None)
 
     family = rest[0] if rest and rest[0] in FAMILIES else None
     names = rest[1:] if family else rest

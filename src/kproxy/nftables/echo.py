@@ -116,7 +116,7 @@ def _set_spec(s: NSet, o: Opts) -> str:
     if flags:
         parts.append(f"flags {','.join(flags)}")
     if s.timeout is not None:
-        parts.append(f"timeout {fmt_time(s.timeout)}")
+        parts.append(f"timeout {fmt_time(s.timeout, o)}")
     if s.comment is not None:
         parts.append(f'comment "{s.comment}"')
     head = f"# handle {s.handle} " if o.handles else ""

@@ -763,9 +763,9 @@ def quota_exceeded(q: Quota, length: int) -> bool:
     limit = q.value * BYTE_UNIT.get(q.unit, 1)
     consumed = min(limit, q.used * BYTE_UNIT.get(q.used_unit, 1) + length)
     q.used, q.used_unit = consumed, "bytes"
-    while q.used and q.used % 1024 == 0 and q.used_unit != "gbytes":
+    while q.used and q.used % 1024 == 0 and q.used_unit != "mbytes":      # get_rate: mbytes at most
         q.used //= 1024
-        q.used_unit = {"bytes": "kbytes", "kbytes": "mbytes", "mbytes": "gbytes"}[q.used_unit]
+        q.used_unit = {"bytes": "kbytes", "kbytes": "mbytes"}[q.used_unit]
     return consumed >= limit
 
 

@@ -16,12 +16,11 @@ PAYLOAD: dict[str, dict[str, T.DType]] = {
     "ether": {"saddr": T.ETHER, "daddr": T.ETHER, "type": T.ETHER_TYPE},
     "vlan": {"id": T.DType("integer", 12, "int"), "pcp": T.DType("integer", 3, "int"), "type": T.ETHER_TYPE},
     "ip": {"version": T.DType("integer", 4, "int"), "hdrlength": T.DType("integer", 4, "int"),
-           "dscp": T.DType("integer", 6, "hex"), "ecn": T.DType("integer", 2, "int"),
+           "dscp": T.DSCP, "ecn": T.ECN,
            "length": T.DType("integer", 16, "int"), "id": T.DType("integer", 16, "int"),
            "frag-off": T.DType("integer", 16, "int"), "ttl": T.DType("integer", 8, "int"), "protocol": T.PROTO,
            "checksum": T.DType("integer", 16, "int"), "saddr": T.IPV4, "daddr": T.IPV4},
-    "ip6": {"version": T.DType("integer", 4, "int"), "dscp": T.DType("integer", 6, "hex"),
-            "ecn": T.DType("integer", 2, "int"), "flowlabel": T.DType("integer", 20, "int"),
+    "ip6": {"version": T.DType("integer", 4, "int"), "dscp": T.DSCP, "ecn": T.ECN, "flowlabel": T.DType("integer", 20, "int"),
             "length": T.DType("integer", 16, "int"), "nexthdr": T.PROTO, "hoplimit": T.DType("integer", 8, "int"),
             "saddr": T.IPV6, "daddr": T.IPV6},
     "tcp": {"sport": T.SERVICE, "dport": T.SERVICE, "sequence": T.DType("integer", 32, "int"),
@@ -46,7 +45,7 @@ NETWORK = {"ip": 2, "ip6": 10}
 
 META: dict[str, T.DType] = {
     "length": T.DType("integer", 32, "int"), "protocol": T.ETHER_TYPE, "nfproto": T.NFPROTO, "l4proto": T.PROTO,
-    "priority": T.DType("integer", 32, "int"), "mark": T.MARK, "iif": T.IFINDEX, "iifname": T.IFNAME,
+    "priority": T.CLASSID, "mark": T.MARK, "iif": T.IFINDEX, "iifname": T.IFNAME,
     "iiftype": T.DType("integer", 16, "int"), "oif": T.IFINDEX, "oifname": T.IFNAME,
     "oiftype": T.DType("integer", 16, "int"), "skuid": T.UID, "skgid": T.GID, "nftrace": T.DType("integer", 1, "int"),
     "rtclassid": T.DType("integer", 32, "int"), "pkttype": T.PKTTYPE, "cpu": T.DType("integer", 32, "int"),
@@ -61,7 +60,7 @@ META_BARE_OUT = {"iif", "iifname", "oif", "oifname", "iifgroup", "oifgroup"}
 
 CT: dict[str, T.DType] = {
     "state": T.CT_STATE, "direction": T.CT_DIR, "status": T.CT_STATUS, "mark": T.MARK,
-    "expiration": T.DType("integer", 32, "int"), "helper": T.STRING, "l3proto": T.NFPROTO, "protocol": T.PROTO,
+    "expiration": T.CT_TIME, "helper": T.STRING, "l3proto": T.NFPROTO, "protocol": T.PROTO,
     "zone": T.DType("integer", 16, "int"), "saddr": T.IPV4, "daddr": T.IPV4, "proto-src": T.SERVICE,
     "proto-dst": T.SERVICE, "packets": T.DType("integer", 64, "int"), "bytes": T.DType("integer", 64, "int"),
     "count": T.DType("integer", 32, "int"), "id": T.DType("integer", 32, "int"),
@@ -331,8 +330,8 @@ class Elem(Expr):
 
     def text(self, o: Opts) -> str:
         s = self.key.text(o) + options_text([
-            ("timeout {}", None if self.timeout is None else fmt_time(self.timeout)),
-            ("expires {}", None if self.expires is None else fmt_time(self.expires)),
+            ("timeout {}", None if self.timeout is None else fmt_time(self.timeout, o)),
+            ("expires {}", None if self.expires is None else fmt_time(self.expires, o)),
             ('comment "{}"', self.comment)])
         return s if self.data is None else f"{s} : {self.data.text(o)}"
 
@@ -389,8 +388,11 @@ def options_text(options: list[tuple[str, object]]) -> str:
     return "".join(" " + fmt.format(value) for fmt, value in options if value is not None)
 
 
-def fmt_time(ms: int) -> str:
-    """nft's time format: ``1d2h3m4s500ms``; zero parts left out."""
+def fmt_time(ms: int, o: Opts | None = None) -> str:
+    """nft's time format: ``1d2h3m4s500ms``; zero parts left out. With ``-n`` (nft's
+    NUMERIC_TIME, part of every ``-n``) whole seconds: ``300s``."""
+    if o is not None and o.numeric:
+        return f"{ms // 1000}s"
     out = ""
     for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000), ("ms", 1)):
         if ms >= size:

@@ -355,7 +355,7 @@ def w_object(verb: str, kind: str, body: Any) -> str:
 
 def byte_units(n: int) -> str:
     """A byte count in the largest unit that divides it, as nft lists the quota the kernel holds."""
-    units = ("bytes", "kbytes", "mbytes", "gbytes")
+    units = ("bytes", "kbytes", "mbytes")       # nft reads and writes no bigger unit
     i = 0
     while n and n % 1024 == 0 and i < len(units) - 1:
         n //= 1024
@@ -478,7 +478,7 @@ def s_log(key: str, val: Any) -> str:
             s += f" {word} {quoted(val[k])}" if k == "prefix" else f" {word} {val[k]}"
     flags = val.get("flags")
     if flags:
-        s += " flags " + (",".join(flags) if isinstance(flags, list) else flags)
+        s += "".join(f" flags {f}" for f in (flags if isinstance(flags, list) else [flags]))
     return s
 
 
@@ -531,7 +531,7 @@ def s_queue(key: str, val: Any) -> str:
     s = "queue"
     flags = val.get("flags")
     if flags:
-        s += " flags " + (",".join(flags) if isinstance(flags, list) else flags)
+        s += "".join(f" flags {f}" for f in (flags if isinstance(flags, list) else [flags]))
     if "num" in val:
         s += f" to {expr(val['num'], 'Invalid queue num', rhs=True)}"
     return s
@@ -671,7 +671,11 @@ def e_concat(key: str, val: Any) -> str:
 def e_binop(key: str, val: Any) -> str:
     if not isinstance(val, list) or len(val) != 2:
         raise JsonError((None, f"Invalid binop expression: '{key}'."))
-    return f"{expression(val[0])} {key} {expression(val[1])}"
+    right = val[1]
+    if isinstance(right, list) and len(right) > 1:
+        # a flag list (``tcp flags & [syn, rst]``): nft's text for the same value is an | of its flags
+        return f"{expression(val[0])} {key} ({' | '.join(expression(i) for i in right)})"
+    return f"{expression(val[0])} {key} {expression(right)}"
 
 
 def e_prefix(key: str, val: Any) -> str:

@@ -12,7 +12,7 @@ from kproxy.nftables.model import Chain, NSet, Obj, Rule, Ruleset, Table, priori
 NEWLINE_DELIM = ",\n\t\t\t     "
 # Types printed five to a line, and two to a line; all others one to a line (nft's calculate_delim).
 FIVE = {"nf_proto", "integer", "inet_proto", "inet_service", "tcp_flag", "mark", "iface_index", "uid", "gid",
-        "ct_dir"}
+        "ct_dir", "classid", "arp_op", "dccp_pkttype"}   # expression.c calculate_delim
 TWO = {"ipv4_addr", "ct_state", "ct_status", "pkt_type"}
 METAINFO = {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}
 
@@ -77,10 +77,12 @@ def set_text(s: NSet, o: Opts, indent: str = "\t") -> str:
         lines.append(f"{indent}\tsize {s.size}")
     if s.flags and not (s.flags == ["timeout"] and s.timeout is not None):  # a lone timeout flag goes unsaid
         lines.append(f"{indent}\tflags {','.join(s.flags)}")
+    if s.auto_merge:                # kept in the set's userdata; rule.c lists it after the flags
+        lines.append(f"{indent}\tauto-merge")
     if s.timeout is not None:
-        lines.append(f"{indent}\ttimeout {fmt_time(s.timeout)}")
+        lines.append(f"{indent}\ttimeout {fmt_time(s.timeout, o)}")
     if s.gc_interval is not None:
-        lines.append(f"{indent}\tgc-interval {fmt_time(s.gc_interval)}")
+        lines.append(f"{indent}\tgc-interval {fmt_time(s.gc_interval, o)}")
     if s.comment is not None:
         lines.append(f'{indent}\tcomment "{s.comment}"')
     if s.elems:

@@ -7,7 +7,7 @@ Errors carry nft's positions so the caller can print them the way nft does.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from kproxy.nftables.expr import (
 from kproxy.nftables.lexer import LexError, Token, is_identifier, token_name, tokenize
 from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Ruleset, Table, named_priorities
 from kproxy.nftables.stmt import (
+    UNIT_SIZE,
     Counter,
     Limit,
     ObjRef,
@@ -36,6 +37,7 @@ from kproxy.nftables.stmt import (
     SetUpdate,
     Stmt,
     VerdictStmt,
+    get_rate,
 )
 from kproxy.nftables.validate import culprit
 
@@ -62,6 +64,16 @@ class NftError(Exception):
         self.primary = primary
         self.secondary = secondary or []
         self.more: list[NftError] = []  # further errors nft reports in the same run
+        # a kernel ENOENT's "did you mean" (misspell.kernel_hint), decided once the batch is in nft's cache
+        self.hint: Callable[[], tuple[str, Loc] | None] | None = None
+
+    def resolve(self) -> None:
+        if self.hint is not None:
+            found, self.hint = self.hint(), None
+            if found is not None:
+                self._kernel = self.kernel          # still the kernel's error, though worded by nft
+                self.msg, self.primary = found
+                self.args = (self.msg,)
 
     @property
     def syntax(self) -> bool:
@@ -79,7 +91,6 @@ def loc(a: Token, b: Token | None = None) -> Loc:
 
 
 VERDICTS = ("accept", "drop", "return", "continue")
-BYTE_UNITS = ("bytes", "kbytes", "mbytes", "gbytes")
 
 
 @dataclass
@@ -108,6 +119,7 @@ class Parser:
         self.rs = rs
         self.interfaces = interfaces
         self.out = Output()
+        self.new_sets: set[int] = set()   # ids of the sets this batch creates (a rule's update makes them dynamic)
         self.eval_errors: list[NftError] = []
         self.kernel_errors: list[NftError] = []
         self.batch_broken = False
@@ -260,6 +272,8 @@ class Parser:
         if not self.eval_errors and not all(e.validation for e in errors):
             errors = [e for e in errors if not e.validation]
         if errors:
+            for e in errors:
+                e.resolve()
             first = errors[0]
             first.more = errors[1:]
             raise first
@@ -283,23 +297,48 @@ class Parser:
             return
         raise self.unexpected()
 
-    def find_table(self, family: str, name: Token) -> Table:
+    def find_table(self, family: str, name: Token, kind: str = "rule", obj: Token | None = None) -> Table:
+        """The table, or nft's ENOENT for a command on ``kind`` (``eval``: found by nft's evaluation;
+        else the kernel's, for a command on a table, chain, rule, set or obj named ``obj``)."""
         tbl = self.rs.find(family, name.text)
         if tbl is None:
-            raise NftError("Could not process rule: No such file or directory", loc(name))
+            raise self.enoent(kind, family, name, obj, name, what="table")
         return tbl
 
-    def find_chain(self, tbl: Table, name: Token) -> Chain:
+    def find_chain(self, tbl: Table, name: Token, kind: str = "rule") -> Chain:
         c = tbl.chains.get(name.text)
         if c is None:
-            raise NftError("Could not process rule: No such file or directory", loc(name))
+            raise self.enoent(kind, tbl.family, None, name, name, tbl.name, what="chain")
         return c
 
-    def find_set(self, tbl: Table, name: Token) -> NSet:
+    def find_set(self, tbl: Table, name: Token, kind: str = "set") -> NSet:
         s = tbl.sets.get(name.text)
         if s is None:
-            raise NftError("Could not process rule: No such file or directory", loc(name))
+            raise self.enoent(kind, tbl.family, None, name, name, tbl.name, what="set")
         return s
+
+    def enoent(self, kind: str, family: str, ttok: Token | None, name: Token | None, at: Token | Loc,
+               table: str | None = None, what: str | None = None) -> NftError:
+        """nft's "No such file or directory" with its "did you mean" hint (kproxy.nftables.misspell).
+        ``kind``: ``eval`` (evaluate.c: the hint decided now, about ``what`` - table, chain, set or
+        obj), or the kernel's command object (cmd.c: decided when the batch's errors are reported)."""
+        from kproxy.nftables import misspell
+
+        where = at if isinstance(at, tuple) else loc(at)
+        tname = ttok.text if ttok is not None else table or ""
+        if kind == "eval":
+            return NftError(misspell.evaluation_message(self.rs, what or "table", tname if what == "table" else
+                                                        name.text if name is not None else ""), where, kernel=False)
+        err = NftError("Could not process rule: No such file or directory", where)
+        rs = self.rs
+        ttoc = loc(ttok) if ttok is not None else where
+
+        def hint() -> tuple[str, Loc] | None:
+            found = misspell.kernel_hint(rs, kind, family, tname, name.text if name is not None else None)
+            return None if found is None else (found[0], ttoc if found[1] else where)
+
+        err.hint = hint
+        return err
 
     # ---- add / create ---------------------------------------------------------------------------
     def cmd_add(self, verb: Token, create: bool = False) -> None:
@@ -311,9 +350,7 @@ class Parser:
             self.next()
             family, tname = self.family_and_name()
             name = self.chain_name()          # a syntax error: found before the table is looked up
-            if self.rs.find(family, tname.text) is None:
-                raise NftError("No such file or directory", loc(tname))  # found missing while evaluating
-            tbl = self.find_table(family, tname)
+            tbl = self.find_table(family, tname, "eval")    # found missing while evaluating
             chain = self.add_chain(tbl, name, create)
             if not chain_type_fits(tbl.family, chain):
                 line, col, end = loc(verb, self.toks[self.pos - 1])
@@ -322,15 +359,15 @@ class Parser:
         elif what in ("set", "map"):
             self.next()
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
+            tbl = self.find_table(family, tname, "eval")
             name = self.word()
             self.expect("{")
             self.set_block(tbl, name, what == "map", create)
         elif what == "element":
             self.next()
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
-            s = self.find_set(tbl, self.word())
+            tbl = self.find_table(family, tname, "eval")
+            s = self.find_set(tbl, self.word(), "eval")
             lit = self.set_literal(s.key, s.data, s)
             self.check_jumps(tbl)
             self.add_elements(s, lit)
@@ -338,12 +375,12 @@ class Parser:
         elif what in ("counter", "quota", "limit"):
             self.next()
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
+            tbl = self.find_table(family, tname, "eval")
             self.object(tbl, what, self.word())
         elif what == "flowtable":
             self.next()
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
+            tbl = self.find_table(family, tname, "eval")
             name = self.word()
             self.expect("{")
             flowtable.parse_block(self, tbl, name, create)
@@ -496,8 +533,9 @@ class Parser:
             elif t.text == "policy" and t.kind == "word":
                 self.next()
                 pol = self.word()
-                if pol.text not in ("accept", "drop"):
-                    raise NftError(f"unknown policy type {pol.text}", loc(pol))
+                if pol.text not in ("accept", "drop") or pol.kind != "word":
+                    what = "string" if is_identifier(pol) else token_name(pol)
+                    raise NftError(f"syntax error, unexpected {what}, expecting accept or drop or '$'", loc(pol))
                 chain.policy = pol.text
                 self.end_item()
             elif t.text == "comment" and t.kind == "word" and self.peek(1).kind == "string":
@@ -554,10 +592,16 @@ class Parser:
 
     # ---- sets, maps, objects ------------------------------------------------------------------
     def set_block(self, tbl: Table, name: Token, is_map: bool, create: bool, defer: bool = False) -> None:
+        if ":" in name.text and name.kind == "word":
+            # nft's scanner ends a name at a colon (kproxy's reads on, for IPv6 addresses)
+            col = name.col + name.text.index(":")
+            raise NftError("syntax error, unexpected colon, expecting '{'", (name.line, col, col))
         existing = tbl.sets.get(name.text)
         if existing is not None and create:
             raise NftError("Could not process rule: File exists", loc(name))
         s = existing or NSet(name.text, 0, is_map, [])
+        if existing is None:
+            self.new_sets.add(id(s))
         pending: list[tuple[Token, SetLit]] = []
         while True:
             self.skip_seps()
@@ -737,37 +781,67 @@ class Parser:
         t = self.word()
         if "/" in t.text:
             rate, _, per = t.text.partition("/")
+            if per not in ("second", "minute", "hour", "day", "week"):
+                # nft's scanner reads NUM '/' and then a word that is no time unit
+                c = t.col + len(rate) + 1
+                raise NftError(f"syntax error, unexpected {'string' if per else 'end of file'}",
+                               (t.line, c, c + len(per) - 1))
             lim = Limit(int(rate), per, 5, over=over)
             if self.accept("burst"):
                 lim.burst = int(self.word().text)
                 self.expect("packets")
             return lim
-        unit = self.word().text
-        u, _, per = unit.partition("/")
-        lim = Limit(int(t.text), per, 0, unit=u, over=over)
+        unit_tok = self.word()
+        u, _, per = unit_tok.text.partition("/")
+        value, unit = get_rate(int(t.text) * UNIT_SIZE[self.data_unit(u, t, unit_tok)])
+        lim = Limit(value, per, 0, unit=unit, over=over)
+        lim.burst_unit = "bytes"
         if self.accept("burst"):
-            lim.burst = int(self.word().text)
-            lim.burst_unit = self.word().text
+            n = self.word()
+            b = self.word()
+            lim.burst, lim.burst_unit = get_rate(int(n.text) * UNIT_SIZE[self.data_unit(b.text, n, b)])
         return lim
 
-    def quota_body(self) -> Quota:
+    def data_unit(self, text: str, start: Token, end: Token) -> str:
+        """datatype.c's data_unit_parse: a unit that starts with bytes, kbytes or mbytes (nft compares
+        only that much); anything else, gbytes too, is its "Wrong rate format" over the construct."""
+        for unit in ("bytes", "kbytes", "mbytes"):
+            if text.startswith(unit):
+                return unit
+        raise NftError("Wrong rate format", loc(start, end))
+
+    def quota_body(self, start: Token | None = None) -> Quota:
+        """``[over|until] N UNIT [used N UNIT]``; ``start``: where nft's error for a bad unit begins
+        (the ``quota`` keyword of a statement; in an object's block its mode, else the token before)."""
+        mode = self.peek()
         over = bool(self.accept("over"))
-        if not over:
-            self.accept("until")        # nft's explicit form of the default mode
+        if not over and self.accept("until"):   # nft's explicit form of the default mode
+            over = False
+        elif not over:
+            mode = start or self.toks[self.pos - 1]
+        start = start or mode
         v = self.word()
-        unit = self.word().text if self.at(*BYTE_UNITS) else "bytes"
-        q = Quota(int(v.text), unit, over)
-        if self.accept("used"):
-            q.used = int(self.word().text)
-            q.used_unit = self.word().text if self.at(*BYTE_UNITS) else "bytes"
+        unit_tok = self.word()
+        used: tuple[int, str] | None = None
+        if self.at("used"):
+            kw = self.next()
+            n = self.word()
+            u = self.word()
+            used = get_rate(int(n.text) * UNIT_SIZE[self.data_unit(u.text, kw, u)])   # bison reduces it first
+        value = int(v.text) * UNIT_SIZE[self.data_unit(unit_tok.text, start, self.toks[self.pos - 1])]
+        q = Quota(*get_rate(value), over)
+        if used is not None:
+            q.used, q.used_unit = used
         return q
 
     # ---- rules ----------------------------------------------------------------------------------
     def cmd_rule(self, op: str, verb: Token) -> None:
         family, tname = self.family_and_name()
         name = self.chain_name()
-        tbl = self.find_table(family, tname)
-        chain = self.find_chain(tbl, name)
+        # a position or index is looked up in nft's cache, which finds a missing chain itself
+        how = "eval" if op != "replace" and self.at("position", "index") else "rule"
+        tbl = self.find_table(family, tname, how, name)
+        chain = self.find_chain(tbl, name, how)
         position: tuple[str, int] | None = None
         pos_tok = self.peek()
         if op == "replace" and not self.at("handle"):
@@ -844,21 +918,22 @@ class Parser:
         what = self.word()
         if what.text == "table":
             family, name = self.family_and_name()
-            tbl = self.find_table(family, name)
+            tbl = self.find_table(family, name, "table")
             self.rs.tables.remove(tbl)
         elif what.text == "chain":
             family, tname = self.family_and_name()
-            name = self.chain_name("handle or string") if not self.at("handle") else self.word()
-            tbl = self.find_table(family, tname)
-            chain = self.find_chain(tbl, name)
+            how = "chain" if not self.at("handle") else "plain"     # by handle: no name to suggest for
+            name = self.chain_name("handle or string") if how == "chain" else self.word()
+            tbl = self.find_table(family, tname, how, name)
+            chain = self.find_chain(tbl, name, how)
             if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.chains[name.text]
         elif what.text == "rule":
             family, tname = self.family_and_name()
             name = self.chain_name()
-            tbl = self.find_table(family, tname)
-            chain = self.find_chain(tbl, name)
+            tbl = self.find_table(family, tname, "rule", name)
+            chain = self.find_chain(tbl, name, "rule")
             self.expect("handle")
             n = self.word()
             idx = self.rule_index(chain, int(n.text), n)
@@ -867,16 +942,16 @@ class Parser:
                 tbl.sets.pop(anon, None)
         elif what.text in ("set", "map"):
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
             name = self.word()
-            self.find_set(tbl, name)
+            tbl = self.find_table(family, tname, "set", name)
+            self.find_set(tbl, name, "set")
             if any(refers_to_set(r, name.text) for c in tbl.chains.values() for r in c.rules):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.sets[name.text]
         elif what.text == "element":
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
-            s = self.find_set(tbl, self.word())
+            tbl = self.find_table(family, tname, "eval")
+            s = self.find_set(tbl, self.word(), "eval")
             lit = self.set_literal(s.key, None, s)
             have = {repr(e.key) for e in s.elems}
             for e in lit.elems:
@@ -889,16 +964,16 @@ class Parser:
             s.elems = [e for e in s.elems if repr(e.key) not in gone]
         elif what.text in ("counter", "quota", "limit"):
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
             name = self.word()
+            tbl = self.find_table(family, tname, "obj", name)
             if (what.text, name.text) not in tbl.objs:
-                raise NftError("Could not process rule: No such file or directory", loc(name))
+                raise self.enoent("obj", family, None, name, name, tbl.name)
             if any(refers_to_obj(r, what.text, name.text) for c in tbl.chains.values() for r in c.rules):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.objs[(what.text, name.text)]
         elif what.text == "flowtable":
             family, tname = self.family_and_name()
-            flowtable.delete(self, self.find_table(family, tname))
+            flowtable.delete(self, self.find_table(family, tname, "plain"))
         else:
             raise self.unexpected(what)
 
@@ -910,7 +985,7 @@ class Parser:
             self.out.flushed.append(family)
         elif what.text == "table":
             family, name = self.family_and_name()
-            tbl = self.find_table(family, name)
+            tbl = self.find_table(family, name, "plain")
             for c in tbl.chains.values():
                 c.rules = []
             tbl.sets = {k: s for k, s in tbl.sets.items() if not s.anonymous}
@@ -919,16 +994,16 @@ class Parser:
         elif what.text == "chain":
             family, tname = self.family_and_name()
             name = self.chain_name()
-            tbl = self.find_table(family, tname)
-            chain = self.find_chain(tbl, name)
+            tbl = self.find_table(family, tname, "plain")
+            chain = self.find_chain(tbl, name, "plain")
             for r in chain.rules:
                 for anon in r.anon_sets:
                     tbl.sets.pop(anon, None)
             chain.rules = []
         elif what.text in ("set", "map"):
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname)
-            self.find_set(tbl, self.word()).elems = []
+            tbl = self.find_table(family, tname, "eval")
+            self.find_set(tbl, self.word(), "eval").elems = []
         else:
             raise self.unexpected(what)
 
@@ -946,10 +1021,10 @@ class Parser:
         self.expect("chain")
         family, tname = self.family_and_name()
         old, new = self.chain_name(), self.chain_name()
-        tbl = self.find_table(family, tname)
+        tbl = self.find_table(family, tname, "eval")
         chain = tbl.chains.get(old.text)
         if chain is None:  # nft's cache lookup fails before anything reaches the kernel
-            raise NftError("No such file or directory", loc(old), kernel=False)
+            raise self.enoent("eval", family, None, old, old, what="chain")
         if new.text in tbl.chains:  # the kernel refuses; nft blames the whole command, its end included
             line, col, end = loc(verb, new)
             raise NftError("Could not process rule: File exists", (line, col, end + 1))
@@ -969,6 +1044,12 @@ class Parser:
         args: list[Token] = []
         while self.peek().kind in ("word", "string"):
             args.append(self.next())
+        names = args[2:] if len(args) > 2 and args[1].text in FAMILIES else args[1:]
+        family = args[1].text if len(args) > 2 and args[1].text in FAMILIES else "ip"
+        tbl = self.rs.find(family, names[0].text) if len(names) == 2 else None
+        if tbl is not None and args[0].text in ("counter", "quota") and (args[0].text, names[1].text) not in tbl.objs:
+            # the kernel's ENOENT, which nft blames on the whole command (no attribute to point at)
+            raise NftError("Could not process rule: No such file or directory", self.command_loc(verb))
         self.out.requests.append(("reset", args))
 
     # ---- values -------------------------------------------------------------------------------
@@ -1089,8 +1170,11 @@ class Parser:
             return NftError("Could not resolve hostname: Name or service not known", loc(t))
         if dt.kind == "proto":
             return NftError("Could not resolve protocol name", loc(t))
+        if (dt.name in T.HEX_SYMBOLS or dt.kind in ("int", "hex") and dt.bits) and T.NUMBER_RE.fullmatch(t.text):
+            # a number past a symbol type's integer base: integer_type_parse's range error
+            return NftError(f"Value {t.text} exceeds valid range 0-{(1 << dt.bits) - 1}", loc(t))
         desc = {"icmp_type": "ICMP type", "ct_state": "conntrack state", "mark": "packet mark",
-                "inet_service": "internet network service"}.get(dt.name, dt.name)
+                "inet_service": "internet network service", "dscp": dt.desc, "ecn": dt.desc}.get(dt.name, dt.name)
         return NftError(f"Could not parse {desc}", loc(t))
 
 
@@ -1250,7 +1334,11 @@ def expand_defines(toks: list[Token]) -> list[Token]:
             name = toks[i + 1]
             var, colon, tail = name.text.partition(":")
             if var not in defines:
-                raise NftError(f"unknown identifier '{var}'", (name.line, name.col, name.col + len(var) - 1))
+                from kproxy.nftables.misspell import nearest
+
+                near = nearest(var, ((d, d) for d in defines))     # parser_bison.y's symbol_lookup_fuzzy
+                hint = f"; did you mean identifier \u2018{near}\u2019?" if near is not None else ""
+                raise NftError(f"unknown identifier '{var}'{hint}", (name.line, name.col, name.col + len(var) - 1))
             out.extend(defines[var])
             if colon:
                 c = name.col + len(var)

@@ -34,6 +34,7 @@ from kproxy.nftables.expr import (
 from kproxy.nftables.lexer import Token
 from kproxy.nftables.model import NSet, Rule, Table
 from kproxy.nftables.stmt import (
+    UNIT_SIZE,
     Counter,
     FlowAdd,
     Forward,
@@ -53,7 +54,7 @@ from kproxy.nftables.stmt import (
 )
 
 if TYPE_CHECKING:
-    from kproxy.nftables.parser import Parser
+    from kproxy.nftables.parser import Loc, NftError, Parser
 
 OPS = {"==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "eq": "==", "ne": "!=", "lt": "<",
        "gt": ">", "le": "<=", "ge": ">="}
@@ -71,6 +72,8 @@ class RuleBuilder:
         self.anon_locs: list[tuple[int, int, int]] = []
         self.l4_matched: set[str] = set()
         self.missing_obj: Token | None = None   # a named object the kernel will not find
+        self.chain = ""                          # the rule's own chain
+        self.invalid: Loc | None = None          # a statement the kernel refuses with EINVAL
 
     def error(self, msg: str, a: Token, b: Token | None = None, secondary: list[tuple[int, int, int]] | None = None):
         from kproxy.nftables.parser import NftError, loc
@@ -84,6 +87,7 @@ class RuleBuilder:
     def build(self, start: Token, new_handle: bool = True, chain: str = "") -> Rule:
         from kproxy.nftables.parser import NftError
 
+        self.chain = chain
         if self.ended():
             raise self.p.unexpected()
         while not self.ended():
@@ -91,24 +95,22 @@ class RuleBuilder:
         if self.missing_obj is not None:
             if new_handle:
                 self.tbl.alloc()  # the kernel numbered the rule before it failed to find the object
-            raise self.error("Could not process rule: No such file or directory", self.missing_obj)
+            raise self.enoent(self.missing_obj, chain)
+        if self.invalid is not None:
+            if new_handle:
+                self.tbl.alloc()
+            raise NftError("Could not process rule: Invalid argument", self.invalid)
         for s in self.stmts:
             if isinstance(s, VerdictStmt) and s.verdict.target is not None and s.verdict.target not in self.tbl.chains:
                 t = getattr(s, "tok", start)
-                where = (t.line, t.col, t.end)
                 if new_handle:
                     self.tbl.alloc()  # the kernel numbered the rule before it failed to find the chain
-                hint = self.similar_chain(s.verdict.target, chain)
-                if hint is not None:
-                    # nft words the kernel's ENOENT with the nearest chain it knows of.
-                    raise NftError(f"No such file or directory; did you mean chain \u2018{hint[2]}\u2019 in table "
-                                   f"{hint[0]} \u2018{hint[1]}\u2019?", where, kernel=True)
-                raise NftError("Could not process rule: No such file or directory", where)
+                raise self.enoent((t.line, t.col, t.end), chain)
         for target, where in self.vmap_targets():
             if target not in self.tbl.chains:     # the kernel's ENOENT, at the element's key
                 if new_handle:
                     self.tbl.alloc()
-                raise NftError("Could not process rule: No such file or directory", where)
+                raise self.enoent(where, chain)
         for fib in (e for e in map(_keyed, self.stmts) if isinstance(e, Fib)):
             if fib.result != "type" and "oif" in fib.flags:     # nft_fib_init: an oif lookup by oif
                 if new_handle:
@@ -141,17 +143,29 @@ class RuleBuilder:
                  "snat": ("postrouting", "input"), "masquerade": ("postrouting",)}[st.kind]
         return chain_type == "nat" and hook in hooks
 
-    def similar_chain(self, name: str, own: str) -> tuple[str, str, str] | None:
-        """nft's suggestion for a missing jump target: the nearest chain name anywhere but the rule's own."""
-        best: tuple[int, tuple[str, str, str]] | None = None
-        for t in self.p.rs.tables:
-            for c in t.chains:
-                if t is self.tbl and c == own:
-                    continue
-                d = edit_distance(name, c)
-                if best is None or d < best[0]:
-                    best = (d, (t.family, t.name, c))
-        return None if best is None else best[1]
+    def enoent(self, where: Token | Loc | None, chain: str) -> NftError:
+        """The kernel's ENOENT for this rule (a jump target, named object or set it does not have):
+        nft words it with a hint from its cache about the rule's own chain (kproxy.nftables.misspell)."""
+        from kproxy.nftables.misspell import kernel_hint
+        from kproxy.nftables.parser import NftError, loc
+
+        at = loc(where) if isinstance(where, Token) else where
+        err = NftError("Could not process rule: No such file or directory", at)
+        rs, tbl = self.p.rs, self.tbl
+
+        def hint() -> tuple[str, Loc] | None:
+            found = kernel_hint(rs, "rule", tbl.family, tbl.name, chain) if chain else None
+            return None if found is None or at is None else (found[0], at)
+
+        err.hint = hint
+        return err
+
+    def missing_set(self, at: Token, name: Token) -> NftError:
+        """nft's evaluation finds a set or map missing from its cache (evaluate.c's set_not_found)."""
+        from kproxy.nftables.misspell import evaluation_message
+        from kproxy.nftables.parser import NftError, loc
+
+        return NftError(evaluation_message(self.p.rs, "set", name.text), loc(at, name), kernel=False)
 
     # ---- statements ---------------------------------------------------------------------------
     def statement(self) -> None:
@@ -193,8 +207,11 @@ class RuleBuilder:
             p.expect("rate")
             self.stmts.append(p.limit_body())
         elif w == "quota":
-            p.next()
-            self.stmts.append(p.quota_body())
+            kw = p.next()
+            quota = p.quota_body(kw)
+            if quota.used * UNIT_SIZE[quota.used_unit] > quota.value * UNIT_SIZE[quota.unit] and self.invalid is None:
+                self.invalid = (kw.line, kw.col, p.toks[p.pos - 1].end)    # nft_quota_do_init's EINVAL
+            self.stmts.append(quota)
         elif w == "log":
             p.next()
             self.stmts.append(self.log())
@@ -232,12 +249,14 @@ class RuleBuilder:
             self.flow_add(p.next())
         elif w in ("add", "update") and p.peek(1).text == "@":
             p.next()
-            p.next()
+            at = p.next()
             name = p.word()
             s = self.tbl.sets.get(name.text)
             if s is None:
-                raise self.error("Could not process rule: No such file or directory", name)
-            _made_dynamic(s)
+                raise self.missing_set(at, name)
+            # nft marks the set dynamic in its cache: the kernel learns it only with a set the same
+            # batch creates (never from a listing being reloaded); the kernel sizes it either way
+            _made_dynamic(s, id(s) in p.new_sets and not p.listed)
             p.expect("{")
             key = self.concat()
             upd = SetUpdate(w, name.text, key)
@@ -297,8 +316,38 @@ class RuleBuilder:
             elif k == "queue-threshold":
                 lg.threshold = int(p.word().text)
             else:
-                lg.flags = p.word_list()
+                lg.flags = log_flags(lg.flags, self.log_flag())
         return lg
+
+    def log_flag(self) -> list[str]:
+        """One ``flags`` argument of ``log`` (nft's log_flags): ``tcp sequence,options``, ``ip options``,
+        ``skuid``, ``ether`` or ``all``."""
+        from kproxy.nftables.lexer import is_identifier
+
+        p = self.p
+
+        def bad(w: Token, expecting: str = "") -> Exception:
+            err = p.unexpected(w, expecting)
+            if is_identifier(w):         # not a keyword: bison's "string"
+                err.msg = "syntax error, unexpected string" + (f", expecting {expecting}" if expecting else "")
+            return err
+
+        t = p.next()
+        if t.text == "tcp":
+            out = []
+            while True:
+                w = p.next()
+                if w.text not in ("sequence", "options"):
+                    raise bad(w, "seq or options")      # bison's name for SEQUENCE is "seq"
+                out.append(f"tcp {w.text}")
+                if not p.accept(","):
+                    return out
+        if t.text == "ip":
+            p.expect("options")
+            return ["ip options"]
+        if t.text in ("skuid", "ether", "all"):
+            return [t.text]
+        raise bad(t)
 
     def reject(self, kw: Token) -> None:
         p = self.p
@@ -340,6 +389,11 @@ class RuleBuilder:
         if own is not None and kind.text != own:
             other = "ip6" if fam == "ip" else "ip"
             raise self.error(f"conflicting protocols specified: {fam} vs {other}", code_tok, None, kw_loc)
+        if {"ip": "icmp", "ip6": "icmpv6", "inet": "icmpx", "bridge": "icmpx"}.get(fam) == kind.text and \
+                code.value == dict(dt.symbols)["port-unreachable"]:
+            # the family's default: nft lists it as a bare 'reject' (JSON says it in full)
+            self.stmts.append(Reject(default_json=(kind.text, "port-unreachable")))
+            return
         self.stmts.append(Reject(kind.text, code))
 
     def last_network(self) -> str | None:
@@ -558,6 +612,16 @@ class RuleBuilder:
                 attr = p.next().text
                 setattr(h, attr, int(p.word().text, 0))
             return h
+        nxt = p.peek(1)
+        if w in PAYLOAD and nxt.kind == "word":
+            # a protocol then no field of it (``tcp dprot``): bison stops at the field
+            from kproxy.nftables.lexer import is_identifier
+
+            expecting = {"udp": "length or checksum or sport or dport"}.get(w, "")   # bison lists up to four
+            err = p.unexpected(nxt, expecting)
+            if is_identifier(nxt):
+                err.msg = "syntax error, unexpected string" + (f", expecting {expecting}" if expecting else "")
+            raise err
         raise p.unexpected(t)
 
     def raw_payload(self) -> Expr:
@@ -597,7 +661,7 @@ class RuleBuilder:
             op = WORD_OPS.get(p.peek().text, p.peek().text)
             p.next()
             e = Binop(op, e, p.value(e.dtype))
-        return e
+        return fold_bitwise(e)
 
     def is_expr_start(self) -> bool:
         p = self.p
@@ -639,6 +703,11 @@ class RuleBuilder:
         else:
             types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
             rhs = self.rhs(lhs, types)
+        if (isinstance(lhs, Binop) and lhs.op == "^" and isinstance(lhs.right, Const) and isinstance(rhs, Const)
+                and isinstance(rhs.value, int) and isinstance(lhs.right.value, int)):
+            # nft lists the kernel's bitwise xor of a comparison on its other side: x ^ k == v is x == v ^ k
+            rhs = Const(rhs.ctype, rhs.value ^ lhs.right.value)
+            lhs = lhs.left
         if lhs.dtype.kind == "bitmask" and p.accept("/"):
             mask = self.rhs(lhs, types)
             lhs = Binop("&", lhs, mask)
@@ -680,7 +749,7 @@ class RuleBuilder:
             at = p.next()
             name = p.word()
             if name.text not in self.tbl.sets:
-                raise self.error("No such file or directory", at, name)
+                raise self.missing_set(at, name)
             return SetRef(name.text)
         if p.at("{"):
             first = p.peek()
@@ -692,10 +761,9 @@ class RuleBuilder:
             self.anon_set(types, None, lit, first)
             return lit
         v = p.value_of(types)
-        if len(types) == 1 and types[0].kind == "bitmask" and p.at(","):
-            assert isinstance(v, Const)
+        if len(types) == 1 and types[0].kind == "bitmask" and p.at(",", "|") and isinstance(v, Const):
             value = v.value
-            while p.accept(","):
+            while p.accept(",") or p.accept("|"):    # ``fin,syn`` or the constant ``fin | syn``
                 w = p.value(types[0])
                 assert isinstance(w, Const)
                 value |= w.value
@@ -711,10 +779,11 @@ class RuleBuilder:
     def map_data(self, key: Expr, data: list[T.DType] | None) -> Expr:
         p = self.p
         types = [i.dtype for i in key.items] if isinstance(key, Concat) else [key.dtype]
-        if p.accept("@"):
+        if p.at("@"):
+            at = p.next()
             name = p.word()
             if name.text not in self.tbl.sets:
-                raise self.error("Could not process rule: No such file or directory", name)
+                raise self.missing_set(at, name)
             return SetRef(name.text)
         first = p.peek()
         lit = p.set_literal(types, [T.VERDICT] if data is None else data)
@@ -746,14 +815,60 @@ class RuleBuilder:
             lit.elems = sorted(lit.elems, key=elem_sort_key)
 
 
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+LOG_FLAGS = ("tcp sequence", "tcp options", "ip options", "skuid", "ether")     # NF_LOG_* bit order
+
+
+def log_flags(have: list[str], more: list[str]) -> list[str]:
+    """The log flags set so far and by one more ``flags`` argument: one bitmask in nft, kept in its
+    bit order, ``all`` when every bit is set."""
+    got = set(have) | set(more)
+    if "all" in got or got >= set(LOG_FLAGS):
+        return ["all"]
+    return [f for f in LOG_FLAGS if f in got]
+
+
+def fold_bitwise(e: Expr) -> Expr:
+    """A run of ``&``, ``|``, ``^`` with constants as nft lists it back: the kernel holds one
+    bitwise (mask, xor) built as netlink_gen_bitwise builds it, and netlink_parse_bitwise_bool
+    prints that as ``& mask'`` (left out when all ones), ``^ x'``, ``| o``
+    (``meta mark & 0xffff0000 | 0x2`` lists as ``meta mark & 0xffff0002 | 0x00000002``)."""
+    ops: list[Binop] = []
+    base = e
+    while isinstance(base, Binop) and base.op in ("&", "|", "^") and isinstance(base.right, Const) \
+            and isinstance(base.right.value, int):
+        ops.append(base)
+        base = base.left
+    bits = base.dtype.bits
+    if not ops or isinstance(base, Binop) or not bits or bits % 8:
+        return e
+    ones = (1 << bits) - 1
+    mask, xor = ones, 0
+    for b in reversed(ops):
+        v = b.right.value  # type: ignore[attr-defined]
+        if b.op == "&":
+            mask &= v
+            xor &= v
+        elif b.op == "|":
+            mask &= ~v & ones
+            xor |= v
+        else:
+            xor ^= v
+    m, x, o = mask, xor, 0
+    if m != ones or x:
+        o = (m & x) ^ x
+        x &= m
+        m |= o
+    ctype = ops[0].right.ctype  # type: ignore[attr-defined]
+    out = base
+    if m != ones:
+        out = Binop("&", out, Const(ctype, m))
+    if x:
+        out = Binop("^", out, Const(ctype, x))
+    if o:
+        out = Binop("|", out, Const(ctype, o))
+    if hasattr(e, "loc"):
+        out.loc = e.loc  # type: ignore[attr-defined]
+    return out
 
 
 PORT_PROTOS = {6: "tcp", 17: "udp", 132: "sctp", 136: "udplite"}
@@ -885,6 +1000,11 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
                 l4_name = PORT_PROTOS.get(s.right.value, l4_name)
         elif isinstance(s, Reject) and s.kind == "tcp reset" and family in ("ip", "ip6") and "l4" in deps:
             out[deps.pop("l4")] = None
+        elif isinstance(s, Reject) and s.kind in ("icmp", "icmpv6") and family == "inet" and "l3" in deps:
+            dep = out[deps["l3"]]       # an ICMP reject fixes the network: its meta nfproto goes
+            if isinstance(dep, Match) and isinstance(dep.right, Const) and \
+                    dep.right.value == (2 if s.kind == "icmp" else 10):
+                out[deps.pop("l3")] = None
         elif proto is not None:
             for p in _all_payload_protos(s):
                 if p in PORT_PROTOS.values():
@@ -899,13 +1019,17 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
                 proto = l4_name
             # Every header a concatenation reads implies its protocol (``ip daddr . tcp dport``).
             for each in dict.fromkeys([proto, *_all_payload_protos(s)[1:]]):
-                want = None
+                wants: list[tuple[str, int]] = []
                 if each in TRANSPORT:
-                    want = ("l4", TRANSPORT[each])
+                    wants.append(("l4", TRANSPORT[each]))
                     l4_name = each if each in PORT_PROTOS.values() else l4_name
+                    if each in ("icmp", "icmpv6"):      # ICMP is one network's: its nfproto goes too
+                        wants.append(("l3", 2 if each == "icmp" else 10))
                 elif each in ("ip", "ip6"):
-                    want = ("l3", 2 if each == "ip" else 10)
-                if want is not None and want[0] in deps:
+                    wants.append(("l3", 2 if each == "ip" else 10))
+                for want in wants:
+                    if want[0] not in deps:
+                        continue
                     dep = out[deps[want[0]]]
                     assert isinstance(dep, Match) and isinstance(dep.right, Const)
                     if dep.right.value == want[1]:
@@ -989,10 +1113,10 @@ DYNSET_SIZE = 65535                         # nft's size for a set a rule adds t
 FLAG_ORDER = ("constant", "dynamic", "interval", "timeout")
 
 
-def _made_dynamic(s: Any) -> None:
-    """A set that a rule adds to or updates becomes dynamic, and gets nft's default size (as
-    ``nft list`` shows it afterwards)."""
+def _made_dynamic(s: Any, flag: bool = True) -> None:
+    """A set that a rule adds to or updates gets the default size (as ``nft list`` shows it
+    afterwards), and (``flag``) becomes dynamic."""
     if s.size is None:
         s.size = DYNSET_SIZE
-    if "dynamic" not in s.flags:
+    if flag and "dynamic" not in s.flags:
         s.flags = sorted([*s.flags, "dynamic"], key=lambda f: FLAG_ORDER.index(f) if f in FLAG_ORDER else 9)

@@ -112,13 +112,27 @@ class Limit(Stmt):
 
     def json(self, o: Opts) -> Any:
         d: dict[str, Any] = {"rate": self.rate, "burst": self.burst, "per": self.per}
-        if self.unit is not None:
-            d = {"rate": self.rate, "rate_unit": self.unit, "burst": self.burst, "per": self.per}
-            if self.burst:
-                d["burst_unit"] = self.burst_unit
         if self.over:
             d["inv"] = True
+        if self.unit is not None:       # json.c: the units last, burst_unit even for no burst
+            d["rate_unit"] = self.unit
+            d["burst_unit"] = self.burst_unit or "bytes"
         return {"limit": d}
+
+
+UNIT_SIZE = {"bytes": 1, "kbytes": 1024, "mbytes": 1024 * 1024}
+
+
+def get_rate(n: int) -> tuple[int, str]:
+    """statement.c's get_rate: a byte count in the largest of bytes, kbytes, mbytes that divides it,
+    as nft lists every quota and byte limit the kernel holds (``1024 kbytes`` is ``1 mbytes``)."""
+    unit = "bytes"
+    for bigger in ("kbytes", "mbytes"):
+        if not n or n % 1024:
+            break
+        n //= 1024
+        unit = bigger
+    return n, unit
 
 
 @dataclass
@@ -137,10 +151,10 @@ class Quota(Stmt):
 
     def json(self, o: Opts) -> Any:
         d: dict[str, Any] = {"val": self.value, "val_unit": self.unit}
-        if self.used and not o.stateless:
-            d.update(used=self.used, used_unit=self.used_unit)
         if self.over:
             d["inv"] = True
+        if self.used and not o.stateless:
+            d.update(used=self.used, used_unit=self.used_unit)
         return {"quota": d}
 
 
@@ -156,8 +170,17 @@ class Log(Stmt):
     def text(self, o: Opts) -> str:
         return "log" + options_text([
             ('prefix "{}"', self.prefix), ("group {}", self.group), ("snaplen {}", self.snaplen),
-            ("queue-threshold {}", self.threshold), ("level {}", None if self.level == "warn" else self.level),
-            ("flags {}", ",".join(self.flags) or None)])
+            ("queue-threshold {}", self.threshold), ("level {}", None if self.level == "warn" else self.level)]) + \
+            self.flags_text()
+
+    def flags_text(self) -> str:
+        """As statement.c prints them: ``flags all``, else ``flags tcp sequence,options``, ``flags ip
+        options``, ``flags skuid``, ``flags ether``, each its own ``flags``."""
+        if self.flags == ["all"]:
+            return " flags all"
+        tcp = [f[4:] for f in self.flags if f.startswith("tcp ")]
+        out = f" flags tcp {','.join(tcp)}" if tcp else ""
+        return out + "".join(f" flags {f}" for f in self.flags if not f.startswith("tcp "))
 
     def json(self, o: Opts) -> Any:
         d: dict[str, Any] = {}
@@ -172,7 +195,7 @@ class Log(Stmt):
         if self.level is not None and self.level != "warn":
             d["level"] = self.level
         if self.flags:
-            d["flags"] = self.flags
+            d["flags"] = self.flags if len(self.flags) > 1 else self.flags[0]   # one flag: a string
         return {"log": d or None}
 
 
@@ -317,7 +340,7 @@ class SetUpdate(Stmt):
 
         inner = self.key.text(o)
         if self.timeout is not None:
-            inner += f" timeout {fmt_time(self.timeout)}"
+            inner += f" timeout {fmt_time(self.timeout, o)}"
         for s in self.stmts:
             inner += " " + s.text(o)
         return f"{self.op} @{self.set_name} {{ {inner} }}"

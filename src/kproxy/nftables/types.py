@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
@@ -93,6 +94,13 @@ class DType:
             return int(text)            # an interface index (0: none, as ``fib ... oif != 0`` writes it)
         if k in ("string", "ifindex"):
             return text
+        if k == "classid":
+            return classid_parse(text)
+        if k == "time":
+            ms = time_ms(text)
+            if ms is None or self.bits and ms >= 1 << self.bits:
+                raise TypeError_(text)
+            return ms
         syms = self.sym_by_name()
         if text in syms:
             return syms[text]
@@ -122,10 +130,14 @@ class DType:
             return str(value)
         if k in ("string", "ifindex"):
             return f'"{value}"'
-        if k == "boolean":
-            return "exists" if value else "missing"
+        if k == "boolean":        # a symbol table (exists 1, missing 0): -n prints the number
+            return str(int(value)) if numeric else "exists" if value else "missing"
         if k == "mark":
             return f"0x{value:08x}"
+        if k == "time":             # datatype.c's time_print; -n (NUMERIC_TIME): whole seconds
+            return f"{value // 1000}s" if numeric else time_text(value)
+        if k == "classid":
+            return "root" if value == 0xFFFFFFFF else "none" if value == 0 else f"{value >> 16:x}:{value & 0xFFFF:x}"
         if k == "hex":
             return f"0x{value:0{(self.bits + 3) // 4}x}" if self.bits else hex(value)
         if k == "proto":
@@ -140,8 +152,8 @@ class DType:
             for name, v in self.symbols:
                 if v == value:
                     return name
-        if k == "symbol" and self.name in ("ether_type",):
-            return f"0x{value:04x}"
+        if k == "symbol" and self.name in HEX_SYMBOLS:
+            return f"0x{value:0{HEX_SYMBOLS[self.name]}x}"
         return str(value)
 
     def bit_names(self, value: int) -> list[str]:
@@ -163,8 +175,14 @@ class DType:
                 return bits[0] if len(bits) == 1 else bits
         if k == "boolean":
             return bool(value)
+        if k == "classid":
+            return self.text(value)
+        if k == "time":
+            return value // 1000
         if k in ("ipv4", "ipv6", "ether", "proto", "string", "ifindex") or (k == "symbol" and self.symbols):
             t = self.text(value)
+            if k == "symbol" and self.name in HEX_SYMBOLS and t.startswith("0x"):
+                return value            # no symbol: JSON has the number
             return t.strip('"') if k in ("string", "ifindex") else (int(t) if t.isdigit() else t)
         if k == "bitmask":
             names = self.bit_names(value)
@@ -183,6 +201,56 @@ def _t(name: str, bits: int, kind: str, desc: str = "", **syms: int) -> DType:
     return DType(name, bits, kind, tuple((k.replace("_", "-"), v) for k, v in syms.items()), desc)
 
 
+def _strtoull(text: str, base: int) -> int:
+    """C's strtoull: the longest prefix that reads as a number (0 if none), as nft uses it unchecked."""
+    import re as _re
+
+    s = text.strip()
+    if base == 0:
+        m = _re.match(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*", s)
+        if m is None:
+            return 0
+        g = m.group()
+        return int(g, 16) if g[:2].lower() == "0x" else int(g, 8) if g.startswith("0") else int(g)
+    m = _re.match(r"(?:0[xX])?([0-9a-fA-F]+)", s)
+    return int(m.group(1), 16) if m else 0
+
+
+def classid_parse(text: str) -> int:
+    """meta.c's tchandle_type_parse: ``root``, ``none``, ``MAJOR:MINOR`` in hex, else a number."""
+    if text == "root":
+        return 0xFFFFFFFF
+    if text == "none":
+        return 0
+    if ":" in text:
+        major, _, minor = text.partition(":")
+        handle = (_strtoull(major, 16) << 16) & 0xFFFFFFFF
+        return handle if not minor else handle | (_strtoull(minor, 16) & 0xFFFFFFFF)
+    return _strtoull(text, 0) & 0xFFFFFFFF
+
+
+CLASSID = DType("classid", 32, "classid", desc="TC classid")
+CT_TIME = DType("time", 32, "time", desc="relative time")       # ct expiration: milliseconds
+
+
+def time_ms(text: str) -> int | None:
+    """``1d2h3m4s5ms`` (or a bare number of seconds) in milliseconds; None if malformed."""
+    if text.isdigit():
+        return int(text) * 1000
+    parts = re.findall(r"(\d+)(ms|d|h|m|s)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        return None
+    scale = {"d": 86400000, "h": 3600000, "m": 60000, "s": 1000, "ms": 1}
+    return sum(int(a) * scale[b] for a, b in parts)
+
+
+def time_text(ms: int) -> str:
+    out = ""
+    for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000), ("ms", 1)):
+        if ms >= size:
+            out += f"{ms // size}{unit}"
+            ms %= size
+    return out or "0s"
 INTEGER = DType("integer", 0, "int")
 IPV4 = DType("ipv4_addr", 32, "ipv4")
 IPV6 = DType("ipv6_addr", 128, "ipv6")
@@ -223,11 +291,21 @@ PKTTYPE = _t("pkt_type", 8, "symbol", host=0, unicast=0, broadcast=1, multicast=
 FIB_ADDRTYPE = _t("fib_addrtype", 32, "symbol", unspec=0, unicast=1, local=2, broadcast=3, anycast=4,
                   multicast=5, blackhole=6, unreachable=7, prohibit=8)
 NFPROTO = _t("nf_proto", 8, "symbol", ipv4=2, ipv6=10)
+# proto.c's dscp_type and ecn_type: symbols over a hexadecimal base (unnamed values print as hex)
+DSCP = DType("dscp", 6, "symbol", (("cs0", 0x00), ("cs1", 0x08), ("cs2", 0x10), ("cs3", 0x18), ("cs4", 0x20),
+                                   ("cs5", 0x28), ("cs6", 0x30), ("cs7", 0x38), ("df", 0x00), ("be", 0x00),
+                                   ("lephb", 0x01), ("af11", 0x0a), ("af12", 0x0c), ("af13", 0x0e), ("af21", 0x12),
+                                   ("af22", 0x14), ("af23", 0x16), ("af31", 0x1a), ("af32", 0x1c), ("af33", 0x1e),
+                                   ("af41", 0x22), ("af42", 0x24), ("af43", 0x26), ("va", 0x2c), ("ef", 0x2e)),
+             "Differentiated Services Code Point")
+ECN = DType("ecn", 2, "symbol", (("not-ect", 0), ("ect1", 1), ("ect0", 2), ("ce", 3)), "Explicit Congestion Notification")
+HEX_SYMBOLS = {"ether_type": 4, "dscp": 2, "ecn": 1}     # digits of a symbol type's hexadecimal base
+NUMBER_RE = re.compile(r"[0-9]+|0x[0-9a-fA-F]+")
 ETHER_TYPE = DType("ether_type", 16, "symbol", (("ip", 0x800), ("arp", 0x806), ("ip6", 0x86DD), ("8021q", 0x8100),
                                                 ("8021ad", 0x88A8), ("vlan", 0x8100)))
 
 # Types a set may be declared with (``type ipv4_addr . inet_service``).
 SET_TYPES = {t.name: t for t in (IPV4, IPV6, ETHER, SERVICE, PROTO, MARK, IFNAME, IFINDEX, VERDICT, ICMP_TYPE,
                                  ICMPV6_TYPE, CT_STATE, CT_STATUS, TCP_FLAG, PKTTYPE, UID, GID, ETHER_TYPE,
-                                 NFPROTO, FIB_ADDRTYPE, ICMP_CODE, ICMPV6_CODE)}
+                                 NFPROTO, FIB_ADDRTYPE, ICMP_CODE, ICMPV6_CODE, DSCP, ECN, CLASSID)}
 SET_TYPES["integer"] = DType("integer", 32, "int")
