@@ -1,0 +1,188 @@
+"""Upstream kube-proxy's IPVS proxier tests (pkg/proxy/ipvs/proxier_test.go) as objects on the emulated node.
+
+Upstream compares its fake IPVS (virtual servers: address, port, protocol, scheduler, flags, timeout;
+real servers: address, port, weight), its fake ipsets (set name, type, members) and the rules of its
+fake iptables. Here the same Services and EndpointSlices go through the IPVS proxier onto the emulated
+node, and the same things are read back with ``ipvsadm -Ln``, the node's ipsets and ``iptables-save``.
+Upstream's fake node has the addresses of each test's ``nodeIPs``; ours has them on eth0.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from tests.test_proxier_ipvs import endpoints, ipvsadm, members, nonempty_sets, rs, rules, service
+from tests.test_proxier_iptables import objects
+
+from kproxy.backends.emulated import EmulatedBackend
+from kproxy.ipvs.ipvsadm import run_ipvsadm
+from kproxy.node import Node
+from kproxy.proxy.config import ProxyConfig
+from kproxy.proxy.ipvs import IpvsProxier
+from kproxy.proxy.metrics import ProxyMetrics
+
+HOST = "test-hostname"
+
+
+def upstream_node(*ips: str) -> dict:
+    addrs = [f"{ip}/{24 if ':' not in ip else 64}" for ip in ips]
+    return {"name": HOST, "interfaces": [{"name": "eth0", "addresses": addrs}],
+            "routes": ["default via 100.101.102.1 dev eth0"] if any(":" not in ip for ip in ips) else []}
+
+
+def fake_proxier(*node_ips: str, family: int = 4, metrics: ProxyMetrics | None = None,
+                 **cfg: object) -> tuple[Node, IpvsProxier]:
+    """Upstream's NewFakeProxier: the node's addresses, the primary IP first, no cluster CIDR (masquerade
+    by the local-traffic detector's absence: ``src,dst``), hostname ``test-hostname``."""
+    node = Node.from_description(upstream_node(*(node_ips or ("100.101.102.103",))))
+    node.clock = 1000.0
+    node.subsystems["rng"] = random.Random(3)
+    config = ProxyConfig.from_dict({"mode": "ipvs", "hostnameOverride": HOST, **cfg})
+    ips = [ip for ip in node_ips if (":" in ip) == (family == 6)] or None
+    return node, IpvsProxier(config, EmulatedBackend(node, family), ips, family=family, metrics=metrics)
+
+
+def heads(node: Node) -> list[str]:
+    return [line for line in ipvsadm(node) if not line.startswith("  ->")]
+
+
+def servers_of(node: Node, head: str) -> list[str]:
+    lines = ipvsadm(node)
+    i = lines.index(head) + 1
+    out = []
+    while i < len(lines) and lines[i].startswith("  ->"):
+        out.append(lines[i])
+        i += 1
+    return out
+
+
+def svc(name: str, ip: str, port: int = 80, proto: str = "TCP", **spec: object) -> dict:
+    return service(name, ip, port, proto, **spec)
+
+
+def eps(name: str, *pairs: tuple[str, str], port: int = 80, proto: str = "TCP", **kw: object) -> dict:
+    return endpoints(name, *pairs, port=port, proto=proto, **kw)  # type: ignore[arg-type]
+
+
+def bound(node: Node) -> list[str]:
+    return sorted(str(a).split("/")[0] for a in node.interfaces["kube-ipvs0"].addresses)
+
+
+MASQ = "-A KUBE-NODE-PORT -p {p} -m comment --comment \"Kubernetes nodeport {P} port for masquerade purpose\" " \
+       "-m set --match-set KUBE-NODE-PORT-{P} dst -j KUBE-MARK-MASQ"
+HC_ACCEPT = ('-A KUBE-NODE-PORT -m comment --comment "Kubernetes health check node port" -m set --match-set '
+             "KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT")
+
+
+# ---- TestNodePortIPv4 ------------------------------------------------------------------------------
+def test_node_port_ipv4_tcp_with_two_endpoints():
+    """"1 service with node port, has 2 endpoints": the cluster IP and the node IP, each with both."""
+    node, p = fake_proxier("100.101.102.103")
+    v6 = eps("svc1", ("1002:ab8::2:1", "other"), family="IPv6")
+    v6["metadata"]["name"] = "svc1-y"
+    p.sync(objects(svc("svc1", "10.20.30.41", type="NodePort", nodePort=3001), eps("svc1", ("10.180.0.1", "other")), v6))
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr", rs("10.180.0.1:80"),
+                             "TCP  100.101.102.103:3001 rr", rs("10.180.0.1:80")]
+    assert members(node, "KUBE-NODE-PORT-TCP") == {"3001"}
+    assert rules(node, "nat", "KUBE-NODE-PORT") == [MASQ.format(p="tcp", P="TCP")]
+    assert rules(node, "filter", "KUBE-NODE-PORT") == [HC_ACCEPT]
+
+
+def test_node_port_ipv4_udp_with_endpoints():
+    """"1 UDP service with node port, has endpoints": KUBE-NODE-PORT-UDP holds the port."""
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.41", proto="UDP", type="NodePort", nodePort=3001),
+                   eps("svc1", ("10.180.0.1", "other"), proto="UDP")))
+    assert ipvsadm(node) == ["UDP  10.20.30.41:80 rr", rs("10.180.0.1:80"),
+                             "UDP  100.101.102.103:3001 rr", rs("10.180.0.1:80")]
+    assert nonempty_sets(node) == {"KUBE-NODE-PORT-UDP": {"3001"}, "KUBE-CLUSTER-IP": {"10.20.30.41,udp:80"},
+                                   "KUBE-IPVS-IPS": {"10.20.30.41"}}
+    assert rules(node, "nat", "KUBE-NODE-PORT") == [MASQ.format(p="udp", P="UDP")]
+
+
+def test_node_port_ipv4_without_endpoints():
+    """"service has node port but no endpoints": both virtual servers, no real servers."""
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.41", type="NodePort", nodePort=3001)))
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr", "TCP  100.101.102.103:3001 rr"]
+
+
+def test_node_port_ipv4_sctp_on_a_node_with_several_ips():
+    """"node port service with protocol sctp on a node with multiple nodeIPs": a virtual server and a
+    KUBE-NODE-PORT-SCTP-HASH member per IPv4 node address; the IPv6 ones are the other proxier's."""
+    ips = ("100.101.102.103", "100.101.102.104", "100.101.102.105", "2001:db8::1:1", "2001:db8::1:2",
+           "2001:db8::1:3")
+    node, p = fake_proxier(*ips)
+    p.sync(objects(svc("svc1", "10.20.30.41", proto="SCTP", type="NodePort", nodePort=3001),
+                   eps("svc1", ("10.180.0.1", "other"), proto="SCTP")))
+    assert ipvsadm(node) == ["SCTP 10.20.30.41:80 rr", rs("10.180.0.1:80"),
+                             "SCTP 100.101.102.103:3001 rr", rs("10.180.0.1:80"),
+                             "SCTP 100.101.102.104:3001 rr", rs("10.180.0.1:80"),
+                             "SCTP 100.101.102.105:3001 rr", rs("10.180.0.1:80")]
+    assert members(node, "KUBE-NODE-PORT-SCTP-HASH") == {f"100.101.102.{i},sctp:3001" for i in (103, 104, 105)}
+
+
+def test_node_port_ipv4_sctp_local():
+    """"node port service with protocol sctp and externalTrafficPolicy local": the node port gets the
+    local endpoint only, both SCTP sets hold the node IP, and KUBE-NODE-PORT returns before marking."""
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.41", proto="SCTP", type="NodePort", nodePort=3001,
+                       externalTrafficPolicy="Local"),
+                   eps("svc1", ("10.180.0.1", HOST), ("10.180.1.1", "otherHost"), proto="SCTP")))
+    assert ipvsadm(node) == ["SCTP 10.20.30.41:80 rr", rs("10.180.0.1:80"), rs("10.180.1.1:80"),
+                             "SCTP 100.101.102.103:3001 rr", rs("10.180.0.1:80")]
+    assert members(node, "KUBE-NODE-PORT-SCTP-HASH") == {"100.101.102.103,sctp:3001"}
+    assert members(node, "KUBE-NODE-PORT-LOCAL-SCTP-HASH") == {"100.101.102.103,sctp:3001"}
+    assert [r.split(" -j ")[1] for r in rules(node, "nat", "KUBE-NODE-PORT")] == ["RETURN", "KUBE-MARK-MASQ"]
+    assert "KUBE-NODE-PORT-LOCAL-SCTP-HASH dst,dst -j RETURN" in rules(node, "nat", "KUBE-NODE-PORT")[0]
+    assert rules(node, "filter", "KUBE-NODE-PORT") == [HC_ACCEPT]
+
+
+# ---- TestNodePortIPv6 ------------------------------------------------------------------------------
+def test_node_port_ipv6_with_endpoints_of_both_families():
+    """"1 service with node port, has 2 endpoints": the IPv6 proxier takes the IPv6 slice only."""
+    node, p = fake_proxier("100.101.102.103", "2001:db8::1:1", family=6)
+    v4 = eps("svc1", ("10.180.0.1", "other"))
+    v6 = eps("svc1", ("1002:ab8::2:10", "other"), family="IPv6")
+    v6["metadata"]["name"] = "svc1-y"
+    p.sync(objects(svc("svc1", "2020::1", type="NodePort", nodePort=3001, ipFamilies=["IPv6"]), v4, v6))
+    assert ipvsadm(node) == ["TCP  [2001:db8::1:1]:3001 rr", rs("[1002:ab8::2:10]:80"),
+                             "TCP  [2020::1]:80 rr", rs("[1002:ab8::2:10]:80")]
+    assert members(node, "KUBE-6-NODE-PORT-TCP") == {"3001"}
+
+
+def test_node_port_ipv6_proxier_ignores_an_ipv4_service():
+    """"1 UDP service with node port, has endpoints (no action on IPv6 Proxier)"."""
+    node, p = fake_proxier("100.101.102.103", family=6, nodePortAddresses=["0.0.0.0/0"])
+    p.sync(objects(svc("svc1", "10.20.30.41", proto="UDP", type="NodePort", nodePort=3001),
+                   eps("svc1", ("10.180.0.1", "other"), proto="UDP")))
+    assert ipvsadm(node) == []
+    assert nonempty_sets(node) == {}
+
+
+def test_node_port_ipv6_without_endpoints():
+    node, p = fake_proxier("100.101.102.103", "2001:db8::1:1", family=6)
+    p.sync(objects(svc("svc1", "2020::1", type="NodePort", nodePort=3001, ipFamilies=["IPv6"])))
+    assert ipvsadm(node) == ["TCP  [2001:db8::1:1]:3001 rr", "TCP  [2020::1]:80 rr"]
+
+
+def test_node_port_ipv6_sctp_on_a_node_with_several_ips():
+    node, p = fake_proxier("2001:db8::1:1", "2001:db8::1:2", family=6)
+    p.sync(objects(svc("svc1", "2020::1", proto="SCTP", type="NodePort", nodePort=3001, ipFamilies=["IPv6"]),
+                   eps("svc1", ("2001::1", "other"), proto="SCTP", family="IPv6")))
+    assert ipvsadm(node) == ["SCTP [2001:db8::1:1]:3001 rr", rs("[2001::1]:80"),
+                             "SCTP [2001:db8::1:2]:3001 rr", rs("[2001::1]:80"),
+                             "SCTP [2020::1]:80 rr", rs("[2001::1]:80")]
+    assert members(node, "KUBE-6-NODE-PORT-SCTP-HASH") == {"2001:db8::1:1,sctp:3001", "2001:db8::1:2,sctp:3001"}
+
+
+def test_node_port_ipv6_sctp_local():
+    node, p = fake_proxier("2001:db8::1:1", family=6)
+    p.sync(objects(svc("svc1", "2020::1", proto="SCTP", type="NodePort", nodePort=3001, ipFamilies=["IPv6"],
+                       externalTrafficPolicy="Local"),
+                   eps("svc1", ("2001::1", HOST), ("2001::2", "otherHost"), proto="SCTP", family="IPv6")))
+    assert ipvsadm(node) == ["SCTP [2001:db8::1:1]:3001 rr", rs("[2001::1]:80"),
+                             "SCTP [2020::1]:80 rr", rs("[2001::1]:80"), rs("[2001::2]:80")]
+    # KUBE-6- plus the name, cut to ipset's 31 characters (upstream's NewIPSet)
+    assert members(node, "KUBE-6-NODE-PORT-LOCAL-SCTP-HAS") == {"2001:db8::1:1,sctp:3001"}
