@@ -186,3 +186,131 @@ def test_node_port_ipv6_sctp_local():
                              "SCTP [2020::1]:80 rr", rs("[2001::1]:80"), rs("[2001::2]:80")]
     # KUBE-6- plus the name, cut to ipset's 31 characters (upstream's NewIPSet)
     assert members(node, "KUBE-6-NODE-PORT-LOCAL-SCTP-HAS") == {"2001:db8::1:1,sctp:3001"}
+
+
+# ---- TestIPv4Proxier / TestIPv6Proxier ---------------------------------------------------------------
+def test_ipv4_proxier_cluster_ip_with_and_without_endpoints():
+    """TestIPv4Proxier "2 services with Cluster IP, each with endpoints" and "cluster IP service with no
+    endpoints": one virtual server per service port; an IPv6 slice of the same Service is ignored."""
+    node, p = fake_proxier("100.101.102.103")
+    v6 = eps("svc2", ("1009:ab8::5:6", "other"), family="IPv6")
+    v6["metadata"]["name"] = "svc2-y"
+    p.sync(objects(svc("svc1", "10.20.30.41"), eps("svc1", ("10.180.0.1", "other")),
+                   svc("svc2", "1002:ab8::2:1", port=8080, ipFamilies=["IPv6"]), v6,
+                   svc("svc3", "10.20.30.43")))
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr", rs("10.180.0.1:80"), "TCP  10.20.30.43:80 rr"]
+    assert bound(node) == ["10.20.30.41", "10.20.30.43"]
+
+
+def test_ipv6_proxier_cluster_ip_with_and_without_endpoints():
+    node, p = fake_proxier("2001:db8::1:1", family=6)
+    v6 = eps("svc2", ("1009:ab8::5:6", "other"), port=8080, family="IPv6")
+    p.sync(objects(svc("svc1", "10.20.30.41"), eps("svc1", ("10.180.0.1", "other")),
+                   svc("svc2", "1002:ab8::2:1", port=8080, ipFamilies=["IPv6"]), v6,
+                   svc("svc3", "2001::1", ipFamilies=["IPv6"])))
+    assert ipvsadm(node) == ["TCP  [1002:ab8::2:1]:8080 rr", rs("[1009:ab8::5:6]:8080"), "TCP  [2001::1]:80 rr"]
+
+
+# ---- TestMasqueradeRule -----------------------------------------------------------------------------
+@pytest.mark.parametrize("masquerade_all", [False, True])
+def test_masquerade_rule(masquerade_all):
+    """KUBE-POSTROUTING returns unmarked packets, clears the mark and masquerades; KUBE-MARK-MASQ sets it."""
+    node, p = fake_proxier("100.101.102.103", iptables={"masqueradeAll": masquerade_all})
+    p.sync(objects(svc("svc1", "10.20.30.41"), eps("svc1", ("10.180.0.1", "other"))))
+    assert rules(node, "nat", "KUBE-POSTROUTING") == [
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE '
+        "--random-fully"]
+    assert rules(node, "nat", "KUBE-MARK-MASQ") == ["-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"]
+    head = ('-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" '
+            "-m set --match-set KUBE-CLUSTER-IP")
+    # No cluster CIDR and no detector: upstream's "src,dst" match (the pod asks its own service).
+    want = f"{head} dst,dst -j KUBE-MARK-MASQ" if masquerade_all else f"{head} src,dst -j KUBE-MARK-MASQ"
+    assert rules(node, "nat", "KUBE-SERVICES")[1] == want
+
+
+# ---- TestExternalIPsNoEndpoint / TestExternalIPs / TestOnlyLocalExternalIPs ---------------------------
+def test_external_ips_without_endpoints():
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.41", type="NodePort", nodePort=3001, externalIPs=["50.60.70.81"])))
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr", "TCP  100.101.102.103:3001 rr", "TCP  50.60.70.81:80 rr"]
+    assert members(node, "KUBE-EXTERNAL-IP") == {"50.60.70.81,tcp:80"}
+
+
+def test_external_ips_with_endpoints():
+    """TestExternalIPs: each external IP (an IPv6 one is the other proxier's) has both endpoints."""
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.41", type="NodePort", nodePort=3001,
+                       externalIPs=["50.60.70.81", "2012::51", "127.0.0.1"]),
+                   eps("svc1", ("10.180.0.1", "other"), ("10.180.1.1", HOST))))
+    both = [rs("10.180.0.1:80"), rs("10.180.1.1:80")]
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr", *both, "TCP  100.101.102.103:3001 rr", *both,
+                             "TCP  127.0.0.1:80 rr", *both, "TCP  50.60.70.81:80 rr", *both]
+    assert members(node, "KUBE-EXTERNAL-IP") == {"50.60.70.81,tcp:80", "127.0.0.1,tcp:80"}
+
+
+def test_only_local_external_ips():
+    """TestOnlyLocalExternalIPs: the external IPs get the local endpoint only, in KUBE-EXTERNAL-IP-LOCAL."""
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.41", type="NodePort", nodePort=3001, externalTrafficPolicy="Local",
+                       externalIPs=["50.60.70.81", "2012::51", "127.0.0.1"]),
+                   eps("svc1", ("10.180.0.1", "other"), ("10.180.1.1", HOST))))
+    assert servers_of(node, "TCP  50.60.70.81:80 rr") == [rs("10.180.1.1:80")]
+    assert servers_of(node, "TCP  127.0.0.1:80 rr") == [rs("10.180.1.1:80")]
+    assert servers_of(node, "TCP  10.20.30.41:80 rr") == [rs("10.180.0.1:80"), rs("10.180.1.1:80")]
+    assert members(node, "KUBE-EXTERNAL-IP-LOCAL") == {"50.60.70.81,tcp:80", "127.0.0.1,tcp:80"}
+    assert "KUBE-EXTERNAL-IP" not in nonempty_sets(node)
+    head = ('-A KUBE-SERVICES -m comment --comment "Kubernetes service external ip + port with '
+            'externalTrafficPolicy=local" -m set --match-set KUBE-EXTERNAL-IP-LOCAL dst,dst')
+    nat = rules(node, "nat", "KUBE-SERVICES")
+    assert f"{head} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT" in nat
+    assert f"{head} -m addrtype --dst-type LOCAL -j ACCEPT" in nat
+    assert not any("KUBE-EXTERNAL-IP-LOCAL" in r and "KUBE-MARK-MASQ" in r for r in nat)
+
+
+# ---- TestLoadBalancer / TestOnlyLocalNodePorts / TestHealthCheckNodePort -----------------------------
+def test_load_balancer():
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.41", type="LoadBalancer", nodePort=3001, lb="1.2.3.4"),
+                   eps("svc1", ("10.180.0.1", "other"))))
+    assert heads(node) == ["TCP  1.2.3.4:80 rr", "TCP  10.20.30.41:80 rr", "TCP  100.101.102.103:3001 rr"]
+    assert members(node, "KUBE-LOAD-BALANCER") == {"1.2.3.4,tcp:80"}
+    assert members(node, "KUBE-NODE-PORT-TCP") == {"3001"}
+    nat = rules(node, "nat", "KUBE-SERVICES")
+    assert ('-A KUBE-SERVICES -m comment --comment "Kubernetes service lb portal" -m set --match-set '
+            "KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER") in nat
+    assert rules(node, "nat", "KUBE-LOAD-BALANCER") == ["-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ"]
+    assert rules(node, "nat", "KUBE-NODE-PORT") == [MASQ.format(p="tcp", P="TCP")]
+
+
+def test_only_local_node_ports():
+    """TestOnlyLocalNodePorts: the node port on the IPv4 node IP has the local endpoint only; both
+    node-port sets hold it; KUBE-NODE-PORT returns for the local set, marks the rest, accepts health checks."""
+    node, p = fake_proxier("100.101.102.103", "2001:db8::1:1")
+    p.sync(objects(svc("svc1", "10.20.30.41", type="NodePort", nodePort=3001, externalTrafficPolicy="Local"),
+                   eps("svc1", ("10.180.0.1", "other"), ("10.180.1.1", HOST))))
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr", rs("10.180.0.1:80"), rs("10.180.1.1:80"),
+                             "TCP  100.101.102.103:3001 rr", rs("10.180.1.1:80")]
+    assert members(node, "KUBE-NODE-PORT-TCP") == {"3001"}
+    assert members(node, "KUBE-NODE-PORT-LOCAL-TCP") == {"3001"}
+    assert [r.rsplit(" -j ", 1)[1] for r in rules(node, "nat", "KUBE-NODE-PORT")] == ["RETURN", "KUBE-MARK-MASQ"]
+    assert rules(node, "filter", "KUBE-NODE-PORT") == [HC_ACCEPT]
+
+
+def test_health_check_node_port():
+    """TestHealthCheckNodePort: the health check node ports of Local load balancers in the set; a
+    Cluster one's is not, nor a NodePort's (upstream's NeedsHealthCheck: LoadBalancer type only)."""
+    node, p = fake_proxier("100.101.102.103", "2001:db8::1", nodePortAddresses=["100.101.102.0/24"])
+    p.sync(objects(
+        svc("svc1", "10.20.30.41", type="LoadBalancer", nodePort=3001, lb="1.2.3.4", externalTrafficPolicy="Local",
+            healthCheckNodePort=30000),
+        svc("svc2", "10.20.30.42", proto="UDP", type="LoadBalancer", nodePort=3002, lb="1.2.3.5",
+            externalTrafficPolicy="Local", healthCheckNodePort=30001),
+        svc("svc3", "10.20.30.43", type="NodePort", nodePort=3003, externalTrafficPolicy="Local",
+            healthCheckNodePort=30002),
+        svc("svc4", "10.20.30.44", type="LoadBalancer", nodePort=3004, healthCheckNodePort=30003)))
+    assert members(node, "KUBE-HEALTH-CHECK-NODE-PORT") == {"30000", "30001"}
+    assert [r.rsplit(" -j ", 1)[1] for r in rules(node, "nat", "KUBE-NODE-PORT")] == [
+        "RETURN", "KUBE-MARK-MASQ", "RETURN", "KUBE-MARK-MASQ"]
+    assert rules(node, "filter", "KUBE-NODE-PORT") == [HC_ACCEPT]
