@@ -314,3 +314,112 @@ def test_health_check_node_port():
     assert [r.rsplit(" -j ", 1)[1] for r in rules(node, "nat", "KUBE-NODE-PORT")] == [
         "RETURN", "KUBE-MARK-MASQ", "RETURN", "KUBE-MARK-MASQ"]
     assert rules(node, "filter", "KUBE-NODE-PORT") == [HC_ACCEPT]
+
+
+# ---- TestAcceptIPVSTraffic / TestBuildServiceMap* -----------------------------------------------------
+def test_accept_ipvs_traffic():
+    """KUBE-SERVICES for a ClusterIP Service with an external IP, a LoadBalancer and a NodePort, in
+    upstream's order of jumps and set matches."""
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.40", externalIPs=["5.6.7.8"]), eps("svc1", ("10.180.0.1", "other")),
+                   svc("svc2", "10.20.30.41", type="LoadBalancer", nodePort=80, lb="1.2.3.4"),
+                   eps("svc2", ("10.180.0.2", "other")),
+                   svc("svc3", "10.20.30.42", type="NodePort", nodePort=80), eps("svc3", ("10.180.0.3", "other"))))
+    got = []
+    for r in rules(node, "nat", "KUBE-SERVICES"):
+        sets = r.split("--match-set ")[1].split()[0] if "--match-set" in r else ""
+        got.append((r.rsplit(" -j ", 1)[1], sets))
+    assert got == [("RETURN", ""), ("KUBE-LOAD-BALANCER", "KUBE-LOAD-BALANCER"), ("KUBE-MARK-MASQ", "KUBE-CLUSTER-IP"),
+                   ("KUBE-MARK-MASQ", "KUBE-EXTERNAL-IP"), ("ACCEPT", "KUBE-EXTERNAL-IP"),
+                   ("ACCEPT", "KUBE-EXTERNAL-IP"), ("KUBE-NODE-PORT", ""), ("ACCEPT", "KUBE-CLUSTER-IP"),
+                   ("ACCEPT", "KUBE-LOAD-BALANCER")]
+
+
+def test_headless_and_external_name_services_are_ignored():
+    """TestBuildServiceMapServiceHeadless / ...TypeExternalName: no virtual server, no set member."""
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("headless", "None", proto="UDP"), svc("headless-sctp", "None", proto="SCTP"),
+                   svc("external-name", "172.16.55.4", type="ExternalName", externalName="foo2.bar.com")))
+    assert ipvsadm(node) == [] and nonempty_sets(node) == {} and bound(node) == []
+
+
+def test_build_service_map_add_remove():
+    """TestBuildServiceMapAddRemove as the dataplane sees it: four Services with 12 ports, then one port
+    of one Service left; the health check node port only for the Local load balancer."""
+    def ports(*specs: tuple[str, str, int, int]) -> list[dict]:
+        return [{"name": n, "protocol": pr, "port": po, "nodePort": np, "targetPort": po} for n, pr, po, np in specs]
+    lb = {"loadBalancer": {"ingress": [{"ip": "10.1.2.4"}]}}
+    docs = [
+        {"kind": "Service", "metadata": {"name": "cluster-ip", "namespace": "somewhere-else"},
+         "spec": {"clusterIP": "172.16.55.4", "ports": [{k: v for k, v in p_.items() if k != "nodePort"} for p_ in ports(
+             ("something", "UDP", 1234, 4321), ("somethingelse", "UDP", 1235, 5321), ("somesctp", "SCTP", 1236, 6321))]}},
+        {"kind": "Service", "metadata": {"name": "node-port", "namespace": "somewhere-else"},
+         "spec": {"type": "NodePort", "clusterIP": "172.16.55.10", "ports": ports(
+             ("blahblah", "UDP", 345, 678), ("moreblahblah", "TCP", 344, 677), ("sctpblah", "SCTP", 343, 676))}},
+        {"kind": "Service", "metadata": {"name": "load-balancer", "namespace": "somewhere"},
+         "spec": {"type": "LoadBalancer", "clusterIP": "172.16.55.11", "ports": ports(
+             ("foobar", "UDP", 8675, 30061), ("baz", "UDP", 8676, 30062), ("sctpfoo", "SCTP", 8677, 30063))},
+         "status": lb},
+        {"kind": "Service", "metadata": {"name": "only-local-load-balancer", "namespace": "somewhere"},
+         "spec": {"type": "LoadBalancer", "clusterIP": "172.16.55.12", "externalTrafficPolicy": "Local",
+                  "healthCheckNodePort": 345, "ports": ports(
+                      ("foobar2", "UDP", 8677, 30063), ("baz", "UDP", 8678, 30064), ("sctpbaz", "SCTP", 8679, 30065))},
+         "status": {"loadBalancer": {"ingress": [{"ip": "10.1.2.3"}]}}},
+    ]
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(*docs))
+    cluster = {r for r in heads(node) if r.split()[1].startswith("172.16.55.")}
+    assert len(cluster) == 12
+    assert members(node, "KUBE-HEALTH-CHECK-NODE-PORT") == {"345"}
+    one = {**docs[0], "spec": {**docs[0]["spec"], "ports": [docs[0]["spec"]["ports"][1]]}}
+    p.sync(objects(one))
+    assert heads(node) == ["UDP  172.16.55.4:1235 rr"]
+    assert nonempty_sets(node) == {"KUBE-CLUSTER-IP": {"172.16.55.4,udp:1235"}, "KUBE-IPVS-IPS": {"172.16.55.4"}}
+
+
+def test_build_service_map_service_update():
+    """TestBuildServiceMapServiceUpdate: ClusterIP -> Local LoadBalancer -> ClusterIP; the health check
+    port and the load-balancer virtual servers come and go."""
+    def doc(lb: bool) -> dict:
+        d = svc("some-service", "172.16.55.4", port=1234, proto="UDP")
+        d["spec"]["ports"].append({"name": "somethingelse", "protocol": "TCP", "port": 1235, "targetPort": 1235})
+        if lb:
+            d["spec"].update(type="LoadBalancer", externalTrafficPolicy="Local", healthCheckNodePort=345)
+            d["spec"]["ports"][0]["nodePort"], d["spec"]["ports"][1]["nodePort"] = 7002, 7003
+            d["status"] = {"loadBalancer": {"ingress": [{"ip": "10.1.2.3"}]}}
+        return d
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(doc(False)))
+    assert heads(node) == ["TCP  172.16.55.4:1235 rr", "UDP  172.16.55.4:1234 rr"]
+    assert "KUBE-HEALTH-CHECK-NODE-PORT" not in nonempty_sets(node)
+    for _ in range(2):
+        p.sync(objects(doc(True)))
+        assert heads(node) == ["TCP  10.1.2.3:1235 rr", "TCP  100.101.102.103:7003 rr", "TCP  172.16.55.4:1235 rr",
+                               "UDP  10.1.2.3:1234 rr", "UDP  100.101.102.103:7002 rr", "UDP  172.16.55.4:1234 rr"]
+        assert members(node, "KUBE-HEALTH-CHECK-NODE-PORT") == {"345"}
+    p.sync(objects(doc(False)))
+    assert heads(node) == ["TCP  172.16.55.4:1235 rr", "UDP  172.16.55.4:1234 rr"]
+    assert "KUBE-HEALTH-CHECK-NODE-PORT" not in nonempty_sets(node) and bound(node) == ["172.16.55.4"]
+
+
+# ---- TestSessionAffinity / Test_syncService ----------------------------------------------------------
+def test_session_affinity_timeout_on_every_virtual_server():
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.41", type="NodePort", nodePort=3001, externalIPs=["50.60.70.81"],
+                       sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}})))
+    assert heads(node) == ["TCP  10.20.30.41:80 rr persistent 10800", "TCP  100.101.102.103:3001 rr persistent 10800",
+                           "TCP  50.60.70.81:80 rr persistent 10800"]
+
+
+def test_sync_service_updates_flags_and_scheduler_of_an_existing_virtual_server():
+    """Test_syncService: an existing virtual server with other flags or another scheduler is updated in
+    place (its real servers stay); an equal one is left alone."""
+    node, p = fake_proxier("100.101.102.103")
+    for line in ("-A -t 1.2.3.4:8080 -s rr", "-a -t 1.2.3.4:8080 -r 10.180.0.9:80 -m -w 1",
+                 "-A -u 10.20.30.53:53 -s wlc"):
+        assert run_ipvsadm(line.split(), node.ipvs, node.now())[0] == 0
+    p.sync(objects(svc("bar", "1.2.3.4", port=8080, sessionAffinity="ClientIP"),
+                   eps("bar", ("10.180.0.9", "other"), port=80),
+                   svc("baz", "10.20.30.53", port=53, proto="UDP")))
+    assert ipvsadm(node) == ["TCP  1.2.3.4:8080 rr persistent 10800", rs("10.180.0.9:80"), "UDP  10.20.30.53:53 rr"]
+    assert bound(node) == ["1.2.3.4", "10.20.30.53"]
