@@ -423,3 +423,101 @@ def test_sync_service_updates_flags_and_scheduler_of_an_existing_virtual_server(
                    svc("baz", "10.20.30.53", port=53, proto="UDP")))
     assert ipvsadm(node) == ["TCP  1.2.3.4:8080 rr persistent 10800", rs("10.180.0.9:80"), "UDP  10.20.30.53:53 rr"]
     assert bound(node) == ["1.2.3.4", "10.20.30.53"]
+
+
+# ---- cleanLegacyService ------------------------------------------------------------------------------
+def add_virtual_servers(node: Node, *lines: str) -> None:
+    for line in lines:
+        assert run_ipvsadm(line.split(), node.ipvs, node.now())[0] == 0, line
+
+
+def test_clean_legacy_service_keeps_the_exclude_cidrs():
+    """TestCleanLegacyService: of six virtual servers, the two a Service asks for stay, the two in
+    excludeCIDRs (another party's) stay, the others go, whoever made them."""
+    node, p = fake_proxier("100.101.102.103", ipvs={"excludeCIDRs": ["3.3.3.0/24", "4.4.4.0/24"]})
+    add_virtual_servers(node, *(f"-A -u {ip}:{port} -s rr" for ip, port in (
+        ("1.1.1.1", 53), ("2.2.2.2", 54), ("3.3.3.3", 55), ("4.4.4.4", 56), ("5.5.5.5", 57), ("6.6.6.6", 58))))
+    p.sync(objects(svc("ipvs0", "1.1.1.1", port=53, proto="UDP"), svc("ipvs1", "2.2.2.2", port=54, proto="UDP")))
+    assert heads(node) == ["UDP  1.1.1.1:53 rr", "UDP  2.2.2.2:54 rr", "UDP  3.3.3.3:55 rr", "UDP  4.4.4.4:56 rr"]
+
+
+def test_clean_legacy_service_ipv6():
+    """TestCleanLegacyService6 (and the IPv6 proxier leaves IPv4 virtual servers to the other one)."""
+    node, p = fake_proxier("2001:db8::1:1", family=6, ipvs={"excludeCIDRs": ["3000::/64", "4000::/64"]})
+    add_virtual_servers(node, *(f"-A -u [{ip}]:{port} -s rr" for ip, port in (
+        ("1000::1", 53), ("1000::2", 54), ("3000::1", 55), ("4000::1", 56), ("5000::1", 57), ("1000::6", 58))),
+        "-A -u 6.6.6.6:58 -s rr")
+    p.sync(objects(svc("ipvs0", "1000::1", port=53, proto="UDP", ipFamilies=["IPv6"]),
+                   svc("ipvs1", "1000::2", port=54, proto="UDP", ipFamilies=["IPv6"])))
+    assert heads(node) == ["UDP  6.6.6.6:58 rr", "UDP  [1000::1]:53 rr", "UDP  [1000::2]:54 rr",
+                           "UDP  [3000::1]:55 rr", "UDP  [4000::1]:56 rr"]
+
+
+def test_clean_legacy_service_with_real_servers():
+    """TestCleanLegacyServiceWithRealServers: a stale virtual server goes with its real servers, and its
+    address is unbound from kube-ipvs0."""
+    node, p = fake_proxier("100.101.102.103")
+    keep = svc("ipvs2", "3.3.3.3", port=54, proto="UDP")
+    p.sync(objects(svc("ipvs0", "1.1.1.1", port=53, proto="UDP"), eps("ipvs0", ("10.180.0.1", "other"), port=53,
+                                                                       proto="UDP"),
+                   svc("ipvs1", "2.2.2.2", port=54, proto="UDP"), keep))
+    assert bound(node) == ["1.1.1.1", "2.2.2.2", "3.3.3.3"]
+    p.sync(objects(keep))
+    assert ipvsadm(node) == ["UDP  3.3.3.3:54 rr"]
+    assert bound(node) == ["3.3.3.3"]
+
+
+def test_clean_legacy_real_servers_exclude_cidrs():
+    """TestCleanLegacyRealServersExcludeCIDRs: a virtual server in excludeCIDRs keeps its real servers,
+    even with its address on kube-ipvs0."""
+    node, p = fake_proxier("100.101.102.103", ipvs={"excludeCIDRs": ["4.4.4.4/32"]})
+    add_virtual_servers(node, "-A -u 4.4.4.4:56 -s rr", "-a -u 4.4.4.4:56 -r 10.10.10.10:56 -m -w 1",
+                        "-a -u 4.4.4.4:56 -r 11.11.11.11:56 -m -w 1")
+    p.sync(objects())
+    p.check_graceful()
+    assert ipvsadm(node) == ["UDP  4.4.4.4:56 rr", rs("10.10.10.10:56"), rs("11.11.11.11:56")]
+
+
+# ---- TestMultiPortServiceBindAddr --------------------------------------------------------------------
+def test_multi_port_service_binds_its_address_once():
+    def doc(*ports: tuple[str, str, int]) -> dict:
+        return {"kind": "Service", "metadata": {"name": "svc1", "namespace": "ns1"},
+                "spec": {"clusterIP": "172.16.55.4", "ports": [{"name": n, "protocol": pr, "port": po}
+                                                                for n, pr, po in ports]}}
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(doc(("port1", "TCP", 1234), ("port2", "TCP", 1235))))
+    assert bound(node) == ["172.16.55.4"]
+    p.sync(objects(doc(("port1", "TCP", 1234))))
+    assert bound(node) == ["172.16.55.4"] and heads(node) == ["TCP  172.16.55.4:1234 rr"]
+    p.sync(objects(doc(("port1", "TCP", 1234), ("port2", "TCP", 1235), ("port3", "UDP", 1236))))
+    assert bound(node) == ["172.16.55.4"] and len(heads(node)) == 3
+    p.sync(objects())
+    assert bound(node) == [] and heads(node) == []
+
+
+# ---- TestEndpointSliceE2E / TestHealthCheckNodePortE2E -----------------------------------------------
+def test_endpoint_slice_e2e():
+    """Three ready endpoints (one local) and a not-ready one: three real servers, the local one in
+    KUBE-LOOP-BACK; with the slice gone, no real server and no member."""
+    node, p = fake_proxier("100.101.102.103")
+    s = svc("svc1", "172.20.1.1")
+    slice_ = eps("svc1", ("10.0.1.1", HOST), ("10.0.1.2", "node2"), ("10.0.1.3", "node3"))
+    slice_["endpoints"].append({"addresses": ["10.0.1.4"], "nodeName": "node3", "conditions": {"ready": False}})
+    p.sync(objects(s, slice_))
+    assert members(node, "KUBE-LOOP-BACK") == {"10.0.1.1,tcp:80,10.0.1.1"}
+    assert ipvsadm(node) == ["TCP  172.20.1.1:80 rr", rs("10.0.1.1:80"), rs("10.0.1.2:80"), rs("10.0.1.3:80")]
+    p.sync(objects(s))
+    assert members(node, "KUBE-LOOP-BACK") == set()
+    assert ipvsadm(node) == ["TCP  172.20.1.1:80 rr"]
+
+
+def test_health_check_node_port_e2e():
+    node, p = fake_proxier("100.101.102.103")
+    s = svc("svc1", "172.20.1.1", type="LoadBalancer", healthCheckNodePort=30000, externalTrafficPolicy="Local")
+    p.sync(objects(s))
+    assert members(node, "KUBE-HEALTH-CHECK-NODE-PORT") == {"30000"}
+    s["spec"]["healthCheckNodePort"] = 30001
+    p.sync(objects(s))
+    assert members(node, "KUBE-HEALTH-CHECK-NODE-PORT") == {"30001"}
+    p.sync(objects())
+    assert members(node, "KUBE-HEALTH-CHECK-NODE-PORT") == set()
