@@ -521,3 +521,164 @@ def test_health_check_node_port_e2e():
     assert members(node, "KUBE-HEALTH-CHECK-NODE-PORT") == {"30001"}
     p.sync(objects())
     assert members(node, "KUBE-HEALTH-CHECK-NODE-PORT") == set()
+
+
+# ---- TestTestInternalTrafficPolicyE2E ----------------------------------------------------------------
+@pytest.mark.parametrize("policy,nodes,loopback,servers", [
+    ("Cluster", (HOST, "node1", "node2"), 1, ["10.0.1.1:80", "10.0.1.2:80", "10.0.1.3:80"]),
+    ("Cluster", ("node0", "node1", "node2"), 0, ["10.0.1.1:80", "10.0.1.2:80", "10.0.1.3:80"]),
+    ("Local", (HOST, "node1", "node2"), 1, ["10.0.1.1:80"]),
+    ("Local", ("node0", "node1", "node2"), 0, []),
+])
+def test_internal_traffic_policy_e2e(policy, nodes, loopback, servers):
+    node, p = fake_proxier("100.101.102.103")
+    s = svc("svc1", "172.20.1.1", internalTrafficPolicy=policy)
+    p.sync(objects(s, eps("svc1", *zip(("10.0.1.1", "10.0.1.2", "10.0.1.3"), nodes))))
+    assert len(members(node, "KUBE-LOOP-BACK")) == loopback
+    assert ipvsadm(node) == ["TCP  172.20.1.1:80 rr", *(rs(x) for x in servers)]
+    p.sync(objects(s))
+    assert members(node, "KUBE-LOOP-BACK") == set() and ipvsadm(node) == ["TCP  172.20.1.1:80 rr"]
+
+
+# ---- Test_EndpointSlice{Ready,Only}{AndTerminating}{Cluster,Local} -----------------------------------
+READY = {"ready": True, "serving": True, "terminating": False}
+SERVING_TERMINATING = {"ready": False, "serving": True, "terminating": True}
+NOT_SERVING = {"ready": False, "serving": False, "terminating": True}
+
+
+def slice_of(*entries: tuple[str, str, dict]) -> dict:
+    d = eps("svc1")
+    d["endpoints"] = [{"addresses": [ip], "nodeName": n, "conditions": c} for ip, n, c in entries]
+    return d
+
+
+def terminating_case(etp: str, entries: list[tuple[str, str, dict]]) -> tuple[Node, IpvsProxier, dict]:
+    node, p = fake_proxier("100.101.102.103")
+    s = svc("svc1", "172.20.1.1", type="NodePort", nodePort=30080, externalTrafficPolicy=etp,
+            internalTrafficPolicy="Cluster", externalIPs=["1.2.3.4"])
+    p.sync(objects(s, slice_of(*entries)))
+    return node, p, s
+
+
+def test_ready_and_terminating_cluster():
+    """Test_EndpointSliceReadyAndTerminatingCluster: the ready endpoints only; KUBE-LOOP-BACK holds every
+    local endpoint, ready or not (upstream walks the whole endpoints map)."""
+    node, p, s = terminating_case("Cluster", [
+        ("10.0.1.1", HOST, READY), ("10.0.1.2", HOST, READY), ("10.0.1.3", HOST, SERVING_TERMINATING),
+        ("10.0.1.4", HOST, NOT_SERVING), ("10.0.1.5", "another-node", READY)])
+    assert members(node, "KUBE-LOOP-BACK") == {f"10.0.1.{i},tcp:80,10.0.1.{i}" for i in (1, 2, 3, 4)}
+    want = [rs("10.0.1.1:80"), rs("10.0.1.2:80"), rs("10.0.1.5:80")]
+    assert servers_of(node, "TCP  172.20.1.1:80 rr") == want and servers_of(node, "TCP  1.2.3.4:80 rr") == want
+    p.sync(objects(s))
+    assert members(node, "KUBE-LOOP-BACK") == set()
+    assert servers_of(node, "TCP  172.20.1.1:80 rr") == [] and servers_of(node, "TCP  1.2.3.4:80 rr") == []
+
+
+def test_ready_and_terminating_local():
+    """Test_EndpointSliceReadyAndTerminatingLocal: the external IP gets the local ready endpoints."""
+    node, p, s = terminating_case("Local", [
+        ("10.0.1.1", HOST, READY), ("10.0.1.2", HOST, READY), ("10.0.1.3", HOST, SERVING_TERMINATING),
+        ("10.0.1.4", HOST, NOT_SERVING), ("10.0.1.5", "another-node", READY)])
+    assert len(members(node, "KUBE-LOOP-BACK")) == 4
+    assert servers_of(node, "TCP  172.20.1.1:80 rr") == [rs("10.0.1.1:80"), rs("10.0.1.2:80"), rs("10.0.1.5:80")]
+    assert servers_of(node, "TCP  1.2.3.4:80 rr") == [rs("10.0.1.1:80"), rs("10.0.1.2:80")]
+
+
+def test_only_terminating_cluster():
+    """Test_EndpointSliceOnlyReadyAndTerminatingCluster: no ready endpoint anywhere, so the serving
+    terminating ones (of any node) are used."""
+    node, p, s = terminating_case("Cluster", [
+        ("10.0.1.1", HOST, SERVING_TERMINATING), ("10.0.1.2", HOST, SERVING_TERMINATING),
+        ("10.0.1.3", HOST, NOT_SERVING), ("10.0.1.4", "another-node", SERVING_TERMINATING),
+        ("10.0.1.5", "another-node", NOT_SERVING)])
+    assert len(members(node, "KUBE-LOOP-BACK")) == 3
+    want = [rs("10.0.1.1:80"), rs("10.0.1.2:80"), rs("10.0.1.4:80")]
+    assert servers_of(node, "TCP  172.20.1.1:80 rr") == want and servers_of(node, "TCP  1.2.3.4:80 rr") == want
+
+
+def test_only_terminating_local():
+    """Test_EndpointSliceOnlyReadyAndTerminatingLocal: a remote ready endpoint serves the cluster IP; the
+    external IP gets the local serving terminating ones."""
+    node, p, s = terminating_case("Local", [
+        ("10.0.1.1", HOST, SERVING_TERMINATING), ("10.0.1.2", HOST, SERVING_TERMINATING),
+        ("10.0.1.3", HOST, NOT_SERVING), ("10.0.1.4", "another-node", NOT_SERVING),
+        ("10.0.1.5", "another-node", READY)])
+    assert servers_of(node, "TCP  172.20.1.1:80 rr") == [rs("10.0.1.5:80")]
+    assert servers_of(node, "TCP  1.2.3.4:80 rr") == [rs("10.0.1.1:80"), rs("10.0.1.2:80")]
+
+
+# ---- TestNoEndpointsMetric ---------------------------------------------------------------------------
+@pytest.mark.parametrize("itp,etp,nodes,internal,external", [
+    ("Local", "", (HOST, "node1", "node2"), 0, 0),
+    ("", "Local", (HOST, "node1", "node2"), 0, 0),
+    ("Local", "Local", (HOST, "node1", "node2"), 0, 0),
+    ("Local", "", ("node0", "node1", "node2"), 1, 0),
+    ("", "Local", ("node0", "node1", "node2"), 0, 1),
+    ("Local", "Local", ("node0", "node1", "node2"), 1, 1),
+    ("Local", "Local", (), 0, 0),
+])
+def test_no_endpoints_metric(itp, etp, nodes, internal, external):
+    metrics = ProxyMetrics()
+    node, p = fake_proxier("10.0.0.1", metrics=metrics)
+    spec: dict = {"nodePort": 30000}
+    if itp:
+        spec["internalTrafficPolicy"] = itp
+    if etp:
+        spec.update(type="NodePort", externalTrafficPolicy=etp)
+    p.sync(objects(svc("svc1", "172.20.1.1", **spec), eps("svc1", *zip(("10.0.1.1", "10.0.1.2", "10.0.1.3"), nodes))))
+    text = metrics.text().decode()
+    for policy, want in (("internal", internal), ("external", external)):
+        assert ('kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="%s"} %d.0'
+                % (policy, want)) in text, policy
+
+
+# ---- TestLoadBalancerIngressRouteTypeProxy -----------------------------------------------------------
+@pytest.mark.parametrize("ip_mode,servers", [("Proxy", 1), ("VIP", 2), (None, 2)])
+def test_load_balancer_ingress_ip_mode_proxy(ip_mode, servers):
+    """An ingress IP with ipMode Proxy gets no virtual server (LoadBalancerIPMode is on by default)."""
+    node, p = fake_proxier("100.101.102.103", nodePortAddresses=["192.0.2.0/24"])   # no node-port servers
+    ingress: dict = {"ip": "1.2.3.4"}
+    if ip_mode:
+        ingress["ipMode"] = ip_mode
+    s = svc("svc1", "10.20.30.41", type="LoadBalancer", nodePort=3001)
+    s["status"] = {"loadBalancer": {"ingress": [ingress]}}
+    p.sync(objects(s, eps("svc1", ("10.180.0.1", "other"))))
+    assert len(heads(node)) == servers
+    assert ("1.2.3.4" in bound(node)) == (servers == 2)
+
+
+# ---- TestCreateAndLinkKubeChain / TestDismissLocalhostRuleExist / TestFilterCIDRs --------------------
+def test_create_and_link_kube_chains():
+    """The chains in upstream's order in each table, and the jumps from the built-in chains."""
+    node, p = fake_proxier("100.101.102.103")
+    result = p.sync(objects())
+    text = result.text
+    nat, flt = text.split("*filter")
+    assert [x for x in nat.splitlines() if x.startswith(":")] == [
+        ":KUBE-SERVICES - [0:0]", ":KUBE-POSTROUTING - [0:0]", ":KUBE-NODE-PORT - [0:0]",
+        ":KUBE-LOAD-BALANCER - [0:0]", ":KUBE-MARK-MASQ - [0:0]"]
+    assert [x for x in flt.splitlines() if x.startswith(":")] == [
+        ":KUBE-FORWARD - [0:0]", ":KUBE-NODE-PORT - [0:0]", ":KUBE-PROXY-FIREWALL - [0:0]",
+        ":KUBE-SOURCE-RANGES-FIREWALL - [0:0]", ":KUBE-IPVS-FILTER - [0:0]", ":KUBE-IPVS-OUT-FILTER - [0:0]"]
+    for table, chain, target in (("nat", "OUTPUT", "KUBE-SERVICES"), ("nat", "PREROUTING", "KUBE-SERVICES"),
+                                 ("nat", "POSTROUTING", "KUBE-POSTROUTING"), ("filter", "FORWARD", "KUBE-FORWARD"),
+                                 ("filter", "OUTPUT", "KUBE-IPVS-OUT-FILTER")):
+        assert any(r.endswith(f"-j {target}") for r in rules(node, table, chain)), (table, chain)
+
+
+@pytest.mark.parametrize("family,ip,src", [(4, "100.101.102.103", "127.0.0.0/8"), (6, "2001:db8::1:1", "::1/128")])
+def test_dismiss_localhost_rule_exists(family, ip, src):
+    node, p = fake_proxier(ip, family=family)
+    p.sync(objects())
+    assert rules(node, "nat", "KUBE-SERVICES", family=family)[0] == f"-A KUBE-SERVICES -s {src} -j RETURN"
+
+
+def test_exclude_cidrs_of_the_other_family_are_ignored():
+    """TestFilterCIDRs: each proxier keeps only the excludeCIDRs of its family."""
+    cidrs = ["1000::/64", "10.0.0.0/16", "11.0.0.0/16", "2000::/64"]
+    _, p4 = fake_proxier("100.101.102.103", ipvs={"excludeCIDRs": cidrs})
+    _, p6 = fake_proxier("2001:db8::1:1", family=6, ipvs={"excludeCIDRs": cidrs})
+    assert [str(n) for n in p4.exclude] == ["10.0.0.0/16", "11.0.0.0/16"]
+    assert [str(n) for n in p6.exclude] == ["1000::/64", "2000::/64"]
+    _, p4 = fake_proxier("100.101.102.103", ipvs={"excludeCIDRs": ["1000::/64", "2000::/64"]})
+    assert p4.exclude == []
