@@ -12,15 +12,18 @@ from __future__ import annotations
 import random
 
 import pytest
-from tests.test_proxier_ipvs import endpoints, ipvsadm, members, nonempty_sets, rs, rules, service
 from tests.test_proxier_iptables import objects
+from tests.test_proxier_ipvs import endpoints, ipvsadm, members, nonempty_sets, rs, rules, service
 
 from kproxy.backends.emulated import EmulatedBackend
 from kproxy.ipvs.ipvsadm import run_ipvsadm
 from kproxy.node import Node
+from kproxy.packet import ACK, SYN, Packet
 from kproxy.proxy.config import ProxyConfig
+from kproxy.proxy.gracefultermination import GracefulTermination
 from kproxy.proxy.ipvs import IpvsProxier
 from kproxy.proxy.metrics import ProxyMetrics
+from kproxy.proxy.virtualserver import RealServer, VirtualServer
 
 HOST = "test-hostname"
 
@@ -628,8 +631,8 @@ def test_no_endpoints_metric(itp, etp, nodes, internal, external):
     p.sync(objects(svc("svc1", "172.20.1.1", **spec), eps("svc1", *zip(("10.0.1.1", "10.0.1.2", "10.0.1.3"), nodes))))
     text = metrics.text().decode()
     for policy, want in (("internal", internal), ("external", external)):
-        assert ('kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="%s"} %d.0'
-                % (policy, want)) in text, policy
+        line = f'kubeproxy_sync_proxy_rules_no_local_endpoints_total{{ip_family="IPv4",traffic_policy="{policy}"}}'
+        assert f"{line} {want}.0" in text, policy
 
 
 # ---- TestLoadBalancerIngressRouteTypeProxy -----------------------------------------------------------
@@ -682,3 +685,108 @@ def test_exclude_cidrs_of_the_other_family_are_ignored():
     assert [str(n) for n in p6.exclude] == ["1000::/64", "2000::/64"]
     _, p4 = fake_proxier("100.101.102.103", ipvs={"excludeCIDRs": ["1000::/64", "2000::/64"]})
     assert p4.exclude == []
+
+
+# ---- graceful termination (graceful_termination_test.go's TestGracefulDeleteRS) ----------------------
+def graceful_setup(proto: str = "tcp") -> tuple[Node, GracefulTermination, VirtualServer]:
+    node, _ = fake_proxier("100.101.102.103")
+    flag = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}[proto]
+    add_virtual_servers(node, f"-A {flag} 1.1.1.1:80 -s rr", f"-a {flag} 1.1.1.1:80 -r 10.0.0.1:80 -m -w 100")
+    backend = EmulatedBackend(node)
+    backend.ensure_dummy_device("kube-ipvs0")
+    backend.bind_addresses("kube-ipvs0", ["1.1.1.1"], [])          # the node takes the virtual address in
+    return node, GracefulTermination(backend), VirtualServer("1.1.1.1", proto.upper(), 80)
+
+
+def connect(node: Node, proto: str = "tcp", established: bool = False) -> None:
+    flags = {"tcp_flags": SYN} if proto == "tcp" else {}
+    pkt = Packet.make("192.0.2.7", "1.1.1.1", proto, 40000, 80, **flags)
+    r = node.receive(pkt, "eth0")
+    assert r.packet.dst_str == "10.0.0.1", r.fate
+    if established:
+        node.receive(Packet.make("192.0.2.7", "1.1.1.1", proto, 40000, 80, tcp_flags=ACK), "eth0")
+
+
+def test_graceful_delete_without_connections_deletes_at_once():
+    node, gtm, vs = graceful_setup()
+    assert gtm.delete(vs, RealServer("10.0.0.1", 80)) and ipvsadm(node) == ["TCP  1.1.1.1:80 rr"]
+    assert not gtm.pending
+
+
+@pytest.mark.parametrize("established,active,inactive", [(True, 1, 0), (False, 0, 1)])
+def test_graceful_delete_with_connections_sets_weight_zero(established, active, inactive):
+    """Active or inactive connections: weight 0, kept, in the list under upstream's unique name."""
+    node, gtm, vs = graceful_setup()
+    connect(node, established=established)
+    assert not gtm.delete(vs, RealServer("10.0.0.1", 80))
+    assert ipvsadm(node) == ["TCP  1.1.1.1:80 rr", rs("10.0.0.1:80", weight=0, active=active, inact=inactive)]
+    assert "1.1.1.1:80/TCP/10.0.0.1:80" in gtm
+    assert gtm.check() == []
+
+
+@pytest.mark.parametrize("proto", ["udp", "sctp"])
+def test_graceful_delete_udp_and_sctp_at_once_despite_connections(proto):
+    node, gtm, vs = graceful_setup(proto)
+    if proto == "udp":
+        connect(node, "udp")
+    assert gtm.delete(vs, RealServer("10.0.0.1", 80))
+    assert ipvsadm(node) == [f"{proto.upper():<4} 1.1.1.1:80 rr"]
+
+
+def test_graceful_delete_of_a_real_server_not_there_is_a_no_op():
+    node, gtm, vs = graceful_setup()
+    assert gtm.delete(vs, RealServer("10.0.0.2", 80))
+    assert ipvsadm(node) == ["TCP  1.1.1.1:80 rr", rs("10.0.0.1:80", weight=100)]
+    assert not gtm.pending
+
+
+# ---- further cases of upstream's syncProxyRules ------------------------------------------------------
+def test_load_balancer_ingress_on_a_node_address_and_of_the_other_family():
+    """An ingress IP that is a node address gets its virtual server but is not bound (shouldBind); the
+    IPv6 ingress and source range are the other proxier's; the node is not in 10.0.0.0/8, so both
+    IPv4 ingress IPs are closed to it (lbNoNodeAccessIPPortProtocolEntries)."""
+    node, p = fake_proxier("100.101.102.103", "2001:db8::1:1")
+    s = svc("svc1", "10.20.30.41", type="LoadBalancer", nodePort=3001, lb="1.2.3.4",
+            loadBalancerSourceRanges=["10.0.0.0/8", "2001:db8::/32"])
+    s["status"]["loadBalancer"]["ingress"] += [{"ip": "2001:db8::99"}, {"ip": "100.101.102.103"}]
+    assert not p.sync(objects(s, eps("svc1", ("10.180.0.1", "other")))).error
+    assert heads(node) == ["TCP  1.2.3.4:80 rr", "TCP  10.20.30.41:80 rr", "TCP  100.101.102.103:3001 rr",
+                           "TCP  100.101.102.103:80 rr"]
+    assert bound(node) == ["1.2.3.4", "10.20.30.41"]
+    assert members(node, "KUBE-IPVS-IPS") == {"1.2.3.4", "10.20.30.41"}
+    assert members(node, "KUBE-LOAD-BALANCER-SOURCE-CIDR") == {"1.2.3.4,tcp:80,10.0.0.0/8",
+                                                              "100.101.102.103,tcp:80,10.0.0.0/8"}
+    assert rules(node, "filter", "KUBE-IPVS-OUT-FILTER") == [
+        f"-A KUBE-IPVS-OUT-FILTER -s {ip}/32 -m ipvs --vproto 6 --vaddr {ip} --vport 80 -j DROP"
+        for ip in ("1.2.3.4", "100.101.102.103")]
+
+
+def test_external_ip_on_loopback_is_bound():
+    """nodeAddressSet leaves out loopback (isValidForSet), so an external IP 127.0.0.1 is bound to
+    kube-ipvs0 and listed in KUBE-IPVS-IPS, as upstream's TestExternalIPs state has it."""
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.41", externalIPs=["127.0.0.1", "100.101.102.103"])))
+    assert bound(node) == ["10.20.30.41", "127.0.0.1"]
+    assert members(node, "KUBE-IPVS-IPS") == {"10.20.30.41", "127.0.0.1"}
+
+
+def test_affinity_timeout_change_and_removal_edit_the_virtual_server():
+    node, p = fake_proxier("100.101.102.103")
+    s = svc("svc2", "10.20.30.42", sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 100}})
+    p.sync(objects(s, eps("svc2", ("10.180.0.1", "other"))))
+    assert ipvsadm(node) == ["TCP  10.20.30.42:80 rr persistent 100", rs("10.180.0.1:80")]
+    s["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] = 200
+    assert not p.sync(objects(s, eps("svc2", ("10.180.0.1", "other")))).full
+    assert ipvsadm(node) == ["TCP  10.20.30.42:80 rr persistent 200", rs("10.180.0.1:80")]
+    s["spec"]["sessionAffinity"] = "None"
+    p.sync(objects(s, eps("svc2", ("10.180.0.1", "other"))))
+    assert ipvsadm(node) == ["TCP  10.20.30.42:80 rr", rs("10.180.0.1:80")]
+
+
+def test_internal_local_external_cluster_node_port():
+    """ITP Local, ETP Cluster: the cluster IP has the local endpoint, the node port every endpoint."""
+    node, p = fake_proxier("100.101.102.103")
+    p.sync(objects(svc("svc1", "10.20.30.41", type="NodePort", nodePort=3001, internalTrafficPolicy="Local"),
+                   eps("svc1", ("10.180.0.1", "other"), ("10.180.0.2", HOST))))
+    assert ipvsadm(node) == ["TCP  10.20.30.41:80 rr", rs("10.180.0.2:80"),
+                             "TCP  100.101.102.103:3001 rr", rs("10.180.0.1:80"), rs("10.180.0.2:80")]
