@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from kproxy.iptables.model import Chain, Rule
 from kproxy.iptables.parser import tokenize
-from kproxy.iptables.plan import parse_rule_line
+from kproxy.iptables.plan import parse_rule_line, planned_rules
 from kproxy.iptables.restore import COUNTERS_RE
 from kproxy.iptables.save import rule_parts
 
@@ -97,13 +97,15 @@ def parse_chain_rows(text: str, state: str | None, family: int, table: str) -> l
                 if m is None:
                     raise ChainDataError(f"rule {n}: no [packets:bytes] counters")
                 try:
-                    c = parse_rule_line(tokenize(line[m.end():]), family, table)
+                    argv = tokenize(line[m.end():])
+                    got = planned_rules(argv, family)
+                    new = got[1] if got is not None else parse_rule_line(argv, family, table).rules
                 except Exception as exc:     # a damaged row, whatever the parser makes of it
                     raise ChainDataError(f"rule {n}: {str(exc).strip()}") from None
                 pkts, nbytes = int(m.group(1)), int(m.group(2))
-                for r in c.rules:
+                for r in new:
                     r.packets, r.bytes = pkts, nbytes
-                rules.extend(c.rules)
+                rules.extend(new)
     if state:
         try:
             load_rule_state(rules, json.loads(state))
