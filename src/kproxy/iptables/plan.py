@@ -58,20 +58,22 @@ class _Slot:
     A stateless extension is remembered per value tuple, as long as values repeat often enough
     to pay for it (kube-proxy's comments and ports do; its DNAT addresses do not)."""
 
-    __slots__ = ("cls", "opts", "positions", "memo", "misses", "hits")
+    __slots__ = ("cls", "opts", "positions", "single", "memo", "misses", "hits")
 
     def __init__(self, cls: Any, opts: list[tuple[str, int, int, bool]]) -> None:
         self.cls = cls
         self.opts = opts
         self.positions = [p for _, s, n, _ in opts for p in range(s, s + n)]
-        self.memo: dict[tuple[str, ...], Any] | None = {} if cls.SHAREABLE else None
+        self.single = self.positions[0] if len(self.positions) == 1 else -1    # the usual one value
+        self.memo: dict[Any, Any] | None = {} if cls.SHAREABLE else None
         self.misses = self.hits = 0
 
     def build(self, argv: list[str], family: int, rule: Rule) -> Any:
         memo = self.memo
         if memo is None:
             return self.cls.from_options(self._opts(argv), family, rule)
-        key = tuple([argv[p] for p in self.positions])
+        # The key: the slot's one value itself, else the tuple of its values.
+        key = argv[self.single] if self.single >= 0 else tuple([argv[p] for p in self.positions])
         ext = memo.get(key)
         if ext is not None:
             self.hits += 1
