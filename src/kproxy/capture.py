@@ -378,8 +378,8 @@ def live_layout(node: Node, items: list[Any], owned: set[tuple[str, str]]) -> No
     table handles: iptables-save declares every built-in chain, the live node has only those it made."""
     from kproxy.nftables.xtlayout import node_layout
 
-    if not owned:
-        return
+    if not owned or not any(isinstance(obj, dict) and "table" in obj for obj in items):
+        return                  # (a document of chains alone says nothing of the tables' handles)
     tables: dict[tuple[int, str], int] = {}
     chains: dict[tuple[int, str], list[str]] = {}
     for obj in items:
@@ -408,13 +408,13 @@ def live_layout(node: Node, items: list[Any], owned: set[tuple[str, str]]) -> No
 
 def _owned(obj: Any, owned: set[tuple[str, str]]) -> bool:
     """A JSON ruleset item (table, chain, rule, set, ...) of a table iptables-nft owns."""
-    if not isinstance(obj, dict) or len(obj) != 1:
+    if not owned or not isinstance(obj, dict) or len(obj) != 1:
         return False
-    body = next(iter(obj.values()))
-    if not isinstance(body, dict):
-        return False
-    table = body.get("name") if "table" in obj else body.get("table")
-    return (body.get("family"), table) in owned
+    for kind, body in obj.items():      # the one item: a loop is the cheap way to take it
+        if not isinstance(body, dict):
+            return False
+        return (body.get("family"), body.get("name") if kind == "table" else body.get("table")) in owned
+    return False
 
 
 def _drop_tables(text: str, owned: set[tuple[str, str]]) -> str:

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
-import yaml
-
 from kproxy.netfilter import path as _path
 from kproxy.netfilter.hooks import HookRegistry
 from kproxy.packet import Packet, format_addr
@@ -559,6 +557,8 @@ class Node:
 
     @classmethod
     def load_description(cls, path: str | os.PathLike[str]) -> Node:
+        import yaml  # (only here: every command imports this module)
+
         text = Path(path).read_text()
         try:
             data = yaml.safe_load(text)

@@ -8,6 +8,10 @@ from kproxy.cli.main import Ctx, node_group
 from kproxy.node import Node
 from kproxy.store.chains import gc_paused
 
+# A big node's objects are frozen when the command ends (out of the collector's reach): the
+# interpreter's last collection at exit would otherwise traverse every one of them.
+FREEZE_OVER = 100_000
+
 
 def _replace(obj: Ctx, node: Node) -> None:
     """The node file becomes ``node`` in one commit: a failure before this leaves it as it was."""
@@ -34,7 +38,7 @@ def node_capture(obj: Ctx, netns: str | None, with_conntrack: bool) -> None:
     """Take a live node's interfaces, routes, sysctls, iptables, nft, ipsets and IPVS into the node file."""
     from kproxy.capture import CaptureError, build, capture
 
-    with gc_paused():       # a big node is many long-lived objects: a collection would rescan them all
+    with gc_paused(FREEZE_OVER):       # a big node is many long-lived objects: a collection would rescan them all
         try:
             node = build(capture(netns, with_conntrack))
         except CaptureError as exc:
@@ -58,7 +62,7 @@ def node_load(obj: Ctx, name: str, **files: tuple[str, ...]) -> None:
     """Build the node file from dumps taken elsewhere (any subset); bad input changes nothing."""
     from kproxy.capture import CaptureError, build, read_dumps
 
-    with gc_paused():
+    with gc_paused(FREEZE_OVER):
         try:
             node = build(read_dumps({k: v for k, v in files.items() if v}, name))
         except CaptureError as exc:

@@ -17,7 +17,6 @@ from kproxy.netfilter.nfacct import objects_of
 from kproxy.netfilter.path import DELIVERED, FORWARDED, Result, output, receive
 from kproxy.netfilter.trace import Trace, render_text
 from kproxy.node import Node
-from kproxy.proxy.metrics import NFACCT_METRICS
 from kproxy.textio import utf8_text
 
 EPHEMERAL_BASE = 40000
@@ -275,6 +274,8 @@ def demo_cmd(examples: str | None) -> None:
     node.clock = 1_700_000_000.0
     node.subsystems["rng"] = random.Random(7)   # the same load-balancing choices on every run
     rules = (base / "iptables.rules").read_text()
+    from kproxy.proxy.metrics import NFACCT_METRICS  # (prometheus_client: only for this command)
+
     for name in NFACCT_METRICS:      # kube-proxy made its accounting objects before it wrote these rules
         objects_of(node).ensure(name)
     node.iptables_restore(rules)

@@ -15,10 +15,10 @@ import click
 
 from kproxy.cli.main import Ctx, cli
 from kproxy.node import Node
-from kproxy.proxy.proxier import SyncResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.k8s.objects import Node as K8sNode
+    from kproxy.proxy.proxier import SyncResult
 
 
 def _node_ips_kernel() -> list[str]:

@@ -101,12 +101,20 @@ def renamed_chain_name(name: str) -> None:
         raise ParameterProblem(f"Invalid chain name `{name}'")
 
 
+_GOOD_JUMPS: set[str] = set()       # names found valid (a dump jumps to KUBE-MARK-MASQ thousands of times)
+
+
 def valid_jump_name(name: str) -> None:
     """A ``-j``/``-g`` argument that is no target: a chain name the kernel can hold."""
+    if name in _GOOD_JUMPS:
+        return
     if len(name.encode(errors="surrogateescape")) >= XT_CHAIN_MAXNAMELEN:
         raise ParameterProblem(f"Invalid target name `{name}' ({XT_CHAIN_MAXNAMELEN - 1} chars max)")
     if _BLANK.search(name):
         raise ParameterProblem(f"Invalid target name `{name}'")
+    if len(_GOOD_JUMPS) >= 100_000:
+        _GOOD_JUMPS.clear()
+    _GOOD_JUMPS.add(name)
 
 
 def iface_problem(name: str) -> str | None:

@@ -58,20 +58,22 @@ class _Slot:
     A stateless extension is remembered per value tuple, as long as values repeat often enough
     to pay for it (kube-proxy's comments and ports do; its DNAT addresses do not)."""
 
-    __slots__ = ("cls", "opts", "positions", "memo", "misses", "hits")
+    __slots__ = ("cls", "opts", "positions", "single", "memo", "misses", "hits")
 
     def __init__(self, cls: Any, opts: list[tuple[str, int, int, bool]]) -> None:
         self.cls = cls
         self.opts = opts
         self.positions = [p for _, s, n, _ in opts for p in range(s, s + n)]
-        self.memo: dict[tuple[str, ...], Any] | None = {} if cls.SHAREABLE else None
+        self.single = self.positions[0] if len(self.positions) == 1 else -1    # the usual one value
+        self.memo: dict[Any, Any] | None = {} if cls.SHAREABLE else None
         self.misses = self.hits = 0
 
     def build(self, argv: list[str], family: int, rule: Rule) -> Any:
         memo = self.memo
         if memo is None:
             return self.cls.from_options(self._opts(argv), family, rule)
-        key = tuple([argv[p] for p in self.positions])
+        # The key: the slot's one value itself, else the tuple of its values.
+        key = argv[self.single] if self.single >= 0 else tuple([argv[p] for p in self.positions])
         ext = memo.get(key)
         if ext is not None:
             self.hits += 1
@@ -157,16 +159,31 @@ class RulePlan:
         return plan
 
     def run(self, argv: list[str], family: int, table: str) -> Command | None:
+        got = self.rules(argv, family)
+        if got is None:
+            return None
+        c = Command("A", got[0], table=table, has_rule=True)
+        c.rules = got[1]
+        return c
+
+    def rules(self, argv: list[str], family: int) -> tuple[str, list[Rule]] | None:
+        """The line's chain and rules, or None (the general parser then reads the line)."""
         for pos, tok in self.fixed:
             if argv[pos] != tok:
                 return None
         rule = Rule(None, False, None, False, None, False, None, False, self.proto, self.proto_inv, self.fragment)
-        addrs: dict[str, list[Net]] = {}
+        many: dict[str, list[Net]] | None = None        # -s/-d with several addresses: one rule each
         try:
             for key, pos, inv in self.nets:
                 nets = parse_nets(argv[pos], family)
-                if not (len(nets) == 1 and nets[0].prefixlen == 0 and not inv):
-                    addrs[key] = nets
+                if len(nets) != 1:
+                    many = many if many is not None else {}
+                    many[key] = nets
+                elif nets[0].prefixlen or inv:         # an uninverted 0/0 is no test at all
+                    if key == "s":
+                        rule.src = nets[0]
+                    else:
+                        rule.dst = nets[0]
                 if key == "s":
                     rule.src_inv = inv
                 else:
@@ -189,9 +206,11 @@ class RulePlan:
                 rule.target = self.target.build(argv, family, rule)
         except Exception:  # noqa: BLE001 - the general parser reports this line's error
             return None
-        c = Command("A", argv[self.chain_pos], table=table, has_rule=True)
-        c.rules = _expand(rule, addrs)
-        return c
+        if many is None:
+            return argv[self.chain_pos], [rule]
+        addrs: dict[str, list[Net]] = {k: [n] for k, n in (("s", rule.src), ("d", rule.dst)) if n is not None}
+        addrs.update(many)
+        return argv[self.chain_pos], _expand(rule, addrs)
 
 
 _PLANS: dict[tuple[int, tuple[str | None, ...]], RulePlan | None] = {}
@@ -217,3 +236,10 @@ def parse_rule_line(argv: list[str], family: int, table: str) -> Command:
         key = (family, shape(argv))          # learning may have added this line's options to the vocabulary
     _PLANS[key] = plan
     return c
+
+
+def planned_rules(argv: list[str], family: int) -> tuple[str, list[Rule]] | None:
+    """An ``-A`` line's chain and rules through its shape's plan; None when the line has no plan or
+    the plan does not fit (``parse_rule_line`` then parses it, learning or reporting)."""
+    plan = _PLANS.get((family, shape(argv)))
+    return plan.rules(argv, family) if plan is not None else None

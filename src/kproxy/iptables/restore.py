@@ -25,7 +25,7 @@ from kproxy.iptables.commands import (
 from kproxy.iptables.jumps import first_too_deep, too_deep
 from kproxy.iptables.model import Chain, Rule, Table, rule_fields
 from kproxy.iptables.parser import TABLES, ParameterProblem, parse_command, tokenize
-from kproxy.iptables.plan import parse_rule_line
+from kproxy.iptables.plan import parse_rule_line, planned_rules
 from kproxy.iptables.state import copy_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,19 +142,32 @@ class _Restorer:
     def command_line(self, line: str, lineno: int) -> None:
         assert self.table is not None
         pkts_bytes = None
-        m = COUNTERS_RE.match(line) if line[0] == "[" else None
-        if m is not None:
-            pkts_bytes = (int(m.group(1)), int(m.group(2)))
-            line = line[m.end():]
-        elif line[0] == "[":
-            # The tool turns "[pkts:bytes]" into "-c pkts bytes": its checks then give the errors.
+        if line[0] == "[":
             end = line.find("]")
-            if end < 0:
-                raise self.param_error(f"Bad line {lineno}: need ]", lineno)
-            pkts, _, nbytes = line[1:end].partition(":")
-            line = f"-c {pkts or '0'} {nbytes or '0'} {line[end + 1:]}"
+            pkts, colon, nbytes = line[1:end].partition(":")
+            if end > 0 and colon and pkts.isdecimal() and nbytes.isdecimal():     # COUNTERS_RE, the short way
+                pkts_bytes = (int(pkts), int(nbytes))
+                line = line[end + 1:]
+            else:
+                # The tool turns "[pkts:bytes]" into "-c pkts bytes": its checks then give the errors.
+                if end < 0:
+                    raise self.param_error(f"Bad line {lineno}: need ]", lineno)
+                line = f"-c {pkts or '0'} {nbytes or '0'} {line[end + 1:]}"
+        table = self.table
+        argv = tokenize(line)
+        if not self.test and self.echo is None:
+            got = planned_rules(argv, self.state.family)
+            if got is not None:         # most lines: an -A line of a shape seen before
+                try:
+                    self.append_rules(table, got[0], got[1], pkts_bytes, lineno)
+                except (ParameterProblem, CommandError) as exc:
+                    raise self.line_error(exc, lineno) from None
+                return
         try:
-            c = parse_rule_line(tokenize(line), self.state.family, self.table.name)
+            c = parse_rule_line(argv, self.state.family, table.name)
+            if c.cmd == "A" and not c.warnings and not self.test and self.echo is None:
+                self.append_rules(table, c.chain, c.rules, pkts_bytes, lineno)
+                return
             if c.warnings:
                 self.warn(c.warnings)
             if c.cmd in ("L", "S", "C", "h", "V"):
@@ -181,6 +194,27 @@ class _Restorer:
                         self.checked_lines[id(r)] = lineno
         except (ParameterProblem, CommandError) as exc:
             raise self.line_error(exc, lineno) from None
+
+    def append_rules(self, table: Table, name: str, rules: list[Rule], pkts_bytes: tuple[int, int] | None,
+                     lineno: int) -> None:
+        """An ``-A`` line's rules into the table: what ``apply`` does for it, and the restore's bookkeeping."""
+        if not self.counters:
+            for r in rules:
+                r.packets = r.bytes = 0
+        elif pkts_bytes is not None:
+            for r in rules:
+                r.packets, r.bytes = pkts_bytes
+        chain = writable_chain(table, name)
+        for r in rules:
+            check_rule(table, name, r)
+            if r.jump not in _NOT_CHAINS:
+                self.jumps.append((lineno, name, r))
+            for m in r.matches:
+                if m.CHECKS_NODE:
+                    self.checked_lines[id(r)] = lineno
+                    break
+        chain.rules.extend(rules)
+        self.events.append((table.name, "A", name))
 
     def line_error(self, exc: ParameterProblem | CommandError, lineno: int) -> RestoreError:
         if isinstance(exc, ParameterProblem):

@@ -29,6 +29,49 @@ def proto_name(proto: int) -> str:
     return protocols()[1].get(proto) or PROTO_NAMES.get(proto, str(proto))
 
 
+# What save prints for the objects a dump repeats: a shared (stateless) extension object's fragment,
+# an address, a protocol. A node of 100,000 rules holds a few thousand distinct comments and ports,
+# so formatting its chains is mostly lookups. Shared extension objects are never changed once built
+# (every rule using one would change with it), so their text is theirs for life; the object is kept
+# beside its text, so an id is never taken for a later object's.
+_EXT_TEXT: dict[int, tuple[Any, str]] = {}
+_NET_TEXT: dict[tuple[Net, bool, str], str] = {}
+_PROTO_TEXT: dict[tuple[int, bool], str] = {}
+_CACHE_MAX = 100_000
+
+
+def ext_save(ext: Any) -> str:
+    """``ext.save()``, remembered for shared extension objects."""
+    if not ext.SHAREABLE or ext.stateful:
+        return str(ext.save())
+    hit = _EXT_TEXT.get(id(ext))
+    if hit is not None and hit[0] is ext:
+        return hit[1]
+    text = str(ext.save())
+    if len(_EXT_TEXT) >= _CACHE_MAX:
+        _EXT_TEXT.clear()
+    _EXT_TEXT[id(ext)] = (ext, text)
+    return text
+
+
+def _net_part(net: Net, inv: bool, opt: str) -> str:
+    key = (net, inv, opt)
+    text = _NET_TEXT.get(key)
+    if text is None:
+        text = f"{'! ' if inv else ''}{opt} {format_addr(net.addr, net.family)}/{net.prefixlen}"
+        if len(_NET_TEXT) >= _CACHE_MAX:
+            _NET_TEXT.clear()
+        _NET_TEXT[key] = text
+    return text
+
+
+def _proto_part(proto: int, inv: bool) -> str:
+    text = _PROTO_TEXT.get((proto, inv))
+    if text is None:
+        text = _PROTO_TEXT[(proto, inv)] = ("! -p " if inv else "-p ") + proto_name(proto)
+    return text
+
+
 def rule_spec(rule: Rule) -> str:
     """The rule without ``-A CHAIN``: what follows the chain name in ``iptables-save``."""
     body, verdict = rule_parts(rule)
@@ -39,30 +82,33 @@ def rule_parts(rule: Rule) -> tuple[str, str]:
     """The match part and the verdict part (``-j ...``/``-g ...``) of a rule, as save prints them."""
     parts: list[str] = []
     if rule.src is not None:
-        parts.append(("! -s " if rule.src_inv else "-s ") + format_net(rule.src))
+        parts.append(_net_part(rule.src, rule.src_inv, "-s"))
     if rule.dst is not None:
-        parts.append(("! -d " if rule.dst_inv else "-d ") + format_net(rule.dst))
+        parts.append(_net_part(rule.dst, rule.dst_inv, "-d"))
     if rule.iif is not None:
         parts.append(("! -i " if rule.iif_inv else "-i ") + rule.iif)
     if rule.oif is not None:
         parts.append(("! -o " if rule.oif_inv else "-o ") + rule.oif)
     if rule.proto:
-        parts.append(("! -p " if rule.proto_inv else "-p ") + proto_name(rule.proto))
+        parts.append(_proto_part(rule.proto, rule.proto_inv))
     if rule.fragment is not None:
         parts.append("-f" if rule.fragment else "! -f")
     for m in rule.matches:
-        parts.append(m.save())
+        text = ext_save(m)
+        if text:
+            parts.append(text)
     verdict = ""
     if rule.jump is not None:
         verdict = ("-g " if rule.goto else "-j ") + rule.jump
     elif rule.target is not None:
-        verdict = rule.target.save()
-    return " ".join(p for p in parts if p), verdict
+        verdict = ext_save(rule.target)
+    return " ".join(parts), verdict
 
 
 def format_rule(chain: str, rule: Rule, counters: bool = False) -> str:
     """One ``-A CHAIN ...`` line (with ``[pkts:bytes]`` in front when ``counters``)."""
-    spec = rule_spec(rule)
+    body, verdict = rule_parts(rule)
+    spec = f"{body} {verdict}" if body and verdict else body or verdict
     text = f"-A {chain} {spec}" if spec else f"-A {chain}"
     return f"[{rule.packets}:{rule.bytes}] {text}" if counters else text
 

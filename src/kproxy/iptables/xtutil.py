@@ -107,11 +107,23 @@ def port_name(port: int, proto: int, numeric: bool) -> str:
         return str(port)
 
 
+_SAVED_STRINGS: dict[str, str] = {}      # a dump repeats each comment in several rules
+
+
 def save_string(value: str) -> str:
     """xtables_save_string: bare when only safe characters, else double-quoted with escapes."""
-    if _BARE.fullmatch(value):          # regular expressions: a save of 100,000 comments calls this
-        return value
-    return '"' + _ESCAPED.sub(r"\\\g<0>", value) + '"'
+    text = _SAVED_STRINGS.get(value)
+    if text is None:
+        if _BARE.fullmatch(value):          # regular expressions: a save of 100,000 comments calls this
+            text = value
+        elif '"' in value or "\\" in value or "'" in value:
+            text = '"' + _ESCAPED.sub(r"\\\g<0>", value) + '"'
+        else:
+            text = f'"{value}"'
+        if len(_SAVED_STRINGS) >= 50_000:
+            _SAVED_STRINGS.clear()
+        _SAVED_STRINGS[value] = text
+    return text
 
 
 def numeric_to_ipaddr(text: str) -> int | None:

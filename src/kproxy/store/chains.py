@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 from kproxy.iptables.model import Chain, Rule
 from kproxy.iptables.parser import tokenize
-from kproxy.iptables.plan import parse_rule_line
+from kproxy.iptables.plan import parse_rule_line, planned_rules
 from kproxy.iptables.restore import COUNTERS_RE
-from kproxy.iptables.save import format_rule
+from kproxy.iptables.save import rule_parts
 
 _RULES = Chain.__dict__["rules"]     # the slot StoredChain's property reads and fills
 
@@ -34,20 +34,31 @@ class ChainDataError(Exception):
 
 def chain_text(chain: Chain) -> ChainRow:
     """The row of a chain: its rules with counters, and its extensions' state (None when stateless)."""
-    name = chain.name
-    text = "\n".join([format_rule(name, r, counters=True) for r in chain.rules])
+    head = f"-A {chain.name}"
+    lines = []
+    for r in chain.rules:
+        body, verdict = rule_parts(r)
+        spec = f"{body} {verdict}" if body and verdict else body or verdict
+        lines.append(f"[{r.packets}:{r.bytes}] {head} {spec}" if spec else f"[{r.packets}:{r.bytes}] {head}")
     state = rule_state(chain.rules)
-    return text, (json.dumps(state, separators=(",", ":")) if state else None)
+    return "\n".join(lines), (json.dumps(state, separators=(",", ":")) if state else None)
+
+
+_KEEPS_STATE: dict[type, bool] = {}       # per match class: whether it has ``state_json``
 
 
 def rule_state(rules: list[Rule]) -> list[list[Any]]:
     """``[rule index, match index, state]`` for each match that keeps state between packets."""
     out: list[list[Any]] = []
+    keeps = _KEEPS_STATE
     for i, r in enumerate(rules):
         for j, m in enumerate(r.matches):
-            get = getattr(m, "state_json", None)
-            if get is not None:
-                value = get()
+            cls = type(m)
+            has = keeps.get(cls)
+            if has is None:
+                has = keeps[cls] = getattr(cls, "state_json", None) is not None
+            if has:
+                value = m.state_json()     # type: ignore[attr-defined]
                 if value is not None:
                     out.append([i, j, value])
     return out
@@ -86,13 +97,15 @@ def parse_chain_rows(text: str, state: str | None, family: int, table: str) -> l
                 if m is None:
                     raise ChainDataError(f"rule {n}: no [packets:bytes] counters")
                 try:
-                    c = parse_rule_line(tokenize(line[m.end():]), family, table)
+                    argv = tokenize(line[m.end():])
+                    got = planned_rules(argv, family)
+                    new = got[1] if got is not None else parse_rule_line(argv, family, table).rules
                 except Exception as exc:     # a damaged row, whatever the parser makes of it
                     raise ChainDataError(f"rule {n}: {str(exc).strip()}") from None
                 pkts, nbytes = int(m.group(1)), int(m.group(2))
-                for r in c.rules:
+                for r in new:
                     r.packets, r.bytes = pkts, nbytes
-                rules.extend(c.rules)
+                rules.extend(new)
     if state:
         try:
             load_rule_state(rules, json.loads(state))

@@ -13,6 +13,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from kproxy.iptables.model import Rule
 
 MAX_COMMENT = 256           # XT_MAX_COMMENT_LEN, including the terminating NUL
+# One object per comment text: a dump names each Service in the rules of several shapes and chains,
+# and the parser's own sharing keys on the rule's protocol and each shape's values.
+_SHARED: dict[str, CommentMatch] = {}
 
 
 @register_match
@@ -27,7 +30,15 @@ class CommentMatch(Match):
     @classmethod
     def from_options(cls, opts: list[Opt], family: int, rule: Rule) -> CommentMatch:
         if len(opts) == 1 and not opts[0].invert:      # the usual single --comment: nothing to check
-            return cls(truncate(opts[0].values[0], MAX_COMMENT - 1))
+            value = opts[0].values[0]
+            shared = _SHARED.get(value) if cls is CommentMatch else None
+            if shared is None:
+                shared = cls(truncate(value, MAX_COMMENT - 1))
+                if cls is CommentMatch:
+                    if len(_SHARED) >= 100_000:
+                        _SHARED.clear()
+                    _SHARED[value] = shared
+            return shared
         return cls(cls.OPTIONS.parse_all(opts).get("comment"))
 
     def save(self) -> str:
