@@ -79,6 +79,31 @@ def test_persistence_round_trip_keeps_text_and_handles():
         assert [t.next_handle for t in again.tables] == [t.next_handle for t in rs.tables]
 
 
+def test_the_node_file_keeps_rules_as_flat_lines_and_still_reads_a_listing():
+    """The saved form declares each table's chains empty, then adds the rules line by line (the
+    parser's fast path takes those); a node file written before, holding the listing, loads the same."""
+    from kproxy.nftables.expr import Opts
+    from kproxy.nftables.listing import ruleset_text
+
+    _, _, err, rs = run_nft(["-f", str(DATA / "kube_proxy.nft")], Ruleset())
+    assert not err
+    saved = ruleset_to_json(rs)
+    rules = [line for line in saved["text"].splitlines() if line.startswith("add rule ip kube-proxy ")]
+    assert len(rules) == sum(len(c.rules) for t in rs.tables for c in t.chains.values()) > 0
+    legacy = dict(saved, text=ruleset_text(rs, Opts()))
+    for data in (saved, legacy):
+        again = ruleset_from_json(data)
+        assert run_nft(["-a", "list", "ruleset"], again)[1] == run_nft(["-a", "list", "ruleset"], rs)[1]
+
+
+def test_listing_commands_read_the_ruleset_without_copying_it():
+    _, _, _, rs = run_nft(["-f", str(DATA / "home_router.nft")], Ruleset())
+    assert run_nft(["list", "tables"], rs)[3] is rs
+    assert run_nft(["-f", "-"], rs, "list tables\nlist ruleset;list table inet filter\n")[3] is rs
+    for text in ("add table ip x", "list tables; add table ip x", 'list tables\n# comment\n'):
+        assert run_nft(["-f", "-"], rs, text + "\n")[3] is not rs, text
+
+
 def test_an_unknown_list_object_and_a_missing_file_are_worded_as_nft_words_them(tmp_path):
     # What nft 1.0.6 prints for the same two command lines (checked in a kp- namespace).
     rc, out, err, _ = run_nft(["list", "bogus"], Ruleset())
