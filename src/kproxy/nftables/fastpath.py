@@ -80,7 +80,7 @@ WORD = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)"  # a word the lexer reads whole 
 PLAIN_WORDS = re.compile(rf"(?:[ ,]|(?:[{{}}:.]|!=|{WORD})(?![^ ,]))*")
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_./:\-]*+(?<!:)"
 VMAP_ITEM = re.compile(rf"(0|[1-9][0-9]*) : (jump|goto) ({_NAME})")  # ``findall`` reads a body VMAP_BODY matched
-VMAP_BODY = re.compile(rf"(?:0|[1-9][0-9]*) : (?:jump|goto) {_NAME}(?: , (?:0|[1-9][0-9]*) : (?:jump|goto) {_NAME})*")
+VMAP_BODY = re.compile(rf"(?:0|[1-9][0-9]*) : (?:jump|goto) {_NAME}(?: ?, (?:0|[1-9][0-9]*) : (?:jump|goto) {_NAME})*")
 STRINGS = re.compile(r'"[^"\n]*"')
 
 

@@ -144,8 +144,8 @@ def chain_text(t: Table, c: Chain, o: Opts, indent: str = "\t", rules: bool = Tr
     return "\n".join(lines)
 
 
-def table_text(t: Table, o: Opts, only: str | None = None, rules: bool = True) -> str:
-    """The table's block as ``nft list`` prints it; ``rules=False`` declares its chains empty."""
+def table_text(t: Table, o: Opts, only: str | None = None, chains: bool = True) -> str:
+    """The table's block as ``nft list`` prints it; ``chains=False`` leaves its chains out."""
     head = f"table {t.family} {t.name} {{" + (f" # handle {t.handle}" if o.handles else "")
     lines = [head]
     attrs = []
@@ -158,7 +158,8 @@ def table_text(t: Table, o: Opts, only: str | None = None, rules: bool = True) -
         blocks += [obj_text(ob, o) for ob in t.objs.values()]
         blocks += [set_text(s, o) for s in t.sets.values() if not s.anonymous]
         blocks += [flowtable.text(ft, o) for ft in t.flowtables.values()]
-        blocks += [chain_text(t, c, o, rules=rules) for c in t.chains.values()]
+        if chains:
+            blocks += [chain_text(t, c, o) for c in t.chains.values()]
     lines += attrs
     if t.flags and blocks:
         lines.append("")

@@ -1,7 +1,7 @@
 """Persistence of a node's nftables ruleset: two functions, so the node store can keep it however it likes.
 
-The saved form is ``nft -f`` input plus the handle counters: each table as ``nft list`` prints it but
-with its chains declared empty, then one ``add rule`` line per rule, in order (files written before
+The saved form is ``nft -f`` input plus the handle counters: per table, one ``add chain`` line per
+chain, the table as ``nft list`` prints it but without its chains, one ``add rule`` line per rule (files written before
 hold the listing itself, which loads the same way). Loading re-parses the text, then puts the
 kernel-assigned handles back. The flat rule lines are what the parser's fast path takes, so a big
 ruleset reloads several times faster than its listing's blocks would.
@@ -30,19 +30,30 @@ def ruleset_to_json(rs: Ruleset) -> dict[str, Any]:
 
 
 def ruleset_script(rs: Ruleset) -> str:
-    """The ruleset as ``nft -f`` input that rebuilds it: each table's block with its chains declared
-    empty (so every jump target exists before any rule), then the rules as ``add rule`` lines."""
+    """The ruleset as ``nft -f`` input that rebuilds it, per table: the table, every chain declared in
+    order (``add chain``, with its type, hook, policy and comment in braces), the table's block without
+    its chains (attributes, objects, sets and maps, whose verdicts name chains, flowtables), then the
+    rules as ``add rule`` lines: every name a rule uses exists before it."""
     from kproxy.nftables.expr import Opts
-    from kproxy.nftables.listing import table_text
+    from kproxy.nftables.listing import chain_text, table_text
 
     o = Opts()
     out = []
     for t in rs.tables:
-        out.append(table_text(t, o, rules=False))
-        head = f"add rule {t.family} {t.name} "
+        spec = f"{t.family} {t.name} "
+        out.append(f"add table {spec.rstrip()}\n")
+        for c in t.chains.values():
+            if c.base or c.comment is not None:
+                inner = chain_text(t, c, o, indent="", rules=False).splitlines()[1:-1]
+                body = " ".join(line.strip() if line.endswith(";") else line.strip() + ";" for line in inner)
+                out.append(f"add chain {spec}{c.name} {{ {body} }}\n")
+            else:
+                out.append(f"add chain {spec}{c.name}\n")
+        # its attributes, objects, sets (verdict maps name the chains) and flowtables
+        out.append(table_text(t, o, chains=False))
         for c in t.chains.values():
             if c.rules:
-                start = f"{head}{c.name} "
+                start = f"add rule {spec}{c.name} "
                 out.append("".join(f"{start}{r.text(o)}\n" for r in c.rules))
     return "".join(out)
 
