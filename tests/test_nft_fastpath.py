@@ -30,6 +30,8 @@ add chain ip kube-proxy extra
 add rule ip kube-proxy extra ip saddr 10.1.2.3 jump no-such-chain
 add rule ip kube-proxy extra numgen random mod 2 vmap { 1 : goto extra , 0 : goto extra }
 add rule ip kube-proxy extra numgen random mod 3 vmap { 0 : goto extra , 1 : goto extra }
+add rule ip kube-proxy extra numgen random mod 3 vmap { 0 : goto extra, 1 : goto extra, 2 : jump extra }
+add rule ip kube-proxy extra numgen random mod 2 vmap { 0 : goto extra,1 : goto extra }
 add rule ip kube-proxy extra ip saddr 10.0.0.0/8 jump extra
 add rule ip kube-proxy extra ip daddr 10.1.1.1 tcp dport 80 ip saddr != 10.0.0.0/33 jump extra
 add rule ip kube-proxy extra ip daddr 10.1.1.1 udp dport 53 ip saddr != 10.0.0.0/8 goto extra
