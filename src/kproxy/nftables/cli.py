@@ -210,6 +210,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
 def read_only(text: str) -> bool:
     """Whether every command of ``text`` is a ``list`` (a quoted ``;`` or newline only makes a piece
     that is not one, so the answer errs towards copying)."""
+    if CHANGING_LINE.search(text) is not None:      # a line that starts otherwise: found at once in a script
+        return False
     pieces = [p for p in COMMAND_SPLIT.split(text) if p.strip()]
     return bool(pieces) and all(p.split(None, 1)[0] == "list" for p in pieces)
 
