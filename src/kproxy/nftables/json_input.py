@@ -340,6 +340,11 @@ def w_object(verb: str, kind: str, body: Any) -> str:
         return out
     if kind == "counter":
         spec = f"packets {opt(body, 'packets', int) or 0} bytes {opt(body, 'bytes', int) or 0}"
+    elif kind == "ct helper":
+        typ, proto = unpack(body, "ss", "type", "protocol")
+        spec = f"type {quoted(typ)} protocol {proto}"
+        if opt(body, "l3proto", str):
+            spec += f"; l3proto {body['l3proto']}"
     elif kind == "quota":
         spec = ("over " if body.get("inv") else "") + byte_units(opt(body, "bytes", int) or 0)
         if opt(body, "used", int):
@@ -395,6 +400,7 @@ def w_flowtable(verb: str, kind: str, body: Any) -> str:
 
 OBJECT_WRITERS = {"table": w_table, "chain": w_chain, "rule": w_rule, "set": w_set, "map": w_set,
                   "element": w_element, "counter": w_object, "quota": w_object, "limit": w_object,
+                  "ct helper": w_object,
                   "flowtable": w_flowtable}
 
 
@@ -459,6 +465,10 @@ def s_quota(key: str, val: Any) -> str:
     if opt(val, "used", int):
         s += f" used {val['used']} {val.get('used_unit', 'bytes')}"
     return s
+
+
+def s_ct_helper(key: str, val: Any) -> str:
+    return f"ct helper set {expr(val, 'Invalid ct helper reference', rhs=True)}"
 
 
 def s_limit(key: str, val: Any) -> str:
@@ -560,7 +570,7 @@ def s_flow(key: str, val: Any) -> str:
 STMTS = {"match": s_match, "counter": s_counter, "mangle": s_mangle, "quota": s_quota, "limit": s_limit,
          "log": s_log, "snat": s_nat, "dnat": s_nat, "masquerade": s_nat, "redirect": s_nat, "reject": s_reject,
          "set": s_set, "notrack": s_simple, "queue": s_queue, "dup": s_dup, "fwd": s_dup,
-         "flow": s_flow}
+         "flow": s_flow, "ct helper": s_ct_helper}
 
 
 # ---- expressions ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.nftables import flowtable
+from kproxy.nftables import cthelper, flowtable
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
     Concat,
@@ -372,11 +372,12 @@ class Parser:
             self.check_jumps(tbl)
             self.add_elements(s, lit)
             self.follow_on(verb, command=True)
-        elif what in ("counter", "quota", "limit"):
+        elif what in ("counter", "quota", "limit") or what == "ct" and self.peek(1).text == "helper":
             self.next()
+            kind = cthelper.KIND if what == "ct" and self.next() else what
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            self.object(tbl, what, self.word())
+            self.object(tbl, kind, self.word())
         elif what == "flowtable":
             self.next()
             family, tname = self.family_and_name()
@@ -454,6 +455,8 @@ class Parser:
             self.set_block(tbl, name, t.text == "map", False, defer=True)
         elif t.text in ("counter", "quota", "limit"):
             self.object(tbl, t.text, self.word(), defer=True)
+        elif t.text == "ct" and self.accept("helper"):
+            self.object(tbl, cthelper.KIND, self.word(), defer=True)
         elif t.text == "flowtable":
             name = self.word()
             self.expect("{")
@@ -707,7 +710,7 @@ class Parser:
             defaults: dict[str, dict[str, Any]] = {"counter": {"packets": 0, "bytes": 0},
                                                    "quota": {"value": 0, "unit": "bytes"},
                                                    "limit": {"rate": 0, "per": "second"}}
-            obj.values = dict(defaults[kind])
+            obj.values = cthelper.defaults(tbl) if kind == cthelper.KIND else dict(defaults[kind])
             tbl.objs[(kind, name.text)] = obj
         if not self.accept("{"):
             return
@@ -717,6 +720,8 @@ class Parser:
                 return
             if self.accept("comment"):
                 obj.comment = self.word().text
+            elif kind == cthelper.KIND:
+                cthelper.body_item(self, obj)
             elif kind == "counter":
                 self.expect("packets")
                 obj.values["packets"] = int(self.word().text)
@@ -962,15 +967,16 @@ class Parser:
                     raise NftError("Could not process rule: No such file or directory", where)
             gone = {repr(e.key) for e in lit.elems}
             s.elems = [e for e in s.elems if repr(e.key) not in gone]
-        elif what.text in ("counter", "quota", "limit"):
+        elif what.text in ("counter", "quota", "limit") or what.text == "ct" and self.accept("helper"):
+            kind = cthelper.KIND if what.text == "ct" else what.text
             family, tname = self.family_and_name()
             name = self.word()
             tbl = self.find_table(family, tname, "obj", name)
-            if (what.text, name.text) not in tbl.objs:
+            if (kind, name.text) not in tbl.objs:
                 raise self.enoent("obj", family, None, name, name, tbl.name)
-            if any(refers_to_obj(r, what.text, name.text) for c in tbl.chains.values() for r in c.rules):
+            if any(refers_to_obj(r, kind, name.text) for c in tbl.chains.values() for r in c.rules):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
-            del tbl.objs[(what.text, name.text)]
+            del tbl.objs[(kind, name.text)]
         elif what.text == "flowtable":
             family, tname = self.family_and_name()
             flowtable.delete(self, self.find_table(family, tname, "plain"))
@@ -1204,7 +1210,8 @@ def refers_to_obj(rule: Rule, kind: str, name: str) -> bool:
     """Whether a rule uses a named stateful object (``counter name "x"``, ``quota name "x"``, ...): the
     kernel refuses to delete an object a rule holds."""
     return any(isinstance(x, Counter) and kind == "counter" and x.name == name
-               or isinstance(x, ObjRef) and x.kind == kind and x.name == name for x in rule.stmts)
+               or isinstance(x, ObjRef) and x.kind == kind and x.name == name
+               or kind == cthelper.KIND and cthelper.uses(x, name) for x in rule.stmts)
 
 
 def verdicts(tbl: Table) -> list[Verdict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kproxy.nftables import cthelper
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
     CT,
@@ -674,18 +675,33 @@ class RuleBuilder:
             return True
         return t.text in PAYLOAD and p.peek(1).text in PAYLOAD[t.text]
 
+    def ct_helper_set(self, value: Expr, start: Token) -> None:
+        """``ct helper set NAME|MAP``: a reference to ``ct helper`` objects the kernel must find."""
+        st = cthelper.CtHelperSet(value)
+        if isinstance(value, Const):
+            value.loc = (start.line, start.col, self.p.toks[self.p.pos - 1].end)  # type: ignore[attr-defined]
+        for name, where in st.names():
+            if (cthelper.KIND, name) not in self.tbl.objs and self.missing_obj is None:
+                line, col, end = where or (start.line, start.col, start.end)
+                self.missing_obj = Token("word", "", line, col, end)
+        self.stmts.append(st)
+
     def expression_statement(self) -> None:
         p = self.p
         start = p.peek()
         lhs = self.concat()
         self.check_family(lhs, start)
         if p.accept("set"):
+            vstart = p.peek()
             if self.is_expr_start():
                 value = self.concat()
                 if p.accept("map"):
                     value = MapExpr(value, self.map_data(value, [lhs.dtype]))
             else:
                 value = self.binop(p.value(lhs.dtype))
+            if isinstance(lhs, Ct) and lhs.key == "helper" and lhs.direction is None:
+                self.ct_helper_set(value, vstart)
+                return
             self.stmts.append(Mangle(lhs, value))
             return
         if p.accept("vmap"):
