@@ -17,11 +17,13 @@ from kproxy.nftables.stmt import Stmt
 
 if TYPE_CHECKING:
     from kproxy.nftables.model import Obj, Table
+    from kproxy.packet import Packet
     from kproxy.nftables.parser import Parser
     from kproxy.nftables.stmt import Opts
 
 KIND = "ct helper"
 L4PROTOS = ("tcp", "udp")
+PROTO_NUMBERS = {"tcp": 6, "udp": 17}
 
 
 def defaults(tbl: Table) -> dict[str, Any]:
@@ -51,6 +53,13 @@ def body_item(p: Parser, obj: Obj) -> None:
         obj.values["l3proto"] = fam.text
     else:
         raise p.unexpected(t)
+
+
+def known(obj: Obj) -> bool:
+    """Whether the kernel has the helper for the protocol (nf_conntrack_helper_try_module_get)."""
+    from kproxy.iptables.ext.cthelper import HELPERS
+
+    return PROTO_NUMBERS.get(obj.values["protocol"], -1) in HELPERS.get(obj.values["type"], ())
 
 
 def body_text(obj: Obj) -> str:
@@ -92,3 +101,19 @@ class CtHelperSet(Stmt):
 
 def uses(stmt: Any, name: str) -> bool:
     return isinstance(stmt, CtHelperSet) and any(n == name for n, _ in stmt.names())
+
+
+def assign(obj: Obj | None, pkt: Packet) -> None:
+    """nft_ct_helper_obj_eval: a new (unconfirmed) connection of the object's layer 4 protocol, in a family
+    the object covers, with no helper yet, gets the object's helper; anything else is left as it is."""
+    from kproxy.netfilter.conntrack import IPS_CONFIRMED
+
+    conn = pkt.ct
+    if obj is None or conn is None or pkt.notrack or conn.status & IPS_CONFIRMED or conn.helper:
+        return
+    v = obj.values
+    if conn.proto != PROTO_NUMBERS.get(v["protocol"]):
+        return
+    if v["l3proto"] != "inet" and v["l3proto"] != ("ip6" if conn.orig.family == 6 else "ip"):
+        return
+    conn.helper = v["type"]

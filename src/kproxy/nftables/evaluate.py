@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter import offload
+from kproxy.nftables import cthelper
 from kproxy.netfilter.hooks import EGRESS, INGRESS, HookFn, HookState
 from kproxy.netfilter.nat import NatRange, jhash
 from kproxy.nftables.expr import (
@@ -395,6 +396,12 @@ class ChainRunner:
             return CONTINUE
         if isinstance(st, Forward):
             return self.forward(st, pkt, state)
+        if isinstance(st, cthelper.CtHelperSet):
+            name = self.value(st.value, pkt, state)
+            if name is None:
+                return None     # a map without the key breaks the rule
+            cthelper.assign(self.table.objs.get((cthelper.KIND, str(name))), pkt)
+            return CONTINUE
         if isinstance(st, FlowAdd):
             offload.flow_add(pkt, state)
             return CONTINUE
@@ -885,6 +892,10 @@ def ct_value(e: Ct, pkt: Packet) -> Any:
         return conn.zone if e.direction is None else conn.zone_id(0 if e.direction == "original" else 1)
     if e.key in ("mark", "status"):
         return getattr(conn, e.key)
+    if e.key == "helper":
+        # nft_ct_get_eval: the helper of the connection's master (an expected, RELATED connection), as
+        # the helper match; the emulated conntrack records one only where a caller set master_helper
+        return getattr(conn, "master_helper", None) or None
     if e.key in ("saddr", "daddr", "proto-src", "proto-dst"):
         tup = conn.orig if (e.direction or "original") == "original" else conn.reply
         attr = {"saddr": "src", "daddr": "dst", "proto-src": "sport", "proto-dst": "dport"}[e.key]

@@ -377,7 +377,12 @@ class Parser:
             kind = cthelper.KIND if what == "ct" and self.next() else what
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            self.object(tbl, kind, self.word())
+            name = self.word()
+            self.object(tbl, kind, name)
+            if kind == cthelper.KIND and not cthelper.known(tbl.objs[(kind, name.text)]):
+                # the kernel's ENOENT for the whole command (nft's location takes in the newline too)
+                raise NftError("Could not process rule: No such file or directory",
+                               (verb.line, verb.col, self.toks[self.pos - 1].end + 1))
         elif what == "flowtable":
             self.next()
             family, tname = self.family_and_name()
@@ -456,7 +461,10 @@ class Parser:
         elif t.text in ("counter", "quota", "limit"):
             self.object(tbl, t.text, self.word(), defer=True)
         elif t.text == "ct" and self.accept("helper"):
-            self.object(tbl, cthelper.KIND, self.word(), defer=True)
+            name = self.word()
+            self.object(tbl, cthelper.KIND, name, defer=True)
+            if not cthelper.known(tbl.objs[(cthelper.KIND, name.text)]):
+                raise NftError("Could not process rule: No such file or directory", loc(name))
         elif t.text == "flowtable":
             name = self.word()
             self.expect("{")
