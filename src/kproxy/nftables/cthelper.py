@@ -17,9 +17,9 @@ from kproxy.nftables.stmt import Stmt
 
 if TYPE_CHECKING:
     from kproxy.nftables.model import Obj, Table
-    from kproxy.packet import Packet
     from kproxy.nftables.parser import Parser
     from kproxy.nftables.stmt import Opts
+    from kproxy.packet import Packet
 
 KIND = "ct helper"
 L4PROTOS = ("tcp", "udp")

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter import offload
-from kproxy.nftables import cthelper
 from kproxy.netfilter.hooks import EGRESS, INGRESS, HookFn, HookState
 from kproxy.netfilter.nat import NatRange, jhash
+from kproxy.nftables import cthelper
 from kproxy.nftables.expr import (
     TRANSPORT,
     Binop,
