@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kproxy.netfilter import offload
 from kproxy.netfilter.hooks import EGRESS, INGRESS, HookFn, HookState
 from kproxy.netfilter.nat import NatRange, jhash
-from kproxy.nftables import cthelper
+from kproxy.nftables import cthelper, dup
 from kproxy.nftables.expr import (
     TRANSPORT,
     Binop,
@@ -58,7 +58,7 @@ from kproxy.nftables.stmt import (
     VerdictStmt,
 )
 from kproxy.nftables.trace import ChainTrace
-from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, Packet
+from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, Packet, format_addr
 from kproxy.versioned import Epoch
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -396,6 +396,15 @@ class ChainRunner:
             return CONTINUE
         if isinstance(st, Forward):
             return self.forward(st, pkt, state)
+        if isinstance(st, dup.Dup):
+            to = self.value(st.addr, pkt, state)
+            if to is None:
+                return None     # a map without the key breaks the rule
+            if state.trace is not None:   # nft_dup_ipv4_eval, as iptables' TEE: a clone routed to the address
+                via = f" via {st.dev}" if st.dev is not None else ""
+                state.trace.add("note", hook=state.hook, text=f"dup: a copy of {pkt.describe()} is sent to "
+                                f"{format_addr(int(to), 6 if self.table.family == 'ip6' else 4)}{via}")
+            return CONTINUE
         if isinstance(st, cthelper.CtHelperSet):
             name = self.value(st.value, pkt, state)
             if name is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kproxy.nftables import cthelper
+from kproxy.nftables import cthelper, dup
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
     CT,
@@ -242,6 +242,8 @@ class RuleBuilder:
             self.nat(t)
         elif w in ("fwd", "dup") and self.tbl.family == "netdev":
             self.forward(p.next())
+        elif w == "dup":
+            dup.parse(self, p.next())
         elif w == "fwd":
             p.next()
             p.expect("to")
