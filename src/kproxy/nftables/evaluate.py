@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kproxy.netfilter import offload
 from kproxy.netfilter.hooks import EGRESS, INGRESS, HookFn, HookState
 from kproxy.netfilter.nat import NatRange, jhash
-from kproxy.nftables import cthelper, dup
+from kproxy.nftables import cthelper, dup, objmap
 from kproxy.nftables.expr import (
     TRANSPORT,
     Binop,
@@ -290,6 +290,7 @@ class ChainRunner:
         self.compiled = Compiler(self)
         self.hook = self.compiled.entry(self.run_base)  # what the hook calls: this, without the method call
         self.limits = TokenBuckets()
+        self.obj_limits: dict[int, Limit] = {}      # id(limit object) -> the bucket's statement
 
     def __call__(self, pkt: Packet, state: HookState) -> int:
         return self.hook(pkt, state)
@@ -396,6 +397,22 @@ class ChainRunner:
             return CONTINUE
         if isinstance(st, Forward):
             return self.forward(st, pkt, state)
+        if isinstance(st, objmap.ObjMap):
+            name = self.value(st.map, pkt, state)
+            if name is None:
+                return None     # no element for the key: NFT_BREAK
+            return self.run_stmt(Counter(name=str(name)) if st.kind == "counter" else ObjRef(st.kind, str(name)),
+                                 pkt, state, depth)
+        if isinstance(st, ObjRef) and st.kind == "limit":
+            ob = self.table.objs.get(("limit", st.name))
+            if ob is None:
+                return CONTINUE
+            lim = self.obj_limits.get(id(ob))
+            if lim is None:
+                v = ob.values
+                lim = self.obj_limits[id(ob)] = Limit(v["rate"], v["per"], v.get("burst", 0 if v.get("unit") else 5),
+                                                      v.get("unit"), v.get("burst_unit", "bytes"), bool(v.get("over")))
+            return None if self.limits.over(lim, pkt.length, self.node.now()) != lim.over else CONTINUE
         if isinstance(st, dup.Dup):
             to = self.value(st.addr, pkt, state)
             if to is None:

@@ -444,7 +444,16 @@ def s_match(key: str, val: Any) -> str:
     return f"{lt} {op} {rt}"
 
 
+def s_objmap(key: str, val: Any) -> str | None:
+    """``{"counter": {"map": ...}}`` (quota, limit): the object a map picks, ``counter name KEY map ...``."""
+    if isinstance(val, dict) and "map" in val:
+        return f"{key} name {expr(val, f'Invalid {key} reference', rhs=True)}"
+    return None
+
+
 def s_counter(key: str, val: Any) -> str:
+    if (named := s_objmap(key, val)) is not None:
+        return named
     if isinstance(val, str):
         return f"counter name {quoted(val)}"
     if isinstance(val, dict) and ("packets" in val or "bytes" in val):
@@ -458,6 +467,8 @@ def s_mangle(key: str, val: Any) -> str:
 
 
 def s_quota(key: str, val: Any) -> str:
+    if (named := s_objmap(key, val)) is not None:
+        return named
     if isinstance(val, str):
         return f"quota name {quoted(val)}"
     (v,) = unpack(val, "i", "val")
@@ -472,6 +483,8 @@ def s_ct_helper(key: str, val: Any) -> str:
 
 
 def s_limit(key: str, val: Any) -> str:
+    if (named := s_objmap(key, val)) is not None:
+        return named
     if isinstance(val, str):
         return f"limit name {quoted(val)}"
     unpack(val, "is", "rate", "per")

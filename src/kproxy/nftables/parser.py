@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.nftables import cthelper, flowtable
+from kproxy.nftables import cthelper, flowtable, objmap
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
     Concat,
@@ -370,6 +370,7 @@ class Parser:
             s = self.find_set(tbl, self.word(), "eval")
             lit = self.set_literal(s.key, s.data, s)
             self.check_jumps(tbl)
+            objmap.check_elements(self, tbl, s, lit.elems)
             self.add_elements(s, lit)
             self.follow_on(verb, command=True)
         elif what in ("counter", "quota", "limit") or what == "ct" and self.peek(1).text == "helper":
@@ -628,6 +629,8 @@ class Parser:
                     self.expect(":")
                     if self.accept("verdict"):
                         s.data = [T.VERDICT]
+                    elif self.peek().text in T.OBJ_REFS:
+                        s.data = [T.OBJ_REFS[self.next().text]]
                     else:
                         s.data = [self.dtype()]
                         while self.accept("."):
@@ -665,6 +668,7 @@ class Parser:
         if not defer:  # in a table block the block's chains come first: table_block checks then
             self.check_jumps(tbl)
         for _, lit in pending:
+            objmap.check_elements(self, tbl, s, lit.elems)
             self.add_elements(s, lit)
 
     def typeof(self, tbl: Table, s: NSet, is_map: bool) -> None:
@@ -982,7 +986,8 @@ class Parser:
             tbl = self.find_table(family, tname, "obj", name)
             if (kind, name.text) not in tbl.objs:
                 raise self.enoent("obj", family, None, name, name, tbl.name)
-            if any(refers_to_obj(r, kind, name.text) for c in tbl.chains.values() for r in c.rules):
+            if any(refers_to_obj(r, kind, name.text) for c in tbl.chains.values() for r in c.rules) or \
+                    objmap.uses(tbl, kind, name.text):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.objs[(kind, name.text)]
         elif what.text == "flowtable":

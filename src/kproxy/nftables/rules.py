@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kproxy.nftables import cthelper, dup
+from kproxy.nftables import cthelper, dup, objmap
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
     CT,
@@ -183,8 +183,11 @@ class RuleBuilder:
             st.tok = target  # type: ignore[attr-defined]
             self.stmts.append(st)
         elif w == "counter":
-            p.next()
-            if p.accept("name"):
+            kw = p.next()
+            named = bool(p.accept("name"))
+            if named and self.is_expr_start():
+                objmap.parse(self, "counter", kw)
+            elif named:
                 name = p.word()
                 if ("counter", name.text) not in self.tbl.objs:
                     self.missing_obj = self.missing_obj or name
@@ -197,8 +200,11 @@ class RuleBuilder:
                     c.bytes = int(p.word().text)
                 self.stmts.append(c)
         elif w in ("limit", "quota") and p.peek(1).text == "name":
+            kw = p.next()
             p.next()
-            p.next()
+            if self.is_expr_start():
+                objmap.parse(self, w, kw)
+                return
             name = p.word()
             if (w, name.text) not in self.tbl.objs:
                 self.missing_obj = self.missing_obj or name
