@@ -585,7 +585,7 @@ class RuleBuilder:
             direction = p.next().text if p.at("original", "reply") else None
             family = p.next().text if p.at("ip", "ip6") else None
             k = p.word()
-            if k.text not in CT:
+            if k.text not in CT or direction is not None and k.text == "helper":    # helper has no direction
                 raise self.error(f"syntax error, unexpected {k.text}", k)
             if self.tbl.family == "netdev":
                 # nf_ct_netns_get has no netdev family: the kernel says EPROTO for the expression
