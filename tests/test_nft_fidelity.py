@@ -226,3 +226,22 @@ def test_a_field_typo_is_blamed_on_the_field() -> None:
                          + " " * 22 + "^" * 5 + "\n")
     assert res[3][2].startswith("Error: syntax error, unexpected string, expecting length or checksum or sport or dport\n")
     assert res[7][0] == 0
+
+
+def test_ct_helper_objects() -> None:
+    """``ct helper`` objects (issue 12): declared, referenced by ``ct helper set`` (a string or a map),
+    listed, busy while used, and refused when missing, as nft 1.0.6 does."""
+    cmds = steps("ct_helper.cmds")
+    res = dict(zip([shlex.join(a) for a in cmds], run_steps(cmds)))
+    missing = res['add rule inet f c ct helper set \'"nope"\'']
+    assert missing[0] == 1 and "Could not process rule: No such file or directory" in missing[2]
+    listed = res["-a list ruleset"][1]
+    assert '\tct helper ftp-standard { # handle 1\n\t\ttype "ftp" protocol tcp\n\t\tl3proto inet\n\t}\n' in listed
+    assert 'ct helper set tcp dport map { 21 : "ftp-standard", 2121 : "h2" } # handle 7' in listed
+    assert res["list ct helpers"][2].startswith("Error: syntax error, unexpected newline, expecting table\n")
+    busy = res["delete ct helper inet f h2"]      # used only through the map
+    assert busy[0] == 1 and "Device or resource busy" in busy[2]
+    assert '{"ct helper": {"family": "inet", "name": "h2", "table": "f", "handle": 2, "type": "ftp", ' \
+        '"protocol": "tcp", "l3proto": "inet"}}' in res["-j list ct helper inet f h2"][1]
+    assert "expecting udp or tcp" in res["add ct helper inet g bad2 '{' type '\"ftp\"' protocol sctp ';' '}'"][2]
+    assert '{"ct helper": "ftp1"}' in res["-j list table ip j"][1]

@@ -38,6 +38,8 @@ def format_conn(conn: Conn, now: float, extended: bool = False, use: int = 1, wi
     parts.append(f"mark={conn.mark}")
     if conn.zone and conn.zone_dir == 3:
         parts.append(f"zone={conn.zone}")
+    if conn.helper:
+        parts.append(f"helper={conn.helper}")
     parts.append(f"use={use}")
     if with_id:
         parts.append(f"id={conn.id}")

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from kproxy.iptables.translate import nft_family
-from kproxy.nftables import flowtable
+from kproxy.nftables import cthelper, flowtable
 from kproxy.nftables.expr import Opts
 from kproxy.nftables.json_input import JsonError
 from kproxy.nftables.lexer import Token
@@ -329,7 +329,14 @@ def answer(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool, xt
 
 def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -> Any:
     """One list/reset request: its text, or (``as_json``) its list of JSON items."""
-    if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits", "meters") and \
+    if len(toks) > 1 and toks[0].text == "ct" and toks[1].text in ("helper", "helpers"):
+        # ``list ct helpers table FAMILY NAME`` (the table keyword required) / ``list ct helper F T NAME``
+        kw = Token("word", "ct " + toks[1].text, toks[0].line, toks[0].col, toks[1].end)
+        toks = [kw, *toks[2:]]
+        if kw.text == "ct helpers" and (len(toks) < 2 or toks[1].text != "table"):
+            at = toks[1] if len(toks) > 1 else Token("word", "", kw.line, kw.end + 1, kw.end + 1)
+            raise NftError("syntax error, unexpected newline, expecting table", loc(at), kernel=False)
+    if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits", "meters", "ct helpers") and \
             toks[1].text == "table":
         toks = [toks[0], *toks[2:]]
     if len(toks) > 1 and toks[0].text == "chains" and toks[1].text not in FAMILIES:
@@ -361,9 +368,9 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
         return [i for t in tables for i in table_items_json(t, o)] if as_json else \
             "".join(table_text(t, o) for t in tables)
     plural = {"counters": "counter", "quotas": "quota", "limits": "limit", "sets": "set", "maps": "map",
-              "chains": "chain", "meters": "meter", "flowtables": "flowtable"}
+              "chains": "chain", "meters": "meter", "flowtables": "flowtable", "ct helpers": cthelper.KIND}
     if what not in plural and what not in ("table", "chain", "set", "map", "counter", "quota", "limit", "meter",
-                                            "flowtable"):
+                                            "flowtable", cthelper.KIND):
         # not a keyword of the grammar: bison's "unexpected string" at the word
         raise NftError("syntax error, unexpected string", loc(toks[0]), kernel=False)
     if what in plural and not names:

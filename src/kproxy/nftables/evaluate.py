@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kproxy.netfilter import offload
 from kproxy.netfilter.hooks import EGRESS, INGRESS, HookFn, HookState
 from kproxy.netfilter.nat import NatRange, jhash
+from kproxy.nftables import cthelper, dup, objmap
 from kproxy.nftables.expr import (
     TRANSPORT,
     Binop,
@@ -57,7 +58,7 @@ from kproxy.nftables.stmt import (
     VerdictStmt,
 )
 from kproxy.nftables.trace import ChainTrace
-from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, Packet
+from kproxy.packet import NF_ACCEPT, NF_DROP, NF_STOLEN, TCP, Packet, format_addr
 from kproxy.versioned import Epoch
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -289,6 +290,7 @@ class ChainRunner:
         self.compiled = Compiler(self)
         self.hook = self.compiled.entry(self.run_base)  # what the hook calls: this, without the method call
         self.limits = TokenBuckets()
+        self.obj_limits: dict[int, Limit] = {}      # id(limit object) -> the bucket's statement
 
     def __call__(self, pkt: Packet, state: HookState) -> int:
         return self.hook(pkt, state)
@@ -395,6 +397,37 @@ class ChainRunner:
             return CONTINUE
         if isinstance(st, Forward):
             return self.forward(st, pkt, state)
+        if isinstance(st, objmap.ObjMap):
+            name = self.value(st.map, pkt, state)
+            if name is None:
+                return None     # no element for the key: NFT_BREAK
+            return self.run_stmt(Counter(name=str(name)) if st.kind == "counter" else ObjRef(st.kind, str(name)),
+                                 pkt, state, depth)
+        if isinstance(st, ObjRef) and st.kind == "limit":
+            ob = self.table.objs.get(("limit", st.name))
+            if ob is None:
+                return CONTINUE
+            lim = self.obj_limits.get(id(ob))
+            if lim is None:
+                v = ob.values
+                lim = self.obj_limits[id(ob)] = Limit(v["rate"], v["per"], v.get("burst", 0 if v.get("unit") else 5),
+                                                      v.get("unit"), v.get("burst_unit", "bytes"), bool(v.get("over")))
+            return None if self.limits.over(lim, pkt.length, self.node.now()) != lim.over else CONTINUE
+        if isinstance(st, dup.Dup):
+            to = self.value(st.addr, pkt, state)
+            if to is None:
+                return None     # a map without the key breaks the rule
+            if state.trace is not None:   # nft_dup_ipv4_eval, as iptables' TEE: a clone routed to the address
+                via = f" via {st.dev}" if st.dev is not None else ""
+                state.trace.add("note", hook=state.hook, text=f"dup: a copy of {pkt.describe()} is sent to "
+                                f"{format_addr(int(to), 6 if self.table.family == 'ip6' else 4)}{via}")
+            return CONTINUE
+        if isinstance(st, cthelper.CtHelperSet):
+            name = self.value(st.value, pkt, state)
+            if name is None:
+                return None     # a map without the key breaks the rule
+            cthelper.assign(self.table.objs.get((cthelper.KIND, str(name))), pkt)
+            return CONTINUE
         if isinstance(st, FlowAdd):
             offload.flow_add(pkt, state)
             return CONTINUE
@@ -885,6 +918,10 @@ def ct_value(e: Ct, pkt: Packet) -> Any:
         return conn.zone if e.direction is None else conn.zone_id(0 if e.direction == "original" else 1)
     if e.key in ("mark", "status"):
         return getattr(conn, e.key)
+    if e.key == "helper":
+        # nft_ct_get_eval: the helper of the connection's master (an expected, RELATED connection), as
+        # the helper match; the emulated conntrack records one only where a caller set master_helper
+        return getattr(conn, "master_helper", None) or None
     if e.key in ("saddr", "daddr", "proto-src", "proto-dst"):
         tup = conn.orig if (e.direction or "original") == "original" else conn.reply
         attr = {"saddr": "src", "daddr": "dst", "proto-src": "sport", "proto-dst": "dport"}[e.key]

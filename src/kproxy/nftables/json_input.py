@@ -340,6 +340,11 @@ def w_object(verb: str, kind: str, body: Any) -> str:
         return out
     if kind == "counter":
         spec = f"packets {opt(body, 'packets', int) or 0} bytes {opt(body, 'bytes', int) or 0}"
+    elif kind == "ct helper":
+        typ, proto = unpack(body, "ss", "type", "protocol")
+        spec = f"type {quoted(typ)} protocol {proto}"
+        if opt(body, "l3proto", str):
+            spec += f"; l3proto {body['l3proto']}"
     elif kind == "quota":
         spec = ("over " if body.get("inv") else "") + byte_units(opt(body, "bytes", int) or 0)
         if opt(body, "used", int):
@@ -395,6 +400,7 @@ def w_flowtable(verb: str, kind: str, body: Any) -> str:
 
 OBJECT_WRITERS = {"table": w_table, "chain": w_chain, "rule": w_rule, "set": w_set, "map": w_set,
                   "element": w_element, "counter": w_object, "quota": w_object, "limit": w_object,
+                  "ct helper": w_object,
                   "flowtable": w_flowtable}
 
 
@@ -438,7 +444,16 @@ def s_match(key: str, val: Any) -> str:
     return f"{lt} {op} {rt}"
 
 
+def s_objmap(key: str, val: Any) -> str | None:
+    """``{"counter": {"map": ...}}`` (quota, limit): the object a map picks, ``counter name KEY map ...``."""
+    if isinstance(val, dict) and "map" in val:
+        return f"{key} name {expr(val, f'Invalid {key} reference', rhs=True)}"
+    return None
+
+
 def s_counter(key: str, val: Any) -> str:
+    if (named := s_objmap(key, val)) is not None:
+        return named
     if isinstance(val, str):
         return f"counter name {quoted(val)}"
     if isinstance(val, dict) and ("packets" in val or "bytes" in val):
@@ -452,6 +467,8 @@ def s_mangle(key: str, val: Any) -> str:
 
 
 def s_quota(key: str, val: Any) -> str:
+    if (named := s_objmap(key, val)) is not None:
+        return named
     if isinstance(val, str):
         return f"quota name {quoted(val)}"
     (v,) = unpack(val, "i", "val")
@@ -461,7 +478,13 @@ def s_quota(key: str, val: Any) -> str:
     return s
 
 
+def s_ct_helper(key: str, val: Any) -> str:
+    return f"ct helper set {expr(val, 'Invalid ct helper reference', rhs=True)}"
+
+
 def s_limit(key: str, val: Any) -> str:
+    if (named := s_objmap(key, val)) is not None:
+        return named
     if isinstance(val, str):
         return f"limit name {quoted(val)}"
     unpack(val, "is", "rate", "per")
@@ -560,7 +583,7 @@ def s_flow(key: str, val: Any) -> str:
 STMTS = {"match": s_match, "counter": s_counter, "mangle": s_mangle, "quota": s_quota, "limit": s_limit,
          "log": s_log, "snat": s_nat, "dnat": s_nat, "masquerade": s_nat, "redirect": s_nat, "reject": s_reject,
          "set": s_set, "notrack": s_simple, "queue": s_queue, "dup": s_dup, "fwd": s_dup,
-         "flow": s_flow}
+         "flow": s_flow, "ct helper": s_ct_helper}
 
 
 # ---- expressions ------------------------------------------------------------------------------

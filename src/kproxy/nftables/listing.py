@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kproxy.nftables import flowtable
+from kproxy.nftables import cthelper, flowtable
 from kproxy.nftables.expr import Concat, Const, Elem, Opts, Prefix, Range, fmt_time
 from kproxy.nftables.model import Chain, NSet, Obj, Rule, Ruleset, Table, priority_text
 
@@ -93,6 +93,8 @@ def set_text(s: NSet, o: Opts, indent: str = "\t") -> str:
 
 def obj_body(obj: Obj, o: Opts) -> str:
     v = obj.values
+    if obj.kind == cthelper.KIND:
+        return cthelper.body_text(obj)
     if obj.kind == "counter":
         return "" if o.stateless else f"packets {v['packets']} bytes {v['bytes']}"
     if obj.kind == "quota":
@@ -119,7 +121,7 @@ def obj_text(obj: Obj, o: Opts, indent: str = "\t") -> str:
         lines.append(f'{indent}\tcomment "{obj.comment}"')
     body = obj_body(obj, o)
     if body:
-        lines.append(f"{indent}\t{body}")
+        lines += [f"{indent}\t{ln}" for ln in body.split("\n")]
     lines.append(f"{indent}}}")
     return "\n".join(lines)
 
@@ -224,7 +226,9 @@ def obj_json(t: Table, ob: Obj, o: Opts) -> dict[str, Any]:
     if ob.comment is not None:
         d["comment"] = ob.comment
     v = ob.values
-    if ob.kind == "counter":
+    if ob.kind == cthelper.KIND:
+        d.update(cthelper.body_json(ob))
+    elif ob.kind == "counter":
         d.update(packets=0 if o.stateless else v["packets"], bytes=0 if o.stateless else v["bytes"])
     elif ob.kind == "quota":
         d["bytes"] = v["value"] * UNIT_BYTES[v["unit"]]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.nftables import flowtable
+from kproxy.nftables import cthelper, flowtable, objmap
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
     Concat,
@@ -370,13 +370,20 @@ class Parser:
             s = self.find_set(tbl, self.word(), "eval")
             lit = self.set_literal(s.key, s.data, s)
             self.check_jumps(tbl)
+            objmap.check_elements(self, tbl, s, lit.elems)
             self.add_elements(s, lit)
             self.follow_on(verb, command=True)
-        elif what in ("counter", "quota", "limit"):
+        elif what in ("counter", "quota", "limit") or what == "ct" and self.peek(1).text == "helper":
             self.next()
+            kind = cthelper.KIND if what == "ct" and self.next() else what
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            self.object(tbl, what, self.word())
+            name = self.word()
+            self.object(tbl, kind, name)
+            if kind == cthelper.KIND and not cthelper.known(tbl.objs[(kind, name.text)]):
+                # the kernel's ENOENT for the whole command (nft's location takes in the newline too)
+                raise NftError("Could not process rule: No such file or directory",
+                               (verb.line, verb.col, self.toks[self.pos - 1].end + 1))
         elif what == "flowtable":
             self.next()
             family, tname = self.family_and_name()
@@ -454,6 +461,11 @@ class Parser:
             self.set_block(tbl, name, t.text == "map", False, defer=True)
         elif t.text in ("counter", "quota", "limit"):
             self.object(tbl, t.text, self.word(), defer=True)
+        elif t.text == "ct" and self.accept("helper"):
+            name = self.word()
+            self.object(tbl, cthelper.KIND, name, defer=True)
+            if not cthelper.known(tbl.objs[(cthelper.KIND, name.text)]):
+                raise NftError("Could not process rule: No such file or directory", loc(name))
         elif t.text == "flowtable":
             name = self.word()
             self.expect("{")
@@ -617,6 +629,8 @@ class Parser:
                     self.expect(":")
                     if self.accept("verdict"):
                         s.data = [T.VERDICT]
+                    elif self.peek().text in T.OBJ_REFS:
+                        s.data = [T.OBJ_REFS[self.next().text]]
                     else:
                         s.data = [self.dtype()]
                         while self.accept("."):
@@ -654,6 +668,7 @@ class Parser:
         if not defer:  # in a table block the block's chains come first: table_block checks then
             self.check_jumps(tbl)
         for _, lit in pending:
+            objmap.check_elements(self, tbl, s, lit.elems)
             self.add_elements(s, lit)
 
     def typeof(self, tbl: Table, s: NSet, is_map: bool) -> None:
@@ -707,7 +722,7 @@ class Parser:
             defaults: dict[str, dict[str, Any]] = {"counter": {"packets": 0, "bytes": 0},
                                                    "quota": {"value": 0, "unit": "bytes"},
                                                    "limit": {"rate": 0, "per": "second"}}
-            obj.values = dict(defaults[kind])
+            obj.values = cthelper.defaults(tbl) if kind == cthelper.KIND else dict(defaults[kind])
             tbl.objs[(kind, name.text)] = obj
         if not self.accept("{"):
             return
@@ -717,6 +732,8 @@ class Parser:
                 return
             if self.accept("comment"):
                 obj.comment = self.word().text
+            elif kind == cthelper.KIND:
+                cthelper.body_item(self, obj)
             elif kind == "counter":
                 self.expect("packets")
                 obj.values["packets"] = int(self.word().text)
@@ -962,15 +979,17 @@ class Parser:
                     raise NftError("Could not process rule: No such file or directory", where)
             gone = {repr(e.key) for e in lit.elems}
             s.elems = [e for e in s.elems if repr(e.key) not in gone]
-        elif what.text in ("counter", "quota", "limit"):
+        elif what.text in ("counter", "quota", "limit") or what.text == "ct" and self.accept("helper"):
+            kind = cthelper.KIND if what.text == "ct" else what.text
             family, tname = self.family_and_name()
             name = self.word()
             tbl = self.find_table(family, tname, "obj", name)
-            if (what.text, name.text) not in tbl.objs:
+            if (kind, name.text) not in tbl.objs:
                 raise self.enoent("obj", family, None, name, name, tbl.name)
-            if any(refers_to_obj(r, what.text, name.text) for c in tbl.chains.values() for r in c.rules):
+            if any(refers_to_obj(r, kind, name.text) for c in tbl.chains.values() for r in c.rules) or \
+                    objmap.uses(tbl, kind, name.text):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
-            del tbl.objs[(what.text, name.text)]
+            del tbl.objs[(kind, name.text)]
         elif what.text == "flowtable":
             family, tname = self.family_and_name()
             flowtable.delete(self, self.find_table(family, tname, "plain"))
@@ -1204,7 +1223,8 @@ def refers_to_obj(rule: Rule, kind: str, name: str) -> bool:
     """Whether a rule uses a named stateful object (``counter name "x"``, ``quota name "x"``, ...): the
     kernel refuses to delete an object a rule holds."""
     return any(isinstance(x, Counter) and kind == "counter" and x.name == name
-               or isinstance(x, ObjRef) and x.kind == kind and x.name == name for x in rule.stmts)
+               or isinstance(x, ObjRef) and x.kind == kind and x.name == name
+               or kind == cthelper.KIND and cthelper.uses(x, name) for x in rule.stmts)
 
 
 def verdicts(tbl: Table) -> list[Verdict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kproxy.nftables import cthelper, dup, objmap
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
     CT,
@@ -182,8 +183,11 @@ class RuleBuilder:
             st.tok = target  # type: ignore[attr-defined]
             self.stmts.append(st)
         elif w == "counter":
-            p.next()
-            if p.accept("name"):
+            kw = p.next()
+            named = bool(p.accept("name"))
+            if named and self.is_expr_start():
+                objmap.parse(self, "counter", kw)
+            elif named:
                 name = p.word()
                 if ("counter", name.text) not in self.tbl.objs:
                     self.missing_obj = self.missing_obj or name
@@ -196,8 +200,11 @@ class RuleBuilder:
                     c.bytes = int(p.word().text)
                 self.stmts.append(c)
         elif w in ("limit", "quota") and p.peek(1).text == "name":
+            kw = p.next()
             p.next()
-            p.next()
+            if self.is_expr_start():
+                objmap.parse(self, w, kw)
+                return
             name = p.word()
             if (w, name.text) not in self.tbl.objs:
                 self.missing_obj = self.missing_obj or name
@@ -241,6 +248,8 @@ class RuleBuilder:
             self.nat(t)
         elif w in ("fwd", "dup") and self.tbl.family == "netdev":
             self.forward(p.next())
+        elif w == "dup":
+            dup.parse(self, p.next())
         elif w == "fwd":
             p.next()
             p.expect("to")
@@ -576,7 +585,7 @@ class RuleBuilder:
             direction = p.next().text if p.at("original", "reply") else None
             family = p.next().text if p.at("ip", "ip6") else None
             k = p.word()
-            if k.text not in CT:
+            if k.text not in CT or direction is not None and k.text == "helper":    # helper has no direction
                 raise self.error(f"syntax error, unexpected {k.text}", k)
             if self.tbl.family == "netdev":
                 # nf_ct_netns_get has no netdev family: the kernel says EPROTO for the expression
@@ -674,18 +683,33 @@ class RuleBuilder:
             return True
         return t.text in PAYLOAD and p.peek(1).text in PAYLOAD[t.text]
 
+    def ct_helper_set(self, value: Expr, start: Token) -> None:
+        """``ct helper set NAME|MAP``: a reference to ``ct helper`` objects the kernel must find."""
+        st = cthelper.CtHelperSet(value)
+        if isinstance(value, Const):
+            value.loc = (start.line, start.col, self.p.toks[self.p.pos - 1].end)  # type: ignore[attr-defined]
+        for name, where in st.names():
+            if (cthelper.KIND, name) not in self.tbl.objs and self.missing_obj is None:
+                line, col, end = where or (start.line, start.col, start.end)
+                self.missing_obj = Token("word", "", line, col, end)
+        self.stmts.append(st)
+
     def expression_statement(self) -> None:
         p = self.p
         start = p.peek()
         lhs = self.concat()
         self.check_family(lhs, start)
         if p.accept("set"):
+            vstart = p.peek()
             if self.is_expr_start():
                 value = self.concat()
                 if p.accept("map"):
                     value = MapExpr(value, self.map_data(value, [lhs.dtype]))
             else:
                 value = self.binop(p.value(lhs.dtype))
+            if isinstance(lhs, Ct) and lhs.key == "helper" and lhs.direction is None:
+                self.ct_helper_set(value, vstart)
+                return
             self.stmts.append(Mangle(lhs, value))
             return
         if p.accept("vmap"):

@@ -309,3 +309,6 @@ SET_TYPES = {t.name: t for t in (IPV4, IPV6, ETHER, SERVICE, PROTO, MARK, IFNAME
                                  ICMPV6_TYPE, CT_STATE, CT_STATUS, TCP_FLAG, PKTTYPE, UID, GID, ETHER_TYPE,
                                  NFPROTO, FIB_ADDRTYPE, ICMP_CODE, ICMPV6_CODE, DSCP, ECN, CLASSID)}
 SET_TYPES["integer"] = DType("integer", 32, "int")
+
+# The data of an object map (``type ipv4_addr : counter``): the names of a table's stateful objects.
+OBJ_REFS = {k: DType(k, 0, "string") for k in ("counter", "quota", "limit")}
