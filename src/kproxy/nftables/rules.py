@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kproxy.nftables import exthdr as X
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
     CT,
@@ -553,6 +554,8 @@ class RuleBuilder:
             p.next()
             name = p.word().text
             return TcpOption(name, p.word().text)
+        if X.starts(p):
+            return X.parse(p)
         if w == "rt":
             p.next()
             return Rt(p.word().text)
@@ -672,6 +675,8 @@ class RuleBuilder:
             return False
         if t.text in ("meta", "ct", "numgen", "jhash", "symhash", "fib", "rt") or t.text in META_BARE_IN:
             return True
+        if X.starts(p):
+            return True
         return t.text in PAYLOAD and p.peek(1).text in PAYLOAD[t.text]
 
     def expression_statement(self) -> None:
@@ -700,6 +705,8 @@ class RuleBuilder:
         if isinstance(lhs, Fib) and lhs.result != "type" and p.at("exists", "missing"):
             lhs = Fib(lhs.flags, lhs.result, present=True)
             rhs: Expr = Const(T.BOOLEAN, int(p.next().text == "exists"))
+        elif isinstance(lhs, X.Exthdr) and lhs.field is None and p.at("exists", "missing"):
+            rhs = Const(T.BOOLEAN, int(p.next().text == "exists"))
         else:
             types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
             rhs = self.rhs(lhs, types)
@@ -740,6 +747,8 @@ class RuleBuilder:
                 net = self.last_network()
                 if net is not None and net != e.proto:
                     raise NftError(f"conflicting protocols specified: {net} vs. {e.proto}", at)
+            if isinstance(e, X.Exthdr) and fam == "ip":
+                raise NftError("cannot use exthdr with ip", at)
             if isinstance(e, Meta) and e.key == "nfproto" and fam != "inet":
                 raise NftError("meta nfproto is only useful in the inet family", at)
 
