@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kproxy.netfilter import offload
 from kproxy.netfilter.hooks import EGRESS, INGRESS, HookFn, HookState
 from kproxy.netfilter.nat import NatRange, jhash
+from kproxy.nftables import exthdr as X
 from kproxy.nftables.expr import (
     TRANSPORT,
     Binop,
@@ -681,6 +682,8 @@ class ChainRunner:
             return hash((inner, e.seed)) % e.mod + e.offset
         if isinstance(e, Fib):
             return self.fib(e, pkt, state)
+        if isinstance(e, X.Exthdr):
+            return X.value(e, pkt)
         if isinstance(e, MapExpr):
             found = self.lookup(e.data, self.value(e.key, pkt, state))
             return self.value(found, pkt, state) if isinstance(found, Expr) and not isinstance(found, Elem) else None
