@@ -747,7 +747,7 @@ class RuleBuilder:
                 net = self.last_network()
                 if net is not None and net != e.proto:
                     raise NftError(f"conflicting protocols specified: {net} vs. {e.proto}", at)
-            if isinstance(e, X.Exthdr) and fam == "ip":
+            if isinstance(e, X.Exthdr) and (fam == "ip" or fam == "inet" and self.last_network() == "ip"):
                 raise NftError("cannot use exthdr with ip", at)
             if isinstance(e, Meta) and e.key == "nfproto" and fam != "inet":
                 raise NftError("meta nfproto is only useful in the inet family", at)
@@ -1013,6 +1013,10 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
             dep = out[deps["l3"]]       # an ICMP reject fixes the network: its meta nfproto goes
             if isinstance(dep, Match) and isinstance(dep.right, Const) and \
                     dep.right.value == (2 if s.kind == "icmp" else 10):
+                out[deps.pop("l3")] = None
+        elif isinstance(s, Match) and isinstance(s.left, X.Exthdr) and family == "inet" and "l3" in deps:
+            dep = out[deps["l3"]]       # an IPv6 extension header implies meta nfproto ipv6
+            if isinstance(dep, Match) and isinstance(dep.right, Const) and dep.right.value == 10:
                 out[deps.pop("l3")] = None
         elif proto is not None:
             for p in _all_payload_protos(s):
