@@ -95,3 +95,21 @@ def test_a_mobility_packets_header_is_found() -> None:
     rules = ["exthdr mh exists", "exthdr mh missing", "mh type binding-update", "mh type home-test",
              "mh type != binding-update", "exthdr frag missing", "frag id 0"]
     assert counters_after(rules, [mh, UDP6]) == [1, 1, 1, 0, 0, 2, 0]
+
+
+@pytest.mark.kernel
+def test_ipv4_probes_through_an_inet_tables_extension_headers_agree_with_the_kernel(lab) -> None:
+    """The differential lab sends IPv4 only. In an inet table nft adds no nfproto dependency, and the
+    kernel's nft_exthdr on an IPv4 packet matches neither ``exists`` nor ``missing`` nor a field."""
+    from kproxy.lab.differential import Case, Probe
+    from kproxy.lab.nftdiff import run_case
+
+    script = ("table inet t {\n\tchain c {\n\t\ttype filter hook forward priority filter;\n"
+              "\t\texthdr frag exists counter\n\t\texthdr frag missing counter\n\t\texthdr hbh missing counter\n"
+              "\t\tfrag id != 0 counter\n\t\thbh nexthdr != 0 counter\n\t\texthdr mh exists counter\n"
+              "\t\texthdr rt missing counter drop\n\t}\n}\n")
+    probes = [Probe("tcp", "10.244.1.3", 80), Probe("udp", "10.244.1.3", 53)]
+    refusals: list[str] = []
+    diffs = run_case(lab, Case(script, probes), refusals)
+    assert not refusals, refusals
+    assert not diffs, "\n".join(d.text() for d in diffs)

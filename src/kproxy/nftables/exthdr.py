@@ -11,7 +11,9 @@ The packet model carries no extension headers (see kproxy.iptables.ext.ip6header
 base header and its transport header. ipv6_find_hdr therefore finds a header only when it is the
 packet's final protocol, which is possible only for the Mobility header (protocol 135). So
 ``exthdr X exists`` holds only for ``mh`` on a Mobility packet, ``missing`` holds otherwise, and a
-field of an absent header ends the rule (NFT_BREAK) like the kernel does.
+field of an absent header ends the rule (NFT_BREAK) like the kernel does. An IPv4 packet that meets
+an extension header expression in an inet table matches neither ``exists`` nor ``missing`` nor any
+field (seen in the kernel lab: tests/test_nft_exthdr.py's kernel test).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def find_header(pkt: Packet, name: str) -> bool:
 
 def value(e: Exthdr, pkt: Packet) -> Any:
     """The register nft_exthdr loads: a presence bit, or the field (None: NFT_BREAK)."""
+    if pkt.family != 6:
+        return None     # an IPv4 packet in an inet table: neither exists nor missing holds (kernel lab)
     found = find_header(pkt, e.name)
     if e.field is None:
         return int(found)
