@@ -26,7 +26,7 @@ from kproxy.node import Node
 from kproxy.packet import Packet
 
 
-@pytest.mark.parametrize("name", ["exthdr.cmds", "exthdr_json.cmds"])
+@pytest.mark.parametrize("name", ["exthdr.cmds", "exthdr_json.cmds", "exthdr_extra.cmds"])
 def test_steps_match_recorded_nft(name: str) -> None:
     recorded = json.loads((DATA / name.replace(".cmds", ".recorded.json")).read_text())
     got = [[rc, out, err.replace(str(DATA), "DATA")] for rc, out, err in run_steps(steps(name))]

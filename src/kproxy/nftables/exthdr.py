@@ -62,21 +62,21 @@ class Exthdr(Expr):
 
     name: str
     field: str | None = None
-    index: int = 0
+    index: int | None = None
 
     @property
     def dtype(self) -> T.DType:  # type: ignore[override]
         if self.field is None:
             return T.BOOLEAN
         fields = HEADERS[self.name][1]
-        return fields[self.field + "[]"] if self.index else fields[self.field]
+        return fields[self.field + "[]"] if self.index is not None else fields[self.field]
 
     @property
     def listed(self) -> tuple[str, str | None]:
         """nft lists rt0's addresses as the srh segment list that has the same offsets."""
         if self.name == "rt0" and self.field == "addr":
             return "srh", f"sid[{self.index}]"
-        if self.index:
+        if self.index is not None:
             return self.name, f"{self.field}[{self.index}]"
         return self.name, self.field
 
@@ -161,4 +161,8 @@ def parse(p: Any) -> Exthdr:
         raise unexpected(n, "number")
     p.next()
     p.expect("]")
+    if int(n.text) == 0:
+        # segment 0 lies before the address list: nft 1.0.6 finds no template there and reads the
+        # compared value as a bare integer, which an address is not
+        raise NftError("Could not parse integer", loc(p.peek()))
     return Exthdr(first.text, ft.text, int(n.text))

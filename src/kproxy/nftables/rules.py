@@ -684,6 +684,8 @@ class RuleBuilder:
         start = p.peek()
         lhs = self.concat()
         self.check_family(lhs, start)
+        if isinstance(lhs, X.Exthdr) and p.at("set"):
+            raise p.unexpected()        # nft 1.0.6 has no IPv6 extension header mangling
         if p.accept("set"):
             if self.is_expr_start():
                 value = self.concat()
