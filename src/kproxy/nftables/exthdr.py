@@ -42,7 +42,7 @@ MH_TYPE = T._t("mh_type", 8, "symbol", "Mobility Header Type",
 HEADERS: dict[str, tuple[int, dict[str, T.DType]]] = {
     "hbh": (0, {"nexthdr": T.PROTO, "hdrlength": _int(8)}),
     "rt": (43, {"nexthdr": T.PROTO, "hdrlength": _int(8), "type": _int(8), "seg-left": _int(8)}),
-    "rt0": (43, {"reserved": _int(32), "addr[]": T.IPV6}),
+    "rt0": (43, {"addr[]": T.IPV6}),      # 1.0.6's grammar has no ``rt0 reserved``
     "rt2": (43, {"reserved": _int(32), "addr": T.IPV6}),
     "srh": (43, {"last-entry": _int(8), "flags": _int(8), "tag": _int(16), "sid[]": T.IPV6}),
     "frag": (44, {"nexthdr": T.PROTO, "reserved": _int(8), "frag-off": _int(13), "reserved2": _int(2),
@@ -147,7 +147,7 @@ def parse(p: Any) -> Exthdr:
     fields = HEADERS[first.text][1]
     ft = p.peek()
     if ft.kind != "word" or (ft.text not in fields and ft.text + "[]" not in fields):
-        raise unexpected(ft)
+        raise unexpected(ft, "addr" if first.text == "rt0" else "")
     p.next()
     if ft.text + "[]" not in fields:
         if first.text == "rt2" and ft.text == "addr":
