@@ -16,6 +16,7 @@ from kproxy.netfilter import offload
 from kproxy.netfilter.hooks import EGRESS, INGRESS, HookFn, HookState
 from kproxy.netfilter.nat import NatRange, jhash
 from kproxy.nftables import cthelper, dup, objmap
+from kproxy.nftables import exthdr as X
 from kproxy.nftables.expr import (
     TRANSPORT,
     Binop,
@@ -714,6 +715,8 @@ class ChainRunner:
             return hash((inner, e.seed)) % e.mod + e.offset
         if isinstance(e, Fib):
             return self.fib(e, pkt, state)
+        if isinstance(e, X.Exthdr):
+            return X.value(e, pkt)
         if isinstance(e, MapExpr):
             found = self.lookup(e.data, self.value(e.key, pkt, state))
             return self.value(found, pkt, state) if isinstance(found, Expr) and not isinstance(found, Elem) else None

@@ -655,6 +655,26 @@ def e_rt(key: str, val: Any) -> str:
     return f"rt {k}"
 
 
+def e_exthdr(key: str, val: Any) -> str:
+    """``{"exthdr": {"name": "frag", "field": "id"}}``; no field: the header's presence."""
+    from kproxy.nftables.exthdr import HEADERS
+
+    (name,) = unpack(val, "s", "name")
+    if name not in HEADERS:
+        raise JsonError((None, f"Invalid exthdr protocol '{name}'."))
+    if name in ("rt0", "rt2"):
+        # nft 1.0.6 reads these two by raw offset only (and says so at the file's position)
+        raise JsonError((None, "Object item not found: offset"))
+    fld = opt(val, "field", str)
+    if fld is None:
+        return f"exthdr {name}"
+    m = re.fullmatch(r"([a-z-]+)\[(\d+)\]", fld)
+    base = m.group(1) + "[]" if m else fld
+    if base not in HEADERS[name][1]:
+        raise JsonError((None, f"Unknown {name} field {fld}."))
+    return f"{name} {fld}"
+
+
 def e_fib(key: str, val: Any) -> str:
     (result,) = unpack(val, "s", "result")
     flags = val.get("flags", [])
@@ -750,6 +770,6 @@ def map_expr(val: Any, word: str) -> str:
     return f"{expression(k)} {word} {expression(data, True)}"
 
 
-EXPRS = {"payload": e_payload, "meta": e_meta, "ct": e_ct, "rt": e_rt, "fib": e_fib, "numgen": e_numgen,
+EXPRS = {"payload": e_payload, "meta": e_meta, "ct": e_ct, "rt": e_rt, "exthdr": e_exthdr, "fib": e_fib, "numgen": e_numgen,
          "jhash": e_hash, "symhash": e_hash, "tcp option": e_tcpopt, "concat": e_concat, "prefix": e_prefix,
          "range": e_range, "set": e_set, "elem": e_elem, "map": e_map, **{op: e_binop for op in BINOPS}}

@@ -1193,7 +1193,8 @@ class Parser:
             # a number past a symbol type's integer base: integer_type_parse's range error
             return NftError(f"Value {t.text} exceeds valid range 0-{(1 << dt.bits) - 1}", loc(t))
         desc = {"icmp_type": "ICMP type", "ct_state": "conntrack state", "mark": "packet mark",
-                "inet_service": "internet network service", "dscp": dt.desc, "ecn": dt.desc}.get(dt.name, dt.name)
+                "inet_service": "internet network service", "dscp": dt.desc, "ecn": dt.desc,
+                "mh_type": dt.desc, "boolean": "boolean type"}.get(dt.name, dt.name)
         return NftError(f"Could not parse {desc}", loc(t))
 
 

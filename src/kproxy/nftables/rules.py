@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kproxy.nftables import cthelper, dup, objmap
+from kproxy.nftables import exthdr as X
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import (
     CT,
@@ -562,6 +563,8 @@ class RuleBuilder:
             p.next()
             name = p.word().text
             return TcpOption(name, p.word().text)
+        if X.starts(p):
+            return X.parse(p)
         if w == "rt":
             p.next()
             return Rt(p.word().text)
@@ -681,6 +684,8 @@ class RuleBuilder:
             return False
         if t.text in ("meta", "ct", "numgen", "jhash", "symhash", "fib", "rt") or t.text in META_BARE_IN:
             return True
+        if X.starts(p):
+            return True
         return t.text in PAYLOAD and p.peek(1).text in PAYLOAD[t.text]
 
     def ct_helper_set(self, value: Expr, start: Token) -> None:
@@ -699,6 +704,8 @@ class RuleBuilder:
         start = p.peek()
         lhs = self.concat()
         self.check_family(lhs, start)
+        if isinstance(lhs, X.Exthdr) and p.at("set"):
+            raise p.unexpected()        # nft 1.0.6 has no IPv6 extension header mangling
         if p.accept("set"):
             vstart = p.peek()
             if self.is_expr_start():
@@ -724,6 +731,8 @@ class RuleBuilder:
         if isinstance(lhs, Fib) and lhs.result != "type" and p.at("exists", "missing"):
             lhs = Fib(lhs.flags, lhs.result, present=True)
             rhs: Expr = Const(T.BOOLEAN, int(p.next().text == "exists"))
+        elif isinstance(lhs, X.Exthdr) and lhs.field is None and p.at("exists", "missing"):
+            rhs = Const(T.BOOLEAN, int(p.next().text == "exists"))
         else:
             types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
             rhs = self.rhs(lhs, types)
@@ -764,6 +773,8 @@ class RuleBuilder:
                 net = self.last_network()
                 if net is not None and net != e.proto:
                     raise NftError(f"conflicting protocols specified: {net} vs. {e.proto}", at)
+            if isinstance(e, X.Exthdr) and (fam == "ip" or fam == "inet" and self.last_network() == "ip"):
+                raise NftError("cannot use exthdr with ip", at)
             if isinstance(e, Meta) and e.key == "nfproto" and fam != "inet":
                 raise NftError("meta nfproto is only useful in the inet family", at)
 
@@ -1028,6 +1039,10 @@ def hide_dependencies(stmts: list[Stmt], family: str) -> list[Stmt]:
             dep = out[deps["l3"]]       # an ICMP reject fixes the network: its meta nfproto goes
             if isinstance(dep, Match) and isinstance(dep.right, Const) and \
                     dep.right.value == (2 if s.kind == "icmp" else 10):
+                out[deps.pop("l3")] = None
+        elif isinstance(s, Match) and isinstance(s.left, X.Exthdr) and family == "inet" and "l3" in deps:
+            dep = out[deps["l3"]]       # an IPv6 extension header implies meta nfproto ipv6
+            if isinstance(dep, Match) and isinstance(dep.right, Const) and dep.right.value == 10:
                 out[deps.pop("l3")] = None
         elif proto is not None:
             for p in _all_payload_protos(s):
