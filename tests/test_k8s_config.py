@@ -37,6 +37,36 @@ spec: {podCIDR: 10.244.0.0/24}
     assert objs.nodes["n1"].pod_cidrs == ["10.244.0.0/24"]
 
 
+def test_an_endpoint_slice_with_an_address_of_the_other_family_is_refused_as_the_api_server_refuses_it(tmp_path):
+    """The API server validates every address against the slice's addressType; such a slice never
+    reaches a proxier (it used to reach IPVS and end as an ipvsadm formatting error)."""
+    (tmp_path / "s.yaml").write_text("""kind: EndpointSlice
+metadata: {name: a-1, namespace: x, labels: {kubernetes.io/service-name: a}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.5]}, {addresses: ["fd00:10::5"]}]
+ports: [{port: 8080}]
+---
+kind: EndpointSlice
+metadata: {name: a-2, namespace: x, labels: {kubernetes.io/service-name: a}}
+addressType: IPv6
+endpoints: [{addresses: ["10.244.0.6"]}]
+ports: [{port: 8080}]
+---
+kind: EndpointSlice
+metadata: {name: a-3, namespace: x, labels: {kubernetes.io/service-name: a}}
+addressType: IPv6
+endpoints: [{addresses: ["fd00:10::7"]}]
+ports: [{port: 8080}]
+""")
+    objs = load(tmp_path)
+    assert list(objs.slices) == ["x/a-3"]
+    assert objs.warnings == [
+        f"{tmp_path / 's.yaml'} (document 1): EndpointSlice x/a-1: endpoints[1].addresses[0]: invalid value "
+        "'fd00:10::5': must be a valid IPv4 address",
+        f"{tmp_path / 's.yaml'} (document 2): EndpointSlice x/a-2: endpoints[0].addresses[0]: invalid value "
+        "'10.244.0.6': must be a valid IPv6 address"]
+
+
 def test_yaml_syntax_errors_name_line_and_column(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("kind: Service\nmetadata: {name: [\n")

@@ -232,6 +232,11 @@ class EndpointSlice:
             addrs = e.get("addresses") or []
             if addr_type != "FQDN":
                 addrs = [_ip(a, f"{ew}.addresses") for a in addrs]
+                for j, a in enumerate(addrs):
+                    # the API server's validation: every address of the slice's own family
+                    if (":" in a) != (addr_type == "IPv6"):
+                        raise ObjectError(f"{ew}.addresses[{j}]: invalid value {a!r}: must be a valid "
+                                          f"{addr_type} address")
             cond = e.get("conditions") or {}
             ready = cond.get("ready")
             serving = cond.get("serving")
