@@ -55,6 +55,13 @@ ChainFn = Callable[["Packet", "HookState", int], int]
 MISSING = object()
 
 
+def indexed_get(src: ChainSource, index: Any, holder: Any, current: Callable[[], Any], expr: str) -> str:
+    """A lookup through a named set's or map's exact index while it is current (the same elements
+    list, the same length), else through ``current``, which brings it up to date first."""
+    i, h = src.const(index), src.const(holder)
+    return f"({i}.exact if {i}.elems is {h}.elems and {i}.size == len({h}.elems) else {src.const(current)}())" \
+        f".get({expr})"
+
 class SetIndex:
     """The elements of one set or map by value, rebuilt when its element list changes.
 
@@ -349,9 +356,7 @@ class Compiler:
 
         if exact is None:
             index.exact = scan
-        i, h = src.const(index), src.const(holder)
-        return f"({i}.exact if {i}.elems is {h}.elems and {i}.size == len({h}.elems) else {src.const(current)}())" \
-            f".get({expr})"
+        return indexed_get(src, index, holder, current, expr)
 
     def mark_value(self, src: ChainSource, e: Expr) -> tuple[str, str] | None:
         """A mark's new value as (guard, expression): a constant, or a bitwise operation of an inlined value
@@ -444,9 +449,7 @@ class Compiler:
 
         if exact is None:
             index.exact = scan
-        i, h = src.const(index), src.const(holder)
-        return f"({i}.exact if {i}.elems is {h}.elems and {i}.size == len({h}.elems) else {src.const(current)}())" \
-            f".get({expr})"
+        return indexed_get(src, index, holder, current, expr)
 
     def finder(self, where: Expr) -> Callable[[Any], Any]:
         """A lookup in an anonymous or named set: the element (or its data), None when absent."""

@@ -393,25 +393,12 @@ def fmt_time(ms: int, o: Opts | None = None) -> str:
     NUMERIC_TIME, part of every ``-n``) whole seconds: ``300s``."""
     if o is not None and o.numeric:
         return f"{ms // 1000}s"
-    out = ""
-    for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000), ("ms", 1)):
-        if ms >= size:
-            out += f"{ms // size}{unit}"
-            ms %= size
-    return out or "0s"
+    return T.time_text(ms)
 
 
 def parse_time(text: str) -> int | None:
     """Milliseconds for ``1h30m``, ``10s``, ``500ms``, a bare number of seconds; None if malformed."""
-    import re
-
-    if text.isdigit():
-        return int(text) * 1000
-    parts = re.findall(r"(\d+)(ms|d|h|m|s)", text)
-    if not parts or "".join(a + b for a, b in parts) != text:
-        return None
-    scale = {"d": 86400000, "h": 3600000, "m": 60000, "s": 1000, "ms": 1}
-    return sum(int(a) * scale[b] for a, b in parts)
+    return T.time_ms(text)
 
 
 @dataclass
