@@ -64,14 +64,9 @@ def parse_rate(call: XtCall) -> int:
 
 
 def nft_rate(avg: int) -> tuple[int, int]:
-    """add_nft_limit: the (rate, unit in seconds) an average interval becomes in the nft expression."""
-    i = 1
-    while i < len(RATES):
-        mult = RATES[i][1]
-        if avg > mult or mult // avg < mult % avg:
-            break
-        i += 1
-    mult = RATES[i - 1][1]
+    """add_nft_limit: the (rate, unit in seconds) an average interval becomes in the nft expression,
+    in the unit print_rate would choose."""
+    _, mult = pick_unit(avg, RATES)
     return mult // avg, mult // XT_LIMIT_SCALE
 
 
