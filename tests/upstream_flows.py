@@ -354,6 +354,7 @@ class UpstreamScenarios:
                    [("http", 80, "TCP"), ("https", 8443, "TCP"), ("dns-udp", 53, "UDP"), ("dns-tcp", 5353, "TCP"),
                     ("dns-sctp", 53, "SCTP")])))
         unknown_port = "REJECT" if self.cluster_ip_check else ""
+        # upstream's iptables test has no case of an unallocated address (that mode does not see it)
         unallocated = [Flow("packet to unallocated cluster ip", "10.180.0.2", "172.30.0.50", 80, "DROP")]
         self.flows(node, [
             Flow("simple clusterIP", "10.180.0.2", "172.30.0.41", 80, "10.180.0.1:80"),
