@@ -81,6 +81,13 @@ def rs(ip_port: str, weight: int = 1, active: int = 0, inact: int = 0) -> str:
     return f"  -> {ip_port:<28} Masq    {weight:<6} {active:<10} {inact:<10}".rstrip()
 
 
+# The masquerade chains, whatever the Services: KUBE-POSTROUTING returns unmarked packets, clears the
+# mark and masquerades; KUBE-MARK-MASQ sets the mark.
+POSTROUTING = ["-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+               "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
+               '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE '
+               "--random-fully"]
+MARK_MASQ = ["-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"]
 MARK_MASQ_CLUSTER = ('-A KUBE-SERVICES ! -s 10.0.0.0/16 -m comment --comment "Kubernetes service cluster ip + port '
                      'for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ')
 
@@ -106,12 +113,8 @@ def test_cluster_ip_layout():
         "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN", MARK_MASQ_CLUSTER,
         "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT",
         "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT"]
-    assert rules(node, "nat", "KUBE-POSTROUTING") == [
-        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
-        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
-        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE '
-        "--random-fully"]
-    assert rules(node, "nat", "KUBE-MARK-MASQ") == ["-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"]
+    assert rules(node, "nat", "KUBE-POSTROUTING") == POSTROUTING
+    assert rules(node, "nat", "KUBE-MARK-MASQ") == MARK_MASQ
     assert rules(node, "filter", "KUBE-IPVS-FILTER") == [
         "-A KUBE-IPVS-FILTER -m set --match-set KUBE-LOAD-BALANCER dst,dst -j RETURN",
         "-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN",

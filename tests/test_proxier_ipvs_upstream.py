@@ -13,7 +13,18 @@ import random
 
 import pytest
 from tests.test_proxier_iptables import objects
-from tests.test_proxier_ipvs import endpoints, ipvsadm, members, nonempty_sets, rs, rules, service
+from tests.test_proxier_ipvs import (
+    MARK_MASQ,
+    POSTROUTING,
+    endpoints,
+    ipvsadm,
+    members,
+    nonempty_sets,
+    rs,
+    rules,
+    service,
+)
+from tests.upstream_flows import NO_ENDPOINTS_METRIC, READY, SERVING_TERMINATING, TERMINATING
 
 from kproxy.backends.emulated import EmulatedBackend
 from kproxy.ipvs.ipvsadm import run_ipvsadm
@@ -220,12 +231,8 @@ def test_masquerade_rule(masquerade_all):
     """KUBE-POSTROUTING returns unmarked packets, clears the mark and masquerades; KUBE-MARK-MASQ sets it."""
     node, p = fake_proxier("100.101.102.103", iptables={"masqueradeAll": masquerade_all})
     p.sync(objects(svc("svc1", "10.20.30.41"), eps("svc1", ("10.180.0.1", "other"))))
-    assert rules(node, "nat", "KUBE-POSTROUTING") == [
-        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
-        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
-        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE '
-        "--random-fully"]
-    assert rules(node, "nat", "KUBE-MARK-MASQ") == ["-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"]
+    assert rules(node, "nat", "KUBE-POSTROUTING") == POSTROUTING
+    assert rules(node, "nat", "KUBE-MARK-MASQ") == MARK_MASQ
     head = ('-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" '
             "-m set --match-set KUBE-CLUSTER-IP")
     # No cluster CIDR and no detector: upstream's "src,dst" match (the pod asks its own service).
@@ -544,11 +551,6 @@ def test_internal_traffic_policy_e2e(policy, nodes, loopback, servers):
 
 
 # ---- Test_EndpointSlice{Ready,Only}{AndTerminating}{Cluster,Local} -----------------------------------
-READY = {"ready": True, "serving": True, "terminating": False}
-SERVING_TERMINATING = {"ready": False, "serving": True, "terminating": True}
-NOT_SERVING = {"ready": False, "serving": False, "terminating": True}
-
-
 def slice_of(*entries: tuple[str, str, dict]) -> dict:
     d = eps("svc1")
     d["endpoints"] = [{"addresses": [ip], "nodeName": n, "conditions": c} for ip, n, c in entries]
@@ -568,7 +570,7 @@ def test_ready_and_terminating_cluster():
     local endpoint, ready or not (upstream walks the whole endpoints map)."""
     node, p, s = terminating_case("Cluster", [
         ("10.0.1.1", HOST, READY), ("10.0.1.2", HOST, READY), ("10.0.1.3", HOST, SERVING_TERMINATING),
-        ("10.0.1.4", HOST, NOT_SERVING), ("10.0.1.5", "another-node", READY)])
+        ("10.0.1.4", HOST, TERMINATING), ("10.0.1.5", "another-node", READY)])
     assert members(node, "KUBE-LOOP-BACK") == {f"10.0.1.{i},tcp:80,10.0.1.{i}" for i in (1, 2, 3, 4)}
     want = [rs("10.0.1.1:80"), rs("10.0.1.2:80"), rs("10.0.1.5:80")]
     assert servers_of(node, "TCP  172.20.1.1:80 rr") == want and servers_of(node, "TCP  1.2.3.4:80 rr") == want
@@ -581,7 +583,7 @@ def test_ready_and_terminating_local():
     """Test_EndpointSliceReadyAndTerminatingLocal: the external IP gets the local ready endpoints."""
     node, p, s = terminating_case("Local", [
         ("10.0.1.1", HOST, READY), ("10.0.1.2", HOST, READY), ("10.0.1.3", HOST, SERVING_TERMINATING),
-        ("10.0.1.4", HOST, NOT_SERVING), ("10.0.1.5", "another-node", READY)])
+        ("10.0.1.4", HOST, TERMINATING), ("10.0.1.5", "another-node", READY)])
     assert len(members(node, "KUBE-LOOP-BACK")) == 4
     assert servers_of(node, "TCP  172.20.1.1:80 rr") == [rs("10.0.1.1:80"), rs("10.0.1.2:80"), rs("10.0.1.5:80")]
     assert servers_of(node, "TCP  1.2.3.4:80 rr") == [rs("10.0.1.1:80"), rs("10.0.1.2:80")]
@@ -592,8 +594,8 @@ def test_only_terminating_cluster():
     terminating ones (of any node) are used."""
     node, p, s = terminating_case("Cluster", [
         ("10.0.1.1", HOST, SERVING_TERMINATING), ("10.0.1.2", HOST, SERVING_TERMINATING),
-        ("10.0.1.3", HOST, NOT_SERVING), ("10.0.1.4", "another-node", SERVING_TERMINATING),
-        ("10.0.1.5", "another-node", NOT_SERVING)])
+        ("10.0.1.3", HOST, TERMINATING), ("10.0.1.4", "another-node", SERVING_TERMINATING),
+        ("10.0.1.5", "another-node", TERMINATING)])
     assert len(members(node, "KUBE-LOOP-BACK")) == 3
     want = [rs("10.0.1.1:80"), rs("10.0.1.2:80"), rs("10.0.1.4:80")]
     assert servers_of(node, "TCP  172.20.1.1:80 rr") == want and servers_of(node, "TCP  1.2.3.4:80 rr") == want
@@ -604,23 +606,16 @@ def test_only_terminating_local():
     external IP gets the local serving terminating ones."""
     node, p, s = terminating_case("Local", [
         ("10.0.1.1", HOST, SERVING_TERMINATING), ("10.0.1.2", HOST, SERVING_TERMINATING),
-        ("10.0.1.3", HOST, NOT_SERVING), ("10.0.1.4", "another-node", NOT_SERVING),
+        ("10.0.1.3", HOST, TERMINATING), ("10.0.1.4", "another-node", TERMINATING),
         ("10.0.1.5", "another-node", READY)])
     assert servers_of(node, "TCP  172.20.1.1:80 rr") == [rs("10.0.1.5:80")]
     assert servers_of(node, "TCP  1.2.3.4:80 rr") == [rs("10.0.1.1:80"), rs("10.0.1.2:80")]
 
 
 # ---- TestNoEndpointsMetric ---------------------------------------------------------------------------
-@pytest.mark.parametrize("itp,etp,nodes,internal,external", [
-    ("Local", "", (HOST, "node1", "node2"), 0, 0),
-    ("", "Local", (HOST, "node1", "node2"), 0, 0),
-    ("Local", "Local", (HOST, "node1", "node2"), 0, 0),
-    ("Local", "", ("node0", "node1", "node2"), 1, 0),
-    ("", "Local", ("node0", "node1", "node2"), 0, 1),
-    ("Local", "Local", ("node0", "node1", "node2"), 1, 1),
-    ("Local", "Local", (), 0, 0),
-])
+@NO_ENDPOINTS_METRIC
 def test_no_endpoints_metric(itp, etp, nodes, internal, external):
+    nodes = [HOST if n == "test-node" else n for n in nodes]       # the iptables and nftables tests' node name
     metrics = ProxyMetrics()
     node, p = fake_proxier("10.0.0.1", metrics=metrics)
     spec: dict = {"nodePort": 30000}

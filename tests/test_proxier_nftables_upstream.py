@@ -35,15 +35,22 @@ from tests.test_proxier_nftables import (
 )
 from tests.upstream_flows import (
     EXTERNAL_CLIENT,
-    EXTERNAL_CLIENT_BLOCKED,
     NODE_IP,
-    NODE_IP_ALT,
     NODE_IPS,
     NODE_IPV6,
-    NODE_IPV6_ALT,
+    NODE_PORT_CASES,
+    P80,
+    READY,
+    SERVING_TERMINATING,
+    TERMINATING,
+    UNNAMED,
     UPSTREAM_NODE,
     Flow,
+    UpstreamScenarios,
+    cond,
+    lb,
     run_flows,
+    sync,
 )
 
 from kproxy.backends.nft import EmulatedNft
@@ -75,84 +82,18 @@ def upstream_proxier(family: int = 4, node_port_addresses: list[str] | None = No
     return node, proxier
 
 
-def sync(proxier: NftablesProxier, objs: Objects) -> None:
-    result = proxier.sync(objs)
-    assert not result.error, result.error
+# ---- the scenarios the iptables mode's upstream tests run too (tests/upstream_flows.py) -----------------
+class TestUpstreamScenarios(UpstreamScenarios):
+    """TestNoEndpointsReject, TestClusterIPGeneral, TestLoadBalancer, the traffic-policy, terminating-endpoint
+    and masquerade scenarios, and TestNoEndpointsMetric on the nftables proxier."""
 
+    mode = "nftables"
+    cluster_ip_check = True
+    localhost_node_ports = False
 
-def lb(ns: str, name: str, cluster_ip: str, ports: list[dict[str, Any]], ingress: list[str], **spec: Any
-       ) -> dict[str, Any]:
-    return svc(ns, name, cluster_ip, ports, "LoadBalancer", lb=ingress, **spec)
-
-
-P80 = [("p80", 80, "TCP")]
-UNNAMED = [("", 80, "TCP")]
-
-
-# ---- TestNoEndpointsReject -----------------------------------------------------------------------
-def test_no_endpoints_reject() -> None:
-    node, proxier = upstream_proxier()
-    sync(proxier, objects(lb("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], ["1.2.3.4"],
-                             externalIPs=["192.168.99.11"])))
-    run_flows(node, [
-        Flow("pod to cluster IP with no endpoints", "10.0.0.2", "172.30.0.41", 80, "REJECT"),
-        Flow("external to external IP with no endpoints", EXTERNAL_CLIENT, "192.168.99.11", 80, "REJECT"),
-        Flow("pod to NodePort with no endpoints", "10.0.0.2", NODE_IP, 3001, "REJECT"),
-        Flow("external to NodePort with no endpoints", EXTERNAL_CLIENT, NODE_IP, 3001, "REJECT"),
-        Flow("pod to LoadBalancer IP with no endpoints", "10.0.0.2", "1.2.3.4", 80, "REJECT"),
-        Flow("external to LoadBalancer IP with no endpoints", EXTERNAL_CLIENT, "1.2.3.4", 80, "REJECT"),
-    ])
-
-
-# ---- TestClusterIPGeneral ------------------------------------------------------------------------
-def test_cluster_ip_general() -> None:
-    node, proxier = upstream_proxier()
-    sync(proxier, objects(
-        svc("ns1", "svc1", "172.30.0.41", [port("http", 80)]),
-        svc("ns2", "svc2", "172.30.0.42", [port("http", 80), port("https", 443, target=8443),
-                                           port("dns-udp", 53, "UDP"), port("dns-tcp", 53, target=5353),
-                                           port("dns-sctp", 53, "SCTP")]),
-        slice_("ns1", "svc1", [ep("10.180.0.1", "test-node")], [("http", 80, "TCP")]),
-        slice_("ns2", "svc2", [ep("10.180.0.1", "test-node"), ep("10.180.2.1", "node2")],
-               [("http", 80, "TCP"), ("https", 8443, "TCP"), ("dns-udp", 53, "UDP"), ("dns-tcp", 5353, "TCP"),
-                ("dns-sctp", 53, "SCTP")])))
-    run_flows(node, [
-        Flow("simple clusterIP", "10.180.0.2", "172.30.0.41", 80, "10.180.0.1:80"),
-        Flow("hairpin to cluster IP", "10.180.0.1", "172.30.0.41", 80, "10.180.0.1:80", masq=True),
-        Flow("clusterIP with multiple endpoints", "10.180.0.2", "172.30.0.42", 80, "10.180.0.1:80, 10.180.2.1:80"),
-        Flow("clusterIP with TargetPort", "10.180.0.2", "172.30.0.42", 443, "10.180.0.1:8443, 10.180.2.1:8443"),
-        Flow("same port, TCP", "10.180.0.2", "172.30.0.42", 53, "10.180.0.1:5353, 10.180.2.1:5353"),
-        Flow("same port, UDP", "10.180.0.2", "172.30.0.42", 53, "10.180.0.1:53, 10.180.2.1:53", protocol="udp"),
-        Flow("same port, SCTP", "10.180.0.2", "172.30.0.42", 53, "10.180.0.1:53, 10.180.2.1:53", protocol="sctp"),
-        Flow("TCP-only port does not match UDP traffic", "10.180.0.2", "172.30.0.42", 80, "REJECT", protocol="udp"),
-        Flow("svc1 does not accept svc2's ports", "10.180.0.2", "172.30.0.41", 443, "REJECT"),
-        Flow("packet to unallocated cluster ip", "10.180.0.2", "172.30.0.50", 80, "DROP"),
-    ])
-
-
-# ---- TestLoadBalancer ----------------------------------------------------------------------------
-def test_load_balancer() -> None:
-    node, proxier = upstream_proxier()
-    sync(proxier, objects(
-        lb("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], ["1.2.3.4", "5.6.7.8"],
-           loadBalancerSourceRanges=["192.168.0.0/24", " 203.0.113.0/25"]),
-        slice_("ns1", "svc1", [ep("10.180.0.1")], P80)))
-    e = "10.180.0.1:80"
-    run_flows(node, [
-        Flow("pod to cluster IP", "10.0.0.2", "172.30.0.41", 80, e),
-        Flow("external to nodePort", EXTERNAL_CLIENT, NODE_IP, 3001, e, masq=True),
-        Flow("nodePort bypasses LoadBalancerSourceRanges", EXTERNAL_CLIENT_BLOCKED, NODE_IP, 3001, e, masq=True),
-        Flow("accepted external to LB1", EXTERNAL_CLIENT, "1.2.3.4", 80, e, masq=True),
-        Flow("accepted external to LB2", EXTERNAL_CLIENT, "5.6.7.8", 80, e, masq=True),
-        Flow("blocked external to LB1", EXTERNAL_CLIENT_BLOCKED, "1.2.3.4", 80, "DROP"),
-        Flow("blocked external to LB2", EXTERNAL_CLIENT_BLOCKED, "5.6.7.8", 80, "DROP"),
-        Flow("pod to LB1 (blocked by LoadBalancerSourceRanges)", "10.0.0.2", "1.2.3.4", 80, "DROP"),
-        Flow("pod to LB2 (blocked by LoadBalancerSourceRanges)", "10.0.0.2", "5.6.7.8", 80, "DROP"),
-        Flow("node to LB1 (allowed by LoadBalancerSourceRanges)", NODE_IP, "1.2.3.4", 80, e, masq=True),
-        Flow("node to LB2 (allowed by LoadBalancerSourceRanges)", NODE_IP, "5.6.7.8", 80, e, masq=True),
-        Flow("same node to LB1, SNATted to LB1 (implicitly allowed)", "1.2.3.4", "1.2.3.4", 80, e, masq=True),
-        Flow("same node to LB2, SNATted to LB2 (implicitly allowed)", "5.6.7.8", "5.6.7.8", 80, e, masq=True),
-    ])
+    def proxier(self, *, masquerade_all: bool = False, local_detector: bool = True
+                ) -> tuple[Node, NftablesProxier]:
+        return upstream_proxier(masquerade_all=masquerade_all, local_detector=local_detector)
 
 
 # ---- TestNodePorts --------------------------------------------------------------------------------
@@ -164,236 +105,9 @@ def test_load_balancer() -> None:
 ], ids=["ipv4", "ipv4, multiple nodeport-addresses", "ipv6", "ipv6, multiple nodeport-addresses"])
 def test_node_ports(family: int, node_port_addresses: list[str] | None, allow_alt: bool) -> None:
     node, proxier = upstream_proxier(family, node_port_addresses)
-    if family == 4:
-        svc_ip, ep1, ep2, node_ip, pod, client, alt = ("172.30.0.41", "10.180.0.1", "10.180.2.1", NODE_IP, "10.0.0.2",
-                                                       EXTERNAL_CLIENT, NODE_IP_ALT)
-    else:
-        svc_ip, ep1, ep2, node_ip, pod, client, alt = ("fd00:172:30::41", "fd00:10:180::1", "fd00:10:180::2:1",
-                                                       NODE_IPV6, "fd00:10::2", "2600:5200::1", NODE_IPV6_ALT)
-    sync(proxier, objects(
-        svc("ns1", "svc1", svc_ip, [port("p80", 80, node_port=3001)], "NodePort"),
-        slice_("ns1", "svc1", [ep(ep1), ep(ep2, "test-node")], P80, family=f"IPv{family}")))
-    out = ", ".join(f"[{ip}]:80" if family == 6 else f"{ip}:80" for ip in (ep1, ep2))
-    run_flows(node, [
-        Flow("pod to cluster IP", pod, svc_ip, 80, out),
-        Flow("external to nodePort", client, node_ip, 3001, out, masq=True),
-        Flow("node to nodePort", node_ip, node_ip, 3001, out, masq=True),
-        Flow("external to nodePort on secondary IP", client, alt, 3001, out, masq=True) if allow_alt else
-        Flow("secondary nodeIP ignores NodePorts", client, alt, 3001, ""),
-    ])
-
-
-# ---- TestExternalTrafficPolicyLocal / TestExternalTrafficPolicyCluster ---------------------------------
-def etp_objects(policy: str) -> Objects:
-    return objects(
-        lb("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], ["1.2.3.4"], externalIPs=["192.168.99.11"],
-           externalTrafficPolicy=policy, **({"healthCheckNodePort": 30000} if policy == "Local" else {})),
-        slice_("ns1", "svc1", [ep("10.180.0.1"), ep("10.180.2.1", "test-node")], P80))
-
-
-def test_external_traffic_policy_local() -> None:
-    node, proxier = upstream_proxier()
-    sync(proxier, etp_objects("Local"))
-    both, local = "10.180.0.1:80, 10.180.2.1:80", "10.180.2.1:80"
-    run_flows(node, [
-        Flow("pod to cluster IP hits both endpoints, unmasqueraded", "10.0.0.2", "172.30.0.41", 80, both),
-        Flow("pod to external IP hits both endpoints, unmasqueraded", "10.0.0.2", "192.168.99.11", 80, both),
-        Flow("external to external IP hits only local endpoint, unmasqueraded", EXTERNAL_CLIENT, "192.168.99.11", 80,
-             local),
-        Flow("pod to LB IP hits only both endpoints, unmasqueraded", "10.0.0.2", "1.2.3.4", 80, both),
-        Flow("external to LB IP hits only local endpoint, unmasqueraded", EXTERNAL_CLIENT, "1.2.3.4", 80, local),
-        Flow("pod to NodePort hits both endpoints, unmasqueraded", "10.0.0.2", NODE_IP, 3001, both),
-        Flow("external to NodePort hits only local endpoint, unmasqueraded", EXTERNAL_CLIENT, NODE_IP, 3001, local),
-    ])
-
-
-def test_external_traffic_policy_cluster() -> None:
-    node, proxier = upstream_proxier()
-    sync(proxier, etp_objects("Cluster"))
-    both = "10.180.0.1:80, 10.180.2.1:80"
-    run_flows(node, [
-        Flow("pod to cluster IP hits both endpoints, unmasqueraded", "10.0.0.2", "172.30.0.41", 80, both),
-        Flow("pod to external IP hits both endpoints, masqueraded", "10.0.0.2", "192.168.99.11", 80, both, True),
-        Flow("external to external IP hits both endpoints, masqueraded", EXTERNAL_CLIENT, "192.168.99.11", 80, both,
-             True),
-        Flow("pod to LB IP hits both endpoints, masqueraded", "10.0.0.2", "1.2.3.4", 80, both, True),
-        Flow("external to LB IP hits both endpoints, masqueraded", EXTERNAL_CLIENT, "1.2.3.4", 80, both, True),
-        Flow("pod to NodePort hits both endpoints, masqueraded", "10.0.0.2", NODE_IP, 3001, both, True),
-        Flow("external to NodePort hits both endpoints, masqueraded", EXTERNAL_CLIENT, NODE_IP, 3001, both, True),
-    ])
-
-
-# ---- TestInternalTrafficPolicy --------------------------------------------------------------------
-def delete_slices(objs: Objects, *keys: str) -> None:
-    """EndpointSlices deleted after a sync, as the watch delivers it."""
-    if objs.dirty is None:
-        objs.dirty = set()
-    for key in keys:
-        objs.delete_slice(key)
-
-
-@pytest.mark.parametrize(("policy", "nodes", "output"), [
-    ("Cluster", ["test-node", "node1", "node2"], "10.0.1.1:80, 10.0.1.2:80, 10.0.1.3:80"),
-    ("Local", ["test-node", "node1", "node2"], "10.0.1.1:80"),
-    ("Local", ["test-node", "test-node", "node2"], "10.0.1.1:80, 10.0.1.2:80"),
-    ("Local", ["node0", "node1", "node2"], "DROP"),
-], ids=["internalTrafficPolicy is cluster", "internalTrafficPolicy is local and there is one local endpoint",
-        "internalTrafficPolicy is local and there are multiple local endpoints",
-        "internalTrafficPolicy is local and there are no local endpoints"])
-def test_internal_traffic_policy(policy: str, nodes: list[str], output: str) -> None:
-    node, proxier = upstream_proxier()
-    objs = objects(svc("ns1", "svc1", "172.30.1.1", [port("", 80)], internalTrafficPolicy=policy),
-                   slice_("ns1", "svc1", [ep(f"10.0.1.{i}", n) for i, n in enumerate(nodes, 1)], UNNAMED))
-    sync(proxier, objs)
-    run_flows(node, [Flow("pod to ClusterIP", "10.0.0.2", "172.30.1.1", 80, output)])
-    delete_slices(objs, "ns1/svc1-1")
-    sync(proxier, objs)
-    run_flows(node, [Flow("endpoints deleted", "10.0.0.2", "172.30.1.1", 80, "REJECT")])
-
-
-# ---- TestTerminatingEndpointsTrafficPolicyLocal / ...Cluster ------------------------------------------
-def cond(ready: bool, serving: bool, terminating: bool) -> dict[str, bool]:
-    return {"ready": ready, "serving": serving, "terminating": terminating}
-
-
-READY, SERVING_TERMINATING, TERMINATING = cond(True, True, False), cond(False, True, True), cond(False, False, True)
-TERMINATING_CASES: dict[str, list[tuple[str, str, dict[str, bool]]]] = {
-    "ready endpoints exist": [("10.0.1.1", "test-node", READY), ("10.0.1.2", "test-node", READY),
-                              ("10.0.1.3", "test-node", SERVING_TERMINATING), ("10.0.1.4", "test-node", TERMINATING),
-                              ("10.0.1.5", "node-1", READY)],
-    "only terminating endpoints exist": [("10.0.1.2", "test-node", SERVING_TERMINATING),
-                                         ("10.0.1.3", "test-node", SERVING_TERMINATING),
-                                         ("10.0.1.4", "test-node", TERMINATING), ("10.0.1.5", "node-1", READY)],
-    "terminating endpoints on remote node": [("10.0.1.5", "node-1", SERVING_TERMINATING)],
-    "no usable endpoints on any node": [("10.0.1.5", "test-node", TERMINATING), ("10.0.1.5", "node-1", TERMINATING)],
-}
-# Upstream's Cluster-policy variant places some endpoints on other nodes.
-TERMINATING_CLUSTER_CASES: dict[str, list[tuple[str, str, dict[str, bool]]]] = {
-    "ready endpoints exist": [("10.0.1.1", "test-node", READY), ("10.0.1.2", "test-node", READY),
-                              ("10.0.1.3", "another-node", SERVING_TERMINATING),
-                              ("10.0.1.4", "another-node", TERMINATING), ("10.0.1.5", "another-node", READY)],
-    "only terminating endpoints exist": [("10.0.1.2", "test-node", SERVING_TERMINATING),
-                                         ("10.0.1.3", "test-node", SERVING_TERMINATING),
-                                         ("10.0.1.4", "another-node", TERMINATING),
-                                         ("10.0.1.5", "another-node", SERVING_TERMINATING)],
-    "terminating endpoints on remote node": [("10.0.1.5", "node-1", SERVING_TERMINATING)],
-    "no usable endpoints on any node": [("10.0.1.5", "test-node", TERMINATING), ("10.0.1.5", "node-1", TERMINATING)],
-}
-
-
-def terminating_run(policy: str, endpoints: list[tuple[str, str, dict[str, bool]]], flows: list[Flow]) -> None:
-    node, proxier = upstream_proxier()
-    objs = objects(
-        lb("ns1", "svc1", "172.30.1.1", [port("", 80)], ["1.2.3.4"], externalTrafficPolicy=policy,
-           healthCheckNodePort=30000),
-        slice_("ns1", "svc1", [{"addresses": [ip], "nodeName": n, "conditions": c} for ip, n, c in endpoints],
-               UNNAMED))
-    sync(proxier, objs)
-    run_flows(node, flows)
-    delete_slices(objs, "ns1/svc1-1")
-    sync(proxier, objs)
-    run_flows(node, [Flow("pod to clusterIP after endpoints deleted", "10.0.0.2", "172.30.1.1", 80, "REJECT"),
-                     Flow("external to LB after endpoints deleted", EXTERNAL_CLIENT, "1.2.3.4", 80, "REJECT")])
-
-
-@pytest.mark.parametrize(("case", "cluster_ip", "lb_output"), [
-    ("ready endpoints exist", "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80", "10.0.1.1:80, 10.0.1.2:80"),
-    ("only terminating endpoints exist", "10.0.1.5:80", "10.0.1.2:80, 10.0.1.3:80"),
-    ("terminating endpoints on remote node", "10.0.1.5:80", "DROP"),
-    ("no usable endpoints on any node", "REJECT", "REJECT"),
-])
-def test_terminating_endpoints_traffic_policy_local(case: str, cluster_ip: str, lb_output: str) -> None:
-    terminating_run("Local", TERMINATING_CASES[case], [
-        Flow("pod to clusterIP", "10.0.0.2", "172.30.1.1", 80, cluster_ip),
-        Flow("external to LB", EXTERNAL_CLIENT, "1.2.3.4", 80, lb_output)])
-
-
-@pytest.mark.parametrize(("case", "output"), [
-    ("ready endpoints exist", "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80"),
-    ("only terminating endpoints exist", "10.0.1.2:80, 10.0.1.3:80, 10.0.1.5:80"),
-    ("terminating endpoints on remote node", "10.0.1.5:80"),
-    ("no usable endpoints on any node", "REJECT"),
-])
-def test_terminating_endpoints_traffic_policy_cluster(case: str, output: str) -> None:
-    terminating_run("Cluster", TERMINATING_CLUSTER_CASES[case], [
-        Flow("pod to clusterIP", "10.0.0.2", "172.30.1.1", 80, output),
-        Flow("external to LB", EXTERNAL_CLIENT, "1.2.3.4", 80, output, masq=True)])
-
-
-# ---- TestInternalExternalMasquerade -----------------------------------------------------------------
-def masquerade_objects() -> Objects:
-    return objects(
-        lb("ns1", "svc1", "172.30.0.41", [port("p80", 80, node_port=3001)], ["1.2.3.4"], healthCheckNodePort=30001),
-        lb("ns2", "svc2", "172.30.0.42", [port("p80", 80, node_port=3002)], ["5.6.7.8"], healthCheckNodePort=30002,
-           externalTrafficPolicy="Local"),
-        lb("ns3", "svc3", "172.30.0.43", [port("p80", 80, node_port=3003)], ["9.10.11.12"],
-           healthCheckNodePort=30003, internalTrafficPolicy="Local"),
-        *(slice_(f"ns{i}", f"svc{i}", [ep(f"10.180.0.{i}", "test-node"), ep(f"10.180.1.{i}", "remote")], P80)
-          for i in (1, 2, 3)))
-
-
-def masquerade_flows() -> list[Flow]:
-    """Upstream's base expectations (a working local-traffic detector, no masqueradeAll)."""
-    a, b, c = "10.180.0.1:80, 10.180.1.1:80", "10.180.0.2:80, 10.180.1.2:80", "10.180.0.3:80, 10.180.1.3:80"
-    pod, ext = "10.0.0.2", EXTERNAL_CLIENT
-    return [
-        Flow("pod to ClusterIP", pod, "172.30.0.41", 80, a, False),
-        Flow("pod to NodePort", pod, NODE_IP, 3001, a, True),
-        Flow("pod to LB", pod, "1.2.3.4", 80, a, True),
-        Flow("node to ClusterIP", NODE_IP, "172.30.0.41", 80, a, True),
-        Flow("node to NodePort", NODE_IP, NODE_IP, 3001, a, True),
-        Flow("node to LB", NODE_IP, "1.2.3.4", 80, a, True),
-        Flow("external to ClusterIP", ext, "172.30.0.41", 80, a, True),
-        Flow("external to NodePort", ext, NODE_IP, 3001, a, True),
-        Flow("external to LB", ext, "1.2.3.4", 80, a, True),
-        Flow("pod to ClusterIP with eTP:Local", pod, "172.30.0.42", 80, b, False),
-        Flow("pod to NodePort with eTP:Local", pod, NODE_IP, 3002, b, False),
-        Flow("pod to LB with eTP:Local", pod, "5.6.7.8", 80, b, False),
-        Flow("node to ClusterIP with eTP:Local", NODE_IP, "172.30.0.42", 80, b, True),
-        Flow("node to NodePort with eTP:Local", NODE_IP, NODE_IP, 3001, a, True),
-        Flow("node to LB with eTP:Local", NODE_IP, "5.6.7.8", 80, b, True),
-        Flow("external to ClusterIP with eTP:Local", ext, "172.30.0.42", 80, b, True),
-        Flow("external to NodePort with eTP:Local", ext, NODE_IP, 3002, "10.180.0.2:80", False),
-        Flow("external to LB with eTP:Local", ext, "5.6.7.8", 80, "10.180.0.2:80", False),
-        Flow("pod to ClusterIP with iTP:Local", pod, "172.30.0.43", 80, "10.180.0.3:80", False),
-        Flow("pod to NodePort with iTP:Local", pod, NODE_IP, 3003, c, True),
-        Flow("pod to LB with iTP:Local", pod, "9.10.11.12", 80, c, True),
-        Flow("node to ClusterIP with iTP:Local", NODE_IP, "172.30.0.43", 80, "10.180.0.3:80", True),
-        Flow("node to NodePort with iTP:Local", NODE_IP, NODE_IP, 3003, c, True),
-        Flow("node to LB with iTP:Local", NODE_IP, "9.10.11.12", 80, c, True),
-        Flow("external to ClusterIP with iTP:Local", ext, "172.30.0.43", 80, "10.180.0.3:80", True),
-        Flow("external to NodePort with iTP:Local", ext, NODE_IP, 3003, c, True),
-        Flow("external to LB with iTP:Local", ext, "9.10.11.12", 80, c, True),
-    ]
-
-
-NO_DETECTOR = {"node to ClusterIP": (None, False), "node to ClusterIP with eTP:Local": (None, False),
-               "node to ClusterIP with iTP:Local": (None, False), "external to ClusterIP": (None, False),
-               "external to ClusterIP with eTP:Local": (None, False),
-               "external to ClusterIP with iTP:Local": (None, False),
-               "pod to NodePort with eTP:Local": ("10.180.0.2:80", None),
-               "pod to LB with eTP:Local": ("10.180.0.2:80", None)}
-MASQUERADE_ALL = {"pod to ClusterIP": (None, True), "pod to ClusterIP with eTP:Local": (None, True),
-                  "pod to ClusterIP with iTP:Local": (None, True)}
-
-
-@pytest.mark.parametrize(("masquerade_all", "local_detector", "overrides"), [
-    (False, True, {}),
-    (False, False, NO_DETECTOR),
-    (True, True, MASQUERADE_ALL),
-    (True, False, {**MASQUERADE_ALL, **{k: v for k, v in NO_DETECTOR.items() if v[0] is not None}}),
-], ids=["base", "no LocalTrafficDetector", "masqueradeAll", "masqueradeAll, no LocalTrafficDetector"])
-def test_internal_external_masquerade(masquerade_all: bool, local_detector: bool,
-                                      overrides: dict[str, tuple[str | None, bool | None]]) -> None:
-    node, proxier = upstream_proxier(masquerade_all=masquerade_all, local_detector=local_detector)
-    sync(proxier, masquerade_objects())
-    flows = masquerade_flows()
-    for f in flows:
-        output, masq = overrides.get(f.name, (None, None))
-        f.output = f.output if output is None else output
-        f.masq = f.masq if masq is None else masq
-    assert len({f.name for f in flows} & set(overrides)) == len(overrides)
-    run_flows(node, flows)
+    case = NODE_PORT_CASES[family]
+    sync(proxier, case.objects())
+    run_flows(node, case.flows(allow_alt))
 
 
 # ---- whole tables: TestSyncProxyRulesRepeated, TestSyncProxyRulesStartup, TestBadIPs ---------------------
@@ -547,37 +261,7 @@ def test_load_balancer_ingress_route_type_proxy(cluster_ip: str, lb_ip: str, ip_
     assert any(e.startswith(f"{cluster_ip} . tcp . 80 : goto service-") for e in elements)
 
 
-# ---- TestNoEndpointsMetric ----------------------------------------------------------------------------
-@pytest.mark.parametrize(("itp", "etp", "nodes", "internal", "external"), [
-    ("Local", "", ["test-node", "node1", "node2"], 0, 0),
-    ("", "Local", ["test-node", "node1", "node2"], 0, 0),
-    ("Local", "Local", ["test-node", "node1", "node2"], 0, 0),
-    ("Local", "", ["node0", "node1", "node2"], 1, 0),
-    ("", "Local", ["node0", "node1", "node2"], 0, 1),
-    ("Local", "Local", ["node0", "node1", "node2"], 1, 1),
-    ("Local", "Local", [], 0, 0),
-], ids=["internalTrafficPolicy is set and there are local endpoints",
-        "externalTrafficPolicy is set and there are local endpoints",
-        "both policies are set and there are local endpoints",
-        "internalTrafficPolicy is set and there are no local endpoints",
-        "externalTrafficPolicy is set and there are no local endpoints",
-        "both policies are set and there are no local endpoints",
-        "both policies are set and there are no endpoints at all"])
-def test_no_endpoints_metric(itp: str, etp: str, nodes: list[str], internal: int, external: int) -> None:
-    _, proxier = fake_proxier()
-    spec: dict[str, Any] = {}
-    if itp:
-        spec["internalTrafficPolicy"] = itp
-    if etp:
-        spec["externalTrafficPolicy"] = etp
-    sync(proxier, objects(
-        svc("ns1", "svc1", "172.30.1.1", [port("", 80, node_port=123)], "NodePort" if etp else "ClusterIP", **spec),
-        slice_("ns1", "svc1", [ep(f"10.0.1.{i}", n) for i, n in enumerate(nodes, 1)], UNNAMED)))
-    gauge = proxier.metrics.no_local
-    assert gauge.labels(traffic_policy="internal", ip_family="IPv4")._value.get() == internal
-    assert gauge.labels(traffic_policy="external", ip_family="IPv4")._value.get() == external
-
-
+# ---- TestNoEndpointsMetric, per family ----------------------------------------------------------------
 def test_no_endpoints_metric_is_per_family() -> None:
     """One metrics registry for both halves of a dual-stack proxier: each family keeps its own count."""
     from kproxy.proxy.proxier import MetaProxier

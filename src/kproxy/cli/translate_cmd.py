@@ -13,31 +13,24 @@ def _family(name: str) -> int:
     return 6 if name.startswith("ip6") else 4
 
 
-def _make_translate(name: str) -> None:
+def _make_translate(name: str, restore: bool) -> None:
+    """One translator command: of a command line, or (``restore``) of an iptables-save file."""
+
     @cli.command(name, context_settings=PASSTHROUGH, add_help_option=False)
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     @click.pass_obj
     def cmd(obj: Ctx, args: tuple[str, ...]) -> None:
-        from kproxy.iptables.translate import run_translate
+        from kproxy.iptables.translate import run_restore_translate, run_translate
 
-        run_tool(obj, lambda node: run_translate(list(args), _family(name), node), mutates=False)
+        run = run_restore_translate if restore else run_translate
+        run_tool(obj, lambda node: run(list(args), _family(name), node), mutates=False)
 
-    cmd.__doc__ = f"{name}: an iptables command line as the nft command iptables 1.8.9 translates it to."
-
-
-def _make_restore_translate(name: str) -> None:
-    @cli.command(name, context_settings=PASSTHROUGH, add_help_option=False)
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    @click.pass_obj
-    def cmd(obj: Ctx, args: tuple[str, ...]) -> None:
-        from kproxy.iptables.translate import run_restore_translate
-
-        run_tool(obj, lambda node: run_restore_translate(list(args), _family(name), node), mutates=False)
-
-    cmd.__doc__ = f"{name} -f FILE: an iptables-save file as the nft script iptables 1.8.9 translates it to."
+    cmd.__doc__ = (f"{name} -f FILE: an iptables-save file as the nft script iptables 1.8.9 translates it to."
+                   if restore else
+                   f"{name}: an iptables command line as the nft command iptables 1.8.9 translates it to.")
 
 
 for _name in ("iptables-translate", "ip6tables-translate"):
-    _make_translate(_name)
+    _make_translate(_name, restore=False)
 for _name in ("iptables-restore-translate", "ip6tables-restore-translate"):
-    _make_restore_translate(_name)
+    _make_translate(_name, restore=True)

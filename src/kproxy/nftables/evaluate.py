@@ -548,8 +548,8 @@ class ChainRunner:
         elif mapped is not None:
             lo, hi = mapped_range(mapped.items[0] if isinstance(mapped, Concat) else mapped)
         else:
-            lo, hi = self.addr_range(st.addr, pkt, state)
-        plo, phi = self.port_range(st.port, pkt, state)
+            lo, hi = self.nat_range(st.addr, pkt, state)
+        plo, phi = self.nat_range(st.port, pkt, state)
         if isinstance(mapped, Concat) and plo is None:          # address . port
             plo, phi = mapped_range(mapped.items[1])
         rng = NatRange(lo, hi, plo, phi, "random" in st.flags, "fully-random" in st.flags,
@@ -558,15 +558,8 @@ class ChainRunner:
         verdict: int = node.nat.setup(pkt, rng, manip, state)
         return verdict
 
-    def addr_range(self, e: Expr | None, pkt: Packet, state: HookState) -> tuple[int | None, int | None]:
-        if e is None:
-            return None, None
-        if isinstance(e, Range):
-            return e.lo.value, e.hi.value
-        v = self.value(e, pkt, state)
-        return v, v
-
-    def port_range(self, e: Expr | None, pkt: Packet, state: HookState) -> tuple[int | None, int | None]:
+    def nat_range(self, e: Expr | None, pkt: Packet, state: HookState) -> tuple[int | None, int | None]:
+        """A NAT statement's address or port part as (low, high): a range, one value, or none given."""
         if e is None:
             return None, None
         if isinstance(e, Range):

@@ -444,18 +444,19 @@ def s_match(key: str, val: Any) -> str:
     return f"{lt} {op} {rt}"
 
 
-def s_objmap(key: str, val: Any) -> str | None:
-    """``{"counter": {"map": ...}}`` (quota, limit): the object a map picks, ``counter name KEY map ...``."""
+def s_named(key: str, val: Any) -> str | None:
+    """A counter, quota or limit statement that uses a named object: ``{"counter": "c1"}``, ``counter name
+    "c1"``, or the one a map picks, ``{"counter": {"map": ...}}``, ``counter name KEY map ...``; else None."""
+    if isinstance(val, str):
+        return f"{key} name {quoted(val)}"
     if isinstance(val, dict) and "map" in val:
         return f"{key} name {expr(val, f'Invalid {key} reference', rhs=True)}"
     return None
 
 
 def s_counter(key: str, val: Any) -> str:
-    if (named := s_objmap(key, val)) is not None:
+    if (named := s_named(key, val)) is not None:
         return named
-    if isinstance(val, str):
-        return f"counter name {quoted(val)}"
     if isinstance(val, dict) and ("packets" in val or "bytes" in val):
         return f"counter packets {val.get('packets', 0)} bytes {val.get('bytes', 0)}"
     return "counter"
@@ -467,10 +468,8 @@ def s_mangle(key: str, val: Any) -> str:
 
 
 def s_quota(key: str, val: Any) -> str:
-    if (named := s_objmap(key, val)) is not None:
+    if (named := s_named(key, val)) is not None:
         return named
-    if isinstance(val, str):
-        return f"quota name {quoted(val)}"
     (v,) = unpack(val, "i", "val")
     s = "quota " + ("over " if val.get("inv") else "") + f"{v} {val.get('val_unit', 'bytes')}"
     if opt(val, "used", int):
@@ -483,10 +482,8 @@ def s_ct_helper(key: str, val: Any) -> str:
 
 
 def s_limit(key: str, val: Any) -> str:
-    if (named := s_objmap(key, val)) is not None:
+    if (named := s_named(key, val)) is not None:
         return named
-    if isinstance(val, str):
-        return f"limit name {quoted(val)}"
     unpack(val, "is", "rate", "per")
     return "limit " + limit_spec(val)
 

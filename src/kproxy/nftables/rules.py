@@ -778,14 +778,18 @@ class RuleBuilder:
             if isinstance(e, Meta) and e.key == "nfproto" and fam != "inet":
                 raise NftError("meta nfproto is only useful in the inet family", at)
 
+    def set_ref(self) -> SetRef:
+        """``@name``: a set or map of the table, by name (nft refuses one it does not know)."""
+        at = self.p.next()
+        name = self.p.word()
+        if name.text not in self.tbl.sets:
+            raise self.missing_set(at, name)
+        return SetRef(name.text)
+
     def rhs(self, lhs: Expr, types: list[T.DType]) -> Expr:
         p = self.p
         if p.at("@"):
-            at = p.next()
-            name = p.word()
-            if name.text not in self.tbl.sets:
-                raise self.missing_set(at, name)
-            return SetRef(name.text)
+            return self.set_ref()
         if p.at("{"):
             first = p.peek()
             lit = p.set_literal(types, None)
@@ -815,11 +819,7 @@ class RuleBuilder:
         p = self.p
         types = [i.dtype for i in key.items] if isinstance(key, Concat) else [key.dtype]
         if p.at("@"):
-            at = p.next()
-            name = p.word()
-            if name.text not in self.tbl.sets:
-                raise self.missing_set(at, name)
-            return SetRef(name.text)
+            return self.set_ref()
         first = p.peek()
         lit = p.set_literal(types, [T.VERDICT] if data is None else data)
         self.anon_set(types, [T.VERDICT] if data is None else data, lit, first)

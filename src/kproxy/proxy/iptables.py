@@ -27,7 +27,7 @@ from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.localdetect import LocalDetector
 from kproxy.proxy.metrics import CT_STATE_INVALID_DROPPED, LOCALHOST_NODEPORT_ACCEPTED
 from kproxy.proxy.prepared import DNAT_TO, JUMP_TO, MASQ_FROM, PORTAL, RuleBuilder, Spec
-from kproxy.proxy.proxier import SyncResult, gc_paused
+from kproxy.proxy.proxier import SyncResult, gc_paused, primary_node_ip
 from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize
 
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -159,9 +159,7 @@ class IptablesProxier:
         self.backend = backend
         self.family = family
         self.node_ips = node_ips or []
-        # upstream's nodeIP: the node's primary address of this family (the first that is not loopback)
-        self.node_ip = node_ip or next((ip for ip in self.node_ips if ipaddress.ip_address(ip).version == family
-                                        and not ipaddress.ip_address(ip).is_loopback), "")
+        self.node_ip = node_ip or primary_node_ip(self.node_ips, family)
         self.zone = zone
         self.detector = LocalDetector(cfg, family, pod_cidr)
         self.metrics = metrics

@@ -29,7 +29,7 @@ from kproxy.nftables.transaction import ADD_FLUSH, DNAT, GO, JUMP, MASQ, NUMGEN,
 from kproxy.proxy.changes import ChangeTracker
 from kproxy.proxy.config import ProxyConfig
 from kproxy.proxy.localdetect import LocalDetector
-from kproxy.proxy.proxier import SyncResult, gc_paused
+from kproxy.proxy.proxier import SyncResult, gc_paused, primary_node_ip
 from kproxy.proxy.serviceports import EndpointInfo, ServicePortInfo, categorize, hash8
 
 TABLE = "kube-proxy"
@@ -200,8 +200,7 @@ class NftablesProxier:
         self.backend = _nft_backend(backend, family)
         self.family = family
         self.node_ips = node_ips or []
-        self.node_ip = node_ip or next((ip for ip in self.node_ips if ipaddress.ip_address(ip).version == family
-                                        and not ipaddress.ip_address(ip).is_loopback), "")
+        self.node_ip = node_ip or primary_node_ip(self.node_ips, family)
         self.zone = zone
         self.detector = LocalDetector(cfg, family, pod_cidr)
         self.metrics = metrics

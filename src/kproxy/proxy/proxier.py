@@ -10,6 +10,7 @@ available is an error at start, never a silent fallback to another mode.
 from __future__ import annotations
 
 import gc
+import ipaddress
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,6 +58,13 @@ class Proxier(Protocol):
     def sync(self, objs: Objects, force_full: bool = False) -> SyncResult:
         """Program the dataplane for ``objs``: what changed (or everything, when ``force_full``)."""
         ...
+
+
+def primary_node_ip(node_ips: list[str], family: int) -> str:
+    """Upstream's nodeIP when none is given: the node's first address of the family that is not
+    loopback (or "" when it has none)."""
+    return next((ip for ip in node_ips if ipaddress.ip_address(ip).version == family
+                 and not ipaddress.ip_address(ip).is_loopback), "")
 
 
 _FROZEN = [0]      # objects frozen right after the last collection

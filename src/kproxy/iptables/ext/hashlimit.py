@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.ext.connlimit import parse_plen
-from kproxy.iptables.ext.limit import c_atoi, pick_unit
+from kproxy.iptables.ext.limit import c_atoi, pick_unit, unit_seconds
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import (
     BAD_VALUE,
@@ -40,7 +40,6 @@ GCINTERVAL = 1000
 RATES = [("day", SCALE * 86400), ("hour", SCALE * 3600), ("min", SCALE * 60), ("sec", SCALE)]
 UNITS = (("m", 1024 * 1024), ("k", 1024), ("", 1))
 MODES = ("srcip", "srcport", "dstip", "dstport")       # print order
-UNIT_WORDS = (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400))
 
 
 def cost_to_bytes(cost: int) -> int:
@@ -74,14 +73,10 @@ def parse_packet_rate(text: str) -> tuple[int, int] | None:
     _, slash, unit = text.partition("/")
     mult = 1
     if slash:
-        if not unit:
+        secs = unit_seconds(unit)
+        if secs is None:
             return None
-        for word, secs in UNIT_WORDS:
-            if word[:len(unit)].lower() == unit.lower() and len(unit) <= len(word):
-                mult = secs
-                break
-        else:
-            return None
+        mult = secs
     r = c_atoi(text) & U64
     if not r:
         return None

@@ -39,6 +39,14 @@ def c_atoi(text: str) -> int:
     return sign * int(s[:n]) if n else 0
 
 
+def unit_seconds(unit: str) -> int | None:
+    """The seconds of the unit after a rate's ``/`` (limit and hashlimit): any prefix of second, minute,
+    hour or day, in any case; None for another word or none."""
+    if not unit:
+        return None
+    return next((secs for word, secs in UNIT_WORDS if word.startswith(unit.lower())), None)
+
+
 def parse_rate(call: XtCall) -> int:
     """``3/min`` into the average interval in 1/10000 s (XT_LIMIT_SCALE), as libxt_limit does."""
     text = call.arg
@@ -46,14 +54,10 @@ def parse_rate(call: XtCall) -> int:
     _, slash, unit = text.partition("/")
     mult = 1
     if slash:
-        if not unit:
+        secs = unit_seconds(unit)
+        if secs is None:
             raise bad
-        for word, secs in UNIT_WORDS:
-            if word.startswith(unit.lower()):
-                mult = secs
-                break
-        else:
-            raise bad
+        mult = secs
     r = c_atoi(text) & 0xFFFFFFFF
     if r == 0:
         raise bad
@@ -64,14 +68,9 @@ def parse_rate(call: XtCall) -> int:
 
 
 def nft_rate(avg: int) -> tuple[int, int]:
-    """add_nft_limit: the (rate, unit in seconds) an average interval becomes in the nft expression."""
-    i = 1
-    while i < len(RATES):
-        mult = RATES[i][1]
-        if avg > mult or mult // avg < mult % avg:
-            break
-        i += 1
-    mult = RATES[i - 1][1]
+    """add_nft_limit: the (rate, unit in seconds) an average interval becomes in the nft expression,
+    in the unit print_rate would choose."""
+    _, mult = pick_unit(avg, RATES)
     return mult // avg, mult // XT_LIMIT_SCALE
 
 

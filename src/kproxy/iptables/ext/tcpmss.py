@@ -32,7 +32,8 @@ TCPMSS_HOOKS = ("FORWARD", "OUTPUT", "POSTROUTING")
 
 
 def tcp_only(rule: Rule) -> bool:
-    """What xt_tcpmss and the TCPMSS target require of the rule: ``-p tcp``, not inverted."""
+    """What xt_tcpmss, the TCPMSS target, SYNPROXY and TCPOPTSTRIP require of the rule: ``-p tcp``,
+    not inverted."""
     return rule.proto == TCP and not rule.proto_inv
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kproxy.iptables.ext.tcpmss import tcp_only
 from kproxy.iptables.ext.unknown import changed
 from kproxy.iptables.extension import XT_CONTINUE, ExtensionError, Opt, RuleContext, Target, register_target
 from kproxy.iptables.xtoptions import NONE, STRING, UINT32, XtOpt, XtOptions
@@ -15,10 +16,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from kproxy.iptables.model import Rule
 
 OPTION_NAMES = (("wscale", 3), ("mss", 2), ("sack-permitted", 4), ("sack", 5), ("timestamp", 8), ("md5", 19))
-
-
-def tcp_only(rule: Rule) -> bool:
-    return rule.proto == TCP and not rule.proto_inv
 
 
 @register_target
