@@ -267,13 +267,13 @@ class KernelNft:
     """``nft`` on the kernel of this network namespace (or of ``netns``, through ``ip netns exec``)."""
 
     takes_transactions = True     # ``run`` takes a ``Tx``: a full sync's twin is built without its text
+    resync = True                 # full syncs on an existing table repair only what differs
 
     def __init__(self, family: int = 4, netns: str | None = None, nft: str | None = None) -> None:
         self.family = family
         self.netns = netns
         self.nft = nft or shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin") or "nft"
         self._known_chains: set[str] | None = None     # read by ``names``, kept for the next ``run``
-        self.resync = True            # full syncs on an existing table repair only what differs
         self.last_repair: str | None = None     # the last full sync's repair text (None: sent in full)
 
     def _run(self, argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
