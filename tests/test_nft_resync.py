@@ -146,10 +146,10 @@ def test_affinity_elements_stay_out_of_the_comparison() -> None:
 
 
 def test_what_cannot_change_in_place_goes_in_full() -> None:
-    have = TableState((("dormant",), None), sets={"s": SetState(False, ("type ipv4_addr",), {})})
-    want = TableState(((), None), sets={"s": SetState(False, ("type ipv4_addr",), {})})
+    have = TableState(("flags dormant",), sets={"s": SetState(False, ("type ipv4_addr",), {})})
+    want = TableState((), sets={"s": SetState(False, ("type ipv4_addr",), {})})
     assert diff("ip", "t", have, want) is None                  # the table's flags
-    want = TableState((("dormant",), None), sets={"s": SetState(False, ("type ipv6_addr",), {})})
+    want = TableState(("flags dormant",), sets={"s": SetState(False, ("type ipv6_addr",), {})})
     assert diff("ip", "t", have, want) is None                  # a set's type
     _, backend, _ = synced()
     assert plan("table ip kube-proxy { chain c { bogus } }\n", "", "ip", "kube-proxy") is None

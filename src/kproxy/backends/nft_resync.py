@@ -26,21 +26,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kproxy.nftables.expr import Opts
-from kproxy.nftables.listing import chain_text, set_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kproxy.nftables.model import Chain, NSet, Table
     from kproxy.nftables.transaction import Tx
 
 PLAIN = Opts()
+CONTINUED = "\t     "        # an element line's continuation, inside a set block (nft's NEWLINE_DELIM)
 
 
 @dataclass
 class ChainState:
-    """A chain as listed: its header (the declaration and comment lines) and its rules' text."""
+    """A chain as listed: its header (comment and declaration lines) and its rules' text."""
 
     head: tuple[str, ...]
     rules: list[str]
@@ -58,39 +57,121 @@ class SetState:
 
 @dataclass
 class TableState:
-    """One table's objects, each as nft lists it (handles left out)."""
+    """One table's objects, each as nft lists it (handles left out), and each block's own lines."""
 
-    head: tuple[Any, ...]
+    head: tuple[str, ...]
     chains: dict[str, ChainState] = field(default_factory=dict)
     sets: dict[str, SetState] = field(default_factory=dict)
-    objects: bool = False         # stateful objects or flowtables (not the proxier's: not compared)
+    blocks: dict[tuple[str, str], list[str]] = field(default_factory=dict)    # (kind, name) -> inner lines
 
 
-def dynamic(s: NSet) -> bool:
+def dynamic(head: Iterable[str]) -> bool:
     """A set whose elements the packet path adds and times out (``update @set``)."""
-    return "dynamic" in s.flags or "timeout" in s.flags or s.timeout is not None
+    for line in head:
+        if line.startswith("timeout ") or line.startswith("flags ") and (
+                "dynamic" in line or "timeout" in line):
+            return True
+    return False
 
 
-def chain_state(t: Table, c: Chain) -> ChainState:
-    head = chain_text(t, c, PLAIN, indent="", rules=False).split("\n")[1:-1]
-    return ChainState(tuple(line.strip() for line in head), [r.text(PLAIN) for r in c.rules])
+def split_elements(text: str) -> list[str]:
+    """``{ a, b : c, d comment "x, y" }`` -> its elements' text (commas in quotes or braces kept)."""
+    text = text.strip()
+    if text.startswith("{") and text.endswith("}"):
+        text = text[1:-1].strip()
+    out: list[str] = []
+    depth, quoted, start = 0, False, 0
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(text[start:i].strip())
+            start = i + 1
+    last = text[start:].strip()
+    if last:
+        out.append(last)
+    return out
 
 
-def set_state(s: NSet) -> SetState:
-    elems, s.elems = s.elems, []
-    try:
-        head = set_text(s, PLAIN, indent="").split("\n")[1:-1]
-    finally:
-        s.elems = elems
-    elements = None if dynamic(s) else {e.key.text(PLAIN): e.text(PLAIN) for e in s.elems}
-    return SetState(s.is_map, tuple(line.strip() for line in head), elements)
+def element_key(text: str, is_map: bool) -> str:
+    """An element's key as ``delete element`` takes it: without its data and options."""
+    if is_map:
+        text = text.rpartition(" : ")[0] or text
+    cut = len(text)
+    for option in (" timeout ", " expires ", ' comment "', " counter"):
+        at = text.find(option)
+        if 0 <= at < cut:
+            cut = at
+    return text[:cut]
 
 
-def table_state(t: Table) -> TableState:
-    out = TableState((tuple(t.flags), t.comment))
-    out.chains = {name: chain_state(t, c) for name, c in t.chains.items()}
-    out.sets = {s.name: set_state(s) for s in t.sets.values() if not s.anonymous}
-    out.objects = bool(t.objs or t.flowtables)
+def chain_state(inner: list[str]) -> ChainState:
+    n = 0
+    while n < len(inner) and (inner[n].startswith('comment "') or
+                              inner[n].startswith("type ") and " hook " in inner[n]):
+        n += 1
+    return ChainState(tuple(inner[:n]), inner[n:])
+
+
+def set_state(kind: str, inner: list[str]) -> SetState:
+    at = next((i for i, line in enumerate(inner) if line.startswith("elements = ")), len(inner))
+    head = tuple(inner[:at])
+    if dynamic(head):
+        return SetState(kind == "map", head, None)
+    if at == len(inner):
+        return SetState(kind == "map", head, {})
+    text = inner[at][len("elements = "):] + "".join(" " + line[len(CONTINUED):] if line.startswith(CONTINUED)
+                                                    else " " + line.strip() for line in inner[at + 1:])
+    is_map = kind == "map"
+    return SetState(is_map, head, {element_key(e, is_map): e for e in split_elements(text)})
+
+
+def table_state(listing: str, family: str, table: str) -> TableState | None:
+    """``nft list table`` text split by object, or None when it holds anything but chains, sets and
+    maps (stateful objects, flowtables: not the proxier's, and not compared here)."""
+    lines = listing.split("\n")
+    if not lines or lines[0] != f"table {family} {table} {{":
+        return None
+    out = TableState(())
+    head: list[str] = []
+    i, n = 1, len(lines)
+    while i < n:
+        line = lines[i]
+        if line == "}":
+            if any(lines[i + 1:]):
+                return None             # more than the one table
+            break
+        if not line:
+            i += 1
+            continue
+        if line.startswith("\t") and not line.startswith("\t\t") and line.endswith(" {"):
+            kind, _, name = line[1:-2].partition(" ")
+            if kind not in ("chain", "set", "map") or not name:
+                return None
+            j = i + 1
+            while j < n and lines[j] != "\t}":
+                j += 1
+            if j == n:
+                return None
+            inner = [ln[2:] for ln in lines[i + 1:j]]
+            out.blocks[(kind, name)] = inner
+            if kind == "chain":
+                out.chains[name] = chain_state(inner)
+            else:
+                out.sets[name] = set_state(kind, inner)
+            i = j + 1
+        else:
+            head.append(line.strip())
+            i += 1
+    else:
+        return None
+    out.head = tuple(head)
     return out
 
 
@@ -150,19 +231,61 @@ def diff(family: str, table: str, have: TableState, want: TableState) -> list[st
     return new_sets + new_chains + rewrites + element_deletes + element_adds + gone
 
 
+def rewritten(tx: str | Tx, family: str, table: str) -> tuple[set[str], set[str]]:
+    """The chains and the sets or maps the transaction flushes or deletes: whatever they held
+    before makes no difference to what they hold after it."""
+    from kproxy.nftables.transaction import ADD_FLUSH
+
+    chains: set[str] = set()
+    sets: set[str] = set()
+    if isinstance(tx, str):
+        ops = []
+        for line in tx.splitlines():
+            w = line.split(" ", 5)
+            if len(w) >= 5 and w[2] == family and w[3] == table:
+                ops.append((w[0], w[1], w[4]))
+    else:
+        ops = [(op[0], op[1], op[2]) for op in tx.ops]
+    for verb, kind, name in ops:
+        if verb in ("flush", "delete", ADD_FLUSH):
+            if kind == "chain":
+                chains.add(name)
+            elif kind in ("set", "map"):
+                sets.add(name)
+    return chains, sets
+
+
+def skeleton(have: TableState, family: str, table: str, chains: set[str], sets: set[str]) -> str:
+    """The kernel's table as ``nft -f`` input, without the rules of ``chains``, the elements of
+    ``sets`` and of dynamic sets: what the transaction's result depends on, at a fraction of the
+    parsing."""
+    out = [f"table {family} {table} {{", *(f"\t{line}" for line in have.head)]
+    for (kind, name), inner in have.blocks.items():
+        if kind == "chain":
+            keep = list(have.chains[name].head) if name in chains else inner
+        else:
+            s = have.sets[name]
+            keep = list(s.head) if name in sets or s.elements is None else inner
+        out.append(f"\t{kind} {name} {{")
+        out += [f"\t\t{line}" for line in keep]
+        out.append("\t}")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
 def twin(listing: str, tx: str | Tx, family: str, table: str) -> tuple[TableState, TableState] | None:
     """(the kernel's table as listed, the same after the transaction), or None when the listing does
     not load or the transaction fails on it."""
     from kproxy.nftables.cli import run_nft
+    from kproxy.nftables.listing import table_text
     from kproxy.nftables.model import Ruleset
     from kproxy.nftables.transaction import TxError, apply
 
-    rc, _, _, rs = run_nft(["-f", "-"], Ruleset(), listing)
-    t = rs.find(family, table)
-    if rc != 0 or t is None or len(rs.tables) != 1:
+    have = table_state(listing, family, table)
+    if have is None:
         return None
-    before = table_state(t)
-    if before.objects:
+    rc, _, _, rs = run_nft(["-f", "-"], Ruleset(), skeleton(have, family, table, *rewritten(tx, family, table)))
+    if rc != 0 or len(rs.tables) != 1:
         return None
     if not isinstance(tx, str) and tx.family == "ip" and tx.table == table:
         try:
@@ -174,9 +297,10 @@ def twin(listing: str, tx: str | Tx, family: str, table: str) -> tuple[TableStat
         if rc != 0:
             return None
     after = rs.find(family, table)
-    if after is None:
+    want = None if after is None else table_state(table_text(after, PLAIN), family, table)
+    if want is None:
         return None
-    return before, table_state(after)
+    return have, want
 
 
 def plan(listing: str, tx: str | Tx, family: str, table: str) -> str | None:
