@@ -155,3 +155,13 @@ def test_what_cannot_change_in_place_goes_in_full() -> None:
     assert plan("table ip kube-proxy { chain c { bogus } }\n", "", "ip", "kube-proxy") is None
     assert plan(backend.list_table(), f"add rule {T} services jump nowhere\n", "ip", "kube-proxy") is None
     assert plan(backend.list_table() + "table ip other {\n}\n", "", "ip", "kube-proxy") is None
+
+
+def test_elements_split_as_listed() -> None:
+    from kproxy.backends.nft_resync import element_key, split_elements
+
+    text = '{ 10.0.0.1 . tcp . 80 comment "a, b" : goto x, 10.0.0.2 . tcp . 80 : drop,\t     1.2.3.4 timeout 1h }'
+    assert split_elements(text) == ['10.0.0.1 . tcp . 80 comment "a, b" : goto x', "10.0.0.2 . tcp . 80 : drop",
+                                    "1.2.3.4 timeout 1h"]
+    assert element_key('10.0.0.1 . tcp . 80 comment "a : b" : goto x', True) == "10.0.0.1 . tcp . 80"
+    assert element_key("1.2.3.4 timeout 1h expires 59m", False) == "1.2.3.4"

@@ -208,8 +208,11 @@ def test_a_transaction_the_twin_refuses_goes_to_the_kernel_for_its_message(ns: N
     before = nft.list_table()
     nft.names("chains")
     with pytest.raises(BackendError, match="No such file or directory"):
-        nft.run(f"add rule {T} services jump nowhere\n")
+        nft.run(f"add table {T}\nadd rule {T} services jump nowhere\n")
     assert nft.last_repair is None and nft.list_table() == before
+    nft.names("chains")                 # a partial sync's transaction is sent as it is
+    nft.run(f"add element {T} cluster-ips {{ 172.30.9.9 }}\n")
+    assert nft.last_repair is None and s.sent[-1] == f"add element {T} cluster-ips {{ 172.30.9.9 }}\n"
 
 
 def test_ipv6_full_sync_sends_nothing(ns: Netns) -> None:
@@ -232,3 +235,18 @@ def test_ipv6_full_sync_sends_nothing(ns: Netns) -> None:
     assert kernel.backend.list_table() == emulated.backend.list_table()
     assert not kernel.sync(ipv6_objects(), force_full=True).error
     assert kernel.backend.last_repair == ""
+
+
+def test_stale_chains_go_with_the_repair(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partial sync leaves a stale endpoint chain; the next full sync past the grace period deletes
+    it, in the repair's one transaction."""
+    s = Synced(ns, monkeypatch)
+    put(s.objs, es("ns1", "svc1", "10.180.0.9"))
+    put(s.objs_twin, es("ns1", "svc1", "10.180.0.9"))
+    s.sync()
+    assert EP1 in s.kernel.stale_chains
+    s.clock.now += 5
+    s.sent.clear()
+    s.sync(full=True)
+    assert len(s.sent) == 1 and f"delete chain {T} {EP1}" in s.sent[0].splitlines()
+    assert EP1 not in s.listing()

@@ -291,11 +291,12 @@ class KernelNft:
         rules in the last, deleted again if one fails), with the same result and the same
         all-or-nothing effect."""
         from kproxy.backends.nft_phases import as_in_text, reshape
+        from kproxy.backends.nft_resync import creates_table
 
         fam = family_name(self.family)
         known, self._known_chains = self._known_chains, None     # good for this transaction only
         # A full sync (the proxier read the chains just before) on an existing table: only what drifted.
-        if known is not None and self.resync and self._repair(text):
+        if known is not None and self.resync and creates_table(text) and self._repair(text):
             return
         if not isinstance(text, str):
             text = text.text()

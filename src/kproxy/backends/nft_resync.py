@@ -231,6 +231,14 @@ def diff(family: str, table: str, have: TableState, want: TableState) -> list[st
     return new_sets + new_chains + rewrites + element_deletes + element_adds + gone
 
 
+def creates_table(tx: str | Tx) -> bool:
+    """A full sync's transaction: it has ``add table`` (after the stale chains' deletion, if any);
+    a partial sync's never has."""
+    if isinstance(tx, str):
+        return ("\n" + tx).find("\nadd table ") >= 0
+    return any(op[1] == "table" and op[0] == "add" for op in tx.ops)
+
+
 def rewritten(tx: str | Tx, family: str, table: str) -> tuple[set[str], set[str]]:
     """The chains and the sets or maps the transaction flushes or deletes: whatever they held
     before makes no difference to what they hold after it."""
