@@ -113,6 +113,7 @@ TAMPERING: dict[str, tuple[list[str], Callable[[list[str]], bool]]] = {
     "base chain's priority": ([f"delete chain {T} filter-input",
                                f"add chain {T} filter-input {{ type filter hook input priority 7 ; }}"],
                               lambda lines: lines[0] == f"delete chain {T} filter-input" and len(lines) == 4),
+    "flushed table": ([f"flush table {T}"], lambda lines: len(lines) > 40 and lines[0].startswith("flush chain")),
     "added chain and set": ([f"add chain {T} service-XXXXXXXX-ns9/gone/tcp/p", f"add rule {T} service-XXXXXXXX-ns9/gone/tcp/p drop",
                              f"add set {T} mine {{ type ipv4_addr ; }}"],
                             lambda lines: lines == [f"flush chain {T} service-XXXXXXXX-ns9/gone/tcp/p"]),
