@@ -251,3 +251,20 @@ def test_stale_chains_go_with_the_repair(ns: Netns, monkeypatch: pytest.MonkeyPa
     s.sync(full=True)
     assert len(s.sent) == 1 and f"delete chain {T} {EP1}" in s.sent[0].splitlines()
     assert EP1 not in s.listing()
+
+
+def test_iptables_nft_tables_are_not_the_repairs(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """iptables-nft's tables beside kube-proxy's (nf_tables too): neither read nor written by it."""
+    s = Synced(ns, monkeypatch)
+    assert ns.run(["iptables-nft", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "2222",
+                   "-j", "RETURN"]).returncode == 0
+    def saved() -> list[str]:
+        return [ln for ln in ns.run(["iptables-nft-save", "-t", "nat"]).stdout.splitlines() if not ln.startswith("#")]
+
+    before = saved()
+    s.nft(f"flush chain {T} services")
+    s.sync(full=True)
+    assert s.sent and all(f" {T} " in line for line in s.sent[0].splitlines())
+    assert saved() == before
+    assert any("2222" in ln for ln in before)
+    s.listing()
