@@ -268,3 +268,15 @@ def test_iptables_nft_tables_are_not_the_repairs(ns: Netns, monkeypatch: pytest.
     assert saved() == before
     assert any("2222" in ln for ln in before)
     s.listing()
+
+
+def test_a_restarted_proxier_finds_nothing_to_repair(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new proxier's first sync over the table a previous one left (its transaction deletes and adds
+    the base chains again): the same table, by no transaction at all."""
+    s = Synced(ns, monkeypatch)
+    before = s.listing()
+    again, _, _, _ = twin_proxiers(ns)
+    r = again.sync(overall_objects())
+    assert r.full and not r.error, r.error
+    assert again.backend.last_repair == ""
+    assert again.backend.list_table() == before
