@@ -156,6 +156,8 @@ def test_reshaped_big_transactions_leave_the_emulated_table(ns: Netns, monkeypat
         return out
 
     monkeypatch.setattr(nft_phases, "reshape", spy)
+    # later full syncs as full transactions (not repairs of what differs: tests/test_nft_resync_kernel.py)
+    monkeypatch.setattr(KernelNft, "resync", False, raising=False)
     kernel, emulated, _, _ = twin_proxiers(ns)
     objs, objs_twin = overall_objects(), overall_objects()
     for p, o in ((kernel, objs), (emulated, objs_twin)):

@@ -266,11 +266,15 @@ class EmulatedNft:
 class KernelNft:
     """``nft`` on the kernel of this network namespace (or of ``netns``, through ``ip netns exec``)."""
 
+    takes_transactions = True     # ``run`` takes a ``Tx``: a full sync's twin is built without its text
+    resync = True                 # full syncs on an existing table repair only what differs
+
     def __init__(self, family: int = 4, netns: str | None = None, nft: str | None = None) -> None:
         self.family = family
         self.netns = netns
         self.nft = nft or shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin") or "nft"
         self._known_chains: set[str] | None = None     # read by ``names``, kept for the next ``run``
+        self.last_repair: str | None = None     # the last full sync's repair text (None: sent in full)
 
     def _run(self, argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -281,16 +285,21 @@ class KernelNft:
             raise BackendError(f"cannot run nft: {exc.strerror}: {exc.filename}") from None
 
     def run(self, text: str | Tx) -> None:
-        """One transaction; a big one reshaped so the kernel binds its anonymous sets cheaply
-        (``kproxy.backends.nft_phases``: a new table in several transactions, its hooks' rules in
-        the last, deleted again if one fails), with the same result and the same all-or-nothing
-        effect."""
+        """One transaction; a full sync's sent as a repair of what differs when the table exists
+        (``kproxy.backends.nft_resync``), else a big one reshaped so the kernel binds its anonymous
+        sets cheaply (``kproxy.backends.nft_phases``: a new table in several transactions, its hooks'
+        rules in the last, deleted again if one fails), with the same result and the same
+        all-or-nothing effect."""
         from kproxy.backends.nft_phases import as_in_text, reshape
+        from kproxy.backends.nft_resync import creates_table
 
-        if not isinstance(text, str):
-            text = text.text()
         fam = family_name(self.family)
         known, self._known_chains = self._known_chains, None     # good for this transaction only
+        # A full sync (the proxier read the chains just before) on an existing table: only what drifted.
+        if known is not None and self.resync and creates_table(text) and self._repair(text):
+            return
+        if not isinstance(text, str):
+            text = text.text()
         # Only a full sync (the proxier read the chains just before) is worth reshaping: a partial
         # one is small, and reading the chains would cost more than the kernel's walks.
         shaped = None if known is None else reshape(text, fam, TABLE, lambda: self._chains(known))
@@ -306,6 +315,29 @@ class KernelNft:
             if shaped.fresh and done:       # the table did not exist before: take it away again
                 self._run(["delete", "table", fam, TABLE])
             raise BackendError(as_in_text(str(exc), shaped.parts[done], text)) from None
+
+    def _repair(self, tx: str | Tx) -> bool:
+        """Send only what the kernel's table lacks of the full transaction ``tx``; False (nothing
+        changed) when the table is not there or not readable, the repair cannot be worked out, or
+        the kernel refuses it: the full transaction then goes as it is."""
+        from kproxy.backends.nft_resync import plan
+
+        fam = family_name(self.family)
+        proc = self._run(["list", "table", fam, TABLE])
+        if proc.returncode != 0:
+            return False
+        repair = plan(proc.stdout, tx, fam, TABLE)
+        self.last_repair = repair
+        if repair is None:
+            return False
+        if not repair:
+            return True
+        try:
+            self._apply(repair)         # one transaction: the previous rules survive a failure
+        except BackendError:
+            self.last_repair = None
+            return False
+        return True
 
     def _apply(self, text: str) -> None:
         proc = self._run(["-f", "-"], text)
