@@ -245,3 +245,49 @@ def test_ct_helper_objects() -> None:
         '"protocol": "tcp", "l3proto": "inet"}}' in res["-j list ct helper inet f h2"][1]
     assert "expecting udp or tcp" in res["add ct helper inet g bad2 '{' type '\"ftp\"' protocol sctp ';' '}'"][2]
     assert '{"ct helper": "ftp1"}' in res["-j list table ip j"][1]
+
+
+def test_realm_and_devgroup_symbols() -> None:
+    """rt classid and meta rtclassid are realms, iifgroup/oifgroup devgroups (named by /etc/iproute2's
+    tables, quoted when listed); a realm is a string in JSON even as a number, as nft 1.0.6 prints it."""
+    cmds = steps("rt_meta_symbols.cmds")
+    res = dict(zip([shlex.join(a) for a in cmds], run_steps(cmds)))
+    assert res["add rule ip t c rt classid foo accept"][2].startswith("Error: Could not parse routing realm\n")
+    assert res["add rule ip t c meta oifgroup bogus accept"][2].startswith("Error: Could not parse devgroup name\n")
+    assert res["add rule ip t c meta mark set rt classid"][2] == (
+        "Error: datatype mismatch: expected packet mark, expression has type routing realm\n"
+        "add rule ip t c meta mark set rt classid\n" + " " * 16 + "~" * 14 + "^" * 10 + "\n")
+    assert res["add rule ip t c meta mark set meta cpu"][0] == 0        # an integer fits any type
+    js = res["-j list ruleset"][1]
+    assert '"left": {"rt": {"key": "classid"}}, "right": "5"}' in js
+    assert '"left": {"meta": {"key": "oifgroup"}}, "right": {"set": ["default", 2]}}' in js
+    assert '{"rt": {"key": "nexthop", "family": "ip"}}' in js
+    text = res["list ruleset"][1]
+    assert "\t\trt classid { \"cosmos\", 7 } accept\n" in text and "\t\trt ipsec exists accept\n" in text
+    assert "\t\trt ip6 nexthop ::1 accept\n" in text
+    assert "\t\toifgroup { 0, 2 } accept\n" in res["-n list ruleset"][1]
+
+
+def test_frag_off_mask_lists_raw() -> None:
+    res = run_steps(steps("frag_off_mask.cmds"))
+    text, js = res[-3][1], res[-2][1]
+    assert ("\t\t(frag unknown & 0xfff8 [invalid type]) >> 3 & 0x7 [invalid type] != 0x0 [invalid type] accept\n"
+            in text)
+    assert "\t\tfrag frag-off 0 accept\n" in text
+    assert '"right": "0x1 [invalid type]"' in js
+
+
+def test_delete_by_handle() -> None:
+    cmds = steps("delete_by_handle.cmds")
+    res = dict(zip([shlex.join(a) for a in cmds], run_steps(cmds)))
+    assert res["delete counter ip t handle 2"][0] == 0 and res["delete chain ip t handle 8"][0] == 0
+    assert res["delete counter ip t handle 99"][2].endswith(" " * 27 + "^^\n")
+    assert res["delete map ip t handle 7"][2].startswith("Error: syntax error, unexpected handle, expecting string\n")
+    assert res["delete ct helper ip t handle 99"][2].startswith("Error: syntax error, unexpected handle, expecting string\n")
+    busy = [r for a, r in zip(cmds, run_steps(cmds)) if shlex.join(a) == "delete set ip u handle 1"][0]
+    assert busy[2].startswith("Error: Could not process rule: Device or resource busy\n")      # a rule uses it
+    assert res["destroy table ip t"][2].startswith("Error: syntax error, unexpected table, expecting string\n")
+    assert res["t c accept"][0] == 0            # nft's implicit add rule
+    assert "delete rule ip t c handle 99" in res
+    assert res["delete rule ip t c handle 99"][2].startswith(
+        "Error: No such file or directory; did you mean chain \u2018c2\u2019 in table ip \u2018t\u2019?\n")

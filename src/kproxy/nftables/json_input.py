@@ -652,7 +652,10 @@ def e_ct(key: str, val: Any) -> str:
 
 def e_rt(key: str, val: Any) -> str:
     (k,) = unpack(val, "s", "key")
-    return f"rt {k}"
+    if k not in ("classid", "nexthop", "mtu", "ipsec"):
+        raise JsonError((None, f"Unknown rt key '{k}'."))
+    family = val.get("family")
+    return f"rt {family} {k}" if family in ("ip", "ip6") else f"rt {k}"
 
 
 def e_exthdr(key: str, val: Any) -> str:

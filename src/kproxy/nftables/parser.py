@@ -291,9 +291,12 @@ class Parser:
             self.next()
             self.cmd_add_table(create=False)
             return
-        if verb in ("add", "create", "insert", "replace", "delete", "destroy", "flush", "list", "reset", "rename"):
+        if verb in ("add", "create", "insert", "replace", "delete", "flush", "list", "reset", "rename"):
             self.next()
-            getattr(self, "cmd_" + ("delete" if verb == "destroy" else verb))(t)
+            getattr(self, "cmd_" + verb)(t)
+            return
+        if is_identifier(t) or verb in FAMILIES and t.kind == "word":
+            self.cmd_rule("add", t)     # nft's implicit ``add rule``: ``[FAMILY] TABLE CHAIN STATEMENTS``
             return
         raise self.unexpected()
 
@@ -934,14 +937,24 @@ class Parser:
     def cmd_delete(self, verb: Token) -> None:
         what = self.word()
         if what.text == "table":
-            family, name = self.family_and_name()
-            tbl = self.find_table(family, name, "table")
+            if self.peek().text in FAMILIES and self.peek(1).text == "handle" or self.at("handle"):
+                family = self.next().text if not self.at("handle") else "ip"
+                self.next()
+                n = self.word()
+                tbl = next((t for t in self.rs.tables if t.family == family and str(t.handle) == n.text), None)
+                if tbl is None:
+                    raise NftError("Could not process rule: No such file or directory", loc(n))
+            else:
+                family, name = self.family_and_name()
+                tbl = self.find_table(family, name, "table")
             self.rs.tables.remove(tbl)
         elif what.text == "chain":
             family, tname = self.family_and_name()
             how = "chain" if not self.at("handle") else "plain"     # by handle: no name to suggest for
             name = self.chain_name("handle or string") if how == "chain" else self.word()
             tbl = self.find_table(family, tname, how, name)
+            if how == "plain":
+                name = self.by_handle(tbl.chains, self.word())
             chain = self.find_chain(tbl, name, how)
             if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
@@ -953,20 +966,29 @@ class Parser:
             chain = self.find_chain(tbl, name, "rule")
             self.expect("handle")
             n = self.word()
+            if not any(r.handle == int(n.text) for r in chain.rules):      # with cmd.c's hint about the chain
+                raise self.enoent("rule", tbl.family, None, name, n, tbl.name)
             idx = self.rule_index(chain, int(n.text), n)
             rule = chain.rules.pop(idx)
             for anon in rule.anon_sets:
                 tbl.sets.pop(anon, None)
         elif what.text in ("set", "map"):
             family, tname = self.family_and_name()
+            if what.text == "map" and self.at("handle"):
+                raise self.unexpected(expecting="string")       # nft 1.0.6 deletes no map by handle
+            by_handle = what.text == "set" and self.accept("handle") is not None
             name = self.word()
-            tbl = self.find_table(family, tname, "set", name)
+            tbl = self.find_table(family, tname, "plain" if by_handle else "set", name)
+            if by_handle:
+                name = self.by_handle({k: v for k, v in tbl.sets.items() if not v.anonymous}, name)
             self.find_set(tbl, name, "set")
             if any(refers_to_set(r, name.text) for c in tbl.chains.values() for r in c.rules):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.sets[name.text]
         elif what.text == "element":
             family, tname = self.family_and_name()
+            if self.at("handle"):
+                raise self.unexpected(expecting="string")
             tbl = self.find_table(family, tname, "eval")
             s = self.find_set(tbl, self.word(), "eval")
             lit = self.set_literal(s.key, None, s)
@@ -982,8 +1004,13 @@ class Parser:
         elif what.text in ("counter", "quota", "limit") or what.text == "ct" and self.accept("helper"):
             kind = cthelper.KIND if what.text == "ct" else what.text
             family, tname = self.family_and_name()
+            if kind == cthelper.KIND and self.at("handle"):
+                raise self.unexpected(expecting="string")       # nor a ct helper
+            by_handle = self.accept("handle") is not None
             name = self.word()
-            tbl = self.find_table(family, tname, "obj", name)
+            tbl = self.find_table(family, tname, "plain" if by_handle else "obj", name)
+            if by_handle:
+                name = self.by_handle({k[1]: v for k, v in tbl.objs.items() if k[0] == kind}, name)
             if (kind, name.text) not in tbl.objs:
                 raise self.enoent("obj", family, None, name, name, tbl.name)
             if any(refers_to_obj(r, kind, name.text) for c in tbl.chains.values() for r in c.rules) or \
@@ -995,6 +1022,14 @@ class Parser:
             flowtable.delete(self, self.find_table(family, tname, "plain"))
         else:
             raise self.unexpected(what)
+
+    @staticmethod
+    def by_handle(objects: dict[str, Any], n: Token) -> Token:
+        """``delete KIND ... handle N``: the named object's name (at N's place), or the kernel's ENOENT at N."""
+        found = next((name for name, ob in objects.items() if str(ob.handle) == n.text), None)
+        if found is None:
+            raise NftError("Could not process rule: No such file or directory", loc(n))
+        return Token(n.kind, found, n.line, n.col, n.end)
 
     def cmd_flush(self, verb: Token) -> None:
         what = self.word()
@@ -1187,14 +1222,18 @@ class Parser:
             return NftError("Could not resolve service: Servname not found in nft services list", loc(t))
         if dt.kind == "ipv4":
             return NftError("Could not resolve hostname: Name or service not known", loc(t))
+        if dt.kind == "ipv6" and T.NUMBER_RE.sub("", t.text).strip(".") == "" and t.text.count(".") == 3:
+            # getaddrinfo(AF_INET6) on an IPv4 literal
+            return NftError("Could not resolve hostname: Address family for hostname not supported", loc(t))
         if dt.kind == "proto":
             return NftError("Could not resolve protocol name", loc(t))
-        if (dt.name in T.HEX_SYMBOLS or dt.kind in ("int", "hex") and dt.bits) and T.NUMBER_RE.fullmatch(t.text):
+        if (dt.name in T.HEX_SYMBOLS or dt.kind in ("int", "hex", "rtsym") and dt.bits) and T.NUMBER_RE.fullmatch(t.text):
             # a number past a symbol type's integer base: integer_type_parse's range error
             return NftError(f"Value {t.text} exceeds valid range 0-{(1 << dt.bits) - 1}", loc(t))
         desc = {"icmp_type": "ICMP type", "ct_state": "conntrack state", "mark": "packet mark",
                 "inet_service": "internet network service", "dscp": dt.desc, "ecn": dt.desc,
-                "mh_type": dt.desc, "boolean": "boolean type"}.get(dt.name, dt.name)
+                "mh_type": dt.desc, "boolean": "boolean type",
+                "realm": dt.desc, "devgroup": dt.desc}.get(dt.name, dt.name)
         return NftError(f"Could not parse {desc}", loc(t))
 
 

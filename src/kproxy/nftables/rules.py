@@ -162,6 +162,22 @@ class RuleBuilder:
         err.hint = hint
         return err
 
+    def rt(self, rt_tok: Token) -> Rt:
+        """``rt [ip|ip6] classid|nexthop|mtu|ipsec``: nexthop's address family from the table, else named."""
+        p = self.p
+        family = p.next().text if p.at("ip", "ip6") else None
+        k = p.peek()
+        if k.text not in ("classid", "nexthop", "mtu", "ipsec") or k.kind != "word":
+            raise p.unexpected(k)
+        p.next()
+        if k.text != "nexthop":
+            return Rt(k.text)
+        family = family or {"ip": "ip", "ip6": "ip6"}.get(self.tbl.family)
+        if family is None:
+            raise self.error('cannot determine ip protocol version, use "ip nexthop" or "ip6 nexthop" instead',
+                             rt_tok, k)
+        return Rt("nexthop", family)
+
     def missing_set(self, at: Token, name: Token) -> NftError:
         """nft's evaluation finds a set or map missing from its cache (evaluate.c's set_not_found)."""
         from kproxy.nftables.misspell import evaluation_message
@@ -566,8 +582,7 @@ class RuleBuilder:
         if X.starts(p):
             return X.parse(p)
         if w == "rt":
-            p.next()
-            return Rt(p.word().text)
+            return self.rt(p.next())
         if w in PAYLOAD and p.peek(1).kind == "word" and p.peek(1).text in PAYLOAD[w]:
             p.next()
             return Payload(w, p.next().text)
@@ -688,6 +703,21 @@ class RuleBuilder:
             return True
         return t.text in PAYLOAD and p.peek(1).text in PAYLOAD[t.text]
 
+    def check_set_type(self, lhs: Expr, value: Expr, start: Token, vstart: Token) -> None:
+        """evaluate.c's statement argument check: an expression's type must be the key's own (an integer
+        fits any); ``ct helper set`` takes only a name (its object reference must be constant)."""
+        from kproxy.nftables.parser import NftError, loc
+
+        end = self.p.toks[self.p.pos - 1]
+        if isinstance(lhs, Ct) and lhs.key == "helper" and isinstance(value, Ct) and value.key == "helper":
+            raise self.error("Counter expression must be constant", vstart, end)
+        have, want = value.dtype, lhs.dtype
+        if isinstance(lhs, Concat) or isinstance(value, Concat) or have.name in (want.name, "integer"):
+            return
+        before = self.p.toks[self.p.toks.index(vstart) - 1]
+        raise NftError(f"datatype mismatch: expected {T.describe(want)}, expression has type {T.describe(have)}",
+                       loc(vstart, end), [(start.line, start.col, before.end + 1)])
+
     def ct_helper_set(self, value: Expr, start: Token) -> None:
         """``ct helper set NAME|MAP``: a reference to ``ct helper`` objects the kernel must find."""
         st = cthelper.CtHelperSet(value)
@@ -712,6 +742,7 @@ class RuleBuilder:
                 value = self.concat()
                 if p.accept("map"):
                     value = MapExpr(value, self.map_data(value, [lhs.dtype]))
+                self.check_set_type(lhs, value, start, vstart)
             else:
                 value = self.binop(p.value(lhs.dtype))
             if isinstance(lhs, Ct) and lhs.key == "helper" and lhs.direction is None:
