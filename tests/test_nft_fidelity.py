@@ -291,3 +291,42 @@ def test_delete_by_handle() -> None:
     assert "delete rule ip t c handle 99" in res
     assert res["delete rule ip t c handle 99"][2].startswith(
         "Error: No such file or directory; did you mean chain \u2018c2\u2019 in table ip \u2018t\u2019?\n")
+
+
+def test_ct_helper_is_no_map_type_in_1_0_6() -> None:
+    """nft 1.0.6 has no ``type X : ct helper`` (a syntax error, then the set without a key, reported
+    together); ``typeof ... : ct helper`` is a map of strings, which ``ct helper set`` cannot use."""
+    cmds = steps("ct_helper_maps.cmds")
+    res = dict(zip([shlex.join(a) for a in cmds], run_steps(cmds)))
+    line = "add map ip t m { type ipv4_addr : ct helper ; }"
+    assert res[shlex.join(shlex.split(line))][2] == (
+        f"Error: syntax error, unexpected ct\n{line}\n" + " " * 34 + "^^\n"
+        f"Error: set definition does not specify key\n{line}\n" + " " * 15 + "^" * 30 + "\n")
+    assert "\tmap m { # handle 2\n\t\ttypeof ip saddr : ct helper\n\t}\n" in res["-a list ruleset"][1]
+    assert '"map": "string"' in res["-j list ruleset"][1] and '"map": "secmark"' in res["-j list ruleset"][1]
+    assert res["add rule ip t c ct helper set ip saddr map @m"][2].startswith(
+        "Error: Expression is not a map with objects\n")
+    assert res["add rule ip t c ct helper set ip saddr"][2].startswith(
+        "Error: datatype mismatch: expected string, expression has type IPv4 address\n")
+    assert res[shlex.join(shlex.split("add map ip t m { type ipv4_addr : counter ; }"))][2].startswith(
+        "Error: Could not process rule: File exists\n")      # declared again with other types
+
+
+def test_syntax_errors_recover_at_the_next_separator() -> None:
+    cmds = steps("syntax_recovery.cmds")
+    res = dict(zip([shlex.join(a) for a in cmds], run_steps(cmds)))
+    two = next(v for k, v in res.items() if k.endswith("two_bad_rules.nft"))[2]
+    # every syntax error first, then what evaluation found, in the script's order
+    assert [ln.split(": Error: ")[1] for ln in two.splitlines() if ": Error: " in ln] == [
+        "syntax error, unexpected newline", "No symbol type information",
+        "Statement after terminal statement has no effect"]
+    assert res["add rule ip t c tcp dport 22 accept ,"][2].startswith(
+        "Error: syntax error, unexpected comma, expecting end of file or newline or semicolon\n")
+    assert res[shlex.join(shlex.split("add table ip u { chain c { accept , ; } ; }"))][2].startswith(
+        "Error: syntax error, unexpected comma, expecting newline or semicolon\n")
+    assert res["add rule ip t c tcp dport 22 acept"][2].startswith("Error: syntax error, unexpected newline\n")
+    assert res["add rule ip t c reject counter"][2].endswith(" " * 16 + "~~~~~~ ^^^^^^^\n")
+    eof = res[shlex.join(shlex.split("add map ip t m { type ipv4_addr : ct helper }"))][2]
+    assert eof.endswith("Error: syntax error, unexpected end of file\nadd map ip t m { type ipv4_addr : ct helper }\n^\n")
+    assert res["add rule ip t c @"][2].startswith(
+        "Error: syntax error, unexpected newline, expecting string or ll or nh or th\n")

@@ -50,7 +50,10 @@ def format_one(err: NftError, source: str, text: str) -> str:
         return f"Error: {err.msg}\n"
     line, col, end = err.primary
     prefix = f"{source}:{line}:{col}-{end}: " if source else ""
-    src_line = text.split("\n")[line - 1] if line - 1 < len(text.split("\n")) else ""
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()          # no line after the last newline: nft shows the last line it read there
+    src_line = lines[min(line, len(lines)) - 1] if lines else ""
     marks = [" " if ch != "\t" else "\t" for ch in src_line]
     width = max([end] + [e for ln, _, e in err.secondary if ln == line])
     marks += [" "] * (width - len(marks))
@@ -180,6 +183,7 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     work = rs if read_only(text) else rs.copy()
     try:
         parser = Parser(text, work, interfaces)
+        parser.cmdline, parser.from_json = not source and not from_json, from_json
         parser.script()
     except NftError as err:
         if err.kernel:

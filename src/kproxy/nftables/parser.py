@@ -43,6 +43,10 @@ from kproxy.nftables.validate import culprit
 
 Loc = tuple[int, int, int]  # line, first column, last column
 OPTS = Opts()
+SET_FLAGS = ("constant", "interval", "dynamic", "timeout")
+BLOCK_WORDS = frozenset(("table", "chain", "set", "map", "flowtable", "counter", "quota", "limit", "helper",
+                         "timeout", "expectation", "secmark", "synproxy"))
+MAX_ERRORS = 10  # nft's parser_max_errors
 FREEZE_OVER = 200_000  # new objects past which a script's work is frozen (see gc_paused): about 15,000 rules
 # Words nft's scanner makes keywords (others are a "string" in its syntax errors); those met after a verb.
 KEYWORDS = {"table", "tables", "chain", "chains", "set", "sets", "map", "maps", "rule", "ruleset", "element",
@@ -54,9 +58,10 @@ class NftError(Exception):
     """An error at a position: ``primary`` gets carets, ``secondary`` ranges get tildes."""
 
     def __init__(self, msg: str, primary: Loc | None, secondary: list[Loc] | None = None,
-                 kernel: bool | None = None, validation: bool = False) -> None:
+                 kernel: bool | None = None, validation: bool = False, parse: bool = False) -> None:
         super().__init__(msg)
         self.msg = msg
+        self.parse = parse      # found by nft's parser (an unknown datatype): recovered from as a syntax error
         self._kernel = kernel
         # found by the kernel's commit-time validation (hooks, jump depth): a batch that fails earlier,
         # as its messages are processed, is aborted before that and reports none of these
@@ -77,12 +82,16 @@ class NftError(Exception):
 
     @property
     def syntax(self) -> bool:
-        return self.msg.startswith("syntax error")
+        return self.parse or self.msg.startswith("syntax error")
 
     @property
     def kernel(self) -> bool:
         """Errors the kernel returns; nft only submits (and so only sees them) when evaluation passed."""
         return self._kernel if self._kernel is not None else self.msg.startswith("Could not process rule")
+
+
+class StopParsing(Exception):  # noqa: N818 - not an error: the parser's recorded errors are
+    """The parser gives up (syntax errors up to the end of the input, or nft's tenth): report what it has."""
 
 
 def loc(a: Token, b: Token | None = None) -> Loc:
@@ -122,6 +131,13 @@ class Parser:
         self.new_sets: set[int] = set()   # ids of the sets this batch creates (a rule's update makes them dynamic)
         self.eval_errors: list[NftError] = []
         self.kernel_errors: list[NftError] = []
+        self.syntax_errors: list[NftError] = []     # bison's, recovered from at the next separator
+        self.table_errors: list[NftError] = []      # the parser's, reported once the table block ends
+        self.cmdline = False                        # the script is nft's arguments, not a file
+        self.in_block = False                       # rules in a chain block (not an add-rule command)
+        self.depth = 0                              # blocks being parsed (table, chain, set)
+        self.final = True                           # ``toks`` end where the script ends (see fastpath)
+        self.from_json = False                      # the script is kproxy's text of a JSON input
         self.batch_broken = False
         self.elem_indexes: dict[int, tuple[list[Elem], dict[Any, Elem]]] = {}
         self.unsorted: dict[int, NSet] = {}
@@ -173,7 +189,9 @@ class Parser:
 
     def unexpected(self, t: Token | None = None, expecting: str = "") -> NftError:
         t = t or self.peek()
-        msg = f"syntax error, unexpected {token_name(t)}" + (f", expecting {expecting}" if expecting else "")
+        # nft's command line ends with a newline token (a file's end is the end of file)
+        name = "newline" if t.kind == "eof" and self.cmdline else token_name(t)
+        msg = f"syntax error, unexpected {name}" + (f", expecting {expecting}" if expecting else "")
         return NftError(msg, loc(t))
 
     def expect(self, text: str) -> Token:
@@ -217,12 +235,15 @@ class Parser:
             self.run_script()
 
     def run_script(self) -> None:
-        if not self.fast:
-            self.commands()
-        else:
-            from kproxy.nftables.fastpath import FastPath
+        try:
+            if not self.fast:
+                self.commands()
+            else:
+                from kproxy.nftables.fastpath import FastPath
 
-            FastPath(self).run(self.text)
+                FastPath(self).run(self.text)
+        except StopParsing:
+            self.raise_recorded()
         self.sort_touched_sets()
         if self.validate_jumps and not self.eval_errors and not self.kernel_errors:
             self.kernel_errors += jump_errors(self.rs.tables, self.added)
@@ -243,9 +264,14 @@ class Parser:
                 self.record(err, start)
 
     def record(self, err: NftError, start: int) -> None:
-        """Keep an evaluation error and go on to the next rule or command, as nft does; stop on syntax."""
+        """Keep an evaluation error and go on to the next rule or command, as nft does. A syntax error
+        is kept too and parsing goes on past the next newline or semicolon, as bison's ``error
+        stmt_separator`` rule recovers in every block (nft gives up at its tenth)."""
         if err.syntax:
-            raise err
+            self.syntax_errors.append(err)
+            if len(self.syntax_errors) >= MAX_ERRORS or not self.recover(err, start):
+                raise StopParsing           # nothing to recover at: the end of the input
+            return
         if err.kernel:
             self.kernel_errors.append(err)  # the kernel goes on with the batch and reports every error
             self.batch_broken = self.batch_broken or err.msg.endswith("Operation not supported")
@@ -267,7 +293,58 @@ class Parser:
                 return
             self.next()
 
+    def recover(self, err: NftError, start: int) -> bool:
+        """bison's recovery: discard from the token in error to the first newline or semicolon, then go on
+        in the innermost block open at the error (kproxy skips the rest of a block opened within the item
+        that failed); False at the end of the input (with nft's error there if a block is left open)."""
+        at = err.primary
+        i = next((k for k in range(start, len(self.toks)) if at is not None
+                  and (self.toks[k].line, self.toks[k].col) >= at[:2]), self.pos)
+        self.pos = max(min(i, self.pos), start)
+        inner = self.open_blocks(start, self.pos)
+        blocks = self.depth + inner
+        separated = self.cmdline         # nft's command line ends as if with a newline
+        while self.peek().kind != "eof":  # braces discarded here close nothing
+            t = self.next()
+            if t.kind == "nl" or t.kind == "punct" and t.text == ";":
+                separated = True
+                break
+        while inner > 0 and self.peek().kind != "eof":
+            t = self.next()
+            if t.kind == "punct" and t.text in "{}":
+                step = 1 if t.text == "{" else -1
+                inner, blocks = inner + step, blocks + step
+        self.skip_seps()
+        if self.peek().kind != "eof" or not self.final:
+            return True
+        if blocks > 0 and separated:
+            eof = self.peek()
+            self.syntax_errors.append(NftError("syntax error, unexpected end of file", (eof.line, 1, 1)))
+        return False
+
+    def open_blocks(self, a: int, b: int) -> int:
+        """The blocks (table, chain, set, object: those of nft's grammar that recover from errors, not a
+        rule's anonymous sets) opened in ``toks[a:b]`` and still open at ``b``."""
+        stack: list[bool] = []
+        toks = self.toks
+        for k in range(a, b):
+            t = toks[k]
+            if t.kind != "punct" or t.text not in "{}":
+                continue
+            if t.text == "}":
+                if stack:
+                    stack.pop()
+                continue
+            named = k > 0 and is_identifier(toks[k - 1])
+            stack.append(named and any(x.kind == "word" and x.text in BLOCK_WORDS for x in toks[max(0, k - 4):k - 1]))
+        return sum(stack)
+
     def raise_recorded(self) -> None:
+        if self.syntax_errors:
+            # nft evaluates what it parsed and reports that too, but submits nothing to the kernel
+            first, *rest = self.syntax_errors + self.eval_errors
+            first.more = rest
+            raise first
         errors = self.eval_errors or self.kernel_errors
         if not self.eval_errors and not all(e.validation for e in errors):
             errors = [e for e in errors if not e.validation]
@@ -417,10 +494,19 @@ class Parser:
             self.table_block(tbl)
 
     def table_block(self, tbl: Table) -> None:
+        self.depth += 1
+        try:
+            self.table_items(tbl)
+        finally:
+            self.depth -= 1
+
+    def table_items(self, tbl: Table) -> None:
         deferred: list[tuple[Chain, int]] = []
         while True:
             self.skip_seps()
             if self.accept("}"):
+                self.syntax_errors += self.table_errors
+                self.table_errors = []
                 break
             at = self.pos
             try:
@@ -580,6 +666,15 @@ class Parser:
         return base
 
     def chain_rules(self, tbl: Table, chain: Chain) -> None:
+        self.in_block, was = True, self.in_block
+        self.depth += 1
+        try:
+            self.chain_block(tbl, chain)
+        finally:
+            self.in_block = was
+            self.depth -= 1
+
+    def chain_block(self, tbl: Table, chain: Chain) -> None:
         while True:
             self.skip_seps()
             if self.accept("}"):
@@ -617,54 +712,36 @@ class Parser:
         s = existing or NSet(name.text, 0, is_map, [])
         if existing is None:
             self.new_sets.add(id(s))
+        was = None if existing is None else ([d.name for d in s.key], [d.name for d in s.data or []])
         pending: list[tuple[Token, SetLit]] = []
+        typed: list[bool] = []      # the block declares the key itself (nft allocates a new set for it)
         while True:
             self.skip_seps()
             t = self.peek()
             if self.accept("}"):
                 break
-            self.next()
-            if t.text == "type":
-                s.key = [self.dtype()]
-                while self.accept("."):
-                    s.key.append(self.dtype())
-                if is_map:
-                    self.expect(":")
-                    if self.accept("verdict"):
-                        s.data = [T.VERDICT]
-                    elif self.peek().text in T.OBJ_REFS:
-                        s.data = [T.OBJ_REFS[self.next().text]]
-                    else:
-                        s.data = [self.dtype()]
-                        while self.accept("."):
-                            s.data.append(self.dtype())
-            elif t.text == "typeof":
-                self.typeof(tbl, s, is_map)
-            elif t.text == "flags":
-                s.flags = self.word_list()
-            elif t.text == "timeout":
-                s.timeout = self.time_value()
-            elif t.text == "gc-interval":
-                s.gc_interval = self.time_value()
-            elif t.text == "size":
-                s.size = int(self.word().text)
-            elif t.text == "policy":
-                s.policy = self.word().text
-            elif t.text == "comment":
-                s.comment = self.word().text
-            elif t.text == "auto-merge":
-                s.auto_merge = True
-                continue  # nft's grammar wants no separator after auto-merge or elements
-            elif t.text == "elements":
-                self.expect("=")
-                start = self.peek()
-                pending.append((start, self.set_literal(s.key, s.data, s)))
-                continue
-            else:
-                raise self.unexpected(t)
-            self.end_item()
-        if not s.key:
-            raise NftError("set definition does not specify key", loc(name))
+            at = self.pos
+            self.depth += 1
+            try:
+                self.set_item(tbl, s, t, is_map, pending, typed)
+            except NftError as err:
+                if not err.syntax:
+                    raise
+                self.record(err, at)
+            finally:
+                self.depth -= 1
+        if not typed:
+            # the parser's error, in turn with its syntax errors: at the block from its brace to its last
+            # word (in a table block, at the name)
+            last = self.toks[self.pos - 2]
+            brace = self.toks[self.toks.index(name) + 1]
+            (self.table_errors if defer else self.syntax_errors).append(
+                NftError("set definition does not specify key", loc(name) if defer else
+                         (brace.line, brace.col, last.end if last.line == brace.line else brace.end), parse=True))
+            return
+        if was is not None and was != ([d.name for d in s.key], [d.name for d in s.data or []]):
+            # the kernel's, for a set declared again with other types (the batch, and this copy, are dropped)
+            raise NftError("Could not process rule: File exists", loc(name))
         if existing is None:
             s.handle = 0 if defer else tbl.alloc()
             tbl.sets[name.text] = s
@@ -673,6 +750,64 @@ class Parser:
         for _, lit in pending:
             objmap.check_elements(self, tbl, s, lit.elems)
             self.add_elements(s, lit)
+
+    def set_item(self, tbl: Table, s: NSet, t: Token, is_map: bool, pending: list[tuple[Token, SetLit]],
+                 typed: list[bool]) -> None:
+        """One line of a set or map block (``typed``: a type or typeof line parsed)."""
+        self.next()
+        if t.text == "type":        # the set has its types once the whole line parsed
+            key = [self.dtype()]
+            while self.accept("."):
+                key.append(self.dtype())
+            data = s.data
+            if is_map:
+                self.expect(":")
+                if self.accept("verdict"):
+                    data = [T.VERDICT]
+                elif self.peek().text in T.OBJ_REFS:
+                    data = [T.OBJ_REFS[self.next().text]]
+                else:
+                    data = [self.dtype()]
+                    while self.accept("."):
+                        data.append(self.dtype())
+            elif not self.at(";", "}") and self.peek().kind != "nl":
+                raise self.unexpected(expecting="newline or semicolon or .")
+            s.key, s.data = key, data
+            typed.append(True)
+        elif t.text == "typeof":
+            self.typeof(tbl, s, is_map)
+            typed.append(True)
+        elif t.text == "flags":
+            s.flags = self.word_list()
+            bad = next((w for w in self.toks[self.pos - 2 * len(s.flags) + 1:self.pos:2]
+                        if w.text not in SET_FLAGS), None)
+            if bad is not None:
+                raise self.unexpected(bad, "constant or interval or dynamic or timeout")
+        elif t.text == "timeout":
+            s.timeout = self.time_value()
+        elif t.text == "gc-interval":
+            s.gc_interval = self.time_value()
+        elif t.text == "size":
+            s.size = int(self.word().text)
+        elif t.text == "policy":
+            s.policy = self.word().text
+        elif t.text == "comment":
+            s.comment = self.word().text
+        elif t.text == "auto-merge":
+            s.auto_merge = True
+            return  # nft's grammar wants no separator after auto-merge or elements
+        elif t.text == "elements":
+            self.expect("=")
+            start = self.peek()
+            if not s.key:                   # nft reads them untyped; the set is refused without a key
+                self.expect("{")
+                self.skip_block()
+                return
+            pending.append((start, self.set_literal(s.key, s.data, s)))
+            return
+        else:
+            raise self.unexpected(t)
+        self.end_item()
 
     def typeof(self, tbl: Table, s: NSet, is_map: bool) -> None:
         """``typeof ip daddr . tcp dport [: meta mark]``: the key (and data) types are those of the expressions,
@@ -705,10 +840,13 @@ class Parser:
                 raise NftError("Could not process rule: No such file or directory", where)
 
     def dtype(self) -> T.DType:
+        t = self.peek()
+        if t.kind == "word" and not is_identifier(t) and t.text not in ("mark", "dscp", "ecn", "classid"):
+            raise self.unexpected(t)        # a keyword of nft's scanner is no type_identifier
         t = self.word()
         dt = T.SET_TYPES.get(t.text)
         if dt is None:
-            raise NftError(f"unknown datatype {t.text}", loc(t))
+            raise NftError(f"unknown datatype {t.text}", loc(t), parse=True)    # the parser's YYERROR
         return dt
 
     def time_value(self) -> int:
@@ -855,13 +993,35 @@ class Parser:
         return q
 
     # ---- rules ----------------------------------------------------------------------------------
+    def syntax_check_rule(self, family: str) -> None:
+        """Parse the rule of a command whose table or chain is missing into a scratch table: nft parses
+        the whole script before it looks anything up, so a syntax error there comes first."""
+        if self.from_json:
+            return              # nft's JSON parser has its own errors: kproxy's text of it has none to find
+        at = self.pos
+        if self.at("position", "handle", "index"):
+            self.next()
+            self.next()
+        scratch = Table(family, "", 0)
+        try:
+            self.rule(scratch, self.peek(), chain="")
+        except NftError as err:
+            if err.syntax:
+                raise
+        finally:
+            self.pos = at
+
     def cmd_rule(self, op: str, verb: Token) -> None:
         family, tname = self.family_and_name()
         name = self.chain_name()
         # a position or index is looked up in nft's cache, which finds a missing chain itself
         how = "eval" if op != "replace" and self.at("position", "index") else "rule"
-        tbl = self.find_table(family, tname, how, name)
-        chain = self.find_chain(tbl, name, how)
+        try:
+            tbl = self.find_table(family, tname, how, name)
+            chain = self.find_chain(tbl, name, how)
+        except NftError:
+            self.syntax_check_rule(family)
+            raise
         position: tuple[str, int] | None = None
         pos_tok = self.peek()
         if op == "replace" and not self.at("handle"):

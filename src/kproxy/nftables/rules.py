@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from kproxy.nftables import cthelper, dup, objmap
@@ -33,7 +34,7 @@ from kproxy.nftables.expr import (
     Verdict,
     raw_payload,
 )
-from kproxy.nftables.lexer import Token
+from kproxy.nftables.lexer import NUMBER, Token, is_identifier
 from kproxy.nftables.model import NSet, Rule, Table
 from kproxy.nftables.stmt import (
     UNIT_SIZE,
@@ -61,6 +62,9 @@ if TYPE_CHECKING:
 OPS = {"==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "eq": "==", "ne": "!=", "lt": "<",
        "gt": ">", "le": "<=", "ge": ">="}
 STMT_END = ("nl", "eof")
+SYMBOL = re.compile(r"[A-Za-z_.][A-Za-z0-9_/\-.]*")       # scanner.l's string
+# statements after which bison's default reductions end the rule: a stray token wants the command's end
+ENDS_CLEAN = (VerdictStmt, Counter, Reject, Queue, Simple)
 WORD_OPS = {"and": "&", "or": "|", "xor": "^", "lshift": "<<", "rshift": ">>"}
 
 
@@ -92,8 +96,18 @@ class RuleBuilder:
         self.chain = chain
         if self.ended():
             raise self.p.unexpected()
+        spans: list[tuple[int, Token, Token]] = []     # statements' first and last tokens
         while not self.ended():
+            first, n = self.p.peek(), len(self.stmts)
             self.statement()
+            if len(self.stmts) > n:
+                spans.append((len(self.stmts) - 1, first, self.p.toks[self.p.pos - 1]))
+            nxt = self.p.peek()
+            if self.stmts and isinstance(self.stmts[-1], ENDS_CLEAN) and nxt.kind == "punct" and nxt.text not in ";}":
+                # bison's default reductions end the rule: the command wants its end
+                raise self.p.unexpected(nxt, "newline or semicolon" if self.p.in_block else
+                                        "end of file or newline or semicolon")
+        self.after_terminal(spans)
         if self.missing_obj is not None:
             if new_handle:
                 self.tbl.alloc()  # the kernel numbered the rule before it failed to find the object
@@ -130,6 +144,20 @@ class RuleBuilder:
         rule = Rule(handle, stmts, self.comment, self.anon)
         rule.anon_locs = self.anon_locs  # type: ignore[attr-defined]
         return rule
+
+    def number(self) -> Token:
+        t = self.p.peek()
+        if t.kind != "word" or NUMBER.fullmatch(t.text) is None:
+            raise self.p.unexpected(t, "number")
+        return self.p.next()
+
+    def after_terminal(self, spans: list[tuple[int, Token, Token]]) -> None:
+        """evaluate.c's check: a statement after a verdict is never reached."""
+        from kproxy.nftables.parser import NftError, loc
+
+        for (i, a, b), (_, c, d) in zip(spans, spans[1:]):
+            if isinstance(self.stmts[i], (VerdictStmt, Reject, Queue)):
+                raise NftError("Statement after terminal statement has no effect", loc(c, d), [loc(a, b)], kernel=False)
 
     @staticmethod
     def valid_at(st: Stmt, chain_type: str | None, hook: str) -> bool:
@@ -212,9 +240,9 @@ class RuleBuilder:
             else:
                 c = Counter()
                 if p.accept("packets"):
-                    c.packets = int(p.word().text)
+                    c.packets = int(self.number().text)
                     p.expect("bytes")
-                    c.bytes = int(p.word().text)
+                    c.bytes = int(self.number().text)
                 self.stmts.append(c)
         elif w in ("limit", "quota") and p.peek(1).text == "name":
             kw = p.next()
@@ -655,9 +683,10 @@ class RuleBuilder:
         """``@BASE,OFFSET,LENGTH``: a header range by bit offset and length."""
         p = self.p
         p.expect("@")
-        base = p.word()
-        if base.text not in ("ll", "nh", "th"):
-            raise p.unexpected(base)
+        base = p.peek()
+        if base.text not in ("ll", "nh", "th") or base.kind != "word":
+            raise p.unexpected(base, "string or ll or nh or th" if base.kind in ("nl", "eof") else "")
+        p.next()
         p.expect(",")
         offset = p.word()
         p.expect(",")
@@ -723,15 +752,34 @@ class RuleBuilder:
         st = cthelper.CtHelperSet(value)
         if isinstance(value, Const):
             value.loc = (start.line, start.col, self.p.toks[self.p.pos - 1].end)  # type: ignore[attr-defined]
+        elems = value.data.elems if isinstance(value, MapExpr) and isinstance(value.data, SetLit) else []
+        keys = {id(getattr(e, "loc", None)): objmap.key_loc(self.p, e) for e in elems}
         for name, where in st.names():
             if (cthelper.KIND, name) not in self.tbl.objs and self.missing_obj is None:
-                line, col, end = where or (start.line, start.col, start.end)
+                line, col, end = keys.get(id(where)) or where or (start.line, start.col, start.end)
                 self.missing_obj = Token("word", "", line, col, end)
         self.stmts.append(st)
+
+    def bare_value(self, k: int = 0) -> bool:
+        """A word nft's grammar reads as a constant or a symbol where an expression starts."""
+        t = self.p.peek(k)
+        return t.kind == "string" or t.kind == "word" and (is_identifier(t) and SYMBOL.fullmatch(t.text) is not None
+                                                           or NUMBER.fullmatch(t.text) is not None)
+
+    def stmt_end(self, k: int) -> bool:
+        t = self.p.peek(k)
+        return t.kind in STMT_END or t.kind == "punct" and t.text in (";", "}")
 
     def expression_statement(self) -> None:
         p = self.p
         start = p.peek()
+        if self.bare_value() and self.stmt_end(1):
+            raise p.unexpected(p.peek(1))       # a value alone: its relational's right side is missing
+        if self.bare_value() and self.bare_value(1) and self.stmt_end(2):
+            from kproxy.nftables.parser import NftError, loc
+
+            # ``foo bar``: a relational of two symbols, with no type to read them by
+            raise NftError("No symbol type information", loc(start), kernel=False)
         lhs = self.concat()
         self.check_family(lhs, start)
         if isinstance(lhs, X.Exthdr) and p.at("set"):
@@ -741,7 +789,11 @@ class RuleBuilder:
             if self.is_expr_start():
                 value = self.concat()
                 if p.accept("map"):
+                    mstart = p.peek()
                     value = MapExpr(value, self.map_data(value, [lhs.dtype]))
+                    if isinstance(lhs, Ct) and lhs.key == "helper" and isinstance(value.data, SetRef):
+                        # nft 1.0.6 has no ct helper object maps: a named map never holds them
+                        raise self.error("Expression is not a map with objects", mstart, p.toks[p.pos - 1])
                 self.check_set_type(lhs, value, start, vstart)
             else:
                 value = self.binop(p.value(lhs.dtype))

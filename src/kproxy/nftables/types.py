@@ -346,7 +346,7 @@ SET_TYPES = {t.name: t for t in (IPV4, IPV6, ETHER, SERVICE, PROTO, MARK, IFNAME
 SET_TYPES["integer"] = DType("integer", 32, "int")
 
 # The data of an object map (``type ipv4_addr : counter``): the names of a table's stateful objects.
-OBJ_REFS = {k: DType(k, 0, "string") for k in ("counter", "quota", "limit")}
+OBJ_REFS = {k: DType(k, 0, "string") for k in ("counter", "quota", "limit", "secmark", "synproxy")}
 
 
 # datatype.c's descriptions, as nft names types in its errors
