@@ -330,3 +330,21 @@ def test_syntax_errors_recover_at_the_next_separator() -> None:
     assert eof.endswith("Error: syntax error, unexpected end of file\nadd map ip t m { type ipv4_addr : ct helper }\n^\n")
     assert res["add rule ip t c @"][2].startswith(
         "Error: syntax error, unexpected newline, expecting string or ll or nh or th\n")
+
+
+def test_admin_sessions() -> None:
+    """Realistic sessions (kernel-compared in test_sequence_like_nft); a few of the differences they found."""
+    cmds = steps("admin_session.cmds")
+    res = dict(zip([shlex.join(a) for a in cmds], run_steps(cmds)))
+    assert res[shlex.join(shlex.split("create element inet fw admins { 192.168.1.5 }"))][2].endswith(
+        " " * 32 + "^" * 11 + "\n")
+    assert res["add rule inet fw input tcp dport @admins accept"][2] == (
+        "Error: datatype mismatch, expected internet network service, expression has type IPv4 address\n"
+        "add rule inet fw input tcp dport @admins accept\n" + " " * 23 + "~" * 9 + " " + "^" * 7 + "\n")
+    assert res[shlex.join(shlex.split("add element inet fw blocked { 2001:db8::1 }"))][2].startswith(
+        "Error: Could not resolve hostname: Address family for hostname not supported\n")
+    changed = res[shlex.join(shlex.split("add chain inet fw input { type filter hook input priority 10 ; }"))]
+    assert changed[2].startswith("Error: Could not process rule: Operation not supported\n")
+    nat = steps("admin_nat_session.cmds")
+    out = dict(zip([shlex.join(a) for a in nat], run_steps(nat)))
+    assert out["list map ip nat fwd"][2].startswith("Error: syntax error, unexpected fwd, expecting string\n")

@@ -10,7 +10,7 @@ from kproxy.iptables.translate import nft_family
 from kproxy.nftables import cthelper, flowtable
 from kproxy.nftables.expr import Opts
 from kproxy.nftables.json_input import JsonError
-from kproxy.nftables.lexer import Token
+from kproxy.nftables.lexer import Token, is_identifier, token_name
 from kproxy.nftables.listing import (
     chain_json,
     chain_text,
@@ -360,6 +360,10 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
             msg = evaluation_message(rs, "table" if i == 0 else "obj", t.text)
         return NftError(msg, loc(t) if t is not None else None)
 
+    if what in ("table", "chain", "set", "map", "counter", "quota", "limit", "meter", "flowtable", cthelper.KIND):
+        bad = next((t for t in name_toks[:2] if t.kind == "word" and not is_identifier(t)), None)
+        if bad is not None:         # a keyword of nft's scanner is no name
+            raise NftError(f"syntax error, unexpected {token_name(bad)}, expecting string", loc(bad), kernel=False)
     family = rest[0] if rest and rest[0] in FAMILIES else None
     names = rest[1:] if family else rest
     family = family or "ip"

@@ -7,6 +7,7 @@ Errors carry nft's positions so the caller can print them the way nft does.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,6 +206,14 @@ class Parser:
             raise self.unexpected(expecting="string")
         return self.next()
 
+    def name(self) -> Token:
+        """A table's, set's, map's or object's name (nft's ``identifier``): a keyword of nft's scanner or a
+        number there is a syntax error (a quoted name is taken)."""
+        t = self.peek()
+        if t.kind == "word" and not is_identifier(t):
+            raise self.unexpected(expecting="string")
+        return self.word()
+
     def chain_name(self, expecting: str = "string") -> Token:
         """A chain's name as nft 1.0.6 reads one (``identifier``): a scanner keyword, a number or a quoted
         string there is a syntax error."""
@@ -358,7 +367,7 @@ class Parser:
     def family_and_name(self) -> tuple[str, Token]:
         t = self.word()
         if t.text in FAMILIES and self.peek().kind in ("word", "string"):
-            return t.text, self.word()
+            return t.text, self.name()
         return "ip", t
 
     def command(self) -> None:
@@ -431,8 +440,11 @@ class Parser:
             family, tname = self.family_and_name()
             name = self.chain_name()          # a syntax error: found before the table is looked up
             tbl = self.find_table(family, tname, "eval")    # found missing while evaluating
+            old = tbl.chains.get(name.text)
+            before = None if old is None else (old.type, old.hook, old.prio)
             chain = self.add_chain(tbl, name, create)
-            if not chain_type_fits(tbl.family, chain):
+            # nor does it change a chain's type, hook or priority
+            if not chain_type_fits(tbl.family, chain) or before not in (None, (chain.type, chain.hook, chain.prio)):
                 line, col, end = loc(verb, self.toks[self.pos - 1])
                 # the kernel's error points at the whole command, one column past its last token
                 raise NftError("Could not process rule: Operation not supported", (line, col, end + 1))
@@ -440,17 +452,19 @@ class Parser:
             self.next()
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            name = self.word()
+            name = self.name()
             self.expect("{")
             self.set_block(tbl, name, what == "map", create)
         elif what == "element":
             self.next()
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            s = self.find_set(tbl, self.word(), "eval")
+            s = self.find_set(tbl, self.name(), "eval")
             lit = self.set_literal(s.key, s.data, s)
             self.check_jumps(tbl)
             objmap.check_elements(self, tbl, s, lit.elems)
+            if create:
+                self.check_new_elements(s, lit)
             self.add_elements(s, lit)
             self.follow_on(verb, command=True)
         elif what in ("counter", "quota", "limit") or what == "ct" and self.peek(1).text == "helper":
@@ -458,7 +472,7 @@ class Parser:
             kind = cthelper.KIND if what == "ct" and self.next() else what
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            name = self.word()
+            name = self.name()
             self.object(tbl, kind, name)
             if kind == cthelper.KIND and not cthelper.known(tbl.objs[(kind, name.text)]):
                 # the kernel's ENOENT for the whole command (nft's location takes in the newline too)
@@ -468,7 +482,7 @@ class Parser:
             self.next()
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            name = self.word()
+            name = self.name()
             self.expect("{")
             flowtable.parse_block(self, tbl, name, create)
         else:
@@ -545,18 +559,18 @@ class Parser:
             if not chain_type_fits(tbl.family, chain):
                 raise NftError("Could not process rule: Operation not supported", loc(name))
         elif t.text in ("set", "map"):
-            name = self.word()
+            name = self.name()
             self.expect("{")
             self.set_block(tbl, name, t.text == "map", False, defer=True)
         elif t.text in ("counter", "quota", "limit"):
-            self.object(tbl, t.text, self.word(), defer=True)
+            self.object(tbl, t.text, self.name(), defer=True)
         elif t.text == "ct" and self.accept("helper"):
-            name = self.word()
+            name = self.name()
             self.object(tbl, cthelper.KIND, name, defer=True)
             if not cthelper.known(tbl.objs[(cthelper.KIND, name.text)]):
                 raise NftError("Could not process rule: No such file or directory", loc(name))
         elif t.text == "flowtable":
-            name = self.word()
+            name = self.name()
             self.expect("{")
             flowtable.parse_block(self, tbl, name, False, defer=True)
         else:
@@ -892,6 +906,18 @@ class Parser:
             if not self.at("}"):  # a counter/quota/limit body needs no separator before its brace
                 self.end_item()
 
+    def check_new_elements(self, s: NSet, lit: SetLit) -> None:
+        """``create element``: the kernel's EEXIST, at the key, for an element the set holds."""
+        if "interval" in s.flags and len(s.key) == 1:
+            bits = s.key[0].bits or 32
+            held = {tuple(span(e, bits)) for e in s.elems}
+            found = next((e for e in lit.elems if tuple(span(e, bits)) in held), None)
+        else:
+            index = self.elem_index(s)
+            found = next((e for e in lit.elems if elem_identity(e.key) in index), None)
+        if found is not None:
+            raise NftError("Could not process rule: File exists", objmap.key_loc(self, found))
+
     def add_elements(self, s: NSet, lit: SetLit) -> None:
         if "interval" in s.flags and len(s.key) == 1:
             bits = s.key[0].bits or 32
@@ -1137,7 +1163,7 @@ class Parser:
             if what.text == "map" and self.at("handle"):
                 raise self.unexpected(expecting="string")       # nft 1.0.6 deletes no map by handle
             by_handle = what.text == "set" and self.accept("handle") is not None
-            name = self.word()
+            name = self.word() if by_handle else self.name()
             tbl = self.find_table(family, tname, "plain" if by_handle else "set", name)
             if by_handle:
                 name = self.by_handle({k: v for k, v in tbl.sets.items() if not v.anonymous}, name)
@@ -1150,7 +1176,7 @@ class Parser:
             if self.at("handle"):
                 raise self.unexpected(expecting="string")
             tbl = self.find_table(family, tname, "eval")
-            s = self.find_set(tbl, self.word(), "eval")
+            s = self.find_set(tbl, self.name(), "eval")
             lit = self.set_literal(s.key, None, s)
             have = {repr(e.key) for e in s.elems}
             for e in lit.elems:
@@ -1167,7 +1193,7 @@ class Parser:
             if kind == cthelper.KIND and self.at("handle"):
                 raise self.unexpected(expecting="string")       # nor a ct helper
             by_handle = self.accept("handle") is not None
-            name = self.word()
+            name = self.word() if by_handle else self.name()
             tbl = self.find_table(family, tname, "plain" if by_handle else "obj", name)
             if by_handle:
                 name = self.by_handle({k[1]: v for k, v in tbl.objs.items() if k[0] == kind}, name)
@@ -1217,7 +1243,7 @@ class Parser:
         elif what.text in ("set", "map"):
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            self.find_set(tbl, self.word(), "eval").elems = []
+            self.find_set(tbl, self.name(), "eval").elems = []
         else:
             raise self.unexpected(what)
 
@@ -1380,6 +1406,13 @@ class Parser:
             if t.text.isdigit():
                 return NftError("Service out of range", loc(t))
             return NftError("Could not resolve service: Servname not found in nft services list", loc(t))
+        if dt.kind == "ipv4" and ":" in t.text:
+            try:
+                ipaddress.IPv6Address(t.text)
+            except ValueError:
+                pass
+            else:       # getaddrinfo(AF_INET) on an IPv6 literal
+                return NftError("Could not resolve hostname: Address family for hostname not supported", loc(t))
         if dt.kind == "ipv4":
             return NftError("Could not resolve hostname: Name or service not known", loc(t))
         if dt.kind == "ipv6" and T.NUMBER_RE.sub("", t.text).strip(".") == "" and t.text.count(".") == 3:

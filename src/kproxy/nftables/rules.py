@@ -297,14 +297,16 @@ class RuleBuilder:
             dup.parse(self, p.next())
         elif w == "fwd":
             p.next()
-            p.expect("to")
+            if not p.at("to"):
+                raise p.unexpected(expecting="to or ip or ip6")
+            p.next()
             raise self.error("unsupported family", t, p.word())
         elif w == "flow" and p.peek(1).text in ("add", "offload"):
             self.flow_add(p.next())
         elif w in ("add", "update") and p.peek(1).text == "@":
             p.next()
             at = p.next()
-            name = p.word()
+            name = p.name()
             s = self.tbl.sets.get(name.text)
             if s is None:
                 raise self.missing_set(at, name)
@@ -732,6 +734,16 @@ class RuleBuilder:
             return True
         return t.text in PAYLOAD and p.peek(1).text in PAYLOAD[t.text]
 
+    def check_lookup_type(self, types: list[T.DType], ref: SetRef, lhs: tuple[Token, Token], at: Token) -> None:
+        """evaluate.c's lookup check: a named set's key must have the expression's type."""
+        from kproxy.nftables.parser import NftError, loc
+
+        key = self.tbl.sets[ref.name].key
+        if len(types) != 1 or len(key) != 1 or key[0].name in (types[0].name, "integer") or types[0].name == "integer":
+            return
+        raise NftError(f"datatype mismatch, expected {T.describe(types[0])}, expression has type {T.describe(key[0])}",
+                       loc(at, self.p.toks[self.p.pos - 1]), [loc(*lhs)])
+
     def check_set_type(self, lhs: Expr, value: Expr, start: Token, vstart: Token) -> None:
         """evaluate.c's statement argument check: an expression's type must be the key's own (an integer
         fits any); ``ct helper set`` takes only a name (its object reference must be constant)."""
@@ -781,6 +793,7 @@ class RuleBuilder:
             # ``foo bar``: a relational of two symbols, with no type to read them by
             raise NftError("No symbol type information", loc(start), kernel=False)
         lhs = self.concat()
+        lhs_end = p.toks[p.pos - 1]
         self.check_family(lhs, start)
         if isinstance(lhs, X.Exthdr) and p.at("set"):
             raise p.unexpected()        # nft 1.0.6 has no IPv6 extension header mangling
@@ -818,7 +831,10 @@ class RuleBuilder:
             rhs = Const(T.BOOLEAN, int(p.next().text == "exists"))
         else:
             types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
+            rstart = p.peek()
             rhs = self.rhs(lhs, types)
+            if isinstance(rhs, SetRef):
+                self.check_lookup_type(types, rhs, (start, lhs_end), rstart)
         if (isinstance(lhs, Binop) and lhs.op == "^" and isinstance(lhs.right, Const) and isinstance(rhs, Const)
                 and isinstance(rhs.value, int) and isinstance(lhs.right.value, int)):
             # nft lists the kernel's bitwise xor of a comparison on its other side: x ^ k == v is x == v ^ k
@@ -865,7 +881,7 @@ class RuleBuilder:
         p = self.p
         if p.at("@"):
             at = p.next()
-            name = p.word()
+            name = p.name()
             if name.text not in self.tbl.sets:
                 raise self.missing_set(at, name)
             return SetRef(name.text)
@@ -899,7 +915,7 @@ class RuleBuilder:
         types = [i.dtype for i in key.items] if isinstance(key, Concat) else [key.dtype]
         if p.at("@"):
             at = p.next()
-            name = p.word()
+            name = p.name()
             if name.text not in self.tbl.sets:
                 raise self.missing_set(at, name)
             return SetRef(name.text)
