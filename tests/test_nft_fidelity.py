@@ -348,3 +348,22 @@ def test_admin_sessions() -> None:
     nat = steps("admin_nat_session.cmds")
     out = dict(zip([shlex.join(a) for a in nat], run_steps(nat)))
     assert out["list map ip nat fwd"][2].startswith("Error: syntax error, unexpected fwd, expecting string\n")
+
+
+def test_common_mistakes() -> None:
+    cmds = steps("common_mistakes.cmds")
+    res = dict(zip([shlex.join(a) for a in cmds], run_steps(cmds)))
+    first = {k: v[2].split("\n", 1)[0] for k, v in res.items()}
+    assert first["add rule ip t c limit rate 10"] == "Error: syntax error, unexpected newline, expecting / or string or bytes"
+    assert first["add rule ip t c reject with"] == (
+        "Error: syntax error, unexpected newline, expecting icmp or icmpv6 or tcp or icmpx")
+    assert first["add rule ip t c accept comment"].endswith(
+        "expecting string or quoted string or string with a trailing asterisk")
+    assert first[shlex.join(shlex.split("add rule ip t c tcp dport { 22 80 }"))] == (
+        "Error: syntax error, unexpected number, expecting comma or '}'")
+    assert res[shlex.join(shlex.split("add rule ip t c tcp dport { 22, 80"))][2].endswith("\n^\n")      # the input's end, past the newline
+    assert first["delete rule ip t c handle abc"] == "Error: syntax error, unexpected string, expecting number"
+    assert first["list ruleset ip extra"] == (
+        "Error: syntax error, unexpected string, expecting end of file or newline or semicolon")
+    assert first["add rule ip t c iif eth0 accept"] == "Error: Interface does not exist"
+    assert first["add rule ip t c log level foo"] == "Error: invalid log level"

@@ -27,7 +27,7 @@ from kproxy.nftables.expr import (
     Verdict,
     parse_time,
 )
-from kproxy.nftables.lexer import LexError, Token, is_identifier, token_name, tokenize
+from kproxy.nftables.lexer import NUMBER, LexError, Token, is_identifier, token_name, tokenize
 from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Ruleset, Table, named_priorities
 from kproxy.nftables.stmt import (
     UNIT_SIZE,
@@ -139,6 +139,8 @@ class Parser:
         self.depth = 0                              # blocks being parsed (table, chain, set)
         self.final = True                           # ``toks`` end where the script ends (see fastpath)
         self.from_json = False                      # the script is kproxy's text of a JSON input
+        self.nl_used = False                        # the command line's final newline was taken
+        self.seq = 0                                # syntax errors in the order nft finds them
         self.batch_broken = False
         self.elem_indexes: dict[int, tuple[list[Elem], dict[Any, Elem]]] = {}
         self.unsorted: dict[int, NSet] = {}
@@ -190,10 +192,14 @@ class Parser:
 
     def unexpected(self, t: Token | None = None, expecting: str = "") -> NftError:
         t = t or self.peek()
-        # nft's command line ends with a newline token (a file's end is the end of file)
-        name = "newline" if t.kind == "eof" and self.cmdline else token_name(t)
-        msg = f"syntax error, unexpected {name}" + (f", expecting {expecting}" if expecting else "")
-        return NftError(msg, loc(t))
+        if t.kind == "eof" and self.cmdline and not self.nl_used:
+            # nft's command line ends with a newline token (a file's end is the end of file)
+            msg = "syntax error, unexpected newline" + (f", expecting {expecting}" if expecting else "")
+            return NftError(msg, loc(t))
+        msg = f"syntax error, unexpected {token_name(t)}" + (f", expecting {expecting}" if expecting else "")
+        err = NftError(msg, (t.line, 1, 1) if t.kind == "eof" and self.cmdline else loc(t))
+        err.at_eof = t.kind == "eof"  # type: ignore[attr-defined]
+        return err
 
     def expect(self, text: str) -> Token:
         if not self.at(text):
@@ -204,6 +210,12 @@ class Parser:
         t = self.peek()
         if t.kind not in ("word", "string"):
             raise self.unexpected(expecting="string")
+        return self.next()
+
+    def number(self) -> Token:
+        t = self.peek()
+        if t.kind != "word" or NUMBER.fullmatch(t.text) is None:
+            raise self.unexpected(expecting="number")
         return self.next()
 
     def name(self) -> Token:
@@ -231,7 +243,8 @@ class Parser:
         if self.peek().kind == "nl" or self.at(";"):
             self.next()
             return
-        if top and self.peek().kind == "eof":
+        if self.peek().kind == "eof" and (top or self.cmdline and not self.nl_used):
+            self.nl_used = self.cmdline     # the command line's final newline ends this item
             return
         raise self.unexpected(expecting="end of file or newline or semicolon" if top else "newline or semicolon")
 
@@ -277,7 +290,7 @@ class Parser:
         is kept too and parsing goes on past the next newline or semicolon, as bison's ``error
         stmt_separator`` rule recovers in every block (nft gives up at its tenth)."""
         if err.syntax:
-            self.syntax_errors.append(err)
+            self.found(err)
             if len(self.syntax_errors) >= MAX_ERRORS or not self.recover(err, start):
                 raise StopParsing           # nothing to recover at: the end of the input
             return
@@ -301,6 +314,14 @@ class Parser:
             elif depth == 0 and (t.kind == "nl" or t.kind == "punct" and t.text == ";"):
                 return
             self.next()
+
+    def found(self, err: NftError, at: tuple[int, int] | None = None) -> None:
+        """Keep a syntax error with where nft's single pass meets it (a table's deferred chains are parsed
+        after its other items here: the errors are put back in the script's order)."""
+        if at is None:
+            at = (1 << 30, 0) if getattr(err, "at_eof", False) else err.primary[:2] if err.primary else (0, 0)
+        err.found_at = at  # type: ignore[attr-defined]
+        self.syntax_errors.append(err)
 
     def recover(self, err: NftError, start: int) -> bool:
         """bison's recovery: discard from the token in error to the first newline or semicolon, then go on
@@ -326,9 +347,9 @@ class Parser:
         self.skip_seps()
         if self.peek().kind != "eof" or not self.final:
             return True
-        if blocks > 0 and separated:
+        if blocks > 0 and separated and not getattr(err, "at_eof", False):
             eof = self.peek()
-            self.syntax_errors.append(NftError("syntax error, unexpected end of file", (eof.line, 1, 1)))
+            self.found(NftError("syntax error, unexpected end of file", (eof.line, 1, 1)), (1 << 30, 0))
         return False
 
     def open_blocks(self, a: int, b: int) -> int:
@@ -351,7 +372,8 @@ class Parser:
     def raise_recorded(self) -> None:
         if self.syntax_errors:
             # nft evaluates what it parsed and reports that too, but submits nothing to the kernel
-            first, *rest = self.syntax_errors + self.eval_errors
+            ordered = sorted(self.syntax_errors, key=lambda e: e.found_at)  # type: ignore[attr-defined]
+            first, *rest = ordered + self.eval_errors
             first.more = rest
             raise first
         errors = self.eval_errors or self.kernel_errors
@@ -458,8 +480,13 @@ class Parser:
         elif what == "element":
             self.next()
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname, "eval")
-            s = self.find_set(tbl, self.name(), "eval")
+            try:
+                tbl = self.find_table(family, tname, "eval")
+                s = self.find_set(tbl, self.name(), "eval")
+            except NftError as err:
+                if not err.syntax:
+                    self.unclosed_literal()
+                raise
             lit = self.set_literal(s.key, s.data, s)
             self.check_jumps(tbl)
             objmap.check_elements(self, tbl, s, lit.elems)
@@ -518,8 +545,10 @@ class Parser:
         deferred: list[tuple[Chain, int]] = []
         while True:
             self.skip_seps()
-            if self.accept("}"):
-                self.syntax_errors += self.table_errors
+            if self.peek().text == "}" and self.peek().kind == "punct":
+                close = self.next()
+                for err in self.table_errors:
+                    self.found(err, (close.line, close.col))
                 self.table_errors = []
                 break
             at = self.pos
@@ -527,7 +556,11 @@ class Parser:
                 self.table_item(tbl, deferred)
                 self.end_item()
             except NftError as err:
-                self.record(err, at)
+                try:
+                    self.record(err, at)
+                except StopParsing:
+                    self.deferred_syntax(tbl, deferred)     # nft met them on its way to the end
+                    raise
         for ob in tbl.objs.values():
             if not ob.handle:
                 ob.handle = tbl.alloc()
@@ -546,6 +579,15 @@ class Parser:
             self.pos, saved = start, self.pos
             self.chain_rules(tbl, chain)
             self.pos = saved
+
+    def deferred_syntax(self, tbl: Table, deferred: list[tuple[Chain, int]]) -> None:
+        """The syntax errors in the rules of a table block's chains, when the input ends in the block."""
+        for chain, start in deferred:
+            self.pos = start
+            try:
+                self.chain_rules(tbl, chain)
+            except StopParsing:
+                pass
 
     def table_item(self, tbl: Table, deferred: list[tuple[Chain, int]]) -> None:
         t = self.next()
@@ -620,7 +662,7 @@ class Parser:
                 self.next()
                 ctype = self.word()
                 if ctype.text not in ("filter", "nat", "route"):
-                    raise NftError(f"unknown chain type {ctype.text}", loc(ctype))
+                    raise NftError("unknown chain type", loc(ctype))
                 if ctype.text != "filter" and tbl.family not in ("ip", "ip6", "inet"):
                     # the kernel has no such chain type for the family
                     raise NftError("Could not process rule: No such file or directory", loc(ctype))
@@ -749,9 +791,12 @@ class Parser:
             # word (in a table block, at the name)
             last = self.toks[self.pos - 2]
             brace = self.toks[self.toks.index(name) + 1]
-            (self.table_errors if defer else self.syntax_errors).append(
-                NftError("set definition does not specify key", loc(name) if defer else
-                         (brace.line, brace.col, last.end if last.line == brace.line else brace.end), parse=True))
+            nokey = NftError("set definition does not specify key", loc(name) if defer else
+                             (brace.line, brace.col, last.end if last.line == brace.line else brace.end), parse=True)
+            if defer:
+                self.table_errors.append(nokey)
+            else:
+                self.found(nokey, (self.toks[self.pos - 1].line, self.toks[self.pos - 1].col))
             return
         if was is not None and was != ([d.name for d in s.key], [d.name for d in s.data or []]):
             # the kernel's, for a set declared again with other types (the batch, and this copy, are dropped)
@@ -784,7 +829,7 @@ class Parser:
                     data = [self.dtype()]
                     while self.accept("."):
                         data.append(self.dtype())
-            elif not self.at(";", "}") and self.peek().kind != "nl":
+            elif not self.at(";") and self.peek().kind != "nl":
                 raise self.unexpected(expecting="newline or semicolon or .")
             s.key, s.data = key, data
             typed.append(True)
@@ -802,9 +847,12 @@ class Parser:
         elif t.text == "gc-interval":
             s.gc_interval = self.time_value()
         elif t.text == "size":
-            s.size = int(self.word().text)
+            s.size = int(self.number().text)
         elif t.text == "policy":
-            s.policy = self.word().text
+            pol = self.peek()
+            if pol.text not in ("memory", "performance") or pol.kind != "word":
+                raise self.unexpected(pol, "memory or performance")
+            s.policy = self.next().text
         elif t.text == "comment":
             s.comment = self.word().text
         elif t.text == "auto-merge":
@@ -906,6 +954,17 @@ class Parser:
             if not self.at("}"):  # a counter/quota/limit body needs no separator before its brace
                 self.end_item()
 
+    def unclosed_literal(self) -> None:
+        """Elements of a set nft does not find: a literal the input ends in is its parser's error first."""
+        depth = 0
+        for t in self.toks[self.pos:]:
+            if t.kind == "punct" and t.text in "{}":
+                depth += 1 if t.text == "{" else -1
+                if depth == 0:
+                    return
+            elif t.kind == "eof" and depth > 0:
+                raise NftError("syntax error, unexpected end of file, expecting comma or '}'", (t.line, 1, 1))
+
     def check_new_elements(self, s: NSet, lit: SetLit) -> None:
         """``create element``: the kernel's EEXIST, at the key, for an element the set holds."""
         if "interval" in s.flags and len(s.key) == 1:
@@ -962,7 +1021,12 @@ class Parser:
 
     def limit_body(self) -> Limit:
         over = bool(self.accept("over"))
-        t = self.word()
+        t = self.peek()
+        if t.kind != "word" or not t.text[:1].isdigit():
+            raise self.unexpected(expecting="number")
+        self.next()
+        if "/" not in t.text and (self.peek().kind in ("nl", "eof") or self.at(";", "}")):
+            raise self.unexpected(expecting="/ or string or bytes")
         if "/" in t.text:
             rate, _, per = t.text.partition("/")
             if per not in ("second", "minute", "hour", "day", "week"):
@@ -1054,7 +1118,7 @@ class Parser:
             raise self.unexpected(pos_tok, "handle")
         if self.at("position", "handle", "index"):
             kind = self.next().text
-            num = self.word()
+            num = self.number()
             position = (kind, int(num.text))
             # nft points at the number of ``handle N`` and at the whole ``position N``/``index N``.
             pos_tok = num if kind == "handle" else Token("word", "", pos_tok.line, pos_tok.col, num.end)
@@ -1121,12 +1185,14 @@ class Parser:
 
     # ---- delete / flush / list / reset ---------------------------------------------------------
     def cmd_delete(self, verb: Token) -> None:
+        if self.peek().kind in ("nl", "eof") or self.at(";"):
+            raise self.unexpected()
         what = self.word()
         if what.text == "table":
             if self.peek().text in FAMILIES and self.peek(1).text == "handle" or self.at("handle"):
                 family = self.next().text if not self.at("handle") else "ip"
                 self.next()
-                n = self.word()
+                n = self.number()
                 tbl = next((t for t in self.rs.tables if t.family == family and str(t.handle) == n.text), None)
                 if tbl is None:
                     raise NftError("Could not process rule: No such file or directory", loc(n))
@@ -1140,7 +1206,7 @@ class Parser:
             name = self.chain_name("handle or string") if how == "chain" else self.word()
             tbl = self.find_table(family, tname, how, name)
             if how == "plain":
-                name = self.by_handle(tbl.chains, self.word())
+                name = self.by_handle(tbl.chains, self.number())
             chain = self.find_chain(tbl, name, how)
             if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
@@ -1151,7 +1217,7 @@ class Parser:
             tbl = self.find_table(family, tname, "rule", name)
             chain = self.find_chain(tbl, name, "rule")
             self.expect("handle")
-            n = self.word()
+            n = self.number()
             if not any(r.handle == int(n.text) for r in chain.rules):      # with cmd.c's hint about the chain
                 raise self.enoent("rule", tbl.family, None, name, n, tbl.name)
             idx = self.rule_index(chain, int(n.text), n)
@@ -1163,7 +1229,7 @@ class Parser:
             if what.text == "map" and self.at("handle"):
                 raise self.unexpected(expecting="string")       # nft 1.0.6 deletes no map by handle
             by_handle = what.text == "set" and self.accept("handle") is not None
-            name = self.word() if by_handle else self.name()
+            name = self.number() if by_handle else self.name()
             tbl = self.find_table(family, tname, "plain" if by_handle else "set", name)
             if by_handle:
                 name = self.by_handle({k: v for k, v in tbl.sets.items() if not v.anonymous}, name)
@@ -1193,7 +1259,7 @@ class Parser:
             if kind == cthelper.KIND and self.at("handle"):
                 raise self.unexpected(expecting="string")       # nor a ct helper
             by_handle = self.accept("handle") is not None
-            name = self.word() if by_handle else self.name()
+            name = self.number() if by_handle else self.name()
             tbl = self.find_table(family, tname, "plain" if by_handle else "obj", name)
             if by_handle:
                 name = self.by_handle({k[1]: v for k, v in tbl.objs.items() if k[0] == kind}, name)
@@ -1218,6 +1284,8 @@ class Parser:
         return Token(n.kind, found, n.line, n.col, n.end)
 
     def cmd_flush(self, verb: Token) -> None:
+        if self.peek().kind in ("nl", "eof") or self.at(";"):
+            raise self.unexpected()
         what = self.word()
         if what.text == "ruleset":
             family = self.word().text if self.peek().kind == "word" and self.peek().text in FAMILIES else None
@@ -1251,6 +1319,14 @@ class Parser:
         args: list[Token] = []
         while self.peek().kind in ("word", "string"):
             args.append(self.next())
+        if not args:
+            raise self.unexpected()
+        if len(args) == 1 and args[0].text in ("table", "chain", "set", "map", "counter", "quota", "limit",
+                                                 "flowtable", "meter"):
+            raise self.unexpected(expecting="string")
+        extra = 1 + (len(args) > 1 and args[1].text in FAMILIES)
+        if args[0].text == "ruleset" and len(args) > extra:
+            raise self.unexpected(args[extra], "end of file or newline or semicolon")
         if len(args) >= 3 and args[0].text == "chain" and not is_identifier(args[-1]):
             raise self.unexpected(args[-1], "string")
         self.out.requests.append(("list", args))
@@ -1331,7 +1407,12 @@ class Parser:
             self.skip_seps()
             if not self.accept(","):
                 self.skip_seps()
-                self.expect("}")
+                end = self.peek()
+                if end.kind == "eof":       # newlines are no tokens in braces: the input just ends
+                    raise NftError("syntax error, unexpected end of file, expecting comma or '}'", (end.line, 1, 1))
+                if not self.at("}"):
+                    raise self.unexpected(expecting="comma or '}'")
+                self.next()
                 return lit
 
     def verdict(self) -> Verdict:

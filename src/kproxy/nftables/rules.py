@@ -65,6 +65,7 @@ STMT_END = ("nl", "eof")
 SYMBOL = re.compile(r"[A-Za-z_.][A-Za-z0-9_/\-.]*")       # scanner.l's string
 # statements after which bison's default reductions end the rule: a stray token wants the command's end
 ENDS_CLEAN = (VerdictStmt, Counter, Reject, Queue, Simple)
+LOG_LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug", "audit")
 WORD_OPS = {"and": "&", "or": "|", "xor": "^", "lshift": "<<", "rshift": ">>"}
 
 
@@ -268,8 +269,10 @@ class RuleBuilder:
             p.next()
             self.stmts.append(self.log())
         elif w == "comment":
+            if not self.stmts:
+                raise p.unexpected(t)       # a rule begins with a statement
             p.next()
-            self.comment = p.word().text
+            self.comment = self.string().text
         elif w == "notrack":
             p.next()
             self.stmts.append(Simple("notrack"))
@@ -356,15 +359,27 @@ class RuleBuilder:
             self.missing_obj = self.missing_obj or Token("word", "", kw.line, kw.col, name.end)
         self.stmts.append(FlowAdd(name.text))
 
+    def string(self) -> Token:
+        """A string argument (``log prefix``, ``comment``): at the end of the statement, bison lists the three
+        kinds of string its scanner has."""
+        if self.stmt_end(0):
+            raise self.p.unexpected(expecting="string or quoted string or string with a trailing asterisk")
+        return self.p.word()
+
     def log(self) -> Log:
+        from kproxy.nftables.parser import NftError, loc
+
         p = self.p
         lg = Log()
         while p.at("prefix", "level", "group", "snaplen", "queue-threshold", "flags"):
             k = p.next().text
             if k == "prefix":
-                lg.prefix = p.word().text
+                lg.prefix = self.string().text
             elif k == "level":
-                lg.level = p.word().text
+                lv = p.word()
+                if lv.text not in LOG_LEVELS:
+                    raise NftError("invalid log level", loc(lv), parse=True)      # the parser's YYERROR
+                lg.level = lv.text
             elif k == "group":
                 lg.group = int(p.word().text)
             elif k == "snaplen":
@@ -420,6 +435,8 @@ class RuleBuilder:
                        "inet": ("icmpx", "port-unreachable"), "bridge": ("icmpx", "port-unreachable")}
             self.stmts.append(Reject(default_json=default.get(fam)))
             return
+        if self.stmt_end(0):
+            raise p.unexpected(expecting="icmp or icmpv6 or tcp or icmpx")
         kind = p.word()
         if kind.text == "tcp":
             p.expect("reset")
@@ -511,6 +528,8 @@ class RuleBuilder:
     def nat(self, kw: Token) -> None:
         p = self.p
         st = Nat(kw.text)
+        if kw.text in ("snat", "dnat") and self.stmt_end(0):
+            raise p.unexpected()
         if p.at("ip", "ip6"):
             st.family = p.next().text
         addr_type = T.IPV6 if (st.family == "ip6" or self.tbl.family == "ip6") else T.IPV4
@@ -616,8 +635,12 @@ class RuleBuilder:
         if w in PAYLOAD and p.peek(1).kind == "word" and p.peek(1).text in PAYLOAD[w]:
             p.next()
             return Payload(w, p.next().text)
+        if w in PAYLOAD and self.stmt_end(1):
+            raise p.unexpected(p.peek(1))       # a protocol alone: its field is missing
         if w == "meta":
             p.next()
+            if self.stmt_end(0):
+                raise p.unexpected()
             k = p.word()
             if k.text not in META:
                 raise self.error(f"syntax error, unexpected {k.text}", k)
@@ -632,6 +655,8 @@ class RuleBuilder:
             w_tok = p.next()
             direction = p.next().text if p.at("original", "reply") else None
             family = p.next().text if p.at("ip", "ip6") else None
+            if self.stmt_end(0):
+                raise p.unexpected()
             k = p.word()
             if k.text not in CT or direction is not None and k.text == "helper":    # helper has no direction
                 raise self.error(f"syntax error, unexpected {k.text}", k)
@@ -833,6 +858,9 @@ class RuleBuilder:
             types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
             rstart = p.peek()
             rhs = self.rhs(lhs, types)
+            if (isinstance(lhs, Meta) and lhs.key in ("iif", "oif") and isinstance(rhs, Const)
+                    and isinstance(rhs.value, str) and p.interfaces is not None and rhs.value not in p.interfaces):
+                raise self.error("Interface does not exist", rstart)     # nft resolves the index now
             if isinstance(rhs, SetRef):
                 self.check_lookup_type(types, rhs, (start, lhs_end), rstart)
         if (isinstance(lhs, Binop) and lhs.op == "^" and isinstance(lhs.right, Const) and isinstance(rhs, Const)
