@@ -367,3 +367,26 @@ def test_common_mistakes() -> None:
         "Error: syntax error, unexpected string, expecting end of file or newline or semicolon")
     assert first["add rule ip t c iif eth0 accept"] == "Error: Interface does not exist"
     assert first["add rule ip t c log level foo"] == "Error: invalid log level"
+
+
+def test_web_session() -> None:
+    cmds = steps("web_session.cmds")
+    res = dict(zip([shlex.join(a) for a in cmds], run_steps(cmds)))
+    k = lambda line: shlex.join(shlex.split(line))     # noqa: E731
+    assert res["delete chain inet web allow"][2].startswith(
+        "Error: Could not process rule: Device or resource busy\n")     # held by the verdict map's elements
+    assert "elements = { 22 : drop, 80 : jump permit, 443 : goto permit }" in res["list map inet web dispatch"][1]
+    assert res[k("add element inet web svc { 10.0.0.5 . 85 }")][2].endswith(" " * 27 + "^" * 13 + "\n")
+    assert res[k("get element inet web svc { 10.0.0.5 . 85 }")][1].endswith(
+        "\t\telements = { 10.0.0.0/24 . 80-90 }\n\t}\n}\n")
+    assert res[k("get element ip g r { 192.168.0.5, 10.9.9.9 }")][1].endswith(
+        "\t\telements = { 192.168.0.1-192.168.0.9, 10.0.0.0/8 }\n\t}\n}\n")
+    assert res[k("get element ip g s { 3.3.3.3 }")][2] == (
+        "Error: Could not process rule: No such file or directory\nget element ip g s { 3.3.3.3 }\n" + "^" * 31 + "\n")
+    first: dict[str, tuple[int, str, str]] = {}
+    for a, r in zip(cmds, run_steps(cmds)):
+        first.setdefault(shlex.join(a), r)
+    assert first["list counters table inet web"][1] == ""        # no stateful object: not even the table
+    assert res["list quotas"][1] == "table inet web {\n}\n"     # one of another kind: the table, empty
+    assert res["list maps table inet web"][2].startswith(
+        "Error: syntax error, unexpected table, expecting end of file or newline or semicolon\n")

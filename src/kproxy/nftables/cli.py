@@ -203,6 +203,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     if flags["echo"]:
         first = parser.first_word(COMMAND_WORDS)
         out.append(echo(rs, work, o, bool(flags["json"]), json_cmds if from_json else None, parser.rule_ops, first))
+    for tbl, got in parser.out.gets:        # nft 1.0.6 answers in text even with -j
+        out.append(f"table {tbl.family} {tbl.name} {{\n" + set_text(got, o) + "\n}\n")
     for verb, args in parser.out.requests:
         try:
             out.append(answer(verb, args, work, o, bool(flags["json"]), xt))
@@ -340,10 +342,11 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
         if kw.text == "ct helpers" and (len(toks) < 2 or toks[1].text != "table"):
             at = toks[1] if len(toks) > 1 else Token("word", "", kw.line, kw.end + 1, kw.end + 1)
             raise NftError("syntax error, unexpected newline, expecting table", loc(at), kernel=False)
-    if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits", "meters", "ct helpers") and \
+    if len(toks) > 2 and toks[0].text in ("sets", "counters", "quotas", "limits", "ct helpers") and \
             toks[1].text == "table":
         toks = [toks[0], *toks[2:]]
-    if len(toks) > 1 and toks[0].text == "chains" and toks[1].text not in FAMILIES:
+    if len(toks) > 1 and toks[0].text in ("chains", "maps", "meters", "flowtables") and toks[1].text not in FAMILIES:
+        # nft 1.0.6 lists these by family only
         raise NftError(f"syntax error, unexpected {toks[1].text}, expecting end of file or newline or semicolon",
                        loc(toks[1]), kernel=False)
     args = [t.text for t in toks]
@@ -391,7 +394,7 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
     if what in plural:
         if as_json:
             return listed_blocks(tbl, plural[what], o, verb, True)
-        return listed_blocks(tbl, plural[what], o, verb) or f"table {tbl.family} {tbl.name} {{\n}}\n"
+        return listed_blocks(tbl, plural[what], o, verb)       # by table as for all: empty with no objects
     if what == "table":
         return table_items_json(tbl, o) if as_json else table_text(tbl, o)
     head = f"table {tbl.family} {tbl.name} {{\n"

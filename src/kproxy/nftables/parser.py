@@ -7,6 +7,7 @@ Errors carry nft's positions so the caller can print them the way nft does.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -108,6 +109,8 @@ class Output:
     """Listing requests met in a script, answered after the transaction commits."""
 
     requests: list[tuple[str, list[Token]]] = field(default_factory=list)
+    # ``get element``: the table, and a copy of the set holding just the elements found
+    gets: list[tuple[Table, NSet]] = field(default_factory=list)
     flushed: list[str | None] = field(default_factory=list)     # ``flush ruleset [FAMILY]``s, None: all
 
 
@@ -399,7 +402,7 @@ class Parser:
             self.next()
             self.cmd_add_table(create=False)
             return
-        if verb in ("add", "create", "insert", "replace", "delete", "flush", "list", "reset", "rename"):
+        if verb in ("add", "create", "insert", "replace", "delete", "flush", "list", "reset", "rename", "get"):
             self.next()
             getattr(self, "cmd_" + verb)(t)
             return
@@ -978,6 +981,10 @@ class Parser:
             raise NftError("Could not process rule: File exists", objmap.key_loc(self, found))
 
     def add_elements(self, s: NSet, lit: SetLit) -> None:
+        if "interval" in s.flags and len(s.key) > 1:
+            for e in lit.elems:
+                if pipapo_clash(s.elems, e, s.key):
+                    raise NftError("Could not process rule: File exists", getattr(e, "loc", None))
         if "interval" in s.flags and len(s.key) == 1:
             bits = s.key[0].bits or 32
             new = lit.elems
@@ -1208,7 +1215,10 @@ class Parser:
             if how == "plain":
                 name = self.by_handle(tbl.chains, self.number())
             chain = self.find_chain(tbl, name, how)
-            if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain):
+            if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain) or any(
+                    isinstance(e.data, Verdict) and e.data.target == chain.name
+                    for st in tbl.sets.values() if st.data == [T.VERDICT] for e in st.elems):
+                # a rule's jump or a verdict map's element holds the chain
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.chains[name.text]
         elif what.text == "rule":
@@ -1330,6 +1340,28 @@ class Parser:
         if len(args) >= 3 and args[0].text == "chain" and not is_identifier(args[-1]):
             raise self.unexpected(args[-1], "string")
         self.out.requests.append(("list", args))
+
+    def cmd_get(self, verb: Token) -> None:
+        """``get element [FAMILY] TABLE SET { KEYS }``: the elements holding the keys (an interval's
+        element for a value inside it), or the kernel's ENOENT for the whole command."""
+        if not self.at("element"):
+            raise self.unexpected(expecting="element")
+        self.next()
+        family, tname = self.family_and_name()
+        tbl = self.find_table(family, tname, "eval")
+        s = self.find_set(tbl, self.name(), "eval")
+        lit = self.set_literal(s.key, None, s)
+        found: list[Elem] = []
+        for e in lit.elems:
+            hit = next((h for h in s.elems if holds(h, e, s)), None)
+            if hit is None:
+                raise NftError("Could not process rule: No such file or directory",
+                               (verb.line, verb.col, self.toks[self.pos - 1].end + 1))
+            if hit not in found:
+                found.append(hit)
+        # an interval set's in the order asked for, others' in the set's order (as nft 1.0.6 prints them)
+        got = dataclasses.replace(s, elems=found if "interval" in s.flags else [h for h in s.elems if h in found])
+        self.out.gets.append((tbl, got))
 
     def cmd_rename(self, verb: Token) -> None:
         """``rename chain [FAMILY] TABLE CHAIN NEWNAME``: the chain keeps its handle, rules and place, and
@@ -1600,6 +1632,50 @@ def span(e: Elem, bits: int) -> tuple[int, int]:
         return k.lo.value, k.hi.value
     assert isinstance(k, Const)
     return k.value, k.value
+
+
+def holds(held: Elem, e: Elem, s: NSet) -> bool:
+    """Whether the set's element ``held`` holds the key ``e`` asks for (equal, or inside an interval)."""
+    if "interval" not in s.flags:
+        return elem_identity(held.key) == elem_identity(e.key)
+    if len(s.key) > 1:
+        mine, theirs = concat_spans(e, s.key), concat_spans(held, s.key)
+        return mine is not None and theirs is not None and all(
+            lo <= a and b <= hi for (a, b), (lo, hi) in zip(mine, theirs))
+    bits = s.key[0].bits or 32
+    (a, b), (lo, hi) = span(e, bits), span(held, bits)
+    return lo <= a and b <= hi
+
+
+def concat_spans(e: Elem, types: list[T.DType]) -> list[tuple[Any, Any]] | None:
+    """Each field's first and last value in a concatenated interval element (None: not concatenated)."""
+    if not isinstance(e.key, Concat):
+        return None
+    out: list[tuple[Any, Any]] = []
+    for item, dt in zip(e.key.items, types):
+        if isinstance(item, (Prefix, Range, Const)) and not isinstance(getattr(item, "value", 0), str):
+            out.append(span(Elem(item), dt.bits or 32))
+        else:
+            v = getattr(item, "value", None)
+            out.append((v, v))
+    return out
+
+
+def pipapo_clash(held: list[Elem], new: Elem, types: list[T.DType]) -> bool:
+    """nft_pipapo_insert: the new element's first or last key falls in an element the set holds that is
+    not the very same one (the kernel's EEXIST)."""
+    mine = concat_spans(new, types)
+    if mine is None:
+        return False
+    first, last = [lo for lo, _ in mine], [hi for _, hi in mine]
+    for e in held:
+        theirs = concat_spans(e, types)
+        if theirs is None or theirs == mine:
+            continue
+        for point in (first, last):
+            if all(lo <= v <= hi for v, (lo, hi) in zip(point, theirs)):
+                return True
+    return False
 
 
 def merge_intervals(elems: list[Elem], dt: T.DType, auto_merge: bool = True) -> list[Elem]:

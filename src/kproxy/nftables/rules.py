@@ -34,7 +34,7 @@ from kproxy.nftables.expr import (
     Verdict,
     raw_payload,
 )
-from kproxy.nftables.lexer import NUMBER, Token, is_identifier
+from kproxy.nftables.lexer import NUMBER, SCANNER_KEYWORDS, Token, is_identifier
 from kproxy.nftables.model import NSet, Rule, Table
 from kproxy.nftables.stmt import (
     UNIT_SIZE,
@@ -97,18 +97,21 @@ class RuleBuilder:
         self.chain = chain
         if self.ended():
             raise self.p.unexpected()
-        spans: list[tuple[int, Token, Token]] = []     # statements' first and last tokens
+        p = self.p
+        spans: list[tuple[int, int, int]] = []     # statements' first and last token indexes
         while not self.ended():
-            first, n = self.p.peek(), len(self.stmts)
+            first, n = p.pos, len(self.stmts)
             self.statement()
             if len(self.stmts) > n:
-                spans.append((len(self.stmts) - 1, first, self.p.toks[self.p.pos - 1]))
-            nxt = self.p.peek()
-            if self.stmts and isinstance(self.stmts[-1], ENDS_CLEAN) and nxt.kind == "punct" and nxt.text not in ";}":
-                # bison's default reductions end the rule: the command wants its end
-                raise self.p.unexpected(nxt, "newline or semicolon" if self.p.in_block else
-                                        "end of file or newline or semicolon")
-        self.after_terminal(spans)
+                spans.append((len(self.stmts) - 1, first, p.pos - 1))
+                if isinstance(self.stmts[-1], ENDS_CLEAN):
+                    nxt = p.peek()
+                    if nxt.kind == "punct" and nxt.text not in ";}":
+                        # bison's default reductions end the rule: the command wants its end
+                        raise p.unexpected(nxt, "newline or semicolon" if p.in_block else
+                                           "end of file or newline or semicolon")
+        if len(spans) > 1:
+            self.after_terminal(spans)
         if self.missing_obj is not None:
             if new_handle:
                 self.tbl.alloc()  # the kernel numbered the rule before it failed to find the object
@@ -152,13 +155,15 @@ class RuleBuilder:
             raise self.p.unexpected(t, "number")
         return self.p.next()
 
-    def after_terminal(self, spans: list[tuple[int, Token, Token]]) -> None:
+    def after_terminal(self, spans: list[tuple[int, int, int]]) -> None:
         """evaluate.c's check: a statement after a verdict is never reached."""
         from kproxy.nftables.parser import NftError, loc
 
+        toks = self.p.toks
         for (i, a, b), (_, c, d) in zip(spans, spans[1:]):
             if isinstance(self.stmts[i], (VerdictStmt, Reject, Queue)):
-                raise NftError("Statement after terminal statement has no effect", loc(c, d), [loc(a, b)], kernel=False)
+                raise NftError("Statement after terminal statement has no effect", loc(toks[c], toks[d]),
+                               [loc(toks[a], toks[b])], kernel=False)
 
     @staticmethod
     def valid_at(st: Stmt, chain_type: str | None, hook: str) -> bool:
@@ -810,13 +815,14 @@ class RuleBuilder:
     def expression_statement(self) -> None:
         p = self.p
         start = p.peek()
-        if self.bare_value() and self.stmt_end(1):
-            raise p.unexpected(p.peek(1))       # a value alone: its relational's right side is missing
-        if self.bare_value() and self.bare_value(1) and self.stmt_end(2):
-            from kproxy.nftables.parser import NftError, loc
+        if (start.kind == "string" or start.kind == "word" and start.text not in SCANNER_KEYWORDS) and self.bare_value():
+            if self.stmt_end(1):
+                raise p.unexpected(p.peek(1))       # a value alone: its relational's right side is missing
+            if self.bare_value(1) and self.stmt_end(2):
+                from kproxy.nftables.parser import NftError, loc
 
-            # ``foo bar``: a relational of two symbols, with no type to read them by
-            raise NftError("No symbol type information", loc(start), kernel=False)
+                # ``foo bar``: a relational of two symbols, with no type to read them by
+                raise NftError("No symbol type information", loc(start), kernel=False)
         lhs = self.concat()
         lhs_end = p.toks[p.pos - 1]
         self.check_family(lhs, start)
