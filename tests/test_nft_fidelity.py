@@ -390,3 +390,14 @@ def test_web_session() -> None:
     assert res["list quotas"][1] == "table inet web {\n}\n"     # one of another kind: the table, empty
     assert res["list maps table inet web"][2].startswith(
         "Error: syntax error, unexpected table, expecting end of file or newline or semicolon\n")
+
+
+def test_json_input_of_the_new_cases() -> None:
+    res = run_steps(steps("json_handles.cmds"))
+    assert res[0][2] == "internal:0:0-0: Error: Invalid map type 'ct helper'.\n\n" \
+        "internal:0:0-0: Error: Parsing command array at index 2 failed.\n\n"
+    assert '"type": "realm", "handle": 4, "map": "devgroup", "elem": [["cosmos", "default"], ["3", 4]]' in res[3][1]
+    assert "json:1:4-4: Error: Object item not found: name\n" in res[5][2]      # a ct helper only by name
+    assert res[5][2].endswith("internal:0:0-0: Error: Parsing command array at index 0 failed.\n\n")
+    assert res[6][0] == 0 and "map mr" not in res[-1][1]         # a map deleted by handle
+    assert res[-1][1] == "table ip t { # handle 1\n}\n"
