@@ -401,3 +401,15 @@ def test_json_input_of_the_new_cases() -> None:
     assert res[5][2].endswith("internal:0:0-0: Error: Parsing command array at index 0 failed.\n\n")
     assert res[6][0] == 0 and "map mr" not in res[-1][1]         # a map deleted by handle
     assert res[-1][1] == "table ip t { # handle 1\n}\n"
+
+
+def test_table_options() -> None:
+    cmds = steps("options.cmds")
+    res = dict(zip([shlex.join(a) for a in cmds], run_steps(cmds)))
+    k = lambda line: shlex.join(shlex.split(line))     # noqa: E731
+    assert res[k("add table inet x { flags foo ; }")][2].startswith("Error: unknown table option foo\n")
+    assert res[k("add table inet x { flags dormant,foo ; }")][2].startswith(
+        "Error: syntax error, unexpected comma, expecting newline or semicolon\n")
+    assert res[k("add chain inet y h { type filter hook input priority 1+1 ; }")][2].startswith(
+        "Error: syntax error, unexpected +, expecting newline or semicolon\n")
+    assert "\tflags dormant\n" in res["-a list table inet x"][1]

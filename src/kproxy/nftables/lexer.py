@@ -106,7 +106,7 @@ KEYWORD_NAMES = {"eq": "==", "ne": "!=", "le": "<=", "lt": "<", "ge": ">=", "gt"
 # Punctuation nft's grammar declares as named tokens (COLON "colon", SLASH "/", ...); the rest are
 # character literals, which bison quotes.
 PUNCT_NAMES = {",": "comma", ":": "colon", ";": "semicolon", ".": ".", "/": "/", "^": "^", "&": "&", "!": "!",
-               "<": "<", ">": ">", "*": "*", "-": "-", "@": "@"}
+               "<": "<", ">": ">", "*": "*", "-": "-", "@": "@", "+": "+"}
 NUMBER = re.compile(r"[0-9]+|0x[0-9a-fA-F]+")
 
 

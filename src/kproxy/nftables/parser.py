@@ -595,7 +595,10 @@ class Parser:
     def table_item(self, tbl: Table, deferred: list[tuple[Chain, int]]) -> None:
         t = self.next()
         if t.text == "flags":
-            tbl.flags = self.word_list()
+            flag = self.word()      # 1.0.6 knows one table flag, and no list of them
+            if flag.text != "dormant":
+                raise NftError(f"unknown table option {flag.text}", loc(flag), parse=True)
+            tbl.flags = [flag.text]
         elif t.text == "comment":
             tbl.comment = self.word().text
         elif t.text == "chain":
