@@ -413,3 +413,9 @@ def test_table_options() -> None:
     assert res[k("add chain inet y h { type filter hook input priority 1+1 ; }")][2].startswith(
         "Error: syntax error, unexpected +, expecting newline or semicolon\n")
     assert "\tflags dormant\n" in res["-a list table inet x"][1]
+
+
+def test_dnat_addr_port_form() -> None:
+    res = run_steps(steps("nat_addr_port.cmds"))
+    assert all(rc == 0 for rc, _, _ in res)
+    assert res[-2][1].count("\t\tdnat ip to tcp dport map @fw\n") == 3

@@ -537,6 +537,9 @@ class RuleBuilder:
             raise p.unexpected()
         if p.at("ip", "ip6"):
             st.family = p.next().text
+            if p.at("addr") and p.peek(1).text == "." and p.peek(2).text == "port":
+                for _ in range(3):      # ``dnat ip addr . port to MAP``: nft lists it as ``dnat ip to MAP``
+                    p.next()
         addr_type = T.IPV6 if (st.family == "ip6" or self.tbl.family == "ip6") else T.IPV4
         if p.accept("to"):
             if p.at(":"):
