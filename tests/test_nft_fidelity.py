@@ -419,3 +419,9 @@ def test_dnat_addr_port_form() -> None:
     res = run_steps(steps("nat_addr_port.cmds"))
     assert all(rc == 0 for rc, _, _ in res)
     assert res[-2][1].count("\t\tdnat ip to tcp dport map @fw\n") == 3
+
+
+def test_a_range_with_no_upper_end() -> None:
+    res = dict(zip([shlex.join(a) for a in steps("common_mistakes.cmds")], run_steps(steps("common_mistakes.cmds"))))
+    assert res["add rule ip t c tcp dport 22- accept"][2].startswith("Error: syntax error, unexpected accept\n")
+    assert res["add rule ip t c tcp dport 22-25 accept"][0] == 0

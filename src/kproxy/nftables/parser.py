@@ -1491,6 +1491,8 @@ class Parser:
             return Const(dt, dt.parse(text))
         except T.TypeError_:
             pass
+        if len(text) > 1 and text.endswith("-") and NUMBER.fullmatch(text[:-1]) and self.toks[self.pos - 1] is t:
+            raise self.unexpected(self.peek())      # a range with no upper end: nft's scanner reads NUM DASH
         if "/" in text and dt.kind in ("ipv4", "ipv6", "int", "mark", "hex"):
             base, _, plen = text.rpartition("/")
             bits = dt.bits or 32
