@@ -10,7 +10,7 @@ from kproxy.iptables.translate import nft_family
 from kproxy.nftables import cthelper, flowtable
 from kproxy.nftables.expr import Opts
 from kproxy.nftables.json_input import JsonError
-from kproxy.nftables.lexer import Token
+from kproxy.nftables.lexer import Token, is_identifier, token_name
 from kproxy.nftables.listing import (
     chain_json,
     chain_text,
@@ -50,7 +50,10 @@ def format_one(err: NftError, source: str, text: str) -> str:
         return f"Error: {err.msg}\n"
     line, col, end = err.primary
     prefix = f"{source}:{line}:{col}-{end}: " if source else ""
-    src_line = text.split("\n")[line - 1] if line - 1 < len(text.split("\n")) else ""
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()          # no line after the last newline: nft shows the last line it read there
+    src_line = lines[min(line, len(lines)) - 1] if lines else ""
     marks = [" " if ch != "\t" else "\t" for ch in src_line]
     width = max([end] + [e for ln, _, e in err.secondary if ln == line])
     marks += [" "] * (width - len(marks))
@@ -180,6 +183,7 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     work = rs if read_only(text) else rs.copy()
     try:
         parser = Parser(text, work, interfaces)
+        parser.cmdline, parser.from_json = not source and not from_json, from_json
         parser.script()
     except NftError as err:
         if err.kernel:
@@ -199,6 +203,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     if flags["echo"]:
         first = parser.first_word(COMMAND_WORDS)
         out.append(echo(rs, work, o, bool(flags["json"]), json_cmds if from_json else None, parser.rule_ops, first))
+    for tbl, got in parser.out.gets:        # nft 1.0.6 answers in text even with -j
+        out.append(f"table {tbl.family} {tbl.name} {{\n" + set_text(got, o) + "\n}\n")
     for verb, args in parser.out.requests:
         try:
             out.append(answer(verb, args, work, o, bool(flags["json"]), xt))
@@ -336,10 +342,11 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
         if kw.text == "ct helpers" and (len(toks) < 2 or toks[1].text != "table"):
             at = toks[1] if len(toks) > 1 else Token("word", "", kw.line, kw.end + 1, kw.end + 1)
             raise NftError("syntax error, unexpected newline, expecting table", loc(at), kernel=False)
-    if len(toks) > 2 and toks[0].text in ("sets", "maps", "counters", "quotas", "limits", "meters", "ct helpers") and \
+    if len(toks) > 2 and toks[0].text in ("sets", "counters", "quotas", "limits", "ct helpers") and \
             toks[1].text == "table":
         toks = [toks[0], *toks[2:]]
-    if len(toks) > 1 and toks[0].text == "chains" and toks[1].text not in FAMILIES:
+    if len(toks) > 1 and toks[0].text in ("chains", "maps", "meters", "flowtables") and toks[1].text not in FAMILIES:
+        # nft 1.0.6 lists these by family only
         raise NftError(f"syntax error, unexpected {toks[1].text}, expecting end of file or newline or semicolon",
                        loc(toks[1]), kernel=False)
     args = [t.text for t in toks]
@@ -356,6 +363,10 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
             msg = evaluation_message(rs, "table" if i == 0 else "obj", t.text)
         return NftError(msg, loc(t) if t is not None else None)
 
+    if what in ("table", "chain", "set", "map", "counter", "quota", "limit", "meter", "flowtable", cthelper.KIND):
+        bad = next((t for t in name_toks[:2] if t.kind == "word" and not is_identifier(t)), None)
+        if bad is not None:         # a keyword of nft's scanner is no name
+            raise NftError(f"syntax error, unexpected {token_name(bad)}, expecting string", loc(bad), kernel=False)
     family = rest[0] if rest and rest[0] in FAMILIES else None
     names = rest[1:] if family else rest
     family = family or "ip"
@@ -383,7 +394,7 @@ def listing(verb: str, toks: list[Token], rs: Ruleset, o: Opts, as_json: bool) -
     if what in plural:
         if as_json:
             return listed_blocks(tbl, plural[what], o, verb, True)
-        return listed_blocks(tbl, plural[what], o, verb) or f"table {tbl.family} {tbl.name} {{\n}}\n"
+        return listed_blocks(tbl, plural[what], o, verb)       # by table as for all: empty with no objects
     if what == "table":
         return table_items_json(tbl, o) if as_json else table_text(tbl, o)
     head = f"table {tbl.family} {tbl.name} {{\n"

@@ -48,8 +48,8 @@ META: dict[str, T.DType] = {
     "priority": T.CLASSID, "mark": T.MARK, "iif": T.IFINDEX, "iifname": T.IFNAME,
     "iiftype": T.DType("integer", 16, "int"), "oif": T.IFINDEX, "oifname": T.IFNAME,
     "oiftype": T.DType("integer", 16, "int"), "skuid": T.UID, "skgid": T.GID, "nftrace": T.DType("integer", 1, "int"),
-    "rtclassid": T.DType("integer", 32, "int"), "pkttype": T.PKTTYPE, "cpu": T.DType("integer", 32, "int"),
-    "iifgroup": T.DType("integer", 32, "int"), "oifgroup": T.DType("integer", 32, "int"),
+    "rtclassid": T.REALM, "pkttype": T.PKTTYPE, "cpu": T.DType("integer", 32, "int"),
+    "iifgroup": T.DEVGROUP, "oifgroup": T.DEVGROUP,
     "cgroup": T.DType("integer", 32, "int"), "random": T.DType("integer", 32, "int"),
     "secpath": T.DType("integer", 1, "int"), "time": T.DType("integer", 64, "int"),
 }
@@ -415,14 +415,26 @@ class TcpOption(Expr):
         return {"tcp option": {"name": self.name, "field": self.field}}
 
 
+RT_KEYS = {"classid": T.REALM, "mtu": T.DType("integer", 16, "int"), "ipsec": T.BOOLEAN}
+
+
 @dataclass
 class Rt(Expr):
-    key: str
+    """rt.c's routing keys; ``nexthop`` is an address of ``family`` (ip or ip6), named in the listing."""
 
-    dtype = T.DType("integer", 16, "int")
+    key: str
+    family: str | None = None
+
+    @property
+    def dtype(self) -> T.DType:  # type: ignore[override]
+        if self.key == "nexthop":
+            return T.IPV6 if self.family == "ip6" else T.IPV4
+        return RT_KEYS[self.key]
 
     def text(self, o: Opts) -> str:
-        return f"rt {self.key}"
+        return f"rt {self.family} nexthop" if self.key == "nexthop" else f"rt {self.key}"
 
     def json(self) -> Any:
+        if self.key == "nexthop":
+            return {"rt": {"key": self.key, "family": self.family}}
         return {"rt": {"key": self.key}}

@@ -139,9 +139,11 @@ class FastPath:
                 if depth or continued:
                     continue
                 p.toks, p.pos = p.tokens(text[gap:start], self.line_at(gap)), 0
+                p.final = False         # the script goes on past these tokens' end
                 p.commands()
+                p.final = True
                 gap = start
-            if not (p.eval_errors or p.kernel_errors) and names_ok(m) and handlers[m.lastgroup](self, m):
+            if not (p.eval_errors or p.kernel_errors or p.syntax_errors) and names_ok(m) and handlers[m.lastgroup](self, m):
                 gap = scanned = m.end()
         if gap < len(text):
             p.toks, p.pos = p.tokens(text[gap:], self.line_at(gap)), 0

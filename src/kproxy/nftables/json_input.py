@@ -195,7 +195,7 @@ def named(verb: str, kind: str, body: Any, keys: tuple[str, ...]) -> tuple[str, 
     vals = unpack(body, "s" * len(keys), *keys)
     fam = vals[0]
     where = " ".join(quote(v) for v in vals[1:])
-    if verb == "delete" and "name" not in body:
+    if verb == "delete" and "name" not in body and kind != "ct helper":     # 1.0.6: a ct helper by name only
         h = opt(body, "handle", int)
         if h is None:
             raise JsonError((None, f"Either name or handle required to delete a {kind}."))
@@ -282,6 +282,8 @@ SET_FLAGS = ("constant", "interval", "timeout")
 
 def w_set(verb: str, kind: str, body: Any) -> str:
     fam, where = named(verb, kind, body, ("family", "table"))
+    if verb == "delete" and " handle " in f" {where}":
+        kind = "set"        # the kernel deletes a map by handle as a set (nft's text grammar has no map by handle)
     out = f"{verb} {kind} {fam} {where}"
     if verb in ("delete", "list", "flush"):
         return out
@@ -649,7 +651,10 @@ def e_ct(key: str, val: Any) -> str:
 
 def e_rt(key: str, val: Any) -> str:
     (k,) = unpack(val, "s", "key")
-    return f"rt {k}"
+    if k not in ("classid", "nexthop", "mtu", "ipsec"):
+        raise JsonError((None, f"Unknown rt key '{k}'."))
+    family = val.get("family")
+    return f"rt {family} {k}" if family in ("ip", "ip6") else f"rt {k}"
 
 
 def e_exthdr(key: str, val: Any) -> str:

@@ -103,6 +103,10 @@ SCANNER_KEYWORDS = frozenset((
 # How bison names the keywords spelled as operators in its messages ("unexpected ==").
 KEYWORD_NAMES = {"eq": "==", "ne": "!=", "le": "<=", "lt": "<", "ge": ">=", "gt": ">", "lshift": "<<",
                  "rshift": ">>", "xor": "^", "and": "&", "not": "!", "or": "'|'"}
+# Punctuation nft's grammar declares as named tokens (COLON "colon", SLASH "/", ...); the rest are
+# character literals, which bison quotes.
+PUNCT_NAMES = {",": "comma", ":": "colon", ";": "semicolon", ".": ".", "/": "/", "^": "^", "&": "&", "!": "!",
+               "<": "<", ">": ">", "*": "*", "-": "-", "@": "@", "+": "+"}
 NUMBER = re.compile(r"[0-9]+|0x[0-9a-fA-F]+")
 
 
@@ -115,9 +119,11 @@ def token_name(t: Token) -> str:
     if t.kind == "string":
         return "quoted string"
     if t.kind == "punct":
-        return f"'{t.text}'"
+        return PUNCT_NAMES.get(t.text, f"'{t.text}'")
     if NUMBER.fullmatch(t.text):
         return "number"
+    if t.kind == "word" and t.text not in SCANNER_KEYWORDS:
+        return "string"       # no keyword of nft's scanner: bison's "string"
     return KEYWORD_NAMES.get(t.text, t.text)
 
 

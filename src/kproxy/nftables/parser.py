@@ -7,6 +7,8 @@ Errors carry nft's positions so the caller can print them the way nft does.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +28,7 @@ from kproxy.nftables.expr import (
     Verdict,
     parse_time,
 )
-from kproxy.nftables.lexer import LexError, Token, is_identifier, token_name, tokenize
+from kproxy.nftables.lexer import NUMBER, LexError, Token, is_identifier, token_name, tokenize
 from kproxy.nftables.model import FAMILIES, HOOKS, Chain, NSet, Obj, Rule, Ruleset, Table, named_priorities
 from kproxy.nftables.stmt import (
     UNIT_SIZE,
@@ -43,6 +45,10 @@ from kproxy.nftables.validate import culprit
 
 Loc = tuple[int, int, int]  # line, first column, last column
 OPTS = Opts()
+SET_FLAGS = ("constant", "interval", "dynamic", "timeout")
+BLOCK_WORDS = frozenset(("table", "chain", "set", "map", "flowtable", "counter", "quota", "limit", "helper",
+                         "timeout", "expectation", "secmark", "synproxy"))
+MAX_ERRORS = 10  # nft's parser_max_errors
 FREEZE_OVER = 200_000  # new objects past which a script's work is frozen (see gc_paused): about 15,000 rules
 # Words nft's scanner makes keywords (others are a "string" in its syntax errors); those met after a verb.
 KEYWORDS = {"table", "tables", "chain", "chains", "set", "sets", "map", "maps", "rule", "ruleset", "element",
@@ -54,9 +60,10 @@ class NftError(Exception):
     """An error at a position: ``primary`` gets carets, ``secondary`` ranges get tildes."""
 
     def __init__(self, msg: str, primary: Loc | None, secondary: list[Loc] | None = None,
-                 kernel: bool | None = None, validation: bool = False) -> None:
+                 kernel: bool | None = None, validation: bool = False, parse: bool = False) -> None:
         super().__init__(msg)
         self.msg = msg
+        self.parse = parse      # found by nft's parser (an unknown datatype): recovered from as a syntax error
         self._kernel = kernel
         # found by the kernel's commit-time validation (hooks, jump depth): a batch that fails earlier,
         # as its messages are processed, is aborted before that and reports none of these
@@ -77,12 +84,16 @@ class NftError(Exception):
 
     @property
     def syntax(self) -> bool:
-        return self.msg.startswith("syntax error")
+        return self.parse or self.msg.startswith("syntax error")
 
     @property
     def kernel(self) -> bool:
         """Errors the kernel returns; nft only submits (and so only sees them) when evaluation passed."""
         return self._kernel if self._kernel is not None else self.msg.startswith("Could not process rule")
+
+
+class StopParsing(Exception):  # noqa: N818 - not an error: the parser's recorded errors are
+    """The parser gives up (syntax errors up to the end of the input, or nft's tenth): report what it has."""
 
 
 def loc(a: Token, b: Token | None = None) -> Loc:
@@ -98,6 +109,8 @@ class Output:
     """Listing requests met in a script, answered after the transaction commits."""
 
     requests: list[tuple[str, list[Token]]] = field(default_factory=list)
+    # ``get element``: the table, and a copy of the set holding just the elements found
+    gets: list[tuple[Table, NSet]] = field(default_factory=list)
     flushed: list[str | None] = field(default_factory=list)     # ``flush ruleset [FAMILY]``s, None: all
 
 
@@ -122,6 +135,15 @@ class Parser:
         self.new_sets: set[int] = set()   # ids of the sets this batch creates (a rule's update makes them dynamic)
         self.eval_errors: list[NftError] = []
         self.kernel_errors: list[NftError] = []
+        self.syntax_errors: list[NftError] = []     # bison's, recovered from at the next separator
+        self.table_errors: list[NftError] = []      # the parser's, reported once the table block ends
+        self.cmdline = False                        # the script is nft's arguments, not a file
+        self.in_block = False                       # rules in a chain block (not an add-rule command)
+        self.depth = 0                              # blocks being parsed (table, chain, set)
+        self.final = True                           # ``toks`` end where the script ends (see fastpath)
+        self.from_json = False                      # the script is kproxy's text of a JSON input
+        self.nl_used = False                        # the command line's final newline was taken
+        self.seq = 0                                # syntax errors in the order nft finds them
         self.batch_broken = False
         self.elem_indexes: dict[int, tuple[list[Elem], dict[Any, Elem]]] = {}
         self.unsorted: dict[int, NSet] = {}
@@ -173,8 +195,14 @@ class Parser:
 
     def unexpected(self, t: Token | None = None, expecting: str = "") -> NftError:
         t = t or self.peek()
+        if t.kind == "eof" and self.cmdline and not self.nl_used:
+            # nft's command line ends with a newline token (a file's end is the end of file)
+            msg = "syntax error, unexpected newline" + (f", expecting {expecting}" if expecting else "")
+            return NftError(msg, loc(t))
         msg = f"syntax error, unexpected {token_name(t)}" + (f", expecting {expecting}" if expecting else "")
-        return NftError(msg, loc(t))
+        err = NftError(msg, (t.line, 1, 1) if t.kind == "eof" and self.cmdline else loc(t))
+        err.at_eof = t.kind == "eof"  # type: ignore[attr-defined]
+        return err
 
     def expect(self, text: str) -> Token:
         if not self.at(text):
@@ -186,6 +214,20 @@ class Parser:
         if t.kind not in ("word", "string"):
             raise self.unexpected(expecting="string")
         return self.next()
+
+    def number(self) -> Token:
+        t = self.peek()
+        if t.kind != "word" or NUMBER.fullmatch(t.text) is None:
+            raise self.unexpected(expecting="number")
+        return self.next()
+
+    def name(self) -> Token:
+        """A table's, set's, map's or object's name (nft's ``identifier``): a keyword of nft's scanner or a
+        number there is a syntax error (a quoted name is taken)."""
+        t = self.peek()
+        if t.kind == "word" and not is_identifier(t):
+            raise self.unexpected(expecting="string")
+        return self.word()
 
     def chain_name(self, expecting: str = "string") -> Token:
         """A chain's name as nft 1.0.6 reads one (``identifier``): a scanner keyword, a number or a quoted
@@ -204,7 +246,8 @@ class Parser:
         if self.peek().kind == "nl" or self.at(";"):
             self.next()
             return
-        if top and self.peek().kind == "eof":
+        if self.peek().kind == "eof" and (top or self.cmdline and not self.nl_used):
+            self.nl_used = self.cmdline     # the command line's final newline ends this item
             return
         raise self.unexpected(expecting="end of file or newline or semicolon" if top else "newline or semicolon")
 
@@ -217,12 +260,15 @@ class Parser:
             self.run_script()
 
     def run_script(self) -> None:
-        if not self.fast:
-            self.commands()
-        else:
-            from kproxy.nftables.fastpath import FastPath
+        try:
+            if not self.fast:
+                self.commands()
+            else:
+                from kproxy.nftables.fastpath import FastPath
 
-            FastPath(self).run(self.text)
+                FastPath(self).run(self.text)
+        except StopParsing:
+            self.raise_recorded()
         self.sort_touched_sets()
         if self.validate_jumps and not self.eval_errors and not self.kernel_errors:
             self.kernel_errors += jump_errors(self.rs.tables, self.added)
@@ -243,9 +289,14 @@ class Parser:
                 self.record(err, start)
 
     def record(self, err: NftError, start: int) -> None:
-        """Keep an evaluation error and go on to the next rule or command, as nft does; stop on syntax."""
+        """Keep an evaluation error and go on to the next rule or command, as nft does. A syntax error
+        is kept too and parsing goes on past the next newline or semicolon, as bison's ``error
+        stmt_separator`` rule recovers in every block (nft gives up at its tenth)."""
         if err.syntax:
-            raise err
+            self.found(err)
+            if len(self.syntax_errors) >= MAX_ERRORS or not self.recover(err, start):
+                raise StopParsing           # nothing to recover at: the end of the input
+            return
         if err.kernel:
             self.kernel_errors.append(err)  # the kernel goes on with the batch and reports every error
             self.batch_broken = self.batch_broken or err.msg.endswith("Operation not supported")
@@ -267,7 +318,67 @@ class Parser:
                 return
             self.next()
 
+    def found(self, err: NftError, at: tuple[int, int] | None = None) -> None:
+        """Keep a syntax error with where nft's single pass meets it (a table's deferred chains are parsed
+        after its other items here: the errors are put back in the script's order)."""
+        if at is None:
+            at = (1 << 30, 0) if getattr(err, "at_eof", False) else err.primary[:2] if err.primary else (0, 0)
+        err.found_at = at  # type: ignore[attr-defined]
+        self.syntax_errors.append(err)
+
+    def recover(self, err: NftError, start: int) -> bool:
+        """bison's recovery: discard from the token in error to the first newline or semicolon, then go on
+        in the innermost block open at the error (kproxy skips the rest of a block opened within the item
+        that failed); False at the end of the input (with nft's error there if a block is left open)."""
+        at = err.primary
+        i = next((k for k in range(start, len(self.toks)) if at is not None
+                  and (self.toks[k].line, self.toks[k].col) >= at[:2]), self.pos)
+        self.pos = max(min(i, self.pos), start)
+        inner = self.open_blocks(start, self.pos)
+        blocks = self.depth + inner
+        separated = self.cmdline         # nft's command line ends as if with a newline
+        while self.peek().kind != "eof":  # braces discarded here close nothing
+            t = self.next()
+            if t.kind == "nl" or t.kind == "punct" and t.text == ";":
+                separated = True
+                break
+        while inner > 0 and self.peek().kind != "eof":
+            t = self.next()
+            if t.kind == "punct" and t.text in "{}":
+                step = 1 if t.text == "{" else -1
+                inner, blocks = inner + step, blocks + step
+        self.skip_seps()
+        if self.peek().kind != "eof" or not self.final:
+            return True
+        if blocks > 0 and separated and not getattr(err, "at_eof", False):
+            eof = self.peek()
+            self.found(NftError("syntax error, unexpected end of file", (eof.line, 1, 1)), (1 << 30, 0))
+        return False
+
+    def open_blocks(self, a: int, b: int) -> int:
+        """The blocks (table, chain, set, object: those of nft's grammar that recover from errors, not a
+        rule's anonymous sets) opened in ``toks[a:b]`` and still open at ``b``."""
+        stack: list[bool] = []
+        toks = self.toks
+        for k in range(a, b):
+            t = toks[k]
+            if t.kind != "punct" or t.text not in "{}":
+                continue
+            if t.text == "}":
+                if stack:
+                    stack.pop()
+                continue
+            named = k > 0 and is_identifier(toks[k - 1])
+            stack.append(named and any(x.kind == "word" and x.text in BLOCK_WORDS for x in toks[max(0, k - 4):k - 1]))
+        return sum(stack)
+
     def raise_recorded(self) -> None:
+        if self.syntax_errors:
+            # nft evaluates what it parsed and reports that too, but submits nothing to the kernel
+            ordered = sorted(self.syntax_errors, key=lambda e: e.found_at)  # type: ignore[attr-defined]
+            first, *rest = ordered + self.eval_errors
+            first.more = rest
+            raise first
         errors = self.eval_errors or self.kernel_errors
         if not self.eval_errors and not all(e.validation for e in errors):
             errors = [e for e in errors if not e.validation]
@@ -281,7 +392,7 @@ class Parser:
     def family_and_name(self) -> tuple[str, Token]:
         t = self.word()
         if t.text in FAMILIES and self.peek().kind in ("word", "string"):
-            return t.text, self.word()
+            return t.text, self.name()
         return "ip", t
 
     def command(self) -> None:
@@ -291,9 +402,12 @@ class Parser:
             self.next()
             self.cmd_add_table(create=False)
             return
-        if verb in ("add", "create", "insert", "replace", "delete", "destroy", "flush", "list", "reset", "rename"):
+        if verb in ("add", "create", "insert", "replace", "delete", "flush", "list", "reset", "rename", "get"):
             self.next()
-            getattr(self, "cmd_" + ("delete" if verb == "destroy" else verb))(t)
+            getattr(self, "cmd_" + verb)(t)
+            return
+        if is_identifier(t) or verb in FAMILIES and t.kind == "word":
+            self.cmd_rule("add", t)     # nft's implicit ``add rule``: ``[FAMILY] TABLE CHAIN STATEMENTS``
             return
         raise self.unexpected()
 
@@ -351,8 +465,11 @@ class Parser:
             family, tname = self.family_and_name()
             name = self.chain_name()          # a syntax error: found before the table is looked up
             tbl = self.find_table(family, tname, "eval")    # found missing while evaluating
+            old = tbl.chains.get(name.text)
+            before = None if old is None else (old.type, old.hook, old.prio)
             chain = self.add_chain(tbl, name, create)
-            if not chain_type_fits(tbl.family, chain):
+            # nor does it change a chain's type, hook or priority
+            if not chain_type_fits(tbl.family, chain) or before not in (None, (chain.type, chain.hook, chain.prio)):
                 line, col, end = loc(verb, self.toks[self.pos - 1])
                 # the kernel's error points at the whole command, one column past its last token
                 raise NftError("Could not process rule: Operation not supported", (line, col, end + 1))
@@ -360,17 +477,24 @@ class Parser:
             self.next()
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            name = self.word()
+            name = self.name()
             self.expect("{")
             self.set_block(tbl, name, what == "map", create)
         elif what == "element":
             self.next()
             family, tname = self.family_and_name()
-            tbl = self.find_table(family, tname, "eval")
-            s = self.find_set(tbl, self.word(), "eval")
+            try:
+                tbl = self.find_table(family, tname, "eval")
+                s = self.find_set(tbl, self.name(), "eval")
+            except NftError as err:
+                if not err.syntax:
+                    self.unclosed_literal()
+                raise
             lit = self.set_literal(s.key, s.data, s)
             self.check_jumps(tbl)
             objmap.check_elements(self, tbl, s, lit.elems)
+            if create:
+                self.check_new_elements(s, lit)
             self.add_elements(s, lit)
             self.follow_on(verb, command=True)
         elif what in ("counter", "quota", "limit") or what == "ct" and self.peek(1).text == "helper":
@@ -378,7 +502,7 @@ class Parser:
             kind = cthelper.KIND if what == "ct" and self.next() else what
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            name = self.word()
+            name = self.name()
             self.object(tbl, kind, name)
             if kind == cthelper.KIND and not cthelper.known(tbl.objs[(kind, name.text)]):
                 # the kernel's ENOENT for the whole command (nft's location takes in the newline too)
@@ -388,7 +512,7 @@ class Parser:
             self.next()
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            name = self.word()
+            name = self.name()
             self.expect("{")
             flowtable.parse_block(self, tbl, name, create)
         else:
@@ -414,17 +538,32 @@ class Parser:
             self.table_block(tbl)
 
     def table_block(self, tbl: Table) -> None:
+        self.depth += 1
+        try:
+            self.table_items(tbl)
+        finally:
+            self.depth -= 1
+
+    def table_items(self, tbl: Table) -> None:
         deferred: list[tuple[Chain, int]] = []
         while True:
             self.skip_seps()
-            if self.accept("}"):
+            if self.peek().text == "}" and self.peek().kind == "punct":
+                close = self.next()
+                for err in self.table_errors:
+                    self.found(err, (close.line, close.col))
+                self.table_errors = []
                 break
             at = self.pos
             try:
                 self.table_item(tbl, deferred)
                 self.end_item()
             except NftError as err:
-                self.record(err, at)
+                try:
+                    self.record(err, at)
+                except StopParsing:
+                    self.deferred_syntax(tbl, deferred)     # nft met them on its way to the end
+                    raise
         for ob in tbl.objs.values():
             if not ob.handle:
                 ob.handle = tbl.alloc()
@@ -444,10 +583,22 @@ class Parser:
             self.chain_rules(tbl, chain)
             self.pos = saved
 
+    def deferred_syntax(self, tbl: Table, deferred: list[tuple[Chain, int]]) -> None:
+        """The syntax errors in the rules of a table block's chains, when the input ends in the block."""
+        for chain, start in deferred:
+            self.pos = start
+            try:
+                self.chain_rules(tbl, chain)
+            except StopParsing:
+                pass
+
     def table_item(self, tbl: Table, deferred: list[tuple[Chain, int]]) -> None:
         t = self.next()
         if t.text == "flags":
-            tbl.flags = self.word_list()
+            flag = self.word()      # 1.0.6 knows one table flag, and no list of them
+            if flag.text != "dormant":
+                raise NftError(f"unknown table option {flag.text}", loc(flag), parse=True)
+            tbl.flags = [flag.text]
         elif t.text == "comment":
             tbl.comment = self.word().text
         elif t.text == "chain":
@@ -456,18 +607,18 @@ class Parser:
             if not chain_type_fits(tbl.family, chain):
                 raise NftError("Could not process rule: Operation not supported", loc(name))
         elif t.text in ("set", "map"):
-            name = self.word()
+            name = self.name()
             self.expect("{")
             self.set_block(tbl, name, t.text == "map", False, defer=True)
         elif t.text in ("counter", "quota", "limit"):
-            self.object(tbl, t.text, self.word(), defer=True)
+            self.object(tbl, t.text, self.name(), defer=True)
         elif t.text == "ct" and self.accept("helper"):
-            name = self.word()
+            name = self.name()
             self.object(tbl, cthelper.KIND, name, defer=True)
             if not cthelper.known(tbl.objs[(cthelper.KIND, name.text)]):
                 raise NftError("Could not process rule: No such file or directory", loc(name))
         elif t.text == "flowtable":
-            name = self.word()
+            name = self.name()
             self.expect("{")
             flowtable.parse_block(self, tbl, name, False, defer=True)
         else:
@@ -517,7 +668,7 @@ class Parser:
                 self.next()
                 ctype = self.word()
                 if ctype.text not in ("filter", "nat", "route"):
-                    raise NftError(f"unknown chain type {ctype.text}", loc(ctype))
+                    raise NftError("unknown chain type", loc(ctype))
                 if ctype.text != "filter" and tbl.family not in ("ip", "ip6", "inet"):
                     # the kernel has no such chain type for the family
                     raise NftError("Could not process rule: No such file or directory", loc(ctype))
@@ -577,6 +728,15 @@ class Parser:
         return base
 
     def chain_rules(self, tbl: Table, chain: Chain) -> None:
+        self.in_block, was = True, self.in_block
+        self.depth += 1
+        try:
+            self.chain_block(tbl, chain)
+        finally:
+            self.in_block = was
+            self.depth -= 1
+
+    def chain_block(self, tbl: Table, chain: Chain) -> None:
         while True:
             self.skip_seps()
             if self.accept("}"):
@@ -614,54 +774,39 @@ class Parser:
         s = existing or NSet(name.text, 0, is_map, [])
         if existing is None:
             self.new_sets.add(id(s))
+        was = None if existing is None else ([d.name for d in s.key], [d.name for d in s.data or []])
         pending: list[tuple[Token, SetLit]] = []
+        typed: list[bool] = []      # the block declares the key itself (nft allocates a new set for it)
         while True:
             self.skip_seps()
             t = self.peek()
             if self.accept("}"):
                 break
-            self.next()
-            if t.text == "type":
-                s.key = [self.dtype()]
-                while self.accept("."):
-                    s.key.append(self.dtype())
-                if is_map:
-                    self.expect(":")
-                    if self.accept("verdict"):
-                        s.data = [T.VERDICT]
-                    elif self.peek().text in T.OBJ_REFS:
-                        s.data = [T.OBJ_REFS[self.next().text]]
-                    else:
-                        s.data = [self.dtype()]
-                        while self.accept("."):
-                            s.data.append(self.dtype())
-            elif t.text == "typeof":
-                self.typeof(tbl, s, is_map)
-            elif t.text == "flags":
-                s.flags = self.word_list()
-            elif t.text == "timeout":
-                s.timeout = self.time_value()
-            elif t.text == "gc-interval":
-                s.gc_interval = self.time_value()
-            elif t.text == "size":
-                s.size = int(self.word().text)
-            elif t.text == "policy":
-                s.policy = self.word().text
-            elif t.text == "comment":
-                s.comment = self.word().text
-            elif t.text == "auto-merge":
-                s.auto_merge = True
-                continue  # nft's grammar wants no separator after auto-merge or elements
-            elif t.text == "elements":
-                self.expect("=")
-                start = self.peek()
-                pending.append((start, self.set_literal(s.key, s.data, s)))
-                continue
+            at = self.pos
+            self.depth += 1
+            try:
+                self.set_item(tbl, s, t, is_map, pending, typed)
+            except NftError as err:
+                if not err.syntax:
+                    raise
+                self.record(err, at)
+            finally:
+                self.depth -= 1
+        if not typed:
+            # the parser's error, in turn with its syntax errors: at the block from its brace to its last
+            # word (in a table block, at the name)
+            last = self.toks[self.pos - 2]
+            brace = self.toks[self.toks.index(name) + 1]
+            nokey = NftError("set definition does not specify key", loc(name) if defer else
+                             (brace.line, brace.col, last.end if last.line == brace.line else brace.end), parse=True)
+            if defer:
+                self.table_errors.append(nokey)
             else:
-                raise self.unexpected(t)
-            self.end_item()
-        if not s.key:
-            raise NftError("set definition does not specify key", loc(name))
+                self.found(nokey, (self.toks[self.pos - 1].line, self.toks[self.pos - 1].col))
+            return
+        if was is not None and was != ([d.name for d in s.key], [d.name for d in s.data or []]):
+            # the kernel's, for a set declared again with other types (the batch, and this copy, are dropped)
+            raise NftError("Could not process rule: File exists", loc(name))
         if existing is None:
             s.handle = 0 if defer else tbl.alloc()
             tbl.sets[name.text] = s
@@ -670,6 +815,67 @@ class Parser:
         for _, lit in pending:
             objmap.check_elements(self, tbl, s, lit.elems)
             self.add_elements(s, lit)
+
+    def set_item(self, tbl: Table, s: NSet, t: Token, is_map: bool, pending: list[tuple[Token, SetLit]],
+                 typed: list[bool]) -> None:
+        """One line of a set or map block (``typed``: a type or typeof line parsed)."""
+        self.next()
+        if t.text == "type":        # the set has its types once the whole line parsed
+            key = [self.dtype()]
+            while self.accept("."):
+                key.append(self.dtype())
+            data = s.data
+            if is_map:
+                self.expect(":")
+                if self.accept("verdict"):
+                    data = [T.VERDICT]
+                elif self.peek().text in T.OBJ_REFS:
+                    data = [T.OBJ_REFS[self.next().text]]
+                else:
+                    data = [self.dtype()]
+                    while self.accept("."):
+                        data.append(self.dtype())
+            elif not self.at(";") and self.peek().kind != "nl":
+                raise self.unexpected(expecting="newline or semicolon or .")
+            s.key, s.data = key, data
+            typed.append(True)
+        elif t.text == "typeof":
+            self.typeof(tbl, s, is_map)
+            typed.append(True)
+        elif t.text == "flags":
+            s.flags = self.word_list()
+            bad = next((w for w in self.toks[self.pos - 2 * len(s.flags) + 1:self.pos:2]
+                        if w.text not in SET_FLAGS), None)
+            if bad is not None:
+                raise self.unexpected(bad, "constant or interval or dynamic or timeout")
+        elif t.text == "timeout":
+            s.timeout = self.time_value()
+        elif t.text == "gc-interval":
+            s.gc_interval = self.time_value()
+        elif t.text == "size":
+            s.size = int(self.number().text)
+        elif t.text == "policy":
+            pol = self.peek()
+            if pol.text not in ("memory", "performance") or pol.kind != "word":
+                raise self.unexpected(pol, "memory or performance")
+            s.policy = self.next().text
+        elif t.text == "comment":
+            s.comment = self.word().text
+        elif t.text == "auto-merge":
+            s.auto_merge = True
+            return  # nft's grammar wants no separator after auto-merge or elements
+        elif t.text == "elements":
+            self.expect("=")
+            start = self.peek()
+            if not s.key:                   # nft reads them untyped; the set is refused without a key
+                self.expect("{")
+                self.skip_block()
+                return
+            pending.append((start, self.set_literal(s.key, s.data, s)))
+            return
+        else:
+            raise self.unexpected(t)
+        self.end_item()
 
     def typeof(self, tbl: Table, s: NSet, is_map: bool) -> None:
         """``typeof ip daddr . tcp dport [: meta mark]``: the key (and data) types are those of the expressions,
@@ -702,10 +908,13 @@ class Parser:
                 raise NftError("Could not process rule: No such file or directory", where)
 
     def dtype(self) -> T.DType:
+        t = self.peek()
+        if t.kind == "word" and not is_identifier(t) and t.text not in ("mark", "dscp", "ecn", "classid"):
+            raise self.unexpected(t)        # a keyword of nft's scanner is no type_identifier
         t = self.word()
         dt = T.SET_TYPES.get(t.text)
         if dt is None:
-            raise NftError(f"unknown datatype {t.text}", loc(t))
+            raise NftError(f"unknown datatype {t.text}", loc(t), parse=True)    # the parser's YYERROR
         return dt
 
     def time_value(self) -> int:
@@ -751,7 +960,34 @@ class Parser:
             if not self.at("}"):  # a counter/quota/limit body needs no separator before its brace
                 self.end_item()
 
+    def unclosed_literal(self) -> None:
+        """Elements of a set nft does not find: a literal the input ends in is its parser's error first."""
+        depth = 0
+        for t in self.toks[self.pos:]:
+            if t.kind == "punct" and t.text in "{}":
+                depth += 1 if t.text == "{" else -1
+                if depth == 0:
+                    return
+            elif t.kind == "eof" and depth > 0:
+                raise NftError("syntax error, unexpected end of file, expecting comma or '}'", (t.line, 1, 1))
+
+    def check_new_elements(self, s: NSet, lit: SetLit) -> None:
+        """``create element``: the kernel's EEXIST, at the key, for an element the set holds."""
+        if "interval" in s.flags and len(s.key) == 1:
+            bits = s.key[0].bits or 32
+            held = {tuple(span(e, bits)) for e in s.elems}
+            found = next((e for e in lit.elems if tuple(span(e, bits)) in held), None)
+        else:
+            index = self.elem_index(s)
+            found = next((e for e in lit.elems if elem_identity(e.key) in index), None)
+        if found is not None:
+            raise NftError("Could not process rule: File exists", objmap.key_loc(self, found))
+
     def add_elements(self, s: NSet, lit: SetLit) -> None:
+        if "interval" in s.flags and len(s.key) > 1:
+            for e in lit.elems:
+                if pipapo_clash(s.elems, e, s.key):
+                    raise NftError("Could not process rule: File exists", getattr(e, "loc", None))
         if "interval" in s.flags and len(s.key) == 1:
             bits = s.key[0].bits or 32
             new = lit.elems
@@ -795,7 +1031,12 @@ class Parser:
 
     def limit_body(self) -> Limit:
         over = bool(self.accept("over"))
-        t = self.word()
+        t = self.peek()
+        if t.kind != "word" or not t.text[:1].isdigit():
+            raise self.unexpected(expecting="number")
+        self.next()
+        if "/" not in t.text and (self.peek().kind in ("nl", "eof") or self.at(";", "}")):
+            raise self.unexpected(expecting="/ or string or bytes")
         if "/" in t.text:
             rate, _, per = t.text.partition("/")
             if per not in ("second", "minute", "hour", "day", "week"):
@@ -852,20 +1093,42 @@ class Parser:
         return q
 
     # ---- rules ----------------------------------------------------------------------------------
+    def syntax_check_rule(self, family: str) -> None:
+        """Parse the rule of a command whose table or chain is missing into a scratch table: nft parses
+        the whole script before it looks anything up, so a syntax error there comes first."""
+        if self.from_json:
+            return              # nft's JSON parser has its own errors: kproxy's text of it has none to find
+        at = self.pos
+        if self.at("position", "handle", "index"):
+            self.next()
+            self.next()
+        scratch = Table(family, "", 0)
+        try:
+            self.rule(scratch, self.peek(), chain="")
+        except NftError as err:
+            if err.syntax:
+                raise
+        finally:
+            self.pos = at
+
     def cmd_rule(self, op: str, verb: Token) -> None:
         family, tname = self.family_and_name()
         name = self.chain_name()
         # a position or index is looked up in nft's cache, which finds a missing chain itself
         how = "eval" if op != "replace" and self.at("position", "index") else "rule"
-        tbl = self.find_table(family, tname, how, name)
-        chain = self.find_chain(tbl, name, how)
+        try:
+            tbl = self.find_table(family, tname, how, name)
+            chain = self.find_chain(tbl, name, how)
+        except NftError:
+            self.syntax_check_rule(family)
+            raise
         position: tuple[str, int] | None = None
         pos_tok = self.peek()
         if op == "replace" and not self.at("handle"):
             raise self.unexpected(pos_tok, "handle")
         if self.at("position", "handle", "index"):
             kind = self.next().text
-            num = self.word()
+            num = self.number()
             position = (kind, int(num.text))
             # nft points at the number of ``handle N`` and at the whole ``position N``/``index N``.
             pos_tok = num if kind == "handle" else Token("word", "", pos_tok.line, pos_tok.col, num.end)
@@ -932,18 +1195,33 @@ class Parser:
 
     # ---- delete / flush / list / reset ---------------------------------------------------------
     def cmd_delete(self, verb: Token) -> None:
+        if self.peek().kind in ("nl", "eof") or self.at(";"):
+            raise self.unexpected()
         what = self.word()
         if what.text == "table":
-            family, name = self.family_and_name()
-            tbl = self.find_table(family, name, "table")
+            if self.peek().text in FAMILIES and self.peek(1).text == "handle" or self.at("handle"):
+                family = self.next().text if not self.at("handle") else "ip"
+                self.next()
+                n = self.number()
+                tbl = next((t for t in self.rs.tables if t.family == family and str(t.handle) == n.text), None)
+                if tbl is None:
+                    raise NftError("Could not process rule: No such file or directory", loc(n))
+            else:
+                family, name = self.family_and_name()
+                tbl = self.find_table(family, name, "table")
             self.rs.tables.remove(tbl)
         elif what.text == "chain":
             family, tname = self.family_and_name()
             how = "chain" if not self.at("handle") else "plain"     # by handle: no name to suggest for
             name = self.chain_name("handle or string") if how == "chain" else self.word()
             tbl = self.find_table(family, tname, how, name)
+            if how == "plain":
+                name = self.by_handle(tbl.chains, self.number())
             chain = self.find_chain(tbl, name, how)
-            if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain):
+            if any(jumps_to(c, chain.name) for c in tbl.chains.values() if c is not chain) or any(
+                    isinstance(e.data, Verdict) and e.data.target == chain.name
+                    for st in tbl.sets.values() if st.data == [T.VERDICT] for e in st.elems):
+                # a rule's jump or a verdict map's element holds the chain
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.chains[name.text]
         elif what.text == "rule":
@@ -952,23 +1230,32 @@ class Parser:
             tbl = self.find_table(family, tname, "rule", name)
             chain = self.find_chain(tbl, name, "rule")
             self.expect("handle")
-            n = self.word()
+            n = self.number()
+            if not any(r.handle == int(n.text) for r in chain.rules):      # with cmd.c's hint about the chain
+                raise self.enoent("rule", tbl.family, None, name, n, tbl.name)
             idx = self.rule_index(chain, int(n.text), n)
             rule = chain.rules.pop(idx)
             for anon in rule.anon_sets:
                 tbl.sets.pop(anon, None)
         elif what.text in ("set", "map"):
             family, tname = self.family_and_name()
-            name = self.word()
-            tbl = self.find_table(family, tname, "set", name)
+            if what.text == "map" and self.at("handle"):
+                raise self.unexpected(expecting="string")       # nft 1.0.6 deletes no map by handle
+            by_handle = what.text == "set" and self.accept("handle") is not None
+            name = self.number() if by_handle else self.name()
+            tbl = self.find_table(family, tname, "plain" if by_handle else "set", name)
+            if by_handle:
+                name = self.by_handle({k: v for k, v in tbl.sets.items() if not v.anonymous}, name)
             self.find_set(tbl, name, "set")
             if any(refers_to_set(r, name.text) for c in tbl.chains.values() for r in c.rules):
                 raise NftError("Could not process rule: Device or resource busy", loc(name))
             del tbl.sets[name.text]
         elif what.text == "element":
             family, tname = self.family_and_name()
+            if self.at("handle"):
+                raise self.unexpected(expecting="string")
             tbl = self.find_table(family, tname, "eval")
-            s = self.find_set(tbl, self.word(), "eval")
+            s = self.find_set(tbl, self.name(), "eval")
             lit = self.set_literal(s.key, None, s)
             have = {repr(e.key) for e in s.elems}
             for e in lit.elems:
@@ -982,8 +1269,13 @@ class Parser:
         elif what.text in ("counter", "quota", "limit") or what.text == "ct" and self.accept("helper"):
             kind = cthelper.KIND if what.text == "ct" else what.text
             family, tname = self.family_and_name()
-            name = self.word()
-            tbl = self.find_table(family, tname, "obj", name)
+            if kind == cthelper.KIND and self.at("handle"):
+                raise self.unexpected(expecting="string")       # nor a ct helper
+            by_handle = self.accept("handle") is not None
+            name = self.number() if by_handle else self.name()
+            tbl = self.find_table(family, tname, "plain" if by_handle else "obj", name)
+            if by_handle:
+                name = self.by_handle({k[1]: v for k, v in tbl.objs.items() if k[0] == kind}, name)
             if (kind, name.text) not in tbl.objs:
                 raise self.enoent("obj", family, None, name, name, tbl.name)
             if any(refers_to_obj(r, kind, name.text) for c in tbl.chains.values() for r in c.rules) or \
@@ -996,7 +1288,17 @@ class Parser:
         else:
             raise self.unexpected(what)
 
+    @staticmethod
+    def by_handle(objects: dict[str, Any], n: Token) -> Token:
+        """``delete KIND ... handle N``: the named object's name (at N's place), or the kernel's ENOENT at N."""
+        found = next((name for name, ob in objects.items() if str(ob.handle) == n.text), None)
+        if found is None:
+            raise NftError("Could not process rule: No such file or directory", loc(n))
+        return Token(n.kind, found, n.line, n.col, n.end)
+
     def cmd_flush(self, verb: Token) -> None:
+        if self.peek().kind in ("nl", "eof") or self.at(";"):
+            raise self.unexpected()
         what = self.word()
         if what.text == "ruleset":
             family = self.word().text if self.peek().kind == "word" and self.peek().text in FAMILIES else None
@@ -1022,7 +1324,7 @@ class Parser:
         elif what.text in ("set", "map"):
             family, tname = self.family_and_name()
             tbl = self.find_table(family, tname, "eval")
-            self.find_set(tbl, self.word(), "eval").elems = []
+            self.find_set(tbl, self.name(), "eval").elems = []
         else:
             raise self.unexpected(what)
 
@@ -1030,9 +1332,39 @@ class Parser:
         args: list[Token] = []
         while self.peek().kind in ("word", "string"):
             args.append(self.next())
+        if not args:
+            raise self.unexpected()
+        if len(args) == 1 and args[0].text in ("table", "chain", "set", "map", "counter", "quota", "limit",
+                                                 "flowtable", "meter"):
+            raise self.unexpected(expecting="string")
+        extra = 1 + (len(args) > 1 and args[1].text in FAMILIES)
+        if args[0].text == "ruleset" and len(args) > extra:
+            raise self.unexpected(args[extra], "end of file or newline or semicolon")
         if len(args) >= 3 and args[0].text == "chain" and not is_identifier(args[-1]):
             raise self.unexpected(args[-1], "string")
         self.out.requests.append(("list", args))
+
+    def cmd_get(self, verb: Token) -> None:
+        """``get element [FAMILY] TABLE SET { KEYS }``: the elements holding the keys (an interval's
+        element for a value inside it), or the kernel's ENOENT for the whole command."""
+        if not self.at("element"):
+            raise self.unexpected(expecting="element")
+        self.next()
+        family, tname = self.family_and_name()
+        tbl = self.find_table(family, tname, "eval")
+        s = self.find_set(tbl, self.name(), "eval")
+        lit = self.set_literal(s.key, None, s)
+        found: list[Elem] = []
+        for e in lit.elems:
+            hit = next((h for h in s.elems if holds(h, e, s)), None)
+            if hit is None:
+                raise NftError("Could not process rule: No such file or directory",
+                               (verb.line, verb.col, self.toks[self.pos - 1].end + 1))
+            if hit not in found:
+                found.append(hit)
+        # an interval set's in the order asked for, others' in the set's order (as nft 1.0.6 prints them)
+        got = dataclasses.replace(s, elems=found if "interval" in s.flags else [h for h in s.elems if h in found])
+        self.out.gets.append((tbl, got))
 
     def cmd_rename(self, verb: Token) -> None:
         """``rename chain [FAMILY] TABLE CHAIN NEWNAME``: the chain keeps its handle, rules and place, and
@@ -1110,7 +1442,12 @@ class Parser:
             self.skip_seps()
             if not self.accept(","):
                 self.skip_seps()
-                self.expect("}")
+                end = self.peek()
+                if end.kind == "eof":       # newlines are no tokens in braces: the input just ends
+                    raise NftError("syntax error, unexpected end of file, expecting comma or '}'", (end.line, 1, 1))
+                if not self.at("}"):
+                    raise self.unexpected(expecting="comma or '}'")
+                self.next()
                 return lit
 
     def verdict(self) -> Verdict:
@@ -1154,6 +1491,8 @@ class Parser:
             return Const(dt, dt.parse(text))
         except T.TypeError_:
             pass
+        if len(text) > 1 and text.endswith("-") and NUMBER.fullmatch(text[:-1]) and self.toks[self.pos - 1] is t:
+            raise self.unexpected(self.peek())      # a range with no upper end: nft's scanner reads NUM DASH
         if "/" in text and dt.kind in ("ipv4", "ipv6", "int", "mark", "hex"):
             base, _, plen = text.rpartition("/")
             bits = dt.bits or 32
@@ -1185,16 +1524,27 @@ class Parser:
             if t.text.isdigit():
                 return NftError("Service out of range", loc(t))
             return NftError("Could not resolve service: Servname not found in nft services list", loc(t))
+        if dt.kind == "ipv4" and ":" in t.text:
+            try:
+                ipaddress.IPv6Address(t.text)
+            except ValueError:
+                pass
+            else:       # getaddrinfo(AF_INET) on an IPv6 literal
+                return NftError("Could not resolve hostname: Address family for hostname not supported", loc(t))
         if dt.kind == "ipv4":
             return NftError("Could not resolve hostname: Name or service not known", loc(t))
+        if dt.kind == "ipv6" and T.NUMBER_RE.sub("", t.text).strip(".") == "" and t.text.count(".") == 3:
+            # getaddrinfo(AF_INET6) on an IPv4 literal
+            return NftError("Could not resolve hostname: Address family for hostname not supported", loc(t))
         if dt.kind == "proto":
             return NftError("Could not resolve protocol name", loc(t))
-        if (dt.name in T.HEX_SYMBOLS or dt.kind in ("int", "hex") and dt.bits) and T.NUMBER_RE.fullmatch(t.text):
+        if (dt.name in T.HEX_SYMBOLS or dt.kind in ("int", "hex", "rtsym") and dt.bits) and T.NUMBER_RE.fullmatch(t.text):
             # a number past a symbol type's integer base: integer_type_parse's range error
             return NftError(f"Value {t.text} exceeds valid range 0-{(1 << dt.bits) - 1}", loc(t))
         desc = {"icmp_type": "ICMP type", "ct_state": "conntrack state", "mark": "packet mark",
                 "inet_service": "internet network service", "dscp": dt.desc, "ecn": dt.desc,
-                "mh_type": dt.desc, "boolean": "boolean type"}.get(dt.name, dt.name)
+                "mh_type": dt.desc, "boolean": "boolean type",
+                "realm": dt.desc, "devgroup": dt.desc}.get(dt.name, dt.name)
         return NftError(f"Could not parse {desc}", loc(t))
 
 
@@ -1287,6 +1637,50 @@ def span(e: Elem, bits: int) -> tuple[int, int]:
         return k.lo.value, k.hi.value
     assert isinstance(k, Const)
     return k.value, k.value
+
+
+def holds(held: Elem, e: Elem, s: NSet) -> bool:
+    """Whether the set's element ``held`` holds the key ``e`` asks for (equal, or inside an interval)."""
+    if "interval" not in s.flags:
+        return elem_identity(held.key) == elem_identity(e.key)
+    if len(s.key) > 1:
+        mine, theirs = concat_spans(e, s.key), concat_spans(held, s.key)
+        return mine is not None and theirs is not None and all(
+            lo <= a and b <= hi for (a, b), (lo, hi) in zip(mine, theirs))
+    bits = s.key[0].bits or 32
+    (a, b), (lo, hi) = span(e, bits), span(held, bits)
+    return lo <= a and b <= hi
+
+
+def concat_spans(e: Elem, types: list[T.DType]) -> list[tuple[Any, Any]] | None:
+    """Each field's first and last value in a concatenated interval element (None: not concatenated)."""
+    if not isinstance(e.key, Concat):
+        return None
+    out: list[tuple[Any, Any]] = []
+    for item, dt in zip(e.key.items, types):
+        if isinstance(item, (Prefix, Range, Const)) and not isinstance(getattr(item, "value", 0), str):
+            out.append(span(Elem(item), dt.bits or 32))
+        else:
+            v = getattr(item, "value", None)
+            out.append((v, v))
+    return out
+
+
+def pipapo_clash(held: list[Elem], new: Elem, types: list[T.DType]) -> bool:
+    """nft_pipapo_insert: the new element's first or last key falls in an element the set holds that is
+    not the very same one (the kernel's EEXIST)."""
+    mine = concat_spans(new, types)
+    if mine is None:
+        return False
+    first, last = [lo for lo, _ in mine], [hi for _, hi in mine]
+    for e in held:
+        theirs = concat_spans(e, types)
+        if theirs is None or theirs == mine:
+            continue
+        for point in (first, last):
+            if all(lo <= v <= hi for v, (lo, hi) in zip(point, theirs)):
+                return True
+    return False
 
 
 def merge_intervals(elems: list[Elem], dt: T.DType, auto_merge: bool = True) -> list[Elem]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from kproxy.nftables import cthelper, dup, objmap
@@ -33,7 +34,7 @@ from kproxy.nftables.expr import (
     Verdict,
     raw_payload,
 )
-from kproxy.nftables.lexer import Token
+from kproxy.nftables.lexer import NUMBER, SCANNER_KEYWORDS, Token, is_identifier
 from kproxy.nftables.model import NSet, Rule, Table
 from kproxy.nftables.stmt import (
     UNIT_SIZE,
@@ -61,6 +62,10 @@ if TYPE_CHECKING:
 OPS = {"==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "eq": "==", "ne": "!=", "lt": "<",
        "gt": ">", "le": "<=", "ge": ">="}
 STMT_END = ("nl", "eof")
+SYMBOL = re.compile(r"[A-Za-z_.][A-Za-z0-9_/\-.]*")       # scanner.l's string
+# statements after which bison's default reductions end the rule: a stray token wants the command's end
+ENDS_CLEAN = (VerdictStmt, Counter, Reject, Queue, Simple)
+LOG_LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug", "audit")
 WORD_OPS = {"and": "&", "or": "|", "xor": "^", "lshift": "<<", "rshift": ">>"}
 
 
@@ -92,8 +97,21 @@ class RuleBuilder:
         self.chain = chain
         if self.ended():
             raise self.p.unexpected()
+        p = self.p
+        spans: list[tuple[int, int, int]] = []     # statements' first and last token indexes
         while not self.ended():
+            first, n = p.pos, len(self.stmts)
             self.statement()
+            if len(self.stmts) > n:
+                spans.append((len(self.stmts) - 1, first, p.pos - 1))
+                if isinstance(self.stmts[-1], ENDS_CLEAN):
+                    nxt = p.peek()
+                    if nxt.kind == "punct" and nxt.text not in ";}":
+                        # bison's default reductions end the rule: the command wants its end
+                        raise p.unexpected(nxt, "newline or semicolon" if p.in_block else
+                                           "end of file or newline or semicolon")
+        if len(spans) > 1:
+            self.after_terminal(spans)
         if self.missing_obj is not None:
             if new_handle:
                 self.tbl.alloc()  # the kernel numbered the rule before it failed to find the object
@@ -131,6 +149,22 @@ class RuleBuilder:
         rule.anon_locs = self.anon_locs  # type: ignore[attr-defined]
         return rule
 
+    def number(self) -> Token:
+        t = self.p.peek()
+        if t.kind != "word" or NUMBER.fullmatch(t.text) is None:
+            raise self.p.unexpected(t, "number")
+        return self.p.next()
+
+    def after_terminal(self, spans: list[tuple[int, int, int]]) -> None:
+        """evaluate.c's check: a statement after a verdict is never reached."""
+        from kproxy.nftables.parser import NftError, loc
+
+        toks = self.p.toks
+        for (i, a, b), (_, c, d) in zip(spans, spans[1:]):
+            if isinstance(self.stmts[i], (VerdictStmt, Reject, Queue)):
+                raise NftError("Statement after terminal statement has no effect", loc(toks[c], toks[d]),
+                               [loc(toks[a], toks[b])], kernel=False)
+
     @staticmethod
     def valid_at(st: Stmt, chain_type: str | None, hook: str) -> bool:
         """Whether the kernel accepts the statement in a base chain of this type and hook."""
@@ -161,6 +195,22 @@ class RuleBuilder:
 
         err.hint = hint
         return err
+
+    def rt(self, rt_tok: Token) -> Rt:
+        """``rt [ip|ip6] classid|nexthop|mtu|ipsec``: nexthop's address family from the table, else named."""
+        p = self.p
+        family = p.next().text if p.at("ip", "ip6") else None
+        k = p.peek()
+        if k.text not in ("classid", "nexthop", "mtu", "ipsec") or k.kind != "word":
+            raise p.unexpected(k)
+        p.next()
+        if k.text != "nexthop":
+            return Rt(k.text)
+        family = family or {"ip": "ip", "ip6": "ip6"}.get(self.tbl.family)
+        if family is None:
+            raise self.error('cannot determine ip protocol version, use "ip nexthop" or "ip6 nexthop" instead',
+                             rt_tok, k)
+        return Rt("nexthop", family)
 
     def missing_set(self, at: Token, name: Token) -> NftError:
         """nft's evaluation finds a set or map missing from its cache (evaluate.c's set_not_found)."""
@@ -196,9 +246,9 @@ class RuleBuilder:
             else:
                 c = Counter()
                 if p.accept("packets"):
-                    c.packets = int(p.word().text)
+                    c.packets = int(self.number().text)
                     p.expect("bytes")
-                    c.bytes = int(p.word().text)
+                    c.bytes = int(self.number().text)
                 self.stmts.append(c)
         elif w in ("limit", "quota") and p.peek(1).text == "name":
             kw = p.next()
@@ -224,8 +274,10 @@ class RuleBuilder:
             p.next()
             self.stmts.append(self.log())
         elif w == "comment":
+            if not self.stmts:
+                raise p.unexpected(t)       # a rule begins with a statement
             p.next()
-            self.comment = p.word().text
+            self.comment = self.string().text
         elif w == "notrack":
             p.next()
             self.stmts.append(Simple("notrack"))
@@ -253,14 +305,16 @@ class RuleBuilder:
             dup.parse(self, p.next())
         elif w == "fwd":
             p.next()
-            p.expect("to")
+            if not p.at("to"):
+                raise p.unexpected(expecting="to or ip or ip6")
+            p.next()
             raise self.error("unsupported family", t, p.word())
         elif w == "flow" and p.peek(1).text in ("add", "offload"):
             self.flow_add(p.next())
         elif w in ("add", "update") and p.peek(1).text == "@":
             p.next()
             at = p.next()
-            name = p.word()
+            name = p.name()
             s = self.tbl.sets.get(name.text)
             if s is None:
                 raise self.missing_set(at, name)
@@ -310,15 +364,27 @@ class RuleBuilder:
             self.missing_obj = self.missing_obj or Token("word", "", kw.line, kw.col, name.end)
         self.stmts.append(FlowAdd(name.text))
 
+    def string(self) -> Token:
+        """A string argument (``log prefix``, ``comment``): at the end of the statement, bison lists the three
+        kinds of string its scanner has."""
+        if self.stmt_end(0):
+            raise self.p.unexpected(expecting="string or quoted string or string with a trailing asterisk")
+        return self.p.word()
+
     def log(self) -> Log:
+        from kproxy.nftables.parser import NftError, loc
+
         p = self.p
         lg = Log()
         while p.at("prefix", "level", "group", "snaplen", "queue-threshold", "flags"):
             k = p.next().text
             if k == "prefix":
-                lg.prefix = p.word().text
+                lg.prefix = self.string().text
             elif k == "level":
-                lg.level = p.word().text
+                lv = p.word()
+                if lv.text not in LOG_LEVELS:
+                    raise NftError("invalid log level", loc(lv), parse=True)      # the parser's YYERROR
+                lg.level = lv.text
             elif k == "group":
                 lg.group = int(p.word().text)
             elif k == "snaplen":
@@ -374,6 +440,8 @@ class RuleBuilder:
                        "inet": ("icmpx", "port-unreachable"), "bridge": ("icmpx", "port-unreachable")}
             self.stmts.append(Reject(default_json=default.get(fam)))
             return
+        if self.stmt_end(0):
+            raise p.unexpected(expecting="icmp or icmpv6 or tcp or icmpx")
         kind = p.word()
         if kind.text == "tcp":
             p.expect("reset")
@@ -465,8 +533,13 @@ class RuleBuilder:
     def nat(self, kw: Token) -> None:
         p = self.p
         st = Nat(kw.text)
+        if kw.text in ("snat", "dnat") and self.stmt_end(0):
+            raise p.unexpected()
         if p.at("ip", "ip6"):
             st.family = p.next().text
+            if p.at("addr") and p.peek(1).text == "." and p.peek(2).text == "port":
+                for _ in range(3):      # ``dnat ip addr . port to MAP``: nft lists it as ``dnat ip to MAP``
+                    p.next()
         addr_type = T.IPV6 if (st.family == "ip6" or self.tbl.family == "ip6") else T.IPV4
         if p.accept("to"):
             if p.at(":"):
@@ -566,13 +639,16 @@ class RuleBuilder:
         if X.starts(p):
             return X.parse(p)
         if w == "rt":
-            p.next()
-            return Rt(p.word().text)
+            return self.rt(p.next())
         if w in PAYLOAD and p.peek(1).kind == "word" and p.peek(1).text in PAYLOAD[w]:
             p.next()
             return Payload(w, p.next().text)
+        if w in PAYLOAD and self.stmt_end(1):
+            raise p.unexpected(p.peek(1))       # a protocol alone: its field is missing
         if w == "meta":
             p.next()
+            if self.stmt_end(0):
+                raise p.unexpected()
             k = p.word()
             if k.text not in META:
                 raise self.error(f"syntax error, unexpected {k.text}", k)
@@ -587,6 +663,8 @@ class RuleBuilder:
             w_tok = p.next()
             direction = p.next().text if p.at("original", "reply") else None
             family = p.next().text if p.at("ip", "ip6") else None
+            if self.stmt_end(0):
+                raise p.unexpected()
             k = p.word()
             if k.text not in CT or direction is not None and k.text == "helper":    # helper has no direction
                 raise self.error(f"syntax error, unexpected {k.text}", k)
@@ -640,9 +718,10 @@ class RuleBuilder:
         """``@BASE,OFFSET,LENGTH``: a header range by bit offset and length."""
         p = self.p
         p.expect("@")
-        base = p.word()
-        if base.text not in ("ll", "nh", "th"):
-            raise p.unexpected(base)
+        base = p.peek()
+        if base.text not in ("ll", "nh", "th") or base.kind != "word":
+            raise p.unexpected(base, "string or ll or nh or th" if base.kind in ("nl", "eof") else "")
+        p.next()
         p.expect(",")
         offset = p.word()
         p.expect(",")
@@ -688,21 +767,67 @@ class RuleBuilder:
             return True
         return t.text in PAYLOAD and p.peek(1).text in PAYLOAD[t.text]
 
+    def check_lookup_type(self, types: list[T.DType], ref: SetRef, lhs: tuple[Token, Token], at: Token) -> None:
+        """evaluate.c's lookup check: a named set's key must have the expression's type."""
+        from kproxy.nftables.parser import NftError, loc
+
+        key = self.tbl.sets[ref.name].key
+        if len(types) != 1 or len(key) != 1 or key[0].name in (types[0].name, "integer") or types[0].name == "integer":
+            return
+        raise NftError(f"datatype mismatch, expected {T.describe(types[0])}, expression has type {T.describe(key[0])}",
+                       loc(at, self.p.toks[self.p.pos - 1]), [loc(*lhs)])
+
+    def check_set_type(self, lhs: Expr, value: Expr, start: Token, vstart: Token) -> None:
+        """evaluate.c's statement argument check: an expression's type must be the key's own (an integer
+        fits any); ``ct helper set`` takes only a name (its object reference must be constant)."""
+        from kproxy.nftables.parser import NftError, loc
+
+        end = self.p.toks[self.p.pos - 1]
+        if isinstance(lhs, Ct) and lhs.key == "helper" and isinstance(value, Ct) and value.key == "helper":
+            raise self.error("Counter expression must be constant", vstart, end)
+        have, want = value.dtype, lhs.dtype
+        if isinstance(lhs, Concat) or isinstance(value, Concat) or have.name in (want.name, "integer"):
+            return
+        before = self.p.toks[self.p.toks.index(vstart) - 1]
+        raise NftError(f"datatype mismatch: expected {T.describe(want)}, expression has type {T.describe(have)}",
+                       loc(vstart, end), [(start.line, start.col, before.end + 1)])
+
     def ct_helper_set(self, value: Expr, start: Token) -> None:
         """``ct helper set NAME|MAP``: a reference to ``ct helper`` objects the kernel must find."""
         st = cthelper.CtHelperSet(value)
         if isinstance(value, Const):
             value.loc = (start.line, start.col, self.p.toks[self.p.pos - 1].end)  # type: ignore[attr-defined]
+        elems = value.data.elems if isinstance(value, MapExpr) and isinstance(value.data, SetLit) else []
+        keys = {id(getattr(e, "loc", None)): objmap.key_loc(self.p, e) for e in elems}
         for name, where in st.names():
             if (cthelper.KIND, name) not in self.tbl.objs and self.missing_obj is None:
-                line, col, end = where or (start.line, start.col, start.end)
+                line, col, end = keys.get(id(where)) or where or (start.line, start.col, start.end)
                 self.missing_obj = Token("word", "", line, col, end)
         self.stmts.append(st)
+
+    def bare_value(self, k: int = 0) -> bool:
+        """A word nft's grammar reads as a constant or a symbol where an expression starts."""
+        t = self.p.peek(k)
+        return t.kind == "string" or t.kind == "word" and (is_identifier(t) and SYMBOL.fullmatch(t.text) is not None
+                                                           or NUMBER.fullmatch(t.text) is not None)
+
+    def stmt_end(self, k: int) -> bool:
+        t = self.p.peek(k)
+        return t.kind in STMT_END or t.kind == "punct" and t.text in (";", "}")
 
     def expression_statement(self) -> None:
         p = self.p
         start = p.peek()
+        if (start.kind == "string" or start.kind == "word" and start.text not in SCANNER_KEYWORDS) and self.bare_value():
+            if self.stmt_end(1):
+                raise p.unexpected(p.peek(1))       # a value alone: its relational's right side is missing
+            if self.bare_value(1) and self.stmt_end(2):
+                from kproxy.nftables.parser import NftError, loc
+
+                # ``foo bar``: a relational of two symbols, with no type to read them by
+                raise NftError("No symbol type information", loc(start), kernel=False)
         lhs = self.concat()
+        lhs_end = p.toks[p.pos - 1]
         self.check_family(lhs, start)
         if isinstance(lhs, X.Exthdr) and p.at("set"):
             raise p.unexpected()        # nft 1.0.6 has no IPv6 extension header mangling
@@ -711,7 +836,12 @@ class RuleBuilder:
             if self.is_expr_start():
                 value = self.concat()
                 if p.accept("map"):
+                    mstart = p.peek()
                     value = MapExpr(value, self.map_data(value, [lhs.dtype]))
+                    if isinstance(lhs, Ct) and lhs.key == "helper" and isinstance(value.data, SetRef):
+                        # nft 1.0.6 has no ct helper object maps: a named map never holds them
+                        raise self.error("Expression is not a map with objects", mstart, p.toks[p.pos - 1])
+                self.check_set_type(lhs, value, start, vstart)
             else:
                 value = self.binop(p.value(lhs.dtype))
             if isinstance(lhs, Ct) and lhs.key == "helper" and lhs.direction is None:
@@ -735,7 +865,13 @@ class RuleBuilder:
             rhs = Const(T.BOOLEAN, int(p.next().text == "exists"))
         else:
             types = [i.dtype for i in lhs.items] if isinstance(lhs, Concat) else [lhs.dtype]
+            rstart = p.peek()
             rhs = self.rhs(lhs, types)
+            if (isinstance(lhs, Meta) and lhs.key in ("iif", "oif") and isinstance(rhs, Const)
+                    and isinstance(rhs.value, str) and p.interfaces is not None and rhs.value not in p.interfaces):
+                raise self.error("Interface does not exist", rstart)     # nft resolves the index now
+            if isinstance(rhs, SetRef):
+                self.check_lookup_type(types, rhs, (start, lhs_end), rstart)
         if (isinstance(lhs, Binop) and lhs.op == "^" and isinstance(lhs.right, Const) and isinstance(rhs, Const)
                 and isinstance(rhs.value, int) and isinstance(lhs.right.value, int)):
             # nft lists the kernel's bitwise xor of a comparison on its other side: x ^ k == v is x == v ^ k
@@ -781,7 +917,7 @@ class RuleBuilder:
     def set_ref(self) -> SetRef:
         """``@name``: a set or map of the table, by name (nft refuses one it does not know)."""
         at = self.p.next()
-        name = self.p.word()
+        name = self.p.name()
         if name.text not in self.tbl.sets:
             raise self.missing_set(at, name)
         return SetRef(name.text)

@@ -23,8 +23,24 @@ class Match(Stmt):
     op: str  # "==", "!=", "<", ">", "<=", ">=", or "in" (implicit flag test)
     right: Expr
 
+    def frag_off_mask(self) -> tuple[int, int] | None:
+        """``frag frag-off & MASK OP VALUE``: (mask, value), which nft 1.0.6 cannot read back from the
+        kernel's bitwise on the 13-bit field and lists in its raw, "unknown" form (issue 12)."""
+        from kproxy.nftables.exthdr import Exthdr
+
+        left, right = self.left, self.right
+        if (isinstance(left, Binop) and left.op == "&" and isinstance(left.left, Exthdr)
+                and left.left.name == "frag" and left.left.field == "frag-off" and isinstance(left.right, Const)
+                and isinstance(right, Const) and isinstance(left.right.value, int) and isinstance(right.value, int)):
+            return left.right.value, right.value
+        return None
+
     def text(self, o: Opts) -> str:
         left, right = self.left, self.right
+        if (quirk := self.frag_off_mask()) is not None:
+            op = "==" if self.op == "in" else self.op
+            return (f"(frag unknown & 0xfff8 [invalid type]) >> 3 & 0x{quirk[0]:x} [invalid type] {op} "
+                    f"0x{quirk[1]:x} [invalid type]")
         if isinstance(left, Binop) and left.op == "&" and left.dtype.kind == "bitmask" and self.op == "==":
             # nft prints a masked flag test as ``tcp flags syn / syn,ack``.
             return f"{left.left.text(o)} {right.text(o)} / {left.right.text(o)}"
@@ -33,6 +49,10 @@ class Match(Stmt):
         return f"{left.text(o)} {self.op} {right.text(o)}"
 
     def json(self, o: Opts) -> Any:
+        if (quirk := self.frag_off_mask()) is not None:
+            raw = {"&": [{"exthdr": {"name": "frag", "field": "unknown"}}, "0xfff8 [invalid type]"]}
+            left = {"&": [{">>": [raw, 3]}, f"0x{quirk[0]:x} [invalid type]"]}
+            return {"match": {"op": self.op, "left": left, "right": f"0x{quirk[1]:x} [invalid type]"}}
         return {"match": {"op": self.op, "left": self.left.json(), "right": self.right.json()}}
 
 

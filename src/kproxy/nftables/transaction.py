@@ -293,7 +293,12 @@ class _Builder:
             before = {c: len(tbl.chains[c].rules) if tbl is not None and c in tbl.chains else 0
                       for c in self.text_rules}
             self.p.toks, self.p.pos = self.p.tokens(text, self.first), 0
-            self.p.commands()
+            from kproxy.nftables.parser import StopParsing
+
+            try:
+                self.p.commands()
+            except StopParsing:
+                self.p.raise_recorded()
             tbl = self.p.rs.find(self.tx.family, self.tx.table)
             if self.ct is not None and tbl is not None:
                 from kproxy.nftables.evaluate import rules_conntrack_users

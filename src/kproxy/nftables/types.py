@@ -96,6 +96,10 @@ class DType:
             return text
         if k == "classid":
             return classid_parse(text)
+        if k == "boolean" and text in ("exists", "missing"):
+            return int(text == "exists")
+        if k == "rtsym" and text in (syms := self.sym_by_name()):
+            return syms[text]
         if k == "time":
             ms = time_ms(text)
             if ms is None or self.bits and ms >= 1 << self.bits:
@@ -148,6 +152,10 @@ class DType:
             if numeric:
                 return ",".join(hex(1 << i) for i in range(self.bits) if value >> i & 1) or "0x0"
             return ",".join(self.bit_names(value))
+        if k == "rtsym" and not numeric:     # an iproute2 table's name is printed quoted
+            for name, v in self.symbols:
+                if v == value:
+                    return f'"{name}"'
         if k == "symbol" and not numeric:
             for name, v in self.symbols:
                 if v == value:
@@ -177,6 +185,9 @@ class DType:
             return bool(value)
         if k == "classid":
             return self.text(value)
+        if k == "rtsym":          # a realm is a string even as a number (nft 1.0.6), a devgroup only as a name
+            t = self.text(value, 1 if JSON_NUMERIC.get() else 0).strip('"')
+            return t if self.name == "realm" or not t.isdigit() else value
         if k == "time":
             return value // 1000
         if k in ("ipv4", "ipv6", "ether", "proto", "string", "ifindex") or (k == "symbol" and self.symbols):
@@ -230,6 +241,29 @@ def classid_parse(text: str) -> int:
 
 
 CLASSID = DType("classid", 32, "classid", desc="TC classid")
+
+
+def iproute2_table(name: str) -> tuple[tuple[str, int], ...]:
+    """An /etc/iproute2 table (``rt_realms``, ``group``) as nft's rt_symbol_table_init reads it: ``NUMBER
+    NAME`` lines, numbers in any C base; a missing file is an empty table."""
+    out: list[tuple[str, int]] = []
+    try:
+        lines = (Path("/etc/iproute2") / name).read_text().splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        if len(parts) >= 2:
+            try:
+                out.append((parts[1], int(parts[0], 0)))
+            except ValueError:
+                continue
+    return tuple(out)
+
+
+# rt.c's realm_type and meta.c's devgroup_type: integers named by iproute2's tables, names printed quoted
+REALM = DType("realm", 32, "rtsym", iproute2_table("rt_realms"), "routing realm")
+DEVGROUP = DType("devgroup", 32, "rtsym", iproute2_table("group"), "devgroup name")
 CT_TIME = DType("time", 32, "time", desc="relative time")       # ct expiration: milliseconds
 
 
@@ -307,8 +341,23 @@ ETHER_TYPE = DType("ether_type", 16, "symbol", (("ip", 0x800), ("arp", 0x806), (
 # Types a set may be declared with (``type ipv4_addr . inet_service``).
 SET_TYPES = {t.name: t for t in (IPV4, IPV6, ETHER, SERVICE, PROTO, MARK, IFNAME, IFINDEX, VERDICT, ICMP_TYPE,
                                  ICMPV6_TYPE, CT_STATE, CT_STATUS, TCP_FLAG, PKTTYPE, UID, GID, ETHER_TYPE,
-                                 NFPROTO, FIB_ADDRTYPE, ICMP_CODE, ICMPV6_CODE, DSCP, ECN, CLASSID)}
+                                 NFPROTO, FIB_ADDRTYPE, ICMP_CODE, ICMPV6_CODE, DSCP, ECN, CLASSID, REALM,
+                                 DEVGROUP)}
 SET_TYPES["integer"] = DType("integer", 32, "int")
 
 # The data of an object map (``type ipv4_addr : counter``): the names of a table's stateful objects.
-OBJ_REFS = {k: DType(k, 0, "string") for k in ("counter", "quota", "limit")}
+OBJ_REFS = {k: DType(k, 0, "string") for k in ("counter", "quota", "limit", "secmark", "synproxy")}
+
+
+# datatype.c's descriptions, as nft names types in its errors
+DESCRIPTIONS = {"integer": "integer", "string": "string", "mark": "packet mark", "ipv4_addr": "IPv4 address",
+                "ipv6_addr": "IPv6 address", "ether_addr": "Ethernet address", "inet_service": "internet network service",
+                "inet_proto": "Internet protocol", "ifname": "network interface name", "iface_index": "network interface index",
+                "ct_state": "conntrack state", "ct_status": "conntrack status", "ct_dir": "conntrack direction",
+                "uid": "user ID", "gid": "group ID", "pkt_type": "packet type", "nf_proto": "netfilter protocol",
+                "ether_type": "Ethernet protocol", "verdict": "netfilter verdict", "boolean": "boolean type",
+                "tcp_flag": "TCP flag", "icmp_type": "ICMP type", "icmpv6_type": "ICMPv6 type", "classid": "TC classid"}
+
+
+def describe(dt: DType) -> str:
+    return DESCRIPTIONS.get(dt.name) or dt.desc or dt.name
