@@ -9,6 +9,7 @@ from typing import Any
 from kproxy.iptables.translate import nft_family
 from kproxy.nftables import cthelper, flowtable
 from kproxy.nftables.expr import Opts
+from kproxy.nftables.journal import RulesetJournal
 from kproxy.nftables.json_input import JsonError
 from kproxy.nftables.lexer import Token
 from kproxy.nftables.listing import (
@@ -36,6 +37,8 @@ USAGE = "Usage: nft [ options ] [ cmds... ]\n"
 # 460,000-line script into lines).
 CHANGING_LINE = re.compile(r"^[^\S\n]*+(?!list)\S", re.M)
 COMMAND_SPLIT = re.compile(r"[;\n]")
+RENAME = re.compile(r"\brename\b")
+CHANGES = "_changes"    # on a ruleset changed in place: what the transaction changed (``journal.Changes``)
 COMMAND_WORDS = ("add", "create", "insert", "replace", "table", "delete", "destroy", "flush", "rename", "reset",
                  "list")
 
@@ -137,10 +140,16 @@ def _short(ch: str, o: Opts, flags: dict[str, object]) -> None:
 
 
 def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
-            interfaces: set[str] | None = None, xt: XtView | None = None) -> tuple[int, str, str, Ruleset]:
+            interfaces: set[str] | None = None, xt: XtView | None = None,
+            in_place: bool = False) -> tuple[int, str, str, Ruleset]:
     """Run one nft invocation; returns (exit status, stdout, stderr, the ruleset afterwards).
 
-    ``xt`` is the node's iptables-nft tables, which ``list`` shows beside the ruleset's own."""
+    ``xt`` is the node's iptables-nft tables, which ``list`` shows beside the ruleset's own.
+    ``in_place``: change ``rs`` itself under an undo journal (``kproxy.nftables.journal``) rather than
+    a copy of it; a failed transaction leaves it as it was all the same (but for the handle counters
+    the kernel keeps advanced), and the ruleset afterwards is ``rs``. Without it a changing command
+    works on a copy, and ``rs`` is left as it was. ``--echo`` (which compares before with after) and
+    ``rename`` (which changes verdicts deep in other chains' rules) work on a copy either way."""
     misplaced = misplaced_option(argv)
     if misplaced is not None:
         return 1, misplaced[0], misplaced[1], rs
@@ -176,20 +185,31 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
             text, from_json = "\n".join(lines), True
             json_cmds = json.loads(text_in)
     # Listing commands change nothing: they read the ruleset itself rather than a copy, which on a big
-    # ruleset costs more than the listing.
-    work = rs if read_only(text) else rs.copy()
+    # ruleset costs more than the listing; so do changing ones asked to work in place, with a journal.
+    journal: RulesetJournal | None = None
+    if read_only(text):
+        work = rs
+    elif in_place and not flags["echo"] and RENAME.search(text) is None:
+        work, journal = rs, RulesetJournal(rs)
+    else:
+        work = rs.copy()
     try:
         parser = Parser(text, work, interfaces)
         parser.script()
     except NftError as err:
-        if err.kernel:
-            replayed = err.msg.endswith("Operation not supported")
-            rs = kept_counters(rs, work, 2 if replayed else 1)
+        passes = (2 if err.msg.endswith("Operation not supported") else 1) if err.kernel else 0
+        if journal is not None:
+            journal.rollback(passes)
+        elif passes:
+            rs = kept_counters(rs, work, passes)
         if from_json:
             return 1, "", "".join(f"internal:0:0-0: Error: {e.msg}\n\n" for e in [err, *err.more]), rs
         return 1, "", format_error(err, source, text), rs
     if flags["check"]:
         # the kernel takes the batch and aborts it: nothing changes but the handles it handed out
+        if journal is not None:
+            journal.rollback(1)
+            return 0, "", "", rs
         return 0, "", "", kept_counters(rs, work, 1)
     out = []
     if CHANGING_LINE.search(text) is not None:
@@ -203,7 +223,11 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         try:
             out.append(answer(verb, args, work, o, bool(flags["json"]), xt))
         except NftError as err:
+            if journal is not None:
+                journal.rollback()
             return 1, "", format_error(err, source, text), rs
+    if journal is not None:
+        work.__dict__[CHANGES] = journal.commit()
     return 0, "".join(out), "".join(xt.warnings) if xt is not None else "", work
 
 
@@ -290,8 +314,8 @@ def listed_blocks(t: Table, kind: str, o: Opts, verb: str, as_json: bool = False
     else:
         blocks = [obj_text(ob, o) for ob in objs]
     if verb == "reset" and kind not in ("set", "map", "chain"):
-        for ob in objs:
-            ob.values.update(packets=0, bytes=0, used=0)
+        for ob in objs:     # each looked up by name to be changed (an in-place transaction's copy)
+            t.objs[(ob.kind, ob.name)].values.update(packets=0, bytes=0, used=0)
     if as_json:
         return items
     if not blocks:
