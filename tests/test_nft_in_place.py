@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from kproxy.cli.main import cli
 from kproxy.nftables.cli import run_nft
 from kproxy.nftables.model import Ruleset
-from kproxy.nftables.store import ruleset_to_json
+from kproxy.nftables.store import SAVED, note_changes, reusable, ruleset_from_json, ruleset_to_json
 
 IFACES = {"eth0", "eth1", "lo"}
 
@@ -190,3 +190,27 @@ def test_the_node_file_holds_what_the_copy_leaves(tmp_path, first):
         assert listed[1].endswith(run_nft(["-a", "list", "ruleset"], copied)[1])
         assert kp(node, "nft", "-j", "list", "ruleset")[1].count('"table"') >= len(copied.tables)
         assert saved_part(node) == json.dumps(ruleset_to_json(copied), sort_keys=True), (argv, stdin)
+
+
+def test_saving_reuses_the_loaded_text_of_what_did_not_change():
+    """A ruleset loaded from its saved form, changed in place by a command that says what it changed,
+    is saved from the loaded text's unchanged pieces: the same as printing it all anew."""
+    current = base()
+    reused = 0
+    for argv, stdin in TRANSACTIONS:
+        rs = ruleset_from_json(json.loads(json.dumps(ruleset_to_json(current))))
+        rc = run_nft(argv, rs, stdin, IFACES, in_place=True, changed=lambda ch, rs=rs: note_changes(rs, ch))[0]
+        reused += reusable(rs) is not None
+        assert ruleset_to_json(rs) == ruleset_to_json(rs.copy()), (argv, stdin)
+        if rc == 0:
+            current = rs
+    assert reused == len(TRANSACTIONS)
+
+
+def test_saved_pieces_that_do_not_fit_are_not_used():
+    data = ruleset_to_json(base())
+    data["pieces"][0][4] = data["pieces"][0][4][:-1]
+    assert SAVED not in ruleset_from_json(data).__dict__
+    data = ruleset_to_json(base())
+    data["pieces"][0][3] += 1
+    assert SAVED not in ruleset_from_json(data).__dict__

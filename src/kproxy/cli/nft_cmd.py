@@ -22,7 +22,7 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     from kproxy.nftables.cli import run_nft
     from kproxy.nftables.evaluate import attach, unevaluated
     from kproxy.nftables.journal import handle_counters
-    from kproxy.nftables.store import node_ruleset
+    from kproxy.nftables.store import node_ruleset, note_changes
     from kproxy.nftables.xtables import XtView
 
     argv = list(args)
@@ -41,7 +41,8 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
         unhooked = set(unevaluated(before))
         handles = handle_counters(before)
         # in place, under an undo journal: a copy of a big ruleset would cost ten times its loading
-        rc, out, err, rs = run_nft(argv, before, stdin, set(node.interfaces), XtView(node), in_place=True)
+        rc, out, err, rs = run_nft(argv, before, stdin, set(node.interfaces), XtView(node), in_place=True,
+                                   changed=lambda changes: note_changes(before, changes))
         if rc == 0:
             node.nftables = rs
             # nft itself prints nothing on stderr when it succeeds: the notice cannot mix with its output

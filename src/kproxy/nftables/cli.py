@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from kproxy.iptables.translate import nft_family
 from kproxy.nftables import cthelper, flowtable
 from kproxy.nftables.expr import Opts
-from kproxy.nftables.journal import RulesetJournal
+from kproxy.nftables.journal import Changes, RulesetJournal
 from kproxy.nftables.json_input import JsonError
 from kproxy.nftables.lexer import Token
 from kproxy.nftables.listing import (
@@ -38,7 +39,6 @@ USAGE = "Usage: nft [ options ] [ cmds... ]\n"
 CHANGING_LINE = re.compile(r"^[^\S\n]*+(?!list)\S", re.M)
 COMMAND_SPLIT = re.compile(r"[;\n]")
 RENAME = re.compile(r"\brename\b")
-CHANGES = "_changes"    # on a ruleset changed in place: what the transaction changed (``journal.Changes``)
 COMMAND_WORDS = ("add", "create", "insert", "replace", "table", "delete", "destroy", "flush", "rename", "reset",
                  "list")
 
@@ -141,7 +141,8 @@ def _short(ch: str, o: Opts, flags: dict[str, object]) -> None:
 
 def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
             interfaces: set[str] | None = None, xt: XtView | None = None,
-            in_place: bool = False) -> tuple[int, str, str, Ruleset]:
+            in_place: bool = False,
+            changed: Callable[[Changes], None] | None = None) -> tuple[int, str, str, Ruleset]:
     """Run one nft invocation; returns (exit status, stdout, stderr, the ruleset afterwards).
 
     ``xt`` is the node's iptables-nft tables, which ``list`` shows beside the ruleset's own.
@@ -149,7 +150,9 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
     a copy of it; a failed transaction leaves it as it was all the same (but for the handle counters
     the kernel keeps advanced), and the ruleset afterwards is ``rs``. Without it a changing command
     works on a copy, and ``rs`` is left as it was. ``--echo`` (which compares before with after) and
-    ``rename`` (which changes verdicts deep in other chains' rules) work on a copy either way."""
+    ``rename`` (which changes verdicts deep in other chains' rules) work on a copy either way.
+    ``changed`` is told what an in-place transaction changed (``journal.Changes``; nothing, when it
+    failed or only checked)."""
     misplaced = misplaced_option(argv)
     if misplaced is not None:
         return 1, misplaced[0], misplaced[1], rs
@@ -200,6 +203,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         passes = (2 if err.msg.endswith("Operation not supported") else 1) if err.kernel else 0
         if journal is not None:
             journal.rollback(passes)
+            if changed is not None:
+                changed(Changes())
         elif passes:
             rs = kept_counters(rs, work, passes)
         if from_json:
@@ -209,6 +214,8 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         # the kernel takes the batch and aborts it: nothing changes but the handles it handed out
         if journal is not None:
             journal.rollback(1)
+            if changed is not None:
+                changed(Changes())
             return 0, "", "", rs
         return 0, "", "", kept_counters(rs, work, 1)
     out = []
@@ -227,7 +234,9 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
                 journal.rollback()
             return 1, "", format_error(err, source, text), rs
     if journal is not None:
-        work.__dict__[CHANGES] = journal.commit()
+        changes = journal.commit()
+        if changed is not None:
+            changed(changes)
     return 0, "".join(out), "".join(xt.warnings) if xt is not None else "", work
 
 

@@ -25,7 +25,8 @@ def ruleset_to_json(rs: Ruleset) -> dict[str, Any]:
                 {s.name: s.handle for s in t.sets.values() if not s.anonymous},
                 [[k, n, o.handle] for (k, n), o in t.objs.items()],
                 {f.name: f.handle for f in t.flowtables.values()}] for t in rs.tables]
-    return {"text": ruleset_script(rs), "next_table_handle": rs.next_table_handle, "handles": handles,
+    text, pieces = script_pieces(rs, reusable(rs))
+    return {"text": text, "pieces": pieces, "next_table_handle": rs.next_table_handle, "handles": handles,
             "generation": rs.generation}
 
 
@@ -34,28 +35,134 @@ def ruleset_script(rs: Ruleset) -> str:
     order (``add chain``, with its type, hook, policy and comment in braces), the table's block without
     its chains (attributes, objects, sets and maps, whose verdicts name chains, flowtables), then the
     rules as ``add rule`` lines: every name a rule uses exists before it."""
+    return script_pieces(rs, None)[0]
+
+
+def script_pieces(rs: Ruleset, saved: Saved | None) -> tuple[str, list[Any]]:
+    """``ruleset_script``'s text, and the lengths of its pieces: per table ``[family, name, head, block,
+    [rules, ...]]`` (the declarations, the block, the rule lines of each chain that has rules, in order). With ``saved`` (the
+    text the ruleset was loaded from, and what changed since) the pieces of what did not change are
+    that text's, not printed again: a command that changed one set of a big table prints that table's
+    declarations and block, not its 200,000 rules."""
     from kproxy.nftables.expr import Opts
     from kproxy.nftables.listing import chain_text, table_text
 
     o = Opts()
-    out = []
+    out: list[str] = []
+    pieces: list[Any] = []
     for t in rs.tables:
+        old = saved.table(t) if saved is not None else None
         spec = f"{t.family} {t.name} "
-        out.append(f"add table {spec.rstrip()}\n")
+        head = [f"add table {spec.rstrip()}\n"]
         for c in t.chains.values():
             if c.base or c.comment is not None:
                 inner = chain_text(t, c, o, indent="", rules=False).splitlines()[1:-1]
                 body = " ".join(line.strip() if line.endswith(";") else line.strip() + ";" for line in inner)
-                out.append(f"add chain {spec}{c.name} {{ {body} }}\n")
+                head.append(f"add chain {spec}{c.name} {{ {body} }}\n")
             else:
-                out.append(f"add chain {spec}{c.name}\n")
+                head.append(f"add chain {spec}{c.name}\n")
+        head_text = "".join(head)
         # its attributes, objects, sets (verdict maps name the chains) and flowtables
-        out.append(table_text(t, o, chains=False))
+        block = old.block if old is not None and old.block is not None else table_text(t, o, chains=False)
+        out += (head_text, block)
+        lengths = []
         for c in t.chains.values():
             if c.rules:
-                start = f"add rule {spec}{c.name} "
-                out.append("".join(f"{start}{r.text(o)}\n" for r in c.rules))
-    return "".join(out)
+                text = old.rules(c.name) if old is not None else None
+                if text is None:
+                    start = f"add rule {spec}{c.name} "
+                    text = "".join(f"{start}{r.text(o)}\n" for r in c.rules)
+                out.append(text)
+                lengths.append(len(text))
+        pieces.append([t.family, t.name, len(head_text), len(block), lengths])
+    return "".join(out), pieces
+
+
+class SavedTable:
+    """One table's pieces of the loaded text that are still what the table would print: its block
+    (None once changed) and the rule lines of each chain not changed since."""
+
+    def __init__(self, text: str, block: tuple[int, int] | None, rules: dict[str, tuple[int, int]],
+                 changed: set[str]) -> None:
+        self.text = text
+        self.block = text[block[0]:block[1]] if block is not None else None
+        self.spans = rules
+        self.changed = changed
+
+    def rules(self, chain: str) -> str | None:
+        span = self.spans.get(chain)
+        if span is None or chain in self.changed:
+            return None
+        return self.text[span[0]:span[1]]
+
+
+class Saved:
+    """The text a ruleset was loaded from, cut into its pieces, and what the commands run since changed
+    (``note_changes``). Only a command that knows everything it changed says so: until one does (and
+    after anything else, which says nothing), the ruleset is printed anew when saved."""
+
+    def __init__(self, text: str, pieces: list[Any], rs: Ruleset) -> None:
+        """``rs``: the ruleset just loaded from ``text``; ValueError if the pieces do not fit it."""
+        self.text = text
+        self.spans: dict[int, tuple[tuple[str, str], tuple[int, int], dict[str, tuple[int, int]]]] = {}
+        if len(pieces) != len(rs.tables):
+            raise ValueError("not a piece per table")
+        at = 0
+        for (family, name, head, block, lengths), t in zip(pieces, rs.tables):
+            with_rules = [c.name for c in t.chains.values() if c.rules]
+            if (family, name) != (t.family, t.name) or len(with_rules) != len(lengths):
+                raise ValueError(f"the pieces of table {family} {name} do not fit it")
+            at += head
+            block_span = (at, at + block)
+            at += block
+            spans = {}
+            for chain, n in zip(with_rules, lengths):
+                spans[chain] = (at, at + n)
+                at += n
+            self.spans[id(t)] = ((t.family, t.name), block_span, spans)
+        if at != len(text):
+            raise ValueError("the pieces do not add up to the text")
+        self.changes: list[Any] = []
+        self.trusted = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        return None         # a copy's tables are other objects: it is printed anew
+
+    def table(self, t: Any) -> SavedTable | None:
+        loaded = self.spans.get(id(t))
+        if loaded is None or loaded[0] != (t.family, t.name):
+            return None
+        chains: set[str] = set()
+        block_changed = False
+        for ch in self.changes:
+            if id(t) in ch.new_tables:
+                return None
+            touched = ch.touched.get(id(t))
+            if touched is None:
+                continue
+            if touched["attrs"] - {"next_handle", "anon_seq"}:
+                return None
+            chains |= touched["chains"]
+            block_changed = block_changed or bool(touched["sets"] or touched["objs"] or touched["flowtables"])
+        _, block_span, rules = loaded
+        return SavedTable(self.text, None if block_changed else block_span, rules, chains)
+
+
+SAVED = "_saved"    # on a loaded ruleset: its ``Saved`` text
+
+
+def note_changes(rs: Ruleset, changes: Any) -> None:
+    """Say that ``changes`` (a ``kproxy.nftables.journal.Changes``) is all that changed the ruleset's
+    text since it was loaded (or since the last note): its saving may reuse the loaded text elsewhere."""
+    saved = rs.__dict__.get(SAVED)
+    if saved is not None:
+        saved.changes.append(changes)
+        saved.trusted = True
+
+
+def reusable(rs: Ruleset) -> Saved | None:
+    saved = rs.__dict__.get(SAVED)
+    return saved if saved is not None and saved.trusted else None
 
 
 def ruleset_from_json(data: dict[str, Any]) -> Ruleset:
@@ -68,6 +175,12 @@ def ruleset_from_json(data: dict[str, Any]) -> Ruleset:
         Parser(data.get("text", ""), rs, validate_jumps=False, listed=True).script()
     except NftError as exc:
         raise NodeError(f"nftables ruleset in the node file: {exc.msg}") from None
+    pieces = data.get("pieces")
+    if pieces is not None:
+        try:
+            rs.__dict__[SAVED] = Saved(data.get("text", ""), pieces, rs)
+        except (ValueError, TypeError):
+            pass            # not reused: the ruleset is printed anew when saved
     rs.next_table_handle = data.get("next_table_handle", rs.next_table_handle)
     rs.generation = data.get("generation", 0)
     for fam, name, th, nxt, anon, chains, sets, objs, *flowtables in data.get("handles", []):
