@@ -214,3 +214,41 @@ def test_saved_pieces_that_do_not_fit_are_not_used():
     data = ruleset_to_json(base())
     data["pieces"][0][3] += 1
     assert SAVED not in ruleset_from_json(data).__dict__
+
+
+def part_row(node: Path) -> tuple[int, str]:
+    with sqlite3.connect(node) as conn:
+        return conn.execute("SELECT generation, body FROM part WHERE name = 'nftables'").fetchone()
+
+
+def test_commands_that_leave_the_nft_ruleset_alone_write_its_row_back_untouched(tmp_path):
+    """iptables, ipset, ipvsadm, conntrack: the nft ruleset's row is not printed again (nor rewritten)."""
+    node = tmp_path / "node.db"
+    assert kp(node, "nft", "-f", "-", stdin=BASE.replace("devices = { eth0 }", "devices = { lo }"))[0] == 0
+    assert kp(node, "nft", "add", "element", "ip", "t", "s", "{", "10.0.0.3", "}")[0] == 0
+    row = part_row(node)
+    for argv in (["iptables", "-A", "INPUT", "-j", "ACCEPT"], ["ipset", "create", "x", "hash:ip"],
+                 ["ipvsadm", "-A", "-t", "10.0.0.1:80"], ["iptables", "-t", "nat", "-N", "FOO"],
+                 ["conntrack", "-F"]):
+        assert kp(node, *argv)[0] == 0, argv
+        assert part_row(node) == row, argv
+    assert "ip saddr" in kp(node, "nft", "list", "ruleset")[1]
+    assert kp(node, "nft", "delete", "element", "ip", "t", "s", "{", "10.0.0.3", "}")[0] == 0
+    generation, body = part_row(node)
+    assert generation == row[0] + 1 and "10.0.0.3" not in json.loads(body)["text"]
+    # a transaction the kernel refused moves the handle counters only: printed again from its pieces
+    assert kp(node, "nft", "add", "rule", "ip", "t", "idle", "jump", "nowhere")[0] == 1
+    handles = json.loads(part_row(node)[1])["handles"]
+    assert handles[0][3] == json.loads(body)["handles"][0][3] + 1
+    assert json.loads(part_row(node)[1])["text"] == json.loads(body)["text"]
+
+
+def test_a_ruleset_said_unchanged_saves_as_the_form_it_was_loaded_from():
+    data = json.loads(json.dumps(ruleset_to_json(base())))
+    rs = ruleset_from_json(data)
+    assert ruleset_to_json(rs) is not data          # nobody said anything: printed anew
+    note_changes(rs)
+    assert ruleset_to_json(rs) is data
+    assert run_nft(["add", "rule", "ip", "t", "idle", "jump", "nowhere"], rs, in_place=True,
+                   changed=lambda ch: note_changes(rs, ch))[0] == 1
+    assert ruleset_to_json(rs) is not data and ruleset_to_json(rs) == ruleset_to_json(rs.copy())

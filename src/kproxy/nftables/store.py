@@ -25,7 +25,10 @@ def ruleset_to_json(rs: Ruleset) -> dict[str, Any]:
                 {s.name: s.handle for s in t.sets.values() if not s.anonymous},
                 [[k, n, o.handle] for (k, n), o in t.objs.items()],
                 {f.name: f.handle for f in t.flowtables.values()}] for t in rs.tables]
-    text, pieces = script_pieces(rs, reusable(rs))
+    saved = reusable(rs)
+    if saved is not None and saved.unchanged(rs):
+        return saved.data       # (the node file then knows its row is unchanged without printing it)
+    text, pieces = script_pieces(rs, saved)
     return {"text": text, "pieces": pieces, "next_table_handle": rs.next_table_handle, "handles": handles,
             "generation": rs.generation}
 
@@ -101,8 +104,11 @@ class Saved:
     (``note_changes``). Only a command that knows everything it changed says so: until one does (and
     after anything else, which says nothing), the ruleset is printed anew when saved."""
 
-    def __init__(self, text: str, pieces: list[Any], rs: Ruleset) -> None:
-        """``rs``: the ruleset just loaded from ``text``; ValueError if the pieces do not fit it."""
+    def __init__(self, data: dict[str, Any], rs: Ruleset) -> None:
+        """``rs``: the ruleset just loaded from ``data`` (``ruleset_to_json``'s form); ValueError if the
+        pieces do not fit it."""
+        self.data = data
+        text, pieces = data.get("text", ""), data["pieces"]
         self.text = text
         self.spans: dict[int, tuple[tuple[str, str], tuple[int, int], dict[str, tuple[int, int]]]] = {}
         if len(pieces) != len(rs.tables):
@@ -128,6 +134,20 @@ class Saved:
     def __deepcopy__(self, memo: dict[int, Any]) -> None:
         return None         # a copy's tables are other objects: it is printed anew
 
+    def unchanged(self, rs: Ruleset) -> bool:
+        """Whether the ruleset is still what was loaded, handle counters and all (its loaded form can
+        be saved again as it is)."""
+        if any(ch.touched and any(any(names.values()) for names in ch.touched.values()) or ch.new_tables
+               for ch in self.changes):
+            return False
+        data = self.data
+        if (rs.generation, rs.next_table_handle) != (data.get("generation", 0), data.get("next_table_handle")):
+            return False
+        handles = data.get("handles", [])
+        return len(handles) == len(rs.tables) and all(
+            id(t) in self.spans and h[:5] == [t.family, t.name, t.handle, t.next_handle, t.anon_seq]
+            for h, t in zip(handles, rs.tables))
+
     def table(self, t: Any) -> SavedTable | None:
         loaded = self.spans.get(id(t))
         if loaded is None or loaded[0] != (t.family, t.name):
@@ -151,9 +171,13 @@ class Saved:
 SAVED = "_saved"    # on a loaded ruleset: its ``Saved`` text
 
 
-def note_changes(rs: Ruleset, changes: Any) -> None:
-    """Say that ``changes`` (a ``kproxy.nftables.journal.Changes``) is all that changed the ruleset's
-    text since it was loaded (or since the last note): its saving may reuse the loaded text elsewhere."""
+def note_changes(rs: Ruleset, changes: Any = None) -> None:
+    """Say that ``changes`` (a ``kproxy.nftables.journal.Changes``; None: nothing) is all that changed
+    the ruleset's text since it was loaded (or since the last note): its saving may reuse the loaded
+    text elsewhere."""
+    from kproxy.nftables.journal import Changes
+
+    changes = Changes() if changes is None else changes
     saved = rs.__dict__.get(SAVED)
     if saved is not None:
         saved.changes.append(changes)
@@ -178,7 +202,7 @@ def ruleset_from_json(data: dict[str, Any]) -> Ruleset:
     pieces = data.get("pieces")
     if pieces is not None:
         try:
-            rs.__dict__[SAVED] = Saved(data.get("text", ""), pieces, rs)
+            rs.__dict__[SAVED] = Saved(data, rs)
         except (ValueError, TypeError):
             pass            # not reused: the ruleset is printed anew when saved
     rs.next_table_handle = data.get("next_table_handle", rs.next_table_handle)
