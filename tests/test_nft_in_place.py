@@ -70,6 +70,9 @@ TRANSACTIONS: list[tuple[list[str], str | None]] = [
     (["delete", "set", "ip", "t", "s"], None),                                     # in use
     (["delete", "counter", "ip", "t", "cnt"], None),                               # in use
     (["add", "element", "ip", "t", "s", "{", "10.0.0.9", "}"], None),               # succeeds
+    (["add", "rule", "ip", "t", "b", "ip", "daddr", "vmap", "@vm"], None),         # a loop through the map
+    (["add", "rule", "ip", "t", "idle", "ip", "daddr", "vmap", "@vm"], None),      # succeeds: unreached
+    (["add", "element", "ip", "t", "vm", "{", "10.0.0.6", ":", "jump", "idle", "}"], None),  # now a loop
     (["-f", "-"], """add table ip new
 add chain ip new c
 add rule ip new c ip saddr { 1.1.1.1, 2.2.2.2 } drop

@@ -148,17 +148,30 @@ def reading(tables: Iterable[Any]) -> Iterator[None]:
 
 def may_nest_deeper(table: Any) -> bool:
     """Whether the transaction running may have made ``table``'s jumps nest deeper: so unless a journal
-    open on its dictionaries shows that it touched no chain and no verdict map (a committed table was
-    valid, and deleting can only make paths shorter)."""
+    open on its dictionaries shows that it added no jump (no new rule that jumps, goes to or looks up
+    a verdict map, no verdict map changed, no base chain made or changed). A committed table was
+    valid, and deleting can only make paths shorter."""
     chains, sets = table.chains, table.sets
     if not isinstance(chains, JournalDict) or chains.journal is None or \
             not isinstance(sets, JournalDict) or sets.journal is None:
         return True
-    if chains.journal:
-        return True
+    from kproxy.nftables.stmt import VerdictMap, VerdictStmt
     from kproxy.nftables.validate import is_verdict_map
 
-    return any(s is not MISSING and is_verdict_map(s) for name, s in sets.journal.items()) or \
+    def jumps(st: Any) -> bool:
+        return type(st) is VerdictMap or type(st) is VerdictStmt and bool(st.verdict.target)
+
+    for name, old in chains.journal.items():
+        new = dict.get(chains, name)
+        if new is None:
+            continue
+        if new.hook is not None and (old is MISSING or (old.hook, old.type, old.prio) != (new.hook, new.type, new.prio)):
+            return True
+        kept = {id(r) for r in old.rules} if old is not MISSING else set()
+        for r in new.rules:
+            if id(r) not in kept and any(jumps(st) for st in r.stmts):
+                return True
+    return any(s is not MISSING and is_verdict_map(s) for s in sets.journal.values()) or \
         any(is_verdict_map(s) for name in sets.journal if (s := dict.get(sets, name)) is not None)
 
 

@@ -19,18 +19,32 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def ruleset_to_json(rs: Ruleset) -> dict[str, Any]:
     """A JSON-ready snapshot of the ruleset (the pickled form is avoided: it would tie files to code)."""
-
-    handles = [[t.family, t.name, t.handle, t.next_handle, t.anon_seq,
-                {c.name: [c.handle, [r.handle for r in c.rules]] for c in t.chains.values()},
-                {s.name: s.handle for s in t.sets.values() if not s.anonymous},
-                [[k, n, o.handle] for (k, n), o in t.objs.items()],
-                {f.name: f.handle for f in t.flowtables.values()}] for t in rs.tables]
     saved = reusable(rs)
     if saved is not None and saved.unchanged(rs):
         return saved.data       # (the node file then knows its row is unchanged without printing it)
-    text, pieces = script_pieces(rs, saved)
+    olds = [saved.table(t) if saved is not None else None for t in rs.tables]
+    handles = [[t.family, t.name, t.handle, t.next_handle, t.anon_seq, chain_handles(t, old),
+                {s.name: s.handle for s in t.sets.values() if not s.anonymous},
+                [[k, n, o.handle] for (k, n), o in t.objs.items()],
+                {f.name: f.handle for f in t.flowtables.values()}] for t, old in zip(rs.tables, olds)]
+    text, pieces = script_pieces(rs, olds)
     return {"text": text, "pieces": pieces, "next_table_handle": rs.next_table_handle, "handles": handles,
             "generation": rs.generation}
+
+
+def chain_handles(t: Any, old: SavedTable | None) -> dict[str, Any]:
+    """Each chain's handle and its rules' handles; those of a chain not changed since the table was
+    loaded are the loaded ones."""
+    loaded = old.handles if old is not None else None
+    if not loaded:
+        return {c.name: [c.handle, [r.handle for r in c.rules]] for c in t.chains.values()}
+    out = {}
+    for c in t.chains.values():
+        kept = loaded.get(c.name) if c.name not in old.changed else None     # type: ignore[union-attr]
+        if kept is None or kept[0] != c.handle or len(kept[1]) != len(c.rules):
+            kept = [c.handle, [r.handle for r in c.rules]]
+        out[c.name] = kept
+    return out
 
 
 def ruleset_script(rs: Ruleset) -> str:
@@ -41,30 +55,22 @@ def ruleset_script(rs: Ruleset) -> str:
     return script_pieces(rs, None)[0]
 
 
-def script_pieces(rs: Ruleset, saved: Saved | None) -> tuple[str, list[Any]]:
+def script_pieces(rs: Ruleset, olds: list[SavedTable | None] | None) -> tuple[str, list[Any]]:
     """``ruleset_script``'s text, and the lengths of its pieces: per table ``[family, name, head, block,
-    [rules, ...]]`` (the declarations, the block, the rule lines of each chain that has rules, in order). With ``saved`` (the
-    text the ruleset was loaded from, and what changed since) the pieces of what did not change are
-    that text's, not printed again: a command that changed one set of a big table prints that table's
-    declarations and block, not its 200,000 rules."""
+    [rules, ...]]`` (the declarations, the block, the rule lines of each chain that has rules, in order).
+    ``olds``: per table, the pieces of the text it was loaded from that are still what it would print
+    (``Saved.table``): those are not printed again, so a command that changed one set of a big table
+    prints that table's block, not its 200,000 rules."""
     from kproxy.nftables.expr import Opts
-    from kproxy.nftables.listing import chain_text, table_text
+    from kproxy.nftables.listing import table_text
 
     o = Opts()
     out: list[str] = []
     pieces: list[Any] = []
-    for t in rs.tables:
-        old = saved.table(t) if saved is not None else None
+    for i, t in enumerate(rs.tables):
+        old = olds[i] if olds is not None else None
         spec = f"{t.family} {t.name} "
-        head = [f"add table {spec.rstrip()}\n"]
-        for c in t.chains.values():
-            if c.base or c.comment is not None:
-                inner = chain_text(t, c, o, indent="", rules=False).splitlines()[1:-1]
-                body = " ".join(line.strip() if line.endswith(";") else line.strip() + ";" for line in inner)
-                head.append(f"add chain {spec}{c.name} {{ {body} }}\n")
-            else:
-                head.append(f"add chain {spec}{c.name}\n")
-        head_text = "".join(head)
+        head_text = old.head if old is not None and old.head is not None else declarations(t, spec, o)
         # its attributes, objects, sets (verdict maps name the chains) and flowtables
         block = old.block if old is not None and old.block is not None else table_text(t, o, chains=False)
         out += (head_text, block)
@@ -81,16 +87,33 @@ def script_pieces(rs: Ruleset, saved: Saved | None) -> tuple[str, list[Any]]:
     return "".join(out), pieces
 
 
+def declarations(t: Any, spec: str, o: Any) -> str:
+    """The table's ``add table`` line and its ``add chain`` lines."""
+    from kproxy.nftables.listing import chain_text
+
+    head = [f"add table {spec.rstrip()}\n"]
+    for c in t.chains.values():
+        if c.base or c.comment is not None:
+            inner = chain_text(t, c, o, indent="", rules=False).splitlines()[1:-1]
+            body = " ".join(line.strip() if line.endswith(";") else line.strip() + ";" for line in inner)
+            head.append(f"add chain {spec}{c.name} {{ {body} }}\n")
+        else:
+            head.append(f"add chain {spec}{c.name}\n")
+    return "".join(head)
+
+
 class SavedTable:
     """One table's pieces of the loaded text that are still what the table would print: its block
     (None once changed) and the rule lines of each chain not changed since."""
 
-    def __init__(self, text: str, block: tuple[int, int] | None, rules: dict[str, tuple[int, int]],
-                 changed: set[str]) -> None:
+    def __init__(self, text: str, head: tuple[int, int] | None, block: tuple[int, int] | None,
+                 rules: dict[str, tuple[int, int]], changed: set[str], handles: dict[str, Any] | None) -> None:
         self.text = text
+        self.head = text[head[0]:head[1]] if head is not None else None
         self.block = text[block[0]:block[1]] if block is not None else None
         self.spans = rules
         self.changed = changed
+        self.handles = handles      # the loaded chain and rule handles by chain name
 
     def rules(self, chain: str) -> str | None:
         span = self.spans.get(chain)
@@ -110,14 +133,17 @@ class Saved:
         self.data = data
         text, pieces = data.get("text", ""), data["pieces"]
         self.text = text
-        self.spans: dict[int, tuple[tuple[str, str], tuple[int, int], dict[str, tuple[int, int]]]] = {}
+        Span = tuple[int, int]
+        self.spans: dict[int, tuple[tuple[str, str], Span, Span, dict[str, Span], dict[str, Any] | None]] = {}
         if len(pieces) != len(rs.tables):
             raise ValueError("not a piece per table")
+        handles = {(h[0], h[1]): h[5] for h in data.get("handles", []) if isinstance(h[5], dict)}
         at = 0
         for (family, name, head, block, lengths), t in zip(pieces, rs.tables):
             with_rules = [c.name for c in t.chains.values() if c.rules]
             if (family, name) != (t.family, t.name) or len(with_rules) != len(lengths):
                 raise ValueError(f"the pieces of table {family} {name} do not fit it")
+            head_span = (at, at + head)
             at += head
             block_span = (at, at + block)
             at += block
@@ -125,7 +151,7 @@ class Saved:
             for chain, n in zip(with_rules, lengths):
                 spans[chain] = (at, at + n)
                 at += n
-            self.spans[id(t)] = ((t.family, t.name), block_span, spans)
+            self.spans[id(t)] = ((t.family, t.name), head_span, block_span, spans, handles.get((family, name)))
         if at != len(text):
             raise ValueError("the pieces do not add up to the text")
         self.changes: list[Any] = []
@@ -164,8 +190,9 @@ class Saved:
                 return None
             chains |= touched["chains"]
             block_changed = block_changed or bool(touched["sets"] or touched["objs"] or touched["flowtables"])
-        _, block_span, rules = loaded
-        return SavedTable(self.text, None if block_changed else block_span, rules, chains)
+        _, head_span, block_span, rules, handles = loaded
+        return SavedTable(self.text, None if chains else head_span, None if block_changed else block_span, rules,
+                          chains, handles)
 
 
 SAVED = "_saved"    # on a loaded ruleset: its ``Saved`` text
