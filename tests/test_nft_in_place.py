@@ -255,3 +255,21 @@ def test_a_ruleset_said_unchanged_saves_as_the_form_it_was_loaded_from():
     assert run_nft(["add", "rule", "ip", "t", "idle", "jump", "nowhere"], rs, in_place=True,
                    changed=lambda ch: note_changes(rs, ch))[0] == 1
     assert ruleset_to_json(rs) is not data and ruleset_to_json(rs) == ruleset_to_json(rs.copy())
+
+
+def test_an_exception_inside_an_in_place_run_leaves_the_ruleset_as_it_was(monkeypatch):
+    from kproxy.nftables import parser
+
+    rs = base()
+    before = state(rs)
+
+    def boom(self, *args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(parser.Parser, "raise_recorded", boom)
+    with pytest.raises(RuntimeError):
+        run_nft(["add", "element", "ip", "t", "s", "{", "10.7.7.7", "}"], rs, in_place=True)
+    monkeypatch.undo()
+    assert state(rs) == before
+    t = rs.find("ip", "t")
+    assert t is not None and type(t.sets).__name__ == "JournalDict" and t.sets.journal is None

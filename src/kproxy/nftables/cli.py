@@ -210,6 +210,10 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         if from_json:
             return 1, "", "".join(f"internal:0:0-0: Error: {e.msg}\n\n" for e in [err, *err.more]), rs
         return 1, "", format_error(err, source, text), rs
+    except BaseException:
+        if journal is not None:         # (a bug, or an interrupt: the ruleset is left as it was all the same)
+            journal.rollback()
+        raise
     if flags["check"]:
         # the kernel takes the batch and aborts it: nothing changes but the handles it handed out
         if journal is not None:
@@ -233,6 +237,10 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
             if journal is not None:
                 journal.rollback()
             return 1, "", format_error(err, source, text), rs
+        except BaseException:
+            if journal is not None:
+                journal.rollback()
+            raise
     if journal is not None:
         changes = journal.commit()
         if changed is not None:
