@@ -7,8 +7,8 @@ import copy
 
 import pytest
 
-from kproxy.backends.journal import MISSING, JournalDict, apply_in_place, named_objects
 from kproxy.nftables.cli import run_nft
+from kproxy.nftables.journal import MISSING, JournalDict, apply_in_place, named_objects
 from kproxy.nftables.model import Ruleset
 from kproxy.nftables.parser import NftError, Parser
 

@@ -73,15 +73,15 @@ class EmulatedNft:
 
     def run(self, text: str | Tx) -> None:
         """``nft -f -`` on the node. A transaction that names only chains and sets of the kube-proxy
-        table is parsed into that table in place, with an undo journal (``kproxy.backends.journal``),
+        table is parsed into that table in place, with an undo journal (``kproxy.nftables.journal``),
         rather than into a copy of the whole ruleset. (Each ``add element`` line costs what its
         elements do, so a set's lines need no joining into one command.)
 
         A structured transaction (``kproxy.nftables.transaction.Tx``) is applied without its text;
         if it fails, the table is put back and its text goes the parser's way, for nft's message."""
-        from kproxy.backends.journal import journaled, named_objects
         from kproxy.nftables.cli import run_nft
         from kproxy.nftables.evaluate import attach
+        from kproxy.nftables.journal import journaled, named_objects
         from kproxy.nftables.store import node_ruleset
         from kproxy.nftables.validate import JumpIndex
 
@@ -110,8 +110,8 @@ class EmulatedNft:
         """Apply a structured transaction to the kube-proxy table (IPv4: the rule shapes are made for
         it); False (nothing done) when it is not one for this. On an error nothing changes and the
         ``BackendError`` is nft's, as for the transaction's text."""
-        from kproxy.backends.journal import MISSING, apply_in_place, journaled
         from kproxy.nftables.evaluate import attach
+        from kproxy.nftables.journal import MISSING, apply_in_place, journaled
         from kproxy.nftables.parser import NftError
         from kproxy.nftables.store import node_ruleset
         from kproxy.nftables.transaction import TxError, apply
@@ -175,8 +175,8 @@ class EmulatedNft:
         raise BackendError(err.strip() if rc != 0 else format_error(exc.error, "/dev/stdin", text).strip())
 
     def _run_in_place(self, rs: Any, table: Any, text: str, chains: set[str], sets: set[str]) -> None:
-        from kproxy.backends.journal import MISSING, apply_in_place
         from kproxy.nftables.cli import format_error
+        from kproxy.nftables.journal import MISSING, apply_in_place
         from kproxy.nftables.parser import NftError, Parser, jump_errors
         from kproxy.nftables.validate import JumpIndex, touched_too_deep
 
@@ -203,13 +203,13 @@ class EmulatedNft:
 
     def _after_in_place(self, rs: Any, table: Any, before: dict[str, Any]) -> None:
         """The hooks and conntrack references after chains of the table changed in place."""
-        from kproxy.backends.journal import MISSING
         from kproxy.nftables.evaluate import (
             attach,
             chain_conntrack_users,
             forget_compiled,
             take_conntrack_refs,
         )
+        from kproxy.nftables.journal import MISSING
 
         after = table.chains
         held = self.node.subsystems.get("nftables_ct_refs")

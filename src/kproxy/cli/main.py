@@ -93,10 +93,13 @@ def cli(ctx: click.Context, node_path: str | None) -> None:
 
 
 def run_tool(obj: Ctx, fn: Callable[[Node], tuple[int, str, str]], mutates: bool = True,
-             wait: Wait = FOREVER, what: str = "", keep_failed: Callable[[], bool] | None = None) -> None:
+             wait: Wait = FOREVER, what: str = "", keep_failed: Callable[[], bool] | None = None,
+             keeps_nft: bool = False) -> None:
     """Run a tool-compatible command; persist the node only if it succeeded and may have changed it,
     or, when ``keep_failed`` says so after a failure, what the failure left (the kernel's handle
-    counters stay advanced after it rejects an nft batch).
+    counters stay advanced after it rejects an nft batch). ``keeps_nft``: the command never touches
+    the nft ruleset (iptables, ipset, ipvsadm...), whose saved form is then written back as loaded
+    rather than printed again.
 
     A command run on a fresh node while another created the node file runs again on that file,
     so no change is lost. ``what`` names long work (a restore) to show progress for on a terminal."""
@@ -112,6 +115,10 @@ def run_tool(obj: Ctx, fn: Callable[[Node], tuple[int, str, str]], mutates: bool
             rc, out, err = fn(node)
             if not mutates or rc != 0 and not (keep_failed is not None and keep_failed()):
                 break
+            if keeps_nft and node.nftables is not None:
+                from kproxy.nftables.store import note_changes
+
+                note_changes(node.nftables)
             progress.step(f"{what}: saving the node" if what else "saving the node")
             try:
                 obj.session.commit()
@@ -174,7 +181,7 @@ def _make_iptables(name: str) -> None:
             done = fast_append(node, argv, family)
             return done if done is not None else node.iptables_cmd(argv, family)
 
-        run_tool(obj, run, mutates=not iptables_reads(argv, family), wait=_lock_wait(name, argv))
+        run_tool(obj, run, mutates=not iptables_reads(argv, family), wait=_lock_wait(name, argv), keeps_nft=True)
 
     cmd.__doc__ = f"{name} with the real tool's arguments, on the emulated node."
 
@@ -203,7 +210,7 @@ def _make_restore(name: str) -> None:
         stdin = None if sys.stdin is None or sys.stdin.isatty() else read_stdin()
         testing = any(a in ("-t", "--test") for a in args)
         run_tool(obj, lambda node: run_iptables_restore(list(args), node.iptables[family], stdin, node=node),
-                 mutates=not testing, wait=_lock_wait(name, list(args), restore=True), what=name)
+                 mutates=not testing, wait=_lock_wait(name, list(args), restore=True), what=name, keeps_nft=True)
 
     cmd.__doc__ = f"{name}: load rules atomically, like the real tool (stdin or a file)."
 
@@ -231,7 +238,8 @@ def conntrack_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     """conntrack (conntrack-tools 1.4.7 syntax) on the emulated node's connection table."""
     from kproxy.cli.conntrack_cmd import run_conntrack
 
-    run_tool(obj, lambda node: run_conntrack(list(args), node), mutates=not conntrack_reads(list(args)))
+    run_tool(obj, lambda node: run_conntrack(list(args), node), mutates=not conntrack_reads(list(args)),
+             keeps_nft=True)
 
 
 @cli.command("nfacct", context_settings=PASSTHROUGH, add_help_option=False)
@@ -241,7 +249,7 @@ def nfacct_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     """nfacct (1.0.2 syntax): the emulated node's extended accounting objects."""
     from kproxy.cli.nfacct_cmd import nfacct_reads, run_nfacct
 
-    run_tool(obj, lambda node: run_nfacct(list(args), node), mutates=not nfacct_reads(list(args)))
+    run_tool(obj, lambda node: run_nfacct(list(args), node), mutates=not nfacct_reads(list(args)), keeps_nft=True)
 
 
 def ipset_reads(argv: list[str]) -> bool:
@@ -266,7 +274,7 @@ def ipset_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     if argv and argv[0] == "restore" and sys.stdin is not None and not sys.stdin.isatty():
         stdin = read_stdin()
     run_tool(obj, lambda node: run_ipset(argv, node.ipsets, node.now(), stdin=stdin), mutates=not ipset_reads(argv),
-             what="ipset " + (argv[0] if argv else ""))
+             what="ipset " + (argv[0] if argv else ""), keeps_nft=True)
 
 
 def ipvsadm_reads(argv: list[str]) -> bool:
@@ -292,7 +300,7 @@ def ipvsadm_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     if any(a in ("-R", "--restore") for a in argv) and sys.stdin is not None and not sys.stdin.isatty():
         stdin = read_stdin()
     run_tool(obj, lambda node: run_ipvsadm(argv, node.ipvs, node.now(), stdin=stdin),
-             mutates=not ipvsadm_reads(argv), what="ipvsadm")
+             mutates=not ipvsadm_reads(argv), what="ipvsadm", keeps_nft=True)
 
 
 @cli.group("node")

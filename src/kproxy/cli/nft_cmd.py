@@ -21,7 +21,8 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
     """
     from kproxy.nftables.cli import run_nft
     from kproxy.nftables.evaluate import attach, unevaluated
-    from kproxy.nftables.store import node_ruleset
+    from kproxy.nftables.journal import handle_counters
+    from kproxy.nftables.store import node_ruleset, note_changes
     from kproxy.nftables.xtables import XtView
 
     argv = list(args)
@@ -38,13 +39,16 @@ def nft_cmd(obj: Ctx, args: tuple[str, ...]) -> None:
         nonlocal counters_moved
         before = node_ruleset(node)
         unhooked = set(unevaluated(before))
-        rc, out, err, rs = run_nft(argv, before, stdin, set(node.interfaces), XtView(node))
+        handles = handle_counters(before)
+        # in place, under an undo journal: a copy of a big ruleset would cost ten times its loading
+        rc, out, err, rs = run_nft(argv, before, stdin, set(node.interfaces), XtView(node), in_place=True,
+                                   changed=lambda changes: note_changes(before, changes))
         if rc == 0:
             node.nftables = rs
             # nft itself prints nothing on stderr when it succeeds: the notice cannot mix with its output
             err += "".join(f"kproxy: note: {n}\n" for n in attach(node) if n not in unhooked)
-        elif rs is not before:      # a batch the kernel rejected: only its handle counters moved
-            node.nftables, counters_moved = rs, True
+        elif rs is not before or handle_counters(rs) != handles:
+            node.nftables, counters_moved = rs, True    # a batch the kernel rejected: only its handle counters moved
         return rc, out, err
 
     words = [a for a in argv if not a.startswith("-")]

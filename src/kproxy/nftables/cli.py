@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from kproxy.iptables.translate import nft_family
 from kproxy.nftables import cthelper, flowtable
 from kproxy.nftables.expr import Opts
+from kproxy.nftables.journal import Changes, RulesetJournal
 from kproxy.nftables.json_input import JsonError
 from kproxy.nftables.lexer import Token, is_identifier, token_name
 from kproxy.nftables.listing import (
@@ -36,6 +38,7 @@ USAGE = "Usage: nft [ options ] [ cmds... ]\n"
 # 460,000-line script into lines).
 CHANGING_LINE = re.compile(r"^[^\S\n]*+(?!list)\S", re.M)
 COMMAND_SPLIT = re.compile(r"[;\n]")
+RENAME = re.compile(r"\brename\b")
 COMMAND_WORDS = ("add", "create", "insert", "replace", "table", "delete", "destroy", "flush", "rename", "reset",
                  "list")
 
@@ -140,10 +143,19 @@ def _short(ch: str, o: Opts, flags: dict[str, object]) -> None:
 
 
 def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
-            interfaces: set[str] | None = None, xt: XtView | None = None) -> tuple[int, str, str, Ruleset]:
+            interfaces: set[str] | None = None, xt: XtView | None = None,
+            in_place: bool = False,
+            changed: Callable[[Changes], None] | None = None) -> tuple[int, str, str, Ruleset]:
     """Run one nft invocation; returns (exit status, stdout, stderr, the ruleset afterwards).
 
-    ``xt`` is the node's iptables-nft tables, which ``list`` shows beside the ruleset's own."""
+    ``xt`` is the node's iptables-nft tables, which ``list`` shows beside the ruleset's own.
+    ``in_place``: change ``rs`` itself under an undo journal (``kproxy.nftables.journal``) rather than
+    a copy of it; a failed transaction leaves it as it was all the same (but for the handle counters
+    the kernel keeps advanced), and the ruleset afterwards is ``rs``. Without it a changing command
+    works on a copy, and ``rs`` is left as it was. ``--echo`` (which compares before with after) and
+    ``rename`` (which changes verdicts deep in other chains' rules) work on a copy either way.
+    ``changed`` is told what an in-place transaction changed (``journal.Changes``; nothing, when it
+    failed or only checked)."""
     misplaced = misplaced_option(argv)
     if misplaced is not None:
         return 1, misplaced[0], misplaced[1], rs
@@ -179,21 +191,40 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
             text, from_json = "\n".join(lines), True
             json_cmds = json.loads(text_in)
     # Listing commands change nothing: they read the ruleset itself rather than a copy, which on a big
-    # ruleset costs more than the listing.
-    work = rs if read_only(text) else rs.copy()
+    # ruleset costs more than the listing; so do changing ones asked to work in place, with a journal.
+    journal: RulesetJournal | None = None
+    if read_only(text):
+        work = rs
+    elif in_place and not flags["echo"] and RENAME.search(text) is None:
+        work, journal = rs, RulesetJournal(rs)
+    else:
+        work = rs.copy()
     try:
         parser = Parser(text, work, interfaces)
         parser.cmdline, parser.from_json = not source and not from_json, from_json
         parser.script()
     except NftError as err:
-        if err.kernel:
-            replayed = err.msg.endswith("Operation not supported")
-            rs = kept_counters(rs, work, 2 if replayed else 1)
+        passes = (2 if err.msg.endswith("Operation not supported") else 1) if err.kernel else 0
+        if journal is not None:
+            journal.rollback(passes)
+            if changed is not None:
+                changed(Changes())
+        elif passes:
+            rs = kept_counters(rs, work, passes)
         if from_json:
             return 1, "", "".join(f"internal:0:0-0: Error: {e.msg}\n\n" for e in [err, *err.more]), rs
         return 1, "", format_error(err, source, text), rs
+    except BaseException:
+        if journal is not None:         # (a bug, or an interrupt: the ruleset is left as it was all the same)
+            journal.rollback()
+        raise
     if flags["check"]:
         # the kernel takes the batch and aborts it: nothing changes but the handles it handed out
+        if journal is not None:
+            journal.rollback(1)
+            if changed is not None:
+                changed(Changes())
+            return 0, "", "", rs
         return 0, "", "", kept_counters(rs, work, 1)
     out = []
     if CHANGING_LINE.search(text) is not None:
@@ -209,7 +240,17 @@ def run_nft(argv: list[str], rs: Ruleset, stdin: str | None = None,
         try:
             out.append(answer(verb, args, work, o, bool(flags["json"]), xt))
         except NftError as err:
+            if journal is not None:
+                journal.rollback()
             return 1, "", format_error(err, source, text), rs
+        except BaseException:
+            if journal is not None:
+                journal.rollback()
+            raise
+    if journal is not None:
+        changes = journal.commit()
+        if changed is not None:
+            changed(changes)
     return 0, "".join(out), "".join(xt.warnings) if xt is not None else "", work
 
 
@@ -296,8 +337,8 @@ def listed_blocks(t: Table, kind: str, o: Opts, verb: str, as_json: bool = False
     else:
         blocks = [obj_text(ob, o) for ob in objs]
     if verb == "reset" and kind not in ("set", "map", "chain"):
-        for ob in objs:
-            ob.values.update(packets=0, bytes=0, used=0)
+        for ob in objs:     # each looked up by name to be changed (an in-place transaction's copy)
+            t.objs[(ob.kind, ob.name)].values.update(packets=0, bytes=0, used=0)
     if as_json:
         return items
     if not blocks:

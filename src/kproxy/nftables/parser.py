@@ -271,7 +271,13 @@ class Parser:
             self.raise_recorded()
         self.sort_touched_sets()
         if self.validate_jumps and not self.eval_errors and not self.kernel_errors:
-            self.kernel_errors += jump_errors(self.rs.tables, self.added)
+            from kproxy.nftables.journal import may_nest_deeper, reading
+
+            # in place (``kproxy.nftables.journal``): only the tables the transaction may have deepened,
+            # walked without copying what the walk looks up
+            tables = [t for t in self.rs.tables if may_nest_deeper(t)]
+            with reading(tables):
+                self.kernel_errors += jump_errors(tables, self.added)
         self.raise_recorded()
 
     def commands(self) -> None:
@@ -1307,11 +1313,15 @@ class Parser:
         elif what.text == "table":
             family, name = self.family_and_name()
             tbl = self.find_table(family, name, "plain")
-            for c in tbl.chains.values():
-                c.rules = []
-            tbl.sets = {k: s for k, s in tbl.sets.items() if not s.anonymous}
-            for s in tbl.sets.values():
-                s.elems = []
+            # each object looked up by name before it changes, and the dictionaries kept (an in-place
+            # transaction's journal copies what is looked up: kproxy.nftables.journal)
+            chains, sets = tbl.chains, tbl.sets
+            for cname in list(chains):
+                chains[cname].rules = []
+            for sname in [k for k, s in sets.items() if s.anonymous]:
+                del sets[sname]
+            for sname in list(sets):
+                sets[sname].elems = []
         elif what.text == "chain":
             family, tname = self.family_and_name()
             name = self.chain_name()

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kproxy.backends.journal import JournalDict
 from kproxy.k8s.manifests import Objects
+from kproxy.nftables.journal import JournalDict
 from kproxy.nftables.transaction import ADD_FLUSH, DNAT, GO, JUMP, MASQ, NUMGEN, RULES, Op, Tx
 from kproxy.proxy.changes import ChangeTracker
 from kproxy.proxy.config import ProxyConfig

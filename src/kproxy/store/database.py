@@ -144,8 +144,13 @@ class NodeDatabase:
         # What the file holds, as far as this process knows (read, or written by it): part bodies,
         # and per table its row and each chain's object with its row (None: a row never read).
         self.parts: dict[str, str] = {}
+        # each part's JSON value as loaded or last written: the nft ruleset's part handed back as that
+        # very object (``ruleset_to_json`` of a ruleset no command changed) is not printed again. (Other
+        # parts' loaders may keep and change what they were given: theirs are always printed.)
+        self.values: dict[str, Any] = {}
         self.tables: dict[tuple[int, str], TableBook] = {}
         self._next: tuple[dict[str, str], dict[tuple[int, str], TableBook]] | None = None
+        self._next_values: dict[str, Any] = {}
 
     def damaged(self, exc: Exception) -> NodeFileError:
         return NodeFileError(f"{self.path}: damaged node database ({exc})")
@@ -161,6 +166,7 @@ class NodeDatabase:
             rows = [(_text(name), _text(body)) for name, body in self.conn.execute("SELECT name, body FROM part")]
             self.parts = dict(rows)
             parts = {name: json.loads(body) for name, body in rows}
+            self.values = dict(parts)
             node = node_from_parts(parts, str(self.path))
             tables = [(family, _text(name), _text(body)) for family, name, body in
                       self.conn.execute("SELECT family, name, body FROM ipt_table ORDER BY family, name")]
@@ -236,6 +242,7 @@ class NodeDatabase:
             raise self.damaged(exc) from None
         assert self._next is not None
         self.parts, self.tables = self._next
+        self.values = self._next_values
         self._next = None
         return n
 
@@ -246,15 +253,17 @@ class NodeDatabase:
         self.conn.execute("DELETE FROM part")
         self.conn.execute("DELETE FROM ipt_table")
         self.conn.execute("DELETE FROM ipt_chain")
-        self.parts, self.tables = {}, {}
+        self.parts, self.tables, self.values = {}, {}, {}
         return self.commit(node)
 
     def _write(self, node: Node) -> int:
         n = 0
         ex = self.conn.execute
         parts: dict[str, str] = {}
-        for name, value in node_parts(node).items():
-            body = parts[name] = _compact(value)
+        values = node_parts(node)
+        for name, value in values.items():
+            kept = name == "nftables" and self.values.get(name) is value and name in self.parts
+            body = parts[name] = self.parts[name] if kept else _compact(value)
             if self.parts.get(name) != body:
                 ex("INSERT INTO part VALUES (?, 1, ?) ON CONFLICT (name) DO UPDATE "
                    "SET generation = generation + 1, body = excluded.body", (_db(name), _db(body)))
@@ -268,6 +277,7 @@ class NodeDatabase:
             ex("DELETE FROM ipt_chain WHERE family = ? AND tbl = ?", (family, _db(name)))
             n += 1
         self._next = (parts, tables)
+        self._next_values = values
         return n
 
     def _write_table(self, family: int, t: Table, books: dict[tuple[int, str], TableBook]) -> int:
@@ -379,7 +389,7 @@ def create(path: Path, node: Node, replace: bool) -> NodeDatabase:
     finally:
         Path(tmp).unlink(missing_ok=True)
     db = NodeDatabase(path, connect(path))     # what was written, for a later commit of the same node
-    db.parts, db.tables = built.parts, built.tables
+    db.parts, db.tables, db.values = built.parts, built.tables, built.values
     return db
 
 
