@@ -333,3 +333,75 @@ def test_element_words_check_agrees_with_the_word_by_word_one() -> None:
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
         by_word = all(w in fastpath.PUNCT or word.fullmatch(w) for w in fastpath.ELEM_WORDS.findall(text))
         assert (fastpath.PLAIN_WORDS.fullmatch(text) is not None) == by_word, text
+
+
+INLINED = """\
+add table ip t
+add chain ip t pre { type filter hook prerouting priority 0 ; }
+add chain ip t post { type nat hook postrouting priority 100 ; }
+add chain ip t small
+add chain ip t inner
+add chain ip t gone
+add chain ip t big
+add rule ip t small mark set mark or 0x1
+add rule ip t small ip daddr 10.9.0.2 return
+add rule ip t small jump inner
+add rule ip t small mark set mark or 0x2
+add rule ip t inner ip daddr 10.9.0.3 goto gone
+add rule ip t inner ip daddr 10.9.0.4 accept
+add rule ip t inner ip daddr 10.9.0.5 drop
+add rule ip t inner mark set mark or 0x4
+add rule ip t gone mark set mark or 0x8
+add rule ip t gone ip daddr 10.9.0.3 tcp dport 81 return
+add rule ip t big mark set mark or 0x10
+add rule ip t big ip daddr 10.9.0.6 return
+add rule ip t big jump small
+add rule ip t big mark set mark or 0x20
+add rule ip t big ip daddr 10.9.0.7 drop
+add rule ip t pre ip daddr 10.9.0.1-10.9.0.5 jump small
+add rule ip t pre mark set mark or 0x40
+add rule ip t pre ip daddr 10.9.0.6-10.9.0.9 jump big
+add rule ip t pre mark set mark or 0x80
+add rule ip t post jump small
+"""
+
+
+def deep_jumps(levels: int) -> str:
+    """A base chain jumping through ``levels`` one-rule chains, the last of which marks the packet."""
+    out = ["add table ip d", "add chain ip d pre { type filter hook prerouting priority 0 ; }"]
+    out += [f"add chain ip d c{i}" for i in range(levels)]
+    out += [f"add rule ip d c{i} jump c{i + 1}" for i in range(levels - 1)]
+    out += [f"add rule ip d c{levels - 1} mark set mark or 0x1", "add rule ip d pre jump c0"]
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("script", [INLINED, deep_jumps(4), deep_jumps(15)],
+                         ids=["returns-gotos-verdicts", "deep-4", "deep-15"])
+def test_jumps_compiled_inline_decide_as_calls_and_the_interpreter_do(script: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A jump to a short chain is compiled into the jumping chain's code. Its RETURN (a ``return``, the
+    end of the chain) goes on after the jump, other verdicts (accept, drop, a goto's chain's outcome) end
+    the base chain, and jumps nest (as deep as a ruleset may: ``Too many links`` beyond): the same packets
+    decide the same with inlining, with every jump a call, and interpreted."""
+    from kproxy.nftables import compiled
+
+    pod = parse_addr("10.244.1.5")[1]
+    packets = [(pod, parse_addr(f"10.9.0.{i % 10}")[1], 3000 + i, 80 + i % 2) for i in range(60)]
+    runs = []
+    for how in ("inline", "calls", "interpret"):
+        with monkeypatch.context() as m:
+            if how == "calls":
+                m.setattr(compiled, "INLINE_RULES", 0)
+            rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=script)
+            assert rc == 0, err
+            node = node_with(rs)
+            runs.append(outcomes(node, packets, how == "interpret", monkeypatch))
+            if how == "inline":
+                built = {name for r in node.subsystems["nftables_runners"] for name in r.compiled.chains}
+                assert not built & {"small", "inner", "c1"}, "the short chains were compiled inline"
+    assert runs[0] == runs[1] == runs[2]
+    if script is INLINED:
+        fates, marks = {row[0] for row in runs[0]}, {row[6] for row in runs[0]}
+        assert {"forwarded", "dropped"} <= fates
+        for bit in (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80):
+            assert any(isinstance(mk, int) and mk & bit for mk in marks), hex(bit)

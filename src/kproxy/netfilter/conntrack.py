@@ -299,8 +299,11 @@ class Conntrack:
 
     def insert(self, conn: Conn) -> None:
         self.changes += 1
-        self._table[_key(conn.orig, conn.zone_id(ORIGINAL))] = conn
-        self._table[_key(conn.reply, conn.zone_id(REPLY))] = conn
+        if conn.zone:
+            self._table[_key(conn.orig, conn.zone_id(ORIGINAL))] = conn
+            self._table[_key(conn.reply, conn.zone_id(REPLY))] = conn
+        else:       # the default zone (nearly every entry): the tuples are the keys
+            self._table[conn.orig] = self._table[conn.reply] = conn
         conn.status |= IPS_CONFIRMED
         self._count += 1
         if conn.status & IPS_SRC_NAT:
@@ -616,7 +619,16 @@ class Conntrack:
         if conn is None or conn.status & IPS_CONFIRMED or pkt.ctdir != ORIGINAL:
             return NF_ACCEPT
         now = state.now
-        if self.taken(conn.reply, conn, now) or self.taken(conn.orig, conn, now):
+        if conn.zone:
+            clash = self.taken(conn.reply, conn, now) or self.taken(conn.orig, conn, now)
+        else:       # ``taken`` in the default zone, inline: this runs for every new connection
+            table = self._table
+            other = table.get(conn.reply)
+            clash = other is not None and other is not conn and other.expires > now
+            if not clash:
+                other = table.get(conn.orig)
+                clash = other is not None and other is not conn and other.expires > now
+        if clash:
             self._trace(state, "clash with an existing entry: dropping packet")
             return NF_DROP
         self.insert(conn)

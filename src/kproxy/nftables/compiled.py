@@ -53,6 +53,8 @@ Action = Callable[["Packet", "HookState", int], "int | None"]
 ChainFn = Callable[["Packet", "HookState", int], int]
 
 MISSING = object()
+INLINE_RULES = 4        # a jump to a chain of at most this many rules is compiled inline ...
+INLINE_LEVELS = 3       # ... this many chains deep at most
 
 
 def indexed_get(src: ChainSource, index: Any, holder: Any, current: Callable[[], Any], expr: str) -> str:
@@ -216,16 +218,16 @@ class Compiler:
             src.line(indent, f"a = {self.map_lookup(src, st, expr)}")
             src.line(indent, "if a is not None:")
             # The verdict's action takes the target chain's depth: a goto's action is the chain itself.
-            src.line(indent + 1, "r = a(pkt, state, depth + 1)")
+            src.line(indent + 1, f"r = a(pkt, state, {src.depth} + 1)")
             src.line(indent + 1, "if r != CONTINUE:")
-            src.line(indent + 2, "return r")
+            src.ret(indent + 2, "r")
             return indent + 1
         if isinstance(st, Nat) and (rng := self.nat_range(st)) is not None:
             # The NAT core's setup called straight from the chain (a DNAT per new connection).
             setup = src.const(self.nat_setup)
             src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {'SRC' if st.kind == 'snat' else 'DST'!r}, state)")
             src.line(indent, "if r != CONTINUE:")
-            src.line(indent + 1, "return r")
+            src.ret(indent + 1, "r")
             return indent
         if isinstance(st, Mangle) and type(st.key) is Meta and st.key.key == "mark" and \
                 (value := self.mark_value(src, st.value)) is not None:
@@ -237,34 +239,62 @@ class Compiler:
             src.line(indent, f"pkt.mark = {expr} & 0xFFFFFFFF")
             return indent
         act = src.const(self.action(st))
-        src.line(indent, f"r = {act}(pkt, state, depth)")
+        src.line(indent, f"r = {act}(pkt, state, {src.depth})")
         src.line(indent, "if r is not None:")  # None: a match inside the statement failed
         src.line(indent + 1, "if r != CONTINUE:")
-        src.line(indent + 2, "return r")
+        src.ret(indent + 2, "r")
         return indent + 1
 
     def verdict_code(self, src: ChainSource, v: Verdict, indent: int) -> int:
         fixed = {"accept": "NF_ACCEPT", "drop": "NF_DROP", "return": "RETURN"}.get(v.kind)
         if fixed is not None:
-            src.line(indent, f"return {fixed}")
+            src.ret(indent, fixed)
             return indent
         if v.kind == "continue":
             return indent
         target = self.runner.table.chains.get(v.target or "")
         if target is None or v.kind not in ("jump", "goto"):
             fn = src.const(self.verdict(v))
-            src.line(indent, f"r = {fn}(pkt, state, depth)")
+            src.line(indent, f"r = {fn}(pkt, state, {src.depth})")
             src.line(indent, "if r != CONTINUE:")
-            src.line(indent + 1, "return r")
+            src.ret(indent + 1, "r")
             return indent
+        if v.kind == "jump" and self.inlinable(target, src):
+            return self.inline_jump(src, target, indent)
         fn = src.const(self.target(target))
         if v.kind == "goto":
-            src.line(indent, f"return {fn}(pkt, state, depth + 1)")
+            src.ret(indent, f"{fn}(pkt, state, {src.depth} + 1)")
             return indent
         # A jump comes back to the next statement when the target chain returns.
-        src.line(indent, f"r = {fn}(pkt, state, depth + 1)")
+        src.line(indent, f"r = {fn}(pkt, state, {src.depth} + 1)")
         src.line(indent, "if r != RETURN:")
-        src.line(indent + 1, "return r")
+        src.ret(indent + 1, "r", may_return=False)
+        return indent
+
+    def inlinable(self, chain: Chain, src: ChainSource) -> bool:
+        """Whether a jump to ``chain`` is compiled into the jumping chain's own code: a short chain (as
+        kube-proxy's ``services``, ``masquerading`` and check chains are) not being built (a loop), a
+        few levels deep at most. A call per jump fewer; the rules and their order are the same."""
+        return len(chain.rules) <= INLINE_RULES and src.inlined < INLINE_LEVELS and \
+            chain.name not in self.building and not chain.base
+
+    def inline_jump(self, src: ChainSource, chain: Chain, indent: int) -> int:
+        """A jump's target chain, inline: its rules in a loop run once, whose ``break`` is the chain's
+        RETURN (back to the statement after the jump); any other verdict leaves the whole function, as
+        the jump would pass it on. The target runs one level deeper, as it would when called."""
+        src.line(indent, "while True:")
+        saved = src.offset, src.depth, src.inlined
+        src.offset, src.depth, src.inlined = src.offset + indent, f"{src.depth} + 1", src.inlined + 1
+        self.building.add(chain.name)
+        try:
+            src.line(1, f"if {src.depth} > 16:")
+            src.line(2, "return NF_DROP")
+            for r in chain.rules:
+                self.rule(src, r.stmts)
+            src.line(1, "break")
+        finally:
+            self.building.discard(chain.name)
+            src.offset, src.depth, src.inlined = saved
         return indent
 
     def target(self, chain: Chain) -> ChainFn:
@@ -628,9 +658,31 @@ class ChainSource:
         self.lines: list[str] = []
         self.consts: list[Any] = []
         self.vars = 0
+        # Where the lines go while a jump's target is written inline (``Compiler.inline_jump``): how much
+        # deeper they are indented, the depth the target's code runs at, how many targets are open.
+        self.offset = 0
+        self.depth = "depth"
+        self.inlined = 0
 
     def line(self, indent: int, text: str) -> None:
-        self.lines.append("    " * (indent + 1) + text)
+        self.lines.append("    " * (indent + 1 + self.offset) + text)
+
+    def ret(self, indent: int, expr: str, may_return: bool = True) -> None:
+        """The chain's code ends with the verdict ``expr``: returned, or inside an inlined target, where
+        RETURN goes back to the jumping chain (``break``), passed on otherwise. ``may_return``: False when
+        ``expr`` is known not to be RETURN."""
+        if not self.inlined or expr in ("NF_ACCEPT", "NF_DROP"):
+            self.line(indent, f"return {expr}")
+        elif expr == "RETURN":
+            self.line(indent, "break")
+        elif not may_return:
+            self.line(indent, f"return {expr}")
+        else:
+            if expr != "r":
+                self.line(indent, f"r = {expr}")
+            self.line(indent, "if r != RETURN:")
+            self.line(indent + 1, "return r")
+            self.line(indent, "break")
 
     def const(self, value: Any) -> str:
         self.consts.append(value)
