@@ -202,6 +202,7 @@ def outcomes(node: Node, packets: list[tuple[int, int, int, int]], interpret: bo
         if interpret:
             # Every chain through the statement interpreter: the compiled functions are never used.
             m.setattr(compiled.Compiler, "chain", lambda self, chain: partial(self.runner.interpret_chain, chain))
+            m.setattr(compiled.Compiler, "fuse", lambda self: self.runner.run_base)   # nor the base chains' code
             m.setattr(evaluate.ChainRunner, "run_chain", evaluate.ChainRunner.interpret_chain)
             attach(node)
         for src, dst, sport, dport in packets:
@@ -405,3 +406,54 @@ def test_jumps_compiled_inline_decide_as_calls_and_the_interpreter_do(script: st
         assert {"forwarded", "dropped"} <= fates
         for bit in (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80):
             assert any(isinstance(mk, int) and mk & bit for mk in marks), hex(bit)
+
+
+FUSED = """\
+add table ip t
+add chain ip t pre { type filter hook prerouting priority 0 ; policy drop ; }
+add chain ip t forw { type filter hook forward priority 0 ; }
+add chain ip t natpre { type nat hook prerouting priority -100 ; }
+add chain ip t small
+add rule ip t small ip daddr 10.9.0.3 accept
+add rule ip t pre ip daddr 10.9.0.1 accept
+add rule ip t pre ip daddr 10.9.0.2 return
+add rule ip t pre jump small
+add rule ip t pre ip daddr 10.9.0.4 tcp dport 81 accept
+add rule ip t pre ip daddr 10.9.0.5-10.9.0.9 mark set mark or 0x1 accept
+add rule ip t forw mark 0x1 ip daddr 10.9.0.5 drop
+add rule ip t natpre ip daddr 10.9.0.6 meta l4proto tcp dnat to 10.100.0.6:8080
+add rule ip t natpre ip daddr 10.9.0.7 return
+add rule ip t natpre ip daddr 10.9.0.8 dnat to 10.100.0.8
+"""
+
+
+def test_base_chains_compiled_as_their_hook_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base chain's compiled code is itself the function at its hook (or among the nat chains) once built:
+    its end and its ``return`` are the policy (drop here), its verdicts pass on, and it decides as the
+    interpreter does. When the chains are changed in place, the hook's own function is back until the next
+    packet builds the new code."""
+    from kproxy.netfilter.hooks import PREROUTING
+    from kproxy.nftables.evaluate import forget_compiled
+
+    pod = parse_addr("10.244.1.5")[1]
+    packets = [(pod, parse_addr(f"10.9.0.{i % 10}")[1], 4000 + i, 80 + i % 2) for i in range(40)]
+    runs = []
+    for interpret in (False, True):
+        rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=FUSED)
+        assert rc == 0, err
+        node = node_with(rs)
+        runs.append(outcomes(node, packets, interpret, monkeypatch))
+        if not interpret:
+            pre = next(r for r in node.subsystems["nftables_runners"] if r.chain.name == "pre")
+            nat = next(r for r in node.subsystems["nftables_runners"] if r.chain.name == "natpre")
+            assert pre.compiled.fused in node.hooks.fns[(4, PREROUTING)] and pre.hook not in node.hooks.fns[(4, PREROUTING)]
+            assert [e[3] for e in node.nat._lookups[(4, PREROUTING)]] == [nat.compiled.fused]
+            forget_compiled(node)
+            assert pre.hook in node.hooks.fns[(4, PREROUTING)] and pre.compiled.fused is None
+            assert [e[3] for e in node.nat._lookups[(4, PREROUTING)]] == [nat.hook]
+            res = node.receive(Packet(src=pod, dst=parse_addr("10.9.0.1")[1], proto=6, sport=9, dport=80,
+                                      tcp_flags=SYN, length=60), "cni0")
+            assert res.fate == "forwarded" and pre.compiled.fused in node.hooks.fns[(4, PREROUTING)]
+    assert runs[0] == runs[1]
+    assert {row[0] for row in runs[0]} == {"forwarded", "dropped"}
+    assert {row[2] for row in runs[0]} >= {parse_addr("10.100.0.6")[1], parse_addr("10.100.0.8")[1]}

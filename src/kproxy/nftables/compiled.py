@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.ext.statistic import node_rng
-from kproxy.netfilter.nat import NatRange
+from kproxy.netfilter.nat import NatRange, one_destination
 from kproxy.nftables.evaluate import CONTINUE, CT_STATE_BITS, PORT_PROTOS, RETURN, Unsupported
 from kproxy.nftables.expr import (
     TRANSPORT,
@@ -131,6 +131,12 @@ class Compiler:
         # Bound once: every chain binds the same object (a fresh bound method per chain is one more
         # object per chain for a packet to touch).
         self.nat_setup = runner.node.nat.setup
+        self.traced: Callable[[Packet, HookState], int] = runner.run_base
+        self.stub: Callable[[Packet, HookState], int] | None = None    # ``entry``'s function
+        self.fused: Callable[[Packet, HookState], int] | None = None   # ``fuse``'s function, while current
+        # Puts a hook function in the place of another where the runner's chain is registered.
+        self.install: Callable[[Any, Any], None] | None = None
+        self.nat_setup_one = runner.node.nat.setup_one_destination
 
     def chain(self, chain: Chain) -> ChainFn:
         fn = self.chains.get(chain.name)
@@ -143,30 +149,49 @@ class Compiler:
         return fn
 
     def entry(self, traced: Callable[[Packet, HookState], int]) -> Callable[[Packet, HookState], int]:
-        """The base chain's hook function: the compiled chain, its end taken as the policy; a traced packet
-        goes to ``traced`` (the interpreter, which reports each rule)."""
-        chain, chains, build = self.runner.chain, self.chains, self.chain
-        name, family = chain.name, {"ip": 4, "ip6": 6}.get(self.runner.table.family, 0)  # 0: both (inet)
-        policy = NF_DROP if chain.policy == "drop" else NF_ACCEPT
+        """The base chain's hook function as registered: a traced packet goes to ``traced`` (the
+        interpreter, which reports each rule), the others to the fused entry (``fuse``), built on first use.
+
+        The fused entry takes this function's place where it is registered (``install``), so a packet
+        calls the base chain's own code, with no call in between."""
+        self.traced = traced
 
         def hook(pkt: Packet, state: HookState) -> int:
             if state.trace is not None:
                 return traced(pkt, state)
-            if family and pkt.family != family:
-                return NF_ACCEPT
-            try:
-                verdict = (chains.get(name) or build(chain))(pkt, state, 0)
-            except Unsupported:
-                return NF_DROP  # said plainly when traced; never matched wrongly
-            return policy if verdict in (CONTINUE, RETURN) else verdict
+            return (self.fused or self.fuse())(pkt, state)
 
+        self.stub = hook
         return hook
+
+    def fuse(self) -> Callable[[Packet, HookState], int]:
+        """The base chain compiled as its hook function: a traced packet to the interpreter, a packet of the
+        other family accepted, the chain's RETURN (its end, a ``return``) taken as the policy, an expression
+        the emulator does not evaluate a drop (said plainly when traced; never matched wrongly)."""
+        chain = self.runner.chain
+        family = {"ip": 4, "ip6": 6}.get(self.runner.table.family, 0)  # 0: both (inet)
+        src = ChainSource()
+        src.policy = "NF_DROP" if chain.policy == "drop" else "NF_ACCEPT"
+        src.offset = 1          # inside the try
+        self.building.add(chain.name)
+        try:
+            for r in chain.rules:
+                self.rule(src, r.stmts)
+        finally:
+            self.building.discard(chain.name)
+        self.fused = src.function((src.const(self.traced), family))
+        if self.install is not None:
+            self.install(self.stub, self.fused)
+        return self.fused
 
     def forget(self) -> None:
         """Drop every compiled chain and index: the table's chains or sets were changed in place (a journaled
         transaction replaces the objects it changes); chains compile again on their next packet."""
         self.chains.clear()
         self.indexes.clear()
+        fused, self.fused = self.fused, None
+        if fused is not None and self.install is not None:
+            self.install(fused, self.stub)     # the hook builds the entry again on the next packet
 
     def precompile(self) -> int:
         """Compile now every chain the base chain can reach (packets otherwise do it on first use);
@@ -180,6 +205,8 @@ class Compiler:
                 if name not in seen and name in chains:
                     seen.add(name)
                     todo.append(chains[name])
+        if self.fused is None and self.stub is not None:
+            self.fuse()
         return len(seen)
 
     def build_chain(self, chain: Chain) -> ChainFn:
@@ -224,8 +251,13 @@ class Compiler:
             return indent + 1
         if isinstance(st, Nat) and (rng := self.nat_range(st)) is not None:
             # The NAT core's setup called straight from the chain (a DNAT per new connection).
-            setup = src.const(self.nat_setup)
-            src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {'SRC' if st.kind == 'snat' else 'DST'!r}, state)")
+            one = one_destination(rng) if st.kind == "dnat" else None
+            if one is not None:     # kube-proxy's: one address, one port
+                setup = src.const(self.nat_setup_one)
+                src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {src.const(one)}, state)")
+            else:
+                setup = src.const(self.nat_setup)
+                src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {'SRC' if st.kind == 'snat' else 'DST'!r}, state)")
             src.line(indent, "if r != CONTINUE:")
             src.ret(indent + 1, "r")
             return indent
@@ -663,6 +695,7 @@ class ChainSource:
         self.offset = 0
         self.depth = "depth"
         self.inlined = 0
+        self.policy: str | None = None      # a base chain's hook function (``Compiler.fuse``): its policy
 
     def line(self, indent: int, text: str) -> None:
         self.lines.append("    " * (indent + 1 + self.offset) + text)
@@ -671,7 +704,16 @@ class ChainSource:
         """The chain's code ends with the verdict ``expr``: returned, or inside an inlined target, where
         RETURN goes back to the jumping chain (``break``), passed on otherwise. ``may_return``: False when
         ``expr`` is known not to be RETURN."""
-        if not self.inlined or expr in ("NF_ACCEPT", "NF_DROP"):
+        if expr in ("NF_ACCEPT", "NF_DROP"):
+            self.line(indent, f"return {expr}")
+        elif not self.inlined and self.policy is not None:
+            # the base chain's end: its RETURN (or a CONTINUE, never returned by a chain) is the policy
+            if expr == "RETURN":
+                self.line(indent, f"return {self.policy}")
+            else:
+                self.line(indent, f"r = {expr}")
+                self.line(indent, f"return {self.policy} if r == RETURN or r == CONTINUE else r")
+        elif not self.inlined:
             self.line(indent, f"return {expr}")
         elif expr == "RETURN":
             self.line(indent, "break")
@@ -692,16 +734,27 @@ class ChainSource:
         self.vars += 1
         return f"v{self.vars}"
 
-    def function(self) -> ChainFn:
+    def function(self, entry: tuple[str, int] | None = None) -> Any:
+        """The chain's function, ``run(pkt, state, depth)``; with ``entry`` (the constant of the traced
+        packets' function, the family or 0), a base chain's hook function ``run(pkt, state)``."""
         params = "".join(f", k{i}=k{i}" for i in range(len(self.consts)))
         unpack = f"    {', '.join(f'k{i}' for i in range(len(self.consts)))}, = K\n" if self.consts else ""
-        text = (f"def make(K):\n{unpack}    def run(pkt, state, depth{params}):\n"
-                "        if depth > 16:\n            return NF_DROP\n" + "\n".join(self.lines) +
-                "\n        return RETURN\n    return run\n")
+        if entry is None:
+            text = (f"def make(K):\n{unpack}    def run(pkt, state, depth{params}):\n"
+                    "        if depth > 16:\n            return NF_DROP\n" + "\n".join(self.lines) +
+                    "\n        return RETURN\n    return run\n")
+        else:
+            traced, family = entry
+            text = (f"def make(K):\n{unpack}    def run(pkt, state{params}):\n"
+                    f"        if state.trace is not None:\n            return {traced}(pkt, state)\n" +
+                    (f"        if pkt.family != {family}:\n            return NF_ACCEPT\n" if family else "") +
+                    "        depth = 0\n        try:\n" + "\n".join(self.lines) + "\n            pass\n"
+                    "        except Unsupported:\n            return NF_DROP\n"
+                    f"        return {self.policy}\n    return run\n")
         factory = self.cache.get(text)
         if factory is None:
             scope: dict[str, Any] = {"NF_ACCEPT": NF_ACCEPT, "NF_DROP": NF_DROP, "RETURN": RETURN,
-                                     "CONTINUE": CONTINUE, "PORT_PROTOS": PORT_PROTOS}
+                                     "CONTINUE": CONTINUE, "PORT_PROTOS": PORT_PROTOS, "Unsupported": Unsupported}
             exec(compile(text, "<nft chain>", "exec"), scope)  # noqa: S102 - our own generated source
             factory = self.cache[text] = scope["make"]
         return factory(self.consts)
