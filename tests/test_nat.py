@@ -346,6 +346,6 @@ def test_one_destination_setup_binds_as_the_general_setup(case: str) -> None:
         pkt = Packet(src=orig.src, dst=orig.dst, proto=proto, sport=1234, dport=80)
         pkt.ct = conn
         state = HookState("PREROUTING", "in0", "", n)
-        verdict = n.nat.setup(pkt, rng, "DST", state) if general else n.nat.setup_one_destination(pkt, rng, one, state)
+        verdict = n.nat.setup(pkt, rng, "DST", state) if general else n.nat.setup_one_destination(pkt, rng, state)
         results.append((verdict, conn.reply, conn.status))
     assert results[0] == results[1]

@@ -191,10 +191,10 @@ class Nat:
                             + (" (null binding)" if null else ""))
         return NF_ACCEPT
 
-    def setup_one_destination(self, pkt: Packet, rng: NatRange, one: tuple[int, int], state: HookState) -> int:
-        """``setup(pkt, rng, "DST", state)`` for a range of one address and one port (``one``, as
-        ``one_destination`` answers for ``rng``): kube-proxy's DNAT, bound for every new connection
-        to a Service, with the tuples built here rather than through the general search."""
+    def setup_one_destination(self, pkt: Packet, rng: NatRange, state: HookState) -> int:
+        """``setup(pkt, rng, "DST", state)`` for a range of one address and one port (one for which
+        ``one_destination`` answers): kube-proxy's DNAT, bound for every new connection to a Service,
+        with the tuples built here rather than through the general search."""
         conn = pkt.ct
         if conn is None or conn.status & (IPS_CONFIRMED | IPS_DST_NAT_DONE):
             return NF_ACCEPT
@@ -204,7 +204,7 @@ class Nat:
         curr = orig if not conn.status & IPS_NAT_MASK and reply.src == orig.dst and reply.sport == orig.dport \
             else reply.inverse()
         family, proto, src, dst, sport, dport = curr
-        addr, port = one
+        addr, port = rng[0], rng[2]
         if addr != dst or port != dport:
             # the reply tuple of (family, proto, src, addr, sport, port): what ``setup`` records
             conn.reply = _new_tuple(Tuple, (family, proto, addr, src, port, sport))

@@ -238,11 +238,15 @@ class Compiler:
             return self.verdict_code(src, st.verdict, indent)
         if isinstance(st, VerdictMap):
             # A miss, or no key (the packet lacks the header), is NFT_BREAK: the rest of the rule does not run.
-            guard, expr = self.inline_value(src, st.key)
-            if guard:
-                src.line(indent, f"if {guard}:")
-                indent += 1
-            src.line(indent, f"a = {self.map_lookup(src, st, expr)}")
+            table = self.numgen_table(src, st)
+            if table is not None:
+                src.line(indent, f"a = {table}")
+            else:
+                guard, expr = self.inline_value(src, st.key)
+                if guard:
+                    src.line(indent, f"if {guard}:")
+                    indent += 1
+                src.line(indent, f"a = {self.map_lookup(src, st, expr)}")
             src.line(indent, "if a is not None:")
             # The verdict's action takes the target chain's depth: a goto's action is the chain itself.
             src.line(indent + 1, f"r = a(pkt, state, {src.depth} + 1)")
@@ -251,10 +255,9 @@ class Compiler:
             return indent + 1
         if isinstance(st, Nat) and (rng := self.nat_range(st)) is not None:
             # The NAT core's setup called straight from the chain (a DNAT per new connection).
-            one = one_destination(rng) if st.kind == "dnat" else None
-            if one is not None:     # kube-proxy's: one address, one port
+            if st.kind == "dnat" and one_destination(rng) is not None:     # kube-proxy's: one address, one port
                 setup = src.const(self.nat_setup_one)
-                src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {src.const(one)}, state)")
+                src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, state)")
             else:
                 setup = src.const(self.nat_setup)
                 src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {'SRC' if st.kind == 'snat' else 'DST'!r}, state)")
@@ -380,14 +383,32 @@ class Compiler:
 
         return jump
 
-    def map_lookup(self, src: ChainSource, st: VerdictMap, expr: str) -> str:
-        """Code for the action of the verdict a verdict map holds for ``expr`` (``map_verdict``), None on a miss.
+    def draw(self, src: ChainSource, mod: int) -> str:
+        """Code for ``numgen random mod MOD``'s draw before its offset: 0 to MOD - 1 from the node's random
+        source, looked up per packet, as the interpreter does."""
+        node = self.runner.node
+        rng = f"({src.const(node.subsystems)}.get('rng') or {src.const(node_rng)}({src.const(node)}))"
+        # A plain random.Random's randrange(n) is its _randbelow(n) (the same draw, one call less); a
+        # subclass (kproxy verify's scripted draws) is asked through its own randrange.
+        n = src.var()
+        return f"({n}._randbelow({mod}) if type({n} := {rng}) is {src.const(random.Random)} else {n}.randrange({mod}))"
 
-        A map of exact keys is a dict from key to action. An anonymous map (a rule's own, as kube-proxy's
-        ``numgen`` maps are) cannot change: its dict's own ``get`` is the lookup. A named map's dict is
-        used while the map's element list is the one it was built from, else rebuilt first (inline: no
-        call per packet); a map of other keys is scanned by the interpreter's lookup."""
-        find = self.finder(st.data)
+    def numgen_table(self, src: ChainSource, st: VerdictMap) -> str | None:
+        """Code for the action of ``numgen random mod N [offset O] vmap { ... }`` (kube-proxy's choice of an
+        endpoint): a tuple of the actions of O, O + 1, ... O + N - 1 (None where the map has no such key)
+        indexed by the draw, rather than a dict asked for the offset draw. None for any other map."""
+        key, data = st.key, st.data
+        if type(key) is not Numgen or key.mode != "random" or not 0 < key.mod <= 4096 or not isinstance(data, SetLit):
+            return None
+        exact = SetIndex(self.verdict_action()).refresh(data.elems)
+        if exact is None:
+            return None
+        table = tuple(exact.get(key.offset + i) for i in range(key.mod))
+        return f"{src.const(table)}[{self.draw(src, key.mod)}]"
+
+    def verdict_action(self) -> Callable[[Any], Action | None]:
+        """What a verdict map's index keeps of an element's data: the verdict's action (``map_verdict``),
+        made once per verdict; None for data that is not a verdict."""
         compiled: dict[int, tuple[Verdict, Action]] = {}
         compile_verdict = self.map_verdict
 
@@ -399,6 +420,17 @@ class Compiler:
                 held = compiled[id(found)] = (found, compile_verdict(found))
             return held[1]
 
+        return action
+
+    def map_lookup(self, src: ChainSource, st: VerdictMap, expr: str) -> str:
+        """Code for the action of the verdict a verdict map holds for ``expr`` (``map_verdict``), None on a miss.
+
+        A map of exact keys is a dict from key to action. An anonymous map (a rule's own, as kube-proxy's
+        ``numgen`` maps are) cannot change: its dict's own ``get`` is the lookup. A named map's dict is
+        used while the map's element list is the one it was built from, else rebuilt first (inline: no
+        call per packet); a map of other keys is scanned by the interpreter's lookup."""
+        find = self.finder(st.data)
+        action = self.verdict_action()
         scan = Scan(lambda key: action(find(key)))
         index = SetIndex(action)
         holder: Any = st.data if isinstance(st.data, SetLit) else \
@@ -559,13 +591,7 @@ class Compiler:
             bits.update(CT_STATE_BITS)
             return "", f"(64 if pkt.notrack else {src.const(bits.get)}(pkt.ctstate, 64))"
         elif type(e) is Numgen and e.mode == "random" and e.mod > 0:
-            node = self.runner.node      # its random source looked up per packet, as the interpreter does
-            rng = f"({src.const(node.subsystems)}.get('rng') or {src.const(node_rng)}({src.const(node)}))"
-            # A plain random.Random's randrange(n) is its _randbelow(n) (the same draw, one call less); a
-            # subclass (kproxy verify's scripted draws) is asked through its own randrange.
-            n = src.var()
-            return "", f"({n}._randbelow({e.mod}) if type({n} := {rng}) is {src.const(random.Random)} " \
-                f"else {n}.randrange({e.mod})) + {e.offset}"
+            return "", f"{self.draw(src, e.mod)} + {e.offset}"
         elif type(e) is Concat:
             parts = [inline_payload(i) if type(i) is Payload else
                      ("", "pkt.proto") if type(i) is Meta and i.key == "l4proto" else None for i in e.items]
