@@ -458,3 +458,25 @@ def test_base_chains_compiled_as_their_hook_functions(monkeypatch: pytest.Monkey
     assert runs[0] == runs[1]
     assert {row[0] for row in runs[0]} == {"forwarded", "dropped"}
     assert {row[2] for row in runs[0]} >= {parse_addr("10.100.0.6")[1], parse_addr("10.100.0.8")[1]}
+
+
+def test_compiled_chains_and_indexes_hold_one_object_per_number() -> None:
+    """A Service's address in its map key and in its chain's test, an endpoint's in its chain's test and in
+    its DNAT are one object (``intern_int``): what a new connection reads of a Service it has not met."""
+    from kproxy.netfilter.nat import NatRange
+    from kproxy.nftables.compiled import SetIndex
+    from nft_rulesets import endpoint_chain, service_chain
+
+    rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=kube_proxy_script(3, 2))
+    assert rc == 0, err
+    node = node_with(rs)
+    runner = next(r for r in node.subsystems["nftables_runners"] if r.chain.name == "nat-prerouting")
+    runner.compiled.precompile()
+    vip = parse_addr(service_ip(1))[1]
+    index = next(k for k in runner.compiled.fused.__defaults__ if isinstance(k, SetIndex) and k.exact)
+    key = next(k for k in index.exact if k[0] == vip)
+    in_chain = next(k for k in runner.compiled.chains[service_chain(1)].__defaults__ if k == vip)
+    assert key[0] is in_chain
+    ep = runner.compiled.chains[endpoint_chain(1, 1)].__defaults__
+    rng = next(k for k in ep if isinstance(k, NatRange))
+    assert next(k for k in ep if type(k) is int and k == rng.min_addr) is rng.min_addr

@@ -71,22 +71,26 @@ class SetIndex:
     are scanned in order, as the interpreter does, since the first element that covers a value wins.
     """
 
-    __slots__ = ("elems", "size", "exact", "convert")
+    __slots__ = ("elems", "size", "exact", "convert", "ints")
 
-    def __init__(self, convert: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, convert: Callable[[Any], Any] | None = None, ints: dict[int, int] | None = None) -> None:
         self.elems: list[Elem] | None = None
         self.size = -1
         self.exact: dict[Any, Any] | Scan | None = None
         self.convert = convert  # what to keep of an element's data (or of the element, in a set)
+        self.ints = ints        # the compiler's one object per number (``intern_int``)
 
     def refresh(self, elems: list[Elem]) -> dict[Any, Any] | None:
         exact: dict[Any, Any] | None = {}
+        ints = self.ints
         for e in elems:
             k = exact_key(e.key)
             if k is MISSING:
                 exact = None
                 break
             assert exact is not None
+            if ints is not None:
+                k = tuple([intern_int(ints, x) for x in k]) if type(k) is tuple else intern_int(ints, k)
             if k not in exact:  # the first element of a value wins
                 found = e.data if e.data is not None else e
                 exact[k] = found if self.convert is None else self.convert(found)
@@ -101,6 +105,13 @@ class Scan:
 
     def __init__(self, get: Callable[[Any], Any]) -> None:
         self.get = get
+
+
+def intern_int(ints: dict[int, int], v: Any) -> Any:
+    """One object for each number a compiler's chains and indexes hold (a Service's address is in its
+    map key and in its chain's test, an endpoint's in its chain's test and in its DNAT): a new connection
+    reads one object where it read two, which counts when 10,000 Services' objects are not in the cache."""
+    return ints.setdefault(v, v) if type(v) is int and v > 256 else v
 
 
 def exact_key(k: Expr) -> Any:
@@ -131,6 +142,7 @@ class Compiler:
         # Bound once: every chain binds the same object (a fresh bound method per chain is one more
         # object per chain for a packet to touch).
         self.nat_setup = runner.node.nat.setup
+        self.ints: dict[int, int] = {}      # one object per number (``intern_int``)
         self.traced: Callable[[Packet, HookState], int] = runner.run_base
         self.stub: Callable[[Packet, HookState], int] | None = None    # ``entry``'s function
         self.fused: Callable[[Packet, HookState], int] | None = None   # ``fuse``'s function, while current
@@ -170,7 +182,7 @@ class Compiler:
         the emulator does not evaluate a drop (said plainly when traced; never matched wrongly)."""
         chain = self.runner.chain
         family = {"ip": 4, "ip6": 6}.get(self.runner.table.family, 0)  # 0: both (inet)
-        src = ChainSource()
+        src = ChainSource(self.ints)
         src.policy = "NF_DROP" if chain.policy == "drop" else "NF_ACCEPT"
         src.offset = 1          # inside the try
         self.building.add(chain.name)
@@ -189,6 +201,7 @@ class Compiler:
         transaction replaces the objects it changes); chains compile again on their next packet."""
         self.chains.clear()
         self.indexes.clear()
+        self.ints.clear()
         fused, self.fused = self.fused, None
         if fused is not None and self.install is not None:
             self.install(fused, self.stub)     # the hook builds the entry again on the next packet
@@ -210,7 +223,7 @@ class Compiler:
         return len(seen)
 
     def build_chain(self, chain: Chain) -> ChainFn:
-        src = ChainSource()
+        src = ChainSource(self.ints)
         for r in chain.rules:
             self.rule(src, r.stmts)
         return src.function()
@@ -400,7 +413,7 @@ class Compiler:
         key, data = st.key, st.data
         if type(key) is not Numgen or key.mode != "random" or not 0 < key.mod <= 4096 or not isinstance(data, SetLit):
             return None
-        exact = SetIndex(self.verdict_action()).refresh(data.elems)
+        exact = SetIndex(self.verdict_action(), self.ints).refresh(data.elems)
         if exact is None:
             return None
         table = tuple(exact.get(key.offset + i) for i in range(key.mod))
@@ -432,7 +445,7 @@ class Compiler:
         find = self.finder(st.data)
         action = self.verdict_action()
         scan = Scan(lambda key: action(find(key)))
-        index = SetIndex(action)
+        index = SetIndex(action, self.ints)
         holder: Any = st.data if isinstance(st.data, SetLit) else \
             self.runner.table.sets.get(getattr(st.data, "name", ""))
         if holder is None:
@@ -463,15 +476,15 @@ class Compiler:
             return guard, f"({inner} {e.op} {src.const(e.right.value)})"
         return None
 
-    @staticmethod
-    def nat_range(st: Nat) -> NatRange | None:
+    def nat_range(self, st: Nat) -> NatRange | None:
         """``dnat``/``snat to ADDR[:PORT]`` with constants: the range, built once (the NAT core does the
         rest); None for the other forms, which the interpreter's ``nat`` runs."""
         addr, port = st.addr, st.port
         if st.kind not in ("dnat", "snat") or not (type(addr) is Const and (port is None or type(port) is Const)):
             return None
         p = None if port is None else port.value
-        return NatRange(addr.value, addr.value, p, p, "random" in st.flags, "fully-random" in st.flags,
+        a = intern_int(self.ints, addr.value)
+        return NatRange(a, a, p, p, "random" in st.flags, "fully-random" in st.flags,
                         "persistent" in st.flags)
 
     # ---- matches ----------------------------------------------------------------------------------
@@ -530,7 +543,7 @@ class Compiler:
         find = self.finder(where)
         if holder is None:
             return f"{src.const(find)}({expr})"
-        index = SetIndex()          # this site's own: ``finder``'s index never holds a Scan
+        index = SetIndex(None, self.ints)          # this site's own: ``finder``'s index never holds a Scan
         exact = index.refresh(holder.elems)
         if isinstance(where, SetLit):
             return f"{src.const(find)}({expr})" if exact is None else f"{src.const(exact)}.get({expr})"
@@ -557,7 +570,7 @@ class Compiler:
             holder = where  # type: ignore[assignment]
         else:
             return lambda v: lookup(where, v)
-        index = self.indexes.setdefault(id(holder), SetIndex())
+        index = self.indexes.setdefault(id(holder), SetIndex(None, self.ints))
         index.refresh(holder.elems)
 
         def find(v: Any) -> Any:
@@ -712,10 +725,11 @@ class ChainSource:
 
     cache: dict[str, Callable[..., ChainFn]] = {}  # source text -> its factory, shared by every ruleset
 
-    def __init__(self) -> None:
+    def __init__(self, ints: dict[int, int] | None = None) -> None:
         self.lines: list[str] = []
         self.consts: list[Any] = []
         self.vars = 0
+        self.ints = ints        # the compiler's one object per number (``intern_int``)
         # Where the lines go while a jump's target is written inline (``Compiler.inline_jump``): how much
         # deeper they are indented, the depth the target's code runs at, how many targets are open.
         self.offset = 0
@@ -753,7 +767,7 @@ class ChainSource:
             self.line(indent, "break")
 
     def const(self, value: Any) -> str:
-        self.consts.append(value)
+        self.consts.append(value if self.ints is None else intern_int(self.ints, value))
         return f"k{len(self.consts) - 1}"
 
     def var(self) -> str:
