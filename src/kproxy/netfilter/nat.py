@@ -326,8 +326,16 @@ class Nat:
         if conn.status & IPS_CONFIRMED:
             target = _targets(conn)[1 + direction]
         else:
-            # A connection's first packet: not worth remembering (most flows' only packet, in bulk).
-            target = (conn.orig if direction == REPLY else conn.reply).inverse()
+            # A connection's first packet: not worth remembering (most flows' only packet, in bulk). The
+            # target is the other direction's tuple inverted: its fields read crosswise, with no tuple made.
+            other = conn.orig if direction == REPLY else conn.reply
+            if other[1] in PORT_PROTOS:
+                if manip == "SRC":
+                    pkt.src, pkt.sport = other[3], other[5]
+                else:
+                    pkt.dst, pkt.dport = other[2], other[4]
+                return NF_ACCEPT
+            target = other.inverse()
         if target[1] in PORT_PROTOS:
             if manip == "SRC":
                 pkt.src, pkt.sport = target[2], target[4]

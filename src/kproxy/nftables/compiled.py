@@ -143,6 +143,8 @@ class Compiler:
         # object per chain for a packet to touch).
         self.nat_setup = runner.node.nat.setup
         self.ints: dict[int, int] = {}      # one object per number (``intern_int``)
+        family = {"ip": 4, "ip6": 6}.get(runner.table.family)
+        self.family_guard = f"pkt.family == {family}" if family else None   # a test the table's packets pass
         self.traced: Callable[[Packet, HookState], int] = runner.run_base
         self.stub: Callable[[Packet, HookState], int] | None = None    # ``entry``'s function
         self.fused: Callable[[Packet, HookState], int] | None = None   # ``fuse``'s function, while current
@@ -493,7 +495,7 @@ class Compiler:
         left, right, op = m.left, m.right, m.op
         if type(m) is PortsMatch:
             # nft's one comparison of both ports, listed as two matches: the sport half decides.
-            inline = inline_payload(left) if type(left) is Payload else None
+            inline = self.payload(left) if type(left) is Payload else None
             if m.ports is None:
                 return "True"
             if inline is None:
@@ -587,12 +589,20 @@ class Compiler:
 
         return find
 
+    def payload(self, e: Payload) -> tuple[str, str] | None:
+        """``inline_payload``, without the family test an ``ip`` or ``ip6`` table's chains never fail: only
+        that family's packets reach them (the base chains are hooked for it alone, and test it)."""
+        inline = inline_payload(e)
+        if inline is not None and inline[0] == self.family_guard:
+            return "", inline[1]
+        return inline
+
     # ---- values -----------------------------------------------------------------------------------
     def inline_value(self, src: ChainSource, e: Expr) -> tuple[str, str]:
         """A value as (guard, expression): the expression is read only when the guard holds, and the guard
         holds exactly when the interpreter's value is not None. Forms not inlined call a getter once."""
         if type(e) is Payload:
-            inline = inline_payload(e)
+            inline = self.payload(e)
             if inline is not None:
                 return inline
         elif type(e) is Meta and e.key in ("l4proto", "mark"):
@@ -606,7 +616,7 @@ class Compiler:
         elif type(e) is Numgen and e.mode == "random" and e.mod > 0:
             return "", f"{self.draw(src, e.mod)} + {e.offset}"
         elif type(e) is Concat:
-            parts = [inline_payload(i) if type(i) is Payload else
+            parts = [self.payload(i) if type(i) is Payload else
                      ("", "pkt.proto") if type(i) is Meta and i.key == "l4proto" else None for i in e.items]
             if all(p is not None for p in parts):
                 guards = [g for g, _ in parts if g]  # type: ignore[misc]
