@@ -187,6 +187,7 @@ class Compiler:
         src = ChainSource(self.ints)
         src.policy = "NF_DROP" if chain.policy == "drop" else "NF_ACCEPT"
         src.offset = 1          # inside the try
+        src.depth = "0"         # a constant: Python folds the depths of the inlined chains, and drops their checks
         self.building.add(chain.name)
         try:
             for r in chain.rules:
@@ -798,7 +799,7 @@ class ChainSource:
             text = (f"def make(K):\n{unpack}    def run(pkt, state{params}):\n"
                     f"        if state.trace is not None:\n            return {traced}(pkt, state)\n" +
                     (f"        if pkt.family != {family}:\n            return NF_ACCEPT\n" if family else "") +
-                    "        depth = 0\n        try:\n" + "\n".join(self.lines) + "\n            pass\n"
+                    "        try:\n" + "\n".join(self.lines) + "\n            pass\n"
                     "        except Unsupported:\n            return NF_DROP\n"
                     f"        return {self.policy}\n    return run\n")
         factory = self.cache.get(text)
