@@ -471,4 +471,19 @@ def test_a_remembered_first_segment_leaves_what_the_tracker_leaves(sysctls):
             assert p.ctstate == "NEW" and fresh is not None, flags
             assert (fresh.tcp_state, fresh.expires, fresh.status & ~IPS_CONFIRMED, _track_fields(fresh.tcp)) == \
                 (direct.tcp_state, direct.expires, direct.status, _track_fields(direct.tcp)), flags
-            assert fresh.tcp is not ct._first_segments[next(iter(ct._first_segments))][1]   # a copy, never shared
+            assert all(fresh.tcp is not first[1] for by_flags in ct._first_segments.values()  # a copy, never shared
+                       for first in by_flags.values())
+
+
+def test_a_remembered_first_segment_follows_the_sysctls_changed_after():
+    """The outcome of a first segment is remembered per flags for the sysctls it was worked out with: a
+    mid-stream ACK starts a connection while nf_conntrack_tcp_loose is 1, not after it is set to 0, and
+    again once it is back to 1."""
+    n = node()
+    states = []
+    for i, loose in enumerate(["1", "1", "0", "0", "1"]):
+        n.sysctls["net.netfilter.nf_conntrack_tcp_loose"] = loose
+        p = tcp(C, S, 3000 + i, 22, ACK)
+        n.receive(p, "eth0")
+        states.append(p.ctstate)
+    assert states == ["NEW", "NEW", "INVALID", "INVALID", "NEW"]

@@ -317,3 +317,35 @@ def test_address_choice_and_source_mapping_match_the_kernel():
 
 def udp_pkt(src: str, sport: int, dport: int) -> Packet:
     return Packet.make(src, "10.2.0.2", "udp", sport, dport)
+
+
+@pytest.mark.parametrize("case", ["plain", "same", "already-bound", "ipvs-moved", "confirmed", "icmp"])
+def test_one_destination_setup_binds_as_the_general_setup(case: str) -> None:
+    """``setup_one_destination`` (the compiled nft chains' DNAT to one address and one port) leaves the
+    connection as ``setup`` does: the reply tuple and the status bits, for a fresh flow, one already
+    going there, one already bound, one whose reply IPVS moved, a confirmed one and an ICMP one."""
+    from kproxy.netfilter.conntrack import IPS_CONFIRMED, Conn
+    from kproxy.netfilter.hooks import HookState
+    from kproxy.netfilter.nat import one_destination
+
+    rng = NatRange(ip("10.100.0.7"), ip("10.100.0.7"), 8080, 8080)
+    one = one_destination(rng)
+    assert one == (ip("10.100.0.7"), 8080)
+    results = []
+    for general in (True, False):
+        n = router()
+        proto = 1 if case == "icmp" else 6
+        orig = Tuple(4, proto, ip("10.244.1.5"), ip("172.30.0.1"), 1234, 8 << 8 if case == "icmp" else 80)
+        if case == "same":
+            orig = Tuple(4, 6, ip("10.244.1.5"), ip("10.100.0.7"), 1234, 8080)
+        reply = orig.inverse()
+        status = {"already-bound": IPS_DST_NAT_DONE, "confirmed": IPS_CONFIRMED}.get(case, 0)
+        if case == "ipvs-moved":
+            reply, status = Tuple(4, 6, ip("10.100.0.9"), ip("10.244.1.5"), 9090, 1234), IPS_DST_NAT
+        conn = Conn(orig, reply, status)
+        pkt = Packet(src=orig.src, dst=orig.dst, proto=proto, sport=1234, dport=80)
+        pkt.ct = conn
+        state = HookState("PREROUTING", "in0", "", n)
+        verdict = n.nat.setup(pkt, rng, "DST", state) if general else n.nat.setup_one_destination(pkt, rng, state)
+        results.append((verdict, conn.reply, conn.status))
+    assert results[0] == results[1]

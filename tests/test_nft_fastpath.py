@@ -202,6 +202,7 @@ def outcomes(node: Node, packets: list[tuple[int, int, int, int]], interpret: bo
         if interpret:
             # Every chain through the statement interpreter: the compiled functions are never used.
             m.setattr(compiled.Compiler, "chain", lambda self, chain: partial(self.runner.interpret_chain, chain))
+            m.setattr(compiled.Compiler, "fuse", lambda self: self.runner.run_base)   # nor the base chains' code
             m.setattr(evaluate.ChainRunner, "run_chain", evaluate.ChainRunner.interpret_chain)
             attach(node)
         for src, dst, sport, dport in packets:
@@ -333,3 +334,149 @@ def test_element_words_check_agrees_with_the_word_by_word_one() -> None:
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
         by_word = all(w in fastpath.PUNCT or word.fullmatch(w) for w in fastpath.ELEM_WORDS.findall(text))
         assert (fastpath.PLAIN_WORDS.fullmatch(text) is not None) == by_word, text
+
+
+INLINED = """\
+add table ip t
+add chain ip t pre { type filter hook prerouting priority 0 ; }
+add chain ip t post { type nat hook postrouting priority 100 ; }
+add chain ip t small
+add chain ip t inner
+add chain ip t gone
+add chain ip t big
+add rule ip t small mark set mark or 0x1
+add rule ip t small ip daddr 10.9.0.2 return
+add rule ip t small jump inner
+add rule ip t small mark set mark or 0x2
+add rule ip t inner ip daddr 10.9.0.3 goto gone
+add rule ip t inner ip daddr 10.9.0.4 accept
+add rule ip t inner ip daddr 10.9.0.5 drop
+add rule ip t inner mark set mark or 0x4
+add rule ip t gone mark set mark or 0x8
+add rule ip t gone ip daddr 10.9.0.3 tcp dport 81 return
+add rule ip t big mark set mark or 0x10
+add rule ip t big ip daddr 10.9.0.6 return
+add rule ip t big jump small
+add rule ip t big mark set mark or 0x20
+add rule ip t big ip daddr 10.9.0.7 drop
+add rule ip t pre ip daddr 10.9.0.1-10.9.0.5 jump small
+add rule ip t pre mark set mark or 0x40
+add rule ip t pre ip daddr 10.9.0.6-10.9.0.9 jump big
+add rule ip t pre numgen random mod 3 offset 5 vmap { 5 : jump big, 7 : goto inner }
+add rule ip t pre mark set mark or 0x80
+add rule ip t post jump small
+"""
+
+
+def deep_jumps(levels: int) -> str:
+    """A base chain jumping through ``levels`` one-rule chains, the last of which marks the packet."""
+    out = ["add table ip d", "add chain ip d pre { type filter hook prerouting priority 0 ; }"]
+    out += [f"add chain ip d c{i}" for i in range(levels)]
+    out += [f"add rule ip d c{i} jump c{i + 1}" for i in range(levels - 1)]
+    out += [f"add rule ip d c{levels - 1} mark set mark or 0x1", "add rule ip d pre jump c0"]
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("script", [INLINED, deep_jumps(4), deep_jumps(15)],
+                         ids=["returns-gotos-verdicts", "deep-4", "deep-15"])
+def test_jumps_compiled_inline_decide_as_calls_and_the_interpreter_do(script: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A jump to a short chain is compiled into the jumping chain's code. Its RETURN (a ``return``, the
+    end of the chain) goes on after the jump, other verdicts (accept, drop, a goto's chain's outcome) end
+    the base chain, and jumps nest, also from a ``numgen`` map (a tuple of its actions, one draw missing) (as deep as a ruleset may: ``Too many links`` beyond): the same packets
+    decide the same with inlining, with every jump a call, and interpreted."""
+    from kproxy.nftables import compiled
+
+    pod = parse_addr("10.244.1.5")[1]
+    packets = [(pod, parse_addr(f"10.9.0.{i % 10}")[1], 3000 + i, 80 + i % 2) for i in range(60)]
+    runs = []
+    for how in ("inline", "calls", "interpret"):
+        with monkeypatch.context() as m:
+            if how == "calls":
+                m.setattr(compiled, "INLINE_RULES", 0)
+            rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=script)
+            assert rc == 0, err
+            node = node_with(rs)
+            runs.append(outcomes(node, packets, how == "interpret", monkeypatch))
+            if how == "inline":
+                built = {name for r in node.subsystems["nftables_runners"] for name in r.compiled.chains}
+                assert not built & {"small", "c1"}, "the short chains were compiled inline"
+    assert runs[0] == runs[1] == runs[2]
+    if script is INLINED:
+        fates, marks = {row[0] for row in runs[0]}, {row[6] for row in runs[0]}
+        assert {"forwarded", "dropped"} <= fates
+        for bit in (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80):
+            assert any(isinstance(mk, int) and mk & bit for mk in marks), hex(bit)
+
+
+FUSED = """\
+add table ip t
+add chain ip t pre { type filter hook prerouting priority 0 ; policy drop ; }
+add chain ip t forw { type filter hook forward priority 0 ; }
+add chain ip t natpre { type nat hook prerouting priority -100 ; }
+add chain ip t small
+add rule ip t small ip daddr 10.9.0.3 accept
+add rule ip t pre ip daddr 10.9.0.1 accept
+add rule ip t pre ip daddr 10.9.0.2 return
+add rule ip t pre jump small
+add rule ip t pre ip daddr 10.9.0.4 tcp dport 81 accept
+add rule ip t pre ip daddr 10.9.0.5-10.9.0.9 mark set mark or 0x1 accept
+add rule ip t forw mark 0x1 ip daddr 10.9.0.5 drop
+add rule ip t natpre ip daddr 10.9.0.6 meta l4proto tcp dnat to 10.100.0.6:8080
+add rule ip t natpre ip daddr 10.9.0.7 return
+add rule ip t natpre ip daddr 10.9.0.8 dnat to 10.100.0.8
+"""
+
+
+def test_base_chains_compiled_as_their_hook_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base chain's compiled code is itself the function at its hook (or among the nat chains) once built:
+    its end and its ``return`` are the policy (drop here), its verdicts pass on, and it decides as the
+    interpreter does. When the chains are changed in place, the hook's own function is back until the next
+    packet builds the new code."""
+    from kproxy.netfilter.hooks import PREROUTING
+    from kproxy.nftables.evaluate import forget_compiled
+
+    pod = parse_addr("10.244.1.5")[1]
+    packets = [(pod, parse_addr(f"10.9.0.{i % 10}")[1], 4000 + i, 80 + i % 2) for i in range(40)]
+    runs = []
+    for interpret in (False, True):
+        rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=FUSED)
+        assert rc == 0, err
+        node = node_with(rs)
+        runs.append(outcomes(node, packets, interpret, monkeypatch))
+        if not interpret:
+            pre = next(r for r in node.subsystems["nftables_runners"] if r.chain.name == "pre")
+            nat = next(r for r in node.subsystems["nftables_runners"] if r.chain.name == "natpre")
+            assert pre.compiled.fused in node.hooks.fns[(4, PREROUTING)] and pre.hook not in node.hooks.fns[(4, PREROUTING)]
+            assert [e[3] for e in node.nat._lookups[(4, PREROUTING)]] == [nat.compiled.fused]
+            forget_compiled(node)
+            assert pre.hook in node.hooks.fns[(4, PREROUTING)] and pre.compiled.fused is None
+            assert [e[3] for e in node.nat._lookups[(4, PREROUTING)]] == [nat.hook]
+            res = node.receive(Packet(src=pod, dst=parse_addr("10.9.0.1")[1], proto=6, sport=9, dport=80,
+                                      tcp_flags=SYN, length=60), "cni0")
+            assert res.fate == "forwarded" and pre.compiled.fused in node.hooks.fns[(4, PREROUTING)]
+    assert runs[0] == runs[1]
+    assert {row[0] for row in runs[0]} == {"forwarded", "dropped"}
+    assert {row[2] for row in runs[0]} >= {parse_addr("10.100.0.6")[1], parse_addr("10.100.0.8")[1]}
+
+
+def test_compiled_chains_and_indexes_hold_one_object_per_number() -> None:
+    """A Service's address in its map key and in its chain's test, an endpoint's in its chain's test and in
+    its DNAT are one object (``intern_int``): what a new connection reads of a Service it has not met."""
+    from kproxy.netfilter.nat import NatRange
+    from kproxy.nftables.compiled import SetIndex
+    from nft_rulesets import endpoint_chain, service_chain
+
+    rc, _, err, rs = run_nft(["-f", "-"], Ruleset(), stdin=kube_proxy_script(3, 2))
+    assert rc == 0, err
+    node = node_with(rs)
+    runner = next(r for r in node.subsystems["nftables_runners"] if r.chain.name == "nat-prerouting")
+    runner.compiled.precompile()
+    vip = parse_addr(service_ip(1))[1]
+    index = next(k for k in runner.compiled.fused.__defaults__ if isinstance(k, SetIndex) and k.exact)
+    key = next(k for k in index.exact if k[0] == vip)
+    in_chain = next(k for k in runner.compiled.chains[service_chain(1)].__defaults__ if k == vip)
+    assert key[0] is in_chain
+    ep = runner.compiled.chains[endpoint_chain(1, 1)].__defaults__
+    rng = next(k for k in ep if isinstance(k, NatRange))
+    assert next(k for k in ep if type(k) is int and k == rng.min_addr) is rng.min_addr

@@ -110,3 +110,25 @@ def test_flow_routes_agree_with_route_for_every_destination():
         assert (got.type, got.dev, got.gateway, got.prefsrc) == (want.type, want.dev, want.gateway, want.prefsrc), dst
     assert {node.route_for_flow(Packet(src=1, dst=d, proto=6)).prefsrc for d in dsts if d >> 16 == 0x0A01} == \
         {parse_addr("10.1.0.1")[1], parse_addr("10.1.128.1")[1]}
+
+
+def test_flow_routes_keep_blocks_only_where_no_address_is_local():
+    """A decision kept for a whole block must not answer for a local address in it: with a /8 as the
+    longest prefix, the block of the node's own 10.0.0.1 and the one of 127.0.0.0/8 answer per
+    destination, and the others per block (one entry for thousands of destinations)."""
+    from kproxy.packet import Packet
+
+    node = Node.from_description({
+        "name": "n",
+        "interfaces": [{"name": "eth0", "addresses": ["10.0.0.1/8"]}],
+        "routes": ["default via 10.0.0.254 dev eth0"],
+    })
+    addrs = ["11.2.3.4", "10.9.9.9", "10.0.0.1", "127.0.0.1", "127.1.2.3", "11.200.0.1", "10.0.0.2", "12.0.0.1"]
+    for a in addrs + addrs[::-1]:
+        dst = parse_addr(a)[1]
+        got, want = node.route_for_flow(Packet(src=1, dst=dst, proto=6)), node.route(4, dst)
+        assert (got.type, got.dev, got.gateway, got.prefsrc) == (want.type, want.dev, want.gateway, want.prefsrc), a
+    for i in range(2000):
+        node.route_for_flow(Packet(src=1, dst=parse_addr("11.0.0.0")[1] + i * 97, proto=6))
+    blocks, _, dests = node._flow[4]
+    assert set(blocks) == {11, 12} and len(dests) == 5

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from kproxy.netfilter.path import Result
 
 DEFAULT_NODE_FILE = "kproxy-node.json"
-FLOW_ROUTE_CACHE = 65536      # destinations whose routing decision is remembered
+FLOW_ROUTE_CACHE = 65536      # destinations (and blocks) whose routing decision is remembered
 
 
 class NodeError(ValueError):
@@ -206,10 +206,9 @@ class Node:
         self.interfaces: dict[str, Interface] = {}
         self.routes: RouteList = RouteList()
         self._result_cache: dict[int, tuple[Route, RouteResult]] = {}
-        self._flow_routes: dict[int, dict[int, RouteResult]] = {4: {}, 6: {}}
+        # Per family: (decisions by block, the block's shift, decisions by destination); see route_for_flow.
+        self._flow: dict[int, tuple[dict[int, RouteResult], int, dict[int, RouteResult]]] = {}
         self._flow_routes_version: tuple[int, int, int] | None = None
-        self._flow_blocks: dict[int, dict[int, RouteResult]] = {4: {}, 6: {}}
-        self._flow_shift: dict[int, int] = {4: 0, 6: 0}
         self._iface_version = 0
         self.sysctls: dict[str, str] = Sysctls(DEFAULT_SYSCTLS)
         self.hooks = HookRegistry()
@@ -339,41 +338,60 @@ class Node:
         return (self.routes.version, self._iface_version, len(self.interfaces))
 
     def route_for_flow(self, pkt: Packet) -> RouteResult:
-        """``route`` for a packet, remembered per destination (as the kernel's dst cache remembers a
-        flow's route) until the routes, devices or addresses change."""
+        """``route`` for a packet, remembered (as the kernel's dst cache remembers a flow's route) until the
+        routes, devices or addresses change: per block of the table's longest prefix when every address of
+        the block takes the same decision, else per destination."""
         version = (self.routes.version, self._iface_version, len(self.interfaces))   # routing_version(), per packet
         if version != self._flow_routes_version:
-            self._flow_routes, self._flow_blocks = {4: {}, 6: {}}, {4: {}, 6: {}}
-            fib = self._fib()
-            # A block: the addresses that agree on the bits of the longest prefix the main table has.
-            self._flow_shift = {fam: (32 if fam == 4 else 128) - (fib[fam][0][0].bit_count() if fib[fam] else 0)
-                                for fam in (4, 6)}
-            self._flow_routes_version = version
-        cache = self._flow_routes[pkt.family]
+            self._flow_reset(version)
+        blocks, shift, dests = self._flow[pkt.family]
         dst = pkt.dst
-        res = cache.get(dst)
+        res = blocks.get(dst >> shift)
         if res is None:
-            if len(cache) >= FLOW_ROUTE_CACHE:
-                cache.clear()
-            res = cache[dst] = self._flow_route(pkt.family, dst)
+            res = dests.get(dst)
+            if res is None:
+                res = self._flow_route(pkt.family, dst)
         return res
 
+    def _flow_reset(self, version: tuple[int, int, int]) -> None:
+        """Forget every remembered decision; a block is the addresses that agree on the bits of the
+        longest prefix the main table has."""
+        fib = self._fib()
+        self._flow = {fam: ({}, (32 if fam == 4 else 128) - (fib[fam][0][0].bit_count() if fib[fam] else 0), {})
+                      for fam in (4, 6)}
+        self._flow_routes_version = version
+
     def _flow_route(self, family: int, dst: int) -> RouteResult:
-        """A destination's first routing decision. No route is longer than the table's longest prefix, so
-        every address of a block of that length matches the same route: a non-local destination takes its
-        block's decision, unless the decision chose a source address for that destination alone."""
+        """A destination's first routing decision, remembered. No route is longer than the table's longest
+        prefix, so every non-local address of a block of that length matches the same route: the decision
+        is kept for the whole block when it holds no local address (the common case: one entry for the
+        thousands of endpoints of a pod subnet), else for this destination alone, as it is when the
+        decision chose a source address for that destination."""
+        blocks, shift, dests = self._flow[family]
+        if len(dests) >= FLOW_ROUTE_CACHE:
+            dests.clear()
         if self.is_local(family, dst):
-            return self._route(family, dst)
-        blocks = self._flow_blocks[family]
-        key = dst >> self._flow_shift[family]
-        res = blocks.get(key)
-        if res is None:
-            res, shared = self._decide(family, dst)
-            if shared:
-                if len(blocks) >= FLOW_ROUTE_CACHE:
-                    blocks.clear()
-                blocks[key] = res
+            res = dests[dst] = self._route(family, dst)
+            return res
+        res, shared = self._decide(family, dst)
+        if not shared:
+            dests[dst] = res
+        elif self._block_clean(family, dst >> shift, shift):
+            if len(blocks) >= FLOW_ROUTE_CACHE:
+                blocks.clear()
+            blocks[dst >> shift] = res
+        else:
+            dests[dst] = res
         return res
+
+    def _block_clean(self, family: int, key: int, shift: int) -> bool:
+        """No address of the block ``key`` is local (is_local: the node's addresses and 127.0.0.0/8)."""
+        if any(a >> shift == key for a in self._local[family]):
+            return False
+        if family == 4:
+            lo, hi = key << shift, ((key + 1) << shift) - 1
+            return hi < 0x7F000000 or lo > 0x7FFFFFFF
+        return True
 
     def _fib(self) -> dict[int, list[tuple[int, dict[int, Route]]]]:
         """The main table per family: (mask, {network: route}) by prefix length, longest first.

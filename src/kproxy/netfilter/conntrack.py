@@ -39,6 +39,7 @@ from kproxy.netfilter.tcp import (  # noqa: F401 - re-exported: conntrack's publ
     tcp_new,
 )
 from kproxy.packet import ACK, FIN, ICMP, ICMPV6, NF_ACCEPT, NF_DROP, RST, SYN, TCP, UDP, Packet, format_addr
+from kproxy.versioned import Sysctls
 
 # include/uapi/linux/netfilter/nf_conntrack_common.h: enum ip_conntrack_status bits.
 IPS_EXPECTED = 1 << 0
@@ -243,11 +244,14 @@ class Conntrack:
         self._tcp_tracker = TcpTracker()
         self._max_text: str | None = None
         self._max = 0
-        # A TCP connection's first segment without sequence numbers, by (flags, loose, liberal,
-        # ignore_invalid_rst): (why it cannot start one, or None; the tracker memory, state, timeout
-        # and status bits it leaves).
-        self._first_segments: dict[tuple[int, bool, bool, bool],
-                                   tuple[str | None, TcpTrack | None, str, float, int]] = {}
+        # A TCP connection's first segment without sequence numbers, by (loose, liberal,
+        # ignore_invalid_rst), then by flags: (why it cannot start one, or None; the tracker memory,
+        # state, timeout and status bits it leaves).
+        self._first_segments: dict[tuple[bool, bool, bool],
+                                   dict[int, tuple[str | None, TcpTrack | None, str, float, int]]] = {}
+        # The sysctls (object and change count) the outcomes were last looked up for, their outcomes, loose.
+        self._first_for: tuple[Any, int, dict[int, tuple[str | None, TcpTrack | None, str, float, int]], bool] = \
+            (None, -1, {}, True)
 
     # ---- the table ------------------------------------------------------------------------
     @property
@@ -299,8 +303,11 @@ class Conntrack:
 
     def insert(self, conn: Conn) -> None:
         self.changes += 1
-        self._table[_key(conn.orig, conn.zone_id(ORIGINAL))] = conn
-        self._table[_key(conn.reply, conn.zone_id(REPLY))] = conn
+        if conn.zone:
+            self._table[_key(conn.orig, conn.zone_id(ORIGINAL))] = conn
+            self._table[_key(conn.reply, conn.zone_id(REPLY))] = conn
+        else:       # the default zone (nearly every entry): the tuples are the keys
+            self._table[conn.orig] = self._table[conn.reply] = conn
         conn.status |= IPS_CONFIRMED
         self._count += 1
         if conn.status & IPS_SRC_NAT:
@@ -454,7 +461,8 @@ class Conntrack:
     def _new(self, pkt: Packet, t: Tuple, state: HookState) -> int:
         """init_conntrack: allocate (the table limit applies here), then the protocol's new() check."""
         now = state.now
-        limit = self.max_entries
+        text = self.node.sysctls.get("net.netfilter.nf_conntrack_max", "262144")
+        limit = self._max if text is self._max_text else self.max_entries
         if limit and self._count >= limit and not self._early_drop(now):
             self.drops += 1
             self.node.log_lines.append("nf_conntrack: nf_conntrack: table full, dropping packet")
@@ -486,16 +494,21 @@ class Conntrack:
         Without sequence numbers the outcome depends only on the flags and three sysctls, so it is
         worked out once per combination (by the same code, on a scratch connection) and copied."""
         sysctls = self.node.sysctls
-        loose = sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
         if pkt.seg is not None:
-            return self._first_segment(conn, pkt, now, loose)
-        key = (pkt.tcp_flags, loose, sysctls.get("net.netfilter.nf_conntrack_tcp_be_liberal", "0") != "0",
-               sysctls.get("net.netfilter.nf_conntrack_tcp_ignore_invalid_rst", "0") != "0")
-        first = self._first_segments.get(key)
+            return self._first_segment(conn, pkt, now, sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0")
+        # The outcomes for the current sysctls, by flags; worked out again when any sysctl changes.
+        seen = self._first_for
+        if seen[0] is not sysctls or seen[1] != Sysctls.changes or type(sysctls) is not Sysctls:
+            loose = sysctls.get("net.netfilter.nf_conntrack_tcp_loose", "1") != "0"
+            key3 = (loose, sysctls.get("net.netfilter.nf_conntrack_tcp_be_liberal", "0") != "0",
+                    sysctls.get("net.netfilter.nf_conntrack_tcp_ignore_invalid_rst", "0") != "0")
+            seen = self._first_for = (sysctls, Sysctls.changes, self._first_segments.setdefault(key3, {}), loose)
+        by_flags, loose = seen[2], seen[3]
+        first = by_flags.get(pkt.tcp_flags)
         if first is None:
             scratch = Conn(conn.orig, conn.reply)
             why = self._first_segment(scratch, pkt, 0.0, loose)
-            first = self._first_segments[key] = (why, scratch.tcp, scratch.tcp_state, scratch.expires, scratch.status)
+            first = by_flags[pkt.tcp_flags] = (why, scratch.tcp, scratch.tcp_state, scratch.expires, scratch.status)
         why, track, tcp_state, expires, status = first
         if why is None and track is not None:
             conn.tcp = track.copy()
@@ -616,7 +629,16 @@ class Conntrack:
         if conn is None or conn.status & IPS_CONFIRMED or pkt.ctdir != ORIGINAL:
             return NF_ACCEPT
         now = state.now
-        if self.taken(conn.reply, conn, now) or self.taken(conn.orig, conn, now):
+        if conn.zone:
+            clash = self.taken(conn.reply, conn, now) or self.taken(conn.orig, conn, now)
+        else:       # ``taken`` in the default zone, inline: this runs for every new connection
+            table = self._table
+            other = table.get(conn.reply)
+            clash = other is not None and other is not conn and other.expires > now
+            if not clash:
+                other = table.get(conn.orig)
+                clash = other is not None and other is not conn and other.expires > now
+        if clash:
             self._trace(state, "clash with an existing entry: dropping packet")
             return NF_DROP
         self.insert(conn)

@@ -130,5 +130,16 @@ class HookRegistry:
             ops[:] = [op for op in ops if not op.name.startswith(name_prefix)]
         self._changed()
 
+    def replace(self, old: HookFn, new: HookFn) -> None:
+        """Put ``new`` where ``old`` is registered: a function that decides as ``old`` does (nftables' base
+        chain compiled as its hook function), so nothing a cache learnt changes and no version is bumped."""
+        hit = False
+        for ops in self._ops.values():
+            for op in ops:
+                if op.fn is old:
+                    op.fn, hit = new, True
+        if hit:
+            self.fns = {key: tuple(op.fn for op in ops) for key, ops in self._ops.items() if ops}
+
     def ops(self, family: int, hook: str) -> list[HookOp]:
         return self._ops.get((family, hook), [])

@@ -32,6 +32,7 @@ from kproxy.netfilter.netns import NetNamespace
 from kproxy.packet import ICMP, ICMPV6, NF_ACCEPT, NF_DROP, Packet, format_addr
 
 Lookup = Callable[[Packet, HookState], int]
+_new_tuple = tuple.__new__
 MAX_ATTEMPTS = 128
 
 
@@ -89,6 +90,13 @@ class Nat:
         self._seq += 1       # at equal priority the newest chain runs first, as at the hooks
         bisect.insort(self._lookups[key], (priority, -self._seq, name, fn), key=lambda e: (e[0], e[1]))
 
+    def replace_lookup(self, old: Lookup, new: Lookup) -> None:
+        """Put ``new`` where ``old`` is registered (``HookRegistry.replace``, for nat chains)."""
+        for entries in self._lookups.values():
+            for i, (prio, seq, name, fn) in enumerate(entries):
+                if fn is old:
+                    entries[i] = (prio, seq, name, new)
+
     def unregister_lookup(self, family: int, hook: str, name: str) -> None:
         entries = self._lookups.get((family, hook), [])
         entries[:] = [e for e in entries if e[2] != name]
@@ -145,7 +153,12 @@ class Nat:
         every flow) only marks the binding done; otherwise ``setup`` searches a free port."""
         if conn.status & IPS_CONFIRMED:
             return
-        if not self.node.conntrack.taken(conn.reply, conn, state.now):
+        if conn.zone:
+            taken = self.node.conntrack.taken(conn.reply, conn, state.now)
+        else:       # ``taken`` in the default zone, inline: this runs for most new connections
+            other = self.node.conntrack.entry(conn.reply)
+            taken = other is not None and other is not conn and other.expires > state.now
+        if not taken:
             conn.status |= IPS_SRC_NAT_DONE if manip == "SRC" else IPS_DST_NAT_DONE
             return
         addr = conn.reply.dst if manip == "SRC" else conn.reply.src
@@ -178,12 +191,34 @@ class Nat:
                             + (" (null binding)" if null else ""))
         return NF_ACCEPT
 
+    def setup_one_destination(self, pkt: Packet, rng: NatRange, state: HookState) -> int:
+        """``setup(pkt, rng, "DST", state)`` for a range of one address and one port (one for which
+        ``one_destination`` answers): kube-proxy's DNAT, bound for every new connection to a Service,
+        with the tuples built here rather than through the general search."""
+        conn = pkt.ct
+        if conn is None or conn.status & (IPS_CONFIRMED | IPS_DST_NAT_DONE):
+            return NF_ACCEPT
+        reply, orig = conn.reply, conn.orig
+        if state.trace is not None or orig[1] not in PORT_PROTOS:
+            return self.setup(pkt, rng, "DST", state)
+        curr = orig if not conn.status & IPS_NAT_MASK and reply.src == orig.dst and reply.sport == orig.dport \
+            else reply.inverse()
+        family, proto, src, dst, sport, dport = curr
+        addr, port = rng[0], rng[2]
+        if addr != dst or port != dport:
+            # the reply tuple of (family, proto, src, addr, sport, port): what ``setup`` records
+            conn.reply = _new_tuple(Tuple, (family, proto, addr, src, port, sport))
+            conn.status |= IPS_DST_NAT | IPS_DST_NAT_DONE
+        else:
+            conn.status |= IPS_DST_NAT_DONE
+        return NF_ACCEPT
+
     def _unique_tuple(self, orig: Tuple, rng: NatRange, manip: str, conn: Conn) -> Tuple:
         """get_unique_tuple: keep what is free, else reuse the source's mapping, else hash an address
         into the range and search a port so that the reply tuple is unique. ``orig`` is the
         connection's current tuple (``setup`` is the only caller), so its inverse is ``conn.reply``."""
         random_all = rng.random or rng.random_fully
-        one = _one_destination(rng) if manip == "DST" and orig[1] in PORT_PROTOS else None
+        one = one_destination(rng) if manip == "DST" and orig[1] in PORT_PROTOS else None
         if one is not None:
             # One address and one port, no randomness (kube-proxy's DNAT): that address and that
             # port, used or not (find_best_ips_proto, then the in-range or the one-port search).
@@ -291,8 +326,16 @@ class Nat:
         if conn.status & IPS_CONFIRMED:
             target = _targets(conn)[1 + direction]
         else:
-            # A connection's first packet: not worth remembering (most flows' only packet, in bulk).
-            target = (conn.orig if direction == REPLY else conn.reply).inverse()
+            # A connection's first packet: not worth remembering (most flows' only packet, in bulk). The
+            # target is the other direction's tuple inverted: its fields read crosswise, with no tuple made.
+            other = conn.orig if direction == REPLY else conn.reply
+            if other[1] in PORT_PROTOS:
+                if manip == "SRC":
+                    pkt.src, pkt.sport = other[3], other[5]
+                else:
+                    pkt.dst, pkt.dport = other[2], other[4]
+                return NF_ACCEPT
+            target = other.inverse()
         if target[1] in PORT_PROTOS:
             if manip == "SRC":
                 pkt.src, pkt.sport = target[2], target[4]
@@ -322,7 +365,7 @@ class Nat:
         return NF_ACCEPT
 
 
-def _one_destination(rng: NatRange) -> tuple[int, int] | None:
+def one_destination(rng: NatRange) -> tuple[int, int] | None:
     """(address, port) when the range is one address and one port, with no random or offset port
     choice; else None. Read field by field: this is asked for every DNAT binding."""
     addr, port = rng.min_addr, rng.min_port

@@ -163,9 +163,10 @@ def receive_path(node: NetNamespace, pkt: Packet, iif: str, trace: Trace | None 
 
 def _ingress(node: NetNamespace, pkt: Packet, iif: str, trace: Trace | None) -> Result:
     """From the device into the IP stack: the INGRESS hook, PREROUTING, then routing."""
-    verdict, state = _run_device(node, pkt, INGRESS, iif, trace)
-    if verdict != NF_ACCEPT:
-        return _stopped(verdict, state, pkt, trace)
+    if (pkt.family, INGRESS) in node.hooks.fns:      # _run_device's test, inline: rarely any
+        verdict, state = _run_device(node, pkt, INGRESS, iif, trace)
+        if verdict != NF_ACCEPT:
+            return _stopped(verdict, state, pkt, trace)
     verdict, state = _run(node, pkt, PREROUTING, iif, "", trace)
     if verdict != NF_ACCEPT:
         return _stopped(verdict, state, pkt, trace)
@@ -201,9 +202,10 @@ def _postrouting(node: NetNamespace, pkt: Packet, iif: str, route: Any, trace: T
     verdict, state = _run(node, pkt, POSTROUTING, "", route.dev, trace)
     if verdict != NF_ACCEPT:
         return _stopped(verdict, state, pkt, trace)
-    verdict, state = _run_device(node, pkt, EGRESS, route.dev, trace)
-    if verdict != NF_ACCEPT:
-        return _stopped(verdict, state, pkt, trace)
+    if (pkt.family, EGRESS) in node.hooks.fns:
+        verdict, state = _run_device(node, pkt, EGRESS, route.dev, trace)
+        if verdict != NF_ACCEPT:
+            return _stopped(verdict, state, pkt, trace)
     gw = route.gateway_text
     return _fate(trace, Result(FORWARDED, pkt, POSTROUTING, route.dev, gw, "", "", trace))
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kproxy.iptables.ext.statistic import node_rng
-from kproxy.netfilter.nat import NatRange
+from kproxy.netfilter.nat import NatRange, one_destination
 from kproxy.nftables.evaluate import CONTINUE, CT_STATE_BITS, PORT_PROTOS, RETURN, Unsupported
 from kproxy.nftables.expr import (
     TRANSPORT,
@@ -53,6 +53,8 @@ Action = Callable[["Packet", "HookState", int], "int | None"]
 ChainFn = Callable[["Packet", "HookState", int], int]
 
 MISSING = object()
+INLINE_RULES = 4        # a jump to a chain of at most this many rules is compiled inline ...
+INLINE_LEVELS = 3       # ... this many chains deep at most
 
 
 def indexed_get(src: ChainSource, index: Any, holder: Any, current: Callable[[], Any], expr: str) -> str:
@@ -69,22 +71,26 @@ class SetIndex:
     are scanned in order, as the interpreter does, since the first element that covers a value wins.
     """
 
-    __slots__ = ("elems", "size", "exact", "convert")
+    __slots__ = ("elems", "size", "exact", "convert", "ints")
 
-    def __init__(self, convert: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, convert: Callable[[Any], Any] | None = None, ints: dict[int, int] | None = None) -> None:
         self.elems: list[Elem] | None = None
         self.size = -1
         self.exact: dict[Any, Any] | Scan | None = None
         self.convert = convert  # what to keep of an element's data (or of the element, in a set)
+        self.ints = ints        # the compiler's one object per number (``intern_int``)
 
     def refresh(self, elems: list[Elem]) -> dict[Any, Any] | None:
         exact: dict[Any, Any] | None = {}
+        ints = self.ints
         for e in elems:
             k = exact_key(e.key)
             if k is MISSING:
                 exact = None
                 break
             assert exact is not None
+            if ints is not None:
+                k = tuple([intern_int(ints, x) for x in k]) if type(k) is tuple else intern_int(ints, k)
             if k not in exact:  # the first element of a value wins
                 found = e.data if e.data is not None else e
                 exact[k] = found if self.convert is None else self.convert(found)
@@ -99,6 +105,13 @@ class Scan:
 
     def __init__(self, get: Callable[[Any], Any]) -> None:
         self.get = get
+
+
+def intern_int(ints: dict[int, int], v: Any) -> Any:
+    """One object for each number a compiler's chains and indexes hold (a Service's address is in its
+    map key and in its chain's test, an endpoint's in its chain's test and in its DNAT): a new connection
+    reads one object where it read two, which counts when 10,000 Services' objects are not in the cache."""
+    return ints.setdefault(v, v) if type(v) is int and v > 256 else v
 
 
 def exact_key(k: Expr) -> Any:
@@ -129,6 +142,15 @@ class Compiler:
         # Bound once: every chain binds the same object (a fresh bound method per chain is one more
         # object per chain for a packet to touch).
         self.nat_setup = runner.node.nat.setup
+        self.ints: dict[int, int] = {}      # one object per number (``intern_int``)
+        family = {"ip": 4, "ip6": 6}.get(runner.table.family)
+        self.family_guard = f"pkt.family == {family}" if family else None   # a test the table's packets pass
+        self.traced: Callable[[Packet, HookState], int] = runner.run_base
+        self.stub: Callable[[Packet, HookState], int] | None = None    # ``entry``'s function
+        self.fused: Callable[[Packet, HookState], int] | None = None   # ``fuse``'s function, while current
+        # Puts a hook function in the place of another where the runner's chain is registered.
+        self.install: Callable[[Any, Any], None] | None = None
+        self.nat_setup_one = runner.node.nat.setup_one_destination
 
     def chain(self, chain: Chain) -> ChainFn:
         fn = self.chains.get(chain.name)
@@ -141,30 +163,51 @@ class Compiler:
         return fn
 
     def entry(self, traced: Callable[[Packet, HookState], int]) -> Callable[[Packet, HookState], int]:
-        """The base chain's hook function: the compiled chain, its end taken as the policy; a traced packet
-        goes to ``traced`` (the interpreter, which reports each rule)."""
-        chain, chains, build = self.runner.chain, self.chains, self.chain
-        name, family = chain.name, {"ip": 4, "ip6": 6}.get(self.runner.table.family, 0)  # 0: both (inet)
-        policy = NF_DROP if chain.policy == "drop" else NF_ACCEPT
+        """The base chain's hook function as registered: a traced packet goes to ``traced`` (the
+        interpreter, which reports each rule), the others to the fused entry (``fuse``), built on first use.
+
+        The fused entry takes this function's place where it is registered (``install``), so a packet
+        calls the base chain's own code, with no call in between."""
+        self.traced = traced
 
         def hook(pkt: Packet, state: HookState) -> int:
             if state.trace is not None:
                 return traced(pkt, state)
-            if family and pkt.family != family:
-                return NF_ACCEPT
-            try:
-                verdict = (chains.get(name) or build(chain))(pkt, state, 0)
-            except Unsupported:
-                return NF_DROP  # said plainly when traced; never matched wrongly
-            return policy if verdict in (CONTINUE, RETURN) else verdict
+            return (self.fused or self.fuse())(pkt, state)
 
+        self.stub = hook
         return hook
+
+    def fuse(self) -> Callable[[Packet, HookState], int]:
+        """The base chain compiled as its hook function: a traced packet to the interpreter, a packet of the
+        other family accepted, the chain's RETURN (its end, a ``return``) taken as the policy, an expression
+        the emulator does not evaluate a drop (said plainly when traced; never matched wrongly)."""
+        chain = self.runner.chain
+        family = {"ip": 4, "ip6": 6}.get(self.runner.table.family, 0)  # 0: both (inet)
+        src = ChainSource(self.ints)
+        src.policy = "NF_DROP" if chain.policy == "drop" else "NF_ACCEPT"
+        src.offset = 1          # inside the try
+        src.depth = "0"         # a constant: Python folds the depths of the inlined chains, and drops their checks
+        self.building.add(chain.name)
+        try:
+            for r in chain.rules:
+                self.rule(src, r.stmts)
+        finally:
+            self.building.discard(chain.name)
+        self.fused = src.function((src.const(self.traced), family))
+        if self.install is not None:
+            self.install(self.stub, self.fused)
+        return self.fused
 
     def forget(self) -> None:
         """Drop every compiled chain and index: the table's chains or sets were changed in place (a journaled
         transaction replaces the objects it changes); chains compile again on their next packet."""
         self.chains.clear()
         self.indexes.clear()
+        self.ints.clear()
+        fused, self.fused = self.fused, None
+        if fused is not None and self.install is not None:
+            self.install(fused, self.stub)     # the hook builds the entry again on the next packet
 
     def precompile(self) -> int:
         """Compile now every chain the base chain can reach (packets otherwise do it on first use);
@@ -178,10 +221,12 @@ class Compiler:
                 if name not in seen and name in chains:
                     seen.add(name)
                     todo.append(chains[name])
+        if self.fused is None and self.stub is not None:
+            self.fuse()
         return len(seen)
 
     def build_chain(self, chain: Chain) -> ChainFn:
-        src = ChainSource()
+        src = ChainSource(self.ints)
         for r in chain.rules:
             self.rule(src, r.stmts)
         return src.function()
@@ -209,23 +254,31 @@ class Compiler:
             return self.verdict_code(src, st.verdict, indent)
         if isinstance(st, VerdictMap):
             # A miss, or no key (the packet lacks the header), is NFT_BREAK: the rest of the rule does not run.
-            guard, expr = self.inline_value(src, st.key)
-            if guard:
-                src.line(indent, f"if {guard}:")
-                indent += 1
-            src.line(indent, f"a = {self.map_lookup(src, st, expr)}")
+            table = self.numgen_table(src, st)
+            if table is not None:
+                src.line(indent, f"a = {table}")
+            else:
+                guard, expr = self.inline_value(src, st.key)
+                if guard:
+                    src.line(indent, f"if {guard}:")
+                    indent += 1
+                src.line(indent, f"a = {self.map_lookup(src, st, expr)}")
             src.line(indent, "if a is not None:")
             # The verdict's action takes the target chain's depth: a goto's action is the chain itself.
-            src.line(indent + 1, "r = a(pkt, state, depth + 1)")
+            src.line(indent + 1, f"r = a(pkt, state, {src.depth} + 1)")
             src.line(indent + 1, "if r != CONTINUE:")
-            src.line(indent + 2, "return r")
+            src.ret(indent + 2, "r")
             return indent + 1
         if isinstance(st, Nat) and (rng := self.nat_range(st)) is not None:
             # The NAT core's setup called straight from the chain (a DNAT per new connection).
-            setup = src.const(self.nat_setup)
-            src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {'SRC' if st.kind == 'snat' else 'DST'!r}, state)")
+            if st.kind == "dnat" and one_destination(rng) is not None:     # kube-proxy's: one address, one port
+                setup = src.const(self.nat_setup_one)
+                src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, state)")
+            else:
+                setup = src.const(self.nat_setup)
+                src.line(indent, f"r = {setup}(pkt, {src.const(rng)}, {'SRC' if st.kind == 'snat' else 'DST'!r}, state)")
             src.line(indent, "if r != CONTINUE:")
-            src.line(indent + 1, "return r")
+            src.ret(indent + 1, "r")
             return indent
         if isinstance(st, Mangle) and type(st.key) is Meta and st.key.key == "mark" and \
                 (value := self.mark_value(src, st.value)) is not None:
@@ -237,34 +290,62 @@ class Compiler:
             src.line(indent, f"pkt.mark = {expr} & 0xFFFFFFFF")
             return indent
         act = src.const(self.action(st))
-        src.line(indent, f"r = {act}(pkt, state, depth)")
+        src.line(indent, f"r = {act}(pkt, state, {src.depth})")
         src.line(indent, "if r is not None:")  # None: a match inside the statement failed
         src.line(indent + 1, "if r != CONTINUE:")
-        src.line(indent + 2, "return r")
+        src.ret(indent + 2, "r")
         return indent + 1
 
     def verdict_code(self, src: ChainSource, v: Verdict, indent: int) -> int:
         fixed = {"accept": "NF_ACCEPT", "drop": "NF_DROP", "return": "RETURN"}.get(v.kind)
         if fixed is not None:
-            src.line(indent, f"return {fixed}")
+            src.ret(indent, fixed)
             return indent
         if v.kind == "continue":
             return indent
         target = self.runner.table.chains.get(v.target or "")
         if target is None or v.kind not in ("jump", "goto"):
             fn = src.const(self.verdict(v))
-            src.line(indent, f"r = {fn}(pkt, state, depth)")
+            src.line(indent, f"r = {fn}(pkt, state, {src.depth})")
             src.line(indent, "if r != CONTINUE:")
-            src.line(indent + 1, "return r")
+            src.ret(indent + 1, "r")
             return indent
+        if v.kind == "jump" and self.inlinable(target, src):
+            return self.inline_jump(src, target, indent)
         fn = src.const(self.target(target))
         if v.kind == "goto":
-            src.line(indent, f"return {fn}(pkt, state, depth + 1)")
+            src.ret(indent, f"{fn}(pkt, state, {src.depth} + 1)")
             return indent
         # A jump comes back to the next statement when the target chain returns.
-        src.line(indent, f"r = {fn}(pkt, state, depth + 1)")
+        src.line(indent, f"r = {fn}(pkt, state, {src.depth} + 1)")
         src.line(indent, "if r != RETURN:")
-        src.line(indent + 1, "return r")
+        src.ret(indent + 1, "r", may_return=False)
+        return indent
+
+    def inlinable(self, chain: Chain, src: ChainSource) -> bool:
+        """Whether a jump to ``chain`` is compiled into the jumping chain's own code: a short chain (as
+        kube-proxy's ``services``, ``masquerading`` and check chains are) not being built (a loop), a
+        few levels deep at most. A call per jump fewer; the rules and their order are the same."""
+        return len(chain.rules) <= INLINE_RULES and src.inlined < INLINE_LEVELS and \
+            chain.name not in self.building and not chain.base
+
+    def inline_jump(self, src: ChainSource, chain: Chain, indent: int) -> int:
+        """A jump's target chain, inline: its rules in a loop run once, whose ``break`` is the chain's
+        RETURN (back to the statement after the jump); any other verdict leaves the whole function, as
+        the jump would pass it on. The target runs one level deeper, as it would when called."""
+        src.line(indent, "while True:")
+        saved = src.offset, src.depth, src.inlined
+        src.offset, src.depth, src.inlined = src.offset + indent, f"{src.depth} + 1", src.inlined + 1
+        self.building.add(chain.name)
+        try:
+            src.line(1, f"if {src.depth} > 16:")
+            src.line(2, "return NF_DROP")
+            for r in chain.rules:
+                self.rule(src, r.stmts)
+            src.line(1, "break")
+        finally:
+            self.building.discard(chain.name)
+            src.offset, src.depth, src.inlined = saved
         return indent
 
     def target(self, chain: Chain) -> ChainFn:
@@ -318,14 +399,32 @@ class Compiler:
 
         return jump
 
-    def map_lookup(self, src: ChainSource, st: VerdictMap, expr: str) -> str:
-        """Code for the action of the verdict a verdict map holds for ``expr`` (``map_verdict``), None on a miss.
+    def draw(self, src: ChainSource, mod: int) -> str:
+        """Code for ``numgen random mod MOD``'s draw before its offset: 0 to MOD - 1 from the node's random
+        source, looked up per packet, as the interpreter does."""
+        node = self.runner.node
+        rng = f"({src.const(node.subsystems)}.get('rng') or {src.const(node_rng)}({src.const(node)}))"
+        # A plain random.Random's randrange(n) is its _randbelow(n) (the same draw, one call less); a
+        # subclass (kproxy verify's scripted draws) is asked through its own randrange.
+        n = src.var()
+        return f"({n}._randbelow({mod}) if type({n} := {rng}) is {src.const(random.Random)} else {n}.randrange({mod}))"
 
-        A map of exact keys is a dict from key to action. An anonymous map (a rule's own, as kube-proxy's
-        ``numgen`` maps are) cannot change: its dict's own ``get`` is the lookup. A named map's dict is
-        used while the map's element list is the one it was built from, else rebuilt first (inline: no
-        call per packet); a map of other keys is scanned by the interpreter's lookup."""
-        find = self.finder(st.data)
+    def numgen_table(self, src: ChainSource, st: VerdictMap) -> str | None:
+        """Code for the action of ``numgen random mod N [offset O] vmap { ... }`` (kube-proxy's choice of an
+        endpoint): a tuple of the actions of O, O + 1, ... O + N - 1 (None where the map has no such key)
+        indexed by the draw, rather than a dict asked for the offset draw. None for any other map."""
+        key, data = st.key, st.data
+        if type(key) is not Numgen or key.mode != "random" or not 0 < key.mod <= 4096 or not isinstance(data, SetLit):
+            return None
+        exact = SetIndex(self.verdict_action(), self.ints).refresh(data.elems)
+        if exact is None:
+            return None
+        table = tuple(exact.get(key.offset + i) for i in range(key.mod))
+        return f"{src.const(table)}[{self.draw(src, key.mod)}]"
+
+    def verdict_action(self) -> Callable[[Any], Action | None]:
+        """What a verdict map's index keeps of an element's data: the verdict's action (``map_verdict``),
+        made once per verdict; None for data that is not a verdict."""
         compiled: dict[int, tuple[Verdict, Action]] = {}
         compile_verdict = self.map_verdict
 
@@ -337,8 +436,19 @@ class Compiler:
                 held = compiled[id(found)] = (found, compile_verdict(found))
             return held[1]
 
+        return action
+
+    def map_lookup(self, src: ChainSource, st: VerdictMap, expr: str) -> str:
+        """Code for the action of the verdict a verdict map holds for ``expr`` (``map_verdict``), None on a miss.
+
+        A map of exact keys is a dict from key to action. An anonymous map (a rule's own, as kube-proxy's
+        ``numgen`` maps are) cannot change: its dict's own ``get`` is the lookup. A named map's dict is
+        used while the map's element list is the one it was built from, else rebuilt first (inline: no
+        call per packet); a map of other keys is scanned by the interpreter's lookup."""
+        find = self.finder(st.data)
+        action = self.verdict_action()
         scan = Scan(lambda key: action(find(key)))
-        index = SetIndex(action)
+        index = SetIndex(action, self.ints)
         holder: Any = st.data if isinstance(st.data, SetLit) else \
             self.runner.table.sets.get(getattr(st.data, "name", ""))
         if holder is None:
@@ -369,15 +479,15 @@ class Compiler:
             return guard, f"({inner} {e.op} {src.const(e.right.value)})"
         return None
 
-    @staticmethod
-    def nat_range(st: Nat) -> NatRange | None:
+    def nat_range(self, st: Nat) -> NatRange | None:
         """``dnat``/``snat to ADDR[:PORT]`` with constants: the range, built once (the NAT core does the
         rest); None for the other forms, which the interpreter's ``nat`` runs."""
         addr, port = st.addr, st.port
         if st.kind not in ("dnat", "snat") or not (type(addr) is Const and (port is None or type(port) is Const)):
             return None
         p = None if port is None else port.value
-        return NatRange(addr.value, addr.value, p, p, "random" in st.flags, "fully-random" in st.flags,
+        a = intern_int(self.ints, addr.value)
+        return NatRange(a, a, p, p, "random" in st.flags, "fully-random" in st.flags,
                         "persistent" in st.flags)
 
     # ---- matches ----------------------------------------------------------------------------------
@@ -386,7 +496,7 @@ class Compiler:
         left, right, op = m.left, m.right, m.op
         if type(m) is PortsMatch:
             # nft's one comparison of both ports, listed as two matches: the sport half decides.
-            inline = inline_payload(left) if type(left) is Payload else None
+            inline = self.payload(left) if type(left) is Payload else None
             if m.ports is None:
                 return "True"
             if inline is None:
@@ -436,7 +546,7 @@ class Compiler:
         find = self.finder(where)
         if holder is None:
             return f"{src.const(find)}({expr})"
-        index = SetIndex()          # this site's own: ``finder``'s index never holds a Scan
+        index = SetIndex(None, self.ints)          # this site's own: ``finder``'s index never holds a Scan
         exact = index.refresh(holder.elems)
         if isinstance(where, SetLit):
             return f"{src.const(find)}({expr})" if exact is None else f"{src.const(exact)}.get({expr})"
@@ -463,7 +573,7 @@ class Compiler:
             holder = where  # type: ignore[assignment]
         else:
             return lambda v: lookup(where, v)
-        index = self.indexes.setdefault(id(holder), SetIndex())
+        index = self.indexes.setdefault(id(holder), SetIndex(None, self.ints))
         index.refresh(holder.elems)
 
         def find(v: Any) -> Any:
@@ -480,12 +590,20 @@ class Compiler:
 
         return find
 
+    def payload(self, e: Payload) -> tuple[str, str] | None:
+        """``inline_payload``, without the family test an ``ip`` or ``ip6`` table's chains never fail: only
+        that family's packets reach them (the base chains are hooked for it alone, and test it)."""
+        inline = inline_payload(e)
+        if inline is not None and inline[0] == self.family_guard:
+            return "", inline[1]
+        return inline
+
     # ---- values -----------------------------------------------------------------------------------
     def inline_value(self, src: ChainSource, e: Expr) -> tuple[str, str]:
         """A value as (guard, expression): the expression is read only when the guard holds, and the guard
         holds exactly when the interpreter's value is not None. Forms not inlined call a getter once."""
         if type(e) is Payload:
-            inline = inline_payload(e)
+            inline = self.payload(e)
             if inline is not None:
                 return inline
         elif type(e) is Meta and e.key in ("l4proto", "mark"):
@@ -497,15 +615,9 @@ class Compiler:
             bits.update(CT_STATE_BITS)
             return "", f"(64 if pkt.notrack else {src.const(bits.get)}(pkt.ctstate, 64))"
         elif type(e) is Numgen and e.mode == "random" and e.mod > 0:
-            node = self.runner.node      # its random source looked up per packet, as the interpreter does
-            rng = f"({src.const(node.subsystems)}.get('rng') or {src.const(node_rng)}({src.const(node)}))"
-            # A plain random.Random's randrange(n) is its _randbelow(n) (the same draw, one call less); a
-            # subclass (kproxy verify's scripted draws) is asked through its own randrange.
-            n = src.var()
-            return "", f"({n}._randbelow({e.mod}) if type({n} := {rng}) is {src.const(random.Random)} " \
-                f"else {n}.randrange({e.mod})) + {e.offset}"
+            return "", f"{self.draw(src, e.mod)} + {e.offset}"
         elif type(e) is Concat:
-            parts = [inline_payload(i) if type(i) is Payload else
+            parts = [self.payload(i) if type(i) is Payload else
                      ("", "pkt.proto") if type(i) is Meta and i.key == "l4proto" else None for i in e.items]
             if all(p is not None for p in parts):
                 guards = [g for g, _ in parts if g]  # type: ignore[misc]
@@ -624,32 +736,76 @@ class ChainSource:
 
     cache: dict[str, Callable[..., ChainFn]] = {}  # source text -> its factory, shared by every ruleset
 
-    def __init__(self) -> None:
+    def __init__(self, ints: dict[int, int] | None = None) -> None:
         self.lines: list[str] = []
         self.consts: list[Any] = []
         self.vars = 0
+        self.ints = ints        # the compiler's one object per number (``intern_int``)
+        # Where the lines go while a jump's target is written inline (``Compiler.inline_jump``): how much
+        # deeper they are indented, the depth the target's code runs at, how many targets are open.
+        self.offset = 0
+        self.depth = "depth"
+        self.inlined = 0
+        self.policy: str | None = None      # a base chain's hook function (``Compiler.fuse``): its policy
 
     def line(self, indent: int, text: str) -> None:
-        self.lines.append("    " * (indent + 1) + text)
+        self.lines.append("    " * (indent + 1 + self.offset) + text)
+
+    def ret(self, indent: int, expr: str, may_return: bool = True) -> None:
+        """The chain's code ends with the verdict ``expr``: returned, or inside an inlined target, where
+        RETURN goes back to the jumping chain (``break``), passed on otherwise. ``may_return``: False when
+        ``expr`` is known not to be RETURN."""
+        if expr in ("NF_ACCEPT", "NF_DROP"):
+            self.line(indent, f"return {expr}")
+        elif not self.inlined and self.policy is not None:
+            # the base chain's end: its RETURN (or a CONTINUE, never returned by a chain) is the policy
+            if expr == "RETURN":
+                self.line(indent, f"return {self.policy}")
+            else:
+                self.line(indent, f"r = {expr}")
+                self.line(indent, f"return {self.policy} if r == RETURN or r == CONTINUE else r")
+        elif not self.inlined:
+            self.line(indent, f"return {expr}")
+        elif expr == "RETURN":
+            self.line(indent, "break")
+        elif not may_return:
+            self.line(indent, f"return {expr}")
+        else:
+            if expr != "r":
+                self.line(indent, f"r = {expr}")
+            self.line(indent, "if r != RETURN:")
+            self.line(indent + 1, "return r")
+            self.line(indent, "break")
 
     def const(self, value: Any) -> str:
-        self.consts.append(value)
+        self.consts.append(value if self.ints is None else intern_int(self.ints, value))
         return f"k{len(self.consts) - 1}"
 
     def var(self) -> str:
         self.vars += 1
         return f"v{self.vars}"
 
-    def function(self) -> ChainFn:
+    def function(self, entry: tuple[str, int] | None = None) -> Any:
+        """The chain's function, ``run(pkt, state, depth)``; with ``entry`` (the constant of the traced
+        packets' function, the family or 0), a base chain's hook function ``run(pkt, state)``."""
         params = "".join(f", k{i}=k{i}" for i in range(len(self.consts)))
         unpack = f"    {', '.join(f'k{i}' for i in range(len(self.consts)))}, = K\n" if self.consts else ""
-        text = (f"def make(K):\n{unpack}    def run(pkt, state, depth{params}):\n"
-                "        if depth > 16:\n            return NF_DROP\n" + "\n".join(self.lines) +
-                "\n        return RETURN\n    return run\n")
+        if entry is None:
+            text = (f"def make(K):\n{unpack}    def run(pkt, state, depth{params}):\n"
+                    "        if depth > 16:\n            return NF_DROP\n" + "\n".join(self.lines) +
+                    "\n        return RETURN\n    return run\n")
+        else:
+            traced, family = entry
+            text = (f"def make(K):\n{unpack}    def run(pkt, state{params}):\n"
+                    f"        if state.trace is not None:\n            return {traced}(pkt, state)\n" +
+                    (f"        if pkt.family != {family}:\n            return NF_ACCEPT\n" if family else "") +
+                    "        try:\n" + "\n".join(self.lines) + "\n            pass\n"
+                    "        except Unsupported:\n            return NF_DROP\n"
+                    f"        return {self.policy}\n    return run\n")
         factory = self.cache.get(text)
         if factory is None:
             scope: dict[str, Any] = {"NF_ACCEPT": NF_ACCEPT, "NF_DROP": NF_DROP, "RETURN": RETURN,
-                                     "CONTINUE": CONTINUE, "PORT_PROTOS": PORT_PROTOS}
+                                     "CONTINUE": CONTINUE, "PORT_PROTOS": PORT_PROTOS, "Unsupported": Unsupported}
             exec(compile(text, "<nft chain>", "exec"), scope)  # noqa: S102 - our own generated source
             factory = self.cache[text] = scope["make"]
         return factory(self.consts)

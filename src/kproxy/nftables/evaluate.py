@@ -10,6 +10,7 @@ a base chain is registered; a node without nftables tables pays nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from kproxy.netfilter import offload
@@ -117,6 +118,8 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
             runner = ChainRunner(node, t, c)
             node.subsystems.setdefault("nftables_runners", []).append(runner)
             engine = on_devices(runner.hook, c) if c.devices else runner.hook
+            if engine is runner.hook:
+                runner.compiled.install = partial(reinstall, node)
             name = f"{NAME_PREFIX}{t.family}:{t.name}:{c.name}"
             for fam in FAMILIES[t.family]:
                 hook = HOOK_NAMES[str(c.hook)]
@@ -126,6 +129,12 @@ def attach(node: Node, ct_users: dict[int, int] | None = None) -> list[str]:
                 else:
                     node.hooks.register(fam, hook, c.prio, name, engine)
     return skipped
+
+
+def reinstall(node: Node, old: HookFn, new: HookFn) -> None:
+    """A base chain's hook function ``new`` where ``old`` is registered, at a hook or as a nat chain."""
+    node.hooks.replace(old, new)
+    node.nat.replace_lookup(old, new)
 
 
 def not_evaluated(t: Table, c: Chain) -> str:
