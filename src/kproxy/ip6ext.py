@@ -203,7 +203,7 @@ def check_chain(chain: tuple[ExtHdr, ...]) -> None:
 
 def next_types(chain: tuple[ExtHdr, ...], proto: int) -> list[int]:
     """Each header's next-header value: the following header's type, the last one's the protocol."""
-    return [h.kind for h in chain[1:]] + [proto]
+    return [h.kind for h in chain[1:]] + [proto] if chain else []
 
 
 def first_nexthdr(chain: tuple[ExtHdr, ...], proto: int) -> int:

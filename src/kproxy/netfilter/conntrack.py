@@ -382,22 +382,37 @@ class Conntrack:
         self.users[family] -= n
 
     def defrag_hook(self, pkt: Packet, state: HookState) -> int:
-        """ipv6_defrag (PREROUTING and OUTPUT, priority -400) while conntrack is on: a fragment is queued
-        for reassembly (STOLEN; the emulator never completes a datagram, the other fragments being
-        beyond a one-packet model); an atomic fragment (offset 0, no M flag) is a whole datagram,
-        "reassembled" at once: it goes on without its fragment header, 8 octets shorter (seen in the
-        kernel: tests/test_ip6ext_kernel.py). A packet already tracked or marked untracked (by a chain
-        before -400) is left alone, as the kernel leaves it."""
+        """ipv6_defrag (PREROUTING and OUTPUT, priority -400) while conntrack is on; nf_ct_frag6_gather
+        on the packet's fragment header, with ``pkt.length`` giving the fragment's data length:
+
+        - a fragment is queued for reassembly (STOLEN; the emulator never completes a datagram: its
+          other fragments are beyond a one-packet model);
+        - an atomic fragment (offset 0, no M flag) is a whole datagram, "reassembled" at once: it goes
+          on without its fragment header, 8 octets shorter;
+        - a non-last fragment whose data is not a multiple of 8 octets goes on untouched (-EPROTO: the
+          stack answers it), one with no data or ending past 65535 octets is dropped.
+
+        A packet already tracked or marked untracked (by a chain before -400) is left alone, as the
+        kernel leaves it. Seen in the kernel: tests/test_ip6ext_kernel.py."""
         if not pkt.exthdrs or pkt.ct is not None or pkt.notrack or not (self.enabled or self.users[6]):
             return NF_ACCEPT
         frag = fragment(pkt.exthdrs)
         if frag is None:
             return NF_ACCEPT
+        chain = pkt.exthdrs
+        before = sum(h.length() for h in chain[:chain.index(frag) + 1])
+        data = pkt.length - 40 - before
+        start = frag.offset * 8
+        end = start + data
+        if frag.mf and end & 7 and data > 0:
+            return NF_ACCEPT
+        if data <= 0 or end > 0xFFFF:
+            return NF_DROP
         if frag.offset or frag.mf:
             pkt.meta["stolen_by"] = "nf_defrag_ipv6 (a fragment waiting for the rest of its datagram)"
             return NF_STOLEN
-        pkt.exthdrs = tuple(h for h in pkt.exthdrs if h is not frag)
-        pkt.length = max(40, pkt.length - 8)
+        pkt.exthdrs = tuple(h for h in chain if h is not frag)
+        pkt.length -= 8
         return NF_ACCEPT
 
     def in_hook(self, pkt: Packet, state: HookState) -> int:

@@ -4,7 +4,8 @@ kernel's nft_exthdr reads from a packet.
 
 Facts taken from nftables 1.0.6 (field names, widths, listing forms) and checked against the installed
 nft: ``rt0 addr[N]`` and ``srh sid[N]`` are the same header bits, and nft lists both as ``srh sid[N]``;
-``rt2 addr`` has no usable value type in 1.0.6 (``No symbol type information``), so it is refused; in
+``rt2 addr`` has no usable value type in 1.0.6 (``No symbol type information``), so it is refused, and
+its grammar has no ``rt2 reserved`` (``expecting addr``); in
 an ``ip`` table every extension header expression is refused with ``cannot use exthdr with ip``.
 
 On a packet, nft_exthdr_ipv6_eval finds the header with ipv6_find_hdr over the packet's chain
@@ -182,8 +183,9 @@ def parse(p: Any) -> Exthdr:
         return Exthdr(name.text)
     fields = HEADERS[first.text][1]
     ft = p.peek()
-    if ft.kind != "word" or (ft.text not in fields and ft.text + "[]" not in fields):
-        raise unexpected(ft, "addr" if first.text == "rt0" else "")
+    if ft.kind != "word" or (ft.text not in fields and ft.text + "[]" not in fields) or (
+            first.text == "rt2" and ft.text != "addr"):      # 1.0.6's grammar has no ``rt2 reserved``
+        raise unexpected(ft, "addr" if first.text in ("rt0", "rt2") else "")
     p.next()
     if ft.text + "[]" not in fields:
         if first.text == "rt2" and ft.text == "addr":
