@@ -88,7 +88,7 @@ class ExtHdr:
         """The spec word that builds this header (padding options left out)."""
         parts = [self.name]
         if self.kind in (HOP, DEST):
-            parts += [f"opt={t}:{n}" for t, n in self.opts[:self._own_opts()]]
+            parts += [f"opt={t}" if t == PAD1 else f"opt={t}:{n}" for t, n in self.opts[:self._own_opts()]]
         elif self.kind == ROUTING:
             parts.append(f"type={self.rt_type}")
             if self.segs_left != len(self.addrs):
@@ -197,8 +197,8 @@ def check_chain(chain: tuple[ExtHdr, ...]) -> None:
     """A non-first fragment ends the chain: what follows its fragment header is payload."""
     for i, h in enumerate(chain[:-1]):
         if h.kind == FRAGMENT and h.offset:
-            raise ExtHdrError(f"{h.text()}: a non-first fragment (offset {h.offset}) carries no header after "
-                              f"its fragment header ({chain[i + 1].name} follows)")
+            raise ExtHdrError(f"{chain[i + 1].name}: no header can follow a non-first fragment (offset "
+                              f"{h.offset}): what follows its fragment header is payload")
 
 
 def next_types(chain: tuple[ExtHdr, ...], proto: int) -> list[int]:
