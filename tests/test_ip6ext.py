@@ -218,3 +218,15 @@ def test_trace_sends_extension_headers_through_ip6tables(tmp_path) -> None:
     assert json.loads(run(*base, "--exthdr", "rt,type=4,addr=fd00::10").output)[0]["fate"] == "delivered"
     bad = run(*base, "--exthdr", "rt,type=x")
     assert bad.exit_code == 2 and 'Error: arguments: --exthdr rt,type=x: type: "x" is not a number' in bad.output
+
+
+def test_log_lines_walk_the_extension_headers_as_dump_ipv6_packet_does() -> None:
+    node = Node.from_description(HOST)
+    node.iptables_restore("*filter\n-A INPUT -p udp -j LOG --log-prefix \"a \"\n"
+                          "-A INPUT -j LOG --log-prefix \"b \" --log-ip-options\nCOMMIT\n", family=6)
+    node.receive(udp("hbh", "frag,mf=1,id=255"), "eth0")
+    assert node.log_lines[-2].endswith("LEN=64 TC=0 HOPLIMIT=64 FLOWLBL=0 FRAG:0 INCOMPLETE ID:000000ff "
+                                       "PROTO=UDP SPT=4000 DPT=53 LEN=8")
+    assert "FLOWLBL=0 OPT ( ) OPT ( FRAG:0 INCOMPLETE ID:000000ff ) PROTO=UDP SPT=4000" in node.log_lines[-1]
+    node.receive(udp("frag,offset=2,id=1"), "eth0")
+    assert node.log_lines[-1].endswith("FLOWLBL=0 OPT ( FRAG:16 ID:00000001 ) PROTO=UDP")
