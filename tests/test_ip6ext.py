@@ -230,3 +230,11 @@ def test_log_lines_walk_the_extension_headers_as_dump_ipv6_packet_does() -> None
     assert "FLOWLBL=0 OPT ( ) OPT ( FRAG:0 INCOMPLETE ID:000000ff ) PROTO=UDP SPT=4000" in node.log_lines[-1]
     node.receive(udp("frag,offset=2,id=1"), "eth0")
     assert node.log_lines[-1].endswith("FLOWLBL=0 OPT ( FRAG:16 ID:00000001 ) PROTO=UDP")
+
+
+def test_trace_notes_that_a_non_first_fragments_ports_are_still_read(tmp_path) -> None:
+    import kproxy.cli.commands  # noqa: F401
+
+    res = CliRunner().invoke(cli, ["--node", str(tmp_path / "n.db"), "trace", "--local", "--dst", "fd00::1", "-p",
+                                   "udp", "--dport", "53", "--exthdr", "frag,offset=4"])
+    assert "note: a non-first fragment's ports are payload to the kernel" in res.output

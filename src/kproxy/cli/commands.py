@@ -130,6 +130,10 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
         node = obj.node
         from kproxy.nftables.evaluate import unevaluated
 
+        if any(w.startswith("frag") and _non_first(w) for spec in specs for w in spec.exthdrs):
+            click.echo("note: a non-first fragment's ports are payload to the kernel (its port matches fail); "
+                       "the emulator still reads --sport/--dport", err=True)
+
         for note in unevaluated(getattr(node, "nftables", None)):
             click.echo(f"note: {note}", err=True)
         keep = count <= 3 or as_json or nft_monitor or fmt != "text"
@@ -163,6 +167,13 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
         click.echo(render_summary(results))
     if not dry_run:
         obj.save()
+
+
+def _non_first(word: str) -> bool:
+    """Whether an ``--exthdr`` word is a fragment header with a non-zero offset."""
+    from kproxy.ip6ext import parse
+
+    return parse(word).offset != 0
 
 
 def _shorthands(obj: Ctx, from_pod: str | None, to_service: str | None, manifests: str | None, src: str | None,
