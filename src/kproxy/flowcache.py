@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from kproxy.node import Node
 
 # Hook functions whose effect on an established packet a replay reproduces.
-KNOWN_HOOK_OPS = frozenset({"conntrack:in", "conntrack:confirm", "ipvs:request", "ipvs:local-request", "ipvs:reply",
+KNOWN_HOOK_OPS = frozenset({"conntrack:defrag", "conntrack:in", "conntrack:confirm", "ipvs:request", "ipvs:local-request", "ipvs:reply",
                             "ipvs:local-reply", "nat:PREROUTING", "nat:INPUT", "nat:OUTPUT", "nat:POSTROUTING"})
 TABLE_OPS = ("iptables:", "iptables6:")
 NFT_OPS = "nft:"            # nft base chains: known when ``kproxy.nftables.purity.replayable`` says so
@@ -163,9 +163,9 @@ class FlowCache:
         if stamp == self._refused:      # nothing can be learnt under this configuration (nft hooks, ...)
             return None
         # The flow's key: every header field a rule could read. Not taken: a packet carrying sequence
-        # numbers, a payload, a socket or a connection, or not TCP/UDP.
+        # numbers, a payload, a socket, a connection or IPv6 extension headers, or not TCP/UDP.
         if pkt.ct is not None or pkt.seg is not None or pkt.payload is not None or pkt.inner is not None or \
-                pkt.meta or pkt.notrack or pkt.local or pkt.trace or pkt.uid is not None or pkt.gid is not None:
+                pkt.meta or pkt.notrack or pkt.local or pkt.trace or pkt.uid is not None or pkt.gid is not None or pkt.exthdrs:
             return None
         proto = pkt.proto
         if proto == TCP:

@@ -11,6 +11,9 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from kproxy import ip6ext
+from kproxy.ip6ext import ExtHdr
+
 if TYPE_CHECKING:  # pragma: no cover
     from kproxy.netfilter.conntrack import Conn
 
@@ -150,15 +153,23 @@ class Packet:
     uid: int | None = None
     gid: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # IPv6 extension headers between the IPv6 header and ``proto``'s header, in order (kproxy.ip6ext);
+    # ``proto`` stays the upper-layer protocol, what ``meta l4proto`` and ``-p`` see.
+    exthdrs: tuple[ExtHdr, ...] = ()
 
     @classmethod
     def make(cls, src: str, dst: str, proto: str | int = "tcp", sport: int = 0, dport: int = 0,
              **kw: Any) -> Packet:
-        """Build a packet from textual addresses (``Packet.make("10.0.0.1", "10.96.0.10", "udp", 4000, 53)``)."""
+        """Build a packet from textual addresses (``Packet.make("10.0.0.1", "10.96.0.10", "udp", 4000, 53)``);
+        ``exthdrs`` may be spec words (``["hbh,opt=5:2", "frag,mf=1,id=7"]``) or ``ExtHdr`` objects."""
         fam, s = parse_addr(src)
         fam2, d = parse_addr(dst)
         if fam != fam2:
             raise ValueError(f"address families differ: {src} and {dst}")
+        if kw.get("exthdrs"):
+            if fam != 6:
+                raise ValueError("extension headers need an IPv6 packet")
+            kw["exthdrs"] = ip6ext.parse_chain(tuple(kw["exthdrs"]))
         p = parse_proto(proto)
         if p == TCP and "tcp_flags" not in kw:
             kw["tcp_flags"] = SYN
@@ -184,11 +195,19 @@ class Packet:
             icmp_code=self.icmp_code, icmp_id=self.icmp_id, length=self.length, ttl=self.ttl,
             iif=self.iif, oif=self.oif, mark=self.mark, src_mac=self.src_mac, pkttype=self.pkttype,
             inner=self.inner, local=self.local, seg=self.seg, tos=self.tos, tcp_mss=self.tcp_mss,
-            payload=self.payload, uid=self.uid, gid=self.gid,
+            payload=self.payload, uid=self.uid, gid=self.gid, exthdrs=self.exthdrs,
         )
 
+    @property
+    def nexthdr(self) -> int:
+        """The IPv6 header's next-header field (``ip6 nexthdr``): the first extension header's type."""
+        return self.exthdrs[0].kind if self.exthdrs else self.proto
+
     def describe(self) -> str:
-        """One line: ``tcp 10.0.0.1:1234 -> 10.96.0.10:80 [SYN]``."""
+        """One line: ``tcp 10.0.0.1:1234 -> 10.96.0.10:80 [SYN]`` (extension headers after it)."""
+        return self._describe() + ip6ext.describe(self.exthdrs)
+
+    def _describe(self) -> str:
         if self.proto in (TCP, UDP, SCTP):
             text = f"{self.proto_name} {self.src_str}:{self.sport} -> {self.dst_str}:{self.dport}"
             if self.proto == TCP:

@@ -89,6 +89,9 @@ def result_json(res: Result) -> dict[str, Any]:
 @click.option("--payload", help="The bytes after the transport header, as text (default: unknown).")
 @click.option("--uid", help="The sending socket's uid, for --local packets (default: unknown).")
 @click.option("--gid", help="The sending socket's gid, for --local packets (default: unknown).")
+@click.option("--exthdr", "exthdrs", multiple=True,
+              help="An IPv6 extension header, repeated in order: hbh[,opt=TYPE[:LEN]...], dst[,opt=...], "
+                   "rt[,type=N][,segs=N][,res=N][,addr=ADDR...], frag[,offset=N][,mf=0|1][,id=N][,res=N][,res2=N].")
 @click.option("--json", "as_json", is_flag=True, help="Print the traces as JSON.")
 @click.option("--nft-monitor", is_flag=True,
               help="Print what 'nft monitor trace' would print for these packets (the nft rules they meet once "
@@ -103,7 +106,7 @@ def result_json(res: Result) -> dict[str, Any]:
 def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str | None, proto: str,
               sport: int | None, dport: int, tcp_flags: str | None, mark: str, count: int,
               packet_file: str | None, ttl: str | None, tos: str | None, mss: str | None, payload: str | None,
-              uid: str | None, gid: str | None, as_json: bool, nft_monitor: bool, fmt: str, dry_run: bool,
+              uid: str | None, gid: str | None, exthdrs: tuple[str, ...], as_json: bool, nft_monitor: bool, fmt: str, dry_run: bool,
               from_pod: str | None, to_service: str | None, manifests: str | None) -> None:
     """Inject packets and print every hook, table, chain and rule they meet, and their fate."""
     if from_pod or to_service:
@@ -121,9 +124,15 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
                              ("--uid", uid), ("--gid", gid)):
                 if val is not None:
                     argv += [opt, val]
+            for word in exthdrs:
+                argv += ["--exthdr", word]
             specs = [parse_spec_args(argv)]
         node = obj.node
         from kproxy.nftables.evaluate import unevaluated
+
+        if any(w.startswith("frag") and _non_first(w) for spec in specs for w in spec.exthdrs):
+            click.echo("note: a non-first fragment's ports are payload to the kernel (its port matches fail); "
+                       "the emulator still reads --sport/--dport", err=True)
 
         for note in unevaluated(getattr(node, "nftables", None)):
             click.echo(f"note: {note}", err=True)
@@ -158,6 +167,13 @@ def trace_cmd(obj: Ctx, iif: str | None, local: bool, src: str | None, dst: str 
         click.echo(render_summary(results))
     if not dry_run:
         obj.save()
+
+
+def _non_first(word: str) -> bool:
+    """Whether an ``--exthdr`` word is a fragment header with a non-zero offset."""
+    from kproxy.ip6ext import parse
+
+    return parse(word).offset != 0
 
 
 def _shorthands(obj: Ctx, from_pod: str | None, to_service: str | None, manifests: str | None, src: str | None,

@@ -2,7 +2,8 @@
 
 A spec is the trace options of one packet (``--iif eth0 --src 10.0.0.1 --dst 10.96.0.10 -p udp
 --dport 53``, and ``--ttl``, ``--tos``, ``--mss``, ``--payload``, ``--uid``/``--gid`` for the
-extensions that read them). A packet file holds one spec per line (``#`` comments allowed); the word ``reply``
+extensions that read them; ``--exthdr WORD``, repeated in order, for IPv6 extension headers: ``hbh,opt=5:2``,
+``dst``, ``rt,type=0,addr=2001:db8::1``, ``frag,offset=0,mf=1,id=7``; see kproxy.ip6ext). A packet file holds one spec per line (``#`` comments allowed); the word ``reply``
 on a line means "the answer to the previous packet", sent back from where that packet went, so a
 file can play a whole exchange through shared conntrack state.
 """
@@ -13,6 +14,7 @@ import argparse
 import shlex
 from dataclasses import dataclass
 
+from kproxy import ip6ext
 from kproxy.packet import ACK, SYN, TCP, Packet, parse_addr, parse_proto, parse_tcp_flags
 
 
@@ -42,6 +44,7 @@ class PacketSpec:
     payload: str | None = None
     uid: int | None = None
     gid: int | None = None
+    exthdrs: tuple[str, ...] = ()
 
     def packet(self, sport: int) -> Packet:
         proto = parse_proto(self.proto)
@@ -59,10 +62,13 @@ class PacketSpec:
                 kw[name] = value
         if self.payload is not None:
             kw["payload"] = self.payload.encode("utf-8", "surrogateescape")
+        chain = ip6ext.parse_chain(self.exthdrs)
+        if chain:
+            kw["exthdrs"] = chain
         if self.length is not None:
             kw["length"] = self.length
         else:
-            kw["length"] = {6: 60, 17: 29, 1: 84}.get(proto, 60)
+            kw["length"] = {6: 60, 17: 29, 1: 84}.get(proto, 60) + sum(h.length() for h in chain)
         src = self.src or ("::" if ":" in self.dst else "0.0.0.0")
         return Packet.make(src, self.dst, proto, sport_value, dport, **kw)
 
@@ -89,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     for opt in ("--ttl", "--tos", "--mss", "--uid", "--gid"):
         p.add_argument(opt, type=number)
     p.add_argument("--payload")
+    p.add_argument("--exthdr", action="append", default=[])
     return p
 
 
@@ -130,6 +137,13 @@ def check_spec(spec: PacketSpec, where: str) -> PacketSpec:
             parse_tcp_flags(spec.tcp_flags)
         except ValueError as exc:
             raise SpecError(f"{where}: --tcp-flags: {exc}") from None
+    if spec.exthdrs:
+        if family != 6:
+            raise SpecError(f"{where}: --exthdr: extension headers need an IPv6 packet (--dst {spec.dst})")
+        try:
+            ip6ext.parse_chain(spec.exthdrs)
+        except ip6ext.ExtHdrError as exc:
+            raise SpecError(f"{where}: --exthdr {exc}") from None
     return spec
 
 
@@ -145,7 +159,7 @@ def parse_spec_args(argv: list[str], where: str = "arguments") -> PacketSpec:
     spec = PacketSpec(src=ns.src or "", dst=ns.dst or "", proto=ns.proto, sport=ns.sport, dport=ns.dport,
                       iif=ns.iif, local=ns.local, tcp_flags=ns.tcp_flags, mark=ns.mark,
                       icmp_type=ns.icmp_type, icmp_code=ns.icmp_code, length=ns.length, ttl=ns.ttl, tos=ns.tos,
-                      mss=ns.mss, payload=ns.payload, uid=ns.uid, gid=ns.gid)
+                      mss=ns.mss, payload=ns.payload, uid=ns.uid, gid=ns.gid, exthdrs=tuple(ns.exthdr))
     return check_spec(spec, where)
 
 

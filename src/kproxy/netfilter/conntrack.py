@@ -14,6 +14,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from kproxy.ip6ext import fragment
 from kproxy.netfilter.hooks import (
     INPUT,
     OUTPUT,
@@ -21,6 +22,7 @@ from kproxy.netfilter.hooks import (
     PREROUTING,
     PRI_CONNTRACK,
     PRI_CONNTRACK_CONFIRM,
+    PRI_CONNTRACK_DEFRAG,
     HookState,
 )
 from kproxy.netfilter.netns import NetNamespace
@@ -38,7 +40,21 @@ from kproxy.netfilter.tcp import (  # noqa: F401 - re-exported: conntrack's publ
     tcp_kind,
     tcp_new,
 )
-from kproxy.packet import ACK, FIN, ICMP, ICMPV6, NF_ACCEPT, NF_DROP, RST, SYN, TCP, UDP, Packet, format_addr
+from kproxy.packet import (
+    ACK,
+    FIN,
+    ICMP,
+    ICMPV6,
+    NF_ACCEPT,
+    NF_DROP,
+    NF_STOLEN,
+    RST,
+    SYN,
+    TCP,
+    UDP,
+    Packet,
+    format_addr,
+)
 from kproxy.versioned import Sysctls
 
 # include/uapi/linux/netfilter/nf_conntrack_common.h: enum ip_conntrack_status bits.
@@ -351,8 +367,12 @@ class Conntrack:
     def register(self, families: tuple[int, ...]) -> None:
         """Hook in: nf_conntrack_in at PREROUTING and OUTPUT, confirm last at INPUT and POSTROUTING.
 
-        The functions stay registered; ``in_hook`` passes packets untouched while ``users`` is zero."""
+        The functions stay registered; ``in_hook`` passes packets untouched while ``users`` is zero.
+        IPv6 also gets nf_defrag_ipv6 at -400 (``defrag_hook``), which conntrack turns on with itself."""
         for fam in families:
+            if fam == 6:
+                for hook in (PREROUTING, OUTPUT):
+                    self.node.hooks.register(fam, hook, PRI_CONNTRACK_DEFRAG, "conntrack:defrag", self.defrag_hook)
             for hook in (PREROUTING, OUTPUT):
                 self.node.hooks.register(fam, hook, PRI_CONNTRACK, "conntrack:in", self.in_hook)
             for hook in (INPUT, POSTROUTING):
@@ -367,6 +387,40 @@ class Conntrack:
         if n > self.users[family]:
             raise ValueError(f"conntrack: IPv{family} reference count would go below zero")
         self.users[family] -= n
+
+    def defrag_hook(self, pkt: Packet, state: HookState) -> int:
+        """ipv6_defrag (PREROUTING and OUTPUT, priority -400) while conntrack is on; nf_ct_frag6_gather
+        on the packet's fragment header, with ``pkt.length`` giving the fragment's data length:
+
+        - a fragment is queued for reassembly (STOLEN; the emulator never completes a datagram: its
+          other fragments are beyond a one-packet model);
+        - an atomic fragment (offset 0, no M flag) is a whole datagram, "reassembled" at once: it goes
+          on without its fragment header, 8 octets shorter;
+        - a non-last fragment whose data is not a multiple of 8 octets goes on untouched (-EPROTO: the
+          stack answers it), one with no data or ending past 65535 octets is dropped.
+
+        A packet already tracked or marked untracked (by a chain before -400) is left alone, as the
+        kernel leaves it. Seen in the kernel: tests/test_ip6ext_kernel.py."""
+        if not pkt.exthdrs or pkt.ct is not None or pkt.notrack or not (self.enabled or self.users[6]):
+            return NF_ACCEPT
+        frag = fragment(pkt.exthdrs)
+        if frag is None:
+            return NF_ACCEPT
+        chain = pkt.exthdrs
+        before = sum(h.length() for h in chain[:chain.index(frag) + 1])
+        data = pkt.length - 40 - before
+        start = frag.offset * 8
+        end = start + data
+        if frag.mf and end & 7 and data > 0:
+            return NF_ACCEPT
+        if data <= 0 or end > 0xFFFF:
+            return NF_DROP
+        if frag.offset or frag.mf:
+            pkt.meta["stolen_by"] = "nf_defrag_ipv6 (a fragment waiting for the rest of its datagram)"
+            return NF_STOLEN
+        pkt.exthdrs = tuple(h for h in chain if h is not frag)
+        pkt.length -= 8
+        return NF_ACCEPT
 
     def in_hook(self, pkt: Packet, state: HookState) -> int:
         """nf_conntrack_in (PREROUTING and OUTPUT, priority -200)."""

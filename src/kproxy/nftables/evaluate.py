@@ -879,7 +879,7 @@ def payload(e: Payload, pkt: Packet) -> Any:
     if proto in ("ip", "ip6"):
         if pkt.family != (4 if proto == "ip" else 6):
             return None
-        return {"saddr": pkt.src, "daddr": pkt.dst, "protocol": pkt.proto, "nexthdr": pkt.proto, "ttl": pkt.ttl,
+        return {"saddr": pkt.src, "daddr": pkt.dst, "protocol": pkt.proto, "nexthdr": pkt.nexthdr, "ttl": pkt.ttl,
                 "hoplimit": pkt.ttl, "length": pkt.length}.get(fld)
     if proto == "th":
         return (pkt.sport if fld == "sport" else pkt.dport) if pkt.proto in PORT_PROTOS else None

@@ -4,16 +4,19 @@ kernel's nft_exthdr reads from a packet.
 
 Facts taken from nftables 1.0.6 (field names, widths, listing forms) and checked against the installed
 nft: ``rt0 addr[N]`` and ``srh sid[N]`` are the same header bits, and nft lists both as ``srh sid[N]``;
-``rt2 addr`` has no usable value type in 1.0.6 (``No symbol type information``), so it is refused; in
+``rt2 addr`` has no usable value type in 1.0.6 (``No symbol type information``), so it is refused, and
+its grammar has no ``rt2 reserved`` (``expecting addr``); in
 an ``ip`` table every extension header expression is refused with ``cannot use exthdr with ip``.
 
-The packet model carries no extension headers (see kproxy.iptables.ext.ip6headers): a packet is its
-base header and its transport header. ipv6_find_hdr therefore finds a header only when it is the
-packet's final protocol, which is possible only for the Mobility header (protocol 135). So
-``exthdr X exists`` holds only for ``mh`` on a Mobility packet, ``missing`` holds otherwise, and a
-field of an absent header ends the rule (NFT_BREAK) like the kernel does. An IPv4 packet that meets
-an extension header expression in an inet table matches neither ``exists`` nor ``missing`` nor any
-field (seen in the kernel lab: tests/test_nft_exthdr.py's kernel test).
+On a packet, nft_exthdr_ipv6_eval finds the header with ipv6_find_hdr over the packet's chain
+(``Packet.exthdrs``, kproxy.ip6ext): ``exists``/``missing`` is whether it found one, and a field
+is the bits at the field's offset in the header's octets, as the kernel loads them. A field of an
+absent header ends the rule (NFT_BREAK), ``!=`` included. The Mobility header is the upper layer
+(``Packet.proto`` 135, its type in ``meta["mh_type"]`` or ``icmp_type``), found past the chain unless
+a non-first fragment hides it. A field beyond the header's own length is not modelled (the kernel
+reads the octets that follow; here the rule ends). An IPv4 packet that meets an extension header
+expression in an inet table matches neither ``exists`` nor ``missing`` nor any field (seen in the
+kernel lab: tests/test_nft_exthdr.py's kernel test).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kproxy import ip6ext
 from kproxy.nftables import types as T
 from kproxy.nftables.expr import Expr, Opts
 
@@ -51,6 +55,15 @@ HEADERS: dict[str, tuple[int, dict[str, T.DType]]] = {
     "mh": (135, {"nexthdr": T.PROTO, "hdrlength": _int(8), "type": MH_TYPE, "reserved": _int(8),
                  "checksum": _int(16)}),
 }
+# (bit offset, bit length) of each field in its header (nftables 1.0.6's exthdr templates); an
+# indexed field's N-th item (from 1) lies (N - 1) * length further.
+OFFSETS: dict[str, tuple[int, int]] = {
+    "nexthdr": (0, 8), "hdrlength": (8, 8), "type": (16, 8), "seg-left": (24, 8), "addr[]": (64, 128),
+    "reserved": (32, 32), "addr": (64, 128), "last-entry": (32, 8), "flags": (40, 8), "tag": (48, 16),
+    "sid[]": (64, 128),
+}
+FRAG_OFFSETS = {"nexthdr": (0, 8), "reserved": (8, 8), "frag-off": (16, 13), "reserved2": (29, 2),
+                "more-fragments": (31, 1), "id": (32, 32)}
 # the headers ``exthdr NAME exists`` takes in 1.0.6's grammar
 EXISTS_HEADERS = ("hbh", "rt", "frag", "dst", "mh")
 MH = 135
@@ -89,9 +102,30 @@ class Exthdr(Expr):
         return {"exthdr": {"name": name} if fld is None else {"name": name, "field": fld}}
 
 
-def find_header(pkt: Packet, name: str) -> bool:
-    """ipv6_find_hdr over the modelled packet: only a final Mobility header can be found."""
-    return pkt.family == 6 and HEADERS[name][0] == MH and pkt.proto == MH
+def find_header(pkt: Packet, name: str) -> ip6ext.ExtHdr | bool:
+    """ipv6_find_hdr for the header ``name``: the header, True for a Mobility upper layer it
+    reaches, False when not found."""
+    kind = HEADERS[name][0]
+    if kind == MH:
+        return pkt.proto == MH and ip6ext.reaches_upper_layer(pkt.exthdrs)
+    found = ip6ext.find_hdr(pkt.exthdrs, kind) if pkt.exthdrs else None
+    return found if found is not None else False
+
+
+def field_bits(e: Exthdr, h: ip6ext.ExtHdr, nexthdr: int) -> int | None:
+    """The field's bits from the header's octets (None: beyond the header)."""
+    assert e.field is not None
+    if h.kind == ip6ext.FRAGMENT:
+        start, length = FRAG_OFFSETS[e.field]
+    else:
+        start, length = OFFSETS[e.field + "[]" if e.index is not None else e.field]
+        if e.index is not None:
+            start += (e.index - 1) * length
+    data = h.wire(nexthdr)
+    if (start + length + 7) // 8 > len(data):
+        return None
+    whole = int.from_bytes(data, "big")
+    return whole >> (len(data) * 8 - start - length) & ((1 << length) - 1)
 
 
 def value(e: Exthdr, pkt: Packet) -> Any:
@@ -100,9 +134,12 @@ def value(e: Exthdr, pkt: Packet) -> Any:
         return None     # an IPv4 packet in an inet table: neither exists nor missing holds (kernel lab)
     found = find_header(pkt, e.name)
     if e.field is None:
-        return int(found)
-    if not found:
+        return int(found is not False)
+    if found is False:
         return None
+    if isinstance(found, ip6ext.ExtHdr):
+        chain = pkt.exthdrs
+        return field_bits(e, found, ip6ext.next_types(chain, pkt.proto)[chain.index(found)])
     if e.field == "type":
         return int(pkt.meta.get("mh_type", pkt.icmp_type))
     if e.field == "nexthdr":
@@ -146,8 +183,9 @@ def parse(p: Any) -> Exthdr:
         return Exthdr(name.text)
     fields = HEADERS[first.text][1]
     ft = p.peek()
-    if ft.kind != "word" or (ft.text not in fields and ft.text + "[]" not in fields):
-        raise unexpected(ft, "addr" if first.text == "rt0" else "")
+    if ft.kind != "word" or (ft.text not in fields and ft.text + "[]" not in fields) or (
+            first.text == "rt2" and ft.text != "addr"):      # 1.0.6's grammar has no ``rt2 reserved``
+        raise unexpected(ft, "addr" if first.text in ("rt0", "rt2") else "")
     p.next()
     if ft.text + "[]" not in fields:
         if first.text == "rt2" and ft.text == "addr":

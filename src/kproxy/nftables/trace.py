@@ -64,8 +64,15 @@ def packet_fields(pkt: Packet, state: HookState, family: str) -> str:
         parts.append(f"ip length {pkt.length}")
     else:
         parts += ["ip6 dscp cs0", "ip6 ecn not-ect", "ip6 flowlabel 0", f"ip6 length {max(0, pkt.length - 40)}",
-                  f"ip6 nexthdr {pkt.proto_name}", f"ip6 hoplimit {pkt.ttl}"]
+                  f"ip6 nexthdr {nexthdr_name(pkt)}", f"ip6 hoplimit {pkt.ttl}"]
     return " ".join(parts + l4_fields(pkt))
+
+
+def nexthdr_name(pkt: Packet) -> str:
+    """The IPv6 header's next header: the first extension header's protocol name when there is one."""
+    if not pkt.exthdrs:
+        return pkt.proto_name
+    return T.protocols()[1].get(pkt.nexthdr, str(pkt.nexthdr))
 
 
 def l4_fields(pkt: Packet) -> list[str]:

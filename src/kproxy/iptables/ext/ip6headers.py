@@ -1,15 +1,21 @@
 """IPv6 extension header matches (ip6tables only): frag, hbh and dst (option headers), rt, mh,
 ipv6header and eui64.
 
-The packet model carries no extension headers: a packet is its base header and its transport
-header. So frag, hbh, dst and rt never match (ipv6_find_hdr finds nothing, which fails the match
-inverted or not), ipv6header sees only the final protocol, and mh matches only Mobility packets.
+They read the packet's extension header chain (``Packet.exthdrs``, kproxy.ip6ext) the way
+net/ipv6/netfilter/ip6t_*.c do in Linux 6.18: frag, hbh, dst and rt find their header with
+ipv6_find_hdr (which stops at a non-first fragment) and fail when it is absent, inverted or not;
+``--hbh-len``/``--dst-len``/``--rt-len`` compare the header's length in octets; ``--hbh-opts`` walks
+the options in order, padding included; ipv6header walks the whole chain into a mask of the headers
+present (``--soft``: these at least, else exactly these). mh matches a Mobility packet, whose header
+is the upper layer (``-p mh``) after any extension headers.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from kproxy.ip6ext import AUTH, DEST, ESP, FRAGMENT, HOP, PAD1, ROUTING, ExtHdr, find_hdr
+from kproxy.ip6ext import NONE as NO_NEXT_HEADER
 from kproxy.iptables.extension import ExtensionError, Match, Opt, RuleContext, register_match
 from kproxy.iptables.xtoptions import (
     NONE,
@@ -47,13 +53,18 @@ def range_save(opt: str, lo: int, hi: int, inv: bool) -> str:
 
 
 class HeaderMatch(Match):
-    """A match on an extension header the modelled packets never carry."""
+    """A match on one extension header: it fails when ipv6_find_hdr does not find the header."""
 
     SHAREABLE = True
     FAMILIES: ClassVar[tuple[int, ...]] = (6,)
+    KIND: ClassVar[int] = FRAGMENT
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
-        return False
+        h = find_hdr(pkt.exthdrs, self.KIND) if pkt.exthdrs else None
+        return h is not None and self.header_matches(h)
+
+    def header_matches(self, h: ExtHdr) -> bool:
+        raise NotImplementedError
 
 
 @register_match
@@ -86,6 +97,14 @@ class FragMatch(HeaderMatch):
             text += f" length:{'!' if self.len_inv else ''}{self.len}"
         words = {"fragres": "reserved", "fragfirst": "first", "fragmore": "more", "fraglast": "last"}
         return text + "".join(f" {words[f]}" for f in self.flags)
+
+    def header_matches(self, h: ExtHdr) -> bool:
+        """frag_mt6: the id range, then each flag (--fraglen is parsed but not compared)."""
+        if (self.ids[0] <= h.ident <= self.ids[1]) == self.ids_inv:
+            return False
+        flags = self.flags
+        return not (("fragres" in flags and (h.res or h.res2)) or ("fragfirst" in flags and h.offset)
+                    or ("fragmore" in flags and not h.mf) or ("fraglast" in flags and h.mf))
 
 
 def parse_opts_num(text: str, what: str, ext: str) -> int:
@@ -125,6 +144,7 @@ def options_text(opts: list[int]) -> str:
 @register_match
 class HbhMatch(HeaderMatch):
     name = "hbh"
+    KIND = HOP
     OPTIONS = XtOptions("hbh", XtOpt("hbh-len", UINT32, XTOPT_INVERT), XtOpt("hbh-opts", STRING))
 
     def __init__(self, length: int | None, inv: bool, opts: list[int] | None) -> None:
@@ -153,16 +173,47 @@ class HbhMatch(HeaderMatch):
             text += " opts " + options_text(self.opts)
         return text
 
+    def header_matches(self, h: ExtHdr) -> bool:
+        """hbh_mt6 (strict mode, the only one the tool sets): the length, then the first options in
+        order, each type equal and each length equal unless the rule gave none."""
+        hdrlen = h.length()
+        if self.length is not None and (self.length == hdrlen) == self.inv:
+            return False
+        if self.opts is None:
+            return True
+        left = hdrlen - 2
+        have = iter(h.opts)
+        for i, want in enumerate(self.opts):
+            if left < 1:
+                return False
+            otype, olen = next(have, (PAD1, 0))       # past the last option: the header's padding octets
+            if otype != want >> 8:
+                return False
+            if otype != PAD1:
+                if left < 2:
+                    return False
+                if want & 0xFF != 0xFF and want & 0xFF != olen:
+                    return False
+                size = olen + 2
+            else:
+                size = 1
+            if left < size and i < len(self.opts) - 1:
+                return False
+            left -= size
+        return True
+
 
 @register_match
 class DstMatch(HbhMatch):
     name = "dst"
+    KIND = DEST
     OPTIONS = XtOptions("dst", XtOpt("dst-len", UINT32, XTOPT_INVERT), XtOpt("dst-opts", STRING))
 
 
 @register_match
 class RtMatch(HeaderMatch):
     name = "rt"
+    KIND = ROUTING
     OPTIONS = XtOptions("rt", XtOpt("rt-type", UINT32, XTOPT_INVERT), XtOpt("rt-segsleft", UINT32RC, XTOPT_INVERT),
                         XtOpt("rt-len", UINT32, XTOPT_INVERT), XtOpt("rt-0-res", NONE), XtOpt("rt-0-addrs", STRING),
                         XtOpt("rt-0-not-strict", NONE))
@@ -217,6 +268,33 @@ class RtMatch(HeaderMatch):
         if "rt-0-addrs" in v:
             text += " 0-addrs " + ",".join(format_addr(a, 6) for a in v["rt-0-addrs"])
         return text + (" 0-not-strict" if "rt-0-not-strict" in v else "")
+
+    def header_matches(self, h: ExtHdr) -> bool:
+        """rt_mt6: segments left, length (octets), type, then reserved and the address list."""
+        v, inv = self.values, self.inv
+        lo, hi = v.get("rt-segsleft", (0, U32))
+        if (lo <= h.segs_left <= hi) == inv.get("rt-segsleft", False):
+            return False
+        if "rt-len" in v and (v["rt-len"] == h.length()) == inv["rt-len"]:
+            return False
+        if "rt-type" in v and (v["rt-type"] == h.rt_type) == inv["rt-type"]:
+            return False
+        if "rt-0-res" in v and h.res:
+            return False
+        if "rt-0-addrs" not in v:
+            return True
+        want: list[int] = v["rt-0-addrs"]
+        if len(want) > len(h.addrs):
+            return False
+        if "rt-0-not-strict" in v:
+            i = 0
+            for a in h.addrs:
+                if a == want[i]:
+                    i += 1
+                if i == len(want):
+                    break
+            return i == len(want)
+        return list(h.addrs) == want
 
 
 MH_NAMES = ("binding-refresh-request", "home-test-init", "careof-test-init", "home-test", "careof-test",
@@ -350,14 +428,18 @@ class Ipv6headerMatch(Match):
         return f"ipv6header flags:{'!' if self.inv else ''}{flags}" + (" soft" if self.soft else "")
 
     def matches(self, pkt: Packet, ctx: RuleContext) -> bool:
-        """The headers present: none but the final one, which counts as "protocol" unless it is ESP,
-        AH or "no next header"."""
-        have = next((b for p, b in CHAIN_FLAGS if p == pkt.proto and p in (50, 51, 59)), 1)
+        """ipv6header_mt6: a bit per header on the chain, then "protocol" unless the chain ends in ESP
+        or "no next header" (a final AH, whose own next header is not modelled, sets the AH bit only).
+        --soft: the listed headers are all present (all absent when inverted); else exactly these."""
+        have = 0
+        for h in pkt.exthdrs:
+            have |= next(b for p, b in CHAIN_FLAGS if p == h.kind)
+        final = pkt.proto
+        have |= next((b for p, b in CHAIN_FLAGS if p == final and p in (ESP, AUTH, NO_NEXT_HEADER)), 1)
         if self.soft:
-            hit = (have & self.flags) == self.flags
-        else:
-            hit = have == self.flags
-        return hit != self.inv
+            invflags = 0xFF if self.inv else 0
+            return not ((have ^ self.flags ^ invflags) & self.flags)
+        return (have != self.flags) if self.inv else (have == self.flags)
 
 
 @register_match

@@ -4,13 +4,15 @@ LOG writes the line nf_log_syslog would (``dump_ipv4_packet``/``dump_ipv6_packet
 ``node.log_lines``, without the trailing blank the kernel leaves. Header fields the Packet model
 does not carry come from ``pkt.meta`` when a caller supplies them (``ip_id``, ``tos``, ``df``,
 ``window``, ``seq``, ``ack_seq``, ``urgp``, ``icmp_seq``, ``uid``, ``gid``, ``dst_mac``) and are
-otherwise 0. TRACE sets the packet's nftrace bit; iptables-nft accepts it in any table.
+otherwise 0. IPv6 extension headers are walked as dump_ipv6_packet walks them (``FRAG:``, and
+``OPT ( ... )`` with --log-ip-options). TRACE sets the packet's nftrace bit; iptables-nft accepts it in any table.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kproxy.ip6ext import FRAGMENT
 from kproxy.iptables.extension import (
     XT_CONTINUE,
     ExtensionError,
@@ -61,9 +63,30 @@ def mac_header(pkt: Packet, ctx: RuleContext) -> str:
     return f"MAC={dst.lower()}:{pkt.src_mac.lower()}:{ethertype}"
 
 
+def exthdr_fields(pkt: Packet, flags: int) -> list[str]:
+    """dump_ipv6_packet's walk of the extension headers: a fragment header always shows its offset
+    (octets), M flag and id; --log-ip-options wraps each header in ``OPT ( ... )``."""
+    out: list[str] = []
+    for h in pkt.exthdrs:
+        if flags & FLAG_BITS["log-ip-options"]:
+            out.append("OPT (")
+        if h.kind == FRAGMENT:
+            out.append(f"FRAG:{h.offset * 8}")
+            if h.mf:
+                out.append("INCOMPLETE")
+            out.append(f"ID:{h.ident:08x}")
+        if flags & FLAG_BITS["log-ip-options"]:
+            out.append(")")
+    return out
+
+
 def l4_fields(pkt: Packet, flags: int) -> list[str]:
-    """The transport part of a line (nf_log_dump_tcp_header, nf_log_dump_udp_header, the ICMP cases)."""
+    """The transport part of a line (nf_log_dump_tcp_header, nf_log_dump_udp_header, the ICMP cases);
+    a non-first fragment shows only its protocol."""
     meta = pkt.meta
+    if pkt.exthdrs and any(h.kind == FRAGMENT and h.offset for h in pkt.exthdrs):
+        names = {TCP: "TCP", UDP: "UDP", 136: "UDPLITE", ICMPV6: "ICMPv6"}
+        return [f"PROTO={names.get(pkt.proto, pkt.proto)}"]
     if pkt.proto == TCP:
         out = ["PROTO=TCP", f"SPT={pkt.sport} DPT={pkt.dport}"]
         if flags & FLAG_BITS["log-tcp-sequence"]:
@@ -73,7 +96,7 @@ def l4_fields(pkt: Packet, flags: int) -> list[str]:
         out.append(f"URGP={meta.get('urgp', 0)}")
         return out
     if pkt.proto == UDP:
-        header = 20 if pkt.family == 4 else 40
+        header = 20 if pkt.family == 4 else 40 + sum(h.length() for h in pkt.exthdrs)
         return ["PROTO=UDP", f"SPT={pkt.sport} DPT={pkt.dport} LEN={pkt.length - header}"]
     if pkt.proto == ICMP and pkt.family == 4:
         out = ["PROTO=ICMP", f"TYPE={pkt.icmp_type} CODE={pkt.icmp_code}"]
@@ -102,6 +125,8 @@ def ip_fields(pkt: Packet, flags: int) -> list[str]:
     else:
         out = [f"SRC={pkt.src_str} DST={pkt.dst_str}",
                f"LEN={pkt.length} TC={meta.get('tc', pkt.tos)} HOPLIMIT={pkt.ttl} FLOWLBL={meta.get('flowlabel', 0)}"]
+        if pkt.exthdrs:
+            out += exthdr_fields(pkt, flags)
     return out + l4_fields(pkt, flags)
 
 
