@@ -134,3 +134,14 @@ def test_named_merged_ports_are_still_one_comparison(traced: bool) -> None:
     node = node_with("meta l4proto udp th sport != 1 th dport != 2 drop")
     assert "\t\tudp sport != 1 udp dport != 2 drop\n" in run_nft(["list", "ruleset"], node.nftables)[1]
     assert fate(node, "udp", 1, 3) == "dropped" and fate(node, "udp", 1, 2) == "delivered"
+
+
+def test_a_raw_payload_match_after_a_counter_loads_again() -> None:
+    # nft 1.0.6 lists a merged port match after a counter as ``counter packets 0 bytes 0 @th,0,32 ...``
+    # and reads that back (checked with nft -c); a terminal-statement check must not refuse the ``@``
+    rs = emulated()
+    listed = run_nft(["list", "ruleset"], rs)[1]
+    assert "bytes 0 @th,0,32 0x30004" in listed
+    rc, _, err, again = run_nft(["-f", "-"], Ruleset(), listed)
+    assert rc == 0, err
+    assert run_nft(["list", "ruleset"], again)[1] == listed

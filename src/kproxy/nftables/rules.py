@@ -106,8 +106,9 @@ class RuleBuilder:
                 spans.append((len(self.stmts) - 1, first, p.pos - 1))
                 if isinstance(self.stmts[-1], ENDS_CLEAN):
                     nxt = p.peek()
-                    if nxt.kind == "punct" and nxt.text not in ";}":
-                        # bison's default reductions end the rule: the command wants its end
+                    if nxt.kind == "punct" and nxt.text not in ";}@":
+                        # bison's default reductions end the rule: the command wants its end (``@`` starts
+                        # a raw payload match, as in nft's own listing ``counter packets 0 bytes 0 @th,0,32 1``)
                         raise p.unexpected(nxt, "newline or semicolon" if p.in_block else
                                            "end of file or newline or semicolon")
         if len(spans) > 1:
