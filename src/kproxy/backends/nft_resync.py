@@ -185,9 +185,13 @@ def _decl(head: Iterable[str]) -> str:
     return " { " + " ; ".join(lines) + " ; }" if lines else ""
 
 
-def diff(family: str, table: str, have: TableState, want: TableState) -> list[str] | None:
+def diff(family: str, table: str, have: TableState, want: TableState,
+         remade: set[str] | frozenset[str] = frozenset()) -> list[str] | None:
     """The transaction's lines that turn ``have`` into ``want`` (see the module doc), or None when
-    that needs more than chains, rules, sets and elements (the table's own attributes, a set's type)."""
+    that needs more than chains, rules, sets and elements (the table's own attributes, a set's type).
+    The chains of ``remade`` (deleted and added again by the transaction: upstream's first sync does
+    that to its base chains) are deleted and added again here too, so the table lists them where the
+    full transaction would (last), not where they were."""
     if have.head != want.head:
         return None
     where = f"{family} {table}"
@@ -215,11 +219,11 @@ def diff(family: str, table: str, have: TableState, want: TableState) -> list[st
                 element_adds.append(f"add element {where} {name} {{ {text} }}")
     for name, c in want.chains.items():
         old_chain = have.chains.get(name)
-        if old_chain is not None and old_chain.head == c.head and old_chain.rules == c.rules:
+        if old_chain is not None and old_chain.head == c.head and old_chain.rules == c.rules and name not in remade:
             continue
         if old_chain is None:
             new_chains.append(f"add chain {where} {name}{_decl(c.head)}")
-        elif old_chain.head != c.head:
+        elif old_chain.head != c.head or name in remade:
             # a base chain's hook or priority cannot change in place: it goes and comes back
             new_chains += [f"delete chain {where} {name}", f"add chain {where} {name}{_decl(c.head)}"]
         else:
@@ -267,12 +271,49 @@ def rewritten(tx: str | Tx, family: str, table: str) -> tuple[set[str], set[str]
     return chains, sets
 
 
-def skeleton(have: TableState, family: str, table: str, chains: set[str], sets: set[str]) -> str:
+def readded(tx: str | Tx, family: str, table: str) -> set[str]:
+    """The chains the transaction declares again (``add chain``): a base chain among them whose
+    hook or priority someone changed would make the declaration fail (EOPNOTSUPP), where the
+    repair deletes it and adds it back."""
+    from kproxy.nftables.transaction import ADD_FLUSH
+
+    if isinstance(tx, str):
+        prefix = f"add chain {family} {table} "
+        return {line[len(prefix):].split(" ", 1)[0] for line in tx.splitlines() if line.startswith(prefix)}
+    return {op[2] for op in tx.ops if op[1] == "chain" and op[0] in ("add", ADD_FLUSH)}
+
+
+def remade(tx: str | Tx, family: str, table: str) -> set[str]:
+    """The chains the transaction deletes and then adds again (listed last afterwards)."""
+    if isinstance(tx, str):
+        ops = []
+        for line in tx.splitlines():
+            w = line.split(" ", 5)
+            if len(w) >= 5 and w[1] == "chain" and w[2] == family and w[3] == table:
+                ops.append((w[0], w[4]))
+    else:
+        ops = [(op[0], op[2]) for op in tx.ops if op[1] == "chain"]
+    deleted: set[str] = set()
+    out: set[str] = set()
+    for verb, name in ops:
+        if verb == "delete":
+            deleted.add(name)
+        elif name in deleted:
+            out.add(name)
+    return out
+
+
+def skeleton(have: TableState, family: str, table: str, chains: set[str], sets: set[str],
+             fresh: set[str] | frozenset[str] = frozenset()) -> str:
     """The kernel's table as ``nft -f`` input, without the rules of ``chains``, the elements of
     ``sets`` and of dynamic sets: what the transaction's result depends on, at a fraction of the
-    parsing."""
+    parsing. A base chain the transaction declares again and flushes (``fresh``) is left out: the
+    transaction makes it whole, whatever hook or priority the kernel's has now."""
     out = [f"table {family} {table} {{", *(f"\t{line}" for line in have.head)]
     for (kind, name), inner in have.blocks.items():
+        if kind == "chain" and name in chains and name in fresh and any(
+                line.startswith("type ") and " hook " in line for line in have.chains[name].head):
+            continue
         if kind == "chain":
             keep = list(have.chains[name].head) if name in chains else inner
         else:
@@ -296,7 +337,8 @@ def twin(listing: str, tx: str | Tx, family: str, table: str) -> tuple[TableStat
     have = table_state(listing, family, table)
     if have is None:
         return None
-    rc, _, _, rs = run_nft(["-f", "-"], Ruleset(), skeleton(have, family, table, *rewritten(tx, family, table)))
+    rc, _, _, rs = run_nft(["-f", "-"], Ruleset(), skeleton(have, family, table, *rewritten(tx, family, table),
+                                                     readded(tx, family, table)))
     if rc != 0 or len(rs.tables) != 1:
         return None
     if not isinstance(tx, str) and tx.family == "ip" and tx.table == table:
@@ -321,7 +363,7 @@ def plan(listing: str, tx: str | Tx, family: str, table: str) -> str | None:
     states = twin(listing, tx, family, table)
     if states is None:
         return None
-    lines = diff(family, table, *states)
+    lines = diff(family, table, *states, remade(tx, family, table))
     if lines is None:
         return None
     return "".join(line + "\n" for line in lines)
