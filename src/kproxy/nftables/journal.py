@@ -29,12 +29,16 @@ MISSING: Any = object()
 class JournalDict(dict):
     """A dict that, while a journal is open, remembers each key's value before its first change."""
 
-    __slots__ = ("journal", "order")
+    __slots__ = ("journal", "order", "by_handle")
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.journal: dict[Any, Any] | None = None
         self.order: list[Any] | None = None     # the keys in order, kept before a first deletion
+        # A table's chains, sets and objects are in handle order (creation order, as the kernel lists
+        # them): a rollback puts a deleted one back by its handle, with no copy of the keys' order
+        # at the first deletion (a partial sync deleting one of 10,000 affinity sets paid 0.6 ms for it).
+        self.by_handle = False
 
     def _note(self, key: Any) -> None:
         j = self.journal
@@ -45,7 +49,7 @@ class JournalDict(dict):
         """Before a key goes: a rollback that puts it back must put it back in its place."""
         self._note(key)
         if self.journal is not None and self.order is None and dict.__contains__(self, key):
-            self.order = list(self)
+            self.order = [] if self.by_handle else list(self)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._note(key)
@@ -92,11 +96,24 @@ class JournalDict(dict):
                 dict.pop(self, key, None)
             else:
                 dict.__setitem__(self, key, value)
-        if order is not None and list(self) != order:
+        if order is not None and self.by_handle:
+            self._by_handle()
+        elif order is not None and list(self) != order:
             # (keys added before the first deletion are in ``order`` too, and gone now)
             items = [(k, dict.__getitem__(self, k)) for k in order if dict.__contains__(self, k)]
             dict.clear(self)
             dict.update(self, items)
+
+    def _by_handle(self) -> None:
+        """Back in handle order, if a rollback's re-inserted keys (at the end now) broke it."""
+        keys = list(self)
+        handles = [dict.__getitem__(self, k).handle for k in keys]
+        if all(a < b for a, b in zip(handles, handles[1:])):
+            return
+        items = sorted(((h, i, k) for i, (h, k) in enumerate(zip(handles, keys))))
+        values = [(k, dict.__getitem__(self, k)) for _, _, k in items]
+        dict.clear(self)
+        dict.update(self, values)
 
     def own(self, key: Any) -> Any:
         """The object under ``key``, replaced first (and journaled) by a copy of it with its own lists
@@ -213,6 +230,7 @@ class RulesetJournal:
                 if not isinstance(d, JournalDict):
                     d = JournalDict(d)
                     setattr(t, name, d)
+                d.by_handle = True
                 d.begin()
                 d.__class__ = OwningJournalDict
             self.states.append((t, dict(t.__dict__)))
@@ -324,6 +342,8 @@ def journaled(table: Any) -> None:
         table.chains = JournalDict(table.chains)
     if table is not None and not isinstance(table.sets, JournalDict):
         table.sets = JournalDict(table.sets)
+    if table is not None:
+        table.chains.by_handle = table.sets.by_handle = True
 
 
 def apply_in_place(rs: Any, table: Any, chains: set[str], sets: set[str],
