@@ -57,9 +57,10 @@ def repaired(listing: str, repair: str) -> str:
     return nft.list_table()
 
 
-def full_sync_against(commands: list[str]) -> tuple[str, str, str]:
-    """(the repair, the tampered table repaired, the tampered table after the full transaction)."""
-    p, backend, objs = synced()
+def full_sync_against(commands: list[str], state: tuple[Any, Any, Any] | None = None) -> tuple[str, str, str]:
+    """(the repair, the tampered table repaired, the tampered table after the full transaction);
+    ``state``: a proxier, backend and objects already synced (else new ones)."""
+    p, backend, objs = state or synced()
     for cmd in commands:
         backend.run(cmd + "\n")
     before = backend.list_table()
@@ -129,13 +130,8 @@ def test_random_drift_is_repaired(seed: int) -> None:
         for e in table.sets[s].elems:
             if rng.random() < 0.4:
                 commands.append(f"delete element {T} {s} {{ {e.key.text(Opts())} }}")
-    for cmd in commands:
-        backend.run(cmd + "\n")
-    before = backend.list_table()
-    assert not p.sync(objs, force_full=True).error
-    repair = plan(before, backend.last, "ip", "kube-proxy")
-    assert repair is not None
-    assert repaired(before, repair) == backend.list_table()
+    _, got, want = full_sync_against(commands, (p, backend, objs))
+    assert got == want
 
 
 def test_affinity_elements_stay_out_of_the_comparison() -> None:

@@ -247,21 +247,28 @@ def creates_table(tx: str | Tx) -> bool:
     return any(op[1] == "table" and op[0] == "add" for op in tx.ops)
 
 
-def rewritten(tx: str | Tx, family: str, table: str) -> tuple[set[str], set[str]]:
+Op = tuple[str, str, str]       # (verb, kind, name) of one of the transaction's operations on the table
+
+
+def operations(tx: str | Tx, family: str, table: str) -> list[Op]:
+    """The transaction's operations on ``family table``, read from its text or its model."""
+    if not isinstance(tx, str):
+        return [(op[0], op[1], op[2]) for op in tx.ops]
+    ops = []
+    for line in tx.splitlines():
+        w = line.split(" ", 5)
+        if len(w) >= 5 and w[2] == family and w[3] == table:
+            ops.append((w[0], w[1], w[4]))
+    return ops
+
+
+def rewritten(ops: list[Op]) -> tuple[set[str], set[str]]:
     """The chains and the sets or maps the transaction flushes or deletes: whatever they held
     before makes no difference to what they hold after it."""
     from kproxy.nftables.transaction import ADD_FLUSH
 
     chains: set[str] = set()
     sets: set[str] = set()
-    if isinstance(tx, str):
-        ops = []
-        for line in tx.splitlines():
-            w = line.split(" ", 5)
-            if len(w) >= 5 and w[2] == family and w[3] == table:
-                ops.append((w[0], w[1], w[4]))
-    else:
-        ops = [(op[0], op[1], op[2]) for op in tx.ops]
     for verb, kind, name in ops:
         if verb in ("flush", "delete", ADD_FLUSH):
             if kind == "chain":
@@ -271,31 +278,22 @@ def rewritten(tx: str | Tx, family: str, table: str) -> tuple[set[str], set[str]
     return chains, sets
 
 
-def readded(tx: str | Tx, family: str, table: str) -> set[str]:
+def readded(ops: list[Op]) -> set[str]:
     """The chains the transaction declares again (``add chain``): a base chain among them whose
     hook or priority someone changed would make the declaration fail (EOPNOTSUPP), where the
     repair deletes it and adds it back."""
     from kproxy.nftables.transaction import ADD_FLUSH
 
-    if isinstance(tx, str):
-        prefix = f"add chain {family} {table} "
-        return {line[len(prefix):].split(" ", 1)[0] for line in tx.splitlines() if line.startswith(prefix)}
-    return {op[2] for op in tx.ops if op[1] == "chain" and op[0] in ("add", ADD_FLUSH)}
+    return {name for verb, kind, name in ops if kind == "chain" and verb in ("add", ADD_FLUSH)}
 
 
-def remade(tx: str | Tx, family: str, table: str) -> set[str]:
+def remade(ops: list[Op]) -> set[str]:
     """The chains the transaction deletes and then adds again (listed last afterwards)."""
-    if isinstance(tx, str):
-        ops = []
-        for line in tx.splitlines():
-            w = line.split(" ", 5)
-            if len(w) >= 5 and w[1] == "chain" and w[2] == family and w[3] == table:
-                ops.append((w[0], w[4]))
-    else:
-        ops = [(op[0], op[2]) for op in tx.ops if op[1] == "chain"]
     deleted: set[str] = set()
     out: set[str] = set()
-    for verb, name in ops:
+    for verb, kind, name in ops:
+        if kind != "chain":
+            continue
         if verb == "delete":
             deleted.add(name)
         elif name in deleted:
@@ -326,9 +324,10 @@ def skeleton(have: TableState, family: str, table: str, chains: set[str], sets: 
     return "\n".join(out) + "\n"
 
 
-def twin(listing: str, tx: str | Tx, family: str, table: str) -> tuple[TableState, TableState] | None:
-    """(the kernel's table as listed, the same after the transaction), or None when the listing does
-    not load or the transaction fails on it."""
+def twin(listing: str, tx: str | Tx, ops: list[Op], family: str,
+         table: str) -> tuple[TableState, TableState] | None:
+    """(the kernel's table as listed, the same after the transaction, whose ``operations`` are
+    ``ops``), or None when the listing does not load or the transaction fails on it."""
     from kproxy.nftables.cli import run_nft
     from kproxy.nftables.listing import table_text
     from kproxy.nftables.model import Ruleset
@@ -337,8 +336,7 @@ def twin(listing: str, tx: str | Tx, family: str, table: str) -> tuple[TableStat
     have = table_state(listing, family, table)
     if have is None:
         return None
-    rc, _, _, rs = run_nft(["-f", "-"], Ruleset(), skeleton(have, family, table, *rewritten(tx, family, table),
-                                                     readded(tx, family, table)))
+    rc, _, _, rs = run_nft(["-f", "-"], Ruleset(), skeleton(have, family, table, *rewritten(ops), readded(ops)))
     if rc != 0 or len(rs.tables) != 1:
         return None
     if not isinstance(tx, str) and tx.family == "ip" and tx.table == table:
@@ -360,10 +358,11 @@ def twin(listing: str, tx: str | Tx, family: str, table: str) -> tuple[TableStat
 def plan(listing: str, tx: str | Tx, family: str, table: str) -> str | None:
     """The repair transaction's text ("" when the kernel holds what the sync wants already), or None
     when the full transaction must go as it is."""
-    states = twin(listing, tx, family, table)
+    ops = operations(tx, family, table)
+    states = twin(listing, tx, ops, family, table)
     if states is None:
         return None
-    lines = diff(family, table, *states, remade(tx, family, table))
+    lines = diff(family, table, *states, remade(ops))
     if lines is None:
         return None
     return "".join(line + "\n" for line in lines)
