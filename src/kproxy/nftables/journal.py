@@ -110,10 +110,9 @@ class JournalDict(dict):
         handles = [dict.__getitem__(self, k).handle for k in keys]
         if all(a < b for a, b in zip(handles, handles[1:])):
             return
-        items = sorted(((h, i, k) for i, (h, k) in enumerate(zip(handles, keys))))
-        values = [(k, dict.__getitem__(self, k)) for _, _, k in items]
+        items = sorted(dict.items(self), key=lambda kv: kv[1].handle)
         dict.clear(self)
-        dict.update(self, values)
+        dict.update(self, items)
 
     def own(self, key: Any) -> Any:
         """The object under ``key``, replaced first (and journaled) by a copy of it with its own lists
